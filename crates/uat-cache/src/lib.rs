@@ -1,0 +1,1 @@
+//! uat-cache: see the crate description and ARCHITECTURE.md.

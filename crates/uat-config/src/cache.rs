@@ -1,0 +1,131 @@
+use crate::ConfigError;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// `[cache]`: the tiered response cache.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// What is cached.
+    pub mode: CacheMode,
+    /// Default time to live of an entry.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Per-model TTL overrides (`model = "10m"`).
+    #[serde(with = "ttl_map")]
+    pub model_ttl: BTreeMap<String, Duration>,
+    /// L1, in-process.
+    pub l1: CacheL1Config,
+    /// L2, Redis.
+    pub l2: CacheL2Config,
+    /// L3, the SQL database of `[storage]`.
+    pub l3: CacheL3Config,
+}
+
+mod ttl_map {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(m: &BTreeMap<String, Duration>, s: S) -> Result<S::Ok, S::Error> {
+        let out: BTreeMap<&String, String> =
+            m.iter().map(|(k, v)| (k, humantime::format_duration(*v).to_string())).collect();
+        out.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Duration>, D::Error> {
+        let raw = BTreeMap::<String, String>::deserialize(d)?;
+        raw.into_iter()
+            .map(|(k, v)| {
+                humantime::parse_duration(&v)
+                    .map(|d| (k.clone(), d))
+                    .map_err(|e| serde::de::Error::custom(format!("{k}: {e}")))
+            })
+            .collect()
+    }
+}
+
+/// Which requests are cached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheMode {
+    /// Only requests whose output is reproducible: `temperature = 0` or a `seed`.
+    Deterministic,
+    /// Every request.
+    Always,
+    /// Nothing.
+    Off,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            mode: CacheMode::Deterministic,
+            ttl: Duration::from_secs(3600),
+            model_ttl: BTreeMap::new(),
+            l1: CacheL1Config::default(),
+            l2: CacheL2Config::default(),
+            l3: CacheL3Config::default(),
+        }
+    }
+}
+
+/// `[cache.l1]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheL1Config {
+    /// Size bound of L1 in bytes (0 disables L1).
+    pub max_bytes: u64,
+}
+
+impl Default for CacheL1Config {
+    fn default() -> Self {
+        CacheL1Config { max_bytes: 256 * 1024 * 1024 }
+    }
+}
+
+/// `[cache.l2]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheL2Config {
+    /// Redis URL, e.g. `redis://127.0.0.1:6379/`. Absent: no L2.
+    pub url: Option<String>,
+    /// Timeout of one Redis operation; past it the level is skipped.
+    #[serde(with = "humantime_serde::option")]
+    pub timeout: Option<Duration>,
+}
+
+/// `[cache.l3]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheL3Config {
+    /// Use the `[storage]` database as L3.
+    pub enabled: bool,
+    /// How often expired rows are purged.
+    #[serde(with = "humantime_serde")]
+    pub purge_interval: Duration,
+}
+
+impl Default for CacheL3Config {
+    fn default() -> Self {
+        CacheL3Config {
+            enabled: true,
+            purge_interval: Duration::from_secs(300),
+        }
+    }
+}
+
+impl CacheConfig {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(u) = &self.l2.url
+            && !(u.starts_with("redis://") || u.starts_with("rediss://") || u.starts_with("unix://"))
+        {
+            return Err(ConfigError::invalid("cache.l2.url", "must be a redis:// URL"));
+        }
+        if self.ttl.is_zero() {
+            return Err(ConfigError::invalid("cache.ttl", "must be more than zero"));
+        }
+        Ok(())
+    }
+}

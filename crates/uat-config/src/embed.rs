@@ -1,0 +1,79 @@
+use crate::ConfigError;
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `[embeddings]`: local embedding models and their batching.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmbeddingsConfig {
+    /// Local models (Hugging Face sentence-transformers folders).
+    pub models: Vec<EmbeddingModelConfig>,
+    /// Memory that loaded models may use together (bytes); least recently used
+    /// models are unloaded past it.
+    pub memory_budget: u64,
+    /// Unload a model after it has been idle this long.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Duration,
+    /// Padded tokens (longest x count) in one batch.
+    pub batch_tokens: usize,
+    /// Inputs in one batch.
+    pub max_batch_size: usize,
+    /// Longest a request waits for its batch to fill.
+    #[serde(with = "humantime_serde")]
+    pub max_wait: Duration,
+    /// Inputs that may wait in the queue; beyond it requests get 503 at once.
+    pub queue_capacity: usize,
+    /// Threads that run model inference.
+    pub threads: usize,
+}
+
+/// `[[embeddings.models]]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingModelConfig {
+    /// Public model name.
+    pub name: String,
+    /// Folder in the Hugging Face sentence-transformers layout.
+    pub path: PathBuf,
+    /// Load at start-up instead of on first use.
+    #[serde(default)]
+    pub eager: bool,
+}
+
+impl Default for EmbeddingsConfig {
+    fn default() -> Self {
+        EmbeddingsConfig {
+            models: Vec::new(),
+            memory_budget: 2 * 1024 * 1024 * 1024,
+            keep_alive: Duration::from_secs(30 * 60),
+            batch_tokens: 8192,
+            max_batch_size: 64,
+            max_wait: Duration::from_millis(3),
+            queue_capacity: 4096,
+            threads: 1,
+        }
+    }
+}
+
+impl EmbeddingsConfig {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        let mut names = HashSet::new();
+        for (i, m) in self.models.iter().enumerate() {
+            if m.name.is_empty() || !names.insert(m.name.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("embeddings.models[{i}].name"),
+                    "must be non-empty and unique",
+                ));
+            }
+        }
+        if self.batch_tokens == 0 || self.max_batch_size == 0 || self.queue_capacity == 0 || self.threads == 0 {
+            return Err(ConfigError::invalid(
+                "embeddings",
+                "batch_tokens, max_batch_size, queue_capacity and threads must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}

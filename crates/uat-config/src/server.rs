@@ -1,0 +1,72 @@
+use crate::ConfigError;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// `[server]`: the HTTP listener and its protections.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: String,
+    /// Requests in flight beyond which `uat` sheds load with 503 + Retry-After.
+    pub max_in_flight: usize,
+    /// Largest request body on ordinary routes (bytes); larger gets 413.
+    pub body_limit: usize,
+    /// Largest request body on bulk routes such as vector upserts (bytes).
+    pub bulk_body_limit: usize,
+    /// How long a graceful shutdown waits for in-flight requests and streams.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Log format: `text` or `json`.
+    pub log_format: LogFormat,
+    /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` wins when set.
+    pub log_level: String,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:3033".into(),
+            max_in_flight: 1024,
+            body_limit: 4 * 1024 * 1024,
+            bulk_body_limit: 64 * 1024 * 1024,
+            shutdown_grace: Duration::from_secs(30),
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+        }
+    }
+}
+
+impl ServerConfig {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ConfigError::invalid(
+                "server.listen",
+                format!("`{}` is not an address like 127.0.0.1:3033", self.listen),
+            ));
+        }
+        if self.max_in_flight == 0 {
+            return Err(ConfigError::invalid("server.max_in_flight", "must be at least 1"));
+        }
+        if self.body_limit == 0 {
+            return Err(ConfigError::invalid("server.body_limit", "must be at least 1"));
+        }
+        if self.bulk_body_limit < self.body_limit {
+            return Err(ConfigError::invalid(
+                "server.bulk_body_limit",
+                "must be at least server.body_limit",
+            ));
+        }
+        Ok(())
+    }
+}

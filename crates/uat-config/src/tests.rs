@@ -1,0 +1,153 @@
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn load_str(text: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("uat.toml");
+    std::fs::write(&p, text).unwrap();
+    Config::load_with_env(Some(&p), &env(vars), &Overrides::default()).map(|(c, _)| c)
+}
+
+const SAMPLE: &str = r#"
+[server]
+listen = "127.0.0.1:3033"
+
+[[providers]]
+name = "local-ollama"
+kind = "ollama"
+base_url = "http://127.0.0.1:11434"
+api_key_env = "OLLAMA_KEY"
+models = []
+weight = 1
+priority = 0
+timeout = "60s"
+
+[[providers]]
+name = "openai"
+kind = "openai"
+base_url = "https://api.openai.com/v1"
+
+[[models]]
+name = "fast-chat"
+targets = ["local-ollama/llama3.2:3b", "openai/gpt-4o-mini"]
+
+[routing]
+strategy = "least-latency"
+max_attempts = 3
+
+[storage]
+data_dir = "./data"
+database_url = "sqlite://./data/uat.db"
+"#;
+
+#[test]
+fn issue_sample_parses() {
+    let c = load_str(SAMPLE, &[]).unwrap();
+    assert_eq!(c.providers.len(), 2);
+    assert_eq!(c.providers[0].kind, ProviderKind::Ollama);
+    assert_eq!(c.providers[0].timeout, std::time::Duration::from_secs(60));
+    assert_eq!(c.routing.strategy, RoutingStrategy::LeastLatency);
+    assert_eq!(c.models[0].targets.len(), 2);
+}
+
+#[test]
+fn defaults_without_file() {
+    let c = Config::from_toml("").unwrap();
+    assert_eq!(c.server.listen, "127.0.0.1:3033");
+    assert!(c.providers.is_empty());
+    assert_eq!(c.storage.database_url(), "sqlite://./data/uat.db");
+    assert_eq!(c.server.body_limit, 4 * 1024 * 1024);
+}
+
+#[test]
+fn unknown_field_is_rejected_with_its_path() {
+    let err = load_str("[server]\nlisten = \"127.0.0.1:1\"\nlistne = 3\n", &[]).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("server"), "{msg}");
+    assert!(msg.contains("listne"), "{msg}");
+}
+
+#[test]
+fn bad_value_is_rejected_with_its_path() {
+    let text = SAMPLE.replace("timeout = \"60s\"", "timeout = \"sixty\"");
+    let msg = load_str(&text, &[]).unwrap_err().to_string();
+    assert!(msg.contains("providers[0].timeout"), "{msg}");
+}
+
+#[test]
+fn bad_strategy_names_the_field() {
+    let text = SAMPLE.replace("least-latency", "fastest");
+    let msg = load_str(&text, &[]).unwrap_err().to_string();
+    assert!(msg.contains("routing.strategy"), "{msg}");
+}
+
+#[test]
+fn alias_to_unknown_provider_is_rejected() {
+    let text = SAMPLE.replace("openai/gpt-4o-mini", "nobody/gpt-4o-mini");
+    let msg = load_str(&text, &[]).unwrap_err().to_string();
+    assert!(msg.contains("models[0].targets[1]"), "{msg}");
+}
+
+#[test]
+fn env_overrides_file_and_flags_override_env() {
+    let c = load_str(
+        SAMPLE,
+        &[
+            ("UAT_SERVER__LISTEN", "0.0.0.0:4000"),
+            ("UAT_ROUTING__MAX_ATTEMPTS", "5"),
+            ("UAT_PROVIDERS__1__WEIGHT", "7"),
+            ("UAT_CACHE__L2__URL", "redis://127.0.0.1:6379/"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.server.listen, "0.0.0.0:4000");
+    assert_eq!(c.routing.max_attempts, 5);
+    assert_eq!(c.providers[1].weight, 7);
+    assert_eq!(c.cache.l2.url.as_deref(), Some("redis://127.0.0.1:6379/"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("x.toml");
+    std::fs::write(&p, SAMPLE).unwrap();
+    let o = Overrides {
+        listen: Some("127.0.0.1:5000".into()),
+        ..Default::default()
+    };
+    let (c, _) = Config::load_with_env(Some(&p), &env(&[("UAT_SERVER__LISTEN", "0.0.0.0:4000")]), &o).unwrap();
+    assert_eq!(c.server.listen, "127.0.0.1:5000");
+}
+
+#[test]
+fn bad_env_value_names_the_path() {
+    let msg = load_str(SAMPLE, &[("UAT_ROUTING__MAX_ATTEMPTS", "many")]).unwrap_err().to_string();
+    assert!(msg.contains("routing.max_attempts"), "{msg}");
+}
+
+#[test]
+fn missing_explicit_file_is_an_error() {
+    let r = Config::load_with_env(Some(Path::new("/nonexistent/uat.toml")), &[], &Overrides::default());
+    assert!(matches!(r, Err(ConfigError::Read { .. })));
+}
+
+#[test]
+fn secrets_are_masked() {
+    let c = load_str(
+        "[storage]\ndatabase_url = \"postgres://app:hunter2@db:5432/uat\"\n[cache.l2]\nurl = \"redis://:pw@r:6379/\"\n",
+        &[],
+    )
+    .unwrap();
+    let out = c.to_masked_toml();
+    assert!(!out.contains("hunter2"), "{out}");
+    assert!(!out.contains(":pw@"), "{out}");
+    assert!(out.contains("app:****@db:5432"), "{out}");
+    // The masked output is itself a valid config.
+    Config::from_toml(&out).unwrap();
+}
+
+#[test]
+fn invalid_listen_is_rejected() {
+    let msg = load_str("[server]\nlisten = \"nowhere\"\n", &[]).unwrap_err().to_string();
+    assert!(msg.contains("server.listen"), "{msg}");
+}

@@ -1,0 +1,1 @@
+//! uat-embed: see the crate description and ARCHITECTURE.md.

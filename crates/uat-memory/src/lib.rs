@@ -1,0 +1,1 @@
+//! uat-memory: see the crate description and ARCHITECTURE.md.

@@ -1,0 +1,1 @@
+//! uat-router: see the crate description and ARCHITECTURE.md.

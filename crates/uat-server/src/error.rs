@@ -1,0 +1,185 @@
+//! `ApiError`: every error the HTTP API returns, rendered in the OpenAI shape
+//! `{"error":{"message","type","param","code"}}` with the right status.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// An error returned to an API client.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// OpenAI error `type` (`invalid_request_error`, `api_error`, ...).
+    pub kind: &'static str,
+    /// Machine-readable `code` (`model_not_found`, ...).
+    pub code: Option<&'static str>,
+    /// The request field at fault, when there is one.
+    pub param: Option<String>,
+    /// Human-readable message.
+    pub message: String,
+    /// Seconds for a `Retry-After` header (429 / 503).
+    pub retry_after: Option<u64>,
+    /// Extra JSON merged into the `error` object (e.g. per-provider reasons).
+    pub details: Option<serde_json::Value>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, code: Option<&'static str>, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            kind,
+            code,
+            param: None,
+            message: message.into(),
+            retry_after: None,
+            details: None,
+        }
+    }
+
+    /// 400 `invalid_request_error`.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", Some("invalid_request"), message)
+    }
+
+    /// 400 naming the offending field.
+    pub fn invalid_field(param: impl Into<String>, message: impl Into<String>) -> Self {
+        let mut e = Self::bad_request(message);
+        e.param = Some(param.into());
+        e
+    }
+
+    /// 404 `not_found_error` for a missing resource.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "invalid_request_error", Some("not_found"), message)
+    }
+
+    /// 404 `model_not_found`.
+    pub fn model_not_found(model: &str) -> Self {
+        let mut e = Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            Some("model_not_found"),
+            format!("The model `{model}` does not exist or no provider serves it"),
+        );
+        e.param = Some("model".into());
+        e
+    }
+
+    /// 413: the body is larger than the route allows.
+    pub fn payload_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            Some("payload_too_large"),
+            format!("request body is larger than the limit of {limit} bytes"),
+        )
+    }
+
+    /// 503 with Retry-After: the server is shedding load.
+    pub fn overloaded(message: impl Into<String>, retry_after: u64) -> Self {
+        let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", Some("overloaded"), message);
+        e.retry_after = Some(retry_after);
+        e
+    }
+
+    /// 503: a dependency is unavailable.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", Some("service_unavailable"), message)
+    }
+
+    /// 502: an upstream answered with an error.
+    pub fn bad_gateway(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_GATEWAY, "upstream_error", Some("upstream_error"), message)
+    }
+
+    /// 504: an upstream did not answer in time.
+    pub fn gateway_timeout(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::GATEWAY_TIMEOUT, "upstream_error", Some("upstream_timeout"), message)
+    }
+
+    /// 500: our fault. The message is logged; the client sees a generic text.
+    pub fn internal(message: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %message, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            Some("internal_error"),
+            "internal server error",
+        )
+    }
+
+    /// 404 for an unknown route.
+    pub fn no_route(method: &str, path: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            Some("unknown_url"),
+            format!("Unknown request URL: {method} {path}"),
+        )
+    }
+
+    /// 405 for a known route with the wrong method.
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            Some("method_not_allowed"),
+            "method not allowed on this route",
+        )
+    }
+
+    /// Sets `param`.
+    pub fn with_param(mut self, param: impl Into<String>) -> Self {
+        self.param = Some(param.into());
+        self
+    }
+
+    /// Sets extra details merged into the error object.
+    pub fn with_details(mut self, details: serde_json::Value) -> Self {
+        self.details = Some(details);
+        self
+    }
+
+    /// The OpenAI error body.
+    pub fn body(&self) -> serde_json::Value {
+        #[derive(Serialize)]
+        struct Inner<'a> {
+            message: &'a str,
+            #[serde(rename = "type")]
+            kind: &'a str,
+            param: Option<&'a str>,
+            code: Option<&'a str>,
+        }
+        let mut v = serde_json::json!({ "error": Inner {
+            message: &self.message,
+            kind: self.kind,
+            param: self.param.as_deref(),
+            code: self.code,
+        }});
+        if let (Some(serde_json::Value::Object(extra)), Some(serde_json::Value::Object(err))) =
+            (&self.details, v.get_mut("error"))
+        {
+            for (k, val) in extra {
+                err.insert(k.clone(), val.clone());
+            }
+        }
+        v
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status.as_u16(), self.message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (self.status, axum::Json(self.body())).into_response();
+        if let Some(s) = self.retry_after {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        resp
+    }
+}

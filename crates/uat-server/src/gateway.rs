@@ -1,0 +1,30 @@
+//! LLM routing: chat completions and model lists (issue: gateway core).
+//!
+//! Placeholder until the subsystem lands: no routes, nothing to check.
+
+use crate::StartupError;
+use crate::state::{AppState, ReadyCheck};
+use axum::Router;
+use uat_config::Config;
+
+/// Handle to the subsystem, held in [`AppState`].
+pub struct Gateway {
+    _private: (),
+}
+
+impl Gateway {
+    /// Starts the subsystem from the configuration.
+    pub async fn init(_config: &Config) -> Result<Self, StartupError> {
+        Ok(Gateway { _private: () })
+    }
+
+    /// Readiness lines for `GET /ready`.
+    pub async fn ready(&self) -> Vec<ReadyCheck> {
+        Vec::new()
+    }
+}
+
+/// The subsystem's routes.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+}

@@ -1,0 +1,183 @@
+//! The tower stack around every route: request id, load shedding, HTTP
+//! metrics, gzip, OpenAI-shaped 404/405.
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderName, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts};
+use std::pin::Pin;
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Instant;
+use tower_http::compression::CompressionLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// HTTP-level metrics, registered once.
+pub(crate) struct HttpMetrics {
+    pub requests: IntCounterVec,
+    pub duration: HistogramVec,
+    pub in_flight: IntGauge,
+}
+
+pub(crate) static METRICS: LazyLock<HttpMetrics> = LazyLock::new(|| {
+    let requests = IntCounterVec::new(
+        Opts::new("uat_requests_total", "HTTP requests by route, model, provider and status"),
+        &["route", "model", "provider", "status"],
+    );
+    let duration = HistogramVec::new(
+        HistogramOpts::new("uat_request_duration_seconds", "Time to the response head, by route")
+            .buckets(uat_telemetry::LATENCY_BUCKETS.to_vec()),
+        &["route"],
+    );
+    let in_flight = IntGauge::new("uat_requests_in_flight", "Requests being served, streams included");
+    match (requests, duration, in_flight) {
+        (Ok(r), Ok(d), Ok(i)) => HttpMetrics {
+            requests: uat_telemetry::register(r),
+            duration: uat_telemetry::register(d),
+            in_flight: uat_telemetry::register(i),
+        },
+        _ => unreachable_metrics(),
+    }
+});
+
+#[expect(clippy::panic, reason = "metric definitions are static and valid; this cannot happen")]
+fn unreachable_metrics() -> HttpMetrics {
+    panic!("invalid static metric definition")
+}
+
+/// Labels a handler attaches to its response (as an extension) for
+/// `uat_requests_total`. Values must come from small fixed sets.
+#[derive(Debug, Clone, Default)]
+pub struct RouteLabels {
+    /// The resolved model (empty when unknown).
+    pub model: String,
+    /// The provider that served the request (empty when none).
+    pub provider: String,
+}
+
+/// Counts in-flight requests; a response body keeps its guard until it ends,
+/// so streams count until their last byte.
+#[derive(Clone)]
+pub(crate) struct InFlight {
+    count: std::sync::Arc<AtomicUsize>,
+    max: usize,
+}
+
+struct InFlightGuard {
+    count: std::sync::Arc<AtomicUsize>,
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
+        METRICS.in_flight.dec();
+    }
+}
+
+struct GuardedBody {
+    inner: Body,
+    _guard: InFlightGuard,
+}
+
+impl HttpBody for GuardedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn is_probe(path: &str) -> bool {
+    matches!(path, "/health" | "/ready" | "/metrics")
+}
+
+async fn shed_and_measure(State(limit): State<InFlight>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    if is_probe(req.uri().path()) {
+        return next.run(req).await;
+    }
+    let prev = limit.count.fetch_add(1, Ordering::AcqRel);
+    METRICS.in_flight.inc();
+    let guard = InFlightGuard {
+        count: limit.count.clone(),
+    };
+    if prev >= limit.max {
+        drop(guard);
+        let resp = ApiError::overloaded(
+            format!("server is at its limit of {} requests in flight; retry shortly", limit.max),
+            1,
+        )
+        .into_response();
+        record(&route, &resp, start);
+        return resp;
+    }
+    let resp = next.run(req).await;
+    record(&route, &resp, start);
+    let (parts, body) = resp.into_parts();
+    Response::from_parts(parts, Body::new(GuardedBody { inner: body, _guard: guard }))
+}
+
+fn record(route: &str, resp: &Response, start: Instant) {
+    let labels = resp.extensions().get::<RouteLabels>();
+    let (model, provider) = labels.map(|l| (l.model.as_str(), l.provider.as_str())).unwrap_or(("", ""));
+    METRICS
+        .requests
+        .with_label_values(&[route, model, provider, resp.status().as_str()])
+        .inc();
+    METRICS
+        .duration
+        .with_label_values(&[route])
+        .observe(start.elapsed().as_secs_f64());
+}
+
+async fn fallback(req: Request) -> ApiError {
+    ApiError::no_route(req.method().as_str(), req.uri().path())
+}
+
+/// Turns axum's bare 405 into the OpenAI shape.
+async fn shape_405(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    if resp.status() == StatusCode::METHOD_NOT_ALLOWED && resp.headers().get(axum::http::header::CONTENT_TYPE).is_none() {
+        return ApiError::method_not_allowed().into_response();
+    }
+    resp
+}
+
+pub(crate) fn wrap(router: Router<AppState>, state: AppState) -> Router {
+    let limit = InFlight {
+        count: std::sync::Arc::new(AtomicUsize::new(0)),
+        max: state.config.server.max_in_flight,
+    };
+    router
+        .fallback(fallback)
+        .layer(axum::middleware::from_fn(shape_405))
+        .route_layer(axum::middleware::from_fn_with_state(limit.clone(), shed_and_measure))
+        .with_state(state)
+        .layer(CompressionLayer::new().gzip(true))
+        .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
+        .layer(SetRequestIdLayer::new(X_REQUEST_ID.clone(), MakeRequestUuid))
+}

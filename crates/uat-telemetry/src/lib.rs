@@ -1,0 +1,66 @@
+//! Tracing set-up and the Prometheus exporter.
+//!
+//! Every crate registers its metrics once (at first use, through a
+//! `LazyLock`) in the process-wide [`registry`]; `GET /metrics` renders it
+//! with [`render`]. Metric names follow `uat_<subsystem>_<name>_{total|seconds|bytes}`.
+
+use prometheus::{Encoder, Registry, TextEncoder};
+use std::sync::LazyLock;
+
+static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
+
+/// The process-wide metric registry.
+pub fn registry() -> &'static Registry {
+    &REGISTRY
+}
+
+/// Registers a collector, ignoring a second registration of the same metric
+/// (which happens when several app instances run in one test process).
+pub fn register<C: prometheus::core::Collector + Clone + 'static>(c: C) -> C {
+    match REGISTRY.register(Box::new(c.clone())) {
+        Ok(()) | Err(prometheus::Error::AlreadyReg) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "metric registration failed");
+            c
+        }
+    }
+}
+
+/// Latency buckets (seconds) from 50 µs to 60 s, for request and upstream durations.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// Renders every registered metric in the Prometheus text format.
+pub fn render() -> String {
+    let mut buf = Vec::with_capacity(16 * 1024);
+    let families = REGISTRY.gather();
+    if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
+        tracing::error!(error = %e, "metric encoding failed");
+    }
+    String::from_utf8(buf).unwrap_or_default()
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy)]
+pub enum LogFormat {
+    /// Human-readable.
+    Text,
+    /// JSON lines.
+    Json,
+}
+
+/// Installs the global tracing subscriber. `RUST_LOG` wins over `default_filter`.
+/// Safe to call more than once (later calls do nothing).
+pub fn init_tracing(default_filter: &str, format: LogFormat) {
+    use tracing_subscriber::{EnvFilter, fmt};
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(default_filter))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}

@@ -1,0 +1,1 @@
+//! uat-testkit: see the crate description and ARCHITECTURE.md.

@@ -1,0 +1,1 @@
+//! uat-types: see the crate description and ARCHITECTURE.md.

@@ -1,0 +1,1 @@
+//! uat-vector: see the crate description and ARCHITECTURE.md.

@@ -1,0 +1,54 @@
+//! Command-line interface.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Universal AI Tools: an OpenAI-compatible AI gateway, response cache, local
+/// embeddings, vector database and memory service in one binary.
+#[derive(Debug, Parser)]
+#[command(name = "uat", version, about)]
+pub struct Cli {
+    /// Configuration file (TOML). Default: ./uat.toml when present, else built-in defaults.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Configuration tools.
+    Config {
+        /// What to do with the configuration.
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Load-test a running gateway (or the built-in mock upstream directly vs. through uat).
+    Loadtest(crate::loadtest::LoadtestArgs),
+}
+
+/// `uat serve` flags; they override the file and the environment.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (overrides server.listen).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Data directory (overrides storage.data_dir).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Database URL (overrides storage.database_url).
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
+}
+
+/// `uat config ...`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration and print the effective result with secrets masked.
+    Check,
+}

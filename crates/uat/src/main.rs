@@ -1,0 +1,101 @@
+//! The `uat` binary: parses the command line, loads the configuration and
+//! hands over to the library crates. Wiring and exit codes only.
+
+mod cli;
+mod loadtest;
+
+use anyhow::Context;
+use clap::Parser;
+use cli::{Cli, Command, ConfigCommand};
+use std::process::ExitCode;
+use uat_config::{Config, Overrides};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(ref args) => {
+            let overrides = Overrides {
+                listen: args.listen.clone(),
+                data_dir: args.data_dir.clone(),
+                database_url: args.database_url.clone(),
+            };
+            runtime().and_then(|rt| rt.block_on(serve(cli.config.as_deref(), &overrides)))
+        }
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => config_check(cli.config.as_deref()),
+        Command::Loadtest(ref args) => runtime().and_then(|rt| rt.block_on(loadtest::run(args, cli.config.as_deref()))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn config_check(path: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let (cfg, source) = Config::load(path, &Overrides::default()).context("invalid configuration")?;
+    match source {
+        uat_config::Source::File(p) => println!("# configuration OK: {}", p.display()),
+        uat_config::Source::Defaults => println!("# configuration OK: built-in defaults (no uat.toml found)"),
+    }
+    print!("{}", cfg.to_masked_toml());
+    Ok(())
+}
+
+async fn serve(path: Option<&std::path::Path>, overrides: &Overrides) -> anyhow::Result<()> {
+    let (cfg, source) = Config::load(path, overrides).context("invalid configuration")?;
+    let format = match cfg.server.log_format {
+        uat_config::LogFormat::Text => uat_telemetry::LogFormat::Text,
+        uat_config::LogFormat::Json => uat_telemetry::LogFormat::Json,
+    };
+    uat_telemetry::init_tracing(&cfg.server.log_level, format);
+    tracing::info!(?source, "configuration loaded");
+    let listen = cfg.server.listen.clone();
+    let grace = cfg.server.shutdown_grace;
+    let listener = uat_server::bind(&listen).await?;
+    let state = uat_server::build(cfg).await?;
+    let app = uat_server::app(state);
+    tracing::info!(addr = %listen, "uat is listening");
+    uat_server::serve(listener, app, shutdown_signal(), grace)
+        .await
+        .context("server error")?;
+    tracing::info!("uat stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
