@@ -151,3 +151,12 @@ fn invalid_listen_is_rejected() {
     let msg = load_str("[server]\nlisten = \"nowhere\"\n", &[]).unwrap_err().to_string();
     assert!(msg.contains("server.listen"), "{msg}");
 }
+
+#[test]
+fn shipped_example_config_is_valid() {
+    let text = include_str!("../../../uat.example.toml");
+    let c = Config::from_toml(text).unwrap();
+    assert_eq!(c.providers.len(), 3);
+    assert_eq!(c.cache.model_ttl["gpt-4o-mini"], std::time::Duration::from_secs(600));
+    assert_eq!(c.cache.l2.timeout, Some(std::time::Duration::from_millis(50)));
+}
