@@ -21,6 +21,13 @@ pub struct CacheConfig {
     pub l2: CacheL2Config,
     /// L3, the SQL database of `[storage]`.
     pub l3: CacheL3Config,
+    /// Capacity of the queue of L2/L3 writes; when full a write is dropped
+    /// (and counted), never waited for.
+    pub write_queue: usize,
+    /// Longest time an identical request waits for one already in flight
+    /// before calling upstream itself.
+    #[serde(with = "humantime_serde")]
+    pub singleflight_wait: Duration,
 }
 
 mod ttl_map {
@@ -28,13 +35,20 @@ mod ttl_map {
     use std::collections::BTreeMap;
     use std::time::Duration;
 
-    pub fn serialize<S: Serializer>(m: &BTreeMap<String, Duration>, s: S) -> Result<S::Ok, S::Error> {
-        let out: BTreeMap<&String, String> =
-            m.iter().map(|(k, v)| (k, humantime::format_duration(*v).to_string())).collect();
+    pub fn serialize<S: Serializer>(
+        m: &BTreeMap<String, Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let out: BTreeMap<&String, String> = m
+            .iter()
+            .map(|(k, v)| (k, humantime::format_duration(*v).to_string()))
+            .collect();
         out.serialize(s)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Duration>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<String, Duration>, D::Error> {
         let raw = BTreeMap::<String, String>::deserialize(d)?;
         raw.into_iter()
             .map(|(k, v)| {
@@ -67,6 +81,8 @@ impl Default for CacheConfig {
             l1: CacheL1Config::default(),
             l2: CacheL2Config::default(),
             l3: CacheL3Config::default(),
+            write_queue: 4096,
+            singleflight_wait: Duration::from_secs(120),
         }
     }
 }
@@ -81,19 +97,45 @@ pub struct CacheL1Config {
 
 impl Default for CacheL1Config {
     fn default() -> Self {
-        CacheL1Config { max_bytes: 256 * 1024 * 1024 }
+        CacheL1Config {
+            max_bytes: 256 * 1024 * 1024,
+        }
     }
 }
 
 /// `[cache.l2]`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheL2Config {
     /// Redis URL, e.g. `redis://127.0.0.1:6379/`. Absent: no L2.
     pub url: Option<String>,
-    /// Timeout of one Redis operation; past it the level is skipped.
+    /// Timeout of one Redis operation; past it the level is skipped
+    /// (absent: [`CacheL2Config::DEFAULT_TIMEOUT`]).
     #[serde(with = "humantime_serde::option")]
     pub timeout: Option<Duration>,
+    /// Prefix of every key (and of the invalidation channel), so several
+    /// deployments can share one Redis.
+    pub key_prefix: String,
+}
+
+impl CacheL2Config {
+    /// Per-operation timeout when none is configured.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(250);
+
+    /// The timeout in effect.
+    pub fn timeout(&self) -> Duration {
+        self.timeout.unwrap_or(Self::DEFAULT_TIMEOUT)
+    }
+}
+
+impl Default for CacheL2Config {
+    fn default() -> Self {
+        CacheL2Config {
+            url: None,
+            timeout: None,
+            key_prefix: "uat:cache:".into(),
+        }
+    }
 }
 
 /// `[cache.l3]`.
@@ -119,12 +161,41 @@ impl Default for CacheL3Config {
 impl CacheConfig {
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if let Some(u) = &self.l2.url
-            && !(u.starts_with("redis://") || u.starts_with("rediss://") || u.starts_with("unix://"))
+            && !(u.starts_with("redis://")
+                || u.starts_with("rediss://")
+                || u.starts_with("unix://"))
         {
-            return Err(ConfigError::invalid("cache.l2.url", "must be a redis:// URL"));
+            return Err(ConfigError::invalid(
+                "cache.l2.url",
+                "must be a redis:// URL",
+            ));
         }
         if self.ttl.is_zero() {
             return Err(ConfigError::invalid("cache.ttl", "must be more than zero"));
+        }
+        if let Some((model, _)) = self.model_ttl.iter().find(|(_, t)| t.is_zero()) {
+            return Err(ConfigError::invalid(
+                format!("cache.model_ttl.{model}"),
+                "must be more than zero",
+            ));
+        }
+        if self.write_queue == 0 {
+            return Err(ConfigError::invalid(
+                "cache.write_queue",
+                "must be at least 1",
+            ));
+        }
+        if self.l2.key_prefix.contains(['*', '?', '[', ']']) {
+            return Err(ConfigError::invalid(
+                "cache.l2.key_prefix",
+                "must not contain glob characters",
+            ));
+        }
+        if self.l2.timeout.is_some_and(|t| t.is_zero()) {
+            return Err(ConfigError::invalid(
+                "cache.l2.timeout",
+                "must be more than zero",
+            ));
         }
         Ok(())
     }

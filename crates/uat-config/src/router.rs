@@ -40,6 +40,25 @@ pub struct ProviderConfig {
     pub mock: MockSettings,
 }
 
+impl ProviderConfig {
+    /// A provider with every optional setting at its default.
+    pub fn new(name: impl Into<String>, kind: ProviderKind, base_url: Option<String>) -> Self {
+        ProviderConfig {
+            name: name.into(),
+            kind,
+            base_url,
+            api_key_env: None,
+            models: Vec::new(),
+            weight: default_weight(),
+            priority: 0,
+            timeout: default_timeout(),
+            connect_timeout: default_connect_timeout(),
+            first_byte_timeout: default_first_byte_timeout(),
+            mock: MockSettings::default(),
+        }
+    }
+}
+
 fn default_weight() -> u32 {
     1
 }

@@ -1,1 +1,35 @@
-//! uat-embed: see the crate description and ARCHITECTURE.md.
+//! Local embedding models for `uat`: a backend trait, a pure-Rust candle CPU backend
+//! for BERT-family sentence-transformers folders, a dynamic batcher and a model
+//! registry.
+//!
+//! The server wires `POST /v1/embeddings` as: parse `input` with
+//! [`EmbeddingInput::from_json`], call [`Registry::embed`] with an [`EmbedRequest`],
+//! render each vector as floats or with [`encode_base64`]. Admin routes use
+//! [`Registry::list`], [`Registry::load`] and [`Registry::unload`].
+//!
+//! The engine is synchronous numeric code; the async-facing pieces (the
+//! [`Batcher`] and the [`Registry`]) hand the compute to dedicated threads and
+//! never run it on tokio's workers.
+
+mod backend;
+mod batcher;
+pub mod bench;
+mod bert;
+mod error;
+mod folder;
+mod input;
+mod metrics;
+mod registry;
+mod tokenize;
+
+pub use backend::{CandleBackend, EmbeddingBackend, ModelInfo};
+pub use batcher::{Batcher, BatcherConfig, ComputePool};
+pub use bert::BertConfig;
+pub use error::{EmbedError, Result};
+pub use folder::{FolderSpec, Pooling};
+pub use input::{
+    EmbeddingInput, EncodingFormat, MAX_INPUTS, PreparedInput, check_dimensions, decode_base64,
+    encode_base64, prepare,
+};
+pub use registry::{EmbedRequest, EmbedResponse, Loader, ModelStatus, Registry};
+pub use tokenize::TextTokenizer;

@@ -1,1 +1,30 @@
-//! uat-memory: see the crate description and ARCHITECTURE.md.
+//! uat-memory: long-term memories per user, with keyword, semantic and hybrid search.
+//!
+//! - [`store`]: one [`Store`] trait, two implementations (SQLite by default,
+//!   PostgreSQL when `database_url` is `postgres://...`), migrated at start-up;
+//!   SQL is the source of truth: every change is written with its history and
+//!   a change-log record in one transaction;
+//! - [`index`]: the semantic index (a `uat-vector` collection) that tails the
+//!   change log, so it catches up after a crash and across replicas;
+//! - [`Memories`]: validation, embedding (through the [`Embedder`] trait),
+//!   store and index behind one handle; the HTTP layer stays thin.
+
+pub mod bench;
+mod embed;
+pub mod error;
+pub mod index;
+pub mod input;
+pub mod keyword;
+mod metrics;
+mod service;
+pub mod store;
+pub mod types;
+
+pub use embed::{BoxFuture, Embedder};
+pub use error::{MemoryError, Result};
+pub use input::{
+    Limits, ListParams, MemoryInput, PatchInput, SearchInput, SearchMode, SearchQuery, WriteRequest,
+};
+pub use service::{Memories, Options, RRF_K, SearchHit, SearchResults};
+pub use store::{AnyStore, PgStore, SqliteStore, Store};
+pub use types::*;

@@ -1,1 +1,30 @@
-//! uat-router: see the crate description and ARCHITECTURE.md.
+//! The LLM router: providers (one file per wire format), routing strategies
+//! (one file each), retries with backoff, failover, circuit breakers, model
+//! discovery and upstream metrics.
+//!
+//! ```text
+//! Router::new(&config) -> resolve(model) -> chat / chat_stream / embeddings
+//!                            |                  |
+//!                         Catalog         Strategy orders candidates,
+//!                  (aliases, models)      Breaker gates each attempt,
+//!                                         retries before the first byte only
+//! ```
+
+mod breaker;
+mod catalog;
+pub mod discovery;
+mod error;
+mod metrics;
+pub mod provider;
+mod router;
+mod stats;
+pub mod strategy;
+#[cfg(test)]
+mod tests;
+
+pub use breaker::BreakerState;
+pub use catalog::ALIAS_OWNER;
+pub use error::{Failure, FailureKind, ProviderFailure, RouterError};
+pub use provider::{ChunkStream, Provider, Reply, StreamChunk};
+pub use router::{ProviderStatus, Resolved, Routed, RoutedStream, Router, build_provider};
+pub use stats::ProviderStats;

@@ -1,31 +1,176 @@
 //! The tiered response cache around chat completions and embeddings, and its
-//! admin routes (issue: cache).
+//! admin routes (`DELETE /v1/cache`, `GET /v1/cache/stats`).
 //!
-//! Placeholder until the subsystem lands: [`around`] calls straight through.
+//! [`around`] decides per request whether the cache may be read and
+//! written (mode, `Cache-Control`, `x-uat-cache-ttl`), answers hits (a chat
+//! hit is replayed as SSE when the request streams), joins identical misses
+//! into one upstream call, and records a successful answer: a JSON body as
+//! it is, a streamed one chunk by chunk while it is forwarded, assembled
+//! into one `chat.completion` and stored only when the stream ended with
+//! `[DONE]`. Every response of a cached route carries
+//! `x-uat-cache: hit-l1 | hit-l2 | hit-l3 | miss | bypass`.
+
+mod sse;
 
 use crate::StartupError;
-use crate::state::{AppState, ReadyCheck};
+use crate::error::ApiError;
+use crate::extract::ApiJson;
+use crate::middleware::RouteLabels;
+use crate::state::{AppState, ReadyCheck, ReadyStatus};
 use axum::Router;
-use axum::http::HeaderMap;
-use axum::response::Response;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use serde::Deserialize;
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use uat_cache::{
+    CacheKey, Flight, FlightGuard, Found, KeyPattern, Level, RedisLevel, RequestKind, SqlLevel,
+    TieredCache,
+};
 use uat_config::Config;
+use uat_config::{CacheConfig, CacheMode};
+
+/// `x-uat-cache`: how the cache served the response.
+pub static X_UAT_CACHE: HeaderName = HeaderName::from_static("x-uat-cache");
+/// `x-uat-cache-key`: the entry's key (`model|hash`), for `DELETE /v1/cache`.
+pub static X_UAT_CACHE_KEY: HeaderName = HeaderName::from_static("x-uat-cache-key");
+/// `x-uat-cache-ttl`: per-request time to live in seconds.
+pub static X_UAT_CACHE_TTL: HeaderName = HeaderName::from_static("x-uat-cache-ttl");
+
+/// The namespace used until API keys (and their owners) exist.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// Largest upstream JSON body that is buffered for caching.
+const MAX_CACHED_BODY: usize = 32 * 1024 * 1024;
 
 /// Handle to the subsystem, held in [`AppState`].
 pub struct CacheService {
-    _private: (),
+    cache: Option<TieredCache>,
+    config: CacheConfig,
+    l2_configured: bool,
+    l3_error: Option<String>,
 }
 
 impl CacheService {
-    /// Starts the subsystem from the configuration.
-    pub async fn init(_config: &Config) -> Result<Self, StartupError> {
-        Ok(CacheService { _private: () })
+    /// Starts the subsystem from the configuration: L1 always (unless
+    /// `max_bytes = 0`), L2 when `cache.l2.url` is set (an unreachable Redis
+    /// only degrades it), L3 when enabled, in `storage.database_url` (an
+    /// unreachable database disables L3 and is reported by `/ready`).
+    pub async fn init(config: &Config) -> Result<Self, StartupError> {
+        let cfg = config.cache.clone();
+        if cfg.mode == CacheMode::Off {
+            return Ok(CacheService {
+                cache: None,
+                config: cfg,
+                l2_configured: false,
+                l3_error: None,
+            });
+        }
+        let mut builder = TieredCache::builder()
+            .l1(cfg.l1.max_bytes)
+            .write_queue(cfg.write_queue);
+        let l2_configured = cfg.l2.url.is_some();
+        if let Some(url) = &cfg.l2.url {
+            let l2 = RedisLevel::connect(url, &cfg.l2.key_prefix, cfg.l2.timeout())
+                .await
+                .map_err(|e| StartupError::subsystem("cache", format!("cache.l2.url: {e}")))?;
+            builder = builder.l2(l2);
+        }
+        let mut l3_error = None;
+        if cfg.l3.enabled {
+            match connect_l3(config).await {
+                Ok(l3) => {
+                    l3.start_purge(cfg.l3.purge_interval);
+                    builder = builder.l3(l3);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cache L3 unavailable at start-up; running without it");
+                    l3_error = Some(e);
+                }
+            }
+        }
+        Ok(CacheService {
+            cache: Some(builder.build()),
+            config: cfg,
+            l2_configured,
+            l3_error,
+        })
     }
 
-    /// Readiness lines for `GET /ready`.
-    pub async fn ready(&self) -> Vec<ReadyCheck> {
-        Vec::new()
+    /// The tiered cache (absent when `cache.mode = "off"`).
+    pub fn tiered(&self) -> Option<&TieredCache> {
+        self.cache.as_ref()
     }
+
+    /// Readiness lines for `GET /ready`: `cache.l2` / `cache.l3`, degraded
+    /// (never critical) while skipped.
+    pub async fn ready(&self) -> Vec<ReadyCheck> {
+        let mut out = Vec::new();
+        let Some(cache) = &self.cache else {
+            return out;
+        };
+        for (level, healthy) in cache.health() {
+            let name = match level {
+                Level::L2 => "cache.l2",
+                Level::L3 => "cache.l3",
+                Level::L1 => continue,
+            };
+            out.push(ReadyCheck {
+                name: name.into(),
+                status: if healthy {
+                    ReadyStatus::Ok
+                } else {
+                    ReadyStatus::Degraded
+                },
+                critical: false,
+                detail: (!healthy)
+                    .then(|| "unreachable or slow: skipped, reconnecting in the background".into()),
+            });
+        }
+        if self.l2_configured && cache.l2().is_none() {
+            out.push(degraded("cache.l2", "not connected".into()));
+        }
+        if let Some(e) = &self.l3_error {
+            out.push(degraded("cache.l3", format!("disabled: {e}")));
+        }
+        out
+    }
+
+    fn ttl_for(&self, model: &str) -> Duration {
+        self.config
+            .model_ttl
+            .get(model)
+            .copied()
+            .unwrap_or(self.config.ttl)
+    }
+}
+
+fn degraded(name: &str, detail: String) -> ReadyCheck {
+    ReadyCheck {
+        name: name.into(),
+        status: ReadyStatus::Degraded,
+        critical: false,
+        detail: Some(detail),
+    }
+}
+
+async fn connect_l3(config: &Config) -> Result<SqlLevel, String> {
+    let url = config.storage.database_url();
+    if !config.storage.is_postgres() {
+        tokio::fs::create_dir_all(&config.storage.data_dir)
+            .await
+            .map_err(|e| format!("cannot create {}: {e}", config.storage.data_dir.display()))?;
+    }
+    SqlLevel::connect(&url, config.storage.max_connections, Duration::from_secs(2))
+        .await
+        .map_err(|e| format!("{}: {e}", uat_config::mask_url(&url)))
 }
 
 /// What kind of response is cached.
@@ -37,24 +182,396 @@ pub enum Kind {
     Embeddings,
 }
 
+impl From<Kind> for RequestKind {
+    fn from(k: Kind) -> Self {
+        match k {
+            Kind::Chat => RequestKind::Chat,
+            Kind::Embeddings => RequestKind::Embeddings,
+        }
+    }
+}
+
+/// What the cache may do for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// Look the request up.
+    pub read: bool,
+    /// Store the answer.
+    pub write: bool,
+    /// Time to live of a stored answer.
+    pub ttl: Duration,
+}
+
+/// Decides the policy from the mode, the request and its headers.
+pub fn policy(
+    cfg: &CacheConfig,
+    default_ttl: Duration,
+    headers: &HeaderMap,
+    kind: Kind,
+    body: &serde_json::Value,
+) -> Policy {
+    let cacheable = match cfg.mode {
+        CacheMode::Off => false,
+        CacheMode::Always => true,
+        CacheMode::Deterministic => match kind {
+            Kind::Embeddings => true,
+            Kind::Chat => {
+                body.get("temperature").and_then(serde_json::Value::as_f64) == Some(0.0)
+                    || body.get("seed").is_some_and(|s| !s.is_null())
+            }
+        },
+    };
+    let mut p = Policy {
+        read: cacheable,
+        write: cacheable,
+        ttl: default_ttl,
+    };
+    for v in headers.get_all(header::CACHE_CONTROL) {
+        let Ok(v) = v.to_str() else { continue };
+        for d in v.split(',') {
+            let d = d.trim();
+            if d.eq_ignore_ascii_case("no-cache") {
+                p.read = false;
+            } else if d.eq_ignore_ascii_case("no-store") {
+                p.write = false;
+            }
+        }
+    }
+    if let Some(secs) = headers
+        .get(&X_UAT_CACHE_TTL)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    {
+        if secs == 0 {
+            p.write = false;
+        } else {
+            p.ttl = Duration::from_secs(secs);
+        }
+    }
+    p
+}
+
+/// The tenant namespace of a request. Always [`DEFAULT_NAMESPACE`] until
+/// API keys exist; every key and pattern takes it as a parameter.
+pub fn namespace(_headers: &HeaderMap) -> &'static str {
+    DEFAULT_NAMESPACE
+}
+
 /// Serves a request through the cache: answers from it on a hit, otherwise
 /// runs `upstream` and stores a successful answer.
 pub async fn around<F, Fut>(
-    _state: &AppState,
-    _headers: &HeaderMap,
-    _kind: Kind,
-    _model: &str,
-    _body: &serde_json::Value,
+    state: &AppState,
+    headers: &HeaderMap,
+    kind: Kind,
+    model: &str,
+    body: &serde_json::Value,
     upstream: F,
 ) -> Response
 where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Response>,
 {
-    upstream().await
+    let svc = &state.cache;
+    let Some(cache) = &svc.cache else {
+        return tag(upstream().await, "bypass", None);
+    };
+    let p = policy(&svc.config, svc.ttl_for(model), headers, kind, body);
+    if !p.read && !p.write {
+        return tag(upstream().await, "bypass", None);
+    }
+    let key = CacheKey::for_request(namespace(headers), model, kind.into(), body);
+    let replay = Replay::of(kind, body);
+    if p.read
+        && let Some(found) = cache.get(&key).await
+        && let Some(resp) = serve_hit(cache, &key, found, replay, model).await
+    {
+        return resp;
+    }
+    let mut guard = None;
+    if p.read && p.write {
+        match cache
+            .single_flight(&key, svc.config.singleflight_wait)
+            .await
+        {
+            Flight::Leader(g) => guard = Some(g),
+            Flight::Waited => {
+                if let Some(found) = cache.get(&key).await
+                    && let Some(resp) = serve_hit(cache, &key, found, replay, model).await
+                {
+                    return resp;
+                }
+            }
+        }
+    }
+    let resp = upstream().await;
+    if !p.write
+        || !resp.status().is_success()
+        || resp.headers().contains_key(header::CONTENT_ENCODING)
+    {
+        return tag(resp, "miss", Some(&key));
+    }
+    let is_sse = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if is_sse {
+        if kind != Kind::Chat {
+            return tag(resp, "miss", Some(&key));
+        }
+        let (parts, body) = resp.into_parts();
+        let rec = Recording {
+            inner: body.into_data_stream(),
+            asm: sse::Assembler::default(),
+            sink: Some(Sink {
+                cache: cache.clone(),
+                key: key.clone(),
+                ttl: p.ttl,
+                _guard: guard,
+            }),
+        };
+        return tag(
+            Response::from_parts(parts, Body::from_stream(rec)),
+            "miss",
+            Some(&key),
+        );
+    }
+    let (parts, body) = resp.into_parts();
+    let bytes = match axum::body::to_bytes(body, MAX_CACHED_BODY).await {
+        Ok(b) => b,
+        Err(e) => {
+            return ApiError::bad_gateway(format!("upstream body failed: {e}")).into_response();
+        }
+    };
+    if valid_answer(kind, &bytes) {
+        cache.put(&key, bytes.clone(), p.ttl);
+    }
+    drop(guard);
+    tag(
+        Response::from_parts(parts, Body::from(bytes)),
+        "miss",
+        Some(&key),
+    )
+}
+
+/// How a hit is rendered.
+#[derive(Debug, Clone, Copy)]
+enum Replay {
+    Json,
+    Sse { include_usage: bool },
+}
+
+impl Replay {
+    fn of(kind: Kind, body: &serde_json::Value) -> Self {
+        let stream = body.get("stream").and_then(serde_json::Value::as_bool) == Some(true);
+        if kind == Kind::Chat && stream {
+            let include_usage = body
+                .get("stream_options")
+                .and_then(|o| o.get("include_usage"))
+                .and_then(serde_json::Value::as_bool)
+                == Some(true);
+            Replay::Sse { include_usage }
+        } else {
+            Replay::Json
+        }
+    }
+}
+
+/// A stored answer must be a JSON object of the right shape.
+fn valid_answer(kind: Kind, bytes: &[u8]) -> bool {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+        return false;
+    };
+    let field = match kind {
+        Kind::Chat => "choices",
+        Kind::Embeddings => "data",
+    };
+    v.get(field).is_some_and(serde_json::Value::is_array) && v.get("error").is_none()
+}
+
+/// Renders a hit; `None` when the stored value cannot be used (then it is
+/// deleted and the request goes upstream).
+async fn serve_hit(
+    cache: &TieredCache,
+    key: &CacheKey,
+    found: Found,
+    replay: Replay,
+    model: &str,
+) -> Option<Response> {
+    let hit = match found.level {
+        Level::L1 => "hit-l1",
+        Level::L2 => "hit-l2",
+        Level::L3 => "hit-l3",
+    };
+    let body = match replay {
+        Replay::Json => {
+            // L1 holds only values validated on the way in; values read from
+            // L2/L3 are checked again (a foreign or old-format entry).
+            if found.level != Level::L1
+                && serde_json::from_slice::<serde::de::IgnoredAny>(&found.value).is_err()
+            {
+                None
+            } else {
+                Some((found.value, "application/json"))
+            }
+        }
+        Replay::Sse { include_usage } => {
+            sse::replay(&found.value, include_usage).map(|b| (Bytes::from(b), "text/event-stream"))
+        }
+    };
+    let Some((bytes, content_type)) = body else {
+        tracing::warn!(key = %key, "undecodable cache entry deleted");
+        cache.delete(key).await;
+        return None;
+    };
+    let mut resp = Response::new(Body::from(bytes));
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if content_type == "text/event-stream" {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    }
+    resp.extensions_mut().insert(RouteLabels {
+        model: model.to_string(),
+        provider: "cache".into(),
+    });
+    Some(tag(resp, hit, Some(key)))
+}
+
+fn tag(mut resp: Response, how: &'static str, key: Option<&CacheKey>) -> Response {
+    let h = resp.headers_mut();
+    h.insert(X_UAT_CACHE.clone(), HeaderValue::from_static(how));
+    if let Some(k) = key
+        && let Ok(v) = HeaderValue::from_str(k.public())
+    {
+        h.insert(X_UAT_CACHE_KEY.clone(), v);
+    }
+    resp
+}
+
+/// Where a recorded stream goes when it completes.
+struct Sink {
+    cache: TieredCache,
+    key: CacheKey,
+    ttl: Duration,
+    // Released after the store so waiters find the entry in L1.
+    _guard: Option<FlightGuard>,
+}
+
+/// A streamed response body forwarded untouched while its SSE events are
+/// assembled into a completion.
+struct Recording<S> {
+    inner: S,
+    asm: sse::Assembler,
+    sink: Option<Sink>,
+}
+
+impl<S> Stream for Recording<S>
+where
+    S: Stream<Item = Result<Bytes, axum::Error>> + Unpin,
+{
+    type Item = Result<Bytes, axum::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        match this.inner.poll_next_unpin(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
+                if this.sink.is_some() {
+                    this.asm.feed(&chunk);
+                }
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                // A broken stream is never stored.
+                this.sink = None;
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => {
+                if let Some(sink) = this.sink.take()
+                    && let Some(completion) = this.asm.finish()
+                {
+                    sink.cache.put(&sink.key, Bytes::from(completion), sink.ttl);
+                }
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// `DELETE /v1/cache` body: exactly one of `key` (as in `x-uat-cache-key`)
+/// or `pattern` (a glob over model names, `*` and `?`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InvalidateRequest {
+    /// One entry, `model|hash`.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Every entry whose model matches.
+    #[serde(default)]
+    pub pattern: Option<String>,
+}
+
+async fn invalidate(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<InvalidateRequest>,
+) -> Result<Response, ApiError> {
+    let ns = namespace(&headers);
+    let deleted = match (&req.key, &req.pattern) {
+        (Some(k), None) => {
+            let key = CacheKey::parse_public(ns, k)
+                .map_err(|e| ApiError::invalid_field("key", e.to_string()))?;
+            match state.cache.tiered() {
+                Some(c) => c.delete(&key).await,
+                None => 0,
+            }
+        }
+        (None, Some(p)) => {
+            let pattern = KeyPattern::new(ns, p)
+                .map_err(|e| ApiError::invalid_field("pattern", e.to_string()))?;
+            match state.cache.tiered() {
+                Some(c) => c.invalidate(&pattern).await,
+                None => 0,
+            }
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "exactly one of `key` or `pattern` is required",
+            ));
+        }
+    };
+    Ok((
+        StatusCode::OK,
+        axum::Json(serde_json::json!({ "deleted": deleted })),
+    )
+        .into_response())
+}
+
+async fn stats(State(state): State<AppState>) -> Response {
+    let mode = match state.cache.config.mode {
+        CacheMode::Deterministic => "deterministic",
+        CacheMode::Always => "always",
+        CacheMode::Off => "off",
+    };
+    let body = match state.cache.tiered() {
+        Some(c) => {
+            let s = c.stats().await;
+            serde_json::json!({
+                "object": "cache.stats",
+                "mode": mode,
+                "levels": s.levels,
+                "dropped_writes": s.dropped_writes,
+                "singleflight_waiters": s.singleflight_waiters,
+            })
+        }
+        None => serde_json::json!({ "object": "cache.stats", "mode": mode, "levels": {} }),
+    };
+    axum::Json(body).into_response()
 }
 
 /// The subsystem's routes.
 pub fn routes() -> Router<AppState> {
     Router::new()
+        .route("/v1/cache", delete(invalidate))
+        .route("/v1/cache/stats", get(stats))
 }

@@ -1,30 +1,262 @@
-//! Local embeddings: POST /v1/embeddings and the model registry admin routes (issue: ML inference).
-//!
-//! Placeholder until the subsystem lands: no routes, nothing to check.
+//! Embeddings: `POST /v1/embeddings` (local models from `uat-embed`, or
+//! forwarded through the router to a remote provider) and the model
+//! registry's admin routes.
 
 use crate::StartupError;
-use crate::state::{AppState, ReadyCheck};
+use crate::error::ApiError;
+use crate::extract::ApiJson;
+use crate::state::{AppState, ReadyCheck, ReadyStatus};
 use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use std::sync::Arc;
 use uat_config::Config;
+use uat_embed::{EmbedError, EmbedRequest, EmbeddingInput, EncodingFormat, Registry};
 
-/// Handle to the subsystem, held in [`AppState`].
+/// Handle to the local embedding models, held in [`AppState`].
 pub struct EmbedService {
-    _private: (),
+    registry: Arc<Registry>,
+    _keep_alive: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl EmbedService {
-    /// Starts the subsystem from the configuration.
-    pub async fn init(_config: &Config) -> Result<Self, StartupError> {
-        Ok(EmbedService { _private: () })
+    /// Builds the registry from `[embeddings]`, loads the models marked
+    /// `eager`, and starts the idle-unload task.
+    pub async fn init(config: &Config) -> Result<Self, StartupError> {
+        let registry = Arc::new(Registry::new(&config.embeddings).map_err(|e| StartupError::subsystem("embeddings", e))?);
+        registry
+            .load_eager()
+            .await
+            .map_err(|e| StartupError::subsystem("embeddings", e))?;
+        let keep_alive = if config.embeddings.models.is_empty() {
+            None
+        } else {
+            Some(registry.spawn_keep_alive())
+        };
+        Ok(EmbedService {
+            registry,
+            _keep_alive: keep_alive,
+        })
     }
 
-    /// Readiness lines for `GET /ready`.
+    /// The model registry.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Local models as `GET /v1/models` entries.
+    pub fn models(&self) -> Vec<uat_types::Model> {
+        self.registry
+            .names()
+            .into_iter()
+            .map(|n| uat_types::Model::new(n, "uat"))
+            .collect()
+    }
+
+    /// Embeds texts with a local model (for services such as memory).
+    pub async fn embed_texts(&self, model: &str, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let resp = self.registry.embed(model, EmbedRequest::new(EmbeddingInput::Texts(texts))).await?;
+        Ok(resp.embeddings)
+    }
+
+    /// Readiness: models marked eager must be loaded.
     pub async fn ready(&self) -> Vec<ReadyCheck> {
-        Vec::new()
+        let list = self.registry.list();
+        if list.is_empty() {
+            return Vec::new();
+        }
+        let missing: Vec<&str> = list.iter().filter(|m| m.eager && !m.loaded).map(|m| m.name.as_str()).collect();
+        let loaded = list.iter().filter(|m| m.loaded).count();
+        vec![ReadyCheck {
+            name: "embeddings".into(),
+            status: if missing.is_empty() { ReadyStatus::Ok } else { ReadyStatus::Degraded },
+            critical: false,
+            detail: Some(if missing.is_empty() {
+                format!("{loaded} of {} models loaded", list.len())
+            } else {
+                format!("eager models not loaded: {}", missing.join(", "))
+            }),
+        }]
     }
 }
 
-/// The subsystem's routes.
+/// Maps an engine error: bad input 400 naming the field, unknown model 404,
+/// a full queue 503 + Retry-After, ours 500.
+pub fn embed_error(e: EmbedError) -> ApiError {
+    match &e {
+        EmbedError::UnknownModel(m) => ApiError::model_not_found(m),
+        EmbedError::DimensionsUnsupported { .. } => ApiError::invalid_field("dimensions", e.to_string()),
+        EmbedError::Overloaded { .. } => ApiError::overloaded(e.to_string(), 1),
+        EmbedError::ShuttingDown => ApiError::unavailable(e.to_string()),
+        _ if e.is_client_error() => ApiError::invalid_field("input", e.to_string()),
+        _ => ApiError::internal(e),
+    }
+}
+
+/// The routes.
 pub fn routes() -> Router<AppState> {
     Router::new()
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/embeddings/models", get(list_models))
+        .route("/v1/embeddings/models/{name}/load", post(load_model))
+        .route("/v1/embeddings/models/{name}/unload", post(unload_model))
+}
+
+struct Parsed {
+    model: String,
+    input: EmbeddingInput,
+    format: EncodingFormat,
+    dimensions: Option<usize>,
+    truncate: bool,
+}
+
+fn parse(body: &Value) -> Result<Parsed, ApiError> {
+    let Some(obj) = body.as_object() else {
+        return Err(ApiError::bad_request("expected a JSON object"));
+    };
+    let model = match obj.get("model") {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(_) => return Err(ApiError::invalid_field("model", "`model` must be a non-empty string")),
+        None => return Err(ApiError::invalid_field("model", "missing field `model`")),
+    };
+    let input = match obj.get("input") {
+        Some(v) => EmbeddingInput::from_json(v).map_err(embed_error)?,
+        None => return Err(ApiError::invalid_field("input", "missing field `input`")),
+    };
+    input.validate().map_err(embed_error)?;
+    let format = match obj.get("encoding_format") {
+        None | Some(Value::Null) => EncodingFormat::Float,
+        Some(Value::String(s)) if s == "float" => EncodingFormat::Float,
+        Some(Value::String(s)) if s == "base64" => EncodingFormat::Base64,
+        Some(v) => {
+            return Err(ApiError::invalid_field(
+                "encoding_format",
+                format!("`encoding_format` must be \"float\" or \"base64\", got {v}"),
+            ));
+        }
+    };
+    let dimensions = match obj.get("dimensions") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_u64() {
+            Some(d) if d > 0 => Some(d as usize),
+            _ => return Err(ApiError::invalid_field("dimensions", "`dimensions` must be a positive integer")),
+        },
+    };
+    let truncate = match obj.get("truncate") {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(ApiError::invalid_field("truncate", "`truncate` must be a boolean")),
+    };
+    Ok(Parsed {
+        model,
+        input,
+        format,
+        dimensions,
+        truncate,
+    })
+}
+
+async fn embeddings(State(state): State<AppState>, headers: HeaderMap, ApiJson(body): ApiJson<Value>) -> Response {
+    let model = match body.get("model") {
+        Some(Value::String(s)) => s.clone(),
+        _ => String::new(),
+    };
+    if state.embed.registry.contains(&model) {
+        let parsed = match parse(&body) {
+            Ok(p) => p,
+            Err(e) => return e.into_response(),
+        };
+        let st = state.clone();
+        let resp = crate::cache::around(&state, &headers, crate::cache::Kind::Embeddings, &model, &body, || async move {
+            local(&st, parsed).await.unwrap_or_else(IntoResponse::into_response)
+        })
+        .await;
+        return tagged(resp, "local", 1, &model);
+    }
+    if model.is_empty() {
+        return parse(&body).err().unwrap_or_else(|| ApiError::invalid_field("model", "missing field `model`")).into_response();
+    }
+    if !state.gateway.router().has_model(&model) {
+        return ApiError::model_not_found(&model).into_response();
+    }
+    let st = state.clone();
+    let m = model.clone();
+    let b = body.clone();
+    crate::cache::around(&state, &headers, crate::cache::Kind::Embeddings, &model, &body, || async move {
+        match st.gateway.router().embeddings(&m, &b).await {
+            Ok(routed) => {
+                let mut resp = (
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+                    routed.value.body,
+                )
+                    .into_response();
+                resp = tagged(resp, &routed.provider, routed.attempts, &m);
+                resp
+            }
+            Err(e) => crate::gateway::router_error(&e).into_response(),
+        }
+    })
+    .await
+}
+
+fn tagged(mut resp: Response, provider: &str, attempts: u32, model: &str) -> Response {
+    let h = resp.headers_mut();
+    if !h.contains_key(&crate::gateway::X_UAT_PROVIDER) {
+        h.insert(
+            crate::gateway::X_UAT_PROVIDER.clone(),
+            HeaderValue::from_str(provider).unwrap_or_else(|_| HeaderValue::from_static("invalid")),
+        );
+        h.insert(crate::gateway::X_UAT_ATTEMPTS.clone(), HeaderValue::from(attempts));
+    }
+    resp.extensions_mut().insert(crate::middleware::RouteLabels {
+        model: model.to_owned(),
+        provider: provider.to_owned(),
+    });
+    resp
+}
+
+async fn local(state: &AppState, p: Parsed) -> Result<Response, ApiError> {
+    let req = EmbedRequest {
+        input: p.input,
+        truncate: p.truncate,
+        dimensions: p.dimensions,
+    };
+    let out = state.embed.registry.embed(&p.model, req).await.map_err(embed_error)?;
+    let data: Vec<Value> = out
+        .embeddings
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let embedding = match p.format {
+                EncodingFormat::Float => json!(e),
+                EncodingFormat::Base64 => Value::String(uat_embed::encode_base64(e)),
+            };
+            json!({ "object": "embedding", "index": i, "embedding": embedding })
+        })
+        .collect();
+    Ok(axum::Json(json!({
+        "object": "list",
+        "data": data,
+        "model": out.model,
+        "usage": { "prompt_tokens": out.prompt_tokens, "total_tokens": out.prompt_tokens },
+    }))
+    .into_response())
+}
+
+async fn list_models(State(state): State<AppState>) -> Response {
+    axum::Json(json!({ "object": "list", "data": state.embed.registry.list() })).into_response()
+}
+
+async fn load_model(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    let status = state.embed.registry.load(&name).await.map_err(embed_error)?;
+    Ok(axum::Json(json!(status)).into_response())
+}
+
+async fn unload_model(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    let unloaded = state.embed.registry.unload(&name).map_err(embed_error)?;
+    Ok(axum::Json(json!({ "name": name, "unloaded": unloaded })).into_response())
 }

@@ -66,6 +66,11 @@ impl ApiError {
         e
     }
 
+    /// 409: the resource already exists.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "invalid_request_error", Some("already_exists"), message)
+    }
+
     /// 413: the body is larger than the route allows.
     pub fn payload_too_large(limit: usize) -> Self {
         Self::new(

@@ -1,30 +1,286 @@
-//! LLM routing: chat completions and model lists (issue: gateway core).
+//! LLM routing: `POST /v1/chat/completions` (streamed or not) and
+//! `GET /v1/models` (issue: gateway core).
 //!
-//! Placeholder until the subsystem lands: no routes, nothing to check.
+//! The handler parses and validates the body, resolves the model (alias,
+//! model or `provider/model`), then asks the cache ([`crate::cache::around`])
+//! and, on a miss, the router. Every chat response carries `x-uat-provider`
+//! and `x-uat-attempts`.
 
 use crate::StartupError;
-use crate::state::{AppState, ReadyCheck};
+use crate::cache;
+use crate::error::ApiError;
+use crate::extract::{BodyLimit, parse_json};
+use crate::middleware::RouteLabels;
+use crate::state::{AppState, ReadyCheck, ReadyStatus};
 use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::{BufMut, Bytes, BytesMut};
+use futures::{Stream, StreamExt};
+use serde_json::Value;
+use std::convert::Infallible;
 use uat_config::Config;
+use uat_router::{BreakerState, RoutedStream, RouterError};
+use uat_types::{ChatRequest, ModelList};
+
+/// Header naming the provider that served (or last failed) the request.
+pub static X_UAT_PROVIDER: HeaderName = HeaderName::from_static("x-uat-provider");
+/// Header with the number of upstream attempts.
+pub static X_UAT_ATTEMPTS: HeaderName = HeaderName::from_static("x-uat-attempts");
 
 /// Handle to the subsystem, held in [`AppState`].
 pub struct Gateway {
-    _private: (),
+    router: uat_router::Router,
 }
 
 impl Gateway {
-    /// Starts the subsystem from the configuration.
-    pub async fn init(_config: &Config) -> Result<Self, StartupError> {
-        Ok(Gateway { _private: () })
+    /// Builds the router (provider clients, first model discovery, periodic
+    /// refresh; local probing when no provider is configured).
+    pub async fn init(config: &Config) -> Result<Self, StartupError> {
+        let router = uat_router::Router::new(config)
+            .await
+            .map_err(|e| StartupError::subsystem("gateway", e))?;
+        Ok(Gateway { router })
     }
 
-    /// Readiness lines for `GET /ready`.
+    /// The router, for other routes that forward to remote providers
+    /// (e.g. `/v1/embeddings` for a remote model).
+    pub fn router(&self) -> &uat_router::Router {
+        &self.router
+    }
+
+    /// Readiness lines for `GET /ready`: one per provider, never critical
+    /// (a provider being down does not make the replica unready).
     pub async fn ready(&self) -> Vec<ReadyCheck> {
-        Vec::new()
+        self.router
+            .providers()
+            .into_iter()
+            .map(|p| {
+                let status = match (p.up, p.breaker) {
+                    (true, BreakerState::Closed) => ReadyStatus::Ok,
+                    (true, _) => ReadyStatus::Degraded,
+                    (false, _) => ReadyStatus::Down,
+                };
+                ReadyCheck {
+                    name: format!("provider:{}", p.name),
+                    status,
+                    critical: false,
+                    detail: Some(format!(
+                        "{} models, breaker {:?}, {} in flight, error rate {:.2}",
+                        p.models, p.breaker, p.in_flight, p.error_rate
+                    )),
+                }
+            })
+            .collect()
     }
 }
 
 /// The subsystem's routes.
 pub fn routes() -> Router<AppState> {
     Router::new()
+        .route("/v1/models", get(list_models))
+        .route("/v1/chat/completions", post(chat))
+}
+
+async fn list_models(State(state): State<AppState>) -> Response {
+    let mut data = state.gateway.router.list_models();
+    // Local embedding models are models too; duplicates are removed below.
+    data.extend(state.embed.models());
+    let mut seen = std::collections::HashSet::with_capacity(data.len());
+    data.retain(|m| seen.insert(m.id.clone()));
+    axum::Json(ModelList::new(data)).into_response()
+}
+
+/// Maps a router error to the API error (status, OpenAI shape, per-provider reasons).
+pub fn router_error(e: &RouterError) -> ApiError {
+    match e {
+        RouterError::UnknownModel { model } => ApiError::model_not_found(model),
+        RouterError::AllFailed { attempts, reasons, .. } => {
+            ApiError::bad_gateway(e.to_string()).with_details(details(*attempts, reasons))
+        }
+        RouterError::NoneReachable { attempts, reasons, .. } => {
+            let mut err = ApiError::unavailable(e.to_string()).with_details(details(*attempts, reasons));
+            err.code = Some("no_provider_reachable");
+            err.retry_after = Some(1);
+            err
+        }
+        RouterError::Rejected { status, message, .. } => {
+            let mut err = ApiError::bad_request(format!("upstream rejected the request: {message}"));
+            err.status = StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST);
+            err.code = Some("upstream_rejected");
+            err
+        }
+        RouterError::Config { .. } => ApiError::internal(e),
+    }
+}
+
+fn details(attempts: u32, reasons: &[uat_router::ProviderFailure]) -> Value {
+    let providers: Vec<Value> = reasons
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "provider": &*r.provider,
+                "kind": r.failure.kind.as_str(),
+                "status": r.failure.status,
+                "message": r.failure.message,
+            })
+        })
+        .collect();
+    serde_json::json!({ "attempts": attempts, "providers": providers })
+}
+
+fn tag(resp: &mut Response, provider: &str, attempts: u32, model: &str) {
+    let h = resp.headers_mut();
+    h.insert(
+        X_UAT_PROVIDER.clone(),
+        HeaderValue::from_str(provider).unwrap_or_else(|_| HeaderValue::from_static("invalid")),
+    );
+    h.insert(X_UAT_ATTEMPTS.clone(), HeaderValue::from(attempts));
+    resp.extensions_mut().insert(RouteLabels {
+        model: model.to_owned(),
+        provider: provider.to_owned(),
+    });
+}
+
+fn error_response(err: ApiError, provider: Option<&str>, attempts: u32, model: &str) -> Response {
+    let mut resp = err.into_response();
+    tag(&mut resp, provider.unwrap_or("none"), attempts, model);
+    resp
+}
+
+/// Reads the body within the route's limit (413 beyond it).
+async fn read_body(req: Request) -> Result<(HeaderMap, Bytes), ApiError> {
+    let (parts, body) = req.into_parts();
+    let limit = parts.extensions.get::<BodyLimit>().map_or(usize::MAX, |l| l.0);
+    match axum::body::to_bytes(body, limit).await {
+        Ok(b) => Ok((parts.headers, b)),
+        Err(e) => {
+            let inner = e.into_inner();
+            let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&*inner);
+            while let Some(s) = src {
+                if s.is::<http_body_util::LengthLimitError>() {
+                    return Err(ApiError::payload_too_large(limit));
+                }
+                src = s.source();
+            }
+            Err(ApiError::bad_request(format!("cannot read request body: {inner}")))
+        }
+    }
+}
+
+/// Deserializes and validates the chat request, naming the bad field.
+fn parse_chat(body: &Value) -> Result<ChatRequest, ApiError> {
+    if !body.is_object() {
+        return Err(ApiError::bad_request("request body must be a JSON object"));
+    }
+    let req: ChatRequest = serde_path_to_error::deserialize(body).map_err(|e| {
+        let path = e.path().to_string();
+        let msg = e.into_inner().to_string();
+        if path == "." || path.is_empty() {
+            let mut err = ApiError::bad_request(msg.clone());
+            if let Some(f) = msg.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
+                err.param = Some(f.to_owned());
+            }
+            err
+        } else {
+            ApiError::invalid_field(path.clone(), format!("invalid value at `{path}`: {msg}"))
+        }
+    })?;
+    if req.model.is_empty() {
+        return Err(ApiError::invalid_field("model", "`model` must not be empty"));
+    }
+    if req.messages.is_empty() {
+        return Err(ApiError::invalid_field("messages", "`messages` must contain at least one message"));
+    }
+    Ok(req)
+}
+
+async fn chat(State(state): State<AppState>, request: Request) -> Response {
+    let (headers, bytes) = match read_body(request).await {
+        Ok(b) => b,
+        Err(e) => return error_response(e, None, 0, ""),
+    };
+    let body: Value = match parse_json(&bytes) {
+        Ok(v) => v,
+        Err(e) => return error_response(e, None, 0, ""),
+    };
+    let req = match parse_chat(&body) {
+        Ok(r) => r,
+        Err(e) => return error_response(e, None, 0, ""),
+    };
+    let router = &state.gateway.router;
+    let resolved = match router.resolve(&req.model) {
+        Ok(r) => r,
+        Err(e) => return error_response(router_error(&e), None, 0, ""),
+    };
+    let upstream = || async {
+        if req.is_stream() {
+            stream_upstream(router, &resolved, &req).await
+        } else {
+            match router.chat(&resolved, &req).await {
+                Ok(r) => {
+                    let mut resp = Response::new(Body::from(r.value.body));
+                    resp.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    );
+                    tag(&mut resp, &r.provider, r.attempts, &req.model);
+                    resp
+                }
+                Err(e) => error_response(router_error(&e), e.last_provider(), e.attempts(), &req.model),
+            }
+        }
+    };
+    cache::around(&state, &headers, cache::Kind::Chat, &req.model, &body, upstream).await
+}
+
+async fn stream_upstream(router: &uat_router::Router, resolved: &uat_router::Resolved, req: &ChatRequest) -> Response {
+    match router.chat_stream(resolved, req).await {
+        Ok(r) => {
+            let provider = r.provider.clone();
+            let mut resp = Response::new(Body::from_stream(sse(r.value, provider.clone())));
+            let h = resp.headers_mut();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            h.insert(HeaderName::from_static("x-accel-buffering"), HeaderValue::from_static("no"));
+            tag(&mut resp, &provider, r.attempts, &req.model);
+            resp
+        }
+        Err(e) => error_response(router_error(&e), e.last_provider(), e.attempts(), &req.model),
+    }
+}
+
+fn frame(json: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(json.len() + 8);
+    b.put_slice(b"data: ");
+    b.put_slice(json);
+    b.put_slice(b"\n\n");
+    b.freeze()
+}
+
+/// The SSE body: one `data:` event per chunk, flushed as it comes, then
+/// `data: [DONE]`; an upstream failure after the first byte ends the stream
+/// with an OpenAI-shaped error event instead. Dropping the body (client
+/// gone) drops the upstream request.
+fn sse(stream: RoutedStream, provider: std::sync::Arc<str>) -> impl Stream<Item = Result<Bytes, Infallible>> + Send {
+    futures::stream::unfold(Some((stream, provider)), |state| async move {
+        let (mut s, provider) = state?;
+        match s.next().await {
+            Some(Ok(chunk)) => Some((Ok(frame(&chunk.json)), Some((s, provider)))),
+            Some(Err(f)) => {
+                let err = serde_json::json!({ "error": {
+                    "message": format!("upstream `{provider}` failed mid-stream: {}", f.message),
+                    "type": "upstream_error",
+                    "param": null,
+                    "code": "upstream_interrupted",
+                }});
+                let json = serde_json::to_vec(&err).unwrap_or_default();
+                Some((Ok(frame(&json)), None))
+            }
+            None => Some((Ok(Bytes::from_static(b"data: [DONE]\n\n")), None)),
+        }
+    })
 }

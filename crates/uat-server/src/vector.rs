@@ -1,30 +1,257 @@
-//! The vector database HTTP API (issue: vector database).
+//! The vector database HTTP API over `uat-vector`.
 //!
-//! Placeholder until the subsystem lands: no routes, nothing to check.
+//! Engine calls are synchronous and CPU-bound, so every handler runs them on
+//! the blocking pool. Bulk upserts have their own, larger body limit
+//! (`server.bulk_body_limit`), set where the routes are mounted.
 
 use crate::StartupError;
-use crate::state::{AppState, ReadyCheck};
+use crate::error::ApiError;
+use crate::extract::ApiJson;
+use crate::state::{AppState, ReadyCheck, ReadyStatus};
 use axum::Router;
+use axum::extract::{Path, State};
+use axum::routing::{get, post, put};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::sync::Arc;
 use uat_config::Config;
+use uat_vector::{CollectionConfig, Filter, Point, PointId, SearchRequest, StoreOptions, VectorError, VectorStore};
 
-/// Handle to the subsystem, held in [`AppState`].
+/// Handle to the vector store, held in [`AppState`].
 pub struct VectorService {
-    _private: (),
+    store: Arc<VectorStore>,
+    max_batch: usize,
 }
 
 impl VectorService {
-    /// Starts the subsystem from the configuration.
-    pub async fn init(_config: &Config) -> Result<Self, StartupError> {
-        Ok(VectorService { _private: () })
+    /// Opens (and recovers) every collection under `{data_dir}/{vector.dir}`.
+    pub async fn init(config: &Config) -> Result<Self, StartupError> {
+        let dir = config.storage.data_dir.join(&config.vector.dir);
+        let fsync = config
+            .vector
+            .fsync
+            .parse()
+            .map_err(|e: VectorError| StartupError::subsystem("vector", e))?;
+        let store = tokio::task::spawn_blocking(move || VectorStore::open(dir, StoreOptions { fsync }))
+            .await
+            .map_err(|e| StartupError::subsystem("vector", e))?
+            .map_err(|e| StartupError::subsystem("vector", e))?;
+        Ok(VectorService {
+            store: Arc::new(store),
+            max_batch: config.vector.max_batch,
+        })
     }
 
-    /// Readiness lines for `GET /ready`.
+    /// The store, for services built on it.
+    pub fn store(&self) -> &Arc<VectorStore> {
+        &self.store
+    }
+
+    /// Readiness lines for `GET /ready`: the store folder must be writable.
     pub async fn ready(&self) -> Vec<ReadyCheck> {
-        Vec::new()
+        let dir = self.store.dir().to_path_buf();
+        let writable = tokio::task::spawn_blocking(move || {
+            let probe = dir.join(".ready-probe");
+            std::fs::write(&probe, b"ok").and_then(|()| std::fs::remove_file(&probe))
+        })
+        .await;
+        let (status, detail) = match writable {
+            Ok(Ok(())) => (ReadyStatus::Ok, format!("{} collections", self.store.names().len())),
+            Ok(Err(e)) => (ReadyStatus::Down, format!("store folder not writable: {e}")),
+            Err(e) => (ReadyStatus::Down, e.to_string()),
+        };
+        vec![ReadyCheck {
+            name: "vector".into(),
+            status,
+            critical: true,
+            detail: Some(detail),
+        }]
     }
 }
 
-/// The subsystem's routes.
+/// Maps an engine error: the caller's fault is 4xx, ours 500.
+fn api_error(e: VectorError) -> ApiError {
+    match &e {
+        VectorError::NotFound(_) => ApiError::not_found(e.to_string()),
+        VectorError::PointNotFound(_) => ApiError::not_found(e.to_string()),
+        VectorError::AlreadyExists(_) => ApiError::conflict(e.to_string()),
+        VectorError::WrongDimension { .. } | VectorError::NonFinite { .. } => ApiError::invalid_field("vector", e.to_string()),
+        VectorError::BadTopK { .. } => ApiError::invalid_field("top_k", e.to_string()),
+        VectorError::BadFilter(_) => ApiError::invalid_field("filter", e.to_string()),
+        VectorError::UnknownMetric(_) => ApiError::invalid_field("metric", e.to_string()),
+        _ if e.is_bad_request() => ApiError::bad_request(e.to_string()),
+        _ => ApiError::internal(e),
+    }
+}
+
+/// Runs engine work on the blocking pool.
+async fn blocking<T, F>(f: F) -> Result<T, ApiError>
+where
+    F: FnOnce() -> Result<T, VectorError> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(api_error)
+}
+
+fn collection(state: &AppState, name: &str) -> Result<Arc<uat_vector::Collection>, ApiError> {
+    state.vector.store.get(name).map_err(api_error)
+}
+
+/// The routes (mounted with the bulk body limit).
 pub fn routes() -> Router<AppState> {
     Router::new()
+        .route("/v1/collections", get(list_collections))
+        .route(
+            "/v1/collections/{name}",
+            put(create_collection).get(get_collection).delete(drop_collection),
+        )
+        .route("/v1/collections/{name}/points", put(upsert_points))
+        .route("/v1/collections/{name}/points/search", post(search))
+        .route("/v1/collections/{name}/points/search/batch", post(search_batch))
+        .route("/v1/collections/{name}/points/delete", post(delete_points))
+        .route("/v1/collections/{name}/points/{id}", get(get_point))
+        .route("/v1/collections/{name}/snapshot", post(snapshot))
+}
+
+async fn list_collections(State(state): State<AppState>) -> Result<axum::Json<Value>, ApiError> {
+    let store = state.vector.store.clone();
+    let list = blocking(move || Ok(store.list())).await?;
+    Ok(axum::Json(json!({ "collections": list })))
+}
+
+async fn create_collection(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<(axum::http::StatusCode, axum::Json<Value>), ApiError> {
+    if !body.is_object() {
+        return Err(ApiError::bad_request("expected a JSON object with dimension and metric"));
+    }
+    let config = CollectionConfig::from_json(body).map_err(api_error)?;
+    let store = state.vector.store.clone();
+    let info = blocking(move || store.create_collection(&name, config).map(|c| c.info())).await?;
+    Ok((axum::http::StatusCode::CREATED, axum::Json(json!(info))))
+}
+
+async fn get_collection(State(state): State<AppState>, Path(name): Path<String>) -> Result<axum::Json<Value>, ApiError> {
+    let c = collection(&state, &name)?;
+    let info = blocking(move || Ok(c.info())).await?;
+    Ok(axum::Json(json!(info)))
+}
+
+async fn drop_collection(State(state): State<AppState>, Path(name): Path<String>) -> Result<axum::Json<Value>, ApiError> {
+    let store = state.vector.store.clone();
+    let n = name.clone();
+    blocking(move || store.drop_collection(&n)).await?;
+    Ok(axum::Json(json!({ "deleted": name })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpsertBody {
+    points: Vec<Point>,
+}
+
+async fn upsert_points(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<UpsertBody>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let c = collection(&state, &name)?;
+    let n = body.points.len();
+    if n == 0 {
+        return Err(ApiError::invalid_field("points", "points must not be empty"));
+    }
+    if n > state.vector.max_batch {
+        return Err(ApiError::invalid_field(
+            "points",
+            format!("{n} points in one call; the limit is {}", state.vector.max_batch),
+        ));
+    }
+    let upserted = blocking(move || c.upsert(body.points)).await?;
+    Ok(axum::Json(json!({ "upserted": upserted, "count": n })))
+}
+
+async fn search(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let c = collection(&state, &name)?;
+    let req = SearchRequest::from_json(body).map_err(api_error)?;
+    let results = blocking(move || c.search(&req)).await?;
+    Ok(axum::Json(json!({ "results": results })))
+}
+
+async fn search_batch(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(mut body): ApiJson<Value>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let c = collection(&state, &name)?;
+    let Some(Value::Array(searches)) = body.get_mut("searches").map(Value::take) else {
+        return Err(ApiError::invalid_field("searches", "expected `searches`: an array of searches"));
+    };
+    if searches.len() > uat_vector::MAX_TOP_K {
+        return Err(ApiError::invalid_field(
+            "searches",
+            format!("at most {} searches in one batch", uat_vector::MAX_TOP_K),
+        ));
+    }
+    let reqs = searches
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| {
+            SearchRequest::from_json(s).map_err(|e| {
+                let mut err = api_error(e);
+                err.param = Some(format!("searches[{i}]"));
+                err
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let results = blocking(move || c.search_batch(&reqs)).await?;
+    Ok(axum::Json(json!({ "results": results })))
+}
+
+async fn get_point(
+    State(state): State<AppState>,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let c = collection(&state, &name)?;
+    let id = PointId::parse(&id).map_err(api_error)?;
+    let p = blocking(move || c.get(&id)).await?;
+    Ok(axum::Json(json!(p)))
+}
+
+async fn delete_points(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let c = collection(&state, &name)?;
+    let ids = body.get("ids").filter(|v| !v.is_null());
+    let filter = body.get("filter").filter(|v| !v.is_null());
+    let deleted = match (ids, filter) {
+        (Some(ids), None) => {
+            let ids: Vec<PointId> = serde_json::from_value(ids.clone())
+                .map_err(|e| ApiError::invalid_field("ids", format!("invalid ids: {e}")))?;
+            blocking(move || c.delete(ids)).await?
+        }
+        (None, Some(f)) => {
+            let f = Filter::from_json(f).map_err(api_error)?;
+            blocking(move || c.delete_by_filter(&f)).await?
+        }
+        _ => return Err(ApiError::bad_request("give exactly one of `ids` or `filter`")),
+    };
+    Ok(axum::Json(json!({ "deleted": deleted })))
+}
+
+async fn snapshot(State(state): State<AppState>, Path(name): Path<String>) -> Result<axum::Json<Value>, ApiError> {
+    let c = collection(&state, &name)?;
+    let count = c.count();
+    blocking(move || c.snapshot()).await?;
+    Ok(axum::Json(json!({ "snapshot": name, "count": count })))
 }

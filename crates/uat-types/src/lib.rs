@@ -1,1 +1,463 @@
-//! uat-types: see the crate description and ARCHITECTURE.md.
+//! Wire types of the OpenAI-compatible API shared by the router, the server
+//! and the test kit.
+//!
+//! Requests and responses keep every field they do not name in a flattened
+//! `extra` map, so tools, `response_format`, `stop`, `n`, `seed` and any
+//! unknown field pass through untouched to OpenAI-compatible upstreams.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// `POST /v1/chat/completions` request body.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChatRequest {
+    /// Model or alias requested by the client.
+    pub model: String,
+    /// The conversation.
+    pub messages: Vec<ChatMessage>,
+    /// Stream the answer as server-sent events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<bool>,
+    /// Streaming options (`include_usage`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_options: Option<StreamOptions>,
+    /// Largest number of tokens to generate (legacy name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    /// Largest number of tokens to generate (current name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_completion_tokens: Option<u32>,
+    /// Sampling temperature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    /// Nucleus sampling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    /// Stop sequences: a string or an array of strings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<Value>,
+    /// Every other field, passed through untouched.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl ChatRequest {
+    /// True when the client asked for a stream.
+    pub fn is_stream(&self) -> bool {
+        self.stream.unwrap_or(false)
+    }
+
+    /// True when a streamed answer must end with a usage chunk.
+    pub fn include_usage(&self) -> bool {
+        self.stream_options
+            .as_ref()
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false)
+    }
+
+    /// `max_completion_tokens`, else `max_tokens`.
+    pub fn max_output_tokens(&self) -> Option<u32> {
+        self.max_completion_tokens.or(self.max_tokens)
+    }
+
+    /// Stop sequences as a list (a single string becomes one entry).
+    pub fn stop_sequences(&self) -> Vec<String> {
+        match &self.stop {
+            Some(Value::String(s)) => vec![s.clone()],
+            Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// A request re-addressed to an upstream model name, serialized without
+/// cloning the request. `stream` and `stream_options` follow `stream`.
+#[derive(Debug, Clone, Copy)]
+pub struct Readdressed<'a> {
+    /// The client's request.
+    pub req: &'a ChatRequest,
+    /// The upstream's model name.
+    pub model: &'a str,
+    /// Whether the upstream should stream.
+    pub stream: bool,
+}
+
+impl Serialize for Readdressed<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let r = self.req;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("model", self.model)?;
+        m.serialize_entry("messages", &r.messages)?;
+        if self.stream {
+            m.serialize_entry("stream", &true)?;
+            if let Some(o) = &r.stream_options {
+                m.serialize_entry("stream_options", o)?;
+            }
+        }
+        if let Some(v) = r.max_tokens {
+            m.serialize_entry("max_tokens", &v)?;
+        }
+        if let Some(v) = r.max_completion_tokens {
+            m.serialize_entry("max_completion_tokens", &v)?;
+        }
+        if let Some(v) = r.temperature {
+            m.serialize_entry("temperature", &v)?;
+        }
+        if let Some(v) = r.top_p {
+            m.serialize_entry("top_p", &v)?;
+        }
+        if let Some(v) = &r.stop {
+            m.serialize_entry("stop", v)?;
+        }
+        for (k, v) in &r.extra {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}
+
+/// `stream_options`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct StreamOptions {
+    /// Send a final chunk carrying `usage`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include_usage: Option<bool>,
+    /// Other options, passed through.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// One message of a conversation (request or response).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChatMessage {
+    /// `system`, `developer`, `user`, `assistant` or `tool`.
+    pub role: String,
+    /// A string, an array of content parts, or null (assistant tool calls).
+    #[serde(default)]
+    pub content: Value,
+    /// Every other field (`name`, `tool_calls`, `tool_call_id`, ...).
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl ChatMessage {
+    /// A message with text content.
+    pub fn text(role: impl Into<String>, content: impl Into<String>) -> Self {
+        ChatMessage {
+            role: role.into(),
+            content: Value::String(content.into()),
+            extra: Map::new(),
+        }
+    }
+
+    /// The text of the message: the string, or the `text` parts joined.
+    pub fn text_content(&self) -> String {
+        match &self.content {
+            Value::String(s) => s.clone(),
+            Value::Array(parts) => {
+                let mut out = String::new();
+                for p in parts {
+                    if let Some(t) = p.get("text").and_then(Value::as_str) {
+                        out.push_str(t);
+                    }
+                }
+                out
+            }
+            _ => String::new(),
+        }
+    }
+}
+
+/// Token counts.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct Usage {
+    /// Tokens in the prompt.
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    /// Tokens generated.
+    #[serde(default)]
+    pub completion_tokens: u64,
+    /// Sum of both.
+    #[serde(default)]
+    pub total_tokens: u64,
+}
+
+impl Usage {
+    /// Builds a usage with the total filled in.
+    pub fn new(prompt_tokens: u64, completion_tokens: u64) -> Self {
+        Usage {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+        }
+    }
+}
+
+/// A non-streamed chat completion (`object: "chat.completion"`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChatCompletion {
+    /// Completion id.
+    #[serde(default)]
+    pub id: String,
+    /// Always `chat.completion`.
+    #[serde(default = "object_completion")]
+    pub object: String,
+    /// Unix seconds.
+    #[serde(default)]
+    pub created: u64,
+    /// The model that answered.
+    #[serde(default)]
+    pub model: String,
+    /// The answers.
+    pub choices: Vec<Choice>,
+    /// Token counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    /// Every other field (`system_fingerprint`, ...).
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+fn object_completion() -> String {
+    "chat.completion".into()
+}
+
+/// One answer of a completion.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Choice {
+    /// Position among the choices.
+    #[serde(default)]
+    pub index: u32,
+    /// The generated message.
+    pub message: ChatMessage,
+    /// `stop`, `length`, `tool_calls`, `content_filter`.
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+    /// Every other field (`logprobs`, ...).
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// One streamed chunk (`object: "chat.completion.chunk"`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChatChunk {
+    /// Completion id, the same on every chunk.
+    #[serde(default)]
+    pub id: String,
+    /// Always `chat.completion.chunk`.
+    #[serde(default = "object_chunk")]
+    pub object: String,
+    /// Unix seconds.
+    #[serde(default)]
+    pub created: u64,
+    /// The model that answers.
+    #[serde(default)]
+    pub model: String,
+    /// Deltas (empty on the final usage chunk).
+    #[serde(default)]
+    pub choices: Vec<ChunkChoice>,
+    /// Token counts (final chunk with `include_usage`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    /// Every other field.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+fn object_chunk() -> String {
+    "chat.completion.chunk".into()
+}
+
+/// The delta of one choice in a chunk.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChunkChoice {
+    /// Position among the choices.
+    #[serde(default)]
+    pub index: u32,
+    /// What is new.
+    #[serde(default)]
+    pub delta: Delta,
+    /// Set on the last content chunk.
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+}
+
+/// New content of a streamed message.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Delta {
+    /// Set on the first chunk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// New text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    /// Every other field (`tool_calls`, ...).
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl ChatChunk {
+    /// A chunk with one choice.
+    pub fn delta(id: &str, created: u64, model: &str, delta: Delta, finish_reason: Option<String>) -> Self {
+        ChatChunk {
+            id: id.to_owned(),
+            object: object_chunk(),
+            created,
+            model: model.to_owned(),
+            choices: vec![ChunkChoice {
+                index: 0,
+                delta,
+                finish_reason,
+            }],
+            usage: None,
+            extra: Map::new(),
+        }
+    }
+
+    /// The final usage chunk (no choices).
+    pub fn usage(id: &str, created: u64, model: &str, usage: Usage) -> Self {
+        ChatChunk {
+            id: id.to_owned(),
+            object: object_chunk(),
+            created,
+            model: model.to_owned(),
+            choices: Vec::new(),
+            usage: Some(usage),
+            extra: Map::new(),
+        }
+    }
+}
+
+/// `GET /v1/models` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModelList {
+    /// Always `list`.
+    pub object: String,
+    /// The models.
+    pub data: Vec<Model>,
+}
+
+impl ModelList {
+    /// A list of these models.
+    pub fn new(data: Vec<Model>) -> Self {
+        ModelList {
+            object: "list".into(),
+            data,
+        }
+    }
+}
+
+/// One entry of a model list.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Model {
+    /// The name clients use.
+    pub id: String,
+    /// Always `model`.
+    pub object: String,
+    /// Unix seconds (0 when unknown).
+    #[serde(default)]
+    pub created: u64,
+    /// Who serves it: a provider name, `alias`, or `uat` for local models.
+    pub owned_by: String,
+}
+
+impl Model {
+    /// A model entry.
+    pub fn new(id: impl Into<String>, owned_by: impl Into<String>) -> Self {
+        Model {
+            id: id.into(),
+            object: "model".into(),
+            created: 0,
+            owned_by: owned_by.into(),
+        }
+    }
+}
+
+/// The OpenAI error body `{"error": {...}}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorObject,
+}
+
+/// The error object.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ErrorObject {
+    /// Human-readable message.
+    pub message: String,
+    /// `invalid_request_error`, `server_error`, `upstream_error`, ...
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The request field at fault.
+    #[serde(default)]
+    pub param: Option<String>,
+    /// Machine-readable code.
+    #[serde(default)]
+    pub code: Option<String>,
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_fields_round_trip_untouched() {
+        let body = serde_json::json!({
+            "model": "m",
+            "messages": [{"role": "assistant", "content": null, "tool_calls": [{"id": "t1"}]}],
+            "tools": [{"type": "function", "function": {"name": "f"}}],
+            "response_format": {"type": "json_object"},
+            "stop": ["a", "b"],
+            "n": 2,
+            "seed": 7,
+            "x_custom": {"deep": [1, 2]}
+        });
+        let req: ChatRequest = serde_json::from_value(body.clone()).unwrap();
+        assert_eq!(req.stop_sequences(), vec!["a", "b"]);
+        let back = serde_json::to_value(&req).unwrap();
+        assert_eq!(back, body);
+    }
+
+    #[test]
+    fn readdressed_replaces_model_and_keeps_the_rest() {
+        let body = serde_json::json!({
+            "model": "alias", "messages": [{"role": "user", "content": "hi"}],
+            "stream": true, "stream_options": {"include_usage": true}, "seed": 3, "n": 1
+        });
+        let req: ChatRequest = serde_json::from_value(body).unwrap();
+        let out = serde_json::to_value(Readdressed { req: &req, model: "gpt-x", stream: true }).unwrap();
+        assert_eq!(out["model"], "gpt-x");
+        assert_eq!(out["seed"], 3);
+        assert_eq!(out["stream_options"]["include_usage"], true);
+        let out = serde_json::to_value(Readdressed { req: &req, model: "gpt-x", stream: false }).unwrap();
+        assert!(out.get("stream").is_none() && out.get("stream_options").is_none());
+        assert_eq!(out["n"], 1);
+    }
+
+    #[test]
+    fn text_content_joins_parts() {
+        let m: ChatMessage = serde_json::from_value(serde_json::json!({
+            "role": "user",
+            "content": [{"type": "text", "text": "a"}, {"type": "image_url"}, {"type": "text", "text": "b"}]
+        }))
+        .unwrap();
+        assert_eq!(m.text_content(), "ab");
+    }
+
+    #[test]
+    fn include_usage_defaults_to_false() {
+        let req: ChatRequest =
+            serde_json::from_value(serde_json::json!({"model": "m", "messages": [], "stream": true})).unwrap();
+        assert!(req.is_stream());
+        assert!(!req.include_usage());
+    }
+}

@@ -1,1 +1,41 @@
-//! uat-vector: see the crate description and ARCHITECTURE.md.
+//! uat-vector: the embedded vector engine.
+//!
+//! - [`VectorStore`]: a folder of named [`Collection`]s (create, list, get, drop);
+//! - [`Collection`]: points with a fixed dimension and [`Metric`], searched
+//!   through our own HNSW graph ([`HnswConfig`]), optionally walked on SQ8 or
+//!   binary codes ([`Quantization`]) and rescored against f32;
+//! - [`Filter`]: `must` / `should` / `must_not` over `match`, `any`, `range`,
+//!   helped by payload indexes ([`PayloadIndexKind`]) and a query planner that
+//!   picks an exact scan of the matching points or a filtered graph walk;
+//! - durability: every acknowledged write is in a checksummed WAL
+//!   ([`FsyncPolicy`]), snapshots load with one bulk read, and recovery replays
+//!   the WAL tail, dropping a torn last record.
+//!
+//! The engine is plain synchronous code; call it from a blocking pool.
+
+pub mod bench;
+mod collection;
+pub mod distance;
+mod error;
+pub mod filter;
+mod hnsw;
+mod metrics;
+mod payload_index;
+mod planner;
+mod quant;
+mod snapshot;
+mod store;
+mod types;
+mod wal;
+
+pub use collection::Collection;
+pub use distance::Metric;
+pub use error::{Result, VectorError};
+pub use filter::Filter;
+pub use planner::{Plan, choose_plan};
+pub use store::{StoreOptions, VectorStore, check_name};
+pub use types::{
+    CollectionConfig, CollectionInfo, DeleteRequest, HnswConfig, MAX_DIMENSION, MAX_TOP_K,
+    MemoryUsage, PayloadIndexKind, Point, PointId, Quantization, ScoredPoint, SearchRequest,
+};
+pub use wal::FsyncPolicy;

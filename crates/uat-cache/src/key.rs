@@ -1,0 +1,536 @@
+//! Cache keys: a namespace (tenant), a model (after alias resolution) and a
+//! SHA-256 of the canonical request, plus glob patterns over namespace and
+//! model for invalidation.
+//!
+//! The stored form of a key is `{namespace}|{model}|{hash}` with the
+//! characters `%|*?[]\` and controls percent-escaped in namespace and model,
+//! so the separator never appears inside a part and Redis `SCAN MATCH` can
+//! address a namespace and a model glob without over-matching.
+
+use crate::error::CacheError;
+use sha2::{Digest, Sha256};
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+/// Request fields that do not change the output and are left out of the key.
+pub const IGNORED_FIELDS: &[&str] = &["user", "stream", "stream_options", "model"];
+
+/// What kind of response a key addresses (part of the hash, so a chat and an
+/// embeddings request can never share an entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RequestKind {
+    /// A chat completion.
+    Chat,
+    /// An embeddings response.
+    Embeddings,
+}
+
+impl RequestKind {
+    fn tag(self) -> &'static str {
+        match self {
+            RequestKind::Chat => "chat",
+            RequestKind::Embeddings => "embeddings",
+        }
+    }
+}
+
+/// A cache key. Cheap to clone.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CacheKey {
+    stored: Arc<str>,
+    ns_len: usize,
+    model_end: usize,
+}
+
+impl CacheKey {
+    /// The key of a request: `body` is the request JSON; `model` is the model
+    /// after alias resolution (the body's own `model` field is ignored).
+    pub fn for_request(
+        namespace: &str,
+        model: &str,
+        kind: RequestKind,
+        body: &serde_json::Value,
+    ) -> Self {
+        let mut canonical = String::with_capacity(256);
+        canonical.push_str(kind.tag());
+        canonical.push('\n');
+        canonical_top(body, &mut canonical);
+        let mut h = Sha256::new();
+        // Namespace and model are length-prefixed into the hash as well.
+        h.update((namespace.len() as u64).to_le_bytes());
+        h.update(namespace.as_bytes());
+        h.update((model.len() as u64).to_le_bytes());
+        h.update(model.as_bytes());
+        h.update(canonical.as_bytes());
+        let digest = h.finalize();
+        Self::from_parts(namespace, model, &hex::encode(&digest[..]))
+    }
+
+    /// Builds a key from its parts; `hash` must be 64 lowercase hex digits.
+    pub fn from_parts(namespace: &str, model: &str, hash: &str) -> Self {
+        let mut s = String::with_capacity(namespace.len() + model.len() + hash.len() + 2);
+        escape_into(namespace, &mut s);
+        let ns_len = s.len();
+        s.push('|');
+        escape_into(model, &mut s);
+        let model_end = s.len();
+        s.push('|');
+        s.push_str(hash);
+        CacheKey {
+            stored: Arc::from(s),
+            ns_len,
+            model_end,
+        }
+    }
+
+    /// Parses a stored key (`ns|model|hash`).
+    pub fn parse_stored(stored: &str) -> Result<Self, CacheError> {
+        let mut it = stored.split('|');
+        let (Some(ns), Some(model), Some(hash), None) =
+            (it.next(), it.next(), it.next(), it.next())
+        else {
+            return Err(CacheError::InvalidKey(format!(
+                "expected ns|model|hash, got {stored:?}"
+            )));
+        };
+        if hash.len() != 64
+            || !hash
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        {
+            return Err(CacheError::InvalidKey(
+                "hash must be 64 lowercase hex digits".into(),
+            ));
+        }
+        Ok(CacheKey {
+            stored: Arc::from(stored),
+            ns_len: ns.len(),
+            model_end: ns.len() + 1 + model.len(),
+        })
+    }
+
+    /// Parses the public form `model|hash` (as sent in `x-uat-cache-key`)
+    /// inside `namespace`.
+    pub fn parse_public(namespace: &str, public: &str) -> Result<Self, CacheError> {
+        let mut s = String::new();
+        escape_into(namespace, &mut s);
+        s.push('|');
+        s.push_str(public);
+        Self::parse_stored(&s)
+    }
+
+    /// The stored form, `ns|model|hash` (escaped).
+    pub fn as_str(&self) -> &str {
+        &self.stored
+    }
+
+    /// The public form, `model|hash` (escaped), without the namespace.
+    pub fn public(&self) -> &str {
+        &self.stored[self.ns_len + 1..]
+    }
+
+    /// The namespace (unescaped).
+    pub fn namespace(&self) -> String {
+        unescape(&self.stored[..self.ns_len])
+    }
+
+    /// The model (unescaped).
+    pub fn model(&self) -> String {
+        unescape(&self.stored[self.ns_len + 1..self.model_end])
+    }
+
+    /// The escaped namespace as stored.
+    pub fn namespace_escaped(&self) -> &str {
+        &self.stored[..self.ns_len]
+    }
+
+    /// The escaped model as stored.
+    pub fn model_escaped(&self) -> &str {
+        &self.stored[self.ns_len + 1..self.model_end]
+    }
+
+    /// The hex hash.
+    pub fn hash(&self) -> &str {
+        &self.stored[self.model_end + 1..]
+    }
+}
+
+impl std::fmt::Display for CacheKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.stored)
+    }
+}
+
+/// A glob over the models of one namespace: `*` matches any run of
+/// characters, `?` one character, everything else is literal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPattern {
+    namespace: String,
+    model_glob: String,
+}
+
+impl KeyPattern {
+    /// Every model in `namespace` whose name matches `model_glob`.
+    pub fn new(namespace: &str, model_glob: &str) -> Result<Self, CacheError> {
+        if model_glob.is_empty() {
+            return Err(CacheError::InvalidKey("pattern must not be empty".into()));
+        }
+        Ok(KeyPattern {
+            namespace: namespace.to_string(),
+            model_glob: model_glob.to_string(),
+        })
+    }
+
+    /// The namespace.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The glob over model names.
+    pub fn model_glob(&self) -> &str {
+        &self.model_glob
+    }
+
+    /// True when `key` is in the namespace and its model matches.
+    pub fn matches(&self, key: &CacheKey) -> bool {
+        let mut ns = String::new();
+        escape_into(&self.namespace, &mut ns);
+        ns == key.namespace_escaped()
+            && glob_match(self.model_glob.as_bytes(), key.model().as_bytes())
+    }
+
+    /// The Redis `SCAN MATCH` pattern for this glob under `prefix`.
+    /// Literal characters are escaped as in stored keys; `?` matches one
+    /// stored character (an escaped character in a model name is three).
+    pub fn redis_match(&self, prefix: &str) -> String {
+        let mut out = String::with_capacity(prefix.len() + self.model_glob.len() + 16);
+        out.push_str(prefix);
+        let mut ns = String::new();
+        escape_into(&self.namespace, &mut ns);
+        redis_escape_literal(&ns, &mut out);
+        out.push('|');
+        for c in self.model_glob.chars() {
+            match c {
+                '*' | '?' => out.push(c),
+                _ => {
+                    let mut tmp = String::new();
+                    escape_into(c.encode_utf8(&mut [0u8; 4]), &mut tmp);
+                    redis_escape_literal(&tmp, &mut out);
+                }
+            }
+        }
+        out.push_str("|*");
+        out
+    }
+
+    /// The glob translated to a SQL `LIKE` pattern with `\` as the escape character.
+    pub fn sql_like(&self) -> String {
+        let mut out = String::with_capacity(self.model_glob.len() + 4);
+        for c in self.model_glob.chars() {
+            match c {
+                '*' => out.push('%'),
+                '?' => out.push('_'),
+                '%' | '_' | '\\' => {
+                    out.push('\\');
+                    out.push(c);
+                }
+                _ => out.push(c),
+            }
+        }
+        out
+    }
+
+    /// The glob translated to a SQLite `GLOB` pattern (case-sensitive, unlike SQLite's `LIKE`).
+    pub fn sqlite_glob(&self) -> String {
+        let mut out = String::with_capacity(self.model_glob.len() + 4);
+        for c in self.model_glob.chars() {
+            match c {
+                '[' => out.push_str("[[]"),
+                ']' => out.push_str("[]]"),
+                _ => out.push(c),
+            }
+        }
+        out
+    }
+}
+
+/// `*` / `?` glob match over bytes (iterative, linear backtracking).
+pub fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0usize, 0usize);
+    let (mut star, mut mark) = (None::<usize>, 0usize);
+    while t < text.len() {
+        if p < pattern.len() && (pattern[p] == b'?' || pattern[p] == text[t]) {
+            // `?` matches one byte; good enough for ASCII model names and
+            // never matches across the separator (which is not in a model).
+            p += 1;
+            t += 1;
+        } else if p < pattern.len() && pattern[p] == b'*' {
+            star = Some(p);
+            mark = t;
+            p += 1;
+        } else if let Some(s) = star {
+            p = s + 1;
+            mark += 1;
+            t = mark;
+        } else {
+            return false;
+        }
+    }
+    while p < pattern.len() && pattern[p] == b'*' {
+        p += 1;
+    }
+    p == pattern.len()
+}
+
+fn needs_escape(c: char) -> bool {
+    matches!(c, '%' | '|' | '*' | '?' | '[' | ']' | '\\') || c.is_control()
+}
+
+fn escape_into(s: &str, out: &mut String) {
+    for c in s.chars() {
+        if needs_escape(c) {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                let _ = write!(out, "%{b:02X}");
+            }
+        } else {
+            out.push(c);
+        }
+    }
+}
+
+fn unescape(s: &str) -> String {
+    if !s.contains('%') {
+        return s.to_string();
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(h), Some(l)) = (hex_val(bytes[i + 1]), hex_val(bytes[i + 2]))
+        {
+            out.push(h << 4 | l);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex_val(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    }
+}
+
+fn redis_escape_literal(s: &str, out: &mut String) {
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+}
+
+/// Writes the request object canonically, leaving out [`IGNORED_FIELDS`] at the top level.
+fn canonical_top(v: &serde_json::Value, out: &mut String) {
+    match v {
+        serde_json::Value::Object(map) => {
+            let mut keys: Vec<&String> = map
+                .keys()
+                .filter(|k| !IGNORED_FIELDS.contains(&k.as_str()))
+                .collect();
+            keys.sort_unstable();
+            out.push('{');
+            for (i, k) in keys.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_string(k, out);
+                out.push(':');
+                if let Some(val) = map.get(*k) {
+                    canonical(val, out);
+                }
+            }
+            out.push('}');
+        }
+        other => canonical(other, out),
+    }
+}
+
+/// Canonical JSON: object keys sorted, no whitespace, integral floats
+/// written as integers (so `0` and `0.0` give the same key).
+pub fn canonical(v: &serde_json::Value, out: &mut String) {
+    use serde_json::Value;
+    match v {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Number(n) => {
+            if let Some(f) = n.as_f64()
+                && n.is_f64()
+                && f.fract() == 0.0
+                && f.abs() < 9.007_199_254_740_992e15
+            {
+                let _ = write!(out, "{}", f as i64);
+            } else {
+                let _ = write!(out, "{n}");
+            }
+        }
+        Value::String(s) => write_string(s, out),
+        Value::Array(a) => {
+            out.push('[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical(x, out);
+            }
+            out.push(']');
+        }
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort_unstable();
+            out.push('{');
+            for (i, k) in keys.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_string(k, out);
+                out.push(':');
+                if let Some(val) = map.get(*k) {
+                    canonical(val, out);
+                }
+            }
+            out.push('}');
+        }
+    }
+}
+
+fn write_string(s: &str, out: &mut String) {
+    // serde_json's string escaping is canonical (same input, same output).
+    match serde_json::to_string(s) {
+        Ok(q) => out.push_str(&q),
+        Err(_) => out.push_str("\"\""),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn key(body: &serde_json::Value) -> CacheKey {
+        CacheKey::for_request("default", "gpt-4o", RequestKind::Chat, body)
+    }
+
+    #[test]
+    fn reordered_keys_and_whitespace_give_the_same_key() {
+        let a: serde_json::Value = serde_json::from_str(
+            r#"{"model":"x","temperature":0,"messages":[{"role":"user","content":"hi"}]}"#,
+        )
+        .unwrap();
+        let b: serde_json::Value = serde_json::from_str(
+            r#"{ "messages" : [ {"content":"hi", "role":"user"} ], "temperature": 0.0, "model":"y", "stream": true, "user": "u1", "stream_options": {"include_usage": true} }"#,
+        )
+        .unwrap();
+        assert_eq!(key(&a), key(&b));
+    }
+
+    #[test]
+    fn changed_temperature_changes_the_key() {
+        let a = json!({"messages":[{"role":"user","content":"hi"}],"temperature":0});
+        let b = json!({"messages":[{"role":"user","content":"hi"}],"temperature":0.5});
+        assert_ne!(key(&a), key(&b));
+    }
+
+    #[test]
+    fn namespace_model_and_kind_change_the_key() {
+        let body = json!({"input":"x"});
+        let a = CacheKey::for_request("a", "m", RequestKind::Chat, &body);
+        let b = CacheKey::for_request("b", "m", RequestKind::Chat, &body);
+        let c = CacheKey::for_request("a", "n", RequestKind::Chat, &body);
+        let d = CacheKey::for_request("a", "m", RequestKind::Embeddings, &body);
+        assert_ne!(a.hash(), b.hash());
+        assert_ne!(a.hash(), c.hash());
+        assert_ne!(a.hash(), d.hash());
+    }
+
+    #[test]
+    fn nested_ignored_names_are_kept() {
+        // Only the top-level `user` is ignored; a message field named user is content.
+        let a = json!({"messages":[{"role":"user","content":"hi","user":"a"}]});
+        let b = json!({"messages":[{"role":"user","content":"hi","user":"b"}]});
+        assert_ne!(key(&a), key(&b));
+    }
+
+    #[test]
+    fn stored_and_public_forms_round_trip() {
+        let k = CacheKey::for_request("ten|ant", "llama3.2:3b*", RequestKind::Chat, &json!({}));
+        assert_eq!(k.namespace(), "ten|ant");
+        assert_eq!(k.model(), "llama3.2:3b*");
+        assert_eq!(k.as_str().matches('|').count(), 2);
+        let p = CacheKey::parse_stored(k.as_str()).unwrap();
+        assert_eq!(p, k);
+        let q = CacheKey::parse_public("ten|ant", k.public()).unwrap();
+        assert_eq!(q, k);
+        assert!(CacheKey::parse_stored("a|b|zz").is_err());
+    }
+
+    #[test]
+    fn patterns_match_within_their_namespace_only() {
+        let body = json!({});
+        let k = CacheKey::for_request("t1", "gpt-4o-mini", RequestKind::Chat, &body);
+        assert!(KeyPattern::new("t1", "gpt-*").unwrap().matches(&k));
+        assert!(KeyPattern::new("t1", "*").unwrap().matches(&k));
+        assert!(KeyPattern::new("t1", "gpt-4?-mini").unwrap().matches(&k));
+        assert!(!KeyPattern::new("t2", "*").unwrap().matches(&k));
+        assert!(!KeyPattern::new("t1", "gpt-3*").unwrap().matches(&k));
+        assert!(!KeyPattern::new("t1", "gpt").unwrap().matches(&k));
+        assert_eq!(
+            KeyPattern::new("t1", "a_%*?").unwrap().sql_like(),
+            "a\\_\\%%_"
+        );
+        assert_eq!(
+            KeyPattern::new("n*s", "m[1]*").unwrap().redis_match("p:"),
+            "p:n%2As|m%5B1%5D*|*"
+        );
+    }
+
+    #[test]
+    fn glob_basics() {
+        assert!(glob_match(b"", b""));
+        assert!(glob_match(b"*", b"anything"));
+        assert!(glob_match(b"a*b*c", b"aXXbYYc"));
+        assert!(!glob_match(b"a*b*c", b"aXXbYY"));
+        assert!(glob_match(b"?b", b"ab"));
+        assert!(!glob_match(b"?b", b"b"));
+    }
+
+    proptest! {
+        #[test]
+        fn key_ignores_object_key_order(entries in proptest::collection::btree_map("[a-z]{1,6}", 0i64..100, 1..8)) {
+            let mut fwd = serde_json::Map::new();
+            for (k, v) in entries.iter() { fwd.insert(k.clone(), json!(v)); }
+            let mut rev = serde_json::Map::new();
+            for (k, v) in entries.iter().rev() { rev.insert(k.clone(), json!(v)); }
+            let a = key(&json!({"messages": fwd, "x": 1}));
+            let b = key(&json!({"x": 1, "messages": rev}));
+            prop_assert_eq!(a, b);
+        }
+
+        #[test]
+        fn glob_star_matches_every_suffix(prefix in "[a-z]{0,5}", rest in "[a-z:.-]{0,8}") {
+            let pat = format!("{prefix}*");
+            let text = format!("{prefix}{rest}");
+            prop_assert!(glob_match(pat.as_bytes(), text.as_bytes()));
+        }
+    }
+}

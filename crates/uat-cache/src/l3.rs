@@ -1,0 +1,558 @@
+//! L3: a table in the configured SQL database (SQLite by default,
+//! PostgreSQL for `postgres://` URLs). Rows carry `expires_at` (unix ms,
+//! indexed) and are purged periodically; reads ignore expired rows. Pattern
+//! invalidation is an indexed match on `(namespace, model)`.
+//! Migrations run at start-up and are recorded in `uat_cache_migrations`.
+
+use crate::codec;
+use crate::error::CacheError;
+use crate::key::{CacheKey, KeyPattern};
+use crate::level::{CacheLevel, Counters, Hit, Level, LevelStats};
+use crate::metrics::{self, METRICS, OpTimer};
+use bytes::Bytes;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use std::future::Future;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Versioned schema steps; each runs once per database.
+const MIGRATIONS_SQLITE: &[(i64, &str)] = &[(
+    1,
+    "CREATE TABLE IF NOT EXISTS uat_cache_entries (
+        key TEXT PRIMARY KEY NOT NULL,
+        namespace TEXT NOT NULL,
+        model TEXT NOT NULL,
+        value BLOB NOT NULL,
+        expires_at BIGINT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS uat_cache_entries_expires_at ON uat_cache_entries (expires_at);
+    CREATE INDEX IF NOT EXISTS uat_cache_entries_ns_model ON uat_cache_entries (namespace, model);",
+)];
+
+const MIGRATIONS_PG: &[(i64, &str)] = &[(
+    1,
+    "CREATE TABLE IF NOT EXISTS uat_cache_entries (
+        key TEXT PRIMARY KEY NOT NULL,
+        namespace TEXT NOT NULL,
+        model TEXT NOT NULL,
+        value BYTEA NOT NULL,
+        expires_at BIGINT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS uat_cache_entries_expires_at ON uat_cache_entries (expires_at);
+    CREATE INDEX IF NOT EXISTS uat_cache_entries_ns_model ON uat_cache_entries (namespace, model text_pattern_ops);",
+)];
+
+#[derive(Clone)]
+enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// The L3 level. Cheap to clone.
+#[derive(Clone)]
+pub struct SqlLevel {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Pool,
+    timeout: Duration,
+    healthy: AtomicBool,
+    reconnecting: AtomicBool,
+    counters: Counters,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl SqlLevel {
+    /// Connects to `url` (`sqlite://PATH` — the file is created — or
+    /// `postgres://...`) and runs the migrations. Unlike L2, a database that
+    /// cannot be reached at start-up is an error: the caller decides whether
+    /// to run without L3.
+    pub async fn connect(
+        url: &str,
+        max_connections: u32,
+        timeout: Duration,
+    ) -> Result<Self, CacheError> {
+        let pool = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Pool::Postgres(
+                PgPoolOptions::new()
+                    .max_connections(max_connections.max(1))
+                    .acquire_timeout(timeout.max(Duration::from_secs(1)))
+                    .connect(url)
+                    .await?,
+            )
+        } else {
+            let opts = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .busy_timeout(Duration::from_secs(5));
+            Pool::Sqlite(
+                SqlitePoolOptions::new()
+                    .max_connections(max_connections.clamp(1, 8))
+                    .acquire_timeout(timeout.max(Duration::from_secs(1)))
+                    .connect_with(opts)
+                    .await?,
+            )
+        };
+        migrate(&pool).await?;
+        Ok(SqlLevel {
+            inner: Arc::new(Inner {
+                pool,
+                timeout,
+                healthy: AtomicBool::new(true),
+                reconnecting: AtomicBool::new(false),
+                counters: Counters::default(),
+            }),
+        })
+    }
+
+    /// Starts the periodic purge of expired rows (stops when the level is dropped).
+    pub fn start_purge(&self, every: Duration) {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                let level = SqlLevel { inner };
+                if let Err(e) = level.purge_expired().await {
+                    tracing::debug!(level = "l3", error = %e, "purge failed");
+                }
+            }
+        });
+    }
+
+    /// Deletes expired rows now; returns how many went.
+    pub async fn purge_expired(&self) -> Result<u64, CacheError> {
+        let now = now_ms();
+        let n = self
+            .run("purge", |pool| async move {
+                Ok(match pool {
+                    Pool::Sqlite(p) => {
+                        sqlx::query("DELETE FROM uat_cache_entries WHERE expires_at <= ?")
+                            .bind(now)
+                            .execute(&p)
+                            .await?
+                            .rows_affected()
+                    }
+                    Pool::Postgres(p) => {
+                        sqlx::query("DELETE FROM uat_cache_entries WHERE expires_at <= $1")
+                            .bind(now)
+                            .execute(&p)
+                            .await?
+                            .rows_affected()
+                    }
+                })
+            })
+            .await?;
+        METRICS.evictions.with_label_values(&["l3"]).inc_by(n);
+        Ok(n)
+    }
+
+    /// Counts rows, live or expired, under a namespace (tests of the purge).
+    #[doc(hidden)]
+    pub async fn count_rows(&self, namespace: &str) -> Result<i64, CacheError> {
+        let ns = namespace.to_string();
+        self.run("stats", |pool| async move {
+            Ok(match pool {
+                Pool::Sqlite(p) => {
+                    sqlx::query_scalar::<_, i64>(
+                        "SELECT COUNT(*) FROM uat_cache_entries WHERE namespace = ?",
+                    )
+                    .bind(ns)
+                    .fetch_one(&p)
+                    .await?
+                }
+                Pool::Postgres(p) => {
+                    sqlx::query_scalar::<_, i64>(
+                        "SELECT COUNT(*) FROM uat_cache_entries WHERE namespace = $1",
+                    )
+                    .bind(ns)
+                    .fetch_one(&p)
+                    .await?
+                }
+            })
+        })
+        .await
+    }
+
+    /// Writes raw bytes without the envelope (tests of corrupt-entry handling).
+    #[doc(hidden)]
+    pub async fn put_raw_for_test(
+        &self,
+        key: &CacheKey,
+        raw: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<(), CacheError> {
+        self.upsert(vec![(key.clone(), raw, now_ms().saturating_add(ms(ttl)))])
+            .await
+    }
+
+    async fn run<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, CacheError>
+    where
+        F: FnOnce(Pool) -> Fut,
+        Fut: Future<Output = Result<T, sqlx::Error>>,
+    {
+        if !self.inner.healthy.load(Ordering::Relaxed) {
+            return Err(CacheError::Unavailable("l3"));
+        }
+        let _t = OpTimer::start("l3", op);
+        match tokio::time::timeout(self.inner.timeout, f(self.inner.pool.clone())).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                if is_connection_error(&e) {
+                    self.mark_down(&e.to_string());
+                }
+                Err(CacheError::Sql(e))
+            }
+            Err(_) => {
+                self.mark_down("operation timed out");
+                Err(CacheError::Timeout {
+                    level: "l3",
+                    after_ms: u64::try_from(self.inner.timeout.as_millis()).unwrap_or(u64::MAX),
+                })
+            }
+        }
+    }
+
+    fn mark_down(&self, why: &str) {
+        if self.inner.healthy.swap(false, Ordering::AcqRel) {
+            tracing::warn!(
+                level = "l3",
+                reason = why,
+                "cache database unavailable: skipping L3 until it recovers"
+            );
+        }
+        if !self.inner.reconnecting.swap(true, Ordering::AcqRel) {
+            tokio::spawn(probe_loop(Arc::downgrade(&self.inner)));
+        }
+    }
+
+    async fn upsert(&self, rows: Vec<(CacheKey, Vec<u8>, i64)>) -> Result<(), CacheError> {
+        self.run("put", |pool| async move {
+            match pool {
+                Pool::Sqlite(p) => {
+                    let mut tx = p.begin().await?;
+                    for (k, v, exp) in rows {
+                        sqlx::query(
+                            "INSERT INTO uat_cache_entries (key, namespace, model, value, expires_at) VALUES (?, ?, ?, ?, ?)
+                             ON CONFLICT(key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at",
+                        )
+                        .bind(k.as_str())
+                        .bind(k.namespace())
+                        .bind(k.model())
+                        .bind(v)
+                        .bind(exp)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    tx.commit().await
+                }
+                Pool::Postgres(p) => {
+                    let mut tx = p.begin().await?;
+                    for (k, v, exp) in rows {
+                        sqlx::query(
+                            "INSERT INTO uat_cache_entries (key, namespace, model, value, expires_at) VALUES ($1, $2, $3, $4, $5)
+                             ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at",
+                        )
+                        .bind(k.as_str())
+                        .bind(k.namespace())
+                        .bind(k.model())
+                        .bind(v)
+                        .bind(exp)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    tx.commit().await
+                }
+            }
+        })
+        .await
+    }
+}
+
+async fn migrate(pool: &Pool) -> Result<(), CacheError> {
+    match pool {
+        Pool::Sqlite(p) => {
+            sqlx::raw_sql("CREATE TABLE IF NOT EXISTS uat_cache_migrations (version BIGINT PRIMARY KEY NOT NULL)")
+                .execute(p)
+                .await?;
+            for (v, sql) in MIGRATIONS_SQLITE {
+                let done: Option<i64> = sqlx::query_scalar(
+                    "SELECT version FROM uat_cache_migrations WHERE version = ?",
+                )
+                .bind(v)
+                .fetch_optional(p)
+                .await?;
+                if done.is_none() {
+                    let mut tx = p.begin().await?;
+                    sqlx::raw_sql(sql).execute(&mut *tx).await?;
+                    sqlx::query("INSERT INTO uat_cache_migrations (version) VALUES (?) ON CONFLICT DO NOTHING")
+                        .bind(v)
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                }
+            }
+        }
+        Pool::Postgres(p) => {
+            // Serialize concurrent start-ups of several replicas.
+            let mut tx = p.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock(7455320019)")
+                .execute(&mut *tx)
+                .await?;
+            sqlx::raw_sql("CREATE TABLE IF NOT EXISTS uat_cache_migrations (version BIGINT PRIMARY KEY NOT NULL)")
+                .execute(&mut *tx)
+                .await?;
+            for (v, sql) in MIGRATIONS_PG {
+                let done: Option<i64> = sqlx::query_scalar(
+                    "SELECT version FROM uat_cache_migrations WHERE version = $1",
+                )
+                .bind(v)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if done.is_none() {
+                    sqlx::raw_sql(sql).execute(&mut *tx).await?;
+                    sqlx::query("INSERT INTO uat_cache_migrations (version) VALUES ($1) ON CONFLICT DO NOTHING")
+                        .bind(v)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+            tx.commit().await?;
+        }
+    }
+    Ok(())
+}
+
+async fn probe_loop(weak: Weak<Inner>) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        tokio::time::sleep(delay).await;
+        let Some(inner) = weak.upgrade() else { return };
+        let ok = match &inner.pool {
+            Pool::Sqlite(p) => matches!(
+                tokio::time::timeout(inner.timeout, sqlx::query("SELECT 1").execute(p)).await,
+                Ok(Ok(_))
+            ),
+            Pool::Postgres(p) => matches!(
+                tokio::time::timeout(inner.timeout, sqlx::query("SELECT 1").execute(p)).await,
+                Ok(Ok(_))
+            ),
+        };
+        if ok {
+            inner.healthy.store(true, Ordering::Release);
+            inner.reconnecting.store(false, Ordering::Release);
+            tracing::info!(level = "l3", "cache database is back: L3 re-enabled");
+            return;
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}
+
+fn is_connection_error(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed
+    )
+}
+
+impl CacheLevel for SqlLevel {
+    fn level(&self) -> Level {
+        Level::L3
+    }
+
+    async fn get(&self, key: &CacheKey) -> Result<Option<Hit>, CacheError> {
+        let now = now_ms();
+        let k = key.as_str().to_string();
+        let res = self
+            .run("get", |pool| async move {
+                match pool {
+                    Pool::Sqlite(p) => {
+                        sqlx::query_as::<_, (Vec<u8>, i64)>(
+                            "SELECT value, expires_at FROM uat_cache_entries WHERE key = ? AND expires_at > ?",
+                        )
+                        .bind(k)
+                        .bind(now)
+                        .fetch_optional(&p)
+                        .await
+                    }
+                    Pool::Postgres(p) => {
+                        sqlx::query_as::<_, (Vec<u8>, i64)>(
+                            "SELECT value, expires_at FROM uat_cache_entries WHERE key = $1 AND expires_at > $2",
+                        )
+                        .bind(k)
+                        .bind(now)
+                        .fetch_optional(&p)
+                        .await
+                    }
+                }
+            })
+            .await;
+        let row = match res {
+            Ok(r) => r,
+            Err(e) => {
+                metrics::request(
+                    "l3",
+                    if matches!(e, CacheError::Unavailable(_)) {
+                        "skipped"
+                    } else {
+                        "error"
+                    },
+                );
+                return Err(e);
+            }
+        };
+        let Some((raw, expires_at)) = row else {
+            self.inner.counters.miss();
+            metrics::request("l3", "miss");
+            return Ok(None);
+        };
+        match codec::decode(&raw) {
+            Ok(value) => {
+                self.inner.counters.hit();
+                metrics::request("l3", "hit");
+                let left = u64::try_from(expires_at.saturating_sub(now)).unwrap_or(0);
+                Ok(Some(Hit {
+                    value,
+                    ttl: Duration::from_millis(left),
+                }))
+            }
+            Err(e) => {
+                tracing::warn!(level = "l3", key = %key, error = %e, "corrupt cache entry deleted");
+                self.inner.counters.miss();
+                metrics::request("l3", "corrupt");
+                let _ = self.delete(key).await;
+                Ok(None)
+            }
+        }
+    }
+
+    async fn put(&self, key: &CacheKey, value: Bytes, ttl: Duration) -> Result<(), CacheError> {
+        self.put_many(vec![(key.clone(), value, ttl)]).await
+    }
+
+    async fn put_many(&self, items: Vec<(CacheKey, Bytes, Duration)>) -> Result<(), CacheError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let n = items.len() as u64;
+        let now = now_ms();
+        let rows = items
+            .into_iter()
+            .map(|(k, v, ttl)| (k, codec::encode(&v), now.saturating_add(ms(ttl))))
+            .collect();
+        let res = self.upsert(rows).await;
+        let result = match &res {
+            Ok(()) => "ok",
+            Err(CacheError::Unavailable(_)) => "skipped",
+            Err(_) => "error",
+        };
+        METRICS.writes.with_label_values(&["l3", result]).inc_by(n);
+        res
+    }
+
+    async fn delete(&self, key: &CacheKey) -> Result<u64, CacheError> {
+        let k = key.as_str().to_string();
+        self.run("delete", |pool| async move {
+            Ok(match pool {
+                Pool::Sqlite(p) => sqlx::query("DELETE FROM uat_cache_entries WHERE key = ?")
+                    .bind(k)
+                    .execute(&p)
+                    .await?
+                    .rows_affected(),
+                Pool::Postgres(p) => sqlx::query("DELETE FROM uat_cache_entries WHERE key = $1")
+                    .bind(k)
+                    .execute(&p)
+                    .await?
+                    .rows_affected(),
+            })
+        })
+        .await
+    }
+
+    async fn invalidate_pattern(&self, pattern: &KeyPattern) -> Result<u64, CacheError> {
+        let ns = pattern.namespace().to_string();
+        let (glob, like) = (pattern.sqlite_glob(), pattern.sql_like());
+        self.run("invalidate", |pool| async move {
+            Ok(match pool {
+                Pool::Sqlite(p) => sqlx::query("DELETE FROM uat_cache_entries WHERE namespace = ? AND model GLOB ?")
+                    .bind(ns)
+                    .bind(glob)
+                    .execute(&p)
+                    .await?
+                    .rows_affected(),
+                Pool::Postgres(p) => {
+                    sqlx::query("DELETE FROM uat_cache_entries WHERE namespace = $1 AND model LIKE $2 ESCAPE '\\'")
+                        .bind(ns)
+                        .bind(like)
+                        .execute(&p)
+                        .await?
+                        .rows_affected()
+                }
+            })
+        })
+        .await
+    }
+
+    async fn stats(&self) -> Result<LevelStats, CacheError> {
+        let mut s = LevelStats {
+            healthy: self.healthy(),
+            ..LevelStats::default()
+        };
+        self.inner.counters.fill(&mut s);
+        if !s.healthy {
+            return Ok(s);
+        }
+        let now = now_ms();
+        let (entries, bytes) = self
+            .run("stats", |pool| async move {
+                match pool {
+                    Pool::Sqlite(p) => {
+                        sqlx::query_as::<_, (i64, i64)>(
+                            "SELECT COUNT(*), COALESCE(SUM(LENGTH(value)), 0) FROM uat_cache_entries WHERE expires_at > ?",
+                        )
+                        .bind(now)
+                        .fetch_one(&p)
+                        .await
+                    }
+                    Pool::Postgres(p) => {
+                        sqlx::query_as::<_, (i64, i64)>(
+                            "SELECT COUNT(*)::BIGINT, COALESCE(SUM(octet_length(value)), 0)::BIGINT FROM uat_cache_entries WHERE expires_at > $1",
+                        )
+                        .bind(now)
+                        .fetch_one(&p)
+                        .await
+                    }
+                }
+            })
+            .await?;
+        s.entries = u64::try_from(entries).unwrap_or(0);
+        s.bytes = u64::try_from(bytes).unwrap_or(0);
+        METRICS.bytes.with_label_values(&["l3"]).set(bytes);
+        Ok(s)
+    }
+
+    fn healthy(&self) -> bool {
+        self.inner.healthy.load(Ordering::Relaxed)
+    }
+}

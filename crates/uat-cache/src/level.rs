@@ -1,0 +1,132 @@
+//! The interface every cache level implements.
+
+use crate::error::CacheError;
+use crate::key::{CacheKey, KeyPattern};
+use bytes::Bytes;
+use serde::Serialize;
+use std::future::Future;
+use std::time::Duration;
+
+/// Which level answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    /// In-process memory (moka).
+    L1,
+    /// Redis.
+    L2,
+    /// The SQL database.
+    L3,
+}
+
+impl Level {
+    /// Metric label and header suffix: `l1`, `l2`, `l3`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::L1 => "l1",
+            Level::L2 => "l2",
+            Level::L3 => "l3",
+        }
+    }
+}
+
+/// A value found in a level, with the time it has left to live.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    /// The raw value (already decoded from the level's envelope).
+    pub value: Bytes,
+    /// Remaining time to live.
+    pub ttl: Duration,
+}
+
+/// Size and traffic of one level.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LevelStats {
+    /// Live entries (L2: keys under the prefix, counted by SCAN).
+    pub entries: u64,
+    /// Bytes of the stored values.
+    pub bytes: u64,
+    /// Lookups answered by this level since start.
+    pub hits: u64,
+    /// Lookups this level could not answer since start.
+    pub misses: u64,
+    /// `hits / (hits + misses)`, 0 when there was no lookup.
+    pub hit_rate: f64,
+    /// False when the level is currently skipped (down or failing).
+    pub healthy: bool,
+}
+
+/// One level of the cache. Every method is bounded in time; an `Err` means
+/// "skip this level", never "fail the request".
+pub trait CacheLevel: Send + Sync + 'static {
+    /// Which level this is.
+    fn level(&self) -> Level;
+
+    /// Looks a key up. A corrupt entry is deleted and reported as a miss.
+    fn get(&self, key: &CacheKey) -> impl Future<Output = Result<Option<Hit>, CacheError>> + Send;
+
+    /// Stores a value for `ttl`.
+    fn put(
+        &self,
+        key: &CacheKey,
+        value: Bytes,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), CacheError>> + Send;
+
+    /// Stores several values at once (a pipeline or a transaction where the level has one).
+    fn put_many(
+        &self,
+        items: Vec<(CacheKey, Bytes, Duration)>,
+    ) -> impl Future<Output = Result<(), CacheError>> + Send {
+        async move {
+            for (k, v, t) in items {
+                self.put(&k, v, t).await?;
+            }
+            Ok(())
+        }
+    }
+
+    /// Deletes one key; returns how many entries went (0 or 1).
+    fn delete(&self, key: &CacheKey) -> impl Future<Output = Result<u64, CacheError>> + Send;
+
+    /// Deletes every entry matching `pattern`; returns how many went.
+    fn invalidate_pattern(
+        &self,
+        pattern: &KeyPattern,
+    ) -> impl Future<Output = Result<u64, CacheError>> + Send;
+
+    /// Size and traffic.
+    fn stats(&self) -> impl Future<Output = Result<LevelStats, CacheError>> + Send;
+
+    /// False while the level is being skipped.
+    fn healthy(&self) -> bool {
+        true
+    }
+}
+
+/// Hit/miss counters kept by each level.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub hits: std::sync::atomic::AtomicU64,
+    pub misses: std::sync::atomic::AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn hit(&self) {
+        self.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    pub(crate) fn miss(&self) {
+        self.misses
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    pub(crate) fn fill(&self, s: &mut LevelStats) {
+        s.hits = self.hits.load(std::sync::atomic::Ordering::Relaxed);
+        s.misses = self.misses.load(std::sync::atomic::Ordering::Relaxed);
+        let total = s.hits + s.misses;
+        s.hit_rate = if total == 0 {
+            0.0
+        } else {
+            s.hits as f64 / total as f64
+        };
+    }
+}

@@ -1,0 +1,238 @@
+//! L1: the in-process level, a moka cache bounded in bytes (weigher) with
+//! TinyLFU admission and a time to live per entry.
+
+use crate::error::CacheError;
+use crate::key::{CacheKey, KeyPattern};
+use crate::level::{CacheLevel, Counters, Hit, Level, LevelStats};
+use crate::metrics::{METRICS, OpTimer};
+use bytes::Bytes;
+use moka::notification::RemovalCause;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Per-entry bookkeeping counted into the weight besides key and value.
+const ENTRY_OVERHEAD: usize = 96;
+
+#[derive(Clone)]
+struct Entry {
+    value: Bytes,
+    expires_at: Instant,
+    ttl: Duration,
+}
+
+struct PerEntryTtl;
+
+impl moka::Expiry<CacheKey, Entry> for PerEntryTtl {
+    fn expire_after_create(
+        &self,
+        _key: &CacheKey,
+        value: &Entry,
+        _now: Instant,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
+    fn expire_after_update(
+        &self,
+        _key: &CacheKey,
+        value: &Entry,
+        _now: Instant,
+        _current: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
+}
+
+/// The L1 level.
+#[derive(Clone)]
+pub struct MemoryLevel {
+    cache: moka::sync::Cache<CacheKey, Entry>,
+    counters: Arc<Counters>,
+}
+
+impl MemoryLevel {
+    /// A cache holding at most `max_bytes` (keys, values and a fixed per-entry overhead).
+    pub fn new(max_bytes: u64) -> Self {
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|k: &CacheKey, v: &Entry| -> u32 {
+                u32::try_from(k.as_str().len() + v.value.len() + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
+            })
+            .expire_after(PerEntryTtl)
+            .eviction_listener(|_k, _v, cause| {
+                if cause == RemovalCause::Size {
+                    METRICS.evictions.with_label_values(&["l1"]).inc();
+                }
+            })
+            .build();
+        MemoryLevel {
+            cache,
+            counters: Arc::new(Counters::default()),
+        }
+    }
+
+    /// Synchronous lookup (L1 never waits on I/O).
+    pub fn get_now(&self, key: &CacheKey) -> Option<Hit> {
+        let _t = OpTimer::start("l1", "get");
+        let now = Instant::now();
+        match self.cache.get(key) {
+            Some(e) if e.expires_at > now => {
+                self.counters.hit();
+                crate::metrics::request("l1", "hit");
+                Some(Hit {
+                    value: e.value,
+                    ttl: e.expires_at - now,
+                })
+            }
+            _ => {
+                self.counters.miss();
+                crate::metrics::request("l1", "miss");
+                None
+            }
+        }
+    }
+
+    /// Synchronous insert.
+    pub fn put_now(&self, key: &CacheKey, value: Bytes, ttl: Duration) {
+        if ttl.is_zero() {
+            return;
+        }
+        let _t = OpTimer::start("l1", "put");
+        self.cache.insert(
+            key.clone(),
+            Entry {
+                value,
+                expires_at: Instant::now() + ttl,
+                ttl,
+            },
+        );
+        crate::metrics::write("l1", "ok");
+        METRICS
+            .bytes
+            .with_label_values(&["l1"])
+            .set(i64::try_from(self.cache.weighted_size()).unwrap_or(i64::MAX));
+    }
+
+    /// True when the key is present and live (no counters touched).
+    pub fn contains(&self, key: &CacheKey) -> bool {
+        self.cache
+            .get(key)
+            .is_some_and(|e| e.expires_at > Instant::now())
+    }
+
+    /// Removes one key.
+    pub fn remove(&self, key: &CacheKey) -> u64 {
+        u64::from(self.cache.remove(key).is_some())
+    }
+
+    /// Removes every key matching the pattern, by iteration.
+    pub fn remove_matching(&self, pattern: &KeyPattern) -> u64 {
+        let _t = OpTimer::start("l1", "invalidate");
+        let mut n = 0;
+        let doomed: Vec<Arc<CacheKey>> = self
+            .cache
+            .iter()
+            .filter(|(k, _)| pattern.matches(k))
+            .map(|(k, _)| k)
+            .collect();
+        for k in doomed {
+            if self.cache.remove(&*k).is_some() {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Drops every entry.
+    pub fn clear(&self) {
+        self.cache.invalidate_all();
+    }
+
+    /// Applies pending maintenance (evictions, expirations); used before stats.
+    pub fn sync(&self) {
+        self.cache.run_pending_tasks();
+    }
+}
+
+impl CacheLevel for MemoryLevel {
+    fn level(&self) -> Level {
+        Level::L1
+    }
+
+    async fn get(&self, key: &CacheKey) -> Result<Option<Hit>, CacheError> {
+        Ok(self.get_now(key))
+    }
+
+    async fn put(&self, key: &CacheKey, value: Bytes, ttl: Duration) -> Result<(), CacheError> {
+        self.put_now(key, value, ttl);
+        Ok(())
+    }
+
+    async fn delete(&self, key: &CacheKey) -> Result<u64, CacheError> {
+        Ok(self.remove(key))
+    }
+
+    async fn invalidate_pattern(&self, pattern: &KeyPattern) -> Result<u64, CacheError> {
+        Ok(self.remove_matching(pattern))
+    }
+
+    async fn stats(&self) -> Result<LevelStats, CacheError> {
+        self.sync();
+        let mut s = LevelStats {
+            entries: self.cache.entry_count(),
+            bytes: self.cache.weighted_size(),
+            healthy: true,
+            ..LevelStats::default()
+        };
+        self.counters.fill(&mut s);
+        METRICS
+            .bytes
+            .with_label_values(&["l1"])
+            .set(i64::try_from(s.bytes).unwrap_or(i64::MAX));
+        Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::RequestKind;
+    use serde_json::json;
+
+    fn k(i: usize) -> CacheKey {
+        CacheKey::for_request("t", "m", RequestKind::Chat, &json!({ "i": i }))
+    }
+
+    #[test]
+    fn entries_expire_after_their_own_ttl() {
+        let l1 = MemoryLevel::new(1 << 20);
+        l1.put_now(
+            &k(1),
+            Bytes::from_static(b"short"),
+            Duration::from_millis(50),
+        );
+        l1.put_now(&k(2), Bytes::from_static(b"long"), Duration::from_secs(60));
+        assert!(l1.get_now(&k(1)).is_some());
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(l1.get_now(&k(1)).is_none());
+        assert_eq!(
+            l1.get_now(&k(2)).unwrap().value,
+            Bytes::from_static(b"long")
+        );
+    }
+
+    #[test]
+    fn the_byte_bound_holds() {
+        let l1 = MemoryLevel::new(64 * 1024);
+        let v = Bytes::from(vec![b'x'; 1024]);
+        for i in 0..500 {
+            l1.put_now(&k(i), v.clone(), Duration::from_secs(60));
+        }
+        l1.sync();
+        assert!(
+            l1.cache.weighted_size() <= 64 * 1024,
+            "{}",
+            l1.cache.weighted_size()
+        );
+        assert!(l1.cache.entry_count() < 500);
+    }
+}

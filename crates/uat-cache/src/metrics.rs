@@ -1,0 +1,118 @@
+//! The cache's Prometheus metrics, registered once.
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts};
+use std::sync::LazyLock;
+
+/// Every cache metric handle.
+pub(crate) struct CacheMetrics {
+    /// `uat_cache_requests_total{level,result}`.
+    pub requests: IntCounterVec,
+    /// `uat_cache_writes_total{level,result}`.
+    pub writes: IntCounterVec,
+    /// `uat_cache_evictions_total{level}`.
+    pub evictions: IntCounterVec,
+    /// `uat_cache_bytes{level}`.
+    pub bytes: IntGaugeVec,
+    /// `uat_cache_operation_seconds{level,op}`.
+    pub op_seconds: HistogramVec,
+    /// `uat_cache_singleflight_waiters_total`.
+    pub singleflight_waiters: IntCounter,
+}
+
+pub(crate) static METRICS: LazyLock<CacheMetrics> = LazyLock::new(|| {
+    let requests = IntCounterVec::new(
+        Opts::new(
+            "uat_cache_requests_total",
+            "Cache lookups per level and result (hit, miss, error, skipped, corrupt)",
+        ),
+        &["level", "result"],
+    );
+    let writes = IntCounterVec::new(
+        Opts::new(
+            "uat_cache_writes_total",
+            "Cache writes per level and result (ok, error, skipped, dropped)",
+        ),
+        &["level", "result"],
+    );
+    let evictions = IntCounterVec::new(
+        Opts::new(
+            "uat_cache_evictions_total",
+            "Entries evicted for size (L1) or purged after expiry (L3)",
+        ),
+        &["level"],
+    );
+    let bytes = IntGaugeVec::new(
+        Opts::new(
+            "uat_cache_bytes",
+            "Bytes held per cache level (L2/L3: as of the last stats call)",
+        ),
+        &["level"],
+    );
+    let op_seconds = HistogramVec::new(
+        HistogramOpts::new(
+            "uat_cache_operation_seconds",
+            "Duration of cache operations per level and op",
+        )
+        .buckets(uat_telemetry::LATENCY_BUCKETS.to_vec()),
+        &["level", "op"],
+    );
+    let waiters = IntCounter::new(
+        "uat_cache_singleflight_waiters_total",
+        "Requests that waited for an identical in-flight request instead of calling upstream",
+    );
+    match (requests, writes, evictions, bytes, op_seconds, waiters) {
+        (Ok(r), Ok(w), Ok(e), Ok(b), Ok(o), Ok(s)) => CacheMetrics {
+            requests: uat_telemetry::register(r),
+            writes: uat_telemetry::register(w),
+            evictions: uat_telemetry::register(e),
+            bytes: uat_telemetry::register(b),
+            op_seconds: uat_telemetry::register(o),
+            singleflight_waiters: uat_telemetry::register(s),
+        },
+        _ => unreachable_metrics(),
+    }
+});
+
+#[expect(
+    clippy::panic,
+    reason = "metric definitions are static and valid; this cannot happen"
+)]
+fn unreachable_metrics() -> CacheMetrics {
+    panic!("invalid static metric definition")
+}
+
+/// Counts a lookup result.
+pub(crate) fn request(level: &'static str, result: &'static str) {
+    METRICS.requests.with_label_values(&[level, result]).inc();
+}
+
+/// Counts a write result.
+pub(crate) fn write(level: &'static str, result: &'static str) {
+    METRICS.writes.with_label_values(&[level, result]).inc();
+}
+
+/// Times one operation into `uat_cache_operation_seconds`.
+pub(crate) struct OpTimer {
+    start: std::time::Instant,
+    level: &'static str,
+    op: &'static str,
+}
+
+impl OpTimer {
+    pub(crate) fn start(level: &'static str, op: &'static str) -> Self {
+        OpTimer {
+            start: std::time::Instant::now(),
+            level,
+            op,
+        }
+    }
+}
+
+impl Drop for OpTimer {
+    fn drop(&mut self) {
+        METRICS
+            .op_seconds
+            .with_label_values(&[self.level, self.op])
+            .observe(self.start.elapsed().as_secs_f64());
+    }
+}

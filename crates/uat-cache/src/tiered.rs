@@ -1,0 +1,559 @@
+//! The tiered cache: reads L1 -> L2 -> L3 and promotes a hit to the levels
+//! above it; writes L1 at once and L2/L3 through a bounded queue drained by
+//! one background writer (a full queue drops the write and counts it, never
+//! blocking a request). Invalidations are published on Redis pub/sub so
+//! every replica's L1 follows. Identical in-flight misses share one upstream
+//! call ([`TieredCache::single_flight`]).
+
+use crate::key::{CacheKey, KeyPattern};
+use crate::l2::RedisLevel;
+use crate::l3::SqlLevel;
+use crate::level::{CacheLevel, Level, LevelStats};
+use crate::memory::MemoryLevel;
+use crate::metrics::{self, METRICS};
+use bytes::Bytes;
+use futures::StreamExt;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Writes taken from the queue in one batch (one pipeline / transaction).
+const WRITE_BATCH: usize = 64;
+
+/// A hit: the value and the level that held it.
+#[derive(Debug, Clone)]
+pub struct Found {
+    /// The raw value.
+    pub value: Bytes,
+    /// The level that answered.
+    pub level: Level,
+    /// Time it has left to live.
+    pub ttl: Duration,
+}
+
+/// Stats of the whole cache, per level.
+#[derive(Debug, Clone, Serialize)]
+pub struct CacheStats {
+    /// Per level (`l1`, `l2`, `l3`), only the enabled ones.
+    pub levels: BTreeMap<&'static str, LevelStats>,
+    /// L2/L3 writes dropped because the queue was full.
+    pub dropped_writes: u64,
+    /// Requests that waited on an identical in-flight request.
+    pub singleflight_waiters: u64,
+}
+
+enum Job {
+    Put {
+        key: CacheKey,
+        value: Bytes,
+        ttl: Duration,
+        levels: Targets,
+    },
+    Flush(oneshot::Sender<()>),
+}
+
+#[derive(Clone, Copy)]
+struct Targets {
+    l2: bool,
+    l3: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Invalidation {
+    origin: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    glob: Option<String>,
+}
+
+/// Outcome of [`TieredCache::single_flight`].
+pub enum Flight {
+    /// This caller goes upstream; identical callers wait until the guard drops.
+    Leader(FlightGuard),
+    /// An identical request was in flight and has finished (or the wait timed
+    /// out): look the key up again, and go upstream alone on a miss.
+    Waited,
+}
+
+type FlightMap = Arc<Mutex<HashMap<CacheKey, (u64, watch::Receiver<()>)>>>;
+
+/// Held by the leader of a flight; dropping it releases the waiters. Drop it
+/// after the value has been stored (L1 is written synchronously by
+/// [`TieredCache::put`]).
+pub struct FlightGuard {
+    map: FlightMap,
+    key: CacheKey,
+    id: u64,
+    _tx: watch::Sender<()>,
+}
+
+impl Drop for FlightGuard {
+    fn drop(&mut self) {
+        let mut m = self.map.lock();
+        if m.get(&self.key).is_some_and(|(id, _)| *id == self.id) {
+            m.remove(&self.key);
+        }
+    }
+}
+
+/// Builder for [`TieredCache`].
+#[derive(Default)]
+pub struct TieredBuilder {
+    l1: Option<MemoryLevel>,
+    l2: Option<RedisLevel>,
+    l3: Option<SqlLevel>,
+    queue: Option<usize>,
+}
+
+impl TieredBuilder {
+    /// Enables L1 with a bound in bytes (0 leaves L1 off).
+    pub fn l1(mut self, max_bytes: u64) -> Self {
+        self.l1 = (max_bytes > 0).then(|| MemoryLevel::new(max_bytes));
+        self
+    }
+
+    /// Enables L2.
+    pub fn l2(mut self, level: RedisLevel) -> Self {
+        self.l2 = Some(level);
+        self
+    }
+
+    /// Enables L3.
+    pub fn l3(mut self, level: SqlLevel) -> Self {
+        self.l3 = Some(level);
+        self
+    }
+
+    /// Capacity of the L2/L3 write queue (default 4096).
+    pub fn write_queue(mut self, capacity: usize) -> Self {
+        self.queue = Some(capacity.max(1));
+        self
+    }
+
+    /// Starts the writer (and, with L2, the invalidation subscriber). Must be
+    /// called inside a Tokio runtime.
+    pub fn build(self) -> TieredCache {
+        let (tx, rx) = mpsc::channel(self.queue.unwrap_or(4096));
+        let (sub_tx, sub_rx) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            id: uuid::Uuid::new_v4().to_string(),
+            l1: self.l1,
+            l2: self.l2,
+            l3: self.l3,
+            tx,
+            dropped: AtomicU64::new(0),
+            waiters: AtomicU64::new(0),
+            flights: Arc::new(Mutex::new(HashMap::new())),
+            next_flight: AtomicU64::new(0),
+            subscribed: sub_rx,
+            tasks: Mutex::new(Vec::new()),
+        });
+        let writer = tokio::spawn(writer_loop(rx, inner.l2.clone(), inner.l3.clone()));
+        inner.tasks.lock().push(writer.abort_handle());
+        if let (Some(l2), Some(l1)) = (inner.l2.clone(), inner.l1.clone()) {
+            let sub = tokio::spawn(subscriber_loop(l2, l1, inner.id.clone(), sub_tx));
+            inner.tasks.lock().push(sub.abort_handle());
+        }
+        TieredCache { inner }
+    }
+}
+
+struct Inner {
+    id: String,
+    l1: Option<MemoryLevel>,
+    l2: Option<RedisLevel>,
+    l3: Option<SqlLevel>,
+    tx: mpsc::Sender<Job>,
+    dropped: AtomicU64,
+    waiters: AtomicU64,
+    flights: FlightMap,
+    next_flight: AtomicU64,
+    subscribed: watch::Receiver<bool>,
+    tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for t in self.tasks.lock().drain(..) {
+            t.abort();
+        }
+    }
+}
+
+/// The tiered cache. Cheap to clone.
+#[derive(Clone)]
+pub struct TieredCache {
+    inner: Arc<Inner>,
+}
+
+impl TieredCache {
+    /// A builder with every level off.
+    pub fn builder() -> TieredBuilder {
+        TieredBuilder::default()
+    }
+
+    /// This instance's id (the origin of its pub/sub messages).
+    pub fn instance_id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// L1, when enabled.
+    pub fn l1(&self) -> Option<&MemoryLevel> {
+        self.inner.l1.as_ref()
+    }
+
+    /// L2, when enabled.
+    pub fn l2(&self) -> Option<&RedisLevel> {
+        self.inner.l2.as_ref()
+    }
+
+    /// L3, when enabled.
+    pub fn l3(&self) -> Option<&SqlLevel> {
+        self.inner.l3.as_ref()
+    }
+
+    /// Looks a key up level by level; a hit is promoted to every level above.
+    /// Level failures count as misses.
+    pub async fn get(&self, key: &CacheKey) -> Option<Found> {
+        if let Some(l1) = &self.inner.l1
+            && let Some(h) = l1.get_now(key)
+        {
+            return Some(Found {
+                value: h.value,
+                level: Level::L1,
+                ttl: h.ttl,
+            });
+        }
+        if let Some(l2) = &self.inner.l2
+            && let Ok(Some(h)) = l2.get(key).await
+        {
+            if let Some(l1) = &self.inner.l1 {
+                l1.put_now(key, h.value.clone(), h.ttl);
+            }
+            return Some(Found {
+                value: h.value,
+                level: Level::L2,
+                ttl: h.ttl,
+            });
+        }
+        if let Some(l3) = &self.inner.l3
+            && let Ok(Some(h)) = l3.get(key).await
+        {
+            if let Some(l1) = &self.inner.l1 {
+                l1.put_now(key, h.value.clone(), h.ttl);
+            }
+            if self.inner.l2.is_some() {
+                self.enqueue(
+                    key.clone(),
+                    h.value.clone(),
+                    h.ttl,
+                    Targets {
+                        l2: true,
+                        l3: false,
+                    },
+                );
+            }
+            return Some(Found {
+                value: h.value,
+                level: Level::L3,
+                ttl: h.ttl,
+            });
+        }
+        None
+    }
+
+    /// Stores a value in every enabled level: L1 now, L2/L3 through the queue.
+    pub fn put(&self, key: &CacheKey, value: Bytes, ttl: Duration) {
+        if ttl.is_zero() {
+            return;
+        }
+        if let Some(l1) = &self.inner.l1 {
+            l1.put_now(key, value.clone(), ttl);
+        }
+        let targets = Targets {
+            l2: self.inner.l2.is_some(),
+            l3: self.inner.l3.is_some(),
+        };
+        if targets.l2 || targets.l3 {
+            self.enqueue(key.clone(), value, ttl, targets);
+        }
+    }
+
+    fn enqueue(&self, key: CacheKey, value: Bytes, ttl: Duration, levels: Targets) {
+        match self.inner.tx.try_send(Job::Put {
+            key,
+            value,
+            ttl,
+            levels,
+        }) {
+            Ok(()) => {}
+            Err(_) => {
+                self.inner.dropped.fetch_add(1, Ordering::Relaxed);
+                if levels.l2 {
+                    metrics::write("l2", "dropped");
+                }
+                if levels.l3 {
+                    metrics::write("l3", "dropped");
+                }
+            }
+        }
+    }
+
+    /// Waits until every write queued so far has been applied (or `max` passed).
+    pub async fn flush(&self, max: Duration) {
+        let (tx, rx) = oneshot::channel();
+        if tokio::time::timeout(max, self.inner.tx.send(Job::Flush(tx)))
+            .await
+            .is_ok()
+        {
+            let _ = tokio::time::timeout(max, rx).await;
+        }
+    }
+
+    /// Deletes one key from every level and tells the other replicas.
+    /// Returns 1 when some level held it, else 0.
+    pub async fn delete(&self, key: &CacheKey) -> u64 {
+        self.flush(Duration::from_secs(2)).await;
+        let mut n = 0;
+        if let Some(l1) = &self.inner.l1 {
+            n = n.max(l1.remove(key));
+        }
+        if let Some(l2) = &self.inner.l2 {
+            n = n.max(l2.delete(key).await.unwrap_or(0));
+        }
+        if let Some(l3) = &self.inner.l3 {
+            n = n.max(l3.delete(key).await.unwrap_or(0));
+        }
+        self.publish(Invalidation {
+            origin: self.inner.id.clone(),
+            key: Some(key.as_str().to_string()),
+            namespace: None,
+            glob: None,
+        })
+        .await;
+        n.min(1)
+    }
+
+    /// Deletes every entry matching `pattern` from every level and tells the
+    /// other replicas. Returns the largest count over the levels (an entry
+    /// lives in several levels at once).
+    pub async fn invalidate(&self, pattern: &KeyPattern) -> u64 {
+        self.flush(Duration::from_secs(2)).await;
+        let mut n = 0;
+        if let Some(l1) = &self.inner.l1 {
+            n = n.max(l1.remove_matching(pattern));
+        }
+        if let Some(l2) = &self.inner.l2 {
+            match l2.invalidate_pattern(pattern).await {
+                Ok(c) => n = n.max(c),
+                Err(e) => {
+                    tracing::warn!(level = "l2", error = %e, "pattern invalidation incomplete")
+                }
+            }
+        }
+        if let Some(l3) = &self.inner.l3 {
+            match l3.invalidate_pattern(pattern).await {
+                Ok(c) => n = n.max(c),
+                Err(e) => {
+                    tracing::warn!(level = "l3", error = %e, "pattern invalidation incomplete")
+                }
+            }
+        }
+        self.publish(Invalidation {
+            origin: self.inner.id.clone(),
+            key: None,
+            namespace: Some(pattern.namespace().to_string()),
+            glob: Some(pattern.model_glob().to_string()),
+        })
+        .await;
+        n
+    }
+
+    async fn publish(&self, msg: Invalidation) {
+        let Some(l2) = &self.inner.l2 else { return };
+        match serde_json::to_string(&msg) {
+            Ok(s) => {
+                if let Err(e) = l2.publish(s).await {
+                    tracing::debug!(error = %e, "invalidation not published");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "invalidation not encoded"),
+        }
+    }
+
+    /// Joins the flight for `key`: the first caller leads, the others wait
+    /// (at most `max_wait`) until the leader's guard is dropped.
+    pub async fn single_flight(&self, key: &CacheKey, max_wait: Duration) -> Flight {
+        let mut rx = {
+            let mut m = self.inner.flights.lock();
+            match m.get(key) {
+                Some((_, rx)) => rx.clone(),
+                None => {
+                    let (tx, rx) = watch::channel(());
+                    let id = self.inner.next_flight.fetch_add(1, Ordering::Relaxed);
+                    m.insert(key.clone(), (id, rx));
+                    return Flight::Leader(FlightGuard {
+                        map: self.inner.flights.clone(),
+                        key: key.clone(),
+                        id,
+                        _tx: tx,
+                    });
+                }
+            }
+        };
+        self.inner.waiters.fetch_add(1, Ordering::Relaxed);
+        METRICS.singleflight_waiters.inc();
+        // The sender never sends: `changed` returns when it is dropped.
+        let _ = tokio::time::timeout(max_wait, rx.changed()).await;
+        Flight::Waited
+    }
+
+    /// Health of each enabled level below L1 (`false`: being skipped).
+    pub fn health(&self) -> Vec<(Level, bool)> {
+        let mut out = Vec::new();
+        if let Some(l2) = &self.inner.l2 {
+            out.push((Level::L2, l2.healthy()));
+        }
+        if let Some(l3) = &self.inner.l3 {
+            out.push((Level::L3, l3.healthy()));
+        }
+        out
+    }
+
+    /// Waits until the invalidation subscriber is listening (tests; replicas
+    /// started together). False when it did not within `max`, or without L2.
+    pub async fn wait_subscribed(&self, max: Duration) -> bool {
+        let mut rx = self.inner.subscribed.clone();
+        matches!(
+            tokio::time::timeout(max, rx.wait_for(|v| *v)).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// Entries, bytes, hits, misses and hit rate per level.
+    pub async fn stats(&self) -> CacheStats {
+        let mut levels = BTreeMap::new();
+        if let Some(l1) = &self.inner.l1
+            && let Ok(s) = l1.stats().await
+        {
+            levels.insert("l1", s);
+        }
+        if let Some(l2) = &self.inner.l2 {
+            levels.insert("l2", l2.stats().await.unwrap_or_default());
+        }
+        if let Some(l3) = &self.inner.l3 {
+            levels.insert("l3", l3.stats().await.unwrap_or_default());
+        }
+        CacheStats {
+            levels,
+            dropped_writes: self.inner.dropped.load(Ordering::Relaxed),
+            singleflight_waiters: self.inner.waiters.load(Ordering::Relaxed),
+        }
+    }
+}
+
+async fn writer_loop(mut rx: mpsc::Receiver<Job>, l2: Option<RedisLevel>, l3: Option<SqlLevel>) {
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+        let mut to_l2 = Vec::new();
+        let mut to_l3 = Vec::new();
+        let mut flushes = Vec::new();
+        for job in batch.drain(..) {
+            match job {
+                Job::Put {
+                    key,
+                    value,
+                    ttl,
+                    levels,
+                } => {
+                    if levels.l2 && levels.l3 {
+                        to_l2.push((key.clone(), value.clone(), ttl));
+                        to_l3.push((key, value, ttl));
+                    } else if levels.l2 {
+                        to_l2.push((key, value, ttl));
+                    } else if levels.l3 {
+                        to_l3.push((key, value, ttl));
+                    }
+                }
+                Job::Flush(done) => flushes.push(done),
+            }
+        }
+        if let Some(l2) = &l2
+            && !to_l2.is_empty()
+            && let Err(e) = l2.put_many(to_l2).await
+        {
+            tracing::debug!(level = "l2", error = %e, "cache write skipped");
+        }
+        if let Some(l3) = &l3
+            && !to_l3.is_empty()
+            && let Err(e) = l3.put_many(to_l3).await
+        {
+            tracing::debug!(level = "l3", error = %e, "cache write skipped");
+        }
+        for f in flushes {
+            let _ = f.send(());
+        }
+    }
+}
+
+async fn subscriber_loop(l2: RedisLevel, l1: MemoryLevel, id: String, ready: watch::Sender<bool>) {
+    let channel = l2.channel();
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let conn = tokio::time::timeout(
+            l2.timeout().max(Duration::from_secs(1)),
+            l2.client().get_async_pubsub(),
+        )
+        .await;
+        if let Ok(Ok(mut pubsub)) = conn
+            && pubsub.subscribe(&channel).await.is_ok()
+        {
+            delay = Duration::from_millis(100);
+            let _ = ready.send(true);
+            let mut stream = pubsub.on_message();
+            while let Some(msg) = stream.next().await {
+                let Ok(payload) = msg.get_payload::<String>() else {
+                    continue;
+                };
+                apply_invalidation(&l1, &id, &payload);
+            }
+            let _ = ready.send(false);
+            // Messages published while disconnected are lost: clear L1 so
+            // it cannot serve an entry another replica invalidated.
+            l1.clear();
+            tracing::debug!("invalidation subscriber disconnected; reconnecting");
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+fn apply_invalidation(l1: &MemoryLevel, own_id: &str, payload: &str) {
+    let msg: Invalidation = match serde_json::from_str(payload) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::debug!(error = %e, "ignoring malformed invalidation message");
+            return;
+        }
+    };
+    if msg.origin == own_id {
+        return;
+    }
+    if let Some(k) = msg.key
+        && let Ok(key) = CacheKey::parse_stored(&k)
+    {
+        l1.remove(&key);
+    }
+    if let (Some(ns), Some(glob)) = (msg.namespace, msg.glob)
+        && let Ok(p) = KeyPattern::new(&ns, &glob)
+    {
+        l1.remove_matching(&p);
+    }
+}

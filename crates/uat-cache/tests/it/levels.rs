@@ -1,0 +1,270 @@
+//! Each level on its own: TTL expiry, corrupt entries, compression, purge,
+//! pattern matching in SQL and Redis, Redis on a closed port.
+
+use crate::*;
+use bytes::Bytes;
+use std::time::{Duration, Instant};
+use uat_cache::{CacheLevel, KeyPattern, MemoryLevel, RedisLevel};
+
+#[tokio::test]
+async fn l1_ttl_expiry() {
+    let l1 = MemoryLevel::new(1 << 20);
+    let k = key("l1ttl", "m", 1);
+    l1.put(&k, Bytes::from_static(b"v"), Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert!(l1.get(&k).await.unwrap().is_some());
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(l1.get(&k).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn l2_ttl_expiry_and_remaining_ttl() {
+    let Some(l2) = redis(&unique("l2ttl")).await else {
+        return;
+    };
+    let k = key("ns", "m", 1);
+    l2.put(&k, Bytes::from_static(b"v"), Duration::from_secs(1))
+        .await
+        .unwrap();
+    let hit = l2.get(&k).await.unwrap().unwrap();
+    assert_eq!(hit.value, Bytes::from_static(b"v"));
+    assert!(
+        hit.ttl <= Duration::from_secs(1) && hit.ttl > Duration::ZERO,
+        "{:?}",
+        hit.ttl
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(l2.get(&k).await.unwrap().is_none());
+}
+
+async fn l3_ttl_and_purge(l3: &uat_cache::SqlLevel) {
+    let ns = unique("l3ttl");
+    let short = key(&ns, "m", 1);
+    let long = key(&ns, "m", 2);
+    l3.put(&short, Bytes::from_static(b"s"), Duration::from_millis(200))
+        .await
+        .unwrap();
+    l3.put(&long, Bytes::from_static(b"l"), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(l3.get(&short).await.unwrap().is_some());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        l3.get(&short).await.unwrap().is_none(),
+        "expired rows are never served"
+    );
+    assert_eq!(
+        l3.count_rows(&ns).await.unwrap(),
+        2,
+        "expired row still stored before the purge"
+    );
+    assert!(l3.purge_expired().await.unwrap() >= 1);
+    assert_eq!(l3.count_rows(&ns).await.unwrap(), 1);
+    assert_eq!(
+        l3.get(&long).await.unwrap().unwrap().value,
+        Bytes::from_static(b"l")
+    );
+}
+
+#[tokio::test]
+async fn l3_sqlite_ttl_expiry_and_purge() {
+    let dir = tempfile::tempdir().unwrap();
+    l3_ttl_and_purge(&sqlite(&dir).await).await;
+}
+
+#[tokio::test]
+async fn l3_postgres_ttl_expiry_and_purge() {
+    let Some(l3) = postgres().await else { return };
+    l3_ttl_and_purge(&l3).await;
+}
+
+#[tokio::test]
+async fn l3_periodic_purge_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let l3 = sqlite(&dir).await;
+    l3.start_purge(Duration::from_millis(50));
+    let ns = unique("purge");
+    l3.put(
+        &key(&ns, "m", 1),
+        Bytes::from_static(b"x"),
+        Duration::from_millis(10),
+    )
+    .await
+    .unwrap();
+    let start = Instant::now();
+    while l3.count_rows(&ns).await.unwrap() > 0 {
+        assert!(start.elapsed() < Duration::from_secs(3), "purge never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn l2_corrupt_entry_is_a_miss_and_deleted() {
+    let Some(l2) = redis(&unique("l2corrupt")).await else {
+        return;
+    };
+    let k = key("ns", "m", 1);
+    l2.put_raw_for_test(&k, b"not an envelope".to_vec(), Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(l2.get(&k).await.unwrap().is_none());
+    assert_eq!(
+        l2.delete(&k).await.unwrap(),
+        0,
+        "the corrupt entry was already deleted"
+    );
+}
+
+async fn l3_corrupt(l3: &uat_cache::SqlLevel) {
+    let ns = unique("l3corrupt");
+    let k = key(&ns, "m", 1);
+    l3.put_raw_for_test(&k, vec![0xCA, 0, 1, 2, 3, 4, b'x'], Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(l3.count_rows(&ns).await.unwrap(), 1);
+    assert!(l3.get(&k).await.unwrap().is_none());
+    assert_eq!(l3.count_rows(&ns).await.unwrap(), 0, "corrupt row deleted");
+}
+
+#[tokio::test]
+async fn l3_sqlite_corrupt_entry_is_a_miss_and_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    l3_corrupt(&sqlite(&dir).await).await;
+}
+
+#[tokio::test]
+async fn l3_postgres_corrupt_entry_is_a_miss_and_deleted() {
+    let Some(l3) = postgres().await else { return };
+    l3_corrupt(&l3).await;
+}
+
+#[tokio::test]
+async fn l2_large_values_are_compressed_and_round_trip() {
+    let Some(l2) = redis(&unique("l2lz4")).await else {
+        return;
+    };
+    let big = Bytes::from("the same words again and again ".repeat(2000));
+    let k = key("ns", "m", 1);
+    l2.put(&k, big.clone(), Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(l2.get(&k).await.unwrap().unwrap().value, big);
+    let s = l2.stats().await.unwrap();
+    assert_eq!(s.entries, 1);
+    assert!(
+        s.bytes < big.len() as u64 / 4,
+        "stored {} bytes for {}",
+        s.bytes,
+        big.len()
+    );
+}
+
+async fn pattern_in_level<L: CacheLevel>(level: &L, ns: &str) {
+    let other_ns = format!("{ns}-other");
+    let keys = [
+        key(ns, "gpt-4o", 1),
+        key(ns, "gpt-4o-mini", 2),
+        key(ns, "llama3.2:3b", 3),
+        key(ns, "GPT-4o", 4),
+        key(&other_ns, "gpt-4o", 5),
+    ];
+    for k in &keys {
+        level
+            .put(k, Bytes::from_static(b"v"), Duration::from_secs(60))
+            .await
+            .unwrap();
+    }
+    let n = level
+        .invalidate_pattern(&KeyPattern::new(ns, "gpt-*").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(n, 2, "{:?}", level.level());
+    assert!(level.get(&keys[0]).await.unwrap().is_none());
+    assert!(level.get(&keys[1]).await.unwrap().is_none());
+    assert!(
+        level.get(&keys[2]).await.unwrap().is_some(),
+        "other model kept"
+    );
+    assert!(
+        level.get(&keys[3]).await.unwrap().is_some(),
+        "match is case-sensitive"
+    );
+    assert!(
+        level.get(&keys[4]).await.unwrap().is_some(),
+        "other namespace kept"
+    );
+    let n = level
+        .invalidate_pattern(&KeyPattern::new(ns, "llama3.?:*").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
+#[tokio::test]
+async fn pattern_invalidation_l1() {
+    pattern_in_level(&MemoryLevel::new(1 << 20), &unique("pl1")).await;
+}
+
+#[tokio::test]
+async fn pattern_invalidation_l2_scan_unlink() {
+    let Some(l2) = redis(&unique("pl2")).await else {
+        return;
+    };
+    // More keys than one SCAN batch, so the cursor loop is exercised.
+    let ns = unique("pl2ns");
+    for i in 0..1200 {
+        l2.put(
+            &key(&ns, "bulk-model", i),
+            Bytes::from_static(b"v"),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    }
+    let n = l2
+        .invalidate_pattern(&KeyPattern::new(&ns, "bulk-*").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(n, 1200);
+    pattern_in_level(&l2, &ns).await;
+}
+
+#[tokio::test]
+async fn pattern_invalidation_l3_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    pattern_in_level(&sqlite(&dir).await, &unique("pl3s")).await;
+}
+
+#[tokio::test]
+async fn pattern_invalidation_l3_postgres() {
+    let Some(l3) = postgres().await else { return };
+    pattern_in_level(&l3, &unique("pl3p")).await;
+}
+
+#[tokio::test]
+async fn redis_on_a_closed_port_is_skipped_fast() {
+    let l2 = RedisLevel::connect(
+        "redis://127.0.0.1:1/",
+        "uat-test:closed:",
+        Duration::from_millis(200),
+    )
+    .await
+    .unwrap();
+    assert!(!l2.healthy(), "unreachable redis reports unhealthy");
+    let k = key("ns", "m", 1);
+    let t = Instant::now();
+    for _ in 0..100 {
+        assert!(l2.get(&k).await.is_err());
+        assert!(
+            l2.put(&k, Bytes::from_static(b"v"), Duration::from_secs(1))
+                .await
+                .is_err()
+        );
+    }
+    assert!(
+        t.elapsed() < Duration::from_millis(100),
+        "skipping took {:?}",
+        t.elapsed()
+    );
+}

@@ -1,0 +1,399 @@
+//! The tiered cache: promotion, write-through, canonical keys, namespaces,
+//! invalidation across levels and replicas, single flight, faults.
+
+use crate::*;
+use bytes::Bytes;
+use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use uat_cache::{CacheLevel, Flight, KeyPattern, Level, RedisLevel, SqlLevel, TieredCache};
+
+fn tiered(l2: Option<RedisLevel>, l3: Option<SqlLevel>) -> TieredCache {
+    let mut b = TieredCache::builder().l1(16 << 20);
+    if let Some(l2) = l2 {
+        b = b.l2(l2);
+    }
+    if let Some(l3) = l3 {
+        b = b.l3(l3);
+    }
+    b.build()
+}
+
+async fn promotion(l3: SqlLevel) {
+    let prefix = unique("promo");
+    let Some(l2) = redis(&prefix).await else {
+        return;
+    };
+    let ns = unique("promo-ns");
+    let k = key(&ns, "m", 1);
+    // Only L3 holds the entry.
+    l3.put(&k, Bytes::from_static(b"answer"), Duration::from_secs(60))
+        .await
+        .unwrap();
+    let a = tiered(Some(l2.clone()), Some(l3.clone()));
+    let f = a.get(&k).await.unwrap();
+    assert_eq!((f.level, f.value.as_ref()), (Level::L3, &b"answer"[..]));
+    assert!(f.ttl > Duration::from_secs(50));
+    // Promoted: L1 at once, L2 through the queue.
+    assert!(a.l1().unwrap().contains(&k));
+    flush(&a).await;
+    assert!(l2.get(&k).await.unwrap().is_some(), "promoted to L2");
+    assert_eq!(a.get(&k).await.unwrap().level, Level::L1);
+    // A second replica (empty L1) finds it in L2 and promotes it to its L1.
+    let b = tiered(Some(redis(&prefix).await.unwrap()), Some(l3.clone()));
+    assert_eq!(b.get(&k).await.unwrap().level, Level::L2);
+    assert_eq!(b.get(&k).await.unwrap().level, Level::L1);
+}
+
+#[tokio::test]
+async fn promotion_l3_to_l2_to_l1_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    promotion(sqlite(&dir).await).await;
+}
+
+#[tokio::test]
+async fn promotion_l3_to_l2_to_l1_postgres() {
+    let Some(l3) = postgres().await else { return };
+    promotion(l3).await;
+}
+
+#[tokio::test]
+async fn put_writes_through_every_level() {
+    let Some(l2) = redis(&unique("wt")).await else {
+        return;
+    };
+    let Some(l3) = postgres().await else { return };
+    let c = tiered(Some(l2.clone()), Some(l3.clone()));
+    let k = key(&unique("wt-ns"), "m", 1);
+    c.put(&k, Bytes::from_static(b"v"), Duration::from_secs(60));
+    assert!(c.l1().unwrap().contains(&k));
+    flush(&c).await;
+    assert!(l2.get(&k).await.unwrap().is_some());
+    assert!(l3.get(&k).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn ttl_expiry_through_all_levels() {
+    let Some(l2) = redis(&unique("ttl")).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let c = tiered(Some(l2), Some(sqlite(&dir).await));
+    let k = key(&unique("ttl-ns"), "m", 1);
+    c.put(&k, Bytes::from_static(b"v"), Duration::from_millis(900));
+    flush(&c).await;
+    assert!(c.get(&k).await.is_some());
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(
+        c.get(&k).await.is_none(),
+        "expired in every level (L2 EX rounds up to 1 s)"
+    );
+}
+
+#[tokio::test]
+async fn canonical_keys_hit_on_reordered_json_and_miss_on_changed_temperature() {
+    let Some(l2) = redis(&unique("canon")).await else {
+        return;
+    };
+    let c = tiered(Some(l2), None);
+    let ns = unique("canon-ns");
+    let body: serde_json::Value = serde_json::from_str(
+        r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":0,"top_p":1}"#,
+    )
+    .unwrap();
+    let reordered: serde_json::Value = serde_json::from_str(
+        r#"{"top_p":1.0,"temperature":0,"stream":true,"user":"someone","messages":[{"content":"hi","role":"user"}],"model":"m"}"#,
+    )
+    .unwrap();
+    let hotter = json!({"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":0.7,"top_p":1});
+    let kind = uat_cache::RequestKind::Chat;
+    c.put(
+        &uat_cache::CacheKey::for_request(&ns, "m", kind, &body),
+        Bytes::from_static(b"A"),
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        c.get(&uat_cache::CacheKey::for_request(
+            &ns, "m", kind, &reordered
+        ))
+        .await
+        .unwrap()
+        .value,
+        Bytes::from_static(b"A")
+    );
+    assert!(
+        c.get(&uat_cache::CacheKey::for_request(&ns, "m", kind, &hotter))
+            .await
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn tenant_namespaces_never_cross() {
+    let prefix = unique("ns");
+    let Some(l2) = redis(&prefix).await else {
+        return;
+    };
+    let Some(l3) = postgres().await else { return };
+    let a = tiered(Some(l2.clone()), Some(l3.clone()));
+    let (t1, t2) = (unique("tenant1"), unique("tenant2"));
+    let body = json!({"messages":[{"role":"user","content":"secret"}],"temperature":0});
+    let k1 = uat_cache::CacheKey::for_request(&t1, "m", uat_cache::RequestKind::Chat, &body);
+    let k2 = uat_cache::CacheKey::for_request(&t2, "m", uat_cache::RequestKind::Chat, &body);
+    assert_ne!(k1, k2);
+    a.put(
+        &k1,
+        Bytes::from_static(b"tenant1 answer"),
+        Duration::from_secs(60),
+    );
+    flush(&a).await;
+    assert!(a.get(&k2).await.is_none());
+    let b = tiered(Some(redis(&prefix).await.unwrap()), Some(l3));
+    assert!(
+        b.get(&k2).await.is_none(),
+        "no level serves tenant1's entry to tenant2"
+    );
+    // Invalidating everything of tenant2 leaves tenant1 alone.
+    assert_eq!(b.invalidate(&KeyPattern::new(&t2, "*").unwrap()).await, 0);
+    assert!(b.get(&k1).await.is_some());
+}
+
+async fn invalidation_every_level(l3: SqlLevel) {
+    let Some(l2) = redis(&unique("inv")).await else {
+        return;
+    };
+    let c = tiered(Some(l2.clone()), Some(l3.clone()));
+    let ns = unique("inv-ns");
+    let gone = [key(&ns, "gpt-4o", 1), key(&ns, "gpt-4o-mini", 2)];
+    let kept = key(&ns, "claude-3", 3);
+    for k in gone.iter().chain([&kept]) {
+        c.put(k, Bytes::from_static(b"v"), Duration::from_secs(60));
+    }
+    // Invalidation flushes queued writes first, so nothing comes back.
+    assert_eq!(
+        c.invalidate(&KeyPattern::new(&ns, "gpt-*").unwrap()).await,
+        2
+    );
+    for k in &gone {
+        assert!(!c.l1().unwrap().contains(k));
+        assert!(l2.get(k).await.unwrap().is_none());
+        assert!(l3.get(k).await.unwrap().is_none());
+        assert!(c.get(k).await.is_none());
+    }
+    assert!(c.l1().unwrap().contains(&kept));
+    assert!(l2.get(&kept).await.unwrap().is_some());
+    assert!(l3.get(&kept).await.unwrap().is_some());
+    // By exact key.
+    assert_eq!(c.delete(&kept).await, 1);
+    assert!(c.get(&kept).await.is_none());
+    assert_eq!(c.delete(&kept).await, 0);
+}
+
+#[tokio::test]
+async fn pattern_invalidation_every_level_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    invalidation_every_level(sqlite(&dir).await).await;
+}
+
+#[tokio::test]
+async fn pattern_invalidation_every_level_postgres() {
+    let Some(l3) = postgres().await else { return };
+    invalidation_every_level(l3).await;
+}
+
+#[tokio::test]
+async fn invalidation_reaches_other_replicas_l1_through_pubsub() {
+    let prefix = unique("pubsub");
+    let Some(l2a) = redis(&prefix).await else {
+        return;
+    };
+    let a = tiered(Some(l2a), None);
+    let b = tiered(Some(redis(&prefix).await.unwrap()), None);
+    assert!(a.wait_subscribed(Duration::from_secs(5)).await);
+    assert!(b.wait_subscribed(Duration::from_secs(5)).await);
+    let ns = unique("pubsub-ns");
+    let (k1, k2, k3) = (
+        key(&ns, "gpt-4o", 1),
+        key(&ns, "other", 2),
+        key(&ns, "third", 3),
+    );
+    for k in [&k1, &k2, &k3] {
+        a.put(k, Bytes::from_static(b"v"), Duration::from_secs(60));
+        flush(&a).await;
+        // B reads it (L2 hit) and now holds it in its own L1.
+        assert_eq!(b.get(k).await.unwrap().level, Level::L2);
+        assert!(b.l1().unwrap().contains(k));
+    }
+    a.invalidate(&KeyPattern::new(&ns, "gpt-*").unwrap()).await;
+    let bl1 = b.l1().unwrap().clone();
+    assert!(
+        eventually(Duration::from_secs(3), || !bl1.contains(&k1)).await,
+        "pattern reached B's L1"
+    );
+    assert!(bl1.contains(&k2) && bl1.contains(&k3));
+    a.delete(&k2).await;
+    assert!(
+        eventually(Duration::from_secs(3), || !bl1.contains(&k2)).await,
+        "key delete reached B's L1"
+    );
+    assert!(bl1.contains(&k3));
+}
+
+#[tokio::test]
+async fn single_flight_makes_one_upstream_call() {
+    let Some(l2) = redis(&unique("sf")).await else {
+        return;
+    };
+    let c = tiered(Some(l2), None);
+    let k = key(&unique("sf-ns"), "m", 1);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let (c, k, calls) = (c.clone(), k.clone(), calls.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Some(f) = c.get(&k).await {
+                return f.value;
+            }
+            match c.single_flight(&k, Duration::from_secs(10)).await {
+                Flight::Leader(guard) => {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let v = Bytes::from_static(b"upstream answer");
+                    c.put(&k, v.clone(), Duration::from_secs(60));
+                    drop(guard);
+                    v
+                }
+                Flight::Waited => c.get(&k).await.expect("leader stored the answer").value,
+            }
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), Bytes::from_static(b"upstream answer"));
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert!(c.stats().await.singleflight_waiters >= 1);
+}
+
+#[tokio::test]
+async fn a_failed_leader_releases_waiters() {
+    let c = tiered(None, None);
+    let k = key("sf-fail", "m", 1);
+    let Flight::Leader(guard) = c.single_flight(&k, Duration::from_secs(10)).await else {
+        panic!("first is leader")
+    };
+    let c2 = c.clone();
+    let k2 = k.clone();
+    let waiter = tokio::spawn(async move {
+        matches!(
+            c2.single_flight(&k2, Duration::from_secs(10)).await,
+            Flight::Waited
+        )
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let t = Instant::now();
+    drop(guard); // the leader failed and stored nothing
+    assert!(waiter.await.unwrap());
+    assert!(t.elapsed() < Duration::from_secs(1));
+    assert!(c.get(&k).await.is_none());
+    // The flight is over: the next caller leads again.
+    assert!(matches!(
+        c.single_flight(&k, Duration::from_secs(1)).await,
+        Flight::Leader(_)
+    ));
+}
+
+#[tokio::test]
+async fn redis_down_never_fails_or_slows_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let l2 = RedisLevel::connect(
+        "redis://127.0.0.1:1/",
+        "uat-test:down:",
+        Duration::from_millis(200),
+    )
+    .await
+    .unwrap();
+    let c = tiered(Some(l2), Some(sqlite(&dir).await));
+    assert!(c.health().contains(&(Level::L2, false)));
+    assert!(c.health().contains(&(Level::L3, true)));
+    let ns = unique("down");
+    let t = Instant::now();
+    for i in 0..200 {
+        let k = key(&ns, "m", i);
+        assert!(c.get(&k).await.is_none());
+        c.put(&k, Bytes::from_static(b"v"), Duration::from_secs(60));
+        assert!(c.get(&k).await.is_some());
+    }
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        t.elapsed()
+    );
+    flush(&c).await;
+    // L3 still took the writes; an empty L1 would be refilled from it.
+    assert!(
+        c.l3()
+            .unwrap()
+            .get(&key(&ns, "m", 7))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let s = c.stats().await;
+    assert!(!s.levels["l2"].healthy);
+}
+
+#[tokio::test]
+async fn a_full_write_queue_drops_and_counts_instead_of_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = TieredCache::builder()
+        .l1(16 << 20)
+        .l3(sqlite(&dir).await)
+        .write_queue(2)
+        .build();
+    let t = Instant::now();
+    for i in 0..2000 {
+        c.put(
+            &key("full", "m", i),
+            Bytes::from(vec![b'x'; 100]),
+            Duration::from_secs(60),
+        );
+    }
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "puts blocked: {:?}",
+        t.elapsed()
+    );
+    let s = c.stats().await;
+    assert!(s.dropped_writes > 0, "{s:?}");
+    assert!(s.levels["l1"].entries == 2000);
+}
+
+#[tokio::test]
+async fn stats_count_entries_hits_and_misses_per_level() {
+    let Some(l2) = redis(&unique("stats")).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let c = tiered(Some(l2), Some(sqlite(&dir).await));
+    let ns = unique("stats-ns");
+    for i in 0..5 {
+        c.put(
+            &key(&ns, "m", i),
+            Bytes::from(vec![b'y'; 50]),
+            Duration::from_secs(60),
+        );
+    }
+    flush(&c).await;
+    assert!(c.get(&key(&ns, "m", 0)).await.is_some());
+    assert!(c.get(&key(&ns, "m", 99)).await.is_none());
+    let s = c.stats().await;
+    assert_eq!(s.levels["l1"].entries, 5);
+    assert_eq!(s.levels["l2"].entries, 5);
+    assert_eq!(s.levels["l3"].entries, 5);
+    assert!(s.levels["l3"].bytes >= 5 * 50);
+    assert_eq!((s.levels["l1"].hits, s.levels["l1"].misses), (1, 1));
+    assert_eq!((s.levels["l2"].hits, s.levels["l2"].misses), (0, 1));
+    assert_eq!((s.levels["l3"].hits, s.levels["l3"].misses), (0, 1));
+    assert!((s.levels["l1"].hit_rate - 0.5).abs() < 1e-9);
+}

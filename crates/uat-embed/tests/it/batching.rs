@@ -1,0 +1,201 @@
+//! The dynamic batcher: batching, budget, overload.
+
+use crate::tiny::{self, SENTENCES, Tiny};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+use uat_embed::{
+    Batcher, BatcherConfig, ComputePool, EmbedError, EmbeddingBackend, ModelInfo, Pooling,
+};
+
+fn cfg(max_wait_ms: u64) -> BatcherConfig {
+    BatcherConfig {
+        batch_tokens: 8192,
+        max_batch_size: 64,
+        max_wait: Duration::from_millis(max_wait_ms),
+        queue_capacity: 1024,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_share_forward_passes_and_match_unbatched() {
+    let (_dir, _w, b) = tiny::load(Tiny::default());
+    let backend: Arc<dyn EmbeddingBackend> = Arc::new(b);
+    let texts: Vec<String> = (0..40)
+        .map(|i| SENTENCES[i % SENTENCES.len()].to_string())
+        .collect();
+    let ids: Vec<Vec<u32>> = texts
+        .iter()
+        .map(|t| backend.tokenize(t, true).unwrap())
+        .collect();
+    // The unbatched answers, one forward pass each.
+    let alone: Vec<Vec<f32>> = ids
+        .iter()
+        .map(|s| backend.embed_ids(&[s]).unwrap().remove(0))
+        .collect();
+
+    let pool = ComputePool::new(1).unwrap();
+    let batcher = Arc::new(Batcher::new("tiny", Arc::clone(&backend), pool, cfg(50)).unwrap());
+    let passes_before = backend.forward_passes();
+    let tasks: Vec<_> = ids
+        .iter()
+        .map(|s| {
+            let fut = batcher.embed(vec![s.clone()]);
+            tokio::spawn(fut)
+        })
+        .collect();
+    let mut got = Vec::new();
+    for t in tasks {
+        got.push(t.await.unwrap().unwrap().remove(0));
+    }
+    let passes = backend.forward_passes() - passes_before;
+    assert!(
+        passes < ids.len() as u64,
+        "{passes} forward passes for {} requests",
+        ids.len()
+    );
+    assert_eq!(batcher.batches(), passes);
+    for (i, (g, a)) in got.iter().zip(&alone).enumerate() {
+        let d = g
+            .iter()
+            .zip(a)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            d <= 1e-6,
+            "request {i} differs from its unbatched result by {d}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_multi_input_request_keeps_its_order() {
+    let (_dir, _w, b) = tiny::load(Tiny::default());
+    let backend: Arc<dyn EmbeddingBackend> = Arc::new(b);
+    let ids: Vec<Vec<u32>> = SENTENCES
+        .iter()
+        .map(|t| backend.tokenize(t, true).unwrap())
+        .collect();
+    let want: Vec<Vec<f32>> = ids
+        .iter()
+        .map(|s| backend.embed_ids(&[s]).unwrap().remove(0))
+        .collect();
+    let batcher = Batcher::new(
+        "tiny",
+        Arc::clone(&backend),
+        ComputePool::new(1).unwrap(),
+        cfg(1),
+    )
+    .unwrap();
+    let got = batcher.embed(ids).await.unwrap();
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(&want) {
+        let d = g
+            .iter()
+            .zip(w)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        assert!(d <= 1e-6);
+    }
+    assert!(batcher.embed(Vec::new()).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn an_input_over_the_token_budget_runs_alone() {
+    let (_dir, _w, b) = tiny::load(Tiny::default());
+    let backend: Arc<dyn EmbeddingBackend> = Arc::new(b);
+    let long = backend.tokenize(SENTENCES[5], true).unwrap();
+    let short = backend.tokenize(SENTENCES[0], true).unwrap();
+    assert_eq!(long.len(), tiny::MAX_SEQ);
+    let budget = BatcherConfig {
+        batch_tokens: 8,
+        ..cfg(20)
+    };
+    let batcher = Batcher::new(
+        "tiny",
+        Arc::clone(&backend),
+        ComputePool::new(1).unwrap(),
+        budget,
+    )
+    .unwrap();
+    let (a, b2) = tokio::join!(
+        batcher.embed(vec![long.clone()]),
+        batcher.embed(vec![short.clone(), short.clone()])
+    );
+    let a = a.unwrap();
+    let want = backend.embed_ids(&[&long]).unwrap();
+    assert_eq!(a, want);
+    assert_eq!(b2.unwrap().len(), 2);
+    // 12 tokens alone (over the budget of 8); 2 x 4 = 8 fits one batch.
+    assert_eq!(batcher.batches(), 2);
+}
+
+/// A backend that blocks inside `embed_ids` until the test lets it go.
+struct Gated {
+    info: ModelInfo,
+    gate: Mutex<mpsc::Receiver<()>>,
+    passes: AtomicU64,
+}
+
+impl EmbeddingBackend for Gated {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+    fn tokenize(&self, text: &str, _truncate: bool) -> uat_embed::Result<Vec<u32>> {
+        Ok(text.bytes().map(u32::from).collect())
+    }
+    fn embed_ids(&self, seqs: &[&[u32]]) -> uat_embed::Result<Vec<Vec<f32>>> {
+        self.passes.fetch_add(1, Ordering::SeqCst);
+        let _ = self.gate.lock().unwrap().recv();
+        Ok(seqs.iter().map(|s| vec![s.len() as f32]).collect())
+    }
+    fn memory_bytes(&self) -> u64 {
+        0
+    }
+    fn forward_passes(&self) -> u64 {
+        self.passes.load(Ordering::SeqCst)
+    }
+}
+
+#[tokio::test]
+async fn a_full_queue_is_overloaded_at_once() {
+    let (tx, rx) = mpsc::channel();
+    let backend = Arc::new(Gated {
+        info: ModelInfo {
+            dim: 1,
+            max_seq_length: 16,
+            vocab_size: 256,
+            pooling: Pooling::MEAN,
+            normalize: false,
+        },
+        gate: Mutex::new(rx),
+        passes: AtomicU64::new(0),
+    });
+    let c = BatcherConfig {
+        batch_tokens: 4,
+        max_batch_size: 1,
+        max_wait: Duration::ZERO,
+        queue_capacity: 3,
+    };
+    let batcher = Batcher::new("gated", backend.clone(), ComputePool::new(1).unwrap(), c).unwrap();
+    let first = tokio::spawn(batcher.embed(vec![vec![1]]));
+    // Wait until the first input is inside the (blocked) forward pass.
+    for _ in 0..200 {
+        if backend.forward_passes() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(backend.forward_passes(), 1);
+    let queued = batcher.embed(vec![vec![1], vec![1, 2], vec![1, 2, 3]]);
+    // The queue now holds 3 inputs: one more is refused before any await.
+    match batcher.embed(vec![vec![9]]).await {
+        Err(EmbedError::Overloaded { capacity: 3 }) => {}
+        other => panic!("expected Overloaded, got {other:?}"),
+    }
+    for _ in 0..4 {
+        tx.send(()).unwrap();
+    }
+    assert_eq!(first.await.unwrap().unwrap(), vec![vec![1.0]]);
+    assert_eq!(queued.await.unwrap(), vec![vec![1.0], vec![2.0], vec![3.0]]);
+}

@@ -1,0 +1,70 @@
+//! `uat_memory_operations_total{op,result}`, `uat_memory_operation_seconds{op}`
+//! and `uat_memory_rows`, registered once.
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts};
+use std::sync::LazyLock;
+use std::time::Instant;
+
+#[expect(clippy::expect_used, reason = "constant, valid metric definitions")]
+static OPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    uat_telemetry::register(
+        IntCounterVec::new(
+            Opts::new(
+                "uat_memory_operations_total",
+                "Memory operations by kind and result",
+            ),
+            &["op", "result"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+#[expect(clippy::expect_used, reason = "constant, valid metric definitions")]
+static SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    let opts = HistogramOpts::new("uat_memory_operation_seconds", "Memory operation latency")
+        .buckets(uat_telemetry::LATENCY_BUCKETS.to_vec());
+    uat_telemetry::register(HistogramVec::new(opts, &["op"]).expect("valid metric"))
+});
+
+#[expect(clippy::expect_used, reason = "constant, valid metric definitions")]
+static ROWS: LazyLock<IntGauge> = LazyLock::new(|| {
+    uat_telemetry::register(
+        IntGauge::new("uat_memory_rows", "Stored memories").expect("valid metric"),
+    )
+});
+
+/// Times one operation; [`Op::done`] records its result.
+pub struct Op {
+    name: &'static str,
+    start: Instant,
+}
+
+impl Op {
+    /// Starts timing `name` (`insert`, `get`, `update`, `delete`, `delete_user`,
+    /// `list`, `search`, `history`).
+    pub fn start(name: &'static str) -> Self {
+        Op {
+            name,
+            start: Instant::now(),
+        }
+    }
+
+    /// Records the outcome (`ok`, `not_found`, `invalid`, `error`).
+    pub fn done<T>(self, r: &crate::Result<T>) {
+        let result = match r {
+            Ok(_) => "ok",
+            Err(crate::MemoryError::NotFound) => "not_found",
+            Err(crate::MemoryError::Invalid { .. } | crate::MemoryError::NoEmbedder) => "invalid",
+            Err(_) => "error",
+        };
+        OPS.with_label_values(&[self.name, result]).inc();
+        SECONDS
+            .with_label_values(&[self.name])
+            .observe(self.start.elapsed().as_secs_f64());
+    }
+}
+
+/// Sets `uat_memory_rows`.
+pub fn set_rows(n: u64) {
+    ROWS.set(i64::try_from(n).unwrap_or(i64::MAX));
+}

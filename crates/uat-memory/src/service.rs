@@ -1,0 +1,519 @@
+//! [`Memories`]: the memory service proper — validation, embedding, the SQL
+//! store and the vector index behind one handle. The HTTP layer only parses
+//! and maps errors.
+
+use crate::embed::Embedder;
+use crate::error::{MemoryError, Result};
+use crate::index::VectorIndex;
+use crate::input::{self, Limits, PatchInput, SearchMode, SearchQuery, WriteRequest};
+use crate::keyword;
+use crate::metrics::{self, Op};
+use crate::store::{AnyStore, Store};
+use crate::types::{
+    Embedding, HistoryEntry, ListQuery, Memory, NewRow, Page, Patch, WriteOutcome, now,
+};
+use serde::Serialize;
+use sha2::Digest;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// The constant of reciprocal rank fusion: `score = sum 1 / (RRF_K + rank)`.
+pub const RRF_K: f64 = 60.0;
+/// Longest a search waits for the index to apply changes already committed.
+const INDEX_WAIT: Duration = Duration::from_secs(1);
+
+/// How the service is set up.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Content and batch limits.
+    pub limits: Limits,
+    /// Folder of the vector index (needed with an embedder).
+    pub index_dir: Option<PathBuf>,
+    /// How often the index polls the change log (it is also kicked by local writes).
+    pub tail_interval: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            limits: Limits::default(),
+            index_dir: None,
+            tail_interval: Duration::from_millis(200),
+        }
+    }
+}
+
+/// One search result.
+#[derive(Debug, Clone, Serialize)]
+pub struct SearchHit {
+    /// The memory.
+    #[serde(flatten)]
+    pub memory: Memory,
+    /// Cosine (semantic), full-text rank (keyword) or fused score (hybrid); higher is better.
+    pub score: f64,
+    /// 1-based rank among semantic results, when found by semantic search.
+    pub semantic_rank: Option<usize>,
+    /// 1-based rank among keyword results, when found by keyword search.
+    pub keyword_rank: Option<usize>,
+}
+
+/// The answer to a search.
+#[derive(Debug, Clone, Serialize)]
+pub struct SearchResults {
+    /// Best first.
+    pub results: Vec<SearchHit>,
+    /// Set when the search ran in a lesser mode than asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+}
+
+/// The memory service.
+pub struct Memories {
+    store: Arc<AnyStore>,
+    embedder: Option<Arc<dyn Embedder>>,
+    index: Option<Arc<VectorIndex>>,
+    limits: Limits,
+}
+
+fn content_hash(agent: Option<&str>, run: Option<&str>, content: &str) -> String {
+    let mut h = sha2::Sha256::new();
+    for part in [
+        agent.unwrap_or(""),
+        "\u{0}",
+        run.unwrap_or(""),
+        "\u{0}",
+        content,
+    ] {
+        h.update(part.as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+impl Memories {
+    /// Starts the service on an open store: opens (or rebuilds) the vector
+    /// index when there is an embedder, and starts the background tasks.
+    pub async fn open(
+        store: AnyStore,
+        embedder: Option<Arc<dyn Embedder>>,
+        options: Options,
+    ) -> Result<Self> {
+        let store = Arc::new(store);
+        let index = match (&embedder, &options.index_dir) {
+            (Some(e), Some(dir)) => {
+                let idx = VectorIndex::open(dir, e.model(), e.dimension(), &store).await?;
+                idx.spawn_tailer(Arc::downgrade(&store), options.tail_interval);
+                Some(idx)
+            }
+            (Some(_), None) => {
+                return Err(MemoryError::Index(
+                    "an embedder needs an index folder".into(),
+                ));
+            }
+            _ => None,
+        };
+        let weak = Arc::downgrade(&store);
+        tokio::spawn(async move {
+            while let Some(s) = weak.upgrade() {
+                if let Ok(n) = s.count().await {
+                    metrics::set_rows(n);
+                }
+                drop(s);
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        });
+        Ok(Memories {
+            store,
+            embedder,
+            index,
+            limits: options.limits,
+        })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &AnyStore {
+        &self.store
+    }
+
+    /// The limits in effect.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// The embedding model, when semantic search is available.
+    pub fn model(&self) -> Option<&str> {
+        self.embedder.as_ref().map(|e| e.model())
+    }
+
+    /// The vector index, when there is one.
+    pub fn index(&self) -> Option<&Arc<VectorIndex>> {
+        self.index.as_ref()
+    }
+
+    /// Waits until the vector index holds every committed change (at most `timeout`).
+    pub async fn sync_index(&self, timeout: Duration) -> Result<bool> {
+        match &self.index {
+            None => Ok(true),
+            Some(idx) => {
+                let last = self.store.last_change().await?;
+                Ok(idx.wait_for(last, timeout).await)
+            }
+        }
+    }
+
+    async fn embed(&self, texts: Vec<String>) -> Result<Option<Vec<Embedding>>> {
+        let Some(e) = &self.embedder else {
+            return Ok(None);
+        };
+        let vectors = e.embed(&texts).await?;
+        if vectors.len() != texts.len() {
+            return Err(MemoryError::Embedding(format!(
+                "asked for {} embeddings, got {}",
+                texts.len(),
+                vectors.len()
+            )));
+        }
+        if let Some(v) = vectors.iter().find(|v| v.len() != e.dimension()) {
+            return Err(MemoryError::Embedding(format!(
+                "model `{}` returned {} dimensions instead of {}",
+                e.model(),
+                v.len(),
+                e.dimension()
+            )));
+        }
+        Ok(Some(
+            vectors
+                .into_iter()
+                .map(|vector| Embedding {
+                    model: e.model().to_string(),
+                    vector,
+                })
+                .collect(),
+        ))
+    }
+
+    /// Writes one memory or a batch (all or nothing).
+    pub async fn write(&self, req: WriteRequest) -> Result<Vec<WriteOutcome>> {
+        let op = Op::start("insert");
+        let r = self.write_inner(req).await;
+        op.done(&r);
+        r
+    }
+
+    async fn write_inner(&self, req: WriteRequest) -> Result<Vec<WriteOutcome>> {
+        let items = match req {
+            WriteRequest::One(i) => vec![input::validate(i, "", self.limits)?],
+            WriteRequest::Batch(list) => list
+                .into_iter()
+                .enumerate()
+                .map(|(i, it)| input::validate(it, &format!("memories[{i}]."), self.limits))
+                .collect::<Result<Vec<_>>>()?,
+        };
+        let at = now();
+        let embeddings = self
+            .embed(items.iter().map(|i| i.content.clone()).collect())
+            .await?;
+        let mut embeddings = embeddings.map(Vec::into_iter);
+        let rows: Vec<NewRow> = items
+            .into_iter()
+            .map(|i| NewRow {
+                content_hash: content_hash(i.agent_id.as_deref(), i.run_id.as_deref(), &i.content),
+                dedupe: i.dedupe,
+                embedding: embeddings.as_mut().and_then(Iterator::next),
+                memory: Memory {
+                    id: Uuid::now_v7(),
+                    user_id: i.user_id,
+                    agent_id: i.agent_id,
+                    run_id: i.run_id,
+                    kind: i.kind,
+                    content: i.content,
+                    tags: i.tags,
+                    metadata: i.metadata,
+                    created_at: at,
+                    updated_at: at,
+                    expires_at: i.expires_at,
+                },
+            })
+            .collect();
+        let out = self.store.insert(rows).await?;
+        if let Some(idx) = &self.index {
+            idx.kick();
+        }
+        Ok(out)
+    }
+
+    /// Writes rows already validated and embedded (the benchmark's load path,
+    /// which measures the store without the model).
+    pub async fn insert_rows(&self, rows: Vec<NewRow>) -> Result<Vec<WriteOutcome>> {
+        let op = Op::start("insert");
+        let r = self.store.insert(rows).await;
+        op.done(&r);
+        if let Some(idx) = &self.index {
+            idx.kick();
+        }
+        r
+    }
+
+    /// One memory of `user_id`.
+    pub async fn get(&self, user_id: &str, id: Uuid) -> Result<Memory> {
+        let op = Op::start("get");
+        let r = async {
+            let user = input::required_id(Some(user_id), "user_id")?;
+            self.store
+                .get(&user, id)
+                .await?
+                .ok_or(MemoryError::NotFound)
+        }
+        .await;
+        op.done(&r);
+        r
+    }
+
+    /// Changes one memory of `user_id` (re-embedding when the content changes).
+    pub async fn update(&self, user_id: &str, id: Uuid, patch: PatchInput) -> Result<Memory> {
+        let op = Op::start("update");
+        let r = async {
+            let user = input::required_id(Some(user_id), "user_id")?;
+            let mut p = Patch {
+                tags: patch.tags,
+                metadata: patch.metadata,
+                expires_at: patch.expires_at,
+                ..Patch::default()
+            };
+            if let Some(c) = patch.content {
+                let Some(old) = self.store.get(&user, id).await? else {
+                    return Err(MemoryError::NotFound);
+                };
+                p.content_hash = Some(content_hash(
+                    old.agent_id.as_deref(),
+                    old.run_id.as_deref(),
+                    &c,
+                ));
+                p.embedding = self
+                    .embed(vec![c.clone()])
+                    .await?
+                    .and_then(|v| v.into_iter().next());
+                p.content = Some(c);
+            }
+            let m = self
+                .store
+                .update(&user, id, p)
+                .await?
+                .ok_or(MemoryError::NotFound)?;
+            if let Some(idx) = &self.index {
+                idx.kick();
+            }
+            Ok(m)
+        }
+        .await;
+        op.done(&r);
+        r
+    }
+
+    /// Deletes one memory of `user_id`.
+    pub async fn delete(&self, user_id: &str, id: Uuid) -> Result<()> {
+        let op = Op::start("delete");
+        let r = async {
+            let user = input::required_id(Some(user_id), "user_id")?;
+            if !self.store.delete(&user, id).await? {
+                return Err(MemoryError::NotFound);
+            }
+            if let Some(idx) = &self.index {
+                idx.kick();
+            }
+            Ok(())
+        }
+        .await;
+        op.done(&r);
+        r
+    }
+
+    /// Deletes every memory of `user_id`; returns how many.
+    pub async fn delete_user(&self, user_id: Option<&str>) -> Result<u64> {
+        let op = Op::start("delete_user");
+        let r = async {
+            let user = input::required_id(user_id, "user_id")?;
+            let n = self.store.delete_user(&user).await?;
+            if let Some(idx) = &self.index {
+                idx.kick();
+            }
+            Ok(n)
+        }
+        .await;
+        op.done(&r);
+        r
+    }
+
+    /// One page of memories.
+    pub async fn list(&self, q: &ListQuery) -> Result<Page> {
+        let op = Op::start("list");
+        let r = self.store.list(q).await;
+        op.done(&r);
+        r
+    }
+
+    /// History of one memory of `user_id`.
+    pub async fn history(&self, user_id: &str, id: Uuid) -> Result<Vec<HistoryEntry>> {
+        let op = Op::start("history");
+        let r = async {
+            let user = input::required_id(Some(user_id), "user_id")?;
+            self.store
+                .history(&user, id)
+                .await?
+                .ok_or(MemoryError::NotFound)
+        }
+        .await;
+        op.done(&r);
+        r
+    }
+
+    /// Keyword, semantic or hybrid search.
+    pub async fn search(&self, q: &SearchQuery) -> Result<SearchResults> {
+        let op = Op::start("search");
+        let r = self.search_inner(q).await;
+        op.done(&r);
+        r
+    }
+
+    async fn search_inner(&self, q: &SearchQuery) -> Result<SearchResults> {
+        let semantic_ready = self.embedder.is_some() && self.index.is_some();
+        let mut warning = None;
+        let mode = match (q.mode, semantic_ready) {
+            (SearchMode::Semantic, false) => return Err(MemoryError::NoEmbedder),
+            (SearchMode::Hybrid, false) => {
+                warning = Some(
+                    "no embedding model is configured: hybrid search fell back to keyword search"
+                        .to_string(),
+                );
+                SearchMode::Keyword
+            }
+            (m, _) => m,
+        };
+        let depth = match mode {
+            SearchMode::Hybrid => (q.top_k * 2).max(20),
+            _ => q.top_k,
+        };
+        let terms = keyword::terms(&q.query);
+        let keyword_hits = match mode {
+            SearchMode::Semantic => Vec::new(),
+            _ => self.store.keyword(&q.filter, &terms, depth).await?,
+        };
+        let semantic_hits = match mode {
+            SearchMode::Keyword => Vec::new(),
+            _ => self.semantic(q, depth).await?,
+        };
+        let mut hits: Vec<SearchHit> = match mode {
+            SearchMode::Keyword => keyword_hits
+                .into_iter()
+                .enumerate()
+                .map(|(i, (m, s))| SearchHit {
+                    memory: m,
+                    score: f64::from(s),
+                    semantic_rank: None,
+                    keyword_rank: Some(i + 1),
+                })
+                .collect(),
+            SearchMode::Semantic => semantic_hits
+                .into_iter()
+                .enumerate()
+                .map(|(i, (m, s))| SearchHit {
+                    memory: m,
+                    score: f64::from(s),
+                    semantic_rank: Some(i + 1),
+                    keyword_rank: None,
+                })
+                .collect(),
+            SearchMode::Hybrid => fuse(semantic_hits, keyword_hits),
+        };
+        if let Some(min) = q.min_score {
+            hits.retain(|h| h.score >= min);
+        }
+        hits.truncate(q.top_k);
+        Ok(SearchResults {
+            results: hits,
+            warning,
+        })
+    }
+
+    async fn semantic(&self, q: &SearchQuery, depth: usize) -> Result<Vec<(Memory, f32)>> {
+        let (Some(_), Some(idx)) = (&self.embedder, &self.index) else {
+            return Err(MemoryError::NoEmbedder);
+        };
+        // Read your writes: wait (briefly) for changes committed before this search.
+        let last = self.store.last_change().await?;
+        if !idx.wait_for(last, INDEX_WAIT).await {
+            tracing::debug!(
+                last,
+                applied = idx.applied(),
+                "memory: searching an index that is behind"
+            );
+        }
+        let Some(qv) = self
+            .embed(vec![q.query.clone()])
+            .await?
+            .and_then(|v| v.into_iter().next())
+        else {
+            return Err(MemoryError::NoEmbedder);
+        };
+        // Metadata is checked in SQL, so ask the index for more when it filters.
+        let k = if q.filter.metadata.is_empty() {
+            depth + 8
+        } else {
+            depth * 4 + 32
+        };
+        let hits = idx.search(qv.vector, &q.filter, k).await?;
+        let ids: Vec<Uuid> = hits.iter().map(|h| h.0).collect();
+        let mut rows: HashMap<Uuid, Memory> = self
+            .store
+            .fetch(&q.filter, &ids)
+            .await?
+            .into_iter()
+            .map(|m| (m.id, m))
+            .collect();
+        Ok(hits
+            .into_iter()
+            .filter_map(|(id, s)| rows.remove(&id).map(|m| (m, s)))
+            .take(depth)
+            .collect())
+    }
+}
+
+/// Reciprocal rank fusion of two ranked lists.
+fn fuse(semantic: Vec<(Memory, f32)>, keyword: Vec<(Memory, f32)>) -> Vec<SearchHit> {
+    let mut by_id: HashMap<Uuid, SearchHit> = HashMap::new();
+    for (i, (m, _)) in semantic.into_iter().enumerate() {
+        by_id.insert(
+            m.id,
+            SearchHit {
+                memory: m,
+                score: 1.0 / (RRF_K + (i + 1) as f64),
+                semantic_rank: Some(i + 1),
+                keyword_rank: None,
+            },
+        );
+    }
+    for (i, (m, _)) in keyword.into_iter().enumerate() {
+        let s = 1.0 / (RRF_K + (i + 1) as f64);
+        by_id
+            .entry(m.id)
+            .and_modify(|h| {
+                h.score += s;
+                h.keyword_rank = Some(i + 1);
+            })
+            .or_insert(SearchHit {
+                memory: m,
+                score: s,
+                semantic_rank: None,
+                keyword_rank: Some(i + 1),
+            });
+    }
+    let mut hits: Vec<SearchHit> = by_id.into_values().collect();
+    hits.sort_by(|a, b| {
+        b.score
+            .total_cmp(&a.score)
+            .then_with(|| b.memory.id.cmp(&a.memory.id))
+    });
+    hits
+}

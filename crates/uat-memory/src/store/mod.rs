@@ -1,0 +1,201 @@
+//! The storage trait and its two implementations: SQLite (the default, an
+//! embedded file) and PostgreSQL (several replicas on one database).
+//!
+//! SQL is the source of truth. Every write runs in one transaction that also
+//! appends to `memory_history` (what changed) and `memory_changes` (a
+//! sequence the vector index tails).
+
+mod postgres;
+mod sqlite;
+
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+use crate::error::Result;
+use crate::types::{
+    Change, Filter, HistoryEntry, IndexEntry, ListQuery, Memory, NewRow, Page, Patch, WriteOutcome,
+};
+use std::future::Future;
+use uuid::Uuid;
+
+/// What every store does. All reads skip expired memories; every query is
+/// scoped by `user_id` except the index-maintenance ones (`changes_after`,
+/// `index_entries`, `scan_index_entries`, `count`), which never reach the API.
+pub trait Store: Send + Sync {
+    /// Writes `rows` in one transaction (all or nothing). Rows with `dedupe`
+    /// return a live memory of the same user with the same content hash instead.
+    fn insert(&self, rows: Vec<NewRow>) -> impl Future<Output = Result<Vec<WriteOutcome>>> + Send;
+    /// One live memory of `user_id`.
+    fn get(&self, user_id: &str, id: Uuid) -> impl Future<Output = Result<Option<Memory>>> + Send;
+    /// Applies `patch` to one live memory of `user_id`; `None` when there is none.
+    fn update(
+        &self,
+        user_id: &str,
+        id: Uuid,
+        patch: Patch,
+    ) -> impl Future<Output = Result<Option<Memory>>> + Send;
+    /// Deletes one memory of `user_id`; false when there was none.
+    fn delete(&self, user_id: &str, id: Uuid) -> impl Future<Output = Result<bool>> + Send;
+    /// Deletes every memory (and history) of `user_id` in one transaction; returns the count.
+    fn delete_user(&self, user_id: &str) -> impl Future<Output = Result<u64>> + Send;
+    /// One page, newest first, by keyset.
+    fn list(&self, q: &ListQuery) -> impl Future<Output = Result<Page>> + Send;
+    /// Full-text search (any of `terms`), best first, with a score (higher is better).
+    fn keyword(
+        &self,
+        filter: &Filter,
+        terms: &[String],
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<(Memory, f32)>>> + Send;
+    /// The live memories among `ids` that match `filter`.
+    fn fetch(
+        &self,
+        filter: &Filter,
+        ids: &[Uuid],
+    ) -> impl Future<Output = Result<Vec<Memory>>> + Send;
+    /// History of one live memory of `user_id`, oldest first.
+    fn history(
+        &self,
+        user_id: &str,
+        id: Uuid,
+    ) -> impl Future<Output = Result<Option<Vec<HistoryEntry>>>> + Send;
+    /// Change-log records after `seq`, in order.
+    fn changes_after(
+        &self,
+        seq: i64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Change>>> + Send;
+    /// The last change-log position (0 when empty).
+    fn last_change(&self) -> impl Future<Output = Result<i64>> + Send;
+    /// Index entries for `ids` (rows that exist and carry an embedding).
+    fn index_entries(&self, ids: &[Uuid]) -> impl Future<Output = Result<Vec<IndexEntry>>> + Send;
+    /// Index entries in id order after `after`, for a rebuild.
+    fn scan_index_entries(
+        &self,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<IndexEntry>>> + Send;
+    /// Number of stored memories (expired included).
+    fn count(&self) -> impl Future<Output = Result<u64>> + Send;
+}
+
+/// Either store, chosen by the database URL.
+pub enum AnyStore {
+    /// Embedded SQLite.
+    Sqlite(SqliteStore),
+    /// PostgreSQL.
+    Postgres(PgStore),
+}
+
+impl AnyStore {
+    /// Opens (and migrates) the store for `url` (`sqlite://...` or `postgres://...`).
+    pub async fn open(url: &str, max_connections: u32) -> Result<Self> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(AnyStore::Postgres(
+                PgStore::open(url, max_connections).await?,
+            ))
+        } else {
+            Ok(AnyStore::Sqlite(
+                SqliteStore::open(url, max_connections).await?,
+            ))
+        }
+    }
+
+    /// `sqlite` or `postgres`.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            AnyStore::Sqlite(_) => "sqlite",
+            AnyStore::Postgres(_) => "postgres",
+        }
+    }
+}
+
+macro_rules! delegate {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            AnyStore::Sqlite($s) => $e.await,
+            AnyStore::Postgres($s) => $e.await,
+        }
+    };
+}
+
+impl Store for AnyStore {
+    async fn insert(&self, rows: Vec<NewRow>) -> Result<Vec<WriteOutcome>> {
+        delegate!(self, s => s.insert(rows))
+    }
+    async fn get(&self, user_id: &str, id: Uuid) -> Result<Option<Memory>> {
+        delegate!(self, s => s.get(user_id, id))
+    }
+    async fn update(&self, user_id: &str, id: Uuid, patch: Patch) -> Result<Option<Memory>> {
+        delegate!(self, s => s.update(user_id, id, patch))
+    }
+    async fn delete(&self, user_id: &str, id: Uuid) -> Result<bool> {
+        delegate!(self, s => s.delete(user_id, id))
+    }
+    async fn delete_user(&self, user_id: &str) -> Result<u64> {
+        delegate!(self, s => s.delete_user(user_id))
+    }
+    async fn list(&self, q: &ListQuery) -> Result<Page> {
+        delegate!(self, s => s.list(q))
+    }
+    async fn keyword(
+        &self,
+        filter: &Filter,
+        terms: &[String],
+        limit: usize,
+    ) -> Result<Vec<(Memory, f32)>> {
+        delegate!(self, s => s.keyword(filter, terms, limit))
+    }
+    async fn fetch(&self, filter: &Filter, ids: &[Uuid]) -> Result<Vec<Memory>> {
+        delegate!(self, s => s.fetch(filter, ids))
+    }
+    async fn history(&self, user_id: &str, id: Uuid) -> Result<Option<Vec<HistoryEntry>>> {
+        delegate!(self, s => s.history(user_id, id))
+    }
+    async fn changes_after(&self, seq: i64, limit: usize) -> Result<Vec<Change>> {
+        delegate!(self, s => s.changes_after(seq, limit))
+    }
+    async fn last_change(&self) -> Result<i64> {
+        delegate!(self, s => s.last_change())
+    }
+    async fn index_entries(&self, ids: &[Uuid]) -> Result<Vec<IndexEntry>> {
+        delegate!(self, s => s.index_entries(ids))
+    }
+    async fn scan_index_entries(
+        &self,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<IndexEntry>> {
+        delegate!(self, s => s.scan_index_entries(after, limit))
+    }
+    async fn count(&self) -> Result<u64> {
+        delegate!(self, s => s.count())
+    }
+}
+
+/// Applies a patch to a memory (the stores call this inside their transaction).
+pub(crate) fn apply_patch(old: &Memory, patch: &Patch, now: time::OffsetDateTime) -> Memory {
+    let mut m = old.clone();
+    if let Some(c) = &patch.content {
+        m.content.clone_from(c);
+    }
+    if let Some(t) = &patch.tags {
+        m.tags.clone_from(t);
+    }
+    if let Some(md) = &patch.metadata {
+        m.metadata.clone_from(md);
+    }
+    if let Some(e) = patch.expires_at {
+        m.expires_at = e;
+    }
+    m.updated_at = now;
+    m
+}
+
+/// The JSON kept in the history table.
+pub(crate) fn history_json(m: &Memory) -> Result<String> {
+    serde_json::to_string(m).map_err(|e| crate::error::MemoryError::Corrupt(e.to_string()))
+}
+
+/// Largest number of ids bound in one `IN (...)` list.
+pub(crate) const MAX_IN_LIST: usize = 500;

@@ -1,0 +1,762 @@
+//! PostgreSQL store: `tsvector` + GIN for keyword search, GIN on tags,
+//! `(user_id, created_at DESC, id DESC)` for lists, bulk writes with `UNNEST`.
+//!
+//! The change log is appended under a transaction-scoped advisory lock, so
+//! change sequence numbers become visible in commit order and a replica
+//! tailing `seq > last` never skips a change that commits late.
+
+use super::{MAX_IN_LIST, Store, apply_patch, history_json};
+use crate::error::{MemoryError, Result};
+use crate::types::{
+    Change, ChangeOp, Cursor, Embedding, Filter, HistoryEntry, IndexEntry, ListQuery, Memory,
+    NewRow, Page, Patch, TagMode, WriteOutcome, bytes_to_vector, from_micros, now, vector_to_bytes,
+};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::types::Json;
+use sqlx::{PgPool, Postgres, QueryBuilder, Row};
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+const COLS: &str = "m.id, m.user_id, m.agent_id, m.run_id, m.kind, m.content, m.tags, m.metadata, m.created_at, m.updated_at, m.expires_at";
+
+/// Advisory lock keys (arbitrary constants).
+const MIGRATION_LOCK: i64 = 0x7561_745f_6d65_6d01;
+const CHANGE_LOCK: i64 = 0x7561_745f_6d65_6d02;
+
+const MIGRATIONS: &[(i64, &[&str])] = &[(
+    1,
+    &[
+        "CREATE TABLE memories (
+            id UUID PRIMARY KEY,
+            user_id TEXT NOT NULL,
+            agent_id TEXT,
+            run_id TEXT,
+            kind TEXT,
+            content TEXT NOT NULL,
+            content_hash TEXT NOT NULL,
+            dedupe_key TEXT,
+            tags TEXT[] NOT NULL DEFAULT '{}',
+            metadata JSONB NOT NULL DEFAULT '{}',
+            created_at TIMESTAMPTZ NOT NULL,
+            updated_at TIMESTAMPTZ NOT NULL,
+            expires_at TIMESTAMPTZ,
+            embedding BYTEA,
+            embedding_model TEXT,
+            tsv TSVECTOR GENERATED ALWAYS AS
+                (to_tsvector('simple'::regconfig, regexp_replace(content, '[^[:alnum:]]+', ' ', 'g'))) STORED
+        )",
+        "CREATE INDEX memories_user_created_idx ON memories (user_id, created_at DESC, id DESC)",
+        "CREATE INDEX memories_tags_gin ON memories USING GIN (tags)",
+        "CREATE INDEX memories_tsv_gin ON memories USING GIN (tsv)",
+        "CREATE INDEX memories_hash_idx ON memories (content_hash)",
+        "CREATE UNIQUE INDEX memories_dedupe_idx ON memories (user_id, dedupe_key) WHERE dedupe_key IS NOT NULL",
+        "CREATE TABLE memory_history (
+            hid BIGSERIAL PRIMARY KEY,
+            memory_id UUID NOT NULL,
+            user_id TEXT NOT NULL,
+            op TEXT NOT NULL,
+            old_value JSONB,
+            new_value JSONB,
+            at TIMESTAMPTZ NOT NULL
+        )",
+        "CREATE INDEX memory_history_memory_idx ON memory_history (memory_id, hid)",
+        "CREATE INDEX memory_history_user_idx ON memory_history (user_id)",
+        "CREATE TABLE memory_changes (
+            seq BIGSERIAL PRIMARY KEY,
+            memory_id UUID,
+            user_id TEXT NOT NULL,
+            op TEXT NOT NULL,
+            at TIMESTAMPTZ NOT NULL
+        )",
+    ],
+)];
+
+/// The PostgreSQL implementation of [`Store`].
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects to `url` and migrates the schema in the default `search_path`.
+    pub async fn open(url: &str, max_connections: u32) -> Result<Self> {
+        Self::connect(PgConnectOptions::from_str(url)?, max_connections).await
+    }
+
+    /// Connects with every table in `schema` (created when missing): lets
+    /// tests and several deployments share one database.
+    pub async fn open_in_schema(url: &str, max_connections: u32, schema: &str) -> Result<Self> {
+        if schema.is_empty()
+            || !schema
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return Err(MemoryError::invalid(
+                "schema",
+                "must be letters, digits and underscores",
+            ));
+        }
+        let base = PgConnectOptions::from_str(url)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(base.clone())
+            .await?;
+        sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+            .execute(&pool)
+            .await?;
+        pool.close().await;
+        Self::connect(base.options([("search_path", schema)]), max_connections).await
+    }
+
+    async fn connect(opts: PgConnectOptions, max_connections: u32) -> Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts)
+            .await?;
+        migrate(&pool).await?;
+        Ok(PgStore { pool })
+    }
+
+    /// The pool (for benchmarks, EXPLAIN tests and diagnostics).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+async fn migrate(pool: &PgPool) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS memory_schema_migrations (version BIGINT PRIMARY KEY, at TIMESTAMPTZ NOT NULL)",
+    )
+    .execute(&mut *tx)
+    .await?;
+    let done: Vec<i64> = sqlx::query_scalar("SELECT version FROM memory_schema_migrations")
+        .fetch_all(&mut *tx)
+        .await?;
+    for (version, stmts) in MIGRATIONS {
+        if done.contains(version) {
+            continue;
+        }
+        for s in *stmts {
+            sqlx::query(s).execute(&mut *tx).await?;
+        }
+        sqlx::query("INSERT INTO memory_schema_migrations (version, at) VALUES ($1, now())")
+            .bind(version)
+            .execute(&mut *tx)
+            .await?;
+        tracing::info!(version, "memory: applied PostgreSQL migration");
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+fn corrupt(e: impl std::fmt::Display) -> MemoryError {
+    MemoryError::Corrupt(e.to_string())
+}
+
+fn decode(row: &PgRow) -> Result<Memory> {
+    let Json(metadata): Json<serde_json::Map<String, serde_json::Value>> =
+        row.try_get("metadata")?;
+    Ok(Memory {
+        id: row.try_get("id")?,
+        user_id: row.try_get("user_id")?,
+        agent_id: row.try_get("agent_id")?,
+        run_id: row.try_get("run_id")?,
+        kind: row.try_get("kind")?,
+        content: row.try_get("content")?,
+        tags: row.try_get("tags")?,
+        metadata,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        expires_at: row.try_get("expires_at")?,
+    })
+}
+
+fn decode_entry(row: &PgRow) -> Result<Option<IndexEntry>> {
+    let blob: Option<Vec<u8>> = row.try_get("embedding")?;
+    let model: Option<String> = row.try_get("embedding_model")?;
+    let (Some(blob), Some(model)) = (blob, model) else {
+        return Ok(None);
+    };
+    let created: OffsetDateTime = row.try_get("created_at")?;
+    let expires: Option<OffsetDateTime> = row.try_get("expires_at")?;
+    Ok(Some(IndexEntry {
+        id: row.try_get("id")?,
+        user_id: row.try_get("user_id")?,
+        agent_id: row.try_get("agent_id")?,
+        kind: row.try_get("kind")?,
+        tags: row.try_get("tags")?,
+        created_us: crate::types::to_micros(created),
+        expires_us: expires.map(crate::types::to_micros),
+        embedding: Embedding {
+            model,
+            vector: bytes_to_vector(&blob)?,
+        },
+    }))
+}
+
+fn push_filter(qb: &mut QueryBuilder<'_, Postgres>, f: &Filter, at: OffsetDateTime) {
+    qb.push(" m.user_id = ").push_bind(f.user_id.clone());
+    qb.push(" AND (m.expires_at IS NULL OR m.expires_at > ")
+        .push_bind(at)
+        .push(")");
+    if let Some(a) = &f.agent_id {
+        qb.push(" AND m.agent_id = ").push_bind(a.clone());
+    }
+    if let Some(k) = &f.kind {
+        qb.push(" AND m.kind = ").push_bind(k.clone());
+    }
+    if let Some(s) = f.since {
+        qb.push(" AND m.created_at >= ").push_bind(s);
+    }
+    if let Some(u) = f.until {
+        qb.push(" AND m.created_at <= ").push_bind(u);
+    }
+    if !f.tags.is_empty() {
+        match f.tag_mode {
+            TagMode::Any => qb.push(" AND m.tags && "),
+            TagMode::All => qb.push(" AND m.tags @> "),
+        };
+        qb.push_bind(f.tags.clone()).push("::text[]");
+    }
+    for (k, v) in &f.metadata {
+        qb.push(" AND (m.metadata -> ")
+            .push_bind(k.clone())
+            .push(") = ");
+        qb.push_bind(Json(v.clone())).push("::jsonb");
+    }
+}
+
+/// Appends change records under the change lock (held until commit).
+async fn record_changes(
+    tx: &mut sqlx::PgConnection,
+    changes: &[(Option<Uuid>, String, ChangeOp)],
+) -> Result<()> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(CHANGE_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    let ids: Vec<Option<Uuid>> = changes.iter().map(|c| c.0).collect();
+    let users: Vec<String> = changes.iter().map(|c| c.1.clone()).collect();
+    let ops: Vec<String> = changes.iter().map(|c| c.2.as_str().to_string()).collect();
+    sqlx::query(
+        "INSERT INTO memory_changes (memory_id, user_id, op, at) \
+         SELECT u.id, u.user_id, u.op, now() FROM UNNEST($1::uuid[], $2::text[], $3::text[]) WITH ORDINALITY AS u(id, user_id, op, n) ORDER BY u.n",
+    )
+    .bind(ids)
+    .bind(users)
+    .bind(ops)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+async fn record_history(
+    tx: &mut sqlx::PgConnection,
+    m: &Memory,
+    op: &str,
+    old: Option<&Memory>,
+    new: Option<&Memory>,
+) -> Result<()> {
+    sqlx::query("INSERT INTO memory_history (memory_id, user_id, op, old_value, new_value, at) VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, now())")
+        .bind(m.id)
+        .bind(&m.user_id)
+        .bind(op)
+        .bind(old.map(history_json).transpose()?)
+        .bind(new.map(history_json).transpose()?)
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
+async fn live_by_hash(
+    tx: &mut sqlx::PgConnection,
+    pairs: &[(String, String)],
+) -> Result<HashMap<(String, String), Memory>> {
+    let mut out = HashMap::new();
+    if pairs.is_empty() {
+        return Ok(out);
+    }
+    let users: Vec<String> = pairs.iter().map(|p| p.0.clone()).collect();
+    let hashes: Vec<String> = pairs.iter().map(|p| p.1.clone()).collect();
+    let sql = format!(
+        "SELECT {COLS}, m.content_hash FROM memories m JOIN UNNEST($1::text[], $2::text[]) AS k(user_id, content_hash) \
+         ON m.user_id = k.user_id AND m.content_hash = k.content_hash \
+         WHERE (m.expires_at IS NULL OR m.expires_at > now()) ORDER BY m.created_at, m.id"
+    );
+    for r in sqlx::query(&sql)
+        .bind(users)
+        .bind(hashes)
+        .fetch_all(&mut *tx)
+        .await?
+    {
+        let m = decode(&r)?;
+        let h: String = r.try_get("content_hash")?;
+        out.entry((m.user_id.clone(), h)).or_insert(m);
+    }
+    Ok(out)
+}
+
+async fn bulk_insert(tx: &mut sqlx::PgConnection, rows: &[&NewRow]) -> Result<Vec<Uuid>> {
+    let mut ids = Vec::with_capacity(rows.len());
+    let mut users = Vec::with_capacity(rows.len());
+    let mut agents = Vec::with_capacity(rows.len());
+    let mut runs = Vec::with_capacity(rows.len());
+    let mut kinds = Vec::with_capacity(rows.len());
+    let mut contents = Vec::with_capacity(rows.len());
+    let mut hashes = Vec::with_capacity(rows.len());
+    let mut keys = Vec::with_capacity(rows.len());
+    let mut tags = Vec::with_capacity(rows.len());
+    let mut metas = Vec::with_capacity(rows.len());
+    let mut created = Vec::with_capacity(rows.len());
+    let mut expires = Vec::with_capacity(rows.len());
+    let mut embs: Vec<Option<Vec<u8>>> = Vec::with_capacity(rows.len());
+    let mut models = Vec::with_capacity(rows.len());
+    for r in rows {
+        let m = &r.memory;
+        ids.push(m.id);
+        users.push(m.user_id.clone());
+        agents.push(m.agent_id.clone());
+        runs.push(m.run_id.clone());
+        kinds.push(m.kind.clone());
+        contents.push(m.content.clone());
+        hashes.push(r.content_hash.clone());
+        keys.push(r.dedupe.then(|| r.content_hash.clone()));
+        tags.push(serde_json::to_string(&m.tags).map_err(corrupt)?);
+        metas.push(serde_json::to_string(&m.metadata).map_err(corrupt)?);
+        created.push(m.created_at);
+        expires.push(m.expires_at);
+        embs.push(r.embedding.as_ref().map(|e| vector_to_bytes(&e.vector)));
+        models.push(r.embedding.as_ref().map(|e| e.model.clone()));
+    }
+    let inserted: Vec<Uuid> = sqlx::query_scalar(
+        "INSERT INTO memories (id, user_id, agent_id, run_id, kind, content, content_hash, dedupe_key, tags, metadata, \
+         created_at, updated_at, expires_at, embedding, embedding_model) \
+         SELECT u.id, u.user_id, u.agent_id, u.run_id, u.kind, u.content, u.content_hash, u.dedupe_key, \
+         ARRAY(SELECT jsonb_array_elements_text(u.tags::jsonb)), u.metadata::jsonb, u.created_at, u.created_at, \
+         u.expires_at, u.embedding, u.embedding_model \
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], \
+         $9::text[], $10::text[], $11::timestamptz[], $12::timestamptz[], $13::bytea[], $14::text[]) \
+         AS u(id, user_id, agent_id, run_id, kind, content, content_hash, dedupe_key, tags, metadata, created_at, \
+         expires_at, embedding, embedding_model) \
+         ON CONFLICT (user_id, dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING RETURNING id",
+    )
+    .bind(ids)
+    .bind(users)
+    .bind(agents)
+    .bind(runs)
+    .bind(kinds)
+    .bind(contents)
+    .bind(hashes)
+    .bind(keys)
+    .bind(tags)
+    .bind(metas)
+    .bind(created)
+    .bind(expires)
+    .bind(embs)
+    .bind(models)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(inserted)
+}
+
+impl Store for PgStore {
+    async fn insert(&self, rows: Vec<NewRow>) -> Result<Vec<WriteOutcome>> {
+        let mut tx = self.pool.begin().await?;
+        // 1. Duplicates of live memories, then duplicates within the batch.
+        let pairs: Vec<(String, String)> = rows
+            .iter()
+            .filter(|r| r.dedupe)
+            .map(|r| (r.memory.user_id.clone(), r.content_hash.clone()))
+            .collect();
+        let mut existing = live_by_hash(&mut tx, &pairs).await?;
+        enum Slot {
+            Existing(Box<Memory>),
+            New(usize),
+        }
+        let mut slots = Vec::with_capacity(rows.len());
+        let mut first_in_batch: HashMap<(String, String), usize> = HashMap::new();
+        let mut to_insert: Vec<&NewRow> = Vec::new();
+        for (i, r) in rows.iter().enumerate() {
+            let key = (r.memory.user_id.clone(), r.content_hash.clone());
+            if r.dedupe {
+                if let Some(m) = existing.get(&key) {
+                    slots.push(Slot::Existing(Box::new(m.clone())));
+                    continue;
+                }
+                if let Some(&j) = first_in_batch.get(&key) {
+                    slots.push(Slot::Existing(Box::new(rows[j].memory.clone())));
+                    continue;
+                }
+            }
+            first_in_batch.entry(key).or_insert(i);
+            slots.push(Slot::New(to_insert.len()));
+            to_insert.push(r);
+        }
+        // 2. One INSERT for the batch; a conflict means an expired memory holds
+        // the dedupe key, or a concurrent writer inserted the same content.
+        let inserted: std::collections::HashSet<Uuid> = bulk_insert(&mut tx, &to_insert)
+            .await?
+            .into_iter()
+            .collect();
+        let mut replaced: HashMap<usize, Memory> = HashMap::new();
+        for (n, r) in to_insert.iter().enumerate() {
+            if inserted.contains(&r.memory.id) {
+                continue;
+            }
+            sqlx::query(
+                "UPDATE memories SET dedupe_key = NULL WHERE user_id = $1 AND dedupe_key = $2 \
+                 AND expires_at IS NOT NULL AND expires_at <= now()",
+            )
+            .bind(&r.memory.user_id)
+            .bind(&r.content_hash)
+            .execute(&mut *tx)
+            .await?;
+            existing = live_by_hash(
+                &mut tx,
+                &[(r.memory.user_id.clone(), r.content_hash.clone())],
+            )
+            .await?;
+            if let Some(m) = existing.into_values().next() {
+                replaced.insert(n, m);
+            } else if bulk_insert(&mut tx, &[r]).await?.is_empty() {
+                return Err(MemoryError::Corrupt(
+                    "dedupe key still taken after release".into(),
+                ));
+            }
+        }
+        // 3. History and change log for what was written.
+        let mut out = Vec::with_capacity(rows.len());
+        let mut created: Vec<&Memory> = Vec::new();
+        for s in slots {
+            match s {
+                Slot::Existing(m) => out.push(WriteOutcome {
+                    memory: *m,
+                    deduplicated: true,
+                }),
+                Slot::New(n) => match replaced.get(&n) {
+                    Some(m) => out.push(WriteOutcome {
+                        memory: m.clone(),
+                        deduplicated: true,
+                    }),
+                    None => {
+                        created.push(&to_insert[n].memory);
+                        out.push(WriteOutcome {
+                            memory: to_insert[n].memory.clone(),
+                            deduplicated: false,
+                        });
+                    }
+                },
+            }
+        }
+        if !created.is_empty() {
+            let ids: Vec<Uuid> = created.iter().map(|m| m.id).collect();
+            let users: Vec<String> = created.iter().map(|m| m.user_id.clone()).collect();
+            let values = created
+                .iter()
+                .map(|m| history_json(m))
+                .collect::<Result<Vec<_>>>()?;
+            sqlx::query(
+                "INSERT INTO memory_history (memory_id, user_id, op, new_value, at) \
+                 SELECT u.id, u.user_id, 'create', u.v::jsonb, now() FROM UNNEST($1::uuid[], $2::text[], $3::text[]) AS u(id, user_id, v)",
+            )
+            .bind(ids)
+            .bind(users)
+            .bind(values)
+            .execute(&mut *tx)
+            .await?;
+            let changes: Vec<_> = created
+                .iter()
+                .map(|m| (Some(m.id), m.user_id.clone(), ChangeOp::Upsert))
+                .collect();
+            record_changes(&mut tx, &changes).await?;
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn get(&self, user_id: &str, id: Uuid) -> Result<Option<Memory>> {
+        let sql = format!(
+            "SELECT {COLS} FROM memories m WHERE m.id = $1 AND m.user_id = $2 AND (m.expires_at IS NULL OR m.expires_at > now())"
+        );
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .bind(user_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(decode).transpose()
+    }
+
+    async fn update(&self, user_id: &str, id: Uuid, patch: Patch) -> Result<Option<Memory>> {
+        let at = now();
+        let mut tx = self.pool.begin().await?;
+        let sql = format!(
+            "SELECT {COLS} FROM memories m WHERE m.id = $1 AND m.user_id = $2 \
+             AND (m.expires_at IS NULL OR m.expires_at > now()) FOR UPDATE"
+        );
+        let Some(row) = sqlx::query(&sql)
+            .bind(id)
+            .bind(user_id)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let old = decode(&row)?;
+        let new = apply_patch(&old, &patch, at);
+        let mut qb = QueryBuilder::<Postgres>::new("UPDATE memories SET updated_at = ");
+        qb.push_bind(at);
+        if let (Some(c), Some(h)) = (&patch.content, &patch.content_hash) {
+            qb.push(", content = ").push_bind(c.clone());
+            qb.push(", content_hash = ").push_bind(h.clone());
+            qb.push(", dedupe_key = NULL");
+            qb.push(", embedding = ")
+                .push_bind(patch.embedding.as_ref().map(|e| vector_to_bytes(&e.vector)));
+            qb.push(", embedding_model = ")
+                .push_bind(patch.embedding.as_ref().map(|e| e.model.clone()));
+        }
+        if patch.tags.is_some() {
+            qb.push(", tags = ").push_bind(new.tags.clone());
+        }
+        if patch.metadata.is_some() {
+            qb.push(", metadata = ")
+                .push_bind(Json(new.metadata.clone()));
+        }
+        if patch.expires_at.is_some() {
+            qb.push(", expires_at = ").push_bind(new.expires_at);
+        }
+        qb.push(" WHERE id = ").push_bind(id);
+        qb.push(" AND user_id = ").push_bind(user_id.to_string());
+        qb.build().execute(&mut *tx).await?;
+        record_history(&mut tx, &new, "update", Some(&old), Some(&new)).await?;
+        record_changes(
+            &mut tx,
+            &[(Some(id), user_id.to_string(), ChangeOp::Upsert)],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some(new))
+    }
+
+    async fn delete(&self, user_id: &str, id: Uuid) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let sql = format!(
+            "DELETE FROM memories m WHERE m.id = $1 AND m.user_id = $2 \
+             AND (m.expires_at IS NULL OR m.expires_at > now()) RETURNING {COLS}"
+        );
+        let Some(row) = sqlx::query(&sql)
+            .bind(id)
+            .bind(user_id)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Ok(false);
+        };
+        let old = decode(&row)?;
+        record_history(&mut tx, &old, "delete", Some(&old), None).await?;
+        record_changes(
+            &mut tx,
+            &[(Some(id), user_id.to_string(), ChangeOp::Delete)],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn delete_user(&self, user_id: &str) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        let n = sqlx::query("DELETE FROM memories WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query("DELETE FROM memory_history WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        record_changes(
+            &mut tx,
+            &[(None, user_id.to_string(), ChangeOp::DeleteUser)],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    async fn list(&self, q: &ListQuery) -> Result<Page> {
+        let mut qb = QueryBuilder::<Postgres>::new(format!("SELECT {COLS} FROM memories m WHERE"));
+        push_filter(&mut qb, &q.filter, now());
+        if let Some(c) = q.cursor {
+            let t = from_micros(c.created_us)?;
+            qb.push(" AND (m.created_at < ").push_bind(t);
+            qb.push(" OR (m.created_at = ").push_bind(t);
+            qb.push(" AND m.id < ").push_bind(c.id).push("))");
+        }
+        qb.push(" ORDER BY m.created_at DESC, m.id DESC LIMIT ")
+            .push_bind(i64::try_from(q.limit + 1).unwrap_or(i64::MAX));
+        let rows = qb.build().fetch_all(&self.pool).await?;
+        let mut memories = rows.iter().map(decode).collect::<Result<Vec<_>>>()?;
+        let next_cursor = if memories.len() > q.limit {
+            memories.truncate(q.limit);
+            memories.last().map(|m| Cursor::after(m).encode())
+        } else {
+            None
+        };
+        Ok(Page {
+            memories,
+            next_cursor,
+        })
+    }
+
+    async fn keyword(
+        &self,
+        filter: &Filter,
+        terms: &[String],
+        limit: usize,
+    ) -> Result<Vec<(Memory, f32)>> {
+        if terms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let words: Vec<String> = terms
+            .iter()
+            .map(|t| format!("'{}'", t.replace('\'', "''").replace('\\', "\\\\")))
+            .collect();
+        let tsq = words.join(" | ");
+        let mut qb = QueryBuilder::<Postgres>::new(format!(
+            "SELECT {COLS}, ts_rank(m.tsv, q.q) AS rank FROM memories m, to_tsquery('simple'::regconfig, "
+        ));
+        qb.push_bind(tsq).push(") AS q(q) WHERE m.tsv @@ q.q AND");
+        push_filter(&mut qb, filter, now());
+        qb.push(" ORDER BY rank DESC, m.id DESC LIMIT ")
+            .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
+        let rows = qb.build().fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                let rank: f32 = r.try_get("rank")?;
+                Ok((decode(r)?, rank))
+            })
+            .collect()
+    }
+
+    async fn fetch(&self, filter: &Filter, ids: &[Uuid]) -> Result<Vec<Memory>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(MAX_IN_LIST) {
+            let mut qb = QueryBuilder::<Postgres>::new(format!(
+                "SELECT {COLS} FROM memories m WHERE m.id = ANY("
+            ));
+            qb.push_bind(chunk.to_vec()).push(") AND");
+            push_filter(&mut qb, filter, now());
+            for r in qb.build().fetch_all(&self.pool).await? {
+                out.push(decode(&r)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn history(&self, user_id: &str, id: Uuid) -> Result<Option<Vec<HistoryEntry>>> {
+        if self.get(user_id, id).await?.is_none() {
+            return Ok(None);
+        }
+        let rows = sqlx::query(
+            "SELECT op, old_value, new_value, at FROM memory_history WHERE memory_id = $1 AND user_id = $2 ORDER BY hid",
+        )
+        .bind(id)
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let old: Option<Json<serde_json::Value>> = r.try_get("old_value")?;
+                let new: Option<Json<serde_json::Value>> = r.try_get("new_value")?;
+                Ok(HistoryEntry {
+                    operation: r.try_get("op")?,
+                    old_value: old.map(|j| j.0),
+                    new_value: new.map(|j| j.0),
+                    at: r.try_get("at")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
+    async fn changes_after(&self, seq: i64, limit: usize) -> Result<Vec<Change>> {
+        let rows =
+            sqlx::query("SELECT seq, memory_id, user_id, op FROM memory_changes WHERE seq > $1 ORDER BY seq LIMIT $2")
+                .bind(seq)
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                let op: String = r.try_get("op")?;
+                Ok(Change {
+                    seq: r.try_get("seq")?,
+                    op: ChangeOp::parse(&op)?,
+                    memory_id: r.try_get("memory_id")?,
+                    user_id: r.try_get("user_id")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn last_change(&self) -> Result<i64> {
+        let v: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM memory_changes")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(v.unwrap_or(0))
+    }
+
+    async fn index_entries(&self, ids: &[Uuid]) -> Result<Vec<IndexEntry>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(MAX_IN_LIST) {
+            let rows = sqlx::query(
+                "SELECT id, user_id, agent_id, kind, tags, created_at, expires_at, embedding, embedding_model \
+                 FROM memories WHERE id = ANY($1)",
+            )
+            .bind(chunk.to_vec())
+            .fetch_all(&self.pool)
+            .await?;
+            for r in &rows {
+                out.extend(decode_entry(r)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn scan_index_entries(
+        &self,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<IndexEntry>> {
+        let rows = sqlx::query(
+            "SELECT id, user_id, agent_id, kind, tags, created_at, expires_at, embedding, embedding_model \
+             FROM memories WHERE id > $1 AND embedding IS NOT NULL ORDER BY id LIMIT $2",
+        )
+        .bind(after.unwrap_or(Uuid::nil()))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            out.extend(decode_entry(r)?);
+        }
+        Ok(out)
+    }
+
+    async fn count(&self) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM memories")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+}

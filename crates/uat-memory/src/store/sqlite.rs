@@ -1,0 +1,673 @@
+//! SQLite store: one file in WAL mode, FTS5 for keyword search.
+//!
+//! Writes go through a single-connection pool (SQLite has one writer anyway)
+//! and start with `BEGIN IMMEDIATE`, so a transaction never fails half-way on
+//! a lock upgrade; reads use their own pool.
+
+use super::{MAX_IN_LIST, Store, apply_patch, history_json};
+use crate::error::{MemoryError, Result};
+use crate::types::{
+    Change, ChangeOp, Cursor, Embedding, Filter, HistoryEntry, IndexEntry, ListQuery, Memory,
+    NewRow, Page, Patch, TagMode, WriteOutcome, bytes_to_vector, from_micros, now, to_micros,
+    vector_to_bytes,
+};
+use sha2::Digest;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use std::str::FromStr;
+use std::time::Duration;
+use uuid::Uuid;
+
+const COLS: &str = "m.id, m.user_id, m.agent_id, m.run_id, m.kind, m.content, m.tags, m.metadata, m.created_at, m.updated_at, m.expires_at";
+
+const MIGRATIONS: &[(i64, &[&str])] = &[(
+    1,
+    &[
+        "CREATE TABLE memories (
+            id TEXT NOT NULL UNIQUE,
+            user_id TEXT NOT NULL,
+            user_key TEXT NOT NULL,
+            agent_id TEXT,
+            run_id TEXT,
+            kind TEXT,
+            content TEXT NOT NULL,
+            content_hash TEXT NOT NULL,
+            dedupe_key TEXT,
+            tags TEXT NOT NULL,
+            metadata TEXT NOT NULL,
+            created_at INTEGER NOT NULL,
+            updated_at INTEGER NOT NULL,
+            expires_at INTEGER,
+            embedding BLOB,
+            embedding_model TEXT
+        )",
+        "CREATE INDEX memories_user_created_idx ON memories (user_id, created_at DESC, id DESC)",
+        "CREATE INDEX memories_user_hash_idx ON memories (user_id, content_hash)",
+        "CREATE UNIQUE INDEX memories_dedupe_idx ON memories (user_id, dedupe_key)",
+        "CREATE VIRTUAL TABLE memories_fts USING fts5(content, user_key, content='memories', content_rowid='rowid', tokenize='unicode61')",
+        "CREATE TRIGGER memories_fts_ai AFTER INSERT ON memories BEGIN
+            INSERT INTO memories_fts(rowid, content, user_key) VALUES (new.rowid, new.content, new.user_key);
+         END",
+        "CREATE TRIGGER memories_fts_ad AFTER DELETE ON memories BEGIN
+            INSERT INTO memories_fts(memories_fts, rowid, content, user_key) VALUES ('delete', old.rowid, old.content, old.user_key);
+         END",
+        "CREATE TRIGGER memories_fts_au AFTER UPDATE OF content ON memories BEGIN
+            INSERT INTO memories_fts(memories_fts, rowid, content, user_key) VALUES ('delete', old.rowid, old.content, old.user_key);
+            INSERT INTO memories_fts(rowid, content, user_key) VALUES (new.rowid, new.content, new.user_key);
+         END",
+        "CREATE TABLE memory_history (
+            hid INTEGER PRIMARY KEY AUTOINCREMENT,
+            memory_id TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            op TEXT NOT NULL,
+            old_value TEXT,
+            new_value TEXT,
+            at INTEGER NOT NULL
+        )",
+        "CREATE INDEX memory_history_memory_idx ON memory_history (memory_id, hid)",
+        "CREATE INDEX memory_history_user_idx ON memory_history (user_id)",
+        "CREATE TABLE memory_changes (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            memory_id TEXT,
+            user_id TEXT NOT NULL,
+            op TEXT NOT NULL,
+            at INTEGER NOT NULL
+        )",
+    ],
+)];
+
+/// The SQLite implementation of [`Store`].
+pub struct SqliteStore {
+    read: SqlitePool,
+    write: SqlitePool,
+}
+
+/// The FTS token standing for a user: a hash, so any user id is one token.
+pub(crate) fn user_key(user_id: &str) -> String {
+    let h = sha2::Sha256::digest(user_id.as_bytes());
+    format!("u{}", hex::encode(&h[..12]))
+}
+
+impl SqliteStore {
+    /// Opens (creating when missing) and migrates the database at `url`.
+    pub async fn open(url: &str, max_connections: u32) -> Result<Self> {
+        let opts = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .pragma("cache_size", "-65536");
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts.clone())
+            .await?;
+        migrate(&write).await?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .connect_with(opts.read_only(false))
+            .await?;
+        Ok(SqliteStore { read, write })
+    }
+
+    /// The read pool (for benchmarks and diagnostics).
+    pub fn pool(&self) -> &SqlitePool {
+        &self.read
+    }
+}
+
+async fn migrate(pool: &SqlitePool) -> Result<()> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS memory_schema_migrations (version INTEGER PRIMARY KEY, at INTEGER NOT NULL)",
+    )
+    .execute(&mut *tx)
+    .await?;
+    let done: Vec<i64> = sqlx::query_scalar("SELECT version FROM memory_schema_migrations")
+        .fetch_all(&mut *tx)
+        .await?;
+    for (version, stmts) in MIGRATIONS {
+        if done.contains(version) {
+            continue;
+        }
+        for s in *stmts {
+            sqlx::query(s).execute(&mut *tx).await?;
+        }
+        sqlx::query("INSERT INTO memory_schema_migrations (version, at) VALUES (?, ?)")
+            .bind(version)
+            .bind(to_micros(now()))
+            .execute(&mut *tx)
+            .await?;
+        tracing::info!(version, "memory: applied SQLite migration");
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+fn corrupt(e: impl std::fmt::Display) -> MemoryError {
+    MemoryError::Corrupt(e.to_string())
+}
+
+fn decode(row: &SqliteRow) -> Result<Memory> {
+    let id: String = row.try_get("id")?;
+    let tags: String = row.try_get("tags")?;
+    let metadata: String = row.try_get("metadata")?;
+    let expires: Option<i64> = row.try_get("expires_at")?;
+    Ok(Memory {
+        id: Uuid::parse_str(&id).map_err(corrupt)?,
+        user_id: row.try_get("user_id")?,
+        agent_id: row.try_get("agent_id")?,
+        run_id: row.try_get("run_id")?,
+        kind: row.try_get("kind")?,
+        content: row.try_get("content")?,
+        tags: serde_json::from_str(&tags).map_err(corrupt)?,
+        metadata: serde_json::from_str(&metadata).map_err(corrupt)?,
+        created_at: from_micros(row.try_get("created_at")?)?,
+        updated_at: from_micros(row.try_get("updated_at")?)?,
+        expires_at: expires.map(from_micros).transpose()?,
+    })
+}
+
+fn decode_entry(row: &SqliteRow) -> Result<Option<IndexEntry>> {
+    let blob: Option<Vec<u8>> = row.try_get("embedding")?;
+    let model: Option<String> = row.try_get("embedding_model")?;
+    let (Some(blob), Some(model)) = (blob, model) else {
+        return Ok(None);
+    };
+    let id: String = row.try_get("id")?;
+    let tags: String = row.try_get("tags")?;
+    Ok(Some(IndexEntry {
+        id: Uuid::parse_str(&id).map_err(corrupt)?,
+        user_id: row.try_get("user_id")?,
+        agent_id: row.try_get("agent_id")?,
+        kind: row.try_get("kind")?,
+        tags: serde_json::from_str(&tags).map_err(corrupt)?,
+        created_us: row.try_get("created_at")?,
+        expires_us: row.try_get("expires_at")?,
+        embedding: Embedding {
+            model,
+            vector: bytes_to_vector(&blob)?,
+        },
+    }))
+}
+
+fn json_text(v: &impl serde::Serialize) -> Result<String> {
+    serde_json::to_string(v).map_err(corrupt)
+}
+
+/// `$."key"`: a JSON path naming one top-level key.
+fn json_path(key: &str) -> String {
+    format!("$.\"{}\"", key.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// Appends ` AND ...` for every condition of `f` (user, live, filters).
+fn push_filter(qb: &mut QueryBuilder<'_, Sqlite>, f: &Filter, now_us: i64) {
+    qb.push(" m.user_id = ").push_bind(f.user_id.clone());
+    qb.push(" AND (m.expires_at IS NULL OR m.expires_at > ")
+        .push_bind(now_us)
+        .push(")");
+    if let Some(a) = &f.agent_id {
+        qb.push(" AND m.agent_id = ").push_bind(a.clone());
+    }
+    if let Some(k) = &f.kind {
+        qb.push(" AND m.kind = ").push_bind(k.clone());
+    }
+    if let Some(s) = f.since {
+        qb.push(" AND m.created_at >= ").push_bind(to_micros(s));
+    }
+    if let Some(u) = f.until {
+        qb.push(" AND m.created_at <= ").push_bind(to_micros(u));
+    }
+    if !f.tags.is_empty() {
+        match f.tag_mode {
+            TagMode::Any => qb.push(" AND EXISTS (SELECT 1 FROM json_each(m.tags) WHERE json_each.value IN ("),
+            TagMode::All => qb
+                .push(" AND (SELECT COUNT(DISTINCT json_each.value) FROM json_each(m.tags) WHERE json_each.value IN ("),
+        };
+        let mut sep = qb.separated(", ");
+        for t in &f.tags {
+            sep.push_bind(t.clone());
+        }
+        match f.tag_mode {
+            TagMode::Any => qb.push("))"),
+            TagMode::All => qb
+                .push(")) = ")
+                .push_bind(i64::try_from(f.tags.len()).unwrap_or(i64::MAX)),
+        };
+    }
+    for (k, v) in &f.metadata {
+        qb.push(" AND (m.metadata -> ")
+            .push_bind(json_path(k))
+            .push(") = ");
+        qb.push_bind(serde_json::to_string(v).unwrap_or_default());
+    }
+}
+
+async fn record_history(
+    tx: &mut sqlx::SqliteConnection,
+    m: &Memory,
+    op: &str,
+    old: Option<&Memory>,
+    new: Option<&Memory>,
+    at: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO memory_history (memory_id, user_id, op, old_value, new_value, at) VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(m.id.to_string())
+    .bind(&m.user_id)
+    .bind(op)
+    .bind(old.map(history_json).transpose()?)
+    .bind(new.map(history_json).transpose()?)
+    .bind(at)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+async fn record_change(
+    tx: &mut sqlx::SqliteConnection,
+    id: Option<Uuid>,
+    user_id: &str,
+    op: ChangeOp,
+    at: i64,
+) -> Result<()> {
+    sqlx::query("INSERT INTO memory_changes (memory_id, user_id, op, at) VALUES (?, ?, ?, ?)")
+        .bind(id.map(|i| i.to_string()))
+        .bind(user_id)
+        .bind(op.as_str())
+        .bind(at)
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
+async fn find_live_duplicate(
+    tx: &mut sqlx::SqliteConnection,
+    m: &Memory,
+    hash: &str,
+    now_us: i64,
+) -> Result<Option<Memory>> {
+    let sql = format!(
+        "SELECT {COLS} FROM memories m WHERE m.user_id = ? AND m.content_hash = ? \
+         AND (m.expires_at IS NULL OR m.expires_at > ?) ORDER BY m.created_at, m.id LIMIT 1"
+    );
+    let row = sqlx::query(&sql)
+        .bind(&m.user_id)
+        .bind(hash)
+        .bind(now_us)
+        .fetch_optional(tx)
+        .await?;
+    row.as_ref().map(decode).transpose()
+}
+
+async fn insert_row(tx: &mut sqlx::SqliteConnection, r: &NewRow) -> Result<bool> {
+    let m = &r.memory;
+    let res = sqlx::query(
+        "INSERT INTO memories (id, user_id, user_key, agent_id, run_id, kind, content, content_hash, dedupe_key, \
+         tags, metadata, created_at, updated_at, expires_at, embedding, embedding_model) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (user_id, dedupe_key) DO NOTHING",
+    )
+    .bind(m.id.to_string())
+    .bind(&m.user_id)
+    .bind(user_key(&m.user_id))
+    .bind(&m.agent_id)
+    .bind(&m.run_id)
+    .bind(&m.kind)
+    .bind(&m.content)
+    .bind(&r.content_hash)
+    .bind(r.dedupe.then_some(&r.content_hash))
+    .bind(json_text(&m.tags)?)
+    .bind(json_text(&m.metadata)?)
+    .bind(to_micros(m.created_at))
+    .bind(to_micros(m.updated_at))
+    .bind(m.expires_at.map(to_micros))
+    .bind(r.embedding.as_ref().map(|e| vector_to_bytes(&e.vector)))
+    .bind(r.embedding.as_ref().map(|e| e.model.clone()))
+    .execute(&mut *tx)
+    .await?;
+    Ok(res.rows_affected() == 1)
+}
+
+impl Store for SqliteStore {
+    async fn insert(&self, rows: Vec<NewRow>) -> Result<Vec<WriteOutcome>> {
+        let now_us = to_micros(now());
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            if r.dedupe
+                && let Some(existing) =
+                    find_live_duplicate(&mut tx, &r.memory, &r.content_hash, now_us).await?
+            {
+                out.push(WriteOutcome {
+                    memory: existing,
+                    deduplicated: true,
+                });
+                continue;
+            }
+            if !insert_row(&mut tx, r).await? {
+                // The dedupe key is held by an expired memory: release it.
+                sqlx::query(
+                    "UPDATE memories SET dedupe_key = NULL WHERE user_id = ? AND dedupe_key = ?",
+                )
+                .bind(&r.memory.user_id)
+                .bind(&r.content_hash)
+                .execute(&mut *tx)
+                .await?;
+                if !insert_row(&mut tx, r).await? {
+                    return Err(MemoryError::Corrupt(
+                        "dedupe key still taken after release".into(),
+                    ));
+                }
+            }
+            record_history(&mut tx, &r.memory, "create", None, Some(&r.memory), now_us).await?;
+            record_change(
+                &mut tx,
+                Some(r.memory.id),
+                &r.memory.user_id,
+                ChangeOp::Upsert,
+                now_us,
+            )
+            .await?;
+            out.push(WriteOutcome {
+                memory: r.memory.clone(),
+                deduplicated: false,
+            });
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn get(&self, user_id: &str, id: Uuid) -> Result<Option<Memory>> {
+        let sql = format!(
+            "SELECT {COLS} FROM memories m WHERE m.id = ? AND m.user_id = ? AND (m.expires_at IS NULL OR m.expires_at > ?)"
+        );
+        let row = sqlx::query(&sql)
+            .bind(id.to_string())
+            .bind(user_id)
+            .bind(to_micros(now()))
+            .fetch_optional(&self.read)
+            .await?;
+        row.as_ref().map(decode).transpose()
+    }
+
+    async fn update(&self, user_id: &str, id: Uuid, patch: Patch) -> Result<Option<Memory>> {
+        let at = now();
+        let now_us = to_micros(at);
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+        let sql = format!(
+            "SELECT {COLS} FROM memories m WHERE m.id = ? AND m.user_id = ? AND (m.expires_at IS NULL OR m.expires_at > ?)"
+        );
+        let Some(row) = sqlx::query(&sql)
+            .bind(id.to_string())
+            .bind(user_id)
+            .bind(now_us)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let old = decode(&row)?;
+        let new = apply_patch(&old, &patch, at);
+        let mut qb = QueryBuilder::<Sqlite>::new("UPDATE memories SET updated_at = ");
+        qb.push_bind(now_us);
+        if let (Some(c), Some(h)) = (&patch.content, &patch.content_hash) {
+            qb.push(", content = ").push_bind(c.clone());
+            qb.push(", content_hash = ").push_bind(h.clone());
+            qb.push(", dedupe_key = NULL");
+            qb.push(", embedding = ")
+                .push_bind(patch.embedding.as_ref().map(|e| vector_to_bytes(&e.vector)));
+            qb.push(", embedding_model = ")
+                .push_bind(patch.embedding.as_ref().map(|e| e.model.clone()));
+        }
+        if patch.tags.is_some() {
+            qb.push(", tags = ").push_bind(json_text(&new.tags)?);
+        }
+        if patch.metadata.is_some() {
+            qb.push(", metadata = ")
+                .push_bind(json_text(&new.metadata)?);
+        }
+        if patch.expires_at.is_some() {
+            qb.push(", expires_at = ")
+                .push_bind(new.expires_at.map(to_micros));
+        }
+        qb.push(" WHERE id = ").push_bind(id.to_string());
+        qb.push(" AND user_id = ").push_bind(user_id.to_string());
+        qb.build().execute(&mut *tx).await?;
+        record_history(&mut tx, &new, "update", Some(&old), Some(&new), now_us).await?;
+        record_change(&mut tx, Some(id), user_id, ChangeOp::Upsert, now_us).await?;
+        tx.commit().await?;
+        Ok(Some(new))
+    }
+
+    async fn delete(&self, user_id: &str, id: Uuid) -> Result<bool> {
+        let now_us = to_micros(now());
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+        let sql = format!(
+            "SELECT {COLS} FROM memories m WHERE m.id = ? AND m.user_id = ? AND (m.expires_at IS NULL OR m.expires_at > ?)"
+        );
+        let Some(row) = sqlx::query(&sql)
+            .bind(id.to_string())
+            .bind(user_id)
+            .bind(now_us)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Ok(false);
+        };
+        let old = decode(&row)?;
+        sqlx::query("DELETE FROM memories WHERE id = ? AND user_id = ?")
+            .bind(id.to_string())
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        record_history(&mut tx, &old, "delete", Some(&old), None, now_us).await?;
+        record_change(&mut tx, Some(id), user_id, ChangeOp::Delete, now_us).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn delete_user(&self, user_id: &str) -> Result<u64> {
+        let now_us = to_micros(now());
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+        let n = sqlx::query("DELETE FROM memories WHERE user_id = ?")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query("DELETE FROM memory_history WHERE user_id = ?")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        record_change(&mut tx, None, user_id, ChangeOp::DeleteUser, now_us).await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    async fn list(&self, q: &ListQuery) -> Result<Page> {
+        let mut qb = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {COLS} FROM memories m INDEXED BY memories_user_created_idx WHERE"
+        ));
+        push_filter(&mut qb, &q.filter, to_micros(now()));
+        if let Some(c) = q.cursor {
+            qb.push(" AND (m.created_at < ").push_bind(c.created_us);
+            qb.push(" OR (m.created_at = ").push_bind(c.created_us);
+            qb.push(" AND m.id < ")
+                .push_bind(c.id.to_string())
+                .push("))");
+        }
+        qb.push(" ORDER BY m.created_at DESC, m.id DESC LIMIT ")
+            .push_bind(i64::try_from(q.limit + 1).unwrap_or(i64::MAX));
+        let rows = qb.build().fetch_all(&self.read).await?;
+        let mut memories = rows.iter().map(decode).collect::<Result<Vec<_>>>()?;
+        let next_cursor = if memories.len() > q.limit {
+            memories.truncate(q.limit);
+            memories.last().map(|m| Cursor::after(m).encode())
+        } else {
+            None
+        };
+        Ok(Page {
+            memories,
+            next_cursor,
+        })
+    }
+
+    async fn keyword(
+        &self,
+        filter: &Filter,
+        terms: &[String],
+        limit: usize,
+    ) -> Result<Vec<(Memory, f32)>> {
+        if terms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let words: Vec<String> = terms
+            .iter()
+            .map(|t| format!("\"{}\"", t.replace('"', "\"\"")))
+            .collect();
+        let expr = format!(
+            "user_key : {} AND content : ({})",
+            user_key(&filter.user_id),
+            words.join(" OR ")
+        );
+        let mut qb = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {COLS}, bm25(memories_fts, 1.0, 0.0) AS rank FROM memories_fts \
+             JOIN memories m ON m.rowid = memories_fts.rowid WHERE memories_fts MATCH "
+        ));
+        qb.push_bind(expr).push(" AND");
+        push_filter(&mut qb, filter, to_micros(now()));
+        qb.push(" ORDER BY rank LIMIT ")
+            .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
+        let rows = qb.build().fetch_all(&self.read).await?;
+        rows.iter()
+            .map(|r| {
+                let rank: f64 = r.try_get("rank")?;
+                Ok((decode(r)?, (-rank) as f32))
+            })
+            .collect()
+    }
+
+    async fn fetch(&self, filter: &Filter, ids: &[Uuid]) -> Result<Vec<Memory>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(MAX_IN_LIST) {
+            let mut qb = QueryBuilder::<Sqlite>::new(format!(
+                "SELECT {COLS} FROM memories m WHERE m.id IN ("
+            ));
+            let mut sep = qb.separated(", ");
+            for id in chunk {
+                sep.push_bind(id.to_string());
+            }
+            qb.push(") AND");
+            push_filter(&mut qb, filter, to_micros(now()));
+            for r in qb.build().fetch_all(&self.read).await? {
+                out.push(decode(&r)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn history(&self, user_id: &str, id: Uuid) -> Result<Option<Vec<HistoryEntry>>> {
+        if self.get(user_id, id).await?.is_none() {
+            return Ok(None);
+        }
+        let rows = sqlx::query(
+            "SELECT op, old_value, new_value, at FROM memory_history WHERE memory_id = ? AND user_id = ? ORDER BY hid",
+        )
+        .bind(id.to_string())
+        .bind(user_id)
+        .fetch_all(&self.read)
+        .await?;
+        let parse = |s: Option<String>| -> Result<Option<serde_json::Value>> {
+            s.map(|s| serde_json::from_str(&s).map_err(corrupt))
+                .transpose()
+        };
+        rows.iter()
+            .map(|r| {
+                Ok(HistoryEntry {
+                    operation: r.try_get("op")?,
+                    old_value: parse(r.try_get("old_value")?)?,
+                    new_value: parse(r.try_get("new_value")?)?,
+                    at: from_micros(r.try_get("at")?)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
+    async fn changes_after(&self, seq: i64, limit: usize) -> Result<Vec<Change>> {
+        let rows =
+            sqlx::query("SELECT seq, memory_id, user_id, op FROM memory_changes WHERE seq > ? ORDER BY seq LIMIT ?")
+                .bind(seq)
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(&self.read)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                let id: Option<String> = r.try_get("memory_id")?;
+                let op: String = r.try_get("op")?;
+                Ok(Change {
+                    seq: r.try_get("seq")?,
+                    op: ChangeOp::parse(&op)?,
+                    memory_id: id
+                        .map(|s| Uuid::parse_str(&s).map_err(corrupt))
+                        .transpose()?,
+                    user_id: r.try_get("user_id")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn last_change(&self) -> Result<i64> {
+        let v: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM memory_changes")
+            .fetch_one(&self.read)
+            .await?;
+        Ok(v.unwrap_or(0))
+    }
+
+    async fn index_entries(&self, ids: &[Uuid]) -> Result<Vec<IndexEntry>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(MAX_IN_LIST) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "SELECT id, user_id, agent_id, kind, tags, created_at, expires_at, embedding, embedding_model \
+                 FROM memories WHERE id IN (",
+            );
+            let mut sep = qb.separated(", ");
+            for id in chunk {
+                sep.push_bind(id.to_string());
+            }
+            qb.push(")");
+            for r in qb.build().fetch_all(&self.read).await? {
+                out.extend(decode_entry(&r)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn scan_index_entries(
+        &self,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<IndexEntry>> {
+        let rows = sqlx::query(
+            "SELECT id, user_id, agent_id, kind, tags, created_at, expires_at, embedding, embedding_model \
+             FROM memories WHERE id > ? AND embedding IS NOT NULL ORDER BY id LIMIT ?",
+        )
+        .bind(after.map(|a| a.to_string()).unwrap_or_default())
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.read)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            out.extend(decode_entry(r)?);
+        }
+        Ok(out)
+    }
+
+    async fn count(&self) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM memories")
+            .fetch_one(&self.read)
+            .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+}

@@ -1,0 +1,212 @@
+//! Harness: a fresh store (SQLite file or PostgreSQL schema) and a fake,
+//! deterministic embedder with real semantic structure.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use uat_memory::{AnyStore, BoxFuture, Embedder, Limits, Memories, Options, PgStore, SqliteStore};
+
+/// Concepts the fake model knows; synonyms share a dimension, as they would
+/// lie close together in a real sentence model. Words it does not know (names,
+/// codes, order numbers) contribute nothing, as rare codes carry little
+/// meaning in a real model either.
+const CONCEPTS: &[&[&str]] = &[
+    &[
+        "car",
+        "cars",
+        "automobile",
+        "automobiles",
+        "vehicle",
+        "vehicles",
+        "drive",
+        "drives",
+        "driving",
+        "sedan",
+    ],
+    &[
+        "like",
+        "likes",
+        "prefer",
+        "prefers",
+        "enjoy",
+        "enjoys",
+        "love",
+        "loves",
+        "favourite",
+        "favorite",
+    ],
+    &["bicycle", "bicycles", "bike", "bikes", "cycling"],
+    &[
+        "food", "pasta", "pizza", "eat", "eats", "meal", "dinner", "lunch",
+    ],
+    &[
+        "order",
+        "orders",
+        "purchase",
+        "purchased",
+        "shipped",
+        "shipping",
+        "delivery",
+        "package",
+    ],
+    &["dog", "dogs", "puppy", "cat", "cats", "pet", "pets", "sofa"],
+    &["office", "work", "job", "commute", "employer"],
+    &["music", "song", "songs", "guitar", "jazz"],
+    &["weather", "rain", "sunny", "snow", "forecast"],
+];
+
+/// Dimension of the fake model.
+pub const DIM: usize = 16;
+
+/// A bag-of-concepts embedder. Counts its calls.
+pub struct FakeEmbedder {
+    pub calls: AtomicUsize,
+}
+
+impl FakeEmbedder {
+    pub fn vector(text: &str) -> Vec<f32> {
+        let mut v = vec![0.0f32; DIM];
+        v[0] = 0.1;
+        for w in text.split(|c: char| !c.is_alphanumeric()) {
+            let w = w.to_lowercase();
+            if let Some(i) = CONCEPTS.iter().position(|c| c.contains(&w.as_str())) {
+                v[i + 1] += 1.0;
+            }
+        }
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.iter_mut().for_each(|x| *x /= n);
+        v
+    }
+}
+
+impl Embedder for FakeEmbedder {
+    fn model(&self) -> &str {
+        "fake-concepts"
+    }
+    fn dimension(&self) -> usize {
+        DIM
+    }
+    fn embed<'a>(
+        &'a self,
+        texts: &'a [String],
+    ) -> BoxFuture<'a, uat_memory::Result<Vec<Vec<f32>>>> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        Box::pin(async move { Ok(texts.iter().map(|t| Self::vector(t)).collect()) })
+    }
+}
+
+pub fn pg_url() -> String {
+    std::env::var("UAT_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// True in CI, where an unreachable PostgreSQL is a failure, not a skip.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+pub enum Backend {
+    Sqlite { url: String },
+    Postgres { url: String, schema: String },
+}
+
+pub struct Harness {
+    pub svc: Memories,
+    pub embedder: Arc<FakeEmbedder>,
+    pub backend: Backend,
+    pub dir: tempfile::TempDir,
+}
+
+pub fn options(index_dir: PathBuf) -> Options {
+    Options {
+        limits: Limits::default(),
+        index_dir: Some(index_dir),
+        tail_interval: Duration::from_millis(50),
+    }
+}
+
+impl Harness {
+    pub async fn sqlite() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("uat.db").display());
+        let store = AnyStore::Sqlite(SqliteStore::open(&url, 4).await.unwrap());
+        Self::finish(store, dir, Backend::Sqlite { url }).await
+    }
+
+    /// `None` (loudly) when PostgreSQL is unreachable outside CI.
+    pub async fn postgres() -> Option<Harness> {
+        let url = pg_url();
+        let schema = format!("memtest_{}", uuid::Uuid::new_v4().simple());
+        let store = match PgStore::open_in_schema(&url, 8, &schema).await {
+            Ok(s) => s,
+            Err(e) if !in_ci() => {
+                eprintln!(
+                    "SKIPPED: PostgreSQL at {url} is unreachable ({e}); set CI=true to make this a failure"
+                );
+                return None;
+            }
+            Err(e) => panic!("PostgreSQL at {url} is unreachable in CI: {e}"),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        Some(
+            Self::finish(
+                AnyStore::Postgres(store),
+                dir,
+                Backend::Postgres { url, schema },
+            )
+            .await,
+        )
+    }
+
+    async fn finish(store: AnyStore, dir: tempfile::TempDir, backend: Backend) -> Harness {
+        let embedder = Arc::new(FakeEmbedder {
+            calls: AtomicUsize::new(0),
+        });
+        let index_dir = dir.path().join("index");
+        let svc = Memories::open(
+            store,
+            Some(embedder.clone() as Arc<dyn Embedder>),
+            options(index_dir),
+        )
+        .await
+        .unwrap();
+        Harness {
+            svc,
+            embedder,
+            backend,
+            dir,
+        }
+    }
+
+    /// A second service on the same database (another replica), with its own index folder.
+    pub async fn replica(&self, name: &str) -> Memories {
+        let store = match &self.backend {
+            Backend::Sqlite { url } => AnyStore::Sqlite(SqliteStore::open(url, 4).await.unwrap()),
+            Backend::Postgres { url, schema } => {
+                AnyStore::Postgres(PgStore::open_in_schema(url, 8, schema).await.unwrap())
+            }
+        };
+        let e = Arc::new(FakeEmbedder {
+            calls: AtomicUsize::new(0),
+        });
+        Memories::open(
+            store,
+            Some(e as Arc<dyn Embedder>),
+            options(self.dir.path().join(name)),
+        )
+        .await
+        .unwrap()
+    }
+
+    pub async fn cleanup(self) {
+        if let Backend::Postgres { url, schema } = &self.backend {
+            drop(self.svc);
+            if let Ok(pool) = sqlx::PgPool::connect(url).await {
+                let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                    .execute(&pool)
+                    .await;
+            }
+        }
+    }
+}

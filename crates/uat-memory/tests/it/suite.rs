@@ -1,0 +1,939 @@
+//! The behaviour suite, run against both stores (see `main.rs`).
+
+use crate::common::{FakeEmbedder, Harness};
+use serde_json::{Value, json};
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use uat_memory::{
+    ListParams, Memory, MemoryError, PatchInput, SearchInput, Store, WriteOutcome, WriteRequest,
+};
+use uuid::Uuid;
+
+async fn write(h: &Harness, body: Value) -> uat_memory::Result<Vec<WriteOutcome>> {
+    let req = WriteRequest::from_json(body, h.svc.limits())?;
+    h.svc.write(req).await
+}
+
+async fn put(h: &Harness, user: &str, content: &str) -> Memory {
+    let mut out = write(h, json!({"user_id": user, "content": content}))
+        .await
+        .unwrap();
+    out.remove(0).memory
+}
+
+async fn list(h: &Harness, params: Value) -> uat_memory::Result<uat_memory::Page> {
+    let p: ListParams = serde_json::from_value(params).unwrap();
+    let q = p.validate()?;
+    h.svc.list(&q).await
+}
+
+async fn search(h: &Harness, body: Value) -> uat_memory::Result<uat_memory::SearchResults> {
+    let s: SearchInput = serde_json::from_value(body).unwrap();
+    let q = s.validate(h.svc.limits())?;
+    h.svc.search(&q).await
+}
+
+async fn search_ids(h: &Harness, body: Value) -> Vec<Uuid> {
+    search(h, body)
+        .await
+        .unwrap()
+        .results
+        .iter()
+        .map(|r| r.memory.id)
+        .collect()
+}
+
+fn field(e: MemoryError) -> String {
+    match e {
+        MemoryError::Invalid { field, .. } => field,
+        other => panic!("expected an invalid-field error, got {other:?}"),
+    }
+}
+
+pub async fn crud_roundtrip(h: &Harness) {
+    let out = write(
+        h,
+        json!({"user_id": "u1", "agent_id": "a1", "run_id": "r1", "kind": "fact", "content": "Alice likes jazz",
+               "tags": ["music", "pref", "music"], "metadata": {"source": "chat", "n": 3}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.len(), 1);
+    assert!(!out[0].deduplicated);
+    let m = &out[0].memory;
+    assert_eq!(m.id.get_version_num(), 7, "ids are UUIDv7");
+    assert_eq!(m.tags, vec!["music", "pref"], "tags are a set");
+    let got = h.svc.get("u1", m.id).await.unwrap();
+    assert_eq!(&got, m);
+    assert_eq!(got.agent_id.as_deref(), Some("a1"));
+    assert_eq!(got.metadata["n"], json!(3));
+
+    let patch = PatchInput::from_json(
+        json!({"tags": ["x"], "metadata": {"k": true}}),
+        h.svc.limits(),
+    )
+    .unwrap();
+    let upd = h.svc.update("u1", m.id, patch).await.unwrap();
+    assert_eq!(upd.tags, vec!["x"]);
+    assert_eq!(upd.metadata["k"], json!(true));
+    assert_eq!(upd.content, m.content);
+    assert!(upd.updated_at >= m.updated_at);
+    assert_eq!(h.svc.get("u1", m.id).await.unwrap(), upd);
+
+    h.svc.delete("u1", m.id).await.unwrap();
+    assert!(matches!(
+        h.svc.get("u1", m.id).await,
+        Err(MemoryError::NotFound)
+    ));
+    assert!(matches!(
+        h.svc.delete("u1", m.id).await,
+        Err(MemoryError::NotFound)
+    ));
+    assert!(matches!(
+        h.svc.history("u1", m.id).await,
+        Err(MemoryError::NotFound)
+    ));
+    let page = list(h, json!({"user_id": "u1"})).await.unwrap();
+    assert!(page.memories.is_empty());
+}
+
+pub async fn patch_content_reembeds_and_keeps_history(h: &Harness) {
+    let m = put(h, "u1", "The weather forecast says rain").await;
+    let calls = h.embedder.calls.load(Ordering::Relaxed);
+    let p = PatchInput::from_json(
+        json!({"content": "Bob drives a sedan to the office", "expires_at": null}),
+        h.svc.limits(),
+    )
+    .unwrap();
+    let upd = h.svc.update("u1", m.id, p).await.unwrap();
+    assert_eq!(upd.content, "Bob drives a sedan to the office");
+    assert!(
+        h.embedder.calls.load(Ordering::Relaxed) > calls,
+        "content change re-embeds"
+    );
+    // The new content is what semantic search finds now.
+    let hits = search(
+        h,
+        json!({"user_id": "u1", "query": "automobile commute", "mode": "semantic", "top_k": 1}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(hits.results[0].memory.id, m.id);
+    assert!(
+        hits.results[0].score > 0.8,
+        "scored against the new embedding: {}",
+        hits.results[0].score
+    );
+    // Keyword index follows the content too.
+    assert!(
+        search_ids(
+            h,
+            json!({"user_id": "u1", "query": "rain", "mode": "keyword"})
+        )
+        .await
+        .is_empty()
+    );
+    assert_eq!(
+        search_ids(
+            h,
+            json!({"user_id": "u1", "query": "sedan", "mode": "keyword"})
+        )
+        .await,
+        vec![m.id]
+    );
+
+    let hist = h.svc.history("u1", m.id).await.unwrap();
+    let ops: Vec<&str> = hist.iter().map(|e| e.operation.as_str()).collect();
+    assert_eq!(ops, vec!["create", "update"]);
+    assert!(hist[0].old_value.is_none());
+    assert_eq!(
+        hist[0].new_value.as_ref().unwrap()["content"],
+        json!("The weather forecast says rain")
+    );
+    assert_eq!(
+        hist[1].old_value.as_ref().unwrap()["content"],
+        json!("The weather forecast says rain")
+    );
+    assert_eq!(
+        hist[1].new_value.as_ref().unwrap()["content"],
+        json!("Bob drives a sedan to the office")
+    );
+}
+
+pub async fn batch_is_all_or_nothing_and_names_the_item(h: &Harness) {
+    let body = json!({"memories": [
+        {"user_id": "u1", "content": "first"},
+        {"user_id": "u1", "content": "second"},
+        {"user_id": "u1", "content": "   "},
+        {"user_id": "u1", "content": "fourth"},
+    ]});
+    let e = write(h, body).await.unwrap_err();
+    assert_eq!(field(e), "memories[2].content");
+    let e = write(
+        h,
+        json!({"memories": [{"user_id": "u1", "content": "ok"}, {"content": "no user"}]}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(field(e), "memories[1].user_id");
+    assert!(
+        list(h, json!({"user_id": "u1"}))
+            .await
+            .unwrap()
+            .memories
+            .is_empty(),
+        "nothing partial is written"
+    );
+
+    let items: Vec<Value> = (0..1000)
+        .map(|i| json!({"user_id": format!("u{}", i % 7), "content": format!("memory number {i}")}))
+        .collect();
+    let out = write(h, json!({"memories": items})).await.unwrap();
+    assert_eq!(out.len(), 1000);
+    assert!(out.iter().all(|o| !o.deduplicated));
+    let ids: HashSet<Uuid> = out.iter().map(|o| o.memory.id).collect();
+    assert_eq!(ids.len(), 1000);
+    let page = list(h, json!({"user_id": "u3", "limit": "1000"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        page.memories.len(),
+        (0..1000).filter(|i| i % 7 == 3).count()
+    );
+    assert!(
+        h.embedder.calls.load(Ordering::Relaxed) <= 1,
+        "a batch is embedded in one call"
+    );
+}
+
+pub async fn batch_over_the_limit_is_refused(h: &Harness) {
+    let items: Vec<Value> = (0..1001)
+        .map(|i| json!({"user_id": "u1", "content": format!("m {i}")}))
+        .collect();
+    let e = write(h, json!({"memories": items})).await.unwrap_err();
+    assert_eq!(field(e), "memories");
+    assert!(
+        list(h, json!({"user_id": "u1"}))
+            .await
+            .unwrap()
+            .memories
+            .is_empty()
+    );
+}
+
+pub async fn dedupe_returns_the_existing_memory(h: &Harness) {
+    let a = write(
+        h,
+        json!({"user_id": "u1", "agent_id": "ag", "content": "likes tea"}),
+    )
+    .await
+    .unwrap()
+    .remove(0);
+    let b = write(
+        h,
+        json!({"user_id": "u1", "agent_id": "ag", "content": "likes tea"}),
+    )
+    .await
+    .unwrap()
+    .remove(0);
+    assert!(!a.deduplicated);
+    assert!(b.deduplicated);
+    assert_eq!(a.memory.id, b.memory.id);
+    // Another agent, run or user is another memory.
+    let c = write(
+        h,
+        json!({"user_id": "u1", "agent_id": "other", "content": "likes tea"}),
+    )
+    .await
+    .unwrap()
+    .remove(0);
+    let d = write(
+        h,
+        json!({"user_id": "u1", "agent_id": "ag", "run_id": "r", "content": "likes tea"}),
+    )
+    .await
+    .unwrap()
+    .remove(0);
+    let e = write(
+        h,
+        json!({"user_id": "u2", "agent_id": "ag", "content": "likes tea"}),
+    )
+    .await
+    .unwrap()
+    .remove(0);
+    for x in [&c, &d, &e] {
+        assert!(!x.deduplicated);
+        assert_ne!(x.memory.id, a.memory.id);
+    }
+    // Within one batch, and against stored memories, in one transaction.
+    let out = write(
+        h,
+        json!({"memories": [
+        {"user_id": "u3", "content": "same"}, {"user_id": "u3", "content": "same"},
+        {"user_id": "u1", "agent_id": "ag", "content": "likes tea"}]}),
+    )
+    .await
+    .unwrap();
+    assert!(!out[0].deduplicated);
+    assert!(out[1].deduplicated);
+    assert_eq!(out[0].memory.id, out[1].memory.id);
+    assert!(out[2].deduplicated);
+    assert_eq!(out[2].memory.id, a.memory.id);
+    assert_eq!(
+        list(h, json!({"user_id": "u3"}))
+            .await
+            .unwrap()
+            .memories
+            .len(),
+        1
+    );
+    // A deleted memory is not a duplicate any more.
+    h.svc.delete("u3", out[0].memory.id).await.unwrap();
+    let again = write(h, json!({"user_id": "u3", "content": "same"}))
+        .await
+        .unwrap()
+        .remove(0);
+    assert!(!again.deduplicated);
+}
+
+pub async fn dedupe_false_stores_a_duplicate(h: &Harness) {
+    let a = put(h, "u1", "likes coffee").await;
+    let b = write(
+        h,
+        json!({"user_id": "u1", "content": "likes coffee", "dedupe": false}),
+    )
+    .await
+    .unwrap()
+    .remove(0);
+    assert!(!b.deduplicated);
+    assert_ne!(a.id, b.memory.id);
+    assert_eq!(
+        list(h, json!({"user_id": "u1"}))
+            .await
+            .unwrap()
+            .memories
+            .len(),
+        2
+    );
+}
+
+pub async fn keyset_pagination_has_no_gaps_or_repeats_under_concurrent_inserts(h: &Harness) {
+    let mut before = HashSet::new();
+    for chunk in 0..4 {
+        let items: Vec<Value> = (0..30)
+            .map(|i| json!({"user_id": "u1", "content": format!("seed {chunk} {i}")}))
+            .collect();
+        for o in write(h, json!({"memories": items})).await.unwrap() {
+            before.insert(o.memory.id);
+        }
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let items = |n: usize| json!({"memories": (0..5).map(|i| json!({"user_id": "u1", "content": format!("late {n} {i}")})).collect::<Vec<_>>()});
+        // Writes through the same service while pages are read.
+        async move {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let req = WriteRequest::from_json(items(n), h.svc.limits()).unwrap();
+                h.svc.write(req).await.unwrap();
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            n
+        }
+    };
+    let reader = async {
+        let mut seen = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut p = json!({"user_id": "u1", "limit": "7"});
+            if let Some(c) = &cursor {
+                p["cursor"] = json!(c);
+            }
+            let page = list(h, p).await.unwrap();
+            seen.extend(page.memories.iter().map(|m| (m.created_at, m.id)));
+            tokio::time::sleep(Duration::from_millis(3)).await;
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        seen
+    };
+    let (n, seen) = tokio::join!(writer, reader);
+    assert!(n > 0, "the writer ran during the scan");
+    let ids: Vec<Uuid> = seen.iter().map(|s| s.1).collect();
+    let unique: HashSet<Uuid> = ids.iter().copied().collect();
+    assert_eq!(unique.len(), ids.len(), "no memory repeated");
+    assert!(
+        before.is_subset(&unique),
+        "no memory that existed before the scan is missed"
+    );
+    assert!(
+        seen.windows(2).all(|w| w[0] > w[1]),
+        "newest first, strictly"
+    );
+}
+
+pub async fn tag_any_and_all(h: &Harness) {
+    let w = |c: &str, tags: Value| json!({"user_id": "u1", "content": c, "tags": tags});
+    let a = write(h, w("alpha", json!(["red", "blue"])))
+        .await
+        .unwrap()
+        .remove(0)
+        .memory
+        .id;
+    let b = write(h, w("beta", json!(["red"])))
+        .await
+        .unwrap()
+        .remove(0)
+        .memory
+        .id;
+    let c = write(h, w("gamma", json!(["green"])))
+        .await
+        .unwrap()
+        .remove(0)
+        .memory
+        .id;
+    let ids = |p: uat_memory::Page| p.memories.iter().map(|m| m.id).collect::<HashSet<_>>();
+    let any = ids(list(h, json!({"user_id": "u1", "tags": "blue,green"}))
+        .await
+        .unwrap());
+    assert_eq!(any, HashSet::from([a, c]));
+    let all = ids(list(
+        h,
+        json!({"user_id": "u1", "tags": "red,blue", "tag_mode": "all"}),
+    )
+    .await
+    .unwrap());
+    assert_eq!(all, HashSet::from([a]));
+    let red = ids(list(
+        h,
+        json!({"user_id": "u1", "tags": "red", "tag_mode": "all"}),
+    )
+    .await
+    .unwrap());
+    assert_eq!(red, HashSet::from([a, b]));
+    // Search applies the same filters, in every mode.
+    for mode in ["keyword", "semantic", "hybrid"] {
+        let got: HashSet<Uuid> = search_ids(
+            h,
+            json!({"user_id": "u1", "query": "alpha beta gamma", "mode": mode, "tags": ["red", "blue"], "tag_mode": "all"}),
+        )
+        .await
+        .into_iter()
+        .collect();
+        assert_eq!(got, HashSet::from([a]), "mode {mode}");
+    }
+}
+
+pub async fn time_ranges_kind_and_agent_filters(h: &Harness) {
+    let mut ms = Vec::new();
+    for (i, (kind, agent)) in [
+        ("fact", "a"),
+        ("episode", "a"),
+        ("fact", "b"),
+        ("fact", "a"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let o = write(
+            h,
+            json!({"user_id": "u1", "kind": kind, "agent_id": agent, "content": format!("event {i} happened")}),
+        )
+        .await
+        .unwrap();
+        ms.push(o[0].memory.clone());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let fmt = |t: time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    let ids = |p: uat_memory::Page| p.memories.iter().map(|m| m.id).collect::<Vec<_>>();
+    let mid = ids(list(
+        h,
+        json!({"user_id": "u1", "since": fmt(ms[1].created_at), "until": fmt(ms[2].created_at)}),
+    )
+    .await
+    .unwrap());
+    assert_eq!(mid, vec![ms[2].id, ms[1].id]);
+    let since = ids(
+        list(h, json!({"user_id": "u1", "since": fmt(ms[3].created_at)}))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(since, vec![ms[3].id]);
+    let facts_a = ids(
+        list(h, json!({"user_id": "u1", "kind": "fact", "agent_id": "a"}))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(facts_a, vec![ms[3].id, ms[0].id]);
+    for mode in ["keyword", "semantic", "hybrid"] {
+        let got = search_ids(
+            h,
+            json!({"user_id": "u1", "query": "event happened", "mode": mode, "since": fmt(ms[1].created_at),
+                   "until": fmt(ms[2].created_at), "kind": "fact"}),
+        )
+        .await;
+        assert_eq!(got, vec![ms[2].id], "mode {mode}");
+    }
+}
+
+pub async fn expired_memories_never_come_back(h: &Harness) {
+    let soon = time::OffsetDateTime::now_utc() + time::Duration::milliseconds(400);
+    let fmt = soon
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let m = write(
+        h,
+        json!({"user_id": "u1", "content": "temporary jazz note", "expires_at": fmt}),
+    )
+    .await
+    .unwrap()
+    .remove(0)
+    .memory;
+    let keep = put(h, "u1", "permanent jazz note").await;
+    assert!(h.svc.get("u1", m.id).await.is_ok());
+    assert_eq!(
+        search_ids(
+            h,
+            json!({"user_id": "u1", "query": "temporary", "mode": "keyword"})
+        )
+        .await,
+        vec![m.id]
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(matches!(
+        h.svc.get("u1", m.id).await,
+        Err(MemoryError::NotFound)
+    ));
+    assert!(matches!(
+        h.svc.history("u1", m.id).await,
+        Err(MemoryError::NotFound)
+    ));
+    let p = PatchInput::from_json(json!({"expires_at": null}), h.svc.limits()).unwrap();
+    assert!(
+        matches!(
+            h.svc.update("u1", m.id, p).await,
+            Err(MemoryError::NotFound)
+        ),
+        "an expired memory cannot be revived"
+    );
+    let listed: Vec<Uuid> = list(h, json!({"user_id": "u1"}))
+        .await
+        .unwrap()
+        .memories
+        .iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(listed, vec![keep.id]);
+    for mode in ["keyword", "semantic", "hybrid"] {
+        let got = search_ids(
+            h,
+            json!({"user_id": "u1", "query": "temporary jazz note", "mode": mode}),
+        )
+        .await;
+        assert_eq!(got, vec![keep.id], "mode {mode}");
+    }
+    // Its content is free again for dedupe.
+    let again = write(
+        h,
+        json!({"user_id": "u1", "content": "temporary jazz note"}),
+    )
+    .await
+    .unwrap()
+    .remove(0);
+    assert!(!again.deduplicated);
+}
+
+pub async fn users_are_isolated_on_every_route(h: &Harness) {
+    let a = put(h, "alice", "My dog is called Rex").await;
+    let b = put(h, "bob", "My dog is called Rex").await;
+    assert_ne!(a.id, b.id, "same content for two users is two memories");
+    // Every id route, across users.
+    assert!(matches!(
+        h.svc.get("bob", a.id).await,
+        Err(MemoryError::NotFound)
+    ));
+    assert!(matches!(
+        h.svc.history("bob", a.id).await,
+        Err(MemoryError::NotFound)
+    ));
+    let p = PatchInput::from_json(json!({"content": "hijacked"}), h.svc.limits()).unwrap();
+    assert!(matches!(
+        h.svc.update("bob", a.id, p).await,
+        Err(MemoryError::NotFound)
+    ));
+    assert!(matches!(
+        h.svc.delete("bob", a.id).await,
+        Err(MemoryError::NotFound)
+    ));
+    assert_eq!(
+        h.svc.get("alice", a.id).await.unwrap().content,
+        "My dog is called Rex"
+    );
+    // Lists and searches.
+    let listed: Vec<Uuid> = list(h, json!({"user_id": "bob"}))
+        .await
+        .unwrap()
+        .memories
+        .iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(listed, vec![b.id]);
+    for mode in ["keyword", "semantic", "hybrid"] {
+        let got = search_ids(
+            h,
+            json!({"user_id": "bob", "query": "dog Rex", "mode": mode, "top_k": 50}),
+        )
+        .await;
+        assert_eq!(got, vec![b.id], "mode {mode}");
+    }
+    // Dedupe never crosses users either.
+    let again = write(
+        h,
+        json!({"user_id": "bob", "content": "My dog is called Rex"}),
+    )
+    .await
+    .unwrap()
+    .remove(0);
+    assert_eq!(again.memory.id, b.id);
+}
+
+pub async fn delete_user_leaves_others_intact_and_never_returns_in_search(h: &Harness) {
+    for i in 0..25 {
+        put(h, "alice", &format!("alice pet dog fact {i}")).await;
+        put(h, "bob", &format!("bob pet dog fact {i}")).await;
+    }
+    let n = h.svc.delete_user(Some("alice")).await.unwrap();
+    assert_eq!(n, 25);
+    assert!(
+        list(h, json!({"user_id": "alice"}))
+            .await
+            .unwrap()
+            .memories
+            .is_empty()
+    );
+    assert_eq!(
+        list(h, json!({"user_id": "bob", "limit": "100"}))
+            .await
+            .unwrap()
+            .memories
+            .len(),
+        25
+    );
+    for mode in ["keyword", "semantic", "hybrid"] {
+        assert!(
+            search_ids(
+                h,
+                json!({"user_id": "alice", "query": "pet dog", "mode": mode, "top_k": 50})
+            )
+            .await
+            .is_empty()
+        );
+        assert_eq!(
+            search_ids(
+                h,
+                json!({"user_id": "bob", "query": "pet dog", "mode": mode, "top_k": 50})
+            )
+            .await
+            .len(),
+            25
+        );
+    }
+    assert_eq!(h.svc.delete_user(Some("alice")).await.unwrap(), 0);
+    assert_eq!(field(h.svc.delete_user(None).await.unwrap_err()), "user_id");
+    // The index entries are gone too, not just filtered out.
+    assert!(h.svc.sync_index(Duration::from_secs(2)).await.unwrap());
+    assert_eq!(h.svc.index().unwrap().len(), 25);
+}
+
+pub async fn paraphrase_found_by_semantic_and_hybrid_missed_by_keyword(h: &Harness) {
+    let target = put(h, "u1", "Alice prefers automobiles over bicycles").await;
+    for c in [
+        "Bob's favourite food is pasta",
+        "Order ZX-48213 shipped yesterday",
+        "The dog sleeps on the sofa",
+        "Jazz guitar songs every evening",
+        "Snow is in the forecast",
+    ] {
+        put(h, "u1", c).await;
+    }
+    let query = "which vehicle does she enjoy";
+    // The fake model really places them together.
+    let sim: f32 = FakeEmbedder::vector(query)
+        .iter()
+        .zip(FakeEmbedder::vector(&target.content))
+        .map(|(a, b)| a * b)
+        .sum();
+    assert!(sim > 0.6, "{sim}");
+    let kw = search_ids(
+        h,
+        json!({"user_id": "u1", "query": query, "mode": "keyword", "top_k": 10}),
+    )
+    .await;
+    assert!(
+        !kw.contains(&target.id),
+        "keyword search shares no word with the paraphrase"
+    );
+    let sem = search(
+        h,
+        json!({"user_id": "u1", "query": query, "mode": "semantic", "top_k": 1}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(sem.results[0].memory.id, target.id);
+    assert_eq!(sem.results[0].semantic_rank, Some(1));
+    assert_eq!(sem.results[0].keyword_rank, None);
+    let hy = search(
+        h,
+        json!({"user_id": "u1", "query": query, "mode": "hybrid", "top_k": 3}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(hy.results[0].memory.id, target.id);
+    assert_eq!(hy.results[0].semantic_rank, Some(1));
+    assert!(hy.warning.is_none());
+}
+
+pub async fn rare_token_found_by_keyword_and_hybrid_missed_by_semantic(h: &Harness) {
+    let target = put(h, "u1", "Invoice reference ZX-48213 for the blue lamp").await;
+    for c in [
+        "My order was shipped yesterday",
+        "Order status: delivery package pending",
+        "The purchase was shipped by post",
+        "Another order for shipping next week",
+        "Alice prefers automobiles over bicycles",
+    ] {
+        put(h, "u1", c).await;
+    }
+    let query = "order ZX-48213";
+    let sem = search_ids(
+        h,
+        json!({"user_id": "u1", "query": query, "mode": "semantic", "top_k": 3}),
+    )
+    .await;
+    assert_eq!(sem.len(), 3);
+    assert!(
+        !sem.contains(&target.id),
+        "the model knows nothing of the code"
+    );
+    let kw = search(
+        h,
+        json!({"user_id": "u1", "query": query, "mode": "keyword", "top_k": 3}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(kw.results[0].memory.id, target.id);
+    assert_eq!(kw.results[0].keyword_rank, Some(1));
+    let hy = search(
+        h,
+        json!({"user_id": "u1", "query": query, "mode": "hybrid", "top_k": 3}),
+    )
+    .await
+    .unwrap();
+    let hit = hy
+        .results
+        .iter()
+        .find(|r| r.memory.id == target.id)
+        .expect("hybrid finds the order number");
+    assert_eq!(hit.keyword_rank, Some(1));
+    // Fused scores are sums of 1/(60 + rank).
+    let expect = 1.0 / 61.0 + hit.semantic_rank.map_or(0.0, |r| 1.0 / (60.0 + r as f64));
+    assert!((hit.score - expect).abs() < 1e-9);
+}
+
+pub async fn metadata_filter_in_search(h: &Harness) {
+    let a = write(
+        h,
+        json!({"user_id": "u1", "content": "jazz concert notes", "metadata": {"src": "chat", "n": 1}}),
+    )
+    .await
+    .unwrap();
+    write(
+        h,
+        json!({"user_id": "u1", "content": "jazz festival notes", "metadata": {"src": "email", "n": 1}}),
+    )
+    .await
+    .unwrap();
+    for mode in ["keyword", "semantic", "hybrid"] {
+        let got = search_ids(
+            h,
+            json!({"user_id": "u1", "query": "jazz notes", "mode": mode, "metadata": {"src": "chat"}}),
+        )
+        .await;
+        assert_eq!(got, vec![a[0].memory.id], "mode {mode}");
+        let got = search_ids(
+            h,
+            json!({"user_id": "u1", "query": "jazz notes", "mode": mode, "metadata": {"n": 1}}),
+        )
+        .await;
+        assert_eq!(got.len(), 2, "mode {mode}");
+    }
+    let s = search(
+        h,
+        json!({"user_id": "u1", "query": "jazz", "mode": "keyword", "min_score": 1e9}),
+    )
+    .await
+    .unwrap();
+    assert!(s.results.is_empty(), "min_score drops results");
+}
+
+pub async fn bad_input_names_the_field(h: &Harness) {
+    let big = "x".repeat(32 * 1024 + 1);
+    let cases: Vec<(Value, &str)> = vec![
+        (json!({"content": "no user"}), "user_id"),
+        (json!({"user_id": "", "content": "empty user"}), "user_id"),
+        (json!({"user_id": "u1", "content": ""}), "content"),
+        (json!({"user_id": "u1"}), "content"),
+        (json!({"user_id": "u1", "content": big}), "content"),
+        (
+            json!({"user_id": "u1", "content": "x", "metadata": [1, 2]}),
+            "metadata",
+        ),
+        (
+            json!({"user_id": "u1", "content": "x", "metadata": "text"}),
+            "metadata",
+        ),
+        (
+            json!({"user_id": "u1", "content": "x", "expires_at": "tomorrow"}),
+            "expires_at",
+        ),
+        (
+            json!({"user_id": "u1", "content": "x", "bogus": 1}),
+            "bogus",
+        ),
+        (
+            json!({"memories": [{"user_id": "u1", "content": "x", "metadata": 5}]}),
+            "memories[0].metadata",
+        ),
+    ];
+    for (body, want) in cases {
+        let e = write(h, body.clone()).await.unwrap_err();
+        assert_eq!(field(e), want, "{body}");
+    }
+    let bad_search: Vec<(Value, &str)> = vec![
+        (json!({"query": "x"}), "user_id"),
+        (
+            json!({"user_id": "u1", "query": "x", "mode": "fuzzy"}),
+            "mode",
+        ),
+        (
+            json!({"user_id": "u1", "query": "x", "since": "yesterday"}),
+            "since",
+        ),
+        (
+            json!({"user_id": "u1", "query": "x", "until": "2024-13-01T00:00:00Z"}),
+            "until",
+        ),
+        (
+            json!({"user_id": "u1", "query": "x", "metadata": [1]}),
+            "metadata",
+        ),
+        (json!({"user_id": "u1", "query": "x", "top_k": 0}), "top_k"),
+        (
+            json!({"user_id": "u1", "query": "x", "tag_mode": "some"}),
+            "tag_mode",
+        ),
+        (json!({"user_id": "u1", "query": ""}), "query"),
+    ];
+    for (body, want) in bad_search {
+        let s: SearchInput = serde_json::from_value(body.clone()).unwrap();
+        assert_eq!(
+            field(s.validate(h.svc.limits()).unwrap_err()),
+            want,
+            "{body}"
+        );
+    }
+    let bad_list: Vec<(Value, &str)> = vec![
+        (json!({}), "user_id"),
+        (json!({"user_id": "u1", "since": "nope"}), "since"),
+        (json!({"user_id": "u1", "limit": "0"}), "limit"),
+        (json!({"user_id": "u1", "limit": "abc"}), "limit"),
+        (json!({"user_id": "u1", "cursor": "garbage!"}), "cursor"),
+        (json!({"user_id": "u1", "tag_mode": "most"}), "tag_mode"),
+    ];
+    for (body, want) in bad_list {
+        assert_eq!(
+            field(list(h, body.clone()).await.unwrap_err()),
+            want,
+            "{body}"
+        );
+    }
+    for (body, want) in [
+        (json!({"content": ""}), "content"),
+        (json!({"metadata": 3}), "metadata"),
+        (json!({"expires_at": "soon"}), "expires_at"),
+        (json!({"user_id": "x"}), "user_id"),
+    ] {
+        assert_eq!(
+            field(PatchInput::from_json(body.clone(), h.svc.limits()).unwrap_err()),
+            want,
+            "{body}"
+        );
+    }
+    assert!(
+        list(h, json!({"user_id": "u1"}))
+            .await
+            .unwrap()
+            .memories
+            .is_empty(),
+        "nothing was written"
+    );
+}
+
+pub async fn index_rebuilds_from_sql_when_missing_and_catches_up_when_behind(h: &Harness) {
+    let a = put(h, "u1", "Alice prefers automobiles over bicycles").await;
+    put(h, "u1", "Bob's favourite food is pasta").await;
+    assert!(h.svc.sync_index(Duration::from_secs(2)).await.unwrap());
+    // A second replica with an empty index folder: rebuilt from SQL.
+    let r = h.replica("replica-index").await;
+    assert_eq!(r.index().unwrap().len(), 2);
+    let q = SearchInput {
+        user_id: Some("u1".into()),
+        query: Some("which vehicle does she enjoy".into()),
+        mode: Some("semantic".into()),
+        top_k: Some(1),
+        ..SearchInput::default()
+    }
+    .validate(r.limits())
+    .unwrap();
+    assert_eq!(r.search(&q).await.unwrap().results[0].memory.id, a.id);
+    // Writes through the first service reach the replica through the change log.
+    let b = put(h, "u1", "Carol drives a sedan every day").await;
+    h.svc.delete("u1", a.id).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        let hits: Vec<Uuid> = r
+            .search(&q)
+            .await
+            .unwrap()
+            .results
+            .iter()
+            .map(|h| h.memory.id)
+            .collect();
+        if hits == vec![b.id] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replica did not catch up within a second: {hits:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(r);
+    // Reopened on its folder: behind, it catches up from the log instead of rebuilding.
+    put(h, "u1", "Dave loves his bike").await;
+    let r2 = h.replica("replica-index").await;
+    assert_eq!(r2.index().unwrap().len(), 3);
+    assert_eq!(
+        r2.index().unwrap().applied(),
+        h.svc.store().last_change().await.unwrap()
+    );
+}

@@ -1,0 +1,579 @@
+//! Anthropic's Messages API, translated both ways: system prompt, roles,
+//! tools, `max_tokens`, stop reasons, usage and errors; its SSE event stream
+//! becomes OpenAI chunks.
+
+use super::http::{self, lines, read_json, send, sse_data};
+use super::{BoxFuture, ChunkStream, Provider, Reply, StreamChunk};
+use crate::error::{Failure, FailureKind, RouterError};
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+use uat_config::{ProviderConfig, ProviderKind};
+use uat_types::{ChatChunk, ChatCompletion, ChatMessage, ChatRequest, Choice, Delta, Usage};
+
+/// The API version sent in `anthropic-version`.
+pub const API_VERSION: &str = "2023-06-01";
+/// `max_tokens` when the client gives none (Anthropic requires it).
+pub const DEFAULT_MAX_TOKENS: u32 = 4096;
+
+/// An Anthropic endpoint. `base_url` is the API root (`https://api.anthropic.com`).
+pub struct Anthropic {
+    client: reqwest::Client,
+    messages_url: String,
+    models_url: String,
+    key: Option<String>,
+    first_byte: Duration,
+}
+
+impl Anthropic {
+    /// Builds the provider and its pooled client.
+    pub fn new(cfg: &ProviderConfig) -> Result<Self, RouterError> {
+        let base = cfg.base_url.as_deref().unwrap_or("https://api.anthropic.com");
+        let base = base.trim_end_matches('/');
+        let base = base.strip_suffix("/v1").unwrap_or(base);
+        Ok(Anthropic {
+            client: http::client(cfg)?,
+            messages_url: http::join(base, "/v1/messages"),
+            models_url: http::join(base, "/v1/models"),
+            key: http::api_key(cfg),
+            first_byte: cfg.first_byte_timeout,
+        })
+    }
+
+    fn request(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        let rb = rb.header("anthropic-version", API_VERSION);
+        match &self.key {
+            Some(k) => rb.header("x-api-key", k),
+            None => rb,
+        }
+    }
+
+    async fn post(&self, body: &Value, stream: bool) -> Result<reqwest::Response, Failure> {
+        let body = serde_json::to_vec(body)
+            .map_err(|e| Failure::new(FailureKind::Malformed, format!("cannot encode request: {e}")))?;
+        let mut rb = self
+            .request(self.client.post(&self.messages_url))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        if stream {
+            rb = rb.header(reqwest::header::ACCEPT, "text/event-stream");
+        }
+        send(rb, self.first_byte).await
+    }
+}
+
+/// The Messages API body for an OpenAI request.
+pub(crate) fn messages_body(model: &str, req: &ChatRequest, stream: bool) -> Value {
+    let mut system = String::new();
+    let mut messages = Vec::with_capacity(req.messages.len());
+    for m in &req.messages {
+        match m.role.as_str() {
+            "system" | "developer" => {
+                if !system.is_empty() {
+                    system.push_str("\n\n");
+                }
+                system.push_str(&m.text_content());
+            }
+            "assistant" => {
+                let mut blocks = Vec::new();
+                let text = m.text_content();
+                if !text.is_empty() {
+                    blocks.push(json!({"type": "text", "text": text}));
+                }
+                if let Some(Value::Array(calls)) = m.extra.get("tool_calls") {
+                    for c in calls {
+                        let input = c
+                            .pointer("/function/arguments")
+                            .and_then(Value::as_str)
+                            .and_then(|s| serde_json::from_str::<Value>(s).ok())
+                            .unwrap_or_else(|| json!({}));
+                        blocks.push(json!({
+                            "type": "tool_use",
+                            "id": c.get("id").cloned().unwrap_or(Value::Null),
+                            "name": c.pointer("/function/name").cloned().unwrap_or(Value::Null),
+                            "input": input,
+                        }));
+                    }
+                }
+                messages.push(json!({"role": "assistant", "content": blocks}));
+            }
+            "tool" => messages.push(json!({
+                "role": "user",
+                "content": [{
+                    "type": "tool_result",
+                    "tool_use_id": m.extra.get("tool_call_id").cloned().unwrap_or(Value::Null),
+                    "content": m.text_content(),
+                }],
+            })),
+            _ => messages.push(json!({"role": "user", "content": user_content(&m.content)})),
+        }
+    }
+    let mut body = Map::new();
+    body.insert("model".into(), json!(model));
+    body.insert("max_tokens".into(), json!(req.max_output_tokens().unwrap_or(DEFAULT_MAX_TOKENS)));
+    body.insert("messages".into(), Value::Array(messages));
+    if !system.is_empty() {
+        body.insert("system".into(), json!(system));
+    }
+    if let Some(t) = req.temperature {
+        body.insert("temperature".into(), json!(t));
+    }
+    if let Some(p) = req.top_p {
+        body.insert("top_p".into(), json!(p));
+    }
+    let stop = req.stop_sequences();
+    if !stop.is_empty() {
+        body.insert("stop_sequences".into(), json!(stop));
+    }
+    if stream {
+        body.insert("stream".into(), json!(true));
+    }
+    if let Some(Value::Array(tools)) = req.extra.get("tools") {
+        let tools: Vec<Value> = tools
+            .iter()
+            .filter_map(|t| t.get("function"))
+            .map(|f| {
+                let mut t = json!({
+                    "name": f.get("name").cloned().unwrap_or(Value::Null),
+                    "input_schema": f.get("parameters").cloned().unwrap_or_else(|| json!({"type": "object"})),
+                });
+                if let (Some(d), Some(o)) = (f.get("description"), t.as_object_mut()) {
+                    o.insert("description".into(), d.clone());
+                }
+                t
+            })
+            .collect();
+        body.insert("tools".into(), Value::Array(tools));
+    }
+    if let Some(tc) = req.extra.get("tool_choice") {
+        let choice = match tc {
+            Value::String(s) if s == "required" => Some(json!({"type": "any"})),
+            Value::String(s) if s == "none" => Some(json!({"type": "none"})),
+            Value::String(_) => Some(json!({"type": "auto"})),
+            v => v
+                .pointer("/function/name")
+                .map(|n| json!({"type": "tool", "name": n})),
+        };
+        if let Some(c) = choice {
+            body.insert("tool_choice".into(), c);
+        }
+    }
+    if let Some(user) = req.extra.get("user") {
+        body.insert("metadata".into(), json!({ "user_id": user }));
+    }
+    Value::Object(body)
+}
+
+fn user_content(content: &Value) -> Value {
+    match content {
+        Value::Array(parts) => Value::Array(
+            parts
+                .iter()
+                .filter_map(|p| match p.get("type").and_then(Value::as_str) {
+                    Some("text") => Some(json!({"type": "text", "text": p.get("text").cloned().unwrap_or(Value::Null)})),
+                    Some("image_url") => {
+                        let url = p.pointer("/image_url/url").and_then(Value::as_str)?;
+                        match url.strip_prefix("data:").and_then(|r| r.split_once(";base64,")) {
+                            Some((media, data)) => Some(json!({
+                                "type": "image",
+                                "source": {"type": "base64", "media_type": media, "data": data},
+                            })),
+                            None => Some(json!({"type": "image", "source": {"type": "url", "url": url}})),
+                        }
+                    }
+                    _ => None,
+                })
+                .collect(),
+        ),
+        Value::String(s) => json!(s),
+        _ => json!(""),
+    }
+}
+
+/// Anthropic `stop_reason` as an OpenAI `finish_reason`.
+pub fn finish_reason(stop_reason: Option<&str>) -> &'static str {
+    match stop_reason {
+        Some("max_tokens") => "length",
+        Some("tool_use") => "tool_calls",
+        Some("refusal") => "content_filter",
+        _ => "stop",
+    }
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+struct AUsage {
+    #[serde(default)]
+    input_tokens: u64,
+    #[serde(default)]
+    output_tokens: u64,
+}
+
+#[derive(Deserialize)]
+struct AMessage {
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    content: Vec<Value>,
+    #[serde(default)]
+    stop_reason: Option<String>,
+    #[serde(default)]
+    usage: AUsage,
+}
+
+impl Provider for Anthropic {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Anthropic
+    }
+
+    fn chat<'a>(&'a self, model: &'a str, req: &'a ChatRequest) -> BoxFuture<'a, Result<Reply, Failure>> {
+        Box::pin(async move {
+            let resp = self.post(&messages_body(model, req, false), false).await?;
+            let (_, m): (_, AMessage) = read_json(resp).await?;
+            let mut text = String::new();
+            let mut calls = Vec::new();
+            for b in &m.content {
+                match b.get("type").and_then(Value::as_str) {
+                    Some("text") => text.push_str(b.get("text").and_then(Value::as_str).unwrap_or("")),
+                    Some("tool_use") => calls.push(json!({
+                        "id": b.get("id").cloned().unwrap_or(Value::Null),
+                        "type": "function",
+                        "function": {
+                            "name": b.get("name").cloned().unwrap_or(Value::Null),
+                            "arguments": b.get("input").map(Value::to_string).unwrap_or_else(|| "{}".into()),
+                        },
+                    })),
+                    _ => {}
+                }
+            }
+            let mut message = ChatMessage::text("assistant", text);
+            if !calls.is_empty() {
+                message.extra.insert("tool_calls".into(), Value::Array(calls));
+            }
+            let usage = Usage::new(m.usage.input_tokens, m.usage.output_tokens);
+            let completion = ChatCompletion {
+                id: m.id,
+                object: "chat.completion".into(),
+                created: uat_types::unix_now(),
+                model: model.to_owned(),
+                choices: vec![Choice {
+                    index: 0,
+                    message,
+                    finish_reason: Some(finish_reason(m.stop_reason.as_deref()).into()),
+                    extra: Map::new(),
+                }],
+                usage: Some(usage),
+                extra: Map::new(),
+            };
+            let body = serde_json::to_vec(&completion)
+                .map_err(|e| Failure::new(FailureKind::Malformed, format!("cannot encode: {e}")))?;
+            Ok(Reply {
+                body: Bytes::from(body),
+                usage: Some(usage),
+            })
+        })
+    }
+
+    fn chat_stream<'a>(&'a self, model: &'a str, req: &'a ChatRequest) -> BoxFuture<'a, Result<ChunkStream, Failure>> {
+        Box::pin(async move {
+            let resp = self.post(&messages_body(model, req, true), true).await?;
+            let state = StreamState::new(model, req.include_usage());
+            Ok(translate(lines(resp), state))
+        })
+    }
+
+    fn list_models(&self) -> BoxFuture<'_, Result<Vec<String>, Failure>> {
+        Box::pin(async move {
+            #[derive(Deserialize)]
+            struct List {
+                data: Vec<Entry>,
+            }
+            #[derive(Deserialize)]
+            struct Entry {
+                id: String,
+            }
+            let resp = send(self.request(self.client.get(&self.models_url)), self.first_byte).await?;
+            let (_, list): (_, List) = read_json(resp).await?;
+            Ok(list.data.into_iter().map(|e| e.id).collect())
+        })
+    }
+
+    fn embeddings<'a>(&'a self, _model: &'a str, _body: &'a Value) -> BoxFuture<'a, Result<Reply, Failure>> {
+        Box::pin(async move {
+            Err(Failure::new(
+                FailureKind::Unsupported,
+                "the Anthropic API has no embeddings endpoint",
+            ))
+        })
+    }
+}
+
+struct StreamState {
+    id: String,
+    created: u64,
+    model: String,
+    include_usage: bool,
+    usage: AUsage,
+    tools: HashMap<u64, usize>,
+    pending: VecDeque<Result<StreamChunk, Failure>>,
+    done: bool,
+}
+
+impl StreamState {
+    fn new(model: &str, include_usage: bool) -> Self {
+        StreamState {
+            id: String::new(),
+            created: uat_types::unix_now(),
+            model: model.to_owned(),
+            include_usage,
+            usage: AUsage::default(),
+            tools: HashMap::new(),
+            pending: VecDeque::new(),
+            done: false,
+        }
+    }
+
+    fn push(&mut self, delta: Delta, finish: Option<String>) {
+        let c = ChatChunk::delta(&self.id, self.created, &self.model, delta, finish);
+        self.pending.push_back(StreamChunk::from_chunk(&c));
+    }
+
+    fn tool_delta(&mut self, call: Value) {
+        let mut extra = Map::new();
+        extra.insert("tool_calls".into(), json!([call]));
+        self.push(
+            Delta {
+                role: None,
+                content: None,
+                extra,
+            },
+            None,
+        );
+    }
+
+    fn fail(&mut self, kind: FailureKind, message: String) {
+        self.pending.push_back(Err(Failure::new(kind, message)));
+        self.done = true;
+    }
+
+    /// Handles one SSE `data:` payload.
+    fn event(&mut self, data: &[u8]) {
+        let ev: Value = match serde_json::from_slice(data) {
+            Ok(v) => v,
+            Err(e) => return self.fail(FailureKind::Malformed, format!("invalid event from upstream: {e}")),
+        };
+        match ev.get("type").and_then(Value::as_str) {
+            Some("message_start") => {
+                if let Some(id) = ev.pointer("/message/id").and_then(Value::as_str) {
+                    self.id = id.to_owned();
+                }
+                if let Some(u) = ev.pointer("/message/usage") {
+                    self.usage = serde_json::from_value(u.clone()).unwrap_or_default();
+                }
+                self.push(
+                    Delta {
+                        role: Some("assistant".into()),
+                        content: Some(String::new()),
+                        extra: Map::new(),
+                    },
+                    None,
+                );
+            }
+            Some("content_block_start") => {
+                let block = ev.get("content_block");
+                match block.and_then(|b| b.get("type")).and_then(Value::as_str) {
+                    Some("tool_use") => {
+                        let k = self.tools.len();
+                        let idx = ev.get("index").and_then(Value::as_u64).unwrap_or(0);
+                        self.tools.insert(idx, k);
+                        let b = block.cloned().unwrap_or(Value::Null);
+                        self.tool_delta(json!({
+                            "index": k, "id": b.get("id"), "type": "function",
+                            "function": {"name": b.get("name"), "arguments": ""},
+                        }));
+                    }
+                    Some("text") => {
+                        let t = block.and_then(|b| b.get("text")).and_then(Value::as_str).unwrap_or("");
+                        if !t.is_empty() {
+                            let t = t.to_owned();
+                            self.push(Delta { content: Some(t), ..Delta::default() }, None);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Some("content_block_delta") => match ev.pointer("/delta/type").and_then(Value::as_str) {
+                Some("text_delta") => {
+                    let t = ev.pointer("/delta/text").and_then(Value::as_str).unwrap_or("").to_owned();
+                    self.push(Delta { content: Some(t), ..Delta::default() }, None);
+                }
+                Some("input_json_delta") => {
+                    let idx = ev.get("index").and_then(Value::as_u64).unwrap_or(0);
+                    let k = self.tools.get(&idx).copied().unwrap_or(0);
+                    let part = ev.pointer("/delta/partial_json").cloned().unwrap_or(json!(""));
+                    self.tool_delta(json!({"index": k, "function": {"arguments": part}}));
+                }
+                _ => {}
+            },
+            Some("message_delta") => {
+                if let Some(n) = ev.pointer("/usage/output_tokens").and_then(Value::as_u64) {
+                    self.usage.output_tokens = n;
+                }
+                if let Some(n) = ev.pointer("/usage/input_tokens").and_then(Value::as_u64) {
+                    self.usage.input_tokens = n;
+                }
+                let reason = finish_reason(ev.pointer("/delta/stop_reason").and_then(Value::as_str));
+                self.push(Delta::default(), Some(reason.into()));
+            }
+            Some("message_stop") => {
+                if self.include_usage {
+                    let u = Usage::new(self.usage.input_tokens, self.usage.output_tokens);
+                    let c = ChatChunk::usage(&self.id, self.created, &self.model, u);
+                    self.pending.push_back(StreamChunk::from_chunk(&c));
+                }
+                self.done = true;
+            }
+            Some("error") => {
+                let msg = ev
+                    .pointer("/error/message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("upstream error event")
+                    .to_owned();
+                self.fail(FailureKind::Interrupted, msg);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn translate(
+    lines: impl futures::Stream<Item = Result<Bytes, Failure>> + Send + 'static,
+    state: StreamState,
+) -> ChunkStream {
+    Box::pin(futures::stream::unfold(
+        (Box::pin(lines), state, false),
+        |(mut lines, mut st, mut ended)| async move {
+            loop {
+                if let Some(item) = st.pending.pop_front() {
+                    return Some((item, (lines, st, ended)));
+                }
+                if st.done || ended {
+                    return None;
+                }
+                match lines.next().await {
+                    Some(Ok(line)) => {
+                        if let Some(data) = sse_data(&line) {
+                            st.event(&data);
+                        }
+                    }
+                    Some(Err(f)) => {
+                        st.pending.push_back(Err(f));
+                        st.done = true;
+                    }
+                    None => {
+                        ended = true;
+                        st.pending.push_back(Err(Failure::new(
+                            FailureKind::Interrupted,
+                            "stream ended before message_stop",
+                        )));
+                    }
+                }
+            }
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collect(lines: &[&'static str], include_usage: bool) -> Vec<Result<Value, Failure>> {
+        let items: Vec<Result<Bytes, Failure>> = lines.iter().map(|l| Ok(Bytes::from_static(l.as_bytes()))).collect();
+        let st = StreamState::new("claude", include_usage);
+        let out: Vec<_> = futures::executor::block_on(translate(futures::stream::iter(items), st).collect());
+        out.into_iter()
+            .map(|r| r.map(|c| serde_json::from_slice(&c.json).unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn events_become_openai_chunks() {
+        let out = collect(
+            &[
+                "event: message_start",
+                r#"data: {"type":"message_start","message":{"id":"msg_1","model":"claude","usage":{"input_tokens":9,"output_tokens":1}}}"#,
+                "",
+                r#"data: {"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
+                r#"data: {"type":"ping"}"#,
+                r#"data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}"#,
+                r#"data: {"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"tu_1","name":"get"}}"#,
+                r#"data: {"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"a\":"}}"#,
+                r#"data: {"type":"message_delta","delta":{"stop_reason":"tool_use"},"usage":{"output_tokens":5}}"#,
+                r#"data: {"type":"message_stop"}"#,
+            ],
+            true,
+        );
+        let v: Vec<Value> = out.into_iter().map(Result::unwrap).collect();
+        assert_eq!(v.len(), 6);
+        assert_eq!(v[0]["id"], "msg_1");
+        assert_eq!(v[0]["choices"][0]["delta"]["role"], "assistant");
+        assert_eq!(v[1]["choices"][0]["delta"]["content"], "Hi");
+        assert_eq!(v[2]["choices"][0]["delta"]["tool_calls"][0]["function"]["name"], "get");
+        assert_eq!(v[3]["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"], "{\"a\":");
+        assert_eq!(v[4]["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(v[5]["usage"], json!({"prompt_tokens": 9, "completion_tokens": 5, "total_tokens": 14}));
+    }
+
+    #[test]
+    fn error_event_and_cut_stream_fail() {
+        let out = collect(
+            &[r#"data: {"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#],
+            false,
+        );
+        assert_eq!(out[0].as_ref().unwrap_err().message, "Overloaded");
+        let out = collect(
+            &[r#"data: {"type":"message_start","message":{"id":"m","usage":{"input_tokens":1}}}"#],
+            false,
+        );
+        assert_eq!(out.last().unwrap().as_ref().unwrap_err().kind, FailureKind::Interrupted);
+    }
+
+    #[test]
+    fn request_translation() {
+        let req: ChatRequest = serde_json::from_value(json!({
+            "model": "x",
+            "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "developer", "content": "and kind"},
+                {"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAA"}}]},
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{\"x\":1}"}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "42"}
+            ],
+            "stop": ["END"], "temperature": 0.2,
+            "tools": [{"type": "function", "function": {"name": "f", "description": "d", "parameters": {"type": "object"}}}],
+            "tool_choice": "required"
+        }))
+        .unwrap();
+        let b = messages_body("claude-x", &req, false);
+        assert_eq!(b["system"], "be brief\n\nand kind");
+        assert_eq!(b["max_tokens"], DEFAULT_MAX_TOKENS);
+        assert_eq!(b["messages"][0]["content"][1]["source"]["media_type"], "image/png");
+        assert_eq!(b["messages"][1]["content"][0]["type"], "tool_use");
+        assert_eq!(b["messages"][1]["content"][0]["input"], json!({"x": 1}));
+        assert_eq!(b["messages"][2]["content"][0]["tool_use_id"], "c1");
+        assert_eq!(b["stop_sequences"], json!(["END"]));
+        assert_eq!(b["tools"][0]["input_schema"], json!({"type": "object"}));
+        assert_eq!(b["tool_choice"], json!({"type": "any"}));
+        assert!(b.get("stream").is_none());
+    }
+
+    #[test]
+    fn stop_reasons() {
+        assert_eq!(finish_reason(Some("end_turn")), "stop");
+        assert_eq!(finish_reason(Some("stop_sequence")), "stop");
+        assert_eq!(finish_reason(Some("max_tokens")), "length");
+        assert_eq!(finish_reason(Some("tool_use")), "tool_calls");
+    }
+}

@@ -1,0 +1,207 @@
+//! HTTP plumbing shared by the providers: the pooled client, sending with a
+//! first-byte timeout, error classification, and line splitting for SSE and
+//! NDJSON bodies.
+
+use crate::error::{Failure, FailureKind, RouterError};
+use bytes::{Bytes, BytesMut};
+use futures::{Stream, StreamExt};
+use std::time::Duration;
+use uat_config::ProviderConfig;
+
+/// Builds the provider's pooled client: keep-alive, HTTP/2 when offered
+/// (ALPN), TCP_NODELAY, connect and total timeouts.
+pub(crate) fn client(cfg: &ProviderConfig) -> Result<reqwest::Client, RouterError> {
+    reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .tcp_keepalive(Duration::from_secs(60))
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(512)
+        .connect_timeout(cfg.connect_timeout)
+        .timeout(cfg.timeout)
+        .build()
+        .map_err(|e| RouterError::Config {
+            provider: cfg.name.clone(),
+            message: format!("cannot build HTTP client: {e}"),
+        })
+}
+
+/// Reads the API key from the environment variable named in the config.
+pub(crate) fn api_key(cfg: &ProviderConfig) -> Option<String> {
+    cfg.api_key_env
+        .as_deref()
+        .and_then(|v| std::env::var(v).ok())
+        .filter(|k| !k.is_empty())
+}
+
+/// Joins a base URL and a path without doubling the slash.
+pub(crate) fn join(base: &str, path: &str) -> String {
+    let mut s = String::with_capacity(base.len() + path.len());
+    s.push_str(base.trim_end_matches('/'));
+    s.push_str(path);
+    s
+}
+
+/// Classifies a transport error.
+pub(crate) fn transport(e: &reqwest::Error) -> Failure {
+    let kind = if e.is_timeout() {
+        FailureKind::Timeout
+    } else if e.is_body() || e.is_decode() {
+        FailureKind::Interrupted
+    } else {
+        FailureKind::Connect
+    };
+    Failure::new(kind, error_chain(e))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+/// Sends a request, waiting at most `first_byte` for the response head.
+/// A non-2xx answer becomes a [`Failure`] carrying the upstream's message.
+pub(crate) async fn send(rb: reqwest::RequestBuilder, first_byte: Duration) -> Result<reqwest::Response, Failure> {
+    let resp = match tokio::time::timeout(first_byte, rb.send()).await {
+        Err(_) => {
+            return Err(Failure::new(
+                FailureKind::Timeout,
+                format!("no response within {first_byte:?}"),
+            ));
+        }
+        Ok(Err(e)) => return Err(transport(&e)),
+        Ok(Ok(r)) => r,
+    };
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    let retry_after = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(Duration::from_secs_f64);
+    let body = match tokio::time::timeout(first_byte, resp.bytes()).await {
+        Ok(Ok(b)) => b,
+        _ => Bytes::new(),
+    };
+    Err(Failure::from_status(status.as_u16(), error_message(&body), retry_after))
+}
+
+/// Extracts a readable message from an upstream error body (OpenAI,
+/// Anthropic and Ollama shapes), else the start of the text.
+pub(crate) fn error_message(body: &[u8]) -> String {
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+        let candidates = [
+            v.pointer("/error/message"),
+            v.get("error").filter(|e| e.is_string()),
+            v.get("message"),
+            v.get("detail"),
+        ];
+        for c in candidates.into_iter().flatten() {
+            if let Some(s) = c.as_str() {
+                return s.to_owned();
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() {
+        return "no error message".into();
+    }
+    text.chars().take(300).collect()
+}
+
+/// Reads the whole body and parses it as JSON.
+pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(resp: reqwest::Response) -> Result<(Bytes, T), Failure> {
+    let body = resp.bytes().await.map_err(|e| transport(&e))?;
+    let v = serde_json::from_slice(&body)
+        .map_err(|e| Failure::new(FailureKind::Malformed, format!("invalid JSON from upstream: {e}")))?;
+    Ok((body, v))
+}
+
+/// Splits a response body into lines (without the line end). The last
+/// partial line is yielded at the end of the body.
+pub(crate) fn lines(resp: reqwest::Response) -> impl Stream<Item = Result<Bytes, Failure>> + Send + 'static {
+    let body = resp.bytes_stream();
+    futures::stream::unfold(
+        (Box::pin(body), BytesMut::new(), false),
+        |(mut body, mut buf, mut ended)| async move {
+            loop {
+                if let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+                    let mut line = buf.split_to(pos + 1);
+                    line.truncate(pos);
+                    if line.last() == Some(&b'\r') {
+                        line.truncate(pos - 1);
+                    }
+                    return Some((Ok(line.freeze()), (body, buf, ended)));
+                }
+                if ended {
+                    if buf.is_empty() {
+                        return None;
+                    }
+                    let rest = buf.split().freeze();
+                    return Some((Ok(rest), (body, buf, ended)));
+                }
+                match body.next().await {
+                    Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+                    Some(Err(e)) => {
+                        ended = true;
+                        buf.clear();
+                        let f = transport(&e);
+                        let f = Failure::new(FailureKind::Interrupted, f.message);
+                        return Some((Err(f), (body, buf, ended)));
+                    }
+                    None => ended = true,
+                }
+            }
+        },
+    )
+}
+
+/// The payload of an SSE `data:` line, or `None` for other lines.
+pub(crate) fn sse_data(line: &Bytes) -> Option<Bytes> {
+    let rest = line.strip_prefix(b"data:")?;
+    let skip = usize::from(rest.first() == Some(&b' '));
+    let start = line.len() - rest.len() + skip;
+    Some(line.slice(start..))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_data_strips_prefix() {
+        assert_eq!(sse_data(&Bytes::from_static(b"data: {\"a\":1}")).unwrap(), &b"{\"a\":1}"[..]);
+        assert_eq!(sse_data(&Bytes::from_static(b"data:[DONE]")).unwrap(), &b"[DONE]"[..]);
+        assert!(sse_data(&Bytes::from_static(b"event: ping")).is_none());
+    }
+
+    #[test]
+    fn error_message_shapes() {
+        assert_eq!(error_message(br#"{"error":{"message":"bad key"}}"#), "bad key");
+        assert_eq!(error_message(br#"{"error":"model not found"}"#), "model not found");
+        assert_eq!(
+            error_message(br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#),
+            "Overloaded"
+        );
+        assert_eq!(error_message(b"plain text"), "plain text");
+        assert_eq!(error_message(b""), "no error message");
+    }
+
+    #[test]
+    fn status_classification() {
+        assert_eq!(Failure::from_status(429, "", None).kind, FailureKind::RateLimited);
+        assert_eq!(Failure::from_status(503, "", None).kind, FailureKind::ServerError);
+        assert_eq!(Failure::from_status(400, "", None).kind, FailureKind::Rejected);
+        assert_eq!(Failure::from_status(401, "", None).kind, FailureKind::ClientError);
+    }
+}

@@ -1,0 +1,74 @@
+//! The [`Provider`] trait and one implementation per wire format.
+
+pub mod anthropic;
+pub(crate) mod http;
+pub mod mock;
+pub mod ollama;
+pub mod openai;
+
+use crate::error::Failure;
+use bytes::Bytes;
+use futures::Stream;
+use std::future::Future;
+use std::pin::Pin;
+use uat_config::ProviderKind;
+use uat_types::{ChatRequest, Usage};
+
+/// A boxed, sendable future.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A stream of OpenAI-shaped chunks; an `Err` ends it.
+pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<StreamChunk, Failure>> + Send>>;
+
+/// A complete JSON answer (chat completion or embeddings), already in the
+/// OpenAI shape, and the usage it reports.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// The JSON body.
+    pub body: Bytes,
+    /// Token counts, when reported.
+    pub usage: Option<Usage>,
+}
+
+/// One streamed chunk: a serialized `chat.completion.chunk` object.
+#[derive(Debug, Clone)]
+pub struct StreamChunk {
+    /// The chunk's JSON (what follows `data: `).
+    pub json: Bytes,
+    /// Usage carried by this chunk, if any.
+    pub usage: Option<Usage>,
+}
+
+impl StreamChunk {
+    /// Serializes a chunk.
+    pub fn from_chunk(chunk: &uat_types::ChatChunk) -> Result<Self, Failure> {
+        let json = serde_json::to_vec(chunk)
+            .map_err(|e| Failure::new(crate::FailureKind::Malformed, format!("cannot encode chunk: {e}")))?;
+        Ok(StreamChunk {
+            json: Bytes::from(json),
+            usage: chunk.usage,
+        })
+    }
+}
+
+/// An upstream LLM provider speaking one wire format.
+///
+/// Implementations hold one pooled HTTP client, built at start-up. Every
+/// method returns a [`Failure`] classified for retries and metrics.
+pub trait Provider: Send + Sync {
+    /// The wire format.
+    fn kind(&self) -> ProviderKind;
+
+    /// A non-streamed chat completion from `model` (the upstream's name).
+    fn chat<'a>(&'a self, model: &'a str, req: &'a ChatRequest) -> BoxFuture<'a, Result<Reply, Failure>>;
+
+    /// A streamed chat completion; resolves once the upstream accepted the
+    /// request (response head received).
+    fn chat_stream<'a>(&'a self, model: &'a str, req: &'a ChatRequest) -> BoxFuture<'a, Result<ChunkStream, Failure>>;
+
+    /// The models the upstream serves now.
+    fn list_models(&self) -> BoxFuture<'_, Result<Vec<String>, Failure>>;
+
+    /// Embeddings for an OpenAI-shaped `/v1/embeddings` body, answered in the OpenAI shape.
+    fn embeddings<'a>(&'a self, model: &'a str, body: &'a serde_json::Value) -> BoxFuture<'a, Result<Reply, Failure>>;
+}

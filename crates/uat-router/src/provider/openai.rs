@@ -1,0 +1,224 @@
+//! Any OpenAI-compatible server (OpenAI, vLLM, LM Studio, llama.cpp, ...).
+//! Requests pass through untouched except for the model name; answers pass
+//! through as the upstream's bytes.
+
+use super::http::{self, lines, read_json, send, sse_data};
+use super::{BoxFuture, ChunkStream, Provider, Reply, StreamChunk};
+use crate::error::{Failure, FailureKind, RouterError};
+use futures::StreamExt;
+use serde::Deserialize;
+use std::time::Duration;
+use uat_config::{ProviderConfig, ProviderKind};
+use uat_types::{ChatRequest, Readdressed, Usage};
+
+/// An OpenAI-compatible provider. `base_url` includes `/v1`.
+pub struct OpenAi {
+    client: reqwest::Client,
+    chat_url: String,
+    models_url: String,
+    embeddings_url: String,
+    auth: Option<String>,
+    first_byte: Duration,
+}
+
+/// The fields of an answer the router looks at; the rest is skipped.
+#[derive(Deserialize)]
+struct Peek {
+    #[serde(default)]
+    usage: Option<Usage>,
+    #[serde(default)]
+    error: Option<serde_json::Value>,
+}
+
+impl OpenAi {
+    /// Builds the provider and its pooled client.
+    pub fn new(cfg: &ProviderConfig) -> Result<Self, RouterError> {
+        let base = cfg.base_url.as_deref().unwrap_or("http://127.0.0.1:8000/v1");
+        Ok(OpenAi {
+            client: http::client(cfg)?,
+            chat_url: http::join(base, "/chat/completions"),
+            models_url: http::join(base, "/models"),
+            embeddings_url: http::join(base, "/embeddings"),
+            auth: http::api_key(cfg).map(|k| format!("Bearer {k}")),
+            first_byte: cfg.first_byte_timeout,
+        })
+    }
+
+    fn post(&self, url: &str) -> reqwest::RequestBuilder {
+        let rb = self.client.post(url);
+        match &self.auth {
+            Some(a) => rb.header(reqwest::header::AUTHORIZATION, a),
+            None => rb,
+        }
+    }
+
+    async fn post_json(&self, url: &str, body: Vec<u8>) -> Result<Reply, Failure> {
+        let rb = self
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        let resp = send(rb, self.first_byte).await?;
+        let (body, peek): (_, Peek) = read_json(resp).await?;
+        if let Some(e) = peek.error {
+            return Err(Failure::new(FailureKind::ServerError, error_text(&e)));
+        }
+        Ok(Reply { body, usage: peek.usage })
+    }
+}
+
+fn error_text(e: &serde_json::Value) -> String {
+    e.get("message")
+        .and_then(|m| m.as_str())
+        .map(str::to_owned)
+        .unwrap_or_else(|| e.to_string())
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, Failure> {
+    serde_json::to_vec(v).map_err(|e| Failure::new(FailureKind::Malformed, format!("cannot encode request: {e}")))
+}
+
+impl Provider for OpenAi {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Openai
+    }
+
+    fn chat<'a>(&'a self, model: &'a str, req: &'a ChatRequest) -> BoxFuture<'a, Result<Reply, Failure>> {
+        Box::pin(async move {
+            let body = encode(&Readdressed {
+                req,
+                model,
+                stream: false,
+            })?;
+            self.post_json(&self.chat_url, body).await
+        })
+    }
+
+    fn chat_stream<'a>(&'a self, model: &'a str, req: &'a ChatRequest) -> BoxFuture<'a, Result<ChunkStream, Failure>> {
+        Box::pin(async move {
+            let body = encode(&Readdressed {
+                req,
+                model,
+                stream: true,
+            })?;
+            let rb = self
+                .post(&self.chat_url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .header(reqwest::header::ACCEPT, "text/event-stream")
+                .body(body);
+            let resp = send(rb, self.first_byte).await?;
+            Ok(translate(lines(resp)))
+        })
+    }
+
+    fn list_models(&self) -> BoxFuture<'_, Result<Vec<String>, Failure>> {
+        Box::pin(async move {
+            #[derive(Deserialize)]
+            struct List {
+                data: Vec<Entry>,
+            }
+            #[derive(Deserialize)]
+            struct Entry {
+                id: String,
+            }
+            let mut rb = self.client.get(&self.models_url);
+            if let Some(a) = &self.auth {
+                rb = rb.header(reqwest::header::AUTHORIZATION, a);
+            }
+            let resp = send(rb, self.first_byte).await?;
+            let (_, list): (_, List) = read_json(resp).await?;
+            Ok(list.data.into_iter().map(|e| e.id).collect())
+        })
+    }
+
+    fn embeddings<'a>(&'a self, model: &'a str, body: &'a serde_json::Value) -> BoxFuture<'a, Result<Reply, Failure>> {
+        Box::pin(async move {
+            let mut out = body.clone();
+            if let Some(o) = out.as_object_mut() {
+                o.insert("model".into(), serde_json::Value::String(model.to_owned()));
+            }
+            self.post_json(&self.embeddings_url, encode(&out)?).await
+        })
+    }
+}
+
+/// Passes SSE `data:` payloads through, checking each is JSON, noting usage,
+/// and turning an in-stream error or a stream cut before `[DONE]` into a
+/// [`Failure`].
+fn translate(lines: impl futures::Stream<Item = Result<bytes::Bytes, Failure>> + Send + 'static) -> ChunkStream {
+    let s = futures::stream::unfold((Box::pin(lines), false), |(mut lines, done)| async move {
+        if done {
+            return None;
+        }
+        loop {
+            match lines.next().await {
+                None => {
+                    let f = Failure::new(FailureKind::Interrupted, "stream ended before [DONE]");
+                    return Some((Err(f), (lines, true)));
+                }
+                Some(Err(f)) => return Some((Err(f), (lines, true))),
+                Some(Ok(line)) => {
+                    let Some(data) = sse_data(&line) else { continue };
+                    if data.as_ref() == b"[DONE]" {
+                        return None;
+                    }
+                    match serde_json::from_slice::<Peek>(&data) {
+                        Ok(Peek { error: Some(e), .. }) => {
+                            let f = Failure::new(FailureKind::Interrupted, error_text(&e));
+                            return Some((Err(f), (lines, true)));
+                        }
+                        Ok(Peek { usage, .. }) => {
+                            return Some((Ok(StreamChunk { json: data, usage }), (lines, false)));
+                        }
+                        Err(e) => {
+                            let f = Failure::new(FailureKind::Malformed, format!("invalid chunk from upstream: {e}"));
+                            return Some((Err(f), (lines, true)));
+                        }
+                    }
+                }
+            }
+        }
+    });
+    Box::pin(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn run(input: &[&'static str]) -> Vec<Result<StreamChunk, Failure>> {
+        let items: Vec<Result<Bytes, Failure>> = input.iter().map(|l| Ok(Bytes::from_static(l.as_bytes()))).collect();
+        let s = translate(futures::stream::iter(items));
+        futures::executor::block_on(s.collect())
+    }
+
+    #[test]
+    fn passes_chunks_through_until_done() {
+        let out = run(&[
+            r#"data: {"choices":[{"delta":{"content":"a"}}]}"#,
+            "",
+            r#"data: {"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#,
+            "data: [DONE]",
+        ]);
+        assert_eq!(out.len(), 2);
+        let first = out[0].as_ref().unwrap();
+        assert_eq!(&first.json[..], br#"{"choices":[{"delta":{"content":"a"}}]}"#);
+        assert_eq!(out[1].as_ref().unwrap().usage, Some(Usage::new(1, 2)));
+    }
+
+    #[test]
+    fn truncated_stream_is_an_error() {
+        let out = run(&[r#"data: {"choices":[]}"#]);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[1].as_ref().unwrap_err().kind, FailureKind::Interrupted);
+    }
+
+    #[test]
+    fn error_event_and_garbage_end_the_stream() {
+        let out = run(&[r#"data: {"error":{"message":"boom"}}"#, r#"data: {"choices":[]}"#]);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].as_ref().unwrap_err().message, "boom");
+        let out = run(&["data: {not json"]);
+        assert_eq!(out[0].as_ref().unwrap_err().kind, FailureKind::Malformed);
+    }
+}

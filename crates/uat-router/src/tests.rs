@@ -1,0 +1,339 @@
+//! Router behaviour with scripted providers: retries, failover, breakers,
+//! error classification, backoff, streams.
+
+use crate::provider::{BoxFuture, ChunkStream, Provider, Reply, StreamChunk};
+use crate::{Failure, FailureKind, Router, RouterError};
+use bytes::Bytes;
+use futures::StreamExt;
+use parking_lot::Mutex;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use uat_config::{ModelAlias, ProviderConfig, ProviderKind, RoutingConfig, RoutingStrategy};
+use uat_types::ChatRequest;
+
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    Ok,
+    Fail(FailureKind, Option<u16>),
+    Hang,
+    /// Streams only: the first chunk is an error.
+    FirstChunkFails,
+}
+
+struct Scripted {
+    name: &'static str,
+    script: Mutex<VecDeque<Step>>,
+    default: Step,
+    calls: Arc<AtomicUsize>,
+}
+
+impl Scripted {
+    fn next(&self) -> Step {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.script.lock().pop_front().unwrap_or(self.default)
+    }
+}
+
+fn fail(kind: FailureKind, status: Option<u16>) -> Failure {
+    Failure {
+        kind,
+        status,
+        message: format!("scripted {}", kind.as_str()),
+        retry_after: None,
+    }
+}
+
+impl Provider for Scripted {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Mock
+    }
+
+    fn chat<'a>(&'a self, _model: &'a str, _req: &'a ChatRequest) -> BoxFuture<'a, Result<Reply, Failure>> {
+        Box::pin(async move {
+            match self.next() {
+                Step::Ok | Step::FirstChunkFails => Ok(Reply {
+                    body: Bytes::from(self.name),
+                    usage: None,
+                }),
+                Step::Fail(k, s) => Err(fail(k, s)),
+                Step::Hang => {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    Err(fail(FailureKind::Timeout, None))
+                }
+            }
+        })
+    }
+
+    fn chat_stream<'a>(&'a self, _model: &'a str, _req: &'a ChatRequest) -> BoxFuture<'a, Result<ChunkStream, Failure>> {
+        Box::pin(async move {
+            let chunk = |s: &'static str| {
+                Ok(StreamChunk {
+                    json: Bytes::from(s),
+                    usage: None,
+                })
+            };
+            match self.next() {
+                Step::Ok => {
+                    let s: ChunkStream = Box::pin(futures::stream::iter(vec![chunk(self.name), chunk("end")]));
+                    Ok(s)
+                }
+                Step::FirstChunkFails => {
+                    let s: ChunkStream = Box::pin(futures::stream::iter(vec![Err(fail(FailureKind::Interrupted, None))]));
+                    Ok(s)
+                }
+                Step::Fail(k, s) => Err(fail(k, s)),
+                Step::Hang => {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    Err(fail(FailureKind::Timeout, None))
+                }
+            }
+        })
+    }
+
+    fn list_models(&self) -> BoxFuture<'_, Result<Vec<String>, Failure>> {
+        Box::pin(async move { Ok(vec!["m".to_owned()]) })
+    }
+
+    fn embeddings<'a>(&'a self, _model: &'a str, _body: &'a serde_json::Value) -> BoxFuture<'a, Result<Reply, Failure>> {
+        Box::pin(async move {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            Err(fail(FailureKind::Unsupported, None))
+        })
+    }
+}
+
+struct Spec {
+    name: &'static str,
+    priority: i32,
+    script: Vec<Step>,
+    default: Step,
+}
+
+fn spec(name: &'static str, priority: i32, script: Vec<Step>, default: Step) -> Spec {
+    Spec {
+        name,
+        priority,
+        script,
+        default,
+    }
+}
+
+fn routing(max_attempts: u32, breaker_failures: u32, cooldown: Duration) -> RoutingConfig {
+    RoutingConfig {
+        strategy: RoutingStrategy::Priority,
+        max_attempts,
+        backoff_base: Duration::from_millis(1),
+        backoff_max: Duration::from_millis(5),
+        breaker_failures,
+        breaker_cooldown: cooldown,
+        discovery_interval: Duration::ZERO,
+        probe_local: false,
+    }
+}
+
+async fn router(specs: Vec<Spec>, routing: RoutingConfig) -> (Router, Vec<Arc<AtomicUsize>>) {
+    let mut calls = Vec::new();
+    let mut providers: Vec<(ProviderConfig, Box<dyn Provider>)> = Vec::new();
+    for s in specs {
+        let c = Arc::new(AtomicUsize::new(0));
+        calls.push(c.clone());
+        let mut cfg = ProviderConfig::new(s.name, ProviderKind::Mock, None);
+        cfg.priority = s.priority;
+        cfg.first_byte_timeout = Duration::from_millis(200);
+        let p = Scripted {
+            name: s.name,
+            script: Mutex::new(s.script.into()),
+            default: s.default,
+            calls: c,
+        };
+        providers.push((cfg, Box::new(p)));
+    }
+    let r = Router::with_custom(providers, &[], &routing).await.unwrap();
+    (r, calls)
+}
+
+fn req() -> ChatRequest {
+    serde_json::from_value(serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "x"}]})).unwrap()
+}
+
+fn n(c: &Arc<AtomicUsize>) -> usize {
+    c.load(Ordering::SeqCst)
+}
+
+async fn chat(r: &Router) -> Result<crate::Routed<Reply>, RouterError> {
+    let resolved = r.resolve("m")?;
+    r.chat(&resolved, &req()).await
+}
+
+const E500: Step = Step::Fail(FailureKind::ServerError, Some(500));
+const CONNECT: Step = Step::Fail(FailureKind::Connect, None);
+
+#[tokio::test]
+async fn retries_the_same_provider_until_it_answers() {
+    let (r, calls) = router(vec![spec("a", 0, vec![E500, CONNECT], Step::Ok)], routing(3, 10, Duration::from_secs(1))).await;
+    let ok = chat(&r).await.unwrap();
+    assert_eq!((&*ok.provider, ok.attempts), ("a", 3));
+    assert_eq!(n(&calls[0]), 3);
+}
+
+#[tokio::test]
+async fn fails_over_in_strategy_order() {
+    let (r, calls) = router(
+        vec![spec("b", 1, vec![], Step::Ok), spec("a", 0, vec![], E500)],
+        routing(3, 10, Duration::from_secs(1)),
+    )
+    .await;
+    let ok = chat(&r).await.unwrap();
+    assert_eq!((&*ok.provider, ok.attempts), ("b", 2));
+    assert_eq!((n(&calls[0]), n(&calls[1])), (1, 1));
+}
+
+#[tokio::test]
+async fn rejection_is_final() {
+    let (r, calls) = router(
+        vec![spec("a", 0, vec![], Step::Fail(FailureKind::Rejected, Some(422))), spec("b", 1, vec![], Step::Ok)],
+        routing(3, 10, Duration::from_secs(1)),
+    )
+    .await;
+    match chat(&r).await {
+        Err(RouterError::Rejected { status, attempts, .. }) => assert_eq!((status, attempts), (422, 1)),
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    assert_eq!(n(&calls[1]), 0);
+}
+
+#[tokio::test]
+async fn unsupported_is_failed_over_but_not_retried() {
+    let (r, calls) = router(
+        vec![spec("a", 0, vec![], Step::Ok), spec("b", 1, vec![], E500)],
+        routing(3, 10, Duration::from_secs(1)),
+    )
+    .await;
+    let err = r.embeddings("m", &serde_json::json!({})).await.unwrap_err();
+    assert!(matches!(err, RouterError::AllFailed { .. }), "{err:?}");
+    // Both are Unsupported (embeddings) so each is tried once only.
+    assert_eq!(err.attempts(), 2);
+    assert_eq!((n(&calls[0]), n(&calls[1])), (1, 1));
+}
+
+#[tokio::test]
+async fn all_failed_is_502_and_unreachable_is_503() {
+    let (r, _) = router(
+        vec![spec("a", 0, vec![], E500), spec("b", 1, vec![], CONNECT)],
+        routing(3, 10, Duration::from_secs(1)),
+    )
+    .await;
+    let err = chat(&r).await.unwrap_err();
+    assert_eq!(err.status(), 502);
+    assert_eq!(err.attempts(), 3);
+    let reasons: Vec<(&str, FailureKind)> = err.reasons().iter().map(|r| (&*r.provider, r.failure.kind)).collect();
+    assert_eq!(reasons, vec![("a", FailureKind::ServerError), ("b", FailureKind::Connect)]);
+
+    let (r, _) = router(
+        vec![spec("a", 0, vec![], CONNECT), spec("b", 1, vec![], Step::Fail(FailureKind::Timeout, None))],
+        routing(2, 10, Duration::from_secs(1)),
+    )
+    .await;
+    let err = chat(&r).await.unwrap_err();
+    assert_eq!(err.status(), 503);
+    assert!(err.to_string().contains("a: connect"), "{err}");
+}
+
+#[tokio::test]
+async fn open_breaker_is_skipped_without_a_call() {
+    let (r, calls) = router(
+        vec![spec("a", 0, vec![E500], Step::Ok), spec("b", 1, vec![], Step::Ok)],
+        routing(2, 1, Duration::from_secs(60)),
+    )
+    .await;
+    let first = chat(&r).await.unwrap();
+    assert_eq!((&*first.provider, first.attempts), ("b", 2));
+    let second = chat(&r).await.unwrap();
+    assert_eq!((&*second.provider, second.attempts), ("b", 1), "a is open: skipped");
+    assert_eq!(n(&calls[0]), 1);
+    assert_eq!(r.providers()[0].breaker, crate::BreakerState::Open);
+    assert!(!r.providers()[0].up);
+}
+
+#[tokio::test]
+async fn cancelled_half_open_probe_is_released() {
+    let (r, calls) = router(
+        vec![spec("a", 0, vec![E500, Step::Hang], Step::Ok)],
+        routing(1, 1, Duration::ZERO),
+    )
+    .await;
+    assert_eq!(chat(&r).await.unwrap_err().status(), 502);
+    // The probe hangs; the caller gives up.
+    assert!(tokio::time::timeout(Duration::from_millis(50), chat(&r)).await.is_err());
+    assert_eq!(n(&calls[0]), 2);
+    // Another probe is allowed and succeeds.
+    let ok = chat(&r).await.unwrap();
+    assert_eq!(ok.attempts, 1);
+    assert_eq!(n(&calls[0]), 3);
+    assert_eq!(r.providers()[0].breaker, crate::BreakerState::Closed);
+}
+
+#[tokio::test]
+async fn stream_failing_before_its_first_chunk_is_retried() {
+    let (r, calls) = router(
+        vec![spec("a", 0, vec![Step::FirstChunkFails, Step::Hang], Step::Ok)],
+        routing(3, 10, Duration::from_secs(1)),
+    )
+    .await;
+    let resolved = r.resolve("m").unwrap();
+    let mut routed = r.chat_stream(&resolved, &req()).await.unwrap();
+    assert_eq!(routed.attempts, 3, "error chunk, then no first chunk in time, then ok");
+    assert_eq!(n(&calls[0]), 3);
+    assert_eq!(r.providers()[0].in_flight, 1, "an open stream counts as in flight");
+    let items: Vec<_> = (&mut routed.value).collect().await;
+    assert_eq!(items.len(), 2);
+    assert_eq!(&items[0].as_ref().unwrap().json[..], b"a");
+    drop(routed);
+    assert_eq!(r.providers()[0].in_flight, 0);
+}
+
+#[tokio::test]
+async fn backoff_grows_and_is_capped_and_honours_retry_after() {
+    let mut cfg = routing(3, 10, Duration::from_secs(1));
+    cfg.backoff_base = Duration::from_millis(100);
+    cfg.backoff_max = Duration::from_millis(250);
+    let (r, _) = router(vec![spec("a", 0, vec![], Step::Ok)], cfg).await;
+    for _ in 0..50 {
+        let d1 = r.backoff(1, None);
+        assert!(d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100), "{d1:?}");
+        let d2 = r.backoff(2, None);
+        assert!(d2 >= Duration::from_millis(100) && d2 <= Duration::from_millis(200), "{d2:?}");
+        assert!(r.backoff(30, None) <= Duration::from_millis(250));
+        assert_eq!(r.backoff(1, Some(Duration::from_secs(30))), Duration::from_millis(250));
+    }
+}
+
+#[tokio::test]
+async fn aliases_resolve_and_unknown_models_do_not() {
+    let aliases = vec![ModelAlias {
+        name: "fast".into(),
+        targets: vec!["b/m".into(), "a/m".into()],
+    }];
+    let mut providers: Vec<(ProviderConfig, Box<dyn Provider>)> = Vec::new();
+    for name in ["a", "b"] {
+        let p = Scripted {
+            name,
+            script: Mutex::new(VecDeque::new()),
+            default: Step::Ok,
+            calls: Arc::new(AtomicUsize::new(0)),
+        };
+        providers.push((ProviderConfig::new(name, ProviderKind::Mock, None), Box::new(p)));
+    }
+    let mut cfg = routing(1, 10, Duration::from_secs(1));
+    cfg.strategy = RoutingStrategy::Priority;
+    let r = Router::with_custom(providers, &aliases, &cfg).await.unwrap();
+    let resolved = r.resolve("fast").unwrap();
+    assert_eq!(resolved.len(), 2);
+    let ok = r.chat(&resolved, &req()).await.unwrap();
+    assert_eq!(&*ok.provider, "b", "alias target order under equal priority");
+    assert!(matches!(r.resolve("slow"), Err(RouterError::UnknownModel { .. })));
+    let ids: Vec<String> = r.list_models().into_iter().map(|m| m.id).collect();
+    assert_eq!(ids, vec!["m", "fast"]);
+}

@@ -1,0 +1,401 @@
+//! Chat completions between their two wire forms: an SSE stream of
+//! `chat.completion.chunk` events is assembled into one `chat.completion`
+//! (what the cache stores), and a stored completion is replayed as a valid
+//! SSE stream ending in `data: [DONE]`. Content text survives both ways
+//! byte for byte.
+
+use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
+
+#[derive(Default)]
+struct ToolCallAcc {
+    id: Option<Value>,
+    kind: Option<Value>,
+    name: String,
+    arguments: String,
+}
+
+#[derive(Default)]
+struct ChoiceAcc {
+    role: Option<Value>,
+    content: Option<String>,
+    refusal: Option<String>,
+    tool_calls: BTreeMap<u64, ToolCallAcc>,
+    finish_reason: Option<Value>,
+}
+
+/// Folds SSE bytes, as they arrive, into a completion.
+#[derive(Default)]
+pub(crate) struct Assembler {
+    buf: Vec<u8>,
+    failed: bool,
+    done: bool,
+    id: Option<Value>,
+    created: Option<Value>,
+    model: Option<Value>,
+    fingerprint: Option<Value>,
+    usage: Option<Value>,
+    choices: BTreeMap<u64, ChoiceAcc>,
+}
+
+/// Largest stream recorded; a longer one is forwarded but not stored.
+const MAX_RECORDED: usize = 16 * 1024 * 1024;
+
+impl Assembler {
+    /// Feeds raw body bytes (events may be split anywhere).
+    pub(crate) fn feed(&mut self, chunk: &[u8]) {
+        if self.failed {
+            return;
+        }
+        if self.buf.len() + chunk.len() > MAX_RECORDED {
+            self.failed = true;
+            self.buf.clear();
+            return;
+        }
+        self.buf.extend_from_slice(chunk);
+        while let Some((end, sep)) = find_event_end(&self.buf) {
+            let event: Vec<u8> = self.buf.drain(..end + sep).collect();
+            self.event(&event[..end]);
+        }
+    }
+
+    fn event(&mut self, raw: &[u8]) {
+        let Ok(text) = std::str::from_utf8(raw) else {
+            self.failed = true;
+            return;
+        };
+        let mut data = String::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("data:") {
+                if !data.is_empty() {
+                    data.push('\n');
+                }
+                data.push_str(rest.strip_prefix(' ').unwrap_or(rest));
+            } else if let Some(ev) = line.strip_prefix("event:")
+                && ev.trim() == "error"
+            {
+                self.failed = true;
+            }
+        }
+        if data.is_empty() {
+            return;
+        }
+        if data.trim() == "[DONE]" {
+            self.done = true;
+            return;
+        }
+        if self.done {
+            return;
+        }
+        match serde_json::from_str::<Value>(&data) {
+            Ok(v) => self.chunk(v),
+            Err(_) => self.failed = true,
+        }
+    }
+
+    fn chunk(&mut self, v: Value) {
+        if v.get("error").is_some() {
+            self.failed = true;
+            return;
+        }
+        for (field, slot) in [
+            ("id", &mut self.id),
+            ("created", &mut self.created),
+            ("model", &mut self.model),
+            ("system_fingerprint", &mut self.fingerprint),
+        ] {
+            if slot.is_none()
+                && let Some(x) = v.get(field)
+                && !x.is_null()
+            {
+                *slot = Some(x.clone());
+            }
+        }
+        if let Some(u) = v.get("usage")
+            && !u.is_null()
+        {
+            self.usage = Some(u.clone());
+        }
+        let Some(choices) = v.get("choices").and_then(Value::as_array) else {
+            return;
+        };
+        for c in choices {
+            let idx = c.get("index").and_then(Value::as_u64).unwrap_or(0);
+            let acc = self.choices.entry(idx).or_default();
+            if let Some(fr) = c.get("finish_reason")
+                && !fr.is_null()
+            {
+                acc.finish_reason = Some(fr.clone());
+            }
+            let Some(delta) = c.get("delta") else {
+                continue;
+            };
+            if let Some(r) = delta.get("role")
+                && !r.is_null()
+            {
+                acc.role = Some(r.clone());
+            }
+            if let Some(s) = delta.get("content").and_then(Value::as_str) {
+                acc.content.get_or_insert_with(String::new).push_str(s);
+            }
+            if let Some(s) = delta.get("refusal").and_then(Value::as_str) {
+                acc.refusal.get_or_insert_with(String::new).push_str(s);
+            }
+            if let Some(calls) = delta.get("tool_calls").and_then(Value::as_array) {
+                for tc in calls {
+                    let ti = tc.get("index").and_then(Value::as_u64).unwrap_or(0);
+                    let t = acc.tool_calls.entry(ti).or_default();
+                    if let Some(id) = tc.get("id")
+                        && !id.is_null()
+                    {
+                        t.id = Some(id.clone());
+                    }
+                    if let Some(k) = tc.get("type")
+                        && !k.is_null()
+                    {
+                        t.kind = Some(k.clone());
+                    }
+                    if let Some(f) = tc.get("function") {
+                        if let Some(n) = f.get("name").and_then(Value::as_str) {
+                            t.name.push_str(n);
+                        }
+                        if let Some(a) = f.get("arguments").and_then(Value::as_str) {
+                            t.arguments.push_str(a);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The completion as JSON, when the stream was complete (`[DONE]`, no
+    /// error, at least one choice with a finish reason).
+    pub(crate) fn finish(&mut self) -> Option<Vec<u8>> {
+        if self.failed || !self.done || self.choices.is_empty() {
+            return None;
+        }
+        if self.choices.values().any(|c| c.finish_reason.is_none()) {
+            return None;
+        }
+        let mut choices = Vec::with_capacity(self.choices.len());
+        for (idx, c) in std::mem::take(&mut self.choices) {
+            let mut msg = Map::new();
+            msg.insert("role".into(), c.role.unwrap_or_else(|| json!("assistant")));
+            msg.insert(
+                "content".into(),
+                c.content.map_or(Value::Null, Value::String),
+            );
+            if let Some(r) = c.refusal {
+                msg.insert("refusal".into(), Value::String(r));
+            }
+            if !c.tool_calls.is_empty() {
+                let calls: Vec<Value> = c
+                    .tool_calls
+                    .into_values()
+                    .map(|t| {
+                        json!({
+                            "id": t.id.unwrap_or(Value::Null),
+                            "type": t.kind.unwrap_or_else(|| json!("function")),
+                            "function": { "name": t.name, "arguments": t.arguments },
+                        })
+                    })
+                    .collect();
+                msg.insert("tool_calls".into(), Value::Array(calls));
+            }
+            choices.push(json!({
+                "index": idx,
+                "message": Value::Object(msg),
+                "logprobs": Value::Null,
+                "finish_reason": c.finish_reason.unwrap_or(Value::Null),
+            }));
+        }
+        let mut out = Map::new();
+        out.insert(
+            "id".into(),
+            self.id.take().unwrap_or_else(|| json!("chatcmpl-cached")),
+        );
+        out.insert("object".into(), json!("chat.completion"));
+        out.insert("created".into(), self.created.take().unwrap_or(json!(0)));
+        out.insert("model".into(), self.model.take().unwrap_or(Value::Null));
+        out.insert("choices".into(), Value::Array(choices));
+        if let Some(u) = self.usage.take() {
+            out.insert("usage".into(), u);
+        }
+        if let Some(f) = self.fingerprint.take() {
+            out.insert("system_fingerprint".into(), f);
+        }
+        serde_json::to_vec(&Value::Object(out)).ok()
+    }
+}
+
+/// Finds the end of the first complete event: (index, separator length).
+fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
+    let mut i = 0;
+    while i + 1 < buf.len() {
+        if buf[i] == b'\n' && buf[i + 1] == b'\n' {
+            return Some((i, 2));
+        }
+        if i + 3 < buf.len() && &buf[i..i + 4] == b"\r\n\r\n" {
+            return Some((i, 4));
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Replays a stored completion as SSE: per choice one delta with role,
+/// content and tool calls, then one with the finish reason; the usage chunk
+/// when asked for; then `data: [DONE]`. `None` when the value is not a
+/// completion.
+pub(crate) fn replay(stored: &[u8], include_usage: bool) -> Option<Vec<u8>> {
+    let v: Value = serde_json::from_slice(stored).ok()?;
+    let choices = v.get("choices")?.as_array()?;
+    let mut base = Map::new();
+    base.insert("id".into(), v.get("id").cloned().unwrap_or(Value::Null));
+    base.insert("object".into(), json!("chat.completion.chunk"));
+    base.insert(
+        "created".into(),
+        v.get("created").cloned().unwrap_or(json!(0)),
+    );
+    base.insert(
+        "model".into(),
+        v.get("model").cloned().unwrap_or(Value::Null),
+    );
+    if let Some(f) = v.get("system_fingerprint") {
+        base.insert("system_fingerprint".into(), f.clone());
+    }
+    let mut out = Vec::with_capacity(stored.len() + 512);
+    let mut emit = |choices: Value, usage: Option<&Value>| -> Option<()> {
+        let mut c = base.clone();
+        c.insert("choices".into(), choices);
+        if let Some(u) = usage {
+            c.insert("usage".into(), u.clone());
+        }
+        out.extend_from_slice(b"data: ");
+        serde_json::to_writer(&mut out, &Value::Object(c)).ok()?;
+        out.extend_from_slice(b"\n\n");
+        Some(())
+    };
+    for (pos, choice) in choices.iter().enumerate() {
+        let idx = choice.get("index").cloned().unwrap_or(json!(pos));
+        let msg = choice.get("message")?;
+        let mut delta = Map::new();
+        delta.insert(
+            "role".into(),
+            msg.get("role")
+                .cloned()
+                .unwrap_or_else(|| json!("assistant")),
+        );
+        if let Some(c) = msg.get("content")
+            && !c.is_null()
+        {
+            delta.insert("content".into(), c.clone());
+        }
+        if let Some(r) = msg.get("refusal")
+            && !r.is_null()
+        {
+            delta.insert("refusal".into(), r.clone());
+        }
+        if let Some(calls) = msg.get("tool_calls").and_then(Value::as_array) {
+            let calls: Vec<Value> = calls
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    let mut t = t.clone();
+                    if let Some(o) = t.as_object_mut() {
+                        o.insert("index".into(), json!(i));
+                    }
+                    t
+                })
+                .collect();
+            delta.insert("tool_calls".into(), Value::Array(calls));
+        }
+        emit(
+            json!([{ "index": idx, "delta": Value::Object(delta), "logprobs": Value::Null, "finish_reason": Value::Null }]),
+            None,
+        )?;
+        emit(
+            json!([{ "index": idx, "delta": {}, "logprobs": Value::Null, "finish_reason": choice.get("finish_reason").cloned().unwrap_or(Value::Null) }]),
+            None,
+        )?;
+    }
+    if include_usage && let Some(u) = v.get("usage") {
+        emit(json!([]), Some(u))?;
+    }
+    out.extend_from_slice(b"data: [DONE]\n\n");
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(content: &str) -> String {
+        format!(
+            "data: {}\n\n",
+            json!({"id":"c1","object":"chat.completion.chunk","created":7,"model":"m","choices":[{"index":0,"delta":{"content":content},"finish_reason":null}]})
+        )
+    }
+
+    #[test]
+    fn split_stream_assembles_and_replays_byte_exact() {
+        let text = ["Hel", "lo, \"wörld\"\n", "\u{1F600} end"];
+        let mut sse = format!(
+            "data: {}\n\n",
+            json!({"id":"c1","object":"chat.completion.chunk","created":7,"model":"m","choices":[{"index":0,"delta":{"role":"assistant"},"finish_reason":null}]})
+        );
+        for t in text {
+            sse.push_str(&chunk(t));
+        }
+        sse.push_str(&format!(
+            "data: {}\n\n",
+            json!({"id":"c1","object":"chat.completion.chunk","created":7,"model":"m","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]})
+        ));
+        sse.push_str("data: [DONE]\n\n");
+        let mut a = Assembler::default();
+        // Feed in awkward 5-byte pieces (splitting UTF-8 too).
+        for piece in sse.as_bytes().chunks(5) {
+            a.feed(piece);
+        }
+        let done = a.finish().unwrap();
+        let v: Value = serde_json::from_slice(&done).unwrap();
+        assert_eq!(v["choices"][0]["message"]["content"], text.concat());
+        assert_eq!(v["choices"][0]["finish_reason"], "stop");
+        let replayed = replay(&done, false).unwrap();
+        let mut b = Assembler::default();
+        b.feed(&replayed);
+        let again: Value = serde_json::from_slice(&b.finish().unwrap()).unwrap();
+        assert_eq!(again["choices"][0]["message"]["content"], text.concat());
+        assert!(
+            String::from_utf8(replayed)
+                .unwrap()
+                .ends_with("data: [DONE]\n\n")
+        );
+    }
+
+    #[test]
+    fn incomplete_or_failed_streams_are_not_stored() {
+        let mut a = Assembler::default();
+        a.feed(chunk("x").as_bytes());
+        assert!(a.finish().is_none(), "no [DONE]");
+        let mut b = Assembler::default();
+        b.feed(chunk("x").as_bytes());
+        b.feed(b"data: {\"error\":{\"message\":\"boom\"}}\n\ndata: [DONE]\n\n");
+        assert!(b.finish().is_none(), "error event");
+    }
+
+    #[test]
+    fn tool_calls_are_merged_and_replayed() {
+        let mut a = Assembler::default();
+        let c1 = json!({"id":"c","choices":[{"index":0,"delta":{"role":"assistant","tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"get_","arguments":"{\"a\""}}]},"finish_reason":null}]});
+        let c2 = json!({"id":"c","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"name":"w","arguments":":1}"}}]},"finish_reason":"tool_calls"}]});
+        a.feed(format!("data: {c1}\n\ndata: {c2}\n\ndata: [DONE]\n\n").as_bytes());
+        let v: Value = serde_json::from_slice(&a.finish().unwrap()).unwrap();
+        let tc = &v["choices"][0]["message"]["tool_calls"][0];
+        assert_eq!(tc["function"]["name"], "get_w");
+        assert_eq!(tc["function"]["arguments"], "{\"a\":1}");
+        assert_eq!(tc["id"], "call_1");
+        let r = String::from_utf8(replay(&serde_json::to_vec(&v).unwrap(), true).unwrap()).unwrap();
+        assert!(r.contains("\"tool_calls\""));
+    }
+}

@@ -1,0 +1,467 @@
+//! The response cache through the HTTP API: hits and misses with their
+//! `x-uat-cache` header, streamed/non-streamed equivalence, policy headers,
+//! errors never cached, single flight counted by the fake upstream, Redis
+//! down, admin invalidation and stats, and L1 coherence between two app
+//! instances through Redis pub/sub.
+//!
+//! Redis: `UAT_TEST_REDIS_URL` (default `redis://127.0.0.1:6379/`);
+//! PostgreSQL: `UAT_TEST_POSTGRES_URL`. Unreachable servers fail the tests.
+
+use crate::common::*;
+use serde_json::{Value, json};
+use std::time::Duration;
+use uat_testkit::{Behavior, FakeUpstream, Wire};
+
+fn redis_url() -> String {
+    std::env::var("UAT_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
+}
+
+fn postgres_url() -> String {
+    std::env::var("UAT_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+fn unique(tag: &str) -> String {
+    format!("{tag}{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+/// A fake OpenAI upstream (model `<name>-model`) and a `[cache]` section
+/// with L2 on its own key prefix.
+async fn setup(extra_cache: &str) -> (FakeUpstream, String, String) {
+    let name = unique("c");
+    let up = FakeUpstream::start(Wire::OpenAi, &name).await.unwrap();
+    let toml = format!(
+        "{}\n[cache]\nmode = \"deterministic\"\n{extra_cache}\n[cache.l2]\nurl = \"{}\"\nkey_prefix = \"uat-test:{}:\"\n",
+        provider_toml("p", "openai", &up.base_url(), ""),
+        redis_url(),
+        unique("srv"),
+    );
+    let model = format!("{name}-model");
+    (up, toml, model)
+}
+
+fn det(model: &str, stream: bool) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": "Say hello"}], "temperature": 0, "stream": stream})
+}
+
+async fn stored(app: &TestApp, resp_key: &str) -> bool {
+    let key = uat_cache::CacheKey::parse_public("default", resp_key).unwrap();
+    let cache = app.state.cache.tiered().unwrap().clone();
+    eventually(Duration::from_secs(3), || {
+        cache.l1().unwrap().contains(&key)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn repeated_deterministic_chat_is_a_hit() {
+    let (up, toml, model) = setup("").await;
+    let app = spawn_app(&toml).await;
+    let r1 = app.chat(det(&model, false)).await;
+    assert_eq!(r1.status(), 200);
+    assert_eq!(header(&r1, "x-uat-cache"), "miss");
+    assert!(!header(&r1, "x-uat-cache-key").is_empty());
+    let b1: Value = r1.json().await.unwrap();
+    let r2 = app.chat(det(&model, false)).await;
+    assert_eq!(header(&r2, "x-uat-cache"), "hit-l1");
+    assert_eq!(header(&r2, "content-type"), "application/json");
+    let b2: Value = r2.json().await.unwrap();
+    assert_eq!(b1, b2);
+    assert_eq!(up.calls(), 1);
+    // Reordered keys, `user` and whitespace do not matter; a temperature does.
+    let reordered = json!({"temperature": 0.0, "user": "x", "messages": [{"content": "Say hello", "role": "user"}], "model": model});
+    assert_eq!(header(&app.chat(reordered).await, "x-uat-cache"), "hit-l1");
+    let mut hotter = det(&model, false);
+    hotter["temperature"] = json!(0.2);
+    hotter["seed"] = json!(1);
+    assert_eq!(header(&app.chat(hotter).await, "x-uat-cache"), "miss");
+    assert_eq!(up.calls(), 2);
+}
+
+#[tokio::test]
+async fn non_deterministic_requests_bypass_unless_mode_always() {
+    let (up, toml, model) = setup("").await;
+    let app = spawn_app(&toml).await;
+    for _ in 0..2 {
+        let r = app.chat(chat_body(&model, false)).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(header(&r, "x-uat-cache"), "bypass");
+    }
+    assert_eq!(up.calls(), 2);
+    let (up, toml, model) = setup("").await;
+    let app = spawn_app(&toml.replace("mode = \"deterministic\"", "mode = \"always\"")).await;
+    app.chat(chat_body(&model, false)).await;
+    assert_eq!(
+        header(&app.chat(chat_body(&model, false)).await, "x-uat-cache"),
+        "hit-l1"
+    );
+    assert_eq!(up.calls(), 1);
+}
+
+const TRICKY: &str =
+    "Héllo \"wörld\" \\ back\\slash — tab\tand 😀 emoji, <b>tags</b> & more words here";
+
+#[tokio::test]
+async fn streamed_miss_then_non_streamed_hit_is_byte_exact() {
+    let (up, toml, model) = setup("").await;
+    up.set_reply(TRICKY);
+    let app = spawn_app(&toml).await;
+    let r = app.chat(det(&model, true)).await;
+    assert_eq!(header(&r, "x-uat-cache"), "miss");
+    let key = header(&r, "x-uat-cache-key");
+    let events = sse_events(r).await;
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let streamed = stream_text(&events);
+    assert_eq!(streamed, TRICKY);
+    assert!(stored(&app, &key).await, "completed stream stored");
+    let r = app.chat(det(&model, false)).await;
+    assert_eq!(header(&r, "x-uat-cache"), "hit-l1");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .as_bytes(),
+        streamed.as_bytes()
+    );
+    assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    assert_eq!(up.calls(), 1);
+}
+
+#[tokio::test]
+async fn non_streamed_miss_then_streamed_hit_is_byte_exact() {
+    let (up, toml, model) = setup("").await;
+    up.set_reply(TRICKY);
+    let app = spawn_app(&toml).await;
+    let r = app.chat(det(&model, false)).await;
+    assert_eq!(header(&r, "x-uat-cache"), "miss");
+    let v: Value = r.json().await.unwrap();
+    let text = v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut body = det(&model, true);
+    body["stream_options"] = json!({"include_usage": true});
+    let r = app.chat(body).await;
+    assert_eq!(header(&r, "x-uat-cache"), "hit-l1");
+    assert_eq!(header(&r, "content-type"), "text/event-stream");
+    let events = sse_events(r).await;
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    assert_eq!(stream_text(&events).as_bytes(), text.as_bytes());
+    for e in &events[..events.len() - 1] {
+        let c: Value = serde_json::from_str(e).unwrap();
+        assert_eq!(c["object"], "chat.completion.chunk");
+    }
+    let usage: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    assert_eq!(usage["usage"], v["usage"], "usage replayed when asked for");
+    assert_eq!(up.calls(), 1);
+}
+
+#[tokio::test]
+async fn cache_control_and_ttl_headers() {
+    let (up, toml, model) = setup("").await;
+    let app = spawn_app(&toml).await;
+    let send = |h: Vec<(&'static str, &'static str)>| {
+        let mut req = app
+            .client
+            .post(app.at("/v1/chat/completions"))
+            .json(&det(&model, false));
+        for (k, v) in h {
+            req = req.header(k, v);
+        }
+        req.send()
+    };
+    // no-store: answered, not stored.
+    assert_eq!(
+        header(
+            &send(vec![("cache-control", "no-store")]).await.unwrap(),
+            "x-uat-cache"
+        ),
+        "miss"
+    );
+    assert_eq!(
+        header(
+            &send(vec![("cache-control", "no-store")]).await.unwrap(),
+            "x-uat-cache"
+        ),
+        "miss"
+    );
+    assert_eq!(up.calls(), 2);
+    // A 1-second TTL.
+    let r = send(vec![("x-uat-cache-ttl", "1")]).await.unwrap();
+    assert_eq!(header(&r, "x-uat-cache"), "miss");
+    assert!(stored(&app, &header(&r, "x-uat-cache-key")).await);
+    assert_eq!(
+        header(&send(vec![]).await.unwrap(), "x-uat-cache"),
+        "hit-l1"
+    );
+    // no-cache: skips the read (goes upstream) but stores.
+    assert_eq!(
+        header(
+            &send(vec![("cache-control", "no-cache")]).await.unwrap(),
+            "x-uat-cache"
+        ),
+        "miss"
+    );
+    assert_eq!(up.calls(), 4);
+    // Both: bypass.
+    assert_eq!(
+        header(
+            &send(vec![("cache-control", "no-cache, no-store")])
+                .await
+                .unwrap(),
+            "x-uat-cache"
+        ),
+        "bypass"
+    );
+    assert_eq!(up.calls(), 5);
+}
+
+#[tokio::test]
+async fn ttl_header_expires_entries() {
+    let (up, toml, model) = setup("").await;
+    let app = spawn_app(&toml).await;
+    let req = || {
+        app.client
+            .post(app.at("/v1/chat/completions"))
+            .header("x-uat-cache-ttl", "1")
+            .json(&det(&model, false))
+            .send()
+    };
+    let r = req().await.unwrap();
+    assert!(stored(&app, &header(&r, "x-uat-cache-key")).await);
+    assert_eq!(header(&req().await.unwrap(), "x-uat-cache"), "hit-l1");
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(
+        header(&req().await.unwrap(), "x-uat-cache"),
+        "miss",
+        "expired in L1, L2 and L3"
+    );
+    assert_eq!(up.calls(), 2);
+}
+
+#[tokio::test]
+async fn error_responses_are_never_cached() {
+    let (up, toml, model) = setup("").await;
+    let app = spawn_app(&format!("[routing]\nmax_attempts = 1\n{toml}")).await;
+    up.set_default(Behavior::Status(500));
+    let r = app.chat(det(&model, false)).await;
+    assert!(r.status().is_server_error(), "{}", r.status());
+    assert_eq!(header(&r, "x-uat-cache"), "miss");
+    up.set_default(Behavior::Ok);
+    let r = app.chat(det(&model, false)).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        header(&r, "x-uat-cache"),
+        "miss",
+        "the error was not stored"
+    );
+    // A stream that stops halfway is not stored either.
+    let mut body = det(&model, true);
+    body["max_tokens"] = json!(7);
+    up.set_default(Behavior::StopHalfway);
+    let r = app.chat(body.clone()).await;
+    let _ = r.text().await;
+    up.set_default(Behavior::Ok);
+    let r = app.chat(body).await;
+    assert_eq!(
+        header(&r, "x-uat-cache"),
+        "miss",
+        "a truncated stream was not stored"
+    );
+    let events = sse_events(r).await;
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+}
+
+#[tokio::test]
+async fn identical_concurrent_requests_make_one_upstream_call() {
+    let (up, toml, model) = setup("").await;
+    up.set_default(Behavior::Delay(Duration::from_millis(300)));
+    let app = std::sync::Arc::new(spawn_app(&toml).await);
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let (app, model) = (app.clone(), model.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = app.chat(det(&model, i % 3 == 0)).await;
+            assert_eq!(r.status(), 200);
+            let how = header(&r, "x-uat-cache");
+            let text = if i % 3 == 0 {
+                stream_text(&sse_events(r).await)
+            } else {
+                let v: Value = r.json().await.unwrap();
+                v["choices"][0]["message"]["content"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            };
+            (how, text)
+        }));
+    }
+    let mut misses = 0;
+    for t in tasks {
+        let (how, text) = t.await.unwrap();
+        assert!(text.starts_with("Hello from"), "{text}");
+        misses += usize::from(how == "miss");
+    }
+    assert_eq!(up.calls(), 1, "exactly one upstream call");
+    assert_eq!(misses, 1);
+}
+
+#[tokio::test]
+async fn redis_on_a_closed_port_fails_no_request_and_degrades_ready() {
+    let name = unique("down");
+    let up = FakeUpstream::start(Wire::OpenAi, &name).await.unwrap();
+    let toml = format!(
+        "{}\n[cache]\nmode = \"deterministic\"\n[cache.l2]\nurl = \"redis://127.0.0.1:1/\"\ntimeout = \"100ms\"\n",
+        provider_toml("p", "openai", &up.base_url(), "")
+    );
+    let app = spawn_app(&toml).await;
+    let model = format!("{name}-model");
+    for i in 0..20 {
+        let mut body = det(&model, i % 2 == 0);
+        body["messages"][0]["content"] = json!(format!("q{}", i / 4));
+        let r = app.chat(body).await;
+        assert_eq!(r.status(), 200);
+        let _ = r.text().await;
+    }
+    assert!(
+        up.calls() <= 10,
+        "L1 (and L3) still serve: {} calls",
+        up.calls()
+    );
+    let r = app.client.get(app.at("/ready")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "a cache level is never critical");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["status"], "degraded");
+    let l2 = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "cache.l2")
+        .unwrap();
+    assert_eq!(l2["status"], "degraded");
+    assert_eq!(l2["critical"], false);
+}
+
+#[tokio::test]
+async fn admin_invalidation_by_key_and_pattern_and_stats() {
+    let (up, toml, model) = setup("").await;
+    let app = spawn_app(&toml).await;
+    let r = app.chat(det(&model, false)).await;
+    let key = header(&r, "x-uat-cache-key");
+    assert!(key.starts_with(&format!("{model}|")), "{key}");
+    assert_eq!(
+        header(&app.chat(det(&model, false)).await, "x-uat-cache"),
+        "hit-l1"
+    );
+    let del = |body: Value| app.client.delete(app.at("/v1/cache")).json(&body).send();
+    let r = del(json!({ "key": key })).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({"deleted": 1}));
+    assert_eq!(
+        header(&app.chat(det(&model, false)).await, "x-uat-cache"),
+        "miss"
+    );
+    let mut other = det(&model, false);
+    other["messages"][0]["content"] = json!("another question");
+    app.chat(other.clone()).await;
+    let prefix = &model[..model.len() - 3];
+    let r = del(json!({ "pattern": format!("{prefix}*") }))
+        .await
+        .unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({"deleted": 2}));
+    assert_eq!(header(&app.chat(other).await, "x-uat-cache"), "miss");
+    assert_eq!(up.calls(), 4);
+    // Bad bodies are 400s naming the field.
+    let r = del(json!({})).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let r = del(json!({"key": "nonsense"})).await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["param"], "key");
+    let s: Value = app
+        .client
+        .get(app.at("/v1/cache/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for level in ["l1", "l2", "l3"] {
+        let l = &s["levels"][level];
+        for f in ["entries", "bytes", "hits", "misses", "hit_rate"] {
+            assert!(l[f].is_number(), "{level}.{f} in {s}");
+        }
+    }
+    assert!(s["levels"]["l1"]["hits"].as_u64().unwrap() >= 1);
+    assert_eq!(s["levels"]["l1"]["entries"], 2);
+}
+
+#[tokio::test]
+async fn invalidation_reaches_a_second_instance_through_pubsub() {
+    // Two replicas sharing Redis and PostgreSQL, as in production.
+    let (up, toml, model) = setup("").await;
+    let toml = format!("{toml}\n[storage]\ndatabase_url = \"{}\"\n", postgres_url());
+    let dir_a = tempfile::tempdir().unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+    let mut cfg_a = test_config(&toml, dir_a.path());
+    let mut cfg_b = test_config(&toml, dir_b.path());
+    cfg_a.storage.database_url = Some(postgres_url());
+    cfg_b.storage.database_url = Some(postgres_url());
+    let a = spawn_config(cfg_a, dir_a).await;
+    let b = spawn_config(cfg_b, dir_b).await;
+    for app in [&a, &b] {
+        assert!(
+            app.state
+                .cache
+                .tiered()
+                .unwrap()
+                .wait_subscribed(Duration::from_secs(5))
+                .await
+        );
+    }
+    let r = a.chat(det(&model, false)).await;
+    let key = uat_cache::CacheKey::parse_public("default", &header(&r, "x-uat-cache-key")).unwrap();
+    a.state
+        .cache
+        .tiered()
+        .unwrap()
+        .flush(Duration::from_secs(5))
+        .await;
+    assert_eq!(
+        header(&b.chat(det(&model, false)).await, "x-uat-cache"),
+        "hit-l2"
+    );
+    assert_eq!(
+        header(&b.chat(det(&model, false)).await, "x-uat-cache"),
+        "hit-l1"
+    );
+    let r = a
+        .client
+        .delete(a.at("/v1/cache"))
+        .json(&json!({"pattern": model}))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.json::<Value>().await.unwrap()["deleted"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+    let b_cache = b.state.cache.tiered().unwrap().clone();
+    assert!(
+        eventually(Duration::from_secs(3), || !b_cache
+            .l1()
+            .unwrap()
+            .contains(&key))
+        .await
+    );
+    assert_eq!(
+        header(&b.chat(det(&model, false)).await, "x-uat-cache"),
+        "miss"
+    );
+    assert_eq!(up.calls(), 2);
+}

@@ -1,0 +1,184 @@
+//! Shared helpers: start the whole app in-process on an ephemeral port with
+//! a given configuration, and small HTTP helpers.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::sync::oneshot;
+use uat_server::{AppState, Config};
+
+/// A running app. Stops when dropped.
+pub struct TestApp {
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+    /// The bound address.
+    pub addr: SocketAddr,
+    /// A plain client (no automatic gzip).
+    pub client: reqwest::Client,
+    /// The app state (router, services).
+    pub state: AppState,
+    shutdown: Option<oneshot::Sender<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl TestApp {
+    /// `url + path`.
+    pub fn at(&self, path: &str) -> String {
+        format!("{}{}", self.url, path)
+    }
+
+    /// POSTs JSON to `/v1/chat/completions`.
+    pub async fn chat(&self, body: serde_json::Value) -> reqwest::Response {
+        self.client
+            .post(self.at("/v1/chat/completions"))
+            .json(&body)
+            .send()
+            .await
+            .expect("request failed")
+    }
+}
+
+/// Parses TOML into a config with test-friendly defaults for whatever the
+/// TOML does not set: no local probing, hourly discovery, 1-20 ms backoff,
+/// cache off, data in a temporary directory.
+pub fn test_config(toml: &str, dir: &std::path::Path) -> Config {
+    let mut cfg = Config::from_toml(toml).expect("invalid test config");
+    if !toml.contains("probe_local") {
+        cfg.routing.probe_local = false;
+    }
+    if !toml.contains("discovery_interval") {
+        cfg.routing.discovery_interval = Duration::from_secs(3600);
+    }
+    if !toml.contains("backoff_base") {
+        cfg.routing.backoff_base = Duration::from_millis(1);
+    }
+    if !toml.contains("backoff_max") {
+        cfg.routing.backoff_max = Duration::from_millis(20);
+    }
+    if !toml.contains("[cache") {
+        cfg.cache.mode = uat_config::CacheMode::Off;
+    }
+    cfg.server.listen = "127.0.0.1:0".into();
+    cfg.storage.data_dir = dir.to_path_buf();
+    cfg.storage.database_url = Some(format!("sqlite://{}/uat.db", dir.display()));
+    cfg
+}
+
+/// Starts the app with this TOML (see [`test_config`]).
+pub async fn spawn_app(toml: &str) -> TestApp {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = test_config(toml, dir.path());
+    spawn_config(cfg, dir).await
+}
+
+/// Starts the app with a ready-made config.
+pub async fn spawn_config(cfg: Config, dir: tempfile::TempDir) -> TestApp {
+    let grace = Duration::from_secs(1);
+    let listener = uat_server::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let state = uat_server::build(cfg).await.expect("build");
+    let app = uat_server::app(state.clone());
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(uat_server::serve(
+        listener,
+        app,
+        async move {
+            let _ = rx.await;
+        },
+        grace,
+    ));
+    let client = reqwest::Client::builder()
+        .no_gzip()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
+    TestApp {
+        url: format!("http://{addr}"),
+        addr,
+        client,
+        state,
+        shutdown: Some(tx),
+        _dir: dir,
+    }
+}
+
+/// A provider entry for a fake upstream.
+pub fn provider_toml(name: &str, kind: &str, base_url: &str, extra: &str) -> String {
+    format!("[[providers]]\nname = \"{name}\"\nkind = \"{kind}\"\nbase_url = \"{base_url}\"\n{extra}\n")
+}
+
+/// A simple chat body.
+pub fn chat_body(model: &str, stream: bool) -> serde_json::Value {
+    serde_json::json!({
+        "model": model,
+        "messages": [{"role": "user", "content": "Say hello"}],
+        "stream": stream,
+    })
+}
+
+/// Reads an SSE body into its `data:` payloads.
+pub async fn sse_events(resp: reqwest::Response) -> Vec<String> {
+    let text = resp.text().await.expect("body");
+    parse_sse(&text)
+}
+
+/// Splits SSE text into `data:` payloads.
+pub fn parse_sse(text: &str) -> Vec<String> {
+    text.split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Concatenates the content deltas of SSE chunks.
+pub fn stream_text(events: &[String]) -> String {
+    let mut s = String::new();
+    for e in events {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(e) {
+            if let Some(t) = v.pointer("/choices/0/delta/content").and_then(|c| c.as_str()) {
+                s.push_str(t);
+            }
+        }
+    }
+    s
+}
+
+/// A header as a string ("" when missing).
+pub fn header(resp: &reqwest::Response, name: &str) -> String {
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// A local address nothing listens on.
+pub async fn closed_port_url() -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    drop(l);
+    format!("http://{addr}")
+}
+
+/// Polls `f` until it is true or `timeout` passes.
+pub async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

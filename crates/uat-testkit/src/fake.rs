@@ -1,0 +1,523 @@
+//! Fake upstreams: an OpenAI-compatible server, an Ollama server and the
+//! Anthropic Messages API, each on an ephemeral port, scriptable to fail.
+
+use crate::http1::{self, Request};
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+/// The wire format a fake speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// `/v1/models`, `/v1/chat/completions` (SSE), `/v1/embeddings`.
+    OpenAi,
+    /// `/api/tags`, `/api/chat` (NDJSON), `/api/embed`.
+    Ollama,
+    /// `/v1/models`, `/v1/messages` (SSE events).
+    Anthropic,
+}
+
+/// How the fake answers a chat or embeddings call.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Behavior {
+    /// A correct answer.
+    Ok,
+    /// This status with an error body in the wire's shape.
+    Status(u16),
+    /// 429 with `Retry-After: secs`.
+    RateLimited {
+        /// Seconds in the Retry-After header.
+        retry_after_secs: u64,
+    },
+    /// Never answers (the client must time out).
+    Hang,
+    /// Resets the connection without answering.
+    Reset,
+    /// 200 with a body that is not valid for the wire format.
+    Malformed,
+    /// Streams: half the events, then the connection drops. Non-streams: a truncated body.
+    StopHalfway,
+    /// The response head at once, the first event only after this delay.
+    SlowFirstToken(Duration),
+    /// The whole answer only after this delay.
+    Delay(Duration),
+}
+
+/// A request the fake received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// HTTP method.
+    pub method: String,
+    /// Path (with query).
+    pub path: String,
+    /// Headers, as received.
+    pub headers: Vec<(String, String)>,
+    /// The JSON body (`Null` when empty or not JSON).
+    pub body: Value,
+}
+
+impl Recorded {
+    /// A header value (case-insensitive name).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+struct Shared {
+    wire: Wire,
+    name: String,
+    script: Mutex<VecDeque<Behavior>>,
+    default: Mutex<Behavior>,
+    models: Mutex<Vec<String>>,
+    models_status: Mutex<Option<u16>>,
+    reply: Mutex<String>,
+    chunk_delay: Mutex<Duration>,
+    calls: AtomicUsize,
+    model_calls: AtomicUsize,
+    disconnects: AtomicUsize,
+    completed_streams: AtomicUsize,
+    requests: Mutex<Vec<Recorded>>,
+}
+
+/// A fake upstream on `127.0.0.1:<ephemeral>`. Stops when dropped.
+pub struct FakeUpstream {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for FakeUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FakeUpstream {
+    /// Starts a fake named `name` (the name appears in its replies:
+    /// `Hello from <name>`), serving one model, `<name>-model`.
+    pub async fn start(wire: Wire, name: &str) -> std::io::Result<FakeUpstream> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            wire,
+            name: name.to_owned(),
+            script: Mutex::new(VecDeque::new()),
+            default: Mutex::new(Behavior::Ok),
+            models: Mutex::new(vec![format!("{name}-model")]),
+            models_status: Mutex::new(None),
+            reply: Mutex::new(format!("Hello from {name}")),
+            chunk_delay: Mutex::new(Duration::ZERO),
+            calls: AtomicUsize::new(0),
+            model_calls: AtomicUsize::new(0),
+            disconnects: AtomicUsize::new(0),
+            completed_streams: AtomicUsize::new(0),
+            requests: Mutex::new(Vec::new()),
+        });
+        let s = shared.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(connection(stream, s.clone()));
+            }
+        });
+        Ok(FakeUpstream { addr, shared, task })
+    }
+
+    /// The socket address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The `base_url` to configure: with `/v1` for OpenAI, the root otherwise.
+    pub fn base_url(&self) -> String {
+        match self.shared.wire {
+            Wire::OpenAi => format!("http://{}/v1", self.addr),
+            Wire::Ollama | Wire::Anthropic => format!("http://{}", self.addr),
+        }
+    }
+
+    /// Queues behaviors for the next chat/embeddings calls, in order.
+    pub fn push(&self, b: Behavior) {
+        self.shared.script.lock().push_back(b);
+    }
+
+    /// The behavior once the queue is empty (initially [`Behavior::Ok`]).
+    pub fn set_default(&self, b: Behavior) {
+        *self.shared.default.lock() = b;
+    }
+
+    /// Replaces the served model list.
+    pub fn set_models(&self, models: &[&str]) {
+        *self.shared.models.lock() = models.iter().map(|m| (*m).to_owned()).collect();
+    }
+
+    /// Makes the model-list route answer with this status (`None`: normally).
+    pub fn set_models_status(&self, status: Option<u16>) {
+        *self.shared.models_status.lock() = status;
+    }
+
+    /// Replaces the reply text (streamed word by word).
+    pub fn set_reply(&self, text: &str) {
+        *self.shared.reply.lock() = text.to_owned();
+    }
+
+    /// Delay between streamed events.
+    pub fn set_chunk_delay(&self, d: Duration) {
+        *self.shared.chunk_delay.lock() = d;
+    }
+
+    /// Chat and embeddings calls received.
+    pub fn calls(&self) -> usize {
+        self.shared.calls.load(Ordering::SeqCst)
+    }
+
+    /// Model-list calls received.
+    pub fn model_calls(&self) -> usize {
+        self.shared.model_calls.load(Ordering::SeqCst)
+    }
+
+    /// Streams whose client went away before the end.
+    pub fn disconnects(&self) -> usize {
+        self.shared.disconnects.load(Ordering::SeqCst)
+    }
+
+    /// Streams written to the end.
+    pub fn completed_streams(&self) -> usize {
+        self.shared.completed_streams.load(Ordering::SeqCst)
+    }
+
+    /// Every request received, model listings included.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.shared.requests.lock().clone()
+    }
+
+    /// The body of the last chat/embeddings call.
+    pub fn last_body(&self) -> Option<Value> {
+        self.shared
+            .requests
+            .lock()
+            .iter()
+            .rev()
+            .find(|r| r.method == "POST")
+            .map(|r| r.body.clone())
+    }
+}
+
+async fn connection(mut stream: TcpStream, s: Arc<Shared>) {
+    let mut buf = Vec::new();
+    loop {
+        let req = match http1::read_request(&mut stream, &mut buf).await {
+            Ok(Some(r)) => r,
+            _ => return,
+        };
+        let keep = handle(&mut stream, &s, req).await.unwrap_or(false);
+        if !keep {
+            return;
+        }
+    }
+}
+
+fn route(wire: Wire, method: &str, path: &str) -> Option<Route> {
+    let path = path.split('?').next().unwrap_or("");
+    match (wire, method, path) {
+        (Wire::OpenAi, "GET", "/v1/models") | (Wire::Anthropic, "GET", "/v1/models") | (Wire::Ollama, "GET", "/api/tags") => {
+            Some(Route::Models)
+        }
+        (Wire::OpenAi, "POST", "/v1/chat/completions") | (Wire::Ollama, "POST", "/api/chat") | (Wire::Anthropic, "POST", "/v1/messages") => {
+            Some(Route::Chat)
+        }
+        (Wire::OpenAi, "POST", "/v1/embeddings") | (Wire::Ollama, "POST", "/api/embed") => Some(Route::Embed),
+        _ => None,
+    }
+}
+
+enum Route {
+    Models,
+    Chat,
+    Embed,
+}
+
+/// Serves one request; returns whether the connection stays open.
+async fn handle(stream: &mut TcpStream, s: &Shared, req: Request) -> std::io::Result<bool> {
+    let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+    s.requests.lock().push(Recorded {
+        method: req.method.clone(),
+        path: req.path.clone(),
+        headers: req.headers.clone(),
+        body: body.clone(),
+    });
+    let _ = req.header("host");
+    let Some(r) = route(s.wire, &req.method, &req.path) else {
+        http1::write_full(stream, 404, "application/json", &[], error_body(s, 404).as_bytes()).await?;
+        return Ok(true);
+    };
+    match r {
+        Route::Models => {
+            s.model_calls.fetch_add(1, Ordering::SeqCst);
+            let status = *s.models_status.lock();
+            if let Some(code) = status {
+                http1::write_full(stream, code, "application/json", &[], error_body(s, code).as_bytes()).await?;
+                return Ok(true);
+            }
+            let models = s.models.lock().clone();
+            let v = match s.wire {
+                Wire::OpenAi => json!({"object": "list", "data": models.iter().map(|m| json!({"id": m, "object": "model", "created": 0, "owned_by": s.name})).collect::<Vec<_>>()}),
+                Wire::Ollama => json!({"models": models.iter().map(|m| json!({"name": m, "model": m, "size": 1})).collect::<Vec<_>>()}),
+                Wire::Anthropic => json!({"data": models.iter().map(|m| json!({"id": m, "type": "model", "display_name": m})).collect::<Vec<_>>(), "has_more": false}),
+            };
+            http1::write_full(stream, 200, "application/json", &[], v.to_string().as_bytes()).await?;
+            Ok(true)
+        }
+        Route::Chat | Route::Embed => {
+            s.calls.fetch_add(1, Ordering::SeqCst);
+            let behavior = {
+                let next = s.script.lock().pop_front();
+                next.unwrap_or_else(|| s.default.lock().clone())
+            };
+            let is_stream = match s.wire {
+                // Ollama streams unless told otherwise.
+                Wire::Ollama => body.get("stream").and_then(Value::as_bool).unwrap_or(true),
+                _ => body.get("stream").and_then(Value::as_bool).unwrap_or(false),
+            };
+            let model = body.get("model").and_then(Value::as_str).unwrap_or("unknown").to_owned();
+            match behavior {
+                Behavior::Status(code) => {
+                    http1::write_full(stream, code, "application/json", &[], error_body(s, code).as_bytes()).await?;
+                    return Ok(true);
+                }
+                Behavior::RateLimited { retry_after_secs } => {
+                    http1::write_full(
+                        stream,
+                        429,
+                        "application/json",
+                        &[("Retry-After", retry_after_secs.to_string())],
+                        error_body(s, 429).as_bytes(),
+                    )
+                    .await?;
+                    return Ok(true);
+                }
+                Behavior::Hang => {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    return Ok(false);
+                }
+                Behavior::Reset => {
+                    let _ = stream.set_zero_linger();
+                    return Ok(false);
+                }
+                Behavior::Delay(d) => tokio::time::sleep(d).await,
+                _ => {}
+            }
+            if matches!(r, Route::Embed) {
+                return embed(stream, s, &body, &model, &behavior).await;
+            }
+            if is_stream {
+                chat_stream(stream, s, &body, &model, &behavior).await
+            } else {
+                chat_full(stream, s, &model, &behavior).await
+            }
+        }
+    }
+}
+
+fn error_body(s: &Shared, code: u16) -> String {
+    let msg = format!("fake {} error {code}", s.name);
+    match s.wire {
+        Wire::OpenAi => json!({"error": {"message": msg, "type": "server_error", "param": null, "code": null}}),
+        Wire::Ollama => json!({"error": msg}),
+        Wire::Anthropic => json!({"type": "error", "error": {"type": "api_error", "message": msg}}),
+    }
+    .to_string()
+}
+
+const PROMPT_TOKENS: u64 = 7;
+
+async fn chat_full(stream: &mut TcpStream, s: &Shared, model: &str, b: &Behavior) -> std::io::Result<bool> {
+    if *b == Behavior::Malformed {
+        http1::write_full(stream, 200, "application/json", &[], b"{\"this is\": not json").await?;
+        return Ok(true);
+    }
+    let reply = s.reply.lock().clone();
+    let words = reply.split_whitespace().count() as u64;
+    let v = match s.wire {
+        Wire::OpenAi => json!({
+            "id": "chatcmpl-fake", "object": "chat.completion", "created": 1, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": words, "total_tokens": PROMPT_TOKENS + words},
+            "system_fingerprint": "fp_fake",
+        }),
+        Wire::Ollama => json!({
+            "model": model, "created_at": "2024-01-01T00:00:00Z",
+            "message": {"role": "assistant", "content": reply},
+            "done": true, "done_reason": "stop", "prompt_eval_count": PROMPT_TOKENS, "eval_count": words,
+        }),
+        Wire::Anthropic => json!({
+            "id": "msg_fake", "type": "message", "role": "assistant", "model": model,
+            "content": [{"type": "text", "text": reply}],
+            "stop_reason": "end_turn", "stop_sequence": null,
+            "usage": {"input_tokens": PROMPT_TOKENS, "output_tokens": words},
+        }),
+    };
+    let body = v.to_string();
+    if *b == Behavior::StopHalfway {
+        // Promise the whole body, send half, hang up.
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        use tokio::io::AsyncWriteExt;
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(&body.as_bytes()[..body.len() / 2]).await?;
+        stream.flush().await?;
+        return Ok(false);
+    }
+    http1::write_full(stream, 200, "application/json", &[], body.as_bytes()).await?;
+    Ok(true)
+}
+
+/// The stream's events, already framed for the wire.
+fn stream_events(s: &Shared, body: &Value, model: &str) -> Vec<String> {
+    let reply = s.reply.lock().clone();
+    let pieces: Vec<&str> = reply.split_inclusive(' ').collect();
+    let words = reply.split_whitespace().count() as u64;
+    let include_usage = body
+        .pointer("/stream_options/include_usage")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let mut out = Vec::new();
+    match s.wire {
+        Wire::OpenAi => {
+            let chunk = |delta: Value, finish: Value| {
+                json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model,
+                       "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+            };
+            for (i, p) in pieces.iter().enumerate() {
+                let delta = if i == 0 {
+                    json!({"role": "assistant", "content": p})
+                } else {
+                    json!({"content": p})
+                };
+                out.push(format!("data: {}\n\n", chunk(delta, Value::Null)));
+            }
+            out.push(format!("data: {}\n\n", chunk(json!({}), json!("stop"))));
+            if include_usage {
+                let u = json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model, "choices": [],
+                               "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": words, "total_tokens": PROMPT_TOKENS + words}});
+                out.push(format!("data: {u}\n\n"));
+            }
+            out.push("data: [DONE]\n\n".into());
+        }
+        Wire::Ollama => {
+            for p in &pieces {
+                let v = json!({"model": model, "created_at": "2024-01-01T00:00:00Z", "message": {"role": "assistant", "content": p}, "done": false});
+                out.push(format!("{v}\n"));
+            }
+            let v = json!({"model": model, "created_at": "2024-01-01T00:00:00Z", "message": {"role": "assistant", "content": ""},
+                           "done": true, "done_reason": "stop", "prompt_eval_count": PROMPT_TOKENS, "eval_count": words});
+            out.push(format!("{v}\n"));
+        }
+        Wire::Anthropic => {
+            let ev = |name: &str, v: Value| format!("event: {name}\ndata: {v}\n\n");
+            out.push(ev(
+                "message_start",
+                json!({"type": "message_start", "message": {"id": "msg_fake", "type": "message", "role": "assistant", "model": model,
+                        "content": [], "stop_reason": null, "usage": {"input_tokens": PROMPT_TOKENS, "output_tokens": 1}}}),
+            ));
+            out.push(ev(
+                "content_block_start",
+                json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            ));
+            out.push(ev("ping", json!({"type": "ping"})));
+            for p in &pieces {
+                out.push(ev(
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}}),
+                ));
+            }
+            out.push(ev("content_block_stop", json!({"type": "content_block_stop", "index": 0})));
+            out.push(ev(
+                "message_delta",
+                json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": words}}),
+            ));
+            out.push(ev("message_stop", json!({"type": "message_stop"})));
+        }
+    }
+    out
+}
+
+async fn chat_stream(stream: &mut TcpStream, s: &Shared, body: &Value, model: &str, b: &Behavior) -> std::io::Result<bool> {
+    let ct = match s.wire {
+        Wire::Ollama => "application/x-ndjson",
+        _ => "text/event-stream",
+    };
+    http1::write_stream_head(stream, ct).await?;
+    if let Behavior::SlowFirstToken(d) = b {
+        tokio::time::sleep(*d).await;
+    }
+    if *b == Behavior::Malformed {
+        let junk: &[u8] = match s.wire {
+            Wire::Ollama => b"this is not json\n",
+            _ => b"data: {this is not json\n\n",
+        };
+        http1::write_chunk(stream, junk).await?;
+        http1::write_end(stream).await?;
+        return Ok(true);
+    }
+    let events = stream_events(s, body, model);
+    let cut = if *b == Behavior::StopHalfway {
+        (events.len() / 2).max(1)
+    } else {
+        events.len()
+    };
+    let delay = *s.chunk_delay.lock();
+    for (i, e) in events.iter().take(cut).enumerate() {
+        if i > 0 && !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        if http1::write_chunk(stream, e.as_bytes()).await.is_err() {
+            s.disconnects.fetch_add(1, Ordering::SeqCst);
+            return Ok(false);
+        }
+    }
+    if cut < events.len() {
+        // Drop the connection without the terminating chunk.
+        return Ok(false);
+    }
+    if http1::write_end(stream).await.is_err() {
+        s.disconnects.fetch_add(1, Ordering::SeqCst);
+        return Ok(false);
+    }
+    s.completed_streams.fetch_add(1, Ordering::SeqCst);
+    Ok(true)
+}
+
+async fn embed(stream: &mut TcpStream, s: &Shared, body: &Value, model: &str, b: &Behavior) -> std::io::Result<bool> {
+    if *b == Behavior::Malformed {
+        http1::write_full(stream, 200, "application/json", &[], b"not json").await?;
+        return Ok(true);
+    }
+    let n = match body.get("input") {
+        Some(Value::Array(a)) => a.len(),
+        _ => 1,
+    };
+    let vectors: Vec<Value> = (0..n).map(|i| json!([i as f64, 0.5, 0.25])).collect();
+    let v = match s.wire {
+        Wire::Ollama => json!({"model": model, "embeddings": vectors, "prompt_eval_count": n}),
+        _ => json!({
+            "object": "list",
+            "data": vectors.iter().enumerate().map(|(i, v)| json!({"object": "embedding", "index": i, "embedding": v})).collect::<Vec<_>>(),
+            "model": model,
+            "usage": {"prompt_tokens": n, "total_tokens": n},
+        }),
+    };
+    http1::write_full(stream, 200, "application/json", &[], v.to_string().as_bytes()).await?;
+    Ok(true)
+}

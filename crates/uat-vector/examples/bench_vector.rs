@@ -1,0 +1,24 @@
+//! `cargo run --release -p uat-vector --example bench_vector [N] [QUERIES]`:
+//! the full vector benchmark report (what `uat bench vector` prints).
+
+use uat_vector::bench::{BenchOptions, run};
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let mut opts = BenchOptions::default();
+    if let Some(n) = args.next().and_then(|s| s.parse().ok()) {
+        opts.n = n;
+    }
+    if let Some(q) = args.next().and_then(|s| s.parse().ok()) {
+        opts.queries = q;
+    }
+    opts.binary = std::env::var("UAT_VECTOR_BENCH_BINARY").is_ok();
+    opts.sq8 = std::env::var("UAT_VECTOR_BENCH_NO_SQ8").is_err();
+    match run(opts, &mut |line| eprintln!("{line}")) {
+        Ok(r) => println!("{r}"),
+        Err(e) => {
+            eprintln!("bench failed: {e}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,600 @@
+//! The vector benchmark behind `uat bench vector` and the criterion bench:
+//! clustered, normalized vectors (seeded), exact ground truth by brute force,
+//! recall@k and single-thread QPS per `ef` for f32 and SQ8, brute-force QPS in
+//! the same run, filtered recall/QPS at several selectivities, 2-thread build
+//! time, 2-thread search scaling and snapshot load time.
+
+use crate::collection::Collection;
+use crate::distance::{Metric, normalize};
+use crate::error::{Result, VectorError};
+use crate::filter::{Condition, FieldCondition, FieldTest, Filter, Range};
+use crate::types::{
+    CollectionConfig, HnswConfig, PayloadIndexKind, Point, PointId, Quantization, SearchRequest,
+};
+use crate::wal::FsyncPolicy;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use rayon::prelude::*;
+use std::collections::HashSet;
+use std::fmt;
+use std::time::Instant;
+
+/// Wall time plus CPU time (this thread, whole process), read from
+/// `/proc` on Linux: on a loaded machine CPU time tells what the code costs,
+/// wall time what a user would have seen.
+struct Timer {
+    wall: Instant,
+    thread: Option<f64>,
+    process: Option<f64>,
+}
+
+fn schedstat(path: &std::path::Path) -> Option<f64> {
+    let s = std::fs::read_to_string(path).ok()?;
+    let ns: f64 = s.split_whitespace().next()?.parse().ok()?;
+    Some(ns / 1e9)
+}
+
+fn thread_cpu() -> Option<f64> {
+    schedstat(std::path::Path::new("/proc/thread-self/schedstat"))
+}
+
+fn process_cpu() -> Option<f64> {
+    let mut total = 0.0;
+    for e in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        total += schedstat(&e.path().join("schedstat")).unwrap_or(0.0);
+    }
+    Some(total)
+}
+
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+impl Timer {
+    fn start() -> Self {
+        Self {
+            wall: Instant::now(),
+            thread: thread_cpu(),
+            process: process_cpu(),
+        }
+    }
+    fn wall(&self) -> f64 {
+        self.wall.elapsed().as_secs_f64()
+    }
+    /// CPU seconds of the calling thread (falls back to wall time).
+    fn thread(&self) -> f64 {
+        match (self.thread, thread_cpu()) {
+            (Some(a), Some(b)) if b > a => b - a,
+            _ => self.wall(),
+        }
+    }
+    /// CPU seconds of all threads of the process (falls back to wall time).
+    fn process(&self) -> f64 {
+        match (self.process, process_cpu()) {
+            (Some(a), Some(b)) if b > a => b - a,
+            _ => self.wall(),
+        }
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Points in the collection.
+    pub n: usize,
+    /// Dimension.
+    pub dim: usize,
+    /// Number of clusters the points are drawn around.
+    pub clusters: usize,
+    /// Queries (not in the collection).
+    pub queries: usize,
+    /// k of recall@k.
+    pub k: usize,
+    /// HNSW settings (`ef_search` unused: see `efs`).
+    pub hnsw: HnswConfig,
+    /// The `ef` values to sweep.
+    pub efs: Vec<usize>,
+    /// `ef` for the filtered runs.
+    pub filtered_ef: usize,
+    /// Threads for the build (and the scaling run).
+    pub build_threads: usize,
+    /// Also build and sweep an SQ8 index.
+    pub sq8: bool,
+    /// Also sweep a binary-quantized index.
+    pub binary: bool,
+    /// Seed of the data.
+    pub seed: u64,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        Self {
+            n: 50_000,
+            dim: 384,
+            clusters: 200,
+            queries: 1000,
+            k: 10,
+            hnsw: HnswConfig {
+                m: 16,
+                ef_construction: 200,
+                ef_search: 64,
+            },
+            efs: vec![16, 24, 32, 48, 64, 96, 128, 192, 256],
+            filtered_ef: 64,
+            build_threads: 2,
+            sq8: true,
+            binary: false,
+            seed: 42,
+        }
+    }
+}
+
+/// One row of an `ef` sweep.
+#[derive(Debug, Clone)]
+pub struct SweepRow {
+    /// Index kind: f32, sq8, binary.
+    pub kind: &'static str,
+    /// The `ef` used.
+    pub ef: usize,
+    /// Mean recall@k against exact ground truth.
+    pub recall: f64,
+    /// Single-thread queries per second (wall clock).
+    pub qps: f64,
+    /// Queries per CPU-second of the searching thread.
+    pub qps_cpu: f64,
+}
+
+/// One filtered run.
+#[derive(Debug, Clone)]
+pub struct FilterRow {
+    /// Share of points passing the filter.
+    pub selectivity: f64,
+    /// Plan the planner chose for the first query.
+    pub plan: String,
+    /// Mean recall@k against exact filtered ground truth.
+    pub recall: f64,
+    /// Single-thread queries per second (wall clock).
+    pub qps: f64,
+    /// Queries per CPU-second of the searching thread.
+    pub qps_cpu: f64,
+}
+
+/// Everything measured.
+#[derive(Debug, Clone)]
+pub struct BenchReport {
+    /// The options used.
+    pub options: BenchOptions,
+    /// Exact scan, single-thread QPS (wall clock).
+    pub brute_force_qps: f64,
+    /// Exact scan, queries per CPU-second.
+    pub brute_force_qps_cpu: f64,
+    /// CPU seconds (all threads) of the f32 build.
+    pub build_cpu_seconds: f64,
+    /// Load average (1 min) at the start, from `/proc/loadavg`.
+    pub load_average: Option<f64>,
+    /// Build (upsert of all points) time in seconds, f32 index, on `build_threads` threads.
+    pub build_seconds: f64,
+    /// Build time of the SQ8 index.
+    pub build_seconds_sq8: Option<f64>,
+    /// `ef` sweeps.
+    pub sweeps: Vec<SweepRow>,
+    /// Filtered runs.
+    pub filtered: Vec<FilterRow>,
+    /// Index bytes (graph + walked vectors), f32.
+    pub index_bytes_f32: usize,
+    /// Index bytes, SQ8.
+    pub index_bytes_sq8: Option<usize>,
+    /// QPS on `build_threads` threads at the scaling `ef`, and the single-thread QPS then.
+    pub scaling: Option<(usize, f64, f64)>,
+    /// Snapshot write and load (open) seconds.
+    pub snapshot_write_seconds: f64,
+    /// Time to open the collection from its snapshot.
+    pub snapshot_load_seconds: f64,
+    /// Recall of the reopened collection at the first `ef` (must equal the original).
+    pub reopened_recall: f64,
+}
+
+/// Clustered unit vectors: unit centers plus Gaussian noise, normalized.
+pub fn clustered(n: usize, dim: usize, clusters: usize, seed: u64) -> Vec<Vec<f32>> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut gauss = move || {
+        let u1: f64 = rng.random_range(f64::EPSILON..1.0);
+        let u2: f64 = rng.random_range(0.0..1.0);
+        ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+    };
+    let centers: Vec<Vec<f32>> = (0..clusters.max(1))
+        .map(|_| {
+            let mut c: Vec<f32> = (0..dim).map(|_| gauss()).collect();
+            normalize(&mut c);
+            c
+        })
+        .collect();
+    let sigma = 0.9 / (dim as f32).sqrt();
+    let mut pick = StdRng::seed_from_u64(seed ^ 0x5EED);
+    (0..n)
+        .map(|_| {
+            let c = &centers[pick.random_range(0..centers.len())];
+            let mut v: Vec<f32> = c.iter().map(|x| x + sigma * gauss()).collect();
+            normalize(&mut v);
+            v
+        })
+        .collect()
+}
+
+fn exact_topk(data: &[Vec<f32>], q: &[f32], k: usize, pass: impl Fn(usize) -> bool) -> Vec<usize> {
+    let mut all: Vec<(f32, usize)> = data
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| pass(*i))
+        .map(|(i, v)| (Metric::Cosine.distance(q, v), i))
+        .collect();
+    let k = k.min(all.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    all.select_nth_unstable_by(k - 1, |a, b| a.0.total_cmp(&b.0));
+    all.truncate(k);
+    all.into_iter().map(|x| x.1).collect()
+}
+
+fn recall_of(got: &[crate::ScoredPoint], truth: &[usize]) -> f64 {
+    let t: HashSet<u64> = truth.iter().map(|&i| i as u64).collect();
+    let hit = got
+        .iter()
+        .filter(|p| matches!(p.id, PointId::Num(n) if t.contains(&n)))
+        .count();
+    hit as f64 / truth.len().max(1) as f64
+}
+
+fn bucket_filter(limit: i64) -> Filter {
+    Filter {
+        must: vec![Condition::Field(FieldCondition {
+            key: "bucket".into(),
+            test: FieldTest::Range(Range {
+                lt: Some(limit as f64),
+                ..Range::default()
+            }),
+        })],
+        ..Filter::default()
+    }
+}
+
+fn pool(threads: usize) -> Result<rayon::ThreadPool> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .build()
+        .map_err(|e| VectorError::BadConfig(format!("thread pool: {e}")))
+}
+
+struct TempDir(std::path::PathBuf);
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs the benchmark; `log` receives progress lines.
+pub fn run(opts: BenchOptions, log: &mut dyn FnMut(&str)) -> Result<BenchReport> {
+    let tmp =
+        TempDir(std::env::temp_dir().join(format!("uat-vector-bench-{}", std::process::id())));
+    let _ = std::fs::remove_dir_all(&tmp.0);
+    log(&format!(
+        "generating {} + {} clustered {}-d vectors",
+        opts.n, opts.queries, opts.dim
+    ));
+    // Queries come from the same clusters but are not in the collection.
+    let mut data = clustered(opts.n + opts.queries, opts.dim, opts.clusters, opts.seed);
+    let queries = data.split_off(opts.n.min(data.len()));
+    let buckets: Vec<i64> = (0..opts.n)
+        .map(|i| ((i as u64).wrapping_mul(2_654_435_761) % 100) as i64)
+        .collect();
+
+    let load = load_average();
+    log("exact ground truth (all cores)");
+    let truth: Vec<Vec<usize>> = queries
+        .par_iter()
+        .map(|q| exact_topk(&data, q, opts.k, |_| true))
+        .collect();
+    let bf_n = opts.queries.min(200);
+    let t = Timer::start();
+    for q in &queries[..bf_n] {
+        std::hint::black_box(exact_topk(&data, q, opts.k, |_| true));
+    }
+    let brute_force_qps = bf_n as f64 / t.wall();
+    let brute_force_qps_cpu = bf_n as f64 / t.thread();
+    log(&format!(
+        "brute force: {brute_force_qps:.0} QPS (1 thread), {brute_force_qps_cpu:.0} per CPU-second"
+    ));
+
+    let points = |with_payload: bool| -> Vec<Point> {
+        data.iter()
+            .enumerate()
+            .map(|(i, v)| Point {
+                id: PointId::Num(i as u64),
+                vector: v.clone(),
+                payload: with_payload.then(|| serde_json::json!({"bucket": buckets[i]})),
+            })
+            .collect()
+    };
+    let build_pool = pool(opts.build_threads)?;
+    let mk = |name: &str, quant: Quantization| -> Result<Collection> {
+        let mut cfg = CollectionConfig::new(opts.dim, Metric::Cosine);
+        cfg.hnsw = opts.hnsw;
+        cfg.quantization = quant;
+        cfg.payload_indexes
+            .insert("bucket".into(), PayloadIndexKind::Integer);
+        Collection::create(&tmp.0.join(name), name, cfg, FsyncPolicy::Never)
+    };
+
+    let f32c = mk("f32", Quantization::None)?;
+    let pts = points(true);
+    let t = Timer::start();
+    build_pool.install(|| f32c.upsert(pts))?;
+    let build_seconds = t.wall();
+    let build_cpu_seconds = t.process();
+    log(&format!(
+        "build f32: {build_seconds:.1} s on {} threads ({build_cpu_seconds:.1} CPU-s)",
+        opts.build_threads
+    ));
+
+    let mut sweeps = Vec::new();
+    let sweep = |c: &Collection,
+                 kind: &'static str,
+                 log: &mut dyn FnMut(&str)|
+     -> Result<Vec<SweepRow>> {
+        let mut rows = Vec::new();
+        for &ef in &opts.efs {
+            let mut results = Vec::with_capacity(queries.len());
+            let t = Timer::start();
+            for q in &queries {
+                let mut r = SearchRequest::new(q.clone(), opts.k);
+                r.ef = Some(ef);
+                r.with_payload = false;
+                results.push(c.search(&r)?);
+            }
+            let qps = queries.len() as f64 / t.wall();
+            let qps_cpu = queries.len() as f64 / t.thread();
+            let recall = results
+                .iter()
+                .zip(&truth)
+                .map(|(g, t)| recall_of(g, t))
+                .sum::<f64>()
+                / queries.len() as f64;
+            log(&format!(
+                "{kind:>6} ef={ef:<4} recall@{}={recall:.4} QPS={qps:.0} per-CPU-s={qps_cpu:.0}",
+                opts.k
+            ));
+            rows.push(SweepRow {
+                kind,
+                ef,
+                recall,
+                qps,
+                qps_cpu,
+            });
+        }
+        Ok(rows)
+    };
+    sweeps.extend(sweep(&f32c, "f32", log)?);
+    let index_bytes_f32 = f32c.memory().index_bytes;
+
+    // Two-thread search scaling at the first ef reaching recall 0.97.
+    let scale_ef = sweeps
+        .iter()
+        .find(|r| r.recall >= 0.97)
+        .map_or(opts.hnsw.ef_search, |r| r.ef);
+    let scaling = if opts.build_threads > 1 {
+        let reqs: Vec<SearchRequest> = queries
+            .iter()
+            .map(|q| {
+                let mut r = SearchRequest::new(q.clone(), opts.k);
+                r.ef = Some(scale_ef);
+                r.with_payload = false;
+                r
+            })
+            .collect();
+        let t = Instant::now();
+        for _ in 0..2 {
+            build_pool.install(|| reqs.par_iter().try_for_each(|r| f32c.search(r).map(|_| ())))?;
+        }
+        let multi = 2.0 * reqs.len() as f64 / t.elapsed().as_secs_f64();
+        let single = sweeps
+            .iter()
+            .find(|r| r.ef == scale_ef)
+            .map_or(0.0, |r| r.qps);
+        log(&format!(
+            "f32 ef={scale_ef}: {multi:.0} QPS on {} threads vs {single:.0} on 1",
+            opts.build_threads
+        ));
+        Some((scale_ef, multi, single))
+    } else {
+        None
+    };
+
+    let mut filtered = Vec::new();
+    for (sel, limit) in [(0.01, 1i64), (0.10, 10), (0.65, 65)] {
+        let f = bucket_filter(limit);
+        let ftruth: Vec<Vec<usize>> = queries
+            .par_iter()
+            .map(|q| exact_topk(&data, q, opts.k, |i| buckets[i] < limit))
+            .collect();
+        let mut plan = String::new();
+        let mut recall = 0.0;
+        let t = Timer::start();
+        for (qi, q) in queries.iter().enumerate() {
+            let mut r = SearchRequest::new(q.clone(), opts.k);
+            r.ef = Some(opts.filtered_ef);
+            r.with_payload = false;
+            r.filter = Some(f.clone());
+            let (res, p) = f32c.search_explain(&r)?;
+            if qi == 0 {
+                plan = p.map_or("none".into(), |p| format!("{p:?}").to_lowercase());
+            }
+            recall += recall_of(&res, &ftruth[qi]);
+        }
+        let qps = queries.len() as f64 / t.wall();
+        let qps_cpu = queries.len() as f64 / t.thread();
+        recall /= queries.len() as f64;
+        log(&format!(
+            "filtered {:>4.0}%: plan={plan} recall@{}={recall:.4} QPS={qps:.0} per-CPU-s={qps_cpu:.0}",
+            sel * 100.0,
+            opts.k
+        ));
+        filtered.push(FilterRow {
+            selectivity: sel,
+            plan,
+            recall,
+            qps,
+            qps_cpu,
+        });
+    }
+
+    let t = Instant::now();
+    f32c.snapshot()?;
+    let snapshot_write_seconds = t.elapsed().as_secs_f64();
+    let dir = f32c.dir().to_owned();
+    drop(f32c);
+    let t = Instant::now();
+    let reopened = Collection::open(&dir, "f32", FsyncPolicy::Never)?;
+    let snapshot_load_seconds = t.elapsed().as_secs_f64();
+    log(&format!(
+        "snapshot: write {snapshot_write_seconds:.2} s, load {snapshot_load_seconds:.3} s"
+    ));
+    let ef0 = opts.efs.first().copied().unwrap_or(opts.hnsw.ef_search);
+    let mut rr = 0.0;
+    for (q, t) in queries.iter().zip(&truth) {
+        let mut r = SearchRequest::new(q.clone(), opts.k);
+        r.ef = Some(ef0);
+        rr += recall_of(&reopened.search(&r)?, t);
+    }
+    let reopened_recall = rr / queries.len() as f64;
+    drop(reopened);
+
+    let (mut build_seconds_sq8, mut index_bytes_sq8) = (None, None);
+    if opts.sq8 {
+        let c = mk("sq8", Quantization::Sq8)?;
+        let pts = points(false);
+        let t = Instant::now();
+        build_pool.install(|| c.upsert(pts))?;
+        build_seconds_sq8 = Some(t.elapsed().as_secs_f64());
+        log(&format!("build sq8: {:.1} s", t.elapsed().as_secs_f64()));
+        sweeps.extend(sweep(&c, "sq8", log)?);
+        let m = c.memory().index_bytes;
+        log(&format!(
+            "index bytes: f32 {index_bytes_f32}, sq8 {m} ({:.2}x)",
+            m as f64 / index_bytes_f32 as f64
+        ));
+        index_bytes_sq8 = Some(m);
+    }
+    if opts.binary {
+        let c = mk("binary", Quantization::Binary)?;
+        build_pool.install(|| c.upsert(points(false)))?;
+        sweeps.extend(sweep(&c, "binary", log)?);
+    }
+    Ok(BenchReport {
+        options: opts,
+        brute_force_qps,
+        brute_force_qps_cpu,
+        build_cpu_seconds,
+        load_average: load,
+        build_seconds,
+        build_seconds_sq8,
+        sweeps,
+        filtered,
+        index_bytes_f32,
+        index_bytes_sq8,
+        scaling,
+        snapshot_write_seconds,
+        snapshot_load_seconds,
+        reopened_recall,
+    })
+}
+
+impl fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let o = &self.options;
+        writeln!(
+            f,
+            "uat-vector bench: n={} dim={} clusters={} queries={} k={} M={} ef_construction={}",
+            o.n, o.dim, o.clusters, o.queries, o.k, o.hnsw.m, o.hnsw.ef_construction
+        )?;
+        if let Some(l) = self.load_average {
+            writeln!(
+                f,
+                "load average at start: {l:.1} (QPS = wall clock; /CPU-s = per CPU-second of the searching thread)"
+            )?;
+        }
+        writeln!(
+            f,
+            "brute force (exact scan, 1 thread): {:.0} QPS, {:.0} /CPU-s",
+            self.brute_force_qps, self.brute_force_qps_cpu
+        )?;
+        writeln!(
+            f,
+            "build f32: {:.1} s on {} threads ({:.1} CPU-s in all)",
+            self.build_seconds, o.build_threads, self.build_cpu_seconds
+        )?;
+        if let Some(s) = self.build_seconds_sq8 {
+            writeln!(f, "build sq8: {s:.1} s on {} threads", o.build_threads)?;
+        }
+        writeln!(
+            f,
+            "{:>6} {:>5} {:>10} {:>9} {:>9} {:>9}",
+            "index", "ef", "recall@k", "QPS", "/CPU-s", "vs brute"
+        )?;
+        for r in &self.sweeps {
+            writeln!(
+                f,
+                "{:>6} {:>5} {:>10.4} {:>9.0} {:>9.0} {:>8.1}x",
+                r.kind,
+                r.ef,
+                r.recall,
+                r.qps,
+                r.qps_cpu,
+                r.qps_cpu / self.brute_force_qps_cpu.max(1e-9)
+            )?;
+        }
+        for r in &self.filtered {
+            writeln!(
+                f,
+                "filtered {:>5.1}% (ef {}): plan {:<5} recall@k {:.4} QPS {:.0} /CPU-s {:.0}",
+                r.selectivity * 100.0,
+                o.filtered_ef,
+                r.plan,
+                r.recall,
+                r.qps,
+                r.qps_cpu
+            )?;
+        }
+        write!(
+            f,
+            "index memory (graph + walked vectors): f32 {:.1} MiB",
+            self.index_bytes_f32 as f64 / 1048576.0
+        )?;
+        if let Some(b) = self.index_bytes_sq8 {
+            write!(
+                f,
+                ", sq8 {:.1} MiB ({:.2}x of f32; f32 originals kept for rescoring)",
+                b as f64 / 1048576.0,
+                b as f64 / self.index_bytes_f32 as f64
+            )?;
+        }
+        writeln!(f)?;
+        if let Some((ef, multi, single)) = self.scaling {
+            writeln!(
+                f,
+                "search scaling at ef {ef}: {multi:.0} QPS on {} threads vs {single:.0} on 1 ({:.2}x, wall clock)",
+                o.build_threads,
+                multi / single.max(1e-9)
+            )?;
+        }
+        writeln!(
+            f,
+            "snapshot: write {:.2} s, load {:.3} s; recall after reload {:.4}",
+            self.snapshot_write_seconds, self.snapshot_load_seconds, self.reopened_recall
+        )
+    }
+}

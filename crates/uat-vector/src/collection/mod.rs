@@ -1,0 +1,416 @@
+//! A collection: the graph, the id map, the payload indexes, the WAL and the
+//! snapshot of one named set of points, kept in one folder:
+//! `config.json`, `wal.log`, `snapshot.bin`.
+
+mod search;
+
+use crate::distance::{Metric, normalize};
+use crate::error::{Result, VectorError};
+use crate::filter::Filter;
+use crate::hnsw::Hnsw;
+use crate::metrics;
+use crate::payload_index::PayloadIndex;
+use crate::quant::Quantizer;
+use crate::snapshot;
+use crate::types::{
+    CollectionConfig, CollectionInfo, DeleteRequest, MemoryUsage, Point, PointId, Quantization,
+    check_vector,
+};
+use crate::wal::{FsyncPolicy, Wal, WalOp};
+use parking_lot::{Mutex, RwLock};
+use rayon::prelude::*;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// Below this many points a batch is inserted on the calling thread.
+const PARALLEL_MIN: usize = 64;
+/// Compaction runs before a snapshot when this share of nodes is tombstoned.
+const COMPACT_RATIO: f64 = 0.2;
+
+/// The swappable in-memory state (compaction builds a new one).
+#[derive(Debug)]
+pub(crate) struct State {
+    pub(crate) hnsw: Hnsw,
+    pub(crate) ids: RwLock<HashMap<PointId, u32>>,
+    pub(crate) pindex: RwLock<PayloadIndex>,
+}
+
+impl State {
+    fn empty(cfg: &CollectionConfig) -> Self {
+        Self::from_hnsw(
+            Hnsw::new(
+                cfg.metric,
+                cfg.dimension,
+                cfg.hnsw.m,
+                cfg.hnsw.ef_construction,
+            ),
+            cfg,
+        )
+    }
+
+    /// Rebuilds the id map and payload indexes of a loaded graph.
+    fn from_hnsw(hnsw: Hnsw, cfg: &CollectionConfig) -> Self {
+        let mut ids = HashMap::with_capacity(hnsw.len());
+        let mut pindex = PayloadIndex::new(&cfg.payload_indexes);
+        for i in 0..hnsw.len() as u32 {
+            if let Some(n) = hnsw.node(i)
+                && !n.is_deleted()
+            {
+                ids.insert(n.ext.clone(), i);
+                pindex.add(i, n.payload.as_ref());
+            }
+        }
+        Self {
+            hnsw,
+            ids: RwLock::new(ids),
+            pindex: RwLock::new(pindex),
+        }
+    }
+}
+
+/// A named collection of points. Cheap to share (`Arc<Collection>`); every
+/// method takes `&self` and may be called from many threads.
+#[derive(Debug)]
+pub struct Collection {
+    name: String,
+    dir: PathBuf,
+    config: CollectionConfig,
+    pub(crate) state: RwLock<State>,
+    /// The WAL; its lock also orders writes (WAL order = apply order).
+    wal: Mutex<Wal>,
+}
+
+impl Collection {
+    /// Creates a new collection in `dir` (which must not hold one).
+    pub fn create(
+        dir: &Path,
+        name: &str,
+        config: CollectionConfig,
+        fsync: FsyncPolicy,
+    ) -> Result<Self> {
+        config.validate()?;
+        std::fs::create_dir_all(dir).map_err(|e| VectorError::io(dir, e))?;
+        let cfg_path = dir.join("config.json");
+        let tmp = dir.join("config.json.tmp");
+        let body = serde_json::to_vec_pretty(&config)
+            .map_err(|e| VectorError::BadConfig(e.to_string()))?;
+        std::fs::write(&tmp, body).map_err(|e| VectorError::io(&tmp, e))?;
+        std::fs::rename(&tmp, &cfg_path).map_err(|e| VectorError::io(&cfg_path, e))?;
+        Self::open(dir, name, fsync)
+    }
+
+    /// Opens a collection: loads the snapshot, replays the WAL tail.
+    pub fn open(dir: &Path, name: &str, fsync: FsyncPolicy) -> Result<Self> {
+        let cfg_path = dir.join("config.json");
+        let raw = std::fs::read(&cfg_path).map_err(|e| VectorError::io(&cfg_path, e))?;
+        let config: CollectionConfig = serde_json::from_slice(&raw)
+            .map_err(|e| VectorError::corrupt(cfg_path.display().to_string(), e.to_string()))?;
+        let (state, snap_seq) = match snapshot::read(&dir.join("snapshot.bin"), &config)? {
+            Some((h, seq)) => (State::from_hnsw(h, &config), seq),
+            None => (State::empty(&config), 0),
+        };
+        let (mut wal, records) = Wal::open(&dir.join("wal.log"), fsync)?;
+        for (seq, op) in records {
+            if seq <= snap_seq {
+                continue;
+            }
+            match op {
+                WalOp::Upsert(points) => apply_upsert(&config, &state, points),
+                WalOp::Delete(ids) => {
+                    apply_delete(&state, &ids);
+                }
+            }
+        }
+        wal.last_seq = wal.last_seq.max(snap_seq);
+        let c = Self {
+            name: name.to_owned(),
+            dir: dir.to_owned(),
+            config,
+            state: RwLock::new(state),
+            wal: Mutex::new(wal),
+        };
+        c.update_gauges();
+        Ok(c)
+    }
+
+    /// Name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Settings.
+    pub fn config(&self) -> &CollectionConfig {
+        &self.config
+    }
+
+    /// Folder on disk.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Live points.
+    pub fn count(&self) -> usize {
+        self.state.read().ids.read().len()
+    }
+
+    /// Inserts or replaces points (by id); durable per the fsync policy when
+    /// this returns. Returns the number of points written.
+    pub fn upsert(&self, points: Vec<Point>) -> Result<usize> {
+        for p in &points {
+            check_vector(&p.vector, self.config.dimension)?;
+            if p.payload
+                .as_ref()
+                .is_some_and(|v| !v.is_object() && !v.is_null())
+            {
+                return Err(VectorError::BadRequest(format!(
+                    "payload of point {} must be a JSON object",
+                    p.id
+                )));
+            }
+        }
+        if points.is_empty() {
+            return Ok(0);
+        }
+        let n = points.len();
+        let op = WalOp::Upsert(points);
+        let mut wal = self.wal.lock();
+        wal.append(&op)?;
+        let WalOp::Upsert(points) = op else {
+            return Ok(0);
+        };
+        let st = self.state.read();
+        apply_upsert(&self.config, &st, points);
+        drop(st);
+        drop(wal);
+        metrics::upserted(n);
+        self.update_gauges();
+        Ok(n)
+    }
+
+    /// Deletes points by id; returns how many existed.
+    pub fn delete(&self, ids: Vec<PointId>) -> Result<usize> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let op = WalOp::Delete(ids);
+        let mut wal = self.wal.lock();
+        wal.append(&op)?;
+        let WalOp::Delete(ids) = op else { return Ok(0) };
+        let n = apply_delete(&self.state.read(), &ids);
+        drop(wal);
+        self.update_gauges();
+        Ok(n)
+    }
+
+    /// Deletes every point matching `filter`; returns how many.
+    pub fn delete_by_filter(&self, filter: &Filter) -> Result<usize> {
+        let mut wal = self.wal.lock();
+        let ids: Vec<PointId> = {
+            let st = self.state.read();
+            let h = &st.hnsw;
+            let bits = st.pindex.read().resolve(filter, h.len());
+            (0..h.len() as u32)
+                .filter(|&i| bits.as_ref().is_none_or(|b| b.contains(i)))
+                .filter_map(|i| h.node(i))
+                .filter(|n| {
+                    !n.is_deleted() && (bits.is_some() || filter.matches(n.payload.as_ref()))
+                })
+                .map(|n| n.ext.clone())
+                .collect()
+        };
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let op = WalOp::Delete(ids);
+        wal.append(&op)?;
+        let WalOp::Delete(ids) = op else { return Ok(0) };
+        let n = apply_delete(&self.state.read(), &ids);
+        drop(wal);
+        self.update_gauges();
+        Ok(n)
+    }
+
+    /// Runs a delete request: exactly one of `ids` or `filter` must be given.
+    pub fn delete_request(&self, req: &DeleteRequest) -> Result<usize> {
+        match (&req.ids, &req.filter) {
+            (Some(ids), None) => self.delete(ids.clone()),
+            (None, Some(f)) => self.delete_by_filter(f),
+            _ => Err(VectorError::BadRequest(
+                "give exactly one of \"ids\" or \"filter\"".into(),
+            )),
+        }
+    }
+
+    /// One point by id.
+    pub fn get(&self, id: &PointId) -> Result<Point> {
+        let st = self.state.read();
+        let nid = st.ids.read().get(id).copied();
+        let node = nid
+            .and_then(|i| st.hnsw.node(i))
+            .ok_or_else(|| VectorError::PointNotFound(id.clone()))?;
+        Ok(Point {
+            id: node.ext.clone(),
+            vector: node.vector.to_vec(),
+            payload: node.payload.clone(),
+        })
+    }
+
+    /// Writes a snapshot (compacting first if many points are tombstoned) and
+    /// empties the WAL.
+    pub fn snapshot(&self) -> Result<()> {
+        let mut wal = self.wal.lock();
+        let needs_compaction = {
+            let st = self.state.read();
+            st.hnsw.deleted_count() as f64 > COMPACT_RATIO * st.hnsw.len().max(1) as f64
+        };
+        if needs_compaction {
+            self.rebuild();
+        }
+        self.snapshot_locked(&mut wal)
+    }
+
+    fn snapshot_locked(&self, wal: &mut Wal) -> Result<()> {
+        let st = self.state.read();
+        snapshot::write(&self.dir.join("snapshot.bin"), &st.hnsw, wal.last_seq)?;
+        wal.reset()
+    }
+
+    /// Rebuilds the graph from live points (reclaiming tombstones), then snapshots.
+    pub fn compact(&self) -> Result<()> {
+        let mut wal = self.wal.lock();
+        self.rebuild();
+        self.snapshot_locked(&mut wal)
+    }
+
+    /// Rebuild under the WAL lock; searches keep running on the old state.
+    fn rebuild(&self) {
+        let points: Vec<Point> = {
+            let st = self.state.read();
+            let h = &st.hnsw;
+            (0..h.len() as u32)
+                .filter_map(|i| h.node(i))
+                .filter(|n| !n.is_deleted())
+                .map(|n| Point {
+                    id: n.ext.clone(),
+                    vector: n.vector.to_vec(),
+                    payload: n.payload.clone(),
+                })
+                .collect()
+        };
+        let fresh = State::empty(&self.config);
+        apply_upsert(&self.config, &fresh, points);
+        *self.state.write() = fresh;
+        self.update_gauges();
+    }
+
+    /// Flushes the WAL to stable storage now (for the `batch`/`never` policies).
+    pub fn flush(&self) -> Result<()> {
+        self.wal.lock().sync()
+    }
+
+    /// Memory in use, by kind.
+    pub fn memory(&self) -> MemoryUsage {
+        let st = self.state.read();
+        let h = &st.hnsw;
+        let mut m = MemoryUsage::default();
+        for i in 0..h.len() as u32 {
+            if let Some(n) = h.node(i) {
+                m.vectors_bytes += n.vector.len() * 4;
+                m.quantized_bytes += n.code.bytes();
+                m.payload_bytes += n.payload.as_ref().map_or(0, |p| p.to_string().len());
+            }
+        }
+        m.graph_bytes = h.graph_bytes();
+        m.payload_bytes += st.pindex.read().bytes();
+        let walked = if h.quant.get().is_some() {
+            m.quantized_bytes
+        } else {
+            m.vectors_bytes
+        };
+        m.index_bytes = m.graph_bytes + walked;
+        m
+    }
+
+    /// Count, memory and settings.
+    pub fn info(&self) -> CollectionInfo {
+        let (count, deleted) = {
+            let st = self.state.read();
+            let c = st.ids.read().len();
+            (c, st.hnsw.deleted_count())
+        };
+        let memory = self.memory();
+        metrics::set_index_bytes(&self.name, &memory);
+        CollectionInfo {
+            name: self.name.clone(),
+            count,
+            deleted,
+            memory,
+            config: self.config.clone(),
+        }
+    }
+
+    fn update_gauges(&self) {
+        metrics::set_points(&self.name, self.count());
+    }
+}
+
+fn apply_upsert(config: &CollectionConfig, st: &State, points: Vec<Point>) {
+    let h = &st.hnsw;
+    let prepared: Vec<(PointId, Box<[f32]>, Option<Value>)> = points
+        .into_iter()
+        .map(|p| {
+            let mut v = p.vector;
+            if config.metric == Metric::Cosine {
+                normalize(&mut v);
+            }
+            let payload = p.payload.filter(|x| !x.is_null());
+            (p.id, v.into_boxed_slice(), payload)
+        })
+        .collect();
+    if h.quant.get().is_none() {
+        let sample = prepared.iter().map(|p| &*p.1);
+        match config.quantization {
+            Quantization::None => {}
+            Quantization::Sq8 => {
+                let _ = h.quant.set(Quantizer::train_sq8(sample));
+            }
+            Quantization::Binary => {
+                let _ = h
+                    .quant
+                    .set(Quantizer::train_binary(sample, config.dimension));
+            }
+        }
+    }
+    let ext: Vec<PointId> = prepared.iter().map(|p| p.0.clone()).collect();
+    let insert = |(id, v, payload): (PointId, Box<[f32]>, Option<Value>)| h.insert(id, v, payload);
+    let new_ids: Vec<u32> = if prepared.len() >= PARALLEL_MIN {
+        prepared.into_par_iter().map(insert).collect()
+    } else {
+        prepared.into_iter().map(insert).collect()
+    };
+    {
+        let mut pi = st.pindex.write();
+        for &nid in &new_ids {
+            pi.add(nid, h.node(nid).and_then(|n| n.payload.as_ref()));
+        }
+    }
+    let mut ids = st.ids.write();
+    for (e, nid) in ext.into_iter().zip(new_ids) {
+        if let Some(old) = ids.insert(e, nid) {
+            h.tombstone(old);
+        }
+    }
+}
+
+fn apply_delete(st: &State, ids: &[PointId]) -> usize {
+    let mut map = st.ids.write();
+    let mut n = 0;
+    for id in ids {
+        if let Some(old) = map.remove(id) {
+            st.hnsw.tombstone(old);
+            n += 1;
+        }
+    }
+    n
+}

@@ -1,0 +1,353 @@
+//! Our HNSW graph (Malkov & Yashunin), built for concurrency:
+//!
+//! - nodes live in append-only buckets of `OnceLock`s, so readers find a node
+//!   with two atomic loads and no lock, while writers append;
+//! - each neighbour list has its own `parking_lot::RwLock`, held only to copy
+//!   or replace the list (never two at once, so no deadlock);
+//! - any number of threads insert and search at the same time;
+//! - deletes are tombstones: searches walk through them but never return them;
+//!   compaction (in the collection) rebuilds the graph from live points.
+
+mod search;
+mod slots;
+#[cfg(test)]
+mod tests;
+
+use slots::Slots;
+
+use crate::distance::Metric;
+use crate::quant::{Code, Quantizer};
+use crate::types::PointId;
+use parking_lot::RwLock;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+/// One point in the graph. Immutable but for its links and tombstone;
+/// an upsert of an existing id makes a new node and tombstones the old one.
+#[derive(Debug)]
+pub(crate) struct Node {
+    pub(crate) ext: PointId,
+    pub(crate) vector: Box<[f32]>,
+    pub(crate) code: Code,
+    pub(crate) payload: Option<serde_json::Value>,
+    pub(crate) links: Box<[RwLock<Vec<u32>>]>,
+    pub(crate) deleted: AtomicBool,
+}
+
+impl Node {
+    /// A node with empty neighbour lists up to `level`.
+    pub(crate) fn new(
+        ext: PointId,
+        vector: Box<[f32]>,
+        code: Code,
+        payload: Option<serde_json::Value>,
+        level: usize,
+        m: usize,
+    ) -> Self {
+        let links = (0..=level)
+            .map(|l| RwLock::new(Vec::with_capacity(if l == 0 { 2 * m } else { m })))
+            .collect();
+        Self {
+            ext,
+            vector,
+            code,
+            payload,
+            links,
+            deleted: AtomicBool::new(false),
+        }
+    }
+
+    /// Top level of the node.
+    pub(crate) fn level(&self) -> usize {
+        self.links.len().saturating_sub(1)
+    }
+
+    pub(crate) fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
+    }
+
+    /// Hints the CPU to fetch the first bytes of what a distance will read.
+    #[inline]
+    pub(crate) fn prefetch(&self, codes: bool) {
+        let (ptr, len) = match (&self.code, codes) {
+            (Code::Sq8 { codes, .. }, true) => (codes.as_ptr().cast::<u8>(), codes.len()),
+            (Code::Binary(b), true) => (b.as_ptr().cast::<u8>(), b.len() * 8),
+            _ => (self.vector.as_ptr().cast::<u8>(), self.vector.len() * 4),
+        };
+        prefetch(ptr, len.min(512));
+    }
+
+    /// Prefetches the whole f32 vector (for exact scans).
+    #[inline]
+    pub(crate) fn prefetch_vector(&self) {
+        prefetch(self.vector.as_ptr().cast::<u8>(), self.vector.len() * 4);
+    }
+}
+
+/// Prefetches `len` bytes from `ptr`, one cache line at a time (a no-op off x86-64).
+#[inline]
+fn prefetch(ptr: *const u8, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let mut off = 0;
+        while off < len {
+            // SAFETY: SSE is part of the x86-64 baseline, and a prefetch is
+            // only a hint: it never faults and reads nothing the program sees
+            // (wrapping_add keeps the address computation itself defined).
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(ptr.wrapping_add(off).cast::<i8>()) };
+            off += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (ptr, len);
+}
+
+/// The graph.
+#[derive(Debug)]
+pub(crate) struct Hnsw {
+    pub(crate) metric: Metric,
+    pub(crate) dim: usize,
+    pub(crate) m: usize,
+    pub(crate) m0: usize,
+    pub(crate) ef_construction: usize,
+    ml: f64,
+    slots: Slots,
+    next: AtomicU32,
+    entry: RwLock<Option<(u32, usize)>>,
+    pub(crate) quant: OnceLock<Quantizer>,
+    deleted: AtomicUsize,
+    level_seed: AtomicU64,
+}
+
+impl Hnsw {
+    pub(crate) fn new(metric: Metric, dim: usize, m: usize, ef_construction: usize) -> Self {
+        let m = m.max(2);
+        Self {
+            metric,
+            dim,
+            m,
+            m0: 2 * m,
+            ef_construction: ef_construction.max(1),
+            ml: 1.0 / (m as f64).ln(),
+            slots: Slots::new(),
+            next: AtomicU32::new(0),
+            entry: RwLock::new(None),
+            quant: OnceLock::new(),
+            deleted: AtomicUsize::new(0),
+            level_seed: AtomicU64::new(0x9E37_79B9_7F4A_7C15),
+        }
+    }
+
+    /// Number of slots handed out (live + deleted + in-flight).
+    pub(crate) fn len(&self) -> usize {
+        self.next.load(Ordering::Acquire) as usize
+    }
+
+    /// Tombstoned nodes.
+    pub(crate) fn deleted_count(&self) -> usize {
+        self.deleted.load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    pub(crate) fn node(&self, id: u32) -> Option<&Node> {
+        self.slots.get(id)
+    }
+
+    /// Entry point and top level.
+    pub(crate) fn entry(&self) -> Option<(u32, usize)> {
+        *self.entry.read()
+    }
+
+    /// Encodes a prepared vector with the trained quantizer (if any).
+    pub(crate) fn encode(&self, v: &[f32]) -> Code {
+        match self.quant.get() {
+            Some(q) => q.encode(v),
+            None => Code::None,
+        }
+    }
+
+    fn random_level(&self) -> usize {
+        // splitmix64 over a shared counter: reproducible for one insertion order.
+        let mut z = self
+            .level_seed
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        let u = ((z >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+        ((-u.ln() * self.ml) as usize).min(16)
+    }
+
+    /// Inserts a point and links it into the graph; returns its node id.
+    /// Safe to call from many threads at once.
+    pub(crate) fn insert(
+        &self,
+        ext: PointId,
+        vector: Box<[f32]>,
+        payload: Option<serde_json::Value>,
+    ) -> u32 {
+        let code = self.encode(&vector);
+        let level = self.random_level();
+        let id = self.next.fetch_add(1, Ordering::AcqRel);
+        self.slots
+            .set(id, Node::new(ext, vector, code, payload, level, self.m));
+        self.link(id);
+        id
+    }
+
+    /// Appends an already-linked node (snapshot load); single-threaded.
+    pub(crate) fn push_loaded(&self, node: Node) -> u32 {
+        let id = self.next.fetch_add(1, Ordering::AcqRel);
+        if node.is_deleted() {
+            self.deleted.fetch_add(1, Ordering::Relaxed);
+        }
+        self.slots.set(id, node);
+        id
+    }
+
+    /// Sets the entry point (snapshot load).
+    pub(crate) fn set_entry(&self, e: Option<(u32, usize)>) {
+        *self.entry.write() = e;
+    }
+
+    /// Tombstones a node; returns false if it was already deleted.
+    pub(crate) fn tombstone(&self, id: u32) -> bool {
+        match self.node(id) {
+            Some(n) if !n.deleted.swap(true, Ordering::AcqRel) => {
+                self.deleted.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn link(&self, id: u32) {
+        let Some(node) = self.node(id) else { return };
+        let level = node.level();
+        let (mut cur, max_level) = {
+            let current = *self.entry.read();
+            match current {
+                Some(e) => e,
+                None => {
+                    let mut w = self.entry.write();
+                    match *w {
+                        Some(e) => e,
+                        None => {
+                            *w = Some((id, level));
+                            return;
+                        }
+                    }
+                }
+            }
+        };
+        let q: &[f32] = &node.vector;
+        let dist = |n: &Node| self.metric.distance(q, &n.vector);
+        let mut cur_d = self.node(cur).map_or(f32::INFINITY, dist);
+        for l in (level + 1..=max_level).rev() {
+            (cur_d, cur) = self.greedy(&dist, (cur_d, cur), l);
+        }
+        let mut eps = vec![(cur_d, cur)];
+        let accept_all = |_: u32, _: &Node| true;
+        for l in (0..=level.min(max_level)).rev() {
+            let mut cands =
+                self.search_layer(&dist, &eps, self.ef_construction, l, &accept_all, false);
+            cands.retain(|c| c.1 != id);
+            let selected = self.select(&cands, self.m);
+            let cap = if l == 0 { self.m0 } else { self.m };
+            {
+                let mut own = node.links[l].write();
+                if own.is_empty() {
+                    own.extend(selected.iter().map(|s| s.1));
+                } else {
+                    // Others linked to us meanwhile: keep the best of both.
+                    let mut all: Vec<(f32, u32)> = own
+                        .iter()
+                        .filter(|x| !selected.iter().any(|s| s.1 == **x))
+                        .filter_map(|&x| self.node(x).map(|n| (dist(n), x)))
+                        .chain(selected.iter().copied())
+                        .collect();
+                    all.sort_by(|a, b| a.0.total_cmp(&b.0));
+                    let keep = self.select(&all, cap);
+                    *own = keep.iter().map(|s| s.1).collect();
+                }
+            }
+            for &(_, nb) in &selected {
+                self.add_link(nb, id, l, cap);
+            }
+            if !cands.is_empty() {
+                eps = cands;
+            }
+        }
+        if level > max_level {
+            let mut w = self.entry.write();
+            if w.is_none_or(|(_, top)| level > top) {
+                *w = Some((id, level));
+            }
+        }
+    }
+
+    /// The neighbour-selection heuristic: keep a candidate only if it is
+    /// closer to the base than to every neighbour already kept.
+    /// `cands` must be sorted by distance to the base.
+    fn select(&self, cands: &[(f32, u32)], m: usize) -> Vec<(f32, u32)> {
+        if cands.len() <= m {
+            return cands.to_vec();
+        }
+        let mut out: Vec<(f32, u32)> = Vec::with_capacity(m);
+        for &(d, c) in cands {
+            if out.len() >= m {
+                break;
+            }
+            let Some(cn) = self.node(c) else { continue };
+            let good = out.iter().all(|&(_, s)| {
+                self.node(s)
+                    .is_none_or(|sn| self.metric.distance(&cn.vector, &sn.vector) > d)
+            });
+            if good {
+                out.push((d, c));
+            }
+        }
+        out
+    }
+
+    fn add_link(&self, target: u32, new: u32, level: usize, cap: usize) {
+        let Some(tn) = self.node(target) else { return };
+        let Some(lock) = tn.links.get(level) else {
+            return;
+        };
+        let mut w = lock.write();
+        if w.contains(&new) {
+            return;
+        }
+        if w.len() < cap {
+            w.push(new);
+            return;
+        }
+        let mut all: Vec<(f32, u32)> = w
+            .iter()
+            .copied()
+            .chain(std::iter::once(new))
+            .filter_map(|x| {
+                self.node(x)
+                    .map(|n| (self.metric.distance(&tn.vector, &n.vector), x))
+            })
+            .collect();
+        all.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let keep = self.select(&all, cap);
+        *w = keep.iter().map(|s| s.1).collect();
+    }
+
+    /// Bytes of links (list buffers) held by the graph.
+    pub(crate) fn graph_bytes(&self) -> usize {
+        (0..self.len() as u32)
+            .filter_map(|i| self.node(i))
+            .map(|n| {
+                n.links
+                    .iter()
+                    .map(|l| l.read().capacity() * 4 + 32)
+                    .sum::<usize>()
+            })
+            .sum()
+    }
+}

@@ -1,0 +1,147 @@
+use super::*;
+use crate::distance::normalize;
+use proptest::prelude::*;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use rayon::prelude::*;
+use std::collections::HashSet;
+use std::sync::Arc;
+
+fn data(n: usize, dim: usize, seed: u64, metric: Metric) -> Vec<Vec<f32>> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let centers: Vec<Vec<f32>> = (0..16)
+        .map(|_| (0..dim).map(|_| rng.random_range(-1.0..1.0)).collect())
+        .collect();
+    (0..n)
+        .map(|i| {
+            let c = &centers[i % centers.len()];
+            let mut v: Vec<f32> = c.iter().map(|x| x + rng.random_range(-0.5..0.5)).collect();
+            if metric == Metric::Cosine {
+                normalize(&mut v);
+            }
+            v
+        })
+        .collect()
+}
+
+fn build(vs: &[Vec<f32>], metric: Metric, m: usize, efc: usize) -> Hnsw {
+    let h = Hnsw::new(metric, vs[0].len(), m, efc);
+    vs.par_iter().enumerate().for_each(|(i, v)| {
+        h.insert(PointId::Num(i as u64), v.clone().into_boxed_slice(), None);
+    });
+    h
+}
+
+fn recall(h: &Hnsw, queries: &[Vec<f32>], k: usize, ef: usize) -> f64 {
+    let all = |_: u32, n: &Node| !n.is_deleted();
+    let mut hit = 0usize;
+    let mut total = 0usize;
+    for q in queries {
+        let truth: HashSet<u32> = h
+            .scan(q, k, 0..h.len() as u32)
+            .into_iter()
+            .map(|x| x.1)
+            .collect();
+        let got = h.knn(&h.query(q), k, ef, &all);
+        total += truth.len();
+        hit += got.iter().filter(|x| truth.contains(&x.1)).count();
+    }
+    hit as f64 / total.max(1) as f64
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 10, rng_seed: proptest::test_runner::RngSeed::Fixed(42), ..ProptestConfig::default() })]
+
+    #[test]
+    fn recall_matches_brute_force(
+        m in 6usize..24,
+        ef in 64usize..160,
+        metric in prop_oneof![Just(Metric::Cosine), Just(Metric::Dot), Just(Metric::L2)],
+        dim in prop_oneof![Just(8usize), Just(17), Just(64)],
+        n in 400usize..1500,
+        delete_every in prop_oneof![Just(0usize), Just(3), Just(7)],
+        seed in 0u64..1000,
+    ) {
+        let vs = data(n, dim, seed, metric);
+        let h = build(&vs, metric, m, 100);
+        if delete_every > 0 {
+            for i in (0..h.len() as u32).step_by(delete_every) {
+                h.tombstone(i);
+            }
+        }
+        let queries = data(40, dim, seed + 1, metric);
+        let r = recall(&h, &queries, 10, ef);
+        prop_assert!(r >= 0.9, "recall {r} (m={m} ef={ef} {metric:?} dim={dim} n={n} del={delete_every})");
+        // Tombstones never come back.
+        let all = |_: u32, n: &Node| !n.is_deleted();
+        for q in &queries {
+            for (_, id) in h.knn(&h.query(q), 10, ef, &all) {
+                prop_assert!(h.node(id).is_some_and(|n| !n.is_deleted()));
+            }
+        }
+    }
+}
+
+#[test]
+fn sq8_walk_with_rescoring_keeps_recall() {
+    let vs = data(3000, 48, 5, Metric::Cosine);
+    let h = Hnsw::new(Metric::Cosine, 48, 16, 100);
+    let _ = h.quant.set(crate::quant::Quantizer::train_sq8(
+        vs.iter().map(|v| v.as_slice()),
+    ));
+    vs.par_iter().enumerate().for_each(|(i, v)| {
+        h.insert(PointId::Num(i as u64), v.clone().into_boxed_slice(), None);
+    });
+    let queries = data(50, 48, 9, Metric::Cosine);
+    let r = recall(&h, &queries, 10, 100);
+    assert!(r >= 0.9, "sq8 recall {r}");
+}
+
+#[test]
+fn concurrent_inserts_and_searches() {
+    let vs = Arc::new(data(4000, 32, 11, Metric::L2));
+    let h = Arc::new(Hnsw::new(Metric::L2, 32, 12, 80));
+    let mut handles = Vec::new();
+    for t in 0..3 {
+        let (h, vs) = (h.clone(), vs.clone());
+        handles.push(std::thread::spawn(move || {
+            for i in (t..vs.len()).step_by(3) {
+                h.insert(
+                    PointId::Num(i as u64),
+                    vs[i].clone().into_boxed_slice(),
+                    None,
+                );
+            }
+        }));
+    }
+    let searcher = {
+        let (h, vs) = (h.clone(), vs.clone());
+        std::thread::spawn(move || {
+            let all = |_: u32, _: &Node| true;
+            let mut found = 0usize;
+            for i in 0..2000 {
+                let res = h.knn(&h.query(&vs[i % 100]), 5, 32, &all);
+                found += res.len();
+            }
+            found
+        })
+    };
+    for hd in handles {
+        assert!(hd.join().is_ok());
+    }
+    assert!(searcher.join().is_ok_and(|f| f > 0));
+    assert_eq!(h.len(), 4000);
+    // Every point is reachable and finds itself.
+    let all = |_: u32, _: &Node| true;
+    let mut self_hits = 0;
+    for id in 0..h.len() as u32 {
+        let Some(n) = h.node(id) else {
+            panic!("slot {id} empty")
+        };
+        let res = h.knn(&h.query(&n.vector), 1, 64, &all);
+        if res.first().is_some_and(|r| r.0 <= 1e-6) {
+            self_hits += 1;
+        }
+    }
+    assert!(self_hits as f64 >= 0.99 * 4000.0, "self hits {self_hits}");
+    assert!(recall(&h, &vs[..50], 10, 100) >= 0.95);
+}

@@ -1,0 +1,88 @@
+//! Prometheus metrics of the vector engine, registered once in the
+//! process-wide registry of `uat-telemetry`.
+
+use crate::types::MemoryUsage;
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntGaugeVec, Opts};
+use std::sync::LazyLock;
+
+static POINTS: LazyLock<Option<IntGaugeVec>> = LazyLock::new(|| {
+    IntGaugeVec::new(
+        Opts::new("uat_vector_points", "Live points per collection"),
+        &["collection"],
+    )
+    .ok()
+    .map(uat_telemetry::register)
+});
+
+static SEARCH_SECONDS: LazyLock<Option<Histogram>> = LazyLock::new(|| {
+    Histogram::with_opts(
+        HistogramOpts::new("uat_vector_search_seconds", "Time of one vector search")
+            .buckets(uat_telemetry::LATENCY_BUCKETS.to_vec()),
+    )
+    .ok()
+    .map(uat_telemetry::register)
+});
+
+static UPSERTED: LazyLock<Option<IntCounter>> = LazyLock::new(|| {
+    IntCounter::new(
+        "uat_vector_upsert_points_total",
+        "Points written by upserts",
+    )
+    .ok()
+    .map(uat_telemetry::register)
+});
+
+static INDEX_BYTES: LazyLock<Option<IntGaugeVec>> = LazyLock::new(|| {
+    IntGaugeVec::new(
+        Opts::new(
+            "uat_vector_index_bytes",
+            "Bytes held per collection and kind",
+        ),
+        &["collection", "kind"],
+    )
+    .ok()
+    .map(uat_telemetry::register)
+});
+
+pub(crate) fn set_points(collection: &str, n: usize) {
+    if let Some(g) = POINTS.as_ref() {
+        g.with_label_values(&[collection]).set(n as i64);
+    }
+}
+
+pub(crate) fn observe_search(seconds: f64) {
+    if let Some(h) = SEARCH_SECONDS.as_ref() {
+        h.observe(seconds);
+    }
+}
+
+pub(crate) fn upserted(n: usize) {
+    if let Some(c) = UPSERTED.as_ref() {
+        c.inc_by(n as u64);
+    }
+}
+
+pub(crate) fn set_index_bytes(collection: &str, m: &MemoryUsage) {
+    if let Some(g) = INDEX_BYTES.as_ref() {
+        for (kind, v) in [
+            ("vectors", m.vectors_bytes),
+            ("quantized", m.quantized_bytes),
+            ("graph", m.graph_bytes),
+            ("payload", m.payload_bytes),
+        ] {
+            g.with_label_values(&[collection, kind]).set(v as i64);
+        }
+    }
+}
+
+/// Drops the series of a deleted collection.
+pub(crate) fn forget(collection: &str) {
+    if let Some(g) = POINTS.as_ref() {
+        let _ = g.remove_label_values(&[collection]);
+    }
+    if let Some(g) = INDEX_BYTES.as_ref() {
+        for kind in ["vectors", "quantized", "graph", "payload"] {
+            let _ = g.remove_label_values(&[collection, kind]);
+        }
+    }
+}

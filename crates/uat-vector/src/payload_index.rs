@@ -1,0 +1,296 @@
+//! Payload indexes on chosen keys, and their use to resolve a filter into the
+//! exact set of matching node ids (a bitset) without touching payloads.
+//!
+//! Indexes are append-only: a tombstoned node stays in its postings (searches
+//! skip tombstones anyway) until compaction rebuilds everything.
+
+use crate::filter::{Condition, FieldTest, Filter, MatchValue, Range, lookup, parse_datetime};
+use crate::types::PayloadIndexKind;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// A fixed-size set of node ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BitSet {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl BitSet {
+    pub(crate) fn empty(len: usize) -> Self {
+        Self {
+            words: vec![0; len.div_ceil(64)],
+            len,
+        }
+    }
+
+    pub(crate) fn full(len: usize) -> Self {
+        let mut b = Self {
+            words: vec![u64::MAX; len.div_ceil(64)],
+            len,
+        };
+        if len % 64 != 0
+            && let Some(last) = b.words.last_mut()
+        {
+            *last = (1u64 << (len % 64)) - 1;
+        }
+        b
+    }
+
+    #[inline]
+    pub(crate) fn insert(&mut self, i: u32) {
+        let i = i as usize;
+        if i < self.len {
+            self.words[i / 64] |= 1 << (i % 64);
+        }
+    }
+
+    #[inline]
+    pub(crate) fn contains(&self, i: u32) -> bool {
+        let i = i as usize;
+        i < self.len && self.words[i / 64] & (1 << (i % 64)) != 0
+    }
+
+    pub(crate) fn and(&mut self, o: &Self) {
+        self.words
+            .iter_mut()
+            .zip(&o.words)
+            .for_each(|(a, b)| *a &= b);
+    }
+
+    pub(crate) fn or(&mut self, o: &Self) {
+        self.words
+            .iter_mut()
+            .zip(&o.words)
+            .for_each(|(a, b)| *a |= b);
+    }
+
+    pub(crate) fn and_not(&mut self, o: &Self) {
+        self.words
+            .iter_mut()
+            .zip(&o.words)
+            .for_each(|(a, b)| *a &= !b);
+    }
+
+    pub(crate) fn count(&self) -> usize {
+        self.words.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        self.words.iter().enumerate().flat_map(|(wi, &w)| {
+            let mut w = w;
+            std::iter::from_fn(move || {
+                if w == 0 {
+                    return None;
+                }
+                let b = w.trailing_zeros();
+                w &= w - 1;
+                Some((wi * 64) as u32 + b)
+            })
+        })
+    }
+}
+
+/// Maps an f64 to a u64 with the same order.
+fn ord_bits(f: f64) -> u64 {
+    let b = f.to_bits();
+    if b >> 63 == 1 { !b } else { b | (1 << 63) }
+}
+
+fn from_ord_bits(u: u64) -> f64 {
+    f64::from_bits(if u >> 63 == 1 { u & !(1 << 63) } else { !u })
+}
+
+#[derive(Debug)]
+enum FieldIndex {
+    Keyword(HashMap<String, Vec<u32>>),
+    Integer {
+        eq: HashMap<i64, Vec<u32>>,
+        range: BTreeSet<(u64, u32)>,
+        /// Numbers that are not integers (only in `range`).
+        fractional: usize,
+    },
+    Float(BTreeSet<(u64, u32)>),
+    Datetime(BTreeSet<(u64, u32)>),
+}
+
+/// All payload indexes of a collection.
+#[derive(Debug)]
+pub(crate) struct PayloadIndex {
+    fields: BTreeMap<String, FieldIndex>,
+}
+
+impl PayloadIndex {
+    pub(crate) fn new(spec: &BTreeMap<String, PayloadIndexKind>) -> Self {
+        let fields = spec
+            .iter()
+            .map(|(k, kind)| {
+                let idx = match kind {
+                    PayloadIndexKind::Keyword => FieldIndex::Keyword(HashMap::new()),
+                    PayloadIndexKind::Integer => FieldIndex::Integer {
+                        eq: HashMap::new(),
+                        range: BTreeSet::new(),
+                        fractional: 0,
+                    },
+                    PayloadIndexKind::Float => FieldIndex::Float(BTreeSet::new()),
+                    PayloadIndexKind::Datetime => FieldIndex::Datetime(BTreeSet::new()),
+                };
+                (k.clone(), idx)
+            })
+            .collect();
+        Self { fields }
+    }
+
+    /// Indexes node `id`'s payload.
+    pub(crate) fn add(&mut self, id: u32, payload: Option<&Value>) {
+        let Some(p) = payload else { return };
+        for (key, idx) in &mut self.fields {
+            let Some(v) = lookup(p, key) else { continue };
+            let items: &[Value] = match v {
+                Value::Array(a) => a,
+                one => std::slice::from_ref(one),
+            };
+            for x in items {
+                match idx {
+                    FieldIndex::Keyword(m) => {
+                        if let Value::String(s) = x {
+                            m.entry(s.clone()).or_default().push(id);
+                        }
+                    }
+                    FieldIndex::Integer {
+                        eq,
+                        range,
+                        fractional,
+                    } => {
+                        if let Value::Number(n) = x {
+                            match n.as_i64() {
+                                Some(i) => eq.entry(i).or_default().push(id),
+                                None => *fractional += 1,
+                            }
+                            if let Some(f) = n.as_f64() {
+                                range.insert((ord_bits(f), id));
+                            }
+                        }
+                    }
+                    FieldIndex::Float(t) => {
+                        if let Some(f) = x.as_f64() {
+                            t.insert((ord_bits(f), id));
+                        }
+                    }
+                    FieldIndex::Datetime(t) => {
+                        if let Some(f) = x.as_str().and_then(parse_datetime) {
+                            t.insert((ord_bits(f), id));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The exact set of ids (< `n`) matching `filter`, or `None` when some
+    /// condition is on a key without a suitable index.
+    pub(crate) fn resolve(&self, filter: &Filter, n: usize) -> Option<BitSet> {
+        let mut acc = BitSet::full(n);
+        for c in &filter.must {
+            acc.and(&self.resolve_cond(c, n)?);
+        }
+        if !filter.should.is_empty() {
+            let mut any = BitSet::empty(n);
+            for c in &filter.should {
+                any.or(&self.resolve_cond(c, n)?);
+            }
+            acc.and(&any);
+        }
+        for c in &filter.must_not {
+            acc.and_not(&self.resolve_cond(c, n)?);
+        }
+        Some(acc)
+    }
+
+    fn resolve_cond(&self, c: &Condition, n: usize) -> Option<BitSet> {
+        let fc = match c {
+            Condition::Nested(f) => return self.resolve(f, n),
+            Condition::Field(fc) => fc,
+        };
+        let idx = self.fields.get(&fc.key)?;
+        let mut out = BitSet::empty(n);
+        match &fc.test {
+            FieldTest::Match(m) => self.postings(idx, m, &mut out)?,
+            FieldTest::Any(ms) => {
+                for m in ms {
+                    self.postings(idx, m, &mut out)?;
+                }
+            }
+            FieldTest::Range(r) => {
+                if let FieldIndex::Integer {
+                    eq,
+                    range,
+                    fractional: 0,
+                } = idx
+                    && !r.datetime
+                    && eq.len() * 8 < range.len()
+                {
+                    // Few distinct integers: union their posting lists
+                    // (sequential reads) instead of walking the tree.
+                    for (k, list) in eq {
+                        if r.contains(*k as f64) {
+                            list.iter().for_each(|&id| out.insert(id));
+                        }
+                    }
+                    return Some(out);
+                }
+                let tree = match (idx, r.datetime) {
+                    (FieldIndex::Integer { range, .. }, false)
+                    | (FieldIndex::Float(range), false) => range,
+                    (FieldIndex::Datetime(t), true) => t,
+                    _ => return None,
+                };
+                range_ids(tree, r, &mut out);
+            }
+        }
+        Some(out)
+    }
+
+    fn postings(&self, idx: &FieldIndex, m: &MatchValue, out: &mut BitSet) -> Option<()> {
+        let list = match (idx, m) {
+            (FieldIndex::Keyword(map), MatchValue::Keyword(s)) => map.get(s),
+            (FieldIndex::Integer { eq, .. }, MatchValue::Integer(i)) => eq.get(i),
+            _ => return None,
+        };
+        for &id in list.map(Vec::as_slice).unwrap_or(&[]) {
+            out.insert(id);
+        }
+        Some(())
+    }
+
+    /// Approximate bytes held.
+    pub(crate) fn bytes(&self) -> usize {
+        self.fields
+            .values()
+            .map(|f| match f {
+                FieldIndex::Keyword(m) => {
+                    m.iter().map(|(k, v)| k.len() + v.capacity() * 4 + 48).sum()
+                }
+                FieldIndex::Integer { eq, range, .. } => {
+                    eq.values().map(|v| v.capacity() * 4 + 40).sum::<usize>() + range.len() * 16
+                }
+                FieldIndex::Float(t) | FieldIndex::Datetime(t) => t.len() * 16,
+            })
+            .sum()
+    }
+}
+
+fn range_ids(tree: &BTreeSet<(u64, u32)>, r: &Range, out: &mut BitSet) {
+    let (lo, hi) = r.interval();
+    if lo > hi || lo.is_nan() || hi.is_nan() {
+        return;
+    }
+    for &(bits, id) in tree.range((ord_bits(lo), 0)..=(ord_bits(hi), u32::MAX)) {
+        if r.contains(from_ord_bits(bits)) {
+            out.insert(id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

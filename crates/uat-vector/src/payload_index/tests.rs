@@ -1,0 +1,183 @@
+//! The payload indexes must agree with the brute-force filter evaluator.
+
+use super::*;
+use crate::filter::FieldCondition;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use serde_json::json;
+
+const WORDS: [&str; 5] = ["red", "green", "blue", "cyan", "gold"];
+
+fn payload(rng: &mut StdRng) -> Option<Value> {
+    if rng.random_bool(0.05) {
+        return None;
+    }
+    let mut p = serde_json::Map::new();
+    if rng.random_bool(0.9) {
+        p.insert("kw".into(), json!(WORDS[rng.random_range(0..5)]));
+    }
+    if rng.random_bool(0.9) {
+        p.insert("n".into(), json!(rng.random_range(-10i64..10)));
+    }
+    if rng.random_bool(0.9) {
+        p.insert("f".into(), json!(rng.random_range(-1.0f64..1.0)));
+    }
+    if rng.random_bool(0.9) {
+        let day = rng.random_range(1..28);
+        p.insert("at".into(), json!(format!("2024-03-{day:02}T12:00:00Z")));
+    }
+    let tags: Vec<&str> = (0..rng.random_range(0..3))
+        .map(|_| WORDS[rng.random_range(0..5)])
+        .collect();
+    p.insert("meta".into(), json!({"tags": tags}));
+    Some(Value::Object(p))
+}
+
+fn leaf(rng: &mut StdRng) -> Condition {
+    let w: Vec<MatchValue> = (0..2)
+        .map(|_| MatchValue::Keyword(WORDS[rng.random_range(0..5)].into()))
+        .collect();
+    let (key, test) = match rng.random_range(0..6) {
+        0 => ("kw", FieldTest::Match(w[0].clone())),
+        1 => ("meta.tags", FieldTest::Any(w)),
+        2 => (
+            "n",
+            FieldTest::Match(MatchValue::Integer(rng.random_range(-10..10))),
+        ),
+        3 => {
+            let a = rng.random_range(-10.0..10.0);
+            (
+                "n",
+                FieldTest::Range(Range {
+                    gte: Some(a),
+                    lt: Some(a + 6.0),
+                    ..Range::default()
+                }),
+            )
+        }
+        4 => {
+            let a = rng.random_range(-1.0..1.0);
+            (
+                "f",
+                FieldTest::Range(Range {
+                    gt: Some(a),
+                    ..Range::default()
+                }),
+            )
+        }
+        _ => {
+            let day = rng.random_range(1..28);
+            let t = parse_datetime(&format!("2024-03-{day:02}T00:00:00Z"));
+            (
+                "at",
+                FieldTest::Range(Range {
+                    lte: t,
+                    datetime: true,
+                    ..Range::default()
+                }),
+            )
+        }
+    };
+    Condition::Field(FieldCondition {
+        key: key.into(),
+        test,
+    })
+}
+
+fn filter(rng: &mut StdRng, depth: usize) -> Filter {
+    let mut f = Filter::default();
+    for _ in 0..rng.random_range(0..3) {
+        f.must.push(if depth < 2 && rng.random_bool(0.2) {
+            Condition::Nested(Box::new(filter(rng, depth + 1)))
+        } else {
+            leaf(rng)
+        });
+    }
+    for _ in 0..rng.random_range(0..3) {
+        f.should.push(leaf(rng));
+    }
+    for _ in 0..rng.random_range(0..2) {
+        f.must_not.push(leaf(rng));
+    }
+    f
+}
+
+fn spec() -> BTreeMap<String, PayloadIndexKind> {
+    BTreeMap::from([
+        ("kw".into(), PayloadIndexKind::Keyword),
+        ("meta.tags".into(), PayloadIndexKind::Keyword),
+        ("n".into(), PayloadIndexKind::Integer),
+        ("f".into(), PayloadIndexKind::Float),
+        ("at".into(), PayloadIndexKind::Datetime),
+    ])
+}
+
+#[test]
+fn index_resolution_agrees_with_brute_force_evaluator() {
+    let mut rng = StdRng::seed_from_u64(99);
+    let payloads: Vec<Option<Value>> = (0..2000).map(|_| payload(&mut rng)).collect();
+    let mut idx = PayloadIndex::new(&spec());
+    for (i, p) in payloads.iter().enumerate() {
+        idx.add(i as u32, p.as_ref());
+    }
+    let mut nonempty = 0;
+    for round in 0..300 {
+        let f = filter(&mut rng, 0);
+        let Some(bits) = idx.resolve(&f, payloads.len()) else {
+            panic!("round {round}: every key is indexed, resolve must succeed: {f:?}");
+        };
+        for (i, p) in payloads.iter().enumerate() {
+            assert_eq!(
+                bits.contains(i as u32),
+                f.matches(p.as_ref()),
+                "round {round} id {i}: {f:?} on {p:?}"
+            );
+        }
+        if bits.count() > 0 {
+            nonempty += 1;
+        }
+    }
+    assert!(
+        nonempty > 50,
+        "filters too selective to test anything: {nonempty}"
+    );
+}
+
+#[test]
+fn unindexed_keys_and_kinds_fall_back() {
+    let idx = PayloadIndex::new(&spec());
+    let on = |key: &str, test: FieldTest| Filter {
+        must: vec![Condition::Field(FieldCondition {
+            key: key.into(),
+            test,
+        })],
+        ..Filter::default()
+    };
+    assert!(
+        idx.resolve(&on("other", FieldTest::Match(MatchValue::Bool(true))), 10)
+            .is_none()
+    );
+    assert!(
+        idx.resolve(&on("kw", FieldTest::Match(MatchValue::Integer(1))), 10)
+            .is_none()
+    );
+    let dt = Range {
+        gt: Some(0.0),
+        datetime: true,
+        ..Range::default()
+    };
+    assert!(idx.resolve(&on("f", FieldTest::Range(dt)), 10).is_none());
+}
+
+#[test]
+fn bitset_ops() {
+    let mut a = BitSet::full(130);
+    assert_eq!(a.count(), 130);
+    let mut b = BitSet::empty(130);
+    b.insert(3);
+    b.insert(129);
+    a.and_not(&b);
+    assert_eq!(a.count(), 128);
+    assert!(!a.contains(129) && a.contains(128) && !a.contains(130));
+    let v: Vec<u32> = b.iter().collect();
+    assert_eq!(v, vec![3, 129]);
+}

@@ -1,0 +1,154 @@
+//! Snapshots: the whole graph (links included), vectors and payloads in one
+//! file, loaded with one bulk read and no re-insertion.
+//!
+//! Layout: `MAGIC`, `u32` header length, header JSON, then per node:
+//! `u8 flags (1 = deleted)`, id, `u8 level`, per level `u32 n` + `n × u32`
+//! links, `dim × f32`, payload; and at the end a `u32` CRC-32 of all before it.
+//! Written to a temporary file, fsynced and renamed over the old one.
+
+use crate::error::{Result, VectorError};
+use crate::hnsw::{Hnsw, Node};
+use crate::quant::Quantizer;
+use crate::types::CollectionConfig;
+use crate::wal::{Reader, put_f32s, put_id, put_payload, put_u32};
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+const MAGIC: &[u8; 8] = b"UATVSNP1";
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    seq: u64,
+    len: usize,
+    dimension: usize,
+    entry: Option<(u32, usize)>,
+    quantizer: Option<Quantizer>,
+}
+
+/// Writes a snapshot of `h` covering WAL records up to `seq`.
+pub(crate) fn write(path: &Path, h: &Hnsw, seq: u64) -> Result<()> {
+    let len = h.len();
+    let header = Header {
+        seq,
+        len,
+        dimension: h.dim,
+        entry: h.entry(),
+        quantizer: h.quant.get().cloned(),
+    };
+    let hjson = serde_json::to_vec(&header)
+        .map_err(|e| VectorError::corrupt("snapshot header", e.to_string()))?;
+    let mut buf = Vec::with_capacity(len * (h.dim * 4 + 64 + h.m0 * 4) + hjson.len() + 64);
+    buf.extend_from_slice(MAGIC);
+    put_u32(&mut buf, hjson.len() as u32);
+    buf.extend_from_slice(&hjson);
+    for i in 0..len as u32 {
+        let Some(n) = h.node(i) else {
+            return Err(VectorError::corrupt(
+                "snapshot",
+                format!("slot {i} is empty while writing"),
+            ));
+        };
+        buf.push(u8::from(n.is_deleted()));
+        put_id(&mut buf, &n.ext);
+        buf.push(n.level() as u8);
+        for l in n.links.iter() {
+            let l = l.read();
+            put_u32(&mut buf, l.len() as u32);
+            for x in l.iter() {
+                put_u32(&mut buf, *x);
+            }
+        }
+        put_f32s(&mut buf, &n.vector);
+        put_payload(&mut buf, n.payload.as_ref());
+    }
+    let crc = crc32fast::hash(&buf);
+    put_u32(&mut buf, crc);
+    let tmp = path.with_extension("tmp");
+    let io = |e| VectorError::io(&tmp, e);
+    let mut f = std::fs::File::create(&tmp).map_err(io)?;
+    f.write_all(&buf).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(|e| VectorError::io(path, e))?;
+    if let Some(dir) = path.parent()
+        && let Ok(d) = std::fs::File::open(dir)
+    {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Loads a snapshot, if there is one; returns the graph and the WAL sequence it covers.
+pub(crate) fn read(path: &Path, cfg: &CollectionConfig) -> Result<Option<(Hnsw, u64)>> {
+    let data = match std::fs::read(path) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(VectorError::io(path, e)),
+    };
+    let bad = |d: &str| VectorError::corrupt(format!("snapshot {}", path.display()), d);
+    if data.len() < MAGIC.len() + 8 || &data[..8] != MAGIC {
+        return Err(bad("bad magic or too short"));
+    }
+    let (body, crc) = data.split_at(data.len() - 4);
+    let stored = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
+    if crc32fast::hash(body) != stored {
+        return Err(bad("checksum mismatch"));
+    }
+    let mut r = Reader::new(&body[8..]);
+    let hlen = r.u32().ok_or_else(|| bad("truncated header"))? as usize;
+    let header: Header =
+        serde_json::from_slice(r.bytes(hlen).ok_or_else(|| bad("truncated header"))?)
+            .map_err(|e| bad(&format!("header: {e}")))?;
+    if header.dimension != cfg.dimension {
+        return Err(bad("dimension differs from the collection config"));
+    }
+    let h = Hnsw::new(
+        cfg.metric,
+        cfg.dimension,
+        cfg.hnsw.m,
+        cfg.hnsw.ef_construction,
+    );
+    if let Some(q) = header.quantizer {
+        let _ = h.quant.set(q);
+    }
+    for i in 0..header.len {
+        let node = read_node(&mut r, &h, cfg.dimension)
+            .ok_or_else(|| bad(&format!("node {i} truncated")))?;
+        h.push_loaded(node);
+    }
+    if r.remaining() != 0 {
+        return Err(bad("trailing bytes"));
+    }
+    h.set_entry(header.entry);
+    Ok(Some((h, header.seq)))
+}
+
+fn read_node(r: &mut Reader<'_>, h: &Hnsw, dim: usize) -> Option<Node> {
+    let flags = r.u8()?;
+    let ext = r.id()?;
+    let level = r.u8()? as usize;
+    let mut links = Vec::with_capacity(level + 1);
+    for l in 0..=level {
+        let n = r.u32()? as usize;
+        let cap = if l == 0 { h.m0 } else { h.m };
+        let mut v = Vec::with_capacity(n.max(cap));
+        for _ in 0..n {
+            v.push(r.u32()?);
+        }
+        links.push(RwLock::new(v));
+    }
+    let vector = r.f32s(dim)?.into_boxed_slice();
+    let payload = r.payload()?;
+    let code = h.encode(&vector);
+    Some(Node {
+        ext,
+        vector,
+        code,
+        payload,
+        links: links.into_boxed_slice(),
+        deleted: AtomicBool::new(flags & 1 != 0),
+    })
+}

@@ -1,0 +1,134 @@
+//! The store: a folder holding one subfolder per collection.
+
+use crate::collection::Collection;
+use crate::error::{Result, VectorError};
+use crate::metrics;
+use crate::types::{CollectionConfig, CollectionInfo};
+use crate::wal::FsyncPolicy;
+use parking_lot::RwLock;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Store-wide options.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StoreOptions {
+    /// WAL flush policy for every collection.
+    pub fsync: FsyncPolicy,
+}
+
+/// A folder of named collections.
+#[derive(Debug)]
+pub struct VectorStore {
+    dir: PathBuf,
+    options: StoreOptions,
+    collections: RwLock<BTreeMap<String, Arc<Collection>>>,
+}
+
+/// Checks a collection name: 1-64 characters from `[A-Za-z0-9_-]`.
+pub fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(VectorError::BadCollectionName(name.to_owned()))
+    }
+}
+
+impl VectorStore {
+    /// Opens (creating if needed) the store folder and every collection in it,
+    /// each recovered from its snapshot and WAL.
+    pub fn open(dir: impl AsRef<Path>, options: StoreOptions) -> Result<Self> {
+        let dir = dir.as_ref().to_owned();
+        std::fs::create_dir_all(&dir).map_err(|e| VectorError::io(&dir, e))?;
+        let mut collections = BTreeMap::new();
+        for entry in std::fs::read_dir(&dir).map_err(|e| VectorError::io(&dir, e))? {
+            let entry = entry.map_err(|e| VectorError::io(&dir, e))?;
+            let path = entry.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+                continue;
+            };
+            if !path.join("config.json").is_file() || check_name(&name).is_err() {
+                continue;
+            }
+            let c = Collection::open(&path, &name, options.fsync)?;
+            collections.insert(name, Arc::new(c));
+        }
+        Ok(Self {
+            dir,
+            options,
+            collections: RwLock::new(collections),
+        })
+    }
+
+    /// The store folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Creates a collection; [`VectorError::AlreadyExists`] if the name is taken.
+    pub fn create_collection(
+        &self,
+        name: &str,
+        config: CollectionConfig,
+    ) -> Result<Arc<Collection>> {
+        check_name(name)?;
+        config.validate()?;
+        let mut map = self.collections.write();
+        if map.contains_key(name) {
+            return Err(VectorError::AlreadyExists(name.to_owned()));
+        }
+        let c = Arc::new(Collection::create(
+            &self.dir.join(name),
+            name,
+            config,
+            self.options.fsync,
+        )?);
+        map.insert(name.to_owned(), c.clone());
+        Ok(c)
+    }
+
+    /// A collection by name; [`VectorError::NotFound`] if there is none.
+    pub fn get(&self, name: &str) -> Result<Arc<Collection>> {
+        self.collections
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| VectorError::NotFound(name.to_owned()))
+    }
+
+    /// Names of all collections, sorted.
+    pub fn names(&self) -> Vec<String> {
+        self.collections.read().keys().cloned().collect()
+    }
+
+    /// Summaries of all collections, sorted by name.
+    pub fn list(&self) -> Vec<CollectionInfo> {
+        let all: Vec<Arc<Collection>> = self.collections.read().values().cloned().collect();
+        all.iter().map(|c| c.info()).collect()
+    }
+
+    /// Deletes a collection and its files; [`VectorError::NotFound`] if there is none.
+    pub fn drop_collection(&self, name: &str) -> Result<()> {
+        let c = self
+            .collections
+            .write()
+            .remove(name)
+            .ok_or_else(|| VectorError::NotFound(name.to_owned()))?;
+        metrics::forget(name);
+        std::fs::remove_dir_all(c.dir()).map_err(|e| VectorError::io(c.dir(), e))
+    }
+
+    /// Snapshots every collection (e.g. at shutdown).
+    pub fn snapshot_all(&self) -> Result<()> {
+        let all: Vec<Arc<Collection>> = self.collections.read().values().cloned().collect();
+        for c in all {
+            c.snapshot()?;
+        }
+        Ok(())
+    }
+}

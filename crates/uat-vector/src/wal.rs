@@ -1,0 +1,393 @@
+//! The write-ahead log. Every acknowledged upsert or delete is one record:
+//!
+//! `[u32 body length][u32 CRC-32 of body][body]`, body = `[u64 seq][u8 op][...]`.
+//!
+//! On open, records are read until the first one that is short or whose
+//! checksum fails; that torn tail is cut off (never loaded as garbage).
+
+use crate::error::{Result, VectorError};
+use crate::types::{Point, PointId};
+use serde::{Deserialize, Serialize};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// When the WAL is flushed to stable storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncPolicy {
+    /// `fdatasync` before every acknowledgement: nothing acknowledged is lost, even on power loss.
+    #[default]
+    Always,
+    /// `fdatasync` at most every 100 ms: a process crash loses nothing (writes reach
+    /// the OS before the acknowledgement); a power loss may lose the last 100 ms.
+    Batch,
+    /// Never fsync; the OS flushes when it likes (a process crash still loses nothing).
+    Never,
+}
+
+impl std::str::FromStr for FsyncPolicy {
+    type Err = VectorError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "always" => Ok(Self::Always),
+            "batch" => Ok(Self::Batch),
+            "never" => Ok(Self::Never),
+            _ => Err(VectorError::BadConfig(format!(
+                "fsync must be always, batch or never, got {s:?}"
+            ))),
+        }
+    }
+}
+
+const BATCH_INTERVAL: Duration = Duration::from_millis(100);
+const OP_UPSERT: u8 = 1;
+const OP_DELETE: u8 = 2;
+
+/// A logged operation.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum WalOp {
+    Upsert(Vec<Point>),
+    Delete(Vec<PointId>),
+}
+
+/// An open WAL file.
+#[derive(Debug)]
+pub(crate) struct Wal {
+    file: File,
+    path: PathBuf,
+    policy: FsyncPolicy,
+    last_sync: Instant,
+    pub(crate) last_seq: u64,
+    /// Bytes of valid records in the file.
+    len: u64,
+    buf: Vec<u8>,
+}
+
+impl Wal {
+    /// Opens (or creates) the log, returns it and its valid records; a torn tail is truncated.
+    pub(crate) fn open(path: &Path, policy: FsyncPolicy) -> Result<(Self, Vec<(u64, WalOp)>)> {
+        let io = |e| VectorError::io(path, e);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io)?;
+        let mut data = Vec::new();
+        file.read_to_end(&mut data).map_err(io)?;
+        let (records, good_len) = parse_records(&data)?;
+        if good_len < data.len() {
+            file.set_len(good_len as u64).map_err(io)?;
+            file.sync_all().map_err(io)?;
+        }
+        file.seek(SeekFrom::Start(good_len as u64)).map_err(io)?;
+        let last_seq = records.last().map_or(0, |r| r.0);
+        let wal = Self {
+            len: good_len as u64,
+            file,
+            path: path.to_owned(),
+            policy,
+            last_sync: Instant::now(),
+            last_seq,
+            buf: Vec::new(),
+        };
+        Ok((wal, records))
+    }
+
+    /// Appends one record and flushes it per the policy; returns its sequence number.
+    pub(crate) fn append(&mut self, op: &WalOp) -> Result<u64> {
+        let seq = self.last_seq + 1;
+        let mut body = Vec::new();
+        put_u64(&mut body, seq);
+        match op {
+            WalOp::Upsert(points) => {
+                body.push(OP_UPSERT);
+                put_u32(&mut body, points.len() as u32);
+                for p in points {
+                    put_id(&mut body, &p.id);
+                    put_u32(&mut body, p.vector.len() as u32);
+                    put_f32s(&mut body, &p.vector);
+                    put_payload(&mut body, p.payload.as_ref());
+                }
+            }
+            WalOp::Delete(ids) => {
+                body.push(OP_DELETE);
+                put_u32(&mut body, ids.len() as u32);
+                for id in ids {
+                    put_id(&mut body, id);
+                }
+            }
+        }
+        self.buf.clear();
+        put_u32(&mut self.buf, body.len() as u32);
+        put_u32(&mut self.buf, crc32fast::hash(&body));
+        self.buf.extend_from_slice(&body);
+        // One write: the record reaches the OS (and so survives a process kill) before we acknowledge.
+        if let Err(e) = self.file.write_all(&self.buf) {
+            // Never leave half a record in front of later ones: cut it off.
+            let _ = self.file.set_len(self.len);
+            let _ = self.file.seek(SeekFrom::Start(self.len));
+            return Err(VectorError::io(&self.path, e));
+        }
+        self.len += self.buf.len() as u64;
+        let sync = match self.policy {
+            FsyncPolicy::Always => true,
+            FsyncPolicy::Batch => self.last_sync.elapsed() >= BATCH_INTERVAL,
+            FsyncPolicy::Never => false,
+        };
+        if sync {
+            self.sync()?;
+        }
+        self.last_seq = seq;
+        Ok(seq)
+    }
+
+    /// Flushes to stable storage now.
+    pub(crate) fn sync(&mut self) -> Result<()> {
+        self.file
+            .sync_data()
+            .map_err(|e| VectorError::io(&self.path, e))?;
+        self.last_sync = Instant::now();
+        Ok(())
+    }
+
+    /// Empties the log after a snapshot has made its records redundant.
+    pub(crate) fn reset(&mut self) -> Result<()> {
+        let io = |e| VectorError::io(&self.path, e);
+        self.file.set_len(0).map_err(io)?;
+        self.len = 0;
+        self.file.seek(SeekFrom::Start(0)).map_err(io)?;
+        self.file.sync_all().map_err(io)?;
+        Ok(())
+    }
+
+    /// Current size in bytes.
+    #[cfg(test)]
+    pub(crate) fn size(&self) -> u64 {
+        self.file.metadata().map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+/// Parses records; returns them and the length of the valid prefix.
+fn parse_records(data: &[u8]) -> Result<(Vec<(u64, WalOp)>, usize)> {
+    let mut out = Vec::new();
+    let mut pos = 0usize;
+    while data.len() - pos >= 8 {
+        let mut r = Reader::new(&data[pos..pos + 8]);
+        let (Some(len), Some(crc)) = (r.u32(), r.u32()) else {
+            break;
+        };
+        let end = pos + 8 + len as usize;
+        if end > data.len() {
+            break; // torn: the body was not fully written
+        }
+        let body = &data[pos + 8..end];
+        if crc32fast::hash(body) != crc {
+            break; // torn or garbage
+        }
+        let rec = decode(body).ok_or_else(|| {
+            VectorError::corrupt("WAL", format!("undecodable record at byte {pos}"))
+        })?;
+        out.push(rec);
+        pos = end;
+    }
+    Ok((out, pos))
+}
+
+fn decode(body: &[u8]) -> Option<(u64, WalOp)> {
+    let mut r = Reader::new(body);
+    let seq = r.u64()?;
+    let op = match r.u8()? {
+        OP_UPSERT => {
+            let n = r.u32()? as usize;
+            let mut pts = Vec::with_capacity(n.min(100_000));
+            for _ in 0..n {
+                let id = r.id()?;
+                let dim = r.u32()? as usize;
+                let vector = r.f32s(dim)?;
+                let payload = r.payload()?;
+                pts.push(Point {
+                    id,
+                    vector,
+                    payload,
+                });
+            }
+            WalOp::Upsert(pts)
+        }
+        OP_DELETE => {
+            let n = r.u32()? as usize;
+            let mut ids = Vec::with_capacity(n.min(100_000));
+            for _ in 0..n {
+                ids.push(r.id()?);
+            }
+            WalOp::Delete(ids)
+        }
+        _ => return None,
+    };
+    r.is_done().then_some((seq, op))
+}
+
+// ---- little-endian codec shared with the snapshot ----
+
+pub(crate) fn put_u32(b: &mut Vec<u8>, x: u32) {
+    b.extend_from_slice(&x.to_le_bytes());
+}
+pub(crate) fn put_u64(b: &mut Vec<u8>, x: u64) {
+    b.extend_from_slice(&x.to_le_bytes());
+}
+pub(crate) fn put_f32s(b: &mut Vec<u8>, v: &[f32]) {
+    b.reserve(v.len() * 4);
+    for x in v {
+        b.extend_from_slice(&x.to_le_bytes());
+    }
+}
+pub(crate) fn put_id(b: &mut Vec<u8>, id: &PointId) {
+    match id {
+        PointId::Num(n) => {
+            b.push(0);
+            put_u64(b, *n);
+        }
+        PointId::Uuid(s) => {
+            b.push(1);
+            put_u32(b, s.len() as u32);
+            b.extend_from_slice(s.as_bytes());
+        }
+    }
+}
+pub(crate) fn put_payload(b: &mut Vec<u8>, p: Option<&serde_json::Value>) {
+    match p.and_then(|p| serde_json::to_vec(p).ok()) {
+        Some(bytes) => {
+            put_u32(b, bytes.len() as u32 + 1);
+            b.extend_from_slice(&bytes);
+        }
+        None => put_u32(b, 0),
+    }
+}
+
+/// A cursor over little-endian bytes; every read returns `None` past the end.
+pub(crate) struct Reader<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    pub(crate) fn new(data: &'a [u8]) -> Self {
+        Self { data, pos: 0 }
+    }
+    pub(crate) fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
+        let end = self.pos.checked_add(n)?;
+        let s = self.data.get(self.pos..end)?;
+        self.pos = end;
+        Some(s)
+    }
+    pub(crate) fn u8(&mut self) -> Option<u8> {
+        self.bytes(1).map(|b| b[0])
+    }
+    pub(crate) fn u32(&mut self) -> Option<u32> {
+        self.bytes(4)?.try_into().ok().map(u32::from_le_bytes)
+    }
+    pub(crate) fn u64(&mut self) -> Option<u64> {
+        self.bytes(8)?.try_into().ok().map(u64::from_le_bytes)
+    }
+    pub(crate) fn f32s(&mut self, n: usize) -> Option<Vec<f32>> {
+        let b = self.bytes(n.checked_mul(4)?)?;
+        Some(
+            b.chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        )
+    }
+    pub(crate) fn id(&mut self) -> Option<PointId> {
+        match self.u8()? {
+            0 => self.u64().map(PointId::Num),
+            1 => {
+                let n = self.u32()? as usize;
+                let s = std::str::from_utf8(self.bytes(n)?).ok()?;
+                Some(PointId::Uuid(s.to_owned()))
+            }
+            _ => None,
+        }
+    }
+    pub(crate) fn payload(&mut self) -> Option<Option<serde_json::Value>> {
+        match self.u32()? {
+            0 => Some(None),
+            n => serde_json::from_slice(self.bytes(n as usize - 1)?)
+                .ok()
+                .map(Some),
+        }
+    }
+    pub(crate) fn is_done(&self) -> bool {
+        self.pos == self.data.len()
+    }
+    pub(crate) fn remaining(&self) -> usize {
+        self.data.len() - self.pos
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pt(i: u64) -> Point {
+        Point {
+            id: PointId::Num(i),
+            vector: vec![i as f32, 0.5],
+            payload: Some(json!({"i": i})),
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_torn_tail_is_dropped() {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string());
+        let Ok(dir) = dir else { panic!("tempdir") };
+        let path = dir.path().join("wal.log");
+        let Ok((mut wal, recs)) = Wal::open(&path, FsyncPolicy::Always) else {
+            panic!("open")
+        };
+        assert!(recs.is_empty());
+        let uuid = PointId::Uuid("550e8400-e29b-41d4-a716-446655440000".into());
+        let ops = vec![
+            WalOp::Upsert(vec![pt(1), pt(2)]),
+            WalOp::Delete(vec![PointId::Num(1), uuid.clone()]),
+            WalOp::Upsert(vec![Point {
+                id: uuid,
+                vector: vec![1.0, 2.0],
+                payload: None,
+            }]),
+        ];
+        for op in &ops {
+            assert!(wal.append(op).is_ok());
+        }
+        let full = wal.size();
+        drop(wal);
+        // Tear the last record: cut 3 bytes off its end.
+        let Ok(f) = OpenOptions::new().write(true).open(&path) else {
+            panic!("reopen")
+        };
+        assert!(f.set_len(full - 3).is_ok());
+        drop(f);
+        let Ok((wal, recs)) = Wal::open(&path, FsyncPolicy::Always) else {
+            panic!("open 2")
+        };
+        let got: Vec<WalOp> = recs.into_iter().map(|r| r.1).collect();
+        assert_eq!(got, ops[..2].to_vec());
+        assert_eq!(wal.last_seq, 2);
+        assert!(wal.size() < full - 3, "torn tail must be truncated");
+        drop(wal);
+        // Flip a byte inside the second record: it and everything after is dropped.
+        let Ok(mut data) = std::fs::read(&path) else {
+            panic!("read")
+        };
+        let n = data.len();
+        data[n - 2] ^= 0xff;
+        assert!(std::fs::write(&path, &data).is_ok());
+        let Ok((_, recs)) = Wal::open(&path, FsyncPolicy::Never) else {
+            panic!("open 3")
+        };
+        assert_eq!(recs.len(), 1);
+    }
+}

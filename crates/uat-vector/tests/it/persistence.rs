@@ -1,0 +1,149 @@
+//! Snapshots, WAL replay, torn tails, compaction.
+
+use super::*;
+use std::io::Write;
+use uat_vector::{Quantization, SearchRequest};
+
+fn ranked(c: &Collection, q: &[f32]) -> Vec<(PointId, f32)> {
+    c.search(&SearchRequest::new(q.to_vec(), 10))
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.id, p.score))
+        .collect()
+}
+
+#[test]
+fn snapshot_round_trip_keeps_points_payloads_graph_and_results() {
+    for quant in [Quantization::None, Quantization::Sq8, Quantization::Binary] {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = StoreOptions {
+            fsync: FsyncPolicy::Always,
+        };
+        let vs = vectors(600, 16, 3);
+        let queries = vectors(20, 16, 4);
+        let before: Vec<Vec<(PointId, f32)>>;
+        {
+            let s = VectorStore::open(dir.path(), opts).unwrap();
+            let mut cfg = config(16, Metric::Cosine);
+            cfg.quantization = quant;
+            let c = s.create_collection("snap", cfg).unwrap();
+            c.upsert(points(&vs)).unwrap();
+            c.delete((0..50).map(PointId::Num).collect()).unwrap();
+            c.snapshot().unwrap();
+            // Written after the snapshot: must come back from the WAL tail.
+            c.upsert(vec![Point {
+                id: PointId::Num(5000),
+                vector: vs[0].clone(),
+                payload: None,
+            }])
+            .unwrap();
+            c.delete(vec![PointId::Num(60)]).unwrap();
+            before = queries.iter().map(|q| ranked(&c, q)).collect();
+            assert_eq!(c.count(), 600 - 50 + 1 - 1);
+        }
+        let s = VectorStore::open(dir.path(), opts).unwrap();
+        let c = s.get("snap").unwrap();
+        assert_eq!(c.count(), 550, "{quant:?}");
+        assert_eq!(c.config().quantization, quant);
+        let after: Vec<Vec<(PointId, f32)>> = queries.iter().map(|q| ranked(&c, q)).collect();
+        assert_eq!(before, after, "{quant:?}: results differ after reload");
+        assert!(c.get(&PointId::Num(10)).is_err());
+        assert!(c.get(&PointId::Num(60)).is_err());
+        let p = c.get(&PointId::Num(100)).unwrap();
+        assert_eq!(p.payload.as_ref().unwrap()["i"], 100);
+        assert!(c.get(&PointId::Num(5000)).is_ok());
+    }
+}
+
+#[test]
+fn torn_wal_tail_is_dropped_and_earlier_writes_survive() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StoreOptions {
+        fsync: FsyncPolicy::Always,
+    };
+    let vs = uniform(30, 8, 5);
+    {
+        let s = VectorStore::open(dir.path(), opts).unwrap();
+        let c = s.create_collection("t", config(8, Metric::L2)).unwrap();
+        for p in points(&vs) {
+            c.upsert(vec![p]).unwrap();
+        }
+    }
+    let wal = dir.path().join("t").join("wal.log");
+    let len = std::fs::metadata(&wal).unwrap().len();
+    // A half-written record: cut the last one short.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&wal)
+        .unwrap()
+        .set_len(len - 10)
+        .unwrap();
+    {
+        let s = VectorStore::open(dir.path(), opts).unwrap();
+        let c = s.get("t").unwrap();
+        assert_eq!(c.count(), 29);
+        assert!(c.get(&PointId::Num(29)).is_err());
+        for i in 0..29 {
+            let p = c.get(&PointId::Num(i)).unwrap();
+            assert_eq!(p.vector, vs[i as usize]);
+        }
+        // The log is usable again after the cut.
+        c.upsert(points(&vs)[29..].to_vec()).unwrap();
+    }
+    // Garbage appended (a crash mid-append of a record with a bad checksum).
+    let mut f = std::fs::OpenOptions::new().append(true).open(&wal).unwrap();
+    f.write_all(&[40, 0, 0, 0, 1, 2, 3, 4, 9, 9, 9]).unwrap();
+    drop(f);
+    let s = VectorStore::open(dir.path(), opts).unwrap();
+    assert_eq!(s.get("t").unwrap().count(), 30);
+}
+
+#[test]
+fn compaction_reclaims_tombstones_and_keeps_results() {
+    let (_d, _s, c) = filled(2000, 16, Metric::Dot);
+    c.delete((0..2000).filter(|i| i % 2 == 1).map(PointId::Num).collect())
+        .unwrap();
+    assert_eq!(c.info().deleted, 1000);
+    let q = vectors(1, 16, 9).remove(0);
+    let before = ranked(&c, &q);
+    c.compact().unwrap();
+    let info = c.info();
+    assert_eq!((info.count, info.deleted), (1000, 0));
+    let after = ranked(&c, &q);
+    assert!(
+        after
+            .iter()
+            .all(|(id, _)| matches!(id, PointId::Num(n) if n % 2 == 0))
+    );
+    let overlap = after.iter().filter(|a| before.contains(a)).count();
+    assert!(
+        overlap >= 8,
+        "compaction changed results too much: {overlap}/10"
+    );
+}
+
+#[test]
+fn upsert_replaces_and_drop_removes_files() {
+    let (d, s, c) = filled(50, 4, Metric::Cosine);
+    c.upsert(vec![Point {
+        id: PointId::Num(3),
+        vector: vec![0.0, 0.0, 0.0, 1.0],
+        payload: None,
+    }])
+    .unwrap();
+    assert_eq!(c.count(), 50);
+    let p = c.get(&PointId::Num(3)).unwrap();
+    assert_eq!(p.vector, vec![0.0, 0.0, 0.0, 1.0]);
+    assert_eq!(p.payload, None);
+    let hits = c
+        .search(&SearchRequest::new(vec![0.0, 0.0, 0.0, 1.0], 50))
+        .unwrap();
+    assert_eq!(hits.iter().filter(|h| h.id == PointId::Num(3)).count(), 1);
+    assert_eq!(hits[0].id, PointId::Num(3));
+    assert!((hits[0].score - 1.0).abs() < 1e-5);
+    assert_eq!(s.list().len(), 1);
+    assert_eq!(s.list()[0].count, 50);
+    s.drop_collection("c").unwrap();
+    assert!(!d.path().join("c").exists());
+    assert!(s.names().is_empty());
+}

@@ -1,0 +1,235 @@
+//! Search through the collection: recall, filters against brute force,
+//! planner choices, concurrent upserts and searches, batches.
+
+use super::*;
+use std::collections::HashSet;
+use uat_vector::{Filter, Plan, Quantization, SearchRequest};
+
+fn exact(
+    vs: &[Vec<f32>],
+    metric: Metric,
+    q: &[f32],
+    k: usize,
+    pass: impl Fn(usize) -> bool,
+) -> Vec<u64> {
+    let mut qn = q.to_vec();
+    let prep = |v: &[f32]| {
+        let mut v = v.to_vec();
+        if metric == Metric::Cosine {
+            uat_vector::distance::normalize(&mut v);
+        }
+        v
+    };
+    qn = prep(&qn);
+    let mut d: Vec<(f32, u64)> = vs
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| pass(*i))
+        .map(|(i, v)| (metric.distance_scalar(&qn, &prep(v)), i as u64))
+        .collect();
+    d.sort_by(|a, b| a.0.total_cmp(&b.0));
+    d.into_iter().take(k).map(|x| x.1).collect()
+}
+
+fn ids(hits: &[uat_vector::ScoredPoint]) -> Vec<u64> {
+    hits.iter()
+        .map(|h| match h.id {
+            PointId::Num(n) => n,
+            PointId::Uuid(_) => u64::MAX,
+        })
+        .collect()
+}
+
+fn recall(got: &[u64], truth: &[u64]) -> f64 {
+    let t: HashSet<&u64> = truth.iter().collect();
+    got.iter().filter(|g| t.contains(g)).count() as f64 / truth.len().max(1) as f64
+}
+
+#[test]
+fn recall_per_metric_and_quantization() {
+    for metric in [Metric::Cosine, Metric::Dot, Metric::L2] {
+        for quant in [Quantization::None, Quantization::Sq8, Quantization::Binary] {
+            let (_d, s) = store();
+            // Binary codes need many dimensions to say anything.
+            let dim = if quant == Quantization::Binary {
+                256
+            } else {
+                32
+            };
+            let mut cfg = config(dim, metric);
+            cfg.quantization = quant;
+            let c = s.create_collection("r", cfg).unwrap();
+            let vs = vectors(3000, dim, 11);
+            c.upsert(points(&vs)).unwrap();
+            let qs = vectors(30, dim, 12);
+            let mut r = 0.0;
+            for q in &qs {
+                let mut req = SearchRequest::new(q.clone(), 10);
+                req.ef = Some(100);
+                let hits = c.search(&req).unwrap();
+                assert!(hits.windows(2).all(|w| if metric == Metric::L2 {
+                    w[0].score <= w[1].score
+                } else {
+                    w[0].score >= w[1].score
+                }));
+                r += recall(&ids(&hits), &exact(&vs, metric, q, 10, |_| true));
+            }
+            r /= qs.len() as f64;
+            let floor = if quant == Quantization::Binary {
+                0.8
+            } else {
+                0.95
+            };
+            assert!(r >= floor, "{metric:?} {quant:?}: recall {r}");
+        }
+    }
+}
+
+#[test]
+fn filtered_search_matches_brute_force_at_every_selectivity_and_plans_accordingly() {
+    let n = 5000;
+    let (_d, _s, c) = filled(n, 24, Metric::Cosine);
+    let vs = vectors(n, 24, 1);
+    let qs = vectors(20, 24, 77);
+    // (filter, predicate on i, expected plan): indexed range on bucket = i % 100.
+    for (limit, plan) in [
+        (1usize, Plan::Exact),
+        (10, Plan::Exact),
+        (65, Plan::Walk),
+        (100, Plan::Walk),
+    ] {
+        let f = Filter::from_json(
+            &serde_json::json!({"must": [{"key": "bucket", "range": {"lt": limit}}]}),
+        )
+        .unwrap();
+        let mut r = 0.0;
+        for q in &qs {
+            let mut req = SearchRequest::new(q.clone(), 10);
+            req.filter = Some(f.clone());
+            req.ef = Some(64);
+            let (hits, p) = c.search_explain(&req).unwrap();
+            assert_eq!(p, Some(plan), "selectivity {limit}%");
+            for h in &hits {
+                let i = ids(std::slice::from_ref(h))[0] as usize;
+                assert!(i % 100 < limit, "point {i} does not pass the filter");
+            }
+            r += recall(
+                &ids(&hits),
+                &exact(&vs, Metric::Cosine, q, 10, |i| i % 100 < limit),
+            );
+        }
+        r /= qs.len() as f64;
+        let floor = if plan == Plan::Exact { 0.999 } else { 0.9 };
+        assert!(r >= floor, "selectivity {limit}%: recall {r}");
+    }
+    // Unindexed keys (color) and must_not / should combinations give the same answers as brute force.
+    let f = Filter::from_json(&serde_json::json!({
+        "should": [{"key": "color", "match": {"value": "red"}}, {"key": "tag", "match": {"value": "odd"}}],
+        "must_not": [{"key": "bucket", "range": {"gte": 50}}]
+    }))
+    .unwrap();
+    let pass = |i: usize| (i % 3 == 0 || i % 2 == 1) && i % 100 < 50;
+    for q in &qs[..5] {
+        let mut req = SearchRequest::new(q.clone(), 10);
+        req.filter = Some(f.clone());
+        req.ef = Some(128);
+        let hits = c.search(&req).unwrap();
+        assert!(ids(&hits).iter().all(|&i| pass(i as usize)));
+        assert!(recall(&ids(&hits), &exact(&vs, Metric::Cosine, q, 10, pass)) >= 0.8);
+    }
+}
+
+#[test]
+fn delete_by_filter_removes_exactly_the_matching_points() {
+    let (_d, _s, c) = filled(1000, 8, Metric::L2);
+    let f = Filter::from_json(
+        &serde_json::json!({"must": [{"key": "tag", "match": {"value": "odd"}}]}),
+    )
+    .unwrap();
+    assert_eq!(c.delete_by_filter(&f).unwrap(), 500);
+    assert_eq!(c.count(), 500);
+    assert!(c.get(&PointId::Num(3)).is_err() && c.get(&PointId::Num(4)).is_ok());
+    let hits = c.search(&SearchRequest::new(vec![0.0; 8], 100)).unwrap();
+    assert!(ids(&hits).iter().all(|i| i % 2 == 0));
+    assert_eq!(c.delete_by_filter(&f).unwrap(), 0);
+    // The HTTP body form: exactly one of ids / filter.
+    let by_ids: uat_vector::DeleteRequest =
+        serde_json::from_value(serde_json::json!({"ids": [0, 2, 9999]})).unwrap();
+    assert_eq!(c.delete_request(&by_ids).unwrap(), 2);
+    let both: uat_vector::DeleteRequest =
+        serde_json::from_value(serde_json::json!({"ids": [4], "filter": {"must": []}})).unwrap();
+    assert!(matches!(
+        c.delete_request(&both),
+        Err(uat_vector::VectorError::BadRequest(_))
+    ));
+    let none: uat_vector::DeleteRequest = serde_json::from_value(serde_json::json!({})).unwrap();
+    assert!(c.delete_request(&none).is_err());
+    assert_eq!(c.count(), 498);
+}
+
+#[test]
+fn concurrent_upserts_and_searches() {
+    let (_d, s) = store();
+    let c = s
+        .create_collection("cc", config(16, Metric::Cosine))
+        .unwrap();
+    let vs = Arc::new(vectors(4000, 16, 21));
+    let writer = {
+        let (c, vs) = (c.clone(), vs.clone());
+        std::thread::spawn(move || {
+            for chunk in points(&vs).chunks(200) {
+                c.upsert(chunk.to_vec()).unwrap();
+            }
+        })
+    };
+    let readers: Vec<_> = (0..2)
+        .map(|t| {
+            let (c, vs) = (c.clone(), vs.clone());
+            std::thread::spawn(move || {
+                let mut n = 0;
+                for i in 0..500 {
+                    n += c
+                        .search(&SearchRequest::new(vs[(i * 7 + t) % 4000].clone(), 5))
+                        .unwrap()
+                        .len();
+                }
+                n
+            })
+        })
+        .collect();
+    writer.join().unwrap();
+    for r in readers {
+        r.join().unwrap();
+    }
+    assert_eq!(c.count(), 4000);
+    let mut found = 0;
+    for (i, v) in vs.iter().enumerate().step_by(10) {
+        let hits = c.search(&SearchRequest::new(v.clone(), 1)).unwrap();
+        found += usize::from(hits[0].id == PointId::Num(i as u64));
+    }
+    assert!(found >= 390, "only {found}/400 points find themselves");
+}
+
+#[test]
+fn batch_search_keeps_order_and_with_vector_works() {
+    let (_d, _s, c) = filled(500, 8, Metric::Dot);
+    let vs = vectors(500, 8, 1);
+    let reqs: Vec<SearchRequest> = [5usize, 100, 250]
+        .iter()
+        .map(|&i| {
+            let mut r = SearchRequest::new(vs[i].clone(), 3);
+            r.with_vector = true;
+            r.with_payload = false;
+            r
+        })
+        .collect();
+    let out = c.search_batch(&reqs).unwrap();
+    assert_eq!(out.len(), 3);
+    for (r, res) in reqs.iter().zip(&out) {
+        assert_eq!(res, &c.search(r).unwrap());
+        assert!(res[0].vector.is_some() && res[0].payload.is_none());
+    }
+    let mut bad = reqs.clone();
+    bad[1].top_k = 0;
+    assert!(c.search_batch(&bad).is_err());
+}

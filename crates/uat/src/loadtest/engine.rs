@@ -1,0 +1,630 @@
+//! The load generator proper: one shared HTTP client, closed and open loops,
+//! and the recorder that fills the HDR histograms.
+
+use anyhow::Context;
+use bytes::Bytes;
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Open loop: requests in flight beyond which the generator itself is the
+/// bottleneck; further scheduled requests are counted as `client-saturated`.
+const MAX_OUTSTANDING: usize = 20_000;
+
+/// What to send.
+pub(crate) struct Target {
+    /// The chat-completions URL.
+    pub url: String,
+    /// The JSON body.
+    pub body: Bytes,
+    /// Whether the body asks for a stream.
+    pub stream: bool,
+}
+
+/// How much load, for how long.
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    pub concurrency: usize,
+    pub duration: Duration,
+    pub rate: Option<f64>,
+    pub requests: Option<u64>,
+    pub warmup: Duration,
+}
+
+/// One shared client: a pool sized to the concurrency, TCP_NODELAY, no proxy.
+pub(crate) fn client(
+    concurrency: usize,
+    timeout: Duration,
+    gzip: bool,
+) -> anyhow::Result<reqwest::Client> {
+    let mut b = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency.max(1))
+        .pool_idle_timeout(Duration::from_secs(90))
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(timeout)
+        .no_proxy();
+    if !gzip {
+        b = b.no_gzip();
+    }
+    b.build().context("cannot build the HTTP client")
+}
+
+/// How a request ended, for the by-status table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Class {
+    /// An HTTP status (2xx streams that broke are reported as `Failure`).
+    Http(u16),
+    /// No usable HTTP answer.
+    Failure(&'static str),
+}
+
+impl std::fmt::Display for Class {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Class::Http(s) => write!(f, "{s}"),
+            Class::Failure(s) => f.write_str(s),
+        }
+    }
+}
+
+struct Outcome {
+    class: Class,
+    ttft: Option<Duration>,
+}
+
+impl Outcome {
+    fn ok(&self) -> bool {
+        matches!(self.class, Class::Http(s) if (200..300).contains(&s))
+    }
+}
+
+/// Everything measured in one phase. Latencies are in nanoseconds.
+pub(crate) struct Stats {
+    /// Closed loop: send to end of answer. Open loop: *scheduled* send to end.
+    pub latency: Histogram<u64>,
+    /// Open loop only: actual send to end of answer.
+    pub service: Histogram<u64>,
+    /// Streams: to the first non-empty content delta (same origin as `latency`).
+    pub ttft: Histogram<u64>,
+    /// Count of every request by how it ended.
+    pub by_class: BTreeMap<Class, u64>,
+    /// 2xx answers read to the end.
+    pub ok: u64,
+    /// Everything else.
+    pub errors: u64,
+    /// Wall time of the phase.
+    pub elapsed: Duration,
+    /// CPU time of this process (load generator, plus anything in-process) during the phase.
+    pub own_cpu: Option<Duration>,
+}
+
+fn histogram() -> anyhow::Result<Histogram<u64>> {
+    // 1 ns .. 10 min at 3 significant digits.
+    Histogram::new_with_bounds(1, 600_000_000_000, 3).context("cannot build a histogram")
+}
+
+impl Stats {
+    fn new() -> anyhow::Result<Self> {
+        Ok(Stats {
+            latency: histogram()?,
+            service: histogram()?,
+            ttft: histogram()?,
+            by_class: BTreeMap::new(),
+            ok: 0,
+            errors: 0,
+            elapsed: Duration::ZERO,
+            own_cpu: None,
+        })
+    }
+
+    /// All requests that ended, successfully or not.
+    pub fn total(&self) -> u64 {
+        self.ok + self.errors
+    }
+
+    /// Requests per second over the phase.
+    pub fn rps(&self) -> f64 {
+        let s = self.elapsed.as_secs_f64();
+        if s > 0.0 {
+            self.total() as f64 / s
+        } else {
+            0.0
+        }
+    }
+
+    /// 503 answers (deliberate load shedding when the server is `uat`).
+    pub fn shed(&self) -> u64 {
+        self.by_class.get(&Class::Http(503)).copied().unwrap_or(0)
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Shared by every worker; the lock is held for a few histogram updates.
+struct Recorder {
+    stats: Mutex<Stats>,
+    done: AtomicU64,
+    errors: AtomicU64,
+    open_loop: bool,
+}
+
+impl Recorder {
+    fn record(&self, scheduled: Instant, sent: Instant, end: Instant, out: &Outcome) {
+        let ok = out.ok();
+        self.done.fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let Ok(mut s) = self.stats.lock() else { return };
+        s.latency.saturating_record(nanos(end - scheduled).max(1));
+        if self.open_loop {
+            s.service.saturating_record(nanos(end - sent).max(1));
+        }
+        if let Some(t) = out.ttft {
+            s.ttft.saturating_record(nanos(t).max(1));
+        }
+        *s.by_class.entry(out.class).or_insert(0) += 1;
+        if ok {
+            s.ok += 1;
+        } else {
+            s.errors += 1;
+        }
+    }
+
+    fn record_failure(&self, what: &'static str) {
+        self.done.fetch_add(1, Ordering::Relaxed);
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut s) = self.stats.lock() {
+            *s.by_class.entry(Class::Failure(what)).or_insert(0) += 1;
+            s.errors += 1;
+        }
+    }
+}
+
+fn classify(e: &reqwest::Error) -> &'static str {
+    if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connect"
+    } else if e.is_body() || e.is_decode() {
+        "body"
+    } else {
+        "transport"
+    }
+}
+
+/// Sends one request and reads the whole answer. `origin` is the time
+/// latency and TTFT are measured from.
+async fn one_request(client: &reqwest::Client, target: &Target, origin: Instant) -> Outcome {
+    let sent = client
+        .post(&target.url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(target.body.clone())
+        .send()
+        .await;
+    let resp = match sent {
+        Ok(r) => r,
+        Err(e) => {
+            return Outcome {
+                class: Class::Failure(classify(&e)),
+                ttft: None,
+            };
+        }
+    };
+    let status = resp.status();
+    let class = Class::Http(status.as_u16());
+    if !target.stream || !status.is_success() {
+        return match resp.bytes().await {
+            Ok(_) => Outcome { class, ttft: None },
+            Err(e) => Outcome {
+                class: Class::Failure(classify(&e)),
+                ttft: None,
+            },
+        };
+    }
+    let mut scanner = SseScanner::default();
+    let mut ttft = None;
+    let mut body = resp.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(b) => {
+                scanner.feed(&b);
+                if ttft.is_none() && scanner.saw_content {
+                    ttft = Some(origin.elapsed());
+                }
+            }
+            Err(e) => {
+                return Outcome {
+                    class: Class::Failure(classify(&e)),
+                    ttft,
+                };
+            }
+        }
+    }
+    let class = if scanner.saw_error {
+        Class::Failure("stream-error")
+    } else if !scanner.done {
+        Class::Failure("stream-truncated")
+    } else {
+        class
+    };
+    Outcome { class, ttft }
+}
+
+/// Finds SSE events in a byte stream: the first content delta, an error
+/// event, and the closing `[DONE]`.
+#[derive(Default)]
+pub(crate) struct SseScanner {
+    buf: Vec<u8>,
+    pub saw_content: bool,
+    pub saw_error: bool,
+    pub done: bool,
+}
+
+#[derive(Deserialize)]
+struct ChunkProbe {
+    #[serde(default)]
+    choices: Vec<ChoiceProbe>,
+    #[serde(default)]
+    error: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct ChoiceProbe {
+    #[serde(default)]
+    delta: Option<DeltaProbe>,
+}
+
+#[derive(Deserialize)]
+struct DeltaProbe {
+    #[serde(default)]
+    content: Option<String>,
+}
+
+impl SseScanner {
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+        let mut start = 0;
+        while let Some(pos) = find_event_end(&self.buf[start..]) {
+            let (event_len, sep_len) = pos;
+            let event = &self.buf[start..start + event_len];
+            Self::event(
+                event,
+                &mut self.saw_content,
+                &mut self.saw_error,
+                &mut self.done,
+            );
+            start += event_len + sep_len;
+        }
+        self.buf.drain(..start);
+    }
+
+    fn event(event: &[u8], saw_content: &mut bool, saw_error: &mut bool, done: &mut bool) {
+        for line in event.split(|b| *b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let Some(data) = line.strip_prefix(b"data:") else {
+                continue;
+            };
+            let data = data.strip_prefix(b" ").unwrap_or(data);
+            if data == b"[DONE]" {
+                *done = true;
+                continue;
+            }
+            match serde_json::from_slice::<ChunkProbe>(data) {
+                Ok(c) => {
+                    if c.error.is_some() {
+                        *saw_error = true;
+                    }
+                    if c.choices.iter().any(|ch| {
+                        ch.delta
+                            .as_ref()
+                            .and_then(|d| d.content.as_deref())
+                            .is_some_and(|t| !t.is_empty())
+                    }) {
+                        *saw_content = true;
+                    }
+                }
+                Err(_) => *saw_error = true,
+            }
+        }
+    }
+}
+
+/// Length of the next complete event and of its separator (`\n\n` or `\r\n\r\n`).
+fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
+    for i in 0..buf.len() {
+        if buf[i..].starts_with(b"\n\n") {
+            return Some((i, 2));
+        }
+        if buf[i..].starts_with(b"\r\n\r\n") {
+            return Some((i, 4));
+        }
+    }
+    None
+}
+
+/// Runs the warm-up (not recorded) and then the measured phase.
+pub(crate) async fn run(
+    client: &reqwest::Client,
+    target: &Target,
+    plan: &Plan,
+    progress: bool,
+    label: &str,
+) -> anyhow::Result<Stats> {
+    warmup(client, target, plan).await?;
+    phase(client, target, plan, progress, label).await
+}
+
+/// Sends the plan's load for its warm-up time and forgets the results.
+pub(crate) async fn warmup(
+    client: &reqwest::Client,
+    target: &Target,
+    plan: &Plan,
+) -> anyhow::Result<()> {
+    if !plan.warmup.is_zero() {
+        let warm = Plan {
+            duration: plan.warmup,
+            requests: None,
+            ..plan.clone()
+        };
+        let _ = phase(client, target, &warm, false, "warm-up").await?;
+    }
+    Ok(())
+}
+
+/// One measured phase.
+pub(crate) async fn phase(
+    client: &reqwest::Client,
+    target: &Target,
+    plan: &Plan,
+    progress: bool,
+    label: &str,
+) -> anyhow::Result<Stats> {
+    let rec = Arc::new(Recorder {
+        stats: Mutex::new(Stats::new()?),
+        done: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        open_loop: plan.rate.is_some(),
+    });
+    let bar = progress_bar(plan, progress, label);
+    let ticker = {
+        let (rec, bar) = (rec.clone(), bar.clone());
+        let started = Instant::now();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                tick(&bar, &rec, started);
+            }
+        })
+    };
+    let cpu0 = super::procfs::cpu_time(None);
+    let start = Instant::now();
+    match plan.rate {
+        None => closed_loop(client, target, plan, &rec).await,
+        Some(rate) => open_loop(client, target, plan, rate, &rec).await?,
+    }
+    let elapsed = start.elapsed();
+    let cpu1 = super::procfs::cpu_time(None);
+    ticker.abort();
+    bar.finish_and_clear();
+    let rec = Arc::into_inner(rec).context("load workers still running")?;
+    let mut stats = rec
+        .stats
+        .into_inner()
+        .map_err(|_| anyhow::anyhow!("a load worker panicked"))?;
+    stats.elapsed = elapsed;
+    stats.own_cpu = match (cpu0, cpu1) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
+    Ok(stats)
+}
+
+fn progress_bar(plan: &Plan, progress: bool, label: &str) -> ProgressBar {
+    if !progress {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(
+        Some(u64::try_from(plan.duration.as_millis()).unwrap_or(u64::MAX)),
+        ProgressDrawTarget::stderr(),
+    );
+    if let Ok(style) = ProgressStyle::with_template("{prefix:>12} [{bar:30}] {elapsed:>4} {msg}") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_prefix(label.to_string());
+    bar
+}
+
+fn tick(bar: &ProgressBar, rec: &Recorder, started: Instant) {
+    let done = rec.done.load(Ordering::Relaxed);
+    let errors = rec.errors.load(Ordering::Relaxed);
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
+    bar.set_position(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
+    bar.set_message(format!(
+        "{done} requests, {:.0}/s, {errors} errors",
+        done as f64 / secs
+    ));
+}
+
+async fn closed_loop(client: &reqwest::Client, target: &Target, plan: &Plan, rec: &Arc<Recorder>) {
+    let deadline = Instant::now() + plan.duration;
+    let budget = Arc::new(AtomicU64::new(0));
+    let target = Arc::new(Target {
+        url: target.url.clone(),
+        body: target.body.clone(),
+        stream: target.stream,
+    });
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..plan.concurrency {
+        let (client, target, rec, budget) =
+            (client.clone(), target.clone(), rec.clone(), budget.clone());
+        let limit = plan.requests;
+        workers.spawn(async move {
+            loop {
+                if Instant::now() >= deadline {
+                    break;
+                }
+                if let Some(n) = limit {
+                    if budget.fetch_add(1, Ordering::Relaxed) >= n {
+                        break;
+                    }
+                }
+                let t0 = Instant::now();
+                let out = one_request(&client, &target, t0).await;
+                rec.record(t0, t0, Instant::now(), &out);
+            }
+        });
+    }
+    while workers.join_next().await.is_some() {}
+}
+
+async fn open_loop(
+    client: &reqwest::Client,
+    target: &Target,
+    plan: &Plan,
+    rate: f64,
+    rec: &Arc<Recorder>,
+) -> anyhow::Result<()> {
+    let handle = tokio::runtime::Handle::current();
+    let outstanding = Arc::new(AtomicUsize::new(0));
+    let target = Arc::new(Target {
+        url: target.url.clone(),
+        body: target.body.clone(),
+        stream: target.stream,
+    });
+    let (client, duration, limit) = (client.clone(), plan.duration, plan.requests);
+    let pacer = {
+        let (rec, outstanding) = (rec.clone(), outstanding.clone());
+        // A plain thread sleeps with ~0.1 ms precision; the async timer's
+        // 1 ms granularity would add up to a millisecond to every latency.
+        std::thread::Builder::new()
+            .name("uat-loadtest-pacer".into())
+            .spawn(move || {
+                let start = Instant::now();
+                let mut i: u64 = 0;
+                loop {
+                    if limit.is_some_and(|n| i >= n) {
+                        break;
+                    }
+                    let offset = Duration::from_secs_f64(i as f64 / rate);
+                    if offset >= duration {
+                        break;
+                    }
+                    let due = start + offset;
+                    let now = Instant::now();
+                    if due > now {
+                        std::thread::sleep(due - now);
+                    }
+                    i += 1;
+                    if outstanding.load(Ordering::Relaxed) >= MAX_OUTSTANDING {
+                        rec.record_failure("client-saturated");
+                        continue;
+                    }
+                    outstanding.fetch_add(1, Ordering::Relaxed);
+                    let (client, target, rec, outstanding) = (
+                        client.clone(),
+                        target.clone(),
+                        rec.clone(),
+                        outstanding.clone(),
+                    );
+                    handle.spawn(async move {
+                        let sent = Instant::now();
+                        let out = one_request(&client, &target, due).await;
+                        rec.record(due, sent, Instant::now(), &out);
+                        outstanding.fetch_sub(1, Ordering::Relaxed);
+                    });
+                }
+            })
+            .context("cannot start the pacer thread")?
+    };
+    tokio::task::spawn_blocking(move || pacer.join())
+        .await
+        .context("pacer task failed")?
+        .map_err(|_| anyhow::anyhow!("the pacer thread panicked"))?;
+    // Every request is bounded by the client timeout.
+    while outstanding.load(Ordering::Relaxed) > 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scanner_sees_content_done_and_errors_across_split_reads() {
+        let stream = concat!(
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n",
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n",
+            "data: [DONE]\n\n"
+        )
+        .as_bytes();
+        // Feed one byte at a time: events split anywhere must still be found.
+        let mut s = SseScanner::default();
+        let first_event_len = stream.iter().position(|b| *b == b'\n').unwrap_or(0) + 2;
+        for (i, b) in stream.iter().enumerate() {
+            s.feed(&[*b]);
+            if i < first_event_len {
+                assert!(!s.saw_content, "the role chunk carries no content");
+            }
+        }
+        assert!(s.saw_content && s.done && !s.saw_error);
+
+        let mut e = SseScanner::default();
+        e.feed(b"data: {\"error\":{\"message\":\"upstream died\"}}\r\n\r\n");
+        assert!(e.saw_error && !e.done);
+    }
+
+    #[test]
+    fn recorder_counts_errors_by_class() -> anyhow::Result<()> {
+        let rec = Recorder {
+            stats: Mutex::new(Stats::new()?),
+            done: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            open_loop: true,
+        };
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_millis(2);
+        let t2 = t0 + Duration::from_millis(5);
+        rec.record(
+            t0,
+            t1,
+            t2,
+            &Outcome {
+                class: Class::Http(200),
+                ttft: None,
+            },
+        );
+        rec.record(
+            t0,
+            t1,
+            t2,
+            &Outcome {
+                class: Class::Http(503),
+                ttft: None,
+            },
+        );
+        rec.record_failure("connect");
+        let s = rec
+            .stats
+            .into_inner()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?;
+        assert_eq!((s.ok, s.errors, s.shed()), (1, 2, 1));
+        // Latency from the scheduled time (5 ms), service time from the send (3 ms).
+        let lat = s.latency.value_at_quantile(0.5);
+        let svc = s.service.value_at_quantile(0.5);
+        assert!((4_990_000..=5_010_000).contains(&lat), "{lat}");
+        assert!((2_990_000..=3_010_000).contains(&svc), "{svc}");
+        Ok(())
+    }
+}

@@ -1,0 +1,381 @@
+//! Black-box tests of the `uat` binary: config check, serve + /health +
+//! SIGTERM, and the load generator against the built-in mock upstream.
+#![expect(clippy::expect_used, clippy::panic, reason = "test helpers fail the test loudly")]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn uat() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_uat"));
+    // Keep the developer's environment out of the configuration under test.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("UAT_") && k.contains("__") {
+            c.env_remove(k);
+        }
+    }
+    c.env_remove("RUST_LOG");
+    c
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null()).output().expect("run uat")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn write_config(dir: &Path, body: &str) -> PathBuf {
+    let p = dir.join("uat.toml");
+    std::fs::write(&p, body).expect("write config");
+    p
+}
+
+/// A `mock` provider, no probing, no cache, storage in `dir`.
+fn serve_config(dir: &Path, port: u16) -> String {
+    format!(
+        r#"[server]
+listen = "127.0.0.1:{port}"
+shutdown_grace = "5s"
+
+[[providers]]
+name = "mock"
+kind = "mock"
+
+[routing]
+probe_local = false
+
+[cache]
+mode = "off"
+
+[storage]
+data_dir = "{}"
+"#,
+        dir.join("data").display()
+    )
+}
+
+/// Minimal HTTP/1.1 GET with `Connection: close`: (status, body).
+fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn sigterm(pid: u32) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("run kill")
+        .success();
+    assert!(ok, "kill -TERM {pid} failed");
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let until = Instant::now() + limit;
+    while Instant::now() < until {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+#[test]
+fn config_check_prints_the_effective_config_with_secrets_masked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config(
+        dir.path(),
+        r#"
+[server]
+listen = "127.0.0.1:4099"
+
+[[providers]]
+name = "remote"
+kind = "openai"
+base_url = "https://user:hunter2secret@llm.example.com/v1"
+api_key_env = "REMOTE_KEY"
+
+[storage]
+database_url = "postgres://uat:pgs3cretpass@127.0.0.1:5432/uat"
+"#,
+    );
+    let out = run(uat().arg("config").arg("check").arg("--config").arg(&cfg));
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert!(stdout.contains("configuration OK"), "{stdout}");
+    assert!(
+        stdout.contains("127.0.0.1:4099"),
+        "the file's value is shown: {stdout}"
+    );
+    assert!(
+        stdout.contains("REMOTE_KEY"),
+        "the env var name is shown: {stdout}"
+    );
+    assert!(
+        !stdout.contains("hunter2secret"),
+        "provider secret leaked: {stdout}"
+    );
+    assert!(
+        !stdout.contains("pgs3cretpass"),
+        "database password leaked: {stdout}"
+    );
+    assert!(
+        stdout.contains("****"),
+        "masked values are marked: {stdout}"
+    );
+
+    // `--config` is global: accepted before the subcommand too.
+    let before = run(uat().arg("--config").arg(&cfg).arg("config").arg("check"));
+    assert!(before.status.success(), "stderr: {}", text(&before.stderr));
+    assert_eq!(text(&before.stdout), stdout);
+}
+
+#[test]
+fn config_check_rejects_a_bad_value_naming_its_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config(
+        dir.path(),
+        r#"
+[[providers]]
+name = "a"
+kind = "mock"
+
+[[providers]]
+name = "b"
+kind = "mock"
+timeout = "soon"
+"#,
+    );
+    let out = run(uat().args(["config", "check", "--config"]).arg(&cfg));
+    assert!(!out.status.success(), "a bad duration was accepted");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("providers[1].timeout"),
+        "path missing from: {err}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "nothing printed on failure: {}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn config_check_rejects_an_unknown_field_naming_its_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config(dir.path(), "[server]\nlisten_addr = \"127.0.0.1:1\"\n");
+    let out = run(uat().args(["config", "check", "--config"]).arg(&cfg));
+    assert!(!out.status.success(), "an unknown field was accepted");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("server") && err.contains("listen_addr"),
+        "path missing from: {err}"
+    );
+}
+
+#[test]
+fn serve_answers_health_on_an_ephemeral_port_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let cfg = write_config(dir.path(), &serve_config(dir.path(), port));
+    let child = uat()
+        .arg("serve")
+        .arg("--config")
+        .arg(&cfg)
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn uat serve");
+    let mut server = Server(child);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let started = Instant::now();
+    let mut health = None;
+    while started.elapsed() < Duration::from_secs(20) {
+        if let Ok(Some(status)) = server.0.try_wait() {
+            let mut err = String::new();
+            if let Some(mut e) = server.0.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            panic!("uat serve exited early with {status}: {err}");
+        }
+        if let Ok(r) = http_get(addr, "/health") {
+            health = Some(r);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (status, _) = health.expect("uat serve never answered /health");
+    assert_eq!(status, 200);
+
+    let (status, body) = http_get(addr, "/no/such/route").expect("request an unknown route");
+    assert_eq!(status, 404);
+    assert!(
+        body.contains("\"error\""),
+        "OpenAI error shape expected: {body}"
+    );
+
+    sigterm(server.0.id());
+    let exit = wait_exit(&mut server.0, Duration::from_secs(10))
+        .expect("uat did not stop within 10 s of SIGTERM");
+    assert!(exit.success(), "graceful stop exits 0, got {exit}");
+    assert!(
+        http_get(addr, "/health").is_err(),
+        "the port is closed after shutdown"
+    );
+}
+
+fn loadtest_json(args: &[&str]) -> serde_json::Value {
+    let out = run(uat().arg("loadtest").args(args).arg("--json"));
+    assert!(
+        out.status.success(),
+        "uat loadtest {args:?} failed: {}",
+        text(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&out.stdout)))
+}
+
+#[test]
+fn loadtest_closed_loop_against_the_mock_counts_every_request() {
+    let v = loadtest_json(&[
+        "--mock",
+        "--concurrency",
+        "4",
+        "--requests",
+        "300",
+        "--duration",
+        "20s",
+        "--warmup",
+        "0s",
+    ]);
+    assert_eq!(v["requests"], 300, "{v}");
+    assert_eq!(v["ok"], 300, "{v}");
+    assert_eq!(v["errors"], 0, "{v}");
+    assert_eq!(v["by_status"]["200"], 300, "{v}");
+    let p50 = v["latency_ms"]["p50"].as_f64().expect("p50");
+    let max = v["latency_ms"]["max"].as_f64().expect("max");
+    assert!(p50 > 0.0 && p50 <= max, "{v}");
+    assert!(
+        v["ttft_ms"].is_null(),
+        "no first-token time without streaming: {v}"
+    );
+}
+
+#[test]
+fn loadtest_streams_measure_time_to_first_token() {
+    let v = loadtest_json(&[
+        "--mock",
+        "--stream",
+        "--mock-chunks",
+        "5",
+        "--concurrency",
+        "2",
+        "--requests",
+        "50",
+        "--warmup",
+        "0s",
+    ]);
+    assert_eq!(v["ok"], 50, "{v}");
+    assert_eq!(v["stream"], true, "{v}");
+    let ttft = v["ttft_ms"]["p50"].as_f64().expect("ttft p50");
+    let total = v["latency_ms"]["p50"].as_f64().expect("latency p50");
+    assert!(
+        ttft > 0.0 && ttft <= v["latency_ms"]["max"].as_f64().expect("max"),
+        "{v}"
+    );
+    assert!(total > 0.0, "{v}");
+}
+
+#[test]
+fn loadtest_open_loop_sends_on_schedule_and_counts_mock_latency() {
+    // 100 req/s for 1 s against a mock that takes 20 ms: ~100 requests, each
+    // at least 20 ms from its scheduled time.
+    let v = loadtest_json(&[
+        "--mock",
+        "--rate",
+        "100",
+        "--duration",
+        "1s",
+        "--warmup",
+        "0s",
+        "--mock-latency",
+        "20ms",
+    ]);
+    let n = v["requests"].as_u64().expect("requests");
+    assert_eq!(n, 100, "{v}");
+    assert_eq!(v["errors"], 0, "{v}");
+    assert_eq!(v["mode"], "open", "{v}");
+    let p50 = v["latency_ms"]["p50"].as_f64().expect("p50");
+    assert!(p50 >= 20.0, "mock latency must show: {v}");
+    let svc = v["service_time_ms"]["p50"].as_f64().expect("service p50");
+    assert!(svc >= 20.0 && svc <= p50 + 0.01, "{v}");
+}
+
+#[test]
+fn loadtest_counts_errors_by_status() {
+    // Nothing listens on the port: every request is a connect error, and the
+    // run still ends within its bounds and reports them.
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let v = loadtest_json(&[
+        "--url",
+        &url,
+        "--concurrency",
+        "2",
+        "--requests",
+        "20",
+        "--duration",
+        "5s",
+        "--warmup",
+        "0s",
+    ]);
+    assert_eq!(v["requests"], 20, "{v}");
+    assert_eq!(v["ok"], 0, "{v}");
+    assert_eq!(v["by_status"]["connect"], 20, "{v}");
+    assert_eq!(v["error_rate"], 1.0, "{v}");
+}
+
+#[test]
+fn loadtest_rejects_missing_target() {
+    let out = run(uat().args(["loadtest", "--duration", "1s"]));
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("--url"), "{}", text(&out.stderr));
+}
