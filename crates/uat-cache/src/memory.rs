@@ -4,7 +4,7 @@
 use crate::error::CacheError;
 use crate::key::{CacheKey, KeyPattern};
 use crate::level::{CacheLevel, Counters, Hit, Level, LevelStats};
-use crate::metrics::{METRICS, OpTimer};
+use crate::metrics::{L1, METRICS, OpTimer};
 use bytes::Bytes;
 use moka::notification::RemovalCause;
 use std::sync::Arc;
@@ -72,12 +72,12 @@ impl MemoryLevel {
 
     /// Synchronous lookup (L1 never waits on I/O).
     pub fn get_now(&self, key: &CacheKey) -> Option<Hit> {
-        let _t = OpTimer::start("l1", "get");
+        let m = &*L1;
         let now = Instant::now();
-        match self.cache.get(key) {
+        let out = match self.cache.get(key) {
             Some(e) if e.expires_at > now => {
                 self.counters.hit();
-                crate::metrics::request("l1", "hit");
+                m.hit.inc();
                 Some(Hit {
                     value: e.value,
                     ttl: e.expires_at - now,
@@ -85,10 +85,12 @@ impl MemoryLevel {
             }
             _ => {
                 self.counters.miss();
-                crate::metrics::request("l1", "miss");
+                m.miss.inc();
                 None
             }
-        }
+        };
+        m.get_seconds.observe(now.elapsed().as_secs_f64());
+        out
     }
 
     /// Synchronous insert.
@@ -96,20 +98,20 @@ impl MemoryLevel {
         if ttl.is_zero() {
             return;
         }
-        let _t = OpTimer::start("l1", "put");
+        let m = &*L1;
+        let now = Instant::now();
         self.cache.insert(
             key.clone(),
             Entry {
                 value,
-                expires_at: Instant::now() + ttl,
+                expires_at: now + ttl,
                 ttl,
             },
         );
-        crate::metrics::write("l1", "ok");
-        METRICS
-            .bytes
-            .with_label_values(&["l1"])
+        m.write_ok.inc();
+        m.bytes
             .set(i64::try_from(self.cache.weighted_size()).unwrap_or(i64::MAX));
+        m.put_seconds.observe(now.elapsed().as_secs_f64());
     }
 
     /// True when the key is present and live (no counters touched).

@@ -116,3 +116,29 @@ impl Drop for OpTimer {
             .observe(self.start.elapsed().as_secs_f64());
     }
 }
+
+/// Pre-resolved handles for one level's hot path (no label lookup per call).
+pub(crate) struct LevelHandles {
+    pub hit: prometheus::IntCounter,
+    pub miss: prometheus::IntCounter,
+    pub write_ok: prometheus::IntCounter,
+    pub get_seconds: prometheus::Histogram,
+    pub put_seconds: prometheus::Histogram,
+    pub bytes: prometheus::IntGauge,
+}
+
+impl LevelHandles {
+    fn new(level: &'static str) -> Self {
+        LevelHandles {
+            hit: METRICS.requests.with_label_values(&[level, "hit"]),
+            miss: METRICS.requests.with_label_values(&[level, "miss"]),
+            write_ok: METRICS.writes.with_label_values(&[level, "ok"]),
+            get_seconds: METRICS.op_seconds.with_label_values(&[level, "get"]),
+            put_seconds: METRICS.op_seconds.with_label_values(&[level, "put"]),
+            bytes: METRICS.bytes.with_label_values(&[level]),
+        }
+    }
+}
+
+/// L1's handles.
+pub(crate) static L1: LazyLock<LevelHandles> = LazyLock::new(|| LevelHandles::new("l1"));

@@ -399,3 +399,85 @@ fn take_batch(q: &mut Queue, cfg: &BatcherConfig) -> Vec<Item> {
     q.items = rest;
     batch
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue(lens: &[usize]) -> (Queue, Vec<Pending>) {
+        let mut items = VecDeque::new();
+        let mut rxs = Vec::new();
+        let now = Instant::now();
+        for &len in lens {
+            let (tx, rx) = oneshot::channel();
+            rxs.push(rx);
+            items.push_back(Item {
+                ids: vec![1; len],
+                enqueued: now,
+                slot: Arc::new(Slot {
+                    state: Mutex::new(SlotState {
+                        results: vec![Vec::new()],
+                        remaining: 1,
+                        reply: Some(tx),
+                    }),
+                }),
+                index: 0,
+            });
+        }
+        let tokens = lens.iter().sum();
+        (
+            Queue {
+                items,
+                tokens,
+                closed: false,
+            },
+            rxs,
+        )
+    }
+
+    fn cfg(batch_tokens: usize, max_batch_size: usize) -> BatcherConfig {
+        BatcherConfig {
+            batch_tokens,
+            max_batch_size,
+            max_wait: Duration::ZERO,
+            queue_capacity: 100,
+        }
+    }
+
+    fn lens(batch: &[Item]) -> Vec<usize> {
+        let mut v: Vec<usize> = batch.iter().map(|i| i.ids.len()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn batches_group_the_oldest_input_with_similar_lengths() {
+        let (mut q, _rx) = queue(&[10, 50, 12, 48, 11, 49]);
+        // 3 x 12 = 36 <= 40: the oldest (10) with 11 and 12, not the long ones.
+        let b = take_batch(&mut q, &cfg(40, 64));
+        assert_eq!(lens(&b), vec![10, 11, 12]);
+        assert_eq!(q.tokens, 50 + 48 + 49);
+        let b = take_batch(&mut q, &cfg(200, 64));
+        assert_eq!(lens(&b), vec![48, 49, 50]);
+        assert!(q.items.is_empty());
+        assert_eq!(q.tokens, 0);
+    }
+
+    #[test]
+    fn batch_size_and_budget_are_respected_and_oversize_runs_alone() {
+        let (mut q, _rx) = queue(&[100, 5, 5, 5, 5]);
+        let b = take_batch(&mut q, &cfg(64, 64));
+        assert_eq!(lens(&b), vec![100], "over the budget: alone");
+        let b = take_batch(&mut q, &cfg(64, 3));
+        assert_eq!(lens(&b), vec![5, 5, 5], "max_batch_size");
+        assert_eq!(q.items.len(), 1);
+    }
+
+    #[test]
+    fn dropped_requests_are_skipped() {
+        let (mut q, mut rx) = queue(&[3, 4, 5]);
+        drop(rx.remove(0));
+        let b = take_batch(&mut q, &cfg(100, 64));
+        assert_eq!(lens(&b), vec![4, 5]);
+    }
+}

@@ -8,6 +8,7 @@
 
 use crate::error::{EmbedError, Result};
 use crate::folder::read_json;
+use crate::kernels::{Activation, AddNorm, BiasAct};
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 use std::path::Path;
@@ -78,141 +79,68 @@ impl BertConfig {
                 "hidden_size must be a multiple of num_attention_heads",
             ));
         }
-        Activation::parse(&c.hidden_act)?;
+        parse_activation(&c.hidden_act)?;
         Ok(c)
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Activation {
-    GeluErf,
-    GeluTanh,
-    Relu,
-}
-
-impl Activation {
-    fn parse(s: &str) -> Result<Activation> {
-        match s {
-            "gelu" => Ok(Activation::GeluErf),
-            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(Activation::GeluTanh),
-            "relu" => Ok(Activation::Relu),
-            other => Err(EmbedError::Unsupported(format!("hidden_act '{other}'"))),
-        }
-    }
-
-    #[inline(always)]
-    fn f(self, x: f32) -> f32 {
-        match self {
-            Activation::GeluErf => 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)),
-            Activation::GeluTanh => {
-                let c = (2.0 / std::f32::consts::PI).sqrt();
-                0.5 * x * (1.0 + (c * (x + 0.044_715 * x * x * x)).tanh())
-            }
-            Activation::Relu => x.max(0.0),
-        }
+fn parse_activation(s: &str) -> Result<Activation> {
+    match s {
+        "gelu" => Ok(Activation::GeluErf),
+        "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(Activation::GeluTanh),
+        "relu" => Ok(Activation::Relu),
+        other => Err(EmbedError::Unsupported(format!("hidden_act '{other}'"))),
     }
 }
 
-/// erf without calls (Abramowitz & Stegun 7.1.28, |error| <= 3e-7), so the loop
-/// over a row auto-vectorizes; libm's `erff` was a tenth of the forward pass.
-#[inline(always)]
-fn erf(x: f32) -> f32 {
-    let a = x.abs();
-    let p = 1.0
-        + a * (0.070_523_08
-            + a * (0.042_282_01
-                + a * (0.009_270_527 + a * (0.000_152_014_3 + a * (0.000_276_567_2 + a * 0.000_043_063_8)))));
-    let p2 = p * p;
-    let p4 = p2 * p2;
-    let p8 = p4 * p4;
-    let p16 = p8 * p8;
-    (1.0 - 1.0 / p16).copysign(x)
-}
-
-/// `act(x + bias)` in one pass over a contiguous `(rows, n)` f32 matrix.
-struct BiasAct {
-    bias: Vec<f32>,
-    act: Activation,
-}
-
-impl candle_core::CustomOp1 for BiasAct {
-    fn name(&self) -> &'static str {
-        "bias-activation"
-    }
-
-    fn cpu_fwd(
-        &self,
-        storage: &candle_core::CpuStorage,
-        layout: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let (start, end) = layout
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("bias-activation needs a contiguous input".into()))?;
-        let xs = &storage.as_slice::<f32>()?[start..end];
-        let n = self.bias.len();
-        let mut out = vec![0f32; xs.len()];
-        let act = self.act;
-        for (o_row, x_row) in out.chunks_exact_mut(n).zip(xs.chunks_exact(n)) {
-            match act {
-                Activation::GeluErf => {
-                    for ((o, x), b) in o_row.iter_mut().zip(x_row).zip(&self.bias) {
-                        *o = Activation::GeluErf.f(x + b);
-                    }
-                }
-                _ => {
-                    for ((o, x), b) in o_row.iter_mut().zip(x_row).zip(&self.bias) {
-                        *o = act.f(x + b);
-                    }
-                }
-            }
-        }
-        Ok((candle_core::CpuStorage::F32(out), layout.shape().clone()))
-    }
-}
-
-/// A linear layer `y = x W^T + b`. `W^T` is stored contiguous `(in, out)`, which
-/// makes the matrix product's packing of the right-hand side cheaper.
+/// A linear layer `y = act(x W^T + b)`. `W^T` is stored contiguous `(in, out)`,
+/// which makes the matrix product's packing of the right-hand side cheaper; bias
+/// and activation run fused after the product.
 struct Linear {
     weight_t: Tensor,
-    bias: Tensor,
+    bias_act: BiasAct,
 }
 
 impl Linear {
-    fn new(weight: &Tensor, bias: Tensor) -> candle_core::Result<Linear> {
+    fn new(weight: &Tensor, bias: &Tensor, act: Activation) -> Result<Linear> {
         Ok(Linear {
             weight_t: weight.t()?.contiguous()?,
-            bias,
+            bias_act: BiasAct {
+                bias: bias.to_vec1::<f32>()?,
+                act,
+            },
         })
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        x.matmul(&self.weight_t)?.broadcast_add(&self.bias)
+        x.matmul(&self.weight_t)?.apply_op1_no_bwd(&self.bias_act)
     }
 }
 
-struct LayerNorm {
-    gamma: Tensor,
-    beta: Tensor,
-    eps: f32,
+/// A product whose bias goes into the following [`AddNorm`].
+struct Projection {
+    weight_t: Tensor,
+    add_norm: AddNorm,
 }
 
-impl LayerNorm {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        candle_nn::ops::layer_norm(x, &self.gamma, &self.beta, self.eps)
+impl Projection {
+    /// `LayerNorm(x W^T + b + residual)`.
+    fn forward(&self, x: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
+        x.matmul(&self.weight_t)?
+            .apply_op2_no_bwd(residual, &self.add_norm)
     }
 }
 
 struct Layer {
-    /// Query, key and value projections fused into one `(3 hidden, hidden)` product.
+    /// Query, key and value projections fused into one `(hidden, 3 hidden)` product;
+    /// the query part is pre-scaled by 1/sqrt(head_dim).
     qkv: Linear,
-    attn_out: Linear,
-    attn_norm: LayerNorm,
-    /// The feed-forward input weights `(hidden, intermediate)`; bias and activation
-    /// are applied together by `ff_act`.
-    ff_in_t: Tensor,
-    ff_act: BiasAct,
-    ff_out: Linear,
-    ff_norm: LayerNorm,
+    /// Attention output projection, residual and layer norm.
+    attn_out: Projection,
+    /// Feed-forward input with its activation.
+    ff_in: Linear,
+    /// Feed-forward output, residual and layer norm.
+    ff_out: Projection,
 }
 
 /// BERT weights in memory (f32) and the forward pass.
@@ -222,7 +150,7 @@ pub struct Bert {
     /// Position embeddings with the token-type-0 row already added (single-segment
     /// inputs always use type 0).
     position: Tensor,
-    emb_norm: LayerNorm,
+    emb_norm: AddNorm,
     layers: Vec<Layer>,
     bytes: u64,
 }
@@ -237,7 +165,7 @@ impl Bert {
     /// Loads `model.safetensors` (memory-mapped, then copied to f32 tensors so the
     /// map is released before this returns).
     pub fn load(config: BertConfig, weights: &Path) -> Result<Bert> {
-        let act = Activation::parse(&config.hidden_act)?;
+        let act = parse_activation(&config.hidden_act)?;
         // SAFETY: the file is mapped read-only and only read while `st` lives, inside
         // this function; every tensor is copied into owned memory before the map is
         // dropped. A concurrent writer truncating the file could fault the process,
@@ -252,8 +180,8 @@ impl Bert {
             .ok_or_else(|| {
                 EmbedError::load(weights, "no 'embeddings.word_embeddings.weight' tensor")
             })?;
-        let mut bytes = 0u64;
-        let mut get = |name: &str, shape: &[usize]| -> Result<Tensor> {
+        let bytes = std::cell::Cell::new(0u64);
+        let get = |name: &str, shape: &[usize]| -> Result<Tensor> {
             let full = format!("{prefix}{name}");
             // Old checkpoints name layer-norm parameters gamma/beta.
             let full = if names.contains(&full) {
@@ -273,7 +201,7 @@ impl Bert {
                     format!("{full} has shape {:?}, config says {shape:?}", t.dims()),
                 ));
             }
-            bytes += (t.elem_count() * 4) as u64;
+            bytes.set(bytes.get() + (t.elem_count() * 4) as u64);
             Ok(t)
         };
         let h = config.hidden_size;
@@ -288,15 +216,20 @@ impl Bert {
             &[config.type_vocab_size, h],
         )?;
         let position = position.broadcast_add(&types.narrow(0, 0, 1)?)?;
-        let emb_norm = LayerNorm {
-            gamma: get("embeddings.LayerNorm.weight", &[h])?,
-            beta: get("embeddings.LayerNorm.bias", &[h])?,
-            eps,
+        let norm = |name: &str, bias: Option<Vec<f32>>| -> Result<AddNorm> {
+            Ok(AddNorm {
+                bias,
+                gamma: get(&format!("{name}.weight"), &[h])?.to_vec1::<f32>()?,
+                beta: get(&format!("{name}.bias"), &[h])?.to_vec1::<f32>()?,
+                eps,
+            })
         };
+        let emb_norm = norm("embeddings.LayerNorm", None)?;
+        let scale = 1.0 / ((h / config.num_attention_heads) as f64).sqrt();
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
             let p = format!("encoder.layer.{i}.");
-            let mut wb = |name: &str, out: usize, inp: usize| -> Result<(Tensor, Tensor)> {
+            let wb = |name: &str, out: usize, inp: usize| -> Result<(Tensor, Tensor)> {
                 Ok((
                     get(&format!("{p}{name}.weight"), &[out, inp])?,
                     get(&format!("{p}{name}.bias"), &[out])?,
@@ -306,38 +239,30 @@ impl Bert {
             let (kw, kb) = wb("attention.self.key", h, h)?;
             let (vw, vb) = wb("attention.self.value", h, h)?;
             let qkv = Linear::new(
-                &Tensor::cat(&[&qw, &kw, &vw], 0)?,
-                Tensor::cat(&[&qb, &kb, &vb], 0)?,
+                &Tensor::cat(&[&(qw * scale)?, &kw, &vw], 0)?,
+                &Tensor::cat(&[&(qb * scale)?, &kb, &vb], 0)?,
+                Activation::Identity,
             )?;
-            let (ff_in_w, ff_in_b) = wb("intermediate.dense", config.intermediate_size, h)?;
-            let ff_in_t = ff_in_w.t()?.contiguous()?;
-            let ff_act = BiasAct {
-                bias: ff_in_b.to_vec1::<f32>()?,
-                act,
+            let (ow, ob) = wb("attention.output.dense", h, h)?;
+            let (iw, ib) = wb("intermediate.dense", config.intermediate_size, h)?;
+            let ff_in = Linear::new(&iw, &ib, act)?;
+            let (fw, fb) = wb("output.dense", h, config.intermediate_size)?;
+            let attn_out = Projection {
+                weight_t: ow.t()?.contiguous()?,
+                add_norm: norm(
+                    &format!("{p}attention.output.LayerNorm"),
+                    Some(ob.to_vec1::<f32>()?),
+                )?,
             };
-            let mut lin = |name: &str, out: usize, inp: usize| -> Result<Linear> {
-                let (w, b) = wb(name, out, inp)?;
-                Ok(Linear::new(&w, b)?)
+            let ff_out = Projection {
+                weight_t: fw.t()?.contiguous()?,
+                add_norm: norm(&format!("{p}output.LayerNorm"), Some(fb.to_vec1::<f32>()?))?,
             };
-            let attn_out = lin("attention.output.dense", h, h)?;
-            let ff_out = lin("output.dense", h, config.intermediate_size)?;
-            let mut norm = |name: &str| -> Result<LayerNorm> {
-                Ok(LayerNorm {
-                    gamma: get(&format!("{p}{name}.weight"), &[h])?,
-                    beta: get(&format!("{p}{name}.bias"), &[h])?,
-                    eps,
-                })
-            };
-            let attn_norm = norm("attention.output.LayerNorm")?;
-            let ff_norm = norm("output.LayerNorm")?;
             layers.push(Layer {
                 qkv,
                 attn_out,
-                attn_norm,
-                ff_in_t,
-                ff_act,
+                ff_in,
                 ff_out,
-                ff_norm,
             });
         }
         Ok(Bert {
@@ -346,7 +271,7 @@ impl Bert {
             position,
             emb_norm,
             layers,
-            bytes,
+            bytes: bytes.get(),
         })
     }
 
@@ -407,13 +332,14 @@ impl Bert {
 
         let ids = Tensor::from_vec(ids, total, &Device::Cpu)?;
         let pos = Tensor::from_vec(pos, total, &Device::Cpu)?;
-        let x = (self.word.index_select(&ids, 0)? + self.position.index_select(&pos, 0)?)?;
-        let mut x = self.emb_norm.forward(&x)?;
-        let scale = 1.0 / (head_dim as f64).sqrt();
+        let mut x = self
+            .word
+            .index_select(&ids, 0)?
+            .apply_op2_no_bwd(&self.position.index_select(&pos, 0)?, &self.emb_norm)?;
 
         for layer in &self.layers {
             let qkv = layer.qkv.forward(&x)?;
-            let q = (qkv.narrow(1, 0, h)? * scale)?;
+            let q = qkv.narrow(1, 0, h)?.contiguous()?;
             let k = qkv.narrow(1, h, h)?.contiguous()?;
             let v = qkv.narrow(1, 2 * h, h)?.contiguous()?;
             let mut ctx = Vec::with_capacity(groups.len());
@@ -435,11 +361,9 @@ impl Bert {
             } else {
                 Tensor::cat(&ctx, 0)?
             };
-            let attn = layer.attn_out.forward(&ctx)?;
-            let x1 = layer.attn_norm.forward(&(attn + &x)?)?;
-            let ff = x1.matmul(&layer.ff_in_t)?.apply_op1_no_bwd(&layer.ff_act)?;
-            let ff = layer.ff_out.forward(&ff)?;
-            x = layer.ff_norm.forward(&(ff + &x1)?)?;
+            let x1 = layer.attn_out.forward(&ctx, &x)?;
+            let ff = layer.ff_in.forward(&x1)?;
+            x = layer.ff_out.forward(&ff, &x1)?;
         }
         Ok(x)
     }

@@ -27,7 +27,11 @@ pub const ALIAS_OWNER: &str = "uat-alias";
 
 impl Catalog {
     /// Builds the table. `models[i]` are provider `i`'s models; `names[i]` its name.
-    pub fn build(names: &[Arc<str>], models: &[Arc<Vec<String>>], aliases: &[ModelAlias]) -> Catalog {
+    pub fn build(
+        names: &[Arc<str>],
+        models: &[Arc<Vec<String>>],
+        aliases: &[ModelAlias],
+    ) -> Catalog {
         let mut acc: HashMap<&str, Vec<Target>> = HashMap::new();
         let mut listing = Vec::new();
         for (slot, list) in models.iter().enumerate() {
@@ -44,8 +48,10 @@ impl Catalog {
                 }
             }
         }
-        let mut by_name: HashMap<String, Arc<[Target]>> =
-            acc.into_iter().map(|(k, v)| (k.to_owned(), Arc::from(v))).collect();
+        let mut by_name: HashMap<String, Arc<[Target]>> = acc
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), Arc::from(v)))
+            .collect();
         for a in aliases {
             let targets: Vec<Target> = a
                 .targets
@@ -110,16 +116,27 @@ mod tests {
         let c = Catalog::build(&names(), &models, &aliases);
         let n = names();
         let shared = c.resolve("shared", &n).unwrap();
-        assert_eq!(shared.iter().map(|t| t.slot).collect::<Vec<_>>(), vec![0, 1]);
+        assert_eq!(
+            shared.iter().map(|t| t.slot).collect::<Vec<_>>(),
+            vec![0, 1]
+        );
         let fast = c.resolve("fast", &n).unwrap();
         assert_eq!(fast.len(), 2, "unknown provider target dropped");
         assert_eq!((fast[0].slot, &*fast[0].model), (1, "m9"));
-        assert_eq!(c.resolve("org/m2", &n).unwrap()[0].slot, 1, "model names may hold a slash");
+        assert_eq!(
+            c.resolve("org/m2", &n).unwrap()[0].slot,
+            1,
+            "model names may hold a slash"
+        );
         let explicit = c.resolve("a/anything", &n).unwrap();
         assert_eq!((explicit[0].slot, &*explicit[0].model), (0, "anything"));
         assert!(c.resolve("nope", &n).is_none());
         assert!(c.resolve("c/m1", &n).is_none());
         let ids: Vec<&str> = c.listing.iter().map(|m| m.id.as_str()).collect();
-        assert_eq!(ids, vec!["m1", "shared", "org/m2", "fast"], "deduplicated, aliases included");
+        assert_eq!(
+            ids,
+            vec!["m1", "shared", "org/m2", "fast"],
+            "deduplicated, aliases included"
+        );
     }
 }

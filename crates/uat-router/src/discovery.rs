@@ -33,8 +33,12 @@ pub async fn probe_local(candidates: &[ProviderConfig]) -> Vec<ProviderConfig> {
         probe_cfg.first_byte_timeout = PROBE_TIMEOUT;
         probe_cfg.timeout = PROBE_TIMEOUT;
         let provider: Box<dyn Provider> = match c.kind {
-            ProviderKind::Ollama => Box::new(crate::provider::ollama::Ollama::new(&probe_cfg).ok()?),
-            ProviderKind::Openai => Box::new(crate::provider::openai::OpenAi::new(&probe_cfg).ok()?),
+            ProviderKind::Ollama => {
+                Box::new(crate::provider::ollama::Ollama::new(&probe_cfg).ok()?)
+            }
+            ProviderKind::Openai => {
+                Box::new(crate::provider::openai::OpenAi::new(&probe_cfg).ok()?)
+            }
             _ => return None,
         };
         match tokio::time::timeout(PROBE_TIMEOUT, provider.list_models()).await {
@@ -45,7 +49,11 @@ pub async fn probe_local(candidates: &[ProviderConfig]) -> Vec<ProviderConfig> {
             _ => None,
         }
     });
-    let found: Vec<ProviderConfig> = futures::future::join_all(probes).await.into_iter().flatten().collect();
+    let found: Vec<ProviderConfig> = futures::future::join_all(probes)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
     if found.is_empty() {
         tracing::info!("no provider configured and none found on the usual local ports");
     }

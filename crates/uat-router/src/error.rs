@@ -85,7 +85,10 @@ impl FailureKind {
 
     /// Does this failure count against the provider's health (breaker, error rate)?
     pub fn counts_against_provider(self) -> bool {
-        !matches!(self, FailureKind::Rejected | FailureKind::Unsupported | FailureKind::CircuitOpen)
+        !matches!(
+            self,
+            FailureKind::Rejected | FailureKind::Unsupported | FailureKind::CircuitOpen
+        )
     }
 }
 
@@ -114,7 +117,11 @@ impl Failure {
     }
 
     /// A failure from an HTTP status.
-    pub fn from_status(status: u16, message: impl Into<String>, retry_after: Option<Duration>) -> Self {
+    pub fn from_status(
+        status: u16,
+        message: impl Into<String>,
+        retry_after: Option<Duration>,
+    ) -> Self {
         let kind = match status {
             429 => FailureKind::RateLimited,
             400 | 404 | 413 | 422 => FailureKind::Rejected,
@@ -237,7 +244,9 @@ impl RouterError {
     /// Per-provider reasons (empty for errors that have none).
     pub fn reasons(&self) -> &[ProviderFailure] {
         match self {
-            RouterError::AllFailed { reasons, .. } | RouterError::NoneReachable { reasons, .. } => reasons,
+            RouterError::AllFailed { reasons, .. } | RouterError::NoneReachable { reasons, .. } => {
+                reasons
+            }
             _ => &[],
         }
     }

@@ -2,7 +2,9 @@
 //! handles at start-up so a request costs a few atomic operations.
 
 use crate::error::FailureKind;
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+};
 use std::sync::LazyLock;
 
 struct Families {
@@ -16,8 +18,11 @@ struct Families {
 static FAMILIES: LazyLock<Option<Families>> = LazyLock::new(|| {
     let buckets = uat_telemetry::LATENCY_BUCKETS.to_vec();
     let duration = HistogramVec::new(
-        HistogramOpts::new("uat_upstream_duration_seconds", "Duration of upstream requests, by provider")
-            .buckets(buckets.clone()),
+        HistogramOpts::new(
+            "uat_upstream_duration_seconds",
+            "Duration of upstream requests, by provider",
+        )
+        .buckets(buckets.clone()),
         &["provider"],
     )
     .ok()?;
@@ -31,17 +36,26 @@ static FAMILIES: LazyLock<Option<Families>> = LazyLock::new(|| {
     )
     .ok()?;
     let up = IntGaugeVec::new(
-        Opts::new("uat_provider_up", "1 when the provider answers and its breaker is closed"),
+        Opts::new(
+            "uat_provider_up",
+            "1 when the provider answers and its breaker is closed",
+        ),
         &["provider"],
     )
     .ok()?;
     let errors = IntCounterVec::new(
-        Opts::new("uat_provider_errors_total", "Failed upstream attempts by provider and kind"),
+        Opts::new(
+            "uat_provider_errors_total",
+            "Failed upstream attempts by provider and kind",
+        ),
         &["provider", "kind"],
     )
     .ok()?;
     let tokens = IntCounterVec::new(
-        Opts::new("uat_tokens_total", "Tokens reported in upstream usage, by provider and kind"),
+        Opts::new(
+            "uat_tokens_total",
+            "Tokens reported in upstream usage, by provider and kind",
+        ),
         &["provider", "kind"],
     )
     .ok()?;

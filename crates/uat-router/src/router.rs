@@ -76,7 +76,8 @@ impl Slot {
     }
 
     fn update_up(&self) {
-        let up = self.reachable.load(Ordering::Relaxed) && self.breaker.state() != BreakerState::Open;
+        let up =
+            self.reachable.load(Ordering::Relaxed) && self.breaker.state() != BreakerState::Open;
         self.metrics.set_up(up);
     }
 
@@ -266,7 +267,9 @@ impl Router {
             .resolve(model, &self.inner.names)
             .filter(|t| !t.is_empty())
             .map(|targets| Resolved { targets })
-            .ok_or_else(|| RouterError::UnknownModel { model: model.to_owned() })
+            .ok_or_else(|| RouterError::UnknownModel {
+                model: model.to_owned(),
+            })
     }
 
     /// True when some provider or alias serves `model`.
@@ -301,17 +304,25 @@ impl Router {
     }
 
     /// A non-streamed chat completion for `req` from the best provider.
-    pub async fn chat(&self, resolved: &Resolved, req: &ChatRequest) -> Result<Routed<Reply>, RouterError> {
+    pub async fn chat(
+        &self,
+        resolved: &Resolved,
+        req: &ChatRequest,
+    ) -> Result<Routed<Reply>, RouterError> {
         let routed = self
-            .execute(&req.model, &resolved.targets, |slot, model, guard| async move {
-                let start = Instant::now();
-                let r = slot.provider.chat(&model, req).await;
-                drop(guard);
-                if r.is_ok() {
-                    slot.metrics.observe_duration(start.elapsed().as_secs_f64());
-                }
-                r
-            })
+            .execute(
+                &req.model,
+                &resolved.targets,
+                |slot, model, guard| async move {
+                    let start = Instant::now();
+                    let r = slot.provider.chat(&model, req).await;
+                    drop(guard);
+                    if r.is_ok() {
+                        slot.metrics.observe_duration(start.elapsed().as_secs_f64());
+                    }
+                    r
+                },
+            )
             .await?;
         if let Some(u) = &routed.value.usage {
             self.slot(&routed.provider).metrics.tokens(u);
@@ -321,47 +332,59 @@ impl Router {
 
     /// A streamed chat completion. Resolves once a provider produced its
     /// first chunk; failures before that are retried and failed over.
-    pub async fn chat_stream(&self, resolved: &Resolved, req: &ChatRequest) -> Result<Routed<RoutedStream>, RouterError> {
-        self.execute(&req.model, &resolved.targets, |slot, model, guard| async move {
-            let start = Instant::now();
-            let first_byte = slot.first_byte;
-            let opened = tokio::time::timeout(first_byte, async {
-                let mut s = slot.provider.chat_stream(&model, req).await?;
-                match s.next().await {
-                    Some(Ok(first)) => Ok((first, s)),
-                    Some(Err(f)) => Err(f),
-                    None => Err(Failure::new(FailureKind::Interrupted, "empty stream")),
+    pub async fn chat_stream(
+        &self,
+        resolved: &Resolved,
+        req: &ChatRequest,
+    ) -> Result<Routed<RoutedStream>, RouterError> {
+        self.execute(
+            &req.model,
+            &resolved.targets,
+            |slot, model, guard| async move {
+                let start = Instant::now();
+                let first_byte = slot.first_byte;
+                let opened = tokio::time::timeout(first_byte, async {
+                    let mut s = slot.provider.chat_stream(&model, req).await?;
+                    match s.next().await {
+                        Some(Ok(first)) => Ok((first, s)),
+                        Some(Err(f)) => Err(f),
+                        None => Err(Failure::new(FailureKind::Interrupted, "empty stream")),
+                    }
+                })
+                .await;
+                let (first, rest) = match opened {
+                    Ok(r) => r?,
+                    Err(_) => {
+                        return Err(Failure::new(
+                            FailureKind::Timeout,
+                            format!("no first token within {first_byte:?}"),
+                        ));
+                    }
+                };
+                slot.metrics.observe_ttft(start.elapsed().as_secs_f64());
+                if let Some(u) = &first.usage {
+                    slot.metrics.tokens(u);
                 }
-            })
-            .await;
-            let (first, rest) = match opened {
-                Ok(r) => r?,
-                Err(_) => {
-                    return Err(Failure::new(
-                        FailureKind::Timeout,
-                        format!("no first token within {first_byte:?}"),
-                    ));
-                }
-            };
-            slot.metrics.observe_ttft(start.elapsed().as_secs_f64());
-            if let Some(u) = &first.usage {
-                slot.metrics.tokens(u);
-            }
-            Ok(RoutedStream {
-                first: Some(first),
-                rest,
-                slot: slot.clone(),
-                _guard: guard,
-                start,
-                done: false,
-            })
-        })
+                Ok(RoutedStream {
+                    first: Some(first),
+                    rest,
+                    slot: slot.clone(),
+                    _guard: guard,
+                    start,
+                    done: false,
+                })
+            },
+        )
         .await
     }
 
     /// Embeddings for an OpenAI-shaped `/v1/embeddings` body from a remote
     /// provider serving `model`; the answer is in the OpenAI shape.
-    pub async fn embeddings(&self, model: &str, body: &serde_json::Value) -> Result<Routed<Reply>, RouterError> {
+    pub async fn embeddings(
+        &self,
+        model: &str,
+        body: &serde_json::Value,
+    ) -> Result<Routed<Reply>, RouterError> {
         let resolved = self.resolve(model)?;
         let routed = self
             .execute(model, &resolved.targets, |slot, m, guard| async move {
@@ -383,7 +406,12 @@ impl Router {
     fn slot(&self, name: &str) -> &Slot {
         // Names come from our own slots, so the lookup always succeeds; fall
         // back to the first slot rather than panic.
-        let i = self.inner.names.iter().position(|n| &**n == name).unwrap_or(0);
+        let i = self
+            .inner
+            .names
+            .iter()
+            .position(|n| &**n == name)
+            .unwrap_or(0);
         &self.inner.slots[i]
     }
 
@@ -412,7 +440,10 @@ impl Router {
         let r = &self.inner.routing;
         let exp = r
             .backoff_base
-            .saturating_mul(1u32.checked_shl(retry.saturating_sub(1)).unwrap_or(u32::MAX))
+            .saturating_mul(
+                1u32.checked_shl(retry.saturating_sub(1))
+                    .unwrap_or(u32::MAX),
+            )
             .min(r.backoff_max);
         let jitter = 0.5 + rand::random::<f64>() * 0.5;
         let d = exp.mul_f64(jitter);
@@ -422,7 +453,12 @@ impl Router {
         }
     }
 
-    async fn execute<T, F, Fut>(&self, requested: &str, targets: &[Target], mut op: F) -> Result<Routed<T>, RouterError>
+    async fn execute<T, F, Fut>(
+        &self,
+        requested: &str,
+        targets: &[Target],
+        mut op: F,
+    ) -> Result<Routed<T>, RouterError>
     where
         F: FnMut(Arc<Slot>, Arc<str>, InFlightGuard) -> Fut,
         Fut: Future<Output = Result<T, Failure>>,
@@ -453,7 +489,10 @@ impl Router {
                 continue;
             };
             skipped = 0;
-            let mut pending = PendingAttempt { slot, permit: Some(permit) };
+            let mut pending = PendingAttempt {
+                slot,
+                permit: Some(permit),
+            };
             if let Some((prev, retry_after)) = last {
                 if prev == target.slot {
                     tokio::time::sleep(self.backoff(attempts, retry_after)).await;
@@ -495,9 +534,17 @@ impl Router {
         }
         let model = requested.to_owned();
         if reasons.iter().any(|r| r.failure.kind.reached()) {
-            Err(RouterError::AllFailed { model, attempts, reasons })
+            Err(RouterError::AllFailed {
+                model,
+                attempts,
+                reasons,
+            })
         } else {
-            Err(RouterError::NoneReachable { model, attempts, reasons })
+            Err(RouterError::NoneReachable {
+                model,
+                attempts,
+                reasons,
+            })
         }
     }
 }
@@ -521,7 +568,9 @@ fn note(reasons: &mut Vec<ProviderFailure>, provider: &Arc<str>, failure: Failur
     match reasons.iter_mut().find(|r| r.provider == *provider) {
         Some(r) => {
             // An open breaker after a real failure says less than the failure.
-            if failure.kind != FailureKind::CircuitOpen || r.failure.kind == FailureKind::CircuitOpen {
+            if failure.kind != FailureKind::CircuitOpen
+                || r.failure.kind == FailureKind::CircuitOpen
+            {
                 r.failure = failure;
             }
         }
@@ -546,7 +595,9 @@ pub struct RoutedStream {
 
 impl std::fmt::Debug for RoutedStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RoutedStream").field("provider", &self.slot.name).finish()
+        f.debug_struct("RoutedStream")
+            .field("provider", &self.slot.name)
+            .finish()
     }
 }
 
@@ -564,7 +615,9 @@ impl Stream for RoutedStream {
             Poll::Pending => Poll::Pending,
             Poll::Ready(None) => {
                 self.done = true;
-                self.slot.metrics.observe_duration(self.start.elapsed().as_secs_f64());
+                self.slot
+                    .metrics
+                    .observe_duration(self.start.elapsed().as_secs_f64());
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Ok(chunk))) => {

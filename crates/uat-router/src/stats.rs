@@ -38,7 +38,13 @@ impl ProviderStats {
     /// Adds a latency sample.
     pub fn record_latency(&self, d: Duration) {
         let sample = d.as_secs_f64().max(1e-9);
-        update(&self.latency, |old| if old <= 0.0 { sample } else { old + ALPHA * (sample - old) });
+        update(&self.latency, |old| {
+            if old <= 0.0 {
+                sample
+            } else {
+                old + ALPHA * (sample - old)
+            }
+        });
     }
 
     /// Adds an outcome sample.
@@ -50,7 +56,9 @@ impl ProviderStats {
     /// Counts a request in flight until the guard is dropped.
     pub fn enter(self: &Arc<Self>) -> InFlightGuard {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlightGuard { stats: self.clone() }
+        InFlightGuard {
+            stats: self.clone(),
+        }
     }
 }
 

@@ -50,7 +50,11 @@ impl Provider for Scripted {
         ProviderKind::Mock
     }
 
-    fn chat<'a>(&'a self, _model: &'a str, _req: &'a ChatRequest) -> BoxFuture<'a, Result<Reply, Failure>> {
+    fn chat<'a>(
+        &'a self,
+        _model: &'a str,
+        _req: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<Reply, Failure>> {
         Box::pin(async move {
             match self.next() {
                 Step::Ok | Step::FirstChunkFails => Ok(Reply {
@@ -66,7 +70,11 @@ impl Provider for Scripted {
         })
     }
 
-    fn chat_stream<'a>(&'a self, _model: &'a str, _req: &'a ChatRequest) -> BoxFuture<'a, Result<ChunkStream, Failure>> {
+    fn chat_stream<'a>(
+        &'a self,
+        _model: &'a str,
+        _req: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<ChunkStream, Failure>> {
         Box::pin(async move {
             let chunk = |s: &'static str| {
                 Ok(StreamChunk {
@@ -76,11 +84,15 @@ impl Provider for Scripted {
             };
             match self.next() {
                 Step::Ok => {
-                    let s: ChunkStream = Box::pin(futures::stream::iter(vec![chunk(self.name), chunk("end")]));
+                    let s: ChunkStream =
+                        Box::pin(futures::stream::iter(vec![chunk(self.name), chunk("end")]));
                     Ok(s)
                 }
                 Step::FirstChunkFails => {
-                    let s: ChunkStream = Box::pin(futures::stream::iter(vec![Err(fail(FailureKind::Interrupted, None))]));
+                    let s: ChunkStream = Box::pin(futures::stream::iter(vec![Err(fail(
+                        FailureKind::Interrupted,
+                        None,
+                    ))]));
                     Ok(s)
                 }
                 Step::Fail(k, s) => Err(fail(k, s)),
@@ -96,7 +108,11 @@ impl Provider for Scripted {
         Box::pin(async move { Ok(vec!["m".to_owned()]) })
     }
 
-    fn embeddings<'a>(&'a self, _model: &'a str, _body: &'a serde_json::Value) -> BoxFuture<'a, Result<Reply, Failure>> {
+    fn embeddings<'a>(
+        &'a self,
+        _model: &'a str,
+        _body: &'a serde_json::Value,
+    ) -> BoxFuture<'a, Result<Reply, Failure>> {
         Box::pin(async move {
             self.calls.fetch_add(1, Ordering::SeqCst);
             Err(fail(FailureKind::Unsupported, None))
@@ -155,7 +171,10 @@ async fn router(specs: Vec<Spec>, routing: RoutingConfig) -> (Router, Vec<Arc<At
 }
 
 fn req() -> ChatRequest {
-    serde_json::from_value(serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "x"}]})).unwrap()
+    serde_json::from_value(
+        serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .unwrap()
 }
 
 fn n(c: &Arc<AtomicUsize>) -> usize {
@@ -172,7 +191,11 @@ const CONNECT: Step = Step::Fail(FailureKind::Connect, None);
 
 #[tokio::test]
 async fn retries_the_same_provider_until_it_answers() {
-    let (r, calls) = router(vec![spec("a", 0, vec![E500, CONNECT], Step::Ok)], routing(3, 10, Duration::from_secs(1))).await;
+    let (r, calls) = router(
+        vec![spec("a", 0, vec![E500, CONNECT], Step::Ok)],
+        routing(3, 10, Duration::from_secs(1)),
+    )
+    .await;
     let ok = chat(&r).await.unwrap();
     assert_eq!((&*ok.provider, ok.attempts), ("a", 3));
     assert_eq!(n(&calls[0]), 3);
@@ -193,12 +216,17 @@ async fn fails_over_in_strategy_order() {
 #[tokio::test]
 async fn rejection_is_final() {
     let (r, calls) = router(
-        vec![spec("a", 0, vec![], Step::Fail(FailureKind::Rejected, Some(422))), spec("b", 1, vec![], Step::Ok)],
+        vec![
+            spec("a", 0, vec![], Step::Fail(FailureKind::Rejected, Some(422))),
+            spec("b", 1, vec![], Step::Ok),
+        ],
         routing(3, 10, Duration::from_secs(1)),
     )
     .await;
     match chat(&r).await {
-        Err(RouterError::Rejected { status, attempts, .. }) => assert_eq!((status, attempts), (422, 1)),
+        Err(RouterError::Rejected {
+            status, attempts, ..
+        }) => assert_eq!((status, attempts), (422, 1)),
         other => panic!("expected a rejection, got {other:?}"),
     }
     assert_eq!(n(&calls[1]), 0);
@@ -228,11 +256,21 @@ async fn all_failed_is_502_and_unreachable_is_503() {
     let err = chat(&r).await.unwrap_err();
     assert_eq!(err.status(), 502);
     assert_eq!(err.attempts(), 3);
-    let reasons: Vec<(&str, FailureKind)> = err.reasons().iter().map(|r| (&*r.provider, r.failure.kind)).collect();
-    assert_eq!(reasons, vec![("a", FailureKind::ServerError), ("b", FailureKind::Connect)]);
+    let reasons: Vec<(&str, FailureKind)> = err
+        .reasons()
+        .iter()
+        .map(|r| (&*r.provider, r.failure.kind))
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![("a", FailureKind::ServerError), ("b", FailureKind::Connect)]
+    );
 
     let (r, _) = router(
-        vec![spec("a", 0, vec![], CONNECT), spec("b", 1, vec![], Step::Fail(FailureKind::Timeout, None))],
+        vec![
+            spec("a", 0, vec![], CONNECT),
+            spec("b", 1, vec![], Step::Fail(FailureKind::Timeout, None)),
+        ],
         routing(2, 10, Duration::from_secs(1)),
     )
     .await;
@@ -244,14 +282,21 @@ async fn all_failed_is_502_and_unreachable_is_503() {
 #[tokio::test]
 async fn open_breaker_is_skipped_without_a_call() {
     let (r, calls) = router(
-        vec![spec("a", 0, vec![E500], Step::Ok), spec("b", 1, vec![], Step::Ok)],
+        vec![
+            spec("a", 0, vec![E500], Step::Ok),
+            spec("b", 1, vec![], Step::Ok),
+        ],
         routing(2, 1, Duration::from_secs(60)),
     )
     .await;
     let first = chat(&r).await.unwrap();
     assert_eq!((&*first.provider, first.attempts), ("b", 2));
     let second = chat(&r).await.unwrap();
-    assert_eq!((&*second.provider, second.attempts), ("b", 1), "a is open: skipped");
+    assert_eq!(
+        (&*second.provider, second.attempts),
+        ("b", 1),
+        "a is open: skipped"
+    );
     assert_eq!(n(&calls[0]), 1);
     assert_eq!(r.providers()[0].breaker, crate::BreakerState::Open);
     assert!(!r.providers()[0].up);
@@ -266,7 +311,11 @@ async fn cancelled_half_open_probe_is_released() {
     .await;
     assert_eq!(chat(&r).await.unwrap_err().status(), 502);
     // The probe hangs; the caller gives up.
-    assert!(tokio::time::timeout(Duration::from_millis(50), chat(&r)).await.is_err());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), chat(&r))
+            .await
+            .is_err()
+    );
     assert_eq!(n(&calls[0]), 2);
     // Another probe is allowed and succeeds.
     let ok = chat(&r).await.unwrap();
@@ -278,15 +327,27 @@ async fn cancelled_half_open_probe_is_released() {
 #[tokio::test]
 async fn stream_failing_before_its_first_chunk_is_retried() {
     let (r, calls) = router(
-        vec![spec("a", 0, vec![Step::FirstChunkFails, Step::Hang], Step::Ok)],
+        vec![spec(
+            "a",
+            0,
+            vec![Step::FirstChunkFails, Step::Hang],
+            Step::Ok,
+        )],
         routing(3, 10, Duration::from_secs(1)),
     )
     .await;
     let resolved = r.resolve("m").unwrap();
     let mut routed = r.chat_stream(&resolved, &req()).await.unwrap();
-    assert_eq!(routed.attempts, 3, "error chunk, then no first chunk in time, then ok");
+    assert_eq!(
+        routed.attempts, 3,
+        "error chunk, then no first chunk in time, then ok"
+    );
     assert_eq!(n(&calls[0]), 3);
-    assert_eq!(r.providers()[0].in_flight, 1, "an open stream counts as in flight");
+    assert_eq!(
+        r.providers()[0].in_flight,
+        1,
+        "an open stream counts as in flight"
+    );
     let items: Vec<_> = (&mut routed.value).collect().await;
     assert_eq!(items.len(), 2);
     assert_eq!(&items[0].as_ref().unwrap().json[..], b"a");
@@ -302,11 +363,20 @@ async fn backoff_grows_and_is_capped_and_honours_retry_after() {
     let (r, _) = router(vec![spec("a", 0, vec![], Step::Ok)], cfg).await;
     for _ in 0..50 {
         let d1 = r.backoff(1, None);
-        assert!(d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100), "{d1:?}");
+        assert!(
+            d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100),
+            "{d1:?}"
+        );
         let d2 = r.backoff(2, None);
-        assert!(d2 >= Duration::from_millis(100) && d2 <= Duration::from_millis(200), "{d2:?}");
+        assert!(
+            d2 >= Duration::from_millis(100) && d2 <= Duration::from_millis(200),
+            "{d2:?}"
+        );
         assert!(r.backoff(30, None) <= Duration::from_millis(250));
-        assert_eq!(r.backoff(1, Some(Duration::from_secs(30))), Duration::from_millis(250));
+        assert_eq!(
+            r.backoff(1, Some(Duration::from_secs(30))),
+            Duration::from_millis(250)
+        );
     }
 }
 
@@ -324,16 +394,27 @@ async fn aliases_resolve_and_unknown_models_do_not() {
             default: Step::Ok,
             calls: Arc::new(AtomicUsize::new(0)),
         };
-        providers.push((ProviderConfig::new(name, ProviderKind::Mock, None), Box::new(p)));
+        providers.push((
+            ProviderConfig::new(name, ProviderKind::Mock, None),
+            Box::new(p),
+        ));
     }
     let mut cfg = routing(1, 10, Duration::from_secs(1));
     cfg.strategy = RoutingStrategy::Priority;
-    let r = Router::with_custom(providers, &aliases, &cfg).await.unwrap();
+    let r = Router::with_custom(providers, &aliases, &cfg)
+        .await
+        .unwrap();
     let resolved = r.resolve("fast").unwrap();
     assert_eq!(resolved.len(), 2);
     let ok = r.chat(&resolved, &req()).await.unwrap();
-    assert_eq!(&*ok.provider, "b", "alias target order under equal priority");
-    assert!(matches!(r.resolve("slow"), Err(RouterError::UnknownModel { .. })));
+    assert_eq!(
+        &*ok.provider, "b",
+        "alias target order under equal priority"
+    );
+    assert!(matches!(
+        r.resolve("slow"),
+        Err(RouterError::UnknownModel { .. })
+    ));
     let ids: Vec<String> = r.list_models().into_iter().map(|m| m.id).collect();
     assert_eq!(ids, vec!["m", "fast"]);
 }

@@ -9,7 +9,7 @@
 use crate::StartupError;
 use crate::cache;
 use crate::error::ApiError;
-use crate::extract::{BodyLimit, parse_json};
+use crate::extract::BodyLimit;
 use crate::middleware::RouteLabels;
 use crate::state::{AppState, ReadyCheck, ReadyStatus};
 use axum::Router;
@@ -98,17 +98,23 @@ async fn list_models(State(state): State<AppState>) -> Response {
 pub fn router_error(e: &RouterError) -> ApiError {
     match e {
         RouterError::UnknownModel { model } => ApiError::model_not_found(model),
-        RouterError::AllFailed { attempts, reasons, .. } => {
-            ApiError::bad_gateway(e.to_string()).with_details(details(*attempts, reasons))
-        }
-        RouterError::NoneReachable { attempts, reasons, .. } => {
-            let mut err = ApiError::unavailable(e.to_string()).with_details(details(*attempts, reasons));
+        RouterError::AllFailed {
+            attempts, reasons, ..
+        } => ApiError::bad_gateway(e.to_string()).with_details(details(*attempts, reasons)),
+        RouterError::NoneReachable {
+            attempts, reasons, ..
+        } => {
+            let mut err =
+                ApiError::unavailable(e.to_string()).with_details(details(*attempts, reasons));
             err.code = Some("no_provider_reachable");
             err.retry_after = Some(1);
             err
         }
-        RouterError::Rejected { status, message, .. } => {
-            let mut err = ApiError::bad_request(format!("upstream rejected the request: {message}"));
+        RouterError::Rejected {
+            status, message, ..
+        } => {
+            let mut err =
+                ApiError::bad_request(format!("upstream rejected the request: {message}"));
             err.status = StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST);
             err.code = Some("upstream_rejected");
             err
@@ -154,7 +160,10 @@ fn error_response(err: ApiError, provider: Option<&str>, attempts: u32, model: &
 /// Reads the body within the route's limit (413 beyond it).
 async fn read_body(req: Request) -> Result<(HeaderMap, Bytes), ApiError> {
     let (parts, body) = req.into_parts();
-    let limit = parts.extensions.get::<BodyLimit>().map_or(usize::MAX, |l| l.0);
+    let limit = parts
+        .extensions
+        .get::<BodyLimit>()
+        .map_or(usize::MAX, |l| l.0);
     match axum::body::to_bytes(body, limit).await {
         Ok(b) => Ok((parts.headers, b)),
         Err(e) => {
@@ -166,12 +175,18 @@ async fn read_body(req: Request) -> Result<(HeaderMap, Bytes), ApiError> {
                 }
                 src = s.source();
             }
-            Err(ApiError::bad_request(format!("cannot read request body: {inner}")))
+            Err(ApiError::bad_request(format!(
+                "cannot read request body: {inner}"
+            )))
         }
     }
 }
 
 /// Deserializes and validates the chat request, naming the bad field.
+#[allow(
+    clippy::result_large_err,
+    reason = "ApiError is the server-wide error type; cold path"
+)]
 fn parse_chat(body: &Value) -> Result<ChatRequest, ApiError> {
     if !body.is_object() {
         return Err(ApiError::bad_request("request body must be a JSON object"));
@@ -181,7 +196,10 @@ fn parse_chat(body: &Value) -> Result<ChatRequest, ApiError> {
         let msg = e.into_inner().to_string();
         if path == "." || path.is_empty() {
             let mut err = ApiError::bad_request(msg.clone());
-            if let Some(f) = msg.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
+            if let Some(f) = msg
+                .strip_prefix("missing field `")
+                .and_then(|r| r.split('`').next())
+            {
                 err.param = Some(f.to_owned());
             }
             err
@@ -190,10 +208,16 @@ fn parse_chat(body: &Value) -> Result<ChatRequest, ApiError> {
         }
     })?;
     if req.model.is_empty() {
-        return Err(ApiError::invalid_field("model", "`model` must not be empty"));
+        return Err(ApiError::invalid_field(
+            "model",
+            "`model` must not be empty",
+        ));
     }
     if req.messages.is_empty() {
-        return Err(ApiError::invalid_field("messages", "`messages` must contain at least one message"));
+        return Err(ApiError::invalid_field(
+            "messages",
+            "`messages` must contain at least one message",
+        ));
     }
     Ok(req)
 }
@@ -203,9 +227,20 @@ async fn chat(State(state): State<AppState>, request: Request) -> Response {
         Ok(b) => b,
         Err(e) => return error_response(e, None, 0, ""),
     };
-    let body: Value = match parse_json(&bytes) {
+    let body: Value = match serde_json::from_slice(&bytes) {
         Ok(v) => v,
-        Err(e) => return error_response(e, None, 0, ""),
+        Err(_) if bytes.is_empty() => {
+            let e = ApiError::bad_request("request body is empty; expected a JSON object");
+            return error_response(e, None, 0, "");
+        }
+        Err(e) => {
+            return error_response(
+                ApiError::bad_request(format!("malformed JSON: {e}")),
+                None,
+                0,
+                "",
+            );
+        }
     };
     let req = match parse_chat(&body) {
         Ok(r) => r,
@@ -230,26 +265,54 @@ async fn chat(State(state): State<AppState>, request: Request) -> Response {
                     tag(&mut resp, &r.provider, r.attempts, &req.model);
                     resp
                 }
-                Err(e) => error_response(router_error(&e), e.last_provider(), e.attempts(), &req.model),
+                Err(e) => error_response(
+                    router_error(&e),
+                    e.last_provider(),
+                    e.attempts(),
+                    &req.model,
+                ),
             }
         }
     };
-    cache::around(&state, &headers, cache::Kind::Chat, &req.model, &body, upstream).await
+    cache::around(
+        &state,
+        &headers,
+        cache::Kind::Chat,
+        &req.model,
+        &body,
+        upstream,
+    )
+    .await
 }
 
-async fn stream_upstream(router: &uat_router::Router, resolved: &uat_router::Resolved, req: &ChatRequest) -> Response {
+async fn stream_upstream(
+    router: &uat_router::Router,
+    resolved: &uat_router::Resolved,
+    req: &ChatRequest,
+) -> Response {
     match router.chat_stream(resolved, req).await {
         Ok(r) => {
             let provider = r.provider.clone();
             let mut resp = Response::new(Body::from_stream(sse(r.value, provider.clone())));
             let h = resp.headers_mut();
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            );
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            h.insert(HeaderName::from_static("x-accel-buffering"), HeaderValue::from_static("no"));
+            h.insert(
+                HeaderName::from_static("x-accel-buffering"),
+                HeaderValue::from_static("no"),
+            );
             tag(&mut resp, &provider, r.attempts, &req.model);
             resp
         }
-        Err(e) => error_response(router_error(&e), e.last_provider(), e.attempts(), &req.model),
+        Err(e) => error_response(
+            router_error(&e),
+            e.last_provider(),
+            e.attempts(),
+            &req.model,
+        ),
     }
 }
 
@@ -265,7 +328,10 @@ fn frame(json: &[u8]) -> Bytes {
 /// `data: [DONE]`; an upstream failure after the first byte ends the stream
 /// with an OpenAI-shaped error event instead. Dropping the body (client
 /// gone) drops the upstream request.
-fn sse(stream: RoutedStream, provider: std::sync::Arc<str>) -> impl Stream<Item = Result<Bytes, Infallible>> + Send {
+fn sse(
+    stream: RoutedStream,
+    provider: std::sync::Arc<str>,
+) -> impl Stream<Item = Result<Bytes, Infallible>> + Send {
     futures::stream::unfold(Some((stream, provider)), |state| async move {
         let (mut s, provider) = state?;
         match s.next().await {

@@ -229,13 +229,15 @@ async fn connection(mut stream: TcpStream, s: Arc<Shared>) {
 fn route(wire: Wire, method: &str, path: &str) -> Option<Route> {
     let path = path.split('?').next().unwrap_or("");
     match (wire, method, path) {
-        (Wire::OpenAi, "GET", "/v1/models") | (Wire::Anthropic, "GET", "/v1/models") | (Wire::Ollama, "GET", "/api/tags") => {
-            Some(Route::Models)
+        (Wire::OpenAi, "GET", "/v1/models")
+        | (Wire::Anthropic, "GET", "/v1/models")
+        | (Wire::Ollama, "GET", "/api/tags") => Some(Route::Models),
+        (Wire::OpenAi, "POST", "/v1/chat/completions")
+        | (Wire::Ollama, "POST", "/api/chat")
+        | (Wire::Anthropic, "POST", "/v1/messages") => Some(Route::Chat),
+        (Wire::OpenAi, "POST", "/v1/embeddings") | (Wire::Ollama, "POST", "/api/embed") => {
+            Some(Route::Embed)
         }
-        (Wire::OpenAi, "POST", "/v1/chat/completions") | (Wire::Ollama, "POST", "/api/chat") | (Wire::Anthropic, "POST", "/v1/messages") => {
-            Some(Route::Chat)
-        }
-        (Wire::OpenAi, "POST", "/v1/embeddings") | (Wire::Ollama, "POST", "/api/embed") => Some(Route::Embed),
         _ => None,
     }
 }
@@ -257,7 +259,14 @@ async fn handle(stream: &mut TcpStream, s: &Shared, req: Request) -> std::io::Re
     });
     let _ = req.header("host");
     let Some(r) = route(s.wire, &req.method, &req.path) else {
-        http1::write_full(stream, 404, "application/json", &[], error_body(s, 404).as_bytes()).await?;
+        http1::write_full(
+            stream,
+            404,
+            "application/json",
+            &[],
+            error_body(s, 404).as_bytes(),
+        )
+        .await?;
         return Ok(true);
     };
     match r {
@@ -265,16 +274,36 @@ async fn handle(stream: &mut TcpStream, s: &Shared, req: Request) -> std::io::Re
             s.model_calls.fetch_add(1, Ordering::SeqCst);
             let status = *s.models_status.lock();
             if let Some(code) = status {
-                http1::write_full(stream, code, "application/json", &[], error_body(s, code).as_bytes()).await?;
+                http1::write_full(
+                    stream,
+                    code,
+                    "application/json",
+                    &[],
+                    error_body(s, code).as_bytes(),
+                )
+                .await?;
                 return Ok(true);
             }
             let models = s.models.lock().clone();
             let v = match s.wire {
-                Wire::OpenAi => json!({"object": "list", "data": models.iter().map(|m| json!({"id": m, "object": "model", "created": 0, "owned_by": s.name})).collect::<Vec<_>>()}),
-                Wire::Ollama => json!({"models": models.iter().map(|m| json!({"name": m, "model": m, "size": 1})).collect::<Vec<_>>()}),
-                Wire::Anthropic => json!({"data": models.iter().map(|m| json!({"id": m, "type": "model", "display_name": m})).collect::<Vec<_>>(), "has_more": false}),
+                Wire::OpenAi => {
+                    json!({"object": "list", "data": models.iter().map(|m| json!({"id": m, "object": "model", "created": 0, "owned_by": s.name})).collect::<Vec<_>>()})
+                }
+                Wire::Ollama => {
+                    json!({"models": models.iter().map(|m| json!({"name": m, "model": m, "size": 1})).collect::<Vec<_>>()})
+                }
+                Wire::Anthropic => {
+                    json!({"data": models.iter().map(|m| json!({"id": m, "type": "model", "display_name": m})).collect::<Vec<_>>(), "has_more": false})
+                }
             };
-            http1::write_full(stream, 200, "application/json", &[], v.to_string().as_bytes()).await?;
+            http1::write_full(
+                stream,
+                200,
+                "application/json",
+                &[],
+                v.to_string().as_bytes(),
+            )
+            .await?;
             Ok(true)
         }
         Route::Chat | Route::Embed => {
@@ -288,10 +317,21 @@ async fn handle(stream: &mut TcpStream, s: &Shared, req: Request) -> std::io::Re
                 Wire::Ollama => body.get("stream").and_then(Value::as_bool).unwrap_or(true),
                 _ => body.get("stream").and_then(Value::as_bool).unwrap_or(false),
             };
-            let model = body.get("model").and_then(Value::as_str).unwrap_or("unknown").to_owned();
+            let model = body
+                .get("model")
+                .and_then(Value::as_str)
+                .unwrap_or("unknown")
+                .to_owned();
             match behavior {
                 Behavior::Status(code) => {
-                    http1::write_full(stream, code, "application/json", &[], error_body(s, code).as_bytes()).await?;
+                    http1::write_full(
+                        stream,
+                        code,
+                        "application/json",
+                        &[],
+                        error_body(s, code).as_bytes(),
+                    )
+                    .await?;
                     return Ok(true);
                 }
                 Behavior::RateLimited { retry_after_secs } => {
@@ -331,7 +371,9 @@ async fn handle(stream: &mut TcpStream, s: &Shared, req: Request) -> std::io::Re
 fn error_body(s: &Shared, code: u16) -> String {
     let msg = format!("fake {} error {code}", s.name);
     match s.wire {
-        Wire::OpenAi => json!({"error": {"message": msg, "type": "server_error", "param": null, "code": null}}),
+        Wire::OpenAi => {
+            json!({"error": {"message": msg, "type": "server_error", "param": null, "code": null}})
+        }
         Wire::Ollama => json!({"error": msg}),
         Wire::Anthropic => json!({"type": "error", "error": {"type": "api_error", "message": msg}}),
     }
@@ -340,9 +382,21 @@ fn error_body(s: &Shared, code: u16) -> String {
 
 const PROMPT_TOKENS: u64 = 7;
 
-async fn chat_full(stream: &mut TcpStream, s: &Shared, model: &str, b: &Behavior) -> std::io::Result<bool> {
+async fn chat_full(
+    stream: &mut TcpStream,
+    s: &Shared,
+    model: &str,
+    b: &Behavior,
+) -> std::io::Result<bool> {
     if *b == Behavior::Malformed {
-        http1::write_full(stream, 200, "application/json", &[], b"{\"this is\": not json").await?;
+        http1::write_full(
+            stream,
+            200,
+            "application/json",
+            &[],
+            b"{\"this is\": not json",
+        )
+        .await?;
         return Ok(true);
     }
     let reply = s.reply.lock().clone();
@@ -442,7 +496,10 @@ fn stream_events(s: &Shared, body: &Value, model: &str) -> Vec<String> {
                     json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}}),
                 ));
             }
-            out.push(ev("content_block_stop", json!({"type": "content_block_stop", "index": 0})));
+            out.push(ev(
+                "content_block_stop",
+                json!({"type": "content_block_stop", "index": 0}),
+            ));
             out.push(ev(
                 "message_delta",
                 json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": words}}),
@@ -453,7 +510,13 @@ fn stream_events(s: &Shared, body: &Value, model: &str) -> Vec<String> {
     out
 }
 
-async fn chat_stream(stream: &mut TcpStream, s: &Shared, body: &Value, model: &str, b: &Behavior) -> std::io::Result<bool> {
+async fn chat_stream(
+    stream: &mut TcpStream,
+    s: &Shared,
+    body: &Value,
+    model: &str,
+    b: &Behavior,
+) -> std::io::Result<bool> {
     let ct = match s.wire {
         Wire::Ollama => "application/x-ndjson",
         _ => "text/event-stream",
@@ -499,7 +562,13 @@ async fn chat_stream(stream: &mut TcpStream, s: &Shared, body: &Value, model: &s
     Ok(true)
 }
 
-async fn embed(stream: &mut TcpStream, s: &Shared, body: &Value, model: &str, b: &Behavior) -> std::io::Result<bool> {
+async fn embed(
+    stream: &mut TcpStream,
+    s: &Shared,
+    body: &Value,
+    model: &str,
+    b: &Behavior,
+) -> std::io::Result<bool> {
     if *b == Behavior::Malformed {
         http1::write_full(stream, 200, "application/json", &[], b"not json").await?;
         return Ok(true);
@@ -518,6 +587,13 @@ async fn embed(stream: &mut TcpStream, s: &Shared, body: &Value, model: &str, b:
             "usage": {"prompt_tokens": n, "total_tokens": n},
         }),
     };
-    http1::write_full(stream, 200, "application/json", &[], v.to_string().as_bytes()).await?;
+    http1::write_full(
+        stream,
+        200,
+        "application/json",
+        &[],
+        v.to_string().as_bytes(),
+    )
+    .await?;
     Ok(true)
 }

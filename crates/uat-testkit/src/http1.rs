@@ -24,7 +24,10 @@ impl Request {
 }
 
 /// Reads one request; `Ok(None)` when the client closed the connection.
-pub(crate) async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Option<Request>> {
+pub(crate) async fn read_request(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> io::Result<Option<Request>> {
     let head_end = loop {
         if let Some(p) = find(buf, b"\r\n\r\n") {
             break p;
@@ -116,9 +119,13 @@ pub(crate) async fn write_full(
 }
 
 /// Writes the head of a chunked (streamed) response.
-pub(crate) async fn write_stream_head(stream: &mut TcpStream, content_type: &str) -> io::Result<()> {
-    let head =
-        format!("HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nTransfer-Encoding: chunked\r\nCache-Control: no-cache\r\n\r\n");
+pub(crate) async fn write_stream_head(
+    stream: &mut TcpStream,
+    content_type: &str,
+) -> io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nTransfer-Encoding: chunked\r\nCache-Control: no-cache\r\n\r\n"
+    );
     stream.write_all(head.as_bytes()).await?;
     stream.flush().await
 }

@@ -64,7 +64,10 @@ impl ChatRequest {
     pub fn stop_sequences(&self) -> Vec<String> {
         match &self.stop {
             Some(Value::String(s)) => vec![s.clone()],
-            Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect(),
             _ => Vec::new(),
         }
     }
@@ -299,7 +302,13 @@ pub struct Delta {
 
 impl ChatChunk {
     /// A chunk with one choice.
-    pub fn delta(id: &str, created: u64, model: &str, delta: Delta, finish_reason: Option<String>) -> Self {
+    pub fn delta(
+        id: &str,
+        created: u64,
+        model: &str,
+        delta: Delta,
+        finish_reason: Option<String>,
+    ) -> Self {
         ChatChunk {
             id: id.to_owned(),
             object: object_chunk(),
@@ -434,11 +443,21 @@ mod tests {
             "stream": true, "stream_options": {"include_usage": true}, "seed": 3, "n": 1
         });
         let req: ChatRequest = serde_json::from_value(body).unwrap();
-        let out = serde_json::to_value(Readdressed { req: &req, model: "gpt-x", stream: true }).unwrap();
+        let out = serde_json::to_value(Readdressed {
+            req: &req,
+            model: "gpt-x",
+            stream: true,
+        })
+        .unwrap();
         assert_eq!(out["model"], "gpt-x");
         assert_eq!(out["seed"], 3);
         assert_eq!(out["stream_options"]["include_usage"], true);
-        let out = serde_json::to_value(Readdressed { req: &req, model: "gpt-x", stream: false }).unwrap();
+        let out = serde_json::to_value(Readdressed {
+            req: &req,
+            model: "gpt-x",
+            stream: false,
+        })
+        .unwrap();
         assert!(out.get("stream").is_none() && out.get("stream_options").is_none());
         assert_eq!(out["n"], 1);
     }
@@ -455,8 +474,10 @@ mod tests {
 
     #[test]
     fn include_usage_defaults_to_false() {
-        let req: ChatRequest =
-            serde_json::from_value(serde_json::json!({"model": "m", "messages": [], "stream": true})).unwrap();
+        let req: ChatRequest = serde_json::from_value(
+            serde_json::json!({"model": "m", "messages": [], "stream": true}),
+        )
+        .unwrap();
         assert!(req.is_stream());
         assert!(!req.include_usage());
     }

@@ -1,5 +1,7 @@
 //! `cargo run --release -p uat-vector --example bench_vector [N] [QUERIES]`:
 //! the full vector benchmark report (what `uat bench vector` prints).
+//! Env: `UAT_VECTOR_BENCH_DATA=file.f32` (real embeddings), `UAT_VECTOR_BENCH_BINARY=1`,
+//! `UAT_VECTOR_BENCH_NO_SQ8=1`.
 
 use uat_vector::bench::{BenchOptions, run};
 
@@ -14,6 +16,8 @@ fn main() {
     }
     opts.binary = std::env::var("UAT_VECTOR_BENCH_BINARY").is_ok();
     opts.sq8 = std::env::var("UAT_VECTOR_BENCH_NO_SQ8").is_err();
+    // Raw little-endian f32 rows of 384 values (real embeddings), if given.
+    opts.data_file = std::env::var_os("UAT_VECTOR_BENCH_DATA").map(Into::into);
     match run(opts, &mut |line| eprintln!("{line}")) {
         Ok(r) => println!("{r}"),
         Err(e) => {

@@ -13,6 +13,8 @@
 //!
 //! The engine is plain synchronous code; call it from a blocking pool.
 
+#![warn(missing_docs)]
+
 pub mod bench;
 mod collection;
 pub mod distance;

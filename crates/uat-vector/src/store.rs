@@ -4,11 +4,11 @@ use crate::collection::Collection;
 use crate::error::{Result, VectorError};
 use crate::metrics;
 use crate::types::{CollectionConfig, CollectionInfo};
-use crate::wal::FsyncPolicy;
+use crate::wal::{BATCH_INTERVAL, FsyncPolicy};
 use parking_lot::RwLock;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 /// Store-wide options.
 #[derive(Debug, Clone, Copy, Default)]
@@ -22,7 +22,7 @@ pub struct StoreOptions {
 pub struct VectorStore {
     dir: PathBuf,
     options: StoreOptions,
-    collections: RwLock<BTreeMap<String, Arc<Collection>>>,
+    collections: Arc<RwLock<BTreeMap<String, Arc<Collection>>>>,
 }
 
 /// Checks a collection name: 1-64 characters from `[A-Za-z0-9_-]`.
@@ -36,6 +36,31 @@ pub fn check_name(name: &str) -> Result<()> {
         Ok(())
     } else {
         Err(VectorError::BadCollectionName(name.to_owned()))
+    }
+}
+
+/// Syncs dirty WALs every [`BATCH_INTERVAL`] for the `batch` policy; stops
+/// when the store is dropped.
+fn spawn_flusher(collections: Weak<RwLock<BTreeMap<String, Arc<Collection>>>>) {
+    let spawned = std::thread::Builder::new()
+        .name("uat-vector-wal-flush".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(BATCH_INTERVAL);
+                let Some(map) = collections.upgrade() else {
+                    return;
+                };
+                let all: Vec<Arc<Collection>> = map.read().values().cloned().collect();
+                drop(map);
+                for c in all {
+                    if let Err(e) = c.flush_if_dirty() {
+                        tracing::warn!(collection = c.name(), error = %e, "WAL flush failed");
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "could not start the WAL flusher; batch fsync happens on writes only");
     }
 }
 
@@ -58,10 +83,14 @@ impl VectorStore {
             let c = Collection::open(&path, &name, options.fsync)?;
             collections.insert(name, Arc::new(c));
         }
+        let collections = Arc::new(RwLock::new(collections));
+        if options.fsync == FsyncPolicy::Batch {
+            spawn_flusher(Arc::downgrade(&collections));
+        }
         Ok(Self {
             dir,
             options,
-            collections: RwLock::new(collections),
+            collections,
         })
     }
 

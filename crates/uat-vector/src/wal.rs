@@ -20,8 +20,9 @@ pub enum FsyncPolicy {
     /// `fdatasync` before every acknowledgement: nothing acknowledged is lost, even on power loss.
     #[default]
     Always,
-    /// `fdatasync` at most every 100 ms: a process crash loses nothing (writes reach
-    /// the OS before the acknowledgement); a power loss may lose the last 100 ms.
+    /// `fdatasync` at most every 100 ms (on a write, and from the store's
+    /// background flusher): a process crash loses nothing (writes reach the OS
+    /// before the acknowledgement); a power loss may lose the last ~100 ms.
     Batch,
     /// Never fsync; the OS flushes when it likes (a process crash still loses nothing).
     Never,
@@ -41,7 +42,7 @@ impl std::str::FromStr for FsyncPolicy {
     }
 }
 
-const BATCH_INTERVAL: Duration = Duration::from_millis(100);
+pub(crate) const BATCH_INTERVAL: Duration = Duration::from_millis(100);
 const OP_UPSERT: u8 = 1;
 const OP_DELETE: u8 = 2;
 
@@ -59,6 +60,8 @@ pub(crate) struct Wal {
     path: PathBuf,
     policy: FsyncPolicy,
     last_sync: Instant,
+    /// Records written but not yet synced.
+    dirty: bool,
     pub(crate) last_seq: u64,
     /// Bytes of valid records in the file.
     len: u64,
@@ -91,6 +94,7 @@ impl Wal {
             path: path.to_owned(),
             policy,
             last_sync: Instant::now(),
+            dirty: false,
             last_seq,
             buf: Vec::new(),
         };
@@ -140,6 +144,8 @@ impl Wal {
         };
         if sync {
             self.sync()?;
+        } else {
+            self.dirty = true;
         }
         self.last_seq = seq;
         Ok(seq)
@@ -151,7 +157,13 @@ impl Wal {
             .sync_data()
             .map_err(|e| VectorError::io(&self.path, e))?;
         self.last_sync = Instant::now();
+        self.dirty = false;
         Ok(())
+    }
+
+    /// Syncs if records were written since the last sync.
+    pub(crate) fn sync_if_dirty(&mut self) -> Result<()> {
+        if self.dirty { self.sync() } else { Ok(()) }
     }
 
     /// Empties the log after a snapshot has made its records redundant.

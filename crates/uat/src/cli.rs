@@ -30,6 +30,12 @@ pub enum Command {
     },
     /// Load-test a running gateway (or the built-in mock upstream directly vs. through uat).
     Loadtest(crate::loadtest::LoadtestArgs),
+    /// Benchmarks of the engines, each with its baseline measured in the same run.
+    Bench {
+        /// Which engine.
+        #[command(subcommand)]
+        which: crate::bench::BenchCommand,
+    },
 }
 
 /// `uat serve` flags; they override the file and the environment.

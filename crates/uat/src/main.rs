@@ -1,6 +1,7 @@
 //! The `uat` binary: parses the command line, loads the configuration and
 //! hands over to the library crates. Wiring and exit codes only.
 
+mod bench;
 mod cli;
 mod loadtest;
 
@@ -24,6 +25,7 @@ fn main() -> ExitCode {
         Command::Config {
             command: ConfigCommand::Check,
         } => config_check(cli.config.as_deref()),
+        Command::Bench { ref which } => bench::run(which),
         Command::Loadtest(ref args) => runtime().and_then(|rt| rt.block_on(loadtest::run(args, cli.config.as_deref()))),
     };
     match result {

@@ -1,6 +1,10 @@
 //! Black-box tests of the `uat` binary: config check, serve + /health +
 //! SIGTERM, and the load generator against the built-in mock upstream.
-#![expect(clippy::expect_used, clippy::panic, reason = "test helpers fail the test loudly")]
+#![expect(
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers fail the test loudly"
+)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -378,4 +382,74 @@ fn loadtest_rejects_missing_target() {
     let out = run(uat().args(["loadtest", "--duration", "1s"]));
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("--url"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn loadtest_compare_runs_the_same_load_direct_and_through_a_uat_child() {
+    let v = loadtest_json(&[
+        "--compare",
+        "--concurrency",
+        "4",
+        "--requests",
+        "200",
+        "--duration",
+        "30s",
+        "--warmup",
+        "0s",
+    ]);
+    for side in ["direct", "uat"] {
+        assert_eq!(v[side]["requests"], 200, "{side}: {v}");
+        assert_eq!(v[side]["ok"], 200, "{side}: {v}");
+        assert!(
+            v[side]["latency_ms"]["p50"]
+                .as_f64()
+                .is_some_and(|x| x > 0.0),
+            "{side}: {v}"
+        );
+    }
+    let gw = &v["gateway"];
+    assert_eq!(gw["mode"], "child", "{v}");
+    assert!(gw["pid"].as_u64().is_some(), "{v}");
+    assert!(
+        gw["cpu_ms_per_request"].as_f64().is_some_and(|c| c >= 0.0),
+        "{v}"
+    );
+    assert!(gw["rss_idle_mb"].as_f64().is_some_and(|m| m > 1.0), "{v}");
+    assert!(
+        gw["startup_to_health_ms"].as_f64().is_some_and(|m| m > 0.0),
+        "{v}"
+    );
+    assert!(
+        gw["exit"]
+            .as_str()
+            .is_some_and(|e| e.contains("exit status: 0")),
+        "the child stops cleanly on SIGTERM: {v}"
+    );
+    assert!(v["added"]["latency_ms"]["p50"].as_f64().is_some(), "{v}");
+}
+
+#[test]
+fn loadtest_compare_streams_through_an_in_process_gateway() {
+    let v = loadtest_json(&[
+        "--compare",
+        "--in-process",
+        "--stream",
+        "--concurrency",
+        "2",
+        "--requests",
+        "50",
+        "--duration",
+        "30s",
+        "--warmup",
+        "0s",
+    ]);
+    assert_eq!(v["gateway"]["mode"], "in-process", "{v}");
+    for side in ["direct", "uat"] {
+        assert_eq!(v[side]["ok"], 50, "{side}: {v}");
+        assert!(
+            v[side]["ttft_ms"]["p50"].as_f64().is_some_and(|x| x > 0.0),
+            "{side}: {v}"
+        );
+    }
+    assert!(v["added"]["ttft_ms"]["p50"].as_f64().is_some(), "{v}");
 }

@@ -23,7 +23,10 @@ pub fn model_dir(test: &str) -> Option<PathBuf> {
                      `export UAT_TEST_MODEL_DIR=$(scripts/fetch-model.sh | tail -n1)`"
                 );
             }
-            eprintln!(
+            // Straight to the stderr handle: the test harness captures eprintln!.
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
                 "\n!!!!! SKIPPING {test}: UAT_TEST_MODEL_DIR is not set. Run \
                  `export UAT_TEST_MODEL_DIR=$(scripts/fetch-model.sh | tail -n1)` !!!!!\n"
             );

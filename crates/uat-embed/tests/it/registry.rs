@@ -183,7 +183,9 @@ async fn request_errors_are_distinct() {
 #[tokio::test]
 async fn metrics_are_exported() {
     let (_root, r, bytes) = two_models(3.0);
-    r.embed("a", texts(&["hello world", "the cat"])).await.unwrap();
+    r.embed("a", texts(&["hello world", "the cat"]))
+        .await
+        .unwrap();
     let text = uat_telemetry::render();
     for name in [
         "uat_embed_batch_size",

@@ -16,9 +16,13 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 use uuid::Uuid;
+
+/// Rows per multi-row insert into the history and change tables.
+const HISTORY_CHUNK: usize = 500;
 
 const COLS: &str = "m.id, m.user_id, m.agent_id, m.run_id, m.kind, m.content, m.tags, m.metadata, m.created_at, m.updated_at, m.expires_at";
 
@@ -44,7 +48,7 @@ const MIGRATIONS: &[(i64, &[&str])] = &[(
             embedding_model TEXT
         )",
         "CREATE INDEX memories_user_created_idx ON memories (user_id, created_at DESC, id DESC)",
-        "CREATE INDEX memories_user_hash_idx ON memories (user_id, content_hash)",
+        "CREATE INDEX memories_hash_idx ON memories (content_hash)",
         "CREATE UNIQUE INDEX memories_dedupe_idx ON memories (user_id, dedupe_key)",
         "CREATE VIRTUAL TABLE memories_fts USING fts5(content, user_key, content='memories', content_rowid='rowid', tokenize='unicode61')",
         "CREATE TRIGGER memories_fts_ai AFTER INSERT ON memories BEGIN
@@ -283,25 +287,6 @@ async fn record_change(
     Ok(())
 }
 
-async fn find_live_duplicate(
-    tx: &mut sqlx::SqliteConnection,
-    m: &Memory,
-    hash: &str,
-    now_us: i64,
-) -> Result<Option<Memory>> {
-    let sql = format!(
-        "SELECT {COLS} FROM memories m WHERE m.user_id = ? AND m.content_hash = ? \
-         AND (m.expires_at IS NULL OR m.expires_at > ?) ORDER BY m.created_at, m.id LIMIT 1"
-    );
-    let row = sqlx::query(&sql)
-        .bind(&m.user_id)
-        .bind(hash)
-        .bind(now_us)
-        .fetch_optional(tx)
-        .await?;
-    row.as_ref().map(decode).transpose()
-}
-
 async fn insert_row(tx: &mut sqlx::SqliteConnection, r: &NewRow) -> Result<bool> {
     let m = &r.memory;
     let res = sqlx::query(
@@ -334,14 +319,39 @@ impl Store for SqliteStore {
     async fn insert(&self, rows: Vec<NewRow>) -> Result<Vec<WriteOutcome>> {
         let now_us = to_micros(now());
         let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+        // Live duplicates of the batch, in one query per chunk of hashes.
+        let mut live: HashMap<(String, String), Memory> = HashMap::new();
+        let hashes: Vec<&str> = rows
+            .iter()
+            .filter(|r| r.dedupe)
+            .map(|r| r.content_hash.as_str())
+            .collect();
+        for chunk in hashes.chunks(MAX_IN_LIST) {
+            let mut qb = QueryBuilder::<Sqlite>::new(format!(
+                "SELECT {COLS}, m.content_hash FROM memories m WHERE m.content_hash IN ("
+            ));
+            let mut sep = qb.separated(", ");
+            for h in chunk {
+                sep.push_bind(h.to_string());
+            }
+            qb.push(") AND (m.expires_at IS NULL OR m.expires_at > ")
+                .push_bind(now_us)
+                .push(") ORDER BY m.created_at, m.id");
+            for r in qb.build().fetch_all(&mut *tx).await? {
+                let m = decode(&r)?;
+                let h: String = r.try_get("content_hash")?;
+                live.entry((m.user_id.clone(), h)).or_insert(m);
+            }
+        }
         let mut out = Vec::with_capacity(rows.len());
+        let mut created: Vec<&Memory> = Vec::with_capacity(rows.len());
         for r in &rows {
+            let key = (r.memory.user_id.clone(), r.content_hash.clone());
             if r.dedupe
-                && let Some(existing) =
-                    find_live_duplicate(&mut tx, &r.memory, &r.content_hash, now_us).await?
+                && let Some(existing) = live.get(&key)
             {
                 out.push(WriteOutcome {
-                    memory: existing,
+                    memory: existing.clone(),
                     deduplicated: true,
                 });
                 continue;
@@ -361,19 +371,40 @@ impl Store for SqliteStore {
                     ));
                 }
             }
-            record_history(&mut tx, &r.memory, "create", None, Some(&r.memory), now_us).await?;
-            record_change(
-                &mut tx,
-                Some(r.memory.id),
-                &r.memory.user_id,
-                ChangeOp::Upsert,
-                now_us,
-            )
-            .await?;
+            live.entry(key).or_insert_with(|| r.memory.clone());
+            created.push(&r.memory);
             out.push(WriteOutcome {
                 memory: r.memory.clone(),
                 deduplicated: false,
             });
+        }
+        // History and change log: multi-row inserts.
+        for chunk in created.chunks(HISTORY_CHUNK) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO memory_history (memory_id, user_id, op, old_value, new_value, at) ",
+            );
+            let values = chunk
+                .iter()
+                .map(|m| history_json(m).map(|j| (m, j)))
+                .collect::<Result<Vec<_>>>()?;
+            qb.push_values(values, |mut b, (m, j)| {
+                b.push_bind(m.id.to_string())
+                    .push_bind(m.user_id.clone())
+                    .push_bind("create")
+                    .push_bind(None::<String>)
+                    .push_bind(j)
+                    .push_bind(now_us);
+            });
+            qb.build().execute(&mut *tx).await?;
+            let mut qb =
+                QueryBuilder::<Sqlite>::new("INSERT INTO memory_changes (memory_id, user_id, op, at) ");
+            qb.push_values(chunk, |mut b, m| {
+                b.push_bind(m.id.to_string())
+                    .push_bind(m.user_id.clone())
+                    .push_bind(ChangeOp::Upsert.as_str())
+                    .push_bind(now_us);
+            });
+            qb.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(out)

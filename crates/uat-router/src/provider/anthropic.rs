@@ -31,7 +31,10 @@ pub struct Anthropic {
 impl Anthropic {
     /// Builds the provider and its pooled client.
     pub fn new(cfg: &ProviderConfig) -> Result<Self, RouterError> {
-        let base = cfg.base_url.as_deref().unwrap_or("https://api.anthropic.com");
+        let base = cfg
+            .base_url
+            .as_deref()
+            .unwrap_or("https://api.anthropic.com");
         let base = base.trim_end_matches('/');
         let base = base.strip_suffix("/v1").unwrap_or(base);
         Ok(Anthropic {
@@ -52,8 +55,12 @@ impl Anthropic {
     }
 
     async fn post(&self, body: &Value, stream: bool) -> Result<reqwest::Response, Failure> {
-        let body = serde_json::to_vec(body)
-            .map_err(|e| Failure::new(FailureKind::Malformed, format!("cannot encode request: {e}")))?;
+        let body = serde_json::to_vec(body).map_err(|e| {
+            Failure::new(
+                FailureKind::Malformed,
+                format!("cannot encode request: {e}"),
+            )
+        })?;
         let mut rb = self
             .request(self.client.post(&self.messages_url))
             .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -113,7 +120,10 @@ pub(crate) fn messages_body(model: &str, req: &ChatRequest, stream: bool) -> Val
     }
     let mut body = Map::new();
     body.insert("model".into(), json!(model));
-    body.insert("max_tokens".into(), json!(req.max_output_tokens().unwrap_or(DEFAULT_MAX_TOKENS)));
+    body.insert(
+        "max_tokens".into(),
+        json!(req.max_output_tokens().unwrap_or(DEFAULT_MAX_TOKENS)),
+    );
     body.insert("messages".into(), Value::Array(messages));
     if !system.is_empty() {
         body.insert("system".into(), json!(system));
@@ -228,7 +238,11 @@ impl Provider for Anthropic {
         ProviderKind::Anthropic
     }
 
-    fn chat<'a>(&'a self, model: &'a str, req: &'a ChatRequest) -> BoxFuture<'a, Result<Reply, Failure>> {
+    fn chat<'a>(
+        &'a self,
+        model: &'a str,
+        req: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<Reply, Failure>> {
         Box::pin(async move {
             let resp = self.post(&messages_body(model, req, false), false).await?;
             let (_, m): (_, AMessage) = read_json(resp).await?;
@@ -250,7 +264,9 @@ impl Provider for Anthropic {
             }
             let mut message = ChatMessage::text("assistant", text);
             if !calls.is_empty() {
-                message.extra.insert("tool_calls".into(), Value::Array(calls));
+                message
+                    .extra
+                    .insert("tool_calls".into(), Value::Array(calls));
             }
             let usage = Usage::new(m.usage.input_tokens, m.usage.output_tokens);
             let completion = ChatCompletion {
@@ -276,7 +292,11 @@ impl Provider for Anthropic {
         })
     }
 
-    fn chat_stream<'a>(&'a self, model: &'a str, req: &'a ChatRequest) -> BoxFuture<'a, Result<ChunkStream, Failure>> {
+    fn chat_stream<'a>(
+        &'a self,
+        model: &'a str,
+        req: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<ChunkStream, Failure>> {
         Box::pin(async move {
             let resp = self.post(&messages_body(model, req, true), true).await?;
             let state = StreamState::new(model, req.include_usage());
@@ -294,13 +314,21 @@ impl Provider for Anthropic {
             struct Entry {
                 id: String,
             }
-            let resp = send(self.request(self.client.get(&self.models_url)), self.first_byte).await?;
+            let resp = send(
+                self.request(self.client.get(&self.models_url)),
+                self.first_byte,
+            )
+            .await?;
             let (_, list): (_, List) = read_json(resp).await?;
             Ok(list.data.into_iter().map(|e| e.id).collect())
         })
     }
 
-    fn embeddings<'a>(&'a self, _model: &'a str, _body: &'a Value) -> BoxFuture<'a, Result<Reply, Failure>> {
+    fn embeddings<'a>(
+        &'a self,
+        _model: &'a str,
+        _body: &'a Value,
+    ) -> BoxFuture<'a, Result<Reply, Failure>> {
         Box::pin(async move {
             Err(Failure::new(
                 FailureKind::Unsupported,
@@ -362,7 +390,12 @@ impl StreamState {
     fn event(&mut self, data: &[u8]) {
         let ev: Value = match serde_json::from_slice(data) {
             Ok(v) => v,
-            Err(e) => return self.fail(FailureKind::Malformed, format!("invalid event from upstream: {e}")),
+            Err(e) => {
+                return self.fail(
+                    FailureKind::Malformed,
+                    format!("invalid event from upstream: {e}"),
+                );
+            }
         };
         match ev.get("type").and_then(Value::as_str) {
             Some("message_start") => {
@@ -395,28 +428,52 @@ impl StreamState {
                         }));
                     }
                     Some("text") => {
-                        let t = block.and_then(|b| b.get("text")).and_then(Value::as_str).unwrap_or("");
+                        let t = block
+                            .and_then(|b| b.get("text"))
+                            .and_then(Value::as_str)
+                            .unwrap_or("");
                         if !t.is_empty() {
                             let t = t.to_owned();
-                            self.push(Delta { content: Some(t), ..Delta::default() }, None);
+                            self.push(
+                                Delta {
+                                    content: Some(t),
+                                    ..Delta::default()
+                                },
+                                None,
+                            );
                         }
                     }
                     _ => {}
                 }
             }
-            Some("content_block_delta") => match ev.pointer("/delta/type").and_then(Value::as_str) {
-                Some("text_delta") => {
-                    let t = ev.pointer("/delta/text").and_then(Value::as_str).unwrap_or("").to_owned();
-                    self.push(Delta { content: Some(t), ..Delta::default() }, None);
+            Some("content_block_delta") => {
+                match ev.pointer("/delta/type").and_then(Value::as_str) {
+                    Some("text_delta") => {
+                        let t = ev
+                            .pointer("/delta/text")
+                            .and_then(Value::as_str)
+                            .unwrap_or("")
+                            .to_owned();
+                        self.push(
+                            Delta {
+                                content: Some(t),
+                                ..Delta::default()
+                            },
+                            None,
+                        );
+                    }
+                    Some("input_json_delta") => {
+                        let idx = ev.get("index").and_then(Value::as_u64).unwrap_or(0);
+                        let k = self.tools.get(&idx).copied().unwrap_or(0);
+                        let part = ev
+                            .pointer("/delta/partial_json")
+                            .cloned()
+                            .unwrap_or(json!(""));
+                        self.tool_delta(json!({"index": k, "function": {"arguments": part}}));
+                    }
+                    _ => {}
                 }
-                Some("input_json_delta") => {
-                    let idx = ev.get("index").and_then(Value::as_u64).unwrap_or(0);
-                    let k = self.tools.get(&idx).copied().unwrap_or(0);
-                    let part = ev.pointer("/delta/partial_json").cloned().unwrap_or(json!(""));
-                    self.tool_delta(json!({"index": k, "function": {"arguments": part}}));
-                }
-                _ => {}
-            },
+            }
             Some("message_delta") => {
                 if let Some(n) = ev.pointer("/usage/output_tokens").and_then(Value::as_u64) {
                     self.usage.output_tokens = n;
@@ -424,7 +481,8 @@ impl StreamState {
                 if let Some(n) = ev.pointer("/usage/input_tokens").and_then(Value::as_u64) {
                     self.usage.input_tokens = n;
                 }
-                let reason = finish_reason(ev.pointer("/delta/stop_reason").and_then(Value::as_str));
+                let reason =
+                    finish_reason(ev.pointer("/delta/stop_reason").and_then(Value::as_str));
                 self.push(Delta::default(), Some(reason.into()));
             }
             Some("message_stop") => {
@@ -490,9 +548,13 @@ mod tests {
     use super::*;
 
     fn collect(lines: &[&'static str], include_usage: bool) -> Vec<Result<Value, Failure>> {
-        let items: Vec<Result<Bytes, Failure>> = lines.iter().map(|l| Ok(Bytes::from_static(l.as_bytes()))).collect();
+        let items: Vec<Result<Bytes, Failure>> = lines
+            .iter()
+            .map(|l| Ok(Bytes::from_static(l.as_bytes())))
+            .collect();
         let st = StreamState::new("claude", include_usage);
-        let out: Vec<_> = futures::executor::block_on(translate(futures::stream::iter(items), st).collect());
+        let out: Vec<_> =
+            futures::executor::block_on(translate(futures::stream::iter(items), st).collect());
         out.into_iter()
             .map(|r| r.map(|c| serde_json::from_slice(&c.json).unwrap()))
             .collect()
@@ -520,16 +582,27 @@ mod tests {
         assert_eq!(v[0]["id"], "msg_1");
         assert_eq!(v[0]["choices"][0]["delta"]["role"], "assistant");
         assert_eq!(v[1]["choices"][0]["delta"]["content"], "Hi");
-        assert_eq!(v[2]["choices"][0]["delta"]["tool_calls"][0]["function"]["name"], "get");
-        assert_eq!(v[3]["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"], "{\"a\":");
+        assert_eq!(
+            v[2]["choices"][0]["delta"]["tool_calls"][0]["function"]["name"],
+            "get"
+        );
+        assert_eq!(
+            v[3]["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"],
+            "{\"a\":"
+        );
         assert_eq!(v[4]["choices"][0]["finish_reason"], "tool_calls");
-        assert_eq!(v[5]["usage"], json!({"prompt_tokens": 9, "completion_tokens": 5, "total_tokens": 14}));
+        assert_eq!(
+            v[5]["usage"],
+            json!({"prompt_tokens": 9, "completion_tokens": 5, "total_tokens": 14})
+        );
     }
 
     #[test]
     fn error_event_and_cut_stream_fail() {
         let out = collect(
-            &[r#"data: {"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#],
+            &[
+                r#"data: {"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+            ],
             false,
         );
         assert_eq!(out[0].as_ref().unwrap_err().message, "Overloaded");
@@ -537,7 +610,10 @@ mod tests {
             &[r#"data: {"type":"message_start","message":{"id":"m","usage":{"input_tokens":1}}}"#],
             false,
         );
-        assert_eq!(out.last().unwrap().as_ref().unwrap_err().kind, FailureKind::Interrupted);
+        assert_eq!(
+            out.last().unwrap().as_ref().unwrap_err().kind,
+            FailureKind::Interrupted
+        );
     }
 
     #[test]
@@ -559,7 +635,10 @@ mod tests {
         let b = messages_body("claude-x", &req, false);
         assert_eq!(b["system"], "be brief\n\nand kind");
         assert_eq!(b["max_tokens"], DEFAULT_MAX_TOKENS);
-        assert_eq!(b["messages"][0]["content"][1]["source"]["media_type"], "image/png");
+        assert_eq!(
+            b["messages"][0]["content"][1]["source"]["media_type"],
+            "image/png"
+        );
         assert_eq!(b["messages"][1]["content"][0]["type"], "tool_use");
         assert_eq!(b["messages"][1]["content"][0]["input"], json!({"x": 1}));
         assert_eq!(b["messages"][2]["content"][0]["tool_use_id"], "c1");

@@ -66,7 +66,10 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// Sends a request, waiting at most `first_byte` for the response head.
 /// A non-2xx answer becomes a [`Failure`] carrying the upstream's message.
-pub(crate) async fn send(rb: reqwest::RequestBuilder, first_byte: Duration) -> Result<reqwest::Response, Failure> {
+pub(crate) async fn send(
+    rb: reqwest::RequestBuilder,
+    first_byte: Duration,
+) -> Result<reqwest::Response, Failure> {
     let resp = match tokio::time::timeout(first_byte, rb.send()).await {
         Err(_) => {
             return Err(Failure::new(
@@ -92,7 +95,11 @@ pub(crate) async fn send(rb: reqwest::RequestBuilder, first_byte: Duration) -> R
         Ok(Ok(b)) => b,
         _ => Bytes::new(),
     };
-    Err(Failure::from_status(status.as_u16(), error_message(&body), retry_after))
+    Err(Failure::from_status(
+        status.as_u16(),
+        error_message(&body),
+        retry_after,
+    ))
 }
 
 /// Extracts a readable message from an upstream error body (OpenAI,
@@ -120,16 +127,24 @@ pub(crate) fn error_message(body: &[u8]) -> String {
 }
 
 /// Reads the whole body and parses it as JSON.
-pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(resp: reqwest::Response) -> Result<(Bytes, T), Failure> {
+pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
+    resp: reqwest::Response,
+) -> Result<(Bytes, T), Failure> {
     let body = resp.bytes().await.map_err(|e| transport(&e))?;
-    let v = serde_json::from_slice(&body)
-        .map_err(|e| Failure::new(FailureKind::Malformed, format!("invalid JSON from upstream: {e}")))?;
+    let v = serde_json::from_slice(&body).map_err(|e| {
+        Failure::new(
+            FailureKind::Malformed,
+            format!("invalid JSON from upstream: {e}"),
+        )
+    })?;
     Ok((body, v))
 }
 
 /// Splits a response body into lines (without the line end). The last
 /// partial line is yielded at the end of the body.
-pub(crate) fn lines(resp: reqwest::Response) -> impl Stream<Item = Result<Bytes, Failure>> + Send + 'static {
+pub(crate) fn lines(
+    resp: reqwest::Response,
+) -> impl Stream<Item = Result<Bytes, Failure>> + Send + 'static {
     let body = resp.bytes_stream();
     futures::stream::unfold(
         (Box::pin(body), BytesMut::new(), false),
@@ -180,17 +195,31 @@ mod tests {
 
     #[test]
     fn sse_data_strips_prefix() {
-        assert_eq!(sse_data(&Bytes::from_static(b"data: {\"a\":1}")).unwrap(), &b"{\"a\":1}"[..]);
-        assert_eq!(sse_data(&Bytes::from_static(b"data:[DONE]")).unwrap(), &b"[DONE]"[..]);
+        assert_eq!(
+            sse_data(&Bytes::from_static(b"data: {\"a\":1}")).unwrap(),
+            &b"{\"a\":1}"[..]
+        );
+        assert_eq!(
+            sse_data(&Bytes::from_static(b"data:[DONE]")).unwrap(),
+            &b"[DONE]"[..]
+        );
         assert!(sse_data(&Bytes::from_static(b"event: ping")).is_none());
     }
 
     #[test]
     fn error_message_shapes() {
-        assert_eq!(error_message(br#"{"error":{"message":"bad key"}}"#), "bad key");
-        assert_eq!(error_message(br#"{"error":"model not found"}"#), "model not found");
         assert_eq!(
-            error_message(br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#),
+            error_message(br#"{"error":{"message":"bad key"}}"#),
+            "bad key"
+        );
+        assert_eq!(
+            error_message(br#"{"error":"model not found"}"#),
+            "model not found"
+        );
+        assert_eq!(
+            error_message(
+                br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#
+            ),
             "Overloaded"
         );
         assert_eq!(error_message(b"plain text"), "plain text");
@@ -199,9 +228,21 @@ mod tests {
 
     #[test]
     fn status_classification() {
-        assert_eq!(Failure::from_status(429, "", None).kind, FailureKind::RateLimited);
-        assert_eq!(Failure::from_status(503, "", None).kind, FailureKind::ServerError);
-        assert_eq!(Failure::from_status(400, "", None).kind, FailureKind::Rejected);
-        assert_eq!(Failure::from_status(401, "", None).kind, FailureKind::ClientError);
+        assert_eq!(
+            Failure::from_status(429, "", None).kind,
+            FailureKind::RateLimited
+        );
+        assert_eq!(
+            Failure::from_status(503, "", None).kind,
+            FailureKind::ServerError
+        );
+        assert_eq!(
+            Failure::from_status(400, "", None).kind,
+            FailureKind::Rejected
+        );
+        assert_eq!(
+            Failure::from_status(401, "", None).kind,
+            FailureKind::ClientError
+        );
     }
 }

@@ -33,7 +33,11 @@ impl Mock {
         }
         let rate = self.settings.failure_rate;
         if rate > 0.0 && rand::random::<f64>() < rate {
-            return Err(Failure::from_status(500, "mock failure (failure_rate)", None));
+            return Err(Failure::from_status(
+                500,
+                "mock failure (failure_rate)",
+                None,
+            ));
         }
         Ok(())
     }
@@ -99,7 +103,11 @@ impl Provider for Mock {
         ProviderKind::Mock
     }
 
-    fn chat<'a>(&'a self, model: &'a str, req: &'a ChatRequest) -> BoxFuture<'a, Result<Reply, Failure>> {
+    fn chat<'a>(
+        &'a self,
+        model: &'a str,
+        req: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<Reply, Failure>> {
         Box::pin(async move {
             self.before_reply().await?;
             let text = reply_text(req);
@@ -127,7 +135,11 @@ impl Provider for Mock {
         })
     }
 
-    fn chat_stream<'a>(&'a self, model: &'a str, req: &'a ChatRequest) -> BoxFuture<'a, Result<ChunkStream, Failure>> {
+    fn chat_stream<'a>(
+        &'a self,
+        model: &'a str,
+        req: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<ChunkStream, Failure>> {
         Box::pin(async move {
             self.before_reply().await?;
             let text = reply_text(req);
@@ -142,7 +154,9 @@ impl Provider for Mock {
                     content: Some((*p).to_owned()),
                     extra: Default::default(),
                 };
-                out.push(StreamChunk::from_chunk(&ChatChunk::delta(&id, created, model, delta, None)));
+                out.push(StreamChunk::from_chunk(&ChatChunk::delta(
+                    &id, created, model, delta, None,
+                )));
             }
             out.push(StreamChunk::from_chunk(&ChatChunk::delta(
                 &id,
@@ -152,7 +166,9 @@ impl Provider for Mock {
                 Some("stop".into()),
             )));
             if req.include_usage() {
-                out.push(StreamChunk::from_chunk(&ChatChunk::usage(&id, created, model, usage)));
+                out.push(StreamChunk::from_chunk(&ChatChunk::usage(
+                    &id, created, model, usage,
+                )));
             }
             let s: ChunkStream = Box::pin(futures::stream::iter(out));
             Ok(s)
@@ -163,13 +179,26 @@ impl Provider for Mock {
         Box::pin(async move { Ok(self.models.clone()) })
     }
 
-    fn embeddings<'a>(&'a self, model: &'a str, body: &'a serde_json::Value) -> BoxFuture<'a, Result<Reply, Failure>> {
+    fn embeddings<'a>(
+        &'a self,
+        model: &'a str,
+        body: &'a serde_json::Value,
+    ) -> BoxFuture<'a, Result<Reply, Failure>> {
         Box::pin(async move {
             self.before_reply().await?;
             let inputs: Vec<String> = match body.get("input") {
                 Some(serde_json::Value::String(s)) => vec![s.clone()],
-                Some(serde_json::Value::Array(a)) => a.iter().map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned)).collect(),
-                _ => return Err(Failure::from_status(400, "`input` must be a string or an array", None)),
+                Some(serde_json::Value::Array(a)) => a
+                    .iter()
+                    .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+                    .collect(),
+                _ => {
+                    return Err(Failure::from_status(
+                        400,
+                        "`input` must be a string or an array",
+                        None,
+                    ));
+                }
             };
             let mut data = Vec::with_capacity(inputs.len());
             let mut tokens = 0;
@@ -207,7 +236,12 @@ fn mock_vector(text: &str, dim: usize) -> Vec<f32> {
             ((h >> 40) as f32 / (1u64 << 24) as f32) - 0.5
         })
         .collect();
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(f32::EPSILON);
+    let norm = v
+        .iter()
+        .map(|x| x * x)
+        .sum::<f32>()
+        .sqrt()
+        .max(f32::EPSILON);
     for x in &mut v {
         *x /= norm;
     }
@@ -229,7 +263,8 @@ mod tests {
     }
 
     fn cfg(chunks: usize) -> ProviderConfig {
-        let mut c: ProviderConfig = serde_json::from_value(serde_json::json!({"name": "m", "kind": "mock"})).unwrap();
+        let mut c: ProviderConfig =
+            serde_json::from_value(serde_json::json!({"name": "m", "kind": "mock"})).unwrap();
         c.mock.chunks = chunks;
         c
     }
@@ -242,7 +277,10 @@ mod tests {
         let b = m.chat("mock-model", &r).await.unwrap();
         let va: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
         let vb: serde_json::Value = serde_json::from_slice(&b.body).unwrap();
-        assert_eq!(va["choices"][0]["message"]["content"], "Mock reply to: hello there");
+        assert_eq!(
+            va["choices"][0]["message"]["content"],
+            "Mock reply to: hello there"
+        );
         assert_eq!(va["choices"][0], vb["choices"][0]);
         assert_eq!(a.usage, Some(Usage::new(2, 5)));
 

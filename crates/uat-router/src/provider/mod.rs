@@ -42,8 +42,12 @@ pub struct StreamChunk {
 impl StreamChunk {
     /// Serializes a chunk.
     pub fn from_chunk(chunk: &uat_types::ChatChunk) -> Result<Self, Failure> {
-        let json = serde_json::to_vec(chunk)
-            .map_err(|e| Failure::new(crate::FailureKind::Malformed, format!("cannot encode chunk: {e}")))?;
+        let json = serde_json::to_vec(chunk).map_err(|e| {
+            Failure::new(
+                crate::FailureKind::Malformed,
+                format!("cannot encode chunk: {e}"),
+            )
+        })?;
         Ok(StreamChunk {
             json: Bytes::from(json),
             usage: chunk.usage,
@@ -60,15 +64,27 @@ pub trait Provider: Send + Sync {
     fn kind(&self) -> ProviderKind;
 
     /// A non-streamed chat completion from `model` (the upstream's name).
-    fn chat<'a>(&'a self, model: &'a str, req: &'a ChatRequest) -> BoxFuture<'a, Result<Reply, Failure>>;
+    fn chat<'a>(
+        &'a self,
+        model: &'a str,
+        req: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<Reply, Failure>>;
 
     /// A streamed chat completion; resolves once the upstream accepted the
     /// request (response head received).
-    fn chat_stream<'a>(&'a self, model: &'a str, req: &'a ChatRequest) -> BoxFuture<'a, Result<ChunkStream, Failure>>;
+    fn chat_stream<'a>(
+        &'a self,
+        model: &'a str,
+        req: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<ChunkStream, Failure>>;
 
     /// The models the upstream serves now.
     fn list_models(&self) -> BoxFuture<'_, Result<Vec<String>, Failure>>;
 
     /// Embeddings for an OpenAI-shaped `/v1/embeddings` body, answered in the OpenAI shape.
-    fn embeddings<'a>(&'a self, model: &'a str, body: &'a serde_json::Value) -> BoxFuture<'a, Result<Reply, Failure>>;
+    fn embeddings<'a>(
+        &'a self,
+        model: &'a str,
+        body: &'a serde_json::Value,
+    ) -> BoxFuture<'a, Result<Reply, Failure>>;
 }

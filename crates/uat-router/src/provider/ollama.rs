@@ -49,7 +49,10 @@ struct OllamaChat {
 
 impl OllamaChat {
     fn usage(&self) -> Usage {
-        Usage::new(self.prompt_eval_count.unwrap_or(0), self.eval_count.unwrap_or(0))
+        Usage::new(
+            self.prompt_eval_count.unwrap_or(0),
+            self.eval_count.unwrap_or(0),
+        )
     }
 }
 
@@ -75,8 +78,12 @@ impl Ollama {
     }
 
     async fn post(&self, url: &str, body: &Value) -> Result<reqwest::Response, Failure> {
-        let body = serde_json::to_vec(body)
-            .map_err(|e| Failure::new(FailureKind::Malformed, format!("cannot encode request: {e}")))?;
+        let body = serde_json::to_vec(body).map_err(|e| {
+            Failure::new(
+                FailureKind::Malformed,
+                format!("cannot encode request: {e}"),
+            )
+        })?;
         let rb = self
             .request(self.client.post(url))
             .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -131,9 +138,15 @@ pub(crate) fn chat_body(model: &str, req: &ChatRequest, stream: bool) -> Value {
 }
 
 fn message(m: &ChatMessage) -> Value {
-    let role = if m.role == "developer" { "system" } else { m.role.as_str() };
+    let role = if m.role == "developer" {
+        "system"
+    } else {
+        m.role.as_str()
+    };
     let mut out = json!({ "role": role, "content": m.text_content() });
-    let Some(o) = out.as_object_mut() else { return out };
+    let Some(o) = out.as_object_mut() else {
+        return out;
+    };
     if let Value::Array(parts) = &m.content {
         let images: Vec<Value> = parts
             .iter()
@@ -211,19 +224,32 @@ impl Provider for Ollama {
         ProviderKind::Ollama
     }
 
-    fn chat<'a>(&'a self, model: &'a str, req: &'a ChatRequest) -> BoxFuture<'a, Result<Reply, Failure>> {
+    fn chat<'a>(
+        &'a self,
+        model: &'a str,
+        req: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<Reply, Failure>> {
         Box::pin(async move {
-            let resp = self.post(&self.chat_url, &chat_body(model, req, false)).await?;
+            let resp = self
+                .post(&self.chat_url, &chat_body(model, req, false))
+                .await?;
             let (_, r): (_, OllamaChat) = read_json(resp).await?;
             if let Some(e) = r.error {
                 return Err(Failure::new(FailureKind::ServerError, e));
             }
             let usage = r.usage();
             let msg = r.message.as_ref();
-            let calls = msg.and_then(|m| m.tool_calls.as_deref()).filter(|c| !c.is_empty());
-            let mut message = ChatMessage::text("assistant", msg.map(|m| m.content.clone()).unwrap_or_default());
+            let calls = msg
+                .and_then(|m| m.tool_calls.as_deref())
+                .filter(|c| !c.is_empty());
+            let mut message = ChatMessage::text(
+                "assistant",
+                msg.map(|m| m.content.clone()).unwrap_or_default(),
+            );
             if let Some(c) = calls {
-                message.extra.insert("tool_calls".into(), tool_calls(c, false));
+                message
+                    .extra
+                    .insert("tool_calls".into(), tool_calls(c, false));
             }
             let completion = ChatCompletion {
                 id: completion_id(),
@@ -248,9 +274,15 @@ impl Provider for Ollama {
         })
     }
 
-    fn chat_stream<'a>(&'a self, model: &'a str, req: &'a ChatRequest) -> BoxFuture<'a, Result<ChunkStream, Failure>> {
+    fn chat_stream<'a>(
+        &'a self,
+        model: &'a str,
+        req: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<ChunkStream, Failure>> {
         Box::pin(async move {
-            let resp = self.post(&self.chat_url, &chat_body(model, req, true)).await?;
+            let resp = self
+                .post(&self.chat_url, &chat_body(model, req, true))
+                .await?;
             let state = StreamState {
                 id: completion_id(),
                 created: uat_types::unix_now(),
@@ -275,13 +307,21 @@ impl Provider for Ollama {
             struct Tag {
                 name: String,
             }
-            let resp = send(self.request(self.client.get(&self.tags_url)), self.first_byte).await?;
+            let resp = send(
+                self.request(self.client.get(&self.tags_url)),
+                self.first_byte,
+            )
+            .await?;
             let (_, tags): (_, Tags) = read_json(resp).await?;
             Ok(tags.models.into_iter().map(|t| t.name).collect())
         })
     }
 
-    fn embeddings<'a>(&'a self, model: &'a str, body: &'a Value) -> BoxFuture<'a, Result<Reply, Failure>> {
+    fn embeddings<'a>(
+        &'a self,
+        model: &'a str,
+        body: &'a Value,
+    ) -> BoxFuture<'a, Result<Reply, Failure>> {
         Box::pin(async move {
             #[derive(Deserialize)]
             struct Embed {
@@ -343,7 +383,10 @@ impl StreamState {
         let r: OllamaChat = match serde_json::from_slice(line) {
             Ok(r) => r,
             Err(e) => {
-                self.fail(FailureKind::Malformed, format!("invalid NDJSON line from upstream: {e}"));
+                self.fail(
+                    FailureKind::Malformed,
+                    format!("invalid NDJSON line from upstream: {e}"),
+                );
                 return;
             }
         };
@@ -446,8 +489,12 @@ mod tests {
     }
 
     fn collect(lines: &[&'static str], st: StreamState) -> Vec<Result<Value, Failure>> {
-        let items: Vec<Result<Bytes, Failure>> = lines.iter().map(|l| Ok(Bytes::from_static(l.as_bytes()))).collect();
-        let out: Vec<_> = futures::executor::block_on(translate(futures::stream::iter(items), st).collect());
+        let items: Vec<Result<Bytes, Failure>> = lines
+            .iter()
+            .map(|l| Ok(Bytes::from_static(l.as_bytes())))
+            .collect();
+        let out: Vec<_> =
+            futures::executor::block_on(translate(futures::stream::iter(items), st).collect());
         out.into_iter()
             .map(|r| r.map(|c| serde_json::from_slice(&c.json).unwrap()))
             .collect()
@@ -476,8 +523,14 @@ mod tests {
 
     #[test]
     fn cut_stream_and_error_line_fail() {
-        let out = collect(&[r#"{"message":{"content":"a"},"done":false}"#], state(false));
-        assert_eq!(out.last().unwrap().as_ref().unwrap_err().kind, FailureKind::Interrupted);
+        let out = collect(
+            &[r#"{"message":{"content":"a"},"done":false}"#],
+            state(false),
+        );
+        assert_eq!(
+            out.last().unwrap().as_ref().unwrap_err().kind,
+            FailureKind::Interrupted
+        );
         let out = collect(&[r#"{"error":"model crashed"}"#], state(false));
         assert_eq!(out[0].as_ref().unwrap_err().message, "model crashed");
     }

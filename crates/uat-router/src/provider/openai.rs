@@ -33,7 +33,10 @@ struct Peek {
 impl OpenAi {
     /// Builds the provider and its pooled client.
     pub fn new(cfg: &ProviderConfig) -> Result<Self, RouterError> {
-        let base = cfg.base_url.as_deref().unwrap_or("http://127.0.0.1:8000/v1");
+        let base = cfg
+            .base_url
+            .as_deref()
+            .unwrap_or("http://127.0.0.1:8000/v1");
         Ok(OpenAi {
             client: http::client(cfg)?,
             chat_url: http::join(base, "/chat/completions"),
@@ -62,7 +65,10 @@ impl OpenAi {
         if let Some(e) = peek.error {
             return Err(Failure::new(FailureKind::ServerError, error_text(&e)));
         }
-        Ok(Reply { body, usage: peek.usage })
+        Ok(Reply {
+            body,
+            usage: peek.usage,
+        })
     }
 }
 
@@ -74,7 +80,12 @@ fn error_text(e: &serde_json::Value) -> String {
 }
 
 fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, Failure> {
-    serde_json::to_vec(v).map_err(|e| Failure::new(FailureKind::Malformed, format!("cannot encode request: {e}")))
+    serde_json::to_vec(v).map_err(|e| {
+        Failure::new(
+            FailureKind::Malformed,
+            format!("cannot encode request: {e}"),
+        )
+    })
 }
 
 impl Provider for OpenAi {
@@ -82,7 +93,11 @@ impl Provider for OpenAi {
         ProviderKind::Openai
     }
 
-    fn chat<'a>(&'a self, model: &'a str, req: &'a ChatRequest) -> BoxFuture<'a, Result<Reply, Failure>> {
+    fn chat<'a>(
+        &'a self,
+        model: &'a str,
+        req: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<Reply, Failure>> {
         Box::pin(async move {
             let body = encode(&Readdressed {
                 req,
@@ -93,7 +108,11 @@ impl Provider for OpenAi {
         })
     }
 
-    fn chat_stream<'a>(&'a self, model: &'a str, req: &'a ChatRequest) -> BoxFuture<'a, Result<ChunkStream, Failure>> {
+    fn chat_stream<'a>(
+        &'a self,
+        model: &'a str,
+        req: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<ChunkStream, Failure>> {
         Box::pin(async move {
             let body = encode(&Readdressed {
                 req,
@@ -130,7 +149,11 @@ impl Provider for OpenAi {
         })
     }
 
-    fn embeddings<'a>(&'a self, model: &'a str, body: &'a serde_json::Value) -> BoxFuture<'a, Result<Reply, Failure>> {
+    fn embeddings<'a>(
+        &'a self,
+        model: &'a str,
+        body: &'a serde_json::Value,
+    ) -> BoxFuture<'a, Result<Reply, Failure>> {
         Box::pin(async move {
             let mut out = body.clone();
             if let Some(o) = out.as_object_mut() {
@@ -144,7 +167,9 @@ impl Provider for OpenAi {
 /// Passes SSE `data:` payloads through, checking each is JSON, noting usage,
 /// and turning an in-stream error or a stream cut before `[DONE]` into a
 /// [`Failure`].
-fn translate(lines: impl futures::Stream<Item = Result<bytes::Bytes, Failure>> + Send + 'static) -> ChunkStream {
+fn translate(
+    lines: impl futures::Stream<Item = Result<bytes::Bytes, Failure>> + Send + 'static,
+) -> ChunkStream {
     let s = futures::stream::unfold((Box::pin(lines), false), |(mut lines, done)| async move {
         if done {
             return None;
@@ -157,7 +182,9 @@ fn translate(lines: impl futures::Stream<Item = Result<bytes::Bytes, Failure>> +
                 }
                 Some(Err(f)) => return Some((Err(f), (lines, true))),
                 Some(Ok(line)) => {
-                    let Some(data) = sse_data(&line) else { continue };
+                    let Some(data) = sse_data(&line) else {
+                        continue;
+                    };
                     if data.as_ref() == b"[DONE]" {
                         return None;
                     }
@@ -170,7 +197,10 @@ fn translate(lines: impl futures::Stream<Item = Result<bytes::Bytes, Failure>> +
                             return Some((Ok(StreamChunk { json: data, usage }), (lines, false)));
                         }
                         Err(e) => {
-                            let f = Failure::new(FailureKind::Malformed, format!("invalid chunk from upstream: {e}"));
+                            let f = Failure::new(
+                                FailureKind::Malformed,
+                                format!("invalid chunk from upstream: {e}"),
+                            );
                             return Some((Err(f), (lines, true)));
                         }
                     }
@@ -187,7 +217,10 @@ mod tests {
     use bytes::Bytes;
 
     fn run(input: &[&'static str]) -> Vec<Result<StreamChunk, Failure>> {
-        let items: Vec<Result<Bytes, Failure>> = input.iter().map(|l| Ok(Bytes::from_static(l.as_bytes()))).collect();
+        let items: Vec<Result<Bytes, Failure>> = input
+            .iter()
+            .map(|l| Ok(Bytes::from_static(l.as_bytes())))
+            .collect();
         let s = translate(futures::stream::iter(items));
         futures::executor::block_on(s.collect())
     }
@@ -202,7 +235,10 @@ mod tests {
         ]);
         assert_eq!(out.len(), 2);
         let first = out[0].as_ref().unwrap();
-        assert_eq!(&first.json[..], br#"{"choices":[{"delta":{"content":"a"}}]}"#);
+        assert_eq!(
+            &first.json[..],
+            br#"{"choices":[{"delta":{"content":"a"}}]}"#
+        );
         assert_eq!(out[1].as_ref().unwrap().usage, Some(Usage::new(1, 2)));
     }
 
@@ -215,7 +251,10 @@ mod tests {
 
     #[test]
     fn error_event_and_garbage_end_the_stream() {
-        let out = run(&[r#"data: {"error":{"message":"boom"}}"#, r#"data: {"choices":[]}"#]);
+        let out = run(&[
+            r#"data: {"error":{"message":"boom"}}"#,
+            r#"data: {"choices":[]}"#,
+        ]);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].as_ref().unwrap_err().message, "boom");
         let out = run(&["data: {not json"]);

@@ -17,7 +17,11 @@ mod tests {
 
     #[test]
     fn idlest_first() {
-        let mut c = vec![cand(0, 0, 1, None, 3, 0.0), cand(1, 1, 1, None, 0, 0.0), cand(2, 0, 1, None, 0, 0.0)];
+        let mut c = vec![
+            cand(0, 0, 1, None, 3, 0.0),
+            cand(1, 1, 1, None, 0, 0.0),
+            cand(2, 0, 1, None, 0, 0.0),
+        ];
         LeastBusy.order(&mut c);
         assert_eq!(indices(&c), vec![2, 1, 0]);
     }

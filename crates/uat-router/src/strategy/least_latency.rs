@@ -13,7 +13,11 @@ fn score(c: &Candidate) -> f64 {
 
 impl Strategy for LeastLatency {
     fn order(&self, c: &mut [Candidate]) {
-        c.sort_by(|a, b| score(a).total_cmp(&score(b)).then(a.priority.cmp(&b.priority)));
+        c.sort_by(|a, b| {
+            score(a)
+                .total_cmp(&score(b))
+                .then(a.priority.cmp(&b.priority))
+        });
     }
 }
 
@@ -36,7 +40,10 @@ mod tests {
 
     #[test]
     fn errors_penalise() {
-        let mut c = vec![cand(0, 0, 1, Some(10), 0, 0.9), cand(1, 0, 1, Some(30), 0, 0.0)];
+        let mut c = vec![
+            cand(0, 0, 1, Some(10), 0, 0.9),
+            cand(1, 0, 1, Some(30), 0, 0.0),
+        ];
         LeastLatency.order(&mut c);
         assert_eq!(indices(&c), vec![1, 0]);
     }

@@ -51,7 +51,14 @@ pub fn from_config(s: RoutingStrategy) -> Box<dyn Strategy> {
 }
 
 #[cfg(test)]
-pub(crate) fn cand(index: usize, priority: i32, weight: u32, latency_ms: Option<u64>, in_flight: u32, error_rate: f64) -> Candidate {
+pub(crate) fn cand(
+    index: usize,
+    priority: i32,
+    weight: u32,
+    latency_ms: Option<u64>,
+    in_flight: u32,
+    error_rate: f64,
+) -> Candidate {
     Candidate {
         index,
         priority,

@@ -17,7 +17,11 @@ mod tests {
 
     #[test]
     fn lowest_priority_first_stable() {
-        let mut c = vec![cand(0, 5, 1, None, 0, 0.0), cand(1, -1, 1, None, 0, 0.0), cand(2, 5, 1, None, 0, 0.0)];
+        let mut c = vec![
+            cand(0, 5, 1, None, 0, 0.0),
+            cand(1, -1, 1, None, 0, 0.0),
+            cand(2, 5, 1, None, 0, 0.0),
+        ];
         Priority.order(&mut c);
         assert_eq!(indices(&c), vec![1, 0, 2]);
     }

@@ -24,7 +24,11 @@ mod tests {
     #[test]
     fn rotates() {
         let rr = RoundRobin::default();
-        let base = vec![cand(0, 0, 1, None, 0, 0.0), cand(1, 0, 1, None, 0, 0.0), cand(2, 0, 1, None, 0, 0.0)];
+        let base = vec![
+            cand(0, 0, 1, None, 0, 0.0),
+            cand(1, 0, 1, None, 0, 0.0),
+            cand(2, 0, 1, None, 0, 0.0),
+        ];
         let mut firsts = Vec::new();
         for _ in 0..6 {
             let mut c = base.clone();

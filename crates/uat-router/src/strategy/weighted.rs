@@ -39,7 +39,11 @@ mod tests {
 
     #[test]
     fn first_choice_follows_weights() {
-        let base = vec![cand(0, 0, 1, None, 0, 0.0), cand(1, 0, 3, None, 0, 0.0), cand(2, 0, 0, None, 0, 0.0)];
+        let base = vec![
+            cand(0, 0, 1, None, 0, 0.0),
+            cand(1, 0, 3, None, 0, 0.0),
+            cand(2, 0, 0, None, 0, 0.0),
+        ];
         let mut counts = [0usize; 3];
         let n = 20_000;
         for _ in 0..n {
@@ -49,7 +53,10 @@ mod tests {
             assert_eq!(c[2].index, 2, "weight 0 is always last");
         }
         let share = counts[1] as f64 / n as f64;
-        assert!((share - 0.75).abs() < 0.03, "share of weight 3 out of 4: {share}");
+        assert!(
+            (share - 0.75).abs() < 0.03,
+            "share of weight 3 out of 4: {share}"
+        );
         assert_eq!(counts[2], 0);
     }
 

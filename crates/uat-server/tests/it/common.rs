@@ -1,7 +1,7 @@
 //! Shared helpers: start the whole app in-process on an ephemeral port with
 //! a given configuration, and small HTTP helpers.
 
-#![allow(dead_code)]
+
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -113,7 +113,9 @@ pub async fn spawn_config(cfg: Config, dir: tempfile::TempDir) -> TestApp {
 
 /// A provider entry for a fake upstream.
 pub fn provider_toml(name: &str, kind: &str, base_url: &str, extra: &str) -> String {
-    format!("[[providers]]\nname = \"{name}\"\nkind = \"{kind}\"\nbase_url = \"{base_url}\"\n{extra}\n")
+    format!(
+        "[[providers]]\nname = \"{name}\"\nkind = \"{kind}\"\nbase_url = \"{base_url}\"\n{extra}\n"
+    )
 }
 
 /// A simple chat body.
@@ -144,7 +146,10 @@ pub fn stream_text(events: &[String]) -> String {
     let mut s = String::new();
     for e in events {
         if let Ok(v) = serde_json::from_str::<serde_json::Value>(e) {
-            if let Some(t) = v.pointer("/choices/0/delta/content").and_then(|c| c.as_str()) {
+            if let Some(t) = v
+                .pointer("/choices/0/delta/content")
+                .and_then(|c| c.as_str())
+            {
                 s.push_str(t);
             }
         }
@@ -163,7 +168,9 @@ pub fn header(resp: &reqwest::Response, name: &str) -> String {
 
 /// A local address nothing listens on.
 pub async fn closed_port_url() -> String {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = l.local_addr().expect("addr");
     drop(l);
     format!("http://{addr}")

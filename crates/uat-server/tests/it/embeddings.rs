@@ -115,6 +115,10 @@ async fn registry_admin_routes_load_unload_and_list() {
     let app = app_with_model(&dir).await;
     let list: Value = app.client.get(app.at("/v1/embeddings/models")).send().await.unwrap().json().await.unwrap();
     assert_eq!(list["data"][0]["name"], "minilm");
+    // (The memory service may have loaded it already to learn its dimension.)
+    let r = app.client.post(app.at("/v1/embeddings/models/minilm/unload")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let list: Value = app.client.get(app.at("/v1/embeddings/models")).send().await.unwrap().json().await.unwrap();
     assert_eq!(list["data"][0]["loaded"], false);
 
     let r = app.client.post(app.at("/v1/embeddings/models/minilm/load")).send().await.unwrap();

@@ -21,7 +21,10 @@ async fn chat_non_stream_and_stream_through_openai_and_mock() {
     assert_eq!(header(&resp, "x-uat-attempts"), "1");
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["choices"][0]["message"]["content"], "Hello from a");
-    assert_eq!(v["system_fingerprint"], "fp_fake", "upstream fields pass through");
+    assert_eq!(
+        v["system_fingerprint"], "fp_fake",
+        "upstream fields pass through"
+    );
 
     let resp = app.chat(chat_body("a-model", true)).await;
     assert_eq!(resp.status(), 200);
@@ -35,7 +38,10 @@ async fn chat_non_stream_and_stream_through_openai_and_mock() {
     assert_eq!(resp.status(), 200);
     assert_eq!(header(&resp, "x-uat-provider"), "m");
     let v: Value = resp.json().await.unwrap();
-    assert_eq!(v["choices"][0]["message"]["content"], "Mock reply to: Say hello");
+    assert_eq!(
+        v["choices"][0]["message"]["content"],
+        "Mock reply to: Say hello"
+    );
 
     let mut body = chat_body("mock-model", true);
     body["stream_options"] = json!({"include_usage": true});
@@ -86,7 +92,12 @@ async fn models_list_aggregates_dedups_and_includes_aliases() {
     assert_eq!(resp.status(), 200);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["object"], "list");
-    let ids: Vec<&str> = v["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
     // Remote models and aliases first (local embedding models may follow).
     assert_eq!(ids[..3], ["shared", "b-only", "fast-chat"]);
     let unique: std::collections::HashSet<&str> = ids.iter().copied().collect();
@@ -114,7 +125,10 @@ async fn unknown_fields_pass_through_to_openai_upstreams() {
     let resp = app.chat(body.clone()).await;
     assert_eq!(resp.status(), 200);
     let got = up.last_body().unwrap();
-    assert_eq!(got, body, "the upstream receives exactly what the client sent");
+    assert_eq!(
+        got, body,
+        "the upstream receives exactly what the client sent"
+    );
 }
 
 #[tokio::test]
@@ -128,11 +142,19 @@ async fn alias_resolves_to_its_targets_and_explicit_provider_syntax_works() {
     let app = spawn_app(&toml).await;
     let resp = app.chat(chat_body("fast-chat", false)).await;
     assert_eq!(header(&resp, "x-uat-provider"), "b");
-    assert_eq!(b.last_body().unwrap()["model"], "renamed-upstream", "alias target's model name is sent");
+    assert_eq!(
+        b.last_body().unwrap()["model"],
+        "renamed-upstream",
+        "alias target's model name is sent"
+    );
     b.set_default(Behavior::Status(500));
     let resp = app.chat(chat_body("fast-chat", false)).await;
     assert_eq!(resp.status(), 200);
-    assert_eq!(header(&resp, "x-uat-provider"), "a", "fails over to the alias's other target");
+    assert_eq!(
+        header(&resp, "x-uat-provider"),
+        "a",
+        "fails over to the alias's other target"
+    );
     assert_eq!(a.last_body().unwrap()["model"], "shared");
     let resp = app.chat(chat_body("a/anything", false)).await;
     assert_eq!(header(&resp, "x-uat-provider"), "a");
@@ -142,7 +164,11 @@ async fn alias_resolves_to_its_targets_and_explicit_provider_syntax_works() {
 #[tokio::test]
 async fn priority_strategy_prefers_the_lowest_priority() {
     let (a, b) = two_fakes().await;
-    let toml = format!("{}{}", two_providers(&a, &b, "priority = 2", "priority = 1"), routing("priority", ""));
+    let toml = format!(
+        "{}{}",
+        two_providers(&a, &b, "priority = 2", "priority = 1"),
+        routing("priority", "")
+    );
     let app = spawn_app(&toml).await;
     for _ in 0..4 {
         assert_eq!(served_by(&app, "shared").await, "b");
@@ -153,7 +179,11 @@ async fn priority_strategy_prefers_the_lowest_priority() {
 #[tokio::test]
 async fn round_robin_alternates() {
     let (a, b) = two_fakes().await;
-    let toml = format!("{}{}", two_providers(&a, &b, "", ""), routing("round-robin", ""));
+    let toml = format!(
+        "{}{}",
+        two_providers(&a, &b, "", ""),
+        routing("round-robin", "")
+    );
     let app = spawn_app(&toml).await;
     let mut seen = Vec::new();
     for _ in 0..4 {
@@ -168,10 +198,18 @@ async fn round_robin_alternates() {
 #[tokio::test]
 async fn weighted_follows_weights() {
     let (a, b) = two_fakes().await;
-    let toml = format!("{}{}", two_providers(&a, &b, "weight = 0", "weight = 5"), routing("weighted", ""));
+    let toml = format!(
+        "{}{}",
+        two_providers(&a, &b, "weight = 0", "weight = 5"),
+        routing("weighted", "")
+    );
     let app = spawn_app(&toml).await;
     for _ in 0..10 {
-        assert_eq!(served_by(&app, "shared").await, "b", "weight 0 is never chosen first");
+        assert_eq!(
+            served_by(&app, "shared").await,
+            "b",
+            "weight 0 is never chosen first"
+        );
     }
     assert_eq!(a.calls(), 0);
 }
@@ -180,7 +218,11 @@ async fn weighted_follows_weights() {
 async fn least_latency_prefers_the_faster_provider() {
     let (a, b) = two_fakes().await;
     a.set_default(Behavior::Delay(Duration::from_millis(150)));
-    let toml = format!("{}{}", two_providers(&a, &b, "", ""), routing("least-latency", ""));
+    let toml = format!(
+        "{}{}",
+        two_providers(&a, &b, "", ""),
+        routing("least-latency", "")
+    );
     let app = spawn_app(&toml).await;
     // Unmeasured providers are tried first, so both get measured.
     served_by(&app, "shared").await;
@@ -196,20 +238,38 @@ async fn least_busy_avoids_the_busy_provider() {
     let (a, b) = two_fakes().await;
     a.set_default(Behavior::Delay(Duration::from_millis(1500)));
     // Ties go to the lower priority, so `a` is first while idle.
-    let toml = format!("{}{}", two_providers(&a, &b, "priority = 0", "priority = 1"), routing("least-busy", ""));
+    let toml = format!(
+        "{}{}",
+        two_providers(&a, &b, "priority = 0", "priority = 1"),
+        routing("least-busy", "")
+    );
     let app = spawn_app(&toml).await;
     let slow = {
         let client = app.client.clone();
         let url = app.at("/v1/chat/completions");
-        tokio::spawn(async move { client.post(url).json(&chat_body("shared", false)).send().await })
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .json(&chat_body("shared", false))
+                .send()
+                .await
+        })
     };
     assert!(eventually(Duration::from_secs(3), || a.calls() == 1).await);
     for _ in 0..3 {
-        assert_eq!(served_by(&app, "shared").await, "b", "a has one request in flight");
+        assert_eq!(
+            served_by(&app, "shared").await,
+            "b",
+            "a has one request in flight"
+        );
     }
     let resp = slow.await.unwrap().unwrap();
     assert_eq!(header(&resp, "x-uat-provider"), "a");
-    assert_eq!(served_by(&app, "shared").await, "a", "idle again: priority wins the tie");
+    assert_eq!(
+        served_by(&app, "shared").await,
+        "a",
+        "idle again: priority wins the tie"
+    );
 }
 
 #[tokio::test]
@@ -229,7 +289,11 @@ async fn retries_stop_at_max_attempts_with_502_and_reasons() {
     let (a, b) = two_fakes().await;
     a.set_default(Behavior::Status(500));
     b.set_default(Behavior::Status(502));
-    let toml = format!("{}{}", two_providers(&a, &b, "", ""), routing("priority", "max_attempts = 4"));
+    let toml = format!(
+        "{}{}",
+        two_providers(&a, &b, "", ""),
+        routing("priority", "max_attempts = 4")
+    );
     let app = spawn_app(&toml).await;
     let resp = app.chat(chat_body("shared", false)).await;
     assert_eq!(resp.status(), 502);
@@ -242,7 +306,12 @@ async fn retries_stop_at_max_attempts_with_502_and_reasons() {
     assert_eq!(providers[0]["provider"], "a");
     assert_eq!(providers[0]["status"], 500);
     assert_eq!(providers[1]["status"], 502);
-    assert!(providers[0]["message"].as_str().unwrap().contains("fake a error 500"));
+    assert!(
+        providers[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("fake a error 500")
+    );
     assert_eq!((a.calls(), b.calls()), (2, 2), "A, B, A, B");
 }
 
@@ -253,7 +322,12 @@ async fn failover_on_connect_error() {
     let dead = closed_port_url().await;
     let toml = format!(
         "{}{}{}",
-        provider_toml("a", "openai", &format!("{dead}/v1"), "models = [\"shared\"]\npriority = 0"),
+        provider_toml(
+            "a",
+            "openai",
+            &format!("{dead}/v1"),
+            "models = [\"shared\"]\npriority = 0"
+        ),
         provider_toml("b", "openai", &b.base_url(), "priority = 1"),
         routing("priority", "")
     );
@@ -270,7 +344,12 @@ async fn none_reachable_is_503_with_reasons() {
     let dead2 = closed_port_url().await;
     let toml = format!(
         "{}{}",
-        provider_toml("a", "openai", &format!("{dead1}/v1"), "models = [\"shared\"]"),
+        provider_toml(
+            "a",
+            "openai",
+            &format!("{dead1}/v1"),
+            "models = [\"shared\"]"
+        ),
         provider_toml("b", "ollama", &dead2, "models = [\"shared\"]")
     );
     let app = spawn_app(&toml).await;
@@ -291,11 +370,16 @@ async fn none_reachable_is_503_with_reasons() {
 #[tokio::test]
 async fn rate_limit_honours_retry_after_capped_by_backoff_max() {
     let up = FakeUpstream::start(Wire::OpenAi, "a").await.unwrap();
-    up.push(Behavior::RateLimited { retry_after_secs: 30 });
+    up.push(Behavior::RateLimited {
+        retry_after_secs: 30,
+    });
     let toml = format!(
         "{}{}",
         provider_toml("a", "openai", &up.base_url(), ""),
-        routing("priority", "backoff_base = \"1ms\"\nbackoff_max = \"400ms\"")
+        routing(
+            "priority",
+            "backoff_base = \"1ms\"\nbackoff_max = \"400ms\""
+        )
     );
     let app = spawn_app(&toml).await;
     let start = Instant::now();
@@ -303,8 +387,14 @@ async fn rate_limit_honours_retry_after_capped_by_backoff_max() {
     let took = start.elapsed();
     assert_eq!(resp.status(), 200);
     assert_eq!(header(&resp, "x-uat-attempts"), "2");
-    assert!(took >= Duration::from_millis(390), "waited for Retry-After (capped): {took:?}");
-    assert!(took < Duration::from_secs(10), "Retry-After of 30 s was capped: {took:?}");
+    assert!(
+        took >= Duration::from_millis(390),
+        "waited for Retry-After (capped): {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(10),
+        "Retry-After of 30 s was capped: {took:?}"
+    );
 }
 
 #[tokio::test]
@@ -313,7 +403,12 @@ async fn hang_past_timeout_fails_over() {
     a.set_default(Behavior::Hang);
     let toml = format!(
         "{}{}",
-        two_providers(&a, &b, "priority = 0\nfirst_byte_timeout = \"200ms\"", "priority = 1"),
+        two_providers(
+            &a,
+            &b,
+            "priority = 0\nfirst_byte_timeout = \"200ms\"",
+            "priority = 1"
+        ),
         routing("priority", "")
     );
     let app = spawn_app(&toml).await;
@@ -329,7 +424,12 @@ async fn hang_everywhere_is_503_timeout() {
     up.set_default(Behavior::Hang);
     let toml = format!(
         "{}{}",
-        provider_toml("a", "openai", &up.base_url(), "first_byte_timeout = \"100ms\""),
+        provider_toml(
+            "a",
+            "openai",
+            &up.base_url(),
+            "first_byte_timeout = \"100ms\""
+        ),
         routing("priority", "max_attempts = 2")
     );
     let app = spawn_app(&toml).await;
@@ -379,7 +479,12 @@ async fn upstream_rejection_is_passed_on_and_not_retried() {
     assert_eq!(header(&resp, "x-uat-attempts"), "1");
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["type"], "invalid_request_error");
-    assert!(v["error"]["message"].as_str().unwrap().contains("fake a error 400"));
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("fake a error 400")
+    );
     assert_eq!(up.calls(), 1);
 }
 
@@ -405,8 +510,22 @@ async fn breaker_opens_then_half_open_probe_closes_it() {
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["providers"][0]["kind"], "circuit_open");
     assert_eq!(up.calls(), 2);
-    let ready: Value = app.client.get(app.at("/ready")).send().await.unwrap().json().await.unwrap();
-    let check = ready["checks"].as_array().unwrap().iter().find(|c| c["name"] == "provider:a").cloned().unwrap();
+    let ready: Value = app
+        .client
+        .get(app.at("/ready"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let check = ready["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "provider:a")
+        .cloned()
+        .unwrap();
     assert_eq!(check["status"], "down");
     assert_eq!(check["critical"], false);
 
@@ -436,7 +555,10 @@ async fn stream_cut_halfway_ends_with_an_error_event() {
     let events = sse_events(resp).await;
     let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
     assert_eq!(last["error"]["code"], "upstream_interrupted");
-    assert!(!events.iter().any(|e| e == "[DONE]"), "no [DONE] after an error");
+    assert!(
+        !events.iter().any(|e| e == "[DONE]"),
+        "no [DONE] after an error"
+    );
     let text = stream_text(&events);
     assert!(!text.is_empty() && text.len() < "one two three four five six seven eight".len());
     assert_eq!(up.calls(), 1, "never retried after the first byte");
@@ -448,7 +570,12 @@ async fn slow_first_token_fails_over_before_streaming() {
     a.push(Behavior::SlowFirstToken(Duration::from_secs(5)));
     let toml = format!(
         "{}{}",
-        two_providers(&a, &b, "priority = 0\nfirst_byte_timeout = \"300ms\"", "priority = 1"),
+        two_providers(
+            &a,
+            &b,
+            "priority = 0\nfirst_byte_timeout = \"300ms\"",
+            "priority = 1"
+        ),
         routing("priority", "")
     );
     let app = spawn_app(&toml).await;
@@ -509,7 +636,11 @@ async fn ollama_translation_both_ways() {
     assert_eq!(sent["stream"], false);
     assert_eq!(sent["options"]["num_predict"], 12);
     assert_eq!(sent["options"]["stop"], json!(["END"]));
-    assert_eq!(up.requests()[0].path, "/api/tags", "discovery used /api/tags");
+    assert_eq!(
+        up.requests()[0].path,
+        "/api/tags",
+        "discovery used /api/tags"
+    );
 
     let mut body = chat_body("llama3.2:3b", true);
     body["stream_options"] = json!({"include_usage": true});
@@ -532,7 +663,12 @@ async fn ollama_translation_both_ways() {
 async fn anthropic_translation_both_ways() {
     let up = FakeUpstream::start(Wire::Anthropic, "c").await.unwrap();
     up.set_models(&["claude-x"]);
-    let toml = provider_toml("c", "anthropic", &up.base_url(), "api_key_env = \"UAT_TEST_ANTHROPIC_KEY_UNSET\"");
+    let toml = provider_toml(
+        "c",
+        "anthropic",
+        &up.base_url(),
+        "api_key_env = \"UAT_TEST_ANTHROPIC_KEY_UNSET\"",
+    );
     let app = spawn_app(&toml).await;
     let body = json!({
         "model": "claude-x",
@@ -546,7 +682,12 @@ async fn anthropic_translation_both_ways() {
     assert_eq!(v["choices"][0]["message"]["content"], "Hello from c");
     assert_eq!(v["choices"][0]["finish_reason"], "stop");
     assert_eq!(v["usage"]["completion_tokens"], 3);
-    let rec = up.requests().into_iter().rev().find(|r| r.method == "POST").unwrap();
+    let rec = up
+        .requests()
+        .into_iter()
+        .rev()
+        .find(|r| r.method == "POST")
+        .unwrap();
     assert_eq!(rec.path, "/v1/messages");
     assert_eq!(rec.header("anthropic-version"), Some("2023-06-01"));
     assert_eq!(rec.body["system"], "Be terse.");
@@ -564,7 +705,10 @@ async fn anthropic_translation_both_ways() {
     let usage: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
     assert_eq!(usage["usage"]["prompt_tokens"], 7);
     assert_eq!(usage["usage"]["completion_tokens"], 3);
-    assert!(up.last_body().unwrap()["max_tokens"].as_u64().unwrap() > 0, "max_tokens always sent");
+    assert!(
+        up.last_body().unwrap()["max_tokens"].as_u64().unwrap() > 0,
+        "max_tokens always sent"
+    );
 
     // Anthropic errors are translated and retried like any other.
     up.push(Behavior::Status(529));
@@ -579,11 +723,18 @@ async fn ollama_and_anthropic_streams_cut_halfway_end_with_error_events() {
         let up = FakeUpstream::start(wire, "x").await.unwrap();
         up.set_reply("one two three four five six");
         up.push(Behavior::StopHalfway);
-        let kind = if wire == Wire::Ollama { "ollama" } else { "anthropic" };
+        let kind = if wire == Wire::Ollama {
+            "ollama"
+        } else {
+            "anthropic"
+        };
         let app = spawn_app(&provider_toml("x", kind, &up.base_url(), "")).await;
         let events = sse_events(app.chat(chat_body("x-model", true)).await).await;
         let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
-        assert_eq!(last["error"]["code"], "upstream_interrupted", "{kind}: {events:?}");
+        assert_eq!(
+            last["error"]["code"], "upstream_interrupted",
+            "{kind}: {events:?}"
+        );
         assert_eq!(up.calls(), 1);
     }
 }
@@ -603,9 +754,19 @@ async fn request_errors_have_the_openai_shape_and_status() {
     assert_eq!(header(&resp, "x-uat-attempts"), "0");
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["type"], "invalid_request_error");
-    assert!(v["error"]["message"].as_str().unwrap().contains("malformed JSON"));
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("malformed JSON")
+    );
 
-    let v: Value = post(r#"{"messages": [{"role": "user", "content": "x"}]}"#).await.unwrap().json().await.unwrap();
+    let v: Value = post(r#"{"messages": [{"role": "user", "content": "x"}]}"#)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(v["error"]["param"], "model");
 
     let resp = post(r#"{"model": "mock-model"}"#).await.unwrap();
@@ -613,32 +774,47 @@ async fn request_errors_have_the_openai_shape_and_status() {
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["param"], "messages");
 
-    let resp = post(r#"{"model": "mock-model", "messages": [{"role": 5}]}"#).await.unwrap();
+    let resp = post(r#"{"model": "mock-model", "messages": [{"role": 5}]}"#)
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 400);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["param"], "messages[0].role");
 
-    let resp = post(r#"{"model": "mock-model", "messages": []}"#).await.unwrap();
+    let resp = post(r#"{"model": "mock-model", "messages": []}"#)
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 400);
 
     let resp = post(r#"[1, 2]"#).await.unwrap();
     assert_eq!(resp.status(), 400);
 
-    let resp = post(r#"{"model": "nope", "messages": [{"role": "user", "content": "x"}]}"#).await.unwrap();
+    let resp = post(r#"{"model": "nope", "messages": [{"role": "user", "content": "x"}]}"#)
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 404);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["code"], "model_not_found");
     assert_eq!(v["error"]["param"], "model");
 
-    let resp = app.client.get(app.at("/v1/chat/completions")).send().await.unwrap();
+    let resp = app
+        .client
+        .get(app.at("/v1/chat/completions"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 405);
 }
 
 #[tokio::test]
 async fn body_over_the_limit_is_413() {
-    let app = spawn_app("[server]\nbody_limit = 2048\n[[providers]]\nname = \"m\"\nkind = \"mock\"\n").await;
+    let app =
+        spawn_app("[server]\nbody_limit = 2048\n[[providers]]\nname = \"m\"\nkind = \"mock\"\n")
+            .await;
     let big = "x".repeat(4096);
-    let resp = app.chat(json!({"model": "mock-model", "messages": [{"role": "user", "content": big}]})).await;
+    let resp = app
+        .chat(json!({"model": "mock-model", "messages": [{"role": "user", "content": big}]}))
+        .await;
     assert_eq!(resp.status(), 413);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["code"], "payload_too_large");
@@ -662,7 +838,11 @@ async fn gzip_when_the_client_accepts_it() {
     let raw = resp.bytes().await.unwrap();
     assert_eq!(&raw[..2], &[0x1f, 0x8b], "gzip magic");
     let resp = app.chat(chat_body("mock-model", false)).await;
-    assert_eq!(header(&resp, "content-encoding"), "", "not without Accept-Encoding");
+    assert_eq!(
+        header(&resp, "content-encoding"),
+        "",
+        "not without Accept-Encoding"
+    );
     // Streams are never compressed (that would buffer them).
     let resp = app
         .client
@@ -702,7 +882,13 @@ async fn discovery_refresh_picks_up_new_models() {
 #[tokio::test]
 async fn configured_models_skip_discovery() {
     let up = FakeUpstream::start(Wire::OpenAi, "a").await.unwrap();
-    let app = spawn_app(&provider_toml("a", "openai", &up.base_url(), "models = [\"pinned\"]")).await;
+    let app = spawn_app(&provider_toml(
+        "a",
+        "openai",
+        &up.base_url(),
+        "models = [\"pinned\"]",
+    ))
+    .await;
     assert_eq!(up.model_calls(), 0);
     assert!(app.state.gateway.router().has_model("pinned"));
     assert!(!app.state.gateway.router().has_model("a-model"));
@@ -743,14 +929,20 @@ async fn embeddings_are_forwarded_to_remote_providers() {
     let app = spawn_app(&toml).await;
     let router = app.state.gateway.router();
     let body = json!({"model": "text-embedding-3-small", "input": ["a", "b"], "dimensions": 3});
-    let r = router.embeddings("text-embedding-3-small", &body).await.unwrap();
+    let r = router
+        .embeddings("text-embedding-3-small", &body)
+        .await
+        .unwrap();
     assert_eq!(&*r.provider, "a");
     let v: Value = serde_json::from_slice(&r.value.body).unwrap();
     assert_eq!(v["data"].as_array().unwrap().len(), 2);
     assert_eq!(o.last_body().unwrap(), body);
 
     let r = router
-        .embeddings("nomic-embed-text", &json!({"model": "nomic-embed-text", "input": "x"}))
+        .embeddings(
+            "nomic-embed-text",
+            &json!({"model": "nomic-embed-text", "input": "x"}),
+        )
         .await
         .unwrap();
     let v: Value = serde_json::from_slice(&r.value.body).unwrap();
@@ -767,14 +959,27 @@ async fn embeddings_are_forwarded_to_remote_providers() {
 
 #[tokio::test]
 async fn upstream_metrics_are_exported() {
-    let up = FakeUpstream::start(Wire::OpenAi, "metrics-a").await.unwrap();
+    let up = FakeUpstream::start(Wire::OpenAi, "metrics-a")
+        .await
+        .unwrap();
     up.push(Behavior::Status(500));
     let app = spawn_app(&provider_toml("metrics-a", "openai", &up.base_url(), "")).await;
-    assert_eq!(app.chat(chat_body("metrics-a-model", false)).await.status(), 200);
+    assert_eq!(
+        app.chat(chat_body("metrics-a-model", false)).await.status(),
+        200
+    );
     let mut body = chat_body("metrics-a-model", true);
     body["stream_options"] = json!({"include_usage": true});
     sse_events(app.chat(body).await).await;
-    let text = app.client.get(app.at("/metrics")).send().await.unwrap().text().await.unwrap();
+    let text = app
+        .client
+        .get(app.at("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let line = |prefix: &str| {
         text.lines()
             .find(|l| l.starts_with(prefix))
@@ -782,7 +987,10 @@ async fn upstream_metrics_are_exported() {
             .to_owned()
     };
     assert!(line("uat_provider_up{provider=\"metrics-a\"}").ends_with(" 1"));
-    assert!(line("uat_provider_errors_total{kind=\"server_error\",provider=\"metrics-a\"}").ends_with(" 1"));
+    assert!(
+        line("uat_provider_errors_total{kind=\"server_error\",provider=\"metrics-a\"}")
+            .ends_with(" 1")
+    );
     assert!(line("uat_tokens_total{kind=\"completion\",provider=\"metrics-a\"}").ends_with(" 6"));
     assert!(line("uat_upstream_duration_seconds_count{provider=\"metrics-a\"}").ends_with(" 2"));
     assert!(line("uat_time_to_first_token_seconds_count{provider=\"metrics-a\"}").ends_with(" 1"));

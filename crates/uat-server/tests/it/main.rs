@@ -1,5 +1,13 @@
 //! The server's integration tests: one binary, one module per subsystem.
 
+// Helpers outside `#[test]` functions are test code too.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a failed expectation is a failed test"
+)]
+
 mod common;
 mod gateway;
 mod vector;

@@ -309,6 +309,11 @@ impl Collection {
         self.wal.lock().sync()
     }
 
+    /// Syncs the WAL if it holds unsynced records (the `batch` flusher).
+    pub(crate) fn flush_if_dirty(&self) -> Result<()> {
+        self.wal.lock().sync_if_dirty()
+    }
+
     /// Memory in use, by kind.
     pub fn memory(&self) -> MemoryUsage {
         let st = self.state.read();

@@ -147,3 +147,70 @@ fn upsert_replaces_and_drop_removes_files() {
     assert!(!d.path().join("c").exists());
     assert!(s.names().is_empty());
 }
+
+#[test]
+fn every_fsync_policy_recovers_its_writes() {
+    for policy in ["always", "batch", "never"] {
+        let fsync: FsyncPolicy = policy.parse().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let vs = uniform(40, 8, 8);
+        {
+            let s = VectorStore::open(dir.path(), StoreOptions { fsync }).unwrap();
+            let c = s.create_collection("p", config(8, Metric::Dot)).unwrap();
+            for chunk in points(&vs).chunks(7) {
+                c.upsert(chunk.to_vec()).unwrap();
+            }
+            // Give the batch flusher a turn while the store is alive.
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+        let s = VectorStore::open(dir.path(), StoreOptions { fsync }).unwrap();
+        assert_eq!(s.get("p").unwrap().count(), 40, "{policy}");
+    }
+    assert!("sometimes".parse::<FsyncPolicy>().is_err());
+}
+
+#[test]
+fn duplicate_ids_in_one_batch_keep_the_last_and_survive_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StoreOptions {
+        fsync: FsyncPolicy::Always,
+    };
+    let batch = vec![
+        Point {
+            id: PointId::Num(1),
+            vector: vec![1.0, 0.0],
+            payload: Some(serde_json::json!({"v": 1})),
+        },
+        Point {
+            id: PointId::Num(2),
+            vector: vec![0.0, 1.0],
+            payload: None,
+        },
+        Point {
+            id: PointId::Num(1),
+            vector: vec![0.5, 0.5],
+            payload: Some(serde_json::json!({"v": 2})),
+        },
+    ];
+    {
+        let s = VectorStore::open(dir.path(), opts).unwrap();
+        let c = s.create_collection("d", config(2, Metric::L2)).unwrap();
+        c.upsert(batch).unwrap();
+        assert_eq!(c.count(), 2);
+        assert_eq!(c.get(&PointId::Num(1)).unwrap().vector, vec![0.5, 0.5]);
+    }
+    let s = VectorStore::open(dir.path(), opts).unwrap();
+    let c = s.get("d").unwrap();
+    assert_eq!(c.count(), 2);
+    let p = c.get(&PointId::Num(1)).unwrap();
+    assert_eq!(
+        (p.vector, p.payload),
+        (vec![0.5, 0.5], Some(serde_json::json!({"v": 2})))
+    );
+    let hits = c.search(&SearchRequest::new(vec![1.0, 0.0], 10)).unwrap();
+    assert_eq!(
+        hits.len(),
+        2,
+        "the replaced version must not come back: {hits:?}"
+    );
+}

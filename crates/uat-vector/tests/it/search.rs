@@ -233,3 +233,52 @@ fn batch_search_keeps_order_and_with_vector_works() {
     bad[1].top_k = 0;
     assert!(c.search_batch(&bad).is_err());
 }
+
+#[test]
+fn bench_runs_end_to_end_on_a_raw_embedding_file() {
+    let dim = 32;
+    let vs = vectors(820, dim, 5);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("emb.f32");
+    let bytes: Vec<u8> = vs.iter().flatten().flat_map(|x| x.to_le_bytes()).collect();
+    std::fs::write(&path, bytes).unwrap();
+    let opts = uat_vector::bench::BenchOptions {
+        n: 800,
+        dim,
+        queries: 20,
+        efs: vec![16, 64],
+        binary: true,
+        data_file: Some(path),
+        ..Default::default()
+    };
+    let mut lines = 0;
+    let report = uat_vector::bench::run(opts, &mut |_| lines += 1).unwrap();
+    assert!(lines > 5);
+    assert_eq!(report.sweeps.len(), 6, "f32, sq8, binary x 2 efs");
+    assert!(
+        report
+            .sweeps
+            .iter()
+            .all(|r| (0.0..=1.0).contains(&r.recall) && r.qps > 0.0)
+    );
+    assert!(
+        report
+            .sweeps
+            .iter()
+            .filter(|r| r.ef == 64)
+            .all(|r| r.recall >= 0.9),
+        "{report}"
+    );
+    assert_eq!(report.filtered.len(), 3);
+    assert!(report.filtered.iter().all(|r| r.recall >= 0.9), "{report}");
+    assert!(report.index_bytes_sq8.unwrap() < report.index_bytes_f32);
+    assert!(report.to_string().contains("brute force"));
+    // Too few rows in the file is an error, not a panic.
+    let short = uat_vector::bench::BenchOptions {
+        n: 5000,
+        dim,
+        data_file: Some(dir.path().join("emb.f32")),
+        ..Default::default()
+    };
+    assert!(uat_vector::bench::run(short, &mut |_| {}).is_err());
+}

@@ -415,6 +415,7 @@ pub(crate) async fn phase(
     let elapsed = start.elapsed();
     let cpu1 = super::procfs::cpu_time(None);
     ticker.abort();
+    let _ = ticker.await;
     bar.finish_and_clear();
     let rec = Arc::into_inner(rec).context("load workers still running")?;
     let mut stats = rec
@@ -540,7 +541,10 @@ async fn open_loop(
                         let sent = Instant::now();
                         let out = one_request(&client, &target, due).await;
                         rec.record(due, sent, Instant::now(), &out);
-                        outstanding.fetch_sub(1, Ordering::Relaxed);
+                        // Release the recorder before saying we are done:
+                        // the phase takes it back once nothing is outstanding.
+                        drop(rec);
+                        outstanding.fetch_sub(1, Ordering::Release);
                     });
                 }
             })
@@ -551,7 +555,7 @@ async fn open_loop(
         .context("pacer task failed")?
         .map_err(|_| anyhow::anyhow!("the pacer thread panicked"))?;
     // Every request is bounded by the client timeout.
-    while outstanding.load(Ordering::Relaxed) > 0 {
+    while outstanding.load(Ordering::Acquire) > 0 {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     Ok(())

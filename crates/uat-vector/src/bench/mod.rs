@@ -4,6 +4,9 @@
 //! the same run, filtered recall/QPS at several selectivities, 2-thread build
 //! time, 2-thread search scaling and snapshot load time.
 
+mod report;
+mod timer;
+
 use crate::collection::Collection;
 use crate::distance::{Metric, normalize};
 use crate::error::{Result, VectorError};
@@ -15,71 +18,8 @@ use crate::wal::FsyncPolicy;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use rayon::prelude::*;
 use std::collections::HashSet;
-use std::fmt;
 use std::time::Instant;
-
-/// Wall time plus CPU time (this thread, whole process), read from
-/// `/proc` on Linux: on a loaded machine CPU time tells what the code costs,
-/// wall time what a user would have seen.
-struct Timer {
-    wall: Instant,
-    thread: Option<f64>,
-    process: Option<f64>,
-}
-
-fn schedstat(path: &std::path::Path) -> Option<f64> {
-    let s = std::fs::read_to_string(path).ok()?;
-    let ns: f64 = s.split_whitespace().next()?.parse().ok()?;
-    Some(ns / 1e9)
-}
-
-fn thread_cpu() -> Option<f64> {
-    schedstat(std::path::Path::new("/proc/thread-self/schedstat"))
-}
-
-fn process_cpu() -> Option<f64> {
-    let mut total = 0.0;
-    for e in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
-        total += schedstat(&e.path().join("schedstat")).unwrap_or(0.0);
-    }
-    Some(total)
-}
-
-fn load_average() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-impl Timer {
-    fn start() -> Self {
-        Self {
-            wall: Instant::now(),
-            thread: thread_cpu(),
-            process: process_cpu(),
-        }
-    }
-    fn wall(&self) -> f64 {
-        self.wall.elapsed().as_secs_f64()
-    }
-    /// CPU seconds of the calling thread (falls back to wall time).
-    fn thread(&self) -> f64 {
-        match (self.thread, thread_cpu()) {
-            (Some(a), Some(b)) if b > a => b - a,
-            _ => self.wall(),
-        }
-    }
-    /// CPU seconds of all threads of the process (falls back to wall time).
-    fn process(&self) -> f64 {
-        match (self.process, process_cpu()) {
-            (Some(a), Some(b)) if b > a => b - a,
-            _ => self.wall(),
-        }
-    }
-}
+use timer::{Timer, load_average};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -108,6 +48,10 @@ pub struct BenchOptions {
     pub binary: bool,
     /// Seed of the data.
     pub seed: u64,
+    /// Real embeddings instead of synthetic ones: a raw little-endian f32
+    /// file of rows of `dim` values; the first `n` rows are indexed, the next
+    /// `queries` rows are the queries.
+    pub data_file: Option<std::path::PathBuf>,
 }
 
 impl Default for BenchOptions {
@@ -129,6 +73,7 @@ impl Default for BenchOptions {
             sq8: true,
             binary: false,
             seed: 42,
+            data_file: None,
         }
     }
 }
@@ -225,6 +170,30 @@ pub fn clustered(n: usize, dim: usize, clusters: usize, seed: u64) -> Vec<Vec<f3
         .collect()
 }
 
+/// Reads `rows` normalized vectors of `dim` f32 (little-endian) from a raw file.
+fn load_rows(path: &std::path::Path, dim: usize, rows: usize) -> Result<Vec<Vec<f32>>> {
+    let bytes = std::fs::read(path).map_err(|e| VectorError::io(path, e))?;
+    let have = bytes.len() / (dim * 4);
+    if have < rows {
+        return Err(VectorError::BadConfig(format!(
+            "{} holds {have} rows of {dim} f32, the bench needs {rows}",
+            path.display()
+        )));
+    }
+    Ok(bytes
+        .chunks_exact(dim * 4)
+        .take(rows)
+        .map(|row| {
+            let mut v: Vec<f32> = row
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            normalize(&mut v);
+            v
+        })
+        .collect())
+}
+
 fn exact_topk(data: &[Vec<f32>], q: &[f32], k: usize, pass: impl Fn(usize) -> bool) -> Vec<usize> {
     let mut all: Vec<(f32, usize)> = data
         .iter()
@@ -279,15 +248,21 @@ impl Drop for TempDir {
 
 /// Runs the benchmark; `log` receives progress lines.
 pub fn run(opts: BenchOptions, log: &mut dyn FnMut(&str)) -> Result<BenchReport> {
-    let tmp =
-        TempDir(std::env::temp_dir().join(format!("uat-vector-bench-{}", std::process::id())));
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let run_no = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = TempDir(
+        std::env::temp_dir().join(format!("uat-vector-bench-{}-{run_no}", std::process::id())),
+    );
     let _ = std::fs::remove_dir_all(&tmp.0);
     log(&format!(
         "generating {} + {} clustered {}-d vectors",
         opts.n, opts.queries, opts.dim
     ));
     // Queries come from the same clusters but are not in the collection.
-    let mut data = clustered(opts.n + opts.queries, opts.dim, opts.clusters, opts.seed);
+    let mut data = match &opts.data_file {
+        Some(path) => load_rows(path, opts.dim, opts.n + opts.queries)?,
+        None => clustered(opts.n + opts.queries, opts.dim, opts.clusters, opts.seed),
+    };
     let queries = data.split_off(opts.n.min(data.len()));
     let buckets: Vec<i64> = (0..opts.n)
         .map(|i| ((i as u64).wrapping_mul(2_654_435_761) % 100) as i64)
@@ -511,90 +486,4 @@ pub fn run(opts: BenchOptions, log: &mut dyn FnMut(&str)) -> Result<BenchReport>
         snapshot_load_seconds,
         reopened_recall,
     })
-}
-
-impl fmt::Display for BenchReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let o = &self.options;
-        writeln!(
-            f,
-            "uat-vector bench: n={} dim={} clusters={} queries={} k={} M={} ef_construction={}",
-            o.n, o.dim, o.clusters, o.queries, o.k, o.hnsw.m, o.hnsw.ef_construction
-        )?;
-        if let Some(l) = self.load_average {
-            writeln!(
-                f,
-                "load average at start: {l:.1} (QPS = wall clock; /CPU-s = per CPU-second of the searching thread)"
-            )?;
-        }
-        writeln!(
-            f,
-            "brute force (exact scan, 1 thread): {:.0} QPS, {:.0} /CPU-s",
-            self.brute_force_qps, self.brute_force_qps_cpu
-        )?;
-        writeln!(
-            f,
-            "build f32: {:.1} s on {} threads ({:.1} CPU-s in all)",
-            self.build_seconds, o.build_threads, self.build_cpu_seconds
-        )?;
-        if let Some(s) = self.build_seconds_sq8 {
-            writeln!(f, "build sq8: {s:.1} s on {} threads", o.build_threads)?;
-        }
-        writeln!(
-            f,
-            "{:>6} {:>5} {:>10} {:>9} {:>9} {:>9}",
-            "index", "ef", "recall@k", "QPS", "/CPU-s", "vs brute"
-        )?;
-        for r in &self.sweeps {
-            writeln!(
-                f,
-                "{:>6} {:>5} {:>10.4} {:>9.0} {:>9.0} {:>8.1}x",
-                r.kind,
-                r.ef,
-                r.recall,
-                r.qps,
-                r.qps_cpu,
-                r.qps_cpu / self.brute_force_qps_cpu.max(1e-9)
-            )?;
-        }
-        for r in &self.filtered {
-            writeln!(
-                f,
-                "filtered {:>5.1}% (ef {}): plan {:<5} recall@k {:.4} QPS {:.0} /CPU-s {:.0}",
-                r.selectivity * 100.0,
-                o.filtered_ef,
-                r.plan,
-                r.recall,
-                r.qps,
-                r.qps_cpu
-            )?;
-        }
-        write!(
-            f,
-            "index memory (graph + walked vectors): f32 {:.1} MiB",
-            self.index_bytes_f32 as f64 / 1048576.0
-        )?;
-        if let Some(b) = self.index_bytes_sq8 {
-            write!(
-                f,
-                ", sq8 {:.1} MiB ({:.2}x of f32; f32 originals kept for rescoring)",
-                b as f64 / 1048576.0,
-                b as f64 / self.index_bytes_f32 as f64
-            )?;
-        }
-        writeln!(f)?;
-        if let Some((ef, multi, single)) = self.scaling {
-            writeln!(
-                f,
-                "search scaling at ef {ef}: {multi:.0} QPS on {} threads vs {single:.0} on 1 ({:.2}x, wall clock)",
-                o.build_threads,
-                multi / single.max(1e-9)
-            )?;
-        }
-        writeln!(
-            f,
-            "snapshot: write {:.2} s, load {:.3} s; recall after reload {:.4}",
-            self.snapshot_write_seconds, self.snapshot_load_seconds, self.reopened_recall
-        )
-    }
 }

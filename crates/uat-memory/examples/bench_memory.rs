@@ -1,0 +1,28 @@
+//! `cargo run --release -p uat-memory --example bench_memory -- [DATABASE_URL]`
+//!
+//! Environment: `MEMORIES` (100000), `USERS` (1000), `CLIENTS` (50), `OPS` (40 per client).
+
+use uat_memory::bench::{BenchOptions, run};
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+#[tokio::main]
+async fn main() {
+    let opts = BenchOptions {
+        database_url: std::env::args().nth(1),
+        memories: env("MEMORIES", 100_000),
+        users: env("USERS", 1000),
+        clients: env("CLIENTS", 50),
+        ops_per_client: env("OPS", 40),
+        ..BenchOptions::default()
+    };
+    match run(opts, &mut |l| eprintln!("{l}")).await {
+        Ok(r) => println!("{r:#?}"),
+        Err(e) => {
+            eprintln!("benchmark failed: {e}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! `uat bench vector|embed`: the engines' benchmarks, each printing its
+//! baseline from the same run (brute force for HNSW, one-at-a-time for the
+//! embedding batcher), because these machines are noisy.
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+
+/// Which benchmark.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// HNSW recall@k and QPS per ef vs. brute force, SQ8, filtered search, build and load times.
+    Vector(VectorArgs),
+    /// Embedding throughput batched vs. one at a time, concurrent clients, memory, load time.
+    Embed(EmbedArgs),
+}
+
+/// `uat bench vector` options.
+#[derive(Debug, Args)]
+pub struct VectorArgs {
+    /// Points in the collection (clustered, normalized, seeded).
+    #[arg(long, default_value_t = 50_000)]
+    pub n: usize,
+    /// Dimension.
+    #[arg(long, default_value_t = 384)]
+    pub dim: usize,
+    /// Queries.
+    #[arg(long, default_value_t = 1_000)]
+    pub queries: usize,
+    /// ef values to sweep, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [32usize, 64, 128, 256])]
+    pub efs: Vec<usize>,
+    /// HNSW M.
+    #[arg(long, default_value_t = 16)]
+    pub m: usize,
+    /// Threads for the build.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Skip the SQ8 index.
+    #[arg(long)]
+    pub no_sq8: bool,
+    /// Also sweep a binary-quantized index.
+    #[arg(long)]
+    pub binary: bool,
+}
+
+/// `uat bench embed` options.
+#[derive(Debug, Args)]
+pub struct EmbedArgs {
+    /// The sentence-transformers model folder (scripts/fetch-model.sh prints it).
+    #[arg(long, env = "UAT_TEST_MODEL_DIR")]
+    pub model_dir: PathBuf,
+    /// The fixture sentences (a JSON file with a `sentences` array).
+    #[arg(long, default_value = "../shared/fixtures/embeddings/sentences.json")]
+    pub sentences: PathBuf,
+    /// Batch size of the batched run.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Concurrent single-sentence clients.
+    #[arg(long, default_value_t = 64)]
+    pub clients: usize,
+    /// Passes over the sentences per measurement.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+}
+
+/// Runs one benchmark and prints its report.
+pub fn run(which: &BenchCommand) -> anyhow::Result<()> {
+    match which {
+        BenchCommand::Vector(a) => {
+            let mut opts = uat_vector::bench::BenchOptions {
+                n: a.n,
+                dim: a.dim,
+                queries: a.queries,
+                efs: a.efs.clone(),
+                build_threads: a.threads,
+                sq8: !a.no_sq8,
+                binary: a.binary,
+                ..Default::default()
+            };
+            opts.hnsw.m = a.m;
+            let report = uat_vector::bench::run(opts, &mut |line| eprintln!("{line}")).context("vector benchmark failed")?;
+            println!("{report}");
+        }
+        BenchCommand::Embed(a) => {
+            let sentences = uat_embed::bench::load_sentences(&a.sentences)
+                .with_context(|| format!("cannot read sentences from {}", a.sentences.display()))?;
+            let mut opts = uat_embed::bench::BenchOptions::new(&a.model_dir, sentences);
+            opts.batch_size = a.batch_size;
+            opts.clients = a.clients;
+            opts.rounds = a.rounds;
+            let report = uat_embed::bench::run(&opts).context("embedding benchmark failed")?;
+            println!("{report}");
+        }
+    }
+    Ok(())
+}
