@@ -200,3 +200,38 @@ impl CacheConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::Config;
+
+    fn err(toml: &str) -> String {
+        match Config::from_toml(toml) {
+            Ok(_) => String::from("accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn bad_cache_settings_are_rejected_with_their_path() {
+        assert!(err("[cache]\nwrite_queue = 0\n").contains("cache.write_queue"));
+        assert!(err("[cache.l2]\nkey_prefix = \"a*\"\n").contains("cache.l2.key_prefix"));
+        assert!(err("[cache.l2]\nurl = \"http://x\"\n").contains("cache.l2.url"));
+        assert!(err("[cache.model_ttl]\nm = \"0s\"\n").contains("cache.model_ttl.m"));
+        assert!(err("[cache]\nmode = \"sometimes\"\n").contains("mode"));
+    }
+
+    #[test]
+    fn cache_settings_parse() {
+        let c = Config::from_toml(
+            "[cache]\nmode = \"always\"\nttl = \"5m\"\nsingleflight_wait = \"3s\"\n[cache.model_ttl]\n\"gpt-4o\" = \"10m\"\n[cache.l2]\nurl = \"redis://127.0.0.1:6379/\"\n",
+        )
+        .map_err(|e| e.to_string());
+        let Ok(c) = c else { unreachable!("{c:?}") };
+        assert_eq!(c.cache.mode, super::CacheMode::Always);
+        assert_eq!(c.cache.ttl.as_secs(), 300);
+        assert_eq!(c.cache.model_ttl["gpt-4o"].as_secs(), 600);
+        assert_eq!(c.cache.l2.timeout(), super::CacheL2Config::DEFAULT_TIMEOUT);
+        assert_eq!(c.cache.l2.key_prefix, "uat:cache:");
+    }
+}

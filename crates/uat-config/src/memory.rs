@@ -33,12 +33,59 @@ impl MemoryConfig {
 
     pub(crate) fn validate(&self, e: &EmbeddingsConfig) -> Result<(), ConfigError> {
         if self.max_content_bytes == 0 {
-            return Err(ConfigError::invalid("memory.max_content_bytes", "must be at least 1"));
+            return Err(ConfigError::invalid(
+                "memory.max_content_bytes",
+                "must be at least 1",
+            ));
         }
         if self.max_batch == 0 {
-            return Err(ConfigError::invalid("memory.max_batch", "must be at least 1"));
+            return Err(ConfigError::invalid(
+                "memory.max_batch",
+                "must be at least 1",
+            ));
         }
-        let _ = e;
+        if let Some(m) = &self.embedding_model
+            && !e.models.iter().any(|x| &x.name == m)
+        {
+            return Err(ConfigError::invalid(
+                "memory.embedding_model",
+                format!("`{m}` is not one of [[embeddings.models]]"),
+            ));
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MemoryConfig;
+    use crate::{EmbeddingModelConfig, EmbeddingsConfig};
+
+    #[test]
+    fn memory_embedding_model_must_name_a_configured_model() {
+        let mut e = EmbeddingsConfig::default();
+        let m = MemoryConfig {
+            embedding_model: Some("minilm".into()),
+            ..MemoryConfig::default()
+        };
+        let err = m.validate(&e).unwrap_err().to_string();
+        assert!(err.contains("memory.embedding_model"), "{err}");
+        e.models.push(EmbeddingModelConfig {
+            name: "minilm".into(),
+            path: "/models/minilm".into(),
+            eager: false,
+        });
+        assert!(m.validate(&e).is_ok());
+        assert_eq!(MemoryConfig::default().effective_model(&e), Some("minilm"));
+        let zero = MemoryConfig {
+            max_batch: 0,
+            ..MemoryConfig::default()
+        };
+        assert!(
+            zero.validate(&e)
+                .unwrap_err()
+                .to_string()
+                .contains("memory.max_batch")
+        );
     }
 }

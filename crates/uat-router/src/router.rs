@@ -244,8 +244,19 @@ impl Router {
             strategy: strategy::from_config(routing.strategy),
             routing: routing.clone(),
         });
-        refresh(&inner).await;
-        spawn_refresh(Arc::downgrade(&inner), routing.discovery_interval);
+        // Start fast: a provider slow to list its models is left to the
+        // background refresh, which then runs at once.
+        let complete = tokio::time::timeout(INITIAL_DISCOVERY_WAIT, refresh(&inner))
+            .await
+            .is_ok();
+        if !complete {
+            tracing::warn!("model discovery is slow; continuing in the background");
+        }
+        spawn_refresh(
+            Arc::downgrade(&inner),
+            routing.discovery_interval,
+            !complete,
+        );
         Ok(Router { inner })
     }
 
@@ -662,13 +673,23 @@ async fn refresh(inner: &Inner) {
     }
 }
 
-fn spawn_refresh(weak: Weak<Inner>, every: Duration) {
-    if every.is_zero() {
+/// How long start-up waits for the first model discovery.
+const INITIAL_DISCOVERY_WAIT: Duration = Duration::from_secs(2);
+
+fn spawn_refresh(weak: Weak<Inner>, every: Duration, immediate: bool) {
+    if every.is_zero() && !immediate {
         return;
     }
     tokio::spawn(async move {
+        let mut first = immediate;
         loop {
-            tokio::time::sleep(every).await;
+            if !first {
+                if every.is_zero() {
+                    break;
+                }
+                tokio::time::sleep(every).await;
+            }
+            first = false;
             let Some(inner) = weak.upgrade() else { break };
             refresh(&inner).await;
         }

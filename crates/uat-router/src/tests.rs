@@ -418,3 +418,58 @@ async fn aliases_resolve_and_unknown_models_do_not() {
     let ids: Vec<String> = r.list_models().into_iter().map(|m| m.id).collect();
     assert_eq!(ids, vec!["m", "fast"]);
 }
+
+/// Lists its models only after a long delay.
+struct SlowLister;
+
+impl Provider for SlowLister {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Mock
+    }
+    fn chat<'a>(
+        &'a self,
+        _m: &'a str,
+        _r: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<Reply, Failure>> {
+        Box::pin(async move { Err(fail(FailureKind::Unsupported, None)) })
+    }
+    fn chat_stream<'a>(
+        &'a self,
+        _m: &'a str,
+        _r: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<ChunkStream, Failure>> {
+        Box::pin(async move { Err(fail(FailureKind::Unsupported, None)) })
+    }
+    fn list_models(&self) -> BoxFuture<'_, Result<Vec<String>, Failure>> {
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            Ok(vec!["late".to_owned()])
+        })
+    }
+    fn embeddings<'a>(
+        &'a self,
+        _m: &'a str,
+        _b: &'a serde_json::Value,
+    ) -> BoxFuture<'a, Result<Reply, Failure>> {
+        Box::pin(async move { Err(fail(FailureKind::Unsupported, None)) })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_discovery_does_not_hold_up_start() {
+    let start = tokio::time::Instant::now();
+    let cfg = ProviderConfig::new("slow", ProviderKind::Mock, None);
+    let providers: Vec<(ProviderConfig, Box<dyn Provider>)> = vec![(cfg, Box::new(SlowLister))];
+    let mut routing = routing(1, 10, Duration::from_secs(1));
+    routing.discovery_interval = Duration::from_secs(3600);
+    let r = Router::with_custom(providers, &[], &routing).await.unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(!r.has_model("late"));
+    // The background refresh starts at once, not after the hour.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert!(r.has_model("late"));
+}

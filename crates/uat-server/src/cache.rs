@@ -515,36 +515,34 @@ async fn invalidate(
     State(state): State<AppState>,
     headers: HeaderMap,
     ApiJson(req): ApiJson<InvalidateRequest>,
-) -> Result<Response, ApiError> {
+) -> Response {
     let ns = namespace(&headers);
+    let cache = state.cache.tiered();
     let deleted = match (&req.key, &req.pattern) {
-        (Some(k), None) => {
-            let key = CacheKey::parse_public(ns, k)
-                .map_err(|e| ApiError::invalid_field("key", e.to_string()))?;
-            match state.cache.tiered() {
+        (Some(k), None) => match CacheKey::parse_public(ns, k) {
+            Ok(key) => match cache {
                 Some(c) => c.delete(&key).await,
                 None => 0,
-            }
-        }
-        (None, Some(p)) => {
-            let pattern = KeyPattern::new(ns, p)
-                .map_err(|e| ApiError::invalid_field("pattern", e.to_string()))?;
-            match state.cache.tiered() {
+            },
+            Err(e) => return ApiError::invalid_field("key", e.to_string()).into_response(),
+        },
+        (None, Some(p)) => match KeyPattern::new(ns, p) {
+            Ok(pattern) => match cache {
                 Some(c) => c.invalidate(&pattern).await,
                 None => 0,
-            }
-        }
+            },
+            Err(e) => return ApiError::invalid_field("pattern", e.to_string()).into_response(),
+        },
         _ => {
-            return Err(ApiError::bad_request(
-                "exactly one of `key` or `pattern` is required",
-            ));
+            return ApiError::bad_request("exactly one of `key` or `pattern` is required")
+                .into_response();
         }
     };
-    Ok((
+    (
         StatusCode::OK,
         axum::Json(serde_json::json!({ "deleted": deleted })),
     )
-        .into_response())
+        .into_response()
 }
 
 async fn stats(State(state): State<AppState>) -> Response {

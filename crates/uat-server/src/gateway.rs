@@ -157,6 +157,14 @@ fn error_response(err: ApiError, provider: Option<&str>, attempts: u32, model: &
     resp
 }
 
+/// The response for a failed routing, logged once here (the edge).
+fn routing_failed(e: &RouterError, model: &str) -> Response {
+    if e.status() >= 500 {
+        tracing::warn!(model, attempts = e.attempts(), error = %e, "chat completion failed upstream");
+    }
+    error_response(router_error(e), e.last_provider(), e.attempts(), model)
+}
+
 /// Reads the body within the route's limit (413 beyond it).
 async fn read_body(req: Request) -> Result<(HeaderMap, Bytes), ApiError> {
     let (parts, body) = req.into_parts();
@@ -265,12 +273,7 @@ async fn chat(State(state): State<AppState>, request: Request) -> Response {
                     tag(&mut resp, &r.provider, r.attempts, &req.model);
                     resp
                 }
-                Err(e) => error_response(
-                    router_error(&e),
-                    e.last_provider(),
-                    e.attempts(),
-                    &req.model,
-                ),
+                Err(e) => routing_failed(&e, &req.model),
             }
         }
     };
@@ -307,12 +310,7 @@ async fn stream_upstream(
             tag(&mut resp, &provider, r.attempts, &req.model);
             resp
         }
-        Err(e) => error_response(
-            router_error(&e),
-            e.last_provider(),
-            e.attempts(),
-            &req.model,
-        ),
+        Err(e) => routing_failed(&e, &req.model),
     }
 }
 

@@ -23,6 +23,8 @@ use uuid::Uuid;
 
 /// Rows per multi-row insert into the history and change tables.
 const HISTORY_CHUNK: usize = 500;
+/// Rows per multi-row insert into `memories` (16 values each).
+const INSERT_CHUNK: usize = 100;
 
 const COLS: &str = "m.id, m.user_id, m.agent_id, m.run_id, m.kind, m.content, m.tags, m.metadata, m.created_at, m.updated_at, m.expires_at";
 
@@ -315,6 +317,39 @@ async fn insert_row(tx: &mut sqlx::SqliteConnection, r: &NewRow) -> Result<bool>
     Ok(res.rows_affected() == 1)
 }
 
+/// Inserts many rows in one statement; returns the ids actually inserted.
+async fn insert_rows(tx: &mut sqlx::SqliteConnection, rows: &[&NewRow]) -> Result<Vec<String>> {
+    let mut qb = QueryBuilder::<Sqlite>::new(
+        "INSERT INTO memories (id, user_id, user_key, agent_id, run_id, kind, content, content_hash, \
+         dedupe_key, tags, metadata, created_at, updated_at, expires_at, embedding, embedding_model) ",
+    );
+    let mut prepared = Vec::with_capacity(rows.len());
+    for r in rows {
+        prepared.push((r, json_text(&r.memory.tags)?, json_text(&r.memory.metadata)?));
+    }
+    qb.push_values(prepared, |mut b, (r, tags, meta)| {
+        let m = &r.memory;
+        b.push_bind(m.id.to_string())
+            .push_bind(m.user_id.clone())
+            .push_bind(user_key(&m.user_id))
+            .push_bind(m.agent_id.clone())
+            .push_bind(m.run_id.clone())
+            .push_bind(m.kind.clone())
+            .push_bind(m.content.clone())
+            .push_bind(r.content_hash.clone())
+            .push_bind(r.dedupe.then(|| r.content_hash.clone()))
+            .push_bind(tags)
+            .push_bind(meta)
+            .push_bind(to_micros(m.created_at))
+            .push_bind(to_micros(m.updated_at))
+            .push_bind(m.expires_at.map(to_micros))
+            .push_bind(r.embedding.as_ref().map(|e| vector_to_bytes(&e.vector)))
+            .push_bind(r.embedding.as_ref().map(|e| e.model.clone()));
+    });
+    qb.push(" ON CONFLICT (user_id, dedupe_key) DO NOTHING RETURNING id");
+    Ok(qb.build_query_scalar::<String>().fetch_all(&mut *tx).await?)
+}
+
 impl Store for SqliteStore {
     async fn insert(&self, rows: Vec<NewRow>) -> Result<Vec<WriteOutcome>> {
         let now_us = to_micros(now());
@@ -343,40 +378,72 @@ impl Store for SqliteStore {
                 live.entry((m.user_id.clone(), h)).or_insert(m);
             }
         }
-        let mut out = Vec::with_capacity(rows.len());
-        let mut created: Vec<&Memory> = Vec::with_capacity(rows.len());
-        for r in &rows {
+        // Resolve duplicates (stored, then within the batch) before writing.
+        enum Slot<'a> {
+            Existing(Box<Memory>),
+            New(&'a NewRow),
+        }
+        let mut slots = Vec::with_capacity(rows.len());
+        let mut first: HashMap<(String, String), usize> = HashMap::new();
+        for (i, r) in rows.iter().enumerate() {
             let key = (r.memory.user_id.clone(), r.content_hash.clone());
-            if r.dedupe
-                && let Some(existing) = live.get(&key)
-            {
-                out.push(WriteOutcome {
-                    memory: existing.clone(),
-                    deduplicated: true,
-                });
+            if r.dedupe {
+                if let Some(existing) = live.get(&key) {
+                    slots.push(Slot::Existing(Box::new(existing.clone())));
+                    continue;
+                }
+                if let Some(&j) = first.get(&key) {
+                    slots.push(Slot::Existing(Box::new(rows[j].memory.clone())));
+                    continue;
+                }
+            }
+            first.entry(key).or_insert(i);
+            slots.push(Slot::New(r));
+        }
+        // Multi-row inserts; a row not inserted lost its dedupe key to an
+        // expired memory, which releases it.
+        let fresh: Vec<&NewRow> = slots
+            .iter()
+            .filter_map(|s| match s {
+                Slot::New(r) => Some(*r),
+                Slot::Existing(_) => None,
+            })
+            .collect();
+        let mut inserted: std::collections::HashSet<String> = std::collections::HashSet::new();
+        for chunk in fresh.chunks(INSERT_CHUNK) {
+            inserted.extend(insert_rows(&mut tx, chunk).await?);
+        }
+        for r in &fresh {
+            if inserted.contains(&r.memory.id.to_string()) {
                 continue;
             }
-            if !insert_row(&mut tx, r).await? {
-                // The dedupe key is held by an expired memory: release it.
-                sqlx::query(
-                    "UPDATE memories SET dedupe_key = NULL WHERE user_id = ? AND dedupe_key = ?",
-                )
+            sqlx::query("UPDATE memories SET dedupe_key = NULL WHERE user_id = ? AND dedupe_key = ?")
                 .bind(&r.memory.user_id)
                 .bind(&r.content_hash)
                 .execute(&mut *tx)
                 .await?;
-                if !insert_row(&mut tx, r).await? {
-                    return Err(MemoryError::Corrupt(
-                        "dedupe key still taken after release".into(),
-                    ));
+            if !insert_row(&mut tx, r).await? {
+                return Err(MemoryError::Corrupt(
+                    "dedupe key still taken after release".into(),
+                ));
+            }
+        }
+        let mut out = Vec::with_capacity(rows.len());
+        let mut created: Vec<&Memory> = Vec::with_capacity(rows.len());
+        for s in slots {
+            match s {
+                Slot::Existing(m) => out.push(WriteOutcome {
+                    memory: *m,
+                    deduplicated: true,
+                }),
+                Slot::New(r) => {
+                    created.push(&r.memory);
+                    out.push(WriteOutcome {
+                        memory: r.memory.clone(),
+                        deduplicated: false,
+                    });
                 }
             }
-            live.entry(key).or_insert_with(|| r.memory.clone());
-            created.push(&r.memory);
-            out.push(WriteOutcome {
-                memory: r.memory.clone(),
-                deduplicated: false,
-            });
         }
         // History and change log: multi-row inserts.
         for chunk in created.chunks(HISTORY_CHUNK) {

@@ -1,7 +1,10 @@
 //! Shared helpers: start the whole app in-process on an ephemeral port with
 //! a given configuration, and small HTTP helpers.
 
-
+#![allow(
+    dead_code,
+    reason = "shared helpers: not every test module uses every one"
+)]
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -15,7 +15,9 @@ fn model_dir() -> Option<String> {
                 std::env::var("CI").as_deref() != Ok("true"),
                 "UAT_TEST_MODEL_DIR must be set in CI (scripts/test.sh sets it)"
             );
-            eprintln!("SKIPPED: UAT_TEST_MODEL_DIR is not set; run scripts/test.sh to fetch the model");
+            eprintln!(
+                "SKIPPED: UAT_TEST_MODEL_DIR is not set; run scripts/test.sh to fetch the model"
+            );
             None
         }
     }
@@ -29,7 +31,13 @@ async fn app_with_model(dir: &str) -> TestApp {
 }
 
 async fn embed(app: &TestApp, body: Value) -> (u16, Value) {
-    let r = app.client.post(app.at("/v1/embeddings")).json(&body).send().await.unwrap();
+    let r = app
+        .client
+        .post(app.at("/v1/embeddings"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     let s = r.status().as_u16();
     (s, r.json().await.unwrap())
 }
@@ -42,15 +50,25 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn floats(v: &Value) -> Vec<f32> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
 }
 
 #[tokio::test]
 async fn local_embeddings_match_the_reference_and_base64_decodes_to_floats() {
     let Some(dir) = model_dir() else { return };
     let app = app_with_model(&dir).await;
-    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/embeddings");
-    let refs: Value = serde_json::from_str(&std::fs::read_to_string(format!("{fixtures}/reference_embeddings.json")).unwrap()).unwrap();
+    let fixtures = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/fixtures/embeddings"
+    );
+    let refs: Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{fixtures}/reference_embeddings.json")).unwrap(),
+    )
+    .unwrap();
     let texts: Vec<Value> = refs["sentences"].as_array().unwrap()[..4].to_vec();
     let (s, b) = embed(&app, json!({"model": "minilm", "input": texts})).await;
     assert_eq!(s, 200, "{b}");
@@ -65,17 +83,39 @@ async fn local_embeddings_match_the_reference_and_base64_decodes_to_floats() {
         assert!(cosine(&got, &want) > 0.999, "row {i}");
     }
 
-    let (s, b64) = embed(&app, json!({"model": "minilm", "input": texts[0], "encoding_format": "base64"})).await;
+    let (s, b64) = embed(
+        &app,
+        json!({"model": "minilm", "input": texts[0], "encoding_format": "base64"}),
+    )
+    .await;
     assert_eq!(s, 200, "{b64}");
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(b64["data"][0]["embedding"].as_str().unwrap())
         .unwrap();
-    let decoded: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let decoded: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
     assert_eq!(decoded, floats(&b["data"][0]["embedding"]));
 
     // Local models are listed with the chat models.
-    let models: Value = app.client.get(app.at("/v1/models")).send().await.unwrap().json().await.unwrap();
-    assert!(models["data"].as_array().unwrap().iter().any(|m| m["id"] == "minilm"), "{models}");
+    let models: Value = app
+        .client
+        .get(app.at("/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        models["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == "minilm"),
+        "{models}"
+    );
 }
 
 #[tokio::test]
@@ -85,12 +125,24 @@ async fn every_bad_embeddings_request_is_a_400_naming_the_field() {
     let cases = [
         (json!({"model": "minilm", "input": []}), "input"),
         (json!({"model": "minilm", "input": ["ok", 3]}), "input"),
-        (json!({"model": "minilm", "input": vec!["x"; 2049]}), "input"),
-        (json!({"model": "minilm", "input": "hi", "dimensions": 128}), "dimensions"),
-        (json!({"model": "minilm", "input": "hi", "encoding_format": "int8"}), "encoding_format"),
+        (
+            json!({"model": "minilm", "input": vec!["x"; 2049]}),
+            "input",
+        ),
+        (
+            json!({"model": "minilm", "input": "hi", "dimensions": 128}),
+            "dimensions",
+        ),
+        (
+            json!({"model": "minilm", "input": "hi", "encoding_format": "int8"}),
+            "encoding_format",
+        ),
         (json!({"model": "minilm"}), "input"),
         (json!({"input": "hi"}), "model"),
-        (json!({"model": "minilm", "input": "word ".repeat(400), "truncate": false}), "input"),
+        (
+            json!({"model": "minilm", "input": "word ".repeat(400), "truncate": false}),
+            "input",
+        ),
     ];
     for (body, param) in cases {
         let (s, b) = embed(&app, body.clone()).await;
@@ -98,11 +150,22 @@ async fn every_bad_embeddings_request_is_a_400_naming_the_field() {
         assert_eq!(b["error"]["param"], param, "{body} -> {b}");
         assert_eq!(b["error"]["type"], "invalid_request_error");
     }
-    let (s, b) = embed(&app, json!({"model": "minilm", "input": "word ".repeat(400), "truncate": false})).await;
+    let (s, b) = embed(
+        &app,
+        json!({"model": "minilm", "input": "word ".repeat(400), "truncate": false}),
+    )
+    .await;
     assert_eq!(s, 400);
-    assert!(b["error"]["message"].as_str().unwrap().contains("256"), "{b}");
+    assert!(
+        b["error"]["message"].as_str().unwrap().contains("256"),
+        "{b}"
+    );
     // Truncated by default, like sentence-transformers.
-    let (s, b) = embed(&app, json!({"model": "minilm", "input": "word ".repeat(400)})).await;
+    let (s, b) = embed(
+        &app,
+        json!({"model": "minilm", "input": "word ".repeat(400)}),
+    )
+    .await;
     assert_eq!(s, 200, "{b}");
     let (s, b) = embed(&app, json!({"model": "nope", "input": "hi"})).await;
     assert_eq!(s, 404, "{b}");
@@ -113,28 +176,80 @@ async fn every_bad_embeddings_request_is_a_400_naming_the_field() {
 async fn registry_admin_routes_load_unload_and_list() {
     let Some(dir) = model_dir() else { return };
     let app = app_with_model(&dir).await;
-    let list: Value = app.client.get(app.at("/v1/embeddings/models")).send().await.unwrap().json().await.unwrap();
+    let list: Value = app
+        .client
+        .get(app.at("/v1/embeddings/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list["data"][0]["name"], "minilm");
     // (The memory service may have loaded it already to learn its dimension.)
-    let r = app.client.post(app.at("/v1/embeddings/models/minilm/unload")).send().await.unwrap();
+    let r = app
+        .client
+        .post(app.at("/v1/embeddings/models/minilm/unload"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let list: Value = app.client.get(app.at("/v1/embeddings/models")).send().await.unwrap().json().await.unwrap();
+    let list: Value = app
+        .client
+        .get(app.at("/v1/embeddings/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list["data"][0]["loaded"], false);
 
-    let r = app.client.post(app.at("/v1/embeddings/models/minilm/load")).send().await.unwrap();
+    let r = app
+        .client
+        .post(app.at("/v1/embeddings/models/minilm/load"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let list: Value = app.client.get(app.at("/v1/embeddings/models")).send().await.unwrap().json().await.unwrap();
+    let list: Value = app
+        .client
+        .get(app.at("/v1/embeddings/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list["data"][0]["loaded"], true);
     assert!(list["data"][0]["memory_bytes"].as_u64().unwrap() > 1_000_000);
 
-    let r = app.client.post(app.at("/v1/embeddings/models/minilm/unload")).send().await.unwrap();
+    let r = app
+        .client
+        .post(app.at("/v1/embeddings/models/minilm/unload"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let list: Value = app.client.get(app.at("/v1/embeddings/models")).send().await.unwrap().json().await.unwrap();
+    let list: Value = app
+        .client
+        .get(app.at("/v1/embeddings/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list["data"][0]["loaded"], false);
 
     // Used again: loads lazily.
     let (s, b) = embed(&app, json!({"model": "minilm", "input": "hello"})).await;
     assert_eq!(s, 200, "{b}");
-    let r = app.client.post(app.at("/v1/embeddings/models/nope/load")).send().await.unwrap();
+    let r = app
+        .client
+        .post(app.at("/v1/embeddings/models/nope/load"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
 }

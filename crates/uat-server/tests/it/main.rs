@@ -8,9 +8,9 @@
     reason = "test code: a failed expectation is a failed test"
 )]
 
-mod common;
-mod gateway;
-mod vector;
-mod embeddings;
-mod memory;
 mod cache;
+mod common;
+mod embeddings;
+mod gateway;
+mod memory;
+mod vector;

@@ -4,13 +4,25 @@ use crate::common::spawn_app;
 use serde_json::{Value, json};
 
 async fn put(app: &crate::common::TestApp, path: &str, body: Value) -> (u16, Value) {
-    let r = app.client.put(app.at(path)).json(&body).send().await.unwrap();
+    let r = app
+        .client
+        .put(app.at(path))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     let s = r.status().as_u16();
     (s, r.json().await.unwrap_or(Value::Null))
 }
 
 async fn post(app: &crate::common::TestApp, path: &str, body: Value) -> (u16, Value) {
-    let r = app.client.post(app.at(path)).json(&body).send().await.unwrap();
+    let r = app
+        .client
+        .post(app.at(path))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     let s = r.status().as_u16();
     (s, r.json().await.unwrap_or(Value::Null))
 }
@@ -22,7 +34,9 @@ async fn get(app: &crate::common::TestApp, path: &str) -> (u16, Value) {
 }
 
 fn assert_openai_error(body: &Value, needle: &str) {
-    let msg = body["error"]["message"].as_str().unwrap_or_else(|| panic!("not an OpenAI error: {body}"));
+    let msg = body["error"]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not an OpenAI error: {body}"));
     assert!(body["error"]["type"].is_string(), "{body}");
     assert!(msg.contains(needle), "`{msg}` should mention `{needle}`");
 }
@@ -57,9 +71,19 @@ async fn collection_round_trip_with_string_and_numeric_ids() {
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["count"], 3);
 
-    let (s, b) = post(&app, "/v1/collections/docs/points/search", json!({"vector": [1.0, 0.0, 0.0], "top_k": 2})).await;
+    let (s, b) = post(
+        &app,
+        "/v1/collections/docs/points/search",
+        json!({"vector": [1.0, 0.0, 0.0], "top_k": 2}),
+    )
+    .await;
     assert_eq!(s, 200, "{b}");
-    let ids: Vec<&Value> = b["results"].as_array().unwrap().iter().map(|r| &r["id"]).collect();
+    let ids: Vec<&Value> = b["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["id"])
+        .collect();
     assert_eq!(ids, vec![&json!(1), &json!(3)]);
     assert_eq!(b["results"][0]["payload"]["color"], "red");
 
@@ -71,7 +95,10 @@ async fn collection_round_trip_with_string_and_numeric_ids() {
     )
     .await;
     assert_eq!(s, 200, "{b}");
-    assert_eq!(b["results"][0]["id"], "6f1c1f0e-8f5b-4d0c-9e0a-2b7d3c4e5f60");
+    assert_eq!(
+        b["results"][0]["id"],
+        "6f1c1f0e-8f5b-4d0c-9e0a-2b7d3c4e5f60"
+    );
 
     let (s, b) = post(
         &app,
@@ -81,18 +108,31 @@ async fn collection_round_trip_with_string_and_numeric_ids() {
     .await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["results"][1][0]["id"], 1);
-    assert_eq!(b["results"][0][0]["id"], "6f1c1f0e-8f5b-4d0c-9e0a-2b7d3c4e5f60");
+    assert_eq!(
+        b["results"][0][0]["id"],
+        "6f1c1f0e-8f5b-4d0c-9e0a-2b7d3c4e5f60"
+    );
 
     let (s, b) = get(&app, "/v1/collections/docs/points/3").await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["payload"]["color"], "blue");
 
-    let (s, b) = post(&app, "/v1/collections/docs/points/delete", json!({"ids": [3]})).await;
+    let (s, b) = post(
+        &app,
+        "/v1/collections/docs/points/delete",
+        json!({"ids": [3]}),
+    )
+    .await;
     assert_eq!((s, &b["deleted"]), (200, &json!(1)), "{b}");
     let (s, _) = get(&app, "/v1/collections/docs/points/3").await;
     assert_eq!(s, 404);
 
-    let (s, b) = post(&app, "/v1/collections/docs/points/delete", json!({"filter": {"must": [{"key": "color", "match": {"value": "red"}}]}})).await;
+    let (s, b) = post(
+        &app,
+        "/v1/collections/docs/points/delete",
+        json!({"filter": {"must": [{"key": "color", "match": {"value": "red"}}]}}),
+    )
+    .await;
     assert_eq!((s, &b["deleted"]), (200, &json!(1)), "{b}");
 
     let (s, b) = post(&app, "/v1/collections/docs/snapshot", json!({})).await;
@@ -103,7 +143,12 @@ async fn collection_round_trip_with_string_and_numeric_ids() {
     assert_eq!(b["collections"][0]["name"], "docs");
     assert_eq!(b["collections"][0]["count"], 1);
 
-    let r = app.client.delete(app.at("/v1/collections/docs")).send().await.unwrap();
+    let r = app
+        .client
+        .delete(app.at("/v1/collections/docs"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let (s, b) = get(&app, "/v1/collections/docs").await;
     assert_eq!(s, 404);
@@ -115,11 +160,21 @@ async fn every_bad_input_is_a_400_naming_the_problem() {
     let app = spawn_app("").await;
     make(&app, "c").await;
 
-    let (s, b) = put(&app, "/v1/collections/x", json!({"dimension": 3, "metric": "manhattan"})).await;
+    let (s, b) = put(
+        &app,
+        "/v1/collections/x",
+        json!({"dimension": 3, "metric": "manhattan"}),
+    )
+    .await;
     assert_eq!(s, 400, "{b}");
     assert_openai_error(&b, "manhattan");
 
-    let (s, b) = put(&app, "/v1/collections/c/points", json!({"points": [{"id": 1, "vector": [1.0, 0.0]}]})).await;
+    let (s, b) = put(
+        &app,
+        "/v1/collections/c/points",
+        json!({"points": [{"id": 1, "vector": [1.0, 0.0]}]}),
+    )
+    .await;
     assert_eq!(s, 400, "{b}");
     assert_openai_error(&b, "dimension");
 
@@ -134,11 +189,21 @@ async fn every_bad_input_is_a_400_naming_the_problem() {
         .unwrap();
     assert_eq!(r.status(), 400);
 
-    let (s, b) = post(&app, "/v1/collections/c/points/search", json!({"vector": [1.0, 0.0, 0.0], "top_k": 0})).await;
+    let (s, b) = post(
+        &app,
+        "/v1/collections/c/points/search",
+        json!({"vector": [1.0, 0.0, 0.0], "top_k": 0}),
+    )
+    .await;
     assert_eq!(s, 400, "{b}");
     assert_openai_error(&b, "top_k");
 
-    let (s, b) = post(&app, "/v1/collections/c/points/search", json!({"vector": [1.0, 0.0, 0.0], "top_k": 1001})).await;
+    let (s, b) = post(
+        &app,
+        "/v1/collections/c/points/search",
+        json!({"vector": [1.0, 0.0, 0.0], "top_k": 1001}),
+    )
+    .await;
     assert_eq!(s, 400, "{b}");
     assert_openai_error(&b, "top_k");
 
@@ -151,14 +216,29 @@ async fn every_bad_input_is_a_400_naming_the_problem() {
     assert_eq!(s, 400, "{b}");
     assert_openai_error(&b, "filter");
 
-    let (s, b) = post(&app, "/v1/collections/c/points/search", json!({"vector": [1.0, 0.0], "top_k": 1})).await;
+    let (s, b) = post(
+        &app,
+        "/v1/collections/c/points/search",
+        json!({"vector": [1.0, 0.0], "top_k": 1}),
+    )
+    .await;
     assert_eq!(s, 400, "{b}");
     assert_openai_error(&b, "dimension");
 
-    let (s, b) = post(&app, "/v1/collections/missing/points/search", json!({"vector": [1.0, 0.0, 0.0], "top_k": 1})).await;
+    let (s, b) = post(
+        &app,
+        "/v1/collections/missing/points/search",
+        json!({"vector": [1.0, 0.0, 0.0], "top_k": 1}),
+    )
+    .await;
     assert_eq!(s, 404, "{b}");
 
-    let (s, b) = put(&app, "/v1/collections/c", json!({"dimension": 3, "metric": "cosine"})).await;
+    let (s, b) = put(
+        &app,
+        "/v1/collections/c",
+        json!({"dimension": 3, "metric": "cosine"}),
+    )
+    .await;
     assert_eq!(s, 409, "{b}");
 
     let (s, b) = put(&app, "/v1/collections/c/points", json!({"points": []})).await;
@@ -171,8 +251,20 @@ async fn vectors_survive_a_restart_of_the_service() {
     let cfg = crate::common::test_config("", dir.path());
     {
         let state = uat_server::build(cfg.clone()).await.unwrap();
-        let c = state.vector.store().create_collection("keep", uat_vector::CollectionConfig::new(2, uat_vector::Metric::L2)).unwrap();
-        c.upsert(vec![uat_vector::Point { id: 7.into(), vector: vec![0.5, 0.5], payload: None }]).unwrap();
+        let c = state
+            .vector
+            .store()
+            .create_collection(
+                "keep",
+                uat_vector::CollectionConfig::new(2, uat_vector::Metric::L2),
+            )
+            .unwrap();
+        c.upsert(vec![uat_vector::Point {
+            id: 7.into(),
+            vector: vec![0.5, 0.5],
+            payload: None,
+        }])
+        .unwrap();
     }
     let state = uat_server::build(cfg).await.unwrap();
     let c = state.vector.store().get("keep").unwrap();
