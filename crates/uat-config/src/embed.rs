@@ -68,7 +68,11 @@ impl EmbeddingsConfig {
                 ));
             }
         }
-        if self.batch_tokens == 0 || self.max_batch_size == 0 || self.queue_capacity == 0 || self.threads == 0 {
+        if self.batch_tokens == 0
+            || self.max_batch_size == 0
+            || self.queue_capacity == 0
+            || self.threads == 0
+        {
             return Err(ConfigError::invalid(
                 "embeddings",
                 "batch_tokens, max_batch_size, queue_capacity and threads must be at least 1",

@@ -139,7 +139,10 @@ impl Config {
     /// Loads the configuration: `path` if given (it must exist), else
     /// `uat.toml` in the working directory when present, else defaults; then
     /// the process environment; then `overrides`.
-    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<(Config, Source), ConfigError> {
+    pub fn load(
+        path: Option<&Path>,
+        overrides: &Overrides,
+    ) -> Result<(Config, Source), ConfigError> {
         let env: Vec<(String, String)> = std::env::vars().collect();
         Self::load_with_env(path, &env, overrides)
     }
@@ -165,12 +168,18 @@ impl Config {
             Source::File(p) => p.display().to_string(),
             Source::Defaults => "defaults".to_string(),
         };
-        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
-            origin: origin.clone(),
-            message: e.to_string(),
-        })?;
+        let mut table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    origin: origin.clone(),
+                    message: e.to_string(),
+                })?;
         let env_applied = apply_env(&mut table, env)?;
-        let origin = if env_applied { format!("{origin} + environment") } else { origin };
+        let origin = if env_applied {
+            format!("{origin} + environment")
+        } else {
+            origin
+        };
         let mut cfg: Config = deserialize(table, &origin)?;
         cfg.apply(overrides);
         cfg.validate()?;
@@ -180,10 +189,12 @@ impl Config {
     /// Parses a TOML document with no environment and no overrides (for tests
     /// and embedding).
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
-            origin: "config".into(),
-            message: e.to_string(),
-        })?;
+        let table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    origin: "config".into(),
+                    message: e.to_string(),
+                })?;
         let cfg: Config = deserialize(table, "config")?;
         cfg.validate()?;
         Ok(cfg)
@@ -279,7 +290,9 @@ fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<bool, 
 fn parse_env_value(raw: &str) -> toml::Value {
     let doc = format!("v = {raw}");
     match doc.parse::<toml::Table>() {
-        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_string())),
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.to_string())),
         Err(_) => toml::Value::String(raw.to_string()),
     }
 }
@@ -298,16 +311,26 @@ fn set_path(table: &mut toml::Table, keys: &[String], value: toml::Value) -> Res
     set_value_path(entry, rest, value, first)
 }
 
-fn set_value_path(node: &mut toml::Value, keys: &[String], value: toml::Value, at: &str) -> Result<(), String> {
+fn set_value_path(
+    node: &mut toml::Value,
+    keys: &[String],
+    value: toml::Value,
+    at: &str,
+) -> Result<(), String> {
     match node {
         toml::Value::Table(t) => set_path(t, keys, value),
         toml::Value::Array(a) => {
             let Some((idx, rest)) = keys.split_first() else {
                 return Err(format!("{at}: missing index"));
             };
-            let i: usize = idx.parse().map_err(|_| format!("{at}: `{idx}` is not an array index"))?;
+            let i: usize = idx
+                .parse()
+                .map_err(|_| format!("{at}: `{idx}` is not an array index"))?;
             if i > a.len() {
-                return Err(format!("{at}: index {i} is past the end ({} entries)", a.len()));
+                return Err(format!(
+                    "{at}: index {i} is past the end ({} entries)",
+                    a.len()
+                ));
             }
             if i == a.len() {
                 a.push(toml::Value::Table(toml::Table::new()));

@@ -188,36 +188,65 @@ pub(crate) fn validate(
     for (i, p) in providers.iter().enumerate() {
         let at = |f: &str| format!("providers[{i}].{f}");
         if p.name.is_empty() || p.name.contains('/') {
-            return Err(ConfigError::invalid(at("name"), "must be non-empty and contain no `/`"));
+            return Err(ConfigError::invalid(
+                at("name"),
+                "must be non-empty and contain no `/`",
+            ));
         }
         if !names.insert(p.name.as_str()) {
-            return Err(ConfigError::invalid(at("name"), format!("duplicate provider `{}`", p.name)));
+            return Err(ConfigError::invalid(
+                at("name"),
+                format!("duplicate provider `{}`", p.name),
+            ));
         }
         match (&p.kind, &p.base_url) {
             (ProviderKind::Mock, _) => {}
-            (_, None) => return Err(ConfigError::invalid(at("base_url"), "required for this kind")),
+            (_, None) => {
+                return Err(ConfigError::invalid(
+                    at("base_url"),
+                    "required for this kind",
+                ));
+            }
             (_, Some(u)) if !(u.starts_with("http://") || u.starts_with("https://")) => {
-                return Err(ConfigError::invalid(at("base_url"), format!("`{u}` is not an http(s) URL")));
+                return Err(ConfigError::invalid(
+                    at("base_url"),
+                    format!("`{u}` is not an http(s) URL"),
+                ));
             }
             _ => {}
         }
         if !(0.0..=1.0).contains(&p.mock.failure_rate) {
-            return Err(ConfigError::invalid(at("mock.failure_rate"), "must be between 0 and 1"));
+            return Err(ConfigError::invalid(
+                at("mock.failure_rate"),
+                "must be between 0 and 1",
+            ));
         }
         if p.mock.chunks == 0 {
-            return Err(ConfigError::invalid(at("mock.chunks"), "must be at least 1"));
+            return Err(ConfigError::invalid(
+                at("mock.chunks"),
+                "must be at least 1",
+            ));
         }
         if p.timeout.is_zero() {
-            return Err(ConfigError::invalid(at("timeout"), "must be more than zero"));
+            return Err(ConfigError::invalid(
+                at("timeout"),
+                "must be more than zero",
+            ));
         }
     }
     let mut aliases = HashSet::new();
     for (i, m) in models.iter().enumerate() {
         if !aliases.insert(m.name.as_str()) {
-            return Err(ConfigError::invalid(format!("models[{i}].name"), format!("duplicate alias `{}`", m.name)));
+            return Err(ConfigError::invalid(
+                format!("models[{i}].name"),
+                format!("duplicate alias `{}`", m.name),
+            ));
         }
         if m.targets.is_empty() {
-            return Err(ConfigError::invalid(format!("models[{i}].targets"), "needs at least one target"));
+            return Err(ConfigError::invalid(
+                format!("models[{i}].targets"),
+                "needs at least one target",
+            ));
         }
         for (j, t) in m.targets.iter().enumerate() {
             let Some((prov, model)) = t.split_once('/') else {
@@ -235,10 +264,16 @@ pub(crate) fn validate(
         }
     }
     if routing.max_attempts == 0 {
-        return Err(ConfigError::invalid("routing.max_attempts", "must be at least 1"));
+        return Err(ConfigError::invalid(
+            "routing.max_attempts",
+            "must be at least 1",
+        ));
     }
     if routing.breaker_failures == 0 {
-        return Err(ConfigError::invalid("routing.breaker_failures", "must be at least 1"));
+        return Err(ConfigError::invalid(
+            "routing.breaker_failures",
+            "must be at least 1",
+        ));
     }
     Ok(())
 }

@@ -56,10 +56,16 @@ impl ServerConfig {
             ));
         }
         if self.max_in_flight == 0 {
-            return Err(ConfigError::invalid("server.max_in_flight", "must be at least 1"));
+            return Err(ConfigError::invalid(
+                "server.max_in_flight",
+                "must be at least 1",
+            ));
         }
         if self.body_limit == 0 {
-            return Err(ConfigError::invalid("server.body_limit", "must be at least 1"));
+            return Err(ConfigError::invalid(
+                "server.body_limit",
+                "must be at least 1",
+            ));
         }
         if self.bulk_body_limit < self.body_limit {
             return Err(ConfigError::invalid(

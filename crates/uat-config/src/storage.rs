@@ -44,11 +44,17 @@ impl StorageConfig {
         if !(u.starts_with("sqlite:") || self.is_postgres()) {
             return Err(ConfigError::invalid(
                 "storage.database_url",
-                format!("`{}` is neither sqlite://... nor postgres://...", crate::mask_url(&u)),
+                format!(
+                    "`{}` is neither sqlite://... nor postgres://...",
+                    crate::mask_url(&u)
+                ),
             ));
         }
         if self.max_connections == 0 {
-            return Err(ConfigError::invalid("storage.max_connections", "must be at least 1"));
+            return Err(ConfigError::invalid(
+                "storage.max_connections",
+                "must be at least 1",
+            ));
         }
         Ok(())
     }

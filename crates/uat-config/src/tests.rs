@@ -1,7 +1,10 @@
 use super::*;
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 fn load_str(text: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
@@ -115,19 +118,30 @@ fn env_overrides_file_and_flags_override_env() {
         listen: Some("127.0.0.1:5000".into()),
         ..Default::default()
     };
-    let (c, _) = Config::load_with_env(Some(&p), &env(&[("UAT_SERVER__LISTEN", "0.0.0.0:4000")]), &o).unwrap();
+    let (c, _) = Config::load_with_env(
+        Some(&p),
+        &env(&[("UAT_SERVER__LISTEN", "0.0.0.0:4000")]),
+        &o,
+    )
+    .unwrap();
     assert_eq!(c.server.listen, "127.0.0.1:5000");
 }
 
 #[test]
 fn bad_env_value_names_the_path() {
-    let msg = load_str(SAMPLE, &[("UAT_ROUTING__MAX_ATTEMPTS", "many")]).unwrap_err().to_string();
+    let msg = load_str(SAMPLE, &[("UAT_ROUTING__MAX_ATTEMPTS", "many")])
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("routing.max_attempts"), "{msg}");
 }
 
 #[test]
 fn missing_explicit_file_is_an_error() {
-    let r = Config::load_with_env(Some(Path::new("/nonexistent/uat.toml")), &[], &Overrides::default());
+    let r = Config::load_with_env(
+        Some(Path::new("/nonexistent/uat.toml")),
+        &[],
+        &Overrides::default(),
+    );
     assert!(matches!(r, Err(ConfigError::Read { .. })));
 }
 
@@ -148,7 +162,9 @@ fn secrets_are_masked() {
 
 #[test]
 fn invalid_listen_is_rejected() {
-    let msg = load_str("[server]\nlisten = \"nowhere\"\n", &[]).unwrap_err().to_string();
+    let msg = load_str("[server]\nlisten = \"nowhere\"\n", &[])
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("server.listen"), "{msg}");
 }
 
@@ -157,6 +173,12 @@ fn shipped_example_config_is_valid() {
     let text = include_str!("../../../uat.example.toml");
     let c = Config::from_toml(text).unwrap();
     assert_eq!(c.providers.len(), 3);
-    assert_eq!(c.cache.model_ttl["gpt-4o-mini"], std::time::Duration::from_secs(600));
-    assert_eq!(c.cache.l2.timeout, Some(std::time::Duration::from_millis(50)));
+    assert_eq!(
+        c.cache.model_ttl["gpt-4o-mini"],
+        std::time::Duration::from_secs(600)
+    );
+    assert_eq!(
+        c.cache.l2.timeout,
+        Some(std::time::Duration::from_millis(50))
+    );
 }

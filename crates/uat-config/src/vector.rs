@@ -26,7 +26,10 @@ impl Default for VectorConfig {
 impl VectorConfig {
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if !matches!(self.fsync.as_str(), "always" | "batch" | "never") {
-            return Err(ConfigError::invalid("vector.fsync", "must be always, batch or never"));
+            return Err(ConfigError::invalid(
+                "vector.fsync",
+                "must be always, batch or never",
+            ));
         }
         Ok(())
     }

@@ -1,11 +1,15 @@
 //! `cargo run --release -p uat-memory --example bench_memory -- [DATABASE_URL]`
 //!
-//! Environment: `MEMORIES` (100000), `USERS` (1000), `CLIENTS` (50), `OPS` (40 per client).
+//! Environment: `MEMORIES` (100000), `USERS` (1000), `CLIENTS` (50), `OPS` (40 per client),
+//! `INDEX_DURING_LOAD` (1; 0 = load on SQL alone, then time the index rebuild).
 
 use uat_memory::bench::{BenchOptions, run};
 
 fn env(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 #[tokio::main]
@@ -16,6 +20,7 @@ async fn main() {
         users: env("USERS", 1000),
         clients: env("CLIENTS", 50),
         ops_per_client: env("OPS", 40),
+        index_during_load: env("INDEX_DURING_LOAD", 1) == 1,
         ..BenchOptions::default()
     };
     match run(opts, &mut |l| eprintln!("{l}")).await {

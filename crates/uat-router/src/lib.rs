@@ -19,6 +19,7 @@ pub mod provider;
 mod router;
 mod stats;
 pub mod strategy;
+mod stream;
 #[cfg(test)]
 mod tests;
 
@@ -26,5 +27,6 @@ pub use breaker::BreakerState;
 pub use catalog::ALIAS_OWNER;
 pub use error::{Failure, FailureKind, ProviderFailure, RouterError};
 pub use provider::{ChunkStream, Provider, Reply, StreamChunk};
-pub use router::{ProviderStatus, Resolved, Routed, RoutedStream, Router, build_provider};
+pub use router::{ProviderStatus, Resolved, Routed, Router, build_provider};
 pub use stats::ProviderStats;
+pub use stream::RoutedStream;

@@ -7,15 +7,14 @@ use crate::breaker::{Breaker, BreakerState, Permit};
 use crate::catalog::{Catalog, Target};
 use crate::error::{Failure, FailureKind, ProviderFailure, RouterError};
 use crate::metrics::ProviderMetrics;
-use crate::provider::{self, ChunkStream, Provider, Reply, StreamChunk};
+use crate::provider::{self, Provider, Reply};
 use crate::stats::{InFlightGuard, ProviderStats};
 use crate::strategy::{self, Candidate, Strategy};
-use futures::{Stream, StreamExt};
+use crate::stream::RoutedStream;
+use futures::StreamExt;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, Weak};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use uat_config::{Config, ModelAlias, ProviderConfig, ProviderKind, RoutingConfig};
 use uat_types::{ChatRequest, Model};
@@ -90,7 +89,7 @@ impl Slot {
         }
     }
 
-    fn failure(&self, f: &Failure, elapsed: Duration) {
+    pub(crate) fn failure(&self, f: &Failure, elapsed: Duration) {
         self.metrics.error(f.kind);
         if !f.kind.counts_against_provider() {
             // The provider answered sensibly; it is healthy.
@@ -589,61 +588,6 @@ fn note(reasons: &mut Vec<ProviderFailure>, provider: &Arc<str>, failure: Failur
             provider: provider.clone(),
             failure,
         }),
-    }
-}
-
-/// A stream that has produced its first chunk. Yields that chunk, then the
-/// rest; an `Err` item ends it (the upstream broke off). Dropping it drops
-/// the upstream request.
-pub struct RoutedStream {
-    first: Option<StreamChunk>,
-    rest: ChunkStream,
-    slot: Arc<Slot>,
-    _guard: InFlightGuard,
-    start: Instant,
-    done: bool,
-}
-
-impl std::fmt::Debug for RoutedStream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RoutedStream")
-            .field("provider", &self.slot.name)
-            .finish()
-    }
-}
-
-impl Stream for RoutedStream {
-    type Item = Result<StreamChunk, Failure>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if let Some(first) = self.first.take() {
-            return Poll::Ready(Some(Ok(first)));
-        }
-        if self.done {
-            return Poll::Ready(None);
-        }
-        match self.rest.poll_next_unpin(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(None) => {
-                self.done = true;
-                self.slot
-                    .metrics
-                    .observe_duration(self.start.elapsed().as_secs_f64());
-                Poll::Ready(None)
-            }
-            Poll::Ready(Some(Ok(chunk))) => {
-                if let Some(u) = &chunk.usage {
-                    self.slot.metrics.tokens(u);
-                }
-                Poll::Ready(Some(Ok(chunk)))
-            }
-            Poll::Ready(Some(Err(f))) => {
-                self.done = true;
-                tracing::warn!(provider = %self.slot.name, reason = %f, "upstream stream broke off");
-                self.slot.failure(&f, self.start.elapsed());
-                Poll::Ready(Some(Err(f)))
-            }
-        }
     }
 }
 

@@ -26,7 +26,10 @@ impl EmbedService {
     /// Builds the registry from `[embeddings]`, loads the models marked
     /// `eager`, and starts the idle-unload task.
     pub async fn init(config: &Config) -> Result<Self, StartupError> {
-        let registry = Arc::new(Registry::new(&config.embeddings).map_err(|e| StartupError::subsystem("embeddings", e))?);
+        let registry = Arc::new(
+            Registry::new(&config.embeddings)
+                .map_err(|e| StartupError::subsystem("embeddings", e))?,
+        );
         registry
             .load_eager()
             .await
@@ -57,8 +60,15 @@ impl EmbedService {
     }
 
     /// Embeds texts with a local model (for services such as memory).
-    pub async fn embed_texts(&self, model: &str, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EmbedError> {
-        let resp = self.registry.embed(model, EmbedRequest::new(EmbeddingInput::Texts(texts))).await?;
+    pub async fn embed_texts(
+        &self,
+        model: &str,
+        texts: Vec<String>,
+    ) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let resp = self
+            .registry
+            .embed(model, EmbedRequest::new(EmbeddingInput::Texts(texts)))
+            .await?;
         Ok(resp.embeddings)
     }
 
@@ -68,11 +78,19 @@ impl EmbedService {
         if list.is_empty() {
             return Vec::new();
         }
-        let missing: Vec<&str> = list.iter().filter(|m| m.eager && !m.loaded).map(|m| m.name.as_str()).collect();
+        let missing: Vec<&str> = list
+            .iter()
+            .filter(|m| m.eager && !m.loaded)
+            .map(|m| m.name.as_str())
+            .collect();
         let loaded = list.iter().filter(|m| m.loaded).count();
         vec![ReadyCheck {
             name: "embeddings".into(),
-            status: if missing.is_empty() { ReadyStatus::Ok } else { ReadyStatus::Degraded },
+            status: if missing.is_empty() {
+                ReadyStatus::Ok
+            } else {
+                ReadyStatus::Degraded
+            },
             critical: false,
             detail: Some(if missing.is_empty() {
                 format!("{loaded} of {} models loaded", list.len())
@@ -88,7 +106,9 @@ impl EmbedService {
 pub fn embed_error(e: EmbedError) -> ApiError {
     match &e {
         EmbedError::UnknownModel(m) => ApiError::model_not_found(m),
-        EmbedError::DimensionsUnsupported { .. } => ApiError::invalid_field("dimensions", e.to_string()),
+        EmbedError::DimensionsUnsupported { .. } => {
+            ApiError::invalid_field("dimensions", e.to_string())
+        }
         EmbedError::Overloaded { .. } => ApiError::overloaded(e.to_string(), 1),
         EmbedError::ShuttingDown => ApiError::unavailable(e.to_string()),
         _ if e.is_client_error() => ApiError::invalid_field("input", e.to_string()),
@@ -119,7 +139,12 @@ fn parse(body: &Value) -> Result<Parsed, ApiError> {
     };
     let model = match obj.get("model") {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        Some(_) => return Err(ApiError::invalid_field("model", "`model` must be a non-empty string")),
+        Some(_) => {
+            return Err(ApiError::invalid_field(
+                "model",
+                "`model` must be a non-empty string",
+            ));
+        }
         None => return Err(ApiError::invalid_field("model", "missing field `model`")),
     };
     let input = match obj.get("input") {
@@ -142,13 +167,23 @@ fn parse(body: &Value) -> Result<Parsed, ApiError> {
         None | Some(Value::Null) => None,
         Some(v) => match v.as_u64() {
             Some(d) if d > 0 => Some(d as usize),
-            _ => return Err(ApiError::invalid_field("dimensions", "`dimensions` must be a positive integer")),
+            _ => {
+                return Err(ApiError::invalid_field(
+                    "dimensions",
+                    "`dimensions` must be a positive integer",
+                ));
+            }
         },
     };
     let truncate = match obj.get("truncate") {
         None | Some(Value::Null) => true,
         Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(ApiError::invalid_field("truncate", "`truncate` must be a boolean")),
+        Some(_) => {
+            return Err(ApiError::invalid_field(
+                "truncate",
+                "`truncate` must be a boolean",
+            ));
+        }
     };
     Ok(Parsed {
         model,
@@ -159,7 +194,11 @@ fn parse(body: &Value) -> Result<Parsed, ApiError> {
     })
 }
 
-async fn embeddings(State(state): State<AppState>, headers: HeaderMap, ApiJson(body): ApiJson<Value>) -> Response {
+async fn embeddings(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<Value>,
+) -> Response {
     let model = match body.get("model") {
         Some(Value::String(s)) => s.clone(),
         _ => String::new(),
@@ -170,14 +209,26 @@ async fn embeddings(State(state): State<AppState>, headers: HeaderMap, ApiJson(b
             Err(e) => return e.into_response(),
         };
         let st = state.clone();
-        let resp = crate::cache::around(&state, &headers, crate::cache::Kind::Embeddings, &model, &body, || async move {
-            local(&st, parsed).await.unwrap_or_else(IntoResponse::into_response)
-        })
+        let resp = crate::cache::around(
+            &state,
+            &headers,
+            crate::cache::Kind::Embeddings,
+            &model,
+            &body,
+            || async move {
+                local(&st, parsed)
+                    .await
+                    .unwrap_or_else(IntoResponse::into_response)
+            },
+        )
         .await;
         return tagged(resp, "local", 1, &model);
     }
     if model.is_empty() {
-        return parse(&body).err().unwrap_or_else(|| ApiError::invalid_field("model", "missing field `model`")).into_response();
+        return parse(&body)
+            .err()
+            .unwrap_or_else(|| ApiError::invalid_field("model", "missing field `model`"))
+            .into_response();
     }
     if !state.gateway.router().has_model(&model) {
         return ApiError::model_not_found(&model).into_response();
@@ -185,21 +236,31 @@ async fn embeddings(State(state): State<AppState>, headers: HeaderMap, ApiJson(b
     let st = state.clone();
     let m = model.clone();
     let b = body.clone();
-    crate::cache::around(&state, &headers, crate::cache::Kind::Embeddings, &model, &body, || async move {
-        match st.gateway.router().embeddings(&m, &b).await {
-            Ok(routed) => {
-                let mut resp = (
-                    StatusCode::OK,
-                    [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
-                    routed.value.body,
-                )
-                    .into_response();
-                resp = tagged(resp, &routed.provider, routed.attempts, &m);
-                resp
+    crate::cache::around(
+        &state,
+        &headers,
+        crate::cache::Kind::Embeddings,
+        &model,
+        &body,
+        || async move {
+            match st.gateway.router().embeddings(&m, &b).await {
+                Ok(routed) => {
+                    let mut resp = (
+                        StatusCode::OK,
+                        [(
+                            header::CONTENT_TYPE,
+                            HeaderValue::from_static("application/json"),
+                        )],
+                        routed.value.body,
+                    )
+                        .into_response();
+                    resp = tagged(resp, &routed.provider, routed.attempts, &m);
+                    resp
+                }
+                Err(e) => crate::gateway::router_error(&e).into_response(),
             }
-            Err(e) => crate::gateway::router_error(&e).into_response(),
-        }
-    })
+        },
+    )
     .await
 }
 
@@ -210,12 +271,16 @@ fn tagged(mut resp: Response, provider: &str, attempts: u32, model: &str) -> Res
             crate::gateway::X_UAT_PROVIDER.clone(),
             HeaderValue::from_str(provider).unwrap_or_else(|_| HeaderValue::from_static("invalid")),
         );
-        h.insert(crate::gateway::X_UAT_ATTEMPTS.clone(), HeaderValue::from(attempts));
+        h.insert(
+            crate::gateway::X_UAT_ATTEMPTS.clone(),
+            HeaderValue::from(attempts),
+        );
     }
-    resp.extensions_mut().insert(crate::middleware::RouteLabels {
-        model: model.to_owned(),
-        provider: provider.to_owned(),
-    });
+    resp.extensions_mut()
+        .insert(crate::middleware::RouteLabels {
+            model: model.to_owned(),
+            provider: provider.to_owned(),
+        });
     resp
 }
 
@@ -225,7 +290,12 @@ async fn local(state: &AppState, p: Parsed) -> Result<Response, ApiError> {
         truncate: p.truncate,
         dimensions: p.dimensions,
     };
-    let out = state.embed.registry.embed(&p.model, req).await.map_err(embed_error)?;
+    let out = state
+        .embed
+        .registry
+        .embed(&p.model, req)
+        .await
+        .map_err(embed_error)?;
     let data: Vec<Value> = out
         .embeddings
         .iter()
@@ -251,12 +321,23 @@ async fn list_models(State(state): State<AppState>) -> Response {
     axum::Json(json!({ "object": "list", "data": state.embed.registry.list() })).into_response()
 }
 
-async fn load_model(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
-    let status = state.embed.registry.load(&name).await.map_err(embed_error)?;
+async fn load_model(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let status = state
+        .embed
+        .registry
+        .load(&name)
+        .await
+        .map_err(embed_error)?;
     Ok(axum::Json(json!(status)).into_response())
 }
 
-async fn unload_model(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
+async fn unload_model(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
     let unloaded = state.embed.registry.unload(&name).map_err(embed_error)?;
     Ok(axum::Json(json!({ "name": name, "unloaded": unloaded })).into_response())
 }

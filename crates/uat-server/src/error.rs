@@ -21,11 +21,16 @@ pub struct ApiError {
     /// Seconds for a `Retry-After` header (429 / 503).
     pub retry_after: Option<u64>,
     /// Extra JSON merged into the `error` object (e.g. per-provider reasons).
-    pub details: Option<serde_json::Value>,
+    pub details: Option<Box<serde_json::Value>>,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, kind: &'static str, code: Option<&'static str>, message: impl Into<String>) -> Self {
+    fn new(
+        status: StatusCode,
+        kind: &'static str,
+        code: Option<&'static str>,
+        message: impl Into<String>,
+    ) -> Self {
         ApiError {
             status,
             kind,
@@ -39,7 +44,12 @@ impl ApiError {
 
     /// 400 `invalid_request_error`.
     pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", Some("invalid_request"), message)
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            Some("invalid_request"),
+            message,
+        )
     }
 
     /// 400 naming the offending field.
@@ -51,7 +61,12 @@ impl ApiError {
 
     /// 404 `not_found_error` for a missing resource.
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "invalid_request_error", Some("not_found"), message)
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            Some("not_found"),
+            message,
+        )
     }
 
     /// 404 `model_not_found`.
@@ -68,7 +83,12 @@ impl ApiError {
 
     /// 409: the resource already exists.
     pub fn conflict(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, "invalid_request_error", Some("already_exists"), message)
+        Self::new(
+            StatusCode::CONFLICT,
+            "invalid_request_error",
+            Some("already_exists"),
+            message,
+        )
     }
 
     /// 413: the body is larger than the route allows.
@@ -83,24 +103,44 @@ impl ApiError {
 
     /// 503 with Retry-After: the server is shedding load.
     pub fn overloaded(message: impl Into<String>, retry_after: u64) -> Self {
-        let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", Some("overloaded"), message);
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            Some("overloaded"),
+            message,
+        );
         e.retry_after = Some(retry_after);
         e
     }
 
     /// 503: a dependency is unavailable.
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", Some("service_unavailable"), message)
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            Some("service_unavailable"),
+            message,
+        )
     }
 
     /// 502: an upstream answered with an error.
     pub fn bad_gateway(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_GATEWAY, "upstream_error", Some("upstream_error"), message)
+        Self::new(
+            StatusCode::BAD_GATEWAY,
+            "upstream_error",
+            Some("upstream_error"),
+            message,
+        )
     }
 
     /// 504: an upstream did not answer in time.
     pub fn gateway_timeout(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::GATEWAY_TIMEOUT, "upstream_error", Some("upstream_timeout"), message)
+        Self::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream_error",
+            Some("upstream_timeout"),
+            message,
+        )
     }
 
     /// 500: our fault. The message is logged; the client sees a generic text.
@@ -142,7 +182,7 @@ impl ApiError {
 
     /// Sets extra details merged into the error object.
     pub fn with_details(mut self, details: serde_json::Value) -> Self {
-        self.details = Some(details);
+        self.details = Some(Box::new(details));
         self
     }
 
@@ -163,7 +203,7 @@ impl ApiError {
             code: self.code,
         }});
         if let (Some(serde_json::Value::Object(extra)), Some(serde_json::Value::Object(err))) =
-            (&self.details, v.get_mut("error"))
+            (self.details.as_deref(), v.get_mut("error"))
         {
             for (k, val) in extra {
                 err.insert(k.clone(), val.clone());
@@ -183,7 +223,8 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut resp = (self.status, axum::Json(self.body())).into_response();
         if let Some(s) = self.retry_after {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
         resp
     }

@@ -19,7 +19,9 @@ async fn health() -> impl IntoResponse {
 
 async fn ready(axum::extract::State(state): axum::extract::State<AppState>) -> impl IntoResponse {
     let checks = state.ready_checks().await;
-    let unready = checks.iter().any(|c| c.critical && c.status == ReadyStatus::Down);
+    let unready = checks
+        .iter()
+        .any(|c| c.critical && c.status == ReadyStatus::Down);
     let degraded = checks.iter().any(|c| c.status != ReadyStatus::Ok);
     let status = if unready {
         "unready"
@@ -28,7 +30,11 @@ async fn ready(axum::extract::State(state): axum::extract::State<AppState>) -> i
     } else {
         "ready"
     };
-    let code = if unready { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    let code = if unready {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
     (
         code,
         axum::Json(serde_json::json!({
@@ -41,7 +47,10 @@ async fn ready(axum::extract::State(state): axum::extract::State<AppState>) -> i
 
 async fn metrics() -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         uat_telemetry::render(),
     )
 }

@@ -84,7 +84,9 @@ pub fn app(state: AppState) -> Router {
         .merge(
             vector::routes()
                 .layer(DefaultBodyLimit::max(cfg.server.bulk_body_limit))
-                .layer(axum::Extension(extract::BodyLimit(cfg.server.bulk_body_limit))),
+                .layer(axum::Extension(extract::BodyLimit(
+                    cfg.server.bulk_body_limit,
+                ))),
         );
     middleware::wrap(api.merge(health::routes()), state)
 }
@@ -92,15 +94,22 @@ pub fn app(state: AppState) -> Router {
 /// Binds `addr` with the settings the gateway needs (TCP_NODELAY on every
 /// accepted connection is applied in [`serve`]).
 pub async fn bind(addr: &str) -> Result<TcpListener, StartupError> {
-    TcpListener::bind(addr).await.map_err(|source| StartupError::Bind {
-        addr: addr.to_string(),
-        source,
-    })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartupError::Bind {
+            addr: addr.to_string(),
+            source,
+        })
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then drains
 /// in-flight requests and streams for at most `grace`.
-pub async fn serve<F>(listener: TcpListener, app: Router, shutdown: F, grace: Duration) -> std::io::Result<()>
+pub async fn serve<F>(
+    listener: TcpListener,
+    app: Router,
+    shutdown: F,
+    grace: Duration,
+) -> std::io::Result<()>
 where
     F: Future<Output = ()> + Send + 'static,
 {
@@ -114,10 +123,13 @@ where
         }
     });
     let mut rx2 = rx.clone();
-    let server = axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .with_graceful_shutdown(async move {
-            let _ = rx2.wait_for(|v| *v).await;
-        });
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = rx2.wait_for(|v| *v).await;
+    });
     tokio::spawn(async move {
         shutdown.await;
         tracing::info!("shutting down: draining in-flight requests");

@@ -206,7 +206,6 @@ struct UserQuery {
     user_id: Option<String>,
 }
 
-#[expect(clippy::result_large_err, reason = "ApiError is what handlers return")]
 fn user(q: &UserQuery) -> Result<&str, ApiError> {
     q.user_id
         .as_deref()
@@ -214,7 +213,6 @@ fn user(q: &UserQuery) -> Result<&str, ApiError> {
 }
 
 /// An unparseable id cannot name anyone's memory: 404, like a missing one.
-#[expect(clippy::result_large_err, reason = "ApiError is what handlers return")]
 fn memory_id(s: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(s).map_err(|_| ApiError::not_found("memory not found"))
 }

@@ -31,15 +31,24 @@ pub(crate) struct HttpMetrics {
 
 pub(crate) static METRICS: LazyLock<HttpMetrics> = LazyLock::new(|| {
     let requests = IntCounterVec::new(
-        Opts::new("uat_requests_total", "HTTP requests by route, model, provider and status"),
+        Opts::new(
+            "uat_requests_total",
+            "HTTP requests by route, model, provider and status",
+        ),
         &["route", "model", "provider", "status"],
     );
     let duration = HistogramVec::new(
-        HistogramOpts::new("uat_request_duration_seconds", "Time to the response head, by route")
-            .buckets(uat_telemetry::LATENCY_BUCKETS.to_vec()),
+        HistogramOpts::new(
+            "uat_request_duration_seconds",
+            "Time to the response head, by route",
+        )
+        .buckets(uat_telemetry::LATENCY_BUCKETS.to_vec()),
         &["route"],
     );
-    let in_flight = IntGauge::new("uat_requests_in_flight", "Requests being served, streams included");
+    let in_flight = IntGauge::new(
+        "uat_requests_in_flight",
+        "Requests being served, streams included",
+    );
     match (requests, duration, in_flight) {
         (Ok(r), Ok(d), Ok(i)) => HttpMetrics {
             requests: uat_telemetry::register(r),
@@ -50,7 +59,10 @@ pub(crate) static METRICS: LazyLock<HttpMetrics> = LazyLock::new(|| {
     }
 });
 
-#[expect(clippy::panic, reason = "metric definitions are static and valid; this cannot happen")]
+#[expect(
+    clippy::panic,
+    reason = "metric definitions are static and valid; this cannot happen"
+)]
 fn unreachable_metrics() -> HttpMetrics {
     panic!("invalid static metric definition")
 }
@@ -93,7 +105,10 @@ impl HttpBody for GuardedBody {
     type Data = Bytes;
     type Error = axum::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         Pin::new(&mut self.inner).poll_frame(cx)
     }
 
@@ -128,7 +143,10 @@ async fn shed_and_measure(State(limit): State<InFlight>, req: Request, next: Nex
     if prev >= limit.max {
         drop(guard);
         let resp = ApiError::overloaded(
-            format!("server is at its limit of {} requests in flight; retry shortly", limit.max),
+            format!(
+                "server is at its limit of {} requests in flight; retry shortly",
+                limit.max
+            ),
             1,
         )
         .into_response();
@@ -138,12 +156,20 @@ async fn shed_and_measure(State(limit): State<InFlight>, req: Request, next: Nex
     let resp = next.run(req).await;
     record(&route, &resp, start);
     let (parts, body) = resp.into_parts();
-    Response::from_parts(parts, Body::new(GuardedBody { inner: body, _guard: guard }))
+    Response::from_parts(
+        parts,
+        Body::new(GuardedBody {
+            inner: body,
+            _guard: guard,
+        }),
+    )
 }
 
 fn record(route: &str, resp: &Response, start: Instant) {
     let labels = resp.extensions().get::<RouteLabels>();
-    let (model, provider) = labels.map(|l| (l.model.as_str(), l.provider.as_str())).unwrap_or(("", ""));
+    let (model, provider) = labels
+        .map(|l| (l.model.as_str(), l.provider.as_str()))
+        .unwrap_or(("", ""));
     METRICS
         .requests
         .with_label_values(&[route, model, provider, resp.status().as_str()])
@@ -161,7 +187,12 @@ async fn fallback(req: Request) -> ApiError {
 /// Turns axum's bare 405 into the OpenAI shape.
 async fn shape_405(req: Request, next: Next) -> Response {
     let resp = next.run(req).await;
-    if resp.status() == StatusCode::METHOD_NOT_ALLOWED && resp.headers().get(axum::http::header::CONTENT_TYPE).is_none() {
+    if resp.status() == StatusCode::METHOD_NOT_ALLOWED
+        && resp
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .is_none()
+    {
         return ApiError::method_not_allowed().into_response();
     }
     resp
@@ -175,9 +206,15 @@ pub(crate) fn wrap(router: Router<AppState>, state: AppState) -> Router {
     router
         .fallback(fallback)
         .layer(axum::middleware::from_fn(shape_405))
-        .route_layer(axum::middleware::from_fn_with_state(limit.clone(), shed_and_measure))
+        .route_layer(axum::middleware::from_fn_with_state(
+            limit.clone(),
+            shed_and_measure,
+        ))
         .with_state(state)
         .layer(CompressionLayer::new().gzip(true))
         .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
-        .layer(SetRequestIdLayer::new(X_REQUEST_ID.clone(), MakeRequestUuid))
+        .layer(SetRequestIdLayer::new(
+            X_REQUEST_ID.clone(),
+            MakeRequestUuid,
+        ))
 }

@@ -15,7 +15,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use uat_config::Config;
-use uat_vector::{CollectionConfig, Filter, Point, PointId, SearchRequest, StoreOptions, VectorError, VectorStore};
+use uat_vector::{
+    CollectionConfig, Filter, Point, PointId, SearchRequest, StoreOptions, VectorError, VectorStore,
+};
 
 /// Handle to the vector store, held in [`AppState`].
 pub struct VectorService {
@@ -32,10 +34,11 @@ impl VectorService {
             .fsync
             .parse()
             .map_err(|e: VectorError| StartupError::subsystem("vector", e))?;
-        let store = tokio::task::spawn_blocking(move || VectorStore::open(dir, StoreOptions { fsync }))
-            .await
-            .map_err(|e| StartupError::subsystem("vector", e))?
-            .map_err(|e| StartupError::subsystem("vector", e))?;
+        let store =
+            tokio::task::spawn_blocking(move || VectorStore::open(dir, StoreOptions { fsync }))
+                .await
+                .map_err(|e| StartupError::subsystem("vector", e))?
+                .map_err(|e| StartupError::subsystem("vector", e))?;
         Ok(VectorService {
             store: Arc::new(store),
             max_batch: config.vector.max_batch,
@@ -56,7 +59,10 @@ impl VectorService {
         })
         .await;
         let (status, detail) = match writable {
-            Ok(Ok(())) => (ReadyStatus::Ok, format!("{} collections", self.store.names().len())),
+            Ok(Ok(())) => (
+                ReadyStatus::Ok,
+                format!("{} collections", self.store.names().len()),
+            ),
             Ok(Err(e)) => (ReadyStatus::Down, format!("store folder not writable: {e}")),
             Err(e) => (ReadyStatus::Down, e.to_string()),
         };
@@ -75,7 +81,9 @@ fn api_error(e: VectorError) -> ApiError {
         VectorError::NotFound(_) => ApiError::not_found(e.to_string()),
         VectorError::PointNotFound(_) => ApiError::not_found(e.to_string()),
         VectorError::AlreadyExists(_) => ApiError::conflict(e.to_string()),
-        VectorError::WrongDimension { .. } | VectorError::NonFinite { .. } => ApiError::invalid_field("vector", e.to_string()),
+        VectorError::WrongDimension { .. } | VectorError::NonFinite { .. } => {
+            ApiError::invalid_field("vector", e.to_string())
+        }
         VectorError::BadTopK { .. } => ApiError::invalid_field("top_k", e.to_string()),
         VectorError::BadFilter(_) => ApiError::invalid_field("filter", e.to_string()),
         VectorError::UnknownMetric(_) => ApiError::invalid_field("metric", e.to_string()),
@@ -106,11 +114,16 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/collections", get(list_collections))
         .route(
             "/v1/collections/{name}",
-            put(create_collection).get(get_collection).delete(drop_collection),
+            put(create_collection)
+                .get(get_collection)
+                .delete(drop_collection),
         )
         .route("/v1/collections/{name}/points", put(upsert_points))
         .route("/v1/collections/{name}/points/search", post(search))
-        .route("/v1/collections/{name}/points/search/batch", post(search_batch))
+        .route(
+            "/v1/collections/{name}/points/search/batch",
+            post(search_batch),
+        )
         .route("/v1/collections/{name}/points/delete", post(delete_points))
         .route("/v1/collections/{name}/points/{id}", get(get_point))
         .route("/v1/collections/{name}/snapshot", post(snapshot))
@@ -128,7 +141,9 @@ async fn create_collection(
     ApiJson(body): ApiJson<Value>,
 ) -> Result<(axum::http::StatusCode, axum::Json<Value>), ApiError> {
     if !body.is_object() {
-        return Err(ApiError::bad_request("expected a JSON object with dimension and metric"));
+        return Err(ApiError::bad_request(
+            "expected a JSON object with dimension and metric",
+        ));
     }
     let config = CollectionConfig::from_json(body).map_err(api_error)?;
     let store = state.vector.store.clone();
@@ -136,13 +151,19 @@ async fn create_collection(
     Ok((axum::http::StatusCode::CREATED, axum::Json(json!(info))))
 }
 
-async fn get_collection(State(state): State<AppState>, Path(name): Path<String>) -> Result<axum::Json<Value>, ApiError> {
+async fn get_collection(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
     let c = collection(&state, &name)?;
     let info = blocking(move || Ok(c.info())).await?;
     Ok(axum::Json(json!(info)))
 }
 
-async fn drop_collection(State(state): State<AppState>, Path(name): Path<String>) -> Result<axum::Json<Value>, ApiError> {
+async fn drop_collection(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
     let store = state.vector.store.clone();
     let n = name.clone();
     blocking(move || store.drop_collection(&n)).await?;
@@ -163,12 +184,18 @@ async fn upsert_points(
     let c = collection(&state, &name)?;
     let n = body.points.len();
     if n == 0 {
-        return Err(ApiError::invalid_field("points", "points must not be empty"));
+        return Err(ApiError::invalid_field(
+            "points",
+            "points must not be empty",
+        ));
     }
     if n > state.vector.max_batch {
         return Err(ApiError::invalid_field(
             "points",
-            format!("{n} points in one call; the limit is {}", state.vector.max_batch),
+            format!(
+                "{n} points in one call; the limit is {}",
+                state.vector.max_batch
+            ),
         ));
     }
     let upserted = blocking(move || c.upsert(body.points)).await?;
@@ -193,7 +220,10 @@ async fn search_batch(
 ) -> Result<axum::Json<Value>, ApiError> {
     let c = collection(&state, &name)?;
     let Some(Value::Array(searches)) = body.get_mut("searches").map(Value::take) else {
-        return Err(ApiError::invalid_field("searches", "expected `searches`: an array of searches"));
+        return Err(ApiError::invalid_field(
+            "searches",
+            "expected `searches`: an array of searches",
+        ));
     };
     if searches.len() > uat_vector::MAX_TOP_K {
         return Err(ApiError::invalid_field(
@@ -244,12 +274,19 @@ async fn delete_points(
             let f = Filter::from_json(f).map_err(api_error)?;
             blocking(move || c.delete_by_filter(&f)).await?
         }
-        _ => return Err(ApiError::bad_request("give exactly one of `ids` or `filter`")),
+        _ => {
+            return Err(ApiError::bad_request(
+                "give exactly one of `ids` or `filter`",
+            ));
+        }
     };
     Ok(axum::Json(json!({ "deleted": deleted })))
 }
 
-async fn snapshot(State(state): State<AppState>, Path(name): Path<String>) -> Result<axum::Json<Value>, ApiError> {
+async fn snapshot(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
     let c = collection(&state, &name)?;
     let count = c.count();
     blocking(move || c.snapshot()).await?;

@@ -79,7 +79,8 @@ pub fn run(which: &BenchCommand) -> anyhow::Result<()> {
                 ..Default::default()
             };
             opts.hnsw.m = a.m;
-            let report = uat_vector::bench::run(opts, &mut |line| eprintln!("{line}")).context("vector benchmark failed")?;
+            let report = uat_vector::bench::run(opts, &mut |line| eprintln!("{line}"))
+                .context("vector benchmark failed")?;
             println!("{report}");
         }
         BenchCommand::Embed(a) => {

@@ -26,7 +26,9 @@ fn main() -> ExitCode {
             command: ConfigCommand::Check,
         } => config_check(cli.config.as_deref()),
         Command::Bench { ref which } => bench::run(which),
-        Command::Loadtest(ref args) => runtime().and_then(|rt| rt.block_on(loadtest::run(args, cli.config.as_deref()))),
+        Command::Loadtest(ref args) => {
+            runtime().and_then(|rt| rt.block_on(loadtest::run(args, cli.config.as_deref())))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -45,10 +47,13 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn config_check(path: Option<&std::path::Path>) -> anyhow::Result<()> {
-    let (cfg, source) = Config::load(path, &Overrides::default()).context("invalid configuration")?;
+    let (cfg, source) =
+        Config::load(path, &Overrides::default()).context("invalid configuration")?;
     match source {
         uat_config::Source::File(p) => println!("# configuration OK: {}", p.display()),
-        uat_config::Source::Defaults => println!("# configuration OK: built-in defaults (no uat.toml found)"),
+        uat_config::Source::Defaults => {
+            println!("# configuration OK: built-in defaults (no uat.toml found)")
+        }
     }
     print!("{}", cfg.to_masked_toml());
     Ok(())

@@ -633,10 +633,14 @@ impl Store for PgStore {
             .collect();
         let tsq = words.join(" | ");
         let mut qb = QueryBuilder::<Postgres>::new(format!(
-            "SELECT {COLS}, ts_rank(m.tsv, q.q) AS rank FROM memories m, to_tsquery('simple'::regconfig, "
+            "SELECT {COLS}, ts_rank(m.tsv, to_tsquery('simple'::regconfig, "
         ));
-        qb.push_bind(tsq).push(") AS q(q) WHERE m.tsv @@ q.q AND");
+        qb.push_bind(tsq.clone())
+            .push(")) AS rank FROM memories m WHERE");
         push_filter(&mut qb, filter, now());
+        qb.push(" AND m.tsv @@ to_tsquery('simple'::regconfig, ")
+            .push_bind(tsq)
+            .push(")");
         qb.push(" ORDER BY rank DESC, m.id DESC LIMIT ")
             .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
         let rows = qb.build().fetch_all(&self.pool).await?;

@@ -325,7 +325,11 @@ async fn insert_rows(tx: &mut sqlx::SqliteConnection, rows: &[&NewRow]) -> Resul
     );
     let mut prepared = Vec::with_capacity(rows.len());
     for r in rows {
-        prepared.push((r, json_text(&r.memory.tags)?, json_text(&r.memory.metadata)?));
+        prepared.push((
+            r,
+            json_text(&r.memory.tags)?,
+            json_text(&r.memory.metadata)?,
+        ));
     }
     qb.push_values(prepared, |mut b, (r, tags, meta)| {
         let m = &r.memory;
@@ -347,7 +351,10 @@ async fn insert_rows(tx: &mut sqlx::SqliteConnection, rows: &[&NewRow]) -> Resul
             .push_bind(r.embedding.as_ref().map(|e| e.model.clone()));
     });
     qb.push(" ON CONFLICT (user_id, dedupe_key) DO NOTHING RETURNING id");
-    Ok(qb.build_query_scalar::<String>().fetch_all(&mut *tx).await?)
+    Ok(qb
+        .build_query_scalar::<String>()
+        .fetch_all(&mut *tx)
+        .await?)
 }
 
 impl Store for SqliteStore {
@@ -417,11 +424,13 @@ impl Store for SqliteStore {
             if inserted.contains(&r.memory.id.to_string()) {
                 continue;
             }
-            sqlx::query("UPDATE memories SET dedupe_key = NULL WHERE user_id = ? AND dedupe_key = ?")
-                .bind(&r.memory.user_id)
-                .bind(&r.content_hash)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE memories SET dedupe_key = NULL WHERE user_id = ? AND dedupe_key = ?",
+            )
+            .bind(&r.memory.user_id)
+            .bind(&r.content_hash)
+            .execute(&mut *tx)
+            .await?;
             if !insert_row(&mut tx, r).await? {
                 return Err(MemoryError::Corrupt(
                     "dedupe key still taken after release".into(),
@@ -463,8 +472,9 @@ impl Store for SqliteStore {
                     .push_bind(now_us);
             });
             qb.build().execute(&mut *tx).await?;
-            let mut qb =
-                QueryBuilder::<Sqlite>::new("INSERT INTO memory_changes (memory_id, user_id, op, at) ");
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO memory_changes (memory_id, user_id, op, at) ",
+            );
             qb.push_values(chunk, |mut b, m| {
                 b.push_bind(m.id.to_string())
                     .push_bind(m.user_id.clone())

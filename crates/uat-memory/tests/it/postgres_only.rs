@@ -75,7 +75,7 @@ async fn postgres_list_and_search_use_the_indexes() {
     assert!(tags.contains("memories_tags_gin"), "tag plan:\n{tags}");
     let kw = explain(
         pg.pool(),
-        &format!("SELECT {cols}, ts_rank(m.tsv, q.q) AS rank FROM memories m, to_tsquery('simple'::regconfig, 'zebra | okapi') AS q(q) WHERE m.tsv @@ q.q AND m.user_id = 'u1' ORDER BY rank DESC LIMIT 10"),
+        &format!("SELECT {cols}, ts_rank(m.tsv, to_tsquery('simple'::regconfig, 'zebra | okapi')) AS rank FROM memories m WHERE m.user_id = 'u1' AND (m.expires_at IS NULL OR m.expires_at > now()) AND m.tsv @@ to_tsquery('simple'::regconfig, 'zebra | okapi') ORDER BY rank DESC, m.id DESC LIMIT 10"),
     )
     .await;
     // A selective term: the GIN on the tsvector finds it (a term common in

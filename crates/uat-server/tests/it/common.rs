@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::sync::oneshot;
 use uat_server::{AppState, Config};
+use uat_testkit::{FakeUpstream, Wire};
 
 /// A running app. Stops when dropped.
 pub struct TestApp {
@@ -191,4 +192,34 @@ pub async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool 
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// `[routing]` with a strategy and extra lines.
+pub fn routing(strategy: &str, extra: &str) -> String {
+    format!("[routing]\nstrategy = \"{strategy}\"\n{extra}\n")
+}
+
+/// Two OpenAI fakes `a` and `b` that both serve `shared`.
+pub async fn two_fakes() -> (FakeUpstream, FakeUpstream) {
+    let a = FakeUpstream::start(Wire::OpenAi, "a").await.unwrap();
+    let b = FakeUpstream::start(Wire::OpenAi, "b").await.unwrap();
+    a.set_models(&["shared"]);
+    b.set_models(&["shared"]);
+    (a, b)
+}
+
+/// Provider entries for [`two_fakes`].
+pub fn two_providers(a: &FakeUpstream, b: &FakeUpstream, a_extra: &str, b_extra: &str) -> String {
+    format!(
+        "{}{}",
+        provider_toml("a", "openai", &a.base_url(), a_extra),
+        provider_toml("b", "openai", &b.base_url(), b_extra)
+    )
+}
+
+/// Sends a non-streamed chat and returns the provider that served it.
+pub async fn served_by(app: &TestApp, model: &str) -> String {
+    let resp = app.chat(chat_body(model, false)).await;
+    assert_eq!(resp.status(), 200, "{:?}", resp.text().await);
+    header(&resp, "x-uat-provider")
 }

@@ -1,9 +1,10 @@
-//! Gateway core: chat completions and model lists through the router
-//! against fake upstreams of every wire format.
+//! Gateway core: chat completions and model lists end to end (pass-through,
+//! aliases, request errors, limits, gzip, discovery, embeddings forwarding,
+//! metrics) against fake upstreams.
 
 use crate::common::*;
 use serde_json::{Value, json};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use uat_testkit::{Behavior, FakeUpstream, Wire};
 
 #[tokio::test]
@@ -50,33 +51,6 @@ async fn chat_non_stream_and_stream_through_openai_and_mock() {
     let usage: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
     assert_eq!(usage["usage"]["completion_tokens"], 5);
     assert_eq!(up.calls(), 2);
-}
-
-fn routing(strategy: &str, extra: &str) -> String {
-    format!("[routing]\nstrategy = \"{strategy}\"\n{extra}\n")
-}
-
-/// Two OpenAI fakes `a` and `b` that both serve `shared`.
-async fn two_fakes() -> (FakeUpstream, FakeUpstream) {
-    let a = FakeUpstream::start(Wire::OpenAi, "a").await.unwrap();
-    let b = FakeUpstream::start(Wire::OpenAi, "b").await.unwrap();
-    a.set_models(&["shared"]);
-    b.set_models(&["shared"]);
-    (a, b)
-}
-
-fn two_providers(a: &FakeUpstream, b: &FakeUpstream, a_extra: &str, b_extra: &str) -> String {
-    format!(
-        "{}{}",
-        provider_toml("a", "openai", &a.base_url(), a_extra),
-        provider_toml("b", "openai", &b.base_url(), b_extra)
-    )
-}
-
-async fn served_by(app: &TestApp, model: &str) -> String {
-    let resp = app.chat(chat_body(model, false)).await;
-    assert_eq!(resp.status(), 200, "{:?}", resp.text().await);
-    header(&resp, "x-uat-provider")
 }
 
 #[tokio::test]
@@ -159,584 +133,6 @@ async fn alias_resolves_to_its_targets_and_explicit_provider_syntax_works() {
     let resp = app.chat(chat_body("a/anything", false)).await;
     assert_eq!(header(&resp, "x-uat-provider"), "a");
     assert_eq!(a.last_body().unwrap()["model"], "anything");
-}
-
-#[tokio::test]
-async fn priority_strategy_prefers_the_lowest_priority() {
-    let (a, b) = two_fakes().await;
-    let toml = format!(
-        "{}{}",
-        two_providers(&a, &b, "priority = 2", "priority = 1"),
-        routing("priority", "")
-    );
-    let app = spawn_app(&toml).await;
-    for _ in 0..4 {
-        assert_eq!(served_by(&app, "shared").await, "b");
-    }
-    assert_eq!((a.calls(), b.calls()), (0, 4));
-}
-
-#[tokio::test]
-async fn round_robin_alternates() {
-    let (a, b) = two_fakes().await;
-    let toml = format!(
-        "{}{}",
-        two_providers(&a, &b, "", ""),
-        routing("round-robin", "")
-    );
-    let app = spawn_app(&toml).await;
-    let mut seen = Vec::new();
-    for _ in 0..4 {
-        seen.push(served_by(&app, "shared").await);
-    }
-    assert_ne!(seen[0], seen[1]);
-    assert_eq!(seen[0], seen[2]);
-    assert_eq!(seen[1], seen[3]);
-    assert_eq!((a.calls(), b.calls()), (2, 2));
-}
-
-#[tokio::test]
-async fn weighted_follows_weights() {
-    let (a, b) = two_fakes().await;
-    let toml = format!(
-        "{}{}",
-        two_providers(&a, &b, "weight = 0", "weight = 5"),
-        routing("weighted", "")
-    );
-    let app = spawn_app(&toml).await;
-    for _ in 0..10 {
-        assert_eq!(
-            served_by(&app, "shared").await,
-            "b",
-            "weight 0 is never chosen first"
-        );
-    }
-    assert_eq!(a.calls(), 0);
-}
-
-#[tokio::test]
-async fn least_latency_prefers_the_faster_provider() {
-    let (a, b) = two_fakes().await;
-    a.set_default(Behavior::Delay(Duration::from_millis(150)));
-    let toml = format!(
-        "{}{}",
-        two_providers(&a, &b, "", ""),
-        routing("least-latency", "")
-    );
-    let app = spawn_app(&toml).await;
-    // Unmeasured providers are tried first, so both get measured.
-    served_by(&app, "shared").await;
-    served_by(&app, "shared").await;
-    assert_eq!((a.calls(), b.calls()), (1, 1));
-    for _ in 0..5 {
-        assert_eq!(served_by(&app, "shared").await, "b");
-    }
-}
-
-#[tokio::test]
-async fn least_busy_avoids_the_busy_provider() {
-    let (a, b) = two_fakes().await;
-    a.set_default(Behavior::Delay(Duration::from_millis(1500)));
-    // Ties go to the lower priority, so `a` is first while idle.
-    let toml = format!(
-        "{}{}",
-        two_providers(&a, &b, "priority = 0", "priority = 1"),
-        routing("least-busy", "")
-    );
-    let app = spawn_app(&toml).await;
-    let slow = {
-        let client = app.client.clone();
-        let url = app.at("/v1/chat/completions");
-        tokio::spawn(async move {
-            client
-                .post(url)
-                .json(&chat_body("shared", false))
-                .send()
-                .await
-        })
-    };
-    assert!(eventually(Duration::from_secs(3), || a.calls() == 1).await);
-    for _ in 0..3 {
-        assert_eq!(
-            served_by(&app, "shared").await,
-            "b",
-            "a has one request in flight"
-        );
-    }
-    let resp = slow.await.unwrap().unwrap();
-    assert_eq!(header(&resp, "x-uat-provider"), "a");
-    assert_eq!(
-        served_by(&app, "shared").await,
-        "a",
-        "idle again: priority wins the tie"
-    );
-}
-
-#[tokio::test]
-async fn retries_on_500_count_attempts() {
-    let up = FakeUpstream::start(Wire::OpenAi, "a").await.unwrap();
-    up.push(Behavior::Status(500));
-    up.push(Behavior::Status(503));
-    let app = spawn_app(&provider_toml("a", "openai", &up.base_url(), "")).await;
-    let resp = app.chat(chat_body("a-model", false)).await;
-    assert_eq!(resp.status(), 200);
-    assert_eq!(header(&resp, "x-uat-attempts"), "3");
-    assert_eq!(up.calls(), 3);
-}
-
-#[tokio::test]
-async fn retries_stop_at_max_attempts_with_502_and_reasons() {
-    let (a, b) = two_fakes().await;
-    a.set_default(Behavior::Status(500));
-    b.set_default(Behavior::Status(502));
-    let toml = format!(
-        "{}{}",
-        two_providers(&a, &b, "", ""),
-        routing("priority", "max_attempts = 4")
-    );
-    let app = spawn_app(&toml).await;
-    let resp = app.chat(chat_body("shared", false)).await;
-    assert_eq!(resp.status(), 502);
-    assert_eq!(header(&resp, "x-uat-attempts"), "4");
-    let v: Value = resp.json().await.unwrap();
-    assert_eq!(v["error"]["type"], "upstream_error");
-    assert_eq!(v["error"]["attempts"], 4);
-    let providers = v["error"]["providers"].as_array().unwrap();
-    assert_eq!(providers.len(), 2);
-    assert_eq!(providers[0]["provider"], "a");
-    assert_eq!(providers[0]["status"], 500);
-    assert_eq!(providers[1]["status"], 502);
-    assert!(
-        providers[0]["message"]
-            .as_str()
-            .unwrap()
-            .contains("fake a error 500")
-    );
-    assert_eq!((a.calls(), b.calls()), (2, 2), "A, B, A, B");
-}
-
-#[tokio::test]
-async fn failover_on_connect_error() {
-    let b = FakeUpstream::start(Wire::OpenAi, "b").await.unwrap();
-    b.set_models(&["shared"]);
-    let dead = closed_port_url().await;
-    let toml = format!(
-        "{}{}{}",
-        provider_toml(
-            "a",
-            "openai",
-            &format!("{dead}/v1"),
-            "models = [\"shared\"]\npriority = 0"
-        ),
-        provider_toml("b", "openai", &b.base_url(), "priority = 1"),
-        routing("priority", "")
-    );
-    let app = spawn_app(&toml).await;
-    let resp = app.chat(chat_body("shared", false)).await;
-    assert_eq!(resp.status(), 200);
-    assert_eq!(header(&resp, "x-uat-provider"), "b");
-    assert_eq!(header(&resp, "x-uat-attempts"), "2");
-}
-
-#[tokio::test]
-async fn none_reachable_is_503_with_reasons() {
-    let dead1 = closed_port_url().await;
-    let dead2 = closed_port_url().await;
-    let toml = format!(
-        "{}{}",
-        provider_toml(
-            "a",
-            "openai",
-            &format!("{dead1}/v1"),
-            "models = [\"shared\"]"
-        ),
-        provider_toml("b", "ollama", &dead2, "models = [\"shared\"]")
-    );
-    let app = spawn_app(&toml).await;
-    let resp = app.chat(chat_body("shared", false)).await;
-    assert_eq!(resp.status(), 503);
-    assert!(!header(&resp, "retry-after").is_empty());
-    let v: Value = resp.json().await.unwrap();
-    assert_eq!(v["error"]["code"], "no_provider_reachable");
-    let kinds: Vec<&str> = v["error"]["providers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["kind"].as_str().unwrap())
-        .collect();
-    assert_eq!(kinds, vec!["connect", "connect"]);
-}
-
-#[tokio::test]
-async fn rate_limit_honours_retry_after_capped_by_backoff_max() {
-    let up = FakeUpstream::start(Wire::OpenAi, "a").await.unwrap();
-    up.push(Behavior::RateLimited {
-        retry_after_secs: 30,
-    });
-    let toml = format!(
-        "{}{}",
-        provider_toml("a", "openai", &up.base_url(), ""),
-        routing(
-            "priority",
-            "backoff_base = \"1ms\"\nbackoff_max = \"400ms\""
-        )
-    );
-    let app = spawn_app(&toml).await;
-    let start = Instant::now();
-    let resp = app.chat(chat_body("a-model", false)).await;
-    let took = start.elapsed();
-    assert_eq!(resp.status(), 200);
-    assert_eq!(header(&resp, "x-uat-attempts"), "2");
-    assert!(
-        took >= Duration::from_millis(390),
-        "waited for Retry-After (capped): {took:?}"
-    );
-    assert!(
-        took < Duration::from_secs(10),
-        "Retry-After of 30 s was capped: {took:?}"
-    );
-}
-
-#[tokio::test]
-async fn hang_past_timeout_fails_over() {
-    let (a, b) = two_fakes().await;
-    a.set_default(Behavior::Hang);
-    let toml = format!(
-        "{}{}",
-        two_providers(
-            &a,
-            &b,
-            "priority = 0\nfirst_byte_timeout = \"200ms\"",
-            "priority = 1"
-        ),
-        routing("priority", "")
-    );
-    let app = spawn_app(&toml).await;
-    let resp = app.chat(chat_body("shared", false)).await;
-    assert_eq!(resp.status(), 200);
-    assert_eq!(header(&resp, "x-uat-provider"), "b");
-    assert_eq!(a.calls(), 1);
-}
-
-#[tokio::test]
-async fn hang_everywhere_is_503_timeout() {
-    let up = FakeUpstream::start(Wire::OpenAi, "a").await.unwrap();
-    up.set_default(Behavior::Hang);
-    let toml = format!(
-        "{}{}",
-        provider_toml(
-            "a",
-            "openai",
-            &up.base_url(),
-            "first_byte_timeout = \"100ms\""
-        ),
-        routing("priority", "max_attempts = 2")
-    );
-    let app = spawn_app(&toml).await;
-    let resp = app.chat(chat_body("a-model", false)).await;
-    assert_eq!(resp.status(), 503);
-    let v: Value = resp.json().await.unwrap();
-    assert_eq!(v["error"]["providers"][0]["kind"], "timeout");
-    assert_eq!(up.calls(), 2);
-}
-
-#[tokio::test]
-async fn reset_and_malformed_and_truncated_bodies_are_retried() {
-    let up = FakeUpstream::start(Wire::OpenAi, "a").await.unwrap();
-    up.push(Behavior::Reset);
-    up.push(Behavior::Malformed);
-    up.push(Behavior::StopHalfway);
-    let toml = format!(
-        "{}{}",
-        provider_toml("a", "openai", &up.base_url(), ""),
-        routing("priority", "max_attempts = 4")
-    );
-    let app = spawn_app(&toml).await;
-    let resp = app.chat(chat_body("a-model", false)).await;
-    assert_eq!(resp.status(), 200);
-    assert_eq!(header(&resp, "x-uat-attempts"), "4");
-    assert_eq!(up.calls(), 4);
-}
-
-#[tokio::test]
-async fn malformed_everywhere_is_502() {
-    let up = FakeUpstream::start(Wire::OpenAi, "a").await.unwrap();
-    up.set_default(Behavior::Malformed);
-    let app = spawn_app(&provider_toml("a", "openai", &up.base_url(), "")).await;
-    let resp = app.chat(chat_body("a-model", false)).await;
-    assert_eq!(resp.status(), 502);
-    let v: Value = resp.json().await.unwrap();
-    assert_eq!(v["error"]["providers"][0]["kind"], "malformed");
-}
-
-#[tokio::test]
-async fn upstream_rejection_is_passed_on_and_not_retried() {
-    let up = FakeUpstream::start(Wire::OpenAi, "a").await.unwrap();
-    up.push(Behavior::Status(400));
-    let app = spawn_app(&provider_toml("a", "openai", &up.base_url(), "")).await;
-    let resp = app.chat(chat_body("a-model", false)).await;
-    assert_eq!(resp.status(), 400);
-    assert_eq!(header(&resp, "x-uat-attempts"), "1");
-    let v: Value = resp.json().await.unwrap();
-    assert_eq!(v["error"]["type"], "invalid_request_error");
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("fake a error 400")
-    );
-    assert_eq!(up.calls(), 1);
-}
-
-#[tokio::test]
-async fn breaker_opens_then_half_open_probe_closes_it() {
-    let up = FakeUpstream::start(Wire::OpenAi, "a").await.unwrap();
-    up.set_default(Behavior::Status(500));
-    let toml = format!(
-        "{}{}",
-        provider_toml("a", "openai", &up.base_url(), ""),
-        routing(
-            "priority",
-            "max_attempts = 1\nbreaker_failures = 2\nbreaker_cooldown = \"300ms\""
-        )
-    );
-    let app = spawn_app(&toml).await;
-    assert_eq!(app.chat(chat_body("a-model", false)).await.status(), 502);
-    assert_eq!(app.chat(chat_body("a-model", false)).await.status(), 502);
-    assert_eq!(up.calls(), 2);
-    // Open: refused without calling the upstream.
-    let resp = app.chat(chat_body("a-model", false)).await;
-    assert_eq!(resp.status(), 503);
-    let v: Value = resp.json().await.unwrap();
-    assert_eq!(v["error"]["providers"][0]["kind"], "circuit_open");
-    assert_eq!(up.calls(), 2);
-    let ready: Value = app
-        .client
-        .get(app.at("/ready"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let check = ready["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "provider:a")
-        .cloned()
-        .unwrap();
-    assert_eq!(check["status"], "down");
-    assert_eq!(check["critical"], false);
-
-    // Half-open after the cooldown: a failed probe re-opens it.
-    tokio::time::sleep(Duration::from_millis(350)).await;
-    assert_eq!(app.chat(chat_body("a-model", false)).await.status(), 502);
-    assert_eq!(up.calls(), 3);
-    assert_eq!(app.chat(chat_body("a-model", false)).await.status(), 503);
-    assert_eq!(up.calls(), 3);
-
-    // A successful probe closes it.
-    up.set_default(Behavior::Ok);
-    tokio::time::sleep(Duration::from_millis(350)).await;
-    assert_eq!(app.chat(chat_body("a-model", false)).await.status(), 200);
-    assert_eq!(app.chat(chat_body("a-model", false)).await.status(), 200);
-    assert_eq!(up.calls(), 5);
-}
-
-#[tokio::test]
-async fn stream_cut_halfway_ends_with_an_error_event() {
-    let up = FakeUpstream::start(Wire::OpenAi, "a").await.unwrap();
-    up.set_reply("one two three four five six seven eight");
-    up.push(Behavior::StopHalfway);
-    let app = spawn_app(&provider_toml("a", "openai", &up.base_url(), "")).await;
-    let resp = app.chat(chat_body("a-model", true)).await;
-    assert_eq!(resp.status(), 200);
-    let events = sse_events(resp).await;
-    let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
-    assert_eq!(last["error"]["code"], "upstream_interrupted");
-    assert!(
-        !events.iter().any(|e| e == "[DONE]"),
-        "no [DONE] after an error"
-    );
-    let text = stream_text(&events);
-    assert!(!text.is_empty() && text.len() < "one two three four five six seven eight".len());
-    assert_eq!(up.calls(), 1, "never retried after the first byte");
-}
-
-#[tokio::test]
-async fn slow_first_token_fails_over_before_streaming() {
-    let (a, b) = two_fakes().await;
-    a.push(Behavior::SlowFirstToken(Duration::from_secs(5)));
-    let toml = format!(
-        "{}{}",
-        two_providers(
-            &a,
-            &b,
-            "priority = 0\nfirst_byte_timeout = \"300ms\"",
-            "priority = 1"
-        ),
-        routing("priority", "")
-    );
-    let app = spawn_app(&toml).await;
-    let resp = app.chat(chat_body("shared", true)).await;
-    assert_eq!(resp.status(), 200);
-    assert_eq!(header(&resp, "x-uat-provider"), "b");
-    assert_eq!(header(&resp, "x-uat-attempts"), "2");
-    let events = sse_events(resp).await;
-    assert_eq!(stream_text(&events), "Hello from b");
-}
-
-#[tokio::test]
-async fn streaming_errors_before_first_byte_are_plain_json_errors() {
-    let up = FakeUpstream::start(Wire::OpenAi, "a").await.unwrap();
-    up.set_default(Behavior::Status(500));
-    let app = spawn_app(&provider_toml("a", "openai", &up.base_url(), "")).await;
-    let resp = app.chat(chat_body("a-model", true)).await;
-    assert_eq!(resp.status(), 502);
-    assert!(header(&resp, "content-type").starts_with("application/json"));
-    assert_eq!(header(&resp, "x-uat-attempts"), "3");
-}
-
-#[tokio::test]
-async fn client_disconnect_cancels_the_upstream_stream() {
-    let up = FakeUpstream::start(Wire::OpenAi, "a").await.unwrap();
-    up.set_reply(&"word ".repeat(60));
-    up.set_chunk_delay(Duration::from_millis(50));
-    let app = spawn_app(&provider_toml("a", "openai", &up.base_url(), "")).await;
-    let mut resp = app.chat(chat_body("a-model", true)).await;
-    assert_eq!(resp.status(), 200);
-    let first = resp.chunk().await.unwrap().unwrap();
-    assert!(first.starts_with(b"data: "));
-    drop(resp);
-    assert!(
-        eventually(Duration::from_secs(5), || up.disconnects() == 1).await,
-        "the upstream saw the disconnect"
-    );
-    assert_eq!(up.completed_streams(), 0);
-}
-
-#[tokio::test]
-async fn ollama_translation_both_ways() {
-    let up = FakeUpstream::start(Wire::Ollama, "o").await.unwrap();
-    up.set_models(&["llama3.2:3b"]);
-    let app = spawn_app(&provider_toml("o", "ollama", &up.base_url(), "")).await;
-    let mut body = chat_body("llama3.2:3b", false);
-    body["max_tokens"] = json!(12);
-    body["stop"] = json!("END");
-    let resp = app.chat(body).await;
-    assert_eq!(resp.status(), 200);
-    let v: Value = resp.json().await.unwrap();
-    assert_eq!(v["object"], "chat.completion");
-    assert_eq!(v["choices"][0]["message"]["content"], "Hello from o");
-    assert_eq!(v["choices"][0]["finish_reason"], "stop");
-    assert_eq!(v["usage"]["prompt_tokens"], 7);
-    assert_eq!(v["usage"]["completion_tokens"], 3);
-    let sent = up.last_body().unwrap();
-    assert_eq!(sent["stream"], false);
-    assert_eq!(sent["options"]["num_predict"], 12);
-    assert_eq!(sent["options"]["stop"], json!(["END"]));
-    assert_eq!(
-        up.requests()[0].path,
-        "/api/tags",
-        "discovery used /api/tags"
-    );
-
-    let mut body = chat_body("llama3.2:3b", true);
-    body["stream_options"] = json!({"include_usage": true});
-    let resp = app.chat(body).await;
-    assert_eq!(resp.status(), 200);
-    let events = sse_events(resp).await;
-    assert_eq!(stream_text(&events), "Hello from o");
-    assert_eq!(events.last().unwrap(), "[DONE]");
-    let first: Value = serde_json::from_str(&events[0]).unwrap();
-    assert_eq!(first["object"], "chat.completion.chunk");
-    assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
-    let finish: Value = serde_json::from_str(&events[events.len() - 3]).unwrap();
-    assert_eq!(finish["choices"][0]["finish_reason"], "stop");
-    let usage: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
-    assert_eq!(usage["usage"]["total_tokens"], 10);
-    assert_eq!(up.last_body().unwrap()["stream"], true);
-}
-
-#[tokio::test]
-async fn anthropic_translation_both_ways() {
-    let up = FakeUpstream::start(Wire::Anthropic, "c").await.unwrap();
-    up.set_models(&["claude-x"]);
-    let toml = provider_toml(
-        "c",
-        "anthropic",
-        &up.base_url(),
-        "api_key_env = \"UAT_TEST_ANTHROPIC_KEY_UNSET\"",
-    );
-    let app = spawn_app(&toml).await;
-    let body = json!({
-        "model": "claude-x",
-        "messages": [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Say hello"}],
-        "max_tokens": 33,
-        "stop": ["\n\n"]
-    });
-    let resp = app.chat(body).await;
-    assert_eq!(resp.status(), 200);
-    let v: Value = resp.json().await.unwrap();
-    assert_eq!(v["choices"][0]["message"]["content"], "Hello from c");
-    assert_eq!(v["choices"][0]["finish_reason"], "stop");
-    assert_eq!(v["usage"]["completion_tokens"], 3);
-    let rec = up
-        .requests()
-        .into_iter()
-        .rev()
-        .find(|r| r.method == "POST")
-        .unwrap();
-    assert_eq!(rec.path, "/v1/messages");
-    assert_eq!(rec.header("anthropic-version"), Some("2023-06-01"));
-    assert_eq!(rec.body["system"], "Be terse.");
-    assert_eq!(rec.body["max_tokens"], 33);
-    assert_eq!(rec.body["messages"].as_array().unwrap().len(), 1);
-    assert_eq!(rec.body["stop_sequences"], json!(["\n\n"]));
-
-    let mut body = chat_body("claude-x", true);
-    body["stream_options"] = json!({"include_usage": true});
-    let resp = app.chat(body).await;
-    assert_eq!(resp.status(), 200);
-    let events = sse_events(resp).await;
-    assert_eq!(stream_text(&events), "Hello from c");
-    assert_eq!(events.last().unwrap(), "[DONE]");
-    let usage: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
-    assert_eq!(usage["usage"]["prompt_tokens"], 7);
-    assert_eq!(usage["usage"]["completion_tokens"], 3);
-    assert!(
-        up.last_body().unwrap()["max_tokens"].as_u64().unwrap() > 0,
-        "max_tokens always sent"
-    );
-
-    // Anthropic errors are translated and retried like any other.
-    up.push(Behavior::Status(529));
-    let resp = app.chat(chat_body("claude-x", false)).await;
-    assert_eq!(resp.status(), 200);
-    assert_eq!(header(&resp, "x-uat-attempts"), "2");
-}
-
-#[tokio::test]
-async fn ollama_and_anthropic_streams_cut_halfway_end_with_error_events() {
-    for wire in [Wire::Ollama, Wire::Anthropic] {
-        let up = FakeUpstream::start(wire, "x").await.unwrap();
-        up.set_reply("one two three four five six");
-        up.push(Behavior::StopHalfway);
-        let kind = if wire == Wire::Ollama {
-            "ollama"
-        } else {
-            "anthropic"
-        };
-        let app = spawn_app(&provider_toml("x", kind, &up.base_url(), "")).await;
-        let events = sse_events(app.chat(chat_body("x-model", true)).await).await;
-        let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
-        assert_eq!(
-            last["error"]["code"], "upstream_interrupted",
-            "{kind}: {events:?}"
-        );
-        assert_eq!(up.calls(), 1);
-    }
 }
 
 #[tokio::test]
@@ -995,4 +391,46 @@ async fn upstream_metrics_are_exported() {
     assert!(line("uat_upstream_duration_seconds_count{provider=\"metrics-a\"}").ends_with(" 2"));
     assert!(line("uat_time_to_first_token_seconds_count{provider=\"metrics-a\"}").ends_with(" 1"));
     assert!(text.contains("uat_requests_total{model=\"metrics-a-model\",provider=\"metrics-a\",route=\"/v1/chat/completions\",status=\"200\"}"));
+}
+
+#[tokio::test]
+async fn usage_chunk_only_when_asked_and_mock_failure_rate() {
+    let toml = "[[providers]]\nname = \"m\"\nkind = \"mock\"\n[providers.mock]\nchunks = 3\n\
+                [[providers]]\nname = \"broken\"\nkind = \"mock\"\nmodels = [\"broken-model\"]\n\
+                [providers.mock]\nfailure_rate = 1.0\n";
+    let app = spawn_app(toml).await;
+    let events = sse_events(app.chat(chat_body("mock-model", true)).await).await;
+    assert_eq!(
+        events.len(),
+        3 + 1 + 1,
+        "3 content chunks, finish, [DONE]: {events:?}"
+    );
+    assert!(
+        events.iter().all(|e| !e.contains("\"usage\"")),
+        "no usage chunk unless asked"
+    );
+    let resp = app.chat(chat_body("broken-model", false)).await;
+    assert_eq!(resp.status(), 502);
+    assert_eq!(header(&resp, "x-uat-provider"), "broken");
+    assert_eq!(header(&resp, "x-uat-attempts"), "3");
+}
+
+#[tokio::test]
+async fn streamed_requests_pass_fields_through_too() {
+    let up = FakeUpstream::start(Wire::OpenAi, "a").await.unwrap();
+    let app = spawn_app(&provider_toml("a", "openai", &up.base_url(), "")).await;
+    let body = json!({
+        "model": "a-model",
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": true,
+        "stream_options": {"include_usage": true},
+        "tools": [{"type": "function", "function": {"name": "f"}}],
+        "parallel_tool_calls": false,
+        "seed": 1
+    });
+    let events = sse_events(app.chat(body.clone()).await).await;
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let usage: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    assert_eq!(usage["usage"]["total_tokens"], 10);
+    assert_eq!(up.last_body().unwrap(), body);
 }
