@@ -67,6 +67,10 @@ pub struct LoadtestArgs {
     /// `--stream` still override its fields when given).
     #[arg(long, value_name = "FILE")]
     pub body: Option<PathBuf>,
+    /// Extra header sent with every request, as `Name: value` (repeatable),
+    /// e.g. `--header 'cache-control: no-store'`.
+    #[arg(long, short = 'H', value_name = "HEADER")]
+    pub header: Vec<String>,
 
     /// Per-request timeout.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
@@ -236,7 +240,13 @@ pub async fn run(args: &LoadtestArgs, _config: Option<&Path>) -> anyhow::Result<
             .context("--url is required without --mock or --compare")?;
         (chat_url(base), None)
     };
-    let target = engine::Target { url, body, stream };
+    let headers = parse_headers(&args.header)?;
+    let target = engine::Target {
+        url,
+        body,
+        stream,
+        headers,
+    };
     let result = engine::run(&client, &target, &plan, progress, "load").await?;
     if let Some(m) = mock {
         m.shutdown().await;
@@ -266,4 +276,20 @@ mod tests {
             "http://h:1/v1/chat/completions"
         );
     }
+}
+
+/// Parses `Name: value` headers.
+fn parse_headers(raw: &[String]) -> anyhow::Result<reqwest::header::HeaderMap> {
+    let mut map = reqwest::header::HeaderMap::new();
+    for h in raw {
+        let Some((name, value)) = h.split_once(':') else {
+            anyhow::bail!("--header `{h}` is not `Name: value`");
+        };
+        let name = reqwest::header::HeaderName::from_bytes(name.trim().as_bytes())
+            .map_err(|e| anyhow::anyhow!("--header `{h}`: {e}"))?;
+        let value = reqwest::header::HeaderValue::from_str(value.trim())
+            .map_err(|e| anyhow::anyhow!("--header `{h}`: {e}"))?;
+        map.append(name, value);
+    }
+    Ok(map)
 }

@@ -302,7 +302,11 @@ impl Hnsw {
             let Some(cn) = self.node(c) else { continue };
             let good = out.iter().all(|&(_, s)| {
                 self.node(s)
-                    .is_none_or(|sn| self.metric.distance(&cn.vector, &sn.vector) > d)
+                    // Reject only when strictly closer to a kept neighbour (as
+                    // hnswlib does): with `>=` an exact duplicate of the base
+                    // (an upsert of a deleted point's vector) would veto every
+                    // other candidate and leave the node with one link.
+                    .is_none_or(|sn| self.metric.distance(&cn.vector, &sn.vector) >= d)
             });
             if good {
                 out.push((d, c));

@@ -230,11 +230,13 @@ pub(crate) async fn run(
         url: chat_url(&mock.base_url()),
         body: body.clone(),
         stream,
+        headers: reqwest::header::HeaderMap::new(),
     };
     let through = Target {
         url: chat_url(&uat_base),
         body,
         stream,
+        headers: reqwest::header::HeaderMap::new(),
     };
     let first = client
         .post(&through.url)

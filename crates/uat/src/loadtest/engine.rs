@@ -25,6 +25,8 @@ pub(crate) struct Target {
     pub body: Bytes,
     /// Whether the body asks for a stream.
     pub stream: bool,
+    /// Extra headers sent with every request (`--header`).
+    pub headers: reqwest::header::HeaderMap,
 }
 
 /// How much load, for how long.
@@ -208,6 +210,7 @@ async fn one_request(client: &reqwest::Client, target: &Target, origin: Instant)
     let sent = client
         .post(&target.url)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .headers(target.headers.clone())
         .body(target.body.clone())
         .send()
         .await;
@@ -463,6 +466,7 @@ async fn closed_loop(client: &reqwest::Client, target: &Target, plan: &Plan, rec
         url: target.url.clone(),
         body: target.body.clone(),
         stream: target.stream,
+        headers: target.headers.clone(),
     });
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..plan.concurrency {
@@ -501,6 +505,7 @@ async fn open_loop(
         url: target.url.clone(),
         body: target.body.clone(),
         stream: target.stream,
+        headers: target.headers.clone(),
     });
     let (client, duration, limit) = (client.clone(), plan.duration, plan.requests);
     let pacer = {
