@@ -282,3 +282,47 @@ fn bench_runs_end_to_end_on_a_raw_embedding_file() {
     };
     assert!(uat_vector::bench::run(short, &mut |_| {}).is_err());
 }
+
+/// Regression: re-inserting the vector of a deleted point used to leave the
+/// new node and the tombstone linked only to each other (an exact duplicate
+/// vetoed every other neighbour), so a walk entering there found one point.
+#[test]
+fn reinserting_a_deleted_points_vector_keeps_the_graph_connected() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = VectorStore::open(dir.path(), StoreOptions::default()).unwrap();
+    let mut cfg = config(8, Metric::Cosine);
+    // Small M so every neighbour list is full and gets pruned.
+    cfg.hnsw.m = 2;
+    cfg.hnsw.ef_construction = 16;
+    let c = store.create_collection("dups", cfg).unwrap();
+    let vs = vectors(300, 8, 11);
+    c.upsert(points(&vs)).unwrap();
+    for (i, v) in vs.iter().enumerate().take(60) {
+        c.delete(vec![PointId::Num(i as u64)]).unwrap();
+        c.upsert(vec![Point {
+            id: PointId::Num(10_000 + i as u64),
+            vector: v.clone(),
+            payload: None,
+        }])
+        .unwrap();
+    }
+    let mut found = 0;
+    for (i, v) in vs.iter().enumerate().take(60) {
+        let mut req = SearchRequest::new(v.clone(), 10);
+        req.ef = Some(32);
+        let hits = c.search(&req).unwrap();
+        assert_eq!(
+            hits.len(),
+            10,
+            "query {i}: the walk was stuck in an island: {hits:?}"
+        );
+        if hits.iter().any(|h| h.id == PointId::Num(10_000 + i as u64)) {
+            found += 1;
+        }
+    }
+    // The re-inserted point itself is reachable (nearly always: M is tiny).
+    assert!(
+        found >= 54,
+        "only {found} of 60 re-inserted points found themselves"
+    );
+}
