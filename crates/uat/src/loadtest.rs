@@ -262,22 +262,6 @@ pub async fn run(args: &LoadtestArgs, _config: Option<&Path>) -> anyhow::Result<
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chat_url_appends_the_route_once() {
-        assert_eq!(chat_url("http://h:1"), "http://h:1/v1/chat/completions");
-        assert_eq!(chat_url("http://h:1/"), "http://h:1/v1/chat/completions");
-        assert_eq!(chat_url("http://h:1/v1"), "http://h:1/v1/chat/completions");
-        assert_eq!(
-            chat_url("http://h:1/v1/chat/completions"),
-            "http://h:1/v1/chat/completions"
-        );
-    }
-}
-
 /// Parses `Name: value` headers.
 fn parse_headers(raw: &[String]) -> anyhow::Result<reqwest::header::HeaderMap> {
     let mut map = reqwest::header::HeaderMap::new();
@@ -292,4 +276,20 @@ fn parse_headers(raw: &[String]) -> anyhow::Result<reqwest::header::HeaderMap> {
         map.append(name, value);
     }
     Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chat_url_appends_the_route_once() {
+        assert_eq!(chat_url("http://h:1"), "http://h:1/v1/chat/completions");
+        assert_eq!(chat_url("http://h:1/"), "http://h:1/v1/chat/completions");
+        assert_eq!(chat_url("http://h:1/v1"), "http://h:1/v1/chat/completions");
+        assert_eq!(
+            chat_url("http://h:1/v1/chat/completions"),
+            "http://h:1/v1/chat/completions"
+        );
+    }
 }
