@@ -54,25 +54,29 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         ));
     }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let msg = inner.to_string();
-        if path == "." || path.is_empty() {
-            if inner.is_syntax() || inner.is_eof() {
-                ApiError::bad_request(format!("malformed JSON: {msg}"))
-            } else {
-                // e.g. "missing field `model`": name the field as param.
-                let mut err = ApiError::bad_request(msg.clone());
-                if let Some(f) = missing_field(&msg) {
-                    err.param = Some(f.to_string());
-                }
-                err
-            }
+    serde_path_to_error::deserialize(de).map_err(path_error)
+}
+
+/// Maps a deserialization error to a 400 naming the bad field: its path when
+/// known, the missing field's name as `param`, else "malformed JSON".
+pub fn path_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    let msg = inner.to_string();
+    if path == "." || path.is_empty() {
+        if inner.is_syntax() || inner.is_eof() {
+            ApiError::bad_request(format!("malformed JSON: {msg}"))
         } else {
-            ApiError::invalid_field(path.clone(), format!("invalid value at `{path}`: {msg}"))
+            // e.g. "missing field `model`": name the field as param.
+            let mut err = ApiError::bad_request(msg.clone());
+            if let Some(f) = missing_field(&msg) {
+                err.param = Some(f.to_string());
+            }
+            err
         }
-    })
+    } else {
+        ApiError::invalid_field(path.clone(), format!("invalid value at `{path}`: {msg}"))
+    }
 }
 
 fn missing_field(msg: &str) -> Option<&str> {

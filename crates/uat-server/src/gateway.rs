@@ -199,22 +199,8 @@ fn parse_chat(body: &Value) -> Result<ChatRequest, ApiError> {
     if !body.is_object() {
         return Err(ApiError::bad_request("request body must be a JSON object"));
     }
-    let req: ChatRequest = serde_path_to_error::deserialize(body).map_err(|e| {
-        let path = e.path().to_string();
-        let msg = e.into_inner().to_string();
-        if path == "." || path.is_empty() {
-            let mut err = ApiError::bad_request(msg.clone());
-            if let Some(f) = msg
-                .strip_prefix("missing field `")
-                .and_then(|r| r.split('`').next())
-            {
-                err.param = Some(f.to_owned());
-            }
-            err
-        } else {
-            ApiError::invalid_field(path.clone(), format!("invalid value at `{path}`: {msg}"))
-        }
-    })?;
+    let req: ChatRequest =
+        serde_path_to_error::deserialize(body).map_err(crate::extract::path_error)?;
     if req.model.is_empty() {
         return Err(ApiError::invalid_field(
             "model",

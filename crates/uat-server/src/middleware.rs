@@ -127,11 +127,9 @@ fn is_probe(path: &str) -> bool {
 
 async fn shed_and_measure(State(limit): State<InFlight>, req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+    // MatchedPath is an Arc: cloning it allocates nothing.
+    let matched = req.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
     if is_probe(req.uri().path()) {
         return next.run(req).await;
     }
@@ -150,11 +148,11 @@ async fn shed_and_measure(State(limit): State<InFlight>, req: Request, next: Nex
             1,
         )
         .into_response();
-        record(&route, &resp, start);
+        record(route, &resp, start);
         return resp;
     }
     let resp = next.run(req).await;
-    record(&route, &resp, start);
+    record(route, &resp, start);
     let (parts, body) = resp.into_parts();
     Response::from_parts(
         parts,
