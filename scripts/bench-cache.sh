@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Cache benchmark (issue: tiered cache), every figure from the same run:
-#   L1 hit vs L2 (Redis) hit vs miss vs cache off, through `uat loadtest`.
+#   L1 hit vs L2 (Redis) hit vs true misses (L1; L1+L3 SQLite, the default;
+#   L1+L2 Redis) vs cache off, through `uat loadtest`.
 # Topology: uat(cache) --HTTP--> uat(mock provider, zero latency), so a miss
 # pays a real upstream hop. Needs Redis on 127.0.0.1:6379 and a release build:
 #   cargo build --release -p uat && scripts/bench-cache.sh [path/to/uat]
@@ -11,10 +12,10 @@ BIN=${1:-${UAT_BIN:-target/release/uat}}
 BIN=$(realpath "$BIN")
 DIR=$(mktemp -d)
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$DIR"; }
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; if [ -n "${KEEP:-}" ]; then echo "kept $DIR"; else rm -rf "$DIR"; fi; }
 trap cleanup EXIT
 
-conf() { # name port cache_mode l1_bytes provider_block [l2]
+conf() { # name port cache_mode l1_bytes provider_block l2(yes|no) l3(true|false)
   cat > "$DIR/$1.toml" <<TOML
 [server]
 listen = "127.0.0.1:$2"
@@ -30,9 +31,9 @@ mode = "$3"
 [cache.l1]
 max_bytes = $4
 [cache.l3]
-enabled = false
+enabled = ${7:-false}
 TOML
-  if [ "${6:-}" = l2 ]; then
+  if [ "${6:-no}" = yes ]; then
     printf '[cache.l2]\nurl = "redis://127.0.0.1:6379/"\nkey_prefix = "uatbench:%s:"\n' "$$" >> "$DIR/$1.toml"
   fi
 }
@@ -43,17 +44,23 @@ UP='[[providers]]
 name = "demo"
 kind = "openai"
 base_url = "http://127.0.0.1:39404/v1"'
+L1=268435456
 conf upstream 39404 off 0 "$MOCK"
-conf l1 39401 deterministic 268435456 "$UP"
-conf l2 39403 deterministic 0 "$UP" l2
+conf l1 39401 deterministic $L1 "$UP"           # L1 only
+conf l2 39403 deterministic 0 "$UP" yes         # L2 (Redis) only, to time its hits
+conf l13 39405 deterministic $L1 "$UP" no true  # the zero-config default: L1 + L3 (SQLite)
+conf l12 39406 deterministic $L1 "$UP" yes      # the scaled-out tiers: L1 + L2 (Redis)
 conf off 39402 off 0 "$UP"
-for n in upstream l1 l2 off; do
-  "$BIN" serve --config "$DIR/$n.toml" > "$DIR/$n.log" 2>&1 &
+NAMES=(upstream l1 l2 l13 l12 off)
+PORTS=(39404 39401 39403 39405 39406 39402)
+up() { # name port: start one server and wait for its /health
+  "$BIN" serve --config "$DIR/$1.toml" > "$DIR/$1.log" 2>&1 &
   PIDS+=($!)
-done
-for p in 39404 39401 39403 39402; do
-  for _ in $(seq 1 50); do curl -sf "127.0.0.1:$p/health" >/dev/null && break; sleep 0.1; done
-done
+  for _ in $(seq 1 100); do curl -sf "127.0.0.1:$2/health" >/dev/null && return; sleep 0.1; done
+  echo "$1 did not start:" >&2; cat "$DIR/$1.log" >&2; exit 1
+}
+# The upstream first: the others discover its models at start-up.
+for i in "${!NAMES[@]}"; do up "${NAMES[$i]}" "${PORTS[$i]}"; done
 BODY="$DIR/body.json"
 echo '{"model":"mock-model","temperature":0,"messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"Give me one fact about the sea."}]}' > "$BODY"
 # Prime the entries.
@@ -62,15 +69,39 @@ for p in 39401 39403; do curl -sf -o /dev/null "127.0.0.1:$p/v1/chat/completions
 lt() { "$BIN" loadtest --url "http://127.0.0.1:$1" --body "$BODY" "${@:2}" --json --no-progress 2>/dev/null; }
 fmt() { python3 -c "
 import json,sys; d=json.load(sys.stdin); l=d['latency_ms']; s=d.get('service_time_ms') or l
-print(f\"{sys.argv[1]:<30} req/s={d['requests_per_s']:8.0f} errors={d['errors']} p50={l['p50']:.3f} p99={l['p99']:.3f} service_p50={s['p50']:.3f} service_p99={s['p99']:.3f} ms\")" "$1"; }
+print(f\"{sys.argv[1]:<34} req/s={d['requests_per_s']:8.0f} errors={d['errors']} p50={l['p50']:.3f} p99={l['p99']:.3f} service_p50={s['p50']:.3f} service_p99={s['p99']:.3f} ms\")" "$1"; }
 
-echo "== open loop, 1000 req/s, 5 s"
+echo "== hits: open loop, 1000 req/s, 5 s"
 lt 39401 --rate 1000 --duration 5s | fmt "L1 hit"
 lt 39403 --rate 1000 --duration 5s | fmt "L2 hit (Redis)"
-lt 39401 --rate 1000 --duration 5s -H 'cache-control: no-cache' | fmt "miss"
-lt 39402 --rate 1000 --duration 5s | fmt "cache off"
+# True misses: --unique gives every request its own seed (a new key, looked up
+# in every level, fetched upstream, written to every level). Rounds alternate
+# the configurations so drift on a noisy machine hits all of them alike.
+ROUNDS=${ROUNDS:-3}
+echo "== misses vs cache off: open loop, 1000 req/s, 5 s, $ROUNDS alternating rounds"
+for r in $(seq 1 "$ROUNDS"); do
+  lt 39402 --rate 1000 --duration 5s --unique > "$DIR/off.$r.json"
+  lt 39401 --rate 1000 --duration 5s --unique > "$DIR/miss-l1.$r.json"
+  lt 39405 --rate 1000 --duration 5s --unique > "$DIR/miss-l13.$r.json"
+  lt 39406 --rate 1000 --duration 5s --unique > "$DIR/miss-l12.$r.json"
+done
+python3 - "$DIR" "$ROUNDS" <<'PY'
+import json, statistics, sys
+d, rounds = sys.argv[1], int(sys.argv[2])
+def runs(name):
+    return [json.load(open(f"{d}/{name}.{r}.json")) for r in range(1, rounds + 1)]
+def med(rs, q):
+    return statistics.median((r.get("service_time_ms") or r["latency_ms"])[q] for r in rs)
+off = runs("off")
+base50, base99 = med(off, "p50"), med(off, "p99")
+print(f"{'cache off':<34} p50={base50:.3f} p99={base99:.3f} ms (median of {rounds}) errors={sum(r['errors'] for r in off)}")
+for name, label in [("miss-l1", "miss, L1"), ("miss-l13", "miss, L1+L3 SQLite (default)"), ("miss-l12", "miss, L1+L2 Redis")]:
+    rs = runs(name)
+    p50, p99 = med(rs, "p50"), med(rs, "p99")
+    print(f"{label:<34} p50={p50:.3f} ({(p50/base50-1)*100:+.1f}%) p99={p99:.3f} ({(p99/base99-1)*100:+.1f}%) ms errors={sum(r['errors'] for r in rs)}")
+PY
 echo "== closed loop, concurrency 32, 5 s"
 lt 39401 -c 32 --duration 5s | fmt "L1 hit"
-lt 39401 -c 32 --duration 5s -H 'cache-control: no-cache' | fmt "miss"
-lt 39402 -c 32 --duration 5s | fmt "cache off"
+lt 39401 -c 32 --duration 5s --unique | fmt "miss, L1"
+lt 39402 -c 32 --duration 5s --unique | fmt "cache off"
 redis-cli --scan --pattern "uatbench:$$:*" | xargs -r redis-cli del >/dev/null 2>&1 || true

@@ -3,6 +3,12 @@
 //! indexed) and are purged periodically; reads ignore expired rows. Pattern
 //! invalidation is an indexed match on `(namespace, model)`.
 //! Migrations run at start-up and are recorded in `uat_cache_migrations`.
+//!
+//! On SQLite (the embedded default, a file this process owns) the level also
+//! keeps a [`Presence`] set: 8-byte hashes of the keys it knows are stored, so
+//! a miss, the common case of a cache that answers from L1, costs a hash
+//! lookup instead of an SQL round trip. On PostgreSQL, shared by replicas that
+//! each write to it, every lookup asks the database.
 
 use crate::codec;
 use crate::error::CacheError;
@@ -10,9 +16,12 @@ use crate::key::{CacheKey, KeyPattern};
 use crate::level::{CacheLevel, Counters, Hit, Level, LevelStats};
 use crate::metrics::{self, METRICS, OpTimer};
 use bytes::Bytes;
+use futures::StreamExt;
+use parking_lot::RwLock;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use std::future::Future;
+use std::hash::BuildHasherDefault;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -59,6 +68,8 @@ pub struct SqlLevel {
 
 struct Inner {
     pool: Pool,
+    /// SQLite only; `None` on PostgreSQL.
+    presence: Option<Presence>,
     timeout: Duration,
     healthy: AtomicBool,
     reconnecting: AtomicBool,
@@ -108,15 +119,54 @@ impl SqlLevel {
             )
         };
         migrate(&pool).await?;
-        Ok(SqlLevel {
+        let presence = matches!(pool, Pool::Sqlite(_)).then(Presence::default);
+        let level = SqlLevel {
             inner: Arc::new(Inner {
                 pool,
+                presence,
                 timeout,
                 healthy: AtomicBool::new(true),
                 reconnecting: AtomicBool::new(false),
                 counters: Counters::default(),
             }),
-        })
+        };
+        level.reload_presence().await;
+        Ok(level)
+    }
+
+    /// Re-reads the stored keys into the presence set (SQLite; at start-up and
+    /// after each purge, which keeps the set from holding purged keys). Until
+    /// a load succeeds every lookup asks the database.
+    async fn reload_presence(&self) {
+        let (Some(presence), Pool::Sqlite(p)) = (&self.inner.presence, &self.inner.pool) else {
+            return;
+        };
+        presence.begin_reload();
+        let mut rows = sqlx::query_scalar::<_, String>(
+            "SELECT key FROM uat_cache_entries WHERE expires_at > ?",
+        )
+        .bind(now_ms())
+        .fetch(p);
+        let mut set = KeySet::default();
+        let mut failed = None;
+        while let Some(row) = rows.next().await {
+            match row {
+                Ok(k) => {
+                    set.insert(Presence::hash(&k));
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        match failed {
+            None => presence.finish_reload(set),
+            Some(e) => {
+                presence.abort_reload();
+                tracing::warn!(level = "l3", error = %e, "cannot load the cache key set: every L3 lookup asks the database");
+            }
+        }
     }
 
     /// Starts the periodic purge of expired rows (stops when the level is dropped).
@@ -161,6 +211,9 @@ impl SqlLevel {
             })
             .await?;
         METRICS.evictions.with_label_values(&["l3"]).inc_by(n);
+        if n > 0 {
+            self.reload_presence().await;
+        }
         Ok(n)
     }
 
@@ -244,7 +297,18 @@ impl SqlLevel {
     }
 
     async fn upsert(&self, rows: Vec<(CacheKey, Vec<u8>, i64)>) -> Result<(), CacheError> {
-        self.run("put", |pool| async move {
+        // Recorded before the write (a key the set holds but the table does
+        // not only costs a query; the reverse would hide an entry) and again
+        // after it, for a reload that read the table before this commit.
+        let hashes: Option<Vec<u64>> = self.inner.presence.as_ref().map(|_| {
+            rows.iter()
+                .map(|(k, _, _)| Presence::hash(k.as_str()))
+                .collect()
+        });
+        if let (Some(p), Some(h)) = (&self.inner.presence, &hashes) {
+            p.add(h);
+        }
+        let res = self.run("put", |pool| async move {
             match pool {
                 Pool::Sqlite(p) => {
                     let mut tx = p.begin().await?;
@@ -282,7 +346,11 @@ impl SqlLevel {
                 }
             }
         })
-        .await
+        .await;
+        if let (Some(p), Some(h), true) = (&self.inner.presence, &hashes, res.is_ok()) {
+            p.add(h);
+        }
+        res
     }
 }
 
@@ -365,6 +433,83 @@ async fn probe_loop(weak: Weak<Inner>) {
     }
 }
 
+type KeySet = std::collections::HashSet<u64, BuildHasherDefault<IdentityHasher>>;
+
+/// The keys a SQLite L3 holds, as 64-bit hashes: "absent" is certain, a hash
+/// present may be a key since deleted or expired (then the query answers).
+#[derive(Default)]
+struct Presence {
+    state: RwLock<PresenceState>,
+}
+
+#[derive(Default)]
+struct PresenceState {
+    /// `None` until the first load finished.
+    set: Option<KeySet>,
+    /// Keys written while a reload reads the table, added when it ends.
+    during_reload: Option<Vec<u64>>,
+}
+
+impl Presence {
+    fn hash(key: &str) -> u64 {
+        xxhash_rust::xxh3::xxh3_64(key.as_bytes())
+    }
+
+    fn surely_absent(&self, key: &str) -> bool {
+        let h = Self::hash(key);
+        self.state
+            .read()
+            .set
+            .as_ref()
+            .is_some_and(|s| !s.contains(&h))
+    }
+
+    fn add(&self, hashes: &[u64]) {
+        let mut st = self.state.write();
+        let st = &mut *st;
+        if let Some(set) = &mut st.set {
+            set.extend(hashes);
+        }
+        if let Some(pending) = &mut st.during_reload {
+            pending.extend(hashes);
+        }
+    }
+
+    fn begin_reload(&self) {
+        self.state.write().during_reload = Some(Vec::new());
+    }
+
+    fn finish_reload(&self, mut set: KeySet) {
+        let mut st = self.state.write();
+        set.extend(st.during_reload.take().unwrap_or_default());
+        st.set = Some(set);
+    }
+
+    fn abort_reload(&self) {
+        let mut st = self.state.write();
+        st.during_reload = None;
+        st.set = None;
+    }
+}
+
+/// The keys are already xxh3 hashes.
+#[derive(Default)]
+struct IdentityHasher(u64);
+
+impl std::hash::Hasher for IdentityHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
 fn is_connection_error(e: &sqlx::Error) -> bool {
     matches!(
         e,
@@ -382,6 +527,14 @@ impl CacheLevel for SqlLevel {
     }
 
     async fn get(&self, key: &CacheKey) -> Result<Option<Hit>, CacheError> {
+        if let Some(p) = &self.inner.presence
+            && self.inner.healthy.load(Ordering::Relaxed)
+            && p.surely_absent(key.as_str())
+        {
+            self.inner.counters.miss();
+            metrics::request("l3", "miss");
+            return Ok(None);
+        }
         let now = now_ms();
         let k = key.as_str().to_string();
         let res = self

@@ -377,16 +377,25 @@ impl Replay {
     }
 }
 
-/// A stored answer must be a JSON object of the right shape.
+/// A stored answer must be a JSON object of the right shape. Checked without
+/// building a value tree (this runs on every cacheable miss).
 fn valid_answer(kind: Kind, bytes: &[u8]) -> bool {
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+    use serde::de::IgnoredAny;
+    #[derive(serde::Deserialize)]
+    struct Shape {
+        // Vectors of a zero-sized type: no allocation.
+        choices: Option<Vec<IgnoredAny>>,
+        data: Option<Vec<IgnoredAny>>,
+        error: Option<IgnoredAny>,
+    }
+    let Ok(v) = serde_json::from_slice::<Shape>(bytes) else {
         return false;
     };
-    let field = match kind {
-        Kind::Chat => "choices",
-        Kind::Embeddings => "data",
+    let list = match kind {
+        Kind::Chat => v.choices,
+        Kind::Embeddings => v.data,
     };
-    v.get(field).is_some_and(serde_json::Value::is_array) && v.get("error").is_none()
+    list.is_some() && v.error.is_none()
 }
 
 /// Renders a hit; `None` when the stored value cannot be used (then it is
@@ -572,4 +581,36 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/cache", delete(invalidate))
         .route("/v1/cache/stats", get(stats))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_answers_of_the_right_shape_are_stored() {
+        let chat = br#"{"id":"x","choices":[{"index":0,"message":{"role":"assistant","content":"hi"}}],"usage":{"total_tokens":3}}"#;
+        let emb = br#"{"object":"list","data":[{"embedding":[0.1,0.2],"index":0}],"model":"m"}"#;
+        assert!(valid_answer(Kind::Chat, chat));
+        assert!(valid_answer(Kind::Embeddings, emb));
+        assert!(
+            !valid_answer(Kind::Chat, emb),
+            "an embeddings body is no chat answer"
+        );
+        assert!(!valid_answer(Kind::Embeddings, chat));
+        assert!(
+            !valid_answer(Kind::Chat, br#"{"choices":{"a":1}}"#),
+            "choices must be a list"
+        );
+        assert!(!valid_answer(
+            Kind::Chat,
+            br#"{"choices":[],"error":{"message":"boom"}}"#
+        ));
+        assert!(
+            !valid_answer(Kind::Chat, br#"{"choices":[]"#),
+            "truncated JSON"
+        );
+        assert!(!valid_answer(Kind::Chat, b"[1,2]"));
+        assert!(!valid_answer(Kind::Chat, b""));
+    }
 }

@@ -63,6 +63,12 @@ pub struct LoadtestArgs {
     #[arg(long)]
     pub model: Option<String>,
 
+    /// Give every request its own `"seed"` (a counter), so each is a distinct
+    /// cache key: measures true cache misses (and, in `deterministic` cache
+    /// mode, makes the request cacheable).
+    #[arg(long)]
+    pub unique: bool,
+
     /// JSON request body to send instead of the built-in one (`--model` and
     /// `--stream` still override its fields when given).
     #[arg(long, value_name = "FILE")]
@@ -246,6 +252,7 @@ pub async fn run(args: &LoadtestArgs, _config: Option<&Path>) -> anyhow::Result<
         body,
         stream,
         headers,
+        unique: args.unique.then(engine::unique_counter),
     };
     let result = engine::run(&client, &target, &plan, progress, "load").await?;
     if let Some(m) = mock {

@@ -268,3 +268,41 @@ async fn redis_on_a_closed_port_is_skipped_fast() {
         t.elapsed()
     );
 }
+
+/// SQLite L3 keeps the hashes of its keys: a key it never stored is a miss
+/// without a query, a stored one is looked up, and the set is rebuilt from the
+/// table when the level reopens.
+#[tokio::test]
+async fn l3_sqlite_key_set_skips_sql_for_absent_keys_and_reloads_on_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let ns = unique("l3-presence");
+    let (stored, absent) = (key(&ns, "m", 1), key(&ns, "m", 2));
+    {
+        let l3 = sqlite(&dir).await;
+        l3.put(&stored, Bytes::from_static(b"v"), Duration::from_secs(60))
+            .await
+            .unwrap();
+    }
+    let l3 = sqlite(&dir).await;
+    assert_eq!(
+        l3.get(&stored).await.unwrap().unwrap().value,
+        Bytes::from_static(b"v"),
+        "a key stored before the restart is found"
+    );
+    // Take the table away behind the level's back: a lookup that reaches SQL
+    // now fails, one answered by the key set does not.
+    let url = format!("sqlite://{}", dir.path().join("cache.db").display());
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    sqlx::query("DROP TABLE uat_cache_entries")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert!(
+        l3.get(&absent).await.unwrap().is_none(),
+        "an absent key is a miss without a query"
+    );
+    assert!(
+        l3.get(&stored).await.is_err(),
+        "a stored key is looked up in the table"
+    );
+}

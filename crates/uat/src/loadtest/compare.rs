@@ -231,12 +231,14 @@ pub(crate) async fn run(
         body: body.clone(),
         stream,
         headers: reqwest::header::HeaderMap::new(),
+        unique: args.unique.then(engine::unique_counter),
     };
     let through = Target {
         url: chat_url(&uat_base),
         body,
         stream,
         headers: reqwest::header::HeaderMap::new(),
+        unique: args.unique.then(engine::unique_counter),
     };
     let first = client
         .post(&through.url)

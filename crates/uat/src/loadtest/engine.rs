@@ -9,6 +9,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use std::collections::BTreeMap;
+use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,6 +28,38 @@ pub(crate) struct Target {
     pub stream: bool,
     /// Extra headers sent with every request (`--header`).
     pub headers: reqwest::header::HeaderMap,
+    /// `--unique`: every request gets its own `"seed"` (this counter), so each
+    /// one is a distinct cache key: a true cache miss.
+    pub unique: Option<Arc<AtomicU64>>,
+}
+
+/// A `--unique` counter starting at a value no earlier run used (the clock in
+/// microseconds), so a cache kept between runs still misses.
+pub(crate) fn unique_counter() -> Arc<AtomicU64> {
+    let start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2));
+    Arc::new(AtomicU64::new(start.saturating_mul(1000)))
+}
+
+impl Target {
+    /// The body of the next request: the shared one, or with `--unique` the
+    /// same object with a fresh `"seed"` first (`{"seed":N,...}`).
+    fn next_body(&self) -> Bytes {
+        let Some(counter) = &self.unique else {
+            return self.body.clone();
+        };
+        let n = counter.fetch_add(1, Ordering::Relaxed);
+        let rest = self.body.get(1..).unwrap_or_default();
+        let mut out = Vec::with_capacity(self.body.len() + 32);
+        out.extend_from_slice(b"{\"seed\":");
+        let _ = write!(out, "{n}");
+        if rest.first() != Some(&b'}') {
+            out.push(b',');
+        }
+        out.extend_from_slice(rest);
+        Bytes::from(out)
+    }
 }
 
 /// How much load, for how long.
@@ -211,7 +244,7 @@ async fn one_request(client: &reqwest::Client, target: &Target, origin: Instant)
         .post(&target.url)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .headers(target.headers.clone())
-        .body(target.body.clone())
+        .body(target.next_body())
         .send()
         .await;
     let resp = match sent {
@@ -467,6 +500,7 @@ async fn closed_loop(client: &reqwest::Client, target: &Target, plan: &Plan, rec
         body: target.body.clone(),
         stream: target.stream,
         headers: target.headers.clone(),
+        unique: target.unique.clone(),
     });
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..plan.concurrency {
@@ -506,6 +540,7 @@ async fn open_loop(
         body: target.body.clone(),
         stream: target.stream,
         headers: target.headers.clone(),
+        unique: target.unique.clone(),
     });
     let (client, duration, limit) = (client.clone(), plan.duration, plan.requests);
     let pacer = {
@@ -569,6 +604,35 @@ async fn open_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unique_bodies_differ_and_stay_json() -> anyhow::Result<()> {
+        let target = Target {
+            url: String::new(),
+            body: Bytes::from_static(br#"{"model":"m","temperature":0}"#),
+            stream: false,
+            headers: reqwest::header::HeaderMap::new(),
+            unique: Some(Arc::new(AtomicU64::new(7))),
+        };
+        let a: serde_json::Value = serde_json::from_slice(&target.next_body())?;
+        let b: serde_json::Value = serde_json::from_slice(&target.next_body())?;
+        assert_eq!(a["seed"], 7);
+        assert_eq!(b["seed"], 8);
+        assert_eq!(a["model"], "m");
+        assert_eq!(b["temperature"], 0);
+        let empty = Target {
+            body: Bytes::from_static(b"{}"),
+            ..target
+        };
+        let c: serde_json::Value = serde_json::from_slice(&empty.next_body())?;
+        assert_eq!(c, serde_json::json!({"seed": 9}));
+        let plain = Target {
+            unique: None,
+            ..empty
+        };
+        assert_eq!(plain.next_body(), Bytes::from_static(b"{}"));
+        Ok(())
+    }
 
     #[test]
     fn scanner_sees_content_done_and_errors_across_split_reads() {
