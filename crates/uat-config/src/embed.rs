@@ -25,7 +25,8 @@ pub struct EmbeddingsConfig {
     pub max_wait: Duration,
     /// Inputs that may wait in the queue; beyond it requests get 503 at once.
     pub queue_capacity: usize,
-    /// Threads that run model inference.
+    /// Compute lanes: batches that run at once, one thread each (data
+    /// parallel; a burst is split over every lane).
     pub threads: usize,
 }
 

@@ -8,8 +8,15 @@
 //! (less if a full batch is already queued), then takes the oldest input plus the
 //! queued inputs closest to it in length while `longest x count <= batch_tokens`
 //! and `count <= max_batch_size` (an input over the budget runs alone). The batch
-//! runs on the [`ComputePool`]; each result goes back to its request, which
-//! completes when its last input is done.
+//! runs on a lane of the [`ComputePool`]; each result goes back to its request,
+//! which completes when its last input is done.
+//!
+//! Lanes: a pool of `threads` threads has `threads` lanes, one thread each, and
+//! a batcher runs one batch thread per lane. Batches run side by side, one per
+//! lane (data parallel), rather than one batch split across every thread: the
+//! small matrices of short inputs split badly, whole batches do not. A batch
+//! thread that forms a batch while other lanes sit idle takes only its share
+//! of the queue, so a burst is spread over every lane.
 
 use crate::backend::EmbeddingBackend;
 use crate::error::{EmbedError, Result};
@@ -57,17 +64,73 @@ impl From<&uat_config::EmbeddingsConfig> for BatcherConfig {
 /// compute at once whatever the number of loaded models.
 pub struct ComputePool {
     pool: rayon::ThreadPool,
+    /// One single-thread pool per lane; a batch holds one while it computes.
+    lanes: Mutex<Vec<rayon::ThreadPool>>,
+    lane_free: Condvar,
+    lane_count: usize,
 }
 
 impl ComputePool {
     /// A pool of `threads` threads (at least 1), named `uat-embed-N`.
     pub fn new(threads: usize) -> Result<Arc<ComputePool>> {
+        let threads = threads.max(1);
+        let start = |e: rayon::ThreadPoolBuildError| {
+            EmbedError::Inference(format!("cannot start compute threads: {e}"))
+        };
         let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads.max(1))
+            .num_threads(threads)
             .thread_name(|i| format!("uat-embed-{i}"))
             .build()
-            .map_err(|e| EmbedError::Inference(format!("cannot start compute threads: {e}")))?;
-        Ok(Arc::new(ComputePool { pool }))
+            .map_err(start)?;
+        let lanes = (0..threads)
+            .map(|lane| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(1)
+                    .thread_name(move |_| format!("uat-embed-lane-{lane}"))
+                    .build()
+                    .map_err(start)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Arc::new(ComputePool {
+            pool,
+            lanes: Mutex::new(lanes),
+            lane_free: Condvar::new(),
+            lane_count: threads,
+        }))
+    }
+
+    /// Lanes: batches that may compute at once, one thread each.
+    pub fn lanes(&self) -> usize {
+        self.lane_count
+    }
+
+    /// Runs `f` on a free lane (one thread; waits for one when all are busy)
+    /// and blocks the calling thread until it returns.
+    pub fn run_lane<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        let lane = {
+            let mut free = self.lanes.lock();
+            loop {
+                if let Some(l) = free.pop() {
+                    break l;
+                }
+                self.lane_free.wait(&mut free);
+            }
+        };
+        // Handed back even if `f` panics.
+        struct Back<'a>(&'a ComputePool, Option<rayon::ThreadPool>);
+        impl Drop for Back<'_> {
+            fn drop(&mut self) {
+                if let Some(l) = self.1.take() {
+                    self.0.lanes.lock().push(l);
+                    self.0.lane_free.notify_one();
+                }
+            }
+        }
+        let back = Back(self, Some(lane));
+        match &back.1 {
+            Some(l) => l.install(f),
+            None => f(),
+        }
     }
 
     /// Threads in the pool.
@@ -75,8 +138,10 @@ impl ComputePool {
         self.pool.current_num_threads()
     }
 
-    /// Runs `f` on the pool and blocks the calling thread until it returns. Matrix
-    /// products inside `f` split across the pool's threads only.
+    /// Runs `f` on the whole pool and blocks the calling thread until it
+    /// returns. Matrix products inside `f` split across the pool's threads only.
+    /// (The batcher uses [`ComputePool::run_lane`]; this is for one-off work
+    /// such as benchmarks of a single batch.)
     pub fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         self.pool.install(f)
     }
@@ -137,6 +202,8 @@ struct Queue {
     items: VecDeque<Item>,
     tokens: usize,
     closed: bool,
+    /// Batch threads computing now.
+    busy: usize,
 }
 
 struct Shared {
@@ -146,6 +213,8 @@ struct Shared {
     pool: Arc<ComputePool>,
     cfg: BatcherConfig,
     batches: AtomicU64,
+    /// Batch threads (one per lane).
+    workers: usize,
 }
 
 /// Batches concurrent requests for one model. Dropping it stops accepting work;
@@ -167,18 +236,22 @@ impl Batcher {
                 items: VecDeque::new(),
                 tokens: 0,
                 closed: false,
+                busy: 0,
             }),
             wake: Condvar::new(),
+            workers: pool.lanes(),
             backend,
             pool,
             cfg,
             batches: AtomicU64::new(0),
         });
-        let worker = Arc::clone(&shared);
-        std::thread::Builder::new()
-            .name(format!("uat-embed-batch-{name}"))
-            .spawn(move || worker.run())
-            .map_err(|e| EmbedError::Inference(format!("cannot start batch thread: {e}")))?;
+        for i in 0..shared.workers {
+            let worker = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name(format!("uat-embed-batch-{name}-{i}"))
+                .spawn(move || worker.run())
+                .map_err(|e| EmbedError::Inference(format!("cannot start batch thread: {e}")))?;
+        }
         Ok(Batcher { shared })
     }
 
@@ -283,10 +356,21 @@ impl Shared {
                         _ => break,
                     }
                 }
-                take_batch(&mut q, &self.cfg)
+                // With other lanes idle, take only this lane's share.
+                let idle = self.workers.saturating_sub(q.busy).max(1);
+                let share = q.items.len().div_ceil(idle);
+                let batch = take_batch(&mut q, &self.cfg, share);
+                if !q.items.is_empty() {
+                    self.wake.notify_one();
+                }
+                if !batch.is_empty() {
+                    q.busy += 1;
+                }
+                batch
             };
             if !batch.is_empty() {
                 self.execute(batch);
+                self.queue.lock().busy -= 1;
             }
         }
     }
@@ -302,7 +386,7 @@ impl Shared {
         self.batches.fetch_add(1, Ordering::Relaxed);
         let backend = &self.backend;
         let started = Instant::now();
-        let result = self.pool.run(|| backend.embed_ids(&refs));
+        let result = self.pool.run_lane(|| backend.embed_ids(&refs));
         metrics::batch(
             batch.len(),
             longest * batch.len(),
@@ -332,9 +416,10 @@ impl Shared {
 }
 
 /// Removes the next batch from the queue: the oldest live input, then its
-/// neighbours in length order while the budget allows. Inputs whose request was
-/// dropped are discarded.
-fn take_batch(q: &mut Queue, cfg: &BatcherConfig) -> Vec<Item> {
+/// neighbours in length order while the budget allows, at most `share` inputs.
+/// Inputs whose request was dropped are discarded.
+fn take_batch(q: &mut Queue, cfg: &BatcherConfig, share: usize) -> Vec<Item> {
+    let max_items = cfg.max_batch_size.min(share).max(1);
     let before = q.items.len();
     q.items.retain(|i| !i.slot.cancelled());
     if q.items.len() != before {
@@ -352,7 +437,7 @@ fn take_batch(q: &mut Queue, cfg: &BatcherConfig) -> Vec<Item> {
     let (mut lo, mut hi) = (anchor, anchor);
     let (mut count, mut longest) = (1usize, anchor_len);
     let fits = |count: usize, longest: usize, l: usize| {
-        count < cfg.max_batch_size && (count + 1) * longest.max(l) <= cfg.batch_tokens
+        count < max_items && (count + 1) * longest.max(l) <= cfg.batch_tokens
     };
     loop {
         let left = lo.checked_sub(1).map(|p| (p, len(order[p])));
@@ -430,6 +515,7 @@ mod tests {
                 items,
                 tokens,
                 closed: false,
+                busy: 0,
             },
             rxs,
         )
@@ -454,10 +540,10 @@ mod tests {
     fn batches_group_the_oldest_input_with_similar_lengths() {
         let (mut q, _rx) = queue(&[10, 50, 12, 48, 11, 49]);
         // 3 x 12 = 36 <= 40: the oldest (10) with 11 and 12, not the long ones.
-        let b = take_batch(&mut q, &cfg(40, 64));
+        let b = take_batch(&mut q, &cfg(40, 64), usize::MAX);
         assert_eq!(lens(&b), vec![10, 11, 12]);
         assert_eq!(q.tokens, 50 + 48 + 49);
-        let b = take_batch(&mut q, &cfg(200, 64));
+        let b = take_batch(&mut q, &cfg(200, 64), usize::MAX);
         assert_eq!(lens(&b), vec![48, 49, 50]);
         assert!(q.items.is_empty());
         assert_eq!(q.tokens, 0);
@@ -466,18 +552,28 @@ mod tests {
     #[test]
     fn batch_size_and_budget_are_respected_and_oversize_runs_alone() {
         let (mut q, _rx) = queue(&[100, 5, 5, 5, 5]);
-        let b = take_batch(&mut q, &cfg(64, 64));
+        let b = take_batch(&mut q, &cfg(64, 64), usize::MAX);
         assert_eq!(lens(&b), vec![100], "over the budget: alone");
-        let b = take_batch(&mut q, &cfg(64, 3));
+        let b = take_batch(&mut q, &cfg(64, 3), usize::MAX);
         assert_eq!(lens(&b), vec![5, 5, 5], "max_batch_size");
         assert_eq!(q.items.len(), 1);
+    }
+
+    #[test]
+    fn a_share_caps_the_batch() {
+        let (mut q, _rx) = queue(&[5, 5, 5, 5, 5]);
+        let b = take_batch(&mut q, &cfg(8192, 64), 3);
+        assert_eq!(b.len(), 3);
+        assert_eq!(q.items.len(), 2);
+        let b = take_batch(&mut q, &cfg(8192, 64), 0);
+        assert_eq!(b.len(), 1, "a share of 0 still takes the oldest input");
     }
 
     #[test]
     fn dropped_requests_are_skipped() {
         let (mut q, mut rx) = queue(&[3, 4, 5]);
         drop(rx.remove(0));
-        let b = take_batch(&mut q, &cfg(100, 64));
+        let b = take_batch(&mut q, &cfg(100, 64), usize::MAX);
         assert_eq!(lens(&b), vec![4, 5]);
     }
 }

@@ -62,6 +62,9 @@ pub struct EmbedArgs {
     /// Passes over the sentences per measurement.
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
+    /// Compute threads (`embeddings.threads`: lanes for the batcher).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
 }
 
 /// Runs one benchmark and prints its report.
@@ -90,6 +93,7 @@ pub fn run(which: &BenchCommand) -> anyhow::Result<()> {
             opts.batch_size = a.batch_size;
             opts.clients = a.clients;
             opts.rounds = a.rounds;
+            opts.threads = a.threads;
             let report = uat_embed::bench::run(&opts).context("embedding benchmark failed")?;
             println!("{report}");
         }

@@ -199,3 +199,69 @@ async fn a_full_queue_is_overloaded_at_once() {
     assert_eq!(first.await.unwrap().unwrap(), vec![vec![1.0]]);
     assert_eq!(queued.await.unwrap(), vec![vec![1.0], vec![2.0], vec![3.0]]);
 }
+
+/// A backend that records how many forward passes run at the same time.
+struct Overlap {
+    info: ModelInfo,
+    running: AtomicU64,
+    most: AtomicU64,
+    passes: AtomicU64,
+}
+
+impl EmbeddingBackend for Overlap {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+    fn tokenize(&self, text: &str, _truncate: bool) -> uat_embed::Result<Vec<u32>> {
+        Ok(text.bytes().map(u32::from).collect())
+    }
+    fn embed_ids(&self, seqs: &[&[u32]]) -> uat_embed::Result<Vec<Vec<f32>>> {
+        self.passes.fetch_add(1, Ordering::SeqCst);
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(now, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(30));
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        Ok(seqs.iter().map(|s| vec![s.len() as f32]).collect())
+    }
+    fn memory_bytes(&self) -> u64 {
+        0
+    }
+    fn forward_passes(&self) -> u64 {
+        self.passes.load(Ordering::SeqCst)
+    }
+}
+
+/// A burst on a pool of two lanes is split into two batches that run side by
+/// side; one lane never runs two at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_is_spread_over_every_lane() {
+    for (lanes, want_most) in [(2, 2), (1, 1)] {
+        let backend = Arc::new(Overlap {
+            info: ModelInfo {
+                dim: 1,
+                max_seq_length: 64,
+                vocab_size: 256,
+                pooling: Pooling::MEAN,
+                normalize: false,
+            },
+            running: AtomicU64::new(0),
+            most: AtomicU64::new(0),
+            passes: AtomicU64::new(0),
+        });
+        let pool = ComputePool::new(lanes).unwrap();
+        assert_eq!(pool.lanes(), lanes);
+        let batcher = Batcher::new("overlap", backend.clone(), pool, cfg(20)).unwrap();
+        let futs: Vec<_> = (0..32)
+            .map(|i| tokio::spawn(batcher.embed(vec![vec![1; 1 + i % 5]])))
+            .collect();
+        for (i, f) in futs.into_iter().enumerate() {
+            assert_eq!(f.await.unwrap().unwrap(), vec![vec![(1 + i % 5) as f32]]);
+        }
+        assert_eq!(
+            backend.most.load(Ordering::SeqCst),
+            want_most,
+            "{lanes} lane(s): most forward passes at once"
+        );
+        assert!(backend.forward_passes() < 32, "the burst was batched");
+    }
+}
