@@ -396,14 +396,20 @@ impl Memories {
             _ => q.top_k,
         };
         let terms = keyword::terms(&q.query);
-        let keyword_hits = match mode {
-            SearchMode::Semantic => Vec::new(),
-            _ => self.store.keyword(&q.filter, &terms, depth).await?,
+        // Hybrid runs both searches at once.
+        let keyword_search = async {
+            match mode {
+                SearchMode::Semantic => Ok(Vec::new()),
+                _ => self.store.keyword(&q.filter, &terms, depth).await,
+            }
         };
-        let semantic_hits = match mode {
-            SearchMode::Keyword => Vec::new(),
-            _ => self.semantic(q, depth).await?,
+        let semantic_search = async {
+            match mode {
+                SearchMode::Keyword => Ok(Vec::new()),
+                _ => self.semantic(q, depth).await,
+            }
         };
+        let (keyword_hits, semantic_hits) = tokio::try_join!(keyword_search, semantic_search)?;
         let mut hits: Vec<SearchHit> = match mode {
             SearchMode::Keyword => keyword_hits
                 .into_iter()
@@ -441,8 +447,9 @@ impl Memories {
         let (Some(_), Some(idx)) = (&self.embedder, &self.index) else {
             return Err(MemoryError::NoEmbedder);
         };
-        // Read your writes: wait (briefly) for changes committed before this search.
-        let last = self.store.last_change().await?;
+        // Read your writes: wait (briefly) for the changes committed through
+        // this service before this search (other replicas' are tailed).
+        let last = self.store.local_change();
         if !idx.wait_for(last, INDEX_WAIT).await {
             tracing::debug!(
                 last,

@@ -7,6 +7,7 @@
 
 mod postgres;
 mod sqlite;
+mod sqlite_read;
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -67,6 +68,10 @@ pub trait Store: Send + Sync {
     ) -> impl Future<Output = Result<Vec<Change>>> + Send;
     /// The last change-log position (0 when empty).
     fn last_change(&self) -> impl Future<Output = Result<i64>> + Send;
+    /// The last change-log position committed through this handle (0 before
+    /// its first write), kept in memory: what read-your-writes waits for
+    /// without a query. Changes made through other handles are not counted.
+    fn local_change(&self) -> i64;
     /// Index entries for `ids` (rows that exist and carry an embedding).
     fn index_entries(&self, ids: &[Uuid]) -> impl Future<Output = Result<Vec<IndexEntry>>> + Send;
     /// Index entries in id order after `after`, for a rebuild.
@@ -157,6 +162,12 @@ impl Store for AnyStore {
     }
     async fn last_change(&self) -> Result<i64> {
         delegate!(self, s => s.last_change())
+    }
+    fn local_change(&self) -> i64 {
+        match self {
+            AnyStore::Sqlite(s) => s.local_change(),
+            AnyStore::Postgres(s) => s.local_change(),
+        }
     }
     async fn index_entries(&self, ids: &[Uuid]) -> Result<Vec<IndexEntry>> {
         delegate!(self, s => s.index_entries(ids))

@@ -16,6 +16,7 @@ use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, QueryBuilder, Row};
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -77,6 +78,8 @@ const MIGRATIONS: &[(i64, &[&str])] = &[(
 /// The PostgreSQL implementation of [`Store`].
 pub struct PgStore {
     pool: PgPool,
+    /// The last change-log position committed through this handle.
+    local_seq: AtomicI64,
 }
 
 impl PgStore {
@@ -117,7 +120,14 @@ impl PgStore {
             .connect_with(opts)
             .await?;
         migrate(&pool).await?;
-        Ok(PgStore { pool })
+        Ok(PgStore {
+            pool,
+            local_seq: AtomicI64::new(0),
+        })
+    }
+
+    fn committed(&self, seq: i64) {
+        self.local_seq.fetch_max(seq, Ordering::AcqRel);
     }
 
     /// The pool (for benchmarks, EXPLAIN tests and diagnostics).
@@ -234,13 +244,14 @@ fn push_filter(qb: &mut QueryBuilder<'_, Postgres>, f: &Filter, at: OffsetDateTi
     }
 }
 
-/// Appends change records under the change lock (held until commit).
+/// Appends change records under the change lock (held until commit);
+/// returns the last position written (0 when `changes` is empty).
 async fn record_changes(
     tx: &mut sqlx::PgConnection,
     changes: &[(Option<Uuid>, String, ChangeOp)],
-) -> Result<()> {
+) -> Result<i64> {
     if changes.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(CHANGE_LOCK)
@@ -249,16 +260,17 @@ async fn record_changes(
     let ids: Vec<Option<Uuid>> = changes.iter().map(|c| c.0).collect();
     let users: Vec<String> = changes.iter().map(|c| c.1.clone()).collect();
     let ops: Vec<String> = changes.iter().map(|c| c.2.as_str().to_string()).collect();
-    sqlx::query(
-        "INSERT INTO memory_changes (memory_id, user_id, op, at) \
-         SELECT u.id, u.user_id, u.op, now() FROM UNNEST($1::uuid[], $2::text[], $3::text[]) WITH ORDINALITY AS u(id, user_id, op, n) ORDER BY u.n",
+    let last: Option<i64> = sqlx::query_scalar(
+        "WITH ins AS (INSERT INTO memory_changes (memory_id, user_id, op, at) \
+         SELECT u.id, u.user_id, u.op, now() FROM UNNEST($1::uuid[], $2::text[], $3::text[]) WITH ORDINALITY AS u(id, user_id, op, n) ORDER BY u.n \
+         RETURNING seq) SELECT MAX(seq) FROM ins",
     )
     .bind(ids)
     .bind(users)
     .bind(ops)
-    .execute(&mut *tx)
+    .fetch_one(&mut *tx)
     .await?;
-    Ok(())
+    Ok(last.unwrap_or(0))
 }
 
 async fn record_history(
@@ -459,6 +471,7 @@ impl Store for PgStore {
                 },
             }
         }
+        let mut last_seq = 0;
         if !created.is_empty() {
             let ids: Vec<Uuid> = created.iter().map(|m| m.id).collect();
             let users: Vec<String> = created.iter().map(|m| m.user_id.clone()).collect();
@@ -479,9 +492,10 @@ impl Store for PgStore {
                 .iter()
                 .map(|m| (Some(m.id), m.user_id.clone(), ChangeOp::Upsert))
                 .collect();
-            record_changes(&mut tx, &changes).await?;
+            last_seq = record_changes(&mut tx, &changes).await?;
         }
         tx.commit().await?;
+        self.committed(last_seq);
         Ok(out)
     }
 
@@ -539,12 +553,13 @@ impl Store for PgStore {
         qb.push(" AND user_id = ").push_bind(user_id.to_string());
         qb.build().execute(&mut *tx).await?;
         record_history(&mut tx, &new, "update", Some(&old), Some(&new)).await?;
-        record_changes(
+        let seq = record_changes(
             &mut tx,
             &[(Some(id), user_id.to_string(), ChangeOp::Upsert)],
         )
         .await?;
         tx.commit().await?;
+        self.committed(seq);
         Ok(Some(new))
     }
 
@@ -564,12 +579,13 @@ impl Store for PgStore {
         };
         let old = decode(&row)?;
         record_history(&mut tx, &old, "delete", Some(&old), None).await?;
-        record_changes(
+        let seq = record_changes(
             &mut tx,
             &[(Some(id), user_id.to_string(), ChangeOp::Delete)],
         )
         .await?;
         tx.commit().await?;
+        self.committed(seq);
         Ok(true)
     }
 
@@ -584,12 +600,13 @@ impl Store for PgStore {
             .bind(user_id)
             .execute(&mut *tx)
             .await?;
-        record_changes(
+        let seq = record_changes(
             &mut tx,
             &[(None, user_id.to_string(), ChangeOp::DeleteUser)],
         )
         .await?;
         tx.commit().await?;
+        self.committed(seq);
         Ok(n)
     }
 
@@ -718,6 +735,10 @@ impl Store for PgStore {
             .fetch_one(&self.pool)
             .await?;
         Ok(v.unwrap_or(0))
+    }
+
+    fn local_change(&self) -> i64 {
+        self.local_seq.load(Ordering::Acquire)
     }
 
     async fn index_entries(&self, ids: &[Uuid]) -> Result<Vec<IndexEntry>> {

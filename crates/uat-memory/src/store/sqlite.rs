@@ -1,15 +1,16 @@
 //! SQLite store: one file in WAL mode, FTS5 for keyword search.
 //!
-//! Writes go through a single-connection pool (SQLite has one writer anyway)
-//! and start with `BEGIN IMMEDIATE`, so a transaction never fails half-way on
-//! a lock upgrade; reads use their own pool.
+//! Writes go through a single-connection sqlx pool (SQLite has one writer
+//! anyway) and start with `BEGIN IMMEDIATE`, so a transaction never fails
+//! half-way on a lock upgrade; reads use their own connections, through
+//! `rusqlite` (see `sqlite_read`).
 
+use super::sqlite_read::Readers;
 use super::{MAX_IN_LIST, Store, apply_patch, history_json};
 use crate::error::{MemoryError, Result};
 use crate::types::{
-    Change, ChangeOp, Cursor, Embedding, Filter, HistoryEntry, IndexEntry, ListQuery, Memory,
-    NewRow, Page, Patch, TagMode, WriteOutcome, bytes_to_vector, from_micros, now, to_micros,
-    vector_to_bytes,
+    Change, ChangeOp, Filter, HistoryEntry, IndexEntry, ListQuery, Memory, NewRow, Page, Patch,
+    WriteOutcome, from_micros, now, to_micros, vector_to_bytes,
 };
 use sha2::Digest;
 use sqlx::sqlite::{
@@ -17,7 +18,9 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -86,8 +89,10 @@ const MIGRATIONS: &[(i64, &[&str])] = &[(
 
 /// The SQLite implementation of [`Store`].
 pub struct SqliteStore {
-    read: SqlitePool,
+    read: Readers,
     write: SqlitePool,
+    /// The last change-log position committed through this handle.
+    local_seq: AtomicI64,
 }
 
 /// The FTS token standing for a user: a hash, so any user id is one token.
@@ -110,16 +115,27 @@ impl SqliteStore {
             .connect_with(opts.clone())
             .await?;
         migrate(&write).await?;
-        let read = SqlitePoolOptions::new()
-            .max_connections(max_connections.max(1))
-            .connect_with(opts.read_only(false))
-            .await?;
-        Ok(SqliteStore { read, write })
+        // The readers open the very file the writer opened, whatever the URL said.
+        let file: String =
+            sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
+                .fetch_one(&write)
+                .await?;
+        if file.is_empty() {
+            return Err(MemoryError::invalid(
+                "database_url",
+                "the SQLite store needs a database file, not an in-memory database",
+            ));
+        }
+        let read = Readers::new(PathBuf::from(file), max_connections as usize);
+        Ok(SqliteStore {
+            read,
+            write,
+            local_seq: AtomicI64::new(0),
+        })
     }
 
-    /// The read pool (for benchmarks and diagnostics).
-    pub fn pool(&self) -> &SqlitePool {
-        &self.read
+    fn committed(&self, seq: i64) {
+        self.local_seq.fetch_max(seq, Ordering::AcqRel);
     }
 }
 
@@ -175,79 +191,13 @@ fn decode(row: &SqliteRow) -> Result<Memory> {
     })
 }
 
-fn decode_entry(row: &SqliteRow) -> Result<Option<IndexEntry>> {
-    let blob: Option<Vec<u8>> = row.try_get("embedding")?;
-    let model: Option<String> = row.try_get("embedding_model")?;
-    let (Some(blob), Some(model)) = (blob, model) else {
-        return Ok(None);
-    };
-    let id: String = row.try_get("id")?;
-    let tags: String = row.try_get("tags")?;
-    Ok(Some(IndexEntry {
-        id: Uuid::parse_str(&id).map_err(corrupt)?,
-        user_id: row.try_get("user_id")?,
-        agent_id: row.try_get("agent_id")?,
-        kind: row.try_get("kind")?,
-        tags: serde_json::from_str(&tags).map_err(corrupt)?,
-        created_us: row.try_get("created_at")?,
-        expires_us: row.try_get("expires_at")?,
-        embedding: Embedding {
-            model,
-            vector: bytes_to_vector(&blob)?,
-        },
-    }))
-}
-
 fn json_text(v: &impl serde::Serialize) -> Result<String> {
     serde_json::to_string(v).map_err(corrupt)
 }
 
 /// `$."key"`: a JSON path naming one top-level key.
-fn json_path(key: &str) -> String {
+pub(super) fn json_path(key: &str) -> String {
     format!("$.\"{}\"", key.replace('\\', "\\\\").replace('"', "\\\""))
-}
-
-/// Appends ` AND ...` for every condition of `f` (user, live, filters).
-fn push_filter(qb: &mut QueryBuilder<'_, Sqlite>, f: &Filter, now_us: i64) {
-    qb.push(" m.user_id = ").push_bind(f.user_id.clone());
-    qb.push(" AND (m.expires_at IS NULL OR m.expires_at > ")
-        .push_bind(now_us)
-        .push(")");
-    if let Some(a) = &f.agent_id {
-        qb.push(" AND m.agent_id = ").push_bind(a.clone());
-    }
-    if let Some(k) = &f.kind {
-        qb.push(" AND m.kind = ").push_bind(k.clone());
-    }
-    if let Some(s) = f.since {
-        qb.push(" AND m.created_at >= ").push_bind(to_micros(s));
-    }
-    if let Some(u) = f.until {
-        qb.push(" AND m.created_at <= ").push_bind(to_micros(u));
-    }
-    if !f.tags.is_empty() {
-        match f.tag_mode {
-            TagMode::Any => qb.push(" AND EXISTS (SELECT 1 FROM json_each(m.tags) WHERE json_each.value IN ("),
-            TagMode::All => qb
-                .push(" AND (SELECT COUNT(DISTINCT json_each.value) FROM json_each(m.tags) WHERE json_each.value IN ("),
-        };
-        let mut sep = qb.separated(", ");
-        for t in &f.tags {
-            sep.push_bind(t.clone());
-        }
-        match f.tag_mode {
-            TagMode::Any => qb.push("))"),
-            TagMode::All => qb
-                .push(")) = ")
-                .push_bind(i64::try_from(f.tags.len()).unwrap_or(i64::MAX)),
-        };
-    }
-    for (k, v) in &f.metadata {
-        qb.push(" AND (m.metadata -> ")
-            .push_bind(json_path(k))
-            .push(") = ");
-        qb.push_bind(serde_json::to_string(v).unwrap_or_default());
-    }
 }
 
 async fn record_history(
@@ -278,15 +228,16 @@ async fn record_change(
     user_id: &str,
     op: ChangeOp,
     at: i64,
-) -> Result<()> {
-    sqlx::query("INSERT INTO memory_changes (memory_id, user_id, op, at) VALUES (?, ?, ?, ?)")
-        .bind(id.map(|i| i.to_string()))
-        .bind(user_id)
-        .bind(op.as_str())
-        .bind(at)
-        .execute(tx)
-        .await?;
-    Ok(())
+) -> Result<i64> {
+    let r =
+        sqlx::query("INSERT INTO memory_changes (memory_id, user_id, op, at) VALUES (?, ?, ?, ?)")
+            .bind(id.map(|i| i.to_string()))
+            .bind(user_id)
+            .bind(op.as_str())
+            .bind(at)
+            .execute(tx)
+            .await?;
+    Ok(r.last_insert_rowid())
 }
 
 async fn insert_row(tx: &mut sqlx::SqliteConnection, r: &NewRow) -> Result<bool> {
@@ -455,6 +406,7 @@ impl Store for SqliteStore {
             }
         }
         // History and change log: multi-row inserts.
+        let mut last_seq = 0;
         for chunk in created.chunks(HISTORY_CHUNK) {
             let mut qb = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO memory_history (memory_id, user_id, op, old_value, new_value, at) ",
@@ -481,23 +433,15 @@ impl Store for SqliteStore {
                     .push_bind(ChangeOp::Upsert.as_str())
                     .push_bind(now_us);
             });
-            qb.build().execute(&mut *tx).await?;
+            last_seq = qb.build().execute(&mut *tx).await?.last_insert_rowid();
         }
         tx.commit().await?;
+        self.committed(last_seq);
         Ok(out)
     }
 
     async fn get(&self, user_id: &str, id: Uuid) -> Result<Option<Memory>> {
-        let sql = format!(
-            "SELECT {COLS} FROM memories m WHERE m.id = ? AND m.user_id = ? AND (m.expires_at IS NULL OR m.expires_at > ?)"
-        );
-        let row = sqlx::query(&sql)
-            .bind(id.to_string())
-            .bind(user_id)
-            .bind(to_micros(now()))
-            .fetch_optional(&self.read)
-            .await?;
-        row.as_ref().map(decode).transpose()
+        self.read.get(user_id, id).await
     }
 
     async fn update(&self, user_id: &str, id: Uuid, patch: Patch) -> Result<Option<Memory>> {
@@ -544,8 +488,9 @@ impl Store for SqliteStore {
         qb.push(" AND user_id = ").push_bind(user_id.to_string());
         qb.build().execute(&mut *tx).await?;
         record_history(&mut tx, &new, "update", Some(&old), Some(&new), now_us).await?;
-        record_change(&mut tx, Some(id), user_id, ChangeOp::Upsert, now_us).await?;
+        let seq = record_change(&mut tx, Some(id), user_id, ChangeOp::Upsert, now_us).await?;
         tx.commit().await?;
+        self.committed(seq);
         Ok(Some(new))
     }
 
@@ -571,8 +516,9 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
         record_history(&mut tx, &old, "delete", Some(&old), None, now_us).await?;
-        record_change(&mut tx, Some(id), user_id, ChangeOp::Delete, now_us).await?;
+        let seq = record_change(&mut tx, Some(id), user_id, ChangeOp::Delete, now_us).await?;
         tx.commit().await?;
+        self.committed(seq);
         Ok(true)
     }
 
@@ -588,37 +534,14 @@ impl Store for SqliteStore {
             .bind(user_id)
             .execute(&mut *tx)
             .await?;
-        record_change(&mut tx, None, user_id, ChangeOp::DeleteUser, now_us).await?;
+        let seq = record_change(&mut tx, None, user_id, ChangeOp::DeleteUser, now_us).await?;
         tx.commit().await?;
+        self.committed(seq);
         Ok(n)
     }
 
     async fn list(&self, q: &ListQuery) -> Result<Page> {
-        let mut qb = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {COLS} FROM memories m INDEXED BY memories_user_created_idx WHERE"
-        ));
-        push_filter(&mut qb, &q.filter, to_micros(now()));
-        if let Some(c) = q.cursor {
-            qb.push(" AND (m.created_at < ").push_bind(c.created_us);
-            qb.push(" OR (m.created_at = ").push_bind(c.created_us);
-            qb.push(" AND m.id < ")
-                .push_bind(c.id.to_string())
-                .push("))");
-        }
-        qb.push(" ORDER BY m.created_at DESC, m.id DESC LIMIT ")
-            .push_bind(i64::try_from(q.limit + 1).unwrap_or(i64::MAX));
-        let rows = qb.build().fetch_all(&self.read).await?;
-        let mut memories = rows.iter().map(decode).collect::<Result<Vec<_>>>()?;
-        let next_cursor = if memories.len() > q.limit {
-            memories.truncate(q.limit);
-            memories.last().map(|m| Cursor::after(m).encode())
-        } else {
-            None
-        };
-        Ok(Page {
-            memories,
-            next_cursor,
-        })
+        self.read.list(q).await
     }
 
     async fn keyword(
@@ -627,129 +550,31 @@ impl Store for SqliteStore {
         terms: &[String],
         limit: usize,
     ) -> Result<Vec<(Memory, f32)>> {
-        if terms.is_empty() {
-            return Ok(Vec::new());
-        }
-        let words: Vec<String> = terms
-            .iter()
-            .map(|t| format!("\"{}\"", t.replace('"', "\"\"")))
-            .collect();
-        let expr = format!(
-            "user_key : {} AND content : ({})",
-            user_key(&filter.user_id),
-            words.join(" OR ")
-        );
-        let mut qb = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {COLS}, bm25(memories_fts, 1.0, 0.0) AS rank FROM memories_fts \
-             JOIN memories m ON m.rowid = memories_fts.rowid WHERE memories_fts MATCH "
-        ));
-        qb.push_bind(expr).push(" AND");
-        push_filter(&mut qb, filter, to_micros(now()));
-        qb.push(" ORDER BY rank LIMIT ")
-            .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
-        let rows = qb.build().fetch_all(&self.read).await?;
-        rows.iter()
-            .map(|r| {
-                let rank: f64 = r.try_get("rank")?;
-                Ok((decode(r)?, (-rank) as f32))
-            })
-            .collect()
+        self.read.keyword(filter, terms, limit).await
     }
 
     async fn fetch(&self, filter: &Filter, ids: &[Uuid]) -> Result<Vec<Memory>> {
-        let mut out = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(MAX_IN_LIST) {
-            let mut qb = QueryBuilder::<Sqlite>::new(format!(
-                "SELECT {COLS} FROM memories m WHERE m.id IN ("
-            ));
-            let mut sep = qb.separated(", ");
-            for id in chunk {
-                sep.push_bind(id.to_string());
-            }
-            qb.push(") AND");
-            push_filter(&mut qb, filter, to_micros(now()));
-            for r in qb.build().fetch_all(&self.read).await? {
-                out.push(decode(&r)?);
-            }
-        }
-        Ok(out)
+        self.read.fetch(filter, ids).await
     }
 
     async fn history(&self, user_id: &str, id: Uuid) -> Result<Option<Vec<HistoryEntry>>> {
-        if self.get(user_id, id).await?.is_none() {
-            return Ok(None);
-        }
-        let rows = sqlx::query(
-            "SELECT op, old_value, new_value, at FROM memory_history WHERE memory_id = ? AND user_id = ? ORDER BY hid",
-        )
-        .bind(id.to_string())
-        .bind(user_id)
-        .fetch_all(&self.read)
-        .await?;
-        let parse = |s: Option<String>| -> Result<Option<serde_json::Value>> {
-            s.map(|s| serde_json::from_str(&s).map_err(corrupt))
-                .transpose()
-        };
-        rows.iter()
-            .map(|r| {
-                Ok(HistoryEntry {
-                    operation: r.try_get("op")?,
-                    old_value: parse(r.try_get("old_value")?)?,
-                    new_value: parse(r.try_get("new_value")?)?,
-                    at: from_micros(r.try_get("at")?)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()
-            .map(Some)
+        self.read.history(user_id, id).await
     }
 
     async fn changes_after(&self, seq: i64, limit: usize) -> Result<Vec<Change>> {
-        let rows =
-            sqlx::query("SELECT seq, memory_id, user_id, op FROM memory_changes WHERE seq > ? ORDER BY seq LIMIT ?")
-                .bind(seq)
-                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-                .fetch_all(&self.read)
-                .await?;
-        rows.iter()
-            .map(|r| {
-                let id: Option<String> = r.try_get("memory_id")?;
-                let op: String = r.try_get("op")?;
-                Ok(Change {
-                    seq: r.try_get("seq")?,
-                    op: ChangeOp::parse(&op)?,
-                    memory_id: id
-                        .map(|s| Uuid::parse_str(&s).map_err(corrupt))
-                        .transpose()?,
-                    user_id: r.try_get("user_id")?,
-                })
-            })
-            .collect()
+        self.read.changes_after(seq, limit).await
     }
 
     async fn last_change(&self) -> Result<i64> {
-        let v: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM memory_changes")
-            .fetch_one(&self.read)
-            .await?;
-        Ok(v.unwrap_or(0))
+        self.read.last_change().await
+    }
+
+    fn local_change(&self) -> i64 {
+        self.local_seq.load(Ordering::Acquire)
     }
 
     async fn index_entries(&self, ids: &[Uuid]) -> Result<Vec<IndexEntry>> {
-        let mut out = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(MAX_IN_LIST) {
-            let mut qb = QueryBuilder::<Sqlite>::new(
-                "SELECT id, user_id, agent_id, kind, tags, created_at, expires_at, embedding, embedding_model \
-                 FROM memories WHERE id IN (",
-            );
-            let mut sep = qb.separated(", ");
-            for id in chunk {
-                sep.push_bind(id.to_string());
-            }
-            qb.push(")");
-            for r in qb.build().fetch_all(&self.read).await? {
-                out.extend(decode_entry(&r)?);
-            }
-        }
-        Ok(out)
+        self.read.index_entries(ids).await
     }
 
     async fn scan_index_entries(
@@ -757,25 +582,10 @@ impl Store for SqliteStore {
         after: Option<Uuid>,
         limit: usize,
     ) -> Result<Vec<IndexEntry>> {
-        let rows = sqlx::query(
-            "SELECT id, user_id, agent_id, kind, tags, created_at, expires_at, embedding, embedding_model \
-             FROM memories WHERE id > ? AND embedding IS NOT NULL ORDER BY id LIMIT ?",
-        )
-        .bind(after.map(|a| a.to_string()).unwrap_or_default())
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.read)
-        .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
-            out.extend(decode_entry(r)?);
-        }
-        Ok(out)
+        self.read.scan_index_entries(after, limit).await
     }
 
     async fn count(&self) -> Result<u64> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM memories")
-            .fetch_one(&self.read)
-            .await?;
-        Ok(u64::try_from(n).unwrap_or(0))
+        self.read.count().await
     }
 }

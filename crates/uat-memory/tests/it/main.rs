@@ -55,4 +55,5 @@ on_both_stores!(
     metadata_filter_in_search,
     bad_input_names_the_field,
     index_rebuilds_from_sql_when_missing_and_catches_up_when_behind,
+    local_change_follows_this_handles_writes_only,
 );

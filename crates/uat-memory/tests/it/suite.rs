@@ -937,3 +937,61 @@ pub async fn index_rebuilds_from_sql_when_missing_and_catches_up_when_behind(h: 
         h.svc.store().last_change().await.unwrap()
     );
 }
+
+/// Read-your-writes waits for `local_change` instead of querying the log on
+/// every search, so it must follow each kind of write made through the handle.
+pub async fn local_change_follows_this_handles_writes_only(h: &Harness) {
+    let store = h.svc.store();
+    assert_eq!(store.local_change(), 0);
+    let mut seen = 0;
+    fn moved(what: &str, seen: &mut i64, now: i64, log: i64) {
+        assert!(now > *seen, "{what} did not move local_change ({now})");
+        assert_eq!(
+            now, log,
+            "{what}: local_change is not the log's last position"
+        );
+        *seen = now;
+    }
+    let a = put(h, "u1", "Alice likes jazz").await;
+    moved(
+        "insert",
+        &mut seen,
+        store.local_change(),
+        store.last_change().await.unwrap(),
+    );
+    let patch = PatchInput::from_json(json!({"tags": ["x"]}), h.svc.limits()).unwrap();
+    h.svc.update("u1", a.id, patch).await.unwrap();
+    moved(
+        "update",
+        &mut seen,
+        store.local_change(),
+        store.last_change().await.unwrap(),
+    );
+    h.svc.delete("u1", a.id).await.unwrap();
+    moved(
+        "delete",
+        &mut seen,
+        store.local_change(),
+        store.last_change().await.unwrap(),
+    );
+    put(h, "u2", "Bob likes tea").await;
+    h.svc.delete_user(Some("u2")).await.unwrap();
+    moved(
+        "delete_user",
+        &mut seen,
+        store.local_change(),
+        store.last_change().await.unwrap(),
+    );
+    // Another handle on the same database counts only its own writes.
+    let r = h.replica("replica-local").await;
+    assert_eq!(r.store().local_change(), 0);
+    let w =
+        WriteRequest::from_json(json!({"user_id": "u3", "content": "Carol"}), r.limits()).unwrap();
+    r.write(w).await.unwrap();
+    assert_eq!(
+        r.store().local_change(),
+        r.store().last_change().await.unwrap()
+    );
+    assert!(r.store().local_change() > seen);
+    assert_eq!(store.local_change(), seen);
+}

@@ -1,0 +1,574 @@
+//! The SQLite read path: a few `rusqlite` connections used from the blocking
+//! pool, one cached prepared statement per query shape, rows decoded straight
+//! into [`Memory`].
+//!
+//! Writes stay on sqlx (one connection, `BEGIN IMMEDIATE`). Reads left it
+//! because sqlx-sqlite runs every connection on a worker thread of its own
+//! and copies each column value out of SQLite; on a page of 50 memories that
+//! hand-off and copying cost more than the query itself. Both link the same
+//! `libsqlite3-sys`, so there is one SQLite library in the process.
+
+use super::MAX_IN_LIST;
+use super::sqlite::user_key;
+use crate::error::{MemoryError, Result};
+use crate::types::{
+    Change, ChangeOp, Cursor, Embedding, Filter, HistoryEntry, IndexEntry, ListQuery, Memory, Page,
+    TagMode, bytes_to_vector, from_micros, now, to_micros,
+};
+use rusqlite::types::Value;
+use rusqlite::{Connection, OpenFlags, Row};
+use std::borrow::Cow;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+/// Prepared statements kept per connection (one per query shape).
+const STATEMENT_CACHE: usize = 128;
+
+const COLS: &str = "m.id, m.user_id, m.agent_id, m.run_id, m.kind, m.content, m.tags, m.metadata, m.created_at, m.updated_at, m.expires_at";
+/// Columns of an [`IndexEntry`].
+const ENTRY_COLS: &str =
+    "id, user_id, agent_id, kind, tags, created_at, expires_at, embedding, embedding_model";
+
+/// A bounded pool of read connections to one database file.
+pub(super) struct Readers {
+    inner: Arc<Inner>,
+    permits: Arc<Semaphore>,
+}
+
+struct Inner {
+    path: PathBuf,
+    idle: parking_lot::Mutex<Vec<Connection>>,
+}
+
+impl Inner {
+    fn take(&self) -> Result<Connection> {
+        if let Some(c) = self.idle.lock().pop() {
+            return Ok(c);
+        }
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(db)?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(db)?;
+        conn.pragma_update(None, "cache_size", -65536).map_err(db)?;
+        conn.pragma_update(None, "query_only", true).map_err(db)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        Ok(conn)
+    }
+}
+
+impl Readers {
+    /// Up to `max` connections to the file at `path`, opened on first use.
+    pub(super) fn new(path: PathBuf, max: usize) -> Self {
+        Readers {
+            inner: Arc::new(Inner {
+                path,
+                idle: parking_lot::Mutex::new(Vec::new()),
+            }),
+            permits: Arc::new(Semaphore::new(max.max(1))),
+        }
+    }
+
+    /// Runs `f` on a free connection, on the blocking pool.
+    async fn run<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| MemoryError::Index(format!("SQLite read pool closed: {e}")))?;
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = inner.take()?;
+            let r = f(&conn);
+            inner.idle.lock().push(conn);
+            drop(permit);
+            r
+        })
+        .await
+        .map_err(|e| MemoryError::Index(format!("SQLite read task failed: {e}")))?
+    }
+
+    pub(super) async fn get(&self, user_id: &str, id: Uuid) -> Result<Option<Memory>> {
+        let user_id = user_id.to_string();
+        self.run(move |c| get(c, &user_id, id)).await
+    }
+
+    pub(super) async fn list(&self, q: &ListQuery) -> Result<Page> {
+        let mut sql = Sql::new(format!(
+            "SELECT {COLS} FROM memories m INDEXED BY memories_user_created_idx WHERE"
+        ));
+        sql.filter(&q.filter, to_micros(now()));
+        if let Some(c) = q.cursor {
+            sql.push(" AND (m.created_at < ").bind(c.created_us);
+            sql.push(" OR (m.created_at = ").bind(c.created_us);
+            sql.push(" AND m.id < ").bind(c.id.to_string()).push("))");
+        }
+        sql.push(" ORDER BY m.created_at DESC, m.id DESC LIMIT ")
+            .bind(i64::try_from(q.limit + 1).unwrap_or(i64::MAX));
+        let limit = q.limit;
+        self.run(move |c| {
+            let mut memories = Vec::with_capacity(limit + 1);
+            sql.each(c, |r| {
+                memories.push(memory(r)?);
+                Ok(())
+            })?;
+            let next_cursor = if memories.len() > limit {
+                memories.truncate(limit);
+                memories.last().map(|m| Cursor::after(m).encode())
+            } else {
+                None
+            };
+            Ok(Page {
+                memories,
+                next_cursor,
+            })
+        })
+        .await
+    }
+
+    pub(super) async fn keyword(
+        &self,
+        filter: &Filter,
+        terms: &[String],
+        limit: usize,
+    ) -> Result<Vec<(Memory, f32)>> {
+        if terms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut expr = format!("user_key : {} AND content : (", user_key(&filter.user_id));
+        for (i, t) in terms.iter().enumerate() {
+            if i > 0 {
+                expr.push_str(" OR ");
+            }
+            expr.push('"');
+            expr.push_str(&t.replace('"', "\"\""));
+            expr.push('"');
+        }
+        expr.push(')');
+        let mut sql = Sql::new(format!(
+            "SELECT {COLS}, bm25(memories_fts, 1.0, 0.0) AS rank FROM memories_fts \
+             JOIN memories m ON m.rowid = memories_fts.rowid WHERE memories_fts MATCH "
+        ));
+        sql.bind(expr).push(" AND");
+        sql.filter(filter, to_micros(now()));
+        sql.push(" ORDER BY rank LIMIT ")
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX));
+        self.run(move |c| {
+            let mut out = Vec::with_capacity(limit);
+            sql.each(c, |r| {
+                let rank: f64 = r.get(11).map_err(db)?;
+                out.push((memory(r)?, (-rank) as f32));
+                Ok(())
+            })?;
+            Ok(out)
+        })
+        .await
+    }
+
+    pub(super) async fn fetch(&self, filter: &Filter, ids: &[Uuid]) -> Result<Vec<Memory>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now_us = to_micros(now());
+        let queries: Vec<Sql> = ids
+            .chunks(MAX_IN_LIST)
+            .map(|chunk| {
+                let mut sql = Sql::new(format!("SELECT {COLS} FROM memories m WHERE m.id IN ("));
+                for (i, id) in chunk.iter().enumerate() {
+                    if i > 0 {
+                        sql.push(", ");
+                    }
+                    sql.bind(id.to_string());
+                }
+                sql.push(") AND");
+                sql.filter(filter, now_us);
+                sql
+            })
+            .collect();
+        let n = ids.len();
+        self.run(move |c| {
+            let mut out = Vec::with_capacity(n);
+            for sql in queries {
+                sql.each(c, |r| {
+                    out.push(memory(r)?);
+                    Ok(())
+                })?;
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub(super) async fn history(
+        &self,
+        user_id: &str,
+        id: Uuid,
+    ) -> Result<Option<Vec<HistoryEntry>>> {
+        let user_id = user_id.to_string();
+        self.run(move |c| {
+            if get(c, &user_id, id)?.is_none() {
+                return Ok(None);
+            }
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT op, old_value, new_value, at FROM memory_history \
+                     WHERE memory_id = ? AND user_id = ? ORDER BY hid",
+                )
+                .map_err(db)?;
+            let mut rows = stmt
+                .query(rusqlite::params![id.to_string(), user_id])
+                .map_err(db)?;
+            let parse = |s: Option<String>| -> Result<Option<serde_json::Value>> {
+                s.map(|s| serde_json::from_str(&s).map_err(corrupt))
+                    .transpose()
+            };
+            let mut out = Vec::new();
+            while let Some(r) = rows.next().map_err(db)? {
+                out.push(HistoryEntry {
+                    operation: r.get(0).map_err(db)?,
+                    old_value: parse(r.get(1).map_err(db)?)?,
+                    new_value: parse(r.get(2).map_err(db)?)?,
+                    at: from_micros(r.get(3).map_err(db)?)?,
+                });
+            }
+            Ok(Some(out))
+        })
+        .await
+    }
+
+    pub(super) async fn changes_after(&self, seq: i64, limit: usize) -> Result<Vec<Change>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT seq, memory_id, user_id, op FROM memory_changes \
+                     WHERE seq > ? ORDER BY seq LIMIT ?",
+                )
+                .map_err(db)?;
+            let mut rows = stmt.query([seq, limit]).map_err(db)?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next().map_err(db)? {
+                let id: Option<String> = r.get(1).map_err(db)?;
+                out.push(Change {
+                    seq: r.get(0).map_err(db)?,
+                    memory_id: id
+                        .map(|s| Uuid::parse_str(&s).map_err(corrupt))
+                        .transpose()?,
+                    user_id: r.get(2).map_err(db)?,
+                    op: ChangeOp::parse(r.get_ref(3).map_err(db)?.as_str().map_err(db_from)?)?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub(super) async fn last_change(&self) -> Result<i64> {
+        self.run(|c| {
+            let v: Option<i64> = c
+                .prepare_cached("SELECT MAX(seq) FROM memory_changes")
+                .map_err(db)?
+                .query_row([], |r| r.get(0))
+                .map_err(db)?;
+            Ok(v.unwrap_or(0))
+        })
+        .await
+    }
+
+    pub(super) async fn index_entries(&self, ids: &[Uuid]) -> Result<Vec<IndexEntry>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let queries: Vec<Sql> = ids
+            .chunks(MAX_IN_LIST)
+            .map(|chunk| {
+                let mut sql = Sql::new(format!("SELECT {ENTRY_COLS} FROM memories WHERE id IN ("));
+                for (i, id) in chunk.iter().enumerate() {
+                    if i > 0 {
+                        sql.push(", ");
+                    }
+                    sql.bind(id.to_string());
+                }
+                sql.push(")");
+                sql
+            })
+            .collect();
+        let n = ids.len();
+        self.run(move |c| {
+            let mut out = Vec::with_capacity(n);
+            for sql in queries {
+                sql.each(c, |r| {
+                    out.extend(entry(r)?);
+                    Ok(())
+                })?;
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub(super) async fn scan_index_entries(
+        &self,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<IndexEntry>> {
+        let after = after.map(|a| a.to_string()).unwrap_or_default();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run(move |c| {
+            let mut sql = Sql::new(format!("SELECT {ENTRY_COLS} FROM memories WHERE id > "));
+            sql.bind(after)
+                .push(" AND embedding IS NOT NULL ORDER BY id LIMIT ")
+                .bind(limit);
+            let mut out = Vec::new();
+            sql.each(c, |r| {
+                out.extend(entry(r)?);
+                Ok(())
+            })?;
+            Ok(out)
+        })
+        .await
+    }
+
+    pub(super) async fn count(&self) -> Result<u64> {
+        self.run(|c| {
+            let n: i64 = c
+                .prepare_cached("SELECT COUNT(*) FROM memories")
+                .map_err(db)?
+                .query_row([], |r| r.get(0))
+                .map_err(db)?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+        .await
+    }
+}
+
+fn get(c: &Connection, user_id: &str, id: Uuid) -> Result<Option<Memory>> {
+    let mut sql = Sql::new(format!("SELECT {COLS} FROM memories m WHERE m.id = "));
+    sql.bind(id.to_string())
+        .push(" AND m.user_id = ")
+        .bind(user_id.to_string())
+        .push(" AND (m.expires_at IS NULL OR m.expires_at > ")
+        .bind(to_micros(now()))
+        .push(")");
+    let mut out = None;
+    sql.each(c, |r| {
+        out = Some(memory(r)?);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// SQL text with its parameters, built together.
+struct Sql {
+    text: String,
+    params: Vec<Value>,
+}
+
+impl Sql {
+    fn new(text: String) -> Self {
+        Sql {
+            text,
+            params: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, s: &str) -> &mut Self {
+        self.text.push_str(s);
+        self
+    }
+
+    fn bind(&mut self, v: impl Into<Value>) -> &mut Self {
+        self.text.push('?');
+        self.params.push(v.into());
+        self
+    }
+
+    /// Appends the conditions of `f` (user, live, filters), as the write path does.
+    fn filter(&mut self, f: &Filter, now_us: i64) {
+        self.push(" m.user_id = ").bind(f.user_id.clone());
+        self.push(" AND (m.expires_at IS NULL OR m.expires_at > ")
+            .bind(now_us)
+            .push(")");
+        if let Some(a) = &f.agent_id {
+            self.push(" AND m.agent_id = ").bind(a.clone());
+        }
+        if let Some(k) = &f.kind {
+            self.push(" AND m.kind = ").bind(k.clone());
+        }
+        if let Some(s) = f.since {
+            self.push(" AND m.created_at >= ").bind(to_micros(s));
+        }
+        if let Some(u) = f.until {
+            self.push(" AND m.created_at <= ").bind(to_micros(u));
+        }
+        if !f.tags.is_empty() {
+            self.push(match f.tag_mode {
+                TagMode::Any => {
+                    " AND EXISTS (SELECT 1 FROM json_each(m.tags) WHERE json_each.value IN ("
+                }
+                TagMode::All => {
+                    " AND (SELECT COUNT(DISTINCT json_each.value) FROM json_each(m.tags) WHERE json_each.value IN ("
+                }
+            });
+            for (i, t) in f.tags.iter().enumerate() {
+                if i > 0 {
+                    self.push(", ");
+                }
+                self.bind(t.clone());
+            }
+            match f.tag_mode {
+                TagMode::Any => self.push("))"),
+                TagMode::All => self
+                    .push(")) = ")
+                    .bind(i64::try_from(f.tags.len()).unwrap_or(i64::MAX)),
+            };
+        }
+        for (k, v) in &f.metadata {
+            self.push(" AND (m.metadata -> ")
+                .bind(super::sqlite::json_path(k))
+                .push(") = ");
+            self.bind(serde_json::to_string(v).unwrap_or_default());
+        }
+    }
+
+    /// Runs the query (prepared once per connection), calling `f` on each row.
+    fn each(&self, c: &Connection, mut f: impl FnMut(&Row<'_>) -> Result<()>) -> Result<()> {
+        let mut stmt = c.prepare_cached(&self.text).map_err(db)?;
+        let mut rows = stmt
+            .query(rusqlite::params_from_iter(self.params.iter()))
+            .map_err(db)?;
+        while let Some(r) = rows.next().map_err(db)? {
+            f(r)?;
+        }
+        Ok(())
+    }
+}
+
+fn text_at<'r>(r: &'r Row<'_>, i: usize) -> Result<&'r str> {
+    r.get_ref(i).map_err(db)?.as_str().map_err(db_from)
+}
+
+fn tags(s: &str) -> Result<Vec<String>> {
+    if s == "[]" {
+        return Ok(Vec::new());
+    }
+    serde_json::from_str(s).map_err(corrupt)
+}
+
+/// A row of [`COLS`].
+fn memory(r: &Row<'_>) -> Result<Memory> {
+    let metadata = match text_at(r, 7)? {
+        "{}" => serde_json::Map::new(),
+        s => serde_json::from_str(s).map_err(corrupt)?,
+    };
+    let expires: Option<i64> = r.get(10).map_err(db)?;
+    Ok(Memory {
+        id: Uuid::parse_str(text_at(r, 0)?).map_err(corrupt)?,
+        user_id: r.get(1).map_err(db)?,
+        agent_id: r.get(2).map_err(db)?,
+        run_id: r.get(3).map_err(db)?,
+        kind: r.get(4).map_err(db)?,
+        content: r.get(5).map_err(db)?,
+        tags: tags(text_at(r, 6)?)?,
+        metadata,
+        created_at: from_micros(r.get(8).map_err(db)?)?,
+        updated_at: from_micros(r.get(9).map_err(db)?)?,
+        expires_at: expires.map(from_micros).transpose()?,
+    })
+}
+
+/// A row of [`ENTRY_COLS`]; `None` without an embedding.
+fn entry(r: &Row<'_>) -> Result<Option<IndexEntry>> {
+    let blob = r
+        .get_ref(7)
+        .map_err(db)?
+        .as_blob_or_null()
+        .map_err(db_from)?;
+    let model: Option<String> = r.get(8).map_err(db)?;
+    let (Some(blob), Some(model)) = (blob, model) else {
+        return Ok(None);
+    };
+    Ok(Some(IndexEntry {
+        id: Uuid::parse_str(text_at(r, 0)?).map_err(corrupt)?,
+        user_id: r.get(1).map_err(db)?,
+        agent_id: r.get(2).map_err(db)?,
+        kind: r.get(3).map_err(db)?,
+        tags: tags(text_at(r, 4)?)?,
+        created_us: r.get(5).map_err(db)?,
+        expires_us: r.get(6).map_err(db)?,
+        embedding: Embedding {
+            model,
+            vector: bytes_to_vector(blob)?,
+        },
+    }))
+}
+
+fn corrupt(e: impl std::fmt::Display) -> MemoryError {
+    MemoryError::Corrupt(e.to_string())
+}
+
+/// A SQLite error of the read path, reported like any other database error.
+#[derive(Debug)]
+struct ReadError {
+    message: String,
+    code: Option<String>,
+    source: rusqlite::Error,
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ReadError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+impl sqlx::error::DatabaseError for ReadError {
+    fn message(&self) -> &str {
+        &self.message
+    }
+    fn code(&self) -> Option<Cow<'_, str>> {
+        self.code.as_deref().map(Cow::Borrowed)
+    }
+    fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+    fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+    fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+        self
+    }
+    fn kind(&self) -> sqlx::error::ErrorKind {
+        sqlx::error::ErrorKind::Other
+    }
+}
+
+fn db(source: rusqlite::Error) -> MemoryError {
+    let code = match &source {
+        rusqlite::Error::SqliteFailure(e, _) => Some(e.extended_code.to_string()),
+        _ => None,
+    };
+    MemoryError::Database(sqlx::Error::Database(Box::new(ReadError {
+        message: source.to_string(),
+        code,
+        source,
+    })))
+}
+
+fn db_from(e: rusqlite::types::FromSqlError) -> MemoryError {
+    corrupt(e)
+}
