@@ -64,10 +64,10 @@ impl Default for BenchOptions {
             k: 10,
             hnsw: HnswConfig {
                 m: 16,
-                ef_construction: 200,
+                ef_construction: 100,
                 ef_search: 64,
             },
-            efs: vec![16, 24, 32, 48, 64, 96, 128, 192, 256],
+            efs: vec![16, 24, 32, 40, 48, 64, 96, 128, 192, 256],
             filtered_ef: 64,
             build_threads: 2,
             sq8: true,
