@@ -7,11 +7,11 @@
 //! Written to a temporary file, fsynced and renamed over the old one.
 
 use crate::error::{Result, VectorError};
-use crate::hnsw::{Hnsw, Node};
+use crate::hnsw::{Hnsw, Links, Node};
 use crate::quant::Quantizer;
 use crate::types::CollectionConfig;
 use crate::wal::{Reader, put_f32s, put_id, put_payload, put_u32};
-use parking_lot::RwLock;
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::Path;
@@ -55,7 +55,7 @@ pub(crate) fn write(path: &Path, h: &Hnsw, seq: u64) -> Result<()> {
         put_id(&mut buf, &n.ext);
         buf.push(n.level() as u8);
         for l in n.links.iter() {
-            let l = l.read();
+            let l = l.to_vec();
             put_u32(&mut buf, l.len() as u32);
             for x in l.iter() {
                 put_u32(&mut buf, *x);
@@ -134,11 +134,11 @@ fn read_node(r: &mut Reader<'_>, h: &Hnsw, dim: usize) -> Option<Node> {
     for l in 0..=level {
         let n = r.u32()? as usize;
         let cap = if l == 0 { h.m0 } else { h.m };
-        let mut v = Vec::with_capacity(n.max(cap));
+        let mut v = Vec::with_capacity(n);
         for _ in 0..n {
             v.push(r.u32()?);
         }
-        links.push(RwLock::new(v));
+        links.push(Links::from_ids(&v, cap));
     }
     let vector = r.f32s(dim)?.into_boxed_slice();
     let payload = r.payload()?;
@@ -149,6 +149,7 @@ fn read_node(r: &mut Reader<'_>, h: &Hnsw, dim: usize) -> Option<Node> {
         code,
         payload,
         links: links.into_boxed_slice(),
+        lock: Mutex::new(()),
         deleted: AtomicBool::new(flags & 1 != 0),
     })
 }

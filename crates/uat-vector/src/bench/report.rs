@@ -76,7 +76,7 @@ impl fmt::Display for BenchReport {
         if let Some((ef, multi, single)) = self.scaling {
             writeln!(
                 f,
-                "search scaling at ef {ef}: {multi:.0} QPS on {} threads vs {single:.0} on 1 ({:.2}x, wall clock)",
+                "search scaling at ef {ef}: {multi:.0} QPS on {} threads vs {single:.0} on 1 ({:.2}x, wall clock, best of 3, measured back to back)",
                 o.build_threads,
                 multi / single.max(1e-9)
             )?;

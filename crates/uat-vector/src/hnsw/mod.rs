@@ -2,23 +2,26 @@
 //!
 //! - nodes live in append-only buckets of `OnceLock`s, so readers find a node
 //!   with two atomic loads and no lock, while writers append;
-//! - each neighbour list has its own `parking_lot::RwLock`, held only to copy
-//!   or replace the list (never two at once, so no deadlock);
+//! - neighbour lists are runs of atomics that searches copy without a lock
+//!   (see `links.rs`); writers take the node's own mutex, held only to update
+//!   that node's lists (never two at once, so no deadlock);
 //! - any number of threads insert and search at the same time;
 //! - deletes are tombstones: searches walk through them but never return them;
 //!   compaction (in the collection) rebuilds the graph from live points.
 
+mod links;
 mod search;
 mod slots;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use links::Links;
 use slots::Slots;
 
 use crate::distance::Metric;
 use crate::quant::{Code, Quantizer};
 use crate::types::PointId;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
@@ -30,7 +33,9 @@ pub(crate) struct Node {
     pub(crate) vector: Box<[f32]>,
     pub(crate) code: Code,
     pub(crate) payload: Option<serde_json::Value>,
-    pub(crate) links: Box<[RwLock<Vec<u32>>]>,
+    pub(crate) links: Box<[Links]>,
+    /// Serializes writers of `links` (readers take no lock).
+    pub(crate) lock: Mutex<()>,
     pub(crate) deleted: AtomicBool,
 }
 
@@ -45,7 +50,7 @@ impl Node {
         m: usize,
     ) -> Self {
         let links = (0..=level)
-            .map(|l| RwLock::new(Vec::with_capacity(if l == 0 { 2 * m } else { m })))
+            .map(|l| Links::new(if l == 0 { 2 * m } else { m }))
             .collect();
         Self {
             ext,
@@ -53,6 +58,7 @@ impl Node {
             code,
             payload,
             links,
+            lock: Mutex::new(()),
             deleted: AtomicBool::new(false),
         }
     }
@@ -256,20 +262,23 @@ impl Hnsw {
             let selected = self.select(&cands, self.m);
             let cap = if l == 0 { self.m0 } else { self.m };
             {
-                let mut own = node.links[l].write();
-                if own.is_empty() {
-                    own.extend(selected.iter().map(|s| s.1));
+                let _guard = node.lock.lock();
+                let own = &node.links[l];
+                if own.len() == 0 {
+                    let ids: Vec<u32> = selected.iter().map(|s| s.1).collect();
+                    own.set(&ids);
                 } else {
                     // Others linked to us meanwhile: keep the best of both.
                     let mut all: Vec<(f32, u32)> = own
-                        .iter()
-                        .filter(|x| !selected.iter().any(|s| s.1 == **x))
-                        .filter_map(|&x| self.node(x).map(|n| (dist(n), x)))
+                        .to_vec()
+                        .into_iter()
+                        .filter(|x| !selected.iter().any(|s| s.1 == *x))
+                        .filter_map(|x| self.node(x).map(|n| (dist(n), x)))
                         .chain(selected.iter().copied())
                         .collect();
                     all.sort_by(|a, b| a.0.total_cmp(&b.0));
-                    let keep = self.select(&all, cap);
-                    *own = keep.iter().map(|s| s.1).collect();
+                    let keep: Vec<u32> = self.select(&all, cap).iter().map(|s| s.1).collect();
+                    own.set(&keep);
                 }
             }
             for &(_, nb) in &selected {
@@ -295,9 +304,13 @@ impl Hnsw {
             return cands.to_vec();
         }
         let mut out: Vec<(f32, u32)> = Vec::with_capacity(m);
-        for &(d, c) in cands {
+        for (j, &(d, c)) in cands.iter().enumerate() {
             if out.len() >= m {
                 break;
+            }
+            // The kept vectors stay in cache; fetch the next candidate's meanwhile.
+            if let Some(next) = cands.get(j + 1).and_then(|x| self.node(x.1)) {
+                next.prefetch_vector();
             }
             let Some(cn) = self.node(c) else { continue };
             let good = out.iter().all(|&(_, s)| {
@@ -317,18 +330,19 @@ impl Hnsw {
 
     fn add_link(&self, target: u32, new: u32, level: usize, cap: usize) {
         let Some(tn) = self.node(target) else { return };
-        let Some(lock) = tn.links.get(level) else {
+        let Some(list) = tn.links.get(level) else {
             return;
         };
-        let mut w = lock.write();
-        if w.contains(&new) {
+        let _guard = tn.lock.lock();
+        let mut ids = Vec::with_capacity(list.cap() + 1);
+        list.read_into(&mut ids);
+        if ids.contains(&new) {
             return;
         }
-        if w.len() < cap {
-            w.push(new);
+        if ids.len() < cap && list.push(new) {
             return;
         }
-        let mut all: Vec<(f32, u32)> = w
+        let mut all: Vec<(f32, u32)> = ids
             .iter()
             .copied()
             .chain(std::iter::once(new))
@@ -338,20 +352,15 @@ impl Hnsw {
             })
             .collect();
         all.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let keep = self.select(&all, cap);
-        *w = keep.iter().map(|s| s.1).collect();
+        let keep: Vec<u32> = self.select(&all, cap).iter().map(|s| s.1).collect();
+        list.set(&keep);
     }
 
     /// Bytes of links (list buffers) held by the graph.
     pub(crate) fn graph_bytes(&self) -> usize {
         (0..self.len() as u32)
             .filter_map(|i| self.node(i))
-            .map(|n| {
-                n.links
-                    .iter()
-                    .map(|l| l.read().capacity() * 4 + 32)
-                    .sum::<usize>()
-            })
+            .map(|n| n.links.iter().map(Links::bytes).sum::<usize>())
             .sum()
     }
 }

@@ -87,7 +87,7 @@ impl Hnsw {
             let mut changed = false;
             buf.clear();
             if let Some(l) = self.node(cur).and_then(|n| n.links.get(level)) {
-                buf.extend_from_slice(&l.read());
+                l.read_into(&mut buf);
             }
             for &nb in &buf {
                 if let Some(n) = self.node(nb) {
@@ -150,7 +150,7 @@ impl Hnsw {
                 }
                 buf.clear();
                 if let Some(l) = self.node(c).and_then(|n| n.links.get(level)) {
-                    buf.extend_from_slice(&l.read());
+                    l.read_into(&mut buf);
                 }
                 // First pass: drop visited ids and prefetch what the distances
                 // will read, so the cache misses overlap; second pass: compute.
