@@ -183,12 +183,7 @@ impl Readers {
             .chunks(MAX_IN_LIST)
             .map(|chunk| {
                 let mut sql = Sql::new(format!("SELECT {COLS} FROM memories m WHERE m.id IN ("));
-                for (i, id) in chunk.iter().enumerate() {
-                    if i > 0 {
-                        sql.push(", ");
-                    }
-                    sql.bind(id.to_string());
-                }
+                sql.bind_list(chunk.iter().map(|id| id.to_string()));
                 sql.push(") AND");
                 sql.filter(filter, now_us);
                 sql
@@ -292,12 +287,7 @@ impl Readers {
             .chunks(MAX_IN_LIST)
             .map(|chunk| {
                 let mut sql = Sql::new(format!("SELECT {ENTRY_COLS} FROM memories WHERE id IN ("));
-                for (i, id) in chunk.iter().enumerate() {
-                    if i > 0 {
-                        sql.push(", ");
-                    }
-                    sql.bind(id.to_string());
-                }
+                sql.bind_list(chunk.iter().map(|id| id.to_string()));
                 sql.push(")");
                 sql
             })
@@ -392,6 +382,17 @@ impl Sql {
         self
     }
 
+    /// Binds each value, comma-separated (the inside of an `IN (...)`).
+    fn bind_list<V: Into<Value>>(&mut self, values: impl IntoIterator<Item = V>) -> &mut Self {
+        for (i, v) in values.into_iter().enumerate() {
+            if i > 0 {
+                self.push(", ");
+            }
+            self.bind(v);
+        }
+        self
+    }
+
     /// Appends the conditions of `f` (user, live, filters), as the write path does.
     fn filter(&mut self, f: &Filter, now_us: i64) {
         self.push(" m.user_id = ").bind(f.user_id.clone());
@@ -419,12 +420,7 @@ impl Sql {
                     " AND (SELECT COUNT(DISTINCT json_each.value) FROM json_each(m.tags) WHERE json_each.value IN ("
                 }
             });
-            for (i, t) in f.tags.iter().enumerate() {
-                if i > 0 {
-                    self.push(", ");
-                }
-                self.bind(t.clone());
-            }
+            self.bind_list(f.tags.iter().cloned());
             match f.tag_mode {
                 TagMode::Any => self.push("))"),
                 TagMode::All => self
