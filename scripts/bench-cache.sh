@@ -100,6 +100,51 @@ for name, label in [("miss-l1", "miss, L1"), ("miss-l13", "miss, L1+L3 SQLite (d
     p50, p99 = med(rs, "p50"), med(rs, "p99")
     print(f"{label:<34} p50={p50:.3f} ({(p50/base50-1)*100:+.1f}%) p99={p99:.3f} ({(p99/base99-1)*100:+.1f}%) ms errors={sum(r['errors'] for r in rs)}")
 PY
+# One client, back to back: the latency of one request with nothing queued
+# and the CPUs kept awake. (At 1000 req/s open loop the cores idle between
+# requests and each request pays the VM's wake-ups: the floor there, direct to
+# the mock upstream, is about 0.3 ms P99 with or without uat in the path.)
+echo "== latency, closed loop, concurrency 1, 5 s ($ROUNDS alternating rounds for the misses)"
+lt 39401 -c 1 --duration 5s | fmt "L1 hit"
+lt 39403 -c 1 --duration 5s | fmt "L2 hit (Redis)"
+lt 39404 -c 1 --duration 5s | fmt "mock upstream, direct (floor)"
+# The gateway's own time per request, from its metrics: request duration
+# minus the upstream call (the part of a miss the cache can add to), summed
+# over the rounds of one configuration.
+own() { curl -sf "127.0.0.1:$1/metrics" | awk '/^uat_request_duration_seconds_sum\{route="\/v1\/chat\/completions"\}/{r=$2} /^uat_request_duration_seconds_count\{route="\/v1\/chat\/completions"\}/{n=$2} /^uat_upstream_duration_seconds_sum/{u+=$2} END{printf "%s %s %s\n", r+0, n+0, u+0}'; }
+for p in 39402 39401 39405 39406; do own $p > "$DIR/own-$p.before"; done
+for r in $(seq 1 "$ROUNDS"); do
+  lt 39402 -c 1 --duration 5s --unique > "$DIR/c1-off.$r.json"
+  lt 39401 -c 1 --duration 5s --unique > "$DIR/c1-miss-l1.$r.json"
+  lt 39405 -c 1 --duration 5s --unique > "$DIR/c1-miss-l13.$r.json"
+  lt 39406 -c 1 --duration 5s --unique > "$DIR/c1-miss-l12.$r.json"
+done
+for p in 39402 39401 39405 39406; do own $p > "$DIR/own-$p.after"; done
+python3 - "$DIR" "$ROUNDS" <<'PY'
+import json, statistics, sys
+d, rounds = sys.argv[1], int(sys.argv[2])
+def runs(name):
+    return [json.load(open(f"{d}/c1-{name}.{r}.json")) for r in range(1, rounds + 1)]
+def med(rs, q):
+    return statistics.median(r["latency_ms"][q] for r in rs)
+off = runs("off")
+base50, base99 = med(off, "p50"), med(off, "p99")
+print(f"{'cache off':<34} p50={base50:.3f} p99={base99:.3f} ms (median of {rounds}) errors={sum(r['errors'] for r in off)}")
+for name, label in [("miss-l1", "miss, L1"), ("miss-l13", "miss, L1+L3 SQLite (default)"), ("miss-l12", "miss, L1+L2 Redis")]:
+    rs = runs(name)
+    p50, p99 = med(rs, "p50"), med(rs, "p99")
+    print(f"{label:<34} p50={p50:.3f} ({(p50/base50-1)*100:+.1f}%) p99={p99:.3f} ({(p99/base99-1)*100:+.1f}%) ms errors={sum(r['errors'] for r in rs)}")
+def own(port):
+    b = [float(x) for x in open(f"{d}/own-{port}.before").read().split()]
+    a = [float(x) for x in open(f"{d}/own-{port}.after").read().split()]
+    n = max(a[1] - b[1], 1)
+    return ((a[0] - b[0]) - (a[2] - b[2])) / n * 1e6, (a[0] - b[0]) / n * 1e6
+off_own, off_total = own(39402)
+print(f"gateway's own time per request (server-side request minus upstream call, all rounds): cache off {off_own:.1f} us of {off_total:.1f} us")
+for port, label in [(39401, "miss, L1"), (39405, "miss, L1+L3 SQLite (default)"), (39406, "miss, L1+L2 Redis")]:
+    o, t = own(port)
+    print(f"  {label:<32} {o:.1f} us: the cache adds {o - off_own:+.1f} us = {(o - off_own) / off_total * 100:+.1f}% of a cache-off request")
+PY
 echo "== closed loop, concurrency 32, 5 s"
 lt 39401 -c 32 --duration 5s | fmt "L1 hit"
 lt 39401 -c 32 --duration 5s --unique | fmt "miss, L1"

@@ -19,7 +19,9 @@ use bytes::Bytes;
 use futures::StreamExt;
 use parking_lot::RwLock;
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use std::future::Future;
 use std::hash::BuildHasherDefault;
 use std::str::FromStr;
@@ -109,6 +111,10 @@ impl SqlLevel {
             let opts = SqliteConnectOptions::from_str(url)?
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
+                // A cache need not survive a power cut: WAL + NORMAL keeps the
+                // file consistent and every commit through a process crash,
+                // without an fsync per write batch (FULL, sqlx's default).
+                .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(5));
             Pool::Sqlite(
                 SqlitePoolOptions::new()

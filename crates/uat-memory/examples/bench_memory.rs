@@ -1,7 +1,9 @@
 //! `cargo run --release -p uat-memory --example bench_memory -- [DATABASE_URL]`
 //!
 //! Environment: `MEMORIES` (100000), `USERS` (1000), `CLIENTS` (50), `OPS` (40 per client),
-//! `INDEX_DURING_LOAD` (1; 0 = load on SQL alone, then time the index rebuild).
+//! `INDEX_DURING_LOAD` (1; 0 = load on SQL alone, then time the index rebuild),
+//! `READERS` (8: SQLite read connections; PostgreSQL pool 2.5x that),
+//! `PHASES` (`list,keyword,semantic,hybrid`: the latency phases to run).
 
 use uat_memory::bench::{BenchOptions, run};
 
@@ -21,6 +23,10 @@ async fn main() {
         clients: env("CLIENTS", 50),
         ops_per_client: env("OPS", 40),
         index_during_load: env("INDEX_DURING_LOAD", 1) == 1,
+        readers: env("READERS", 8) as u32,
+        phases: std::env::var("PHASES")
+            .map(|p| p.split(',').map(|s| s.trim().to_lowercase()).collect())
+            .unwrap_or_default(),
         ..BenchOptions::default()
     };
     match run(opts, &mut |l| eprintln!("{l}")).await {

@@ -39,6 +39,10 @@ pub struct BenchOptions {
     /// false the load runs on SQL alone and the index is then rebuilt from
     /// SQL at start-up, which is timed instead.
     pub index_during_load: bool,
+    /// SQLite read connections (PostgreSQL: pool size).
+    pub readers: u32,
+    /// Latency phases to run (`list`, `keyword`, `semantic`, `hybrid`); empty: all.
+    pub phases: Vec<String>,
 }
 
 impl Default for BenchOptions {
@@ -52,6 +56,8 @@ impl Default for BenchOptions {
             clients: 50,
             ops_per_client: 40,
             index_during_load: true,
+            phases: Vec::new(),
+            readers: 8,
         }
     }
 }
@@ -219,10 +225,10 @@ pub async fn run(opts: BenchOptions, log: &mut (dyn FnMut(&str) + Send)) -> Resu
     };
     let open_store = || async {
         match &schema {
-            Some((url, name)) => PgStore::open_in_schema(url, 20, name)
+            Some((url, name)) => PgStore::open_in_schema(url, opts.readers.max(1) * 5 / 2, name)
                 .await
                 .map(AnyStore::Postgres),
-            None => SqliteStore::open(&sqlite_url, 8)
+            None => SqliteStore::open(&sqlite_url, opts.readers)
                 .await
                 .map(AnyStore::Sqlite),
         }
@@ -327,22 +333,27 @@ pub async fn run(opts: BenchOptions, log: &mut (dyn FnMut(&str) + Send)) -> Resu
         mode,
         min_score: None,
     };
+    let wanted = |name: &str| opts.phases.is_empty() || opts.phases.iter().any(|p| p == name);
     let s = svc.clone();
-    let list = phase(opts.clients, opts.ops_per_client, move |c, i| {
-        let s = s.clone();
-        async move {
-            let lq = ListQuery {
-                filter: Filter {
-                    user_id: format!("user{}", (c * 7919 + i * 31) % users),
-                    ..Filter::default()
-                },
-                limit: 50,
-                cursor: None,
-            };
-            s.list(&lq).await.map(|_| ())
-        }
-    })
-    .await?;
+    let list = if !wanted("list") {
+        Latency::default()
+    } else {
+        phase(opts.clients, opts.ops_per_client, move |c, i| {
+            let s = s.clone();
+            async move {
+                let lq = ListQuery {
+                    filter: Filter {
+                        user_id: format!("user{}", (c * 7919 + i * 31) % users),
+                        ..Filter::default()
+                    },
+                    limit: 50,
+                    cursor: None,
+                };
+                s.list(&lq).await.map(|_| ())
+            }
+        })
+        .await?
+    };
     log(&format!(
         "list     p50 {:?} p95 {:?} p99 {:?} ({:.0}/s)",
         list.p50, list.p95, list.p99, list.throughput
@@ -361,6 +372,9 @@ pub async fn run(opts: BenchOptions, log: &mut (dyn FnMut(&str) + Send)) -> Resu
         SearchMode::Semantic,
         SearchMode::Hybrid,
     ] {
+        if !wanted(&format!("{mode:?}").to_lowercase()) {
+            continue;
+        }
         let s = svc.clone();
         let lat = phase(opts.clients, opts.ops_per_client, move |c, i| {
             let s = s.clone();

@@ -119,6 +119,11 @@ impl Memories {
             while let Some(s) = weak.upgrade() {
                 if let Ok(n) = s.count().await {
                     metrics::set_rows(n);
+                    if let AnyStore::Sqlite(sq) = &*s
+                        && let Err(e) = sq.maintain(n).await
+                    {
+                        tracing::warn!(error = %e, "memory: full-text index merge failed");
+                    }
                 }
                 drop(s);
                 tokio::time::sleep(Duration::from_secs(5)).await;

@@ -343,10 +343,25 @@ where
             return ApiError::bad_gateway(format!("upstream body failed: {e}")).into_response();
         }
     };
-    if valid_answer(kind, &bytes) {
-        cache.put(&key, bytes.clone(), p.ttl);
+    match guard {
+        // Checking and storing the answer is off the response path: the
+        // flight stays open until the entry is in L1, so an identical request
+        // that arrives meanwhile waits for it and hits.
+        Some(guard) => {
+            let (cache, key, bytes, ttl) = (cache.clone(), key.clone(), bytes.clone(), p.ttl);
+            tokio::spawn(async move {
+                if valid_answer(kind, &bytes) {
+                    cache.put(&key, bytes, ttl);
+                }
+                drop(guard);
+            });
+        }
+        None => {
+            if valid_answer(kind, &bytes) {
+                cache.put(&key, bytes.clone(), p.ttl);
+            }
+        }
     }
-    drop(guard);
     tag(
         Response::from_parts(parts, Body::from(bytes)),
         "miss",

@@ -9,6 +9,10 @@ use crate::types::PayloadIndexKind;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+/// Range conditions of `must` are checked point by point instead of walked
+/// once the other conditions left at most 1/`CHECK_SHARE` of the points.
+const CHECK_SHARE: usize = 32;
+
 /// A fixed-size set of node ids.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct BitSet {
@@ -42,6 +46,14 @@ impl BitSet {
         let i = i as usize;
         if i < self.len {
             self.words[i / 64] |= 1 << (i % 64);
+        }
+    }
+
+    #[inline]
+    pub(crate) fn remove(&mut self, i: u32) {
+        let i = i as usize;
+        if i < self.len {
+            self.words[i / 64] &= !(1 << (i % 64));
         }
     }
 
@@ -190,9 +202,60 @@ impl PayloadIndex {
     /// The exact set of ids (< `n`) matching `filter`, or `None` when some
     /// condition is on a key without a suitable index.
     pub(crate) fn resolve(&self, filter: &Filter, n: usize) -> Option<BitSet> {
+        self.resolve_checked(filter, n, &|_, _| None)
+    }
+
+    /// [`resolve`](Self::resolve), with a cheaper way for the range
+    /// conditions of `must`: when the posting-list conditions before them
+    /// already narrowed the set to a few candidates, each candidate is
+    /// checked with `check(id, condition)` (its payload) instead of walking
+    /// the range, which costs as much as the range holds (a "not expired yet"
+    /// range matches nearly every point). `check` answers `None` when it
+    /// cannot tell; the range is then walked as usual.
+    pub(crate) fn resolve_checked(
+        &self,
+        filter: &Filter,
+        n: usize,
+        check: &dyn Fn(u32, &Condition) -> Option<bool>,
+    ) -> Option<BitSet> {
+        let is_range = |c: &Condition| {
+            matches!(
+                c,
+                Condition::Field(fc) if matches!(fc.test, FieldTest::Range(_))
+            )
+        };
         let mut acc = BitSet::full(n);
-        for c in &filter.must {
+        for c in filter.must.iter().filter(|c| !is_range(c)) {
             acc.and(&self.resolve_cond(c, n)?);
+        }
+        let mut candidates: Option<Vec<u32>> = None;
+        for c in filter.must.iter().filter(|c| is_range(c)) {
+            if candidates.is_none() && acc.count() <= n / CHECK_SHARE {
+                candidates = Some(acc.iter().collect());
+            }
+            let checked = candidates.as_mut().and_then(|ids| {
+                let mut keep = Vec::with_capacity(ids.len());
+                for &id in ids.iter() {
+                    if check(id, c)? {
+                        keep.push(id);
+                    }
+                }
+                Some(keep)
+            });
+            match checked {
+                Some(keep) => {
+                    for id in candidates.as_deref().unwrap_or_default() {
+                        if keep.binary_search(id).is_err() {
+                            acc.remove(*id);
+                        }
+                    }
+                    candidates = Some(keep);
+                }
+                None => {
+                    acc.and(&self.resolve_cond(c, n)?);
+                    candidates = None;
+                }
+            }
         }
         if !filter.should.is_empty() {
             let mut any = BitSet::empty(n);

@@ -24,6 +24,11 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
+/// Bytes of the database file each reader maps (address space, not memory:
+/// pages are shared with the OS page cache). SQLite caps it at its build's
+/// maximum (2 GiB by default); pages past that are read as before.
+const MMAP_SIZE: i64 = 1 << 40;
+
 /// Prepared statements kept per connection (one per query shape).
 const STATEMENT_CACHE: usize = 128;
 
@@ -54,7 +59,12 @@ impl Inner {
         )
         .map_err(db)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(db)?;
-        conn.pragma_update(None, "cache_size", -65536).map_err(db)?;
+        // Pages are read through a shared memory map of the file: every
+        // reader sees the OS page cache directly (no read() and copy per page
+        // into eight private caches), so its own cache can stay small.
+        conn.pragma_update(None, "mmap_size", MMAP_SIZE)
+            .map_err(db)?;
+        conn.pragma_update(None, "cache_size", -8192).map_err(db)?;
         conn.pragma_update(None, "query_only", true).map_err(db)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         Ok(conn)

@@ -57,3 +57,105 @@ on_both_stores!(
     index_rebuilds_from_sql_when_missing_and_catches_up_when_behind,
     local_change_follows_this_handles_writes_only,
 );
+
+/// The SQLite store merges its full-text index after a tenth of the table
+/// (at least 1,000 rows) was written since the last merge, and keyword search
+/// answers the same before and after. Writes go through a second store on the
+/// same file, whose counter no background task touches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_merges_the_keyword_index_after_enough_writes() {
+    use serde_json::json;
+    use uat_memory::{Memory, NewRow, SqliteStore, Store, now};
+    let h = common::Harness::sqlite().await;
+    let common::Backend::Sqlite { url } = &h.backend else {
+        panic!("an SQLite harness");
+    };
+    let store = SqliteStore::open(url, 2).await.unwrap();
+    assert!(!store.maintain(0).await.unwrap(), "nothing was written");
+    for b in 0..3 {
+        let at = now();
+        let rows = (0..400)
+            .map(|i| NewRow {
+                content_hash: format!("{b}-{i}"),
+                dedupe: true,
+                embedding: None,
+                memory: Memory {
+                    id: uuid::Uuid::now_v7(),
+                    user_id: format!("u{}", i % 10),
+                    agent_id: None,
+                    run_id: None,
+                    kind: None,
+                    content: format!(
+                        "batch {b} item {i} {}",
+                        if i % 7 == 0 { "zebra" } else { "horse" }
+                    ),
+                    tags: Vec::new(),
+                    metadata: serde_json::Map::new(),
+                    created_at: at,
+                    updated_at: at,
+                    expires_at: None,
+                },
+            })
+            .collect();
+        assert_eq!(store.insert(rows).await.unwrap().len(), 400);
+    }
+    let search = || async {
+        let s: uat_memory::SearchInput = serde_json::from_value(
+            json!({"user_id": "u7", "query": "zebra", "mode": "keyword", "top_k": 100}),
+        )
+        .unwrap();
+        let r = h
+            .svc
+            .search(&s.validate(h.svc.limits()).unwrap())
+            .await
+            .unwrap();
+        let mut ids: Vec<_> = r.results.iter().map(|x| x.memory.id).collect();
+        ids.sort();
+        ids
+    };
+    let before = search().await;
+    // Users u7 hold items 7, 17, ...: those with i % 7 == 0 say zebra.
+    assert_eq!(
+        before.len(),
+        3 * (0..400).filter(|i| i % 10 == 7 && i % 7 == 0).count()
+    );
+    // 1,200 rows written: over 1,000 and over a tenth of 1,200.
+    assert!(
+        !store.maintain(1_000_000).await.unwrap(),
+        "under a tenth of a big table"
+    );
+    assert!(store.maintain(1200).await.unwrap(), "1,200 writes merge");
+    assert!(
+        !store.maintain(1200).await.unwrap(),
+        "counted from the merge"
+    );
+    assert_eq!(search().await, before);
+    // A few writes, then a pause: merged on the second call without writes
+    // in between, once the last merge is 20 of its durations ago.
+    let at = now();
+    let row = NewRow {
+        content_hash: "late".into(),
+        dedupe: true,
+        embedding: None,
+        memory: Memory {
+            id: uuid::Uuid::now_v7(),
+            user_id: "u7".into(),
+            agent_id: None,
+            run_id: None,
+            kind: None,
+            content: "a late zebra".into(),
+            tags: Vec::new(),
+            metadata: serde_json::Map::new(),
+            created_at: at,
+            updated_at: at,
+            expires_at: None,
+        },
+    };
+    store.insert(vec![row]).await.unwrap();
+    assert!(!store.maintain(1201).await.unwrap(), "still writing");
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert!(store.maintain(1201).await.unwrap(), "writing paused");
+    assert!(!store.maintain(1201).await.unwrap(), "nothing new");
+    assert_eq!(search().await.len(), before.len() + 1);
+    h.cleanup().await;
+}

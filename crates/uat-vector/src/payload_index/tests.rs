@@ -181,3 +181,91 @@ fn bitset_ops() {
     let v: Vec<u32> = b.iter().collect();
     assert_eq!(v, vec![3, 129]);
 }
+
+#[test]
+fn checked_resolution_agrees_with_brute_force_and_checks_few_candidates() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let payloads: Vec<Option<Value>> = (0..4000).map(|_| payload(&mut rng)).collect();
+    let mut idx = PayloadIndex::new(&spec());
+    for (i, p) in payloads.iter().enumerate() {
+        idx.add(i as u32, p.as_ref());
+    }
+    let checks = std::cell::Cell::new(0usize);
+    let check = |i: u32, c: &Condition| {
+        checks.set(checks.get() + 1);
+        Some(c.matches(payloads[i as usize].as_ref()))
+    };
+    let kw = |k: &str, w: &str| {
+        Condition::Field(FieldCondition {
+            key: k.into(),
+            test: FieldTest::Match(MatchValue::Keyword(w.into())),
+        })
+    };
+    let range = |k: &str, lo: f64| {
+        Condition::Field(FieldCondition {
+            key: k.into(),
+            test: FieldTest::Range(Range {
+                gte: Some(lo),
+                ..Range::default()
+            }),
+        })
+    };
+    let int = |v: i64| {
+        Condition::Field(FieldCondition {
+            key: "n".into(),
+            test: FieldTest::Match(MatchValue::Integer(v)),
+        })
+    };
+    // Narrow (kw AND n = v: ~1% of the points) then a wide range: checked.
+    let narrow = Filter {
+        must: vec![range("f", -0.9), kw("kw", "red"), int(3)],
+        ..Filter::default()
+    };
+    // Wide (one keyword: ~18%) then a range: walked, never checked.
+    let wide = Filter {
+        must: vec![range("f", -0.9), kw("kw", "blue")],
+        ..Filter::default()
+    };
+    for (f, expect_checks) in [(&narrow, true), (&wide, false)] {
+        checks.set(0);
+        let bits = idx
+            .resolve_checked(f, payloads.len(), &check)
+            .expect("every key is indexed");
+        for (i, p) in payloads.iter().enumerate() {
+            assert_eq!(
+                bits.contains(i as u32),
+                f.matches(p.as_ref()),
+                "id {i}: {f:?}"
+            );
+        }
+        assert_eq!(
+            checks.get() > 0,
+            expect_checks,
+            "{f:?}: {} checks",
+            checks.get()
+        );
+        assert!(
+            checks.get() <= payloads.len() / CHECK_SHARE,
+            "{} checks",
+            checks.get()
+        );
+        assert_eq!(Some(bits), idx.resolve(f, payloads.len()));
+    }
+    // A check that cannot tell falls back to walking the range.
+    let bits = idx.resolve_checked(&narrow, payloads.len(), &|_, _| None);
+    assert_eq!(bits, idx.resolve(&narrow, payloads.len()));
+    // Random filters, the checked way, against the evaluator.
+    for round in 0..300 {
+        let f = filter(&mut rng, 0);
+        let bits = idx
+            .resolve_checked(&f, payloads.len(), &check)
+            .expect("every key is indexed");
+        for (i, p) in payloads.iter().enumerate() {
+            assert_eq!(
+                bits.contains(i as u32),
+                f.matches(p.as_ref()),
+                "round {round} id {i}"
+            );
+        }
+    }
+}
