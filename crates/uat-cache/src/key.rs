@@ -34,12 +34,46 @@ impl RequestKind {
     }
 }
 
-/// A cache key. Cheap to clone.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// A cache key. Cheap to clone; hashes as the xxh3 of its stored form,
+/// computed once (maps keyed by it use [`KeyHasher`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheKey {
     stored: Arc<str>,
     ns_len: usize,
     model_end: usize,
+    hash: u64,
+}
+
+impl std::hash::Hash for CacheKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+/// A hasher for keys that are already hashes (a [`CacheKey`], an xxh3 of a
+/// stored key): passes the `u64` through instead of hashing it again, which
+/// a lookup and an insert otherwise did a dozen times over the whole key.
+#[derive(Default, Clone, Copy)]
+pub struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Not used by `CacheKey` or `u64`; anything else still hashes well.
+        self.0 = xxhash_rust::xxh3::xxh3_64_with_seed(bytes, self.0);
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// [`KeyHasher`] as a `BuildHasher`.
+pub type BuildKeyHasher = std::hash::BuildHasherDefault<KeyHasher>;
+
+fn stored_hash(stored: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(stored.as_bytes())
 }
 
 impl CacheKey {
@@ -77,6 +111,7 @@ impl CacheKey {
         s.push('|');
         s.push_str(hash);
         CacheKey {
+            hash: stored_hash(&s),
             stored: Arc::from(s),
             ns_len,
             model_end,
@@ -103,6 +138,7 @@ impl CacheKey {
             ));
         }
         Ok(CacheKey {
+            hash: stored_hash(stored),
             stored: Arc::from(stored),
             ns_len: ns.len(),
             model_end: ns.len() + 1 + model.len(),

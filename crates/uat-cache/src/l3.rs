@@ -23,7 +23,6 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use std::future::Future;
-use std::hash::BuildHasherDefault;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -439,7 +438,7 @@ async fn probe_loop(weak: Weak<Inner>) {
     }
 }
 
-type KeySet = std::collections::HashSet<u64, BuildHasherDefault<IdentityHasher>>;
+type KeySet = std::collections::HashSet<u64, crate::key::BuildKeyHasher>;
 
 /// The keys a SQLite L3 holds, as 64-bit hashes: "absent" is certain, a hash
 /// present may be a key since deleted or expired (then the query answers).
@@ -495,24 +494,6 @@ impl Presence {
         let mut st = self.state.write();
         st.during_reload = None;
         st.set = None;
-    }
-}
-
-/// The keys are already xxh3 hashes.
-#[derive(Default)]
-struct IdentityHasher(u64);
-
-impl std::hash::Hasher for IdentityHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8) | u64::from(b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
     }
 }
 

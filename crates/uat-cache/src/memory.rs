@@ -2,7 +2,7 @@
 //! TinyLFU admission and a time to live per entry.
 
 use crate::error::CacheError;
-use crate::key::{CacheKey, KeyPattern};
+use crate::key::{BuildKeyHasher, CacheKey, KeyPattern};
 use crate::level::{CacheLevel, Counters, Hit, Level, LevelStats};
 use crate::metrics::{L1, METRICS, OpTimer};
 use bytes::Bytes;
@@ -45,7 +45,7 @@ impl moka::Expiry<CacheKey, Entry> for PerEntryTtl {
 /// The L1 level.
 #[derive(Clone)]
 pub struct MemoryLevel {
-    cache: moka::sync::Cache<CacheKey, Entry>,
+    cache: moka::sync::Cache<CacheKey, Entry, BuildKeyHasher>,
     counters: Arc<Counters>,
 }
 
@@ -63,7 +63,7 @@ impl MemoryLevel {
                     METRICS.evictions.with_label_values(&["l1"]).inc();
                 }
             })
-            .build();
+            .build_with_hasher(BuildKeyHasher::default());
         MemoryLevel {
             cache,
             counters: Arc::new(Counters::default()),

@@ -5,7 +5,7 @@
 //! every replica's L1 follows. Identical in-flight misses share one upstream
 //! call ([`TieredCache::single_flight`]).
 
-use crate::key::{CacheKey, KeyPattern};
+use crate::key::{BuildKeyHasher, CacheKey, KeyPattern};
 use crate::l2::RedisLevel;
 use crate::l3::SqlLevel;
 use crate::level::{CacheLevel, Level, LevelStats};
@@ -82,7 +82,7 @@ pub enum Flight {
     Waited,
 }
 
-type FlightMap = Arc<Mutex<HashMap<CacheKey, (u64, watch::Receiver<()>)>>>;
+type FlightMap = Arc<Mutex<HashMap<CacheKey, (u64, watch::Receiver<()>), BuildKeyHasher>>>;
 
 /// Held by the leader of a flight; dropping it releases the waiters. Drop it
 /// after the value has been stored (L1 is written synchronously by
@@ -150,7 +150,7 @@ impl TieredBuilder {
             tx,
             dropped: AtomicU64::new(0),
             waiters: AtomicU64::new(0),
-            flights: Arc::new(Mutex::new(HashMap::new())),
+            flights: Arc::new(Mutex::new(HashMap::default())),
             next_flight: AtomicU64::new(0),
             subscribed: sub_rx,
             tasks: Mutex::new(Vec::new()),

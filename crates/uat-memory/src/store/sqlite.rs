@@ -187,7 +187,7 @@ impl SqliteStore {
             .fts_last_merge
             .lock()
             .is_none_or(|(at, took)| at.elapsed() >= took * 20);
-        if !due && !(quiet && rested) {
+        if !(due || (quiet && rested)) {
             return Ok(false);
         }
         self.fts_writes.fetch_sub(dirty, Ordering::Relaxed);
