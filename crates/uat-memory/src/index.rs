@@ -123,16 +123,18 @@ fn range(key: &str, r: Range) -> Condition {
 
 /// The engine filter for a memory filter (metadata is checked in SQL).
 pub(crate) fn vector_filter(f: &Filter) -> uat_vector::Filter {
-    let mut must = vec![
-        keyword("user_id", &f.user_id),
-        range(
-            "expires_us",
-            Range {
-                gt: Some(to_micros(now()) as f64),
-                ..Range::default()
-            },
-        ),
-    ];
+    let mut must = vec![keyword("user_id", &f.user_id)];
+    // Not expired, said as "not (expires <= now)": every point carries
+    // `expires_us` (i64::MAX when it never expires), so the two agree, and the
+    // index resolves this one by walking only the memories already expired
+    // (a handful) rather than every memory that is not.
+    let must_not = vec![range(
+        "expires_us",
+        Range {
+            lte: Some(to_micros(now()) as f64),
+            ..Range::default()
+        },
+    )];
     if let Some(a) = &f.agent_id {
         must.push(keyword("agent_id", a));
     }
@@ -165,6 +167,7 @@ pub(crate) fn vector_filter(f: &Filter) -> uat_vector::Filter {
     }
     uat_vector::Filter {
         must,
+        must_not,
         ..uat_vector::Filter::default()
     }
 }

@@ -33,6 +33,8 @@ const MMAP_SIZE: i64 = 1 << 40;
 const STATEMENT_CACHE: usize = 128;
 
 const COLS: &str = "m.id, m.user_id, m.agent_id, m.run_id, m.kind, m.content, m.tags, m.metadata, m.created_at, m.updated_at, m.expires_at";
+/// The index SQLite made for `memories.id TEXT NOT NULL UNIQUE`.
+const ID_INDEX: &str = "sqlite_autoindex_memories_1";
 /// Columns of an [`IndexEntry`].
 const ENTRY_COLS: &str =
     "id, user_id, agent_id, kind, tags, created_at, expires_at, embedding, embedding_model";
@@ -191,13 +193,7 @@ impl Readers {
         let now_us = to_micros(now());
         let queries: Vec<Sql> = ids
             .chunks(MAX_IN_LIST)
-            .map(|chunk| {
-                let mut sql = Sql::new(format!("SELECT {COLS} FROM memories m WHERE m.id IN ("));
-                sql.bind_list(chunk.iter().map(|id| id.to_string()));
-                sql.push(") AND");
-                sql.filter(filter, now_us);
-                sql
-            })
+            .map(|chunk| fetch_sql(filter, chunk, now_us))
             .collect();
         let n = ids.len();
         self.run(move |c| {
@@ -349,6 +345,19 @@ impl Readers {
         })
         .await
     }
+}
+
+/// The memories of `filter` among `ids`, looked up by id: without statistics
+/// SQLite guesses ten rows for a user and would read every memory of the
+/// user instead (a test checks the plan).
+fn fetch_sql(filter: &Filter, ids: &[Uuid], now_us: i64) -> Sql {
+    let mut sql = Sql::new(format!(
+        "SELECT {COLS} FROM memories m INDEXED BY {ID_INDEX} WHERE m.id IN ("
+    ));
+    sql.bind_list(ids.iter().map(|id| id.to_string()));
+    sql.push(") AND");
+    sql.filter(filter, now_us);
+    sql
 }
 
 fn get(c: &Connection, user_id: &str, id: Uuid) -> Result<Option<Memory>> {
@@ -577,4 +586,43 @@ fn db(source: rusqlite::Error) -> MemoryError {
 
 fn db_from(e: rusqlite::types::FromSqlError) -> MemoryError {
     corrupt(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn fetch_by_ids_uses_the_id_index() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("m.db");
+        super::super::SqliteStore::open(&format!("sqlite://{}", path.display()), 1)
+            .await
+            .expect("migrated store");
+        let c = Connection::open(&path).expect("connection");
+        let filter = Filter {
+            user_id: "u1".into(),
+            tags: vec!["a".into()],
+            ..Filter::default()
+        };
+        let ids: Vec<Uuid> = (0..18).map(|_| Uuid::now_v7()).collect();
+        let sql = fetch_sql(&filter, &ids, 0);
+        let mut stmt = c
+            .prepare(&format!("EXPLAIN QUERY PLAN {}", sql.text))
+            .expect("the query prepares");
+        let plan: Vec<String> = stmt
+            .query_map(rusqlite::params_from_iter(sql.params.iter()), |r| r.get(3))
+            .expect("plan")
+            .collect::<std::result::Result<_, _>>()
+            .expect("plan rows");
+        assert!(
+            plan.iter()
+                .any(|p| p.contains(&format!("USING INDEX {ID_INDEX} (id=?)"))),
+            "{plan:?}"
+        );
+        assert!(
+            !plan.iter().any(|p| p.contains("memories_user_created_idx")),
+            "{plan:?}"
+        );
+    }
 }
