@@ -476,14 +476,27 @@ impl Memories {
             depth * 4 + 32
         };
         let hits = idx.search(qv.vector, &q.filter, k).await?;
-        let ids: Vec<Uuid> = hits.iter().map(|h| h.0).collect();
-        let mut rows: HashMap<Uuid, Memory> = self
-            .store
-            .fetch(&q.filter, &ids)
-            .await?
-            .into_iter()
-            .map(|m| (m.id, m))
-            .collect();
+        // Rows for the best `depth` hits first; the spare hits are fetched
+        // only when SQL dropped some (a metadata filter, a change the index
+        // has not applied yet).
+        let mut rows: HashMap<Uuid, Memory> = HashMap::with_capacity(depth);
+        let mut asked = 0;
+        while asked < hits.len() && rows.len() < depth {
+            let want = if asked == 0 {
+                depth
+            } else {
+                hits.len() - asked
+            };
+            let ids: Vec<Uuid> = hits[asked..].iter().take(want).map(|h| h.0).collect();
+            asked += ids.len();
+            rows.extend(
+                self.store
+                    .fetch(&q.filter, &ids)
+                    .await?
+                    .into_iter()
+                    .map(|m| (m.id, m)),
+            );
+        }
         Ok(hits
             .into_iter()
             .filter_map(|(id, s)| rows.remove(&id).map(|m| (m, s)))
