@@ -79,17 +79,23 @@ lt 39403 --rate 1000 --duration 5s | fmt "L2 hit (Redis)"
 # the configurations so drift on a noisy machine hits all of them alike.
 ROUNDS=${ROUNDS:-3}
 echo "== misses vs cache off: open loop, 1000 req/s, 5 s, $ROUNDS alternating rounds"
-for r in $(seq 1 "$ROUNDS"); do
-  lt 39402 --rate 1000 --duration 5s --unique > "$DIR/off.$r.json"
-  lt 39401 --rate 1000 --duration 5s --unique > "$DIR/miss-l1.$r.json"
-  lt 39405 --rate 1000 --duration 5s --unique > "$DIR/miss-l13.$r.json"
-  lt 39406 --rate 1000 --duration 5s --unique > "$DIR/miss-l12.$r.json"
-done
-python3 - "$DIR" "$ROUNDS" <<'PY'
+# misses PREFIX LOADTEST_ARGS...: alternating rounds of true misses through
+# each configuration and the cache off; summary PREFIX prints their medians.
+misses() {
+  local prefix=$1; shift
+  for r in $(seq 1 "$ROUNDS"); do
+    lt 39402 "$@" --unique > "$DIR/$prefix-off.$r.json"
+    lt 39401 "$@" --unique > "$DIR/$prefix-miss-l1.$r.json"
+    lt 39405 "$@" --unique > "$DIR/$prefix-miss-l13.$r.json"
+    lt 39406 "$@" --unique > "$DIR/$prefix-miss-l12.$r.json"
+  done
+}
+summary() {
+python3 - "$DIR" "$ROUNDS" "$1" <<'PY'
 import json, statistics, sys
-d, rounds = sys.argv[1], int(sys.argv[2])
+d, rounds, prefix = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 def runs(name):
-    return [json.load(open(f"{d}/{name}.{r}.json")) for r in range(1, rounds + 1)]
+    return [json.load(open(f"{d}/{prefix}-{name}.{r}.json")) for r in range(1, rounds + 1)]
 def med(rs, q):
     return statistics.median((r.get("service_time_ms") or r["latency_ms"])[q] for r in rs)
 off = runs("off")
@@ -100,6 +106,9 @@ for name, label in [("miss-l1", "miss, L1"), ("miss-l13", "miss, L1+L3 SQLite (d
     p50, p99 = med(rs, "p50"), med(rs, "p99")
     print(f"{label:<34} p50={p50:.3f} ({(p50/base50-1)*100:+.1f}%) p99={p99:.3f} ({(p99/base99-1)*100:+.1f}%) ms errors={sum(r['errors'] for r in rs)}")
 PY
+}
+misses open --rate 1000 --duration 5s
+summary open
 # One client, back to back: the latency of one request with nothing queued
 # and the CPUs kept awake. (At 1000 req/s open loop the cores idle between
 # requests and each request pays the VM's wake-ups: the floor there, direct to
@@ -113,27 +122,12 @@ lt 39404 -c 1 --duration 5s | fmt "mock upstream, direct (floor)"
 # over the rounds of one configuration.
 own() { curl -sf "127.0.0.1:$1/metrics" | awk '/^uat_request_duration_seconds_sum\{route="\/v1\/chat\/completions"\}/{r=$2} /^uat_request_duration_seconds_count\{route="\/v1\/chat\/completions"\}/{n=$2} /^uat_upstream_duration_seconds_sum/{u+=$2} END{printf "%s %s %s\n", r+0, n+0, u+0}'; }
 for p in 39402 39401 39405 39406; do own $p > "$DIR/own-$p.before"; done
-for r in $(seq 1 "$ROUNDS"); do
-  lt 39402 -c 1 --duration 5s --unique > "$DIR/c1-off.$r.json"
-  lt 39401 -c 1 --duration 5s --unique > "$DIR/c1-miss-l1.$r.json"
-  lt 39405 -c 1 --duration 5s --unique > "$DIR/c1-miss-l13.$r.json"
-  lt 39406 -c 1 --duration 5s --unique > "$DIR/c1-miss-l12.$r.json"
-done
+misses c1 -c 1 --duration 5s
 for p in 39402 39401 39405 39406; do own $p > "$DIR/own-$p.after"; done
-python3 - "$DIR" "$ROUNDS" <<'PY'
-import json, statistics, sys
-d, rounds = sys.argv[1], int(sys.argv[2])
-def runs(name):
-    return [json.load(open(f"{d}/c1-{name}.{r}.json")) for r in range(1, rounds + 1)]
-def med(rs, q):
-    return statistics.median(r["latency_ms"][q] for r in rs)
-off = runs("off")
-base50, base99 = med(off, "p50"), med(off, "p99")
-print(f"{'cache off':<34} p50={base50:.3f} p99={base99:.3f} ms (median of {rounds}) errors={sum(r['errors'] for r in off)}")
-for name, label in [("miss-l1", "miss, L1"), ("miss-l13", "miss, L1+L3 SQLite (default)"), ("miss-l12", "miss, L1+L2 Redis")]:
-    rs = runs(name)
-    p50, p99 = med(rs, "p50"), med(rs, "p99")
-    print(f"{label:<34} p50={p50:.3f} ({(p50/base50-1)*100:+.1f}%) p99={p99:.3f} ({(p99/base99-1)*100:+.1f}%) ms errors={sum(r['errors'] for r in rs)}")
+summary c1
+python3 - "$DIR" <<'PY'
+import sys
+d = sys.argv[1]
 def own(port):
     b = [float(x) for x in open(f"{d}/own-{port}.before").read().split()]
     a = [float(x) for x in open(f"{d}/own-{port}.after").read().split()]
