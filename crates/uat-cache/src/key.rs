@@ -72,7 +72,8 @@ impl std::hash::Hasher for KeyHasher {
 /// [`KeyHasher`] as a `BuildHasher`.
 pub type BuildKeyHasher = std::hash::BuildHasherDefault<KeyHasher>;
 
-fn stored_hash(stored: &str) -> u64 {
+/// The xxh3 of a stored key (also the L3 presence set's entries).
+pub(crate) fn stored_hash(stored: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(stored.as_bytes())
 }
 

@@ -457,7 +457,7 @@ struct PresenceState {
 
 impl Presence {
     fn hash(key: &str) -> u64 {
-        xxhash_rust::xxh3::xxh3_64(key.as_bytes())
+        crate::key::stored_hash(key)
     }
 
     fn surely_absent(&self, key: &str) -> bool {

@@ -233,22 +233,22 @@ impl PayloadIndex {
             if candidates.is_none() && acc.count() <= n / CHECK_SHARE {
                 candidates = Some(acc.iter().collect());
             }
-            let checked = candidates.as_mut().and_then(|ids| {
-                let mut keep = Vec::with_capacity(ids.len());
-                for &id in ids.iter() {
+            // All or nothing: a candidate `check` cannot tell about leaves
+            // the range to be walked.
+            let checked = candidates.as_ref().and_then(|ids| {
+                let (mut keep, mut out) = (Vec::with_capacity(ids.len()), Vec::new());
+                for &id in ids {
                     if check(id, c)? {
                         keep.push(id);
+                    } else {
+                        out.push(id);
                     }
                 }
-                Some(keep)
+                Some((keep, out))
             });
             match checked {
-                Some(keep) => {
-                    for id in candidates.as_deref().unwrap_or_default() {
-                        if keep.binary_search(id).is_err() {
-                            acc.remove(*id);
-                        }
-                    }
+                Some((keep, out)) => {
+                    out.into_iter().for_each(|id| acc.remove(id));
                     candidates = Some(keep);
                 }
                 None => {

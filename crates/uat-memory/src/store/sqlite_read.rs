@@ -109,6 +109,24 @@ impl Readers {
         .map_err(|e| MemoryError::Index(format!("SQLite read task failed: {e}")))?
     }
 
+    /// Runs `queries` one after another on one connection; `row` adds what
+    /// it makes of each row to the output.
+    async fn collect<T: Send + 'static>(
+        &self,
+        queries: Vec<Sql>,
+        capacity: usize,
+        row: fn(&Row<'_>, &mut Vec<T>) -> Result<()>,
+    ) -> Result<Vec<T>> {
+        self.run(move |c| {
+            let mut out = Vec::with_capacity(capacity);
+            for sql in queries {
+                sql.each(c, |r| row(r, &mut out))?;
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     pub(super) async fn get(&self, user_id: &str, id: Uuid) -> Result<Option<Memory>> {
         let user_id = user_id.to_string();
         self.run(move |c| get(c, &user_id, id)).await
@@ -195,16 +213,9 @@ impl Readers {
             .chunks(MAX_IN_LIST)
             .map(|chunk| fetch_sql(filter, chunk, now_us))
             .collect();
-        let n = ids.len();
-        self.run(move |c| {
-            let mut out = Vec::with_capacity(n);
-            for sql in queries {
-                sql.each(c, |r| {
-                    out.push(memory(r)?);
-                    Ok(())
-                })?;
-            }
-            Ok(out)
+        self.collect(queries, ids.len(), |r, out| {
+            out.push(memory(r)?);
+            Ok(())
         })
         .await
     }
@@ -298,16 +309,9 @@ impl Readers {
                 sql
             })
             .collect();
-        let n = ids.len();
-        self.run(move |c| {
-            let mut out = Vec::with_capacity(n);
-            for sql in queries {
-                sql.each(c, |r| {
-                    out.extend(entry(r)?);
-                    Ok(())
-                })?;
-            }
-            Ok(out)
+        self.collect(queries, ids.len(), |r, out| {
+            out.extend(entry(r)?);
+            Ok(())
         })
         .await
     }
