@@ -83,6 +83,13 @@ grep -qE '^test result: ' /tmp/uat-cargo-test.log || die "cargo test ran no test
 
 if [ "$QUICK" = 0 ] && [ -x scripts/sdk-test.sh ]; then
   log "black-box: the openai Python SDK against a running uat"
-  scripts/sdk-test.sh
+  # The `uat` binary cargo test just built (for the CLI tests) is the one to
+  # test: `cargo build -p uat` alone would resolve other features and rebuild.
+  TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+  if [ -z "${UAT_BIN:-}" ] && [ -x "$TARGET/debug/uat" ]; then
+    UAT_BIN=$TARGET/debug/uat scripts/sdk-test.sh
+  else
+    scripts/sdk-test.sh
+  fi
 fi
 log "all tests passed"

@@ -3,9 +3,13 @@
 //! Environment: `MEMORIES` (100000), `USERS` (1000), `CLIENTS` (50), `OPS` (40 per client),
 //! `INDEX_DURING_LOAD` (1; 0 = load on SQL alone, then time the index rebuild),
 //! `READERS` (8: SQLite read connections; PostgreSQL pool 2.5x that),
-//! `PHASES` (`list,keyword,semantic,hybrid`: the latency phases to run).
+//! `PHASES` (`list,keyword,semantic,hybrid`: the latency phases to run),
+//! `CORPUS` (a stem: real passages `{stem}.txt` and their 384-d embeddings
+//! `{stem}.f32`, made by `scripts/embed-corpus.py`; default: made-up words and
+//! random vectors).
 
-use uat_memory::bench::{BenchOptions, run};
+use std::sync::Arc;
+use uat_memory::bench::{BenchOptions, Corpus, run};
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -16,7 +20,18 @@ fn env(name: &str, default: usize) -> usize {
 
 #[tokio::main]
 async fn main() {
+    let corpus = match std::env::var("CORPUS") {
+        Ok(stem) => match Corpus::load(&stem, 384) {
+            Ok(c) => Some(Arc::new(c)),
+            Err(e) => {
+                eprintln!("benchmark failed: {e}");
+                std::process::exit(1);
+            }
+        },
+        Err(_) => None,
+    };
     let opts = BenchOptions {
+        corpus,
         database_url: std::env::args().nth(1),
         memories: env("MEMORIES", 100_000),
         users: env("USERS", 1000),

@@ -7,6 +7,13 @@
 //! log; the vector index catches up in the background and its catch-up time
 //! is reported separately. Run it with
 //! `cargo run --release -p uat-memory --example bench_memory`.
+//!
+//! With a [`Corpus`] (real passages and the embeddings the model made of them,
+//! from `scripts/embed-corpus.py`), memory `i` holds passage `i mod n` (of the
+//! first `n - 1000` passages) with its real embedding, and every search asks
+//! with one of the last 1,000 passages (not stored), whose real embedding the
+//! bench's embedder looks up by text. Without one, contents are made-up words
+//! and vectors random.
 
 use crate::embed::{BoxFuture, Embedder};
 use crate::error::{MemoryError, Result};
@@ -43,6 +50,85 @@ pub struct BenchOptions {
     pub readers: u32,
     /// Latency phases to run (`list`, `keyword`, `semantic`, `hybrid`); empty: all.
     pub phases: Vec<String>,
+    /// Real passages and their embeddings (see the module docs).
+    pub corpus: Option<Arc<Corpus>>,
+}
+
+/// Passages and the model's embeddings of them, row for row.
+#[derive(Debug, Default)]
+pub struct Corpus {
+    /// The passages.
+    pub texts: Vec<String>,
+    /// Their embeddings (unit length).
+    pub vectors: Vec<Vec<f32>>,
+}
+
+/// Passages held back as queries.
+const CORPUS_QUERIES: usize = 1000;
+
+impl Corpus {
+    /// Reads `{stem}.txt` (one passage per line) and `{stem}.f32` (raw
+    /// little-endian f32 rows of `dimension`).
+    pub fn load(stem: &str, dimension: usize) -> Result<Self> {
+        let io = |e: std::io::Error| MemoryError::Index(format!("corpus {stem}: {e}"));
+        let texts: Vec<String> = std::fs::read_to_string(format!("{stem}.txt"))
+            .map_err(io)?
+            .lines()
+            .map(str::to_string)
+            .collect();
+        let bytes = std::fs::read(format!("{stem}.f32")).map_err(io)?;
+        let vectors: Vec<Vec<f32>> = bytes
+            .chunks_exact(dimension * 4)
+            .map(|row| {
+                row.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect()
+            })
+            .collect();
+        if vectors.len() != texts.len() || texts.len() <= CORPUS_QUERIES {
+            return Err(MemoryError::Index(format!(
+                "corpus {stem}: {} passages, {} vectors of {dimension}; want equal counts above {CORPUS_QUERIES}",
+                texts.len(),
+                vectors.len()
+            )));
+        }
+        Ok(Corpus { texts, vectors })
+    }
+
+    fn stored(&self) -> usize {
+        self.texts.len() - CORPUS_QUERIES
+    }
+
+    fn query(&self, i: usize) -> &str {
+        &self.texts[self.stored() + i % CORPUS_QUERIES]
+    }
+}
+
+/// Embeds a corpus passage as the model did (a lookup by text).
+struct CorpusEmbedder {
+    corpus: Arc<Corpus>,
+    by_text: std::collections::HashMap<String, usize>,
+}
+
+impl Embedder for CorpusEmbedder {
+    fn model(&self) -> &str {
+        "bench-precomputed"
+    }
+    fn dimension(&self) -> usize {
+        self.corpus.vectors.first().map_or(0, Vec::len)
+    }
+    fn embed<'a>(&'a self, texts: &'a [String]) -> BoxFuture<'a, Result<Vec<Vec<f32>>>> {
+        let out = texts
+            .iter()
+            .map(|t| {
+                self.by_text
+                    .get(t)
+                    .map(|&i| self.corpus.vectors[i].clone())
+                    .ok_or_else(|| MemoryError::Index(format!("not a corpus passage: {t}")))
+            })
+            .collect();
+        Box::pin(async move { out })
+    }
 }
 
 impl Default for BenchOptions {
@@ -58,6 +144,7 @@ impl Default for BenchOptions {
             index_during_load: true,
             phases: Vec::new(),
             readers: 8,
+            corpus: None,
         }
     }
 }
@@ -233,10 +320,21 @@ pub async fn run(opts: BenchOptions, log: &mut (dyn FnMut(&str) + Send)) -> Resu
                 .map(AnyStore::Sqlite),
         }
     };
-    let embedder: Arc<dyn Embedder> = Arc::new(RandomEmbedder {
-        dimension: opts.dimension,
-        seed: 7.into(),
-    });
+    let embedder: Arc<dyn Embedder> = match &opts.corpus {
+        Some(c) => Arc::new(CorpusEmbedder {
+            corpus: c.clone(),
+            by_text: c
+                .texts
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.clone(), i))
+                .collect(),
+        }),
+        None => Arc::new(RandomEmbedder {
+            dimension: opts.dimension,
+            seed: 7.into(),
+        }),
+    };
     let options = Options {
         limits: Limits::default(),
         index_dir: Some(dir.join("index")),
@@ -261,14 +359,26 @@ pub async fn run(opts: BenchOptions, log: &mut (dyn FnMut(&str) + Send)) -> Resu
         let rows = (0..n)
             .map(|k| {
                 let id = i + k;
-                let words: Vec<String> = (0..12).map(|_| word(rng.below(1500))).collect();
-                let content = format!("{} ord{id}", words.join(" "));
+                let (content, vector) = match &opts.corpus {
+                    Some(c) => {
+                        let j = id % c.stored();
+                        (c.texts[j].clone(), c.vectors[j].clone())
+                    }
+                    None => {
+                        let words: Vec<String> =
+                            (0..12).map(|_| word(rng.below(1500))).collect();
+                        (
+                            format!("{} ord{id}", words.join(" ")),
+                            vector(&mut rng, opts.dimension),
+                        )
+                    }
+                };
                 NewRow {
                     content_hash: format!("{id:064x}"),
                     dedupe: true,
                     embedding: Some(Embedding {
                         model: "bench-precomputed".into(),
-                        vector: vector(&mut rng, opts.dimension),
+                        vector,
                     }),
                     memory: Memory {
                         id: Uuid::now_v7(),
@@ -376,17 +486,18 @@ pub async fn run(opts: BenchOptions, log: &mut (dyn FnMut(&str) + Send)) -> Resu
             continue;
         }
         let s = svc.clone();
+        let corpus = opts.corpus.clone();
         let lat = phase(opts.clients, opts.ops_per_client, move |c, i| {
             let s = s.clone();
-            let query = q(
-                (c * 7919 + i * 31) % users,
-                mode,
-                format!(
+            let text = match &corpus {
+                Some(corpus) => corpus.query(c * 7919 + i * 31).to_string(),
+                None => format!(
                     "{} {}",
                     word((c * 13 + i * 7) % 1500),
                     word((c * 29 + i * 11) % 1500)
                 ),
-            );
+            };
+            let query = q((c * 7919 + i * 31) % users, mode, text);
             async move { s.search(&query).await.map(|_| ()) }
         })
         .await?;

@@ -105,12 +105,13 @@ pub(crate) fn read(path: &Path, cfg: &CollectionConfig) -> Result<Option<(Hnsw, 
     if header.dimension != cfg.dimension {
         return Err(bad("dimension differs from the collection config"));
     }
-    let h = Hnsw::new(
+    let mut h = Hnsw::new(
         cfg.metric,
         cfg.dimension,
         cfg.hnsw.m,
         cfg.hnsw.ef_construction,
     );
+    h.walk_quantized = cfg.quantization != crate::types::Quantization::None;
     if let Some(q) = header.quantizer {
         let _ = h.quant.set(q);
     }

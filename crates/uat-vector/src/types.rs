@@ -324,7 +324,9 @@ pub struct DeleteRequest {
 pub struct MemoryUsage {
     /// Full-precision vectors (walked when unquantized; used for rescoring otherwise).
     pub vectors_bytes: usize,
-    /// Quantized codes walked by search (0 without quantization).
+    /// Quantized codes: walked by search in a quantized collection; in an
+    /// unquantized one with payload indexes, SQ8 codes read only by the exact
+    /// scans of filtered search (0 otherwise).
     pub quantized_bytes: usize,
     /// Graph links.
     pub graph_bytes: usize,

@@ -28,7 +28,7 @@ pub struct VectorArgs {
     #[arg(long, default_value_t = 1_000)]
     pub queries: usize,
     /// ef values to sweep, comma-separated.
-    #[arg(long, value_delimiter = ',', default_values_t = [32usize, 64, 128, 256])]
+    #[arg(long, value_delimiter = ',', default_values_t = [16usize, 24, 32, 48, 64, 128, 256])]
     pub efs: Vec<usize>,
     /// HNSW M.
     #[arg(long, default_value_t = 16)]

@@ -50,7 +50,8 @@ impl fmt::Display for BenchReport {
         for r in &self.filtered {
             writeln!(
                 f,
-                "filtered {:>5.1}% (ef {}): plan {:<5} recall@k {:.4} QPS {:.0} /CPU-s {:.0}",
+                "{:>4} filtered {:>5.1}% (ef {}): plan {:<5} recall@k {:.4} QPS {:.0} /CPU-s {:.0}",
+                r.kind,
                 r.selectivity * 100.0,
                 o.filtered_ef,
                 r.plan,

@@ -125,11 +125,13 @@ fn filtered(st: &State, f: &Filter, q: &[f32], k: usize, ef: usize) -> (Vec<(f32
             }
         }
     };
+    let query = h.query(q);
     let exact = |bits: &Option<crate::payload_index::BitSet>| match bits {
-        Some(b) => h.scan(q, k, b.iter()),
+        Some(b) => h.scan(&query, k, ef, b.iter()),
         None => h.scan(
-            q,
+            &query,
             k,
+            ef,
             (0..len as u32).filter(|&i| h.node(i).is_some_and(|n| f.matches(n.payload.as_ref()))),
         ),
     };
@@ -137,10 +139,10 @@ fn filtered(st: &State, f: &Filter, q: &[f32], k: usize, ef: usize) -> (Vec<(f32
         Plan::Exact => (exact(&bits), Plan::Exact),
         Plan::Walk => {
             let res = match &bits {
-                Some(b) => h.knn(&h.query(q), k, ef, &|i: u32, n: &Node| {
+                Some(b) => h.knn(&query, k, ef, &|i: u32, n: &Node| {
                     !n.is_deleted() && b.contains(i)
                 }),
-                None => h.knn(&h.query(q), k, ef, &|_: u32, n: &Node| {
+                None => h.knn(&query, k, ef, &|_: u32, n: &Node| {
                     !n.is_deleted() && f.matches(n.payload.as_ref())
                 }),
             };

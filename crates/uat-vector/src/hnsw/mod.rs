@@ -122,6 +122,9 @@ pub(crate) struct Hnsw {
     next: AtomicU32,
     entry: RwLock<Option<(u32, usize)>>,
     pub(crate) quant: OnceLock<Quantizer>,
+    /// Whether graph walks use the codes (a quantized collection). When
+    /// false, codes (if any) serve only the exact scans of filtered search.
+    pub(crate) walk_quantized: bool,
     deleted: AtomicUsize,
     level_seed: AtomicU64,
 }
@@ -140,6 +143,7 @@ impl Hnsw {
             next: AtomicU32::new(0),
             entry: RwLock::new(None),
             quant: OnceLock::new(),
+            walk_quantized: true,
             deleted: AtomicUsize::new(0),
             level_seed: AtomicU64::new(0x9E37_79B9_7F4A_7C15),
         }

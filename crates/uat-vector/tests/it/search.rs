@@ -140,6 +140,61 @@ fn filtered_search_matches_brute_force_at_every_selectivity_and_plans_accordingl
 }
 
 #[test]
+fn quantized_filtered_scans_read_codes_and_return_exact_scores() {
+    // 10% of 5,000 points is an exact plan; on a quantized collection the
+    // scan ranks the codes and rescores the best `ef` (binary: 4 * ef)
+    // against the f32 vectors, so scores are the exact ones.
+    // An unquantized collection with payload indexes keeps SQ8 codes for this.
+    for (quant, dim, floor) in [
+        (Quantization::None, 32, 0.97),
+        (Quantization::Sq8, 32, 0.97),
+        (Quantization::Binary, 256, 0.9),
+    ] {
+        let (_d, s) = store();
+        let mut cfg = config(dim, Metric::Cosine);
+        cfg.quantization = quant;
+        let c = s.create_collection("q", cfg).unwrap();
+        let vs = vectors(5000, dim, 5);
+        c.upsert(points(&vs)).unwrap();
+        assert!(c.memory().quantized_bytes > 0, "{quant:?}: codes kept");
+        let f = Filter::from_json(
+            &serde_json::json!({"must": [{"key": "bucket", "range": {"lt": 10}}]}),
+        )
+        .unwrap();
+        let mut r = 0.0;
+        let qs = vectors(20, dim, 6);
+        for q in &qs {
+            let mut req = SearchRequest::new(q.clone(), 10);
+            req.filter = Some(f.clone());
+            req.ef = Some(64);
+            let (hits, p) = c.search_explain(&req).unwrap();
+            assert_eq!(p, Some(Plan::Exact), "{quant:?}");
+            assert_eq!(hits.len(), 10);
+            let mut qn = q.clone();
+            uat_vector::distance::normalize(&mut qn);
+            for h in &hits {
+                let i = ids(std::slice::from_ref(h))[0] as usize;
+                assert!(i % 100 < 10, "point {i} does not pass the filter");
+                let mut v = vs[i].clone();
+                uat_vector::distance::normalize(&mut v);
+                let want = -Metric::Cosine.distance_scalar(&qn, &v);
+                assert!(
+                    (h.score - want).abs() < 1e-4,
+                    "{quant:?}: score {} vs {want}",
+                    h.score
+                );
+            }
+            r += recall(
+                &ids(&hits),
+                &exact(&vs, Metric::Cosine, q, 10, |i| i % 100 < 10),
+            );
+        }
+        r /= qs.len() as f64;
+        assert!(r >= floor, "{quant:?}: filtered recall {r}");
+    }
+}
+
+#[test]
 fn delete_by_filter_removes_exactly_the_matching_points() {
     let (_d, _s, c) = filled(1000, 8, Metric::L2);
     let f = Filter::from_json(
