@@ -72,7 +72,7 @@ impl std::hash::Hasher for KeyHasher {
 /// [`KeyHasher`] as a `BuildHasher`.
 pub type BuildKeyHasher = std::hash::BuildHasherDefault<KeyHasher>;
 
-/// The xxh3 of a stored key (also the L3 presence set's entries).
+/// The xxh3 of a stored key (also the presence sets' entries).
 pub(crate) fn stored_hash(stored: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(stored.as_bytes())
 }
@@ -99,6 +99,11 @@ impl CacheKey {
         h.update(canonical.as_bytes());
         let digest = h.finalize();
         Self::from_parts(namespace, model, &hex::encode(&digest[..]))
+    }
+
+    /// The xxh3 of the stored form (computed once, when the key was made).
+    pub(crate) fn xxh3(&self) -> u64 {
+        self.hash
     }
 
     /// Builds a key from its parts; `hash` must be 64 lowercase hex digits.

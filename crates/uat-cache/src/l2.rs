@@ -7,16 +7,29 @@
 //! Keys are `{prefix}{ns}|{model}|{hash}`; values are the [`crate::codec`]
 //! envelope (LZ4 above a size), stored with `SET .. EX`. Pattern
 //! invalidation walks `SCAN MATCH` and `UNLINK`s each batch (never `KEYS`).
+//!
+//! A miss, the common case of a cache that answers from L1, would cost a
+//! Redis round trip (a quarter of a fast upstream's latency on loopback). So
+//! the level keeps a [`Presence`] set of the keys Redis holds: loaded by
+//! `SCAN` once its subscription to `{prefix}stored` is live (and again every
+//! ten minutes, which forgets expired keys), and kept current by the hashes
+//! every replica publishes there in the same pipeline as its `SET`s. While
+//! the set is trusted, a key it lacks is a miss without a round trip; a
+//! write by another replica is visible here once its announcement arrives
+//! (well under a millisecond on one network; [`RedisLevel::sync_presence`]
+//! waits for it). A lost subscription distrusts the set until the next load.
 
 use crate::codec;
 use crate::error::CacheError;
 use crate::key::{CacheKey, KeyPattern};
 use crate::level::{CacheLevel, Counters, Hit, Level, LevelStats};
 use crate::metrics::{self, METRICS, OpTimer};
+use crate::presence::{KeySet, Presence};
 use bytes::Bytes;
+use futures::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -24,6 +37,13 @@ use std::time::Duration;
 const SCAN_BATCH: usize = 500;
 /// `stats()` stops counting after this many keys.
 const STATS_SCAN_LIMIT: u64 = 1_000_000;
+/// The presence set is reloaded this often (forgetting expired keys).
+const PRESENCE_RELOAD: Duration = Duration::from_secs(600);
+/// Above this many keys the level keeps no presence set (about 16 bytes a
+/// key) and asks Redis on every lookup.
+const PRESENCE_MAX_KEYS: usize = 4_000_000;
+/// A presence message that is a barrier (see `sync_presence`), not hashes.
+const SYNC_TAG: &[u8] = b"sync:";
 
 /// The L2 level. Cheap to clone.
 #[derive(Clone)]
@@ -39,6 +59,21 @@ struct Inner {
     healthy: AtomicBool,
     reconnecting: AtomicBool,
     counters: Counters,
+    presence: Presence,
+    /// Identifies this level's barrier messages.
+    id: String,
+    /// The last barrier sent, and the last one the subscriber saw.
+    sync_sent: AtomicU64,
+    sync_seen: tokio::sync::watch::Sender<u64>,
+    presence_task: parking_lot::Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(t) = self.presence_task.lock().take() {
+            t.abort();
+        }
+    }
 }
 
 impl RedisLevel {
@@ -67,8 +102,15 @@ impl RedisLevel {
                 healthy: AtomicBool::new(true),
                 reconnecting: AtomicBool::new(false),
                 counters: Counters::default(),
+                presence: Presence::default(),
+                id: uuid::Uuid::new_v4().simple().to_string(),
+                sync_sent: AtomicU64::new(0),
+                sync_seen: tokio::sync::watch::channel(0).0,
+                presence_task: parking_lot::Mutex::new(None),
             }),
         };
+        let task = tokio::spawn(presence_loop(Arc::downgrade(&level.inner)));
+        *level.inner.presence_task.lock() = Some(task.abort_handle());
         let mut c = level.inner.conn.clone();
         let ping =
             tokio::time::timeout(timeout, redis::cmd("PING").query_async::<String>(&mut c)).await;
@@ -86,6 +128,104 @@ impl RedisLevel {
     /// The pub/sub channel on which invalidations are announced.
     pub fn channel(&self) -> String {
         format!("{}invalidate", self.inner.prefix)
+    }
+
+    /// The channel on which writes announce the keys they stored.
+    fn stored_channel(&self) -> String {
+        format!("{}stored", self.inner.prefix)
+    }
+
+    /// Waits until the presence set is loaded and every write announced
+    /// before this call (by any replica) has reached it; false after `max`.
+    /// Replicas need not call it: a key not yet announced is only a miss.
+    pub async fn sync_presence(&self, max: Duration) -> bool {
+        let token = self.inner.sync_sent.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut seen = self.inner.sync_seen.subscribe();
+        let wait = async {
+            while !self.inner.presence.trusted() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let mut msg = SYNC_TAG.to_vec();
+            msg.extend_from_slice(self.inner.id.as_bytes());
+            msg.push(b':');
+            msg.extend_from_slice(token.to_string().as_bytes());
+            let channel = self.stored_channel();
+            self.run("publish", |mut c| async move {
+                redis::cmd("PUBLISH")
+                    .arg(channel)
+                    .arg(msg)
+                    .query_async::<i64>(&mut c)
+                    .await
+            })
+            .await
+            .ok()?;
+            seen.wait_for(|&s| s >= token).await.ok()
+        };
+        matches!(tokio::time::timeout(max, wait).await, Ok(Some(_)))
+    }
+
+    /// Whether the presence set is loaded and trusted (tests).
+    #[doc(hidden)]
+    pub fn presence_trusted(&self) -> bool {
+        self.inner.presence.trusted()
+    }
+
+    /// Reloads the presence set from Redis now (tests; it also runs every ten minutes).
+    #[doc(hidden)]
+    pub async fn reload_presence(&self) -> Result<(), CacheError> {
+        self.load_presence().await
+    }
+
+    /// Reads every key under the prefix into a new presence set.
+    async fn load_presence(&self) -> Result<(), CacheError> {
+        let p = &self.inner.presence;
+        p.begin_reload();
+        let m = format!("{}*", redis_escape(&self.inner.prefix));
+        let plen = self.inner.prefix.len();
+        let mut set = KeySet::default();
+        let mut cursor: u64 = 0;
+        loop {
+            let m2 = m.clone();
+            let step = self
+                .run("scan", |mut c| async move {
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(m2)
+                        .arg("COUNT")
+                        .arg(SCAN_BATCH * 4)
+                        .query_async::<(u64, Vec<String>)>(&mut c)
+                        .await
+                })
+                .await;
+            let (next, keys) = match step {
+                Ok(v) => v,
+                Err(e) => {
+                    p.distrust();
+                    return Err(e);
+                }
+            };
+            set.extend(
+                keys.iter()
+                    .filter_map(|k| k.get(plen..))
+                    .map(crate::key::stored_hash),
+            );
+            if set.len() > PRESENCE_MAX_KEYS {
+                p.distrust();
+                tracing::info!(
+                    level = "l2",
+                    keys = set.len(),
+                    "too many keys for an L2 presence set: every lookup asks Redis"
+                );
+                return Ok(());
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        p.finish_reload(set);
+        Ok(())
     }
 
     /// The client, for a dedicated pub/sub connection.
@@ -185,6 +325,7 @@ impl RedisLevel {
     ) -> Result<(), CacheError> {
         let k = self.stored_key(key);
         let secs = ttl_secs(ttl);
+        self.inner.presence.add(&[key.xxh3()]);
         self.run("put", |mut c| async move {
             redis::cmd("SET")
                 .arg(k)
@@ -196,6 +337,81 @@ impl RedisLevel {
         })
         .await
     }
+}
+
+/// Keeps the presence set: subscribes to the `stored` channel, then loads
+/// the set by SCAN (so no write falls between the two), applies every
+/// announcement, reloads every [`PRESENCE_RELOAD`], and distrusts the set
+/// whenever the subscription is lost, until it is back and reloaded.
+async fn presence_loop(weak: Weak<Inner>) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let Some(level) = weak.upgrade().map(|inner| RedisLevel { inner }) else {
+            return;
+        };
+        let (client, channel, timeout) = (
+            level.inner.client.clone(),
+            level.stored_channel(),
+            level.inner.timeout.max(Duration::from_secs(1)),
+        );
+        drop(level);
+        let sub = async {
+            let mut ps = client.get_async_pubsub().await?;
+            ps.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(ps)
+        };
+        if let Ok(Ok(pubsub)) = tokio::time::timeout(timeout, sub).await {
+            delay = Duration::from_millis(100);
+            let mut stream = pubsub.into_on_message();
+            let mut reload = tokio::time::interval(PRESENCE_RELOAD);
+            reload.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    msg = stream.next() => {
+                        let Some(msg) = msg else { break };
+                        let Some(inner) = weak.upgrade() else { return };
+                        apply_presence(&inner, msg.get_payload_bytes());
+                    }
+                    _ = reload.tick() => {
+                        let Some(inner) = weak.upgrade() else { return };
+                        let level = RedisLevel { inner };
+                        if let Err(e) = level.load_presence().await {
+                            tracing::debug!(level = "l2", error = %e, "cannot load the L2 key set");
+                        }
+                    }
+                }
+            }
+        }
+        let Some(inner) = weak.upgrade() else { return };
+        inner.presence.distrust();
+        drop(inner);
+        tokio::time::sleep(jitter(delay)).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// One message of the `stored` channel: 8-byte key hashes, or a barrier.
+fn apply_presence(inner: &Inner, payload: &[u8]) {
+    if let Some(rest) = payload.strip_prefix(SYNC_TAG) {
+        let mine = rest
+            .strip_prefix(inner.id.as_bytes())
+            .and_then(|r| r.strip_prefix(b":"))
+            .and_then(|t| std::str::from_utf8(t).ok())
+            .and_then(|t| t.parse::<u64>().ok());
+        if let Some(token) = mine {
+            inner.sync_seen.send_if_modified(|s| {
+                let newer = token > *s;
+                *s = (*s).max(token);
+                newer
+            });
+        }
+        return;
+    }
+    let hashes: Vec<u64> = payload
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+        .collect();
+    inner.presence.add(&hashes);
 }
 
 async fn reconnect_loop(weak: Weak<Inner>) {
@@ -247,6 +463,13 @@ impl CacheLevel for RedisLevel {
     }
 
     async fn get(&self, key: &CacheKey) -> Result<Option<Hit>, CacheError> {
+        if self.inner.healthy.load(Ordering::Relaxed)
+            && self.inner.presence.surely_absent(key.xxh3())
+        {
+            self.inner.counters.miss();
+            metrics::request("l2", "miss");
+            return Ok(None);
+        }
         let k = self.stored_key(key);
         let k2 = k.clone();
         let res = self
@@ -305,6 +528,7 @@ impl CacheLevel for RedisLevel {
             return Ok(());
         }
         let n = items.len() as u64;
+        let hashes: Vec<u64> = items.iter().map(|(k, _, _)| k.xxh3()).collect();
         let mut pipe = redis::pipe();
         for (k, v, ttl) in &items {
             pipe.cmd("SET")
@@ -314,11 +538,26 @@ impl CacheLevel for RedisLevel {
                 .arg(ttl_secs(*ttl))
                 .ignore();
         }
+        // Every replica's presence set learns the keys from this message.
+        pipe.cmd("PUBLISH")
+            .arg(self.stored_channel())
+            .arg(
+                hashes
+                    .iter()
+                    .flat_map(|h| h.to_le_bytes())
+                    .collect::<Vec<u8>>(),
+            )
+            .ignore();
+        // Recorded before the write and again after it, as in `presence.rs`.
+        self.inner.presence.add(&hashes);
         let res = self
             .run("put", |mut c| async move {
                 pipe.query_async::<()>(&mut c).await
             })
             .await;
+        if res.is_ok() {
+            self.inner.presence.add(&hashes);
+        }
         let result = match &res {
             Ok(()) => "ok",
             Err(CacheError::Unavailable(_)) => "skipped",

@@ -15,9 +15,9 @@ use crate::error::CacheError;
 use crate::key::{CacheKey, KeyPattern};
 use crate::level::{CacheLevel, Counters, Hit, Level, LevelStats};
 use crate::metrics::{self, METRICS, OpTimer};
+use crate::presence::{KeySet, Presence};
 use bytes::Bytes;
 use futures::StreamExt;
-use parking_lot::RwLock;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -157,7 +157,7 @@ impl SqlLevel {
         while let Some(row) = rows.next().await {
             match row {
                 Ok(k) => {
-                    set.insert(Presence::hash(&k));
+                    set.insert(crate::key::stored_hash(&k));
                 }
                 Err(e) => {
                     failed = Some(e);
@@ -168,7 +168,7 @@ impl SqlLevel {
         match failed {
             None => presence.finish_reload(set),
             Some(e) => {
-                presence.abort_reload();
+                presence.distrust();
                 tracing::warn!(level = "l3", error = %e, "cannot load the cache key set: every L3 lookup asks the database");
             }
         }
@@ -305,11 +305,11 @@ impl SqlLevel {
         // Recorded before the write (a key the set holds but the table does
         // not only costs a query; the reverse would hide an entry) and again
         // after it, for a reload that read the table before this commit.
-        let hashes: Option<Vec<u64>> = self.inner.presence.as_ref().map(|_| {
-            rows.iter()
-                .map(|(k, _, _)| Presence::hash(k.as_str()))
-                .collect()
-        });
+        let hashes: Option<Vec<u64>> = self
+            .inner
+            .presence
+            .as_ref()
+            .map(|_| rows.iter().map(|(k, _, _)| k.xxh3()).collect());
         if let (Some(p), Some(h)) = (&self.inner.presence, &hashes) {
             p.add(h);
         }
@@ -438,65 +438,6 @@ async fn probe_loop(weak: Weak<Inner>) {
     }
 }
 
-type KeySet = std::collections::HashSet<u64, crate::key::BuildKeyHasher>;
-
-/// The keys a SQLite L3 holds, as 64-bit hashes: "absent" is certain, a hash
-/// present may be a key since deleted or expired (then the query answers).
-#[derive(Default)]
-struct Presence {
-    state: RwLock<PresenceState>,
-}
-
-#[derive(Default)]
-struct PresenceState {
-    /// `None` until the first load finished.
-    set: Option<KeySet>,
-    /// Keys written while a reload reads the table, added when it ends.
-    during_reload: Option<Vec<u64>>,
-}
-
-impl Presence {
-    fn hash(key: &str) -> u64 {
-        crate::key::stored_hash(key)
-    }
-
-    fn surely_absent(&self, key: &str) -> bool {
-        let h = Self::hash(key);
-        self.state
-            .read()
-            .set
-            .as_ref()
-            .is_some_and(|s| !s.contains(&h))
-    }
-
-    fn add(&self, hashes: &[u64]) {
-        let mut st = self.state.write();
-        let st = &mut *st;
-        if let Some(set) = &mut st.set {
-            set.extend(hashes);
-        }
-        if let Some(pending) = &mut st.during_reload {
-            pending.extend(hashes);
-        }
-    }
-
-    fn begin_reload(&self) {
-        self.state.write().during_reload = Some(Vec::new());
-    }
-
-    fn finish_reload(&self, mut set: KeySet) {
-        let mut st = self.state.write();
-        set.extend(st.during_reload.take().unwrap_or_default());
-        st.set = Some(set);
-    }
-
-    fn abort_reload(&self) {
-        let mut st = self.state.write();
-        st.during_reload = None;
-        st.set = None;
-    }
-}
-
 fn is_connection_error(e: &sqlx::Error) -> bool {
     matches!(
         e,
@@ -516,7 +457,7 @@ impl CacheLevel for SqlLevel {
     async fn get(&self, key: &CacheKey) -> Result<Option<Hit>, CacheError> {
         if let Some(p) = &self.inner.presence
             && self.inner.healthy.load(Ordering::Relaxed)
-            && p.surely_absent(key.as_str())
+            && p.surely_absent(key.xxh3())
         {
             self.inner.counters.miss();
             metrics::request("l3", "miss");

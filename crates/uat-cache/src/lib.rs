@@ -22,6 +22,7 @@ mod l3;
 mod level;
 mod memory;
 mod metrics;
+mod presence;
 mod tiered;
 
 pub use codec::{COMPRESS_THRESHOLD, decode as decode_envelope, encode as encode_envelope};

@@ -365,8 +365,7 @@ pub async fn run(opts: BenchOptions, log: &mut (dyn FnMut(&str) + Send)) -> Resu
                         (c.texts[j].clone(), c.vectors[j].clone())
                     }
                     None => {
-                        let words: Vec<String> =
-                            (0..12).map(|_| word(rng.below(1500))).collect();
+                        let words: Vec<String> = (0..12).map(|_| word(rng.below(1500))).collect();
                         (
                             format!("{} ord{id}", words.join(" ")),
                             vector(&mut rng, opts.dimension),

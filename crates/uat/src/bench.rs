@@ -42,6 +42,11 @@ pub struct VectorArgs {
     /// Also sweep a binary-quantized index.
     #[arg(long)]
     pub binary: bool,
+    /// Real embeddings instead of clustered synthetic vectors: raw
+    /// little-endian f32 rows of `dim` (n + queries rows; the last `queries`
+    /// are the queries), as `scripts/embed-corpus.py` writes them.
+    #[arg(long)]
+    pub data_file: Option<PathBuf>,
 }
 
 /// `uat bench embed` options.
@@ -79,6 +84,7 @@ pub fn run(which: &BenchCommand) -> anyhow::Result<()> {
                 build_threads: a.threads,
                 sq8: !a.no_sq8,
                 binary: a.binary,
+                data_file: a.data_file.clone(),
                 ..Default::default()
             };
             opts.hnsw.m = a.m;

@@ -306,3 +306,54 @@ async fn l3_sqlite_key_set_skips_sql_for_absent_keys_and_reloads_on_restart() {
         "a stored key is looked up in the table"
     );
 }
+
+#[tokio::test]
+async fn l2_key_set_skips_redis_for_absent_keys_and_learns_every_replicas_writes() {
+    let prefix = unique("presence");
+    let Some(a) = redis(&prefix).await else {
+        return;
+    };
+    let b = redis(&prefix).await.unwrap();
+    assert!(a.sync_presence(Duration::from_secs(5)).await);
+    assert!(b.sync_presence(Duration::from_secs(5)).await);
+    assert!(a.presence_trusted() && b.presence_trusted());
+    let ns = unique("presence-ns");
+    let (hidden, k2) = (key(&ns, "m", 1), key(&ns, "m", 2));
+    // A value stored behind the levels' back (no announcement): while B's
+    // key set is trusted, B answers a miss without asking Redis.
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let stored = format!("uat-test:{prefix}:{}", hidden.as_str());
+    redis::cmd("SET")
+        .arg(&stored)
+        .arg(uat_cache::encode_envelope(b"behind"))
+        .arg("EX")
+        .arg(60)
+        .query_async::<()>(&mut raw)
+        .await
+        .unwrap();
+    assert!(b.get(&hidden).await.unwrap().is_none(), "skipped Redis");
+    // A write through A is announced: B finds it.
+    a.put(&k2, Bytes::from_static(b"v2"), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(b.sync_presence(Duration::from_secs(5)).await);
+    assert_eq!(b.get(&k2).await.unwrap().unwrap().value.as_ref(), b"v2");
+    // A reload (start-up, every ten minutes) reads every key by SCAN.
+    b.reload_presence().await.unwrap();
+    assert_eq!(
+        b.get(&hidden).await.unwrap().unwrap().value.as_ref(),
+        b"behind"
+    );
+    // A new replica loads the keys already stored.
+    let c = redis(&prefix).await.unwrap();
+    assert!(c.sync_presence(Duration::from_secs(5)).await);
+    assert!(c.get(&hidden).await.unwrap().is_some());
+    assert!(c.get(&k2).await.unwrap().is_some());
+    assert!(c.get(&key(&ns, "m", 3)).await.unwrap().is_none());
+    let _: () = redis::cmd("UNLINK")
+        .arg(&stored)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+}

@@ -42,6 +42,7 @@ async fn promotion(l3: SqlLevel) {
     assert_eq!(a.get(&k).await.unwrap().level, Level::L1);
     // A second replica (empty L1) finds it in L2 and promotes it to its L1.
     let b = tiered(Some(redis(&prefix).await.unwrap()), Some(l3.clone()));
+    assert!(b.l2().unwrap().sync_presence(Duration::from_secs(5)).await);
     assert_eq!(b.get(&k).await.unwrap().level, Level::L2);
     assert_eq!(b.get(&k).await.unwrap().level, Level::L1);
 }
@@ -221,6 +222,7 @@ async fn invalidation_reaches_other_replicas_l1_through_pubsub() {
     for k in [&k1, &k2, &k3] {
         a.put(k, Bytes::from_static(b"v"), Duration::from_secs(60));
         flush(&a).await;
+        assert!(b.l2().unwrap().sync_presence(Duration::from_secs(5)).await);
         // B reads it (L2 hit) and now holds it in its own L1.
         assert_eq!(b.get(k).await.unwrap().level, Level::L2);
         assert!(b.l1().unwrap().contains(k));

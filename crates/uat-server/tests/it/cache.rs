@@ -430,6 +430,17 @@ async fn invalidation_reaches_a_second_instance_through_pubsub() {
         .unwrap()
         .flush(Duration::from_secs(5))
         .await;
+    // B's L2 key set has heard of A's write (well under a millisecond after it).
+    assert!(
+        b.state
+            .cache
+            .tiered()
+            .unwrap()
+            .l2()
+            .unwrap()
+            .sync_presence(Duration::from_secs(5))
+            .await
+    );
     assert_eq!(
         header(&b.chat(det(&model, false)).await, "x-uat-cache"),
         "hit-l2"

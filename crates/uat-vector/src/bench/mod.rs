@@ -286,11 +286,20 @@ pub fn run(opts: BenchOptions, log: &mut dyn FnMut(&str)) -> Result<BenchReport>
         std::env::temp_dir().join(format!("uat-vector-bench-{}-{run_no}", std::process::id())),
     );
     let _ = std::fs::remove_dir_all(&tmp.0);
-    log(&format!(
-        "generating {} + {} clustered {}-d vectors",
-        opts.n, opts.queries, opts.dim
-    ));
-    // Queries come from the same clusters but are not in the collection.
+    log(&match &opts.data_file {
+        Some(p) => format!(
+            "reading {} + {} {}-d vectors from {}",
+            opts.n,
+            opts.queries,
+            opts.dim,
+            p.display()
+        ),
+        None => format!(
+            "generating {} + {} clustered {}-d vectors",
+            opts.n, opts.queries, opts.dim
+        ),
+    });
+    // Queries come from the same clusters (or file) but are not in the collection.
     let mut data = match &opts.data_file {
         Some(path) => load_rows(path, opts.dim, opts.n + opts.queries)?,
         None => clustered(opts.n + opts.queries, opts.dim, opts.clusters, opts.seed),

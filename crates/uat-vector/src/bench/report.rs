@@ -6,10 +6,14 @@ use std::fmt;
 impl fmt::Display for BenchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let o = &self.options;
+        let data = match &o.data_file {
+            Some(p) => format!("data={}", p.display()),
+            None => format!("clusters={}", o.clusters),
+        };
         writeln!(
             f,
-            "uat-vector bench: n={} dim={} clusters={} queries={} k={} M={} ef_construction={}",
-            o.n, o.dim, o.clusters, o.queries, o.k, o.hnsw.m, o.hnsw.ef_construction
+            "uat-vector bench: n={} dim={} {data} queries={} k={} M={} ef_construction={}",
+            o.n, o.dim, o.queries, o.k, o.hnsw.m, o.hnsw.ef_construction
         )?;
         if let Some(l) = self.load_average {
             writeln!(
