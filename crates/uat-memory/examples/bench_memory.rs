@@ -5,7 +5,7 @@
 //! `READERS` (8: SQLite read connections; PostgreSQL pool 2.5x that),
 //! `PHASES` (`list,keyword,semantic,hybrid`: the latency phases to run),
 //! `CORPUS` (a stem: real passages `{stem}.txt` and their 384-d embeddings
-//! `{stem}.f32`, made by `scripts/embed-corpus.py`; default: made-up words and
+//! `{stem}.f32`, made by `scripts/corpus-passages.py` and uat-embed's `embed_corpus`; default: made-up words and
 //! random vectors).
 
 use std::sync::Arc;

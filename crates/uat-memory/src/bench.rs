@@ -9,7 +9,7 @@
 //! `cargo run --release -p uat-memory --example bench_memory`.
 //!
 //! With a [`Corpus`] (real passages and the embeddings the model made of them,
-//! from `scripts/embed-corpus.py`), memory `i` holds passage `i mod n` (of the
+//! from `scripts/corpus-passages.py` and the `embed_corpus` example of uat-embed), memory `i` holds passage `i mod n` (of the
 //! first `n - 1000` passages) with its real embedding, and every search asks
 //! with one of the last 1,000 passages (not stored), whose real embedding the
 //! bench's embedder looks up by text. Without one, contents are made-up words

@@ -114,9 +114,10 @@ pub struct Point {
 pub struct HnswConfig {
     /// Links per node on the upper levels (level 0 keeps `2 * m`).
     pub m: usize,
-    /// Candidate list size while building. The default, 100, builds about
-    /// twice as fast as hnswlib's customary 200 at M=16; on the 50k x 384-d
-    /// benchmark recall@10 at a given search `ef` stays within 0.005 of it.
+    /// Candidate list size while building. The default, 200 (hnswlib's
+    /// customary value): on 50k real 384-d sentence embeddings it lifts
+    /// recall@10 at search ef 64 from 0.973 (100) to 0.983, for twice the
+    /// build time (12.8 s on two threads); 400 gains only 0.001 more.
     pub ef_construction: usize,
     /// Default candidate list size while searching (a request may override it).
     pub ef_search: usize,
@@ -126,7 +127,7 @@ impl Default for HnswConfig {
     fn default() -> Self {
         Self {
             m: 16,
-            ef_construction: 100,
+            ef_construction: 200,
             ef_search: 64,
         }
     }

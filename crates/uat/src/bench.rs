@@ -33,6 +33,9 @@ pub struct VectorArgs {
     /// HNSW M.
     #[arg(long, default_value_t = 16)]
     pub m: usize,
+    /// HNSW ef_construction (default: the collection default).
+    #[arg(long)]
+    pub ef_construction: Option<usize>,
     /// Threads for the build.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
@@ -44,7 +47,7 @@ pub struct VectorArgs {
     pub binary: bool,
     /// Real embeddings instead of clustered synthetic vectors: raw
     /// little-endian f32 rows of `dim` (n + queries rows; the last `queries`
-    /// are the queries), as `scripts/embed-corpus.py` writes them.
+    /// are the queries), as uat-embed's `embed_corpus` example writes them.
     #[arg(long)]
     pub data_file: Option<PathBuf>,
 }
@@ -88,6 +91,9 @@ pub fn run(which: &BenchCommand) -> anyhow::Result<()> {
                 ..Default::default()
             };
             opts.hnsw.m = a.m;
+            if let Some(efc) = a.ef_construction {
+                opts.hnsw.ef_construction = efc;
+            }
             let report = uat_vector::bench::run(opts, &mut |line| eprintln!("{line}"))
                 .context("vector benchmark failed")?;
             println!("{report}");

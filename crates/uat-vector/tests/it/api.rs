@@ -93,7 +93,7 @@ fn unknown_metric_is_rejected() {
     .unwrap();
     assert_eq!(ok.metric, Metric::Cosine);
     assert_eq!(ok.hnsw.m, 8);
-    assert_eq!(ok.hnsw.ef_construction, 100);
+    assert_eq!(ok.hnsw.ef_construction, 200);
     let e = CollectionConfig::from_json(json!({"dimension": 0, "metric": "dot"})).unwrap_err();
     assert!(matches!(e, VectorError::BadConfig(_)), "{e}");
     let e = CollectionConfig::from_json(json!({"dimension": 4, "metric": "dot", "hnsw": {"m": 1}}))
