@@ -149,16 +149,7 @@ impl RedisLevel {
             msg.extend_from_slice(self.inner.id.as_bytes());
             msg.push(b':');
             msg.extend_from_slice(token.to_string().as_bytes());
-            let channel = self.stored_channel();
-            self.run("publish", |mut c| async move {
-                redis::cmd("PUBLISH")
-                    .arg(channel)
-                    .arg(msg)
-                    .query_async::<i64>(&mut c)
-                    .await
-            })
-            .await
-            .ok()?;
+            self.publish_to(self.stored_channel(), msg).await.ok()?;
             seen.wait_for(|&s| s >= token).await.ok()
         };
         matches!(tokio::time::timeout(max, wait).await, Ok(Some(_)))
@@ -185,19 +176,7 @@ impl RedisLevel {
         let mut set = KeySet::default();
         let mut cursor: u64 = 0;
         loop {
-            let m2 = m.clone();
-            let step = self
-                .run("scan", |mut c| async move {
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(m2)
-                        .arg("COUNT")
-                        .arg(SCAN_BATCH * 4)
-                        .query_async::<(u64, Vec<String>)>(&mut c)
-                        .await
-                })
-                .await;
+            let step = self.scan_step(cursor, &m, SCAN_BATCH * 4).await;
             let (next, keys) = match step {
                 Ok(v) => v,
                 Err(e) => {
@@ -292,7 +271,10 @@ impl RedisLevel {
 
     /// Publishes a message on the invalidation channel.
     pub async fn publish(&self, message: String) -> Result<(), CacheError> {
-        let channel = self.channel();
+        self.publish_to(self.channel(), message.into_bytes()).await
+    }
+
+    async fn publish_to(&self, channel: String, message: Vec<u8>) -> Result<(), CacheError> {
         self.run("publish", |mut c| async move {
             redis::cmd("PUBLISH")
                 .arg(channel)
@@ -302,6 +284,27 @@ impl RedisLevel {
         })
         .await
         .map(|_| ())
+    }
+
+    /// One `SCAN` step: the next cursor and the keys matching `pattern`.
+    async fn scan_step(
+        &self,
+        cursor: u64,
+        pattern: &str,
+        count: usize,
+    ) -> Result<(u64, Vec<String>), CacheError> {
+        let pattern = pattern.to_string();
+        self.run("scan", |mut c| async move {
+            redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(count)
+                .query_async::<(u64, Vec<String>)>(&mut c)
+                .await
+        })
+        .await
     }
 
     /// Deletes the raw stored key (used after a corrupt read).
@@ -361,7 +364,6 @@ async fn presence_loop(weak: Weak<Inner>) {
             Ok::<_, redis::RedisError>(ps)
         };
         if let Ok(Ok(pubsub)) = tokio::time::timeout(timeout, sub).await {
-            delay = Duration::from_millis(100);
             let mut stream = pubsub.into_on_message();
             let mut reload = tokio::time::interval(PRESENCE_RELOAD);
             reload.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -376,8 +378,11 @@ async fn presence_loop(weak: Weak<Inner>) {
                         let Some(inner) = weak.upgrade() else { return };
                         let level = RedisLevel { inner };
                         if let Err(e) = level.load_presence().await {
+                            // Distrusted meanwhile; subscribe and load again after a backoff.
                             tracing::debug!(level = "l2", error = %e, "cannot load the L2 key set");
+                            break;
                         }
+                        delay = Duration::from_millis(100);
                     }
                 }
             }
@@ -576,19 +581,7 @@ impl CacheLevel for RedisLevel {
         let mut cursor: u64 = 0;
         let mut deleted = 0u64;
         loop {
-            let m2 = m.clone();
-            let (next, keys) = self
-                .run("scan", |mut c| async move {
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(m2)
-                        .arg("COUNT")
-                        .arg(SCAN_BATCH)
-                        .query_async::<(u64, Vec<String>)>(&mut c)
-                        .await
-                })
-                .await?;
+            let (next, keys) = self.scan_step(cursor, &m, SCAN_BATCH).await?;
             if !keys.is_empty() {
                 deleted += self
                     .run("invalidate", |mut c| async move {
@@ -619,19 +612,7 @@ impl CacheLevel for RedisLevel {
         let m = format!("{}*", redis_escape(&self.inner.prefix));
         let mut cursor: u64 = 0;
         loop {
-            let m2 = m.clone();
-            let (next, keys) = self
-                .run("scan", |mut c| async move {
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(m2)
-                        .arg("COUNT")
-                        .arg(SCAN_BATCH)
-                        .query_async::<(u64, Vec<String>)>(&mut c)
-                        .await
-                })
-                .await?;
+            let (next, keys) = self.scan_step(cursor, &m, SCAN_BATCH).await?;
             if !keys.is_empty() {
                 let n = keys.len() as u64;
                 let lens = self
