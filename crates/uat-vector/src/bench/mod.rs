@@ -62,11 +62,8 @@ impl Default for BenchOptions {
             clusters: 200,
             queries: 1000,
             k: 10,
-            hnsw: HnswConfig {
-                m: 16,
-                ef_construction: 100,
-                ef_search: 64,
-            },
+            // The collection defaults (M 16, ef_construction 200).
+            hnsw: HnswConfig::default(),
             efs: vec![16, 24, 32, 40, 48, 64, 96, 128, 192, 256],
             filtered_ef: 64,
             build_threads: 2,
