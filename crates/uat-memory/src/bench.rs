@@ -76,22 +76,16 @@ impl Corpus {
             .lines()
             .map(str::to_string)
             .collect();
-        let bytes = std::fs::read(format!("{stem}.f32")).map_err(io)?;
-        let vectors: Vec<Vec<f32>> = bytes
-            .chunks_exact(dimension * 4)
-            .map(|row| {
-                row.chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect()
-            })
-            .collect();
-        if vectors.len() != texts.len() || texts.len() <= CORPUS_QUERIES {
+        let path = std::path::PathBuf::from(format!("{stem}.f32"));
+        let rows = std::fs::metadata(&path).map_err(io)?.len() as usize / (dimension * 4);
+        if rows != texts.len() || texts.len() <= CORPUS_QUERIES {
             return Err(MemoryError::Index(format!(
-                "corpus {stem}: {} passages, {} vectors of {dimension}; want equal counts above {CORPUS_QUERIES}",
+                "corpus {stem}: {} passages, {rows} vectors of {dimension}; want equal counts above {CORPUS_QUERIES}",
                 texts.len(),
-                vectors.len()
             )));
         }
+        let vectors = uat_vector::bench::load_rows(&path, dimension, rows)
+            .map_err(|e| MemoryError::Index(format!("corpus {stem}: {e}")))?;
         Ok(Corpus { texts, vectors })
     }
 

@@ -105,13 +105,7 @@ pub(crate) fn read(path: &Path, cfg: &CollectionConfig) -> Result<Option<(Hnsw, 
     if header.dimension != cfg.dimension {
         return Err(bad("dimension differs from the collection config"));
     }
-    let mut h = Hnsw::new(
-        cfg.metric,
-        cfg.dimension,
-        cfg.hnsw.m,
-        cfg.hnsw.ef_construction,
-    );
-    h.walk_quantized = cfg.quantization != crate::types::Quantization::None;
+    let h = Hnsw::for_config(cfg);
     if let Some(q) = header.quantizer {
         let _ = h.quant.set(q);
     }

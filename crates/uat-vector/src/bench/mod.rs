@@ -169,8 +169,9 @@ pub fn clustered(n: usize, dim: usize, clusters: usize, seed: u64) -> Vec<Vec<f3
         .collect()
 }
 
-/// Reads `rows` normalized vectors of `dim` f32 (little-endian) from a raw file.
-fn load_rows(path: &std::path::Path, dim: usize, rows: usize) -> Result<Vec<Vec<f32>>> {
+/// Reads `rows` normalized vectors of `dim` f32 (little-endian) from a raw
+/// file (the format uat-embed's `embed_corpus` example writes).
+pub fn load_rows(path: &std::path::Path, dim: usize, rows: usize) -> Result<Vec<Vec<f32>>> {
     let bytes = std::fs::read(path).map_err(|e| VectorError::io(path, e))?;
     let have = bytes.len() / (dim * 4);
     if have < rows {

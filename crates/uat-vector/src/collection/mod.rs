@@ -38,14 +38,7 @@ pub(crate) struct State {
 
 impl State {
     fn empty(cfg: &CollectionConfig) -> Self {
-        let mut h = Hnsw::new(
-            cfg.metric,
-            cfg.dimension,
-            cfg.hnsw.m,
-            cfg.hnsw.ef_construction,
-        );
-        h.walk_quantized = cfg.quantization != Quantization::None;
-        Self::from_hnsw(h, cfg)
+        Self::from_hnsw(Hnsw::for_config(cfg), cfg)
     }
 
     /// Rebuilds the id map and payload indexes of a loaded graph.

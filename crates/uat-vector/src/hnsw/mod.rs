@@ -149,6 +149,19 @@ impl Hnsw {
         }
     }
 
+    /// An empty graph with a collection's metric, dimension and HNSW
+    /// settings; it walks codes only when the collection is quantized.
+    pub(crate) fn for_config(cfg: &crate::types::CollectionConfig) -> Self {
+        let mut h = Self::new(
+            cfg.metric,
+            cfg.dimension,
+            cfg.hnsw.m,
+            cfg.hnsw.ef_construction,
+        );
+        h.walk_quantized = cfg.quantization != crate::types::Quantization::None;
+        h
+    }
+
     /// Number of slots handed out (live + deleted + in-flight).
     pub(crate) fn len(&self) -> usize {
         self.next.load(Ordering::Acquire) as usize

@@ -111,14 +111,20 @@ fn spec() -> BTreeMap<String, PayloadIndexKind> {
     ])
 }
 
-#[test]
-fn index_resolution_agrees_with_brute_force_evaluator() {
-    let mut rng = StdRng::seed_from_u64(99);
-    let payloads: Vec<Option<Value>> = (0..2000).map(|_| payload(&mut rng)).collect();
+/// `n` random payloads and an index of them under [`spec`].
+fn indexed(rng: &mut StdRng, n: usize) -> (Vec<Option<Value>>, PayloadIndex) {
+    let payloads: Vec<Option<Value>> = (0..n).map(|_| payload(rng)).collect();
     let mut idx = PayloadIndex::new(&spec());
     for (i, p) in payloads.iter().enumerate() {
         idx.add(i as u32, p.as_ref());
     }
+    (payloads, idx)
+}
+
+#[test]
+fn index_resolution_agrees_with_brute_force_evaluator() {
+    let mut rng = StdRng::seed_from_u64(99);
+    let (payloads, idx) = indexed(&mut rng, 2000);
     let mut nonempty = 0;
     for round in 0..300 {
         let f = filter(&mut rng, 0);
@@ -185,11 +191,7 @@ fn bitset_ops() {
 #[test]
 fn checked_resolution_agrees_with_brute_force_and_checks_few_candidates() {
     let mut rng = StdRng::seed_from_u64(7);
-    let payloads: Vec<Option<Value>> = (0..4000).map(|_| payload(&mut rng)).collect();
-    let mut idx = PayloadIndex::new(&spec());
-    for (i, p) in payloads.iter().enumerate() {
-        idx.add(i as u32, p.as_ref());
-    }
+    let (payloads, idx) = indexed(&mut rng, 4000);
     let checks = std::cell::Cell::new(0usize);
     let check = |i: u32, c: &Condition| {
         checks.set(checks.get() + 1);
