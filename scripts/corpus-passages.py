@@ -29,8 +29,9 @@ def passages(limit):
                 text = " ".join(para).strip()
                 para.clear()
                 text = re.sub(r"\s+", " ", text)
-                if 20 <= len(text) <= 600 and text not in seen and re.search(r"[a-z]{3,} [a-z]{3,}", text):
-                    seen.add(text)
+                # Unique ignoring case, as embed_corpus dedupes: one vector per line.
+                if 20 <= len(text) <= 600 and text.lower() not in seen and re.search(r"[a-z]{3,} [a-z]{3,}", text):
+                    seen.add(text.lower())
                     out.append(text)
             in_code = False
             for line in lines:

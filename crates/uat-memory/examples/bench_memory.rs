@@ -11,6 +11,10 @@
 use std::sync::Arc;
 use uat_memory::bench::{BenchOptions, Corpus, run};
 
+/// The allocator of the `uat` binary, so the bench allocates as the server does.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()

@@ -1,4 +1,12 @@
-//! Query text to full-text search terms, the same way for both databases.
+//! Query text to full-text search terms, the same way for both databases,
+//! and the text the SQLite full-text index holds for a memory.
+//!
+//! The SQLite index stores each word of a memory prefixed with its user's
+//! [`user_key`], so a user's postings are terms of their own: a search reads
+//! the user's short posting lists only, and BM25's document frequencies are
+//! the user's own (no other tenant's memories shape a score). Indexing one
+//! shared term per word instead made every search walk the posting lists of
+//! all users (0.7-1.3 ms per search on 100,000 memories, against 0.25 ms).
 
 /// Most terms taken from one query.
 pub const MAX_TERMS: usize = 32;
@@ -12,16 +20,20 @@ const STOPWORDS: &[&str] = &[
     "who", "why", "will", "with", "you", "your",
 ];
 
+/// Lower-cased alphanumeric words of `text`, without stopwords.
+fn words(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .filter(|w| !STOPWORDS.contains(&w.as_str()))
+}
+
 /// Lower-cased alphanumeric words of `query`, without stopwords or repeats.
 /// A memory matches keyword search when it contains any of them.
 pub fn terms(query: &str) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
-    for w in query.split(|c: char| !c.is_alphanumeric()) {
-        if w.is_empty() {
-            continue;
-        }
-        let w = w.to_lowercase();
-        if STOPWORDS.contains(&w.as_str()) || out.contains(&w) {
+    for w in words(query) {
+        if out.contains(&w) {
             continue;
         }
         out.push(w);
@@ -32,9 +44,85 @@ pub fn terms(query: &str) -> Vec<String> {
     out
 }
 
+/// The token standing for a user in the full-text index: `u` and 16 hex
+/// digits of a hash of the id, so any user id makes one short token. Two
+/// users sharing a key (a 64-bit collision) would only share document
+/// frequencies: every search also checks `user_id` itself.
+pub fn user_key(user_id: &str) -> String {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(user_id.as_bytes());
+    format!("u{}", hex::encode(&h[..8]))
+}
+
+/// What the full-text index holds for `content` of the user with `key`:
+/// every word of it (stopwords left out, repeats kept) as `{key}{word}`.
+pub fn index_text(key: &str, content: &str) -> String {
+    let mut out = String::with_capacity(content.len() + content.len() / 4 * key.len());
+    for w in words(content) {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(key);
+        out.push_str(&w);
+    }
+    out
+}
+
+/// An FTS5 query matching the documents of the user with `key` that hold
+/// any of `terms`: one quoted phrase per term.
+pub fn match_expr(key: &str, terms: &[String]) -> String {
+    let mut out = String::with_capacity(terms.len() * (key.len() + 16));
+    for (i, t) in terms.iter().enumerate() {
+        if i > 0 {
+            out.push_str(" OR ");
+        }
+        out.push('"');
+        out.push_str(key);
+        out.push_str(&t.replace('"', "\"\""));
+        out.push('"');
+    }
+    out
+}
+
+/// A PostgreSQL `tsquery` (for `to_tsquery('simple', ...)`) matching the
+/// documents of the user with `key` that hold any of `terms`.
+pub fn tsquery(key: &str, terms: &[String]) -> String {
+    let mut out = String::with_capacity(terms.len() * (key.len() + 16));
+    for (i, t) in terms.iter().enumerate() {
+        if i > 0 {
+            out.push_str(" | ");
+        }
+        out.push('\'');
+        out.push_str(key);
+        out.push_str(&t.replace('\\', "\\\\").replace('\'', "''"));
+        out.push('\'');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
-    use super::terms;
+    use super::{index_text, match_expr, terms, tsquery, user_key};
+
+    #[test]
+    fn index_text_prefixes_every_word_with_the_user_key() {
+        let k = user_key("alice");
+        assert_eq!(k.len(), 17);
+        assert_ne!(k, user_key("bob"));
+        assert_eq!(
+            index_text(&k, "The order ZX-48213 shipped; the ORDER"),
+            format!("{k}order {k}zx {k}48213 {k}shipped {k}order")
+        );
+        assert_eq!(index_text(&k, " -- the a "), "");
+        assert_eq!(
+            tsquery(&k, &terms("order 48213")),
+            format!("'{k}order' | '{k}48213'")
+        );
+        assert_eq!(
+            match_expr(&k, &terms("order 48213")),
+            format!("\"{k}order\" OR \"{k}48213\"")
+        );
+    }
 
     #[test]
     fn splits_lowercases_and_drops_stopwords() {

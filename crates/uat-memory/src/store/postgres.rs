@@ -1,4 +1,4 @@
-//! PostgreSQL store: `tsvector` + GIN for keyword search, GIN on tags,
+//! PostgreSQL store: `tsvector` of user-scoped terms + GIN for keyword search, GIN on tags,
 //! `(user_id, created_at DESC, id DESC)` for lists, bulk writes with `UNNEST`.
 //!
 //! The change log is appended under a transaction-scoped advisory lock, so
@@ -7,6 +7,7 @@
 
 use super::{MAX_IN_LIST, Store, apply_patch, history_json};
 use crate::error::{MemoryError, Result};
+use crate::keyword::{index_text, tsquery, user_key};
 use crate::types::{
     Change, ChangeOp, Cursor, Embedding, Filter, HistoryEntry, IndexEntry, ListQuery, Memory,
     NewRow, Page, Patch, TagMode, WriteOutcome, bytes_to_vector, from_micros, now, vector_to_bytes,
@@ -27,9 +28,10 @@ const COLS: &str = "m.id, m.user_id, m.agent_id, m.run_id, m.kind, m.content, m.
 const MIGRATION_LOCK: i64 = 0x7561_745f_6d65_6d01;
 const CHANGE_LOCK: i64 = 0x7561_745f_6d65_6d02;
 
-const MIGRATIONS: &[(i64, &[&str])] = &[(
-    1,
-    &[
+const MIGRATIONS: &[(i64, &[&str])] = &[
+    (
+        1,
+        &[
         "CREATE TABLE memories (
             id UUID PRIMARY KEY,
             user_id TEXT NOT NULL,
@@ -72,8 +74,23 @@ const MIGRATIONS: &[(i64, &[&str])] = &[(
             op TEXT NOT NULL,
             at TIMESTAMPTZ NOT NULL
         )",
-    ],
-)];
+        ],
+    ),
+    // The full-text index holds user-scoped terms made in Rust (see
+    // `keyword`): a search reads the user's own short posting lists instead
+    // of every user's. `fill_terms` fills the column after these statements.
+    (
+        TERMS_MIGRATION,
+        &[
+            "ALTER TABLE memories DROP COLUMN tsv",
+            "ALTER TABLE memories ADD COLUMN terms TSVECTOR NOT NULL DEFAULT ''::tsvector",
+        ],
+    ),
+];
+
+/// The migration after whose statements `fill_terms` indexes every memory
+/// and builds the GIN index.
+const TERMS_MIGRATION: i64 = 2;
 
 /// The PostgreSQL implementation of [`Store`].
 pub struct PgStore {
@@ -157,6 +174,9 @@ async fn migrate(pool: &PgPool) -> Result<()> {
         for s in *stmts {
             sqlx::query(s).execute(&mut *tx).await?;
         }
+        if *version == TERMS_MIGRATION {
+            fill_terms(&mut tx).await?;
+        }
         sqlx::query("INSERT INTO memory_schema_migrations (version, at) VALUES ($1, now())")
             .bind(version)
             .execute(&mut *tx)
@@ -164,6 +184,39 @@ async fn migrate(pool: &PgPool) -> Result<()> {
         tracing::info!(version, "memory: applied PostgreSQL migration");
     }
     tx.commit().await?;
+    Ok(())
+}
+
+/// Fills `terms` for every memory (`keyword::index_text`), then indexes it.
+async fn fill_terms(tx: &mut sqlx::PgConnection) -> Result<()> {
+    let mut after = Uuid::nil();
+    loop {
+        let rows: Vec<(Uuid, String, String)> = sqlx::query_as(
+            "SELECT id, user_id, content FROM memories WHERE id > $1 ORDER BY id LIMIT 500",
+        )
+        .bind(after)
+        .fetch_all(&mut *tx)
+        .await?;
+        let Some(last) = rows.last() else {
+            break;
+        };
+        after = last.0;
+        let (ids, texts): (Vec<Uuid>, Vec<String>) = rows
+            .into_iter()
+            .map(|(id, user, content)| (id, index_text(&user_key(&user), &content)))
+            .unzip();
+        sqlx::query(
+            "UPDATE memories m SET terms = to_tsvector('simple'::regconfig, u.t) \
+             FROM UNNEST($1::uuid[], $2::text[]) AS u(id, t) WHERE m.id = u.id",
+        )
+        .bind(ids)
+        .bind(texts)
+        .execute(&mut *tx)
+        .await?;
+    }
+    sqlx::query("CREATE INDEX memories_terms_gin ON memories USING GIN (terms)")
+        .execute(&mut *tx)
+        .await?;
     Ok(())
 }
 
@@ -334,8 +387,10 @@ async fn bulk_insert(tx: &mut sqlx::PgConnection, rows: &[&NewRow]) -> Result<Ve
     let mut expires = Vec::with_capacity(rows.len());
     let mut embs: Vec<Option<Vec<u8>>> = Vec::with_capacity(rows.len());
     let mut models = Vec::with_capacity(rows.len());
+    let mut terms = Vec::with_capacity(rows.len());
     for r in rows {
         let m = &r.memory;
+        terms.push(index_text(&user_key(&m.user_id), &m.content));
         ids.push(m.id);
         users.push(m.user_id.clone());
         agents.push(m.agent_id.clone());
@@ -353,14 +408,14 @@ async fn bulk_insert(tx: &mut sqlx::PgConnection, rows: &[&NewRow]) -> Result<Ve
     }
     let inserted: Vec<Uuid> = sqlx::query_scalar(
         "INSERT INTO memories (id, user_id, agent_id, run_id, kind, content, content_hash, dedupe_key, tags, metadata, \
-         created_at, updated_at, expires_at, embedding, embedding_model) \
+         created_at, updated_at, expires_at, embedding, embedding_model, terms) \
          SELECT u.id, u.user_id, u.agent_id, u.run_id, u.kind, u.content, u.content_hash, u.dedupe_key, \
          ARRAY(SELECT jsonb_array_elements_text(u.tags::jsonb)), u.metadata::jsonb, u.created_at, u.created_at, \
-         u.expires_at, u.embedding, u.embedding_model \
+         u.expires_at, u.embedding, u.embedding_model, to_tsvector('simple'::regconfig, u.terms) \
          FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], \
-         $9::text[], $10::text[], $11::timestamptz[], $12::timestamptz[], $13::bytea[], $14::text[]) \
+         $9::text[], $10::text[], $11::timestamptz[], $12::timestamptz[], $13::bytea[], $14::text[], $15::text[]) \
          AS u(id, user_id, agent_id, run_id, kind, content, content_hash, dedupe_key, tags, metadata, created_at, \
-         expires_at, embedding, embedding_model) \
+         expires_at, embedding, embedding_model, terms) \
          ON CONFLICT (user_id, dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING RETURNING id",
     )
     .bind(ids)
@@ -377,6 +432,7 @@ async fn bulk_insert(tx: &mut sqlx::PgConnection, rows: &[&NewRow]) -> Result<Ve
     .bind(expires)
     .bind(embs)
     .bind(models)
+    .bind(terms)
     .fetch_all(&mut *tx)
     .await?;
     Ok(inserted)
@@ -534,6 +590,9 @@ impl Store for PgStore {
             qb.push(", content = ").push_bind(c.clone());
             qb.push(", content_hash = ").push_bind(h.clone());
             qb.push(", dedupe_key = NULL");
+            qb.push(", terms = to_tsvector('simple'::regconfig, ")
+                .push_bind(index_text(&user_key(user_id), c))
+                .push(")");
             qb.push(", embedding = ")
                 .push_bind(patch.embedding.as_ref().map(|e| vector_to_bytes(&e.vector)));
             qb.push(", embedding_model = ")
@@ -644,18 +703,14 @@ impl Store for PgStore {
         if terms.is_empty() {
             return Ok(Vec::new());
         }
-        let words: Vec<String> = terms
-            .iter()
-            .map(|t| format!("'{}'", t.replace('\'', "''").replace('\\', "\\\\")))
-            .collect();
-        let tsq = words.join(" | ");
+        let tsq = tsquery(&user_key(&filter.user_id), terms);
         let mut qb = QueryBuilder::<Postgres>::new(format!(
-            "SELECT {COLS}, ts_rank(m.tsv, to_tsquery('simple'::regconfig, "
+            "SELECT {COLS}, ts_rank(m.terms, to_tsquery('simple'::regconfig, "
         ));
         qb.push_bind(tsq.clone())
             .push(")) AS rank FROM memories m WHERE");
         push_filter(&mut qb, filter, now());
-        qb.push(" AND m.tsv @@ to_tsquery('simple'::regconfig, ")
+        qb.push(" AND m.terms @@ to_tsquery('simple'::regconfig, ")
             .push_bind(tsq)
             .push(")");
         qb.push(" ORDER BY rank DESC, m.id DESC LIMIT ")
@@ -783,5 +838,146 @@ impl Store for PgStore {
             .fetch_one(&self.pool)
             .await?;
         Ok(u64::try_from(n).unwrap_or(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database written by the first schema (a generated `tsvector` of the
+    /// plain words) migrates to user-scoped terms: old memories are found by
+    /// keyword search for their own user only, and new and patched ones too.
+    #[tokio::test]
+    async fn a_first_schema_database_migrates_with_its_terms() {
+        let url = std::env::var("UAT_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let schema = format!("memmig_{}", Uuid::new_v4().simple());
+        let base = PgConnectOptions::from_str(&url).expect("url");
+        let admin = match PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(base.clone())
+            .await
+        {
+            Ok(p) => p,
+            Err(e) if std::env::var("CI").is_err() => {
+                eprintln!(
+                    "SKIPPED: PostgreSQL at {url} is unreachable ({e}); set CI=true to make this a failure"
+                );
+                return;
+            }
+            Err(e) => panic!("PostgreSQL at {url} is unreachable in CI: {e}"),
+        };
+        sqlx::query(&format!("CREATE SCHEMA {schema}"))
+            .execute(&admin)
+            .await
+            .expect("schema");
+        let v1 = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(base.options([("search_path", schema.as_str())]))
+            .await
+            .expect("pool");
+        sqlx::query(
+            "CREATE TABLE memory_schema_migrations (version BIGINT PRIMARY KEY, at TIMESTAMPTZ NOT NULL)",
+        )
+        .execute(&v1)
+        .await
+        .expect("migrations table");
+        for s in MIGRATIONS[0].1 {
+            sqlx::query(s).execute(&v1).await.expect("schema 1");
+        }
+        sqlx::query("INSERT INTO memory_schema_migrations VALUES (1, now())")
+            .execute(&v1)
+            .await
+            .expect("version 1");
+        let ids: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+        let rows = [
+            ("alice", "the parcel ZX48213 left the depot"),
+            ("alice", "lunch with Bob on friday"),
+            ("bob", "my parcel ZX48213 too"),
+        ];
+        for (id, (user, content)) in ids.iter().zip(rows) {
+            sqlx::query(
+                "INSERT INTO memories (id, user_id, content, content_hash, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, now(), now())",
+            )
+            .bind(id)
+            .bind(user)
+            .bind(content)
+            .bind(id.to_string())
+            .execute(&v1)
+            .await
+            .expect("a first-schema row");
+        }
+        v1.close().await;
+
+        let store = PgStore::open_in_schema(&url, 2, &schema)
+            .await
+            .expect("migrated");
+        let alice = Filter {
+            user_id: "alice".into(),
+            ..Filter::default()
+        };
+        let hits = |t: &str| {
+            let t = t.to_string();
+            let store = &store;
+            let alice = &alice;
+            async move {
+                store
+                    .keyword(alice, &[t], 10)
+                    .await
+                    .expect("keyword search")
+                    .into_iter()
+                    .map(|(m, _)| m.id)
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(hits("zx48213").await, vec![ids[0]]);
+        let patched = store
+            .update(
+                "alice",
+                ids[1],
+                Patch {
+                    content: Some("dinner with Carol".into()),
+                    content_hash: Some("patched".into()),
+                    ..Patch::default()
+                },
+            )
+            .await
+            .expect("update");
+        assert!(patched.is_some());
+        assert_eq!(hits("carol").await, vec![ids[1]]);
+        assert!(hits("lunch").await.is_empty());
+        let at = now();
+        let new_id = Uuid::now_v7();
+        store
+            .insert(vec![NewRow {
+                memory: Memory {
+                    id: new_id,
+                    user_id: "alice".into(),
+                    agent_id: None,
+                    run_id: None,
+                    kind: None,
+                    content: "another ZX48213 note".into(),
+                    tags: Vec::new(),
+                    metadata: serde_json::Map::new(),
+                    created_at: at,
+                    updated_at: at,
+                    expires_at: None,
+                },
+                content_hash: "new".into(),
+                dedupe: true,
+                embedding: None,
+            }])
+            .await
+            .expect("insert");
+        let mut found = hits("zx48213").await;
+        found.sort();
+        assert_eq!(found, vec![ids[0], new_id]);
+        store.pool().close().await;
+        sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+            .execute(&admin)
+            .await
+            .expect("drop schema");
     }
 }

@@ -8,11 +8,11 @@
 use super::sqlite_read::Readers;
 use super::{MAX_IN_LIST, Store, apply_patch, history_json};
 use crate::error::{MemoryError, Result};
+use crate::keyword::{index_text, user_key};
 use crate::types::{
-    Change, ChangeOp, Filter, HistoryEntry, IndexEntry, ListQuery, Memory, NewRow, Page, Patch,
-    WriteOutcome, from_micros, now, to_micros, vector_to_bytes,
+    Change, ChangeOp, Embedding, Filter, HistoryEntry, IndexEntry, ListQuery, Memory, NewRow, Page,
+    Patch, WriteOutcome, from_micros, now, to_micros, vector_to_bytes,
 };
-use sha2::Digest;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
@@ -31,9 +31,10 @@ const INSERT_CHUNK: usize = 100;
 
 const COLS: &str = "m.id, m.user_id, m.agent_id, m.run_id, m.kind, m.content, m.tags, m.metadata, m.created_at, m.updated_at, m.expires_at";
 
-const MIGRATIONS: &[(i64, &[&str])] = &[(
-    1,
-    &[
+const MIGRATIONS: &[(i64, &[&str])] = &[
+    (
+        1,
+        &[
         "CREATE TABLE memories (
             id TEXT NOT NULL UNIQUE,
             user_id TEXT NOT NULL,
@@ -84,8 +85,68 @@ const MIGRATIONS: &[(i64, &[&str])] = &[(
             op TEXT NOT NULL,
             at INTEGER NOT NULL
         )",
-    ],
-)];
+        ],
+    ),
+    // The memory table becomes clustered by `(user_id, created_at, id)`, so a
+    // page of `list` is one range of the table instead of an index range and
+    // a lookup per row; embeddings leave the row for a table of their own
+    // (1.5 KiB of vector made every row four times the size); rows get a
+    // stable integer key `rid` that the side tables refer to; and the
+    // full-text index becomes contentless with user-scoped terms (see
+    // `keyword`), filled by `fill_terms` after these statements.
+    (
+        TERMS_MIGRATION,
+        &[
+            "CREATE TABLE memories_v2 (
+                user_id TEXT NOT NULL,
+                created_at INTEGER NOT NULL,
+                id TEXT NOT NULL,
+                rid INTEGER NOT NULL,
+                agent_id TEXT,
+                run_id TEXT,
+                kind TEXT,
+                content TEXT NOT NULL,
+                content_hash TEXT NOT NULL,
+                dedupe_key TEXT,
+                tags TEXT NOT NULL,
+                metadata TEXT NOT NULL,
+                updated_at INTEGER NOT NULL,
+                expires_at INTEGER,
+                PRIMARY KEY (user_id, created_at, id)
+            ) WITHOUT ROWID",
+            "INSERT INTO memories_v2 (rid, id, user_id, agent_id, run_id, kind, content, content_hash,
+                dedupe_key, tags, metadata, created_at, updated_at, expires_at)
+             SELECT rowid, id, user_id, agent_id, run_id, kind, content, content_hash,
+                dedupe_key, tags, metadata, created_at, updated_at, expires_at FROM memories",
+            "CREATE TABLE memory_embeddings (
+                rid INTEGER PRIMARY KEY,
+                embedding BLOB NOT NULL,
+                model TEXT NOT NULL
+            )",
+            "INSERT INTO memory_embeddings (rid, embedding, model)
+             SELECT rowid, embedding, embedding_model FROM memories
+             WHERE embedding IS NOT NULL AND embedding_model IS NOT NULL",
+            "DROP TRIGGER memories_fts_ai",
+            "DROP TRIGGER memories_fts_ad",
+            "DROP TRIGGER memories_fts_au",
+            "DROP TABLE memories_fts",
+            "DROP TABLE memories",
+            "ALTER TABLE memories_v2 RENAME TO memories",
+            "CREATE UNIQUE INDEX memories_id_idx ON memories (id)",
+            "CREATE UNIQUE INDEX memories_rid_idx ON memories (rid)",
+            "CREATE INDEX memories_hash_idx ON memories (content_hash)",
+            "CREATE UNIQUE INDEX memories_dedupe_idx ON memories (user_id, dedupe_key)",
+            "CREATE VIRTUAL TABLE memory_terms USING fts5(terms, content='', contentless_delete=1, tokenize='unicode61')",
+            "CREATE TRIGGER memories_ad AFTER DELETE ON memories BEGIN
+                DELETE FROM memory_embeddings WHERE rid = old.rid;
+                DELETE FROM memory_terms WHERE rowid = old.rid;
+             END",
+        ],
+    ),
+];
+
+/// The migration after whose statements `fill_terms` indexes every memory.
+const TERMS_MIGRATION: i64 = 2;
 
 /// The SQLite implementation of [`Store`].
 pub struct SqliteStore {
@@ -106,19 +167,13 @@ pub struct SqliteStore {
 /// written since the last merge reach a tenth of the table, and at least this many.
 const FTS_MERGE_MIN_WRITES: u64 = 1000;
 
-/// The FTS token standing for a user: a hash, so any user id is one token.
-pub(crate) fn user_key(user_id: &str) -> String {
-    let h = sha2::Sha256::digest(user_id.as_bytes());
-    format!("u{}", hex::encode(&h[..12]))
-}
-
 impl SqliteStore {
     /// Opens (creating when missing) and migrates the database at `url`.
     /// Merges the full-text index into one segment (FTS5 `optimize`): after
     /// a bulk load a term's postings are spread over many segments, and each
     /// keyword search seeks in every one of them.
     pub async fn optimize_keyword_index(&self) -> Result<()> {
-        sqlx::query("INSERT INTO memories_fts(memories_fts) VALUES('optimize')")
+        sqlx::query("INSERT INTO memory_terms(memory_terms) VALUES('optimize')")
             .execute(&self.write)
             .await?;
         Ok(())
@@ -219,6 +274,9 @@ async fn migrate(pool: &SqlitePool) -> Result<()> {
         for s in *stmts {
             sqlx::query(s).execute(&mut *tx).await?;
         }
+        if *version == TERMS_MIGRATION {
+            fill_terms(&mut tx).await?;
+        }
         sqlx::query("INSERT INTO memory_schema_migrations (version, at) VALUES (?, ?)")
             .bind(version)
             .bind(to_micros(now()))
@@ -227,6 +285,59 @@ async fn migrate(pool: &SqlitePool) -> Result<()> {
         tracing::info!(version, "memory: applied SQLite migration");
     }
     tx.commit().await?;
+    Ok(())
+}
+
+/// Indexes the words of every memory (the full-text index of migration 2
+/// holds terms made in Rust, see `keyword::index_text`).
+async fn fill_terms(tx: &mut sqlx::SqliteConnection) -> Result<()> {
+    let mut after = 0i64;
+    loop {
+        let rows: Vec<(i64, String, String)> = sqlx::query_as(
+            "SELECT rid, user_id, content FROM memories WHERE rid > ? ORDER BY rid LIMIT 500",
+        )
+        .bind(after)
+        .fetch_all(&mut *tx)
+        .await?;
+        let Some(last) = rows.last() else {
+            return Ok(());
+        };
+        after = last.0;
+        let mut qb = QueryBuilder::<Sqlite>::new("INSERT INTO memory_terms (rowid, terms) ");
+        qb.push_values(rows, |mut b, (rid, user_id, content)| {
+            b.push_bind(rid)
+                .push_bind(index_text(&user_key(&user_id), &content));
+        });
+        qb.build().execute(&mut *tx).await?;
+    }
+}
+
+/// Writes what sits beside each new memory `(rid, row)`: its full-text
+/// terms and, when it has one, its embedding.
+async fn insert_side_rows(tx: &mut sqlx::SqliteConnection, rows: &[(i64, &NewRow)]) -> Result<()> {
+    for chunk in rows.chunks(HISTORY_CHUNK) {
+        let mut qb = QueryBuilder::<Sqlite>::new("INSERT INTO memory_terms (rowid, terms) ");
+        qb.push_values(chunk, |mut b, (rid, r)| {
+            b.push_bind(*rid)
+                .push_bind(index_text(&user_key(&r.memory.user_id), &r.memory.content));
+        });
+        qb.build().execute(&mut *tx).await?;
+        let embedded: Vec<(i64, &Embedding)> = chunk
+            .iter()
+            .filter_map(|(rid, r)| r.embedding.as_ref().map(|e| (*rid, e)))
+            .collect();
+        if embedded.is_empty() {
+            continue;
+        }
+        let mut qb =
+            QueryBuilder::<Sqlite>::new("INSERT INTO memory_embeddings (rid, embedding, model) ");
+        qb.push_values(embedded, |mut b, (rid, e)| {
+            b.push_bind(rid)
+                .push_bind(vector_to_bytes(&e.vector))
+                .push_bind(e.model.clone());
+        });
+        qb.build().execute(&mut *tx).await?;
+    }
     Ok(())
 }
 
@@ -303,16 +414,27 @@ async fn record_change(
     Ok(r.last_insert_rowid())
 }
 
-async fn insert_row(tx: &mut sqlx::SqliteConnection, r: &NewRow) -> Result<bool> {
+/// The largest `rid` in use: the writer numbers new rows after it (it holds
+/// the write lock, so nobody else takes the next number).
+async fn last_rid(tx: &mut sqlx::SqliteConnection) -> Result<i64> {
+    Ok(
+        sqlx::query_scalar("SELECT COALESCE(MAX(rid), 0) FROM memories")
+            .fetch_one(&mut *tx)
+            .await?,
+    )
+}
+
+/// Inserts one row as `rid`; false when its dedupe key is taken.
+async fn insert_row(tx: &mut sqlx::SqliteConnection, r: &NewRow, rid: i64) -> Result<bool> {
     let m = &r.memory;
     let res = sqlx::query(
-        "INSERT INTO memories (id, user_id, user_key, agent_id, run_id, kind, content, content_hash, dedupe_key, \
-         tags, metadata, created_at, updated_at, expires_at, embedding, embedding_model) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (user_id, dedupe_key) DO NOTHING",
+        "INSERT INTO memories (rid, id, user_id, agent_id, run_id, kind, content, content_hash, dedupe_key, \
+         tags, metadata, created_at, updated_at, expires_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (user_id, dedupe_key) DO NOTHING",
     )
+    .bind(rid)
     .bind(m.id.to_string())
     .bind(&m.user_id)
-    .bind(user_key(&m.user_id))
     .bind(&m.agent_id)
     .bind(&m.run_id)
     .bind(&m.kind)
@@ -324,32 +446,37 @@ async fn insert_row(tx: &mut sqlx::SqliteConnection, r: &NewRow) -> Result<bool>
     .bind(to_micros(m.created_at))
     .bind(to_micros(m.updated_at))
     .bind(m.expires_at.map(to_micros))
-    .bind(r.embedding.as_ref().map(|e| vector_to_bytes(&e.vector)))
-    .bind(r.embedding.as_ref().map(|e| e.model.clone()))
     .execute(&mut *tx)
     .await?;
     Ok(res.rows_affected() == 1)
 }
 
-/// Inserts many rows in one statement; returns the ids actually inserted.
-async fn insert_rows(tx: &mut sqlx::SqliteConnection, rows: &[&NewRow]) -> Result<Vec<String>> {
+/// Inserts many rows in one statement, numbered after `last`; returns
+/// `(id, rid)` of the rows actually inserted.
+async fn insert_rows(
+    tx: &mut sqlx::SqliteConnection,
+    rows: &[&NewRow],
+    last: &mut i64,
+) -> Result<Vec<(String, i64)>> {
     let mut qb = QueryBuilder::<Sqlite>::new(
-        "INSERT INTO memories (id, user_id, user_key, agent_id, run_id, kind, content, content_hash, \
-         dedupe_key, tags, metadata, created_at, updated_at, expires_at, embedding, embedding_model) ",
+        "INSERT INTO memories (rid, id, user_id, agent_id, run_id, kind, content, content_hash, \
+         dedupe_key, tags, metadata, created_at, updated_at, expires_at) ",
     );
     let mut prepared = Vec::with_capacity(rows.len());
     for r in rows {
+        *last += 1;
         prepared.push((
+            *last,
             r,
             json_text(&r.memory.tags)?,
             json_text(&r.memory.metadata)?,
         ));
     }
-    qb.push_values(prepared, |mut b, (r, tags, meta)| {
+    qb.push_values(prepared, |mut b, (rid, r, tags, meta)| {
         let m = &r.memory;
-        b.push_bind(m.id.to_string())
+        b.push_bind(rid)
+            .push_bind(m.id.to_string())
             .push_bind(m.user_id.clone())
-            .push_bind(user_key(&m.user_id))
             .push_bind(m.agent_id.clone())
             .push_bind(m.run_id.clone())
             .push_bind(m.kind.clone())
@@ -360,13 +487,11 @@ async fn insert_rows(tx: &mut sqlx::SqliteConnection, rows: &[&NewRow]) -> Resul
             .push_bind(meta)
             .push_bind(to_micros(m.created_at))
             .push_bind(to_micros(m.updated_at))
-            .push_bind(m.expires_at.map(to_micros))
-            .push_bind(r.embedding.as_ref().map(|e| vector_to_bytes(&e.vector)))
-            .push_bind(r.embedding.as_ref().map(|e| e.model.clone()));
+            .push_bind(m.expires_at.map(to_micros));
     });
-    qb.push(" ON CONFLICT (user_id, dedupe_key) DO NOTHING RETURNING id");
+    qb.push(" ON CONFLICT (user_id, dedupe_key) DO NOTHING RETURNING id, rid");
     Ok(qb
-        .build_query_scalar::<String>()
+        .build_query_as::<(String, i64)>()
         .fetch_all(&mut *tx)
         .await?)
 }
@@ -430,12 +555,15 @@ impl Store for SqliteStore {
                 Slot::Existing(_) => None,
             })
             .collect();
-        let mut inserted: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let mut rid = last_rid(&mut tx).await?;
+        let mut inserted: HashMap<String, i64> = HashMap::with_capacity(fresh.len());
         for chunk in fresh.chunks(INSERT_CHUNK) {
-            inserted.extend(insert_rows(&mut tx, chunk).await?);
+            inserted.extend(insert_rows(&mut tx, chunk, &mut rid).await?);
         }
+        let mut side = Vec::with_capacity(fresh.len());
         for r in &fresh {
-            if inserted.contains(&r.memory.id.to_string()) {
+            if let Some(&rid) = inserted.get(&r.memory.id.to_string()) {
+                side.push((rid, *r));
                 continue;
             }
             sqlx::query(
@@ -445,12 +573,15 @@ impl Store for SqliteStore {
             .bind(&r.content_hash)
             .execute(&mut *tx)
             .await?;
-            if !insert_row(&mut tx, r).await? {
+            rid += 1;
+            if !insert_row(&mut tx, r, rid).await? {
                 return Err(MemoryError::Corrupt(
                     "dedupe key still taken after release".into(),
                 ));
             }
+            side.push((rid, *r));
         }
+        insert_side_rows(&mut tx, &side).await?;
         let mut out = Vec::with_capacity(rows.len());
         let mut created: Vec<&Memory> = Vec::with_capacity(rows.len());
         for s in slots {
@@ -513,7 +644,7 @@ impl Store for SqliteStore {
         let now_us = to_micros(at);
         let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
         let sql = format!(
-            "SELECT {COLS} FROM memories m WHERE m.id = ? AND m.user_id = ? AND (m.expires_at IS NULL OR m.expires_at > ?)"
+            "SELECT {COLS}, m.rid FROM memories m WHERE m.id = ? AND m.user_id = ? AND (m.expires_at IS NULL OR m.expires_at > ?)"
         );
         let Some(row) = sqlx::query(&sql)
             .bind(id.to_string())
@@ -525,6 +656,7 @@ impl Store for SqliteStore {
             return Ok(None);
         };
         let old = decode(&row)?;
+        let rid: i64 = row.try_get("rid")?;
         let new = apply_patch(&old, &patch, at);
         let mut qb = QueryBuilder::<Sqlite>::new("UPDATE memories SET updated_at = ");
         qb.push_bind(now_us);
@@ -532,10 +664,29 @@ impl Store for SqliteStore {
             qb.push(", content = ").push_bind(c.clone());
             qb.push(", content_hash = ").push_bind(h.clone());
             qb.push(", dedupe_key = NULL");
-            qb.push(", embedding = ")
-                .push_bind(patch.embedding.as_ref().map(|e| vector_to_bytes(&e.vector)));
-            qb.push(", embedding_model = ")
-                .push_bind(patch.embedding.as_ref().map(|e| e.model.clone()));
+            sqlx::query("DELETE FROM memory_terms WHERE rowid = ?")
+                .bind(rid)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("INSERT INTO memory_terms (rowid, terms) VALUES (?, ?)")
+                .bind(rid)
+                .bind(index_text(&user_key(user_id), c))
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM memory_embeddings WHERE rid = ?")
+                .bind(rid)
+                .execute(&mut *tx)
+                .await?;
+            if let Some(e) = &patch.embedding {
+                sqlx::query(
+                    "INSERT INTO memory_embeddings (rid, embedding, model) VALUES (?, ?, ?)",
+                )
+                .bind(rid)
+                .bind(vector_to_bytes(&e.vector))
+                .bind(&e.model)
+                .execute(&mut *tx)
+                .await?;
+            }
         }
         if patch.tags.is_some() {
             qb.push(", tags = ").push_bind(json_text(&new.tags)?);
@@ -654,5 +805,175 @@ impl Store for SqliteStore {
 
     async fn count(&self) -> Result<u64> {
         self.read.count().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database written by the first schema (embeddings in the row, the
+    /// full-text index over the content column) migrates: every memory keeps
+    /// its embedding, is found by keyword search for its own user only, and
+    /// deleting it removes its terms and embedding too.
+    #[tokio::test]
+    async fn a_first_schema_database_migrates_with_its_terms_and_embeddings() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("m.db").display());
+        let opts = SqliteConnectOptions::from_str(&url)
+            .expect("url")
+            .create_if_missing(true);
+        let pool = SqlitePool::connect_with(opts).await.expect("pool");
+        sqlx::query(
+            "CREATE TABLE memory_schema_migrations (version INTEGER PRIMARY KEY, at INTEGER NOT NULL)",
+        )
+        .execute(&pool)
+        .await
+        .expect("migrations table");
+        for s in MIGRATIONS[0].1 {
+            sqlx::query(s).execute(&pool).await.expect("schema 1");
+        }
+        sqlx::query("INSERT INTO memory_schema_migrations VALUES (1, 0)")
+            .execute(&pool)
+            .await
+            .expect("version 1");
+        let ids: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+        let rows = [
+            ("alice", "the parcel ZX48213 left the depot", Some(1.0f32)),
+            ("alice", "lunch with Bob on friday", None),
+            ("bob", "my parcel ZX48213 too", Some(2.0)),
+        ];
+        for (id, (user, content, v)) in ids.iter().zip(rows) {
+            sqlx::query(
+                "INSERT INTO memories (id, user_id, user_key, content, content_hash, tags, metadata, \
+                 created_at, updated_at, embedding, embedding_model) \
+                 VALUES (?, ?, ?, ?, ?, '[]', '{}', 1, 1, ?, ?)",
+            )
+            .bind(id.to_string())
+            .bind(user)
+            .bind(format!("k-{user}"))
+            .bind(content)
+            .bind(id.to_string())
+            .bind(v.map(|x| vector_to_bytes(&[x, 0.5])))
+            .bind(v.map(|_| "m"))
+            .execute(&pool)
+            .await
+            .expect("a first-schema row");
+        }
+        pool.close().await;
+
+        let store = SqliteStore::open(&url, 2).await.expect("migrated");
+        let alice = Filter {
+            user_id: "alice".into(),
+            ..Filter::default()
+        };
+        let found = store
+            .keyword(&alice, &["zx48213".to_string()], 10)
+            .await
+            .expect("keyword search");
+        assert_eq!(
+            found.iter().map(|(m, _)| m.id).collect::<Vec<_>>(),
+            vec![ids[0]]
+        );
+        let entries = store.index_entries(&ids).await.expect("entries");
+        let mut got: Vec<(Uuid, Vec<f32>)> = entries
+            .into_iter()
+            .map(|e| (e.id, e.embedding.vector))
+            .collect();
+        got.sort_by_key(|(id, _)| *id);
+        assert_eq!(
+            got,
+            vec![(ids[0], vec![1.0, 0.5]), (ids[2], vec![2.0, 0.5])]
+        );
+        let scanned = store.scan_index_entries(None, 10).await.expect("scan");
+        assert_eq!(scanned.len(), 2);
+
+        // A memory written after the migration gets a fresh key.
+        let at = now();
+        let new_id = Uuid::now_v7();
+        store
+            .insert(vec![NewRow {
+                memory: Memory {
+                    id: new_id,
+                    user_id: "alice".into(),
+                    agent_id: None,
+                    run_id: None,
+                    kind: None,
+                    content: "another ZX48213 note".into(),
+                    tags: Vec::new(),
+                    metadata: serde_json::Map::new(),
+                    created_at: at,
+                    updated_at: at,
+                    expires_at: None,
+                },
+                content_hash: "new".into(),
+                dedupe: true,
+                embedding: Some(Embedding {
+                    model: "m".into(),
+                    vector: vec![3.0, 0.5],
+                }),
+            }])
+            .await
+            .expect("insert");
+        assert_eq!(
+            store
+                .keyword(&alice, &["zx48213".to_string()], 10)
+                .await
+                .expect("keyword search")
+                .len(),
+            2
+        );
+
+        // New content: its words replace the old ones in the index.
+        let patched = store
+            .update(
+                "alice",
+                ids[1],
+                Patch {
+                    content: Some("dinner with Carol".into()),
+                    content_hash: Some("patched".into()),
+                    ..Patch::default()
+                },
+            )
+            .await
+            .expect("update");
+        assert!(patched.is_some());
+        let hits = |t: &str| {
+            let t = t.to_string();
+            let store = &store;
+            let alice = &alice;
+            async move {
+                store
+                    .keyword(alice, &[t], 10)
+                    .await
+                    .expect("keyword search")
+                    .len()
+            }
+        };
+        assert_eq!(hits("carol").await, 1);
+        assert_eq!(hits("lunch").await, 0);
+
+        assert!(store.delete("alice", ids[0]).await.expect("delete"));
+        let found = store
+            .keyword(&alice, &["zx48213".to_string(), "depot".to_string()], 10)
+            .await
+            .expect("keyword search");
+        assert_eq!(
+            found.iter().map(|(m, _)| m.id).collect::<Vec<_>>(),
+            vec![new_id]
+        );
+        let left = store.index_entries(&ids).await.expect("entries");
+        assert_eq!(left.len(), 1, "bob's embedding only");
+        let terms: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM memory_terms WHERE memory_terms MATCH ?")
+                .bind(match_expr_for("alice", "depot"))
+                .fetch_one(&store.write)
+                .await
+                .expect("terms count");
+        assert_eq!(terms, 0, "the deleted memory's terms went with it");
+    }
+
+    fn match_expr_for(user: &str, term: &str) -> String {
+        crate::keyword::match_expr(&user_key(user), &[term.to_string()])
     }
 }

@@ -9,8 +9,8 @@
 //! `libsqlite3-sys`, so there is one SQLite library in the process.
 
 use super::MAX_IN_LIST;
-use super::sqlite::user_key;
 use crate::error::{MemoryError, Result};
+use crate::keyword::{match_expr, user_key};
 use crate::types::{
     Change, ChangeOp, Cursor, Embedding, Filter, HistoryEntry, IndexEntry, ListQuery, Memory, Page,
     TagMode, bytes_to_vector, from_micros, now, to_micros,
@@ -33,11 +33,14 @@ const MMAP_SIZE: i64 = 1 << 40;
 const STATEMENT_CACHE: usize = 128;
 
 const COLS: &str = "m.id, m.user_id, m.agent_id, m.run_id, m.kind, m.content, m.tags, m.metadata, m.created_at, m.updated_at, m.expires_at";
-/// The index SQLite made for `memories.id TEXT NOT NULL UNIQUE`.
-const ID_INDEX: &str = "sqlite_autoindex_memories_1";
-/// Columns of an [`IndexEntry`].
+/// The unique index on `memories.id`.
+const ID_INDEX: &str = "memories_id_idx";
+/// Columns of an [`IndexEntry`], from `memories m` joined with its
+/// embedding `e` (a memory without one has no entry).
 const ENTRY_COLS: &str =
-    "id, user_id, agent_id, kind, tags, created_at, expires_at, embedding, embedding_model";
+    "m.id, m.user_id, m.agent_id, m.kind, m.tags, m.created_at, m.expires_at, e.embedding, e.model";
+/// The tables [`ENTRY_COLS`] reads.
+const ENTRY_FROM: &str = "memories m JOIN memory_embeddings e ON e.rid = m.rid";
 
 /// A bounded pool of read connections to one database file.
 pub(super) struct Readers {
@@ -133,17 +136,7 @@ impl Readers {
     }
 
     pub(super) async fn list(&self, q: &ListQuery) -> Result<Page> {
-        let mut sql = Sql::new(format!(
-            "SELECT {COLS} FROM memories m INDEXED BY memories_user_created_idx WHERE"
-        ));
-        sql.filter(&q.filter, to_micros(now()));
-        if let Some(c) = q.cursor {
-            sql.push(" AND (m.created_at < ").bind(c.created_us);
-            sql.push(" OR (m.created_at = ").bind(c.created_us);
-            sql.push(" AND m.id < ").bind(c.id.to_string()).push("))");
-        }
-        sql.push(" ORDER BY m.created_at DESC, m.id DESC LIMIT ")
-            .bind(i64::try_from(q.limit + 1).unwrap_or(i64::MAX));
+        let sql = list_sql(q, to_micros(now()));
         let limit = q.limit;
         self.run(move |c| {
             let mut memories = Vec::with_capacity(limit + 1);
@@ -174,21 +167,12 @@ impl Readers {
         if terms.is_empty() {
             return Ok(Vec::new());
         }
-        let mut expr = format!("user_key : {} AND content : (", user_key(&filter.user_id));
-        for (i, t) in terms.iter().enumerate() {
-            if i > 0 {
-                expr.push_str(" OR ");
-            }
-            expr.push('"');
-            expr.push_str(&t.replace('"', "\"\""));
-            expr.push('"');
-        }
-        expr.push(')');
         let mut sql = Sql::new(format!(
-            "SELECT {COLS}, bm25(memories_fts, 1.0, 0.0) AS rank FROM memories_fts \
-             JOIN memories m ON m.rowid = memories_fts.rowid WHERE memories_fts MATCH "
+            "SELECT {COLS}, bm25(memory_terms) AS rank FROM memory_terms \
+             JOIN memories m ON m.rid = memory_terms.rowid WHERE memory_terms MATCH "
         ));
-        sql.bind(expr).push(" AND");
+        sql.bind(match_expr(&user_key(&filter.user_id), terms))
+            .push(" AND");
         sql.filter(filter, to_micros(now()));
         sql.push(" ORDER BY rank LIMIT ")
             .bind(i64::try_from(limit).unwrap_or(i64::MAX));
@@ -303,14 +287,16 @@ impl Readers {
         let queries: Vec<Sql> = ids
             .chunks(MAX_IN_LIST)
             .map(|chunk| {
-                let mut sql = Sql::new(format!("SELECT {ENTRY_COLS} FROM memories WHERE id IN ("));
+                let mut sql = Sql::new(format!(
+                    "SELECT {ENTRY_COLS} FROM {ENTRY_FROM} WHERE m.id IN ("
+                ));
                 sql.bind_list(chunk.iter().map(|id| id.to_string()));
                 sql.push(")");
                 sql
             })
             .collect();
         self.collect(queries, ids.len(), |r, out| {
-            out.extend(entry(r)?);
+            out.push(entry(r)?);
             Ok(())
         })
         .await
@@ -324,13 +310,13 @@ impl Readers {
         let after = after.map(|a| a.to_string()).unwrap_or_default();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.run(move |c| {
-            let mut sql = Sql::new(format!("SELECT {ENTRY_COLS} FROM memories WHERE id > "));
-            sql.bind(after)
-                .push(" AND embedding IS NOT NULL ORDER BY id LIMIT ")
-                .bind(limit);
+            let mut sql = Sql::new(format!(
+                "SELECT {ENTRY_COLS} FROM {ENTRY_FROM} WHERE m.id > "
+            ));
+            sql.bind(after).push(" ORDER BY m.id LIMIT ").bind(limit);
             let mut out = Vec::new();
             sql.each(c, |r| {
-                out.extend(entry(r)?);
+                out.push(entry(r)?);
                 Ok(())
             })?;
             Ok(out)
@@ -349,6 +335,21 @@ impl Readers {
         })
         .await
     }
+}
+
+/// A page of `q`, newest first: one backward range of the table, which is
+/// clustered by `(user_id, created_at, id)` (a test checks the plan).
+fn list_sql(q: &ListQuery, now_us: i64) -> Sql {
+    let mut sql = Sql::new(format!("SELECT {COLS} FROM memories m WHERE"));
+    sql.filter(&q.filter, now_us);
+    if let Some(c) = q.cursor {
+        sql.push(" AND (m.created_at < ").bind(c.created_us);
+        sql.push(" OR (m.created_at = ").bind(c.created_us);
+        sql.push(" AND m.id < ").bind(c.id.to_string()).push("))");
+    }
+    sql.push(" ORDER BY m.created_at DESC, m.id DESC LIMIT ")
+        .bind(i64::try_from(q.limit + 1).unwrap_or(i64::MAX));
+    sql
 }
 
 /// The memories of `filter` among `ids`, looked up by id: without statistics
@@ -505,18 +506,10 @@ fn memory(r: &Row<'_>) -> Result<Memory> {
     })
 }
 
-/// A row of [`ENTRY_COLS`]; `None` without an embedding.
-fn entry(r: &Row<'_>) -> Result<Option<IndexEntry>> {
-    let blob = r
-        .get_ref(7)
-        .map_err(db)?
-        .as_blob_or_null()
-        .map_err(db_from)?;
-    let model: Option<String> = r.get(8).map_err(db)?;
-    let (Some(blob), Some(model)) = (blob, model) else {
-        return Ok(None);
-    };
-    Ok(Some(IndexEntry {
+/// A row of [`ENTRY_COLS`].
+fn entry(r: &Row<'_>) -> Result<IndexEntry> {
+    let blob = r.get_ref(7).map_err(db)?.as_blob().map_err(db_from)?;
+    Ok(IndexEntry {
         id: Uuid::parse_str(text_at(r, 0)?).map_err(corrupt)?,
         user_id: r.get(1).map_err(db)?,
         agent_id: r.get(2).map_err(db)?,
@@ -525,10 +518,10 @@ fn entry(r: &Row<'_>) -> Result<Option<IndexEntry>> {
         created_us: r.get(5).map_err(db)?,
         expires_us: r.get(6).map_err(db)?,
         embedding: Embedding {
-            model,
+            model: r.get(8).map_err(db)?,
             vector: bytes_to_vector(blob)?,
         },
-    }))
+    })
 }
 
 fn corrupt(e: impl std::fmt::Display) -> MemoryError {
@@ -596,37 +589,68 @@ fn db_from(e: rusqlite::types::FromSqlError) -> MemoryError {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn fetch_by_ids_uses_the_id_index() {
+    /// The query plan of `sql` on a freshly migrated database.
+    async fn plan(sql: &Sql) -> Vec<String> {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("m.db");
         super::super::SqliteStore::open(&format!("sqlite://{}", path.display()), 1)
             .await
             .expect("migrated store");
         let c = Connection::open(&path).expect("connection");
+        let mut stmt = c
+            .prepare(&format!("EXPLAIN QUERY PLAN {}", sql.text))
+            .expect("the query prepares");
+        stmt.query_map(rusqlite::params_from_iter(sql.params.iter()), |r| r.get(3))
+            .expect("plan")
+            .collect::<std::result::Result<_, _>>()
+            .expect("plan rows")
+    }
+
+    #[tokio::test]
+    async fn fetch_by_ids_uses_the_id_index() {
         let filter = Filter {
             user_id: "u1".into(),
             tags: vec!["a".into()],
             ..Filter::default()
         };
         let ids: Vec<Uuid> = (0..18).map(|_| Uuid::now_v7()).collect();
-        let sql = fetch_sql(&filter, &ids, 0);
-        let mut stmt = c
-            .prepare(&format!("EXPLAIN QUERY PLAN {}", sql.text))
-            .expect("the query prepares");
-        let plan: Vec<String> = stmt
-            .query_map(rusqlite::params_from_iter(sql.params.iter()), |r| r.get(3))
-            .expect("plan")
-            .collect::<std::result::Result<_, _>>()
-            .expect("plan rows");
+        let plan = plan(&fetch_sql(&filter, &ids, 0)).await;
         assert!(
             plan.iter()
-                .any(|p| p.contains(&format!("USING INDEX {ID_INDEX} (id=?)"))),
+                .any(|p| p.contains(&format!("USING INDEX {ID_INDEX} (id=?"))),
             "{plan:?}"
         );
         assert!(
-            !plan.iter().any(|p| p.contains("memories_user_created_idx")),
+            !plan.iter().any(|p| p.contains("PRIMARY KEY (user_id=?)")),
             "{plan:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_list_page_is_one_range_of_the_table_in_order() {
+        for tags in [vec![], vec!["a".to_string()]] {
+            let q = ListQuery {
+                filter: Filter {
+                    user_id: "u1".into(),
+                    tags,
+                    ..Filter::default()
+                },
+                limit: 50,
+                cursor: Some(Cursor {
+                    created_us: 5,
+                    id: Uuid::now_v7(),
+                }),
+            };
+            let plan = plan(&list_sql(&q, 0)).await;
+            assert!(
+                plan.iter()
+                    .any(|p| p.starts_with("SEARCH m USING PRIMARY KEY (user_id=?")),
+                "{plan:?}"
+            );
+            assert!(
+                !plan.iter().any(|p| p.contains("TEMP B-TREE")),
+                "no sort: {plan:?}"
+            );
+        }
     }
 }

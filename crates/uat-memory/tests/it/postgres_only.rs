@@ -73,14 +73,18 @@ async fn postgres_list_and_search_use_the_indexes() {
     )
     .await;
     assert!(tags.contains("memories_tags_gin"), "tag plan:\n{tags}");
+    let q = uat_memory::keyword::tsquery(
+        &uat_memory::keyword::user_key("u1"),
+        &["zebra".to_string(), "okapi".to_string()],
+    );
     let kw = explain(
         pg.pool(),
-        &format!("SELECT {cols}, ts_rank(m.tsv, to_tsquery('simple'::regconfig, 'zebra | okapi')) AS rank FROM memories m WHERE m.user_id = 'u1' AND (m.expires_at IS NULL OR m.expires_at > now()) AND m.tsv @@ to_tsquery('simple'::regconfig, 'zebra | okapi') ORDER BY rank DESC, m.id DESC LIMIT 10"),
+        &format!("SELECT {cols}, ts_rank(m.terms, to_tsquery('simple'::regconfig, '{q}')) AS rank FROM memories m WHERE m.user_id = 'u1' AND (m.expires_at IS NULL OR m.expires_at > now()) AND m.terms @@ to_tsquery('simple'::regconfig, '{q}') ORDER BY rank DESC, m.id DESC LIMIT 10", q = q.replace('\'', "''")),
     )
     .await;
-    // A selective term: the GIN on the tsvector finds it (a term common in
-    // the user's memories is better served by the user index, and is).
-    assert!(kw.contains("memories_tsv_gin"), "keyword plan:\n{kw}");
+    // A selective term: the GIN on the user-scoped terms finds it (a term
+    // common in the user's memories is better served by the user index, and is).
+    assert!(kw.contains("memories_terms_gin"), "keyword plan:\n{kw}");
     // And the queries the store really runs still answer.
     let page = h
         .svc
