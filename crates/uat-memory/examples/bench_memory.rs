@@ -4,6 +4,8 @@
 //! `INDEX_DURING_LOAD` (1; 0 = load on SQL alone, then time the index rebuild),
 //! `READERS` (8: SQLite read connections; PostgreSQL pool 2.5x that),
 //! `PHASES` (`list,keyword,semantic,hybrid`: the latency phases to run),
+//! `SETTLE` (10: seconds between the load and the phases, for the work a bulk
+//! load leaves behind: full-text merge, index snapshot),
 //! `CORPUS` (a stem: real passages `{stem}.txt` and their 384-d embeddings
 //! `{stem}.f32`, made by `scripts/corpus-passages.py` and uat-embed's `embed_corpus`; default: made-up words and
 //! random vectors).
@@ -43,6 +45,7 @@ async fn main() {
         ops_per_client: env("OPS", 40),
         index_during_load: env("INDEX_DURING_LOAD", 1) == 1,
         readers: env("READERS", 8) as u32,
+        settle: std::time::Duration::from_secs(env("SETTLE", 10) as u64),
         phases: std::env::var("PHASES")
             .map(|p| p.split(',').map(|s| s.trim().to_lowercase()).collect())
             .unwrap_or_default(),

@@ -52,6 +52,11 @@ pub struct BenchOptions {
     pub phases: Vec<String>,
     /// Real passages and their embeddings (see the module docs).
     pub corpus: Option<Arc<Corpus>>,
+    /// Pause between the load and the latency phases, in which the work a
+    /// bulk load leaves behind runs as it would in production: the SQLite
+    /// full-text merge (the 5-second upkeep) and the vector index snapshot.
+    /// Without it those land inside the first phases, which then measure them.
+    pub settle: Duration,
 }
 
 /// Passages and the model's embeddings of them, row for row.
@@ -139,6 +144,7 @@ impl Default for BenchOptions {
             phases: Vec::new(),
             readers: 8,
             corpus: None,
+            settle: Duration::from_secs(10),
         }
     }
 }
@@ -424,6 +430,13 @@ pub async fn run(opts: BenchOptions, log: &mut (dyn FnMut(&str) + Send)) -> Resu
     if let AnyStore::Postgres(pg) = svc.store() {
         // What autovacuum does on its own after a bulk load.
         sqlx::query("ANALYZE memories").execute(pg.pool()).await?;
+    }
+    if !opts.settle.is_zero() {
+        log(&format!(
+            "settling {:?} (full-text merge, index snapshot)",
+            opts.settle
+        ));
+        tokio::time::sleep(opts.settle).await;
     }
     let users = opts.users;
     let q = |user: usize, mode: SearchMode, text: String| SearchQuery {

@@ -176,6 +176,11 @@ impl SqliteStore {
         sqlx::query("INSERT INTO memory_terms(memory_terms) VALUES('optimize')")
             .execute(&self.write)
             .await?;
+        // Then move the WAL into the database file: readers map the file,
+        // but read pages still in the WAL with read() into private caches.
+        sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&self.write)
+            .await?;
         Ok(())
     }
 
@@ -185,7 +190,12 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
-            .pragma("cache_size", "-65536");
+            .pragma("cache_size", "-65536")
+            // Checkpoint every 8,192 WAL pages (32 MiB), not every 1,000: a
+            // batch spread over many users dirties thousands of pages, and at
+            // the default each commit was followed by a checkpoint rewriting
+            // them (SQL-only load 6,500 -> 9,000 memories/s).
+            .pragma("wal_autocheckpoint", "8192");
         let write = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(opts.clone())
