@@ -84,6 +84,20 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
         &[
             "ALTER TABLE memories DROP COLUMN tsv",
             "ALTER TABLE memories ADD COLUMN terms TSVECTOR NOT NULL DEFAULT ''::tsvector",
+            // Embeddings leave the row: 1.5 KiB of vector made rows 2 KiB, so
+            // the table outgrew shared_buffers and every list or keyword
+            // search read a heap page per memory from the OS. (Dropped
+            // columns keep their bytes in old rows until those are rewritten.)
+            "CREATE TABLE memory_embeddings (
+                id UUID PRIMARY KEY REFERENCES memories (id) ON DELETE CASCADE,
+                embedding BYTEA NOT NULL,
+                model TEXT NOT NULL
+            )",
+            "INSERT INTO memory_embeddings (id, embedding, model)
+             SELECT id, embedding, embedding_model FROM memories
+             WHERE embedding IS NOT NULL AND embedding_model IS NOT NULL",
+            "ALTER TABLE memories DROP COLUMN embedding",
+            "ALTER TABLE memories DROP COLUMN embedding_model",
         ],
     ),
 ];
@@ -242,15 +256,15 @@ fn decode(row: &PgRow) -> Result<Memory> {
     })
 }
 
-fn decode_entry(row: &PgRow) -> Result<Option<IndexEntry>> {
-    let blob: Option<Vec<u8>> = row.try_get("embedding")?;
-    let model: Option<String> = row.try_get("embedding_model")?;
-    let (Some(blob), Some(model)) = (blob, model) else {
-        return Ok(None);
-    };
+/// Columns of an [`IndexEntry`]: a memory `m` joined with its embedding `e`.
+const ENTRY_SELECT: &str = "SELECT m.id, m.user_id, m.agent_id, m.kind, m.tags, m.created_at, m.expires_at, \
+     e.embedding, e.model FROM memories m JOIN memory_embeddings e ON e.id = m.id";
+
+fn decode_entry(row: &PgRow) -> Result<IndexEntry> {
+    let blob: Vec<u8> = row.try_get("embedding")?;
     let created: OffsetDateTime = row.try_get("created_at")?;
     let expires: Option<OffsetDateTime> = row.try_get("expires_at")?;
-    Ok(Some(IndexEntry {
+    Ok(IndexEntry {
         id: row.try_get("id")?,
         user_id: row.try_get("user_id")?,
         agent_id: row.try_get("agent_id")?,
@@ -259,10 +273,10 @@ fn decode_entry(row: &PgRow) -> Result<Option<IndexEntry>> {
         created_us: crate::types::to_micros(created),
         expires_us: expires.map(crate::types::to_micros),
         embedding: Embedding {
-            model,
+            model: row.try_get("model")?,
             vector: bytes_to_vector(&blob)?,
         },
-    }))
+    })
 }
 
 fn push_filter(qb: &mut QueryBuilder<'_, Postgres>, f: &Filter, at: OffsetDateTime) {
@@ -385,8 +399,6 @@ async fn bulk_insert(tx: &mut sqlx::PgConnection, rows: &[&NewRow]) -> Result<Ve
     let mut metas = Vec::with_capacity(rows.len());
     let mut created = Vec::with_capacity(rows.len());
     let mut expires = Vec::with_capacity(rows.len());
-    let mut embs: Vec<Option<Vec<u8>>> = Vec::with_capacity(rows.len());
-    let mut models = Vec::with_capacity(rows.len());
     let mut terms = Vec::with_capacity(rows.len());
     for r in rows {
         let m = &r.memory;
@@ -403,19 +415,17 @@ async fn bulk_insert(tx: &mut sqlx::PgConnection, rows: &[&NewRow]) -> Result<Ve
         metas.push(serde_json::to_string(&m.metadata).map_err(corrupt)?);
         created.push(m.created_at);
         expires.push(m.expires_at);
-        embs.push(r.embedding.as_ref().map(|e| vector_to_bytes(&e.vector)));
-        models.push(r.embedding.as_ref().map(|e| e.model.clone()));
     }
     let inserted: Vec<Uuid> = sqlx::query_scalar(
         "INSERT INTO memories (id, user_id, agent_id, run_id, kind, content, content_hash, dedupe_key, tags, metadata, \
-         created_at, updated_at, expires_at, embedding, embedding_model, terms) \
+         created_at, updated_at, expires_at, terms) \
          SELECT u.id, u.user_id, u.agent_id, u.run_id, u.kind, u.content, u.content_hash, u.dedupe_key, \
          ARRAY(SELECT jsonb_array_elements_text(u.tags::jsonb)), u.metadata::jsonb, u.created_at, u.created_at, \
-         u.expires_at, u.embedding, u.embedding_model, to_tsvector('simple'::regconfig, u.terms) \
+         u.expires_at, to_tsvector('simple'::regconfig, u.terms) \
          FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], \
-         $9::text[], $10::text[], $11::timestamptz[], $12::timestamptz[], $13::bytea[], $14::text[], $15::text[]) \
+         $9::text[], $10::text[], $11::timestamptz[], $12::timestamptz[], $13::text[]) \
          AS u(id, user_id, agent_id, run_id, kind, content, content_hash, dedupe_key, tags, metadata, created_at, \
-         expires_at, embedding, embedding_model, terms) \
+         expires_at, terms) \
          ON CONFLICT (user_id, dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING RETURNING id",
     )
     .bind(ids)
@@ -430,11 +440,32 @@ async fn bulk_insert(tx: &mut sqlx::PgConnection, rows: &[&NewRow]) -> Result<Ve
     .bind(metas)
     .bind(created)
     .bind(expires)
-    .bind(embs)
-    .bind(models)
     .bind(terms)
     .fetch_all(&mut *tx)
     .await?;
+    // The embeddings of the rows that went in.
+    let fresh: std::collections::HashSet<Uuid> = inserted.iter().copied().collect();
+    let (mut eids, mut vecs, mut models) = (Vec::new(), Vec::new(), Vec::new());
+    for r in rows {
+        if let Some(e) = &r.embedding
+            && fresh.contains(&r.memory.id)
+        {
+            eids.push(r.memory.id);
+            vecs.push(vector_to_bytes(&e.vector));
+            models.push(e.model.clone());
+        }
+    }
+    if !eids.is_empty() {
+        sqlx::query(
+            "INSERT INTO memory_embeddings (id, embedding, model) \
+             SELECT * FROM UNNEST($1::uuid[], $2::bytea[], $3::text[])",
+        )
+        .bind(eids)
+        .bind(vecs)
+        .bind(models)
+        .execute(&mut *tx)
+        .await?;
+    }
     Ok(inserted)
 }
 
@@ -593,10 +624,10 @@ impl Store for PgStore {
             qb.push(", terms = to_tsvector('simple'::regconfig, ")
                 .push_bind(index_text(&user_key(user_id), c))
                 .push(")");
-            qb.push(", embedding = ")
-                .push_bind(patch.embedding.as_ref().map(|e| vector_to_bytes(&e.vector)));
-            qb.push(", embedding_model = ")
-                .push_bind(patch.embedding.as_ref().map(|e| e.model.clone()));
+            sqlx::query("DELETE FROM memory_embeddings WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
         }
         if patch.tags.is_some() {
             qb.push(", tags = ").push_bind(new.tags.clone());
@@ -611,6 +642,16 @@ impl Store for PgStore {
         qb.push(" WHERE id = ").push_bind(id);
         qb.push(" AND user_id = ").push_bind(user_id.to_string());
         qb.build().execute(&mut *tx).await?;
+        if patch.content.is_some()
+            && let Some(e) = &patch.embedding
+        {
+            sqlx::query("INSERT INTO memory_embeddings (id, embedding, model) VALUES ($1, $2, $3)")
+                .bind(id)
+                .bind(vector_to_bytes(&e.vector))
+                .bind(&e.model)
+                .execute(&mut *tx)
+                .await?;
+        }
         record_history(&mut tx, &new, "update", Some(&old), Some(&new)).await?;
         let seq = record_changes(
             &mut tx,
@@ -799,15 +840,12 @@ impl Store for PgStore {
     async fn index_entries(&self, ids: &[Uuid]) -> Result<Vec<IndexEntry>> {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(MAX_IN_LIST) {
-            let rows = sqlx::query(
-                "SELECT id, user_id, agent_id, kind, tags, created_at, expires_at, embedding, embedding_model \
-                 FROM memories WHERE id = ANY($1)",
-            )
-            .bind(chunk.to_vec())
-            .fetch_all(&self.pool)
-            .await?;
+            let rows = sqlx::query(&format!("{ENTRY_SELECT} WHERE m.id = ANY($1)"))
+                .bind(chunk.to_vec())
+                .fetch_all(&self.pool)
+                .await?;
             for r in &rows {
-                out.extend(decode_entry(r)?);
+                out.push(decode_entry(r)?);
             }
         }
         Ok(out)
@@ -818,17 +856,16 @@ impl Store for PgStore {
         after: Option<Uuid>,
         limit: usize,
     ) -> Result<Vec<IndexEntry>> {
-        let rows = sqlx::query(
-            "SELECT id, user_id, agent_id, kind, tags, created_at, expires_at, embedding, embedding_model \
-             FROM memories WHERE id > $1 AND embedding IS NOT NULL ORDER BY id LIMIT $2",
-        )
+        let rows = sqlx::query(&format!(
+            "{ENTRY_SELECT} WHERE m.id > $1 ORDER BY m.id LIMIT $2"
+        ))
         .bind(after.unwrap_or(Uuid::nil()))
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
-            out.extend(decode_entry(r)?);
+            out.push(decode_entry(r)?);
         }
         Ok(out)
     }
@@ -898,13 +935,15 @@ mod tests {
         ];
         for (id, (user, content)) in ids.iter().zip(rows) {
             sqlx::query(
-                "INSERT INTO memories (id, user_id, content, content_hash, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, now(), now())",
+                "INSERT INTO memories (id, user_id, content, content_hash, created_at, updated_at, \
+                 embedding, embedding_model) VALUES ($1, $2, $3, $4, now(), now(), $5, $6)",
             )
             .bind(id)
             .bind(user)
             .bind(content)
             .bind(id.to_string())
+            .bind((user == "bob").then(|| vector_to_bytes(&[2.0, 0.5])))
+            .bind((user == "bob").then_some("m"))
             .execute(&v1)
             .await
             .expect("a first-schema row");
@@ -933,6 +972,10 @@ mod tests {
             }
         };
         assert_eq!(hits("zx48213").await, vec![ids[0]]);
+        let entries = store.index_entries(&ids).await.expect("entries");
+        assert_eq!(entries.len(), 1, "bob's embedding moved with him");
+        assert_eq!(entries[0].id, ids[2]);
+        assert_eq!(entries[0].embedding.vector, vec![2.0, 0.5]);
         let patched = store
             .update(
                 "alice",
@@ -967,13 +1010,34 @@ mod tests {
                 },
                 content_hash: "new".into(),
                 dedupe: true,
-                embedding: None,
+                embedding: Some(Embedding {
+                    model: "m".into(),
+                    vector: vec![3.0, 0.5],
+                }),
             }])
             .await
             .expect("insert");
         let mut found = hits("zx48213").await;
         found.sort();
         assert_eq!(found, vec![ids[0], new_id]);
+        assert_eq!(
+            store
+                .scan_index_entries(None, 10)
+                .await
+                .expect("scan")
+                .len(),
+            2
+        );
+        // Deleting the memory deletes its embedding.
+        assert!(store.delete("alice", new_id).await.expect("delete"));
+        assert_eq!(
+            store
+                .scan_index_entries(None, 10)
+                .await
+                .expect("scan")
+                .len(),
+            1
+        );
         store.pool().close().await;
         sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
             .execute(&admin)
