@@ -71,31 +71,34 @@ pub fn index_text(key: &str, content: &str) -> String {
 /// An FTS5 query matching the documents of the user with `key` that hold
 /// any of `terms`: one quoted phrase per term.
 pub fn match_expr(key: &str, terms: &[String]) -> String {
-    let mut out = String::with_capacity(terms.len() * (key.len() + 16));
-    for (i, t) in terms.iter().enumerate() {
-        if i > 0 {
-            out.push_str(" OR ");
-        }
-        out.push('"');
-        out.push_str(key);
-        out.push_str(&t.replace('"', "\"\""));
-        out.push('"');
-    }
-    out
+    any_of(key, terms, " OR ", '"', |t| t.replace('"', "\"\""))
 }
 
 /// A PostgreSQL `tsquery` (for `to_tsquery('simple', ...)`) matching the
 /// documents of the user with `key` that hold any of `terms`.
 pub fn tsquery(key: &str, terms: &[String]) -> String {
+    any_of(key, terms, " | ", '\'', |t| {
+        t.replace('\\', "\\\\").replace('\'', "''")
+    })
+}
+
+/// `terms`, each prefixed with `key`, escaped and quoted, joined by `or`.
+fn any_of(
+    key: &str,
+    terms: &[String],
+    or: &str,
+    quote: char,
+    escape: impl Fn(&str) -> String,
+) -> String {
     let mut out = String::with_capacity(terms.len() * (key.len() + 16));
     for (i, t) in terms.iter().enumerate() {
         if i > 0 {
-            out.push_str(" | ");
+            out.push_str(or);
         }
-        out.push('\'');
+        out.push(quote);
         out.push_str(key);
-        out.push_str(&t.replace('\\', "\\\\").replace('\'', "''"));
-        out.push('\'');
+        out.push_str(&escape(t));
+        out.push(quote);
     }
     out
 }

@@ -8,6 +8,8 @@
 mod postgres;
 mod sqlite;
 mod sqlite_read;
+#[cfg(test)]
+mod test_rows;
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;

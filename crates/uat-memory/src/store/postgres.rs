@@ -880,6 +880,7 @@ impl Store for PgStore {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_rows::{content_patch, embedded, keyword_ids, row};
     use super::*;
 
     /// A database written by the first schema (a generated `tsvector` of the
@@ -953,91 +954,31 @@ mod tests {
         let store = PgStore::open_in_schema(&url, 2, &schema)
             .await
             .expect("migrated");
-        let alice = Filter {
-            user_id: "alice".into(),
-            ..Filter::default()
-        };
-        let hits = |t: &str| {
-            let t = t.to_string();
-            let store = &store;
-            let alice = &alice;
-            async move {
-                store
-                    .keyword(alice, &[t], 10)
-                    .await
-                    .expect("keyword search")
-                    .into_iter()
-                    .map(|(m, _)| m.id)
-                    .collect::<Vec<_>>()
-            }
-        };
-        assert_eq!(hits("zx48213").await, vec![ids[0]]);
+        assert_eq!(
+            keyword_ids(&store, "alice", &["zx48213"]).await,
+            vec![ids[0]]
+        );
         let entries = store.index_entries(&ids).await.expect("entries");
         assert_eq!(entries.len(), 1, "bob's embedding moved with him");
         assert_eq!(entries[0].id, ids[2]);
         assert_eq!(entries[0].embedding.vector, vec![2.0, 0.5]);
         let patched = store
-            .update(
-                "alice",
-                ids[1],
-                Patch {
-                    content: Some("dinner with Carol".into()),
-                    content_hash: Some("patched".into()),
-                    ..Patch::default()
-                },
-            )
+            .update("alice", ids[1], content_patch("dinner with Carol"))
             .await
             .expect("update");
         assert!(patched.is_some());
-        assert_eq!(hits("carol").await, vec![ids[1]]);
-        assert!(hits("lunch").await.is_empty());
-        let at = now();
-        let new_id = Uuid::now_v7();
-        store
-            .insert(vec![NewRow {
-                memory: Memory {
-                    id: new_id,
-                    user_id: "alice".into(),
-                    agent_id: None,
-                    run_id: None,
-                    kind: None,
-                    content: "another ZX48213 note".into(),
-                    tags: Vec::new(),
-                    metadata: serde_json::Map::new(),
-                    created_at: at,
-                    updated_at: at,
-                    expires_at: None,
-                },
-                content_hash: "new".into(),
-                dedupe: true,
-                embedding: Some(Embedding {
-                    model: "m".into(),
-                    vector: vec![3.0, 0.5],
-                }),
-            }])
-            .await
-            .expect("insert");
-        let mut found = hits("zx48213").await;
+        assert_eq!(keyword_ids(&store, "alice", &["carol"]).await, vec![ids[1]]);
+        assert!(keyword_ids(&store, "alice", &["lunch"]).await.is_empty());
+        let new = row("alice", "another ZX48213 note", "new", Some(vec![3.0, 0.5]));
+        let new_id = new.memory.id;
+        store.insert(vec![new]).await.expect("insert");
+        let mut found = keyword_ids(&store, "alice", &["zx48213"]).await;
         found.sort();
         assert_eq!(found, vec![ids[0], new_id]);
-        assert_eq!(
-            store
-                .scan_index_entries(None, 10)
-                .await
-                .expect("scan")
-                .len(),
-            2
-        );
+        assert_eq!(embedded(&store).await, 2);
         // Deleting the memory deletes its embedding.
         assert!(store.delete("alice", new_id).await.expect("delete"));
-        assert_eq!(
-            store
-                .scan_index_entries(None, 10)
-                .await
-                .expect("scan")
-                .len(),
-            1
-        );
+        assert_eq!(embedded(&store).await, 1);
         store.pool().close().await;
         sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
             .execute(&admin)

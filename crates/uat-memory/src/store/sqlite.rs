@@ -820,6 +820,7 @@ impl Store for SqliteStore {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_rows::{content_patch, embedded, keyword_ids, row};
     use super::*;
 
     /// A database written by the first schema (embeddings in the row, the
@@ -873,16 +874,8 @@ mod tests {
         pool.close().await;
 
         let store = SqliteStore::open(&url, 2).await.expect("migrated");
-        let alice = Filter {
-            user_id: "alice".into(),
-            ..Filter::default()
-        };
-        let found = store
-            .keyword(&alice, &["zx48213".to_string()], 10)
-            .await
-            .expect("keyword search");
         assert_eq!(
-            found.iter().map(|(m, _)| m.id).collect::<Vec<_>>(),
+            keyword_ids(&store, "alice", &["zx48213"]).await,
             vec![ids[0]]
         );
         let entries = store.index_entries(&ids).await.expect("entries");
@@ -895,81 +888,27 @@ mod tests {
             got,
             vec![(ids[0], vec![1.0, 0.5]), (ids[2], vec![2.0, 0.5])]
         );
-        let scanned = store.scan_index_entries(None, 10).await.expect("scan");
-        assert_eq!(scanned.len(), 2);
+        assert_eq!(embedded(&store).await, 2);
 
         // A memory written after the migration gets a fresh key.
-        let at = now();
-        let new_id = Uuid::now_v7();
-        store
-            .insert(vec![NewRow {
-                memory: Memory {
-                    id: new_id,
-                    user_id: "alice".into(),
-                    agent_id: None,
-                    run_id: None,
-                    kind: None,
-                    content: "another ZX48213 note".into(),
-                    tags: Vec::new(),
-                    metadata: serde_json::Map::new(),
-                    created_at: at,
-                    updated_at: at,
-                    expires_at: None,
-                },
-                content_hash: "new".into(),
-                dedupe: true,
-                embedding: Some(Embedding {
-                    model: "m".into(),
-                    vector: vec![3.0, 0.5],
-                }),
-            }])
-            .await
-            .expect("insert");
-        assert_eq!(
-            store
-                .keyword(&alice, &["zx48213".to_string()], 10)
-                .await
-                .expect("keyword search")
-                .len(),
-            2
-        );
+        let new = row("alice", "another ZX48213 note", "new", Some(vec![3.0, 0.5]));
+        let new_id = new.memory.id;
+        store.insert(vec![new]).await.expect("insert");
+        assert_eq!(keyword_ids(&store, "alice", &["zx48213"]).await.len(), 2);
+        assert_eq!(embedded(&store).await, 3);
 
         // New content: its words replace the old ones in the index.
         let patched = store
-            .update(
-                "alice",
-                ids[1],
-                Patch {
-                    content: Some("dinner with Carol".into()),
-                    content_hash: Some("patched".into()),
-                    ..Patch::default()
-                },
-            )
+            .update("alice", ids[1], content_patch("dinner with Carol"))
             .await
             .expect("update");
         assert!(patched.is_some());
-        let hits = |t: &str| {
-            let t = t.to_string();
-            let store = &store;
-            let alice = &alice;
-            async move {
-                store
-                    .keyword(alice, &[t], 10)
-                    .await
-                    .expect("keyword search")
-                    .len()
-            }
-        };
-        assert_eq!(hits("carol").await, 1);
-        assert_eq!(hits("lunch").await, 0);
+        assert_eq!(keyword_ids(&store, "alice", &["carol"]).await, vec![ids[1]]);
+        assert!(keyword_ids(&store, "alice", &["lunch"]).await.is_empty());
 
         assert!(store.delete("alice", ids[0]).await.expect("delete"));
-        let found = store
-            .keyword(&alice, &["zx48213".to_string(), "depot".to_string()], 10)
-            .await
-            .expect("keyword search");
         assert_eq!(
-            found.iter().map(|(m, _)| m.id).collect::<Vec<_>>(),
+            keyword_ids(&store, "alice", &["zx48213", "depot"]).await,
             vec![new_id]
         );
         let left = store.index_entries(&ids).await.expect("entries");
