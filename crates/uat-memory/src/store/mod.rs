@@ -50,6 +50,14 @@ pub trait Store: Send + Sync {
         terms: &[String],
         limit: usize,
     ) -> impl Future<Output = Result<Vec<(Memory, f32)>>> + Send;
+    /// [`Store::keyword`] without the rows: ids and scores (hybrid search
+    /// fuses ids and fetches only the rows it returns).
+    fn keyword_ids(
+        &self,
+        filter: &Filter,
+        terms: &[String],
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<(Uuid, f32)>>> + Send;
     /// The live memories among `ids` that match `filter`.
     fn fetch(
         &self,
@@ -152,6 +160,14 @@ impl Store for AnyStore {
         limit: usize,
     ) -> Result<Vec<(Memory, f32)>> {
         delegate!(self, s => s.keyword(filter, terms, limit))
+    }
+    async fn keyword_ids(
+        &self,
+        filter: &Filter,
+        terms: &[String],
+        limit: usize,
+    ) -> Result<Vec<(Uuid, f32)>> {
+        delegate!(self, s => s.keyword_ids(filter, terms, limit))
     }
     async fn fetch(&self, filter: &Filter, ids: &[Uuid]) -> Result<Vec<Memory>> {
         delegate!(self, s => s.fetch(filter, ids))

@@ -279,6 +279,29 @@ fn decode_entry(row: &PgRow) -> Result<IndexEntry> {
     })
 }
 
+/// `cols` and the `ts_rank` (as `rank`, higher is better) of the memories of
+/// `filter` holding any of `terms`, best first.
+fn keyword_query<'a>(
+    cols: &str,
+    filter: &Filter,
+    terms: &[String],
+    limit: usize,
+) -> QueryBuilder<'a, Postgres> {
+    let tsq = tsquery(&user_key(&filter.user_id), terms);
+    let mut qb = QueryBuilder::<Postgres>::new(format!(
+        "SELECT {cols}, ts_rank(m.terms, to_tsquery('simple'::regconfig, "
+    ));
+    qb.push_bind(tsq.clone())
+        .push(")) AS rank FROM memories m WHERE");
+    push_filter(&mut qb, filter, now());
+    qb.push(" AND m.terms @@ to_tsquery('simple'::regconfig, ")
+        .push_bind(tsq)
+        .push(")");
+    qb.push(" ORDER BY rank DESC, m.id DESC LIMIT ")
+        .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
+    qb
+}
+
 fn push_filter(qb: &mut QueryBuilder<'_, Postgres>, f: &Filter, at: OffsetDateTime) {
     qb.push(" m.user_id = ").push_bind(f.user_id.clone());
     qb.push(" AND (m.expires_at IS NULL OR m.expires_at > ")
@@ -744,24 +767,33 @@ impl Store for PgStore {
         if terms.is_empty() {
             return Ok(Vec::new());
         }
-        let tsq = tsquery(&user_key(&filter.user_id), terms);
-        let mut qb = QueryBuilder::<Postgres>::new(format!(
-            "SELECT {COLS}, ts_rank(m.terms, to_tsquery('simple'::regconfig, "
-        ));
-        qb.push_bind(tsq.clone())
-            .push(")) AS rank FROM memories m WHERE");
-        push_filter(&mut qb, filter, now());
-        qb.push(" AND m.terms @@ to_tsquery('simple'::regconfig, ")
-            .push_bind(tsq)
-            .push(")");
-        qb.push(" ORDER BY rank DESC, m.id DESC LIMIT ")
-            .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
-        let rows = qb.build().fetch_all(&self.pool).await?;
+        let rows = keyword_query(COLS, filter, terms, limit)
+            .build()
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|r| {
                 let rank: f32 = r.try_get("rank")?;
                 Ok((decode(r)?, rank))
             })
+            .collect()
+    }
+
+    async fn keyword_ids(
+        &self,
+        filter: &Filter,
+        terms: &[String],
+        limit: usize,
+    ) -> Result<Vec<(Uuid, f32)>> {
+        if terms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = keyword_query("m.id", filter, terms, limit)
+            .build()
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("id")?, r.try_get("rank")?)))
             .collect()
     }
 

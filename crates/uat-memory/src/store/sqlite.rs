@@ -781,6 +781,15 @@ impl Store for SqliteStore {
         self.read.keyword(filter, terms, limit).await
     }
 
+    async fn keyword_ids(
+        &self,
+        filter: &Filter,
+        terms: &[String],
+        limit: usize,
+    ) -> Result<Vec<(Uuid, f32)>> {
+        self.read.keyword_ids(filter, terms, limit).await
+    }
+
     async fn fetch(&self, filter: &Filter, ids: &[Uuid]) -> Result<Vec<Memory>> {
         self.read.fetch(filter, ids).await
     }

@@ -167,20 +167,37 @@ impl Readers {
         if terms.is_empty() {
             return Ok(Vec::new());
         }
-        let mut sql = Sql::new(format!(
-            "SELECT {COLS}, bm25(memory_terms) AS rank FROM memory_terms \
-             JOIN memories m ON m.rid = memory_terms.rowid WHERE memory_terms MATCH "
-        ));
-        sql.bind(match_expr(&user_key(&filter.user_id), terms))
-            .push(" AND");
-        sql.filter(filter, to_micros(now()));
-        sql.push(" ORDER BY rank LIMIT ")
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX));
+        let sql = keyword_sql(COLS, filter, terms, limit);
         self.run(move |c| {
             let mut out = Vec::with_capacity(limit);
             sql.each(c, |r| {
                 let rank: f64 = r.get(11).map_err(db)?;
                 out.push((memory(r)?, (-rank) as f32));
+                Ok(())
+            })?;
+            Ok(out)
+        })
+        .await
+    }
+
+    pub(super) async fn keyword_ids(
+        &self,
+        filter: &Filter,
+        terms: &[String],
+        limit: usize,
+    ) -> Result<Vec<(Uuid, f32)>> {
+        if terms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = keyword_sql("m.id", filter, terms, limit);
+        self.run(move |c| {
+            let mut out = Vec::with_capacity(limit);
+            sql.each(c, |r| {
+                let rank: f64 = r.get(1).map_err(db)?;
+                out.push((
+                    Uuid::parse_str(text_at(r, 0)?).map_err(corrupt)?,
+                    (-rank) as f32,
+                ));
                 Ok(())
             })?;
             Ok(out)
@@ -335,6 +352,21 @@ impl Readers {
         })
         .await
     }
+}
+
+/// `cols` and the BM25 rank (last column; lower is better) of the memories
+/// of `filter` holding any of `terms`, best first.
+fn keyword_sql(cols: &str, filter: &Filter, terms: &[String], limit: usize) -> Sql {
+    let mut sql = Sql::new(format!(
+        "SELECT {cols}, bm25(memory_terms) AS rank FROM memory_terms \
+         JOIN memories m ON m.rid = memory_terms.rowid WHERE memory_terms MATCH "
+    ));
+    sql.bind(match_expr(&user_key(&filter.user_id), terms))
+        .push(" AND");
+    sql.filter(filter, to_micros(now()));
+    sql.push(" ORDER BY rank LIMIT ")
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX));
+    sql
 }
 
 /// A page of `q`, newest first: one backward range of the table, which is
