@@ -401,18 +401,36 @@ impl Memories {
             _ => q.top_k,
         };
         let terms = keyword::terms(&q.query);
-        if mode == SearchMode::Hybrid && q.filter.metadata.is_empty() {
-            let mut results = self.hybrid(q, depth, &terms).await?;
-            if let Some(min) = q.min_score {
-                results.retain(|h| h.score >= min);
-            }
-            return Ok(SearchResults { results, warning });
+        let mut hits = if mode == SearchMode::Hybrid && q.filter.metadata.is_empty() {
+            self.hybrid(q, depth, &terms).await?
+        } else {
+            self.with_rows(q, mode, depth, &terms).await?
+        };
+        if let Some(min) = q.min_score {
+            hits.retain(|h| h.score >= min);
         }
+        hits.truncate(q.top_k);
+        Ok(SearchResults {
+            results: hits,
+            warning,
+        })
+    }
+
+    /// Keyword, semantic, or hybrid with a metadata filter (checked in SQL,
+    /// so the semantic side is fetched and checked before it is ranked):
+    /// each side returns its rows, best first.
+    async fn with_rows(
+        &self,
+        q: &SearchQuery,
+        mode: SearchMode,
+        depth: usize,
+        terms: &[String],
+    ) -> Result<Vec<SearchHit>> {
         // Hybrid runs both searches at once.
         let keyword_search = async {
             match mode {
                 SearchMode::Semantic => Ok(Vec::new()),
-                _ => self.store.keyword(&q.filter, &terms, depth).await,
+                _ => self.store.keyword(&q.filter, terms, depth).await,
             }
         };
         let semantic_search = async {
@@ -422,7 +440,7 @@ impl Memories {
             }
         };
         let (keyword_hits, semantic_hits) = tokio::try_join!(keyword_search, semantic_search)?;
-        let mut hits: Vec<SearchHit> = match mode {
+        let hits: Vec<SearchHit> = match mode {
             SearchMode::Keyword => keyword_hits
                 .into_iter()
                 .enumerate()
@@ -453,14 +471,7 @@ impl Memories {
                     .collect()
             }
         };
-        if let Some(min) = q.min_score {
-            hits.retain(|h| h.score >= min);
-        }
-        hits.truncate(q.top_k);
-        Ok(SearchResults {
-            results: hits,
-            warning,
-        })
+        Ok(hits)
     }
 
     /// Hybrid search without a metadata filter: both searches return ids,
@@ -481,9 +492,7 @@ impl Memories {
         let fused = fuse(&semantic, &keyword);
         let ids: Vec<Uuid> = fused.iter().map(|f| f.id).collect();
         let mut rows = self.rows_for(&q.filter, &ids, q.top_k).await?;
-        let mut hits: Vec<SearchHit> = fused.into_iter().filter_map(|f| f.hit(&mut rows)).collect();
-        hits.truncate(q.top_k);
-        Ok(hits)
+        Ok(fused.into_iter().filter_map(|f| f.hit(&mut rows)).collect())
     }
 
     /// Live rows matching `filter` for the first `want` of `ranked`; the
