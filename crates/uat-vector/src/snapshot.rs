@@ -7,7 +7,7 @@
 //! Written to a temporary file, fsynced and renamed over the old one.
 
 use crate::error::{Result, VectorError};
-use crate::hnsw::{Hnsw, Links, Node};
+use crate::hnsw::{Hnsw, Links, Node, links};
 use crate::quant::Quantizer;
 use crate::types::CollectionConfig;
 use crate::wal::{Reader, put_f32s, put_id, put_payload, put_u32};
@@ -45,23 +45,23 @@ pub(crate) fn write(path: &Path, h: &Hnsw, seq: u64) -> Result<()> {
     put_u32(&mut buf, hjson.len() as u32);
     buf.extend_from_slice(&hjson);
     for i in 0..len as u32 {
-        let Some(n) = h.node(i) else {
+        let (Some(n), Some(v)) = (h.node(i), h.vector(i)) else {
             return Err(VectorError::corrupt(
                 "snapshot",
                 format!("slot {i} is empty while writing"),
             ));
         };
-        buf.push(u8::from(n.is_deleted()));
+        buf.push(u8::from(h.is_deleted(i)));
         put_id(&mut buf, &n.ext);
         buf.push(n.level() as u8);
-        for l in n.links.iter() {
-            let l = l.to_vec();
+        for l in 0..=n.level() {
+            let l = h.links(i, l).map(|l| l.to_vec()).unwrap_or_default();
             put_u32(&mut buf, l.len() as u32);
             for x in l.iter() {
                 put_u32(&mut buf, *x);
             }
         }
-        put_f32s(&mut buf, &n.vector);
+        put_f32s(&mut buf, v);
         put_payload(&mut buf, n.payload.as_ref());
     }
     let crc = crc32fast::hash(&buf);
@@ -109,10 +109,11 @@ pub(crate) fn read(path: &Path, cfg: &CollectionConfig) -> Result<Option<(Hnsw, 
     if let Some(q) = header.quantizer {
         let _ = h.quant.set(q);
     }
+    let mut links0 = Vec::with_capacity(h.m0);
     for i in 0..header.len {
-        let node = read_node(&mut r, &h, cfg.dimension)
+        let (node, vector, deleted) = read_node(&mut r, &h, cfg.dimension, &mut links0)
             .ok_or_else(|| bad(&format!("node {i} truncated")))?;
-        h.push_loaded(node);
+        h.push_loaded(node, &vector, &links0, deleted);
     }
     if r.remaining() != 0 {
         return Err(bad("trailing bytes"));
@@ -121,30 +122,52 @@ pub(crate) fn read(path: &Path, cfg: &CollectionConfig) -> Result<Option<(Hnsw, 
     Ok(Some((h, header.seq)))
 }
 
-fn read_node(r: &mut Reader<'_>, h: &Hnsw, dim: usize) -> Option<Node> {
+/// One node: its metadata and upper lists, its vector, its level-0 list
+/// (into `links0`) and whether it is deleted.
+fn read_node(
+    r: &mut Reader<'_>,
+    h: &Hnsw,
+    dim: usize,
+    links0: &mut Vec<u32>,
+) -> Option<(Node, Vec<f32>, bool)> {
     let flags = r.u8()?;
     let ext = r.id()?;
     let level = r.u8()? as usize;
-    let mut links = Vec::with_capacity(level + 1);
+    let mut upper = Vec::with_capacity(level);
     for l in 0..=level {
         let n = r.u32()? as usize;
-        let cap = if l == 0 { h.m0 } else { h.m };
-        let mut v = Vec::with_capacity(n);
+        let ids = if l == 0 {
+            links0.clear();
+            &mut *links0
+        } else {
+            upper.push(Vec::with_capacity(n));
+            upper.last_mut()?
+        };
         for _ in 0..n {
-            v.push(r.u32()?);
+            ids.push(r.u32()?);
         }
-        links.push(Links::from_ids(&v, cap));
     }
-    let vector = r.f32s(dim)?.into_boxed_slice();
+    let vector = r.f32s(dim)?;
     let payload = r.payload()?;
     let code = h.encode(&vector);
-    Some(Node {
-        ext,
+    let upper = upper
+        .iter()
+        .map(|ids| {
+            let store = links::owned(h.m.max(ids.len()));
+            Links::new(&store).set(ids);
+            store
+        })
+        .collect();
+    Some((
+        Node {
+            ext,
+            code,
+            payload,
+            upper,
+            lock: Mutex::new(()),
+            deleted: AtomicBool::new(flags & 1 != 0),
+        },
         vector,
-        code,
-        payload,
-        links: links.into_boxed_slice(),
-        lock: Mutex::new(()),
-        deleted: AtomicBool::new(flags & 1 != 0),
-    })
+        flags & 1 != 0,
+    ))
 }

@@ -47,7 +47,7 @@ impl State {
         let mut pindex = PayloadIndex::new(&cfg.payload_indexes);
         for i in 0..hnsw.len() as u32 {
             if let Some(n) = hnsw.node(i)
-                && !n.is_deleted()
+                && !hnsw.is_deleted(i)
             {
                 ids.insert(n.ext.clone(), i);
                 pindex.add(i, n.payload.as_ref());
@@ -204,10 +204,9 @@ impl Collection {
             let bits = st.pindex.read().resolve(filter, h.len());
             (0..h.len() as u32)
                 .filter(|&i| bits.as_ref().is_none_or(|b| b.contains(i)))
+                .filter(|&i| !h.is_deleted(i))
                 .filter_map(|i| h.node(i))
-                .filter(|n| {
-                    !n.is_deleted() && (bits.is_some() || filter.matches(n.payload.as_ref()))
-                })
+                .filter(|n| bits.is_some() || filter.matches(n.payload.as_ref()))
                 .map(|n| n.ext.clone())
                 .collect()
         };
@@ -238,12 +237,12 @@ impl Collection {
     pub fn get(&self, id: &PointId) -> Result<Point> {
         let st = self.state.read();
         let nid = st.ids.read().get(id).copied();
-        let node = nid
-            .and_then(|i| st.hnsw.node(i))
+        let (node, vector) = nid
+            .and_then(|i| st.hnsw.node(i).zip(st.hnsw.vector(i)))
             .ok_or_else(|| VectorError::PointNotFound(id.clone()))?;
         Ok(Point {
             id: node.ext.clone(),
-            vector: node.vector.to_vec(),
+            vector: vector.to_vec(),
             payload: node.payload.clone(),
         })
     }
@@ -281,11 +280,11 @@ impl Collection {
             let st = self.state.read();
             let h = &st.hnsw;
             (0..h.len() as u32)
-                .filter_map(|i| h.node(i))
-                .filter(|n| !n.is_deleted())
-                .map(|n| Point {
+                .filter(|&i| !h.is_deleted(i))
+                .filter_map(|i| h.node(i).zip(h.vector(i)))
+                .map(|(n, v)| Point {
                     id: n.ext.clone(),
-                    vector: n.vector.to_vec(),
+                    vector: v.to_vec(),
                     payload: n.payload.clone(),
                 })
                 .collect()
@@ -313,7 +312,7 @@ impl Collection {
         let mut m = MemoryUsage::default();
         for i in 0..h.len() as u32 {
             if let Some(n) = h.node(i) {
-                m.vectors_bytes += n.vector.len() * 4;
+                m.vectors_bytes += h.dim * 4;
                 m.quantized_bytes += n.code.bytes();
                 m.payload_bytes += n.payload.as_ref().map_or(0, |p| p.to_string().len());
             }

@@ -5,7 +5,6 @@ use super::{Collection, State};
 use crate::distance::{Metric, normalize};
 use crate::error::{Result, VectorError};
 use crate::filter::Filter;
-use crate::hnsw::Node;
 use crate::metrics;
 use crate::planner::{Plan, choose_plan};
 use crate::types::{ScoredPoint, SearchRequest, check_top_k, check_vector};
@@ -59,7 +58,8 @@ impl Collection {
         let st = self.state.read();
         let (raw, plan) = match req.filter.as_ref().filter(|f| !f.is_empty()) {
             None => {
-                let live = |_: u32, n: &Node| !n.is_deleted();
+                let h = &st.hnsw;
+                let live = |i: u32| !h.is_deleted(i);
                 (st.hnsw.knn(&st.hnsw.query(&q), k, ef, &live), None)
             }
             Some(f) => {
@@ -81,14 +81,14 @@ impl Collection {
     ) -> Vec<ScoredPoint> {
         let mut seen = HashSet::with_capacity(raw.len());
         raw.into_iter()
-            .filter_map(|(d, i)| st.hnsw.node(i).map(|n| (d, n)))
-            .filter(|(_, n)| seen.insert(n.ext.clone()))
-            .map(|(d, n)| ScoredPoint {
+            .filter_map(|(d, i)| st.hnsw.node(i).map(|n| (d, i, n)))
+            .filter(|(_, _, n)| seen.insert(n.ext.clone()))
+            .map(|(d, i, n)| ScoredPoint {
                 id: n.ext.clone(),
                 score: self.config.metric.score(d),
                 payload: if payload { n.payload.clone() } else { None },
                 vector: if vector {
-                    Some(n.vector.to_vec())
+                    st.hnsw.vector(i).map(<[f32]>::to_vec)
                 } else {
                     None
                 },
@@ -112,7 +112,7 @@ fn filtered(st: &State, f: &Filter, q: &[f32], k: usize, ef: usize) -> (Vec<(f32
             let (mut seen, mut hit) = (0usize, 0usize);
             for i in (0..len as u32).step_by(step) {
                 if let Some(n) = h.node(i)
-                    && !n.is_deleted()
+                    && !h.is_deleted(i)
                 {
                     seen += 1;
                     hit += usize::from(f.matches(n.payload.as_ref()));
@@ -139,11 +139,9 @@ fn filtered(st: &State, f: &Filter, q: &[f32], k: usize, ef: usize) -> (Vec<(f32
         Plan::Exact => (exact(&bits), Plan::Exact),
         Plan::Walk => {
             let res = match &bits {
-                Some(b) => h.knn(&query, k, ef, &|i: u32, n: &Node| {
-                    !n.is_deleted() && b.contains(i)
-                }),
-                None => h.knn(&query, k, ef, &|_: u32, n: &Node| {
-                    !n.is_deleted() && f.matches(n.payload.as_ref())
+                Some(b) => h.knn(&query, k, ef, &|i: u32| !h.is_deleted(i) && b.contains(i)),
+                None => h.knn(&query, k, ef, &|i: u32| {
+                    !h.is_deleted(i) && h.node(i).is_some_and(|n| f.matches(n.payload.as_ref()))
                 }),
             };
             if res.len() < k && estimate >= k {

@@ -7,27 +7,27 @@
 //! and new ids, each of which is a node that exists, which a graph walk
 //! tolerates (hnswlib's searches read lists the same way); it never sees an id
 //! that was not written. So searches touch no lock and no shared counter.
+//!
+//! `Links` is a view: level-0 lists live in the arena's records
+//! (`arena.rs`), upper-level lists in their node (`owned`).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-#[derive(Debug)]
-pub(crate) struct Links {
-    slots: Box<[AtomicU32]>,
+/// Storage of one list holding at most `cap` ids (a node's upper levels).
+pub(crate) fn owned(cap: usize) -> Box<[AtomicU32]> {
+    (0..=cap).map(|_| AtomicU32::new(0)).collect()
 }
 
-impl Links {
-    /// An empty list holding at most `cap` ids.
-    pub(crate) fn new(cap: usize) -> Self {
-        Self {
-            slots: (0..=cap).map(|_| AtomicU32::new(0)).collect(),
-        }
-    }
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Links<'a> {
+    slots: &'a [AtomicU32],
+}
 
-    /// A list holding `ids` (a snapshot load), with room for at least `cap`.
-    pub(crate) fn from_ids(ids: &[u32], cap: usize) -> Self {
-        let l = Self::new(cap.max(ids.len()));
-        l.set(ids);
-        l
+impl<'a> Links<'a> {
+    /// The list stored in `slots` (length word first; never empty).
+    #[inline]
+    pub(crate) fn new(slots: &'a [AtomicU32]) -> Self {
+        Self { slots }
     }
 
     /// Most ids the list holds.
@@ -51,14 +51,14 @@ impl Links {
     }
 
     /// The ids, as a new vector.
-    pub(crate) fn to_vec(&self) -> Vec<u32> {
+    pub(crate) fn to_vec(self) -> Vec<u32> {
         let mut v = Vec::with_capacity(self.cap());
         self.read_into(&mut v);
         v
     }
 
     /// Replaces the ids (at most `cap` are kept). The caller holds the node's
-    /// write lock.
+    /// write lock (or owns the graph, as a snapshot load does).
     pub(crate) fn set(&self, ids: &[u32]) {
         let n = ids.len().min(self.cap());
         for (s, &id) in self.slots[1..=n].iter().zip(ids) {
@@ -78,20 +78,16 @@ impl Links {
         self.slots[0].store(n as u32 + 1, Ordering::Release);
         true
     }
-
-    /// Bytes held.
-    pub(crate) fn bytes(&self) -> usize {
-        self.slots.len() * 4 + 16
-    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::Links;
+    use super::{Links, owned};
 
     #[test]
     fn push_set_and_read_back() {
-        let l = Links::new(3);
+        let store = owned(3);
+        let l = Links::new(&store);
         assert!(l.to_vec().is_empty());
         assert!(l.push(7) && l.push(8) && l.push(9));
         assert!(!l.push(10), "a full list refuses");
@@ -100,11 +96,5 @@ mod tests {
         assert_eq!(l.to_vec(), vec![1]);
         l.set(&[4, 5, 6, 7, 8]);
         assert_eq!(l.to_vec(), vec![4, 5, 6], "set keeps at most cap ids");
-        let big = Links::from_ids(&[1, 2, 3, 4], 2);
-        assert_eq!(
-            big.to_vec(),
-            vec![1, 2, 3, 4],
-            "a loaded list may exceed cap"
-        );
     }
 }

@@ -9,12 +9,14 @@
 //! - deletes are tombstones: searches walk through them but never return them;
 //!   compaction (in the collection) rebuilds the graph from live points.
 
-mod links;
+mod arena;
+pub(crate) mod links;
 mod search;
 mod slots;
 #[cfg(test)]
 mod tests;
 
+use arena::Arena;
 pub(crate) use links::Links;
 use slots::Slots;
 
@@ -25,39 +27,39 @@ use parking_lot::{Mutex, RwLock};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
-/// One point in the graph. Immutable but for its links and tombstone;
-/// an upsert of an existing id makes a new node and tombstones the old one.
+/// One point in the graph, but for its level-0 record (vector, level-0
+/// list, tombstone: see `arena.rs`). Immutable but for its upper lists; an
+/// upsert of an existing id makes a new node and tombstones the old one.
 #[derive(Debug)]
 pub(crate) struct Node {
     pub(crate) ext: PointId,
-    pub(crate) vector: Box<[f32]>,
     pub(crate) code: Code,
     pub(crate) payload: Option<serde_json::Value>,
-    pub(crate) links: Box<[Links]>,
-    /// Serializes writers of `links` (readers take no lock).
+    /// Lists of levels 1..=level.
+    pub(crate) upper: Box<[Box<[AtomicU32]>]>,
+    /// Serializes writers of the node's lists, level 0 included (readers
+    /// take no lock).
     pub(crate) lock: Mutex<()>,
+    /// A copy of the record's tombstone for the scans that read codes: they
+    /// touch this node anyway, and the record would cost them a cache (and
+    /// TLB) miss per point. Set after the record's, before the delete returns.
     pub(crate) deleted: AtomicBool,
 }
 
 impl Node {
-    /// A node with empty neighbour lists up to `level`.
+    /// A node with empty upper lists up to `level`.
     pub(crate) fn new(
         ext: PointId,
-        vector: Box<[f32]>,
         code: Code,
         payload: Option<serde_json::Value>,
         level: usize,
         m: usize,
     ) -> Self {
-        let links = (0..=level)
-            .map(|l| Links::new(if l == 0 { 2 * m } else { m }))
-            .collect();
         Self {
             ext,
-            vector,
             code,
             payload,
-            links,
+            upper: (0..level).map(|_| links::owned(m)).collect(),
             lock: Mutex::new(()),
             deleted: AtomicBool::new(false),
         }
@@ -65,28 +67,18 @@ impl Node {
 
     /// Top level of the node.
     pub(crate) fn level(&self) -> usize {
-        self.links.len().saturating_sub(1)
+        self.upper.len()
     }
 
-    pub(crate) fn is_deleted(&self) -> bool {
-        self.deleted.load(Ordering::Acquire)
-    }
-
-    /// Hints the CPU to fetch the first bytes of what a distance will read.
+    /// Hints the CPU to fetch the first bytes of the node's code.
     #[inline]
-    pub(crate) fn prefetch(&self, codes: bool) {
-        let (ptr, len) = match (&self.code, codes) {
-            (Code::Sq8 { codes, .. }, true) => (codes.as_ptr().cast::<u8>(), codes.len()),
-            (Code::Binary(b), true) => (b.as_ptr().cast::<u8>(), b.len() * 8),
-            _ => (self.vector.as_ptr().cast::<u8>(), self.vector.len() * 4),
+    pub(crate) fn prefetch_code(&self) {
+        let (ptr, len) = match &self.code {
+            Code::Sq8 { codes, .. } => (codes.as_ptr().cast::<u8>(), codes.len()),
+            Code::Binary(b) => (b.as_ptr().cast::<u8>(), b.len() * 8),
+            _ => return,
         };
         prefetch(ptr, len.min(512));
-    }
-
-    /// Prefetches the whole f32 vector (for exact scans).
-    #[inline]
-    pub(crate) fn prefetch_vector(&self) {
-        prefetch(self.vector.as_ptr().cast::<u8>(), self.vector.len() * 4);
     }
 }
 
@@ -119,6 +111,7 @@ pub(crate) struct Hnsw {
     pub(crate) ef_construction: usize,
     ml: f64,
     slots: Slots,
+    arena: Arena,
     next: AtomicU32,
     entry: RwLock<Option<(u32, usize)>>,
     pub(crate) quant: OnceLock<Quantizer>,
@@ -140,6 +133,7 @@ impl Hnsw {
             ef_construction: ef_construction.max(1),
             ml: 1.0 / (m as f64).ln(),
             slots: Slots::new(),
+            arena: Arena::new(dim, 2 * m),
             next: AtomicU32::new(0),
             entry: RwLock::new(None),
             quant: OnceLock::new(),
@@ -172,9 +166,58 @@ impl Hnsw {
         self.deleted.load(Ordering::Relaxed)
     }
 
+    /// A node's metadata (id, payload, code, upper lists).
     #[inline]
     pub(crate) fn node(&self, id: u32) -> Option<&Node> {
         self.slots.get(id)
+    }
+
+    /// A node's vector.
+    #[inline]
+    pub(crate) fn vector(&self, id: u32) -> Option<&[f32]> {
+        self.arena.vector(id)
+    }
+
+    /// A node's list at `level`.
+    #[inline]
+    pub(crate) fn links(&self, id: u32, level: usize) -> Option<Links<'_>> {
+        if level == 0 {
+            self.arena.links(id)
+        } else {
+            let n = self.node(id)?;
+            n.upper.get(level - 1).map(|l| Links::new(l))
+        }
+    }
+
+    /// Whether a node is tombstoned.
+    #[inline]
+    pub(crate) fn is_deleted(&self, id: u32) -> bool {
+        self.arena.is_deleted(id)
+    }
+
+    /// Hints the CPU to fetch what a walk's distance to `id` reads: the
+    /// node's code (`codes`) or its level-0 record.
+    #[inline]
+    pub(crate) fn prefetch(&self, id: u32, codes: bool) {
+        if codes {
+            if let Some(n) = self.node(id) {
+                n.prefetch_code();
+            }
+        } else {
+            self.arena.prefetch(id);
+        }
+    }
+
+    /// Prefetches a node's whole vector (exact scans).
+    #[inline]
+    pub(crate) fn prefetch_vector(&self, id: u32) {
+        self.arena.prefetch_vector(id);
+    }
+
+    /// Distance between two nodes' vectors.
+    #[inline]
+    fn between(&self, a: u32, b: u32) -> Option<f32> {
+        Some(self.metric.distance(self.vector(a)?, self.vector(b)?))
     }
 
     /// Entry point and top level.
@@ -213,17 +256,28 @@ impl Hnsw {
         let code = self.encode(&vector);
         let level = self.random_level();
         let id = self.next.fetch_add(1, Ordering::AcqRel);
+        self.arena.init(id, &vector, false);
         self.slots
-            .set(id, Node::new(ext, vector, code, payload, level, self.m));
+            .set(id, Node::new(ext, code, payload, level, self.m));
         self.link(id);
         id
     }
 
     /// Appends an already-linked node (snapshot load); single-threaded.
-    pub(crate) fn push_loaded(&self, node: Node) -> u32 {
+    pub(crate) fn push_loaded(
+        &self,
+        node: Node,
+        vector: &[f32],
+        links0: &[u32],
+        deleted: bool,
+    ) -> u32 {
         let id = self.next.fetch_add(1, Ordering::AcqRel);
-        if node.is_deleted() {
+        if deleted {
             self.deleted.fetch_add(1, Ordering::Relaxed);
+        }
+        self.arena.init(id, vector, deleted);
+        if let Some(l) = self.arena.links(id) {
+            l.set(links0);
         }
         self.slots.set(id, node);
         id
@@ -236,17 +290,20 @@ impl Hnsw {
 
     /// Tombstones a node; returns false if it was already deleted.
     pub(crate) fn tombstone(&self, id: u32) -> bool {
-        match self.node(id) {
-            Some(n) if !n.deleted.swap(true, Ordering::AcqRel) => {
-                self.deleted.fetch_add(1, Ordering::Relaxed);
-                true
-            }
-            _ => false,
+        let fresh = self.arena.tombstone(id);
+        if let Some(n) = self.node(id) {
+            n.deleted.store(true, Ordering::Release);
         }
+        if fresh {
+            self.deleted.fetch_add(1, Ordering::Relaxed);
+        }
+        fresh
     }
 
     fn link(&self, id: u32) {
-        let Some(node) = self.node(id) else { return };
+        let (Some(node), Some(q)) = (self.node(id), self.vector(id)) else {
+            return;
+        };
         let level = node.level();
         let (mut cur, max_level) = {
             let current = *self.entry.read();
@@ -264,14 +321,13 @@ impl Hnsw {
                 }
             }
         };
-        let q: &[f32] = &node.vector;
-        let dist = |n: &Node| self.metric.distance(q, &n.vector);
-        let mut cur_d = self.node(cur).map_or(f32::INFINITY, dist);
+        let dist = |i: u32| self.vector(i).map(|v| self.metric.distance(q, v));
+        let mut cur_d = dist(cur).unwrap_or(f32::INFINITY);
         for l in (level + 1..=max_level).rev() {
             (cur_d, cur) = self.greedy(&dist, (cur_d, cur), l);
         }
         let mut eps = vec![(cur_d, cur)];
-        let accept_all = |_: u32, _: &Node| true;
+        let accept_all = |_: u32| true;
         for l in (0..=level.min(max_level)).rev() {
             let mut cands =
                 self.search_layer(&dist, &eps, self.ef_construction, l, &accept_all, false);
@@ -280,7 +336,7 @@ impl Hnsw {
             let cap = if l == 0 { self.m0 } else { self.m };
             {
                 let _guard = node.lock.lock();
-                let own = &node.links[l];
+                let Some(own) = self.links(id, l) else { break };
                 if own.len() == 0 {
                     let ids: Vec<u32> = selected.iter().map(|s| s.1).collect();
                     own.set(&ids);
@@ -290,7 +346,7 @@ impl Hnsw {
                         .to_vec()
                         .into_iter()
                         .filter(|x| !selected.iter().any(|s| s.1 == *x))
-                        .filter_map(|x| self.node(x).map(|n| (dist(n), x)))
+                        .filter_map(|x| dist(x).map(|d| (d, x)))
                         .chain(selected.iter().copied())
                         .collect();
                     all.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -326,17 +382,15 @@ impl Hnsw {
                 break;
             }
             // The kept vectors stay in cache; fetch the next candidate's meanwhile.
-            if let Some(next) = cands.get(j + 1).and_then(|x| self.node(x.1)) {
-                next.prefetch_vector();
+            if let Some(next) = cands.get(j + 1) {
+                self.prefetch_vector(next.1);
             }
-            let Some(cn) = self.node(c) else { continue };
             let good = out.iter().all(|&(_, s)| {
-                self.node(s)
-                    // Reject only when strictly closer to a kept neighbour (as
-                    // hnswlib does): with `>=` an exact duplicate of the base
-                    // (an upsert of a deleted point's vector) would veto every
-                    // other candidate and leave the node with one link.
-                    .is_none_or(|sn| self.metric.distance(&cn.vector, &sn.vector) >= d)
+                // Reject only when strictly closer to a kept neighbour (as
+                // hnswlib does): with `>=` an exact duplicate of the base
+                // (an upsert of a deleted point's vector) would veto every
+                // other candidate and leave the node with one link.
+                self.between(c, s).is_none_or(|ds| ds >= d)
             });
             if good {
                 out.push((d, c));
@@ -347,7 +401,7 @@ impl Hnsw {
 
     fn add_link(&self, target: u32, new: u32, level: usize, cap: usize) {
         let Some(tn) = self.node(target) else { return };
-        let Some(list) = tn.links.get(level) else {
+        let Some(list) = self.links(target, level) else {
             return;
         };
         let _guard = tn.lock.lock();
@@ -363,10 +417,7 @@ impl Hnsw {
             .iter()
             .copied()
             .chain(std::iter::once(new))
-            .filter_map(|x| {
-                self.node(x)
-                    .map(|n| (self.metric.distance(&tn.vector, &n.vector), x))
-            })
+            .filter_map(|x| self.between(target, x).map(|d| (d, x)))
             .collect();
         all.sort_by(|a, b| a.0.total_cmp(&b.0));
         let keep: Vec<u32> = self.select(&all, cap).iter().map(|s| s.1).collect();
@@ -375,9 +426,10 @@ impl Hnsw {
 
     /// Bytes of links (list buffers) held by the graph.
     pub(crate) fn graph_bytes(&self) -> usize {
-        (0..self.len() as u32)
+        let upper: usize = (0..self.len() as u32)
             .filter_map(|i| self.node(i))
-            .map(|n| n.links.iter().map(Links::bytes).sum::<usize>())
-            .sum()
+            .map(|n| n.upper.iter().map(|l| l.len() * 4 + 16).sum::<usize>())
+            .sum();
+        upper + self.len() * self.arena.list_bytes()
     }
 }

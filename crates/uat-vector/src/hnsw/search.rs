@@ -2,11 +2,12 @@
 //! acceptance predicate checked *during* the walk for filters and tombstones),
 //! k-NN with optional quantized walk + f32 rescoring, and exact scans.
 
-use super::{Hnsw, Node};
+use super::Hnsw;
 use crate::quant::Code;
 use std::cell::RefCell;
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
+use std::sync::atomic::Ordering::Relaxed;
 
 /// An f32 with a total order, for heaps.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -86,7 +87,7 @@ impl Hnsw {
     }
 
     /// Greedy descent on one layer.
-    pub(crate) fn greedy<F: Fn(&Node) -> f32>(
+    pub(crate) fn greedy<F: Fn(u32) -> Option<f32>>(
         &self,
         dist: &F,
         start: (f32, u32),
@@ -97,12 +98,11 @@ impl Hnsw {
         loop {
             let mut changed = false;
             buf.clear();
-            if let Some(l) = self.node(cur).and_then(|n| n.links.get(level)) {
+            if let Some(l) = self.links(cur, level) {
                 l.read_into(&mut buf);
             }
             for &nb in &buf {
-                if let Some(n) = self.node(nb) {
-                    let d = dist(n);
+                if let Some(d) = dist(nb) {
                     if d < cur_d {
                         cur_d = d;
                         cur = nb;
@@ -129,8 +129,8 @@ impl Hnsw {
         walk_codes: bool,
     ) -> Vec<(f32, u32)>
     where
-        F: Fn(&Node) -> f32,
-        A: Fn(u32, &Node) -> bool,
+        F: Fn(u32) -> Option<f32>,
+        A: Fn(u32) -> bool,
     {
         VISITED.with(|cell| {
             let mut vis = cell.borrow_mut();
@@ -142,9 +142,7 @@ impl Hnsw {
                     continue;
                 }
                 cand.push(Reverse((OrdF32(d), id)));
-                if let Some(n) = self.node(id)
-                    && accept(id, n)
-                {
+                if accept(id) {
                     res.push((OrdF32(d), id));
                     if res.len() > ef {
                         res.pop();
@@ -152,7 +150,7 @@ impl Hnsw {
                 }
             }
             let mut buf: Vec<u32> = Vec::with_capacity(self.m0);
-            let mut fresh: Vec<(u32, &Node)> = Vec::with_capacity(self.m0);
+            let mut fresh: Vec<u32> = Vec::with_capacity(self.m0);
             let walk_codes = walk_codes && self.quant.get().is_some();
             while let Some(Reverse((OrdF32(d), c))) = cand.pop() {
                 let lower = res.peek().map_or(f32::INFINITY, |t| t.0.0);
@@ -160,7 +158,7 @@ impl Hnsw {
                     break;
                 }
                 buf.clear();
-                if let Some(l) = self.node(c).and_then(|n| n.links.get(level)) {
+                if let Some(l) = self.links(c, level) {
                     l.read_into(&mut buf);
                 }
                 // First pass: drop visited ids and prefetch what the distances
@@ -170,16 +168,15 @@ impl Hnsw {
                     if vis.check_and_mark(nb) {
                         continue;
                     }
-                    let Some(n) = self.node(nb) else { continue };
-                    n.prefetch(walk_codes);
-                    fresh.push((nb, n));
+                    self.prefetch(nb, walk_codes);
+                    fresh.push(nb);
                 }
-                for &(nb, n) in &fresh {
-                    let dn = dist(n);
+                for &nb in &fresh {
+                    let Some(dn) = dist(nb) else { continue };
                     let lower = res.peek().map_or(f32::INFINITY, |t| t.0.0);
                     if res.len() < ef || dn < lower {
                         cand.push(Reverse((OrdF32(dn), nb)));
-                        if accept(nb, n) {
+                        if accept(nb) {
                             res.push((OrdF32(dn), nb));
                             if res.len() > ef {
                                 res.pop();
@@ -198,7 +195,7 @@ impl Hnsw {
     /// even when the walk used quantized codes (those results are rescored).
     pub(crate) fn knn<A>(&self, q: &Query<'_>, k: usize, ef: usize, accept: &A) -> Vec<(f32, u32)>
     where
-        A: Fn(u32, &Node) -> bool,
+        A: Fn(u32) -> bool,
     {
         let Some((ep, top)) = self.entry() else {
             return Vec::new();
@@ -207,7 +204,10 @@ impl Hnsw {
         let walk_quant = self.quant.get().filter(|_| self.walk_quantized);
         let mut res = match (walk_quant, &q.code) {
             (Some(quant), code) if !matches!(code, Code::None) => {
-                let dist = |n: &Node| quant.distance(self.metric, code, &n.code);
+                let dist = |i: u32| {
+                    self.node(i)
+                        .map(|n| quant.distance(self.metric, code, &n.code))
+                };
                 // One bit per dimension is coarse: walk wider, then rescore.
                 let walk_ef = if matches!(code, Code::BinaryQuery(_)) {
                     ef * 2
@@ -218,13 +218,13 @@ impl Hnsw {
                 cands
                     .into_iter()
                     .filter_map(|(_, i)| {
-                        self.node(i)
-                            .map(|n| (self.metric.distance(q.vector, &n.vector), i))
+                        self.vector(i)
+                            .map(|v| (self.metric.distance(q.vector, v), i))
                     })
                     .collect()
             }
             _ => {
-                let dist = |n: &Node| self.metric.distance(q.vector, &n.vector);
+                let dist = |i: u32| self.vector(i).map(|v| self.metric.distance(q.vector, v));
                 self.walk(&dist, ep, top, ef, accept, false)
             }
         };
@@ -243,13 +243,13 @@ impl Hnsw {
         walk_codes: bool,
     ) -> Vec<(f32, u32)>
     where
-        F: Fn(&Node) -> f32,
-        A: Fn(u32, &Node) -> bool,
+        F: Fn(u32) -> Option<f32>,
+        A: Fn(u32) -> bool,
     {
-        let Some(epn) = self.node(ep) else {
+        let Some(d) = dist(ep) else {
             return Vec::new();
         };
-        let mut cur = (dist(epn), ep);
+        let mut cur = (d, ep);
         for l in (1..=top).rev() {
             cur = self.greedy(dist, cur, l);
         }
@@ -273,10 +273,10 @@ impl Hnsw {
         ef: usize,
         ids: impl Iterator<Item = u32>,
     ) -> Vec<(f32, u32)> {
-        let nodes: Vec<(u32, &Node)> = ids
-            .filter_map(|id| self.node(id).map(|n| (id, n)))
-            .filter(|(_, n)| !n.is_deleted())
-            .collect();
+        // Tombstones are skipped as the scan meets them (the code scan reads
+        // the node's copy, the f32 scan the record's): a pass of its own to
+        // drop them first would cost a cache miss per id.
+        let ids: Vec<u32> = ids.collect();
         if let Some(quant) = self.quant.get()
             && !matches!(q.code, Code::None)
         {
@@ -285,20 +285,32 @@ impl Hnsw {
             } else {
                 ef.max(k)
             };
-            if nodes.len() > keep {
-                let (coded, uncoded): (Vec<_>, Vec<_>) = nodes
-                    .into_iter()
-                    .partition(|(_, n)| !matches!(n.code, Code::None));
-                let coarse = top_k(&coded, keep, true, |n| {
-                    quant.distance(self.metric, &q.code, &n.code)
-                });
+            if ids.len() > keep {
+                let mut uncoded = Vec::new();
+                let coarse = top_k(
+                    &ids,
+                    keep,
+                    |&i| {
+                        if let Some(n) = self.node(i) {
+                            n.prefetch_code();
+                        }
+                    },
+                    |&i| {
+                        let n = self.node(i).filter(|n| !n.deleted.load(Relaxed))?;
+                        if matches!(n.code, Code::None) {
+                            uncoded.push(i);
+                            return None;
+                        }
+                        Some(quant.distance(self.metric, &q.code, &n.code))
+                    },
+                );
                 let mut out: Vec<(f32, u32)> = coarse
                     .into_iter()
-                    .map(|(_, i)| i)
-                    .chain(uncoded.into_iter().map(|(i, _)| i))
+                    .map(|(_, j)| ids[j as usize])
+                    .chain(uncoded)
                     .filter_map(|i| {
-                        self.node(i)
-                            .map(|n| (self.metric.distance(q.vector, &n.vector), i))
+                        self.vector(i)
+                            .map(|v| (self.metric.distance(q.vector, v), i))
                     })
                     .collect();
                 out.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -306,37 +318,44 @@ impl Hnsw {
                 return out;
             }
         }
-        top_k(&nodes, k, false, |n| {
-            self.metric.distance(q.vector, &n.vector)
-        })
+        top_k(
+            &ids,
+            k,
+            |&i| self.prefetch_vector(i),
+            |&i| {
+                self.arena
+                    .live_vector(i)
+                    .map(|v| self.metric.distance(q.vector, v))
+            },
+        )
+        .into_iter()
+        .map(|(d, j)| (d, ids[j as usize]))
+        .collect()
     }
 }
 
-/// The `k` closest of `nodes` by `dist`, closest first; reads a few nodes
-/// ahead (their codes when `codes`, else their vectors) so the memory
-/// latency overlaps the kernel.
-fn top_k<F: Fn(&Node) -> f32>(
-    nodes: &[(u32, &Node)],
+/// The `k` closest of `items` by `dist`, closest first, as (distance, index
+/// into `items`); prefetches a few items ahead so the memory latency
+/// overlaps the kernel.
+fn top_k<T, P: Fn(&T), F: FnMut(&T) -> Option<f32>>(
+    items: &[T],
     k: usize,
-    codes: bool,
-    dist: F,
+    prefetch: P,
+    mut dist: F,
 ) -> Vec<(f32, u32)> {
     const AHEAD: usize = 6;
     let mut heap: BinaryHeap<(OrdF32, u32)> = BinaryHeap::with_capacity(k + 1);
-    for (j, &(id, n)) in nodes.iter().enumerate() {
-        if let Some((_, next)) = nodes.get(j + AHEAD) {
-            if codes {
-                next.prefetch(true);
-            } else {
-                next.prefetch_vector();
-            }
+    for (j, item) in items.iter().enumerate() {
+        if let Some(next) = items.get(j + AHEAD) {
+            prefetch(next);
         }
-        let d = dist(n);
+        let Some(d) = dist(item) else { continue };
+        let j = j as u32;
         if heap.len() < k {
-            heap.push((OrdF32(d), id));
+            heap.push((OrdF32(d), j));
         } else if heap.peek().is_some_and(|t| d < t.0.0) {
             heap.pop();
-            heap.push((OrdF32(d), id));
+            heap.push((OrdF32(d), j));
         }
     }
     let mut out: Vec<(f32, u32)> = heap.into_iter().map(|(d, i)| (d.0, i)).collect();

@@ -6,7 +6,7 @@ use super::Node;
 use std::sync::OnceLock;
 
 const FIRST_BITS: u32 = 10;
-const BUCKETS: usize = 23;
+pub(super) const BUCKETS: usize = 23;
 
 /// One bucket: a fixed run of slots, each filled once.
 type Bucket = Box<[OnceLock<Node>]>;
@@ -17,7 +17,7 @@ pub(super) struct Slots {
 }
 
 #[inline]
-fn locate(i: u32) -> (usize, usize) {
+pub(super) fn locate(i: u32) -> (usize, usize) {
     let x = u64::from(i) + (1u64 << FIRST_BITS);
     let b = (63 - x.leading_zeros() - FIRST_BITS) as usize;
     let off = (x - (1u64 << (b as u32 + FIRST_BITS))) as usize;

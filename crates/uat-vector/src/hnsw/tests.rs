@@ -33,7 +33,7 @@ fn build(vs: &[Vec<f32>], metric: Metric, m: usize, efc: usize) -> Hnsw {
 }
 
 fn recall(h: &Hnsw, queries: &[Vec<f32>], k: usize, ef: usize) -> f64 {
-    let all = |_: u32, n: &Node| !n.is_deleted();
+    let all = |i: u32| !h.is_deleted(i);
     let mut hit = 0usize;
     let mut total = 0usize;
     for q in queries {
@@ -73,10 +73,10 @@ proptest! {
         let r = recall(&h, &queries, 10, ef);
         prop_assert!(r >= 0.9, "recall {r} (m={m} ef={ef} {metric:?} dim={dim} n={n} del={delete_every})");
         // Tombstones never come back.
-        let all = |_: u32, n: &Node| !n.is_deleted();
+        let all = |i: u32| !h.is_deleted(i);
         for q in &queries {
             for (_, id) in h.knn(&h.query(q), 10, ef, &all) {
-                prop_assert!(h.node(id).is_some_and(|n| !n.is_deleted()));
+                prop_assert!(!h.is_deleted(id));
             }
         }
     }
@@ -122,8 +122,8 @@ fn code_scans_rescore_and_keep_points_inserted_before_the_codes() {
         let got = h.scan(&h.query(q), 10, 40, 0..h.len() as u32);
         assert_eq!(got.len(), 10);
         for (d, i) in &got {
-            let n = h.node(*i).expect("node");
-            assert!((d - Metric::Cosine.distance(q, &n.vector)).abs() < 1e-6);
+            let v = h.vector(*i).expect("vector");
+            assert!((d - Metric::Cosine.distance(q, v)).abs() < 1e-6);
         }
         hit += got
             .iter()
@@ -157,11 +157,15 @@ fn concurrent_inserts_and_searches() {
     let searcher = {
         let (h, vs) = (h.clone(), vs.clone());
         std::thread::spawn(move || {
-            let all = |_: u32, _: &Node| true;
+            let all = |_: u32| true;
             let mut found = 0usize;
-            for i in 0..2000 {
+            // Search until the inserts are done (at least 2,000 times): a
+            // fixed count could finish before the first insert lands.
+            let mut i = 0;
+            while i < 2000 || h.len() < vs.len() {
                 let res = h.knn(&h.query(&vs[i % 100]), 5, 32, &all);
                 found += res.len();
+                i += 1;
             }
             found
         })
@@ -172,13 +176,13 @@ fn concurrent_inserts_and_searches() {
     assert!(searcher.join().is_ok_and(|f| f > 0));
     assert_eq!(h.len(), 4000);
     // Every point is reachable and finds itself.
-    let all = |_: u32, _: &Node| true;
+    let all = |_: u32| true;
     let mut self_hits = 0;
     for id in 0..h.len() as u32 {
-        let Some(n) = h.node(id) else {
+        let Some(v) = h.vector(id) else {
             panic!("slot {id} empty")
         };
-        let res = h.knn(&h.query(&n.vector), 1, 64, &all);
+        let res = h.knn(&h.query(v), 1, 64, &all);
         if res.first().is_some_and(|r| r.0 <= 1e-6) {
             self_hits += 1;
         }
