@@ -2,7 +2,7 @@
 //!
 //! Environment: `MEMORIES` (100000), `USERS` (1000), `CLIENTS` (50), `OPS` (40 per client),
 //! `INDEX_DURING_LOAD` (1; 0 = load on SQL alone, then time the index rebuild),
-//! `READERS` (8: SQLite read connections; PostgreSQL pool 2.5x that),
+//! `READERS` (8: SQLite read connections), `PG_POOL` (PostgreSQL pool size; 2 x cores + 1),
 //! `PHASES` (`list,keyword,semantic,hybrid`: the latency phases to run),
 //! `SETTLE` (10: seconds between the load and the phases, for the work a bulk
 //! load leaves behind: full-text merge, index snapshot),
@@ -45,6 +45,7 @@ async fn main() {
         ops_per_client: env("OPS", 40),
         index_during_load: env("INDEX_DURING_LOAD", 1) == 1,
         readers: env("READERS", 8) as u32,
+        pg_pool: env("PG_POOL", BenchOptions::default().pg_pool as usize) as u32,
         settle: std::time::Duration::from_secs(env("SETTLE", 10) as u64),
         phases: std::env::var("PHASES")
             .map(|p| p.split(',').map(|s| s.trim().to_lowercase()).collect())
