@@ -74,6 +74,10 @@ pub struct VectorIndex {
     round: tokio::sync::Mutex<()>,
     since_snapshot: AtomicUsize,
     last_persist: parking_lot::Mutex<Instant>,
+    /// Searches running on the blocking pool at once: one per core. Without
+    /// a bound, 50 concurrent searches were 50 runnable blocking threads on
+    /// 2 cores, and the switching between them cost more than the searches.
+    searching: tokio::sync::Semaphore,
 }
 
 fn model_dir(base: &Path, model: &str) -> PathBuf {
@@ -227,6 +231,9 @@ impl VectorIndex {
             round: tokio::sync::Mutex::new(()),
             since_snapshot: AtomicUsize::new(0),
             last_persist: parking_lot::Mutex::new(Instant::now()),
+            searching: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+            ),
         });
         idx.persist(true).await?;
         while idx.catch_up(store).await? > 0 {}
@@ -288,10 +295,17 @@ impl VectorIndex {
         req.filter = Some(vector_filter(filter));
         req.with_payload = false;
         let coll = self.coll.clone();
-        let hits = tokio::task::spawn_blocking(move || coll.search(&req))
-            .await
-            .map_err(|e| MemoryError::Index(e.to_string()))?
-            .map_err(ix)?;
+        let hits = {
+            let _permit = self
+                .searching
+                .acquire()
+                .await
+                .map_err(|e| MemoryError::Index(e.to_string()))?;
+            tokio::task::spawn_blocking(move || coll.search(&req))
+                .await
+                .map_err(|e| MemoryError::Index(e.to_string()))?
+                .map_err(ix)?
+        };
         Ok(hits
             .into_iter()
             .filter_map(|h| match h.id {

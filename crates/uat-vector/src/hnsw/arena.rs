@@ -196,3 +196,56 @@ impl Arena {
         self.vec_off * 4
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Arena;
+
+    #[test]
+    fn records_publish_vectors_lists_and_tombstones() {
+        let a = Arena::new(5, 8);
+        assert!(a.vector(0).is_none(), "nothing before the bucket exists");
+        a.init(3, &[1.0, 2.0, 3.0, 4.0, 5.0], false);
+        assert!(
+            a.vector(2).is_none(),
+            "a slot not yet written is not published"
+        );
+        assert_eq!(a.vector(3), Some(&[1.0, 2.0, 3.0, 4.0, 5.0][..]));
+        assert_eq!(a.live_vector(3), a.vector(3));
+        let l = a.links(3).expect("list");
+        assert_eq!((l.len(), l.cap()), (0, 8));
+        l.set(&[7, 9]);
+        assert_eq!(a.links(3).map(|l| l.to_vec()), Some(vec![7, 9]));
+        assert_eq!(
+            a.vector(3).map(<[f32]>::len),
+            Some(5),
+            "the list leaves the vector alone"
+        );
+        assert!(!a.is_deleted(3));
+        assert!(
+            a.tombstone(3) && !a.tombstone(3),
+            "a second tombstone is refused"
+        );
+        assert!(a.is_deleted(3) && a.live_vector(3).is_none());
+        assert!(
+            a.vector(3).is_some(),
+            "walks still read a deleted node's vector"
+        );
+        assert!(!a.tombstone(2), "an unpublished slot cannot be deleted");
+        // A record in a later bucket, and one loaded as deleted.
+        a.init(5000, &[0.5; 5], true);
+        assert!(a.is_deleted(5000) && a.vector(5000).is_some());
+    }
+
+    #[test]
+    fn vectors_are_aligned_and_records_fill_whole_lines() {
+        for (dim, m0) in [(384, 32), (17, 12), (1, 2)] {
+            let a = Arena::new(dim, m0);
+            assert_eq!(a.stride % 16, 0);
+            assert!(a.vec_off >= 2 + m0 && a.vec_off + dim <= a.stride);
+            a.init(1, &vec![1.0; dim], false);
+            let v = a.vector(1).expect("published");
+            assert_eq!(v.as_ptr() as usize % 16, 0, "dim {dim}");
+        }
+    }
+}
