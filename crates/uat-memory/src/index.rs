@@ -287,6 +287,26 @@ impl VectorIndex {
         filter: &Filter,
         k: usize,
     ) -> Result<Vec<(Uuid, f32)>> {
+        let search = self.searcher(vector, filter, k)?;
+        let _permit = self
+            .searching
+            .acquire()
+            .await
+            .map_err(|e| MemoryError::Index(e.to_string()))?;
+        tokio::task::spawn_blocking(search)
+            .await
+            .map_err(|e| MemoryError::Index(e.to_string()))?
+    }
+
+    /// The search of [`VectorIndex::search`] as a closure, for a caller that
+    /// runs it on a blocking thread it already holds (hybrid search on
+    /// SQLite runs it beside its SQL, one hand-off instead of three).
+    pub fn searcher(
+        &self,
+        vector: Vec<f32>,
+        filter: &Filter,
+        k: usize,
+    ) -> Result<impl FnOnce() -> Result<Vec<(Uuid, f32)>> + Send + 'static + use<>> {
         if vector.len() != self.dimension {
             return Err(MemoryError::Embedding(format!(
                 "the model returned {} dimensions; the index holds {}",
@@ -298,24 +318,16 @@ impl VectorIndex {
         req.filter = Some(vector_filter(filter));
         req.with_payload = false;
         let coll = self.coll.clone();
-        let hits = {
-            let _permit = self
-                .searching
-                .acquire()
-                .await
-                .map_err(|e| MemoryError::Index(e.to_string()))?;
-            tokio::task::spawn_blocking(move || coll.search(&req))
-                .await
-                .map_err(|e| MemoryError::Index(e.to_string()))?
-                .map_err(ix)?
-        };
-        Ok(hits
-            .into_iter()
-            .filter_map(|h| match h.id {
-                PointId::Uuid(s) => Uuid::parse_str(&s).ok().map(|u| (u, h.score)),
-                PointId::Num(_) => None,
-            })
-            .collect())
+        Ok(move || {
+            let hits = coll.search(&req).map_err(ix)?;
+            Ok(hits
+                .into_iter()
+                .filter_map(|h| match h.id {
+                    PointId::Uuid(s) => Uuid::parse_str(&s).ok().map(|u| (u, h.score)),
+                    PointId::Num(_) => None,
+                })
+                .collect())
+        })
     }
 
     /// Applies one page of the change log; returns how many changes it read.

@@ -478,13 +478,28 @@ impl Memories {
     /// fused by reciprocal rank, and SQL is asked for the rows of the best
     /// `top_k` only (more only when it drops some: a change the index has not
     /// applied yet). Fetching the rows of both depth-`2k` lists instead did
-    /// four times the row work of the answer.
+    /// four times the row work of the answer. On SQLite the keyword query,
+    /// the index search and the row fetch run in one blocking task.
     async fn hybrid(
         &self,
         q: &SearchQuery,
         depth: usize,
         terms: &[String],
     ) -> Result<Vec<SearchHit>> {
+        if let AnyStore::Sqlite(store) = &*self.store {
+            let search = self.semantic_search(q, depth).await?;
+            let reads = store
+                .hybrid_reads(&q.filter, terms, depth, q.top_k, search, |s, k| {
+                    fuse(s, k).into_iter().map(|f| f.id).collect()
+                })
+                .await?;
+            let mut rows: HashMap<Uuid, Memory> =
+                reads.rows.into_iter().map(|m| (m.id, m)).collect();
+            return Ok(fuse(&reads.semantic, &reads.keyword)
+                .into_iter()
+                .filter_map(|f| f.hit(&mut rows))
+                .collect());
+        }
         let (keyword, semantic) = tokio::try_join!(
             self.store.keyword_ids(&q.filter, terms, depth),
             self.semantic_ids(q, depth)
@@ -527,6 +542,23 @@ impl Memories {
 
     /// The index's best `k` memories for the query, unchecked by SQL.
     async fn semantic_ids(&self, q: &SearchQuery, k: usize) -> Result<Vec<(Uuid, f32)>> {
+        let (idx, qv) = self.query_vector(q).await?;
+        idx.search(qv, &q.filter, k).await
+    }
+
+    /// [`Memories::semantic_ids`] as a closure for a blocking thread.
+    async fn semantic_search(
+        &self,
+        q: &SearchQuery,
+        k: usize,
+    ) -> Result<impl FnOnce() -> Result<Vec<(Uuid, f32)>> + Send + 'static + use<>> {
+        let (idx, qv) = self.query_vector(q).await?;
+        idx.searcher(qv, &q.filter, k)
+    }
+
+    /// The index (once it has this service's writes, or after a short wait)
+    /// and the query's embedding.
+    async fn query_vector(&self, q: &SearchQuery) -> Result<(&Arc<VectorIndex>, Vec<f32>)> {
         let (Some(_), Some(idx)) = (&self.embedder, &self.index) else {
             return Err(MemoryError::NoEmbedder);
         };
@@ -547,7 +579,7 @@ impl Memories {
         else {
             return Err(MemoryError::NoEmbedder);
         };
-        idx.search(qv.vector, &q.filter, k).await
+        Ok((idx, qv.vector))
     }
 
     async fn semantic(&self, q: &SearchQuery, depth: usize) -> Result<Vec<(Memory, f32)>> {

@@ -192,15 +192,62 @@ impl Readers {
         let sql = keyword_sql("m.id", filter, terms, limit);
         self.run(move |c| {
             let mut out = Vec::with_capacity(limit);
-            sql.each(c, |r| {
-                let rank: f64 = r.get(1).map_err(db)?;
-                out.push((
-                    Uuid::parse_str(text_at(r, 0)?).map_err(corrupt)?,
-                    (-rank) as f32,
-                ));
-                Ok(())
-            })?;
+            sql.each(c, |r| keyword_id(r, &mut out))?;
             Ok(out)
+        })
+        .await
+    }
+
+    /// Hybrid search's reads in one blocking task: the keyword ids, then
+    /// `semantic` (the index search), then the rows of the first `want` ids
+    /// `rank` makes of the two (the later ones only when SQL dropped some).
+    /// One hand-off to the blocking pool instead of three: at 50 concurrent
+    /// searches on 2 cores the switching cost more than the searches.
+    pub(super) async fn hybrid<S, R>(
+        &self,
+        filter: &Filter,
+        terms: &[String],
+        depth: usize,
+        want: usize,
+        semantic: S,
+        rank: R,
+    ) -> Result<HybridReads>
+    where
+        S: FnOnce() -> Result<Vec<(Uuid, f32)>> + Send + 'static,
+        R: FnOnce(&[(Uuid, f32)], &[(Uuid, f32)]) -> Vec<Uuid> + Send + 'static,
+    {
+        let keyword_sql = (!terms.is_empty()).then(|| keyword_sql("m.id", filter, terms, depth));
+        let filter = filter.clone();
+        let now_us = to_micros(now());
+        self.run(move |c| {
+            let mut keyword = Vec::with_capacity(depth);
+            if let Some(sql) = keyword_sql {
+                sql.each(c, |r| keyword_id(r, &mut keyword))?;
+            }
+            let semantic = semantic()?;
+            let ranked = rank(&semantic, &keyword);
+            let mut rows = Vec::with_capacity(want);
+            let mut asked = 0;
+            while asked < ranked.len() && rows.len() < want {
+                let n = if asked == 0 {
+                    want
+                } else {
+                    ranked.len() - asked
+                };
+                let ids = &ranked[asked..(asked + n).min(ranked.len())];
+                asked += ids.len();
+                for chunk in ids.chunks(MAX_IN_LIST) {
+                    fetch_sql(&filter, chunk, now_us).each(c, |r| {
+                        rows.push(memory(r)?);
+                        Ok(())
+                    })?;
+                }
+            }
+            Ok(HybridReads {
+                keyword,
+                semantic,
+                rows,
+            })
         })
         .await
     }
@@ -387,6 +434,26 @@ fn list_sql(q: &ListQuery, now_us: i64) -> Sql {
 /// The memories of `filter` among `ids`, looked up by id: without statistics
 /// SQLite guesses ten rows for a user and would read every memory of the
 /// user instead (a test checks the plan).
+/// What hybrid search read (see [`Readers::hybrid`]).
+pub(crate) struct HybridReads {
+    /// Keyword hits, best first.
+    pub(crate) keyword: Vec<(Uuid, f32)>,
+    /// Index hits, best first.
+    pub(crate) semantic: Vec<(Uuid, f32)>,
+    /// Live rows of the best fused ids.
+    pub(crate) rows: Vec<Memory>,
+}
+
+/// One row of a keyword-ids query: `(id, bm25)`, the score made positive.
+fn keyword_id(r: &Row<'_>, out: &mut Vec<(Uuid, f32)>) -> Result<()> {
+    let rank: f64 = r.get(1).map_err(db)?;
+    out.push((
+        Uuid::parse_str(text_at(r, 0)?).map_err(corrupt)?,
+        (-rank) as f32,
+    ));
+    Ok(())
+}
+
 fn fetch_sql(filter: &Filter, ids: &[Uuid], now_us: i64) -> Sql {
     let mut sql = Sql::new(format!(
         "SELECT {COLS} FROM memories m INDEXED BY {ID_INDEX} WHERE m.id IN ("
