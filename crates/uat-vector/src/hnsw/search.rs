@@ -265,7 +265,8 @@ impl Hnsw {
     /// against the f32 vectors: a filter that passes thousands of points
     /// costs one pass over their codes instead of over every full vector.
     /// Points without a code (inserted before the codes were trained) are
-    /// always rescored.
+    /// always rescored. Fewer than twice as many points as it keeps are
+    /// scanned on their vectors alone.
     pub(crate) fn scan(
         &self,
         q: &Query<'_>,
@@ -285,7 +286,9 @@ impl Hnsw {
             } else {
                 ef.max(k)
             };
-            if ids.len() > keep {
+            // The code pass costs a code per point plus `keep` vectors: below
+            // twice `keep` points, reading their vectors alone is less work.
+            if ids.len() > 2 * keep {
                 let mut uncoded = Vec::new();
                 let coarse = top_k(
                     &ids,

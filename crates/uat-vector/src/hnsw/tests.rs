@@ -190,3 +190,33 @@ fn concurrent_inserts_and_searches() {
     assert!(self_hits as f64 >= 0.99 * 4000.0, "self hits {self_hits}");
     assert!(recall(&h, &vs[..50], 10, 100) >= 0.95);
 }
+
+#[test]
+fn small_scans_of_a_coded_graph_are_exact_and_skip_tombstones() {
+    // Fewer than twice `ef` points: the scan reads their vectors alone, so
+    // its answer is the exact one (a code pass could only approximate it).
+    let vs = data(400, 32, 31, Metric::Cosine);
+    let h = Hnsw::new(Metric::Cosine, 32, 12, 80);
+    let _ = h.quant.set(crate::quant::Quantizer::train_sq8(
+        vs.iter().map(|v| v.as_slice()),
+    ));
+    for (i, v) in vs.iter().enumerate() {
+        h.insert(PointId::Num(i as u64), v.clone().into_boxed_slice(), None);
+    }
+    let subset: Vec<u32> = (0..400).step_by(5).collect(); // 80 points, ef 64
+    h.tombstone(subset[3]);
+    for q in &data(20, 32, 32, Metric::Cosine) {
+        let mut truth: Vec<(f32, u32)> = subset
+            .iter()
+            .filter(|&&i| !h.is_deleted(i))
+            .map(|&i| (Metric::Cosine.distance(q, &vs[i as usize]), i))
+            .collect();
+        truth.sort_by(|a, b| a.0.total_cmp(&b.0));
+        truth.truncate(10);
+        let got = h.scan(&h.query(q), 10, 64, subset.iter().copied());
+        assert_eq!(
+            got.iter().map(|g| g.1).collect::<Vec<_>>(),
+            truth.iter().map(|t| t.1).collect::<Vec<_>>()
+        );
+    }
+}
