@@ -8,7 +8,7 @@ use crate::index::VectorIndex;
 use crate::input::{self, Limits, PatchInput, SearchMode, SearchQuery, WriteRequest};
 use crate::keyword;
 use crate::metrics::{self, Op};
-use crate::store::{AnyStore, Store};
+use crate::store::{self, AnyStore, Store};
 use crate::types::{
     Embedding, Filter, HistoryEntry, ListQuery, Memory, NewRow, Page, Patch, WriteOutcome, now,
 };
@@ -489,7 +489,8 @@ impl Memories {
         if let AnyStore::Sqlite(store) = &*self.store {
             let search = self.semantic_search(q, depth).await?;
             let reads = store
-                .hybrid_reads(&q.filter, terms, depth, q.top_k, search, |s, k| {
+                .readers()
+                .hybrid(&q.filter, terms, depth, q.top_k, search, |s, k| {
                     fuse(s, k).into_iter().map(|f| f.id).collect()
                 })
                 .await?;
@@ -521,13 +522,7 @@ impl Memories {
     ) -> Result<HashMap<Uuid, Memory>> {
         let mut rows: HashMap<Uuid, Memory> = HashMap::with_capacity(want);
         let mut asked = 0;
-        while asked < ranked.len() && rows.len() < want {
-            let n = if asked == 0 {
-                want
-            } else {
-                ranked.len() - asked
-            };
-            let ids = &ranked[asked..(asked + n).min(ranked.len())];
+        while let Some(ids) = store::next_ids(ranked, asked, rows.len(), want) {
             asked += ids.len();
             rows.extend(
                 self.store

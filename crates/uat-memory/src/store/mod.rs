@@ -228,3 +228,36 @@ pub(crate) fn history_json(m: &Memory) -> Result<String> {
 
 /// Largest number of ids bound in one `IN (...)` list.
 pub(crate) const MAX_IN_LIST: usize = 500;
+
+/// The ids to ask SQL for next when the live rows of the first `want` of
+/// `ranked` are wanted, `asked` ids have been asked for and `got` rows came
+/// back: the first `want`, then, only when SQL dropped some (a metadata
+/// filter, a change the index has not applied yet), all the rest.
+pub(crate) fn next_ids(ranked: &[Uuid], asked: usize, got: usize, want: usize) -> Option<&[Uuid]> {
+    if asked >= ranked.len() || got >= want {
+        return None;
+    }
+    let end = if asked == 0 { want } else { ranked.len() };
+    Some(&ranked[asked..end.min(ranked.len())])
+}
+
+#[cfg(test)]
+mod next_ids_tests {
+    use super::next_ids;
+    use uuid::Uuid;
+
+    #[test]
+    fn asks_for_the_first_want_then_the_rest_only_when_rows_are_missing() {
+        let ids: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
+        assert_eq!(next_ids(&ids, 0, 0, 2), Some(&ids[..2]));
+        assert_eq!(next_ids(&ids, 2, 2, 2), None, "all wanted rows came back");
+        assert_eq!(next_ids(&ids, 2, 1, 2), Some(&ids[2..]), "one was dropped");
+        assert_eq!(next_ids(&ids, 5, 3, 4), None, "nothing left to ask");
+        assert_eq!(
+            next_ids(&ids, 0, 0, 9),
+            Some(&ids[..]),
+            "want beyond the list"
+        );
+        assert_eq!(next_ids(&[], 0, 0, 3), None);
+    }
+}

@@ -168,23 +168,9 @@ pub struct SqliteStore {
 const FTS_MERGE_MIN_WRITES: u64 = 1000;
 
 impl SqliteStore {
-    /// Hybrid search's reads in one blocking task (see `Readers::hybrid`).
-    pub(crate) async fn hybrid_reads<S, R>(
-        &self,
-        filter: &Filter,
-        terms: &[String],
-        depth: usize,
-        want: usize,
-        semantic: S,
-        rank: R,
-    ) -> Result<super::sqlite_read::HybridReads>
-    where
-        S: FnOnce() -> Result<Vec<(Uuid, f32)>> + Send + 'static,
-        R: FnOnce(&[(Uuid, f32)], &[(Uuid, f32)]) -> Vec<Uuid> + Send + 'static,
-    {
-        self.read
-            .hybrid(filter, terms, depth, want, semantic, rank)
-            .await
+    /// The read connections (hybrid search runs its reads on one of them).
+    pub(crate) fn readers(&self) -> &Readers {
+        &self.read
     }
 
     /// Opens (creating when missing) and migrates the database at `url`.

@@ -8,7 +8,7 @@
 //! hand-off and copying cost more than the query itself. Both link the same
 //! `libsqlite3-sys`, so there is one SQLite library in the process.
 
-use super::MAX_IN_LIST;
+use super::{MAX_IN_LIST, next_ids};
 use crate::error::{MemoryError, Result};
 use crate::keyword::{match_expr, user_key};
 use crate::types::{
@@ -43,7 +43,7 @@ const ENTRY_COLS: &str =
 const ENTRY_FROM: &str = "memories m JOIN memory_embeddings e ON e.rid = m.rid";
 
 /// A bounded pool of read connections to one database file.
-pub(super) struct Readers {
+pub(crate) struct Readers {
     inner: Arc<Inner>,
     permits: Arc<Semaphore>,
 }
@@ -203,7 +203,7 @@ impl Readers {
     /// `rank` makes of the two (the later ones only when SQL dropped some).
     /// One hand-off to the blocking pool instead of three: at 50 concurrent
     /// searches on 2 cores the switching cost more than the searches.
-    pub(super) async fn hybrid<S, R>(
+    pub(crate) async fn hybrid<S, R>(
         &self,
         filter: &Filter,
         terms: &[String],
@@ -228,13 +228,7 @@ impl Readers {
             let ranked = rank(&semantic, &keyword);
             let mut rows = Vec::with_capacity(want);
             let mut asked = 0;
-            while asked < ranked.len() && rows.len() < want {
-                let n = if asked == 0 {
-                    want
-                } else {
-                    ranked.len() - asked
-                };
-                let ids = &ranked[asked..(asked + n).min(ranked.len())];
+            while let Some(ids) = next_ids(&ranked, asked, rows.len(), want) {
                 asked += ids.len();
                 for chunk in ids.chunks(MAX_IN_LIST) {
                     fetch_sql(&filter, chunk, now_us).each(c, |r| {
