@@ -356,9 +356,16 @@ impl Shared {
                         _ => break,
                     }
                 }
-                // With other lanes idle, take only this lane's share.
+                // With other lanes idle, take only this lane's share of the
+                // work (tokens, not inputs: a burst of mixed lengths split by
+                // count gave one lane the short inputs and the other the long
+                // ones, and the lanes overlapped for a third of the time).
                 let idle = self.workers.saturating_sub(q.busy).max(1);
-                let share = q.items.len().div_ceil(idle);
+                let share = if idle > 1 {
+                    q.tokens.div_ceil(idle)
+                } else {
+                    usize::MAX
+                };
                 let batch = take_batch(&mut q, &self.cfg, share);
                 if !q.items.is_empty() {
                     self.wake.notify_one();
@@ -370,7 +377,6 @@ impl Shared {
             };
             if !batch.is_empty() {
                 self.execute(batch);
-                self.queue.lock().busy -= 1;
             }
         }
     }
@@ -387,6 +393,10 @@ impl Shared {
         let backend = &self.backend;
         let started = Instant::now();
         let result = self.pool.run_lane(|| backend.embed_ids(&refs));
+        // The lane is free before the replies go out: a client answered here
+        // may send its next burst at once, and it must find the lane counted
+        // idle (else that burst was taken whole by one lane).
+        self.queue.lock().busy -= 1;
         metrics::batch(
             batch.len(),
             longest * batch.len(),
@@ -416,10 +426,12 @@ impl Shared {
 }
 
 /// Removes the next batch from the queue: the oldest live input, then its
-/// neighbours in length order while the budget allows, at most `share` inputs.
-/// Inputs whose request was dropped are discarded.
+/// neighbours in length order while the budget (the smaller of
+/// `batch_tokens` and `share`, in padded tokens) allows. Inputs whose
+/// request was dropped are discarded.
 fn take_batch(q: &mut Queue, cfg: &BatcherConfig, share: usize) -> Vec<Item> {
-    let max_items = cfg.max_batch_size.min(share).max(1);
+    let max_items = cfg.max_batch_size.max(1);
+    let budget = cfg.batch_tokens.min(share);
     let before = q.items.len();
     q.items.retain(|i| !i.slot.cancelled());
     if q.items.len() != before {
@@ -437,7 +449,7 @@ fn take_batch(q: &mut Queue, cfg: &BatcherConfig, share: usize) -> Vec<Item> {
     let (mut lo, mut hi) = (anchor, anchor);
     let (mut count, mut longest) = (1usize, anchor_len);
     let fits = |count: usize, longest: usize, l: usize| {
-        count < max_items && (count + 1) * longest.max(l) <= cfg.batch_tokens
+        count < max_items && (count + 1) * longest.max(l) <= budget
     };
     loop {
         let left = lo.checked_sub(1).map(|p| (p, len(order[p])));
@@ -562,8 +574,8 @@ mod tests {
     #[test]
     fn a_share_caps_the_batch() {
         let (mut q, _rx) = queue(&[5, 5, 5, 5, 5]);
-        let b = take_batch(&mut q, &cfg(8192, 64), 3);
-        assert_eq!(b.len(), 3);
+        let b = take_batch(&mut q, &cfg(8192, 64), 15);
+        assert_eq!(b.len(), 3, "a share of 15 tokens: three inputs of 5");
         assert_eq!(q.items.len(), 2);
         let b = take_batch(&mut q, &cfg(8192, 64), 0);
         assert_eq!(b.len(), 1, "a share of 0 still takes the oldest input");

@@ -206,6 +206,8 @@ struct Overlap {
     running: AtomicU64,
     most: AtomicU64,
     passes: AtomicU64,
+    /// Largest padded size (inputs x longest) of one pass.
+    widest: AtomicU64,
 }
 
 impl EmbeddingBackend for Overlap {
@@ -217,6 +219,9 @@ impl EmbeddingBackend for Overlap {
     }
     fn embed_ids(&self, seqs: &[&[u32]]) -> uat_embed::Result<Vec<Vec<f32>>> {
         self.passes.fetch_add(1, Ordering::SeqCst);
+        let longest = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
+        self.widest
+            .fetch_max((seqs.len() * longest) as u64, Ordering::SeqCst);
         let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.most.fetch_max(now, Ordering::SeqCst);
         std::thread::sleep(Duration::from_millis(30));
@@ -247,6 +252,7 @@ async fn a_burst_is_spread_over_every_lane() {
             running: AtomicU64::new(0),
             most: AtomicU64::new(0),
             passes: AtomicU64::new(0),
+            widest: AtomicU64::new(0),
         });
         let pool = ComputePool::new(lanes).unwrap();
         assert_eq!(pool.lanes(), lanes);
@@ -264,4 +270,56 @@ async fn a_burst_is_spread_over_every_lane() {
         );
         assert!(backend.forward_passes() < 32, "the burst was batched");
     }
+}
+
+/// A burst sent as soon as an earlier request is answered is split over the
+/// lanes by work: the lanes share its tokens, not its count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_right_after_a_reply_is_split_by_work() {
+    let backend = Arc::new(Overlap {
+        info: ModelInfo {
+            dim: 1,
+            max_seq_length: 64,
+            vocab_size: 256,
+            pooling: Pooling::MEAN,
+            normalize: false,
+        },
+        running: AtomicU64::new(0),
+        most: AtomicU64::new(0),
+        passes: AtomicU64::new(0),
+        widest: AtomicU64::new(0),
+    });
+    let pool = ComputePool::new(2).unwrap();
+    let batcher = Batcher::new("split", backend.clone(), pool, cfg(20)).unwrap();
+    for round in 0..5 {
+        assert_eq!(
+            batcher.embed(vec![vec![1; 3]]).await.unwrap(),
+            vec![vec![3.0]]
+        );
+        let before = backend.forward_passes();
+        // 24 short inputs and 8 long ones.
+        let lens: Vec<usize> = (0..32).map(|i| if i % 4 == 3 { 40 } else { 4 }).collect();
+        let futs: Vec<_> = lens
+            .iter()
+            .map(|&n| tokio::spawn(batcher.embed(vec![vec![1; n]])))
+            .collect();
+        for (f, &n) in futs.into_iter().zip(&lens) {
+            assert_eq!(f.await.unwrap().unwrap(), vec![vec![n as f32]]);
+        }
+        let passes = backend.forward_passes() - before;
+        assert!(
+            passes >= 2,
+            "round {round}: the burst ran as {passes} forward pass(es)"
+        );
+    }
+    assert_eq!(
+        backend.most.load(Ordering::SeqCst),
+        2,
+        "both lanes ran at once"
+    );
+    // By work: the 24 short inputs in one pass (96 padded tokens), the 8 long
+    // ones in another (320). Split 16/16 by count, the second pass padded 8
+    // short inputs to 40 (640).
+    let widest = backend.widest.load(Ordering::SeqCst);
+    assert!(widest <= 320, "widest pass: {widest} padded tokens");
 }
