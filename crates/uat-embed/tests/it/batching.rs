@@ -210,6 +210,24 @@ struct Overlap {
     widest: AtomicU64,
 }
 
+impl Overlap {
+    fn new() -> Arc<Self> {
+        Arc::new(Overlap {
+            info: ModelInfo {
+                dim: 1,
+                max_seq_length: 64,
+                vocab_size: 256,
+                pooling: Pooling::MEAN,
+                normalize: false,
+            },
+            running: AtomicU64::new(0),
+            most: AtomicU64::new(0),
+            passes: AtomicU64::new(0),
+            widest: AtomicU64::new(0),
+        })
+    }
+}
+
 impl EmbeddingBackend for Overlap {
     fn info(&self) -> &ModelInfo {
         &self.info
@@ -241,19 +259,7 @@ impl EmbeddingBackend for Overlap {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_is_spread_over_every_lane() {
     for (lanes, want_most) in [(2, 2), (1, 1)] {
-        let backend = Arc::new(Overlap {
-            info: ModelInfo {
-                dim: 1,
-                max_seq_length: 64,
-                vocab_size: 256,
-                pooling: Pooling::MEAN,
-                normalize: false,
-            },
-            running: AtomicU64::new(0),
-            most: AtomicU64::new(0),
-            passes: AtomicU64::new(0),
-            widest: AtomicU64::new(0),
-        });
+        let backend = Overlap::new();
         let pool = ComputePool::new(lanes).unwrap();
         assert_eq!(pool.lanes(), lanes);
         let batcher = Batcher::new("overlap", backend.clone(), pool, cfg(20)).unwrap();
@@ -276,19 +282,7 @@ async fn a_burst_is_spread_over_every_lane() {
 /// lanes by work: the lanes share its tokens, not its count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_right_after_a_reply_is_split_by_work() {
-    let backend = Arc::new(Overlap {
-        info: ModelInfo {
-            dim: 1,
-            max_seq_length: 64,
-            vocab_size: 256,
-            pooling: Pooling::MEAN,
-            normalize: false,
-        },
-        running: AtomicU64::new(0),
-        most: AtomicU64::new(0),
-        passes: AtomicU64::new(0),
-        widest: AtomicU64::new(0),
-    });
+    let backend = Overlap::new();
     let pool = ComputePool::new(2).unwrap();
     let batcher = Batcher::new("split", backend.clone(), pool, cfg(20)).unwrap();
     for round in 0..5 {
