@@ -22,6 +22,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
+use sqlx::{Postgres, QueryBuilder, Sqlite};
 use std::future::Future;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -313,41 +314,36 @@ impl SqlLevel {
         if let (Some(p), Some(h)) = (&self.inner.presence, &hashes) {
             p.add(h);
         }
+        let rows = last_per_key(rows);
         let res = self.run("put", |pool| async move {
+            // One statement for the whole batch (one round trip, one commit);
+            // the parameter count stays far below both databases' limits.
+            const UPSERT: &str = "INSERT INTO uat_cache_entries (key, namespace, model, value, expires_at) ";
+            const ON_CONFLICT: &str = " ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at";
             match pool {
                 Pool::Sqlite(p) => {
-                    let mut tx = p.begin().await?;
-                    for (k, v, exp) in rows {
-                        sqlx::query(
-                            "INSERT INTO uat_cache_entries (key, namespace, model, value, expires_at) VALUES (?, ?, ?, ?, ?)
-                             ON CONFLICT(key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at",
-                        )
-                        .bind(k.as_str())
-                        .bind(k.namespace())
-                        .bind(k.model())
-                        .bind(v)
-                        .bind(exp)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                    tx.commit().await
+                    let mut qb = QueryBuilder::<Sqlite>::new(UPSERT);
+                    qb.push_values(rows, |mut b, (k, v, exp)| {
+                        b.push_bind(k.as_str().to_owned())
+                            .push_bind(k.namespace())
+                            .push_bind(k.model())
+                            .push_bind(v)
+                            .push_bind(exp);
+                    });
+                    qb.push(ON_CONFLICT);
+                    qb.build().execute(&p).await.map(drop)
                 }
                 Pool::Postgres(p) => {
-                    let mut tx = p.begin().await?;
-                    for (k, v, exp) in rows {
-                        sqlx::query(
-                            "INSERT INTO uat_cache_entries (key, namespace, model, value, expires_at) VALUES ($1, $2, $3, $4, $5)
-                             ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at",
-                        )
-                        .bind(k.as_str())
-                        .bind(k.namespace())
-                        .bind(k.model())
-                        .bind(v)
-                        .bind(exp)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                    tx.commit().await
+                    let mut qb = QueryBuilder::<Postgres>::new(UPSERT);
+                    qb.push_values(rows, |mut b, (k, v, exp)| {
+                        b.push_bind(k.as_str().to_owned())
+                            .push_bind(k.namespace())
+                            .push_bind(k.model())
+                            .push_bind(v)
+                            .push_bind(exp);
+                    });
+                    qb.push(ON_CONFLICT);
+                    qb.build().execute(&p).await.map(drop)
                 }
             }
         })
@@ -357,6 +353,23 @@ impl SqlLevel {
         }
         res
     }
+}
+
+/// The rows of a batch with one row per key, the last written (a statement
+/// may not upsert one row twice: PostgreSQL refuses, and the order would be
+/// SQLite's choice).
+fn last_per_key(rows: Vec<(CacheKey, Vec<u8>, i64)>) -> Vec<(CacheKey, Vec<u8>, i64)> {
+    let mut seen = std::collections::HashSet::with_capacity_and_hasher(
+        rows.len(),
+        crate::key::BuildKeyHasher::default(),
+    );
+    let mut out: Vec<_> = rows
+        .into_iter()
+        .rev()
+        .filter(|(k, _, _)| seen.insert(k.clone()))
+        .collect();
+    out.reverse();
+    out
 }
 
 async fn migrate(pool: &Pool) -> Result<(), CacheError> {

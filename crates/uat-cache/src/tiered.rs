@@ -19,10 +19,18 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 
-/// Writes taken from the queue in one batch (one pipeline / transaction).
-const WRITE_BATCH: usize = 64;
+/// Writes taken from the queue in one batch (one pipeline / statement).
+const WRITE_BATCH: usize = 256;
+
+/// Default of [`TieredBuilder::l2_write_delay`]: short, since other
+/// replicas find an entry in Redis only once it is written.
+const DEFAULT_L2_WRITE_DELAY: Duration = Duration::from_millis(20);
+/// Default of [`TieredBuilder::l3_write_delay`]: each SQL commit has a fixed
+/// cost (on a busy SQLite file, a WAL append and now and then a checkpoint),
+/// so the last tier commits rarely and in large batches.
+const DEFAULT_L3_WRITE_DELAY: Duration = Duration::from_millis(250);
 
 /// A hit: the value and the level that held it.
 #[derive(Debug, Clone)]
@@ -51,15 +59,34 @@ enum Job {
         key: CacheKey,
         value: Bytes,
         ttl: Duration,
-        levels: Targets,
     },
     Flush(oneshot::Sender<()>),
 }
 
-#[derive(Clone, Copy)]
-struct Targets {
-    l2: bool,
-    l3: bool,
+/// The queue of one level's writes and its writer task.
+struct Writer {
+    level: Level,
+    tx: mpsc::Sender<Job>,
+    /// Ends the writer's gathering wait (a flush is queued).
+    flush_now: Arc<Notify>,
+}
+
+impl Writer {
+    fn start<L>(level: L, capacity: usize, delay: Duration) -> (Self, tokio::task::AbortHandle)
+    where
+        L: CacheLevel + Send + Sync + 'static,
+    {
+        let (tx, rx) = mpsc::channel(capacity);
+        let flush_now = Arc::new(Notify::new());
+        let name = level.level();
+        let task = tokio::spawn(writer_loop(rx, level, delay, flush_now.clone()));
+        let writer = Writer {
+            level: name,
+            tx,
+            flush_now,
+        };
+        (writer, task.abort_handle())
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -110,6 +137,8 @@ pub struct TieredBuilder {
     l2: Option<RedisLevel>,
     l3: Option<SqlLevel>,
     queue: Option<usize>,
+    l2_delay: Option<Duration>,
+    l3_delay: Option<Duration>,
 }
 
 impl TieredBuilder {
@@ -131,32 +160,61 @@ impl TieredBuilder {
         self
     }
 
-    /// Capacity of the L2/L3 write queue (default 4096).
+    /// Capacity of each of the L2 and L3 write queues (default 4096).
     pub fn write_queue(mut self, capacity: usize) -> Self {
         self.queue = Some(capacity.max(1));
+        self
+    }
+
+    /// How long L2's writer gathers writes before sending them as one
+    /// pipeline (default 20 ms; zero sends what is queued at once). One
+    /// wake-up and one round trip per batch instead of per write: on a
+    /// miss-heavy load the writes were most of what a miss cost beyond L1.
+    /// A flush ends the wait at once.
+    pub fn l2_write_delay(mut self, delay: Duration) -> Self {
+        self.l2_delay = Some(delay);
+        self
+    }
+
+    /// How long L3's writer gathers writes before sending them as one SQL
+    /// statement (default 250 ms); see [`TieredBuilder::l2_write_delay`].
+    pub fn l3_write_delay(mut self, delay: Duration) -> Self {
+        self.l3_delay = Some(delay);
         self
     }
 
     /// Starts the writer (and, with L2, the invalidation subscriber). Must be
     /// called inside a Tokio runtime.
     pub fn build(self) -> TieredCache {
-        let (tx, rx) = mpsc::channel(self.queue.unwrap_or(4096));
+        let capacity = self.queue.unwrap_or(4096);
+        let mut tasks = Vec::new();
+        let mut writers = Vec::new();
+        if let Some(l2) = &self.l2 {
+            let delay = self.l2_delay.unwrap_or(DEFAULT_L2_WRITE_DELAY);
+            let (w, t) = Writer::start(l2.clone(), capacity, delay);
+            writers.push(w);
+            tasks.push(t);
+        }
+        if let Some(l3) = &self.l3 {
+            let delay = self.l3_delay.unwrap_or(DEFAULT_L3_WRITE_DELAY);
+            let (w, t) = Writer::start(l3.clone(), capacity, delay);
+            writers.push(w);
+            tasks.push(t);
+        }
         let (sub_tx, sub_rx) = watch::channel(false);
         let inner = Arc::new(Inner {
             id: uuid::Uuid::new_v4().to_string(),
             l1: self.l1,
             l2: self.l2,
             l3: self.l3,
-            tx,
+            writers,
             dropped: AtomicU64::new(0),
             waiters: AtomicU64::new(0),
             flights: Arc::new(Mutex::new(HashMap::default())),
             next_flight: AtomicU64::new(0),
             subscribed: sub_rx,
-            tasks: Mutex::new(Vec::new()),
+            tasks: Mutex::new(tasks),
         });
-        let writer = tokio::spawn(writer_loop(rx, inner.l2.clone(), inner.l3.clone()));
-        inner.tasks.lock().push(writer.abort_handle());
         if let (Some(l2), Some(l1)) = (inner.l2.clone(), inner.l1.clone()) {
             let sub = tokio::spawn(subscriber_loop(l2, l1, inner.id.clone(), sub_tx));
             inner.tasks.lock().push(sub.abort_handle());
@@ -170,7 +228,8 @@ struct Inner {
     l1: Option<MemoryLevel>,
     l2: Option<RedisLevel>,
     l3: Option<SqlLevel>,
-    tx: mpsc::Sender<Job>,
+    /// One per enabled level below L1 (L2, then L3).
+    writers: Vec<Writer>,
     dropped: AtomicU64,
     waiters: AtomicU64,
     flights: FlightMap,
@@ -250,15 +309,7 @@ impl TieredCache {
                 l1.put_now(key, h.value.clone(), h.ttl);
             }
             if self.inner.l2.is_some() {
-                self.enqueue(
-                    key.clone(),
-                    h.value.clone(),
-                    h.ttl,
-                    Targets {
-                        l2: true,
-                        l3: false,
-                    },
-                );
+                self.enqueue(key, &h.value, h.ttl, Level::L2);
             }
             return Some(Found {
                 value: h.value,
@@ -277,44 +328,43 @@ impl TieredCache {
         if let Some(l1) = &self.inner.l1 {
             l1.put_now(key, value.clone(), ttl);
         }
-        let targets = Targets {
-            l2: self.inner.l2.is_some(),
-            l3: self.inner.l3.is_some(),
-        };
-        if targets.l2 || targets.l3 {
-            self.enqueue(key.clone(), value, ttl, targets);
+        for w in &self.inner.writers {
+            self.send(w, key, &value, ttl);
         }
     }
 
-    fn enqueue(&self, key: CacheKey, value: Bytes, ttl: Duration, levels: Targets) {
-        match self.inner.tx.try_send(Job::Put {
-            key,
-            value,
+    /// Queues a write to one level below L1 (a promotion).
+    fn enqueue(&self, key: &CacheKey, value: &Bytes, ttl: Duration, level: Level) {
+        if let Some(w) = self.inner.writers.iter().find(|w| w.level == level) {
+            self.send(w, key, value, ttl);
+        }
+    }
+
+    fn send(&self, w: &Writer, key: &CacheKey, value: &Bytes, ttl: Duration) {
+        let job = Job::Put {
+            key: key.clone(),
+            value: value.clone(),
             ttl,
-            levels,
-        }) {
-            Ok(()) => {}
-            Err(_) => {
-                self.inner.dropped.fetch_add(1, Ordering::Relaxed);
-                if levels.l2 {
-                    metrics::write("l2", "dropped");
-                }
-                if levels.l3 {
-                    metrics::write("l3", "dropped");
-                }
-            }
+        };
+        if w.tx.try_send(job).is_err() {
+            self.inner.dropped.fetch_add(1, Ordering::Relaxed);
+            metrics::write(w.level.as_str(), "dropped");
         }
     }
 
     /// Waits until every write queued so far has been applied (or `max` passed).
     pub async fn flush(&self, max: Duration) {
-        let (tx, rx) = oneshot::channel();
-        if tokio::time::timeout(max, self.inner.tx.send(Job::Flush(tx)))
-            .await
-            .is_ok()
-        {
-            let _ = tokio::time::timeout(max, rx).await;
-        }
+        let waits = self.inner.writers.iter().map(|w| async move {
+            let (tx, rx) = oneshot::channel();
+            if tokio::time::timeout(max, w.tx.send(Job::Flush(tx)))
+                .await
+                .is_ok()
+            {
+                w.flush_now.notify_one();
+                let _ = tokio::time::timeout(max, rx).await;
+            }
+        });
+        futures::future::join_all(waits).await;
     }
 
     /// Deletes one key from every level and tells the other replicas.
@@ -459,43 +509,43 @@ impl TieredCache {
     }
 }
 
-async fn writer_loop(mut rx: mpsc::Receiver<Job>, l2: Option<RedisLevel>, l3: Option<SqlLevel>) {
+/// Applies one level's queued writes in batches: waits for a first write,
+/// gathers for `delay` (or until the batch is full or a flush is queued),
+/// then sends the batch in one call (one Redis pipeline, one SQL statement).
+async fn writer_loop<L: CacheLevel>(
+    mut rx: mpsc::Receiver<Job>,
+    level: L,
+    delay: Duration,
+    flush_now: Arc<Notify>,
+) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
-        let mut to_l2 = Vec::new();
-        let mut to_l3 = Vec::new();
+        let flushing = |b: &[Job]| b.iter().any(|j| matches!(j, Job::Flush(_)));
+        if !delay.is_zero() && batch.len() < WRITE_BATCH && !flushing(&batch) {
+            // Sleeping, not receiving: writes queued meanwhile wake nobody.
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = flush_now.notified() => {}
+            }
+            while batch.len() < WRITE_BATCH {
+                match rx.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+        }
+        let mut puts = Vec::with_capacity(batch.len());
         let mut flushes = Vec::new();
         for job in batch.drain(..) {
             match job {
-                Job::Put {
-                    key,
-                    value,
-                    ttl,
-                    levels,
-                } => {
-                    if levels.l2 && levels.l3 {
-                        to_l2.push((key.clone(), value.clone(), ttl));
-                        to_l3.push((key, value, ttl));
-                    } else if levels.l2 {
-                        to_l2.push((key, value, ttl));
-                    } else if levels.l3 {
-                        to_l3.push((key, value, ttl));
-                    }
-                }
+                Job::Put { key, value, ttl } => puts.push((key, value, ttl)),
                 Job::Flush(done) => flushes.push(done),
             }
         }
-        if let Some(l2) = &l2
-            && !to_l2.is_empty()
-            && let Err(e) = l2.put_many(to_l2).await
+        if !puts.is_empty()
+            && let Err(e) = level.put_many(puts).await
         {
-            tracing::debug!(level = "l2", error = %e, "cache write skipped");
-        }
-        if let Some(l3) = &l3
-            && !to_l3.is_empty()
-            && let Err(e) = l3.put_many(to_l3).await
-        {
-            tracing::debug!(level = "l3", error = %e, "cache write skipped");
+            tracing::debug!(level = level.level().as_str(), error = %e, "cache write skipped");
         }
         for f in flushes {
             let _ = f.send(());

@@ -87,6 +87,9 @@ impl Default for CacheConfig {
     }
 }
 
+/// Longest `write_delay` accepted for L2 and L3.
+const MAX_WRITE_DELAY: Duration = Duration::from_secs(10);
+
 /// `[cache.l1]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -116,6 +119,11 @@ pub struct CacheL2Config {
     /// Prefix of every key (and of the invalidation channel), so several
     /// deployments can share one Redis.
     pub key_prefix: String,
+    /// How long writes are gathered before they go to Redis as one pipeline.
+    /// This replica's L1 has an entry at once; other replicas find it in
+    /// Redis this much later. `0s` sends what is queued at once.
+    #[serde(with = "humantime_serde")]
+    pub write_delay: Duration,
 }
 
 impl CacheL2Config {
@@ -134,6 +142,7 @@ impl Default for CacheL2Config {
             url: None,
             timeout: None,
             key_prefix: "uat:cache:".into(),
+            write_delay: Duration::from_millis(20),
         }
     }
 }
@@ -147,6 +156,10 @@ pub struct CacheL3Config {
     /// How often expired rows are purged.
     #[serde(with = "humantime_serde")]
     pub purge_interval: Duration,
+    /// How long writes are gathered before they go to the database as one
+    /// statement: each commit has a fixed cost, so L3 commits rarely.
+    #[serde(with = "humantime_serde")]
+    pub write_delay: Duration,
 }
 
 impl Default for CacheL3Config {
@@ -154,6 +167,7 @@ impl Default for CacheL3Config {
         CacheL3Config {
             enabled: true,
             purge_interval: Duration::from_secs(300),
+            write_delay: Duration::from_millis(250),
         }
     }
 }
@@ -178,6 +192,17 @@ impl CacheConfig {
                 format!("cache.model_ttl.{model}"),
                 "must be more than zero",
             ));
+        }
+        for (path, delay) in [
+            ("cache.l2.write_delay", self.l2.write_delay),
+            ("cache.l3.write_delay", self.l3.write_delay),
+        ] {
+            if delay > MAX_WRITE_DELAY {
+                return Err(ConfigError::invalid(
+                    path,
+                    "must be at most 10s (entries reach the level this late)",
+                ));
+            }
         }
         if self.write_queue == 0 {
             return Err(ConfigError::invalid(
@@ -215,6 +240,8 @@ mod tests {
     #[test]
     fn bad_cache_settings_are_rejected_with_their_path() {
         assert!(err("[cache]\nwrite_queue = 0\n").contains("cache.write_queue"));
+        assert!(err("[cache.l2]\nwrite_delay = \"1m\"\n").contains("cache.l2.write_delay"));
+        assert!(err("[cache.l3]\nwrite_delay = \"11s\"\n").contains("cache.l3.write_delay"));
         assert!(err("[cache.l2]\nkey_prefix = \"a*\"\n").contains("cache.l2.key_prefix"));
         assert!(err("[cache.l2]\nurl = \"http://x\"\n").contains("cache.l2.url"));
         assert!(err("[cache.model_ttl]\nm = \"0s\"\n").contains("cache.model_ttl.m"));

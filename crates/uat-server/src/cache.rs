@@ -75,7 +75,9 @@ impl CacheService {
         }
         let mut builder = TieredCache::builder()
             .l1(cfg.l1.max_bytes)
-            .write_queue(cfg.write_queue);
+            .write_queue(cfg.write_queue)
+            .l2_write_delay(cfg.l2.write_delay)
+            .l3_write_delay(cfg.l3.write_delay);
         let l2_configured = cfg.l2.url.is_some();
         if let Some(url) = &cfg.l2.url {
             let l2 = RedisLevel::connect(url, &cfg.l2.key_prefix, cfg.l2.timeout())

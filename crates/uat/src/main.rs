@@ -77,11 +77,15 @@ async fn serve(path: Option<&std::path::Path>, overrides: &Overrides) -> anyhow:
     let grace = cfg.server.shutdown_grace;
     let listener = uat_server::bind(&listen).await?;
     let state = uat_server::build(cfg).await?;
-    let app = uat_server::app(state);
+    let app = uat_server::app(state.clone());
     tracing::info!(addr = %listen, "uat is listening");
     uat_server::serve(listener, app, shutdown_signal(), grace)
         .await
         .context("server error")?;
+    // Cache writes still gathered for L2/L3 go out before the process ends.
+    if let Some(cache) = state.cache.tiered() {
+        cache.flush(std::time::Duration::from_secs(2)).await;
+    }
     tracing::info!("uat stopped");
     Ok(())
 }

@@ -453,3 +453,82 @@ fn loadtest_compare_streams_through_an_in_process_gateway() {
     }
     assert!(v["added"]["ttft_ms"]["p50"].as_f64().is_some(), "{v}");
 }
+
+/// Minimal HTTP/1.1 POST of a JSON body with `Connection: close`:
+/// (status, the head in lower case, body).
+fn http_post(addr: SocketAddr, path: &str, body: &str) -> std::io::Result<(u16, String, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((status, head.to_ascii_lowercase(), body.to_string()))
+}
+
+/// Starts `uat serve` and waits for `/health`.
+fn start(cfg: &Path, dir: &Path, addr: SocketAddr) -> Server {
+    let child = uat()
+        .arg("serve")
+        .arg("--config")
+        .arg(cfg)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn uat serve");
+    let mut server = Server(child);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(20) {
+        if let Ok(Some(status)) = server.0.try_wait() {
+            panic!("uat serve exited early with {status}");
+        }
+        if matches!(http_get(addr, "/health"), Ok((200, _))) {
+            return server;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("uat serve never answered /health");
+}
+
+#[test]
+fn cache_writes_still_gathered_reach_l3_on_sigterm_and_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    // L3 gathers for 10 s: only the flush at shutdown can have written the entry.
+    let body = serve_config(dir.path(), port).replace(
+        "[cache]\nmode = \"off\"\n",
+        "[cache]\nmode = \"deterministic\"\n[cache.l3]\nenabled = true\nwrite_delay = \"10s\"\n",
+    );
+    let cfg = write_config(dir.path(), &body);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let chat = r#"{"model":"mock-model","temperature":0,"messages":[{"role":"user","content":"persist me"}]}"#;
+
+    let mut first = start(&cfg, dir.path(), addr);
+    let (status, head, answer) = http_post(addr, "/v1/chat/completions", chat).expect("chat");
+    assert_eq!(status, 200, "{head}");
+    assert!(head.contains("x-uat-cache: miss"), "{head}");
+    sigterm(first.0.id());
+    let exit = wait_exit(&mut first.0, Duration::from_secs(10))
+        .expect("uat did not stop within 10 s of SIGTERM");
+    assert!(exit.success(), "graceful stop exits 0, got {exit}");
+
+    let _second = start(&cfg, dir.path(), addr);
+    let (status, head, again) = http_post(addr, "/v1/chat/completions", chat).expect("chat");
+    assert_eq!(status, 200, "{head}");
+    assert!(
+        head.contains("x-uat-cache: hit-l3"),
+        "the entry gathered for L3 was lost at shutdown: {head}"
+    );
+    assert_eq!(again, answer);
+}

@@ -79,6 +79,46 @@ async fn l3_postgres_ttl_expiry_and_purge() {
     l3_ttl_and_purge(&l3).await;
 }
 
+/// A batch is one statement: a key twice in it keeps its last value (a
+/// PostgreSQL upsert may not touch a row twice), a stored key is replaced.
+async fn l3_batch_upsert(l3: &uat_cache::SqlLevel) {
+    let ns = unique("l3batch");
+    let ttl = Duration::from_secs(60);
+    l3.put(&key(&ns, "m", 0), Bytes::from_static(b"before"), ttl)
+        .await
+        .unwrap();
+    let mut items: Vec<_> = (0..300)
+        .map(|i| (key(&ns, "m", i), Bytes::from(format!("v{i}")), ttl))
+        .collect();
+    items.push((key(&ns, "m", 7), Bytes::from_static(b"last"), ttl));
+    l3.put_many(items).await.unwrap();
+    assert_eq!(l3.count_rows(&ns).await.unwrap(), 300);
+    assert_eq!(
+        l3.get(&key(&ns, "m", 0)).await.unwrap().unwrap().value,
+        Bytes::from_static(b"v0")
+    );
+    assert_eq!(
+        l3.get(&key(&ns, "m", 7)).await.unwrap().unwrap().value,
+        Bytes::from_static(b"last")
+    );
+    assert_eq!(
+        l3.get(&key(&ns, "m", 299)).await.unwrap().unwrap().value,
+        Bytes::from_static(b"v299")
+    );
+}
+
+#[tokio::test]
+async fn l3_sqlite_batch_upsert_keeps_the_last_value_per_key() {
+    let dir = tempfile::tempdir().unwrap();
+    l3_batch_upsert(&sqlite(&dir).await).await;
+}
+
+#[tokio::test]
+async fn l3_postgres_batch_upsert_keeps_the_last_value_per_key() {
+    let Some(l3) = postgres().await else { return };
+    l3_batch_upsert(&l3).await;
+}
+
 #[tokio::test]
 async fn l3_periodic_purge_runs() {
     let dir = tempfile::tempdir().unwrap();

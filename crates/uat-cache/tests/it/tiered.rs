@@ -346,6 +346,66 @@ async fn redis_down_never_fails_or_slows_requests() {
 }
 
 #[tokio::test]
+async fn writes_are_gathered_per_level_and_a_flush_sends_them_at_once() {
+    let prefix = unique("gather");
+    let Some(l2) = redis(&prefix).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let l3 = sqlite(&dir).await;
+    let ns = unique("gather-ns");
+    // L2 sends at once, L3 gathers for a minute: each level has its own writer.
+    let c = TieredCache::builder()
+        .l1(16 << 20)
+        .l2(l2.clone())
+        .l3(l3.clone())
+        .l2_write_delay(Duration::ZERO)
+        .l3_write_delay(Duration::from_secs(60))
+        .build();
+    for i in 0..3 {
+        c.put(
+            &key(&ns, "m", i),
+            Bytes::from_static(b"v"),
+            Duration::from_secs(60),
+        );
+    }
+    assert!(c.l1().unwrap().contains(&key(&ns, "m", 0)), "L1 at once");
+    let mut in_l2 = false;
+    for _ in 0..300 {
+        if l2.get(&key(&ns, "m", 2)).await.unwrap().is_some() {
+            in_l2 = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(in_l2, "L2 written without waiting for L3's delay");
+    assert_eq!(l3.count_rows(&ns).await.unwrap(), 0, "L3 still gathering");
+    // Within the flush's own bound, far below the delay.
+    c.flush(Duration::from_secs(5)).await;
+    assert_eq!(
+        l3.count_rows(&ns).await.unwrap(),
+        3,
+        "a flush ends the wait"
+    );
+    // With the default delays, writes arrive without a flush.
+    let d = tiered(None, Some(l3.clone()));
+    d.put(
+        &key(&ns, "m", 9),
+        Bytes::from_static(b"v"),
+        Duration::from_secs(60),
+    );
+    let mut rows = 0;
+    for _ in 0..300 {
+        rows = l3.count_rows(&ns).await.unwrap();
+        if rows == 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(rows, 4);
+}
+
+#[tokio::test]
 async fn a_full_write_queue_drops_and_counts_instead_of_blocking() {
     let dir = tempfile::tempdir().unwrap();
     let c = TieredCache::builder()
