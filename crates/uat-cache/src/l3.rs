@@ -315,44 +315,52 @@ impl SqlLevel {
             p.add(h);
         }
         let rows = last_per_key(rows);
-        let res = self.run("put", |pool| async move {
-            // One statement for the whole batch (one round trip, one commit);
-            // the parameter count stays far below both databases' limits.
-            const UPSERT: &str = "INSERT INTO uat_cache_entries (key, namespace, model, value, expires_at) ";
-            const ON_CONFLICT: &str = " ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at";
-            match pool {
-                Pool::Sqlite(p) => {
-                    let mut qb = QueryBuilder::<Sqlite>::new(UPSERT);
-                    qb.push_values(rows, |mut b, (k, v, exp)| {
-                        b.push_bind(k.as_str().to_owned())
-                            .push_bind(k.namespace())
-                            .push_bind(k.model())
-                            .push_bind(v)
-                            .push_bind(exp);
-                    });
-                    qb.push(ON_CONFLICT);
-                    qb.build().execute(&p).await.map(drop)
+        let res = self
+            .run("put", |pool| async move {
+                match pool {
+                    Pool::Sqlite(p) => upsert_rows::<Sqlite>(rows)
+                        .build()
+                        .execute(&p)
+                        .await
+                        .map(drop),
+                    Pool::Postgres(p) => upsert_rows::<Postgres>(rows)
+                        .build()
+                        .execute(&p)
+                        .await
+                        .map(drop),
                 }
-                Pool::Postgres(p) => {
-                    let mut qb = QueryBuilder::<Postgres>::new(UPSERT);
-                    qb.push_values(rows, |mut b, (k, v, exp)| {
-                        b.push_bind(k.as_str().to_owned())
-                            .push_bind(k.namespace())
-                            .push_bind(k.model())
-                            .push_bind(v)
-                            .push_bind(exp);
-                    });
-                    qb.push(ON_CONFLICT);
-                    qb.build().execute(&p).await.map(drop)
-                }
-            }
-        })
-        .await;
+            })
+            .await;
         if let (Some(p), Some(h), true) = (&self.inner.presence, &hashes, res.is_ok()) {
             p.add(h);
         }
         res
     }
+}
+
+/// One upsert statement for a whole batch (one round trip, one commit); the
+/// parameter count (5 a row, at most 256 rows) stays far below both
+/// databases' limits. Same SQL in both dialects.
+fn upsert_rows<'a, DB: sqlx::Database>(rows: Vec<(CacheKey, Vec<u8>, i64)>) -> QueryBuilder<'a, DB>
+where
+    String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    Vec<u8>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let mut qb = QueryBuilder::<DB>::new(
+        "INSERT INTO uat_cache_entries (key, namespace, model, value, expires_at) ",
+    );
+    qb.push_values(rows, |mut b, (k, v, exp)| {
+        b.push_bind(k.as_str().to_owned())
+            .push_bind(k.namespace())
+            .push_bind(k.model())
+            .push_bind(v)
+            .push_bind(exp);
+    });
+    qb.push(
+        " ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at",
+    );
+    qb
 }
 
 /// The rows of a batch with one row per key, the last written (a statement

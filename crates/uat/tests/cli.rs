@@ -218,36 +218,8 @@ fn serve_answers_health_on_an_ephemeral_port_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let cfg = write_config(dir.path(), &serve_config(dir.path(), port));
-    let child = uat()
-        .arg("serve")
-        .arg("--config")
-        .arg(&cfg)
-        .current_dir(dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn uat serve");
-    let mut server = Server(child);
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let started = Instant::now();
-    let mut health = None;
-    while started.elapsed() < Duration::from_secs(20) {
-        if let Ok(Some(status)) = server.0.try_wait() {
-            let mut err = String::new();
-            if let Some(mut e) = server.0.stderr.take() {
-                let _ = e.read_to_string(&mut err);
-            }
-            panic!("uat serve exited early with {status}: {err}");
-        }
-        if let Ok(r) = http_get(addr, "/health") {
-            health = Some(r);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let (status, _) = health.expect("uat serve never answered /health");
-    assert_eq!(status, 200);
+    let mut server = start(&cfg, dir.path(), addr);
 
     let (status, body) = http_get(addr, "/no/such/route").expect("request an unknown route");
     assert_eq!(status, 404);
@@ -484,14 +456,18 @@ fn start(cfg: &Path, dir: &Path, addr: SocketAddr) -> Server {
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("spawn uat serve");
     let mut server = Server(child);
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(20) {
         if let Ok(Some(status)) = server.0.try_wait() {
-            panic!("uat serve exited early with {status}");
+            let mut err = String::new();
+            if let Some(mut e) = server.0.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            panic!("uat serve exited early with {status}: {err}");
         }
         if matches!(http_get(addr, "/health"), Ok((200, _))) {
             return server;
