@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 use tower_http::compression::CompressionLayer;
+use tower_http::compression::predicate::{DefaultPredicate, Predicate, SizeAbove};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -196,6 +197,13 @@ async fn shape_405(req: Request, next: Next) -> Response {
     resp
 }
 
+/// Responses of at most this many bytes go out uncompressed even when the
+/// client accepts gzip (every OpenAI SDK does): a chat completion is a few
+/// hundred bytes, and setting up a deflate stream for it cost more CPU than
+/// the bytes it saved on any network (the gateway's and the client's, per
+/// request). Model lists, embeddings and long answers are still compressed.
+const COMPRESS_ABOVE: u16 = 1024;
+
 pub(crate) fn wrap(router: Router<AppState>, state: AppState) -> Router {
     let limit = InFlight {
         count: std::sync::Arc::new(AtomicUsize::new(0)),
@@ -209,7 +217,11 @@ pub(crate) fn wrap(router: Router<AppState>, state: AppState) -> Router {
             shed_and_measure,
         ))
         .with_state(state)
-        .layer(CompressionLayer::new().gzip(true))
+        .layer(
+            CompressionLayer::new()
+                .gzip(true)
+                .compress_when(DefaultPredicate::new().and(SizeAbove::new(COMPRESS_ABOVE))),
+        )
         .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
         .layer(SetRequestIdLayer::new(
             X_REQUEST_ID.clone(),
