@@ -218,6 +218,16 @@ async fn body_over_the_limit_is_413() {
     assert_eq!(resp.status(), 200, "small bodies still pass");
 }
 
+async fn chat_accepting_gzip(app: &TestApp, body: &Value) -> reqwest::Response {
+    app.client
+        .post(app.at("/v1/chat/completions"))
+        .header("accept-encoding", "gzip")
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn gzip_when_the_client_accepts_it() {
     // A long answer from an OpenAI-compatible upstream; the mock's are short.
@@ -230,27 +240,13 @@ async fn gzip_when_the_client_accepts_it() {
     ))
     .await;
     let long = chat_body("big", false);
-    let resp = app
-        .client
-        .post(app.at("/v1/chat/completions"))
-        .header("accept-encoding", "gzip")
-        .json(&long)
-        .send()
-        .await
-        .unwrap();
+    let resp = chat_accepting_gzip(&app, &long).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(header(&resp, "content-encoding"), "gzip");
     let raw = resp.bytes().await.unwrap();
     assert_eq!(&raw[..2], &[0x1f, 0x8b], "gzip magic");
     // A short answer (a few hundred bytes) is not worth a deflate stream.
-    let resp = app
-        .client
-        .post(app.at("/v1/chat/completions"))
-        .header("accept-encoding", "gzip")
-        .json(&chat_body("mock-model", false))
-        .send()
-        .await
-        .unwrap();
+    let resp = chat_accepting_gzip(&app, &chat_body("mock-model", false)).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(header(&resp, "content-encoding"), "");
     let raw = resp.bytes().await.unwrap();
@@ -263,14 +259,7 @@ async fn gzip_when_the_client_accepts_it() {
         "not without Accept-Encoding"
     );
     // Streams are never compressed (that would buffer them).
-    let resp = app
-        .client
-        .post(app.at("/v1/chat/completions"))
-        .header("accept-encoding", "gzip")
-        .json(&chat_body("mock-model", true))
-        .send()
-        .await
-        .unwrap();
+    let resp = chat_accepting_gzip(&app, &chat_body("mock-model", true)).await;
     assert_eq!(header(&resp, "content-encoding"), "");
 }
 
