@@ -345,25 +345,15 @@ where
             return ApiError::bad_gateway(format!("upstream body failed: {e}")).into_response();
         }
     };
-    match guard {
-        // Checking and storing the answer is off the response path: the
-        // flight stays open until the entry is in L1, so an identical request
-        // that arrives meanwhile waits for it and hits.
-        Some(guard) => {
-            let (cache, key, bytes, ttl) = (cache.clone(), key.clone(), bytes.clone(), p.ttl);
-            tokio::spawn(async move {
-                if valid_answer(kind, &bytes) {
-                    cache.put(&key, bytes, ttl);
-                }
-                drop(guard);
-            });
-        }
-        None => {
-            if valid_answer(kind, &bytes) {
-                cache.put(&key, bytes.clone(), p.ttl);
-            }
-        }
+    // Stored before the answer goes out, on this task: a spawned task would
+    // cost a wake-up of another worker per miss, more than the check and the
+    // L1 insert themselves (L2/L3 writes are only queued here). The flight
+    // closes after the store, so an identical request that arrived meanwhile
+    // finds the entry in L1.
+    if valid_answer(kind, &bytes) {
+        cache.put(&key, bytes.clone(), p.ttl);
     }
+    drop(guard);
     tag(
         Response::from_parts(parts, Body::from(bytes)),
         "miss",
