@@ -22,8 +22,8 @@ pub const DEFAULT_MAX_TOKENS: u32 = 4096;
 /// An Anthropic endpoint. `base_url` is the API root (`https://api.anthropic.com`).
 pub struct Anthropic {
     client: reqwest::Client,
-    messages_url: String,
-    models_url: String,
+    messages_url: reqwest::Url,
+    models_url: reqwest::Url,
     key: Option<String>,
     first_byte: Duration,
 }
@@ -39,8 +39,8 @@ impl Anthropic {
         let base = base.strip_suffix("/v1").unwrap_or(base);
         Ok(Anthropic {
             client: http::client(cfg)?,
-            messages_url: http::join(base, "/v1/messages"),
-            models_url: http::join(base, "/v1/models"),
+            messages_url: http::join(cfg, base, "/v1/messages")?,
+            models_url: http::join(cfg, base, "/v1/models")?,
             key: http::api_key(cfg),
             first_byte: cfg.first_byte_timeout,
         })
@@ -62,7 +62,7 @@ impl Anthropic {
             )
         })?;
         let mut rb = self
-            .request(self.client.post(&self.messages_url))
+            .request(self.client.post(self.messages_url.clone()))
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body);
         if stream {
@@ -315,7 +315,7 @@ impl Provider for Anthropic {
                 id: String,
             }
             let resp = send(
-                self.request(self.client.get(&self.models_url)),
+                self.request(self.client.get(self.models_url.clone())),
                 self.first_byte,
             )
             .await?;

@@ -16,9 +16,9 @@ use uat_types::{ChatChunk, ChatCompletion, ChatMessage, ChatRequest, Choice, Del
 /// An Ollama server. `base_url` is the server root (`http://127.0.0.1:11434`).
 pub struct Ollama {
     client: reqwest::Client,
-    chat_url: String,
-    tags_url: String,
-    embed_url: String,
+    chat_url: reqwest::Url,
+    tags_url: reqwest::Url,
+    embed_url: reqwest::Url,
     auth: Option<String>,
     first_byte: Duration,
 }
@@ -62,9 +62,9 @@ impl Ollama {
         let base = cfg.base_url.as_deref().unwrap_or("http://127.0.0.1:11434");
         Ok(Ollama {
             client: http::client(cfg)?,
-            chat_url: http::join(base, "/api/chat"),
-            tags_url: http::join(base, "/api/tags"),
-            embed_url: http::join(base, "/api/embed"),
+            chat_url: http::join(cfg, base, "/api/chat")?,
+            tags_url: http::join(cfg, base, "/api/tags")?,
+            embed_url: http::join(cfg, base, "/api/embed")?,
             auth: http::api_key(cfg).map(|k| format!("Bearer {k}")),
             first_byte: cfg.first_byte_timeout,
         })
@@ -77,7 +77,7 @@ impl Ollama {
         }
     }
 
-    async fn post(&self, url: &str, body: &Value) -> Result<reqwest::Response, Failure> {
+    async fn post(&self, url: reqwest::Url, body: &Value) -> Result<reqwest::Response, Failure> {
         let body = serde_json::to_vec(body).map_err(|e| {
             Failure::new(
                 FailureKind::Malformed,
@@ -231,7 +231,7 @@ impl Provider for Ollama {
     ) -> BoxFuture<'a, Result<Reply, Failure>> {
         Box::pin(async move {
             let resp = self
-                .post(&self.chat_url, &chat_body(model, req, false))
+                .post(self.chat_url.clone(), &chat_body(model, req, false))
                 .await?;
             let (_, r): (_, OllamaChat) = read_json(resp).await?;
             if let Some(e) = r.error {
@@ -281,7 +281,7 @@ impl Provider for Ollama {
     ) -> BoxFuture<'a, Result<ChunkStream, Failure>> {
         Box::pin(async move {
             let resp = self
-                .post(&self.chat_url, &chat_body(model, req, true))
+                .post(self.chat_url.clone(), &chat_body(model, req, true))
                 .await?;
             let state = StreamState {
                 id: completion_id(),
@@ -308,7 +308,7 @@ impl Provider for Ollama {
                 name: String,
             }
             let resp = send(
-                self.request(self.client.get(&self.tags_url)),
+                self.request(self.client.get(self.tags_url.clone())),
                 self.first_byte,
             )
             .await?;
@@ -333,7 +333,7 @@ impl Provider for Ollama {
             if let (Some(d), Some(o)) = (body.get("dimensions"), req.as_object_mut()) {
                 o.insert("dimensions".into(), d.clone());
             }
-            let resp = self.post(&self.embed_url, &req).await?;
+            let resp = self.post(self.embed_url.clone(), &req).await?;
             let (_, e): (_, Embed) = read_json(resp).await?;
             let tokens = e.prompt_eval_count.unwrap_or(0);
             let data: Vec<Value> = e

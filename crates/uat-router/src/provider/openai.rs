@@ -14,9 +14,9 @@ use uat_types::{ChatRequest, Readdressed, Usage};
 /// An OpenAI-compatible provider. `base_url` includes `/v1`.
 pub struct OpenAi {
     client: reqwest::Client,
-    chat_url: String,
-    models_url: String,
-    embeddings_url: String,
+    chat_url: reqwest::Url,
+    models_url: reqwest::Url,
+    embeddings_url: reqwest::Url,
     auth: Option<String>,
     first_byte: Duration,
 }
@@ -39,15 +39,15 @@ impl OpenAi {
             .unwrap_or("http://127.0.0.1:8000/v1");
         Ok(OpenAi {
             client: http::client(cfg)?,
-            chat_url: http::join(base, "/chat/completions"),
-            models_url: http::join(base, "/models"),
-            embeddings_url: http::join(base, "/embeddings"),
+            chat_url: http::join(cfg, base, "/chat/completions")?,
+            models_url: http::join(cfg, base, "/models")?,
+            embeddings_url: http::join(cfg, base, "/embeddings")?,
             auth: http::api_key(cfg).map(|k| format!("Bearer {k}")),
             first_byte: cfg.first_byte_timeout,
         })
     }
 
-    fn post(&self, url: &str) -> reqwest::RequestBuilder {
+    fn post(&self, url: reqwest::Url) -> reqwest::RequestBuilder {
         let rb = self.client.post(url);
         match &self.auth {
             Some(a) => rb.header(reqwest::header::AUTHORIZATION, a),
@@ -55,7 +55,7 @@ impl OpenAi {
         }
     }
 
-    async fn post_json(&self, url: &str, body: Vec<u8>) -> Result<Reply, Failure> {
+    async fn post_json(&self, url: reqwest::Url, body: Vec<u8>) -> Result<Reply, Failure> {
         let rb = self
             .post(url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -104,7 +104,7 @@ impl Provider for OpenAi {
                 model,
                 stream: false,
             })?;
-            self.post_json(&self.chat_url, body).await
+            self.post_json(self.chat_url.clone(), body).await
         })
     }
 
@@ -120,7 +120,7 @@ impl Provider for OpenAi {
                 stream: true,
             })?;
             let rb = self
-                .post(&self.chat_url)
+                .post(self.chat_url.clone())
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .header(reqwest::header::ACCEPT, "text/event-stream")
                 .body(body);
@@ -139,7 +139,7 @@ impl Provider for OpenAi {
             struct Entry {
                 id: String,
             }
-            let mut rb = self.client.get(&self.models_url);
+            let mut rb = self.client.get(self.models_url.clone());
             if let Some(a) = &self.auth {
                 rb = rb.header(reqwest::header::AUTHORIZATION, a);
             }
@@ -159,7 +159,8 @@ impl Provider for OpenAi {
             if let Some(o) = out.as_object_mut() {
                 o.insert("model".into(), serde_json::Value::String(model.to_owned()));
             }
-            self.post_json(&self.embeddings_url, encode(&out)?).await
+            self.post_json(self.embeddings_url.clone(), encode(&out)?)
+                .await
         })
     }
 }
