@@ -34,8 +34,8 @@ pub(crate) fn api_key(cfg: &ProviderConfig) -> Option<String> {
 }
 
 /// Joins a base URL and a path without doubling the slash, parsed once at
-/// start-up: a `&str` handed to reqwest is parsed again (with IDNA) on every
-/// request, a few microseconds of the gateway's own time.
+/// start-up (a `&str` handed to reqwest is parsed again on every request),
+/// so a base URL that does not parse stops start-up with the provider's name.
 pub(crate) fn join(
     cfg: &ProviderConfig,
     base: &str,
