@@ -6,6 +6,24 @@ use bytes::Bytes;
 use std::time::{Duration, Instant};
 use uat_cache::{CacheLevel, KeyPattern, MemoryLevel, RedisLevel};
 
+/// Runs one L3 test body as two tests: on a fresh SQLite file and on the
+/// test PostgreSQL (which is required in CI; see `may_skip`).
+macro_rules! on_sqlite_and_postgres {
+    ($body:ident: $sqlite:ident, $postgres:ident) => {
+        #[tokio::test]
+        async fn $sqlite() {
+            let dir = tempfile::tempdir().unwrap();
+            $body(&sqlite(&dir).await).await;
+        }
+
+        #[tokio::test]
+        async fn $postgres() {
+            let Some(l3) = postgres().await else { return };
+            $body(&l3).await;
+        }
+    };
+}
+
 #[tokio::test]
 async fn l1_ttl_expiry() {
     let l1 = MemoryLevel::new(1 << 20);
@@ -67,17 +85,7 @@ async fn l3_ttl_and_purge(l3: &uat_cache::SqlLevel) {
     );
 }
 
-#[tokio::test]
-async fn l3_sqlite_ttl_expiry_and_purge() {
-    let dir = tempfile::tempdir().unwrap();
-    l3_ttl_and_purge(&sqlite(&dir).await).await;
-}
-
-#[tokio::test]
-async fn l3_postgres_ttl_expiry_and_purge() {
-    let Some(l3) = postgres().await else { return };
-    l3_ttl_and_purge(&l3).await;
-}
+on_sqlite_and_postgres!(l3_ttl_and_purge: l3_sqlite_ttl_expiry_and_purge, l3_postgres_ttl_expiry_and_purge);
 
 /// A batch is one statement: a key twice in it keeps its last value (a
 /// PostgreSQL upsert may not touch a row twice), a stored key is replaced.
@@ -107,17 +115,7 @@ async fn l3_batch_upsert(l3: &uat_cache::SqlLevel) {
     );
 }
 
-#[tokio::test]
-async fn l3_sqlite_batch_upsert_keeps_the_last_value_per_key() {
-    let dir = tempfile::tempdir().unwrap();
-    l3_batch_upsert(&sqlite(&dir).await).await;
-}
-
-#[tokio::test]
-async fn l3_postgres_batch_upsert_keeps_the_last_value_per_key() {
-    let Some(l3) = postgres().await else { return };
-    l3_batch_upsert(&l3).await;
-}
+on_sqlite_and_postgres!(l3_batch_upsert: l3_sqlite_batch_upsert_keeps_the_last_value_per_key, l3_postgres_batch_upsert_keeps_the_last_value_per_key);
 
 #[tokio::test]
 async fn l3_periodic_purge_runs() {
@@ -167,17 +165,7 @@ async fn l3_corrupt(l3: &uat_cache::SqlLevel) {
     assert_eq!(l3.count_rows(&ns).await.unwrap(), 0, "corrupt row deleted");
 }
 
-#[tokio::test]
-async fn l3_sqlite_corrupt_entry_is_a_miss_and_deleted() {
-    let dir = tempfile::tempdir().unwrap();
-    l3_corrupt(&sqlite(&dir).await).await;
-}
-
-#[tokio::test]
-async fn l3_postgres_corrupt_entry_is_a_miss_and_deleted() {
-    let Some(l3) = postgres().await else { return };
-    l3_corrupt(&l3).await;
-}
+on_sqlite_and_postgres!(l3_corrupt: l3_sqlite_corrupt_entry_is_a_miss_and_deleted, l3_postgres_corrupt_entry_is_a_miss_and_deleted);
 
 #[tokio::test]
 async fn l2_large_values_are_compressed_and_round_trip() {
