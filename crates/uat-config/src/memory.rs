@@ -1,5 +1,6 @@
 use crate::{ConfigError, EmbeddingsConfig};
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
 
 /// `[memory]`: the long-term memory service.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -11,6 +12,14 @@ pub struct MemoryConfig {
     pub max_content_bytes: usize,
     /// Most memories in one batch write.
     pub max_batch: usize,
+    /// How often expired memories are deleted and the change log pruned
+    /// (`"0s"`: never).
+    #[serde(with = "humantime_serde")]
+    pub purge_interval: Duration,
+    /// How long change-log records are kept. A replica whose vector index
+    /// stops for longer rebuilds it from SQL when it comes back.
+    #[serde(with = "humantime_serde")]
+    pub change_retention: Duration,
 }
 
 impl Default for MemoryConfig {
@@ -19,6 +28,8 @@ impl Default for MemoryConfig {
             embedding_model: None,
             max_content_bytes: 32 * 1024,
             max_batch: 1000,
+            purge_interval: Duration::from_secs(60),
+            change_retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -36,6 +47,12 @@ impl MemoryConfig {
             return Err(ConfigError::invalid(
                 "memory.max_content_bytes",
                 "must be at least 1",
+            ));
+        }
+        if self.change_retention < Duration::from_secs(60) {
+            return Err(ConfigError::invalid(
+                "memory.change_retention",
+                "must be at least 1m (replicas need time to read the log)",
             ));
         }
         if self.max_batch == 0 {
@@ -87,5 +104,23 @@ mod tests {
                 .to_string()
                 .contains("memory.max_batch")
         );
+    }
+
+    #[test]
+    fn retention_parses_from_toml_and_a_short_one_is_refused() {
+        let m: MemoryConfig =
+            toml::from_str("purge_interval = \"30s\"\nchange_retention = \"2d\"").unwrap();
+        assert_eq!(m.purge_interval, std::time::Duration::from_secs(30));
+        assert_eq!(
+            m.change_retention,
+            std::time::Duration::from_secs(2 * 86400)
+        );
+        let e = EmbeddingsConfig::default();
+        assert!(m.validate(&e).is_ok());
+        let short: MemoryConfig = toml::from_str("change_retention = \"10s\"").unwrap();
+        let err = short.validate(&e).unwrap_err().to_string();
+        assert!(err.contains("memory.change_retention"), "{err}");
+        let off: MemoryConfig = toml::from_str("purge_interval = \"0s\"").unwrap();
+        assert!(off.purge_interval.is_zero() && off.validate(&e).is_ok());
     }
 }

@@ -345,6 +345,7 @@ pub async fn run(opts: BenchOptions, log: &mut (dyn FnMut(&str) + Send)) -> Resu
         limits: Limits::default(),
         index_dir: Some(dir.join("index")),
         tail_interval: Duration::from_millis(100),
+        ..Options::default()
     };
     let store = open_store().await?;
     let backend = store.backend().to_string();

@@ -209,11 +209,13 @@ impl VectorIndex {
     ) -> Result<Arc<Self>> {
         let dir = model_dir(base, model);
         let last = store.last_change().await?;
+        let horizon = store.change_horizon().await?;
         let (dir2, model2) = (dir.clone(), model.to_string());
-        let opened =
-            tokio::task::spawn_blocking(move || open_existing(&dir2, &model2, dimension, last))
-                .await
-                .map_err(|e| MemoryError::Index(e.to_string()))??;
+        let opened = tokio::task::spawn_blocking(move || {
+            open_existing(&dir2, &model2, dimension, last, horizon)
+        })
+        .await
+        .map_err(|e| MemoryError::Index(e.to_string()))??;
         let (coll, applied) = match opened {
             Some(x) => x,
             None => {
@@ -338,6 +340,13 @@ impl VectorIndex {
         let Some(last) = changes.last().map(|c| c.seq) else {
             return Ok(0);
         };
+        // A gap before the first change read is either positions never
+        // committed (a PostgreSQL sequence skips on rollback) or a part of the
+        // log pruned before this index applied it (stalled for longer than
+        // the retention): only the horizon tells, and only a gap asks it.
+        if changes[0].seq > from + 1 && store.change_horizon().await? > from {
+            return self.resync(store).await;
+        }
         let mut users: Vec<String> = Vec::new();
         let mut ids: Vec<Uuid> = Vec::new();
         let mut seen = HashSet::new();
@@ -394,6 +403,64 @@ impl VectorIndex {
         self.since_snapshot.fetch_add(n, Ordering::Relaxed);
         self.persist(false).await?;
         Ok(changes.len())
+    }
+
+    /// Brings the index in line with SQL without the change log, while it
+    /// keeps answering searches: upserts every entry SQL holds and deletes the
+    /// points SQL no longer has, then takes the log's position read before the
+    /// scan as applied (later changes are applied again by the next rounds,
+    /// which is harmless: applying a change reads the row's current state).
+    /// Called with the round lock held. Returns how many entries it read.
+    async fn resync(&self, store: &AnyStore) -> Result<usize> {
+        let last = store.last_change().await?;
+        tracing::warn!(
+            model = %self.model,
+            applied = self.applied(),
+            "memory: the change log was pruned past this index's position; resyncing it from SQL"
+        );
+        let mut keep: HashSet<PointId> = HashSet::new();
+        let mut after = None;
+        loop {
+            let page = store.scan_index_entries(after, REBUILD_PAGE).await?;
+            let Some(tail) = page.last().map(|e| e.id) else {
+                break;
+            };
+            after = Some(tail);
+            let points: Vec<Point> = page
+                .into_iter()
+                .filter(|e| {
+                    e.embedding.model == self.model && e.embedding.vector.len() == self.dimension
+                })
+                .map(point)
+                .collect();
+            keep.extend(points.iter().map(|p| p.id.clone()));
+            let c = self.coll.clone();
+            tokio::task::spawn_blocking(move || match tail_pool() {
+                Some(pool) => pool.install(|| c.upsert(points)),
+                None => c.upsert(points),
+            })
+            .await
+            .map_err(|e| MemoryError::Index(e.to_string()))?
+            .map_err(ix)?;
+        }
+        let c = self.coll.clone();
+        let n = keep.len();
+        tokio::task::spawn_blocking(move || {
+            let gone: Vec<PointId> = c
+                .ids()
+                .into_iter()
+                .filter(|id| !keep.contains(id))
+                .collect();
+            c.delete(gone)
+        })
+        .await
+        .map_err(|e| MemoryError::Index(e.to_string()))?
+        .map_err(ix)?;
+        self.applied.store(last, Ordering::Release);
+        self.applied_tx.send_replace(last);
+        self.since_snapshot.fetch_add(n, Ordering::Relaxed);
+        self.persist(true).await?;
+        Ok(n.max(1))
     }
 
     /// Saves the applied position (after flushing the vector WAL), every
@@ -455,12 +522,15 @@ impl VectorIndex {
     }
 }
 
-/// Opens an index whose watermark is usable; `None` when it must be rebuilt.
+/// Opens an index whose watermark is usable; `None` when it must be rebuilt:
+/// also when it applied less than the pruned part of the log (`horizon`),
+/// whose changes it can no longer read.
 fn open_existing(
     dir: &Path,
     model: &str,
     dimension: usize,
     last: i64,
+    horizon: i64,
 ) -> Result<Option<(Arc<Collection>, i64)>> {
     let Ok(text) = std::fs::read_to_string(dir.join(WATERMARK)) else {
         return Ok(None);
@@ -473,6 +543,14 @@ fn open_existing(
         return Ok(None);
     };
     if dim != dimension || m != model || seq > last {
+        return Ok(None);
+    }
+    if seq < horizon {
+        tracing::info!(
+            applied = seq,
+            pruned_through = horizon,
+            "memory: the vector index is older than the change log kept; rebuilding"
+        );
         return Ok(None);
     }
     match Collection::open(dir, model, FsyncPolicy::Never) {

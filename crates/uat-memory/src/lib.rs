@@ -25,6 +25,6 @@ pub use error::{MemoryError, Result};
 pub use input::{
     Limits, ListParams, MemoryInput, PatchInput, SearchInput, SearchMode, SearchQuery, WriteRequest,
 };
-pub use service::{Memories, Options, RRF_K, SearchHit, SearchResults};
+pub use service::{Memories, Options, Purged, RRF_K, SearchHit, SearchResults};
 pub use store::{AnyStore, PgStore, SqliteStore, Store};
 pub use types::*;

@@ -1,5 +1,5 @@
-//! `uat_memory_operations_total{op,result}`, `uat_memory_operation_seconds{op}`
-//! and `uat_memory_rows`, registered once.
+//! `uat_memory_operations_total{op,result}`, `uat_memory_operation_seconds{op}`,
+//! `uat_memory_rows` and `uat_memory_purged_total{what}`, registered once.
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts};
 use std::sync::LazyLock;
@@ -33,6 +33,25 @@ static ROWS: LazyLock<IntGauge> = LazyLock::new(|| {
     )
 });
 
+#[expect(clippy::expect_used, reason = "constant, valid metric definitions")]
+static PURGED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    uat_telemetry::register(
+        IntCounterVec::new(
+            Opts::new(
+                "uat_memory_purged_total",
+                "Rows removed by retention: expired memories and change-log records",
+            ),
+            &["what"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// Counts `n` rows removed by retention (`expired` or `changes`).
+pub fn purged(what: &'static str, n: u64) {
+    PURGED.with_label_values(&[what]).inc_by(n);
+}
+
 /// Times one operation; [`Op::done`] records its result.
 pub struct Op {
     name: &'static str,
@@ -41,7 +60,7 @@ pub struct Op {
 
 impl Op {
     /// Starts timing `name` (`insert`, `get`, `update`, `delete`, `delete_user`,
-    /// `list`, `search`, `history`).
+    /// `list`, `search`, `history`, `purge`).
     pub fn start(name: &'static str) -> Self {
         Op {
             name,

@@ -34,6 +34,12 @@ pub struct Options {
     pub index_dir: Option<PathBuf>,
     /// How often the index polls the change log (it is also kicked by local writes).
     pub tail_interval: Duration,
+    /// How often expired memories are purged and the change log pruned
+    /// (see [`Memories::purge`]); `None`: never in the background.
+    pub purge_interval: Option<Duration>,
+    /// How long change-log records are kept: a replica whose index stops for
+    /// longer rebuilds (or resyncs) it from SQL instead of catching up.
+    pub change_retention: Duration,
 }
 
 impl Default for Options {
@@ -42,8 +48,67 @@ impl Default for Options {
             limits: Limits::default(),
             index_dir: None,
             tail_interval: Duration::from_millis(200),
+            purge_interval: Some(Duration::from_secs(60)),
+            change_retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
+}
+
+/// Expired memories deleted per transaction while purging.
+const PURGE_BATCH: usize = 1000;
+/// Change-log records removed per transaction while pruning.
+const PRUNE_BATCH: usize = 10_000;
+
+/// What one [`Memories::purge`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Purged {
+    /// Expired memories deleted.
+    pub expired: u64,
+    /// Change-log records pruned.
+    pub changes: u64,
+}
+
+/// Purges expired memories, then prunes the change log: records older than
+/// `retention` that the local index (if any) has applied (`applied`).
+async fn purge_round(
+    store: &AnyStore,
+    applied: Option<i64>,
+    retention: Duration,
+) -> Result<Purged> {
+    let op = Op::start("purge");
+    let r = async {
+        let mut out = Purged::default();
+        loop {
+            let n = store.purge_expired(PURGE_BATCH).await?;
+            out.expired += n;
+            metrics::purged("expired", n);
+            if n < PURGE_BATCH as u64 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        // A retention too long to subtract from now keeps everything.
+        let Some(before) = time::Duration::try_from(retention)
+            .ok()
+            .and_then(|d| now().checked_sub(d))
+        else {
+            return Ok(out);
+        };
+        let through = applied.unwrap_or(i64::MAX);
+        loop {
+            let n = store.prune_changes(before, through, PRUNE_BATCH).await?;
+            out.changes += n;
+            metrics::purged("changes", n);
+            if n < PRUNE_BATCH as u64 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        Ok(out)
+    }
+    .await;
+    op.done(&r);
+    r
 }
 
 /// One search result.
@@ -76,6 +141,7 @@ pub struct Memories {
     embedder: Option<Arc<dyn Embedder>>,
     index: Option<Arc<VectorIndex>>,
     limits: Limits,
+    change_retention: Duration,
 }
 
 fn content_hash(agent: Option<&str>, run: Option<&str>, content: &str) -> String {
@@ -129,12 +195,57 @@ impl Memories {
                 tokio::time::sleep(Duration::from_secs(5)).await;
             }
         });
+        if let Some(every) = options.purge_interval {
+            let weak = Arc::downgrade(&store);
+            let idx = index.as_ref().map(Arc::downgrade);
+            let retention = options.change_retention;
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    let Some(s) = weak.upgrade() else { return };
+                    let applied = match &idx {
+                        Some(w) => match w.upgrade() {
+                            Some(i) => Some(i.applied()),
+                            None => return,
+                        },
+                        None => None,
+                    };
+                    match purge_round(&s, applied, retention).await {
+                        Ok(p) if p.expired > 0 || p.changes > 0 => tracing::debug!(
+                            expired = p.expired,
+                            changes = p.changes,
+                            "memory: purged"
+                        ),
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "memory: purge failed; retrying later")
+                        }
+                    }
+                }
+            });
+        }
         Ok(Memories {
             store,
             embedder,
             index,
             limits: options.limits,
+            change_retention: options.change_retention,
         })
+    }
+
+    /// Deletes every expired memory (each gets an `expire` history entry and
+    /// leaves every index through the change log), then prunes change-log
+    /// records older than the retention that the local index has applied.
+    /// Runs in the background every `purge_interval`; callable at any time.
+    pub async fn purge(&self) -> Result<Purged> {
+        let applied = self.index.as_ref().map(|i| i.applied());
+        let p = purge_round(&self.store, applied, self.change_retention).await?;
+        if p.expired > 0
+            && let Some(i) = &self.index
+        {
+            i.kick();
+        }
+        Ok(p)
     }
 
     /// The store.

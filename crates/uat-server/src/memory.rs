@@ -132,6 +132,8 @@ impl MemoryService {
             } else {
                 Duration::from_secs(1)
             },
+            purge_interval: Some(config.memory.purge_interval).filter(|d| !d.is_zero()),
+            change_retention: config.memory.change_retention,
         };
         let memories = Memories::open(store, embedder, options)
             .await

@@ -19,6 +19,7 @@ use crate::types::{
     Change, Filter, HistoryEntry, IndexEntry, ListQuery, Memory, NewRow, Page, Patch, WriteOutcome,
 };
 use std::future::Future;
+use time::OffsetDateTime;
 use uuid::Uuid;
 
 /// What every store does. All reads skip expired memories; every query is
@@ -92,6 +93,39 @@ pub trait Store: Send + Sync {
     ) -> impl Future<Output = Result<Vec<IndexEntry>>> + Send;
     /// Number of stored memories (expired included).
     fn count(&self) -> impl Future<Output = Result<u64>> + Send;
+    /// Deletes up to `limit` memories whose expiry has passed, oldest expiry
+    /// first, in one transaction: each gets an `expire` entry in its history
+    /// and a delete in the change log (so every index drops it). Returns how
+    /// many went.
+    fn purge_expired(&self, limit: usize) -> impl Future<Output = Result<u64>> + Send;
+    /// Removes change-log records, oldest first and at most `limit`: the
+    /// leading run of records written before `before` with `seq <= through`.
+    /// The newest record always stays (the log's position survives). Raises
+    /// the horizon to the last position removed. Returns how many went.
+    fn prune_changes(
+        &self,
+        before: OffsetDateTime,
+        through: i64,
+        limit: usize,
+    ) -> impl Future<Output = Result<u64>> + Send;
+    /// The highest change-log position ever pruned (0 when none): an index
+    /// that has applied less than this missed changes and must resync.
+    fn change_horizon(&self) -> impl Future<Output = Result<i64>> + Send;
+}
+
+/// Which leading records of the log `rows` (`(seq, at)` in `seq` order, the
+/// oldest ones) may go: the last `seq` of the run that is older than
+/// `before`, at most `through` and below `newest`.
+pub(crate) fn prune_cut<T: PartialOrd>(
+    rows: &[(i64, T)],
+    before: &T,
+    through: i64,
+    newest: i64,
+) -> Option<i64> {
+    rows.iter()
+        .take_while(|(seq, at)| at < before && *seq <= through && *seq < newest)
+        .last()
+        .map(|(seq, _)| *seq)
 }
 
 /// Either store, chosen by the database URL.
@@ -200,6 +234,20 @@ impl Store for AnyStore {
     async fn count(&self) -> Result<u64> {
         delegate!(self, s => s.count())
     }
+    async fn purge_expired(&self, limit: usize) -> Result<u64> {
+        delegate!(self, s => s.purge_expired(limit))
+    }
+    async fn prune_changes(
+        &self,
+        before: OffsetDateTime,
+        through: i64,
+        limit: usize,
+    ) -> Result<u64> {
+        delegate!(self, s => s.prune_changes(before, through, limit))
+    }
+    async fn change_horizon(&self) -> Result<i64> {
+        delegate!(self, s => s.change_horizon())
+    }
 }
 
 /// Applies a patch to a memory (the stores call this inside their transaction).
@@ -259,5 +307,26 @@ mod next_ids_tests {
             "want beyond the list"
         );
         assert_eq!(next_ids(&[], 0, 0, 3), None);
+    }
+}
+
+#[cfg(test)]
+mod prune_cut_tests {
+    use super::prune_cut;
+
+    #[test]
+    fn cuts_the_leading_run_that_is_old_enough_below_the_limits() {
+        let rows = [(1, 10), (2, 11), (4, 12), (5, 30), (6, 13)];
+        // Stops at the first record too new, even if later ones are old.
+        assert_eq!(prune_cut(&rows, &20, i64::MAX, 100), Some(4));
+        // Never past what the local indexes applied.
+        assert_eq!(prune_cut(&rows, &20, 2, 100), Some(2));
+        assert_eq!(prune_cut(&rows, &20, 0, 100), None);
+        // Never the newest record.
+        assert_eq!(prune_cut(&rows[..2], &20, i64::MAX, 2), Some(1));
+        assert_eq!(prune_cut(&rows[..1], &20, i64::MAX, 1), None);
+        // Nothing old enough.
+        assert_eq!(prune_cut(&rows, &5, i64::MAX, 100), None);
+        assert_eq!(prune_cut::<i64>(&[], &5, i64::MAX, 100), None);
     }
 }

@@ -100,6 +100,20 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
             "ALTER TABLE memories DROP COLUMN embedding_model",
         ],
     ),
+    // Retention: expired memories are purged (found by their expiry) and the
+    // change log is pruned; the horizon remembers how far, so an index that
+    // applied less knows it missed changes.
+    (
+        3,
+        &[
+            "CREATE INDEX memories_expires_idx ON memories (expires_at) WHERE expires_at IS NOT NULL",
+            "CREATE TABLE memory_change_horizon (
+                id INT PRIMARY KEY CHECK (id = 1),
+                pruned_through BIGINT NOT NULL
+            )",
+            "INSERT INTO memory_change_horizon (id, pruned_through) VALUES (1, 0)",
+        ],
+    ),
 ];
 
 /// The migration after whose statements `fill_terms` indexes every memory
@@ -907,6 +921,90 @@ impl Store for PgStore {
             .fetch_one(&self.pool)
             .await?;
         Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn purge_expired(&self, limit: usize) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        // SKIP LOCKED: replicas purging at once take different rows.
+        let sql = format!(
+            "DELETE FROM memories m WHERE m.id IN (SELECT id FROM memories \
+             WHERE expires_at <= now() ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
+             RETURNING {COLS}"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&mut *tx)
+            .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let gone = rows.iter().map(decode).collect::<Result<Vec<Memory>>>()?;
+        let ids: Vec<Uuid> = gone.iter().map(|m| m.id).collect();
+        let users: Vec<String> = gone.iter().map(|m| m.user_id.clone()).collect();
+        let old = gone
+            .iter()
+            .map(history_json)
+            .collect::<Result<Vec<String>>>()?;
+        sqlx::query(
+            "INSERT INTO memory_history (memory_id, user_id, op, old_value, new_value, at) \
+             SELECT u.id, u.user_id, 'expire', u.old::jsonb, NULL, now() \
+             FROM UNNEST($1::uuid[], $2::text[], $3::text[]) WITH ORDINALITY AS u(id, user_id, old, n) ORDER BY u.n",
+        )
+        .bind(&ids)
+        .bind(&users)
+        .bind(&old)
+        .execute(&mut *tx)
+        .await?;
+        let changes: Vec<(Option<Uuid>, String, ChangeOp)> = ids
+            .iter()
+            .zip(users)
+            .map(|(id, u)| (Some(*id), u, ChangeOp::Delete))
+            .collect();
+        let seq = record_changes(&mut tx, &changes).await?;
+        tx.commit().await?;
+        self.committed(seq);
+        Ok(gone.len() as u64)
+    }
+
+    async fn prune_changes(
+        &self,
+        before: OffsetDateTime,
+        through: i64,
+        limit: usize,
+    ) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        let rows: Vec<(i64, OffsetDateTime)> =
+            sqlx::query_as("SELECT seq, at FROM memory_changes ORDER BY seq LIMIT $1")
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(&mut *tx)
+                .await?;
+        let newest: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM memory_changes")
+            .fetch_one(&mut *tx)
+            .await?;
+        let Some(cut) = super::prune_cut(&rows, &before, through, newest) else {
+            return Ok(0);
+        };
+        let n = sqlx::query("DELETE FROM memory_changes WHERE seq <= $1")
+            .bind(cut)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query(
+            "UPDATE memory_change_horizon SET pruned_through = GREATEST(pruned_through, $1) WHERE id = 1",
+        )
+        .bind(cut)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    async fn change_horizon(&self) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT pruned_through FROM memory_change_horizon WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 }
 

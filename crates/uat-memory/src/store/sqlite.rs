@@ -143,6 +143,20 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
              END",
         ],
     ),
+    // Retention: expired memories are purged (found by their expiry) and the
+    // change log is pruned; the horizon remembers how far, so an index that
+    // applied less knows it missed changes.
+    (
+        3,
+        &[
+            "CREATE INDEX memories_expires_idx ON memories (expires_at) WHERE expires_at IS NOT NULL",
+            "CREATE TABLE memory_change_horizon (
+                id INTEGER PRIMARY KEY CHECK (id = 1),
+                pruned_through INTEGER NOT NULL
+            )",
+            "INSERT INTO memory_change_horizon (id, pruned_through) VALUES (1, 0)",
+        ],
+    ),
 ];
 
 /// The migration after whose statements `fill_terms` indexes every memory.
@@ -829,6 +843,104 @@ impl Store for SqliteStore {
 
     async fn count(&self) -> Result<u64> {
         self.read.count().await
+    }
+
+    async fn purge_expired(&self, limit: usize) -> Result<u64> {
+        let now_us = to_micros(now());
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+        let sql = format!(
+            "SELECT {COLS} FROM memories m WHERE m.expires_at <= ? ORDER BY m.expires_at LIMIT ?"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(now_us)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&mut *tx)
+            .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let gone = rows.iter().map(decode).collect::<Result<Vec<Memory>>>()?;
+        let mut last_seq = 0;
+        for chunk in gone.chunks(HISTORY_CHUNK.min(MAX_IN_LIST)) {
+            let mut qb = QueryBuilder::<Sqlite>::new("DELETE FROM memories WHERE id IN (");
+            let mut ids = qb.separated(", ");
+            for m in chunk {
+                ids.push_bind(m.id.to_string());
+            }
+            ids.push_unseparated(")");
+            qb.build().execute(&mut *tx).await?;
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO memory_history (memory_id, user_id, op, old_value, new_value, at) ",
+            );
+            let values = chunk
+                .iter()
+                .map(|m| history_json(m).map(|j| (m, j)))
+                .collect::<Result<Vec<_>>>()?;
+            qb.push_values(values, |mut b, (m, j)| {
+                b.push_bind(m.id.to_string())
+                    .push_bind(m.user_id.clone())
+                    .push_bind("expire")
+                    .push_bind(j)
+                    .push_bind(None::<String>)
+                    .push_bind(now_us);
+            });
+            qb.build().execute(&mut *tx).await?;
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO memory_changes (memory_id, user_id, op, at) ",
+            );
+            qb.push_values(chunk, |mut b, m| {
+                b.push_bind(m.id.to_string())
+                    .push_bind(m.user_id.clone())
+                    .push_bind(ChangeOp::Delete.as_str())
+                    .push_bind(now_us);
+            });
+            last_seq = qb.build().execute(&mut *tx).await?.last_insert_rowid();
+        }
+        tx.commit().await?;
+        self.committed(last_seq);
+        self.wrote(gone.len() as u64);
+        Ok(gone.len() as u64)
+    }
+
+    async fn prune_changes(
+        &self,
+        before: time::OffsetDateTime,
+        through: i64,
+        limit: usize,
+    ) -> Result<u64> {
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+        let rows: Vec<(i64, i64)> =
+            sqlx::query_as("SELECT seq, at FROM memory_changes ORDER BY seq LIMIT ?")
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(&mut *tx)
+                .await?;
+        let newest: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM memory_changes")
+            .fetch_one(&mut *tx)
+            .await?;
+        let Some(cut) = super::prune_cut(&rows, &to_micros(before), through, newest) else {
+            return Ok(0);
+        };
+        let n = sqlx::query("DELETE FROM memory_changes WHERE seq <= ?")
+            .bind(cut)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query(
+            "UPDATE memory_change_horizon SET pruned_through = MAX(pruned_through, ?) WHERE id = 1",
+        )
+        .bind(cut)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    async fn change_horizon(&self) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT pruned_through FROM memory_change_horizon WHERE id = 1")
+                .fetch_one(&self.write)
+                .await?,
+        )
     }
 }
 

@@ -123,6 +123,9 @@ pub fn options(index_dir: PathBuf) -> Options {
         limits: Limits::default(),
         index_dir: Some(index_dir),
         tail_interval: Duration::from_millis(50),
+        // Tests purge when they mean to (`Memories::purge`).
+        purge_interval: None,
+        ..Options::default()
     }
 }
 

@@ -56,6 +56,8 @@ on_both_stores!(
     bad_input_names_the_field,
     index_rebuilds_from_sql_when_missing_and_catches_up_when_behind,
     local_change_follows_this_handles_writes_only,
+    purge_deletes_expired_memories_and_the_index_drops_them,
+    a_pruned_change_log_resyncs_or_rebuilds_a_stale_index,
 );
 
 /// The SQLite store merges its full-text index after a tenth of the table

@@ -995,3 +995,146 @@ pub async fn local_change_follows_this_handles_writes_only(h: &Harness) {
     assert!(r.store().local_change() > seen);
     assert_eq!(store.local_change(), seen);
 }
+
+/// Retention, part one: `purge` deletes expired memories (and only those),
+/// logs each as a delete so the vector index drops it, and a second run finds
+/// nothing; the live memory stays searchable.
+pub async fn purge_deletes_expired_memories_and_the_index_drops_them(h: &Harness) {
+    let soon = time::OffsetDateTime::now_utc() + time::Duration::milliseconds(300);
+    let fmt = soon
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let gone = write(
+        h,
+        json!({"user_id": "u1", "content": "my dog loves the sofa", "expires_at": fmt}),
+    )
+    .await
+    .unwrap()
+    .remove(0)
+    .memory;
+    let later = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+    let later = later
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let stays = write(
+        h,
+        json!({"user_id": "u1", "content": "my cat loves the sofa", "expires_at": later}),
+    )
+    .await
+    .unwrap()
+    .remove(0)
+    .memory;
+    let forever = put(h, "u2", "the dog eats pasta").await;
+    assert!(h.svc.sync_index(Duration::from_secs(2)).await.unwrap());
+    let idx = h.svc.index().unwrap();
+    assert_eq!(idx.len(), 3);
+    let store = h.svc.store();
+    let before = store.last_change().await.unwrap();
+    assert_eq!(
+        h.svc.purge().await.unwrap().expired,
+        0,
+        "nothing expired yet"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        store.count().await.unwrap(),
+        3,
+        "expired rows stay until purged"
+    );
+    let p = h.svc.purge().await.unwrap();
+    assert_eq!(p.expired, 1);
+    assert_eq!(store.count().await.unwrap(), 2);
+    let changes = store.changes_after(before, 100).await.unwrap();
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert_eq!(changes[0].op, uat_memory::ChangeOp::Delete);
+    assert_eq!(changes[0].memory_id, Some(gone.id));
+    assert_eq!(changes[0].user_id, "u1");
+    assert!(h.svc.sync_index(Duration::from_secs(2)).await.unwrap());
+    assert_eq!(idx.len(), 2, "the index dropped the purged memory");
+    assert_eq!(
+        search_ids(
+            h,
+            json!({"user_id": "u1", "query": "pets on the sofa", "mode": "semantic"})
+        )
+        .await,
+        vec![stays.id]
+    );
+    assert!(h.svc.get("u2", forever.id).await.is_ok());
+    assert_eq!(h.svc.purge().await.unwrap(), uat_memory::Purged::default());
+}
+
+/// Retention, part two: pruning the change log keeps its newest record and
+/// raises the horizon; an index that applied less than the horizon resyncs
+/// from SQL while it runs (no restart) and is rebuilt when opened again, and
+/// either way ends up with exactly the live memories.
+pub async fn a_pruned_change_log_resyncs_or_rebuilds_a_stale_index(h: &Harness) {
+    use uat_memory::index::VectorIndex;
+    let store = h.svc.store();
+    let a = put(h, "u1", "Alice drives a sedan").await;
+    let b = put(h, "u1", "Bob loves jazz").await;
+    assert!(h.svc.sync_index(Duration::from_secs(2)).await.unwrap());
+    // A second index on its own folder with no tailer: it stays where it is
+    // until asked, like a replica stalled for longer than the retention.
+    let dir = h.dir.path().join("stale-index");
+    let stale = VectorIndex::open(&dir, "fake-concepts", crate::common::DIM, store)
+        .await
+        .unwrap();
+    assert_eq!(stale.len(), 2);
+    let c = put(h, "u1", "Carol eats pizza").await;
+    h.svc.delete("u1", a.id).await.unwrap();
+    let last = store.last_change().await.unwrap();
+    assert!(stale.applied() < last);
+    assert_eq!(store.change_horizon().await.unwrap(), 0);
+    // Nothing is old enough yet: nothing goes.
+    let past = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+    assert_eq!(store.prune_changes(past, i64::MAX, 100).await.unwrap(), 0);
+    // Everything older than a minute from now, up to everything applied by
+    // the service's own index: all but the newest record.
+    let future = time::OffsetDateTime::now_utc() + time::Duration::minutes(1);
+    let pruned = store.prune_changes(future, i64::MAX, 100).await.unwrap();
+    assert!(pruned >= 3, "{pruned}");
+    assert_eq!(
+        store.last_change().await.unwrap(),
+        last,
+        "the newest record stays"
+    );
+    let horizon = store.change_horizon().await.unwrap();
+    assert!(horizon > stale.applied() && horizon < last, "{horizon}");
+    let kept = store.changes_after(0, 100).await.unwrap();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].seq, last);
+    // The stale index sees the gap and resyncs from SQL.
+    while stale.catch_up(store).await.unwrap() > 0 {}
+    assert_eq!(stale.applied(), last);
+    assert_eq!(stale.len(), 2, "a was deleted while the log was pruned");
+    let f = uat_memory::Filter {
+        user_id: "u1".into(),
+        ..uat_memory::Filter::default()
+    };
+    let ids = |hits: Vec<(Uuid, f32)>| hits.into_iter().map(|(id, _)| id).collect::<HashSet<_>>();
+    let found = ids(stale
+        .search(FakeEmbedder::vector("pizza jazz sedan"), &f, 10)
+        .await
+        .unwrap());
+    assert_eq!(found, HashSet::from([b.id, c.id]));
+    // Closed, then more writes and a prune past its position: reopening
+    // rebuilds it instead of reading a log that no longer holds its changes.
+    drop(stale);
+    let d = put(h, "u1", "Dave rides a bike").await;
+    h.svc.delete("u1", b.id).await.unwrap();
+    put(h, "u9", "another user").await;
+    assert!(store.prune_changes(future, i64::MAX, 100).await.unwrap() >= 2);
+    let reopened = VectorIndex::open(&dir, "fake-concepts", crate::common::DIM, store)
+        .await
+        .unwrap();
+    assert_eq!(reopened.applied(), store.last_change().await.unwrap());
+    assert_eq!(reopened.len(), 3);
+    let found = ids(reopened
+        .search(FakeEmbedder::vector("pizza jazz bike sedan"), &f, 10)
+        .await
+        .unwrap());
+    assert_eq!(found, HashSet::from([c.id, d.id]));
+    // The service's own index, kept current by its tailer, never needed either.
+    assert!(h.svc.sync_index(Duration::from_secs(2)).await.unwrap());
+    assert_eq!(h.svc.index().unwrap().len(), 3);
+}

@@ -146,6 +146,12 @@ impl Collection {
         self.state.read().ids.read().len()
     }
 
+    /// The ids of the live points, in no order (a snapshot: points written
+    /// meanwhile may or may not be in it).
+    pub fn ids(&self) -> Vec<PointId> {
+        self.state.read().ids.read().keys().cloned().collect()
+    }
+
     /// Inserts or replaces points (by id); durable per the fsync policy when
     /// this returns. Returns the number of points written.
     pub fn upsert(&self, points: Vec<Point>) -> Result<usize> {

@@ -214,3 +214,33 @@ fn duplicate_ids_in_one_batch_keep_the_last_and_survive_replay() {
         "the replaced version must not come back: {hits:?}"
     );
 }
+
+#[test]
+fn ids_lists_the_live_points_after_deletes_and_a_reopen() {
+    let (d, s, c) = filled(50, 8, Metric::Cosine);
+    c.delete((0..10).map(PointId::Num).collect()).unwrap();
+    let sorted = |c: &Collection| {
+        let mut v: Vec<u64> = c
+            .ids()
+            .into_iter()
+            .map(|id| match id {
+                PointId::Num(n) => n,
+                PointId::Uuid(u) => panic!("unexpected id {u}"),
+            })
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    assert_eq!(sorted(&c), (10..50).collect::<Vec<u64>>());
+    drop(c);
+    drop(s);
+    let s = VectorStore::open(
+        d.path(),
+        StoreOptions {
+            fsync: FsyncPolicy::Never,
+        },
+    )
+    .unwrap();
+    let c = s.get("c").unwrap();
+    assert_eq!(sorted(&c), (10..50).collect::<Vec<u64>>());
+}
