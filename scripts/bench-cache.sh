@@ -75,45 +75,57 @@ echo "== hits: open loop, 1000 req/s, 5 s"
 lt 39401 --rate 1000 --duration 5s | fmt "L1 hit"
 lt 39403 --rate 1000 --duration 5s | fmt "L2 hit (Redis)"
 # True misses: --unique gives every request its own seed (a new key, looked up
-# in every level, fetched upstream, written to every level). Rounds alternate
-# the configurations so drift on a noisy machine hits all of them alike.
-ROUNDS=${ROUNDS:-3}
-echo "== misses vs cache off: open loop, 1000 req/s, 5 s, $ROUNDS alternating rounds"
+# in every level, fetched upstream, written to every level).
+# Rounds alternate the configurations (the order rotates each round) so drift
+# on a noisy machine hits all of them alike, and each configuration is compared
+# with the cache-off run of its own round: the summary gives the median of
+# those paired ratios and a bootstrap 95% interval of that median. On a 2-vCPU
+# VM one 3 s run moves by +-10%, so a few-percent difference needs ~10 rounds.
+ROUNDS=${ROUNDS:-10}
+RUN=${RUN:-3s}
+echo "== misses vs cache off: open loop, 1000 req/s, $RUN, $ROUNDS alternating rounds"
 # misses PREFIX LOADTEST_ARGS...: alternating rounds of true misses through
-# each configuration and the cache off; summary PREFIX prints their medians.
+# each configuration and the cache off; summary PREFIX prints the comparison.
 misses() {
   local prefix=$1; shift
+  local cfg=("39402 off" "39401 miss-l1" "39405 miss-l13" "39406 miss-l12")
   for r in $(seq 1 "$ROUNDS"); do
-    lt 39402 "$@" --unique > "$DIR/$prefix-off.$r.json"
-    lt 39401 "$@" --unique > "$DIR/$prefix-miss-l1.$r.json"
-    lt 39405 "$@" --unique > "$DIR/$prefix-miss-l13.$r.json"
-    lt 39406 "$@" --unique > "$DIR/$prefix-miss-l12.$r.json"
+    for i in 0 1 2 3; do
+      local c=${cfg[$(( (i + r) % 4 ))]}
+      lt "${c% *}" "$@" --unique > "$DIR/$prefix-${c#* }.$r.json"
+    done
   done
 }
 summary() {
 python3 - "$DIR" "$ROUNDS" "$1" <<'PY'
-import json, statistics, sys
+import json, random, statistics, sys
 d, rounds, prefix = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 def runs(name):
     return [json.load(open(f"{d}/{prefix}-{name}.{r}.json")) for r in range(1, rounds + 1)]
-def med(rs, q):
-    return statistics.median((r.get("service_time_ms") or r["latency_ms"])[q] for r in rs)
+def q(r, p):
+    return (r.get("service_time_ms") or r["latency_ms"])[p]
+def ci(xs, rng=random.Random(7)):
+    meds = sorted(statistics.median(rng.choices(xs, k=len(xs))) for _ in range(2000))
+    return meds[50], meds[1949]
 off = runs("off")
-base50, base99 = med(off, "p50"), med(off, "p99")
-print(f"{'cache off':<34} p50={base50:.3f} p99={base99:.3f} ms (median of {rounds}) errors={sum(r['errors'] for r in off)}")
+print(f"{'cache off':<30} p50={statistics.median(q(r, 'p50') for r in off):.3f} p99={statistics.median(q(r, 'p99') for r in off):.3f} ms (medians of {rounds} runs) errors={sum(r['errors'] for r in off)}")
 for name, label in [("miss-l1", "miss, L1"), ("miss-l13", "miss, L1+L3 SQLite (default)"), ("miss-l12", "miss, L1+L2 Redis")]:
     rs = runs(name)
-    p50, p99 = med(rs, "p50"), med(rs, "p99")
-    print(f"{label:<34} p50={p50:.3f} ({(p50/base50-1)*100:+.1f}%) p99={p99:.3f} ({(p99/base99-1)*100:+.1f}%) ms errors={sum(r['errors'] for r in rs)}")
+    out = []
+    for p in ("p50", "p99"):
+        ratios = [(q(a, p) / q(b, p) - 1) * 100 for a, b in zip(rs, off)]
+        lo, hi = ci(ratios)
+        out.append(f"{p} {statistics.median(ratios):+5.1f}% [{lo:+.1f}, {hi:+.1f}]")
+    print(f"{label:<30} vs cache off, paired by round, median [95% CI]: {out[0]}  {out[1]}  errors={sum(r['errors'] for r in rs)}")
 PY
 }
-misses open --rate 1000 --duration 5s
+misses open --rate 1000 --duration "$RUN"
 summary open
 # One client, back to back: the latency of one request with nothing queued
 # and the CPUs kept awake. (At 1000 req/s open loop the cores idle between
 # requests and each request pays the VM's wake-ups: the floor there, direct to
 # the mock upstream, is about 0.3 ms P99 with or without uat in the path.)
-echo "== latency, closed loop, concurrency 1, 5 s ($ROUNDS alternating rounds for the misses)"
+echo "== latency, closed loop, concurrency 1, 5 s; misses: $RUN x $ROUNDS alternating rounds"
 lt 39401 -c 1 --duration 5s | fmt "L1 hit"
 lt 39403 -c 1 --duration 5s | fmt "L2 hit (Redis)"
 lt 39404 -c 1 --duration 5s | fmt "mock upstream, direct (floor)"
@@ -122,7 +134,7 @@ lt 39404 -c 1 --duration 5s | fmt "mock upstream, direct (floor)"
 # over the rounds of one configuration.
 own() { curl -sf "127.0.0.1:$1/metrics" | awk '/^uat_request_duration_seconds_sum\{route="\/v1\/chat\/completions"\}/{r=$2} /^uat_request_duration_seconds_count\{route="\/v1\/chat\/completions"\}/{n=$2} /^uat_upstream_duration_seconds_sum/{u+=$2} END{printf "%s %s %s\n", r+0, n+0, u+0}'; }
 for p in 39402 39401 39405 39406; do own $p > "$DIR/own-$p.before"; done
-misses c1 -c 1 --duration 5s
+misses c1 -c 1 --duration "$RUN"
 for p in 39402 39401 39405 39406; do own $p > "$DIR/own-$p.after"; done
 summary c1
 python3 - "$DIR" <<'PY'

@@ -260,3 +260,40 @@ async fn memory_http_without_a_model_semantic_says_so_and_hybrid_falls_back() {
     assert!(metrics.contains("uat_memory_operation_seconds_bucket{op=\"insert\""));
     assert!(metrics.contains("uat_memory_rows"));
 }
+
+/// `memory.purge_interval` reaches the service: an expired memory leaves the
+/// database by itself (not only the API's answers), the live one stays.
+#[tokio::test]
+async fn memory_expired_rows_are_purged_on_the_configured_interval() {
+    use uat_memory::Store;
+    let app = spawn_app("[memory]\npurge_interval = \"100ms\"\n").await;
+    let c = &app.client;
+    let soon = time::OffsetDateTime::now_utc() + time::Duration::milliseconds(300);
+    let soon = soon
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let (s, _) = send(c.post(app.at("/v1/memories")).json(&json!({
+        "user_id": "u", "content": "a passing thought", "expires_at": soon
+    })))
+    .await;
+    assert_eq!(s, 201);
+    let (s, _) = send(
+        c.post(app.at("/v1/memories"))
+            .json(&json!({"user_id": "u", "content": "a lasting thought"})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let store = app.state.memory.memories().store();
+    assert_eq!(store.count().await.unwrap(), 2);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while store.count().await.unwrap() != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the expired memory was not purged within 5 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (s, page) = send(c.get(app.at("/v1/memories?user_id=u"))).await;
+    assert_eq!(s, 200);
+    assert_eq!(page["memories"][0]["content"], json!("a lasting thought"));
+}
