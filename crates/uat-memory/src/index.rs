@@ -418,31 +418,8 @@ impl VectorIndex {
             applied = self.applied(),
             "memory: the change log was pruned past this index's position; resyncing it from SQL"
         );
-        let mut keep: HashSet<PointId> = HashSet::new();
-        let mut after = None;
-        loop {
-            let page = store.scan_index_entries(after, REBUILD_PAGE).await?;
-            let Some(tail) = page.last().map(|e| e.id) else {
-                break;
-            };
-            after = Some(tail);
-            let points: Vec<Point> = page
-                .into_iter()
-                .filter(|e| {
-                    e.embedding.model == self.model && e.embedding.vector.len() == self.dimension
-                })
-                .map(point)
-                .collect();
-            keep.extend(points.iter().map(|p| p.id.clone()));
-            let c = self.coll.clone();
-            tokio::task::spawn_blocking(move || match tail_pool() {
-                Some(pool) => pool.install(|| c.upsert(points)),
-                None => c.upsert(points),
-            })
-            .await
-            .map_err(|e| MemoryError::Index(e.to_string()))?
-            .map_err(ix)?;
-        }
+        let keep =
+            load_from_sql(&self.coll, &self.model, self.dimension, store, tail_pool()).await?;
         let c = self.coll.clone();
         let n = keep.len();
         tokio::task::spawn_blocking(move || {
@@ -522,6 +499,40 @@ impl VectorIndex {
     }
 }
 
+/// Upserts every entry SQL holds for `model` into `coll`, a page at a time
+/// (on `pool` when given); returns the ids written.
+async fn load_from_sql(
+    coll: &Arc<Collection>,
+    model: &str,
+    dimension: usize,
+    store: &AnyStore,
+    pool: Option<&'static rayon::ThreadPool>,
+) -> Result<HashSet<PointId>> {
+    let mut ids = HashSet::new();
+    let mut after = None;
+    loop {
+        let page = store.scan_index_entries(after, REBUILD_PAGE).await?;
+        let Some(last) = page.last().map(|e| e.id) else {
+            return Ok(ids);
+        };
+        after = Some(last);
+        let points: Vec<Point> = page
+            .into_iter()
+            .filter(|e| e.embedding.model == model && e.embedding.vector.len() == dimension)
+            .map(point)
+            .collect();
+        ids.extend(points.iter().map(|p| p.id.clone()));
+        let c = coll.clone();
+        tokio::task::spawn_blocking(move || match pool {
+            Some(pool) => pool.install(|| c.upsert(points)),
+            None => c.upsert(points),
+        })
+        .await
+        .map_err(|e| MemoryError::Index(e.to_string()))?
+        .map_err(ix)?;
+    }
+}
+
 /// Opens an index whose watermark is usable; `None` when it must be rebuilt:
 /// also when it applied less than the pruned part of the log (`horizon`),
 /// whose changes it can no longer read.
@@ -581,23 +592,7 @@ async fn rebuild(
     })
     .await
     .map_err(|e| MemoryError::Index(e.to_string()))??;
-    let mut after = None;
-    loop {
-        let page = store.scan_index_entries(after, REBUILD_PAGE).await?;
-        let Some(last) = page.last().map(|e| e.id) else {
-            break;
-        };
-        after = Some(last);
-        let points: Vec<Point> = page
-            .into_iter()
-            .filter(|e| e.embedding.model == model && e.embedding.vector.len() == dimension)
-            .map(point)
-            .collect();
-        let c = coll.clone();
-        tokio::task::spawn_blocking(move || c.upsert(points).map_err(ix))
-            .await
-            .map_err(|e| MemoryError::Index(e.to_string()))??;
-    }
+    load_from_sql(&coll, model, dimension, store, None).await?;
     let c = coll.clone();
     tokio::task::spawn_blocking(move || c.snapshot().map_err(ix))
         .await

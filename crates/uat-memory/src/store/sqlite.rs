@@ -443,6 +443,49 @@ async fn record_change(
     Ok(r.last_insert_rowid())
 }
 
+/// History and change-log rows for a batch of memories, two multi-row
+/// inserts: a `create` records the memory as its new value, any other
+/// history op (`expire`) as its old one. Returns the last change position.
+async fn record_batch(
+    tx: &mut sqlx::SqliteConnection,
+    memories: &[&Memory],
+    op: &str,
+    change: ChangeOp,
+    at: i64,
+) -> Result<i64> {
+    let mut qb = QueryBuilder::<Sqlite>::new(
+        "INSERT INTO memory_history (memory_id, user_id, op, old_value, new_value, at) ",
+    );
+    let values = memories
+        .iter()
+        .map(|m| history_json(m).map(|j| (m, j)))
+        .collect::<Result<Vec<_>>>()?;
+    let created = op == "create";
+    qb.push_values(values, |mut b, (m, j)| {
+        let (old, new) = if created {
+            (None, Some(j))
+        } else {
+            (Some(j), None)
+        };
+        b.push_bind(m.id.to_string())
+            .push_bind(m.user_id.clone())
+            .push_bind(op)
+            .push_bind(old)
+            .push_bind(new)
+            .push_bind(at);
+    });
+    qb.build().execute(&mut *tx).await?;
+    let mut qb =
+        QueryBuilder::<Sqlite>::new("INSERT INTO memory_changes (memory_id, user_id, op, at) ");
+    qb.push_values(memories, |mut b, m| {
+        b.push_bind(m.id.to_string())
+            .push_bind(m.user_id.clone())
+            .push_bind(change.as_str())
+            .push_bind(at);
+    });
+    Ok(qb.build().execute(&mut *tx).await?.last_insert_rowid())
+}
+
 /// The largest `rid` in use: the writer numbers new rows after it (it holds
 /// the write lock, so nobody else takes the next number).
 async fn last_rid(tx: &mut sqlx::SqliteConnection) -> Result<i64> {
@@ -631,32 +674,7 @@ impl Store for SqliteStore {
         // History and change log: multi-row inserts.
         let mut last_seq = 0;
         for chunk in created.chunks(HISTORY_CHUNK) {
-            let mut qb = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO memory_history (memory_id, user_id, op, old_value, new_value, at) ",
-            );
-            let values = chunk
-                .iter()
-                .map(|m| history_json(m).map(|j| (m, j)))
-                .collect::<Result<Vec<_>>>()?;
-            qb.push_values(values, |mut b, (m, j)| {
-                b.push_bind(m.id.to_string())
-                    .push_bind(m.user_id.clone())
-                    .push_bind("create")
-                    .push_bind(None::<String>)
-                    .push_bind(j)
-                    .push_bind(now_us);
-            });
-            qb.build().execute(&mut *tx).await?;
-            let mut qb = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO memory_changes (memory_id, user_id, op, at) ",
-            );
-            qb.push_values(chunk, |mut b, m| {
-                b.push_bind(m.id.to_string())
-                    .push_bind(m.user_id.clone())
-                    .push_bind(ChangeOp::Upsert.as_str())
-                    .push_bind(now_us);
-            });
-            last_seq = qb.build().execute(&mut *tx).await?.last_insert_rowid();
+            last_seq = record_batch(&mut tx, chunk, "create", ChangeOp::Upsert, now_us).await?;
         }
         tx.commit().await?;
         self.committed(last_seq);
@@ -869,32 +887,8 @@ impl Store for SqliteStore {
             }
             ids.push_unseparated(")");
             qb.build().execute(&mut *tx).await?;
-            let mut qb = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO memory_history (memory_id, user_id, op, old_value, new_value, at) ",
-            );
-            let values = chunk
-                .iter()
-                .map(|m| history_json(m).map(|j| (m, j)))
-                .collect::<Result<Vec<_>>>()?;
-            qb.push_values(values, |mut b, (m, j)| {
-                b.push_bind(m.id.to_string())
-                    .push_bind(m.user_id.clone())
-                    .push_bind("expire")
-                    .push_bind(j)
-                    .push_bind(None::<String>)
-                    .push_bind(now_us);
-            });
-            qb.build().execute(&mut *tx).await?;
-            let mut qb = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO memory_changes (memory_id, user_id, op, at) ",
-            );
-            qb.push_values(chunk, |mut b, m| {
-                b.push_bind(m.id.to_string())
-                    .push_bind(m.user_id.clone())
-                    .push_bind(ChangeOp::Delete.as_str())
-                    .push_bind(now_us);
-            });
-            last_seq = qb.build().execute(&mut *tx).await?.last_insert_rowid();
+            let refs: Vec<&Memory> = chunk.iter().collect();
+            last_seq = record_batch(&mut tx, &refs, "expire", ChangeOp::Delete, now_us).await?;
         }
         tx.commit().await?;
         self.committed(last_seq);
