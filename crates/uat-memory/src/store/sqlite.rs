@@ -903,14 +903,25 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<u64> {
         let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+        let newest: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM memory_changes")
+            .fetch_one(&mut *tx)
+            .await?;
+        // Most rounds find nothing old enough: the oldest record says so
+        // without reading a page of them.
+        let oldest: Option<(i64, i64)> =
+            sqlx::query_as("SELECT seq, at FROM memory_changes ORDER BY seq LIMIT 1")
+                .fetch_optional(&mut *tx)
+                .await?;
+        if oldest
+            .is_none_or(|o| super::prune_cut(&[o], &to_micros(before), through, newest).is_none())
+        {
+            return Ok(0);
+        }
         let rows: Vec<(i64, i64)> =
             sqlx::query_as("SELECT seq, at FROM memory_changes ORDER BY seq LIMIT ?")
                 .bind(i64::try_from(limit).unwrap_or(i64::MAX))
                 .fetch_all(&mut *tx)
                 .await?;
-        let newest: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM memory_changes")
-            .fetch_one(&mut *tx)
-            .await?;
         let Some(cut) = super::prune_cut(&rows, &to_micros(before), through, newest) else {
             return Ok(0);
         };
