@@ -12,6 +12,7 @@ BIN=${1:-${UAT_BIN:-target/release/uat}}
 BIN=$(realpath "$BIN")
 DIR=$(mktemp -d)
 PIDS=()
+declare -A PID_OF
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; if [ -n "${KEEP:-}" ]; then echo "kept $DIR"; else rm -rf "$DIR"; fi; }
 trap cleanup EXIT
 
@@ -56,6 +57,7 @@ PORTS=(39404 39401 39403 39405 39406 39402)
 up() { # name port: start one server and wait for its /health
   "$BIN" serve --config "$DIR/$1.toml" > "$DIR/$1.log" 2>&1 &
   PIDS+=($!)
+  PID_OF[$2]=$!
   for _ in $(seq 1 100); do curl -sf "127.0.0.1:$2/health" >/dev/null && return; sleep 0.1; done
   echo "$1 did not start:" >&2; cat "$DIR/$1.log" >&2; exit 1
 }
@@ -132,24 +134,30 @@ lt 39404 -c 1 --duration 5s | fmt "mock upstream, direct (floor)"
 # The gateway's own time per request, from its metrics: request duration
 # minus the upstream call (the part of a miss the cache can add to), summed
 # over the rounds of one configuration.
-own() { curl -sf "127.0.0.1:$1/metrics" | awk '/^uat_request_duration_seconds_sum\{route="\/v1\/chat\/completions"\}/{r=$2} /^uat_request_duration_seconds_count\{route="\/v1\/chat\/completions"\}/{n=$2} /^uat_upstream_duration_seconds_sum/{u+=$2} END{printf "%s %s %s\n", r+0, n+0, u+0}'; }
+# Also the process's CPU time (user + system, every thread: the background
+# L2/L3 writers too), from /proc, in clock ticks.
+own() {
+  local m; m=$(curl -sf "127.0.0.1:$1/metrics" | awk '/^uat_request_duration_seconds_sum\{route="\/v1\/chat\/completions"\}/{r=$2} /^uat_request_duration_seconds_count\{route="\/v1\/chat\/completions"\}/{n=$2} /^uat_upstream_duration_seconds_sum/{u+=$2} END{printf "%s %s %s", r+0, n+0, u+0}')
+  echo "$m $(awk '{print $14 + $15}' "/proc/${PID_OF[$1]}/stat")"
+}
 for p in 39402 39401 39405 39406; do own $p > "$DIR/own-$p.before"; done
 misses c1 -c 1 --duration "$RUN"
 for p in 39402 39401 39405 39406; do own $p > "$DIR/own-$p.after"; done
 summary c1
-python3 - "$DIR" <<'PY'
+python3 - "$DIR" "$(getconf CLK_TCK)" <<'PY'
 import sys
-d = sys.argv[1]
+d, tick = sys.argv[1], float(sys.argv[2])
 def own(port):
     b = [float(x) for x in open(f"{d}/own-{port}.before").read().split()]
     a = [float(x) for x in open(f"{d}/own-{port}.after").read().split()]
     n = max(a[1] - b[1], 1)
-    return ((a[0] - b[0]) - (a[2] - b[2])) / n * 1e6, (a[0] - b[0]) / n * 1e6
-off_own, off_total = own(39402)
-print(f"gateway's own time per request (server-side request minus upstream call, all rounds): cache off {off_own:.1f} us of {off_total:.1f} us")
+    cpu = (a[3] - b[3]) / tick / n * 1e6
+    return ((a[0] - b[0]) - (a[2] - b[2])) / n * 1e6, (a[0] - b[0]) / n * 1e6, cpu
+off_own, off_total, off_cpu = own(39402)
+print(f"gateway's own time per request (server-side request minus upstream call, all rounds): cache off {off_own:.1f} us of {off_total:.1f} us; process CPU {off_cpu:.1f} us per request")
 for port, label in [(39401, "miss, L1"), (39405, "miss, L1+L3 SQLite (default)"), (39406, "miss, L1+L2 Redis")]:
-    o, t = own(port)
-    print(f"  {label:<32} {o:.1f} us: the cache adds {o - off_own:+.1f} us = {(o - off_own) / off_total * 100:+.1f}% of a cache-off request")
+    o, t, cpu = own(port)
+    print(f"  {label:<32} {o:.1f} us: the cache adds {o - off_own:+.1f} us = {(o - off_own) / off_total * 100:+.1f}% of a cache-off request; CPU {cpu:.1f} us ({(cpu / off_cpu - 1) * 100:+.1f}%)")
 PY
 echo "== closed loop, concurrency 32, 5 s"
 lt 39401 -c 32 --duration 5s | fmt "L1 hit"
