@@ -410,7 +410,8 @@ impl VectorIndex {
     /// points SQL no longer has, then takes the log's position read before the
     /// scan as applied (later changes are applied again by the next rounds,
     /// which is harmless: applying a change reads the row's current state).
-    /// Called with the round lock held. Returns how many entries it read.
+    /// Called with the round lock held. Returns how many entries it read (at
+    /// least 1, so a caller looping while rounds make progress goes on).
     async fn resync(&self, store: &AnyStore) -> Result<usize> {
         let last = store.last_change().await?;
         tracing::warn!(
