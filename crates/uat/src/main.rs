@@ -75,11 +75,13 @@ async fn serve(path: Option<&std::path::Path>, overrides: &Overrides) -> anyhow:
     tracing::info!(?source, "configuration loaded");
     let listen = cfg.server.listen.clone();
     let grace = cfg.server.shutdown_grace;
+    // Before anything else runs: a SIGTERM from here on stops gracefully.
+    let stop = shutdown_signal();
     let listener = uat_server::bind(&listen).await?;
     let state = uat_server::build(cfg).await?;
     let app = uat_server::app(state.clone());
     tracing::info!(addr = %listen, "uat is listening");
-    uat_server::serve(listener, app, shutdown_signal(), grace)
+    uat_server::serve(listener, app, stop, grace)
         .await
         .context("server error")?;
     // Cache writes still gathered for L2/L3 go out before the process ends.
@@ -90,29 +92,40 @@ async fn serve(path: Option<&std::path::Path>, overrides: &Overrides) -> anyhow:
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
+/// Resolves on SIGTERM or Ctrl-C. The handlers are installed when this is
+/// called, not when the future is first polled: the future runs on a task of
+/// its own, and a SIGTERM that came before that task's first poll used to
+/// kill the process with the default action instead of stopping it gracefully
+/// (seen in CI under load, right after the first answered request).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let int = signal(SignalKind::interrupt());
+        let term = signal(SignalKind::terminate());
+        async move {
+            let wait = |s: std::io::Result<tokio::signal::unix::Signal>, name: &'static str| async move {
+                match s {
+                    Ok(mut s) => {
+                        s.recv().await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot listen for {name}");
+                        std::future::pending::<()>().await;
+                    }
+                }
+            };
+            tokio::select! {
+                _ = wait(int, "SIGINT") => {},
+                _ = wait(term, "SIGTERM") => {},
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    async {
         if let Err(e) = tokio::signal::ctrl_c().await {
             tracing::warn!(error = %e, "cannot listen for Ctrl-C");
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
     }
 }
