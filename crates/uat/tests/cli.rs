@@ -224,18 +224,7 @@ fn sigterm_during_start_up_still_stops_gracefully() {
     let port = free_port();
     let cfg = write_config(dir.path(), &serve_config(dir.path(), port));
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut server = Server(
-        uat()
-            .arg("serve")
-            .arg("--config")
-            .arg(&cfg)
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn uat serve"),
-    );
+    let mut server = spawn_serve(&cfg, dir.path());
     let started = Instant::now();
     while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(50)).is_err() {
         assert!(
@@ -491,19 +480,25 @@ fn http_post(addr: SocketAddr, path: &str, body: &str) -> std::io::Result<(u16, 
     Ok((status, head.to_ascii_lowercase(), body.to_string()))
 }
 
+/// Spawns `uat serve` (stderr piped, for an early exit's message).
+fn spawn_serve(cfg: &Path, dir: &Path) -> Server {
+    Server(
+        uat()
+            .arg("serve")
+            .arg("--config")
+            .arg(cfg)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn uat serve"),
+    )
+}
+
 /// Starts `uat serve` and waits for `/health`.
 fn start(cfg: &Path, dir: &Path, addr: SocketAddr) -> Server {
-    let child = uat()
-        .arg("serve")
-        .arg("--config")
-        .arg(cfg)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn uat serve");
-    let mut server = Server(child);
+    let mut server = spawn_serve(cfg, dir);
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(20) {
         if let Ok(Some(status)) = server.0.try_wait() {
