@@ -106,6 +106,17 @@ impl CacheKey {
         self.hash
     }
 
+    /// L3's row id: the first 16 hex digits of the SHA-256 (which covers
+    /// namespace, model and request) read as a two's-complement `i64`, so
+    /// SQL can compute it from a stored key too (the schema migration does).
+    /// A hash part that is not hex (only from a misused [`CacheKey::from_parts`])
+    /// falls back to the xxh3.
+    pub(crate) fn row_id(&self) -> i64 {
+        let digits = self.hash().get(..16).unwrap_or("");
+        let bits = u64::from_str_radix(digits, 16).unwrap_or(self.hash);
+        i64::from_ne_bytes(bits.to_ne_bytes())
+    }
+
     /// Builds a key from its parts; `hash` must be 64 lowercase hex digits.
     pub fn from_parts(namespace: &str, model: &str, hash: &str) -> Self {
         let mut s = String::with_capacity(namespace.len() + model.len() + hash.len() + 2);

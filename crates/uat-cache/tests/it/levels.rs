@@ -385,3 +385,136 @@ async fn l2_key_set_skips_redis_for_absent_keys_and_learns_every_replicas_writes
         .await
         .unwrap();
 }
+
+/// Schema version 1 of `uat_cache_entries` (rows found by their text key),
+/// as earlier releases left it.
+const L3_V1_SCHEMA: &str =
+    "CREATE TABLE uat_cache_migrations (version BIGINT PRIMARY KEY NOT NULL);
+    INSERT INTO uat_cache_migrations (version) VALUES (1);
+    CREATE TABLE uat_cache_entries (
+        key TEXT PRIMARY KEY NOT NULL,
+        namespace TEXT NOT NULL,
+        model TEXT NOT NULL,
+        value BLOB NOT NULL,
+        expires_at BIGINT NOT NULL
+    );
+    CREATE INDEX uat_cache_entries_expires_at ON uat_cache_entries (expires_at);
+    CREATE INDEX uat_cache_entries_ns_model ON uat_cache_entries (namespace, model);";
+
+fn far_future_ms() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    i64::try_from(now.as_millis()).unwrap() + 3_600_000
+}
+
+/// After the migration from version 1, every old entry is found (so the
+/// row id SQL computed for it equals the one the code looks up: about half
+/// the keys have a negative one), and writes, deletes and patterns work.
+async fn l3_v1_entries_after_migration(l3: &uat_cache::SqlLevel, ns: &str, n: u64) {
+    for i in 0..n {
+        let hit = l3.get(&key(ns, "m", i)).await.unwrap();
+        assert_eq!(
+            hit.map(|h| h.value),
+            Some(Bytes::from(format!("v1-{i}"))),
+            "entry {i} written at schema version 1"
+        );
+    }
+    let k0 = key(ns, "m", 0);
+    l3.put(&k0, Bytes::from_static(b"new"), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        l3.get(&k0).await.unwrap().unwrap().value,
+        Bytes::from_static(b"new")
+    );
+    assert_eq!(l3.delete(&key(ns, "m", 1)).await.unwrap(), 1);
+    assert!(l3.get(&key(ns, "m", 1)).await.unwrap().is_none());
+    let gone = l3
+        .invalidate_pattern(&KeyPattern::new(ns, "m").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(gone, n - 1);
+}
+
+#[tokio::test]
+async fn l3_sqlite_v1_database_is_migrated_with_its_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let ns = unique("l3-migrate-s");
+    let n = 40;
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("cache.db").display()
+    );
+    {
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        sqlx::raw_sql(L3_V1_SCHEMA).execute(&pool).await.unwrap();
+        for i in 0..n {
+            let k = key(&ns, "m", i);
+            sqlx::query("INSERT INTO uat_cache_entries VALUES (?, ?, ?, ?, ?)")
+                .bind(k.as_str())
+                .bind(&ns)
+                .bind("m")
+                .bind(uat_cache::encode_envelope(format!("v1-{i}").as_bytes()))
+                .bind(far_future_ms())
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        pool.close().await;
+    }
+    let l3 = sqlite(&dir).await;
+    l3_v1_entries_after_migration(&l3, &ns, n).await;
+}
+
+#[tokio::test]
+async fn l3_postgres_v1_database_is_migrated_with_its_entries() {
+    let Some(shared) = postgres().await else {
+        return;
+    };
+    drop(shared);
+    // A schema of its own, so the shared test table (long migrated) is left alone.
+    let schema = unique("l3mig").replace('-', "_");
+    let admin = sqlx::PgPool::connect(&postgres_url()).await.unwrap();
+    sqlx::raw_sql(&format!("CREATE SCHEMA {schema}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let sep = if postgres_url().contains('?') {
+        '&'
+    } else {
+        '?'
+    };
+    let url = format!("{}{sep}options=-c%20search_path%3D{schema}", postgres_url());
+    let ns = unique("l3-migrate-p");
+    let n = 40;
+    {
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        sqlx::raw_sql(&L3_V1_SCHEMA.replace("BLOB", "BYTEA"))
+            .execute(&pool)
+            .await
+            .unwrap();
+        for i in 0..n {
+            let k = key(&ns, "m", i);
+            sqlx::query("INSERT INTO uat_cache_entries VALUES ($1, $2, $3, $4, $5)")
+                .bind(k.as_str())
+                .bind(&ns)
+                .bind("m")
+                .bind(uat_cache::encode_envelope(format!("v1-{i}").as_bytes()))
+                .bind(far_future_ms())
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        pool.close().await;
+    }
+    let l3 = uat_cache::SqlLevel::connect(&url, 2, Duration::from_secs(5))
+        .await
+        .unwrap();
+    l3_v1_entries_after_migration(&l3, &ns, n).await;
+    drop(l3);
+    sqlx::raw_sql(&format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(&admin)
+        .await
+        .unwrap();
+}
