@@ -406,7 +406,7 @@ impl SqlLevel {
 }
 
 /// One upsert statement for a whole batch (one round trip, one commit); the
-/// parameter count (6 a row, at most 256 rows) stays far below both
+/// parameter count (6 a row, at most 1,024 rows) stays far below both
 /// databases' limits. Same SQL in both dialects.
 fn upsert_rows<'a, DB: sqlx::Database>(rows: Vec<(CacheKey, Vec<u8>, i64)>) -> QueryBuilder<'a, DB>
 where

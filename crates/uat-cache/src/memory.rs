@@ -99,16 +99,21 @@ impl MemoryLevel {
 
     /// Synchronous insert.
     pub fn put_now(&self, key: &CacheKey, value: Bytes, ttl: Duration) {
+        // A copy of exactly its bytes: a body read from the network is often
+        // a slice of a larger buffer (a socket read, a gzip decoder's output)
+        // that the slice would keep alive, uncounted by the weigher (seen:
+        // 4.7 KB resident per 500-byte entry).
+        self.put_exact(key, Bytes::copy_from_slice(&value), ttl);
+    }
+
+    /// [`MemoryLevel::put_now`] of a value that owns exactly its bytes
+    /// (the caller made the copy).
+    pub(crate) fn put_exact(&self, key: &CacheKey, value: Bytes, ttl: Duration) {
         if ttl.is_zero() {
             return;
         }
         let m = &*L1;
         let now = Instant::now();
-        // A copy of exactly its bytes: a body read from the network is often
-        // a slice of a larger buffer (a socket read, a gzip decoder's output)
-        // that the slice would keep alive, uncounted by the weigher (seen:
-        // 4.7 KB resident per 500-byte entry).
-        let value = Bytes::copy_from_slice(&value);
         self.cache.insert(
             key.clone(),
             Entry {

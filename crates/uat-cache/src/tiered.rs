@@ -21,8 +21,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
-/// Writes taken from the queue in one batch (one pipeline / statement).
-const WRITE_BATCH: usize = 256;
+/// Writes taken from the queue in one batch (one pipeline / statement), per
+/// level. L3 takes more: on SQLite the rows' random ids dirty a page of the
+/// id index each, and a larger batch shares more of those pages (measured
+/// on a 100,000-row table: 9.8 µs of CPU per row at 256, 7.6 at 1,024);
+/// 1,024 rows of 6 parameters stay far below both databases' limits.
+const fn write_batch(level: Level) -> usize {
+    match level {
+        Level::L3 => 1024,
+        Level::L1 | Level::L2 => 256,
+    }
+}
 
 /// Default of [`TieredBuilder::l2_write_delay`]: short, since other
 /// replicas find an entry in Redis only once it is written.
@@ -79,7 +88,8 @@ impl Writer {
         let (tx, rx) = mpsc::channel(capacity);
         let flush_now = Arc::new(Notify::new());
         let name = level.level();
-        let task = tokio::spawn(writer_loop(rx, level, delay, flush_now.clone()));
+        let batch = write_batch(name);
+        let task = tokio::spawn(writer_loop(rx, level, batch, delay, flush_now.clone()));
         let writer = Writer {
             level: name,
             tx,
@@ -325,8 +335,14 @@ impl TieredCache {
         if ttl.is_zero() {
             return;
         }
+        // One copy of exactly its bytes for every level: `value` is often a
+        // slice of a larger network buffer, which L1 would keep alive
+        // uncounted and a queued write would hold until its batch is sent
+        // (up to the L3 write delay: ~1,000 buffers at 4,000 misses/s, whose
+        // churn cost page faults worth ~5 µs of CPU per miss).
+        let value = Bytes::copy_from_slice(&value);
         if let Some(l1) = &self.inner.l1 {
-            l1.put_now(key, value.clone(), ttl);
+            l1.put_exact(key, value.clone(), ttl);
         }
         for w in &self.inner.writers {
             self.send(w, key, &value, ttl);
@@ -515,19 +531,20 @@ impl TieredCache {
 async fn writer_loop<L: CacheLevel>(
     mut rx: mpsc::Receiver<Job>,
     level: L,
+    max_batch: usize,
     delay: Duration,
     flush_now: Arc<Notify>,
 ) {
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
-    while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+    let mut batch = Vec::with_capacity(max_batch);
+    while rx.recv_many(&mut batch, max_batch).await > 0 {
         let flushing = |b: &[Job]| b.iter().any(|j| matches!(j, Job::Flush(_)));
-        if !delay.is_zero() && batch.len() < WRITE_BATCH && !flushing(&batch) {
+        if !delay.is_zero() && batch.len() < max_batch && !flushing(&batch) {
             // Sleeping, not receiving: writes queued meanwhile wake nobody.
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = flush_now.notified() => {}
             }
-            while batch.len() < WRITE_BATCH {
+            while batch.len() < max_batch {
                 match rx.try_recv() {
                     Ok(job) => batch.push(job),
                     Err(_) => break,

@@ -89,18 +89,20 @@ on_sqlite_and_postgres!(l3_ttl_and_purge: l3_sqlite_ttl_expiry_and_purge, l3_pos
 
 /// A batch is one statement: a key twice in it keeps its last value (a
 /// PostgreSQL upsert may not touch a row twice), a stored key is replaced.
+/// The batch is as large as the L3 writer sends (1,024 rows, 6,144 bound
+/// parameters).
 async fn l3_batch_upsert(l3: &uat_cache::SqlLevel) {
     let ns = unique("l3batch");
     let ttl = Duration::from_secs(60);
     l3.put(&key(&ns, "m", 0), Bytes::from_static(b"before"), ttl)
         .await
         .unwrap();
-    let mut items: Vec<_> = (0..300)
+    let mut items: Vec<_> = (0..1023)
         .map(|i| (key(&ns, "m", i), Bytes::from(format!("v{i}")), ttl))
         .collect();
     items.push((key(&ns, "m", 7), Bytes::from_static(b"last"), ttl));
     l3.put_many(items).await.unwrap();
-    assert_eq!(l3.count_rows(&ns).await.unwrap(), 300);
+    assert_eq!(l3.count_rows(&ns).await.unwrap(), 1023);
     assert_eq!(
         l3.get(&key(&ns, "m", 0)).await.unwrap().unwrap().value,
         Bytes::from_static(b"v0")

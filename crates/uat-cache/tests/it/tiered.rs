@@ -459,3 +459,51 @@ async fn stats_count_entries_hits_and_misses_per_level() {
     assert_eq!((s.levels["l3"].hits, s.levels["l3"].misses), (0, 1));
     assert!((s.levels["l1"].hit_rate - 0.5).abs() < 1e-9);
 }
+
+/// Sets a flag when the buffer it owns is freed.
+struct Owned(Vec<u8>, Arc<AtomicUsize>);
+
+impl AsRef<[u8]> for Owned {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        self.1.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// A stored value is often a slice of a larger network buffer: neither L1
+/// nor a write still queued for L3 (gathering for a minute here) may keep
+/// that buffer alive, and the write still stores the right bytes.
+#[tokio::test]
+async fn queued_writes_do_not_keep_the_network_buffer_alive() {
+    let dir = tempfile::tempdir().unwrap();
+    let l3 = sqlite(&dir).await;
+    let ns = unique("buffer-ns");
+    let c = TieredCache::builder()
+        .l1(16 << 20)
+        .l3(l3.clone())
+        .l3_write_delay(Duration::from_secs(60))
+        .build();
+    let freed = Arc::new(AtomicUsize::new(0));
+    let mut raw = vec![b'x'; 64 * 1024];
+    raw[100..106].copy_from_slice(b"answer");
+    let buffer = Bytes::from_owner(Owned(raw, freed.clone()));
+    let k = key(&ns, "m", 1);
+    c.put(&k, buffer.slice(100..106), Duration::from_secs(60));
+    drop(buffer);
+    assert_eq!(
+        freed.load(Ordering::SeqCst),
+        1,
+        "the 64 KiB buffer was freed while its write is queued"
+    );
+    assert_eq!(l3.count_rows(&ns).await.unwrap(), 0, "still queued");
+    flush(&c).await;
+    assert_eq!(
+        l3.get(&k).await.unwrap().unwrap().value,
+        Bytes::from_static(b"answer")
+    );
+}
