@@ -384,17 +384,28 @@ impl SqlLevel {
         let rows = last_per_key(rows);
         let res = self
             .run("put", |pool| async move {
+                let chunks = in_chunks(rows);
                 match pool {
-                    Pool::Sqlite(p) => upsert_rows::<Sqlite>(rows)
-                        .build()
-                        .execute(&p)
-                        .await
-                        .map(drop),
-                    Pool::Postgres(p) => upsert_rows::<Postgres>(rows)
-                        .build()
-                        .execute(&p)
-                        .await
-                        .map(drop),
+                    Pool::Sqlite(p) => {
+                        let mut tx = p.begin().await?;
+                        for rows in chunks {
+                            upsert_rows::<Sqlite>(rows)
+                                .build()
+                                .execute(&mut *tx)
+                                .await?;
+                        }
+                        tx.commit().await
+                    }
+                    Pool::Postgres(p) => {
+                        let mut tx = p.begin().await?;
+                        for rows in chunks {
+                            upsert_rows::<Postgres>(rows)
+                                .build()
+                                .execute(&mut *tx)
+                                .await?;
+                        }
+                        tx.commit().await
+                    }
                 }
             })
             .await;
@@ -405,9 +416,28 @@ impl SqlLevel {
     }
 }
 
-/// One upsert statement for a whole batch (one round trip, one commit); the
-/// parameter count (6 a row, at most 1,024 rows) stays far below both
-/// databases' limits. Same SQL in both dialects.
+/// Rows per upsert statement. A batch is sent as statements of this many
+/// rows (and one of the rest) in one transaction: one commit per batch, and
+/// at most this many distinct statements for the connections' caches. One
+/// statement per batch had a new text (a new prepare, ~6,000 parameters)
+/// whenever the batch size changed, which with a write delay is every batch.
+const UPSERT_CHUNK: usize = 64;
+
+/// `rows` cut into [`UPSERT_CHUNK`]s.
+fn in_chunks(rows: Vec<(CacheKey, Vec<u8>, i64)>) -> Vec<Vec<(CacheKey, Vec<u8>, i64)>> {
+    let mut out = Vec::with_capacity(rows.len().div_ceil(UPSERT_CHUNK));
+    let mut it = rows.into_iter();
+    loop {
+        let chunk: Vec<_> = it.by_ref().take(UPSERT_CHUNK).collect();
+        if chunk.is_empty() {
+            return out;
+        }
+        out.push(chunk);
+    }
+}
+
+/// One upsert statement for a chunk of rows (6 parameters a row). Same SQL
+/// in both dialects.
 fn upsert_rows<'a, DB: sqlx::Database>(rows: Vec<(CacheKey, Vec<u8>, i64)>) -> QueryBuilder<'a, DB>
 where
     String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
