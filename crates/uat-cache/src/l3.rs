@@ -10,7 +10,8 @@
 //! index that finds it: an index of 8-byte integers has a tenth of the pages
 //! of one over the ~90-byte text keys, and a batch of writes dirties (and
 //! writes to the WAL) about half as many pages. The write cost per row on
-//! SQLite fell from ~20 µs to ~11 µs of CPU (schema version 2).
+//! SQLite fell from ~17 µs to ~9 µs of CPU (schema version 2, in batches
+//! of 256 into 100,000 rows; `scripts/bench-l3-sqlite.py`).
 //!
 //! On SQLite (the embedded default, a file this process owns) the level also
 //! keeps a [`Presence`] set: 8-byte hashes of the keys it knows are stored, so

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# A/B of two uat binaries on the default cache path: true misses (every
+# request its own seed) at concurrency 1 through L1+L3 (SQLite), each
+# binary its own gateway in front of one zero-latency mock upstream, plus a
+# cache-off gateway for reference. Rounds alternate the order; per run it
+# records req/s, P50, P99 and the gateway's whole-process CPU (all threads,
+# from /proc) per request, and prints the medians and B/A per round.
+#   scripts/bench-ab.sh OLD_BINARY NEW_BINARY     (ROUNDS=8, RUN=3s, L3=true)
+# Loopback only; stops its servers on exit.
+set -euo pipefail
+A=$(realpath "$1"); B=$(realpath "$2"); ROUNDS=${ROUNDS:-8}; RUN=${RUN:-3s}; L3=${L3:-true}
+DIR=$(mktemp -d); PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$DIR"; }
+trap cleanup EXIT
+conf() { # name port mode provider l3
+cat > "$DIR/$1.toml" <<TOML
+[server]
+listen = "127.0.0.1:$2"
+max_in_flight = 4096
+log_level = "warn"
+$4
+[routing]
+probe_local = false
+[storage]
+data_dir = "$DIR/data-$1"
+[cache]
+mode = "$3"
+[cache.l1]
+max_bytes = 268435456
+[cache.l3]
+enabled = $5
+TOML
+}
+MOCK='[[providers]]
+name = "demo"
+kind = "mock"'
+UP='[[providers]]
+name = "demo"
+kind = "openai"
+base_url = "http://127.0.0.1:39504/v1"'
+conf up 39504 off "$MOCK" false
+conf a 39505 deterministic "$UP" "$L3"
+conf b 39506 deterministic "$UP" "$L3"
+conf off 39502 off "$UP" false
+declare -A PID
+start() { # binary name port
+  "$1" serve --config "$DIR/$2.toml" > "$DIR/$2.log" 2>&1 &
+  PIDS+=($!); PID[$3]=$!
+  for _ in $(seq 100); do curl -sf "127.0.0.1:$3/health" >/dev/null && return; sleep 0.1; done
+  cat "$DIR/$2.log" >&2; exit 1
+}
+start "$A" up 39504; start "$A" a 39505; start "$B" b 39506; start "$A" off 39502
+echo '{"model":"mock-model","temperature":0,"messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"Give me one fact about the sea."}]}' > "$DIR/body.json"
+cpu() { awk '{print $14 + $15}' "/proc/${PID[$1]}/stat"; }
+for r in $(seq 1 "$ROUNDS"); do
+  if [ $((r % 2)) = 0 ]; then order="39505 39506 39502"; else order="39506 39502 39505"; fi
+  for port in $order; do
+    c0=$(cpu "$port")
+    "$A" loadtest --url "http://127.0.0.1:$port" --body "$DIR/body.json" -c 1 --duration "$RUN" \
+      --warmup 0s --unique --json --no-progress 2>/dev/null > "$DIR/r-$port-$r.json"
+    sleep 0.5 # the L3 writer's batch of this run lands in this run's CPU
+    c1=$(cpu "$port")
+    python3 - "$DIR/r-$port-$r.json" "$port" "$r" "$c0" "$c1" "$(getconf CLK_TCK)" >> "$DIR/rows" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1])); port, r, c0, c1, tick = sys.argv[2], sys.argv[3], *map(float, sys.argv[4:])
+l = d["latency_ms"]
+print(port, r, f"{d['requests_per_s']:.0f}", f"{l['p50']:.3f}", f"{l['p99']:.3f}", f"{(c1 - c0) / tick / max(d['requests'], 1) * 1e6:.1f}")
+PY
+  done
+done
+python3 - "$DIR/rows" <<'PY'
+import collections, statistics as st, sys
+by = collections.defaultdict(list)
+for port, r, rps, p50, p99, cpu in (l.split() for l in open(sys.argv[1])):
+    by[port].append((float(rps), float(p50), float(p99), float(cpu)))
+for port, name in (("39505", "A"), ("39506", "B"), ("39502", "cache off")):
+    v = by[port]
+    print(f"{name:<10} req/s {st.median(x[0] for x in v):6.0f}  p50 {st.median(x[1] for x in v):.3f} ms"
+          f"  p99 {st.median(x[2] for x in v):.3f} ms  CPU/request {st.median(x[3] for x in v):6.1f} us  (medians of {len(v)} runs)")
+a, b = [x[3] for x in by["39505"]], [x[3] for x in by["39506"]]
+print("B/A CPU per request, by round:", " ".join(f"{y / x:.3f}" for x, y in zip(a, b)), f"median {st.median(y / x for x, y in zip(a, b)):.3f}")
+PY
