@@ -403,11 +403,25 @@ const L3_V1_SCHEMA: &str =
     CREATE INDEX uat_cache_entries_expires_at ON uat_cache_entries (expires_at);
     CREATE INDEX uat_cache_entries_ns_model ON uat_cache_entries (namespace, model);";
 
-fn far_future_ms() -> i64 {
+/// A database at schema version 1 holding `n` live entries `v1-{i}` under
+/// `ns`, as one SQL script; `blob` is the dialect's type for the value
+/// column and `unhex` its function from hex text to bytes.
+fn l3_v1_fixture(ns: &str, n: u64, blob: &str, unhex: &str) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap();
-    i64::try_from(now.as_millis()).unwrap() + 3_600_000
+    let expires_at = i64::try_from(now.as_millis()).unwrap() + 3_600_000;
+    let mut sql = L3_V1_SCHEMA.replace("BLOB", blob);
+    for i in 0..n {
+        let value = uat_cache::encode_envelope(format!("v1-{i}").as_bytes());
+        let hex: String = value.iter().map(|b| format!("{b:02x}")).collect();
+        sql.push_str(&format!(
+            ";\nINSERT INTO uat_cache_entries VALUES ('{}', '{ns}', 'm', {unhex}, {expires_at})",
+            key(ns, "m", i).as_str(),
+            unhex = unhex.replace("HEX", &hex),
+        ));
+    }
+    sql
 }
 
 /// After the migration from version 1, every old entry is found (so the
@@ -450,19 +464,10 @@ async fn l3_sqlite_v1_database_is_migrated_with_its_entries() {
     );
     {
         let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
-        sqlx::raw_sql(L3_V1_SCHEMA).execute(&pool).await.unwrap();
-        for i in 0..n {
-            let k = key(&ns, "m", i);
-            sqlx::query("INSERT INTO uat_cache_entries VALUES (?, ?, ?, ?, ?)")
-                .bind(k.as_str())
-                .bind(&ns)
-                .bind("m")
-                .bind(uat_cache::encode_envelope(format!("v1-{i}").as_bytes()))
-                .bind(far_future_ms())
-                .execute(&pool)
-                .await
-                .unwrap();
-        }
+        sqlx::raw_sql(&l3_v1_fixture(&ns, n, "BLOB", "unhex('HEX')"))
+            .execute(&pool)
+            .await
+            .unwrap();
         pool.close().await;
     }
     let l3 = sqlite(&dir).await;
@@ -492,22 +497,10 @@ async fn l3_postgres_v1_database_is_migrated_with_its_entries() {
     let n = 40;
     {
         let pool = sqlx::PgPool::connect(&url).await.unwrap();
-        sqlx::raw_sql(&L3_V1_SCHEMA.replace("BLOB", "BYTEA"))
+        sqlx::raw_sql(&l3_v1_fixture(&ns, n, "BYTEA", "decode('HEX', 'hex')"))
             .execute(&pool)
             .await
             .unwrap();
-        for i in 0..n {
-            let k = key(&ns, "m", i);
-            sqlx::query("INSERT INTO uat_cache_entries VALUES ($1, $2, $3, $4, $5)")
-                .bind(k.as_str())
-                .bind(&ns)
-                .bind("m")
-                .bind(uat_cache::encode_envelope(format!("v1-{i}").as_bytes()))
-                .bind(far_future_ms())
-                .execute(&pool)
-                .await
-                .unwrap();
-        }
         pool.close().await;
     }
     let l3 = uat_cache::SqlLevel::connect(&url, 2, Duration::from_secs(5))
