@@ -12,46 +12,16 @@ A=$(realpath "$1"); B=$(realpath "$2"); ROUNDS=${ROUNDS:-8}; RUN=${RUN:-3s}; L3=
 DIR=$(mktemp -d); PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$DIR"; }
 trap cleanup EXIT
-conf() { # name port mode provider l3
-cat > "$DIR/$1.toml" <<TOML
-[server]
-listen = "127.0.0.1:$2"
-max_in_flight = 4096
-log_level = "warn"
-$4
-[routing]
-probe_local = false
-[storage]
-data_dir = "$DIR/data-$1"
-[cache]
-mode = "$3"
-[cache.l1]
-max_bytes = 268435456
-[cache.l3]
-enabled = $5
-TOML
-}
-MOCK='[[providers]]
-name = "demo"
-kind = "mock"'
-UP='[[providers]]
-name = "demo"
-kind = "openai"
-base_url = "http://127.0.0.1:39504/v1"'
-conf up 39504 off "$MOCK" false
-conf a 39505 deterministic "$UP" "$L3"
-conf b 39506 deterministic "$UP" "$L3"
-conf off 39502 off "$UP" false
-declare -A PID
-start() { # binary name port
-  "$1" serve --config "$DIR/$2.toml" > "$DIR/$2.log" 2>&1 &
-  PIDS+=($!); PID[$3]=$!
-  for _ in $(seq 100); do curl -sf "127.0.0.1:$3/health" >/dev/null && return; sleep 0.1; done
-  cat "$DIR/$2.log" >&2; exit 1
-}
-start "$A" up 39504; start "$A" a 39505; start "$B" b 39506; start "$A" off 39502
+. "$(dirname "$0")/bench-lib.sh"
+declare -A PID_OF
+UP=$(bench_upstream 39504)
+bench_conf up 39504 off 0 "$BENCH_MOCK"
+bench_conf a 39505 deterministic 268435456 "$UP" no "$L3"
+bench_conf b 39506 deterministic 268435456 "$UP" no "$L3"
+bench_conf off 39502 off 0 "$UP"
+bench_up "$A" up 39504; bench_up "$A" a 39505; bench_up "$B" b 39506; bench_up "$A" off 39502
 echo '{"model":"mock-model","temperature":0,"messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"Give me one fact about the sea."}]}' > "$DIR/body.json"
-cpu() { awk '{print $14 + $15}' "/proc/${PID[$1]}/stat"; }
+cpu() { awk '{print $14 + $15}' "/proc/${PID_OF[$1]}/stat"; }
 for r in $(seq 1 "$ROUNDS"); do
   if [ $((r % 2)) = 0 ]; then order="39505 39506 39502"; else order="39506 39502 39505"; fi
   for port in $order; do

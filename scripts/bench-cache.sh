@@ -16,53 +16,19 @@ declare -A PID_OF
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; if [ -n "${KEEP:-}" ]; then echo "kept $DIR"; else rm -rf "$DIR"; fi; }
 trap cleanup EXIT
 
-conf() { # name port cache_mode l1_bytes provider_block l2(yes|no) l3(true|false)
-  cat > "$DIR/$1.toml" <<TOML
-[server]
-listen = "127.0.0.1:$2"
-max_in_flight = 4096
-log_level = "warn"
-$5
-[routing]
-probe_local = false
-[storage]
-data_dir = "$DIR/data-$1"
-[cache]
-mode = "$3"
-[cache.l1]
-max_bytes = $4
-[cache.l3]
-enabled = ${7:-false}
-TOML
-  if [ "${6:-no}" = yes ]; then
-    printf '[cache.l2]\nurl = "redis://127.0.0.1:6379/"\nkey_prefix = "uatbench:%s:"\n' "$$" >> "$DIR/$1.toml"
-  fi
-}
-MOCK='[[providers]]
-name = "demo"
-kind = "mock"'
-UP='[[providers]]
-name = "demo"
-kind = "openai"
-base_url = "http://127.0.0.1:39404/v1"'
+. "$(dirname "$0")/bench-lib.sh"
+UP=$(bench_upstream 39404)
 L1=268435456
-conf upstream 39404 off 0 "$MOCK"
-conf l1 39401 deterministic $L1 "$UP"           # L1 only
-conf l2 39403 deterministic 0 "$UP" yes         # L2 (Redis) only, to time its hits
-conf l13 39405 deterministic $L1 "$UP" no true  # the zero-config default: L1 + L3 (SQLite)
-conf l12 39406 deterministic $L1 "$UP" yes      # the scaled-out tiers: L1 + L2 (Redis)
-conf off 39402 off 0 "$UP"
+bench_conf upstream 39404 off 0 "$BENCH_MOCK"
+bench_conf l1 39401 deterministic $L1 "$UP"           # L1 only
+bench_conf l2 39403 deterministic 0 "$UP" yes         # L2 (Redis) only, to time its hits
+bench_conf l13 39405 deterministic $L1 "$UP" no true  # the zero-config default: L1 + L3 (SQLite)
+bench_conf l12 39406 deterministic $L1 "$UP" yes      # the scaled-out tiers: L1 + L2 (Redis)
+bench_conf off 39402 off 0 "$UP"
 NAMES=(upstream l1 l2 l13 l12 off)
 PORTS=(39404 39401 39403 39405 39406 39402)
-up() { # name port: start one server and wait for its /health
-  "$BIN" serve --config "$DIR/$1.toml" > "$DIR/$1.log" 2>&1 &
-  PIDS+=($!)
-  PID_OF[$2]=$!
-  for _ in $(seq 1 100); do curl -sf "127.0.0.1:$2/health" >/dev/null && return; sleep 0.1; done
-  echo "$1 did not start:" >&2; cat "$DIR/$1.log" >&2; exit 1
-}
 # The upstream first: the others discover its models at start-up.
-for i in "${!NAMES[@]}"; do up "${NAMES[$i]}" "${PORTS[$i]}"; done
+for i in "${!NAMES[@]}"; do bench_up "$BIN" "${NAMES[$i]}" "${PORTS[$i]}"; done
 BODY="$DIR/body.json"
 echo '{"model":"mock-model","temperature":0,"messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"Give me one fact about the sea."}]}' > "$BODY"
 # Prime the entries.
