@@ -468,6 +468,16 @@ pub fn canonical(v: &serde_json::Value, out: &mut String) {
 
 fn write_string(s: &str, out: &mut String) {
     // serde_json's string escaping is canonical (same input, same output).
+    // It escapes only `"`, `\` and control characters: a string without
+    // them is written as it is, without the String `to_string` allocates
+    // (most keys and contents of a request).
+    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        out.reserve(s.len() + 2);
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     match serde_json::to_string(s) {
         Ok(q) => out.push_str(&q),
         Err(_) => out.push_str("\"\""),
@@ -577,6 +587,13 @@ mod tests {
             let a = key(&json!({"messages": fwd, "x": 1}));
             let b = key(&json!({"x": 1, "messages": rev}));
             prop_assert_eq!(a, b);
+        }
+
+        #[test]
+        fn strings_are_written_as_serde_json_escapes_them(s in "\\PC*|[a-z\"\\\\\u{0}-\u{1f}\u{7f}é/]{0,12}") {
+            let mut out = String::new();
+            write_string(&s, &mut out);
+            prop_assert_eq!(out, serde_json::to_string(&s).unwrap());
         }
 
         #[test]
