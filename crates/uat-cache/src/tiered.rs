@@ -21,12 +21,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
-/// Writes taken from the queue in one batch (one pipeline / statement), per
-/// level. L3 takes more: on SQLite the rows' random ids dirty a page of the
-/// id index each, and a larger batch shares more of those pages (measured
-/// on a 100,000-row table by `scripts/bench-l3-sqlite.py`: 9.3 µs of CPU
-/// per row at 256, 7.5-8.2 at 1,024);
-/// 1,024 rows of 6 parameters stay far below both databases' limits.
+/// Writes taken from the queue in one batch (one Redis pipeline; one SQL
+/// transaction of 64-row upserts), per level. L3 takes more: on SQLite the
+/// rows' random ids dirty a page of the id index each, and a larger batch
+/// shares more of those pages (measured on a 100,000-row table by
+/// `scripts/bench-l3-sqlite.py`: 9.3 µs of CPU per row at 256, 7.5-8.2 at
+/// 1,024).
 const fn write_batch(level: Level) -> usize {
     match level {
         Level::L3 => 1024,
