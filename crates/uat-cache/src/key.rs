@@ -98,7 +98,13 @@ impl CacheKey {
         h.update(model.as_bytes());
         h.update(canonical.as_bytes());
         let digest = h.finalize();
-        Self::from_parts(namespace, model, &hex::encode(&digest[..]))
+        let mut hex = [0u8; 64];
+        // 32 bytes into 64 hex digits: the sizes always match.
+        let hex = match hex::encode_to_slice(digest, &mut hex) {
+            Ok(()) => std::str::from_utf8(&hex).unwrap_or_default(),
+            Err(_) => "",
+        };
+        Self::from_parts(namespace, model, hex)
     }
 
     /// The xxh3 of the stored form (computed once, when the key was made).
@@ -340,6 +346,14 @@ fn needs_escape(c: char) -> bool {
 }
 
 fn escape_into(s: &str, out: &mut String) {
+    // Every character that needs escaping is ASCII or a (C1) control
+    // character, which is not ASCII: a plain ASCII name is copied as it is.
+    if s.bytes()
+        .all(|b| b.is_ascii() && !b.is_ascii_control() && !needs_escape(char::from(b)))
+    {
+        out.push_str(s);
+        return;
+    }
     for c in s.chars() {
         if needs_escape(c) {
             let mut buf = [0u8; 4];
@@ -395,25 +409,7 @@ fn redis_escape_literal(s: &str, out: &mut String) {
 /// Writes the request object canonically, leaving out [`IGNORED_FIELDS`] at the top level.
 fn canonical_top(v: &serde_json::Value, out: &mut String) {
     match v {
-        serde_json::Value::Object(map) => {
-            let mut keys: Vec<&String> = map
-                .keys()
-                .filter(|k| !IGNORED_FIELDS.contains(&k.as_str()))
-                .collect();
-            keys.sort_unstable();
-            out.push('{');
-            for (i, k) in keys.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_string(k, out);
-                out.push(':');
-                if let Some(val) = map.get(*k) {
-                    canonical(val, out);
-                }
-            }
-            out.push('}');
-        }
+        serde_json::Value::Object(map) => write_object(map.iter(), IGNORED_FIELDS, out),
         other => canonical(other, out),
     }
 }
@@ -426,12 +422,17 @@ pub fn canonical(v: &serde_json::Value, out: &mut String) {
         Value::Null => out.push_str("null"),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
         Value::Number(n) => {
-            if let Some(f) = n.as_f64()
-                && n.is_f64()
+            let mut buf = itoa::Buffer::new();
+            if let Some(i) = n.as_i64() {
+                out.push_str(buf.format(i));
+            } else if let Some(u) = n.as_u64() {
+                out.push_str(buf.format(u));
+            } else if let Some(f) = n.as_f64()
                 && f.fract() == 0.0
                 && f.abs() < 9.007_199_254_740_992e15
             {
-                let _ = write!(out, "{}", f as i64);
+                #[allow(clippy::cast_possible_truncation)] // integral and below 2^53
+                out.push_str(buf.format(f as i64));
             } else {
                 let _ = write!(out, "{n}");
             }
@@ -447,22 +448,39 @@ pub fn canonical(v: &serde_json::Value, out: &mut String) {
             }
             out.push(']');
         }
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort_unstable();
-            out.push('{');
-            for (i, k) in keys.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_string(k, out);
-                out.push(':');
-                if let Some(val) = map.get(*k) {
-                    canonical(val, out);
-                }
+        Value::Object(map) => write_object(map.iter(), &[], out),
+    }
+}
+
+/// Writes an object's entries in key order, leaving out the names in `skip`.
+/// serde_json's map (without its `preserve_order` feature) iterates in key
+/// order already, so the entries are written as they come; were the feature
+/// ever switched on (feature unification can do that), they are sorted here.
+fn write_object<'a, I>(entries: I, skip: &[&str], out: &mut String)
+where
+    I: Iterator<Item = (&'a String, &'a serde_json::Value)> + Clone,
+{
+    let write_all = |it: &mut dyn Iterator<Item = (&'a String, &'a serde_json::Value)>,
+                     out: &mut String| {
+        out.push('{');
+        let mut first = true;
+        for (k, v) in it.filter(|(k, _)| !skip.contains(&k.as_str())) {
+            if !first {
+                out.push(',');
             }
-            out.push('}');
+            first = false;
+            write_string(k, out);
+            out.push(':');
+            canonical(v, out);
         }
+        out.push('}');
+    };
+    if entries.clone().map(|(k, _)| k).is_sorted() {
+        write_all(&mut entries.clone(), out);
+    } else {
+        let mut sorted: Vec<_> = entries.collect();
+        sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        write_all(&mut sorted.into_iter(), out);
     }
 }
 
@@ -505,6 +523,38 @@ mod tests {
         )
         .unwrap();
         assert_eq!(key(&a), key(&b));
+    }
+
+    /// Entries written by an earlier release stay addressable: the canonical
+    /// form (and so every stored key) is fixed. A change here orphans every
+    /// L2/L3 entry; it needs a new key version, not a new expected hash.
+    #[test]
+    fn keys_are_stable_across_releases() {
+        let body: serde_json::Value = serde_json::from_str(
+            r#"{"temperature":0.0,"top_p":1,"seed":-7,"max_tokens":12,"stream":true,"user":"u",
+                "messages":[{"role":"system","content":"Be \"terse\".\n"},{"role":"user","content":"sea é ☃"}],
+                "stop":null,"logit_bias":{"50256":-100,"13":2.5},"tools":[],"n":1e3,"x":1.25e-7}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            key(&body).as_str(),
+            "default|gpt-4o|e35b855b50eb51d29f113d08f277ad59cf916370ddcf6d8bf29a712933998059"
+        );
+    }
+
+    #[test]
+    fn objects_whose_entries_come_unsorted_are_sorted() {
+        // serde_json's map iterates in key order; an insertion-ordered map
+        // (its `preserve_order` feature) would not.
+        let (a, b, c) = ("a".to_string(), "b".to_string(), "user".to_string());
+        let (one, two) = (json!(1), json!({"y": 2, "x": [true, null]}));
+        let entries = [(&c, &one), (&b, &two), (&a, &one)];
+        let mut out = String::new();
+        write_object(entries.iter().copied(), IGNORED_FIELDS, &mut out);
+        assert_eq!(out, r#"{"a":1,"b":{"x":[true,null],"y":2}}"#);
+        let mut sorted = String::new();
+        write_object([(&a, &one), (&b, &two)].into_iter(), &[], &mut sorted);
+        assert_eq!(sorted, out);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Router behaviour with scripted providers: retries, failover, breakers,
 //! error classification, backoff, streams.
 
-use crate::provider::{BoxFuture, ChunkStream, Provider, Reply, StreamChunk};
+use crate::provider::{BoxFuture, ChunkStream, Provider, Reply, Shape, StreamChunk};
 use crate::{Failure, FailureKind, Router, RouterError};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -60,6 +60,7 @@ impl Provider for Scripted {
                 Step::Ok | Step::FirstChunkFails => Ok(Reply {
                     body: Bytes::from(self.name),
                     usage: None,
+                    shape: Shape::default(),
                 }),
                 Step::Fail(k, s) => Err(fail(k, s)),
                 Step::Hang => {

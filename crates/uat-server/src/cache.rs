@@ -36,6 +36,7 @@ use uat_cache::{
 };
 use uat_config::Config;
 use uat_config::{CacheConfig, CacheMode};
+use uat_router::Shape;
 
 /// `x-uat-cache`: how the cache served the response.
 pub static X_UAT_CACHE: HeaderName = HeaderName::from_static("x-uat-cache");
@@ -339,6 +340,12 @@ where
         );
     }
     let (parts, body) = resp.into_parts();
+    // The router notes the answer's lists while it reads the body; other
+    // answers (local models) are checked here.
+    let seen = parts.extensions.get::<Shape>().map(|s| match kind {
+        Kind::Chat => s.choices,
+        Kind::Embeddings => s.data,
+    });
     let bytes = match axum::body::to_bytes(body, MAX_CACHED_BODY).await {
         Ok(b) => b,
         Err(e) => {
@@ -350,7 +357,7 @@ where
     // L1 insert themselves (L2/L3 writes are only queued here). The flight
     // closes after the store, so an identical request that arrived meanwhile
     // finds the entry in L1.
-    if valid_answer(kind, &bytes) {
+    if seen.unwrap_or_else(|| valid_answer(kind, &bytes)) {
         cache.put(&key, bytes.clone(), p.ttl);
     }
     drop(guard);

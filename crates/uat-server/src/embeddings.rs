@@ -254,6 +254,7 @@ async fn embeddings(
                         routed.value.body,
                     )
                         .into_response();
+                    resp.extensions_mut().insert(routed.value.shape);
                     resp = tagged(resp, &routed.provider, routed.attempts, &m);
                     resp
                 }

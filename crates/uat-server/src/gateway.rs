@@ -252,6 +252,7 @@ async fn chat(State(state): State<AppState>, request: Request) -> Response {
             match router.chat(&resolved, &req).await {
                 Ok(r) => {
                     let mut resp = Response::new(Body::from(r.value.body));
+                    resp.extensions_mut().insert(r.value.shape);
                     resp.headers_mut().insert(
                         header::CONTENT_TYPE,
                         HeaderValue::from_static("application/json"),

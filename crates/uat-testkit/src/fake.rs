@@ -41,6 +41,8 @@ pub enum Behavior {
     Reset,
     /// 200 with a body that is not valid for the wire format.
     Malformed,
+    /// 200 with exactly this body (non-streamed chat and embeddings).
+    Body(String),
     /// Streams: half the events, then the connection drops. Non-streams: a truncated body.
     StopHalfway,
     /// The response head at once, the first event only after this delay.
@@ -399,6 +401,10 @@ async fn chat_full(
         .await?;
         return Ok(true);
     }
+    if let Behavior::Body(body) = b {
+        http1::write_full(stream, 200, "application/json", &[], body.as_bytes()).await?;
+        return Ok(true);
+    }
     let reply = s.reply.lock().clone();
     let words = reply.split_whitespace().count() as u64;
     let v = match s.wire {
@@ -571,6 +577,10 @@ async fn embed(
 ) -> std::io::Result<bool> {
     if *b == Behavior::Malformed {
         http1::write_full(stream, 200, "application/json", &[], b"not json").await?;
+        return Ok(true);
+    }
+    if let Behavior::Body(body) = b {
+        http1::write_full(stream, 200, "application/json", &[], body.as_bytes()).await?;
         return Ok(true);
     }
     let n = match body.get("input") {

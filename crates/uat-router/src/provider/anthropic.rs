@@ -285,10 +285,7 @@ impl Provider for Anthropic {
             };
             let body = serde_json::to_vec(&completion)
                 .map_err(|e| Failure::new(FailureKind::Malformed, format!("cannot encode: {e}")))?;
-            Ok(Reply {
-                body: Bytes::from(body),
-                usage: Some(usage),
-            })
+            Ok(Reply::chat(body, Some(usage)))
         })
     }
 

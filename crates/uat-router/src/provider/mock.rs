@@ -4,7 +4,6 @@
 
 use super::{BoxFuture, ChunkStream, Provider, Reply, StreamChunk};
 use crate::error::{Failure, FailureKind};
-use bytes::Bytes;
 use uat_config::{MockSettings, ProviderConfig, ProviderKind};
 use uat_types::{ChatChunk, ChatCompletion, ChatMessage, ChatRequest, Choice, Delta, Usage};
 
@@ -128,10 +127,7 @@ impl Provider for Mock {
                 extra: Default::default(),
             };
             let body = serde_json::to_vec(&completion).map_err(encode_err)?;
-            Ok(Reply {
-                body: Bytes::from(body),
-                usage: Some(usage),
-            })
+            Ok(Reply::chat(body, Some(usage)))
         })
     }
 
@@ -217,10 +213,7 @@ impl Provider for Mock {
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
             });
             let body = serde_json::to_vec(&v).map_err(encode_err)?;
-            Ok(Reply {
-                body: Bytes::from(body),
-                usage: Some(Usage::new(tokens, 0)),
-            })
+            Ok(Reply::embeddings(body, Some(Usage::new(tokens, 0))))
         })
     }
 }

@@ -28,6 +28,46 @@ pub struct Reply {
     pub body: Bytes,
     /// Token counts, when reported.
     pub usage: Option<Usage>,
+    /// Which answer lists the body was seen to hold.
+    pub shape: Shape,
+}
+
+impl Reply {
+    /// A chat completion the provider built itself (it has `choices`).
+    pub fn chat(body: Vec<u8>, usage: Option<Usage>) -> Self {
+        Reply {
+            body: Bytes::from(body),
+            usage,
+            shape: Shape {
+                choices: true,
+                data: false,
+            },
+        }
+    }
+
+    /// An embeddings list the provider built itself (it has `data`).
+    pub fn embeddings(body: Vec<u8>, usage: Option<Usage>) -> Self {
+        Reply {
+            body: Bytes::from(body),
+            usage,
+            shape: Shape {
+                choices: false,
+                data: true,
+            },
+        }
+    }
+}
+
+/// Whether an answer's body holds the list a cache stores it for: `choices`
+/// (a chat completion) or `data` (embeddings), each a JSON array. Noted
+/// while the provider reads the body anyway, so the cache need not parse it
+/// a second time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Shape {
+    /// `choices` is an array.
+    pub choices: bool,
+    /// `data` is an array.
+    pub data: bool,
 }
 
 /// One streamed chunk: a serialized `chat.completion.chunk` object.

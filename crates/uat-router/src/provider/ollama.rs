@@ -267,10 +267,7 @@ impl Provider for Ollama {
             };
             let body = serde_json::to_vec(&completion)
                 .map_err(|e| Failure::new(FailureKind::Malformed, format!("cannot encode: {e}")))?;
-            Ok(Reply {
-                body: Bytes::from(body),
-                usage: Some(usage),
-            })
+            Ok(Reply::chat(body, Some(usage)))
         })
     }
 
@@ -350,10 +347,7 @@ impl Provider for Ollama {
             });
             let body = serde_json::to_vec(&out)
                 .map_err(|e| Failure::new(FailureKind::Malformed, format!("cannot encode: {e}")))?;
-            Ok(Reply {
-                body: Bytes::from(body),
-                usage: Some(Usage::new(tokens, 0)),
-            })
+            Ok(Reply::embeddings(body, Some(Usage::new(tokens, 0))))
         })
     }
 }

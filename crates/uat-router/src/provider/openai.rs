@@ -3,7 +3,7 @@
 //! through as the upstream's bytes.
 
 use super::http::{self, lines, read_json, send, sse_data};
-use super::{BoxFuture, ChunkStream, Provider, Reply, StreamChunk};
+use super::{BoxFuture, ChunkStream, Provider, Reply, Shape, StreamChunk};
 use crate::error::{Failure, FailureKind, RouterError};
 use futures::StreamExt;
 use serde::Deserialize;
@@ -28,6 +28,62 @@ struct Peek {
     usage: Option<Usage>,
     #[serde(default)]
     error: Option<serde_json::Value>,
+    #[serde(default)]
+    choices: IsList,
+    #[serde(default)]
+    data: IsList,
+}
+
+/// Any JSON value, noting only whether it is an array (its items skipped
+/// without building them).
+#[derive(Default)]
+struct IsList(bool);
+
+impl<'de> Deserialize<'de> for IsList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = IsList;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<IsList, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(IsList(true))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<IsList, A::Error> {
+                serde::de::IgnoredAny.visit_map(map).map(|_| IsList(false))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<IsList, E> {
+                Ok(IsList(false))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<IsList, E> {
+                Ok(IsList(false))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<IsList, E> {
+                Ok(IsList(false))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<IsList, E> {
+                Ok(IsList(false))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<IsList, E> {
+                Ok(IsList(false))
+            }
+            fn visit_unit<E>(self) -> Result<IsList, E> {
+                Ok(IsList(false))
+            }
+            fn visit_none<E>(self) -> Result<IsList, E> {
+                Ok(IsList(false))
+            }
+            fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<IsList, D::Error> {
+                d.deserialize_any(V)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl OpenAi {
@@ -68,6 +124,10 @@ impl OpenAi {
         Ok(Reply {
             body,
             usage: peek.usage,
+            shape: Shape {
+                choices: peek.choices.0,
+                data: peek.data.0,
+            },
         })
     }
 }

@@ -276,6 +276,51 @@ async fn error_responses_are_never_cached() {
 }
 
 #[tokio::test]
+async fn answers_without_their_list_are_not_cached() {
+    let (up, toml, model) = setup("").await;
+    let app = spawn_app(&toml).await;
+    // Chat: `choices` missing, or not an array.
+    for body in [
+        r#"{"object":"chat.completion","model":"m"}"#,
+        r#"{"object":"chat.completion","choices":{"0":{}}}"#,
+        r#"{"object":"chat.completion","choices":null}"#,
+    ] {
+        up.set_default(Behavior::Body(body.into()));
+        for round in 0..2 {
+            let calls = up.calls();
+            let r = app.chat(det(&model, false)).await;
+            assert_eq!(r.status(), 200, "{body}");
+            assert_eq!(header(&r, "x-uat-cache"), "miss", "{body}, round {round}");
+            assert_eq!(r.text().await.unwrap(), body, "passed through as it came");
+            assert_eq!(up.calls(), calls + 1, "{body} was not stored");
+        }
+    }
+    // Embeddings: `data` not an array.
+    up.set_default(Behavior::Body(r#"{"object":"list","data":"x"}"#.into()));
+    let emb = json!({"model": model, "input": "sea"});
+    for _ in 0..2 {
+        let calls = up.calls();
+        let r = app.post("/v1/embeddings", &emb).await;
+        assert_eq!(header(&r, "x-uat-cache"), "miss");
+        assert_eq!(
+            up.calls(),
+            calls + 1,
+            "an answer without data was not stored"
+        );
+    }
+    // The same requests are stored once the answers have their lists.
+    up.set_default(Behavior::Ok);
+    let r = app.chat(det(&model, false)).await;
+    assert_eq!(header(&r, "x-uat-cache"), "miss");
+    let r = app.chat(det(&model, false)).await;
+    assert_eq!(header(&r, "x-uat-cache"), "hit-l1");
+    let r = app.post("/v1/embeddings", &emb).await;
+    assert_eq!(header(&r, "x-uat-cache"), "miss");
+    let r = app.post("/v1/embeddings", &emb).await;
+    assert_eq!(header(&r, "x-uat-cache"), "hit-l1");
+}
+
+#[tokio::test]
 async fn identical_concurrent_requests_make_one_upstream_call() {
     let (up, toml, model) = setup("").await;
     up.set_default(Behavior::Delay(Duration::from_millis(300)));

@@ -49,6 +49,16 @@ impl TestApp {
             .await
             .expect("request failed")
     }
+
+    /// POSTs JSON to `path`.
+    pub async fn post(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.client
+            .post(self.at(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request failed")
+    }
 }
 
 /// Parses TOML into a config with test-friendly defaults for whatever the
