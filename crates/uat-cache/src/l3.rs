@@ -25,6 +25,7 @@ use crate::key::{CacheKey, KeyPattern};
 use crate::level::{CacheLevel, Counters, Hit, Level, LevelStats};
 use crate::metrics::{self, METRICS, OpTimer};
 use crate::presence::{KeySet, Presence};
+use crate::priority;
 use bytes::Bytes;
 use futures::StreamExt;
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -138,6 +139,10 @@ pub struct SqlLevel {
 
 struct Inner {
     pool: Pool,
+    /// SQLite only: the one connection that writes batches, on a worker
+    /// thread of lower CPU priority (see [`crate::priority`]). Reads,
+    /// deletes and purges use `pool`.
+    writer: Option<SqlitePool>,
     /// SQLite only; `None` on PostgreSQL.
     presence: Option<Presence>,
     timeout: Duration,
@@ -167,6 +172,7 @@ impl SqlLevel {
         max_connections: u32,
         timeout: Duration,
     ) -> Result<Self, CacheError> {
+        let mut writer = None;
         let pool = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Pool::Postgres(
                 PgPoolOptions::new()
@@ -184,19 +190,37 @@ impl SqlLevel {
                 // without an fsync per write batch (FULL, sqlx's default).
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(5));
-            Pool::Sqlite(
+            let pool = SqlitePoolOptions::new()
+                .max_connections(max_connections.clamp(1, 8))
+                .acquire_timeout(timeout.max(Duration::from_secs(1)))
+                .connect_with(opts.clone())
+                .await?;
+            // SQLite has one writer at a time anyway: one connection writes
+            // the batches, its worker thread reniced whenever it is (re)made.
+            writer = Some(
                 SqlitePoolOptions::new()
-                    .max_connections(max_connections.clamp(1, 8))
+                    .max_connections(1)
                     .acquire_timeout(timeout.max(Duration::from_secs(1)))
-                    .connect_with(opts)
+                    .after_connect(|_, _| {
+                        Box::pin(async {
+                            priority::lower_threads_named(
+                                priority::WRITER_THREAD,
+                                priority::WRITER_NICE,
+                            );
+                            Ok(())
+                        })
+                    })
+                    .connect_with(opts.thread_name(|_| priority::WRITER_THREAD.to_string()))
                     .await?,
-            )
+            );
+            Pool::Sqlite(pool)
         };
         migrate(&pool).await?;
         let presence = matches!(pool, Pool::Sqlite(_)).then(Presence::default);
         let level = SqlLevel {
             inner: Arc::new(Inner {
                 pool,
+                writer,
                 presence,
                 timeout,
                 healthy: AtomicBool::new(true),
@@ -335,11 +359,26 @@ impl SqlLevel {
         F: FnOnce(Pool) -> Fut,
         Fut: Future<Output = Result<T, sqlx::Error>>,
     {
+        self.run_on(None, op, f).await
+    }
+
+    /// [`SqlLevel::run`] on `pool` (`None`: the level's main pool).
+    async fn run_on<T, F, Fut>(
+        &self,
+        pool: Option<Pool>,
+        op: &'static str,
+        f: F,
+    ) -> Result<T, CacheError>
+    where
+        F: FnOnce(Pool) -> Fut,
+        Fut: Future<Output = Result<T, sqlx::Error>>,
+    {
         if !self.inner.healthy.load(Ordering::Relaxed) {
             return Err(CacheError::Unavailable("l3"));
         }
         let _t = OpTimer::start("l3", op);
-        match tokio::time::timeout(self.inner.timeout, f(self.inner.pool.clone())).await {
+        let pool = pool.unwrap_or_else(|| self.inner.pool.clone());
+        match tokio::time::timeout(self.inner.timeout, f(pool)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
                 if is_connection_error(&e) {
@@ -383,8 +422,9 @@ impl SqlLevel {
             p.add(h);
         }
         let rows = last_per_key(rows);
+        let writer = self.inner.writer.clone().map(Pool::Sqlite);
         let res = self
-            .run("put", |pool| async move {
+            .run_on(writer, "put", |pool| async move {
                 let chunks = in_chunks(rows);
                 match pool {
                     Pool::Sqlite(p) => {
@@ -769,6 +809,62 @@ impl CacheLevel for SqlLevel {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// SQLite batches go through the writer connection, whose worker thread
+    /// runs at a lower priority (made again after a reconnect); the reading
+    /// connections keep this process's priority.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn sqlite_batches_are_written_by_a_lower_priority_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("c.db").display());
+        let l3 = SqlLevel::connect(&url, 4, Duration::from_secs(2))
+            .await
+            .unwrap();
+        let key = CacheKey::from_parts("default", "m", &"ab".repeat(32));
+        let v = Bytes::from_static(b"{\"choices\":[]}");
+        l3.put_many(vec![(key.clone(), v.clone(), Duration::from_secs(60))])
+            .await
+            .unwrap();
+        assert_eq!(
+            l3.get(&key).await.unwrap().map(|h| h.value),
+            Some(v.clone())
+        );
+        let base = rustix::process::getpriority_process(None).unwrap();
+        let expect = base.max(priority::WRITER_NICE);
+        let writers = priority::nice_of_threads_named(priority::WRITER_THREAD);
+        assert!(!writers.is_empty(), "the writer's thread exists");
+        assert!(
+            writers.iter().all(|n| *n == expect),
+            "{writers:?}, want {expect}"
+        );
+        // sqlx names its other workers `sqlx-sqlite-worker-N` (15 bytes kept).
+        let readers = priority::nice_of_threads_named("sqlx-sqlite-wor");
+        assert!(
+            !readers.is_empty(),
+            "the reading connections' threads exist"
+        );
+        assert!(
+            readers.iter().all(|n| *n == base),
+            "{readers:?}, want {base}"
+        );
+        // A new writer connection (the old one closed) is lowered too.
+        let w = l3.inner.writer.clone().unwrap();
+        sqlx::Connection::close(w.acquire().await.unwrap().detach())
+            .await
+            .unwrap();
+        let key2 = CacheKey::from_parts("default", "m", &"cd".repeat(32));
+        l3.put_many(vec![(key2.clone(), v.clone(), Duration::from_secs(60))])
+            .await
+            .unwrap();
+        assert!(l3.get(&key2).await.unwrap().is_some());
+        let writers = priority::nice_of_threads_named(priority::WRITER_THREAD);
+        assert!(!writers.is_empty(), "the new writer's thread exists");
+        assert!(
+            writers.iter().all(|n| *n == expect),
+            "{writers:?}, want {expect}"
+        );
+    }
 
     /// The SQL the migration computes row ids with agrees with the code,
     /// at the edges of the signed range and on real keys.

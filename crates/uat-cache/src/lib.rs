@@ -23,6 +23,7 @@ mod level;
 mod memory;
 mod metrics;
 mod presence;
+mod priority;
 mod tiered;
 
 pub use codec::{COMPRESS_THRESHOLD, decode as decode_envelope, encode as encode_envelope};
