@@ -101,6 +101,28 @@ const MIGRATIONS_PG: &[(i64, &str)] = &[
     ALTER TABLE uat_cache_entries DROP CONSTRAINT uat_cache_entries_pkey;
     CREATE UNIQUE INDEX uat_cache_entries_h ON uat_cache_entries (h);",
     ),
+    // Replicas still at schema 1 share the table during a rolling upgrade:
+    // they look rows up by the text key and upsert `ON CONFLICT (key)`
+    // without `h`. Schema 2 broke both (no index on the key: a table scan
+    // per lookup, and every write refused). Their index comes back, and a
+    // trigger fills `h` for a row written without it. The key index costs
+    // each write one more index entry on PostgreSQL (SQLite, which pays for
+    // every index page it dirties, has no replicas to wait for).
+    (
+        3,
+        "CREATE UNIQUE INDEX IF NOT EXISTS uat_cache_entries_key ON uat_cache_entries (key);
+    CREATE OR REPLACE FUNCTION uat_cache_entries_fill_h() RETURNS trigger LANGUAGE plpgsql AS $fn$
+    BEGIN
+        IF NEW.h IS NULL THEN
+            NEW.h := ('x' || substr(NEW.key, length(NEW.key) - 63, 16))::bit(64)::bigint;
+        END IF;
+        RETURN NEW;
+    END
+    $fn$;
+    DROP TRIGGER IF EXISTS uat_cache_entries_fill_h ON uat_cache_entries;
+    CREATE TRIGGER uat_cache_entries_fill_h BEFORE INSERT ON uat_cache_entries
+        FOR EACH ROW EXECUTE FUNCTION uat_cache_entries_fill_h();",
+    ),
 ];
 
 /// SQLite's expression for [`CacheKey::row_id`] of the stored key in column

@@ -474,25 +474,113 @@ async fn l3_sqlite_v1_database_is_migrated_with_its_entries() {
     l3_v1_entries_after_migration(&l3, &ns, n).await;
 }
 
+/// A rolling upgrade on PostgreSQL: replicas of the release before schema 2
+/// keep reading and writing the migrated table with their own SQL (copied
+/// here from that release), and each side finds what the other wrote.
+#[tokio::test]
+async fn l3_postgres_replicas_at_schema_1_keep_working_after_the_migration() {
+    let Some(shared) = postgres().await else {
+        return;
+    };
+    drop(shared);
+    let own = OwnSchema::create("l3roll").await;
+    let url = own.url.clone();
+    let l3 = uat_cache::SqlLevel::connect(&url, 2, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let old = sqlx::PgPool::connect(&url).await.unwrap();
+    let ns = unique("l3-roll");
+    let far = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+        + 3_600_000;
+    // The old replica's upsert and lookup.
+    let old_put = |k: uat_cache::CacheKey, v: &'static [u8]| {
+        let old = old.clone();
+        async move {
+            sqlx::query(
+                "INSERT INTO uat_cache_entries (key, namespace, model, value, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at",
+            )
+            .bind(k.as_str())
+            .bind(k.namespace())
+            .bind(k.model())
+            .bind(uat_cache::encode_envelope(v))
+            .bind(far)
+            .execute(&old)
+            .await
+        }
+    };
+    let old_get = |k: uat_cache::CacheKey| {
+        let old = old.clone();
+        async move {
+            let row: Option<(Vec<u8>,)> = sqlx::query_as(
+                "SELECT value, expires_at FROM uat_cache_entries WHERE key = $1 AND expires_at > $2",
+            )
+            .bind(k.as_str())
+            .bind(far - 3_600_000)
+            .fetch_optional(&old)
+            .await
+            .unwrap();
+            row.map(|(v,)| uat_cache::decode_envelope(&v).unwrap())
+        }
+    };
+    let (a, b) = (key(&ns, "m", 1), key(&ns, "m", 2));
+    old_put(a.clone(), b"old")
+        .await
+        .expect("an old replica's write");
+    old_put(a.clone(), b"old again")
+        .await
+        .expect("and its update");
+    assert_eq!(
+        l3.get(&a).await.unwrap().map(|h| h.value),
+        Some(Bytes::from_static(b"old again")),
+        "a new replica reads what an old one wrote"
+    );
+    l3.put(&b, Bytes::from_static(b"new"), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(old_get(b.clone()).await.as_deref(), Some(&b"new"[..]));
+    l3.put(&a, Bytes::from_static(b"newer"), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(old_get(a.clone()).await.as_deref(), Some(&b"newer"[..]));
+    // The old lookup is served by an index, not a scan of the table.
+    let mut tx = old.begin().await.unwrap();
+    sqlx::query("SET LOCAL enable_seqscan = off")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let plan: Vec<(String,)> =
+        sqlx::query_as("EXPLAIN SELECT value FROM uat_cache_entries WHERE key = 'x'")
+            .fetch_all(&mut *tx)
+            .await
+            .unwrap();
+    let plan = plan
+        .into_iter()
+        .map(|(l,)| l)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(plan.contains("uat_cache_entries_key"), "{plan}");
+    drop(tx);
+    old.close().await;
+    drop(l3);
+    own.drop().await;
+}
+
 #[tokio::test]
 async fn l3_postgres_v1_database_is_migrated_with_its_entries() {
     let Some(shared) = postgres().await else {
         return;
     };
     drop(shared);
-    // A schema of its own, so the shared test table (long migrated) is left alone.
-    let schema = unique("l3mig").replace('-', "_");
-    let admin = sqlx::PgPool::connect(&postgres_url()).await.unwrap();
-    sqlx::raw_sql(&format!("CREATE SCHEMA {schema}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    let sep = if postgres_url().contains('?') {
-        '&'
-    } else {
-        '?'
-    };
-    let url = format!("{}{sep}options=-c%20search_path%3D{schema}", postgres_url());
+    let own = OwnSchema::create("l3mig").await;
+    let url = own.url.clone();
     let ns = unique("l3-migrate-p");
     let n = 40;
     {
@@ -508,8 +596,38 @@ async fn l3_postgres_v1_database_is_migrated_with_its_entries() {
         .unwrap();
     l3_v1_entries_after_migration(&l3, &ns, n).await;
     drop(l3);
-    sqlx::raw_sql(&format!("DROP SCHEMA {schema} CASCADE"))
-        .execute(&admin)
-        .await
-        .unwrap();
+    own.drop().await;
+}
+
+/// A PostgreSQL schema of a test's own (so the shared test table, long
+/// migrated, is left alone) and a URL whose connections use it.
+struct OwnSchema {
+    admin: sqlx::PgPool,
+    name: String,
+    url: String,
+}
+
+impl OwnSchema {
+    async fn create(tag: &str) -> Self {
+        let name = unique(tag).replace('-', "_");
+        let admin = sqlx::PgPool::connect(&postgres_url()).await.unwrap();
+        sqlx::raw_sql(&format!("CREATE SCHEMA {name}"))
+            .execute(&admin)
+            .await
+            .unwrap();
+        let sep = if postgres_url().contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        let url = format!("{}{sep}options=-c%20search_path%3D{name}", postgres_url());
+        OwnSchema { admin, name, url }
+    }
+
+    async fn drop(self) {
+        sqlx::raw_sql(&format!("DROP SCHEMA {} CASCADE", self.name))
+            .execute(&self.admin)
+            .await
+            .unwrap();
+    }
 }
