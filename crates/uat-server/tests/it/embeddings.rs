@@ -118,6 +118,37 @@ async fn local_embeddings_match_the_reference_and_base64_decodes_to_floats() {
     );
 }
 
+/// A local model's answer is not a router answer: the cache reads and checks
+/// its body itself, stores it, and replays it byte for byte.
+#[tokio::test]
+async fn local_embeddings_are_cached_and_replayed_byte_exact() {
+    let Some(dir) = model_dir() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "[[embeddings.models]]\nname = \"minilm\"\npath = \"{dir}\"\n[cache]\nmode = \"deterministic\"\n"
+    );
+    let app = spawn_config(test_config(&toml, tmp.path()), tmp).await;
+    let send = || async {
+        let r = app
+            .client
+            .post(app.at("/v1/embeddings"))
+            .json(&json!({"model": "minilm", "input": ["the sea", "a fact"]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let cache = r.headers()["x-uat-cache"].to_str().unwrap().to_string();
+        (cache, r.bytes().await.unwrap())
+    };
+    let (first, miss) = send().await;
+    assert_eq!(first, "miss");
+    let v: Value = serde_json::from_slice(&miss).unwrap();
+    assert_eq!(v["data"].as_array().map(Vec::len), Some(2), "{v}");
+    let (second, hit) = send().await;
+    assert_eq!(second, "hit-l1");
+    assert_eq!(hit, miss, "the hit is the stored answer, byte for byte");
+}
+
 #[tokio::test]
 async fn every_bad_embeddings_request_is_a_400_naming_the_field() {
     let Some(dir) = model_dir() else { return };
