@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 const MAGIC: &[u8; 8] = b"UATVSNP1";
 
@@ -26,6 +26,15 @@ struct Header {
     dimension: usize,
     entry: Option<(u32, usize)>,
     quantizer: Option<Quantizer>,
+    /// Vectors the quantizer was trained on. Absent in snapshots written
+    /// before it was recorded: taken as enough (no retraining on open; a
+    /// compaction retrains on every live point).
+    #[serde(default = "trained_enough")]
+    quant_samples: usize,
+}
+
+fn trained_enough() -> usize {
+    crate::collection::TRAIN_SAMPLES
 }
 
 /// Writes a snapshot of `h` covering WAL records up to `seq`.
@@ -37,6 +46,7 @@ pub(crate) fn write(path: &Path, h: &Hnsw, seq: u64) -> Result<()> {
         dimension: h.dim,
         entry: h.entry(),
         quantizer: h.quant.get().cloned(),
+        quant_samples: h.quant_samples.load(Ordering::Relaxed),
     };
     let hjson = serde_json::to_vec(&header)
         .map_err(|e| VectorError::corrupt("snapshot header", e.to_string()))?;
@@ -108,6 +118,8 @@ pub(crate) fn read(path: &Path, cfg: &CollectionConfig) -> Result<Option<(Hnsw, 
     let h = Hnsw::for_config(cfg);
     if let Some(q) = header.quantizer {
         let _ = h.quant.set(q);
+        h.quant_samples
+            .store(header.quant_samples, Ordering::Relaxed);
     }
     let mut links0 = Vec::with_capacity(h.m0);
     for i in 0..header.len {
@@ -170,4 +182,22 @@ fn read_node(
         vector,
         flags & 1 != 0,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Snapshots written before the sample count was recorded load as
+    /// trained (an upgrade does not rebuild every quantized collection).
+    #[test]
+    fn headers_without_a_sample_count_load_as_trained() {
+        let old = r#"{"seq":3,"len":0,"dimension":4,"entry":null,"quantizer":{"Sq8":{"offset":0.0,"scale":0.01}}}"#;
+        let h: Header = serde_json::from_str(old).expect("an old header parses");
+        assert_eq!(h.quant_samples, crate::collection::TRAIN_SAMPLES);
+        let new =
+            r#"{"seq":3,"len":0,"dimension":4,"entry":null,"quantizer":null,"quant_samples":7}"#;
+        let h: Header = serde_json::from_str(new).expect("a new header parses");
+        assert_eq!(h.quant_samples, 7);
+    }
 }

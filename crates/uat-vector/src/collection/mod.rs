@@ -22,11 +22,18 @@ use rayon::prelude::*;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 
 /// Below this many points a batch is inserted on the calling thread.
 const PARALLEL_MIN: usize = 64;
 /// Compaction runs before a snapshot when this share of nodes is tombstoned.
 const COMPACT_RATIO: f64 = 0.2;
+/// A quantizer is trained on the first batch written, often one point (a
+/// memory, a document added alone). Until it has seen this many, the
+/// collection retrains it on every live point (by a rebuild) each time the
+/// collection has doubled since the last training: about ten small rebuilds
+/// in a collection's life, the last one of ~2,000 points.
+pub(crate) const TRAIN_SAMPLES: usize = 1024;
 
 /// The swappable in-memory state (compaction builds a new one).
 #[derive(Debug)]
@@ -122,8 +129,23 @@ impl Collection {
             state: RwLock::new(state),
             wal: Mutex::new(wal),
         };
+        // The replay trained the quantizer on the first batch it applied,
+        // not on what the retrainings before the restart saw.
+        if c.retrain_due() {
+            c.rebuild();
+        }
         c.update_gauges();
         Ok(c)
+    }
+
+    /// Whether the quantizer (if any) was trained on too few points and the
+    /// collection has since doubled (see [`TRAIN_SAMPLES`]).
+    fn retrain_due(&self) -> bool {
+        let st = self.state.read();
+        let trained = st.hnsw.quant_samples.load(Ordering::Relaxed);
+        st.hnsw.quant.get().is_some()
+            && trained < TRAIN_SAMPLES
+            && st.ids.read().len() >= 2 * trained.max(1)
     }
 
     /// Name.
@@ -180,6 +202,11 @@ impl Collection {
         let st = self.state.read();
         apply_upsert(&self.config, &st, points);
         drop(st);
+        if self.retrain_due() {
+            // Under the WAL lock, as compaction: searches run on the old
+            // state meanwhile.
+            self.rebuild();
+        }
         drop(wal);
         metrics::upserted(n);
         self.update_gauges();
@@ -371,6 +398,7 @@ fn apply_upsert(config: &CollectionConfig, st: &State, points: Vec<Point>) {
         })
         .collect();
     if h.quant.get().is_none() {
+        h.quant_samples.store(prepared.len(), Ordering::Relaxed);
         let sample = prepared.iter().map(|p| &*p.1);
         match config.quantization {
             // Unquantized collections that are filtered (they have payload

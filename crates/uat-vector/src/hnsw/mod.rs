@@ -115,6 +115,9 @@ pub(crate) struct Hnsw {
     next: AtomicU32,
     entry: RwLock<Option<(u32, usize)>>,
     pub(crate) quant: OnceLock<Quantizer>,
+    /// How many vectors `quant` was trained on (the collection retrains it
+    /// on more while this is small).
+    pub(crate) quant_samples: AtomicUsize,
     /// Whether graph walks use the codes (a quantized collection). When
     /// false, codes (if any) serve only the exact scans of filtered search.
     pub(crate) walk_quantized: bool,
@@ -137,6 +140,7 @@ impl Hnsw {
             next: AtomicU32::new(0),
             entry: RwLock::new(None),
             quant: OnceLock::new(),
+            quant_samples: AtomicUsize::new(0),
             walk_quantized: true,
             deleted: AtomicUsize::new(0),
             level_seed: AtomicU64::new(0x9E37_79B9_7F4A_7C15),

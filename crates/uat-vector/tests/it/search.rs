@@ -387,3 +387,79 @@ fn reinserting_a_deleted_points_vector_keeps_the_graph_connected() {
         "only {found} of 60 re-inserted points found themselves"
     );
 }
+
+/// A quantizer is trained on the first batch written, here one atypical
+/// point (a constant vector: every later point would get the same SQ8 code,
+/// or all bits clear against it as the binary center, and walks would
+/// wander). The collection retrains it as it grows, and again after a
+/// restart whose WAL replay trained it on that point first. Unquantized
+/// collections with payload indexes keep SQ8 codes for the exact scans of
+/// filtered search: those are checked with a filter passing 5% of points
+/// (ranked by code, the best `ef` rescored).
+#[test]
+fn quantizers_first_trained_on_one_point_are_retrained_as_the_collection_grows() {
+    for quant in [Quantization::Sq8, Quantization::Binary, Quantization::None] {
+        for metric in [Metric::L2, Metric::Cosine] {
+            let dir = tempfile::tempdir().unwrap();
+            let opts = StoreOptions {
+                fsync: FsyncPolicy::Never,
+            };
+            let dim = if quant == Quantization::Binary {
+                256
+            } else {
+                32
+            };
+            let mut vs = vec![vec![3.0; dim]];
+            vs.extend(vectors(1999, dim, 21));
+            let qs = vectors(30, dim, 22);
+            let floor = if quant == Quantization::Binary {
+                0.8
+            } else {
+                0.95
+            };
+            let few = Filter::from_json(
+                &serde_json::json!({"must": [{"key": "bucket", "range": {"lt": 5}}]}),
+            )
+            .unwrap();
+            let check = |c: &Collection, when: &str| {
+                let mut r = 0.0;
+                for q in &qs {
+                    let mut req = SearchRequest::new(q.clone(), 10);
+                    req.ef = Some(100);
+                    let truth = if quant == Quantization::None {
+                        req.filter = Some(few.clone());
+                        // The scan ranks its 100 points by code and rescores the best 20.
+                        req.ef = Some(20);
+                        exact(&vs, metric, q, 10, |i| i % 100 < 5)
+                    } else {
+                        exact(&vs, metric, q, 10, |_| true)
+                    };
+                    let (hits, plan) = c.search_explain(&req).unwrap();
+                    if quant == Quantization::None {
+                        assert_eq!(plan, Some(Plan::Exact));
+                    }
+                    r += recall(&ids(&hits), &truth);
+                }
+                r /= qs.len() as f64;
+                assert!(r >= floor, "{quant:?} {metric:?} {when}: recall {r}");
+            };
+            {
+                let s = VectorStore::open(dir.path(), opts).unwrap();
+                let mut cfg = config(dim, metric);
+                cfg.quantization = quant;
+                let c = s.create_collection("q", cfg).unwrap();
+                let mut pts = points(&vs).into_iter();
+                c.upsert(pts.next().into_iter().collect()).unwrap();
+                for batch in pts.collect::<Vec<_>>().chunks(50) {
+                    c.upsert(batch.to_vec()).unwrap();
+                }
+                check(&c, "grown");
+                c.flush().unwrap();
+            }
+            let s = VectorStore::open(dir.path(), opts).unwrap();
+            let c = s.get("q").unwrap();
+            assert_eq!(c.count(), vs.len());
+            check(&c, "reopened");
+        }
+    }
+}
