@@ -29,10 +29,10 @@ const PARALLEL_MIN: usize = 64;
 /// Compaction runs before a snapshot when this share of nodes is tombstoned.
 const COMPACT_RATIO: f64 = 0.2;
 /// A quantizer is trained on the first batch written, often one point (a
-/// memory, a document added alone). Until it has seen this many, the
-/// collection retrains it on every live point (by a rebuild) each time the
-/// collection has doubled since the last training: about ten small rebuilds
-/// in a collection's life, the last one of ~2,000 points.
+/// memory, a document added alone). Until it has seen this many, a batch
+/// that doubles the collection since the last training is inserted by a
+/// rebuild that retrains it on every point: about ten small rebuilds in the
+/// life of a collection filled point by point.
 pub(crate) const TRAIN_SAMPLES: usize = 1024;
 
 /// The swappable in-memory state (compaction builds a new one).
@@ -110,17 +110,6 @@ impl Collection {
             None => (State::empty(&config), 0),
         };
         let (mut wal, records) = Wal::open(&dir.join("wal.log"), fsync)?;
-        for (seq, op) in records {
-            if seq <= snap_seq {
-                continue;
-            }
-            match op {
-                WalOp::Upsert(points) => apply_upsert(&config, &state, points),
-                WalOp::Delete(ids) => {
-                    apply_delete(&state, &ids);
-                }
-            }
-        }
         wal.last_seq = wal.last_seq.max(snap_seq);
         let c = Self {
             name: name.to_owned(),
@@ -129,23 +118,40 @@ impl Collection {
             state: RwLock::new(state),
             wal: Mutex::new(wal),
         };
-        // The replay trained the quantizer on the first batch it applied,
-        // not on what the retrainings before the restart saw.
-        if c.retrain_due() {
-            c.rebuild();
+        // Replayed as they were applied (retrainings included).
+        for (seq, op) in records {
+            if seq <= snap_seq {
+                continue;
+            }
+            match op {
+                WalOp::Upsert(points) => c.apply_upsert(points),
+                WalOp::Delete(ids) => {
+                    apply_delete(&c.state.read(), &ids);
+                }
+            }
         }
         c.update_gauges();
         Ok(c)
     }
 
-    /// Whether the quantizer (if any) was trained on too few points and the
-    /// collection has since doubled (see [`TRAIN_SAMPLES`]).
-    fn retrain_due(&self) -> bool {
+    /// Applies a logged upsert (under the WAL lock, or while opening). When
+    /// the batch doubles a collection whose quantizer has seen fewer than
+    /// [`TRAIN_SAMPLES`] points, the graph is rebuilt with the batch instead,
+    /// retraining the quantizer on every point: searches run on the old
+    /// state meanwhile, and the rebuild re-inserts fewer than twice
+    /// [`TRAIN_SAMPLES`] points besides the batch's own.
+    fn apply_upsert(&self, points: Vec<Point>) {
         let st = self.state.read();
         let trained = st.hnsw.quant_samples.load(Ordering::Relaxed);
-        st.hnsw.quant.get().is_some()
+        let retrain = st.hnsw.quant.get().is_some()
             && trained < TRAIN_SAMPLES
-            && st.ids.read().len() >= 2 * trained.max(1)
+            && st.ids.read().len() + points.len() >= 2 * trained.max(1);
+        if retrain {
+            drop(st);
+            self.rebuild_with(points);
+        } else {
+            apply_upsert(&self.config, &st, points);
+        }
     }
 
     /// Name.
@@ -199,14 +205,7 @@ impl Collection {
         let WalOp::Upsert(points) = op else {
             return Ok(0);
         };
-        let st = self.state.read();
-        apply_upsert(&self.config, &st, points);
-        drop(st);
-        if self.retrain_due() {
-            // Under the WAL lock, as compaction: searches run on the old
-            // state meanwhile.
-            self.rebuild();
-        }
+        self.apply_upsert(points);
         drop(wal);
         metrics::upserted(n);
         self.update_gauges();
@@ -309,7 +308,13 @@ impl Collection {
 
     /// Rebuild under the WAL lock; searches keep running on the old state.
     fn rebuild(&self) {
-        let points: Vec<Point> = {
+        self.rebuild_with(Vec::new());
+    }
+
+    /// [`Collection::rebuild`] with a batch upserted into the new graph after
+    /// the live points (so its points replace those of the same id).
+    fn rebuild_with(&self, batch: Vec<Point>) {
+        let mut points: Vec<Point> = {
             let st = self.state.read();
             let h = &st.hnsw;
             (0..h.len() as u32)
@@ -322,6 +327,7 @@ impl Collection {
                 })
                 .collect()
         };
+        points.extend(batch);
         let fresh = State::empty(&self.config);
         apply_upsert(&self.config, &fresh, points);
         *self.state.write() = fresh;
