@@ -17,7 +17,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
@@ -120,7 +120,14 @@ pub enum Flight {
     Waited,
 }
 
-type FlightMap = Arc<Mutex<HashMap<CacheKey, (u64, watch::Receiver<()>), BuildKeyHasher>>>;
+type FlightMap = Arc<Mutex<HashMap<CacheKey, Arc<Landing>, BuildKeyHasher>>>;
+
+/// What the waiters of one flight wait on.
+#[derive(Default)]
+struct Landing {
+    landed: AtomicBool,
+    notify: Notify,
+}
 
 /// Held by the leader of a flight; dropping it releases the waiters. Drop it
 /// after the value has been stored (L1 is written synchronously by
@@ -128,16 +135,21 @@ type FlightMap = Arc<Mutex<HashMap<CacheKey, (u64, watch::Receiver<()>), BuildKe
 pub struct FlightGuard {
     map: FlightMap,
     key: CacheKey,
-    id: u64,
-    _tx: watch::Sender<()>,
+    landing: Arc<Landing>,
 }
 
 impl Drop for FlightGuard {
     fn drop(&mut self) {
-        let mut m = self.map.lock();
-        if m.get(&self.key).is_some_and(|(id, _)| *id == self.id) {
-            m.remove(&self.key);
+        {
+            let mut m = self.map.lock();
+            if m.get(&self.key)
+                .is_some_and(|l| Arc::ptr_eq(l, &self.landing))
+            {
+                m.remove(&self.key);
+            }
         }
+        self.landing.landed.store(true, Ordering::Release);
+        self.landing.notify.notify_waiters();
     }
 }
 
@@ -222,7 +234,6 @@ impl TieredBuilder {
             dropped: AtomicU64::new(0),
             waiters: AtomicU64::new(0),
             flights: Arc::new(Mutex::new(HashMap::default())),
-            next_flight: AtomicU64::new(0),
             subscribed: sub_rx,
             tasks: Mutex::new(tasks),
         });
@@ -244,7 +255,6 @@ struct Inner {
     dropped: AtomicU64,
     waiters: AtomicU64,
     flights: FlightMap,
-    next_flight: AtomicU64,
     subscribed: watch::Receiver<bool>,
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
 }
@@ -458,27 +468,31 @@ impl TieredCache {
     /// Joins the flight for `key`: the first caller leads, the others wait
     /// (at most `max_wait`) until the leader's guard is dropped.
     pub async fn single_flight(&self, key: &CacheKey, max_wait: Duration) -> Flight {
-        let mut rx = {
+        let landing = {
             let mut m = self.inner.flights.lock();
             match m.get(key) {
-                Some((_, rx)) => rx.clone(),
+                Some(l) => l.clone(),
                 None => {
-                    let (tx, rx) = watch::channel(());
-                    let id = self.inner.next_flight.fetch_add(1, Ordering::Relaxed);
-                    m.insert(key.clone(), (id, rx));
+                    let landing = Arc::new(Landing::default());
+                    m.insert(key.clone(), landing.clone());
                     return Flight::Leader(FlightGuard {
                         map: self.inner.flights.clone(),
                         key: key.clone(),
-                        id,
-                        _tx: tx,
+                        landing,
                     });
                 }
             }
         };
         self.inner.waiters.fetch_add(1, Ordering::Relaxed);
         METRICS.singleflight_waiters.inc();
-        // The sender never sends: `changed` returns when it is dropped.
-        let _ = tokio::time::timeout(max_wait, rx.changed()).await;
+        // Registered before the flag is read: a landing between the two
+        // still wakes this waiter.
+        let notified = landing.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if !landing.landed.load(Ordering::Acquire) {
+            let _ = tokio::time::timeout(max_wait, notified).await;
+        }
         Flight::Waited
     }
 
