@@ -4,7 +4,8 @@
 # valgrind in front of a native zero-latency mock upstream and serves N true
 # misses (`uat loadtest --unique`, concurrency 1), then M; (run N - run M) / (N - M)
 # is the gateway's user-space instructions per request without start-up.
-# Kernel work (syscalls, page faults) is not counted. SHA-256 runs in software
+# Repeatable to about 1k instructions (the background tasks' share varies with
+# valgrind's pace). Kernel work (syscalls, page faults) is not counted. SHA-256 runs in software
 # under valgrind (no SHA-NI there): about 14k of the key's instructions.
 #   scripts/instr-miss.sh [path/to/uat]   (N=1500 M=300, MODES="off deterministic")
 # Keeps the callgrind files of the larger runs (`callgrind_annotate --inclusive=yes`
