@@ -48,7 +48,7 @@ pub static X_UAT_CACHE_TTL: HeaderName = HeaderName::from_static("x-uat-cache-tt
 /// The namespace used until API keys (and their owners) exist.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
-/// Largest upstream JSON body that is buffered for caching.
+/// Largest answer that is stored (a larger one is passed on uncached).
 const MAX_CACHED_BODY: usize = 32 * 1024 * 1024;
 
 /// Handle to the subsystem, held in [`AppState`].
@@ -346,7 +346,7 @@ where
         Kind::Chat => s.choices,
         Kind::Embeddings => s.data,
     });
-    let bytes = match axum::body::to_bytes(body, MAX_CACHED_BODY).await {
+    let bytes = match read_answer(body).await {
         Ok(b) => b,
         Err(e) => {
             return ApiError::bad_gateway(format!("upstream body failed: {e}")).into_response();
@@ -357,7 +357,7 @@ where
     // L1 insert themselves (L2/L3 writes are only queued here). The flight
     // closes after the store, so an identical request that arrived meanwhile
     // finds the entry in L1.
-    if seen.unwrap_or_else(|| valid_answer(kind, &bytes)) {
+    if bytes.len() <= MAX_CACHED_BODY && seen.unwrap_or_else(|| valid_answer(kind, &bytes)) {
         cache.put(&key, bytes.clone(), p.ttl);
     }
     drop(guard);
@@ -366,6 +366,26 @@ where
         "miss",
         Some(&key),
     )
+}
+
+/// Reads an answer's body. A router answer is one buffer: it is taken as it
+/// is, without collecting it into a list of frames first. Not limited here:
+/// the router and the local models hold the whole answer already, and one
+/// over [`MAX_CACHED_BODY`] is passed on uncached, not refused.
+async fn read_answer(mut body: Body) -> Result<Bytes, axum::Error> {
+    use http_body_util::BodyExt as _;
+    let first = match body.frame().await {
+        None => return Ok(Bytes::new()),
+        Some(frame) => frame?.into_data().unwrap_or_default(),
+    };
+    if http_body::Body::is_end_stream(&body) {
+        return Ok(first);
+    }
+    let rest = axum::body::to_bytes(body, usize::MAX).await?;
+    let mut all = bytes::BytesMut::with_capacity(first.len() + rest.len());
+    all.extend_from_slice(&first);
+    all.extend_from_slice(&rest);
+    Ok(all.freeze())
 }
 
 /// How a hit is rendered.

@@ -521,3 +521,29 @@ async fn invalidation_reaches_a_second_instance_through_pubsub() {
     );
     assert_eq!(up.calls(), 2);
 }
+
+/// An answer larger than the cache stores (32 MiB; a big embeddings batch
+/// can be) reaches the client whole, uncached; before, it became a 502.
+#[tokio::test]
+async fn answers_over_the_stored_size_pass_through_uncached() {
+    let (up, toml, model) = setup("").await;
+    let app = spawn_app(&toml).await;
+    let content = "x".repeat(33 * 1024 * 1024);
+    let body = json!({
+        "id": "big", "object": "chat.completion", "created": 0, "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+    })
+    .to_string();
+    up.set_default(Behavior::Body(body.clone()));
+    for round in 0..2 {
+        let calls = up.calls();
+        let r = app.chat(det(&model, false)).await;
+        assert_eq!(r.status(), 200, "round {round}");
+        assert_eq!(header(&r, "x-uat-cache"), "miss", "round {round}");
+        assert!(
+            r.text().await.unwrap() == body,
+            "the whole answer, round {round}"
+        );
+        assert_eq!(up.calls(), calls + 1, "not stored, round {round}");
+    }
+}
