@@ -275,6 +275,33 @@ async fn error_responses_are_never_cached() {
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
 }
 
+/// Sends the same deterministic chat twice: each time the client gets the
+/// upstream's `body` as it came, marked a miss, and the upstream was called
+/// (nothing was stored). `what` names the body in failures.
+async fn passed_on_not_stored(
+    app: &TestApp,
+    up: &FakeUpstream,
+    model: &str,
+    body: &str,
+    what: &str,
+) {
+    for round in 0..2 {
+        let calls = up.calls();
+        let r = app.chat(det(model, false)).await;
+        assert_eq!(r.status(), 200, "{what}, round {round}");
+        assert_eq!(header(&r, "x-uat-cache"), "miss", "{what}, round {round}");
+        assert!(
+            r.text().await.unwrap() == body,
+            "{what} passed on as it came, round {round}"
+        );
+        assert_eq!(
+            up.calls(),
+            calls + 1,
+            "{what} was not stored, round {round}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn answers_without_their_list_are_not_cached() {
     let (up, toml, model) = setup("").await;
@@ -286,14 +313,7 @@ async fn answers_without_their_list_are_not_cached() {
         r#"{"object":"chat.completion","choices":null}"#,
     ] {
         up.set_default(Behavior::Body(body.into()));
-        for round in 0..2 {
-            let calls = up.calls();
-            let r = app.chat(det(&model, false)).await;
-            assert_eq!(r.status(), 200, "{body}");
-            assert_eq!(header(&r, "x-uat-cache"), "miss", "{body}, round {round}");
-            assert_eq!(r.text().await.unwrap(), body, "passed through as it came");
-            assert_eq!(up.calls(), calls + 1, "{body} was not stored");
-        }
+        passed_on_not_stored(&app, &up, &model, body, body).await;
     }
     // Embeddings: `data` not an array.
     up.set_default(Behavior::Body(r#"{"object":"list","data":"x"}"#.into()));
@@ -535,15 +555,5 @@ async fn answers_over_the_stored_size_pass_through_uncached() {
     })
     .to_string();
     up.set_default(Behavior::Body(body.clone()));
-    for round in 0..2 {
-        let calls = up.calls();
-        let r = app.chat(det(&model, false)).await;
-        assert_eq!(r.status(), 200, "round {round}");
-        assert_eq!(header(&r, "x-uat-cache"), "miss", "round {round}");
-        assert!(
-            r.text().await.unwrap() == body,
-            "the whole answer, round {round}"
-        );
-        assert_eq!(up.calls(), calls + 1, "not stored, round {round}");
-    }
+    passed_on_not_stored(&app, &up, &model, &body, "a 33 MiB answer").await;
 }
