@@ -346,7 +346,10 @@ where
         Kind::Chat => s.choices,
         Kind::Embeddings => s.data,
     });
-    let bytes = match read_answer(body).await {
+    // Read whole, not limited: the router and the local models hold the
+    // whole answer already, and one over `MAX_CACHED_BODY` is passed on
+    // uncached, not refused.
+    let bytes = match axum::body::to_bytes(body, usize::MAX).await {
         Ok(b) => b,
         Err(e) => {
             return ApiError::bad_gateway(format!("upstream body failed: {e}")).into_response();
@@ -366,26 +369,6 @@ where
         "miss",
         Some(&key),
     )
-}
-
-/// Reads an answer's body. A router answer is one buffer: it is taken as it
-/// is, without collecting it into a list of frames first. Not limited here:
-/// the router and the local models hold the whole answer already, and one
-/// over [`MAX_CACHED_BODY`] is passed on uncached, not refused.
-async fn read_answer(mut body: Body) -> Result<Bytes, axum::Error> {
-    use http_body_util::BodyExt as _;
-    let first = match body.frame().await {
-        None => return Ok(Bytes::new()),
-        Some(frame) => frame?.into_data().unwrap_or_default(),
-    };
-    if http_body::Body::is_end_stream(&body) {
-        return Ok(first);
-    }
-    let rest = axum::body::to_bytes(body, usize::MAX).await?;
-    let mut all = bytes::BytesMut::with_capacity(first.len() + rest.len());
-    all.extend_from_slice(&first);
-    all.extend_from_slice(&rest);
-    Ok(all.freeze())
 }
 
 /// How a hit is rendered.

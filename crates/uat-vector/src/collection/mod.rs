@@ -124,7 +124,7 @@ impl Collection {
                 continue;
             }
             match op {
-                WalOp::Upsert(points) => c.apply_upsert(points),
+                WalOp::Upsert(points) => c.apply_logged_upsert(points),
                 WalOp::Delete(ids) => {
                     apply_delete(&c.state.read(), &ids);
                 }
@@ -140,7 +140,7 @@ impl Collection {
     /// retraining the quantizer on every point: searches run on the old
     /// state meanwhile, and the rebuild re-inserts fewer than twice
     /// [`TRAIN_SAMPLES`] points besides the batch's own.
-    fn apply_upsert(&self, points: Vec<Point>) {
+    fn apply_logged_upsert(&self, points: Vec<Point>) {
         let st = self.state.read();
         let trained = st.hnsw.quant_samples.load(Ordering::Relaxed);
         let retrain = st.hnsw.quant.get().is_some()
@@ -205,7 +205,7 @@ impl Collection {
         let WalOp::Upsert(points) = op else {
             return Ok(0);
         };
-        self.apply_upsert(points);
+        self.apply_logged_upsert(points);
         drop(wal);
         metrics::upserted(n);
         self.update_gauges();
