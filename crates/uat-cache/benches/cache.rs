@@ -11,7 +11,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::json;
 use std::hint::black_box;
 use std::time::Duration;
-use uat_cache::{CacheKey, CacheLevel, MemoryLevel, RedisLevel, RequestKind};
+use uat_cache::{CacheKey, CacheLevel, MemoryLevel, RedisLevel, RequestKind, SqlLevel};
 
 fn request(n_messages: usize) -> serde_json::Value {
     let messages: Vec<_> = (0..n_messages)
@@ -78,6 +78,30 @@ fn l1(c: &mut Criterion) {
         })
     });
     g.finish();
+
+    // What a cache miss costs L1: a lookup that misses, then the insert of a
+    // new entry into a full cache (8 MiB, ~8k entries of 512 bytes, so
+    // every insert evicts; 100k distinct keys, so a key has long left when
+    // it comes round again).
+    let full = MemoryLevel::new(8 << 20);
+    let fresh: Vec<CacheKey> = (0..100_000)
+        .map(|i| CacheKey::for_request("default", "m", RequestKind::Chat, &json!({ "n": i })))
+        .collect();
+    let answer = Bytes::from(vec![b'y'; 512]);
+    for k in fresh.iter().take(20_000) {
+        full.put_now(k, answer.clone(), Duration::from_secs(3600));
+    }
+    let mut g = c.benchmark_group("l1_miss");
+    let mut j = 20_000usize;
+    g.bench_function("get_miss_then_insert_512B_full", |b| {
+        b.iter(|| {
+            j = (j + 1) % fresh.len();
+            let k = &fresh[j];
+            black_box(full.get_now(k));
+            full.put_now(k, answer.clone(), Duration::from_secs(3600));
+        })
+    });
+    g.finish();
 }
 
 fn l2(c: &mut Criterion) {
@@ -127,9 +151,51 @@ fn l2(c: &mut Criterion) {
     g.finish();
 }
 
+/// L3 on SQLite, as the writer task drives it: one `put_many` of 1,024 new
+/// chat-sized rows (random keys, 600 bytes) into a table that already holds
+/// 100,000. Reported per batch; divide by 1,024 for a row.
+fn l3_sqlite(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("l3.db").display());
+    let l3 = rt
+        .block_on(SqlLevel::connect(&url, 4, Duration::from_secs(30)))
+        .unwrap();
+    let value = Bytes::from(vec![b'v'; 600]);
+    let mut n = 0u64;
+    let batch = |n: &mut u64| -> Vec<(CacheKey, Bytes, Duration)> {
+        (0..1024)
+            .map(|_| {
+                *n += 1;
+                let k =
+                    CacheKey::for_request("default", "m", RequestKind::Chat, &json!({ "n": *n }));
+                (k, value.clone(), Duration::from_secs(3600))
+            })
+            .collect()
+    };
+    for _ in 0..100 {
+        let b = batch(&mut n);
+        rt.block_on(l3.put_many(b)).unwrap();
+    }
+    let mut g = c.benchmark_group("l3_sqlite");
+    g.sample_size(20);
+    g.bench_function("put_many_1024_rows_into_100k", |b| {
+        b.iter_batched(
+            || batch(&mut n),
+            |rows| rt.block_on(l3.put_many(rows)).unwrap(),
+            criterion::BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = key_hashing, l1, l2
+    targets = key_hashing, l1, l2, l3_sqlite
 }
 criterion_main!(benches);

@@ -211,7 +211,13 @@ impl SqlLevel {
                 // file consistent and every commit through a process crash,
                 // without an fsync per write batch (FULL, sqlx's default).
                 .synchronous(SqliteSynchronous::Normal)
-                .busy_timeout(Duration::from_secs(5));
+                .busy_timeout(Duration::from_secs(5))
+                // Checkpoint every 8,192 WAL pages (32 MiB; the memory
+                // store's connections to the same file do too), not every
+                // 1,000: a write batch dirties a page of the id index per
+                // few rows, so at the default every commit was followed by a
+                // checkpoint rewriting those pages into the file.
+                .pragma("wal_autocheckpoint", "8192");
             let pool = SqlitePoolOptions::new()
                 .max_connections(max_connections.clamp(1, 8))
                 .acquire_timeout(timeout.max(Duration::from_secs(1)))
@@ -232,7 +238,15 @@ impl SqlLevel {
                             Ok(())
                         })
                     })
-                    .connect_with(opts.thread_name(|_| priority::WRITER_THREAD.to_string()))
+                    .connect_with(
+                        opts.thread_name(|_| priority::WRITER_THREAD.to_string())
+                            // The writer's own page cache (at most, as pages
+                            // are used), large enough to hold the id index of
+                            // about two million rows: a batch's rows land on
+                            // random pages of it, which the default 2 MiB
+                            // read from the file again for every batch.
+                            .pragma("cache_size", "-32768"),
+                    )
                     .await?,
             );
             Pool::Sqlite(pool)
@@ -885,6 +899,38 @@ mod tests {
         assert!(
             writers.iter().all(|n| *n == expect),
             "{writers:?}, want {expect}"
+        );
+    }
+
+    /// The SQLite connections' settings that a write batch's cost depends
+    /// on: the writer keeps a 32 MiB page cache, and no connection
+    /// checkpoints the WAL before 8,192 pages (`l3_sqlite` in
+    /// `benches/cache.rs`: 29-30 ms per 1,024-row batch into a 100k-row
+    /// table without them, 17-20 ms with).
+    #[tokio::test]
+    async fn sqlite_connections_keep_a_large_writer_cache_and_checkpoint_rarely() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("c.db").display());
+        let l3 = SqlLevel::connect(&url, 4, Duration::from_secs(2))
+            .await
+            .unwrap();
+        let Pool::Sqlite(readers) = &l3.inner.pool else {
+            panic!("a SQLite level")
+        };
+        let writer = l3.inner.writer.clone().unwrap();
+        let pragma = |pool: SqlitePool, name: &'static str| async move {
+            sqlx::query_scalar::<_, i64>(&format!("PRAGMA {name}"))
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        };
+        assert_eq!(pragma(writer.clone(), "cache_size").await, -32768);
+        assert_eq!(pragma(writer, "wal_autocheckpoint").await, 8192);
+        assert_eq!(pragma(readers.clone(), "wal_autocheckpoint").await, 8192);
+        assert_ne!(
+            pragma(readers.clone(), "cache_size").await,
+            -32768,
+            "the readers (up to 8) keep SQLite's default"
         );
     }
 
