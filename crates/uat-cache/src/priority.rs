@@ -5,10 +5,10 @@
 //! and reniced; elsewhere this does nothing.
 
 /// Nice value of L3's SQLite writer thread. Not 19: under a saturated CPU
-/// a batch must still finish within L3's operation timeout (at nice 10 the
-/// thread keeps about a tenth of a busy core's share) rather than mark L3
-/// down; what it cannot keep up with fills the write queue and is dropped
-/// and counted, as for any full queue.
+/// a batch should still finish within L3's operation timeout (at nice 10 the
+/// thread keeps about a tenth of a busy core's share) rather than be
+/// dropped whole; what it cannot keep up with fills the write queue and is
+/// dropped and counted, as for any full queue.
 pub(crate) const WRITER_NICE: i32 = 10;
 
 /// Name of L3's SQLite writer thread (at most 15 bytes, Linux's limit).
