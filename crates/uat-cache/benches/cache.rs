@@ -104,12 +104,17 @@ fn l1(c: &mut Criterion) {
     g.finish();
 }
 
-fn l2(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
+/// The runtime the async levels are driven on: one worker, like a quiet server.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+fn l2(c: &mut Criterion) {
+    let rt = runtime();
     let url =
         std::env::var("UAT_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into());
     let l2 = rt
@@ -155,11 +160,7 @@ fn l2(c: &mut Criterion) {
 /// chat-sized rows (random keys, 600 bytes) into a table that already holds
 /// 100,000. Reported per batch; divide by 1,024 for a row.
 fn l3_sqlite(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("l3.db").display());
     let l3 = rt

@@ -854,17 +854,21 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    /// A SQLite level in a new folder (kept while the `TempDir` lives), and its URL.
+    async fn sqlite_level(timeout: Duration) -> (tempfile::TempDir, String, SqlLevel) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("c.db").display());
+        let l3 = SqlLevel::connect(&url, 4, timeout).await.unwrap();
+        (dir, url, l3)
+    }
+
     /// SQLite batches go through the writer connection, whose worker thread
     /// runs at a lower priority (made again after a reconnect); the reading
     /// connections keep this process's priority.
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn sqlite_batches_are_written_by_a_lower_priority_thread() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("c.db").display());
-        let l3 = SqlLevel::connect(&url, 4, Duration::from_secs(2))
-            .await
-            .unwrap();
+        let (_dir, _url, l3) = sqlite_level(Duration::from_secs(2)).await;
         let key = CacheKey::from_parts("default", "m", &"ab".repeat(32));
         let v = Bytes::from_static(b"{\"choices\":[]}");
         l3.put_many(vec![(key.clone(), v.clone(), Duration::from_secs(60))])
@@ -917,11 +921,7 @@ mod tests {
     #[tokio::test]
     async fn a_sqlite_write_batch_held_up_by_a_lock_does_not_take_l3_down() {
         use sqlx::Connection as _;
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("c.db").display());
-        let l3 = SqlLevel::connect(&url, 4, Duration::from_millis(300))
-            .await
-            .unwrap();
+        let (_dir, url, l3) = sqlite_level(Duration::from_secs(1)).await;
         let ttl = Duration::from_secs(60);
         let v = Bytes::from_static(b"{\"choices\":[]}");
         let first = CacheKey::from_parts("default", "m", &"ab".repeat(32));
@@ -946,9 +946,17 @@ mod tests {
             "reads go on while another connection holds the write lock"
         );
         sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
-        l3.put_many(vec![(second.clone(), v.clone(), ttl)])
-            .await
-            .unwrap();
+        // The held-up batch's connection comes back once SQLite's busy
+        // handler wakes (it sleeps up to 100 ms between tries): retried
+        // while it is still on its way.
+        let since = std::time::Instant::now();
+        loop {
+            match l3.put_many(vec![(second.clone(), v.clone(), ttl)]).await {
+                Ok(()) => break,
+                Err(CacheError::Timeout { .. }) if since.elapsed() < Duration::from_secs(10) => {}
+                Err(e) => panic!("the batch after the lock: {e:?}"),
+            }
+        }
         assert_eq!(l3.get(&second).await.unwrap().map(|h| h.value), Some(v));
     }
 
@@ -959,11 +967,7 @@ mod tests {
     /// table without them, 17-20 ms with).
     #[tokio::test]
     async fn sqlite_connections_keep_a_large_writer_cache_and_checkpoint_rarely() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("c.db").display());
-        let l3 = SqlLevel::connect(&url, 4, Duration::from_secs(2))
-            .await
-            .unwrap();
+        let (_dir, _url, l3) = sqlite_level(Duration::from_secs(2)).await;
         let Pool::Sqlite(readers) = &l3.inner.pool else {
             panic!("a SQLite level")
         };
