@@ -398,10 +398,12 @@ impl SqlLevel {
         self.run_on(None, op, f).await
     }
 
-    /// [`SqlLevel::run`] on `pool` (`None`: the level's main pool).
+    /// [`SqlLevel::run`] on SQLite's writer connection when `writer` is
+    /// given (PostgreSQL has none: `None`, the level's main pool). A timeout
+    /// on the writer does not mark L3 down (see below).
     async fn run_on<T, F, Fut>(
         &self,
-        pool: Option<Pool>,
+        writer: Option<Pool>,
         op: &'static str,
         f: F,
     ) -> Result<T, CacheError>
@@ -413,8 +415,8 @@ impl SqlLevel {
             return Err(CacheError::Unavailable("l3"));
         }
         let _t = OpTimer::start("l3", op);
-        let on_writer = pool.is_some();
-        let pool = pool.unwrap_or_else(|| self.inner.pool.clone());
+        let on_writer = writer.is_some();
+        let pool = writer.unwrap_or_else(|| self.inner.pool.clone());
         match tokio::time::timeout(self.inner.timeout, f(pool)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
