@@ -217,7 +217,13 @@ impl SqlLevel {
                 // 1,000: a write batch dirties a page of the id index per
                 // few rows, so at the default every commit was followed by a
                 // checkpoint rewriting those pages into the file.
-                .pragma("wal_autocheckpoint", "8192");
+                .pragma("wal_autocheckpoint", "8192")
+                // A multi-row upsert inside a transaction keeps a statement
+                // journal (the pages it changes, to undo it alone on an
+                // error), a temporary file by default: a pwrite per page, a
+                // fifth of the writer's time in a perf profile of
+                // `l3_sqlite`. In memory it is a copy.
+                .pragma("temp_store", "memory");
             let pool = SqlitePoolOptions::new()
                 .max_connections(max_connections.clamp(1, 8))
                 .acquire_timeout(timeout.max(Duration::from_secs(1)))
@@ -963,10 +969,11 @@ mod tests {
     }
 
     /// The SQLite connections' settings that a write batch's cost depends
-    /// on: the writer keeps a 32 MiB page cache, and no connection
-    /// checkpoints the WAL before 8,192 pages (`l3_sqlite` in
-    /// `benches/cache.rs`: 29-30 ms per 1,024-row batch into a 100k-row
-    /// table without them, 17-20 ms with).
+    /// on: the writer keeps a 32 MiB page cache, no connection checkpoints
+    /// the WAL before 8,192 pages (`l3_sqlite` in `benches/cache.rs`: 29-30
+    /// ms per 1,024-row batch into a 100k-row table without them, 17-20 ms
+    /// with), and statement journals stay in memory (23-25 ms without, on
+    /// another machine, 17-21 ms with).
     #[tokio::test]
     async fn sqlite_connections_keep_a_large_writer_cache_and_checkpoint_rarely() {
         let (_dir, _url, l3) = sqlite_level(Duration::from_secs(2)).await;
@@ -981,7 +988,9 @@ mod tests {
                 .unwrap()
         };
         assert_eq!(pragma(writer.clone(), "cache_size").await, -32768);
-        assert_eq!(pragma(writer, "wal_autocheckpoint").await, 8192);
+        assert_eq!(pragma(writer.clone(), "wal_autocheckpoint").await, 8192);
+        // 2 is MEMORY.
+        assert_eq!(pragma(writer, "temp_store").await, 2);
         assert_eq!(pragma(readers.clone(), "wal_autocheckpoint").await, 8192);
         assert_ne!(
             pragma(readers.clone(), "cache_size").await,
