@@ -197,6 +197,7 @@ fn parse(body: &Value) -> Result<Parsed, ApiError> {
 async fn embeddings(
     State(state): State<AppState>,
     headers: HeaderMap,
+    crate::conn::After(after): crate::conn::After,
     ApiJson(body): ApiJson<Value>,
 ) -> Response {
     let model = match body.get("model") {
@@ -212,6 +213,7 @@ async fn embeddings(
         let resp = crate::cache::around(
             &state,
             &headers,
+            after.as_ref(),
             crate::cache::Kind::Embeddings,
             &model,
             &body,
@@ -239,6 +241,7 @@ async fn embeddings(
     crate::cache::around(
         &state,
         &headers,
+        after.as_ref(),
         crate::cache::Kind::Embeddings,
         &model,
         &body,

@@ -217,6 +217,7 @@ fn parse_chat(body: &Value) -> Result<ChatRequest, ApiError> {
 }
 
 async fn chat(State(state): State<AppState>, request: Request) -> Response {
+    let after = crate::conn::after_write(&request);
     let (headers, bytes) = match read_body(request).await {
         Ok(b) => b,
         Err(e) => return error_response(e, None, 0, ""),
@@ -267,6 +268,7 @@ async fn chat(State(state): State<AppState>, request: Request) -> Response {
     cache::around(
         &state,
         &headers,
+        after.as_ref(),
         cache::Kind::Chat,
         &req.model,
         &body,

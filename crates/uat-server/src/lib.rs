@@ -6,6 +6,7 @@
 //! engine, and map the engine's error enum to an [`error::ApiError`].
 
 pub mod cache;
+pub mod conn;
 pub mod embeddings;
 pub mod error;
 pub mod extract;
@@ -27,6 +28,16 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+
+/// What a handler knows of its connection (axum's `ConnectInfo<ConnInfo>`
+/// extension, set by [`serve`]).
+#[derive(Clone)]
+pub struct ConnInfo {
+    /// The client's address.
+    pub remote: std::net::SocketAddr,
+    /// Work for after the connection's next write (a miss's cache store).
+    pub after_write: conn::AfterWrite,
+}
 
 /// A failure to start: bad settings, an unreachable required store, a port taken.
 #[derive(Debug, thiserror::Error)]
@@ -113,19 +124,11 @@ pub async fn serve<F>(
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    use axum::serve::ListenerExt;
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let listener = listener.tap_io(|tcp| {
-        // Nagle's algorithm would hold small responses back ~40 ms on a
-        // keep-alive connection.
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
     let mut rx2 = rx.clone();
     let server = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        conn::DeferringListener(listener),
+        app.into_make_service_with_connect_info::<ConnInfo>(),
     )
     .with_graceful_shutdown(async move {
         let _ = rx2.wait_for(|v| *v).await;
