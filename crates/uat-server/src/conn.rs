@@ -9,7 +9,6 @@
 //! that is the moment the response leaves; the client's next request comes
 //! after it. What is left when the connection goes (no write came) runs then.
 
-use crate::ConnInfo;
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::serve::{IncomingStream, Listener};
@@ -23,6 +22,16 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use uat_cache::DeferredPut;
+
+/// What a handler knows of its connection (axum's `ConnectInfo<ConnInfo>`
+/// extension, set by [`crate::serve`]).
+#[derive(Clone)]
+pub struct ConnInfo {
+    /// The client's address.
+    pub remote: SocketAddr,
+    /// Work for after the connection's next write (a miss's cache store).
+    pub after_write: AfterWrite,
+}
 
 /// One connection's work for after its next write. Cheap to clone.
 #[derive(Clone, Default)]
@@ -42,17 +51,15 @@ impl AfterWrite {
         self.0.pending.store(true, Ordering::Release);
     }
 
-    /// Runs what is left (dropping a [`DeferredPut`] stores it).
+    /// Runs what is left: dropping a [`DeferredPut`] stores it. Under the
+    /// lock, which a store never takes, so the list keeps its allocation.
     fn run(&self) {
         if !self.0.pending.load(Ordering::Acquire) {
             return;
         }
-        let jobs = {
-            let mut jobs = self.0.jobs.lock();
-            self.0.pending.store(false, Ordering::Release);
-            std::mem::take(&mut *jobs)
-        };
-        drop(jobs);
+        let mut jobs = self.0.jobs.lock();
+        self.0.pending.store(false, Ordering::Release);
+        jobs.clear();
     }
 }
 

@@ -18,6 +18,7 @@ pub mod mock_upstream;
 pub mod state;
 pub mod vector;
 
+pub use conn::ConnInfo;
 pub use error::ApiError;
 pub use state::{AppState, ReadyCheck, ReadyStatus};
 pub use uat_config::Config;
@@ -28,16 +29,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-
-/// What a handler knows of its connection (axum's `ConnectInfo<ConnInfo>`
-/// extension, set by [`serve`]).
-#[derive(Clone)]
-pub struct ConnInfo {
-    /// The client's address.
-    pub remote: std::net::SocketAddr,
-    /// Work for after the connection's next write (a miss's cache store).
-    pub after_write: conn::AfterWrite,
-}
 
 /// A failure to start: bad settings, an unreachable required store, a port taken.
 #[derive(Debug, thiserror::Error)]
