@@ -63,15 +63,9 @@ impl AfterWrite {
     }
 }
 
-/// The request's [`AfterWrite`], when it came through [`crate::serve`]
-/// (not, say, through `tower::ServiceExt::oneshot`).
-pub fn after_write(req: &axum::extract::Request) -> Option<AfterWrite> {
-    req.extensions()
-        .get::<ConnectInfo<ConnInfo>>()
-        .map(|c| c.0.after_write.clone())
-}
-
-/// Extractor of the request's [`AfterWrite`] (never rejects).
+/// Extractor of the request's [`AfterWrite`]: present when the request came
+/// through [`crate::serve`] (not, say, through `tower::ServiceExt::oneshot`).
+/// Never rejects.
 pub struct After(pub Option<AfterWrite>);
 
 impl<S: Send + Sync> FromRequestParts<S> for After {
@@ -239,9 +233,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let app = axum::Router::new().route(
             "/",
-            axum::routing::get(|req: axum::extract::Request| async move {
-                after_write(&req).is_some().to_string()
-            }),
+            axum::routing::get(|After(after): After| async move { after.is_some().to_string() }),
         );
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(crate::serve(

@@ -216,8 +216,11 @@ fn parse_chat(body: &Value) -> Result<ChatRequest, ApiError> {
     Ok(req)
 }
 
-async fn chat(State(state): State<AppState>, request: Request) -> Response {
-    let after = crate::conn::after_write(&request);
+async fn chat(
+    State(state): State<AppState>,
+    crate::conn::After(after): crate::conn::After,
+    request: Request,
+) -> Response {
     let (headers, bytes) = match read_body(request).await {
         Ok(b) => b,
         Err(e) => return error_response(e, None, 0, ""),
