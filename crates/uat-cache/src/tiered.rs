@@ -17,7 +17,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
@@ -153,34 +153,6 @@ impl Drop for FlightGuard {
     }
 }
 
-/// A store made later: [`TieredCache::defer_put`] returns it, and dropping
-/// it stores the value (as [`TieredCache::put`]) and then closes the flight
-/// it carries. The server holds it until the answer has been written to the
-/// client, so a miss's answer goes out before the L1 insert and the queueing
-/// of the L2/L3 writes. Until it is dropped, [`TieredCache::flush`] (and so
-/// every invalidation) and [`TieredCache::stats`] wait for it, and identical
-/// requests wait on its flight.
-#[must_use = "dropping it stores the value at once"]
-pub struct DeferredPut {
-    cache: TieredCache,
-    key: CacheKey,
-    value: Bytes,
-    ttl: Duration,
-    guard: Option<FlightGuard>,
-}
-
-impl Drop for DeferredPut {
-    fn drop(&mut self) {
-        let value = std::mem::take(&mut self.value);
-        self.cache.put(&self.key, value, self.ttl);
-        drop(self.guard.take());
-        let inner = &self.cache.inner;
-        if inner.deferred.fetch_sub(1, Ordering::AcqRel) == 1 {
-            inner.deferred_done.notify_waiters();
-        }
-    }
-}
-
 /// Builder for [`TieredCache`].
 #[derive(Default)]
 pub struct TieredBuilder {
@@ -261,8 +233,6 @@ impl TieredBuilder {
             writers,
             dropped: AtomicU64::new(0),
             waiters: AtomicU64::new(0),
-            deferred: AtomicUsize::new(0),
-            deferred_done: Notify::new(),
             flights: Arc::new(Mutex::new(HashMap::default())),
             subscribed: sub_rx,
             tasks: Mutex::new(tasks),
@@ -284,10 +254,6 @@ struct Inner {
     writers: Vec<Writer>,
     dropped: AtomicU64,
     waiters: AtomicU64,
-    /// [`DeferredPut`]s not yet dropped.
-    deferred: AtomicUsize,
-    /// Notified when the last of them is dropped.
-    deferred_done: Notify,
     flights: FlightMap,
     subscribed: watch::Receiver<bool>,
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
@@ -394,44 +360,6 @@ impl TieredCache {
         }
     }
 
-    /// A [`TieredCache::put`] made when the returned value is dropped, which
-    /// then also drops `guard` (the flight of `key`, so identical requests
-    /// find the value once they are released).
-    pub fn defer_put(
-        &self,
-        key: CacheKey,
-        value: Bytes,
-        ttl: Duration,
-        guard: Option<FlightGuard>,
-    ) -> DeferredPut {
-        self.inner.deferred.fetch_add(1, Ordering::AcqRel);
-        DeferredPut {
-            cache: self.clone(),
-            key,
-            value,
-            ttl,
-            guard,
-        }
-    }
-
-    /// Waits (at most `max`) until no [`DeferredPut`] is outstanding.
-    async fn settle(&self, max: Duration) {
-        let deadline = tokio::time::Instant::now() + max;
-        loop {
-            let done = self.inner.deferred_done.notified();
-            tokio::pin!(done);
-            // Registered before the count is read: a drop between the two
-            // still wakes this wait.
-            done.as_mut().enable();
-            if self.inner.deferred.load(Ordering::Acquire) == 0 {
-                return;
-            }
-            if tokio::time::timeout_at(deadline, done).await.is_err() {
-                return;
-            }
-        }
-    }
-
     /// Queues a write to one level below L1 (a promotion).
     fn enqueue(&self, key: &CacheKey, value: &Bytes, ttl: Duration, level: Level) {
         if let Some(w) = self.inner.writers.iter().find(|w| w.level == level) {
@@ -451,10 +379,8 @@ impl TieredCache {
         }
     }
 
-    /// Waits until every write queued so far, and every [`DeferredPut`]
-    /// outstanding, has been applied (or `max` passed).
+    /// Waits until every write queued so far has been applied (or `max` passed).
     pub async fn flush(&self, max: Duration) {
-        self.settle(max).await;
         let waits = self.inner.writers.iter().map(|w| async move {
             let (tx, rx) = oneshot::channel();
             if tokio::time::timeout(max, w.tx.send(Job::Flush(tx)))
@@ -594,7 +520,6 @@ impl TieredCache {
 
     /// Entries, bytes, hits, misses and hit rate per level.
     pub async fn stats(&self) -> CacheStats {
-        self.settle(Duration::from_secs(2)).await;
         let mut levels = BTreeMap::new();
         if let Some(l1) = &self.inner.l1
             && let Ok(s) = l1.stats().await

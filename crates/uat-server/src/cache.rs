@@ -13,7 +13,6 @@
 mod sse;
 
 use crate::StartupError;
-use crate::conn::AfterWrite;
 use crate::error::ApiError;
 use crate::extract::ApiJson;
 use crate::middleware::RouteLabels;
@@ -262,13 +261,10 @@ pub fn namespace(_headers: &HeaderMap) -> &'static str {
 }
 
 /// Serves a request through the cache: answers from it on a hit, otherwise
-/// runs `upstream` and stores a successful answer: after the answer has been
-/// written when the request came with its connection's [`AfterWrite`],
-/// before it goes out otherwise.
+/// runs `upstream` and stores a successful answer.
 pub async fn around<F, Fut>(
     state: &AppState,
     headers: &HeaderMap,
-    after: Option<&AfterWrite>,
     kind: Kind,
     model: &str,
     body: &serde_json::Value,
@@ -359,18 +355,13 @@ where
             return ApiError::bad_gateway(format!("upstream body failed: {e}")).into_response();
         }
     };
-    // Stored on this task (a spawned task would cost a wake-up of another
-    // worker per miss, more than the store itself), after the answer has
-    // been written to the socket when the connection can run it then
-    // (`conn.rs`), so the client does not wait for the L1 insert. The flight
+    // Stored before the answer goes out, on this task: a spawned task would
+    // cost a wake-up of another worker per miss, more than the check and the
+    // L1 insert themselves (L2/L3 writes are only queued here). The flight
     // closes after the store, so an identical request that arrived meanwhile
     // finds the entry in L1.
     if bytes.len() <= MAX_CACHED_BODY && seen.unwrap_or_else(|| valid_answer(kind, &bytes)) {
-        let put = cache.defer_put(key.clone(), bytes.clone(), p.ttl, guard.take());
-        match after {
-            Some(a) => a.defer(put),
-            None => drop(put),
-        }
+        cache.put(&key, bytes.clone(), p.ttl);
     }
     drop(guard);
     tag(

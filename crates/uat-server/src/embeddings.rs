@@ -197,7 +197,6 @@ fn parse(body: &Value) -> Result<Parsed, ApiError> {
 async fn embeddings(
     State(state): State<AppState>,
     headers: HeaderMap,
-    crate::conn::After(after): crate::conn::After,
     ApiJson(body): ApiJson<Value>,
 ) -> Response {
     let model = match body.get("model") {
@@ -213,7 +212,6 @@ async fn embeddings(
         let resp = crate::cache::around(
             &state,
             &headers,
-            after.as_ref(),
             crate::cache::Kind::Embeddings,
             &model,
             &body,
@@ -241,7 +239,6 @@ async fn embeddings(
     crate::cache::around(
         &state,
         &headers,
-        after.as_ref(),
         crate::cache::Kind::Embeddings,
         &model,
         &body,

@@ -216,11 +216,7 @@ fn parse_chat(body: &Value) -> Result<ChatRequest, ApiError> {
     Ok(req)
 }
 
-async fn chat(
-    State(state): State<AppState>,
-    crate::conn::After(after): crate::conn::After,
-    request: Request,
-) -> Response {
+async fn chat(State(state): State<AppState>, request: Request) -> Response {
     let (headers, bytes) = match read_body(request).await {
         Ok(b) => b,
         Err(e) => return error_response(e, None, 0, ""),
@@ -271,7 +267,6 @@ async fn chat(
     cache::around(
         &state,
         &headers,
-        after.as_ref(),
         cache::Kind::Chat,
         &req.model,
         &body,

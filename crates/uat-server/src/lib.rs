@@ -6,7 +6,6 @@
 //! engine, and map the engine's error enum to an [`error::ApiError`].
 
 pub mod cache;
-pub mod conn;
 pub mod embeddings;
 pub mod error;
 pub mod extract;
@@ -18,7 +17,6 @@ pub mod mock_upstream;
 pub mod state;
 pub mod vector;
 
-pub use conn::ConnInfo;
 pub use error::ApiError;
 pub use state::{AppState, ReadyCheck, ReadyStatus};
 pub use uat_config::Config;
@@ -115,11 +113,19 @@ pub async fn serve<F>(
 where
     F: Future<Output = ()> + Send + 'static,
 {
+    use axum::serve::ListenerExt;
     let (tx, rx) = tokio::sync::watch::channel(false);
+    let listener = listener.tap_io(|tcp| {
+        // Nagle's algorithm would hold small responses back ~40 ms on a
+        // keep-alive connection.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let mut rx2 = rx.clone();
     let server = axum::serve(
-        conn::DeferringListener(listener),
-        app.into_make_service_with_connect_info::<ConnInfo>(),
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
     .with_graceful_shutdown(async move {
         let _ = rx2.wait_for(|v| *v).await;

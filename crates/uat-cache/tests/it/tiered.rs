@@ -277,56 +277,6 @@ async fn single_flight_makes_one_upstream_call() {
     assert!(c.stats().await.singleflight_waiters >= 1);
 }
 
-/// A deferred store (the server makes it once the answer is written) keeps
-/// its flight open until it lands, and invalidations and stats wait for it:
-/// a delete sent after the answer arrived is not undone by the store.
-#[tokio::test]
-async fn flights_invalidations_and_stats_wait_for_a_deferred_store() {
-    let c = tiered(None, None);
-    let answer = Bytes::from_static(b"answer");
-    let ttl = Duration::from_secs(60);
-    let pause = || tokio::time::sleep(Duration::from_millis(100));
-
-    let k1 = key("deferred", "m", 1);
-    let Flight::Leader(guard) = c.single_flight(&k1, Duration::from_secs(10)).await else {
-        panic!("first is leader")
-    };
-    let put = c.defer_put(k1.clone(), answer.clone(), ttl, Some(guard));
-    let (c1, k) = (c.clone(), k1.clone());
-    let waiter = tokio::spawn(async move {
-        let waited = matches!(
-            c1.single_flight(&k, Duration::from_secs(10)).await,
-            Flight::Waited
-        );
-        (waited, c1.get(&k).await.map(|f| f.value))
-    });
-    pause().await;
-    assert!(!waiter.is_finished(), "the flight closed before the store");
-    drop(put);
-    assert_eq!(waiter.await.unwrap(), (true, Some(answer.clone())));
-
-    let k2 = key("deferred", "m", 2);
-    let put = c.defer_put(k2.clone(), answer.clone(), ttl, None);
-    let (c2, k) = (c.clone(), k2.clone());
-    let delete = tokio::spawn(async move { c2.delete(&k).await });
-    pause().await;
-    assert!(
-        !delete.is_finished(),
-        "the delete did not wait for the store"
-    );
-    drop(put);
-    assert_eq!(delete.await.unwrap(), 1);
-    assert!(c.get(&k2).await.is_none(), "the store undid the delete");
-
-    let put = c.defer_put(key("deferred", "m", 3), answer, ttl, None);
-    let c3 = c.clone();
-    let stats = tokio::spawn(async move { c3.stats().await });
-    pause().await;
-    assert!(!stats.is_finished(), "the stats did not wait for the store");
-    drop(put);
-    assert_eq!(stats.await.unwrap().levels["l1"].entries, 2);
-}
-
 #[tokio::test]
 async fn a_failed_leader_releases_waiters() {
     let c = tiered(None, None);
