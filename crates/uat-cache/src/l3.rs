@@ -217,13 +217,7 @@ impl SqlLevel {
                 // 1,000: a write batch dirties a page of the id index per
                 // few rows, so at the default every commit was followed by a
                 // checkpoint rewriting those pages into the file.
-                .pragma("wal_autocheckpoint", "8192")
-                // A multi-row upsert inside a transaction keeps a statement
-                // journal (the pages it changes, to undo it alone on an
-                // error), a temporary file by default: a pwrite per page, a
-                // fifth of the writer's time in a perf profile of
-                // `l3_sqlite`. In memory it is a copy.
-                .pragma("temp_store", "memory");
+                .pragma("wal_autocheckpoint", "8192");
             let pool = SqlitePoolOptions::new()
                 .max_connections(max_connections.clamp(1, 8))
                 .acquire_timeout(timeout.max(Duration::from_secs(1)))
@@ -251,7 +245,15 @@ impl SqlLevel {
                             // about two million rows: a batch's rows land on
                             // random pages of it, which the default 2 MiB
                             // read from the file again for every batch.
-                            .pragma("cache_size", "-32768"),
+                            .pragma("cache_size", "-32768")
+                            // A batch's multi-row upserts, inside one
+                            // transaction, keep a statement journal (the
+                            // pages each changes, to undo it alone on an
+                            // error), a temporary file by default: a pwrite
+                            // per page, a fifth of the writer's time in a
+                            // perf profile of `l3_sqlite`. In memory it is a
+                            // copy. Only this connection writes so.
+                            .pragma("temp_store", "memory"),
                     )
                     .await?,
             );
@@ -969,13 +971,14 @@ mod tests {
     }
 
     /// The SQLite connections' settings that a write batch's cost depends
-    /// on: the writer keeps a 32 MiB page cache, no connection checkpoints
-    /// the WAL before 8,192 pages (`l3_sqlite` in `benches/cache.rs`: 29-30
-    /// ms per 1,024-row batch into a 100k-row table without them, 17-20 ms
-    /// with), and statement journals stay in memory (23-25 ms without, on
-    /// another machine, 17-21 ms with).
+    /// on: the writer keeps a 32 MiB page cache and its statement journals
+    /// in memory, and no connection checkpoints the WAL before 8,192 pages
+    /// (`l3_sqlite` in `benches/cache.rs`, per 1,024-row batch into a
+    /// 100k-row table: 29-30 ms without the cache and checkpoint settings,
+    /// 17-20 ms with; on another machine 23-25 ms with the journal in a
+    /// file, 17-21 ms in memory).
     #[tokio::test]
-    async fn sqlite_connections_keep_a_large_writer_cache_and_checkpoint_rarely() {
+    async fn sqlite_connections_have_the_settings_write_batches_depend_on() {
         let (_dir, _url, l3) = sqlite_level(Duration::from_secs(2)).await;
         let Pool::Sqlite(readers) = &l3.inner.pool else {
             panic!("a SQLite level")
@@ -996,6 +999,11 @@ mod tests {
             pragma(readers.clone(), "cache_size").await,
             -32768,
             "the readers (up to 8) keep SQLite's default"
+        );
+        assert_eq!(
+            pragma(readers.clone(), "temp_store").await,
+            0,
+            "the readers keep SQLite's default"
         );
     }
 
