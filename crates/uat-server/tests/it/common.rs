@@ -180,14 +180,17 @@ pub fn header(resp: &reqwest::Response, name: &str) -> String {
         .to_owned()
 }
 
-/// A local address nothing listens on.
-pub async fn closed_port_url() -> String {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
+/// A local address that refuses connections for as long as the returned
+/// socket lives: bound, so no other test's listener can be given its port,
+/// but not listening. (A listener bound and dropped freed its port for the
+/// next `bind(0)` of a test running beside it: a "dead" provider then
+/// answered as that test's fake upstream.)
+pub fn closed_port() -> (String, tokio::net::TcpSocket) {
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.bind("127.0.0.1:0".parse().expect("addr"))
         .expect("bind");
-    let addr = l.local_addr().expect("addr");
-    drop(l);
-    format!("http://{addr}")
+    let addr = sock.local_addr().expect("addr");
+    (format!("http://{addr}"), sock)
 }
 
 /// Polls `f` until it is true or `timeout` passes.

@@ -307,7 +307,7 @@ async fn local_probe_finds_answering_servers_and_starts_without_any() {
     let up = FakeUpstream::start(Wire::Ollama, "local").await.unwrap();
     let mut candidates = uat_router::discovery::local_candidates();
     candidates[0].base_url = Some(up.base_url());
-    let dead = closed_port_url().await;
+    let (dead, _dead) = closed_port();
     for c in candidates.iter_mut().skip(1) {
         c.base_url = Some(format!("{dead}/v1"));
     }

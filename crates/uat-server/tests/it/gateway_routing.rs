@@ -164,7 +164,7 @@ async fn retries_stop_at_max_attempts_with_502_and_reasons() {
 async fn failover_on_connect_error() {
     let b = FakeUpstream::start(Wire::OpenAi, "b").await.unwrap();
     b.set_models(&["shared"]);
-    let dead = closed_port_url().await;
+    let (dead, _dead) = closed_port();
     let toml = format!(
         "{}{}{}",
         provider_toml(
@@ -185,8 +185,8 @@ async fn failover_on_connect_error() {
 
 #[tokio::test]
 async fn none_reachable_is_503_with_reasons() {
-    let dead1 = closed_port_url().await;
-    let dead2 = closed_port_url().await;
+    let (dead1, _dead1) = closed_port();
+    let (dead2, _dead2) = closed_port();
     let toml = format!(
         "{}{}",
         provider_toml(
