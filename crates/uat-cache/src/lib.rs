@@ -24,6 +24,7 @@ mod memory;
 mod metrics;
 mod presence;
 mod priority;
+mod row_map;
 mod tiered;
 
 pub use codec::{COMPRESS_THRESHOLD, decode as decode_envelope, encode as encode_envelope};

@@ -1,6 +1,7 @@
-//! A presence set: the xxh3 hashes of the keys a level knows are stored, so
+//! A presence set: the xxh3 hashes of the keys L2 knows are stored, so
 //! that a miss (the common case of a cache answering from L1) costs a hash
-//! lookup instead of a round trip to Redis or SQL.
+//! lookup instead of a round trip to Redis. (L3 on SQLite keeps a map from
+//! its keys to their rows instead: `row_map.rs`.)
 //!
 //! "Absent" is certain only while the set is *trusted*: after a full load of
 //! the stored keys finished, and (L2) while the pub/sub subscription that

@@ -22,9 +22,10 @@ use std::time::Duration;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 /// Writes taken from the queue in one batch (one Redis pipeline; one SQL
-/// transaction of 64-row upserts), per level. L3 takes more: on SQLite the
-/// rows' random ids dirty a page of the id index each, and a larger batch
-/// shares more of those pages (measured on a 100,000-row table by
+/// transaction of 64-row upserts), per level. L3 takes more: each commit
+/// has a fixed cost, and with an index on the rows' random ids (PostgreSQL;
+/// SQLite before schema 3) each row dirties a page of it, which a larger
+/// batch shares (measured on a 100,000-row SQLite table by
 /// `scripts/bench-l3-sqlite.py`: 9.3 µs of CPU per row at 256, 7.5-8.2 at
 /// 1,024).
 const fn write_batch(level: Level) -> usize {

@@ -337,6 +337,127 @@ async fn l3_sqlite_key_set_skips_sql_for_absent_keys_and_reloads_on_restart() {
     );
 }
 
+/// A raw connection to the SQLite file of `sqlite(dir)`, beside the level.
+async fn raw_sqlite(dir: &tempfile::TempDir) -> sqlx::SqlitePool {
+    let url = format!("sqlite://{}", dir.path().join("cache.db").display());
+    sqlx::SqlitePool::connect(&url).await.unwrap()
+}
+
+/// The `id` of the rows holding `k`, in order.
+async fn row_ids(pool: &sqlx::SqlitePool, k: &uat_cache::CacheKey) -> Vec<i64> {
+    sqlx::query_scalar("SELECT id FROM uat_cache_entries WHERE key = ? ORDER BY id")
+        .bind(k.as_str())
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+/// SQLite L3 finds rows through its map from key to row `id`, not an
+/// index on `h` (schema 3): a row deleted behind the level's back reads as a
+/// miss and is written back at its own `id`, without touching another key's
+/// row; of two rows of one key the later is found after a restart; and
+/// every delete (by key, by pattern, of expired rows) takes the key out of
+/// the map, so looking it up again asks no SQL.
+#[tokio::test]
+async fn l3_sqlite_finds_rows_through_its_map_and_every_delete_updates_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let ns = unique("l3-rowmap");
+    let ttl = Duration::from_secs(60);
+    let (a, b) = (key(&ns, "m", 1), key(&ns, "m", 2));
+    let l3 = sqlite(&dir).await;
+    let raw = raw_sqlite(&dir).await;
+    let indexes: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM pragma_index_list('uat_cache_entries') ORDER BY name")
+            .fetch_all(&raw)
+            .await
+            .unwrap();
+    assert_eq!(
+        indexes,
+        ["uat_cache_entries_expires_at", "uat_cache_entries_ns_model"],
+        "no index on h"
+    );
+    l3.put_many(vec![
+        (a.clone(), Bytes::from_static(b"a1"), ttl),
+        (b.clone(), Bytes::from_static(b"b1"), ttl),
+    ])
+    .await
+    .unwrap();
+    let a_id = row_ids(&raw, &a).await;
+    assert_eq!(a_id.len(), 1);
+    sqlx::query("DELETE FROM uat_cache_entries WHERE key = ?")
+        .bind(a.as_str())
+        .execute(&raw)
+        .await
+        .unwrap();
+    assert!(l3.get(&a).await.unwrap().is_none(), "its row is gone");
+    l3.put(&a, Bytes::from_static(b"a2"), ttl).await.unwrap();
+    assert_eq!(row_ids(&raw, &a).await, a_id, "written back at its own id");
+    assert_eq!(l3.get(&a).await.unwrap().unwrap().value.as_ref(), b"a2");
+    assert_eq!(l3.get(&b).await.unwrap().unwrap().value.as_ref(), b"b1");
+    assert_eq!(l3.count_rows(&ns).await.unwrap(), 2);
+
+    // A second row of `b` that the level does not know (as one written
+    // while a delete of it ran leaves): unseen now, found after a restart.
+    sqlx::query(
+        "INSERT INTO uat_cache_entries (h, key, namespace, model, value, expires_at) \
+         SELECT h, key, namespace, model, ?, expires_at FROM uat_cache_entries WHERE key = ?",
+    )
+    .bind(uat_cache::encode_envelope(b"b2"))
+    .bind(b.as_str())
+    .execute(&raw)
+    .await
+    .unwrap();
+    assert_eq!(l3.get(&b).await.unwrap().unwrap().value.as_ref(), b"b1");
+    drop(l3);
+    let l3 = sqlite(&dir).await;
+    assert_eq!(
+        l3.get(&b).await.unwrap().unwrap().value.as_ref(),
+        b"b2",
+        "the later row of a key is found"
+    );
+
+    // Every kind of delete updates the map.
+    let (c, d, e, kept) = (
+        key(&ns, "gone", 3),
+        key(&ns, "m", 4),
+        key(&ns, "m", 5),
+        key(&ns, "m", 6),
+    );
+    l3.put_many(vec![
+        (c.clone(), Bytes::from_static(b"c"), ttl),
+        (
+            d.clone(),
+            Bytes::from_static(b"d"),
+            Duration::from_millis(50),
+        ),
+        (e.clone(), Bytes::from_static(b"e"), ttl),
+        (kept.clone(), Bytes::from_static(b"k"), ttl),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(l3.delete(&e).await.unwrap(), 1);
+    assert_eq!(
+        l3.invalidate_pattern(&KeyPattern::new(&ns, "gone").unwrap())
+            .await
+            .unwrap(),
+        1
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(l3.purge_expired().await.unwrap() >= 1);
+    // With the table gone, a lookup that reaches SQL fails.
+    sqlx::query("DROP TABLE uat_cache_entries")
+        .execute(&raw)
+        .await
+        .unwrap();
+    for (k, how) in [(&c, "pattern"), (&d, "purge"), (&e, "key")] {
+        assert!(
+            l3.get(k).await.unwrap().is_none(),
+            "deleted by {how}: a miss without a query"
+        );
+    }
+    assert!(l3.get(&kept).await.is_err(), "a stored key is looked up");
+}
+
 #[tokio::test]
 async fn l2_key_set_skips_redis_for_absent_keys_and_learns_every_replicas_writes() {
     let prefix = unique("presence");
