@@ -477,24 +477,37 @@ impl SqlLevel {
             // Not made by `connect`: SQLite always has both.
             (Pool::Sqlite(_), _, _) => return Err(CacheError::Unavailable("l3")),
         };
-        // Each row goes where the map says its key is (put back there if
-        // it was deleted meanwhile) or, new, at the end of the table.
-        let rows: Vec<_> = rows
-            .into_iter()
-            .map(|(k, v, exp)| (map.get(k.row_id()), k, v, exp))
-            .collect();
         let w = writer.clone();
         let written = self
             .run_on(Some(Pool::Sqlite(writer)), "put", |_| async move {
-                let mut written = Vec::with_capacity(rows.len());
-                let mut tx = w.begin().await?;
+                // The write lock first (IMMEDIATE), so that no other
+                // connection can take the ids read next. Each row goes where
+                // the map says its key is (put back there if it was deleted
+                // meanwhile) or, new, after the largest id ever given
+                // (AUTOINCREMENT's record). Ids chosen here, not returned by
+                // SQLite: rows coming back one by one from sqlx's worker
+                // thread would wake this task for each.
+                let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
+                let last: Option<i64> = sqlx::query_scalar(
+                    "SELECT seq FROM sqlite_sequence WHERE name = 'uat_cache_entries'",
+                )
+                .fetch_optional(&mut *tx)
+                .await?;
+                let mut next = last.unwrap_or(0);
+                let rows: Vec<_> = rows
+                    .into_iter()
+                    .map(|(k, v, exp)| {
+                        let id = map.get(k.row_id()).unwrap_or_else(|| {
+                            next += 1;
+                            next
+                        });
+                        (id, k, v, exp)
+                    })
+                    .collect();
+                let written: Vec<(i64, i64)> =
+                    rows.iter().map(|(id, k, _, _)| (*id, k.row_id())).collect();
                 for rows in in_chunks(rows) {
-                    written.extend(
-                        replace_rows(rows)
-                            .build_query_as::<(i64, i64)>()
-                            .fetch_all(&mut *tx)
-                            .await?,
-                    );
+                    replace_rows(rows).build().execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
                 Ok(written)
@@ -567,9 +580,8 @@ fn upsert_rows<'a>(rows: Vec<(CacheKey, Vec<u8>, i64)>) -> QueryBuilder<'a, Post
 }
 
 /// SQLite: one statement for a chunk of rows `(id, key, value, expires_at)`
-/// (7 parameters a row) that writes each at its `id` (replacing the row
-/// there) or, without one, appends it; returns the rows' `(id, h)`.
-fn replace_rows<'a>(rows: Vec<(Option<i64>, CacheKey, Vec<u8>, i64)>) -> QueryBuilder<'a, Sqlite> {
+/// (7 parameters a row) that writes each at its `id`, replacing the row there.
+fn replace_rows<'a>(rows: Vec<(i64, CacheKey, Vec<u8>, i64)>) -> QueryBuilder<'a, Sqlite> {
     let mut qb = QueryBuilder::new(
         "INSERT OR REPLACE INTO uat_cache_entries (id, h, key, namespace, model, value, expires_at) ",
     );
@@ -582,7 +594,6 @@ fn replace_rows<'a>(rows: Vec<(Option<i64>, CacheKey, Vec<u8>, i64)>) -> QueryBu
             .push_bind(v)
             .push_bind(exp);
     });
-    qb.push(" RETURNING id, h");
     qb
 }
 

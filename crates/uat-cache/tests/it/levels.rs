@@ -435,6 +435,12 @@ async fn l3_sqlite_finds_rows_through_its_map_and_every_delete_updates_it() {
     ])
     .await
     .unwrap();
+    assert_eq!(
+        l3.count_rows(&ns).await.unwrap(),
+        7,
+        "new rows go after every id given, none over another key's row"
+    );
+    assert_eq!(l3.get(&a).await.unwrap().unwrap().value.as_ref(), b"a2");
     assert_eq!(l3.delete(&e).await.unwrap(), 1);
     assert_eq!(
         l3.invalidate_pattern(&KeyPattern::new(&ns, "gone").unwrap())
