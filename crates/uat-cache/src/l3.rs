@@ -170,10 +170,43 @@ fn sqlite_row_id() -> String {
     sql
 }
 
+/// A pool handed to an operation.
 #[derive(Clone)]
 enum Pool {
     Sqlite(SqlitePool),
     Postgres(PgPool),
+}
+
+/// The database behind the level.
+enum Store {
+    Sqlite {
+        /// Reads, deletes and purges.
+        readers: SqlitePool,
+        /// The one connection that writes batches, on a worker thread of
+        /// lower CPU priority (see [`crate::priority`]).
+        writer: SqlitePool,
+        /// Where each stored key's row is.
+        rows: RowMap,
+    },
+    Postgres(PgPool),
+}
+
+impl Store {
+    /// The pool of reads, deletes and purges.
+    fn pool(&self) -> Pool {
+        match self {
+            Store::Sqlite { readers, .. } => Pool::Sqlite(readers.clone()),
+            Store::Postgres(p) => Pool::Postgres(p.clone()),
+        }
+    }
+
+    /// SQLite's row map.
+    fn rows(&self) -> Option<&RowMap> {
+        match self {
+            Store::Sqlite { rows, .. } => Some(rows),
+            Store::Postgres(_) => None,
+        }
+    }
 }
 
 /// The L3 level. Cheap to clone.
@@ -183,13 +216,7 @@ pub struct SqlLevel {
 }
 
 struct Inner {
-    pool: Pool,
-    /// SQLite only: the one connection that writes batches, on a worker
-    /// thread of lower CPU priority (see [`crate::priority`]). Reads,
-    /// deletes and purges use `pool`.
-    writer: Option<SqlitePool>,
-    /// SQLite only (`None` on PostgreSQL): where each stored key's row is.
-    rows: Option<RowMap>,
+    store: Store,
     timeout: Duration,
     healthy: AtomicBool,
     reconnecting: AtomicBool,
@@ -217,15 +244,14 @@ impl SqlLevel {
         max_connections: u32,
         timeout: Duration,
     ) -> Result<Self, CacheError> {
-        let mut writer = None;
-        let pool = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Pool::Postgres(
-                PgPoolOptions::new()
-                    .max_connections(max_connections.max(1))
-                    .acquire_timeout(timeout.max(Duration::from_secs(1)))
-                    .connect(url)
-                    .await?,
-            )
+        let store = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pool = PgPoolOptions::new()
+                .max_connections(max_connections.max(1))
+                .acquire_timeout(timeout.max(Duration::from_secs(1)))
+                .connect(url)
+                .await?;
+            migrate(&Pool::Postgres(pool.clone())).await?;
+            Store::Postgres(pool)
         } else {
             let opts = SqliteConnectOptions::from_str(url)?
                 .create_if_missing(true)
@@ -241,51 +267,47 @@ impl SqlLevel {
                 // (then dirtying a page of an id index per few rows) was
                 // followed by a checkpoint rewriting those pages into the file.
                 .pragma("wal_autocheckpoint", "8192");
-            let pool = SqlitePoolOptions::new()
+            let readers = SqlitePoolOptions::new()
                 .max_connections(max_connections.clamp(1, 8))
                 .acquire_timeout(timeout.max(Duration::from_secs(1)))
                 .connect_with(opts.clone())
                 .await?;
             // SQLite has one writer at a time anyway: one connection writes
             // the batches, its worker thread reniced whenever it is (re)made.
-            writer = Some(
-                SqlitePoolOptions::new()
-                    .max_connections(1)
-                    .acquire_timeout(timeout.max(Duration::from_secs(1)))
-                    .after_connect(|_, _| {
-                        Box::pin(async {
-                            priority::lower_threads_named(
-                                priority::WRITER_THREAD,
-                                priority::WRITER_NICE,
-                            );
-                            Ok(())
-                        })
+            let writer = SqlitePoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(timeout.max(Duration::from_secs(1)))
+                .after_connect(|_, _| {
+                    Box::pin(async {
+                        priority::lower_threads_named(
+                            priority::WRITER_THREAD,
+                            priority::WRITER_NICE,
+                        );
+                        Ok(())
                     })
-                    .connect_with(
-                        opts.thread_name(|_| priority::WRITER_THREAD.to_string())
-                            // A batch's multi-row upserts, inside one
-                            // transaction, keep a statement journal (the
-                            // pages each changes, to undo it alone on an
-                            // error), a temporary file by default: a pwrite
-                            // per page, a fifth of the writer's time in a
-                            // perf profile of `l3_sqlite`. In memory it is a
-                            // copy. Only this connection writes so.
-                            .pragma("temp_store", "memory"),
-                    )
-                    .await?,
-            );
-            Pool::Sqlite(pool)
-        };
-        migrate(&pool).await?;
-        let rows = match &pool {
-            Pool::Sqlite(p) => Some(load_rows(p).await?),
-            Pool::Postgres(_) => None,
+                })
+                .connect_with(
+                    opts.thread_name(|_| priority::WRITER_THREAD.to_string())
+                        // A batch's multi-row upserts, inside one
+                        // transaction, keep a statement journal (the
+                        // pages each changes, to undo it alone on an
+                        // error), a temporary file by default: a pwrite
+                        // per page, a fifth of the writer's time in a
+                        // perf profile of `l3_sqlite`. In memory it is a
+                        // copy. Only this connection writes so.
+                        .pragma("temp_store", "memory"),
+                )
+                .await?;
+            migrate(&Pool::Sqlite(readers.clone())).await?;
+            Store::Sqlite {
+                rows: load_rows(&readers).await?,
+                readers,
+                writer,
+            }
         };
         Ok(SqlLevel {
             inner: Arc::new(Inner {
-                pool,
-                writer,
-                rows,
+                store,
                 timeout,
                 healthy: AtomicBool::new(true),
                 reconnecting: AtomicBool::new(false),
@@ -346,7 +368,7 @@ impl SqlLevel {
         match gone {
             Deleted::Count(n) => n,
             Deleted::Rows(rows) => {
-                if let Some(map) = &self.inner.rows {
+                if let Some(map) = self.inner.store.rows() {
                     map.forget(&rows);
                 }
                 rows.len() as u64
@@ -393,34 +415,34 @@ impl SqlLevel {
             .await
     }
 
+    /// Runs `f` on the pool of reads, deletes and purges, unless L3 is
+    /// down, within the level's timeout; a lost connection or a timeout marks
+    /// L3 down until a probe succeeds.
     async fn run<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, CacheError>
     where
         F: FnOnce(Pool) -> Fut,
         Fut: Future<Output = Result<T, sqlx::Error>>,
     {
-        self.run_on(None, op, f).await
+        self.run_on(false, op, f(self.inner.store.pool())).await
     }
 
-    /// [`SqlLevel::run`] on SQLite's writer connection when `writer` is
-    /// given (PostgreSQL has none: `None`, the level's main pool). A timeout
-    /// on the writer does not mark L3 down (see below).
-    async fn run_on<T, F, Fut>(
+    /// Runs `work` (not started before) as [`SqlLevel::run`] does;
+    /// `on_writer`: it uses SQLite's writer connection, where a timeout does
+    /// not mark L3 down (see below).
+    async fn run_on<T, Fut>(
         &self,
-        writer: Option<Pool>,
+        on_writer: bool,
         op: &'static str,
-        f: F,
+        work: Fut,
     ) -> Result<T, CacheError>
     where
-        F: FnOnce(Pool) -> Fut,
         Fut: Future<Output = Result<T, sqlx::Error>>,
     {
         if !self.inner.healthy.load(Ordering::Relaxed) {
             return Err(CacheError::Unavailable("l3"));
         }
         let _t = OpTimer::start("l3", op);
-        let on_writer = writer.is_some();
-        let pool = writer.unwrap_or_else(|| self.inner.pool.clone());
-        match tokio::time::timeout(self.inner.timeout, f(pool)).await {
+        match tokio::time::timeout(self.inner.timeout, work).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
                 if is_connection_error(&e) {
@@ -460,12 +482,11 @@ impl SqlLevel {
 
     async fn upsert(&self, rows: Vec<(CacheKey, Vec<u8>, i64)>) -> Result<(), CacheError> {
         let rows = last_per_key(rows);
-        let (map, writer) = match (&self.inner.pool, &self.inner.rows, &self.inner.writer) {
-            (Pool::Sqlite(_), Some(map), Some(writer)) => (map, writer.clone()),
-            (Pool::Postgres(p), _, _) => {
-                let p = p.clone();
+        let (map, writer) = match &self.inner.store {
+            Store::Sqlite { rows, writer, .. } => (rows, writer),
+            Store::Postgres(p) => {
                 return self
-                    .run("put", |_| async move {
+                    .run_on(false, "put", async move {
                         let mut tx = p.begin().await?;
                         for rows in in_chunks(rows) {
                             upsert_rows(rows).build().execute(&mut *tx).await?;
@@ -474,12 +495,9 @@ impl SqlLevel {
                     })
                     .await;
             }
-            // Not made by `connect`: SQLite always has both.
-            (Pool::Sqlite(_), _, _) => return Err(CacheError::Unavailable("l3")),
         };
-        let w = writer.clone();
         let written = self
-            .run_on(Some(Pool::Sqlite(writer)), "put", |_| async move {
+            .run_on(true, "put", async move {
                 // The write lock first (IMMEDIATE), so that no other
                 // connection can take the ids read next. Each row goes where
                 // the map says its key is (put back there if it was deleted
@@ -487,7 +505,7 @@ impl SqlLevel {
                 // (AUTOINCREMENT's record). Ids chosen here, not returned by
                 // SQLite: rows coming back one by one from sqlx's worker
                 // thread would wake this task for each.
-                let mut tx = w.begin_with("BEGIN IMMEDIATE").await?;
+                let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
                 let last: Option<i64> = sqlx::query_scalar(
                     "SELECT seq FROM sqlite_sequence WHERE name = 'uat_cache_entries'",
                 )
@@ -671,13 +689,13 @@ async fn probe_loop(weak: Weak<Inner>) {
     loop {
         tokio::time::sleep(delay).await;
         let Some(inner) = weak.upgrade() else { return };
-        let ok = match &inner.pool {
+        let ok = match inner.store.pool() {
             Pool::Sqlite(p) => matches!(
-                tokio::time::timeout(inner.timeout, sqlx::query("SELECT 1").execute(p)).await,
+                tokio::time::timeout(inner.timeout, sqlx::query("SELECT 1").execute(&p)).await,
                 Ok(Ok(_))
             ),
             Pool::Postgres(p) => matches!(
-                tokio::time::timeout(inner.timeout, sqlx::query("SELECT 1").execute(p)).await,
+                tokio::time::timeout(inner.timeout, sqlx::query("SELECT 1").execute(&p)).await,
                 Ok(Ok(_))
             ),
         };
@@ -709,8 +727,9 @@ impl CacheLevel for SqlLevel {
 
     async fn get(&self, key: &CacheKey) -> Result<Option<Hit>, CacheError> {
         let h = key.row_id();
-        let id = self.inner.rows.as_ref().and_then(|m| m.get(h));
-        if self.inner.rows.is_some() && id.is_none() && self.healthy() {
+        let rows = self.inner.store.rows();
+        let id = rows.and_then(|m| m.get(h));
+        if rows.is_some() && id.is_none() && self.healthy() {
             self.inner.counters.miss();
             metrics::request("l3", "miss");
             return Ok(None);
@@ -808,8 +827,9 @@ impl CacheLevel for SqlLevel {
 
     async fn delete(&self, key: &CacheKey) -> Result<u64, CacheError> {
         let h = key.row_id();
-        let id = self.inner.rows.as_ref().and_then(|m| m.get(h));
-        if self.inner.rows.is_some() && id.is_none() && self.healthy() {
+        let rows = self.inner.store.rows();
+        let id = rows.and_then(|m| m.get(h));
+        if rows.is_some() && id.is_none() && self.healthy() {
             return Ok(0);
         }
         let k = key.as_str().to_string();
@@ -961,7 +981,9 @@ mod tests {
             "{readers:?}, want {base}"
         );
         // A new writer connection (the old one closed) is lowered too.
-        let w = l3.inner.writer.clone().unwrap();
+        let Store::Sqlite { writer: w, .. } = &l3.inner.store else {
+            panic!("a SQLite level")
+        };
         sqlx::Connection::close(w.acquire().await.unwrap().detach())
             .await
             .unwrap();
@@ -1034,10 +1056,12 @@ mod tests {
     #[tokio::test]
     async fn sqlite_connections_have_the_settings_write_batches_depend_on() {
         let (_dir, _url, l3) = sqlite_level(Duration::from_secs(2)).await;
-        let Pool::Sqlite(readers) = &l3.inner.pool else {
+        let Store::Sqlite {
+            readers, writer, ..
+        } = &l3.inner.store
+        else {
             panic!("a SQLite level")
         };
-        let writer = l3.inner.writer.clone().unwrap();
         let pragma = |pool: SqlitePool, name: &'static str| async move {
             sqlx::query_scalar::<_, i64>(&format!("PRAGMA {name}"))
                 .fetch_one(&pool)
@@ -1046,7 +1070,7 @@ mod tests {
         };
         assert_eq!(pragma(writer.clone(), "wal_autocheckpoint").await, 8192);
         // 2 is MEMORY.
-        assert_eq!(pragma(writer, "temp_store").await, 2);
+        assert_eq!(pragma(writer.clone(), "temp_store").await, 2);
         assert_eq!(pragma(readers.clone(), "wal_autocheckpoint").await, 8192);
         assert_eq!(
             pragma(readers.clone(), "temp_store").await,
