@@ -472,7 +472,7 @@ impl CacheLevel for RedisLevel {
             && self.inner.presence.surely_absent(key.xxh3())
         {
             self.inner.counters.miss();
-            metrics::request("l2", "miss");
+            metrics::L2.miss.inc();
             return Ok(None);
         }
         let k = self.stored_key(key);
@@ -504,13 +504,13 @@ impl CacheLevel for RedisLevel {
         };
         let Some(raw) = raw else {
             self.inner.counters.miss();
-            metrics::request("l2", "miss");
+            metrics::L2.miss.inc();
             return Ok(None);
         };
         match codec::decode(&raw) {
             Ok(value) => {
                 self.inner.counters.hit();
-                metrics::request("l2", "hit");
+                metrics::L2.hit.inc();
                 let ttl = Duration::from_millis(u64::try_from(pttl).unwrap_or(0));
                 Ok(Some(Hit { value, ttl }))
             }

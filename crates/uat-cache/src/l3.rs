@@ -731,7 +731,7 @@ impl CacheLevel for SqlLevel {
         let id = rows.and_then(|m| m.get(h));
         if rows.is_some() && id.is_none() && self.healthy() {
             self.inner.counters.miss();
-            metrics::request("l3", "miss");
+            metrics::L3.miss.inc();
             return Ok(None);
         }
         let now = now_ms();
@@ -778,13 +778,13 @@ impl CacheLevel for SqlLevel {
         };
         let Some((raw, expires_at)) = row else {
             self.inner.counters.miss();
-            metrics::request("l3", "miss");
+            metrics::L3.miss.inc();
             return Ok(None);
         };
         match codec::decode(&raw) {
             Ok(value) => {
                 self.inner.counters.hit();
-                metrics::request("l3", "hit");
+                metrics::L3.hit.inc();
                 let left = u64::try_from(expires_at.saturating_sub(now)).unwrap_or(0);
                 Ok(Some(Hit {
                     value,

@@ -142,3 +142,35 @@ impl LevelHandles {
 
 /// L1's handles.
 pub(crate) static L1: LazyLock<LevelHandles> = LazyLock::new(|| LevelHandles::new("l1"));
+/// L2's handles (a miss answered by its key set is counted per request).
+pub(crate) static L2: LazyLock<LevelHandles> = LazyLock::new(|| LevelHandles::new("l2"));
+/// L3's handles (a miss answered by its row map is counted per request).
+pub(crate) static L3: LazyLock<LevelHandles> = LazyLock::new(|| LevelHandles::new("l3"));
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus::core::Metric as _;
+
+    /// Each level's pre-resolved handles count under that level's labels.
+    #[test]
+    fn level_handles_carry_their_level_and_result() {
+        for (h, level) in [(&*L1, "l1"), (&*L2, "l2"), (&*L3, "l3")] {
+            for (c, result) in [(&h.hit, "hit"), (&h.miss, "miss"), (&h.write_ok, "ok")] {
+                let labels: Vec<(String, String)> = c
+                    .metric()
+                    .get_label()
+                    .iter()
+                    .map(|l| (l.name().to_owned(), l.value().to_owned()))
+                    .collect();
+                assert_eq!(
+                    labels,
+                    [
+                        ("level".to_owned(), level.to_owned()),
+                        ("result".to_owned(), result.to_owned())
+                    ]
+                );
+            }
+        }
+    }
+}
