@@ -14,14 +14,14 @@
 //! statement that adds or removes rows: a write batch chooses its rows' ids
 //! (a known key's from the map, new ones after the largest id ever given)
 //! and records them once committed; deletes return the `(id, h)` pairs they
-//! took. A key absent from the map is a miss without SQL. The map
-//! may be wrong in two harmless ways, both repaired by reading the row: an
-//! entry whose row is gone (another connection deleted it meanwhile) reads
-//! nothing, and a write through it puts the row back at the same id, which
-//! is never given to another row (`AUTOINCREMENT`); and a row may be missing
-//! from it (written while a delete of the same key ran, or by a batch that
-//! outlasted L3's timeout as it committed), which then stays unseen until it
-//! expires or the level opens again.
+//! took. A key absent from the map is a miss without SQL. The map may be
+//! wrong in two ways that never serve a wrong answer (a hit also compares
+//! the full key): an entry whose row is gone (another connection deleted
+//! it meanwhile) reads nothing, and a write through it puts the row back at
+//! the same id, which is never given to another row (`AUTOINCREMENT`); and
+//! a row may be missing from it (written while a delete of the same key
+//! ran, or by a batch that outlasted L3's timeout as it committed), which
+//! then stays unseen until it expires or the level opens again.
 
 use crate::key::BuildKeyHasher;
 use parking_lot::RwLock;
