@@ -29,7 +29,10 @@ use crate::priority;
 use crate::row_map::RowMap;
 use bytes::Bytes;
 use futures::TryStreamExt;
+use sqlx::postgres::PgArguments;
 use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::query::{Query, QueryAs};
+use sqlx::sqlite::SqliteArguments;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -337,43 +340,41 @@ impl SqlLevel {
     /// Deletes expired rows now; returns how many went.
     pub async fn purge_expired(&self) -> Result<u64, CacheError> {
         let now = now_ms();
-        let gone = self
-            .run("purge", |pool| async move {
-                Ok(match pool {
-                    Pool::Sqlite(p) => Deleted::Rows(
-                        sqlx::query_as(
-                            "DELETE FROM uat_cache_entries WHERE expires_at <= ? RETURNING id, h",
-                        )
-                        .bind(now)
-                        .fetch_all(&p)
-                        .await?,
-                    ),
-                    Pool::Postgres(p) => Deleted::Count(
-                        sqlx::query("DELETE FROM uat_cache_entries WHERE expires_at <= $1")
-                            .bind(now)
-                            .execute(&p)
-                            .await?
-                            .rows_affected(),
-                    ),
-                })
-            })
+        let n = self
+            .delete_rows(
+                "purge",
+                sqlx::query_as(
+                    "DELETE FROM uat_cache_entries WHERE expires_at <= ? RETURNING id, h",
+                )
+                .bind(now),
+                sqlx::query("DELETE FROM uat_cache_entries WHERE expires_at <= $1").bind(now),
+            )
             .await?;
-        let n = self.forget(gone);
         METRICS.evictions.with_label_values(&["l3"]).inc_by(n);
         Ok(n)
     }
 
-    /// How many rows a delete took; on SQLite their keys leave the map.
-    fn forget(&self, gone: Deleted) -> u64 {
-        match gone {
-            Deleted::Count(n) => n,
-            Deleted::Rows(rows) => {
-                if let Some(map) = self.inner.store.rows() {
-                    map.forget(&rows);
+    /// Runs a delete: `sqlite` (returning the `(id, h)` of its rows, whose
+    /// keys leave the map) or `postgres`; returns how many rows went.
+    async fn delete_rows(
+        &self,
+        op: &'static str,
+        sqlite: QueryAs<'static, Sqlite, (i64, i64), SqliteArguments<'static>>,
+        postgres: Query<'static, Postgres, PgArguments>,
+    ) -> Result<u64, CacheError> {
+        self.run(op, |pool| async move {
+            Ok(match pool {
+                Pool::Sqlite(p) => {
+                    let rows = sqlite.fetch_all(&p).await?;
+                    if let Some(map) = self.inner.store.rows() {
+                        map.forget(&rows);
+                    }
+                    rows.len() as u64
                 }
-                rows.len() as u64
-            }
-        }
+                Pool::Postgres(p) => postgres.execute(&p).await?.rows_affected(),
+            })
+        })
+        .await
     }
 
     /// Counts rows, live or expired, under a namespace (tests of the purge).
@@ -534,12 +535,6 @@ impl SqlLevel {
         map.record(&written);
         Ok(())
     }
-}
-
-/// What a delete took: on SQLite the `(id, h)` of its rows, on PostgreSQL a count.
-enum Deleted {
-    Rows(Vec<(i64, i64)>),
-    Count(u64),
 }
 
 /// SQLite: the map of the live rows, read from the table. Of two rows of one
@@ -833,61 +828,36 @@ impl CacheLevel for SqlLevel {
             return Ok(0);
         }
         let k = key.as_str().to_string();
-        let gone = self
-            .run("delete", |pool| async move {
-                Ok(match pool {
-                    Pool::Sqlite(p) => Deleted::Rows(
-                        sqlx::query_as(
-                            "DELETE FROM uat_cache_entries WHERE id = ? AND key = ? RETURNING id, h",
-                        )
-                        .bind(id)
-                        .bind(k)
-                        .fetch_all(&p)
-                        .await?,
-                    ),
-                    Pool::Postgres(p) => Deleted::Count(
-                        sqlx::query("DELETE FROM uat_cache_entries WHERE h = $1 AND key = $2")
-                            .bind(h)
-                            .bind(k)
-                            .execute(&p)
-                            .await?
-                            .rows_affected(),
-                    ),
-                })
-            })
-            .await?;
-        Ok(self.forget(gone))
+        self.delete_rows(
+            "delete",
+            sqlx::query_as(
+                "DELETE FROM uat_cache_entries WHERE id = ? AND key = ? RETURNING id, h",
+            )
+            .bind(id)
+            .bind(k.clone()),
+            sqlx::query("DELETE FROM uat_cache_entries WHERE h = $1 AND key = $2")
+                .bind(h)
+                .bind(k),
+        )
+        .await
     }
 
     async fn invalidate_pattern(&self, pattern: &KeyPattern) -> Result<u64, CacheError> {
         let ns = pattern.namespace().to_string();
-        let (glob, like) = (pattern.sqlite_glob(), pattern.sql_like());
-        let gone = self
-            .run("invalidate", |pool| async move {
-                Ok(match pool {
-                    Pool::Sqlite(p) => Deleted::Rows(
-                        sqlx::query_as(
-                            "DELETE FROM uat_cache_entries WHERE namespace = ? AND model GLOB ? RETURNING id, h",
-                        )
-                        .bind(ns)
-                        .bind(glob)
-                        .fetch_all(&p)
-                        .await?,
-                    ),
-                    Pool::Postgres(p) => Deleted::Count(
-                        sqlx::query(
-                            "DELETE FROM uat_cache_entries WHERE namespace = $1 AND model LIKE $2 ESCAPE '\\'",
-                        )
-                        .bind(ns)
-                        .bind(like)
-                        .execute(&p)
-                        .await?
-                        .rows_affected(),
-                    ),
-                })
-            })
-            .await?;
-        Ok(self.forget(gone))
+        self.delete_rows(
+            "invalidate",
+            sqlx::query_as(
+                "DELETE FROM uat_cache_entries WHERE namespace = ? AND model GLOB ? RETURNING id, h",
+            )
+            .bind(ns.clone())
+            .bind(pattern.sqlite_glob()),
+            sqlx::query(
+                "DELETE FROM uat_cache_entries WHERE namespace = $1 AND model LIKE $2 ESCAPE '\\'",
+            )
+            .bind(ns)
+            .bind(pattern.sql_like()),
+        )
+        .await
     }
 
     async fn stats(&self) -> Result<LevelStats, CacheError> {
