@@ -354,6 +354,20 @@ impl SqlLevel {
         Ok(n)
     }
 
+    /// Where the row of `h` is, before any SQL: on SQLite at the `id` the
+    /// row map gives, or absent when the map has none and L3 is up (while it
+    /// is down the operation reports that instead); on PostgreSQL, found by
+    /// `h` (`At(None)`).
+    fn find_row(&self, h: i64) -> Row {
+        match self.inner.store.rows() {
+            Some(map) => match map.get(h) {
+                None if self.healthy() => Row::Absent,
+                id => Row::At(id),
+            },
+            None => Row::At(None),
+        }
+    }
+
     /// Runs a delete: `sqlite` (returning the `(id, h)` of its rows, whose
     /// keys leave the map) or `postgres`; returns how many rows went.
     async fn delete_rows(
@@ -535,6 +549,14 @@ impl SqlLevel {
         map.record(&written);
         Ok(())
     }
+}
+
+/// Where a key's row is, from [`SqlLevel::find_row`].
+enum Row {
+    /// No row holds it: no SQL needed.
+    Absent,
+    /// SQLite: the row's `id` (`None` only while L3 is down); PostgreSQL: `None`.
+    At(Option<i64>),
 }
 
 /// SQLite: the map of the live rows, read from the table. Of two rows of one
@@ -722,13 +744,11 @@ impl CacheLevel for SqlLevel {
 
     async fn get(&self, key: &CacheKey) -> Result<Option<Hit>, CacheError> {
         let h = key.row_id();
-        let rows = self.inner.store.rows();
-        let id = rows.and_then(|m| m.get(h));
-        if rows.is_some() && id.is_none() && self.healthy() {
+        let Row::At(id) = self.find_row(h) else {
             self.inner.counters.miss();
             metrics::L3.miss.inc();
             return Ok(None);
-        }
+        };
         let now = now_ms();
         let k = key.as_str().to_string();
         let res = self
@@ -822,11 +842,9 @@ impl CacheLevel for SqlLevel {
 
     async fn delete(&self, key: &CacheKey) -> Result<u64, CacheError> {
         let h = key.row_id();
-        let rows = self.inner.store.rows();
-        let id = rows.and_then(|m| m.get(h));
-        if rows.is_some() && id.is_none() && self.healthy() {
+        let Row::At(id) = self.find_row(h) else {
             return Ok(0);
-        }
+        };
         let k = key.as_str().to_string();
         self.delete_rows(
             "delete",
