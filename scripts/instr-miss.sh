@@ -14,10 +14,10 @@ set -euo pipefail
 BIN=$(realpath "${1:-${UAT_BIN:-target/release/uat}}")
 command -v valgrind >/dev/null || { echo "needs valgrind" >&2; exit 1; }
 N=${N:-1500}; M=${M:-300}; MODES=${MODES:-"off deterministic"}
-DIR=$(mktemp -d); OUT=${OUT:-$(mktemp -d)}
+DIR=$(mktemp -d); OUT=${OUT:-$(mktemp -d)}; mkdir -p "$OUT"
 PIDS=()
 declare -A PID_OF
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$DIR"; }
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; if [ -n "${KEEP:-}" ]; then echo "kept $DIR" >&2; else rm -rf "$DIR"; fi; }
 trap cleanup EXIT
 . "$(dirname "$0")/bench-lib.sh"
 bench_conf upstream 39804 off 0 "$BENCH_MOCK"
