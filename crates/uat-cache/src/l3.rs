@@ -469,8 +469,10 @@ impl SqlLevel {
                 // A batch on SQLite's writer connection that runs long waits
                 // for another writer's lock or, on a saturated CPU, for its
                 // lowered priority: no sign that the file is gone. Reads go
-                // on (WAL readers never wait for a writer); the batch is
-                // dropped and counted as an error.
+                // on (WAL readers never wait for a writer). A batch still
+                // waiting for the lock is dropped; one that holds it runs on
+                // in its own task to the end (see `upsert`). Either way it
+                // counts as an error.
                 if !on_writer {
                     self.mark_down("operation timed out");
                 }
@@ -497,8 +499,8 @@ impl SqlLevel {
 
     async fn upsert(&self, rows: Vec<(CacheKey, Vec<u8>, i64)>) -> Result<(), CacheError> {
         let rows = last_per_key(rows);
-        let (map, writer) = match &self.inner.store {
-            Store::Sqlite { rows, writer, .. } => (rows, writer),
+        let writer = match &self.inner.store {
+            Store::Sqlite { writer, .. } => writer.clone(),
             Store::Postgres(p) => {
                 return self
                     .run_on(false, "put", async move {
@@ -511,41 +513,58 @@ impl SqlLevel {
                     .await;
             }
         };
-        let written = self
-            .run_on(true, "put", async move {
-                // The write lock first (IMMEDIATE), so that no other
-                // connection can take the ids read next. Each row goes where
-                // the map says its key is (put back there if it was deleted
-                // meanwhile) or, new, after the largest id ever given
-                // (AUTOINCREMENT's record). Ids chosen here, not returned by
-                // SQLite: rows coming back one by one from sqlx's worker
-                // thread would wake this task for each.
-                let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
-                let last: Option<i64> = sqlx::query_scalar(
-                    "SELECT seq FROM sqlite_sequence WHERE name = 'uat_cache_entries'",
-                )
+        let level = self.clone();
+        self.run_on(true, "put", async move {
+            // The write lock first (IMMEDIATE), so that no other connection
+            // can take the ids chosen next. L3's timeout bounds this wait
+            // (another writer may hold the lock). Once the lock is held the
+            // batch finishes in a task of its own, which the timeout does
+            // not cancel: cancelled after its COMMIT went to SQLite, its rows
+            // would be written but never recorded in the map, unseen (and
+            // missed by a key delete) until a restart loaded them back. What
+            // is left is a few milliseconds of work on a held lock.
+            let tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+            tokio::spawn(async move { level.write_locked(tx, rows).await })
+                .await
+                .map_err(|e| sqlx::Error::Protocol(format!("L3 write batch: {e}")))?
+        })
+        .await
+    }
+
+    /// Writes a SQLite batch in `tx` (holding the write lock), commits, and
+    /// records the rows' ids in the map. Each row goes where the map says
+    /// its key is (put back there if it was deleted meanwhile) or, new,
+    /// after the largest id ever given (AUTOINCREMENT's record). Ids chosen
+    /// here, not returned by SQLite: rows coming back one by one from sqlx's
+    /// worker thread would wake this task for each.
+    async fn write_locked(
+        &self,
+        mut tx: sqlx::Transaction<'static, Sqlite>,
+        rows: Vec<(CacheKey, Vec<u8>, i64)>,
+    ) -> Result<(), sqlx::Error> {
+        let Some(map) = self.inner.store.rows() else {
+            return Err(sqlx::Error::Protocol("L3 write batch: not SQLite".into()));
+        };
+        let last: Option<i64> =
+            sqlx::query_scalar("SELECT seq FROM sqlite_sequence WHERE name = 'uat_cache_entries'")
                 .fetch_optional(&mut *tx)
                 .await?;
-                let mut next = last.unwrap_or(0);
-                let rows: Vec<_> = rows
-                    .into_iter()
-                    .map(|(k, v, exp)| {
-                        let id = map.get(k.row_id()).unwrap_or_else(|| {
-                            next += 1;
-                            next
-                        });
-                        (id, k, v, exp)
-                    })
-                    .collect();
-                let written: Vec<(i64, i64)> =
-                    rows.iter().map(|(id, k, _, _)| (*id, k.row_id())).collect();
-                for rows in in_chunks(rows) {
-                    replace_rows(rows).build().execute(&mut *tx).await?;
-                }
-                tx.commit().await?;
-                Ok(written)
+        let mut next = last.unwrap_or(0);
+        let rows: Vec<_> = rows
+            .into_iter()
+            .map(|(k, v, exp)| {
+                let id = map.get(k.row_id()).unwrap_or_else(|| {
+                    next += 1;
+                    next
+                });
+                (id, k, v, exp)
             })
-            .await?;
+            .collect();
+        let written: Vec<(i64, i64)> = rows.iter().map(|(id, k, _, _)| (*id, k.row_id())).collect();
+        for rows in in_chunks(rows) {
+            replace_rows(rows).build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
         map.record(&written);
         Ok(())
     }
@@ -1032,6 +1051,66 @@ mod tests {
             }
         }
         assert_eq!(l3.get(&second).await.unwrap().map(|h| h.value), Some(v));
+    }
+
+    /// A batch that outlasts L3's timeout once it holds the write lock is
+    /// finished, not cut short: every row it writes is in the map. (Cut
+    /// short once its COMMIT had gone to SQLite, its rows were written but
+    /// unseen, and a key delete missed them, until a restart loaded them.)
+    /// With a 1 ms timeout the wait for the lock can run out too (nothing is
+    /// written then), so a batch is tried until one gets the lock in time.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sqlite_batch_past_the_timeout_once_it_holds_the_lock_records_every_row() {
+        use sqlx::Connection as _;
+        let (_dir, url, l3) = sqlite_level(Duration::from_millis(1)).await;
+        let map = l3.inner.store.rows().unwrap();
+        let mut check = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        // Many small rows: hundreds of statements, each a round trip to
+        // SQLite's worker thread, far past 1 ms.
+        const ROWS: usize = 20_000;
+        let value = Bytes::from_static(b"{\"choices\":[]}");
+        for attempt in 0..20 {
+            let batch: Vec<_> = (0..ROWS)
+                .map(|i| {
+                    // Distinct in the first 16 digits (the row id).
+                    let hash = format!("{:016x}{:048x}", attempt * ROWS + i + 1, 0);
+                    let key = CacheKey::from_parts("default", "m", &hash);
+                    (key, value.clone(), Duration::from_secs(60))
+                })
+                .collect();
+            match l3.put_many(batch).await {
+                Err(CacheError::Timeout { .. }) => {}
+                Ok(()) => continue, // done within 1 ms after all: try again
+                Err(e) => panic!("{e:?}"),
+            }
+            let since = std::time::Instant::now();
+            let rows = loop {
+                let rows: Vec<(i64, i64)> = sqlx::query_as("SELECT id, h FROM uat_cache_entries")
+                    .fetch_all(&mut check)
+                    .await
+                    .unwrap();
+                if rows.len() == ROWS || since.elapsed() > Duration::from_secs(2) {
+                    break rows;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            if rows.is_empty() {
+                continue; // the wait for the lock ran out: nothing written
+            }
+            assert_eq!(rows.len(), ROWS, "a batch is one transaction");
+            let since = std::time::Instant::now();
+            while map.len() < rows.len() && since.elapsed() < Duration::from_secs(2) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let unseen = rows
+                .iter()
+                .filter(|(id, h)| map.get(*h) != Some(*id))
+                .count();
+            assert_eq!(unseen, 0, "rows written but missing from the map");
+            assert!(l3.healthy());
+            return;
+        }
+        panic!("no batch was written in 20 attempts");
     }
 
     /// The SQLite connections' settings that a write batch's cost depends

@@ -19,9 +19,11 @@
 //! the full key): an entry whose row is gone (another connection deleted
 //! it meanwhile) reads nothing, and a write through it puts the row back at
 //! the same id, which is never given to another row (`AUTOINCREMENT`); and
-//! a row may be missing from it (written while a delete of the same key
-//! ran, or by a batch that outlasted L3's timeout as it committed), which
-//! then stays unseen until it expires or the level opens again.
+//! a row may be missing from it (a batch put a key's row back at its id
+//! while a delete of that key, which had already taken the row, had yet to
+//! forget the key), which then stays unseen until it expires or the level
+//! opens again. A batch is never cut short between its commit and its
+//! record: L3's timeout ends only the wait for the write lock.
 
 use crate::key::BuildKeyHasher;
 use parking_lot::RwLock;
