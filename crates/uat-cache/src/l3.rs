@@ -188,8 +188,8 @@ enum Store {
         /// The one connection that writes batches, on a worker thread of
         /// lower CPU priority (see [`crate::priority`]).
         writer: SqlitePool,
-        /// Where each stored key's row is.
-        rows: RowMap,
+        /// Where each stored key's row is (shared with a batch's task).
+        rows: Arc<RowMap>,
     },
     Postgres(PgPool),
 }
@@ -303,7 +303,7 @@ impl SqlLevel {
                 .await?;
             migrate(&Pool::Sqlite(readers.clone())).await?;
             Store::Sqlite {
-                rows: load_rows(&readers).await?,
+                rows: Arc::new(load_rows(&readers).await?),
                 readers,
                 writer,
             }
@@ -499,8 +499,8 @@ impl SqlLevel {
 
     async fn upsert(&self, rows: Vec<(CacheKey, Vec<u8>, i64)>) -> Result<(), CacheError> {
         let rows = last_per_key(rows);
-        let writer = match &self.inner.store {
-            Store::Sqlite { writer, .. } => writer.clone(),
+        let (writer, map) = match &self.inner.store {
+            Store::Sqlite { writer, rows, .. } => (writer.clone(), rows.clone()),
             Store::Postgres(p) => {
                 return self
                     .run_on(false, "put", async move {
@@ -513,7 +513,6 @@ impl SqlLevel {
                     .await;
             }
         };
-        let level = self.clone();
         self.run_on(true, "put", async move {
             // The write lock first (IMMEDIATE), so that no other connection
             // can take the ids chosen next. L3's timeout bounds this wait
@@ -524,49 +523,11 @@ impl SqlLevel {
             // missed by a key delete) until a restart loaded them back. What
             // is left is a few milliseconds of work on a held lock.
             let tx = writer.begin_with("BEGIN IMMEDIATE").await?;
-            tokio::spawn(async move { level.write_locked(tx, rows).await })
+            tokio::spawn(async move { write_locked(tx, rows, &map).await })
                 .await
                 .map_err(|e| sqlx::Error::Protocol(format!("L3 write batch: {e}")))?
         })
         .await
-    }
-
-    /// Writes a SQLite batch in `tx` (holding the write lock), commits, and
-    /// records the rows' ids in the map. Each row goes where the map says
-    /// its key is (put back there if it was deleted meanwhile) or, new,
-    /// after the largest id ever given (AUTOINCREMENT's record). Ids chosen
-    /// here, not returned by SQLite: rows coming back one by one from sqlx's
-    /// worker thread would wake this task for each.
-    async fn write_locked(
-        &self,
-        mut tx: sqlx::Transaction<'static, Sqlite>,
-        rows: Vec<(CacheKey, Vec<u8>, i64)>,
-    ) -> Result<(), sqlx::Error> {
-        let Some(map) = self.inner.store.rows() else {
-            return Err(sqlx::Error::Protocol("L3 write batch: not SQLite".into()));
-        };
-        let last: Option<i64> =
-            sqlx::query_scalar("SELECT seq FROM sqlite_sequence WHERE name = 'uat_cache_entries'")
-                .fetch_optional(&mut *tx)
-                .await?;
-        let mut next = last.unwrap_or(0);
-        let rows: Vec<_> = rows
-            .into_iter()
-            .map(|(k, v, exp)| {
-                let id = map.get(k.row_id()).unwrap_or_else(|| {
-                    next += 1;
-                    next
-                });
-                (id, k, v, exp)
-            })
-            .collect();
-        let written: Vec<(i64, i64)> = rows.iter().map(|(id, k, _, _)| (*id, k.row_id())).collect();
-        for rows in in_chunks(rows) {
-            replace_rows(rows).build().execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        map.record(&written);
-        Ok(())
     }
 }
 
@@ -576,6 +537,41 @@ enum Row {
     Absent,
     /// SQLite: the row's `id` (`None` only while L3 is down); PostgreSQL: `None`.
     At(Option<i64>),
+}
+
+/// Writes a SQLite batch in `tx` (holding the write lock), commits, and
+/// records the rows' ids in `map`. Each row goes where the map says
+/// its key is (put back there if it was deleted meanwhile) or, new,
+/// after the largest id ever given (AUTOINCREMENT's record). Ids chosen
+/// here, not returned by SQLite: rows coming back one by one from sqlx's
+/// worker thread would wake this task for each.
+async fn write_locked(
+    mut tx: sqlx::Transaction<'static, Sqlite>,
+    rows: Vec<(CacheKey, Vec<u8>, i64)>,
+    map: &RowMap,
+) -> Result<(), sqlx::Error> {
+    let last: Option<i64> =
+        sqlx::query_scalar("SELECT seq FROM sqlite_sequence WHERE name = 'uat_cache_entries'")
+            .fetch_optional(&mut *tx)
+            .await?;
+    let mut next = last.unwrap_or(0);
+    let rows: Vec<_> = rows
+        .into_iter()
+        .map(|(k, v, exp)| {
+            let id = map.get(k.row_id()).unwrap_or_else(|| {
+                next += 1;
+                next
+            });
+            (id, k, v, exp)
+        })
+        .collect();
+    let written: Vec<(i64, i64)> = rows.iter().map(|(id, k, _, _)| (*id, k.row_id())).collect();
+    for rows in in_chunks(rows) {
+        replace_rows(rows).build().execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    map.record(&written);
+    Ok(())
 }
 
 /// SQLite: the map of the live rows, read from the table. Of two rows of one
