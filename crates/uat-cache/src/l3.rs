@@ -376,12 +376,15 @@ impl SqlLevel {
         sqlite: QueryAs<'static, Sqlite, (i64, i64), SqliteArguments<'static>>,
         postgres: Query<'static, Postgres, PgArguments>,
     ) -> Result<u64, CacheError> {
+        // Keys recorded from here on (a batch that puts a row back while
+        // this runs) are not forgotten.
+        let before = self.inner.store.rows().map(RowMap::epoch);
         self.run(op, |pool| async move {
             Ok(match pool {
                 Pool::Sqlite(p) => {
                     let rows = sqlite.fetch_all(&p).await?;
-                    if let Some(map) = self.inner.store.rows() {
-                        map.forget(&rows);
+                    if let (Some(map), Some(before)) = (self.inner.store.rows(), before) {
+                        map.forget(&rows, before);
                     }
                     rows.len() as u64
                 }
@@ -575,7 +578,8 @@ async fn write_locked(
 }
 
 /// SQLite: the map of the live rows, read from the table. Of two rows of one
-/// key (one written while a delete of the key ran), the later is found.
+/// key (left by another process, or by a release before the map kept every
+/// row), the later is found.
 async fn load_rows(p: &SqlitePool) -> Result<RowMap, CacheError> {
     let map = RowMap::default();
     let mut rows = sqlx::query_as::<_, (i64, i64)>(
