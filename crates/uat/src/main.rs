@@ -80,7 +80,11 @@ async fn serve(path: Option<&std::path::Path>, overrides: &Overrides) -> anyhow:
     let listener = uat_server::bind(&listen).await?;
     let state = uat_server::build(cfg).await?;
     let app = uat_server::app(state.clone());
-    tracing::info!(addr = %listen, "uat is listening");
+    // The bound address: with port 0 in `listen`, the port the OS chose.
+    match listener.local_addr() {
+        Ok(addr) => tracing::info!(%addr, "uat is listening"),
+        Err(_) => tracing::info!(addr = %listen, "uat is listening"),
+    }
     uat_server::serve(listener, app, stop, grace)
         .await
         .context("server error")?;

@@ -6,6 +6,8 @@
     reason = "test helpers fail the test loudly"
 )]
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -32,6 +34,9 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// A port free a moment ago. Racy (another test may bind it before the
+/// child does): only for the test that needs the port before the server
+/// logs it; the others listen on port 0 (see `common`).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -246,13 +251,30 @@ fn sigterm_during_start_up_still_stops_gracefully() {
     );
 }
 
+/// Logs written to a pipe (a file, journald, `kubectl logs`) are plain text,
+/// without colour codes, and the listening line gives the port the OS chose
+/// for `listen = "127.0.0.1:0"` (it used to repeat the configured `:0`).
+#[test]
+fn piped_logs_are_plain_text_and_name_the_bound_port() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config(dir.path(), &serve_config(dir.path(), 0));
+    let mut server = spawn_serve(&cfg, dir.path());
+    let (addr, log) = common::listening_addr(&mut server.0, Duration::from_secs(20));
+    assert_ne!(addr.port(), 0);
+    let log = log.lock().expect("log").clone();
+    assert!(
+        !log.contains('\u{1b}'),
+        "escape codes in piped logs: {log:?}"
+    );
+    assert!(log.contains(&format!("addr={addr}")), "{log}");
+}
+
 #[test]
 fn serve_answers_health_on_an_ephemeral_port_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let cfg = write_config(dir.path(), &serve_config(dir.path(), port));
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut server = start(&cfg, dir.path(), addr);
+    let cfg = write_config(dir.path(), &serve_config(dir.path(), 0));
+    let (mut server, addr) = start(&cfg, dir.path());
+    assert_ne!(addr.port(), 0, "the log gives the port the OS chose");
 
     let (status, body) = http_get(addr, "/no/such/route").expect("request an unknown route");
     assert_eq!(status, 404);
@@ -360,9 +382,14 @@ fn loadtest_open_loop_sends_on_schedule_and_counts_mock_latency() {
 
 #[test]
 fn loadtest_counts_errors_by_status() {
-    // Nothing listens on the port: every request is a connect error, and the
-    // run still ends within its bounds and reports them.
-    let port = free_port();
+    // Nothing listens on the port (bound, not listening, so no other test
+    // can take it meanwhile): every request is a connect error, and the run
+    // still ends within its bounds and reports them.
+    let closed = tokio::net::TcpSocket::new_v4().expect("socket");
+    closed
+        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind");
+    let port = closed.local_addr().expect("local addr").port();
     let url = format!("http://127.0.0.1:{port}");
     let v = loadtest_json(&[
         "--url",
@@ -480,7 +507,7 @@ fn http_post(addr: SocketAddr, path: &str, body: &str) -> std::io::Result<(u16, 
     Ok((status, head.to_ascii_lowercase(), body.to_string()))
 }
 
-/// Spawns `uat serve` (stderr piped, for an early exit's message).
+/// Spawns `uat serve` (stderr piped: `start` reads the bound address from it).
 fn spawn_serve(cfg: &Path, dir: &Path) -> Server {
     Server(
         uat()
@@ -496,40 +523,36 @@ fn spawn_serve(cfg: &Path, dir: &Path) -> Server {
     )
 }
 
-/// Starts `uat serve` and waits for `/health`.
-fn start(cfg: &Path, dir: &Path, addr: SocketAddr) -> Server {
+/// Starts `uat serve` (its config listening on port 0) and waits for
+/// `/health`; returns it and the address it bound.
+fn start(cfg: &Path, dir: &Path) -> (Server, SocketAddr) {
     let mut server = spawn_serve(cfg, dir);
+    let (addr, log) = common::listening_addr(&mut server.0, Duration::from_secs(20));
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(20) {
         if let Ok(Some(status)) = server.0.try_wait() {
-            let mut err = String::new();
-            if let Some(mut e) = server.0.stderr.take() {
-                let _ = e.read_to_string(&mut err);
-            }
-            panic!("uat serve exited early with {status}: {err}");
+            panic!("uat serve exited early with {status}: {log:?}");
         }
         if matches!(http_get(addr, "/health"), Ok((200, _))) {
-            return server;
+            return (server, addr);
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    panic!("uat serve never answered /health");
+    panic!("uat serve never answered /health: {log:?}");
 }
 
 #[test]
 fn cache_writes_still_gathered_reach_l3_on_sigterm_and_survive_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
     // L3 gathers for 10 s: only the flush at shutdown can have written the entry.
-    let body = serve_config(dir.path(), port).replace(
+    let body = serve_config(dir.path(), 0).replace(
         "[cache]\nmode = \"off\"\n",
         "[cache]\nmode = \"deterministic\"\n[cache.l3]\nenabled = true\nwrite_delay = \"10s\"\n",
     );
     let cfg = write_config(dir.path(), &body);
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let chat = r#"{"model":"mock-model","temperature":0,"messages":[{"role":"user","content":"persist me"}]}"#;
 
-    let mut first = start(&cfg, dir.path(), addr);
+    let (mut first, addr) = start(&cfg, dir.path());
     let (status, head, answer) = http_post(addr, "/v1/chat/completions", chat).expect("chat");
     assert_eq!(status, 200, "{head}");
     assert!(head.contains("x-uat-cache: miss"), "{head}");
@@ -538,7 +561,7 @@ fn cache_writes_still_gathered_reach_l3_on_sigterm_and_survive_a_restart() {
         .expect("uat did not stop within 10 s of SIGTERM");
     assert!(exit.success(), "graceful stop exits 0, got {exit}");
 
-    let _second = start(&cfg, dir.path(), addr);
+    let (_second, addr) = start(&cfg, dir.path());
     let (status, head, again) = http_post(addr, "/v1/chat/completions", chat).expect("chat");
     assert_eq!(status, 200, "{head}");
     assert!(

@@ -14,27 +14,28 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
+mod common;
 
-fn start(dir: &std::path::Path, port: u16) -> Child {
+/// Starts `uat serve` on port 0 in `dir`; returns it and its base URL.
+fn start(dir: &std::path::Path) -> (Child, String) {
     let cfg = dir.join("uat.toml");
     std::fs::write(&cfg, "[routing]\nprobe_local = false\n").unwrap();
-    Command::new(env!("CARGO_BIN_EXE_uat"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_uat"))
         .arg("--config")
         .arg(&cfg)
         .arg("serve")
         .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
+        .arg("127.0.0.1:0")
         .arg("--data-dir")
         .arg(dir.join("data"))
-        .env("RUST_LOG", "warn")
+        // Warnings, and the line that gives the bound address.
+        .env("RUST_LOG", "warn,uat=info")
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
-        .expect("cannot start uat")
+        .expect("cannot start uat");
+    let (addr, _log) = common::listening_addr(&mut child, Duration::from_secs(60));
+    (child, format!("http://{addr}"))
 }
 
 async fn wait_healthy(client: &reqwest::Client, base: &str) {
@@ -53,10 +54,8 @@ async fn wait_healthy(client: &reqwest::Client, base: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn memory_survives_sigkill_during_acknowledged_writes() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
-    let mut child = start(dir.path(), port);
+    let (mut child, base) = start(dir.path());
     wait_healthy(&client, &base).await;
 
     // Four writers, single memories and batches of 10, each memory with a
@@ -108,7 +107,7 @@ async fn memory_survives_sigkill_during_acknowledged_writes() {
         acked.len()
     );
 
-    let mut child = start(dir.path(), port);
+    let (mut child, base) = start(dir.path());
     wait_healthy(&client, &base).await;
     let mut missing_by_id = Vec::new();
     let mut missing_by_search = Vec::new();

@@ -1,0 +1,65 @@
+//! Shared by the black-box tests: a `uat serve` child listens on port 0 and
+//! logs the address it bound, which the test reads back. (Picking a free port
+//! by binding and dropping a listener is a race: a test running beside it can
+//! take the port before the child binds it.)
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::Child;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The child's stderr so far (read on a thread, and echoed to this
+/// process's stderr).
+pub type Log = Arc<Mutex<String>>;
+
+/// Reads the child's (piped) stderr until it logs `uat is listening` and
+/// returns that address and the log, which keeps filling while the child
+/// runs. Panics, with the log, when the child exits first or has not
+/// bound within `max`.
+pub fn listening_addr(child: &mut Child, max: Duration) -> (SocketAddr, Log) {
+    let stderr = child.stderr.take().expect("the child's stderr is piped");
+    let log = Log::default();
+    let (tx, rx) = mpsc::channel();
+    let kept = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("{line}");
+            if let Ok(mut l) = kept.lock() {
+                l.push_str(&line);
+                l.push('\n');
+            }
+            if line.contains("uat is listening")
+                && let Some(addr) = addr_in(&line)
+            {
+                let _ = tx.send(addr);
+            }
+        }
+    });
+    let text = |log: &Log| log.lock().map(|l| l.clone()).unwrap_or_default();
+    let started = Instant::now();
+    loop {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(addr) => return (addr, log),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                panic!("uat serve closed stderr before listening:\n{}", text(&log))
+            }
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("uat serve exited early with {status}:\n{}", text(&log));
+        }
+        assert!(
+            started.elapsed() < max,
+            "uat serve did not listen within {max:?}:\n{}",
+            text(&log)
+        );
+    }
+}
+
+/// The `addr=` field of a text log line.
+fn addr_in(line: &str) -> Option<SocketAddr> {
+    let at = line.find("addr=")? + "addr=".len();
+    line[at..].split_whitespace().next()?.parse().ok()
+}
