@@ -261,7 +261,7 @@ fn piped_logs_are_plain_text_and_name_the_bound_port() {
     let mut server = spawn_serve(&cfg, dir.path());
     let (addr, log) = common::listening_addr(&mut server.0, Duration::from_secs(20));
     assert_ne!(addr.port(), 0);
-    let log = log.lock().expect("log").clone();
+    let log = common::text(&log);
     assert!(
         !log.contains('\u{1b}'),
         "escape codes in piped logs: {log:?}"
@@ -531,14 +531,17 @@ fn start(cfg: &Path, dir: &Path) -> (Server, SocketAddr) {
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(20) {
         if let Ok(Some(status)) = server.0.try_wait() {
-            panic!("uat serve exited early with {status}: {log:?}");
+            panic!(
+                "uat serve exited early with {status}:\n{}",
+                common::text(&log)
+            );
         }
         if matches!(http_get(addr, "/health"), Ok((200, _))) {
             return (server, addr);
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    panic!("uat serve never answered /health: {log:?}");
+    panic!("uat serve never answered /health:\n{}", common::text(&log));
 }
 
 #[test]

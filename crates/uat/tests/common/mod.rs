@@ -37,7 +37,6 @@ pub fn listening_addr(child: &mut Child, max: Duration) -> (SocketAddr, Log) {
             }
         }
     });
-    let text = |log: &Log| log.lock().map(|l| l.clone()).unwrap_or_default();
     let started = Instant::now();
     loop {
         match rx.recv_timeout(Duration::from_millis(50)) {
@@ -56,6 +55,11 @@ pub fn listening_addr(child: &mut Child, max: Duration) -> (SocketAddr, Log) {
             text(&log)
         );
     }
+}
+
+/// What the child has written to stderr so far.
+pub fn text(log: &Log) -> String {
+    log.lock().map(|l| l.clone()).unwrap_or_default()
 }
 
 /// The `addr=` field of a text log line.
