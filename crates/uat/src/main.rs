@@ -78,13 +78,14 @@ async fn serve(path: Option<&std::path::Path>, overrides: &Overrides) -> anyhow:
     // Before anything else runs: a SIGTERM from here on stops gracefully.
     let stop = shutdown_signal();
     let listener = uat_server::bind(&listen).await?;
+    // The bound address: with port 0 in `listen`, the port the OS chose.
+    let addr = listener
+        .local_addr()
+        .map_or_else(|_| listen.clone(), |a| a.to_string());
+    tracing::info!(%addr, "port bound, starting the subsystems");
     let state = uat_server::build(cfg).await?;
     let app = uat_server::app(state.clone());
-    // The bound address: with port 0 in `listen`, the port the OS chose.
-    match listener.local_addr() {
-        Ok(addr) => tracing::info!(%addr, "uat is listening"),
-        Err(_) => tracing::info!(addr = %listen, "uat is listening"),
-    }
+    tracing::info!(%addr, "uat is listening");
     uat_server::serve(listener, app, stop, grace)
         .await
         .context("server error")?;

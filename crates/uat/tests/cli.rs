@@ -34,16 +34,6 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// A port free a moment ago. Racy (another test may bind it before the
-/// child does): only for the test that needs the port before the server
-/// logs it; the others listen on port 0 (see `common`).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 fn write_config(dir: &Path, body: &str) -> PathBuf {
     let p = dir.join("uat.toml");
     std::fs::write(&p, body).expect("write config");
@@ -219,29 +209,18 @@ fn config_check_rejects_an_unknown_field_naming_its_path() {
 }
 
 /// The signal handlers are installed before the port is bound, so a SIGTERM
-/// that comes while start-up is still running (the port accepts, `/health`
-/// does not answer yet) stops the server gracefully instead of killing it.
+/// that comes while start-up is still running (the port is bound, the
+/// subsystems are starting) stops the server gracefully instead of killing it.
 /// (They used to be installed by a task spawned when serving began: in CI a
 /// SIGTERM right after the first answered request once killed the process.)
 #[test]
 fn sigterm_during_start_up_still_stops_gracefully() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let cfg = write_config(dir.path(), &serve_config(dir.path(), port));
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let cfg = write_config(dir.path(), &serve_config(dir.path(), 0));
     let mut server = spawn_serve(&cfg, dir.path());
-    let started = Instant::now();
-    while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(50)).is_err() {
-        assert!(
-            server.0.try_wait().expect("try_wait").is_none(),
-            "uat serve exited before binding its port"
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "uat serve never bound its port"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    // Logged once the port is bound, before the subsystems start.
+    let (addr, _log) = common::logged_addr(&mut server.0, "port bound", Duration::from_secs(20));
+    assert_ne!(addr.port(), 0);
     sigterm(server.0.id());
     let exit = wait_exit(&mut server.0, Duration::from_secs(10))
         .expect("uat did not stop within 10 s of SIGTERM");

@@ -14,11 +14,18 @@ use std::time::{Duration, Instant};
 /// process's stderr).
 pub type Log = Arc<Mutex<String>>;
 
-/// Reads the child's (piped) stderr until it logs `uat is listening` and
-/// returns that address and the log, which keeps filling while the child
-/// runs. Panics, with the log, when the child exits first or has not
-/// bound within `max`.
+/// Reads the child's (piped) stderr until it logs `uat is listening` (start-up
+/// done) and returns that address and the log, which keeps filling while the
+/// child runs. Panics, with the log, when the child exits first or has not
+/// listened within `max`.
 pub fn listening_addr(child: &mut Child, max: Duration) -> (SocketAddr, Log) {
+    logged_addr(child, "uat is listening", max)
+}
+
+/// [`listening_addr`] for the first line containing `message` with an
+/// `addr=` field (`port bound` comes as soon as the port is, before the
+/// subsystems start).
+pub fn logged_addr(child: &mut Child, message: &'static str, max: Duration) -> (SocketAddr, Log) {
     let stderr = child.stderr.take().expect("the child's stderr is piped");
     let log = Log::default();
     let (tx, rx) = mpsc::channel();
@@ -30,7 +37,7 @@ pub fn listening_addr(child: &mut Child, max: Duration) -> (SocketAddr, Log) {
                 l.push_str(&line);
                 l.push('\n');
             }
-            if line.contains("uat is listening")
+            if line.contains(message)
                 && let Some(addr) = addr_in(&line)
             {
                 let _ = tx.send(addr);
@@ -43,7 +50,10 @@ pub fn listening_addr(child: &mut Child, max: Duration) -> (SocketAddr, Log) {
             Ok(addr) => return (addr, log),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
-                panic!("uat serve closed stderr before listening:\n{}", text(&log))
+                panic!(
+                    "uat serve closed stderr before `{message}`:\n{}",
+                    text(&log)
+                )
             }
         }
         if let Ok(Some(status)) = child.try_wait() {
@@ -51,7 +61,7 @@ pub fn listening_addr(child: &mut Child, max: Duration) -> (SocketAddr, Log) {
         }
         assert!(
             started.elapsed() < max,
-            "uat serve did not listen within {max:?}:\n{}",
+            "uat serve did not log `{message}` within {max:?}:\n{}",
             text(&log)
         );
     }
