@@ -101,9 +101,10 @@ lt 39404 -c 1 --duration 5s | fmt "mock upstream, direct (floor)"
 # minus the upstream call (the part of a miss the cache can add to), summed
 # over the rounds of one configuration.
 # Also the process's CPU time (user + system, every thread: the background
-# L2/L3 writers too), from /proc, in clock ticks.
+# L2/L3 writers too), from /proc, in clock ticks; and L1's own lookup and
+# insert (moka, with L1's counters), from uat_cache_operation_seconds.
 own() {
-  local m; m=$(curl -sf "127.0.0.1:$1/metrics" | awk '/^uat_request_duration_seconds_sum\{route="\/v1\/chat\/completions"\}/{r=$2} /^uat_request_duration_seconds_count\{route="\/v1\/chat\/completions"\}/{n=$2} /^uat_upstream_duration_seconds_sum/{u+=$2} END{printf "%s %s %s", r+0, n+0, u+0}')
+  local m; m=$(curl -sf "127.0.0.1:$1/metrics" | awk '/^uat_request_duration_seconds_sum\{route="\/v1\/chat\/completions"\}/{r=$2} /^uat_request_duration_seconds_count\{route="\/v1\/chat\/completions"\}/{n=$2} /^uat_upstream_duration_seconds_sum/{u+=$2} /^uat_cache_operation_seconds_sum\{level="l1",op="get"\}/{gs=$2} /^uat_cache_operation_seconds_count\{level="l1",op="get"\}/{gc=$2} /^uat_cache_operation_seconds_sum\{level="l1",op="put"\}/{ps=$2} /^uat_cache_operation_seconds_count\{level="l1",op="put"\}/{pc=$2} END{printf "%s %s %s %s %s %s %s", r+0, n+0, u+0, gs+0, gc+0, ps+0, pc+0}')
   echo "$m $(awk '{print $14 + $15}' "/proc/${PID_OF[$1]}/stat")"
 }
 for p in 39402 39401 39405 39406; do own $p > "$DIR/own-$p.before"; done
@@ -117,13 +118,14 @@ def own(port):
     b = [float(x) for x in open(f"{d}/own-{port}.before").read().split()]
     a = [float(x) for x in open(f"{d}/own-{port}.after").read().split()]
     n = max(a[1] - b[1], 1)
-    cpu = (a[3] - b[3]) / tick / n * 1e6
-    return ((a[0] - b[0]) - (a[2] - b[2])) / n * 1e6, (a[0] - b[0]) / n * 1e6, cpu
-off_own, off_total, off_cpu = own(39402)
+    cpu = (a[7] - b[7]) / tick / n * 1e6
+    mean = lambda s, c: (a[s] - b[s]) / max(a[c] - b[c], 1) * 1e6
+    return ((a[0] - b[0]) - (a[2] - b[2])) / n * 1e6, (a[0] - b[0]) / n * 1e6, cpu, mean(3, 4), mean(5, 6)
+off_own, off_total, off_cpu, _, _ = own(39402)
 print(f"gateway's own time per request (server-side request minus upstream call, all rounds): cache off {off_own:.1f} us of {off_total:.1f} us; process CPU {off_cpu:.1f} us per request")
 for port, label in [(39401, "miss, L1"), (39405, "miss, L1+L3 SQLite (default)"), (39406, "miss, L1+L2 Redis")]:
-    o, t, cpu = own(port)
-    print(f"  {label:<32} {o:.1f} us: the cache adds {o - off_own:+.1f} us = {(o - off_own) / off_total * 100:+.1f}% of a cache-off request; CPU {cpu:.1f} us ({(cpu / off_cpu - 1) * 100:+.1f}%)")
+    o, t, cpu, get, put = own(port)
+    print(f"  {label:<32} {o:.1f} us: the cache adds {o - off_own:+.1f} us = {(o - off_own) / off_total * 100:+.1f}% of a cache-off request; CPU {cpu:.1f} us ({(cpu / off_cpu - 1) * 100:+.1f}%); of that, L1 lookup {get:.1f} us + L1 insert {put:.1f} us")
 PY
 echo "== closed loop, concurrency 32, 5 s"
 lt 39401 -c 32 --duration 5s | fmt "L1 hit"
