@@ -63,10 +63,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-PORT=$("$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')
+# Port 0: uat logs the port it bound ('uat is listening addr=...'), which is
+# read back below (picking a free port first would race with other programs).
 EMBED_MODEL=""
 {
-  printf '[server]\nlisten = "127.0.0.1:%s"\n\n' "$PORT"
+  printf '[server]\nlisten = "127.0.0.1:0"\nlog_level = "info"\n\n'
   printf '[[providers]]\nname = "mock"\nkind = "mock"\n\n'
   printf '[providers.mock]\nchunks = 4\nmodels = ["mock-model"]\n\n'
   printf '[routing]\nprobe_local = false\n\n'
@@ -80,21 +81,24 @@ EMBED_MODEL=""
 
 "$BIN" --config "$WORK/uat.toml" config check > /dev/null || die "uat config check rejected the test config"
 
-# 4. Start uat and wait for /health.
-log "starting $BIN serve on 127.0.0.1:$PORT"
-"$BIN" serve --config "$WORK/uat.toml" > "$WORK/uat.log" 2>&1 &
+# 4. Start uat, read its port from the log and wait for /health.
+log "starting $BIN serve on an ephemeral port"
+env -u RUST_LOG "$BIN" serve --config "$WORK/uat.toml" > "$WORK/uat.log" 2>&1 &
 PID=$!
 ready=0
+PORT=""
 for _ in $(seq 1 200); do
   if ! kill -0 "$PID" 2>/dev/null; then cat "$WORK/uat.log" >&2; die "uat serve exited during start-up"; fi
-  if "$PYTHON" - "$PORT" <<'EOF' 2>/dev/null
+  [ -n "$PORT" ] || PORT=$(sed -n 's/.*uat is listening addr=127\.0\.0\.1:\([0-9]*\).*/\1/p' "$WORK/uat.log" | head -n 1)
+  if [ -n "$PORT" ] && "$PYTHON" - "$PORT" <<'EOF' 2>/dev/null
 import sys, urllib.request
 urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/health", timeout=1).read()
 EOF
   then ready=1; break; fi
   sleep 0.05
 done
-[ "$ready" = 1 ] || { cat "$WORK/uat.log" >&2; die "uat did not answer /health within 10 s"; }
+[ "$ready" = 1 ] || { cat "$WORK/uat.log" >&2; die "uat did not listen and answer /health within 10 s"; }
+log "uat is listening on 127.0.0.1:$PORT"
 
 # 5. The SDK checks.
 set +e
