@@ -98,8 +98,10 @@ pub(crate) async fn send(
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .map(Duration::from_secs_f64);
+        .filter(|s| *s >= 0.0)
+        // Beyond `Duration::MAX` (a huge number, infinity): the longest wait,
+        // which the backoff caps at `routing.backoff_max` like any other.
+        .map(|s| Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX));
     let body = match tokio::time::timeout(first_byte, resp.bytes()).await {
         Ok(Ok(b)) => b,
         _ => Bytes::new(),

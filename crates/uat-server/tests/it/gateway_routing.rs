@@ -242,6 +242,26 @@ async fn rate_limit_honours_retry_after_capped_by_backoff_max() {
     );
 }
 
+/// A `Retry-After` beyond any duration (2^64 s) is capped like any other.
+/// It used to panic in `Duration::from_secs_f64`, so the client's
+/// connection was dropped instead of answered.
+#[tokio::test]
+async fn a_retry_after_past_any_duration_is_capped_not_a_panic() {
+    let up = FakeUpstream::start(Wire::OpenAi, "a").await.unwrap();
+    up.push(Behavior::RateLimited {
+        retry_after_secs: u64::MAX,
+    });
+    let toml = format!(
+        "{}{}",
+        provider_toml("a", "openai", &up.base_url(), ""),
+        routing("priority", "backoff_base = \"1ms\"\nbackoff_max = \"50ms\"")
+    );
+    let app = spawn_app(&toml).await;
+    let resp = app.chat(chat_body("a-model", false)).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(&resp, "x-uat-attempts"), "2");
+}
+
 #[tokio::test]
 async fn hang_past_timeout_fails_over() {
     let (a, b) = two_fakes().await;
