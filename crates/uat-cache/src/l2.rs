@@ -458,7 +458,9 @@ fn is_connection_error(e: &redis::RedisError) -> bool {
 
 fn ttl_secs(ttl: Duration) -> u64 {
     // `SET .. EX` takes whole seconds: round up so an entry never outlives
-    // its TTL by less than it should, and never store with EX 0.
+    // its TTL by less than it should, and never store with EX 0. Capped
+    // (Redis refuses an expiry past its clock's range).
+    let ttl = ttl.min(uat_config::MAX_TTL);
     ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0).max(u64::from(ttl.as_secs() == 0))
 }
 
@@ -667,5 +669,6 @@ mod tests {
         assert_eq!(ttl_secs(Duration::from_secs(0)), 1);
         assert_eq!(ttl_secs(Duration::from_secs(2)), 2);
         assert_eq!(ttl_secs(Duration::from_millis(2001)), 3);
+        assert_eq!(ttl_secs(Duration::MAX), uat_config::MAX_TTL.as_secs());
     }
 }

@@ -112,6 +112,8 @@ impl MemoryLevel {
         if ttl.is_zero() {
             return;
         }
+        // `now + ttl` panics past the clock's range.
+        let ttl = ttl.min(uat_config::MAX_TTL);
         let m = &*L1;
         let now = Instant::now();
         self.cache.insert(
@@ -234,6 +236,17 @@ mod tests {
             l1.get_now(&k(2)).unwrap().value,
             Bytes::from_static(b"long")
         );
+    }
+
+    /// A time to live past the clock's range is cut to `MAX_TTL` (it used
+    /// to panic in `Instant + Duration`, from a client's `x-uat-cache-ttl`).
+    #[test]
+    fn a_huge_ttl_is_capped_not_a_panic() {
+        let l1 = MemoryLevel::new(1 << 20);
+        l1.put_now(&k(1), Bytes::from_static(b"forever"), Duration::MAX);
+        let hit = l1.get_now(&k(1)).expect("stored");
+        assert_eq!(hit.value, Bytes::from_static(b"forever"));
+        assert!(hit.ttl <= uat_config::MAX_TTL && hit.ttl > uat_config::MAX_TTL / 2);
     }
 
     #[test]

@@ -343,10 +343,12 @@ impl TieredCache {
     }
 
     /// Stores a value in every enabled level: L1 now, L2/L3 through the queue.
+    /// A time to live over [`uat_config::MAX_TTL`] is cut to it.
     pub fn put(&self, key: &CacheKey, value: Bytes, ttl: Duration) {
         if ttl.is_zero() {
             return;
         }
+        let ttl = ttl.min(uat_config::MAX_TTL);
         // One copy of exactly its bytes for every level: `value` is often a
         // slice of a larger network buffer, which L1 would keep alive
         // uncounted and a queued write would hold until its batch is sent

@@ -90,6 +90,12 @@ impl Default for CacheConfig {
 /// Longest `write_delay` accepted for L2 and L3.
 const MAX_WRITE_DELAY: Duration = Duration::from_secs(10);
 
+/// Longest time to live an entry can have: 10 years as `"10y"` counts them
+/// (365.25 days a year), 315,576,000 s. The bound on `cache.ttl`,
+/// `cache.model_ttl` and the `x-uat-cache-ttl` header, and the cache's own
+/// clamp (an unbounded time to live overflows clock arithmetic).
+pub const MAX_TTL: Duration = Duration::from_secs(315_576_000);
+
 /// `[cache.l1]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -184,13 +190,20 @@ impl CacheConfig {
                 "must be a redis:// URL",
             ));
         }
-        if self.ttl.is_zero() {
-            return Err(ConfigError::invalid("cache.ttl", "must be more than zero"));
+        if self.ttl.is_zero() || self.ttl > MAX_TTL {
+            return Err(ConfigError::invalid(
+                "cache.ttl",
+                "must be more than zero and at most 10 years",
+            ));
         }
-        if let Some((model, _)) = self.model_ttl.iter().find(|(_, t)| t.is_zero()) {
+        if let Some((model, _)) = self
+            .model_ttl
+            .iter()
+            .find(|(_, t)| t.is_zero() || **t > MAX_TTL)
+        {
             return Err(ConfigError::invalid(
                 format!("cache.model_ttl.{model}"),
-                "must be more than zero",
+                "must be more than zero and at most 10 years",
             ));
         }
         for (path, delay) in [
@@ -245,6 +258,13 @@ mod tests {
         assert!(err("[cache.l2]\nkey_prefix = \"a*\"\n").contains("cache.l2.key_prefix"));
         assert!(err("[cache.l2]\nurl = \"http://x\"\n").contains("cache.l2.url"));
         assert!(err("[cache.model_ttl]\nm = \"0s\"\n").contains("cache.model_ttl.m"));
+        assert!(err("[cache.model_ttl]\nm = \"11y\"\n").contains("cache.model_ttl.m"));
+        assert!(err("[cache]\nttl = \"11y\"\n").contains("cache.ttl"));
+        assert!(err("[cache]\nttl = \"0s\"\n").contains("cache.ttl"));
+        assert!(
+            err("[cache]\nttl = \"10y\"\n") == "accepted",
+            "10 years is the bound itself"
+        );
         assert!(err("[cache]\nmode = \"sometimes\"\n").contains("mode"));
     }
 

@@ -17,7 +17,7 @@ mod server;
 mod storage;
 mod vector;
 
-pub use cache::{CacheConfig, CacheL1Config, CacheL2Config, CacheL3Config, CacheMode};
+pub use cache::{CacheConfig, CacheL1Config, CacheL2Config, CacheL3Config, CacheMode, MAX_TTL};
 pub use embed::{EmbeddingModelConfig, EmbeddingsConfig};
 pub use memory::MemoryConfig;
 pub use router::{

@@ -205,14 +205,16 @@ pub struct Policy {
     pub ttl: Duration,
 }
 
-/// Decides the policy from the mode, the request and its headers.
+/// Decides the policy from the mode, the request and its headers. An
+/// `x-uat-cache-ttl` that is not a whole number of seconds up to
+/// [`uat_config::MAX_TTL`] is refused (400), not ignored.
 pub fn policy(
     cfg: &CacheConfig,
     default_ttl: Duration,
     headers: &HeaderMap,
     kind: Kind,
     body: &serde_json::Value,
-) -> Policy {
+) -> Result<Policy, ApiError> {
     let cacheable = match cfg.mode {
         CacheMode::Off => false,
         CacheMode::Always => true,
@@ -240,18 +242,26 @@ pub fn policy(
             }
         }
     }
-    if let Some(secs) = headers
-        .get(&X_UAT_CACHE_TTL)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-    {
+    if let Some(v) = headers.get(&X_UAT_CACHE_TTL) {
+        let max = uat_config::MAX_TTL.as_secs();
+        let secs = v
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|s| *s <= max)
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "x-uat-cache-ttl must be a whole number of seconds from 0 (do not store) to {max} (10 years)"
+                ))
+                .with_param("x-uat-cache-ttl")
+            })?;
         if secs == 0 {
             p.write = false;
         } else {
             p.ttl = Duration::from_secs(secs);
         }
     }
-    p
+    Ok(p)
 }
 
 /// The tenant namespace of a request. Always [`DEFAULT_NAMESPACE`] until
@@ -278,7 +288,10 @@ where
     let Some(cache) = &svc.cache else {
         return tag(upstream().await, "bypass", None);
     };
-    let p = policy(&svc.config, svc.ttl_for(model), headers, kind, body);
+    let p = match policy(&svc.config, svc.ttl_for(model), headers, kind, body) {
+        Ok(p) => p,
+        Err(e) => return tag(e.into_response(), "bypass", None),
+    };
     if !p.read && !p.write {
         return tag(upstream().await, "bypass", None);
     }

@@ -74,6 +74,30 @@ async fn put_writes_through_every_level() {
     assert!(l3.get(&k).await.unwrap().is_some());
 }
 
+/// A time to live past the clocks' range (a client's `x-uat-cache-ttl` of
+/// 2^64 - 1 before the server refused it) is cut to `MAX_TTL` on every level.
+/// It used to panic in L1's `Instant + Duration` and overflow L2's `EX`.
+#[tokio::test]
+async fn a_ttl_past_the_clocks_range_is_capped_on_every_level() {
+    let Some(l2) = redis(&unique("maxttl")).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let l3 = sqlite(&dir).await;
+    let c = tiered(Some(l2.clone()), Some(l3.clone()));
+    let k = key(&unique("maxttl-ns"), "m", 1);
+    c.put(&k, Bytes::from_static(b"v"), Duration::MAX);
+    flush(&c).await;
+    let max = uat_config::MAX_TTL;
+    let near = |ttl: Duration| ttl <= max && ttl > max - Duration::from_secs(60);
+    let h1 = c.get(&k).await.expect("in L1");
+    assert!(near(h1.ttl), "L1 ttl {:?}", h1.ttl);
+    let h2 = l2.get(&k).await.unwrap().expect("in L2");
+    assert!(near(h2.ttl), "L2 ttl {:?}", h2.ttl);
+    let h3 = l3.get(&k).await.unwrap().expect("in L3");
+    assert!(near(h3.ttl), "L3 ttl {:?}", h3.ttl);
+}
+
 #[tokio::test]
 async fn ttl_expiry_through_all_levels() {
     let Some(l2) = redis(&unique("ttl")).await else {

@@ -219,6 +219,63 @@ async fn cache_control_and_ttl_headers() {
     assert_eq!(up.calls(), 5);
 }
 
+/// An `x-uat-cache-ttl` that is not a whole number of seconds up to 10 years
+/// is refused with a 400 in the OpenAI error shape, before any upstream call.
+/// (2^64 - 1 used to panic the request in L1's clock arithmetic: the client
+/// saw its connection dropped; words were silently ignored.)
+#[tokio::test]
+async fn a_bad_ttl_header_is_refused_with_a_400() {
+    let (up, toml, model) = setup("").await;
+    let app = spawn_app(&toml).await;
+    let max = uat_config::MAX_TTL.as_secs();
+    let over = (max + 1).to_string();
+    for bad in [
+        "18446744073709551615",
+        over.as_str(),
+        "-1",
+        "1.5",
+        "soon",
+        "",
+    ] {
+        let r = app
+            .client
+            .post(app.at("/v1/chat/completions"))
+            .header("x-uat-cache-ttl", bad)
+            .json(&det(&model, false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "x-uat-cache-ttl: {bad:?}");
+        assert_eq!(header(&r, "x-uat-cache"), "bypass");
+        let b = r.json::<Value>().await.unwrap();
+        assert_eq!(b["error"]["type"], "invalid_request_error", "{b}");
+        assert_eq!(b["error"]["param"], "x-uat-cache-ttl", "{b}");
+        assert!(
+            b["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(&max.to_string()),
+            "{b}"
+        );
+    }
+    assert_eq!(up.calls(), 0, "refused before any upstream call");
+    // The bound itself is accepted, and stored.
+    let r = app
+        .client
+        .post(app.at("/v1/chat/completions"))
+        .header("x-uat-cache-ttl", max.to_string())
+        .json(&det(&model, false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(stored(&app, &header(&r, "x-uat-cache-key")).await);
+    assert_eq!(
+        header(&app.chat(det(&model, false)).await, "x-uat-cache"),
+        "hit-l1"
+    );
+}
+
 #[tokio::test]
 async fn ttl_header_expires_entries() {
     let (up, toml, model) = setup("").await;
