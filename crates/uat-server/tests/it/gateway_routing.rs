@@ -212,21 +212,26 @@ async fn none_reachable_is_503_with_reasons() {
     assert_eq!(kinds, vec!["connect", "connect"]);
 }
 
-#[tokio::test]
-async fn rate_limit_honours_retry_after_capped_by_backoff_max() {
+/// One upstream whose first answer is a 429 with `Retry-After:
+/// retry_after_secs`, behind retries backing off 1 ms up to `backoff_max`.
+async fn rate_limited_once(retry_after_secs: u64, backoff_max: &str) -> (FakeUpstream, TestApp) {
     let up = FakeUpstream::start(Wire::OpenAi, "a").await.unwrap();
-    up.push(Behavior::RateLimited {
-        retry_after_secs: 30,
-    });
+    up.push(Behavior::RateLimited { retry_after_secs });
     let toml = format!(
         "{}{}",
         provider_toml("a", "openai", &up.base_url(), ""),
         routing(
             "priority",
-            "backoff_base = \"1ms\"\nbackoff_max = \"400ms\""
+            &format!("backoff_base = \"1ms\"\nbackoff_max = \"{backoff_max}\"")
         )
     );
     let app = spawn_app(&toml).await;
+    (up, app)
+}
+
+#[tokio::test]
+async fn rate_limit_honours_retry_after_capped_by_backoff_max() {
+    let (_up, app) = rate_limited_once(30, "400ms").await;
     let start = Instant::now();
     let resp = app.chat(chat_body("a-model", false)).await;
     let took = start.elapsed();
@@ -247,16 +252,7 @@ async fn rate_limit_honours_retry_after_capped_by_backoff_max() {
 /// connection was dropped instead of answered.
 #[tokio::test]
 async fn a_retry_after_past_any_duration_is_capped_not_a_panic() {
-    let up = FakeUpstream::start(Wire::OpenAi, "a").await.unwrap();
-    up.push(Behavior::RateLimited {
-        retry_after_secs: u64::MAX,
-    });
-    let toml = format!(
-        "{}{}",
-        provider_toml("a", "openai", &up.base_url(), ""),
-        routing("priority", "backoff_base = \"1ms\"\nbackoff_max = \"50ms\"")
-    );
-    let app = spawn_app(&toml).await;
+    let (_up, app) = rate_limited_once(u64::MAX, "50ms").await;
     let resp = app.chat(chat_body("a-model", false)).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(header(&resp, "x-uat-attempts"), "2");
