@@ -250,10 +250,10 @@ pub fn policy(
             .and_then(|v| v.trim().parse::<u64>().ok())
             .filter(|s| *s <= max)
             .ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "x-uat-cache-ttl must be a whole number of seconds from 0 (do not store) to {max} (10 years)"
-                ))
-                .with_param("x-uat-cache-ttl")
+                ApiError::invalid_field(
+                    "x-uat-cache-ttl",
+                    format!("x-uat-cache-ttl must be a whole number of seconds from 0 (do not store) to {max} (10 years)"),
+                )
             })?;
         if secs == 0 {
             p.write = false;
