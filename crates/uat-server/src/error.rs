@@ -5,6 +5,12 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+const UNSUPPORTED_ENCODING: &str = "unsupported_content_encoding";
+
+/// The request body codings the server decodes (RFC 7694: a 415 for a
+/// coding says which are accepted).
+pub const ACCEPTED_ENCODINGS: &str = "gzip, deflate, identity";
+
 /// An error returned to an API client.
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -99,6 +105,18 @@ impl ApiError {
             Some("payload_too_large"),
             format!("request body is larger than the limit of {limit} bytes"),
         )
+    }
+
+    /// 415: the body's `Content-Encoding` is not one the server decodes
+    /// (the response says which it does in `Accept-Encoding`).
+    pub fn unsupported_encoding(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request_error",
+            Some(UNSUPPORTED_ENCODING),
+            message,
+        )
+        .with_param("content-encoding")
     }
 
     /// 503 with Retry-After: the server is shedding load.
@@ -225,6 +243,12 @@ impl IntoResponse for ApiError {
         if let Some(s) = self.retry_after {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        if self.code == Some(UNSUPPORTED_ENCODING) {
+            resp.headers_mut().insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static(ACCEPTED_ENCODINGS),
+            );
         }
         resp
     }

@@ -1,12 +1,30 @@
 //! Extractors whose rejections are OpenAI-shaped `ApiError`s (never axum's
 //! plain-text 422): malformed JSON and missing fields are 400 naming the
 //! field, an oversized body is 413.
+//!
+//! Every body is read by [`read_body`], which also decodes a body sent with
+//! `Content-Encoding: gzip` or `deflate` (a large embeddings or vector batch
+//! compresses well). The route's limit holds for what the body decodes to as
+//! well as for what was sent, so a small compressed body cannot expand past
+//! it (413); a coding the server does not decode is a 415 naming the ones it
+//! does, and undecodable data a 400.
 
-use crate::error::ApiError;
+use crate::error::{ACCEPTED_ENCODINGS, ApiError};
+use axum::body::Body;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
+use std::io::Read;
+
+/// The limit when a route sets none (axum's own default).
+const DEFAULT_LIMIT: usize = 2 * 1024 * 1024;
+
+/// A compressed body up to this size is decoded on the request's task;
+/// a larger one on the blocking pool (tens of milliseconds of CPU at the
+/// bulk limit would stall every other request of that worker).
+const INLINE_DECODE_MAX: usize = 64 * 1024;
 
 /// The body limit of the route, put in the request extensions by the router
 /// so a 413 can say what the limit is.
@@ -30,20 +48,125 @@ where
     }
 }
 
-/// Reads the whole body, mapping the body-limit rejection to 413.
-pub async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
-    let limit = req
-        .extensions()
-        .get::<BodyLimit>()
-        .map(|l| l.0)
-        .unwrap_or(0);
-    Bytes::from_request(req, state).await.map_err(|e| {
-        if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::payload_too_large(limit)
-        } else {
-            ApiError::bad_request(format!("cannot read request body: {}", e.body_text()))
+/// Reads the whole body within the route's limit; see [`read_body`].
+pub async fn body_bytes<S: Send + Sync>(req: Request, _state: &S) -> Result<Bytes, ApiError> {
+    let (parts, body) = req.into_parts();
+    read_body(&parts.headers, body, route_limit(&parts.extensions)).await
+}
+
+/// The route's body limit ([`BodyLimit`], set by the router).
+pub fn route_limit(extensions: &axum::http::Extensions) -> usize {
+    extensions.get::<BodyLimit>().map_or(DEFAULT_LIMIT, |l| l.0)
+}
+
+/// A body's content coding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Coding {
+    Identity,
+    Gzip,
+    Deflate,
+}
+
+impl Coding {
+    fn name(self) -> &'static str {
+        match self {
+            Coding::Identity => "identity",
+            Coding::Gzip => "gzip",
+            Coding::Deflate => "deflate",
         }
-    })
+    }
+}
+
+/// The coding of a body from its `Content-Encoding` (names are
+/// case-insensitive; `identity` is no coding; one coding at most).
+fn coding(headers: &HeaderMap) -> Result<Coding, ApiError> {
+    let mut out = Coding::Identity;
+    for v in headers.get_all(header::CONTENT_ENCODING) {
+        let v = v
+            .to_str()
+            .map_err(|_| ApiError::unsupported_encoding("Content-Encoding is not ASCII text"))?;
+        for c in v.split(',').map(str::trim) {
+            let this = if c.is_empty() || c.eq_ignore_ascii_case("identity") {
+                continue;
+            } else if c.eq_ignore_ascii_case("gzip") || c.eq_ignore_ascii_case("x-gzip") {
+                Coding::Gzip
+            } else if c.eq_ignore_ascii_case("deflate") {
+                Coding::Deflate
+            } else {
+                return Err(ApiError::unsupported_encoding(format!(
+                    "Content-Encoding `{c}` is not supported; send one of: {ACCEPTED_ENCODINGS}"
+                )));
+            };
+            if out != Coding::Identity {
+                return Err(ApiError::unsupported_encoding(format!(
+                    "a body encoded more than once (Content-Encoding `{}, {c}`) is not supported; send one of: {ACCEPTED_ENCODINGS}",
+                    out.name()
+                )));
+            }
+            out = this;
+        }
+    }
+    Ok(out)
+}
+
+/// Reads a whole body of at most `limit` bytes (413 beyond it), decoded
+/// when `headers` name a content coding: the decoded body is held to the
+/// same limit.
+pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let coding = coding(headers)?;
+    let bytes = match axum::body::to_bytes(body, limit).await {
+        Ok(b) => b,
+        Err(e) => {
+            let inner = e.into_inner();
+            let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&*inner);
+            while let Some(s) = src {
+                if s.is::<http_body_util::LengthLimitError>() {
+                    return Err(ApiError::payload_too_large(limit));
+                }
+                src = s.source();
+            }
+            return Err(ApiError::bad_request(format!(
+                "cannot read request body: {inner}"
+            )));
+        }
+    };
+    if coding == Coding::Identity {
+        return Ok(bytes);
+    }
+    if bytes.len() <= INLINE_DECODE_MAX {
+        return decode(coding, &bytes, limit);
+    }
+    tokio::task::spawn_blocking(move || decode(coding, &bytes, limit))
+        .await
+        .map_err(|e| ApiError::internal(format!("decoding the request body failed: {e}")))?
+}
+
+/// Decodes a gzip or deflate (zlib) body, stopping one byte past `limit`.
+fn decode(coding: Coding, data: &[u8], limit: usize) -> Result<Bytes, ApiError> {
+    let mut reader: Box<dyn Read + '_> = match coding {
+        Coding::Gzip => Box::new(flate2::read::MultiGzDecoder::new(data)),
+        Coding::Deflate => Box::new(flate2::read::ZlibDecoder::new(data)),
+        Coding::Identity => return Ok(Bytes::copy_from_slice(data)),
+    };
+    let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
+    let mut out = Vec::with_capacity(data.len().saturating_mul(4).min(limit));
+    if let Err(e) = reader.by_ref().take(cap).read_to_end(&mut out) {
+        return Err(ApiError::bad_request(format!(
+            "request body is not valid {} data (Content-Encoding: {}): {e}",
+            coding.name(),
+            coding.name()
+        ))
+        .with_param("content-encoding"));
+    }
+    if out.len() > limit {
+        let mut e = ApiError::payload_too_large(limit);
+        e.message = format!(
+            "request body decodes ({}) to more than the limit of {limit} bytes",
+            coding.name()
+        );
+        return Err(e);
+    }
+    Ok(Bytes::from(out))
 }
 
 /// Deserializes JSON, reporting the path of the bad field.

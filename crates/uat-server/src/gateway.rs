@@ -9,7 +9,6 @@
 use crate::StartupError;
 use crate::cache;
 use crate::error::ApiError;
-use crate::extract::BodyLimit;
 use crate::middleware::RouteLabels;
 use crate::state::{AppState, ReadyCheck, ReadyStatus};
 use axum::Router;
@@ -165,29 +164,13 @@ fn routing_failed(e: &RouterError, model: &str) -> Response {
     error_response(router_error(e), e.last_provider(), e.attempts(), model)
 }
 
-/// Reads the body within the route's limit (413 beyond it).
+/// Reads the body within the route's limit (413 beyond it), decoded when
+/// it was sent compressed.
 async fn read_body(req: Request) -> Result<(HeaderMap, Bytes), ApiError> {
     let (parts, body) = req.into_parts();
-    let limit = parts
-        .extensions
-        .get::<BodyLimit>()
-        .map_or(usize::MAX, |l| l.0);
-    match axum::body::to_bytes(body, limit).await {
-        Ok(b) => Ok((parts.headers, b)),
-        Err(e) => {
-            let inner = e.into_inner();
-            let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&*inner);
-            while let Some(s) = src {
-                if s.is::<http_body_util::LengthLimitError>() {
-                    return Err(ApiError::payload_too_large(limit));
-                }
-                src = s.source();
-            }
-            Err(ApiError::bad_request(format!(
-                "cannot read request body: {inner}"
-            )))
-        }
-    }
+    let limit = crate::extract::route_limit(&parts.extensions);
+    let bytes = crate::extract::read_body(&parts.headers, body, limit).await?;
+    Ok((parts.headers, bytes))
 }
 
 /// Deserializes and validates the chat request, naming the bad field.
