@@ -103,8 +103,11 @@ impl BitSet {
     }
 }
 
-/// Maps an f64 to a u64 with the same order.
+/// Maps an f64 to a u64 with the same order. `-0.0` maps as `0.0`: they
+/// compare equal, so a range must neither split nor reverse them (a range
+/// from `0` to `-0.0` had its bounds reversed, a panic in `BTreeSet::range`).
 fn ord_bits(f: f64) -> u64 {
+    let f = if f == 0.0 { 0.0 } else { f };
     let b = f.to_bits();
     if b >> 63 == 1 { !b } else { b | (1 << 63) }
 }

@@ -271,3 +271,46 @@ fn checked_resolution_agrees_with_brute_force_and_checks_few_candidates() {
         }
     }
 }
+
+/// `-0.0` and `0.0` are one value to a range, in the payloads and in the
+/// bounds. A range from `0` to `-0.0` used to panic the search (its bounds,
+/// ordered by their bits, came out reversed for `BTreeSet::range`), and a
+/// payload of `-0.0` was missed by a range starting at `0`.
+#[test]
+fn signed_zeros_are_one_value_to_a_range() {
+    let mut idx = PayloadIndex::new(&spec());
+    let payloads: Vec<Option<Value>> = [-0.0, 0.0, 0.5, -0.5]
+        .iter()
+        .map(|f| Some(json!({ "f": f, "n": 0 })))
+        .collect();
+    for (i, p) in payloads.iter().enumerate() {
+        idx.add(i as u32, p.as_ref());
+    }
+    for key in ["f", "n"] {
+        for (lo, hi) in [(0.0, -0.0), (-0.0, 0.0), (0.0, 0.0), (-0.0, -0.0)] {
+            let f = Filter {
+                must: vec![Condition::Field(FieldCondition {
+                    key: key.into(),
+                    test: FieldTest::Range(Range {
+                        gte: Some(lo),
+                        lte: Some(hi),
+                        ..Range::default()
+                    }),
+                })],
+                ..Filter::default()
+            };
+            let bits = idx.resolve(&f, payloads.len()).expect("indexed");
+            for (i, p) in payloads.iter().enumerate() {
+                assert_eq!(
+                    bits.contains(i as u32),
+                    f.matches(p.as_ref()),
+                    "{key} in [{lo:?}, {hi:?}], point {i}: {p:?}"
+                );
+            }
+            assert!(
+                bits.contains(0) && bits.contains(1),
+                "{key} [{lo:?}, {hi:?}]"
+            );
+        }
+    }
+}
