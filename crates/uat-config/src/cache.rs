@@ -10,7 +10,7 @@ pub struct CacheConfig {
     /// What is cached.
     pub mode: CacheMode,
     /// Default time to live of an entry.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub ttl: Duration,
     /// Per-model TTL overrides (`model = "10m"`).
     #[serde(with = "ttl_map")]
@@ -26,7 +26,7 @@ pub struct CacheConfig {
     pub write_queue: usize,
     /// Longest time an identical request waits for one already in flight
     /// before calling upstream itself.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub singleflight_wait: Duration,
 }
 
@@ -41,7 +41,7 @@ mod ttl_map {
     ) -> Result<S::Ok, S::Error> {
         let out: BTreeMap<&String, String> = m
             .iter()
-            .map(|(k, v)| (k, humantime::format_duration(*v).to_string()))
+            .map(|(k, v)| (k, crate::duration::format(*v)))
             .collect();
         out.serialize(s)
     }
@@ -52,6 +52,7 @@ mod ttl_map {
         let raw = BTreeMap::<String, String>::deserialize(d)?;
         raw.into_iter()
             .map(|(k, v)| {
+                // Bounded by `validate`, which names the model in the path.
                 humantime::parse_duration(&v)
                     .map(|d| (k.clone(), d))
                     .map_err(|e| serde::de::Error::custom(format!("{k}: {e}")))
@@ -87,6 +88,9 @@ impl Default for CacheConfig {
     }
 }
 
+/// Largest `write_queue` accepted (each queued write holds its value).
+const MAX_WRITE_QUEUE: usize = 1 << 20;
+
 /// Longest `write_delay` accepted for L2 and L3.
 const MAX_WRITE_DELAY: Duration = Duration::from_secs(10);
 
@@ -94,7 +98,7 @@ const MAX_WRITE_DELAY: Duration = Duration::from_secs(10);
 /// (365.25 days a year), 315,576,000 s. The bound on `cache.ttl`,
 /// `cache.model_ttl` and the `x-uat-cache-ttl` header, and the cache's own
 /// clamp (an unbounded time to live overflows clock arithmetic).
-pub const MAX_TTL: Duration = Duration::from_secs(315_576_000);
+pub const MAX_TTL: Duration = crate::duration::MAX_DURATION;
 
 /// `[cache.l1]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -120,7 +124,7 @@ pub struct CacheL2Config {
     pub url: Option<String>,
     /// Timeout of one Redis operation; past it the level is skipped
     /// (absent: [`CacheL2Config::DEFAULT_TIMEOUT`]).
-    #[serde(with = "humantime_serde::option")]
+    #[serde(with = "crate::duration::option")]
     pub timeout: Option<Duration>,
     /// Prefix of every key (and of the invalidation channel), so several
     /// deployments can share one Redis.
@@ -128,7 +132,7 @@ pub struct CacheL2Config {
     /// How long writes are gathered before they go to Redis as one pipeline.
     /// This replica's L1 has an entry at once; other replicas find it in
     /// Redis this much later. `0s` sends what is queued at once.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub write_delay: Duration,
 }
 
@@ -160,11 +164,11 @@ pub struct CacheL3Config {
     /// Use the `[storage]` database as L3.
     pub enabled: bool,
     /// How often expired rows are purged.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub purge_interval: Duration,
     /// How long writes are gathered before they go to the database as one
     /// statement: each commit has a fixed cost, so L3 commits rarely.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub write_delay: Duration,
 }
 
@@ -217,10 +221,10 @@ impl CacheConfig {
                 ));
             }
         }
-        if self.write_queue == 0 {
+        if !(1..=MAX_WRITE_QUEUE).contains(&self.write_queue) {
             return Err(ConfigError::invalid(
                 "cache.write_queue",
-                "must be at least 1",
+                format!("must be from 1 to {MAX_WRITE_QUEUE}"),
             ));
         }
         if self.l2.key_prefix.contains(['*', '?', '[', ']']) {

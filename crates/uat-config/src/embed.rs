@@ -14,14 +14,14 @@ pub struct EmbeddingsConfig {
     /// models are unloaded past it.
     pub memory_budget: u64,
     /// Unload a model after it has been idle this long.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub keep_alive: Duration,
     /// Padded tokens (longest x count) in one batch.
     pub batch_tokens: usize,
     /// Inputs in one batch.
     pub max_batch_size: usize,
     /// Longest a request waits for its batch to fill.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub max_wait: Duration,
     /// Inputs that may wait in the queue; beyond it requests get 503 at once.
     pub queue_capacity: usize,
@@ -79,6 +79,21 @@ impl EmbeddingsConfig {
                 "batch_tokens, max_batch_size, queue_capacity and threads must be at least 1",
             ));
         }
+        if self.threads > 1024 || self.queue_capacity > 1 << 24 {
+            return Err(ConfigError::invalid(
+                "embeddings",
+                "threads must be at most 1024 and queue_capacity at most 16777216",
+            ));
+        }
+        if self.max_wait > MAX_WAIT {
+            return Err(ConfigError::invalid(
+                "embeddings.max_wait",
+                "must be at most 1m (a request waits this long for its batch to fill)",
+            ));
+        }
         Ok(())
     }
 }
+
+/// Longest `embeddings.max_wait` accepted.
+const MAX_WAIT: Duration = Duration::from_secs(60);

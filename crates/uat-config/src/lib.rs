@@ -10,6 +10,7 @@
 //! Each section lives in its own module so each subsystem owns its settings.
 
 mod cache;
+pub mod duration;
 mod embed;
 mod memory;
 mod router;

@@ -14,11 +14,11 @@ pub struct MemoryConfig {
     pub max_batch: usize,
     /// How often expired memories are deleted and the change log pruned
     /// (`"0s"`: never).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub purge_interval: Duration,
     /// How long change-log records are kept. A replica whose vector index
     /// stops for longer rebuilds it from SQL when it comes back.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub change_retention: Duration,
 }
 

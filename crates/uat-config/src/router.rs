@@ -27,13 +27,13 @@ pub struct ProviderConfig {
     #[serde(default)]
     pub priority: i32,
     /// Total time allowed for one upstream request.
-    #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[serde(default = "default_timeout", with = "crate::duration")]
     pub timeout: Duration,
     /// Time allowed to open a connection.
-    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    #[serde(default = "default_connect_timeout", with = "crate::duration")]
     pub connect_timeout: Duration,
     /// Time allowed until the first byte of the response.
-    #[serde(default = "default_first_byte_timeout", with = "humantime_serde")]
+    #[serde(default = "default_first_byte_timeout", with = "crate::duration")]
     pub first_byte_timeout: Duration,
     /// Behaviour of a `mock` provider.
     #[serde(default)]
@@ -91,7 +91,7 @@ pub enum ProviderKind {
 #[serde(deny_unknown_fields, default)]
 pub struct MockSettings {
     /// Delay before the reply (and before the first chunk when streaming).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub latency: Duration,
     /// Fraction of requests that fail with a 500, from 0.0 to 1.0.
     pub failure_rate: f64,
@@ -131,18 +131,18 @@ pub struct RoutingConfig {
     /// Attempts per request across all candidates (1 = no retry).
     pub max_attempts: u32,
     /// First retry delay; doubles each retry, with jitter.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub backoff_base: Duration,
     /// Largest retry delay (also caps an upstream's Retry-After).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub backoff_max: Duration,
     /// Consecutive failures that open a provider's circuit breaker.
     pub breaker_failures: u32,
     /// How long an open breaker waits before a half-open probe.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub breaker_cooldown: Duration,
     /// How often model lists are refreshed from providers.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub discovery_interval: Duration,
     /// Probe the usual local providers when no `[[providers]]` is configured.
     pub probe_local: bool,
@@ -221,17 +221,20 @@ pub(crate) fn validate(
                 "must be between 0 and 1",
             ));
         }
-        if p.mock.chunks == 0 {
+        if !(1..=100_000).contains(&p.mock.chunks) {
             return Err(ConfigError::invalid(
                 at("mock.chunks"),
-                "must be at least 1",
+                "must be from 1 to 100000",
             ));
         }
-        if p.timeout.is_zero() {
-            return Err(ConfigError::invalid(
-                at("timeout"),
-                "must be more than zero",
-            ));
+        for (field, d) in [
+            ("timeout", p.timeout),
+            ("connect_timeout", p.connect_timeout),
+            ("first_byte_timeout", p.first_byte_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::invalid(at(field), "must be more than zero"));
+            }
         }
     }
     let mut aliases = HashSet::new();

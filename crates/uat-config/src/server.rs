@@ -15,7 +15,7 @@ pub struct ServerConfig {
     /// Largest request body on bulk routes such as vector upserts (bytes).
     pub bulk_body_limit: usize,
     /// How long a graceful shutdown waits for in-flight requests and streams.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub shutdown_grace: Duration,
     /// Log format: `text` or `json`.
     pub log_format: LogFormat,

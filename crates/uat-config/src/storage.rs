@@ -50,10 +50,11 @@ impl StorageConfig {
                 ),
             ));
         }
-        if self.max_connections == 0 {
+        // sqlx sets a slot aside for every connection of the pool at once.
+        if !(1..=10_000).contains(&self.max_connections) {
             return Err(ConfigError::invalid(
                 "storage.max_connections",
-                "must be at least 1",
+                "must be from 1 to 10000",
             ));
         }
         Ok(())

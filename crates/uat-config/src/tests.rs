@@ -182,3 +182,78 @@ fn shipped_example_config_is_valid() {
         Some(std::time::Duration::from_millis(50))
     );
 }
+
+/// No setting can be long or large enough to panic the server later: every
+/// duration is at most 10y (a `breaker_cooldown` past the clock's range
+/// panicked each request that tripped a breaker, an `embeddings.max_wait`
+/// the batch threads), and the counts that size a queue, a pool or a buffer
+/// up front are bounded. Each error names its path; the bounds themselves
+/// are accepted.
+#[test]
+fn durations_and_sizes_that_would_overflow_later_are_refused() {
+    let mock = "[[providers]]\nname = \"m\"\nkind = \"mock\"\n";
+    for (toml, path) in [
+        (
+            "[routing]\nbreaker_cooldown = \"300000000000y\"\n",
+            "routing.breaker_cooldown",
+        ),
+        ("[routing]\nbackoff_max = \"11y\"\n", "routing.backoff_max"),
+        (
+            "[server]\nshutdown_grace = \"9223372036854775807s\"\n",
+            "server.shutdown_grace",
+        ),
+        (
+            "[embeddings]\nmax_wait = \"300000000000y\"\n",
+            "embeddings.max_wait",
+        ),
+        ("[embeddings]\nmax_wait = \"2m\"\n", "embeddings.max_wait"),
+        ("[embeddings]\nthreads = 100000\n", "embeddings"),
+        ("[cache.l2]\ntimeout = \"20y\"\n", "cache.l2.timeout"),
+        (
+            "[memory]\nchange_retention = \"20y\"\n",
+            "memory.change_retention",
+        ),
+        (
+            "[cache]\nwrite_queue = 2305843009213693952\n",
+            "cache.write_queue",
+        ),
+        (
+            "[storage]\nmax_connections = 4294967295\n",
+            "storage.max_connections",
+        ),
+        ("[vector]\nmax_batch = 0\n", "vector.max_batch"),
+    ] {
+        let msg = load_str(toml, &[]).unwrap_err().to_string();
+        assert!(msg.contains(path), "{toml}: {msg}");
+    }
+    for (extra, path) in [
+        ("timeout = \"11y\"\n", "providers[0].timeout"),
+        ("connect_timeout = \"0s\"\n", "providers[0].connect_timeout"),
+        (
+            "first_byte_timeout = \"0s\"\n",
+            "providers[0].first_byte_timeout",
+        ),
+        (
+            "mock = { chunks = 1152921504606846976 }\n",
+            "providers[0].mock.chunks",
+        ),
+    ] {
+        let msg = load_str(&format!("{mock}{extra}"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains(path), "{extra}: {msg}");
+    }
+    let msg = load_str("", &[("UAT_ROUTING__BREAKER_COOLDOWN", "300000000000y")])
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("routing.breaker_cooldown"), "{msg}");
+    let c = load_str(
+        &format!(
+            "[routing]\nbreaker_cooldown = \"10y\"\n[embeddings]\nmax_wait = \"1m\"\nthreads = 1024\n[cache]\nwrite_queue = 1048576\n[storage]\nmax_connections = 10000\n{mock}mock = {{ chunks = 100000 }}\n"
+        ),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.routing.breaker_cooldown, crate::duration::MAX_DURATION);
+    assert_eq!(c.providers[0].mock.chunks, 100_000);
+}

@@ -31,6 +31,12 @@ impl VectorConfig {
                 "must be always, batch or never",
             ));
         }
+        if self.max_batch == 0 {
+            return Err(ConfigError::invalid(
+                "vector.max_batch",
+                "must be at least 1",
+            ));
+        }
         Ok(())
     }
 }

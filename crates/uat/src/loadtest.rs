@@ -39,7 +39,7 @@ pub struct LoadtestArgs {
     pub concurrency: u64,
 
     /// How long to measure (after the warm-up), e.g. `10s`, `500ms`.
-    #[arg(long, short = 'd', default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, short = 'd', default_value = "10s", value_parser = uat_config::duration::parse)]
     pub duration: Duration,
 
     /// Open loop: requests per second, sent on schedule whatever the server does.
@@ -51,7 +51,7 @@ pub struct LoadtestArgs {
     pub requests: Option<u64>,
 
     /// Load sent before measuring, not counted (connections, caches, JIT-free warm-up).
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = uat_config::duration::parse)]
     pub warmup: Duration,
 
     /// Request streamed completions (`"stream": true` with usage) and measure
@@ -79,7 +79,7 @@ pub struct LoadtestArgs {
     pub header: Vec<String>,
 
     /// Per-request timeout.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = uat_config::duration::parse)]
     pub timeout: Duration,
 
     /// Ask for gzip responses (off by default: the mock never compresses, so a
@@ -105,7 +105,7 @@ pub struct LoadtestArgs {
     pub compare: bool,
 
     /// Mock upstream: delay before the reply / the first stream chunk.
-    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "0s", value_parser = uat_config::duration::parse)]
     pub mock_latency: Duration,
 
     /// Mock upstream: content chunks per streamed reply.
@@ -134,8 +134,10 @@ pub struct LoadtestArgs {
 impl LoadtestArgs {
     fn plan(&self) -> anyhow::Result<engine::Plan> {
         if let Some(r) = self.rate {
-            if !(r.is_finite() && r > 0.0 && r <= 1_000_000.0) {
-                anyhow::bail!("--rate must be between 0 and 1000000 requests per second");
+            // At least one request per 1,000 s: a request's time on the
+            // schedule (its index / rate) stays within the clock's range.
+            if !(r.is_finite() && (0.001..=1_000_000.0).contains(&r)) {
+                anyhow::bail!("--rate must be from 0.001 to 1000000 requests per second");
             }
         }
         if self.duration.is_zero() {

@@ -388,6 +388,25 @@ fn loadtest_counts_errors_by_status() {
     assert_eq!(v["error_rate"], 1.0, "{v}");
 }
 
+/// Flags whose schedule would overflow the clock are refused up front
+/// (an `--duration` of 300000000000y, or a `--rate` so low that the second
+/// request is due in 1e20 s, panicked the run), with the flag named.
+#[test]
+fn loadtest_refuses_durations_and_rates_past_the_clock() {
+    for (args, flag) in [
+        (["--duration", "300000000000y"], "--duration"),
+        (["--warmup", "300000000000y"], "--warmup"),
+        (["--timeout", "11y"], "--timeout"),
+        (["--rate", "1e-20"], "--rate"),
+    ] {
+        let out = run(uat().args(["loadtest", "--mock"]).args(args));
+        assert!(!out.status.success(), "{args:?}");
+        let err = text(&out.stderr);
+        assert!(err.contains(flag), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
+
 #[test]
 fn loadtest_rejects_missing_target() {
     let out = run(uat().args(["loadtest", "--duration", "1s"]));
