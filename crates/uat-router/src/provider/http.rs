@@ -102,10 +102,13 @@ pub(crate) async fn send(
         // Beyond `Duration::MAX` (a huge number, infinity): the longest wait,
         // which the backoff caps at `routing.backoff_max` like any other.
         .map(|s| Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX));
-    let body = match tokio::time::timeout(first_byte, resp.bytes()).await {
-        Ok(Ok(b)) => b,
-        _ => Bytes::new(),
-    };
+    let body =
+        match tokio::time::timeout(first_byte, read_capped(resp.bytes_stream(), MAX_ERROR_BODY))
+            .await
+        {
+            Ok(Ok(Some(b))) => b,
+            _ => Bytes::new(),
+        };
     Err(Failure::from_status(
         status.as_u16(),
         error_message(&body),
@@ -137,11 +140,60 @@ pub(crate) fn error_message(body: &[u8]) -> String {
     text.chars().take(300).collect()
 }
 
-/// Reads the whole body and parses it as JSON.
+/// Largest upstream body read whole (a non-streamed answer, a model
+/// list): an embeddings answer for 2,048 inputs of 3,072 dimensions is
+/// about 130 MB of JSON. A larger one is a malformed answer, not held.
+pub(crate) const MAX_BODY: usize = 256 << 20;
+/// Largest line of a streamed body (one SSE event, one NDJSON object).
+pub(crate) const MAX_LINE: usize = 16 << 20;
+/// An error body past this is not read for its message.
+const MAX_ERROR_BODY: usize = 64 << 10;
+
+/// Reads a whole body of at most `cap` bytes: `None` past it (read no
+/// further). A body of one chunk is not copied.
+pub(crate) async fn read_capped<S, E>(stream: S, cap: usize) -> Result<Option<Bytes>, E>
+where
+    S: Stream<Item = Result<Bytes, E>>,
+{
+    let mut stream = std::pin::pin!(stream);
+    let mut first: Option<Bytes> = None;
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        let len = first.as_ref().map_or(0, Bytes::len) + buf.len() + chunk.len();
+        if len > cap {
+            return Ok(None);
+        }
+        match first.take() {
+            None if buf.is_empty() => first = Some(chunk),
+            held => {
+                if let Some(held) = held {
+                    buf.extend_from_slice(&held);
+                }
+                buf.extend_from_slice(&chunk);
+            }
+        }
+    }
+    Ok(Some(first.unwrap_or_else(|| buf.freeze())))
+}
+
+/// Reads the whole body (at most [`MAX_BODY`]) and parses it as JSON.
 pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
     resp: reqwest::Response,
 ) -> Result<(Bytes, T), Failure> {
-    let body = resp.bytes().await.map_err(|e| transport(&e))?;
+    let too_large = || {
+        Failure::new(
+            FailureKind::Malformed,
+            format!("upstream answer larger than {} MiB", MAX_BODY >> 20),
+        )
+    };
+    if resp.content_length().is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(too_large());
+    }
+    let body = read_capped(resp.bytes_stream(), MAX_BODY)
+        .await
+        .map_err(|e| transport(&e))?
+        .ok_or_else(too_large)?;
     let v = serde_json::from_slice(&body).map_err(|e| {
         Failure::new(
             FailureKind::Malformed,
@@ -152,38 +204,66 @@ pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
 }
 
 /// Splits a response body into lines (without the line end). The last
-/// partial line is yielded at the end of the body.
+/// partial line is yielded at the end of the body. A line longer than
+/// [`MAX_LINE`] ends the stream with a malformed-answer failure.
 pub(crate) fn lines(
     resp: reqwest::Response,
 ) -> impl Stream<Item = Result<Bytes, Failure>> + Send + 'static {
-    let body = resp.bytes_stream();
+    lines_of(resp.bytes_stream(), MAX_LINE)
+}
+
+/// [`lines`] of any byte stream, with the longest line as a parameter.
+pub(crate) fn lines_of<S>(
+    body: S,
+    max_line: usize,
+) -> impl Stream<Item = Result<Bytes, Failure>> + Send + 'static
+where
+    S: Stream<Item = Result<Bytes, reqwest::Error>> + Send + 'static,
+{
+    // `scanned`: bytes of `buf` already searched for a line end, so a long
+    // line arriving in many chunks is searched once, not once per chunk.
     futures::stream::unfold(
-        (Box::pin(body), BytesMut::new(), false),
-        |(mut body, mut buf, mut ended)| async move {
+        (Box::pin(body), BytesMut::new(), 0usize, false),
+        move |(mut body, mut buf, mut scanned, mut ended)| async move {
             loop {
-                if let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+                if let Some(at) = buf[scanned..].iter().position(|&b| b == b'\n') {
+                    let pos = scanned + at;
+                    scanned = 0;
                     let mut line = buf.split_to(pos + 1);
                     line.truncate(pos);
                     if line.last() == Some(&b'\r') {
                         line.truncate(pos - 1);
                     }
-                    return Some((Ok(line.freeze()), (body, buf, ended)));
+                    return Some((Ok(line.freeze()), (body, buf, scanned, ended)));
                 }
+                scanned = buf.len();
                 if ended {
                     if buf.is_empty() {
                         return None;
                     }
                     let rest = buf.split().freeze();
-                    return Some((Ok(rest), (body, buf, ended)));
+                    scanned = 0;
+                    return Some((Ok(rest), (body, buf, scanned, ended)));
+                }
+                if buf.len() > max_line {
+                    ended = true;
+                    buf.clear();
+                    scanned = 0;
+                    let f = Failure::new(
+                        FailureKind::Malformed,
+                        format!("upstream stream sent a line longer than {max_line} bytes"),
+                    );
+                    return Some((Err(f), (body, buf, scanned, ended)));
                 }
                 match body.next().await {
                     Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
                     Some(Err(e)) => {
                         ended = true;
                         buf.clear();
+                        scanned = 0;
                         let f = transport(&e);
                         let f = Failure::new(FailureKind::Interrupted, f.message);
-                        return Some((Err(f), (body, buf, ended)));
+                        return Some((Err(f), (body, buf, scanned, ended)));
                     }
                     None => ended = true,
                 }
@@ -217,6 +297,65 @@ mod tests {
                 && msg.contains("base_url"),
             "{msg}"
         );
+    }
+
+    fn chunks(
+        parts: &[&[u8]],
+    ) -> impl Stream<Item = Result<Bytes, reqwest::Error>> + Send + 'static {
+        let parts: Vec<Result<Bytes, reqwest::Error>> = parts
+            .iter()
+            .map(|p| Ok(Bytes::copy_from_slice(p)))
+            .collect();
+        futures::stream::iter(parts)
+    }
+
+    async fn collect_lines(parts: &[&[u8]], max: usize) -> Vec<Result<Bytes, FailureKind>> {
+        lines_of(chunks(parts), max)
+            .map(|r| r.map_err(|f| f.kind))
+            .collect()
+            .await
+    }
+
+    #[tokio::test]
+    async fn lines_split_across_chunks_and_crlf_and_the_last_partial_line() {
+        let got = collect_lines(&[b"data: a", b"b\r", b"\n\nda", b"ta: c\nrest"], 100).await;
+        let want: Vec<Result<Bytes, FailureKind>> = ["data: ab", "", "data: c", "rest"]
+            .iter()
+            .map(|s| Ok(Bytes::copy_from_slice(s.as_bytes())))
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    /// A line past the bound ends the stream with a malformed-answer
+    /// failure instead of growing the buffer until the timeout (an
+    /// upstream streaming bytes without a line end).
+    #[tokio::test]
+    async fn a_line_past_the_bound_ends_the_stream() {
+        let long = [b'x'; 40];
+        let parts: Vec<&[u8]> = vec![b"ok\n", &long, &long, &long, b"\nnever\n"];
+        let got = collect_lines(&parts, 64).await;
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got[0], Ok(Bytes::from_static(b"ok")));
+        assert_eq!(got[1], Err(FailureKind::Malformed));
+        // At the bound itself a line still passes.
+        let got = collect_lines(&[&[b'y'; 64], b"\n"], 64).await;
+        assert_eq!(got, vec![Ok(Bytes::copy_from_slice(&[b'y'; 64]))]);
+    }
+
+    #[tokio::test]
+    async fn a_body_past_the_cap_is_not_read_whole() {
+        let one = read_capped(chunks(&[b"0123456789"]), 10).await.unwrap();
+        assert_eq!(one, Some(Bytes::from_static(b"0123456789")));
+        let many = read_capped(chunks(&[b"01234", b"56789"]), 10)
+            .await
+            .unwrap();
+        assert_eq!(many, Some(Bytes::from_static(b"0123456789")));
+        let over = read_capped(chunks(&[b"01234", b"56789", b"x"]), 10)
+            .await
+            .unwrap();
+        assert_eq!(over, None);
+        let empty = read_capped(chunks(&[]), 10).await.unwrap();
+        assert_eq!(empty, Some(Bytes::new()));
     }
 
     #[test]
