@@ -46,8 +46,24 @@ pub fn decode(stored: &[u8]) -> Result<Bytes, CacheError> {
     let payload = &stored[HEADER..];
     let raw = match flags {
         0 => payload.to_vec(),
-        FLAG_LZ4 => lz4_flex::decompress_size_prepended(payload)
-            .map_err(|e| CacheError::Corrupt(e.to_string()))?,
+        FLAG_LZ4 => {
+            // The size prefix is read before the checksum can be: a value
+            // claiming more than LZ4 can expand its block to (255:1) is
+            // corrupt, refused before its size is allocated (a damaged or
+            // forged 4 GiB claim was allocated on every lookup).
+            let claimed = payload
+                .get(..4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+                .ok_or_else(|| CacheError::Corrupt("truncated LZ4 size".into()))?;
+            if claimed > payload.len().saturating_mul(255) {
+                return Err(CacheError::Corrupt(format!(
+                    "LZ4 size {claimed} impossible for a {}-byte block",
+                    payload.len()
+                )));
+            }
+            lz4_flex::decompress_size_prepended(payload)
+                .map_err(|e| CacheError::Corrupt(e.to_string()))?
+        }
         f => return Err(CacheError::Corrupt(format!("unknown flags {f}"))),
     };
     if crc32fast::hash(&raw) != crc {
@@ -73,6 +89,11 @@ mod tests {
             large.len()
         );
         assert_eq!(decode(&enc).unwrap(), Bytes::from(large));
+        // LZ4's best ratio (one long run) is under the 255:1 its size check allows.
+        let zeros = vec![0u8; 8 << 20];
+        let enc = encode(&zeros);
+        assert!(enc.len() < zeros.len() / 200, "{}", enc.len());
+        assert_eq!(decode(&enc).unwrap().len(), zeros.len());
     }
 
     #[test]
@@ -86,6 +107,18 @@ mod tests {
         small[8] ^= 1;
         assert!(matches!(decode(&small), Err(CacheError::Corrupt(_))));
         assert!(decode(b"garbage").is_err());
+        // An LZ4 size no block of this length can expand to.
+        let mut forged = vec![MAGIC, FLAG_LZ4, 0, 0, 0, 0];
+        forged.extend_from_slice(&u32::MAX.to_le_bytes());
+        forged.extend_from_slice(&[0u8; 16]);
+        match decode(&forged) {
+            Err(CacheError::Corrupt(m)) => assert!(m.contains("impossible"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            decode(&[MAGIC, FLAG_LZ4, 0, 0, 0, 0, 1]).is_err(),
+            "truncated size"
+        );
         assert!(decode(b"").is_err());
     }
 }
