@@ -26,13 +26,17 @@ pub struct ProviderConfig {
     /// Order under the `priority` strategy: lower is tried first.
     #[serde(default)]
     pub priority: i32,
-    /// Total time allowed for one upstream request.
+    /// Total time allowed for one upstream request, streamed or not (the
+    /// OpenAI SDKs' default, 10 minutes: long generations, reasoning models).
+    /// A non-streamed answer's first byte comes only when it is complete, so
+    /// only this bounds it.
     #[serde(default = "default_timeout", with = "crate::duration")]
     pub timeout: Duration,
     /// Time allowed to open a connection.
     #[serde(default = "default_connect_timeout", with = "crate::duration")]
     pub connect_timeout: Duration,
-    /// Time allowed until the first byte of the response.
+    /// Time allowed until the first token of a stream: a silent provider is
+    /// given up (and the request retried or failed over) this soon.
     #[serde(default = "default_first_byte_timeout", with = "crate::duration")]
     pub first_byte_timeout: Duration,
     /// Behaviour of a `mock` provider.
@@ -63,7 +67,7 @@ fn default_weight() -> u32 {
     1
 }
 fn default_timeout() -> Duration {
-    Duration::from_secs(60)
+    Duration::from_secs(600)
 }
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(5)

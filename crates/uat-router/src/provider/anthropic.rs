@@ -25,7 +25,11 @@ pub struct Anthropic {
     messages_url: reqwest::Url,
     models_url: reqwest::Url,
     key: Option<String>,
+    /// Until the response head of a stream (`first_byte_timeout`).
     first_byte: Duration,
+    /// Of a whole non-streamed exchange (`timeout`): such an answer's head
+    /// comes only once it is generated, so the first-byte bound is not its.
+    total: Duration,
 }
 
 impl Anthropic {
@@ -43,6 +47,7 @@ impl Anthropic {
             models_url: http::join(cfg, base, "/v1/models")?,
             key: http::api_key(cfg),
             first_byte: cfg.first_byte_timeout,
+            total: cfg.timeout,
         })
     }
 
@@ -68,7 +73,7 @@ impl Anthropic {
         if stream {
             rb = rb.header(reqwest::header::ACCEPT, "text/event-stream");
         }
-        send(rb, self.first_byte).await
+        send(rb, if stream { self.first_byte } else { self.total }).await
     }
 }
 

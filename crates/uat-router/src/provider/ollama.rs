@@ -20,7 +20,11 @@ pub struct Ollama {
     tags_url: reqwest::Url,
     embed_url: reqwest::Url,
     auth: Option<String>,
+    /// Until the response head of a stream (`first_byte_timeout`).
     first_byte: Duration,
+    /// Of a whole non-streamed exchange (`timeout`): such an answer's head
+    /// comes only once it is generated, so the first-byte bound is not its.
+    total: Duration,
 }
 
 #[derive(Deserialize, Default)]
@@ -67,6 +71,7 @@ impl Ollama {
             embed_url: http::join(cfg, base, "/api/embed")?,
             auth: http::api_key(cfg).map(|k| format!("Bearer {k}")),
             first_byte: cfg.first_byte_timeout,
+            total: cfg.timeout,
         })
     }
 
@@ -77,7 +82,12 @@ impl Ollama {
         }
     }
 
-    async fn post(&self, url: reqwest::Url, body: &Value) -> Result<reqwest::Response, Failure> {
+    async fn post(
+        &self,
+        url: reqwest::Url,
+        body: &Value,
+        stream: bool,
+    ) -> Result<reqwest::Response, Failure> {
         let body = serde_json::to_vec(body).map_err(|e| {
             Failure::new(
                 FailureKind::Malformed,
@@ -88,7 +98,7 @@ impl Ollama {
             .request(self.client.post(url))
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body);
-        send(rb, self.first_byte).await
+        send(rb, if stream { self.first_byte } else { self.total }).await
     }
 }
 
@@ -231,7 +241,7 @@ impl Provider for Ollama {
     ) -> BoxFuture<'a, Result<Reply, Failure>> {
         Box::pin(async move {
             let resp = self
-                .post(self.chat_url.clone(), &chat_body(model, req, false))
+                .post(self.chat_url.clone(), &chat_body(model, req, false), false)
                 .await?;
             let (_, r): (_, OllamaChat) = read_json(resp).await?;
             if let Some(e) = r.error {
@@ -278,7 +288,7 @@ impl Provider for Ollama {
     ) -> BoxFuture<'a, Result<ChunkStream, Failure>> {
         Box::pin(async move {
             let resp = self
-                .post(self.chat_url.clone(), &chat_body(model, req, true))
+                .post(self.chat_url.clone(), &chat_body(model, req, true), true)
                 .await?;
             let state = StreamState {
                 id: completion_id(),
@@ -330,7 +340,7 @@ impl Provider for Ollama {
             if let (Some(d), Some(o)) = (body.get("dimensions"), req.as_object_mut()) {
                 o.insert("dimensions".into(), d.clone());
             }
-            let resp = self.post(self.embed_url.clone(), &req).await?;
+            let resp = self.post(self.embed_url.clone(), &req, false).await?;
             let (_, e): (_, Embed) = read_json(resp).await?;
             let tokens = e.prompt_eval_count.unwrap_or(0);
             let data: Vec<Value> = e

@@ -18,7 +18,11 @@ pub struct OpenAi {
     models_url: reqwest::Url,
     embeddings_url: reqwest::Url,
     auth: Option<String>,
+    /// Until the response head of a stream (`first_byte_timeout`).
     first_byte: Duration,
+    /// Of a whole non-streamed exchange (`timeout`): such an answer's head
+    /// comes only once it is generated, so the first-byte bound is not its.
+    total: Duration,
 }
 
 /// The fields of an answer the router looks at; the rest is skipped.
@@ -100,6 +104,7 @@ impl OpenAi {
             embeddings_url: http::join(cfg, base, "/embeddings")?,
             auth: http::api_key(cfg).map(|k| format!("Bearer {k}")),
             first_byte: cfg.first_byte_timeout,
+            total: cfg.timeout,
         })
     }
 
@@ -116,7 +121,7 @@ impl OpenAi {
             .post(url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body);
-        let resp = send(rb, self.first_byte).await?;
+        let resp = send(rb, self.total).await?;
         let (body, peek): (_, Peek) = read_json(resp).await?;
         if let Some(e) = peek.error {
             return Err(Failure::new(FailureKind::ServerError, error_text(&e)));

@@ -264,12 +264,7 @@ async fn hang_past_timeout_fails_over() {
     a.set_default(Behavior::Hang);
     let toml = format!(
         "{}{}",
-        two_providers(
-            &a,
-            &b,
-            "priority = 0\nfirst_byte_timeout = \"200ms\"",
-            "priority = 1"
-        ),
+        two_providers(&a, &b, "priority = 0\ntimeout = \"200ms\"", "priority = 1"),
         routing("priority", "")
     );
     let app = spawn_app(&toml).await;
@@ -279,18 +274,56 @@ async fn hang_past_timeout_fails_over() {
     assert_eq!(a.calls(), 1);
 }
 
+/// A non-streamed answer's head comes only once it is generated, so only
+/// `timeout` bounds it: one slower than `first_byte_timeout` is served
+/// (it used to time out there and be generated again elsewhere). A stream
+/// still has `first_byte_timeout` until its first token.
+#[tokio::test]
+async fn a_slow_non_streamed_answer_is_bounded_by_the_total_timeout_not_the_first_byte() {
+    let (a, b) = two_fakes().await;
+    a.set_default(Behavior::Delay(Duration::from_millis(600)));
+    let toml = format!(
+        "{}{}",
+        two_providers(
+            &a,
+            &b,
+            "priority = 0\nfirst_byte_timeout = \"150ms\"\ntimeout = \"5s\"",
+            "priority = 1"
+        ),
+        routing("priority", "")
+    );
+    let app = spawn_app(&toml).await;
+    let resp = app.chat(chat_body("shared", false)).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(&resp, "x-uat-provider"), "a");
+    assert_eq!((a.calls(), b.calls()), (1, 0));
+    let resp = app
+        .client
+        .post(app.at("/v1/embeddings"))
+        .json(&serde_json::json!({"model": "shared", "input": "slow"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(&resp, "x-uat-provider"), "a");
+
+    a.set_default(Behavior::SlowFirstToken(Duration::from_millis(600)));
+    let resp = app.chat(chat_body("shared", true)).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        header(&resp, "x-uat-provider"),
+        "b",
+        "the stream's first token came too late on a"
+    );
+}
+
 #[tokio::test]
 async fn hang_everywhere_is_503_timeout() {
     let up = FakeUpstream::start(Wire::OpenAi, "a").await.unwrap();
     up.set_default(Behavior::Hang);
     let toml = format!(
         "{}{}",
-        provider_toml(
-            "a",
-            "openai",
-            &up.base_url(),
-            "first_byte_timeout = \"100ms\""
-        ),
+        provider_toml("a", "openai", &up.base_url(), "timeout = \"100ms\""),
         routing("priority", "max_attempts = 2")
     );
     let app = spawn_app(&toml).await;

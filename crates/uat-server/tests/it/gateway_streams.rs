@@ -200,3 +200,21 @@ async fn ollama_and_anthropic_streams_cut_halfway_end_with_error_events() {
         assert_eq!(up.calls(), 1);
     }
 }
+
+/// On the Ollama and Anthropic wires too, a non-streamed answer slower than
+/// `first_byte_timeout` is served (only `timeout` bounds it), while a
+/// stream whose first token is that late times out.
+#[tokio::test]
+async fn ollama_and_anthropic_non_streamed_answers_are_bounded_by_the_total_timeout() {
+    for (wire, kind) in [(Wire::Ollama, "ollama"), (Wire::Anthropic, "anthropic")] {
+        let up = FakeUpstream::start(wire, "x").await.unwrap();
+        up.set_default(Behavior::Delay(Duration::from_millis(500)));
+        let extra = "first_byte_timeout = \"150ms\"\ntimeout = \"5s\"";
+        let app = spawn_app(&provider_toml("x", kind, &up.base_url(), extra)).await;
+        let resp = app.chat(chat_body("x-model", false)).await;
+        assert_eq!(resp.status(), 200, "{kind}");
+        up.set_default(Behavior::SlowFirstToken(Duration::from_millis(500)));
+        let resp = app.chat(chat_body("x-model", true)).await;
+        assert_eq!(resp.status(), 503, "{kind}: the stream's first token is late");
+    }
+}
