@@ -192,7 +192,8 @@ impl Usage {
         Usage {
             prompt_tokens,
             completion_tokens,
-            total_tokens: prompt_tokens + completion_tokens,
+            // Counts come from upstreams: never an overflow panic (debug builds).
+            total_tokens: prompt_tokens.saturating_add(completion_tokens),
         }
     }
 }
@@ -417,6 +418,14 @@ pub fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Token counts come from upstreams; a total past u64 saturates (it
+    /// overflowed, a panic in debug builds).
+    #[test]
+    fn usage_totals_saturate() {
+        assert_eq!(Usage::new(2, 3).total_tokens, 5);
+        assert_eq!(Usage::new(u64::MAX, 1).total_tokens, u64::MAX);
+    }
 
     #[test]
     fn unknown_fields_round_trip_untouched() {

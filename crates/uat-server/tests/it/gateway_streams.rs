@@ -215,6 +215,10 @@ async fn ollama_and_anthropic_non_streamed_answers_are_bounded_by_the_total_time
         assert_eq!(resp.status(), 200, "{kind}");
         up.set_default(Behavior::SlowFirstToken(Duration::from_millis(500)));
         let resp = app.chat(chat_body("x-model", true)).await;
-        assert_eq!(resp.status(), 503, "{kind}: the stream's first token is late");
+        assert_eq!(
+            resp.status(),
+            503,
+            "{kind}: the stream's first token is late"
+        );
     }
 }

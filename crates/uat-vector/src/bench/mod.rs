@@ -172,6 +172,11 @@ pub fn clustered(n: usize, dim: usize, clusters: usize, seed: u64) -> Vec<Vec<f3
 /// Reads `rows` normalized vectors of `dim` f32 (little-endian) from a raw
 /// file (the format uat-embed's `embed_corpus` example writes).
 pub fn load_rows(path: &std::path::Path, dim: usize, rows: usize) -> Result<Vec<Vec<f32>>> {
+    if dim == 0 {
+        return Err(VectorError::BadConfig(
+            "the dimension must be at least 1".into(),
+        ));
+    }
     let bytes = std::fs::read(path).map_err(|e| VectorError::io(path, e))?;
     let have = bytes.len() / (dim * 4);
     if have < rows {
@@ -542,4 +547,19 @@ pub fn run(opts: BenchOptions, log: &mut dyn FnMut(&str)) -> Result<BenchReport>
         snapshot_load_seconds,
         reopened_recall,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `uat bench vector --dim 0 --data-file F` divided by zero.
+    #[test]
+    fn a_zero_dimension_is_an_error_not_a_division_by_zero() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), [0u8; 64]).unwrap();
+        let e = load_rows(f.path(), 0, 1).unwrap_err();
+        assert!(e.to_string().contains("at least 1"), "{e}");
+        assert_eq!(load_rows(f.path(), 4, 4).unwrap().len(), 4);
+    }
 }
