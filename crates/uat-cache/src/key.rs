@@ -220,6 +220,9 @@ impl std::fmt::Display for CacheKey {
     }
 }
 
+/// Longest pattern accepted, in bytes.
+pub const MAX_PATTERN: usize = 256;
+
 /// A glob over the models of one namespace: `*` matches any run of
 /// characters, `?` one character, everything else is literal.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -233,6 +236,13 @@ impl KeyPattern {
     pub fn new(namespace: &str, model_glob: &str) -> Result<Self, CacheError> {
         if model_glob.is_empty() {
             return Err(CacheError::InvalidKey("pattern must not be empty".into()));
+        }
+        // Matching costs up to the pattern's length times the model's, for
+        // every entry: a megabyte-long pattern held a worker for minutes.
+        if model_glob.len() > MAX_PATTERN {
+            return Err(CacheError::InvalidKey(format!(
+                "pattern must be at most {MAX_PATTERN} bytes (a glob over model names)"
+            )));
         }
         Ok(KeyPattern {
             namespace: namespace.to_string(),
@@ -607,6 +617,8 @@ mod tests {
         assert!(!KeyPattern::new("t2", "*").unwrap().matches(&k));
         assert!(!KeyPattern::new("t1", "gpt-3*").unwrap().matches(&k));
         assert!(!KeyPattern::new("t1", "gpt").unwrap().matches(&k));
+        assert!(KeyPattern::new("t1", &"*".repeat(MAX_PATTERN)).is_ok());
+        assert!(KeyPattern::new("t1", &"*".repeat(MAX_PATTERN + 1)).is_err());
         assert_eq!(
             KeyPattern::new("t1", "a_%*?").unwrap().sql_like(),
             "a\\_\\%%_"

@@ -428,7 +428,12 @@ impl TieredCache {
         self.flush(Duration::from_secs(2)).await;
         let mut n = 0;
         if let Some(l1) = &self.inner.l1 {
-            n = n.max(l1.remove_matching(pattern));
+            // A walk over every entry: off the async workers.
+            let (l1, p) = (l1.clone(), pattern.clone());
+            match tokio::task::spawn_blocking(move || l1.remove_matching(&p)).await {
+                Ok(c) => n = n.max(c),
+                Err(e) => tracing::warn!(level = "l1", error = %e, "pattern invalidation failed"),
+            }
         }
         if let Some(l2) = &self.inner.l2 {
             match l2.invalidate_pattern(pattern).await {
