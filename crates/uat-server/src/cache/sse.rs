@@ -28,6 +28,9 @@ struct ChoiceAcc {
 #[derive(Default)]
 pub(crate) struct Assembler {
     buf: Vec<u8>,
+    /// Bytes fed so far (the bound is on the whole stream, not on `buf`,
+    /// which each event drains).
+    seen: usize,
     failed: bool,
     done: bool,
     id: Option<Value>,
@@ -47,9 +50,12 @@ impl Assembler {
         if self.failed {
             return;
         }
-        if self.buf.len() + chunk.len() > MAX_RECORDED {
+        self.seen = self.seen.saturating_add(chunk.len());
+        if self.seen > MAX_RECORDED {
+            // Forwarded, not stored: drop what was assembled so far.
             self.failed = true;
-            self.buf.clear();
+            self.buf = Vec::new();
+            self.choices.clear();
             return;
         }
         self.buf.extend_from_slice(chunk);
@@ -335,6 +341,37 @@ mod tests {
             "data: {}\n\n",
             json!({"id":"c1","object":"chat.completion.chunk","created":7,"model":"m","choices":[{"index":0,"delta":{"content":content},"finish_reason":null}]})
         )
+    }
+
+    /// A stream longer than the bound is not recorded, however it is cut
+    /// into events (the bound used to count only the undrained buffer, so a
+    /// long stream of small events was assembled and stored whole).
+    #[test]
+    fn a_stream_past_the_bound_is_not_recorded() {
+        let piece = chunk(&"x".repeat(1000));
+        let stop = format!(
+            "data: {}\n\n",
+            json!({"id":"c1","object":"chat.completion.chunk","created":7,"model":"m","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]})
+        );
+        let events = MAX_RECORDED / piece.len() + 2;
+        let mut a = Assembler::default();
+        for _ in 0..events {
+            a.feed(piece.as_bytes());
+        }
+        a.feed(stop.as_bytes());
+        a.feed(b"data: [DONE]\n\n");
+        assert!(
+            a.finish().is_none(),
+            "past {MAX_RECORDED} bytes: not stored"
+        );
+        assert!(a.choices.is_empty(), "and what was assembled is dropped");
+        let mut b = Assembler::default();
+        for _ in 0..10 {
+            b.feed(piece.as_bytes());
+        }
+        b.feed(stop.as_bytes());
+        b.feed(b"data: [DONE]\n\n");
+        assert!(b.finish().is_some(), "a short stream is");
     }
 
     #[test]
