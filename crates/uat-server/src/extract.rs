@@ -21,10 +21,11 @@ use std::io::Read;
 /// The limit when a route sets none (axum's own default).
 const DEFAULT_LIMIT: usize = 2 * 1024 * 1024;
 
-/// A compressed body up to this size is decoded on the request's task;
-/// a larger one on the blocking pool (tens of milliseconds of CPU at the
-/// bulk limit would stall every other request of that worker).
-const INLINE_DECODE_MAX: usize = 64 * 1024;
+/// A compressed body up to this size is decoded on the request's task
+/// (gzip expands at most ~1,000:1, so to about 1 MiB, a millisecond); a
+/// larger one on the blocking pool (tens of milliseconds of CPU at the bulk
+/// limit would stall every other request of that worker).
+const INLINE_DECODE_MAX: usize = 1024;
 
 /// The body limit of the route, put in the request extensions by the router
 /// so a 413 can say what the limit is.

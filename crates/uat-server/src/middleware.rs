@@ -164,10 +164,62 @@ async fn shed_and_measure(State(limit): State<InFlight>, req: Request, next: Nex
     )
 }
 
+/// Most distinct `model` label values; later new ones are counted as
+/// [`OTHER_MODEL`]. A client names any model it likes (`provider/anything`
+/// resolves), and every value would be a series kept forever.
+const MAX_MODEL_LABELS: usize = 1000;
+/// Longest `model` label value kept.
+const MAX_MODEL_LABEL_LEN: usize = 128;
+/// The label of a model past those bounds.
+pub(crate) const OTHER_MODEL: &str = "(other)";
+
+static MODEL_LABELS: LazyLock<BoundedLabels> =
+    LazyLock::new(|| BoundedLabels::new(MAX_MODEL_LABELS));
+
+/// A set of label values that stops growing at `max`.
+struct BoundedLabels {
+    set: std::sync::RwLock<std::collections::HashSet<Box<str>>>,
+    max: usize,
+}
+
+impl BoundedLabels {
+    fn new(max: usize) -> Self {
+        BoundedLabels {
+            set: std::sync::RwLock::default(),
+            max,
+        }
+    }
+
+    /// `value` itself while the set has room (or already holds it), else
+    /// [`OTHER_MODEL`]; empty stays empty.
+    fn label<'a>(&self, value: &'a str) -> &'a str {
+        let known = self
+            .set
+            .read()
+            .map_or_else(|p| p.into_inner().contains(value), |s| s.contains(value));
+        if value.is_empty() || known {
+            return value;
+        }
+        if value.len() > MAX_MODEL_LABEL_LEN {
+            return OTHER_MODEL;
+        }
+        let mut set = self.set.write().unwrap_or_else(|p| p.into_inner());
+        if set.len() < self.max {
+            set.insert(value.into());
+            return value;
+        }
+        if set.contains(value) {
+            value
+        } else {
+            OTHER_MODEL
+        }
+    }
+}
+
 fn record(route: &str, resp: &Response, start: Instant) {
     let labels = resp.extensions().get::<RouteLabels>();
     let (model, provider) = labels
-        .map(|l| (l.model.as_str(), l.provider.as_str()))
+        .map(|l| (MODEL_LABELS.label(&l.model), l.provider.as_str()))
         .unwrap_or(("", ""));
     METRICS
         .requests
@@ -227,4 +279,22 @@ pub(crate) fn wrap(router: Router<AppState>, state: AppState) -> Router {
             X_REQUEST_ID.clone(),
             MakeRequestUuid,
         ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_stop_growing_at_the_bound() {
+        let labels = BoundedLabels::new(2);
+        assert_eq!(labels.label("a"), "a");
+        assert_eq!(labels.label("b"), "b");
+        assert_eq!(labels.label("c"), OTHER_MODEL, "the set is full");
+        assert_eq!(labels.label("a"), "a", "known values keep their label");
+        assert_eq!(labels.label(""), "");
+        let labels = BoundedLabels::new(10);
+        assert_eq!(labels.label(&"x".repeat(129)), OTHER_MODEL, "too long");
+        assert_eq!(labels.label(&"x".repeat(128)), "x".repeat(128));
+    }
 }
