@@ -17,6 +17,15 @@ pub struct ServerConfig {
     /// How long a graceful shutdown waits for in-flight requests and streams.
     #[serde(with = "crate::duration")]
     pub shutdown_grace: Duration,
+    /// Longest time a connection may take to send a request's headers, and
+    /// to start its next request on a kept-alive connection (HTTP/1): a
+    /// client that holds a connection open without sending is cut off.
+    #[serde(with = "crate::duration")]
+    pub header_read_timeout: Duration,
+    /// Longest wait for the next piece of a request body: a client that
+    /// stops sending mid-body gets a 408 and its slot back.
+    #[serde(with = "crate::duration")]
+    pub body_read_timeout: Duration,
     /// Log format: `text` or `json`.
     pub log_format: LogFormat,
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` wins when set.
@@ -41,6 +50,8 @@ impl Default for ServerConfig {
             body_limit: 4 * 1024 * 1024,
             bulk_body_limit: 64 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(30),
+            body_read_timeout: Duration::from_secs(30),
             log_format: LogFormat::Text,
             log_level: "info".into(),
         }
@@ -66,6 +77,14 @@ impl ServerConfig {
                 "server.body_limit",
                 "must be at least 1",
             ));
+        }
+        for (path, d) in [
+            ("server.header_read_timeout", self.header_read_timeout),
+            ("server.body_read_timeout", self.body_read_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::invalid(path, "must be more than zero"));
+            }
         }
         if self.bulk_body_limit < self.body_limit {
             return Err(ConfigError::invalid(

@@ -119,6 +119,16 @@ impl ApiError {
         .with_param("content-encoding")
     }
 
+    /// 408: the client stopped sending its body.
+    pub fn body_timeout(idle: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            Some("request_timeout"),
+            format!("the request body stalled: nothing arrived for {idle:?}"),
+        )
+    }
+
     /// 503 with Retry-After: the server is shedding load.
     pub fn overloaded(message: impl Into<String>, retry_after: u64) -> Self {
         let mut e = Self::new(

@@ -52,13 +52,21 @@ where
 /// Reads the whole body within the route's limit; see [`read_body`].
 pub async fn body_bytes<S: Send + Sync>(req: Request, _state: &S) -> Result<Bytes, ApiError> {
     let (parts, body) = req.into_parts();
-    read_body(&parts.headers, body, route_limit(&parts.extensions)).await
+    read_body(&parts, body).await
 }
 
 /// The route's body limit ([`BodyLimit`], set by the router).
 pub fn route_limit(extensions: &axum::http::Extensions) -> usize {
     extensions.get::<BodyLimit>().map_or(DEFAULT_LIMIT, |l| l.0)
 }
+
+/// Longest wait for the next piece of a request body (`server.body_read_timeout`),
+/// put in the request extensions by the router.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyReadTimeout(pub std::time::Duration);
+
+/// Without a [`BodyReadTimeout`] extension (a router built by hand).
+const DEFAULT_BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A body's content coding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,27 +118,18 @@ fn coding(headers: &HeaderMap) -> Result<Coding, ApiError> {
     Ok(out)
 }
 
-/// Reads a whole body of at most `limit` bytes (413 beyond it), decoded
-/// when `headers` name a content coding: the decoded body is held to the
-/// same limit.
-pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    let coding = coding(headers)?;
-    let bytes = match axum::body::to_bytes(body, limit).await {
-        Ok(b) => b,
-        Err(e) => {
-            let inner = e.into_inner();
-            let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&*inner);
-            while let Some(s) = src {
-                if s.is::<http_body_util::LengthLimitError>() {
-                    return Err(ApiError::payload_too_large(limit));
-                }
-                src = s.source();
-            }
-            return Err(ApiError::bad_request(format!(
-                "cannot read request body: {inner}"
-            )));
-        }
-    };
+/// Reads a whole body of at most the route's limit (413 beyond it),
+/// decoded when the headers name a content coding (the decoded body is held
+/// to the same limit). A client that sends nothing for the body read
+/// timeout gets a 408.
+pub async fn read_body(parts: &axum::http::request::Parts, body: Body) -> Result<Bytes, ApiError> {
+    let limit = route_limit(&parts.extensions);
+    let idle = parts
+        .extensions
+        .get::<BodyReadTimeout>()
+        .map_or(DEFAULT_BODY_READ_TIMEOUT, |t| t.0);
+    let coding = coding(&parts.headers)?;
+    let bytes = collect(body, limit, idle).await?;
     if coding == Coding::Identity {
         return Ok(bytes);
     }
@@ -140,6 +139,50 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
     tokio::task::spawn_blocking(move || decode(coding, &bytes, limit))
         .await
         .map_err(|e| ApiError::internal(format!("decoding the request body failed: {e}")))?
+}
+
+/// Collects a body of at most `limit` bytes, waiting at most `idle` for each piece.
+async fn collect(body: Body, limit: usize, idle: std::time::Duration) -> Result<Bytes, ApiError> {
+    use http_body_util::BodyExt;
+    if http_body::Body::size_hint(&body)
+        .exact()
+        .is_some_and(|n| n > limit as u64)
+    {
+        return Err(ApiError::payload_too_large(limit));
+    }
+    let mut body = body;
+    let mut first: Option<Bytes> = None;
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        let frame = match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => return Err(ApiError::body_timeout(idle)),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                return Err(ApiError::bad_request(format!(
+                    "cannot read request body: {e}"
+                )));
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let held = first.as_ref().map_or(0, Bytes::len) + buf.len();
+        if held + data.len() > limit {
+            return Err(ApiError::payload_too_large(limit));
+        }
+        // One piece (the usual small body) is kept as it is, not copied.
+        match first.take() {
+            None if buf.is_empty() => first = Some(data),
+            held => {
+                if let Some(h) = held {
+                    buf.extend_from_slice(&h);
+                }
+                buf.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok(first.unwrap_or_else(|| buf.freeze()))
 }
 
 /// Decodes a gzip or deflate (zlib) body, stopping one byte past `limit`.

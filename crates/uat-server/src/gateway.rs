@@ -168,8 +168,7 @@ fn routing_failed(e: &RouterError, model: &str) -> Response {
 /// it was sent compressed.
 async fn read_body(req: Request) -> Result<(HeaderMap, Bytes), ApiError> {
     let (parts, body) = req.into_parts();
-    let limit = crate::extract::route_limit(&parts.extensions);
-    let bytes = crate::extract::read_body(&parts.headers, body, limit).await?;
+    let bytes = crate::extract::read_body(&parts, body).await?;
     Ok((parts.headers, bytes))
 }
 

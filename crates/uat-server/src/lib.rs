@@ -80,12 +80,18 @@ pub fn app(state: AppState) -> Router {
         .merge(memory::routes())
         .layer(DefaultBodyLimit::max(cfg.server.body_limit))
         .layer(axum::Extension(extract::BodyLimit(cfg.server.body_limit)))
+        .layer(axum::Extension(extract::BodyReadTimeout(
+            cfg.server.body_read_timeout,
+        )))
         // Bulk routes carry their own, larger limit.
         .merge(
             vector::routes()
                 .layer(DefaultBodyLimit::max(cfg.server.bulk_body_limit))
                 .layer(axum::Extension(extract::BodyLimit(
                     cfg.server.bulk_body_limit,
+                )))
+                .layer(axum::Extension(extract::BodyReadTimeout(
+                    cfg.server.body_read_timeout,
                 ))),
         );
     middleware::wrap(api.merge(health::routes()), state)
@@ -102,47 +108,123 @@ pub async fn bind(addr: &str) -> Result<TcpListener, StartupError> {
         })
 }
 
+/// Connection settings of [`serve`].
+#[derive(Debug, Clone, Copy)]
+pub struct ServeOptions {
+    /// How long a graceful shutdown drains in-flight requests and streams.
+    pub grace: Duration,
+    /// Longest time to receive a request's headers, or the next request on a
+    /// kept-alive HTTP/1 connection (`server.header_read_timeout`).
+    pub header_read_timeout: Duration,
+}
+
+impl From<&uat_config::ServerConfig> for ServeOptions {
+    fn from(s: &uat_config::ServerConfig) -> Self {
+        ServeOptions {
+            grace: s.shutdown_grace,
+            header_read_timeout: s.header_read_timeout,
+        }
+    }
+}
+
 /// Serves `app` on `listener` until `shutdown` resolves, then drains
 /// in-flight requests and streams for at most `grace`.
+///
+/// Each connection is served by hyper with a timer, so HTTP/1 headers must
+/// arrive within `header_read_timeout` (a client holding a connection open
+/// without sending, or idling between kept-alive requests, is cut off) and
+/// an HTTP/2 peer that stops answering pings is dropped. `axum::serve` sets
+/// no timer, which turns both off.
 pub async fn serve<F>(
     listener: TcpListener,
     app: Router,
     shutdown: F,
-    grace: Duration,
+    opts: ServeOptions,
 ) -> std::io::Result<()>
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    use axum::serve::ListenerExt;
+    use axum::serve::{Listener, ListenerExt};
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let listener = listener.tap_io(|tcp| {
+    let mut listener = listener.tap_io(|tcp| {
         // Nagle's algorithm would hold small responses back ~40 ms on a
         // keep-alive connection.
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::warn!(error = %e, "cannot set TCP_NODELAY");
         }
     });
-    let mut rx2 = rx.clone();
-    let server = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        let _ = rx2.wait_for(|v| *v).await;
-    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(opts.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(60)));
     tokio::spawn(async move {
         shutdown.await;
         tracing::info!("shutting down: draining in-flight requests");
         let _ = tx.send(true);
     });
-    let mut rx3 = rx;
+    // Every connection task holds a receiver; all dropped = all drained.
+    let (close_tx, close_rx) = tokio::sync::watch::channel(());
+    let mut stopping = rx.clone();
+    let conn_rx = rx.clone();
+    let server = async move {
+        loop {
+            let (io, _addr) = tokio::select! {
+                conn = listener.accept() => conn,
+                _ = stopping.wait_for(|v| *v) => break,
+            };
+            let builder = builder.clone();
+            let service = TowerToHyperService::new(app.clone());
+            let mut stop = conn_rx.clone();
+            let close_rx = close_rx.clone();
+            let first_byte = opts.header_read_timeout;
+            tokio::spawn(async move {
+                // hyper reads the first bytes to tell HTTP/1 from HTTP/2
+                // without any timeout: a connection that sends nothing
+                // would wait there for ever.
+                let mut one = [0u8; 1];
+                match tokio::time::timeout(first_byte, io.peek(&mut one)).await {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => return,
+                }
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+                let mut conn = std::pin::pin!(conn);
+                let mut draining = false;
+                loop {
+                    tokio::select! {
+                        r = conn.as_mut() => {
+                            if let Err(e) = r {
+                                tracing::debug!(error = %e, "connection ended with an error");
+                            }
+                            break;
+                        }
+                        _ = stop.wait_for(|v| *v), if !draining => {
+                            draining = true;
+                            conn.as_mut().graceful_shutdown();
+                        }
+                    }
+                }
+                drop(close_rx);
+            });
+        }
+        drop(close_rx);
+        drop(listener);
+        close_tx.closed().await;
+    };
+    let mut after = rx;
     tokio::select! {
-        r = server => r,
+        () = server => Ok(()),
         _ = async move {
-            let _ = rx3.wait_for(|v| *v).await;
-            tokio::time::sleep(grace).await;
+            let _ = after.wait_for(|v| *v).await;
+            tokio::time::sleep(opts.grace).await;
         } => {
-            tracing::warn!(?grace, "grace period over; closing remaining connections");
+            tracing::warn!(grace = ?opts.grace, "grace period over; closing remaining connections");
             Ok(())
         }
     }

@@ -74,7 +74,7 @@ async fn serve(path: Option<&std::path::Path>, overrides: &Overrides) -> anyhow:
     uat_telemetry::init_tracing(&cfg.server.log_level, format);
     tracing::info!(?source, "configuration loaded");
     let listen = cfg.server.listen.clone();
-    let grace = cfg.server.shutdown_grace;
+    let opts = uat_server::ServeOptions::from(&cfg.server);
     // Before anything else runs: a SIGTERM from here on stops gracefully.
     let stop = shutdown_signal();
     let listener = uat_server::bind(&listen).await?;
@@ -86,7 +86,7 @@ async fn serve(path: Option<&std::path::Path>, overrides: &Overrides) -> anyhow:
     let state = uat_server::build(cfg).await?;
     let app = uat_server::app(state.clone());
     tracing::info!(%addr, "uat is listening");
-    uat_server::serve(listener, app, stop, grace)
+    uat_server::serve(listener, app, stop, opts)
         .await
         .context("server error")?;
     // Cache writes still gathered for L2/L3 go out before the process ends.

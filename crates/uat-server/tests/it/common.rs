@@ -96,7 +96,10 @@ pub async fn spawn_app(toml: &str) -> TestApp {
 
 /// Starts the app with a ready-made config.
 pub async fn spawn_config(cfg: Config, dir: tempfile::TempDir) -> TestApp {
-    let grace = Duration::from_secs(1);
+    let opts = uat_server::ServeOptions {
+        grace: Duration::from_secs(1),
+        ..uat_server::ServeOptions::from(&cfg.server)
+    };
     let listener = uat_server::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let state = uat_server::build(cfg).await.expect("build");
@@ -108,7 +111,7 @@ pub async fn spawn_config(cfg: Config, dir: tempfile::TempDir) -> TestApp {
         async move {
             let _ = rx.await;
         },
-        grace,
+        opts,
     ));
     let client = reqwest::Client::builder()
         .no_gzip()

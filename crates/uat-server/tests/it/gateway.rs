@@ -415,6 +415,95 @@ async fn a_model_name_too_long_for_a_label_is_counted_as_other() {
     assert!(text.contains("model=\"(other)\""));
 }
 
+/// Reads until the server closes the connection; `None` if it is still
+/// open after `wait`.
+async fn read_until_closed(tcp: &mut tokio::net::TcpStream, wait: Duration) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(wait, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    read.ok()
+        .map(|()| String::from_utf8_lossy(&got).into_owned())
+}
+
+/// A client that opens a connection and does not finish its headers (or
+/// sends nothing, or idles after a request) is cut off after
+/// `server.header_read_timeout`. Before, `axum::serve` ran hyper without a
+/// timer, which turns that timeout off: such connections stayed open for
+/// ever (slowloris).
+#[tokio::test]
+async fn a_connection_that_does_not_send_its_headers_is_closed() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app(
+        "[server]\nheader_read_timeout = \"300ms\"\n[[providers]]\nname = \"m\"\nkind = \"mock\"\n",
+    )
+    .await;
+    let mut half = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    half.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut silent = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    // One request answered, then nothing on the kept-alive connection.
+    let mut idle = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    for (name, tcp) in [
+        ("half", &mut half),
+        ("silent", &mut silent),
+        ("idle", &mut idle),
+    ] {
+        let text = read_until_closed(tcp, Duration::from_secs(5)).await;
+        assert!(text.is_some(), "the {name} connection is still open");
+        if name == "idle" {
+            let text = text.unwrap_or_default();
+            assert!(
+                text.starts_with("HTTP/1.1 200"),
+                "its request was answered: {text}"
+            );
+        }
+    }
+    let resp = app.chat(chat_body("mock-model", false)).await;
+    assert_eq!(resp.status(), 200, "others are served");
+}
+
+/// A client that stops sending its body gets a 408 in the OpenAI shape
+/// after `server.body_read_timeout`, and its in-flight slot back (one slot
+/// here: the next request is served). Before, it held the slot for ever.
+#[tokio::test]
+async fn a_body_that_stalls_gets_a_408_and_frees_its_slot() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app(
+        "[server]\nmax_in_flight = 1\nbody_read_timeout = \"300ms\"\n[[providers]]\nname = \"m\"\nkind = \"mock\"\n",
+    )
+    .await;
+    for path in ["/v1/chat/completions", "/v1/embeddings"] {
+        let mut tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\nconnection: close\r\n\r\n{{\"model\":"
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        let text = read_until_closed(&mut tcp, Duration::from_secs(5))
+            .await
+            .expect("an answer, then the connection closed");
+        assert!(text.starts_with("HTTP/1.1 408"), "{path}: {text}");
+        assert!(
+            text.contains("\"code\":\"request_timeout\""),
+            "{path}: {text}"
+        );
+        let resp = app.chat(chat_body("mock-model", false)).await;
+        assert_eq!(resp.status(), 200, "the slot was given back");
+    }
+}
+
 async fn chat_accepting_gzip(app: &TestApp, body: &Value) -> reqwest::Response {
     app.client
         .post(app.at("/v1/chat/completions"))

@@ -183,7 +183,7 @@ pub(crate) async fn run(
         gw.mode = "in-process";
         let cfg = uat_config::Config::from_toml(&cfg_text)
             .context("the generated gateway config is invalid")?;
-        let grace = cfg.server.shutdown_grace;
+        let opts = uat_server::ServeOptions::from(&cfg.server);
         let listener = uat_server::bind(&listen).await?;
         let state = uat_server::build(cfg).await?;
         let app = uat_server::app(state);
@@ -194,7 +194,7 @@ pub(crate) async fn run(
             async move {
                 let _ = stopped.await;
             },
-            grace,
+            opts,
         ));
         gw.startup = Some(wait_for_health(&probe, &uat_base, started, None, &log_path).await?);
         Gateway::InProcess { stop, task }
