@@ -10,6 +10,9 @@ pub struct ServerConfig {
     pub listen: String,
     /// Requests in flight beyond which `uat` sheds load with 503 + Retry-After.
     pub max_in_flight: usize,
+    /// Client connections served at once; past it new connections wait in
+    /// the listen backlog until one closes (each holds a file descriptor).
+    pub max_connections: usize,
     /// Largest request body on ordinary routes (bytes); larger gets 413.
     pub body_limit: usize,
     /// Largest request body on bulk routes such as vector upserts (bytes).
@@ -47,6 +50,7 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: "127.0.0.1:3033".into(),
             max_in_flight: 1024,
+            max_connections: 10_000,
             body_limit: 4 * 1024 * 1024,
             bulk_body_limit: 64 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(30),
@@ -70,6 +74,12 @@ impl ServerConfig {
             return Err(ConfigError::invalid(
                 "server.max_in_flight",
                 "must be at least 1",
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.max_connections) {
+            return Err(ConfigError::invalid(
+                "server.max_connections",
+                "must be from 1 to 1000000",
             ));
         }
         if self.body_limit == 0 {

@@ -222,6 +222,15 @@ fn durations_and_sizes_that_would_overflow_later_are_refused() {
             "storage.max_connections",
         ),
         ("[vector]\nmax_batch = 0\n", "vector.max_batch"),
+        ("[server]\nmax_connections = 0\n", "server.max_connections"),
+        (
+            "[server]\nheader_read_timeout = \"0s\"\n",
+            "server.header_read_timeout",
+        ),
+        (
+            "[server]\nbody_read_timeout = \"0s\"\n",
+            "server.body_read_timeout",
+        ),
     ] {
         let msg = load_str(toml, &[]).unwrap_err().to_string();
         assert!(msg.contains(path), "{toml}: {msg}");

@@ -108,6 +108,31 @@ pub async fn bind(addr: &str) -> Result<TcpListener, StartupError> {
         })
 }
 
+/// Raises this process's open-file limit to its hard limit (Linux; often
+/// 1,024 soft against 1,048,576 hard) and returns the limit now in force,
+/// when known. Each connection, upstream connection and open file takes a
+/// descriptor; at the limit new connections fail.
+pub fn raise_fd_limit() -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::process::{Resource, getrlimit, setrlimit};
+        let mut l = getrlimit(Resource::Nofile);
+        if let (Some(cur), Some(max)) = (l.current, l.maximum)
+            && cur < max
+        {
+            l.current = Some(max);
+            if setrlimit(Resource::Nofile, l.clone()).is_err() {
+                return Some(cur);
+            }
+        }
+        getrlimit(Resource::Nofile).current
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
+}
+
 /// Connection settings of [`serve`].
 #[derive(Debug, Clone, Copy)]
 pub struct ServeOptions {
@@ -116,6 +141,8 @@ pub struct ServeOptions {
     /// Longest time to receive a request's headers, or the next request on a
     /// kept-alive HTTP/1 connection (`server.header_read_timeout`).
     pub header_read_timeout: Duration,
+    /// Connections served at once (`server.max_connections`).
+    pub max_connections: usize,
 }
 
 impl From<&uat_config::ServerConfig> for ServeOptions {
@@ -123,6 +150,7 @@ impl From<&uat_config::ServerConfig> for ServeOptions {
         ServeOptions {
             grace: s.shutdown_grace,
             header_read_timeout: s.header_read_timeout,
+            max_connections: s.max_connections,
         }
     }
 }
@@ -173,8 +201,15 @@ where
     let (close_tx, close_rx) = tokio::sync::watch::channel(());
     let mut stopping = rx.clone();
     let conn_rx = rx.clone();
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(opts.max_connections.max(1)));
     let server = async move {
         loop {
+            // At the cap, stop accepting: new connections wait in the backlog.
+            let slot = tokio::select! {
+                s = slots.clone().acquire_owned() => s,
+                _ = stopping.wait_for(|v| *v) => break,
+            };
+            let Ok(slot) = slot else { break };
             let (io, _addr) = tokio::select! {
                 conn = listener.accept() => conn,
                 _ = stopping.wait_for(|v| *v) => break,
@@ -211,6 +246,7 @@ where
                     }
                 }
                 drop(close_rx);
+                drop(slot);
             });
         }
         drop(close_rx);

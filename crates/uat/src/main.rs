@@ -75,6 +75,17 @@ async fn serve(path: Option<&std::path::Path>, overrides: &Overrides) -> anyhow:
     tracing::info!(?source, "configuration loaded");
     let listen = cfg.server.listen.clone();
     let opts = uat_server::ServeOptions::from(&cfg.server);
+    let wanted = cfg.server.max_connections as u64 + cfg.server.max_in_flight as u64 + 256;
+    match uat_server::raise_fd_limit() {
+        Some(limit) if limit < wanted => tracing::warn!(
+            limit,
+            max_connections = cfg.server.max_connections,
+            "the open-file limit is below server.max_connections + max_in_flight + 256: \
+             past it new connections fail; raise it (ulimit -n) or lower max_connections"
+        ),
+        Some(limit) => tracing::debug!(limit, "open-file limit"),
+        None => {}
+    }
     // Before anything else runs: a SIGTERM from here on stops gracefully.
     let stop = shutdown_signal();
     let listener = uat_server::bind(&listen).await?;

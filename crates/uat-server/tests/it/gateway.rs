@@ -475,6 +475,40 @@ async fn a_connection_that_does_not_send_its_headers_is_closed() {
     assert_eq!(resp.status(), 200, "others are served");
 }
 
+/// Past `server.max_connections` new connections wait until one closes
+/// (each connection holds a file descriptor; at the process's limit new
+/// ones fail for everyone, upstream connections included).
+#[tokio::test]
+async fn connections_past_the_cap_wait_for_one_to_close() {
+    let app = spawn_app(
+        "[server]\nmax_connections = 2\nheader_read_timeout = \"10s\"\n[[providers]]\nname = \"m\"\nkind = \"mock\"\n",
+    )
+    .await;
+    let held: Vec<tokio::net::TcpStream> = vec![
+        tokio::net::TcpStream::connect(app.addr).await.unwrap(),
+        tokio::net::TcpStream::connect(app.addr).await.unwrap(),
+    ];
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let client = reqwest::Client::new();
+    let health = || {
+        client
+            .get(app.at("/health"))
+            .timeout(Duration::from_millis(500))
+            .send()
+    };
+    assert!(health().await.is_err(), "a third connection is not served");
+    drop(held);
+    let resp = client
+        .get(app.at("/health"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "served once one closed");
+    #[cfg(target_os = "linux")]
+    assert!(uat_server::raise_fd_limit().is_some_and(|l| l >= 1024));
+}
+
 /// A client that stops sending its body gets a 408 in the OpenAI shape
 /// after `server.body_read_timeout`, and its in-flight slot back (one slot
 /// here: the next request is served). Before, it held the slot for ever.
