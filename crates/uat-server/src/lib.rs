@@ -121,7 +121,7 @@ pub fn raise_fd_limit() -> Option<u64> {
             && cur < max
         {
             l.current = Some(max);
-            if setrlimit(Resource::Nofile, l.clone()).is_err() {
+            if setrlimit(Resource::Nofile, l).is_err() {
                 return Some(cur);
             }
         }
