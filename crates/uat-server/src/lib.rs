@@ -78,6 +78,7 @@ pub fn app(state: AppState) -> Router {
         .merge(cache::routes())
         .merge(embeddings::routes())
         .merge(memory::routes())
+        .merge(vector::routes())
         .layer(DefaultBodyLimit::max(cfg.server.body_limit))
         .layer(axum::Extension(extract::BodyLimit(cfg.server.body_limit)))
         .layer(axum::Extension(extract::BodyReadTimeout(
@@ -85,7 +86,7 @@ pub fn app(state: AppState) -> Router {
         )))
         // Bulk routes carry their own, larger limit.
         .merge(
-            vector::routes()
+            vector::bulk_routes()
                 .layer(DefaultBodyLimit::max(cfg.server.bulk_body_limit))
                 .layer(axum::Extension(extract::BodyLimit(
                     cfg.server.bulk_body_limit,

@@ -118,15 +118,22 @@ pub fn routes() -> Router<AppState> {
                 .get(get_collection)
                 .delete(drop_collection),
         )
-        .route("/v1/collections/{name}/points", put(upsert_points))
         .route("/v1/collections/{name}/points/search", post(search))
+        .route("/v1/collections/{name}/points/delete", post(delete_points))
+        .route("/v1/collections/{name}/points/{id}", get(get_point))
+        .route("/v1/collections/{name}/snapshot", post(snapshot))
+}
+
+/// The routes that take the bulk body limit (`server.bulk_body_limit`):
+/// point upserts and batch searches. The others take the ordinary limit,
+/// since a JSON body parsed as a whole takes many times its size in memory.
+pub fn bulk_routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/collections/{name}/points", put(upsert_points))
         .route(
             "/v1/collections/{name}/points/search/batch",
             post(search_batch),
         )
-        .route("/v1/collections/{name}/points/delete", post(delete_points))
-        .route("/v1/collections/{name}/points/{id}", get(get_point))
-        .route("/v1/collections/{name}/snapshot", post(snapshot))
 }
 
 async fn list_collections(State(state): State<AppState>) -> Result<axum::Json<Value>, ApiError> {

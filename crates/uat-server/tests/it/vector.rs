@@ -271,3 +271,61 @@ async fn vectors_survive_a_restart_of_the_service() {
     assert_eq!(c.count(), 1);
     assert_eq!(c.get(&7.into()).unwrap().vector, vec![0.5, 0.5]);
 }
+
+/// Only upserts and batch searches take the bulk body limit; a single
+/// search, a delete or a collection's settings take the ordinary one (a
+/// JSON body parsed whole takes many times its size in memory: a 64 MiB
+/// search body was parsed before anything looked at it).
+#[tokio::test]
+async fn only_upserts_and_batch_searches_take_the_bulk_limit() {
+    let app = spawn_app("[server]\nbody_limit = 4096\nbulk_body_limit = 1048576\n").await;
+    let (s, _) = put(
+        &app,
+        "/v1/collections/bulk",
+        json!({"dimension": 3, "metric": "cosine"}),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let padded = |v: Value| format!("{v}{}", " ".repeat(8000));
+    let send = |method: reqwest::Method, path: &str, body: String| {
+        app.client
+            .request(method, app.at(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let upsert = padded(json!({"points": [{"id": 1, "vector": [1, 0, 0]}]}));
+    let r = send(reqwest::Method::PUT, "/v1/collections/bulk/points", upsert)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let batch = padded(json!({"searches": [{"vector": [1, 0, 0], "top_k": 1}]}));
+    let r = send(
+        reqwest::Method::POST,
+        "/v1/collections/bulk/points/search/batch",
+        batch,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    for (method, path, body) in [
+        (
+            reqwest::Method::POST,
+            "/v1/collections/bulk/points/search",
+            json!({"vector": [1, 0, 0], "top_k": 1}),
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/collections/bulk/points/delete",
+            json!({"ids": [1]}),
+        ),
+        (
+            reqwest::Method::PUT,
+            "/v1/collections/other",
+            json!({"dimension": 3, "metric": "cosine"}),
+        ),
+    ] {
+        let r = send(method, path, padded(body)).await.unwrap();
+        assert_eq!(r.status(), 413, "{path}");
+    }
+}
