@@ -14,6 +14,7 @@ use axum::routing::{get, post, put};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use uat_config::Config;
 use uat_vector::{
     CollectionConfig, Filter, Point, PointId, SearchRequest, StoreOptions, VectorError, VectorStore,
@@ -249,7 +250,17 @@ async fn search_batch(
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let results = blocking(move || c.search_batch(&reqs)).await?;
+    // Dropped with this handler when the client goes away: the searches
+    // not yet started are skipped.
+    struct CancelOnDrop(Arc<AtomicBool>);
+    impl Drop for CancelOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let _cancel = CancelOnDrop(cancelled.clone());
+    let results = blocking(move || c.search_batch_until(&reqs, &cancelled)).await?;
     Ok(axum::Json(json!({ "results": results })))
 }
 

@@ -64,6 +64,9 @@ pub enum VectorError {
         /// What is wrong with it.
         detail: String,
     },
+    /// The caller gave the work up (its client went away) before it was done.
+    #[error("cancelled: the caller went away")]
+    Cancelled,
     /// An I/O error on a collection's files.
     #[error("I/O error on {path}: {source}")]
     Io {

@@ -25,10 +25,28 @@ impl Collection {
 
     /// Runs several searches (in parallel) and returns their results in order.
     pub fn search_batch(&self, reqs: &[SearchRequest]) -> Result<Vec<Vec<ScoredPoint>>> {
+        self.search_batch_until(reqs, &std::sync::atomic::AtomicBool::new(false))
+    }
+
+    /// [`Collection::search_batch`] that stops starting searches once
+    /// `cancelled` is set ([`VectorError::Cancelled`]): a batch of up to
+    /// 1,000 searches whose client went away stops using every core.
+    pub fn search_batch_until(
+        &self,
+        reqs: &[SearchRequest],
+        cancelled: &std::sync::atomic::AtomicBool,
+    ) -> Result<Vec<Vec<ScoredPoint>>> {
         for r in reqs {
             self.validate(r)?;
         }
-        reqs.par_iter().map(|r| self.search(r)).collect()
+        reqs.par_iter()
+            .map(|r| {
+                if cancelled.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Err(VectorError::Cancelled);
+                }
+                self.search(r)
+            })
+            .collect()
     }
 
     fn validate(&self, req: &SearchRequest) -> Result<()> {

@@ -287,6 +287,12 @@ fn batch_search_keeps_order_and_with_vector_works() {
     let mut bad = reqs.clone();
     bad[1].top_k = 0;
     assert!(c.search_batch(&bad).is_err());
+    // A batch whose caller went away runs no search.
+    let gone = std::sync::atomic::AtomicBool::new(true);
+    assert!(matches!(
+        c.search_batch_until(&reqs, &gone),
+        Err(uat_vector::VectorError::Cancelled)
+    ));
 }
 
 #[test]
