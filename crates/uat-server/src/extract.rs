@@ -151,8 +151,7 @@ async fn collect(body: Body, limit: usize, idle: std::time::Duration) -> Result<
         return Err(ApiError::payload_too_large(limit));
     }
     let mut body = body;
-    let mut first: Option<Bytes> = None;
-    let mut buf = bytes::BytesMut::new();
+    let mut gathered = uat_types::Gather::default();
     loop {
         let frame = match tokio::time::timeout(idle, body.frame()).await {
             Err(_) => return Err(ApiError::body_timeout(idle)),
@@ -167,22 +166,12 @@ async fn collect(body: Body, limit: usize, idle: std::time::Duration) -> Result<
         let Ok(data) = frame.into_data() else {
             continue;
         };
-        let held = first.as_ref().map_or(0, Bytes::len) + buf.len();
-        if held + data.len() > limit {
+        if gathered.len() + data.len() > limit {
             return Err(ApiError::payload_too_large(limit));
         }
-        // One piece (the usual small body) is kept as it is, not copied.
-        match first.take() {
-            None if buf.is_empty() => first = Some(data),
-            held => {
-                if let Some(h) = held {
-                    buf.extend_from_slice(&h);
-                }
-                buf.extend_from_slice(&data);
-            }
-        }
+        gathered.push(data);
     }
-    Ok(first.unwrap_or_else(|| buf.freeze()))
+    Ok(gathered.finish())
 }
 
 /// Decodes a gzip or deflate (zlib) body, stopping one byte past `limit`.

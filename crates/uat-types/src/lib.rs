@@ -5,6 +5,10 @@
 //! `extra` map, so tools, `response_format`, `stop`, `n`, `seed` and any
 //! unknown field pass through untouched to OpenAI-compatible upstreams.
 
+mod gather;
+
+pub use gather::Gather;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 

@@ -156,25 +156,15 @@ where
     S: Stream<Item = Result<Bytes, E>>,
 {
     let mut stream = std::pin::pin!(stream);
-    let mut first: Option<Bytes> = None;
-    let mut buf = BytesMut::new();
+    let mut body = uat_types::Gather::default();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;
-        let len = first.as_ref().map_or(0, Bytes::len) + buf.len() + chunk.len();
-        if len > cap {
+        if body.len() + chunk.len() > cap {
             return Ok(None);
         }
-        match first.take() {
-            None if buf.is_empty() => first = Some(chunk),
-            held => {
-                if let Some(held) = held {
-                    buf.extend_from_slice(&held);
-                }
-                buf.extend_from_slice(&chunk);
-            }
-        }
+        body.push(chunk);
     }
-    Ok(Some(first.unwrap_or_else(|| buf.freeze())))
+    Ok(Some(body.finish()))
 }
 
 /// Reads the whole body (at most [`MAX_BODY`]) and parses it as JSON.

@@ -40,6 +40,18 @@ impl TestApp {
         format!("{}{}", self.url, path)
     }
 
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.at("/metrics"))
+            .send()
+            .await
+            .expect("request failed")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     /// POSTs JSON to `/v1/chat/completions`.
     pub async fn chat(&self, body: serde_json::Value) -> reqwest::Response {
         self.client

@@ -249,6 +249,17 @@ async fn post_encoded(
         .unwrap()
 }
 
+async fn chat_encoded(app: &TestApp, encoding: &str, body: Vec<u8>) -> reqwest::Response {
+    post_encoded(
+        app,
+        reqwest::Method::POST,
+        "/v1/chat/completions",
+        encoding,
+        body,
+    )
+    .await
+}
+
 /// A body sent compressed (`Content-Encoding: gzip` or `deflate`, any
 /// case) is decoded, on the gateway's own reader (chat) and on the JSON
 /// extractor of the other routes (a vector collection here). Before, the
@@ -264,14 +275,7 @@ async fn a_gzip_or_deflate_request_body_is_decoded() {
         ("deflate", zlib(&chat)),
         ("identity", chat.clone()),
     ] {
-        let resp = post_encoded(
-            &app,
-            reqwest::Method::POST,
-            "/v1/chat/completions",
-            encoding,
-            body,
-        )
-        .await;
+        let resp = chat_encoded(&app, encoding, body).await;
         assert_eq!(resp.status(), 200, "{encoding}");
         let v: Value = resp.json().await.unwrap();
         assert_eq!(
@@ -304,14 +308,7 @@ async fn a_request_body_that_cannot_be_decoded_is_refused_in_the_openai_shape() 
             .await;
     let chat = serde_json::to_vec(&chat_body("mock-model", false)).unwrap();
     for encoding in ["br", "zstd", "gzip, gzip", "deflate, gzip"] {
-        let resp = post_encoded(
-            &app,
-            reqwest::Method::POST,
-            "/v1/chat/completions",
-            encoding,
-            gzip(&chat),
-        )
-        .await;
+        let resp = chat_encoded(&app, encoding, gzip(&chat)).await;
         assert_eq!(resp.status(), 415, "{encoding}");
         assert_eq!(header(&resp, "accept-encoding"), "gzip, deflate, identity");
         let v: Value = resp.json().await.unwrap();
@@ -322,14 +319,7 @@ async fn a_request_body_that_cannot_be_decoded_is_refused_in_the_openai_shape() 
         assert_eq!(v["error"]["type"], "invalid_request_error");
         assert_eq!(v["error"]["param"], "content-encoding");
     }
-    let resp = post_encoded(
-        &app,
-        reqwest::Method::POST,
-        "/v1/chat/completions",
-        "gzip",
-        chat.clone(),
-    )
-    .await;
+    let resp = chat_encoded(&app, "gzip", chat.clone()).await;
     assert_eq!(resp.status(), 400, "plain JSON labelled gzip");
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["param"], "content-encoding");
@@ -347,14 +337,7 @@ async fn a_request_body_that_cannot_be_decoded_is_refused_in_the_openai_shape() 
         ("gzip", bomb),
         ("deflate", zlib(&serde_json::to_vec(&big).unwrap())),
     ] {
-        let resp = post_encoded(
-            &app,
-            reqwest::Method::POST,
-            "/v1/chat/completions",
-            encoding,
-            body,
-        )
-        .await;
+        let resp = chat_encoded(&app, encoding, body).await;
         assert_eq!(resp.status(), 413, "{encoding}");
         let v: Value = resp.json().await.unwrap();
         assert_eq!(v["error"]["code"], "payload_too_large");
@@ -380,14 +363,7 @@ async fn a_request_body_that_cannot_be_decoded_is_refused_in_the_openai_shape() 
     let long = json!({"model": "mock-model", "messages": [{"role": "user", "content": noise}]});
     let sent = gzip(&serde_json::to_vec(&long).unwrap());
     assert!(sent.len() > 1024, "{}", sent.len());
-    let resp = post_encoded(
-        &app,
-        reqwest::Method::POST,
-        "/v1/chat/completions",
-        "gzip",
-        sent,
-    )
-    .await;
+    let resp = chat_encoded(&app, "gzip", sent).await;
     assert_eq!(resp.status(), 200);
 }
 
@@ -402,15 +378,7 @@ async fn a_model_name_too_long_for_a_label_is_counted_as_other() {
     let model = format!("m/{}", "x".repeat(200));
     let resp = app.chat(chat_body(&model, false)).await;
     assert!(resp.status().as_u16() < 500, "{}", resp.status());
-    let text = app
-        .client
-        .get(app.at("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     assert!(!text.contains(&"x".repeat(200)), "the name is not a label");
     assert!(text.contains("model=\"(other)\""));
 }
@@ -699,15 +667,7 @@ async fn upstream_metrics_are_exported() {
     let mut body = chat_body("metrics-a-model", true);
     body["stream_options"] = json!({"include_usage": true});
     sse_events(app.chat(body).await).await;
-    let text = app
-        .client
-        .get(app.at("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     let line = |prefix: &str| {
         text.lines()
             .find(|l| l.starts_with(prefix))

@@ -245,14 +245,7 @@ async fn memory_http_without_a_model_semantic_says_so_and_hybrid_falls_back() {
     assert_eq!(r["results"][0]["content"], json!("order ZX-48213 shipped"));
     let (s, ready) = send(c.get(app.at("/ready"))).await;
     assert_eq!(s, 200, "{ready}");
-    let metrics = c
-        .get(app.at("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("uat_memory_operations_total{op=\"search\",result=\"ok\"}"),
         "metrics:\n{metrics}"
