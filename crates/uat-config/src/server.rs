@@ -29,6 +29,11 @@ pub struct ServerConfig {
     /// stops sending mid-body gets a 408 and its slot back.
     #[serde(with = "crate::duration")]
     pub body_read_timeout: Duration,
+    /// Longest time a write to a client may wait: a client that stops
+    /// reading its response (or stream) is disconnected, and the upstream
+    /// request and in-flight slot it held are released.
+    #[serde(with = "crate::duration")]
+    pub write_timeout: Duration,
     /// Log format: `text` or `json`.
     pub log_format: LogFormat,
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` wins when set.
@@ -56,6 +61,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(30),
             body_read_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(60),
             log_format: LogFormat::Text,
             log_level: "info".into(),
         }
@@ -91,6 +97,7 @@ impl ServerConfig {
         for (path, d) in [
             ("server.header_read_timeout", self.header_read_timeout),
             ("server.body_read_timeout", self.body_read_timeout),
+            ("server.write_timeout", self.write_timeout),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::invalid(path, "must be more than zero"));

@@ -144,6 +144,8 @@ pub struct ServeOptions {
     pub header_read_timeout: Duration,
     /// Connections served at once (`server.max_connections`).
     pub max_connections: usize,
+    /// Longest a write to a client may wait (`server.write_timeout`).
+    pub write_timeout: Duration,
 }
 
 impl From<&uat_config::ServerConfig> for ServeOptions {
@@ -152,6 +154,7 @@ impl From<&uat_config::ServerConfig> for ServeOptions {
             grace: s.shutdown_grace,
             header_read_timeout: s.header_read_timeout,
             max_connections: s.max_connections,
+            write_timeout: s.write_timeout,
         }
     }
 }
@@ -220,6 +223,7 @@ where
             let mut stop = conn_rx.clone();
             let close_rx = close_rx.clone();
             let first_byte = opts.header_read_timeout;
+            let write_timeout = opts.write_timeout;
             tokio::spawn(async move {
                 // hyper reads the first bytes to tell HTTP/1 from HTTP/2
                 // without any timeout: a connection that sends nothing
@@ -229,6 +233,12 @@ where
                     Ok(Ok(n)) if n > 0 => {}
                     _ => return,
                 }
+                // A client that stops reading: the write fails after this
+                // long, hyper ends the connection, and the response (an
+                // upstream stream, a slot) is dropped with it.
+                let mut io = tokio_io_timeout::TimeoutStream::new(io);
+                io.set_write_timeout(Some(write_timeout));
+                let io = Box::pin(io);
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
                 let mut conn = std::pin::pin!(conn);
                 let mut draining = false;

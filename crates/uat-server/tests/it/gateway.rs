@@ -443,6 +443,52 @@ async fn a_connection_that_does_not_send_its_headers_is_closed() {
     assert_eq!(resp.status(), 200, "others are served");
 }
 
+/// A client that stops reading its stream is disconnected after
+/// `server.write_timeout`, and the in-flight slot its request held is
+/// freed (one slot here: the next request is served). Before, hyper waited
+/// on the write for ever, holding the slot and the upstream stream.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_disconnected_and_frees_its_slot() {
+    use tokio::io::AsyncWriteExt;
+    // 1,000 events of 8 KB: more than the socket buffers hold (the client's
+    // receive buffer is fixed small, which also turns off its autotuning),
+    // so the stream is still being produced when the client stops reading.
+    let up = FakeUpstream::start(Wire::OpenAi, "up").await.unwrap();
+    up.set_models(&["big"]);
+    up.set_reply(&format!("{} ", "x".repeat(8000)).repeat(1000));
+    let app = spawn_app(&format!(
+        "[server]\nmax_in_flight = 1\nwrite_timeout = \"300ms\"\n[[providers]]\nname = \"m\"\nkind = \"mock\"\n{}",
+        provider_toml("up", "openai", &up.base_url(), "")
+    ))
+    .await;
+    let body = serde_json::to_vec(&chat_body("big", true)).unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(8192).unwrap();
+    let mut tcp = socket.connect(app.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(&body).await.unwrap();
+    assert!(eventually(Duration::from_secs(5), || up.calls() == 1).await);
+    // Never read. The slot comes back once the write times out.
+    let mut status = 0;
+    for _ in 0..50 {
+        status = app
+            .chat(chat_body("mock-model", false))
+            .await
+            .status()
+            .as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(status, 200, "the stalled stream still holds the only slot");
+    drop(tcp);
+}
+
 /// Past `server.max_connections` new connections wait until one closes
 /// (each connection holds a file descriptor; at the process's limit new
 /// ones fail for everyone, upstream connections included).
