@@ -231,6 +231,7 @@ fn durations_and_sizes_that_would_overflow_later_are_refused() {
             "[server]\nbody_read_timeout = \"0s\"\n",
             "server.body_read_timeout",
         ),
+        ("[server]\nwrite_timeout = \"0s\"\n", "server.write_timeout"),
     ] {
         let msg = load_str(toml, &[]).unwrap_err().to_string();
         assert!(msg.contains(path), "{toml}: {msg}");
