@@ -228,10 +228,15 @@ where
                 // hyper reads the first bytes to tell HTTP/1 from HTTP/2
                 // without any timeout: a connection that sends nothing
                 // would wait there for ever.
+                // A shutdown does not wait for a connection that has sent
+                // nothing yet (a client's spare pooled connection).
                 let mut one = [0u8; 1];
-                match tokio::time::timeout(first_byte, io.peek(&mut one)).await {
-                    Ok(Ok(n)) if n > 0 => {}
-                    _ => return,
+                tokio::select! {
+                    r = tokio::time::timeout(first_byte, io.peek(&mut one)) => match r {
+                        Ok(Ok(n)) if n > 0 => {}
+                        _ => return,
+                    },
+                    _ = stop.wait_for(|v| *v) => return,
                 }
                 // A client that stops reading: the write fails after this
                 // long, hyper ends the connection, and the response (an

@@ -523,6 +523,38 @@ async fn connections_past_the_cap_wait_for_one_to_close() {
     assert!(uat_server::raise_fd_limit().is_some_and(|l| l >= 1024));
 }
 
+/// A shutdown does not wait for a connection that has sent nothing (a
+/// client's spare pooled connection): the server stops at once, not after
+/// `header_read_timeout` or the grace period. (The connection's first-byte
+/// wait ignored the shutdown: seen as a `uat loadtest --compare` child that
+/// did not stop within 10 s of SIGTERM.)
+#[tokio::test]
+async fn a_shutdown_does_not_wait_for_a_connection_that_sent_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = test_config(
+        "[server]\nheader_read_timeout = \"60s\"\nshutdown_grace = \"60s\"\n",
+        dir.path(),
+    );
+    let opts = uat_server::ServeOptions::from(&cfg.server);
+    let listener = uat_server::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = uat_server::app(uat_server::build(cfg).await.unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(uat_server::serve(
+        listener,
+        app,
+        async move {
+            let _ = stopped.await;
+        },
+        opts,
+    ));
+    let _spare = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.send(()).unwrap();
+    let done = tokio::time::timeout(Duration::from_secs(5), server).await;
+    assert!(done.is_ok(), "the server waited for the silent connection");
+}
+
 /// A client that stops sending its body gets a 408 in the OpenAI shape
 /// after `server.body_read_timeout`, and its in-flight slot back (one slot
 /// here: the next request is served). Before, it held the slot for ever.
