@@ -23,6 +23,7 @@ pub struct TestApp {
     /// The app state (router, services).
     pub state: AppState,
     shutdown: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -35,6 +36,17 @@ impl Drop for TestApp {
 }
 
 impl TestApp {
+    /// Shuts the server down; true when `serve` returned within `within`.
+    pub async fn stop(mut self, within: Duration) -> bool {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.server.take() {
+            Some(server) => tokio::time::timeout(within, server).await.is_ok(),
+            None => true,
+        }
+    }
+
     /// `url + path`.
     pub fn at(&self, path: &str) -> String {
         format!("{}{}", self.url, path)
@@ -90,6 +102,9 @@ pub fn test_config(toml: &str, dir: &std::path::Path) -> Config {
     if !toml.contains("backoff_max") {
         cfg.routing.backoff_max = Duration::from_millis(20);
     }
+    if !toml.contains("shutdown_grace") {
+        cfg.server.shutdown_grace = Duration::from_secs(1);
+    }
     if !toml.contains("[cache") {
         cfg.cache.mode = uat_config::CacheMode::Off;
     }
@@ -108,16 +123,13 @@ pub async fn spawn_app(toml: &str) -> TestApp {
 
 /// Starts the app with a ready-made config.
 pub async fn spawn_config(cfg: Config, dir: tempfile::TempDir) -> TestApp {
-    let opts = uat_server::ServeOptions {
-        grace: Duration::from_secs(1),
-        ..uat_server::ServeOptions::from(&cfg.server)
-    };
+    let opts = uat_server::ServeOptions::from(&cfg.server);
     let listener = uat_server::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let state = uat_server::build(cfg).await.expect("build");
     let app = uat_server::app(state.clone());
     let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(uat_server::serve(
+    let server = tokio::spawn(uat_server::serve(
         listener,
         app,
         async move {
@@ -136,6 +148,7 @@ pub async fn spawn_config(cfg: Config, dir: tempfile::TempDir) -> TestApp {
         client,
         state,
         shutdown: Some(tx),
+        server: Some(server),
         _dir: dir,
     }
 }

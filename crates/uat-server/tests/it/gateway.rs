@@ -530,29 +530,14 @@ async fn connections_past_the_cap_wait_for_one_to_close() {
 /// did not stop within 10 s of SIGTERM.)
 #[tokio::test]
 async fn a_shutdown_does_not_wait_for_a_connection_that_sent_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = test_config(
-        "[server]\nheader_read_timeout = \"60s\"\nshutdown_grace = \"60s\"\n",
-        dir.path(),
-    );
-    let opts = uat_server::ServeOptions::from(&cfg.server);
-    let listener = uat_server::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = uat_server::app(uat_server::build(cfg).await.unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(uat_server::serve(
-        listener,
-        app,
-        async move {
-            let _ = stopped.await;
-        },
-        opts,
-    ));
-    let _spare = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let app =
+        spawn_app("[server]\nheader_read_timeout = \"60s\"\nshutdown_grace = \"60s\"\n").await;
+    let _spare = tokio::net::TcpStream::connect(app.addr).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    stop.send(()).unwrap();
-    let done = tokio::time::timeout(Duration::from_secs(5), server).await;
-    assert!(done.is_ok(), "the server waited for the silent connection");
+    assert!(
+        app.stop(Duration::from_secs(5)).await,
+        "the server waited for the silent connection"
+    );
 }
 
 /// A client that stops sending its body gets a 408 in the OpenAI shape
