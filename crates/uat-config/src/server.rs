@@ -29,6 +29,12 @@ pub struct ServerConfig {
     /// stops sending mid-body gets a 408 and its slot back.
     #[serde(with = "crate::duration")]
     pub body_read_timeout: Duration,
+    /// Slowest average pace, in bytes per second, at which a request body
+    /// may arrive once it has been arriving for `body_read_timeout`: a client
+    /// that trickles its body (a byte now and then, each within the idle
+    /// timeout) gets a 408 and its slot back instead of holding it for hours.
+    /// 0 turns the check off.
+    pub body_min_rate: u64,
     /// Longest time a write to a client may wait: a client that stops
     /// reading its response (or stream) is disconnected, and the upstream
     /// request and in-flight slot it held are released.
@@ -61,6 +67,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(30),
             body_read_timeout: Duration::from_secs(30),
+            body_min_rate: 1024,
             write_timeout: Duration::from_secs(60),
             log_format: LogFormat::Text,
             log_level: "info".into(),

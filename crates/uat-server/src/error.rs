@@ -129,6 +129,19 @@ impl ApiError {
         )
     }
 
+    /// 408: the request body arrived slower than `server.body_min_rate`.
+    pub fn body_too_slow(received: usize, after: std::time::Duration, min_rate: u64) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            Some("request_timeout"),
+            format!(
+                "the request body arrived too slowly: {received} bytes in {:.1} s, under the minimum of {min_rate} bytes per second",
+                after.as_secs_f64()
+            ),
+        )
+    }
+
     /// 503 with Retry-After: the server is shedding load.
     pub fn overloaded(message: impl Into<String>, retry_after: u64) -> Self {
         let mut e = Self::new(

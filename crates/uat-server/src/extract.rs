@@ -17,6 +17,8 @@ use axum::http::{HeaderMap, header};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use std::io::Read;
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// The limit when a route sets none (axum's own default).
 const DEFAULT_LIMIT: usize = 2 * 1024 * 1024;
@@ -60,13 +62,55 @@ pub fn route_limit(extensions: &axum::http::Extensions) -> usize {
     extensions.get::<BodyLimit>().map_or(DEFAULT_LIMIT, |l| l.0)
 }
 
-/// Longest wait for the next piece of a request body (`server.body_read_timeout`),
-/// put in the request extensions by the router.
+/// How slowly a request body may arrive (`server.body_read_timeout` and
+/// `server.body_min_rate`), put in the request extensions by the router.
 #[derive(Debug, Clone, Copy)]
-pub struct BodyReadTimeout(pub std::time::Duration);
+pub struct BodyPace {
+    /// Longest wait for the next piece of the body.
+    pub idle: Duration,
+    /// Slowest average pace (bytes per second) once the body has been
+    /// arriving for `idle`; 0 for no such check.
+    pub min_rate: u64,
+}
 
-/// Without a [`BodyReadTimeout`] extension (a router built by hand).
-const DEFAULT_BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+impl BodyPace {
+    /// The pace the server's settings ask for.
+    pub fn of(cfg: &uat_config::ServerConfig) -> Self {
+        BodyPace {
+            idle: cfg.body_read_timeout,
+            min_rate: cfg.body_min_rate,
+        }
+    }
+
+    /// When the next piece must have arrived by, given the body began at
+    /// `start` and `received` bytes came so far: within `idle` of now, and,
+    /// with a minimum rate, by the time `received` bytes are no longer
+    /// enough (never before `idle` from the start, a grace for slow starts).
+    /// The second part says whether the rate is what bounds it.
+    fn deadline(&self, start: Instant, now: Instant, received: usize) -> (Instant, bool) {
+        let idle = now + self.idle;
+        if self.min_rate == 0 {
+            return (idle, false);
+        }
+        // Whole seconds then the rest, so no float and no overflow.
+        let (received, rate) = (received as u64, self.min_rate);
+        let nanos = u128::from(received % rate) * 1_000_000_000 / u128::from(rate);
+        let earned = Duration::from_secs(received / rate)
+            + Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX));
+        let by_rate = start + earned.max(self.idle);
+        if by_rate < idle {
+            (by_rate, true)
+        } else {
+            (idle, false)
+        }
+    }
+}
+
+/// Without a [`BodyPace`] extension (a router built by hand): the defaults.
+const DEFAULT_PACE: BodyPace = BodyPace {
+    idle: Duration::from_secs(30),
+    min_rate: 1024,
+};
 
 /// A body's content coding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,15 +165,16 @@ fn coding(headers: &HeaderMap) -> Result<Coding, ApiError> {
 /// Reads a whole body of at most the route's limit (413 beyond it),
 /// decoded when the headers name a content coding (the decoded body is held
 /// to the same limit). A client that sends nothing for the body read
-/// timeout gets a 408.
+/// timeout, or sends it slower than the minimum rate, gets a 408.
 pub async fn read_body(parts: &axum::http::request::Parts, body: Body) -> Result<Bytes, ApiError> {
     let limit = route_limit(&parts.extensions);
-    let idle = parts
+    let pace = parts
         .extensions
-        .get::<BodyReadTimeout>()
-        .map_or(DEFAULT_BODY_READ_TIMEOUT, |t| t.0);
+        .get::<BodyPace>()
+        .copied()
+        .unwrap_or(DEFAULT_PACE);
     let coding = coding(&parts.headers)?;
-    let bytes = collect(body, limit, idle).await?;
+    let bytes = collect(body, limit, pace).await?;
     if coding == Coding::Identity {
         return Ok(bytes);
     }
@@ -141,8 +186,8 @@ pub async fn read_body(parts: &axum::http::request::Parts, body: Body) -> Result
         .map_err(|e| ApiError::internal(format!("decoding the request body failed: {e}")))?
 }
 
-/// Collects a body of at most `limit` bytes, waiting at most `idle` for each piece.
-async fn collect(body: Body, limit: usize, idle: std::time::Duration) -> Result<Bytes, ApiError> {
+/// Collects a body of at most `limit` bytes at the pace `pace` asks for.
+async fn collect(body: Body, limit: usize, pace: BodyPace) -> Result<Bytes, ApiError> {
     use http_body_util::BodyExt;
     if http_body::Body::size_hint(&body)
         .exact()
@@ -152,9 +197,18 @@ async fn collect(body: Body, limit: usize, idle: std::time::Duration) -> Result<
     }
     let mut body = body;
     let mut gathered = uat_types::Gather::default();
+    let start = Instant::now();
     loop {
-        let frame = match tokio::time::timeout(idle, body.frame()).await {
-            Err(_) => return Err(ApiError::body_timeout(idle)),
+        let (deadline, by_rate) = pace.deadline(start, Instant::now(), gathered.len());
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) if by_rate => {
+                return Err(ApiError::body_too_slow(
+                    gathered.len(),
+                    start.elapsed(),
+                    pace.min_rate,
+                ));
+            }
+            Err(_) => return Err(ApiError::body_timeout(pace.idle)),
             Ok(None) => break,
             Ok(Some(Err(e))) => {
                 return Err(ApiError::bad_request(format!(
@@ -265,4 +319,52 @@ fn serde_urlencoded_path<T: DeserializeOwned>(q: &str) -> Result<T, ApiError> {
     )
     .map(|axum::extract::Query(v)| v)
     .map_err(|e| ApiError::bad_request(format!("invalid query string: {}", e.body_text())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pace_deadline_is_the_idle_wait_or_the_rate_whichever_is_sooner() {
+        let pace = BodyPace {
+            idle: Duration::from_secs(30),
+            min_rate: 1000,
+        };
+        let start = Instant::now();
+        // Within the grace: only the idle wait counts.
+        assert_eq!(pace.deadline(start, start, 0), (start + pace.idle, false));
+        // 10 s in with 5,000 bytes: the idle wait (to 40 s) is later than
+        // the grace's end (30 s), so the rate bounds it.
+        let now = start + Duration::from_secs(10);
+        assert_eq!(
+            pace.deadline(start, now, 5_000),
+            (start + Duration::from_secs(30), true)
+        );
+        // 60 s in with 65,500 bytes: they buy 65.5 s.
+        let now = start + Duration::from_secs(60);
+        assert_eq!(
+            pace.deadline(start, now, 65_500),
+            (start + Duration::from_millis(65_500), true)
+        );
+        // Far ahead of the rate: the idle wait.
+        assert_eq!(
+            pace.deadline(start, now, 10_000_000),
+            (now + pace.idle, false)
+        );
+        // No rate: always the idle wait; a huge rate does not overflow.
+        let off = BodyPace {
+            min_rate: 0,
+            ..pace
+        };
+        assert_eq!(off.deadline(start, now, 5), (now + pace.idle, false));
+        let huge = BodyPace {
+            min_rate: u64::MAX,
+            ..pace
+        };
+        assert_eq!(
+            huge.deadline(start, now, usize::MAX),
+            (start + pace.idle, true)
+        );
+    }
 }

@@ -73,6 +73,7 @@ pub async fn build(config: Config) -> Result<AppState, StartupError> {
 /// The whole HTTP application for a state.
 pub fn app(state: AppState) -> Router {
     let cfg = state.config.clone();
+    let pace = extract::BodyPace::of(&cfg.server);
     let api = Router::new()
         .merge(gateway::routes())
         .merge(cache::routes())
@@ -81,9 +82,7 @@ pub fn app(state: AppState) -> Router {
         .merge(vector::routes())
         .layer(DefaultBodyLimit::max(cfg.server.body_limit))
         .layer(axum::Extension(extract::BodyLimit(cfg.server.body_limit)))
-        .layer(axum::Extension(extract::BodyReadTimeout(
-            cfg.server.body_read_timeout,
-        )))
+        .layer(axum::Extension(pace))
         // Bulk routes carry their own, larger limit.
         .merge(
             vector::bulk_routes()
@@ -91,9 +90,7 @@ pub fn app(state: AppState) -> Router {
                 .layer(axum::Extension(extract::BodyLimit(
                     cfg.server.bulk_body_limit,
                 )))
-                .layer(axum::Extension(extract::BodyReadTimeout(
-                    cfg.server.body_read_timeout,
-                ))),
+                .layer(axum::Extension(pace)),
         );
     middleware::wrap(api.merge(health::routes()), state)
 }

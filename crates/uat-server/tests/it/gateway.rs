@@ -569,6 +569,62 @@ async fn a_body_that_stalls_gets_a_408_and_frees_its_slot() {
     }
 }
 
+/// A client that trickles its body (a byte at a time, each within the idle
+/// timeout) gets a 408 once it is below `server.body_min_rate` after the
+/// grace, and its slot back; a body that keeps up with the rate is served
+/// even though it takes longer than the idle timeout.
+#[tokio::test]
+async fn a_body_trickled_below_the_minimum_rate_gets_a_408() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app(
+        "[server]\nmax_in_flight = 1\nbody_read_timeout = \"300ms\"\nbody_min_rate = 200\n[[providers]]\nname = \"m\"\nkind = \"mock\"\n",
+    )
+    .await;
+    let mut chat = chat_body("mock-model", false);
+    chat["messages"][0]["content"] = Value::from(format!("Say hello{}", " ".repeat(200)));
+    let body = serde_json::to_vec(&chat).unwrap();
+    let addr = app.addr;
+    let send = |pieces: Vec<Vec<u8>>, every: Duration| {
+        let head = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        );
+        async move {
+            let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            tcp.write_all(head.as_bytes()).await.unwrap();
+            for p in pieces {
+                if tcp.write_all(&p).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(every).await;
+            }
+            read_until_closed(&mut tcp, Duration::from_secs(5))
+                .await
+                .expect("an answer, then the connection closed")
+        }
+    };
+    // One byte every 100 ms: 10 bytes a second, each piece well within the
+    // idle timeout.
+    let trickle = body.iter().map(|b| vec![*b]).collect();
+    let started = std::time::Instant::now();
+    let text = send(trickle, Duration::from_millis(100)).await;
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("arrived too slowly"), "{text}");
+    assert!(text.contains("\"code\":\"request_timeout\""), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "cut at the grace's end, not after the whole body"
+    );
+    let resp = app.chat(chat_body("mock-model", false)).await;
+    assert_eq!(resp.status(), 200, "the slot was given back");
+    // The same body in pieces of 40 bytes every 100 ms (400 bytes a
+    // second): longer than the idle timeout in all, and served.
+    let steady: Vec<Vec<u8>> = body.chunks(40).map(<[u8]>::to_vec).collect();
+    assert!(steady.len() >= 4, "the body takes several idle timeouts");
+    let text = send(steady, Duration::from_millis(100)).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+}
+
 async fn chat_accepting_gzip(app: &TestApp, body: &Value) -> reqwest::Response {
     app.client
         .post(app.at("/v1/chat/completions"))
