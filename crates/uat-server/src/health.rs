@@ -40,7 +40,7 @@ async fn ready(axum::extract::State(state): axum::extract::State<AppState>) -> i
         axum::Json(serde_json::json!({
             "status": status,
             "uptime_seconds": state.started.elapsed().as_secs(),
-            "checks": checks,
+            "checks": checks.as_slice(),
         })),
     )
 }

@@ -27,6 +27,8 @@ pub struct Inner {
     pub memory: memory::MemoryService,
     /// When the state was built.
     pub started: Instant,
+    /// Coalesces concurrent readiness probes.
+    ready: ReadyProbe,
 }
 
 impl AppState {
@@ -47,18 +49,72 @@ impl AppState {
             embed,
             memory,
             started: Instant::now(),
+            ready: ReadyProbe::default(),
         }))
     }
 
-    /// Readiness of every dependency, for `GET /ready`.
-    pub async fn ready_checks(&self) -> Vec<ReadyCheck> {
-        let mut out = Vec::new();
-        out.extend(self.gateway.ready().await);
-        out.extend(self.cache.ready().await);
-        out.extend(self.vector.ready().await);
-        out.extend(self.embed.ready().await);
-        out.extend(self.memory.ready().await);
-        out
+    /// Readiness of every dependency, for `GET /ready`. Probes run one at
+    /// a time (each writes a file and queries the database, and probes skip
+    /// the in-flight limit): callers that arrive while one runs wait, and
+    /// share the next probe to start after they arrived, so every report is
+    /// newer than its request and a flood of probes costs one at a time.
+    pub async fn ready_checks(&self) -> Arc<Vec<ReadyCheck>> {
+        self.ready
+            .shared(|| async {
+                let mut out = Vec::new();
+                out.extend(self.gateway.ready().await);
+                out.extend(self.cache.ready().await);
+                out.extend(self.vector.ready().await);
+                out.extend(self.embed.ready().await);
+                out.extend(self.memory.ready().await);
+                out
+            })
+            .await
+    }
+}
+
+/// The last readiness report and the turn to make the next.
+struct ReadyProbe {
+    turn: tokio::sync::Semaphore,
+    last: std::sync::Mutex<Option<(Instant, Arc<Vec<ReadyCheck>>)>>,
+}
+
+impl Default for ReadyProbe {
+    fn default() -> Self {
+        ReadyProbe {
+            turn: tokio::sync::Semaphore::new(1),
+            last: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl ReadyProbe {
+    /// Runs `probe` unless a probe that started after this call arrived has
+    /// finished meanwhile, whose report it then shares; one probe at a time.
+    async fn shared<F, Fut>(&self, probe: F) -> Arc<Vec<ReadyCheck>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Vec<ReadyCheck>>,
+    {
+        let arrived = Instant::now();
+        // Never closed: the semaphore lives as long as the state.
+        let _turn = self.turn.acquire().await;
+        if let Some(report) = self.newer_than(arrived) {
+            return report;
+        }
+        let started = Instant::now();
+        let report = Arc::new(probe().await);
+        if let Ok(mut last) = self.last.lock() {
+            *last = Some((started, report.clone()));
+        }
+        report
+    }
+
+    /// The last report, when its probe started at or after `t`.
+    fn newer_than(&self, t: Instant) -> Option<Arc<Vec<ReadyCheck>>> {
+        let last = self.last.lock().ok()?;
+        let (at, report) = last.as_ref()?;
+        (*at >= t).then(|| report.clone())
     }
 }
 
@@ -93,4 +149,42 @@ pub struct ReadyCheck {
     /// Detail for operators.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// 64 probes at once run the checks at most twice (the first, and one
+    /// for every caller that came while it ran), not 64 times; each caller
+    /// gets a report; a caller that comes after a report gets a new one.
+    #[tokio::test]
+    async fn concurrent_probes_share_one_run() {
+        let probe = Arc::new(ReadyProbe::default());
+        let runs = Arc::new(AtomicUsize::new(0));
+        let check = |runs: Arc<AtomicUsize>| async move {
+            let n = runs.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            vec![ReadyCheck {
+                name: format!("run {n}"),
+                status: ReadyStatus::Ok,
+                critical: false,
+                detail: None,
+            }]
+        };
+        let callers: Vec<_> = (0..64)
+            .map(|_| {
+                let (probe, runs) = (probe.clone(), runs.clone());
+                tokio::spawn(async move { probe.shared(|| check(runs)).await })
+            })
+            .collect();
+        for c in callers {
+            assert_eq!(c.await.unwrap().len(), 1);
+        }
+        let after_flood = runs.load(Ordering::SeqCst);
+        assert!((1..=2).contains(&after_flood), "{after_flood} runs");
+        let later = probe.shared(|| check(runs.clone())).await;
+        assert_eq!(later[0].name, format!("run {after_flood}"), "a fresh run");
+    }
 }
