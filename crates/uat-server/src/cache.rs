@@ -270,6 +270,16 @@ pub fn namespace(_headers: &HeaderMap) -> &'static str {
     DEFAULT_NAMESPACE
 }
 
+/// What the cache asks of the upstream call.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ask {
+    /// The answer is a stream the cache records, whose client did not ask
+    /// for usage: ask the upstream for it anyway (the cache drops the usage
+    /// chunk before the client sees it), so the stored completion has its
+    /// `usage` like any non-streamed answer.
+    pub usage: bool,
+}
+
 /// Serves a request through the cache: answers from it on a hit, otherwise
 /// runs `upstream` and stores a successful answer.
 pub async fn around<F, Fut>(
@@ -281,22 +291,31 @@ pub async fn around<F, Fut>(
     upstream: F,
 ) -> Response
 where
-    F: FnOnce() -> Fut,
+    F: FnOnce(Ask) -> Fut,
     Fut: Future<Output = Response>,
 {
     let svc = &state.cache;
     let Some(cache) = &svc.cache else {
-        return tag(upstream().await, "bypass", None);
+        return tag(upstream(Ask::default()).await, "bypass", None);
     };
     let p = match policy(&svc.config, svc.ttl_for(model), headers, kind, body) {
         Ok(p) => p,
         Err(e) => return tag(e.into_response(), "bypass", None),
     };
     if !p.read && !p.write {
-        return tag(upstream().await, "bypass", None);
+        return tag(upstream(Ask::default()).await, "bypass", None);
     }
     let key = CacheKey::for_request(namespace(headers), model, kind.into(), body);
     let replay = Replay::of(kind, body);
+    let ask = Ask {
+        usage: p.write
+            && matches!(
+                replay,
+                Replay::Sse {
+                    include_usage: false
+                }
+            ),
+    };
     if p.read
         && let Some(found) = cache.get(&key).await
         && let Some(resp) = serve_hit(cache, &key, found, replay, model).await
@@ -319,7 +338,7 @@ where
             }
         }
     }
-    let resp = upstream().await;
+    let resp = upstream(ask).await;
     if !p.write
         || !resp.status().is_success()
         || resp.headers().contains_key(header::CONTENT_ENCODING)
@@ -338,6 +357,7 @@ where
         let (parts, body) = resp.into_parts();
         let rec = Recording {
             inner: body.into_data_stream(),
+            strip_usage: ask.usage,
             asm: sse::Assembler::default(),
             sink: Some(Sink {
                 cache: cache.clone(),
@@ -497,9 +517,11 @@ struct Sink {
 }
 
 /// A streamed response body forwarded untouched while its SSE events are
-/// assembled into a completion.
+/// assembled into a completion (less the usage chunk the client did not ask
+/// for, when the cache asked for it: see [`Ask`]).
 struct Recording<S> {
     inner: S,
+    strip_usage: bool,
     asm: sse::Assembler,
     sink: Option<Sink>,
 }
@@ -512,27 +534,33 @@ where
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        match this.inner.poll_next_unpin(cx) {
-            Poll::Ready(Some(Ok(chunk))) => {
-                if this.sink.is_some() {
-                    this.asm.feed(&chunk);
+        loop {
+            return match this.inner.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(chunk))) => {
+                    if this.sink.is_some() {
+                        this.asm.feed(&chunk);
+                    }
+                    // The gateway sends one event per piece.
+                    if this.strip_usage && sse::is_usage_only(&chunk) {
+                        continue;
+                    }
+                    Poll::Ready(Some(Ok(chunk)))
                 }
-                Poll::Ready(Some(Ok(chunk)))
-            }
-            Poll::Ready(Some(Err(e))) => {
-                // A broken stream is never stored.
-                this.sink = None;
-                Poll::Ready(Some(Err(e)))
-            }
-            Poll::Ready(None) => {
-                if let Some(sink) = this.sink.take()
-                    && let Some(completion) = this.asm.finish()
-                {
-                    sink.cache.put(&sink.key, Bytes::from(completion), sink.ttl);
+                Poll::Ready(Some(Err(e))) => {
+                    // A broken stream is never stored.
+                    this.sink = None;
+                    Poll::Ready(Some(Err(e)))
                 }
-                Poll::Ready(None)
-            }
-            Poll::Pending => Poll::Pending,
+                Poll::Ready(None) => {
+                    if let Some(sink) = this.sink.take()
+                        && let Some(completion) = this.asm.finish()
+                    {
+                        sink.cache.put(&sink.key, Bytes::from(completion), sink.ttl);
+                    }
+                    Poll::Ready(None)
+                }
+                Poll::Pending => Poll::Pending,
+            };
         }
     }
 }

@@ -215,7 +215,7 @@ async fn embeddings(
             crate::cache::Kind::Embeddings,
             &model,
             &body,
-            || async move {
+            |_| async move {
                 local(&st, parsed)
                     .await
                     .unwrap_or_else(IntoResponse::into_response)
@@ -242,7 +242,7 @@ async fn embeddings(
         crate::cache::Kind::Embeddings,
         &model,
         &body,
-        || async move {
+        |_| async move {
             match st.gateway.router().embeddings(&m, &b).await {
                 Ok(routed) => {
                     let mut resp = (

@@ -227,11 +227,19 @@ async fn chat(State(state): State<AppState>, request: Request) -> Response {
         Ok(r) => r,
         Err(e) => return error_response(router_error(&e), None, 0, ""),
     };
-    let upstream = || async {
-        if req.is_stream() {
-            stream_upstream(router, &resolved, &req).await
+    let (req, resolved) = (&req, &resolved);
+    let upstream = |ask: cache::Ask| async move {
+        if req.is_stream() && ask.usage && !req.include_usage() {
+            let mut asking = req.clone();
+            asking
+                .stream_options
+                .get_or_insert_with(Default::default)
+                .include_usage = Some(true);
+            stream_upstream(router, resolved, &asking).await
+        } else if req.is_stream() {
+            stream_upstream(router, resolved, req).await
         } else {
-            match router.chat(&resolved, &req).await {
+            match router.chat(resolved, req).await {
                 Ok(r) => {
                     let mut resp = Response::new(Body::from(r.value.body));
                     resp.extensions_mut().insert(r.value.shape);

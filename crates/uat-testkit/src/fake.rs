@@ -455,9 +455,14 @@ fn stream_events(s: &Shared, body: &Value, model: &str) -> Vec<String> {
     let mut out = Vec::new();
     match s.wire {
         Wire::OpenAi => {
+            // As OpenAI does: asked for usage, every chunk carries a null one.
             let chunk = |delta: Value, finish: Value| {
-                json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model,
-                       "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+                let mut c = json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model,
+                       "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+                if include_usage {
+                    c["usage"] = Value::Null;
+                }
+                c
             };
             for (i, p) in pieces.iter().enumerate() {
                 let delta = if i == 0 {

@@ -41,6 +41,32 @@ pub(crate) struct Assembler {
     choices: BTreeMap<u64, ChoiceAcc>,
 }
 
+/// Whether an SSE event is a usage chunk: a `usage` that is not null and
+/// no choices (what an upstream sends last when asked for usage). Only an
+/// event that names `usage` is parsed.
+pub(crate) fn is_usage_only(event: &[u8]) -> bool {
+    use serde::de::IgnoredAny;
+    #[derive(serde::Deserialize)]
+    struct Peek {
+        #[serde(default)]
+        choices: Option<Vec<IgnoredAny>>,
+        #[serde(default)]
+        usage: Option<IgnoredAny>,
+    }
+    const NAME: &[u8] = b"\"usage\"";
+    if !event.windows(NAME.len()).any(|w| w == NAME) {
+        return false;
+    }
+    let Some(data) = event
+        .strip_prefix(b"data:")
+        .map(|d| d.strip_prefix(b" ").unwrap_or(d))
+    else {
+        return false;
+    };
+    serde_json::from_slice::<Peek>(data.trim_ascii_end())
+        .is_ok_and(|p| p.usage.is_some() && p.choices.is_none_or(|c| c.is_empty()))
+}
+
 /// Largest stream recorded; a longer one is forwarded but not stored.
 const MAX_RECORDED: usize = 16 * 1024 * 1024;
 

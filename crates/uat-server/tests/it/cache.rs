@@ -130,6 +130,58 @@ async fn streamed_miss_then_non_streamed_hit_is_byte_exact() {
     assert_eq!(up.calls(), 1);
 }
 
+/// A streamed miss whose client did not ask for usage still stores the
+/// answer's usage (the cache asks the upstream for it and drops the usage
+/// chunk before the client sees it), so the non-streamed hit that follows
+/// has `usage` like any completion, and a streamed hit asking for usage
+/// gets it. Before, such a hit had no `usage` at all. On every wire.
+#[tokio::test]
+async fn a_streamed_miss_stores_usage_the_client_did_not_ask_for() {
+    for (wire, kind) in [
+        (Wire::OpenAi, "openai"),
+        (Wire::Ollama, "ollama"),
+        (Wire::Anthropic, "anthropic"),
+    ] {
+        let name = unique("u");
+        let up = FakeUpstream::start(wire, &name).await.unwrap();
+        up.set_reply("one two three four");
+        let model = format!("{name}-model");
+        let app = spawn_app(&format!(
+            "{}[cache]\nmode = \"deterministic\"\n",
+            provider_toml("p", kind, &up.base_url(), "")
+        ))
+        .await;
+        let r = app.chat(det(&model, true)).await;
+        assert_eq!(header(&r, "x-uat-cache"), "miss", "{kind}");
+        let key = header(&r, "x-uat-cache-key");
+        let events = sse_events(r).await;
+        assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{kind}");
+        for e in &events[..events.len() - 1] {
+            let c: Value = serde_json::from_str(e).unwrap();
+            let choices = c["choices"].as_array().map_or(0, Vec::len);
+            assert!(
+                choices > 0,
+                "{kind}: a chunk the client did not ask for: {e}"
+            );
+        }
+        assert_eq!(stream_text(&events), "one two three four", "{kind}");
+        assert!(stored(&app, &key).await, "{kind}: stream stored");
+        let r = app.chat(det(&model, false)).await;
+        assert_eq!(header(&r, "x-uat-cache"), "hit-l1", "{kind}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["usage"]["prompt_tokens"], 7, "{kind}: {v}");
+        assert_eq!(v["usage"]["completion_tokens"], 4, "{kind}: {v}");
+        let mut asking = det(&model, true);
+        asking["stream_options"] = json!({"include_usage": true});
+        let r = app.chat(asking).await;
+        assert_eq!(header(&r, "x-uat-cache"), "hit-l1", "{kind}");
+        let events = sse_events(r).await;
+        let last: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+        assert_eq!(last["usage"], v["usage"], "{kind}");
+        assert_eq!(up.calls(), 1, "{kind}");
+    }
+}
+
 #[tokio::test]
 async fn non_streamed_miss_then_streamed_hit_is_byte_exact() {
     let (up, toml, model) = setup("").await;
