@@ -79,8 +79,17 @@ impl Catalog {
     }
 
     /// Targets for a public name: an alias, a model, or `provider/model`.
+    /// A name without a tag is also found as `name:latest`, as Ollama
+    /// itself resolves it (its model lists always carry the tag, while its
+    /// documentation and clients mostly leave it out).
     pub fn resolve(&self, name: &str, names: &[Arc<str>]) -> Option<Arc<[Target]>> {
         if let Some(t) = self.by_name.get(name) {
+            return Some(t.clone());
+        }
+        if !name.is_empty()
+            && !name.contains(':')
+            && let Some(t) = self.by_name.get(&format!("{name}:latest"))
+        {
             return Some(t.clone());
         }
         let (prov, model) = name.split_once('/')?;
@@ -98,6 +107,22 @@ impl Catalog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_name_without_a_tag_finds_its_latest() {
+        let models = vec![
+            Arc::new(vec!["llama3.1:latest".to_string(), "qwen:7b".to_string()]),
+            Arc::new(vec!["plain".to_string()]),
+        ];
+        let c = Catalog::build(&names(), &models, &[]);
+        let n = names();
+        let t = c.resolve("llama3.1", &n).unwrap();
+        assert_eq!((t[0].slot, &*t[0].model), (0, "llama3.1:latest"));
+        assert!(c.resolve("llama3.1:latest", &n).is_some());
+        assert!(c.resolve("qwen", &n).is_none(), "only :latest is implied");
+        assert!(c.resolve("plain", &n).is_some());
+        assert!(c.resolve("plain:latest", &n).is_none());
+    }
 
     fn names() -> Vec<Arc<str>> {
         vec![Arc::from("a"), Arc::from("b")]

@@ -187,8 +187,13 @@ fn message(m: &ChatMessage) -> Value {
     out
 }
 
-/// Ollama tool calls (arguments as objects) in the OpenAI shape (arguments as strings).
-fn tool_calls(calls: &[Value], with_index: bool) -> Value {
+/// Ollama tool calls (arguments as objects) in the OpenAI shape (arguments
+/// as strings). Each call gets an id of its own (a conversation that comes
+/// back with several turns of calls must not repeat one); streamed, the
+/// calls are numbered from `first`, the number of calls sent before them in
+/// the stream (Ollama may send each call on a line of its own, and clients
+/// merge streamed calls by index).
+fn tool_calls(calls: &[Value], first: Option<usize>) -> Value {
     Value::Array(
         calls
             .iter()
@@ -200,14 +205,14 @@ fn tool_calls(calls: &[Value], with_index: bool) -> Value {
                     None => "{}".into(),
                 };
                 let mut v = json!({
-                    "id": format!("call_{i}"),
+                    "id": format!("call_{:016x}", rand::random::<u64>()),
                     "type": "function",
                     "function": { "name": c.pointer("/function/name").cloned().unwrap_or(Value::Null), "arguments": args },
                 });
-                if with_index {
-                    if let Some(o) = v.as_object_mut() {
-                        o.insert("index".into(), json!(i));
-                    }
+                if let Some(first) = first
+                    && let Some(o) = v.as_object_mut()
+                {
+                    o.insert("index".into(), json!(first + i));
                 }
                 v
             })
@@ -259,7 +264,7 @@ impl Provider for Ollama {
             if let Some(c) = calls {
                 message
                     .extra
-                    .insert("tool_calls".into(), tool_calls(c, false));
+                    .insert("tool_calls".into(), tool_calls(c, None));
             }
             let completion = ChatCompletion {
                 id: completion_id(),
@@ -296,7 +301,7 @@ impl Provider for Ollama {
                 model: model.to_owned(),
                 include_usage: req.include_usage(),
                 sent_role: false,
-                had_tools: false,
+                tools_sent: 0,
                 pending: VecDeque::new(),
                 done: false,
             };
@@ -368,7 +373,8 @@ struct StreamState {
     model: String,
     include_usage: bool,
     sent_role: bool,
-    had_tools: bool,
+    /// Tool calls sent so far (the next one's index).
+    tools_sent: usize,
     pending: VecDeque<Result<StreamChunk, Failure>>,
     done: bool,
 }
@@ -408,8 +414,10 @@ impl StreamState {
                 extra: Map::new(),
             };
             if let Some(c) = &calls {
-                self.had_tools = true;
-                delta.extra.insert("tool_calls".into(), tool_calls(c, true));
+                delta
+                    .extra
+                    .insert("tool_calls".into(), tool_calls(c, Some(self.tools_sent)));
+                self.tools_sent += c.len();
             }
             self.sent_role = true;
             self.push(delta, None);
@@ -425,7 +433,7 @@ impl StreamState {
                     eval_count: None,
                     error: None,
                 },
-                self.had_tools,
+                self.tools_sent > 0,
             );
             self.push(Delta::default(), Some(reason));
             if self.include_usage {
@@ -486,7 +494,7 @@ mod tests {
             model: "llama".into(),
             include_usage,
             sent_role: false,
-            had_tools: false,
+            tools_sent: 0,
             pending: VecDeque::new(),
             done: false,
         }
@@ -523,6 +531,37 @@ mod tests {
         assert_eq!(v[3]["usage"]["prompt_tokens"], 4);
         assert_eq!(v[3]["usage"]["total_tokens"], 6);
         assert_eq!(v[3]["object"], "chat.completion.chunk");
+    }
+
+    /// Ollama may send parallel calls on lines of their own: they are
+    /// numbered on through the stream (index 0, then 1), each with its own
+    /// id, so clients that merge streamed calls by index keep them apart.
+    #[test]
+    fn streamed_tool_calls_on_separate_lines_keep_apart() {
+        let out = collect(
+            &[
+                r#"{"message":{"role":"assistant","content":"","tool_calls":[{"function":{"name":"ls","arguments":{"path":"/a"}}}]},"done":false}"#,
+                r#"{"message":{"role":"assistant","content":"","tool_calls":[{"function":{"name":"ls","arguments":{"path":"/b"}}},{"function":{"name":"cat","arguments":{}}}]},"done":false}"#,
+                r#"{"message":{"role":"assistant","content":""},"done":true,"done_reason":"stop"}"#,
+            ],
+            state(false),
+        );
+        let v: Vec<Value> = out.into_iter().map(Result::unwrap).collect();
+        let calls: Vec<&Value> = v
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array())
+            .flatten()
+            .collect();
+        let indexes: Vec<u64> = calls.iter().filter_map(|c| c["index"].as_u64()).collect();
+        assert_eq!(indexes, [0, 1, 2]);
+        let ids: std::collections::HashSet<&str> =
+            calls.iter().filter_map(|c| c["id"].as_str()).collect();
+        assert_eq!(ids.len(), 3, "{calls:?}");
+        assert_eq!(calls[1]["function"]["arguments"], r#"{"path":"/b"}"#);
+        assert_eq!(
+            v.last().unwrap()["choices"][0]["finish_reason"],
+            "tool_calls"
+        );
     }
 
     #[test]
