@@ -17,8 +17,12 @@ pub enum FailureKind {
     ServerError,
     /// A 4xx other than 429 that is not the client's fault (401, 403, 408, ...).
     ClientError,
-    /// The upstream rejected the request itself (400, 404, 413, 422): not retried.
+    /// The upstream rejected the request itself (400, 413, 422): not retried.
     Rejected,
+    /// 404: this target does not serve the model (gone since discovery, or a
+    /// wrong `base_url`). Failed over to the next target, not retried on
+    /// this one; when every target says so, the client gets the 404.
+    NotFound,
     /// The body could not be understood.
     Malformed,
     /// A stream broke off after it started.
@@ -31,13 +35,14 @@ pub enum FailureKind {
 
 impl FailureKind {
     /// Every kind, in a fixed order (used to build metric handles once).
-    pub const ALL: [FailureKind; 10] = [
+    pub const ALL: [FailureKind; 11] = [
         FailureKind::Connect,
         FailureKind::Timeout,
         FailureKind::RateLimited,
         FailureKind::ServerError,
         FailureKind::ClientError,
         FailureKind::Rejected,
+        FailureKind::NotFound,
         FailureKind::Malformed,
         FailureKind::Interrupted,
         FailureKind::CircuitOpen,
@@ -53,6 +58,7 @@ impl FailureKind {
             FailureKind::ServerError => "server_error",
             FailureKind::ClientError => "client_error",
             FailureKind::Rejected => "rejected",
+            FailureKind::NotFound => "not_found",
             FailureKind::Malformed => "malformed",
             FailureKind::Interrupted => "interrupted",
             FailureKind::CircuitOpen => "circuit_open",
@@ -66,7 +72,10 @@ impl FailureKind {
 
     /// Worth another attempt (same or another provider)?
     pub fn retryable(self) -> bool {
-        !matches!(self, FailureKind::Rejected | FailureKind::Unsupported)
+        !matches!(
+            self,
+            FailureKind::Rejected | FailureKind::NotFound | FailureKind::Unsupported
+        )
     }
 
     /// Did the upstream answer at all? Decides 502 (yes) versus 503 (no).
@@ -77,6 +86,7 @@ impl FailureKind {
                 | FailureKind::ServerError
                 | FailureKind::ClientError
                 | FailureKind::Rejected
+                | FailureKind::NotFound
                 | FailureKind::Malformed
                 | FailureKind::Interrupted
                 | FailureKind::Unsupported
@@ -87,7 +97,10 @@ impl FailureKind {
     pub fn counts_against_provider(self) -> bool {
         !matches!(
             self,
-            FailureKind::Rejected | FailureKind::Unsupported | FailureKind::CircuitOpen
+            FailureKind::Rejected
+                | FailureKind::NotFound
+                | FailureKind::Unsupported
+                | FailureKind::CircuitOpen
         )
     }
 }
@@ -124,7 +137,8 @@ impl Failure {
     ) -> Self {
         let kind = match status {
             429 => FailureKind::RateLimited,
-            400 | 404 | 413 | 422 => FailureKind::Rejected,
+            400 | 413 | 422 => FailureKind::Rejected,
+            404 => FailureKind::NotFound,
             s if s >= 500 => FailureKind::ServerError,
             _ => FailureKind::ClientError,
         };

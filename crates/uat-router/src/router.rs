@@ -542,6 +542,20 @@ impl Router {
                 }
             }
         }
+        // Every target said it does not serve the model: that is the
+        // client's 404, not a failure of ours.
+        if let Some(last) = reasons.last()
+            && reasons
+                .iter()
+                .all(|r| r.failure.kind == FailureKind::NotFound)
+        {
+            return Err(RouterError::Rejected {
+                provider: last.provider.clone(),
+                attempts,
+                status: 404,
+                message: last.failure.message.clone(),
+            });
+        }
         let model = requested.to_owned();
         if reasons.iter().any(|r| r.failure.kind.reached()) {
             Err(RouterError::AllFailed {

@@ -233,6 +233,34 @@ async fn rejection_is_final() {
     assert_eq!(n(&calls[1]), 0);
 }
 
+/// A 404 from one target (its model gone since discovery, say) fails over
+/// to the next, without a retry of the same target; when every target says
+/// 404, the client gets the 404.
+#[tokio::test]
+async fn not_found_fails_over_and_is_404_when_every_target_says_so() {
+    let nf = Step::Fail(FailureKind::NotFound, Some(404));
+    let (r, calls) = router(
+        vec![spec("a", 0, vec![], nf), spec("b", 1, vec![], Step::Ok)],
+        routing(3, 10, Duration::from_secs(1)),
+    )
+    .await;
+    let ok = chat(&r).await.unwrap();
+    assert_eq!((&*ok.provider, ok.attempts), ("b", 2));
+    assert_eq!((n(&calls[0]), n(&calls[1])), (1, 1));
+    let (r, calls) = router(
+        vec![spec("a", 0, vec![], nf), spec("b", 1, vec![], nf)],
+        routing(3, 10, Duration::from_secs(1)),
+    )
+    .await;
+    match chat(&r).await {
+        Err(RouterError::Rejected {
+            status, attempts, ..
+        }) => assert_eq!((status, attempts), (404, 2)),
+        other => panic!("expected a 404, got {other:?}"),
+    }
+    assert_eq!((n(&calls[0]), n(&calls[1])), (1, 1));
+}
+
 #[tokio::test]
 async fn unsupported_is_failed_over_but_not_retried() {
     let (r, calls) = router(

@@ -396,6 +396,10 @@ mod tests {
             FailureKind::Rejected
         );
         assert_eq!(
+            Failure::from_status(404, "", None).kind,
+            FailureKind::NotFound
+        );
+        assert_eq!(
             Failure::from_status(401, "", None).kind,
             FailureKind::ClientError
         );
