@@ -116,6 +116,41 @@ pub struct Failure {
     pub message: String,
     /// Retry-After sent with a 429 / 503.
     pub retry_after: Option<Duration>,
+    /// The upstream's own `code`, `type` and `param`, when its error body
+    /// carried them (boxed: failures are rare, `Result`s are everywhere).
+    pub upstream: Option<Box<UpstreamError>>,
+}
+
+/// The machine-readable parts of an upstream's error body, passed on to the
+/// client with a rejection (tools act on OpenAI's `code`, such as
+/// `context_length_exceeded`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpstreamError {
+    /// `error.code` (a number is given as text).
+    pub code: Option<String>,
+    /// `error.type`.
+    pub kind: Option<String>,
+    /// `error.param`.
+    pub param: Option<String>,
+}
+
+impl UpstreamError {
+    /// The parts found in an error body (OpenAI and Anthropic shapes), or
+    /// `None` when it has none.
+    pub fn from_body(v: &serde_json::Value) -> Option<Box<Self>> {
+        let err = v.get("error").filter(|e| e.is_object())?;
+        let text = |name: &str| match err.get(name)? {
+            serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        };
+        let e = UpstreamError {
+            code: text("code"),
+            kind: text("type"),
+            param: text("param"),
+        };
+        (e != UpstreamError::default()).then(|| Box::new(e))
+    }
 }
 
 impl Failure {
@@ -126,6 +161,7 @@ impl Failure {
             status: None,
             message: message.into(),
             retry_after: None,
+            upstream: None,
         }
     }
 
@@ -147,6 +183,7 @@ impl Failure {
             status: Some(status),
             message: message.into(),
             retry_after,
+            upstream: None,
         }
     }
 }
@@ -209,6 +246,8 @@ pub enum RouterError {
         status: u16,
         /// The upstream's message.
         message: String,
+        /// The upstream's `code`, `type` and `param`, when it gave them.
+        upstream: Option<Box<UpstreamError>>,
     },
     /// A provider could not be set up from its configuration.
     #[error("provider `{provider}`: {message}")]

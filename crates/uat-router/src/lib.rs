@@ -25,7 +25,7 @@ mod tests;
 
 pub use breaker::BreakerState;
 pub use catalog::ALIAS_OWNER;
-pub use error::{Failure, FailureKind, ProviderFailure, RouterError};
+pub use error::{Failure, FailureKind, ProviderFailure, RouterError, UpstreamError};
 pub use provider::{ChunkStream, Provider, Reply, Shape, StreamChunk};
 pub use router::{ProviderStatus, Resolved, Routed, Router, build_provider};
 pub use stats::ProviderStats;

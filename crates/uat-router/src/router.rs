@@ -532,6 +532,7 @@ impl Router {
                             attempts,
                             status: f.status.unwrap_or(400),
                             message: f.message,
+                            upstream: f.upstream,
                         });
                     }
                     if !f.kind.retryable() && at < 128 {
@@ -554,6 +555,7 @@ impl Router {
                 attempts,
                 status: 404,
                 message: last.failure.message.clone(),
+                upstream: last.failure.upstream.clone(),
             });
         }
         let model = requested.to_owned();

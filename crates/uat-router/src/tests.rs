@@ -42,6 +42,7 @@ fn fail(kind: FailureKind, status: Option<u16>) -> Failure {
         status,
         message: format!("scripted {}", kind.as_str()),
         retry_after: None,
+        upstream: None,
     }
 }
 

@@ -142,6 +142,16 @@ impl ApiError {
         )
     }
 
+    /// 429: every upstream asked us to slow down.
+    pub fn rate_limited(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            Some("rate_limit_exceeded"),
+            message,
+        )
+    }
+
     /// 503 with Retry-After: the server is shedding load.
     pub fn overloaded(message: impl Into<String>, retry_after: u64) -> Self {
         let mut e = Self::new(

@@ -22,7 +22,7 @@ use futures::{Stream, StreamExt};
 use serde_json::Value;
 use std::convert::Infallible;
 use uat_config::Config;
-use uat_router::{BreakerState, RoutedStream, RouterError};
+use uat_router::{BreakerState, FailureKind, RoutedStream, RouterError};
 use uat_types::{ChatRequest, ModelList};
 
 /// Header naming the provider that served (or last failed) the request.
@@ -99,7 +99,26 @@ pub fn router_error(e: &RouterError) -> ApiError {
         RouterError::UnknownModel { model } => ApiError::model_not_found(model),
         RouterError::AllFailed {
             attempts, reasons, ..
-        } => ApiError::bad_gateway(e.to_string()).with_details(details(*attempts, reasons)),
+        } => {
+            // Every provider that answered said 429: the client is told to
+            // slow down (429 + Retry-After, which the SDKs back off on),
+            // not that the upstream failed.
+            let reached = || reasons.iter().filter(|r| r.failure.kind.reached());
+            if reached().count() > 0
+                && reached().all(|r| r.failure.kind == FailureKind::RateLimited)
+            {
+                let wait = reasons
+                    .iter()
+                    .filter_map(|r| r.failure.retry_after)
+                    .max()
+                    .map_or(1, |d| d.as_secs_f64().ceil().clamp(1.0, 3600.0) as u64);
+                let mut err =
+                    ApiError::rate_limited(e.to_string()).with_details(details(*attempts, reasons));
+                err.retry_after = Some(wait);
+                return err;
+            }
+            ApiError::bad_gateway(e.to_string()).with_details(details(*attempts, reasons))
+        }
         RouterError::NoneReachable {
             attempts, reasons, ..
         } => {
@@ -110,12 +129,26 @@ pub fn router_error(e: &RouterError) -> ApiError {
             err
         }
         RouterError::Rejected {
-            status, message, ..
+            status,
+            message,
+            upstream,
+            ..
         } => {
             let mut err =
                 ApiError::bad_request(format!("upstream rejected the request: {message}"));
             err.status = StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST);
             err.code = Some("upstream_rejected");
+            // The upstream's own code, type and param win over ours: clients
+            // act on them (OpenAI's `context_length_exceeded`, say).
+            if let Some(u) = upstream {
+                let mut own = serde_json::Map::new();
+                for (name, v) in [("code", &u.code), ("type", &u.kind), ("param", &u.param)] {
+                    if let Some(v) = v {
+                        own.insert(name.into(), Value::String(v.clone()));
+                    }
+                }
+                err = err.with_details(Value::Object(own));
+            }
             err
         }
         RouterError::Config { .. } => ApiError::internal(e),

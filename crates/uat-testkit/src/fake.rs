@@ -30,6 +30,8 @@ pub enum Behavior {
     Ok,
     /// This status with an error body in the wire's shape.
     Status(u16),
+    /// This status with exactly this body.
+    StatusBody(u16, String),
     /// 429 with `Retry-After: secs`.
     RateLimited {
         /// Seconds in the Retry-After header.
@@ -336,6 +338,11 @@ async fn handle(stream: &mut TcpStream, s: &Shared, req: Request) -> std::io::Re
                     .await?;
                     return Ok(true);
                 }
+                Behavior::StatusBody(code, body) => {
+                    http1::write_full(stream, code, "application/json", &[], body.as_bytes())
+                        .await?;
+                    return Ok(true);
+                }
                 Behavior::RateLimited { retry_after_secs } => {
                     http1::write_full(
                         stream,
@@ -372,12 +379,18 @@ async fn handle(stream: &mut TcpStream, s: &Shared, req: Request) -> std::io::Re
 
 fn error_body(s: &Shared, code: u16) -> String {
     let msg = format!("fake {} error {code}", s.name);
+    // The error types each wire gives for the status.
+    let (openai, anthropic) = match code {
+        429 => ("rate_limit_error", "rate_limit_error"),
+        400..=499 => ("invalid_request_error", "invalid_request_error"),
+        _ => ("server_error", "api_error"),
+    };
     match s.wire {
         Wire::OpenAi => {
-            json!({"error": {"message": msg, "type": "server_error", "param": null, "code": null}})
+            json!({"error": {"message": msg, "type": openai, "param": null, "code": null}})
         }
         Wire::Ollama => json!({"error": msg}),
-        Wire::Anthropic => json!({"type": "error", "error": {"type": "api_error", "message": msg}}),
+        Wire::Anthropic => json!({"type": "error", "error": {"type": anthropic, "message": msg}}),
     }
     .to_string()
 }

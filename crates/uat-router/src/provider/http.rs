@@ -2,7 +2,7 @@
 //! first-byte timeout, error classification, and line splitting for SSE and
 //! NDJSON bodies.
 
-use crate::error::{Failure, FailureKind, RouterError};
+use crate::error::{Failure, FailureKind, RouterError, UpstreamError};
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use std::time::Duration;
@@ -109,11 +109,11 @@ pub(crate) async fn send(
             Ok(Ok(Some(b))) => b,
             _ => Bytes::new(),
         };
-    Err(Failure::from_status(
-        status.as_u16(),
-        error_message(&body),
-        retry_after,
-    ))
+    let mut f = Failure::from_status(status.as_u16(), error_message(&body), retry_after);
+    f.upstream = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| UpstreamError::from_body(&v));
+    Err(f)
 }
 
 /// Extracts a readable message from an upstream error body (OpenAI,

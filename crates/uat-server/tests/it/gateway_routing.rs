@@ -212,6 +212,69 @@ async fn none_reachable_is_503_with_reasons() {
     assert_eq!(kinds, vec!["connect", "connect"]);
 }
 
+/// An upstream's rejection reaches the client with the upstream's own
+/// `code`, `type` and `param` (tools act on OpenAI's
+/// `context_length_exceeded`); before, the code was always
+/// `upstream_rejected`.
+#[tokio::test]
+async fn a_rejection_keeps_the_upstreams_code_type_and_param() {
+    let up = FakeUpstream::start(Wire::OpenAi, "a").await.unwrap();
+    up.push(Behavior::StatusBody(
+        400,
+        r#"{"error":{"message":"This model's maximum context length is 8192 tokens.","type":"invalid_request_error","param":"messages","code":"context_length_exceeded"}}"#.into(),
+    ));
+    let app = spawn_app(&provider_toml("a", "openai", &up.base_url(), "")).await;
+    let resp = app.chat(chat_body("a-model", false)).await;
+    assert_eq!(resp.status(), 400);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "context_length_exceeded", "{v}");
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+    assert_eq!(v["error"]["param"], "messages");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("maximum context length"),
+        "{v}"
+    );
+    // An error body without them keeps ours.
+    up.push(Behavior::StatusBody(422, r#"{"detail":"bad"}"#.into()));
+    let resp = app.chat(chat_body("a-model", false)).await;
+    assert_eq!(resp.status(), 422);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "upstream_rejected", "{v}");
+}
+
+/// When every provider answers 429, the client gets a 429 with the longest
+/// `Retry-After` they asked for (the SDKs back off on it), not a 502.
+#[tokio::test]
+async fn every_provider_rate_limited_is_a_429_with_retry_after() {
+    let (a, b) = two_fakes().await;
+    for up in [&a, &b] {
+        up.set_default(Behavior::RateLimited {
+            retry_after_secs: 2,
+        });
+    }
+    let toml = format!(
+        "{}{}",
+        two_providers(&a, &b, "", ""),
+        routing(
+            "priority",
+            "max_attempts = 2\nbackoff_base = \"1ms\"\nbackoff_max = \"5ms\""
+        )
+    );
+    let app = spawn_app(&toml).await;
+    let resp = app.chat(chat_body("shared", false)).await;
+    assert_eq!(resp.status(), 429);
+    assert_eq!(header(&resp, "retry-after"), "2");
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "rate_limit_exceeded", "{v}");
+    // One provider down, the other rate limited: still 429, not 503/502.
+    b.set_default(Behavior::Status(500));
+    let resp = app.chat(chat_body("shared", false)).await;
+    assert_eq!(resp.status(), 502, "a server error is not a rate limit");
+}
+
 /// One upstream whose first answer is a 429 with `Retry-After:
 /// retry_after_secs`, behind retries backing off 1 ms up to `backoff_max`.
 async fn rate_limited_once(retry_after_secs: u64, backoff_max: &str) -> (FakeUpstream, TestApp) {
