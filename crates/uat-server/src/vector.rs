@@ -81,7 +81,10 @@ fn api_error(e: VectorError) -> ApiError {
     match &e {
         VectorError::NotFound(_) => ApiError::not_found(e.to_string()),
         VectorError::PointNotFound(_) => ApiError::not_found(e.to_string()),
-        VectorError::AlreadyExists(_) => ApiError::conflict(e.to_string()),
+        // A folder left by a collection that failed to open takes its name.
+        VectorError::AlreadyExists(_) | VectorError::FolderNotEmpty(_) => {
+            ApiError::conflict(e.to_string())
+        }
         VectorError::WrongDimension { .. } | VectorError::NonFinite { .. } => {
             ApiError::invalid_field("vector", e.to_string())
         }

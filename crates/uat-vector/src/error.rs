@@ -53,6 +53,13 @@ pub enum VectorError {
     /// A collection with this name already exists.
     #[error("collection {0:?} already exists")]
     AlreadyExists(String),
+    /// The folder of a new collection already holds files: a collection that
+    /// failed to open at start-up, or leftovers. They are left for an operator
+    /// to repair or remove, never reused or deleted.
+    #[error(
+        "cannot create a collection in {0}: the folder already holds files (a collection that failed to open, or leftovers); repair or remove it first"
+    )]
+    FolderNotEmpty(String),
     /// No point has this id.
     #[error("point {0} not found")]
     PointNotFound(PointId),

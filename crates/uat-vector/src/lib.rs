@@ -9,7 +9,12 @@
 //!   picks an exact scan of the matching points or a filtered graph walk;
 //! - durability: every acknowledged write is in a checksummed WAL
 //!   ([`FsyncPolicy`]), snapshots load with one bulk read, and recovery replays
-//!   the WAL tail, dropping a torn last record.
+//!   the WAL tail, dropping a torn tail (a short, zero-filled or mis-checksummed
+//!   last record). Creating and dropping a collection are durable (files and
+//!   folders fsynced); a collection that fails to open is logged and skipped,
+//!   its files left for repair, and the rest of the store opens.
+//! - point ids: unsigned integers, or UUIDs kept in canonical form (lowercase,
+//!   hyphenated), so any spelling of a UUID names the same point.
 //!
 //! The engine is plain synchronous code; call it from a blocking pool.
 
@@ -18,6 +23,7 @@
 pub mod bench;
 mod collection;
 pub mod distance;
+mod durable;
 mod error;
 pub mod filter;
 mod hnsw;

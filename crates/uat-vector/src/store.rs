@@ -1,6 +1,8 @@
-//! The store: a folder holding one subfolder per collection.
+//! The store: a folder holding one subfolder per collection (and, briefly,
+//! the `.dropped-*` folders of dropped ones being removed).
 
 use crate::collection::Collection;
+use crate::durable;
 use crate::error::{Result, VectorError};
 use crate::metrics;
 use crate::types::{CollectionConfig, CollectionInfo};
@@ -9,6 +11,11 @@ use parking_lot::RwLock;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Prefix of the folders of dropped collections awaiting removal; never a
+/// collection name ([`check_name`] refuses the dot).
+const DROPPED_PREFIX: &str = ".dropped-";
 
 /// Store-wide options.
 #[derive(Debug, Clone, Copy, Default)]
@@ -67,6 +74,11 @@ fn spawn_flusher(collections: Weak<RwLock<BTreeMap<String, Arc<Collection>>>>) {
 impl VectorStore {
     /// Opens (creating if needed) the store folder and every collection in it,
     /// each recovered from its snapshot and WAL.
+    ///
+    /// A collection that fails to open (a damaged `config.json`, snapshot or
+    /// WAL) is logged and skipped, its files left untouched for an operator
+    /// to repair; the others open. The remains of interrupted drops are
+    /// deleted.
     pub fn open(dir: impl AsRef<Path>, options: StoreOptions) -> Result<Self> {
         let dir = dir.as_ref().to_owned();
         std::fs::create_dir_all(&dir).map_err(|e| VectorError::io(&dir, e))?;
@@ -77,11 +89,26 @@ impl VectorStore {
             let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
                 continue;
             };
+            if name.starts_with(DROPPED_PREFIX) && path.is_dir() {
+                // Renamed away by a drop that did not finish removing it.
+                if let Err(e) = std::fs::remove_dir_all(&path) {
+                    tracing::warn!(path = %path.display(), error = %e, "could not remove a dropped collection's folder");
+                }
+                continue;
+            }
             if !path.join("config.json").is_file() || check_name(&name).is_err() {
                 continue;
             }
-            let c = Collection::open(&path, &name, options.fsync)?;
-            collections.insert(name, Arc::new(c));
+            match Collection::open(&path, &name, options.fsync) {
+                Ok(c) => {
+                    collections.insert(name, Arc::new(c));
+                }
+                // One damaged collection must not keep the others (and the
+                // server) down; its name stays taken until it is repaired.
+                Err(e) => {
+                    tracing::error!(collection = %name, error = %e, "collection failed to open; skipped, its files left in place");
+                }
+            }
         }
         let collections = Arc::new(RwLock::new(collections));
         if options.fsync == FsyncPolicy::Batch {
@@ -99,7 +126,9 @@ impl VectorStore {
         &self.dir
     }
 
-    /// Creates a collection; [`VectorError::AlreadyExists`] if the name is taken.
+    /// Creates a collection, durably; [`VectorError::AlreadyExists`] if the
+    /// name is taken, [`VectorError::FolderNotEmpty`] if its folder holds
+    /// files (a collection that failed to open at start-up).
     pub fn create_collection(
         &self,
         name: &str,
@@ -142,14 +171,39 @@ impl VectorStore {
     }
 
     /// Deletes a collection and its files; [`VectorError::NotFound`] if there is none.
+    ///
+    /// The folder is first renamed (durably, under the store lock) to a name
+    /// no collection can have, then removed: a crash or a create of the same
+    /// name never meets half-deleted files under the collection's name, and
+    /// [`VectorStore::open`] deletes what an interrupted drop left.
     pub fn drop_collection(&self, name: &str) -> Result<()> {
-        let c = self
-            .collections
-            .write()
-            .remove(name)
-            .ok_or_else(|| VectorError::NotFound(name.to_owned()))?;
+        let c = self.get(name)?;
+        // A snapshot of it still running after the rename could land in the
+        // folder of a new collection of the same name: wait for it to end,
+        // outside the store lock (a compaction can take seconds).
+        c.set_retired(true);
+        let mut map = self.collections.write();
+        if !map.get(name).is_some_and(|m| Arc::ptr_eq(m, &c)) {
+            return Err(VectorError::NotFound(name.to_owned())); // dropped meanwhile
+        }
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let graveyard = self.dir.join(format!("{DROPPED_PREFIX}{name}-{nanos}"));
+        if let Err(e) = std::fs::rename(c.dir(), &graveyard) {
+            c.set_retired(false);
+            return Err(VectorError::io(c.dir(), e));
+        }
+        // Renamed: the collection is gone from its name whatever happens next.
+        map.remove(name);
+        // Synced before a create of the name can run and before any unlink
+        // below: a power cut must not undo the rename and keep the unlinks.
+        let synced = durable::sync_dir(&self.dir);
+        drop(map);
         metrics::forget(name);
-        std::fs::remove_dir_all(c.dir()).map_err(|e| VectorError::io(c.dir(), e))
+        // If unsynced (or unremoved), the folder is deleted at the next open.
+        synced?;
+        std::fs::remove_dir_all(&graveyard).map_err(|e| VectorError::io(&graveyard, e))
     }
 
     /// Snapshots every collection (e.g. at shutdown).

@@ -12,15 +12,18 @@ pub const MAX_TOP_K: usize = 1000;
 /// Largest accepted dimension.
 pub const MAX_DIMENSION: usize = 65_536;
 
-/// A point id as the user gave it: an unsigned integer or a UUID string.
+/// A point id: an unsigned integer or a UUID.
 ///
 /// (De)serializes from a JSON number or string; a string must be a valid
-/// UUID and is kept (and returned) exactly as given.
+/// UUID in any form `uuid` parses (upper case, no hyphens, braces, `urn:`)
+/// and is kept (and returned) in canonical form, lowercase and hyphenated,
+/// so that every spelling of one UUID is one point. Build UUID ids with
+/// [`PointId::uuid`] or [`PointId::parse`], which canonicalize.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum PointId {
     /// A numeric id.
     Num(u64),
-    /// A UUID string, as given.
+    /// A UUID, lowercase and hyphenated (`550e8400-e29b-41d4-a716-446655440000`).
     Uuid(String),
 }
 
@@ -36,13 +39,24 @@ impl PointId {
         Self::uuid(s.to_owned())
     }
 
-    /// A UUID id, checked.
+    /// A UUID id, checked and canonicalized (equality is on the text).
     pub fn uuid(s: String) -> Result<Self> {
         match uuid::Uuid::parse_str(&s) {
-            Ok(_) => Ok(Self::Uuid(s)),
+            Ok(u) => Ok(Self::Uuid(u.hyphenated().to_string())),
             Err(_) => Err(VectorError::BadRequest(format!(
                 "point id {s:?} is neither an unsigned integer nor a UUID"
             ))),
+        }
+    }
+
+    /// A UUID id read back from the WAL or a snapshot: canonicalized, as
+    /// data written before ids were kept canonical may hold other
+    /// spellings; text that does not parse (an id built directly as
+    /// [`PointId::Uuid`]) is kept as it is rather than made unreadable.
+    pub(crate) fn stored_uuid(s: &str) -> Self {
+        match uuid::Uuid::parse_str(s) {
+            Ok(u) => Self::Uuid(u.hyphenated().to_string()),
+            Err(_) => Self::Uuid(s.to_owned()),
         }
     }
 }
@@ -296,7 +310,7 @@ impl SearchRequest {
 /// One search hit.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ScoredPoint {
-    /// The id as given at upsert.
+    /// The id (a UUID in canonical form).
     pub id: PointId,
     /// Cosine/dot: similarity (higher is better); L2: distance (lower is better).
     pub score: f32,

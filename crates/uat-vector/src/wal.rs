@@ -2,8 +2,10 @@
 //!
 //! `[u32 body length][u32 CRC-32 of body][body]`, body = `[u64 seq][u8 op][...]`.
 //!
-//! On open, records are read until the first one that is short or whose
-//! checksum fails; that torn tail is cut off (never loaded as garbage).
+//! On open, records are read until the first one that is short, has a zero
+//! length (a zero-filled tail) or whose checksum fails, or until a last record
+//! that does not decode; that torn tail is cut off (never loaded as garbage).
+//! A record that does not decode with more records after it is corruption.
 
 use crate::error::{Result, VectorError};
 use crate::types::{Point, PointId};
@@ -192,6 +194,11 @@ fn parse_records(data: &[u8]) -> Result<(Vec<(u64, WalOp)>, usize)> {
         let (Some(len), Some(crc)) = (r.u32(), r.u32()) else {
             break;
         };
+        if len == 0 {
+            // No record is empty; a zeroed header (CRC-32 of nothing is 0)
+            // is a tail of zeros, as a power cut can leave after a size update.
+            break;
+        }
         let end = pos + 8 + len as usize;
         if end > data.len() {
             break; // torn: the body was not fully written
@@ -200,9 +207,15 @@ fn parse_records(data: &[u8]) -> Result<(Vec<(u64, WalOp)>, usize)> {
         if crc32fast::hash(body) != crc {
             break; // torn or garbage
         }
-        let rec = decode(body).ok_or_else(|| {
-            VectorError::corrupt("WAL", format!("undecodable record at byte {pos}"))
-        })?;
+        let Some(rec) = decode(body) else {
+            if end == data.len() {
+                break; // the last record: treated as torn, like a bad checksum
+            }
+            return Err(VectorError::corrupt(
+                "WAL",
+                format!("undecodable record at byte {pos}"),
+            ));
+        };
         out.push(rec);
         pos = end;
     }
@@ -318,7 +331,7 @@ impl<'a> Reader<'a> {
             1 => {
                 let n = self.u32()? as usize;
                 let s = std::str::from_utf8(self.bytes(n)?).ok()?;
-                Some(PointId::Uuid(s.to_owned()))
+                Some(PointId::stored_uuid(s))
             }
             _ => None,
         }
@@ -401,5 +414,69 @@ mod tests {
             panic!("open 3")
         };
         assert_eq!(recs.len(), 1);
+    }
+
+    /// A power cut can leave the file longer than what was written, the
+    /// tail zero-filled: a zero header (len 0, CRC-32 of nothing = 0) is a
+    /// torn tail, not corruption that keeps the collection from opening.
+    #[test]
+    fn zero_filled_tail_is_a_torn_tail() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wal.log");
+        let (mut wal, _) = Wal::open(&path, FsyncPolicy::Always).expect("open");
+        let ops = [
+            WalOp::Upsert(vec![pt(1)]),
+            WalOp::Delete(vec![PointId::Num(1)]),
+        ];
+        for op in &ops {
+            wal.append(op).expect("append");
+        }
+        let full = wal.size();
+        drop(wal);
+        let mut f = OpenOptions::new().append(true).open(&path).expect("reopen");
+        f.write_all(&[0; 16]).expect("zeros");
+        drop(f);
+        let (mut wal, recs) = Wal::open(&path, FsyncPolicy::Always).expect("open 2");
+        let got: Vec<WalOp> = recs.into_iter().map(|r| r.1).collect();
+        assert_eq!(got, ops.to_vec());
+        assert_eq!(wal.size(), full, "the zeros are cut off");
+        assert_eq!(
+            wal.append(&WalOp::Upsert(vec![pt(3)])).expect("append 3"),
+            3
+        );
+        drop(wal);
+        let (_, recs) = Wal::open(&path, FsyncPolicy::Always).expect("open 3");
+        assert_eq!(recs.len(), 3);
+        assert_eq!(recs[2], (3, WalOp::Upsert(vec![pt(3)])));
+    }
+
+    /// A whole record with a good checksum that does not decode: the last
+    /// one is a torn tail; one with records after it is corruption.
+    #[test]
+    fn undecodable_record_is_torn_at_the_tail_and_corrupt_before_it() {
+        let mut bad = Vec::new();
+        put_u64(&mut bad, 2);
+        bad.push(99); // no such op
+        let mut framed = Vec::new();
+        put_u32(&mut framed, bad.len() as u32);
+        put_u32(&mut framed, crc32fast::hash(&bad));
+        framed.extend_from_slice(&bad);
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wal.log");
+        let (mut wal, _) = Wal::open(&path, FsyncPolicy::Never).expect("open");
+        wal.append(&WalOp::Upsert(vec![pt(1)])).expect("append");
+        drop(wal);
+        let good = std::fs::read(&path).expect("read");
+
+        let tail = [good.as_slice(), &framed].concat();
+        let (recs, len) = parse_records(&tail).expect("a bad last record is torn");
+        assert_eq!((recs.len(), len), (1, good.len()));
+
+        let middle = [good.as_slice(), &framed, &good].concat();
+        assert!(matches!(
+            parse_records(&middle),
+            Err(VectorError::Corrupt { .. })
+        ));
     }
 }

@@ -5,6 +5,7 @@
 mod search;
 
 use crate::distance::{Metric, normalize};
+use crate::durable;
 use crate::error::{Result, VectorError};
 use crate::filter::Filter;
 use crate::hnsw::Hnsw;
@@ -21,8 +22,9 @@ use parking_lot::{Mutex, RwLock};
 use rayon::prelude::*;
 use serde_json::Value;
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Below this many points a batch is inserted on the calling thread.
 const PARALLEL_MIN: usize = 64;
@@ -56,7 +58,11 @@ impl State {
             if let Some(n) = hnsw.node(i)
                 && !hnsw.is_deleted(i)
             {
-                ids.insert(n.ext.clone(), i);
+                // Two spellings of one UUID, live in a snapshot written before
+                // ids were canonical, are now one id: the later slot wins.
+                if let Some(old) = ids.insert(n.ext.clone(), i) {
+                    hnsw.tombstone(old);
+                }
                 pindex.add(i, n.payload.as_ref());
             }
         }
@@ -78,10 +84,20 @@ pub struct Collection {
     pub(crate) state: RwLock<State>,
     /// The WAL; its lock also orders writes (WAL order = apply order).
     wal: Mutex<Wal>,
+    /// Set (under the WAL lock) when the store drops the collection: from
+    /// then on its folder may hold a new collection of the same name, which
+    /// a snapshot of this one must not overwrite.
+    retired: AtomicBool,
 }
 
 impl Collection {
-    /// Creates a new collection in `dir` (which must not hold one).
+    /// Creates a new, empty collection in `dir`, durably: when this returns,
+    /// the folder, `config.json` and `wal.log` survive a power cut.
+    ///
+    /// `dir` may exist but must be empty (or hold only the `config.json.tmp`
+    /// of an interrupted create); otherwise [`VectorError::FolderNotEmpty`]:
+    /// files found there (a collection that failed to open, the remains of
+    /// an old one) are never loaded into the new collection nor deleted.
     pub fn create(
         dir: &Path,
         name: &str,
@@ -89,14 +105,28 @@ impl Collection {
         fsync: FsyncPolicy,
     ) -> Result<Self> {
         config.validate()?;
-        std::fs::create_dir_all(dir).map_err(|e| VectorError::io(dir, e))?;
+        let io = |e| VectorError::io(dir, e);
+        std::fs::create_dir_all(dir).map_err(io)?;
+        durable::sync_dir(durable::parent_of(dir))?;
+        for entry in std::fs::read_dir(dir).map_err(io)? {
+            if entry.map_err(io)?.file_name() != "config.json.tmp" {
+                return Err(VectorError::FolderNotEmpty(dir.display().to_string()));
+            }
+        }
         let cfg_path = dir.join("config.json");
         let tmp = dir.join("config.json.tmp");
         let body = serde_json::to_vec_pretty(&config)
             .map_err(|e| VectorError::BadConfig(e.to_string()))?;
-        std::fs::write(&tmp, body).map_err(|e| VectorError::io(&tmp, e))?;
+        let tmp_io = |e| VectorError::io(&tmp, e);
+        let mut f = std::fs::File::create(&tmp).map_err(tmp_io)?;
+        f.write_all(&body).map_err(tmp_io)?;
+        f.sync_all().map_err(tmp_io)?;
+        drop(f);
         std::fs::rename(&tmp, &cfg_path).map_err(|e| VectorError::io(&cfg_path, e))?;
-        Self::open(dir, name, fsync)
+        let c = Self::open(dir, name, fsync)?;
+        // One folder sync for the rename and for the wal.log `open` created.
+        durable::sync_dir(dir)?;
+        Ok(c)
     }
 
     /// Opens a collection: loads the snapshot, replays the WAL tail.
@@ -109,7 +139,8 @@ impl Collection {
             Some((h, seq)) => (State::from_hnsw(h, &config), seq),
             None => (State::empty(&config), 0),
         };
-        let (mut wal, records) = Wal::open(&dir.join("wal.log"), fsync)?;
+        let wal_path = dir.join("wal.log");
+        let (mut wal, records) = Wal::open(&wal_path, fsync)?;
         wal.last_seq = wal.last_seq.max(snap_seq);
         let c = Self {
             name: name.to_owned(),
@@ -117,6 +148,7 @@ impl Collection {
             config,
             state: RwLock::new(state),
             wal: Mutex::new(wal),
+            retired: AtomicBool::new(false),
         };
         // Replayed as they were applied (retrainings included).
         for (seq, op) in records {
@@ -124,7 +156,20 @@ impl Collection {
                 continue;
             }
             match op {
-                WalOp::Upsert(points) => c.apply_logged_upsert(points),
+                WalOp::Upsert(points) => {
+                    // Every logged vector was checked against this dimension;
+                    // one that differs is another collection's record (or
+                    // damage the checksum missed): never pad or cut it.
+                    for p in &points {
+                        check_vector(&p.vector, c.config.dimension).map_err(|e| {
+                            VectorError::corrupt(
+                                format!("WAL {}", wal_path.display()),
+                                format!("record {seq}, point {}: {e}", p.id),
+                            )
+                        })?;
+                    }
+                    c.apply_logged_upsert(points);
+                }
                 WalOp::Delete(ids) => {
                     apply_delete(&c.state.read(), &ids);
                 }
@@ -294,6 +339,9 @@ impl Collection {
     }
 
     fn snapshot_locked(&self, wal: &mut Wal) -> Result<()> {
+        if self.retired.load(Ordering::Relaxed) {
+            return Err(VectorError::NotFound(self.name.clone()));
+        }
         let st = self.state.read();
         snapshot::write(&self.dir.join("snapshot.bin"), &st.hnsw, wal.last_seq)?;
         wal.reset()
@@ -332,6 +380,14 @@ impl Collection {
         apply_upsert(&self.config, &fresh, points);
         *self.state.write() = fresh;
         self.update_gauges();
+    }
+
+    /// Marks the collection as being dropped (or not, if the drop failed),
+    /// once any snapshot or compaction running has ended; while marked,
+    /// snapshots fail with [`VectorError::NotFound`].
+    pub(crate) fn set_retired(&self, retired: bool) {
+        let _wal = self.wal.lock();
+        self.retired.store(retired, Ordering::Relaxed);
     }
 
     /// Flushes the WAL to stable storage now (for the `batch`/`never` policies).

@@ -172,7 +172,7 @@ fn unknown_collection_is_not_found_and_names_are_checked() {
 }
 
 #[test]
-fn point_ids_round_trip_as_given() {
+fn point_ids_round_trip_in_canonical_form() {
     let (_d, s) = store();
     let c = s.create_collection("ids", config(2, Metric::L2)).unwrap();
     let upper = "550E8400-E29B-41D4-A716-446655440000";
@@ -184,7 +184,7 @@ fn point_ids_round_trip_as_given() {
     c.upsert(pts).unwrap();
     let hits = c.search(&SearchRequest::new(vec![1.0, 0.0], 2)).unwrap();
     let body = serde_json::to_value(&hits).unwrap();
-    assert_eq!(body[0]["id"], json!(upper));
+    assert_eq!(body[0]["id"], json!(upper.to_lowercase()));
     assert_eq!(body[0]["payload"], json!({"k": "v"}));
     assert_eq!(body[1]["id"], json!(7));
     assert_eq!(
@@ -203,4 +203,91 @@ fn point_ids_round_trip_as_given() {
         payload: Some(json!([1])),
     }]);
     assert!(matches!(e, Err(VectorError::BadRequest(m)) if m.contains("JSON object")));
+}
+
+const UPPER: &str = "550E8400-E29B-41D4-A716-446655440000";
+const LOWER: &str = "550e8400-e29b-41d4-a716-446655440000";
+
+fn uuid_point(id: &str, x: f32) -> Point {
+    serde_json::from_value(json!({"id": id, "vector": [x, 1.0]})).unwrap()
+}
+
+#[test]
+fn uuid_upserted_in_upper_case_is_deleted_in_lower_case() {
+    let (_d, s) = store();
+    let c = s.create_collection("u", config(2, Metric::L2)).unwrap();
+    c.upsert(vec![uuid_point(UPPER, 0.0)]).unwrap();
+    let ids: Vec<PointId> = serde_json::from_value(json!([LOWER])).unwrap();
+    assert_eq!(c.delete(ids).unwrap(), 1);
+    assert_eq!(c.count(), 0);
+}
+
+#[test]
+fn every_spelling_of_a_uuid_is_one_point() {
+    let (_d, s) = store();
+    let c = s.create_collection("u", config(2, Metric::L2)).unwrap();
+    let spellings = [
+        UPPER.to_owned(),
+        LOWER.to_owned(),
+        LOWER.replace('-', ""),
+        format!("{{{LOWER}}}"),
+        format!("urn:uuid:{UPPER}"),
+    ];
+    for (i, id) in spellings.iter().enumerate() {
+        c.upsert(vec![uuid_point(id, i as f32)]).unwrap();
+        assert_eq!(c.count(), 1, "{id}");
+        assert_eq!(PointId::parse(id).unwrap(), PointId::Uuid(LOWER.into()));
+    }
+    assert_eq!(
+        c.get(&PointId::parse(UPPER).unwrap()).unwrap().vector,
+        vec![4.0, 1.0]
+    );
+    assert_eq!(c.ids(), vec![PointId::Uuid(LOWER.into())]);
+}
+
+/// Data written before ids were canonical (built here directly, as the old
+/// code stored them) is canonicalized on load, from the WAL and from a snapshot.
+#[test]
+fn uuid_ids_of_old_data_are_canonical_after_reopen() {
+    for snapshot in [false, true] {
+        let (d, s) = store();
+        let c = s.create_collection("u", config(2, Metric::L2)).unwrap();
+        c.upsert(vec![Point {
+            id: PointId::Uuid(UPPER.into()),
+            vector: vec![0.0, 1.0],
+            payload: None,
+        }])
+        .unwrap();
+        c.upsert(vec![Point {
+            id: PointId::Uuid(LOWER.into()),
+            vector: vec![1.0, 1.0],
+            payload: None,
+        }])
+        .unwrap();
+        if snapshot {
+            c.snapshot().unwrap();
+        }
+        drop((c, s));
+        let s = VectorStore::open(
+            d.path(),
+            StoreOptions {
+                fsync: FsyncPolicy::Never,
+            },
+        )
+        .unwrap();
+        let c = s.get("u").unwrap();
+        assert_eq!(c.count(), 1, "snapshot: {snapshot}");
+        assert_eq!(c.ids(), vec![PointId::Uuid(LOWER.into())]);
+        assert_eq!(c.delete(vec![PointId::parse(UPPER).unwrap()]).unwrap(), 1);
+        // No other spelling is left behind in the graph, to come back in a search.
+        c.upsert(vec![Point {
+            id: PointId::Num(9),
+            vector: vec![100.0, 100.0],
+            payload: None,
+        }])
+        .unwrap();
+        let hits = c.search(&SearchRequest::new(vec![0.0, 1.0], 10)).unwrap();
+        let ids: Vec<PointId> = hits.into_iter().map(|h| h.id).collect();
+        assert_eq!(ids, vec![PointId::Num(9)], "snapshot: {snapshot}");
+    }
 }
