@@ -110,17 +110,37 @@ pub(crate) fn messages_body(model: &str, req: &ChatRequest, stream: bool) -> Val
                         }));
                     }
                 }
-                messages.push(json!({"role": "assistant", "content": blocks}));
+                // Anthropic refuses an empty message (an assistant turn with
+                // no text and no calls, as some clients keep in history).
+                if !blocks.is_empty() {
+                    messages.push(json!({"role": "assistant", "content": blocks}));
+                }
             }
-            "tool" => messages.push(json!({
-                "role": "user",
-                "content": [{
+            "tool" => {
+                let result = json!({
                     "type": "tool_result",
                     "tool_use_id": m.extra.get("tool_call_id").cloned().unwrap_or(Value::Null),
                     "content": m.text_content(),
-                }],
-            })),
-            _ => messages.push(json!({"role": "user", "content": user_content(&m.content)})),
+                });
+                // The results of parallel calls go back in one user turn, as
+                // Anthropic asks (one turn each teaches the model not to
+                // call tools in parallel).
+                match messages.last_mut().and_then(tool_results) {
+                    Some(results) => results.push(result),
+                    None => messages.push(json!({"role": "user", "content": [result]})),
+                }
+            }
+            _ => {
+                let content = user_content(&m.content);
+                let empty = match &content {
+                    Value::String(s) => s.is_empty(),
+                    Value::Array(a) => a.is_empty(),
+                    _ => true,
+                };
+                if !empty {
+                    messages.push(json!({"role": "user", "content": content}));
+                }
+            }
         }
     }
     let mut body = Map::new();
@@ -133,13 +153,21 @@ pub(crate) fn messages_body(model: &str, req: &ChatRequest, stream: bool) -> Val
     if !system.is_empty() {
         body.insert("system".into(), json!(system));
     }
+    // OpenAI's temperature runs to 2, Anthropic's to 1; current Claude
+    // models refuse temperature and top_p together (OpenAI advises setting
+    // one), so top_p goes only when temperature is unset.
     if let Some(t) = req.temperature {
-        body.insert("temperature".into(), json!(t));
-    }
-    if let Some(p) = req.top_p {
+        body.insert("temperature".into(), json!(t.clamp(0.0, 1.0)));
+    } else if let Some(p) = req.top_p {
         body.insert("top_p".into(), json!(p));
     }
-    let stop = req.stop_sequences();
+    // Anthropic refuses a stop sequence of whitespace only (OpenAI clients
+    // send "\n" freely): such sequences are left out.
+    let stop: Vec<String> = req
+        .stop_sequences()
+        .into_iter()
+        .filter(|s| !s.trim().is_empty())
+        .collect();
     if !stop.is_empty() {
         body.insert("stop_sequences".into(), json!(stop));
     }
@@ -176,10 +204,64 @@ pub(crate) fn messages_body(model: &str, req: &ChatRequest, stream: bool) -> Val
             body.insert("tool_choice".into(), c);
         }
     }
+    if let Some(tool) = json_tool(req) {
+        body.insert("tools".into(), json!([tool]));
+        body.insert(
+            "tool_choice".into(),
+            json!({"type": "tool", "name": JSON_TOOL}),
+        );
+    }
     if let Some(user) = req.extra.get("user") {
         body.insert("metadata".into(), json!({ "user_id": user }));
     }
     Value::Object(body)
+}
+
+/// The tool a structured answer comes through. Anthropic has no
+/// `response_format`; its way to JSON that follows a schema is a call,
+/// forced, to a tool whose input schema is that schema: the call's input
+/// is the answer, given back to the client as the message's content.
+const JSON_TOOL: &str = "json_response";
+
+/// The forced tool for a request's `response_format` (`json_schema` with
+/// its schema, `json_object` with any object), when it asks for JSON and
+/// has no tools of its own (a forced call would keep the model from
+/// calling them).
+fn json_tool(req: &ChatRequest) -> Option<Value> {
+    if req
+        .extra
+        .get("tools")
+        .and_then(Value::as_array)
+        .is_some_and(|t| !t.is_empty())
+    {
+        return None;
+    }
+    let rf = req.extra.get("response_format")?;
+    let schema = match rf.get("type").and_then(Value::as_str)? {
+        "json_schema" => rf
+            .pointer("/json_schema/schema")
+            .cloned()
+            .unwrap_or_else(|| json!({"type": "object"})),
+        "json_object" => json!({"type": "object"}),
+        _ => return None,
+    };
+    let description = rf
+        .pointer("/json_schema/description")
+        .and_then(Value::as_str)
+        .unwrap_or("Give the answer as this tool's input.");
+    Some(json!({"name": JSON_TOOL, "description": description, "input_schema": schema}))
+}
+
+/// The blocks of a user turn made of tool results only.
+fn tool_results(m: &mut Value) -> Option<&mut Vec<Value>> {
+    if m.get("role").and_then(Value::as_str) != Some("user") {
+        return None;
+    }
+    let blocks = m.get_mut("content")?.as_array_mut()?;
+    blocks
+        .iter()
+        .all(|b| b.get("type").and_then(Value::as_str) == Some("tool_result"))
+        .then_some(blocks)
 }
 
 fn user_content(content: &Value) -> Value {
@@ -208,10 +290,18 @@ fn user_content(content: &Value) -> Value {
     }
 }
 
+/// The stop reason of a structured answer's forced call is the answer's end.
+fn answer_stop(stop_reason: Option<&str>, structured: bool) -> Option<&str> {
+    match stop_reason {
+        Some("tool_use") if structured => Some("end_turn"),
+        r => r,
+    }
+}
+
 /// Anthropic `stop_reason` as an OpenAI `finish_reason`.
 pub fn finish_reason(stop_reason: Option<&str>) -> &'static str {
     match stop_reason {
-        Some("max_tokens") => "length",
+        Some("max_tokens" | "model_context_window_exceeded") => "length",
         Some("tool_use") => "tool_calls",
         Some("refusal") => "content_filter",
         _ => "stop",
@@ -251,11 +341,19 @@ impl Provider for Anthropic {
         Box::pin(async move {
             let resp = self.post(&messages_body(model, req, false), false).await?;
             let (_, m): (_, AMessage) = read_json(resp).await?;
+            let structured = json_tool(req).is_some();
             let mut text = String::new();
             let mut calls = Vec::new();
             for b in &m.content {
                 match b.get("type").and_then(Value::as_str) {
                     Some("text") => text.push_str(b.get("text").and_then(Value::as_str).unwrap_or("")),
+                    // The structured answer is the content, not a call.
+                    Some("tool_use")
+                        if structured
+                            && b.get("name").and_then(Value::as_str) == Some(JSON_TOOL) =>
+                    {
+                        text = b.get("input").map(Value::to_string).unwrap_or_default();
+                    }
                     Some("tool_use") => calls.push(json!({
                         "id": b.get("id").cloned().unwrap_or(Value::Null),
                         "type": "function",
@@ -282,7 +380,9 @@ impl Provider for Anthropic {
                 choices: vec![Choice {
                     index: 0,
                     message,
-                    finish_reason: Some(finish_reason(m.stop_reason.as_deref()).into()),
+                    finish_reason: Some(
+                        finish_reason(answer_stop(m.stop_reason.as_deref(), structured)).into(),
+                    ),
                     extra: Map::new(),
                 }],
                 usage: Some(usage),
@@ -301,7 +401,8 @@ impl Provider for Anthropic {
     ) -> BoxFuture<'a, Result<ChunkStream, Failure>> {
         Box::pin(async move {
             let resp = self.post(&messages_body(model, req, true), true).await?;
-            let state = StreamState::new(model, req.include_usage());
+            let mut state = StreamState::new(model, req.include_usage());
+            state.structured = json_tool(req).is_some();
             Ok(translate(lines(resp), state))
         })
     }
@@ -347,6 +448,10 @@ struct StreamState {
     include_usage: bool,
     usage: AUsage,
     tools: HashMap<u64, usize>,
+    /// The answer comes as the forced [`JSON_TOOL`] call ...
+    structured: bool,
+    /// ... in this content block, whose input is streamed as content.
+    answer_block: Option<u64>,
     pending: VecDeque<Result<StreamChunk, Failure>>,
     done: bool,
 }
@@ -360,6 +465,8 @@ impl StreamState {
             include_usage,
             usage: AUsage::default(),
             tools: HashMap::new(),
+            structured: false,
+            answer_block: None,
             pending: VecDeque::new(),
             done: false,
         }
@@ -419,6 +526,13 @@ impl StreamState {
             Some("content_block_start") => {
                 let block = ev.get("content_block");
                 match block.and_then(|b| b.get("type")).and_then(Value::as_str) {
+                    Some("tool_use")
+                        if self.structured
+                            && block.and_then(|b| b.get("name")).and_then(Value::as_str)
+                                == Some(JSON_TOOL) =>
+                    {
+                        self.answer_block = ev.get("index").and_then(Value::as_u64).or(Some(0));
+                    }
                     Some("tool_use") => {
                         let k = self.tools.len();
                         let idx = ev.get("index").and_then(Value::as_u64).unwrap_or(0);
@@ -464,6 +578,24 @@ impl StreamState {
                             None,
                         );
                     }
+                    Some("input_json_delta")
+                        if self.answer_block.is_some()
+                            && ev.get("index").and_then(Value::as_u64).or(Some(0))
+                                == self.answer_block =>
+                    {
+                        let t = ev
+                            .pointer("/delta/partial_json")
+                            .and_then(Value::as_str)
+                            .unwrap_or("")
+                            .to_owned();
+                        self.push(
+                            Delta {
+                                content: Some(t),
+                                ..Delta::default()
+                            },
+                            None,
+                        );
+                    }
                     Some("input_json_delta") => {
                         let idx = ev.get("index").and_then(Value::as_u64).unwrap_or(0);
                         let k = self.tools.get(&idx).copied().unwrap_or(0);
@@ -483,8 +615,10 @@ impl StreamState {
                 if let Some(n) = ev.pointer("/usage/input_tokens").and_then(Value::as_u64) {
                     self.usage.input_tokens = n;
                 }
-                let reason =
-                    finish_reason(ev.pointer("/delta/stop_reason").and_then(Value::as_str));
+                let reason = finish_reason(answer_stop(
+                    ev.pointer("/delta/stop_reason").and_then(Value::as_str),
+                    self.structured,
+                ));
                 self.push(Delta::default(), Some(reason.into()));
             }
             Some("message_stop") => {
@@ -550,11 +684,14 @@ mod tests {
     use super::*;
 
     fn collect(lines: &[&'static str], include_usage: bool) -> Vec<Result<Value, Failure>> {
+        collect_from(lines, StreamState::new("claude", include_usage))
+    }
+
+    fn collect_from(lines: &[&'static str], st: StreamState) -> Vec<Result<Value, Failure>> {
         let items: Vec<Result<Bytes, Failure>> = lines
             .iter()
             .map(|l| Ok(Bytes::from_static(l.as_bytes())))
             .collect();
-        let st = StreamState::new("claude", include_usage);
         let out: Vec<_> =
             futures::executor::block_on(translate(futures::stream::iter(items), st).collect());
         out.into_iter()
@@ -627,7 +764,8 @@ mod tests {
                 {"role": "developer", "content": "and kind"},
                 {"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAA"}}]},
                 {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{\"x\":1}"}}]},
-                {"role": "tool", "tool_call_id": "c1", "content": "42"}
+                {"role": "tool", "tool_call_id": "c1", "content": "42"},
+                {"role": "tool", "tool_call_id": "c2", "content": "43"}
             ],
             "stop": ["END"], "temperature": 0.2,
             "tools": [{"type": "function", "function": {"name": "f", "description": "d", "parameters": {"type": "object"}}}],
@@ -644,10 +782,91 @@ mod tests {
         assert_eq!(b["messages"][1]["content"][0]["type"], "tool_use");
         assert_eq!(b["messages"][1]["content"][0]["input"], json!({"x": 1}));
         assert_eq!(b["messages"][2]["content"][0]["tool_use_id"], "c1");
+        assert_eq!(b["messages"][2]["content"][1]["tool_use_id"], "c2");
+        assert_eq!(
+            b["messages"].as_array().unwrap().len(),
+            3,
+            "one turn of results"
+        );
         assert_eq!(b["stop_sequences"], json!(["END"]));
         assert_eq!(b["tools"][0]["input_schema"], json!({"type": "object"}));
         assert_eq!(b["tool_choice"], json!({"type": "any"}));
         assert!(b.get("stream").is_none());
+    }
+
+    /// `response_format` asks for JSON: the request forces a call to the
+    /// answer tool with the schema; not when the client has tools of its
+    /// own, nor for `text`.
+    #[test]
+    fn response_format_becomes_a_forced_answer_tool() {
+        let schema = json!({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]});
+        let req: ChatRequest = serde_json::from_value(json!({
+            "model": "x", "messages": [{"role": "user", "content": "where?"}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "place", "schema": schema, "strict": true}}
+        }))
+        .unwrap();
+        let b = messages_body("claude-x", &req, false);
+        assert_eq!(b["tools"][0]["name"], JSON_TOOL);
+        assert_eq!(b["tools"][0]["input_schema"], schema);
+        assert_eq!(b["tool_choice"], json!({"type": "tool", "name": JSON_TOOL}));
+        let object: ChatRequest = serde_json::from_value(json!({
+            "model": "x", "messages": [{"role": "user", "content": "hi"}],
+            "response_format": {"type": "json_object"}
+        }))
+        .unwrap();
+        let b = messages_body("claude-x", &object, false);
+        assert_eq!(b["tools"][0]["input_schema"], json!({"type": "object"}));
+        for other in [
+            json!({"type": "text"}),
+            json!({"type": "json_object", "x": 1}),
+        ] {
+            let mut v = json!({"model": "x", "messages": [{"role": "user", "content": "hi"}],
+                "response_format": other,
+                "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]});
+            if other["type"] == "text" {
+                v.as_object_mut().unwrap().remove("tools");
+            }
+            let req: ChatRequest = serde_json::from_value(v).unwrap();
+            let b = messages_body("claude-x", &req, false);
+            assert!(b.get("tool_choice").is_none(), "{other}: {b}");
+            assert!(
+                b["tools"]
+                    .as_array()
+                    .is_none_or(|t| t.iter().all(|t| t["name"] != JSON_TOOL)),
+                "{b}"
+            );
+        }
+    }
+
+    /// A structured answer streamed as the forced call's input comes out as
+    /// content deltas ending in `stop`, not as a tool call.
+    #[test]
+    fn a_streamed_structured_answer_is_content() {
+        let mut st = StreamState::new("claude", false);
+        st.structured = true;
+        let out = collect_from(
+            &[
+                r#"data: {"type":"message_start","message":{"id":"msg_1","usage":{"input_tokens":9,"output_tokens":1}}}"#,
+                r#"data: {"type":"content_block_start","index":0,"content_block":{"type":"tool_use","id":"toolu_1","name":"json_response","input":{}}}"#,
+                r#"data: {"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":"{\"city\": "}}"#,
+                r#"data: {"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":"\"Oslo\"}"}}"#,
+                r#"data: {"type":"content_block_stop","index":0}"#,
+                r#"data: {"type":"message_delta","delta":{"stop_reason":"tool_use"},"usage":{"output_tokens":7}}"#,
+                r#"data: {"type":"message_stop"}"#,
+            ],
+            st,
+        );
+        let v: Vec<Value> = out.into_iter().map(Result::unwrap).collect();
+        let text: String = v
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+            .collect();
+        assert_eq!(text, r#"{"city": "Oslo"}"#);
+        assert!(
+            v.iter()
+                .all(|c| c["choices"][0]["delta"].get("tool_calls").is_none())
+        );
+        assert_eq!(v.last().unwrap()["choices"][0]["finish_reason"], "stop");
     }
 
     #[test]
@@ -656,5 +875,46 @@ mod tests {
         assert_eq!(finish_reason(Some("stop_sequence")), "stop");
         assert_eq!(finish_reason(Some("max_tokens")), "length");
         assert_eq!(finish_reason(Some("tool_use")), "tool_calls");
+        assert_eq!(
+            finish_reason(Some("model_context_window_exceeded")),
+            "length"
+        );
+    }
+
+    /// What OpenAI accepts and Anthropic refuses with a 400 is adapted: empty
+    /// turns left out, temperature above 1 clamped, top_p dropped beside a
+    /// temperature, whitespace-only stop sequences left out.
+    #[test]
+    fn openai_values_anthropic_refuses_are_adapted() {
+        let req: ChatRequest = serde_json::from_value(json!({
+            "model": "x",
+            "messages": [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": ""},
+                {"role": "user", "content": ""},
+                {"role": "user", "content": []},
+                {"role": "user", "content": "again"}
+            ],
+            "temperature": 1.7, "top_p": 0.5, "stop": ["\n", "  ", "END"]
+        }))
+        .unwrap();
+        let b = messages_body("claude-x", &req, false);
+        let texts: Vec<&Value> = b["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| &m["content"])
+            .collect();
+        assert_eq!(texts, [&json!("hi"), &json!("again")]);
+        assert_eq!(b["temperature"], 1.0);
+        assert!(b.get("top_p").is_none());
+        assert_eq!(b["stop_sequences"], json!(["END"]));
+        let only_top_p: ChatRequest = serde_json::from_value(json!({
+            "model": "x", "messages": [{"role": "user", "content": "hi"}], "top_p": 0.5, "stop": "\n"
+        }))
+        .unwrap();
+        let b = messages_body("claude-x", &only_top_p, false);
+        assert_eq!(b["top_p"], 0.5);
+        assert!(b.get("stop_sequences").is_none());
     }
 }

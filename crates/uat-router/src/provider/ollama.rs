@@ -104,7 +104,11 @@ impl Ollama {
 
 /// The `/api/chat` body for an OpenAI request.
 pub(crate) fn chat_body(model: &str, req: &ChatRequest, stream: bool) -> Value {
-    let messages: Vec<Value> = req.messages.iter().map(message).collect();
+    let messages: Vec<Value> = req
+        .messages
+        .iter()
+        .map(|m| message(m, &req.messages))
+        .collect();
     let mut options = Map::new();
     if let Some(t) = req.temperature {
         options.insert("temperature".into(), json!(t));
@@ -147,7 +151,11 @@ pub(crate) fn chat_body(model: &str, req: &ChatRequest, stream: bool) -> Value {
     body
 }
 
-fn message(m: &ChatMessage) -> Value {
+/// One message in Ollama's shape. A tool result names its tool
+/// (`tool_name`): OpenAI's tool messages carry only `tool_call_id`, so the
+/// name is found in the assistant call it answers (`all` is the whole
+/// conversation), unless the message gives a `name` itself.
+fn message(m: &ChatMessage, all: &[ChatMessage]) -> Value {
     let role = if m.role == "developer" {
         "system"
     } else {
@@ -183,8 +191,24 @@ fn message(m: &ChatMessage) -> Value {
     }
     if let Some(name) = m.extra.get("name") {
         o.insert("tool_name".into(), name.clone());
+    } else if m.role == "tool"
+        && let Some(name) = m
+            .extra
+            .get("tool_call_id")
+            .and_then(|id| tool_name_of(id, all))
+    {
+        o.insert("tool_name".into(), name.clone());
     }
     out
+}
+
+/// The function name of the assistant tool call with this id.
+fn tool_name_of<'a>(id: &Value, all: &'a [ChatMessage]) -> Option<&'a Value> {
+    all.iter()
+        .filter_map(|m| m.extra.get("tool_calls").and_then(Value::as_array))
+        .flatten()
+        .find(|c| c.get("id") == Some(id))
+        .and_then(|c| c.pointer("/function/name"))
 }
 
 /// Ollama tool calls (arguments as objects) in the OpenAI shape (arguments
@@ -595,5 +619,36 @@ mod tests {
         assert_eq!(b["format"], "json");
         assert_eq!(b["tools"], json!([{"type": "function"}]));
         assert_eq!(b["stream"], true);
+    }
+
+    /// An OpenAI tool message carries only the call's id; Ollama wants the
+    /// tool's name, found in the assistant call it answers.
+    #[test]
+    fn a_tool_result_is_named_after_its_call() {
+        let req: ChatRequest = serde_json::from_value(json!({
+            "model": "x", "messages": [
+                {"role": "user", "content": "list both"},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "ls", "arguments": "{}"}},
+                    {"id": "c2", "type": "function", "function": {"name": "cat", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "c2", "content": "file"},
+                {"role": "tool", "tool_call_id": "c1", "content": "a b"},
+                {"role": "tool", "tool_call_id": "zz", "content": "?"},
+                {"role": "tool", "tool_call_id": "c1", "name": "given", "content": "x"}
+            ]
+        }))
+        .unwrap();
+        let b = chat_body("llama3", &req, false);
+        let names: Vec<&Value> = b["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .skip(2)
+            .map(|m| &m["tool_name"])
+            .collect();
+        assert_eq!(
+            names,
+            [&json!("cat"), &json!("ls"), &Value::Null, &json!("given")]
+        );
     }
 }

@@ -136,7 +136,7 @@ async fn anthropic_translation_both_ways() {
         "model": "claude-x",
         "messages": [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Say hello"}],
         "max_tokens": 33,
-        "stop": ["\n\n"]
+        "stop": ["\n\n", "END"]
     });
     let resp = app.chat(body).await;
     assert_eq!(resp.status(), 200);
@@ -155,7 +155,8 @@ async fn anthropic_translation_both_ways() {
     assert_eq!(rec.body["system"], "Be terse.");
     assert_eq!(rec.body["max_tokens"], 33);
     assert_eq!(rec.body["messages"].as_array().unwrap().len(), 1);
-    assert_eq!(rec.body["stop_sequences"], json!(["\n\n"]));
+    // Anthropic refuses whitespace-only stop sequences: left out.
+    assert_eq!(rec.body["stop_sequences"], json!(["END"]));
 
     let mut body = chat_body("claude-x", true);
     body["stream_options"] = json!({"include_usage": true});
@@ -177,6 +178,35 @@ async fn anthropic_translation_both_ways() {
     let resp = app.chat(chat_body("claude-x", false)).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(header(&resp, "x-uat-attempts"), "2");
+
+    // A structured answer (response_format) comes through a forced tool
+    // call, given back as the message's content.
+    up.push(Behavior::Body(
+        json!({"id": "msg_s", "type": "message", "role": "assistant", "model": "claude-x",
+               "content": [{"type": "tool_use", "id": "toolu_1", "name": "json_response", "input": {"city": "Oslo"}}],
+               "stop_reason": "tool_use", "usage": {"input_tokens": 5, "output_tokens": 6}})
+        .to_string(),
+    ));
+    let mut body = chat_body("claude-x", false);
+    body["response_format"] = json!({"type": "json_schema", "json_schema": {"name": "place",
+        "schema": {"type": "object", "properties": {"city": {"type": "string"}}}}});
+    let resp = app.chat(body).await;
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    let content = v["choices"][0]["message"]["content"].as_str().unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(content).unwrap(),
+        json!({"city": "Oslo"})
+    );
+    assert!(
+        v["choices"][0]["message"].get("tool_calls").is_none(),
+        "{v}"
+    );
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    assert_eq!(
+        up.last_body().unwrap()["tool_choice"],
+        json!({"type": "tool", "name": "json_response"})
+    );
 }
 
 #[tokio::test]
