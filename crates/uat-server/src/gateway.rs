@@ -81,6 +81,8 @@ impl Gateway {
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/models", get(list_models))
+        // Ids may hold slashes (`org/model`): the rest of the path is the id.
+        .route("/v1/models/{*id}", get(get_model))
         .route("/v1/chat/completions", post(chat))
 }
 
@@ -91,6 +93,25 @@ async fn list_models(State(state): State<AppState>) -> Response {
     let mut seen = std::collections::HashSet::with_capacity(data.len());
     data.retain(|m| seen.insert(m.id.clone()));
     axum::Json(ModelList::new(data)).into_response()
+}
+
+/// `GET /v1/models/{id}` (the SDKs' `models.retrieve`): the model as listed,
+/// or 404 `model_not_found`.
+async fn get_model(
+    State(state): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    let found = state
+        .gateway
+        .router
+        .list_models()
+        .into_iter()
+        .chain(state.embed.models())
+        .find(|m| m.id == id);
+    match found {
+        Some(m) => axum::Json(m).into_response(),
+        None => ApiError::model_not_found(&id).into_response(),
+    }
 }
 
 /// Maps a router error to the API error (status, OpenAI shape, per-provider reasons).

@@ -78,6 +78,32 @@ async fn models_list_aggregates_dedups_and_includes_aliases() {
     assert_eq!(unique.len(), ids.len(), "deduplicated: {ids:?}");
     assert_eq!(v["data"][0]["object"], "model");
     assert_eq!(v["data"][2]["owned_by"], "uat-alias");
+    // One model by id (the SDKs' models.retrieve), slashes and all.
+    b.set_models(&["shared", "org/m2"]);
+    let app = spawn_app(&two_providers(&a, &b, "", "")).await;
+    for id in ["shared", "org/m2"] {
+        let resp = app
+            .client
+            .get(app.at(&format!("/v1/models/{id}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{id}");
+        let m: Value = resp.json().await.unwrap();
+        assert_eq!(
+            (m["id"].as_str(), m["object"].as_str()),
+            (Some(id), Some("model"))
+        );
+    }
+    let resp = app
+        .client
+        .get(app.at("/v1/models/nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "model_not_found");
 }
 
 #[tokio::test]
