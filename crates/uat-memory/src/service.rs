@@ -10,7 +10,8 @@ use crate::keyword;
 use crate::metrics::{self, Op};
 use crate::store::{self, AnyStore, Store};
 use crate::types::{
-    Embedding, Filter, HistoryEntry, ListQuery, Memory, NewRow, Page, Patch, WriteOutcome, now,
+    Cursor, Embedding, Filter, HistoryEntry, ListQuery, Memory, NewRow, Page, Patch, WriteOutcome,
+    now,
 };
 use serde::Serialize;
 use sha2::Digest;
@@ -689,13 +690,38 @@ impl Memories {
     }
 
     async fn semantic(&self, q: &SearchQuery, depth: usize) -> Result<Vec<(Memory, f32)>> {
-        // Metadata is checked in SQL, so ask the index for more when it filters.
-        let k = if q.filter.metadata.is_empty() {
-            depth + 8
-        } else {
-            depth * 4 + 32
-        };
-        let hits = self.semantic_ids(q, k).await?;
+        if q.filter.metadata.is_empty() {
+            let hits = self.semantic_ids(q, depth + 8).await?;
+            return self.checked(q, hits, depth).await;
+        }
+        // Metadata is not in the index: SQL checks it after the index ranks.
+        // Ask for more while SQL drops too many and the index has more, up
+        // to the index's largest answer; past that, rank exactly the
+        // memories SQL says match (a rare filter over many memories).
+        let (idx, qv) = self.query_vector(q).await?;
+        let mut k = depth * 4 + 32;
+        loop {
+            let hits = idx.search(qv.clone(), &q.filter, k).await?;
+            let more = hits.len() >= k.min(uat_vector::MAX_TOP_K);
+            let found = self.checked(q, hits, depth).await?;
+            if found.len() >= depth || !more {
+                return Ok(found);
+            }
+            if k >= uat_vector::MAX_TOP_K {
+                break;
+            }
+            k = (k * 4).min(uat_vector::MAX_TOP_K);
+        }
+        self.semantic_exact(q, &qv, depth).await
+    }
+
+    /// The ranked `hits` that SQL has live and matching, best `depth`.
+    async fn checked(
+        &self,
+        q: &SearchQuery,
+        hits: Vec<(Uuid, f32)>,
+        depth: usize,
+    ) -> Result<Vec<(Memory, f32)>> {
         let ids: Vec<Uuid> = hits.iter().map(|h| h.0).collect();
         let mut rows = self.rows_for(&q.filter, &ids, depth).await?;
         Ok(hits
@@ -704,7 +730,81 @@ impl Memories {
             .take(depth)
             .collect())
     }
+
+    /// Semantic search by brute force over the memories SQL finds for the
+    /// filter (at most [`EXACT_MAX`]; past that the newest), scored as the
+    /// index scores (cosine), for a metadata filter the index's nearest
+    /// [`uat_vector::MAX_TOP_K`] did not satisfy.
+    async fn semantic_exact(
+        &self,
+        q: &SearchQuery,
+        query: &[f32],
+        depth: usize,
+    ) -> Result<Vec<(Memory, f32)>> {
+        let model = self.model().unwrap_or_default().to_owned();
+        let mut rows: HashMap<Uuid, Memory> = HashMap::new();
+        let mut cursor = None;
+        loop {
+            let page = self
+                .store
+                .list(&ListQuery {
+                    filter: q.filter.clone(),
+                    limit: EXACT_PAGE,
+                    cursor,
+                })
+                .await?;
+            rows.extend(page.memories.into_iter().map(|m| (m.id, m)));
+            match page.next_cursor {
+                Some(c) if rows.len() < EXACT_MAX => cursor = Some(Cursor::decode(&c)?),
+                Some(_) => {
+                    tracing::warn!(
+                        user = %q.filter.user_id,
+                        "memory: a metadata filter matched over {EXACT_MAX} memories; semantic search ranked the newest {EXACT_MAX}"
+                    );
+                    break;
+                }
+                None => break,
+            }
+        }
+        let ids: Vec<Uuid> = rows.keys().copied().collect();
+        let qn = norm(query);
+        let mut scored: Vec<(Uuid, f32)> = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(EXACT_PAGE) {
+            for e in self.store.index_entries(chunk).await? {
+                if e.embedding.model != model || e.embedding.vector.len() != query.len() {
+                    continue; // not in the index either (another model)
+                }
+                let dot: f32 = e
+                    .embedding
+                    .vector
+                    .iter()
+                    .zip(query)
+                    .map(|(a, b)| a * b)
+                    .sum();
+                let n = norm(&e.embedding.vector) * qn;
+                if n > 0.0 {
+                    scored.push((e.id, dot / n));
+                }
+            }
+        }
+        scored.sort_by(|a, b| b.1.total_cmp(&a.1));
+        Ok(scored
+            .into_iter()
+            .filter_map(|(id, s)| rows.remove(&id).map(|m| (m, s)))
+            .take(depth)
+            .collect())
+    }
 }
+
+/// Euclidean norm.
+fn norm(v: &[f32]) -> f32 {
+    v.iter().map(|x| x * x).sum::<f32>().sqrt()
+}
+
+/// Memories read per page by [`Memories::semantic_exact`].
+const EXACT_PAGE: usize = 500;
+/// Most memories [`Memories::semantic_exact`] ranks.
+const EXACT_MAX: usize = 20_000;
 
 /// One memory of a fused ranking.
 struct Fused {

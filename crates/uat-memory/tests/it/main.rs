@@ -53,6 +53,7 @@ on_both_stores!(
     paraphrase_found_by_semantic_and_hybrid_missed_by_keyword,
     rare_token_found_by_keyword_and_hybrid_missed_by_semantic,
     metadata_filter_in_search,
+    metadata_filter_finds_memories_far_from_the_query,
     bad_input_names_the_field,
     index_rebuilds_from_sql_when_missing_and_catches_up_when_behind,
     local_change_follows_this_handles_writes_only,

@@ -785,6 +785,53 @@ pub async fn metadata_filter_in_search(h: &Harness) {
     assert!(s.results.is_empty(), "min_score drops results");
 }
 
+/// A metadata filter that only memories far from the query match: the
+/// index's nearest (all of them other memories, more than its largest
+/// answer) hold none, yet semantic and hybrid search find all three. Before,
+/// the index was asked for 44 and SQL kept none of them: an empty answer.
+pub async fn metadata_filter_finds_memories_far_from_the_query(h: &Harness) {
+    for batch in 0..2 {
+        let items: Vec<Value> = (0..600)
+            .map(|i| json!({"user_id": "u1", "content": format!("jazz concert {batch} {i}"), "dedupe": false}))
+            .collect();
+        write(h, json!({"memories": items})).await.unwrap();
+    }
+    let mut far = Vec::new();
+    for i in 0..3 {
+        let w = write(
+            h,
+            json!({"user_id": "u1", "content": format!("rain forecast {i}"), "metadata": {"project": "x"}}),
+        )
+        .await
+        .unwrap();
+        far.push(w[0].memory.id);
+    }
+    far.sort();
+    for mode in ["semantic", "hybrid"] {
+        let mut got = search_ids(
+            h,
+            json!({"user_id": "u1", "query": "jazz", "mode": mode, "top_k": 3, "metadata": {"project": "x"}}),
+        )
+        .await;
+        got.sort();
+        assert_eq!(got, far, "mode {mode}");
+    }
+    // Another user's memory with the same metadata never comes in.
+    write(
+        h,
+        json!({"user_id": "u2", "content": "jazz", "metadata": {"project": "x"}}),
+    )
+    .await
+    .unwrap();
+    let mut got = search_ids(
+        h,
+        json!({"user_id": "u1", "query": "jazz", "mode": "semantic", "top_k": 5, "metadata": {"project": "x"}}),
+    )
+    .await;
+    got.sort();
+    assert_eq!(got, far);
+}
+
 pub async fn bad_input_names_the_field(h: &Harness) {
     let big = "x".repeat(32 * 1024 + 1);
     let cases: Vec<(Value, &str)> = vec![
