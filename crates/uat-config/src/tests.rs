@@ -267,3 +267,33 @@ fn durations_and_sizes_that_would_overflow_later_are_refused() {
     assert_eq!(c.routing.breaker_cooldown, crate::duration::MAX_DURATION);
     assert_eq!(c.providers[0].mock.chunks, 100_000);
 }
+
+/// The vector store snapshots a collection by itself once its WAL reaches
+/// `vector.snapshot_wal_bytes`: 64 MiB unless set, 0 turns it off, and a
+/// non-zero value under 1 MiB (a near-continuous rewrite) is refused by path.
+#[test]
+fn vector_snapshot_wal_bytes_defaults_to_64_mib_and_is_bounded() {
+    assert_eq!(
+        load_str("", &[]).unwrap().vector.snapshot_wal_bytes,
+        64 * 1024 * 1024
+    );
+    for (toml, want) in [
+        ("[vector]\nsnapshot_wal_bytes = 0\n", 0),
+        ("[vector]\nsnapshot_wal_bytes = 1048576\n", 1024 * 1024),
+    ] {
+        assert_eq!(load_str(toml, &[]).unwrap().vector.snapshot_wal_bytes, want);
+    }
+    let c = load_str("", &[("UAT_VECTOR__SNAPSHOT_WAL_BYTES", "0")]).unwrap();
+    assert_eq!(c.vector.snapshot_wal_bytes, 0);
+    for toml in [
+        "[vector]\nsnapshot_wal_bytes = 1048575\n",
+        "[vector]\nsnapshot_wal_bytes = -1\n",
+    ] {
+        let msg = load_str(toml, &[]).unwrap_err().to_string();
+        assert!(msg.contains("vector.snapshot_wal_bytes"), "{toml}: {msg}");
+    }
+    let msg = load_str("", &[("UAT_VECTOR__SNAPSHOT_WAL_BYTES", "4096")])
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("vector.snapshot_wal_bytes"), "{msg}");
+}

@@ -11,7 +11,19 @@ pub struct VectorConfig {
     pub fsync: String,
     /// Most points in one upsert call.
     pub max_batch: usize,
+    /// WAL size, in bytes, past which a collection is snapshotted by the
+    /// store itself (compacting first when many points are deleted), which
+    /// empties the WAL: the WAL and the replay at start-up stay bounded. A
+    /// collection whose last snapshot is larger waits until its WAL is half
+    /// that snapshot's size (a snapshot rewrites the whole collection).
+    /// 0 turns automatic snapshots off (only `POST .../snapshot` takes one);
+    /// otherwise at least 1 MiB. Default 64 MiB.
+    pub snapshot_wal_bytes: u64,
 }
+
+/// Smallest non-zero `snapshot_wal_bytes`: each snapshot rewrites the whole
+/// collection, so a smaller WAL bound would rewrite it nearly continuously.
+const MIN_SNAPSHOT_WAL_BYTES: u64 = 1024 * 1024;
 
 impl Default for VectorConfig {
     fn default() -> Self {
@@ -19,6 +31,7 @@ impl Default for VectorConfig {
             dir: "vectors".into(),
             fsync: "always".into(),
             max_batch: 10_000,
+            snapshot_wal_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -35,6 +48,12 @@ impl VectorConfig {
             return Err(ConfigError::invalid(
                 "vector.max_batch",
                 "must be at least 1",
+            ));
+        }
+        if self.snapshot_wal_bytes != 0 && self.snapshot_wal_bytes < MIN_SNAPSHOT_WAL_BYTES {
+            return Err(ConfigError::invalid(
+                "vector.snapshot_wal_bytes",
+                "must be 0 (no automatic snapshots) or at least 1048576 (1 MiB)",
             ));
         }
         Ok(())

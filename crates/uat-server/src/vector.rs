@@ -27,7 +27,9 @@ pub struct VectorService {
 }
 
 impl VectorService {
-    /// Opens (and recovers) every collection under `{data_dir}/{vector.dir}`.
+    /// Opens (and recovers) every collection under `{data_dir}/{vector.dir}`;
+    /// the store snapshots a collection by itself once its WAL passes
+    /// `vector.snapshot_wal_bytes`.
     pub async fn init(config: &Config) -> Result<Self, StartupError> {
         let dir = config.storage.data_dir.join(&config.vector.dir);
         let fsync = config
@@ -35,11 +37,15 @@ impl VectorService {
             .fsync
             .parse()
             .map_err(|e: VectorError| StartupError::subsystem("vector", e))?;
-        let store =
-            tokio::task::spawn_blocking(move || VectorStore::open(dir, StoreOptions { fsync }))
-                .await
-                .map_err(|e| StartupError::subsystem("vector", e))?
-                .map_err(|e| StartupError::subsystem("vector", e))?;
+        let options = StoreOptions {
+            fsync,
+            snapshot_wal_bytes: config.vector.snapshot_wal_bytes,
+            ..StoreOptions::default()
+        };
+        let store = tokio::task::spawn_blocking(move || VectorStore::open(dir, options))
+            .await
+            .map_err(|e| StartupError::subsystem("vector", e))?
+            .map_err(|e| StartupError::subsystem("vector", e))?;
         Ok(VectorService {
             store: Arc::new(store),
             max_batch: config.vector.max_batch,

@@ -2,7 +2,7 @@
 //! process-wide registry of `uat-telemetry`.
 
 use crate::types::MemoryUsage;
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntGaugeVec, Opts};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts};
 use std::sync::LazyLock;
 
 static POINTS: LazyLock<Option<IntGaugeVec>> = LazyLock::new(|| {
@@ -44,6 +44,18 @@ static INDEX_BYTES: LazyLock<Option<IntGaugeVec>> = LazyLock::new(|| {
     .map(uat_telemetry::register)
 });
 
+static AUTO_SNAPSHOTS: LazyLock<Option<IntCounterVec>> = LazyLock::new(|| {
+    IntCounterVec::new(
+        Opts::new(
+            "uat_vector_auto_snapshots_total",
+            "Snapshots the store took by itself because a WAL passed vector.snapshot_wal_bytes, by outcome",
+        ),
+        &["outcome"],
+    )
+    .ok()
+    .map(uat_telemetry::register)
+});
+
 pub(crate) fn set_points(collection: &str, n: usize) {
     if let Some(g) = POINTS.as_ref() {
         g.with_label_values(&[collection]).set(n as i64);
@@ -72,6 +84,14 @@ pub(crate) fn set_index_bytes(collection: &str, m: &MemoryUsage) {
         ] {
             g.with_label_values(&[collection, kind]).set(v as i64);
         }
+    }
+}
+
+/// Counts one automatic snapshot; `ok` false when it failed (to be retried).
+pub(crate) fn auto_snapshot(ok: bool) {
+    if let Some(c) = AUTO_SNAPSHOTS.as_ref() {
+        c.with_label_values(&[if ok { "ok" } else { "error" }])
+            .inc();
     }
 }
 

@@ -10,18 +10,63 @@ use crate::wal::{BATCH_INTERVAL, FsyncPolicy};
 use parking_lot::RwLock;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Weak};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Prefix of the folders of dropped collections awaiting removal; never a
 /// collection name ([`check_name`] refuses the dot).
 const DROPPED_PREFIX: &str = ".dropped-";
 
+/// Default of [`StoreOptions::snapshot_wal_bytes`]: 64 MiB.
+pub const DEFAULT_SNAPSHOT_WAL_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Default of [`StoreOptions::snapshot_check_interval`]: 5 s.
+pub const DEFAULT_SNAPSHOT_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Shortest check interval honoured (a zero one would spin).
+const MIN_SNAPSHOT_CHECK_INTERVAL: Duration = Duration::from_millis(10);
+
 /// Store-wide options.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct StoreOptions {
     /// WAL flush policy for every collection.
     pub fsync: FsyncPolicy,
+    /// A collection whose WAL holds at least this many bytes is snapshotted
+    /// by the store itself, as [`Collection::snapshot`] does (compacting
+    /// first when many points are tombstoned), which empties the WAL: the
+    /// WAL, and the replay at the next open, stay bounded without anyone
+    /// asking for snapshots. 0 turns automatic snapshots off.
+    /// [`DEFAULT_SNAPSHOT_WAL_BYTES`] by default.
+    ///
+    /// Writes to the collection wait while its snapshot is written, as they
+    /// do for a snapshot asked for.
+    pub snapshot_wal_bytes: u64,
+    /// How often a background thread compares every collection's WAL size
+    /// with `snapshot_wal_bytes` (at least 10 ms);
+    /// [`DEFAULT_SNAPSHOT_CHECK_INTERVAL`] by default. A failed snapshot is
+    /// logged and tried again at a later check.
+    pub snapshot_check_interval: Duration,
+    /// The WAL must also hold this fraction of the last snapshot's size
+    /// before the next automatic snapshot ([`DEFAULT_SNAPSHOT_WAL_RATIO`],
+    /// a half): a snapshot rewrites the whole collection, so a large one is
+    /// rewritten once it has grown by half, not every `snapshot_wal_bytes`.
+    pub snapshot_wal_ratio: f64,
+}
+
+/// Default of [`StoreOptions::snapshot_wal_ratio`].
+pub const DEFAULT_SNAPSHOT_WAL_RATIO: f64 = 0.5;
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            fsync: FsyncPolicy::default(),
+            snapshot_wal_bytes: DEFAULT_SNAPSHOT_WAL_BYTES,
+            snapshot_check_interval: DEFAULT_SNAPSHOT_CHECK_INTERVAL,
+            snapshot_wal_ratio: DEFAULT_SNAPSHOT_WAL_RATIO,
+        }
+    }
 }
 
 /// A folder of named collections.
@@ -30,6 +75,8 @@ pub struct VectorStore {
     dir: PathBuf,
     options: StoreOptions,
     collections: Arc<RwLock<BTreeMap<String, Arc<Collection>>>>,
+    /// The automatic snapshot thread and the channel whose closing stops it.
+    snapshotter: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
 }
 
 /// Checks a collection name: 1-64 characters from `[A-Za-z0-9_-]`.
@@ -68,6 +115,74 @@ fn spawn_flusher(collections: Weak<RwLock<BTreeMap<String, Arc<Collection>>>>) {
         });
     if let Err(e) = spawned {
         tracing::warn!(error = %e, "could not start the WAL flusher; batch fsync happens on writes only");
+    }
+}
+
+/// Snapshots, every `every`, each collection whose WAL holds at least
+/// `wal_bytes` bytes; stops when `stop`'s sender is dropped (the store's drop,
+/// which waits for it) or the collections are gone.
+fn spawn_snapshotter(
+    collections: Weak<RwLock<BTreeMap<String, Arc<Collection>>>>,
+    wal_bytes: u64,
+    ratio: f64,
+    every: Duration,
+) -> Option<(mpsc::Sender<()>, JoinHandle<()>)> {
+    let (tx, stop) = mpsc::channel::<()>();
+    let every = every.max(MIN_SNAPSHOT_CHECK_INTERVAL);
+    let spawned = std::thread::Builder::new()
+        .name("uat-vector-snapshot".into())
+        .spawn(move || {
+            // Nothing is ever sent: only the sender's drop ends the wait early.
+            while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(every) {
+                let Some(map) = collections.upgrade() else {
+                    return;
+                };
+                let all: Vec<Arc<Collection>> = map.read().values().cloned().collect();
+                drop(map);
+                for c in all {
+                    if let Err(TryRecvError::Disconnected) = stop.try_recv() {
+                        return;
+                    }
+                    let started = Instant::now();
+                    match c.snapshot_if_wal_over(wal_bytes, ratio) {
+                        Ok(None) => {}
+                        Ok(Some(wal)) => {
+                            metrics::auto_snapshot(true);
+                            tracing::info!(
+                                collection = c.name(),
+                                wal_bytes = wal,
+                                seconds = started.elapsed().as_secs_f64(),
+                                "WAL past vector.snapshot_wal_bytes: snapshotted"
+                            );
+                        }
+                        Err(e) => {
+                            metrics::auto_snapshot(false);
+                            tracing::warn!(collection = c.name(), error = %e, "automatic snapshot failed; tried again at the next check");
+                        }
+                    }
+                }
+            }
+        });
+    match spawned {
+        Ok(thread) => Some((tx, thread)),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not start the snapshot thread; WALs grow until a snapshot is asked for");
+            None
+        }
+    }
+}
+
+impl Drop for VectorStore {
+    /// Stops the snapshot thread and waits for a snapshot it is writing, so
+    /// none runs on after the store is gone (into a store reopened on the
+    /// same folder, say).
+    fn drop(&mut self) {
+        if let Some((stop, thread)) = self.snapshotter.take() {
+            drop(stop);
+            if thread.join().is_err() {
+                tracing::error!("the vector snapshot thread panicked");
+            }
+        }
     }
 }
 
@@ -114,10 +229,21 @@ impl VectorStore {
         if options.fsync == FsyncPolicy::Batch {
             spawn_flusher(Arc::downgrade(&collections));
         }
+        let snapshotter = (options.snapshot_wal_bytes > 0)
+            .then(|| {
+                spawn_snapshotter(
+                    Arc::downgrade(&collections),
+                    options.snapshot_wal_bytes,
+                    options.snapshot_wal_ratio,
+                    options.snapshot_check_interval,
+                )
+            })
+            .flatten();
         Ok(Self {
             dir,
             options,
             collections,
+            snapshotter,
         })
     }
 
@@ -213,5 +339,41 @@ impl VectorStore {
             c.snapshot()?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::distance::Metric;
+    use crate::types::{Point, PointId};
+
+    /// A collection being dropped is skipped quietly (no error to log, no
+    /// snapshot written), and snapshotted again once the drop failed.
+    #[test]
+    fn automatic_snapshot_skips_a_retired_collection() {
+        let dir = tempfile::tempdir().unwrap();
+        let off = StoreOptions {
+            snapshot_wal_bytes: 0,
+            ..StoreOptions::default()
+        };
+        let s = VectorStore::open(dir.path(), off).unwrap();
+        let c = s
+            .create_collection("r", CollectionConfig::new(2, Metric::L2))
+            .unwrap();
+        c.upsert(vec![Point {
+            id: PointId::Num(1),
+            vector: vec![0.5, 0.5],
+            payload: None,
+        }])
+        .unwrap();
+        c.set_retired(true);
+        assert_eq!(c.snapshot_if_wal_over(1, 0.0).unwrap(), None);
+        assert!(!c.dir().join("snapshot.bin").exists());
+        c.set_retired(false);
+        let wal = c.snapshot_if_wal_over(1, 0.0).unwrap().unwrap();
+        assert!(wal > 0);
+        assert_eq!(c.snapshot_if_wal_over(1, 0.0).unwrap(), None);
+        assert!(c.dir().join("snapshot.bin").is_file());
     }
 }

@@ -178,6 +178,11 @@ impl Wal {
         Ok(())
     }
 
+    /// Bytes of records in the log (no system call: tracked on append and reset).
+    pub(crate) fn bytes(&self) -> u64 {
+        self.len
+    }
+
     /// Current size in bytes.
     #[cfg(test)]
     pub(crate) fn size(&self) -> u64 {

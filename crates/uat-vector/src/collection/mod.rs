@@ -328,6 +328,32 @@ impl Collection {
     /// empties the WAL.
     pub fn snapshot(&self) -> Result<()> {
         let mut wal = self.wal.lock();
+        self.compact_if_needed_and_snapshot(&mut wal)
+    }
+
+    /// [`Collection::snapshot`] if the WAL holds at least `wal_bytes` bytes of
+    /// records, and at least `ratio` of the last snapshot's size (each
+    /// snapshot rewrites the whole collection: a large one is rewritten once
+    /// its WAL has grown by that part of it, not every `wal_bytes`), and the collection
+    /// is not being dropped (the store's automatic snapshots); returns the
+    /// WAL's size when it snapshotted. Checked and done under one hold of the
+    /// WAL lock, so no write slips in between and a collection being dropped
+    /// is never written into its successor's folder.
+    pub(crate) fn snapshot_if_wal_over(&self, wal_bytes: u64, ratio: f64) -> Result<Option<u64>> {
+        let mut wal = self.wal.lock();
+        let size = wal.bytes();
+        if size < wal_bytes || self.retired.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let snapshot = std::fs::metadata(self.dir.join("snapshot.bin")).map_or(0, |m| m.len());
+        if (size as f64) < snapshot as f64 * ratio {
+            return Ok(None);
+        }
+        self.compact_if_needed_and_snapshot(&mut wal)?;
+        Ok(Some(size))
+    }
+
+    fn compact_if_needed_and_snapshot(&self, wal: &mut Wal) -> Result<()> {
         let needs_compaction = {
             let st = self.state.read();
             st.hnsw.deleted_count() as f64 > COMPACT_RATIO * st.hnsw.len().max(1) as f64
@@ -335,7 +361,7 @@ impl Collection {
         if needs_compaction {
             self.rebuild();
         }
-        self.snapshot_locked(&mut wal)
+        self.snapshot_locked(wal)
     }
 
     fn snapshot_locked(&self, wal: &mut Wal) -> Result<()> {

@@ -272,6 +272,7 @@ fn uuid_ids_of_old_data_are_canonical_after_reopen() {
             d.path(),
             StoreOptions {
                 fsync: FsyncPolicy::Never,
+                ..StoreOptions::default()
             },
         )
         .unwrap();

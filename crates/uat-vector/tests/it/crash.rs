@@ -21,6 +21,7 @@ fn child(dir: &str) {
         dir,
         StoreOptions {
             fsync: FsyncPolicy::Always,
+            ..StoreOptions::default()
         },
     )
     .unwrap();
@@ -98,6 +99,7 @@ fn acknowledged_points_survive_sigkill() {
         dir.path(),
         StoreOptions {
             fsync: FsyncPolicy::Always,
+            ..StoreOptions::default()
         },
     )
     .unwrap();

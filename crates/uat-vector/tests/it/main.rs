@@ -2,6 +2,7 @@
 #![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
 
 mod api;
+mod auto_snapshot;
 mod crash;
 mod persistence;
 mod search;
@@ -51,6 +52,7 @@ pub fn store() -> (tempfile::TempDir, VectorStore) {
         dir.path(),
         StoreOptions {
             fsync: FsyncPolicy::Never,
+            ..StoreOptions::default()
         },
     )
     .unwrap();

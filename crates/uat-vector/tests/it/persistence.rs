@@ -18,6 +18,7 @@ fn snapshot_round_trip_keeps_points_payloads_graph_and_results() {
         let dir = tempfile::tempdir().unwrap();
         let opts = StoreOptions {
             fsync: FsyncPolicy::Always,
+            ..StoreOptions::default()
         };
         let vs = vectors(600, 16, 3);
         let queries = vectors(20, 16, 4);
@@ -60,6 +61,7 @@ fn torn_wal_tail_is_dropped_and_earlier_writes_survive() {
     let dir = tempfile::tempdir().unwrap();
     let opts = StoreOptions {
         fsync: FsyncPolicy::Always,
+        ..StoreOptions::default()
     };
     let vs = uniform(30, 8, 5);
     {
@@ -155,7 +157,14 @@ fn every_fsync_policy_recovers_its_writes() {
         let dir = tempfile::tempdir().unwrap();
         let vs = uniform(40, 8, 8);
         {
-            let s = VectorStore::open(dir.path(), StoreOptions { fsync }).unwrap();
+            let s = VectorStore::open(
+                dir.path(),
+                StoreOptions {
+                    fsync,
+                    ..StoreOptions::default()
+                },
+            )
+            .unwrap();
             let c = s.create_collection("p", config(8, Metric::Dot)).unwrap();
             for chunk in points(&vs).chunks(7) {
                 c.upsert(chunk.to_vec()).unwrap();
@@ -163,7 +172,14 @@ fn every_fsync_policy_recovers_its_writes() {
             // Give the batch flusher a turn while the store is alive.
             std::thread::sleep(std::time::Duration::from_millis(250));
         }
-        let s = VectorStore::open(dir.path(), StoreOptions { fsync }).unwrap();
+        let s = VectorStore::open(
+            dir.path(),
+            StoreOptions {
+                fsync,
+                ..StoreOptions::default()
+            },
+        )
+        .unwrap();
         assert_eq!(s.get("p").unwrap().count(), 40, "{policy}");
     }
     assert!("sometimes".parse::<FsyncPolicy>().is_err());
@@ -174,6 +190,7 @@ fn duplicate_ids_in_one_batch_keep_the_last_and_survive_replay() {
     let dir = tempfile::tempdir().unwrap();
     let opts = StoreOptions {
         fsync: FsyncPolicy::Always,
+        ..StoreOptions::default()
     };
     let batch = vec![
         Point {
@@ -238,6 +255,7 @@ fn ids_lists_the_live_points_after_deletes_and_a_reopen() {
         d.path(),
         StoreOptions {
             fsync: FsyncPolicy::Never,
+            ..StoreOptions::default()
         },
     )
     .unwrap();
@@ -250,6 +268,7 @@ fn reopen(dir: &std::path::Path) -> VectorStore {
         dir,
         StoreOptions {
             fsync: FsyncPolicy::Never,
+            ..StoreOptions::default()
         },
     )
     .unwrap()

@@ -409,6 +409,7 @@ fn quantizers_first_trained_on_one_point_are_retrained_as_the_collection_grows()
             let dir = tempfile::tempdir().unwrap();
             let opts = StoreOptions {
                 fsync: FsyncPolicy::Never,
+                ..StoreOptions::default()
             };
             let dim = if quant == Quantization::Binary {
                 256
