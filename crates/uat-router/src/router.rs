@@ -543,20 +543,24 @@ impl Router {
                 }
             }
         }
-        // Every target said it does not serve the model: that is the
-        // client's 404, not a failure of ours.
-        if let Some(last) = reasons.last()
-            && reasons
-                .iter()
-                .all(|r| r.failure.kind == FailureKind::NotFound)
-        {
-            return Err(RouterError::Rejected {
-                provider: last.provider.clone(),
-                attempts,
-                status: 404,
-                message: last.failure.message.clone(),
-                upstream: last.failure.upstream.clone(),
-            });
+        // Every target said it does not serve the model (404), or cannot do
+        // what is asked (embeddings from Anthropic): that is the client's
+        // 404 or 400, not a failure of ours.
+        if let Some(last) = reasons.last() {
+            for (kind, status) in [
+                (FailureKind::NotFound, 404),
+                (FailureKind::Unsupported, 400),
+            ] {
+                if reasons.iter().all(|r| r.failure.kind == kind) {
+                    return Err(RouterError::Rejected {
+                        provider: last.provider.clone(),
+                        attempts,
+                        status,
+                        message: last.failure.message.clone(),
+                        upstream: last.failure.upstream.clone(),
+                    });
+                }
+            }
         }
         let model = requested.to_owned();
         if reasons.iter().any(|r| r.failure.kind.reached()) {

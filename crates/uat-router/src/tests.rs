@@ -270,8 +270,12 @@ async fn unsupported_is_failed_over_but_not_retried() {
     )
     .await;
     let err = r.embeddings("m", &serde_json::json!({})).await.unwrap_err();
-    assert!(matches!(err, RouterError::AllFailed { .. }), "{err:?}");
-    // Both are Unsupported (embeddings) so each is tried once only.
+    // Both are Unsupported (embeddings) so each is tried once only, and the
+    // client is told (400) that its model cannot do this, not that we failed.
+    assert!(
+        matches!(err, RouterError::Rejected { status: 400, .. }),
+        "{err:?}"
+    );
     assert_eq!(err.attempts(), 2);
     assert_eq!((n(&calls[0]), n(&calls[1])), (1, 1));
 }
