@@ -10,6 +10,7 @@ pub mod embeddings;
 pub mod error;
 pub mod extract;
 pub mod gateway;
+mod h2watch;
 mod health;
 pub mod memory;
 mod middleware;
@@ -174,7 +175,7 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     use axum::serve::{Listener, ListenerExt};
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::service::TowerToHyperService;
     let (tx, rx) = tokio::sync::watch::channel(false);
     let mut listener = listener.tap_io(|tcp| {
@@ -184,7 +185,11 @@ where
             tracing::warn!(error = %e, "cannot set TCP_NODELAY");
         }
     });
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // HTTP/2 stream tasks run under a watch that drops a stream whose
+    // client keeps its flow-control window shut (see `h2watch`).
+    let mut builder = hyper_util::server::conn::auto::Builder::new(h2watch::StreamExec {
+        timeout: opts.write_timeout,
+    });
     builder
         .http1()
         .timer(TokioTimer::new())

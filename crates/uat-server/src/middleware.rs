@@ -157,10 +157,10 @@ async fn shed_and_measure(State(limit): State<InFlight>, req: Request, next: Nex
     let (parts, body) = resp.into_parts();
     Response::from_parts(
         parts,
-        Body::new(GuardedBody {
+        crate::h2watch::watch_body(Body::new(GuardedBody {
             inner: body,
             _guard: guard,
-        }),
+        })),
     )
 }
 

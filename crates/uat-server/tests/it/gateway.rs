@@ -515,6 +515,69 @@ async fn a_client_that_stops_reading_is_disconnected_and_frees_its_slot() {
     drop(tcp);
 }
 
+/// An HTTP/2 client that keeps a stream's flow-control window shut (its
+/// socket otherwise healthy: pings answered) has that stream reset after
+/// `server.write_timeout`, and the in-flight slot it held is freed. Before,
+/// hyper waited for window for ever and never dropped the response body, so
+/// a few such streams took every slot. An HTTP/2 client that reads gets its
+/// whole stream.
+#[tokio::test]
+async fn an_http2_stream_whose_window_stays_shut_frees_its_slot() {
+    let app = spawn_app(
+        "[server]\nmax_in_flight = 1\nwrite_timeout = \"300ms\"\n[[providers]]\nname = \"m\"\nkind = \"mock\"\n",
+    )
+    .await;
+    let body = bytes::Bytes::from(serde_json::to_vec(&chat_body("mock-model", true)).unwrap());
+    let request = || {
+        http::Request::post(format!("http://{}/v1/chat/completions", app.addr))
+            .header("content-type", "application/json")
+            .body(())
+            .unwrap()
+    };
+    // A client that reads: the whole stream, through [DONE].
+    let tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let (resp, mut send) = client.send_request(request(), false).unwrap();
+    send.send_data(body.clone(), true).unwrap();
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut stream = resp.into_body();
+    let mut text = Vec::new();
+    while let Some(piece) = stream.data().await {
+        let piece = piece.unwrap();
+        let _ = stream.flow_control().release_capacity(piece.len());
+        text.extend_from_slice(&piece);
+    }
+    assert!(String::from_utf8_lossy(&text).ends_with("data: [DONE]\n\n"));
+    // A client whose streams get no window at all.
+    let tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let (mut client, conn) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let (resp, mut send) = client.send_request(request(), false).unwrap();
+    send.send_data(body, true).unwrap();
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), 200, "headers are not flow-controlled");
+    let _held = resp.into_body();
+    let mut status = 0;
+    for _ in 0..50 {
+        status = app
+            .chat(chat_body("mock-model", false))
+            .await
+            .status()
+            .as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 200, "the shut stream still holds the only slot");
+}
+
 /// Past `server.max_connections` new connections wait until one closes
 /// (each connection holds a file descriptor; at the process's limit new
 /// ones fail for everyone, upstream connections included).
