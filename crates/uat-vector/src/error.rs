@@ -74,6 +74,21 @@ pub enum VectorError {
     /// The caller gave the work up (its client went away) before it was done.
     #[error("cancelled: the caller went away")]
     Cancelled,
+    /// A collection's WAL failed to fsync. After a failed fsync the kernel
+    /// may have dropped the unwritten pages, and a later fsync can report
+    /// success without them (PostgreSQL's "fsyncgate"), so the WAL is never
+    /// trusted again: from then on every write, flush and snapshot of the
+    /// collection fails with this error until it is reopened (a restart).
+    /// Reads and searches keep working.
+    #[error(
+        "the WAL of collection {collection:?} failed to sync ({cause}); writes are refused until it is reopened (restart)"
+    )]
+    WalPoisoned {
+        /// The collection.
+        collection: String,
+        /// The failed fsync, as first reported.
+        cause: String,
+    },
     /// An I/O error on a collection's files.
     #[error("I/O error on {path}: {source}")]
     Io {

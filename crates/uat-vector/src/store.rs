@@ -108,7 +108,9 @@ fn spawn_flusher(collections: Weak<RwLock<BTreeMap<String, Arc<Collection>>>>) {
                 drop(map);
                 for c in all {
                     if let Err(e) = c.flush_if_dirty() {
-                        tracing::warn!(collection = c.name(), error = %e, "WAL flush failed");
+                        // Writes acknowledged since the last good sync may be
+                        // lost; the collection refuses writes from now on.
+                        tracing::error!(collection = c.name(), error = %e, "WAL flush failed");
                     }
                 }
             }
@@ -375,5 +377,52 @@ mod tests {
         assert!(wal > 0);
         assert_eq!(c.snapshot_if_wal_over(1, 0.0).unwrap(), None);
         assert!(c.dir().join("snapshot.bin").is_file());
+    }
+
+    /// Under `batch`, a failed fsync of the background flusher may have
+    /// lost writes already acknowledged: the collection refuses writes from
+    /// then on (they went on, on top of the lost ones), reads keep working.
+    #[test]
+    fn failed_batch_flush_refuses_later_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let batch = StoreOptions {
+            fsync: FsyncPolicy::Batch,
+            snapshot_wal_bytes: 0,
+            ..StoreOptions::default()
+        };
+        let s = VectorStore::open(dir.path(), batch).unwrap();
+        let c = s
+            .create_collection("b", CollectionConfig::new(2, Metric::L2))
+            .unwrap();
+        let pt = |i: u64| Point {
+            id: PointId::Num(i),
+            vector: vec![i as f32, 0.5],
+            payload: None,
+        };
+        c.upsert(vec![pt(1)]).unwrap();
+        c.fail_wal_syncs(true);
+        // Acknowledged unless it happened to fsync itself (>= 100 ms since
+        // the last sync): either way the next flush fails.
+        let _ = c.upsert(vec![pt(2)]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut i = 3;
+        loop {
+            match c.upsert(vec![pt(i)]) {
+                Err(VectorError::WalPoisoned { collection, .. }) => {
+                    assert_eq!(collection, "b");
+                    break;
+                }
+                r => assert!(r.is_ok(), "{r:?}"),
+            }
+            assert!(Instant::now() < deadline, "writes still accepted");
+            std::thread::sleep(Duration::from_millis(20));
+            i += 1;
+        }
+        c.fail_wal_syncs(false);
+        assert!(matches!(
+            c.upsert(vec![pt(1000)]),
+            Err(VectorError::WalPoisoned { .. })
+        ));
+        assert!(c.get(&PointId::Num(1)).is_ok());
     }
 }

@@ -6,6 +6,12 @@
 //! length (a zero-filled tail) or whose checksum fails, or until a last record
 //! that does not decode; that torn tail is cut off (never loaded as garbage).
 //! A record that does not decode with more records after it is corruption.
+//!
+//! A failed fsync poisons the log (see [`VectorError::WalPoisoned`]): the
+//! kernel may have dropped the pages it could not write and report a later
+//! fsync as a success, so nothing more is written on top of possibly lost
+//! records until the collection is reopened. A record whose own fsync failed
+//! is cut off first: it was never acknowledged, so it must not be replayed.
 
 use crate::error::{Result, VectorError};
 use crate::types::{Point, PointId};
@@ -68,11 +74,24 @@ pub(crate) struct Wal {
     /// Bytes of valid records in the file.
     len: u64,
     buf: Vec<u8>,
+    /// The collection's name, for errors.
+    collection: String,
+    /// Set by a failed fsync (the error it gave): every later write, sync
+    /// and reset fails, for the life of this handle.
+    poisoned: Option<String>,
+    /// Failpoint: every fsync fails (as a disk returning EIO would).
+    #[cfg(test)]
+    fail_syncs: bool,
 }
 
 impl Wal {
-    /// Opens (or creates) the log, returns it and its valid records; a torn tail is truncated.
-    pub(crate) fn open(path: &Path, policy: FsyncPolicy) -> Result<(Self, Vec<(u64, WalOp)>)> {
+    /// Opens (or creates) the log of `collection`, returns it and its valid
+    /// records; a torn tail is truncated.
+    pub(crate) fn open(
+        path: &Path,
+        collection: &str,
+        policy: FsyncPolicy,
+    ) -> Result<(Self, Vec<(u64, WalOp)>)> {
         let io = |e| VectorError::io(path, e);
         let mut file = OpenOptions::new()
             .read(true)
@@ -99,12 +118,17 @@ impl Wal {
             dirty: false,
             last_seq,
             buf: Vec::new(),
+            collection: collection.to_owned(),
+            poisoned: None,
+            #[cfg(test)]
+            fail_syncs: false,
         };
         Ok((wal, records))
     }
 
     /// Appends one record and flushes it per the policy; returns its sequence number.
     pub(crate) fn append(&mut self, op: &WalOp) -> Result<u64> {
+        self.check_writable()?;
         let seq = self.last_seq + 1;
         let mut body = Vec::new();
         put_u64(&mut body, seq);
@@ -138,44 +162,106 @@ impl Wal {
             let _ = self.file.seek(SeekFrom::Start(self.len));
             return Err(VectorError::io(&self.path, e));
         }
+        let before = self.len;
         self.len += self.buf.len() as u64;
         let sync = match self.policy {
             FsyncPolicy::Always => true,
             FsyncPolicy::Batch => self.last_sync.elapsed() >= BATCH_INTERVAL,
             FsyncPolicy::Never => false,
         };
-        if sync {
-            self.sync()?;
-        } else {
+        if !sync {
             self.dirty = true;
+        } else if let Err(e) = self.fsync(false) {
+            // Not acknowledged, so never to be replayed: cut the record off.
+            // The cut is not fsynced (no fsync of this file is trusted now):
+            // only a power cut before the file system commits it could bring
+            // the record back.
+            let mut cause = VectorError::io(&self.path, e).to_string();
+            if let Err(e) = self.file.set_len(before) {
+                cause.push_str(&format!(
+                    "; the failed record could not be cut off ({e}) and may come back on reopen"
+                ));
+            }
+            let _ = self.file.seek(SeekFrom::Start(before));
+            self.len = before;
+            return Err(self.poison(cause));
         }
         self.last_seq = seq;
         Ok(seq)
     }
 
-    /// Flushes to stable storage now.
+    /// Flushes to stable storage now; a failure poisons the WAL.
     pub(crate) fn sync(&mut self) -> Result<()> {
-        self.file
-            .sync_data()
-            .map_err(|e| VectorError::io(&self.path, e))?;
-        self.last_sync = Instant::now();
-        self.dirty = false;
-        Ok(())
+        self.check_writable()?;
+        self.fsync(false)
+            .map_err(|e| self.poison(VectorError::io(&self.path, e).to_string()))
     }
 
-    /// Syncs if records were written since the last sync.
+    /// Syncs if records were written since the last sync (a poisoned WAL
+    /// has none: its failure was reported once, by the sync that failed).
     pub(crate) fn sync_if_dirty(&mut self) -> Result<()> {
         if self.dirty { self.sync() } else { Ok(()) }
     }
 
     /// Empties the log after a snapshot has made its records redundant.
     pub(crate) fn reset(&mut self) -> Result<()> {
+        self.check_writable()?;
         let io = |e| VectorError::io(&self.path, e);
         self.file.set_len(0).map_err(io)?;
         self.len = 0;
         self.file.seek(SeekFrom::Start(0)).map_err(io)?;
-        self.file.sync_all().map_err(io)?;
+        self.fsync(true)
+            .map_err(|e| self.poison(VectorError::io(&self.path, e).to_string()))
+    }
+
+    /// [`VectorError::WalPoisoned`] once an fsync has failed.
+    pub(crate) fn check_writable(&self) -> Result<()> {
+        match &self.poisoned {
+            Some(cause) => Err(VectorError::WalPoisoned {
+                collection: self.collection.clone(),
+                cause: cause.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// True once an fsync has failed.
+    pub(crate) fn is_poisoned(&self) -> bool {
+        self.poisoned.is_some()
+    }
+
+    /// Marks the WAL as refusing writes because of `cause`; returns the error to report.
+    fn poison(&mut self, cause: String) -> VectorError {
+        // Nothing left that a sync could make durable: never retry it.
+        self.dirty = false;
+        self.poisoned = Some(cause.clone());
+        VectorError::WalPoisoned {
+            collection: self.collection.clone(),
+            cause,
+        }
+    }
+
+    /// `fdatasync` (`fsync` with `all`, after a size change); on success
+    /// nothing written is pending.
+    fn fsync(&mut self, all: bool) -> std::io::Result<()> {
+        #[cfg(test)]
+        if self.fail_syncs {
+            return Err(std::io::Error::other("failpoint: fsync fails"));
+        }
+        if all {
+            self.file.sync_all()?;
+        } else {
+            self.file.sync_data()?;
+        }
+        self.last_sync = Instant::now();
+        self.dirty = false;
         Ok(())
+    }
+
+    /// Failpoint: from now on every fsync of this handle fails (or succeeds again).
+    #[cfg(test)]
+    pub(crate) fn fail_syncs(&mut self, fail: bool) {
+        self.fail_syncs = fail;
     }
 
     /// Bytes of records in the log (no system call: tracked on append and reset).
@@ -375,7 +461,7 @@ mod tests {
         let dir = tempfile::tempdir().map_err(|e| e.to_string());
         let Ok(dir) = dir else { panic!("tempdir") };
         let path = dir.path().join("wal.log");
-        let Ok((mut wal, recs)) = Wal::open(&path, FsyncPolicy::Always) else {
+        let Ok((mut wal, recs)) = Wal::open(&path, "test", FsyncPolicy::Always) else {
             panic!("open")
         };
         assert!(recs.is_empty());
@@ -400,7 +486,7 @@ mod tests {
         };
         assert!(f.set_len(full - 3).is_ok());
         drop(f);
-        let Ok((wal, recs)) = Wal::open(&path, FsyncPolicy::Always) else {
+        let Ok((wal, recs)) = Wal::open(&path, "test", FsyncPolicy::Always) else {
             panic!("open 2")
         };
         let got: Vec<WalOp> = recs.into_iter().map(|r| r.1).collect();
@@ -415,7 +501,7 @@ mod tests {
         let n = data.len();
         data[n - 2] ^= 0xff;
         assert!(std::fs::write(&path, &data).is_ok());
-        let Ok((_, recs)) = Wal::open(&path, FsyncPolicy::Never) else {
+        let Ok((_, recs)) = Wal::open(&path, "test", FsyncPolicy::Never) else {
             panic!("open 3")
         };
         assert_eq!(recs.len(), 1);
@@ -428,7 +514,7 @@ mod tests {
     fn zero_filled_tail_is_a_torn_tail() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("wal.log");
-        let (mut wal, _) = Wal::open(&path, FsyncPolicy::Always).expect("open");
+        let (mut wal, _) = Wal::open(&path, "test", FsyncPolicy::Always).expect("open");
         let ops = [
             WalOp::Upsert(vec![pt(1)]),
             WalOp::Delete(vec![PointId::Num(1)]),
@@ -441,7 +527,7 @@ mod tests {
         let mut f = OpenOptions::new().append(true).open(&path).expect("reopen");
         f.write_all(&[0; 16]).expect("zeros");
         drop(f);
-        let (mut wal, recs) = Wal::open(&path, FsyncPolicy::Always).expect("open 2");
+        let (mut wal, recs) = Wal::open(&path, "test", FsyncPolicy::Always).expect("open 2");
         let got: Vec<WalOp> = recs.into_iter().map(|r| r.1).collect();
         assert_eq!(got, ops.to_vec());
         assert_eq!(wal.size(), full, "the zeros are cut off");
@@ -450,7 +536,7 @@ mod tests {
             3
         );
         drop(wal);
-        let (_, recs) = Wal::open(&path, FsyncPolicy::Always).expect("open 3");
+        let (_, recs) = Wal::open(&path, "test", FsyncPolicy::Always).expect("open 3");
         assert_eq!(recs.len(), 3);
         assert_eq!(recs[2], (3, WalOp::Upsert(vec![pt(3)])));
     }
@@ -469,7 +555,7 @@ mod tests {
 
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("wal.log");
-        let (mut wal, _) = Wal::open(&path, FsyncPolicy::Never).expect("open");
+        let (mut wal, _) = Wal::open(&path, "test", FsyncPolicy::Never).expect("open");
         wal.append(&WalOp::Upsert(vec![pt(1)])).expect("append");
         drop(wal);
         let good = std::fs::read(&path).expect("read");
@@ -483,5 +569,89 @@ mod tests {
             parse_records(&middle),
             Err(VectorError::Corrupt { .. })
         ));
+    }
+
+    /// An append whose fsync fails was not acknowledged: it must not be in
+    /// the file (it came back on replay, and the next append reused its
+    /// seq), and nothing more is written on a log whose fsync failed (a
+    /// later fsync can report success over lost pages) until it is reopened.
+    #[test]
+    fn failed_fsync_cuts_the_record_off_and_poisons_the_wal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wal.log");
+        let (mut wal, _) = Wal::open(&path, "c", FsyncPolicy::Always).expect("open");
+        assert_eq!(
+            wal.append(&WalOp::Upsert(vec![pt(1)])).expect("append 1"),
+            1
+        );
+        let good = wal.size();
+
+        wal.fail_syncs(true);
+        let err = wal.append(&WalOp::Upsert(vec![pt(2)]));
+        assert!(
+            matches!(&err, Err(VectorError::WalPoisoned { collection, .. }) if collection == "c"),
+            "{err:?}"
+        );
+        assert_eq!(
+            (wal.size(), wal.bytes()),
+            (good, good),
+            "the record is cut off"
+        );
+
+        // The disk is fine again, but the WAL is not trusted until reopened.
+        wal.fail_syncs(false);
+        let poisoned = |e: Option<VectorError>| matches!(e, Some(VectorError::WalPoisoned { .. }));
+        assert!(poisoned(
+            wal.append(&WalOp::Delete(vec![PointId::Num(1)])).err()
+        ));
+        assert!(poisoned(wal.sync().err()));
+        assert!(poisoned(wal.reset().err()));
+        assert_eq!(wal.size(), good, "nothing written, nothing emptied");
+        drop(wal);
+
+        let (mut wal, recs) = Wal::open(&path, "c", FsyncPolicy::Always).expect("reopen");
+        assert_eq!(recs, vec![(1, WalOp::Upsert(vec![pt(1)]))]);
+        assert_eq!(
+            wal.append(&WalOp::Upsert(vec![pt(3)])).expect("append 3"),
+            2
+        );
+        drop(wal);
+        let (_, recs) = Wal::open(&path, "c", FsyncPolicy::Always).expect("reopen 2");
+        let seqs: Vec<u64> = recs.iter().map(|r| r.0).collect();
+        assert_eq!(seqs, [1, 2], "unique seqs");
+        assert_eq!(recs[1].1, WalOp::Upsert(vec![pt(3)]));
+    }
+
+    /// The `batch` flusher's fsync failing may have lost writes already
+    /// acknowledged: the WAL is poisoned, the failure reported once (not
+    /// every 100 ms), and later writes refused. (`Never` here so that no
+    /// fsync happens on the write itself; the flusher calls the same
+    /// `sync_if_dirty` whatever the policy.)
+    #[test]
+    fn failed_background_fsync_poisons_the_wal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wal.log");
+        let (mut wal, _) = Wal::open(&path, "c", FsyncPolicy::Never).expect("open");
+        wal.append(&WalOp::Upsert(vec![pt(1)])).expect("append 1");
+        wal.fail_syncs(true);
+        assert!(matches!(
+            wal.sync_if_dirty(),
+            Err(VectorError::WalPoisoned { .. })
+        ));
+        assert!(wal.sync_if_dirty().is_ok(), "reported once");
+        wal.fail_syncs(false);
+        assert!(matches!(
+            wal.append(&WalOp::Upsert(vec![pt(2)])),
+            Err(VectorError::WalPoisoned { .. })
+        ));
+        assert!(matches!(wal.sync(), Err(VectorError::WalPoisoned { .. })));
+        drop(wal);
+        let (mut wal, recs) = Wal::open(&path, "c", FsyncPolicy::Never).expect("reopen");
+        assert_eq!(recs, vec![(1, WalOp::Upsert(vec![pt(1)]))]);
+        assert_eq!(
+            wal.append(&WalOp::Upsert(vec![pt(2)])).expect("append 2"),
+            2
+        );
+        assert!(wal.sync().is_ok());
     }
 }

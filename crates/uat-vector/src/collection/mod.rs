@@ -3,6 +3,8 @@
 //! `config.json`, `wal.log`, `snapshot.bin`.
 
 mod search;
+#[cfg(test)]
+mod tests;
 
 use crate::distance::{Metric, normalize};
 use crate::durable;
@@ -140,7 +142,7 @@ impl Collection {
             None => (State::empty(&config), 0),
         };
         let wal_path = dir.join("wal.log");
-        let (mut wal, records) = Wal::open(&wal_path, fsync)?;
+        let (mut wal, records) = Wal::open(&wal_path, name, fsync)?;
         wal.last_seq = wal.last_seq.max(snap_seq);
         let c = Self {
             name: name.to_owned(),
@@ -226,7 +228,9 @@ impl Collection {
     }
 
     /// Inserts or replaces points (by id); durable per the fsync policy when
-    /// this returns. Returns the number of points written.
+    /// this returns. Returns the number of points written. Once a WAL fsync
+    /// has failed, fails with [`VectorError::WalPoisoned`] (as every write
+    /// does) until the collection is reopened.
     pub fn upsert(&self, points: Vec<Point>) -> Result<usize> {
         for p in &points {
             check_vector(&p.vector, self.config.dimension)?;
@@ -325,7 +329,8 @@ impl Collection {
     }
 
     /// Writes a snapshot (compacting first if many points are tombstoned) and
-    /// empties the WAL.
+    /// empties the WAL. Fails with [`VectorError::WalPoisoned`] once a WAL
+    /// fsync has failed, as writes do.
     pub fn snapshot(&self) -> Result<()> {
         let mut wal = self.wal.lock();
         self.compact_if_needed_and_snapshot(&mut wal)
@@ -335,14 +340,15 @@ impl Collection {
     /// records, and at least `ratio` of the last snapshot's size (each
     /// snapshot rewrites the whole collection: a large one is rewritten once
     /// its WAL has grown by that part of it, not every `wal_bytes`), and the collection
-    /// is not being dropped (the store's automatic snapshots); returns the
+    /// is not being dropped nor its WAL poisoned (the store's automatic
+    /// snapshots: a poisoned WAL was reported when its fsync failed); returns the
     /// WAL's size when it snapshotted. Checked and done under one hold of the
     /// WAL lock, so no write slips in between and a collection being dropped
     /// is never written into its successor's folder.
     pub(crate) fn snapshot_if_wal_over(&self, wal_bytes: u64, ratio: f64) -> Result<Option<u64>> {
         let mut wal = self.wal.lock();
         let size = wal.bytes();
-        if size < wal_bytes || self.retired.load(Ordering::Relaxed) {
+        if size < wal_bytes || self.retired.load(Ordering::Relaxed) || wal.is_poisoned() {
             return Ok(None);
         }
         let snapshot = std::fs::metadata(self.dir.join("snapshot.bin")).map_or(0, |m| m.len());
@@ -354,6 +360,7 @@ impl Collection {
     }
 
     fn compact_if_needed_and_snapshot(&self, wal: &mut Wal) -> Result<()> {
+        wal.check_writable()?;
         let needs_compaction = {
             let st = self.state.read();
             st.hnsw.deleted_count() as f64 > COMPACT_RATIO * st.hnsw.len().max(1) as f64
@@ -365,6 +372,7 @@ impl Collection {
     }
 
     fn snapshot_locked(&self, wal: &mut Wal) -> Result<()> {
+        wal.check_writable()?;
         if self.retired.load(Ordering::Relaxed) {
             return Err(VectorError::NotFound(self.name.clone()));
         }
@@ -376,6 +384,7 @@ impl Collection {
     /// Rebuilds the graph from live points (reclaiming tombstones), then snapshots.
     pub fn compact(&self) -> Result<()> {
         let mut wal = self.wal.lock();
+        wal.check_writable()?;
         self.rebuild();
         self.snapshot_locked(&mut wal)
     }
@@ -416,14 +425,22 @@ impl Collection {
         self.retired.store(retired, Ordering::Relaxed);
     }
 
-    /// Flushes the WAL to stable storage now (for the `batch`/`never` policies).
+    /// Flushes the WAL to stable storage now (for the `batch`/`never`
+    /// policies). A failure poisons the WAL ([`VectorError::WalPoisoned`]).
     pub fn flush(&self) -> Result<()> {
         self.wal.lock().sync()
     }
 
-    /// Syncs the WAL if it holds unsynced records (the `batch` flusher).
+    /// Syncs the WAL if it holds unsynced records (the `batch` flusher). A
+    /// failure poisons the WAL and is returned once.
     pub(crate) fn flush_if_dirty(&self) -> Result<()> {
         self.wal.lock().sync_if_dirty()
+    }
+
+    /// Failpoint: every fsync of the WAL fails from now on (or succeeds again).
+    #[cfg(test)]
+    pub(crate) fn fail_wal_syncs(&self, fail: bool) {
+        self.wal.lock().fail_syncs(fail);
     }
 
     /// Memory in use, by kind.
