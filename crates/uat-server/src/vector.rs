@@ -230,18 +230,22 @@ async fn search(
     Ok(axum::Json(json!({ "results": results })))
 }
 
+/// A batch search body. Each search is kept as its raw text and parsed one
+/// at a time: a body of up to the bulk limit parsed whole into JSON values
+/// (32 bytes or more for every number of every vector) took many times its
+/// size in memory.
+#[derive(Deserialize)]
+struct BatchBody {
+    searches: Vec<Box<serde_json::value::RawValue>>,
+}
+
 async fn search_batch(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    ApiJson(mut body): ApiJson<Value>,
+    ApiJson(body): ApiJson<BatchBody>,
 ) -> Result<axum::Json<Value>, ApiError> {
     let c = collection(&state, &name)?;
-    let Some(Value::Array(searches)) = body.get_mut("searches").map(Value::take) else {
-        return Err(ApiError::invalid_field(
-            "searches",
-            "expected `searches`: an array of searches",
-        ));
-    };
+    let searches = body.searches;
     if searches.len() > uat_vector::MAX_TOP_K {
         return Err(ApiError::invalid_field(
             "searches",
@@ -251,12 +255,14 @@ async fn search_batch(
     let reqs = searches
         .into_iter()
         .enumerate()
-        .map(|(i, s)| {
-            SearchRequest::from_json(s).map_err(|e| {
-                let mut err = api_error(e);
+        .map(|(i, raw)| {
+            let at = |mut err: ApiError| {
                 err.param = Some(format!("searches[{i}]"));
                 err
-            })
+            };
+            let v: Value = serde_json::from_str(raw.get())
+                .map_err(|e| at(ApiError::bad_request(format!("searches[{i}]: {e}"))))?;
+            SearchRequest::from_json(v).map_err(|e| at(api_error(e)))
         })
         .collect::<Result<Vec<_>, _>>()?;
     // Dropped with this handler when the client goes away: the searches

@@ -112,6 +112,23 @@ async fn collection_round_trip_with_string_and_numeric_ids() {
         b["results"][0][0]["id"],
         "6f1c1f0e-8f5b-4d0c-9e0a-2b7d3c4e5f60"
     );
+    // A bad batch names what is wrong: no searches, or the search at fault.
+    for (body, param) in [
+        (json!({"search": []}), "searches"),
+        (json!({"searches": {"vector": [1]}}), "searches"),
+        (
+            json!({"searches": [{"vector": [0.0, 1.0, 0.0], "top_k": 1}, {"vector": "x", "top_k": 1}]}),
+            "searches[1]",
+        ),
+        (
+            json!({"searches": [{"vector": [0.0, 1.0, 0.0], "top_k": "x"}]}),
+            "searches[0]",
+        ),
+    ] {
+        let (s, b) = post(&app, "/v1/collections/docs/points/search/batch", body).await;
+        assert_eq!(s, 400, "{b}");
+        assert_eq!(b["error"]["param"], param, "{b}");
+    }
 
     let (s, b) = get(&app, "/v1/collections/docs/points/3").await;
     assert_eq!(s, 200, "{b}");
