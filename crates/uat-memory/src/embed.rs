@@ -1,6 +1,7 @@
 //! What the memory service needs from an embedding model.
 
-use crate::error::Result;
+use crate::error::{MemoryError, Result};
+use crate::types::Embedding;
 use std::future::Future;
 use std::pin::Pin;
 
@@ -16,4 +17,33 @@ pub trait Embedder: Send + Sync {
     fn dimension(&self) -> usize;
     /// One vector per text, in order, in one batched call.
     fn embed<'a>(&'a self, texts: &'a [String]) -> BoxFuture<'a, Result<Vec<Vec<f32>>>>;
+}
+
+/// Embeds `texts` with `e` in one call, checking that every text got a
+/// vector of the model's dimension: what writes, searches and the backfill
+/// all go through.
+pub(crate) async fn embed_texts(e: &dyn Embedder, texts: &[String]) -> Result<Vec<Embedding>> {
+    let vectors = e.embed(texts).await?;
+    if vectors.len() != texts.len() {
+        return Err(MemoryError::Embedding(format!(
+            "asked for {} embeddings, got {}",
+            texts.len(),
+            vectors.len()
+        )));
+    }
+    if let Some(v) = vectors.iter().find(|v| v.len() != e.dimension()) {
+        return Err(MemoryError::Embedding(format!(
+            "model `{}` returned {} dimensions instead of {}",
+            e.model(),
+            v.len(),
+            e.dimension()
+        )));
+    }
+    Ok(vectors
+        .into_iter()
+        .map(|vector| Embedding {
+            model: e.model().to_string(),
+            vector,
+        })
+        .collect())
 }

@@ -7,8 +7,13 @@
 //! - [`index`]: the semantic index (a `uat-vector` collection) that tails the
 //!   change log, so it catches up after a crash and across replicas;
 //! - [`Memories`]: validation, embedding (through the [`Embedder`] trait),
-//!   store and index behind one handle; the HTTP layer stays thin.
+//!   store and index behind one handle; the HTTP layer stays thin;
+//! - `backfill`: a background task of [`Memories`] that embeds, through the
+//!   change log, the memories that have no embedding of the current model
+//!   (written while no model was available, or by another model), so
+//!   semantic search finds them once a model is back.
 
+mod backfill;
 pub mod bench;
 mod embed;
 pub mod error;

@@ -1,7 +1,8 @@
 //! `uat_memory_operations_total{op,result}`, `uat_memory_operation_seconds{op}`,
-//! `uat_memory_rows` and `uat_memory_purged_total{what}`, registered once.
+//! `uat_memory_rows`, `uat_memory_purged_total{what}` and
+//! `uat_memory_backfilled_total`, registered once.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts};
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts};
 use std::sync::LazyLock;
 use std::time::Instant;
 
@@ -47,6 +48,22 @@ static PURGED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+#[expect(clippy::expect_used, reason = "constant, valid metric definitions")]
+static BACKFILLED: LazyLock<IntCounter> = LazyLock::new(|| {
+    uat_telemetry::register(
+        IntCounter::new(
+            "uat_memory_backfilled_total",
+            "Memories given an embedding of the current model by the background backfill",
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// Counts `n` memories embedded by the backfill.
+pub fn backfilled(n: u64) {
+    BACKFILLED.inc_by(n);
+}
+
 /// Counts `n` rows removed by retention (`expired` or `changes`).
 pub fn purged(what: &'static str, n: u64) {
     PURGED.with_label_values(&[what]).inc_by(n);
@@ -60,7 +77,8 @@ pub struct Op {
 
 impl Op {
     /// Starts timing `name` (`insert`, `get`, `update`, `delete`, `delete_user`,
-    /// `list`, `search`, `history`, `purge`).
+    /// `list`, `search`, `history`, `purge`, `backfill`: one batch embedded
+    /// and stored).
     pub fn start(name: &'static str) -> Self {
         Op {
             name,

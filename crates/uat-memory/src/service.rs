@@ -2,7 +2,8 @@
 //! store and the vector index behind one handle. The HTTP layer only parses
 //! and maps errors.
 
-use crate::embed::Embedder;
+use crate::backfill;
+use crate::embed::{Embedder, embed_texts};
 use crate::error::{MemoryError, Result};
 use crate::index::VectorIndex;
 use crate::input::{self, Limits, PatchInput, SearchMode, SearchQuery, WriteRequest};
@@ -143,6 +144,9 @@ pub struct Memories {
     index: Option<Arc<VectorIndex>>,
     limits: Limits,
     change_retention: Duration,
+    /// Dropped with the service: stops the embedding backfill at once
+    /// (rather than at its next look at the store).
+    _stop: tokio::sync::watch::Sender<()>,
 }
 
 fn content_hash(agent: Option<&str>, run: Option<&str>, content: &str) -> String {
@@ -161,7 +165,15 @@ fn content_hash(agent: Option<&str>, run: Option<&str>, content: &str) -> String
 
 impl Memories {
     /// Starts the service on an open store: opens (or rebuilds) the vector
-    /// index when there is an embedder, and starts the background tasks.
+    /// index when there is an embedder, and starts the background tasks:
+    /// the index's tailer, the purge, and, with an embedder, the embedding
+    /// backfill, which embeds (at start-up, then every ten minutes, a
+    /// bounded batch at a time) the live memories that have no embedding of
+    /// the embedder's model: those written while no model was available, or
+    /// embedded by another model. It stores them through the change log, so
+    /// every index picks them up, and skips a memory whose content changed
+    /// meanwhile; it logs how many it stored, warns and retries with a
+    /// backoff when the embedder fails, and stops when the service is dropped.
     pub async fn open(
         store: AnyStore,
         embedder: Option<Arc<dyn Embedder>>,
@@ -181,6 +193,10 @@ impl Memories {
             }
             _ => None,
         };
+        let (stop, stopped) = tokio::sync::watch::channel(());
+        if let Some(e) = &embedder {
+            backfill::spawn(&store, e.clone(), index.as_ref(), stopped);
+        }
         let weak = Arc::downgrade(&store);
         tokio::spawn(async move {
             while let Some(s) = weak.upgrade() {
@@ -231,6 +247,7 @@ impl Memories {
             index,
             limits: options.limits,
             change_retention: options.change_retention,
+            _stop: stop,
         })
     }
 
@@ -281,34 +298,10 @@ impl Memories {
     }
 
     async fn embed(&self, texts: Vec<String>) -> Result<Option<Vec<Embedding>>> {
-        let Some(e) = &self.embedder else {
-            return Ok(None);
-        };
-        let vectors = e.embed(&texts).await?;
-        if vectors.len() != texts.len() {
-            return Err(MemoryError::Embedding(format!(
-                "asked for {} embeddings, got {}",
-                texts.len(),
-                vectors.len()
-            )));
+        match &self.embedder {
+            None => Ok(None),
+            Some(e) => embed_texts(e.as_ref(), &texts).await.map(Some),
         }
-        if let Some(v) = vectors.iter().find(|v| v.len() != e.dimension()) {
-            return Err(MemoryError::Embedding(format!(
-                "model `{}` returned {} dimensions instead of {}",
-                e.model(),
-                v.len(),
-                e.dimension()
-            )));
-        }
-        Ok(Some(
-            vectors
-                .into_iter()
-                .map(|vector| Embedding {
-                    model: e.model().to_string(),
-                    vector,
-                })
-                .collect(),
-        ))
     }
 
     /// Writes one memory or a batch (all or nothing).

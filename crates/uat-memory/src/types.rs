@@ -275,6 +275,40 @@ pub struct IndexEntry {
     pub embedding: Embedding,
 }
 
+/// A live memory without a usable embedding of the current model (none, or
+/// another model's), found by [`Store::unembedded`](crate::Store::unembedded)
+/// for the embedding backfill.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unembedded {
+    /// The memory id.
+    pub id: Uuid,
+    /// The text to embed.
+    pub content: String,
+    /// Its content hash when read: the embedding is stored only if the
+    /// memory still has it (its content did not change meanwhile).
+    pub content_hash: String,
+}
+
+/// One bounded step of the backfill's scan.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UnembeddedPage {
+    /// The memories examined that need an embedding, in id order.
+    pub memories: Vec<Unembedded>,
+    /// Where the next step starts; `None` when this one reached the end.
+    pub next: Option<Uuid>,
+}
+
+/// An embedding the backfill made for the content of one memory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEmbedding {
+    /// The memory id.
+    pub id: Uuid,
+    /// The content hash of the text embedded (see [`Unembedded::content_hash`]).
+    pub content_hash: String,
+    /// The embedding.
+    pub embedding: Embedding,
+}
+
 /// Microseconds since the epoch.
 pub fn to_micros(t: OffsetDateTime) -> i64 {
     i64::try_from(t.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX)

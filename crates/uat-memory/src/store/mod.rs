@@ -16,7 +16,8 @@ pub use sqlite::SqliteStore;
 
 use crate::error::Result;
 use crate::types::{
-    Change, Filter, HistoryEntry, IndexEntry, ListQuery, Memory, NewRow, Page, Patch, WriteOutcome,
+    Change, Filter, HistoryEntry, IndexEntry, ListQuery, Memory, NewEmbedding, NewRow, Page, Patch,
+    UnembeddedPage, WriteOutcome,
 };
 use std::future::Future;
 use time::OffsetDateTime;
@@ -24,7 +25,8 @@ use uuid::Uuid;
 
 /// What every store does. All reads skip expired memories; every query is
 /// scoped by `user_id` except the index-maintenance ones (`changes_after`,
-/// `index_entries`, `scan_index_entries`, `count`), which never reach the API.
+/// `index_entries`, `scan_index_entries`, `count`, and the backfill's
+/// `unembedded` and `store_embeddings`), which never reach the API.
 pub trait Store: Send + Sync {
     /// Writes `rows` in one transaction (all or nothing). Rows with `dedupe`
     /// return a live memory of the same user with the same content hash instead.
@@ -93,6 +95,30 @@ pub trait Store: Send + Sync {
     ) -> impl Future<Output = Result<Vec<IndexEntry>>> + Send;
     /// Number of stored memories (expired included).
     fn count(&self) -> impl Future<Output = Result<u64>> + Send;
+    /// One bounded step of the embedding backfill's scan: examines at most
+    /// `scan` memories in id order after `after` (however few of them
+    /// match) and returns the live ones without an embedding of `model`
+    /// with `dimension` values (none, or another model's), and where the
+    /// next step starts.
+    fn unembedded(
+        &self,
+        model: &str,
+        dimension: usize,
+        after: Option<Uuid>,
+        scan: usize,
+    ) -> impl Future<Output = Result<UnembeddedPage>> + Send;
+    /// Stores embeddings made by the backfill, in one transaction: each
+    /// memory that is still live, still has the content hash its embedding
+    /// was made for, and still lacks an embedding of that model and length
+    /// gets it (replacing another model's), with an `upsert` in the change
+    /// log, so every index picks it up as it picks up a write. The memory
+    /// itself is unchanged (no history entry, same `updated_at`). Returns how
+    /// many were stored: none for a memory changed or deleted meanwhile, and
+    /// none the second time (replicas backfilling at once store each
+    /// embedding once; on PostgreSQL a memory locked by another writer is
+    /// skipped, left to a later pass).
+    fn store_embeddings(&self, rows: Vec<NewEmbedding>)
+    -> impl Future<Output = Result<u64>> + Send;
     /// Deletes up to `limit` memories whose expiry has passed, oldest expiry
     /// first, in one transaction: each gets an `expire` entry in its history
     /// and a delete in the change log (so every index drops it). Returns how
@@ -233,6 +259,18 @@ impl Store for AnyStore {
     }
     async fn count(&self) -> Result<u64> {
         delegate!(self, s => s.count())
+    }
+    async fn unembedded(
+        &self,
+        model: &str,
+        dimension: usize,
+        after: Option<Uuid>,
+        scan: usize,
+    ) -> Result<UnembeddedPage> {
+        delegate!(self, s => s.unembedded(model, dimension, after, scan))
+    }
+    async fn store_embeddings(&self, rows: Vec<NewEmbedding>) -> Result<u64> {
+        delegate!(self, s => s.store_embeddings(rows))
     }
     async fn purge_expired(&self, limit: usize) -> Result<u64> {
         delegate!(self, s => s.purge_expired(limit))

@@ -10,7 +10,8 @@ use crate::error::{MemoryError, Result};
 use crate::keyword::{index_text, tsquery, user_key};
 use crate::types::{
     Change, ChangeOp, Cursor, Embedding, Filter, HistoryEntry, IndexEntry, ListQuery, Memory,
-    NewRow, Page, Patch, TagMode, WriteOutcome, bytes_to_vector, from_micros, now, vector_to_bytes,
+    NewEmbedding, NewRow, Page, Patch, TagMode, Unembedded, UnembeddedPage, WriteOutcome,
+    bytes_to_vector, from_micros, now, vector_to_bytes,
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::types::Json;
@@ -921,6 +922,118 @@ impl Store for PgStore {
             .fetch_one(&self.pool)
             .await?;
         Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn unembedded(
+        &self,
+        model: &str,
+        dimension: usize,
+        after: Option<Uuid>,
+        scan: usize,
+    ) -> Result<UnembeddedPage> {
+        let rows = sqlx::query(
+            "SELECT m.id, m.content_hash, CASE WHEN (e.model IS DISTINCT FROM $1 \
+             OR octet_length(e.embedding) <> $2) \
+             AND (m.expires_at IS NULL OR m.expires_at > now()) THEN m.content END AS content \
+             FROM memories m LEFT JOIN memory_embeddings e ON e.id = m.id \
+             WHERE m.id > $3 ORDER BY m.id LIMIT $4",
+        )
+        .bind(model)
+        .bind(i64::try_from(dimension * 4).unwrap_or(i64::MAX))
+        .bind(after.unwrap_or(Uuid::nil()))
+        .bind(i64::try_from(scan).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut page = UnembeddedPage::default();
+        for r in &rows {
+            let content: Option<String> = r.try_get("content")?;
+            if let Some(content) = content {
+                page.memories.push(Unembedded {
+                    id: r.try_get("id")?,
+                    content,
+                    content_hash: r.try_get("content_hash")?,
+                });
+            }
+        }
+        if rows.len() >= scan
+            && let Some(last) = rows.last()
+        {
+            page.next = Some(last.try_get("id")?);
+        }
+        Ok(page)
+    }
+
+    async fn store_embeddings(&self, rows: Vec<NewEmbedding>) -> Result<u64> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.pool.begin().await?;
+        // Locks the memories (as a patch does), so nothing changes them or
+        // their embeddings before this commits; one locked by another writer
+        // is skipped rather than waited for (no lock-order deadlock with a
+        // user's delete, no queue behind another replica's backfill).
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+        let locked = sqlx::query(
+            "SELECT id, user_id, content_hash FROM memories WHERE id = ANY($1) \
+             AND (expires_at IS NULL OR expires_at > now()) ORDER BY id FOR UPDATE SKIP LOCKED",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut live: HashMap<Uuid, (String, String)> = HashMap::with_capacity(locked.len());
+        for r in &locked {
+            live.insert(
+                r.try_get("id")?,
+                (r.try_get("user_id")?, r.try_get("content_hash")?),
+            );
+        }
+        // A new statement: sees an embedding committed by a writer that held
+        // the lock before this transaction took it.
+        let mut stored: HashMap<Uuid, (String, i32)> = HashMap::new();
+        for r in sqlx::query(
+            "SELECT id, model, octet_length(embedding) AS bytes FROM memory_embeddings WHERE id = ANY($1)",
+        )
+        .bind(live.keys().copied().collect::<Vec<Uuid>>())
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            stored.insert(r.try_get("id")?, (r.try_get("model")?, r.try_get("bytes")?));
+        }
+        let (mut eids, mut vecs, mut models, mut changes) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for r in rows {
+            let Some((user, hash)) = live.remove(&r.id) else {
+                continue; // deleted, expired or locked
+            };
+            let bytes = r.embedding.vector.len() * 4;
+            let has_it = stored.get(&r.id).is_some_and(|(m, b)| {
+                *m == r.embedding.model && usize::try_from(*b).is_ok_and(|b| b == bytes)
+            });
+            if hash != r.content_hash || has_it {
+                continue;
+            }
+            eids.push(r.id);
+            vecs.push(vector_to_bytes(&r.embedding.vector));
+            models.push(r.embedding.model);
+            changes.push((Some(r.id), user, ChangeOp::Upsert));
+        }
+        if eids.is_empty() {
+            return Ok(0);
+        }
+        sqlx::query(
+            "INSERT INTO memory_embeddings (id, embedding, model) \
+             SELECT * FROM UNNEST($1::uuid[], $2::bytea[], $3::text[]) \
+             ON CONFLICT (id) DO UPDATE SET embedding = EXCLUDED.embedding, model = EXCLUDED.model",
+        )
+        .bind(eids)
+        .bind(vecs)
+        .bind(models)
+        .execute(&mut *tx)
+        .await?;
+        let seq = record_changes(&mut tx, &changes).await?;
+        tx.commit().await?;
+        self.committed(seq);
+        Ok(changes.len() as u64)
     }
 
     async fn purge_expired(&self, limit: usize) -> Result<u64> {

@@ -10,8 +10,9 @@ use super::{MAX_IN_LIST, Store, apply_patch, history_json};
 use crate::error::{MemoryError, Result};
 use crate::keyword::{index_text, user_key};
 use crate::types::{
-    Change, ChangeOp, Embedding, Filter, HistoryEntry, IndexEntry, ListQuery, Memory, NewRow, Page,
-    Patch, WriteOutcome, from_micros, now, to_micros, vector_to_bytes,
+    Change, ChangeOp, Embedding, Filter, HistoryEntry, IndexEntry, ListQuery, Memory, NewEmbedding,
+    NewRow, Page, Patch, UnembeddedPage, WriteOutcome, from_micros, now, to_micros,
+    vector_to_bytes,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
@@ -161,6 +162,15 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
 
 /// The migration after whose statements `fill_terms` indexes every memory.
 const TERMS_MIGRATION: i64 = 2;
+
+/// A memory's content hash and embedding as [`Store::store_embeddings`] finds them.
+struct StoredEmbedding {
+    rid: i64,
+    user_id: String,
+    content_hash: String,
+    model: Option<String>,
+    bytes: Option<i64>,
+}
 
 /// The SQLite implementation of [`Store`].
 pub struct SqliteStore {
@@ -475,11 +485,26 @@ async fn record_batch(
             .push_bind(at);
     });
     qb.build().execute(&mut *tx).await?;
+    let changed: Vec<(Uuid, &str)> = memories
+        .iter()
+        .map(|m| (m.id, m.user_id.as_str()))
+        .collect();
+    record_changes(tx, &changed, change, at).await
+}
+
+/// Change-log rows `change` for the memories `(id, user)`, one multi-row
+/// insert; returns the last change position.
+async fn record_changes(
+    tx: &mut sqlx::SqliteConnection,
+    memories: &[(Uuid, &str)],
+    change: ChangeOp,
+    at: i64,
+) -> Result<i64> {
     let mut qb =
         QueryBuilder::<Sqlite>::new("INSERT INTO memory_changes (memory_id, user_id, op, at) ");
-    qb.push_values(memories, |mut b, m| {
-        b.push_bind(m.id.to_string())
-            .push_bind(m.user_id.clone())
+    qb.push_values(memories, |mut b, (id, user)| {
+        b.push_bind(id.to_string())
+            .push_bind(user.to_string())
             .push_bind(change.as_str())
             .push_bind(at);
     });
@@ -861,6 +886,86 @@ impl Store for SqliteStore {
 
     async fn count(&self) -> Result<u64> {
         self.read.count().await
+    }
+
+    async fn unembedded(
+        &self,
+        model: &str,
+        dimension: usize,
+        after: Option<Uuid>,
+        scan: usize,
+    ) -> Result<UnembeddedPage> {
+        self.read.unembedded(model, dimension, after, scan).await
+    }
+
+    async fn store_embeddings(&self, rows: Vec<NewEmbedding>) -> Result<u64> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let now_us = to_micros(now());
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+        // What each memory is now (under the write lock: nothing changes it
+        // before this transaction commits).
+        let mut current: HashMap<String, StoredEmbedding> = HashMap::with_capacity(rows.len());
+        for chunk in rows.chunks(MAX_IN_LIST) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "SELECT m.id, m.rid, m.user_id, m.content_hash, e.model, length(e.embedding) AS bytes \
+                 FROM memories m LEFT JOIN memory_embeddings e ON e.rid = m.rid \
+                 WHERE (m.expires_at IS NULL OR m.expires_at > ",
+            );
+            qb.push_bind(now_us).push(") AND m.id IN (");
+            let mut ids = qb.separated(", ");
+            for r in chunk {
+                ids.push_bind(r.id.to_string());
+            }
+            ids.push_unseparated(")");
+            for r in qb.build().fetch_all(&mut *tx).await? {
+                current.insert(
+                    r.try_get("id")?,
+                    StoredEmbedding {
+                        rid: r.try_get("rid")?,
+                        user_id: r.try_get("user_id")?,
+                        content_hash: r.try_get("content_hash")?,
+                        model: r.try_get("model")?,
+                        bytes: r.try_get("bytes")?,
+                    },
+                );
+            }
+        }
+        let mut fresh: Vec<(i64, Uuid, String, &NewEmbedding)> = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let Some(now) = current.remove(&r.id.to_string()) else {
+                continue; // deleted or expired
+            };
+            let bytes = i64::try_from(r.embedding.vector.len() * 4).unwrap_or(i64::MAX);
+            let has_it = now.model.as_deref() == Some(r.embedding.model.as_str())
+                && now.bytes == Some(bytes);
+            if now.content_hash == r.content_hash && !has_it {
+                fresh.push((now.rid, r.id, now.user_id, r));
+            }
+        }
+        if fresh.is_empty() {
+            return Ok(0);
+        }
+        let mut qb =
+            QueryBuilder::<Sqlite>::new("INSERT INTO memory_embeddings (rid, embedding, model) ");
+        qb.push_values(&fresh, |mut b, (rid, _, _, r)| {
+            b.push_bind(*rid)
+                .push_bind(vector_to_bytes(&r.embedding.vector))
+                .push_bind(r.embedding.model.clone());
+        });
+        qb.push(
+            " ON CONFLICT (rid) DO UPDATE SET embedding = excluded.embedding, model = excluded.model",
+        );
+        qb.build().execute(&mut *tx).await?;
+        let changed: Vec<(Uuid, &str)> = fresh
+            .iter()
+            .map(|(_, id, user, _)| (*id, user.as_str()))
+            .collect();
+        let seq = record_changes(&mut tx, &changed, ChangeOp::Upsert, now_us).await?;
+        tx.commit().await?;
+        self.committed(seq);
+        Ok(fresh.len() as u64)
     }
 
     async fn purge_expired(&self, limit: usize) -> Result<u64> {

@@ -13,7 +13,7 @@ use crate::error::{MemoryError, Result};
 use crate::keyword::{match_expr, user_key};
 use crate::types::{
     Change, ChangeOp, Cursor, Embedding, Filter, HistoryEntry, IndexEntry, ListQuery, Memory, Page,
-    TagMode, bytes_to_vector, from_micros, now, to_micros,
+    TagMode, Unembedded, UnembeddedPage, bytes_to_vector, from_micros, now, to_micros,
 };
 use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, Row};
@@ -378,6 +378,51 @@ impl Readers {
                 Ok(())
             })?;
             Ok(out)
+        })
+        .await
+    }
+
+    pub(super) async fn unembedded(
+        &self,
+        model: &str,
+        dimension: usize,
+        after: Option<Uuid>,
+        scan: usize,
+    ) -> Result<UnembeddedPage> {
+        let after = after.map(|a| a.to_string()).unwrap_or_default();
+        let mut sql = Sql::new("SELECT m.id, CASE WHEN (e.model IS NOT ".to_string());
+        sql.bind(model.to_string())
+            .push(" OR length(e.embedding) <> ")
+            .bind(i64::try_from(dimension * 4).unwrap_or(i64::MAX))
+            .push(") AND (m.expires_at IS NULL OR m.expires_at > ")
+            .bind(to_micros(now()))
+            .push(
+                ") THEN m.content END, m.content_hash \
+                 FROM memories m LEFT JOIN memory_embeddings e ON e.rid = m.rid WHERE m.id > ",
+            )
+            .bind(after)
+            .push(" ORDER BY m.id LIMIT ")
+            .bind(i64::try_from(scan).unwrap_or(i64::MAX));
+        self.run(move |c| {
+            let mut page = UnembeddedPage::default();
+            let mut seen = 0;
+            let mut last = None;
+            sql.each(c, |r| {
+                let id = Uuid::parse_str(text_at(r, 0)?).map_err(corrupt)?;
+                seen += 1;
+                last = Some(id);
+                let content: Option<String> = r.get(1).map_err(db)?;
+                if let Some(content) = content {
+                    page.memories.push(Unembedded {
+                        id,
+                        content,
+                        content_hash: r.get(2).map_err(db)?,
+                    });
+                }
+                Ok(())
+            })?;
+            page.next = last.filter(|_| seen >= scan);
+            Ok(page)
         })
         .await
     }

@@ -96,6 +96,68 @@ impl Embedder for FakeEmbedder {
     }
 }
 
+/// Another model of the same dimension, whose vectors differ from the
+/// fake's (its concepts in reverse order).
+pub struct OlderModel;
+
+impl Embedder for OlderModel {
+    fn model(&self) -> &str {
+        "older-model"
+    }
+    fn dimension(&self) -> usize {
+        DIM
+    }
+    fn embed<'a>(
+        &'a self,
+        texts: &'a [String],
+    ) -> BoxFuture<'a, uat_memory::Result<Vec<Vec<f32>>>> {
+        Box::pin(async move {
+            Ok(texts
+                .iter()
+                .map(|t| {
+                    let mut v = FakeEmbedder::vector(t);
+                    v.reverse();
+                    v
+                })
+                .collect())
+        })
+    }
+}
+
+/// The fake model, failing its first `failures` calls (a model still loading
+/// or briefly unreachable).
+pub struct FlakyEmbedder {
+    pub failures: AtomicUsize,
+    pub calls: AtomicUsize,
+}
+
+impl Embedder for FlakyEmbedder {
+    fn model(&self) -> &str {
+        "fake-concepts"
+    }
+    fn dimension(&self) -> usize {
+        DIM
+    }
+    fn embed<'a>(
+        &'a self,
+        texts: &'a [String],
+    ) -> BoxFuture<'a, uat_memory::Result<Vec<Vec<f32>>>> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let fail = self
+            .failures
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok();
+        Box::pin(async move {
+            if fail {
+                return Err(uat_memory::MemoryError::Embedding(
+                    "the model is loading".into(),
+                ));
+            }
+            Ok(texts.iter().map(|t| FakeEmbedder::vector(t)).collect())
+        })
+    }
+}
+
 pub fn pg_url() -> String {
     std::env::var("UAT_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
@@ -184,31 +246,53 @@ impl Harness {
 
     /// A second service on the same database (another replica), with its own index folder.
     pub async fn replica(&self, name: &str) -> Memories {
+        let e = Arc::new(FakeEmbedder {
+            calls: AtomicUsize::new(0),
+        });
+        self.open_service(Some(e as Arc<dyn Embedder>), name).await
+    }
+
+    /// Another service on the same database (another replica, or this one
+    /// restarted) with `embedder` (none: keyword search only), with its own
+    /// index folder `name`.
+    pub async fn open_service(&self, embedder: Option<Arc<dyn Embedder>>, name: &str) -> Memories {
         let store = match &self.backend {
             Backend::Sqlite { url } => AnyStore::Sqlite(SqliteStore::open(url, 4).await.unwrap()),
             Backend::Postgres { url, schema } => {
                 AnyStore::Postgres(PgStore::open_in_schema(url, 8, schema).await.unwrap())
             }
         };
-        let e = Arc::new(FakeEmbedder {
-            calls: AtomicUsize::new(0),
-        });
-        Memories::open(
-            store,
-            Some(e as Arc<dyn Embedder>),
-            options(self.dir.path().join(name)),
-        )
-        .await
-        .unwrap()
+        Memories::open(store, embedder, options(self.dir.path().join(name)))
+            .await
+            .unwrap()
+    }
+
+    /// A store on an empty database of its own (a new SQLite file, or a new
+    /// PostgreSQL schema that `cleanup` drops), with no service on it: no
+    /// background task touches it.
+    pub async fn bare_store(&self) -> AnyStore {
+        match &self.backend {
+            Backend::Sqlite { .. } => {
+                let url = format!("sqlite://{}", self.dir.path().join("bare.db").display());
+                AnyStore::Sqlite(SqliteStore::open(&url, 4).await.unwrap())
+            }
+            Backend::Postgres { url, schema } => AnyStore::Postgres(
+                PgStore::open_in_schema(url, 8, &format!("{schema}_bare"))
+                    .await
+                    .unwrap(),
+            ),
+        }
     }
 
     pub async fn cleanup(self) {
         if let Backend::Postgres { url, schema } = &self.backend {
             drop(self.svc);
             if let Ok(pool) = sqlx::PgPool::connect(url).await {
-                let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-                    .execute(&pool)
-                    .await;
+                for s in [schema.clone(), format!("{schema}_bare")] {
+                    let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {s} CASCADE"))
+                        .execute(&pool)
+                        .await;
+                }
             }
         }
     }

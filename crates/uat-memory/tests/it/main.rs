@@ -59,6 +59,10 @@ on_both_stores!(
     local_change_follows_this_handles_writes_only,
     purge_deletes_expired_memories_and_the_index_drops_them,
     a_pruned_change_log_resyncs_or_rebuilds_a_stale_index,
+    memories_written_without_a_model_are_embedded_once_it_is_back,
+    memories_embedded_by_another_model_are_reembedded_with_the_current_one,
+    backfill_stores_embeddings_only_for_unchanged_live_memories_once,
+    the_backfill_retries_after_the_embedder_fails,
 );
 
 /// The SQLite store merges its full-text index after a tenth of the table

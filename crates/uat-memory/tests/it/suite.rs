@@ -1,12 +1,14 @@
 //! The behaviour suite, run against both stores (see `main.rs`).
 
-use crate::common::{FakeEmbedder, Harness};
+use crate::common::{DIM, FakeEmbedder, FlakyEmbedder, Harness, OlderModel};
 use serde_json::{Value, json};
 use std::collections::HashSet;
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use uat_memory::{
-    ListParams, Memory, MemoryError, PatchInput, SearchInput, Store, WriteOutcome, WriteRequest,
+    Embedder, ListParams, Memory, MemoryError, PatchInput, SearchInput, Store, WriteOutcome,
+    WriteRequest,
 };
 use uuid::Uuid;
 
@@ -1184,4 +1186,316 @@ pub async fn a_pruned_change_log_resyncs_or_rebuilds_a_stale_index(h: &Harness) 
     // The service's own index, kept current by its tailer, never needed either.
     assert!(h.svc.sync_index(Duration::from_secs(2)).await.unwrap());
     assert_eq!(h.svc.index().unwrap().len(), 3);
+}
+
+/// The semantic query `query` of `u1`, top 5, on `svc`.
+fn semantic_query(svc: &uat_memory::Memories, query: &str) -> uat_memory::SearchQuery {
+    SearchInput {
+        user_id: Some("u1".into()),
+        query: Some(query.into()),
+        mode: Some("semantic".into()),
+        top_k: Some(5),
+        ..SearchInput::default()
+    }
+    .validate(svc.limits())
+    .unwrap()
+}
+
+/// Polls (at most 10 s) until a semantic search on `svc` finds `id`.
+async fn found_semantically(svc: &uat_memory::Memories, query: &str, id: Uuid) {
+    let q = semantic_query(svc, query);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let hits: Vec<Uuid> = svc
+            .search(&q)
+            .await
+            .unwrap()
+            .results
+            .iter()
+            .map(|h| h.memory.id)
+            .collect();
+        if hits.contains(&id) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "semantic search did not find the memory within 10 s: {hits:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Regression: a memory written while no embedding model was available (the
+/// service runs keyword-only and stores it without an embedding) was never
+/// found by semantic search, even after a restart with the model: the index
+/// skipped it and nothing ever embedded it. The backfill does now, without
+/// changing the memory, and stops with the service.
+pub async fn memories_written_without_a_model_are_embedded_once_it_is_back(h: &Harness) {
+    let keyword_only = h.open_service(None, "keyword-only").await;
+    let req = WriteRequest::from_json(
+        json!({"user_id": "u1", "content": "Alice prefers automobiles over bicycles"}),
+        keyword_only.limits(),
+    )
+    .unwrap();
+    let m = keyword_only.write(req).await.unwrap().remove(0).memory;
+    drop(keyword_only);
+    assert!(
+        h.svc
+            .store()
+            .index_entries(&[m.id])
+            .await
+            .unwrap()
+            .is_empty(),
+        "written without an embedding"
+    );
+
+    let e = Arc::new(FakeEmbedder {
+        calls: AtomicUsize::new(0),
+    });
+    let svc = h
+        .open_service(Some(e.clone() as Arc<dyn Embedder>), "restarted")
+        .await;
+    found_semantically(&svc, "which vehicle does she enjoy", m.id).await;
+    let entries = svc.store().index_entries(&[m.id]).await.unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].embedding.model, "fake-concepts");
+    assert_eq!(
+        entries[0].embedding.vector,
+        FakeEmbedder::vector(&m.content)
+    );
+    // The memory itself did not change.
+    assert_eq!(svc.get("u1", m.id).await.unwrap(), m);
+    let ops: Vec<String> = svc
+        .history("u1", m.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.operation)
+        .collect();
+    assert_eq!(ops, vec!["create"]);
+
+    // Dropping the service stops the backfill, which lets go of the embedder.
+    drop(svc);
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while Arc::strong_count(&e) > 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the backfill still holds the embedder after the service was dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A memory embedded by another model (written before the model was changed)
+/// is re-embedded with the current one, and semantic search finds it.
+pub async fn memories_embedded_by_another_model_are_reembedded_with_the_current_one(h: &Harness) {
+    let older = h
+        .open_service(Some(Arc::new(OlderModel) as Arc<dyn Embedder>), "older")
+        .await;
+    let req = WriteRequest::from_json(
+        json!({"user_id": "u1", "content": "Carol drives a sedan to the office"}),
+        older.limits(),
+    )
+    .unwrap();
+    let m = older.write(req).await.unwrap().remove(0).memory;
+    drop(older);
+    let entries = h.svc.store().index_entries(&[m.id]).await.unwrap();
+    assert_eq!(entries[0].embedding.model, "older-model");
+
+    let svc = h.replica("current").await;
+    found_semantically(&svc, "automobile commute", m.id).await;
+    let entries = svc.store().index_entries(&[m.id]).await.unwrap();
+    assert_eq!(entries[0].embedding.model, "fake-concepts");
+    assert_eq!(
+        entries[0].embedding.vector,
+        FakeEmbedder::vector(&m.content)
+    );
+    assert_eq!(svc.get("u1", m.id).await.unwrap(), m);
+}
+
+/// The store's side of the backfill: a bounded scan finds exactly the live
+/// memories without an embedding of the model (none, another model's, or
+/// one of another length); an embedding is stored only while the memory's
+/// content is the one embedded, once, with a change-log record each.
+pub async fn backfill_stores_embeddings_only_for_unchanged_live_memories_once(h: &Harness) {
+    use uat_memory::{Embedding, NewEmbedding, NewRow, Patch, now};
+    // A database of its own: no service's backfill races with this test.
+    let store = h.bare_store().await;
+    let row = |content: &str, embedding: Option<Embedding>, expires: bool| {
+        let at = now();
+        NewRow {
+            content_hash: format!("hash of {content}"),
+            dedupe: false,
+            embedding,
+            memory: Memory {
+                id: Uuid::now_v7(),
+                user_id: "u1".into(),
+                agent_id: None,
+                run_id: None,
+                kind: None,
+                content: content.into(),
+                tags: Vec::new(),
+                metadata: serde_json::Map::new(),
+                created_at: at,
+                updated_at: at,
+                expires_at: expires.then(|| at - time::Duration::seconds(1)),
+            },
+        }
+    };
+    let emb = |model: &str, vector: Vec<f32>| {
+        Some(Embedding {
+            model: model.into(),
+            vector,
+        })
+    };
+    let rows = vec![
+        row("none yet", None, false),
+        row("patched meanwhile", None, false),
+        row(
+            "up to date",
+            emb("fake-concepts", FakeEmbedder::vector("up to date")),
+            false,
+        ),
+        row("older model", emb("older-model", vec![0.5; DIM]), false),
+        row("other length", emb("fake-concepts", vec![0.5; 4]), false),
+        row("expired", None, true),
+    ];
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.memory.id).collect();
+    store.insert(rows).await.unwrap();
+
+    // Two memories examined per step, however few of them match.
+    let mut found = Vec::new();
+    let mut after = None;
+    let mut steps = 0;
+    loop {
+        let page = store
+            .unembedded("fake-concepts", DIM, after, 2)
+            .await
+            .unwrap();
+        assert!(page.memories.len() <= 2);
+        found.extend(page.memories);
+        steps += 1;
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert!((3..=4).contains(&steps), "{steps} steps over 6 memories");
+    // In id order: sorted.
+    let found_ids: Vec<Uuid> = found.iter().map(|u| u.id).collect();
+    let sorted = |mut v: Vec<Uuid>| {
+        v.sort();
+        v
+    };
+    assert_eq!(found_ids, sorted(vec![ids[0], ids[1], ids[3], ids[4]]));
+    let none_yet = found.iter().find(|u| u.id == ids[0]).unwrap();
+    assert_eq!(none_yet.content, "none yet");
+    assert_eq!(none_yet.content_hash, "hash of none yet");
+
+    // One memory changes between the scan and the store.
+    let patch = Patch {
+        content: Some("new content".into()),
+        content_hash: Some("hash of new content".into()),
+        ..Patch::default()
+    };
+    store.update("u1", ids[1], patch).await.unwrap().unwrap();
+    let last = store.last_change().await.unwrap();
+    let made: Vec<NewEmbedding> = found
+        .iter()
+        .map(|u| NewEmbedding {
+            id: u.id,
+            content_hash: u.content_hash.clone(),
+            embedding: Embedding {
+                model: "fake-concepts".into(),
+                vector: FakeEmbedder::vector(&u.content),
+            },
+        })
+        .collect();
+    assert_eq!(store.store_embeddings(made.clone()).await.unwrap(), 3);
+    let changes = store.changes_after(last, 100).await.unwrap();
+    let changed: Vec<Option<Uuid>> = changes.iter().map(|c| c.memory_id).collect();
+    let stored = sorted(vec![ids[0], ids[3], ids[4]]);
+    assert_eq!(
+        changed,
+        stored.iter().copied().map(Some).collect::<Vec<_>>()
+    );
+    assert!(
+        changes
+            .iter()
+            .all(|c| c.op == uat_memory::ChangeOp::Upsert && c.user_id == "u1")
+    );
+    // Again (another replica with the same batch): nothing more.
+    assert_eq!(store.store_embeddings(made).await.unwrap(), 0);
+    assert_eq!(store.changes_after(last, 100).await.unwrap().len(), 3);
+
+    let mut entries = store.index_entries(&ids).await.unwrap();
+    entries.sort_by_key(|e| e.id);
+    let got: Vec<(Uuid, &str, usize)> = entries
+        .iter()
+        .map(|e| (e.id, e.embedding.model.as_str(), e.embedding.vector.len()))
+        .collect();
+    let want: Vec<(Uuid, &str, usize)> = sorted(vec![ids[0], ids[2], ids[3], ids[4]])
+        .into_iter()
+        .map(|id| (id, "fake-concepts", DIM))
+        .collect();
+    assert_eq!(
+        got, want,
+        "the patched memory keeps no embedding; the expired one gets none"
+    );
+    // Left: the patched memory, with its new content.
+    let left = store
+        .unembedded("fake-concepts", DIM, None, 100)
+        .await
+        .unwrap();
+    assert_eq!(left.next, None);
+    assert_eq!(left.memories.len(), 1);
+    assert_eq!(left.memories[0].id, ids[1]);
+    assert_eq!(left.memories[0].content, "new content");
+    // Stored beside the memory: no history entry, no new `updated_at`.
+    let ops: Vec<String> = store
+        .history("u1", ids[0])
+        .await
+        .unwrap()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.operation)
+        .collect();
+    assert_eq!(ops, vec!["create"]);
+}
+
+/// When the embedder fails, the backfill retries later (after a backoff of a
+/// second at first) and gets there.
+pub async fn the_backfill_retries_after_the_embedder_fails(h: &Harness) {
+    let keyword_only = h.open_service(None, "keyword-only").await;
+    let req = WriteRequest::from_json(
+        json!({"user_id": "u1", "content": "Dave loves his bike"}),
+        keyword_only.limits(),
+    )
+    .unwrap();
+    let m = keyword_only.write(req).await.unwrap().remove(0).memory;
+    drop(keyword_only);
+    let e = Arc::new(FlakyEmbedder {
+        failures: AtomicUsize::new(1),
+        calls: AtomicUsize::new(0),
+    });
+    let svc = h
+        .open_service(Some(e.clone() as Arc<dyn Embedder>), "flaky")
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while svc
+        .store()
+        .index_entries(&[m.id])
+        .await
+        .unwrap()
+        .iter()
+        .all(|x| x.embedding.model != "fake-concepts")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not backfilled within 10 s of a failure"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(e.calls.load(Ordering::Relaxed) >= 2, "failed, then retried");
+    found_semantically(&svc, "cycling", m.id).await;
 }
