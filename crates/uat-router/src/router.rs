@@ -148,6 +148,22 @@ impl Resolved {
     pub fn is_empty(&self) -> bool {
         self.targets.is_empty()
     }
+
+    /// The model as the cache knows it: the upstream model names the request
+    /// resolved to, distinct and sorted, joined by `,` (one name for all but
+    /// aliases over several models). An alias, `provider/model` and the plain
+    /// name of one model share their entries, their `model_ttl` and their
+    /// invalidation pattern; an alias pointed elsewhere gets new entries.
+    pub fn cache_name(&self) -> std::borrow::Cow<'_, str> {
+        let first = &*self.targets[0].model;
+        if self.targets.iter().all(|t| &*t.model == first) {
+            return std::borrow::Cow::Borrowed(first);
+        }
+        let mut names: Vec<&str> = self.targets.iter().map(|t| &*t.model).collect();
+        names.sort_unstable();
+        names.dedup();
+        std::borrow::Cow::Owned(names.join(","))
+    }
 }
 
 /// Health and load of one provider, for readiness and introspection.

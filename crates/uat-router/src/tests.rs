@@ -416,10 +416,16 @@ async fn backoff_grows_and_is_capped_and_honours_retry_after() {
 
 #[tokio::test]
 async fn aliases_resolve_and_unknown_models_do_not() {
-    let aliases = vec![ModelAlias {
-        name: "fast".into(),
-        targets: vec!["b/m".into(), "a/m".into()],
-    }];
+    let aliases = vec![
+        ModelAlias {
+            name: "fast".into(),
+            targets: vec!["b/m".into(), "a/m".into()],
+        },
+        ModelAlias {
+            name: "mixed".into(),
+            targets: vec!["b/z2".into(), "a/m".into(), "a/z2".into()],
+        },
+    ];
     let mut providers: Vec<(ProviderConfig, Box<dyn Provider>)> = Vec::new();
     for name in ["a", "b"] {
         let p = Scripted {
@@ -450,7 +456,11 @@ async fn aliases_resolve_and_unknown_models_do_not() {
         Err(RouterError::UnknownModel { .. })
     ));
     let ids: Vec<String> = r.list_models().into_iter().map(|m| m.id).collect();
-    assert_eq!(ids, vec!["m", "fast"]);
+    assert_eq!(ids, vec!["m", "fast", "mixed"]);
+    // The cache knows a request by the upstream models it resolves to.
+    for (name, cached) in [("fast", "m"), ("m", "m"), ("a/m", "m"), ("mixed", "m,z2")] {
+        assert_eq!(r.resolve(name).unwrap().cache_name(), cached, "{name}");
+    }
 }
 
 /// Lists its models only after a long delay.

@@ -146,10 +146,12 @@ impl CacheService {
         out
     }
 
-    fn ttl_for(&self, model: &str) -> Duration {
-        self.config
-            .model_ttl
-            .get(model)
+    /// The TTL of a model: an override for the name the client used (an
+    /// alias, say), else for the model it resolved to, else the default.
+    fn ttl_for(&self, model: ModelNames<'_>) -> Duration {
+        let ttls = &self.config.model_ttl;
+        ttls.get(model.public)
+            .or_else(|| ttls.get(model.cached))
             .copied()
             .unwrap_or(self.config.ttl)
     }
@@ -270,6 +272,28 @@ pub fn namespace(_headers: &HeaderMap) -> &'static str {
     DEFAULT_NAMESPACE
 }
 
+/// The two names of a request's model.
+#[derive(Debug, Clone, Copy)]
+pub struct ModelNames<'a> {
+    /// As the client wrote it (an alias, `provider/model`, a model): the
+    /// answer's labels, and `model_ttl` first.
+    pub public: &'a str,
+    /// What it resolved to (`uat_router::Resolved::cache_name`, or a local
+    /// model's name): the key's model, the one invalidation patterns match,
+    /// so every name of one model shares its entries.
+    pub cached: &'a str,
+}
+
+impl<'a> ModelNames<'a> {
+    /// A model known by one name.
+    pub fn same(name: &'a str) -> Self {
+        ModelNames {
+            public: name,
+            cached: name,
+        }
+    }
+}
+
 /// What the cache asks of the upstream call.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Ask {
@@ -286,7 +310,7 @@ pub async fn around<F, Fut>(
     state: &AppState,
     headers: &HeaderMap,
     kind: Kind,
-    model: &str,
+    names: ModelNames<'_>,
     body: &serde_json::Value,
     upstream: F,
 ) -> Response
@@ -298,14 +322,15 @@ where
     let Some(cache) = &svc.cache else {
         return tag(upstream(Ask::default()).await, "bypass", None);
     };
-    let p = match policy(&svc.config, svc.ttl_for(model), headers, kind, body) {
+    let model = names.public;
+    let p = match policy(&svc.config, svc.ttl_for(names), headers, kind, body) {
         Ok(p) => p,
         Err(e) => return tag(e.into_response(), "bypass", None),
     };
     if !p.read && !p.write {
         return tag(upstream(Ask::default()).await, "bypass", None);
     }
-    let key = CacheKey::for_request(namespace(headers), model, kind.into(), body);
+    let key = CacheKey::for_request(namespace(headers), names.cached, kind.into(), body);
     let replay = Replay::of(kind, body);
     let ask = Ask {
         usage: p.write

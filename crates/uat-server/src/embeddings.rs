@@ -213,7 +213,7 @@ async fn embeddings(
             &state,
             &headers,
             crate::cache::Kind::Embeddings,
-            &model,
+            crate::cache::ModelNames::same(&model),
             &body,
             |_| async move {
                 local(&st, parsed)
@@ -222,6 +222,14 @@ async fn embeddings(
             },
         )
         .await;
+        // A hit keeps the cache's own labels (provider "cache").
+        let hit = resp
+            .headers()
+            .get(&crate::cache::X_UAT_CACHE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"hit"));
+        if hit {
+            return resp;
+        }
         return tagged(resp, "local", 1, &model);
     }
     if model.is_empty() {
@@ -230,9 +238,10 @@ async fn embeddings(
             .unwrap_or_else(|| ApiError::invalid_field("model", "missing field `model`"))
             .into_response();
     }
-    if !state.gateway.router().has_model(&model) {
+    let Ok(resolved) = state.gateway.router().resolve(&model) else {
         return ApiError::model_not_found(&model).into_response();
-    }
+    };
+    let cached = resolved.cache_name();
     let st = state.clone();
     let m = model.clone();
     let b = body.clone();
@@ -240,7 +249,10 @@ async fn embeddings(
         &state,
         &headers,
         crate::cache::Kind::Embeddings,
-        &model,
+        crate::cache::ModelNames {
+            public: &model,
+            cached: &cached,
+        },
         &body,
         |_| async move {
             match st.gateway.router().embeddings(&m, &b).await {

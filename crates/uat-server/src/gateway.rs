@@ -281,6 +281,11 @@ async fn chat(State(state): State<AppState>, request: Request) -> Response {
         Ok(r) => r,
         Err(e) => return error_response(router_error(&e), None, 0, ""),
     };
+    let cached = resolved.cache_name();
+    let names = cache::ModelNames {
+        public: &req.model,
+        cached: &cached,
+    };
     let (req, resolved) = (&req, &resolved);
     let upstream = |ask: cache::Ask| async move {
         if req.is_stream() && ask.usage && !req.include_usage() {
@@ -308,15 +313,7 @@ async fn chat(State(state): State<AppState>, request: Request) -> Response {
             }
         }
     };
-    cache::around(
-        &state,
-        &headers,
-        cache::Kind::Chat,
-        &req.model,
-        &body,
-        upstream,
-    )
-    .await
+    cache::around(&state, &headers, cache::Kind::Chat, names, &body, upstream).await
 }
 
 async fn stream_upstream(

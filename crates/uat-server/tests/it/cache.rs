@@ -78,6 +78,49 @@ async fn repeated_deterministic_chat_is_a_hit() {
     assert_eq!(up.calls(), 2);
 }
 
+/// The key's model is the model after alias resolution: an alias,
+/// `provider/model` and the model's own name share one entry, a pattern on
+/// the model's name invalidates what was stored through the alias, and a
+/// `model_ttl` set for the alias applies to it.
+#[tokio::test]
+async fn an_alias_and_its_model_share_entries() {
+    let (up, toml, model) = setup("").await;
+    let toml = format!(
+        "{toml}[cache.model_ttl]\nfast = \"1s\"\n[[models]]\nname = \"fast\"\ntargets = [\"p/{model}\"]\n"
+    );
+    let app = spawn_app(&toml).await;
+    let r = app.chat(det("fast", false)).await;
+    assert_eq!(header(&r, "x-uat-cache"), "miss");
+    let key = header(&r, "x-uat-cache-key");
+    assert!(key.starts_with(&format!("{model}|")), "{key}");
+    for name in [model.clone(), format!("p/{model}")] {
+        assert_eq!(
+            header(&app.chat(det(&name, false)).await, "x-uat-cache"),
+            "hit-l1",
+            "{name}"
+        );
+    }
+    assert_eq!(up.calls(), 1);
+    let r = app
+        .client
+        .delete(app.at("/v1/cache"))
+        .json(&json!({ "pattern": model }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({"deleted": 1}));
+    assert_eq!(
+        header(&app.chat(det("fast", false)).await, "x-uat-cache"),
+        "miss"
+    );
+    // Stored through the alias with its 1 s TTL: gone after it.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(
+        header(&app.chat(det(&model, false)).await, "x-uat-cache"),
+        "miss"
+    );
+}
+
 #[tokio::test]
 async fn non_deterministic_requests_bypass_unless_mode_always() {
     let (up, toml, model) = setup("").await;

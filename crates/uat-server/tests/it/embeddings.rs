@@ -147,6 +147,14 @@ async fn local_embeddings_are_cached_and_replayed_byte_exact() {
     let (second, hit) = send().await;
     assert_eq!(second, "hit-l1");
     assert_eq!(hit, miss, "the hit is the stored answer, byte for byte");
+    // The hit is counted as the cache's, not as local inference.
+    let metrics = app.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("uat_requests_total{") && l.contains("provider=\"cache\"")),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
