@@ -20,7 +20,12 @@ struct ChoiceAcc {
     role: Option<Value>,
     content: Option<String>,
     refusal: Option<String>,
+    /// Other text a delta carries (`reasoning_content` from reasoning
+    /// models), joined as content is.
+    other_text: BTreeMap<String, String>,
     tool_calls: BTreeMap<u64, ToolCallAcc>,
+    /// `logprobs.content` / `logprobs.refusal` items, in order.
+    logprobs: Option<(Vec<Value>, Vec<Value>)>,
     finish_reason: Option<Value>,
 }
 
@@ -66,6 +71,10 @@ pub(crate) fn is_usage_only(event: &[u8]) -> bool {
     serde_json::from_slice::<Peek>(data.trim_ascii_end())
         .is_ok_and(|p| p.usage.is_some() && p.choices.is_none_or(|c| c.is_empty()))
 }
+
+/// Delta fields the assembler folds itself; any other text field is joined
+/// as it comes and stored in the message under its own name.
+const DELTA_FIELDS: [&str; 4] = ["role", "content", "refusal", "tool_calls"];
 
 /// Largest stream recorded; a longer one is forwarded but not stored.
 const MAX_RECORDED: usize = 16 * 1024 * 1024;
@@ -159,9 +168,28 @@ impl Assembler {
             {
                 acc.finish_reason = Some(fr.clone());
             }
+            if let Some(lp) = c.get("logprobs").filter(|l| !l.is_null()) {
+                let (content, refusal) = acc.logprobs.get_or_insert_with(Default::default);
+                for (field, into) in [("content", content), ("refusal", refusal)] {
+                    if let Some(items) = lp.get(field).and_then(Value::as_array) {
+                        into.extend(items.iter().cloned());
+                    }
+                }
+            }
             let Some(delta) = c.get("delta") else {
                 continue;
             };
+            if let Some(fields) = delta.as_object() {
+                for (name, v) in fields {
+                    if let (false, Some(text)) = (DELTA_FIELDS.contains(&name.as_str()), v.as_str())
+                    {
+                        acc.other_text
+                            .entry(name.clone())
+                            .or_default()
+                            .push_str(text);
+                    }
+                }
+            }
             if let Some(r) = delta.get("role")
                 && !r.is_null()
             {
@@ -220,6 +248,9 @@ impl Assembler {
             if let Some(r) = c.refusal {
                 msg.insert("refusal".into(), Value::String(r));
             }
+            for (name, text) in c.other_text {
+                msg.insert(name, Value::String(text));
+            }
             if !c.tool_calls.is_empty() {
                 let calls: Vec<Value> = c
                     .tool_calls
@@ -234,10 +265,16 @@ impl Assembler {
                     .collect();
                 msg.insert("tool_calls".into(), Value::Array(calls));
             }
+            let logprobs = c.logprobs.map_or(Value::Null, |(content, refusal)| {
+                json!({
+                    "content": content,
+                    "refusal": if refusal.is_empty() { Value::Null } else { Value::Array(refusal) },
+                })
+            });
             choices.push(json!({
                 "index": idx,
                 "message": Value::Object(msg),
-                "logprobs": Value::Null,
+                "logprobs": logprobs,
                 "finish_reason": c.finish_reason.unwrap_or(Value::Null),
             }));
         }
@@ -328,6 +365,15 @@ pub(crate) fn replay(stored: &[u8], include_usage: bool) -> Option<Vec<u8>> {
         {
             delta.insert("refusal".into(), r.clone());
         }
+        // Any other message field (`reasoning_content`, `annotations`,
+        // `audio`) goes in the first delta as it is.
+        if let Some(fields) = msg.as_object() {
+            for (name, v) in fields {
+                if !DELTA_FIELDS.contains(&name.as_str()) && !v.is_null() {
+                    delta.insert(name.clone(), v.clone());
+                }
+            }
+        }
         if let Some(calls) = msg.get("tool_calls").and_then(Value::as_array) {
             let calls: Vec<Value> = calls
                 .iter()
@@ -342,8 +388,9 @@ pub(crate) fn replay(stored: &[u8], include_usage: bool) -> Option<Vec<u8>> {
                 .collect();
             delta.insert("tool_calls".into(), Value::Array(calls));
         }
+        let logprobs = choice.get("logprobs").cloned().unwrap_or(Value::Null);
         emit(
-            json!([{ "index": idx, "delta": Value::Object(delta), "logprobs": Value::Null, "finish_reason": Value::Null }]),
+            json!([{ "index": idx, "delta": Value::Object(delta), "logprobs": logprobs, "finish_reason": Value::Null }]),
             None,
         )?;
         emit(
@@ -361,6 +408,46 @@ pub(crate) fn replay(stored: &[u8], include_usage: bool) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a reasoning model streams beside the content, and the tokens'
+    /// logprobs, are kept: in the stored completion and in its replay.
+    /// Before, both were dropped (logprobs stored as null).
+    #[test]
+    fn reasoning_text_and_logprobs_survive_recording_and_replay() {
+        let lp = |t: &str| json!({"token": t, "logprob": -0.5, "bytes": [], "top_logprobs": []});
+        let events = [
+            json!({"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"role":"assistant","reasoning_content":"Think "},"logprobs":null,"finish_reason":null}]}),
+            json!({"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"reasoning_content":"hard."},"logprobs":null,"finish_reason":null}]}),
+            json!({"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"Hi"},"logprobs":{"content":[lp("Hi")],"refusal":null},"finish_reason":null}]}),
+            json!({"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"!"},"logprobs":{"content":[lp("!")],"refusal":null},"finish_reason":"stop"}]}),
+        ];
+        let mut asm = Assembler::default();
+        for e in &events {
+            asm.feed(format!("data: {e}\n\n").as_bytes());
+        }
+        asm.feed(b"data: [DONE]\n\n");
+        let stored = asm.finish().expect("a complete stream");
+        let v: Value = serde_json::from_slice(&stored).unwrap();
+        let choice = &v["choices"][0];
+        assert_eq!(choice["message"]["content"], "Hi!");
+        assert_eq!(choice["message"]["reasoning_content"], "Think hard.");
+        assert_eq!(choice["logprobs"]["content"], json!([lp("Hi"), lp("!")]));
+        let replayed = String::from_utf8(replay(&stored, false).unwrap()).unwrap();
+        let first: Value = serde_json::from_str(
+            replayed
+                .lines()
+                .next()
+                .unwrap()
+                .strip_prefix("data: ")
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            first["choices"][0]["delta"]["reasoning_content"],
+            "Think hard."
+        );
+        assert_eq!(first["choices"][0]["logprobs"]["content"][1]["token"], "!");
+    }
 
     fn chunk(content: &str) -> String {
         format!(
