@@ -117,8 +117,10 @@ pub enum Flight {
     /// This caller goes upstream; identical callers wait until the guard drops.
     Leader(FlightGuard),
     /// An identical request was in flight and has finished (or the wait timed
-    /// out): look the key up again, and go upstream alone on a miss.
-    Waited,
+    /// out): look the key up again, and go upstream alone on a miss. With no
+    /// L1, its answer comes along (the L2/L3 writes are still queued, so a
+    /// lookup would miss).
+    Waited(Option<Found>),
 }
 
 type FlightMap = Arc<Mutex<HashMap<CacheKey, Arc<Landing>, BuildKeyHasher>>>;
@@ -128,6 +130,8 @@ type FlightMap = Arc<Mutex<HashMap<CacheKey, Arc<Landing>, BuildKeyHasher>>>;
 struct Landing {
     landed: AtomicBool,
     notify: Notify,
+    /// The leader's answer, kept only when there is no L1 to find it in.
+    value: std::sync::OnceLock<Found>,
 }
 
 /// Held by the leader of a flight; dropping it releases the waiters. Drop it
@@ -342,6 +346,25 @@ impl TieredCache {
         None
     }
 
+    /// [`TieredCache::put`] by the leader of a flight: with no L1 the value
+    /// also goes to the flight's waiters, which would not find it before the
+    /// queued L2/L3 writes land.
+    pub fn land(&self, guard: &FlightGuard, key: &CacheKey, value: Bytes, ttl: Duration) {
+        if self.inner.l1.is_none() && !ttl.is_zero() {
+            let level = if self.inner.l2.is_some() {
+                Level::L2
+            } else {
+                Level::L3
+            };
+            let _ = guard.landing.value.set(Found {
+                value: value.clone(),
+                level,
+                ttl: ttl.min(uat_config::MAX_TTL),
+            });
+        }
+        self.put(key, value, ttl);
+    }
+
     /// Stores a value in every enabled level: L1 now, L2/L3 through the queue.
     /// A time to live over [`uat_config::MAX_TTL`] is cut to it.
     pub fn put(&self, key: &CacheKey, value: Bytes, ttl: Duration) {
@@ -501,7 +524,7 @@ impl TieredCache {
         if !landing.landed.load(Ordering::Acquire) {
             let _ = tokio::time::timeout(max_wait, notified).await;
         }
-        Flight::Waited
+        Flight::Waited(landing.value.get().cloned())
     }
 
     /// Health of each enabled level below L1 (`false`: being skipped).

@@ -354,8 +354,12 @@ where
             .await
         {
             Flight::Leader(g) => guard = Some(g),
-            Flight::Waited => {
-                if let Some(found) = cache.get(&key).await
+            Flight::Waited(landed) => {
+                let found = match landed {
+                    Some(found) => Some(found),
+                    None => cache.get(&key).await,
+                };
+                if let Some(found) = found
                     && let Some(resp) = serve_hit(cache, &key, found, replay, model).await
                 {
                     return resp;
@@ -388,7 +392,7 @@ where
                 cache: cache.clone(),
                 key: key.clone(),
                 ttl: p.ttl,
-                _guard: guard,
+                guard,
             }),
         };
         return tag(
@@ -419,7 +423,10 @@ where
     // closes after the store, so an identical request that arrived meanwhile
     // finds the entry in L1.
     if bytes.len() <= MAX_CACHED_BODY && seen.unwrap_or_else(|| valid_answer(kind, &bytes)) {
-        cache.put(&key, bytes.clone(), p.ttl);
+        match &guard {
+            Some(g) => cache.land(g, &key, bytes.clone(), p.ttl),
+            None => cache.put(&key, bytes.clone(), p.ttl),
+        }
     }
     drop(guard);
     tag(
@@ -538,7 +545,18 @@ struct Sink {
     key: CacheKey,
     ttl: Duration,
     // Released after the store so waiters find the entry in L1.
-    _guard: Option<FlightGuard>,
+    guard: Option<FlightGuard>,
+}
+
+impl Sink {
+    /// Stores the answer, and hands it to the flight's waiters when there
+    /// is no L1 for them to find it in; the flight closes after.
+    fn store(self, value: Bytes) {
+        match &self.guard {
+            Some(g) => self.cache.land(g, &self.key, value, self.ttl),
+            None => self.cache.put(&self.key, value, self.ttl),
+        }
+    }
 }
 
 /// A streamed response body forwarded untouched while its SSE events are
@@ -580,7 +598,7 @@ where
                     if let Some(sink) = this.sink.take()
                         && let Some(completion) = this.asm.finish()
                     {
-                        sink.cache.put(&sink.key, Bytes::from(completion), sink.ttl);
+                        sink.store(Bytes::from(completion));
                     }
                     Poll::Ready(None)
                 }

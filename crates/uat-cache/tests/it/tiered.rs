@@ -290,7 +290,7 @@ async fn single_flight_makes_one_upstream_call() {
                     drop(guard);
                     v
                 }
-                Flight::Waited => c.get(&k).await.expect("leader stored the answer").value,
+                Flight::Waited(_) => c.get(&k).await.expect("leader stored the answer").value,
             }
         }));
     }
@@ -299,6 +299,45 @@ async fn single_flight_makes_one_upstream_call() {
     }
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     assert!(c.stats().await.singleflight_waiters >= 1);
+}
+
+/// With no L1 the leader's answer goes to its waiters with the flight: the
+/// L2 write is still queued when they wake, so a lookup would miss and each
+/// would go upstream too.
+#[tokio::test]
+async fn single_flight_without_l1_hands_the_answer_to_the_waiters() {
+    let Some(l2) = redis(&unique("sf0")).await else {
+        return;
+    };
+    let c = TieredCache::builder().l1(0).l2(l2).build();
+    assert!(c.l1().is_none());
+    let k = key(&unique("sf0-ns"), "m", 1);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (c, k, calls) = (c.clone(), k.clone(), calls.clone());
+        tasks.push(tokio::spawn(async move {
+            match c.single_flight(&k, Duration::from_secs(10)).await {
+                Flight::Leader(guard) => {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let v = Bytes::from_static(b"upstream answer");
+                    c.land(&guard, &k, v.clone(), Duration::from_secs(60));
+                    drop(guard);
+                    v
+                }
+                Flight::Waited(found) => {
+                    let found = found.expect("the leader's answer came with the flight");
+                    assert_eq!(found.level, Level::L2);
+                    found.value
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), Bytes::from_static(b"upstream answer"));
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]
@@ -313,7 +352,7 @@ async fn a_failed_leader_releases_waiters() {
     let waiter = tokio::spawn(async move {
         matches!(
             c2.single_flight(&k2, Duration::from_secs(10)).await,
-            Flight::Waited
+            Flight::Waited(None)
         )
     });
     tokio::time::sleep(Duration::from_millis(50)).await;
