@@ -24,6 +24,8 @@ pub struct EmbeddingsConfig {
     #[serde(with = "crate::duration")]
     pub max_wait: Duration,
     /// Inputs that may wait in the queue; beyond it requests get 503 at once.
+    /// At least [`EmbeddingsConfig::MAX_REQUEST_INPUTS`], so that the largest
+    /// request fits an empty queue.
     pub queue_capacity: usize,
     /// Compute lanes: batches that run at once, one thread each (data
     /// parallel; a burst is split over every lane).
@@ -59,6 +61,11 @@ impl Default for EmbeddingsConfig {
 }
 
 impl EmbeddingsConfig {
+    /// Most inputs one embeddings request may carry (the OpenAI limit);
+    /// `uat_embed::MAX_INPUTS` is this value. Lives here so that the queue
+    /// capacity can be checked against it.
+    pub const MAX_REQUEST_INPUTS: usize = 2048;
+
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         let mut names = HashSet::new();
         for (i, m) in self.models.iter().enumerate() {
@@ -69,20 +76,26 @@ impl EmbeddingsConfig {
                 ));
             }
         }
-        if self.batch_tokens == 0
-            || self.max_batch_size == 0
-            || self.queue_capacity == 0
-            || self.threads == 0
-        {
+        if self.batch_tokens == 0 || self.max_batch_size == 0 || self.threads == 0 {
             return Err(ConfigError::invalid(
                 "embeddings",
-                "batch_tokens, max_batch_size, queue_capacity and threads must be at least 1",
+                "batch_tokens, max_batch_size and threads must be at least 1",
             ));
         }
         if self.threads > 1024 || self.queue_capacity > 1 << 24 {
             return Err(ConfigError::invalid(
                 "embeddings",
                 "threads must be at most 1024 and queue_capacity at most 16777216",
+            ));
+        }
+        if self.queue_capacity < Self::MAX_REQUEST_INPUTS {
+            return Err(ConfigError::invalid(
+                "embeddings.queue_capacity",
+                format!(
+                    "must be at least {} (the most inputs one request may carry; a \
+                     smaller queue could never take such a request)",
+                    Self::MAX_REQUEST_INPUTS
+                ),
             ));
         }
         if self.max_wait > MAX_WAIT {

@@ -297,3 +297,27 @@ fn vector_snapshot_wal_bytes_defaults_to_64_mib_and_is_bounded() {
         .to_string();
     assert!(msg.contains("vector.snapshot_wal_bytes"), "{msg}");
 }
+
+/// Regression: a queue smaller than the largest request answered that request
+/// 503 + Retry-After even when empty, and clients retried it in vain. The
+/// queue must hold one request of the most inputs allowed; the error names
+/// the path and the limit.
+#[test]
+fn embeddings_queue_capacity_holds_the_largest_request() {
+    let max = EmbeddingsConfig::MAX_REQUEST_INPUTS;
+    assert_eq!(max, 2048);
+    for toml in [
+        format!("[embeddings]\nqueue_capacity = {}\n", max - 1),
+        "[embeddings]\nqueue_capacity = 100\n".to_string(),
+    ] {
+        let msg = load_str(&toml, &[]).unwrap_err().to_string();
+        assert!(msg.contains("embeddings.queue_capacity"), "{toml}: {msg}");
+        assert!(msg.contains("2048"), "{toml}: {msg}");
+    }
+    let msg = load_str("", &[("UAT_EMBEDDINGS__QUEUE_CAPACITY", "10")])
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("embeddings.queue_capacity"), "{msg}");
+    let c = load_str(&format!("[embeddings]\nqueue_capacity = {max}\n"), &[]).unwrap();
+    assert_eq!(c.embeddings.queue_capacity, max);
+}

@@ -80,24 +80,12 @@ impl CandleBackend {
     /// `tokenizer.json` and `model.safetensors` (memory-mapped while loading).
     pub fn load(dir: &Path) -> Result<CandleBackend> {
         let started = Instant::now();
-        let spec = FolderSpec::read(dir)?;
+        let Plan {
+            spec,
+            config,
+            max_seq_length,
+        } = Plan::read(dir)?;
         let tdir = &spec.transformer_dir;
-        let config = BertConfig::read(&tdir.join("config.json"))?;
-        let max_seq_length = spec
-            .max_seq_length
-            .unwrap_or(config.max_position_embeddings)
-            .min(config.max_position_embeddings);
-        if let Some(d) = spec.word_embedding_dimension
-            && d != config.hidden_size
-        {
-            return Err(EmbedError::load(
-                dir,
-                format!(
-                    "pooling word_embedding_dimension {d} differs from hidden_size {}",
-                    config.hidden_size
-                ),
-            ));
-        }
         let tok_path = tdir.join("tokenizer.json");
         let tokenizer = TextTokenizer::load(&tok_path, max_seq_length, spec.do_lower_case)?;
         let tokenizer_bytes = std::fs::metadata(&tok_path).map(|m| m.len()).unwrap_or(0);
@@ -131,6 +119,27 @@ impl CandleBackend {
         })
     }
 
+    /// Checks a folder without loading it, and returns the bytes it will take
+    /// once loaded (from its file sizes): reads the module list, the pooling
+    /// and model configs as [`CandleBackend::load`] does, and checks that the
+    /// tokenizer and weights files are there. A folder that passes can still
+    /// fail to load (a malformed tokenizer or weights file), but the usual
+    /// mistakes are caught cheaply; the registry runs this before it unloads
+    /// other models to make room.
+    pub fn check(dir: &Path) -> Result<u64> {
+        let plan = Plan::read(dir)?;
+        let mut bytes = 0;
+        for f in ["tokenizer.json", "model.safetensors"] {
+            let path = plan.spec.transformer_dir.join(f);
+            match std::fs::metadata(&path) {
+                Ok(m) if m.is_file() => bytes += m.len(),
+                Ok(_) => return Err(EmbedError::load(&path, "not a file")),
+                Err(e) => return Err(EmbedError::load(&path, e)),
+            }
+        }
+        Ok(bytes)
+    }
+
     /// How long [`CandleBackend::load`] took.
     pub fn load_time(&self) -> Duration {
         self.load_time
@@ -154,6 +163,41 @@ impl CandleBackend {
             out.push(v);
         }
         Ok(())
+    }
+}
+
+/// What a folder declares, read and checked before any weights.
+struct Plan {
+    spec: FolderSpec,
+    config: BertConfig,
+    /// The folder's `max_seq_length`, capped by the position table.
+    max_seq_length: usize,
+}
+
+impl Plan {
+    fn read(dir: &Path) -> Result<Plan> {
+        let spec = FolderSpec::read(dir)?;
+        let config = BertConfig::read(&spec.transformer_dir.join("config.json"))?;
+        let max_seq_length = spec
+            .max_seq_length
+            .unwrap_or(config.max_position_embeddings)
+            .min(config.max_position_embeddings);
+        if let Some(d) = spec.word_embedding_dimension
+            && d != config.hidden_size
+        {
+            return Err(EmbedError::load(
+                dir,
+                format!(
+                    "pooling word_embedding_dimension {d} differs from hidden_size {}",
+                    config.hidden_size
+                ),
+            ));
+        }
+        Ok(Plan {
+            spec,
+            config,
+            max_seq_length,
+        })
     }
 }
 

@@ -3,7 +3,8 @@
 //! them on a bounded compute pool.
 //!
 //! Life of an input: [`Batcher::embed`] checks the queue capacity (a full queue is
-//! [`EmbedError::Overloaded`] at once), appends the inputs and returns a future.
+//! [`EmbedError::Overloaded`] at once; a request larger than the whole queue is
+//! [`EmbedError::TooManyInputs`]), appends the inputs and returns a future.
 //! The batch thread wakes, waits at most `max_wait` after the oldest input arrived
 //! (less if a full batch is already queued), then takes the oldest input plus the
 //! queued inputs closest to it in length while `longest x count <= batch_tokens`
@@ -257,7 +258,8 @@ impl Batcher {
 
     /// Queues `inputs` (token ids, as from [`crate::prepare`]) and resolves to one
     /// vector per input, in order. A full queue fails at once with
-    /// [`EmbedError::Overloaded`], before the future is polled.
+    /// [`EmbedError::Overloaded`], before the future is polled; more inputs than
+    /// the queue's whole capacity with [`EmbedError::TooManyInputs`].
     pub fn embed(
         &self,
         inputs: Vec<Vec<u32>>,
@@ -289,6 +291,15 @@ impl Batcher {
             let mut q = self.shared.queue.lock();
             if q.closed {
                 return Err(EmbedError::ShuttingDown);
+            }
+            // A request the whole queue cannot hold would never fit: the
+            // caller's error, not a 503 to retry. (The config requires a
+            // capacity of at least `MAX_INPUTS`; a hand-built config may not.)
+            if n > self.shared.cfg.queue_capacity {
+                return Err(EmbedError::TooManyInputs {
+                    got: n,
+                    max: self.shared.cfg.queue_capacity,
+                });
             }
             if q.items.len() + n > self.shared.cfg.queue_capacity {
                 return Err(EmbedError::Overloaded {

@@ -8,7 +8,8 @@
 ///   [`EmbedError::InvalidInput`], [`EmbedError::InputTooLong`],
 ///   [`EmbedError::InvalidTokenId`], [`EmbedError::DimensionsUnsupported`],
 ///   [`EmbedError::UnknownModel`];
-/// - overload (HTTP 503): [`EmbedError::Overloaded`], [`EmbedError::ShuttingDown`];
+/// - overload (HTTP 503): [`EmbedError::Overloaded`], [`EmbedError::MemoryBudget`],
+///   [`EmbedError::ShuttingDown`];
 /// - ours (HTTP 500): [`EmbedError::ModelLoad`], [`EmbedError::Unsupported`],
 ///   [`EmbedError::Inference`], [`EmbedError::Tokenizer`].
 ///
@@ -80,6 +81,21 @@ pub enum EmbedError {
     Overloaded {
         /// Queue capacity in inputs.
         capacity: usize,
+    },
+    /// The model cannot be loaded now: the memory budget is held by models
+    /// that were unloaded but are still finishing requests, and they did not
+    /// finish within the registry's wait; try again later (HTTP 503).
+    #[error(
+        "cannot load embedding model '{model}' ({needed} bytes) now: the memory budget of \
+         {budget} bytes is held by models still finishing requests; try again later"
+    )]
+    MemoryBudget {
+        /// The model to load.
+        model: String,
+        /// Bytes it needs (estimated from its files, or measured at its last load).
+        needed: u64,
+        /// `embeddings.memory_budget`.
+        budget: u64,
     },
     /// The model was unloaded or the process is shutting down while the request waited.
     #[error("the embedding model is shutting down")]

@@ -7,8 +7,9 @@ use crate::error::{EmbedError, Result};
 use base64::Engine as _;
 use serde_json::Value;
 
-/// Most inputs one request may carry (the OpenAI limit).
-pub const MAX_INPUTS: usize = 2048;
+/// Most inputs one request may carry (the OpenAI limit). Defined in the config
+/// crate, which requires `embeddings.queue_capacity` to hold this many.
+pub const MAX_INPUTS: usize = uat_config::EmbeddingsConfig::MAX_REQUEST_INPUTS;
 
 /// The `input` of an embeddings request.
 #[derive(Debug, Clone, PartialEq)]

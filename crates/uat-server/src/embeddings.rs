@@ -110,6 +110,8 @@ pub fn embed_error(e: EmbedError) -> ApiError {
             ApiError::invalid_field("dimensions", e.to_string())
         }
         EmbedError::Overloaded { .. } => ApiError::overloaded(e.to_string(), 1),
+        // Models still serving hold the memory a load needs: retry shortly.
+        EmbedError::MemoryBudget { .. } => ApiError::overloaded(e.to_string(), 5),
         EmbedError::ShuttingDown => ApiError::unavailable(e.to_string()),
         _ if e.is_client_error() => ApiError::invalid_field("input", e.to_string()),
         _ => ApiError::internal(e),

@@ -200,6 +200,40 @@ async fn a_full_queue_is_overloaded_at_once() {
     assert_eq!(queued.await.unwrap(), vec![vec![1.0], vec![2.0], vec![3.0]]);
 }
 
+/// Regression: a request with more inputs than the whole queue holds was
+/// `Overloaded` (a 503 with Retry-After) even on an empty queue, and retried in
+/// vain; it can never fit, so it is the caller's error, naming the limit.
+#[tokio::test]
+async fn a_request_larger_than_the_queue_is_a_client_error() {
+    let (tx, rx) = mpsc::channel();
+    let backend = Arc::new(Gated {
+        info: ModelInfo {
+            dim: 1,
+            max_seq_length: 16,
+            vocab_size: 256,
+            pooling: Pooling::MEAN,
+            normalize: false,
+        },
+        gate: Mutex::new(rx),
+        passes: AtomicU64::new(0),
+    });
+    let c = BatcherConfig {
+        queue_capacity: 3,
+        ..cfg(0)
+    };
+    let batcher = Batcher::new("gated", backend, ComputePool::new(1).unwrap(), c).unwrap();
+    let err = batcher
+        .embed(vec![vec![1]; 4])
+        .await
+        .expect_err("4 inputs never fit a queue of 3");
+    assert_eq!(err, EmbedError::TooManyInputs { got: 4, max: 3 });
+    assert!(err.is_client_error());
+    // As many as the queue holds are fine.
+    let ok = batcher.embed(vec![vec![1]; 3]);
+    tx.send(()).unwrap();
+    assert_eq!(ok.await.unwrap(), vec![vec![1.0]; 3]);
+}
+
 /// A backend that records how many forward passes run at the same time.
 struct Overlap {
     info: ModelInfo,

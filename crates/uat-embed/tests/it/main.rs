@@ -8,6 +8,7 @@
 
 mod agreement;
 mod batching;
+mod budget;
 mod common;
 mod input;
 mod registry;

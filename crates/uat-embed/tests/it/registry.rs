@@ -72,6 +72,31 @@ async fn lru_unload_under_a_small_budget_and_reload_on_next_use() {
     assert_eq!(again.embeddings, first.embeddings);
 }
 
+/// Regression: the models evicted to make room went before the loader ran, so
+/// a folder that failed to load (here a broken `config.json`) also unloaded
+/// the model that worked. The folder is now checked before anything goes.
+#[tokio::test]
+async fn a_failed_load_keeps_the_loaded_models() {
+    let (root, r, _) = two_models(1.5);
+    r.load("a").await.unwrap();
+    let config = root.path().join("b/config.json");
+    let good: serde_json::Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    std::fs::write(&config, "{ not json").unwrap();
+    let err = r.load("b").await.unwrap_err();
+    assert!(
+        matches!(&err, EmbedError::ModelLoad { path, .. } if path.ends_with("config.json")),
+        "{err:?}"
+    );
+    assert_eq!(loaded(&r), vec![("a".into(), true), ("b".into(), false)]);
+    // An unsupported model_type is refused before anything goes, too.
+    let mut t5 = good;
+    t5["model_type"] = "t5".into();
+    std::fs::write(&config, t5.to_string()).unwrap();
+    assert!(matches!(r.load("b").await, Err(EmbedError::Unsupported(_))));
+    assert_eq!(loaded(&r), vec![("a".into(), true), ("b".into(), false)]);
+    r.embed("a", texts(&["hello"])).await.unwrap();
+}
+
 #[tokio::test]
 async fn both_models_stay_loaded_when_the_budget_allows() {
     let (_root, r, _) = two_models(3.0);
