@@ -8,14 +8,12 @@
 //! for ever. A client could take every slot that way with a few connections.
 //!
 //! So each HTTP/2 stream task runs under a [`SendWatch`] ([`StreamExec`]
-//! spawns it): the response body notes when it hands hyper a frame and when
-//! hyper comes back for the next ([`Watched`] bodies, made by
-//! [`watch_body`]); a stream that has held a frame hyper could not send for
-//! `server.write_timeout` is dropped, which resets it and drops its body.
+//! spawns it): the response body (the middleware's, which holds the
+//! in-flight slot) notes when it hands hyper a frame and when hyper comes
+//! back for the next ([`SendWatch::note`]); a stream that has held a frame
+//! hyper could not send for `server.write_timeout` is dropped, which resets
+//! it and drops its body.
 
-use axum::body::Body;
-use bytes::Bytes;
-use http_body::{Body as HttpBody, Frame, SizeHint};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -61,43 +59,22 @@ impl SendWatch {
     }
 }
 
-/// The response body under the stream's watch, when the request is served
-/// on an HTTP/2 stream task spawned by [`StreamExec`]; else the body as is.
-pub(crate) fn watch_body(body: Body) -> Body {
-    match WATCH.try_with(Arc::clone) {
-        Ok(watch) => Body::new(WatchedBody { inner: body, watch }),
-        Err(_) => body,
-    }
+/// The watch of the HTTP/2 stream task this request is served on (spawned
+/// by [`StreamExec`]); `None` on HTTP/1. The response body notes its frames
+/// in it ([`SendWatch::note`]).
+pub(crate) fn current() -> Option<Arc<SendWatch>> {
+    WATCH.try_with(Arc::clone).ok()
 }
 
-struct WatchedBody {
-    inner: Body,
-    watch: Arc<SendWatch>,
-}
-
-impl HttpBody for WatchedBody {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        let owed = match &polled {
-            Poll::Ready(Some(Ok(_))) => self.watch.stamp(),
+impl SendWatch {
+    /// Notes what the body's `poll_frame` gave hyper: a frame is owed until
+    /// hyper comes back for the next (anything else owes nothing).
+    pub(crate) fn note<T, E>(&self, polled: &Poll<Option<Result<T, E>>>) {
+        let owed = match polled {
+            Poll::Ready(Some(Ok(_))) => self.stamp(),
             _ => 0,
         };
-        self.watch.owed_since.store(owed, Ordering::Release);
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.owed_since.store(owed, Ordering::Release);
     }
 }
 

@@ -100,6 +100,8 @@ impl Drop for InFlightGuard {
 struct GuardedBody {
     inner: Body,
     _guard: InFlightGuard,
+    /// On HTTP/2, the stream's watch, told of every frame (see `h2watch`).
+    watch: Option<std::sync::Arc<crate::h2watch::SendWatch>>,
 }
 
 impl HttpBody for GuardedBody {
@@ -110,7 +112,11 @@ impl HttpBody for GuardedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Some(w) = &self.watch {
+            w.note(&polled);
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -157,10 +163,11 @@ async fn shed_and_measure(State(limit): State<InFlight>, req: Request, next: Nex
     let (parts, body) = resp.into_parts();
     Response::from_parts(
         parts,
-        crate::h2watch::watch_body(Body::new(GuardedBody {
+        Body::new(GuardedBody {
             inner: body,
             _guard: guard,
-        })),
+            watch: crate::h2watch::current(),
+        }),
     )
 }
 

@@ -477,6 +477,18 @@ impl StreamState {
         self.pending.push_back(StreamChunk::from_chunk(&c));
     }
 
+    /// A content delta of the text at `pointer` in `v` (empty when absent).
+    fn text_delta(&mut self, v: &Value, pointer: &str) {
+        let text = v.pointer(pointer).and_then(Value::as_str).unwrap_or("");
+        self.push(
+            Delta {
+                content: Some(text.to_owned()),
+                ..Delta::default()
+            },
+            None,
+        );
+    }
+
     fn tool_delta(&mut self, call: Value) {
         let mut extra = Map::new();
         extra.insert("tool_calls".into(), json!([call]));
@@ -543,58 +555,27 @@ impl StreamState {
                             "function": {"name": b.get("name"), "arguments": ""},
                         }));
                     }
-                    Some("text") => {
-                        let t = block
-                            .and_then(|b| b.get("text"))
+                    Some("text")
+                        if ev
+                            .pointer("/content_block/text")
                             .and_then(Value::as_str)
-                            .unwrap_or("");
-                        if !t.is_empty() {
-                            let t = t.to_owned();
-                            self.push(
-                                Delta {
-                                    content: Some(t),
-                                    ..Delta::default()
-                                },
-                                None,
-                            );
-                        }
+                            .is_some_and(|t| !t.is_empty()) =>
+                    {
+                        self.text_delta(&ev, "/content_block/text");
                     }
                     _ => {}
                 }
             }
             Some("content_block_delta") => {
                 match ev.pointer("/delta/type").and_then(Value::as_str) {
-                    Some("text_delta") => {
-                        let t = ev
-                            .pointer("/delta/text")
-                            .and_then(Value::as_str)
-                            .unwrap_or("")
-                            .to_owned();
-                        self.push(
-                            Delta {
-                                content: Some(t),
-                                ..Delta::default()
-                            },
-                            None,
-                        );
-                    }
+                    Some("text_delta") => self.text_delta(&ev, "/delta/text"),
+                    // The structured answer's JSON is the message's content.
                     Some("input_json_delta")
                         if self.answer_block.is_some()
                             && ev.get("index").and_then(Value::as_u64).or(Some(0))
                                 == self.answer_block =>
                     {
-                        let t = ev
-                            .pointer("/delta/partial_json")
-                            .and_then(Value::as_str)
-                            .unwrap_or("")
-                            .to_owned();
-                        self.push(
-                            Delta {
-                                content: Some(t),
-                                ..Delta::default()
-                            },
-                            None,
-                        );
+                        self.text_delta(&ev, "/delta/partial_json");
                     }
                     Some("input_json_delta") => {
                         let idx = ev.get("index").and_then(Value::as_u64).unwrap_or(0);

@@ -499,19 +499,11 @@ async fn a_client_that_stops_reading_is_disconnected_and_frees_its_slot() {
     tcp.write_all(&body).await.unwrap();
     assert!(eventually(Duration::from_secs(5), || up.calls() == 1).await);
     // Never read. The slot comes back once the write times out.
-    let mut status = 0;
-    for _ in 0..50 {
-        status = app
-            .chat(chat_body("mock-model", false))
-            .await
-            .status()
-            .as_u16();
-        if status == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_eq!(status, 200, "the stalled stream still holds the only slot");
+    assert_eq!(
+        served_within(&app, Duration::from_secs(10)).await,
+        200,
+        "the stalled stream still holds the only slot"
+    );
     drop(tcp);
 }
 
@@ -563,19 +555,11 @@ async fn an_http2_stream_whose_window_stays_shut_frees_its_slot() {
     let resp = resp.await.unwrap();
     assert_eq!(resp.status(), 200, "headers are not flow-controlled");
     let _held = resp.into_body();
-    let mut status = 0;
-    for _ in 0..50 {
-        status = app
-            .chat(chat_body("mock-model", false))
-            .await
-            .status()
-            .as_u16();
-        if status == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(status, 200, "the shut stream still holds the only slot");
+    assert_eq!(
+        served_within(&app, Duration::from_secs(5)).await,
+        200,
+        "the shut stream still holds the only slot"
+    );
 }
 
 /// Past `server.max_connections` new connections wait until one closes
@@ -712,6 +696,23 @@ async fn a_body_trickled_below_the_minimum_rate_gets_a_408() {
     assert!(steady.len() >= 4, "the body takes several idle timeouts");
     let text = send(steady, Duration::from_millis(100)).await;
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+}
+
+/// Sends a chat to the mock model until it is answered 200 (a slot was
+/// freed) or `within` has passed; the last status.
+async fn served_within(app: &TestApp, within: Duration) -> u16 {
+    let until = std::time::Instant::now() + within;
+    loop {
+        let status = app
+            .chat(chat_body("mock-model", false))
+            .await
+            .status()
+            .as_u16();
+        if status == 200 || std::time::Instant::now() >= until {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn chat_accepting_gzip(app: &TestApp, body: &Value) -> reqwest::Response {
