@@ -78,9 +78,12 @@ impl EmbedService {
         if list.is_empty() {
             return Vec::new();
         }
+        // An eager model that never loaded (its start-up load failed or is
+        // still running); one unloaded after keep_alive idle, or by an
+        // operator, is a state the configuration asked for, not a fault.
         let missing: Vec<&str> = list
             .iter()
-            .filter(|m| m.eager && !m.loaded)
+            .filter(|m| m.eager && !m.loaded && m.last_used.is_none())
             .map(|m| m.name.as_str())
             .collect();
         let loaded = list.iter().filter(|m| m.loaded).count();
@@ -95,7 +98,7 @@ impl EmbedService {
             detail: Some(if missing.is_empty() {
                 format!("{loaded} of {} models loaded", list.len())
             } else {
-                format!("eager models not loaded: {}", missing.join(", "))
+                format!("eager models never loaded: {}", missing.join(", "))
             }),
         }]
     }

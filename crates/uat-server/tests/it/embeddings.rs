@@ -5,6 +5,7 @@
 use crate::common::{TestApp, spawn_config, test_config};
 use base64::Engine as _;
 use serde_json::{Value, json};
+use std::time::Duration;
 
 /// The model folder, or `None` outside CI when it is not there (said loudly).
 fn model_dir() -> Option<String> {
@@ -28,6 +29,57 @@ async fn app_with_model(dir: &str) -> TestApp {
     let toml = format!("[[embeddings.models]]\nname = \"minilm\"\npath = \"{dir}\"\n");
     let cfg = test_config(&toml, tmp.path());
     spawn_config(cfg, tmp).await
+}
+
+/// An eager model unloaded after `keep_alive` idle leaves `/ready` ready:
+/// only an eager model that never loaded makes the replica degraded. Before,
+/// every quiet replica turned degraded `keep_alive` after its start.
+#[tokio::test]
+async fn an_eager_model_unloaded_for_idleness_leaves_the_replica_ready() {
+    let Some(dir) = model_dir() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "[embeddings]\nkeep_alive = \"200ms\"\n[[embeddings.models]]\nname = \"minilm\"\npath = \"{dir}\"\neager = true\n"
+    );
+    let app = spawn_config(test_config(&toml, tmp.path()), tmp).await;
+    let loaded = || async {
+        let v: Value = app
+            .client
+            .get(app.at("/v1/embeddings/models"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v.to_string().contains("\"loaded\":true")
+    };
+    let mut unloaded = false;
+    for _ in 0..50 {
+        if !loaded().await {
+            unloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(unloaded, "the eager model was unloaded after keep_alive");
+    let ready: Value = app
+        .client
+        .get(app.at("/ready"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let check = ready["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "embeddings")
+        .cloned()
+        .unwrap();
+    assert_eq!(check["status"], "ok", "{ready}");
 }
 
 async fn embed(app: &TestApp, body: Value) -> (u16, Value) {
