@@ -64,6 +64,29 @@ impl TestApp {
             .expect("metrics text")
     }
 
+    /// GETs `path` and parses its JSON body.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        self.client
+            .get(self.at(path))
+            .send()
+            .await
+            .expect("request failed")
+            .json()
+            .await
+            .expect("a JSON body")
+    }
+
+    /// The `/ready` check named `name`, and the whole report (for messages).
+    pub async fn ready_check(&self, name: &str) -> (serde_json::Value, serde_json::Value) {
+        let ready = self.get_json("/ready").await;
+        let check = ready["checks"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["name"] == name))
+            .cloned()
+            .unwrap_or_else(|| panic!("no check {name}: {ready}"));
+        (check, ready)
+    }
+
     /// POSTs JSON to `/v1/chat/completions`.
     pub async fn chat(&self, body: serde_json::Value) -> reqwest::Response {
         self.client

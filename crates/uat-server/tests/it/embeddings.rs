@@ -42,43 +42,17 @@ async fn an_eager_model_unloaded_for_idleness_leaves_the_replica_ready() {
         "[embeddings]\nkeep_alive = \"200ms\"\n[[embeddings.models]]\nname = \"minilm\"\npath = \"{dir}\"\neager = true\n"
     );
     let app = spawn_config(test_config(&toml, tmp.path()), tmp).await;
-    let loaded = || async {
-        let v: Value = app
-            .client
-            .get(app.at("/v1/embeddings/models"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        v.to_string().contains("\"loaded\":true")
-    };
     let mut unloaded = false;
     for _ in 0..50 {
-        if !loaded().await {
+        let models = app.get_json("/v1/embeddings/models").await;
+        if !models.to_string().contains("\"loaded\":true") {
             unloaded = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(unloaded, "the eager model was unloaded after keep_alive");
-    let ready: Value = app
-        .client
-        .get(app.at("/ready"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let check = ready["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "embeddings")
-        .cloned()
-        .unwrap();
+    let (check, ready) = app.ready_check("embeddings").await;
     assert_eq!(check["status"], "ok", "{ready}");
 }
 

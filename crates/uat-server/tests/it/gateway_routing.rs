@@ -467,22 +467,7 @@ async fn breaker_opens_then_half_open_probe_closes_it() {
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["providers"][0]["kind"], "circuit_open");
     assert_eq!(up.calls(), 2);
-    let ready: Value = app
-        .client
-        .get(app.at("/ready"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let check = ready["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "provider:a")
-        .cloned()
-        .unwrap();
+    let (check, _) = app.ready_check("provider:a").await;
     assert_eq!(check["status"], "down");
     assert_eq!(check["critical"], false);
 
