@@ -39,6 +39,12 @@ pub struct ProviderConfig {
     /// given up (and the request retried or failed over) this soon.
     #[serde(default = "default_first_byte_timeout", with = "crate::duration")]
     pub first_byte_timeout: Duration,
+    /// Kind `anthropic` only: `max_tokens` sent when the client sets neither
+    /// `max_tokens` nor `max_completion_tokens` (Anthropic requires one).
+    /// Unset: the model's own output limit, from a table of Claude families
+    /// (4096 for a model the table does not know).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_max_tokens: Option<u32>,
     /// Behaviour of a `mock` provider.
     #[serde(default)]
     pub mock: MockSettings,
@@ -58,6 +64,7 @@ impl ProviderConfig {
             timeout: default_timeout(),
             connect_timeout: default_connect_timeout(),
             first_byte_timeout: default_first_byte_timeout(),
+            default_max_tokens: None,
             mock: MockSettings::default(),
         }
     }
@@ -231,6 +238,21 @@ pub(crate) fn validate(
                 "must be from 1 to 100000",
             ));
         }
+        match (p.default_max_tokens, p.kind) {
+            (Some(0), _) => {
+                return Err(ConfigError::invalid(
+                    at("default_max_tokens"),
+                    "must be more than zero",
+                ));
+            }
+            (Some(_), kind) if kind != ProviderKind::Anthropic => {
+                return Err(ConfigError::invalid(
+                    at("default_max_tokens"),
+                    "is used only by kind \"anthropic\" (other kinds send no max_tokens the client did not set)",
+                ));
+            }
+            _ => {}
+        }
         for (field, d) in [
             ("timeout", p.timeout),
             ("connect_timeout", p.connect_timeout),
@@ -283,4 +305,42 @@ pub(crate) fn validate(
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::Config;
+
+    fn anthropic(extra: &str, kind: &str) -> String {
+        format!(
+            "[[providers]]\nname = \"c\"\nkind = \"{kind}\"\nbase_url = \"https://api.anthropic.com\"\n{extra}\n"
+        )
+    }
+
+    /// `default_max_tokens` overrides the Anthropic model table; zero, or a
+    /// kind that would not use it, is refused by its path.
+    #[test]
+    fn default_max_tokens_is_positive_and_for_anthropic_only() {
+        let c = Config::from_toml(&anthropic("default_max_tokens = 16000", "anthropic")).unwrap();
+        assert_eq!(c.providers[0].default_max_tokens, Some(16000));
+        let c = Config::from_toml(&anthropic("", "anthropic")).unwrap();
+        assert_eq!(c.providers[0].default_max_tokens, None);
+        for (extra, kind) in [
+            ("default_max_tokens = 0", "anthropic"),
+            ("default_max_tokens = 100", "openai"),
+            ("default_max_tokens = 100", "ollama"),
+        ] {
+            let msg = Config::from_toml(&anthropic(extra, kind))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                msg.contains("providers[0].default_max_tokens"),
+                "{kind}: {msg}"
+            );
+        }
+        let msg = Config::from_toml(&anthropic("default_max_tokens = -1", "anthropic"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("default_max_tokens"), "{msg}");
+    }
 }

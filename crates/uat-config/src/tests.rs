@@ -172,7 +172,8 @@ fn invalid_listen_is_rejected() {
 fn shipped_example_config_is_valid() {
     let text = include_str!("../../../uat.example.toml");
     let c = Config::from_toml(text).unwrap();
-    assert_eq!(c.providers.len(), 3);
+    assert_eq!(c.providers.len(), 4);
+    assert_eq!(c.providers[2].default_max_tokens, Some(16000));
     assert_eq!(
         c.cache.model_ttl["gpt-4o-mini"],
         std::time::Duration::from_secs(600)

@@ -165,6 +165,25 @@ impl Failure {
         }
     }
 
+    /// This provider cannot do what the request asks (`param` names the
+    /// field, `code` is OpenAI's: `unsupported_parameter` for a field,
+    /// `unsupported_value` for a value). The router fails over to the next
+    /// target; when no target can, the client gets a 400 in the OpenAI shape
+    /// with this `param` and `code`, never an answer quietly made without it.
+    pub fn unsupported(message: impl Into<String>, param: impl Into<String>, code: &str) -> Self {
+        Failure {
+            kind: FailureKind::Unsupported,
+            status: None,
+            message: message.into(),
+            retry_after: None,
+            upstream: Some(Box::new(UpstreamError {
+                code: Some(code.to_owned()),
+                kind: Some("invalid_request_error".to_owned()),
+                param: Some(param.into()),
+            })),
+        }
+    }
+
     /// A failure from an HTTP status.
     pub fn from_status(
         status: u16,

@@ -371,7 +371,7 @@ async fn handle(stream: &mut TcpStream, s: &Shared, req: Request) -> std::io::Re
             if is_stream {
                 chat_stream(stream, s, &body, &model, &behavior).await
             } else {
-                chat_full(stream, s, &model, &behavior).await
+                chat_full(stream, s, &body, &model, &behavior).await
             }
         }
     }
@@ -400,6 +400,7 @@ const PROMPT_TOKENS: u64 = 7;
 async fn chat_full(
     stream: &mut TcpStream,
     s: &Shared,
+    body: &Value,
     model: &str,
     b: &Behavior,
 ) -> std::io::Result<bool> {
@@ -427,11 +428,17 @@ async fn chat_full(
             "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": words, "total_tokens": PROMPT_TOKENS + words},
             "system_fingerprint": "fp_fake",
         }),
-        Wire::Ollama => json!({
-            "model": model, "created_at": "2024-01-01T00:00:00Z",
-            "message": {"role": "assistant", "content": reply},
-            "done": true, "done_reason": "stop", "prompt_eval_count": PROMPT_TOKENS, "eval_count": words,
-        }),
+        Wire::Ollama => {
+            let mut v = json!({
+                "model": model, "created_at": "2024-01-01T00:00:00Z",
+                "message": {"role": "assistant", "content": reply},
+                "done": true, "done_reason": "stop", "prompt_eval_count": PROMPT_TOKENS, "eval_count": words,
+            });
+            if let Some(lp) = ollama_logprobs(body, reply.split_inclusive(' ').enumerate()) {
+                v["logprobs"] = lp;
+            }
+            v
+        }
         Wire::Anthropic => json!({
             "id": "msg_fake", "type": "message", "role": "assistant", "model": model,
             "content": [{"type": "text", "text": reply}],
@@ -494,8 +501,11 @@ fn stream_events(s: &Shared, body: &Value, model: &str) -> Vec<String> {
             out.push("data: [DONE]\n\n".into());
         }
         Wire::Ollama => {
-            for p in &pieces {
-                let v = json!({"model": model, "created_at": "2024-01-01T00:00:00Z", "message": {"role": "assistant", "content": p}, "done": false});
+            for (i, p) in pieces.iter().enumerate() {
+                let mut v = json!({"model": model, "created_at": "2024-01-01T00:00:00Z", "message": {"role": "assistant", "content": p}, "done": false});
+                if let Some(lp) = ollama_logprobs(body, std::iter::once((i, *p))) {
+                    v["logprobs"] = lp;
+                }
                 out.push(format!("{v}\n"));
             }
             let v = json!({"model": model, "created_at": "2024-01-01T00:00:00Z", "message": {"role": "assistant", "content": ""},
@@ -532,6 +542,43 @@ fn stream_events(s: &Shared, body: &Value, model: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// Ollama's `logprobs` for these `(position, token)` pairs (one token per
+/// word of the reply) when the request set `logprobs: true`, as Ollama
+/// 0.12.11 and later send them: `{token, logprob, bytes, top_logprobs}`,
+/// with `top_logprobs` alternatives only when asked. The word at position `i`
+/// has logprob `-(i + 1) / 10`; its alternatives are `alt1`, `alt2`, ...
+fn ollama_logprobs<'a>(
+    body: &Value,
+    tokens: impl Iterator<Item = (usize, &'a str)>,
+) -> Option<Value> {
+    if body.get("logprobs").and_then(Value::as_bool) != Some(true) {
+        return None;
+    }
+    let top = body
+        .get("top_logprobs")
+        .and_then(Value::as_u64)
+        .unwrap_or(0)
+        .min(20); // Ollama's largest
+    let list: Vec<Value> = tokens
+        .map(|(i, t)| {
+            let lp = -((i + 1) as f64) / 10.0;
+            let mut alts = vec![json!({"token": t, "logprob": lp, "bytes": t.as_bytes()})];
+            alts.extend((1..top).map(|k| {
+                let alt = format!("alt{k}");
+                json!({"token": alt, "logprob": lp - k as f64, "bytes": alt.as_bytes()})
+            }));
+            alts.truncate(usize::try_from(top).unwrap_or(usize::MAX));
+            let mut v = json!({"token": t, "logprob": lp, "bytes": t.as_bytes()});
+            // Go's `omitempty`: no alternatives asked, no field.
+            if top > 0 {
+                v["top_logprobs"] = Value::Array(alts);
+            }
+            v
+        })
+        .collect();
+    Some(Value::Array(list))
 }
 
 async fn chat_stream(

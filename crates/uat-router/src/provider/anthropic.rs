@@ -1,9 +1,14 @@
 //! Anthropic's Messages API, translated both ways: system prompt, roles,
 //! tools, `max_tokens`, stop reasons, usage and errors; its SSE event stream
-//! becomes OpenAI chunks.
+//! becomes OpenAI chunks. What it cannot do (`n` > 1, logprobs) is refused
+//! as [`FailureKind::Unsupported`] before any call, never dropped.
+
+mod max_tokens;
+
+pub use max_tokens::max_output_tokens;
 
 use super::http::{self, lines, read_json, send, sse_data};
-use super::{BoxFuture, ChunkStream, Provider, Reply, StreamChunk};
+use super::{BoxFuture, ChunkStream, Provider, Reply, StreamChunk, asks_for_logprobs, one_choice};
 use crate::error::{Failure, FailureKind, RouterError};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -16,7 +21,8 @@ use uat_types::{ChatChunk, ChatCompletion, ChatMessage, ChatRequest, Choice, Del
 
 /// The API version sent in `anthropic-version`.
 pub const API_VERSION: &str = "2023-06-01";
-/// `max_tokens` when the client gives none (Anthropic requires it).
+/// `max_tokens` when the client gives none (Anthropic requires it) and the
+/// model is not in the [`max_output_tokens`] table.
 pub const DEFAULT_MAX_TOKENS: u32 = 4096;
 
 /// An Anthropic endpoint. `base_url` is the API root (`https://api.anthropic.com`).
@@ -25,6 +31,8 @@ pub struct Anthropic {
     messages_url: reqwest::Url,
     models_url: reqwest::Url,
     key: Option<String>,
+    /// `default_max_tokens` from the config: wins over the model table.
+    default_max_tokens: Option<u32>,
     /// Until the response head of a stream (`first_byte_timeout`).
     first_byte: Duration,
     /// Of a whole non-streamed exchange (`timeout`): such an answer's head
@@ -46,6 +54,7 @@ impl Anthropic {
             messages_url: http::join(cfg, base, "/v1/messages")?,
             models_url: http::join(cfg, base, "/v1/models")?,
             key: http::api_key(cfg),
+            default_max_tokens: cfg.default_max_tokens,
             first_byte: cfg.first_byte_timeout,
             total: cfg.timeout,
         })
@@ -75,13 +84,38 @@ impl Anthropic {
         }
         send(rb, if stream { self.first_byte } else { self.total }).await
     }
+
+    /// The Messages API body, or why this request cannot go to Anthropic.
+    fn body(&self, model: &str, req: &ChatRequest, stream: bool) -> Result<Value, Failure> {
+        one_choice(req, "anthropic")?;
+        if let Some(param) = asks_for_logprobs(req) {
+            return Err(Failure::unsupported(
+                "logprobs are not supported by anthropic providers",
+                param,
+                "unsupported_parameter",
+            ));
+        }
+        let default_max = self
+            .default_max_tokens
+            .or_else(|| max_output_tokens(model))
+            .unwrap_or(DEFAULT_MAX_TOKENS);
+        messages_body(model, req, stream, default_max)
+    }
 }
 
-/// The Messages API body for an OpenAI request.
-pub(crate) fn messages_body(model: &str, req: &ChatRequest, stream: bool) -> Value {
+/// The Messages API body for an OpenAI request; `default_max_tokens` is
+/// sent when the client sets no output limit (Anthropic requires one). A
+/// client's own limit goes as it is, above the model's too: Anthropic's 400
+/// says so better than a silent cut would.
+pub(crate) fn messages_body(
+    model: &str,
+    req: &ChatRequest,
+    stream: bool,
+    default_max_tokens: u32,
+) -> Result<Value, Failure> {
     let mut system = String::new();
     let mut messages = Vec::with_capacity(req.messages.len());
-    for m in &req.messages {
+    for (i, m) in req.messages.iter().enumerate() {
         match m.role.as_str() {
             "system" | "developer" => {
                 if !system.is_empty() {
@@ -131,7 +165,7 @@ pub(crate) fn messages_body(model: &str, req: &ChatRequest, stream: bool) -> Val
                 }
             }
             _ => {
-                let content = user_content(&m.content);
+                let content = user_content(&m.content, i)?;
                 let empty = match &content {
                     Value::String(s) => s.is_empty(),
                     Value::Array(a) => a.is_empty(),
@@ -147,7 +181,7 @@ pub(crate) fn messages_body(model: &str, req: &ChatRequest, stream: bool) -> Val
     body.insert("model".into(), json!(model));
     body.insert(
         "max_tokens".into(),
-        json!(req.max_output_tokens().unwrap_or(DEFAULT_MAX_TOKENS)),
+        json!(req.max_output_tokens().unwrap_or(default_max_tokens)),
     );
     body.insert("messages".into(), Value::Array(messages));
     if !system.is_empty() {
@@ -214,7 +248,7 @@ pub(crate) fn messages_body(model: &str, req: &ChatRequest, stream: bool) -> Val
     if let Some(user) = req.extra.get("user") {
         body.insert("metadata".into(), json!({ "user_id": user }));
     }
-    Value::Object(body)
+    Ok(Value::Object(body))
 }
 
 /// The tool a structured answer comes through. Anthropic has no
@@ -264,30 +298,57 @@ fn tool_results(m: &mut Value) -> Option<&mut Vec<Value>> {
         .then_some(blocks)
 }
 
-fn user_content(content: &Value) -> Value {
-    match content {
-        Value::Array(parts) => Value::Array(
-            parts
-                .iter()
-                .filter_map(|p| match p.get("type").and_then(Value::as_str) {
-                    Some("text") => Some(json!({"type": "text", "text": p.get("text").cloned().unwrap_or(Value::Null)})),
-                    Some("image_url") => {
-                        let url = p.pointer("/image_url/url").and_then(Value::as_str)?;
-                        match url.strip_prefix("data:").and_then(|r| r.split_once(";base64,")) {
-                            Some((media, data)) => Some(json!({
-                                "type": "image",
-                                "source": {"type": "base64", "media_type": media, "data": data},
-                            })),
-                            None => Some(json!({"type": "image", "source": {"type": "url", "url": url}})),
-                        }
-                    }
-                    _ => None,
-                })
-                .collect(),
-        ),
-        Value::String(s) => json!(s),
-        _ => json!(""),
+/// A user turn's content: text parts, and images as base64 (a `data:` URL)
+/// or URL sources (an http(s) URL, which Anthropic fetches itself). `at` is
+/// the message's position, for the `param` of a refusal.
+fn user_content(content: &Value, at: usize) -> Result<Value, Failure> {
+    let parts = match content {
+        Value::Array(parts) => parts,
+        Value::String(s) => return Ok(json!(s)),
+        _ => return Ok(json!("")),
+    };
+    let mut out = Vec::with_capacity(parts.len());
+    for (j, p) in parts.iter().enumerate() {
+        match p.get("type").and_then(Value::as_str) {
+            Some("text") => out.push(
+                json!({"type": "text", "text": p.get("text").cloned().unwrap_or(Value::Null)}),
+            ),
+            Some("image_url") => out.push(image_block(p, at, j)?),
+            _ => {}
+        }
     }
+    Ok(Value::Array(out))
+}
+
+/// An OpenAI `image_url` part (`{"url": ...}`, or the URL alone as some
+/// clients send it) as an Anthropic image block.
+fn image_block(part: &Value, at: usize, j: usize) -> Result<Value, Failure> {
+    let url = part
+        .pointer("/image_url/url")
+        .or_else(|| part.get("image_url"))
+        .and_then(Value::as_str);
+    let param = || format!("messages[{at}].content[{j}].image_url.url");
+    let Some(url) = url else {
+        return Err(Failure::unsupported(
+            "an image_url part needs a url",
+            param(),
+            "invalid_value",
+        ));
+    };
+    if let Some(rest) = url.strip_prefix("data:") {
+        return match rest.split_once(";base64,") {
+            Some((media, data)) => Ok(json!({
+                "type": "image",
+                "source": {"type": "base64", "media_type": media, "data": data},
+            })),
+            None => Err(Failure::unsupported(
+                "anthropic providers accept data: image URLs in base64 only (data:<type>;base64,<data>)",
+                param(),
+                "unsupported_value",
+            )),
+        };
+    }
+    Ok(json!({"type": "image", "source": {"type": "url", "url": url}}))
 }
 
 /// The stop reason of a structured answer's forced call is the answer's end.
@@ -339,7 +400,7 @@ impl Provider for Anthropic {
         req: &'a ChatRequest,
     ) -> BoxFuture<'a, Result<Reply, Failure>> {
         Box::pin(async move {
-            let resp = self.post(&messages_body(model, req, false), false).await?;
+            let resp = self.post(&self.body(model, req, false)?, false).await?;
             let (_, m): (_, AMessage) = read_json(resp).await?;
             let structured = json_tool(req).is_some();
             let mut text = String::new();
@@ -400,7 +461,7 @@ impl Provider for Anthropic {
         req: &'a ChatRequest,
     ) -> BoxFuture<'a, Result<ChunkStream, Failure>> {
         Box::pin(async move {
-            let resp = self.post(&messages_body(model, req, true), true).await?;
+            let resp = self.post(&self.body(model, req, true)?, true).await?;
             let mut state = StreamState::new(model, req.include_usage());
             state.structured = json_tool(req).is_some();
             Ok(translate(lines(resp), state))
@@ -661,241 +722,4 @@ fn translate(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn collect(lines: &[&'static str], include_usage: bool) -> Vec<Result<Value, Failure>> {
-        collect_from(lines, StreamState::new("claude", include_usage))
-    }
-
-    fn collect_from(lines: &[&'static str], st: StreamState) -> Vec<Result<Value, Failure>> {
-        let items: Vec<Result<Bytes, Failure>> = lines
-            .iter()
-            .map(|l| Ok(Bytes::from_static(l.as_bytes())))
-            .collect();
-        let out: Vec<_> =
-            futures::executor::block_on(translate(futures::stream::iter(items), st).collect());
-        out.into_iter()
-            .map(|r| r.map(|c| serde_json::from_slice(&c.json).unwrap()))
-            .collect()
-    }
-
-    #[test]
-    fn events_become_openai_chunks() {
-        let out = collect(
-            &[
-                "event: message_start",
-                r#"data: {"type":"message_start","message":{"id":"msg_1","model":"claude","usage":{"input_tokens":9,"output_tokens":1}}}"#,
-                "",
-                r#"data: {"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
-                r#"data: {"type":"ping"}"#,
-                r#"data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}"#,
-                r#"data: {"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"tu_1","name":"get"}}"#,
-                r#"data: {"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"a\":"}}"#,
-                r#"data: {"type":"message_delta","delta":{"stop_reason":"tool_use"},"usage":{"output_tokens":5}}"#,
-                r#"data: {"type":"message_stop"}"#,
-            ],
-            true,
-        );
-        let v: Vec<Value> = out.into_iter().map(Result::unwrap).collect();
-        assert_eq!(v.len(), 6);
-        assert_eq!(v[0]["id"], "msg_1");
-        assert_eq!(v[0]["choices"][0]["delta"]["role"], "assistant");
-        assert_eq!(v[1]["choices"][0]["delta"]["content"], "Hi");
-        assert_eq!(
-            v[2]["choices"][0]["delta"]["tool_calls"][0]["function"]["name"],
-            "get"
-        );
-        assert_eq!(
-            v[3]["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"],
-            "{\"a\":"
-        );
-        assert_eq!(v[4]["choices"][0]["finish_reason"], "tool_calls");
-        assert_eq!(
-            v[5]["usage"],
-            json!({"prompt_tokens": 9, "completion_tokens": 5, "total_tokens": 14})
-        );
-    }
-
-    #[test]
-    fn error_event_and_cut_stream_fail() {
-        let out = collect(
-            &[
-                r#"data: {"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
-            ],
-            false,
-        );
-        assert_eq!(out[0].as_ref().unwrap_err().message, "Overloaded");
-        let out = collect(
-            &[r#"data: {"type":"message_start","message":{"id":"m","usage":{"input_tokens":1}}}"#],
-            false,
-        );
-        assert_eq!(
-            out.last().unwrap().as_ref().unwrap_err().kind,
-            FailureKind::Interrupted
-        );
-    }
-
-    #[test]
-    fn request_translation() {
-        let req: ChatRequest = serde_json::from_value(json!({
-            "model": "x",
-            "messages": [
-                {"role": "system", "content": "be brief"},
-                {"role": "developer", "content": "and kind"},
-                {"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAA"}}]},
-                {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{\"x\":1}"}}]},
-                {"role": "tool", "tool_call_id": "c1", "content": "42"},
-                {"role": "tool", "tool_call_id": "c2", "content": "43"}
-            ],
-            "stop": ["END"], "temperature": 0.2,
-            "tools": [{"type": "function", "function": {"name": "f", "description": "d", "parameters": {"type": "object"}}}],
-            "tool_choice": "required"
-        }))
-        .unwrap();
-        let b = messages_body("claude-x", &req, false);
-        assert_eq!(b["system"], "be brief\n\nand kind");
-        assert_eq!(b["max_tokens"], DEFAULT_MAX_TOKENS);
-        assert_eq!(
-            b["messages"][0]["content"][1]["source"]["media_type"],
-            "image/png"
-        );
-        assert_eq!(b["messages"][1]["content"][0]["type"], "tool_use");
-        assert_eq!(b["messages"][1]["content"][0]["input"], json!({"x": 1}));
-        assert_eq!(b["messages"][2]["content"][0]["tool_use_id"], "c1");
-        assert_eq!(b["messages"][2]["content"][1]["tool_use_id"], "c2");
-        assert_eq!(
-            b["messages"].as_array().unwrap().len(),
-            3,
-            "one turn of results"
-        );
-        assert_eq!(b["stop_sequences"], json!(["END"]));
-        assert_eq!(b["tools"][0]["input_schema"], json!({"type": "object"}));
-        assert_eq!(b["tool_choice"], json!({"type": "any"}));
-        assert!(b.get("stream").is_none());
-    }
-
-    /// `response_format` asks for JSON: the request forces a call to the
-    /// answer tool with the schema; not when the client has tools of its
-    /// own, nor for `text`.
-    #[test]
-    fn response_format_becomes_a_forced_answer_tool() {
-        let schema = json!({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]});
-        let req: ChatRequest = serde_json::from_value(json!({
-            "model": "x", "messages": [{"role": "user", "content": "where?"}],
-            "response_format": {"type": "json_schema", "json_schema": {"name": "place", "schema": schema, "strict": true}}
-        }))
-        .unwrap();
-        let b = messages_body("claude-x", &req, false);
-        assert_eq!(b["tools"][0]["name"], JSON_TOOL);
-        assert_eq!(b["tools"][0]["input_schema"], schema);
-        assert_eq!(b["tool_choice"], json!({"type": "tool", "name": JSON_TOOL}));
-        let object: ChatRequest = serde_json::from_value(json!({
-            "model": "x", "messages": [{"role": "user", "content": "hi"}],
-            "response_format": {"type": "json_object"}
-        }))
-        .unwrap();
-        let b = messages_body("claude-x", &object, false);
-        assert_eq!(b["tools"][0]["input_schema"], json!({"type": "object"}));
-        for other in [
-            json!({"type": "text"}),
-            json!({"type": "json_object", "x": 1}),
-        ] {
-            let mut v = json!({"model": "x", "messages": [{"role": "user", "content": "hi"}],
-                "response_format": other,
-                "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]});
-            if other["type"] == "text" {
-                v.as_object_mut().unwrap().remove("tools");
-            }
-            let req: ChatRequest = serde_json::from_value(v).unwrap();
-            let b = messages_body("claude-x", &req, false);
-            assert!(b.get("tool_choice").is_none(), "{other}: {b}");
-            assert!(
-                b["tools"]
-                    .as_array()
-                    .is_none_or(|t| t.iter().all(|t| t["name"] != JSON_TOOL)),
-                "{b}"
-            );
-        }
-    }
-
-    /// A structured answer streamed as the forced call's input comes out as
-    /// content deltas ending in `stop`, not as a tool call.
-    #[test]
-    fn a_streamed_structured_answer_is_content() {
-        let mut st = StreamState::new("claude", false);
-        st.structured = true;
-        let out = collect_from(
-            &[
-                r#"data: {"type":"message_start","message":{"id":"msg_1","usage":{"input_tokens":9,"output_tokens":1}}}"#,
-                r#"data: {"type":"content_block_start","index":0,"content_block":{"type":"tool_use","id":"toolu_1","name":"json_response","input":{}}}"#,
-                r#"data: {"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":"{\"city\": "}}"#,
-                r#"data: {"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":"\"Oslo\"}"}}"#,
-                r#"data: {"type":"content_block_stop","index":0}"#,
-                r#"data: {"type":"message_delta","delta":{"stop_reason":"tool_use"},"usage":{"output_tokens":7}}"#,
-                r#"data: {"type":"message_stop"}"#,
-            ],
-            st,
-        );
-        let v: Vec<Value> = out.into_iter().map(Result::unwrap).collect();
-        let text: String = v
-            .iter()
-            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-            .collect();
-        assert_eq!(text, r#"{"city": "Oslo"}"#);
-        assert!(
-            v.iter()
-                .all(|c| c["choices"][0]["delta"].get("tool_calls").is_none())
-        );
-        assert_eq!(v.last().unwrap()["choices"][0]["finish_reason"], "stop");
-    }
-
-    #[test]
-    fn stop_reasons() {
-        assert_eq!(finish_reason(Some("end_turn")), "stop");
-        assert_eq!(finish_reason(Some("stop_sequence")), "stop");
-        assert_eq!(finish_reason(Some("max_tokens")), "length");
-        assert_eq!(finish_reason(Some("tool_use")), "tool_calls");
-        assert_eq!(
-            finish_reason(Some("model_context_window_exceeded")),
-            "length"
-        );
-    }
-
-    /// What OpenAI accepts and Anthropic refuses with a 400 is adapted: empty
-    /// turns left out, temperature above 1 clamped, top_p dropped beside a
-    /// temperature, whitespace-only stop sequences left out.
-    #[test]
-    fn openai_values_anthropic_refuses_are_adapted() {
-        let req: ChatRequest = serde_json::from_value(json!({
-            "model": "x",
-            "messages": [
-                {"role": "user", "content": "hi"},
-                {"role": "assistant", "content": ""},
-                {"role": "user", "content": ""},
-                {"role": "user", "content": []},
-                {"role": "user", "content": "again"}
-            ],
-            "temperature": 1.7, "top_p": 0.5, "stop": ["\n", "  ", "END"]
-        }))
-        .unwrap();
-        let b = messages_body("claude-x", &req, false);
-        let texts: Vec<&Value> = b["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| &m["content"])
-            .collect();
-        assert_eq!(texts, [&json!("hi"), &json!("again")]);
-        assert_eq!(b["temperature"], 1.0);
-        assert!(b.get("top_p").is_none());
-        assert_eq!(b["stop_sequences"], json!(["END"]));
-        let only_top_p: ChatRequest = serde_json::from_value(json!({
-            "model": "x", "messages": [{"role": "user", "content": "hi"}], "top_p": 0.5, "stop": "\n"
-        }))
-        .unwrap();
-        let b = messages_body("claude-x", &only_top_p, false);
-        assert_eq!(b["top_p"], 0.5);
-        assert!(b.get("stop_sequences").is_none());
-    }
-}
+mod tests;

@@ -95,6 +95,42 @@ impl StreamChunk {
     }
 }
 
+/// Refuses `n` above 1 for a provider that gives one choice per answer
+/// (`kind` as the config spells it), so that an alias fails over to a
+/// target that can, rather than answering with one choice.
+pub(crate) fn one_choice(req: &ChatRequest, kind: &str) -> Result<(), Failure> {
+    match req.extra.get("n").and_then(serde_json::Value::as_f64) {
+        Some(n) if n > 1.0 => Err(Failure::unsupported(
+            format!("n > 1 is not supported by {kind} providers"),
+            "n",
+            "unsupported_parameter",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The logprobs field the request asks for, if any: `logprobs` when it is
+/// `true`, else `top_logprobs` when it is above 0.
+pub(crate) fn asks_for_logprobs(req: &ChatRequest) -> Option<&'static str> {
+    if req
+        .extra
+        .get("logprobs")
+        .and_then(serde_json::Value::as_bool)
+        == Some(true)
+    {
+        Some("logprobs")
+    } else if req
+        .extra
+        .get("top_logprobs")
+        .and_then(serde_json::Value::as_f64)
+        .is_some_and(|n| n > 0.0)
+    {
+        Some("top_logprobs")
+    } else {
+        None
+    }
+}
+
 /// An upstream LLM provider speaking one wire format.
 ///
 /// Implementations hold one pooled HTTP client, built at start-up. Every

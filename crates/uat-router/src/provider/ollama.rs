@@ -1,8 +1,10 @@
 //! Ollama's native API: `/api/chat` (its NDJSON stream translated to OpenAI
-//! chunks), `/api/tags` for discovery and `/api/embed` for embeddings.
+//! chunks, logprobs included), `/api/tags` for discovery and `/api/embed`
+//! for embeddings. What it cannot do (`n` > 1, images by http(s) URL) is
+//! refused as [`FailureKind::Unsupported`] before any call, never dropped.
 
 use super::http::{self, lines, read_json, send};
-use super::{BoxFuture, ChunkStream, Provider, Reply, StreamChunk};
+use super::{BoxFuture, ChunkStream, Provider, Reply, StreamChunk, one_choice};
 use crate::error::{Failure, FailureKind, RouterError};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -35,6 +37,43 @@ struct OllamaMessage {
     tool_calls: Option<Vec<Value>>,
 }
 
+/// One generated token's log probability (Ollama 0.12.11 and later, when
+/// the request sets `logprobs`), and the likeliest tokens at its place.
+#[derive(Deserialize, Default)]
+struct OllamaLogprob {
+    #[serde(default)]
+    token: String,
+    #[serde(default)]
+    logprob: f64,
+    #[serde(default)]
+    bytes: Option<Vec<u32>>,
+    #[serde(default)]
+    top_logprobs: Vec<OllamaLogprob>,
+}
+
+impl OllamaLogprob {
+    /// OpenAI's shape: `bytes` always (the token's UTF-8 when Ollama gave
+    /// none), `top_logprobs` on the generated token only.
+    fn openai(&self, top: bool) -> Value {
+        let bytes = match &self.bytes {
+            Some(b) => json!(b),
+            None => json!(self.token.as_bytes()),
+        };
+        let mut v = json!({"token": self.token, "logprob": self.logprob, "bytes": bytes});
+        if top && let Some(o) = v.as_object_mut() {
+            let alts: Vec<Value> = self.top_logprobs.iter().map(|t| t.openai(false)).collect();
+            o.insert("top_logprobs".into(), Value::Array(alts));
+        }
+        v
+    }
+}
+
+/// A choice's `logprobs` in OpenAI's shape, from Ollama's list.
+fn choice_logprobs(list: &[OllamaLogprob]) -> Value {
+    let content: Vec<Value> = list.iter().map(|l| l.openai(true)).collect();
+    json!({"content": content, "refusal": null})
+}
+
 #[derive(Deserialize)]
 struct OllamaChat {
     #[serde(default)]
@@ -49,6 +88,8 @@ struct OllamaChat {
     eval_count: Option<u64>,
     #[serde(default)]
     error: Option<String>,
+    #[serde(default)]
+    logprobs: Option<Vec<OllamaLogprob>>,
 }
 
 impl OllamaChat {
@@ -102,13 +143,15 @@ impl Ollama {
     }
 }
 
-/// The `/api/chat` body for an OpenAI request.
-pub(crate) fn chat_body(model: &str, req: &ChatRequest, stream: bool) -> Value {
-    let messages: Vec<Value> = req
+/// The `/api/chat` body for an OpenAI request, or why it cannot go to Ollama.
+pub(crate) fn chat_body(model: &str, req: &ChatRequest, stream: bool) -> Result<Value, Failure> {
+    one_choice(req, "ollama")?;
+    let messages = req
         .messages
         .iter()
-        .map(|m| message(m, &req.messages))
-        .collect();
+        .enumerate()
+        .map(|(i, m)| message(m, i, &req.messages))
+        .collect::<Result<Vec<Value>, Failure>>()?;
     let mut options = Map::new();
     if let Some(t) = req.temperature {
         options.insert("temperature".into(), json!(t));
@@ -136,6 +179,12 @@ pub(crate) fn chat_body(model: &str, req: &ChatRequest, stream: bool) -> Value {
         if let Some(tools) = req.extra.get("tools") {
             o.insert("tools".into(), tools.clone());
         }
+        // Ollama's own names and meaning (since 0.12.11).
+        for key in ["logprobs", "top_logprobs"] {
+            if let Some(v) = req.extra.get(key).filter(|v| !v.is_null()) {
+                o.insert(key.into(), v.clone());
+            }
+        }
         match req.extra.get("response_format") {
             Some(rf) if rf.get("type").and_then(Value::as_str) == Some("json_object") => {
                 o.insert("format".into(), json!("json"));
@@ -148,14 +197,15 @@ pub(crate) fn chat_body(model: &str, req: &ChatRequest, stream: bool) -> Value {
             None => {}
         }
     }
-    body
+    Ok(body)
 }
 
-/// One message in Ollama's shape. A tool result names its tool
-/// (`tool_name`): OpenAI's tool messages carry only `tool_call_id`, so the
-/// name is found in the assistant call it answers (`all` is the whole
-/// conversation), unless the message gives a `name` itself.
-fn message(m: &ChatMessage, all: &[ChatMessage]) -> Value {
+/// One message in Ollama's shape (`at` is its position). A tool result
+/// names its tool (`tool_name`): OpenAI's tool messages carry only
+/// `tool_call_id`, so the name is found in the assistant call it answers
+/// (`all` is the whole conversation), unless the message gives a `name`
+/// itself.
+fn message(m: &ChatMessage, at: usize, all: &[ChatMessage]) -> Result<Value, Failure> {
     let role = if m.role == "developer" {
         "system"
     } else {
@@ -163,14 +213,15 @@ fn message(m: &ChatMessage, all: &[ChatMessage]) -> Value {
     };
     let mut out = json!({ "role": role, "content": m.text_content() });
     let Some(o) = out.as_object_mut() else {
-        return out;
+        return Ok(out);
     };
     if let Value::Array(parts) = &m.content {
-        let images: Vec<Value> = parts
-            .iter()
-            .filter_map(|p| p.pointer("/image_url/url").and_then(Value::as_str))
-            .filter_map(|u| u.split_once(";base64,").map(|(_, data)| json!(data)))
-            .collect();
+        let mut images = Vec::new();
+        for (j, p) in parts.iter().enumerate() {
+            if p.get("type").and_then(Value::as_str) == Some("image_url") {
+                images.push(image(p, at, j)?);
+            }
+        }
         if !images.is_empty() {
             o.insert("images".into(), Value::Array(images));
         }
@@ -199,7 +250,29 @@ fn message(m: &ChatMessage, all: &[ChatMessage]) -> Value {
     {
         o.insert("tool_name".into(), name.clone());
     }
-    out
+    Ok(out)
+}
+
+/// An OpenAI `image_url` part as Ollama's base64 image. Ollama takes the
+/// image's bytes only: an http(s) URL is refused (an alias fails over to a
+/// target that fetches URLs), never dropped.
+fn image(part: &Value, at: usize, j: usize) -> Result<Value, Failure> {
+    let url = part
+        .pointer("/image_url/url")
+        .or_else(|| part.get("image_url"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    match url
+        .strip_prefix("data:")
+        .and_then(|r| r.split_once(";base64,"))
+    {
+        Some((_, data)) => Ok(json!(data)),
+        None => Err(Failure::unsupported(
+            "Ollama providers accept images as data: URLs only (data:<type>;base64,<data>)",
+            format!("messages[{at}].content[{j}].image_url.url"),
+            "unsupported_value",
+        )),
+    }
 }
 
 /// The function name of the assistant tool call with this id.
@@ -269,9 +342,8 @@ impl Provider for Ollama {
         req: &'a ChatRequest,
     ) -> BoxFuture<'a, Result<Reply, Failure>> {
         Box::pin(async move {
-            let resp = self
-                .post(self.chat_url.clone(), &chat_body(model, req, false), false)
-                .await?;
+            let body = chat_body(model, req, false)?;
+            let resp = self.post(self.chat_url.clone(), &body, false).await?;
             let (_, r): (_, OllamaChat) = read_json(resp).await?;
             if let Some(e) = r.error {
                 return Err(Failure::new(FailureKind::ServerError, e));
@@ -290,6 +362,10 @@ impl Provider for Ollama {
                     .extra
                     .insert("tool_calls".into(), tool_calls(c, None));
             }
+            let mut extra = Map::new();
+            if let Some(lp) = &r.logprobs {
+                extra.insert("logprobs".into(), choice_logprobs(lp));
+            }
             let completion = ChatCompletion {
                 id: completion_id(),
                 object: "chat.completion".into(),
@@ -299,7 +375,7 @@ impl Provider for Ollama {
                     index: 0,
                     message,
                     finish_reason: Some(finish_reason(&r, calls.is_some())),
-                    extra: Map::new(),
+                    extra,
                 }],
                 usage: Some(usage),
                 extra: Map::new(),
@@ -316,9 +392,8 @@ impl Provider for Ollama {
         req: &'a ChatRequest,
     ) -> BoxFuture<'a, Result<ChunkStream, Failure>> {
         Box::pin(async move {
-            let resp = self
-                .post(self.chat_url.clone(), &chat_body(model, req, true), true)
-                .await?;
+            let body = chat_body(model, req, true)?;
+            let resp = self.post(self.chat_url.clone(), &body, true).await?;
             let state = StreamState {
                 id: completion_id(),
                 created: uat_types::unix_now(),
@@ -409,6 +484,25 @@ impl StreamState {
         self.pending.push_back(StreamChunk::from_chunk(&c));
     }
 
+    /// A delta whose choice carries the logprobs of its tokens, as OpenAI
+    /// streams them (`choices[0].logprobs`, beside `delta`).
+    fn push_with_logprobs(&mut self, delta: Delta, logprobs: &[OllamaLogprob]) {
+        let c = ChatChunk::delta(&self.id, self.created, &self.model, delta, None);
+        let chunk = serde_json::to_value(&c)
+            .and_then(|mut v| {
+                if let Some(choice) = v.pointer_mut("/choices/0").and_then(Value::as_object_mut) {
+                    choice.insert("logprobs".into(), choice_logprobs(logprobs));
+                }
+                serde_json::to_vec(&v)
+            })
+            .map(|json| StreamChunk {
+                json: Bytes::from(json),
+                usage: None,
+            })
+            .map_err(|e| Failure::new(FailureKind::Malformed, format!("cannot encode chunk: {e}")));
+        self.pending.push_back(chunk);
+    }
+
     /// Turns one NDJSON line into zero or more chunks.
     fn line(&mut self, line: &[u8]) {
         if line.iter().all(u8::is_ascii_whitespace) {
@@ -444,7 +538,12 @@ impl StreamState {
                 self.tools_sent += c.len();
             }
             self.sent_role = true;
-            self.push(delta, None);
+            // Logprobs go with the content they score (a line without
+            // content, a thinking model's, say, has none to give).
+            match r.logprobs.as_deref().filter(|l| !l.is_empty()) {
+                Some(lp) => self.push_with_logprobs(delta, lp),
+                None => self.push(delta, None),
+            }
         }
         if r.done {
             let usage = Usage::new(r.prompt_eval_count.unwrap_or(0), r.eval_count.unwrap_or(0));
@@ -456,6 +555,7 @@ impl StreamState {
                     prompt_eval_count: None,
                     eval_count: None,
                     error: None,
+                    logprobs: None,
                 },
                 self.tools_sent > 0,
             );
@@ -508,147 +608,4 @@ fn translate(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn state(include_usage: bool) -> StreamState {
-        StreamState {
-            id: "x".into(),
-            created: 1,
-            model: "llama".into(),
-            include_usage,
-            sent_role: false,
-            tools_sent: 0,
-            pending: VecDeque::new(),
-            done: false,
-        }
-    }
-
-    fn collect(lines: &[&'static str], st: StreamState) -> Vec<Result<Value, Failure>> {
-        let items: Vec<Result<Bytes, Failure>> = lines
-            .iter()
-            .map(|l| Ok(Bytes::from_static(l.as_bytes())))
-            .collect();
-        let out: Vec<_> =
-            futures::executor::block_on(translate(futures::stream::iter(items), st).collect());
-        out.into_iter()
-            .map(|r| r.map(|c| serde_json::from_slice(&c.json).unwrap()))
-            .collect()
-    }
-
-    #[test]
-    fn ndjson_becomes_openai_chunks() {
-        let out = collect(
-            &[
-                r#"{"message":{"role":"assistant","content":"Hel"},"done":false}"#,
-                r#"{"message":{"role":"assistant","content":"lo"},"done":false}"#,
-                r#"{"message":{"role":"assistant","content":""},"done":true,"done_reason":"length","prompt_eval_count":4,"eval_count":2}"#,
-            ],
-            state(true),
-        );
-        assert_eq!(out.len(), 4);
-        let v: Vec<Value> = out.into_iter().map(Result::unwrap).collect();
-        assert_eq!(v[0]["choices"][0]["delta"]["role"], "assistant");
-        assert_eq!(v[0]["choices"][0]["delta"]["content"], "Hel");
-        assert!(v[1]["choices"][0]["delta"].get("role").is_none());
-        assert_eq!(v[2]["choices"][0]["finish_reason"], "length");
-        assert_eq!(v[3]["usage"]["prompt_tokens"], 4);
-        assert_eq!(v[3]["usage"]["total_tokens"], 6);
-        assert_eq!(v[3]["object"], "chat.completion.chunk");
-    }
-
-    /// Ollama may send parallel calls on lines of their own: they are
-    /// numbered on through the stream (index 0, then 1), each with its own
-    /// id, so clients that merge streamed calls by index keep them apart.
-    #[test]
-    fn streamed_tool_calls_on_separate_lines_keep_apart() {
-        let out = collect(
-            &[
-                r#"{"message":{"role":"assistant","content":"","tool_calls":[{"function":{"name":"ls","arguments":{"path":"/a"}}}]},"done":false}"#,
-                r#"{"message":{"role":"assistant","content":"","tool_calls":[{"function":{"name":"ls","arguments":{"path":"/b"}}},{"function":{"name":"cat","arguments":{}}}]},"done":false}"#,
-                r#"{"message":{"role":"assistant","content":""},"done":true,"done_reason":"stop"}"#,
-            ],
-            state(false),
-        );
-        let v: Vec<Value> = out.into_iter().map(Result::unwrap).collect();
-        let calls: Vec<&Value> = v
-            .iter()
-            .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array())
-            .flatten()
-            .collect();
-        let indexes: Vec<u64> = calls.iter().filter_map(|c| c["index"].as_u64()).collect();
-        assert_eq!(indexes, [0, 1, 2]);
-        let ids: std::collections::HashSet<&str> =
-            calls.iter().filter_map(|c| c["id"].as_str()).collect();
-        assert_eq!(ids.len(), 3, "{calls:?}");
-        assert_eq!(calls[1]["function"]["arguments"], r#"{"path":"/b"}"#);
-        assert_eq!(
-            v.last().unwrap()["choices"][0]["finish_reason"],
-            "tool_calls"
-        );
-    }
-
-    #[test]
-    fn cut_stream_and_error_line_fail() {
-        let out = collect(
-            &[r#"{"message":{"content":"a"},"done":false}"#],
-            state(false),
-        );
-        assert_eq!(
-            out.last().unwrap().as_ref().unwrap_err().kind,
-            FailureKind::Interrupted
-        );
-        let out = collect(&[r#"{"error":"model crashed"}"#], state(false));
-        assert_eq!(out[0].as_ref().unwrap_err().message, "model crashed");
-    }
-
-    #[test]
-    fn request_translation() {
-        let req: ChatRequest = serde_json::from_value(json!({
-            "model": "x", "messages": [{"role": "developer", "content": "be brief"}, {"role": "user", "content": "hi"}],
-            "max_tokens": 7, "stop": "END", "seed": 3, "temperature": 0.5,
-            "response_format": {"type": "json_object"}, "tools": [{"type": "function"}]
-        }))
-        .unwrap();
-        let b = chat_body("llama3", &req, true);
-        assert_eq!(b["model"], "llama3");
-        assert_eq!(b["messages"][0]["role"], "system");
-        assert_eq!(b["options"]["num_predict"], 7);
-        assert_eq!(b["options"]["stop"], json!(["END"]));
-        assert_eq!(b["options"]["seed"], 3);
-        assert_eq!(b["format"], "json");
-        assert_eq!(b["tools"], json!([{"type": "function"}]));
-        assert_eq!(b["stream"], true);
-    }
-
-    /// An OpenAI tool message carries only the call's id; Ollama wants the
-    /// tool's name, found in the assistant call it answers.
-    #[test]
-    fn a_tool_result_is_named_after_its_call() {
-        let req: ChatRequest = serde_json::from_value(json!({
-            "model": "x", "messages": [
-                {"role": "user", "content": "list both"},
-                {"role": "assistant", "content": null, "tool_calls": [
-                    {"id": "c1", "type": "function", "function": {"name": "ls", "arguments": "{}"}},
-                    {"id": "c2", "type": "function", "function": {"name": "cat", "arguments": "{}"}}]},
-                {"role": "tool", "tool_call_id": "c2", "content": "file"},
-                {"role": "tool", "tool_call_id": "c1", "content": "a b"},
-                {"role": "tool", "tool_call_id": "zz", "content": "?"},
-                {"role": "tool", "tool_call_id": "c1", "name": "given", "content": "x"}
-            ]
-        }))
-        .unwrap();
-        let b = chat_body("llama3", &req, false);
-        let names: Vec<&Value> = b["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .skip(2)
-            .map(|m| &m["tool_name"])
-            .collect();
-        assert_eq!(
-            names,
-            [&json!("cat"), &json!("ls"), &Value::Null, &json!("given")]
-        );
-    }
-}
+mod tests;

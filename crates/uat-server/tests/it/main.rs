@@ -12,6 +12,7 @@ mod cache;
 mod common;
 mod embeddings;
 mod gateway;
+mod gateway_params;
 mod gateway_routing;
 mod gateway_streams;
 mod memory;
