@@ -4,10 +4,10 @@
 
 use crate::StartupError;
 use crate::error::ApiError;
-use crate::extract::ApiJson;
+use crate::extract::{ApiJson, ApiPath};
 use crate::state::{AppState, ReadyCheck, ReadyStatus};
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -341,7 +341,7 @@ async fn list_models(State(state): State<AppState>) -> Response {
 
 async fn load_model(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let status = state
         .embed
@@ -354,7 +354,7 @@ async fn load_model(
 
 async fn unload_model(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let unloaded = state.embed.registry.unload(&name).map_err(embed_error)?;
     Ok(axum::Json(json!({ "name": name, "unloaded": unloaded })).into_response())

@@ -65,6 +65,18 @@ impl ApiError {
         e
     }
 
+    /// 400 `response_too_large`: the request asks for more than one response
+    /// may hold (a vector search past the engine's per-request limits); the
+    /// message names the limit.
+    pub fn response_too_large(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            Some("response_too_large"),
+            message,
+        )
+    }
+
     /// 404 `not_found_error` for a missing resource.
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(

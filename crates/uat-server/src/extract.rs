@@ -1,6 +1,7 @@
 //! Extractors whose rejections are OpenAI-shaped `ApiError`s (never axum's
 //! plain-text 422): malformed JSON and missing fields are 400 naming the
-//! field, an oversized body is 413.
+//! field, an oversized body is 413, a path or query parameter that does not
+//! decode is 400.
 //!
 //! Every body is read by [`read_body`], which also decodes a body sent with
 //! `Content-Encoding: gzip` or `deflate` (a large embeddings or vector batch
@@ -11,6 +12,7 @@
 
 use crate::error::{ACCEPTED_ENCODINGS, ApiError};
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
@@ -292,6 +294,48 @@ pub fn path_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError 
 fn missing_field(msg: &str) -> Option<&str> {
     let rest = msg.strip_prefix("missing field `")?;
     rest.split('`').next()
+}
+
+/// Path parameters, with a 400 in the OpenAI shape naming the parameter
+/// (not axum's plain-text rejection) when one does not decode: a segment
+/// that is not UTF-8 once percent-decoded (`%C0`), or text where a number
+/// is expected.
+#[derive(Debug, Clone)]
+pub struct ApiPath<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiPath<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned + Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(v)| ApiPath(v))
+            .map_err(path_rejection)
+    }
+}
+
+/// The client's bad parameter is a 400 naming it; what axum reports as its
+/// own fault (a route whose parameters do not fit the handler's type) is
+/// ours, a 500.
+fn path_rejection(rejection: PathRejection) -> ApiError {
+    use axum::extract::path::ErrorKind;
+    if !rejection.status().is_client_error() {
+        return ApiError::internal(format!("path parameters: {}", rejection.body_text()));
+    }
+    let PathRejection::FailedToDeserializePathParams(e) = &rejection else {
+        return ApiError::bad_request(format!("invalid path parameter: {}", rejection.body_text()));
+    };
+    let err = ApiError::bad_request(format!("invalid path parameter: {}", e.kind()));
+    match e.kind() {
+        ErrorKind::InvalidUtf8InPathParam { key }
+        | ErrorKind::ParseErrorAtKey { key, .. }
+        | ErrorKind::DeserializeError { key, .. } => err.with_param(key.clone()),
+        _ => err,
+    }
 }
 
 /// Query string parsed with 400 (not axum's plain-text rejection) on error.

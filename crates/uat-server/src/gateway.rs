@@ -99,7 +99,7 @@ async fn list_models(State(state): State<AppState>) -> Response {
 /// or 404 `model_not_found`.
 async fn get_model(
     State(state): State<AppState>,
-    axum::extract::Path(id): axum::extract::Path<String>,
+    crate::extract::ApiPath(id): crate::extract::ApiPath<String>,
 ) -> Response {
     let found = state
         .gateway

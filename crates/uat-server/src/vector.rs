@@ -1,23 +1,32 @@
 //! The vector database HTTP API over `uat-vector`.
 //!
 //! Engine calls are synchronous and CPU-bound, so every handler runs them on
-//! the blocking pool. Bulk upserts have their own, larger body limit
+//! the blocking pool; only the lookup of a collection by name (a map read
+//! that creates and drops never hold across their I/O) runs on the async
+//! worker. Responses are typed structs serialized straight to JSON; a
+//! search's (up to the engine's per-request limits: `MAX_SEARCH_HITS`,
+//! `MAX_SEARCH_VECTOR_FLOATS`, `MAX_SEARCH_PAYLOAD_BYTES`, a 400
+//! `response_too_large` past them) and a point's are serialized on the
+//! blocking pool too. Bulk upserts have their own, larger body limit
 //! (`server.bulk_body_limit`), set where the routes are mounted.
 
 use crate::StartupError;
 use crate::error::ApiError;
-use crate::extract::ApiJson;
+use crate::extract::{ApiJson, ApiPath};
 use crate::state::{AppState, ReadyCheck, ReadyStatus};
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use uat_config::Config;
 use uat_vector::{
-    CollectionConfig, Filter, Point, PointId, SearchRequest, StoreOptions, VectorError, VectorStore,
+    CollectionConfig, CollectionInfo, Filter, Point, PointId, SearchRequest, StoreOptions,
+    VectorError, VectorStore,
 };
 
 /// Handle to the vector store, held in [`AppState`].
@@ -66,10 +75,7 @@ impl VectorService {
         })
         .await;
         let (status, detail) = match writable {
-            Ok(Ok(())) => (
-                ReadyStatus::Ok,
-                format!("{} collections", self.store.names().len()),
-            ),
+            Ok(Ok(())) => (ReadyStatus::Ok, format!("{} collections", self.store.len())),
             Ok(Err(e)) => (ReadyStatus::Down, format!("store folder not writable: {e}")),
             Err(e) => (ReadyStatus::Down, e.to_string()),
         };
@@ -97,6 +103,7 @@ fn api_error(e: VectorError) -> ApiError {
         VectorError::BadTopK { .. } => ApiError::invalid_field("top_k", e.to_string()),
         VectorError::BadFilter(_) => ApiError::invalid_field("filter", e.to_string()),
         VectorError::UnknownMetric(_) => ApiError::invalid_field("metric", e.to_string()),
+        VectorError::ResponseTooLarge(_) => ApiError::response_too_large(e.to_string()),
         _ if e.is_bad_request() => ApiError::bad_request(e.to_string()),
         _ => ApiError::internal(e),
     }
@@ -112,6 +119,44 @@ where
         .await
         .map_err(ApiError::internal)?
         .map_err(api_error)
+}
+
+/// A JSON body already serialized.
+struct JsonBody(Vec<u8>);
+
+impl IntoResponse for JsonBody {
+    fn into_response(self) -> Response {
+        (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            self.0,
+        )
+            .into_response()
+    }
+}
+
+/// Runs engine work on the blocking pool and serializes its answer there
+/// too: a search's can be tens of megabytes of JSON, too long a job for an
+/// async worker. A response past the engine's limits is a 400 naming
+/// `param`.
+async fn blocking_json<T, F>(param: &'static str, f: F) -> Result<JsonBody, ApiError>
+where
+    F: FnOnce() -> Result<T, VectorError> + Send + 'static,
+    T: Serialize,
+{
+    tokio::task::spawn_blocking(move || {
+        let v = f().map_err(|e| match e {
+            VectorError::ResponseTooLarge(_) => api_error(e).with_param(param),
+            e => api_error(e),
+        })?;
+        serde_json::to_vec(&v)
+            .map(JsonBody)
+            .map_err(ApiError::internal)
+    })
+    .await
+    .map_err(ApiError::internal)?
 }
 
 fn collection(state: &AppState, name: &str) -> Result<Arc<uat_vector::Collection>, ApiError> {
@@ -146,17 +191,49 @@ pub fn bulk_routes() -> Router<AppState> {
         )
 }
 
-async fn list_collections(State(state): State<AppState>) -> Result<axum::Json<Value>, ApiError> {
+/// `GET /v1/collections`.
+#[derive(Serialize)]
+struct Collections {
+    collections: Vec<CollectionInfo>,
+}
+
+/// A search's (or a batch's) results.
+#[derive(Serialize)]
+struct Results<T> {
+    results: T,
+}
+
+/// What a delete removed: a collection's name, or a number of points.
+#[derive(Serialize)]
+struct Deleted<T> {
+    deleted: T,
+}
+
+#[derive(Serialize)]
+struct Upserted {
+    upserted: usize,
+    count: usize,
+}
+
+#[derive(Serialize)]
+struct Snapshotted {
+    snapshot: String,
+    count: usize,
+}
+
+async fn list_collections(
+    State(state): State<AppState>,
+) -> Result<axum::Json<Collections>, ApiError> {
     let store = state.vector.store.clone();
-    let list = blocking(move || Ok(store.list())).await?;
-    Ok(axum::Json(json!({ "collections": list })))
+    let collections = blocking(move || Ok(store.list())).await?;
+    Ok(axum::Json(Collections { collections }))
 }
 
 async fn create_collection(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<Value>,
-) -> Result<(axum::http::StatusCode, axum::Json<Value>), ApiError> {
+) -> Result<(StatusCode, axum::Json<CollectionInfo>), ApiError> {
     if !body.is_object() {
         return Err(ApiError::bad_request(
             "expected a JSON object with dimension and metric",
@@ -165,26 +242,26 @@ async fn create_collection(
     let config = CollectionConfig::from_json(body).map_err(api_error)?;
     let store = state.vector.store.clone();
     let info = blocking(move || store.create_collection(&name, config).map(|c| c.info())).await?;
-    Ok((axum::http::StatusCode::CREATED, axum::Json(json!(info))))
+    Ok((StatusCode::CREATED, axum::Json(info)))
 }
 
 async fn get_collection(
     State(state): State<AppState>,
-    Path(name): Path<String>,
-) -> Result<axum::Json<Value>, ApiError> {
+    ApiPath(name): ApiPath<String>,
+) -> Result<axum::Json<CollectionInfo>, ApiError> {
     let c = collection(&state, &name)?;
     let info = blocking(move || Ok(c.info())).await?;
-    Ok(axum::Json(json!(info)))
+    Ok(axum::Json(info))
 }
 
 async fn drop_collection(
     State(state): State<AppState>,
-    Path(name): Path<String>,
-) -> Result<axum::Json<Value>, ApiError> {
+    ApiPath(name): ApiPath<String>,
+) -> Result<axum::Json<Deleted<String>>, ApiError> {
     let store = state.vector.store.clone();
     let n = name.clone();
     blocking(move || store.drop_collection(&n)).await?;
-    Ok(axum::Json(json!({ "deleted": name })))
+    Ok(axum::Json(Deleted { deleted: name }))
 }
 
 #[derive(Deserialize)]
@@ -195,9 +272,9 @@ struct UpsertBody {
 
 async fn upsert_points(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<UpsertBody>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<Upserted>, ApiError> {
     let c = collection(&state, &name)?;
     let n = body.points.len();
     if n == 0 {
@@ -216,18 +293,20 @@ async fn upsert_points(
         ));
     }
     let upserted = blocking(move || c.upsert(body.points)).await?;
-    Ok(axum::Json(json!({ "upserted": upserted, "count": n })))
+    Ok(axum::Json(Upserted { upserted, count: n }))
 }
 
 async fn search(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<Value>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<JsonBody, ApiError> {
     let c = collection(&state, &name)?;
     let req = SearchRequest::from_json(body).map_err(api_error)?;
-    let results = blocking(move || c.search(&req)).await?;
-    Ok(axum::Json(json!({ "results": results })))
+    blocking_json("top_k", move || {
+        c.search(&req).map(|results| Results { results })
+    })
+    .await
 }
 
 /// A batch search body. Each search is kept as its raw text and parsed one
@@ -241,9 +320,9 @@ struct BatchBody {
 
 async fn search_batch(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<BatchBody>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<JsonBody, ApiError> {
     let c = collection(&state, &name)?;
     let searches = body.searches;
     if searches.len() > uat_vector::MAX_TOP_K {
@@ -275,25 +354,27 @@ async fn search_batch(
     }
     let cancelled = Arc::new(AtomicBool::new(false));
     let _cancel = CancelOnDrop(cancelled.clone());
-    let results = blocking(move || c.search_batch_until(&reqs, &cancelled)).await?;
-    Ok(axum::Json(json!({ "results": results })))
+    blocking_json("searches", move || {
+        c.search_batch_until(&reqs, &cancelled)
+            .map(|results| Results { results })
+    })
+    .await
 }
 
 async fn get_point(
     State(state): State<AppState>,
-    Path((name, id)): Path<(String, String)>,
-) -> Result<axum::Json<Value>, ApiError> {
+    ApiPath((name, id)): ApiPath<(String, String)>,
+) -> Result<JsonBody, ApiError> {
     let c = collection(&state, &name)?;
     let id = PointId::parse(&id).map_err(api_error)?;
-    let p = blocking(move || c.get(&id)).await?;
-    Ok(axum::Json(json!(p)))
+    blocking_json("id", move || c.get(&id)).await
 }
 
 async fn delete_points(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<Value>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<Deleted<usize>>, ApiError> {
     let c = collection(&state, &name)?;
     let ids = body.get("ids").filter(|v| !v.is_null());
     let filter = body.get("filter").filter(|v| !v.is_null());
@@ -313,15 +394,23 @@ async fn delete_points(
             ));
         }
     };
-    Ok(axum::Json(json!({ "deleted": deleted })))
+    Ok(axum::Json(Deleted { deleted }))
 }
 
 async fn snapshot(
     State(state): State<AppState>,
-    Path(name): Path<String>,
-) -> Result<axum::Json<Value>, ApiError> {
+    ApiPath(name): ApiPath<String>,
+) -> Result<axum::Json<Snapshotted>, ApiError> {
     let c = collection(&state, &name)?;
-    let count = c.count();
-    blocking(move || c.snapshot()).await?;
-    Ok(axum::Json(json!({ "snapshot": name, "count": count })))
+    // The count reads the collection's state lock: on the blocking pool,
+    // like the snapshot, since a writer may be waiting on it.
+    let count = blocking(move || {
+        let count = c.count();
+        c.snapshot().map(|()| count)
+    })
+    .await?;
+    Ok(axum::Json(Snapshotted {
+        snapshot: name,
+        count,
+    }))
 }

@@ -44,6 +44,12 @@ pub enum VectorError {
     /// Collection settings are invalid (dimension 0, M too small, ...).
     #[error("invalid collection settings: {0}")]
     BadConfig(String),
+    /// A search request asks for more than one response may hold: more
+    /// results than [`crate::MAX_SEARCH_HITS`], more vector components than
+    /// [`crate::MAX_SEARCH_VECTOR_FLOATS`] or more payload bytes than
+    /// [`crate::MAX_SEARCH_PAYLOAD_BYTES`]. The message names the limit.
+    #[error("response too large: {0}")]
+    ResponseTooLarge(String),
     /// Any other invalid request (empty batch, batch too large, bad id, ...).
     #[error("bad request: {0}")]
     BadRequest(String),
@@ -112,6 +118,7 @@ impl VectorError {
                 | Self::BadFilter(_)
                 | Self::BadCollectionName(_)
                 | Self::BadConfig(_)
+                | Self::ResponseTooLarge(_)
                 | Self::BadRequest(_)
         )
     }

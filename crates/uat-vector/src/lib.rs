@@ -16,6 +16,10 @@
 //!   its files left for repair, and the rest of the store opens.
 //! - point ids: unsigned integers, or UUIDs kept in canonical form (lowercase,
 //!   hyphenated), so any spelling of a UUID names the same point.
+//! - bounded answers: one search request (a batch as a whole) returns at most
+//!   [`MAX_SEARCH_HITS`] results, [`MAX_SEARCH_VECTOR_FLOATS`] vector
+//!   components and [`MAX_SEARCH_PAYLOAD_BYTES`] of payloads
+//!   ([`VectorError::ResponseTooLarge`] past them).
 //!
 //! The engine is plain synchronous code; call it from a blocking pool.
 
@@ -47,7 +51,8 @@ pub use store::{
     StoreOptions, VectorStore, check_name,
 };
 pub use types::{
-    CollectionConfig, CollectionInfo, DeleteRequest, HnswConfig, MAX_DIMENSION, MAX_TOP_K,
-    MemoryUsage, PayloadIndexKind, Point, PointId, Quantization, ScoredPoint, SearchRequest,
+    CollectionConfig, CollectionInfo, DeleteRequest, HnswConfig, MAX_DIMENSION, MAX_SEARCH_HITS,
+    MAX_SEARCH_PAYLOAD_BYTES, MAX_SEARCH_VECTOR_FLOATS, MAX_TOP_K, MemoryUsage, PayloadIndexKind,
+    Point, PointId, Quantization, ScoredPoint, SearchRequest,
 };
 pub use wal::FsyncPolicy;

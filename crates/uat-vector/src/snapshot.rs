@@ -160,7 +160,8 @@ fn read_node(
         }
     }
     let vector = r.f32s(dim)?;
-    let payload = r.payload()?;
+    // The stored text's length is the payload's compact JSON length.
+    let (payload, payload_len) = r.payload_with_len()?;
     let code = h.encode(&vector);
     let upper = upper
         .iter()
@@ -175,6 +176,7 @@ fn read_node(
             ext,
             code,
             payload,
+            payload_len,
             upper,
             lock: Mutex::new(()),
             deleted: AtomicBool::new(flags & 1 != 0),

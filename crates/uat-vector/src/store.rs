@@ -7,8 +7,8 @@ use crate::error::{Result, VectorError};
 use crate::metrics;
 use crate::types::{CollectionConfig, CollectionInfo};
 use crate::wal::{BATCH_INTERVAL, FsyncPolicy};
-use parking_lot::RwLock;
-use std::collections::BTreeMap;
+use parking_lot::{Mutex, RwLock};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Weak};
@@ -75,8 +75,60 @@ pub struct VectorStore {
     dir: PathBuf,
     options: StoreOptions,
     collections: Arc<RwLock<BTreeMap<String, Arc<Collection>>>>,
+    /// Names a create or a drop is working on (its file I/O runs without
+    /// the map lock, so lookups never wait for an fsync): taken before the
+    /// I/O, given back once the result is in the map. A name here is taken,
+    /// as one in the map is. Locked before `collections` when both are.
+    busy: Mutex<BTreeSet<String>>,
     /// The automatic snapshot thread and the channel whose closing stops it.
     snapshotter: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
+    /// Test builds: called where a create or a drop does its I/O.
+    #[cfg(test)]
+    hook: TestHook,
+}
+
+/// A test's callback, given the step (`"create"`, `"drop"`) and the name,
+/// run while a create or a drop does its file I/O.
+#[cfg(test)]
+#[derive(Default)]
+struct TestHook(Mutex<Option<HookFn>>);
+
+#[cfg(test)]
+type HookFn = Arc<dyn Fn(&str, &str) + Send + Sync>;
+
+/// A name taken by a create or a drop doing its I/O; given back on drop
+/// (on every path out, errors included) or by [`Claim::publish`].
+struct Claim<'a> {
+    busy: &'a Mutex<BTreeSet<String>>,
+    name: String,
+}
+
+impl Claim<'_> {
+    /// Puts the new collection in the map and gives the name back in one
+    /// step under the claims' lock, so no one sees the name both claimed
+    /// and in the map (a drop would take that for another drop running).
+    fn publish(mut self, map: &RwLock<BTreeMap<String, Arc<Collection>>>, c: Arc<Collection>) {
+        let mut busy = self.busy.lock();
+        busy.remove(&self.name);
+        // Given back: the drop below has nothing left to do (no name is empty).
+        let name = std::mem::take(&mut self.name);
+        map.write().insert(name, c);
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if !self.name.is_empty() {
+            self.busy.lock().remove(&self.name);
+        }
+    }
+}
+
+#[cfg(test)]
+impl std::fmt::Debug for TestHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TestHook")
+    }
 }
 
 /// Checks a collection name: 1-64 characters from `[A-Za-z0-9_-]`.
@@ -245,7 +297,10 @@ impl VectorStore {
             dir,
             options,
             collections,
+            busy: Mutex::new(BTreeSet::new()),
             snapshotter,
+            #[cfg(test)]
+            hook: TestHook::default(),
         })
     }
 
@@ -255,8 +310,13 @@ impl VectorStore {
     }
 
     /// Creates a collection, durably; [`VectorError::AlreadyExists`] if the
-    /// name is taken, [`VectorError::FolderNotEmpty`] if its folder holds
+    /// name is taken (by a collection, or by a create or drop of that name
+    /// still running), [`VectorError::FolderNotEmpty`] if its folder holds
     /// files (a collection that failed to open at start-up).
+    ///
+    /// The files are written and fsynced with the name claimed but no lock
+    /// held, so lookups, and creates and drops of other names, never wait
+    /// for this one's I/O; the collection is published once it is durable.
     pub fn create_collection(
         &self,
         name: &str,
@@ -264,18 +324,44 @@ impl VectorStore {
     ) -> Result<Arc<Collection>> {
         check_name(name)?;
         config.validate()?;
-        let mut map = self.collections.write();
-        if map.contains_key(name) {
-            return Err(VectorError::AlreadyExists(name.to_owned()));
-        }
+        let claim = self
+            .claim(name, |taken| taken)
+            .ok_or_else(|| VectorError::AlreadyExists(name.to_owned()))?;
+        #[cfg(test)]
+        self.pause("create", name);
         let c = Arc::new(Collection::create(
             &self.dir.join(name),
             name,
             config,
             self.options.fsync,
         )?);
-        map.insert(name.to_owned(), c.clone());
+        claim.publish(&self.collections, c.clone());
         Ok(c)
+    }
+
+    /// Claims `name` for a create or a drop: `None` when another create or
+    /// drop holds it, or when `refuse` says no given whether the name is in
+    /// the map (a create refuses a name in use).
+    fn claim(&self, name: &str, refuse: impl FnOnce(bool) -> bool) -> Option<Claim<'_>> {
+        let mut busy = self.busy.lock();
+        if busy.contains(name) || refuse(self.collections.read().contains_key(name)) {
+            return None;
+        }
+        busy.insert(name.to_owned());
+        Some(Claim {
+            busy: &self.busy,
+            name: name.to_owned(),
+        })
+    }
+
+    /// Number of collections.
+    pub fn len(&self) -> usize {
+        self.collections.read().len()
+    }
+
+    /// Whether there are no collections.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// A collection by name; [`VectorError::NotFound`] if there is none.
@@ -298,22 +384,29 @@ impl VectorStore {
         all.iter().map(|c| c.info()).collect()
     }
 
-    /// Deletes a collection and its files; [`VectorError::NotFound`] if there is none.
+    /// Deletes a collection and its files; [`VectorError::NotFound`] if there
+    /// is none (or another drop of it is running).
     ///
-    /// The folder is first renamed (durably, under the store lock) to a name
-    /// no collection can have, then removed: a crash or a create of the same
-    /// name never meets half-deleted files under the collection's name, and
-    /// [`VectorStore::open`] deletes what an interrupted drop left.
+    /// The folder is first renamed (durably) to a name no collection can
+    /// have, then removed: a crash or a create of the same name never meets
+    /// half-deleted files under the collection's name, and
+    /// [`VectorStore::open`] deletes what an interrupted drop left. The name
+    /// is claimed until the rename is durable (a create of it is refused
+    /// meanwhile), but no lock is held across the I/O: lookups, and creates
+    /// and drops of other names, never wait for it.
     pub fn drop_collection(&self, name: &str) -> Result<()> {
         let c = self.get(name)?;
-        // A snapshot of it still running after the rename could land in the
-        // folder of a new collection of the same name: wait for it to end,
-        // outside the store lock (a compaction can take seconds).
-        c.set_retired(true);
-        let mut map = self.collections.write();
-        if !map.get(name).is_some_and(|m| Arc::ptr_eq(m, &c)) {
+        // Only a drop can take a name that is in the map: one is running.
+        let claim = self
+            .claim(name, |taken| !taken)
+            .ok_or_else(|| VectorError::NotFound(name.to_owned()))?;
+        if !self.get(name).is_ok_and(|m| Arc::ptr_eq(&m, &c)) {
             return Err(VectorError::NotFound(name.to_owned())); // dropped meanwhile
         }
+        // A snapshot of it still running after the rename could land in the
+        // folder of a new collection of the same name: wait for it to end
+        // (a compaction can take seconds).
+        c.set_retired(true);
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
@@ -323,15 +416,32 @@ impl VectorStore {
             return Err(VectorError::io(c.dir(), e));
         }
         // Renamed: the collection is gone from its name whatever happens next.
-        map.remove(name);
-        // Synced before a create of the name can run and before any unlink
-        // below: a power cut must not undo the rename and keep the unlinks.
+        self.collections.write().remove(name);
+        #[cfg(test)]
+        self.pause("drop", name);
+        // Synced before a create of the name can run (the claim is given
+        // back below) and before any unlink: a power cut must not undo the
+        // rename and keep the unlinks.
         let synced = durable::sync_dir(&self.dir);
-        drop(map);
         metrics::forget(name);
+        drop(claim);
         // If unsynced (or unremoved), the folder is deleted at the next open.
         synced?;
         std::fs::remove_dir_all(&graveyard).map_err(|e| VectorError::io(&graveyard, e))
+    }
+
+    /// Test builds: runs `hook` at each step a create or drop pauses at.
+    #[cfg(test)]
+    fn set_hook(&self, hook: impl Fn(&str, &str) + Send + Sync + 'static) {
+        *self.hook.0.lock() = Some(Arc::new(hook));
+    }
+
+    #[cfg(test)]
+    fn pause(&self, step: &str, name: &str) {
+        let hook = self.hook.0.lock().clone();
+        if let Some(hook) = hook {
+            hook(step, name);
+        }
     }
 
     /// Snapshots every collection (e.g. at shutdown).
@@ -349,6 +459,73 @@ mod tests {
     use super::*;
     use crate::distance::Metric;
     use crate::types::{Point, PointId};
+
+    /// A create or drop doing its file I/O (fsyncs, a rename) holds no lock
+    /// that lookups take: while one is paused in the middle of it, every
+    /// other collection is found, listed and dropped, and the name being
+    /// created or dropped stays taken (a second create of it is a conflict)
+    /// until it is done.
+    #[test]
+    fn lookups_never_wait_for_the_io_of_a_create_or_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let off = StoreOptions {
+            snapshot_wal_bytes: 0,
+            ..StoreOptions::default()
+        };
+        let s = VectorStore::open(dir.path(), off).unwrap();
+        let cfg = || CollectionConfig::new(2, Metric::L2);
+        for name in ["other", "gone", "spare"] {
+            s.create_collection(name, cfg()).unwrap();
+        }
+        for (step, name) in [("create", "slow"), ("drop", "gone")] {
+            std::thread::scope(|scope| {
+                // Dropped on a failed assertion too, which lets the paused
+                // thread go on (so a failure never hangs the test).
+                let (release, released) = mpsc::channel::<()>();
+                let (entered, entered_rx) = mpsc::channel::<String>();
+                let released = parking_lot::Mutex::new(released);
+                let entered = parking_lot::Mutex::new(entered);
+                // Pauses the create or drop of `name` only.
+                s.set_hook(move |at, of| {
+                    if of == name {
+                        let _ = entered.lock().send(at.to_owned());
+                        let _ = released.lock().recv();
+                    }
+                });
+                let s = &s;
+                let worker = scope.spawn(move || match step {
+                    "create" => s.create_collection(name, cfg()).map(drop),
+                    _ => s.drop_collection(name),
+                });
+                assert_eq!(entered_rx.recv().unwrap(), step);
+                // Paused in its I/O: the map is not locked at all.
+                assert!(
+                    s.collections.try_write().is_some(),
+                    "{step} holds the map lock"
+                );
+                assert_eq!(s.get("other").unwrap().name(), "other");
+                assert!(s.names().contains(&"other".to_owned()));
+                assert!(!s.list().is_empty());
+                // The name is taken until the create or drop is done.
+                assert!(matches!(
+                    s.create_collection(name, cfg()),
+                    Err(VectorError::AlreadyExists(_))
+                ));
+                // Other collections are created and dropped meanwhile.
+                s.create_collection(&format!("{name}-2"), cfg()).unwrap();
+                s.drop_collection("spare").unwrap();
+                s.create_collection("spare", cfg()).unwrap();
+                release.send(()).unwrap();
+                worker.join().unwrap().unwrap();
+            });
+        }
+        s.set_hook(|_, _| {});
+        assert!(s.busy.lock().is_empty(), "every claim given back");
+        assert!(s.get("slow").is_ok());
+        assert!(matches!(s.get("gone"), Err(VectorError::NotFound(_))));
+        // Dropped for good: the name is free again.
+        s.create_collection("gone", cfg()).unwrap();
+    }
 
     /// A collection being dropped is skipped quietly (no error to log, no
     /// snapshot written), and snapshotted again once the drop failed.

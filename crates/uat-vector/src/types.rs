@@ -12,6 +12,24 @@ pub const MAX_TOP_K: usize = 1000;
 /// Largest accepted dimension.
 pub const MAX_DIMENSION: usize = 65_536;
 
+/// Most results one search request may ask for: the sum of `top_k` over
+/// the searches of a batch (10 searches of [`MAX_TOP_K`]). Past it the
+/// request is refused ([`VectorError::ResponseTooLarge`]) before any search
+/// runs: a batch of 1,000 searches of 1,000 results built a response of a
+/// million points.
+pub const MAX_SEARCH_HITS: usize = 10_000;
+
+/// Most vector components one search request may return with
+/// `with_vector`: `top_k × dimension`, summed over the searches of a batch
+/// that ask for vectors (16,777,216: 64 MiB of `f32`, some 200 MB as JSON).
+/// Checked before any search runs.
+pub const MAX_SEARCH_VECTOR_FLOATS: usize = 16 * 1024 * 1024;
+
+/// Most payload bytes (counted as compact JSON) one search request may
+/// return, over all its hits: 32 MiB. Counted as the hits are gathered; the
+/// request fails once past it ([`VectorError::ResponseTooLarge`]).
+pub const MAX_SEARCH_PAYLOAD_BYTES: usize = 32 * 1024 * 1024;
+
 /// A point id: an unsigned integer or a UUID.
 ///
 /// (De)serializes from a JSON number or string; a string must be a valid

@@ -428,11 +428,15 @@ impl<'a> Reader<'a> {
         }
     }
     pub(crate) fn payload(&mut self) -> Option<Option<serde_json::Value>> {
+        self.payload_with_len().map(|(p, _)| p)
+    }
+    /// A payload and the length of its stored JSON text (0 without one).
+    pub(crate) fn payload_with_len(&mut self) -> Option<(Option<serde_json::Value>, u32)> {
         match self.u32()? {
-            0 => Some(None),
+            0 => Some((None, 0)),
             n => serde_json::from_slice(self.bytes(n as usize - 1)?)
                 .ok()
-                .map(Some),
+                .map(|p| (Some(p), n - 1)),
         }
     }
     pub(crate) fn is_done(&self) -> bool {

@@ -346,3 +346,193 @@ async fn only_upserts_and_batch_searches_take_the_bulk_limit() {
         assert_eq!(r.status(), 413, "{path}");
     }
 }
+
+/// A path segment axum cannot decode (`%C0` is not UTF-8) is a 400 in the
+/// OpenAI error shape on every route with a path parameter, not axum's
+/// plain-text "Invalid UTF-8".
+#[tokio::test]
+async fn bad_path_parameters_are_openai_shaped_400s() {
+    let app = spawn_app("").await;
+    make(&app, "c").await;
+    let vector = json!({"vector": [1.0, 0.0, 0.0], "top_k": 1});
+    for (method, path, body) in [
+        (reqwest::Method::GET, "/v1/collections/%C0", None),
+        (
+            reqwest::Method::PUT,
+            "/v1/collections/%C0",
+            Some(json!({"dimension": 3, "metric": "cosine"})),
+        ),
+        (reqwest::Method::DELETE, "/v1/collections/%C0", None),
+        (reqwest::Method::GET, "/v1/collections/%C0/points/1", None),
+        (reqwest::Method::GET, "/v1/collections/c/points/%C0", None),
+        (
+            reqwest::Method::PUT,
+            "/v1/collections/%C0/points",
+            Some(json!({"points": [{"id": 1, "vector": [1.0, 0.0, 0.0]}]})),
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/collections/%C0/points/search",
+            Some(vector.clone()),
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/collections/%C0/points/search/batch",
+            Some(json!({"searches": [vector.clone()]})),
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/collections/%C0/points/delete",
+            Some(json!({"ids": [1]})),
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/collections/%C0/snapshot",
+            Some(json!({})),
+        ),
+        // The other modules' path parameters (memory.rs aside).
+        (reqwest::Method::GET, "/v1/models/%C0", None),
+        (
+            reqwest::Method::POST,
+            "/v1/embeddings/models/%C0/load",
+            None,
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/embeddings/models/%C0/unload",
+            None,
+        ),
+    ] {
+        let mut req = app.client.request(method.clone(), app.at(path));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        let ctype = crate::common::header(&r, "content-type");
+        let text = r.text().await.unwrap();
+        assert_eq!(status, 400, "{method} {path}: {text}");
+        assert!(
+            ctype.starts_with("application/json"),
+            "{method} {path}: {ctype} {text}"
+        );
+        let b: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        for field in ["message", "type", "code"] {
+            assert!(b["error"][field].is_string(), "{method} {path}: {text}");
+        }
+        assert_openai_error(&b, "UTF-8");
+    }
+}
+
+/// One search request can ask for at most 10,000 results (the sum of
+/// top_k over a batch), 16,777,216 vector components (with_vector) and
+/// 32 MiB of payloads: past any of them it is a 400 naming the limit, never
+/// a response built whatever its size (a batch of 1,000 searches of
+/// top_k 1,000 with vectors ran the process out of memory).
+#[tokio::test]
+async fn searches_past_the_response_limits_are_400s_naming_the_limit() {
+    let app = spawn_app("").await;
+    make(&app, "c").await;
+    let big = "x".repeat(1024 * 1024);
+    let (s, b) = put(
+        &app,
+        "/v1/collections/c/points",
+        json!({"points": [
+            {"id": 1, "vector": [1.0, 0.0, 0.0], "payload": {"color": "red", "text": big}},
+            {"id": 2, "vector": [0.0, 1.0, 0.0], "payload": {"color": "blue"}}
+        ]}),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let batch = |n: usize, top_k: usize, with_payload: bool| {
+        let one = json!({"vector": [1.0, 0.0, 0.0], "top_k": top_k, "with_payload": with_payload});
+        json!({ "searches": vec![one; n] })
+    };
+    let too_large = |s: u16, b: &Value, limit: &str| {
+        assert_eq!(s, 400, "{b}");
+        assert_openai_error(b, limit);
+        assert_eq!(b["error"]["code"], "response_too_large", "{b}");
+    };
+
+    // Hits: 10 x 1,000 is the most; one more search is refused.
+    let (s, b) = post(
+        &app,
+        "/v1/collections/c/points/search/batch",
+        batch(10, 1000, false),
+    )
+    .await;
+    assert_eq!(s, 200, "{}", b["error"]);
+    assert_eq!(b["results"].as_array().map(Vec::len), Some(10));
+    let (s, b) = post(
+        &app,
+        "/v1/collections/c/points/search/batch",
+        batch(11, 1000, false),
+    )
+    .await;
+    too_large(s, &b, "10000");
+    assert_eq!(b["error"]["param"], "searches", "{b}");
+
+    // Payloads: the 1 MiB one 33 times is past 32 MiB; without payloads
+    // the same batch is fine.
+    let (s, b) = post(
+        &app,
+        "/v1/collections/c/points/search/batch",
+        batch(33, 1, true),
+    )
+    .await;
+    too_large(s, &b, "33554432");
+    let (s, b) = post(
+        &app,
+        "/v1/collections/c/points/search/batch",
+        batch(33, 1, false),
+    )
+    .await;
+    assert_eq!(s, 200, "{}", b["error"]);
+    let (s, b) = post(
+        &app,
+        "/v1/collections/c/points/search/batch",
+        batch(31, 1, true),
+    )
+    .await;
+    assert_eq!(s, 200, "{}", b["error"]);
+    assert_eq!(
+        b["results"][30][0]["payload"]["text"]
+            .as_str()
+            .map(str::len),
+        Some(1024 * 1024)
+    );
+
+    // Vector components: 256 x 65,536 is the most a search may return.
+    let (s, b) = put(
+        &app,
+        "/v1/collections/wide",
+        json!({"dimension": 65536, "metric": "l2"}),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    let wide = vec![0.5f32; 65536];
+    let (s, b) = put(
+        &app,
+        "/v1/collections/wide/points",
+        json!({"points": [{"id": 1, "vector": wide}]}),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let search = |top_k: usize| json!({"vector": wide, "top_k": top_k, "with_vector": true});
+    let (s, b) = post(&app, "/v1/collections/wide/points/search", search(257)).await;
+    too_large(s, &b, "16777216");
+    assert_eq!(b["error"]["param"], "top_k", "{b}");
+    let (s, b) = post(&app, "/v1/collections/wide/points/search", search(256)).await;
+    assert_eq!(s, 200, "{}", b["error"]);
+    assert_eq!(
+        b["results"][0]["vector"].as_array().map(Vec::len),
+        Some(65536)
+    );
+    let (s, b) = post(
+        &app,
+        "/v1/collections/wide/points/search/batch",
+        json!({"searches": [search(128), search(129)]}),
+    )
+    .await;
+    too_large(s, &b, "16777216");
+}

@@ -443,7 +443,9 @@ impl Collection {
         self.wal.lock().fail_syncs(fail);
     }
 
-    /// Memory in use, by kind.
+    /// Memory in use, by kind. Payloads count as their compact JSON, every
+    /// node's until a compaction reclaims the tombstoned ones: a running
+    /// sum kept by the graph, so this never serializes a payload.
     pub fn memory(&self) -> MemoryUsage {
         let st = self.state.read();
         let h = &st.hnsw;
@@ -452,11 +454,10 @@ impl Collection {
             if let Some(n) = h.node(i) {
                 m.vectors_bytes += h.dim * 4;
                 m.quantized_bytes += n.code.bytes();
-                m.payload_bytes += n.payload.as_ref().map_or(0, |p| p.to_string().len());
             }
         }
         m.graph_bytes = h.graph_bytes();
-        m.payload_bytes += st.pindex.read().bytes();
+        m.payload_bytes = h.payload_bytes() + st.pindex.read().bytes();
         let walked = if h.quant.get().is_some() && h.walk_quantized {
             m.quantized_bytes
         } else {

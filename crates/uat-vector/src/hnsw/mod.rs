@@ -35,6 +35,10 @@ pub(crate) struct Node {
     pub(crate) ext: PointId,
     pub(crate) code: Code,
     pub(crate) payload: Option<serde_json::Value>,
+    /// The payload's size as compact JSON (0 without one), measured once
+    /// when the node is made: it sums to the collection's payload memory
+    /// and bounds what a search returns, without serializing again.
+    pub(crate) payload_len: u32,
     /// Lists of levels 1..=level.
     pub(crate) upper: Box<[Box<[AtomicU32]>]>,
     /// Serializes writers of the node's lists, level 0 included (readers
@@ -58,6 +62,7 @@ impl Node {
         Self {
             ext,
             code,
+            payload_len: payload.as_ref().map_or(0, json_len),
             payload,
             upper: (0..level).map(|_| links::owned(m)).collect(),
             lock: Mutex::new(()),
@@ -80,6 +85,26 @@ impl Node {
         };
         prefetch(ptr, len.min(512));
     }
+}
+
+/// The length of a payload as compact JSON, without building the text
+/// (saturating; the WAL and snapshots cannot hold a payload of 4 GiB).
+pub(crate) fn json_len(v: &serde_json::Value) -> u32 {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut n = Count(0);
+    // Writing into a counter fails only for a non-string map key, which a
+    // `Value` cannot have.
+    let _ = serde_json::to_writer(&mut n, v);
+    u32::try_from(n.0).unwrap_or(u32::MAX)
 }
 
 /// Prefetches `len` bytes from `ptr`, one cache line at a time (a no-op off x86-64).
@@ -122,6 +147,9 @@ pub(crate) struct Hnsw {
     /// false, codes (if any) serve only the exact scans of filtered search.
     pub(crate) walk_quantized: bool,
     deleted: AtomicUsize,
+    /// Sum of every node's `payload_len`, tombstoned nodes included (their
+    /// payloads stay in memory until a compaction builds a new graph).
+    payload_bytes: AtomicUsize,
     level_seed: AtomicU64,
 }
 
@@ -143,6 +171,7 @@ impl Hnsw {
             quant_samples: AtomicUsize::new(0),
             walk_quantized: true,
             deleted: AtomicUsize::new(0),
+            payload_bytes: AtomicUsize::new(0),
             level_seed: AtomicU64::new(0x9E37_79B9_7F4A_7C15),
         }
     }
@@ -168,6 +197,12 @@ impl Hnsw {
     /// Tombstoned nodes.
     pub(crate) fn deleted_count(&self) -> usize {
         self.deleted.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of payloads held, as compact JSON: every node's, tombstoned
+    /// ones included.
+    pub(crate) fn payload_bytes(&self) -> usize {
+        self.payload_bytes.load(Ordering::Relaxed)
     }
 
     /// A node's metadata (id, payload, code, upper lists).
@@ -261,8 +296,10 @@ impl Hnsw {
         let level = self.random_level();
         let id = self.next.fetch_add(1, Ordering::AcqRel);
         self.arena.init(id, &vector, false);
-        self.slots
-            .set(id, Node::new(ext, code, payload, level, self.m));
+        let node = Node::new(ext, code, payload, level, self.m);
+        self.payload_bytes
+            .fetch_add(node.payload_len as usize, Ordering::Relaxed);
+        self.slots.set(id, node);
         self.link(id);
         id
     }
@@ -283,6 +320,8 @@ impl Hnsw {
         if let Some(l) = self.arena.links(id) {
             l.set(links0);
         }
+        self.payload_bytes
+            .fetch_add(node.payload_len as usize, Ordering::Relaxed);
         self.slots.set(id, node);
         id
     }

@@ -4,6 +4,7 @@
 mod api;
 mod auto_snapshot;
 mod crash;
+mod memory_report;
 mod persistence;
 mod search;
 

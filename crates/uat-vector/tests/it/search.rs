@@ -470,3 +470,83 @@ fn quantizers_first_trained_on_one_point_are_retrained_as_the_collection_grows()
         }
     }
 }
+
+/// What one request may return is bounded (the sum of top_k, the vector
+/// components with `with_vector`, the payload bytes), checked before the
+/// results are built: a batch of 1,000 searches of top_k 1,000 with their
+/// vectors and payloads built a response of any size.
+#[test]
+fn searches_past_the_response_limits_are_refused() {
+    let (_d, s) = store();
+    let c = s
+        .create_collection("c", CollectionConfig::new(3, Metric::L2))
+        .unwrap();
+    let big = "x".repeat(1024 * 1024);
+    c.upsert(vec![
+        Point {
+            id: PointId::Num(1),
+            vector: vec![1.0, 0.0, 0.0],
+            payload: Some(serde_json::json!({ "text": big })),
+        },
+        Point {
+            id: PointId::Num(2),
+            vector: vec![0.0, 1.0, 0.0],
+            payload: None,
+        },
+    ])
+    .unwrap();
+    let req = |top_k: usize, with_payload: bool| {
+        let mut r = SearchRequest::new(vec![1.0, 0.0, 0.0], top_k);
+        r.with_payload = with_payload;
+        r
+    };
+    let refused = |r: uat_vector::Result<Vec<Vec<uat_vector::ScoredPoint>>>, limit: &str| {
+        let e = r.expect_err("past the limit");
+        assert!(e.is_bad_request(), "{e}");
+        assert!(e.to_string().contains(limit), "{e}");
+    };
+    // The sum of top_k: 10 x 1,000 is the most.
+    assert_eq!(
+        c.search_batch(&vec![req(1000, false); 10]).unwrap().len(),
+        10
+    );
+    refused(c.search_batch(&vec![req(1000, false); 11]), "10000");
+    // Payload bytes: 33 copies of a 1 MiB payload are past 32 MiB.
+    refused(c.search_batch(&vec![req(1, true); 33]), "33554432");
+    assert_eq!(c.search_batch(&vec![req(1, false); 33]).unwrap().len(), 33);
+    let out = c.search_batch(&vec![req(1, true); 31]).unwrap();
+    assert!(out.iter().all(|r| r[0].payload.is_some()));
+
+    // Vector components: 256 x 65,536 is the most.
+    let w = s
+        .create_collection("w", CollectionConfig::new(65536, Metric::L2))
+        .unwrap();
+    w.upsert(vec![Point {
+        id: PointId::Num(1),
+        vector: vec![0.5; 65536],
+        payload: None,
+    }])
+    .unwrap();
+    let wide = |top_k: usize| {
+        let mut r = SearchRequest::new(vec![0.5; 65536], top_k);
+        r.with_vector = true;
+        r
+    };
+    let e = w.search(&wide(257)).expect_err("past the limit");
+    assert!(
+        e.is_bad_request() && e.to_string().contains("16777216"),
+        "{e}"
+    );
+    assert_eq!(
+        w.search(&wide(256)).unwrap()[0]
+            .vector
+            .as_ref()
+            .map(Vec::len),
+        Some(65536)
+    );
+    refused(w.search_batch(&[wide(128), wide(129)]), "16777216");
+    // Without vectors the same searches are fine.
+    let mut plain = wide(1000);
+    plain.with_vector = false;
+    assert_eq!(w.search(&plain).unwrap().len(), 1);
+}
