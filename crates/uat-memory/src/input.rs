@@ -16,6 +16,14 @@ pub const MAX_ID_BYTES: usize = 256;
 pub const MAX_TAGS: usize = 64;
 /// Largest metadata object, serialized.
 pub const MAX_METADATA_BYTES: usize = 64 * 1024;
+/// Most JSON values in a search's metadata filter: each key's value, and
+/// each value inside an array or object, counts. (SQLite compares each one
+/// in an expression of its own; the filter must stay inside its limits.)
+pub const MAX_FILTER_VALUES: usize = 100;
+/// Deepest nesting of a value in a search's metadata filter (a key's value
+/// is at depth 1). SQLite nests a subquery per level, each costing some 70
+/// of its expression depth limit (1,000): 10 levels of 12 values still fit.
+pub const MAX_FILTER_DEPTH: usize = 8;
 /// Largest `top_k` / `limit`.
 pub const MAX_LIMIT: usize = 1000;
 
@@ -246,6 +254,35 @@ pub(crate) fn metadata(v: Option<Value>, field: &str) -> Result<Map<String, Valu
     }
 }
 
+/// Checks a metadata filter's size (see [`MAX_FILTER_VALUES`] and
+/// [`MAX_FILTER_DEPTH`]).
+fn filter_metadata(v: Option<Value>, field: &str) -> Result<Map<String, Value>> {
+    let m = metadata(v, field)?;
+    let mut left: Vec<(&Value, usize)> = m.values().map(|v| (v, 1)).collect();
+    let mut count = 0;
+    while let Some((v, depth)) = left.pop() {
+        count += 1;
+        if count > MAX_FILTER_VALUES {
+            return Err(MemoryError::invalid(
+                field,
+                format!("holds more than {MAX_FILTER_VALUES} values"),
+            ));
+        }
+        if depth > MAX_FILTER_DEPTH {
+            return Err(MemoryError::invalid(
+                field,
+                format!("nests values more than {MAX_FILTER_DEPTH} deep"),
+            ));
+        }
+        match v {
+            Value::Array(a) => left.extend(a.iter().map(|v| (v, depth + 1))),
+            Value::Object(o) => left.extend(o.values().map(|v| (v, depth + 1))),
+            _ => {}
+        }
+    }
+    Ok(m)
+}
+
 /// Parses an RFC 3339 time.
 pub fn time(v: Option<&str>, field: &str) -> Result<Option<OffsetDateTime>> {
     v.map(|s| {
@@ -437,7 +474,9 @@ pub struct SearchInput {
     pub until: Option<String>,
     /// Metadata keys that must equal these values.
     pub metadata: Option<Value>,
-    /// Drop results scoring below this.
+    /// Drop results scoring below this: the cosine similarity to the query
+    /// in semantic and hybrid mode (in hybrid, a candidate without an
+    /// embedding fails), the keyword score in keyword mode.
     pub min_score: Option<f64>,
 }
 
@@ -495,7 +534,7 @@ impl SearchInput {
                 .unwrap_or_default(),
             since: time(self.since.as_deref(), "since")?,
             until: time(self.until.as_deref(), "until")?,
-            metadata: metadata(self.metadata, "metadata")?,
+            metadata: filter_metadata(self.metadata, "metadata")?,
         };
         Ok(SearchQuery {
             query: content(self.query.as_deref(), "query", limits)?,

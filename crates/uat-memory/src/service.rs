@@ -11,8 +11,7 @@ use crate::keyword;
 use crate::metrics::{self, Op};
 use crate::store::{self, AnyStore, Store};
 use crate::types::{
-    Cursor, Embedding, Filter, HistoryEntry, ListQuery, Memory, NewRow, Page, Patch, WriteOutcome,
-    now,
+    Embedding, Filter, HistoryEntry, ListQuery, Memory, NewRow, Page, Patch, WriteOutcome, now,
 };
 use serde::Serialize;
 use sha2::Digest;
@@ -313,6 +312,7 @@ impl Memories {
     }
 
     async fn write_inner(&self, req: WriteRequest) -> Result<Vec<WriteOutcome>> {
+        let batch = matches!(req, WriteRequest::Batch(_));
         let items = match req {
             WriteRequest::One(i) => vec![input::validate(i, "", self.limits)?],
             WriteRequest::Batch(list) => list
@@ -321,11 +321,13 @@ impl Memories {
                 .map(|(i, it)| input::validate(it, &format!("memories[{i}]."), self.limits))
                 .collect::<Result<Vec<_>>>()?,
         };
-        let at = now();
         let embeddings = self
             .embed(items.iter().map(|i| i.content.clone()).collect())
             .await?;
         let mut embeddings = embeddings.map(Vec::into_iter);
+        // The store stamps the rows again inside its transaction: a slow
+        // embedding must not date a memory before writes committed meanwhile.
+        let at = now();
         let rows: Vec<NewRow> = items
             .into_iter()
             .map(|i| NewRow {
@@ -347,7 +349,16 @@ impl Memories {
                 },
             })
             .collect();
-        let out = self.store.insert(rows).await?;
+        let out = self.store.insert(rows).await.map_err(|e| match e {
+            // The store names a row of the batch; one memory has no index.
+            MemoryError::Invalid { field, message } if !batch => MemoryError::Invalid {
+                field: field
+                    .strip_prefix("memories[0].")
+                    .map_or(field.clone(), str::to_string),
+                message,
+            },
+            e => e,
+        })?;
         if let Some(idx) = &self.index {
             idx.kick();
         }
@@ -511,7 +522,11 @@ impl Memories {
         } else {
             self.with_rows(q, mode, depth, &terms).await?
         };
-        if let Some(min) = q.min_score {
+        // Hybrid applies `min_score` to the semantic similarity of its
+        // candidates, before it ranks them (a fused score is at most 2/61).
+        if let Some(min) = q.min_score
+            && mode != SearchMode::Hybrid
+        {
             hits.retain(|h| h.score >= min);
         }
         hits.truncate(q.top_k);
@@ -540,11 +555,12 @@ impl Memories {
         };
         let semantic_search = async {
             match mode {
-                SearchMode::Keyword => Ok(Vec::new()),
+                SearchMode::Keyword => Ok((Vec::new(), Vec::new())),
                 _ => self.semantic(q, depth).await,
             }
         };
-        let (keyword_hits, semantic_hits) = tokio::try_join!(keyword_search, semantic_search)?;
+        let (keyword_hits, (semantic_hits, query)) =
+            tokio::try_join!(keyword_search, semantic_search)?;
         let hits: Vec<SearchHit> = match mode {
             SearchMode::Keyword => keyword_hits
                 .into_iter()
@@ -570,10 +586,11 @@ impl Memories {
                 let mut rows: HashMap<Uuid, Memory> = HashMap::new();
                 let semantic = ids_of(semantic_hits, &mut rows);
                 let keyword = ids_of(keyword_hits, &mut rows);
-                fuse(&semantic, &keyword)
-                    .into_iter()
-                    .filter_map(|f| f.hit(&mut rows))
-                    .collect()
+                let mut fused = fuse(&semantic, &keyword);
+                if let Some(min) = q.min_score {
+                    fused = self.similar(fused, &semantic, &query, min).await?;
+                }
+                fused.into_iter().filter_map(|f| f.hit(&mut rows)).collect()
             }
         };
         Ok(hits)
@@ -584,14 +601,17 @@ impl Memories {
     /// `top_k` only (more only when it drops some: a change the index has not
     /// applied yet). Fetching the rows of both depth-`2k` lists instead did
     /// four times the row work of the answer. On SQLite the keyword query,
-    /// the index search and the row fetch run in one blocking task.
+    /// the index search and the row fetch run in one blocking task (without
+    /// `min_score`, which needs the similarity of keyword-only candidates).
     async fn hybrid(
         &self,
         q: &SearchQuery,
         depth: usize,
         terms: &[String],
     ) -> Result<Vec<SearchHit>> {
-        if let AnyStore::Sqlite(store) = &*self.store {
+        if q.min_score.is_none()
+            && let AnyStore::Sqlite(store) = &*self.store
+        {
             let search = self.semantic_search(q, depth).await?;
             let reads = store
                 .readers()
@@ -606,14 +626,53 @@ impl Memories {
                 .filter_map(|f| f.hit(&mut rows))
                 .collect());
         }
-        let (keyword, semantic) = tokio::try_join!(
-            self.store.keyword_ids(&q.filter, terms, depth),
-            self.semantic_ids(q, depth)
-        )?;
-        let fused = fuse(&semantic, &keyword);
+        let semantic = async {
+            let (idx, qv) = self.query_vector(q).await?;
+            let hits = idx.search(qv.clone(), &q.filter, depth).await?;
+            Ok::<_, MemoryError>((hits, qv))
+        };
+        let (keyword, (semantic, query)) =
+            tokio::try_join!(self.store.keyword_ids(&q.filter, terms, depth), semantic)?;
+        let mut fused = fuse(&semantic, &keyword);
+        if let Some(min) = q.min_score {
+            fused = self.similar(fused, &semantic, &query, min).await?;
+        }
         let ids: Vec<Uuid> = fused.iter().map(|f| f.id).collect();
         let mut rows = self.rows_for(&q.filter, &ids, q.top_k).await?;
         Ok(fused.into_iter().filter_map(|f| f.hit(&mut rows)).collect())
+    }
+
+    /// The fused candidates whose cosine similarity to `query` is at least
+    /// `min`: the index's score for those semantic search found, computed
+    /// from the stored embedding for the keyword-only ones. A memory without
+    /// an embedding of the current model has no similarity and fails.
+    async fn similar(
+        &self,
+        fused: Vec<Fused>,
+        semantic: &[(Uuid, f32)],
+        query: &[f32],
+        min: f64,
+    ) -> Result<Vec<Fused>> {
+        let mut similarity: HashMap<Uuid, f32> = semantic.iter().copied().collect();
+        let keyword_only: Vec<Uuid> = fused
+            .iter()
+            .map(|f| f.id)
+            .filter(|id| !similarity.contains_key(id))
+            .collect();
+        if !keyword_only.is_empty() {
+            let model = self.model().unwrap_or_default();
+            for e in self.store.index_entries(&keyword_only).await? {
+                if e.embedding.model == model
+                    && let Some(s) = cosine(&e.embedding.vector, query)
+                {
+                    similarity.insert(e.id, s);
+                }
+            }
+        }
+        Ok(fused
+            .into_iter()
+            .filter(|f| similarity.get(&f.id).is_some_and(|&s| f64::from(s) >= min))
+            .collect())
     }
 
     /// Live rows matching `filter` for the first `want` of `ranked`; the
@@ -640,13 +699,8 @@ impl Memories {
         Ok(rows)
     }
 
-    /// The index's best `k` memories for the query, unchecked by SQL.
-    async fn semantic_ids(&self, q: &SearchQuery, k: usize) -> Result<Vec<(Uuid, f32)>> {
-        let (idx, qv) = self.query_vector(q).await?;
-        idx.search(qv, &q.filter, k).await
-    }
-
-    /// [`Memories::semantic_ids`] as a closure for a blocking thread.
+    /// The index's best `k` memories for the query, unchecked by SQL, as a
+    /// closure for a blocking thread.
     async fn semantic_search(
         &self,
         q: &SearchQuery,
@@ -682,30 +736,36 @@ impl Memories {
         Ok((idx, qv.vector))
     }
 
-    async fn semantic(&self, q: &SearchQuery, depth: usize) -> Result<Vec<(Memory, f32)>> {
+    /// Semantic search's rows, best first, with the query's embedding.
+    async fn semantic(
+        &self,
+        q: &SearchQuery,
+        depth: usize,
+    ) -> Result<(Vec<(Memory, f32)>, Vec<f32>)> {
+        let (idx, qv) = self.query_vector(q).await?;
         if q.filter.metadata.is_empty() {
-            let hits = self.semantic_ids(q, depth + 8).await?;
-            return self.checked(q, hits, depth).await;
+            let hits = idx.search(qv.clone(), &q.filter, depth + 8).await?;
+            return Ok((self.checked(q, hits, depth).await?, qv));
         }
         // Metadata is not in the index: SQL checks it after the index ranks.
         // Ask for more while SQL drops too many and the index has more, up
         // to the index's largest answer; past that, rank exactly the
         // memories SQL says match (a rare filter over many memories).
-        let (idx, qv) = self.query_vector(q).await?;
         let mut k = depth * 4 + 32;
         loop {
             let hits = idx.search(qv.clone(), &q.filter, k).await?;
             let more = hits.len() >= k.min(uat_vector::MAX_TOP_K);
             let found = self.checked(q, hits, depth).await?;
             if found.len() >= depth || !more {
-                return Ok(found);
+                return Ok((found, qv));
             }
             if k >= uat_vector::MAX_TOP_K {
                 break;
             }
             k = (k * 4).min(uat_vector::MAX_TOP_K);
         }
-        self.semantic_exact(q, &qv, depth).await
+        let found = self.semantic_exact(q, &qv, depth).await?;
+        Ok((found, qv))
     }
 
     /// The ranked `hits` that SQL has live and matching, best `depth`.
@@ -725,68 +785,47 @@ impl Memories {
     }
 
     /// Semantic search by brute force over the memories SQL finds for the
-    /// filter (at most [`EXACT_MAX`]; past that the newest), scored as the
-    /// index scores (cosine), for a metadata filter the index's nearest
-    /// [`uat_vector::MAX_TOP_K`] did not satisfy.
+    /// filter (the newest [`EXACT_MAX`] with an embedding of the model),
+    /// scored as the index scores (cosine), for a metadata filter the index's
+    /// nearest [`uat_vector::MAX_TOP_K`] did not satisfy. The store streams
+    /// ids and embeddings only and scores them off the async workers; rows
+    /// are read for the best `depth`.
     async fn semantic_exact(
         &self,
         q: &SearchQuery,
         query: &[f32],
         depth: usize,
     ) -> Result<Vec<(Memory, f32)>> {
-        let model = self.model().unwrap_or_default().to_owned();
-        let mut rows: HashMap<Uuid, Memory> = HashMap::new();
-        let mut cursor = None;
-        loop {
-            let page = self
-                .store
-                .list(&ListQuery {
-                    filter: q.filter.clone(),
-                    limit: EXACT_PAGE,
-                    cursor,
-                })
-                .await?;
-            rows.extend(page.memories.into_iter().map(|m| (m.id, m)));
-            match page.next_cursor {
-                Some(c) if rows.len() < EXACT_MAX => cursor = Some(Cursor::decode(&c)?),
-                Some(_) => {
-                    tracing::warn!(
-                        user = %q.filter.user_id,
-                        "memory: a metadata filter matched over {EXACT_MAX} memories; semantic search ranked the newest {EXACT_MAX}"
-                    );
-                    break;
-                }
-                None => break,
-            }
+        let Some(model) = self.model() else {
+            return Err(MemoryError::NoEmbedder);
+        };
+        let query = Embedding {
+            model: model.to_owned(),
+            vector: query.to_vec(),
+        };
+        let exact = self
+            .store
+            .nearest_exact(&q.filter, &query, depth, EXACT_MAX)
+            .await?;
+        if exact.more {
+            tracing::warn!(
+                user = %q.filter.user_id,
+                "memory: a metadata filter matched over {EXACT_MAX} memories; semantic search ranked the newest {EXACT_MAX}"
+            );
         }
-        let ids: Vec<Uuid> = rows.keys().copied().collect();
-        let qn = norm(query);
-        let mut scored: Vec<(Uuid, f32)> = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(EXACT_PAGE) {
-            for e in self.store.index_entries(chunk).await? {
-                if e.embedding.model != model || e.embedding.vector.len() != query.len() {
-                    continue; // not in the index either (another model)
-                }
-                let dot: f32 = e
-                    .embedding
-                    .vector
-                    .iter()
-                    .zip(query)
-                    .map(|(a, b)| a * b)
-                    .sum();
-                let n = norm(&e.embedding.vector) * qn;
-                if n > 0.0 {
-                    scored.push((e.id, dot / n));
-                }
-            }
-        }
-        scored.sort_by(|a, b| b.1.total_cmp(&a.1));
-        Ok(scored
-            .into_iter()
-            .filter_map(|(id, s)| rows.remove(&id).map(|m| (m, s)))
-            .take(depth)
-            .collect())
+        self.checked(q, exact.hits, depth).await
     }
+}
+
+/// Cosine similarity of `a` and `b`; `None` for vectors of different
+/// lengths or a zero vector.
+fn cosine(a: &[f32], b: &[f32]) -> Option<f32> {
+    if a.len() != b.len() {
+        return None;
+    }
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let n = norm(a) * norm(b);
+    (n > 0.0).then(|| dot / n)
 }
 
 /// Euclidean norm.
@@ -794,8 +833,6 @@ fn norm(v: &[f32]) -> f32 {
     v.iter().map(|x| x * x).sum::<f32>().sqrt()
 }
 
-/// Memories read per page by [`Memories::semantic_exact`].
-const EXACT_PAGE: usize = 500;
 /// Most memories [`Memories::semantic_exact`] ranks.
 const EXACT_MAX: usize = 20_000;
 

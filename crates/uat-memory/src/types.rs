@@ -40,11 +40,15 @@ pub struct Memory {
 /// A memory to write, already validated by the service.
 #[derive(Debug, Clone)]
 pub struct NewRow {
-    /// The memory as it will be stored when it is not a duplicate.
+    /// The memory as it will be stored when it is not a duplicate. The store
+    /// replaces `created_at` and `updated_at` with the time of the insert
+    /// (taken inside its transaction, after any embedding was made).
     pub memory: Memory,
     /// Hash of (agent, run, content): the dedupe lookup key within a user.
     pub content_hash: String,
-    /// Return an existing memory with the same hash instead of inserting.
+    /// Return an existing memory with the same hash instead of inserting,
+    /// after applying this write's attributes to it (see
+    /// [`Store::insert`](crate::Store::insert)).
     pub dedupe: bool,
     /// Embedding of the content, when a model is configured.
     pub embedding: Option<Embedding>,
@@ -62,11 +66,21 @@ pub struct Embedding {
 /// The result of writing one memory.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WriteOutcome {
-    /// The stored memory (the existing one when deduplicated).
+    /// The stored memory (the existing one when deduplicated, with this
+    /// write's attributes applied).
     #[serde(flatten)]
     pub memory: Memory,
     /// True when an existing memory was returned instead of a new one.
     pub deduplicated: bool,
+}
+
+/// The answer of [`Store::nearest_exact`](crate::Store::nearest_exact).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExactHits {
+    /// `(id, cosine)`, best first.
+    pub hits: Vec<(Uuid, f32)>,
+    /// True when more memories matched than were scanned.
+    pub more: bool,
 }
 
 /// A resolved change to one memory (the service fills `content_hash` and
@@ -180,7 +194,9 @@ impl Cursor {
         ))
     }
 
-    /// Parses the opaque text form.
+    /// Parses the opaque text form. The position must be a time both stores
+    /// can hold (from the epoch through the year 9999): a forged cursor far
+    /// outside it is the caller's mistake, not a database error.
     pub fn decode(s: &str) -> Result<Self> {
         let bad = || MemoryError::invalid("cursor", "not a cursor returned by this API");
         let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -188,11 +204,20 @@ impl Cursor {
             .map_err(|_| bad())?;
         let text = String::from_utf8(raw).map_err(|_| bad())?;
         let (a, b) = text.split_once('.').ok_or_else(bad)?;
+        let created_us: i64 = a.parse().map_err(|_| bad())?;
+        if !(0..=Self::MAX_CREATED_US).contains(&created_us) {
+            return Err(bad());
+        }
         Ok(Cursor {
-            created_us: a.parse().map_err(|_| bad())?,
+            created_us,
             id: Uuid::parse_str(b).map_err(|_| bad())?,
         })
     }
+
+    /// The last microsecond of the year 9999 (`9999-12-31T23:59:59.999999Z`):
+    /// the latest time a cursor may hold (the `time` crate's range, inside
+    /// PostgreSQL's).
+    pub const MAX_CREATED_US: i64 = 253_402_300_799_999_999;
 }
 
 /// One history record.

@@ -11,10 +11,10 @@
 use crate::StartupError;
 use crate::embeddings::EmbedService;
 use crate::error::ApiError;
-use crate::extract::{ApiJson, ApiQuery};
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::state::{AppState, ReadyCheck, ReadyStatus};
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -265,7 +265,7 @@ async fn delete_all(
 
 async fn get_one(
     State(st): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<UserQuery>,
 ) -> Result<Response, ApiError> {
     let u = user(&q)?;
@@ -280,7 +280,7 @@ async fn get_one(
 
 async fn patch_one(
     State(st): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<UserQuery>,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
@@ -296,7 +296,7 @@ async fn patch_one(
 
 async fn delete_one(
     State(st): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<UserQuery>,
 ) -> Result<Response, ApiError> {
     let u = user(&q)?;
@@ -307,7 +307,7 @@ async fn delete_one(
 
 async fn history(
     State(st): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<UserQuery>,
 ) -> Result<Response, ApiError> {
     let u = user(&q)?;

@@ -14,11 +14,14 @@ mod test_rows;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
-use crate::error::Result;
+use crate::error::{MemoryError, Result};
+use crate::input::{MAX_METADATA_BYTES, MAX_TAGS};
 use crate::types::{
-    Change, Filter, HistoryEntry, IndexEntry, ListQuery, Memory, NewEmbedding, NewRow, Page, Patch,
-    UnembeddedPage, WriteOutcome,
+    Change, Embedding, ExactHits, Filter, HistoryEntry, IndexEntry, ListQuery, Memory,
+    NewEmbedding, NewRow, Page, Patch, UnembeddedPage, WriteOutcome,
 };
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BinaryHeap, HashMap};
 use std::future::Future;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -28,8 +31,13 @@ use uuid::Uuid;
 /// `index_entries`, `scan_index_entries`, `count`, and the backfill's
 /// `unembedded` and `store_embeddings`), which never reach the API.
 pub trait Store: Send + Sync {
-    /// Writes `rows` in one transaction (all or nothing). Rows with `dedupe`
-    /// return a live memory of the same user with the same content hash instead.
+    /// Writes `rows` in one transaction (all or nothing), stamping their
+    /// `created_at` and `updated_at` inside it. Rows with `dedupe` return a
+    /// live memory of the same user with the same content hash instead (one
+    /// stored, or an earlier row of the batch), after applying their
+    /// attributes to it ([`merge_duplicate`]): when that changes it, it is
+    /// updated in the same transaction (new `updated_at`, an `update` history
+    /// entry, an upsert in the change log); when not, nothing is written.
     fn insert(&self, rows: Vec<NewRow>) -> impl Future<Output = Result<Vec<WriteOutcome>>> + Send;
     /// One live memory of `user_id`.
     fn get(&self, user_id: &str, id: Uuid) -> impl Future<Output = Result<Option<Memory>>> + Send;
@@ -67,7 +75,9 @@ pub trait Store: Send + Sync {
         filter: &Filter,
         ids: &[Uuid],
     ) -> impl Future<Output = Result<Vec<Memory>>> + Send;
-    /// History of one live memory of `user_id`, oldest first.
+    /// History of one memory of `user_id`, oldest first, whether the memory
+    /// is live, deleted or expired; `None` when `user_id` has no history for
+    /// `id` (never theirs, or gone with every memory of the user).
     fn history(
         &self,
         user_id: &str,
@@ -85,6 +95,19 @@ pub trait Store: Send + Sync {
     /// its first write), kept in memory: what read-your-writes waits for
     /// without a query. Changes made through other handles are not counted.
     fn local_change(&self) -> i64;
+    /// Exact semantic search for filters the vector index cannot answer
+    /// (metadata): the `k` memories matching `filter` whose embedding of
+    /// `query.model` is nearest to `query.vector` by cosine, best first, among
+    /// the newest `scan` such memories. Scored as the rows stream in, off the
+    /// async workers, without reading the memories themselves; `more` says
+    /// whether more than `scan` matched.
+    fn nearest_exact(
+        &self,
+        filter: &Filter,
+        query: &Embedding,
+        k: usize,
+        scan: usize,
+    ) -> impl Future<Output = Result<ExactHits>> + Send;
     /// Index entries for `ids` (rows that exist and carry an embedding).
     fn index_entries(&self, ids: &[Uuid]) -> impl Future<Output = Result<Vec<IndexEntry>>> + Send;
     /// Index entries in id order after `after`, for a rebuild.
@@ -247,6 +270,15 @@ impl Store for AnyStore {
             AnyStore::Postgres(s) => s.local_change(),
         }
     }
+    async fn nearest_exact(
+        &self,
+        filter: &Filter,
+        query: &Embedding,
+        k: usize,
+        scan: usize,
+    ) -> Result<ExactHits> {
+        delegate!(self, s => s.nearest_exact(filter, query, k, scan))
+    }
     async fn index_entries(&self, ids: &[Uuid]) -> Result<Vec<IndexEntry>> {
         delegate!(self, s => s.index_entries(ids))
     }
@@ -305,6 +337,201 @@ pub(crate) fn apply_patch(old: &Memory, patch: &Patch, now: time::OffsetDateTime
     }
     m.updated_at = now;
     m
+}
+
+/// Applies what a deduplicated write `from` (row `row` of its batch) says to
+/// the memory `into` it duplicates: its tags are added, its metadata keys set
+/// (its values win), its kind and expiry replace the memory's when it gives
+/// them. Returns whether `into` changed. The result must still fit the limits
+/// of one write (tags, metadata size), or the write is refused, naming the field.
+pub(crate) fn merge_duplicate(into: &mut Memory, from: &Memory, row: usize) -> Result<bool> {
+    let mut changed = false;
+    for t in &from.tags {
+        if !into.tags.contains(t) {
+            into.tags.push(t.clone());
+            changed = true;
+        }
+    }
+    if changed {
+        into.tags.sort();
+        if into.tags.len() > MAX_TAGS {
+            return Err(MemoryError::invalid(
+                format!("memories[{row}].tags"),
+                format!(
+                    "the memory this write duplicates would hold {} tags; at most {MAX_TAGS}",
+                    into.tags.len()
+                ),
+            ));
+        }
+    }
+    let mut metadata_changed = false;
+    for (k, v) in &from.metadata {
+        if into.metadata.get(k) != Some(v) {
+            into.metadata.insert(k.clone(), v.clone());
+            metadata_changed = true;
+        }
+    }
+    if metadata_changed {
+        let size = serde_json::to_string(&into.metadata)
+            .map(|s| s.len())
+            .unwrap_or(usize::MAX);
+        if size > MAX_METADATA_BYTES {
+            return Err(MemoryError::invalid(
+                format!("memories[{row}].metadata"),
+                format!(
+                    "merged into the memory this write duplicates it would be larger than {MAX_METADATA_BYTES} bytes"
+                ),
+            ));
+        }
+        changed = true;
+    }
+    if from.kind.is_some() && into.kind != from.kind {
+        into.kind.clone_from(&from.kind);
+        changed = true;
+    }
+    if from.expires_at.is_some() && into.expires_at != from.expires_at {
+        into.expires_at = from.expires_at;
+        changed = true;
+    }
+    Ok(changed)
+}
+
+/// Where the outcome of one row of a write comes from (see [`resolve_duplicates`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Slot {
+    /// The row is inserted (with the attributes of later duplicates in the batch).
+    New(usize),
+    /// A stored memory, `Resolved::stored[j]`.
+    Stored(usize),
+    /// A duplicate of the earlier row `i` of the batch (a `New` one).
+    Batch(usize),
+}
+
+/// How the rows of a write resolve against the live memories and each other.
+#[derive(Debug)]
+pub(crate) struct Resolved {
+    /// Per row.
+    pub(crate) slots: Vec<Slot>,
+    /// Stored memories the batch duplicates: as read, and with the batch's
+    /// attributes applied (equal when nothing changes).
+    pub(crate) stored: Vec<(Memory, Memory)>,
+}
+
+/// Resolves the duplicates of a batch: each row with `dedupe` whose (user,
+/// content hash) is in `live` (the oldest live memory of each) or earlier in
+/// the batch merges its attributes into that memory ([`merge_duplicate`]);
+/// the others are new. Rows merged into an earlier row change `rows` in place.
+pub(crate) fn resolve_duplicates(
+    rows: &mut [NewRow],
+    mut live: HashMap<(String, String), Memory>,
+) -> Result<Resolved> {
+    let mut slots = Vec::with_capacity(rows.len());
+    let mut stored: Vec<(Memory, Memory)> = Vec::new();
+    let mut stored_at: HashMap<(String, String), usize> = HashMap::new();
+    let mut first: HashMap<(String, String), usize> = HashMap::new();
+    for i in 0..rows.len() {
+        let key = (rows[i].memory.user_id.clone(), rows[i].content_hash.clone());
+        if rows[i].dedupe {
+            if let Some(&j) = stored_at.get(&key) {
+                merge_duplicate(&mut stored[j].1, &rows[i].memory, i)?;
+                slots.push(Slot::Stored(j));
+                continue;
+            }
+            if let Some(old) = live.remove(&key) {
+                let mut merged = old.clone();
+                merge_duplicate(&mut merged, &rows[i].memory, i)?;
+                stored_at.insert(key, stored.len());
+                slots.push(Slot::Stored(stored.len()));
+                stored.push((old, merged));
+                continue;
+            }
+            if let Some(&j) = first.get(&key) {
+                let (before, from) = rows.split_at_mut(i);
+                merge_duplicate(&mut before[j].memory, &from[0].memory, i)?;
+                slots.push(Slot::Batch(j));
+                continue;
+            }
+        }
+        first.entry(key).or_insert(i);
+        slots.push(Slot::New(i));
+    }
+    Ok(Resolved { slots, stored })
+}
+
+/// The `k` best of a stream of stored embeddings by cosine to a query
+/// (exact search, see [`Store::nearest_exact`]); holds only the best `k`.
+pub(crate) struct Nearest {
+    query: Vec<f32>,
+    norm: f32,
+    model: String,
+    k: usize,
+    best: BinaryHeap<Reverse<Scored>>,
+}
+
+/// A score, ordered by value then id (a total order for the heap).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Scored(f32, Uuid);
+
+impl Eq for Scored {}
+
+impl PartialOrd for Scored {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Scored {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0
+            .total_cmp(&other.0)
+            .then_with(|| self.1.cmp(&other.1))
+    }
+}
+
+impl Nearest {
+    /// Ranks against `query`, keeping the best `k`.
+    pub(crate) fn new(query: &Embedding, k: usize) -> Self {
+        Nearest {
+            norm: query.vector.iter().map(|x| x * x).sum::<f32>().sqrt(),
+            query: query.vector.clone(),
+            model: query.model.clone(),
+            k,
+            best: BinaryHeap::with_capacity(k + 1),
+        }
+    }
+
+    /// Scores one stored embedding (little-endian f32 `bytes` made by
+    /// `model`); another model's, another length or a zero vector is
+    /// skipped, as the vector index would not hold it either.
+    pub(crate) fn offer(&mut self, id: Uuid, model: &str, bytes: &[u8]) {
+        if self.k == 0 || model != self.model || bytes.len() != self.query.len() * 4 {
+            return;
+        }
+        let (mut dot, mut norm) = (0.0f32, 0.0f32);
+        for (c, q) in bytes.chunks_exact(4).zip(&self.query) {
+            let x = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            dot += x * q;
+            norm += x * x;
+        }
+        let n = norm.sqrt() * self.norm;
+        if n <= 0.0 || !n.is_finite() {
+            return;
+        }
+        let s = Scored(dot / n, id);
+        if self.best.len() < self.k {
+            self.best.push(Reverse(s));
+        } else if self.best.peek().is_some_and(|w| s > w.0) {
+            self.best.pop();
+            self.best.push(Reverse(s));
+        }
+    }
+
+    /// The best `k`, best first.
+    pub(crate) fn into_hits(self) -> Vec<(Uuid, f32)> {
+        let mut v: Vec<Scored> = self.best.into_iter().map(|r| r.0).collect();
+        v.sort_by(|a, b| b.cmp(a));
+        v.into_iter().map(|s| (s.1, s.0)).collect()
+    }
 }
 
 /// The JSON kept in the history table.
@@ -366,5 +593,141 @@ mod prune_cut_tests {
         // Nothing old enough.
         assert_eq!(prune_cut(&rows, &5, i64::MAX, 100), None);
         assert_eq!(prune_cut::<i64>(&[], &5, i64::MAX, 100), None);
+    }
+}
+
+#[cfg(test)]
+mod dedupe_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn memory(user: &str, tags: &[&str], metadata: serde_json::Value) -> Memory {
+        let at = crate::types::now();
+        Memory {
+            id: Uuid::now_v7(),
+            user_id: user.into(),
+            agent_id: None,
+            run_id: None,
+            kind: None,
+            content: "c".into(),
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            metadata: metadata.as_object().cloned().unwrap_or_default(),
+            created_at: at,
+            updated_at: at,
+            expires_at: None,
+        }
+    }
+
+    #[test]
+    fn merging_adds_tags_sets_keys_and_replaces_what_is_given() {
+        let mut into = memory("u", &["b", "d"], json!({"a": 1, "b": 2}));
+        let before = into.clone();
+        let mut from = memory("u", &["a", "d"], json!({"b": 3, "c": 4}));
+        from.kind = Some("fact".into());
+        from.expires_at = Some(before.created_at);
+        assert!(merge_duplicate(&mut into, &from, 0).unwrap());
+        assert_eq!(into.tags, vec!["a", "b", "d"]);
+        assert_eq!(
+            serde_json::Value::Object(into.metadata.clone()),
+            json!({"a": 1, "b": 3, "c": 4})
+        );
+        assert_eq!(into.kind.as_deref(), Some("fact"));
+        assert_eq!(into.expires_at, Some(before.created_at));
+        assert_eq!((into.id, into.updated_at), (before.id, before.updated_at));
+        // Again, or with nothing given: no change.
+        let merged = into.clone();
+        assert!(!merge_duplicate(&mut into, &from, 0).unwrap());
+        assert!(!merge_duplicate(&mut into, &memory("u", &[], json!({})), 0).unwrap());
+        assert_eq!(into, merged);
+    }
+
+    #[test]
+    fn a_merge_past_the_limits_names_the_row_and_field() {
+        let many: Vec<String> = (0..MAX_TAGS).map(|i| format!("t{i:03}")).collect();
+        let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+        let mut into = memory("u", &refs, json!({}));
+        let e = merge_duplicate(&mut into, &memory("u", &["zz"], json!({})), 3).unwrap_err();
+        assert!(
+            matches!(&e, MemoryError::Invalid { field, .. } if field == "memories[3].tags"),
+            "{e:?}"
+        );
+        let big = "x".repeat(MAX_METADATA_BYTES / 2 + 1);
+        let mut into = memory("u", &[], json!({ "a": big }));
+        let e = merge_duplicate(&mut into, &memory("u", &[], json!({ "b": big })), 0).unwrap_err();
+        assert!(
+            matches!(&e, MemoryError::Invalid { field, .. } if field == "memories[0].metadata"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn duplicates_resolve_to_the_stored_memory_then_the_first_of_the_batch() {
+        let row = |user: &str, hash: &str, tag: &str, dedupe: bool| NewRow {
+            memory: memory(user, &[tag], json!({})),
+            content_hash: hash.into(),
+            dedupe,
+            embedding: None,
+        };
+        let stored = memory("u", &["s"], json!({}));
+        let live: HashMap<(String, String), Memory> =
+            [(("u".to_string(), "h1".to_string()), stored.clone())].into();
+        let mut rows = vec![
+            row("u", "h1", "a", true),
+            row("u", "h2", "b", false),
+            row("u", "h2", "c", true),
+            row("v", "h1", "d", true),
+            row("u", "h1", "e", true),
+            row("u", "h1", "f", false),
+        ];
+        let r = resolve_duplicates(&mut rows, live).unwrap();
+        assert_eq!(
+            r.slots,
+            vec![
+                Slot::Stored(0),
+                Slot::New(1),
+                Slot::Batch(1),
+                Slot::New(3),
+                Slot::Stored(0),
+                Slot::New(5),
+            ]
+        );
+        assert_eq!(r.stored.len(), 1);
+        assert_eq!(r.stored[0].0, stored);
+        assert_eq!(r.stored[0].1.tags, vec!["a", "e", "s"]);
+        assert_eq!(
+            rows[1].memory.tags,
+            vec!["b", "c"],
+            "merged into the first row"
+        );
+        assert_eq!(rows[3].memory.tags, vec!["d"]);
+    }
+
+    #[test]
+    fn nearest_keeps_the_best_k_by_cosine_and_skips_what_the_index_would() {
+        let query = Embedding {
+            model: "m".into(),
+            vector: vec![1.0, 0.0],
+        };
+        let bytes = |v: [f32; 2]| crate::types::vector_to_bytes(&v);
+        let ids: Vec<Uuid> = (0..6).map(|_| Uuid::now_v7()).collect();
+        let mut n = Nearest::new(&query, 2);
+        n.offer(ids[0], "m", &bytes([0.0, 1.0])); // 0
+        n.offer(ids[1], "m", &bytes([1.0, 1.0])); // 0.71
+        n.offer(ids[2], "m", &bytes([2.0, 0.0])); // 1
+        n.offer(ids[3], "other", &bytes([1.0, 0.0]));
+        n.offer(ids[4], "m", &bytes([0.0, 0.0]));
+        n.offer(
+            ids[5],
+            "m",
+            &crate::types::vector_to_bytes(&[1.0, 0.0, 0.0]),
+        );
+        let hits = n.into_hits();
+        assert_eq!(
+            hits.iter().map(|h| h.0).collect::<Vec<_>>(),
+            vec![ids[2], ids[1]]
+        );
+        assert!((hits[0].1 - 1.0).abs() < 1e-6);
+        assert!((hits[1].1 - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-6);
+        assert!(Nearest::new(&query, 0).into_hits().is_empty());
     }
 }

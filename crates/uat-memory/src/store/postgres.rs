@@ -5,12 +5,15 @@
 //! change sequence numbers become visible in commit order and a replica
 //! tailing `seq > last` never skips a change that commits late.
 
-use super::{MAX_IN_LIST, Store, apply_patch, history_json};
+use super::{
+    MAX_IN_LIST, Nearest, Resolved, Slot, Store, apply_patch, history_json, merge_duplicate,
+    resolve_duplicates,
+};
 use crate::error::{MemoryError, Result};
 use crate::keyword::{index_text, tsquery, user_key};
 use crate::types::{
-    Change, ChangeOp, Cursor, Embedding, Filter, HistoryEntry, IndexEntry, ListQuery, Memory,
-    NewEmbedding, NewRow, Page, Patch, TagMode, Unembedded, UnembeddedPage, WriteOutcome,
+    Change, ChangeOp, Cursor, Embedding, ExactHits, Filter, HistoryEntry, IndexEntry, ListQuery,
+    Memory, NewEmbedding, NewRow, Page, Patch, TagMode, Unembedded, UnembeddedPage, WriteOutcome,
     bytes_to_vector, from_micros, now, vector_to_bytes,
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
@@ -24,6 +27,9 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 const COLS: &str = "m.id, m.user_id, m.agent_id, m.run_id, m.kind, m.content, m.tags, m.metadata, m.created_at, m.updated_at, m.expires_at";
+
+/// Embeddings read per page by [`Store::nearest_exact`].
+const EXACT_PAGE: usize = 1000;
 
 /// Advisory lock keys (arbitrary constants).
 const MIGRATION_LOCK: i64 = 0x7561_745f_6d65_6d01;
@@ -396,6 +402,9 @@ async fn record_history(
     Ok(())
 }
 
+/// The oldest live memory of each `(user, content hash)` of `pairs`, locked
+/// until the transaction ends: a deduplicated write may change it, and a
+/// concurrent one must merge into what this one leaves, not into what both read.
 async fn live_by_hash(
     tx: &mut sqlx::PgConnection,
     pairs: &[(String, String)],
@@ -409,7 +418,7 @@ async fn live_by_hash(
     let sql = format!(
         "SELECT {COLS}, m.content_hash FROM memories m JOIN UNNEST($1::text[], $2::text[]) AS k(user_id, content_hash) \
          ON m.user_id = k.user_id AND m.content_hash = k.content_hash \
-         WHERE (m.expires_at IS NULL OR m.expires_at > now()) ORDER BY m.created_at, m.id"
+         WHERE (m.expires_at IS NULL OR m.expires_at > now()) ORDER BY m.created_at, m.id FOR UPDATE OF m"
     );
     for r in sqlx::query(&sql)
         .bind(users)
@@ -507,8 +516,71 @@ async fn bulk_insert(tx: &mut sqlx::PgConnection, rows: &[&NewRow]) -> Result<Ve
     Ok(inserted)
 }
 
+/// Writes what deduplicated writes changed of the stored memories `stored`
+/// (`(as read, as merged)`; those equal are skipped): kind, tags, metadata,
+/// expiry and `updated_at`, in one statement, and an `update` history entry each.
+async fn update_attributes(tx: &mut sqlx::PgConnection, stored: &[(Memory, Memory)]) -> Result<()> {
+    let changed: Vec<(&Memory, &Memory)> = stored
+        .iter()
+        .filter(|(old, new)| old != new)
+        .map(|(old, new)| (old, new))
+        .collect();
+    if changed.is_empty() {
+        return Ok(());
+    }
+    let (mut ids, mut users, mut kinds, mut tags, mut metas, mut expires, mut updated) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
+    let (mut olds, mut news) = (Vec::new(), Vec::new());
+    for (old, m) in &changed {
+        ids.push(m.id);
+        users.push(m.user_id.clone());
+        kinds.push(m.kind.clone());
+        tags.push(serde_json::to_string(&m.tags).map_err(corrupt)?);
+        metas.push(serde_json::to_string(&m.metadata).map_err(corrupt)?);
+        expires.push(m.expires_at);
+        updated.push(m.updated_at);
+        olds.push(history_json(old)?);
+        news.push(history_json(m)?);
+    }
+    sqlx::query(
+        "UPDATE memories m SET kind = u.kind, tags = ARRAY(SELECT jsonb_array_elements_text(u.tags::jsonb)), \
+         metadata = u.metadata::jsonb, expires_at = u.expires_at, updated_at = u.updated_at \
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::timestamptz[]) \
+         AS u(id, user_id, kind, tags, metadata, expires_at, updated_at) \
+         WHERE m.id = u.id AND m.user_id = u.user_id",
+    )
+    .bind(&ids)
+    .bind(&users)
+    .bind(kinds)
+    .bind(tags)
+    .bind(metas)
+    .bind(expires)
+    .bind(updated)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO memory_history (memory_id, user_id, op, old_value, new_value, at) \
+         SELECT u.id, u.user_id, 'update', u.old::jsonb, u.new::jsonb, now() \
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY AS u(id, user_id, old, new, n) ORDER BY u.n",
+    )
+    .bind(&ids)
+    .bind(&users)
+    .bind(olds)
+    .bind(news)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
 impl Store for PgStore {
-    async fn insert(&self, rows: Vec<NewRow>) -> Result<Vec<WriteOutcome>> {
+    async fn insert(&self, mut rows: Vec<NewRow>) -> Result<Vec<WriteOutcome>> {
         let mut tx = self.pool.begin().await?;
         // 1. Duplicates of live memories, then duplicates within the batch.
         let pairs: Vec<(String, String)> = rows
@@ -516,38 +588,30 @@ impl Store for PgStore {
             .filter(|r| r.dedupe)
             .map(|r| (r.memory.user_id.clone(), r.content_hash.clone()))
             .collect();
-        let mut existing = live_by_hash(&mut tx, &pairs).await?;
-        enum Slot {
-            Existing(Box<Memory>),
-            New(usize),
+        let existing = live_by_hash(&mut tx, &pairs).await?;
+        let Resolved { slots, mut stored } = resolve_duplicates(&mut rows, existing)?;
+        // Stamped now, after the embedding and the lookup.
+        let at = now();
+        for r in &mut rows {
+            r.memory.created_at = at;
+            r.memory.updated_at = at;
         }
-        let mut slots = Vec::with_capacity(rows.len());
-        let mut first_in_batch: HashMap<(String, String), usize> = HashMap::new();
-        let mut to_insert: Vec<&NewRow> = Vec::new();
-        for (i, r) in rows.iter().enumerate() {
-            let key = (r.memory.user_id.clone(), r.content_hash.clone());
-            if r.dedupe {
-                if let Some(m) = existing.get(&key) {
-                    slots.push(Slot::Existing(Box::new(m.clone())));
-                    continue;
-                }
-                if let Some(&j) = first_in_batch.get(&key) {
-                    slots.push(Slot::Existing(Box::new(rows[j].memory.clone())));
-                    continue;
-                }
-            }
-            first_in_batch.entry(key).or_insert(i);
-            slots.push(Slot::New(to_insert.len()));
-            to_insert.push(r);
-        }
-        // 2. One INSERT for the batch; a conflict means an expired memory holds
-        // the dedupe key, or a concurrent writer inserted the same content.
-        let inserted: std::collections::HashSet<Uuid> = bulk_insert(&mut tx, &to_insert)
-            .await?
-            .into_iter()
+        let to_insert: Vec<usize> = slots
+            .iter()
+            .filter_map(|s| match s {
+                Slot::New(i) => Some(*i),
+                Slot::Stored(_) | Slot::Batch(_) => None,
+            })
             .collect();
-        let mut replaced: HashMap<usize, Memory> = HashMap::new();
-        for (n, r) in to_insert.iter().enumerate() {
+        // 2. One INSERT for the batch; a conflict means an expired memory holds
+        // the dedupe key, or a concurrent writer inserted the same content:
+        // then this row is a duplicate of that memory after all.
+        let fresh: Vec<&NewRow> = to_insert.iter().map(|&i| &rows[i]).collect();
+        let inserted: std::collections::HashSet<Uuid> =
+            bulk_insert(&mut tx, &fresh).await?.into_iter().collect();
+        let mut replaced: HashMap<usize, usize> = HashMap::new();
+        for &i in &to_insert {
+            let r = &rows[i];
             if inserted.contains(&r.memory.id) {
                 continue;
             }
@@ -559,44 +623,40 @@ impl Store for PgStore {
             .bind(&r.content_hash)
             .execute(&mut *tx)
             .await?;
-            existing = live_by_hash(
+            let live = live_by_hash(
                 &mut tx,
                 &[(r.memory.user_id.clone(), r.content_hash.clone())],
             )
             .await?;
-            if let Some(m) = existing.into_values().next() {
-                replaced.insert(n, m);
+            if let Some(old) = live.into_values().next() {
+                let mut merged = old.clone();
+                merge_duplicate(&mut merged, &r.memory, i)?;
+                replaced.insert(i, stored.len());
+                stored.push((old, merged));
             } else if bulk_insert(&mut tx, &[r]).await?.is_empty() {
                 return Err(MemoryError::Corrupt(
                     "dedupe key still taken after release".into(),
                 ));
             }
         }
-        // 3. History and change log for what was written.
-        let mut out = Vec::with_capacity(rows.len());
-        let mut created: Vec<&Memory> = Vec::new();
-        for s in slots {
-            match s {
-                Slot::Existing(m) => out.push(WriteOutcome {
-                    memory: *m,
-                    deduplicated: true,
-                }),
-                Slot::New(n) => match replaced.get(&n) {
-                    Some(m) => out.push(WriteOutcome {
-                        memory: m.clone(),
-                        deduplicated: true,
-                    }),
-                    None => {
-                        created.push(&to_insert[n].memory);
-                        out.push(WriteOutcome {
-                            memory: to_insert[n].memory.clone(),
-                            deduplicated: false,
-                        });
-                    }
-                },
+        // 3. Stored duplicates the batch changed: updated in place.
+        for (old, new) in &mut stored {
+            if old != new {
+                new.updated_at = at;
             }
         }
-        let mut last_seq = 0;
+        let changed: Vec<&Memory> = stored
+            .iter()
+            .filter(|(old, new)| old != new)
+            .map(|(_, new)| new)
+            .collect();
+        update_attributes(&mut tx, &stored).await?;
+        // 4. History and change log for what was written.
+        let created: Vec<&Memory> = to_insert
+            .iter()
+            .filter(|i| !replaced.contains_key(i))
+            .map(|&i| &rows[i].memory)
+            .collect();
         if !created.is_empty() {
             let ids: Vec<Uuid> = created.iter().map(|m| m.id).collect();
             let users: Vec<String> = created.iter().map(|m| m.user_id.clone()).collect();
@@ -613,15 +673,39 @@ impl Store for PgStore {
             .bind(values)
             .execute(&mut *tx)
             .await?;
-            let changes: Vec<_> = created
-                .iter()
-                .map(|m| (Some(m.id), m.user_id.clone(), ChangeOp::Upsert))
-                .collect();
-            last_seq = record_changes(&mut tx, &changes).await?;
         }
+        let changes: Vec<_> = created
+            .iter()
+            .chain(&changed)
+            .map(|m| (Some(m.id), m.user_id.clone(), ChangeOp::Upsert))
+            .collect();
+        let last_seq = record_changes(&mut tx, &changes).await?;
         tx.commit().await?;
         self.committed(last_seq);
-        Ok(out)
+        let stored_of = |i: usize| replaced.get(&i).map(|&j| stored[j].1.clone());
+        Ok(slots
+            .into_iter()
+            .map(|s| match s {
+                Slot::New(i) => match stored_of(i) {
+                    Some(memory) => WriteOutcome {
+                        memory,
+                        deduplicated: true,
+                    },
+                    None => WriteOutcome {
+                        memory: rows[i].memory.clone(),
+                        deduplicated: false,
+                    },
+                },
+                Slot::Batch(i) => WriteOutcome {
+                    memory: stored_of(i).unwrap_or_else(|| rows[i].memory.clone()),
+                    deduplicated: true,
+                },
+                Slot::Stored(j) => WriteOutcome {
+                    memory: stored[j].1.clone(),
+                    deduplicated: true,
+                },
+            })
+            .collect())
     }
 
     async fn get(&self, user_id: &str, id: Uuid) -> Result<Option<Memory>> {
@@ -828,9 +912,8 @@ impl Store for PgStore {
     }
 
     async fn history(&self, user_id: &str, id: Uuid) -> Result<Option<Vec<HistoryEntry>>> {
-        if self.get(user_id, id).await?.is_none() {
-            return Ok(None);
-        }
+        // Owned by the user when the user has history for it: a deleted or
+        // expired memory keeps its history (with the delete or expire entry).
         let rows = sqlx::query(
             "SELECT op, old_value, new_value, at FROM memory_history WHERE memory_id = $1 AND user_id = $2 ORDER BY hid",
         )
@@ -850,7 +933,7 @@ impl Store for PgStore {
                 })
             })
             .collect::<Result<Vec<_>>>()
-            .map(Some)
+            .map(|h| (!h.is_empty()).then_some(h))
     }
 
     async fn changes_after(&self, seq: i64, limit: usize) -> Result<Vec<Change>> {
@@ -882,6 +965,70 @@ impl Store for PgStore {
 
     fn local_change(&self) -> i64 {
         self.local_seq.load(Ordering::Acquire)
+    }
+
+    async fn nearest_exact(
+        &self,
+        filter: &Filter,
+        query: &Embedding,
+        k: usize,
+        scan: usize,
+    ) -> Result<ExactHits> {
+        // Pages of embeddings, newest first (keyset), each scored on the
+        // blocking pool: at most one page of vectors is held at a time.
+        let at = now();
+        let mut nearest = Nearest::new(query, k);
+        let mut after: Option<(OffsetDateTime, Uuid)> = None;
+        let mut seen = 0usize;
+        loop {
+            let want = EXACT_PAGE.min(scan.saturating_add(1) - seen);
+            let mut qb = QueryBuilder::<Postgres>::new(
+                "SELECT m.id, m.created_at, e.model, e.embedding FROM memories m \
+                 JOIN memory_embeddings e ON e.id = m.id WHERE e.model = ",
+            );
+            qb.push_bind(query.model.clone()).push(" AND");
+            push_filter(&mut qb, filter, at);
+            if let Some((t, id)) = after {
+                qb.push(" AND (m.created_at < ").push_bind(t);
+                qb.push(" OR (m.created_at = ").push_bind(t);
+                qb.push(" AND m.id < ").push_bind(id).push("))");
+            }
+            qb.push(" ORDER BY m.created_at DESC, m.id DESC LIMIT ")
+                .push_bind(i64::try_from(want).unwrap_or(i64::MAX));
+            let rows = qb.build().fetch_all(&self.pool).await?;
+            let n = rows.len();
+            if let Some(last) = rows.last() {
+                after = Some((last.try_get("created_at")?, last.try_get("id")?));
+            }
+            let page = rows
+                .iter()
+                .take(scan.saturating_sub(seen))
+                .map(|r| {
+                    Ok((
+                        r.try_get("id")?,
+                        r.try_get("model")?,
+                        r.try_get("embedding")?,
+                    ))
+                })
+                .collect::<Result<Vec<(Uuid, String, Vec<u8>)>>>()?;
+            drop(rows);
+            seen += n;
+            nearest = tokio::task::spawn_blocking(move || {
+                for (id, model, bytes) in &page {
+                    nearest.offer(*id, model, bytes);
+                }
+                nearest
+            })
+            .await
+            .map_err(|e| MemoryError::Index(format!("exact search task failed: {e}")))?;
+            if n < want || seen > scan {
+                break;
+            }
+        }
+        Ok(ExactHits {
+            hits: nearest.into_hits(),
+            more: seen > scan,
+        })
     }
 
     async fn index_entries(&self, ids: &[Uuid]) -> Result<Vec<IndexEntry>> {

@@ -6,12 +6,12 @@
 //! `rusqlite` (see `sqlite_read`).
 
 use super::sqlite_read::Readers;
-use super::{MAX_IN_LIST, Store, apply_patch, history_json};
+use super::{MAX_IN_LIST, Resolved, Slot, Store, apply_patch, history_json, resolve_duplicates};
 use crate::error::{MemoryError, Result};
 use crate::keyword::{index_text, user_key};
 use crate::types::{
-    Change, ChangeOp, Embedding, Filter, HistoryEntry, IndexEntry, ListQuery, Memory, NewEmbedding,
-    NewRow, Page, Patch, UnembeddedPage, WriteOutcome, from_micros, now, to_micros,
+    Change, ChangeOp, Embedding, ExactHits, Filter, HistoryEntry, IndexEntry, ListQuery, Memory,
+    NewEmbedding, NewRow, Page, Patch, UnembeddedPage, WriteOutcome, from_micros, now, to_micros,
     vector_to_bytes,
 };
 use sqlx::sqlite::{
@@ -178,6 +178,8 @@ pub struct SqliteStore {
     write: SqlitePool,
     /// The last change-log position committed through this handle.
     local_seq: AtomicI64,
+    /// The last insert stamp (see [`SqliteStore::stamp`]).
+    last_stamp: AtomicI64,
     /// Rows written (inserted, changed, deleted) since the full-text index
     /// was last merged; see [`SqliteStore::maintain`].
     fts_writes: AtomicU64,
@@ -246,6 +248,7 @@ impl SqliteStore {
             read,
             write,
             local_seq: AtomicI64::new(0),
+            last_stamp: AtomicI64::new(0),
             fts_writes: AtomicU64::new(0),
             fts_seen: AtomicU64::new(0),
             fts_last_merge: parking_lot::Mutex::new(None),
@@ -254,6 +257,21 @@ impl SqliteStore {
 
     fn committed(&self, seq: i64) {
         self.local_seq.fetch_max(seq, Ordering::AcqRel);
+    }
+
+    /// The time of an insert, in microseconds: the clock, but always after
+    /// the previous stamp of this store (a clock stepped back, two inserts in
+    /// one microsecond). Taken under the write lock, so stamps follow commit
+    /// order.
+    fn stamp(&self) -> i64 {
+        let clock = to_micros(now());
+        let prev = self
+            .last_stamp
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
+                Some(next_stamp(p, clock))
+            })
+            .unwrap_or_else(|p| p);
+        next_stamp(prev, clock)
     }
 
     fn wrote(&self, rows: u64) {
@@ -294,6 +312,11 @@ impl SqliteStore {
         *self.fts_last_merge.lock() = Some((Instant::now(), started.elapsed()));
         Ok(true)
     }
+}
+
+/// The stamp after `prev` when the clock says `clock`.
+fn next_stamp(prev: i64, clock: i64) -> i64 {
+    clock.max(prev.saturating_add(1))
 }
 
 async fn migrate(pool: &SqlitePool) -> Result<()> {
@@ -406,11 +429,6 @@ fn decode(row: &SqliteRow) -> Result<Memory> {
 
 fn json_text(v: &impl serde::Serialize) -> Result<String> {
     serde_json::to_string(v).map_err(corrupt)
-}
-
-/// `$."key"`: a JSON path naming one top-level key.
-pub(super) fn json_path(key: &str) -> String {
-    format!("$.\"{}\"", key.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
 async fn record_history(
@@ -593,10 +611,38 @@ async fn insert_rows(
         .await?)
 }
 
+/// Writes the attributes a deduplicated write may change (kind, tags,
+/// metadata, expiry) and `updated_at` of the stored memory `m`.
+async fn update_attributes(tx: &mut sqlx::SqliteConnection, m: &Memory) -> Result<()> {
+    sqlx::query(
+        "UPDATE memories SET kind = ?, tags = ?, metadata = ?, expires_at = ?, updated_at = ? \
+         WHERE id = ? AND user_id = ?",
+    )
+    .bind(&m.kind)
+    .bind(json_text(&m.tags)?)
+    .bind(json_text(&m.metadata)?)
+    .bind(m.expires_at.map(to_micros))
+    .bind(to_micros(m.updated_at))
+    .bind(m.id.to_string())
+    .bind(&m.user_id)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
 impl Store for SqliteStore {
-    async fn insert(&self, rows: Vec<NewRow>) -> Result<Vec<WriteOutcome>> {
-        let now_us = to_micros(now());
+    async fn insert(&self, mut rows: Vec<NewRow>) -> Result<Vec<WriteOutcome>> {
         let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+        // Stamped under the write lock: commit order and `created_at` agree,
+        // so a client polling `since=` misses nothing committed later.
+        let now_us = self.stamp();
+        let at = from_micros(now_us)?;
+        for r in &mut rows {
+            r.memory.created_at = at;
+            r.memory.updated_at = at;
+        }
+        // Live by the clock (the stamp may run ahead of it after a step back).
+        let clock_us = to_micros(now());
         // Live duplicates of the batch, in one query per chunk of hashes.
         let mut live: HashMap<(String, String), Memory> = HashMap::new();
         let hashes: Vec<&str> = rows
@@ -613,7 +659,7 @@ impl Store for SqliteStore {
                 sep.push_bind(h.to_string());
             }
             qb.push(") AND (m.expires_at IS NULL OR m.expires_at > ")
-                .push_bind(now_us)
+                .push_bind(clock_us)
                 .push(") ORDER BY m.created_at, m.id");
             for r in qb.build().fetch_all(&mut *tx).await? {
                 let m = decode(&r)?;
@@ -622,36 +668,16 @@ impl Store for SqliteStore {
             }
         }
         // Resolve duplicates (stored, then within the batch) before writing.
-        enum Slot<'a> {
-            Existing(Box<Memory>),
-            New(&'a NewRow),
-        }
-        let mut slots = Vec::with_capacity(rows.len());
-        let mut first: HashMap<(String, String), usize> = HashMap::new();
-        for (i, r) in rows.iter().enumerate() {
-            let key = (r.memory.user_id.clone(), r.content_hash.clone());
-            if r.dedupe {
-                if let Some(existing) = live.get(&key) {
-                    slots.push(Slot::Existing(Box::new(existing.clone())));
-                    continue;
-                }
-                if let Some(&j) = first.get(&key) {
-                    slots.push(Slot::Existing(Box::new(rows[j].memory.clone())));
-                    continue;
-                }
-            }
-            first.entry(key).or_insert(i);
-            slots.push(Slot::New(r));
-        }
-        // Multi-row inserts; a row not inserted lost its dedupe key to an
-        // expired memory, which releases it.
+        let Resolved { slots, mut stored } = resolve_duplicates(&mut rows, live)?;
         let fresh: Vec<&NewRow> = slots
             .iter()
             .filter_map(|s| match s {
-                Slot::New(r) => Some(*r),
-                Slot::Existing(_) => None,
+                Slot::New(i) => Some(&rows[*i]),
+                Slot::Stored(_) | Slot::Batch(_) => None,
             })
             .collect();
+        // Multi-row inserts; a row not inserted lost its dedupe key to an
+        // expired memory, which releases it.
         let mut rid = last_rid(&mut tx).await?;
         let mut inserted: HashMap<String, i64> = HashMap::with_capacity(fresh.len());
         for chunk in fresh.chunks(INSERT_CHUNK) {
@@ -679,32 +705,49 @@ impl Store for SqliteStore {
             side.push((rid, *r));
         }
         insert_side_rows(&mut tx, &side).await?;
-        let mut out = Vec::with_capacity(rows.len());
-        let mut created: Vec<&Memory> = Vec::with_capacity(rows.len());
-        for s in slots {
-            match s {
-                Slot::Existing(m) => out.push(WriteOutcome {
-                    memory: *m,
-                    deduplicated: true,
-                }),
-                Slot::New(r) => {
-                    created.push(&r.memory);
-                    out.push(WriteOutcome {
-                        memory: r.memory.clone(),
-                        deduplicated: false,
-                    });
-                }
+        // Stored duplicates the batch changed: updated in place.
+        for (old, new) in &mut stored {
+            if old == new {
+                continue;
             }
+            new.updated_at = at;
+            update_attributes(&mut tx, new).await?;
+            record_history(&mut tx, new, "update", Some(old), Some(new), now_us).await?;
         }
+        let updated: Vec<(Uuid, &str)> = stored
+            .iter()
+            .filter(|(old, new)| old != new)
+            .map(|(_, new)| (new.id, new.user_id.as_str()))
+            .collect();
         // History and change log: multi-row inserts.
+        let created: Vec<&Memory> = fresh.iter().map(|r| &r.memory).collect();
         let mut last_seq = 0;
         for chunk in created.chunks(HISTORY_CHUNK) {
             last_seq = record_batch(&mut tx, chunk, "create", ChangeOp::Upsert, now_us).await?;
         }
+        for chunk in updated.chunks(HISTORY_CHUNK) {
+            last_seq = record_changes(&mut tx, chunk, ChangeOp::Upsert, now_us).await?;
+        }
         tx.commit().await?;
         self.committed(last_seq);
-        self.wrote(out.len() as u64);
-        Ok(out)
+        self.wrote(fresh.len() as u64);
+        Ok(slots
+            .into_iter()
+            .map(|s| match s {
+                Slot::New(i) => WriteOutcome {
+                    memory: rows[i].memory.clone(),
+                    deduplicated: false,
+                },
+                Slot::Batch(i) => WriteOutcome {
+                    memory: rows[i].memory.clone(),
+                    deduplicated: true,
+                },
+                Slot::Stored(j) => WriteOutcome {
+                    memory: stored[j].1.clone(),
+                    deduplicated: true,
+                },
+            })
+            .collect())
     }
 
     async fn get(&self, user_id: &str, id: Uuid) -> Result<Option<Memory>> {
@@ -870,6 +913,16 @@ impl Store for SqliteStore {
 
     fn local_change(&self) -> i64 {
         self.local_seq.load(Ordering::Acquire)
+    }
+
+    async fn nearest_exact(
+        &self,
+        filter: &Filter,
+        query: &Embedding,
+        k: usize,
+        scan: usize,
+    ) -> Result<ExactHits> {
+        self.read.nearest_exact(filter, query, k, scan).await
     }
 
     async fn index_entries(&self, ids: &[Uuid]) -> Result<Vec<IndexEntry>> {
@@ -1156,6 +1209,14 @@ mod tests {
                 .await
                 .expect("terms count");
         assert_eq!(terms, 0, "the deleted memory's terms went with it");
+    }
+
+    #[test]
+    fn stamps_always_move_forward() {
+        assert_eq!(next_stamp(0, 100), 100, "the clock");
+        assert_eq!(next_stamp(100, 100), 101, "two in one microsecond");
+        assert_eq!(next_stamp(500, 100), 501, "a clock stepped back");
+        assert_eq!(next_stamp(i64::MAX, 100), i64::MAX);
     }
 
     fn match_expr_for(user: &str, term: &str) -> String {

@@ -8,12 +8,13 @@
 //! hand-off and copying cost more than the query itself. Both link the same
 //! `libsqlite3-sys`, so there is one SQLite library in the process.
 
-use super::{MAX_IN_LIST, next_ids};
+use super::{MAX_IN_LIST, Nearest, next_ids};
 use crate::error::{MemoryError, Result};
 use crate::keyword::{match_expr, user_key};
 use crate::types::{
-    Change, ChangeOp, Cursor, Embedding, Filter, HistoryEntry, IndexEntry, ListQuery, Memory, Page,
-    TagMode, Unembedded, UnembeddedPage, bytes_to_vector, from_micros, now, to_micros,
+    Change, ChangeOp, Cursor, Embedding, ExactHits, Filter, HistoryEntry, IndexEntry, ListQuery,
+    Memory, Page, TagMode, Unembedded, UnembeddedPage, bytes_to_vector, from_micros, now,
+    to_micros,
 };
 use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, Row};
@@ -268,10 +269,9 @@ impl Readers {
         id: Uuid,
     ) -> Result<Option<Vec<HistoryEntry>>> {
         let user_id = user_id.to_string();
+        // Owned by the user when the user has history for it: a deleted or
+        // expired memory keeps its history (with the delete or expire entry).
         self.run(move |c| {
-            if get(c, &user_id, id)?.is_none() {
-                return Ok(None);
-            }
             let mut stmt = c
                 .prepare_cached(
                     "SELECT op, old_value, new_value, at FROM memory_history \
@@ -294,7 +294,7 @@ impl Readers {
                     at: from_micros(r.get(3).map_err(db)?)?,
                 });
             }
-            Ok(Some(out))
+            Ok((!out.is_empty()).then_some(out))
         })
         .await
     }
@@ -334,6 +334,43 @@ impl Readers {
                 .query_row([], |r| r.get(0))
                 .map_err(db)?;
             Ok(v.unwrap_or(0))
+        })
+        .await
+    }
+
+    /// See [`Store::nearest_exact`](super::Store::nearest_exact): one
+    /// blocking task streams the newest matching embeddings through a
+    /// [`Nearest`], row by row.
+    pub(super) async fn nearest_exact(
+        &self,
+        filter: &Filter,
+        query: &Embedding,
+        k: usize,
+        scan: usize,
+    ) -> Result<ExactHits> {
+        let mut sql = Sql::new(format!(
+            "SELECT m.id, e.model, e.embedding FROM {ENTRY_FROM} WHERE e.model = "
+        ));
+        sql.bind(query.model.clone()).push(" AND");
+        sql.filter(filter, to_micros(now()));
+        sql.push(" ORDER BY m.created_at DESC, m.id DESC LIMIT ")
+            .bind(i64::try_from(scan.saturating_add(1)).unwrap_or(i64::MAX));
+        let mut nearest = Nearest::new(query, k);
+        self.run(move |c| {
+            let mut seen = 0;
+            sql.each(c, |r| {
+                seen += 1;
+                if seen <= scan {
+                    let id = Uuid::parse_str(text_at(r, 0)?).map_err(corrupt)?;
+                    let blob = r.get_ref(2).map_err(db)?.as_blob().map_err(db_from)?;
+                    nearest.offer(id, text_at(r, 1)?, blob);
+                }
+                Ok(())
+            })?;
+            Ok(ExactHits {
+                hits: nearest.into_hits(),
+                more: seen > scan,
+            })
         })
         .await
     }
@@ -591,10 +628,75 @@ impl Sql {
             };
         }
         for (k, v) in &f.metadata {
-            self.push(" AND (m.metadata -> ")
-                .bind(super::sqlite::json_path(k))
-                .push(") = ");
-            self.bind(serde_json::to_string(v).unwrap_or_default());
+            // The key is matched as text among the object's keys, not named
+            // by a JSON path: SQLite's paths cannot hold a `"`.
+            self.push(" AND EXISTS (SELECT 1 FROM json_each(m.metadata) AS j0 WHERE j0.key = ")
+                .bind(k.clone())
+                .push(" AND ");
+            self.json_equals(0, v);
+            self.push(")");
+        }
+    }
+
+    /// The JSON value of the `json_each` row `j{depth}` equals `v`, as
+    /// PostgreSQL's `jsonb` compares: numbers by value (`1` equals `1.0`),
+    /// strings by text, arrays element by element, objects key by key in any
+    /// order. (Comparing JSON texts said `1` and `1.0` differ.) The filter's
+    /// size is bounded by `input::MAX_FILTER_VALUES`.
+    fn json_equals(&mut self, depth: usize, v: &serde_json::Value) {
+        use serde_json::Value as J;
+        let (ty, val) = (format!("j{depth}.type"), format!("j{depth}.value"));
+        let child = depth + 1;
+        match v {
+            J::Null => {
+                self.push(&format!("{ty} = 'null'"));
+            }
+            J::Bool(b) => {
+                self.push(&format!("{ty} = '{b}'"));
+            }
+            J::Number(n) => {
+                self.push(&format!("{ty} IN ('integer', 'real') AND {val} = "));
+                match n.as_i64() {
+                    Some(i) => self.bind(i),
+                    None => self.bind(n.as_f64().unwrap_or(f64::NAN)),
+                };
+            }
+            J::String(s) => {
+                self.push(&format!("{ty} = 'text' AND {val} = "))
+                    .bind(s.clone());
+            }
+            // A container's text is read as JSON only once its type says it
+            // is one (CASE fixes the order; a string's text is not JSON).
+            J::Array(items) => {
+                self.push(&format!(
+                    "(CASE WHEN {ty} = 'array' THEN json_array_length({val}) = {}",
+                    items.len()
+                ));
+                for (i, item) in items.iter().enumerate() {
+                    self.push(&format!(
+                        " AND EXISTS (SELECT 1 FROM json_each({val}) AS j{child} WHERE j{child}.key = {i} AND "
+                    ));
+                    self.json_equals(child, item);
+                    self.push(")");
+                }
+                self.push(" ELSE 0 END)");
+            }
+            J::Object(map) => {
+                self.push(&format!(
+                    "(CASE WHEN {ty} = 'object' THEN (SELECT COUNT(*) FROM json_each({val})) = {}",
+                    map.len()
+                ));
+                for (k, item) in map {
+                    self.push(&format!(
+                        " AND EXISTS (SELECT 1 FROM json_each({val}) AS j{child} WHERE j{child}.key = "
+                    ))
+                    .bind(k.clone())
+                    .push(" AND ");
+                    self.json_equals(child, item);
+                    self.push(")");
+                }
+                self.push(" ELSE 0 END)");
+            }
         }
     }
 
@@ -742,6 +844,76 @@ mod tests {
             .expect("plan")
             .collect::<std::result::Result<_, _>>()
             .expect("plan rows")
+    }
+
+    /// The largest metadata filters the API accepts (`MAX_FILTER_VALUES`
+    /// values, nested `MAX_FILTER_DEPTH` deep, siblings at every level) stay
+    /// inside SQLite's expression depth limit: they prepare.
+    #[tokio::test]
+    async fn the_largest_metadata_filters_prepare() {
+        use crate::input::{MAX_FILTER_DEPTH, MAX_FILTER_VALUES};
+        use serde_json::{Map, Value, json};
+        // Each level: `per - 1` scalars and the next level, under the first
+        // or the last key (an AND chain is deeper on one side).
+        let nested = |per: usize, first: bool, array: bool| {
+            let mut v = json!(1);
+            for _ in 1..MAX_FILTER_DEPTH {
+                let scalars = (0..per - 1).map(|i| json!(i));
+                v = if array {
+                    let mut items: Vec<Value> = scalars.collect();
+                    if first {
+                        items.insert(0, v);
+                    } else {
+                        items.push(v);
+                    }
+                    Value::Array(items)
+                } else {
+                    let mut m: Map<String, Value> = scalars
+                        .enumerate()
+                        .map(|(i, x)| (format!("k{i}"), x))
+                        .collect();
+                    m.insert(if first { "a" } else { "z" }.into(), v);
+                    Value::Object(m)
+                };
+            }
+            v
+        };
+        let per = MAX_FILTER_VALUES / MAX_FILTER_DEPTH;
+        let mut filters: Vec<Map<String, Value>> = Vec::new();
+        for first in [true, false] {
+            for array in [true, false] {
+                let mut m = Map::new();
+                m.insert("n".into(), nested(per, first, array));
+                filters.push(m);
+            }
+        }
+        // Every value but one chain at the top level, the chain first.
+        let mut lopsided: Map<String, Value> = (0..MAX_FILTER_VALUES - MAX_FILTER_DEPTH)
+            .map(|i| (format!("w{i}"), json!(i)))
+            .collect();
+        lopsided.insert("a".into(), nested(1, true, false));
+        filters.push(lopsided);
+        filters.push(
+            (0..MAX_FILTER_VALUES)
+                .map(|i| (format!("w{i}"), json!(i)))
+                .collect(),
+        );
+        for metadata in filters {
+            let filter = Filter {
+                user_id: "u1".into(),
+                tags: vec!["a".into(), "b".into()],
+                tag_mode: TagMode::All,
+                metadata,
+                ..Filter::default()
+            };
+            let ids: Vec<Uuid> = (0..MAX_IN_LIST).map(|_| Uuid::now_v7()).collect();
+            assert!(!plan(&fetch_sql(&filter, &ids, 0)).await.is_empty());
+            assert!(
+                !plan(&keyword_sql(COLS, &filter, &["x".into()], 10))
+                    .await
+                    .is_empty()
+            );
+        }
     }
 
     #[tokio::test]

@@ -158,6 +158,32 @@ impl Embedder for FlakyEmbedder {
     }
 }
 
+/// The fake model, taking `delay` over any batch holding a text with the
+/// word "slow" (a model under load, a big batch).
+pub struct SlowEmbedder {
+    pub delay: Duration,
+}
+
+impl Embedder for SlowEmbedder {
+    fn model(&self) -> &str {
+        "fake-concepts"
+    }
+    fn dimension(&self) -> usize {
+        DIM
+    }
+    fn embed<'a>(
+        &'a self,
+        texts: &'a [String],
+    ) -> BoxFuture<'a, uat_memory::Result<Vec<Vec<f32>>>> {
+        Box::pin(async move {
+            if texts.iter().any(|t| t.contains("slow")) {
+                tokio::time::sleep(self.delay).await;
+            }
+            Ok(texts.iter().map(|t| FakeEmbedder::vector(t)).collect())
+        })
+    }
+}
+
 pub fn pg_url() -> String {
     std::env::var("UAT_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())

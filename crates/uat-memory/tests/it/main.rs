@@ -63,6 +63,14 @@ on_both_stores!(
     memories_embedded_by_another_model_are_reembedded_with_the_current_one,
     backfill_stores_embeddings_only_for_unchanged_live_memories_once,
     the_backfill_retries_after_the_embedder_fails,
+    dedupe_applies_the_new_attributes_to_the_existing_memory,
+    created_at_is_the_commit_time_not_the_arrival_time,
+    a_forged_cursor_out_of_range_is_invalid,
+    hybrid_min_score_applies_to_the_semantic_similarity,
+    history_outlives_delete_and_expiry,
+    nearest_exact_ranks_the_filtered_memories_by_cosine,
+    metadata_filters_compare_json_values_alike_on_both_stores,
+    concurrent_duplicates_each_apply_their_attributes,
 );
 
 /// The SQLite store merges its full-text index after a tenth of the table

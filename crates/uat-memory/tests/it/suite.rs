@@ -92,10 +92,19 @@ pub async fn crud_roundtrip(h: &Harness) {
         h.svc.delete("u1", m.id).await,
         Err(MemoryError::NotFound)
     ));
-    assert!(matches!(
-        h.svc.history("u1", m.id).await,
-        Err(MemoryError::NotFound)
-    ));
+    let ops: Vec<String> = h
+        .svc
+        .history("u1", m.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.operation)
+        .collect();
+    assert_eq!(
+        ops,
+        vec!["create", "update", "delete"],
+        "history outlives the memory"
+    );
     let page = list(h, json!({"user_id": "u1"})).await.unwrap();
     assert!(page.memories.is_empty());
 }
@@ -515,10 +524,10 @@ pub async fn expired_memories_never_come_back(h: &Harness) {
         h.svc.get("u1", m.id).await,
         Err(MemoryError::NotFound)
     ));
-    assert!(matches!(
-        h.svc.history("u1", m.id).await,
-        Err(MemoryError::NotFound)
-    ));
+    assert!(
+        matches!(h.svc.history("bob", m.id).await, Err(MemoryError::NotFound)),
+        "its history is still its owner's only"
+    );
     let p = PatchInput::from_json(json!({"expires_at": null}), h.svc.limits()).unwrap();
     assert!(
         matches!(
@@ -1498,4 +1507,643 @@ pub async fn the_backfill_retries_after_the_embedder_fails(h: &Harness) {
     }
     assert!(e.calls.load(Ordering::Relaxed) >= 2, "failed, then retried");
     found_semantically(&svc, "cycling", m.id).await;
+}
+
+/// An RFC 3339 time `secs` whole seconds from now (whole: what both stores
+/// keep exactly).
+fn in_secs(secs: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp(
+        time::OffsetDateTime::now_utc().unix_timestamp() + secs,
+    )
+    .unwrap();
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+fn ops(history: &[uat_memory::HistoryEntry]) -> Vec<&str> {
+    history.iter().map(|e| e.operation.as_str()).collect()
+}
+
+/// A deduplicated write that says something new about the memory (an agent
+/// re-asserting a fact to re-tag it or refresh its expiry) applies it: tags
+/// added, metadata keys set, kind and expiry replaced, with an `update` in
+/// its history, and the vector index follows. A write that says nothing new
+/// writes nothing. Before, the write returned the old memory and its
+/// attributes were lost.
+pub async fn dedupe_applies_the_new_attributes_to_the_existing_memory(h: &Harness) {
+    let a = write(
+        h,
+        json!({"user_id": "u1", "kind": "fact", "content": "Alice likes green tea",
+               "tags": ["drinks"], "metadata": {"src": "chat", "n": 1}, "expires_at": in_secs(3600)}),
+    )
+    .await
+    .unwrap()
+    .remove(0);
+    let later = in_secs(7200);
+    let b = write(
+        h,
+        json!({"user_id": "u1", "kind": "preference", "content": "Alice likes green tea",
+               "tags": ["prefs"], "metadata": {"n": 2, "lang": "en"}, "expires_at": later}),
+    )
+    .await
+    .unwrap()
+    .remove(0);
+    assert!(b.deduplicated);
+    assert_eq!(b.memory.id, a.memory.id);
+    assert_eq!(b.memory.tags, vec!["drinks", "prefs"], "tags: the union");
+    assert_eq!(
+        Value::Object(b.memory.metadata.clone()),
+        json!({"src": "chat", "n": 2, "lang": "en"}),
+        "metadata: merged, the new values win"
+    );
+    assert_eq!(b.memory.kind.as_deref(), Some("preference"));
+    assert_eq!(
+        b.memory.expires_at,
+        uat_memory::input::time(Some(&later), "expires_at").unwrap()
+    );
+    assert_eq!(b.memory.created_at, a.memory.created_at);
+    assert!(b.memory.updated_at > a.memory.updated_at);
+    assert_eq!(h.svc.get("u1", a.memory.id).await.unwrap(), b.memory);
+    let hist = h.svc.history("u1", a.memory.id).await.unwrap();
+    assert_eq!(ops(&hist), vec!["create", "update"]);
+    assert_eq!(
+        hist[1].old_value.as_ref().unwrap()["tags"],
+        json!(["drinks"])
+    );
+    assert_eq!(
+        hist[1].new_value.as_ref().unwrap()["tags"],
+        json!(["drinks", "prefs"])
+    );
+    // Nothing new (no attributes, or the ones it has): nothing written.
+    for body in [
+        json!({"user_id": "u1", "content": "Alice likes green tea"}),
+        json!({"user_id": "u1", "content": "Alice likes green tea", "kind": "preference",
+               "tags": ["prefs"], "metadata": {"lang": "en"}, "expires_at": later}),
+    ] {
+        let c = write(h, body).await.unwrap().remove(0);
+        assert!(c.deduplicated);
+        assert_eq!(c.memory, b.memory);
+    }
+    assert_eq!(h.svc.history("u1", a.memory.id).await.unwrap().len(), 2);
+    // The vector index holds the new tags and kind.
+    let found = search_ids(
+        h,
+        json!({"user_id": "u1", "query": "green tea", "mode": "semantic",
+               "tags": ["prefs"], "kind": "preference"}),
+    )
+    .await;
+    assert_eq!(found, vec![a.memory.id]);
+
+    // A refreshed expiry keeps the memory (and the index keeps it too).
+    let soon = (time::OffsetDateTime::now_utc() + time::Duration::milliseconds(400))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let x = write(
+        h,
+        json!({"user_id": "u1", "content": "Bob drives a sedan", "expires_at": soon}),
+    )
+    .await
+    .unwrap()
+    .remove(0);
+    let y = write(
+        h,
+        json!({"user_id": "u1", "content": "Bob drives a sedan", "expires_at": in_secs(3600)}),
+    )
+    .await
+    .unwrap()
+    .remove(0);
+    assert!(y.deduplicated);
+    assert_eq!(y.memory.id, x.memory.id);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(h.svc.get("u1", x.memory.id).await.is_ok());
+    for mode in ["semantic", "keyword", "hybrid"] {
+        let found = search_ids(
+            h,
+            json!({"user_id": "u1", "query": "automobile sedan", "mode": mode}),
+        )
+        .await;
+        assert!(found.contains(&x.memory.id), "mode {mode}: {found:?}");
+    }
+
+    // Within one batch: the first row is created with what the later ones add.
+    let out = write(
+        h,
+        json!({"memories": [
+            {"user_id": "u2", "content": "same note", "tags": ["a"]},
+            {"user_id": "u2", "content": "same note", "tags": ["b"], "metadata": {"k": 1}},
+        ]}),
+    )
+    .await
+    .unwrap();
+    assert!(!out[0].deduplicated);
+    assert!(out[1].deduplicated);
+    let id = out[0].memory.id;
+    for o in &out {
+        assert_eq!(o.memory.id, id);
+        assert_eq!(o.memory.tags, vec!["a", "b"]);
+        assert_eq!(Value::Object(o.memory.metadata.clone()), json!({"k": 1}));
+    }
+    assert_eq!(h.svc.get("u2", id).await.unwrap(), out[0].memory);
+    assert_eq!(ops(&h.svc.history("u2", id).await.unwrap()), vec!["create"]);
+    // Two rows of a batch duplicating one stored memory: one update.
+    let out = write(
+        h,
+        json!({"memories": [
+            {"user_id": "u2", "content": "same note", "tags": ["c"]},
+            {"user_id": "u2", "content": "other note"},
+            {"user_id": "u2", "content": "same note", "tags": ["d"]},
+        ]}),
+    )
+    .await
+    .unwrap();
+    assert!(out[0].deduplicated && !out[1].deduplicated && out[2].deduplicated);
+    assert_eq!(out[0].memory, out[2].memory);
+    assert_eq!(out[0].memory.tags, vec!["a", "b", "c", "d"]);
+    assert_eq!(h.svc.get("u2", id).await.unwrap(), out[0].memory);
+    assert_eq!(
+        ops(&h.svc.history("u2", id).await.unwrap()),
+        vec!["create", "update"]
+    );
+
+    // The merged memory must fit the limits: a 400 naming the field, nothing written.
+    let sixty: Vec<String> = (0..60).map(|i| format!("t{i:02}")).collect();
+    let ten: Vec<String> = (60..70).map(|i| format!("t{i:02}")).collect();
+    write(
+        h,
+        json!({"user_id": "u3", "content": "tagged", "tags": sixty}),
+    )
+    .await
+    .unwrap();
+    let e = write(
+        h,
+        json!({"user_id": "u3", "content": "tagged", "tags": ten}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(field(e), "tags");
+    let e = write(
+        h,
+        json!({"memories": [{"user_id": "u3", "content": "fresh"},
+                            {"user_id": "u3", "content": "tagged", "tags": ten}]}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(field(e), "memories[1].tags");
+    let page = list(h, json!({"user_id": "u3"})).await.unwrap();
+    assert_eq!(page.memories.len(), 1);
+    assert_eq!(page.memories[0].tags.len(), 60);
+}
+
+/// A write whose embedding is slow is dated when it commits, not when it
+/// arrived: a client polling `since=` the newest `created_at` it saw misses
+/// nothing committed later. Before, the slow write was dated before a
+/// faster one that committed first, and such a poll skipped it.
+pub async fn created_at_is_the_commit_time_not_the_arrival_time(h: &Harness) {
+    let slow: Arc<dyn Embedder> = Arc::new(crate::common::SlowEmbedder {
+        delay: Duration::from_millis(400),
+    });
+    let svc = h.open_service(Some(slow), "slow-index").await;
+    let put_via = |content: &'static str| {
+        let svc = &svc;
+        async move {
+            let req =
+                WriteRequest::from_json(json!({"user_id": "u1", "content": content}), svc.limits())
+                    .unwrap();
+            svc.write(req).await.unwrap().remove(0).memory
+        }
+    };
+    let (slow, quick) = tokio::join!(put_via("a slow note"), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        put_via("a quick note").await
+    });
+    assert!(
+        slow.created_at > quick.created_at,
+        "the slow write committed last: {} vs {}",
+        slow.created_at,
+        quick.created_at
+    );
+    let since = quick
+        .created_at
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let polled: Vec<Uuid> = list(h, json!({"user_id": "u1", "since": since}))
+        .await
+        .unwrap()
+        .memories
+        .iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(polled, vec![slow.id, quick.id]);
+}
+
+/// A cursor holding a time outside what the stores keep is a bad cursor
+/// (400), not a database error: PostgreSQL answered 500 for a forged one
+/// far in the future, SQLite an empty page.
+pub async fn a_forged_cursor_out_of_range_is_invalid(h: &Harness) {
+    let m = put(h, "u1", "a note").await;
+    let id = Uuid::now_v7();
+    for created_us in [
+        i64::MAX,
+        uat_memory::Cursor::MAX_CREATED_US + 1,
+        -1,
+        i64::MIN,
+    ] {
+        let cursor = uat_memory::Cursor { created_us, id }.encode();
+        let e = list(h, json!({"user_id": "u1", "cursor": cursor}))
+            .await
+            .unwrap_err();
+        assert_eq!(field(e), "cursor", "{created_us}");
+    }
+    // The last microsecond of the year 9999 is still a cursor: everything before it.
+    let cursor = uat_memory::Cursor {
+        created_us: uat_memory::Cursor::MAX_CREATED_US,
+        id,
+    }
+    .encode();
+    let page = list(h, json!({"user_id": "u1", "cursor": cursor}))
+        .await
+        .unwrap();
+    assert_eq!(page.memories.len(), 1);
+    assert_eq!(page.memories[0].id, m.id);
+}
+
+/// In hybrid mode `min_score` is a floor on the cosine similarity to the
+/// query, for candidates found by either search: a keyword-only candidate
+/// is scored from its stored embedding, and one without an embedding fails.
+/// Before, it was compared with the fused score (at most 2/61), so any
+/// `min_score` above 0.033 returned nothing.
+pub async fn hybrid_min_score_applies_to_the_semantic_similarity(h: &Harness) {
+    // 25 memories the model places right on the query, sharing none of its
+    // words: the index's nearest, far more than the hybrid depth (20).
+    let mut close = HashSet::new();
+    for i in 0..25 {
+        let w = write(
+            h,
+            json!({"user_id": "u1", "content": format!("car {i}"), "metadata": {"p": "x"}}),
+        )
+        .await
+        .unwrap();
+        close.insert(w[0].memory.id);
+    }
+    // The rare word, and some of the meaning (cosine 0.58): keyword-only.
+    let target = write(
+        h,
+        json!({"user_id": "u1", "content": "zebra automobile bicycle pasta", "metadata": {"p": "x"}}),
+    )
+    .await
+    .unwrap()
+    .remove(0)
+    .memory;
+    // The rare word, nothing of the meaning (cosine 0.01).
+    let unrelated = write(
+        h,
+        json!({"user_id": "u1", "content": "zebra pasta", "metadata": {"p": "x"}}),
+    )
+    .await
+    .unwrap()
+    .remove(0)
+    .memory;
+    // The rare word and all of the meaning, but written without a model.
+    let keyword_only = h.open_service(None, "no-model").await;
+    let unembedded = keyword_only
+        .write(
+            WriteRequest::from_json(
+                json!({"user_id": "u1", "content": "zebra car", "metadata": {"p": "x"}}),
+                keyword_only.limits(),
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap()
+        .remove(0)
+        .memory;
+    let query = "vehicle zebra";
+    let cos = |content: &str| -> f32 {
+        FakeEmbedder::vector(query)
+            .iter()
+            .zip(FakeEmbedder::vector(content))
+            .map(|(a, b)| a * b)
+            .sum()
+    };
+    assert!(cos("car 1") > 0.99);
+    assert!((0.5..0.65).contains(&cos(&target.content)));
+    assert!(cos(&unrelated.content) < 0.05);
+    for metadata in [json!(null), json!({"p": "x"})] {
+        let hits = search(
+            h,
+            json!({"user_id": "u1", "query": query, "top_k": 10, "min_score": 0.4, "metadata": metadata}),
+        )
+        .await
+        .unwrap()
+        .results;
+        let ids: HashSet<Uuid> = hits.iter().map(|r| r.memory.id).collect();
+        assert_eq!(hits.len(), 10, "{metadata}");
+        assert!(ids.contains(&target.id), "{metadata}: the keyword-only hit");
+        assert!(!ids.contains(&unrelated.id), "{metadata}");
+        assert!(!ids.contains(&unembedded.id), "{metadata}: no embedding");
+        assert!(
+            ids.iter().all(|id| *id == target.id || close.contains(id)),
+            "{metadata}"
+        );
+        let target_hit = hits.iter().find(|r| r.memory.id == target.id).unwrap();
+        assert_eq!(target_hit.semantic_rank, None);
+        assert!(target_hit.keyword_rank.is_some());
+        // Above the target's similarity: only the close ones.
+        let ids = search_ids(
+            h,
+            json!({"user_id": "u1", "query": query, "top_k": 10, "min_score": 0.7, "metadata": metadata}),
+        )
+        .await;
+        assert_eq!(ids.len(), 10, "{metadata}");
+        assert!(ids.iter().all(|id| close.contains(id)), "{metadata}");
+    }
+    // Without min_score all three keyword hits rank.
+    let ids = search_ids(h, json!({"user_id": "u1", "query": query, "top_k": 50})).await;
+    assert!(ids.contains(&unrelated.id) && ids.contains(&unembedded.id));
+}
+
+/// The history of a deleted or expired memory stays readable by its owner
+/// (with the delete or expire entry) until every memory of the user is
+/// deleted. Before, it was a 404 once the memory was gone.
+pub async fn history_outlives_delete_and_expiry(h: &Harness) {
+    let m = put(h, "u1", "Alice keeps bees").await;
+    let p = PatchInput::from_json(json!({"tags": ["hobby"]}), h.svc.limits()).unwrap();
+    h.svc.update("u1", m.id, p).await.unwrap();
+    h.svc.delete("u1", m.id).await.unwrap();
+    let hist = h.svc.history("u1", m.id).await.unwrap();
+    assert_eq!(ops(&hist), vec!["create", "update", "delete"]);
+    assert_eq!(
+        hist[2].old_value.as_ref().unwrap()["content"],
+        json!("Alice keeps bees")
+    );
+    assert!(hist[2].new_value.is_none());
+    for (user, id) in [("u2", m.id), ("u1", Uuid::now_v7())] {
+        assert!(
+            matches!(h.svc.history(user, id).await, Err(MemoryError::NotFound)),
+            "{user} {id}"
+        );
+    }
+    // Expired: its history until the purge, then with the expire entry.
+    let soon = (time::OffsetDateTime::now_utc() + time::Duration::milliseconds(300))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let e = write(
+        h,
+        json!({"user_id": "u1", "content": "a passing thought", "expires_at": soon}),
+    )
+    .await
+    .unwrap()
+    .remove(0)
+    .memory;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(matches!(
+        h.svc.get("u1", e.id).await,
+        Err(MemoryError::NotFound)
+    ));
+    assert_eq!(
+        ops(&h.svc.history("u1", e.id).await.unwrap()),
+        vec!["create"]
+    );
+    assert!(h.svc.purge().await.unwrap().expired >= 1);
+    assert_eq!(
+        ops(&h.svc.history("u1", e.id).await.unwrap()),
+        vec!["create", "expire"]
+    );
+    // Deleting the user deletes the history too.
+    h.svc.delete_user(Some("u1")).await.unwrap();
+    for id in [m.id, e.id] {
+        assert!(matches!(
+            h.svc.history("u1", id).await,
+            Err(MemoryError::NotFound)
+        ));
+    }
+}
+
+/// The store's exact search ranks by cosine the newest memories matching the
+/// filter (user, metadata, live) that have an embedding of the query's model,
+/// and says when it stopped short.
+pub async fn nearest_exact_ranks_the_filtered_memories_by_cosine(h: &Harness) {
+    use uat_memory::{Embedding, Filter, NewRow, now};
+    let store = h.bare_store().await;
+    let vector = |i: usize| -> Vec<f32> {
+        (0..DIM)
+            .map(|j| ((i * 7 + j * 3) % 11) as f32 - 5.0)
+            .collect()
+    };
+    let row = |i: usize, user: &str, g: i64, model: Option<&str>, expired: bool| {
+        let at = now();
+        NewRow {
+            content_hash: format!("h{i}"),
+            dedupe: false,
+            embedding: model.map(|m| Embedding {
+                model: m.into(),
+                vector: vector(i),
+            }),
+            memory: Memory {
+                id: Uuid::now_v7(),
+                user_id: user.into(),
+                agent_id: None,
+                run_id: None,
+                kind: None,
+                content: format!("memory {i}"),
+                tags: Vec::new(),
+                metadata: json!({"g": g}).as_object().unwrap().clone(),
+                created_at: at,
+                updated_at: at,
+                expires_at: expired.then(|| at - time::Duration::seconds(1)),
+            },
+        }
+    };
+    let mut rows: Vec<NewRow> = (0..30)
+        .map(|i| row(i, "u1", (i % 3) as i64, Some("m"), false))
+        .collect();
+    rows.push(row(30, "u2", 0, Some("m"), false));
+    rows.push(row(31, "u1", 0, Some("m"), true));
+    rows.push(row(32, "u1", 0, Some("other"), false));
+    rows.push(row(33, "u1", 0, None, false));
+    let candidates: Vec<(Uuid, Vec<f32>)> = rows[..30]
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 3 == 0)
+        .map(|(i, r)| (r.memory.id, vector(i)))
+        .collect();
+    store.insert(rows).await.unwrap();
+    let query = Embedding {
+        model: "m".into(),
+        vector: (0..DIM).map(|j| (j % 5) as f32 - 1.5).collect(),
+    };
+    let cos = |v: &[f32]| -> f32 {
+        let dot: f32 = v.iter().zip(&query.vector).map(|(a, b)| a * b).sum();
+        let n = |x: &[f32]| x.iter().map(|a| a * a).sum::<f32>().sqrt();
+        dot / (n(v) * n(&query.vector))
+    };
+    let mut want: Vec<(Uuid, f32)> = candidates.iter().map(|(id, v)| (*id, cos(v))).collect();
+    want.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let filter = Filter {
+        user_id: "u1".into(),
+        metadata: json!({"g": 0}).as_object().unwrap().clone(),
+        ..Filter::default()
+    };
+    let got = store.nearest_exact(&filter, &query, 4, 1000).await.unwrap();
+    assert!(!got.more);
+    let got_ids: Vec<Uuid> = got.hits.iter().map(|h| h.0).collect();
+    let want_ids: Vec<Uuid> = want.iter().take(4).map(|h| h.0).collect();
+    assert_eq!(got_ids, want_ids);
+    for ((_, g), (_, w)) in got.hits.iter().zip(&want) {
+        assert!((g - w).abs() < 1e-5, "{g} vs {w}");
+    }
+    // Every candidate, and no more.
+    let all = store
+        .nearest_exact(&filter, &query, 100, 1000)
+        .await
+        .unwrap();
+    assert_eq!(all.hits.len(), candidates.len());
+    // A scan of 3: the newest 3 candidates (one batch: one time, then by id).
+    let few = store.nearest_exact(&filter, &query, 100, 3).await.unwrap();
+    assert!(few.more);
+    let mut newest: Vec<Uuid> = candidates.iter().map(|c| c.0).collect();
+    newest.sort();
+    let newest: HashSet<Uuid> = newest.into_iter().rev().take(3).collect();
+    assert_eq!(few.hits.iter().map(|h| h.0).collect::<HashSet<_>>(), newest);
+    let exact = store
+        .nearest_exact(&filter, &query, 100, candidates.len())
+        .await
+        .unwrap();
+    assert!(!exact.more, "exactly `scan` matched");
+}
+
+/// Metadata filters compare JSON values as PostgreSQL's `jsonb` does, on
+/// both stores: any key text (one holding `"` was a malformed JSON path and
+/// a 500 on SQLite), numbers by value (`1` and `1.0` were unequal text on
+/// SQLite), objects in any key order, nested values all the way down.
+pub async fn metadata_filters_compare_json_values_alike_on_both_stores(h: &Harness) {
+    // Values nested as deep as a filter may go: arrays and objects alternating.
+    let mut deep = json!(1);
+    for i in 1..uat_memory::input::MAX_FILTER_DEPTH {
+        deep = if i % 2 == 0 {
+            json!([0, deep])
+        } else {
+            json!({ "a": deep, "b": i })
+        };
+    }
+    let m1 = write(
+        h,
+        json!({"user_id": "u1", "content": "first note", "metadata": {
+            "n": 1, "a\"b": "quote", "k.e[y]$ \\": "odd", "s": "1", "w": "not json",
+            "o": {"b": 1, "a": [1, 2.5]}, "z": null, "t": true,
+            "big": 9_007_199_254_740_993_i64, "f": 0.1, "deep": deep.clone()}}),
+    )
+    .await
+    .unwrap()
+    .remove(0)
+    .memory
+    .id;
+    let m2 = write(
+        h,
+        json!({"user_id": "u1", "content": "second note", "metadata": {
+            "n": 1.5, "s": 1, "o": {"a": [1, 2.5]}, "t": false}}),
+    )
+    .await
+    .unwrap()
+    .remove(0)
+    .memory
+    .id;
+    let wide: serde_json::Map<String, Value> =
+        (0..100).map(|i| (format!("w{i}"), json!(i))).collect();
+    let m3 = write(
+        h,
+        json!({"user_id": "u1", "content": "third note", "metadata": wide.clone()}),
+    )
+    .await
+    .unwrap()
+    .remove(0)
+    .memory
+    .id;
+    let cases: Vec<(Value, Vec<Uuid>)> = vec![
+        (json!({"n": 1}), vec![m1]),
+        (json!({"n": 1.0}), vec![m1]),
+        (json!({"n": 1.5}), vec![m2]),
+        (json!({"n": "1"}), vec![]),
+        (json!({"a\"b": "quote"}), vec![m1]),
+        (json!({"k.e[y]$ \\": "odd"}), vec![m1]),
+        (json!({"s": "1"}), vec![m1]),
+        (json!({"s": 1}), vec![m2]),
+        (json!({"o": {"a": [1.0, 2.5], "b": 1.0}}), vec![m1]),
+        (json!({"o": {"a": [2.5, 1]}}), vec![]),
+        (json!({"o": {"a": [1, 2.5]}}), vec![m2]),
+        (json!({"o": {}}), vec![]),
+        (json!({"o": "x"}), vec![]),
+        (json!({"w": ["not json"]}), vec![]),
+        (json!({"w": {"k": 1}}), vec![]),
+        (json!({"z": null}), vec![m1]),
+        (json!({"missing": null}), vec![]),
+        (json!({"t": true}), vec![m1]),
+        (json!({"t": false}), vec![m2]),
+        (json!({"big": 9_007_199_254_740_993_i64}), vec![m1]),
+        (json!({"big": 9_007_199_254_740_992_i64}), vec![]),
+        (json!({"f": 0.1}), vec![m1]),
+        (json!({"deep": deep}), vec![m1]),
+        (Value::Object(wide), vec![m3]),
+        (json!({"n": 1, "t": true, "s": "1"}), vec![m1]),
+        (json!({"n": 1, "t": false}), vec![]),
+    ];
+    for (filter, want) in cases {
+        let mut want = want;
+        want.sort();
+        for mode in ["keyword", "semantic", "hybrid"] {
+            let mut got = search(
+                h,
+                json!({"user_id": "u1", "query": "note", "mode": mode, "metadata": filter}),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("mode {mode}, filter {filter}: {e}"))
+            .results
+            .iter()
+            .map(|r| r.memory.id)
+            .collect::<Vec<_>>();
+            got.sort();
+            assert_eq!(got, want, "mode {mode}, filter {filter}");
+        }
+    }
+    // One value more, or one level deeper: a 400 naming the field.
+    let too_many: serde_json::Map<String, Value> =
+        (0..101).map(|i| (format!("w{i}"), json!(i))).collect();
+    let too_deep = json!({ "deep": [deep] });
+    for filter in [Value::Object(too_many), too_deep] {
+        let s: SearchInput =
+            serde_json::from_value(json!({"user_id": "u1", "query": "note", "metadata": filter}))
+                .unwrap();
+        assert_eq!(field(s.validate(h.svc.limits()).unwrap_err()), "metadata");
+    }
+}
+
+/// Deduplicated writes of one fact arriving at once each add their tag:
+/// each merges into what the previous one committed (on PostgreSQL the
+/// duplicate is locked by the lookup), none into a stale read.
+pub async fn concurrent_duplicates_each_apply_their_attributes(h: &Harness) {
+    put(h, "u1", "Alice likes green tea").await;
+    let tag = |i: usize| {
+        write(
+            h,
+            json!({"user_id": "u1", "content": "Alice likes green tea", "tags": [format!("t{i}")]}),
+        )
+    };
+    let out = tokio::join!(
+        tag(0),
+        tag(1),
+        tag(2),
+        tag(3),
+        tag(4),
+        tag(5),
+        tag(6),
+        tag(7)
+    );
+    let outs = [out.0, out.1, out.2, out.3, out.4, out.5, out.6, out.7];
+    assert!(outs.iter().all(|o| o.as_ref().unwrap()[0].deduplicated));
+    let page = list(h, json!({"user_id": "u1"})).await.unwrap();
+    assert_eq!(page.memories.len(), 1);
+    let want: Vec<String> = (0..8).map(|i| format!("t{i}")).collect();
+    assert_eq!(page.memories[0].tags, want);
+    let hist = h.svc.history("u1", page.memories[0].id).await.unwrap();
+    assert_eq!(hist.len(), 9, "a create and one update per write");
 }

@@ -290,3 +290,65 @@ async fn memory_expired_rows_are_purged_on_the_configured_interval() {
     assert_eq!(s, 200);
     assert_eq!(page["memories"][0]["content"], json!("a lasting thought"));
 }
+
+/// Over HTTP: a deduplicated write applies its new tags and metadata (200,
+/// `deduplicated: true`, the updated memory); a metadata filter matches a
+/// key holding `"` and a number written another way; the history of a
+/// deleted memory stays readable by its owner only; a forged list cursor is
+/// a 400 naming `cursor` (PostgreSQL answered 500).
+#[tokio::test]
+async fn memory_http_dedupe_merges_history_outlives_delete_and_a_forged_cursor_is_400() {
+    let app = spawn_app("").await;
+    let c = &app.client;
+    let (s, a) = send(c.post(app.at("/v1/memories")).json(&json!({
+        "user_id": "carol", "content": "Carol plays chess", "tags": ["games"], "metadata": {"a\"b": 1}
+    })))
+    .await;
+    assert_eq!(s, 201, "{a}");
+    let id = a["id"].as_str().unwrap().to_string();
+    let (s, b) = send(c.post(app.at("/v1/memories")).json(&json!({
+        "user_id": "carol", "content": "Carol plays chess", "tags": ["hobby"], "metadata": {"since": 2020}
+    })))
+    .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["deduplicated"], json!(true));
+    assert_eq!(b["id"], json!(id));
+    assert_eq!(b["tags"], json!(["games", "hobby"]));
+    assert_eq!(b["metadata"], json!({"a\"b": 1, "since": 2020}));
+
+    let (s, found) = send(c.post(app.at("/v1/memories/search")).json(
+        &json!({"user_id": "carol", "query": "chess", "mode": "keyword", "metadata": {"a\"b": 1.0}}),
+    ))
+    .await;
+    assert_eq!(s, 200, "{found}");
+    assert_eq!(found["results"][0]["id"], json!(id));
+
+    let one = format!("/v1/memories/{id}");
+    let (s, _) = send(c.delete(app.at(&format!("{one}?user_id=carol")))).await;
+    assert_eq!(s, 200);
+    let (s, hist) = send(c.get(app.at(&format!("{one}/history?user_id=carol")))).await;
+    assert_eq!(s, 200, "{hist}");
+    let ops: Vec<&str> = hist["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["operation"].as_str().unwrap())
+        .collect();
+    assert_eq!(ops, vec!["create", "update", "delete"]);
+    let (s, _) = send(c.get(app.at(&format!("{one}/history?user_id=dave")))).await;
+    assert_eq!(s, 404);
+
+    let forged = uat_memory::Cursor {
+        created_us: i64::MAX,
+        id: uuid::Uuid::now_v7(),
+    }
+    .encode();
+    let (s, err) =
+        send(c.get(app.at(&format!("/v1/memories?user_id=carol&cursor={forged}")))).await;
+    assert_eq!((s, param(&err)), (400, "cursor"), "{err}");
+    assert_eq!(
+        err["error"]["type"],
+        json!("invalid_request_error"),
+        "{err}"
+    );
+}

@@ -390,8 +390,20 @@ async fn bad_path_parameters_are_openai_shaped_400s() {
             "/v1/collections/%C0/snapshot",
             Some(json!({})),
         ),
-        // The other modules' path parameters (memory.rs aside).
+        // The other modules' path parameters.
         (reqwest::Method::GET, "/v1/models/%C0", None),
+        (reqwest::Method::GET, "/v1/memories/%C0?user_id=u1", None),
+        (
+            reqwest::Method::PATCH,
+            "/v1/memories/%C0?user_id=u1",
+            Some(json!({"content": "x"})),
+        ),
+        (reqwest::Method::DELETE, "/v1/memories/%C0?user_id=u1", None),
+        (
+            reqwest::Method::GET,
+            "/v1/memories/%C0/history?user_id=u1",
+            None,
+        ),
         (
             reqwest::Method::POST,
             "/v1/embeddings/models/%C0/load",
