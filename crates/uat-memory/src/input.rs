@@ -284,10 +284,15 @@ fn filter_metadata(v: Option<Value>, field: &str) -> Result<Map<String, Value>> 
 }
 
 /// Parses an RFC 3339 time.
+/// Truncated to whole microseconds, the stores' precision, so what a write
+/// answers is what a later read returns.
 pub fn time(v: Option<&str>, field: &str) -> Result<Option<OffsetDateTime>> {
     v.map(|s| {
-        OffsetDateTime::parse(s, &Rfc3339)
-            .map_err(|e| MemoryError::invalid(field, format!("`{s}` is not an RFC 3339 time: {e}")))
+        let t = OffsetDateTime::parse(s, &Rfc3339).map_err(|e| {
+            MemoryError::invalid(field, format!("`{s}` is not an RFC 3339 time: {e}"))
+        })?;
+        t.replace_nanosecond(t.nanosecond() / 1000 * 1000)
+            .map_err(|e| MemoryError::invalid(field, format!("`{s}`: {e}")))
     })
     .transpose()
 }

@@ -39,6 +39,7 @@ macro_rules! on_both_stores {
 
 on_both_stores!(
     crud_roundtrip,
+    times_are_kept_to_the_microsecond,
     patch_content_reembeds_and_keeps_history,
     batch_is_all_or_nothing_and_names_the_item,
     batch_over_the_limit_is_refused,

@@ -109,6 +109,31 @@ pub async fn crud_roundtrip(h: &Harness) {
     assert!(page.memories.is_empty());
 }
 
+/// A time with more digits than the stores keep (microseconds) is kept as
+/// they keep it: the write's answer, a read and a patch all say the same.
+pub async fn times_are_kept_to_the_microsecond(h: &Harness) {
+    let out = write(
+        h,
+        json!({"user_id": "u1", "content": "precise", "expires_at": "2099-01-02T03:04:05.123456789Z"}),
+    )
+    .await
+    .unwrap();
+    let m = &out[0].memory;
+    let want = time::macros::datetime!(2099-01-02 03:04:05.123456 UTC);
+    assert_eq!(m.expires_at, Some(want), "the write's answer");
+    let got = h.svc.get("u1", m.id).await.unwrap();
+    assert_eq!(&got, m, "a read returns what the write answered");
+    let patch = PatchInput::from_json(
+        json!({"expires_at": "2099-01-02T03:04:05.999999999+01:00"}),
+        h.svc.limits(),
+    )
+    .unwrap();
+    let patched = h.svc.update("u1", m.id, patch).await.unwrap();
+    let want = time::macros::datetime!(2099-01-02 03:04:05.999999 +01:00);
+    assert_eq!(patched.expires_at, Some(want), "the patch's answer");
+    assert_eq!(h.svc.get("u1", m.id).await.unwrap(), patched);
+}
+
 pub async fn patch_content_reembeds_and_keeps_history(h: &Harness) {
     let m = put(h, "u1", "The weather forecast says rain").await;
     let calls = h.embedder.calls.load(Ordering::Relaxed);
