@@ -9,6 +9,7 @@
 //!
 //! Each section lives in its own module so each subsystem owns its settings.
 
+mod auth;
 mod cache;
 pub mod duration;
 mod embed;
@@ -18,6 +19,7 @@ mod server;
 mod storage;
 mod vector;
 
+pub use auth::{ApiKeyConfig, AuthConfig, ResolvedKey, key_digest};
 pub use cache::{CacheConfig, CacheL1Config, CacheL2Config, CacheL3Config, CacheMode, MAX_TTL};
 pub use embed::{EmbeddingModelConfig, EmbeddingsConfig};
 pub use memory::MemoryConfig;
@@ -58,6 +60,8 @@ pub struct Config {
     pub vector: VectorConfig,
     /// The long-term memory service.
     pub memory: MemoryConfig,
+    /// Gateway API keys (none: every route is open).
+    pub auth: AuthConfig,
 }
 
 /// Where the configuration came from, for `uat config check` and logs.
@@ -184,6 +188,9 @@ impl Config {
         let mut cfg: Config = deserialize(table, &origin)?;
         cfg.apply(overrides);
         cfg.validate()?;
+        // Secrets named by `key_env` must be there at start-up.
+        cfg.auth
+            .resolve(|var| env.iter().find(|(k, _)| k == var).map(|(_, v)| v.clone()))?;
         Ok((cfg, source))
     }
 
@@ -222,6 +229,7 @@ impl Config {
         self.embeddings.validate()?;
         self.vector.validate()?;
         self.memory.validate(&self.embeddings)?;
+        self.auth.validate()?;
         Ok(())
     }
 
@@ -234,6 +242,11 @@ impl Config {
         }
         for p in &mut c.providers {
             p.base_url = p.base_url.as_deref().map(mask_url);
+        }
+        for k in &mut c.auth.keys {
+            if k.key_sha256.is_some() {
+                k.key_sha256 = Some("****".into());
+            }
         }
         toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }

@@ -322,3 +322,129 @@ fn embeddings_queue_capacity_holds_the_largest_request() {
     let c = load_str(&format!("[embeddings]\nqueue_capacity = {max}\n"), &[]).unwrap();
     assert_eq!(c.embeddings.queue_capacity, max);
 }
+
+const KEY_A_SHA: &str = "8766b9cb08e6040b704f1e3ee1e186efccf2635b1d2634d6525333007e6aeae1";
+
+fn auth_err(text: &str, vars: &[(&str, &str)]) -> String {
+    load_str(text, vars).unwrap_err().to_string()
+}
+
+#[test]
+fn auth_keys_resolve_from_env_and_digest() {
+    let text = format!(
+        r#"
+[[auth.keys]]
+name = "team-a"
+key_env = "UAT_KEY_TEAM_A"
+requests_per_minute = 600
+
+[[auth.keys]]
+name = "ops"
+key_sha256 = "{KEY_A_SHA}"
+owner = "platform"
+admin = true
+"#
+    );
+    let c = load_str(&text, &[("UAT_KEY_TEAM_A", "secret-b")]).unwrap();
+    assert!(c.auth.enabled());
+    let keys = c.auth.resolve(|_| Some("secret-b".into())).unwrap();
+    assert_eq!(keys[0].digest, key_digest(b"secret-b"));
+    assert_eq!(keys[0].owner, "team-a", "owner defaults to the name");
+    assert_eq!(keys[0].requests_per_minute, Some(600));
+    assert_eq!(keys[1].owner, "platform");
+    assert!(keys[1].admin && !keys[0].admin);
+    assert_eq!(hex::encode(keys[1].digest), KEY_A_SHA);
+    // Neither the secret nor the digest is printed.
+    let masked = c.to_masked_toml();
+    assert!(
+        !masked.contains(KEY_A_SHA) && !masked.contains("secret-b"),
+        "{masked}"
+    );
+    assert!(!format!("{keys:?}").contains("digest"));
+}
+
+#[test]
+fn no_auth_keys_means_auth_off() {
+    assert!(!Config::default().auth.enabled());
+}
+
+#[test]
+fn auth_duplicate_key_name_is_rejected() {
+    let e = auth_err(
+        &format!(
+            "[[auth.keys]]\nname = \"a\"\nkey_sha256 = \"{KEY_A_SHA}\"\n\
+             [[auth.keys]]\nname = \"a\"\nkey_env = \"K\"\n"
+        ),
+        &[("K", "x")],
+    );
+    assert!(
+        e.contains("auth.keys[1].name") && e.contains("duplicate"),
+        "{e}"
+    );
+}
+
+#[test]
+fn auth_key_needs_exactly_one_secret() {
+    let both = auth_err(
+        &format!("[[auth.keys]]\nname = \"a\"\nkey_env = \"K\"\nkey_sha256 = \"{KEY_A_SHA}\"\n"),
+        &[("K", "x")],
+    );
+    assert!(
+        both.contains("auth.keys[0].key_env") && both.contains("not both"),
+        "{both}"
+    );
+    let neither = auth_err("[[auth.keys]]\nname = \"a\"\n", &[]);
+    assert!(
+        neither.contains("auth.keys[0].key_env") && neither.contains("required"),
+        "{neither}"
+    );
+    let bad_hex = auth_err("[[auth.keys]]\nname = \"a\"\nkey_sha256 = \"abc\"\n", &[]);
+    assert!(bad_hex.contains("auth.keys[0].key_sha256"), "{bad_hex}");
+}
+
+#[test]
+fn auth_missing_or_empty_key_env_names_the_variable() {
+    let text = "[[auth.keys]]\nname = \"a\"\nkey_sha256 = \"".to_string()
+        + KEY_A_SHA
+        + "\"\n[[auth.keys]]\nname = \"b\"\nkey_env = \"UAT_KEY_B\"\n";
+    let e = auth_err(&text, &[]);
+    assert!(
+        e.contains("auth.keys[1].key_env") && e.contains("UAT_KEY_B") && e.contains("not set"),
+        "{e}"
+    );
+    let e = auth_err(&text, &[("UAT_KEY_B", "")]);
+    assert!(e.contains("UAT_KEY_B") && e.contains("empty"), "{e}");
+    // Two keys with one secret could not be told apart.
+    let e = auth_err(
+        &format!(
+            "[[auth.keys]]\nname = \"a\"\nkey_sha256 = \"{KEY_A_SHA}\"\n\
+             [[auth.keys]]\nname = \"b\"\nkey_env = \"K\"\n"
+        ),
+        &[("K", "secret-a")],
+    );
+    assert!(
+        e.contains("auth.keys[1].key_env") && e.contains("same secret"),
+        "{e}"
+    );
+}
+
+#[test]
+fn auth_zero_rpm_is_rejected() {
+    let e = auth_err(
+        &format!(
+            "[[auth.keys]]\nname = \"a\"\nkey_sha256 = \"{KEY_A_SHA}\"\nrequests_per_minute = 0\n"
+        ),
+        &[],
+    );
+    assert!(e.contains("auth.keys[0].requests_per_minute"), "{e}");
+}
+
+#[test]
+fn auth_rpm_env_override_applies() {
+    let c = load_str(
+        &format!("[[auth.keys]]\nname = \"a\"\nkey_sha256 = \"{KEY_A_SHA}\"\n"),
+        &[("UAT_AUTH__KEYS__0__REQUESTS_PER_MINUTE", "30")],
+    )
+    .unwrap();
+    assert_eq!(c.auth.keys[0].requests_per_minute, Some(30));
+}

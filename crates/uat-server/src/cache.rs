@@ -13,6 +13,7 @@
 mod sse;
 
 use crate::StartupError;
+use crate::auth::Tenant;
 use crate::error::ApiError;
 use crate::extract::ApiJson;
 use crate::middleware::RouteLabels;
@@ -45,7 +46,7 @@ pub static X_UAT_CACHE_KEY: HeaderName = HeaderName::from_static("x-uat-cache-ke
 /// `x-uat-cache-ttl`: per-request time to live in seconds.
 pub static X_UAT_CACHE_TTL: HeaderName = HeaderName::from_static("x-uat-cache-ttl");
 
-/// The namespace used until API keys (and their owners) exist.
+/// The namespace of requests made without API keys (none configured).
 pub const DEFAULT_NAMESPACE: &str = "default";
 
 /// Largest answer that is stored (a larger one is passed on uncached).
@@ -266,10 +267,11 @@ pub fn policy(
     Ok(p)
 }
 
-/// The tenant namespace of a request. Always [`DEFAULT_NAMESPACE`] until
-/// API keys exist; every key and pattern takes it as a parameter.
-pub fn namespace(_headers: &HeaderMap) -> &'static str {
-    DEFAULT_NAMESPACE
+/// The tenant namespace of a request: its API key's owner (attached by the
+/// auth middleware), or [`DEFAULT_NAMESPACE`] when no keys are configured.
+/// Every key and pattern takes it, so two tenants never share an entry.
+pub fn namespace(tenant: &Tenant) -> &str {
+    tenant.as_str()
 }
 
 /// The two names of a request's model.
@@ -308,6 +310,7 @@ pub struct Ask {
 /// runs `upstream` and stores a successful answer.
 pub async fn around<F, Fut>(
     state: &AppState,
+    tenant: &Tenant,
     headers: &HeaderMap,
     kind: Kind,
     names: ModelNames<'_>,
@@ -330,7 +333,7 @@ where
     if !p.read && !p.write {
         return tag(upstream(Ask::default()).await, "bypass", None);
     }
-    let key = CacheKey::for_request(namespace(headers), names.cached, kind.into(), body);
+    let key = CacheKey::for_request(namespace(tenant), names.cached, kind.into(), body);
     let replay = Replay::of(kind, body);
     let ask = Ask {
         usage: p.write
@@ -623,10 +626,10 @@ pub struct InvalidateRequest {
 
 async fn invalidate(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    tenant: Tenant,
     ApiJson(req): ApiJson<InvalidateRequest>,
 ) -> Response {
-    let ns = namespace(&headers);
+    let ns = namespace(&tenant);
     let cache = state.cache.tiered();
     let deleted = match (&req.key, &req.pattern) {
         (Some(k), None) => match CacheKey::parse_public(ns, k) {

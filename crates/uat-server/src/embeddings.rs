@@ -201,6 +201,7 @@ fn parse(body: &Value) -> Result<Parsed, ApiError> {
 
 async fn embeddings(
     State(state): State<AppState>,
+    tenant: crate::auth::Tenant,
     headers: HeaderMap,
     ApiJson(body): ApiJson<Value>,
 ) -> Response {
@@ -216,6 +217,7 @@ async fn embeddings(
         let st = state.clone();
         let resp = crate::cache::around(
             &state,
+            &tenant,
             &headers,
             crate::cache::Kind::Embeddings,
             crate::cache::ModelNames::same(&model),
@@ -252,6 +254,7 @@ async fn embeddings(
     let b = body.clone();
     crate::cache::around(
         &state,
+        &tenant,
         &headers,
         crate::cache::Kind::Embeddings,
         crate::cache::ModelNames {

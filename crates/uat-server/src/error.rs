@@ -164,6 +164,33 @@ impl ApiError {
         )
     }
 
+    /// 401 `invalid_api_key`: no API key, or one the gateway does not know.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            Some("invalid_api_key"),
+            message,
+        )
+    }
+
+    /// 403 `insufficient_permissions`: the key may not call this route.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "invalid_request_error",
+            Some("insufficient_permissions"),
+            message,
+        )
+    }
+
+    /// 429 with Retry-After: the API key is over its own limit.
+    pub fn key_rate_limited(message: impl Into<String>, retry_after: u64) -> Self {
+        let mut e = Self::rate_limited(message);
+        e.retry_after = Some(retry_after);
+        e
+    }
+
     /// 503 with Retry-After: the server is shedding load.
     pub fn overloaded(message: impl Into<String>, retry_after: u64) -> Self {
         let mut e = Self::new(

@@ -253,6 +253,7 @@ fn parse_chat(body: &Value) -> Result<ChatRequest, ApiError> {
 }
 
 async fn chat(State(state): State<AppState>, request: Request) -> Response {
+    let tenant = crate::auth::Tenant::of(request.extensions());
     let (headers, bytes) = match read_body(request).await {
         Ok(b) => b,
         Err(e) => return error_response(e, None, 0, ""),
@@ -313,7 +314,16 @@ async fn chat(State(state): State<AppState>, request: Request) -> Response {
             }
         }
     };
-    cache::around(&state, &headers, cache::Kind::Chat, names, &body, upstream).await
+    cache::around(
+        &state,
+        &tenant,
+        &headers,
+        cache::Kind::Chat,
+        names,
+        &body,
+        upstream,
+    )
+    .await
 }
 
 async fn stream_upstream(

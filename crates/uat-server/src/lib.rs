@@ -5,7 +5,9 @@
 //! Handlers are thin: they parse (through [`extract::ApiJson`]), call an
 //! engine, and map the engine's error enum to an [`error::ApiError`].
 
+pub mod auth;
 pub mod cache;
+pub mod dashboard;
 pub mod embeddings;
 pub mod error;
 pub mod extract;
@@ -63,12 +65,15 @@ impl StartupError {
 /// Builds every service from the configuration.
 pub async fn build(config: Config) -> Result<AppState, StartupError> {
     let config = Arc::new(config);
+    let auth = auth::Auth::from_config(&config.auth)?;
     let gateway = gateway::Gateway::init(&config).await?;
     let cache = cache::CacheService::init(&config).await?;
     let vector = vector::VectorService::init(&config).await?;
     let embed = embeddings::EmbedService::init(&config).await?;
     let memory = memory::MemoryService::init(&config, &embed).await?;
-    Ok(AppState::new(config, gateway, cache, vector, embed, memory))
+    Ok(AppState::new(
+        config, gateway, cache, vector, embed, memory, auth,
+    ))
 }
 
 /// The whole HTTP application for a state.
@@ -81,6 +86,7 @@ pub fn app(state: AppState) -> Router {
         .merge(embeddings::routes())
         .merge(memory::routes())
         .merge(vector::routes())
+        .merge(dashboard::routes())
         .layer(DefaultBodyLimit::max(cfg.server.body_limit))
         .layer(axum::Extension(extract::BodyLimit(cfg.server.body_limit)))
         .layer(axum::Extension(pace))

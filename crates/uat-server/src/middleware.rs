@@ -1,5 +1,6 @@
-//! The tower stack around every route: request id, load shedding, HTTP
-//! metrics, gzip, OpenAI-shaped 404/405.
+//! The tower stack around every route: request id, API keys (when
+//! configured, see `auth`), load shedding, HTTP metrics, gzip, OpenAI-shaped
+//! 404/405.
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -223,7 +224,7 @@ impl BoundedLabels {
     }
 }
 
-fn record(route: &str, resp: &Response, start: Instant) {
+pub(crate) fn record(route: &str, resp: &Response, start: Instant) {
     let labels = resp.extensions().get::<RouteLabels>();
     let (model, provider) = labels
         .map(|l| (MODEL_LABELS.label(&l.model), l.provider.as_str()))
@@ -268,13 +269,23 @@ pub(crate) fn wrap(router: Router<AppState>, state: AppState) -> Router {
         count: std::sync::Arc::new(AtomicUsize::new(0)),
         max: state.config.server.max_in_flight,
     };
-    router
+    let router = router
         .fallback(fallback)
         .layer(axum::middleware::from_fn(shape_405))
         .route_layer(axum::middleware::from_fn_with_state(
             limit.clone(),
             shed_and_measure,
-        ))
+        ));
+    // Outside load shedding: a refused request takes no in-flight slot.
+    // Not installed at all without keys.
+    let router = match state.auth.clone() {
+        Some(auth) => router.route_layer(axum::middleware::from_fn_with_state(
+            auth,
+            crate::auth::authenticate,
+        )),
+        None => router,
+    };
+    router
         .with_state(state)
         .layer(
             CompressionLayer::new()

@@ -1,6 +1,6 @@
 //! The shared application state: the configuration and one handle per service.
 
-use crate::{cache, embeddings, gateway, memory, vector};
+use crate::{auth, cache, embeddings, gateway, memory, vector};
 use serde::Serialize;
 use std::ops::Deref;
 use std::sync::Arc;
@@ -25,10 +25,14 @@ pub struct Inner {
     pub embed: embeddings::EmbedService,
     /// The memory service.
     pub memory: memory::MemoryService,
+    /// API keys; `None` when none are configured (every route open).
+    pub auth: Option<Arc<auth::Auth>>,
     /// When the state was built.
     pub started: Instant,
     /// Coalesces concurrent readiness probes.
     ready: ReadyProbe,
+    /// The dashboard summary's last cache stats reading.
+    pub(crate) dashboard: crate::dashboard::Shared,
 }
 
 impl AppState {
@@ -40,6 +44,7 @@ impl AppState {
         vector: vector::VectorService,
         embed: embeddings::EmbedService,
         memory: memory::MemoryService,
+        auth: Option<Arc<auth::Auth>>,
     ) -> Self {
         AppState(Arc::new(Inner {
             config,
@@ -48,8 +53,10 @@ impl AppState {
             vector,
             embed,
             memory,
+            auth,
             started: Instant::now(),
             ready: ReadyProbe::default(),
+            dashboard: crate::dashboard::Shared::default(),
         }))
     }
 

@@ -8,8 +8,10 @@
     reason = "test code: a failed expectation is a failed test"
 )]
 
+mod auth;
 mod cache;
 mod common;
+mod dashboard;
 mod embeddings;
 mod gateway;
 mod gateway_params;

@@ -1,0 +1,194 @@
+use crate::ConfigError;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::HashSet;
+
+/// `[auth]`: gateway API keys. No keys: every route is open.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// The keys (`[[auth.keys]]`). Empty: no authentication.
+    pub keys: Vec<ApiKeyConfig>,
+}
+
+/// `[[auth.keys]]`: one API key. Exactly one of `key_env` or `key_sha256`
+/// gives its secret.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// Unique name, shown in logs (never the secret).
+    pub name: String,
+    /// Name of the environment variable that holds the secret; it must be
+    /// set, and not empty, at start-up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_env: Option<String>,
+    /// SHA-256 of the secret, 64 hex digits, so the secret is in no file
+    /// (`printf %s "$KEY" | sha256sum`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_sha256: Option<String>,
+    /// The tenant the key belongs to: its cache namespace. Unset: the name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Requests a minute this key may make, per replica. Unset: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<u32>,
+    /// May call the admin routes (cache invalidation and stats, embedding
+    /// model load/unload, vector collection create/drop/snapshot).
+    #[serde(default)]
+    pub admin: bool,
+}
+
+/// A key ready to check requests against: its secret reduced to a digest.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ResolvedKey {
+    /// The key's name.
+    pub name: String,
+    /// Its tenant (cache namespace).
+    pub owner: String,
+    /// SHA-256 of the secret.
+    pub digest: [u8; 32],
+    /// Its limit, when it has one (never 0).
+    pub requests_per_minute: Option<u32>,
+    /// Whether it may call admin routes.
+    pub admin: bool,
+}
+
+impl std::fmt::Debug for ResolvedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResolvedKey")
+            .field("name", &self.name)
+            .field("owner", &self.owner)
+            .field("requests_per_minute", &self.requests_per_minute)
+            .field("admin", &self.admin)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The SHA-256 of an API key's secret, as requests are checked.
+pub fn key_digest(secret: &[u8]) -> [u8; 32] {
+    Sha256::digest(secret).into()
+}
+
+impl AuthConfig {
+    /// True when keys are configured (every `/v1` route then needs one).
+    pub fn enabled(&self) -> bool {
+        !self.keys.is_empty()
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        let mut names = HashSet::new();
+        for (i, k) in self.keys.iter().enumerate() {
+            let at = |f: &str| format!("auth.keys[{i}].{f}");
+            if k.name.trim().is_empty() {
+                return Err(ConfigError::invalid(at("name"), "must not be empty"));
+            }
+            if !names.insert(k.name.as_str()) {
+                return Err(ConfigError::invalid(
+                    at("name"),
+                    format!("duplicate key name `{}`", k.name),
+                ));
+            }
+            match (&k.key_env, &k.key_sha256) {
+                (Some(_), Some(_)) => {
+                    return Err(ConfigError::invalid(
+                        at("key_env"),
+                        "set exactly one of `key_env` or `key_sha256`, not both",
+                    ));
+                }
+                (None, None) => {
+                    return Err(ConfigError::invalid(
+                        at("key_env"),
+                        "one of `key_env` or `key_sha256` is required",
+                    ));
+                }
+                (Some(v), None) if v.is_empty() => {
+                    return Err(ConfigError::invalid(at("key_env"), "must not be empty"));
+                }
+                (None, Some(h)) if parse_hex32(h).is_none() => {
+                    return Err(ConfigError::invalid(
+                        at("key_sha256"),
+                        "must be a SHA-256 digest: 64 hex digits",
+                    ));
+                }
+                _ => {}
+            }
+            if k.owner.as_deref().is_some_and(|o| o.trim().is_empty()) {
+                return Err(ConfigError::invalid(at("owner"), "must not be empty"));
+            }
+            if k.requests_per_minute == Some(0) {
+                return Err(ConfigError::invalid(
+                    at("requests_per_minute"),
+                    "must be at least 1 (leave it unset for no limit)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads each key's secret (from `env` for `key_env`) and reduces it to
+    /// its digest. A variable that is unset or empty is an error naming it;
+    /// two keys with the same secret are an error too (a request could not
+    /// tell them apart).
+    pub fn resolve(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Vec<ResolvedKey>, ConfigError> {
+        self.validate()?;
+        let mut out: Vec<ResolvedKey> = Vec::with_capacity(self.keys.len());
+        for (i, k) in self.keys.iter().enumerate() {
+            let (field, digest) = match (&k.key_env, &k.key_sha256) {
+                (Some(var), _) => {
+                    let field = format!("auth.keys[{i}].key_env");
+                    match env(var) {
+                        Some(s) if !s.is_empty() => (field, key_digest(s.as_bytes())),
+                        Some(_) => {
+                            return Err(ConfigError::invalid(
+                                field,
+                                format!("environment variable {var} is empty"),
+                            ));
+                        }
+                        None => {
+                            return Err(ConfigError::invalid(
+                                field,
+                                format!("environment variable {var} is not set"),
+                            ));
+                        }
+                    }
+                }
+                (None, Some(h)) => {
+                    let field = format!("auth.keys[{i}].key_sha256");
+                    let Some(digest) = parse_hex32(h) else {
+                        return Err(ConfigError::invalid(field, "must be 64 hex digits"));
+                    };
+                    (field, digest)
+                }
+                (None, None) => {
+                    return Err(ConfigError::invalid(
+                        format!("auth.keys[{i}].key_env"),
+                        "one of `key_env` or `key_sha256` is required",
+                    ));
+                }
+            };
+            if let Some(other) = out.iter().find(|o| o.digest == digest) {
+                return Err(ConfigError::invalid(
+                    field,
+                    format!("the same secret as key `{}`", other.name),
+                ));
+            }
+            out.push(ResolvedKey {
+                name: k.name.clone(),
+                owner: k.owner.clone().unwrap_or_else(|| k.name.clone()),
+                digest,
+                requests_per_minute: k.requests_per_minute,
+                admin: k.admin,
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn parse_hex32(s: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(s, &mut out).ok()?;
+    Some(out)
+}

@@ -1,0 +1,345 @@
+//! Gateway API keys (`[[auth.keys]]`): who may call `/v1/*`, who may call
+//! the admin routes, how fast each key may go, and which tenant (cache
+//! namespace) a request belongs to.
+//!
+//! With no keys configured the layer is not installed at all: every route is
+//! open and requests pay nothing. With keys, [`authenticate`] runs on every
+//! matched route under `/v1` (the probes `/health`, `/ready`, `/metrics` stay
+//! open), outside load shedding: a rejected request never takes an in-flight
+//! slot.
+//!
+//! A presented secret is hashed (SHA-256) and the digest looked up in a map
+//! built at start-up, so no comparison ever runs over the secret itself and
+//! the secret is never logged. The per-key limit is a GCRA token bucket (one
+//! atomic word per key, lock-free), in memory: each replica enforces it on its
+//! own.
+
+use crate::error::ApiError;
+use crate::middleware;
+use axum::extract::{FromRequestParts, MatchedPath, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use prometheus::{IntCounterVec, Opts};
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+use uat_config::{AuthConfig, ResolvedKey, key_digest};
+
+/// `x-api-key`: the header the Anthropic SDK sends its key in.
+static X_API_KEY: header::HeaderName = header::HeaderName::from_static("x-api-key");
+
+static REJECTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    let c = IntCounterVec::new(
+        Opts::new(
+            "uat_auth_rejections_total",
+            "Requests refused by API-key checks, by reason (missing, invalid, forbidden, rate_limited)",
+        ),
+        &["reason"],
+    )
+    .unwrap_or_else(|_| unreachable_metric());
+    uat_telemetry::register(c)
+});
+
+#[expect(
+    clippy::panic,
+    reason = "the metric definition is static and valid; this cannot happen"
+)]
+fn unreachable_metric() -> IntCounterVec {
+    panic!("invalid static metric definition")
+}
+
+/// The tenant a request belongs to: its key's owner, attached as a request
+/// extension by [`authenticate`]. Without keys (or before the layer ran) it
+/// is [`crate::cache::DEFAULT_NAMESPACE`]. An extractor that never fails.
+#[derive(Debug, Clone, Default)]
+pub struct Tenant(Option<Arc<str>>);
+
+impl Tenant {
+    /// A named tenant.
+    pub fn new(owner: &str) -> Self {
+        Tenant(Some(owner.into()))
+    }
+
+    /// The tenant's name (the cache namespace).
+    pub fn as_str(&self) -> &str {
+        self.0.as_deref().unwrap_or(crate::cache::DEFAULT_NAMESPACE)
+    }
+
+    /// The tenant attached to a request, or the default one.
+    pub fn of(ext: &http::Extensions) -> Self {
+        ext.get::<Tenant>().cloned().unwrap_or_default()
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Tenant {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
+        Ok(Tenant::of(&parts.extensions))
+    }
+}
+
+/// The keys, by the SHA-256 of their secret. Built once at start-up.
+pub struct Auth {
+    keys: HashMap<[u8; 32], Key>,
+}
+
+struct Key {
+    name: Box<str>,
+    tenant: Tenant,
+    admin: bool,
+    limit: Option<Gcra>,
+}
+
+impl Auth {
+    /// Reads the configured keys (secrets named by `key_env` from the process
+    /// environment). `None` when no keys are configured: authentication off.
+    pub fn from_config(cfg: &AuthConfig) -> Result<Option<Arc<Auth>>, crate::StartupError> {
+        if !cfg.enabled() {
+            return Ok(None);
+        }
+        let keys = cfg
+            .resolve(|var| std::env::var(var).ok())
+            .map_err(|e| crate::StartupError::subsystem("auth", e))?;
+        Ok(Some(Arc::new(Auth::new(keys))))
+    }
+
+    /// From keys already resolved.
+    pub fn new(keys: Vec<ResolvedKey>) -> Self {
+        let keys = keys
+            .into_iter()
+            .map(|k| {
+                let key = Key {
+                    name: k.name.into(),
+                    tenant: Tenant::new(&k.owner),
+                    admin: k.admin,
+                    limit: k.requests_per_minute.map(Gcra::per_minute),
+                };
+                (k.digest, key)
+            })
+            .collect();
+        Auth { keys }
+    }
+}
+
+/// The secret a request presents: `Authorization: Bearer <key>`, else
+/// `x-api-key: <key>`.
+fn presented(headers: &HeaderMap) -> Option<&[u8]> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes())
+        .and_then(|v| {
+            let (scheme, rest) = v.split_at_checked(7)?;
+            scheme
+                .eq_ignore_ascii_case(b"bearer ")
+                .then(|| rest.trim_ascii())
+        })
+        .filter(|s| !s.is_empty());
+    bearer.or_else(|| {
+        headers
+            .get(&X_API_KEY)
+            .map(|v| v.as_bytes().trim_ascii())
+            .filter(|s| !s.is_empty())
+    })
+}
+
+/// The API: `/v1` and everything under it. The probes (`/health`, `/ready`,
+/// `/metrics`) and any page outside `/v1` stay open.
+fn is_api(path: &str) -> bool {
+    path.strip_prefix("/v1")
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// Routes that change or reveal the whole deployment: only `admin` keys.
+fn is_admin_route(method: &Method, route: &str) -> bool {
+    matches!(
+        (method.as_str(), route),
+        ("DELETE", "/v1/cache")
+            | ("GET", "/v1/cache/stats")
+            | ("GET", "/v1/dashboard/summary")
+            | ("POST", "/v1/embeddings/models/{name}/load")
+            | ("POST", "/v1/embeddings/models/{name}/unload")
+            | ("PUT", "/v1/collections/{name}")
+            | ("DELETE", "/v1/collections/{name}")
+            | ("POST", "/v1/collections/{name}/snapshot")
+    )
+}
+
+fn reject(reason: &'static str, e: ApiError, route: &str, start: Instant) -> Response {
+    REJECTIONS.with_label_values(&[reason]).inc();
+    let resp = e.into_response();
+    middleware::record(route, &resp, start);
+    resp
+}
+
+/// The middleware: checks the key, the admin flag and the key's rate, then
+/// attaches the key's [`Tenant`]. Routes outside `/v1` pass untouched.
+pub(crate) async fn authenticate(
+    State(auth): State<Arc<Auth>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    if !is_api(req.uri().path()) {
+        return next.run(req).await;
+    }
+    let start = Instant::now();
+    let matched = req.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let Some(secret) = presented(req.headers()) else {
+        return reject(
+            "missing",
+            ApiError::unauthorized(
+                "You didn't provide an API key. Send it as `Authorization: Bearer <key>` (or `x-api-key: <key>`).",
+            ),
+            route,
+            start,
+        );
+    };
+    let Some(key) = auth.keys.get(&key_digest(secret)) else {
+        return reject(
+            "invalid",
+            ApiError::unauthorized("Incorrect API key provided."),
+            route,
+            start,
+        );
+    };
+    if !key.admin && is_admin_route(req.method(), route) {
+        tracing::debug!(key = %key.name, route, "admin route refused to a non-admin key");
+        let e = ApiError::forbidden(format!(
+            "the API key `{}` may not call this admin route (it needs `admin = true`)",
+            key.name
+        ));
+        return reject("forbidden", e, route, start);
+    }
+    if let Some(limit) = &key.limit
+        && let Err(wait) = limit.check()
+    {
+        tracing::debug!(key = %key.name, ?wait, "API key over its rate limit");
+        let e = ApiError::key_rate_limited(
+            format!(
+                "the API key `{}` is over its limit of {} requests per minute",
+                key.name, limit.per_minute
+            ),
+            wait.as_secs_f64().ceil().max(1.0) as u64,
+        );
+        return reject("rate_limited", e, route, start);
+    }
+    req.extensions_mut().insert(key.tenant.clone());
+    next.run(req).await
+}
+
+/// A token bucket as GCRA (the generic cell rate algorithm, as the
+/// `governor` crate keeps it): one word, the theoretical arrival time of the
+/// next request, advanced by compare-and-swap. `burst` requests may come at
+/// once; after that one per `interval`.
+struct Gcra {
+    epoch: Instant,
+    /// Nanoseconds after `epoch`.
+    tat: AtomicU64,
+    interval: u64,
+    /// `burst * interval`.
+    tolerance: u64,
+    per_minute: u32,
+}
+
+impl Gcra {
+    /// `per_minute` requests a minute, a burst of a sixth of it (ten
+    /// seconds' worth), at least 1.
+    fn per_minute(per_minute: u32) -> Self {
+        let per_minute = per_minute.max(1);
+        let interval = 60_000_000_000 / u64::from(per_minute);
+        let burst = u64::from((per_minute / 6).max(1));
+        Gcra {
+            epoch: Instant::now(),
+            tat: AtomicU64::new(0),
+            interval,
+            tolerance: burst * interval,
+            per_minute,
+        }
+    }
+
+    /// Takes a token, or says how long until one is there.
+    fn check(&self) -> Result<(), Duration> {
+        let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.check_at(now)
+    }
+
+    fn check_at(&self, now: u64) -> Result<(), Duration> {
+        let mut tat = self.tat.load(Ordering::Acquire);
+        loop {
+            let next = tat.max(now).saturating_add(self.interval);
+            let ahead = next - now;
+            if ahead > self.tolerance {
+                return Err(Duration::from_nanos(ahead - self.tolerance));
+            }
+            match self
+                .tat
+                .compare_exchange_weak(tat, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Ok(()),
+                Err(t) => tat = t,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn gcra_allows_the_burst_then_one_per_interval() {
+        let g = Gcra::per_minute(60); // burst 10, one a second
+        for i in 0..10 {
+            assert!(g.check_at(0).is_ok(), "request {i} of the burst");
+        }
+        let wait = g.check_at(0).unwrap_err();
+        assert_eq!(wait, Duration::from_secs(1));
+        assert!(g.check_at(999_999_999).is_err());
+        assert!(g.check_at(1_000_000_000).is_ok(), "a token a second");
+        assert!(g.check_at(1_000_000_000).is_err());
+        // Idle for a minute: the bucket is full again, not fuller.
+        let later = 61_000_000_000;
+        for _ in 0..10 {
+            assert!(g.check_at(later).is_ok());
+        }
+        assert!(g.check_at(later).is_err());
+    }
+
+    #[test]
+    fn only_v1_needs_a_key() {
+        assert!(is_api("/v1") && is_api("/v1/chat/completions"));
+        assert!(!is_api("/health") && !is_api("/metrics") && !is_api("/v1x"));
+    }
+
+    #[test]
+    fn small_limits_have_a_burst_of_one() {
+        let g = Gcra::per_minute(1);
+        assert!(g.check_at(0).is_ok());
+        assert_eq!(g.check_at(0).unwrap_err(), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn the_key_comes_from_bearer_or_x_api_key() {
+        let mut h = HeaderMap::new();
+        assert_eq!(presented(&h), None);
+        h.insert("x-api-key", HeaderValue::from_static("k2"));
+        assert_eq!(presented(&h), Some(&b"k2"[..]));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bearer  k1 "),
+        );
+        assert_eq!(presented(&h), Some(&b"k1"[..]), "Bearer wins");
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(presented(&h), Some(&b"k2"[..]));
+        h.remove("x-api-key");
+        assert_eq!(presented(&h), None);
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer "));
+        assert_eq!(presented(&h), None, "an empty key is no key");
+    }
+}

@@ -1,0 +1,252 @@
+//! API keys (`[[auth.keys]]`): open without keys; with keys every `/v1`
+//! route needs one (Bearer or `x-api-key`), probes stay open, admin routes
+//! need an admin key, each key has its own rate limit, and each owner its own
+//! cache namespace.
+
+use crate::common::*;
+use reqwest::RequestBuilder;
+use serde_json::{Value, json};
+use uat_testkit::{FakeUpstream, Wire};
+
+const USER_KEY: &str = "sk-test-user-0123456789";
+const ADMIN_KEY: &str = "sk-test-admin-0123456789";
+const SLOW_KEY: &str = "sk-test-slow-0123456789";
+const OTHER_KEY: &str = "sk-test-other-0123456789";
+
+fn sha(secret: &str) -> String {
+    uat_config::key_digest(secret.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn key_toml(name: &str, secret: &str, extra: &str) -> String {
+    format!(
+        "[[auth.keys]]\nname = \"{name}\"\nkey_sha256 = \"{}\"\n{extra}\n",
+        sha(secret)
+    )
+}
+
+/// A fake OpenAI upstream serving `<name>-model`, and its provider entry.
+async fn upstream() -> (FakeUpstream, String, String) {
+    let name = format!("auth{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let up = FakeUpstream::start(Wire::OpenAi, &name).await.unwrap();
+    let toml = provider_toml("p", "openai", &up.base_url(), "");
+    let model = format!("{name}-model");
+    (up, toml, model)
+}
+
+async fn keyed_app() -> (TestApp, FakeUpstream, String) {
+    let (up, providers, model) = upstream().await;
+    let toml = format!(
+        "{providers}{}{}",
+        key_toml("user", USER_KEY, ""),
+        key_toml("ops", ADMIN_KEY, "admin = true"),
+    );
+    (spawn_app(&toml).await, up, model)
+}
+
+async fn send(req: RequestBuilder) -> (u16, reqwest::header::HeaderMap, Value) {
+    let resp = req.send().await.expect("request failed");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.json().await.unwrap_or(Value::Null);
+    (status, headers, body)
+}
+
+/// One request per subsystem: chat, embeddings, memory, vector.
+fn api_requests(app: &TestApp, model: &str) -> Vec<(&'static str, RequestBuilder)> {
+    let c = &app.client;
+    vec![
+        (
+            "chat",
+            c.post(app.at("/v1/chat/completions"))
+                .json(&chat_body(model, false)),
+        ),
+        (
+            "embeddings",
+            c.post(app.at("/v1/embeddings"))
+                .json(&json!({"model": "nope", "input": "hi"})),
+        ),
+        ("memories", c.get(app.at("/v1/memories?user_id=u1"))),
+        ("collections", c.get(app.at("/v1/collections"))),
+    ]
+}
+
+#[tokio::test]
+async fn without_keys_every_route_is_open() {
+    let (up, providers, model) = upstream().await;
+    let app = spawn_app(&providers).await;
+    assert!(app.state.auth.is_none(), "no layer without keys");
+    for (what, req) in api_requests(&app, &model) {
+        let (status, _, body) = send(req).await;
+        assert_ne!(status, 401, "{what}: {body}");
+    }
+    let (status, _, _) = send(app.client.get(app.at("/v1/cache/stats"))).await;
+    assert_eq!(status, 200, "admin routes are open too");
+    assert_eq!(up.calls(), 1);
+}
+
+#[tokio::test]
+async fn keys_are_required_on_every_v1_route() {
+    let (app, up, model) = keyed_app().await;
+    for (what, req) in api_requests(&app, &model) {
+        let (status, headers, body) = send(req).await;
+        assert_eq!(status, 401, "{what} without a key: {body}");
+        assert_eq!(body["error"]["code"], "invalid_api_key", "{what}: {body}");
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        let msg = body["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("didn't provide"), "{msg}");
+        assert!(
+            headers.contains_key("x-request-id"),
+            "{what}: a rejection keeps its id"
+        );
+    }
+    for (what, req) in api_requests(&app, &model) {
+        let (status, _, body) = send(req.bearer_auth("sk-wrong")).await;
+        assert_eq!(status, 401, "{what} with a wrong key: {body}");
+        assert_eq!(body["error"]["code"], "invalid_api_key");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("Incorrect"),
+            "{body}"
+        );
+        assert!(
+            !body.to_string().contains("sk-wrong"),
+            "the secret is not echoed"
+        );
+    }
+    assert_eq!(up.calls(), 0, "nothing reached the upstream");
+    for (what, req) in api_requests(&app, &model) {
+        let (status, _, body) = send(req.bearer_auth(USER_KEY)).await;
+        assert_ne!(status, 401, "{what} with a key: {body}");
+        assert!(
+            status == 200 || what == "embeddings",
+            "{what}: {status} {body}"
+        );
+    }
+    for (what, req) in api_requests(&app, &model) {
+        let (status, _, body) = send(req.header("x-api-key", USER_KEY)).await;
+        assert_ne!(status, 401, "{what} with x-api-key: {body}");
+        assert!(
+            status == 200 || what == "embeddings",
+            "{what}: {status} {body}"
+        );
+    }
+    assert_eq!(up.calls(), 2);
+    // Probes stay open.
+    for probe in ["/health", "/ready", "/metrics"] {
+        let resp = app.client.get(app.at(probe)).send().await.unwrap();
+        assert_ne!(resp.status(), 401, "{probe}");
+    }
+    let metrics = app.metrics().await;
+    for reason in ["missing", "invalid"] {
+        assert!(
+            metrics.contains(&format!("uat_auth_rejections_total{{reason=\"{reason}\"}}")),
+            "{reason}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn admin_routes_need_an_admin_key() {
+    let (app, _up, _) = keyed_app().await;
+    let c = &app.client;
+    let admin_calls = || {
+        vec![
+            c.get(app.at("/v1/cache/stats")),
+            c.delete(app.at("/v1/cache")).json(&json!({"pattern": "*"})),
+            c.put(app.at("/v1/collections/authcol"))
+                .json(&json!({"dimension": 3, "distance": "cosine"})),
+            c.post(app.at("/v1/collections/authcol/snapshot")),
+            c.delete(app.at("/v1/collections/authcol")),
+            c.post(app.at("/v1/embeddings/models/nope/load")),
+        ]
+    };
+    for req in admin_calls() {
+        let (status, _, body) = send(req.bearer_auth(USER_KEY)).await;
+        assert_eq!(status, 403, "{body}");
+        assert_eq!(body["error"]["code"], "insufficient_permissions");
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+    }
+    for req in admin_calls() {
+        let (status, _, body) = send(req.bearer_auth(ADMIN_KEY)).await;
+        assert!(status != 401 && status != 403, "{status} {body}");
+    }
+    // Reading a collection is not an admin route.
+    let (status, _, body) = send(c.get(app.at("/v1/collections")).bearer_auth(USER_KEY)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        app.metrics()
+            .await
+            .contains("uat_auth_rejections_total{reason=\"forbidden\"}")
+    );
+}
+
+#[tokio::test]
+async fn a_key_over_its_rate_gets_429_and_other_keys_do_not() {
+    let toml = format!(
+        "{}{}",
+        key_toml("slow", SLOW_KEY, "requests_per_minute = 1"),
+        key_toml("other", OTHER_KEY, "requests_per_minute = 600"),
+    );
+    let app = spawn_app(&toml).await;
+    let list = |key: &str| app.client.get(app.at("/v1/collections")).bearer_auth(key);
+    let (status, _, _) = send(list(SLOW_KEY)).await;
+    assert_eq!(status, 200, "the burst of one");
+    let (status, headers, body) = send(list(SLOW_KEY)).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+    let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    for _ in 0..20 {
+        let (status, _, body) = send(list(OTHER_KEY)).await;
+        assert_eq!(status, 200, "another key has its own bucket: {body}");
+    }
+    assert!(
+        app.metrics()
+            .await
+            .contains("uat_auth_rejections_total{reason=\"rate_limited\"}")
+    );
+}
+
+#[tokio::test]
+async fn each_owner_has_its_own_cache_namespace() {
+    let (up, providers, model) = upstream().await;
+    let toml = format!(
+        "{providers}[cache]\nmode = \"deterministic\"\n{}{}{}",
+        key_toml("a", USER_KEY, "owner = \"tenant-a\""),
+        key_toml("a2", ADMIN_KEY, "owner = \"tenant-a\""),
+        key_toml("b", OTHER_KEY, "owner = \"tenant-b\""),
+    );
+    let app = spawn_app(&toml).await;
+    let det = json!({"model": model, "messages": [{"role": "user", "content": "Say hello"}], "temperature": 0});
+    let chat = |key: &'static str| {
+        let req = app
+            .client
+            .post(app.at("/v1/chat/completions"))
+            .bearer_auth(key)
+            .json(&det);
+        async move {
+            let resp = req.send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            header(&resp, "x-uat-cache")
+        }
+    };
+    assert_eq!(chat(USER_KEY).await, "miss");
+    assert_eq!(
+        chat(OTHER_KEY).await,
+        "miss",
+        "another owner never sees tenant-a's entry"
+    );
+    assert_eq!(up.calls(), 2);
+    assert_eq!(
+        chat(ADMIN_KEY).await,
+        "hit-l1",
+        "same owner, another key: a hit"
+    );
+    assert_eq!(chat(OTHER_KEY).await, "hit-l1");
+    assert_eq!(up.calls(), 2);
+}
