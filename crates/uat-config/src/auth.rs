@@ -115,6 +115,15 @@ impl AuthConfig {
             if k.owner.as_deref().is_some_and(|o| o.trim().is_empty()) {
                 return Err(ConfigError::invalid(at("owner"), "must not be empty"));
             }
+            // `default` is the cache namespace of requests made without keys:
+            // a key owning it would take over everything cached before keys.
+            if k.owner.as_deref().unwrap_or(&k.name) == "default" {
+                let field = if k.owner.is_some() { "owner" } else { "name" };
+                return Err(ConfigError::invalid(
+                    at(field),
+                    "the owner `default` is the namespace of requests made without keys; choose another (set `owner` to keep this name)",
+                ));
+            }
             if k.requests_per_minute == Some(0) {
                 return Err(ConfigError::invalid(
                     at("requests_per_minute"),
@@ -139,7 +148,9 @@ impl AuthConfig {
             let (field, digest) = match (&k.key_env, &k.key_sha256) {
                 (Some(var), _) => {
                     let field = format!("auth.keys[{i}].key_env");
-                    match env(var) {
+                    // Trimmed as a presented key is: a secret mounted from a
+                    // file often ends in a newline.
+                    match env(var).as_deref().map(str::trim) {
                         Some(s) if !s.is_empty() => (field, key_digest(s.as_bytes())),
                         Some(_) => {
                             return Err(ConfigError::invalid(

@@ -448,3 +448,30 @@ fn auth_rpm_env_override_applies() {
     .unwrap();
     assert_eq!(c.auth.keys[0].requests_per_minute, Some(30));
 }
+
+#[test]
+fn auth_owner_default_is_refused_and_secrets_are_trimmed() {
+    // `default` is the namespace of requests made without keys.
+    let e = auth_err(
+        &format!("[[auth.keys]]\nname = \"default\"\nkey_sha256 = \"{KEY_A_SHA}\"\n"),
+        &[],
+    );
+    assert!(
+        e.contains("auth.keys[0].name") && e.contains("default"),
+        "{e}"
+    );
+    let e = auth_err(
+        &format!(
+            "[[auth.keys]]\nname = \"a\"\nowner = \"default\"\nkey_sha256 = \"{KEY_A_SHA}\"\n"
+        ),
+        &[],
+    );
+    assert!(e.contains("auth.keys[0].owner"), "{e}");
+    // A secret mounted from a file ends in a newline; the key sent is trimmed too.
+    let text = "[[auth.keys]]\nname = \"a\"\nkey_env = \"K\"\n";
+    let c = load_str(text, &[("K", "secret-b\n")]).unwrap();
+    let keys = c.auth.resolve(|_| Some("secret-b\n".into())).unwrap();
+    assert_eq!(keys[0].digest, key_digest(b"secret-b"));
+    let e = auth_err(text, &[("K", " \n")]);
+    assert!(e.contains("empty"), "{e}");
+}

@@ -155,11 +155,17 @@ fn is_api(path: &str) -> bool {
 }
 
 /// Routes that change or reveal the whole deployment: only `admin` keys.
+/// `DELETE /v1/cache` is not one: it acts on the caller's own namespace. A
+/// `HEAD` is its `GET` (axum runs the `GET` handler for it).
 fn is_admin_route(method: &Method, route: &str) -> bool {
+    let method = if method == Method::HEAD {
+        "GET"
+    } else {
+        method.as_str()
+    };
     matches!(
-        (method.as_str(), route),
-        ("DELETE", "/v1/cache")
-            | ("GET", "/v1/cache/stats")
+        (method, route),
+        ("GET", "/v1/cache/stats")
             | ("GET", "/v1/dashboard/summary")
             | ("POST", "/v1/embeddings/models/{name}/load")
             | ("POST", "/v1/embeddings/models/{name}/unload")
