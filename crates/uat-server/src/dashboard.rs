@@ -136,7 +136,7 @@ async fn summary(State(state): State<AppState>) -> impl IntoResponse {
         "providers": providers,
         "cache": cache,
         "embeddings": embeddings,
-        "vector": vector(&state),
+        "vector": vector(&state).await,
         "memory": memory,
         "unavailable": unavailable,
     });
@@ -211,13 +211,17 @@ struct Rate {
 
 static RING: LazyLock<Mutex<Ring>> = LazyLock::new(|| Mutex::new(Ring::default()));
 
-/// How long one reading of the cache's stats serves the summary when L2 is on.
+/// How long one reading of the cache's stats (when L2 is on) and one count
+/// of the memories serve the summary.
 const CACHE_STATS_REUSE: Duration = Duration::from_secs(10);
 
-/// What the summary keeps per app: the last reading of the cache's stats.
+/// What the summary keeps per app: the last reading of the cache's stats
+/// and the last count of the memories (tokio locks, held across the reading:
+/// concurrent summaries share one).
 #[derive(Default)]
 pub(crate) struct Shared {
     cache_stats: tokio::sync::Mutex<Option<(Instant, uat_cache::CacheStats)>>,
+    memory_count: tokio::sync::Mutex<Option<(Instant, Result<u64, String>)>>,
 }
 
 /// Timestamped counter readings of the last minute, oldest first.
@@ -435,32 +439,51 @@ fn embeddings(state: &AppState) -> Option<Value> {
     }))
 }
 
-fn vector(state: &AppState) -> Value {
-    let store = state.vector.store();
-    let mut collections = 0usize;
-    let mut points = 0usize;
-    for name in store.names() {
-        // A collection dropped meanwhile is simply not counted.
-        if let Ok(c) = store.get(&name) {
-            collections += 1;
-            points += c.count();
+/// Collections and points, counted on the blocking pool: a point count
+/// takes a collection's lock, which a compaction or a snapshot may hold.
+async fn vector(state: &AppState) -> Value {
+    let store = state.vector.store().clone();
+    let counted = tokio::task::spawn_blocking(move || {
+        let mut collections = 0usize;
+        let mut points = 0usize;
+        for name in store.names() {
+            // A collection dropped meanwhile is simply not counted.
+            if let Ok(c) = store.get(&name) {
+                collections += 1;
+                points += c.count();
+            }
         }
+        (collections, points)
+    })
+    .await;
+    match counted {
+        Ok((collections, points)) => json!({ "collections": collections, "points": points }),
+        Err(_) => Value::Null,
     }
-    json!({ "collections": collections, "points": points })
 }
 
 /// Stored memories (expired ones included), when the store answers within
-/// [`MEMORY_COUNT_TIMEOUT`].
+/// [`MEMORY_COUNT_TIMEOUT`]. One count serves for [`CACHE_STATS_REUSE`]
+/// and concurrent summaries share it, so polling pages do not pile up
+/// `COUNT(*)`s (one that timed out still runs on in the store).
 async fn memory_count(state: &AppState) -> Result<u64, String> {
+    let mut last = state.dashboard.memory_count.lock().await;
+    if let Some((at, n)) = &*last
+        && at.elapsed() < CACHE_STATS_REUSE
+    {
+        return n.clone();
+    }
     let store = state.memory.memories().store();
-    match tokio::time::timeout(MEMORY_COUNT_TIMEOUT, store.count()).await {
+    let n = match tokio::time::timeout(MEMORY_COUNT_TIMEOUT, store.count()).await {
         Ok(Ok(n)) => Ok(n),
         Ok(Err(e)) => Err(format!("memory store: {e}")),
         Err(_) => Err(format!(
             "memory count took longer than {} ms",
             MEMORY_COUNT_TIMEOUT.as_millis()
         )),
-    }
+    };
+    *last = Some((Instant::now(), n.clone()));
+    n
 }
 
 #[cfg(test)]
