@@ -339,6 +339,7 @@ impl Router {
             .execute(
                 &req.model,
                 &resolved.targets,
+                Some(req),
                 |slot, model, guard| async move {
                     let start = Instant::now();
                     let r = slot.provider.chat(&model, req).await;
@@ -366,6 +367,7 @@ impl Router {
         self.execute(
             &req.model,
             &resolved.targets,
+            Some(req),
             |slot, model, guard| async move {
                 let start = Instant::now();
                 let first_byte = slot.first_byte;
@@ -413,15 +415,20 @@ impl Router {
     ) -> Result<Routed<Reply>, RouterError> {
         let resolved = self.resolve(model)?;
         let routed = self
-            .execute(model, &resolved.targets, |slot, m, guard| async move {
-                let start = Instant::now();
-                let r = slot.provider.embeddings(&m, body).await;
-                drop(guard);
-                if r.is_ok() {
-                    slot.metrics.observe_duration(start.elapsed().as_secs_f64());
-                }
-                r
-            })
+            .execute(
+                model,
+                &resolved.targets,
+                None,
+                |slot, m, guard| async move {
+                    let start = Instant::now();
+                    let r = slot.provider.embeddings(&m, body).await;
+                    drop(guard);
+                    if r.is_ok() {
+                        slot.metrics.observe_duration(start.elapsed().as_secs_f64());
+                    }
+                    r
+                },
+            )
             .await?;
         if let Some(u) = &routed.value.usage {
             self.slot(&routed.provider).metrics.tokens(u);
@@ -479,10 +486,15 @@ impl Router {
         }
     }
 
+    /// Runs `op` on the targets in strategy order. A target whose provider
+    /// cannot do what `chat` asks ([`Provider::check`]) is passed over
+    /// before its breaker is asked: no attempt, no probe, no error metric;
+    /// its refusal is kept as its reason (all refusals: the client's 400).
     async fn execute<T, F, Fut>(
         &self,
         requested: &str,
         targets: &[Target],
+        chat: Option<&ChatRequest>,
         mut op: F,
     ) -> Result<Routed<T>, RouterError>
     where
@@ -507,6 +519,15 @@ impl Router {
             }
             let target = &targets[order[at]];
             let slot = &self.inner.slots[target.slot];
+            if let Some(Err(f)) = chat.map(|req| slot.provider.check(req)) {
+                tracing::debug!(provider = %slot.name, reason = %f, "provider cannot serve this request");
+                if at < 128 {
+                    dead |= 1 << at;
+                }
+                note(&mut reasons, &slot.name, f);
+                skipped += 1;
+                continue;
+            }
             let Some(permit) = slot.breaker.acquire() else {
                 let f = Failure::new(FailureKind::CircuitOpen, "circuit breaker open");
                 slot.metrics.error(f.kind);

@@ -27,9 +27,20 @@ struct Scripted {
     script: Mutex<VecDeque<Step>>,
     default: Step,
     calls: Arc<AtomicUsize>,
+    /// Cannot do `n` > 1, like Anthropic and Ollama: [`Provider::check`]
+    /// refuses it, and so does `chat` (where the adapters refused before).
+    refuses_n: bool,
 }
 
 impl Scripted {
+    fn refusal(&self, req: &ChatRequest) -> Result<(), Failure> {
+        if self.refuses_n {
+            crate::provider::one_choice(req, "scripted")
+        } else {
+            Ok(())
+        }
+    }
+
     fn next(&self) -> Step {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.script.lock().pop_front().unwrap_or(self.default)
@@ -51,12 +62,17 @@ impl Provider for Scripted {
         ProviderKind::Mock
     }
 
+    fn check(&self, req: &ChatRequest) -> Result<(), Failure> {
+        self.refusal(req)
+    }
+
     fn chat<'a>(
         &'a self,
         _model: &'a str,
-        _req: &'a ChatRequest,
+        req: &'a ChatRequest,
     ) -> BoxFuture<'a, Result<Reply, Failure>> {
         Box::pin(async move {
+            self.refusal(req)?;
             match self.next() {
                 Step::Ok | Step::FirstChunkFails => Ok(Reply {
                     body: Bytes::from(self.name),
@@ -127,6 +143,7 @@ struct Spec {
     priority: i32,
     script: Vec<Step>,
     default: Step,
+    refuses_n: bool,
 }
 
 fn spec(name: &'static str, priority: i32, script: Vec<Step>, default: Step) -> Spec {
@@ -135,7 +152,14 @@ fn spec(name: &'static str, priority: i32, script: Vec<Step>, default: Step) -> 
         priority,
         script,
         default,
+        refuses_n: false,
     }
+}
+
+/// A provider that cannot do `n` > 1.
+fn no_n(mut s: Spec) -> Spec {
+    s.refuses_n = true;
+    s
 }
 
 fn routing(max_attempts: u32, breaker_failures: u32, cooldown: Duration) -> RoutingConfig {
@@ -152,6 +176,14 @@ fn routing(max_attempts: u32, breaker_failures: u32, cooldown: Duration) -> Rout
 }
 
 async fn router(specs: Vec<Spec>, routing: RoutingConfig) -> (Router, Vec<Arc<AtomicUsize>>) {
+    router_with(specs, &[], routing).await
+}
+
+async fn router_with(
+    specs: Vec<Spec>,
+    aliases: &[ModelAlias],
+    routing: RoutingConfig,
+) -> (Router, Vec<Arc<AtomicUsize>>) {
     let mut calls = Vec::new();
     let mut providers: Vec<(ProviderConfig, Box<dyn Provider>)> = Vec::new();
     for s in specs {
@@ -165,10 +197,13 @@ async fn router(specs: Vec<Spec>, routing: RoutingConfig) -> (Router, Vec<Arc<At
             script: Mutex::new(s.script.into()),
             default: s.default,
             calls: c,
+            refuses_n: s.refuses_n,
         };
         providers.push((cfg, Box::new(p)));
     }
-    let r = Router::with_custom(providers, &[], &routing).await.unwrap();
+    let r = Router::with_custom(providers, aliases, &routing)
+        .await
+        .unwrap();
     (r, calls)
 }
 
@@ -186,6 +221,16 @@ fn n(c: &Arc<AtomicUsize>) -> usize {
 async fn chat(r: &Router) -> Result<crate::Routed<Reply>, RouterError> {
     let resolved = r.resolve("m")?;
     r.chat(&resolved, &req()).await
+}
+
+/// A request for two choices of `model`.
+async fn chat_n2(r: &Router, model: &str) -> Result<crate::Routed<Reply>, RouterError> {
+    let req: ChatRequest = serde_json::from_value(serde_json::json!({
+        "model": model, "n": 2, "messages": [{"role": "user", "content": "x"}]
+    }))
+    .unwrap();
+    let resolved = r.resolve(model)?;
+    r.chat(&resolved, &req).await
 }
 
 const E500: Step = Step::Fail(FailureKind::ServerError, Some(500));
@@ -278,6 +323,93 @@ async fn unsupported_is_failed_over_but_not_retried() {
     );
     assert_eq!(err.attempts(), 2);
     assert_eq!((n(&calls[0]), n(&calls[1])), (1, 1));
+}
+
+/// A target that cannot do what is asked is passed over before an
+/// attempt: an alias whose only capable target is 4th is served by it with
+/// `max_attempts` 3 (a refusal was an attempt: the client got a 400), the
+/// refusing providers are never called; when none can, the 400 names the
+/// field, after no attempt.
+#[tokio::test]
+async fn a_refusal_is_no_attempt() {
+    let alias = ModelAlias {
+        name: "two".into(),
+        targets: vec!["a/m".into(), "b/m".into(), "c/m".into(), "d/m".into()],
+    };
+    let (r, calls) = router_with(
+        vec![
+            no_n(spec("a", 0, vec![], Step::Ok)),
+            no_n(spec("b", 1, vec![], Step::Ok)),
+            no_n(spec("c", 2, vec![], Step::Ok)),
+            spec("d", 3, vec![], Step::Ok),
+        ],
+        std::slice::from_ref(&alias),
+        routing(3, 10, Duration::from_secs(1)),
+    )
+    .await;
+    let ok = chat_n2(&r, "two").await.unwrap();
+    assert_eq!((&*ok.provider, ok.attempts), ("d", 1));
+    assert_eq!(calls.iter().map(n).collect::<Vec<_>>(), vec![0, 0, 0, 1]);
+
+    let (r, calls) = router_with(
+        vec![
+            no_n(spec("a", 0, vec![], Step::Ok)),
+            no_n(spec("b", 1, vec![], Step::Ok)),
+        ],
+        &[],
+        routing(3, 10, Duration::from_secs(1)),
+    )
+    .await;
+    match chat_n2(&r, "m").await {
+        Err(RouterError::Rejected {
+            status: 400,
+            upstream: Some(u),
+            attempts,
+            ..
+        }) => {
+            assert_eq!(u.param.as_deref(), Some("n"));
+            assert_eq!(attempts, 0);
+        }
+        other => panic!("expected a 400, got {other:?}"),
+    }
+    assert_eq!((n(&calls[0]), n(&calls[1])), (0, 0));
+}
+
+/// A refusal leaves the breaker as it was: a half-open provider keeps its
+/// probe (a refusal closed it), a failing one keeps its failure count (a
+/// refusal reset it).
+#[tokio::test]
+async fn a_refusal_leaves_the_breaker_alone() {
+    // Half-open: opened by one failure, cooldown over at once.
+    let (r, _) = router(
+        vec![
+            no_n(spec("a", 0, vec![E500], Step::Ok)),
+            spec("b", 1, vec![], Step::Ok),
+        ],
+        routing(2, 1, Duration::ZERO),
+    )
+    .await;
+    assert_eq!(&*chat(&r).await.unwrap().provider, "b");
+    assert_eq!(r.providers()[0].breaker, crate::BreakerState::HalfOpen);
+    let ok = chat_n2(&r, "m").await.unwrap();
+    assert_eq!(&*ok.provider, "b");
+    assert_eq!(r.providers()[0].breaker, crate::BreakerState::HalfOpen);
+    assert_eq!(ok.attempts, 1);
+
+    // Closed with one failure of two: the next failure opens it.
+    let (r, calls) = router(
+        vec![
+            no_n(spec("a", 0, vec![E500, E500], Step::Ok)),
+            spec("b", 1, vec![], Step::Ok),
+        ],
+        routing(2, 2, Duration::from_secs(60)),
+    )
+    .await;
+    assert_eq!(&*chat(&r).await.unwrap().provider, "b");
+    assert_eq!(&*chat_n2(&r, "m").await.unwrap().provider, "b");
+    assert_eq!(&*chat(&r).await.unwrap().provider, "b");
+    assert_eq!(r.providers()[0].breaker, crate::BreakerState::Open);
+    assert_eq!(n(&calls[0]), 2);
 }
 
 #[tokio::test]
@@ -433,6 +565,7 @@ async fn aliases_resolve_and_unknown_models_do_not() {
             script: Mutex::new(VecDeque::new()),
             default: Step::Ok,
             calls: Arc::new(AtomicUsize::new(0)),
+            refuses_n: false,
         };
         providers.push((
             ProviderConfig::new(name, ProviderKind::Mock, None),

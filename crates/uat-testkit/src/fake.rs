@@ -51,6 +51,16 @@ pub enum Behavior {
     SlowFirstToken(Duration),
     /// The whole answer only after this delay.
     Delay(Duration),
+    /// Anthropic's context check: a request whose `max_tokens` plus `input`
+    /// exceeds `limit` gets Anthropic's 400 (`input length and `max_tokens`
+    /// exceed context limit: <input> + <max_tokens> > <limit>, ...`);
+    /// others a correct answer. Every call counts in [`FakeUpstream::calls`].
+    ContextLimit {
+        /// The input tokens the request is taken to have.
+        input: u64,
+        /// The model's context window.
+        limit: u64,
+    },
 }
 
 /// A request the fake received.
@@ -363,6 +373,24 @@ async fn handle(stream: &mut TcpStream, s: &Shared, req: Request) -> std::io::Re
                     return Ok(false);
                 }
                 Behavior::Delay(d) => tokio::time::sleep(d).await,
+                Behavior::ContextLimit { input, limit } => {
+                    let max = body.get("max_tokens").and_then(Value::as_u64).unwrap_or(0);
+                    if input.saturating_add(max) > limit {
+                        let msg = format!(
+                            "input length and `max_tokens` exceed context limit: {input} + {max} > {limit}, decrease input length or `max_tokens` and try again"
+                        );
+                        let v = json!({"type": "error", "error": {"type": "invalid_request_error", "message": msg}});
+                        http1::write_full(
+                            stream,
+                            400,
+                            "application/json",
+                            &[],
+                            v.to_string().as_bytes(),
+                        )
+                        .await?;
+                        return Ok(true);
+                    }
+                }
                 _ => {}
             }
             if matches!(r, Route::Embed) {

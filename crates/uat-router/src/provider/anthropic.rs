@@ -1,7 +1,9 @@
 //! Anthropic's Messages API, translated both ways: system prompt, roles,
 //! tools, `max_tokens`, stop reasons, usage and errors; its SSE event stream
 //! becomes OpenAI chunks. What it cannot do (`n` > 1, logprobs) is refused
-//! as [`FailureKind::Unsupported`] before any call, never dropped.
+//! as [`FailureKind::Unsupported`] by [`Provider::check`] before any
+//! attempt, never dropped. A `max_tokens` the gateway chose that does not
+//! fit the context window beside a long prompt is sent again smaller.
 
 mod max_tokens;
 
@@ -85,22 +87,97 @@ impl Anthropic {
         send(rb, if stream { self.first_byte } else { self.total }).await
     }
 
-    /// The Messages API body, or why this request cannot go to Anthropic.
+    /// The Messages API body (what Anthropic cannot do is refused by
+    /// [`Provider::check`] first).
     fn body(&self, model: &str, req: &ChatRequest, stream: bool) -> Result<Value, Failure> {
-        one_choice(req, "anthropic")?;
-        if let Some(param) = asks_for_logprobs(req) {
-            return Err(Failure::unsupported(
-                "logprobs are not supported by anthropic providers",
-                param,
-                "unsupported_parameter",
-            ));
-        }
         let default_max = self
             .default_max_tokens
             .or_else(|| max_output_tokens(model))
             .unwrap_or(DEFAULT_MAX_TOKENS);
         messages_body(model, req, stream, default_max)
     }
+
+    /// Posts `body`. When the gateway chose `max_tokens` (the client set no
+    /// limit) and Anthropic refuses it because input and `max_tokens`
+    /// together exceed the context window (a model's whole output limit
+    /// leaves little room for a long prompt), sends it once more with what
+    /// the window leaves. Any other answer, or a client's own limit, is
+    /// returned as it is.
+    async fn post_fitted(
+        &self,
+        body: &mut Value,
+        req: &ChatRequest,
+        stream: bool,
+    ) -> Result<reqwest::Response, Failure> {
+        match self.post(body, stream).await {
+            Err(f) if req.max_output_tokens().is_none() => match fitted_max_tokens(&f) {
+                Some(n) => {
+                    tracing::debug!(
+                        max_tokens = n,
+                        "default max_tokens exceeds the context window; sending again"
+                    );
+                    body["max_tokens"] = json!(n);
+                    self.post(body, stream).await
+                }
+                None => Err(f),
+            },
+            r => r,
+        }
+    }
+}
+
+/// The `max_tokens` that fits, from Anthropic's 400 `input length and
+/// `max_tokens` exceed context limit: X + Y > Z, ...`: Z - X when that is
+/// at least 1; `None` for any other failure or a message that does not parse.
+pub(crate) fn fitted_max_tokens(f: &Failure) -> Option<u64> {
+    if f.status != Some(400) || !f.message.contains("max_tokens") {
+        return None;
+    }
+    let (_, rest) = f.message.split_once("exceed context limit:")?;
+    let mut words = rest.split_whitespace();
+    let input: u64 = words.next()?.parse().ok()?;
+    if words.next()? != "+" {
+        return None;
+    }
+    words.next()?.parse::<u64>().ok()?;
+    if words.next()? != ">" {
+        return None;
+    }
+    let limit: u64 = words
+        .next()?
+        .trim_end_matches(|c: char| !c.is_ascii_digit())
+        .parse()
+        .ok()?;
+    limit.checked_sub(input).filter(|n| *n >= 1)
+}
+
+/// What Anthropic cannot do: `n` > 1, logprobs, an image part without a
+/// URL or with a data: URL that is not base64.
+fn refusal(req: &ChatRequest) -> Result<(), Failure> {
+    one_choice(req, "anthropic")?;
+    if let Some(param) = asks_for_logprobs(req) {
+        return Err(Failure::unsupported(
+            "logprobs are not supported by anthropic providers",
+            param,
+            "unsupported_parameter",
+        ));
+    }
+    for (at, m) in req.messages.iter().enumerate() {
+        if matches!(
+            m.role.as_str(),
+            "system" | "developer" | "assistant" | "tool"
+        ) {
+            continue;
+        }
+        if let Value::Array(parts) = &m.content {
+            for (j, p) in parts.iter().enumerate() {
+                if p.get("type").and_then(Value::as_str) == Some("image_url") {
+                    image(p, at, j)?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The Messages API body for an OpenAI request; `default_max_tokens` is
@@ -320,9 +397,15 @@ fn user_content(content: &Value, at: usize) -> Result<Value, Failure> {
     Ok(Value::Array(out))
 }
 
+/// An image as Anthropic takes it.
+enum Image<'a> {
+    Base64 { media: &'a str, data: &'a str },
+    Url(&'a str),
+}
+
 /// An OpenAI `image_url` part (`{"url": ...}`, or the URL alone as some
-/// clients send it) as an Anthropic image block.
-fn image_block(part: &Value, at: usize, j: usize) -> Result<Value, Failure> {
+/// clients send it), or why Anthropic cannot take it.
+fn image(part: &Value, at: usize, j: usize) -> Result<Image<'_>, Failure> {
     let url = part
         .pointer("/image_url/url")
         .or_else(|| part.get("image_url"))
@@ -337,10 +420,7 @@ fn image_block(part: &Value, at: usize, j: usize) -> Result<Value, Failure> {
     };
     if let Some(rest) = url.strip_prefix("data:") {
         return match rest.split_once(";base64,") {
-            Some((media, data)) => Ok(json!({
-                "type": "image",
-                "source": {"type": "base64", "media_type": media, "data": data},
-            })),
+            Some((media, data)) => Ok(Image::Base64 { media, data }),
             None => Err(Failure::unsupported(
                 "anthropic providers accept data: image URLs in base64 only (data:<type>;base64,<data>)",
                 param(),
@@ -348,7 +428,18 @@ fn image_block(part: &Value, at: usize, j: usize) -> Result<Value, Failure> {
             )),
         };
     }
-    Ok(json!({"type": "image", "source": {"type": "url", "url": url}}))
+    Ok(Image::Url(url))
+}
+
+/// An OpenAI `image_url` part as an Anthropic image block.
+fn image_block(part: &Value, at: usize, j: usize) -> Result<Value, Failure> {
+    Ok(match image(part, at, j)? {
+        Image::Base64 { media, data } => json!({
+            "type": "image",
+            "source": {"type": "base64", "media_type": media, "data": data},
+        }),
+        Image::Url(url) => json!({"type": "image", "source": {"type": "url", "url": url}}),
+    })
 }
 
 /// The stop reason of a structured answer's forced call is the answer's end.
@@ -394,13 +485,18 @@ impl Provider for Anthropic {
         ProviderKind::Anthropic
     }
 
+    fn check(&self, req: &ChatRequest) -> Result<(), Failure> {
+        refusal(req)
+    }
+
     fn chat<'a>(
         &'a self,
         model: &'a str,
         req: &'a ChatRequest,
     ) -> BoxFuture<'a, Result<Reply, Failure>> {
         Box::pin(async move {
-            let resp = self.post(&self.body(model, req, false)?, false).await?;
+            let mut body = self.body(model, req, false)?;
+            let resp = self.post_fitted(&mut body, req, false).await?;
             let (_, m): (_, AMessage) = read_json(resp).await?;
             let structured = json_tool(req).is_some();
             let mut text = String::new();
@@ -461,7 +557,8 @@ impl Provider for Anthropic {
         req: &'a ChatRequest,
     ) -> BoxFuture<'a, Result<ChunkStream, Failure>> {
         Box::pin(async move {
-            let resp = self.post(&self.body(model, req, true)?, true).await?;
+            let mut body = self.body(model, req, true)?;
+            let resp = self.post_fitted(&mut body, req, true).await?;
             let mut state = StreamState::new(model, req.include_usage());
             state.structured = json_tool(req).is_some();
             Ok(translate(lines(resp), state))

@@ -139,6 +139,16 @@ pub trait Provider: Send + Sync {
     /// The wire format.
     fn kind(&self) -> ProviderKind;
 
+    /// Whether this provider kind can do what `req` asks at all (`n` > 1,
+    /// logprobs, an image by URL): [`FailureKind::Unsupported`](crate::FailureKind)
+    /// naming the field when it cannot. The router asks before an attempt,
+    /// so a refusal is no attempt: it takes no breaker permit, counts
+    /// against no `max_attempts` and is no provider error.
+    fn check(&self, req: &ChatRequest) -> Result<(), Failure> {
+        let _ = req;
+        Ok(())
+    }
+
     /// A non-streamed chat completion from `model` (the upstream's name).
     fn chat<'a>(
         &'a self,

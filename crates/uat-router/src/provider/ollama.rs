@@ -143,9 +143,24 @@ impl Ollama {
     }
 }
 
-/// The `/api/chat` body for an OpenAI request, or why it cannot go to Ollama.
-pub(crate) fn chat_body(model: &str, req: &ChatRequest, stream: bool) -> Result<Value, Failure> {
+/// What Ollama cannot do: `n` > 1, an image by http(s) URL.
+fn refusal(req: &ChatRequest) -> Result<(), Failure> {
     one_choice(req, "ollama")?;
+    for (at, m) in req.messages.iter().enumerate() {
+        if let Value::Array(parts) = &m.content {
+            for (j, p) in parts.iter().enumerate() {
+                if p.get("type").and_then(Value::as_str) == Some("image_url") {
+                    image_data(p, at, j)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The `/api/chat` body for an OpenAI request (what Ollama cannot do is
+/// refused by [`Provider::check`] first).
+pub(crate) fn chat_body(model: &str, req: &ChatRequest, stream: bool) -> Result<Value, Failure> {
     let messages = req
         .messages
         .iter()
@@ -257,6 +272,11 @@ fn message(m: &ChatMessage, at: usize, all: &[ChatMessage]) -> Result<Value, Fai
 /// image's bytes only: an http(s) URL is refused (an alias fails over to a
 /// target that fetches URLs), never dropped.
 fn image(part: &Value, at: usize, j: usize) -> Result<Value, Failure> {
+    image_data(part, at, j).map(|d| json!(d))
+}
+
+/// The base64 data of an `image_url` part, or why Ollama cannot take it.
+fn image_data(part: &Value, at: usize, j: usize) -> Result<&str, Failure> {
     let url = part
         .pointer("/image_url/url")
         .or_else(|| part.get("image_url"))
@@ -266,7 +286,7 @@ fn image(part: &Value, at: usize, j: usize) -> Result<Value, Failure> {
         .strip_prefix("data:")
         .and_then(|r| r.split_once(";base64,"))
     {
-        Some((_, data)) => Ok(json!(data)),
+        Some((_, data)) => Ok(data),
         None => Err(Failure::unsupported(
             "Ollama providers accept images as data: URLs only (data:<type>;base64,<data>)",
             format!("messages[{at}].content[{j}].image_url.url"),
@@ -334,6 +354,10 @@ fn completion_id() -> String {
 impl Provider for Ollama {
     fn kind(&self) -> ProviderKind {
         ProviderKind::Ollama
+    }
+
+    fn check(&self, req: &ChatRequest) -> Result<(), Failure> {
+        refusal(req)
     }
 
     fn chat<'a>(

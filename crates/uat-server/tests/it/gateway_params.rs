@@ -5,7 +5,7 @@
 
 use crate::common::*;
 use serde_json::{Value, json};
-use uat_testkit::{FakeUpstream, Wire};
+use uat_testkit::{Behavior, FakeUpstream, Wire};
 
 /// The three fakes, one per wire format, tried in this order under the
 /// `priority` strategy: Anthropic `c` (`claude-x`), Ollama `o` (`llama`),
@@ -87,6 +87,65 @@ async fn anthropic_max_tokens_defaults_to_the_models_output_limit() {
             "{model} stream={stream} max_tokens={max_tokens:?}"
         );
     }
+}
+
+/// The model's whole output limit as the default leaves no room for a long
+/// prompt where Anthropic holds input + `max_tokens` to the context window
+/// (`... exceed context limit: 178959 + 64000 > 200000 ...`, a 400 where
+/// 4096 went). A defaulted request is sent once more with what the window
+/// leaves (Z - X), streamed or not; a client's own limit gets the 400.
+#[tokio::test]
+async fn anthropic_default_max_tokens_shrinks_to_the_context_window() {
+    let up = FakeUpstream::start(Wire::Anthropic, "c").await.unwrap();
+    up.set_models(&["claude-sonnet-4-5-20250929"]);
+    up.set_default(Behavior::ContextLimit {
+        input: 178_959,
+        limit: 200_000,
+    });
+    let app = spawn_app(&provider_toml("c", "anthropic", &up.base_url(), "")).await;
+    let model = "claude-sonnet-4-5-20250929";
+    for stream in [false, true] {
+        let before = up.calls();
+        let resp = app.chat(chat_body(model, stream)).await;
+        assert_eq!(resp.status(), 200, "stream={stream}");
+        let _ = resp.bytes().await.unwrap();
+        assert_eq!(up.calls() - before, 2, "stream={stream}: sent once more");
+        let sent: Vec<Value> = up
+            .requests()
+            .iter()
+            .filter(|r| r.method == "POST")
+            .map(|r| r.body["max_tokens"].clone())
+            .collect();
+        assert_eq!(
+            sent[sent.len() - 2..],
+            [json!(64_000), json!(200_000 - 178_959)],
+            "stream={stream}"
+        );
+
+        let before = up.calls();
+        let mut body = chat_body(model, stream);
+        body["max_tokens"] = json!(64_000);
+        let resp = app.chat(body).await;
+        assert_eq!(resp.status(), 400, "stream={stream}");
+        let v: Value = resp.json().await.unwrap();
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("178959 + 64000 > 200000"),
+            "{v}"
+        );
+        assert_eq!(up.calls() - before, 1, "stream={stream}: no retry");
+    }
+    // An input that fills the window leaves nothing: the 400 goes through.
+    up.set_default(Behavior::ContextLimit {
+        input: 200_000,
+        limit: 200_000,
+    });
+    let before = up.calls();
+    let resp = app.chat(chat_body(model, false)).await;
+    assert_eq!(resp.status(), 400);
+    assert_eq!(up.calls() - before, 1);
 }
 
 /// `n` > 1 used to come back from Anthropic and Ollama as one choice. Now

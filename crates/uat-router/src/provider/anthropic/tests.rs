@@ -248,9 +248,7 @@ fn n_and_logprobs_are_refused_not_dropped() {
         ),
         (json!({"top_logprobs": 2}), "top_logprobs", "logprobs"),
     ] {
-        let f = p
-            .body("claude-x", &request(body.clone()), true)
-            .unwrap_err();
+        let f = p.check(&request(body.clone())).unwrap_err();
         assert_eq!(f.kind, FailureKind::Unsupported, "{body}");
         assert!(f.message.contains(text), "{body}: {}", f.message);
         let u = f.upstream.unwrap();
@@ -263,10 +261,7 @@ fn n_and_logprobs_are_refused_not_dropped() {
         json!({"logprobs": false}),
         json!({"top_logprobs": 0}),
     ] {
-        assert!(
-            p.body("claude-x", &request(body.clone()), false).is_ok(),
-            "{body}"
-        );
+        assert!(p.check(&request(body.clone())).is_ok(), "{body}");
     }
 }
 
@@ -349,4 +344,23 @@ fn openai_values_anthropic_refuses_are_adapted() {
     let b = messages_body("claude-x", &only_top_p, false, DEFAULT_MAX_TOKENS).unwrap();
     assert_eq!(b["top_p"], 0.5);
     assert!(b.get("stop_sequences").is_none());
+}
+
+/// Anthropic's 400 for input + max_tokens over the window gives what the
+/// window leaves; anything else gives nothing (the 400 goes through).
+#[test]
+fn the_context_limit_400_gives_the_room_left() {
+    let f = |status: u16, msg: &str| Failure::from_status(status, msg.to_owned(), None);
+    let exact = "input length and `max_tokens` exceed context limit: 178959 + 64000 > 200000, decrease input length or `max_tokens` and try again";
+    assert_eq!(fitted_max_tokens(&f(400, exact)), Some(21_041));
+    assert_eq!(fitted_max_tokens(&f(500, exact)), None);
+    for msg in [
+        "input length and `max_tokens` exceed context limit: 200000 + 64000 > 200000, decrease",
+        "input length and `max_tokens` exceed context limit: 178959 + 64000 > lots",
+        "input length and `max_tokens` exceed context limit: 178959 - 64000 > 200000",
+        "prompt is too long: 210000 tokens > 200000 maximum",
+        "fake error",
+    ] {
+        assert_eq!(fitted_max_tokens(&f(400, msg)), None, "{msg}");
+    }
 }

@@ -126,7 +126,7 @@ fn request(v: Value) -> ChatRequest {
 /// dropped; a base64 data: URL still goes as an image.
 #[test]
 fn n_and_url_images_are_refused_not_dropped() {
-    let f = chat_body("llama3", &request(json!({"n": 3})), false).unwrap_err();
+    let f = refusal(&request(json!({"n": 3}))).unwrap_err();
     assert_eq!(f.kind, FailureKind::Unsupported);
     assert_eq!(f.message, "n > 1 is not supported by ollama providers");
     assert_eq!(f.upstream.unwrap().param.as_deref(), Some("n"));
@@ -135,8 +135,9 @@ fn n_and_url_images_are_refused_not_dropped() {
         {"role": "user", "content": [{"type": "text", "text": "what?"},
             {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]},
     ]}));
-    let f = chat_body("llama3", &url, true).unwrap_err();
+    let f = refusal(&url).unwrap_err();
     assert_eq!(f.kind, FailureKind::Unsupported);
+    assert!(chat_body("llama3", &url, true).is_err());
     assert!(
         f.message
             .starts_with("Ollama providers accept images as data: URLs only"),
@@ -149,6 +150,7 @@ fn n_and_url_images_are_refused_not_dropped() {
     );
     let data = request(json!({"messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAA"}}]}]}));
+    assert!(refusal(&data).is_ok());
     let b = chat_body("llama3", &data, false).unwrap();
     assert_eq!(b["messages"][0]["images"], json!(["AAA"]));
 }
