@@ -24,7 +24,8 @@ pub use cache::{CacheConfig, CacheL1Config, CacheL2Config, CacheL3Config, CacheM
 pub use embed::{EmbeddingModelConfig, EmbeddingsConfig};
 pub use memory::MemoryConfig;
 pub use router::{
-    MockSettings, ModelAlias, ProviderConfig, ProviderKind, RoutingConfig, RoutingStrategy,
+    MockSettings, ModelAlias, OLLAMA_FIRST_BYTE_TIMEOUT, ProviderConfig, ProviderKind,
+    RoutingConfig, RoutingStrategy,
 };
 pub use server::{LogFormat, ServerConfig};
 pub use storage::StorageConfig;
@@ -259,7 +260,8 @@ fn read(p: &Path) -> Result<String, ConfigError> {
     })
 }
 
-fn deserialize(table: toml::Table, origin: &str) -> Result<Config, ConfigError> {
+fn deserialize(mut table: toml::Table, origin: &str) -> Result<Config, ConfigError> {
+    router::kind_defaults(&mut table);
     let de = toml::Value::Table(table);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();

@@ -36,7 +36,8 @@ pub struct ProviderConfig {
     #[serde(default = "default_connect_timeout", with = "crate::duration")]
     pub connect_timeout: Duration,
     /// Time allowed until the first token of a stream: a silent provider is
-    /// given up (and the request retried or failed over) this soon.
+    /// given up (and the request retried or failed over) this soon. 30 s;
+    /// for kind `ollama` [`OLLAMA_FIRST_BYTE_TIMEOUT`].
     #[serde(default = "default_first_byte_timeout", with = "crate::duration")]
     pub first_byte_timeout: Duration,
     /// Kind `anthropic` only: `max_tokens` sent when the client sets neither
@@ -63,7 +64,7 @@ impl ProviderConfig {
             priority: 0,
             timeout: default_timeout(),
             connect_timeout: default_connect_timeout(),
-            first_byte_timeout: default_first_byte_timeout(),
+            first_byte_timeout: first_byte_timeout_of(kind),
             default_max_tokens: None,
             mock: MockSettings::default(),
         }
@@ -81,6 +82,39 @@ fn default_connect_timeout() -> Duration {
 }
 fn default_first_byte_timeout() -> Duration {
     Duration::from_secs(30)
+}
+
+/// `first_byte_timeout` of an `ollama` provider that sets none. Ollama loads
+/// a model on the first request that names it and answers nothing until it
+/// is loaded, which for a large model read from disk takes a minute or more:
+/// with 30 s the first streamed request after every load failed.
+pub const OLLAMA_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn first_byte_timeout_of(kind: ProviderKind) -> Duration {
+    match kind {
+        ProviderKind::Ollama => OLLAMA_FIRST_BYTE_TIMEOUT,
+        _ => default_first_byte_timeout(),
+    }
+}
+
+/// Defaults that depend on a provider's kind, filled into the TOML before it
+/// is deserialized (serde's defaults cannot see the kind): an `ollama`
+/// provider without `first_byte_timeout` gets [`OLLAMA_FIRST_BYTE_TIMEOUT`].
+pub(crate) fn kind_defaults(table: &mut toml::Table) {
+    let Some(toml::Value::Array(providers)) = table.get_mut("providers") else {
+        return;
+    };
+    for p in providers {
+        if let toml::Value::Table(p) = p
+            && p.get("kind").and_then(toml::Value::as_str) == Some("ollama")
+            && !p.contains_key("first_byte_timeout")
+        {
+            p.insert(
+                "first_byte_timeout".into(),
+                toml::Value::String(crate::duration::format(OLLAMA_FIRST_BYTE_TIMEOUT)),
+            );
+        }
+    }
 }
 
 /// Wire protocol of a provider.

@@ -475,3 +475,43 @@ fn auth_owner_default_is_refused_and_secrets_are_trimmed() {
     let e = auth_err(text, &[("K", " \n")]);
     assert!(e.contains("empty"), "{e}");
 }
+
+#[test]
+fn ollama_streams_get_longer_to_start_unless_set() {
+    let c = load_str(
+        "[[providers]]\nname = \"o\"\nkind = \"ollama\"\nbase_url = \"http://127.0.0.1:11434\"\n\
+         [[providers]]\nname = \"o2\"\nkind = \"ollama\"\nbase_url = \"http://127.0.0.1:11435\"\nfirst_byte_timeout = \"10s\"\n\
+         [[providers]]\nname = \"v\"\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:8000/v1\"\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        c.providers[0].first_byte_timeout,
+        crate::OLLAMA_FIRST_BYTE_TIMEOUT
+    );
+    assert_eq!(
+        c.providers[0].first_byte_timeout,
+        std::time::Duration::from_secs(120)
+    );
+    assert_eq!(
+        c.providers[1].first_byte_timeout,
+        std::time::Duration::from_secs(10)
+    );
+    assert_eq!(
+        c.providers[2].first_byte_timeout,
+        std::time::Duration::from_secs(30)
+    );
+    // An environment override wins over the kind's default.
+    let c = load_str(
+        "[[providers]]\nname = \"o\"\nkind = \"ollama\"\nbase_url = \"http://127.0.0.1:11434\"\n",
+        &[("UAT_PROVIDERS__0__FIRST_BYTE_TIMEOUT", "45s")],
+    )
+    .unwrap();
+    assert_eq!(
+        c.providers[0].first_byte_timeout,
+        std::time::Duration::from_secs(45)
+    );
+    // Providers found by probing (no [[providers]]) are built with the same default.
+    let p = crate::ProviderConfig::new("ollama", crate::ProviderKind::Ollama, None);
+    assert_eq!(p.first_byte_timeout, std::time::Duration::from_secs(120));
+}
