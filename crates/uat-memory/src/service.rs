@@ -661,9 +661,11 @@ impl Memories {
             .collect();
         if !keyword_only.is_empty() {
             let model = self.model().unwrap_or_default();
+            let query_norm = crate::store::norm(query);
             for e in self.store.index_entries(&keyword_only).await? {
                 if e.embedding.model == model
-                    && let Some(s) = cosine(&e.embedding.vector, query)
+                    && let Some(s) =
+                        crate::store::cosine_with(&e.embedding.vector, query, query_norm)
                 {
                     similarity.insert(e.id, s);
                 }
@@ -815,22 +817,6 @@ impl Memories {
         }
         self.checked(q, exact.hits, depth).await
     }
-}
-
-/// Cosine similarity of `a` and `b`; `None` for vectors of different
-/// lengths or a zero vector.
-fn cosine(a: &[f32], b: &[f32]) -> Option<f32> {
-    if a.len() != b.len() {
-        return None;
-    }
-    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let n = norm(a) * norm(b);
-    (n > 0.0).then(|| dot / n)
-}
-
-/// Euclidean norm.
-fn norm(v: &[f32]) -> f32 {
-    v.iter().map(|x| x * x).sum::<f32>().sqrt()
 }
 
 /// Most memories [`Memories::semantic_exact`] ranks.

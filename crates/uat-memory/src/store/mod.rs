@@ -466,6 +466,23 @@ pub(crate) struct Nearest {
     model: String,
     k: usize,
     best: BinaryHeap<Reverse<Scored>>,
+    /// The embedding being scored, decoded (reused for every row).
+    scratch: Vec<f32>,
+}
+
+/// Euclidean norm (SIMD, through uat-vector's dot product).
+pub(crate) fn norm(v: &[f32]) -> f32 {
+    uat_vector::distance::dot(v, v).sqrt()
+}
+
+/// Cosine similarity of `a` and `b`, given `b`'s norm; `None` for vectors
+/// of different lengths, a zero vector or a non-finite result.
+pub(crate) fn cosine_with(a: &[f32], b: &[f32], b_norm: f32) -> Option<f32> {
+    if a.len() != b.len() {
+        return None;
+    }
+    let n = norm(a) * b_norm;
+    (n > 0.0 && n.is_finite()).then(|| uat_vector::distance::dot(a, b) / n)
 }
 
 /// A score, ordered by value then id (a total order for the heap).
@@ -492,11 +509,12 @@ impl Nearest {
     /// Ranks against `query`, keeping the best `k`.
     pub(crate) fn new(query: &Embedding, k: usize) -> Self {
         Nearest {
-            norm: query.vector.iter().map(|x| x * x).sum::<f32>().sqrt(),
+            norm: norm(&query.vector),
             query: query.vector.clone(),
             model: query.model.clone(),
             k,
             best: BinaryHeap::with_capacity(k + 1),
+            scratch: Vec::with_capacity(query.vector.len()),
         }
     }
 
@@ -507,17 +525,16 @@ impl Nearest {
         if self.k == 0 || model != self.model || bytes.len() != self.query.len() * 4 {
             return;
         }
-        let (mut dot, mut norm) = (0.0f32, 0.0f32);
-        for (c, q) in bytes.chunks_exact(4).zip(&self.query) {
-            let x = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-            dot += x * q;
-            norm += x * x;
-        }
-        let n = norm.sqrt() * self.norm;
-        if n <= 0.0 || !n.is_finite() {
+        self.scratch.clear();
+        self.scratch.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        );
+        let Some(score) = cosine_with(&self.scratch, &self.query, self.norm) else {
             return;
-        }
-        let s = Scored(dot / n, id);
+        };
+        let s = Scored(score, id);
         if self.best.len() < self.k {
             self.best.push(Reverse(s));
         } else if self.best.peek().is_some_and(|w| s > w.0) {
