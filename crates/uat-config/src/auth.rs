@@ -26,7 +26,8 @@ pub struct ApiKeyConfig {
     /// (`printf %s "$KEY" | sha256sum`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_sha256: Option<String>,
-    /// The tenant the key belongs to: its cache namespace. Unset: the name.
+    /// The tenant the key belongs to: its cache namespace and the scope of
+    /// its memories. Unset: the name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
     /// Requests a minute this key may make, per replica. Unset: no limit.
@@ -43,7 +44,7 @@ pub struct ApiKeyConfig {
 pub struct ResolvedKey {
     /// The key's name.
     pub name: String,
-    /// Its tenant (cache namespace).
+    /// Its tenant (cache namespace, memory scope).
     pub owner: String,
     /// SHA-256 of the secret.
     pub digest: [u8; 32],

@@ -8,6 +8,7 @@
 //!   change log, so it catches up after a crash and across replicas;
 //! - [`Memories`]: validation, embedding (through the [`Embedder`] trait),
 //!   store and index behind one handle; the HTTP layer stays thin;
+//!   [`Memories::scoped`] gives one tenant's view of it ([`Scoped`]);
 //! - `backfill`: a background task of [`Memories`] that embeds, through the
 //!   change log, the memories that have no embedding of the current model
 //!   (written while no model was available, or by another model), so
@@ -23,6 +24,7 @@ pub mod keyword;
 mod metrics;
 mod service;
 pub mod store;
+mod tenant;
 pub mod types;
 
 pub use embed::{BoxFuture, Embedder};
@@ -32,4 +34,5 @@ pub use input::{
 };
 pub use service::{Memories, Options, Purged, RRF_K, SearchHit, SearchResults};
 pub use store::{AnyStore, PgStore, SqliteStore, Store};
+pub use tenant::Scoped;
 pub use types::*;

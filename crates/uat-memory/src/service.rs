@@ -10,6 +10,7 @@ use crate::input::{self, Limits, PatchInput, SearchMode, SearchQuery, WriteReque
 use crate::keyword;
 use crate::metrics::{self, Op};
 use crate::store::{self, AnyStore, Store};
+use crate::tenant::{self, Scoped};
 use crate::types::{
     Embedding, Filter, HistoryEntry, ListQuery, Memory, NewRow, Page, Patch, WriteOutcome, now,
 };
@@ -303,15 +304,34 @@ impl Memories {
         }
     }
 
+    /// The service as one tenant sees it: the same operations, on that
+    /// tenant's users only (see [`Scoped`]). `None`: no tenant, the ids
+    /// clients send as they are (what the methods of `Memories` use).
+    pub fn scoped<'a>(&'a self, tenant: Option<&'a str>) -> Scoped<'a> {
+        Scoped::new(self, tenant)
+    }
+
     /// Writes one memory or a batch (all or nothing).
     pub async fn write(&self, req: WriteRequest) -> Result<Vec<WriteOutcome>> {
+        self.write_in(None, req).await
+    }
+
+    pub(crate) async fn write_in(
+        &self,
+        tenant: Option<&str>,
+        req: WriteRequest,
+    ) -> Result<Vec<WriteOutcome>> {
         let op = Op::start("insert");
-        let r = self.write_inner(req).await;
+        let r = self.write_inner(tenant, req).await;
         op.done(&r);
         r
     }
 
-    async fn write_inner(&self, req: WriteRequest) -> Result<Vec<WriteOutcome>> {
+    async fn write_inner(
+        &self,
+        tenant: Option<&str>,
+        req: WriteRequest,
+    ) -> Result<Vec<WriteOutcome>> {
         let batch = matches!(req, WriteRequest::Batch(_));
         let items = match req {
             WriteRequest::One(i) => vec![input::validate(i, "", self.limits)?],
@@ -336,7 +356,7 @@ impl Memories {
                 embedding: embeddings.as_mut().and_then(Iterator::next),
                 memory: Memory {
                     id: Uuid::now_v7(),
-                    user_id: i.user_id,
+                    user_id: tenant::qualify(tenant, i.user_id),
                     agent_id: i.agent_id,
                     run_id: i.run_id,
                     kind: i.kind,
@@ -379,9 +399,18 @@ impl Memories {
 
     /// One memory of `user_id`.
     pub async fn get(&self, user_id: &str, id: Uuid) -> Result<Memory> {
+        self.get_in(None, user_id, id).await
+    }
+
+    pub(crate) async fn get_in(
+        &self,
+        tenant: Option<&str>,
+        user_id: &str,
+        id: Uuid,
+    ) -> Result<Memory> {
         let op = Op::start("get");
         let r = async {
-            let user = input::required_id(Some(user_id), "user_id")?;
+            let user = tenant::qualify(tenant, input::required_id(Some(user_id), "user_id")?);
             self.store
                 .get(&user, id)
                 .await?
@@ -394,9 +423,19 @@ impl Memories {
 
     /// Changes one memory of `user_id` (re-embedding when the content changes).
     pub async fn update(&self, user_id: &str, id: Uuid, patch: PatchInput) -> Result<Memory> {
+        self.update_in(None, user_id, id, patch).await
+    }
+
+    pub(crate) async fn update_in(
+        &self,
+        tenant: Option<&str>,
+        user_id: &str,
+        id: Uuid,
+        patch: PatchInput,
+    ) -> Result<Memory> {
         let op = Op::start("update");
         let r = async {
-            let user = input::required_id(Some(user_id), "user_id")?;
+            let user = tenant::qualify(tenant, input::required_id(Some(user_id), "user_id")?);
             let mut p = Patch {
                 tags: patch.tags,
                 metadata: patch.metadata,
@@ -435,9 +474,18 @@ impl Memories {
 
     /// Deletes one memory of `user_id`.
     pub async fn delete(&self, user_id: &str, id: Uuid) -> Result<()> {
+        self.delete_in(None, user_id, id).await
+    }
+
+    pub(crate) async fn delete_in(
+        &self,
+        tenant: Option<&str>,
+        user_id: &str,
+        id: Uuid,
+    ) -> Result<()> {
         let op = Op::start("delete");
         let r = async {
-            let user = input::required_id(Some(user_id), "user_id")?;
+            let user = tenant::qualify(tenant, input::required_id(Some(user_id), "user_id")?);
             if !self.store.delete(&user, id).await? {
                 return Err(MemoryError::NotFound);
             }
@@ -453,9 +501,17 @@ impl Memories {
 
     /// Deletes every memory of `user_id`; returns how many.
     pub async fn delete_user(&self, user_id: Option<&str>) -> Result<u64> {
+        self.delete_user_in(None, user_id).await
+    }
+
+    pub(crate) async fn delete_user_in(
+        &self,
+        tenant: Option<&str>,
+        user_id: Option<&str>,
+    ) -> Result<u64> {
         let op = Op::start("delete_user");
         let r = async {
-            let user = input::required_id(user_id, "user_id")?;
+            let user = tenant::qualify(tenant, input::required_id(user_id, "user_id")?);
             let n = self.store.delete_user(&user).await?;
             if let Some(idx) = &self.index {
                 idx.kick();
@@ -477,9 +533,18 @@ impl Memories {
 
     /// History of one memory of `user_id`.
     pub async fn history(&self, user_id: &str, id: Uuid) -> Result<Vec<HistoryEntry>> {
+        self.history_in(None, user_id, id).await
+    }
+
+    pub(crate) async fn history_in(
+        &self,
+        tenant: Option<&str>,
+        user_id: &str,
+        id: Uuid,
+    ) -> Result<Vec<HistoryEntry>> {
         let op = Op::start("history");
         let r = async {
-            let user = input::required_id(Some(user_id), "user_id")?;
+            let user = tenant::qualify(tenant, input::required_id(Some(user_id), "user_id")?);
             self.store
                 .history(&user, id)
                 .await?

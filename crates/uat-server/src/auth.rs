@@ -69,6 +69,11 @@ impl Tenant {
         self.0.as_deref().unwrap_or(crate::cache::DEFAULT_NAMESPACE)
     }
 
+    /// The key's owner; `None` without keys.
+    pub fn owner(&self) -> Option<&str> {
+        self.0.as_deref()
+    }
+
     /// The tenant attached to a request, or the default one.
     pub fn of(ext: &http::Extensions) -> Self {
         ext.get::<Tenant>().cloned().unwrap_or_default()

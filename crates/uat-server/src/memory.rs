@@ -1,6 +1,8 @@
 //! The memory service HTTP API: long-term memories per user with keyword,
 //! semantic and hybrid search. Handlers parse, call [`uat_memory::Memories`]
-//! and map [`MemoryError`]; every route is scoped by `user_id`.
+//! and map [`MemoryError`]; every route is scoped by `user_id`, within the
+//! tenant of the request's API key (its owner; [`uat_memory::Scoped`]):
+//! two owners' users of the same `user_id` never see each other's memories.
 //!
 //! - `POST /v1/memories` (one, or `{"memories": [...]}` up to `[memory] max_batch`)
 //! - `GET /v1/memories?user_id=&agent_id=&kind=&tags=&tag_mode=&since=&until=&limit=&cursor=`
@@ -9,6 +11,7 @@
 //! - `POST /v1/memories/search`
 
 use crate::StartupError;
+use crate::auth::Tenant;
 use crate::embeddings::EmbedService;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
@@ -221,12 +224,17 @@ fn memory_id(s: &str) -> Result<Uuid, ApiError> {
 
 async fn create(
     State(st): State<AppState>,
+    tenant: Tenant,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
     let svc = &st.memory.memories;
     let req = WriteRequest::from_json(body, svc.limits()).map_err(api_error)?;
     let batch = matches!(req, WriteRequest::Batch(_));
-    let mut out = svc.write(req).await.map_err(api_error)?;
+    let mut out = svc
+        .scoped(tenant.owner())
+        .write(req)
+        .await
+        .map_err(api_error)?;
     if batch {
         return Ok((StatusCode::OK, axum::Json(json!({ "memories": out }))).into_response());
     }
@@ -243,20 +251,29 @@ async fn create(
 
 async fn list(
     State(st): State<AppState>,
+    tenant: Tenant,
     ApiQuery(p): ApiQuery<ListParams>,
 ) -> Result<Response, ApiError> {
     let q = p.validate().map_err(api_error)?;
-    let page = st.memory.memories.list(&q).await.map_err(api_error)?;
+    let page = st
+        .memory
+        .memories
+        .scoped(tenant.owner())
+        .list(q)
+        .await
+        .map_err(api_error)?;
     Ok(axum::Json(page).into_response())
 }
 
 async fn delete_all(
     State(st): State<AppState>,
+    tenant: Tenant,
     ApiQuery(q): ApiQuery<UserQuery>,
 ) -> Result<Response, ApiError> {
     let n = st
         .memory
         .memories
+        .scoped(tenant.owner())
         .delete_user(q.user_id.as_deref())
         .await
         .map_err(api_error)?;
@@ -265,6 +282,7 @@ async fn delete_all(
 
 async fn get_one(
     State(st): State<AppState>,
+    tenant: Tenant,
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<UserQuery>,
 ) -> Result<Response, ApiError> {
@@ -272,6 +290,7 @@ async fn get_one(
     let m = st
         .memory
         .memories
+        .scoped(tenant.owner())
         .get(u, memory_id(&id)?)
         .await
         .map_err(api_error)?;
@@ -280,6 +299,7 @@ async fn get_one(
 
 async fn patch_one(
     State(st): State<AppState>,
+    tenant: Tenant,
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<UserQuery>,
     ApiJson(body): ApiJson<Value>,
@@ -288,6 +308,7 @@ async fn patch_one(
     let svc = &st.memory.memories;
     let patch = PatchInput::from_json(body, svc.limits()).map_err(api_error)?;
     let m = svc
+        .scoped(tenant.owner())
         .update(u, memory_id(&id)?, patch)
         .await
         .map_err(api_error)?;
@@ -296,17 +317,24 @@ async fn patch_one(
 
 async fn delete_one(
     State(st): State<AppState>,
+    tenant: Tenant,
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<UserQuery>,
 ) -> Result<Response, ApiError> {
     let u = user(&q)?;
     let id = memory_id(&id)?;
-    st.memory.memories.delete(u, id).await.map_err(api_error)?;
+    st.memory
+        .memories
+        .scoped(tenant.owner())
+        .delete(u, id)
+        .await
+        .map_err(api_error)?;
     Ok(axum::Json(json!({ "id": id, "deleted": true })).into_response())
 }
 
 async fn history(
     State(st): State<AppState>,
+    tenant: Tenant,
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<UserQuery>,
 ) -> Result<Response, ApiError> {
@@ -314,6 +342,7 @@ async fn history(
     let h = st
         .memory
         .memories
+        .scoped(tenant.owner())
         .history(u, memory_id(&id)?)
         .await
         .map_err(api_error)?;
@@ -322,11 +351,16 @@ async fn history(
 
 async fn search(
     State(st): State<AppState>,
+    tenant: Tenant,
     ApiJson(body): ApiJson<SearchInput>,
 ) -> Result<Response, ApiError> {
     let svc = &st.memory.memories;
     let q = body.validate(svc.limits()).map_err(api_error)?;
-    let r = svc.search(&q).await.map_err(api_error)?;
+    let r = svc
+        .scoped(tenant.owner())
+        .search(q)
+        .await
+        .map_err(api_error)?;
     Ok(axum::Json(r).into_response())
 }
 

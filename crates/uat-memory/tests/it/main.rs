@@ -72,6 +72,7 @@ on_both_stores!(
     nearest_exact_ranks_the_filtered_memories_by_cosine,
     metadata_filters_compare_json_values_alike_on_both_stores,
     concurrent_duplicates_each_apply_their_attributes,
+    tenants_with_the_same_user_id_are_isolated_on_every_route,
 );
 
 /// The SQLite store merges its full-text index after a tenth of the table

@@ -2172,3 +2172,126 @@ pub async fn concurrent_duplicates_each_apply_their_attributes(h: &Harness) {
     let hist = h.svc.history("u1", page.memories[0].id).await.unwrap();
     assert_eq!(hist.len(), 9, "a create and one update per write");
 }
+
+/// Two tenants (API key owners) with a user of the same `user_id` never see
+/// each other's memories on any route, dedupe never crosses them, and their
+/// answers name the client's `user_id`; requests without a tenant see
+/// neither. Before tenants, every key's `alice` was one user.
+pub async fn tenants_with_the_same_user_id_are_isolated_on_every_route(h: &Harness) {
+    let (ta, tb) = (h.svc.scoped(Some("team-a")), h.svc.scoped(Some("team-b")));
+    let body = |c: &str| json!({"user_id": "alice", "content": c, "tags": ["pets"]});
+    let req = |v: Value| WriteRequest::from_json(v, h.svc.limits()).unwrap();
+    let a = ta
+        .write(req(body("My dog is called Rex")))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(a.memory.user_id, "alice");
+    // The same content for team-b's alice is a memory of its own.
+    let b = tb
+        .write(req(body("My dog is called Rex")))
+        .await
+        .unwrap()
+        .remove(0);
+    assert!(!b.deduplicated, "dedupe crossed tenants");
+    assert_ne!(a.memory.id, b.memory.id);
+    assert_eq!(
+        ta.write(req(body("My dog is called Rex")))
+            .await
+            .unwrap()
+            .remove(0)
+            .memory
+            .id,
+        a.memory.id,
+        "dedupe within a tenant"
+    );
+    // Every id route, across tenants.
+    assert!(matches!(
+        tb.get("alice", a.memory.id).await,
+        Err(MemoryError::NotFound)
+    ));
+    assert!(matches!(
+        tb.history("alice", a.memory.id).await,
+        Err(MemoryError::NotFound)
+    ));
+    let p = || PatchInput::from_json(json!({"content": "hijacked"}), h.svc.limits()).unwrap();
+    assert!(matches!(
+        tb.update("alice", a.memory.id, p()).await,
+        Err(MemoryError::NotFound)
+    ));
+    assert!(matches!(
+        tb.delete("alice", a.memory.id).await,
+        Err(MemoryError::NotFound)
+    ));
+    // Nor does a request without a tenant reach either.
+    assert!(matches!(
+        h.svc.get("alice", a.memory.id).await,
+        Err(MemoryError::NotFound)
+    ));
+    assert!(
+        list(h, json!({"user_id": "alice"}))
+            .await
+            .unwrap()
+            .memories
+            .is_empty()
+    );
+    // Owners read their own, under the client's user_id.
+    let got = ta.get("alice", a.memory.id).await.unwrap();
+    assert_eq!(
+        (got.user_id.as_str(), got.content.as_str()),
+        ("alice", "My dog is called Rex")
+    );
+    let patched = ta
+        .update(
+            "alice",
+            a.memory.id,
+            PatchInput::from_json(json!({"tags": ["dogs"]}), h.svc.limits()).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(patched.user_id, "alice");
+    let hist = ta.history("alice", a.memory.id).await.unwrap();
+    assert_eq!(ops(&hist), vec!["create", "update"]);
+    for e in &hist {
+        for v in [&e.old_value, &e.new_value].into_iter().flatten() {
+            assert_eq!(v["user_id"], json!("alice"), "{v}");
+        }
+    }
+    // Lists and searches.
+    let lq = || {
+        serde_json::from_value::<ListParams>(json!({"user_id": "alice"}))
+            .unwrap()
+            .validate()
+            .unwrap()
+    };
+    let page = tb.list(lq()).await.unwrap();
+    assert_eq!(
+        page.memories
+            .iter()
+            .map(|m| (m.id, m.user_id.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(b.memory.id, "alice")]
+    );
+    assert!(h.svc.sync_index(Duration::from_secs(10)).await.unwrap());
+    for mode in ["keyword", "semantic", "hybrid"] {
+        let s: SearchInput = serde_json::from_value(
+            json!({"user_id": "alice", "query": "dog Rex", "mode": mode, "top_k": 50}),
+        )
+        .unwrap();
+        let r = tb
+            .search(s.validate(h.svc.limits()).unwrap())
+            .await
+            .unwrap();
+        let got: Vec<_> = r
+            .results
+            .iter()
+            .map(|x| (x.memory.id, x.memory.user_id.as_str()))
+            .collect();
+        assert_eq!(got, vec![(b.memory.id, "alice")], "mode {mode}");
+    }
+    // Deleting team-b's alice leaves team-a's.
+    assert_eq!(tb.delete_user(Some("alice")).await.unwrap(), 1);
+    assert_eq!(ta.list(lq()).await.unwrap().memories.len(), 1);
+    ta.delete("alice", a.memory.id).await.unwrap();
+    assert!(ta.list(lq()).await.unwrap().memories.is_empty());
+}

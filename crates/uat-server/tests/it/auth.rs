@@ -1,7 +1,7 @@
 //! API keys (`[[auth.keys]]`): open without keys; with keys every `/v1`
 //! route needs one (Bearer or `x-api-key`), probes stay open, admin routes
 //! need an admin key, each key has its own rate limit, and each owner its own
-//! cache namespace.
+//! cache namespace and its own memories.
 
 use crate::common::*;
 use reqwest::RequestBuilder;
@@ -266,4 +266,66 @@ async fn each_owner_has_its_own_cache_namespace() {
     );
     assert_eq!(chat(OTHER_KEY).await, "hit-l1");
     assert_eq!(up.calls(), 2);
+}
+
+#[tokio::test]
+async fn each_owner_has_its_own_memories() {
+    let toml = format!(
+        "{}{}{}",
+        key_toml("a", USER_KEY, "owner = \"tenant-a\""),
+        key_toml("a2", ADMIN_KEY, "owner = \"tenant-a\""),
+        key_toml("b", OTHER_KEY, "owner = \"tenant-b\""),
+    );
+    let app = spawn_app(&toml).await;
+    let c = &app.client;
+    let (status, _, m) = send(
+        c.post(app.at("/v1/memories"))
+            .bearer_auth(USER_KEY)
+            .json(&json!({"user_id": "alice", "content": "Alice's locker code is 4711"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{m}");
+    assert_eq!(
+        m["user_id"], "alice",
+        "the client's user_id, not the stored one"
+    );
+    let id = m["id"].as_str().unwrap().to_string();
+    let list = |key: &'static str| c.get(app.at("/v1/memories?user_id=alice")).bearer_auth(key);
+    let search = |key: &'static str| {
+        c.post(app.at("/v1/memories/search"))
+            .bearer_auth(key)
+            .json(&json!({"user_id": "alice", "query": "locker code", "mode": "keyword"}))
+    };
+    // Another owner's alice sees nothing of it, on any route.
+    let (_, _, l) = send(list(OTHER_KEY)).await;
+    assert_eq!(l["memories"], json!([]), "{l}");
+    let (_, _, s) = send(search(OTHER_KEY)).await;
+    assert_eq!(s["results"], json!([]), "{s}");
+    let one = format!("/v1/memories/{id}?user_id=alice");
+    let history = format!("/v1/memories/{id}/history?user_id=alice");
+    for req in [
+        c.get(app.at(&one)),
+        c.get(app.at(&history)),
+        c.patch(app.at(&one)).json(&json!({"content": "hijacked"})),
+        c.delete(app.at(&one)),
+    ] {
+        let (status, _, body) = send(req.bearer_auth(OTHER_KEY)).await;
+        assert_eq!(status, 404, "{body}");
+    }
+    let (_, _, d) = send(
+        c.delete(app.at("/v1/memories?user_id=alice"))
+            .bearer_auth(OTHER_KEY),
+    )
+    .await;
+    assert_eq!(d["deleted"], 0);
+    // The owner's other key sees it, under the client's user_id.
+    let (_, _, l) = send(list(ADMIN_KEY)).await;
+    assert_eq!(l["memories"][0]["id"], json!(id), "{l}");
+    assert_eq!(l["memories"][0]["user_id"], "alice");
+    assert_eq!(l["memories"][0]["content"], "Alice's locker code is 4711");
+    let (_, _, s) = send(search(ADMIN_KEY)).await;
+    assert_eq!(s["results"][0]["id"], json!(id), "{s}");
+    assert_eq!(s["results"][0]["user_id"], "alice");
+    let (_, _, h) = send(c.get(app.at(&history)).bearer_auth(USER_KEY)).await;
+    assert_eq!(h["history"][0]["new_value"]["user_id"], "alice", "{h}");
 }
