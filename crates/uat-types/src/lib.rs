@@ -165,7 +165,12 @@ impl ChatMessage {
             Value::Array(parts) => {
                 let mut out = String::new();
                 for p in parts {
-                    if let Some(t) = p.get("text").and_then(Value::as_str) {
+                    // A `refusal` part (an assistant turn replayed) is its text.
+                    if let Some(t) = p
+                        .get("text")
+                        .or_else(|| p.get("refusal"))
+                        .and_then(Value::as_str)
+                    {
                         out.push_str(t);
                     }
                 }
@@ -479,10 +484,10 @@ mod tests {
     fn text_content_joins_parts() {
         let m: ChatMessage = serde_json::from_value(serde_json::json!({
             "role": "user",
-            "content": [{"type": "text", "text": "a"}, {"type": "image_url"}, {"type": "text", "text": "b"}]
+            "content": [{"type": "text", "text": "a"}, {"type": "image_url"}, {"type": "text", "text": "b"}, {"type": "refusal", "refusal": "c"}]
         }))
         .unwrap();
-        assert_eq!(m.text_content(), "ab");
+        assert_eq!(m.text_content(), "abc");
     }
 
     #[test]

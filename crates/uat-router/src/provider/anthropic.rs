@@ -9,7 +9,8 @@ mod max_tokens;
 
 pub use max_tokens::max_output_tokens;
 
-use super::http::{self, lines, read_json, send, sse_data};
+use super::content::{ImageUrl, image_url, image_url_param, unsupported_part};
+use super::http::{self, lines, read_json, send, send_within, sse_data};
 use super::{BoxFuture, ChunkStream, Provider, Reply, StreamChunk, asks_for_logprobs, one_choice};
 use crate::error::{Failure, FailureKind, RouterError};
 use bytes::Bytes;
@@ -17,7 +18,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use std::collections::{HashMap, VecDeque};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use uat_config::{ProviderConfig, ProviderKind};
 use uat_types::{ChatChunk, ChatCompletion, ChatMessage, ChatRequest, Choice, Delta, Usage};
 
@@ -70,7 +71,15 @@ impl Anthropic {
         }
     }
 
-    async fn post(&self, body: &Value, stream: bool) -> Result<reqwest::Response, Failure> {
+    /// Posts `body`; `since`, for a second send, is when the first began:
+    /// the second gets what is left of the first's bounds, not bounds of
+    /// its own (which let a request run to twice its `timeout`).
+    async fn post(
+        &self,
+        body: &Value,
+        stream: bool,
+        since: Option<Instant>,
+    ) -> Result<reqwest::Response, Failure> {
         let body = serde_json::to_vec(body).map_err(|e| {
             Failure::new(
                 FailureKind::Malformed,
@@ -84,7 +93,21 @@ impl Anthropic {
         if stream {
             rb = rb.header(reqwest::header::ACCEPT, "text/event-stream");
         }
-        send(rb, if stream { self.first_byte } else { self.total }).await
+        let bound = if stream { self.first_byte } else { self.total };
+        let Some(since) = since else {
+            return send(rb, bound).await;
+        };
+        let spent = since.elapsed();
+        let left = bound.saturating_sub(spent);
+        if left.is_zero() {
+            return Err(Failure::new(
+                FailureKind::Timeout,
+                format!("no response within {bound:?}"),
+            ));
+        }
+        // The whole exchange (a stream's body too) within the first's `timeout`.
+        let rb = rb.timeout(self.total.saturating_sub(spent));
+        send_within(rb, left, bound).await
     }
 
     /// The Messages API body (what Anthropic cannot do is refused by
@@ -101,15 +124,16 @@ impl Anthropic {
     /// limit) and Anthropic refuses it because input and `max_tokens`
     /// together exceed the context window (a model's whole output limit
     /// leaves little room for a long prompt), sends it once more with what
-    /// the window leaves. Any other answer, or a client's own limit, is
-    /// returned as it is.
+    /// the window leaves, within what is left of the first send's time.
+    /// Any other answer, or a client's own limit, is returned as it is.
     async fn post_fitted(
         &self,
         body: &mut Value,
         req: &ChatRequest,
         stream: bool,
     ) -> Result<reqwest::Response, Failure> {
-        match self.post(body, stream).await {
+        let start = Instant::now();
+        match self.post(body, stream, None).await {
             Err(f) if req.max_output_tokens().is_none() => match fitted_max_tokens(&f) {
                 Some(n) => {
                     tracing::debug!(
@@ -117,7 +141,7 @@ impl Anthropic {
                         "default max_tokens exceeds the context window; sending again"
                     );
                     body["max_tokens"] = json!(n);
-                    self.post(body, stream).await
+                    self.post(body, stream, Some(start)).await
                 }
                 None => Err(f),
             },
@@ -152,7 +176,8 @@ pub(crate) fn fitted_max_tokens(f: &Failure) -> Option<u64> {
 }
 
 /// What Anthropic cannot do: `n` > 1, logprobs, an image part without a
-/// URL or with a data: URL that is not base64.
+/// URL or with a data: URL that is not base64, a content part the adapter
+/// does not translate (audio, a file; anything but text outside user turns).
 fn refusal(req: &ChatRequest) -> Result<(), Failure> {
     one_choice(req, "anthropic")?;
     if let Some(param) = asks_for_logprobs(req) {
@@ -163,21 +188,60 @@ fn refusal(req: &ChatRequest) -> Result<(), Failure> {
         ));
     }
     for (at, m) in req.messages.iter().enumerate() {
-        if matches!(
-            m.role.as_str(),
-            "system" | "developer" | "assistant" | "tool"
-        ) {
-            continue;
-        }
-        if let Value::Array(parts) = &m.content {
-            for (j, p) in parts.iter().enumerate() {
-                if p.get("type").and_then(Value::as_str) == Some("image_url") {
-                    image(p, at, j)?;
+        if is_user_turn(&m.role) {
+            if let Value::Array(parts) = &m.content {
+                for (j, p) in parts.iter().enumerate() {
+                    user_part(p, &m.role, at, j)?;
                 }
+            }
+        } else {
+            text_parts_only(m, at)?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether [`messages_body`] sends a message of this role as a user turn
+/// of text and image blocks (the others are sent as their text).
+fn is_user_turn(role: &str) -> bool {
+    !matches!(role, "system" | "developer" | "assistant" | "tool")
+}
+
+/// Refuses a part other than text in a message sent as its text (system,
+/// assistant, tool), which would otherwise be left out.
+fn text_parts_only(m: &ChatMessage, at: usize) -> Result<(), Failure> {
+    if let Value::Array(parts) = &m.content {
+        for (j, p) in parts.iter().enumerate() {
+            // An assistant turn replayed with its refusal: sent as its text.
+            let text = match p.get("type").and_then(Value::as_str) {
+                Some("text") => true,
+                Some("refusal") => m.role == "assistant",
+                _ => false,
+            };
+            if !text {
+                return Err(unsupported_part(p, &m.role, at, j, "anthropic"));
             }
         }
     }
     Ok(())
+}
+
+/// A part of a user turn that Anthropic takes.
+enum UserPart<'a> {
+    /// A text part (the part itself).
+    Text(&'a Value),
+    /// An image.
+    Image(Image<'a>),
+}
+
+/// Part `j` of user turn `at` (whose role is `role`): text or an image;
+/// any other part is refused.
+fn user_part<'a>(p: &'a Value, role: &str, at: usize, j: usize) -> Result<UserPart<'a>, Failure> {
+    match p.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(UserPart::Text(p)),
+        Some("image_url") => image(p, at, j).map(UserPart::Image),
+        _ => Err(unsupported_part(p, role, at, j, "anthropic")),
+    }
 }
 
 /// The Messages API body for an OpenAI request; `default_max_tokens` is
@@ -193,6 +257,9 @@ pub(crate) fn messages_body(
     let mut system = String::new();
     let mut messages = Vec::with_capacity(req.messages.len());
     for (i, m) in req.messages.iter().enumerate() {
+        if !is_user_turn(&m.role) {
+            text_parts_only(m, i)?;
+        }
         match m.role.as_str() {
             "system" | "developer" => {
                 if !system.is_empty() {
@@ -242,7 +309,7 @@ pub(crate) fn messages_body(
                 }
             }
             _ => {
-                let content = user_content(&m.content, i)?;
+                let content = user_content(m, i)?;
                 let empty = match &content {
                     Value::String(s) => s.is_empty(),
                     Value::Array(a) => a.is_empty(),
@@ -376,23 +443,23 @@ fn tool_results(m: &mut Value) -> Option<&mut Vec<Value>> {
 }
 
 /// A user turn's content: text parts, and images as base64 (a `data:` URL)
-/// or URL sources (an http(s) URL, which Anthropic fetches itself). `at` is
-/// the message's position, for the `param` of a refusal.
-fn user_content(content: &Value, at: usize) -> Result<Value, Failure> {
-    let parts = match content {
+/// or URL sources (an http(s) URL, which Anthropic fetches itself); any
+/// other part is refused. `at` is the message's position, for the `param`
+/// of a refusal.
+fn user_content(m: &ChatMessage, at: usize) -> Result<Value, Failure> {
+    let parts = match &m.content {
         Value::Array(parts) => parts,
         Value::String(s) => return Ok(json!(s)),
         _ => return Ok(json!("")),
     };
     let mut out = Vec::with_capacity(parts.len());
     for (j, p) in parts.iter().enumerate() {
-        match p.get("type").and_then(Value::as_str) {
-            Some("text") => out.push(
-                json!({"type": "text", "text": p.get("text").cloned().unwrap_or(Value::Null)}),
-            ),
-            Some("image_url") => out.push(image_block(p, at, j)?),
-            _ => {}
-        }
+        out.push(match user_part(p, &m.role, at, j)? {
+            UserPart::Text(p) => {
+                json!({"type": "text", "text": p.get("text").cloned().unwrap_or(Value::Null)})
+            }
+            UserPart::Image(image) => image_block(image),
+        });
     }
     Ok(Value::Array(out))
 }
@@ -403,43 +470,34 @@ enum Image<'a> {
     Url(&'a str),
 }
 
-/// An OpenAI `image_url` part (`{"url": ...}`, or the URL alone as some
-/// clients send it), or why Anthropic cannot take it.
+/// An OpenAI `image_url` part ([`image_url`]), or why Anthropic cannot
+/// take it.
 fn image(part: &Value, at: usize, j: usize) -> Result<Image<'_>, Failure> {
-    let url = part
-        .pointer("/image_url/url")
-        .or_else(|| part.get("image_url"))
-        .and_then(Value::as_str);
-    let param = || format!("messages[{at}].content[{j}].image_url.url");
-    let Some(url) = url else {
-        return Err(Failure::unsupported(
+    match image_url(part) {
+        ImageUrl::Base64 { media, data } => Ok(Image::Base64 { media, data }),
+        ImageUrl::Url(url) => Ok(Image::Url(url)),
+        ImageUrl::Missing => Err(Failure::unsupported(
             "an image_url part needs a url",
-            param(),
+            image_url_param(at, j),
             "invalid_value",
-        ));
-    };
-    if let Some(rest) = url.strip_prefix("data:") {
-        return match rest.split_once(";base64,") {
-            Some((media, data)) => Ok(Image::Base64 { media, data }),
-            None => Err(Failure::unsupported(
-                "anthropic providers accept data: image URLs in base64 only (data:<type>;base64,<data>)",
-                param(),
-                "unsupported_value",
-            )),
-        };
+        )),
+        ImageUrl::DataNotBase64 => Err(Failure::unsupported(
+            "anthropic providers accept data: image URLs in base64 only (data:<type>;base64,<data>)",
+            image_url_param(at, j),
+            "unsupported_value",
+        )),
     }
-    Ok(Image::Url(url))
 }
 
-/// An OpenAI `image_url` part as an Anthropic image block.
-fn image_block(part: &Value, at: usize, j: usize) -> Result<Value, Failure> {
-    Ok(match image(part, at, j)? {
+/// An image as an Anthropic image block.
+fn image_block(image: Image<'_>) -> Value {
+    match image {
         Image::Base64 { media, data } => json!({
             "type": "image",
             "source": {"type": "base64", "media_type": media, "data": data},
         }),
         Image::Url(url) => json!({"type": "image", "source": {"type": "url", "url": url}}),
-    })
+    }
 }
 
 /// The stop reason of a structured answer's forced call is the answer's end.

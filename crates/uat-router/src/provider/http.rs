@@ -27,10 +27,27 @@ pub(crate) fn client(cfg: &ProviderConfig) -> Result<reqwest::Client, RouterErro
 
 /// Reads the API key from the environment variable named in the config.
 pub(crate) fn api_key(cfg: &ProviderConfig) -> Option<String> {
-    cfg.api_key_env
-        .as_deref()
-        .and_then(|v| std::env::var(v).ok())
-        .filter(|k| !k.is_empty())
+    api_key_from(cfg, |v| std::env::var(v).ok())
+}
+
+/// The API key of `cfg` as `lookup` gives its variable: trimmed (a secret
+/// mounted from a file ends in a newline, which no header may hold: every
+/// request failed), and a warning at start-up when the variable is unset or
+/// empty (requests then go without a key, and the upstream's 401 would be
+/// the first sign).
+fn api_key_from(cfg: &ProviderConfig, lookup: impl Fn(&str) -> Option<String>) -> Option<String> {
+    let var = cfg.api_key_env.as_deref()?;
+    let key = lookup(var)
+        .map(|k| k.trim().to_string())
+        .filter(|k| !k.is_empty());
+    if key.is_none() {
+        tracing::warn!(
+            provider = %cfg.name,
+            variable = var,
+            "the provider's api_key_env variable is unset or empty: requests go without an API key"
+        );
+    }
+    key
 }
 
 /// Joins a base URL and a path without doubling the slash, parsed once at
@@ -79,11 +96,21 @@ pub(crate) async fn send(
     rb: reqwest::RequestBuilder,
     first_byte: Duration,
 ) -> Result<reqwest::Response, Failure> {
+    send_within(rb, first_byte, first_byte).await
+}
+
+/// [`send`] waiting `first_byte` for the head, what is left of `bound` (a
+/// second request within the time of a first), which a timeout names.
+pub(crate) async fn send_within(
+    rb: reqwest::RequestBuilder,
+    first_byte: Duration,
+    bound: Duration,
+) -> Result<reqwest::Response, Failure> {
     let resp = match tokio::time::timeout(first_byte, rb.send()).await {
         Err(_) => {
             return Err(Failure::new(
                 FailureKind::Timeout,
-                format!("no response within {first_byte:?}"),
+                format!("no response within {bound:?}"),
             ));
         }
         Ok(Err(e)) => return Err(transport(&e)),
@@ -273,6 +300,29 @@ pub(crate) fn sse_data(line: &Bytes) -> Option<Bytes> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A key read from a mounted secret file ends in a newline: it is sent
+    /// trimmed (before, the header was invalid and every request failed).
+    #[test]
+    fn the_api_key_is_trimmed_and_an_empty_one_is_none() {
+        let mut cfg = ProviderConfig::new("p", uat_config::ProviderKind::Openai, None);
+        assert_eq!(
+            api_key_from(&cfg, |_| Some("sk-x".into())),
+            None,
+            "no variable named"
+        );
+        cfg.api_key_env = Some("KEY".into());
+        let got = |v: Option<&str>| {
+            api_key_from(&cfg, |name| {
+                assert_eq!(name, "KEY");
+                v.map(str::to_string)
+            })
+        };
+        assert_eq!(got(Some("sk-x\n")).as_deref(), Some("sk-x"));
+        assert_eq!(got(Some("  sk-y \r\n")).as_deref(), Some("sk-y"));
+        assert_eq!(got(Some(" \n")), None);
+        assert_eq!(got(None), None);
+    }
 
     #[test]
     fn endpoints_join_without_a_double_slash_and_a_bad_base_fails_at_start() {

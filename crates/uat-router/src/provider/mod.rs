@@ -1,6 +1,7 @@
 //! The [`Provider`] trait and one implementation per wire format.
 
 pub mod anthropic;
+pub(crate) mod content;
 pub(crate) mod http;
 pub mod mock;
 pub mod ollama;

@@ -1,8 +1,10 @@
 //! Ollama's native API: `/api/chat` (its NDJSON stream translated to OpenAI
 //! chunks, logprobs included), `/api/tags` for discovery and `/api/embed`
-//! for embeddings. What it cannot do (`n` > 1, images by http(s) URL) is
-//! refused as [`FailureKind::Unsupported`] before any call, never dropped.
+//! for embeddings. What it cannot do (`n` > 1, images by http(s) URL,
+//! content parts other than text and images) is refused as
+//! [`FailureKind::Unsupported`] before any call, never dropped.
 
+use super::content::{ImageUrl, image_url, image_url_param, unsupported_part};
 use super::http::{self, lines, read_json, send};
 use super::{BoxFuture, ChunkStream, Provider, Reply, StreamChunk, one_choice};
 use crate::error::{Failure, FailureKind, RouterError};
@@ -143,19 +145,31 @@ impl Ollama {
     }
 }
 
-/// What Ollama cannot do: `n` > 1, an image by http(s) URL.
+/// What Ollama cannot do: `n` > 1, an image by http(s) URL, a content
+/// part other than text and images (audio, a file).
 fn refusal(req: &ChatRequest) -> Result<(), Failure> {
     one_choice(req, "ollama")?;
     for (at, m) in req.messages.iter().enumerate() {
         if let Value::Array(parts) = &m.content {
             for (j, p) in parts.iter().enumerate() {
-                if p.get("type").and_then(Value::as_str) == Some("image_url") {
-                    image_data(p, at, j)?;
-                }
+                part(p, &m.role, at, j)?;
             }
         }
     }
     Ok(())
+}
+
+/// Part `j` of message `at`: its base64 image for an `image_url` part,
+/// `None` for text (which [`ChatMessage::text_content`] gathers), or why
+/// Ollama cannot take it.
+fn part<'a>(p: &'a Value, role: &str, at: usize, j: usize) -> Result<Option<&'a str>, Failure> {
+    match p.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        // An assistant turn replayed with its refusal: sent as its text.
+        Some("refusal") if role == "assistant" => Ok(None),
+        Some("image_url") => image_data(p, at, j).map(Some),
+        _ => Err(unsupported_part(p, role, at, j, "ollama")),
+    }
 }
 
 /// The `/api/chat` body for an OpenAI request (what Ollama cannot do is
@@ -233,8 +247,8 @@ fn message(m: &ChatMessage, at: usize, all: &[ChatMessage]) -> Result<Value, Fai
     if let Value::Array(parts) = &m.content {
         let mut images = Vec::new();
         for (j, p) in parts.iter().enumerate() {
-            if p.get("type").and_then(Value::as_str) == Some("image_url") {
-                images.push(image(p, at, j)?);
+            if let Some(data) = part(p, &m.role, at, j)? {
+                images.push(json!(data));
             }
         }
         if !images.is_empty() {
@@ -268,30 +282,19 @@ fn message(m: &ChatMessage, at: usize, all: &[ChatMessage]) -> Result<Value, Fai
     Ok(out)
 }
 
-/// An OpenAI `image_url` part as Ollama's base64 image. Ollama takes the
-/// image's bytes only: an http(s) URL is refused (an alias fails over to a
-/// target that fetches URLs), never dropped.
-fn image(part: &Value, at: usize, j: usize) -> Result<Value, Failure> {
-    image_data(part, at, j).map(|d| json!(d))
-}
-
 /// The base64 data of an `image_url` part, or why Ollama cannot take it.
+/// Ollama takes the image's bytes only: an http(s) URL is refused (an
+/// alias fails over to a target that fetches URLs), never dropped.
 fn image_data(part: &Value, at: usize, j: usize) -> Result<&str, Failure> {
-    let url = part
-        .pointer("/image_url/url")
-        .or_else(|| part.get("image_url"))
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    match url
-        .strip_prefix("data:")
-        .and_then(|r| r.split_once(";base64,"))
-    {
-        Some((_, data)) => Ok(data),
-        None => Err(Failure::unsupported(
-            "Ollama providers accept images as data: URLs only (data:<type>;base64,<data>)",
-            format!("messages[{at}].content[{j}].image_url.url"),
-            "unsupported_value",
-        )),
+    match image_url(part) {
+        ImageUrl::Base64 { data, .. } => Ok(data),
+        ImageUrl::DataNotBase64 | ImageUrl::Url(_) | ImageUrl::Missing => {
+            Err(Failure::unsupported(
+                "Ollama providers accept images as data: URLs only (data:<type>;base64,<data>)",
+                image_url_param(at, j),
+                "unsupported_value",
+            ))
+        }
     }
 }
 

@@ -297,6 +297,84 @@ fn image_urls_become_url_sources() {
     );
 }
 
+/// Content parts the adapter does not translate are refused as
+/// Unsupported naming the part's `type`, where before they were left out
+/// of the request: audio, a file, an unknown type in a user turn; anything
+/// but text in a turn sent as its text (an image in a system prompt or a
+/// tool result). Text and images in user turns, text elsewhere, still go.
+#[test]
+fn other_content_parts_are_refused_not_dropped() {
+    let p = anthropic(None);
+    let text = json!({"type": "text", "text": "look"});
+    let image = json!({"type": "image_url", "image_url": {"url": "data:image/png;base64,AAA"}});
+    for (role, part, t) in [
+        (
+            "user",
+            json!({"type": "input_audio", "input_audio": {"data": "AAA", "format": "wav"}}),
+            Some("input_audio"),
+        ),
+        (
+            "user",
+            json!({"type": "file", "file": {"file_data": "data:application/pdf;base64,AAA", "filename": "a.pdf"}}),
+            Some("file"),
+        ),
+        ("user", json!({"type": "hologram"}), Some("hologram")),
+        ("user", json!({"text": "no type"}), None),
+        ("system", image.clone(), Some("image_url")),
+        ("tool", image.clone(), Some("image_url")),
+        (
+            "user",
+            json!({"type": "refusal", "refusal": "no"}),
+            Some("refusal"),
+        ),
+    ] {
+        let mut msg = json!({"role": role, "content": [text.clone(), part.clone()]});
+        if role == "tool" {
+            msg["tool_call_id"] = json!("c1");
+        }
+        let req = request(json!({"messages": [{"role": "user", "content": "hi"}, msg]}));
+        let f = p.check(&req).unwrap_err();
+        assert_eq!(f.kind, FailureKind::Unsupported, "{role} {part}");
+        match t {
+            Some(t) => assert_eq!(
+                f.message,
+                format!(
+                    "content parts of type `{t}` in {role} messages are not supported by anthropic providers"
+                )
+            ),
+            None => assert!(f.message.contains("without a type"), "{}", f.message),
+        }
+        let u = f.upstream.unwrap();
+        assert_eq!(u.param.as_deref(), Some("messages[1].content[1].type"));
+        assert_eq!(u.code.as_deref(), Some("unsupported_value"));
+        assert_eq!(
+            messages_body("claude-x", &req, false, DEFAULT_MAX_TOKENS)
+                .unwrap_err()
+                .kind,
+            FailureKind::Unsupported,
+            "{role} {part}"
+        );
+    }
+    let ok = request(json!({"messages": [
+        {"role": "system", "content": [text.clone()]},
+        {"role": "user", "content": [text.clone(), image]},
+        {"role": "assistant", "content": [text.clone()]},
+        {"role": "user", "content": "and this?"},
+        // A replayed assistant refusal is its text.
+        {"role": "assistant", "content": [{"type": "refusal", "refusal": "I can't help with that."}]},
+        {"role": "user", "content": "why not?"},
+    ]}));
+    assert!(p.check(&ok).is_ok());
+    let b = messages_body("claude-x", &ok, false, DEFAULT_MAX_TOKENS).unwrap();
+    assert_eq!(b["system"], "look");
+    assert_eq!(b["messages"][0]["content"][1]["type"], "image");
+    assert_eq!(b["messages"][1]["content"][0]["text"], "look");
+    assert_eq!(
+        b["messages"][3]["content"][0]["text"], "I can't help with that.",
+        "{b}"
+    );
+}
+
 #[test]
 fn stop_reasons() {
     assert_eq!(finish_reason(Some("end_turn")), "stop");
@@ -362,5 +440,112 @@ fn the_context_limit_400_gives_the_room_left() {
         "fake error",
     ] {
         assert_eq!(fitted_max_tokens(&f(400, msg)), None, "{msg}");
+    }
+}
+
+/// An Anthropic stand-in on a local port: the first request gets, after
+/// `delay`, the context-limit 400 for 1000 input tokens in a window of
+/// 2000; later ones no answer at all. Counts the requests.
+async fn context_limit_then_silence(
+    delay: Duration,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            let calls = counted.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    // One request: the head, then `content-length` bytes.
+                    let (head, len) = loop {
+                        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                            let len: usize = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .map_or(0, |v| v.trim().parse().unwrap());
+                            break (end + 4, len);
+                        }
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    while buf.len() < head + len {
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let body: Value = serde_json::from_slice(&buf[head..head + len]).unwrap();
+                    buf.drain(..head + len);
+                    if calls.fetch_add(1, Ordering::SeqCst) > 0 {
+                        std::future::pending::<()>().await;
+                    }
+                    tokio::time::sleep(delay).await;
+                    let msg = format!(
+                        "input length and `max_tokens` exceed context limit: 1000 + {} > 2000, decrease input length or `max_tokens` and try again",
+                        body["max_tokens"]
+                    );
+                    let err = json!({"type": "error", "error": {"type": "invalid_request_error", "message": msg}}).to_string();
+                    let resp = format!(
+                        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{err}",
+                        err.len()
+                    );
+                    if conn.write_all(resp.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, calls)
+}
+
+/// The send again after Anthropic's context-limit 400 shares the first
+/// send's time: a request whose retry gets no answer fails at `timeout`
+/// (here 1 s, the 400 after 0.6 s), where the retry had a `timeout` of its
+/// own and the request took 1.6 s. Streamed, the same with
+/// `first_byte_timeout`.
+#[tokio::test]
+async fn the_context_limit_retry_shares_the_first_sends_time() {
+    for stream in [false, true] {
+        let (addr, calls) = context_limit_then_silence(Duration::from_millis(600)).await;
+        let mut cfg =
+            ProviderConfig::new("c", ProviderKind::Anthropic, Some(format!("http://{addr}")));
+        cfg.timeout = Duration::from_secs(1);
+        cfg.first_byte_timeout = Duration::from_secs(1);
+        let p = Anthropic::new(&cfg).unwrap();
+        let req = request(json!({}));
+        let start = std::time::Instant::now();
+        let f = if stream {
+            p.chat_stream("claude-x", &req).await.err().unwrap()
+        } else {
+            p.chat("claude-x", &req).await.unwrap_err()
+        };
+        let took = start.elapsed();
+        assert_eq!(f.kind, FailureKind::Timeout, "stream {stream}: {f}");
+        assert_eq!(
+            calls.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "stream {stream}"
+        );
+        assert!(
+            took >= Duration::from_millis(950) && took < Duration::from_millis(1350),
+            "stream {stream}: took {took:?}"
+        );
     }
 }

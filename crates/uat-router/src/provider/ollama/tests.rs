@@ -155,6 +155,63 @@ fn n_and_url_images_are_refused_not_dropped() {
     assert_eq!(b["messages"][0]["images"], json!(["AAA"]));
 }
 
+/// Content parts other than text and images (audio, a file, a type of
+/// tomorrow, a part without a type) are refused as Unsupported naming the
+/// part's `type`, where before they were left out of the request and the
+/// model answered without them; text and data: images still go.
+#[test]
+fn other_content_parts_are_refused_not_dropped() {
+    for (part, t) in [
+        (
+            json!({"type": "input_audio", "input_audio": {"data": "AAA", "format": "wav"}}),
+            Some("input_audio"),
+        ),
+        (
+            json!({"type": "file", "file": {"file_data": "data:application/pdf;base64,AAA", "filename": "a.pdf"}}),
+            Some("file"),
+        ),
+        (json!({"type": "hologram", "text": "x"}), Some("hologram")),
+        (json!({"text": "no type"}), None),
+    ] {
+        let req = request(json!({"messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "what is this?"}, part]},
+        ]}));
+        let f = refusal(&req).unwrap_err();
+        assert_eq!(f.kind, FailureKind::Unsupported, "{part}");
+        match t {
+            Some(t) => assert_eq!(
+                f.message,
+                format!(
+                    "content parts of type `{t}` in user messages are not supported by ollama providers"
+                )
+            ),
+            None => assert!(f.message.contains("without a type"), "{}", f.message),
+        }
+        let u = f.upstream.unwrap();
+        assert_eq!(u.param.as_deref(), Some("messages[1].content[1].type"));
+        assert_eq!(u.code.as_deref(), Some("unsupported_value"));
+        assert_eq!(
+            chat_body("llama3", &req, false).unwrap_err().kind,
+            FailureKind::Unsupported,
+            "{part}"
+        );
+    }
+    let ok = request(json!({"messages": [
+        {"role": "system", "content": [{"type": "text", "text": "be brief"}]},
+        {"role": "user", "content": [{"type": "text", "text": "what is "}, {"type": "text", "text": "this?"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAA"}}]},
+        // A replayed assistant refusal is its text.
+        {"role": "assistant", "content": [{"type": "refusal", "refusal": "I can't tell."}]},
+    ]}));
+    assert!(refusal(&ok).is_ok());
+    let b = chat_body("llama3", &ok, false).unwrap();
+    assert_eq!(b["messages"][0]["content"], "be brief");
+    assert_eq!(b["messages"][1]["content"], "what is this?");
+    assert_eq!(b["messages"][1]["images"], json!(["AAA"]));
+    assert_eq!(b["messages"][2]["content"], "I can't tell.");
+}
+
 /// `logprobs` / `top_logprobs` go to Ollama by the same names, and its
 /// answer's `logprobs` come back in OpenAI's shape, streamed chunk by
 /// chunk beside the content they score.
