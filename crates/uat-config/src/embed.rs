@@ -43,6 +43,25 @@ pub struct EmbeddingModelConfig {
     /// Load at start-up instead of on first use.
     #[serde(default)]
     pub eager: bool,
+    /// How token-id inputs (`"input": [[15339, 1917]]`) are read.
+    #[serde(default)]
+    pub token_ids: TokenIds,
+}
+
+/// `token_ids` of `[[embeddings.models]]`: whose vocabulary token-id inputs
+/// are in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum TokenIds {
+    /// OpenAI's `cl100k_base`, as the OpenAI clients send them (LangChain's
+    /// `OpenAIEmbeddings` tokenizes with tiktoken by default): decoded to text,
+    /// then tokenized by the model's own tokenizer.
+    #[default]
+    #[serde(rename = "cl100k_base")]
+    Cl100kBase,
+    /// The model's own vocabulary, fed to it as they are (no special tokens
+    /// added).
+    #[serde(rename = "model")]
+    Model,
 }
 
 impl Default for EmbeddingsConfig {

@@ -91,6 +91,7 @@ mod tests {
             name: "minilm".into(),
             path: "/models/minilm".into(),
             eager: false,
+            token_ids: Default::default(),
         });
         assert!(m.validate(&e).is_ok());
         assert_eq!(MemoryConfig::default().effective_model(&e), Some("minilm"));

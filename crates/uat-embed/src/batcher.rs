@@ -1,16 +1,26 @@
 //! The dynamic batcher: concurrent requests queue their inputs, one dedicated
-//! thread per model forms batches by a token budget, grouped by length, and runs
-//! them on a bounded compute pool.
+//! thread per model forms batches by a token budget, grouped by length and fair
+//! across requests, and runs them on a bounded compute pool.
 //!
 //! Life of an input: [`Batcher::embed`] checks the queue capacity (a full queue is
 //! [`EmbedError::Overloaded`] at once; a request larger than the whole queue is
 //! [`EmbedError::TooManyInputs`]), appends the inputs and returns a future.
 //! The batch thread wakes, waits at most `max_wait` after the oldest input arrived
-//! (less if a full batch is already queued), then takes the oldest input plus the
-//! queued inputs closest to it in length while `longest x count <= batch_tokens`
-//! and `count <= max_batch_size` (an input over the budget runs alone). The batch
-//! runs on a lane of the [`ComputePool`]; each result goes back to its request,
-//! which completes when its last input is done.
+//! (less if a full batch is already queued), then forms a batch around an anchor
+//! while `longest x count <= batch_tokens` and `count <= max_batch_size` (an
+//! input over the budget runs alone). The batch runs on a lane of the
+//! [`ComputePool`]; each result goes back to its request, which completes when
+//! its last input is done. A forward pass that fails or panics fails the
+//! requests of that batch with [`EmbedError::Inference`]; the batch thread
+//! carries on.
+//!
+//! Fairness: the anchor is the oldest queued input of the request with the
+//! fewest inputs taken so far (the oldest request on a tie), and each queued
+//! request may first add up to an equal share of the batch's `max_batch_size`,
+//! inputs closest in length to the anchor first; what is left of the batch is
+//! then filled by length alone. So a one-input query queued behind a request of
+//! 2,048 inputs runs in the next batch, not after the whole big request, and
+//! batches still fill up when there is enough work.
 //!
 //! Lanes: a pool of `threads` threads has `threads` lanes, one thread each, and
 //! a batcher runs one batch thread per lane. Batches run side by side, one per
@@ -25,6 +35,7 @@ use crate::metrics;
 use parking_lot::{Condvar, Mutex};
 use std::collections::VecDeque;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -153,6 +164,8 @@ type Pending = oneshot::Receiver<Result<Vec<Vec<f32>>>>;
 
 /// One request's inputs in flight.
 struct Slot {
+    /// Inputs the request carries (those queued plus those taken into batches).
+    inputs: usize,
     state: Mutex<SlotState>,
 }
 
@@ -280,6 +293,7 @@ impl Batcher {
         let n = inputs.len();
         let (tx, rx) = oneshot::channel();
         let slot = Arc::new(Slot {
+            inputs: n,
             state: Mutex::new(SlotState {
                 results: vec![Vec::new(); n],
                 remaining: n,
@@ -392,6 +406,10 @@ impl Shared {
         }
     }
 
+    /// Runs one batch on a lane and answers its requests. A backend error, a
+    /// wrong number of vectors or a panic in the forward pass fails the
+    /// batch's requests with [`EmbedError::Inference`]; the lane and the
+    /// `busy` count are given back whatever happens.
     fn execute(&self, batch: Vec<Item>) {
         let now = Instant::now();
         for item in &batch {
@@ -403,19 +421,28 @@ impl Shared {
         self.batches.fetch_add(1, Ordering::Relaxed);
         let backend = &self.backend;
         let started = Instant::now();
-        let result = self.pool.run_lane(|| backend.embed_ids(&refs));
+        // A panic in the model must not take the batch thread with it (its
+        // queue would never be served again, and with one lane every later
+        // request would hang): it fails this batch only.
+        let result = self.pool.run_lane(|| {
+            std::panic::catch_unwind(AssertUnwindSafe(|| backend.embed_ids(&refs))).unwrap_or_else(
+                |payload| {
+                    Err(EmbedError::Inference(format!(
+                        "the model panicked: {}",
+                        panic_message(payload.as_ref())
+                    )))
+                },
+            )
+        });
+        let took = started.elapsed();
         // The lane is free before the replies go out: a client answered here
         // may send its next burst at once, and it must find the lane counted
         // idle (else that burst was taken whole by one lane).
         self.queue.lock().busy -= 1;
-        metrics::batch(
-            batch.len(),
-            longest * batch.len(),
-            tokens,
-            started.elapsed(),
-        );
         match result {
             Ok(vectors) if vectors.len() == batch.len() => {
+                // Only batches that produced their vectors count as embedded.
+                metrics::batch(batch.len(), longest * batch.len(), tokens, took);
                 for (item, v) in batch.iter().zip(vectors) {
                     item.slot.complete(item.index, v);
                 }
@@ -426,6 +453,7 @@ impl Shared {
                     vectors.len(),
                     batch.len()
                 ));
+                tracing::error!(error = %e, batch = batch.len(), "embedding batch failed");
                 batch.iter().for_each(|i| i.slot.fail(&e));
             }
             Err(e) => {
@@ -436,10 +464,28 @@ impl Shared {
     }
 }
 
-/// Removes the next batch from the queue: the oldest live input, then its
-/// neighbours in length order while the budget (the smaller of
-/// `batch_tokens` and `share`, in padded tokens) allows. Inputs whose
-/// request was dropped are discarded.
+/// The text of a panic's payload, when it has one.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s
+    } else {
+        "no message"
+    }
+}
+
+/// Removes the next batch from the queue. Inputs whose request was dropped are
+/// discarded first.
+///
+/// The anchor is the oldest queued input of the request with the fewest inputs
+/// taken so far (the oldest request on a tie). The other inputs are then
+/// considered closest in length to the anchor first (shorter, then older, on a
+/// tie) and taken while the budget (the smaller of `batch_tokens` and `share`,
+/// in padded tokens) and `max_batch_size` allow: first at most an equal share
+/// of `max_batch_size` per request, then, if the batch is not full, from any
+/// request. A request's inputs sit together in the queue (they are appended
+/// together and removed in order), which is how requests are told apart here.
 fn take_batch(q: &mut Queue, cfg: &BatcherConfig, share: usize) -> Vec<Item> {
     let max_items = cfg.max_batch_size.max(1);
     let budget = cfg.batch_tokens.min(share);
@@ -451,51 +497,67 @@ fn take_batch(q: &mut Queue, cfg: &BatcherConfig, share: usize) -> Vec<Item> {
     if q.items.is_empty() {
         return Vec::new();
     }
-    let len = |i: usize| q.items[i].ids.len();
-    // Queue positions sorted by (length, age); the anchor is the oldest (position 0).
-    let mut order: Vec<usize> = (0..q.items.len()).collect();
-    order.sort_by_key(|&i| (len(i), i));
-    let anchor = order.iter().position(|&i| i == 0).unwrap_or(0);
-    let anchor_len = len(0);
-    let (mut lo, mut hi) = (anchor, anchor);
-    let (mut count, mut longest) = (1usize, anchor_len);
-    let fits = |count: usize, longest: usize, l: usize| {
-        count < max_items && (count + 1) * longest.max(l) <= budget
-    };
-    loop {
-        let left = lo.checked_sub(1).map(|p| (p, len(order[p])));
-        let right = (hi + 1 < order.len()).then(|| (hi + 1, len(order[hi + 1])));
-        // Try the side whose length is closer to the anchor's first.
-        let mut sides = [left, right];
-        if let (Some((_, l)), Some((_, r))) = (left, right)
-            && r.abs_diff(anchor_len) < l.abs_diff(anchor_len)
-        {
-            sides.swap(0, 1);
+    let n = q.items.len();
+    // The queued requests, oldest first: (first queue position, inputs queued),
+    // and the request of each queue position.
+    let mut requests: Vec<(usize, usize)> = Vec::new();
+    let mut request_of = Vec::with_capacity(n);
+    let mut prev: Option<&Arc<Slot>> = None;
+    for (p, item) in q.items.iter().enumerate() {
+        match (prev, requests.last_mut()) {
+            (Some(s), Some(r)) if Arc::ptr_eq(s, &item.slot) => r.1 += 1,
+            _ => requests.push((p, 1)),
         }
-        let mut grown = false;
-        for (p, l) in sides.into_iter().flatten() {
-            if fits(count, longest, l) {
-                count += 1;
-                longest = longest.max(l);
-                if p < lo {
-                    lo = p;
-                } else {
-                    hi = p;
-                }
-                grown = true;
+        prev = Some(&item.slot);
+        request_of.push(requests.len() - 1);
+    }
+    // Fewest inputs taken so far; `min_by_key` keeps the first (oldest) on a tie.
+    let (anchor_req, anchor) = requests
+        .iter()
+        .enumerate()
+        .min_by_key(|(_, (first, queued))| q.items[*first].slot.inputs.saturating_sub(*queued))
+        .map_or((0, 0), |(r, (first, _))| (r, *first));
+    let len = |p: usize| q.items[p].ids.len();
+    let anchor_len = len(anchor);
+    let mut order: Vec<usize> = (0..n).filter(|&p| p != anchor).collect();
+    order.sort_by_key(|&p| (len(p).abs_diff(anchor_len), len(p), p));
+
+    let mut chosen = vec![false; n];
+    chosen[anchor] = true;
+    let mut per_request = vec![0usize; requests.len()];
+    per_request[anchor_req] = 1;
+    let (mut count, mut longest) = (1usize, anchor_len);
+    let fair = max_items.div_ceil(requests.len()).max(1);
+    for cap in [fair, usize::MAX] {
+        let mut capped = false;
+        for &p in &order {
+            if count >= max_items {
                 break;
             }
+            let r = request_of[p];
+            if chosen[p] {
+                continue;
+            }
+            if per_request[r] >= cap {
+                capped = true;
+                continue;
+            }
+            let l = len(p);
+            if (count + 1) * longest.max(l) > budget {
+                continue;
+            }
+            chosen[p] = true;
+            per_request[r] += 1;
+            count += 1;
+            longest = longest.max(l);
         }
-        if !grown {
+        if count >= max_items || !capped {
             break;
         }
     }
-    let mut chosen = vec![false; q.items.len()];
-    for &p in &order[lo..=hi] {
-        chosen[p] = true;
-    }
+
     let mut batch = Vec::with_capacity(count);
-    let mut rest = VecDeque::with_capacity(q.items.len() - count);
+    let mut rest = VecDeque::with_capacity(n - count);
     for (i, item) in q.items.drain(..).enumerate() {
         if chosen[i] {
             q.tokens = q.tokens.saturating_sub(item.ids.len());
@@ -523,6 +585,7 @@ mod tests {
                 ids: vec![1; len],
                 enqueued: now,
                 slot: Arc::new(Slot {
+                    inputs: 1,
                     state: Mutex::new(SlotState {
                         results: vec![Vec::new()],
                         remaining: 1,
@@ -598,5 +661,100 @@ mod tests {
         drop(rx.remove(0));
         let b = take_batch(&mut q, &cfg(100, 64), usize::MAX);
         assert_eq!(lens(&b), vec![4, 5]);
+    }
+
+    /// Queues one request of `n` inputs of `len` tokens.
+    fn push_request(q: &mut Queue, n: usize, len: usize) -> Pending {
+        let (tx, rx) = oneshot::channel();
+        let slot = Arc::new(Slot {
+            inputs: n,
+            state: Mutex::new(SlotState {
+                results: vec![Vec::new(); n],
+                remaining: n,
+                reply: Some(tx),
+            }),
+        });
+        for index in 0..n {
+            q.tokens += len;
+            q.items.push_back(Item {
+                ids: vec![1; len],
+                enqueued: Instant::now(),
+                slot: Arc::clone(&slot),
+                index,
+            });
+        }
+        rx
+    }
+
+    fn from_request(batch: &[Item], inputs: usize) -> usize {
+        batch.iter().filter(|i| i.slot.inputs == inputs).count()
+    }
+
+    #[test]
+    fn requests_share_batches_and_batches_stay_full() {
+        let (mut q, _rx) = queue(&[]);
+        let _big = push_request(&mut q, 100, 5);
+        let _small = push_request(&mut q, 3, 9);
+        // Neither has been served: the oldest request anchors, and each
+        // request may first take half of the batch of 8.
+        let b = take_batch(&mut q, &cfg(8192, 8), usize::MAX);
+        assert_eq!(b.len(), 8);
+        assert_eq!(from_request(&b, 3), 3, "the small request fits in");
+        // A new one-input request has been served least: it anchors the next
+        // batch, whatever its length; the batch is still filled.
+        let _query = push_request(&mut q, 1, 30);
+        let b = take_batch(&mut q, &cfg(8192, 8), usize::MAX);
+        assert_eq!(b.len(), 8);
+        assert_eq!(from_request(&b, 1), 1);
+        assert_eq!(from_request(&b, 100), 7);
+    }
+
+    /// A backend that always fails.
+    struct Failing(crate::backend::ModelInfo);
+
+    impl EmbeddingBackend for Failing {
+        fn info(&self) -> &crate::backend::ModelInfo {
+            &self.0
+        }
+        fn tokenize(&self, _text: &str, _truncate: bool) -> Result<Vec<u32>> {
+            Ok(vec![1])
+        }
+        fn embed_ids(&self, _seqs: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
+            Err(EmbedError::Inference("broken".into()))
+        }
+        fn memory_bytes(&self) -> u64 {
+            0
+        }
+        fn forward_passes(&self) -> u64 {
+            0
+        }
+    }
+
+    fn inputs_total() -> u64 {
+        uat_telemetry::render()
+            .lines()
+            .find_map(|l| l.strip_prefix("uat_embed_inputs_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Regression: the inputs of a failed batch were counted as embedded.
+    /// (The only test of this binary that runs batches, so the process-wide
+    /// counter moves for it alone.)
+    #[tokio::test]
+    async fn failed_batches_are_not_counted_as_embedded() {
+        let backend = Arc::new(Failing(crate::backend::ModelInfo {
+            dim: 1,
+            max_seq_length: 8,
+            vocab_size: 8,
+            pooling: crate::folder::Pooling::MEAN,
+            normalize: false,
+        }));
+        let pool = ComputePool::new(1).unwrap();
+        let batcher = Batcher::new("failing", backend, pool, cfg(8192, 64)).unwrap();
+        let before = inputs_total();
+        let got = batcher.embed(vec![vec![1, 2]; 5]).await;
+        assert!(matches!(got, Err(EmbedError::Inference(_))), "{got:?}");
+        assert_eq!(inputs_total(), before);
     }
 }

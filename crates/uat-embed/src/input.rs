@@ -6,6 +6,7 @@ use crate::backend::{EmbeddingBackend, ModelInfo};
 use crate::error::{EmbedError, Result};
 use base64::Engine as _;
 use serde_json::Value;
+use uat_config::TokenIds;
 
 /// Most inputs one request may carry (the OpenAI limit). Defined in the config
 /// crate, which requires `embeddings.queue_capacity` to hold this many.
@@ -16,8 +17,9 @@ pub const MAX_INPUTS: usize = uat_config::EmbeddingsConfig::MAX_REQUEST_INPUTS;
 pub enum EmbeddingInput {
     /// One or more texts (`"text"` or `["a", "b"]`).
     Texts(Vec<String>),
-    /// One or more token-id sequences (`[1, 2, 3]` or `[[1, 2], [3]]`), taken as the
-    /// exact ids the model sees: special tokens are not added.
+    /// One or more token-id sequences (`[1, 2, 3]` or `[[1, 2], [3]]`). Read as
+    /// the model's `token_ids` setting says ([`EmbeddingInput::resolve_token_ids`]);
+    /// here they are the exact ids the model sees: special tokens are not added.
     TokenIds(Vec<Vec<u32>>),
 }
 
@@ -30,6 +32,7 @@ impl EmbeddingInput {
     /// kind (the first item fixes the kind), [`EmbedError::InvalidInput`] otherwise.
     pub fn from_json(v: &Value) -> Result<EmbeddingInput> {
         let items = match v {
+            Value::String(s) if s.is_empty() => return Err(EmbedError::EmptyInput),
             Value::String(s) => return Ok(EmbeddingInput::Texts(vec![s.clone()])),
             Value::Array(items) => items,
             _ => return Err(EmbedError::InvalidInput),
@@ -42,6 +45,10 @@ impl EmbeddingInput {
                     .iter()
                     .enumerate()
                     .map(|(index, item)| match item {
+                        Value::String(s) if s.is_empty() => Err(EmbedError::InvalidInputItem {
+                            index,
+                            expected: "a non-empty string",
+                        }),
                         Value::String(s) => Ok(s.clone()),
                         _ => Err(EmbedError::InvalidInputItem {
                             index,
@@ -91,6 +98,42 @@ impl EmbeddingInput {
         self.len() == 0
     }
 
+    /// Token-id inputs read as `mode` says: with [`TokenIds::Cl100kBase`] each
+    /// sequence is decoded to text (bytes that are not UTF-8, such as a character
+    /// split between two sequences, become U+FFFD) for the model's own tokenizer;
+    /// with [`TokenIds::Model`], and for texts, the input is returned as it is.
+    ///
+    /// An id outside `cl100k_base`: [`EmbedError::InvalidTokenId`] naming the
+    /// input. The first call builds the decoding table (parsing the compiled-in
+    /// ranks; about 1 MB is then held for the life of the process), so call it
+    /// from a blocking context unless [`EmbeddingInput::resolves_inline`].
+    pub fn resolve_token_ids(self, mode: TokenIds) -> Result<EmbeddingInput> {
+        match (self, mode) {
+            (EmbeddingInput::TokenIds(seqs), TokenIds::Cl100kBase) => {
+                let table = cl100k()?;
+                seqs.iter()
+                    .enumerate()
+                    .map(|(index, ids)| table.decode(index, ids))
+                    .collect::<Result<Vec<_>>>()
+                    .map(EmbeddingInput::Texts)
+            }
+            (input, _) => Ok(input),
+        }
+    }
+
+    /// Whether [`EmbeddingInput::resolve_token_ids`] with `mode` is cheap enough
+    /// for an async worker: nothing to decode, or a few thousand ids once the
+    /// decoding table is built (cheaper than a hop to the blocking pool).
+    pub fn resolves_inline(&self, mode: TokenIds) -> bool {
+        match (self, mode) {
+            (EmbeddingInput::TokenIds(seqs), TokenIds::Cl100kBase) => {
+                CL100K.get().is_some()
+                    && seqs.iter().map(Vec::len).sum::<usize>() <= INLINE_DECODE_IDS
+            }
+            _ => true,
+        }
+    }
+
     /// Checks the count of a programmatically built input (JSON is checked by
     /// [`EmbeddingInput::from_json`]).
     pub fn validate(&self) -> Result<()> {
@@ -135,6 +178,74 @@ fn token_ids(items: &[Value], outer: Option<usize>) -> Result<Vec<u32>> {
         })
         .collect()
 }
+
+/// Ids in `cl100k_base`, special tokens included (`<|endofprompt|>` is the last).
+const CL100K_IDS: u32 = 100_277;
+
+/// The bytes of every `cl100k_base` token, built once from the ranks that
+/// `tiktoken-rs` compiles in: one buffer and an offset per id (an id that is
+/// no token has an empty range; every token has at least one byte).
+struct Cl100k {
+    bytes: Vec<u8>,
+    /// `CL100K_IDS + 1` offsets into `bytes`.
+    offsets: Vec<u32>,
+}
+
+impl Cl100k {
+    fn build() -> std::result::Result<Cl100k, String> {
+        let bpe = tiktoken_rs::cl100k_base().map_err(|e| e.to_string())?;
+        let mut bytes = Vec::with_capacity(1 << 20);
+        let mut offsets = Vec::with_capacity(CL100K_IDS as usize + 1);
+        offsets.push(0);
+        for id in 0..CL100K_IDS {
+            // Ids that are no token (100256, 100261..=100275) fail: left empty.
+            if let Ok(b) = bpe.decode_bytes(&[id]) {
+                bytes.extend_from_slice(&b);
+            }
+            let end = u32::try_from(bytes.len()).map_err(|e| e.to_string())?;
+            offsets.push(end);
+        }
+        bytes.shrink_to_fit();
+        Ok(Cl100k { bytes, offsets })
+    }
+
+    /// The bytes of token `id`, `None` for an id that is no token.
+    fn token(&self, id: u32) -> Option<&[u8]> {
+        let i = usize::try_from(id).ok()?;
+        let (start, end) = (*self.offsets.get(i)?, *self.offsets.get(i + 1)?);
+        let b = self.bytes.get(start as usize..end as usize)?;
+        (!b.is_empty()).then_some(b)
+    }
+
+    fn decode(&self, index: usize, ids: &[u32]) -> Result<String> {
+        let mut out = Vec::with_capacity(ids.len() * 4);
+        for &id in ids {
+            let b = self.token(id).ok_or(EmbedError::InvalidTokenId {
+                index,
+                id: i64::from(id),
+                vocab_size: CL100K_IDS as usize,
+            })?;
+            out.extend_from_slice(b);
+        }
+        Ok(match String::from_utf8(out) {
+            Ok(s) => s,
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        })
+    }
+}
+
+static CL100K: std::sync::OnceLock<std::result::Result<Cl100k, String>> =
+    std::sync::OnceLock::new();
+
+fn cl100k() -> Result<&'static Cl100k> {
+    CL100K
+        .get_or_init(Cl100k::build)
+        .as_ref()
+        .map_err(|e| EmbedError::Tokenizer(format!("cl100k_base: {e}")))
+}
+
+/// Token ids decoded on the caller's thread once the table is built.
+const INLINE_DECODE_IDS: usize = 8192;
 
 /// Inputs turned into token ids, ready for the batcher.
 #[derive(Debug, Clone, PartialEq)]

@@ -13,10 +13,22 @@
 //! held. A model asked for while its unloaded instance is still alive is put
 //! back in service rather than loaded a second time. Loads run one at a time;
 //! the model folder is checked before anything is unloaded for it.
+//!
+//! A load runs as a task of its own, one per model: every request for the
+//! model waits on the same load, and a load whose requester went away (a
+//! client that disconnected) still puts the model in service, so the next
+//! request finds it instead of loading it a second time while the first copy
+//! still holds memory. A load waits for the other models' loads and for
+//! memory together at most the budget wait. A request is checked against what
+//! is known of the model (its folder's `config.json` and pooling, or its last
+//! load) before the model is loaded for it, so a request that would fail
+//! anyway never loads a model or unloads others.
 
 use crate::backend::{CandleBackend, EmbeddingBackend, ModelInfo};
 use crate::batcher::{Batcher, BatcherConfig, ComputePool};
+use crate::bert::BertConfig;
 use crate::error::{EmbedError, Result};
+use crate::folder::FolderSpec;
 use crate::input::{EmbeddingInput, check_dimensions, prepare};
 use crate::metrics;
 use parking_lot::Mutex;
@@ -184,11 +196,20 @@ impl Drop for InFlight {
     }
 }
 
+/// A load in progress, shared by every request for the model; holds the
+/// outcome once the load is done.
+type LoadWatch = tokio::sync::watch::Receiver<Option<Result<Arc<Loaded>>>>;
+
 struct Entry {
     name: String,
     path: PathBuf,
     eager: bool,
     slot: Mutex<Slot>,
+    /// The load in progress, if any (numbered): new requests wait on it.
+    loading: Mutex<Option<(u64, LoadWatch)>>,
+    /// Facts of the model at its last load: what a request is checked
+    /// against before a load when its folder cannot tell.
+    last_info: Mutex<Option<ModelInfo>>,
     /// Bytes measured at the last load (0 before): the estimate of the next one
     /// when larger than the file sizes.
     last_bytes: AtomicU64,
@@ -198,6 +219,11 @@ struct Entry {
 
 /// The configured local embedding models.
 pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+/// The registry's state, shared with the load tasks.
+struct Inner {
     entries: Vec<Entry>,
     pool: Arc<ComputePool>,
     batcher: BatcherConfig,
@@ -213,7 +239,10 @@ pub struct Registry {
     /// Woken whenever a model instance is gone or put back in service: a
     /// load waiting for memory looks again.
     freed: Arc<tokio::sync::Notify>,
-    budget_wait: Duration,
+    /// Longest a load waits, for other loads and for memory, in nanoseconds.
+    budget_wait_ns: AtomicU64,
+    /// Numbers the loads.
+    load_seq: AtomicU64,
 }
 
 /// Total text bytes above which tokenization leaves the async worker.
@@ -226,69 +255,50 @@ impl Registry {
         let loader: Loader = Arc::new(|p: &Path| {
             CandleBackend::load(p).map(|b| Arc::new(b) as Arc<dyn EmbeddingBackend>)
         });
-        let mut r = Registry::with_loader(cfg, loader)?;
-        r.check = Some(CandleBackend::check);
-        Ok(r)
+        let mut inner = Inner::new(cfg, loader)?;
+        inner.check = Some(CandleBackend::check);
+        Ok(Registry {
+            inner: Arc::new(inner),
+        })
     }
 
     /// Like [`Registry::new`] with another model loader (tests, other backends).
     /// The size of a model before its first load is estimated from the sizes of
     /// `model.safetensors` and `tokenizer.json` in its folder.
     pub fn with_loader(cfg: &uat_config::EmbeddingsConfig, loader: Loader) -> Result<Registry> {
-        let entries = cfg
-            .models
-            .iter()
-            .map(|m| Entry {
-                name: m.name.clone(),
-                path: m.path.clone(),
-                eager: m.eager,
-                slot: Mutex::new(Slot::default()),
-                last_bytes: AtomicU64::new(0),
-                last_use: AtomicU64::new(0),
-            })
-            .collect();
         Ok(Registry {
-            entries,
-            pool: ComputePool::new(cfg.threads)?,
-            batcher: BatcherConfig::from(cfg),
-            memory_budget: cfg.memory_budget,
-            keep_alive: cfg.keep_alive,
-            epoch: Instant::now(),
-            epoch_wall: SystemTime::now(),
-            loader,
-            check: None,
-            load_lock: tokio::sync::Mutex::new(()),
-            freed: Arc::new(tokio::sync::Notify::new()),
-            budget_wait: BUDGET_WAIT,
+            inner: Arc::new(Inner::new(cfg, loader)?),
         })
     }
 
-    /// Sets how long a load waits for models that were unloaded but are still
-    /// finishing requests to free the memory it needs (30 s by default); past
-    /// it the load fails with [`EmbedError::MemoryBudget`].
-    pub fn with_budget_wait(mut self, wait: Duration) -> Registry {
-        self.budget_wait = wait;
+    /// Sets how long a load waits for other models' loads and for models that
+    /// were unloaded but are still finishing requests to free the memory it
+    /// needs (30 s by default, both waits together); past it the load fails
+    /// with [`EmbedError::MemoryBudget`].
+    pub fn with_budget_wait(self, wait: Duration) -> Registry {
+        self.inner
+            .budget_wait_ns
+            .store(nanos(wait), Ordering::Relaxed);
         self
     }
 
     /// Names of the configured models (for `GET /v1/models`), in config order.
     pub fn names(&self) -> Vec<String> {
-        self.entries.iter().map(|e| e.name.clone()).collect()
+        self.inner.entries.iter().map(|e| e.name.clone()).collect()
     }
 
     /// Whether `name` is a configured local model.
     pub fn contains(&self, name: &str) -> bool {
-        self.entries.iter().any(|e| e.name == name)
-    }
-
-    fn entry(&self, name: &str) -> Result<&Entry> {
-        self.entries
-            .iter()
-            .find(|e| e.name == name)
-            .ok_or_else(|| EmbedError::UnknownModel(name.to_string()))
+        self.inner.entries.iter().any(|e| e.name == name)
     }
 
     /// Embeds a request with model `model`, loading it first if needed.
+    ///
+    /// A model not in service is loaded only for a request that passes the
+    /// checks its static facts allow (`dimensions`, token ids), read from its
+    /// folder or kept from its last load. The load goes on if this request is
+    /// dropped meanwhile, and requests for a model being loaded wait for that
+    /// load.
     ///
     /// Errors: the caller's ([`EmbedError::is_client_error`]: unknown model, bad
     /// input, too long with `truncate: false`, unsupported `dimensions`),
@@ -296,11 +306,23 @@ impl Registry {
     /// [`EmbedError::MemoryBudget`] when the model cannot be loaded in time
     /// within the budget, or ours (load/inference).
     pub async fn embed(&self, model: &str, req: EmbedRequest) -> Result<EmbedResponse> {
-        let entry = self.entry(model)?;
+        let inner = &self.inner;
+        let idx = inner.index(model)?;
+        let entry = inner.entry_at(idx)?;
         req.input.validate()?;
-        let in_flight = InFlight::new(self.ensure_loaded(entry).await?);
+        // Not in service: check what can be checked before loading it (or
+        // putting an unloaded instance back in service) for this request.
+        let serving = entry.slot.lock().loaded.clone();
+        let loaded = match serving {
+            Some(l) => l,
+            None => {
+                inner.check_unloaded(entry, &req).await?;
+                inner.ensure_loaded(idx).await?
+            }
+        };
+        let in_flight = InFlight::new(loaded);
         let loaded = &in_flight.0;
-        self.touch(entry);
+        inner.touch(entry);
         let backend = Arc::clone(loaded.batcher.backend());
         check_dimensions(model, backend.info(), req.dimensions)?;
         let text_bytes: usize = match &req.input {
@@ -316,7 +338,7 @@ impl Registry {
                 .map_err(|e| EmbedError::Tokenizer(e.to_string()))??
         };
         let embeddings = loaded.batcher.embed(prepared.ids).await?;
-        self.touch(entry);
+        inner.touch(entry);
         Ok(EmbedResponse {
             model: entry.name.clone(),
             embeddings,
@@ -326,7 +348,7 @@ impl Registry {
 
     /// Static facts of a loaded model (`None` when not loaded).
     pub fn info(&self, name: &str) -> Result<Option<ModelInfo>> {
-        let entry = self.entry(name)?;
+        let entry = self.inner.entry(name)?;
         let loaded = entry.slot.lock().loaded.clone();
         Ok(loaded.map(|l| l.batcher.backend().info().clone()))
     }
@@ -334,19 +356,187 @@ impl Registry {
     /// Batches (forward calls) the loaded model's batcher has run (`None` when not
     /// loaded); counts from zero at each load.
     pub fn batches(&self, name: &str) -> Result<Option<u64>> {
-        let entry = self.entry(name)?;
+        let entry = self.inner.entry(name)?;
         let loaded = entry.slot.lock().loaded.clone();
         Ok(loaded.map(|l| l.batcher.batches()))
     }
 
     /// Every configured model with its state.
     pub fn list(&self) -> Vec<ModelStatus> {
-        self.entries.iter().map(|e| self.status(e)).collect()
+        self.inner
+            .entries
+            .iter()
+            .map(|e| self.inner.status(e))
+            .collect()
     }
 
     /// One model's state.
     pub fn status_of(&self, name: &str) -> Result<ModelStatus> {
-        Ok(self.status(self.entry(name)?))
+        Ok(self.inner.status(self.inner.entry(name)?))
+    }
+
+    /// Loads `name` now (admin `load`); a no-op if loaded. Counts as a use. The
+    /// load goes on if this call is dropped.
+    pub async fn load(&self, name: &str) -> Result<ModelStatus> {
+        let idx = self.inner.index(name)?;
+        self.inner.ensure_loaded(idx).await?;
+        let entry = self.inner.entry_at(idx)?;
+        self.inner.touch(entry);
+        Ok(self.inner.status(entry))
+    }
+
+    /// Loads every model marked `eager`.
+    pub async fn load_eager(&self) -> Result<()> {
+        for (idx, _) in self
+            .inner
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.eager)
+        {
+            self.inner.ensure_loaded(idx).await?;
+        }
+        Ok(())
+    }
+
+    /// Unloads `name` (admin `unload`); returns whether it was loaded. Requests
+    /// already queued still finish; the memory is freed after them, and counts
+    /// against the budget until then. (A load in progress is not stopped.)
+    pub fn unload(&self, name: &str) -> Result<bool> {
+        let entry = self.inner.entry(name)?;
+        Ok(self.inner.unload_entry(entry))
+    }
+
+    /// Memory held by models together: those loaded, plus those unloaded but
+    /// still finishing requests (what the budget counts).
+    pub fn loaded_bytes(&self) -> u64 {
+        self.inner.loaded_bytes()
+    }
+
+    /// Unloads models idle longer than `keep_alive` (zero disables it); returns
+    /// their names.
+    pub fn unload_idle(&self) -> Vec<String> {
+        let inner = &self.inner;
+        if inner.keep_alive.is_zero() {
+            return Vec::new();
+        }
+        let now = inner.now_ms();
+        let keep = inner.keep_alive.as_millis() as u64;
+        let mut out = Vec::new();
+        for e in &inner.entries {
+            let last = e.last_use.load(Ordering::Relaxed).saturating_sub(1);
+            if now.saturating_sub(last) >= keep && inner.unload_entry(e) {
+                out.push(e.name.clone());
+            }
+        }
+        out
+    }
+
+    /// Spawns a task that runs [`Registry::unload_idle`] periodically until the
+    /// registry is dropped.
+    pub fn spawn_keep_alive(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let weak: Weak<Registry> = Arc::downgrade(self);
+        let every =
+            (self.inner.keep_alive / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match weak.upgrade() {
+                    Some(r) => {
+                        r.unload_idle();
+                    }
+                    None => return,
+                }
+            }
+        })
+    }
+}
+
+/// `d` in nanoseconds, saturating.
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Clears an entry's load in progress (number `id`, not a later one) once the
+/// load is done, and at the latest when its task ends, however it ends (done,
+/// failed, panicked or dropped with the runtime).
+struct LoadDone {
+    inner: Arc<Inner>,
+    idx: usize,
+    id: u64,
+}
+
+impl LoadDone {
+    fn clear(&self) {
+        if let Some(e) = self.inner.entries.get(self.idx) {
+            let mut loading = e.loading.lock();
+            if loading.as_ref().is_some_and(|(id, _)| *id == self.id) {
+                *loading = None;
+            }
+        }
+    }
+}
+
+impl Drop for LoadDone {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
+impl Inner {
+    fn new(cfg: &uat_config::EmbeddingsConfig, loader: Loader) -> Result<Inner> {
+        let entries = cfg
+            .models
+            .iter()
+            .map(|m| Entry {
+                name: m.name.clone(),
+                path: m.path.clone(),
+                eager: m.eager,
+                slot: Mutex::new(Slot::default()),
+                loading: Mutex::new(None),
+                last_info: Mutex::new(None),
+                last_bytes: AtomicU64::new(0),
+                last_use: AtomicU64::new(0),
+            })
+            .collect();
+        Ok(Inner {
+            entries,
+            pool: ComputePool::new(cfg.threads)?,
+            batcher: BatcherConfig::from(cfg),
+            memory_budget: cfg.memory_budget,
+            keep_alive: cfg.keep_alive,
+            epoch: Instant::now(),
+            epoch_wall: SystemTime::now(),
+            loader,
+            check: None,
+            load_lock: tokio::sync::Mutex::new(()),
+            freed: Arc::new(tokio::sync::Notify::new()),
+            budget_wait_ns: AtomicU64::new(nanos(BUDGET_WAIT)),
+            load_seq: AtomicU64::new(0),
+        })
+    }
+
+    fn index(&self, name: &str) -> Result<usize> {
+        self.entries
+            .iter()
+            .position(|e| e.name == name)
+            .ok_or_else(|| EmbedError::UnknownModel(name.to_string()))
+    }
+
+    fn entry(&self, name: &str) -> Result<&Entry> {
+        self.entry_at(self.index(name)?)
+    }
+
+    fn entry_at(&self, idx: usize) -> Result<&Entry> {
+        self.entries
+            .get(idx)
+            .ok_or_else(|| EmbedError::UnknownModel(format!("#{idx}")))
+    }
+
+    fn budget_wait(&self) -> Duration {
+        Duration::from_nanos(self.budget_wait_ns.load(Ordering::Relaxed))
     }
 
     fn status(&self, e: &Entry) -> ModelStatus {
@@ -366,30 +556,6 @@ impl Registry {
             dimensions: info.as_ref().map(|i| i.dim),
             max_seq_length: info.as_ref().map(|i| i.max_seq_length),
         }
-    }
-
-    /// Loads `name` now (admin `load`); a no-op if loaded. Counts as a use.
-    pub async fn load(&self, name: &str) -> Result<ModelStatus> {
-        let entry = self.entry(name)?;
-        self.ensure_loaded(entry).await?;
-        self.touch(entry);
-        Ok(self.status(entry))
-    }
-
-    /// Loads every model marked `eager`.
-    pub async fn load_eager(&self) -> Result<()> {
-        for e in self.entries.iter().filter(|e| e.eager) {
-            self.ensure_loaded(e).await?;
-        }
-        Ok(())
-    }
-
-    /// Unloads `name` (admin `unload`); returns whether it was loaded. Requests
-    /// already queued still finish; the memory is freed after them, and counts
-    /// against the budget until then.
-    pub fn unload(&self, name: &str) -> Result<bool> {
-        let entry = self.entry(name)?;
-        Ok(self.unload_entry(entry))
     }
 
     fn unload_entry(&self, e: &Entry) -> bool {
@@ -419,7 +585,7 @@ impl Registry {
 
     /// Memory held by models together: those loaded, plus those unloaded but
     /// still finishing requests (what the budget counts).
-    pub fn loaded_bytes(&self) -> u64 {
+    fn loaded_bytes(&self) -> u64 {
         self.entries.iter().map(|e| e.slot.lock().held()).sum()
     }
 
@@ -438,45 +604,6 @@ impl Registry {
             .count()
     }
 
-    /// Unloads models idle longer than `keep_alive` (zero disables it); returns
-    /// their names.
-    pub fn unload_idle(&self) -> Vec<String> {
-        if self.keep_alive.is_zero() {
-            return Vec::new();
-        }
-        let now = self.now_ms();
-        let keep = self.keep_alive.as_millis() as u64;
-        let mut out = Vec::new();
-        for e in &self.entries {
-            let last = e.last_use.load(Ordering::Relaxed).saturating_sub(1);
-            if now.saturating_sub(last) >= keep && self.unload_entry(e) {
-                out.push(e.name.clone());
-            }
-        }
-        out
-    }
-
-    /// Spawns a task that runs [`Registry::unload_idle`] periodically until the
-    /// registry is dropped.
-    pub fn spawn_keep_alive(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
-        let weak: Weak<Registry> = Arc::downgrade(self);
-        let every =
-            (self.keep_alive / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                match weak.upgrade() {
-                    Some(r) => {
-                        r.unload_idle();
-                    }
-                    None => return,
-                }
-            }
-        })
-    }
-
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
@@ -485,17 +612,84 @@ impl Registry {
         e.last_use.store(self.now_ms() + 1, Ordering::Relaxed);
     }
 
-    /// The instance in service, loading the model if needed.
-    async fn ensure_loaded(&self, e: &Entry) -> Result<Arc<Loaded>> {
+    /// Checks `req` against what is known of a model not in service, before it
+    /// is loaded for it: the facts its folder declares, else those of its last
+    /// load; neither known (a folder only its loader understands, never
+    /// loaded), nothing is checked here (the request is checked after the
+    /// load as always). Reads the folder's small JSON files on the blocking
+    /// pool.
+    async fn check_unloaded(&self, e: &Entry, req: &EmbedRequest) -> Result<()> {
+        let path = e.path.clone();
+        let from_folder = tokio::task::spawn_blocking(move || folder_info(&path))
+            .await
+            .ok()
+            .flatten();
+        let Some(info) = from_folder.or_else(|| e.last_info.lock().clone()) else {
+            return Ok(());
+        };
+        check_dimensions(&e.name, &info, req.dimensions)?;
+        if let EmbeddingInput::TokenIds(seqs) = &req.input {
+            check_token_ids(&info, seqs, req.truncate)?;
+        }
+        Ok(())
+    }
+
+    /// The instance in service, loading the model if needed. The load runs in
+    /// a task of its own, shared by every caller that asks for the model
+    /// meanwhile: it finishes and puts the model in service even if every
+    /// caller has gone.
+    async fn ensure_loaded(self: &Arc<Self>, idx: usize) -> Result<Arc<Loaded>> {
+        let e = self.entry_at(idx)?;
         if let Some(l) = self.in_service(e)? {
             return Ok(l);
         }
-        let _guard = self.load_lock.lock().await;
-        if let Some(l) = self.in_service(e)? {
-            return Ok(l);
+        let mut load = self.join_load(idx, e);
+        let outcome = match load.wait_for(Option::is_some).await {
+            Ok(done) => done.clone(),
+            // The task ended without an outcome: it panicked, or the runtime
+            // is going away.
+            Err(_) => None,
+        };
+        outcome.unwrap_or_else(|| Err(EmbedError::load(&e.path, "the load was abandoned")))
+    }
+
+    /// The load of entry `idx` in progress, or a new one started.
+    fn join_load(self: &Arc<Self>, idx: usize, e: &Entry) -> LoadWatch {
+        let mut loading = e.loading.lock();
+        if let Some((_, load)) = loading.as_ref() {
+            return load.clone();
         }
+        let id = self.load_seq.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        *loading = Some((id, rx.clone()));
+        drop(loading);
+        let done = LoadDone {
+            inner: Arc::clone(self),
+            idx,
+            id,
+        };
+        tokio::spawn(async move {
+            let outcome = match done.inner.entry_at(done.idx) {
+                Ok(e) => done.inner.load_entry(e).await,
+                Err(err) => Err(err),
+            };
+            // Cleared before the outcome is out: a request that comes after a
+            // failed load starts a new one rather than taking this failure,
+            // and the outcome (and the model it holds) is kept only by the
+            // callers reading it.
+            done.clear();
+            tx.send_replace(Some(outcome));
+        });
+        rx
+    }
+
+    /// Loads `e` and puts it in service: checks its folder, waits for the
+    /// other loads and makes room under the budget (both within the budget
+    /// wait), then runs the loader on the blocking pool.
+    async fn load_entry(&self, e: &Entry) -> Result<Arc<Loaded>> {
+        let deadline = tokio::time::Instant::now() + self.budget_wait();
         let started = Instant::now();
-        // Check the folder before unloading anything for it.
+        // Check the folder before waiting and before unloading anything for it.
         let estimate = match self.check {
             Some(check) => {
                 let path = e.path.clone();
@@ -506,7 +700,22 @@ impl Registry {
             None => estimate_bytes(&e.path),
         };
         let needed = estimate.max(e.last_bytes.load(Ordering::Relaxed));
-        self.make_room(e, needed).await?;
+        let Ok(_guard) = tokio::time::timeout_at(deadline, self.load_lock.lock()).await else {
+            tracing::warn!(
+                model = %e.name,
+                needed,
+                "embedding model not loaded: other models' loads took the whole wait"
+            );
+            return Err(EmbedError::MemoryBudget {
+                model: e.name.clone(),
+                needed,
+                budget: self.memory_budget,
+            });
+        };
+        if let Some(l) = self.in_service(e)? {
+            return Ok(l);
+        }
+        self.make_room(e, needed, deadline).await?;
         let loader = Arc::clone(&self.loader);
         let path = e.path.clone();
         let backend = tokio::task::spawn_blocking(move || loader(&path))
@@ -514,6 +723,7 @@ impl Registry {
             .map_err(|err| EmbedError::load(&e.path, err))??;
         let bytes = backend.memory_bytes();
         e.last_bytes.store(bytes, Ordering::Relaxed);
+        *e.last_info.lock() = Some(backend.info().clone());
         let release = Arc::new(Release(Arc::clone(&self.freed)));
         let weak_release = Arc::downgrade(&release);
         let backend: Arc<dyn EmbeddingBackend> = Arc::new(Tracked {
@@ -598,11 +808,15 @@ impl Registry {
     }
 
     /// Makes room for `needed` bytes of `e` under the budget: unloads other
-    /// models ([`Registry::evict_for`]), then waits until the unloaded ones
-    /// still serving are gone, at most `budget_wait`. A model larger than the
-    /// whole budget may load once nothing else holds memory.
-    async fn make_room(&self, e: &Entry, needed: u64) -> Result<()> {
-        let deadline = tokio::time::Instant::now() + self.budget_wait;
+    /// models ([`Inner::evict_for`]), then waits until the unloaded ones
+    /// still serving are gone, until `deadline` at most. A model larger than
+    /// the whole budget may load once nothing else holds memory.
+    async fn make_room(
+        &self,
+        e: &Entry,
+        needed: u64,
+        deadline: tokio::time::Instant,
+    ) -> Result<()> {
         loop {
             // Registered before the check, so a model gone in between still wakes us.
             let freed = self.freed.notified();
@@ -633,7 +847,7 @@ impl Registry {
     /// Unloads models other than `keep` until the models in service plus
     /// `incoming` fit the budget (or nothing else is in service): first those
     /// without requests in flight, least recently used first. (Unloaded models
-    /// still serving keep their memory for a while; [`Registry::make_room`]
+    /// still serving keep their memory for a while; [`Inner::make_room`]
     /// waits for them.)
     fn evict_for(&self, keep: &str, incoming: u64) {
         while self.in_service_bytes().saturating_add(incoming) > self.memory_budget {
@@ -671,4 +885,44 @@ fn estimate_bytes(dir: &Path) -> u64 {
         .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
         .map(|m| m.len())
         .sum()
+}
+
+/// What a model folder declares of the facts a request is checked against,
+/// read as [`CandleBackend::load`] reads them (`None` when the folder does not
+/// say, e.g. one only a custom loader understands).
+fn folder_info(dir: &Path) -> Option<ModelInfo> {
+    let spec = FolderSpec::read(dir).ok()?;
+    let config = BertConfig::read(&spec.transformer_dir.join("config.json")).ok()?;
+    Some(ModelInfo {
+        dim: spec.pooling.output_dim(config.hidden_size),
+        max_seq_length: spec
+            .max_seq_length
+            .unwrap_or(config.max_position_embeddings)
+            .min(config.max_position_embeddings),
+        vocab_size: config.vocab_size,
+        pooling: spec.pooling,
+        normalize: spec.normalize,
+    })
+}
+
+/// The errors [`prepare`] gives token-id inputs, found from `info` alone (in
+/// the same order: input by input, the vocabulary before the length).
+fn check_token_ids(info: &ModelInfo, seqs: &[Vec<u32>], truncate: bool) -> Result<()> {
+    for (index, ids) in seqs.iter().enumerate() {
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= info.vocab_size) {
+            return Err(EmbedError::InvalidTokenId {
+                index,
+                id: i64::from(id),
+                vocab_size: info.vocab_size,
+            });
+        }
+        if !truncate && ids.len() > info.max_seq_length {
+            return Err(EmbedError::InputTooLong {
+                index,
+                tokens: ids.len(),
+                limit: info.max_seq_length,
+            });
+        }
+    }
+    Ok(())
 }

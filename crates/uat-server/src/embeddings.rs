@@ -11,14 +11,18 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use serde::Serialize;
 use serde_json::{Value, json};
+use std::collections::HashMap;
 use std::sync::Arc;
-use uat_config::Config;
+use uat_config::{Config, TokenIds};
 use uat_embed::{EmbedError, EmbedRequest, EmbeddingInput, EncodingFormat, Registry};
 
 /// Handle to the local embedding models, held in [`AppState`].
 pub struct EmbedService {
     registry: Arc<Registry>,
+    /// How each model reads token-id inputs (`token_ids`).
+    token_ids: HashMap<String, TokenIds>,
     _keep_alive: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -39,8 +43,15 @@ impl EmbedService {
         } else {
             Some(registry.spawn_keep_alive())
         };
+        let token_ids = config
+            .embeddings
+            .models
+            .iter()
+            .map(|m| (m.name.clone(), m.token_ids))
+            .collect();
         Ok(EmbedService {
             registry,
+            token_ids,
             _keep_alive: keep_alive,
         })
     }
@@ -306,8 +317,23 @@ fn tagged(mut resp: Response, provider: &str, attempts: u32, model: &str) -> Res
 }
 
 async fn local(state: &AppState, p: Parsed) -> Result<Response, ApiError> {
+    let mode = state
+        .embed
+        .token_ids
+        .get(&p.model)
+        .copied()
+        .unwrap_or_default();
+    let input = if p.input.resolves_inline(mode) {
+        p.input.resolve_token_ids(mode)
+    } else {
+        let input = p.input;
+        tokio::task::spawn_blocking(move || input.resolve_token_ids(mode))
+            .await
+            .map_err(ApiError::internal)?
+    }
+    .map_err(embed_error)?;
     let req = EmbedRequest {
-        input: p.input,
+        input,
         truncate: p.truncate,
         dimensions: p.dimensions,
     };
@@ -317,29 +343,115 @@ async fn local(state: &AppState, p: Parsed) -> Result<Response, ApiError> {
         .embed(&p.model, req)
         .await
         .map_err(embed_error)?;
-    let data: Vec<Value> = out
+    let floats: usize = out.embeddings.iter().map(Vec::len).sum();
+    let format = p.format;
+    let body = if floats <= INLINE_RENDER_FLOATS {
+        render(&out, format)
+    } else {
+        tokio::task::spawn_blocking(move || render(&out, format))
+            .await
+            .map_err(ApiError::internal)?
+    }
+    .map_err(ApiError::internal)?;
+    let mut resp = (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response();
+    // The body holds its `data` list: the cache need not parse it to check.
+    resp.extensions_mut().insert(uat_router::Shape {
+        choices: false,
+        data: true,
+    });
+    Ok(resp)
+}
+
+/// Floats rendered on the async worker; larger answers go to the blocking pool.
+const INLINE_RENDER_FLOATS: usize = 16 * 1024;
+
+/// The answer's body. Keys in the order the `json!` map gave them before
+/// (sorted), so answers stay byte-compatible; each f32 printed in its own
+/// shortest form (`-0.034477286`), not widened to f64 (`-0.03447728604078293`).
+#[derive(Serialize)]
+struct Answer<'a> {
+    data: Vec<Item<'a>>,
+    model: &'a str,
+    object: &'static str,
+    usage: Usage,
+}
+
+#[derive(Serialize)]
+struct Item<'a> {
+    embedding: Vector<'a>,
+    index: usize,
+    object: &'static str,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Vector<'a> {
+    Float(&'a [f32]),
+    Base64(String),
+}
+
+#[derive(Serialize)]
+struct Usage {
+    prompt_tokens: usize,
+    total_tokens: usize,
+}
+
+fn render(out: &uat_embed::EmbedResponse, format: EncodingFormat) -> serde_json::Result<Vec<u8>> {
+    let floats: usize = out.embeddings.iter().map(Vec::len).sum();
+    let data = out
         .embeddings
         .iter()
         .enumerate()
-        .map(|(i, e)| {
-            let embedding = match p.format {
-                EncodingFormat::Float => json!(e),
-                EncodingFormat::Base64 => Value::String(uat_embed::encode_base64(e)),
-            };
-            json!({ "object": "embedding", "index": i, "embedding": embedding })
+        .map(|(index, e)| Item {
+            embedding: match format {
+                EncodingFormat::Float => Vector::Float(e),
+                EncodingFormat::Base64 => Vector::Base64(uat_embed::encode_base64(e)),
+            },
+            index,
+            object: "embedding",
         })
         .collect();
-    Ok(axum::Json(json!({
-        "object": "list",
-        "data": data,
-        "model": out.model,
-        "usage": { "prompt_tokens": out.prompt_tokens, "total_tokens": out.prompt_tokens },
-    }))
-    .into_response())
+    let answer = Answer {
+        data,
+        model: &out.model,
+        object: "list",
+        usage: Usage {
+            prompt_tokens: out.prompt_tokens,
+            total_tokens: out.prompt_tokens,
+        },
+    };
+    // About 12 bytes a float (sign, "0.", 9 digits, comma).
+    let mut body = Vec::with_capacity(floats * 12 + out.embeddings.len() * 48 + 128);
+    serde_json::to_writer(&mut body, &answer)?;
+    Ok(body)
 }
 
+/// The registry's models, without their folders: the listing is open to every
+/// key, and a server path is not the caller's business (the handler cannot tell
+/// an admin key; the admin `load` route still answers with it).
 async fn list_models(State(state): State<AppState>) -> Response {
-    axum::Json(json!({ "object": "list", "data": state.embed.registry.list() })).into_response()
+    let data: Vec<Value> = state
+        .embed
+        .registry
+        .list()
+        .into_iter()
+        .map(|m| {
+            let mut v = json!(m);
+            if let Some(o) = v.as_object_mut() {
+                o.remove("path");
+            }
+            v
+        })
+        .collect();
+    axum::Json(json!({ "object": "list", "data": data })).into_response()
 }
 
 async fn load_model(

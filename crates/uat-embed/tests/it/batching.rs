@@ -351,3 +351,143 @@ async fn a_burst_right_after_a_reply_is_split_by_work() {
     let widest = backend.widest.load(Ordering::SeqCst);
     assert!(widest <= 320, "widest pass: {widest} padded tokens");
 }
+
+/// A backend that counts its forward passes, notes the pass in which an input
+/// holding `MARK` ran, and holds its first pass until the test opens the gate.
+struct Marking {
+    info: ModelInfo,
+    passes: AtomicU64,
+    /// The 1-based pass that held `MARK` (0: not yet).
+    marked_in: AtomicU64,
+    gate: Mutex<Option<mpsc::Receiver<()>>>,
+}
+
+const MARK: u32 = 7;
+
+impl Marking {
+    fn new() -> (Arc<Self>, mpsc::Sender<()>) {
+        let (tx, rx) = mpsc::channel();
+        let b = Arc::new(Marking {
+            info: ModelInfo {
+                dim: 1,
+                max_seq_length: 64,
+                vocab_size: 256,
+                pooling: Pooling::MEAN,
+                normalize: false,
+            },
+            passes: AtomicU64::new(0),
+            marked_in: AtomicU64::new(0),
+            gate: Mutex::new(Some(rx)),
+        });
+        (b, tx)
+    }
+}
+
+impl EmbeddingBackend for Marking {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+    fn tokenize(&self, text: &str, _truncate: bool) -> uat_embed::Result<Vec<u32>> {
+        Ok(text.bytes().map(u32::from).collect())
+    }
+    fn embed_ids(&self, seqs: &[&[u32]]) -> uat_embed::Result<Vec<Vec<f32>>> {
+        let pass = self.passes.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Some(gate) = self.gate.lock().unwrap().take() {
+            let _ = gate.recv();
+        }
+        if seqs.iter().any(|s| s.contains(&MARK)) {
+            self.marked_in.store(pass, Ordering::SeqCst);
+        }
+        Ok(seqs.iter().map(|s| vec![s.len() as f32]).collect())
+    }
+    fn memory_bytes(&self) -> u64 {
+        0
+    }
+    fn forward_passes(&self) -> u64 {
+        self.passes.load(Ordering::SeqCst)
+    }
+}
+
+/// Regression: every batch was built around the oldest queued input, so all
+/// 2,048 inputs of a big request ran before a one-input query queued after it
+/// (a query waited 25.5 s behind two such requests). The query now runs in the
+/// next batch, and the big request's batches stay full.
+#[tokio::test]
+async fn a_small_request_is_not_stuck_behind_a_big_one() {
+    let (backend, gate) = Marking::new();
+    let c = BatcherConfig {
+        queue_capacity: 4096,
+        ..cfg(0)
+    };
+    let batcher = Batcher::new("fair", backend.clone(), ComputePool::new(1).unwrap(), c).unwrap();
+    let big = batcher.embed(vec![vec![1, 2, 3]; 2048]);
+    // The first pass (of the big request alone, or with the query) is held
+    // until the query is queued, so the order does not depend on timing.
+    let small = batcher.embed(vec![vec![MARK, 2, 3]]);
+    gate.send(()).unwrap();
+    assert_eq!(small.await.unwrap(), vec![vec![3.0]]);
+    assert_eq!(big.await.unwrap(), vec![vec![3.0]; 2048]);
+    let marked_in = backend.marked_in.load(Ordering::SeqCst);
+    let passes = backend.forward_passes();
+    // 2,049 inputs of 3 tokens, 64 a batch: 33 full batches.
+    assert_eq!(passes, 2049_u64.div_ceil(64), "batches stay full");
+    assert!(
+        (1..=2).contains(&marked_in),
+        "the query ran in pass {marked_in} of {passes}"
+    );
+}
+
+/// A backend whose first forward pass panics.
+struct PanicsOnce {
+    info: ModelInfo,
+    passes: AtomicU64,
+}
+
+impl EmbeddingBackend for PanicsOnce {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+    fn tokenize(&self, text: &str, _truncate: bool) -> uat_embed::Result<Vec<u32>> {
+        Ok(text.bytes().map(u32::from).collect())
+    }
+    fn embed_ids(&self, seqs: &[&[u32]]) -> uat_embed::Result<Vec<Vec<f32>>> {
+        if self.passes.fetch_add(1, Ordering::SeqCst) == 0 {
+            panic!("a bug in the model");
+        }
+        Ok(seqs.iter().map(|s| vec![s.len() as f32]).collect())
+    }
+    fn memory_bytes(&self) -> u64 {
+        0
+    }
+    fn forward_passes(&self) -> u64 {
+        self.passes.load(Ordering::SeqCst)
+    }
+}
+
+/// Regression: a panic in a forward pass unwound through the batch thread,
+/// which died: its request got a misleading "shutting down" and, with one
+/// thread, every later request hung. Now that batch fails with an inference
+/// error (a 500) and the thread serves the next one.
+#[tokio::test]
+async fn a_panic_in_the_model_fails_its_batch_and_the_batcher_carries_on() {
+    let backend = Arc::new(PanicsOnce {
+        info: ModelInfo {
+            dim: 1,
+            max_seq_length: 16,
+            vocab_size: 256,
+            pooling: Pooling::MEAN,
+            normalize: false,
+        },
+        passes: AtomicU64::new(0),
+    });
+    let batcher = Batcher::new("panics", backend, ComputePool::new(1).unwrap(), cfg(0)).unwrap();
+    match batcher.embed(vec![vec![1, 2]]).await {
+        Err(EmbedError::Inference(m)) => assert!(m.contains("a bug in the model"), "{m}"),
+        other => panic!("expected an inference error, got {other:?}"),
+    }
+    // A hang here is the bug; the bound only keeps the test from hanging.
+    let second = tokio::time::timeout(Duration::from_secs(30), batcher.embed(vec![vec![1, 2, 3]]))
+        .await
+        .expect("the batch thread is gone");
+    assert_eq!(second.unwrap(), vec![vec![3.0]]);
+}

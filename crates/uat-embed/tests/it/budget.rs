@@ -82,6 +82,7 @@ fn setup(names: &[&str], budget: u64, budget_wait: Duration) -> Setup {
                 name: n.to_string(),
                 path: dir,
                 eager: false,
+                token_ids: Default::default(),
             }
         })
         .collect();

@@ -11,5 +11,6 @@ mod batching;
 mod budget;
 mod common;
 mod input;
+mod loading;
 mod registry;
 mod tiny;

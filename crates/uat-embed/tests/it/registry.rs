@@ -11,6 +11,7 @@ fn model(name: &str, path: &Path, eager: bool) -> EmbeddingModelConfig {
         name: name.to_string(),
         path: path.to_path_buf(),
         eager,
+        token_ids: Default::default(),
     }
 }
 

@@ -318,3 +318,170 @@ async fn registry_admin_routes_load_unload_and_list() {
         .unwrap();
     assert_eq!(r.status(), 404);
 }
+
+/// Token ids were fed to BERT as its own vocabulary ids: `[[15339, 1917]]`,
+/// "hello world" in tiktoken's cl100k_base as LangChain's `OpenAIEmbeddings`
+/// sends it, came out at cosine 0.13 to the text's embedding.
+#[tokio::test]
+async fn cl100k_token_ids_embed_like_their_text() {
+    let Some(dir) = model_dir() else { return };
+    let app = app_with_model(&dir).await;
+    let (s, text) = embed(&app, json!({"model": "minilm", "input": "hello world"})).await;
+    assert_eq!(s, 200, "{text}");
+    let (s, ids) = embed(&app, json!({"model": "minilm", "input": [[15339, 1917]]})).await;
+    assert_eq!(s, 200, "{ids}");
+    let c = cosine(
+        &floats(&ids["data"][0]["embedding"]),
+        &floats(&text["data"][0]["embedding"]),
+    );
+    assert!(c > 0.99, "cosine {c}");
+    assert_eq!(
+        ids["usage"], text["usage"],
+        "usage counts the model's tokens"
+    );
+    // One flat list is one input too.
+    let (s, flat) = embed(&app, json!({"model": "minilm", "input": [15339, 1917]})).await;
+    assert_eq!(s, 200, "{flat}");
+    assert_eq!(flat["data"][0]["embedding"], ids["data"][0]["embedding"]);
+    // An id that is no cl100k_base token: a 400 naming the input and the id.
+    for bad in [json!([[15339, 100256]]), json!([[15339], [200000]])] {
+        let (s, b) = embed(&app, json!({"model": "minilm", "input": bad})).await;
+        assert_eq!(s, 400, "{b}");
+        assert_eq!(b["error"]["type"], "invalid_request_error");
+        assert_eq!(b["error"]["param"], "input");
+        let msg = b["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("input[") && msg.contains("token id"), "{msg}");
+    }
+}
+
+/// `token_ids = "model"` keeps the model's own vocabulary ids.
+#[tokio::test]
+async fn token_ids_model_feeds_the_model_vocabulary_ids() {
+    let Some(dir) = model_dir() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "[[embeddings.models]]\nname = \"minilm\"\npath = \"{dir}\"\ntoken_ids = \"model\"\n"
+    );
+    let app = spawn_config(test_config(&toml, tmp.path()), tmp).await;
+    let (s, text) = embed(&app, json!({"model": "minilm", "input": "hello world"})).await;
+    assert_eq!(s, 200, "{text}");
+    // [CLS] hello world [SEP] in the BERT vocabulary.
+    let (s, ids) = embed(
+        &app,
+        json!({"model": "minilm", "input": [[101, 7592, 2088, 102]]}),
+    )
+    .await;
+    assert_eq!(s, 200, "{ids}");
+    let c = cosine(
+        &floats(&ids["data"][0]["embedding"]),
+        &floats(&text["data"][0]["embedding"]),
+    );
+    assert!(c > 0.999, "cosine {c}");
+    // Past the model's vocabulary of 30522.
+    let (s, b) = embed(&app, json!({"model": "minilm", "input": [[30522]]})).await;
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(b["error"]["param"], "input");
+}
+
+/// Floats were widened to f64 before printing (`-0.03447728604078293` for
+/// `-0.034477286`): 1.78 times the bytes, in answers and cache entries.
+#[tokio::test]
+async fn float_embeddings_print_each_f32_in_its_shortest_form() {
+    let Some(dir) = model_dir() else { return };
+    let app = app_with_model(&dir).await;
+    let r = app
+        .client
+        .post(app.at("/v1/embeddings"))
+        .json(&json!({"model": "minilm", "input": ["the sea", "a fact"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    let text = r.text().await.unwrap();
+    let start = text.find("\"embedding\":[").unwrap() + "\"embedding\":[".len();
+    let end = start + text[start..].find(']').unwrap();
+    let tokens: Vec<&str> = text[start..end].split(',').collect();
+    assert_eq!(tokens.len(), 384);
+    for t in tokens {
+        let x: f32 = t.parse().unwrap();
+        assert_eq!(t, serde_json::to_string(&x).unwrap(), "in {}", &text[..200]);
+        assert!(t.trim_start_matches('-').len() <= 15, "{t}");
+    }
+    // Otherwise the shape is what it was: keys, order, usage.
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert!(
+        text.starts_with("{\"data\":[{\"embedding\":["),
+        "{}",
+        &text[..40]
+    );
+    assert!(
+        text.ends_with(
+            &format!(
+                ",\"index\":1,\"object\":\"embedding\"}}],\"model\":\"minilm\",\"object\":\"list\",\"usage\":{{\"prompt_tokens\":{0},\"total_tokens\":{0}}}}}",
+                v["usage"]["prompt_tokens"]
+            )
+        ),
+        "{}",
+        &text[text.len() - 160..]
+    );
+    // A large answer (rendered on the blocking pool) reads the same.
+    let many: Vec<String> = (0..64).map(|i| format!("sentence number {i}")).collect();
+    let (s, b) = embed(&app, json!({"model": "minilm", "input": many})).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["data"].as_array().unwrap().len(), 64);
+    assert_eq!(b["data"][63]["index"], 63);
+    let (s, one) = embed(
+        &app,
+        json!({"model": "minilm", "input": "sentence number 63"}),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert!(
+        cosine(
+            &floats(&b["data"][63]["embedding"]),
+            &floats(&one["data"][0]["embedding"])
+        ) > 0.9999
+    );
+}
+
+/// `input: ""` and `["", "a"]` answered 200 with the embedding of
+/// `[CLS][SEP]`; OpenAI answers 400.
+#[tokio::test]
+async fn an_empty_string_input_is_a_400_naming_it() {
+    let Some(dir) = model_dir() else { return };
+    let app = app_with_model(&dir).await;
+    for (input, named) in [
+        (json!(""), "'input'"),
+        (json!(["", "a"]), "'input[0]'"),
+        (json!(["a", ""]), "'input[1]'"),
+    ] {
+        let (s, b) = embed(&app, json!({"model": "minilm", "input": input})).await;
+        assert_eq!(s, 400, "{input} -> {b}");
+        assert_eq!(b["error"]["type"], "invalid_request_error");
+        assert_eq!(b["error"]["param"], "input");
+        let msg = b["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(named), "{msg}");
+    }
+}
+
+/// `GET /v1/embeddings/models` showed every key the server's model folders.
+#[tokio::test]
+async fn the_model_listing_shows_no_server_path() {
+    let Some(dir) = model_dir() else { return };
+    let app = app_with_model(&dir).await;
+    let text = app
+        .client
+        .get(app.at("/v1/embeddings/models"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let list: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(list["data"][0]["name"], "minilm", "{list}");
+    assert!(list["data"][0].get("loaded").is_some(), "{list}");
+    assert!(list["data"][0].get("path").is_none(), "{list}");
+    assert!(!text.contains(&dir), "{text}");
+}
