@@ -271,9 +271,10 @@ impl KeyPattern {
     /// The Redis `SCAN MATCH` pattern for this glob under `prefix`.
     /// Literal characters are escaped as in stored keys; `?` matches one
     /// stored character (an escaped character in a model name is three).
+    /// The prefix is taken literally (its `*?[]\` escaped for the match).
     pub fn redis_match(&self, prefix: &str) -> String {
         let mut out = String::with_capacity(prefix.len() + self.model_glob.len() + 16);
-        out.push_str(prefix);
+        redis_escape_literal(prefix, &mut out);
         let mut ns = String::new();
         escape_into(&self.namespace, &mut ns);
         redis_escape_literal(&ns, &mut out);
@@ -407,7 +408,8 @@ fn hex_val(b: u8) -> Option<u8> {
     }
 }
 
-fn redis_escape_literal(s: &str, out: &mut String) {
+/// Appends `s` to a Redis glob (`SCAN MATCH`) so that it matches only itself.
+pub(crate) fn redis_escape_literal(s: &str, out: &mut String) {
     for c in s.chars() {
         if matches!(c, '*' | '?' | '[' | ']' | '\\') {
             out.push('\\');
@@ -627,6 +629,45 @@ mod tests {
             KeyPattern::new("n*s", "m[1]*").unwrap().redis_match("p:"),
             "p:n%2As|m%5B1%5D*|*"
         );
+    }
+
+    /// A `cache.l2.key_prefix` holding glob characters is matched literally.
+    /// Before, the prefix went into the `SCAN MATCH` pattern unescaped: with
+    /// a `\` in it, pattern invalidation matched none of the stored keys
+    /// (Redis reads `\x` as a literal `x`), so every entry stayed.
+    #[test]
+    fn a_key_prefix_with_glob_characters_is_matched_literally() {
+        let body = json!({});
+        let k = CacheKey::for_request("t1", "gpt-4o", RequestKind::Chat, &body);
+        let p = KeyPattern::new("t1", "gpt-*").unwrap();
+        for prefix in ["uat\\prod:", "a*b?[c]:", "plain:"] {
+            let pat = p.redis_match(prefix);
+            let stored = format!("{prefix}{}", k.as_str());
+            assert!(
+                redis_glob(pat.as_bytes(), stored.as_bytes()),
+                "{pat} must match {stored}"
+            );
+            let other = format!("{prefix}x{}", k.as_str());
+            assert!(
+                !redis_glob(pat.as_bytes(), other.as_bytes()),
+                "{pat} vs {other}"
+            );
+        }
+        assert_eq!(p.redis_match("a\\b:"), "a\\\\b:t1|gpt-*|*");
+    }
+
+    /// Redis's glob (`stringmatchlen`) for `*`, `?` and `\` escapes, enough
+    /// to check the patterns built here.
+    fn redis_glob(p: &[u8], s: &[u8]) -> bool {
+        match p.split_first() {
+            None => s.is_empty(),
+            Some((b'*', rest)) => (0..=s.len()).any(|i| redis_glob(rest, &s[i..])),
+            Some((b'?', rest)) => !s.is_empty() && redis_glob(rest, &s[1..]),
+            Some((b'\\', rest)) if !rest.is_empty() => {
+                s.first() == Some(&rest[0]) && redis_glob(&rest[1..], &s[1..])
+            }
+            Some((c, rest)) => s.first() == Some(c) && redis_glob(rest, &s[1..]),
+        }
     }
 
     #[test]

@@ -648,13 +648,8 @@ impl CacheLevel for RedisLevel {
 }
 
 fn redis_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
+    let mut out = String::with_capacity(s.len() + 2);
+    crate::key::redis_escape_literal(s, &mut out);
     out
 }
 

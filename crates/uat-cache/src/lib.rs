@@ -34,4 +34,4 @@ pub use l2::RedisLevel;
 pub use l3::SqlLevel;
 pub use level::{CacheLevel, Hit, Level, LevelStats};
 pub use memory::MemoryLevel;
-pub use tiered::{CacheStats, Flight, FlightGuard, Found, TieredBuilder, TieredCache};
+pub use tiered::{CacheStats, Flight, FlightGuard, Found, Invalidated, TieredBuilder, TieredCache};

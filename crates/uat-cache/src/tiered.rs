@@ -5,6 +5,7 @@
 //! every replica's L1 follows. Identical in-flight misses share one upstream
 //! call ([`TieredCache::single_flight`]).
 
+use crate::error::CacheError;
 use crate::key::{BuildKeyHasher, CacheKey, KeyPattern};
 use crate::l2::RedisLevel;
 use crate::l3::SqlLevel;
@@ -52,6 +53,63 @@ pub struct Found {
     pub level: Level,
     /// Time it has left to live.
     pub ttl: Duration,
+}
+
+/// What an invalidation ([`TieredCache::delete`], [`TieredCache::invalidate`])
+/// did, level by level. Complete only when every enabled level deleted its
+/// entries and the other replicas were told: otherwise entries may remain
+/// (a level down is skipped) and be served again.
+#[derive(Debug, Clone, Default)]
+pub struct Invalidated {
+    /// Entries deleted: the largest count over the levels that answered.
+    pub deleted: u64,
+    /// Each enabled level, L1 first: how many entries it deleted, or why it
+    /// could not.
+    pub levels: Vec<(Level, Result<u64, String>)>,
+    /// Levels whose queued writes were not applied before the deletion
+    /// (they may bring entries back).
+    pub unflushed: Vec<Level>,
+    /// Why the other replicas were not told, when they were not (their L1s
+    /// keep the entries until they expire).
+    pub publish_error: Option<String>,
+}
+
+impl Invalidated {
+    /// True when nothing failed.
+    pub fn is_complete(&self) -> bool {
+        self.failed().next().is_none()
+    }
+
+    /// What failed, as `l1`, `l2`, `l3` or `pubsub`, with why.
+    pub fn failed(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        let levels = self.levels.iter().filter_map(|(level, r)| match r {
+            Err(e) => Some((level.as_str(), e.as_str())),
+            Ok(_) if self.unflushed.contains(level) => {
+                Some((level.as_str(), "its queued writes did not flush in time"))
+            }
+            Ok(_) => None,
+        });
+        levels.chain(self.publish_error.as_deref().map(|e| ("pubsub", e)))
+    }
+
+    /// The levels that deleted their entries.
+    pub fn succeeded(&self) -> impl Iterator<Item = Level> {
+        self.levels
+            .iter()
+            .filter(|(level, r)| r.is_ok() && !self.unflushed.contains(level))
+            .map(|(level, _)| *level)
+    }
+
+    fn level(&mut self, level: Level, r: Result<u64, CacheError>) {
+        self.level_result(level, r.map_err(|e| e.to_string()));
+    }
+
+    fn level_result(&mut self, level: Level, r: Result<u64, String>) {
+        if let Ok(n) = r {
+            self.deleted = self.deleted.max(n);
+        }
+        self.levels.push((level, r));
+    }
 }
 
 /// Stats of the whole cache, per level.
@@ -407,92 +465,104 @@ impl TieredCache {
 
     /// Waits until every write queued so far has been applied (or `max` passed).
     pub async fn flush(&self, max: Duration) {
+        self.flush_levels(max).await;
+    }
+
+    /// [`TieredCache::flush`], returning the levels whose queued writes were
+    /// not all applied within `max`.
+    async fn flush_levels(&self, max: Duration) -> Vec<Level> {
         let waits = self.inner.writers.iter().map(|w| async move {
             let (tx, rx) = oneshot::channel();
-            if tokio::time::timeout(max, w.tx.send(Job::Flush(tx)))
-                .await
-                .is_ok()
-            {
-                w.flush_now.notify_one();
-                let _ = tokio::time::timeout(max, rx).await;
+            let flushed = tokio::time::timeout(max, w.tx.send(Job::Flush(tx))).await;
+            if !matches!(flushed, Ok(Ok(()))) {
+                return Some(w.level);
+            }
+            w.flush_now.notify_one();
+            match tokio::time::timeout(max, rx).await {
+                Ok(Ok(())) => None,
+                _ => Some(w.level),
             }
         });
-        futures::future::join_all(waits).await;
+        futures::future::join_all(waits)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     /// Deletes one key from every level and tells the other replicas.
-    /// Returns 1 when some level held it, else 0.
-    pub async fn delete(&self, key: &CacheKey) -> u64 {
-        self.flush(Duration::from_secs(2)).await;
-        let mut n = 0;
+    /// `deleted` is 1 when some level held it, else 0.
+    pub async fn delete(&self, key: &CacheKey) -> Invalidated {
+        let mut out = self.begin_invalidation().await;
         if let Some(l1) = &self.inner.l1 {
-            n = n.max(l1.remove(key));
+            out.level(Level::L1, Ok(l1.remove(key)));
         }
         if let Some(l2) = &self.inner.l2 {
-            n = n.max(l2.delete(key).await.unwrap_or(0));
+            out.level(Level::L2, l2.delete(key).await);
         }
         if let Some(l3) = &self.inner.l3 {
-            n = n.max(l3.delete(key).await.unwrap_or(0));
+            out.level(Level::L3, l3.delete(key).await);
         }
-        self.publish(Invalidation {
-            origin: self.inner.id.clone(),
-            key: Some(key.as_str().to_string()),
-            namespace: None,
-            glob: None,
-        })
-        .await;
-        n.min(1)
+        out.deleted = out.deleted.min(1);
+        out.publish_error = self
+            .publish(Invalidation {
+                origin: self.inner.id.clone(),
+                key: Some(key.as_str().to_string()),
+                namespace: None,
+                glob: None,
+            })
+            .await;
+        out
     }
 
     /// Deletes every entry matching `pattern` from every level and tells the
-    /// other replicas. Returns the largest count over the levels (an entry
-    /// lives in several levels at once).
-    pub async fn invalidate(&self, pattern: &KeyPattern) -> u64 {
-        self.flush(Duration::from_secs(2)).await;
-        let mut n = 0;
+    /// other replicas. `deleted` is the largest count over the levels (an
+    /// entry lives in several levels at once).
+    pub async fn invalidate(&self, pattern: &KeyPattern) -> Invalidated {
+        let mut out = self.begin_invalidation().await;
         if let Some(l1) = &self.inner.l1 {
             // A walk over every entry: off the async workers.
             let (l1, p) = (l1.clone(), pattern.clone());
-            match tokio::task::spawn_blocking(move || l1.remove_matching(&p)).await {
-                Ok(c) => n = n.max(c),
-                Err(e) => tracing::warn!(level = "l1", error = %e, "pattern invalidation failed"),
-            }
+            let r = tokio::task::spawn_blocking(move || l1.remove_matching(&p))
+                .await
+                .map_err(|e| format!("task failed: {e}"));
+            out.level_result(Level::L1, r);
         }
         if let Some(l2) = &self.inner.l2 {
-            match l2.invalidate_pattern(pattern).await {
-                Ok(c) => n = n.max(c),
-                Err(e) => {
-                    tracing::warn!(level = "l2", error = %e, "pattern invalidation incomplete")
-                }
-            }
+            out.level(Level::L2, l2.invalidate_pattern(pattern).await);
         }
         if let Some(l3) = &self.inner.l3 {
-            match l3.invalidate_pattern(pattern).await {
-                Ok(c) => n = n.max(c),
-                Err(e) => {
-                    tracing::warn!(level = "l3", error = %e, "pattern invalidation incomplete")
-                }
-            }
+            out.level(Level::L3, l3.invalidate_pattern(pattern).await);
         }
-        self.publish(Invalidation {
-            origin: self.inner.id.clone(),
-            key: None,
-            namespace: Some(pattern.namespace().to_string()),
-            glob: Some(pattern.model_glob().to_string()),
-        })
-        .await;
-        n
+        out.publish_error = self
+            .publish(Invalidation {
+                origin: self.inner.id.clone(),
+                key: None,
+                namespace: Some(pattern.namespace().to_string()),
+                glob: Some(pattern.model_glob().to_string()),
+            })
+            .await;
+        out
     }
 
-    async fn publish(&self, msg: Invalidation) {
-        let Some(l2) = &self.inner.l2 else { return };
+    /// Flushes queued writes before an invalidation, so none lands after it;
+    /// a level whose writes did not flush in time is reported as failed
+    /// (what is still queued may bring entries back).
+    async fn begin_invalidation(&self) -> Invalidated {
+        let unflushed = self.flush_levels(Duration::from_secs(2)).await;
+        Invalidated {
+            unflushed,
+            ..Invalidated::default()
+        }
+    }
+
+    /// Announces an invalidation to the other replicas; the error when it
+    /// could not be (with L2 on only: without it there is no one to tell).
+    async fn publish(&self, msg: Invalidation) -> Option<String> {
+        let l2 = self.inner.l2.as_ref()?;
         match serde_json::to_string(&msg) {
-            Ok(s) => {
-                if let Err(e) = l2.publish(s).await {
-                    tracing::debug!(error = %e, "invalidation not published");
-                }
-            }
-            Err(e) => tracing::debug!(error = %e, "invalidation not encoded"),
+            Ok(s) => l2.publish(s).await.err().map(|e| e.to_string()),
+            Err(e) => Some(format!("not encoded: {e}")),
         }
     }
 

@@ -32,8 +32,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use uat_cache::{
-    CacheKey, Flight, FlightGuard, Found, KeyPattern, Level, RedisLevel, RequestKind, SqlLevel,
-    TieredCache,
+    CacheKey, Flight, FlightGuard, Found, Invalidated, KeyPattern, Level, RedisLevel, RequestKind,
+    SqlLevel, TieredCache,
 };
 use uat_config::Config;
 use uat_config::{CacheConfig, CacheMode};
@@ -234,13 +234,14 @@ pub fn policy(
         write: cacheable,
         ttl: default_ttl,
     };
+    // Read as bytes: a byte outside visible ASCII elsewhere in the header
+    // (`to_str` refuses the whole value) must not cost its `no-store`.
     for v in headers.get_all(header::CACHE_CONTROL) {
-        let Ok(v) = v.to_str() else { continue };
-        for d in v.split(',') {
-            let d = d.trim();
-            if d.eq_ignore_ascii_case("no-cache") {
+        for d in v.as_bytes().split(|b| *b == b',') {
+            let d = d.trim_ascii();
+            if d.eq_ignore_ascii_case(b"no-cache") {
                 p.read = false;
-            } else if d.eq_ignore_ascii_case("no-store") {
+            } else if d.eq_ignore_ascii_case(b"no-store") {
                 p.write = false;
             }
         }
@@ -250,7 +251,10 @@ pub fn policy(
         let secs = v
             .to_str()
             .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(str::trim)
+            // Digits only: `parse` alone would take a leading `+`.
+            .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|v| v.parse::<u64>().ok())
             .filter(|s| *s <= max)
             .ok_or_else(|| {
                 ApiError::invalid_field(
@@ -521,6 +525,16 @@ async fn serve_hit(
     let mut resp = Response::new(Body::from(bytes));
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    // The cache served it, without an upstream attempt (which provider
+    // first answered is not stored).
+    h.insert(
+        crate::gateway::X_UAT_PROVIDER.clone(),
+        HeaderValue::from_static("cache"),
+    );
+    h.insert(
+        crate::gateway::X_UAT_ATTEMPTS.clone(),
+        HeaderValue::from_static("0"),
+    );
     if content_type == "text/event-stream" {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     }
@@ -631,18 +645,18 @@ async fn invalidate(
 ) -> Response {
     let ns = namespace(&tenant);
     let cache = state.cache.tiered();
-    let deleted = match (&req.key, &req.pattern) {
+    let done = match (&req.key, &req.pattern) {
         (Some(k), None) => match CacheKey::parse_public(ns, k) {
             Ok(key) => match cache {
                 Some(c) => c.delete(&key).await,
-                None => 0,
+                None => Invalidated::default(),
             },
             Err(e) => return ApiError::invalid_field("key", e.to_string()).into_response(),
         },
         (None, Some(p)) => match KeyPattern::new(ns, p) {
             Ok(pattern) => match cache {
                 Some(c) => c.invalidate(&pattern).await,
-                None => 0,
+                None => Invalidated::default(),
             },
             Err(e) => return ApiError::invalid_field("pattern", e.to_string()).into_response(),
         },
@@ -651,11 +665,44 @@ async fn invalidate(
                 .into_response();
         }
     };
-    (
-        StatusCode::OK,
-        axum::Json(serde_json::json!({ "deleted": deleted })),
-    )
-        .into_response()
+    if done.is_complete() {
+        return (
+            StatusCode::OK,
+            axum::Json(serde_json::json!({ "deleted": done.deleted })),
+        )
+            .into_response();
+    }
+    incomplete(&done).into_response()
+}
+
+/// The answer to an invalidation that did not reach every level (a level
+/// down is skipped) or the other replicas: a 503 the caller retries, since
+/// the entries it left may be served again. Logged here, once.
+fn incomplete(done: &Invalidated) -> ApiError {
+    let failed: Vec<String> = done
+        .failed()
+        .map(|(part, why)| format!("{part} ({why})"))
+        .collect();
+    let failed_parts: Vec<&str> = done.failed().map(|(part, _)| part).collect();
+    let succeeded: Vec<&str> = done.succeeded().map(Level::as_str).collect();
+    tracing::warn!(failed = %failed.join(", "), deleted = done.deleted, "cache invalidation incomplete");
+    let elsewhere = if succeeded.is_empty() {
+        "no level deleted anything".to_string()
+    } else {
+        format!("{} deleted from {}", done.deleted, succeeded.join(", "))
+    };
+    let mut err = ApiError::unavailable(format!(
+        "cache invalidation incomplete: {} failed; {elsewhere}. Entries may still be served: retry",
+        failed.join(", ")
+    ))
+    .with_details(serde_json::json!({
+        "deleted": done.deleted,
+        "incomplete": failed_parts,
+    }));
+    err.kind = "cache_unavailable";
+    err.code = Some("cache_invalidation_incomplete");
+    err.retry_after = Some(1);
+    err
 }
 
 async fn stats(State(state): State<AppState>) -> Response {
@@ -690,6 +737,56 @@ pub fn routes() -> Router<AppState> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn policy_of(headers: &[(&str, &[u8])]) -> Result<Policy, ApiError> {
+        let mut h = HeaderMap::new();
+        for (name, v) in headers {
+            h.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_bytes(v).unwrap(),
+            );
+        }
+        let cfg = CacheConfig {
+            mode: CacheMode::Always,
+            ..CacheConfig::default()
+        };
+        policy(
+            &cfg,
+            Duration::from_secs(60),
+            &h,
+            Kind::Chat,
+            &serde_json::json!({}),
+        )
+    }
+
+    /// `no-store` holds whatever else the header carries. Before, a byte
+    /// outside visible ASCII anywhere in it (`to_str` fails) dropped the
+    /// whole header, and the answer was stored.
+    #[test]
+    fn cache_control_with_a_non_ascii_byte_keeps_its_directives() {
+        let p = policy_of(&[("cache-control", b"no-store, x-note=\"caf\xc3\xa9\"")]).unwrap();
+        assert!(!p.write, "no-store kept");
+        assert!(p.read);
+        let p = policy_of(&[("cache-control", b"\xff, NO-CACHE")]).unwrap();
+        assert!(!p.read, "no-cache kept");
+        assert!(p.write);
+    }
+
+    /// `x-uat-cache-ttl` is digits only. Before, `+5` was taken as 5.
+    #[test]
+    fn a_ttl_with_a_sign_is_refused() {
+        for bad in [&b"+5"[..], b"-5", b" + 5", b"", b"5s", b"0x10"] {
+            assert!(
+                policy_of(&[("x-uat-cache-ttl", bad)]).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let p = policy_of(&[("x-uat-cache-ttl", b" 5 ")]).unwrap();
+        assert_eq!(p.ttl, Duration::from_secs(5));
+        let p = policy_of(&[("x-uat-cache-ttl", b"0")]).unwrap();
+        assert!(!p.write);
+    }
 
     #[test]
     fn only_answers_of_the_right_shape_are_stored() {

@@ -210,6 +210,19 @@ fn error_response(err: ApiError, provider: Option<&str>, attempts: u32, model: &
     resp
 }
 
+/// A request refused before the cache is consulted (body too large, slow
+/// or of an unknown encoding, malformed JSON, a bad field, an unknown model):
+/// no provider, no attempt, and `x-uat-cache: bypass`, like every response
+/// of this cached route.
+fn refused(err: ApiError) -> Response {
+    let mut resp = error_response(err, None, 0, "");
+    resp.headers_mut().insert(
+        cache::X_UAT_CACHE.clone(),
+        HeaderValue::from_static("bypass"),
+    );
+    resp
+}
+
 /// The response for a failed routing, logged once here (the edge).
 fn routing_failed(e: &RouterError, model: &str) -> Response {
     if e.status() >= 500 {
@@ -256,31 +269,25 @@ async fn chat(State(state): State<AppState>, request: Request) -> Response {
     let tenant = crate::auth::Tenant::of(request.extensions());
     let (headers, bytes) = match read_body(request).await {
         Ok(b) => b,
-        Err(e) => return error_response(e, None, 0, ""),
+        Err(e) => return refused(e),
     };
     let body: Value = match serde_json::from_slice(&bytes) {
         Ok(v) => v,
         Err(_) if bytes.is_empty() => {
-            let e = ApiError::bad_request("request body is empty; expected a JSON object");
-            return error_response(e, None, 0, "");
+            return refused(ApiError::bad_request(
+                "request body is empty; expected a JSON object",
+            ));
         }
-        Err(e) => {
-            return error_response(
-                ApiError::bad_request(format!("malformed JSON: {e}")),
-                None,
-                0,
-                "",
-            );
-        }
+        Err(e) => return refused(ApiError::bad_request(format!("malformed JSON: {e}"))),
     };
     let req = match parse_chat(&body) {
         Ok(r) => r,
-        Err(e) => return error_response(e, None, 0, ""),
+        Err(e) => return refused(e),
     };
     let router = &state.gateway.router;
     let resolved = match router.resolve(&req.model) {
         Ok(r) => r,
-        Err(e) => return error_response(router_error(&e), None, 0, ""),
+        Err(e) => return refused(router_error(&e)),
     };
     let cached = resolved.cache_name();
     let names = cache::ModelNames {

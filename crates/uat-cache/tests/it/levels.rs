@@ -260,6 +260,17 @@ async fn pattern_invalidation_l2_scan_unlink() {
     pattern_in_level(&l2, &ns).await;
 }
 
+/// A `cache.l2.key_prefix` with a backslash (and glob characters): pattern
+/// invalidation still finds its keys. Before, the prefix went into the
+/// `SCAN MATCH` pattern unescaped and nothing was deleted.
+#[tokio::test]
+async fn pattern_invalidation_l2_with_a_backslash_in_the_prefix() {
+    let Some(l2) = redis(&unique("pl2\\b*[x]")).await else {
+        return;
+    };
+    pattern_in_level(&l2, &unique("pl2bs")).await;
+}
+
 #[tokio::test]
 async fn pattern_invalidation_l3_sqlite() {
     let dir = tempfile::tempdir().unwrap();

@@ -180,7 +180,12 @@ async fn tenant_namespaces_never_cross() {
         "no level serves tenant1's entry to tenant2"
     );
     // Invalidating everything of tenant2 leaves tenant1 alone.
-    assert_eq!(b.invalidate(&KeyPattern::new(&t2, "*").unwrap()).await, 0);
+    assert_eq!(
+        b.invalidate(&KeyPattern::new(&t2, "*").unwrap())
+            .await
+            .deleted,
+        0
+    );
     assert!(b.get(&k1).await.is_some());
 }
 
@@ -196,9 +201,12 @@ async fn invalidation_every_level(l3: SqlLevel) {
         c.put(k, Bytes::from_static(b"v"), Duration::from_secs(60));
     }
     // Invalidation flushes queued writes first, so nothing comes back.
+    let done = c.invalidate(&KeyPattern::new(&ns, "gpt-*").unwrap()).await;
+    assert_eq!(done.deleted, 2);
+    assert!(done.is_complete(), "{done:?}");
     assert_eq!(
-        c.invalidate(&KeyPattern::new(&ns, "gpt-*").unwrap()).await,
-        2
+        done.succeeded().collect::<Vec<_>>(),
+        [Level::L1, Level::L2, Level::L3]
     );
     for k in &gone {
         assert!(!c.l1().unwrap().contains(k));
@@ -210,9 +218,45 @@ async fn invalidation_every_level(l3: SqlLevel) {
     assert!(l2.get(&kept).await.unwrap().is_some());
     assert!(l3.get(&kept).await.unwrap().is_some());
     // By exact key.
-    assert_eq!(c.delete(&kept).await, 1);
+    assert_eq!(c.delete(&kept).await.deleted, 1);
     assert!(c.get(&kept).await.is_none());
-    assert_eq!(c.delete(&kept).await, 0);
+    let again = c.delete(&kept).await;
+    assert_eq!(again.deleted, 0);
+    assert!(again.is_complete(), "{again:?}");
+}
+
+/// An invalidation that could not reach a level says so. Before, a level
+/// skipped while down (or failing) counted as zero deleted and the caller
+/// was told the invalidation succeeded, while L2's entries stayed.
+#[tokio::test]
+async fn an_invalidation_that_skips_a_level_down_is_reported_incomplete() {
+    let l2 = RedisLevel::connect(
+        "redis://127.0.0.1:1/",
+        "uat-test:closed:",
+        Duration::from_millis(100),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let c = tiered(Some(l2), Some(sqlite(&dir).await));
+    let ns = unique("down-ns");
+    let k = key(&ns, "gpt-4o", 1);
+    c.put(&k, Bytes::from_static(b"v"), Duration::from_secs(60));
+    let done = c.invalidate(&KeyPattern::new(&ns, "*").unwrap()).await;
+    assert!(!done.is_complete(), "{done:?}");
+    assert_eq!(done.deleted, 1, "L1 and L3 deleted theirs");
+    let failed: Vec<&str> = done.failed().map(|(part, _)| part).collect();
+    assert_eq!(failed, ["l2", "pubsub"], "{done:?}");
+    assert_eq!(done.succeeded().collect::<Vec<_>>(), [Level::L1, Level::L3]);
+    let one = c.delete(&k).await;
+    assert!(!one.is_complete(), "{one:?}");
+    assert_eq!(one.deleted, 0);
+    // Without L2 there is no one to tell and nothing to skip.
+    let alone = tiered(None, None);
+    alone.put(&k, Bytes::from_static(b"v"), Duration::from_secs(60));
+    let done = alone.invalidate(&KeyPattern::new(&ns, "*").unwrap()).await;
+    assert!(done.is_complete(), "{done:?}");
+    assert_eq!(done.deleted, 1);
 }
 
 #[tokio::test]

@@ -13,6 +13,25 @@ struct ToolCallAcc {
     kind: Option<Value>,
     name: String,
     arguments: String,
+    /// Other fields of a call (Gemini's `extra_content`), kept as they
+    /// came; the same field again with another value cannot be merged.
+    extra: Map<String, Value>,
+}
+
+/// The legacy `function_call` (before tool calls), folded like one.
+#[derive(Default)]
+struct FunctionCallAcc {
+    name: String,
+    arguments: String,
+}
+
+/// A delta field the assembler has no rule of its own for.
+enum Extra {
+    /// Text, joined as it comes (`reasoning_content` from reasoning models).
+    Text(String),
+    /// A list, whose items are appended as they come (`annotations`: the
+    /// citations of a web search).
+    List(Vec<Value>),
 }
 
 #[derive(Default)]
@@ -20,13 +39,117 @@ struct ChoiceAcc {
     role: Option<Value>,
     content: Option<String>,
     refusal: Option<String>,
-    /// Other text a delta carries (`reasoning_content` from reasoning
-    /// models), joined as content is.
-    other_text: BTreeMap<String, String>,
+    function_call: Option<FunctionCallAcc>,
+    /// Other text or list fields, stored in the message under their names.
+    extra: BTreeMap<String, Extra>,
     tool_calls: BTreeMap<u64, ToolCallAcc>,
     /// `logprobs.content` / `logprobs.refusal` items, in order.
     logprobs: Option<(Vec<Value>, Vec<Value>)>,
     finish_reason: Option<Value>,
+}
+
+/// Why a delta cannot be recorded: a field of a shape the assembler does
+/// not know how to fold (`audio`, an object; a number). The stream is then
+/// forwarded but not stored, since what is stored would lose it.
+struct Unfoldable;
+
+impl ChoiceAcc {
+    /// Folds one `delta` into the choice. Every non-null field is either
+    /// folded or refused: none is dropped.
+    fn fold(&mut self, delta: &Value) -> Result<(), Unfoldable> {
+        let fields = match delta {
+            Value::Object(f) => f,
+            Value::Null => return Ok(()),
+            _ => return Err(Unfoldable),
+        };
+        for (name, v) in fields {
+            if v.is_null() {
+                continue;
+            }
+            match name.as_str() {
+                "role" => self.role = Some(v.clone()),
+                "content" => push_text(&mut self.content, v)?,
+                "refusal" => push_text(&mut self.refusal, v)?,
+                "tool_calls" => self.fold_tool_calls(v)?,
+                "function_call" => {
+                    let f = self.function_call.get_or_insert_with(Default::default);
+                    fold_function(v, &mut f.name, &mut f.arguments)?;
+                }
+                _ => match (self.extra.get_mut(name.as_str()), v) {
+                    (None, Value::String(s)) => {
+                        self.extra.insert(name.clone(), Extra::Text(s.clone()));
+                    }
+                    (None, Value::Array(items)) => {
+                        self.extra.insert(name.clone(), Extra::List(items.clone()));
+                    }
+                    (Some(Extra::Text(t)), Value::String(s)) => t.push_str(s),
+                    (Some(Extra::List(l)), Value::Array(items)) => {
+                        l.extend(items.iter().cloned());
+                    }
+                    _ => return Err(Unfoldable),
+                },
+            }
+        }
+        Ok(())
+    }
+
+    fn fold_tool_calls(&mut self, calls: &Value) -> Result<(), Unfoldable> {
+        let Value::Array(calls) = calls else {
+            return Err(Unfoldable);
+        };
+        for tc in calls {
+            let Value::Object(fields) = tc else {
+                return Err(Unfoldable);
+            };
+            let ti = tc.get("index").and_then(Value::as_u64).unwrap_or(0);
+            let t = self.tool_calls.entry(ti).or_default();
+            for (name, v) in fields {
+                if v.is_null() {
+                    continue;
+                }
+                match name.as_str() {
+                    "index" => {}
+                    "id" => t.id = Some(v.clone()),
+                    "type" => t.kind = Some(v.clone()),
+                    "function" => fold_function(v, &mut t.name, &mut t.arguments)?,
+                    _ => match t.extra.get(name.as_str()) {
+                        None => {
+                            t.extra.insert(name.clone(), v.clone());
+                        }
+                        Some(seen) if seen == v => {}
+                        Some(_) => return Err(Unfoldable),
+                    },
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Joins a text delta; anything but a string is refused.
+fn push_text(into: &mut Option<String>, v: &Value) -> Result<(), Unfoldable> {
+    let Value::String(s) = v else {
+        return Err(Unfoldable);
+    };
+    into.get_or_insert_with(String::new).push_str(s);
+    Ok(())
+}
+
+/// Folds `{"name", "arguments"}` pieces (of a tool call's `function`, or of
+/// the legacy `function_call`): both are joined as they come.
+fn fold_function(v: &Value, name: &mut String, arguments: &mut String) -> Result<(), Unfoldable> {
+    let Value::Object(fields) = v else {
+        return Err(Unfoldable);
+    };
+    for (field, piece) in fields {
+        match (field.as_str(), piece) {
+            (_, Value::Null) => {}
+            ("name", Value::String(s)) => name.push_str(s),
+            ("arguments", Value::String(s)) => arguments.push_str(s),
+            _ => return Err(Unfoldable),
+        }
+    }
+    Ok(())
 }
 
 /// Folds SSE bytes, as they arrive, into a completion.
@@ -72,8 +195,9 @@ pub(crate) fn is_usage_only(event: &[u8]) -> bool {
         .is_ok_and(|p| p.usage.is_some() && p.choices.is_none_or(|c| c.is_empty()))
 }
 
-/// Delta fields the assembler folds itself; any other text field is joined
-/// as it comes and stored in the message under its own name.
+/// Message fields replay puts in the first delta itself; any other one
+/// (`function_call`, `reasoning_content`, `annotations`, `audio`) goes there
+/// as it is.
 const DELTA_FIELDS: [&str; 4] = ["role", "content", "refusal", "tool_calls"];
 
 /// Largest stream recorded; a longer one is forwarded but not stored.
@@ -88,9 +212,7 @@ impl Assembler {
         self.seen = self.seen.saturating_add(chunk.len());
         if self.seen > MAX_RECORDED {
             // Forwarded, not stored: drop what was assembled so far.
-            self.failed = true;
-            self.buf = Vec::new();
-            self.choices.clear();
+            self.fail();
             return;
         }
         self.buf.extend_from_slice(chunk);
@@ -100,7 +222,17 @@ impl Assembler {
         }
     }
 
+    /// Gives the recording up: the stream is forwarded, not stored.
+    fn fail(&mut self) {
+        self.failed = true;
+        self.buf = Vec::new();
+        self.choices.clear();
+    }
+
     fn event(&mut self, raw: &[u8]) {
+        if self.failed {
+            return;
+        }
         let Ok(text) = std::str::from_utf8(raw) else {
             self.failed = true;
             return;
@@ -176,54 +308,13 @@ impl Assembler {
                     }
                 }
             }
-            let Some(delta) = c.get("delta") else {
-                continue;
-            };
-            if let Some(fields) = delta.as_object() {
-                for (name, v) in fields {
-                    if let (false, Some(text)) = (DELTA_FIELDS.contains(&name.as_str()), v.as_str())
-                    {
-                        acc.other_text
-                            .entry(name.clone())
-                            .or_default()
-                            .push_str(text);
-                    }
-                }
-            }
-            if let Some(r) = delta.get("role")
-                && !r.is_null()
+            if let Some(delta) = c.get("delta")
+                && acc.fold(delta).is_err()
             {
-                acc.role = Some(r.clone());
-            }
-            if let Some(s) = delta.get("content").and_then(Value::as_str) {
-                acc.content.get_or_insert_with(String::new).push_str(s);
-            }
-            if let Some(s) = delta.get("refusal").and_then(Value::as_str) {
-                acc.refusal.get_or_insert_with(String::new).push_str(s);
-            }
-            if let Some(calls) = delta.get("tool_calls").and_then(Value::as_array) {
-                for tc in calls {
-                    let ti = tc.get("index").and_then(Value::as_u64).unwrap_or(0);
-                    let t = acc.tool_calls.entry(ti).or_default();
-                    if let Some(id) = tc.get("id")
-                        && !id.is_null()
-                    {
-                        t.id = Some(id.clone());
-                    }
-                    if let Some(k) = tc.get("type")
-                        && !k.is_null()
-                    {
-                        t.kind = Some(k.clone());
-                    }
-                    if let Some(f) = tc.get("function") {
-                        if let Some(n) = f.get("name").and_then(Value::as_str) {
-                            t.name.push_str(n);
-                        }
-                        if let Some(a) = f.get("arguments").and_then(Value::as_str) {
-                            t.arguments.push_str(a);
-                        }
-                    }
-                }
+                // Stored without that field, the answer would be another
+                // one: forwarded as it is, never stored.
+                self.fail();
+                return;
             }
         }
     }
@@ -248,19 +339,32 @@ impl Assembler {
             if let Some(r) = c.refusal {
                 msg.insert("refusal".into(), Value::String(r));
             }
-            for (name, text) in c.other_text {
-                msg.insert(name, Value::String(text));
+            if let Some(f) = c.function_call {
+                msg.insert(
+                    "function_call".into(),
+                    json!({ "name": f.name, "arguments": f.arguments }),
+                );
+            }
+            for (name, extra) in c.extra {
+                let v = match extra {
+                    Extra::Text(t) => Value::String(t),
+                    Extra::List(l) => Value::Array(l),
+                };
+                msg.insert(name, v);
             }
             if !c.tool_calls.is_empty() {
                 let calls: Vec<Value> = c
                     .tool_calls
                     .into_values()
                     .map(|t| {
-                        json!({
-                            "id": t.id.unwrap_or(Value::Null),
-                            "type": t.kind.unwrap_or_else(|| json!("function")),
-                            "function": { "name": t.name, "arguments": t.arguments },
-                        })
+                        let mut call = t.extra;
+                        call.insert("id".into(), t.id.unwrap_or(Value::Null));
+                        call.insert("type".into(), t.kind.unwrap_or_else(|| json!("function")));
+                        call.insert(
+                            "function".into(),
+                            json!({ "name": t.name, "arguments": t.arguments }),
+                        );
+                        Value::Object(call)
                     })
                     .collect();
                 msg.insert("tool_calls".into(), Value::Array(calls));
@@ -532,6 +636,123 @@ mod tests {
         b.feed(chunk("x").as_bytes());
         b.feed(b"data: {\"error\":{\"message\":\"boom\"}}\n\ndata: [DONE]\n\n");
         assert!(b.finish().is_none(), "error event");
+    }
+
+    fn record(events: &[Value]) -> Option<Value> {
+        let mut a = Assembler::default();
+        for e in events {
+            a.feed(format!("data: {e}\n\n").as_bytes());
+        }
+        a.feed(b"data: [DONE]\n\n");
+        a.finish().map(|b| serde_json::from_slice(&b).unwrap())
+    }
+
+    fn delta(delta: Value, finish: Option<&str>) -> Value {
+        json!({"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":delta,"logprobs":null,"finish_reason":finish}]})
+    }
+
+    /// A stream of the legacy `function_call` deltas is stored with its
+    /// call. Before, only text deltas were kept: the stored answer had
+    /// `finish_reason: "function_call"`, `content: null` and no call, and
+    /// every identical request got that for the entry's TTL.
+    #[test]
+    fn a_legacy_function_call_stream_is_stored_with_its_call() {
+        let v = record(&[
+            delta(
+                json!({"role":"assistant","content":null,"function_call":{"name":"get_","arguments":""}}),
+                None,
+            ),
+            delta(json!({"function_call":{"name":"weather","arguments":"{\"city\""}}), None),
+            delta(json!({"function_call":{"arguments":":\"Paris\"}"}}), None),
+            delta(json!({}), Some("function_call")),
+        ])
+        .expect("a complete stream is stored");
+        let choice = &v["choices"][0];
+        assert_eq!(choice["finish_reason"], "function_call");
+        assert_eq!(
+            choice["message"]["function_call"],
+            json!({"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"})
+        );
+        assert_eq!(choice["message"]["content"], Value::Null);
+        // And replayed: the replay records to the same completion.
+        let mut again = Assembler::default();
+        again.feed(&replay(&serde_json::to_vec(&v).unwrap(), false).unwrap());
+        let again: Value = serde_json::from_slice(&again.finish().unwrap()).unwrap();
+        assert_eq!(again["choices"][0]["message"], choice["message"]);
+    }
+
+    /// `annotations` (a web search's citations) arrive as lists and are
+    /// appended; refusal text is joined like content. Before, both lists
+    /// were dropped from the stored answer.
+    #[test]
+    fn annotation_lists_and_refusal_text_are_kept() {
+        let cite = |i: u64| json!({"type":"url_citation","url_citation":{"start_index":i,"end_index":i + 1,"url":format!("https://e.x/{i}"),"title":"t"}});
+        let v = record(&[
+            delta(json!({"role":"assistant","content":"See "}), None),
+            delta(json!({"content":"this.","annotations":[cite(0)]}), None),
+            delta(json!({"annotations":[cite(1), cite(2)]}), None),
+            delta(json!({"refusal":"I can"}), None),
+            delta(json!({"refusal":"not."}), Some("stop")),
+        ])
+        .expect("stored");
+        let msg = &v["choices"][0]["message"];
+        assert_eq!(msg["content"], "See this.");
+        assert_eq!(msg["annotations"], json!([cite(0), cite(1), cite(2)]));
+        assert_eq!(msg["refusal"], "I cannot.");
+    }
+
+    /// A delta field of a shape the recorder cannot fold (streamed `audio`,
+    /// an object; a number; a text field that turns into a list) is never
+    /// stored without it: the stream is forwarded but not stored.
+    #[test]
+    fn a_delta_the_recorder_cannot_fold_is_not_stored() {
+        let unfoldable = [
+            json!({"audio":{"id":"a1","data":"UklGRg==","transcript":"Hi"}}),
+            json!({"confidence":0.9}),
+            json!({"content":["a","b"]}),
+            json!({"function_call":{"name":"f","strict":true}}),
+            json!({"tool_calls":{"index":0}}),
+        ];
+        for bad in unfoldable {
+            let v = record(&[
+                delta(json!({"role":"assistant","content":"Hi"}), None),
+                delta(bad.clone(), None),
+                delta(json!({}), Some("stop")),
+            ]);
+            assert!(v.is_none(), "{bad} must not be stored: {v:?}");
+        }
+        let v = record(&[
+            delta(json!({"reasoning_content":"a"}), None),
+            delta(json!({"reasoning_content":["b"]}), Some("stop")),
+        ]);
+        assert!(v.is_none(), "text then a list: {v:?}");
+        // Nulls are no content: such a stream is stored.
+        let v = record(&[
+            delta(
+                json!({"role":"assistant","content":"Hi","audio":null,"function_call":null}),
+                None,
+            ),
+            delta(json!({}), Some("stop")),
+        ])
+        .expect("stored");
+        assert!(v["choices"][0]["message"].get("audio").is_none());
+    }
+
+    /// Tool-call fields beyond the OpenAI ones (Gemini's `extra_content`)
+    /// are kept as they came.
+    #[test]
+    fn other_tool_call_fields_are_kept() {
+        let extra = json!({"google":{"thought_signature":"sig"}});
+        let v = record(&[
+            delta(
+                json!({"role":"assistant","tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"f","arguments":"{}"},"extra_content":extra}]}),
+                Some("tool_calls"),
+            ),
+        ])
+        .expect("stored");
+        let tc = &v["choices"][0]["message"]["tool_calls"][0];
+        assert_eq!(tc["extra_content"], extra);
+        assert_eq!(tc["function"]["name"], "f");
     }
 
     #[test]

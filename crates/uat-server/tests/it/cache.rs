@@ -709,3 +709,158 @@ async fn answers_over_the_stored_size_pass_through_uncached() {
     up.set_default(Behavior::Body(body.clone()));
     passed_on_not_stored(&app, &up, &model, &body, "a 33 MiB answer").await;
 }
+
+/// `DELETE /v1/cache` that could not reach a level is no plain success: a
+/// 503 in the OpenAI shape naming the level, so the caller retries. Before,
+/// L2 being down counted as zero deleted there and the answer was
+/// `200 {"deleted": N}` while L2 kept its entries (served again once back).
+#[tokio::test]
+async fn an_invalidation_that_could_not_reach_l2_is_a_503() {
+    let name = unique("inv503");
+    let up = FakeUpstream::start(Wire::OpenAi, &name).await.unwrap();
+    let toml = format!(
+        "{}\n[cache]\nmode = \"deterministic\"\n[cache.l2]\nurl = \"redis://127.0.0.1:1/\"\ntimeout = \"100ms\"\n",
+        provider_toml("p", "openai", &up.base_url(), "")
+    );
+    let app = spawn_app(&toml).await;
+    let model = format!("{name}-model");
+    let r = app.chat(det(&model, false)).await;
+    assert_eq!(header(&r, "x-uat-cache"), "miss");
+    let key = header(&r, "x-uat-cache-key");
+    let del = |body: Value| app.client.delete(app.at("/v1/cache")).json(&body).send();
+    for body in [json!({"pattern": "*"}), json!({"key": key})] {
+        let r = del(body.clone()).await.unwrap();
+        assert_eq!(r.status(), 503, "{body}");
+        assert_eq!(header(&r, "retry-after"), "1");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["type"], "cache_unavailable", "{v}");
+        assert_eq!(v["error"]["code"], "cache_invalidation_incomplete");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains("l2"), "{message}");
+        assert!(v["error"]["incomplete"][0] == "l2", "{v}");
+    }
+    // L1 and L3 did delete: the entry is not served from them.
+    assert_eq!(
+        header(&app.chat(det(&model, false)).await, "x-uat-cache"),
+        "miss"
+    );
+    // Without L2, the same request is a plain success.
+    let (_up, toml, model) = setup("").await;
+    let toml = toml.replace("[cache.l2]\nurl", "[cache.l2]\n#url");
+    let app = spawn_app(&toml).await;
+    app.chat(det(&model, false)).await;
+    let r = app
+        .client
+        .delete(app.at("/v1/cache"))
+        .json(&json!({"pattern": "*"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({"deleted": 1}));
+}
+
+/// A cache hit names the cache as its provider, with no upstream attempt;
+/// streamed or not. Before, hits carried neither header.
+#[tokio::test]
+async fn a_hit_names_the_cache_as_provider_with_zero_attempts() {
+    let (_up, toml, model) = setup("").await;
+    let app = spawn_app(&toml).await;
+    let r = app.chat(det(&model, false)).await;
+    assert_eq!(header(&r, "x-uat-cache"), "miss");
+    assert_eq!(header(&r, "x-uat-provider"), "p");
+    assert_eq!(header(&r, "x-uat-attempts"), "1");
+    for stream in [false, true] {
+        let r = app.chat(det(&model, stream)).await;
+        assert_eq!(header(&r, "x-uat-cache"), "hit-l1", "stream={stream}");
+        assert_eq!(header(&r, "x-uat-provider"), "cache", "stream={stream}");
+        assert_eq!(header(&r, "x-uat-attempts"), "0", "stream={stream}");
+    }
+}
+
+/// Requests refused before the cache is consulted still say how the cache
+/// took them: `bypass`. Before, these responses had no `x-uat-cache`.
+#[tokio::test]
+async fn requests_refused_before_the_cache_are_tagged_bypass() {
+    let (_up, toml, model) = setup("").await;
+    let app = spawn_app(&format!("[server]\nbody_limit = 2048\n{toml}")).await;
+    let post = |body: Vec<u8>, encoding: Option<&'static str>| {
+        let mut req = app
+            .client
+            .post(app.at("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(e) = encoding {
+            req = req.header("content-encoding", e);
+        }
+        req.send()
+    };
+    let big = serde_json::to_vec(
+        &json!({"model": model, "messages": [{"role": "user", "content": "x".repeat(4096)}]}),
+    )
+    .unwrap();
+    let cases: [(&str, Vec<u8>, Option<&'static str>, u16); 6] = [
+        ("oversized", big, None, 413),
+        ("unknown encoding", b"{}".to_vec(), Some("br"), 415),
+        ("malformed JSON", b"{\"model\":".to_vec(), None, 400),
+        ("empty body", Vec::new(), None, 400),
+        (
+            "missing messages",
+            serde_json::to_vec(&json!({"model": model})).unwrap(),
+            None,
+            400,
+        ),
+        (
+            "unknown model",
+            serde_json::to_vec(&det("no-such-model", false)).unwrap(),
+            None,
+            404,
+        ),
+    ];
+    for (what, body, encoding, status) in cases {
+        let r = post(body, encoding).await.unwrap();
+        assert_eq!(r.status(), status, "{what}");
+        assert_eq!(header(&r, "x-uat-cache"), "bypass", "{what}");
+        assert_eq!(header(&r, "x-uat-attempts"), "0", "{what}");
+    }
+}
+
+/// A non-streamed answer is stored as the upstream sent it, whatever fields
+/// it has (legacy `function_call`, `annotations`, `audio`, fields unknown
+/// to the gateway): the hit is the same bytes, and a streamed hit replays
+/// those fields.
+#[tokio::test]
+async fn a_non_streamed_answer_is_stored_whole() {
+    let (up, toml, model) = setup("").await;
+    let body = json!({
+        "id": "chatcmpl-x", "object": "chat.completion", "created": 5, "model": model,
+        "choices": [{"index": 0, "message": {
+            "role": "assistant", "content": null,
+            "function_call": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"},
+            "annotations": [{"type": "url_citation", "url_citation": {"url": "https://e.x/", "title": "t", "start_index": 0, "end_index": 1}}],
+            "audio": {"id": "a1", "data": "UklGRg==", "transcript": "Hi", "expires_at": 9},
+            "vendor_extra": {"x": [1, 2]}
+        }, "logprobs": null, "finish_reason": "function_call"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7},
+        "service_tier": "default"
+    })
+    .to_string();
+    up.set_default(Behavior::Body(body.clone()));
+    let app = spawn_app(&toml).await;
+    let r = app.chat(det(&model, false)).await;
+    assert_eq!(header(&r, "x-uat-cache"), "miss");
+    let miss = r.text().await.unwrap();
+    assert_eq!(miss, body, "passed on as it came");
+    let r = app.chat(det(&model, false)).await;
+    assert_eq!(header(&r, "x-uat-cache"), "hit-l1");
+    assert_eq!(r.text().await.unwrap(), body, "stored as it came");
+    let r = app.chat(det(&model, true)).await;
+    assert_eq!(header(&r, "x-uat-cache"), "hit-l1");
+    let events = sse_events(r).await;
+    let first: Value = serde_json::from_str(&events[0]).unwrap();
+    let delta = &first["choices"][0]["delta"];
+    assert_eq!(delta["function_call"]["name"], "get_weather");
+    assert_eq!(delta["annotations"][0]["type"], "url_citation");
+    assert_eq!(delta["audio"]["transcript"], "Hi");
+    assert_eq!(up.calls(), 1);
+}
