@@ -91,6 +91,9 @@ impl Default for CacheConfig {
 /// Largest `write_queue` accepted (each queued write holds its value).
 const MAX_WRITE_QUEUE: usize = 1 << 20;
 
+/// Shortest `cache.l3.purge_interval` accepted.
+const MIN_PURGE_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Longest `write_delay` accepted for L2 and L3.
 const MAX_WRITE_DELAY: Duration = Duration::from_secs(10);
 
@@ -163,7 +166,9 @@ impl Default for CacheL2Config {
 pub struct CacheL3Config {
     /// Use the `[storage]` database as L3.
     pub enabled: bool,
-    /// How often expired rows are purged.
+    /// How often expired rows are purged; at least 1 s. There is no "never"
+    /// (`0s` is refused, not read as off as `memory.purge_interval` reads it):
+    /// expired rows are never served, but they would pile up.
     #[serde(with = "crate::duration")]
     pub purge_interval: Duration,
     /// How long writes are gathered before they go to the database as one
@@ -220,6 +225,14 @@ impl CacheConfig {
                     "must be at most 10s (entries reach the level this late)",
                 ));
             }
+        }
+        if self.l3.purge_interval < MIN_PURGE_INTERVAL {
+            return Err(ConfigError::invalid(
+                "cache.l3.purge_interval",
+                "must be at least 1s (each purge is a DELETE on the database; `0s` \
+                 does not turn purging off; expired rows are never served, so a long \
+                 interval costs only disk space)",
+            ));
         }
         if !(1..=MAX_WRITE_QUEUE).contains(&self.write_queue) {
             return Err(ConfigError::invalid(

@@ -21,7 +21,7 @@ mod vector;
 
 pub use auth::{ApiKeyConfig, AuthConfig, ResolvedKey, key_digest};
 pub use cache::{CacheConfig, CacheL1Config, CacheL2Config, CacheL3Config, CacheMode, MAX_TTL};
-pub use embed::{EmbeddingModelConfig, EmbeddingsConfig};
+pub use embed::{EmbeddingModelConfig, EmbeddingsConfig, TokenIds};
 pub use memory::MemoryConfig;
 pub use router::{
     MockSettings, ModelAlias, OLLAMA_FIRST_BYTE_TIMEOUT, ProviderConfig, ProviderKind,
@@ -276,31 +276,67 @@ fn deserialize(mut table: toml::Table, origin: &str) -> Result<Config, ConfigErr
 /// Applies `UAT_SECTION__KEY[__SUB]=value` overrides to the TOML table.
 /// A value is read as a TOML value when it parses as one (numbers, booleans,
 /// arrays), else as a string. Array sections are addressed by index:
-/// `UAT_PROVIDERS__0__BASE_URL`.
+/// `UAT_PROVIDERS__0__BASE_URL`; an index one past the end appends an entry
+/// (an index segment where the file has no list creates one), and the
+/// variables are applied in path order with indexes compared as numbers, so
+/// `__10__` comes after `__2__`. An index past that is an error: a list has
+/// no gaps.
+///
+/// Path segments are matched case-insensitively against the keys already
+/// there, and a new key is lowercased (field names are lowercase): variable
+/// names are conventionally uppercase, so the case of a model name in
+/// `UAT_CACHE__MODEL_TTL__GPT-4O` is lost. It overrides the file's `GPT-4o`
+/// entry when there is one; otherwise a new model name is taken as written
+/// when it has a lowercase letter (`UAT_CACHE__MODEL_TTL__GPT-4o`), else
+/// lowercased (`gpt-4o`).
 fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<bool, ConfigError> {
-    let mut applied = false;
-    let mut vars: Vec<&(String, String)> = env
-        .iter()
-        .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.contains("__"))
-        .collect();
-    vars.sort();
-    for (var, raw) in vars {
-        let rest = &var[ENV_PREFIX.len()..];
-        let keys: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
-        if keys.iter().any(|k| k.is_empty()) {
+    let mut vars: Vec<(Vec<&str>, &str, &str)> = Vec::new();
+    for (var, raw) in env {
+        if !(var.starts_with(ENV_PREFIX) && var.contains("__")) {
+            continue;
+        }
+        let segments: Vec<&str> = var[ENV_PREFIX.len()..].split("__").collect();
+        if segments.iter().any(|k| k.is_empty()) {
             return Err(ConfigError::Env {
                 var: var.clone(),
                 message: "empty path segment".into(),
             });
         }
+        vars.push((segments, var, raw));
+    }
+    vars.sort_by(|a, b| cmp_env_paths(&a.0, &b.0).then_with(|| a.1.cmp(b.1)));
+    let applied = !vars.is_empty();
+    for (segments, var, raw) in vars {
         let value = parse_env_value(raw);
-        set_path(table, &keys, value).map_err(|message| ConfigError::Env {
-            var: var.clone(),
+        set_in_table(table, "", &segments, value).map_err(|message| ConfigError::Env {
+            var: var.to_string(),
             message,
         })?;
-        applied = true;
     }
     Ok(applied)
+}
+
+/// Tables whose keys are names the user chooses (models), not field names.
+const NAME_KEYED: &[&str] = &["cache.model_ttl"];
+
+fn is_index(segment: &str) -> bool {
+    !segment.is_empty() && segment.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Orders variable paths segment by segment, indexes as numbers.
+fn cmp_env_paths(a: &[&str], b: &[&str]) -> std::cmp::Ordering {
+    for (x, y) in a.iter().zip(b) {
+        let o = if is_index(x) && is_index(y) {
+            let (x, y) = (x.trim_start_matches('0'), y.trim_start_matches('0'));
+            x.len().cmp(&y.len()).then_with(|| x.cmp(y))
+        } else {
+            x.to_ascii_lowercase().cmp(&y.to_ascii_lowercase())
+        };
+        if o.is_ne() {
+            return o;
+        }
+    }
+    a.len().cmp(&b.len())
 }
 
 fn parse_env_value(raw: &str) -> toml::Value {
@@ -313,62 +349,165 @@ fn parse_env_value(raw: &str) -> toml::Value {
     }
 }
 
-fn set_path(table: &mut toml::Table, keys: &[String], value: toml::Value) -> Result<(), String> {
-    let Some((first, rest)) = keys.split_first() else {
-        return Err("empty path".into());
-    };
-    if rest.is_empty() {
-        table.insert(first.clone(), value);
-        return Ok(());
+/// What a missing entry becomes: a list when the next segment is an index.
+fn empty_node(next: &str, name_keyed: bool) -> toml::Value {
+    if is_index(next) && !name_keyed {
+        toml::Value::Array(Vec::new())
+    } else {
+        toml::Value::Table(toml::Table::new())
     }
-    let entry = table
-        .entry(first.clone())
-        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-    set_value_path(entry, rest, value, first)
 }
 
-fn set_value_path(
-    node: &mut toml::Value,
-    keys: &[String],
-    value: toml::Value,
+/// The key of `table` that `segment` names (see [`apply_env`]).
+fn table_key(table: &toml::Table, segment: &str, at: &str) -> Result<String, String> {
+    if table.contains_key(segment) {
+        return Ok(segment.to_string());
+    }
+    let lower = segment.to_ascii_lowercase();
+    if table.contains_key(&lower) {
+        return Ok(lower);
+    }
+    let mut same = table.keys().filter(|k| k.eq_ignore_ascii_case(segment));
+    match (same.next(), same.next()) {
+        (Some(k), None) => return Ok(k.clone()),
+        (Some(a), Some(b)) => {
+            return Err(format!(
+                "`{segment}` matches both `{a}` and `{b}` in {at}; set it in the file"
+            ));
+        }
+        (None, _) => {}
+    }
+    if NAME_KEYED.contains(&at) && segment.bytes().any(|b| b.is_ascii_lowercase()) {
+        Ok(segment.to_string())
+    } else {
+        Ok(lower)
+    }
+}
+
+fn set_in_table(
+    table: &mut toml::Table,
     at: &str,
+    segments: &[&str],
+    value: toml::Value,
+) -> Result<(), String> {
+    let Some((segment, rest)) = segments.split_first() else {
+        return Err("empty path".into());
+    };
+    let key = table_key(table, segment, at)?;
+    let here = if at.is_empty() {
+        key.clone()
+    } else {
+        format!("{at}.{key}")
+    };
+    let Some(next) = rest.first() else {
+        table.insert(key, value);
+        return Ok(());
+    };
+    let node = table
+        .entry(key)
+        .or_insert_with(|| empty_node(next, NAME_KEYED.contains(&here.as_str())));
+    set_in_value(node, &here, rest, value)
+}
+
+fn set_in_value(
+    node: &mut toml::Value,
+    at: &str,
+    segments: &[&str],
+    value: toml::Value,
 ) -> Result<(), String> {
     match node {
-        toml::Value::Table(t) => set_path(t, keys, value),
+        toml::Value::Table(t) => set_in_table(t, at, segments, value),
         toml::Value::Array(a) => {
-            let Some((idx, rest)) = keys.split_first() else {
+            let Some((idx, rest)) = segments.split_first() else {
                 return Err(format!("{at}: missing index"));
             };
             let i: usize = idx
                 .parse()
-                .map_err(|_| format!("{at}: `{idx}` is not an array index"))?;
+                .map_err(|_| format!("{at} is a list: `{idx}` is not an index"))?;
             if i > a.len() {
                 return Err(format!(
-                    "{at}: index {i} is past the end ({} entries)",
-                    a.len()
+                    "{at}[{i}]: the next entry of {at} is {at}[{n}] \
+                     (entries are numbered from 0 without gaps)",
+                    n = a.len()
                 ));
             }
-            if i == a.len() {
-                a.push(toml::Value::Table(toml::Table::new()));
-            }
-            if rest.is_empty() {
-                a[i] = value;
+            let here = format!("{at}[{i}]");
+            let Some(next) = rest.first() else {
+                if i == a.len() {
+                    a.push(value);
+                } else {
+                    a[i] = value;
+                }
                 return Ok(());
+            };
+            if i == a.len() {
+                a.push(empty_node(next, false));
             }
-            set_value_path(&mut a[i], rest, value, at)
+            set_in_value(&mut a[i], &here, rest, value)
         }
         _ => Err(format!("{at} is not a section")),
     }
 }
 
-/// Hides the password of a URL (`postgres://u:secret@h/db` -> `postgres://u:****@h/db`).
+/// Names of query parameters whose values [`mask_url`] hides: a parameter
+/// whose name contains one of these, ignoring case (`password`, `sslpassword`,
+/// `api-key`, `access_token`, `sig`, `X-Amz-Credential`, ...).
+const SECRET_PARAMS: &[&str] = &[
+    "pass",
+    "pwd",
+    "secret",
+    "token",
+    "key",
+    "sig",
+    "auth",
+    "credential",
+];
+
+/// Hides the secrets of a URL: the password of its user info
+/// (`postgres://u:secret@h/db` -> `postgres://u:****@h/db`) and the value of
+/// every query parameter named like a secret (see [`SECRET_PARAMS`]:
+/// `?user=app&password=x` -> `?user=app&password=****`). Other parameters
+/// (`sslmode`, `api-version`) stay readable.
 pub fn mask_url(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let mut out = mask_userinfo(base);
+    if let Some(q) = query {
+        let (q, fragment) = match q.split_once('#') {
+            Some((q, f)) => (q, Some(f)),
+            None => (q, None),
+        };
+        out.push('?');
+        let pairs: Vec<String> = q
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, _)) if is_secret_param(name) => format!("{name}=****"),
+                _ => pair.to_string(),
+            })
+            .collect();
+        out.push_str(&pairs.join("&"));
+        if let Some(f) = fragment {
+            out.push('#');
+            out.push_str(f);
+        }
+    }
+    out
+}
+
+fn is_secret_param(name: &str) -> bool {
+    let name = percent_decode(name, true).to_ascii_lowercase();
+    SECRET_PARAMS.iter().any(|s| name.contains(s))
+}
+
+fn mask_userinfo(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
         return url.to_string();
     };
     let after = &url[scheme_end + 3..];
-    let host_start = after.find('/').unwrap_or(after.len());
-    let authority = &after[..host_start];
+    let host_end = after.find(['/', '#']).unwrap_or(after.len());
+    let authority = &after[..host_end];
     match authority.rfind('@') {
         Some(at) => {
             let userinfo = &authority[..at];
@@ -380,6 +519,36 @@ pub fn mask_url(url: &str) -> String {
         }
         None => url.to_string(),
     }
+}
+
+/// Decodes `%XX` escapes (and, in a query (`form`), `+` as a space), leaving
+/// a malformed escape as it is.
+pub(crate) fn percent_decode(s: &str, form: bool) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b'+', _, _) if form => {
+                out.push(b' ');
+                i += 1;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

@@ -43,6 +43,10 @@ pub struct ServerConfig {
     /// Log format: `text` or `json`.
     pub log_format: LogFormat,
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` wins when set.
+    /// Each comma-separated directive must be a level (`trace`, `debug`,
+    /// `info`, `warn`, `error`, `off`, or `0` to `5`) or `target=level`: a
+    /// bare word that is no level (`inf0`) would be read as a target to log
+    /// at every level, and nothing else logged.
     pub log_level: String,
 }
 
@@ -110,6 +114,8 @@ impl ServerConfig {
                 return Err(ConfigError::invalid(path, "must be more than zero"));
             }
         }
+        check_log_level(&self.log_level)
+            .map_err(|why| ConfigError::invalid("server.log_level", why))?;
         if self.bulk_body_limit < self.body_limit {
             return Err(ConfigError::invalid(
                 "server.bulk_body_limit",
@@ -117,5 +123,43 @@ impl ServerConfig {
             ));
         }
         Ok(())
+    }
+}
+
+/// A level of tracing's `LevelFilter` syntax (case-insensitive, or `0`-`5`).
+fn is_level(s: &str) -> bool {
+    ["trace", "debug", "info", "warn", "error", "off"]
+        .iter()
+        .any(|l| s.eq_ignore_ascii_case(l))
+        || matches!(s, "0" | "1" | "2" | "3" | "4" | "5")
+}
+
+/// Checks an `EnvFilter` string without the dependency: every directive is
+/// a level or `target=level` (`target[span{field=value}]=level` too).
+fn check_log_level(filter: &str) -> Result<(), String> {
+    const LEVELS: &str = "trace, debug, info, warn, error or off";
+    let mut any = false;
+    for d in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        any = true;
+        if is_level(d) {
+            continue;
+        }
+        match d.rsplit_once('=') {
+            Some((target, level)) if !target.trim().is_empty() && is_level(level.trim()) => {}
+            Some((_, level)) if !is_level(level.trim()) => {
+                return Err(format!("in `{d}`, `{level}` is not a level ({LEVELS})"));
+            }
+            Some(_) => return Err(format!("`{d}` names no target before `=`")),
+            None => {
+                return Err(format!(
+                    "`{d}` is not a level ({LEVELS}); set a target's level as `{d}=debug`"
+                ));
+            }
+        }
+    }
+    if any {
+        Ok(())
+    } else {
+        Err(format!("names no level ({LEVELS})"))
     }
 }

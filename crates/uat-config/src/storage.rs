@@ -8,7 +8,10 @@ use std::path::PathBuf;
 pub struct StorageConfig {
     /// Directory for the SQLite file, vector collections and snapshots.
     pub data_dir: PathBuf,
-    /// `sqlite://PATH` or `postgres://...`. Absent: `sqlite://{data_dir}/uat.db`.
+    /// `sqlite://PATH` or `postgres://...`. Absent: `sqlite://{data_dir}/uat.db`
+    /// (with `%`, `?` and `#` in the path percent-encoded). A SQLite database
+    /// must be a file: `sqlite::memory:`, `mode=memory` and an empty path are
+    /// refused (the memory store reads the file with its own connections).
     pub database_url: Option<String>,
     /// Largest number of pooled SQL connections.
     pub max_connections: u32,
@@ -25,11 +28,16 @@ impl Default for StorageConfig {
 }
 
 impl StorageConfig {
-    /// The database URL in effect.
+    /// The database URL in effect. The default one percent-encodes the
+    /// characters of `data_dir` a SQLite URL would read otherwise (`%` starts
+    /// an escape, `?` the options), so `/tmp/a%41b` stays that folder.
     pub fn database_url(&self) -> String {
         match &self.database_url {
             Some(u) => u.clone(),
-            None => format!("sqlite://{}", self.data_dir.join("uat.db").display()),
+            None => format!(
+                "sqlite://{}",
+                encode_path(&self.data_dir.join("uat.db").display().to_string())
+            ),
         }
     }
 
@@ -50,6 +58,15 @@ impl StorageConfig {
                 ),
             ));
         }
+        if let Some(why) = sqlite_not_a_file(&u) {
+            return Err(ConfigError::invalid(
+                "storage.database_url",
+                format!(
+                    "`{}` {why}: SQLite needs a database file (sqlite://PATH)",
+                    crate::mask_url(&u)
+                ),
+            ));
+        }
         // sqlx sets a slot aside for every connection of the pool at once.
         if !(1..=10_000).contains(&self.max_connections) {
             return Err(ConfigError::invalid(
@@ -59,4 +76,42 @@ impl StorageConfig {
         }
         Ok(())
     }
+}
+
+/// Percent-encodes what a SQLite URL's path cannot hold as it is.
+fn encode_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for c in path.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '?' => out.push_str("%3F"),
+            '#' => out.push_str("%23"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Why a `sqlite:` URL names no database file, read as sqlx reads it (the
+/// path up to `?`, percent-decoded; `key=value` options after it); `None`
+/// for a file or a non-SQLite URL.
+fn sqlite_not_a_file(url: &str) -> Option<&'static str> {
+    let rest = url.strip_prefix("sqlite:")?;
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if path == ":memory:" {
+        return Some("is an in-memory database");
+    }
+    let in_memory = query.split('&').any(|pair| {
+        pair.split_once('=').is_some_and(|(k, v)| {
+            crate::percent_decode(k, true) == "mode" && crate::percent_decode(v, true) == "memory"
+        })
+    });
+    if in_memory {
+        return Some("is an in-memory database (mode=memory)");
+    }
+    if crate::percent_decode(path, false).is_empty() {
+        return Some("has no path");
+    }
+    None
 }

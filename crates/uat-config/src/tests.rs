@@ -158,6 +158,35 @@ fn secrets_are_masked() {
     assert!(out.contains("app:****@db:5432"), "{out}");
     // The masked output is itself a valid config.
     Config::from_toml(&out).unwrap();
+
+    // Regression: secrets in a query string were printed in clear.
+    let c = load_str(
+        "[storage]\ndatabase_url = \"postgres://db/uat?user=app&password=hunter2&sslmode=require\"\n\
+         [[providers]]\nname = \"azure\"\nkind = \"openai\"\n\
+         base_url = \"https://x/v1?api-key=SECRETKEY&api-version=2024-06-01\"\n\
+         [[providers]]\nname = \"s3\"\nkind = \"openai\"\n\
+         base_url = \"https://y/v1?X-Amz-Signature=SIGVALUE&Access_Token=TOKVALUE&Pass%77ord=ENCODED#top\"\n",
+        &[],
+    )
+    .unwrap();
+    let out = c.to_masked_toml();
+    for secret in ["hunter2", "SECRETKEY", "SIGVALUE", "TOKVALUE", "ENCODED"] {
+        assert!(!out.contains(secret), "{secret}: {out}");
+    }
+    assert!(
+        out.contains("postgres://db/uat?user=app&password=****&sslmode=require"),
+        "{out}"
+    );
+    assert!(
+        out.contains("https://x/v1?api-key=****&api-version=2024-06-01"),
+        "{out}"
+    );
+    assert!(out.contains("Pass%77ord=****#top"), "{out}");
+    Config::from_toml(&out).unwrap();
+    assert_eq!(
+        mask_url("https://u:pw@h?token=t"),
+        "https://u:****@h?token=****"
+    );
 }
 
 #[test]
