@@ -15,17 +15,27 @@ pub enum BenchCommand {
     Embed(EmbedArgs),
 }
 
+/// A count that must be at least 1 (`--n 0` or `--queries 0` printed a
+/// report of NaNs and zeros).
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// `uat bench vector` options.
 #[derive(Debug, Args)]
 pub struct VectorArgs {
     /// Points in the collection (clustered, normalized, seeded).
-    #[arg(long, default_value_t = 50_000)]
+    #[arg(long, default_value_t = 50_000, value_parser = at_least_one)]
     pub n: usize,
     /// Dimension.
-    #[arg(long, default_value_t = 384)]
+    #[arg(long, default_value_t = 384, value_parser = at_least_one)]
     pub dim: usize,
     /// Queries.
-    #[arg(long, default_value_t = 1_000)]
+    #[arg(long, default_value_t = 1_000, value_parser = at_least_one)]
     pub queries: usize,
     /// ef values to sweep, comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = [16usize, 24, 32, 48, 64, 128, 256])]

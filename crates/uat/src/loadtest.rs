@@ -12,7 +12,11 @@
 //!   by side with the latency `uat` adds and its CPU time per request.
 //!
 //! Every run is bounded in time (`--duration`) and optionally in count
-//! (`--requests`).
+//! (`--requests`). One probe request goes first, and a target that refuses
+//! the connection fails the run at once; a run in which no request succeeded
+//! prints its report and exits non-zero. Latency percentiles are of the
+//! successful requests only (a fast 503 would pull them down); the failures
+//! are counted by class and timed apart.
 
 mod compare;
 mod engine;
@@ -33,13 +37,17 @@ pub struct LoadtestArgs {
     #[arg(long, required_unless_present_any = ["mock", "compare"], conflicts_with_all = ["mock", "compare"])]
     pub url: Option<String>,
 
-    /// Closed loop: number of concurrent workers. Open loop: size of the
-    /// connection pool.
+    /// Closed loop: number of concurrent workers, each on its own connection.
+    /// Open loop: idle connections kept for reuse; it does not bound the
+    /// connections in use, which follow rate x latency (a request finding
+    /// every pooled connection busy opens another), up to 20,000 requests in
+    /// flight or what the open-file limit allows, past which scheduled
+    /// requests are counted as `client-saturated`.
     #[arg(long, short = 'c', default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub concurrency: u64,
 
     /// How long to measure (after the warm-up), e.g. `10s`, `500ms`.
-    #[arg(long, short = 'd', default_value = "10s", value_parser = uat_config::duration::parse)]
+    #[arg(long, short = 'd', default_value = "10s", value_parser = positive_duration)]
     pub duration: Duration,
 
     /// Open loop: requests per second, sent on schedule whatever the server does.
@@ -47,7 +55,7 @@ pub struct LoadtestArgs {
     pub rate: Option<f64>,
 
     /// Stop after this many requests (the duration still applies).
-    #[arg(long, short = 'n')]
+    #[arg(long, short = 'n', value_parser = clap::value_parser!(u64).range(1..))]
     pub requests: Option<u64>,
 
     /// Load sent before measuring, not counted (connections, caches, JIT-free warm-up).
@@ -74,12 +82,13 @@ pub struct LoadtestArgs {
     #[arg(long, value_name = "FILE")]
     pub body: Option<PathBuf>,
     /// Extra header sent with every request, as `Name: value` (repeatable),
-    /// e.g. `--header 'cache-control: no-store'`.
+    /// e.g. `--header 'cache-control: no-store'` (with `--compare`, on both
+    /// sides).
     #[arg(long, short = 'H', value_name = "HEADER")]
     pub header: Vec<String>,
 
     /// Per-request timeout.
-    #[arg(long, default_value = "30s", value_parser = uat_config::duration::parse)]
+    #[arg(long, default_value = "30s", value_parser = positive_duration)]
     pub timeout: Duration,
 
     /// Ask for gzip responses (off by default: the mock never compresses, so a
@@ -131,8 +140,41 @@ pub struct LoadtestArgs {
     pub uat_bin: Option<PathBuf>,
 }
 
+/// A duration flag that must be more than zero.
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    let d = uat_config::duration::parse(text)?;
+    if d.is_zero() {
+        return Err(format!("`{text}`: must be more than zero"));
+    }
+    Ok(d)
+}
+
+/// Open files kept back from the connection budget: the runtime, the
+/// progress bar, the mock's listener, the gateway's log file, the probes.
+const FD_RESERVE: u64 = 64;
+
 impl LoadtestArgs {
-    fn plan(&self) -> anyhow::Result<engine::Plan> {
+    /// Sockets this process holds, roughly, per connection of the load:
+    /// one to a remote target; two when the server end is the in-process
+    /// mock; with `--compare` the direct phase's pooled connections (both
+    /// ends) stay open through the second phase, which adds its own and the
+    /// mock's ends of the gateway's connections (and in process the
+    /// gateway's two ends as well).
+    fn sockets_per_connection(&self) -> u64 {
+        match (self.compare, self.in_process, self.mock) {
+            (true, true, _) => 6,
+            (true, false, _) => 4,
+            (false, _, true) => 2,
+            (false, _, false) => 1,
+        }
+    }
+
+    /// Connections the open-file limit leaves room for (`None`: unknown).
+    fn connection_budget(&self, fd_limit: Option<u64>) -> Option<u64> {
+        fd_limit.map(|l| l.saturating_sub(FD_RESERVE) / self.sockets_per_connection())
+    }
+
+    fn plan(&self, fd_limit: Option<u64>) -> anyhow::Result<engine::Plan> {
         if let Some(r) = self.rate {
             // At least one request per 1,000 s: a request's time on the
             // schedule (its index / rate) stays within the clock's range.
@@ -140,15 +182,16 @@ impl LoadtestArgs {
                 anyhow::bail!("--rate must be from 0.001 to 1000000 requests per second");
             }
         }
-        if self.duration.is_zero() {
-            anyhow::bail!("--duration must be more than zero");
-        }
+        let budget = self
+            .connection_budget(fd_limit)
+            .map_or(usize::MAX, |b| usize::try_from(b).unwrap_or(usize::MAX));
         Ok(engine::Plan {
             concurrency: usize::try_from(self.concurrency).unwrap_or(usize::MAX),
             duration: self.duration,
             rate: self.rate,
             requests: self.requests,
             warmup: self.warmup,
+            max_outstanding: engine::MAX_OUTSTANDING.min(budget).max(1),
         })
     }
 
@@ -221,20 +264,67 @@ fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
+/// Raises the open-file limit and says when it is still too small for the load.
+fn open_files(args: &LoadtestArgs) -> Option<u64> {
+    let limit = uat_server::raise_fd_limit();
+    if let (Some(limit), Some(budget)) = (limit, args.connection_budget(limit)) {
+        let per = args.sockets_per_connection();
+        if args.rate.is_none() && args.concurrency > budget {
+            eprintln!(
+                "warning: --concurrency {} needs about {} open files in this process, but the \
+                 limit is {limit}: connections past it fail (as connect errors); raise the hard \
+                 limit (ulimit -Hn) or lower --concurrency",
+                args.concurrency,
+                args.concurrency * per + FD_RESERVE
+            );
+        } else if args.rate.is_some() && budget < engine::MAX_OUTSTANDING as u64 {
+            eprintln!(
+                "note: the open-file limit ({limit}) allows about {budget} requests in flight; \
+                 scheduled requests past that are counted as client-saturated"
+            );
+        }
+    }
+    limit
+}
+
+/// Fails a run in which nothing succeeded (after its report was printed).
+fn require_success(side: &str, s: &engine::Stats) -> anyhow::Result<()> {
+    if s.ok == 0 {
+        let classes: Vec<String> = s
+            .by_class
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect();
+        anyhow::bail!(
+            "no request {side}succeeded ({} errors: {})",
+            s.errors,
+            if classes.is_empty() {
+                "none sent".to_string()
+            } else {
+                classes.join(", ")
+            }
+        );
+    }
+    Ok(())
+}
+
 /// Runs the load test.
 pub async fn run(args: &LoadtestArgs, _config: Option<&Path>) -> anyhow::Result<()> {
-    let plan = args.plan()?;
+    let fd_limit = open_files(args);
+    let plan = args.plan(fd_limit)?;
     let (body, stream) = args.body()?;
+    let headers = parse_headers(&args.header)?;
     let progress = !(args.json || args.no_progress);
     let client = engine::client(plan.concurrency, args.timeout, args.gzip)?;
     if args.compare {
-        let out = compare::run(args, &plan, &client, body, stream, progress).await?;
+        let out = compare::run(args, &plan, &client, body, stream, headers, progress).await?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&out.to_json())?);
         } else {
             print!("{}", out.render());
         }
-        return Ok(());
+        require_success("direct to the mock ", &out.direct)?;
+        return require_success("through uat ", &out.through);
     }
     let (url, mock) = if args.mock {
         let (_, mock) = uat_server::mock_upstream::spawn_with(loopback(0), args.mock_config())
@@ -248,14 +338,8 @@ pub async fn run(args: &LoadtestArgs, _config: Option<&Path>) -> anyhow::Result<
             .context("--url is required without --mock or --compare")?;
         (chat_url(base), None)
     };
-    let headers = parse_headers(&args.header)?;
-    let target = engine::Target {
-        url,
-        body,
-        stream,
-        headers,
-        unique: args.unique.then(engine::unique_counter),
-    };
+    let target = engine::Target::new(url, body, stream, headers, args.unique)?;
+    engine::probe(&client, &target).await?;
     let result = engine::run(&client, &target, &plan, progress, "load").await?;
     if let Some(m) = mock {
         m.shutdown().await;
@@ -268,7 +352,7 @@ pub async fn run(args: &LoadtestArgs, _config: Option<&Path>) -> anyhow::Result<
     } else {
         print!("{}", report::render_run(&target, &plan, &result));
     }
-    Ok(())
+    require_success("", &result)
 }
 
 /// Parses `Name: value` headers.
@@ -290,6 +374,39 @@ fn parse_headers(raw: &[String]) -> anyhow::Result<reqwest::header::HeaderMap> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_open_file_limit_bounds_requests_in_flight() -> anyhow::Result<()> {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: LoadtestArgs,
+        }
+        let parse = |flags: &[&str]| {
+            Cli::try_parse_from(std::iter::once("loadtest").chain(flags.iter().copied()))
+                .map(|c| c.args)
+        };
+        let url = parse(&["--url", "http://h:1", "--rate", "10"])?;
+        assert_eq!(url.plan(Some(1024))?.max_outstanding, 960);
+        assert_eq!(
+            url.plan(None)?.max_outstanding,
+            engine::MAX_OUTSTANDING,
+            "unknown limit"
+        );
+        assert_eq!(
+            url.plan(Some(1 << 20))?.max_outstanding,
+            engine::MAX_OUTSTANDING
+        );
+        let compare = parse(&["--compare", "--rate", "10"])?;
+        assert_eq!(compare.plan(Some(1024))?.max_outstanding, 240);
+        let tiny = parse(&["--mock", "--rate", "10"])?;
+        assert_eq!(tiny.plan(Some(10))?.max_outstanding, 1);
+        for bad in [&["--mock", "--timeout", "0s"][..], &["--mock", "-n", "0"]] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+        Ok(())
+    }
 
     #[test]
     fn chat_url_appends_the_route_once() {

@@ -26,7 +26,15 @@ fn main() -> ExitCode {
                 data_dir: args.data_dir.clone(),
                 database_url: args.database_url.clone(),
             };
-            runtime().and_then(|rt| rt.block_on(serve(cli.config.as_deref(), &overrides)))
+            runtime().and_then(|rt| {
+                let served = rt.block_on(serve(cli.config.as_deref(), &overrides));
+                if let Ok(Served::Interrupted) = served {
+                    // Start-up work cut short may still sit on the blocking
+                    // pool (a connect, a file read): do not wait for it.
+                    rt.shutdown_timeout(std::time::Duration::from_millis(500));
+                }
+                served.map(|_| ())
+            })
         }
         Command::Config {
             command: ConfigCommand::Check,
@@ -65,7 +73,15 @@ fn config_check(path: Option<&std::path::Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(path: Option<&std::path::Path>, overrides: &Overrides) -> anyhow::Result<()> {
+/// How `uat serve` ended without an error.
+enum Served {
+    /// Served, then stopped by a signal and drained.
+    Stopped,
+    /// A signal came while the subsystems were starting; nothing was served.
+    Interrupted,
+}
+
+async fn serve(path: Option<&std::path::Path>, overrides: &Overrides) -> anyhow::Result<Served> {
     let (cfg, source) = Config::load(path, overrides).context("invalid configuration")?;
     let format = match cfg.server.log_format {
         uat_config::LogFormat::Text => uat_telemetry::LogFormat::Text,
@@ -86,18 +102,28 @@ async fn serve(path: Option<&std::path::Path>, overrides: &Overrides) -> anyhow:
         Some(limit) => tracing::debug!(limit, "open-file limit"),
         None => {}
     }
-    // Before anything else runs: a SIGTERM from here on stops gracefully.
-    let stop = shutdown_signal();
+    // Before anything else runs: a SIGTERM from here on stops gracefully
+    // (and a second one exits at once).
+    let signals = stop_signals();
     let listener = uat_server::bind(&listen).await?;
     // The bound address: with port 0 in `listen`, the port the OS chose.
     let addr = listener
         .local_addr()
         .map_or_else(|_| listen.clone(), |a| a.to_string());
     tracing::info!(%addr, "port bound, starting the subsystems");
-    let state = uat_server::build(cfg).await?;
+    // A signal while the subsystems start (say, PostgreSQL unreachable and
+    // the pool retrying until its timeout) stops the start-up at once.
+    let state = tokio::select! {
+        biased;
+        () = stopped(signals.clone()) => {
+            tracing::warn!("interrupted during start-up, exiting");
+            return Ok(Served::Interrupted);
+        }
+        built = uat_server::build(cfg) => built?,
+    };
     let app = uat_server::app(state.clone());
     tracing::info!(%addr, "uat is listening");
-    uat_server::serve(listener, app, stop, opts)
+    uat_server::serve(listener, app, stopped(signals), opts)
         .await
         .context("server error")?;
     // Cache writes still gathered for L2/L3 go out before the process ends.
@@ -105,43 +131,73 @@ async fn serve(path: Option<&std::path::Path>, overrides: &Overrides) -> anyhow:
         cache.flush(std::time::Duration::from_secs(2)).await;
     }
     tracing::info!("uat stopped");
-    Ok(())
+    Ok(Served::Stopped)
 }
 
-/// Resolves on SIGTERM or Ctrl-C. The handlers are installed when this is
-/// called, not when the future is first polled: the future runs on a task of
-/// its own, and a SIGTERM that came before that task's first poll used to
-/// kill the process with the default action instead of stopping it gracefully
-/// (seen in CI under load, right after the first answered request).
-fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+/// Resolves once [`stop_signals`] has seen a signal (never, when it could
+/// not listen for any).
+async fn stopped(mut signals: tokio::sync::watch::Receiver<bool>) {
+    if signals.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Listens for SIGINT and SIGTERM (Ctrl-C off Unix): the first one sets the
+/// returned flag, which stops the server gracefully; a second one exits at
+/// once without waiting for the drain, with 130 (SIGINT) or 143 (SIGTERM).
+///
+/// The handlers are installed when this is called, not when a future is first
+/// polled: a SIGTERM that came before a listening task's first poll used to
+/// kill the process with the default action instead of stopping it
+/// gracefully (seen in CI under load, right after the first answered
+/// request). Must be called inside the runtime.
+fn stop_signals() -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let on_signal = move |code: i32| {
+        if *tx.borrow() {
+            tracing::warn!("second signal during the shutdown, exiting at once");
+            std::process::exit(code);
+        }
+        tracing::info!("stopping; a second signal exits without waiting");
+        tx.send_replace(true);
+    };
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{SignalKind, signal};
-        let int = signal(SignalKind::interrupt());
-        let term = signal(SignalKind::terminate());
-        async move {
-            let wait = |s: std::io::Result<tokio::signal::unix::Signal>, name: &'static str| async move {
-                match s {
-                    Ok(mut s) => {
-                        s.recv().await;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot listen for {name}");
-                        std::future::pending::<()>().await;
-                    }
-                }
-            };
-            tokio::select! {
-                _ = wait(int, "SIGINT") => {},
-                _ = wait(term, "SIGTERM") => {},
+        use tokio::signal::unix::{Signal, SignalKind, signal};
+        let listen = |kind: SignalKind, name: &'static str| match signal(kind) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for {name}");
+                None
+            }
+        };
+        let mut int = listen(SignalKind::interrupt(), "SIGINT");
+        let mut term = listen(SignalKind::terminate(), "SIGTERM");
+        async fn recv(s: &mut Option<Signal>) -> Option<()> {
+            match s {
+                Some(s) => s.recv().await,
+                None => None,
             }
         }
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    Some(()) = recv(&mut int) => on_signal(130),
+                    Some(()) = recv(&mut term) => on_signal(143),
+                    else => break,
+                }
+            }
+        });
     }
     #[cfg(not(unix))]
-    async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::warn!(error = %e, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
+    tokio::spawn(async move {
+        loop {
+            if let Err(e) = tokio::signal::ctrl_c().await {
+                tracing::warn!(error = %e, "cannot listen for Ctrl-C");
+                break;
+            }
+            on_signal(130);
         }
-    }
+    });
+    rx
 }

@@ -359,18 +359,99 @@ fn loadtest_open_loop_sends_on_schedule_and_counts_mock_latency() {
     assert!(svc >= 20.0 && svc <= p50 + 0.01, "{v}");
 }
 
+/// Answers every request on every keep-alive connection with a 503, on
+/// threads of its own; returns its base URL.
+fn always_503() -> String {
+    use std::io::BufRead;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let Ok(mut out) = conn.try_clone() else {
+                    return;
+                };
+                let mut reader = std::io::BufReader::new(conn);
+                loop {
+                    let mut len = 0usize;
+                    loop {
+                        let mut line = String::new();
+                        match reader.read_line(&mut line) {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        }
+                        let lower = line.to_ascii_lowercase();
+                        if let Some(v) = lower.strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap_or(0);
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let reply = "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 2\r\n\r\nno";
+                    if out.write_all(reply.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// Every request answered 503: the run counts them by status, keeps them out
+/// of the latency percentiles (a fast 503 pulled p50 down to 0.9 ms when real
+/// answers took 100 ms), prints its report, and exits non-zero: no request
+/// succeeded (it used to exit 0).
 #[test]
 fn loadtest_counts_errors_by_status() {
-    // Nothing listens on the port (bound, not listening, so no other test
-    // can take it meanwhile): every request is a connect error, and the run
-    // still ends within its bounds and reports them.
+    let url = always_503();
+    let out = run(uat().args([
+        "loadtest",
+        "--url",
+        &url,
+        "--concurrency",
+        "2",
+        "--requests",
+        "20",
+        "--duration",
+        "20s",
+        "--warmup",
+        "0s",
+        "--json",
+    ]));
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "no request succeeded: {err}");
+    assert!(err.contains("no request succeeded"), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&out.stdout)));
+    assert_eq!(v["requests"], 20, "{v}");
+    assert_eq!(v["ok"], 0, "{v}");
+    assert_eq!(v["by_status"]["503"], 20, "{v}");
+    assert_eq!(v["error_rate"], 1.0, "{v}");
+    assert!(v["latency_ms"].is_null(), "failures are not latency: {v}");
+    assert!(v["error_latency_ms"]["p50"].as_f64().is_some(), "{v}");
+}
+
+/// Nothing listens on the port: one probe request finds it and the run
+/// fails at once, naming the target, instead of spinning on refused
+/// connections for its warm-up and duration and exiting 0.
+#[test]
+fn loadtest_fails_at_once_when_nothing_listens() {
+    // Bound, not listening, so no other test can take the port meanwhile.
     let closed = tokio::net::TcpSocket::new_v4().expect("socket");
     closed
         .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
         .expect("bind");
     let port = closed.local_addr().expect("local addr").port();
     let url = format!("http://127.0.0.1:{port}");
-    let v = loadtest_json(&[
+    let out = run(uat().args([
+        "loadtest",
         "--url",
         &url,
         "--concurrency",
@@ -380,12 +461,46 @@ fn loadtest_counts_errors_by_status() {
         "--duration",
         "5s",
         "--warmup",
-        "0s",
+        "1s",
+        "--json",
+    ]));
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains(&format!("cannot connect to {url}")), "{err}");
+    assert!(out.stdout.is_empty(), "no run: {}", text(&out.stdout));
+}
+
+/// Under a small soft open-file limit (`ulimit -Sn 128`, many a shell's
+/// default is 1024) the load generator raises it to the hard limit: 100
+/// connections to the in-process mock hold 200 sockets, which used to fail
+/// as connect errors.
+#[test]
+fn loadtest_raises_a_small_open_file_limit() {
+    let hard = Command::new("sh")
+        .args(["-c", "ulimit -Hn"])
+        .output()
+        .expect("sh");
+    let hard = text(&hard.stdout);
+    if hard.trim().parse::<u64>().is_ok_and(|h| h < 1024) {
+        eprintln!("skipped: the hard open-file limit is {hard}");
+        return;
+    }
+    let mut cmd = Command::new("sh");
+    cmd.args([
+        "-c",
+        "ulimit -Sn 128 && exec \"$0\" loadtest --mock -c 100 -n 300 --duration 30s --warmup 0s --json",
+        env!("CARGO_BIN_EXE_uat"),
     ]);
-    assert_eq!(v["requests"], 20, "{v}");
-    assert_eq!(v["ok"], 0, "{v}");
-    assert_eq!(v["by_status"]["connect"], 20, "{v}");
-    assert_eq!(v["error_rate"], 1.0, "{v}");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("UAT_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = run(&mut cmd);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&out.stdout)));
+    assert_eq!(v["ok"], 300, "{v}");
 }
 
 /// Flags whose schedule would overflow the clock are refused up front
@@ -456,6 +571,40 @@ fn loadtest_compare_runs_the_same_load_direct_and_through_a_uat_child() {
         "the child stops cleanly on SIGTERM: {v}"
     );
     assert!(v["added"]["latency_ms"]["p50"].as_f64().is_some(), "{v}");
+}
+
+/// The `uat serve` child of `--compare` is configured by its own file only:
+/// the caller's `UAT_*` environment (the Dockerfile sets `UAT_SERVER__LISTEN`
+/// and `UAT_STORAGE__DATA_DIR=/data`) used to reach it, moving it onto the
+/// running server's port and into the production data directory.
+#[test]
+fn loadtest_compare_keeps_the_callers_uat_environment_from_its_gateway() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let prod = dir.path().join("production-data");
+    let out = run(uat()
+        .env("UAT_SERVER__LISTEN", "127.0.0.1:1")
+        .env("UAT_STORAGE__DATA_DIR", &prod)
+        .args([
+            "loadtest",
+            "--compare",
+            "-c",
+            "1",
+            "-n",
+            "5",
+            "--duration",
+            "30s",
+            "--warmup",
+            "0s",
+            "--json",
+        ]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&out.stdout)));
+    assert_eq!(v["uat"]["ok"], 5, "{v}");
+    assert!(
+        !prod.exists(),
+        "the gateway wrote into UAT_STORAGE__DATA_DIR"
+    );
 }
 
 #[test]
@@ -570,4 +719,93 @@ fn cache_writes_still_gathered_reach_l3_on_sigterm_and_survive_a_restart() {
         "the entry gathered for L3 was lost at shutdown: {head}"
     );
     assert_eq!(again, answer);
+}
+
+/// A SIGINT while start-up waits for an unreachable PostgreSQL stops it at
+/// once (it used to be ignored until the pool gave up, 12 s later).
+#[test]
+fn sigint_while_the_database_is_unreachable_stops_start_up_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config(dir.path(), &serve_config(dir.path(), 0));
+    let mut server = Server(
+        uat()
+            .arg("serve")
+            .arg("--config")
+            .arg(&cfg)
+            .args(["--database-url", "postgres://u@127.0.0.1:1/db"])
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn uat serve"),
+    );
+    let (_, log) = common::logged_addr(&mut server.0, "port bound", Duration::from_secs(20));
+    let ok = Command::new("kill")
+        .args(["-INT", &server.0.id().to_string()])
+        .status()
+        .expect("run kill")
+        .success();
+    assert!(ok, "kill -INT failed");
+    // A liveness bound, far above the few milliseconds it takes.
+    let exit = wait_exit(&mut server.0, Duration::from_secs(5)).unwrap_or_else(|| {
+        panic!(
+            "uat did not stop within 5 s of SIGINT:\n{}",
+            common::text(&log)
+        )
+    });
+    // Let the log reader catch up with the last lines.
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(exit.success(), "{exit}: {}", common::text(&log));
+    assert!(
+        common::text(&log).contains("interrupted during start-up"),
+        "{}",
+        common::text(&log)
+    );
+}
+
+/// During the drain, a second SIGTERM exits at once (143) instead of waiting
+/// for the in-flight requests up to `shutdown_grace`.
+#[test]
+fn a_second_sigterm_during_the_drain_exits_at_once() {
+    use std::os::unix::process::ExitStatusExt as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let body =
+        serve_config(dir.path(), 0).replace("shutdown_grace = \"5s\"", "shutdown_grace = \"60s\"");
+    let cfg = write_config(dir.path(), &body);
+    let mut server = spawn_serve(&cfg, dir.path());
+    let (addr, log) = common::listening_addr(&mut server.0, Duration::from_secs(20));
+    // A request in flight: its body is still coming, so the drain waits.
+    let mut held = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
+    write!(
+        held,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"model\":"
+    )
+    .expect("send the head");
+    held.flush().expect("flush");
+    std::thread::sleep(Duration::from_millis(200));
+    sigterm(server.0.id());
+    let until = Instant::now() + Duration::from_secs(10);
+    while !common::text(&log).contains("a second signal exits") {
+        assert!(
+            Instant::now() < until,
+            "no shutdown:\n{}",
+            common::text(&log)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        matches!(server.0.try_wait(), Ok(None)),
+        "the drain waits for the request in flight:\n{}",
+        common::text(&log)
+    );
+    sigterm(server.0.id());
+    let exit = wait_exit(&mut server.0, Duration::from_secs(5)).unwrap_or_else(|| {
+        panic!(
+            "uat did not exit within 5 s of a second SIGTERM:\n{}",
+            common::text(&log)
+        )
+    });
+    assert_eq!(exit.code(), Some(143), "{exit:?} {:?}", exit.signal());
+    drop(held);
 }

@@ -23,8 +23,8 @@ pub(crate) struct CompareResult {
     load: String,
     mock_url: String,
     uat_url: String,
-    direct: Stats,
-    through: Stats,
+    pub(crate) direct: Stats,
+    pub(crate) through: Stats,
     gw: GatewayFacts,
 }
 
@@ -157,6 +157,7 @@ pub(crate) async fn run(
     client: &reqwest::Client,
     body: bytes::Bytes,
     stream: bool,
+    headers: reqwest::header::HeaderMap,
     progress: bool,
 ) -> anyhow::Result<CompareResult> {
     let (_, mock) = uat_server::mock_upstream::spawn_with(loopback(0), args.mock_config())
@@ -206,7 +207,20 @@ pub(crate) async fn run(
         };
         let log = std::fs::File::create(&log_path)?;
         let log2 = log.try_clone()?;
-        let child = Command::new(&bin)
+        let mut cmd = Command::new(&bin);
+        // The gateway is configured by its file alone: the caller's `UAT_*`
+        // environment (a Dockerfile's `UAT_SERVER__LISTEN` or
+        // `UAT_STORAGE__DATA_DIR=/data`) would move it onto a running
+        // server's port or into production data.
+        for (k, _) in std::env::vars_os() {
+            if k.as_encoded_bytes()
+                .starts_with(uat_config::ENV_PREFIX.as_bytes())
+            {
+                cmd.env_remove(&k);
+            }
+        }
+        cmd.env_remove("RUST_LOG");
+        let child = cmd
             .arg("serve")
             .arg("--config")
             .arg(&cfg_path)
@@ -226,23 +240,18 @@ pub(crate) async fn run(
 
     // One request through uat before any load: start-up to the first answer,
     // and a clear message when the gateway cannot serve the route at all.
-    let direct = Target {
-        url: chat_url(&mock.base_url()),
-        body: body.clone(),
+    let direct = Target::new(
+        chat_url(&mock.base_url()),
+        body.clone(),
         stream,
-        headers: reqwest::header::HeaderMap::new(),
-        unique: args.unique.then(engine::unique_counter),
-    };
-    let through = Target {
-        url: chat_url(&uat_base),
-        body,
-        stream,
-        headers: reqwest::header::HeaderMap::new(),
-        unique: args.unique.then(engine::unique_counter),
-    };
+        headers.clone(),
+        args.unique,
+    )?;
+    let through = Target::new(chat_url(&uat_base), body, stream, headers, args.unique)?;
     let first = client
         .post(&through.url)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .headers(through.headers.clone())
         .body(through.body.clone())
         .send()
         .await
@@ -451,14 +460,20 @@ impl CompareResult {
                 }
             }
         }
-        let status = |s: &Stats| {
-            s.by_class
-                .iter()
-                .map(|(k, v)| format!("{k}:{v}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
-        row(&mut o, "by status", status(d), status(t), String::new());
+        // One row per status or failure class seen on either side (a single
+        // `200:13096 503:20 connect:5` cell overflowed its column).
+        let classes: std::collections::BTreeSet<_> =
+            d.by_class.keys().chain(t.by_class.keys()).collect();
+        for class in classes {
+            let count = |s: &Stats| s.by_class.get(class).copied().unwrap_or(0).to_string();
+            row(
+                &mut o,
+                &format!("status {class}"),
+                count(d),
+                count(t),
+                String::new(),
+            );
+        }
         let _ = writeln!(o);
         match (self.gw.mode, self.gateway_cpu_ms()) {
             ("child", Some(c)) => {

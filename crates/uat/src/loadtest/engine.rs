@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 /// Open loop: requests in flight beyond which the generator itself is the
 /// bottleneck; further scheduled requests are counted as `client-saturated`.
-const MAX_OUTSTANDING: usize = 20_000;
+/// [`Plan::max_outstanding`] may be lower, under a small open-file limit.
+pub(crate) const MAX_OUTSTANDING: usize = 20_000;
 
 /// What to send.
 pub(crate) struct Target {
@@ -35,7 +36,7 @@ pub(crate) struct Target {
 
 /// A `--unique` counter starting at a value no earlier run used (the clock in
 /// microseconds), so a cache kept between runs still misses.
-pub(crate) fn unique_counter() -> Arc<AtomicU64> {
+fn unique_counter() -> Arc<AtomicU64> {
     let start = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2));
@@ -43,8 +44,43 @@ pub(crate) fn unique_counter() -> Arc<AtomicU64> {
 }
 
 impl Target {
+    /// A target. With `unique`, every request gets its own `"seed"`; a seed
+    /// already in `body` is taken out first (it would come after the fresh
+    /// one, and a JSON parser keeps the last of duplicate keys, so every
+    /// request would carry the same seed and hit the cache).
+    pub(crate) fn new(
+        url: String,
+        body: Bytes,
+        stream: bool,
+        headers: reqwest::header::HeaderMap,
+        unique: bool,
+    ) -> anyhow::Result<Self> {
+        let body = if unique {
+            let mut v: serde_json::Value =
+                serde_json::from_slice(&body).context("the request body is not JSON")?;
+            let obj = v
+                .as_object_mut()
+                .context("the request body must be a JSON object")?;
+            if obj.remove("seed").is_some() {
+                Bytes::from(serde_json::to_vec(&v)?)
+            } else {
+                body
+            }
+        } else {
+            body
+        };
+        Ok(Target {
+            url,
+            body,
+            stream,
+            headers,
+            unique: unique.then(unique_counter),
+        })
+    }
+
     /// The body of the next request: the shared one, or with `--unique` the
-    /// same object with a fresh `"seed"` first (`{"seed":N,...}`).
+    /// same object with a fresh `"seed"` first (`{"seed":N,...}`; [`Target::new`]
+    /// took any other `seed` out).
     fn next_body(&self) -> Bytes {
         let Some(counter) = &self.unique else {
             return self.body.clone();
@@ -70,6 +106,11 @@ pub(crate) struct Plan {
     pub rate: Option<f64>,
     pub requests: Option<u64>,
     pub warmup: Duration,
+    /// Open loop: requests in flight beyond which further scheduled ones are
+    /// counted as `client-saturated` instead of sent (bounded by the
+    /// open-file limit, so the generator does not turn its own `EMFILE` into
+    /// connect errors blamed on the server).
+    pub max_outstanding: usize,
 }
 
 /// One shared client: a pool sized to the concurrency, TCP_NODELAY, no proxy.
@@ -122,12 +163,19 @@ impl Outcome {
 
 /// Everything measured in one phase. Latencies are in nanoseconds.
 pub(crate) struct Stats {
+    /// Successful requests (2xx, read to the end) only: a fast 503 or a
+    /// refused connection would otherwise pull the percentiles down.
     /// Closed loop: send to end of answer. Open loop: *scheduled* send to end.
     pub latency: Histogram<u64>,
-    /// Open loop only: actual send to end of answer.
+    /// Open loop only, successful requests only: actual send to end of answer.
     pub service: Histogram<u64>,
-    /// Streams: to the first non-empty content delta (same origin as `latency`).
+    /// Successful streams: to the first non-empty content delta (same origin
+    /// as `latency`).
     pub ttft: Histogram<u64>,
+    /// Failed requests that got as far as an answer or a timeout (same origin
+    /// as `latency`); failures counted without a request sent
+    /// (`client-saturated`) are not in it.
+    pub error_latency: Histogram<u64>,
     /// Count of every request by how it ended.
     pub by_class: BTreeMap<Class, u64>,
     /// 2xx answers read to the end.
@@ -151,6 +199,7 @@ impl Stats {
             latency: histogram()?,
             service: histogram()?,
             ttft: histogram()?,
+            error_latency: histogram()?,
             by_class: BTreeMap::new(),
             ok: 0,
             errors: 0,
@@ -200,12 +249,17 @@ impl Recorder {
             self.errors.fetch_add(1, Ordering::Relaxed);
         }
         let Ok(mut s) = self.stats.lock() else { return };
-        s.latency.saturating_record(nanos(end - scheduled).max(1));
-        if self.open_loop {
-            s.service.saturating_record(nanos(end - sent).max(1));
-        }
-        if let Some(t) = out.ttft {
-            s.ttft.saturating_record(nanos(t).max(1));
+        let latency = nanos(end - scheduled).max(1);
+        if ok {
+            s.latency.saturating_record(latency);
+            if self.open_loop {
+                s.service.saturating_record(nanos(end - sent).max(1));
+            }
+            if let Some(t) = out.ttft {
+                s.ttft.saturating_record(nanos(t).max(1));
+            }
+        } else {
+            s.error_latency.saturating_record(latency);
         }
         *s.by_class.entry(out.class).or_insert(0) += 1;
         if ok {
@@ -388,6 +442,31 @@ fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
     None
 }
 
+/// One request before any load, not recorded: a target nobody listens on
+/// fails the run at once, instead of the run spinning on refused connections
+/// for its warm-up and its whole duration. Any answer, even an error status,
+/// lets the run go on (it counts them).
+pub(crate) async fn probe(client: &reqwest::Client, target: &Target) -> anyhow::Result<()> {
+    let sent = client
+        .post(&target.url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .headers(target.headers.clone())
+        .body(target.next_body())
+        .send()
+        .await;
+    match sent {
+        Ok(resp) => {
+            // Read to the end, so the connection goes back to the pool.
+            let _ = resp.bytes().await;
+            Ok(())
+        }
+        Err(e) if e.is_connect() => {
+            Err(anyhow::Error::new(e).context(format!("cannot connect to {}", target.url)))
+        }
+        Err(_) => Ok(()),
+    }
+}
+
 /// Runs the warm-up (not recorded) and then the measured phase.
 pub(crate) async fn run(
     client: &reqwest::Client,
@@ -543,6 +622,7 @@ async fn open_loop(
         unique: target.unique.clone(),
     });
     let (client, duration, limit) = (client.clone(), plan.duration, plan.requests);
+    let max_outstanding = plan.max_outstanding.max(1);
     let pacer = {
         let (rec, outstanding) = (rec.clone(), outstanding.clone());
         // A plain thread sleeps with ~0.1 ms precision; the async timer's
@@ -566,7 +646,7 @@ async fn open_loop(
                         std::thread::sleep(due - now);
                     }
                     i += 1;
-                    if outstanding.load(Ordering::Relaxed) >= MAX_OUTSTANDING {
+                    if outstanding.load(Ordering::Relaxed) >= max_outstanding {
                         rec.record_failure("client-saturated");
                         continue;
                     }
@@ -635,6 +715,24 @@ mod tests {
     }
 
     #[test]
+    fn unique_replaces_a_seed_already_in_the_body() -> anyhow::Result<()> {
+        let target = Target::new(
+            String::new(),
+            Bytes::from_static(br#"{"seed":5,"model":"m"}"#),
+            false,
+            reqwest::header::HeaderMap::new(),
+            true,
+        )?;
+        // serde_json keeps the last of duplicate keys, as the server does.
+        let a: serde_json::Value = serde_json::from_slice(&target.next_body())?;
+        let b: serde_json::Value = serde_json::from_slice(&target.next_body())?;
+        assert_ne!(a["seed"], b["seed"], "{a} {b}");
+        assert_ne!(a["seed"], 5, "{a}");
+        assert_eq!(b["model"], "m");
+        Ok(())
+    }
+
+    #[test]
     fn scanner_sees_content_done_and_errors_across_split_reads() {
         let stream = concat!(
             "data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n",
@@ -678,10 +776,11 @@ mod tests {
                 ttft: None,
             },
         );
+        // A fast 503 (0.1 ms) must not pull the latency percentiles down.
         rec.record(
             t0,
-            t1,
-            t2,
+            t0,
+            t0 + Duration::from_micros(100),
             &Outcome {
                 class: Class::Http(503),
                 ttft: None,
@@ -693,6 +792,10 @@ mod tests {
             .into_inner()
             .map_err(|_| anyhow::anyhow!("poisoned"))?;
         assert_eq!((s.ok, s.errors, s.shed()), (1, 2, 1));
+        // Only the 200 is in the latency histograms; the 503 is in its own.
+        assert_eq!(s.latency.len(), 1);
+        assert_eq!(s.service.len(), 1);
+        assert_eq!(s.error_latency.len(), 1);
         // Latency from the scheduled time (5 ms), service time from the send (3 ms).
         let lat = s.latency.value_at_quantile(0.5);
         let svc = s.service.value_at_quantile(0.5);

@@ -53,6 +53,7 @@ pub(crate) fn stats_json(s: &Stats) -> Value {
         "latency_ms": summary_json(&s.latency),
         "service_time_ms": summary_json(&s.service),
         "ttft_ms": summary_json(&s.ttft),
+        "error_latency_ms": summary_json(&s.error_latency),
         "client_cpu_ms_per_request": s.own_cpu.filter(|_| total > 0).map(|c| c.as_secs_f64() * 1e3 / total as f64),
     })
 }
@@ -149,11 +150,18 @@ pub(crate) fn render_run(target: &Target, plan: &Plan, s: &Stats) -> String {
     lat_line(&mut out, name, &s.latency);
     lat_line(&mut out, "service time", &s.service);
     lat_line(&mut out, "first token", &s.ttft);
+    lat_line(&mut out, "failed", &s.error_latency);
     if let Some(c) = s.own_cpu.filter(|_| total > 0) {
         let _ = writeln!(
             out,
             "  client CPU    {:.3} ms/request (this process)",
             c.as_secs_f64() * 1e3 / total as f64
+        );
+    }
+    if !s.error_latency.is_empty() {
+        let _ = writeln!(
+            out,
+            "  latency, service time and first token are of successful requests; failed: of the errors"
         );
     }
     if plan.rate.is_some() {
