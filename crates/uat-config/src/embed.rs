@@ -64,6 +64,16 @@ pub enum TokenIds {
     Model,
 }
 
+impl TokenIds {
+    /// The name the config spells it with.
+    pub fn name(self) -> &'static str {
+        match self {
+            TokenIds::Cl100kBase => "cl100k_base",
+            TokenIds::Model => "model",
+        }
+    }
+}
+
 impl Default for EmbeddingsConfig {
     fn default() -> Self {
         EmbeddingsConfig {

@@ -469,11 +469,14 @@ const SECRET_PARAMS: &[&str] = &[
 /// `?user=app&password=x` -> `?user=app&password=****`). Other parameters
 /// (`sslmode`, `api-version`) stay readable.
 pub fn mask_url(url: &str) -> String {
-    let (base, query) = match url.split_once('?') {
+    // The user info first: a password may hold `?`, `#` or `/` (a URL that
+    // then fails to parse is exactly the one an error message prints).
+    let (mut out, rest) = split_userinfo(url);
+    let (base, query) = match rest.split_once('?') {
         Some((b, q)) => (b, Some(q)),
-        None => (url, None),
+        None => (rest, None),
     };
-    let mut out = mask_userinfo(base);
+    out.push_str(base);
     if let Some(q) = query {
         let (q, fragment) = match q.split_once('#') {
             Some((q, f)) => (q, Some(f)),
@@ -501,24 +504,34 @@ fn is_secret_param(name: &str) -> bool {
     SECRET_PARAMS.iter().any(|s| name.contains(s))
 }
 
-fn mask_userinfo(url: &str) -> String {
+/// `url` up to its host with the password masked, and the rest. The user
+/// info ends at the last `@` before the first `/` that follows an `@` (so a
+/// password holding `@`, `?`, `#` or `/` is masked whole); a candidate with
+/// no `:` that holds a `/` or `?` is a path or query, not user info.
+fn split_userinfo(url: &str) -> (String, &str) {
     let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
+        return (String::new(), url);
     };
     let after = &url[scheme_end + 3..];
-    let host_end = after.find(['/', '#']).unwrap_or(after.len());
-    let authority = &after[..host_end];
-    match authority.rfind('@') {
-        Some(at) => {
-            let userinfo = &authority[..at];
-            let masked = match userinfo.find(':') {
-                Some(c) => format!("{}:****", &userinfo[..c]),
-                None => "****".to_string(),
-            };
-            format!("{}://{}@{}", &url[..scheme_end], masked, &after[at + 1..])
-        }
-        None => url.to_string(),
-    }
+    let Some(first_at) = after.find('@') else {
+        return (String::new(), url);
+    };
+    let end = after[first_at..]
+        .find('/')
+        .map_or(after.len(), |i| first_at + i);
+    let Some(at) = after[..end].rfind('@') else {
+        return (String::new(), url);
+    };
+    let userinfo = &after[..at];
+    let masked = match userinfo.find(':') {
+        Some(c) => format!("{}:****", &userinfo[..c]),
+        None if userinfo.contains(['/', '?']) => return (String::new(), url),
+        None => "****".to_string(),
+    };
+    (
+        format!("{}://{}@", &url[..scheme_end], masked),
+        &after[at + 1..],
+    )
 }
 
 /// Decodes `%XX` escapes (and, in a query (`form`), `+` as a space), leaving

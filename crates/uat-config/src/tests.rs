@@ -187,6 +187,24 @@ fn secrets_are_masked() {
         mask_url("https://u:pw@h?token=t"),
         "https://u:****@h?token=****"
     );
+    // A password holding `?`, `#`, `/` or `@` is masked whole (splitting
+    // the query off first printed `pa?ss` and `pa#ss` passwords in full).
+    for (url, secret) in [
+        ("postgres://u:pa?ss@h/db", "pa?ss"),
+        ("postgres://u:pa#ss@h/db", "pa#ss"),
+        ("postgres://u:p#?/w@h/db?password=x", "p#?/w"),
+        ("postgres://u:p@ss@h/db", "p@ss"),
+    ] {
+        let out = mask_url(url);
+        assert!(out.starts_with("postgres://u:****@h/db"), "{url}: {out}");
+        assert!(!out.contains(secret), "{url}: {out}");
+        assert!(!out.contains("password=x"), "{url}: {out}");
+    }
+    // An `@` in a query is no user info.
+    assert_eq!(
+        mask_url("https://h/v1?email=a@b.c&key=k"),
+        "https://h/v1?email=a@b.c&key=****"
+    );
 }
 
 #[test]

@@ -176,6 +176,18 @@ struct SlotState {
 }
 
 impl Slot {
+    /// The slot of a request of `n` inputs, answered on `reply`.
+    fn new(n: usize, reply: Reply) -> Arc<Self> {
+        Arc::new(Slot {
+            inputs: n,
+            state: Mutex::new(SlotState {
+                results: vec![Vec::new(); n],
+                remaining: n,
+                reply: Some(reply),
+            }),
+        })
+    }
+
     fn cancelled(&self) -> bool {
         self.state
             .lock()
@@ -292,14 +304,7 @@ impl Batcher {
         }
         let n = inputs.len();
         let (tx, rx) = oneshot::channel();
-        let slot = Arc::new(Slot {
-            inputs: n,
-            state: Mutex::new(SlotState {
-                results: vec![Vec::new(); n],
-                remaining: n,
-                reply: Some(tx),
-            }),
-        });
+        let slot = Slot::new(n, tx);
         let now = Instant::now();
         {
             let mut q = self.shared.queue.lock();
@@ -584,14 +589,7 @@ mod tests {
             items.push_back(Item {
                 ids: vec![1; len],
                 enqueued: now,
-                slot: Arc::new(Slot {
-                    inputs: 1,
-                    state: Mutex::new(SlotState {
-                        results: vec![Vec::new()],
-                        remaining: 1,
-                        reply: Some(tx),
-                    }),
-                }),
+                slot: Slot::new(1, tx),
                 index: 0,
             });
         }
@@ -666,14 +664,7 @@ mod tests {
     /// Queues one request of `n` inputs of `len` tokens.
     fn push_request(q: &mut Queue, n: usize, len: usize) -> Pending {
         let (tx, rx) = oneshot::channel();
-        let slot = Arc::new(Slot {
-            inputs: n,
-            state: Mutex::new(SlotState {
-                results: vec![Vec::new(); n],
-                remaining: n,
-                reply: Some(tx),
-            }),
-        });
+        let slot = Slot::new(n, tx);
         for index in 0..n {
             q.tokens += len;
             q.items.push_back(Item {

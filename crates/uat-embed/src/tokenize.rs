@@ -17,6 +17,9 @@ pub struct TextTokenizer {
     max_seq_length: usize,
     added: usize,
     lowercase: bool,
+    /// Bytes of the longest added-token literal (`[SEP]`, `<s>`): a prefix cut
+    /// inside one tokenizes its start as ordinary text.
+    literal: usize,
 }
 
 impl TextTokenizer {
@@ -43,11 +46,18 @@ impl TextTokenizer {
                 "max_seq_length {max_seq_length} leaves no room for text"
             ));
         }
+        let literal = inner
+            .get_added_tokens_decoder()
+            .values()
+            .map(|t| t.content.len())
+            .max()
+            .unwrap_or(0);
         Ok(TextTokenizer {
             inner,
             max_seq_length,
             added,
             lowercase,
+            literal,
         })
     }
 
@@ -113,7 +123,9 @@ impl TextTokenizer {
             };
             enc.map_err(|e| EmbedError::Tokenizer(e.to_string()))
         };
-        let mut enc = match bounded(text, keep, window, &mut |t, words| piece(t, words, seen))? {
+        let mut enc = match bounded(text, keep, window, self.literal, &mut |t, words| {
+            piece(t, words, seen)
+        })? {
             Bounded::Whole(enc) => {
                 let full = enc.len() + self.added;
                 if full > self.max_seq_length && !truncate {
@@ -173,19 +185,25 @@ fn bounded(
     text: &str,
     keep: usize,
     window: usize,
+    literal: usize,
     tok: &mut dyn FnMut(&str, bool) -> Result<Encoding>,
 ) -> Result<Bounded> {
     let mut window = window.max(64);
+    // Prefixes that settled nothing: a text with no word boundary, which
+    // only the whole text decides (no more doubling, which would cost
+    // twice the whole).
+    let mut barren = 0;
     loop {
-        if window >= text.len() {
+        if window >= text.len() || barren >= 2 {
             return tok(text, false).map(Bounded::Whole);
         }
         let cut = cut_at(text, window);
         let enc = tok(&text[..cut], true)?;
-        let settled = settled(&enc);
+        let settled = settled(&enc, literal);
         if settled > keep {
             return Ok(Bounded::Over { enc, settled });
         }
+        barren = if settled == 0 { barren + 1 } else { 0 };
         window = window.saturating_mul(2);
     }
 }
@@ -212,16 +230,26 @@ fn cut_at(text: &str, window: usize) -> usize {
     }
 }
 
-/// Tokens of `enc` (a prefix) before its last word's first token.
-fn settled(enc: &Encoding) -> usize {
+/// Tokens of `enc` (a prefix) before its last word's first token, and
+/// ending at least `literal` bytes before its end: an added token's literal
+/// cut by the prefix (`x[SE`) is tokenized as words (`[`, `se`), of which
+/// only the last is the last word.
+fn settled(enc: &Encoding, literal: usize) -> usize {
     let words = enc.get_word_ids();
-    match words.last() {
+    let mut n = match words.last() {
         Some(Some(last)) => words
             .iter()
             .position(|w| w.is_none_or(|w| w >= *last))
             .unwrap_or(0),
         _ => 0,
+    };
+    let offsets = enc.get_offsets();
+    let end = offsets.last().map_or(0, |o| o.1);
+    let limit = end.saturating_sub(literal);
+    while n > 0 && offsets.get(n - 1).is_some_and(|o| o.1 > limit) {
+        n -= 1;
     }
+    n
 }
 
 #[cfg(test)]
@@ -327,6 +355,58 @@ mod tests {
                         while !text.is_char_boundary(end) {
                             end -= 1;
                         }
+                        let text = &text[..end];
+                        assert_eq!(
+                            t.encode(text, true).unwrap(),
+                            whole_then_cut(&t, text),
+                            "max {max}, lowercase {lowercase}: {text:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// A tokenizer whose added tokens can be cut by a prefix.
+    fn with_added(max: usize, lowercase: bool) -> TextTokenizer {
+        let mut t = tokenizer(max, lowercase);
+        let added = t.inner.add_special_tokens([
+            tokenizers::AddedToken::from("[SEP]", true),
+            tokenizers::AddedToken::from("<|endoftext|>", true),
+        ]);
+        assert!(added.unwrap() >= 1, "<|endoftext|> is new");
+        t.literal = "<|endoftext|>".len();
+        t
+    }
+
+    /// A prefix cut inside an added token's literal (`fox<|endo`) tokenizes
+    /// its start as words (`<`, `|`), which the whole text does not have:
+    /// they are not settled: no token ending within the longest literal's
+    /// length of the prefix's end is (without the guard, 6 and 5 were).
+    #[test]
+    fn the_start_of_a_cut_added_token_is_not_settled() {
+        let t = with_added(64, false);
+        let enc = t.inner.encode("the quick brown fox<|endo", false).unwrap();
+        assert_eq!(enc.len(), 7, "{:?}", enc.get_tokens());
+        assert_eq!(settled(&enc, 0), 6, "the last word only");
+        assert_eq!(settled(&enc, t.literal), 2, "the, quick");
+        let enc = t.inner.encode("the quick brown fox[SE", false).unwrap();
+        assert_eq!(settled(&enc, 0), 5);
+        assert_eq!(settled(&enc, t.literal), 2);
+    }
+
+    /// The same, end to end: whole-text ids however the prefixes fall.
+    #[test]
+    fn a_prefix_cut_inside_an_added_token_still_gives_the_whole_texts_ids() {
+        for lowercase in [false, true] {
+            for max in [3, 8, 16, 64] {
+                let t = with_added(max, lowercase);
+                for text in [
+                    "a[SEP]".repeat(400),
+                    "fox<|endoftext|>".repeat(300),
+                    "a<|endoftext|>b,".repeat(300),
+                ] {
+                    for end in (text.len() / 2..text.len()).step_by(7).take(40) {
                         let text = &text[..end];
                         assert_eq!(
                             t.encode(text, true).unwrap(),

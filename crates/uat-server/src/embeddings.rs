@@ -27,6 +27,11 @@ pub struct EmbedService {
 }
 
 impl EmbedService {
+    /// How `model` reads token-id inputs.
+    fn token_ids_of(&self, model: &str) -> TokenIds {
+        self.token_ids.get(model).copied().unwrap_or_default()
+    }
+
     /// Builds the registry from `[embeddings]`, loads the models marked
     /// `eager`, and starts the idle-unload task.
     pub async fn init(config: &Config) -> Result<Self, StartupError> {
@@ -225,13 +230,30 @@ async fn embeddings(
             Ok(p) => p,
             Err(e) => return e.into_response(),
         };
+        // Token ids mean what the model's `token_ids` says: the key names
+        // the reading, so entries stored under another one (before an
+        // upgrade, or a config change) are never served for it.
+        let keyed;
+        let names = match parsed.input {
+            EmbeddingInput::TokenIds(_) => {
+                keyed = format!(
+                    "{model}#token_ids={}",
+                    state.embed.token_ids_of(&model).name()
+                );
+                crate::cache::ModelNames {
+                    public: &model,
+                    cached: &keyed,
+                }
+            }
+            EmbeddingInput::Texts(_) => crate::cache::ModelNames::same(&model),
+        };
         let st = state.clone();
         let resp = crate::cache::around(
             &state,
             &tenant,
             &headers,
             crate::cache::Kind::Embeddings,
-            crate::cache::ModelNames::same(&model),
+            names,
             &body,
             |_| async move {
                 local(&st, parsed)
@@ -317,12 +339,7 @@ fn tagged(mut resp: Response, provider: &str, attempts: u32, model: &str) -> Res
 }
 
 async fn local(state: &AppState, p: Parsed) -> Result<Response, ApiError> {
-    let mode = state
-        .embed
-        .token_ids
-        .get(&p.model)
-        .copied()
-        .unwrap_or_default();
+    let mode = state.embed.token_ids_of(&p.model);
     let input = if p.input.resolves_inline(mode) {
         p.input.resolve_token_ids(mode)
     } else {

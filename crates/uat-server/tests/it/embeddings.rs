@@ -485,3 +485,61 @@ async fn the_model_listing_shows_no_server_path() {
     assert!(list["data"][0].get("path").is_none(), "{list}");
     assert!(!text.contains(&dir), "{text}");
 }
+
+/// A cached answer to token ids is keyed by how the model reads them: an
+/// entry stored while `token_ids = "model"` (or before token ids were read
+/// as cl100k_base, as every release before did) is never served once they
+/// mean cl100k_base. Three gateways (replicas) share one L2 (Redis): the
+/// first stores, the second (same reading) proves the entry is there, the
+/// third misses.
+#[tokio::test]
+async fn cached_token_id_embeddings_are_keyed_by_the_models_reading() {
+    let Some(dir) = model_dir() else { return };
+    let redis =
+        std::env::var("UAT_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into());
+    let prefix = uuid::Uuid::new_v4().simple().to_string();
+    let toml = |mode: &str| {
+        format!(
+            "[[embeddings.models]]\nname = \"minilm\"\npath = \"{dir}\"\ntoken_ids = \"{mode}\"\n[cache]\nmode = \"deterministic\"\n[cache.l2]\nurl = \"{redis}\"\nkey_prefix = \"uat-test:{prefix}:\"\n[cache.l3]\nenabled = false\n"
+        )
+    };
+    let app = |mode: &'static str| {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = test_config(&toml(mode), tmp.path());
+        spawn_config(cfg, tmp)
+    };
+    let body = json!({"model": "minilm", "input": [[7592, 2088]]});
+    // `no-store`: a miss of the reader's (before the write reached L3)
+    // must not fill its own L1, or it would never read L3.
+    let send = |app: &TestApp, store: bool| {
+        let cc = if store { "max-age=60" } else { "no-store" };
+        let req = app
+            .client
+            .post(app.at("/v1/embeddings"))
+            .header("cache-control", cc)
+            .json(&body);
+        async move {
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.headers()["x-uat-cache"].to_str().unwrap().to_string()
+        }
+    };
+    let writer = app("model").await;
+    assert_eq!(send(&writer, true).await, "miss");
+    let reader = app("model").await;
+    let mut seen = String::new();
+    for _ in 0..100 {
+        seen = send(&reader, false).await;
+        if seen == "hit-l2" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen, "hit-l2", "the entry reached L2");
+    let other = app("cl100k_base").await;
+    assert_eq!(
+        send(&other, false).await,
+        "miss",
+        "another reading of the ids"
+    );
+}

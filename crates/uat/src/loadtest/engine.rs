@@ -291,16 +291,19 @@ fn classify(e: &reqwest::Error) -> &'static str {
     }
 }
 
-/// Sends one request and reads the whole answer. `origin` is the time
-/// latency and TTFT are measured from.
-async fn one_request(client: &reqwest::Client, target: &Target, origin: Instant) -> Outcome {
-    let sent = client
+/// The next request of the load: the target's body (unique when asked) and headers.
+fn post(client: &reqwest::Client, target: &Target) -> reqwest::RequestBuilder {
+    client
         .post(&target.url)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .headers(target.headers.clone())
         .body(target.next_body())
-        .send()
-        .await;
+}
+
+/// Sends one request and reads the whole answer. `origin` is the time
+/// latency and TTFT are measured from.
+async fn one_request(client: &reqwest::Client, target: &Target, origin: Instant) -> Outcome {
+    let sent = post(client, target).send().await;
     let resp = match sent {
         Ok(r) => r,
         Err(e) => {
@@ -447,13 +450,7 @@ fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
 /// for its warm-up and its whole duration. Any answer, even an error status,
 /// lets the run go on (it counts them).
 pub(crate) async fn probe(client: &reqwest::Client, target: &Target) -> anyhow::Result<()> {
-    let sent = client
-        .post(&target.url)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .headers(target.headers.clone())
-        .body(target.next_body())
-        .send()
-        .await;
+    let sent = post(client, target).send().await;
     match sent {
         Ok(resp) => {
             // Read to the end, so the connection goes back to the pool.
