@@ -78,12 +78,13 @@ pub enum Source {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {error}")]
     Read {
         /// The file.
         path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
+        /// The I/O error (in the message, not chained as a source: it was
+        /// printed twice).
+        error: std::io::Error,
     },
     /// The TOML is not well-formed.
     #[error("{origin}: {message}")]
@@ -254,9 +255,9 @@ impl Config {
 }
 
 fn read(p: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+    std::fs::read_to_string(p).map_err(|error| ConfigError::Read {
         path: p.to_path_buf(),
-        source,
+        error,
     })
 }
 

@@ -43,12 +43,13 @@ pub enum StartupError {
         message: String,
     },
     /// The listener could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {error}")]
     Bind {
         /// The address.
         addr: String,
-        /// The I/O error.
-        source: std::io::Error,
+        /// The I/O error (in the message, not chained as a source, which
+        /// printed it twice: `... in use (os error 98): ... in use (os error 98)`).
+        error: std::io::Error,
     },
 }
 
@@ -107,9 +108,9 @@ pub fn app(state: AppState) -> Router {
 pub async fn bind(addr: &str) -> Result<TcpListener, StartupError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| StartupError::Bind {
+        .map_err(|error| StartupError::Bind {
             addr: addr.to_string(),
-            source,
+            error,
         })
 }
 

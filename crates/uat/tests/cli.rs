@@ -809,3 +809,25 @@ fn a_second_sigterm_during_the_drain_exits_at_once() {
     assert_eq!(exit.code(), Some(143), "{exit:?} {:?}", exit.signal());
     drop(held);
 }
+
+/// A port in use and a missing config file say their cause once (the I/O
+/// error was both in the message and chained as its source, so it printed
+/// twice: `... in use (os error 98): ... in use (os error 98)`).
+#[test]
+fn start_up_errors_name_their_cause_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let cfg = write_config(dir.path(), &serve_config(dir.path(), port));
+    let out = run(uat().args(["serve", "--config"]).arg(&cfg));
+    assert!(!out.status.success(), "serve ran on a port in use");
+    let err = text(&out.stderr);
+    assert!(err.contains("cannot listen on"), "{err}");
+    assert_eq!(err.matches("os error 98").count(), 1, "{err}");
+    let missing = dir.path().join("nowhere.toml");
+    let out = run(uat().args(["config", "check", "--config"]).arg(&missing));
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("cannot read config file"), "{err}");
+    assert_eq!(err.matches("os error 2").count(), 1, "{err}");
+}
