@@ -73,7 +73,7 @@ impl BertConfig {
                 "position_embedding_type '{p}'"
             )));
         }
-        if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 {
+        if c.num_attention_heads == 0 || !c.hidden_size.is_multiple_of(c.num_attention_heads) {
             return Err(EmbedError::load(
                 path,
                 "hidden_size must be a multiple of num_attention_heads",

@@ -362,7 +362,7 @@ pub fn vector_to_bytes(v: &[f32]) -> Vec<u8> {
 
 /// Decodes little-endian f32 bytes.
 pub fn bytes_to_vector(b: &[u8]) -> Result<Vec<f32>> {
-    if b.len() % 4 != 0 {
+    if !b.len().is_multiple_of(4) {
         return Err(MemoryError::Corrupt(format!(
             "embedding of {} bytes",
             b.len()

@@ -540,10 +540,10 @@ impl Router {
                 slot,
                 permit: Some(permit),
             };
-            if let Some((prev, retry_after)) = last {
-                if prev == target.slot {
-                    tokio::time::sleep(self.backoff(attempts, retry_after)).await;
-                }
+            if let Some((prev, retry_after)) = last
+                && prev == target.slot
+            {
+                tokio::time::sleep(self.backoff(attempts, retry_after)).await;
             }
             attempts += 1;
             let start = Instant::now();

@@ -33,7 +33,7 @@ impl BitSet {
             words: vec![u64::MAX; len.div_ceil(64)],
             len,
         };
-        if len % 64 != 0
+        if !len.is_multiple_of(64)
             && let Some(last) = b.words.last_mut()
         {
             *last = (1u64 << (len % 64)) - 1;

@@ -210,13 +210,12 @@ pub fn parse_sse(text: &str) -> Vec<String> {
 pub fn stream_text(events: &[String]) -> String {
     let mut s = String::new();
     for e in events {
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(e) {
-            if let Some(t) = v
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(e)
+            && let Some(t) = v
                 .pointer("/choices/0/delta/content")
                 .and_then(|c| c.as_str())
-            {
-                s.push_str(t);
-            }
+        {
+            s.push_str(t);
         }
     }
     s

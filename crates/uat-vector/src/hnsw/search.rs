@@ -102,12 +102,12 @@ impl Hnsw {
                 l.read_into(&mut buf);
             }
             for &nb in &buf {
-                if let Some(d) = dist(nb) {
-                    if d < cur_d {
-                        cur_d = d;
-                        cur = nb;
-                        changed = true;
-                    }
+                if let Some(d) = dist(nb)
+                    && d < cur_d
+                {
+                    cur_d = d;
+                    cur = nb;
+                    changed = true;
                 }
             }
             if !changed {

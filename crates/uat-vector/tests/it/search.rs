@@ -128,7 +128,7 @@ fn filtered_search_matches_brute_force_at_every_selectivity_and_plans_accordingl
         "must_not": [{"key": "bucket", "range": {"gte": 50}}]
     }))
     .unwrap();
-    let pass = |i: usize| (i % 3 == 0 || i % 2 == 1) && i % 100 < 50;
+    let pass = |i: usize| (i.is_multiple_of(3) || i % 2 == 1) && i % 100 < 50;
     for q in &qs[..5] {
         let mut req = SearchRequest::new(q.clone(), 10);
         req.filter = Some(f.clone());

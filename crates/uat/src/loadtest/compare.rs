@@ -131,16 +131,16 @@ async fn wait_for_health(
     let url = format!("{base}/health");
     let mut child = child;
     loop {
-        if let Ok(r) = probe.get(&url).send().await {
-            if r.status().is_success() {
-                return Ok(started.elapsed());
-            }
+        if let Ok(r) = probe.get(&url).send().await
+            && r.status().is_success()
+        {
+            return Ok(started.elapsed());
         }
-        if let Some(c) = child.as_deref_mut() {
-            if let Ok(Some(status)) = c.0.try_wait() {
-                let tail = std::fs::read_to_string(log).unwrap_or_default();
-                anyhow::bail!("`uat serve` exited during start-up ({status}):\n{tail}");
-            }
+        if let Some(c) = child.as_deref_mut()
+            && let Ok(Some(status)) = c.0.try_wait()
+        {
+            let tail = std::fs::read_to_string(log).unwrap_or_default();
+            anyhow::bail!("`uat serve` exited during start-up ({status}):\n{tail}");
         }
         if started.elapsed() > STARTUP_LIMIT {
             let tail = std::fs::read_to_string(log).unwrap_or_default();

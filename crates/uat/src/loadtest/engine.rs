@@ -588,10 +588,10 @@ async fn closed_loop(client: &reqwest::Client, target: &Target, plan: &Plan, rec
                 if Instant::now() >= deadline {
                     break;
                 }
-                if let Some(n) = limit {
-                    if budget.fetch_add(1, Ordering::Relaxed) >= n {
-                        break;
-                    }
+                if let Some(n) = limit
+                    && budget.fetch_add(1, Ordering::Relaxed) >= n
+                {
+                    break;
                 }
                 let t0 = Instant::now();
                 let out = one_request(&client, &target, t0).await;
