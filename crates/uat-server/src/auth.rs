@@ -18,7 +18,7 @@ use crate::error::ApiError;
 use crate::middleware;
 use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, Method, header};
+use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus::{IntCounterVec, Opts};
@@ -96,8 +96,26 @@ pub struct Auth {
 struct Key {
     name: Box<str>,
     tenant: Tenant,
-    admin: bool,
+    caller: Caller,
     limit: Option<Gcra>,
+}
+
+/// Who made a request, as far as the admin routes care: attached by
+/// [`authenticate`] to every request when keys are configured (a request
+/// outside `/v1` gets an anonymous one), absent without keys. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The key's name; `None` outside `/v1`.
+    name: Option<Arc<str>>,
+    /// Whether it may call the admin routes.
+    admin: bool,
+}
+
+impl Caller {
+    const ANONYMOUS: Caller = Caller {
+        name: None,
+        admin: false,
+    };
 }
 
 impl Auth {
@@ -119,9 +137,12 @@ impl Auth {
             .into_iter()
             .map(|k| {
                 let key = Key {
-                    name: k.name.into(),
+                    name: k.name.as_str().into(),
                     tenant: Tenant::new(&k.owner),
-                    admin: k.admin,
+                    caller: Caller {
+                        name: Some(k.name.as_str().into()),
+                        admin: k.admin,
+                    },
                     limit: k.requests_per_minute.map(Gcra::per_minute),
                 };
                 (k.digest, key)
@@ -159,25 +180,42 @@ fn is_api(path: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
-/// Routes that change or reveal the whole deployment: only `admin` keys.
-/// `DELETE /v1/cache` is not one: it acts on the caller's own namespace. A
-/// `HEAD` is its `GET` (axum runs the `GET` handler for it).
-fn is_admin_route(method: &Method, route: &str) -> bool {
-    let method = if method == Method::HEAD {
-        "GET"
-    } else {
-        method.as_str()
+/// Marks a route's handlers as admin-only: routes that change or reveal
+/// the whole deployment. Each module wraps its own (`admin(get(stats))`), so
+/// a route renamed or added there keeps its guard; a `HEAD` runs its `GET`
+/// handler, guard included. `DELETE /v1/cache` is not one: it acts on the
+/// caller's own namespace.
+pub(crate) fn admin(
+    route: axum::routing::MethodRouter<crate::AppState>,
+) -> axum::routing::MethodRouter<crate::AppState> {
+    route.route_layer(axum::middleware::from_fn(require_admin))
+}
+
+/// The guard of [`admin`]: without keys (no [`Caller`]) every request
+/// passes; with keys only an admin key's.
+async fn require_admin(req: Request, next: Next) -> Response {
+    let name = match req.extensions().get::<Caller>() {
+        None => return next.run(req).await,
+        Some(c) if c.admin => return next.run(req).await,
+        Some(c) => c.name.clone(),
     };
-    matches!(
-        (method, route),
-        ("GET", "/v1/cache/stats")
-            | ("GET", "/v1/dashboard/summary")
-            | ("POST", "/v1/embeddings/models/{name}/load")
-            | ("POST", "/v1/embeddings/models/{name}/unload")
-            | ("PUT", "/v1/collections/{name}")
-            | ("DELETE", "/v1/collections/{name}")
-            | ("POST", "/v1/collections/{name}/snapshot")
-    )
+    REJECTIONS.with_label_values(&["forbidden"]).inc();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str);
+    tracing::debug!(
+        key = name.as_deref(),
+        route,
+        "admin route refused to a non-admin key"
+    );
+    let message = match name {
+        Some(n) => {
+            format!("the API key `{n}` may not call this admin route (it needs `admin = true`)")
+        }
+        None => "this admin route needs an admin API key".to_string(),
+    };
+    ApiError::forbidden(message).into_response()
 }
 
 fn reject(reason: &'static str, e: ApiError, route: &str, start: Instant) -> Response {
@@ -195,6 +233,7 @@ pub(crate) async fn authenticate(
     next: Next,
 ) -> Response {
     if !is_api(req.uri().path()) {
+        req.extensions_mut().insert(Caller::ANONYMOUS);
         return next.run(req).await;
     }
     let start = Instant::now();
@@ -218,14 +257,6 @@ pub(crate) async fn authenticate(
             start,
         );
     };
-    if !key.admin && is_admin_route(req.method(), route) {
-        tracing::debug!(key = %key.name, route, "admin route refused to a non-admin key");
-        let e = ApiError::forbidden(format!(
-            "the API key `{}` may not call this admin route (it needs `admin = true`)",
-            key.name
-        ));
-        return reject("forbidden", e, route, start);
-    }
     if let Some(limit) = &key.limit
         && let Err(wait) = limit.check()
     {
@@ -240,6 +271,7 @@ pub(crate) async fn authenticate(
         return reject("rate_limited", e, route, start);
     }
     req.extensions_mut().insert(key.tenant.clone());
+    req.extensions_mut().insert(key.caller.clone());
     next.run(req).await
 }
 

@@ -731,7 +731,7 @@ async fn stats(State(state): State<AppState>) -> Response {
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/cache", delete(invalidate))
-        .route("/v1/cache/stats", get(stats))
+        .route("/v1/cache/stats", crate::auth::admin(get(stats)))
 }
 
 #[cfg(test)]

@@ -66,7 +66,7 @@ const MEMORY_COUNT_TIMEOUT: Duration = Duration::from_millis(250);
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route(PAGE_ROUTE, get(page))
-        .route(SUMMARY_ROUTE, get(summary))
+        .route(SUMMARY_ROUTE, crate::auth::admin(get(summary)))
 }
 
 async fn page() -> impl IntoResponse {

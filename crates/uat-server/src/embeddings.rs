@@ -142,8 +142,14 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/embeddings/models", get(list_models))
-        .route("/v1/embeddings/models/{name}/load", post(load_model))
-        .route("/v1/embeddings/models/{name}/unload", post(unload_model))
+        .route(
+            "/v1/embeddings/models/{name}/load",
+            crate::auth::admin(post(load_model)),
+        )
+        .route(
+            "/v1/embeddings/models/{name}/unload",
+            crate::auth::admin(post(unload_model)),
+        )
 }
 
 struct Parsed {

@@ -169,14 +169,15 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/collections", get(list_collections))
         .route(
             "/v1/collections/{name}",
-            put(create_collection)
-                .get(get_collection)
-                .delete(drop_collection),
+            crate::auth::admin(put(create_collection).delete(drop_collection)).get(get_collection),
         )
         .route("/v1/collections/{name}/points/search", post(search))
         .route("/v1/collections/{name}/points/delete", post(delete_points))
         .route("/v1/collections/{name}/points/{id}", get(get_point))
-        .route("/v1/collections/{name}/snapshot", post(snapshot))
+        .route(
+            "/v1/collections/{name}/snapshot",
+            crate::auth::admin(post(snapshot)),
+        )
 }
 
 /// The routes that take the bulk body limit (`server.bulk_body_limit`):
