@@ -410,7 +410,7 @@ impl Memories {
     ) -> Result<Memory> {
         let op = Op::start("get");
         let r = async {
-            let user = tenant::qualify(tenant, input::required_id(Some(user_id), "user_id")?);
+            let user = tenant::user(tenant, Some(user_id))?;
             self.store
                 .get(&user, id)
                 .await?
@@ -435,7 +435,7 @@ impl Memories {
     ) -> Result<Memory> {
         let op = Op::start("update");
         let r = async {
-            let user = tenant::qualify(tenant, input::required_id(Some(user_id), "user_id")?);
+            let user = tenant::user(tenant, Some(user_id))?;
             let mut p = Patch {
                 tags: patch.tags,
                 metadata: patch.metadata,
@@ -485,7 +485,7 @@ impl Memories {
     ) -> Result<()> {
         let op = Op::start("delete");
         let r = async {
-            let user = tenant::qualify(tenant, input::required_id(Some(user_id), "user_id")?);
+            let user = tenant::user(tenant, Some(user_id))?;
             if !self.store.delete(&user, id).await? {
                 return Err(MemoryError::NotFound);
             }
@@ -511,7 +511,7 @@ impl Memories {
     ) -> Result<u64> {
         let op = Op::start("delete_user");
         let r = async {
-            let user = tenant::qualify(tenant, input::required_id(user_id, "user_id")?);
+            let user = tenant::user(tenant, user_id)?;
             let n = self.store.delete_user(&user).await?;
             if let Some(idx) = &self.index {
                 idx.kick();
@@ -544,7 +544,7 @@ impl Memories {
     ) -> Result<Vec<HistoryEntry>> {
         let op = Op::start("history");
         let r = async {
-            let user = tenant::qualify(tenant, input::required_id(Some(user_id), "user_id")?);
+            let user = tenant::user(tenant, Some(user_id))?;
             self.store
                 .history(&user, id)
                 .await?

@@ -37,6 +37,12 @@ pub(crate) fn qualify(tenant: Option<&str>, user_id: String) -> String {
     }
 }
 
+/// The stored id of the user a request names (`user_id`, checked first: a
+/// client's id never holds the separator).
+pub(crate) fn user(tenant: Option<&str>, user_id: Option<&str>) -> Result<String> {
+    crate::input::required_id(user_id, "user_id").map(|u| qualify(tenant, u))
+}
+
 /// The client's id of a tenant's stored user id (in place).
 fn unqualify(tenant: Option<&str>, user_id: &mut String) {
     if let Some(t) = tenant

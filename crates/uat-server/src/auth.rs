@@ -52,9 +52,9 @@ fn unreachable_metric() -> IntCounterVec {
     panic!("invalid static metric definition")
 }
 
-/// The tenant a request belongs to: its key's owner, attached as a request
-/// extension by [`authenticate`]. Without keys (or before the layer ran) it
-/// is [`crate::cache::DEFAULT_NAMESPACE`]. An extractor that never fails.
+/// The tenant a request belongs to: its key's owner, carried by the
+/// request's [`Caller`]. Without keys (or before the layer ran) it is
+/// [`crate::cache::DEFAULT_NAMESPACE`]. An extractor that never fails.
 #[derive(Debug, Clone, Default)]
 pub struct Tenant(Option<Arc<str>>);
 
@@ -74,9 +74,11 @@ impl Tenant {
         self.0.as_deref()
     }
 
-    /// The tenant attached to a request, or the default one.
+    /// The tenant of a request's key (its [`Caller`]), or the default one.
     pub fn of(ext: &http::Extensions) -> Self {
-        ext.get::<Tenant>().cloned().unwrap_or_default()
+        ext.get::<Caller>()
+            .map(|c| c.tenant.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -95,26 +97,29 @@ pub struct Auth {
 
 struct Key {
     name: Box<str>,
-    tenant: Tenant,
     caller: Caller,
     limit: Option<Gcra>,
 }
 
-/// Who made a request, as far as the admin routes care: attached by
-/// [`authenticate`] to every request when keys are configured (a request
-/// outside `/v1` gets an anonymous one), absent without keys. Cheap to clone.
+/// Who made a request: attached by [`authenticate`] to every request when
+/// keys are configured (a request outside `/v1` gets an anonymous one),
+/// absent without keys. One extension (one allocation) per request; cheap
+/// to clone.
 #[derive(Debug, Clone)]
 pub struct Caller {
     /// The key's name; `None` outside `/v1`.
     name: Option<Arc<str>>,
     /// Whether it may call the admin routes.
     admin: bool,
+    /// The key's owner ([`Tenant::of`] reads it).
+    tenant: Tenant,
 }
 
 impl Caller {
     const ANONYMOUS: Caller = Caller {
         name: None,
         admin: false,
+        tenant: Tenant(None),
     };
 }
 
@@ -138,10 +143,10 @@ impl Auth {
             .map(|k| {
                 let key = Key {
                     name: k.name.as_str().into(),
-                    tenant: Tenant::new(&k.owner),
                     caller: Caller {
                         name: Some(k.name.as_str().into()),
                         admin: k.admin,
+                        tenant: Tenant::new(&k.owner),
                     },
                     limit: k.requests_per_minute.map(Gcra::per_minute),
                 };
@@ -226,7 +231,8 @@ fn reject(reason: &'static str, e: ApiError, route: &str, start: Instant) -> Res
 }
 
 /// The middleware: checks the key, the admin flag and the key's rate, then
-/// attaches the key's [`Tenant`]. Routes outside `/v1` pass untouched.
+/// attaches the key's [`Caller`] (its tenant and admin flag). Routes
+/// outside `/v1` pass with an anonymous caller.
 pub(crate) async fn authenticate(
     State(auth): State<Arc<Auth>>,
     mut req: Request,
@@ -270,7 +276,6 @@ pub(crate) async fn authenticate(
         );
         return reject("rate_limited", e, route, start);
     }
-    req.extensions_mut().insert(key.tenant.clone());
     req.extensions_mut().insert(key.caller.clone());
     next.run(req).await
 }

@@ -175,3 +175,24 @@ pub trait Provider: Send + Sync {
         body: &'a serde_json::Value,
     ) -> BoxFuture<'a, Result<Reply, Failure>>;
 }
+
+/// Test helper of the adapters that translate a stream: feeds `lines` (one
+/// item each) through `translate` and parses every chunk's JSON.
+#[cfg(test)]
+pub(crate) fn translated(
+    lines: &[&'static str],
+    translate: impl FnOnce(
+        futures::stream::Iter<std::vec::IntoIter<Result<Bytes, Failure>>>,
+    ) -> ChunkStream,
+) -> Vec<Result<serde_json::Value, Failure>> {
+    use futures::StreamExt;
+    let items: Vec<Result<Bytes, Failure>> = lines
+        .iter()
+        .map(|l| Ok(Bytes::from_static(l.as_bytes())))
+        .collect();
+    let out: Vec<_> =
+        futures::executor::block_on(translate(futures::stream::iter(items)).collect());
+    out.into_iter()
+        .map(|r| r.map(|c| serde_json::from_slice(&c.json).expect("a chunk is JSON")))
+        .collect()
+}

@@ -234,7 +234,7 @@ impl Assembler {
             return;
         }
         let Ok(text) = std::str::from_utf8(raw) else {
-            self.failed = true;
+            self.fail();
             return;
         };
         let mut data = String::new();
@@ -247,7 +247,8 @@ impl Assembler {
             } else if let Some(ev) = line.strip_prefix("event:")
                 && ev.trim() == "error"
             {
-                self.failed = true;
+                self.fail();
+                return;
             }
         }
         if data.is_empty() {
@@ -262,13 +263,13 @@ impl Assembler {
         }
         match serde_json::from_str::<Value>(&data) {
             Ok(v) => self.chunk(v),
-            Err(_) => self.failed = true,
+            Err(_) => self.fail(),
         }
     }
 
     fn chunk(&mut self, v: Value) {
         if v.get("error").is_some() {
-            self.failed = true;
+            self.fail();
             return;
         }
         for (field, slot) in [

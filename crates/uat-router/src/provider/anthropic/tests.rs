@@ -7,15 +7,7 @@ fn collect(lines: &[&'static str], include_usage: bool) -> Vec<Result<Value, Fai
 }
 
 fn collect_from(lines: &[&'static str], st: StreamState) -> Vec<Result<Value, Failure>> {
-    let items: Vec<Result<Bytes, Failure>> = lines
-        .iter()
-        .map(|l| Ok(Bytes::from_static(l.as_bytes())))
-        .collect();
-    let out: Vec<_> =
-        futures::executor::block_on(translate(futures::stream::iter(items), st).collect());
-    out.into_iter()
-        .map(|r| r.map(|c| serde_json::from_slice(&c.json).unwrap()))
-        .collect()
+    crate::provider::translated(lines, |s| translate(s, st))
 }
 
 #[test]
