@@ -11,7 +11,7 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
-    /// In-process memory (moka).
+    /// In-process memory (quick_cache).
     L1,
     /// Redis.
     L2,

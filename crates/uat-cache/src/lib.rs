@@ -1,6 +1,6 @@
 //! uat-cache: the tiered response cache.
 //!
-//! - [`MemoryLevel`] (L1): moka in-process, bounded in bytes, TinyLFU, TTL per entry.
+//! - [`MemoryLevel`] (L1): quick_cache in-process, bounded in bytes, scan resistant (S3-FIFO), TTL per entry.
 //! - [`RedisLevel`] (L2): Redis through one reconnecting connection manager,
 //!   `SET .. EX`, pipelines, LZ4 for large values, bounded per-operation
 //!   timeout; skipped while down, with a background reconnect.

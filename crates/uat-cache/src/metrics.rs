@@ -125,6 +125,7 @@ pub(crate) struct LevelHandles {
     pub get_seconds: prometheus::Histogram,
     pub put_seconds: prometheus::Histogram,
     pub bytes: prometheus::IntGauge,
+    pub evictions: prometheus::IntCounter,
 }
 
 impl LevelHandles {
@@ -136,6 +137,7 @@ impl LevelHandles {
             get_seconds: METRICS.op_seconds.with_label_values(&[level, "get"]),
             put_seconds: METRICS.op_seconds.with_label_values(&[level, "put"]),
             bytes: METRICS.bytes.with_label_values(&[level]),
+            evictions: METRICS.evictions.with_label_values(&[level]),
         }
     }
 }

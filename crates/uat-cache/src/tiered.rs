@@ -10,7 +10,7 @@ use crate::key::{BuildKeyHasher, CacheKey, KeyPattern};
 use crate::l2::RedisLevel;
 use crate::l3::SqlLevel;
 use crate::level::{CacheLevel, Level, LevelStats};
-use crate::memory::MemoryLevel;
+use crate::memory::{MemoryLevel, SWEEP_INTERVAL};
 use crate::metrics::{self, METRICS};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -303,6 +303,10 @@ impl TieredBuilder {
         if let (Some(l2), Some(l1)) = (inner.l2.clone(), inner.l1.clone()) {
             let sub = tokio::spawn(subscriber_loop(l2, l1, inner.id.clone(), sub_tx));
             inner.tasks.lock().push(sub.abort_handle());
+        }
+        if let Some(l1) = inner.l1.clone() {
+            let sweep = tokio::spawn(sweep_loop(l1));
+            inner.tasks.lock().push(sweep.abort_handle());
         }
         TieredCache { inner }
     }
@@ -682,6 +686,24 @@ async fn writer_loop<L: CacheLevel>(
         }
         for f in flushes {
             let _ = f.send(());
+        }
+    }
+}
+
+/// Frees L1's expired entries and samples its size, every [`SWEEP_INTERVAL`]
+/// (on the blocking pool: a pass visits every entry).
+async fn sweep_loop(l1: MemoryLevel) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let l1 = l1.clone();
+        if tokio::task::spawn_blocking(move || l1.purge_expired())
+            .await
+            .is_err()
+        {
+            return;
         }
     }
 }
