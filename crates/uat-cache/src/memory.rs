@@ -3,12 +3,13 @@
 //! seen again come back hot) and a time to live per entry.
 //!
 //! Not moka (which the cache's first design named, for its TinyLFU and
-//! per-entry expiry): on a miss, moka's lookup and insert took 4.7 to 7 µs of
-//! the 9 µs a miss may add (5% of a request through the gateway), on cold
-//! CPU caches between requests; quick_cache's took 1.2 to 1.6 µs in the same
-//! run. quick_cache has no clock of its own: an entry carries its expiry,
-//! a read past it is a miss that removes it, and [`MemoryLevel::purge_expired`]
-//! (run every [`SWEEP_INTERVAL`] by the tiered cache) frees the rest.
+//! per-entry expiry): on a miss, moka's lookup and insert took 4.3 to 5.2 µs
+//! of the 7 to 9 µs a miss may add (5% of a request through the gateway), on
+//! cold CPU caches between requests; quick_cache's took 1.4 to 2.5 µs in the
+//! same runs (`scripts/bench-ab.sh`). quick_cache has no clock of its own:
+//! an entry carries its expiry, a read past it is a miss that removes it,
+//! and [`MemoryLevel::purge_expired`] (run every [`SWEEP_INTERVAL`] by the
+//! tiered cache) frees the rest.
 
 use crate::error::CacheError;
 use crate::key::{BuildKeyHasher, CacheKey, KeyPattern};
