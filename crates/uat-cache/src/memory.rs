@@ -16,8 +16,8 @@ use crate::key::{BuildKeyHasher, CacheKey, KeyPattern};
 use crate::level::{CacheLevel, Counters, Hit, Level, LevelStats};
 use crate::metrics::{L1, METRICS, OpTimer};
 use bytes::Bytes;
-use std::cell::Cell;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Per-entry bookkeeping counted into the weight besides key and value:
@@ -33,12 +33,17 @@ const ENTRY_OVERHEAD: usize = 256;
 /// size into `uat_cache_bytes{level="l1"}`.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
-/// The largest shard: an entry heavier than about a shard's capacity is not
-/// kept, so shards are at least this large (or the whole cache is one).
+/// The smallest shard: an entry over 97% of a shard's capacity is not kept,
+/// so shards are at least this large (or the whole cache is one).
 const MIN_SHARD_BYTES: u64 = 32 << 20;
 
 /// A typical entry (key, a chat answer, the overhead), to size the ghost list.
 const TYPICAL_ENTRY_BYTES: u64 = 2048;
+
+/// The part of `max_bytes` left to the ghost list (the hashes of recently
+/// evicted keys, which bring a key asked for again back as hot): one per two
+/// typical entries, about 110 bytes each, so 1/32 of the budget.
+const GHOST_SHARE: u64 = 32;
 
 #[derive(Clone)]
 struct Entry {
@@ -55,14 +60,33 @@ impl quick_cache::Weighter<CacheKey, Entry> for Weigh {
     }
 }
 
-/// Counts entries evicted for size (an expired entry is purged, not evicted).
+/// Counts entries evicted for size (an expired entry is purged, not
+/// evicted), process-wide and per cache.
 #[derive(Clone)]
-struct CountEvictions(prometheus::IntCounter);
+struct CountEvictions {
+    metric: prometheus::IntCounter,
+    own: Arc<AtomicU64>,
+}
+
+/// One insert's evictions: the values are dropped when the insert has
+/// released the shard's lock (a large body's free can be a `munmap`).
+#[derive(Default)]
+struct Evicted {
+    /// The key being inserted: replacing its own older value is no eviction.
+    inserting: u64,
+    values: [Option<Entry>; 2],
+}
 
 impl quick_cache::Lifecycle<CacheKey, Entry> for CountEvictions {
-    type RequestState = ();
-    fn on_evict(&self, _state: &mut (), _key: CacheKey, _value: Entry) {
-        self.0.inc();
+    type RequestState = Evicted;
+    fn on_evict(&self, state: &mut Evicted, key: CacheKey, value: Entry) {
+        if key.xxh3() != state.inserting {
+            self.metric.inc();
+            self.own.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(slot) = state.values.iter_mut().find(|v| v.is_none()) {
+            *slot = Some(value);
+        }
     }
 }
 
@@ -73,6 +97,7 @@ type Store = quick_cache::sync::Cache<CacheKey, Entry, Weigh, BuildKeyHasher, Co
 pub struct MemoryLevel {
     cache: Arc<Store>,
     counters: Arc<Counters>,
+    evictions: Arc<AtomicU64>,
 }
 
 impl MemoryLevel {
@@ -88,29 +113,24 @@ impl MemoryLevel {
         let mut options = quick_cache::OptionsBuilder::new();
         options
             .shards(usize::try_from(shards).unwrap_or(1))
-            .weight_capacity(max_bytes)
+            .weight_capacity((max_bytes - max_bytes / GHOST_SHARE).max(1))
             .estimated_items_capacity(
                 usize::try_from((max_bytes / TYPICAL_ENTRY_BYTES).max(64)).unwrap_or(usize::MAX),
             );
+        let evictions = Arc::new(AtomicU64::new(0));
+        let lifecycle = CountEvictions {
+            metric: L1.evictions.clone(),
+            own: evictions.clone(),
+        };
         let cache = match options.build() {
-            Ok(o) => Store::with_options(
-                o,
-                Weigh,
-                BuildKeyHasher::default(),
-                CountEvictions(L1.evictions.clone()),
-            ),
+            Ok(o) => Store::with_options(o, Weigh, BuildKeyHasher::default(), lifecycle),
             // The options set above are all valid; keep a working cache anyway.
-            Err(_) => Store::with(
-                1024,
-                max_bytes,
-                Weigh,
-                BuildKeyHasher::default(),
-                CountEvictions(L1.evictions.clone()),
-            ),
+            Err(_) => Store::with(1024, max_bytes, Weigh, BuildKeyHasher::default(), lifecycle),
         };
         MemoryLevel {
             cache: Arc::new(cache),
             counters: Arc::new(Counters::default()),
+            evictions,
         }
     }
 
@@ -160,13 +180,19 @@ impl MemoryLevel {
         let ttl = ttl.min(uat_config::MAX_TTL);
         let m = &*L1;
         let now = Instant::now();
-        self.cache.insert(
+        let mut evicted = Evicted {
+            inserting: key.xxh3(),
+            ..Evicted::default()
+        };
+        self.cache.insert_with_lifecycle(
             key.clone(),
             Entry {
                 value,
                 expires_at: now + ttl,
             },
+            &mut evicted,
         );
+        drop(evicted);
         m.write_ok.inc();
         m.put_seconds.observe(now.elapsed().as_secs_f64());
     }
@@ -184,16 +210,19 @@ impl MemoryLevel {
         u64::from(self.cache.remove(key).is_some())
     }
 
-    /// Removes every key matching the pattern, by iteration.
+    /// Removes every key matching the pattern, by iteration (each entry
+    /// visited under its shard's read lock alone, not a shard at a time).
     pub fn remove_matching(&self, pattern: &KeyPattern) -> u64 {
         let _t = OpTimer::start("l1", "invalidate");
-        let n = Cell::new(0);
-        self.cache.retain(|k, _| {
-            let doomed = pattern.matches(k);
-            n.set(n.get() + u64::from(doomed));
-            !doomed
-        });
-        n.get()
+        let doomed: Vec<CacheKey> = self
+            .cache
+            .iter()
+            .filter_map(|(k, _)| pattern.matches(&k).then_some(k))
+            .collect();
+        doomed
+            .iter()
+            .filter(|k| self.cache.remove(*k).is_some())
+            .count() as u64
     }
 
     /// Drops every entry.
@@ -202,18 +231,28 @@ impl MemoryLevel {
     }
 
     /// Frees the expired entries and samples the size into
-    /// `uat_cache_bytes{level="l1"}`; returns how many went.
+    /// `uat_cache_bytes{level="l1"}`; returns how many went. Visits every
+    /// entry, each under its shard's read lock alone: run it off the
+    /// request path (the blocking pool).
     pub fn purge_expired(&self) -> u64 {
         let now = Instant::now();
-        let n = Cell::new(0);
-        self.cache.retain(|_, e| {
-            let live = e.expires_at > now;
-            n.set(n.get() + u64::from(!live));
-            live
-        });
+        let expired: Vec<CacheKey> = self
+            .cache
+            .iter()
+            .filter_map(|(k, e)| (e.expires_at <= now).then_some(k))
+            .collect();
+        let n = expired
+            .iter()
+            .filter(|k| self.cache.remove_if(*k, |e| e.expires_at <= now).is_some())
+            .count() as u64;
         L1.bytes
             .set(i64::try_from(self.cache.weight()).unwrap_or(i64::MAX));
-        n.get()
+        n
+    }
+
+    /// Entries this cache evicted for size since it was made.
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
     }
 
     /// Entries held, expired or not (see [`MemoryLevel::purge_expired`]).
@@ -250,7 +289,9 @@ impl CacheLevel for MemoryLevel {
     }
 
     async fn stats(&self) -> Result<LevelStats, CacheError> {
-        self.purge_expired();
+        let l1 = self.clone();
+        // Expired entries are not counted (the sweep may not have run yet).
+        let _ = tokio::task::spawn_blocking(move || l1.purge_expired()).await;
         let mut s = LevelStats {
             entries: self.entry_count(),
             bytes: self.weighted_size(),
@@ -308,7 +349,6 @@ mod tests {
     #[test]
     fn the_byte_bound_holds_and_evictions_are_counted() {
         let l1 = MemoryLevel::new(64 * 1024);
-        let before = L1.evictions.get();
         let v = Bytes::from(vec![b'x'; 1024]);
         for i in 0..500 {
             l1.put_now(&k(i), v.clone(), Duration::from_secs(60));
@@ -316,8 +356,11 @@ mod tests {
         assert!(l1.weighted_size() <= 64 * 1024, "{}", l1.weighted_size());
         let held = l1.entry_count();
         assert!(held < 500 && held > 20, "{held}");
-        // Other tests in this process evict too: at least this one's count.
-        assert!(L1.evictions.get() - before >= 500 - held);
+        assert_eq!(l1.evictions(), 500 - held);
+        // Replacing a key's value (a `no-cache` request's answer) is no eviction.
+        let present = (0..500).find(|i| l1.contains(&k(*i))).expect("some kept");
+        l1.put_now(&k(present), v.clone(), Duration::from_secs(60));
+        assert_eq!(l1.evictions(), 500 - held);
     }
 
     /// A large answer (an embeddings batch of several MB) is kept: shards

@@ -699,11 +699,11 @@ async fn sweep_loop(l1: MemoryLevel) {
     loop {
         tick.tick().await;
         let l1 = l1.clone();
-        if tokio::task::spawn_blocking(move || l1.purge_expired())
-            .await
-            .is_err()
-        {
-            return;
+        if let Err(e) = tokio::task::spawn_blocking(move || l1.purge_expired()).await {
+            if e.is_cancelled() {
+                return;
+            }
+            tracing::warn!(error = %e, "L1 expiry sweep failed; retrying at the next interval");
         }
     }
 }
