@@ -130,11 +130,36 @@ async fn an_input_over_the_token_budget_runs_alone() {
     assert_eq!(batcher.batches(), 2);
 }
 
-/// A backend that blocks inside `embed_ids` until the test lets it go.
+/// A backend that blocks inside each `embed_ids` until the test lets it go
+/// (a send lets one pass through, dropping the sender all of them), counts
+/// its passes and notes the pass in which an input holding `MARK` ran.
 struct Gated {
     info: ModelInfo,
     gate: Mutex<mpsc::Receiver<()>>,
     passes: AtomicU64,
+    /// The 1-based pass that held `MARK` (0: not yet).
+    marked_in: AtomicU64,
+}
+
+const MARK: u32 = 7;
+
+impl Gated {
+    fn new(max_seq_length: usize) -> (Arc<Self>, mpsc::Sender<()>) {
+        let (tx, rx) = mpsc::channel();
+        let b = Arc::new(Gated {
+            info: ModelInfo {
+                dim: 1,
+                max_seq_length,
+                vocab_size: 256,
+                pooling: Pooling::MEAN,
+                normalize: false,
+            },
+            gate: Mutex::new(rx),
+            passes: AtomicU64::new(0),
+            marked_in: AtomicU64::new(0),
+        });
+        (b, tx)
+    }
 }
 
 impl EmbeddingBackend for Gated {
@@ -145,8 +170,11 @@ impl EmbeddingBackend for Gated {
         Ok(text.bytes().map(u32::from).collect())
     }
     fn embed_ids(&self, seqs: &[&[u32]]) -> uat_embed::Result<Vec<Vec<f32>>> {
-        self.passes.fetch_add(1, Ordering::SeqCst);
+        let pass = self.passes.fetch_add(1, Ordering::SeqCst) + 1;
         let _ = self.gate.lock().unwrap().recv();
+        if seqs.iter().any(|s| s.contains(&MARK)) {
+            self.marked_in.store(pass, Ordering::SeqCst);
+        }
         Ok(seqs.iter().map(|s| vec![s.len() as f32]).collect())
     }
     fn memory_bytes(&self) -> u64 {
@@ -159,18 +187,7 @@ impl EmbeddingBackend for Gated {
 
 #[tokio::test]
 async fn a_full_queue_is_overloaded_at_once() {
-    let (tx, rx) = mpsc::channel();
-    let backend = Arc::new(Gated {
-        info: ModelInfo {
-            dim: 1,
-            max_seq_length: 16,
-            vocab_size: 256,
-            pooling: Pooling::MEAN,
-            normalize: false,
-        },
-        gate: Mutex::new(rx),
-        passes: AtomicU64::new(0),
-    });
+    let (backend, tx) = Gated::new(16);
     let c = BatcherConfig {
         batch_tokens: 4,
         max_batch_size: 1,
@@ -205,18 +222,7 @@ async fn a_full_queue_is_overloaded_at_once() {
 /// vain; it can never fit, so it is the caller's error, naming the limit.
 #[tokio::test]
 async fn a_request_larger_than_the_queue_is_a_client_error() {
-    let (tx, rx) = mpsc::channel();
-    let backend = Arc::new(Gated {
-        info: ModelInfo {
-            dim: 1,
-            max_seq_length: 16,
-            vocab_size: 256,
-            pooling: Pooling::MEAN,
-            normalize: false,
-        },
-        gate: Mutex::new(rx),
-        passes: AtomicU64::new(0),
-    });
+    let (backend, tx) = Gated::new(16);
     let c = BatcherConfig {
         queue_capacity: 3,
         ..cfg(0)
@@ -352,69 +358,13 @@ async fn a_burst_right_after_a_reply_is_split_by_work() {
     assert!(widest <= 320, "widest pass: {widest} padded tokens");
 }
 
-/// A backend that counts its forward passes, notes the pass in which an input
-/// holding `MARK` ran, and holds its first pass until the test opens the gate.
-struct Marking {
-    info: ModelInfo,
-    passes: AtomicU64,
-    /// The 1-based pass that held `MARK` (0: not yet).
-    marked_in: AtomicU64,
-    gate: Mutex<Option<mpsc::Receiver<()>>>,
-}
-
-const MARK: u32 = 7;
-
-impl Marking {
-    fn new() -> (Arc<Self>, mpsc::Sender<()>) {
-        let (tx, rx) = mpsc::channel();
-        let b = Arc::new(Marking {
-            info: ModelInfo {
-                dim: 1,
-                max_seq_length: 64,
-                vocab_size: 256,
-                pooling: Pooling::MEAN,
-                normalize: false,
-            },
-            passes: AtomicU64::new(0),
-            marked_in: AtomicU64::new(0),
-            gate: Mutex::new(Some(rx)),
-        });
-        (b, tx)
-    }
-}
-
-impl EmbeddingBackend for Marking {
-    fn info(&self) -> &ModelInfo {
-        &self.info
-    }
-    fn tokenize(&self, text: &str, _truncate: bool) -> uat_embed::Result<Vec<u32>> {
-        Ok(text.bytes().map(u32::from).collect())
-    }
-    fn embed_ids(&self, seqs: &[&[u32]]) -> uat_embed::Result<Vec<Vec<f32>>> {
-        let pass = self.passes.fetch_add(1, Ordering::SeqCst) + 1;
-        if let Some(gate) = self.gate.lock().unwrap().take() {
-            let _ = gate.recv();
-        }
-        if seqs.iter().any(|s| s.contains(&MARK)) {
-            self.marked_in.store(pass, Ordering::SeqCst);
-        }
-        Ok(seqs.iter().map(|s| vec![s.len() as f32]).collect())
-    }
-    fn memory_bytes(&self) -> u64 {
-        0
-    }
-    fn forward_passes(&self) -> u64 {
-        self.passes.load(Ordering::SeqCst)
-    }
-}
-
 /// Regression: every batch was built around the oldest queued input, so all
 /// 2,048 inputs of a big request ran before a one-input query queued after it
 /// (a query waited 25.5 s behind two such requests). The query now runs in the
 /// next batch, and the big request's batches stay full.
 #[tokio::test]
 async fn a_small_request_is_not_stuck_behind_a_big_one() {
-    let (backend, gate) = Marking::new();
+    let (backend, gate) = Gated::new(64);
     let c = BatcherConfig {
         queue_capacity: 4096,
         ..cfg(0)
@@ -424,7 +374,7 @@ async fn a_small_request_is_not_stuck_behind_a_big_one() {
     // The first pass (of the big request alone, or with the query) is held
     // until the query is queued, so the order does not depend on timing.
     let small = batcher.embed(vec![vec![MARK, 2, 3]]);
-    gate.send(()).unwrap();
+    drop(gate);
     assert_eq!(small.await.unwrap(), vec![vec![3.0]]);
     assert_eq!(big.await.unwrap(), vec![vec![3.0]; 2048]);
     let marked_in = backend.marked_in.load(Ordering::SeqCst);

@@ -526,16 +526,21 @@ async fn identical_concurrent_requests_make_one_upstream_call() {
     assert_eq!(misses, 1);
 }
 
-#[tokio::test]
-async fn redis_on_a_closed_port_fails_no_request_and_degrades_ready() {
-    let name = unique("down");
+/// An app whose L2 is a closed port, in front of a fake upstream; and the
+/// upstream's model name.
+async fn app_with_l2_down(prefix: &str) -> (FakeUpstream, TestApp, String) {
+    let name = unique(prefix);
     let up = FakeUpstream::start(Wire::OpenAi, &name).await.unwrap();
     let toml = format!(
         "{}\n[cache]\nmode = \"deterministic\"\n[cache.l2]\nurl = \"redis://127.0.0.1:1/\"\ntimeout = \"100ms\"\n",
         provider_toml("p", "openai", &up.base_url(), "")
     );
-    let app = spawn_app(&toml).await;
-    let model = format!("{name}-model");
+    (up, spawn_app(&toml).await, format!("{name}-model"))
+}
+
+#[tokio::test]
+async fn redis_on_a_closed_port_fails_no_request_and_degrades_ready() {
+    let (up, app, model) = app_with_l2_down("down").await;
     for i in 0..20 {
         let mut body = det(&model, i % 2 == 0);
         body["messages"][0]["content"] = json!(format!("q{}", i / 4));
@@ -716,14 +721,7 @@ async fn answers_over_the_stored_size_pass_through_uncached() {
 /// `200 {"deleted": N}` while L2 kept its entries (served again once back).
 #[tokio::test]
 async fn an_invalidation_that_could_not_reach_l2_is_a_503() {
-    let name = unique("inv503");
-    let up = FakeUpstream::start(Wire::OpenAi, &name).await.unwrap();
-    let toml = format!(
-        "{}\n[cache]\nmode = \"deterministic\"\n[cache.l2]\nurl = \"redis://127.0.0.1:1/\"\ntimeout = \"100ms\"\n",
-        provider_toml("p", "openai", &up.base_url(), "")
-    );
-    let app = spawn_app(&toml).await;
-    let model = format!("{name}-model");
+    let (_up, app, model) = app_with_l2_down("inv503").await;
     let r = app.chat(det(&model, false)).await;
     assert_eq!(header(&r, "x-uat-cache"), "miss");
     let key = header(&r, "x-uat-cache-key");
