@@ -228,6 +228,9 @@ pub const MAX_PATTERN: usize = 256;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyPattern {
     namespace: String,
+    /// The namespace as stored keys hold it, escaped once here rather than
+    /// for every key a scan visits.
+    namespace_escaped: String,
     model_glob: String,
 }
 
@@ -244,8 +247,11 @@ impl KeyPattern {
                 "pattern must be at most {MAX_PATTERN} bytes (a glob over model names)"
             )));
         }
+        let mut namespace_escaped = String::with_capacity(namespace.len());
+        escape_into(namespace, &mut namespace_escaped);
         Ok(KeyPattern {
             namespace: namespace.to_string(),
+            namespace_escaped,
             model_glob: model_glob.to_string(),
         })
     }
@@ -260,28 +266,40 @@ impl KeyPattern {
         &self.model_glob
     }
 
-    /// True when `key` is in the namespace and its model matches.
+    /// True when `key` is in the namespace and its model matches. Allocates
+    /// only for a model name that holds escaped characters.
     pub fn matches(&self, key: &CacheKey) -> bool {
-        let mut ns = String::new();
-        escape_into(&self.namespace, &mut ns);
-        ns == key.namespace_escaped()
-            && glob_match(self.model_glob.as_bytes(), key.model().as_bytes())
+        if self.namespace_escaped != key.namespace_escaped() {
+            return false;
+        }
+        let model = key.model_escaped();
+        if model.contains('%') {
+            glob_match(&self.model_glob, &unescape(model))
+        } else {
+            glob_match(&self.model_glob, model)
+        }
+    }
+
+    /// True when the Redis pattern of [`KeyPattern::redis_match`] may match
+    /// keys this pattern does not, so each key found must be checked with
+    /// [`KeyPattern::matches`]: Redis's `?` matches one byte, and a model
+    /// name's character may be several (UTF-8, or an escape).
+    pub fn redis_overmatches(&self) -> bool {
+        self.model_glob.contains('?')
     }
 
     /// The Redis `SCAN MATCH` pattern for this glob under `prefix`.
-    /// Literal characters are escaped as in stored keys; `?` matches one
-    /// stored character (an escaped character in a model name is three).
-    /// The prefix is taken literally (its `*?[]\` escaped for the match).
+    /// Literal characters are escaped as in stored keys. A `?` becomes `*`
+    /// (see [`KeyPattern::redis_overmatches`]). The prefix is taken
+    /// literally (its `*?[]\` escaped for the match).
     pub fn redis_match(&self, prefix: &str) -> String {
         let mut out = String::with_capacity(prefix.len() + self.model_glob.len() + 16);
         redis_escape_literal(prefix, &mut out);
-        let mut ns = String::new();
-        escape_into(&self.namespace, &mut ns);
-        redis_escape_literal(&ns, &mut out);
+        redis_escape_literal(&self.namespace_escaped, &mut out);
         out.push('|');
         for c in self.model_glob.chars() {
             match c {
-                '*' | '?' => out.push(c),
+                '*' | '?' => out.push('*'),
                 _ => {
                     let mut tmp = String::new();
                     escape_into(c.encode_utf8(&mut [0u8; 4]), &mut tmp);
@@ -324,14 +342,21 @@ impl KeyPattern {
     }
 }
 
-/// `*` / `?` glob match over bytes (iterative, linear backtracking).
-pub fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+/// `*` / `?` glob match: `*` matches any run of characters, `?` exactly one
+/// character (as SQL's `_` and SQLite's `GLOB` do), everything else itself.
+/// Iterative, with linear backtracking; allocates nothing.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (pattern, text) = (pattern.as_bytes(), text.as_bytes());
+    // Both are UTF-8 and `t` only ever moves by whole characters, so a byte
+    // comparison of literals compares characters.
+    let char_len = |t: usize| utf8_len(text[t]);
     let (mut p, mut t) = (0usize, 0usize);
     let (mut star, mut mark) = (None::<usize>, 0usize);
     while t < text.len() {
-        if p < pattern.len() && (pattern[p] == b'?' || pattern[p] == text[t]) {
-            // `?` matches one byte; good enough for ASCII model names and
-            // never matches across the separator (which is not in a model).
+        if p < pattern.len() && pattern[p] == b'?' {
+            p += 1;
+            t += char_len(t);
+        } else if p < pattern.len() && pattern[p] != b'*' && pattern[p] == text[t] {
             p += 1;
             t += 1;
         } else if p < pattern.len() && pattern[p] == b'*' {
@@ -340,7 +365,7 @@ pub fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
             p += 1;
         } else if let Some(s) = star {
             p = s + 1;
-            mark += 1;
+            mark += char_len(mark);
             t = mark;
         } else {
             return false;
@@ -350,6 +375,16 @@ pub fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
         p += 1;
     }
     p == pattern.len()
+}
+
+/// Length of the UTF-8 character that starts with `lead`.
+fn utf8_len(lead: u8) -> usize {
+    match lead {
+        0xF0.. => 4,
+        0xE0.. => 3,
+        0xC0.. => 2,
+        _ => 1,
+    }
 }
 
 fn needs_escape(c: char) -> bool {
@@ -672,12 +707,49 @@ mod tests {
 
     #[test]
     fn glob_basics() {
-        assert!(glob_match(b"", b""));
-        assert!(glob_match(b"*", b"anything"));
-        assert!(glob_match(b"a*b*c", b"aXXbYYc"));
-        assert!(!glob_match(b"a*b*c", b"aXXbYY"));
-        assert!(glob_match(b"?b", b"ab"));
-        assert!(!glob_match(b"?b", b"b"));
+        assert!(glob_match("", ""));
+        assert!(glob_match("*", "anything"));
+        assert!(glob_match("a*b*c", "aXXbYYc"));
+        assert!(!glob_match("a*b*c", "aXXbYY"));
+        assert!(glob_match("?b", "ab"));
+        assert!(!glob_match("?b", "b"));
+        assert!(!glob_match("a?", "abc"));
+    }
+
+    /// `?` is one character in every level: L3's SQL (`_`, SQLite `GLOB`'s
+    /// `?`) always counted characters, while L1 counted bytes (so `?` never
+    /// matched `é`, two bytes) and Redis counted stored bytes (an escaped
+    /// `*` is three). The same `DELETE /v1/cache` pattern removed an entry
+    /// from L3 and left it in L1 and L2.
+    #[test]
+    fn question_mark_is_one_character_at_every_level() {
+        assert!(glob_match("mod?le", "modèle"));
+        assert!(glob_match("??", "日本"));
+        assert!(!glob_match("?", "日本"));
+        assert!(glob_match("*本", "日本"));
+        assert!(glob_match("m*è?e", "modèle"));
+        assert!(!glob_match("m*è?e", "modèe"));
+        let body = json!({});
+        for model in ["modèle", "mod*le", "mod?le", "mod%le"] {
+            let k = CacheKey::for_request("t1", model, RequestKind::Chat, &body);
+            let p = KeyPattern::new("t1", "mod?le").unwrap();
+            assert!(p.matches(&k), "mod?le must match {model}");
+            assert!(p.redis_overmatches());
+            let stored = format!("p:{}", k.as_str());
+            assert!(
+                redis_glob(p.redis_match("p:").as_bytes(), stored.as_bytes()),
+                "the SCAN pattern must find {stored}"
+            );
+        }
+        // What Redis over-matches is filtered by `matches`.
+        let long = CacheKey::for_request("t1", "modXXle", RequestKind::Chat, &body);
+        let p = KeyPattern::new("t1", "mod?le").unwrap();
+        assert!(redis_glob(
+            p.redis_match("p:").as_bytes(),
+            format!("p:{}", long.as_str()).as_bytes()
+        ));
+        assert!(!p.matches(&long));
+        assert!(!KeyPattern::new("t1", "mod*").unwrap().redis_overmatches());
     }
 
     proptest! {
@@ -700,10 +772,19 @@ mod tests {
         }
 
         #[test]
-        fn glob_star_matches_every_suffix(prefix in "[a-z]{0,5}", rest in "[a-z:.-]{0,8}") {
+        fn glob_star_matches_every_suffix(prefix in "[a-zé日]{0,5}", rest in "[a-z:.é日-]{0,8}") {
             let pat = format!("{prefix}*");
             let text = format!("{prefix}{rest}");
-            prop_assert!(glob_match(pat.as_bytes(), text.as_bytes()));
+            prop_assert!(glob_match(&pat, &text));
+        }
+
+        #[test]
+        fn question_marks_count_characters(text in "[a-zé日%*|]{0,8}") {
+            let n = text.chars().count();
+            prop_assert!(glob_match(&"?".repeat(n), &text));
+            prop_assert!(!glob_match(&"?".repeat(n + 1), &text));
+            let k = CacheKey::for_request("t", &text, RequestKind::Chat, &json!({}));
+            prop_assert_eq!(KeyPattern::new("t", &"?".repeat(n.max(1))).unwrap().matches(&k), n >= 1);
         }
     }
 }

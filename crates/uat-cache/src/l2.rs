@@ -580,10 +580,19 @@ impl CacheLevel for RedisLevel {
 
     async fn invalidate_pattern(&self, pattern: &KeyPattern) -> Result<u64, CacheError> {
         let m = pattern.redis_match(&self.inner.prefix);
+        let check = pattern.redis_overmatches();
         let mut cursor: u64 = 0;
         let mut deleted = 0u64;
         loop {
-            let (next, keys) = self.scan_step(cursor, &m, SCAN_BATCH).await?;
+            let (next, mut keys) = self.scan_step(cursor, &m, SCAN_BATCH).await?;
+            if check {
+                // `?` was sent as `*`: keep only what the pattern matches.
+                keys.retain(|k| {
+                    k.strip_prefix(self.inner.prefix.as_str())
+                        .and_then(|stored| CacheKey::parse_stored(stored).ok())
+                        .is_some_and(|key| pattern.matches(&key))
+                });
+            }
             if !keys.is_empty() {
                 deleted += self
                     .run("invalidate", |mut c| async move {

@@ -225,7 +225,10 @@ async fn require_admin(req: Request, next: Next) -> Response {
 
 fn reject(reason: &'static str, e: ApiError, route: &str, start: Instant) -> Response {
     REJECTIONS.with_label_values(&[reason]).inc();
-    let resp = e.into_response();
+    let mut resp = e.into_response();
+    if crate::cache::is_cached_route(route) {
+        crate::cache::mark_bypass(&mut resp);
+    }
     middleware::record(route, &resp, start);
     resp
 }

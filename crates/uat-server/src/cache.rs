@@ -236,15 +236,28 @@ pub fn policy(
     };
     // Read as bytes: a byte outside visible ASCII elsewhere in the header
     // (`to_str` refuses the whole value) must not cost its `no-store`.
+    let mut cache_control = false;
     for v in headers.get_all(header::CACHE_CONTROL) {
+        cache_control = true;
         for d in v.as_bytes().split(|b| *b == b',') {
             let d = d.trim_ascii();
-            if d.eq_ignore_ascii_case(b"no-cache") {
+            if d.eq_ignore_ascii_case(b"no-cache") || is_max_age_zero(d) {
                 p.read = false;
             } else if d.eq_ignore_ascii_case(b"no-store") {
                 p.write = false;
             }
         }
+    }
+    // HTTP/1.0's `Pragma: no-cache` counts when `Cache-Control` is absent
+    // (RFC 9111, 5.4), as every HTTP cache reads it.
+    if !cache_control
+        && headers.get_all(header::PRAGMA).iter().any(|v| {
+            v.as_bytes()
+                .split(|b| *b == b',')
+                .any(|d| d.trim_ascii().eq_ignore_ascii_case(b"no-cache"))
+        })
+    {
+        p.read = false;
     }
     if let Some(v) = headers.get(&X_UAT_CACHE_TTL) {
         let max = uat_config::MAX_TTL.as_secs();
@@ -269,6 +282,28 @@ pub fn policy(
         }
     }
     Ok(p)
+}
+
+/// `max-age=0` (also `max-age="0"`, `max-age = 00`): no stored answer is
+/// fresh enough, so the cache is not read (what a browser's reload sends).
+/// A larger `max-age` is not checked: entries do not record their age, and
+/// one within its TTL is served.
+fn is_max_age_zero(directive: &[u8]) -> bool {
+    let Some(name) = directive.get(..7) else {
+        return false;
+    };
+    if !name.eq_ignore_ascii_case(b"max-age") {
+        return false;
+    }
+    let Some(value) = directive[7..].trim_ascii().strip_prefix(b"=") else {
+        return false;
+    };
+    let value = value.trim_ascii();
+    let value = value
+        .strip_prefix(b"\"")
+        .and_then(|v| v.strip_suffix(b"\""))
+        .unwrap_or(value);
+    !value.is_empty() && value.iter().all(|b| *b == b'0')
 }
 
 /// The tenant namespace of a request: its API key's owner (attached by the
@@ -545,6 +580,19 @@ async fn serve_hit(
     Some(tag(resp, hit, Some(key)))
 }
 
+/// The routes every response of which carries `x-uat-cache` (by their
+/// matched path).
+pub(crate) fn is_cached_route(route: &str) -> bool {
+    matches!(route, "/v1/chat/completions" | "/v1/embeddings")
+}
+
+/// Marks a response given before the cache was consulted (a refused key,
+/// a shed request, a malformed body): `x-uat-cache: bypass`.
+pub(crate) fn mark_bypass(resp: &mut Response) {
+    resp.headers_mut()
+        .insert(X_UAT_CACHE.clone(), HeaderValue::from_static("bypass"));
+}
+
 fn tag(mut resp: Response, how: &'static str, key: Option<&CacheKey>) -> Response {
     let h = resp.headers_mut();
     h.insert(X_UAT_CACHE.clone(), HeaderValue::from_static(how));
@@ -770,6 +818,43 @@ mod tests {
         let p = policy_of(&[("cache-control", b"\xff, NO-CACHE")]).unwrap();
         assert!(!p.read, "no-cache kept");
         assert!(p.write);
+    }
+
+    /// `max-age=0` and, without `Cache-Control`, `Pragma: no-cache` skip the
+    /// read as `no-cache` does (before, both were ignored and a reload was
+    /// answered from the cache). A larger `max-age` changes nothing.
+    #[test]
+    fn max_age_zero_and_pragma_skip_the_read() {
+        for v in [
+            &b"max-age=0"[..],
+            b"MAX-AGE = 0",
+            b"private, max-age=\"0\"",
+            b"max-age=000",
+        ] {
+            let p = policy_of(&[("cache-control", v)]).unwrap();
+            assert!(!p.read, "{:?}", String::from_utf8_lossy(v));
+            assert!(p.write);
+        }
+        for v in [
+            &b"max-age=60"[..],
+            b"max-age=",
+            b"max-age",
+            b"max-agex=0",
+            b"s-maxage=0",
+        ] {
+            assert!(
+                policy_of(&[("cache-control", v)]).unwrap().read,
+                "{:?}",
+                String::from_utf8_lossy(v)
+            );
+        }
+        let p = policy_of(&[("pragma", b"no-cache")]).unwrap();
+        assert!(!p.read && p.write);
+        let p = policy_of(&[("pragma", b"x, No-Cache")]).unwrap();
+        assert!(!p.read);
+        // Cache-Control, when present, is what counts (RFC 9111, 5.4).
+        let p = policy_of(&[("pragma", b"no-cache"), ("cache-control", b"max-age=60")]).unwrap();
+        assert!(p.read);
     }
 
     /// `x-uat-cache-ttl` is digits only. Before, `+5` was taken as 5.

@@ -225,8 +225,12 @@ async fn embeddings(
     State(state): State<AppState>,
     tenant: crate::auth::Tenant,
     headers: HeaderMap,
-    ApiJson(body): ApiJson<Value>,
+    body: Result<ApiJson<Value>, ApiError>,
 ) -> Response {
+    let body = match body {
+        Ok(ApiJson(body)) => body,
+        Err(e) => return refused(e),
+    };
     let model = match body.get("model") {
         Some(Value::String(s)) => s.clone(),
         _ => String::new(),
@@ -234,7 +238,7 @@ async fn embeddings(
     if state.embed.registry.contains(&model) {
         let parsed = match parse(&body) {
             Ok(p) => p,
-            Err(e) => return e.into_response(),
+            Err(e) => return refused(e),
         };
         // Token ids mean what the model's `token_ids` says: the key names
         // the reading, so entries stored under another one (before an
@@ -279,13 +283,14 @@ async fn embeddings(
         return tagged(resp, "local", 1, &model);
     }
     if model.is_empty() {
-        return parse(&body)
-            .err()
-            .unwrap_or_else(|| ApiError::invalid_field("model", "missing field `model`"))
-            .into_response();
+        return refused(
+            parse(&body)
+                .err()
+                .unwrap_or_else(|| ApiError::invalid_field("model", "missing field `model`")),
+        );
     }
     let Ok(resolved) = state.gateway.router().resolve(&model) else {
-        return ApiError::model_not_found(&model).into_response();
+        return refused(ApiError::model_not_found(&model));
     };
     let cached = resolved.cache_name();
     let st = state.clone();
@@ -322,6 +327,14 @@ async fn embeddings(
         },
     )
     .await
+}
+
+/// A request refused before the cache is consulted: `x-uat-cache: bypass`,
+/// like every response of this cached route.
+fn refused(e: ApiError) -> Response {
+    let mut resp = e.into_response();
+    crate::cache::mark_bypass(&mut resp);
+    resp
 }
 
 fn tagged(mut resp: Response, provider: &str, attempts: u32, model: &str) -> Response {

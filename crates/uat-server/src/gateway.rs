@@ -216,10 +216,7 @@ fn error_response(err: ApiError, provider: Option<&str>, attempts: u32, model: &
 /// of this cached route.
 fn refused(err: ApiError) -> Response {
     let mut resp = error_response(err, None, 0, "");
-    resp.headers_mut().insert(
-        cache::X_UAT_CACHE.clone(),
-        HeaderValue::from_static("bypass"),
-    );
+    cache::mark_bypass(&mut resp);
     resp
 }
 

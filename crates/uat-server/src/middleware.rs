@@ -148,7 +148,7 @@ async fn shed_and_measure(State(limit): State<InFlight>, req: Request, next: Nex
     };
     if prev >= limit.max {
         drop(guard);
-        let resp = ApiError::overloaded(
+        let mut resp = ApiError::overloaded(
             format!(
                 "server is at its limit of {} requests in flight; retry shortly",
                 limit.max
@@ -156,6 +156,9 @@ async fn shed_and_measure(State(limit): State<InFlight>, req: Request, next: Nex
             1,
         )
         .into_response();
+        if crate::cache::is_cached_route(route) {
+            crate::cache::mark_bypass(&mut resp);
+        }
         record(route, &resp, start);
         return resp;
     }

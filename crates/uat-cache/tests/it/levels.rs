@@ -229,6 +229,33 @@ async fn pattern_in_level<L: CacheLevel>(level: &L, ns: &str) {
         .await
         .unwrap();
     assert_eq!(n, 1);
+    // `?` is one character at every level, also one that is several bytes
+    // (UTF-8) or escaped in the stored key (`*`, `%`). L1 and L2 used to
+    // count bytes and left these three in place while L3 deleted them.
+    let odd = [
+        key(ns, "modèle", 6),
+        key(ns, "mod*le", 7),
+        key(ns, "mod%le", 8),
+        key(ns, "modXXle", 9),
+    ];
+    for k in &odd {
+        level
+            .put(k, Bytes::from_static(b"v"), Duration::from_secs(60))
+            .await
+            .unwrap();
+    }
+    let n = level
+        .invalidate_pattern(&KeyPattern::new(ns, "mod?le").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(n, 3, "{:?}", level.level());
+    for k in &odd[..3] {
+        assert!(level.get(k).await.unwrap().is_none(), "{k} stayed");
+    }
+    assert!(
+        level.get(&odd[3]).await.unwrap().is_some(),
+        "two characters are not one"
+    );
 }
 
 #[tokio::test]

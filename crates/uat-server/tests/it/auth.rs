@@ -329,3 +329,43 @@ async fn each_owner_has_its_own_memories() {
     let (_, _, h) = send(c.get(app.at(&history)).bearer_auth(USER_KEY)).await;
     assert_eq!(h["history"][0]["new_value"]["user_id"], "alice", "{h}");
 }
+
+/// Every response of the cached routes says how the cache took it, the
+/// key checks' refusals too: `x-uat-cache: bypass`. Before, a 401 or a 429
+/// on chat or embeddings had no `x-uat-cache`; other routes get none.
+#[tokio::test]
+async fn refusals_on_cached_routes_are_tagged_bypass() {
+    let (_up, providers, model) = upstream().await;
+    let toml = format!(
+        "{providers}[cache]\nmode = \"always\"\n{}",
+        key_toml("slow", SLOW_KEY, "requests_per_minute = 1"),
+    );
+    let app = spawn_app(&toml).await;
+    let chat = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+    let emb = json!({"model": model, "input": "hi"});
+    for (path, body) in [("/v1/chat/completions", &chat), ("/v1/embeddings", &emb)] {
+        let (status, headers, _) = send(app.client.post(app.at(path)).json(body)).await;
+        assert_eq!(status, 401, "{path}");
+        assert_eq!(headers["x-uat-cache"], "bypass", "{path}");
+    }
+    let (status, headers, _) = send(app.client.get(app.at("/v1/collections"))).await;
+    assert_eq!(status, 401);
+    assert!(!headers.contains_key("x-uat-cache"), "not a cached route");
+    let (status, _, body) = send(
+        app.client
+            .post(app.at("/v1/chat/completions"))
+            .bearer_auth(SLOW_KEY)
+            .json(&chat),
+    )
+    .await;
+    assert_eq!(status, 200, "the burst of one: {body}");
+    let (status, headers, _) = send(
+        app.client
+            .post(app.at("/v1/embeddings"))
+            .bearer_auth(SLOW_KEY)
+            .json(&emb),
+    )
+    .await;
+    assert_eq!(status, 429);
+    assert_eq!(headers["x-uat-cache"], "bypass");
+}

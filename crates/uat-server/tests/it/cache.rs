@@ -301,6 +301,11 @@ async fn cache_control_and_ttl_headers() {
         "miss"
     );
     assert_eq!(up.calls(), 4);
+    // A reload's `max-age=0` and HTTP/1.0's `Pragma: no-cache` do the same.
+    for h in [("cache-control", "max-age=0"), ("pragma", "no-cache")] {
+        assert_eq!(header(&send(vec![h]).await.unwrap(), "x-uat-cache"), "miss");
+    }
+    assert_eq!(up.calls(), 6);
     // Both: bypass.
     assert_eq!(
         header(
@@ -311,7 +316,7 @@ async fn cache_control_and_ttl_headers() {
         ),
         "bypass"
     );
-    assert_eq!(up.calls(), 5);
+    assert_eq!(up.calls(), 7);
 }
 
 /// An `x-uat-cache-ttl` that is not a whole number of seconds up to 10 years
@@ -821,6 +826,48 @@ async fn requests_refused_before_the_cache_are_tagged_bypass() {
         assert_eq!(header(&r, "x-uat-cache"), "bypass", "{what}");
         assert_eq!(header(&r, "x-uat-attempts"), "0", "{what}");
     }
+    // The embeddings route likewise (its refusals had no `x-uat-cache`).
+    let embed = |body: Vec<u8>| {
+        app.client
+            .post(app.at("/v1/embeddings"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let cases: [(&str, Vec<u8>, u16); 4] = [
+        ("malformed JSON", b"{\"model\":".to_vec(), 400),
+        ("missing model", b"{\"input\":\"hi\"}".to_vec(), 400),
+        (
+            "unknown model",
+            serde_json::to_vec(&json!({"model": "no-such-model", "input": "hi"})).unwrap(),
+            404,
+        ),
+        ("oversized", vec![b' '; 4096], 413),
+    ];
+    for (what, body, status) in cases {
+        let r = embed(body).await.unwrap();
+        assert_eq!(r.status(), status, "embeddings, {what}");
+        assert_eq!(header(&r, "x-uat-cache"), "bypass", "embeddings, {what}");
+    }
+}
+
+/// A request shed at `server.max_in_flight` (503) is tagged `bypass` too.
+/// Before, the load-shedding refusal had no `x-uat-cache`.
+#[tokio::test]
+async fn a_shed_request_is_tagged_bypass() {
+    let (up, toml, model) = setup("").await;
+    let app = spawn_app(&format!("[server]\nmax_in_flight = 1\n{toml}")).await;
+    up.push(Behavior::Delay(Duration::from_secs(3)));
+    let first = app.chat(det(&model, false));
+    let second = async {
+        assert!(eventually(Duration::from_secs(5), || up.calls() == 1).await);
+        app.chat(det(&model, false)).await
+    };
+    let (first, second) = tokio::join!(first, second);
+    assert_eq!(second.status(), 503, "the only slot is taken");
+    assert_eq!(header(&second, "x-uat-cache"), "bypass");
+    assert_eq!(first.status(), 200);
+    assert_eq!(header(&first, "x-uat-cache"), "miss");
 }
 
 /// A non-streamed answer is stored as the upstream sent it, whatever fields
