@@ -87,7 +87,7 @@ pub struct ValidInput {
 #[derive(Debug, Clone)]
 pub enum WriteRequest {
     /// One memory.
-    One(MemoryInput),
+    One(Box<MemoryInput>),
     /// A batch.
     Batch(Vec<MemoryInput>),
 }
@@ -99,7 +99,7 @@ impl WriteRequest {
             return Err(MemoryError::invalid("body", "expected a JSON object"));
         };
         match obj.remove("memories") {
-            None => parse_item(Value::Object(obj), "").map(WriteRequest::One),
+            None => parse_item(Value::Object(obj), "").map(|i| WriteRequest::One(Box::new(i))),
             Some(list) => {
                 if let Some(k) = obj.keys().next() {
                     return Err(MemoryError::invalid(

@@ -334,7 +334,7 @@ impl Memories {
     ) -> Result<Vec<WriteOutcome>> {
         let batch = matches!(req, WriteRequest::Batch(_));
         let items = match req {
-            WriteRequest::One(i) => vec![input::validate(i, "", self.limits)?],
+            WriteRequest::One(i) => vec![input::validate(*i, "", self.limits)?],
             WriteRequest::Batch(list) => list
                 .into_iter()
                 .enumerate()
