@@ -11,7 +11,10 @@ pub use max_tokens::max_output_tokens;
 
 use super::content::{ImageUrl, image_url, image_url_param, unsupported_part};
 use super::http::{self, lines, read_json, send, send_within, sse_data};
-use super::{BoxFuture, ChunkStream, Provider, Reply, StreamChunk, asks_for_logprobs, one_choice};
+use super::{
+    BoxFuture, ChunkStream, Provider, Reply, StreamChunk, asks_for_logprobs, one_call_at_most,
+    one_choice,
+};
 use crate::error::{Failure, FailureKind, RouterError};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -352,6 +355,7 @@ pub(crate) fn messages_body(
     if stream {
         body.insert("stream".into(), json!(true));
     }
+    let mut sends_tools = false;
     if let Some(Value::Array(tools)) = req.extra.get("tools") {
         let tools: Vec<Value> = tools
             .iter()
@@ -367,20 +371,31 @@ pub(crate) fn messages_body(
                 t
             })
             .collect();
+        sends_tools = !tools.is_empty();
         body.insert("tools".into(), Value::Array(tools));
     }
-    if let Some(tc) = req.extra.get("tool_choice") {
-        let choice = match tc {
-            Value::String(s) if s == "required" => Some(json!({"type": "any"})),
-            Value::String(s) if s == "none" => Some(json!({"type": "none"})),
-            Value::String(_) => Some(json!({"type": "auto"})),
-            v => v
-                .pointer("/function/name")
-                .map(|n| json!({"type": "tool", "name": n})),
-        };
-        if let Some(c) = choice {
-            body.insert("tool_choice".into(), c);
+    let mut choice = req.extra.get("tool_choice").and_then(|tc| match tc {
+        Value::String(s) if s == "required" => Some(json!({"type": "any"})),
+        Value::String(s) if s == "none" => Some(json!({"type": "none"})),
+        Value::String(_) => Some(json!({"type": "auto"})),
+        v => v
+            .pointer("/function/name")
+            .map(|n| json!({"type": "tool", "name": n})),
+    });
+    // OpenAI's `parallel_tool_calls: false` (at most one call per turn) is
+    // Anthropic's `disable_parallel_tool_use`, a flag of the tool choice
+    // (auto, any and tool have it; none, which calls nothing, has not):
+    // left out, Claude makes parallel calls a client said it cannot take.
+    if sends_tools && one_call_at_most(req) {
+        let c = choice.get_or_insert_with(|| json!({"type": "auto"}));
+        if let Some(o) = c.as_object_mut()
+            && o.get("type").and_then(Value::as_str) != Some("none")
+        {
+            o.insert("disable_parallel_tool_use".into(), json!(true));
         }
+    }
+    if let Some(c) = choice {
+        body.insert("tool_choice".into(), c);
     }
     if let Some(tool) = json_tool(req) {
         body.insert("tools".into(), json!([tool]));
@@ -657,13 +672,29 @@ impl Provider for Anthropic {
     }
 }
 
+/// One of the client's tool calls in the stream: its position among the
+/// calls (OpenAI's `index`), and whether any of its arguments' JSON was
+/// sent yet (whitespace is not JSON).
+struct ToolBlock {
+    k: usize,
+    has_arguments: bool,
+}
+
 struct StreamState {
     id: String,
     created: u64,
     model: String,
     include_usage: bool,
     usage: AUsage,
-    tools: HashMap<u64, usize>,
+    /// Whether the role chunk went out. It is held back from
+    /// `message_start` to the first chunk with something in it: the router
+    /// takes a stream's first chunk as the end of its retry window, and an
+    /// `error` event (`overloaded_error`) often comes right after
+    /// `message_start`, before any content, when a retry costs the client
+    /// nothing.
+    sent_role: bool,
+    /// The client's tool calls by content block index.
+    tools: HashMap<u64, ToolBlock>,
     /// The answer comes as the forced [`JSON_TOOL`] call ...
     structured: bool,
     /// ... in this content block, whose input is streamed as content.
@@ -680,6 +711,7 @@ impl StreamState {
             model: model.to_owned(),
             include_usage,
             usage: AUsage::default(),
+            sent_role: false,
             tools: HashMap::new(),
             structured: false,
             answer_block: None,
@@ -689,7 +721,26 @@ impl StreamState {
     }
 
     fn push(&mut self, delta: Delta, finish: Option<String>) {
+        self.role_first();
         let c = ChatChunk::delta(&self.id, self.created, &self.model, delta, finish);
+        self.pending.push_back(StreamChunk::from_chunk(&c));
+    }
+
+    /// The role chunk OpenAI streams first (`role` and empty content),
+    /// queued just before the first chunk with something in it, by the
+    /// same event: the router sees it only once content (or the finish)
+    /// has come (see [`StreamState::sent_role`]).
+    fn role_first(&mut self) {
+        if self.sent_role {
+            return;
+        }
+        self.sent_role = true;
+        let delta = Delta {
+            role: Some("assistant".into()),
+            content: Some(String::new()),
+            extra: Map::new(),
+        };
+        let c = ChatChunk::delta(&self.id, self.created, &self.model, delta, None);
         self.pending.push_back(StreamChunk::from_chunk(&c));
     }
 
@@ -742,14 +793,6 @@ impl StreamState {
                 if let Some(u) = ev.pointer("/message/usage") {
                     self.usage = serde_json::from_value(u.clone()).unwrap_or_default();
                 }
-                self.push(
-                    Delta {
-                        role: Some("assistant".into()),
-                        content: Some(String::new()),
-                        extra: Map::new(),
-                    },
-                    None,
-                );
             }
             Some("content_block_start") => {
                 let block = ev.get("content_block");
@@ -764,7 +807,13 @@ impl StreamState {
                     Some("tool_use") => {
                         let k = self.tools.len();
                         let idx = ev.get("index").and_then(Value::as_u64).unwrap_or(0);
-                        self.tools.insert(idx, k);
+                        self.tools.insert(
+                            idx,
+                            ToolBlock {
+                                k,
+                                has_arguments: false,
+                            },
+                        );
                         let b = block.cloned().unwrap_or(Value::Null);
                         self.tool_delta(json!({
                             "index": k, "id": b.get("id"), "type": "function",
@@ -795,14 +844,34 @@ impl StreamState {
                     }
                     Some("input_json_delta") => {
                         let idx = ev.get("index").and_then(Value::as_u64).unwrap_or(0);
-                        let k = self.tools.get(&idx).copied().unwrap_or(0);
                         let part = ev
                             .pointer("/delta/partial_json")
                             .cloned()
                             .unwrap_or(json!(""));
+                        let has_json = part.as_str().is_some_and(|p| !p.trim().is_empty());
+                        let k = match self.tools.get_mut(&idx) {
+                            Some(t) => {
+                                t.has_arguments |= has_json;
+                                t.k
+                            }
+                            None => 0,
+                        };
                         self.tool_delta(json!({"index": k, "function": {"arguments": part}}));
                     }
                     _ => {}
+                }
+            }
+            // A call without parameters streams no JSON (or only an empty
+            // piece): its arguments would reach the client as "", which is
+            // not JSON, where the non-streamed answer gives "{}".
+            Some("content_block_stop") => {
+                let idx = ev.get("index").and_then(Value::as_u64).unwrap_or(0);
+                if let Some(t) = self.tools.get_mut(&idx)
+                    && !t.has_arguments
+                {
+                    t.has_arguments = true;
+                    let k = t.k;
+                    self.tool_delta(json!({"index": k, "function": {"arguments": "{}"}}));
                 }
             }
             Some("message_delta") => {
@@ -820,6 +889,7 @@ impl StreamState {
             }
             Some("message_stop") => {
                 if self.include_usage {
+                    self.role_first();
                     let u = Usage::new(self.usage.input_tokens, self.usage.output_tokens);
                     let c = ChatChunk::usage(&self.id, self.created, &self.model, u);
                     self.pending.push_back(StreamChunk::from_chunk(&c));

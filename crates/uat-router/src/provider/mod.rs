@@ -132,6 +132,15 @@ pub(crate) fn asks_for_logprobs(req: &ChatRequest) -> Option<&'static str> {
     }
 }
 
+/// Whether the request asks for one tool call at most
+/// (`parallel_tool_calls: false`).
+pub(crate) fn one_call_at_most(req: &ChatRequest) -> bool {
+    req.extra
+        .get("parallel_tool_calls")
+        .and_then(serde_json::Value::as_bool)
+        == Some(false)
+}
+
 /// An upstream LLM provider speaking one wire format.
 ///
 /// Implementations hold one pooled HTTP client, built at start-up. Every

@@ -1,12 +1,12 @@
 //! Ollama's native API: `/api/chat` (its NDJSON stream translated to OpenAI
 //! chunks, logprobs included), `/api/tags` for discovery and `/api/embed`
 //! for embeddings. What it cannot do (`n` > 1, images by http(s) URL,
-//! content parts other than text and images) is refused as
-//! [`FailureKind::Unsupported`] before any call, never dropped.
+//! content parts other than text and images, a forced tool call) is
+//! refused as [`FailureKind::Unsupported`] before any call, never dropped.
 
 use super::content::{ImageUrl, image_url, image_url_param, unsupported_part};
 use super::http::{self, lines, read_json, send};
-use super::{BoxFuture, ChunkStream, Provider, Reply, StreamChunk, one_choice};
+use super::{BoxFuture, ChunkStream, Provider, Reply, StreamChunk, one_call_at_most, one_choice};
 use crate::error::{Failure, FailureKind, RouterError};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -146,9 +146,11 @@ impl Ollama {
 }
 
 /// What Ollama cannot do: `n` > 1, an image by http(s) URL, a content
-/// part other than text and images (audio, a file).
+/// part other than text and images (audio, a file), the `tool_choice`s
+/// [`tools`] refuses.
 fn refusal(req: &ChatRequest) -> Result<(), Failure> {
     one_choice(req, "ollama")?;
+    tools(req)?;
     for (at, m) in req.messages.iter().enumerate() {
         if let Value::Array(parts) = &m.content {
             for (j, p) in parts.iter().enumerate() {
@@ -205,8 +207,8 @@ pub(crate) fn chat_body(model: &str, req: &ChatRequest, stream: bool) -> Result<
         if !options.is_empty() {
             o.insert("options".into(), Value::Object(options));
         }
-        if let Some(tools) = req.extra.get("tools") {
-            o.insert("tools".into(), tools.clone());
+        if let Some(tools) = tools(req)? {
+            o.insert("tools".into(), tools);
         }
         // Ollama's own names and meaning (since 0.12.11).
         for key in ["logprobs", "top_logprobs"] {
@@ -227,6 +229,66 @@ pub(crate) fn chat_body(model: &str, req: &ChatRequest, stream: bool) -> Result<
         }
     }
     Ok(body)
+}
+
+/// How many of Ollama's tool calls are passed on: all of them, or the first
+/// alone for `parallel_tool_calls: false`. Ollama has no such switch and may
+/// make several; a client that asked for one at most (LangChain's
+/// structured output does) gets the first, as OpenAI would have made it.
+fn max_calls(req: &ChatRequest) -> usize {
+    if one_call_at_most(req) { 1 } else { usize::MAX }
+}
+
+/// The tools to send for the request's `tool_choice`, which Ollama has no
+/// field for: `none` sends none, `auto` (or none given) all of them, a
+/// named function only that one (no other can be called; Ollama has no way
+/// to force the call, so the model may still answer in text). `required`,
+/// whose whole point is the forced call, is refused, as is a choice naming
+/// a function the request does not offer or a shape Ollama has nothing
+/// for (`allowed_tools`, `custom`).
+fn tools(req: &ChatRequest) -> Result<Option<Value>, Failure> {
+    let all = req.extra.get("tools");
+    let choice = match req.extra.get("tool_choice") {
+        None | Some(Value::Null) => return Ok(all.cloned()),
+        Some(c) => c,
+    };
+    let refused =
+        |message: String, code: &str| Err(Failure::unsupported(message, "tool_choice", code));
+    let is_function = choice.get("type").and_then(Value::as_str) == Some("function");
+    match choice {
+        Value::String(s) if s == "auto" => Ok(all.cloned()),
+        Value::String(s) if s == "none" => Ok(None),
+        Value::String(s) if s == "required" => refused(
+            format!("tool_choice `{s}` is not supported by ollama providers (no forced calls)"),
+            "unsupported_value",
+        ),
+        Value::Object(_) if is_function => {
+            let Some(name) = choice.pointer("/function/name").and_then(Value::as_str) else {
+                return refused(
+                    "a function tool_choice needs a function.name".into(),
+                    "invalid_value",
+                );
+            };
+            let named: Vec<Value> = all
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter(|t| t.pointer("/function/name").and_then(Value::as_str) == Some(name))
+                .cloned()
+                .collect();
+            if named.is_empty() {
+                return refused(
+                    format!("tool_choice names `{name}`, which is not among the tools"),
+                    "invalid_value",
+                );
+            }
+            Ok(Some(Value::Array(named)))
+        }
+        other => refused(
+            format!("tool_choice {other} is not supported by ollama providers"),
+            "unsupported_value",
+        ),
+    }
 }
 
 /// One message in Ollama's shape (`at` is its position). A tool result
@@ -269,13 +331,14 @@ fn message(m: &ChatMessage, at: usize, all: &[ChatMessage]) -> Result<Value, Fai
             .collect();
         o.insert("tool_calls".into(), Value::Array(calls));
     }
-    if let Some(name) = m.extra.get("name") {
-        o.insert("tool_name".into(), name.clone());
-    } else if m.role == "tool"
-        && let Some(name) = m
-            .extra
-            .get("tool_call_id")
-            .and_then(|id| tool_name_of(id, all))
+    // `tool_name` is Ollama's for tool results only; another role's `name`
+    // (a user's, say) is not a tool's.
+    if m.role == "tool"
+        && let Some(name) = m.extra.get("name").or_else(|| {
+            m.extra
+                .get("tool_call_id")
+                .and_then(|id| tool_name_of(id, all))
+        })
     {
         o.insert("tool_name".into(), name.clone());
     }
@@ -379,6 +442,7 @@ impl Provider for Ollama {
             let msg = r.message.as_ref();
             let calls = msg
                 .and_then(|m| m.tool_calls.as_deref())
+                .map(|c| &c[..c.len().min(max_calls(req))])
                 .filter(|c| !c.is_empty());
             let mut message = ChatMessage::text(
                 "assistant",
@@ -428,6 +492,7 @@ impl Provider for Ollama {
                 include_usage: req.include_usage(),
                 sent_role: false,
                 tools_sent: 0,
+                max_calls: max_calls(req),
                 pending: VecDeque::new(),
                 done: false,
             };
@@ -501,6 +566,8 @@ struct StreamState {
     sent_role: bool,
     /// Tool calls sent so far (the next one's index).
     tools_sent: usize,
+    /// Most tool calls passed on ([`max_calls`]).
+    max_calls: usize,
     pending: VecDeque<Result<StreamChunk, Failure>>,
     done: bool,
 }
@@ -551,7 +618,14 @@ impl StreamState {
         }
         let msg = r.message.unwrap_or_default();
         let content = msg.content;
-        let calls = msg.tool_calls.filter(|c| !c.is_empty());
+        let room = self.max_calls.saturating_sub(self.tools_sent);
+        let calls = msg
+            .tool_calls
+            .map(|mut c| {
+                c.truncate(room);
+                c
+            })
+            .filter(|c| !c.is_empty());
         if !content.is_empty() || calls.is_some() || !self.sent_role {
             let mut delta = Delta {
                 role: (!self.sent_role).then(|| "assistant".to_owned()),

@@ -435,6 +435,37 @@ fn the_context_limit_400_gives_the_room_left() {
     }
 }
 
+/// Reads one request from `conn` (the head, then `content-length` bytes)
+/// and gives its JSON body; what follows stays in `buf`. `None` once the
+/// connection closes.
+async fn read_request(conn: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<Value> {
+    use tokio::io::AsyncReadExt;
+    let mut chunk = [0u8; 4096];
+    let (head, len) = loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            break (end + 4, len);
+        }
+        match conn.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    while buf.len() < head + len {
+        match conn.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let body = serde_json::from_slice(&buf[head..head + len]).unwrap();
+    buf.drain(..head + len);
+    Some(body)
+}
+
 /// An Anthropic stand-in on a local port: the first request gets, after
 /// `delay`, the context-limit 400 for 1000 input tokens in a window of
 /// 2000; later ones no answer at all. Counts the requests.
@@ -446,7 +477,7 @@ async fn context_limit_then_silence(
 ) {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let calls = Arc::new(AtomicUsize::new(0));
@@ -459,31 +490,7 @@ async fn context_limit_then_silence(
             let calls = counted.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    // One request: the head, then `content-length` bytes.
-                    let (head, len) = loop {
-                        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                            let len: usize = head
-                                .lines()
-                                .find_map(|l| l.strip_prefix("content-length:"))
-                                .map_or(0, |v| v.trim().parse().unwrap());
-                            break (end + 4, len);
-                        }
-                        match conn.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    };
-                    while buf.len() < head + len {
-                        match conn.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    let body: Value = serde_json::from_slice(&buf[head..head + len]).unwrap();
-                    buf.drain(..head + len);
+                while let Some(body) = read_request(&mut conn, &mut buf).await {
                     if calls.fetch_add(1, Ordering::SeqCst) > 0 {
                         std::future::pending::<()>().await;
                     }
@@ -540,4 +547,209 @@ async fn the_context_limit_retry_shares_the_first_sends_time() {
             "stream {stream}: took {took:?}"
         );
     }
+}
+
+/// A streamed call to a tool without parameters (Anthropic sends no JSON,
+/// or one empty piece) has "{}" for arguments, as the non-streamed answer
+/// has, where the client got "", which is not JSON; a call with arguments
+/// keeps them as they came.
+#[test]
+fn a_streamed_call_without_parameters_has_empty_object_arguments() {
+    let out = collect(
+        &[
+            r#"data: {"type":"message_start","message":{"id":"msg_1","usage":{"input_tokens":9,"output_tokens":1}}}"#,
+            r#"data: {"type":"content_block_start","index":0,"content_block":{"type":"tool_use","id":"tu_1","name":"now","input":{}}}"#,
+            r#"data: {"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":""}}"#,
+            r#"data: {"type":"content_block_stop","index":0}"#,
+            r#"data: {"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"tu_2","name":"get","input":{}}}"#,
+            r#"data: {"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"a\":"}}"#,
+            r#"data: {"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"1}"}}"#,
+            r#"data: {"type":"content_block_stop","index":1}"#,
+            r#"data: {"type":"content_block_start","index":2,"content_block":{"type":"tool_use","id":"tu_3","name":"ping","input":{}}}"#,
+            r#"data: {"type":"content_block_stop","index":2}"#,
+            r#"data: {"type":"message_delta","delta":{"stop_reason":"tool_use"},"usage":{"output_tokens":5}}"#,
+            r#"data: {"type":"message_stop"}"#,
+        ],
+        false,
+    );
+    let mut args = [String::new(), String::new(), String::new()];
+    for c in out {
+        let c = c.unwrap();
+        for call in c["choices"][0]["delta"]["tool_calls"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let k = call["index"].as_u64().unwrap() as usize;
+            args[k].push_str(call["function"]["arguments"].as_str().unwrap());
+        }
+    }
+    assert_eq!(args, ["{}", r#"{"a":1}"#, "{}"]);
+}
+
+fn tools_request(extra: Value) -> ChatRequest {
+    let mut v = json!({"tools": [
+        {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}},
+        {"type": "function", "function": {"name": "g", "parameters": {"type": "object"}}},
+    ]});
+    for (k, x) in extra.as_object().unwrap() {
+        v[k] = x.clone();
+    }
+    request(v)
+}
+
+/// `parallel_tool_calls: false` is Anthropic's `disable_parallel_tool_use`
+/// on the tool choice (auto when the client gave none), where it was left
+/// out and Claude made parallel calls; not on `none`, which has no such
+/// flag, nor without tools.
+#[test]
+fn parallel_tool_calls_false_disables_parallel_tool_use() {
+    let sent = |r: &ChatRequest| {
+        messages_body("claude-x", r, false, DEFAULT_MAX_TOKENS).unwrap()["tool_choice"].clone()
+    };
+    let one = json!({"parallel_tool_calls": false});
+    assert_eq!(
+        sent(&tools_request(one.clone())),
+        json!({"type": "auto", "disable_parallel_tool_use": true})
+    );
+    for (choice, want) in [
+        (
+            json!("auto"),
+            json!({"type": "auto", "disable_parallel_tool_use": true}),
+        ),
+        (
+            json!("required"),
+            json!({"type": "any", "disable_parallel_tool_use": true}),
+        ),
+        (
+            json!({"type": "function", "function": {"name": "g"}}),
+            json!({"type": "tool", "name": "g", "disable_parallel_tool_use": true}),
+        ),
+        (json!("none"), json!({"type": "none"})),
+    ] {
+        let r = tools_request(json!({"parallel_tool_calls": false, "tool_choice": choice}));
+        assert_eq!(sent(&r), want, "{choice}");
+    }
+    assert_eq!(
+        sent(&tools_request(json!({"parallel_tool_calls": true}))),
+        Value::Null
+    );
+    assert_eq!(sent(&tools_request(json!({}))), Value::Null);
+    assert_eq!(sent(&request(one)), Value::Null, "no tools, no choice");
+}
+
+/// An Anthropic stand-in on a local port that answers its n-th request
+/// with the n-th of `bodies` (each an SSE stream of events; the last once
+/// they run out) and closes the connection. Counts the requests.
+async fn anthropic_streams(
+    bodies: Vec<String>,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let bodies = Arc::new(bodies);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            let (calls, bodies) = (counted.clone(), bodies.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                if read_request(&mut conn, &mut buf).await.is_none() {
+                    return;
+                }
+                let n = calls.fetch_add(1, Ordering::SeqCst).min(bodies.len() - 1);
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n{}",
+                    bodies[n]
+                );
+                let _ = conn.write_all(resp.as_bytes()).await;
+                let _ = conn.shutdown().await;
+            });
+        }
+    });
+    (addr, calls)
+}
+
+/// Anthropic's events as its SSE stream frames them.
+fn sse(events: &[Value]) -> String {
+    events
+        .iter()
+        .map(|e| format!("event: {}\ndata: {e}\n\n", e["type"].as_str().unwrap()))
+        .collect()
+}
+
+/// An `error` event right after `message_start` (Anthropic's
+/// `overloaded_error` often comes so) is retried, as nothing has gone to
+/// the client yet: the client gets the whole answer of the second
+/// attempt. `message_start` gave the role chunk at once, which ended the
+/// retry window, and the client got the error.
+#[tokio::test]
+async fn an_error_right_after_message_start_is_retried() {
+    let start = json!({"type": "message_start", "message": {"id": "msg_1", "type": "message",
+        "role": "assistant", "model": "claude-x", "content": [], "stop_reason": null,
+        "usage": {"input_tokens": 5, "output_tokens": 1}}});
+    let overloaded = sse(&[
+        start.clone(),
+        json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+    ]);
+    let text = |t: &str| json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": t}});
+    let whole = sse(&[
+        start,
+        json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        json!({"type": "ping"}),
+        text("Hello"),
+        text(" world"),
+        json!({"type": "content_block_stop", "index": 0}),
+        json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+            "usage": {"output_tokens": 2}}),
+        json!({"type": "message_stop"}),
+    ]);
+    let (addr, calls) = anthropic_streams(vec![overloaded, whole]).await;
+    let mut cfg = ProviderConfig::new("c", ProviderKind::Anthropic, Some(format!("http://{addr}")));
+    cfg.models = vec!["claude-x".into()];
+    let routing = uat_config::RoutingConfig {
+        max_attempts: 3,
+        backoff_base: Duration::from_millis(1),
+        backoff_max: Duration::from_millis(5),
+        discovery_interval: Duration::ZERO,
+        probe_local: false,
+        ..uat_config::RoutingConfig::default()
+    };
+    let router = crate::Router::with_providers(&[cfg], &[], &routing)
+        .await
+        .unwrap();
+    let req: ChatRequest = serde_json::from_value(json!({
+        "model": "claude-x", "stream": true, "messages": [{"role": "user", "content": "hi"}]
+    }))
+    .unwrap();
+    let routed = router
+        .chat_stream(&router.resolve("claude-x").unwrap(), &req)
+        .await
+        .unwrap();
+    assert_eq!(routed.attempts, 2);
+    let chunks: Vec<Value> = routed
+        .value
+        .map(|c| serde_json::from_slice(&c.unwrap().json).unwrap())
+        .collect()
+        .await;
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let content: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(content, "Hello world");
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "stop"
+    );
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
 }

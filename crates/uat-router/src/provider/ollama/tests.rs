@@ -10,6 +10,7 @@ fn state(include_usage: bool) -> StreamState {
         include_usage,
         sent_role: false,
         tools_sent: 0,
+        max_calls: usize::MAX,
         pending: VecDeque::new(),
         done: false,
     }
@@ -271,5 +272,134 @@ fn a_tool_result_is_named_after_its_call() {
     assert_eq!(
         names,
         [&json!("cat"), &json!("ls"), &Value::Null, &json!("given")]
+    );
+}
+
+fn tools_request(extra: Value) -> ChatRequest {
+    let mut v = json!({"tools": [
+        {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}},
+        {"type": "function", "function": {"name": "g", "parameters": {"type": "object"}}},
+    ]});
+    for (k, x) in extra.as_object().unwrap() {
+        v[k] = x.clone();
+    }
+    request(v)
+}
+
+/// The names of the tools sent to Ollama.
+fn sent_tools(req: &ChatRequest) -> Vec<String> {
+    let b = chat_body("llama3", req, false).unwrap();
+    b["tools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| t["function"]["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// `tool_choice`, which Ollama has no field for, was left out and every
+/// tool sent: `none` now sends none, a named function only that one;
+/// `auto` (or none given) all. What Ollama cannot honour is refused naming
+/// the field: `required` (no forced calls), a function the request does
+/// not offer, and another shape.
+#[test]
+fn tool_choice_is_honoured_or_refused() {
+    for (choice, want) in [
+        (json!("none"), vec![]),
+        (json!("auto"), vec!["f", "g"]),
+        (Value::Null, vec!["f", "g"]),
+        (
+            json!({"type": "function", "function": {"name": "g"}}),
+            vec!["g"],
+        ),
+    ] {
+        let req = tools_request(json!({"tool_choice": choice}));
+        assert!(refusal(&req).is_ok(), "{choice}");
+        assert_eq!(sent_tools(&req), want, "{choice}");
+    }
+    assert_eq!(sent_tools(&tools_request(json!({}))), ["f", "g"]);
+    for (extra, param, code) in [
+        (
+            json!({"tool_choice": "required"}),
+            "tool_choice",
+            "unsupported_value",
+        ),
+        (
+            json!({"tool_choice": {"type": "function", "function": {"name": "h"}}}),
+            "tool_choice",
+            "invalid_value",
+        ),
+        (
+            json!({"tool_choice": {"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": []}}}),
+            "tool_choice",
+            "unsupported_value",
+        ),
+    ] {
+        let req = tools_request(extra.clone());
+        let f = refusal(&req).unwrap_err();
+        assert_eq!(f.kind, FailureKind::Unsupported, "{extra}");
+        let u = f.upstream.unwrap();
+        assert_eq!(u.param.as_deref(), Some(param), "{extra}");
+        assert_eq!(u.code.as_deref(), Some(code), "{extra}");
+    }
+    for ok in [
+        tools_request(json!({"parallel_tool_calls": false})),
+        tools_request(json!({"parallel_tool_calls": true})),
+        request(json!({"parallel_tool_calls": false})),
+    ] {
+        assert!(refusal(&ok).is_ok());
+    }
+}
+
+/// `parallel_tool_calls: false`, which Ollama has no switch for, is honoured
+/// by passing on its first call alone, streamed (across lines) or not.
+/// Before, every call Ollama made reached a client that asked for one.
+#[test]
+fn one_call_at_most_passes_on_the_first() {
+    let one = tools_request(json!({"parallel_tool_calls": false}));
+    let all = tools_request(json!({}));
+    assert_eq!((max_calls(&one), max_calls(&all)), (1, usize::MAX));
+    let lines = [
+        r#"{"message":{"role":"assistant","content":"","tool_calls":[{"function":{"name":"f","arguments":{"a":1}}},{"function":{"name":"g","arguments":{}}}]},"done":false}"#,
+        r#"{"message":{"role":"assistant","content":"","tool_calls":[{"function":{"name":"g","arguments":{}}}]},"done":false}"#,
+        r#"{"message":{"role":"assistant","content":""},"done":true,"done_reason":"stop"}"#,
+    ];
+    for (max, want) in [(1, vec!["f"]), (usize::MAX, vec!["f", "g", "g"])] {
+        let st = StreamState {
+            max_calls: max,
+            ..state(false)
+        };
+        let names: Vec<String> = collect(&lines, st)
+            .into_iter()
+            .map(Result::unwrap)
+            .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array().cloned())
+            .flatten()
+            .map(|t| t["function"]["name"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(names, want, "max {max}");
+    }
+}
+
+/// Only a tool result names its tool: a user's (or an assistant's) `name`
+/// became `tool_name` too.
+#[test]
+fn only_tool_results_get_a_tool_name() {
+    let req = request(json!({"messages": [
+        {"role": "system", "name": "rules", "content": "be brief"},
+        {"role": "user", "name": "alice", "content": "list"},
+        {"role": "assistant", "name": "bot", "content": null, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "ls", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "a b"},
+    ]}));
+    let b = chat_body("llama3", &req, false).unwrap();
+    let names: Vec<&Value> = b["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| &m["tool_name"])
+        .collect();
+    assert_eq!(
+        names,
+        [&Value::Null, &Value::Null, &Value::Null, &json!("ls")]
     );
 }
