@@ -93,6 +93,21 @@ impl ChoiceAcc {
         Ok(())
     }
 
+    /// Where a tool-call delta without `index` goes (some OpenAI-compatible
+    /// servers leave it out): a new `id` starts the next call, a piece with
+    /// the last call's id or none continues it. Folding them all into call 0
+    /// stored two calls as one (`fg`, the arguments joined), replayed on
+    /// every hit.
+    fn unindexed_call(&self, id: Option<&Value>) -> u64 {
+        match (self.tool_calls.last_key_value(), id) {
+            (None, _) => 0,
+            (Some((&last, t)), Some(id)) if t.id.as_ref().is_some_and(|seen| seen != id) => {
+                last + 1
+            }
+            (Some((&last, _)), _) => last,
+        }
+    }
+
     fn fold_tool_calls(&mut self, calls: &Value) -> Result<(), Unfoldable> {
         let Value::Array(calls) = calls else {
             return Err(Unfoldable);
@@ -101,7 +116,10 @@ impl ChoiceAcc {
             let Value::Object(fields) = tc else {
                 return Err(Unfoldable);
             };
-            let ti = tc.get("index").and_then(Value::as_u64).unwrap_or(0);
+            let ti = match tc.get("index").and_then(Value::as_u64) {
+                Some(i) => i,
+                None => self.unindexed_call(tc.get("id").filter(|id| !id.is_null())),
+            };
             let t = self.tool_calls.entry(ti).or_default();
             for (name, v) in fields {
                 if v.is_null() {
@@ -754,6 +772,32 @@ mod tests {
         let tc = &v["choices"][0]["message"]["tool_calls"][0];
         assert_eq!(tc["extra_content"], extra);
         assert_eq!(tc["function"]["name"], "f");
+    }
+
+    /// Calls streamed without `index` (some OpenAI-compatible servers) are
+    /// told apart by their `id`.
+    #[test]
+    fn tool_calls_without_an_index_are_kept_apart() {
+        let v = record(&[
+            delta(
+                json!({"role":"assistant","tool_calls":[{"id":"a","type":"function","function":{"name":"f","arguments":"{\"x\""}}]}),
+                None,
+            ),
+            delta(json!({"tool_calls":[{"function":{"arguments":":1}"}}]}), None),
+            delta(
+                json!({"tool_calls":[{"id":"b","type":"function","function":{"name":"g","arguments":"{}"}}]}),
+                Some("tool_calls"),
+            ),
+        ])
+        .expect("stored");
+        let calls = &v["choices"][0]["message"]["tool_calls"];
+        assert_eq!(calls.as_array().map(Vec::len), Some(2), "{v}");
+        assert_eq!(calls[0]["id"], "a");
+        assert_eq!(calls[0]["function"]["name"], "f");
+        assert_eq!(calls[0]["function"]["arguments"], "{\"x\":1}");
+        assert_eq!(calls[1]["id"], "b");
+        assert_eq!(calls[1]["function"]["name"], "g");
+        assert_eq!(calls[1]["function"]["arguments"], "{}");
     }
 
     #[test]
