@@ -9,6 +9,10 @@ use std::path::Path;
 #[cfg(unix)]
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     let io = |e| VectorError::io(dir, e);
+    #[cfg(test)]
+    if FAIL_SYNC_DIR.with(std::cell::Cell::get) {
+        return Err(io(std::io::Error::other("failpoint: folder fsync fails")));
+    }
     std::fs::File::open(dir).map_err(io)?.sync_all().map_err(io)
 }
 
@@ -25,4 +29,18 @@ pub(crate) fn parent_of(path: &Path) -> &Path {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Failpoint: every [`sync_dir`] on this thread fails (a disk returning
+    /// EIO). Per thread, so tests running alongside are not affected.
+    static FAIL_SYNC_DIR: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Failpoint: from now on every [`sync_dir`] on this thread fails (or
+/// succeeds again).
+#[cfg(test)]
+pub(crate) fn fail_sync_dir(fail: bool) {
+    FAIL_SYNC_DIR.with(|f| f.set(fail));
 }

@@ -133,6 +133,13 @@ enum FieldIndex {
 #[derive(Debug)]
 pub(crate) struct PayloadIndex {
     fields: BTreeMap<String, FieldIndex>,
+    /// Every node id below this has been [`add`](Self::add)ed. An upsert
+    /// links its points into the graph before it indexes them, so a search
+    /// meanwhile sees nodes at or above it that no posting list holds yet:
+    /// [`resolve`](Self::resolve) alone would keep them through any
+    /// `must_not` (it removes only what the postings hold), so they must be
+    /// checked against the filter itself (`State::resolve_filter`).
+    covered: usize,
 }
 
 impl PayloadIndex {
@@ -153,11 +160,26 @@ impl PayloadIndex {
                 (k.clone(), idx)
             })
             .collect();
-        Self { fields }
+        Self { fields, covered: 0 }
     }
 
-    /// Indexes node `id`'s payload.
+    /// Node ids below this are indexed; those at or above may not be.
+    pub(crate) fn covered(&self) -> usize {
+        self.covered
+    }
+
+    /// Marks every node id below `n` as indexed (ids skipped on purpose,
+    /// such as tombstones when loading, have nothing to index).
+    pub(crate) fn cover(&mut self, n: usize) {
+        self.covered = self.covered.max(n);
+    }
+
+    /// Indexes node `id`'s payload. The writer adds a batch's ids (in any
+    /// order) under one hold of the write lock, and every id below them was
+    /// added before, so no reader sees an id below [`covered`](Self::covered)
+    /// that is not indexed.
     pub(crate) fn add(&mut self, id: u32, payload: Option<&Value>) {
+        self.cover(id as usize + 1);
         let Some(p) = payload else { return };
         for (key, idx) in &mut self.fields {
             let Some(v) = lookup(p, key) else { continue };

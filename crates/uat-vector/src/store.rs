@@ -37,8 +37,11 @@ pub struct StoreOptions {
     /// by the store itself, as [`Collection::snapshot`] does (compacting
     /// first when many points are tombstoned), which empties the WAL: the
     /// WAL, and the replay at the next open, stay bounded without anyone
-    /// asking for snapshots. 0 turns automatic snapshots off.
-    /// [`DEFAULT_SNAPSHOT_WAL_BYTES`] by default.
+    /// asking for snapshots. A collection whose tombstones outnumber its
+    /// live points (1,000 of them at least) is snapshotted and compacted
+    /// whatever its WAL's size: deletes barely grow the WAL, and tombstones
+    /// slow searches and hold memory until compacted. 0 turns automatic
+    /// snapshots off (both). [`DEFAULT_SNAPSHOT_WAL_BYTES`] by default.
     ///
     /// Writes to the collection wait while its snapshot is written, as they
     /// do for a snapshot asked for.
@@ -206,7 +209,7 @@ fn spawn_snapshotter(
                                 collection = c.name(),
                                 wal_bytes = wal,
                                 seconds = started.elapsed().as_secs_f64(),
-                                "WAL past vector.snapshot_wal_bytes: snapshotted"
+                                "WAL past vector.snapshot_wal_bytes, or most points deleted: snapshotted"
                             );
                         }
                         Err(e) => {

@@ -5,7 +5,10 @@
 //! On open, records are read until the first one that is short, has a zero
 //! length (a zero-filled tail) or whose checksum fails, or until a last record
 //! that does not decode; that torn tail is cut off (never loaded as garbage).
-//! A record that does not decode with more records after it is corruption.
+//! A record that does not decode with more records after it, or a damaged
+//! one (short, zeroed, bad checksum) with a valid record somewhere after
+//! it, is corruption: only the last record can be torn by a crash, and
+//! cutting there would delete acknowledged writes.
 //!
 //! A failed fsync poisons the log (see [`VectorError::WalPoisoned`]): the
 //! kernel may have dropped the pages it could not write and report a later
@@ -85,13 +88,18 @@ pub(crate) struct Wal {
 }
 
 impl Wal {
-    /// Opens (or creates) the log of `collection`, returns it and its valid
-    /// records; a torn tail is truncated.
-    pub(crate) fn open(
+    /// Opens (or creates) the log of `collection`, handing its valid records
+    /// to `replay` in order, one at a time as they are read (the whole log
+    /// was read, then decoded, before the first was applied: twice its size
+    /// in memory); a torn tail is truncated. An error from `replay`, or a
+    /// damaged log, fails the open (records already handed over are then
+    /// the caller's to drop).
+    pub(crate) fn open_with(
         path: &Path,
         collection: &str,
         policy: FsyncPolicy,
-    ) -> Result<(Self, Vec<(u64, WalOp)>)> {
+        replay: &mut dyn FnMut(u64, WalOp) -> Result<()>,
+    ) -> Result<Self> {
         let io = |e| VectorError::io(path, e);
         let mut file = OpenOptions::new()
             .read(true)
@@ -100,29 +108,50 @@ impl Wal {
             .truncate(false)
             .open(path)
             .map_err(io)?;
-        let mut data = Vec::new();
-        file.read_to_end(&mut data).map_err(io)?;
-        let (records, good_len) = parse_records(&data)?;
-        if good_len < data.len() {
-            file.set_len(good_len as u64).map_err(io)?;
+        let size = file.metadata().map_err(io)?.len();
+        let mut input = std::io::BufReader::with_capacity(1 << 20, &file);
+        // Under `always` only the last record can be torn, so damage with
+        // valid records after it is corruption. Under `batch` and `never`,
+        // a power cut can persist a later page of the log and not an
+        // earlier one: the records after such a gap were never synced, and
+        // losing them is what those settings allow, so the log is cut there
+        // (the cut bytes kept beside it) and the collection opens.
+        let cut_damage = policy != FsyncPolicy::Always;
+        let (good_len, last_seq) = scan_records(&mut input, size, path, cut_damage, replay)?;
+        drop(input);
+        if good_len < size {
+            file.set_len(good_len).map_err(io)?;
             file.sync_all().map_err(io)?;
         }
-        file.seek(SeekFrom::Start(good_len as u64)).map_err(io)?;
-        let last_seq = records.last().map_or(0, |r| r.0);
-        let wal = Self {
-            len: good_len as u64,
+        file.seek(SeekFrom::Start(good_len)).map_err(io)?;
+        Ok(Self {
+            len: good_len,
             file,
             path: path.to_owned(),
             policy,
             last_sync: Instant::now(),
             dirty: false,
-            last_seq,
+            last_seq: last_seq.unwrap_or(0),
             buf: Vec::new(),
             collection: collection.to_owned(),
             poisoned: None,
             #[cfg(test)]
             fail_syncs: false,
-        };
+        })
+    }
+
+    /// [`Wal::open_with`] collecting the records.
+    #[cfg(test)]
+    pub(crate) fn open(
+        path: &Path,
+        collection: &str,
+        policy: FsyncPolicy,
+    ) -> Result<(Self, Vec<(u64, WalOp)>)> {
+        let mut records = Vec::new();
+        let wal = Self::open_with(path, collection, policy, &mut |seq, op| {
+            records.push((seq, op));
+            Ok(())
+        })?;
         Ok((wal, records))
     }
 
@@ -276,30 +305,50 @@ impl Wal {
     }
 }
 
-/// Parses records; returns them and the length of the valid prefix.
-fn parse_records(data: &[u8]) -> Result<(Vec<(u64, WalOp)>, usize)> {
-    let mut out = Vec::new();
-    let mut pos = 0usize;
-    while data.len() - pos >= 8 {
-        let mut r = Reader::new(&data[pos..pos + 8]);
-        let (Some(len), Some(crc)) = (r.u32(), r.u32()) else {
-            break;
-        };
-        if len == 0 {
-            // No record is empty; a zeroed header (CRC-32 of nothing is 0)
-            // is a tail of zeros, as a power cut can leave after a size update.
+/// Reads the records of `input` (`size` bytes, read from its start) and
+/// hands each to `replay`; returns the length of the valid prefix and the
+/// last record's sequence number.
+///
+/// What follows the valid prefix is cut off as a torn tail only if no
+/// valid record follows it: a damaged record with valid records after it
+/// is not a write cut short (under `fsync = "always"` only the last record
+/// can be) but damage, and cutting there would delete acknowledged writes,
+/// so it is [`VectorError::Corrupt`] (the collection is not opened, the
+/// file left as it is).
+///
+/// With `cut_damage` (the log was not fsynced after every record), such
+/// damage is cut off like a torn tail instead, after the bytes cut are
+/// copied to `<log>.damaged` and an error is logged.
+fn scan_records<R: Read + Seek>(
+    input: &mut R,
+    size: u64,
+    path: &Path,
+    cut_damage: bool,
+    replay: &mut dyn FnMut(u64, WalOp) -> Result<()>,
+) -> Result<(u64, Option<u64>)> {
+    let io = |e| VectorError::io(path, e);
+    let (mut pos, mut last) = (0u64, None);
+    let (mut header, mut body) = ([0u8; 8], Vec::new());
+    while size - pos >= 8 {
+        input.read_exact(&mut header).map_err(io)?;
+        let len = u64::from(u32::from_le_bytes([
+            header[0], header[1], header[2], header[3],
+        ]));
+        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        let end = pos + 8 + len;
+        // No record is empty, so a zero length (a zeroed header: CRC-32 of
+        // nothing is 0) is a tail of zeros, as a power cut can leave after
+        // a size update; a body past the end was not fully written.
+        if len == 0 || end > size {
             break;
         }
-        let end = pos + 8 + len as usize;
-        if end > data.len() {
-            break; // torn: the body was not fully written
-        }
-        let body = &data[pos + 8..end];
-        if crc32fast::hash(body) != crc {
+        body.resize(len as usize, 0);
+        input.read_exact(&mut body).map_err(io)?;
+        if crc32fast::hash(&body) != crc {
             break; // torn or garbage
         }
-        let Some(rec) = decode(body) else {
-            if end == data.len() {
+        let Some((seq, op)) = decode(&body) else {
+            if end == size {
                 break; // the last record: treated as torn, like a bad checksum
             }
             return Err(VectorError::corrupt(
@@ -307,10 +356,89 @@ fn parse_records(data: &[u8]) -> Result<(Vec<(u64, WalOp)>, usize)> {
                 format!("undecodable record at byte {pos}"),
             ));
         };
-        out.push(rec);
+        replay(seq, op)?;
+        last = Some(seq);
         pos = end;
     }
-    Ok((out, pos))
+    if pos < size {
+        input.seek(SeekFrom::Start(pos)).map_err(io)?;
+        let mut tail = Vec::new();
+        input.read_to_end(&mut tail).map_err(io)?;
+        if let Some(at) = valid_record_after(&tail, last) {
+            let what = format!(
+                "damaged record at byte {pos} with a valid record after it, at byte {}",
+                pos + at as u64
+            );
+            if !cut_damage {
+                return Err(VectorError::corrupt("WAL", what));
+            }
+            let mut kept = path.as_os_str().to_owned();
+            kept.push(".damaged");
+            std::fs::write(&kept, &tail).map_err(|e| VectorError::io(Path::new(&kept), e))?;
+            tracing::error!(
+                wal = %path.display(),
+                kept = %Path::new(&kept).display(),
+                "{what}: the log was not fsynced after every record (fsync is not \"always\"), \
+                 so the records from the damage on are dropped as unsynced; the bytes cut are kept"
+            );
+        }
+    }
+    Ok((pos, last))
+}
+
+/// [`scan_records`] over bytes in memory, collecting the records.
+#[cfg(test)]
+fn parse_records(data: &[u8]) -> Result<(Vec<(u64, WalOp)>, usize)> {
+    let mut out = Vec::new();
+    let (len, _) = scan_records(
+        &mut std::io::Cursor::new(data),
+        data.len() as u64,
+        Path::new("wal.log"),
+        false,
+        &mut |seq, op| {
+            out.push((seq, op));
+            Ok(())
+        },
+    )?;
+    Ok((out, len as usize))
+}
+
+/// The body of the record framed at `pos`, if its header is whole, its
+/// length not zero, its body whole and its checksum right.
+fn frame(data: &[u8], pos: usize) -> Option<&[u8]> {
+    let mut r = Reader::new(data.get(pos..)?);
+    let (len, crc) = (r.u32()? as usize, r.u32()?);
+    let body = r.bytes(len).filter(|b| !b.is_empty())?;
+    (crc32fast::hash(body) == crc).then_some(body)
+}
+
+/// Where in `tail` (the log from a damaged record on) a whole valid
+/// record begins after its first byte, if one does (the damaged record's
+/// length field may be the damaged part, so every offset is tried).
+/// `last` is the sequence number of the last good record: a record after
+/// it has a larger one, by at most one per record. Offsets are first
+/// screened on their header (a plausible length, a sequence number below
+/// 2^40 and past `last`, a known op), so the checksum, which reads the
+/// whole body, runs on almost none: a torn tail costs one pass over it.
+fn valid_record_after(tail: &[u8], last: Option<u64>) -> Option<usize> {
+    let after = last.unwrap_or(0);
+    // Header (8), seq (8) and op (1): the least a record holds.
+    (1..tail.len().saturating_sub(16)).find(|&p| {
+        let mut r = Reader::new(&tail[p..]);
+        let len = r.u32().map_or(0, |x| x as usize);
+        let seq = r.u32().and_then(|_| r.u64()).unwrap_or(0);
+        let op = r.u8().unwrap_or(0);
+        let plausible = len >= 9
+            && p + 8 + len <= tail.len()
+            && seq > after
+            && seq < 1 << 40
+            && matches!(op, OP_UPSERT | OP_DELETE)
+            && last.is_none_or(|l| seq - l <= tail.len() as u64);
+        plausible
+            && frame(tail, p)
+                .and_then(decode)
+                .is_some_and(|(s, _)| s == seq)
+    })
 }
 
 fn decode(body: &[u8]) -> Option<(u64, WalOp)> {
@@ -442,9 +570,6 @@ impl<'a> Reader<'a> {
     pub(crate) fn is_done(&self) -> bool {
         self.pos == self.data.len()
     }
-    pub(crate) fn remaining(&self) -> usize {
-        self.data.len() - self.pos
-    }
 }
 
 #[cfg(test)]
@@ -573,6 +698,69 @@ mod tests {
             parse_records(&middle),
             Err(VectorError::Corrupt { .. })
         ));
+    }
+
+    /// A record damaged in the middle of the log (bad checksum, a length
+    /// past the end, a zeroed header) with valid records after it is not a
+    /// torn tail: cutting it off, as the open did, deleted the acknowledged
+    /// records after it. The open fails and the file stays as it is; the
+    /// same damage in the last record is still a torn tail, cut off.
+    #[test]
+    fn damaged_record_before_valid_ones_is_corrupt_not_cut() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wal.log");
+        let (mut wal, _) = Wal::open(&path, "test", FsyncPolicy::Always).expect("open");
+        let mut ends = Vec::new();
+        for i in 1..=3 {
+            wal.append(&WalOp::Upsert(vec![pt(i)])).expect("append");
+            ends.push(wal.size() as usize);
+        }
+        drop(wal);
+        let good = std::fs::read(&path).expect("read");
+        let second = ends[0];
+        let mut bad_crc = good.clone();
+        bad_crc[second + 20] ^= 0xff;
+        let mut bad_len = good.clone();
+        bad_len[second + 3] = 0x7f;
+        let mut zeroed = good.clone();
+        zeroed[second..second + 8].fill(0);
+        let mut first = good.clone();
+        first[20] ^= 0xff;
+        for (what, data) in [
+            ("first", first),
+            ("checksum", bad_crc),
+            ("length", bad_len),
+            ("zeroed", zeroed),
+        ] {
+            std::fs::write(&path, &data).expect("write");
+            assert!(
+                matches!(
+                    Wal::open(&path, "test", FsyncPolicy::Always),
+                    Err(VectorError::Corrupt { .. })
+                ),
+                "{what}"
+            );
+            assert_eq!(std::fs::read(&path).expect("read"), data, "{what}: not cut");
+        }
+
+        // Under `batch` (or `never`) records after a gap may never have been
+        // synced: the log is cut at the damage, the cut bytes kept beside it.
+        let mut gap = good.clone();
+        gap[second + 20] ^= 0xff;
+        std::fs::write(&path, &gap).expect("write");
+        let (wal, recs) = Wal::open(&path, "test", FsyncPolicy::Batch).expect("batch opens");
+        assert_eq!(recs.len(), 1);
+        assert_eq!(wal.size() as usize, second, "cut at the damage");
+        drop(wal);
+        let kept = std::fs::read(dir.path().join("wal.log.damaged")).expect("kept");
+        assert_eq!(kept, &gap[second..], "the cut bytes are kept");
+
+        let mut torn = good.clone();
+        torn[ends[1] + 20] ^= 0xff;
+        std::fs::write(&path, &torn).expect("write");
+        let (wal, recs) = Wal::open(&path, "test", FsyncPolicy::Always).expect("a torn tail");
+        assert_eq!(recs.len(), 2);
+        assert_eq!(wal.size() as usize, ends[1], "the torn tail is cut off");
     }
 
     /// An append whose fsync fails was not acknowledged: it must not be in

@@ -12,7 +12,7 @@ use crate::error::{Result, VectorError};
 use crate::filter::Filter;
 use crate::hnsw::Hnsw;
 use crate::metrics;
-use crate::payload_index::PayloadIndex;
+use crate::payload_index::{BitSet, PayloadIndex};
 use crate::quant::Quantizer;
 use crate::snapshot;
 use crate::types::{
@@ -32,6 +32,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 const PARALLEL_MIN: usize = 64;
 /// Compaction runs before a snapshot when this share of nodes is tombstoned.
 const COMPACT_RATIO: f64 = 0.2;
+/// The automatic snapshot also runs, compacting, once tombstones outnumber
+/// live points and number at least this many, whatever the WAL's size: a
+/// delete's record is a few bytes, so a collection emptied by deletes would
+/// never reach the WAL threshold, and its searches would walk ever more
+/// tombstones and its memory never shrink. The floor keeps small
+/// collections from being rewritten for a handful of deletes.
+pub(crate) const AUTO_COMPACT_MIN_DELETED: usize = 1_000;
 /// A quantizer is trained on the first batch written, often one point (a
 /// memory, a document added alone). Until it has seen this many, a batch
 /// that doubles the collection since the last training is inserted by a
@@ -68,11 +75,37 @@ impl State {
                 pindex.add(i, n.payload.as_ref());
             }
         }
+        pindex.cover(hnsw.len());
         Self {
             hnsw,
             ids: RwLock::new(ids),
             pindex: RwLock::new(pindex),
         }
+    }
+
+    /// The exact set of node ids below `n` whose payload matches `f`
+    /// (tombstones included), or `None` when some condition has no
+    /// suitable index. Ids the payload index does not cover yet (an upsert
+    /// linked them into the graph and has not indexed them) are checked
+    /// against `f` itself: the index alone would let them through every
+    /// `must_not`, and searches trust the set without checking again.
+    pub(crate) fn resolve_filter(&self, f: &Filter, n: usize) -> Option<BitSet> {
+        let h = &self.hnsw;
+        let pindex = self.pindex.read();
+        let mut bits = pindex.resolve_checked(f, n, &|i, c| {
+            h.node(i).map(|node| c.matches(node.payload.as_ref()))
+        })?;
+        for i in pindex.covered().min(n)..n {
+            let i = i as u32;
+            if h.node(i)
+                .is_some_and(|node| f.matches(node.payload.as_ref()))
+            {
+                bits.insert(i);
+            } else {
+                bits.remove(i);
+            }
+        }
+        Some(bits)
     }
 }
 
@@ -141,21 +174,13 @@ impl Collection {
             Some((h, seq)) => (State::from_hnsw(h, &config), seq),
             None => (State::empty(&config), 0),
         };
+        let state = RwLock::new(state);
         let wal_path = dir.join("wal.log");
-        let (mut wal, records) = Wal::open(&wal_path, name, fsync)?;
-        wal.last_seq = wal.last_seq.max(snap_seq);
-        let c = Self {
-            name: name.to_owned(),
-            dir: dir.to_owned(),
-            config,
-            state: RwLock::new(state),
-            wal: Mutex::new(wal),
-            retired: AtomicBool::new(false),
-        };
-        // Replayed as they were applied (retrainings included).
-        for (seq, op) in records {
+        // Replayed as they were applied (retrainings included), each record
+        // as it is read.
+        let mut replay = |seq: u64, op: WalOp| -> Result<()> {
             if seq <= snap_seq {
-                continue;
+                return Ok(());
             }
             match op {
                 WalOp::Upsert(points) => {
@@ -163,42 +188,33 @@ impl Collection {
                     // one that differs is another collection's record (or
                     // damage the checksum missed): never pad or cut it.
                     for p in &points {
-                        check_vector(&p.vector, c.config.dimension).map_err(|e| {
+                        check_vector(&p.vector, config.dimension).map_err(|e| {
                             VectorError::corrupt(
                                 format!("WAL {}", wal_path.display()),
                                 format!("record {seq}, point {}: {e}", p.id),
                             )
                         })?;
                     }
-                    c.apply_logged_upsert(points);
+                    apply_logged_upsert(&config, &state, points);
                 }
                 WalOp::Delete(ids) => {
-                    apply_delete(&c.state.read(), &ids);
+                    apply_delete(&state.read(), &ids);
                 }
             }
-        }
+            Ok(())
+        };
+        let mut wal = Wal::open_with(&wal_path, name, fsync, &mut replay)?;
+        wal.last_seq = wal.last_seq.max(snap_seq);
+        let c = Self {
+            name: name.to_owned(),
+            dir: dir.to_owned(),
+            config,
+            state,
+            wal: Mutex::new(wal),
+            retired: AtomicBool::new(false),
+        };
         c.update_gauges();
         Ok(c)
-    }
-
-    /// Applies a logged upsert (under the WAL lock, or while opening). When
-    /// the batch doubles a collection whose quantizer has seen fewer than
-    /// [`TRAIN_SAMPLES`] points, the graph is rebuilt with the batch instead,
-    /// retraining the quantizer on every point: searches run on the old
-    /// state meanwhile, and the rebuild re-inserts fewer than twice
-    /// [`TRAIN_SAMPLES`] points besides the batch's own.
-    fn apply_logged_upsert(&self, points: Vec<Point>) {
-        let st = self.state.read();
-        let trained = st.hnsw.quant_samples.load(Ordering::Relaxed);
-        let retrain = st.hnsw.quant.get().is_some()
-            && trained < TRAIN_SAMPLES
-            && st.ids.read().len() + points.len() >= 2 * trained.max(1);
-        if retrain {
-            drop(st);
-            self.rebuild_with(points);
-        } else {
-            apply_upsert(&self.config, &st, points);
-        }
     }
 
     /// Name.
@@ -254,7 +270,7 @@ impl Collection {
         let WalOp::Upsert(points) = op else {
             return Ok(0);
         };
-        self.apply_logged_upsert(points);
+        apply_logged_upsert(&self.config, &self.state, points);
         drop(wal);
         metrics::upserted(n);
         self.update_gauges();
@@ -282,7 +298,7 @@ impl Collection {
         let ids: Vec<PointId> = {
             let st = self.state.read();
             let h = &st.hnsw;
-            let bits = st.pindex.read().resolve(filter, h.len());
+            let bits = st.resolve_filter(filter, h.len());
             (0..h.len() as u32)
                 .filter(|&i| bits.as_ref().is_none_or(|b| b.contains(i)))
                 .filter(|&i| !h.is_deleted(i))
@@ -339,7 +355,9 @@ impl Collection {
     /// [`Collection::snapshot`] if the WAL holds at least `wal_bytes` bytes of
     /// records, and at least `ratio` of the last snapshot's size (each
     /// snapshot rewrites the whole collection: a large one is rewritten once
-    /// its WAL has grown by that part of it, not every `wal_bytes`), and the collection
+    /// its WAL has grown by that part of it, not every `wal_bytes`), or if
+    /// most points are tombstones ([`AUTO_COMPACT_MIN_DELETED`]: deletes
+    /// barely grow the WAL), and the collection
     /// is not being dropped nor its WAL poisoned (the store's automatic
     /// snapshots: a poisoned WAL was reported when its fsync failed); returns the
     /// WAL's size when it snapshotted. Checked and done under one hold of the
@@ -348,15 +366,29 @@ impl Collection {
     pub(crate) fn snapshot_if_wal_over(&self, wal_bytes: u64, ratio: f64) -> Result<Option<u64>> {
         let mut wal = self.wal.lock();
         let size = wal.bytes();
-        if size < wal_bytes || self.retired.load(Ordering::Relaxed) || wal.is_poisoned() {
+        if self.retired.load(Ordering::Relaxed) || wal.is_poisoned() {
             return Ok(None);
         }
-        let snapshot = std::fs::metadata(self.dir.join("snapshot.bin")).map_or(0, |m| m.len());
-        if (size as f64) < snapshot as f64 * ratio {
-            return Ok(None);
+        if !self.mostly_deleted() {
+            if size < wal_bytes {
+                return Ok(None);
+            }
+            let snapshot = std::fs::metadata(self.dir.join("snapshot.bin")).map_or(0, |m| m.len());
+            if (size as f64) < snapshot as f64 * ratio {
+                return Ok(None);
+            }
         }
         self.compact_if_needed_and_snapshot(&mut wal)?;
         Ok(Some(size))
+    }
+
+    /// Tombstones outnumber live points and number at least
+    /// [`AUTO_COMPACT_MIN_DELETED`]: then a snapshot also compacts (more
+    /// than [`COMPACT_RATIO`] of the nodes are tombstones).
+    fn mostly_deleted(&self) -> bool {
+        let st = self.state.read();
+        let deleted = st.hnsw.deleted_count();
+        deleted >= AUTO_COMPACT_MIN_DELETED && deleted > st.ids.read().len()
     }
 
     fn compact_if_needed_and_snapshot(&self, wal: &mut Wal) -> Result<()> {
@@ -391,29 +423,7 @@ impl Collection {
 
     /// Rebuild under the WAL lock; searches keep running on the old state.
     fn rebuild(&self) {
-        self.rebuild_with(Vec::new());
-    }
-
-    /// [`Collection::rebuild`] with a batch upserted into the new graph after
-    /// the live points (so its points replace those of the same id).
-    fn rebuild_with(&self, batch: Vec<Point>) {
-        let mut points: Vec<Point> = {
-            let st = self.state.read();
-            let h = &st.hnsw;
-            (0..h.len() as u32)
-                .filter(|&i| !h.is_deleted(i))
-                .filter_map(|i| h.node(i).zip(h.vector(i)))
-                .map(|(n, v)| Point {
-                    id: n.ext.clone(),
-                    vector: v.to_vec(),
-                    payload: n.payload.clone(),
-                })
-                .collect()
-        };
-        points.extend(batch);
-        let fresh = State::empty(&self.config);
-        apply_upsert(&self.config, &fresh, points);
-        *self.state.write() = fresh;
+        rebuild_state(&self.config, &self.state, Vec::new());
         self.update_gauges();
     }
 
@@ -488,6 +498,49 @@ impl Collection {
     fn update_gauges(&self) {
         metrics::set_points(&self.name, self.count());
     }
+}
+
+/// Applies a logged upsert (under the WAL lock, or while opening). When
+/// the batch doubles a collection whose quantizer has seen fewer than
+/// [`TRAIN_SAMPLES`] points, the graph is rebuilt with the batch instead,
+/// retraining the quantizer on every point: searches run on the old state
+/// meanwhile, and the rebuild re-inserts fewer than twice [`TRAIN_SAMPLES`]
+/// points besides the batch's own.
+fn apply_logged_upsert(config: &CollectionConfig, state: &RwLock<State>, points: Vec<Point>) {
+    let st = state.read();
+    let trained = st.hnsw.quant_samples.load(Ordering::Relaxed);
+    let retrain = st.hnsw.quant.get().is_some()
+        && trained < TRAIN_SAMPLES
+        && st.ids.read().len() + points.len() >= 2 * trained.max(1);
+    if retrain {
+        drop(st);
+        rebuild_state(config, state, points);
+    } else {
+        apply_upsert(config, &st, points);
+    }
+}
+
+/// Replaces `state` by a new one holding its live points, then `batch`
+/// (whose points replace those of the same id); searches keep running on
+/// the old state meanwhile.
+fn rebuild_state(config: &CollectionConfig, state: &RwLock<State>, batch: Vec<Point>) {
+    let mut points: Vec<Point> = {
+        let st = state.read();
+        let h = &st.hnsw;
+        (0..h.len() as u32)
+            .filter(|&i| !h.is_deleted(i))
+            .filter_map(|i| h.node(i).zip(h.vector(i)))
+            .map(|(n, v)| Point {
+                id: n.ext.clone(),
+                vector: v.to_vec(),
+                payload: n.payload.clone(),
+            })
+            .collect()
+    };
+    points.extend(batch);
+    let fresh = State::empty(config);
+    apply_upsert(config, &fresh, points);
+    *state.write() = fresh;
 }
 
 fn apply_upsert(config: &CollectionConfig, st: &State, points: Vec<Point>) {

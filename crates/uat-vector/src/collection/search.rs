@@ -187,9 +187,7 @@ fn filtered(st: &State, f: &Filter, q: &[f32], k: usize, ef: usize) -> (Vec<(f32
     let h = &st.hnsw;
     let len = h.len();
     let live = st.ids.read().len();
-    let bits = st.pindex.read().resolve_checked(f, len, &|i, c| {
-        h.node(i).map(|n| c.matches(n.payload.as_ref()))
-    });
+    let bits = st.resolve_filter(f, len);
     let estimate = match &bits {
         // Postings include tombstones: scale by the live share.
         Some(b) => (b.count() as f64 * live as f64 / len.max(1) as f64).ceil() as usize,
