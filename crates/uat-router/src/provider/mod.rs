@@ -185,6 +185,32 @@ pub trait Provider: Send + Sync {
     ) -> BoxFuture<'a, Result<Reply, Failure>>;
 }
 
+/// Test helper of the adapters: a chat request of `v`'s fields, with model
+/// `x` and one user message unless `v` has messages.
+#[cfg(test)]
+pub(crate) fn request(v: serde_json::Value) -> ChatRequest {
+    let mut v = v;
+    v["model"] = serde_json::json!("x");
+    if v.get("messages").is_none() {
+        v["messages"] = serde_json::json!([{"role": "user", "content": "hi"}]);
+    }
+    serde_json::from_value(v).expect("a chat request")
+}
+
+/// Test helper of the adapters: [`request`] offering tools `f` and `g`,
+/// with `extra`'s fields.
+#[cfg(test)]
+pub(crate) fn tools_request(extra: serde_json::Value) -> ChatRequest {
+    let mut v = serde_json::json!({"tools": [
+        {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}},
+        {"type": "function", "function": {"name": "g", "parameters": {"type": "object"}}},
+    ]});
+    for (k, x) in extra.as_object().into_iter().flatten() {
+        v[k] = x.clone();
+    }
+    request(v)
+}
+
 /// Test helper of the adapters that translate a stream: feeds `lines` (one
 /// item each) through `translate` and parses every chunk's JSON.
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Request and stream translation, defaults and refusals of the Anthropic adapter.
 
 use super::*;
+use crate::provider::{request, tools_request};
 
 fn collect(lines: &[&'static str], include_usage: bool) -> Vec<Result<Value, Failure>> {
     collect_from(lines, StreamState::new("claude", include_usage))
@@ -187,15 +188,6 @@ fn anthropic(default_max_tokens: Option<u32>) -> Anthropic {
     );
     cfg.default_max_tokens = default_max_tokens;
     Anthropic::new(&cfg).unwrap()
-}
-
-fn request(v: Value) -> ChatRequest {
-    let mut v = v;
-    v["model"] = json!("x");
-    if v.get("messages").is_none() {
-        v["messages"] = json!([{"role": "user", "content": "hi"}]);
-    }
-    serde_json::from_value(v).unwrap()
 }
 
 /// No client limit: the model's own (not 4096, which cut long answers
@@ -585,17 +577,6 @@ fn a_streamed_call_without_parameters_has_empty_object_arguments() {
         }
     }
     assert_eq!(args, ["{}", r#"{"a":1}"#, "{}"]);
-}
-
-fn tools_request(extra: Value) -> ChatRequest {
-    let mut v = json!({"tools": [
-        {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}},
-        {"type": "function", "function": {"name": "g", "parameters": {"type": "object"}}},
-    ]});
-    for (k, x) in extra.as_object().unwrap() {
-        v[k] = x.clone();
-    }
-    request(v)
 }
 
 /// `parallel_tool_calls: false` is Anthropic's `disable_parallel_tool_use`

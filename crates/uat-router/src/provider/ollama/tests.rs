@@ -1,6 +1,7 @@
 //! Request and stream translation and refusals of the Ollama adapter.
 
 use super::*;
+use crate::provider::{request, tools_request};
 
 fn state(include_usage: bool) -> StreamState {
     StreamState {
@@ -103,15 +104,6 @@ fn request_translation() {
     assert_eq!(b["format"], "json");
     assert_eq!(b["tools"], json!([{"type": "function"}]));
     assert_eq!(b["stream"], true);
-}
-
-fn request(v: Value) -> ChatRequest {
-    let mut v = v;
-    v["model"] = json!("x");
-    if v.get("messages").is_none() {
-        v["messages"] = json!([{"role": "user", "content": "hi"}]);
-    }
-    serde_json::from_value(v).unwrap()
 }
 
 /// `n` > 1 and images by http(s) URL are refused as Unsupported naming
@@ -273,17 +265,6 @@ fn a_tool_result_is_named_after_its_call() {
         names,
         [&json!("cat"), &json!("ls"), &Value::Null, &json!("given")]
     );
-}
-
-fn tools_request(extra: Value) -> ChatRequest {
-    let mut v = json!({"tools": [
-        {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}},
-        {"type": "function", "function": {"name": "g", "parameters": {"type": "object"}}},
-    ]});
-    for (k, x) in extra.as_object().unwrap() {
-        v[k] = x.clone();
-    }
-    request(v)
 }
 
 /// The names of the tools sent to Ollama.
