@@ -79,12 +79,25 @@ impl VectorService {
             Ok(Err(e)) => (ReadyStatus::Down, format!("store folder not writable: {e}")),
             Err(e) => (ReadyStatus::Down, e.to_string()),
         };
-        vec![ReadyCheck {
+        let mut out = vec![ReadyCheck {
             name: "vector".into(),
             status,
             critical: true,
             detail: Some(detail),
-        }]
+        }];
+        // A collection that failed to open answers 404/409 until repaired;
+        // before, only a log line said so.
+        for (name, why) in self.store.failed() {
+            out.push(ReadyCheck {
+                name: format!("vector.collection.{name}"),
+                status: ReadyStatus::Degraded,
+                critical: false,
+                detail: Some(format!(
+                    "failed to open at start-up, files left for repair: {why}"
+                )),
+            });
+        }
+        out
     }
 }
 

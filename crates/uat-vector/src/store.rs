@@ -83,6 +83,9 @@ pub struct VectorStore {
     /// I/O, given back once the result is in the map. A name here is taken,
     /// as one in the map is. Locked before `collections` when both are.
     busy: Mutex<BTreeSet<String>>,
+    /// Collections that failed to open at start-up, with why: their files
+    /// stay for an operator, and `/ready` names them.
+    failed: Vec<(String, String)>,
     /// The automatic snapshot thread and the channel whose closing stops it.
     snapshotter: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
     /// Test builds: called where a create or a drop does its I/O.
@@ -255,6 +258,7 @@ impl VectorStore {
         let dir = dir.as_ref().to_owned();
         std::fs::create_dir_all(&dir).map_err(|e| VectorError::io(&dir, e))?;
         let mut collections = BTreeMap::new();
+        let mut failed = Vec::new();
         for entry in std::fs::read_dir(&dir).map_err(|e| VectorError::io(&dir, e))? {
             let entry = entry.map_err(|e| VectorError::io(&dir, e))?;
             let path = entry.path();
@@ -279,6 +283,7 @@ impl VectorStore {
                 // server) down; its name stays taken until it is repaired.
                 Err(e) => {
                     tracing::error!(collection = %name, error = %e, "collection failed to open; skipped, its files left in place");
+                    failed.push((name, e.to_string()));
                 }
             }
         }
@@ -301,6 +306,7 @@ impl VectorStore {
             options,
             collections,
             busy: Mutex::new(BTreeSet::new()),
+            failed,
             snapshotter,
             #[cfg(test)]
             hook: TestHook::default(),
@@ -310,6 +316,12 @@ impl VectorStore {
     /// The store folder.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The collections that failed to open at start-up and why (their
+    /// files are left in place; the names answer 409 until repaired).
+    pub fn failed(&self) -> &[(String, String)] {
+        &self.failed
     }
 
     /// Creates a collection, durably; [`VectorError::AlreadyExists`] if the

@@ -289,6 +289,40 @@ async fn vectors_survive_a_restart_of_the_service() {
     assert_eq!(c.get(&7.into()).unwrap().vector, vec![0.5, 0.5]);
 }
 
+/// A collection that fails to open at start-up is skipped (its files left
+/// for repair, the others served) and `/ready` names it as degraded; before,
+/// only a log line said so.
+#[tokio::test]
+async fn a_collection_that_fails_to_open_shows_in_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = crate::common::test_config("", dir.path());
+    let folder = {
+        let state = uat_server::build(cfg.clone()).await.unwrap();
+        let store = state.vector.store();
+        for name in ["ok", "broken"] {
+            store
+                .create_collection(
+                    name,
+                    uat_vector::CollectionConfig::new(2, uat_vector::Metric::L2),
+                )
+                .unwrap();
+        }
+        store.dir().join("broken")
+    };
+    std::fs::write(folder.join("config.json"), b"{\"dimension\": ").unwrap();
+    let state = uat_server::build(cfg).await.unwrap();
+    assert!(state.vector.store().get("ok").is_ok());
+    let checks = state.ready_checks().await;
+    let check = checks
+        .iter()
+        .find(|c| c.name == "vector.collection.broken")
+        .expect("the damaged collection is named");
+    assert_eq!(check.status, uat_server::state::ReadyStatus::Degraded);
+    assert!(!check.critical);
+    let vector = checks.iter().find(|c| c.name == "vector").unwrap();
+    assert_eq!(vector.status, uat_server::state::ReadyStatus::Ok);
+}
+
 /// Only upserts and batch searches take the bulk body limit; a single
 /// search, a delete or a collection's settings take the ordinary one (a
 /// JSON body parsed whole takes many times its size in memory: a 64 MiB

@@ -357,7 +357,13 @@ fn wal_record_of_another_dimension_is_corruption() {
         matches!(e, uat_vector::VectorError::Corrupt { ref detail, .. } if detail.contains("expected 8, got 4")),
         "{e}"
     );
-    assert!(reopen(d.path()).names().is_empty());
+    let s = reopen(d.path());
+    assert!(s.names().is_empty());
+    // The store names what it skipped (for `/ready`).
+    let failed = s.failed();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].0, "m");
+    assert!(failed[0].1.contains("expected 8, got 4"), "{failed:?}");
 }
 
 #[test]
