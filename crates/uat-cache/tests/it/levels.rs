@@ -190,6 +190,16 @@ async fn l2_large_values_are_compressed_and_round_trip() {
     );
 }
 
+/// Stores `v` under each key for a minute.
+async fn put_all<L: CacheLevel>(level: &L, keys: &[CacheKey]) {
+    for k in keys {
+        level
+            .put(k, Bytes::from_static(b"v"), Duration::from_secs(60))
+            .await
+            .unwrap();
+    }
+}
+
 async fn pattern_in_level<L: CacheLevel>(level: &L, ns: &str) {
     let other_ns = format!("{ns}-other");
     let keys = [
@@ -199,12 +209,7 @@ async fn pattern_in_level<L: CacheLevel>(level: &L, ns: &str) {
         key(ns, "GPT-4o", 4),
         key(&other_ns, "gpt-4o", 5),
     ];
-    for k in &keys {
-        level
-            .put(k, Bytes::from_static(b"v"), Duration::from_secs(60))
-            .await
-            .unwrap();
-    }
+    put_all(level, &keys).await;
     let n = level
         .invalidate_pattern(&KeyPattern::new(ns, "gpt-*").unwrap())
         .await
@@ -238,12 +243,7 @@ async fn pattern_in_level<L: CacheLevel>(level: &L, ns: &str) {
         key(ns, "mod%le", 8),
         key(ns, "modXXle", 9),
     ];
-    for k in &odd {
-        level
-            .put(k, Bytes::from_static(b"v"), Duration::from_secs(60))
-            .await
-            .unwrap();
-    }
+    put_all(level, &odd).await;
     let n = level
         .invalidate_pattern(&KeyPattern::new(ns, "mod?le").unwrap())
         .await

@@ -2,6 +2,9 @@
 
 use super::*;
 use crate::provider::{request, tools_request};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::io::AsyncWriteExt;
 
 fn collect(lines: &[&'static str], include_usage: bool) -> Vec<Result<Value, Failure>> {
     collect_from(lines, StreamState::new("claude", include_usage))
@@ -458,52 +461,51 @@ async fn read_request(conn: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Op
     Some(body)
 }
 
-/// An Anthropic stand-in on a local port: the first request gets, after
-/// `delay`, the context-limit 400 for 1000 input tokens in a window of
-/// 2000; later ones no answer at all. Counts the requests.
-async fn context_limit_then_silence(
-    delay: Duration,
-) -> (
-    std::net::SocketAddr,
-    std::sync::Arc<std::sync::atomic::AtomicUsize>,
-) {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use tokio::io::AsyncWriteExt;
+/// An Anthropic stand-in on a local port: every connection is handed to
+/// `serve` with the request counter the stand-in shares with its caller.
+async fn stand_in<F, Fut>(serve: F) -> (std::net::SocketAddr, Arc<AtomicUsize>)
+where
+    F: Fn(tokio::net::TcpStream, Arc<AtomicUsize>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let calls = Arc::new(AtomicUsize::new(0));
     let counted = calls.clone();
     tokio::spawn(async move {
-        loop {
-            let Ok((mut conn, _)) = listener.accept().await else {
-                return;
-            };
-            let calls = counted.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                while let Some(body) = read_request(&mut conn, &mut buf).await {
-                    if calls.fetch_add(1, Ordering::SeqCst) > 0 {
-                        std::future::pending::<()>().await;
-                    }
-                    tokio::time::sleep(delay).await;
-                    let msg = format!(
-                        "input length and `max_tokens` exceed context limit: 1000 + {} > 2000, decrease input length or `max_tokens` and try again",
-                        body["max_tokens"]
-                    );
-                    let err = json!({"type": "error", "error": {"type": "invalid_request_error", "message": msg}}).to_string();
-                    let resp = format!(
-                        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{err}",
-                        err.len()
-                    );
-                    if conn.write_all(resp.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            });
+        while let Ok((conn, _)) = listener.accept().await {
+            tokio::spawn(serve(conn, counted.clone()));
         }
     });
     (addr, calls)
+}
+
+/// An Anthropic stand-in on a local port: the first request gets, after
+/// `delay`, the context-limit 400 for 1000 input tokens in a window of
+/// 2000; later ones no answer at all. Counts the requests.
+async fn context_limit_then_silence(delay: Duration) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    stand_in(move |mut conn, calls| async move {
+        let mut buf = Vec::new();
+        while let Some(body) = read_request(&mut conn, &mut buf).await {
+            if calls.fetch_add(1, Ordering::SeqCst) > 0 {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(delay).await;
+            let msg = format!(
+                "input length and `max_tokens` exceed context limit: 1000 + {} > 2000, decrease input length or `max_tokens` and try again",
+                body["max_tokens"]
+            );
+            let err = json!({"type": "error", "error": {"type": "invalid_request_error", "message": msg}}).to_string();
+            let resp = format!(
+                "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{err}",
+                err.len()
+            );
+            if conn.write_all(resp.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await
 }
 
 /// The send again after Anthropic's context-limit 400 shares the first
@@ -622,42 +624,25 @@ fn parallel_tool_calls_false_disables_parallel_tool_use() {
 /// An Anthropic stand-in on a local port that answers its n-th request
 /// with the n-th of `bodies` (each an SSE stream of events; the last once
 /// they run out) and closes the connection. Counts the requests.
-async fn anthropic_streams(
-    bodies: Vec<String>,
-) -> (
-    std::net::SocketAddr,
-    std::sync::Arc<std::sync::atomic::AtomicUsize>,
-) {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use tokio::io::AsyncWriteExt;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let counted = calls.clone();
+async fn anthropic_streams(bodies: Vec<String>) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
     let bodies = Arc::new(bodies);
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut conn, _)) = listener.accept().await else {
+    stand_in(move |mut conn, calls| {
+        let bodies = bodies.clone();
+        async move {
+            let mut buf = Vec::new();
+            if read_request(&mut conn, &mut buf).await.is_none() {
                 return;
-            };
-            let (calls, bodies) = (counted.clone(), bodies.clone());
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                if read_request(&mut conn, &mut buf).await.is_none() {
-                    return;
-                }
-                let n = calls.fetch_add(1, Ordering::SeqCst).min(bodies.len() - 1);
-                let resp = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n{}",
-                    bodies[n]
-                );
-                let _ = conn.write_all(resp.as_bytes()).await;
-                let _ = conn.shutdown().await;
-            });
+            }
+            let n = calls.fetch_add(1, Ordering::SeqCst).min(bodies.len() - 1);
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n{}",
+                bodies[n]
+            );
+            let _ = conn.write_all(resp.as_bytes()).await;
+            let _ = conn.shutdown().await;
         }
-    });
-    (addr, calls)
+    })
+    .await
 }
 
 /// Anthropic's events as its SSE stream frames them.
