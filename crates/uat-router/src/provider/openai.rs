@@ -90,6 +90,80 @@ impl<'de> Deserialize<'de> for IsList {
     }
 }
 
+/// The fields of a streamed chunk the router looks at.
+#[derive(Deserialize)]
+struct ChunkPeek {
+    #[serde(default)]
+    usage: Option<Usage>,
+    #[serde(default)]
+    error: Option<serde_json::Value>,
+    #[serde(default)]
+    choices: Finishes,
+}
+
+/// Which choices a chunk carries and which of them it finishes, as bit sets
+/// over `index % 64` (built without allocating; the deltas are skipped).
+#[derive(Default, Clone, Copy, PartialEq, Debug)]
+struct Finishes {
+    seen: u64,
+    finished: u64,
+}
+
+impl Finishes {
+    fn add(&mut self, other: Finishes) {
+        self.seen |= other.seen;
+        self.finished |= other.finished;
+    }
+
+    /// Every choice the stream carried has its `finish_reason`: the answer is
+    /// whole even if the server never sends `[DONE]`.
+    fn complete(&self) -> bool {
+        self.seen != 0 && self.seen & !self.finished == 0
+    }
+}
+
+impl<'de> Deserialize<'de> for Finishes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Choice {
+            #[serde(default)]
+            index: u32,
+            #[serde(default)]
+            finish_reason: Option<serde::de::IgnoredAny>,
+        }
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Finishes;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of choices")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Finishes, A::Error> {
+                let mut out = Finishes::default();
+                while let Some(c) = seq.next_element::<Choice>()? {
+                    let bit = 1u64 << (c.index % 64);
+                    out.seen |= bit;
+                    if c.finish_reason.is_some() {
+                        out.finished |= bit;
+                    }
+                }
+                Ok(out)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Finishes, A::Error> {
+                serde::de::IgnoredAny
+                    .visit_map(map)
+                    .map(|_| Finishes::default())
+            }
+            fn visit_unit<E>(self) -> Result<Finishes, E> {
+                Ok(Finishes::default())
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 impl OpenAi {
     /// Builds the provider and its pooled client.
     pub fn new(cfg: &ProviderConfig) -> Result<Self, RouterError> {
@@ -231,22 +305,41 @@ impl Provider for OpenAi {
 }
 
 /// Passes SSE `data:` payloads through, checking each is JSON, noting usage,
-/// and turning an in-stream error or a stream cut before `[DONE]` into a
-/// [`Failure`].
+/// and turning an in-stream error or a stream cut into a [`Failure`].
+///
+/// A stream ends at `[DONE]`, or at its end once every choice it carried
+/// has had its `finish_reason`: some OpenAI-compatible servers never send
+/// `[DONE]`, and their complete answers must not end in an error. A stream
+/// that stops before that is `Interrupted`.
 fn translate(
     lines: impl futures::Stream<Item = Result<bytes::Bytes, Failure>> + Send + 'static,
 ) -> ChunkStream {
-    let s = futures::stream::unfold((Box::pin(lines), false), |(mut lines, done)| async move {
-        if done {
+    struct St<L> {
+        lines: std::pin::Pin<Box<L>>,
+        done: bool,
+        finishes: Finishes,
+    }
+    let st = St {
+        lines: Box::pin(lines),
+        done: false,
+        finishes: Finishes::default(),
+    };
+    let s = futures::stream::unfold(st, |mut st| async move {
+        if st.done {
             return None;
         }
         loop {
-            match lines.next().await {
+            match st.lines.next().await {
+                None if st.finishes.complete() => return None,
                 None => {
                     let f = Failure::new(FailureKind::Interrupted, "stream ended before [DONE]");
-                    return Some((Err(f), (lines, true)));
+                    st.done = true;
+                    return Some((Err(f), st));
                 }
-                Some(Err(f)) => return Some((Err(f), (lines, true))),
+                Some(Err(f)) => {
+                    st.done = true;
+                    return Some((Err(f), st));
+                }
                 Some(Ok(line)) => {
                     let Some(data) = sse_data(&line) else {
                         continue;
@@ -254,20 +347,23 @@ fn translate(
                     if data.as_ref() == b"[DONE]" {
                         return None;
                     }
-                    match serde_json::from_slice::<Peek>(&data) {
-                        Ok(Peek { error: Some(e), .. }) => {
+                    match serde_json::from_slice::<ChunkPeek>(&data) {
+                        Ok(ChunkPeek { error: Some(e), .. }) => {
                             let f = Failure::new(FailureKind::Interrupted, error_text(&e));
-                            return Some((Err(f), (lines, true)));
+                            st.done = true;
+                            return Some((Err(f), st));
                         }
-                        Ok(Peek { usage, .. }) => {
-                            return Some((Ok(StreamChunk { json: data, usage }), (lines, false)));
+                        Ok(ChunkPeek { usage, choices, .. }) => {
+                            st.finishes.add(choices);
+                            return Some((Ok(StreamChunk { json: data, usage }), st));
                         }
                         Err(e) => {
                             let f = Failure::new(
                                 FailureKind::Malformed,
                                 format!("invalid chunk from upstream: {e}"),
                             );
-                            return Some((Err(f), (lines, true)));
+                            st.done = true;
+                            return Some((Err(f), st));
                         }
                     }
                 }
@@ -312,6 +408,35 @@ mod tests {
     fn truncated_stream_is_an_error() {
         let out = run(&[r#"data: {"choices":[]}"#]);
         assert_eq!(out.len(), 2);
+        assert_eq!(out[1].as_ref().unwrap_err().kind, FailureKind::Interrupted);
+    }
+
+    #[test]
+    fn a_finished_stream_without_done_ends_cleanly() {
+        // Some servers close the stream after the last chunk, with no [DONE].
+        let out = run(&[
+            r#"data: {"choices":[{"index":0,"delta":{"content":"a"},"finish_reason":null}]}"#,
+            r#"data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#,
+            r#"data: {"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#,
+        ]);
+        assert_eq!(out.len(), 3);
+        assert!(out.iter().all(Result::is_ok), "{out:?}");
+        assert_eq!(out[2].as_ref().unwrap().usage, Some(Usage::new(1, 2)));
+    }
+
+    #[test]
+    fn a_stream_cut_before_every_choice_finished_is_an_error() {
+        // n = 2: choice 1 never finished.
+        let out = run(&[
+            r#"data: {"choices":[{"index":0,"delta":{"content":"a"}},{"index":1,"delta":{"content":"b"}}]}"#,
+            r#"data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#,
+        ]);
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[2].as_ref().unwrap_err().kind, FailureKind::Interrupted);
+        // A finish_reason of null is no finish.
+        let out = run(&[
+            r#"data: {"choices":[{"index":0,"delta":{"content":"a"},"finish_reason":null}]}"#,
+        ]);
         assert_eq!(out[1].as_ref().unwrap_err().kind, FailureKind::Interrupted);
     }
 
