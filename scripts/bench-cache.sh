@@ -104,7 +104,7 @@ lt 39404 -c 1 --duration 5s | fmt "mock upstream, direct (floor)"
 # L2/L3 writers too), from /proc, in clock ticks; and L1's own lookup and
 # insert (moka, with L1's counters), from uat_cache_operation_seconds.
 own() {
-  local m; m=$(curl -sf "127.0.0.1:$1/metrics" | awk '/^uat_request_duration_seconds_sum\{route="\/v1\/chat\/completions"\}/{r=$2} /^uat_request_duration_seconds_count\{route="\/v1\/chat\/completions"\}/{n=$2} /^uat_upstream_duration_seconds_sum/{u+=$2} /^uat_cache_operation_seconds_sum\{level="l1",op="get"\}/{gs=$2} /^uat_cache_operation_seconds_count\{level="l1",op="get"\}/{gc=$2} /^uat_cache_operation_seconds_sum\{level="l1",op="put"\}/{ps=$2} /^uat_cache_operation_seconds_count\{level="l1",op="put"\}/{pc=$2} END{printf "%s %s %s %s %s %s %s", r+0, n+0, u+0, gs+0, gc+0, ps+0, pc+0}')
+  local m; m=$(curl -sf "127.0.0.1:$1/metrics" | awk '/^uat_request_duration_seconds_sum\{(class="2xx",)?route="\/v1\/chat\/completions"\}/{r=$2} /^uat_request_duration_seconds_count\{(class="2xx",)?route="\/v1\/chat\/completions"\}/{n=$2} /^uat_upstream_duration_seconds_sum/{u+=$2} /^uat_cache_operation_seconds_sum\{level="l1",op="get"\}/{gs=$2} /^uat_cache_operation_seconds_count\{level="l1",op="get"\}/{gc=$2} /^uat_cache_operation_seconds_sum\{level="l1",op="put"\}/{ps=$2} /^uat_cache_operation_seconds_count\{level="l1",op="put"\}/{pc=$2} END{printf "%s %s %s %s %s %s %s", r+0, n+0, u+0, gs+0, gc+0, ps+0, pc+0}')
   echo "$m $(awk '{print $14 + $15}' "/proc/${PID_OF[$1]}/stat")"
 }
 for p in 39402 39401 39405 39406; do own $p > "$DIR/own-$p.before"; done

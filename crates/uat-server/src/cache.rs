@@ -58,6 +58,101 @@ pub struct CacheService {
     config: CacheConfig,
     l2_configured: bool,
     l3_error: Option<String>,
+    answers: Answers,
+}
+
+/// How a response of a cached route was served: its `x-uat-cache`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Hit(Level),
+    Miss,
+    Bypass,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Hit(Level::L1) => "hit-l1",
+            Outcome::Hit(Level::L2) => "hit-l2",
+            Outcome::Hit(Level::L3) => "hit-l3",
+            Outcome::Miss => "miss",
+            Outcome::Bypass => "bypass",
+        }
+    }
+
+    fn slot(self) -> usize {
+        match self {
+            Outcome::Hit(Level::L1) => 0,
+            Outcome::Hit(Level::L2) => 1,
+            Outcome::Hit(Level::L3) => 2,
+            Outcome::Miss => 3,
+            Outcome::Bypass => 4,
+        }
+    }
+
+    const ALL: [Outcome; 5] = [
+        Outcome::Hit(Level::L1),
+        Outcome::Hit(Level::L2),
+        Outcome::Hit(Level::L3),
+        Outcome::Miss,
+        Outcome::Bypass,
+    ];
+}
+
+/// `uat_cache_responses_total{result}`, one counter per [`Outcome`]
+/// (resolved once: counting a response is one atomic add).
+static RESPONSES: std::sync::LazyLock<[prometheus::IntCounter; 5]> = std::sync::LazyLock::new(
+    || {
+        let vec = uat_telemetry::register(
+            prometheus::IntCounterVec::new(
+                prometheus::Opts::new(
+                    "uat_cache_responses_total",
+                    "Responses of the cached routes by x-uat-cache (hit-l1, hit-l2, hit-l3, miss, bypass)",
+                ),
+                &["result"],
+            )
+            .unwrap_or_else(|e| unreachable_metric(&e)),
+        );
+        Outcome::ALL.map(|o| vec.with_label_values(&[o.as_str()]))
+    },
+);
+
+#[expect(
+    clippy::panic,
+    reason = "the metric definition is static and valid; this cannot happen"
+)]
+fn unreachable_metric(e: &prometheus::Error) -> prometheus::IntCounterVec {
+    panic!("invalid static metric definition: {e}")
+}
+
+/// This app's responses by [`Outcome`] (the metric is process-wide): the
+/// hit rate clients see. The levels' own counts are of lookups, and a
+/// request that waited for an identical one in flight looked up twice (a
+/// miss, then the hit), which made their rate read under 50% for a burst
+/// of identical requests nearly all served from the cache.
+#[derive(Default)]
+struct Answers([std::sync::atomic::AtomicU64; 5]);
+
+impl Answers {
+    fn count(&self, o: Outcome) {
+        self.0[o.slot()].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        RESPONSES[o.slot()].inc();
+    }
+
+    fn get(&self, o: Outcome) -> u64 {
+        self.0[o.slot()].load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Responses served from the cache and from upstream (bypasses left out).
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct ResponseStats {
+    /// Responses served from the cache, any level.
+    pub hits: u64,
+    /// Cacheable responses that went upstream.
+    pub misses: u64,
+    /// `hits / (hits + misses)`, 0 before any.
+    pub hit_rate: f64,
 }
 
 impl CacheService {
@@ -73,6 +168,7 @@ impl CacheService {
                 config: cfg,
                 l2_configured: false,
                 l3_error: None,
+                answers: Answers::default(),
             });
         }
         let mut builder = TieredCache::builder()
@@ -105,7 +201,28 @@ impl CacheService {
             config: cfg,
             l2_configured,
             l3_error,
+            answers: Answers::default(),
         })
+    }
+
+    /// This app's responses of the cached routes, hits and misses.
+    pub fn responses(&self) -> ResponseStats {
+        let hits = [Level::L1, Level::L2, Level::L3]
+            .map(|l| self.answers.get(Outcome::Hit(l)))
+            .iter()
+            .sum();
+        let misses = self.answers.get(Outcome::Miss);
+        #[expect(clippy::cast_precision_loss, reason = "a rate")]
+        let hit_rate = if hits + misses == 0 {
+            0.0
+        } else {
+            hits as f64 / (hits + misses) as f64
+        };
+        ResponseStats {
+            hits,
+            misses,
+            hit_rate,
+        }
     }
 
     /// The tiered cache (absent when `cache.mode = "off"`).
@@ -362,15 +479,25 @@ where
 {
     let svc = &state.cache;
     let Some(cache) = &svc.cache else {
-        return tag(upstream(Ask::default()).await, "bypass", None);
+        return tag(
+            &svc.answers,
+            upstream(Ask::default()).await,
+            Outcome::Bypass,
+            None,
+        );
     };
     let model = names.public;
     let p = match policy(&svc.config, svc.ttl_for(names), headers, kind, body) {
         Ok(p) => p,
-        Err(e) => return tag(e.into_response(), "bypass", None),
+        Err(e) => return tag(&svc.answers, e.into_response(), Outcome::Bypass, None),
     };
     if !p.read && !p.write {
-        return tag(upstream(Ask::default()).await, "bypass", None);
+        return tag(
+            &svc.answers,
+            upstream(Ask::default()).await,
+            Outcome::Bypass,
+            None,
+        );
     }
     let key = CacheKey::for_request(namespace(tenant), names.cached, kind.into(), body);
     let replay = Replay::of(kind, body);
@@ -385,7 +512,7 @@ where
     };
     if p.read
         && let Some(found) = cache.get(&key).await
-        && let Some(resp) = serve_hit(cache, &key, found, replay, model).await
+        && let Some(resp) = serve_hit(&svc.answers, cache, &key, found, replay, model).await
     {
         return resp;
     }
@@ -402,7 +529,8 @@ where
                     None => cache.get(&key).await,
                 };
                 if let Some(found) = found
-                    && let Some(resp) = serve_hit(cache, &key, found, replay, model).await
+                    && let Some(resp) =
+                        serve_hit(&svc.answers, cache, &key, found, replay, model).await
                 {
                     return resp;
                 }
@@ -414,7 +542,7 @@ where
         || !resp.status().is_success()
         || resp.headers().contains_key(header::CONTENT_ENCODING)
     {
-        return tag(resp, "miss", Some(&key));
+        return tag(&svc.answers, resp, Outcome::Miss, Some(&key));
     }
     let is_sse = resp
         .headers()
@@ -423,7 +551,7 @@ where
         .is_some_and(|v| v.starts_with("text/event-stream"));
     if is_sse {
         if kind != Kind::Chat {
-            return tag(resp, "miss", Some(&key));
+            return tag(&svc.answers, resp, Outcome::Miss, Some(&key));
         }
         let (parts, body) = resp.into_parts();
         let rec = Recording {
@@ -438,8 +566,9 @@ where
             }),
         };
         return tag(
+            &svc.answers,
             Response::from_parts(parts, Body::from_stream(rec)),
-            "miss",
+            Outcome::Miss,
             Some(&key),
         );
     }
@@ -472,8 +601,9 @@ where
     }
     drop(guard);
     tag(
+        &svc.answers,
         Response::from_parts(parts, Body::from(bytes)),
-        "miss",
+        Outcome::Miss,
         Some(&key),
     )
 }
@@ -525,17 +655,14 @@ fn valid_answer(kind: Kind, bytes: &[u8]) -> bool {
 /// Renders a hit; `None` when the stored value cannot be used (then it is
 /// deleted and the request goes upstream).
 async fn serve_hit(
+    answers: &Answers,
     cache: &TieredCache,
     key: &CacheKey,
     found: Found,
     replay: Replay,
     model: &str,
 ) -> Option<Response> {
-    let hit = match found.level {
-        Level::L1 => "hit-l1",
-        Level::L2 => "hit-l2",
-        Level::L3 => "hit-l3",
-    };
+    let hit = Outcome::Hit(found.level);
     let body = match replay {
         Replay::Json => {
             // L1 holds only values validated on the way in; values read from
@@ -577,7 +704,7 @@ async fn serve_hit(
         model: model.to_string(),
         provider: "cache".into(),
     });
-    Some(tag(resp, hit, Some(key)))
+    Some(tag(answers, resp, hit, Some(key)))
 }
 
 /// The routes every response of which carries `x-uat-cache` (by their
@@ -589,13 +716,15 @@ pub(crate) fn is_cached_route(route: &str) -> bool {
 /// Marks a response given before the cache was consulted (a refused key,
 /// a shed request, a malformed body): `x-uat-cache: bypass`.
 pub(crate) fn mark_bypass(resp: &mut Response) {
+    RESPONSES[Outcome::Bypass.slot()].inc();
     resp.headers_mut()
         .insert(X_UAT_CACHE.clone(), HeaderValue::from_static("bypass"));
 }
 
-fn tag(mut resp: Response, how: &'static str, key: Option<&CacheKey>) -> Response {
+fn tag(answers: &Answers, mut resp: Response, how: Outcome, key: Option<&CacheKey>) -> Response {
+    answers.count(how);
     let h = resp.headers_mut();
-    h.insert(X_UAT_CACHE.clone(), HeaderValue::from_static(how));
+    h.insert(X_UAT_CACHE.clone(), HeaderValue::from_static(how.as_str()));
     if let Some(k) = key
         && let Ok(v) = HeaderValue::from_str(k.public())
     {
@@ -766,6 +895,7 @@ async fn stats(State(state): State<AppState>) -> Response {
                 "object": "cache.stats",
                 "mode": mode,
                 "levels": s.levels,
+                "responses": state.cache.responses(),
                 "dropped_writes": s.dropped_writes,
                 "singleflight_waiters": s.singleflight_waiters,
             })

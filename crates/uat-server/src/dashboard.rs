@@ -267,14 +267,15 @@ impl Ring {
     }
 }
 
-/// P50/P95/P99 of chat completions (time to the response head, cache hits
-/// and failures included), `None` before the first request.
+/// P50/P95/P99 of chat completions answered 2xx (time to the response
+/// head, cache hits included; refusals and failures are another series),
+/// `None` before the first such answer.
 fn chat_latency() -> Option<Value> {
     let families = METRICS.duration.collect();
     let m = families
         .iter()
         .flat_map(MetricFamily::get_metric)
-        .find(|m| label(m, "route") == CHAT_ROUTE)?;
+        .find(|m| label(m, "route") == CHAT_ROUTE && label(m, "class") == "2xx")?;
     let h = m.get_histogram();
     let count = h.get_sample_count();
     if count == 0 {
@@ -384,8 +385,8 @@ fn providers(state: &AppState) -> Vec<Value> {
 }
 
 /// The cache's levels as `GET /v1/cache/stats` reports them, and the hit
-/// rate of the whole cache: hits at any level per lookup (every lookup
-/// starts at the first level).
+/// rate of the whole cache: responses served from it (any level) per
+/// cacheable response (`x-uat-cache` hit or miss; a bypass is neither).
 ///
 /// With L2 on, one reading serves for [`CACHE_STATS_REUSE`] (`age_seconds`
 /// says how old it is): counting L2's entries walks Redis with `SCAN` (up to
@@ -407,12 +408,11 @@ async fn cache(state: &AppState) -> Option<Value> {
             }
         }
     };
-    let lookups = s.levels.values().next().map(|l| l.hits + l.misses);
-    let hits: u64 = s.levels.values().map(|l| l.hits).sum();
+    let r = state.cache.responses();
     Some(json!({
-        "hit_rate": lookups.and_then(|n| ratio(hits, n)),
-        "hits": hits,
-        "lookups": lookups,
+        "hit_rate": ratio(r.hits, r.hits + r.misses),
+        "hits": r.hits,
+        "misses": r.misses,
         "levels": s.levels,
         "dropped_writes": s.dropped_writes,
         "singleflight_waiters": s.singleflight_waiters,

@@ -154,18 +154,25 @@ impl MemoryService {
 
     /// Readiness lines for `GET /ready`.
     pub async fn ready(&self) -> Vec<ReadyCheck> {
-        let store = match self.memories.store().last_change().await {
-            Ok(_) => ReadyCheck {
+        let probe = crate::state::bounded_probe(self.memories.store().last_change()).await;
+        let store = match probe {
+            Ok(Ok(_)) => ReadyCheck {
                 name: format!("memory.{}", self.memories.store().backend()),
                 status: ReadyStatus::Ok,
                 critical: true,
                 detail: None,
             },
-            Err(e) => ReadyCheck {
+            Ok(Err(e)) => ReadyCheck {
                 name: format!("memory.{}", self.memories.store().backend()),
                 status: ReadyStatus::Down,
                 critical: true,
                 detail: Some(e.to_string()),
+            },
+            Err(late) => ReadyCheck {
+                name: format!("memory.{}", self.memories.store().backend()),
+                status: ReadyStatus::Down,
+                critical: true,
+                detail: Some(late),
             },
         };
         let semantic = ReadyCheck {

@@ -42,10 +42,10 @@ pub(crate) static METRICS: LazyLock<HttpMetrics> = LazyLock::new(|| {
     let duration = HistogramVec::new(
         HistogramOpts::new(
             "uat_request_duration_seconds",
-            "Time to the response head, by route",
+            "Time to the response head, by route and status class (2xx, 4xx, 5xx)",
         )
         .buckets(uat_telemetry::LATENCY_BUCKETS.to_vec()),
-        &["route"],
+        &["route", "class"],
     );
     let in_flight = IntGauge::new(
         "uat_requests_in_flight",
@@ -202,8 +202,11 @@ impl BoundedLabels {
     }
 
     /// `value` itself while the set has room (or already holds it), else
-    /// [`OTHER_MODEL`]; empty stays empty.
-    fn label<'a>(&self, value: &'a str) -> &'a str {
+    /// [`OTHER_MODEL`]; empty stays empty. Only an `admit`ted value (one a
+    /// model answered) takes a place in the set: names that were refused
+    /// (`provider/anything` resolves, then the upstream says 404) would fill
+    /// it, and every model seen later would count as `(other)`.
+    fn label<'a>(&self, value: &'a str, admit: bool) -> &'a str {
         let known = self
             .set
             .read()
@@ -211,7 +214,7 @@ impl BoundedLabels {
         if value.is_empty() || known {
             return value;
         }
-        if value.len() > MAX_MODEL_LABEL_LEN {
+        if !admit || value.len() > MAX_MODEL_LABEL_LEN {
             return OTHER_MODEL;
         }
         let mut set = self.set.write().unwrap_or_else(|p| p.into_inner());
@@ -230,7 +233,10 @@ impl BoundedLabels {
 pub(crate) fn record(route: &str, resp: &Response, start: Instant) {
     let labels = resp.extensions().get::<RouteLabels>();
     let (model, provider) = labels
-        .map(|l| (MODEL_LABELS.label(&l.model), l.provider.as_str()))
+        .map(|l| {
+            let answered = resp.status().is_success();
+            (MODEL_LABELS.label(&l.model, answered), l.provider.as_str())
+        })
         .unwrap_or(("", ""));
     METRICS
         .requests
@@ -238,8 +244,21 @@ pub(crate) fn record(route: &str, resp: &Response, start: Instant) {
         .inc();
     METRICS
         .duration
-        .with_label_values(&[route])
+        .with_label_values(&[route, status_class(resp.status())])
         .observe(start.elapsed().as_secs_f64());
+}
+
+/// The `class` label of a status: a refusal (401, 429, a shed 503) takes
+/// microseconds, and mixed into the answers' series it would pull their
+/// percentiles down to nothing.
+pub(crate) fn status_class(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "1xx",
+    }
 }
 
 async fn fallback(req: Request) -> ApiError {
@@ -309,13 +328,51 @@ mod tests {
     #[test]
     fn label_values_stop_growing_at_the_bound() {
         let labels = BoundedLabels::new(2);
-        assert_eq!(labels.label("a"), "a");
-        assert_eq!(labels.label("b"), "b");
-        assert_eq!(labels.label("c"), OTHER_MODEL, "the set is full");
-        assert_eq!(labels.label("a"), "a", "known values keep their label");
-        assert_eq!(labels.label(""), "");
+        assert_eq!(labels.label("a", true), "a");
+        assert_eq!(labels.label("b", true), "b");
+        assert_eq!(labels.label("c", true), OTHER_MODEL, "the set is full");
+        assert_eq!(
+            labels.label("a", true),
+            "a",
+            "known values keep their label"
+        );
+        assert_eq!(labels.label("", true), "");
         let labels = BoundedLabels::new(10);
-        assert_eq!(labels.label(&"x".repeat(129)), OTHER_MODEL, "too long");
-        assert_eq!(labels.label(&"x".repeat(128)), "x".repeat(128));
+        assert_eq!(
+            labels.label(&"x".repeat(129), true),
+            OTHER_MODEL,
+            "too long"
+        );
+        assert_eq!(labels.label(&"x".repeat(128), true), "x".repeat(128));
+    }
+
+    #[test]
+    fn only_answered_names_take_a_label() {
+        let labels = BoundedLabels::new(2);
+        for i in 0..10 {
+            let junk = format!("m/junk-{i}");
+            assert_eq!(labels.label(&junk, false), OTHER_MODEL);
+        }
+        // The refused names took no place: two answered models still do.
+        assert_eq!(labels.label("a", true), "a");
+        assert_eq!(labels.label("b", true), "b");
+        // A known name keeps its label when a later request fails.
+        assert_eq!(labels.label("a", false), "a");
+    }
+
+    #[test]
+    fn status_classes() {
+        for (code, class) in [
+            (200, "2xx"),
+            (204, "2xx"),
+            (304, "3xx"),
+            (401, "4xx"),
+            (429, "4xx"),
+            (503, "5xx"),
+            (101, "1xx"),
+        ] {
+            let status = StatusCode::from_u16(code).unwrap();
+            assert_eq!(status_class(status), class, "{code}");
+        }
     }
 }

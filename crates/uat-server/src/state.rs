@@ -68,12 +68,20 @@ impl AppState {
     pub async fn ready_checks(&self) -> Arc<Vec<ReadyCheck>> {
         self.ready
             .shared(|| async {
-                let mut out = Vec::new();
-                out.extend(self.gateway.ready().await);
-                out.extend(self.cache.ready().await);
-                out.extend(self.vector.ready().await);
-                out.extend(self.embed.ready().await);
-                out.extend(self.memory.ready().await);
+                // The subsystems at once: each probe is bounded by
+                // PROBE_TIMEOUT, and so is the report.
+                let (gateway, cache, vector, embed, memory) = tokio::join!(
+                    self.gateway.ready(),
+                    self.cache.ready(),
+                    self.vector.ready(),
+                    self.embed.ready(),
+                    self.memory.ready(),
+                );
+                let mut out = gateway;
+                out.extend(cache);
+                out.extend(vector);
+                out.extend(embed);
+                out.extend(memory);
                 out
             })
             .await
@@ -158,10 +166,31 @@ pub struct ReadyCheck {
     pub detail: Option<String>,
 }
 
+/// The longest one dependency's probe may take before it is reported
+/// `Down`: under Kubernetes' default probe timeout (1 s), so that `/ready`
+/// answers with the reason rather than the kubelet giving up on it (a
+/// PostgreSQL connection that hangs, a store folder on a stuck mount).
+pub(crate) const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(800);
+
+/// Runs one dependency's probe under [`PROBE_TIMEOUT`]; `Err` says it did
+/// not answer in time.
+pub(crate) async fn bounded_probe<T>(probe: impl Future<Output = T>) -> Result<T, String> {
+    tokio::time::timeout(PROBE_TIMEOUT, probe)
+        .await
+        .map_err(|_| format!("no answer within {} ms", PROBE_TIMEOUT.as_millis()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn a_probe_that_hangs_is_cut_off() {
+        let r = bounded_probe(std::future::pending::<()>()).await;
+        assert_eq!(r, Err("no answer within 800 ms".to_owned()));
+        assert_eq!(bounded_probe(async { 7 }).await, Ok(7));
+    }
 
     /// 64 probes at once run the checks at most twice (the first, and one
     /// for every caller that came while it ran), not 64 times; each caller

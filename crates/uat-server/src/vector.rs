@@ -69,15 +69,16 @@ impl VectorService {
     /// Readiness lines for `GET /ready`: the store folder must be writable.
     pub async fn ready(&self) -> Vec<ReadyCheck> {
         let dir = self.store.dir().to_path_buf();
-        let writable = tokio::task::spawn_blocking(move || {
+        let writable = crate::state::bounded_probe(tokio::task::spawn_blocking(move || {
             let probe = dir.join(".ready-probe");
             std::fs::write(&probe, b"ok").and_then(|()| std::fs::remove_file(&probe))
-        })
+        }))
         .await;
         let (status, detail) = match writable {
-            Ok(Ok(())) => (ReadyStatus::Ok, format!("{} collections", self.store.len())),
-            Ok(Err(e)) => (ReadyStatus::Down, format!("store folder not writable: {e}")),
-            Err(e) => (ReadyStatus::Down, e.to_string()),
+            Ok(Ok(Ok(()))) => (ReadyStatus::Ok, format!("{} collections", self.store.len())),
+            Ok(Ok(Err(e))) => (ReadyStatus::Down, format!("store folder not writable: {e}")),
+            Ok(Err(e)) => (ReadyStatus::Down, e.to_string()),
+            Err(late) => (ReadyStatus::Down, format!("store folder: {late}")),
         };
         let mut out = vec![ReadyCheck {
             name: "vector".into(),

@@ -21,10 +21,6 @@ fn postgres_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
-fn unique(tag: &str) -> String {
-    format!("{tag}{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
-}
-
 /// A fake OpenAI upstream (model `<name>-model`) and a `[cache]` section
 /// with L2 on its own key prefix.
 async fn setup(extra_cache: &str) -> (FakeUpstream, String, String) {
@@ -529,6 +525,20 @@ async fn identical_concurrent_requests_make_one_upstream_call() {
     }
     assert_eq!(up.calls(), 1, "exactly one upstream call");
     assert_eq!(misses, 1);
+    // The hit rate is of responses: 11 of 12 were served from the cache.
+    // The levels count lookups, and each waiter looked up twice (its miss,
+    // then the hit), which read 11 of 23.
+    let stats = app.get_json("/v1/cache/stats").await;
+    let r = &stats["responses"];
+    assert_eq!(
+        (r["hits"].as_u64(), r["misses"].as_u64()),
+        (Some(11), Some(1)),
+        "{stats}"
+    );
+    assert!(
+        (r["hit_rate"].as_f64().unwrap() - 11.0 / 12.0).abs() < 1e-12,
+        "{stats}"
+    );
 }
 
 /// An app whose L2 is a closed port, in front of a fake upstream; and the

@@ -176,6 +176,11 @@ pub async fn spawn_config(cfg: Config, dir: tempfile::TempDir) -> TestApp {
     }
 }
 
+/// `tag` and 12 random hex digits: a name no other test (or run) uses.
+pub fn unique(tag: &str) -> String {
+    format!("{tag}{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
 /// A provider entry for a fake upstream.
 pub fn provider_toml(name: &str, kind: &str, base_url: &str, extra: &str) -> String {
     format!(

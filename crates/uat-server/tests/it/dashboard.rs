@@ -10,10 +10,6 @@ use crate::common::*;
 use serde_json::{Value, json};
 use uat_testkit::{Behavior, FakeUpstream, Wire};
 
-fn unique(tag: &str) -> String {
-    format!("{tag}{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
-}
-
 async fn summary(app: &TestApp) -> Value {
     let resp = app
         .client
@@ -141,10 +137,13 @@ async fn cache_hit_rate_matches_the_cache_stats() {
     for k in ["hits", "misses", "entries", "bytes", "hit_rate"] {
         assert_eq!(cache["levels"]["l1"][k], stats["levels"]["l1"][k], "{k}");
     }
+    // The rate is of responses (one miss, then the hits), as the stats say.
     let (h, m) = (
-        u(&stats["levels"]["l1"]["hits"]),
-        u(&stats["levels"]["l1"]["misses"]),
+        u(&stats["responses"]["hits"]),
+        u(&stats["responses"]["misses"]),
     );
+    assert_eq!(m, 1, "{stats}");
+    assert_eq!((u(&cache["hits"]), u(&cache["misses"])), (h, m));
     #[expect(clippy::cast_precision_loss, reason = "small counts")]
     let expected = h as f64 / (h + m) as f64;
     assert!((cache["hit_rate"].as_f64().unwrap() - expected).abs() < 1e-12);

@@ -409,6 +409,32 @@ async fn a_model_name_too_long_for_a_label_is_counted_as_other() {
     assert!(text.contains("model=\"(other)\""));
 }
 
+/// Refusals are timed in their own series (`class="4xx"`), so that the
+/// answers' percentiles (the dashboard's, a Grafana panel's over
+/// `class="2xx"`) are not pulled down by fast 400s, 401s and 429s; and a
+/// model name the upstream refused takes no `model` label (1,000 such
+/// names used to fill the label set, and every model seen after counted
+/// as `(other)`).
+#[tokio::test]
+async fn refusals_are_timed_apart_and_refused_names_take_no_label() {
+    let up = FakeUpstream::start(Wire::OpenAi, "label-r").await.unwrap();
+    up.set_default(Behavior::Status(404));
+    let app = spawn_app(&provider_toml("label-r", "openai", &up.base_url(), "")).await;
+    let junk = format!("label-r/junk-{}", unique("name"));
+    let resp = app.chat(chat_body(&junk, false)).await;
+    assert_eq!(resp.status(), 404);
+    let resp = app.chat(json!({"model": "label-r-model"})).await;
+    assert_eq!(resp.status(), 400, "no messages");
+    let text = app.metrics().await;
+    assert!(
+        text.lines().any(|l| l.starts_with(
+            "uat_request_duration_seconds_count{class=\"4xx\",route=\"/v1/chat/completions\"}"
+        )),
+        "{text}"
+    );
+    assert!(!text.contains(&junk[8..]), "a refused name is no label");
+}
+
 /// Reads until the server closes the connection; `None` if it is still
 /// open after `wait`.
 async fn read_until_closed(tcp: &mut tokio::net::TcpStream, wait: Duration) -> Option<String> {
