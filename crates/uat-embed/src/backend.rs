@@ -120,22 +120,30 @@ impl CandleBackend {
     }
 
     /// Checks a folder without loading it, and returns the bytes it will take
-    /// once loaded (from its file sizes): reads the module list, the pooling
-    /// and model configs as [`CandleBackend::load`] does, and checks that the
-    /// tokenizer and weights files are there. A folder that passes can still
-    /// fail to load (a malformed tokenizer or weights file), but the usual
-    /// mistakes are caught cheaply; the registry runs this before it unloads
-    /// other models to make room.
+    /// once loaded: reads the module list, the pooling and model configs as
+    /// [`CandleBackend::load`] does, checks that the tokenizer and weights
+    /// files are there, and reads the weights file's header. The estimate is
+    /// the tokenizer file's size plus every tensor widened to f32 (as the
+    /// model holds them: an f16 or bf16 file takes twice its size). A folder
+    /// that passes can still fail to load (a malformed tokenizer or weights
+    /// file), but the usual mistakes are caught cheaply; the registry runs
+    /// this before it unloads other models to make room.
     pub fn check(dir: &Path) -> Result<u64> {
         let plan = Plan::read(dir)?;
-        let mut bytes = 0;
+        let mut bytes = 0u64;
         for f in ["tokenizer.json", "model.safetensors"] {
             let path = plan.spec.transformer_dir.join(f);
-            match std::fs::metadata(&path) {
-                Ok(m) if m.is_file() => bytes += m.len(),
+            let len = match std::fs::metadata(&path) {
+                Ok(m) if m.is_file() => m.len(),
                 Ok(_) => return Err(EmbedError::load(&path, "not a file")),
                 Err(e) => return Err(EmbedError::load(&path, e)),
-            }
+            };
+            let b = if f == "model.safetensors" {
+                f32_weight_bytes(&path)?
+            } else {
+                len
+            };
+            bytes = bytes.saturating_add(b);
         }
         Ok(bytes)
     }
@@ -164,6 +172,55 @@ impl CandleBackend {
         }
         Ok(())
     }
+}
+
+/// Longest safetensors header read (the format's own limit).
+const MAX_SAFETENSORS_HEADER: u64 = 100_000_000;
+
+/// Bytes the tensors of a safetensors file take once widened to f32, read
+/// from its header alone: an 8-byte little-endian length, then JSON that
+/// gives each tensor's dtype and shape (`__metadata__` aside).
+pub(crate) fn f32_weight_bytes(path: &Path) -> Result<u64> {
+    use std::io::Read as _;
+    #[derive(serde::Deserialize)]
+    struct TensorInfo {
+        shape: Vec<u64>,
+    }
+    let io = |e: std::io::Error| EmbedError::load(path, e);
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len)
+        .map_err(|e| EmbedError::load(path, format!("no safetensors header: {e}")))?;
+    let len = u64::from_le_bytes(len);
+    if len > MAX_SAFETENSORS_HEADER {
+        return Err(EmbedError::load(
+            path,
+            format!("safetensors header of {len} bytes (at most {MAX_SAFETENSORS_HEADER})"),
+        ));
+    }
+    let mut header = Vec::new();
+    file.take(len).read_to_end(&mut header).map_err(io)?;
+    if header.len() as u64 != len {
+        return Err(EmbedError::load(path, "truncated safetensors header"));
+    }
+    let tensors: std::collections::HashMap<String, serde_json::Value> =
+        serde_json::from_slice(&header)
+            .map_err(|e| EmbedError::load(path, format!("safetensors header: {e}")))?;
+    let mut elements = 0u64;
+    for (name, value) in tensors {
+        if name == "__metadata__" {
+            continue;
+        }
+        let t: TensorInfo = serde_json::from_value(value)
+            .map_err(|e| EmbedError::load(path, format!("safetensors header, {name}: {e}")))?;
+        let n = t
+            .shape
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+            .unwrap_or(u64::MAX);
+        elements = elements.saturating_add(n);
+    }
+    Ok(elements.saturating_mul(4))
 }
 
 /// What a folder declares, read and checked before any weights.

@@ -14,6 +14,14 @@
 //! requests of that batch with [`EmbedError::Inference`]; the batch thread
 //! carries on.
 //!
+//! Queue places: a caller with work to do before it has the inputs
+//! (tokenizing) first takes a [`Reservation`] with [`Batcher::reserve`], so a
+//! full queue refuses it before that work; reserved places count as queued
+//! until the reservation is used ([`Reservation::embed`]) or dropped. The
+//! inputs of a dropped request (a client gone) stop counting when a batch
+//! thread discards them, or at once when the queue would otherwise refuse a
+//! request.
+//!
 //! Fairness: the anchor is the oldest queued input of the request with the
 //! fewest inputs taken so far (the oldest request on a tie), and each queued
 //! request may first add up to an equal share of the batch's `max_batch_size`,
@@ -227,6 +235,8 @@ struct Item {
 struct Queue {
     items: VecDeque<Item>,
     tokens: usize,
+    /// Places held by [`Reservation`]s not used yet: they count as queued.
+    reserved: usize,
     closed: bool,
     /// Batch threads computing now.
     busy: usize,
@@ -261,6 +271,7 @@ impl Batcher {
             queue: Mutex::new(Queue {
                 items: VecDeque::new(),
                 tokens: 0,
+                reserved: 0,
                 closed: false,
                 busy: 0,
             }),
@@ -289,54 +300,22 @@ impl Batcher {
         &self,
         inputs: Vec<Vec<u32>>,
     ) -> impl Future<Output = Result<Vec<Vec<f32>>>> + Send + 'static {
-        let rx = self.enqueue(inputs);
-        async move {
-            match rx? {
-                None => Ok(Vec::new()),
-                Some(rx) => rx.await.map_err(|_| EmbedError::ShuttingDown)?,
-            }
-        }
+        let rx = self.shared.enqueue(inputs, 0);
+        reply(rx)
     }
 
-    fn enqueue(&self, inputs: Vec<Vec<u32>>) -> Result<Option<Pending>> {
-        if inputs.is_empty() {
-            return Ok(None);
-        }
-        let n = inputs.len();
-        let (tx, rx) = oneshot::channel();
-        let slot = Slot::new(n, tx);
-        let now = Instant::now();
-        {
-            let mut q = self.shared.queue.lock();
-            if q.closed {
-                return Err(EmbedError::ShuttingDown);
-            }
-            // A request the whole queue cannot hold would never fit: the
-            // caller's error, not a 503 to retry. (The config requires a
-            // capacity of at least `MAX_INPUTS`; a hand-built config may not.)
-            if n > self.shared.cfg.queue_capacity {
-                return Err(EmbedError::TooManyInputs {
-                    got: n,
-                    max: self.shared.cfg.queue_capacity,
-                });
-            }
-            if q.items.len() + n > self.shared.cfg.queue_capacity {
-                return Err(EmbedError::Overloaded {
-                    capacity: self.shared.cfg.queue_capacity,
-                });
-            }
-            for (index, ids) in inputs.into_iter().enumerate() {
-                q.tokens += ids.len();
-                q.items.push_back(Item {
-                    ids,
-                    enqueued: now,
-                    slot: Arc::clone(&slot),
-                    index,
-                });
-            }
-        }
-        self.shared.wake.notify_one();
-        Ok(Some(rx))
+    /// Holds `n` places in the queue for inputs still being prepared: the
+    /// same checks as [`Batcher::embed`] ([`EmbedError::Overloaded`] when the
+    /// queue cannot take `n` more inputs, [`EmbedError::TooManyInputs`] when it
+    /// never could, [`EmbedError::ShuttingDown`]), done before the work rather
+    /// than after it. The places count as queued until the reservation is used
+    /// ([`Reservation::embed`]) or dropped.
+    pub fn reserve(&self, n: usize) -> Result<Reservation> {
+        self.shared.reserve(n)?;
+        Ok(Reservation {
+            shared: Arc::clone(&self.shared),
+            n,
+        })
     }
 
     /// Batches (forward calls) run so far.
@@ -362,7 +341,133 @@ impl Drop for Batcher {
     }
 }
 
+/// Places held in a [`Batcher`]'s queue ([`Batcher::reserve`]); given back
+/// when dropped unused.
+pub struct Reservation {
+    shared: Arc<Shared>,
+    /// Places still held (0 once used).
+    n: usize,
+}
+
+impl Reservation {
+    /// Places held.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    /// Whether no place is held.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// Queues `inputs` in the places held, as [`Batcher::embed`] does. Up to
+    /// the reserved count they always fit; more are checked against the queue
+    /// like a new request.
+    pub fn embed(
+        mut self,
+        inputs: Vec<Vec<u32>>,
+    ) -> impl Future<Output = Result<Vec<Vec<f32>>>> + Send + 'static {
+        let held = std::mem::take(&mut self.n);
+        let rx = self.shared.enqueue(inputs, held);
+        reply(rx)
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.n > 0 {
+            let mut q = self.shared.queue.lock();
+            q.reserved = q.reserved.saturating_sub(self.n);
+        }
+    }
+}
+
+/// The answer to a queued request.
+async fn reply(rx: Result<Option<Pending>>) -> Result<Vec<Vec<f32>>> {
+    match rx? {
+        None => Ok(Vec::new()),
+        Some(rx) => rx.await.map_err(|_| EmbedError::ShuttingDown)?,
+    }
+}
+
+impl Queue {
+    /// Whether `n` more inputs fit under `capacity`. When they do not, the
+    /// inputs of requests dropped meanwhile are discarded first (they would
+    /// otherwise hold their places until a batch thread wakes) and the check
+    /// is made again.
+    fn fits(&mut self, n: usize, capacity: usize) -> bool {
+        let fits = |q: &Queue| q.items.len() + q.reserved + n <= capacity;
+        if fits(self) {
+            return true;
+        }
+        discard_cancelled(self);
+        fits(self)
+    }
+}
+
 impl Shared {
+    /// Holds `n` places in the queue (see [`Batcher::reserve`]).
+    fn reserve(&self, n: usize) -> Result<()> {
+        let capacity = self.cfg.queue_capacity;
+        let mut q = self.queue.lock();
+        if q.closed {
+            return Err(EmbedError::ShuttingDown);
+        }
+        if n > capacity {
+            return Err(EmbedError::TooManyInputs {
+                got: n,
+                max: capacity,
+            });
+        }
+        if !q.fits(n, capacity) {
+            return Err(EmbedError::Overloaded { capacity });
+        }
+        q.reserved += n;
+        Ok(())
+    }
+
+    /// Appends `inputs` to the queue, first giving back the `held` places
+    /// reserved for them.
+    fn enqueue(&self, inputs: Vec<Vec<u32>>, held: usize) -> Result<Option<Pending>> {
+        let capacity = self.cfg.queue_capacity;
+        let mut q = self.queue.lock();
+        q.reserved = q.reserved.saturating_sub(held);
+        if inputs.is_empty() {
+            return Ok(None);
+        }
+        if q.closed {
+            return Err(EmbedError::ShuttingDown);
+        }
+        let n = inputs.len();
+        // A request the whole queue cannot hold would never fit: the
+        // caller's error, not a 503 to retry. (The config requires a
+        // capacity of at least `MAX_INPUTS`; a hand-built config may not.)
+        if n > capacity {
+            return Err(EmbedError::TooManyInputs {
+                got: n,
+                max: capacity,
+            });
+        }
+        if !q.fits(n, capacity) {
+            return Err(EmbedError::Overloaded { capacity });
+        }
+        let (tx, rx) = oneshot::channel();
+        let slot = Slot::new(n, tx);
+        let now = Instant::now();
+        for (index, ids) in inputs.into_iter().enumerate() {
+            q.tokens += ids.len();
+            q.items.push_back(Item {
+                ids,
+                enqueued: now,
+                slot: Arc::clone(&slot),
+                index,
+            });
+        }
+        drop(q);
+        self.wake.notify_one();
+        Ok(Some(rx))
+    }
+
     fn run(&self) {
         loop {
             let batch = {
@@ -480,6 +585,27 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
     }
 }
 
+/// Discards the queued inputs whose request was dropped (or already failed).
+fn discard_cancelled(q: &mut Queue) {
+    let before = q.items.len();
+    // A request's inputs sit together: ask each request once.
+    let mut last: Option<(Arc<Slot>, bool)> = None;
+    q.items.retain(|i| {
+        let cancelled = match &last {
+            Some((s, c)) if Arc::ptr_eq(s, &i.slot) => *c,
+            _ => {
+                let c = i.slot.cancelled();
+                last = Some((Arc::clone(&i.slot), c));
+                c
+            }
+        };
+        !cancelled
+    });
+    if q.items.len() != before {
+        q.tokens = q.items.iter().map(|i| i.ids.len()).sum();
+    }
+}
+
 /// Removes the next batch from the queue. Inputs whose request was dropped are
 /// discarded first.
 ///
@@ -494,11 +620,7 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
 fn take_batch(q: &mut Queue, cfg: &BatcherConfig, share: usize) -> Vec<Item> {
     let max_items = cfg.max_batch_size.max(1);
     let budget = cfg.batch_tokens.min(share);
-    let before = q.items.len();
-    q.items.retain(|i| !i.slot.cancelled());
-    if q.items.len() != before {
-        q.tokens = q.items.iter().map(|i| i.ids.len()).sum();
-    }
+    discard_cancelled(q);
     if q.items.is_empty() {
         return Vec::new();
     }
@@ -598,6 +720,7 @@ mod tests {
             Queue {
                 items,
                 tokens,
+                reserved: 0,
                 closed: false,
                 busy: 0,
             },

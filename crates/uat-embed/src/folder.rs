@@ -109,7 +109,9 @@ struct ModuleEntry {
     kind: String,
 }
 
-#[derive(Deserialize, Default)]
+/// `1_Pooling/config.json`: the arguments of sentence-transformers' `Pooling`,
+/// with its defaults (mean pooling unless said otherwise).
+#[derive(Deserialize)]
 #[serde(default)]
 struct PoolingFile {
     word_embedding_dimension: Option<usize>,
@@ -120,6 +122,22 @@ struct PoolingFile {
     pooling_mode_weightedmean_tokens: bool,
     pooling_mode_lasttoken: bool,
     pooling_mode: Option<String>,
+}
+
+impl Default for PoolingFile {
+    fn default() -> Self {
+        PoolingFile {
+            word_embedding_dimension: None,
+            pooling_mode_cls_token: false,
+            // `Pooling(pooling_mode_mean_tokens=True)` in sentence-transformers.
+            pooling_mode_mean_tokens: true,
+            pooling_mode_max_tokens: false,
+            pooling_mode_mean_sqrt_len_tokens: false,
+            pooling_mode_weightedmean_tokens: false,
+            pooling_mode_lasttoken: false,
+            pooling_mode: None,
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -181,24 +199,25 @@ impl FolderSpec {
     }
 }
 
-/// Returns the pooling modes and the declared word-embedding dimension.
+/// Returns the pooling modes and the declared word-embedding dimension, read
+/// as sentence-transformers' `Pooling(**config)` reads them: a `pooling_mode`
+/// string (any case) replaces every `pooling_mode_*` flag; without it the
+/// flags count, `pooling_mode_mean_tokens` being on unless set to false.
 fn read_pooling(path: &Path) -> Result<(Pooling, Option<usize>)> {
-    let f: PoolingFile = read_json(path)?;
-    let mut p = Pooling {
-        cls: f.pooling_mode_cls_token,
-        max: f.pooling_mode_max_tokens,
-        mean: f.pooling_mode_mean_tokens,
-        mean_sqrt_len: f.pooling_mode_mean_sqrt_len_tokens,
-    };
-    // Newer configs may name the mode instead of setting flags.
-    match f.pooling_mode.as_deref() {
-        None => {}
-        Some("cls") => p.cls = true,
-        Some("mean") => p.mean = true,
-        Some("max") => p.max = true,
-        Some("mean_sqrt_len_tokens") => p.mean_sqrt_len = true,
-        Some(other) => {
-            return Err(EmbedError::Unsupported(format!("pooling mode '{other}'")));
+    let mut f: PoolingFile = read_json(path)?;
+    if let Some(mode) = f.pooling_mode.take() {
+        let mode = mode.to_lowercase();
+        f.pooling_mode_cls_token = mode == "cls";
+        f.pooling_mode_max_tokens = mode == "max";
+        f.pooling_mode_mean_tokens = mode == "mean";
+        f.pooling_mode_mean_sqrt_len_tokens = mode == "mean_sqrt_len_tokens";
+        f.pooling_mode_weightedmean_tokens = mode == "weightedmean";
+        f.pooling_mode_lasttoken = mode == "lasttoken";
+        if !matches!(
+            mode.as_str(),
+            "cls" | "max" | "mean" | "mean_sqrt_len_tokens" | "weightedmean" | "lasttoken"
+        ) {
+            return Err(EmbedError::Unsupported(format!("pooling mode '{mode}'")));
         }
     }
     if f.pooling_mode_weightedmean_tokens || f.pooling_mode_lasttoken {
@@ -206,6 +225,12 @@ fn read_pooling(path: &Path) -> Result<(Pooling, Option<usize>)> {
             "weighted-mean and last-token pooling".to_string(),
         ));
     }
+    let p = Pooling {
+        cls: f.pooling_mode_cls_token,
+        max: f.pooling_mode_max_tokens,
+        mean: f.pooling_mode_mean_tokens,
+        mean_sqrt_len: f.pooling_mode_mean_sqrt_len_tokens,
+    };
     if p.modes() == 0 {
         return Err(EmbedError::load(path, "no pooling mode is enabled"));
     }

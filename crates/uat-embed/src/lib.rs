@@ -31,7 +31,7 @@ mod registry;
 mod tokenize;
 
 pub use backend::{CandleBackend, EmbeddingBackend, ModelInfo};
-pub use batcher::{Batcher, BatcherConfig, ComputePool};
+pub use batcher::{Batcher, BatcherConfig, ComputePool, Reservation};
 pub use bert::BertConfig;
 pub use error::{EmbedError, Result};
 pub use folder::{FolderSpec, Pooling};

@@ -243,10 +243,29 @@ struct Inner {
     budget_wait_ns: AtomicU64,
     /// Numbers the loads.
     load_seq: AtomicU64,
+    /// Requests tokenizing off the async workers at once (one per compute
+    /// thread).
+    tokenizing: Arc<tokio::sync::Semaphore>,
 }
 
 /// Total text bytes above which tokenization leaves the async worker.
 const INLINE_TOKENIZE_BYTES: usize = 4096;
+
+/// Texts above which tokenization leaves the async worker, however short
+/// (each text costs the tokenizer a fixed overhead).
+const INLINE_TOKENIZE_INPUTS: usize = 32;
+
+/// Whether `input` is cheap enough to tokenize on the async worker: token ids
+/// (only checked), or a few short texts.
+fn tokenizes_inline(input: &EmbeddingInput) -> bool {
+    match input {
+        EmbeddingInput::Texts(t) => {
+            t.len() <= INLINE_TOKENIZE_INPUTS
+                && t.iter().map(String::len).sum::<usize>() <= INLINE_TOKENIZE_BYTES
+        }
+        EmbeddingInput::TokenIds(_) => true,
+    }
+}
 
 impl Registry {
     /// A registry of the `[[embeddings.models]]` in `cfg`, nothing loaded yet, with
@@ -264,7 +283,9 @@ impl Registry {
 
     /// Like [`Registry::new`] with another model loader (tests, other backends).
     /// The size of a model before its first load is estimated from the sizes of
-    /// `model.safetensors` and `tokenizer.json` in its folder.
+    /// `model.safetensors` and `tokenizer.json` in its folder, the weights
+    /// counted at least as their tensors widened to f32 when the file's
+    /// safetensors header can be read.
     pub fn with_loader(cfg: &uat_config::EmbeddingsConfig, loader: Loader) -> Result<Registry> {
         Ok(Registry {
             inner: Arc::new(Inner::new(cfg, loader)?),
@@ -302,9 +323,13 @@ impl Registry {
     ///
     /// Errors: the caller's ([`EmbedError::is_client_error`]: unknown model, bad
     /// input, too long with `truncate: false`, unsupported `dimensions`),
-    /// [`EmbedError::Overloaded`] when the queue is full,
-    /// [`EmbedError::MemoryBudget`] when the model cannot be loaded in time
-    /// within the budget, or ours (load/inference).
+    /// [`EmbedError::Overloaded`] when the queue is full (checked before the
+    /// inputs are tokenized), [`EmbedError::MemoryBudget`] when the model
+    /// cannot be loaded in time within the budget, or ours (load/inference).
+    ///
+    /// Tokenizing: a few short texts on the calling task; more (over 32 texts
+    /// or 4 KB) on the blocking pool, at most one request per compute thread
+    /// at once.
     pub async fn embed(&self, model: &str, req: EmbedRequest) -> Result<EmbedResponse> {
         let inner = &self.inner;
         let idx = inner.index(model)?;
@@ -325,19 +350,28 @@ impl Registry {
         inner.touch(entry);
         let backend = Arc::clone(loaded.batcher.backend());
         check_dimensions(model, backend.info(), req.dimensions)?;
-        let text_bytes: usize = match &req.input {
-            EmbeddingInput::Texts(t) => t.iter().map(String::len).sum(),
-            EmbeddingInput::TokenIds(_) => 0,
-        };
-        let prepared = if text_bytes <= INLINE_TOKENIZE_BYTES {
+        // The queue places first: a full queue refuses the request before any
+        // tokenizing is spent on it (and its retries cost nothing either).
+        let reservation = loaded.batcher.reserve(req.input.len())?;
+        let prepared = if tokenizes_inline(&req.input) {
             prepare(backend.as_ref(), &req.input, req.truncate)?
         } else {
-            let (input, truncate) = (req.input, req.truncate);
-            tokio::task::spawn_blocking(move || prepare(backend.as_ref(), &input, truncate))
+            // Off the async workers, and at most as many requests at once as
+            // there are compute threads: a burst of large requests queues
+            // here instead of starting a blocking thread each.
+            let permit = Arc::clone(&inner.tokenizing)
+                .acquire_owned()
                 .await
-                .map_err(|e| EmbedError::Tokenizer(e.to_string()))??
+                .map_err(|_| EmbedError::ShuttingDown)?;
+            let (input, truncate) = (req.input, req.truncate);
+            tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                prepare(backend.as_ref(), &input, truncate)
+            })
+            .await
+            .map_err(|e| EmbedError::Tokenizer(e.to_string()))??
         };
-        let embeddings = loaded.batcher.embed(prepared.ids).await?;
+        let embeddings = reservation.embed(prepared.ids).await?;
         inner.touch(entry);
         Ok(EmbedResponse {
             model: entry.name.clone(),
@@ -515,6 +549,9 @@ impl Inner {
             freed: Arc::new(tokio::sync::Notify::new()),
             budget_wait_ns: AtomicU64::new(nanos(BUDGET_WAIT)),
             load_seq: AtomicU64::new(0),
+            tokenizing: Arc::new(tokio::sync::Semaphore::new(
+                cfg.threads.clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+            )),
         })
     }
 
@@ -690,14 +727,15 @@ impl Inner {
         let deadline = tokio::time::Instant::now() + self.budget_wait();
         let started = Instant::now();
         // Check the folder before waiting and before unloading anything for it.
-        let estimate = match self.check {
-            Some(check) => {
-                let path = e.path.clone();
-                tokio::task::spawn_blocking(move || check(&path))
-                    .await
-                    .map_err(|err| EmbedError::load(&e.path, err))??
-            }
-            None => estimate_bytes(&e.path),
+        // (Reads the weights file's header: on the blocking pool.)
+        let estimate = {
+            let (check, path) = (self.check, e.path.clone());
+            tokio::task::spawn_blocking(move || match check {
+                Some(check) => check(&path),
+                None => Ok(estimate_bytes(&path)),
+            })
+            .await
+            .map_err(|err| EmbedError::load(&e.path, err))??
         };
         let needed = estimate.max(e.last_bytes.load(Ordering::Relaxed));
         let Ok(_guard) = tokio::time::timeout_at(deadline, self.load_lock.lock()).await else {
@@ -878,13 +916,19 @@ impl Inner {
     }
 }
 
-/// Bytes a model folder will take once loaded, from its file sizes.
+/// Bytes a model folder will take once loaded (for a loader other than
+/// [`CandleBackend::load`]): the sizes of `model.safetensors` and
+/// `tokenizer.json`, where the weights count at least as much as their tensors
+/// widened to f32 when the file's header says (an f16 file loaded as f32 takes
+/// twice its size).
 fn estimate_bytes(dir: &Path) -> u64 {
-    ["model.safetensors", "tokenizer.json"]
-        .iter()
-        .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
-        .map(|m| m.len())
-        .sum()
+    let file = |f: &str| std::fs::metadata(dir.join(f)).map_or(0, |m| m.len());
+    let weights_path = dir.join("model.safetensors");
+    let weights = match crate::backend::f32_weight_bytes(&weights_path) {
+        Ok(f32_bytes) => f32_bytes.max(file("model.safetensors")),
+        Err(_) => file("model.safetensors"),
+    };
+    weights.saturating_add(file("tokenizer.json"))
 }
 
 /// What a model folder declares of the facts a request is checked against,

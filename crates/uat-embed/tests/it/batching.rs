@@ -441,3 +441,82 @@ async fn a_panic_in_the_model_fails_its_batch_and_the_batcher_carries_on() {
         .expect("the batch thread is gone");
     assert_eq!(second.unwrap(), vec![vec![3.0]]);
 }
+
+/// Regression: the inputs of requests dropped while queued (clients gone)
+/// kept their places until a batch thread woke and discarded them; with every
+/// lane busy, a live request found the queue "full" of them and got a 503. A
+/// full queue now discards them first.
+#[tokio::test]
+async fn dropped_requests_give_their_queue_places_back_at_once() {
+    let (backend, tx) = Gated::new(16);
+    let c = BatcherConfig {
+        batch_tokens: 4,
+        max_batch_size: 1,
+        max_wait: Duration::ZERO,
+        queue_capacity: 3,
+    };
+    let batcher = Batcher::new("gated", backend.clone(), ComputePool::new(1).unwrap(), c).unwrap();
+    let first = tokio::spawn(batcher.embed(vec![vec![1]]));
+    for _ in 0..200 {
+        if backend.forward_passes() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(backend.forward_passes(), 1, "the only lane is held");
+    // Three inputs fill the queue; their requests are dropped.
+    drop(batcher.embed(vec![vec![1], vec![1, 2]]));
+    drop(batcher.embed(vec![vec![1, 2, 3]]));
+    assert_eq!(batcher.queued(), 3, "nothing has looked at the queue yet");
+    let live = batcher.embed(vec![vec![4, 4]]);
+    assert_eq!(batcher.queued(), 1, "the dropped requests' inputs are gone");
+    // A reservation finds the places too.
+    let reserved = batcher.reserve(2).expect("two places are free");
+    assert!(matches!(
+        batcher.reserve(1),
+        Err(EmbedError::Overloaded { capacity: 3 })
+    ));
+    drop(reserved);
+    tx.send(()).unwrap();
+    tx.send(()).unwrap();
+    assert_eq!(first.await.unwrap().unwrap(), vec![vec![1.0]]);
+    assert_eq!(live.await.unwrap(), vec![vec![2.0]]);
+    assert_eq!(backend.forward_passes(), 2, "the dropped inputs never ran");
+}
+
+/// A reservation counts as queued until it is used or dropped, and the
+/// inputs it was taken for always fit.
+#[tokio::test]
+async fn a_reservation_holds_its_places_until_used_or_dropped() {
+    let (backend, tx) = Gated::new(16);
+    drop(tx);
+    let c = BatcherConfig {
+        queue_capacity: 4,
+        ..cfg(0)
+    };
+    let batcher = Batcher::new("reserve", backend, ComputePool::new(1).unwrap(), c).unwrap();
+    assert_eq!(
+        batcher.reserve(5).err(),
+        Some(EmbedError::TooManyInputs { got: 5, max: 4 })
+    );
+    let three = batcher.reserve(3).unwrap();
+    assert_eq!(three.len(), 3);
+    assert!(matches!(
+        batcher.embed(vec![vec![1]; 2]).await,
+        Err(EmbedError::Overloaded { capacity: 4 })
+    ));
+    let one = batcher.reserve(1).unwrap();
+    assert!(matches!(
+        batcher.reserve(1),
+        Err(EmbedError::Overloaded { .. })
+    ));
+    drop(one);
+    // Used: its inputs are queued in its places, whatever else is held.
+    let other = batcher.reserve(1).unwrap();
+    assert_eq!(
+        three.embed(vec![vec![1], vec![1, 2], vec![1, 2, 3]]).await,
+        Ok(vec![vec![1.0], vec![2.0], vec![3.0]])
+    );
+    drop(other);
+    assert_eq!(batcher.embed(vec![vec![1]; 4]).await.unwrap().len(), 4);
+}

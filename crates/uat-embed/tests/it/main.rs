@@ -6,11 +6,14 @@
     reason = "test helpers fail loudly"
 )]
 
+mod admission;
 mod agreement;
 mod batching;
 mod budget;
 mod common;
+mod estimate;
 mod input;
 mod loading;
+mod pooling;
 mod registry;
 mod tiny;
