@@ -7,8 +7,8 @@ use crate::error::{MemoryError, Result};
 use crate::types::{Cursor, Filter, TagMode};
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use time::{OffsetDateTime, UtcOffset};
 
 /// Longest id-like string (`user_id`, `agent_id`, `run_id`, `kind`, a tag).
 pub const MAX_ID_BYTES: usize = 256;
@@ -205,6 +205,9 @@ pub(crate) fn content(v: Option<&str>, field: &str, limits: Limits) -> Result<St
     if c.trim().is_empty() {
         return Err(MemoryError::invalid(field, "must not be empty"));
     }
+    if c.contains('\0') {
+        return Err(no_nul(field));
+    }
     if c.len() > limits.max_content_bytes {
         return Err(MemoryError::invalid(
             field,
@@ -235,10 +238,39 @@ pub(crate) fn tags(v: Option<&[String]>, field: &str) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// A NUL character (U+0000) in a text `field`: PostgreSQL stores neither it
+/// in `TEXT` nor `\u0000` in `jsonb`, so both stores refuse it alike.
+fn no_nul(field: &str) -> MemoryError {
+    MemoryError::invalid(field, "must not hold a NUL character (U+0000)")
+}
+
+/// Whether any key or string value of `m`, at any depth, holds a NUL.
+fn holds_nul(m: &Map<String, Value>) -> bool {
+    let mut left: Vec<(&String, &Value)> = m.iter().collect();
+    while let Some((k, v)) = left.pop() {
+        if k.contains('\0') {
+            return true;
+        }
+        let mut values: Vec<&Value> = vec![v];
+        while let Some(v) = values.pop() {
+            match v {
+                Value::String(s) if s.contains('\0') => return true,
+                Value::Array(a) => values.extend(a),
+                Value::Object(o) => left.extend(o),
+                _ => {}
+            }
+        }
+    }
+    false
+}
+
 pub(crate) fn metadata(v: Option<Value>, field: &str) -> Result<Map<String, Value>> {
     match v {
         None | Some(Value::Null) => Ok(Map::new()),
         Some(Value::Object(m)) => {
+            if holds_nul(&m) {
+                return Err(no_nul(field));
+            }
             let size = serde_json::to_string(&m)
                 .map(|s| s.len())
                 .unwrap_or(usize::MAX);
@@ -284,13 +316,16 @@ fn filter_metadata(v: Option<Value>, field: &str) -> Result<Map<String, Value>> 
 }
 
 /// Parses an RFC 3339 time.
-/// Truncated to whole microseconds, the stores' precision, so what a write
-/// answers is what a later read returns.
+/// Converted to UTC and truncated to whole microseconds, as the stores keep
+/// it, so what a write answers is what a later read returns, to the letter.
 pub fn time(v: Option<&str>, field: &str) -> Result<Option<OffsetDateTime>> {
     v.map(|s| {
         let t = OffsetDateTime::parse(s, &Rfc3339).map_err(|e| {
             MemoryError::invalid(field, format!("`{s}` is not an RFC 3339 time: {e}"))
         })?;
+        let t = t
+            .checked_to_offset(UtcOffset::UTC)
+            .ok_or_else(|| MemoryError::invalid(field, format!("`{s}` is out of range in UTC")))?;
         t.replace_nanosecond(t.nanosecond() / 1000 * 1000)
             .map_err(|e| MemoryError::invalid(field, format!("`{s}`: {e}")))
     })
@@ -370,8 +405,9 @@ impl PatchInput {
 }
 
 /// `GET /v1/memories` query string (all text, so a bad value names its field).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `tags` may be given more than once (`tags=a&tags=b`); each value is a
+/// comma-separated list. Any other parameter may be given once.
+#[derive(Debug, Clone, Default)]
 pub struct ListParams {
     /// Owner (required).
     pub user_id: Option<String>,
@@ -379,8 +415,9 @@ pub struct ListParams {
     pub agent_id: Option<String>,
     /// Only this kind.
     pub kind: Option<String>,
-    /// Comma-separated tags.
-    pub tags: Option<String>,
+    /// Tags, one entry per `tags` parameter, each comma-separated (the
+    /// pieces are trimmed; empty ones are left out).
+    pub tags: Vec<String>,
     /// `any` (default) or `all`.
     pub tag_mode: Option<String>,
     /// RFC 3339 lower bound on `created_at`.
@@ -393,19 +430,146 @@ pub struct ListParams {
     pub cursor: Option<String>,
 }
 
+/// The parameters of [`ListParams`], as its errors name them.
+const LIST_FIELDS: &[&str] = &[
+    "user_id", "agent_id", "kind", "tags", "tag_mode", "since", "until", "limit", "cursor",
+];
+
+impl<'de> Deserialize<'de> for ListParams {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_map(ListParamsVisitor)
+    }
+}
+
+struct ListParamsVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ListParamsVisitor {
+    type Value = ListParams;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("list parameters")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<ListParams, A::Error> {
+        use serde::de::Error;
+        let mut p = ListParams::default();
+        let mut seen = [false; LIST_FIELDS.len()];
+        while let Some(key) = map.next_key::<String>()? {
+            let Some(i) = LIST_FIELDS.iter().position(|f| *f == key) else {
+                return Err(A::Error::unknown_field(&key, LIST_FIELDS));
+            };
+            let name = LIST_FIELDS[i];
+            if name == "tags" {
+                p.tags.extend(map.next_value::<Texts>()?.0);
+                continue;
+            }
+            if std::mem::replace(&mut seen[i], true) {
+                return Err(A::Error::duplicate_field(name));
+            }
+            let value = map.next_value::<Text>()?.0;
+            let slot = match name {
+                "user_id" => &mut p.user_id,
+                "agent_id" => &mut p.agent_id,
+                "kind" => &mut p.kind,
+                "tag_mode" => &mut p.tag_mode,
+                "since" => &mut p.since,
+                "until" => &mut p.until,
+                "limit" => &mut p.limit,
+                "cursor" => &mut p.cursor,
+                _ => continue,
+            };
+            *slot = value;
+        }
+        Ok(p)
+    }
+}
+
+/// A text parameter (`null` in JSON: absent).
+struct Text(Option<String>);
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Text;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Text, E> {
+                Ok(Text(Some(v.to_string())))
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> std::result::Result<Text, E> {
+                Ok(Text(None))
+            }
+            fn visit_none<E: serde::de::Error>(self) -> std::result::Result<Text, E> {
+                Ok(Text(None))
+            }
+            fn visit_some<D: serde::Deserializer<'de>>(
+                self,
+                d: D,
+            ) -> std::result::Result<Text, D::Error> {
+                Text::deserialize(d)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The value of one `tags` parameter: a string, or (in JSON) an array of them.
+struct Texts(Vec<String>);
+
+impl<'de> Deserialize<'de> for Texts {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Texts;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or an array of strings")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Texts, E> {
+                Ok(Texts(vec![v.to_string()]))
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> std::result::Result<Texts, E> {
+                Ok(Texts(Vec::new()))
+            }
+            fn visit_none<E: serde::de::Error>(self) -> std::result::Result<Texts, E> {
+                Ok(Texts(Vec::new()))
+            }
+            fn visit_some<D: serde::Deserializer<'de>>(
+                self,
+                d: D,
+            ) -> std::result::Result<Texts, D::Error> {
+                Texts::deserialize(d)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<Texts, A::Error> {
+                let mut out = Vec::new();
+                while let Some(s) = seq.next_element::<String>()? {
+                    out.push(s);
+                }
+                Ok(Texts(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 impl ListParams {
     /// Checks the parameters.
     pub fn validate(self) -> Result<crate::types::ListQuery> {
         let tags: Vec<String> = self
             .tags
-            .as_deref()
-            .map(|t| {
-                t.split(',')
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default();
+            .iter()
+            .flat_map(|t| t.split(','))
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect();
         let filter = Filter {
             user_id: required_id(self.user_id.as_deref(), "user_id")?,
             agent_id: optional_id(self.agent_id.as_deref(), "agent_id")?,
@@ -481,7 +645,8 @@ pub struct SearchInput {
     pub metadata: Option<Value>,
     /// Drop results scoring below this: the cosine similarity to the query
     /// in semantic and hybrid mode (in hybrid, a candidate without an
-    /// embedding fails), the keyword score in keyword mode.
+    /// embedding fails), the keyword score (in `[0, 1)`, see
+    /// [`Store::keyword`](crate::Store::keyword)) in keyword mode.
     pub min_score: Option<f64>,
 }
 

@@ -119,7 +119,8 @@ pub struct SearchHit {
     /// The memory.
     #[serde(flatten)]
     pub memory: Memory,
-    /// Cosine (semantic), full-text rank (keyword) or fused score (hybrid); higher is better.
+    /// Cosine (semantic), keyword score (keyword: in `[0, 1)`, see
+    /// [`Store::keyword`]) or fused score (hybrid); higher is better.
     pub score: f64,
     /// 1-based rank among semantic results, when found by semantic search.
     pub semantic_rank: Option<usize>,

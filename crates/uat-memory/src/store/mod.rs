@@ -54,7 +54,13 @@ pub trait Store: Send + Sync {
     fn delete_user(&self, user_id: &str) -> impl Future<Output = Result<u64>> + Send;
     /// One page, newest first, by keyset.
     fn list(&self, q: &ListQuery) -> impl Future<Output = Result<Page>> + Send;
-    /// Full-text search (any of `terms`), best first, with a score (higher is better).
+    /// Full-text search (any of `terms`), best first, with a score in
+    /// `[0, 1)`: `(w + r) / (n + 1)` for a memory holding `w` of the `n`
+    /// terms, where `r` in `[0, 1)` ranks the memories holding as many
+    /// (SQLite: `b / (1 + b)` of the BM25 score `b`; PostgreSQL: the same
+    /// of `ts_rank`). So a memory holding more of the terms ranks higher on
+    /// both stores, and `floor(score * (n + 1))` is how many it holds. Equal
+    /// scores: the newest (greatest id) first.
     fn keyword(
         &self,
         filter: &Filter,

@@ -121,11 +121,27 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
             "INSERT INTO memory_change_horizon (id, pruned_through) VALUES (1, 0)",
         ],
     ),
+    // A write looks for duplicates by user and hash (`live_by_hash`): with
+    // the index on the hash alone, PostgreSQL read every user's copy of a
+    // common fact.
+    (
+        4,
+        &[
+            "CREATE INDEX memories_user_hash_idx ON memories (user_id, content_hash)",
+            "DROP INDEX memories_hash_idx",
+        ],
+    ),
+    // Keyword terms lose their accents (`keyword::fold`): `refold_terms`
+    // indexes again every memory whose content is not plain ASCII.
+    (FOLD_MIGRATION, &[]),
 ];
 
 /// The migration after whose statements `fill_terms` indexes every memory
 /// and builds the GIN index.
 const TERMS_MIGRATION: i64 = 2;
+/// The migration after whose statements `refold_terms` indexes again the
+/// memories whose terms [`crate::keyword::fold`] changed.
+const FOLD_MIGRATION: i64 = 5;
 
 /// The PostgreSQL implementation of [`Store`].
 pub struct PgStore {
@@ -189,6 +205,11 @@ impl PgStore {
 }
 
 async fn migrate(pool: &PgPool) -> Result<()> {
+    migrate_through(pool, i64::MAX).await
+}
+
+/// Applies the migrations up to `last` (tests stop at an older schema).
+async fn migrate_through(pool: &PgPool, last: i64) -> Result<()> {
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(MIGRATION_LOCK)
@@ -203,14 +224,21 @@ async fn migrate(pool: &PgPool) -> Result<()> {
         .fetch_all(&mut *tx)
         .await?;
     for (version, stmts) in MIGRATIONS {
-        if done.contains(version) {
+        if done.contains(version) || *version > last {
             continue;
         }
         for s in *stmts {
             sqlx::query(s).execute(&mut *tx).await?;
         }
-        if *version == TERMS_MIGRATION {
-            fill_terms(&mut tx).await?;
+        match *version {
+            TERMS_MIGRATION => {
+                fill_terms(&mut tx, false).await?;
+                sqlx::query("CREATE INDEX memories_terms_gin ON memories USING GIN (terms)")
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            FOLD_MIGRATION => fill_terms(&mut tx, true).await?,
+            _ => {}
         }
         sqlx::query("INSERT INTO memory_schema_migrations (version, at) VALUES ($1, now())")
             .bind(version)
@@ -222,8 +250,10 @@ async fn migrate(pool: &PgPool) -> Result<()> {
     Ok(())
 }
 
-/// Fills `terms` for every memory (`keyword::index_text`), then indexes it.
-async fn fill_terms(tx: &mut sqlx::PgConnection) -> Result<()> {
+/// Fills `terms` for every memory (`keyword::index_text`); with
+/// `non_ascii_only`, for those whose content is not plain ASCII only (the
+/// ones whose terms `keyword::fold` changed).
+async fn fill_terms(tx: &mut sqlx::PgConnection, non_ascii_only: bool) -> Result<()> {
     let mut after = Uuid::nil();
     loop {
         let rows: Vec<(Uuid, String, String)> = sqlx::query_as(
@@ -238,8 +268,12 @@ async fn fill_terms(tx: &mut sqlx::PgConnection) -> Result<()> {
         after = last.0;
         let (ids, texts): (Vec<Uuid>, Vec<String>) = rows
             .into_iter()
+            .filter(|(_, _, content)| !(non_ascii_only && content.is_ascii()))
             .map(|(id, user, content)| (id, index_text(&user_key(&user), &content)))
             .unzip();
+        if ids.is_empty() {
+            continue;
+        }
         sqlx::query(
             "UPDATE memories m SET terms = to_tsvector('simple'::regconfig, u.t) \
              FROM UNNEST($1::uuid[], $2::text[]) AS u(id, t) WHERE m.id = u.id",
@@ -249,9 +283,6 @@ async fn fill_terms(tx: &mut sqlx::PgConnection) -> Result<()> {
         .execute(&mut *tx)
         .await?;
     }
-    sqlx::query("CREATE INDEX memories_terms_gin ON memories USING GIN (terms)")
-        .execute(&mut *tx)
-        .await?;
     Ok(())
 }
 
@@ -300,25 +331,44 @@ fn decode_entry(row: &PgRow) -> Result<IndexEntry> {
     })
 }
 
-/// `cols` and the `ts_rank` (as `rank`, higher is better) of the memories of
-/// `filter` holding any of `terms`, best first.
+/// `cols` and the keyword score (as `score`; see [`Store::keyword`]) of the
+/// memories of `filter` holding any of `terms`, best first, the newest first
+/// among equals: `(w + r / (1 + r)) / (n + 1)` for `w` of the `n` terms
+/// matched and `r` the `ts_rank` (normalization 32 is `r / (1 + r)`).
 fn keyword_query<'a>(
     cols: &str,
     filter: &Filter,
     terms: &[String],
     limit: usize,
+    at: OffsetDateTime,
 ) -> QueryBuilder<'a, Postgres> {
-    let tsq = tsquery(&user_key(&filter.user_id), terms);
-    let mut qb = QueryBuilder::<Postgres>::new(format!(
-        "SELECT {cols}, ts_rank(m.terms, to_tsquery('simple'::regconfig, "
-    ));
-    qb.push_bind(tsq.clone())
-        .push(")) AS rank FROM memories m WHERE");
-    push_filter(&mut qb, filter, now());
+    let key = user_key(&filter.user_id);
+    let tsq = tsquery(&key, terms);
+    let mut qb = QueryBuilder::<Postgres>::new(format!("SELECT {cols}, ("));
+    if let [_] = terms {
+        // One term: every memory found holds it.
+        qb.push("1");
+    } else {
+        for (i, t) in terms.iter().enumerate() {
+            if i > 0 {
+                qb.push(" + ");
+            }
+            qb.push("(m.terms @@ to_tsquery('simple'::regconfig, ")
+                .push_bind(tsquery(&key, std::slice::from_ref(t)))
+                .push("))::int");
+        }
+    }
+    qb.push(" + ts_rank(m.terms, to_tsquery('simple'::regconfig, ")
+        .push_bind(tsq.clone())
+        .push(format!(
+            "), 32)::float8) / {} AS score FROM memories m WHERE",
+            terms.len() + 1
+        ));
+    push_filter(&mut qb, filter, at);
     qb.push(" AND m.terms @@ to_tsquery('simple'::regconfig, ")
         .push_bind(tsq)
         .push(")");
-    qb.push(" ORDER BY rank DESC, m.id DESC LIMIT ")
+    qb.push(" ORDER BY score DESC, m.id DESC LIMIT ")
         .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
     qb
 }
@@ -360,6 +410,7 @@ fn push_filter(qb: &mut QueryBuilder<'_, Postgres>, f: &Filter, at: OffsetDateTi
 async fn record_changes(
     tx: &mut sqlx::PgConnection,
     changes: &[(Option<Uuid>, String, ChangeOp)],
+    at: OffsetDateTime,
 ) -> Result<i64> {
     if changes.is_empty() {
         return Ok(0);
@@ -373,12 +424,13 @@ async fn record_changes(
     let ops: Vec<String> = changes.iter().map(|c| c.2.as_str().to_string()).collect();
     let last: Option<i64> = sqlx::query_scalar(
         "WITH ins AS (INSERT INTO memory_changes (memory_id, user_id, op, at) \
-         SELECT u.id, u.user_id, u.op, now() FROM UNNEST($1::uuid[], $2::text[], $3::text[]) WITH ORDINALITY AS u(id, user_id, op, n) ORDER BY u.n \
+         SELECT u.id, u.user_id, u.op, $4 FROM UNNEST($1::uuid[], $2::text[], $3::text[]) WITH ORDINALITY AS u(id, user_id, op, n) ORDER BY u.n \
          RETURNING seq) SELECT MAX(seq) FROM ins",
     )
     .bind(ids)
     .bind(users)
     .bind(ops)
+    .bind(at)
     .fetch_one(&mut *tx)
     .await?;
     Ok(last.unwrap_or(0))
@@ -390,24 +442,28 @@ async fn record_history(
     op: &str,
     old: Option<&Memory>,
     new: Option<&Memory>,
+    at: OffsetDateTime,
 ) -> Result<()> {
-    sqlx::query("INSERT INTO memory_history (memory_id, user_id, op, old_value, new_value, at) VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, now())")
+    sqlx::query("INSERT INTO memory_history (memory_id, user_id, op, old_value, new_value, at) VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, $6)")
         .bind(m.id)
         .bind(&m.user_id)
         .bind(op)
         .bind(old.map(history_json).transpose()?)
         .bind(new.map(history_json).transpose()?)
+        .bind(at)
         .execute(tx)
         .await?;
     Ok(())
 }
 
-/// The oldest live memory of each `(user, content hash)` of `pairs`, locked
-/// until the transaction ends: a deduplicated write may change it, and a
-/// concurrent one must merge into what this one leaves, not into what both read.
+/// The oldest memory of each `(user, content hash)` of `pairs` live at `at`,
+/// locked until the transaction ends: a deduplicated write may change it, and
+/// a concurrent one must merge into what this one leaves, not into what both
+/// read. One lookup of the index on `(user_id, content_hash)` per pair.
 async fn live_by_hash(
     tx: &mut sqlx::PgConnection,
     pairs: &[(String, String)],
+    at: OffsetDateTime,
 ) -> Result<HashMap<(String, String), Memory>> {
     let mut out = HashMap::new();
     if pairs.is_empty() {
@@ -415,14 +471,10 @@ async fn live_by_hash(
     }
     let users: Vec<String> = pairs.iter().map(|p| p.0.clone()).collect();
     let hashes: Vec<String> = pairs.iter().map(|p| p.1.clone()).collect();
-    let sql = format!(
-        "SELECT {COLS}, m.content_hash FROM memories m JOIN UNNEST($1::text[], $2::text[]) AS k(user_id, content_hash) \
-         ON m.user_id = k.user_id AND m.content_hash = k.content_hash \
-         WHERE (m.expires_at IS NULL OR m.expires_at > now()) ORDER BY m.created_at, m.id FOR UPDATE OF m"
-    );
-    for r in sqlx::query(&sql)
+    for r in sqlx::query(&live_by_hash_sql())
         .bind(users)
         .bind(hashes)
+        .bind(at)
         .fetch_all(&mut *tx)
         .await?
     {
@@ -431,6 +483,15 @@ async fn live_by_hash(
         out.entry((m.user_id.clone(), h)).or_insert(m);
     }
     Ok(out)
+}
+
+/// The query of [`live_by_hash`]: `$1` users, `$2` hashes, `$3` the time.
+fn live_by_hash_sql() -> String {
+    format!(
+        "SELECT {COLS}, m.content_hash FROM memories m JOIN UNNEST($1::text[], $2::text[]) AS k(user_id, content_hash) \
+         ON m.user_id = k.user_id AND m.content_hash = k.content_hash \
+         WHERE (m.expires_at IS NULL OR m.expires_at > $3) ORDER BY m.created_at, m.id FOR UPDATE OF m"
+    )
 }
 
 async fn bulk_insert(tx: &mut sqlx::PgConnection, rows: &[&NewRow]) -> Result<Vec<Uuid>> {
@@ -519,7 +580,11 @@ async fn bulk_insert(tx: &mut sqlx::PgConnection, rows: &[&NewRow]) -> Result<Ve
 /// Writes what deduplicated writes changed of the stored memories `stored`
 /// (`(as read, as merged)`; those equal are skipped): kind, tags, metadata,
 /// expiry and `updated_at`, in one statement, and an `update` history entry each.
-async fn update_attributes(tx: &mut sqlx::PgConnection, stored: &[(Memory, Memory)]) -> Result<()> {
+async fn update_attributes(
+    tx: &mut sqlx::PgConnection,
+    stored: &[(Memory, Memory)],
+    at: OffsetDateTime,
+) -> Result<()> {
     let changed: Vec<(&Memory, &Memory)> = stored
         .iter()
         .filter(|(old, new)| old != new)
@@ -567,13 +632,14 @@ async fn update_attributes(tx: &mut sqlx::PgConnection, stored: &[(Memory, Memor
     .await?;
     sqlx::query(
         "INSERT INTO memory_history (memory_id, user_id, op, old_value, new_value, at) \
-         SELECT u.id, u.user_id, 'update', u.old::jsonb, u.new::jsonb, now() \
+         SELECT u.id, u.user_id, 'update', u.old::jsonb, u.new::jsonb, $5 \
          FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY AS u(id, user_id, old, new, n) ORDER BY u.n",
     )
     .bind(&ids)
     .bind(&users)
     .bind(olds)
     .bind(news)
+    .bind(at)
     .execute(&mut *tx)
     .await?;
     Ok(())
@@ -588,7 +654,8 @@ impl Store for PgStore {
             .filter(|r| r.dedupe)
             .map(|r| (r.memory.user_id.clone(), r.content_hash.clone()))
             .collect();
-        let existing = live_by_hash(&mut tx, &pairs).await?;
+        // Live by the application's clock, as every query of both stores.
+        let existing = live_by_hash(&mut tx, &pairs, now()).await?;
         let Resolved { slots, mut stored } = resolve_duplicates(&mut rows, existing)?;
         // Stamped now, after the embedding and the lookup.
         let at = now();
@@ -617,15 +684,17 @@ impl Store for PgStore {
             }
             sqlx::query(
                 "UPDATE memories SET dedupe_key = NULL WHERE user_id = $1 AND dedupe_key = $2 \
-                 AND expires_at IS NOT NULL AND expires_at <= now()",
+                 AND expires_at IS NOT NULL AND expires_at <= $3",
             )
             .bind(&r.memory.user_id)
             .bind(&r.content_hash)
+            .bind(at)
             .execute(&mut *tx)
             .await?;
             let live = live_by_hash(
                 &mut tx,
                 &[(r.memory.user_id.clone(), r.content_hash.clone())],
+                at,
             )
             .await?;
             if let Some(old) = live.into_values().next() {
@@ -650,7 +719,7 @@ impl Store for PgStore {
             .filter(|(old, new)| old != new)
             .map(|(_, new)| new)
             .collect();
-        update_attributes(&mut tx, &stored).await?;
+        update_attributes(&mut tx, &stored, at).await?;
         // 4. History and change log for what was written.
         let created: Vec<&Memory> = to_insert
             .iter()
@@ -666,11 +735,12 @@ impl Store for PgStore {
                 .collect::<Result<Vec<_>>>()?;
             sqlx::query(
                 "INSERT INTO memory_history (memory_id, user_id, op, new_value, at) \
-                 SELECT u.id, u.user_id, 'create', u.v::jsonb, now() FROM UNNEST($1::uuid[], $2::text[], $3::text[]) AS u(id, user_id, v)",
+                 SELECT u.id, u.user_id, 'create', u.v::jsonb, $4 FROM UNNEST($1::uuid[], $2::text[], $3::text[]) AS u(id, user_id, v)",
             )
             .bind(ids)
             .bind(users)
             .bind(values)
+            .bind(at)
             .execute(&mut *tx)
             .await?;
         }
@@ -679,7 +749,7 @@ impl Store for PgStore {
             .chain(&changed)
             .map(|m| (Some(m.id), m.user_id.clone(), ChangeOp::Upsert))
             .collect();
-        let last_seq = record_changes(&mut tx, &changes).await?;
+        let last_seq = record_changes(&mut tx, &changes, at).await?;
         tx.commit().await?;
         self.committed(last_seq);
         let stored_of = |i: usize| replaced.get(&i).map(|&j| stored[j].1.clone());
@@ -710,11 +780,12 @@ impl Store for PgStore {
 
     async fn get(&self, user_id: &str, id: Uuid) -> Result<Option<Memory>> {
         let sql = format!(
-            "SELECT {COLS} FROM memories m WHERE m.id = $1 AND m.user_id = $2 AND (m.expires_at IS NULL OR m.expires_at > now())"
+            "SELECT {COLS} FROM memories m WHERE m.id = $1 AND m.user_id = $2 AND (m.expires_at IS NULL OR m.expires_at > $3)"
         );
         let row = sqlx::query(&sql)
             .bind(id)
             .bind(user_id)
+            .bind(now())
             .fetch_optional(&self.pool)
             .await?;
         row.as_ref().map(decode).transpose()
@@ -725,11 +796,12 @@ impl Store for PgStore {
         let mut tx = self.pool.begin().await?;
         let sql = format!(
             "SELECT {COLS} FROM memories m WHERE m.id = $1 AND m.user_id = $2 \
-             AND (m.expires_at IS NULL OR m.expires_at > now()) FOR UPDATE"
+             AND (m.expires_at IS NULL OR m.expires_at > $3) FOR UPDATE"
         );
         let Some(row) = sqlx::query(&sql)
             .bind(id)
             .bind(user_id)
+            .bind(at)
             .fetch_optional(&mut *tx)
             .await?
         else {
@@ -774,10 +846,11 @@ impl Store for PgStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        record_history(&mut tx, &new, "update", Some(&old), Some(&new)).await?;
+        record_history(&mut tx, &new, "update", Some(&old), Some(&new), at).await?;
         let seq = record_changes(
             &mut tx,
             &[(Some(id), user_id.to_string(), ChangeOp::Upsert)],
+            at,
         )
         .await?;
         tx.commit().await?;
@@ -786,24 +859,27 @@ impl Store for PgStore {
     }
 
     async fn delete(&self, user_id: &str, id: Uuid) -> Result<bool> {
+        let at = now();
         let mut tx = self.pool.begin().await?;
         let sql = format!(
             "DELETE FROM memories m WHERE m.id = $1 AND m.user_id = $2 \
-             AND (m.expires_at IS NULL OR m.expires_at > now()) RETURNING {COLS}"
+             AND (m.expires_at IS NULL OR m.expires_at > $3) RETURNING {COLS}"
         );
         let Some(row) = sqlx::query(&sql)
             .bind(id)
             .bind(user_id)
+            .bind(at)
             .fetch_optional(&mut *tx)
             .await?
         else {
             return Ok(false);
         };
         let old = decode(&row)?;
-        record_history(&mut tx, &old, "delete", Some(&old), None).await?;
+        record_history(&mut tx, &old, "delete", Some(&old), None, at).await?;
         let seq = record_changes(
             &mut tx,
             &[(Some(id), user_id.to_string(), ChangeOp::Delete)],
+            at,
         )
         .await?;
         tx.commit().await?;
@@ -825,6 +901,7 @@ impl Store for PgStore {
         let seq = record_changes(
             &mut tx,
             &[(None, user_id.to_string(), ChangeOp::DeleteUser)],
+            now(),
         )
         .await?;
         tx.commit().await?;
@@ -866,14 +943,14 @@ impl Store for PgStore {
         if terms.is_empty() {
             return Ok(Vec::new());
         }
-        let rows = keyword_query(COLS, filter, terms, limit)
+        let rows = keyword_query(COLS, filter, terms, limit, now())
             .build()
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
             .map(|r| {
-                let rank: f32 = r.try_get("rank")?;
-                Ok((decode(r)?, rank))
+                let score: f64 = r.try_get("score")?;
+                Ok((decode(r)?, score as f32))
             })
             .collect()
     }
@@ -887,12 +964,15 @@ impl Store for PgStore {
         if terms.is_empty() {
             return Ok(Vec::new());
         }
-        let rows = keyword_query("m.id", filter, terms, limit)
+        let rows = keyword_query("m.id", filter, terms, limit, now())
             .build()
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
-            .map(|r| Ok((r.try_get("id")?, r.try_get("rank")?)))
+            .map(|r| {
+                let score: f64 = r.try_get("score")?;
+                Ok((r.try_get("id")?, score as f32))
+            })
             .collect()
     }
 
@@ -1081,7 +1161,7 @@ impl Store for PgStore {
         let rows = sqlx::query(
             "SELECT m.id, m.content_hash, CASE WHEN (e.model IS DISTINCT FROM $1 \
              OR octet_length(e.embedding) <> $2) \
-             AND (m.expires_at IS NULL OR m.expires_at > now()) THEN m.content END AS content \
+             AND (m.expires_at IS NULL OR m.expires_at > $5) THEN m.content END AS content \
              FROM memories m LEFT JOIN memory_embeddings e ON e.id = m.id \
              WHERE m.id > $3 ORDER BY m.id LIMIT $4",
         )
@@ -1089,6 +1169,7 @@ impl Store for PgStore {
         .bind(i64::try_from(dimension * 4).unwrap_or(i64::MAX))
         .bind(after.unwrap_or(Uuid::nil()))
         .bind(i64::try_from(scan).unwrap_or(i64::MAX))
+        .bind(now())
         .fetch_all(&self.pool)
         .await?;
         let mut page = UnembeddedPage::default();
@@ -1114,6 +1195,7 @@ impl Store for PgStore {
         if rows.is_empty() {
             return Ok(0);
         }
+        let at = now();
         let mut tx = self.pool.begin().await?;
         // Locks the memories (as a patch does), so nothing changes them or
         // their embeddings before this commits; one locked by another writer
@@ -1122,9 +1204,10 @@ impl Store for PgStore {
         let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
         let locked = sqlx::query(
             "SELECT id, user_id, content_hash FROM memories WHERE id = ANY($1) \
-             AND (expires_at IS NULL OR expires_at > now()) ORDER BY id FOR UPDATE SKIP LOCKED",
+             AND (expires_at IS NULL OR expires_at > $2) ORDER BY id FOR UPDATE SKIP LOCKED",
         )
         .bind(&ids)
+        .bind(at)
         .fetch_all(&mut *tx)
         .await?;
         let mut live: HashMap<Uuid, (String, String)> = HashMap::with_capacity(locked.len());
@@ -1177,22 +1260,24 @@ impl Store for PgStore {
         .bind(models)
         .execute(&mut *tx)
         .await?;
-        let seq = record_changes(&mut tx, &changes).await?;
+        let seq = record_changes(&mut tx, &changes, at).await?;
         tx.commit().await?;
         self.committed(seq);
         Ok(changes.len() as u64)
     }
 
     async fn purge_expired(&self, limit: usize) -> Result<u64> {
+        let at = now();
         let mut tx = self.pool.begin().await?;
         // SKIP LOCKED: replicas purging at once take different rows.
         let sql = format!(
             "DELETE FROM memories m WHERE m.id IN (SELECT id FROM memories \
-             WHERE expires_at <= now() ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
+             WHERE expires_at <= $2 ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
              RETURNING {COLS}"
         );
         let rows = sqlx::query(&sql)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(at)
             .fetch_all(&mut *tx)
             .await?;
         if rows.is_empty() {
@@ -1207,12 +1292,13 @@ impl Store for PgStore {
             .collect::<Result<Vec<String>>>()?;
         sqlx::query(
             "INSERT INTO memory_history (memory_id, user_id, op, old_value, new_value, at) \
-             SELECT u.id, u.user_id, 'expire', u.old::jsonb, NULL, now() \
+             SELECT u.id, u.user_id, 'expire', u.old::jsonb, NULL, $4 \
              FROM UNNEST($1::uuid[], $2::text[], $3::text[]) WITH ORDINALITY AS u(id, user_id, old, n) ORDER BY u.n",
         )
         .bind(&ids)
         .bind(&users)
         .bind(&old)
+        .bind(at)
         .execute(&mut *tx)
         .await?;
         let changes: Vec<(Option<Uuid>, String, ChangeOp)> = ids
@@ -1220,7 +1306,7 @@ impl Store for PgStore {
             .zip(users)
             .map(|(id, u)| (Some(*id), u, ChangeOp::Delete))
             .collect();
-        let seq = record_changes(&mut tx, &changes).await?;
+        let seq = record_changes(&mut tx, &changes, at).await?;
         tx.commit().await?;
         self.committed(seq);
         Ok(gone.len() as u64)
@@ -1281,6 +1367,237 @@ impl Store for PgStore {
 mod tests {
     use super::super::test_rows::{content_patch, embedded, keyword_ids, row};
     use super::*;
+
+    /// Connection options for the test database, an admin pool on it, and a
+    /// fresh schema `{prefix}_...` (`None`, loudly, when PostgreSQL is
+    /// unreachable outside CI).
+    async fn scratch_schema(prefix: &str) -> Option<(PgConnectOptions, PgPool, String)> {
+        let url = std::env::var("UAT_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let base = PgConnectOptions::from_str(&url).expect("url");
+        let admin = match PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(base.clone())
+            .await
+        {
+            Ok(p) => p,
+            Err(e) if std::env::var("CI").is_err() => {
+                eprintln!(
+                    "SKIPPED: PostgreSQL at {url} is unreachable ({e}); set CI=true to make this a failure"
+                );
+                return None;
+            }
+            Err(e) => panic!("PostgreSQL at {url} is unreachable in CI: {e}"),
+        };
+        let schema = format!("{prefix}_{}", Uuid::new_v4().simple());
+        sqlx::query(&format!("CREATE SCHEMA {schema}"))
+            .execute(&admin)
+            .await
+            .expect("schema");
+        Some((base, admin, schema))
+    }
+
+    async fn drop_schema(admin: &PgPool, schema: &str) {
+        sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+            .execute(admin)
+            .await
+            .expect("drop schema");
+    }
+
+    /// A write looks for its duplicates by user and content hash through the
+    /// index on both, not through every user's copies of a common hash.
+    #[tokio::test]
+    async fn the_duplicate_lookup_reads_the_index_on_user_and_hash() {
+        let Some((base, admin, schema)) = scratch_schema("memplan").await else {
+            return;
+        };
+        let store = PgStore::connect(base.options([("search_path", schema.as_str())]), 2)
+            .await
+            .expect("store");
+        let mut rows: Vec<NewRow> = (0..400)
+            .map(|u| row(&format!("u{u}"), "a common fact", "common", None))
+            .collect();
+        rows.extend((0..1600).map(|i| {
+            row(
+                &format!("u{}", i % 400),
+                &format!("fact {i}"),
+                &format!("h{i}"),
+                None,
+            )
+        }));
+        store.insert(rows).await.expect("insert");
+        sqlx::query("ANALYZE memories")
+            .execute(store.pool())
+            .await
+            .expect("analyze");
+        let mut conn = store.pool().acquire().await.expect("connection");
+        sqlx::query("SET enable_seqscan = off")
+            .execute(&mut *conn)
+            .await
+            .expect("set");
+        let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {}", live_by_hash_sql()))
+            .bind(vec!["u7".to_string(), "u8".to_string()])
+            .bind(vec!["common".to_string(), "h8".to_string()])
+            .bind(now())
+            .fetch_all(&mut *conn)
+            .await
+            .expect("plan");
+        let plan = plan.join("\n");
+        assert!(plan.contains("memories_user_hash_idx"), "{plan}");
+        drop(conn);
+        store.pool().close().await;
+        drop_schema(&admin, &schema).await;
+    }
+
+    /// Whether a memory has expired is judged by the application's clock on
+    /// every path (as list and search always did, and as SQLite does), never
+    /// by the database's: here the database's runs an hour ahead, and a
+    /// memory expiring in half an hour is live everywhere. History and the
+    /// change log are stamped by the application's clock too.
+    #[tokio::test]
+    async fn expiry_is_judged_by_the_applications_clock_everywhere() {
+        let Some((base, admin, schema)) = scratch_schema("memclock").await else {
+            return;
+        };
+        // The schema's `now()` comes before `pg_catalog`'s on this path.
+        sqlx::query(&format!(
+            "CREATE FUNCTION {schema}.now() RETURNS timestamptz LANGUAGE sql STABLE \
+             AS $$ SELECT pg_catalog.now() + interval '1 hour' $$"
+        ))
+        .execute(&admin)
+        .await
+        .expect("a clock an hour ahead");
+        let path = format!("{schema},pg_catalog");
+        let store = PgStore::connect(base.options([("search_path", path.as_str())]), 2)
+            .await
+            .expect("store");
+        let db_now: OffsetDateTime = sqlx::query_scalar("SELECT now()")
+            .fetch_one(store.pool())
+            .await
+            .expect("the database's time");
+        assert!(db_now > now() + time::Duration::minutes(50), "{db_now}");
+
+        let mut soon = row("alice", "a zebra for half an hour", "soon", None);
+        soon.memory.expires_at = Some(now() + time::Duration::minutes(30));
+        let id = soon.memory.id;
+        store.insert(vec![soon.clone()]).await.expect("insert");
+        assert!(store.get("alice", id).await.expect("get").is_some(), "get");
+        let filter = Filter {
+            user_id: "alice".into(),
+            ..Filter::default()
+        };
+        let page = store
+            .list(&ListQuery {
+                filter: filter.clone(),
+                limit: 10,
+                cursor: None,
+            })
+            .await
+            .expect("list");
+        assert_eq!(page.memories.len(), 1, "list");
+        assert_eq!(keyword_ids(&store, "alice", &["zebra"]).await, vec![id]);
+        assert_eq!(store.fetch(&filter, &[id]).await.expect("fetch").len(), 1);
+        let mut again = soon.clone();
+        again.memory.id = Uuid::now_v7();
+        let out = store.insert(vec![again]).await.expect("a duplicate");
+        assert!(out[0].deduplicated, "dedupe finds it live");
+        assert_eq!(out[0].memory.id, id);
+        let todo = store
+            .unembedded("m", 2, None, 10)
+            .await
+            .expect("unembedded");
+        assert_eq!(todo.memories.len(), 1, "the backfill finds it live");
+        let stored = store
+            .store_embeddings(vec![NewEmbedding {
+                id,
+                content_hash: "soon".into(),
+                embedding: Embedding {
+                    model: "m".into(),
+                    vector: vec![1.0, 0.0],
+                },
+            }])
+            .await
+            .expect("store embeddings");
+        assert_eq!(stored, 1, "the backfill stores its embedding");
+        assert_eq!(store.purge_expired(10).await.expect("purge"), 0);
+        let patched = store
+            .update("alice", id, content_patch("a zebra, patched"))
+            .await
+            .expect("update");
+        assert!(patched.is_some(), "update");
+        let history = store
+            .history("alice", id)
+            .await
+            .expect("history")
+            .expect("some history");
+        let changes: Vec<OffsetDateTime> = sqlx::query_scalar("SELECT at FROM memory_changes")
+            .fetch_all(store.pool())
+            .await
+            .expect("changes");
+        for at in history.iter().map(|e| e.at).chain(changes) {
+            assert!(
+                (at - now()).abs() < time::Duration::minutes(10),
+                "stamped by the application's clock: {at}"
+            );
+        }
+        assert!(store.delete("alice", id).await.expect("delete"), "delete");
+        store.pool().close().await;
+        drop_schema(&admin, &schema).await;
+    }
+
+    /// A database whose keyword terms were made before accents were folded
+    /// (`keyword::fold`) is indexed again when it migrates: its memories are
+    /// found without their accents, and plain ASCII ones as before.
+    #[tokio::test]
+    async fn terms_made_before_folding_are_indexed_again() {
+        let Some((base, admin, schema)) = scratch_schema("memfold").await else {
+            return;
+        };
+        let opts = base.options([("search_path", schema.as_str())]);
+        let old = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts.clone())
+            .await
+            .expect("pool");
+        migrate_through(&old, FOLD_MIGRATION - 1)
+            .await
+            .expect("the schema before folding");
+        let key = user_key("alice");
+        let rows = [
+            ("the ﬁnal café", format!("{key}ﬁnal {key}café")),
+            ("ένας καφές", format!("{key}ένας {key}καφές")),
+            ("plain words", format!("{key}plain {key}words")),
+        ];
+        let mut ids = Vec::new();
+        for (content, terms) in &rows {
+            let id = Uuid::now_v7();
+            ids.push(id);
+            sqlx::query(
+                "INSERT INTO memories (id, user_id, content, content_hash, created_at, updated_at, terms) \
+                 VALUES ($1, 'alice', $2, $3, now(), now(), to_tsvector('simple'::regconfig, $4))",
+            )
+            .bind(id)
+            .bind(content)
+            .bind(id.to_string())
+            .bind(terms)
+            .execute(&old)
+            .await
+            .expect("a memory with unfolded terms");
+        }
+        old.close().await;
+
+        let store = PgStore::connect(opts, 2).await.expect("migrated");
+        assert_eq!(keyword_ids(&store, "alice", &["final"]).await, vec![ids[0]]);
+        assert_eq!(keyword_ids(&store, "alice", &["cafe"]).await, vec![ids[0]]);
+        assert_eq!(keyword_ids(&store, "alice", &["καφες"]).await, vec![ids[1]]);
+        assert_eq!(keyword_ids(&store, "alice", &["plain"]).await, vec![ids[2]]);
+        assert!(
+            keyword_ids(&store, "alice", &["ﬁnal"]).await.is_empty(),
+            "the old terms are gone"
+        );
+        store.pool().close().await;
+        drop_schema(&admin, &schema).await;
+    }
 
     /// A database written by the first schema (a generated `tsvector` of the
     /// plain words) migrates to user-scoped terms: old memories are found by

@@ -30,6 +30,9 @@ const HISTORY_CHUNK: usize = 500;
 /// Rows per multi-row insert into `memories` (16 values each).
 const INSERT_CHUNK: usize = 100;
 
+/// The index on `(user_id, content_hash)` (migration 4).
+const USER_HASH_INDEX: &str = "memories_user_hash_idx";
+
 const COLS: &str = "m.id, m.user_id, m.agent_id, m.run_id, m.kind, m.content, m.tags, m.metadata, m.created_at, m.updated_at, m.expires_at";
 
 const MIGRATIONS: &[(i64, &[&str])] = &[
@@ -158,10 +161,26 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
             "INSERT INTO memory_change_horizon (id, pruned_through) VALUES (1, 0)",
         ],
     ),
+    // A write looks for duplicates among its user's memories only (the
+    // index on the hash alone made it read every user's copy of a common
+    // fact, under the write lock).
+    (
+        4,
+        &[
+            "CREATE INDEX memories_user_hash_idx ON memories (user_id, content_hash)",
+            "DROP INDEX memories_hash_idx",
+        ],
+    ),
+    // Keyword terms lose their accents (`keyword::fold`): `refold_terms`
+    // indexes again every memory whose content is not plain ASCII.
+    (FOLD_MIGRATION, &[]),
 ];
 
 /// The migration after whose statements `fill_terms` indexes every memory.
 const TERMS_MIGRATION: i64 = 2;
+/// The migration after whose statements `refold_terms` indexes again the
+/// memories whose terms [`crate::keyword::fold`] changed.
+const FOLD_MIGRATION: i64 = 5;
 
 /// A memory's content hash and embedding as [`Store::store_embeddings`] finds them.
 struct StoredEmbedding {
@@ -320,6 +339,11 @@ fn next_stamp(prev: i64, clock: i64) -> i64 {
 }
 
 async fn migrate(pool: &SqlitePool) -> Result<()> {
+    migrate_through(pool, i64::MAX).await
+}
+
+/// Applies the migrations up to `last` (tests stop at an older schema).
+async fn migrate_through(pool: &SqlitePool, last: i64) -> Result<()> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     sqlx::query(
         "CREATE TABLE IF NOT EXISTS memory_schema_migrations (version INTEGER PRIMARY KEY, at INTEGER NOT NULL)",
@@ -330,14 +354,16 @@ async fn migrate(pool: &SqlitePool) -> Result<()> {
         .fetch_all(&mut *tx)
         .await?;
     for (version, stmts) in MIGRATIONS {
-        if done.contains(version) {
+        if done.contains(version) || *version > last {
             continue;
         }
         for s in *stmts {
             sqlx::query(s).execute(&mut *tx).await?;
         }
-        if *version == TERMS_MIGRATION {
-            fill_terms(&mut tx).await?;
+        match *version {
+            TERMS_MIGRATION => fill_terms(&mut tx).await?,
+            FOLD_MIGRATION => refold_terms(&mut tx).await?,
+            _ => {}
         }
         sqlx::query("INSERT INTO memory_schema_migrations (version, at) VALUES (?, ?)")
             .bind(version)
@@ -369,6 +395,45 @@ async fn fill_terms(tx: &mut sqlx::SqliteConnection) -> Result<()> {
         qb.push_values(rows, |mut b, (rid, user_id, content)| {
             b.push_bind(rid)
                 .push_bind(index_text(&user_key(&user_id), &content));
+        });
+        qb.build().execute(&mut *tx).await?;
+    }
+}
+
+/// Indexes again the words of every memory whose content is not plain ASCII:
+/// their terms were made before `keyword::fold` took accents off (ASCII
+/// content makes the same terms as before).
+async fn refold_terms(tx: &mut sqlx::SqliteConnection) -> Result<()> {
+    let mut after = 0i64;
+    loop {
+        let rows: Vec<(i64, String, String)> = sqlx::query_as(
+            "SELECT rid, user_id, content FROM memories WHERE rid > ? ORDER BY rid LIMIT 500",
+        )
+        .bind(after)
+        .fetch_all(&mut *tx)
+        .await?;
+        let Some(last) = rows.last() else {
+            return Ok(());
+        };
+        after = last.0;
+        let changed: Vec<(i64, String)> = rows
+            .into_iter()
+            .filter(|(_, _, content)| !content.is_ascii())
+            .map(|(rid, user_id, content)| (rid, index_text(&user_key(&user_id), &content)))
+            .collect();
+        if changed.is_empty() {
+            continue;
+        }
+        let mut qb = QueryBuilder::<Sqlite>::new("DELETE FROM memory_terms WHERE rowid IN (");
+        let mut rids = qb.separated(", ");
+        for (rid, _) in &changed {
+            rids.push_bind(*rid);
+        }
+        rids.push_unseparated(")");
+        qb.build().execute(&mut *tx).await?;
+        let mut qb = QueryBuilder::<Sqlite>::new("INSERT INTO memory_terms (rowid, terms) ");
+        qb.push_values(changed, |mut b, (rid, text)| {
+            b.push_bind(rid).push_bind(text);
         });
         qb.build().execute(&mut *tx).await?;
     }
@@ -539,6 +604,29 @@ async fn last_rid(tx: &mut sqlx::SqliteConnection) -> Result<i64> {
     )
 }
 
+/// Appends the query for the live memories of the `(user, content hash)`
+/// pairs, oldest first: one lookup of the index on both per pair (a test
+/// checks the plan; without statistics SQLite would rather read every
+/// memory of the user through the table's key).
+fn push_live_by_hash(qb: &mut QueryBuilder<'_, Sqlite>, pairs: &[(&str, &str)], now_us: i64) {
+    qb.push("WITH k(user_id, content_hash) AS (VALUES ");
+    let mut sep = qb.separated(", ");
+    for (user, hash) in pairs {
+        sep.push("(")
+            .push_bind_unseparated(user.to_string())
+            .push_unseparated(", ")
+            .push_bind_unseparated(hash.to_string())
+            .push_unseparated(")");
+    }
+    qb.push(format!(
+        ") SELECT {COLS}, m.content_hash FROM k JOIN memories m INDEXED BY {USER_HASH_INDEX} \
+         ON m.user_id = k.user_id AND m.content_hash = k.content_hash \
+         WHERE (m.expires_at IS NULL OR m.expires_at > "
+    ))
+    .push_bind(now_us)
+    .push(") ORDER BY m.created_at, m.id");
+}
+
 /// Inserts one row as `rid`; false when its dedupe key is taken.
 async fn insert_row(tx: &mut sqlx::SqliteConnection, r: &NewRow, rid: i64) -> Result<bool> {
     let m = &r.memory;
@@ -643,24 +731,16 @@ impl Store for SqliteStore {
         }
         // Live by the clock (the stamp may run ahead of it after a step back).
         let clock_us = to_micros(now());
-        // Live duplicates of the batch, in one query per chunk of hashes.
+        // Live duplicates of the batch, in one query per chunk of rows.
         let mut live: HashMap<(String, String), Memory> = HashMap::new();
-        let hashes: Vec<&str> = rows
+        let pairs: Vec<(&str, &str)> = rows
             .iter()
             .filter(|r| r.dedupe)
-            .map(|r| r.content_hash.as_str())
+            .map(|r| (r.memory.user_id.as_str(), r.content_hash.as_str()))
             .collect();
-        for chunk in hashes.chunks(MAX_IN_LIST) {
-            let mut qb = QueryBuilder::<Sqlite>::new(format!(
-                "SELECT {COLS}, m.content_hash FROM memories m WHERE m.content_hash IN ("
-            ));
-            let mut sep = qb.separated(", ");
-            for h in chunk {
-                sep.push_bind(h.to_string());
-            }
-            qb.push(") AND (m.expires_at IS NULL OR m.expires_at > ")
-                .push_bind(clock_us)
-                .push(") ORDER BY m.created_at, m.id");
+        for chunk in pairs.chunks(MAX_IN_LIST / 2) {
+            let mut qb = QueryBuilder::<Sqlite>::new("");
+            push_live_by_hash(&mut qb, chunk, clock_us);
             for r in qb.build().fetch_all(&mut *tx).await? {
                 let m = decode(&r)?;
                 let h: String = r.try_get("content_hash")?;
@@ -1209,6 +1289,101 @@ mod tests {
                 .await
                 .expect("terms count");
         assert_eq!(terms, 0, "the deleted memory's terms went with it");
+    }
+
+    /// A write looks for its duplicates by user and content hash, through
+    /// the index on both: not through every user's copies of the hash, nor
+    /// every memory of the user.
+    #[tokio::test]
+    async fn the_duplicate_lookup_reads_the_index_on_user_and_hash() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("m.db").display());
+        let store = SqliteStore::open(&url, 1).await.expect("store");
+        for pairs in [
+            vec![("u1", "h1")],
+            vec![("u1", "h1"), ("u2", "h2"), ("u1", "h3")],
+        ] {
+            let mut qb = QueryBuilder::<Sqlite>::new("EXPLAIN QUERY PLAN ");
+            push_live_by_hash(&mut qb, &pairs, 0);
+            let plan: Vec<String> = qb
+                .build()
+                .fetch_all(&store.write)
+                .await
+                .expect("plan")
+                .iter()
+                .map(|r| r.try_get("detail").expect("detail"))
+                .collect();
+            assert!(
+                plan.iter().any(|p| p.contains(&format!(
+                    "SEARCH m USING INDEX {USER_HASH_INDEX} (user_id=? AND content_hash=?)"
+                ))),
+                "{plan:?}"
+            );
+            assert!(!plan.iter().any(|p| p.starts_with("SCAN m")), "{plan:?}");
+        }
+    }
+
+    /// A database whose keyword terms were made before accents were folded
+    /// (`keyword::fold`) is indexed again when it migrates: its memories are
+    /// found without their accents, only once each, and plain ASCII ones as
+    /// before.
+    #[tokio::test]
+    async fn terms_made_before_folding_are_indexed_again() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("m.db").display());
+        let opts = SqliteConnectOptions::from_str(&url)
+            .expect("url")
+            .create_if_missing(true);
+        let pool = SqlitePool::connect_with(opts).await.expect("pool");
+        migrate_through(&pool, FOLD_MIGRATION - 1)
+            .await
+            .expect("the schema before folding");
+        let key = user_key("alice");
+        let rows = [
+            ("the ﬁnal café", format!("{key}ﬁnal {key}café")),
+            ("ένας καφές", format!("{key}ένας {key}καφές")),
+            ("plain words", format!("{key}plain {key}words")),
+        ];
+        let mut ids = Vec::new();
+        for (rid, (content, terms)) in (1i64..).zip(&rows) {
+            let id = Uuid::now_v7();
+            ids.push(id);
+            sqlx::query(
+                "INSERT INTO memories (rid, id, user_id, content, content_hash, tags, metadata, \
+                 created_at, updated_at) VALUES (?, ?, 'alice', ?, ?, '[]', '{}', ?, ?)",
+            )
+            .bind(rid)
+            .bind(id.to_string())
+            .bind(content)
+            .bind(id.to_string())
+            .bind(rid)
+            .bind(rid)
+            .execute(&pool)
+            .await
+            .expect("a memory");
+            sqlx::query("INSERT INTO memory_terms (rowid, terms) VALUES (?, ?)")
+                .bind(rid)
+                .bind(terms)
+                .execute(&pool)
+                .await
+                .expect("its terms, unfolded");
+        }
+        pool.close().await;
+
+        let store = SqliteStore::open(&url, 2).await.expect("migrated");
+        assert_eq!(keyword_ids(&store, "alice", &["final"]).await, vec![ids[0]]);
+        assert_eq!(keyword_ids(&store, "alice", &["cafe"]).await, vec![ids[0]]);
+        assert_eq!(keyword_ids(&store, "alice", &["καφες"]).await, vec![ids[1]]);
+        assert_eq!(keyword_ids(&store, "alice", &["plain"]).await, vec![ids[2]]);
+        assert!(
+            keyword_ids(&store, "alice", &["ﬁnal"]).await.is_empty(),
+            "the old terms are gone"
+        );
+        let indexed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM memory_terms")
+            .fetch_one(&store.write)
+            .await
+            .expect("count");
+        assert_eq!(indexed, 3);
     }
 
     #[test]

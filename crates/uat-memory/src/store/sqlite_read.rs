@@ -172,8 +172,8 @@ impl Readers {
         self.run(move |c| {
             let mut out = Vec::with_capacity(limit);
             sql.each(c, |r| {
-                let rank: f64 = r.get(11).map_err(db)?;
-                out.push((memory(r)?, (-rank) as f32));
+                let score: f64 = r.get(11).map_err(db)?;
+                out.push((memory(r)?, score as f32));
                 Ok(())
             })?;
             Ok(out)
@@ -477,17 +477,37 @@ impl Readers {
     }
 }
 
-/// `cols` and the BM25 rank (last column; lower is better) of the memories
-/// of `filter` holding any of `terms`, best first.
+/// `cols` and the keyword score (last column; see
+/// [`Store::keyword`](super::Store::keyword)) of the memories of `filter`
+/// holding any of `terms`, best first, the newest first among equals:
+/// `(w + b / (1 + b)) / (n + 1)` for `w` of the `n` terms matched and the
+/// BM25 score `b` (FTS5's `bm25()` is `-b`).
 fn keyword_sql(cols: &str, filter: &Filter, terms: &[String], limit: usize) -> Sql {
-    let mut sql = Sql::new(format!(
-        "SELECT {cols}, bm25(memory_terms) AS rank FROM memory_terms \
-         JOIN memories m ON m.rid = memory_terms.rowid WHERE memory_terms MATCH "
+    let key = user_key(&filter.user_id);
+    let mut sql = Sql::new(format!("SELECT {cols}, ("));
+    if let [_] = terms {
+        // One term: every memory found holds it.
+        sql.push("1");
+    } else {
+        for (i, t) in terms.iter().enumerate() {
+            if i > 0 {
+                sql.push(" + ");
+            }
+            sql.push(
+                "(memory_terms.rowid IN (SELECT rowid FROM memory_terms WHERE memory_terms MATCH ",
+            )
+            .bind(match_expr(&key, std::slice::from_ref(t)))
+            .push("))");
+        }
+    }
+    sql.push(&format!(
+        " + bm25(memory_terms) / (bm25(memory_terms) - 1.0)) / {}.0 AS score \
+         FROM memory_terms JOIN memories m ON m.rid = memory_terms.rowid WHERE memory_terms MATCH ",
+        terms.len() + 1
     ));
-    sql.bind(match_expr(&user_key(&filter.user_id), terms))
-        .push(" AND");
+    sql.bind(match_expr(&key, terms)).push(" AND");
     sql.filter(filter, to_micros(now()));
-    sql.push(" ORDER BY rank LIMIT ")
+    sql.push(" ORDER BY score DESC, m.id DESC LIMIT ")
         .bind(i64::try_from(limit).unwrap_or(i64::MAX));
     sql
 }
@@ -520,12 +540,12 @@ pub(crate) struct HybridReads {
     pub(crate) rows: Vec<Memory>,
 }
 
-/// One row of a keyword-ids query: `(id, bm25)`, the score made positive.
+/// One row of a keyword-ids query: `(id, score)`.
 fn keyword_id(r: &Row<'_>, out: &mut Vec<(Uuid, f32)>) -> Result<()> {
-    let rank: f64 = r.get(1).map_err(db)?;
+    let score: f64 = r.get(1).map_err(db)?;
     out.push((
         Uuid::parse_str(text_at(r, 0)?).map_err(corrupt)?,
-        (-rank) as f32,
+        score as f32,
     ));
     Ok(())
 }

@@ -73,6 +73,11 @@ on_both_stores!(
     metadata_filters_compare_json_values_alike_on_both_stores,
     concurrent_duplicates_each_apply_their_attributes,
     tenants_with_the_same_user_id_are_isolated_on_every_route,
+    nul_characters_are_refused_naming_the_field,
+    keyword_scores_rank_by_words_matched_alike_on_both_stores,
+    accents_are_folded_alike_on_both_stores,
+    write_answers_give_times_in_utc_as_reads_do,
+    list_tags_are_trimmed_and_may_repeat,
 );
 
 /// The SQLite store merges its full-text index after a tenth of the table

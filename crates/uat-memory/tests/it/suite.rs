@@ -2295,3 +2295,316 @@ pub async fn tenants_with_the_same_user_id_are_isolated_on_every_route(h: &Harne
     ta.delete("alice", a.memory.id).await.unwrap();
     assert!(ta.list(lq()).await.unwrap().memories.is_empty());
 }
+
+/// Applies a PATCH body to memory `id` of `user`.
+async fn patch(h: &Harness, user: &str, id: Uuid, body: Value) -> uat_memory::Result<Memory> {
+    let p = PatchInput::from_json(body, h.svc.limits())?;
+    h.svc.update(user, id, p).await
+}
+
+/// A NUL character (U+0000) anywhere a client's text reaches SQL is invalid
+/// input naming its field, on both stores alike: PostgreSQL keeps it neither
+/// in TEXT nor (as `\u0000`) in jsonb, so it was a 500 there (in a batch, a
+/// 500 naming no item) while SQLite stored it. Nothing is written.
+pub async fn nul_characters_are_refused_naming_the_field(h: &Harness) {
+    let target = put(h, "u1", "a memory to patch").await;
+    let item = |c: &str| json!({"user_id": "u1", "content": c});
+    let writes: Vec<(Value, &str)> = vec![
+        (item("nul \u{0} inside"), "content"),
+        (
+            json!({"user_id": "u1", "content": "x", "metadata": {"k": "a\u{0}b"}}),
+            "metadata",
+        ),
+        (
+            json!({"user_id": "u1", "content": "x", "metadata": {"k\u{0}": 1}}),
+            "metadata",
+        ),
+        (
+            json!({"user_id": "u1", "content": "x", "metadata": {"a": [1, {"b": ["ok", "\u{0}"]}]}}),
+            "metadata",
+        ),
+        (
+            json!({"user_id": "u1", "content": "x", "metadata": {"a": {"b\u{0}c": true}}}),
+            "metadata",
+        ),
+        (
+            json!({"user_id": "u1", "content": "x", "tags": ["ok", "t\u{0}"]}),
+            "tags[1]",
+        ),
+        (
+            json!({"user_id": "u1", "content": "x", "kind": "k\u{0}"}),
+            "kind",
+        ),
+        (
+            json!({"memories": [item("one"), item("two"), item("three"),
+                {"user_id": "u1", "content": "four", "metadata": {"deep": {"k": "\u{0}"}}}]}),
+            "memories[3].metadata",
+        ),
+        (
+            json!({"memories": [item("one"), item("\u{0}")]}),
+            "memories[1].content",
+        ),
+    ];
+    for (body, want) in writes {
+        let e = write(h, body.clone()).await.unwrap_err();
+        assert_eq!(field(e), want, "{body}");
+    }
+    let searches: Vec<(Value, &str)> = vec![
+        (json!({"user_id": "u1", "query": "memory\u{0}"}), "query"),
+        (
+            json!({"user_id": "u1", "query": "memory", "metadata": {"k": "\u{0}"}}),
+            "metadata",
+        ),
+        (
+            json!({"user_id": "u1", "query": "memory", "metadata": {"k\u{0}": "v"}}),
+            "metadata",
+        ),
+        (
+            json!({"user_id": "u1", "query": "memory", "metadata": {"k": ["\u{0}"]}}),
+            "metadata",
+        ),
+    ];
+    for mode in ["keyword", "semantic", "hybrid"] {
+        for (body, want) in &searches {
+            let mut body = body.clone();
+            body["mode"] = json!(mode);
+            let e = search(h, body.clone()).await.unwrap_err();
+            assert_eq!(field(e), *want, "{body}");
+        }
+    }
+    for (body, want) in [
+        (json!({"content": "new \u{0} text"}), "content"),
+        (json!({"metadata": {"k": "\u{0}"}}), "metadata"),
+        (json!({"metadata": {"\u{0}": 1}}), "metadata"),
+        (json!({"tags": ["\u{0}"]}), "tags[0]"),
+    ] {
+        let e = patch(h, "u1", target.id, body.clone()).await.unwrap_err();
+        assert_eq!(field(e), want, "{body}");
+    }
+    let page = list(h, json!({"user_id": "u1"})).await.unwrap();
+    assert_eq!(
+        page.memories,
+        vec![h.svc.get("u1", target.id).await.unwrap()]
+    );
+    assert_eq!(page.memories[0], target, "nothing was written");
+}
+
+/// Keyword scores mean the same on both stores: each is in [0, 1); a memory
+/// holding more of the query's words ranks higher, `floor(score * (n + 1))`
+/// is how many of its `n` words it holds (so `min_score` keeps the same
+/// memories on both); equal scores go newest first.
+pub async fn keyword_scores_rank_by_words_matched_alike_on_both_stores(h: &Harness) {
+    let three = put(h, "u1", "apple banana cherry").await;
+    let two = put(h, "u1", "banana cherry smoothie").await;
+    let one_repeated = put(h, "u1", "cherry cherry cherry cherry pie").await;
+    let one = put(h, "u1", "apple pie").await;
+    put(h, "u1", "nothing relevant here").await;
+    put(h, "u2", "apple banana cherry").await;
+    let q = json!({"user_id": "u1", "query": "Apple, banana and cherry?", "mode": "keyword"});
+    let r = search(h, q.clone()).await.unwrap();
+    let got: Vec<(Uuid, f64)> = r.results.iter().map(|x| (x.memory.id, x.score)).collect();
+    assert_eq!(got.len(), 4, "{got:?}");
+    assert_eq!((got[0].0, got[1].0), (three.id, two.id), "{got:?}");
+    assert_eq!(
+        HashSet::from([got[2].0, got[3].0]),
+        HashSet::from([one.id, one_repeated.id])
+    );
+    for ((_, score), words) in got.iter().zip([3, 2, 1, 1]) {
+        assert!((0.0..1.0).contains(score), "{got:?}");
+        assert_eq!((score * 4.0).floor(), f64::from(words), "{got:?}");
+    }
+    assert!(
+        got.windows(2).all(|w| w[0].1 >= w[1].1),
+        "best first: {got:?}"
+    );
+    let mut at_least_two = q.clone();
+    at_least_two["min_score"] = json!(0.5);
+    assert_eq!(
+        search_ids(h, at_least_two).await,
+        vec![three.id, two.id],
+        "min_score 2/4: two words of the three"
+    );
+    // One word: every score is in [1/2, 1).
+    for x in search(
+        h,
+        json!({"user_id": "u1", "query": "pie", "mode": "keyword"}),
+    )
+    .await
+    .unwrap()
+    .results
+    {
+        assert!((0.5..1.0).contains(&x.score), "{}", x.score);
+    }
+    // The same content three times: equal scores, the newest first.
+    let mut same = Vec::new();
+    for _ in 0..3 {
+        let w = write(
+            h,
+            json!({"user_id": "u1", "content": "durian season", "dedupe": false}),
+        )
+        .await
+        .unwrap();
+        same.push(w[0].memory.id);
+    }
+    let r = search(
+        h,
+        json!({"user_id": "u1", "query": "durian", "mode": "keyword"}),
+    )
+    .await
+    .unwrap();
+    let got: Vec<Uuid> = r.results.iter().map(|x| x.memory.id).collect();
+    same.reverse();
+    assert_eq!(got, same, "newest first");
+    assert!(r.results.windows(2).all(|w| w[0].score == w[1].score));
+}
+
+/// Accents and other diacritics (and compatibility forms such as the `ﬁ`
+/// ligature) do not matter to keyword search, on both stores alike: "cafe"
+/// finds "café" and the other way round, in any case.
+pub async fn accents_are_folded_alike_on_both_stores(h: &Harness) {
+    let accented = put(h, "u1", "meet at the café").await;
+    let plain = put(h, "u1", "the CAFE on the corner").await;
+    let greek = put(h, "u1", "ένας καφές").await;
+    let ligature = put(h, "u1", "the ﬁnal draft").await;
+    let vietnamese = put(h, "u1", "Tiếng Việt").await;
+    put(h, "u1", "a cafeteria").await;
+    let kw = |q: &str| {
+        let q = q.to_string();
+        async move {
+            search_ids(
+                h,
+                json!({"user_id": "u1", "query": q, "mode": "keyword", "top_k": 50}),
+            )
+            .await
+            .into_iter()
+            .collect::<HashSet<Uuid>>()
+        }
+    };
+    for q in ["cafe", "café", "CAFÉ", "Cafe\u{301}", "ｃａｆｅ"] {
+        assert_eq!(kw(q).await, HashSet::from([accented.id, plain.id]), "{q}");
+    }
+    for q in ["καφες", "ΚΑΦΈΣ", "καφές"] {
+        assert_eq!(kw(q).await, HashSet::from([greek.id]), "{q}");
+    }
+    assert_eq!(kw("final").await, HashSet::from([ligature.id]));
+    assert_eq!(kw("ﬁnal").await, HashSet::from([ligature.id]));
+    assert_eq!(kw("tieng viet").await, HashSet::from([vietnamese.id]));
+    // A patch indexes the new content the same way.
+    patch(h, "u1", plain.id, json!({"content": "the Crème brûlée"}))
+        .await
+        .unwrap();
+    assert_eq!(kw("creme brulee").await, HashSet::from([plain.id]));
+    assert_eq!(kw("cafe").await, HashSet::from([accented.id]));
+}
+
+/// Times a client sends with an offset are answered in UTC, as reads give
+/// them: the JSON of a write's (and a patch's) answer is the JSON of a read.
+pub async fn write_answers_give_times_in_utc_as_reads_do(h: &Harness) {
+    let out = write(
+        h,
+        json!({"user_id": "u1", "content": "offset", "expires_at": "2099-01-02T04:04:05+01:00"}),
+    )
+    .await
+    .unwrap();
+    let answer = serde_json::to_value(&out[0]).unwrap();
+    assert_eq!(answer["expires_at"], json!("2099-01-02T03:04:05Z"));
+    let id = out[0].memory.id;
+    let text = |m: &Memory| serde_json::to_string(m).unwrap();
+    let read = h.svc.get("u1", id).await.unwrap();
+    assert_eq!(text(&out[0].memory), text(&read));
+    let patched = patch(
+        h,
+        "u1",
+        id,
+        json!({"expires_at": "2099-06-01T00:00:00.5-07:30"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        serde_json::to_value(&patched).unwrap()["expires_at"],
+        json!("2099-06-01T07:30:00.5Z")
+    );
+    assert_eq!(text(&patched), text(&h.svc.get("u1", id).await.unwrap()));
+    // A duplicate's expiry, merged into the stored memory.
+    let dup = write(
+        h,
+        json!({"user_id": "u1", "content": "offset", "expires_at": "2099-03-01T00:00:00+05:00"}),
+    )
+    .await
+    .unwrap();
+    assert!(dup[0].deduplicated);
+    assert_eq!(
+        serde_json::to_value(&dup[0]).unwrap()["expires_at"],
+        json!("2099-02-28T19:00:00Z")
+    );
+    assert_eq!(
+        text(&dup[0].memory),
+        text(&h.svc.get("u1", id).await.unwrap())
+    );
+    // Too late once in UTC: refused, not stored unreadable.
+    let e = write(
+        h,
+        json!({"user_id": "u1", "content": "late", "expires_at": "9999-12-31T23:30:00-01:00"}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(field(e), "expires_at");
+}
+
+/// The list's `tags` parameter: each comma-separated piece is trimmed
+/// (`tags=a, b` means `a` and `b`), empty pieces are dropped, and the
+/// parameter may be repeated (`tags=a&tags=b`).
+pub async fn list_tags_are_trimmed_and_may_repeat(h: &Harness) {
+    let w = |c: &str, tags: Value| json!({"user_id": "u1", "content": c, "tags": tags});
+    let mut ids = Vec::new();
+    for (c, tags) in [
+        ("alpha", json!(["a"])),
+        ("beta", json!(["b"])),
+        ("both", json!(["a", "b"])),
+    ] {
+        ids.push(write(h, w(c, tags)).await.unwrap().remove(0).memory.id);
+    }
+    let (a, b, ab) = (ids[0], ids[1], ids[2]);
+    let set = |p: uat_memory::Page| p.memories.iter().map(|m| m.id).collect::<HashSet<_>>();
+    let got = |params: Value| async move { set(list(h, params).await.unwrap()) };
+    assert_eq!(
+        got(json!({"user_id": "u1", "tags": "a, b"})).await,
+        HashSet::from([a, b, ab])
+    );
+    assert_eq!(
+        got(json!({"user_id": "u1", "tags": "a, b", "tag_mode": "all"})).await,
+        HashSet::from([ab])
+    );
+    assert_eq!(
+        got(json!({"user_id": "u1", "tags": " b ,, ", "tag_mode": "all"})).await,
+        HashSet::from([b, ab])
+    );
+    // A query string with `tags` twice (as axum hands it over: text pairs).
+    let query = |pairs: Vec<(&'static str, &'static str)>| {
+        use serde::Deserialize;
+        let de =
+            serde::de::value::MapDeserializer::<_, serde::de::value::Error>::new(pairs.into_iter());
+        ListParams::deserialize(de)
+    };
+    let p = query(vec![
+        ("user_id", "u1"),
+        ("tags", "a"),
+        ("tags", " b"),
+        ("tag_mode", "all"),
+    ])
+    .unwrap();
+    assert_eq!(
+        set(h.svc.list(&p.validate().unwrap()).await.unwrap()),
+        HashSet::from([ab])
+    );
+    let p = query(vec![("tags", "a,"), ("user_id", "u1"), ("tags", "")]).unwrap();
+    assert_eq!(
+        set(h.svc.list(&p.validate().unwrap()).await.unwrap()),
+        HashSet::from([a, ab])
+    );
+    // Any other parameter still comes once, and an unknown one is refused.
+    let e = query(vec![("user_id", "u1"), ("user_id", "u2")]).unwrap_err();
+    assert!(e.to_string().contains("duplicate field `user_id`"), "{e}");
+    let e = query(vec![("user_id", "u1"), ("tag", "a")]).unwrap_err();
+    assert!(e.to_string().contains("unknown field `tag`"), "{e}");
+}
