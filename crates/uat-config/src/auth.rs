@@ -33,6 +33,10 @@ pub struct ApiKeyConfig {
     /// Requests a minute this key may make, per replica. Unset: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requests_per_minute: Option<u32>,
+    /// Requests this key may have in flight at once (a stream counts until
+    /// its last byte), per replica. Unset: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u32>,
     /// May call the admin routes (cache invalidation and stats, embedding
     /// model load/unload, vector collection create/drop/snapshot).
     #[serde(default)]
@@ -50,6 +54,8 @@ pub struct ResolvedKey {
     pub digest: [u8; 32],
     /// Its limit, when it has one (never 0).
     pub requests_per_minute: Option<u32>,
+    /// Its limit of requests in flight, when it has one (never 0).
+    pub max_concurrent: Option<u32>,
     /// Whether it may call admin routes.
     pub admin: bool,
 }
@@ -60,6 +66,7 @@ impl std::fmt::Debug for ResolvedKey {
             .field("name", &self.name)
             .field("owner", &self.owner)
             .field("requests_per_minute", &self.requests_per_minute)
+            .field("max_concurrent", &self.max_concurrent)
             .field("admin", &self.admin)
             .finish_non_exhaustive()
     }
@@ -131,6 +138,12 @@ impl AuthConfig {
                     "must be at least 1 (leave it unset for no limit)",
                 ));
             }
+            if k.max_concurrent == Some(0) {
+                return Err(ConfigError::invalid(
+                    at("max_concurrent"),
+                    "must be at least 1 (leave it unset for no limit)",
+                ));
+            }
         }
         Ok(())
     }
@@ -192,6 +205,7 @@ impl AuthConfig {
                 owner: k.owner.clone().unwrap_or_else(|| k.name.clone()),
                 digest,
                 requests_per_minute: k.requests_per_minute,
+                max_concurrent: k.max_concurrent,
                 admin: k.admin,
             });
         }

@@ -17,6 +17,13 @@ pub struct ServerConfig {
     pub body_limit: usize,
     /// Largest request body on bulk routes such as vector upserts (bytes).
     pub bulk_body_limit: usize,
+    /// Memory (bytes) that large request bodies (256 KiB or more) may take
+    /// at once while they are parsed and served, estimated from their JSON
+    /// (a parsed value takes many times its text: `[0,0,...]` about 80
+    /// times). A body that does not fit waits for room, up to
+    /// `body_read_timeout`, then gets a 503 with `Retry-After`; one larger
+    /// than the whole budget waits until it has it alone.
+    pub parse_budget: usize,
     /// How long a graceful shutdown waits for in-flight requests and streams.
     #[serde(with = "crate::duration")]
     pub shutdown_grace: Duration,
@@ -68,6 +75,7 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             body_limit: 4 * 1024 * 1024,
             bulk_body_limit: 64 * 1024 * 1024,
+            parse_budget: 1024 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(30),
             body_read_timeout: Duration::from_secs(30),
@@ -116,6 +124,12 @@ impl ServerConfig {
         }
         check_log_level(&self.log_level)
             .map_err(|why| ConfigError::invalid("server.log_level", why))?;
+        if self.parse_budget < 1024 * 1024 {
+            return Err(ConfigError::invalid(
+                "server.parse_budget",
+                "must be at least 1048576 (1 MiB)",
+            ));
+        }
         if self.bulk_body_limit < self.body_limit {
             return Err(ConfigError::invalid(
                 "server.bulk_body_limit",

@@ -99,6 +99,37 @@ struct Key {
     name: Box<str>,
     caller: Caller,
     limit: Option<Gcra>,
+    concurrent: Option<Arc<Concurrent>>,
+}
+
+/// A key's requests in flight against its `max_concurrent`.
+struct Concurrent {
+    now: std::sync::atomic::AtomicU32,
+    max: u32,
+}
+
+/// One request's place in its key's [`Concurrent`], given back when the
+/// last clone drops: it travels in the request's extensions to the load
+/// shedder, which keeps it in the response body, so a stream holds its
+/// place until its last byte. (Extensions need `Clone`, hence the `Arc`.)
+#[derive(Clone)]
+pub(crate) struct KeyPlace(#[expect(dead_code, reason = "held for its Drop")] Arc<Place>);
+
+struct Place(Arc<Concurrent>);
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Concurrent {
+    /// A place, or `None` at the limit.
+    fn enter(self: &Arc<Self>) -> Option<KeyPlace> {
+        let prev = self.now.fetch_add(1, Ordering::AcqRel);
+        let place = KeyPlace(Arc::new(Place(self.clone())));
+        (prev < self.max).then_some(place)
+    }
 }
 
 /// Who made a request: attached by [`authenticate`] to every request when
@@ -149,6 +180,12 @@ impl Auth {
                         tenant: Tenant::new(&k.owner),
                     },
                     limit: k.requests_per_minute.map(Gcra::per_minute),
+                    concurrent: k.max_concurrent.map(|max| {
+                        Arc::new(Concurrent {
+                            now: std::sync::atomic::AtomicU32::new(0),
+                            max,
+                        })
+                    }),
                 };
                 (k.digest, key)
             })
@@ -266,6 +303,24 @@ pub(crate) async fn authenticate(
             start,
         );
     };
+    // Before the rate check, so a request refused here takes no rate token.
+    let place = match &key.concurrent {
+        None => None,
+        Some(c) => match c.enter() {
+            Some(place) => Some(place),
+            None => {
+                tracing::debug!(key = %key.name, "API key at its limit of requests in flight");
+                let e = ApiError::key_rate_limited(
+                    format!(
+                        "the API key `{}` is at its limit of {} requests in flight",
+                        key.name, c.max
+                    ),
+                    1,
+                );
+                return reject("concurrency", e, route, start);
+            }
+        },
+    };
     if let Some(limit) = &key.limit
         && let Err(wait) = limit.check()
     {
@@ -280,6 +335,9 @@ pub(crate) async fn authenticate(
         return reject("rate_limited", e, route, start);
     }
     req.extensions_mut().insert(key.caller.clone());
+    if let Some(place) = place {
+        req.extensions_mut().insert(place);
+    }
     next.run(req).await
 }
 

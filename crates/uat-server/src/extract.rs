@@ -65,22 +65,30 @@ pub fn route_limit(extensions: &axum::http::Extensions) -> usize {
 }
 
 /// How slowly a request body may arrive (`server.body_read_timeout` and
-/// `server.body_min_rate`), put in the request extensions by the router.
+/// `server.body_min_rate`), and the app's [`ParseBudget`], put in the
+/// request extensions by the router.
 #[derive(Debug, Clone, Copy)]
 pub struct BodyPace {
-    /// Longest wait for the next piece of the body.
+    /// Longest wait for the next piece of the body (and for room in the
+    /// parse budget).
     pub idle: Duration,
     /// Slowest average pace (bytes per second) once the body has been
     /// arriving for `idle`; 0 for no such check.
     pub min_rate: u64,
+    /// Room for large bodies while they are parsed and served.
+    pub budget: Option<&'static ParseBudget>,
 }
 
 impl BodyPace {
-    /// The pace the server's settings ask for.
+    /// The pace the server's settings ask for, with a parse budget of
+    /// `server.parse_budget`. The budget lives as long as the process (one
+    /// per app built: one in `uat serve`), so that the pace stays `Copy`
+    /// and a request takes no reference count.
     pub fn of(cfg: &uat_config::ServerConfig) -> Self {
         BodyPace {
             idle: cfg.body_read_timeout,
             min_rate: cfg.body_min_rate,
+            budget: Some(Box::leak(Box::new(ParseBudget::new(cfg.parse_budget)))),
         }
     }
 
@@ -108,11 +116,125 @@ impl BodyPace {
     }
 }
 
-/// Without a [`BodyPace`] extension (a router built by hand): the defaults.
+/// Without a [`BodyPace`] extension (a router built by hand): the defaults,
+/// without a parse budget.
 const DEFAULT_PACE: BodyPace = BodyPace {
     idle: Duration::from_secs(30),
     min_rate: 1024,
+    budget: None,
 };
+
+/// Bodies at least this large take room in the [`ParseBudget`]; smaller
+/// ones (nearly every request) cost it nothing.
+pub const BUDGETED_BODY: usize = 256 * 1024;
+
+/// Memory a parsed JSON value takes beyond its text, as the estimate counts
+/// it: serde_json's `Value` with an ordered map is 80 bytes, and a chat
+/// request is held parsed twice (the tree the cache keys, the typed request
+/// the router sends).
+const BYTES_PER_VALUE: u64 = 160;
+
+/// Room for large request bodies while they are parsed and served: a
+/// weighted semaphore counted in KiB of estimated memory
+/// (`server.parse_budget`). Parsed, a body of small JSON values takes many
+/// times its size (a 4 MiB `[0,0,...]` about 320 MiB as the chat route
+/// holds it), so a few dozen such requests at once could exhaust the
+/// machine's memory within every body limit; past the budget they wait.
+#[derive(Debug)]
+pub struct ParseBudget {
+    room: tokio::sync::Semaphore,
+    kib: u32,
+}
+
+/// A body read under the budget: its room is given back when the last
+/// reference to its bytes is dropped (the chat handler holds them until its
+/// answer is complete; a JSON extractor until it has parsed them).
+struct Held {
+    bytes: Bytes,
+    _room: tokio::sync::SemaphorePermit<'static>,
+}
+
+impl AsRef<[u8]> for Held {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl ParseBudget {
+    /// A budget of `bytes` (at least 1 KiB, at most 4 TiB).
+    pub fn new(bytes: usize) -> Self {
+        let kib = u32::try_from(bytes / 1024).unwrap_or(u32::MAX).max(1);
+        ParseBudget {
+            room: tokio::sync::Semaphore::new(kib as usize),
+            kib,
+        }
+    }
+
+    /// Room in KiB a body takes: its bytes and its values, at most the
+    /// whole budget (then it waits until it has it alone).
+    fn weight(&self, body: &[u8]) -> u32 {
+        let values = json_values(body) as u64;
+        let bytes = (body.len() as u64).saturating_add(values.saturating_mul(BYTES_PER_VALUE));
+        u32::try_from(bytes.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.kib)
+    }
+
+    /// `body`, holding its room until its last reference is dropped; a 503
+    /// when no room came within `wait`.
+    async fn hold(&'static self, body: Bytes, wait: Duration) -> Result<Bytes, ApiError> {
+        let (body, kib) = tokio::task::spawn_blocking(move || {
+            let kib = self.weight(&body);
+            (body, kib)
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("weighing the request body failed: {e}")))?;
+        let room = match tokio::time::timeout(wait, self.room.acquire_many(kib)).await {
+            Ok(Ok(room)) => room,
+            // Never closed: the semaphore lives as long as the process.
+            Ok(Err(_)) | Err(_) => {
+                return Err(ApiError::overloaded(
+                    format!(
+                        "the server is parsing other large request bodies (this one needs about {} MiB of its {} MiB parse budget); retry shortly",
+                        kib.div_ceil(1024),
+                        self.kib / 1024
+                    ),
+                    1,
+                ));
+            }
+        };
+        Ok(Bytes::from_owner(Held {
+            bytes: body,
+            _room: room,
+        }))
+    }
+}
+
+/// Roughly how many JSON values `body` holds: its separators and openings
+/// outside strings, plus one. Exact for valid JSON up to keys (each key
+/// counts as a value, which it costs about as much as).
+fn json_values(body: &[u8]) -> usize {
+    let mut n = 1;
+    let (mut in_str, mut escaped) = (false, false);
+    for &c in body {
+        if in_str {
+            if escaped {
+                escaped = false;
+            } else if c == b'\\' {
+                escaped = true;
+            } else if c == b'"' {
+                in_str = false;
+            }
+        } else {
+            match c {
+                b'"' => in_str = true,
+                b',' | b'[' | b'{' | b':' => n += 1,
+                _ => {}
+            }
+        }
+    }
+    n
+}
 
 /// A body's content coding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,15 +299,19 @@ pub async fn read_body(parts: &axum::http::request::Parts, body: Body) -> Result
         .unwrap_or(DEFAULT_PACE);
     let coding = coding(&parts.headers)?;
     let bytes = collect(body, limit, pace).await?;
-    if coding == Coding::Identity {
-        return Ok(bytes);
+    let bytes = if coding == Coding::Identity {
+        bytes
+    } else if bytes.len() <= INLINE_DECODE_MAX {
+        decode(coding, &bytes, limit)?
+    } else {
+        tokio::task::spawn_blocking(move || decode(coding, &bytes, limit))
+            .await
+            .map_err(|e| ApiError::internal(format!("decoding the request body failed: {e}")))??
+    };
+    match pace.budget {
+        Some(budget) if bytes.len() >= BUDGETED_BODY => budget.hold(bytes, pace.idle).await,
+        _ => Ok(bytes),
     }
-    if bytes.len() <= INLINE_DECODE_MAX {
-        return decode(coding, &bytes, limit);
-    }
-    tokio::task::spawn_blocking(move || decode(coding, &bytes, limit))
-        .await
-        .map_err(|e| ApiError::internal(format!("decoding the request body failed: {e}")))?
 }
 
 /// Collects a body of at most `limit` bytes at the pace `pace` asks for.
@@ -370,10 +496,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn json_values_counts_values_not_string_contents() {
+        assert_eq!(json_values(b"[0,0,0]"), 4);
+        assert_eq!(json_values(br#"{"a":[1,2],"b":"x,y:[{"}"#), 7);
+        assert_eq!(json_values(br#"["a\"b,c"]"#), 2);
+        assert_eq!(json_values(b"\"plain\""), 1);
+    }
+
+    #[test]
+    fn a_body_weighs_its_bytes_and_values_within_the_budget() {
+        let budget = ParseBudget::new(1 << 30);
+        let text = format!("\"{}\"", "x".repeat(1 << 20));
+        assert_eq!(budget.weight(text.as_bytes()), 1025, "1 MiB of text");
+        let zeros = format!("[{}0]", "0,".repeat(1 << 19));
+        // 1 MiB of zeros: 512 Ki values of 160 bytes (80 MiB) and the text.
+        assert_eq!(budget.weight(zeros.as_bytes()), 80 * 1024 + 1024 + 1);
+        let small = ParseBudget::new(1 << 20);
+        assert_eq!(
+            small.weight(zeros.as_bytes()),
+            1024,
+            "at most the whole budget"
+        );
+    }
+
+    #[test]
     fn the_pace_deadline_is_the_idle_wait_or_the_rate_whichever_is_sooner() {
         let pace = BodyPace {
             idle: Duration::from_secs(30),
             min_rate: 1000,
+            budget: None,
         };
         let start = Instant::now();
         // Within the grace: only the idle wait counts.

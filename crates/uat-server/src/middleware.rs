@@ -101,6 +101,8 @@ impl Drop for InFlightGuard {
 struct GuardedBody {
     inner: Body,
     _guard: InFlightGuard,
+    /// The request's place under its key's `max_concurrent`, if it has one.
+    _place: Option<crate::auth::KeyPlace>,
     /// On HTTP/2, the stream's watch, told of every frame (see `h2watch`).
     watch: Option<std::sync::Arc<crate::h2watch::SendWatch>>,
 }
@@ -133,7 +135,7 @@ fn is_probe(path: &str) -> bool {
     matches!(path, "/health" | "/ready" | "/metrics")
 }
 
-async fn shed_and_measure(State(limit): State<InFlight>, req: Request, next: Next) -> Response {
+async fn shed_and_measure(State(limit): State<InFlight>, mut req: Request, next: Next) -> Response {
     let start = Instant::now();
     // MatchedPath is an Arc: cloning it allocates nothing.
     let matched = req.extensions().get::<MatchedPath>().cloned();
@@ -162,6 +164,7 @@ async fn shed_and_measure(State(limit): State<InFlight>, req: Request, next: Nex
         record(route, &resp, start);
         return resp;
     }
+    let place = req.extensions_mut().remove::<crate::auth::KeyPlace>();
     let resp = next.run(req).await;
     record(route, &resp, start);
     let (parts, body) = resp.into_parts();
@@ -170,6 +173,7 @@ async fn shed_and_measure(State(limit): State<InFlight>, req: Request, next: Nex
         Body::new(GuardedBody {
             inner: body,
             _guard: guard,
+            _place: place,
             watch: crate::h2watch::current(),
         }),
     )

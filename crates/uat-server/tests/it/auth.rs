@@ -229,6 +229,58 @@ async fn a_key_over_its_rate_gets_429_and_other_keys_do_not() {
     );
 }
 
+/// `max_concurrent`: a key's requests in flight past it get a 429 at once
+/// (one key's long streams or slow uploads could otherwise take every
+/// in-flight slot of the replica); its place comes back when an answer (a
+/// stream too) is complete, and another key is not held back.
+#[tokio::test]
+async fn a_key_at_its_limit_in_flight_gets_429_until_a_place_frees() {
+    let (up, providers, model) = upstream().await;
+    up.set_default(uat_testkit::Behavior::Delay(
+        std::time::Duration::from_millis(600),
+    ));
+    let toml = format!(
+        "{providers}{}{}",
+        key_toml("narrow", SLOW_KEY, "max_concurrent = 2"),
+        key_toml("other", OTHER_KEY, ""),
+    );
+    let app = std::sync::Arc::new(spawn_app(&toml).await);
+    let chat = |key: &'static str, stream: bool| {
+        let req = app
+            .client
+            .post(app.at("/v1/chat/completions"))
+            .bearer_auth(key)
+            .json(&json!({"model": model, "stream": stream,
+                "messages": [{"role": "user", "content": "hi"}]}));
+        async move {
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            let text = resp.text().await.unwrap();
+            (status, text)
+        }
+    };
+    let (a, b) = (
+        tokio::spawn(chat(SLOW_KEY, false)),
+        tokio::spawn(chat(SLOW_KEY, true)),
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let (status, body) = chat(SLOW_KEY, false).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("limit of 2 requests in flight"), "{body}");
+    assert!(body.contains("rate_limit_exceeded"), "{body}");
+    assert_eq!(chat(OTHER_KEY, false).await.0, 200, "another key");
+    let (a, b) = (a.await.unwrap(), b.await.unwrap());
+    assert_eq!(a.0, 200, "{}", a.1);
+    assert_eq!(b.0, 200, "{}", b.1);
+    assert!(b.1.contains("[DONE]"), "{}", b.1);
+    assert_eq!(chat(SLOW_KEY, false).await.0, 200, "places came back");
+    assert!(
+        app.metrics()
+            .await
+            .contains("uat_auth_rejections_total{reason=\"concurrency\"}")
+    );
+}
+
 #[tokio::test]
 async fn each_owner_has_its_own_cache_namespace() {
     let (up, providers, model) = upstream().await;

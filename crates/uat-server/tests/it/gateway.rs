@@ -435,6 +435,53 @@ async fn refusals_are_timed_apart_and_refused_names_take_no_label() {
     assert!(!text.contains(&junk[8..]), "a refused name is no label");
 }
 
+/// Large bodies take room in `server.parse_budget` while they are parsed
+/// and served: parsed, a body of small values takes many times its size
+/// (this 300 KB one about 24 MB as the estimate counts it), and with no
+/// bound a few dozen at once could exhaust memory within every body limit.
+/// One that finds no room within `body_read_timeout` gets a 503 with
+/// `Retry-After`; small bodies are not held back; the room comes back when
+/// the answer is complete.
+#[tokio::test]
+async fn large_bodies_wait_for_room_in_the_parse_budget() {
+    let up = FakeUpstream::start(Wire::OpenAi, "budget").await.unwrap();
+    up.push(Behavior::Delay(Duration::from_millis(1500)));
+    let app = std::sync::Arc::new(
+        spawn_app(&format!(
+            "[server]\nparse_budget = 1048576\nbody_read_timeout = \"300ms\"\n{}",
+            provider_toml("budget", "openai", &up.base_url(), "")
+        ))
+        .await,
+    );
+    let mut large = chat_body("budget-model", false);
+    large["metadata_junk"] = json!(vec![0; 150_000]);
+    let first = tokio::spawn({
+        let (app, large) = (app.clone(), large.clone());
+        async move { app.chat(large).await.status() }
+    });
+    // The first holds the whole budget until its (slow) answer is complete.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let resp = app.chat(large.clone()).await;
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "overloaded", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("parse budget"),
+        "{v}"
+    );
+    assert_eq!(
+        app.chat(chat_body("budget-model", false)).await.status(),
+        200,
+        "a small body takes no room"
+    );
+    assert_eq!(first.await.unwrap(), 200);
+    assert_eq!(app.chat(large).await.status(), 200, "the room came back");
+}
+
 /// Reads until the server closes the connection; `None` if it is still
 /// open after `wait`.
 async fn read_until_closed(tcp: &mut tokio::net::TcpStream, wait: Duration) -> Option<String> {
