@@ -12,7 +12,12 @@ deploy/k8s/*.yaml and checks what a YAML parser and a schema cannot see:
   matches the image's numeric user (runAsNonRoot, runAsUser/fsGroup = the
   Dockerfile's uid, no privilege escalation, a read-only root with /data and
   /tmp mounted);
-- `embeddings.memory_budget` plus the L1 cache fit under the memory limit;
+- `embeddings.memory_budget`, the L1 cache and `server.parse_budget` fit under the
+  memory limit;
+- images are named by a version (not `:latest`, which Kubernetes pulls on every
+  start), a Deployment of several replicas has a PodDisruptionBudget, and the
+  config file names the data dir the volume is mounted at (the image sets no
+  environment that would override it);
 - the vector store: a Deployment with several replicas keeps /data on an
   emptyDir only with the per-replica warning, and uat-vectors is one replica
   with a persistent volume for /data;
@@ -63,6 +68,8 @@ def image_uid():
     text = (ROOT / "deploy/Dockerfile").read_text()
     check("--locked" in re.search(r"cargo build[^\n]*", text).group(0),
           "deploy/Dockerfile: cargo build without --locked")
+    check(not re.search(r"^ENV\b[^\n]*UAT_", text, re.M),
+          "deploy/Dockerfile: a UAT_ environment variable overrides the config file")
     users = re.findall(r"^USER\s+(\S+)", text, re.M)
     check(len(users) == 1 and re.fullmatch(r"\d+(:\d+)?", users[0] or ""),
           f"deploy/Dockerfile: USER must be numeric, got {users}")
@@ -128,8 +135,18 @@ def main():
         check(psc.get("fsGroup") == uid, f"{name}: fsGroup {psc.get('fsGroup')} != image uid {uid}")
         check(csc.get("allowPrivilegeEscalation") is False, f"{name}: allowPrivilegeEscalation not false")
         mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
-        data_dir = cfg.get("storage", {}).get("data_dir", "/data")  # the image's UAT_STORAGE__DATA_DIR
+        # The image's default command passes --data-dir /data; a command of its
+        # own (--config) takes the file's data_dir, whose default is ./data.
+        args = c.get("args", [])
+        if "--data-dir" in args:
+            data_dir = args[args.index("--data-dir") + 1]
+        else:
+            data_dir = cfg.get("storage", {}).get("data_dir")
+            check(data_dir is not None, f"{name}: the config sets no storage.data_dir")
         check(data_dir in mounts, f"{name}: the data dir {data_dir} is not a volume")
+        image = c.get("image", "")
+        check(re.search(r":[\w][\w.-]*$", image.split("/")[-1]) and not image.endswith(":latest"),
+              f"{name}: image {image!r} is not named by a version")
         if csc.get("readOnlyRootFilesystem"):
             check("/tmp" in mounts, f"{name}: read-only root without a /tmp volume")
 
@@ -137,9 +154,16 @@ def main():
         limit = quantity_bytes(c["resources"]["limits"]["memory"])
         budget = cfg.get("embeddings", {}).get("memory_budget", 2 * GIB)
         l1 = cfg.get("cache", {}).get("l1", {}).get("max_bytes", 256 * 1024**2)
-        check(budget + l1 <= limit * 3 // 4,
-              f"{name}: embeddings.memory_budget {budget} + L1 {l1} leave less than a "
-              f"quarter of the memory limit {limit}")
+        parse = cfg.get("server", {}).get("parse_budget", GIB)
+        check(budget + l1 + parse <= limit * 3 // 4,
+              f"{name}: embeddings.memory_budget {budget} + L1 {l1} + server.parse_budget "
+              f"{parse} leave less than a quarter of the memory limit {limit}")
+        if w["kind"] == "Deployment" and spec.get("replicas", 1) > 1:
+            pod_labels = w["spec"]["template"]["metadata"].get("labels", {})
+            check(any(d["kind"] == "PodDisruptionBudget"
+                      and d["spec"].get("selector", {}).get("matchLabels", {}).items()
+                      <= pod_labels.items() for _, d in docs),
+                  f"{name}: {spec['replicas']} replicas without a PodDisruptionBudget")
 
         # Vectors: per process. Several replicas only with /data on a scratch volume
         # (collections are routed to uat-vectors); uat-vectors: one replica, a PVC.

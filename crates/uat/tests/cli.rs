@@ -574,8 +574,8 @@ fn loadtest_compare_runs_the_same_load_direct_and_through_a_uat_child() {
 }
 
 /// The `uat serve` child of `--compare` is configured by its own file only:
-/// the caller's `UAT_*` environment (the Dockerfile sets `UAT_SERVER__LISTEN`
-/// and `UAT_STORAGE__DATA_DIR=/data`) used to reach it, moving it onto the
+/// the caller's `UAT_*` environment (a deployment's `UAT_SERVER__LISTEN` and
+/// `UAT_STORAGE__DATA_DIR=/data`, say) used to reach it, moving it onto the
 /// running server's port and into the production data directory.
 #[test]
 fn loadtest_compare_keeps_the_callers_uat_environment_from_its_gateway() {

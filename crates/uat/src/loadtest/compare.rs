@@ -209,7 +209,7 @@ pub(crate) async fn run(
         let log2 = log.try_clone()?;
         let mut cmd = Command::new(&bin);
         // The gateway is configured by its file alone: the caller's `UAT_*`
-        // environment (a Dockerfile's `UAT_SERVER__LISTEN` or
+        // environment (a deployment's `UAT_SERVER__LISTEN` or
         // `UAT_STORAGE__DATA_DIR=/data`) would move it onto a running
         // server's port or into production data.
         for (k, _) in std::env::vars_os() {
