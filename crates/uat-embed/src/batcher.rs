@@ -403,6 +403,28 @@ impl Queue {
         discard_cancelled(self);
         fits(self)
     }
+
+    /// Whether `n` more inputs may be queued (or reserved) under `capacity`:
+    /// `ShuttingDown` once closed, `TooManyInputs` past the whole queue,
+    /// `Overloaded` when they do not fit now.
+    fn admit(&mut self, n: usize, capacity: usize) -> Result<()> {
+        if self.closed {
+            return Err(EmbedError::ShuttingDown);
+        }
+        // A request the whole queue cannot hold would never fit: the
+        // caller's error, not a 503 to retry. (The config requires a
+        // capacity of at least `MAX_INPUTS`; a hand-built config may not.)
+        if n > capacity {
+            return Err(EmbedError::TooManyInputs {
+                got: n,
+                max: capacity,
+            });
+        }
+        if !self.fits(n, capacity) {
+            return Err(EmbedError::Overloaded { capacity });
+        }
+        Ok(())
+    }
 }
 
 impl Shared {
@@ -410,18 +432,7 @@ impl Shared {
     fn reserve(&self, n: usize) -> Result<()> {
         let capacity = self.cfg.queue_capacity;
         let mut q = self.queue.lock();
-        if q.closed {
-            return Err(EmbedError::ShuttingDown);
-        }
-        if n > capacity {
-            return Err(EmbedError::TooManyInputs {
-                got: n,
-                max: capacity,
-            });
-        }
-        if !q.fits(n, capacity) {
-            return Err(EmbedError::Overloaded { capacity });
-        }
+        q.admit(n, capacity)?;
         q.reserved += n;
         Ok(())
     }
@@ -435,22 +446,8 @@ impl Shared {
         if inputs.is_empty() {
             return Ok(None);
         }
-        if q.closed {
-            return Err(EmbedError::ShuttingDown);
-        }
         let n = inputs.len();
-        // A request the whole queue cannot hold would never fit: the
-        // caller's error, not a 503 to retry. (The config requires a
-        // capacity of at least `MAX_INPUTS`; a hand-built config may not.)
-        if n > capacity {
-            return Err(EmbedError::TooManyInputs {
-                got: n,
-                max: capacity,
-            });
-        }
-        if !q.fits(n, capacity) {
-            return Err(EmbedError::Overloaded { capacity });
-        }
+        q.admit(n, capacity)?;
         let (tx, rx) = oneshot::channel();
         let slot = Slot::new(n, tx);
         let now = Instant::now();

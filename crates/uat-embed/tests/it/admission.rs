@@ -2,6 +2,7 @@
 //! refuses it before any tokenizing, large requests tokenize off the async
 //! workers, and only as many at once as there are compute threads.
 
+use crate::common;
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,8 +11,7 @@ use std::thread::ThreadId;
 use std::time::Duration;
 use uat_config::{EmbeddingModelConfig, EmbeddingsConfig};
 use uat_embed::{
-    EmbedError, EmbedRequest, EmbeddingBackend, EmbeddingInput, Loader, ModelInfo, Pooling,
-    Registry,
+    EmbedError, EmbedRequest, EmbeddingBackend, EmbeddingInput, Loader, ModelInfo, Registry,
 };
 
 /// A model that counts its tokenizer calls (and where and how many at once
@@ -52,7 +52,7 @@ impl EmbeddingBackend for Counting {
     fn embed_ids(&self, seqs: &[&[u32]]) -> uat_embed::Result<Vec<Vec<f32>>> {
         self.entered.fetch_add(1, Ordering::SeqCst);
         let _ = self.gate.lock().unwrap().recv();
-        Ok(seqs.iter().map(|s| vec![s.len() as f32]).collect())
+        common::lengths(seqs)
     }
     fn memory_bytes(&self) -> u64 {
         1
@@ -88,13 +88,7 @@ fn setup(queue_capacity: usize, threads: usize, delay: Duration) -> Setup {
     };
     let (tx, rx) = mpsc::channel();
     let model = Arc::new(Counting {
-        info: ModelInfo {
-            dim: 1,
-            max_seq_length: 8,
-            vocab_size: 256,
-            pooling: Pooling::MEAN,
-            normalize: false,
-        },
+        info: common::byte_info(8),
         tokenized: AtomicU64::new(0),
         tokenizing: AtomicU64::new(0),
         most_tokenizing: AtomicU64::new(0),

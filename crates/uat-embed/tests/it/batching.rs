@@ -1,12 +1,11 @@
 //! The dynamic batcher: batching, budget, overload.
 
+use crate::common;
 use crate::tiny::{self, SENTENCES, Tiny};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
-use uat_embed::{
-    Batcher, BatcherConfig, ComputePool, EmbedError, EmbeddingBackend, ModelInfo, Pooling,
-};
+use uat_embed::{Batcher, BatcherConfig, ComputePool, EmbedError, EmbeddingBackend, ModelInfo};
 
 fn cfg(max_wait_ms: u64) -> BatcherConfig {
     BatcherConfig {
@@ -147,13 +146,7 @@ impl Gated {
     fn new(max_seq_length: usize) -> (Arc<Self>, mpsc::Sender<()>) {
         let (tx, rx) = mpsc::channel();
         let b = Arc::new(Gated {
-            info: ModelInfo {
-                dim: 1,
-                max_seq_length,
-                vocab_size: 256,
-                pooling: Pooling::MEAN,
-                normalize: false,
-            },
+            info: common::byte_info(max_seq_length),
             gate: Mutex::new(rx),
             passes: AtomicU64::new(0),
             marked_in: AtomicU64::new(0),
@@ -163,19 +156,14 @@ impl Gated {
 }
 
 impl EmbeddingBackend for Gated {
-    fn info(&self) -> &ModelInfo {
-        &self.info
-    }
-    fn tokenize(&self, text: &str, _truncate: bool) -> uat_embed::Result<Vec<u32>> {
-        Ok(text.bytes().map(u32::from).collect())
-    }
+    common::byte_tokens!(info);
     fn embed_ids(&self, seqs: &[&[u32]]) -> uat_embed::Result<Vec<Vec<f32>>> {
         let pass = self.passes.fetch_add(1, Ordering::SeqCst) + 1;
         let _ = self.gate.lock().unwrap().recv();
         if seqs.iter().any(|s| s.contains(&MARK)) {
             self.marked_in.store(pass, Ordering::SeqCst);
         }
-        Ok(seqs.iter().map(|s| vec![s.len() as f32]).collect())
+        common::lengths(seqs)
     }
     fn memory_bytes(&self) -> u64 {
         0
@@ -185,9 +173,19 @@ impl EmbeddingBackend for Gated {
     }
 }
 
-#[tokio::test]
-async fn a_full_queue_is_overloaded_at_once() {
-    let (backend, tx) = Gated::new(16);
+/// A batcher of one lane whose queue holds 3 inputs, over a [`Gated`]
+/// backend, with the lane held by a first request.
+struct HeldLane {
+    backend: Arc<Gated>,
+    /// A send lets one forward pass finish.
+    gate: mpsc::Sender<()>,
+    batcher: Batcher,
+    /// The request (of one input) inside the held forward pass.
+    first: tokio::task::JoinHandle<uat_embed::Result<Vec<Vec<f32>>>>,
+}
+
+async fn held_lane() -> HeldLane {
+    let (backend, gate) = Gated::new(16);
     let c = BatcherConfig {
         batch_tokens: 4,
         max_batch_size: 1,
@@ -203,7 +201,23 @@ async fn a_full_queue_is_overloaded_at_once() {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert_eq!(backend.forward_passes(), 1);
+    assert_eq!(backend.forward_passes(), 1, "the only lane is held");
+    HeldLane {
+        backend,
+        gate,
+        batcher,
+        first,
+    }
+}
+
+#[tokio::test]
+async fn a_full_queue_is_overloaded_at_once() {
+    let HeldLane {
+        gate: tx,
+        batcher,
+        first,
+        ..
+    } = held_lane().await;
     let queued = batcher.embed(vec![vec![1], vec![1, 2], vec![1, 2, 3]]);
     // The queue now holds 3 inputs: one more is refused before any await.
     match batcher.embed(vec![vec![9]]).await {
@@ -253,13 +267,7 @@ struct Overlap {
 impl Overlap {
     fn new() -> Arc<Self> {
         Arc::new(Overlap {
-            info: ModelInfo {
-                dim: 1,
-                max_seq_length: 64,
-                vocab_size: 256,
-                pooling: Pooling::MEAN,
-                normalize: false,
-            },
+            info: common::byte_info(64),
             running: AtomicU64::new(0),
             most: AtomicU64::new(0),
             passes: AtomicU64::new(0),
@@ -269,12 +277,7 @@ impl Overlap {
 }
 
 impl EmbeddingBackend for Overlap {
-    fn info(&self) -> &ModelInfo {
-        &self.info
-    }
-    fn tokenize(&self, text: &str, _truncate: bool) -> uat_embed::Result<Vec<u32>> {
-        Ok(text.bytes().map(u32::from).collect())
-    }
+    common::byte_tokens!(info);
     fn embed_ids(&self, seqs: &[&[u32]]) -> uat_embed::Result<Vec<Vec<f32>>> {
         self.passes.fetch_add(1, Ordering::SeqCst);
         let longest = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
@@ -284,7 +287,7 @@ impl EmbeddingBackend for Overlap {
         self.most.fetch_max(now, Ordering::SeqCst);
         std::thread::sleep(Duration::from_millis(30));
         self.running.fetch_sub(1, Ordering::SeqCst);
-        Ok(seqs.iter().map(|s| vec![s.len() as f32]).collect())
+        common::lengths(seqs)
     }
     fn memory_bytes(&self) -> u64 {
         0
@@ -394,17 +397,12 @@ struct PanicsOnce {
 }
 
 impl EmbeddingBackend for PanicsOnce {
-    fn info(&self) -> &ModelInfo {
-        &self.info
-    }
-    fn tokenize(&self, text: &str, _truncate: bool) -> uat_embed::Result<Vec<u32>> {
-        Ok(text.bytes().map(u32::from).collect())
-    }
+    common::byte_tokens!(info);
     fn embed_ids(&self, seqs: &[&[u32]]) -> uat_embed::Result<Vec<Vec<f32>>> {
         if self.passes.fetch_add(1, Ordering::SeqCst) == 0 {
             panic!("a bug in the model");
         }
-        Ok(seqs.iter().map(|s| vec![s.len() as f32]).collect())
+        common::lengths(seqs)
     }
     fn memory_bytes(&self) -> u64 {
         0
@@ -421,13 +419,7 @@ impl EmbeddingBackend for PanicsOnce {
 #[tokio::test]
 async fn a_panic_in_the_model_fails_its_batch_and_the_batcher_carries_on() {
     let backend = Arc::new(PanicsOnce {
-        info: ModelInfo {
-            dim: 1,
-            max_seq_length: 16,
-            vocab_size: 256,
-            pooling: Pooling::MEAN,
-            normalize: false,
-        },
+        info: common::byte_info(16),
         passes: AtomicU64::new(0),
     });
     let batcher = Batcher::new("panics", backend, ComputePool::new(1).unwrap(), cfg(0)).unwrap();
@@ -448,22 +440,12 @@ async fn a_panic_in_the_model_fails_its_batch_and_the_batcher_carries_on() {
 /// full queue now discards them first.
 #[tokio::test]
 async fn dropped_requests_give_their_queue_places_back_at_once() {
-    let (backend, tx) = Gated::new(16);
-    let c = BatcherConfig {
-        batch_tokens: 4,
-        max_batch_size: 1,
-        max_wait: Duration::ZERO,
-        queue_capacity: 3,
-    };
-    let batcher = Batcher::new("gated", backend.clone(), ComputePool::new(1).unwrap(), c).unwrap();
-    let first = tokio::spawn(batcher.embed(vec![vec![1]]));
-    for _ in 0..200 {
-        if backend.forward_passes() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert_eq!(backend.forward_passes(), 1, "the only lane is held");
+    let HeldLane {
+        backend,
+        gate: tx,
+        batcher,
+        first,
+    } = held_lane().await;
     // Three inputs fill the queue; their requests are dropped.
     drop(batcher.embed(vec![vec![1], vec![1, 2]]));
     drop(batcher.embed(vec![vec![1, 2, 3]]));

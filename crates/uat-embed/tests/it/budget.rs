@@ -2,14 +2,14 @@
 //! fake 1 GiB models that count their live instances and block inside
 //! `embed_ids` until the test lets them go.
 
+use crate::common;
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 use uat_config::{EmbeddingModelConfig, EmbeddingsConfig};
 use uat_embed::{
-    EmbedError, EmbedRequest, EmbeddingBackend, EmbeddingInput, Loader, ModelInfo, Pooling,
-    Registry,
+    EmbedError, EmbedRequest, EmbeddingBackend, EmbeddingInput, Loader, ModelInfo, Registry,
 };
 
 const GIB: u64 = 1 << 30;
@@ -39,16 +39,11 @@ impl Drop for Fake {
 }
 
 impl EmbeddingBackend for Fake {
-    fn info(&self) -> &ModelInfo {
-        &self.info
-    }
-    fn tokenize(&self, text: &str, _truncate: bool) -> uat_embed::Result<Vec<u32>> {
-        Ok(text.bytes().map(u32::from).collect())
-    }
+    common::byte_tokens!(info);
     fn embed_ids(&self, seqs: &[&[u32]]) -> uat_embed::Result<Vec<Vec<f32>>> {
         self.counts.entered.fetch_add(1, Ordering::SeqCst);
         let _ = self.gate.lock().unwrap().recv();
-        Ok(seqs.iter().map(|s| vec![s.len() as f32]).collect())
+        common::lengths(seqs)
     }
     fn memory_bytes(&self) -> u64 {
         GIB
@@ -102,13 +97,7 @@ fn setup(names: &[&str], budget: u64, budget_wait: Duration) -> Setup {
             let live = counts.live.fetch_add(1, Ordering::SeqCst) + 1;
             counts.most.fetch_max(live, Ordering::SeqCst);
             Ok(Arc::new(Fake {
-                info: ModelInfo {
-                    dim: 1,
-                    max_seq_length: 64,
-                    vocab_size: 256,
-                    pooling: Pooling::MEAN,
-                    normalize: false,
-                },
+                info: common::byte_info(64),
                 counts: Arc::clone(&counts),
                 gate: Arc::clone(&gate),
             }) as Arc<dyn EmbeddingBackend>)

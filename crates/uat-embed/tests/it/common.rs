@@ -1,4 +1,5 @@
-//! Shared test helpers: where the real model and the reference fixture live.
+//! Shared test helpers: where the real model and the reference fixture live,
+//! and the pieces every fake model shares.
 
 use std::path::PathBuf;
 
@@ -72,4 +73,34 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
     let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
     dot / (na * nb)
+}
+
+/// The info of a fake model: one dimension, one token a byte.
+pub fn byte_info(max_seq_length: usize) -> uat_embed::ModelInfo {
+    uat_embed::ModelInfo {
+        dim: 1,
+        max_seq_length,
+        vocab_size: 256,
+        pooling: uat_embed::Pooling::MEAN,
+        normalize: false,
+    }
+}
+
+/// The `info` (the field named) and `tokenize` (one token a byte) of a fake
+/// model, inside its `impl EmbeddingBackend`.
+macro_rules! byte_tokens {
+    ($info:tt) => {
+        fn info(&self) -> &uat_embed::ModelInfo {
+            &self.$info
+        }
+        fn tokenize(&self, text: &str, _truncate: bool) -> uat_embed::Result<Vec<u32>> {
+            Ok(text.bytes().map(u32::from).collect())
+        }
+    };
+}
+pub(crate) use byte_tokens;
+
+/// A fake model's embeddings: one vector per input, holding its length.
+pub fn lengths(seqs: &[&[u32]]) -> uat_embed::Result<Vec<Vec<f32>>> {
+    Ok(seqs.iter().map(|s| vec![s.len() as f32]).collect())
 }

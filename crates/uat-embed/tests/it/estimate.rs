@@ -1,6 +1,7 @@
 //! The registry's estimate of a model's memory before its first load: the
 //! weights widened to f32, as the model holds them, not their file size.
 
+use crate::common;
 use crate::tiny::{self, Tiny};
 use candle_core::{DType, Device};
 use std::path::Path;
@@ -8,7 +9,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use uat_config::{EmbeddingModelConfig, EmbeddingsConfig};
-use uat_embed::{CandleBackend, EmbeddingBackend, Loader, ModelInfo, Pooling, Registry};
+use uat_embed::{CandleBackend, EmbeddingBackend, Loader, ModelInfo, Registry};
 
 const MIB: u64 = 1 << 20;
 
@@ -86,14 +87,9 @@ impl Drop for Held {
 }
 
 impl EmbeddingBackend for Held {
-    fn info(&self) -> &ModelInfo {
-        &self.info
-    }
-    fn tokenize(&self, text: &str, _truncate: bool) -> uat_embed::Result<Vec<u32>> {
-        Ok(text.bytes().map(u32::from).collect())
-    }
+    common::byte_tokens!(info);
     fn embed_ids(&self, seqs: &[&[u32]]) -> uat_embed::Result<Vec<Vec<f32>>> {
-        Ok(seqs.iter().map(|s| vec![s.len() as f32]).collect())
+        common::lengths(seqs)
     }
     fn memory_bytes(&self) -> u64 {
         self.bytes
@@ -137,13 +133,7 @@ async fn room_is_made_for_an_f16_model_at_its_f32_size_before_it_loads() {
                 .push((name, live.load(Ordering::SeqCst)));
             live.fetch_add(1, Ordering::SeqCst);
             Ok(Arc::new(Held {
-                info: ModelInfo {
-                    dim: 1,
-                    max_seq_length: 64,
-                    vocab_size: 256,
-                    pooling: Pooling::MEAN,
-                    normalize: false,
-                },
+                info: common::byte_info(64),
                 // f16 widened to f32: twice the 2 MiB file.
                 bytes: 4 * MIB,
                 live: Arc::clone(&live),

@@ -1,6 +1,7 @@
 //! How the registry loads a model: one shared load per model that outlives the
 //! request that started it, and requests checked before a load.
 
+use crate::common;
 use crate::tiny::{self, Tiny};
 use std::path::Path;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::time::Duration;
 use uat_config::{EmbeddingModelConfig, EmbeddingsConfig};
 use uat_embed::{
     CandleBackend, EmbedError, EmbedRequest, EmbeddingBackend, EmbeddingInput, Loader, ModelInfo,
-    Pooling, Registry,
+    Registry,
 };
 
 fn config(dir: &Path) -> EmbeddingsConfig {
@@ -33,14 +34,9 @@ fn text(t: &str) -> EmbedRequest {
 struct Quick(ModelInfo);
 
 impl EmbeddingBackend for Quick {
-    fn info(&self) -> &ModelInfo {
-        &self.0
-    }
-    fn tokenize(&self, text: &str, _truncate: bool) -> uat_embed::Result<Vec<u32>> {
-        Ok(text.bytes().map(u32::from).collect())
-    }
+    common::byte_tokens!(0);
     fn embed_ids(&self, seqs: &[&[u32]]) -> uat_embed::Result<Vec<Vec<f32>>> {
-        Ok(seqs.iter().map(|s| vec![s.len() as f32]).collect())
+        common::lengths(seqs)
     }
     fn memory_bytes(&self) -> u64 {
         1
@@ -64,13 +60,7 @@ async fn a_load_whose_client_went_away_is_not_repeated() {
         Arc::new(move |_: &Path| {
             loads.fetch_add(1, Ordering::SeqCst);
             std::thread::sleep(Duration::from_millis(300));
-            Ok(Arc::new(Quick(ModelInfo {
-                dim: 1,
-                max_seq_length: 64,
-                vocab_size: 256,
-                pooling: Pooling::MEAN,
-                normalize: false,
-            })) as Arc<dyn EmbeddingBackend>)
+            Ok(Arc::new(Quick(common::byte_info(64))) as Arc<dyn EmbeddingBackend>)
         })
     };
     let r = Arc::new(Registry::with_loader(&config(dir.path()), loader).unwrap());

@@ -1365,15 +1365,22 @@ impl Store for PgStore {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_rows::{content_patch, embedded, keyword_ids, row};
+    use super::super::test_rows::{
+        assert_refolded, content_patch, embedded, keyword_ids, row, unfolded_terms,
+    };
     use super::*;
+
+    /// The test database: `UAT_TEST_POSTGRES_URL`, else a local one.
+    fn test_url() -> String {
+        std::env::var("UAT_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    }
 
     /// Connection options for the test database, an admin pool on it, and a
     /// fresh schema `{prefix}_...` (`None`, loudly, when PostgreSQL is
     /// unreachable outside CI).
     async fn scratch_schema(prefix: &str) -> Option<(PgConnectOptions, PgPool, String)> {
-        let url = std::env::var("UAT_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let url = test_url();
         let base = PgConnectOptions::from_str(&url).expect("url");
         let admin = match PgPoolOptions::new()
             .max_connections(1)
@@ -1397,7 +1404,9 @@ mod tests {
         Some((base, admin, schema))
     }
 
-    async fn drop_schema(admin: &PgPool, schema: &str) {
+    /// Closes `store`'s pool and drops its scratch schema.
+    async fn close_and_drop_schema(store: &PgStore, admin: &PgPool, schema: &str) {
+        store.pool().close().await;
         sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
             .execute(admin)
             .await
@@ -1445,8 +1454,7 @@ mod tests {
         let plan = plan.join("\n");
         assert!(plan.contains("memories_user_hash_idx"), "{plan}");
         drop(conn);
-        store.pool().close().await;
-        drop_schema(&admin, &schema).await;
+        close_and_drop_schema(&store, &admin, &schema).await;
     }
 
     /// Whether a memory has expired is judged by the application's clock on
@@ -1541,8 +1549,7 @@ mod tests {
             );
         }
         assert!(store.delete("alice", id).await.expect("delete"), "delete");
-        store.pool().close().await;
-        drop_schema(&admin, &schema).await;
+        close_and_drop_schema(&store, &admin, &schema).await;
     }
 
     /// A database whose keyword terms were made before accents were folded
@@ -1562,12 +1569,7 @@ mod tests {
         migrate_through(&old, FOLD_MIGRATION - 1)
             .await
             .expect("the schema before folding");
-        let key = user_key("alice");
-        let rows = [
-            ("the ﬁnal café", format!("{key}ﬁnal {key}café")),
-            ("ένας καφές", format!("{key}ένας {key}καφές")),
-            ("plain words", format!("{key}plain {key}words")),
-        ];
+        let rows = unfolded_terms();
         let mut ids = Vec::new();
         for (content, terms) in &rows {
             let id = Uuid::now_v7();
@@ -1587,16 +1589,8 @@ mod tests {
         old.close().await;
 
         let store = PgStore::connect(opts, 2).await.expect("migrated");
-        assert_eq!(keyword_ids(&store, "alice", &["final"]).await, vec![ids[0]]);
-        assert_eq!(keyword_ids(&store, "alice", &["cafe"]).await, vec![ids[0]]);
-        assert_eq!(keyword_ids(&store, "alice", &["καφες"]).await, vec![ids[1]]);
-        assert_eq!(keyword_ids(&store, "alice", &["plain"]).await, vec![ids[2]]);
-        assert!(
-            keyword_ids(&store, "alice", &["ﬁnal"]).await.is_empty(),
-            "the old terms are gone"
-        );
-        store.pool().close().await;
-        drop_schema(&admin, &schema).await;
+        assert_refolded(&store, &ids).await;
+        close_and_drop_schema(&store, &admin, &schema).await;
     }
 
     /// A database written by the first schema (a generated `tsvector` of the
@@ -1604,28 +1598,9 @@ mod tests {
     /// keyword search for their own user only, and new and patched ones too.
     #[tokio::test]
     async fn a_first_schema_database_migrates_with_its_terms() {
-        let url = std::env::var("UAT_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-        let schema = format!("memmig_{}", Uuid::new_v4().simple());
-        let base = PgConnectOptions::from_str(&url).expect("url");
-        let admin = match PgPoolOptions::new()
-            .max_connections(1)
-            .connect_with(base.clone())
-            .await
-        {
-            Ok(p) => p,
-            Err(e) if std::env::var("CI").is_err() => {
-                eprintln!(
-                    "SKIPPED: PostgreSQL at {url} is unreachable ({e}); set CI=true to make this a failure"
-                );
-                return;
-            }
-            Err(e) => panic!("PostgreSQL at {url} is unreachable in CI: {e}"),
+        let Some((base, admin, schema)) = scratch_schema("memmig").await else {
+            return;
         };
-        sqlx::query(&format!("CREATE SCHEMA {schema}"))
-            .execute(&admin)
-            .await
-            .expect("schema");
         let v1 = PgPoolOptions::new()
             .max_connections(1)
             .connect_with(base.options([("search_path", schema.as_str())]))
@@ -1667,7 +1642,7 @@ mod tests {
         }
         v1.close().await;
 
-        let store = PgStore::open_in_schema(&url, 2, &schema)
+        let store = PgStore::open_in_schema(&test_url(), 2, &schema)
             .await
             .expect("migrated");
         assert_eq!(
@@ -1695,10 +1670,6 @@ mod tests {
         // Deleting the memory deletes its embedding.
         assert!(store.delete("alice", new_id).await.expect("delete"));
         assert_eq!(embedded(&store).await, 1);
-        store.pool().close().await;
-        sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-            .execute(&admin)
-            .await
-            .expect("drop schema");
+        close_and_drop_schema(&store, &admin, &schema).await;
     }
 }

@@ -376,9 +376,12 @@ async fn migrate_through(pool: &SqlitePool, last: i64) -> Result<()> {
     Ok(())
 }
 
-/// Indexes the words of every memory (the full-text index of migration 2
-/// holds terms made in Rust, see `keyword::index_text`).
-async fn fill_terms(tx: &mut sqlx::SqliteConnection) -> Result<()> {
+/// Hands every memory, as `(rid, user_id, content)` in `rid` order, to
+/// `step` 500 at a time, with the connection.
+async fn each_page_of_memories(
+    tx: &mut sqlx::SqliteConnection,
+    mut step: impl AsyncFnMut(&mut sqlx::SqliteConnection, Vec<(i64, String, String)>) -> Result<()>,
+) -> Result<()> {
     let mut after = 0i64;
     loop {
         let rows: Vec<(i64, String, String)> = sqlx::query_as(
@@ -391,38 +394,37 @@ async fn fill_terms(tx: &mut sqlx::SqliteConnection) -> Result<()> {
             return Ok(());
         };
         after = last.0;
+        step(&mut *tx, rows).await?;
+    }
+}
+
+/// Indexes the words of every memory (the full-text index of migration 2
+/// holds terms made in Rust, see `keyword::index_text`).
+async fn fill_terms(tx: &mut sqlx::SqliteConnection) -> Result<()> {
+    each_page_of_memories(tx, async |tx, rows| {
         let mut qb = QueryBuilder::<Sqlite>::new("INSERT INTO memory_terms (rowid, terms) ");
         qb.push_values(rows, |mut b, (rid, user_id, content)| {
             b.push_bind(rid)
                 .push_bind(index_text(&user_key(&user_id), &content));
         });
         qb.build().execute(&mut *tx).await?;
-    }
+        Ok(())
+    })
+    .await
 }
 
 /// Indexes again the words of every memory whose content is not plain ASCII:
 /// their terms were made before `keyword::fold` took accents off (ASCII
 /// content makes the same terms as before).
 async fn refold_terms(tx: &mut sqlx::SqliteConnection) -> Result<()> {
-    let mut after = 0i64;
-    loop {
-        let rows: Vec<(i64, String, String)> = sqlx::query_as(
-            "SELECT rid, user_id, content FROM memories WHERE rid > ? ORDER BY rid LIMIT 500",
-        )
-        .bind(after)
-        .fetch_all(&mut *tx)
-        .await?;
-        let Some(last) = rows.last() else {
-            return Ok(());
-        };
-        after = last.0;
+    each_page_of_memories(tx, async |tx, rows| {
         let changed: Vec<(i64, String)> = rows
             .into_iter()
             .filter(|(_, _, content)| !content.is_ascii())
             .map(|(rid, user_id, content)| (rid, index_text(&user_key(&user_id), &content)))
             .collect();
         if changed.is_empty() {
-            continue;
+            return Ok(());
         }
         let mut qb = QueryBuilder::<Sqlite>::new("DELETE FROM memory_terms WHERE rowid IN (");
         let mut rids = qb.separated(", ");
@@ -436,7 +438,9 @@ async fn refold_terms(tx: &mut sqlx::SqliteConnection) -> Result<()> {
             b.push_bind(rid).push_bind(text);
         });
         qb.build().execute(&mut *tx).await?;
-    }
+        Ok(())
+    })
+    .await
 }
 
 /// Writes what sits beside each new memory `(rid, row)`: its full-text
@@ -1189,8 +1193,22 @@ impl Store for SqliteStore {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_rows::{content_patch, embedded, keyword_ids, row};
+    use super::super::test_rows::{
+        assert_refolded, content_patch, embedded, keyword_ids, row, unfolded_terms,
+    };
     use super::*;
+
+    /// A new database file in a temporary folder (gone with the folder), its
+    /// URL, and a pool on it before any migration.
+    async fn unmigrated_db() -> (tempfile::TempDir, String, SqlitePool) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("m.db").display());
+        let opts = SqliteConnectOptions::from_str(&url)
+            .expect("url")
+            .create_if_missing(true);
+        let pool = SqlitePool::connect_with(opts).await.expect("pool");
+        (dir, url, pool)
+    }
 
     /// A database written by the first schema (embeddings in the row, the
     /// full-text index over the content column) migrates: every memory keeps
@@ -1198,12 +1216,7 @@ mod tests {
     /// deleting it removes its terms and embedding too.
     #[tokio::test]
     async fn a_first_schema_database_migrates_with_its_terms_and_embeddings() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let url = format!("sqlite://{}", dir.path().join("m.db").display());
-        let opts = SqliteConnectOptions::from_str(&url)
-            .expect("url")
-            .create_if_missing(true);
-        let pool = SqlitePool::connect_with(opts).await.expect("pool");
+        let (_dir, url, pool) = unmigrated_db().await;
         sqlx::query(
             "CREATE TABLE memory_schema_migrations (version INTEGER PRIMARY KEY, at INTEGER NOT NULL)",
         )
@@ -1329,21 +1342,11 @@ mod tests {
     /// before.
     #[tokio::test]
     async fn terms_made_before_folding_are_indexed_again() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let url = format!("sqlite://{}", dir.path().join("m.db").display());
-        let opts = SqliteConnectOptions::from_str(&url)
-            .expect("url")
-            .create_if_missing(true);
-        let pool = SqlitePool::connect_with(opts).await.expect("pool");
+        let (_dir, url, pool) = unmigrated_db().await;
         migrate_through(&pool, FOLD_MIGRATION - 1)
             .await
             .expect("the schema before folding");
-        let key = user_key("alice");
-        let rows = [
-            ("the ﬁnal café", format!("{key}ﬁnal {key}café")),
-            ("ένας καφές", format!("{key}ένας {key}καφές")),
-            ("plain words", format!("{key}plain {key}words")),
-        ];
+        let rows = unfolded_terms();
         let mut ids = Vec::new();
         for (rid, (content, terms)) in (1i64..).zip(&rows) {
             let id = Uuid::now_v7();
@@ -1371,14 +1374,7 @@ mod tests {
         pool.close().await;
 
         let store = SqliteStore::open(&url, 2).await.expect("migrated");
-        assert_eq!(keyword_ids(&store, "alice", &["final"]).await, vec![ids[0]]);
-        assert_eq!(keyword_ids(&store, "alice", &["cafe"]).await, vec![ids[0]]);
-        assert_eq!(keyword_ids(&store, "alice", &["καφες"]).await, vec![ids[1]]);
-        assert_eq!(keyword_ids(&store, "alice", &["plain"]).await, vec![ids[2]]);
-        assert!(
-            keyword_ids(&store, "alice", &["ﬁnal"]).await.is_empty(),
-            "the old terms are gone"
-        );
+        assert_refolded(&store, &ids).await;
         let indexed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM memory_terms")
             .fetch_one(&store.write)
             .await

@@ -1,6 +1,7 @@
 //! Rows, patches and searches shared by the stores' own tests.
 
 use super::Store;
+use crate::keyword::user_key;
 use crate::types::{Embedding, Filter, Memory, NewRow, Patch, now};
 use uuid::Uuid;
 
@@ -63,4 +64,28 @@ pub(super) async fn embedded(store: &impl Store) -> usize {
         .await
         .expect("scan")
         .len()
+}
+
+/// Memories of alice as `(content, terms)`, with the terms made before
+/// `keyword::fold` took accents off (see [`assert_refolded`]).
+pub(super) fn unfolded_terms() -> [(&'static str, String); 3] {
+    let key = user_key("alice");
+    [
+        ("the ﬁnal café", format!("{key}ﬁnal {key}café")),
+        ("ένας καφές", format!("{key}ένας {key}καφές")),
+        ("plain words", format!("{key}plain {key}words")),
+    ]
+}
+
+/// That the memories `ids` written with [`unfolded_terms`], in that order,
+/// are found by their folded words, and no longer by the old terms.
+pub(super) async fn assert_refolded(store: &impl Store, ids: &[Uuid]) {
+    assert_eq!(keyword_ids(store, "alice", &["final"]).await, vec![ids[0]]);
+    assert_eq!(keyword_ids(store, "alice", &["cafe"]).await, vec![ids[0]]);
+    assert_eq!(keyword_ids(store, "alice", &["καφες"]).await, vec![ids[1]]);
+    assert_eq!(keyword_ids(store, "alice", &["plain"]).await, vec![ids[2]]);
+    assert!(
+        keyword_ids(store, "alice", &["ﬁnal"]).await.is_empty(),
+        "the old terms are gone"
+    );
 }
