@@ -68,9 +68,10 @@ pub struct EmbedArgs {
     /// The sentence-transformers model folder (scripts/fetch-model.sh prints it).
     #[arg(long, env = "UAT_TEST_MODEL_DIR")]
     pub model_dir: PathBuf,
-    /// The fixture sentences (a JSON file with a `sentences` array).
-    #[arg(long, default_value = "../shared/fixtures/embeddings/sentences.json")]
-    pub sentences: PathBuf,
+    /// Sentences to embed: a JSON file with a `sentences` array (default: the
+    /// 50 fixture sentences built into the binary, crates/uat/fixtures/sentences.json).
+    #[arg(long, value_name = "FILE")]
+    pub sentences: Option<PathBuf>,
     /// Batch size of the batched run.
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
@@ -83,6 +84,20 @@ pub struct EmbedArgs {
     /// Compute threads (`embeddings.threads`: lanes for the batcher).
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+}
+
+/// The benchmark's default sentences, compiled in so that the command works
+/// from any directory (a copy of the shared embedding fixture's).
+const SENTENCES_JSON: &str = include_str!("../fixtures/sentences.json");
+
+fn builtin_sentences() -> anyhow::Result<Vec<String>> {
+    #[derive(serde::Deserialize)]
+    struct File {
+        sentences: Vec<String>,
+    }
+    let f: File = serde_json::from_str(SENTENCES_JSON)
+        .context("the built-in sentences (fixtures/sentences.json) are not valid")?;
+    Ok(f.sentences)
 }
 
 /// Runs one benchmark and prints its report.
@@ -109,8 +124,11 @@ pub fn run(which: &BenchCommand) -> anyhow::Result<()> {
             println!("{report}");
         }
         BenchCommand::Embed(a) => {
-            let sentences = uat_embed::bench::load_sentences(&a.sentences)
-                .with_context(|| format!("cannot read sentences from {}", a.sentences.display()))?;
+            let sentences = match &a.sentences {
+                Some(path) => uat_embed::bench::load_sentences(path)
+                    .with_context(|| format!("cannot read sentences from {}", path.display()))?,
+                None => builtin_sentences()?,
+            };
             let mut opts = uat_embed::bench::BenchOptions::new(&a.model_dir, sentences);
             opts.batch_size = a.batch_size;
             opts.clients = a.clients;
@@ -121,4 +139,17 @@ pub fn run(which: &BenchCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_built_in_sentences_are_the_fixture_set() -> anyhow::Result<()> {
+        let s = builtin_sentences()?;
+        assert_eq!(s.len(), 50);
+        assert!(s.iter().all(|t| !t.trim().is_empty()));
+        Ok(())
+    }
 }

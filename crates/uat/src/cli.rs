@@ -1,6 +1,6 @@
 //! Command-line interface.
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, Parser, Subcommand};
 use std::path::PathBuf;
 
 /// Universal AI Tools: an OpenAI-compatible AI gateway, response cache, local
@@ -8,7 +8,9 @@ use std::path::PathBuf;
 #[derive(Debug, Parser)]
 #[command(name = "uat", version, about)]
 pub struct Cli {
-    /// Configuration file (TOML). Default: ./uat.toml when present, else built-in defaults.
+    /// Configuration file (TOML) of `serve` and `config check` (`loadtest` and
+    /// `bench` take none and refuse it). Default: ./uat.toml when present,
+    /// else built-in defaults.
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -57,4 +59,29 @@ pub struct ServeArgs {
 pub enum ConfigCommand {
     /// Validate the configuration and print the effective result with secrets masked.
     Check,
+}
+
+/// `--config` is global so that it may come before or after the subcommand,
+/// which also lets it through to the commands that read no configuration:
+/// refused there, with the exit code and format of a parse error, so a
+/// `uat loadtest --compare --config prod.toml` does not look as if it
+/// configured the gateway.
+pub fn check_unused_config(cli: &Cli) -> Result<(), clap::Error> {
+    if cli.config.is_none() {
+        return Ok(());
+    }
+    let why = match cli.command {
+        Command::Serve(_) | Command::Config { .. } => return Ok(()),
+        Command::Loadtest(_) => {
+            "`uat loadtest` reads no configuration file (a `--compare` gateway is configured \
+             by a file of its own; the load is set by the loadtest flags)"
+        }
+        Command::Bench { .. } => {
+            "`uat bench` reads no configuration file (the benchmarks are set by their flags)"
+        }
+    };
+    Err(Cli::command().error(
+        clap::error::ErrorKind::ArgumentConflict,
+        format!("the argument '--config <FILE>' cannot be used here: {why}"),
+    ))
 }

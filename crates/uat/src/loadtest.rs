@@ -26,18 +26,25 @@ mod report;
 use anyhow::Context;
 use clap::Args;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-/// `uat loadtest` options.
+/// `uat loadtest` options. An option that would do nothing in the mode asked
+/// for (`--in-process` without `--compare`, `--mock-latency` with `--url`, ...)
+/// is refused by the parser rather than silently ignored. Exactly one of
+/// `--url`, `--mock` and `--compare` is given, so "`--compare` only" is
+/// written as a conflict with the other two (clap does not enforce a
+/// `requires` whose target conflicts with an argument present).
 #[derive(Debug, Clone, Args)]
+#[command(group(clap::ArgGroup::new("upstream").args(["mock", "compare"]).multiple(false)))]
 pub struct LoadtestArgs {
     /// Target base URL, e.g. http://127.0.0.1:3033 (`/v1/chat/completions` is
     /// appended unless the URL already ends with it or with `/v1`).
     #[arg(long, required_unless_present_any = ["mock", "compare"], conflicts_with_all = ["mock", "compare"])]
     pub url: Option<String>,
 
-    /// Closed loop: number of concurrent workers, each on its own connection.
+    /// Closed loop: number of concurrent workers, each on its own connection
+    /// (HTTP/1.1; with `--http2`, against an HTTP/2 server, they share one).
     /// Open loop: idle connections kept for reuse; it does not bound the
     /// connections in use, which follow rate x latency (a request finding
     /// every pooled connection busy opens another), up to 20,000 requests in
@@ -91,6 +98,14 @@ pub struct LoadtestArgs {
     #[arg(long, default_value = "30s", value_parser = positive_duration)]
     pub timeout: Duration,
 
+    /// Offer HTTP/2 to an https target (TLS ALPN). Off by default: against an
+    /// HTTP/2 server every worker and open-loop request would share one
+    /// multiplexed connection, and requests past the server's stream limit
+    /// would wait in this client, counted as server latency. Needs an
+    /// `https://` `--url` (no HTTP/2 over plain http).
+    #[arg(long, conflicts_with_all = ["mock", "compare"])]
+    pub http2: bool,
+
     /// Ask for gzip responses (off by default: the mock never compresses, so a
     /// fair comparison leaves compression out).
     #[arg(long)]
@@ -113,30 +128,37 @@ pub struct LoadtestArgs {
     #[arg(long)]
     pub compare: bool,
 
-    /// Mock upstream: delay before the reply / the first stream chunk.
-    #[arg(long, default_value = "0s", value_parser = uat_config::duration::parse)]
+    /// Mock upstream (`--mock`, `--compare`): delay before the reply / the
+    /// first stream chunk.
+    #[arg(long, default_value = "0s", value_parser = uat_config::duration::parse, conflicts_with = "url")]
     pub mock_latency: Duration,
 
-    /// Mock upstream: content chunks per streamed reply.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    /// Mock upstream (`--mock`, `--compare`): content chunks per streamed reply.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=10_000), conflicts_with = "url")]
     pub mock_chunks: u64,
 
     /// `--compare`: run the gateway inside this process instead of as a
     /// `uat serve` child (its CPU time then cannot be told apart from the
     /// load generator's).
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["url", "mock"])]
     pub in_process: bool,
 
     /// `--compare`: the gateway's `server.max_in_flight` (load shedding limit).
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["url", "mock"])]
     pub max_in_flight: Option<usize>,
 
     /// `--compare`: the gateway's `server.log_level` (default: the built-in default).
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["url", "mock"])]
     pub gateway_log_level: Option<String>,
 
-    /// `--compare`: the `uat` binary to start (default: this one).
-    #[arg(long, value_name = "PATH")]
+    /// `--compare`: the `uat` binary to start (default: this one; not with
+    /// `--in-process`).
+    #[arg(
+        long,
+        value_name = "PATH",
+        conflicts_with_all = ["url", "mock"],
+        conflicts_with = "in_process"
+    )]
     pub uat_bin: Option<PathBuf>,
 }
 
@@ -309,13 +331,24 @@ fn require_success(side: &str, s: &engine::Stats) -> anyhow::Result<()> {
 }
 
 /// Runs the load test.
-pub async fn run(args: &LoadtestArgs, _config: Option<&Path>) -> anyhow::Result<()> {
+pub async fn run(args: &LoadtestArgs) -> anyhow::Result<()> {
+    if args.http2
+        && !args.url.as_deref().is_some_and(|u| {
+            u.get(..8)
+                .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+        })
+    {
+        anyhow::bail!(
+            "--http2 needs an https:// --url: HTTP/2 is negotiated in the TLS handshake, \
+             and a plain-http target is loaded over HTTP/1.1 either way"
+        );
+    }
     let fd_limit = open_files(args);
     let plan = args.plan(fd_limit)?;
     let (body, stream) = args.body()?;
     let headers = parse_headers(&args.header)?;
     let progress = !(args.json || args.no_progress);
-    let client = engine::client(plan.concurrency, args.timeout, args.gzip)?;
+    let client = engine::client(plan.concurrency, args.timeout, args.gzip, args.http2)?;
     if args.compare {
         let out = compare::run(args, &plan, &client, body, stream, headers, progress).await?;
         if args.json {
@@ -405,6 +438,23 @@ mod tests {
         for bad in [&["--mock", "--timeout", "0s"][..], &["--mock", "-n", "0"]] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn http2_is_opt_in() -> anyhow::Result<()> {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: LoadtestArgs,
+        }
+        let parse = |flags: &[&str]| {
+            Cli::try_parse_from(std::iter::once("loadtest").chain(flags.iter().copied()))
+                .map(|c| c.args)
+        };
+        assert!(!parse(&["--url", "https://h:1"])?.http2);
+        assert!(parse(&["--url", "https://h:1", "--http2"])?.http2);
         Ok(())
     }
 

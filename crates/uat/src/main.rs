@@ -9,7 +9,14 @@ use anyhow::Context;
 use clap::Parser;
 use cli::{Cli, Command, ConfigCommand};
 use std::process::ExitCode;
+use std::time::Duration;
 use uat_config::{Config, Overrides};
+
+/// How long the runtime's shutdown waits for work still running on its
+/// blocking pool (a large vector upsert, a file read) once `uat serve` has
+/// stopped. Dropping the runtime waited for it without limit, past the
+/// termination window of an orchestrator (Kubernetes' default is 30 s).
+const BLOCKING_SHUTDOWN_LIMIT: Duration = Duration::from_secs(3);
 
 /// mimalloc instead of glibc's malloc: on the memory benchmark's 50-client
 /// phases glibc spent a fifth of the CPU in malloc/free (`malloc_consolidate`
@@ -19,6 +26,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(e) = cli::check_unused_config(&cli) {
+        e.exit();
+    }
     let result = match cli.command {
         Command::Serve(ref args) => {
             let overrides = Overrides {
@@ -27,22 +37,24 @@ fn main() -> ExitCode {
                 database_url: args.database_url.clone(),
             };
             runtime().and_then(|rt| {
-                let served = rt.block_on(serve(cli.config.as_deref(), &overrides));
-                if let Ok(Served::Interrupted) = served {
-                    // Start-up work cut short may still sit on the blocking
-                    // pool (a connect, a file read): do not wait for it.
-                    rt.shutdown_timeout(std::time::Duration::from_millis(500));
-                }
-                served.map(|_| ())
+                block_on_bounded(rt, serve(cli.config.as_deref(), &overrides), |served| {
+                    match served {
+                        // Start-up work cut short may still sit on the
+                        // blocking pool (a connect, a file read): do not wait
+                        // for it.
+                        Ok(Served::Interrupted) => Duration::from_millis(500),
+                        _ => BLOCKING_SHUTDOWN_LIMIT,
+                    }
+                })
+                .map(|_| ())
             })
         }
         Command::Config {
             command: ConfigCommand::Check,
         } => config_check(cli.config.as_deref()),
         Command::Bench { ref which } => bench::run(which),
-        Command::Loadtest(ref args) => {
-            runtime().and_then(|rt| rt.block_on(loadtest::run(args, cli.config.as_deref())))
-        }
+        Command::Loadtest(ref args) => runtime()
+            .and_then(|rt| block_on_bounded(rt, loadtest::run(args), |_| BLOCKING_SHUTDOWN_LIMIT)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -58,6 +70,19 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")
+}
+
+/// Runs `fut` to completion, then shuts the runtime down waiting at most
+/// `limit(&output)` for its blocking pool (tasks still running there are left
+/// to end with the process) instead of without limit as dropping it does.
+fn block_on_bounded<F: std::future::Future>(
+    rt: tokio::runtime::Runtime,
+    fut: F,
+    limit: impl FnOnce(&F::Output) -> Duration,
+) -> F::Output {
+    let out = rt.block_on(fut);
+    rt.shutdown_timeout(limit(&out));
+    out
 }
 
 fn config_check(path: Option<&std::path::Path>) -> anyhow::Result<()> {
@@ -200,4 +225,41 @@ fn stop_signals() -> tokio::sync::watch::Receiver<bool> {
         }
     });
     rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A blocking task still running when the command's future ends does not
+    /// hold up the exit past the limit.
+    #[test]
+    fn the_exit_does_not_wait_for_the_blocking_pool_past_its_limit() -> anyhow::Result<()> {
+        let rt = runtime()?;
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let began = std::time::Instant::now();
+        let out = block_on_bounded(
+            rt,
+            async move {
+                // Detached: like a handler's upsert whose request was dropped.
+                drop(tokio::task::spawn_blocking(move || {
+                    let _ = started_tx.send(());
+                    std::thread::sleep(Duration::from_secs(30));
+                }));
+                tokio::task::spawn_blocking(move || started_rx.recv())
+                    .await
+                    .map_err(anyhow::Error::from)
+                    .and_then(|r| r.map_err(anyhow::Error::from))
+                    .map(|()| 7)
+            },
+            |out| {
+                assert_eq!(out.as_ref().ok(), Some(&7));
+                Duration::from_millis(200)
+            },
+        )?;
+        assert_eq!(out, 7);
+        let took = began.elapsed();
+        assert!(took < Duration::from_secs(5), "{took:?}");
+        Ok(())
+    }
 }

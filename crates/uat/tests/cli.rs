@@ -831,3 +831,186 @@ fn start_up_errors_name_their_cause_once() {
     assert!(err.contains("cannot read config file"), "{err}");
     assert_eq!(err.matches("os error 2").count(), 1, "{err}");
 }
+
+/// Options that do nothing in the mode asked for are refused by the parser
+/// (exit 2) instead of being silently ignored.
+#[test]
+fn loadtest_refuses_options_its_mode_ignores() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config(dir.path(), "");
+    let url = ["--url", "http://127.0.0.1:1"];
+    let cases: &[(&[&str], &str)] = &[
+        (&["--config", "CFG", "loadtest", "--mock"], "--config"),
+        (&["loadtest", "--mock", "--config", "CFG"], "--config"),
+        (
+            &["--config", "CFG", "bench", "vector", "--n", "1"],
+            "--config",
+        ),
+        (&["loadtest", "--mock", "--compare"], "--compare"),
+        (&["loadtest", "--mock", "--in-process"], "--in-process"),
+        (
+            &["loadtest", "--mock", "--max-in-flight", "8"],
+            "--max-in-flight",
+        ),
+        (
+            &["loadtest", "--mock", "--gateway-log-level", "debug"],
+            "--gateway-log-level",
+        ),
+        (
+            &["loadtest", "--mock", "--uat-bin", "/bin/true"],
+            "--uat-bin",
+        ),
+        (
+            &[
+                "loadtest",
+                "--compare",
+                "--in-process",
+                "--uat-bin",
+                "/bin/true",
+            ],
+            "--uat-bin",
+        ),
+        (
+            &["loadtest", url[0], url[1], "--mock-latency", "5ms"],
+            "--mock-latency",
+        ),
+        (
+            &["loadtest", url[0], url[1], "--mock-chunks", "3"],
+            "--mock-chunks",
+        ),
+        (&["loadtest", "--mock", "--http2"], "--http2"),
+        (&["loadtest", "--compare", "--http2"], "--http2"),
+    ];
+    for (args, flag) in cases {
+        let out = run(uat().args(args.iter().map(|a| {
+            if *a == "CFG" {
+                cfg.as_os_str()
+            } else {
+                std::ffi::OsStr::new(a)
+            }
+        })));
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(flag), "{args:?}: {err}");
+    }
+    // The same options in the mode that uses them still parse: `--help`
+    // after them exits 0 without running anything.
+    for args in [
+        &[
+            "loadtest",
+            "--mock",
+            "--mock-latency",
+            "5ms",
+            "--mock-chunks",
+            "3",
+            "--help",
+        ][..],
+        &[
+            "loadtest",
+            "--compare",
+            "--in-process",
+            "--max-in-flight",
+            "8",
+            "--gateway-log-level",
+            "debug",
+            "--mock-latency",
+            "5ms",
+            "--help",
+        ],
+        &["loadtest", "--compare", "--uat-bin", "/bin/true", "--help"],
+        &[
+            "loadtest",
+            "--url",
+            "https://127.0.0.1:1",
+            "--http2",
+            "--help",
+        ],
+    ] {
+        let out = run(uat().args(args));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
+/// `--http2` against a plain-http URL would do nothing (reqwest negotiates
+/// HTTP/2 only through TLS ALPN): refused with the reason.
+#[test]
+fn loadtest_http2_needs_an_https_url() {
+    let out = run(uat().args(["loadtest", "--url", "http://127.0.0.1:1", "--http2"]));
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("--http2") && err.contains("https"), "{err}");
+}
+
+/// `uat bench embed` without `--sentences` uses the sentences built into the
+/// binary: it used to read `../shared/fixtures/embeddings/sentences.json`
+/// relative to the working directory, outside the repository. With a model
+/// folder that does not exist, the run now gets as far as the model.
+#[test]
+fn bench_embed_has_its_sentences_built_in() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = run(uat()
+        .current_dir(dir.path())
+        .args(["bench", "embed", "--model-dir"])
+        .arg(dir.path().join("no-model")));
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(!err.contains("sentences"), "{err}");
+    assert!(err.contains("no-model"), "{err}");
+    // An explicit file still overrides the built-in ones.
+    let out = run(uat()
+        .current_dir(dir.path())
+        .args([
+            "bench",
+            "embed",
+            "--sentences",
+            "missing.json",
+            "--model-dir",
+        ])
+        .arg(dir.path().join("no-model")));
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("cannot read sentences from missing.json"),
+        "{err}"
+    );
+}
+
+/// `--compare` stops its `uat serve` child with SIGTERM sent directly: it ran
+/// the external `kill` program, missing from slim images, and then waited
+/// 10 s and killed the child. No `kill` on the PATH here.
+#[test]
+fn loadtest_compare_stops_its_gateway_without_a_kill_program() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = run(uat().env("PATH", dir.path()).args([
+        "loadtest",
+        "--compare",
+        "-c",
+        "1",
+        "-n",
+        "5",
+        "--duration",
+        "30s",
+        "--warmup",
+        "0s",
+        "--json",
+    ]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&out.stdout)));
+    let gw = &v["gateway"];
+    assert!(
+        gw["exit"]
+            .as_str()
+            .is_some_and(|e| e.contains("exit status: 0")),
+        "the child stops cleanly on SIGTERM: {v}"
+    );
+    assert!(
+        gw["shutdown_ms"].as_f64().is_some_and(|ms| ms < 5_000.0),
+        "{v}"
+    );
+}

@@ -76,6 +76,22 @@ impl Drop for ChildGuard {
     }
 }
 
+/// Asks a child to stop: SIGTERM, sent directly (the external `kill`
+/// program is missing from slim images). Errors are ignored: a child already
+/// gone is seen by the caller's wait; one that does not stop is killed when
+/// its guard drops.
+#[cfg(unix)]
+fn terminate(child: &mut Child) {
+    let pid = rustix::process::Pid::from_child(child);
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+}
+
+/// Off Unix there is no SIGTERM: the child is killed.
+#[cfg(not(unix))]
+fn terminate(child: &mut Child) {
+    let _ = child.kill();
+}
+
 fn free_port() -> anyhow::Result<u16> {
     let l = std::net::TcpListener::bind(loopback(0)).context("cannot find a free port")?;
     Ok(l.local_addr()?.port())
@@ -277,8 +293,7 @@ pub(crate) async fn run(
     let stop_at = Instant::now();
     match &mut gateway {
         Gateway::Child(guard) => {
-            let pid = guard.0.id().to_string();
-            let _ = Command::new("kill").args(["-TERM", &pid]).status();
+            terminate(&mut guard.0);
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
                 if let Ok(Some(status)) = guard.0.try_wait() {

@@ -114,10 +114,16 @@ pub(crate) struct Plan {
 }
 
 /// One shared client: a pool sized to the concurrency, TCP_NODELAY, no proxy.
+///
+/// HTTP/1.1 only unless `http2`: reqwest would otherwise offer `h2` in the
+/// TLS handshake (ALPN), and against an HTTP/2 server every worker's request
+/// would be multiplexed on one shared connection, queued in the client past
+/// the server's stream limit, with that queueing counted as server latency.
 pub(crate) fn client(
     concurrency: usize,
     timeout: Duration,
     gzip: bool,
+    http2: bool,
 ) -> anyhow::Result<reqwest::Client> {
     let mut b = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency.max(1))
@@ -128,6 +134,9 @@ pub(crate) fn client(
         .no_proxy();
     if !gzip {
         b = b.no_gzip();
+    }
+    if !http2 {
+        b = b.http1_only();
     }
     b.build().context("cannot build the HTTP client")
 }
@@ -681,6 +690,83 @@ async fn open_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The ALPN protocols offered in a TLS ClientHello (the handshake message
+    /// after the 5-byte record header), in order.
+    fn alpn_offered(hello: &[u8]) -> Option<Vec<String>> {
+        fn take<'a>(r: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+            let (a, b) = r.split_at_checked(n)?;
+            *r = b;
+            Some(a)
+        }
+        fn len(r: &mut &[u8], bytes: usize) -> Option<usize> {
+            Some(
+                take(r, bytes)?
+                    .iter()
+                    .fold(0, |n, &b| (n << 8) | usize::from(b)),
+            )
+        }
+        let mut r = hello;
+        // Handshake type 1 (ClientHello), its length, version, random.
+        if take(&mut r, 1)? != [1] {
+            return None;
+        }
+        take(&mut r, 3 + 2 + 32)?;
+        let n = len(&mut r, 1)?; // session id
+        take(&mut r, n)?;
+        let n = len(&mut r, 2)?; // cipher suites
+        take(&mut r, n)?;
+        let n = len(&mut r, 1)?; // compression methods
+        take(&mut r, n)?;
+        let n = len(&mut r, 2)?;
+        let mut exts = take(&mut r, n)?;
+        while !exts.is_empty() {
+            let kind = len(&mut exts, 2)?;
+            let n = len(&mut exts, 2)?;
+            let mut data = take(&mut exts, n)?;
+            if kind == 16 {
+                let n = len(&mut data, 2)?;
+                let mut list = take(&mut data, n)?;
+                let mut out = Vec::new();
+                while !list.is_empty() {
+                    let n = len(&mut list, 1)?;
+                    out.push(String::from_utf8_lossy(take(&mut list, n)?).into_owned());
+                }
+                return Some(out);
+            }
+        }
+        Some(Vec::new())
+    }
+
+    /// The client offers only HTTP/1.1 in the TLS handshake unless asked for
+    /// HTTP/2: an `h2` offer let an HTTP/2 ingress multiplex every worker on
+    /// one connection. A plain TCP listener reads the ClientHello.
+    #[tokio::test]
+    async fn http2_is_offered_to_tls_servers_only_when_asked() -> anyhow::Result<()> {
+        use std::io::Read as _;
+        for (http2, want) in [(false, &["http/1.1"][..]), (true, &["h2", "http/1.1"])] {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+            let addr = listener.local_addr()?;
+            let server = std::thread::spawn(move || -> anyhow::Result<Vec<String>> {
+                let (mut s, _) = listener.accept()?;
+                s.set_read_timeout(Some(Duration::from_secs(10)))?;
+                let mut head = [0u8; 5];
+                s.read_exact(&mut head)?;
+                anyhow::ensure!(head[0] == 22, "not a TLS handshake record: {head:?}");
+                let mut hello = vec![0; usize::from(u16::from_be_bytes([head[3], head[4]]))];
+                s.read_exact(&mut hello)?;
+                alpn_offered(&hello).context("not a ClientHello")
+            });
+            let c = client(1, Duration::from_secs(10), false, http2)?;
+            // The listener hangs up after the ClientHello: the request fails.
+            let _ = c.get(format!("https://{addr}/")).send().await;
+            let offered = server
+                .join()
+                .map_err(|_| anyhow::anyhow!("the listener thread panicked"))??;
+            assert_eq!(offered, want, "http2: {http2}");
+        }
+        Ok(())
+    }
 
     #[test]
     fn unique_bodies_differ_and_stay_json() -> anyhow::Result<()> {
