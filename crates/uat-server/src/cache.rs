@@ -818,7 +818,7 @@ pub struct InvalidateRequest {
 async fn invalidate(
     State(state): State<AppState>,
     tenant: Tenant,
-    ApiJson(req): ApiJson<InvalidateRequest>,
+    ApiJson(req, _room): ApiJson<InvalidateRequest>,
 ) -> Response {
     let ns = namespace(&tenant);
     let cache = state.cache.tiered();

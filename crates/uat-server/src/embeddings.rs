@@ -227,8 +227,10 @@ async fn embeddings(
     headers: HeaderMap,
     body: Result<ApiJson<Value>, ApiError>,
 ) -> Response {
-    let body = match body {
-        Ok(ApiJson(body)) => body,
+    // The room is held until the answer: the parsed input (token ids of 80
+    // bytes each as JSON values) lives as long.
+    let (body, _room) = match body {
+        Ok(ApiJson(body, room)) => (body, room),
         Err(e) => return refused(e),
     };
     let model = match body.get("model") {

@@ -36,9 +36,18 @@ const INLINE_DECODE_MAX: usize = 1024;
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLimit(pub usize);
 
-/// A JSON body deserialized with the path of any bad field reported.
+/// A JSON body deserialized with the path of any bad field reported, and
+/// the body's room in the [`ParseBudget`]: bind it (`ApiJson(body, _room)`)
+/// so the room is held while the handler runs, as long as the parsed value
+/// lives (a `_` pattern would give it back at once).
 #[derive(Debug, Clone)]
-pub struct ApiJson<T>(pub T);
+pub struct ApiJson<T>(pub T, pub BodyRoom);
+
+/// A large body's room in the [`ParseBudget`] (its bytes, which hold the
+/// room), given back when dropped; nothing for a body under
+/// [`BUDGETED_BODY`].
+#[derive(Debug, Clone, Default)]
+pub struct BodyRoom(#[expect(dead_code, reason = "held for its Drop")] Option<Bytes>);
 
 impl<S, T> FromRequest<S> for ApiJson<T>
 where
@@ -49,7 +58,9 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = body_bytes(req, state).await?;
-        parse_json(&bytes).map(ApiJson)
+        let value = parse_json(&bytes)?;
+        let room = BodyRoom((bytes.len() >= BUDGETED_BODY).then_some(bytes));
+        Ok(ApiJson(value, room))
     }
 }
 
@@ -148,7 +159,8 @@ pub struct ParseBudget {
 
 /// A body read under the budget: its room is given back when the last
 /// reference to its bytes is dropped (the chat handler holds them until its
-/// answer is complete; a JSON extractor until it has parsed them).
+/// answer is complete; [`ApiJson`] hands them to the handler as its
+/// [`BodyRoom`]).
 struct Held {
     bytes: Bytes,
     _room: tokio::sync::SemaphorePermit<'static>,
@@ -501,6 +513,50 @@ mod tests {
         assert_eq!(json_values(br#"{"a":[1,2],"b":"x,y:[{"}"#), 7);
         assert_eq!(json_values(br#"["a\"b,c"]"#), 2);
         assert_eq!(json_values(b"\"plain\""), 1);
+    }
+
+    /// A JSON route's body keeps its room while the handler holds the
+    /// extractor's `BodyRoom` (the parsed value lives as long), and gives it
+    /// back when that is dropped; a small body takes none.
+    #[tokio::test]
+    async fn a_json_body_holds_its_room_while_the_handler_runs() {
+        let budget: &'static ParseBudget = Box::leak(Box::new(ParseBudget::new(64 << 20)));
+        let pace = BodyPace {
+            idle: Duration::from_secs(5),
+            min_rate: 0,
+            budget: Some(budget),
+        };
+        let request = |body: String| {
+            let mut req = Request::new(Body::from(body));
+            req.extensions_mut().insert(pace);
+            req.extensions_mut().insert(BodyLimit(4 << 20));
+            req
+        };
+        let full = budget.room.available_permits();
+        let large = format!("[{}0]", "0,".repeat(BUDGETED_BODY));
+        let ApiJson(v, room) = ApiJson::<Vec<u8>>::from_request(request(large), &())
+            .await
+            .expect("parsed");
+        let held = full - budget.room.available_permits();
+        // Its bytes and 256 Ki + 1 values at 160 bytes: about 40.5 MiB.
+        assert!((40 << 10..42 << 10).contains(&held), "{held} KiB held");
+        drop(v);
+        assert_eq!(
+            full - budget.room.available_permits(),
+            held,
+            "held by the room"
+        );
+        drop(room);
+        assert_eq!(budget.room.available_permits(), full, "given back");
+        let ApiJson(_, room) = ApiJson::<Vec<u8>>::from_request(request("[1]".into()), &())
+            .await
+            .expect("parsed");
+        assert_eq!(
+            budget.room.available_permits(),
+            full,
+            "a small body takes none"
+        );
+        drop(room);
     }
 
     #[test]

@@ -232,7 +232,7 @@ fn memory_id(s: &str) -> Result<Uuid, ApiError> {
 async fn create(
     State(st): State<AppState>,
     tenant: Tenant,
-    ApiJson(body): ApiJson<Value>,
+    ApiJson(body, _room): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
     let svc = &st.memory.memories;
     let req = WriteRequest::from_json(body, svc.limits()).map_err(api_error)?;
@@ -309,7 +309,7 @@ async fn patch_one(
     tenant: Tenant,
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<UserQuery>,
-    ApiJson(body): ApiJson<Value>,
+    ApiJson(body, _room): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
     let u = user(&q)?;
     let svc = &st.memory.memories;
@@ -359,7 +359,7 @@ async fn history(
 async fn search(
     State(st): State<AppState>,
     tenant: Tenant,
-    ApiJson(body): ApiJson<SearchInput>,
+    ApiJson(body, _room): ApiJson<SearchInput>,
 ) -> Result<Response, ApiError> {
     let svc = &st.memory.memories;
     let q = body.validate(svc.limits()).map_err(api_error)?;

@@ -247,7 +247,7 @@ async fn list_collections(
 async fn create_collection(
     State(state): State<AppState>,
     ApiPath(name): ApiPath<String>,
-    ApiJson(body): ApiJson<Value>,
+    ApiJson(body, _room): ApiJson<Value>,
 ) -> Result<(StatusCode, axum::Json<CollectionInfo>), ApiError> {
     if !body.is_object() {
         return Err(ApiError::bad_request(
@@ -288,7 +288,7 @@ struct UpsertBody {
 async fn upsert_points(
     State(state): State<AppState>,
     ApiPath(name): ApiPath<String>,
-    ApiJson(body): ApiJson<UpsertBody>,
+    ApiJson(body, _room): ApiJson<UpsertBody>,
 ) -> Result<axum::Json<Upserted>, ApiError> {
     let c = collection(&state, &name)?;
     let n = body.points.len();
@@ -314,7 +314,7 @@ async fn upsert_points(
 async fn search(
     State(state): State<AppState>,
     ApiPath(name): ApiPath<String>,
-    ApiJson(body): ApiJson<Value>,
+    ApiJson(body, _room): ApiJson<Value>,
 ) -> Result<JsonBody, ApiError> {
     let c = collection(&state, &name)?;
     let req = SearchRequest::from_json(body).map_err(api_error)?;
@@ -336,7 +336,7 @@ struct BatchBody {
 async fn search_batch(
     State(state): State<AppState>,
     ApiPath(name): ApiPath<String>,
-    ApiJson(body): ApiJson<BatchBody>,
+    ApiJson(body, _room): ApiJson<BatchBody>,
 ) -> Result<JsonBody, ApiError> {
     let c = collection(&state, &name)?;
     let searches = body.searches;
@@ -388,7 +388,7 @@ async fn get_point(
 async fn delete_points(
     State(state): State<AppState>,
     ApiPath(name): ApiPath<String>,
-    ApiJson(body): ApiJson<Value>,
+    ApiJson(body, _room): ApiJson<Value>,
 ) -> Result<axum::Json<Deleted<usize>>, ApiError> {
     let c = collection(&state, &name)?;
     let ids = body.get("ids").filter(|v| !v.is_null());
