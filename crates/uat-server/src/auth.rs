@@ -18,7 +18,7 @@ use crate::error::ApiError;
 use crate::middleware;
 use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus::{IntCounterVec, Opts};
@@ -321,24 +321,34 @@ pub(crate) async fn authenticate(
             }
         },
     };
-    if let Some(limit) = &key.limit
-        && let Err(wait) = limit.check()
-    {
-        tracing::debug!(key = %key.name, ?wait, "API key over its rate limit");
-        let e = ApiError::key_rate_limited(
-            format!(
-                "the API key `{}` is over its limit of {} requests per minute",
-                key.name, limit.per_minute
-            ),
-            wait.as_secs_f64().ceil().max(1.0) as u64,
-        );
-        return reject("rate_limited", e, route, start);
-    }
+    let quota = match &key.limit {
+        None => None,
+        Some(limit) => match limit.check() {
+            Ok(quota) => Some((limit, quota)),
+            Err((wait, quota)) => {
+                tracing::debug!(key = %key.name, ?wait, "API key over its rate limit");
+                let e = ApiError::key_rate_limited(
+                    format!(
+                        "the API key `{}` is over its limit of {} requests per minute",
+                        key.name, limit.per_minute
+                    ),
+                    wait.as_secs_f64().ceil().max(1.0) as u64,
+                );
+                let mut resp = reject("rate_limited", e, route, start);
+                limit.headers(quota, resp.headers_mut());
+                return resp;
+            }
+        },
+    };
     req.extensions_mut().insert(key.caller.clone());
     if let Some(place) = place {
         req.extensions_mut().insert(place);
     }
-    next.run(req).await
+    let mut resp = next.run(req).await;
+    if let Some((limit, quota)) = quota {
+        limit.headers(quota, resp.headers_mut());
+    }
+    resp
 }
 
 /// A token bucket as GCRA (the generic cell rate algorithm, as the
@@ -371,29 +381,82 @@ impl Gcra {
         }
     }
 
-    /// Takes a token, or says how long until one is there.
-    fn check(&self) -> Result<(), Duration> {
+    /// Takes a token and says what is left, or says how long until one is
+    /// there (and what is left: nothing).
+    fn check(&self) -> Result<Quota, (Duration, Quota)> {
         let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.check_at(now)
     }
 
-    fn check_at(&self, now: u64) -> Result<(), Duration> {
+    fn check_at(&self, now: u64) -> Result<Quota, (Duration, Quota)> {
         let mut tat = self.tat.load(Ordering::Acquire);
         loop {
             let next = tat.max(now).saturating_add(self.interval);
             let ahead = next - now;
             if ahead > self.tolerance {
-                return Err(Duration::from_nanos(ahead - self.tolerance));
+                let quota = Quota {
+                    remaining: 0,
+                    full_in: Duration::from_nanos(tat.saturating_sub(now)),
+                };
+                return Err((Duration::from_nanos(ahead - self.tolerance), quota));
             }
             match self
                 .tat
                 .compare_exchange_weak(tat, next, Ordering::AcqRel, Ordering::Acquire)
             {
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    return Ok(Quota {
+                        remaining: (self.tolerance - ahead) / self.interval,
+                        full_in: Duration::from_nanos(ahead),
+                    });
+                }
                 Err(t) => tat = t,
             }
         }
     }
+
+    /// The `x-ratelimit-*` headers (OpenAI's names) of a response under
+    /// this bucket.
+    fn headers(&self, q: Quota, h: &mut HeaderMap) {
+        h.insert(&X_RATELIMIT_LIMIT, HeaderValue::from(self.per_minute));
+        h.insert(&X_RATELIMIT_REMAINING, HeaderValue::from(q.remaining));
+        if let Ok(v) = HeaderValue::from_str(&go_duration(q.full_in)) {
+            h.insert(&X_RATELIMIT_RESET, v);
+        }
+    }
+}
+
+/// A key's bucket after a request: the requests it may make at once now,
+/// and how long until it is full again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Quota {
+    remaining: u64,
+    full_in: Duration,
+}
+
+/// `x-ratelimit-limit-requests`: the key's requests per minute.
+static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
+/// `x-ratelimit-remaining-requests`: the requests it may make at once now.
+static X_RATELIMIT_REMAINING: HeaderName =
+    HeaderName::from_static("x-ratelimit-remaining-requests");
+/// `x-ratelimit-reset-requests`: until the bucket is full again.
+static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
+
+/// A duration as OpenAI writes `x-ratelimit-reset-requests` (Go's format):
+/// `250ms`, `1.5s`, `6m0s`.
+fn go_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let (m, s) = (ms / 60_000, ms % 60_000);
+    let secs = if s % 1000 == 0 {
+        format!("{}s", s / 1000)
+    } else {
+        let text = format!("{}.{:03}", s / 1000, s % 1000);
+        format!("{}s", text.trim_end_matches('0'))
+    };
+    if m == 0 { secs } else { format!("{m}m{secs}") }
 }
 
 #[cfg(test)]
@@ -402,13 +465,38 @@ mod tests {
     use axum::http::HeaderValue;
 
     #[test]
+    fn durations_are_written_as_openai_writes_them() {
+        for (ms, text) in [
+            (0, "0ms"),
+            (250, "250ms"),
+            (1000, "1s"),
+            (1500, "1.5s"),
+            (59_999, "59.999s"),
+            (60_000, "1m0s"),
+            (360_000, "6m0s"),
+            (61_250, "1m1.25s"),
+        ] {
+            assert_eq!(go_duration(Duration::from_millis(ms)), text);
+        }
+    }
+
+    #[test]
     fn gcra_allows_the_burst_then_one_per_interval() {
         let g = Gcra::per_minute(60); // burst 10, one a second
         for i in 0..10 {
-            assert!(g.check_at(0).is_ok(), "request {i} of the burst");
+            let q = g.check_at(0).expect("within the burst");
+            assert_eq!(q.remaining, 9 - i, "request {i} of the burst");
+            assert_eq!(q.full_in, Duration::from_secs(i + 1));
         }
-        let wait = g.check_at(0).unwrap_err();
+        let (wait, q) = g.check_at(0).unwrap_err();
         assert_eq!(wait, Duration::from_secs(1));
+        assert_eq!(
+            q,
+            Quota {
+                remaining: 0,
+                full_in: Duration::from_secs(10)
+            }
+        );
         assert!(g.check_at(999_999_999).is_err());
         assert!(g.check_at(1_000_000_000).is_ok(), "a token a second");
         assert!(g.check_at(1_000_000_000).is_err());
@@ -430,7 +518,7 @@ mod tests {
     fn small_limits_have_a_burst_of_one() {
         let g = Gcra::per_minute(1);
         assert!(g.check_at(0).is_ok());
-        assert_eq!(g.check_at(0).unwrap_err(), Duration::from_secs(60));
+        assert_eq!(g.check_at(0).unwrap_err().0, Duration::from_secs(60));
     }
 
     #[test]

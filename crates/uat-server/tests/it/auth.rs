@@ -211,16 +211,36 @@ async fn a_key_over_its_rate_gets_429_and_other_keys_do_not() {
     );
     let app = spawn_app(&toml).await;
     let list = |key: &str| app.client.get(app.at("/v1/collections")).bearer_auth(key);
-    let (status, _, _) = send(list(SLOW_KEY)).await;
+    // OpenAI's x-ratelimit-* headers: the minute's figure, what the bucket
+    // holds now, and how long until it is full again.
+    let h = |headers: &reqwest::header::HeaderMap, name: &str| {
+        headers[name].to_str().unwrap().to_owned()
+    };
+    let (status, headers, _) = send(list(SLOW_KEY)).await;
     assert_eq!(status, 200, "the burst of one");
+    assert_eq!(h(&headers, "x-ratelimit-limit-requests"), "1");
+    assert_eq!(h(&headers, "x-ratelimit-remaining-requests"), "0");
+    let reset = h(&headers, "x-ratelimit-reset-requests");
+    assert!(reset.starts_with("59.") || reset == "1m0s", "{reset}");
     let (status, headers, body) = send(list(SLOW_KEY)).await;
     assert_eq!(status, 429, "{body}");
     assert_eq!(body["error"]["code"], "rate_limit_exceeded");
     let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry), "{retry}");
-    for _ in 0..20 {
-        let (status, _, body) = send(list(OTHER_KEY)).await;
+    assert_eq!(h(&headers, "x-ratelimit-remaining-requests"), "0");
+    assert!(headers.contains_key("x-ratelimit-reset-requests"));
+    for i in 0..20 {
+        let (status, headers, body) = send(list(OTHER_KEY)).await;
         assert_eq!(status, 200, "another key has its own bucket: {body}");
+        assert_eq!(h(&headers, "x-ratelimit-limit-requests"), "600");
+        // A burst of 100: refilled by one every 100 ms, so at most one more.
+        let left: u64 = h(&headers, "x-ratelimit-remaining-requests")
+            .parse()
+            .unwrap();
+        assert!(
+            (99 - i..=100 - i).contains(&left),
+            "request {i}: {left} left"
+        );
     }
     assert!(
         app.metrics()
