@@ -189,15 +189,25 @@ impl Default for CacheL3Config {
 
 impl CacheConfig {
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
-        if let Some(u) = &self.l2.url
-            && !(u.starts_with("redis://")
+        if let Some(u) = &self.l2.url {
+            if !(u.starts_with("redis://")
                 || u.starts_with("rediss://")
                 || u.starts_with("unix://"))
-        {
-            return Err(ConfigError::invalid(
-                "cache.l2.url",
-                "must be a redis:// URL",
-            ));
+            {
+                return Err(ConfigError::invalid(
+                    "cache.l2.url",
+                    "must be a redis:// URL",
+                ));
+            }
+            // The Redis client's own parser: a URL it refuses would stop
+            // `serve` at start-up, so `config check` refuses it too. (The
+            // message does not repeat the URL: it may hold a password.)
+            if let Err(e) = url::Url::parse(u) {
+                return Err(ConfigError::invalid(
+                    "cache.l2.url",
+                    format!("not a valid URL: {e}"),
+                ));
+            }
         }
         if self.ttl.is_zero() || self.ttl > MAX_TTL {
             return Err(ConfigError::invalid(

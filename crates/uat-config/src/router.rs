@@ -258,7 +258,16 @@ pub(crate) fn validate(
                     format!("`{u}` is not an http(s) URL"),
                 ));
             }
-            _ => {}
+            (_, Some(u)) => {
+                // What the router parses at start-up: a URL `serve` would
+                // refuse is refused here, so `config check` catches it.
+                if let Err(e) = url::Url::parse(u) {
+                    return Err(ConfigError::invalid(
+                        at("base_url"),
+                        format!("`{u}` is not a valid URL: {e}"),
+                    ));
+                }
+            }
         }
         if !(0.0..=1.0).contains(&p.mock.failure_rate) {
             return Err(ConfigError::invalid(

@@ -562,3 +562,25 @@ fn ollama_streams_get_longer_to_start_unless_set() {
     let p = crate::ProviderConfig::new("ollama", crate::ProviderKind::Ollama, None);
     assert_eq!(p.first_byte_timeout, std::time::Duration::from_secs(120));
 }
+
+/// A URL `serve` would refuse at start-up (the router parses each provider's
+/// `base_url`, the Redis client `cache.l2.url`) is refused by the config
+/// itself, so `uat config check` catches it; a Redis password is not echoed.
+#[test]
+fn urls_that_do_not_parse_are_refused_naming_the_field() {
+    for bad in ["http://", "http://exa mple.com/v1", "https://[::1/v1"] {
+        let text =
+            format!("[[providers]]\nname = \"p\"\nkind = \"openai\"\nbase_url = \"{bad}\"\n");
+        let msg = Config::from_toml(&text).unwrap_err().to_string();
+        assert!(msg.contains("providers[0].base_url"), "{bad}: {msg}");
+    }
+    let ok =
+        "[[providers]]\nname = \"p\"\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:8000/v1\"\n";
+    assert!(Config::from_toml(ok).is_ok());
+    let msg = Config::from_toml("[cache.l2]\nurl = \"redis://:s3cret@exa mple:6379/\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("cache.l2.url"), "{msg}");
+    assert!(!msg.contains("s3cret"), "the password is not echoed: {msg}");
+    assert!(Config::from_toml("[cache.l2]\nurl = \"redis://127.0.0.1:6379/\"\n").is_ok());
+}
