@@ -408,18 +408,20 @@ fn parse_headers(raw: &[String]) -> anyhow::Result<reqwest::header::HeaderMap> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_open_file_limit_bounds_requests_in_flight() -> anyhow::Result<()> {
+    /// `uat loadtest FLAGS` as clap parses it.
+    fn parse(flags: &[&str]) -> Result<LoadtestArgs, clap::Error> {
         use clap::Parser as _;
         #[derive(clap::Parser)]
         struct Cli {
             #[command(flatten)]
             args: LoadtestArgs,
         }
-        let parse = |flags: &[&str]| {
-            Cli::try_parse_from(std::iter::once("loadtest").chain(flags.iter().copied()))
-                .map(|c| c.args)
-        };
+        Cli::try_parse_from(std::iter::once("loadtest").chain(flags.iter().copied()))
+            .map(|c| c.args)
+    }
+
+    #[test]
+    fn the_open_file_limit_bounds_requests_in_flight() -> anyhow::Result<()> {
         let url = parse(&["--url", "http://h:1", "--rate", "10"])?;
         assert_eq!(url.plan(Some(1024))?.max_outstanding, 960);
         assert_eq!(
@@ -443,16 +445,6 @@ mod tests {
 
     #[test]
     fn http2_is_opt_in() -> anyhow::Result<()> {
-        use clap::Parser as _;
-        #[derive(clap::Parser)]
-        struct Cli {
-            #[command(flatten)]
-            args: LoadtestArgs,
-        }
-        let parse = |flags: &[&str]| {
-            Cli::try_parse_from(std::iter::once("loadtest").chain(flags.iter().copied()))
-                .map(|c| c.args)
-        };
         assert!(!parse(&["--url", "https://h:1"])?.http2);
         assert!(parse(&["--url", "https://h:1", "--http2"])?.http2);
         Ok(())

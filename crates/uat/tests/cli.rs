@@ -573,6 +573,27 @@ fn loadtest_compare_runs_the_same_load_direct_and_through_a_uat_child() {
     assert!(v["added"]["latency_ms"]["p50"].as_f64().is_some(), "{v}");
 }
 
+/// `cmd loadtest --compare` of five requests on one worker, which must
+/// succeed; its JSON report.
+fn compare_five(cmd: &mut Command) -> serde_json::Value {
+    let out = run(cmd.args([
+        "loadtest",
+        "--compare",
+        "-c",
+        "1",
+        "-n",
+        "5",
+        "--duration",
+        "30s",
+        "--warmup",
+        "0s",
+        "--json",
+    ]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&out.stdout)))
+}
+
 /// The `uat serve` child of `--compare` is configured by its own file only:
 /// the caller's `UAT_*` environment (a deployment's `UAT_SERVER__LISTEN` and
 /// `UAT_STORAGE__DATA_DIR=/data`, say) used to reach it, moving it onto the
@@ -581,25 +602,11 @@ fn loadtest_compare_runs_the_same_load_direct_and_through_a_uat_child() {
 fn loadtest_compare_keeps_the_callers_uat_environment_from_its_gateway() {
     let dir = tempfile::tempdir().expect("tempdir");
     let prod = dir.path().join("production-data");
-    let out = run(uat()
-        .env("UAT_SERVER__LISTEN", "127.0.0.1:1")
-        .env("UAT_STORAGE__DATA_DIR", &prod)
-        .args([
-            "loadtest",
-            "--compare",
-            "-c",
-            "1",
-            "-n",
-            "5",
-            "--duration",
-            "30s",
-            "--warmup",
-            "0s",
-            "--json",
-        ]));
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&out.stdout)));
+    let v = compare_five(
+        uat()
+            .env("UAT_SERVER__LISTEN", "127.0.0.1:1")
+            .env("UAT_STORAGE__DATA_DIR", &prod),
+    );
     assert_eq!(v["uat"]["ok"], 5, "{v}");
     assert!(
         !prod.exists(),
@@ -986,22 +993,7 @@ fn bench_embed_has_its_sentences_built_in() {
 #[test]
 fn loadtest_compare_stops_its_gateway_without_a_kill_program() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = run(uat().env("PATH", dir.path()).args([
-        "loadtest",
-        "--compare",
-        "-c",
-        "1",
-        "-n",
-        "5",
-        "--duration",
-        "30s",
-        "--warmup",
-        "0s",
-        "--json",
-    ]));
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&out.stdout)));
+    let v = compare_five(uat().env("PATH", dir.path()));
     let gw = &v["gateway"];
     assert!(
         gw["exit"]
