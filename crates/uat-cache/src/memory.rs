@@ -33,9 +33,17 @@ const ENTRY_OVERHEAD: usize = 256;
 /// size into `uat_cache_bytes{level="l1"}`.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
-/// The smallest shard: an entry over 97% of a shard's capacity is not kept,
-/// so shards are at least this large (or the whole cache is one).
+/// The smallest shard: an entry over [`MAX_ENTRY_SHARE`] of a shard is not
+/// kept, so shards are at least this large (or the whole cache is one) for
+/// an embeddings batch of several MB to be.
 const MIN_SHARD_BYTES: u64 = 32 << 20;
+
+/// The largest entry L1 keeps is a third of a shard (about 10 MiB at the
+/// default size; L2 and L3 still store larger ones). An entry near a shard's
+/// size (quick_cache takes one up to 97% of it: a 2,048-input batch of
+/// 1,536-dimension embeddings is about 30 MB of JSON) evicted nearly every
+/// other entry of its shard to make room, once for each such answer.
+const MAX_ENTRY_SHARE: u64 = 3;
 
 /// A typical entry (key, a chat answer, the overhead), to size the ghost list.
 const TYPICAL_ENTRY_BYTES: u64 = 2048;
@@ -56,8 +64,13 @@ struct Weigh;
 
 impl quick_cache::Weighter<CacheKey, Entry> for Weigh {
     fn weight(&self, k: &CacheKey, v: &Entry) -> u64 {
-        (k.as_str().len() + v.value.len() + ENTRY_OVERHEAD) as u64
+        weight(k, &v.value)
     }
+}
+
+/// An entry's weight: key, value and [`ENTRY_OVERHEAD`].
+fn weight(k: &CacheKey, value: &[u8]) -> u64 {
+    (k.as_str().len() + value.len() + ENTRY_OVERHEAD) as u64
 }
 
 /// Counts entries evicted for size (an expired entry is purged, not
@@ -98,6 +111,8 @@ pub struct MemoryLevel {
     cache: Arc<Store>,
     counters: Arc<Counters>,
     evictions: Arc<AtomicU64>,
+    /// The largest weight kept (a third of a shard).
+    max_entry: u64,
 }
 
 impl MemoryLevel {
@@ -110,10 +125,11 @@ impl MemoryLevel {
         let by_size = (max_bytes / MIN_SHARD_BYTES).max(1);
         let shards = (cores as u64 * 4).min(by_size);
         let shards = 1u64 << shards.ilog2();
+        let capacity = (max_bytes - max_bytes / GHOST_SHARE).max(1);
         let mut options = quick_cache::OptionsBuilder::new();
         options
             .shards(usize::try_from(shards).unwrap_or(1))
-            .weight_capacity((max_bytes - max_bytes / GHOST_SHARE).max(1))
+            .weight_capacity(capacity)
             .estimated_items_capacity(
                 usize::try_from((max_bytes / TYPICAL_ENTRY_BYTES).max(64)).unwrap_or(usize::MAX),
             );
@@ -131,6 +147,7 @@ impl MemoryLevel {
             cache: Arc::new(cache),
             counters: Arc::new(Counters::default()),
             evictions,
+            max_entry: capacity / shards / MAX_ENTRY_SHARE,
         }
     }
 
@@ -174,6 +191,14 @@ impl MemoryLevel {
     /// (the caller made the copy).
     pub(crate) fn put_exact(&self, key: &CacheKey, value: Bytes, ttl: Duration) {
         if ttl.is_zero() {
+            return;
+        }
+        if weight(key, &value) > self.max_entry {
+            // Rare (answers of several MB): a label lookup is fine here.
+            crate::metrics::METRICS
+                .writes
+                .with_label_values(&["l1", "skipped"])
+                .inc();
             return;
         }
         // `now + ttl` panics past the clock's range.
@@ -371,6 +396,29 @@ mod tests {
         let big = Bytes::from(vec![b'e'; 8 << 20]);
         l1.put_now(&k(1), big.clone(), Duration::from_secs(60));
         assert_eq!(l1.get_now(&k(1)).expect("kept").value.len(), big.len());
+    }
+
+    /// An answer over a third of a shard is not kept in L1, so a one-off
+    /// one near the shard's size no longer evicts the shard's other entries
+    /// (here every other entry of the cache: it is one shard).
+    #[test]
+    fn an_answer_over_a_third_of_a_shard_leaves_the_shard_alone() {
+        let l1 = MemoryLevel::new(32 << 20);
+        let v = Bytes::from(vec![b's'; 1000]);
+        let ttl = Duration::from_secs(60);
+        for i in 0..100 {
+            l1.put_now(&k(i), v.clone(), ttl);
+        }
+        let huge = Bytes::from(vec![b'e'; 24 << 20]);
+        l1.put_now(&k(1000), huge, ttl);
+        assert!(l1.get_now(&k(1000)).is_none(), "not kept in L1");
+        let kept = (0..100).filter(|i| l1.contains(&k(*i))).count();
+        assert_eq!(kept, 100, "the other entries stay");
+        assert_eq!(l1.evictions(), 0);
+        // A third of the shard still fits.
+        let third = Bytes::from(vec![b'e'; 9 << 20]);
+        l1.put_now(&k(1001), third, ttl);
+        assert!(l1.get_now(&k(1001)).is_some(), "kept");
     }
 
     /// What TinyLFU gave: a one-off scan larger than the cache does not
