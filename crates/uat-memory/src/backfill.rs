@@ -6,9 +6,19 @@
 //! only, so without the backfill such memories were never found by semantic
 //! search, nor by the semantic half of hybrid search.
 //!
+//! It also embeds the memories this service stored without an embedding
+//! because the embedder failed or was overloaded during their write (or the
+//! update of their content): such a write does not fail, it stores the
+//! memory without one and wakes the backfill (see `Memories::write`).
+//!
 //! It runs in the background while the service has an embedder: a pass at
 //! start-up, then one every [`EVERY`] (a replica of a shared PostgreSQL
-//! without the model may write such memories at any time). A pass walks the
+//! without the model may write such memories at any time), or sooner when
+//! the service wakes it ([`Waker`]) after such a write. A wake cuts short
+//! only the idle wait between passes: one that comes during a pass is kept
+//! for the end of it (the next pass starts at once), and one that comes
+//! during a failure backoff does not shorten it, so writes made while the
+//! embedder is down do not make the backfill call it any more often. A pass walks the
 //! memories in id order, at most [`SCAN_PAGE`] per step
 //! ([`Store::unembedded`]); embeds the ones it finds [`BATCH`] at a time
 //! through the [`Embedder`] that writes use; and stores each batch in one
@@ -24,7 +34,8 @@
 //! at most half of the embedder, of a database connection and of the SQLite
 //! writer. A failure (the model unreachable, the database) is logged as a
 //! warning and the step retried after a backoff, from [`RETRY_FIRST`]
-//! doubling up to [`EVERY`]. It stops when the service is dropped.
+//! doubling up to [`EVERY`] (the memory written meanwhile without an
+//! embedding waits for that retry). It stops when the service is dropped.
 
 use crate::embed::{Embedder, embed_texts};
 use crate::error::Result;
@@ -34,7 +45,7 @@ use crate::store::{AnyStore, Store};
 use crate::types::{NewEmbedding, Unembedded};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
 /// Memories examined per step of a pass.
@@ -46,19 +57,36 @@ const EVERY: Duration = Duration::from_secs(600);
 /// The first wait after a failure (doubling after each further one).
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 
+/// Wakes the backfill: starts its next pass now if it is waiting between
+/// passes (see the module docs). Cheap; wakes do not pile up (several
+/// before the backfill looks are one).
+#[derive(Clone, Default)]
+pub(crate) struct Waker(Arc<Notify>);
+
+impl Waker {
+    /// Asks for a pass soon.
+    pub(crate) fn wake(&self) {
+        // One permit at most is kept when the backfill is not waiting.
+        self.0.notify_one();
+    }
+}
+
 /// Starts the backfill of `embedder`'s model on `store`. It ends when the
-/// store is dropped or `stop`'s sender is (the service holds both).
+/// store is dropped or `stop`'s sender is (the service holds both); `wake`
+/// starts its next pass early.
 pub(crate) fn spawn(
     store: &Arc<AnyStore>,
     embedder: Arc<dyn Embedder>,
     index: Option<&Arc<VectorIndex>>,
     stop: watch::Receiver<()>,
+    wake: &Waker,
 ) {
     let task = Backfill {
         store: Arc::downgrade(store),
         embedder,
         index: index.map(Arc::downgrade),
         stop,
+        wake: wake.0.clone(),
     };
     tokio::spawn(task.run());
 }
@@ -68,6 +96,7 @@ struct Backfill {
     embedder: Arc<dyn Embedder>,
     index: Option<Weak<VectorIndex>>,
     stop: watch::Receiver<()>,
+    wake: Arc<Notify>,
 }
 
 /// What a pass does after a step.
@@ -111,7 +140,7 @@ impl Backfill {
                     }
                     after = None;
                     pass = Pass::default();
-                    if !self.rest(EVERY).await {
+                    if !self.idle(EVERY).await {
                         return;
                     }
                 }
@@ -123,6 +152,9 @@ impl Backfill {
                         retry_in = ?backoff,
                         "memory: embedding backfill failed; retrying later"
                     );
+                    // Not cut short by a wake: a write stored without an
+                    // embedding wakes the backfill, and a down embedder
+                    // must not be retried once per such write.
                     if !self.rest(backoff).await {
                         return;
                     }
@@ -194,10 +226,21 @@ impl Backfill {
         Ok(Some(store.store_embeddings(rows).await?))
     }
 
-    /// Waits `d`; false when the service stopped meanwhile.
+    /// Waits `d`; false when the service stopped meanwhile. A wake does not
+    /// shorten it (it is kept for the next [`Backfill::idle`]).
     async fn rest(&mut self, d: Duration) -> bool {
         tokio::select! {
             _ = tokio::time::sleep(d) => true,
+            _ = self.stop.changed() => false,
+        }
+    }
+
+    /// Waits `d` between passes, or less when the service wakes the backfill
+    /// (or woke it during the pass); false when the service stopped meanwhile.
+    async fn idle(&mut self, d: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => true,
+            _ = self.wake.notified() => true,
             _ = self.stop.changed() => false,
         }
     }

@@ -8,11 +8,15 @@
 //!   change log, so it catches up after a crash and across replicas;
 //! - [`Memories`]: validation, embedding (through the [`Embedder`] trait),
 //!   store and index behind one handle; the HTTP layer stays thin;
-//!   [`Memories::scoped`] gives one tenant's view of it ([`Scoped`]);
+//!   [`Memories::scoped`] gives one tenant's view of it ([`Scoped`]). A write
+//!   is not lost when the embedder fails or is overloaded: the memory is
+//!   stored without an embedding (found by keyword search at once) and the
+//!   answer says so ([`WriteOutcome::embedding_pending`]);
 //! - `backfill`: a background task of [`Memories`] that embeds, through the
 //!   change log, the memories that have no embedding of the current model
-//!   (written while no model was available, or by another model), so
-//!   semantic search finds them once a model is back.
+//!   (written while no model was available or while the embedder failed, or
+//!   by another model), so semantic search finds them once a model is back;
+//!   a write stored without its embedding wakes it.
 
 mod backfill;
 pub mod bench;

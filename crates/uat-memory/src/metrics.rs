@@ -1,6 +1,7 @@
 //! `uat_memory_operations_total{op,result}`, `uat_memory_operation_seconds{op}`,
-//! `uat_memory_rows`, `uat_memory_purged_total{what}` and
-//! `uat_memory_backfilled_total`, registered once.
+//! `uat_memory_rows`, `uat_memory_purged_total{what}`,
+//! `uat_memory_backfilled_total` and `uat_memory_embedding_deferred_total`,
+//! registered once.
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts};
 use std::sync::LazyLock;
@@ -58,6 +59,23 @@ static BACKFILLED: LazyLock<IntCounter> = LazyLock::new(|| {
         .expect("valid metric"),
     )
 });
+
+#[expect(clippy::expect_used, reason = "constant, valid metric definitions")]
+static DEFERRED: LazyLock<IntCounter> = LazyLock::new(|| {
+    uat_telemetry::register(
+        IntCounter::new(
+            "uat_memory_embedding_deferred_total",
+            "Memories stored without their embedding because the embedder failed (the backfill embeds them later)",
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// Counts `n` memories written (or whose content was changed) without an
+/// embedding because the embedder failed: left to the backfill.
+pub fn embedding_deferred(n: u64) {
+    DEFERRED.inc_by(n);
+}
 
 /// Counts `n` memories embedded by the backfill.
 pub fn backfilled(n: u64) {

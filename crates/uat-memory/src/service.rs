@@ -1,6 +1,18 @@
 //! [`Memories`]: the memory service proper — validation, embedding, the SQL
 //! store and the vector index behind one handle. The HTTP layer only parses
 //! and maps errors.
+//!
+//! A write (and an update that changes the content) embeds its texts before
+//! it stores them. When the embedder fails or is overloaded
+//! ([`MemoryError::Embedding`]) the write does not fail: the memories are
+//! stored without an embedding (an update also drops the old content's), so
+//! keyword search finds them at once; the answer says so
+//! ([`WriteOutcome::embedding_pending`]), one warning is logged per write,
+//! `uat_memory_embedding_deferred_total` counts the memories, and the
+//! embedding backfill is woken to embed them once the model answers again,
+//! after which semantic search finds them too. Any other error of the
+//! embedder still fails the write. Searches still need the model for the
+//! query: a semantic or hybrid search fails while it is down.
 
 use crate::backfill;
 use crate::embed::{Embedder, embed_texts};
@@ -16,7 +28,7 @@ use crate::types::{
 };
 use serde::Serialize;
 use sha2::Digest;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -145,6 +157,9 @@ pub struct Memories {
     index: Option<Arc<VectorIndex>>,
     limits: Limits,
     change_retention: Duration,
+    /// Wakes the embedding backfill after a write stored memories without
+    /// their embedding.
+    backfill: backfill::Waker,
     /// Dropped with the service: stops the embedding backfill at once
     /// (rather than at its next look at the store).
     _stop: tokio::sync::watch::Sender<()>,
@@ -171,10 +186,12 @@ impl Memories {
     /// backfill, which embeds (at start-up, then every ten minutes, a
     /// bounded batch at a time) the live memories that have no embedding of
     /// the embedder's model: those written while no model was available, or
-    /// embedded by another model. It stores them through the change log, so
-    /// every index picks them up, and skips a memory whose content changed
-    /// meanwhile; it logs how many it stored, warns and retries with a
-    /// backoff when the embedder fails, and stops when the service is dropped.
+    /// embedded by another model, or written while the embedder failed (a
+    /// write then wakes it: it does not wait the ten minutes). It stores them
+    /// through the change log, so every index picks them up, and skips a
+    /// memory whose content changed meanwhile; it logs how many it stored,
+    /// warns and retries with a backoff when the embedder fails (a wake does
+    /// not shorten that backoff), and stops when the service is dropped.
     pub async fn open(
         store: AnyStore,
         embedder: Option<Arc<dyn Embedder>>,
@@ -195,8 +212,9 @@ impl Memories {
             _ => None,
         };
         let (stop, stopped) = tokio::sync::watch::channel(());
+        let waker = backfill::Waker::default();
         if let Some(e) = &embedder {
-            backfill::spawn(&store, e.clone(), index.as_ref(), stopped);
+            backfill::spawn(&store, e.clone(), index.as_ref(), stopped, &waker);
         }
         let weak = Arc::downgrade(&store);
         tokio::spawn(async move {
@@ -248,6 +266,7 @@ impl Memories {
             index,
             limits: options.limits,
             change_retention: options.change_retention,
+            backfill: waker,
             _stop: stop,
         })
     }
@@ -305,6 +324,63 @@ impl Memories {
         }
     }
 
+    /// [`Memories::embed`] for a write: when the embedder fails or is
+    /// overloaded ([`MemoryError::Embedding`]) the write goes on without the
+    /// embeddings, and the error comes back beside `None` (the backfill
+    /// embeds the memories later). Any other error fails the write.
+    async fn embed_or_defer(&self, texts: Vec<String>) -> Result<Embedded> {
+        match self.embed(texts).await {
+            Ok(embeddings) => Ok(Embedded {
+                embeddings,
+                deferred: None,
+            }),
+            Err(MemoryError::Embedding(e)) => Ok(Embedded {
+                embeddings: None,
+                deferred: Some(e),
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sets [`WriteOutcome::embedding_pending`] on the outcomes of a write
+    /// (when there is an embedder): a memory this write stored is pending
+    /// when its embedding was `deferred`; a deduplicated one when the memory
+    /// returned has no embedding of the model, as the store says now. Should
+    /// that lookup fail (the write is committed: it is not failed for this),
+    /// a deduplicated one is taken to be pending when this write's embedding
+    /// was deferred.
+    async fn mark_pending(&self, out: &mut [WriteOutcome], deferred: bool) {
+        let Some(e) = &self.embedder else { return };
+        let mut deduplicated = Vec::new();
+        for o in out.iter_mut() {
+            o.embedding_pending = deferred;
+            if o.deduplicated {
+                deduplicated.push(o.memory.id);
+            }
+        }
+        if deduplicated.is_empty() {
+            return;
+        }
+        match self.store.index_entries(&deduplicated).await {
+            Ok(entries) => {
+                let embedded: HashSet<Uuid> = entries
+                    .into_iter()
+                    .filter(|x| {
+                        x.embedding.model == e.model() && x.embedding.vector.len() == e.dimension()
+                    })
+                    .map(|x| x.id)
+                    .collect();
+                for o in out.iter_mut().filter(|o| o.deduplicated) {
+                    o.embedding_pending = !embedded.contains(&o.memory.id);
+                }
+            }
+            Err(err) => tracing::debug!(
+                error = %err,
+                "memory: could not tell whether deduplicated memories have an embedding"
+            ),
+        }
+    }
+
     /// The service as one tenant sees it: the same operations, on that
     /// tenant's users only (see [`Scoped`]). `None`: no tenant, the ids
     /// clients send as they are (what the methods of `Memories` use).
@@ -312,7 +388,12 @@ impl Memories {
         Scoped::new(self, tenant)
     }
 
-    /// Writes one memory or a batch (all or nothing).
+    /// Writes one memory or a batch (all or nothing). When the embedder fails
+    /// or is overloaded ([`MemoryError::Embedding`]), the memories are stored
+    /// without an embedding all the same, with
+    /// [`WriteOutcome::embedding_pending`] set: keyword search finds them at
+    /// once, semantic search once the backfill (woken by this write) has
+    /// embedded them. Other errors of the embedder fail the write.
     pub async fn write(&self, req: WriteRequest) -> Result<Vec<WriteOutcome>> {
         self.write_in(None, req).await
     }
@@ -342,8 +423,11 @@ impl Memories {
                 .map(|(i, it)| input::validate(it, &format!("memories[{i}]."), self.limits))
                 .collect::<Result<Vec<_>>>()?,
         };
-        let embeddings = self
-            .embed(items.iter().map(|i| i.content.clone()).collect())
+        let Embedded {
+            embeddings,
+            deferred,
+        } = self
+            .embed_or_defer(items.iter().map(|i| i.content.clone()).collect())
             .await?;
         let mut embeddings = embeddings.map(Vec::into_iter);
         // The store stamps the rows again inside its transaction: a slow
@@ -370,7 +454,7 @@ impl Memories {
                 },
             })
             .collect();
-        let out = self.store.insert(rows).await.map_err(|e| match e {
+        let mut out = self.store.insert(rows).await.map_err(|e| match e {
             // The store names a row of the batch; one memory has no index.
             MemoryError::Invalid { field, message } if !batch => MemoryError::Invalid {
                 field: field
@@ -382,6 +466,19 @@ impl Memories {
         })?;
         if let Some(idx) = &self.index {
             idx.kick();
+        }
+        self.mark_pending(&mut out, deferred.is_some()).await;
+        if let Some(error) = deferred {
+            let stored = out.iter().filter(|o| !o.deduplicated).count();
+            metrics::embedding_deferred(stored as u64);
+            tracing::warn!(
+                %error,
+                memories = stored,
+                "memory: the embedder failed; stored the memories without an embedding (keyword search finds them now, semantic search once the backfill has embedded them)"
+            );
+        }
+        if out.iter().any(|o| o.embedding_pending) {
+            self.backfill.wake();
         }
         Ok(out)
     }
@@ -422,7 +519,13 @@ impl Memories {
         r
     }
 
-    /// Changes one memory of `user_id` (re-embedding when the content changes).
+    /// Changes one memory of `user_id` (re-embedding when the content
+    /// changes). When the embedder fails or is overloaded
+    /// ([`MemoryError::Embedding`]) a new content is stored all the same,
+    /// without an embedding: the old content's is removed (semantic search no
+    /// longer finds the memory by it), and the backfill, woken by the update,
+    /// embeds the new one (the [`Memory`] returned does not say so). Other
+    /// errors of the embedder fail the update.
     pub async fn update(&self, user_id: &str, id: Uuid, patch: PatchInput) -> Result<Memory> {
         self.update_in(None, user_id, id, patch).await
     }
@@ -443,6 +546,7 @@ impl Memories {
                 expires_at: patch.expires_at,
                 ..Patch::default()
             };
+            let mut deferred = None;
             if let Some(c) = patch.content {
                 let Some(old) = self.store.get(&user, id).await? else {
                     return Err(MemoryError::NotFound);
@@ -452,10 +556,11 @@ impl Memories {
                     old.run_id.as_deref(),
                     &c,
                 ));
-                p.embedding = self
-                    .embed(vec![c.clone()])
-                    .await?
-                    .and_then(|v| v.into_iter().next());
+                let embedded = self.embed_or_defer(vec![c.clone()]).await?;
+                // `None` (deferred): the store removes the old content's
+                // embedding and stores none.
+                p.embedding = embedded.embeddings.and_then(|v| v.into_iter().next());
+                deferred = embedded.deferred;
                 p.content = Some(c);
             }
             let m = self
@@ -465,6 +570,14 @@ impl Memories {
                 .ok_or(MemoryError::NotFound)?;
             if let Some(idx) = &self.index {
                 idx.kick();
+            }
+            if let Some(error) = deferred {
+                metrics::embedding_deferred(1);
+                tracing::warn!(
+                    %error,
+                    "memory: the embedder failed; stored the new content without an embedding (keyword search finds it now, semantic search once the backfill has embedded it)"
+                );
+                self.backfill.wake();
             }
             Ok(m)
         }
@@ -883,6 +996,15 @@ impl Memories {
         }
         self.checked(q, exact.hits, depth).await
     }
+}
+
+/// The embeddings of a write's texts, or why there are none.
+struct Embedded {
+    /// One per text; `None` without an embedder or when `deferred`.
+    embeddings: Option<Vec<Embedding>>,
+    /// The embedder's error, when it failed: the memories are stored without
+    /// an embedding, for the backfill.
+    deferred: Option<String>,
 }
 
 /// Most memories [`Memories::semantic_exact`] ranks.

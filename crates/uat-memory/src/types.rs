@@ -72,6 +72,17 @@ pub struct WriteOutcome {
     pub memory: Memory,
     /// True when an existing memory was returned instead of a new one.
     pub deduplicated: bool,
+    /// True when the memory has no embedding of the service's model yet
+    /// although one is configured: the embedder failed or was overloaded
+    /// during the write, which stored the memory without one. Keyword search
+    /// finds it at once; semantic search (and the semantic half of hybrid
+    /// search) once the background backfill, woken by the write, has embedded
+    /// it. For a deduplicated write it says whether the existing memory
+    /// returned has an embedding of the model. Serialized only when true;
+    /// always false without an embedder. The stores leave it false; the
+    /// service sets it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub embedding_pending: bool,
 }
 
 /// The answer of [`Store::nearest_exact`](crate::Store::nearest_exact).
@@ -91,7 +102,11 @@ pub struct Patch {
     pub content: Option<String>,
     /// New content hash (with `content`).
     pub content_hash: Option<String>,
-    /// New embedding (with `content`, when a model is configured).
+    /// The new content's embedding (with `content`). With `content` the
+    /// stores always remove the old content's embedding (so the vector index
+    /// drops the memory) and store this one when it is given: `None` (no
+    /// model configured, or the embedder failed) leaves the memory without
+    /// an embedding, for the backfill to embed. Ignored without `content`.
     pub embedding: Option<Embedding>,
     /// New tag set.
     pub tags: Option<Vec<String>>,

@@ -38,10 +38,13 @@ pub trait Store: Send + Sync {
     /// attributes to it ([`merge_duplicate`]): when that changes it, it is
     /// updated in the same transaction (new `updated_at`, an `update` history
     /// entry, an upsert in the change log); when not, nothing is written.
+    /// Every outcome's `embedding_pending` is false (the service sets it).
     fn insert(&self, rows: Vec<NewRow>) -> impl Future<Output = Result<Vec<WriteOutcome>>> + Send;
     /// One live memory of `user_id`.
     fn get(&self, user_id: &str, id: Uuid) -> impl Future<Output = Result<Option<Memory>>> + Send;
-    /// Applies `patch` to one live memory of `user_id`; `None` when there is none.
+    /// Applies `patch` to one live memory of `user_id`; `None` when there is
+    /// none. A new content removes the old content's embedding and stores
+    /// `patch.embedding` when there is one (see [`Patch::embedding`]).
     fn update(
         &self,
         user_id: &str,

@@ -760,19 +760,23 @@ impl Store for PgStore {
                     Some(memory) => WriteOutcome {
                         memory,
                         deduplicated: true,
+                        embedding_pending: false,
                     },
                     None => WriteOutcome {
                         memory: rows[i].memory.clone(),
                         deduplicated: false,
+                        embedding_pending: false,
                     },
                 },
                 Slot::Batch(i) => WriteOutcome {
                     memory: stored_of(i).unwrap_or_else(|| rows[i].memory.clone()),
                     deduplicated: true,
+                    embedding_pending: false,
                 },
                 Slot::Stored(j) => WriteOutcome {
                     memory: stored[j].1.clone(),
                     deduplicated: true,
+                    embedding_pending: false,
                 },
             })
             .collect())

@@ -821,14 +821,17 @@ impl Store for SqliteStore {
                 Slot::New(i) => WriteOutcome {
                     memory: rows[i].memory.clone(),
                     deduplicated: false,
+                    embedding_pending: false,
                 },
                 Slot::Batch(i) => WriteOutcome {
                     memory: rows[i].memory.clone(),
                     deduplicated: true,
+                    embedding_pending: false,
                 },
                 Slot::Stored(j) => WriteOutcome {
                     memory: stored[j].1.clone(),
                     deduplicated: true,
+                    embedding_pending: false,
                 },
             })
             .collect())

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use uat_memory::{AnyStore, BoxFuture, Embedder, Limits, Memories, Options, PgStore, SqliteStore};
 
@@ -59,12 +59,29 @@ const CONCEPTS: &[&[&str]] = &[
 /// Dimension of the fake model.
 pub const DIM: usize = 16;
 
-/// A bag-of-concepts embedder. Counts its calls.
+/// A bag-of-concepts embedder. Counts its calls (failed ones too), and
+/// fails them on demand.
+#[derive(Default)]
 pub struct FakeEmbedder {
     pub calls: AtomicUsize,
+    /// While set, every call fails with `MemoryError::Embedding` (the model
+    /// down or overloaded).
+    pub fail: AtomicBool,
+    /// While set, every call fails with `MemoryError::Invalid` (an error of
+    /// another kind: the model refusing the input).
+    pub refuse: AtomicBool,
 }
 
 impl FakeEmbedder {
+    pub fn new() -> FakeEmbedder {
+        FakeEmbedder::default()
+    }
+
+    /// Makes every call fail (`MemoryError::Embedding`) while `on`.
+    pub fn set_failing(&self, on: bool) {
+        self.fail.store(on, Ordering::SeqCst);
+    }
+
     pub fn vector(text: &str) -> Vec<f32> {
         let mut v = vec![0.0f32; DIM];
         v[0] = 0.1;
@@ -92,7 +109,22 @@ impl Embedder for FakeEmbedder {
         texts: &'a [String],
     ) -> BoxFuture<'a, uat_memory::Result<Vec<Vec<f32>>>> {
         self.calls.fetch_add(1, Ordering::Relaxed);
-        Box::pin(async move { Ok(texts.iter().map(|t| Self::vector(t)).collect()) })
+        let fail = self.fail.load(Ordering::SeqCst);
+        let refuse = self.refuse.load(Ordering::SeqCst);
+        Box::pin(async move {
+            if fail {
+                return Err(uat_memory::MemoryError::Embedding(
+                    "the model is overloaded".into(),
+                ));
+            }
+            if refuse {
+                return Err(uat_memory::MemoryError::invalid(
+                    "content",
+                    "the model refuses this input",
+                ));
+            }
+            Ok(texts.iter().map(|t| Self::vector(t)).collect())
+        })
     }
 }
 
@@ -251,9 +283,7 @@ impl Harness {
     }
 
     async fn finish(store: AnyStore, dir: tempfile::TempDir, backend: Backend) -> Harness {
-        let embedder = Arc::new(FakeEmbedder {
-            calls: AtomicUsize::new(0),
-        });
+        let embedder = Arc::new(FakeEmbedder::new());
         let index_dir = dir.path().join("index");
         let svc = Memories::open(
             store,
@@ -272,9 +302,7 @@ impl Harness {
 
     /// A second service on the same database (another replica), with its own index folder.
     pub async fn replica(&self, name: &str) -> Memories {
-        let e = Arc::new(FakeEmbedder {
-            calls: AtomicUsize::new(0),
-        });
+        let e = Arc::new(FakeEmbedder::new());
         self.open_service(Some(e as Arc<dyn Embedder>), name).await
     }
 

@@ -78,6 +78,11 @@ on_both_stores!(
     accents_are_folded_alike_on_both_stores,
     write_answers_give_times_in_utc_as_reads_do,
     list_tags_are_trimmed_and_may_repeat,
+    a_write_is_stored_without_its_embedding_while_the_embedder_fails,
+    a_batch_written_while_the_embedder_fails_stores_every_item,
+    an_update_while_the_embedder_fails_drops_the_old_embedding,
+    an_embedder_error_of_another_kind_still_fails_the_write,
+    waking_the_backfill_does_not_cut_its_failure_backoff,
 );
 
 /// The SQLite store merges its full-text index after a tenth of the table

@@ -1283,9 +1283,7 @@ pub async fn memories_written_without_a_model_are_embedded_once_it_is_back(h: &H
         "written without an embedding"
     );
 
-    let e = Arc::new(FakeEmbedder {
-        calls: AtomicUsize::new(0),
-    });
+    let e = Arc::new(FakeEmbedder::new());
     let svc = h
         .open_service(Some(e.clone() as Arc<dyn Embedder>), "restarted")
         .await;
@@ -2607,4 +2605,336 @@ pub async fn list_tags_are_trimmed_and_may_repeat(h: &Harness) {
     assert!(e.to_string().contains("duplicate field `user_id`"), "{e}");
     let e = query(vec![("user_id", "u1"), ("tag", "a")]).unwrap_err();
     assert!(e.to_string().contains("unknown field `tag`"), "{e}");
+}
+
+/// The memories of `u1` the vector index returns for `query` (embedded by
+/// the fake, so it works while the embedder is failing), once the index
+/// holds every committed change: what semantic search would rank.
+async fn in_index(h: &Harness, query: &str) -> Vec<Uuid> {
+    assert!(h.svc.sync_index(Duration::from_secs(5)).await.unwrap());
+    let filter = uat_memory::Filter {
+        user_id: "u1".into(),
+        ..uat_memory::Filter::default()
+    };
+    h.svc
+        .index()
+        .unwrap()
+        .search(FakeEmbedder::vector(query), &filter, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect()
+}
+
+/// Polls (at most `secs`) until every memory of `ids` has an embedding of
+/// the fake's model.
+async fn embedded_within(h: &Harness, ids: &[Uuid], secs: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let done = h
+            .svc
+            .store()
+            .index_entries(ids)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|e| e.embedding.model == "fake-concepts")
+            .count();
+        if done == ids.len() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{done} of {} memories embedded within {secs} s",
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// When the embedder fails (down or overloaded), a write is not lost any
+/// more (it was a 503, the memory dropped): the memory is stored without an
+/// embedding and the answer says so; keyword search finds it at once,
+/// semantic search does not. Once the model answers again the backfill,
+/// woken by the write (not ten minutes later), embeds it and semantic search
+/// finds it. A deduplicated write says whether the memory it returns has its
+/// embedding yet.
+pub async fn a_write_is_stored_without_its_embedding_while_the_embedder_fails(h: &Harness) {
+    let ok = write(h, json!({"user_id": "u1", "content": "Alice likes jazz"}))
+        .await
+        .unwrap()
+        .remove(0);
+    assert!(!ok.embedding_pending);
+    assert!(
+        serde_json::to_value(&ok)
+            .unwrap()
+            .get("embedding_pending")
+            .is_none(),
+        "serialized only when true"
+    );
+
+    h.embedder.set_failing(true);
+    let body = json!({"user_id": "u1", "content": "Erin rides her bicycle to the office"});
+    let out = write(h, body.clone())
+        .await
+        .expect("stored although the embedder fails");
+    assert_eq!(out.len(), 1);
+    assert!(!out[0].deduplicated);
+    assert!(out[0].embedding_pending);
+    assert_eq!(
+        serde_json::to_value(&out[0]).unwrap()["embedding_pending"],
+        json!(true)
+    );
+    let m = out[0].memory.clone();
+    assert_eq!(h.svc.get("u1", m.id).await.unwrap(), m);
+    assert_eq!(
+        search_ids(
+            h,
+            json!({"user_id": "u1", "query": "bicycle", "mode": "keyword"})
+        )
+        .await,
+        vec![m.id],
+        "keyword search finds it at once"
+    );
+    assert!(
+        h.svc
+            .store()
+            .index_entries(&[m.id])
+            .await
+            .unwrap()
+            .is_empty(),
+        "stored without an embedding"
+    );
+    assert!(
+        !in_index(h, "cycling").await.contains(&m.id),
+        "semantic search cannot find it yet"
+    );
+    // A search needs the model for its query.
+    let e = search(
+        h,
+        json!({"user_id": "u1", "query": "cycling", "mode": "semantic"}),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(e, MemoryError::Embedding(_)), "{e:?}");
+    // The same memory again: deduplicated onto it, which still has no embedding.
+    let again = write(h, body.clone()).await.unwrap().remove(0);
+    assert!(again.deduplicated);
+    assert!(again.embedding_pending);
+    assert_eq!(again.memory, m);
+
+    h.embedder.set_failing(false);
+    found_semantically(&h.svc, "cycling", m.id).await;
+    let entries = h.svc.store().index_entries(&[m.id]).await.unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(
+        entries[0].embedding.vector,
+        FakeEmbedder::vector(&m.content)
+    );
+    // Embedded now: a duplicate says so.
+    let third = write(h, body).await.unwrap().remove(0);
+    assert!(third.deduplicated);
+    assert!(!third.embedding_pending);
+    // The backfill did not change the memory.
+    assert_eq!(h.svc.get("u1", m.id).await.unwrap(), m);
+    assert_eq!(
+        ops(&h.svc.history("u1", m.id).await.unwrap()),
+        vec!["create"]
+    );
+}
+
+/// A batch written while the embedder fails stores every item (none is
+/// lost, the batch is not refused), each pending, and the backfill embeds
+/// them all once the model is back.
+pub async fn a_batch_written_while_the_embedder_fails_stores_every_item(h: &Harness) {
+    h.embedder.set_failing(true);
+    let out = write(
+        h,
+        json!({"memories": [
+            {"user_id": "u1", "content": "Gina drives a sedan"},
+            {"user_id": "u1", "content": "Gina loves pizza for dinner"},
+            {"user_id": "u1", "content": "Gina has a package shipped today"},
+            {"user_id": "u1", "content": "Gina drives a sedan"}]}),
+    )
+    .await
+    .expect("stored although the embedder fails");
+    assert_eq!(out.len(), 4);
+    for o in &out[..3] {
+        assert!(!o.deduplicated);
+        assert!(o.embedding_pending);
+    }
+    assert!(out[3].deduplicated, "a duplicate within the batch");
+    assert!(out[3].embedding_pending);
+    assert_eq!(out[3].memory.id, out[0].memory.id);
+    let ids: Vec<Uuid> = out[..3].iter().map(|o| o.memory.id).collect();
+    let page = list(h, json!({"user_id": "u1"})).await.unwrap();
+    let listed: HashSet<Uuid> = page.memories.iter().map(|m| m.id).collect();
+    assert_eq!(listed, ids.iter().copied().collect::<HashSet<_>>());
+    let found: HashSet<Uuid> = search_ids(
+        h,
+        json!({"user_id": "u1", "query": "Gina", "mode": "keyword"}),
+    )
+    .await
+    .into_iter()
+    .collect();
+    assert_eq!(found, listed, "keyword search finds every item");
+    assert!(
+        h.svc.store().index_entries(&ids).await.unwrap().is_empty(),
+        "none has an embedding"
+    );
+
+    h.embedder.set_failing(false);
+    embedded_within(h, &ids, 10).await;
+    found_semantically(&h.svc, "automobile", ids[0]).await;
+    found_semantically(&h.svc, "meal", ids[1]).await;
+    found_semantically(&h.svc, "delivery", ids[2]).await;
+}
+
+/// An update of the content while the embedder fails is stored: the old
+/// content's embedding is removed with it (semantic search no longer finds
+/// the memory by what it used to say), and the backfill embeds the new
+/// content once the model is back.
+pub async fn an_update_while_the_embedder_fails_drops_the_old_embedding(h: &Harness) {
+    let m = put(h, "u1", "Frank walks his dog every morning").await;
+    found_semantically(&h.svc, "pets", m.id).await;
+
+    h.embedder.set_failing(true);
+    let new_content = "Frank plays jazz songs on his guitar";
+    let upd = patch(h, "u1", m.id, json!({"content": new_content}))
+        .await
+        .expect("stored although the embedder fails");
+    assert_eq!(upd.content, new_content);
+    assert_eq!(h.svc.get("u1", m.id).await.unwrap(), upd);
+    assert!(
+        h.svc
+            .store()
+            .index_entries(&[m.id])
+            .await
+            .unwrap()
+            .is_empty(),
+        "the old content's embedding is gone"
+    );
+    assert!(
+        !in_index(h, "pets").await.contains(&m.id),
+        "the index no longer returns it for its old content"
+    );
+    assert_eq!(
+        search_ids(
+            h,
+            json!({"user_id": "u1", "query": "jazz", "mode": "keyword"})
+        )
+        .await,
+        vec![m.id]
+    );
+    assert!(
+        search_ids(
+            h,
+            json!({"user_id": "u1", "query": "dog", "mode": "keyword"})
+        )
+        .await
+        .is_empty()
+    );
+
+    h.embedder.set_failing(false);
+    embedded_within(h, &[m.id], 10).await;
+    let entries = h.svc.store().index_entries(&[m.id]).await.unwrap();
+    assert_eq!(
+        entries[0].embedding.vector,
+        FakeEmbedder::vector(new_content),
+        "the new content is embedded"
+    );
+    found_semantically(&h.svc, "music", m.id).await;
+    let old = search(
+        h,
+        json!({"user_id": "u1", "query": "dog pets", "mode": "semantic", "min_score": 0.5}),
+    )
+    .await
+    .unwrap();
+    assert!(
+        old.results.is_empty(),
+        "semantic search for the old content: {:?}",
+        old.results
+            .iter()
+            .map(|r| (r.memory.id, r.score))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        ops(&h.svc.history("u1", m.id).await.unwrap()),
+        vec!["create", "update"]
+    );
+}
+
+/// Only an embedding failure (`MemoryError::Embedding`) lets a write or an
+/// update go on without the embedding: an embedder error of another kind
+/// still fails it, and nothing is written.
+pub async fn an_embedder_error_of_another_kind_still_fails_the_write(h: &Harness) {
+    let m = put(h, "u1", "Hana likes cats").await;
+    h.embedder.refuse.store(true, Ordering::SeqCst);
+    let e = write(
+        h,
+        json!({"user_id": "u1", "content": "Hana drives to work"}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(field(e), "content");
+    let e = patch(h, "u1", m.id, json!({"content": "Hana likes dogs"}))
+        .await
+        .unwrap_err();
+    assert_eq!(field(e), "content");
+    h.embedder.refuse.store(false, Ordering::SeqCst);
+    let page = list(h, json!({"user_id": "u1"})).await.unwrap();
+    assert_eq!(page.memories, vec![m.clone()], "nothing was written");
+    let entries = h.svc.store().index_entries(&[m.id]).await.unwrap();
+    assert_eq!(entries.len(), 1, "the memory keeps its embedding");
+    assert_eq!(
+        entries[0].embedding.vector,
+        FakeEmbedder::vector(&m.content)
+    );
+}
+
+/// Every write stored without its embedding wakes the backfill, but a wake
+/// does not cut short the backoff after a failure: while the embedder is
+/// down the backfill calls it on its own schedule (after 1 s, then 2 s, ...),
+/// not once per write. It embeds them all once the model is back.
+pub async fn waking_the_backfill_does_not_cut_its_failure_backoff(h: &Harness) {
+    h.embedder.set_failing(true);
+    let before = h.embedder.calls.load(Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let o = write(
+            h,
+            json!({"user_id": "u1", "content": format!("note {i}: Ivan rides his bike")}),
+        )
+        .await
+        .unwrap()
+        .remove(0);
+        assert!(o.embedding_pending);
+        ids.push(o.memory.id);
+    }
+    // Each write called the embedder once; the rest are the backfill's.
+    let backfill_calls = || h.embedder.calls.load(Ordering::SeqCst) - before - ids.len();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while backfill_calls() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writes did not wake the backfill"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let calls = backfill_calls();
+    let secs = started.elapsed().as_secs_f64();
+    // Tries at 0, 1, 3, 7, ... s: at most 1 + log2(secs + 1), and one more
+    // for the start-up pass.
+    let most = 2 + (secs + 1.0).log2().floor() as usize;
+    assert!(
+        calls <= most,
+        "{calls} backfill calls in {secs:.1} s for 20 wakes; at most {most} on the backoff's schedule"
+    );
+
+    h.embedder.set_failing(false);
+    // The next try comes at the end of the current backoff.
+    embedded_within(h, &ids, 20).await;
 }
