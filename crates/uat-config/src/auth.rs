@@ -37,6 +37,12 @@ pub struct ApiKeyConfig {
     /// its last byte), per replica. Unset: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrent: Option<u32>,
+    /// Model tokens a minute this key may spend (the `usage.total_tokens`
+    /// of its chat completions and embeddings; cache hits are free), per
+    /// replica. A request is admitted while the key has tokens left, and
+    /// its answer's tokens are taken after it. Unset: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_minute: Option<u32>,
     /// May call the admin routes (cache invalidation and stats, embedding
     /// model load/unload, vector collection create/drop/snapshot).
     #[serde(default)]
@@ -56,6 +62,8 @@ pub struct ResolvedKey {
     pub requests_per_minute: Option<u32>,
     /// Its limit of requests in flight, when it has one (never 0).
     pub max_concurrent: Option<u32>,
+    /// Its limit of model tokens a minute, when it has one (never 0).
+    pub tokens_per_minute: Option<u32>,
     /// Whether it may call admin routes.
     pub admin: bool,
 }
@@ -67,6 +75,7 @@ impl std::fmt::Debug for ResolvedKey {
             .field("owner", &self.owner)
             .field("requests_per_minute", &self.requests_per_minute)
             .field("max_concurrent", &self.max_concurrent)
+            .field("tokens_per_minute", &self.tokens_per_minute)
             .field("admin", &self.admin)
             .finish_non_exhaustive()
     }
@@ -144,6 +153,12 @@ impl AuthConfig {
                     "must be at least 1 (leave it unset for no limit)",
                 ));
             }
+            if k.tokens_per_minute == Some(0) {
+                return Err(ConfigError::invalid(
+                    at("tokens_per_minute"),
+                    "must be at least 1 (leave it unset for no limit)",
+                ));
+            }
         }
         Ok(())
     }
@@ -206,6 +221,7 @@ impl AuthConfig {
                 digest,
                 requests_per_minute: k.requests_per_minute,
                 max_concurrent: k.max_concurrent,
+                tokens_per_minute: k.tokens_per_minute,
                 admin: k.admin,
             });
         }

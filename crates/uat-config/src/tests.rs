@@ -384,6 +384,7 @@ fn auth_keys_resolve_from_env_and_digest() {
 name = "team-a"
 key_env = "UAT_KEY_TEAM_A"
 requests_per_minute = 600
+tokens_per_minute = 40000
 
 [[auth.keys]]
 name = "ops"
@@ -398,6 +399,8 @@ admin = true
     assert_eq!(keys[0].digest, key_digest(b"secret-b"));
     assert_eq!(keys[0].owner, "team-a", "owner defaults to the name");
     assert_eq!(keys[0].requests_per_minute, Some(600));
+    assert_eq!(keys[0].tokens_per_minute, Some(40_000));
+    assert_eq!(keys[1].tokens_per_minute, None);
     assert_eq!(keys[1].owner, "platform");
     assert!(keys[1].admin && !keys[0].admin);
     assert_eq!(hex::encode(keys[1].digest), KEY_A_SHA);
@@ -484,6 +487,13 @@ fn auth_zero_rpm_is_rejected() {
         &[],
     );
     assert!(e.contains("auth.keys[0].requests_per_minute"), "{e}");
+    let e = auth_err(
+        &format!(
+            "[[auth.keys]]\nname = \"a\"\nkey_sha256 = \"{KEY_A_SHA}\"\ntokens_per_minute = 0\n"
+        ),
+        &[],
+    );
+    assert!(e.contains("auth.keys[0].tokens_per_minute"), "{e}");
 }
 
 #[test]

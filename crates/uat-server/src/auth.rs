@@ -36,7 +36,7 @@ static REJECTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     let c = IntCounterVec::new(
         Opts::new(
             "uat_auth_rejections_total",
-            "Requests refused by API-key checks, by reason (missing, invalid, forbidden, rate_limited)",
+            "Requests refused by API-key checks, by reason (missing, invalid, forbidden, rate_limited, concurrency, tokens)",
         ),
         &["reason"],
     )
@@ -100,6 +100,7 @@ struct Key {
     caller: Caller,
     limit: Option<Gcra>,
     concurrent: Option<Arc<Concurrent>>,
+    tokens: Option<TokenMeter>,
 }
 
 /// A key's requests in flight against its `max_concurrent`.
@@ -186,6 +187,9 @@ impl Auth {
                             max,
                         })
                     }),
+                    tokens: k
+                        .tokens_per_minute
+                        .map(|n| TokenMeter(Arc::new(TokenBucket::per_minute(n)))),
                 };
                 (k.digest, key)
             })
@@ -321,6 +325,28 @@ pub(crate) async fn authenticate(
             }
         },
     };
+    // Only model calls spend tokens. Checked before the request rate, so a
+    // request refused here takes no request token; it takes none itself:
+    // its tokens are taken when its answer says how many it spent.
+    let meter = match &key.tokens {
+        Some(m) if spends_tokens(route) => {
+            if let Err((wait, quota)) = m.0.admit() {
+                tracing::debug!(key = %key.name, ?wait, "API key out of tokens for this minute");
+                let e = ApiError::key_rate_limited(
+                    format!(
+                        "the API key `{}` is over its limit of {} tokens per minute",
+                        key.name, m.0.per_minute
+                    ),
+                    wait.as_secs_f64().ceil().max(1.0) as u64,
+                );
+                let mut resp = reject("tokens", e, route, start);
+                m.0.headers(quota, resp.headers_mut());
+                return resp;
+            }
+            Some(m.clone())
+        }
+        _ => None,
+    };
     let quota = match &key.limit {
         None => None,
         Some(limit) => match limit.check() {
@@ -344,12 +370,179 @@ pub(crate) async fn authenticate(
     if let Some(place) = place {
         req.extensions_mut().insert(place);
     }
+    if let Some(m) = &meter {
+        req.extensions_mut().insert(m.clone());
+    }
     let mut resp = next.run(req).await;
     if let Some((limit, quota)) = quota {
         limit.headers(quota, resp.headers_mut());
     }
+    // After the handler: a whole answer's tokens are taken by now (a
+    // stream's are taken as it ends).
+    if let Some(m) = meter {
+        m.0.headers(m.0.quota(), resp.headers_mut());
+    }
     resp
 }
+
+/// The routes whose answers spend model tokens (`tokens_per_minute`).
+fn spends_tokens(route: &str) -> bool {
+    crate::cache::is_cached_route(route)
+}
+
+/// A key's `tokens_per_minute`, attached to each of its requests on a route
+/// that spends tokens: the handler reports what the answer spent. Cheap to
+/// clone; absent for keys without the limit (their requests pay nothing).
+#[derive(Clone)]
+pub(crate) struct TokenMeter(Arc<TokenBucket>);
+
+impl TokenMeter {
+    /// The meter of a request, if its key has a token limit.
+    pub(crate) fn of(ext: &http::Extensions) -> Option<Self> {
+        ext.get::<TokenMeter>().cloned()
+    }
+
+    /// Takes `tokens` spent by an answer (the bucket may go below empty:
+    /// the key then waits until it has refilled past zero).
+    pub(crate) fn spend(&self, tokens: u64) {
+        self.0.take(tokens);
+    }
+
+    /// A meter of its own (unit tests).
+    #[cfg(test)]
+    pub(crate) fn for_test(per_minute: u32) -> Self {
+        TokenMeter(Arc::new(TokenBucket::per_minute(per_minute)))
+    }
+
+    /// Tokens left now (unit tests).
+    #[cfg(test)]
+    pub(crate) fn remaining(&self) -> u64 {
+        self.0.quota().remaining
+    }
+
+    /// Takes what a usage says was spent.
+    pub(crate) fn spend_usage(&self, u: &uat_types::Usage) {
+        self.spend(
+            u.total_tokens
+                .max(u.prompt_tokens.saturating_add(u.completion_tokens)),
+        );
+    }
+}
+
+impl<S: Send + Sync> axum::extract::OptionalFromRequestParts<S> for TokenMeter {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Option<Self>, Infallible> {
+        Ok(TokenMeter::of(&parts.extensions))
+    }
+}
+
+/// `tokens_per_minute` as a bucket that holds a minute's tokens and
+/// refills continuously (GCRA with a cost, in one atomic word like
+/// [`Gcra`]). A request is admitted while the bucket is not empty; the
+/// tokens its answer spent are taken afterwards, which may leave the
+/// bucket below empty (a debt repaid by refilling), the way OpenAI's token
+/// limits behave and LiteLLM's `tpm_limit` counts: the cost of an answer is
+/// only known once it is given.
+struct TokenBucket {
+    epoch: Instant,
+    /// Nanoseconds after `epoch` when the bucket is full again (`<= now`: full).
+    tat: AtomicU64,
+    /// Nanoseconds a token takes to refill.
+    interval: u64,
+    /// A full bucket: a minute's tokens, in nanoseconds.
+    tolerance: u64,
+    per_minute: u32,
+}
+
+impl TokenBucket {
+    fn per_minute(per_minute: u32) -> Self {
+        let per_minute = per_minute.max(1);
+        let interval = (60_000_000_000 / u64::from(per_minute)).max(1);
+        TokenBucket {
+            epoch: Instant::now(),
+            tat: AtomicU64::new(0),
+            interval,
+            tolerance: interval * u64::from(per_minute),
+            per_minute,
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn admit(&self) -> Result<(), (Duration, Quota)> {
+        self.admit_at(self.now())
+    }
+
+    /// `Ok` while at least one token is left; else how long until one is.
+    fn admit_at(&self, now: u64) -> Result<(), (Duration, Quota)> {
+        let q = self.quota_at(now);
+        if q.remaining > 0 {
+            return Ok(());
+        }
+        let tat = self.tat.load(Ordering::Acquire);
+        // The first token is back when `tat` is within the bucket by one.
+        let wait = tat
+            .saturating_add(self.interval)
+            .saturating_sub(now.saturating_add(self.tolerance));
+        Err((Duration::from_nanos(wait.max(1)), q))
+    }
+
+    fn take(&self, tokens: u64) {
+        self.take_at(self.now(), tokens);
+    }
+
+    fn take_at(&self, now: u64, tokens: u64) {
+        if tokens == 0 {
+            return;
+        }
+        let cost = tokens.saturating_mul(self.interval);
+        let _ = self
+            .tat
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| {
+                Some(tat.max(now).saturating_add(cost))
+            });
+    }
+
+    fn quota(&self) -> Quota {
+        self.quota_at(self.now())
+    }
+
+    /// What is left now (0 when below empty), and how long until full.
+    fn quota_at(&self, now: u64) -> Quota {
+        let tat = self.tat.load(Ordering::Acquire).max(now);
+        let used = tat - now;
+        Quota {
+            remaining: self.tolerance.saturating_sub(used) / self.interval,
+            full_in: Duration::from_nanos(used),
+        }
+    }
+
+    /// OpenAI's `x-ratelimit-*-tokens` headers.
+    fn headers(&self, q: Quota, h: &mut HeaderMap) {
+        h.insert(
+            &X_RATELIMIT_LIMIT_TOKENS,
+            HeaderValue::from(self.per_minute),
+        );
+        h.insert(
+            &X_RATELIMIT_REMAINING_TOKENS,
+            HeaderValue::from(q.remaining),
+        );
+        if let Ok(v) = HeaderValue::from_str(&go_duration(q.full_in)) {
+            h.insert(&X_RATELIMIT_RESET_TOKENS, v);
+        }
+    }
+}
+
+/// `x-ratelimit-limit-tokens`: the key's tokens per minute.
+static X_RATELIMIT_LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
+/// `x-ratelimit-remaining-tokens`: the tokens it has left now.
+static X_RATELIMIT_REMAINING_TOKENS: HeaderName =
+    HeaderName::from_static("x-ratelimit-remaining-tokens");
+/// `x-ratelimit-reset-tokens`: until the bucket is full again.
+static X_RATELIMIT_RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
 
 /// A token bucket as GCRA (the generic cell rate algorithm, as the
 /// `governor` crate keeps it): one word, the theoretical arrival time of the
@@ -506,6 +699,33 @@ mod tests {
             assert!(g.check_at(later).is_ok());
         }
         assert!(g.check_at(later).is_err());
+    }
+
+    #[test]
+    fn token_bucket_admits_while_not_empty_and_repays_a_debt() {
+        let b = TokenBucket::per_minute(60); // a token a second
+        assert!(b.admit_at(0).is_ok());
+        assert_eq!(b.quota_at(0).remaining, 60);
+        b.take_at(0, 59);
+        assert_eq!(b.quota_at(0).remaining, 1);
+        assert_eq!(b.quota_at(0).full_in, Duration::from_secs(59));
+        assert!(b.admit_at(0).is_ok(), "one token left");
+        // An answer of 31 tokens: 30 below empty.
+        b.take_at(0, 31);
+        let (wait, q) = b.admit_at(0).unwrap_err();
+        assert_eq!(q.remaining, 0);
+        assert_eq!(q.full_in, Duration::from_secs(90));
+        assert_eq!(wait, Duration::from_secs(31), "the debt, then one token");
+        assert!(b.admit_at(30_999_999_999).is_err());
+        assert!(b.admit_at(31_000_000_000).is_ok());
+        assert_eq!(b.quota_at(31_000_000_000).remaining, 1);
+        // Idle long enough: full again, not fuller.
+        assert_eq!(b.quota_at(600_000_000_000).remaining, 60);
+        b.take_at(600_000_000_000, 0);
+        assert_eq!(b.quota_at(600_000_000_000).remaining, 60);
+        // A huge answer saturates, never wraps around.
+        b.take_at(600_000_000_000, u64::MAX);
+        assert!(b.admit_at(u64::MAX / 2).is_err());
     }
 
     #[test]

@@ -12,6 +12,8 @@
 
 mod sse;
 
+pub(crate) use sse::is_usage_only_json as is_usage_only_chunk;
+
 use crate::StartupError;
 use crate::auth::Tenant;
 use crate::error::ApiError;

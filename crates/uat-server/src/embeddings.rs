@@ -224,6 +224,7 @@ fn parse(body: &Value) -> Result<Parsed, ApiError> {
 async fn embeddings(
     State(state): State<AppState>,
     tenant: crate::auth::Tenant,
+    meter: Option<crate::auth::TokenMeter>,
     headers: HeaderMap,
     body: Result<ApiJson<Value>, ApiError>,
 ) -> Response {
@@ -260,6 +261,7 @@ async fn embeddings(
             EmbeddingInput::Texts(_) => crate::cache::ModelNames::same(&model),
         };
         let st = state.clone();
+        let m = meter.clone();
         let resp = crate::cache::around(
             &state,
             &tenant,
@@ -268,7 +270,7 @@ async fn embeddings(
             names,
             &body,
             |_| async move {
-                local(&st, parsed)
+                local(&st, parsed, m.as_ref())
                     .await
                     .unwrap_or_else(IntoResponse::into_response)
             },
@@ -311,6 +313,9 @@ async fn embeddings(
         |_| async move {
             match st.gateway.router().embeddings(&m, &b).await {
                 Ok(routed) => {
+                    if let (Some(meter), Some(u)) = (&meter, &routed.value.usage) {
+                        meter.spend_usage(u);
+                    }
                     let mut resp = (
                         StatusCode::OK,
                         [(
@@ -359,7 +364,11 @@ fn tagged(mut resp: Response, provider: &str, attempts: u32, model: &str) -> Res
     resp
 }
 
-async fn local(state: &AppState, p: Parsed) -> Result<Response, ApiError> {
+async fn local(
+    state: &AppState,
+    p: Parsed,
+    meter: Option<&crate::auth::TokenMeter>,
+) -> Result<Response, ApiError> {
     let mode = state.embed.token_ids_of(&p.model);
     let input = if p.input.resolves_inline(mode) {
         p.input.resolve_token_ids(mode)
@@ -381,6 +390,9 @@ async fn local(state: &AppState, p: Parsed) -> Result<Response, ApiError> {
         .embed(&p.model, req)
         .await
         .map_err(embed_error)?;
+    if let Some(m) = meter {
+        m.spend(out.prompt_tokens as u64);
+    }
     let floats: usize = out.embeddings.iter().map(Vec::len).sum();
     let format = p.format;
     let body = if floats <= INLINE_RENDER_FLOATS {

@@ -7,6 +7,7 @@
 //! and `x-uat-attempts`.
 
 use crate::StartupError;
+use crate::auth::TokenMeter;
 use crate::cache;
 use crate::error::ApiError;
 use crate::middleware::RouteLabels;
@@ -264,6 +265,7 @@ fn parse_chat(body: &Value) -> Result<ChatRequest, ApiError> {
 
 async fn chat(State(state): State<AppState>, request: Request) -> Response {
     let tenant = crate::auth::Tenant::of(request.extensions());
+    let meter = TokenMeter::of(request.extensions());
     let (headers, bytes) = match read_body(request).await {
         Ok(b) => b,
         Err(e) => return refused(e),
@@ -291,20 +293,31 @@ async fn chat(State(state): State<AppState>, request: Request) -> Response {
         public: &req.model,
         cached: &cached,
     };
+    // What a stream that reports no usage is taken to have spent of its
+    // prompt: a token per four bytes of the request.
+    let prompt_estimate = bytes.len() as u64 / 4;
     let (req, resolved) = (&req, &resolved);
     let upstream = |ask: cache::Ask| async move {
-        if req.is_stream() && ask.usage && !req.include_usage() {
+        // The cache asks for the usage of a stream it records (and drops it
+        // before the client sees it); a key with a token limit needs it to
+        // count the stream's tokens (dropped here unless the cache does).
+        if req.is_stream() && (ask.usage || meter.is_some()) && !req.include_usage() {
             let mut asking = req.clone();
             asking
                 .stream_options
                 .get_or_insert_with(Default::default)
                 .include_usage = Some(true);
-            stream_upstream(router, resolved, &asking).await
+            let metering = meter.map(|m| StreamMeter::new(m, prompt_estimate, !ask.usage));
+            stream_upstream(router, resolved, &asking, metering).await
         } else if req.is_stream() {
-            stream_upstream(router, resolved, req).await
+            let metering = meter.map(|m| StreamMeter::new(m, prompt_estimate, false));
+            stream_upstream(router, resolved, req, metering).await
         } else {
             match router.chat(resolved, req).await {
                 Ok(r) => {
+                    if let (Some(m), Some(u)) = (&meter, &r.value.usage) {
+                        m.spend_usage(u);
+                    }
                     let mut resp = Response::new(Body::from(r.value.body));
                     resp.extensions_mut().insert(r.value.shape);
                     resp.headers_mut().insert(
@@ -334,11 +347,13 @@ async fn stream_upstream(
     router: &uat_router::Router,
     resolved: &uat_router::Resolved,
     req: &ChatRequest,
+    metering: Option<StreamMeter>,
 ) -> Response {
     match router.chat_stream(resolved, req).await {
         Ok(r) => {
             let provider = r.provider.clone();
-            let mut resp = Response::new(Body::from_stream(sse(r.value, provider.clone())));
+            let mut resp =
+                Response::new(Body::from_stream(sse(r.value, provider.clone(), metering)));
             let h = resp.headers_mut();
             h.insert(
                 header::CONTENT_TYPE,
@@ -356,6 +371,57 @@ async fn stream_upstream(
     }
 }
 
+/// The token count of a stream for its key's `tokens_per_minute`: the
+/// usage the upstream reports (asked for), else, when the stream ends or
+/// is dropped without one (an upstream that ignores `stream_options`), an
+/// estimate: the prompt at a token per four bytes, a token per chunk.
+struct StreamMeter {
+    meter: TokenMeter,
+    prompt_estimate: u64,
+    chunks: u64,
+    counted: bool,
+    /// Drop the usage chunk: the gateway asked for it, the client did not.
+    strip_usage: bool,
+}
+
+impl StreamMeter {
+    fn new(meter: TokenMeter, prompt_estimate: u64, strip_usage: bool) -> Self {
+        StreamMeter {
+            meter,
+            prompt_estimate,
+            chunks: 0,
+            counted: false,
+            strip_usage,
+        }
+    }
+
+    /// Counts a chunk; false when it is not to be forwarded.
+    fn chunk(&mut self, chunk: &uat_router::StreamChunk) -> bool {
+        match &chunk.usage {
+            Some(u) => {
+                if !self.counted {
+                    self.counted = true;
+                    self.meter.spend_usage(u);
+                }
+                !(self.strip_usage && cache::is_usage_only_chunk(&chunk.json))
+            }
+            None => {
+                self.chunks += 1;
+                true
+            }
+        }
+    }
+}
+
+impl Drop for StreamMeter {
+    fn drop(&mut self) {
+        if !self.counted {
+            self.meter
+                .spend(self.prompt_estimate.saturating_add(self.chunks));
+        }
+    }
+}
+
 fn frame(json: &[u8]) -> Bytes {
     let mut b = BytesMut::with_capacity(json.len() + 8);
     b.put_slice(b"data: ");
@@ -367,26 +433,82 @@ fn frame(json: &[u8]) -> Bytes {
 /// The SSE body: one `data:` event per chunk, flushed as it comes, then
 /// `data: [DONE]`; an upstream failure after the first byte ends the stream
 /// with an OpenAI-shaped error event instead. Dropping the body (client
-/// gone) drops the upstream request.
+/// gone) drops the upstream request. With a [`StreamMeter`], the stream's
+/// tokens are counted for its key.
 fn sse(
     stream: RoutedStream,
     provider: std::sync::Arc<str>,
+    metering: Option<StreamMeter>,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> + Send {
-    futures::stream::unfold(Some((stream, provider)), |state| async move {
-        let (mut s, provider) = state?;
-        match s.next().await {
-            Some(Ok(chunk)) => Some((Ok(frame(&chunk.json)), Some((s, provider)))),
-            Some(Err(f)) => {
-                let err = serde_json::json!({ "error": {
-                    "message": format!("upstream `{provider}` failed mid-stream: {}", f.message),
-                    "type": "upstream_error",
-                    "param": null,
-                    "code": "upstream_interrupted",
-                }});
-                let json = serde_json::to_vec(&err).unwrap_or_default();
-                Some((Ok(frame(&json)), None))
-            }
-            None => Some((Ok(Bytes::from_static(b"data: [DONE]\n\n")), None)),
+    futures::stream::unfold(Some((stream, provider, metering)), |state| async move {
+        let (mut s, provider, mut metering) = state?;
+        loop {
+            return match s.next().await {
+                Some(Ok(chunk)) => {
+                    if let Some(m) = &mut metering
+                        && !m.chunk(&chunk)
+                    {
+                        continue;
+                    }
+                    Some((Ok(frame(&chunk.json)), Some((s, provider, metering))))
+                }
+                Some(Err(f)) => {
+                    let err = serde_json::json!({ "error": {
+                        "message": format!("upstream `{provider}` failed mid-stream: {}", f.message),
+                        "type": "upstream_error",
+                        "param": null,
+                        "code": "upstream_interrupted",
+                    }});
+                    let json = serde_json::to_vec(&err).unwrap_or_default();
+                    Some((Ok(frame(&json)), None))
+                }
+                None => Some((Ok(Bytes::from_static(b"data: [DONE]\n\n")), None)),
+            };
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uat_router::StreamChunk;
+
+    fn chunk(json: &str, usage: Option<uat_types::Usage>) -> StreamChunk {
+        StreamChunk {
+            json: Bytes::from(json.to_owned()),
+            usage,
+        }
+    }
+
+    #[test]
+    fn a_stream_spends_its_usage_and_drops_the_usage_chunk_it_asked_for() {
+        let meter = TokenMeter::for_test(100);
+        let mut m = StreamMeter::new(meter.clone(), 400, true);
+        assert!(m.chunk(&chunk(r#"{"choices":[{"delta":{"content":"hi"}}]}"#, None)));
+        let usage = uat_types::Usage::new(12, 30);
+        let last = r#"{"choices":[],"usage":{"prompt_tokens":12,"completion_tokens":30,"total_tokens":42}}"#;
+        assert!(
+            !m.chunk(&chunk(last, Some(usage))),
+            "asked for by the gateway"
+        );
+        drop(m);
+        assert_eq!(meter.remaining(), 100 - 42, "the usage, not the estimate");
+        // Asked for by the client: forwarded.
+        let mut m = StreamMeter::new(meter.clone(), 400, false);
+        assert!(m.chunk(&chunk(last, Some(usage))));
+        drop(m);
+        assert_eq!(meter.remaining(), 100 - 84);
+    }
+
+    #[test]
+    fn a_stream_without_usage_spends_an_estimate_even_when_cut_short() {
+        let meter = TokenMeter::for_test(100);
+        let mut m = StreamMeter::new(meter.clone(), 40, true);
+        for _ in 0..5 {
+            assert!(m.chunk(&chunk(r#"{"choices":[{"delta":{"content":"a"}}]}"#, None)));
+        }
+        // Dropped before its end (the client went away, or no usage came).
+        drop(m);
+        assert_eq!(meter.remaining(), 100 - 45);
+    }
 }

@@ -191,6 +191,14 @@ pub(crate) struct Assembler {
 /// no choices (what an upstream sends last when asked for usage). Only an
 /// event that names `usage` is parsed.
 pub(crate) fn is_usage_only(event: &[u8]) -> bool {
+    event
+        .strip_prefix(b"data:")
+        .map(|d| d.strip_prefix(b" ").unwrap_or(d))
+        .is_some_and(|data| is_usage_only_json(data.trim_ascii_end()))
+}
+
+/// [`is_usage_only`] of a chunk's JSON (what follows `data: `).
+pub(crate) fn is_usage_only_json(json: &[u8]) -> bool {
     use serde::de::IgnoredAny;
     #[derive(serde::Deserialize)]
     struct Peek {
@@ -200,16 +208,10 @@ pub(crate) fn is_usage_only(event: &[u8]) -> bool {
         usage: Option<IgnoredAny>,
     }
     const NAME: &[u8] = b"\"usage\"";
-    if !event.windows(NAME.len()).any(|w| w == NAME) {
+    if !json.windows(NAME.len()).any(|w| w == NAME) {
         return false;
     }
-    let Some(data) = event
-        .strip_prefix(b"data:")
-        .map(|d| d.strip_prefix(b" ").unwrap_or(d))
-    else {
-        return false;
-    };
-    serde_json::from_slice::<Peek>(data.trim_ascii_end())
+    serde_json::from_slice::<Peek>(json)
         .is_ok_and(|p| p.usage.is_some() && p.choices.is_none_or(|c| c.is_empty()))
 }
 

@@ -249,6 +249,142 @@ async fn a_key_over_its_rate_gets_429_and_other_keys_do_not() {
     );
 }
 
+/// `tokens_per_minute`: a key is admitted while it has tokens left, and
+/// each answer takes what its usage says it spent (a stream's too, whose
+/// usage the gateway asks for and keeps from a client that did not ask);
+/// cache hits and routes that spend no tokens are free; past empty the key
+/// gets a 429 until it has refilled, and another key is not held back.
+#[tokio::test]
+async fn a_key_over_its_tokens_per_minute_gets_429_once_its_answers_spent_them() {
+    let (up, providers, model) = upstream().await;
+    // 23 words: every answer spends 7 prompt + 23 completion = 30 tokens.
+    up.set_reply(&["word"; 23].join(" "));
+    let toml = format!(
+        "{providers}{}{}[cache]\nmode = \"deterministic\"\n[cache.l3]\nenabled = false\n",
+        key_toml("thrifty", SLOW_KEY, "tokens_per_minute = 100"),
+        key_toml("other", OTHER_KEY, ""),
+    );
+    let app = spawn_app(&toml).await;
+    let chat = |key: &str, body: Value| {
+        app.client
+            .post(app.at("/v1/chat/completions"))
+            .bearer_auth(key)
+            .json(&body)
+    };
+    let h = |headers: &reqwest::header::HeaderMap, name: &str| {
+        headers[name].to_str().unwrap().to_owned()
+    };
+    let left = |headers: &reqwest::header::HeaderMap| -> u64 {
+        h(headers, "x-ratelimit-remaining-tokens").parse().unwrap()
+    };
+    let msg = |text: &str| json!([{"role": "user", "content": text}]);
+
+    let (status, headers, body) = send(chat(
+        SLOW_KEY,
+        json!({"model": model, "messages": msg("one")}),
+    ))
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["usage"]["total_tokens"], 30, "{body}");
+    assert_eq!(h(&headers, "x-ratelimit-limit-tokens"), "100");
+    // Refilled at a token per 600 ms meanwhile: at most one more.
+    let after_one = left(&headers);
+    assert!((70..=71).contains(&after_one), "{after_one} left");
+    assert!(headers.contains_key("x-ratelimit-reset-tokens"));
+
+    // A cacheable request spends once; its hit is free.
+    let det = json!({"model": model, "temperature": 0, "messages": msg("two")});
+    let (status, headers, _) = send(chat(SLOW_KEY, det.clone())).await;
+    assert_eq!(status, 200);
+    assert_eq!(h(&headers, "x-uat-cache"), "miss");
+    let after_miss = left(&headers);
+    assert!(
+        after_miss + 30 <= after_one + 1,
+        "{after_one} -> {after_miss}"
+    );
+    let (status, headers, _) = send(chat(SLOW_KEY, det)).await;
+    assert_eq!(status, 200);
+    assert_eq!(h(&headers, "x-uat-cache"), "hit-l1");
+    assert!(left(&headers) >= after_miss, "a hit spends nothing");
+
+    // A stream whose client did not ask for usage: the upstream is asked,
+    // the usage chunk is not forwarded, and its tokens are taken.
+    let resp = chat(
+        SLOW_KEY,
+        json!({"model": model, "stream": true, "messages": msg("three")}),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("[DONE]"), "{text}");
+    assert!(
+        !text.contains("total_tokens"),
+        "usage kept from the client: {text}"
+    );
+    assert_eq!(
+        up.last_body().unwrap()["stream_options"]["include_usage"],
+        true
+    );
+    // Embeddings spend their usage too (here one input: one token); this
+    // request is admitted with about 10 tokens left.
+    let (status, headers, body) = send(
+        app.client
+            .post(app.at("/v1/embeddings"))
+            .bearer_auth(SLOW_KEY)
+            .json(&json!({"model": model, "input": "four"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let after_stream = left(&headers);
+    assert!(
+        after_stream + 31 <= after_miss + 2,
+        "{after_miss} -> {after_stream}"
+    );
+    assert!(after_stream > 0, "{after_stream}");
+
+    // Admitted with a few tokens left, it spends 30: below empty.
+    let (status, headers, _) = send(chat(
+        SLOW_KEY,
+        json!({"model": model, "messages": msg("five")}),
+    ))
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(left(&headers), 0);
+    let calls = up.calls();
+    let (status, headers, body) = send(chat(
+        SLOW_KEY,
+        json!({"model": model, "messages": msg("six")}),
+    ))
+    .await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("100 tokens per minute"), "{message}");
+    let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert_eq!(left(&headers), 0);
+    assert_eq!(h(&headers, "x-uat-cache"), "bypass");
+    assert_eq!(up.calls(), calls, "refused before the upstream");
+
+    // Routes that spend no tokens, and other keys, go on.
+    let (status, _, _) = send(app.client.get(app.at("/v1/models")).bearer_auth(SLOW_KEY)).await;
+    assert_eq!(status, 200);
+    let (status, headers, _) = send(chat(
+        OTHER_KEY,
+        json!({"model": model, "messages": msg("seven")}),
+    ))
+    .await;
+    assert_eq!(status, 200);
+    assert!(!headers.contains_key("x-ratelimit-limit-tokens"));
+    assert!(
+        app.metrics()
+            .await
+            .contains("uat_auth_rejections_total{reason=\"tokens\"}")
+    );
+}
+
 /// `max_concurrent`: a key's requests in flight past it get a 429 at once
 /// (one key's long streams or slow uploads could otherwise take every
 /// in-flight slot of the replica); its place comes back when an answer (a
