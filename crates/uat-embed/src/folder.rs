@@ -153,6 +153,24 @@ pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T
 }
 
 impl FolderSpec {
+    /// Checks, without loading the model, that `dir` is a folder a model can
+    /// be loaded from: its sentence-transformers files read
+    /// ([`FolderSpec::read`]), and the transformer's `config.json`,
+    /// `tokenizer.json` and `model.safetensors` are there (`uat config check`).
+    pub fn check(dir: &Path) -> Result<FolderSpec> {
+        if !dir.is_dir() {
+            return Err(EmbedError::load(dir, "no such folder"));
+        }
+        let spec = FolderSpec::read(dir)?;
+        for f in ["config.json", "tokenizer.json", "model.safetensors"] {
+            let path = spec.transformer_dir.join(f);
+            if !path.is_file() {
+                return Err(EmbedError::load(&path, "missing"));
+            }
+        }
+        Ok(spec)
+    }
+
     /// Reads `modules.json`, the pooling config and `sentence_bert_config.json`.
     pub fn read(dir: &Path) -> Result<FolderSpec> {
         let modules: Vec<ModuleEntry> = read_json(&dir.join("modules.json"))?;

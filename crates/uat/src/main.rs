@@ -88,6 +88,7 @@ fn block_on_bounded<F: std::future::Future>(
 fn config_check(path: Option<&std::path::Path>) -> anyhow::Result<()> {
     let (cfg, source) =
         Config::load(path, &Overrides::default()).context("invalid configuration")?;
+    check_model_folders(&cfg)?;
     match source {
         uat_config::Source::File(p) => println!("# configuration OK: {}", p.display()),
         uat_config::Source::Defaults => {
@@ -95,6 +96,29 @@ fn config_check(path: Option<&std::path::Path>) -> anyhow::Result<()> {
         }
     }
     print!("{}", cfg.to_masked_toml());
+    Ok(())
+}
+
+/// The local embedding models' folders, read as far as a load would
+/// without loading the weights: an `eager` model that cannot load stops
+/// `serve` at start-up, so it fails the check; a lazy one would fail its
+/// first request, so it is a warning (the folder may be mounted later).
+fn check_model_folders(cfg: &Config) -> anyhow::Result<()> {
+    for (i, m) in cfg.embeddings.models.iter().enumerate() {
+        let Err(e) = uat_embed::FolderSpec::check(&m.path) else {
+            continue;
+        };
+        if m.eager {
+            anyhow::bail!(
+                "invalid configuration: embeddings.models[{i}].path: model `{}` is eager (loaded at start-up) but cannot be loaded: {e}",
+                m.name
+            );
+        }
+        eprintln!(
+            "warning: embeddings.models[{i}].path: model `{}` cannot be loaded (its first request will fail): {e}",
+            m.name
+        );
+    }
     Ok(())
 }
 

@@ -1006,3 +1006,74 @@ fn loadtest_compare_stops_its_gateway_without_a_kill_program() {
         "{v}"
     );
 }
+
+/// `config check` reads each local model's folder as a load would (not the
+/// weights): an eager model that cannot load would stop `serve` at start-up,
+/// so it fails the check naming the field and the missing piece; a lazy one
+/// is a warning.
+#[test]
+fn config_check_reads_the_local_model_folders() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = dir.path().join("minilm");
+    std::fs::create_dir_all(model.join("1_Pooling")).expect("mkdir");
+    let files = [
+        (
+            "modules.json",
+            r#"[{"idx":0,"name":"0","path":"","type":"sentence_transformers.models.Transformer"},
+                {"idx":1,"name":"1","path":"1_Pooling","type":"sentence_transformers.models.Pooling"}]"#,
+        ),
+        (
+            "1_Pooling/config.json",
+            r#"{"word_embedding_dimension": 384, "pooling_mode_mean_tokens": true}"#,
+        ),
+        ("config.json", "{}"),
+        ("tokenizer.json", "{}"),
+    ];
+    for (name, body) in files {
+        std::fs::write(model.join(name), body).expect("write");
+    }
+    let check = |path: &Path, eager: bool| {
+        let cfg = write_config(
+            dir.path(),
+            &format!(
+                "[[embeddings.models]]\nname = \"minilm\"\npath = {:?}\neager = {eager}\n",
+                path.display().to_string()
+            ),
+        );
+        run(uat().args(["config", "check", "--config"]).arg(&cfg))
+    };
+    let missing = dir.path().join("nowhere");
+    let out = check(&missing, true);
+    assert!(
+        !out.status.success(),
+        "an eager model with no folder passed"
+    );
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("embeddings.models[0].path") && err.contains("no such folder"),
+        "{err}"
+    );
+    let out = check(&missing, false);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("warning: embeddings.models[0].path"),
+        "a lazy model's missing folder is a warning: {err}"
+    );
+    // The weights are missing.
+    let out = check(&model, true);
+    assert!(!out.status.success(), "a folder without weights passed");
+    assert!(
+        text(&out.stderr).contains("model.safetensors"),
+        "{}",
+        text(&out.stderr)
+    );
+    std::fs::write(model.join("model.safetensors"), b"").expect("write");
+    let out = check(&model, true);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stderr).contains("warning"),
+        "{}",
+        text(&out.stderr)
+    );
+}
