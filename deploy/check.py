@@ -73,6 +73,12 @@ def image_uid():
     users = re.findall(r"^USER\s+(\S+)", text, re.M)
     check(len(users) == 1 and re.fullmatch(r"\d+(:\d+)?", users[0] or ""),
           f"deploy/Dockerfile: USER must be numeric, got {users}")
+    # The image has no curl: its HEALTHCHECK runs the binary's own probe.
+    hc = re.search(r"^HEALTHCHECK\b(?:[^\n]*\\\n)*[^\n]*", text, re.M)
+    check(hc is not None and re.search(r'CMD \["/usr/local/bin/uat", "health"', hc.group(0)),
+          "deploy/Dockerfile: HEALTHCHECK must run `uat health`")
+    check("Health(" in (ROOT / "crates/uat/src/cli.rs").read_text(),
+          "deploy/Dockerfile: the HEALTHCHECK's `uat health` is not a command of the binary")
     uid = int(users[0].split(":")[0]) if users and users[0][0].isdigit() else None
     check(uid is not None and re.search(rf"useradd\b[^\n]*--uid {uid}\b", text),
           f"deploy/Dockerfile: useradd does not create uid {uid}")

@@ -32,12 +32,30 @@ pub enum Command {
     },
     /// Load-test a running gateway (or the built-in mock upstream directly vs. through uat).
     Loadtest(crate::loadtest::LoadtestArgs),
+    /// Probe a running server's `/health` (or `--url`): exit 0 when it answers 2xx, 1
+    /// otherwise (the container image's HEALTHCHECK).
+    Health(HealthArgs),
     /// Benchmarks of the engines, each with its baseline measured in the same run.
     Bench {
         /// Which engine.
         #[command(subcommand)]
         which: crate::bench::BenchCommand,
     },
+}
+
+/// `uat health` flags.
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// URL to probe. Default: `/health` on the configured `server.listen` port
+    /// of this host (`http://127.0.0.1:3033/health` with the defaults).
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// Probe `/ready` instead of `/health` (every critical subsystem up).
+    #[arg(long, conflicts_with = "url")]
+    pub ready: bool,
+    /// How long to wait for the answer.
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = uat_config::duration::parse)]
+    pub timeout: std::time::Duration,
 }
 
 /// `uat serve` flags; they override the file and the environment.
@@ -71,7 +89,7 @@ pub fn check_unused_config(cli: &Cli) -> Result<(), clap::Error> {
         return Ok(());
     }
     let why = match cli.command {
-        Command::Serve(_) | Command::Config { .. } => return Ok(()),
+        Command::Serve(_) | Command::Config { .. } | Command::Health(_) => return Ok(()),
         Command::Loadtest(_) => {
             "`uat loadtest` reads no configuration file (a `--compare` gateway is configured \
              by a file of its own; the load is set by the loadtest flags)"

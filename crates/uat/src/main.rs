@@ -52,6 +52,7 @@ fn main() -> ExitCode {
         Command::Config {
             command: ConfigCommand::Check,
         } => config_check(cli.config.as_deref()),
+        Command::Health(ref args) => health(cli.config.as_deref(), args),
         Command::Bench { ref which } => bench::run(which),
         Command::Loadtest(ref args) => runtime()
             .and_then(|rt| block_on_bounded(rt, loadtest::run(args), |_| BLOCKING_SHUTDOWN_LIMIT)),
@@ -96,6 +97,46 @@ fn config_check(path: Option<&std::path::Path>) -> anyhow::Result<()> {
         }
     }
     print!("{}", cfg.to_masked_toml());
+    Ok(())
+}
+
+/// `uat health`: one GET of the server's `/health` (or `/ready`, or
+/// `--url`) on this host, for a container HEALTHCHECK (the image has no
+/// curl). The port is the configured `server.listen`'s (file and `UAT_*`
+/// environment, as `serve` reads them).
+fn health(path: Option<&std::path::Path>, args: &cli::HealthArgs) -> anyhow::Result<()> {
+    let url = match &args.url {
+        Some(u) => u.clone(),
+        None => {
+            let (cfg, _) =
+                Config::load(path, &Overrides::default()).context("invalid configuration")?;
+            let addr: std::net::SocketAddr = cfg.server.listen.parse().with_context(|| {
+                format!("server.listen `{}` is not an address", cfg.server.listen)
+            })?;
+            let route = if args.ready { "ready" } else { "health" };
+            format!("http://127.0.0.1:{}/{route}", addr.port())
+        }
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let status = rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(args.timeout)
+            .build()
+            .context("cannot build the HTTP client")?;
+        let resp = client
+            .get(&url)
+            .send()
+            .await
+            .with_context(|| format!("{url}: no answer"))?;
+        anyhow::Ok(resp.status())
+    })?;
+    if !status.is_success() {
+        anyhow::bail!("{url}: {status}");
+    }
+    println!("{url}: {status}");
     Ok(())
 }
 

@@ -261,6 +261,18 @@ fn serve_answers_health_on_an_ephemeral_port_and_stops_on_sigterm() {
         body.contains("\"error\""),
         "OpenAI error shape expected: {body}"
     );
+    // `uat health`, the image's HEALTHCHECK: 0 on a 2xx, 1 otherwise.
+    let probe = |url: String| run(uat().args(["health", "--url", &url]));
+    let out = probe(format!("http://{addr}/health"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("200 OK"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = probe(format!("http://{addr}/no/such/route"));
+    assert!(!out.status.success(), "a 404 is not healthy");
+    assert!(text(&out.stderr).contains("404"), "{}", text(&out.stderr));
 
     sigterm(server.0.id());
     let exit = wait_exit(&mut server.0, Duration::from_secs(10))
@@ -269,6 +281,41 @@ fn serve_answers_health_on_an_ephemeral_port_and_stops_on_sigterm() {
     assert!(
         http_get(addr, "/health").is_err(),
         "the port is closed after shutdown"
+    );
+    let out = probe(format!("http://{addr}/health"));
+    assert!(!out.status.success(), "nothing listens");
+    assert!(
+        text(&out.stderr).contains("no answer"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// Without `--url`, `uat health` probes this host on the configured port
+/// (`/ready` with `--ready`).
+#[test]
+fn health_probes_the_configured_port() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A port nobody listens on: bound, then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let cfg = write_config(dir.path(), &serve_config(dir.path(), port));
+    let out = run(uat()
+        .args(["health", "--timeout", "1s", "--config"])
+        .arg(&cfg));
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!("http://127.0.0.1:{port}/health: no answer")),
+        "{err}"
+    );
+    let out = run(uat().args(["health", "--ready", "--config"]).arg(&cfg));
+    assert!(
+        text(&out.stderr).contains(&format!("127.0.0.1:{port}/ready")),
+        "{}",
+        text(&out.stderr)
     );
 }
 
