@@ -244,6 +244,17 @@ impl ApiError {
         )
     }
 
+    /// 499 (nginx's "client closed request"): the client went away before
+    /// its answer was ready. Not logged: it is no fault of the server's.
+    pub fn client_closed() -> Self {
+        Self::new(
+            StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+            "invalid_request_error",
+            Some("client_closed_request"),
+            "the client closed the request before its answer was ready",
+        )
+    }
+
     /// 404 for an unknown route.
     pub fn no_route(method: &str, path: &str) -> Self {
         Self::new(

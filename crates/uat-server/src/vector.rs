@@ -118,6 +118,9 @@ fn api_error(e: VectorError) -> ApiError {
         VectorError::BadFilter(_) => ApiError::invalid_field("filter", e.to_string()),
         VectorError::UnknownMetric(_) => ApiError::invalid_field("metric", e.to_string()),
         VectorError::ResponseTooLarge(_) => ApiError::response_too_large(e.to_string()),
+        // The client went away (a batch search stops): nobody reads this
+        // answer, and it is not a server error to log.
+        VectorError::Cancelled => ApiError::client_closed(),
         _ if e.is_bad_request() => ApiError::bad_request(e.to_string()),
         _ => ApiError::internal(e),
     }
@@ -428,4 +431,17 @@ async fn snapshot(
         snapshot: name,
         count,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A batch search stopped because its client went away is not a server
+    /// error (those are logged at error level): a 499 nobody reads.
+    #[test]
+    fn a_cancelled_search_is_a_499_not_a_500() {
+        let resp = api_error(VectorError::Cancelled).into_response();
+        assert_eq!(resp.status().as_u16(), 499);
+    }
 }
