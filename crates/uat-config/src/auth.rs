@@ -43,6 +43,12 @@ pub struct ApiKeyConfig {
     /// its answer's tokens are taken after it. Unset: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens_per_minute: Option<u32>,
+    /// The vector collections this key may use (read, write, search), as
+    /// names or globs with `*` (`["docs-*", "faq"]`); `GET /v1/collections`
+    /// lists only those. Unset: every collection. Not for admin keys, which
+    /// reach every collection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collections: Option<Vec<String>>,
     /// May call the admin routes (cache invalidation and stats, embedding
     /// model load/unload, vector collection create/drop/snapshot).
     #[serde(default)]
@@ -64,6 +70,8 @@ pub struct ResolvedKey {
     pub max_concurrent: Option<u32>,
     /// Its limit of model tokens a minute, when it has one (never 0).
     pub tokens_per_minute: Option<u32>,
+    /// The collections it may use (globs), when limited.
+    pub collections: Option<Vec<String>>,
     /// Whether it may call admin routes.
     pub admin: bool,
 }
@@ -76,6 +84,7 @@ impl std::fmt::Debug for ResolvedKey {
             .field("requests_per_minute", &self.requests_per_minute)
             .field("max_concurrent", &self.max_concurrent)
             .field("tokens_per_minute", &self.tokens_per_minute)
+            .field("collections", &self.collections)
             .field("admin", &self.admin)
             .finish_non_exhaustive()
     }
@@ -153,6 +162,20 @@ impl AuthConfig {
                     "must be at least 1 (leave it unset for no limit)",
                 ));
             }
+            if let Some(list) = &k.collections {
+                if k.admin {
+                    return Err(ConfigError::invalid(
+                        at("collections"),
+                        "an admin key reaches every collection; `collections` limits non-admin keys",
+                    ));
+                }
+                if let Some(i) = list.iter().position(|p| p.trim().is_empty()) {
+                    return Err(ConfigError::invalid(
+                        at(&format!("collections[{i}]")),
+                        "must not be empty",
+                    ));
+                }
+            }
             if k.tokens_per_minute == Some(0) {
                 return Err(ConfigError::invalid(
                     at("tokens_per_minute"),
@@ -222,6 +245,7 @@ impl AuthConfig {
                 requests_per_minute: k.requests_per_minute,
                 max_concurrent: k.max_concurrent,
                 tokens_per_minute: k.tokens_per_minute,
+                collections: k.collections.clone(),
                 admin: k.admin,
             });
         }

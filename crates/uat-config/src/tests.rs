@@ -385,6 +385,7 @@ name = "team-a"
 key_env = "UAT_KEY_TEAM_A"
 requests_per_minute = 600
 tokens_per_minute = 40000
+collections = ["docs-*", "faq"]
 
 [[auth.keys]]
 name = "ops"
@@ -401,6 +402,11 @@ admin = true
     assert_eq!(keys[0].requests_per_minute, Some(600));
     assert_eq!(keys[0].tokens_per_minute, Some(40_000));
     assert_eq!(keys[1].tokens_per_minute, None);
+    assert_eq!(
+        keys[0].collections.as_deref(),
+        Some(&["docs-*".to_string(), "faq".to_string()][..])
+    );
+    assert_eq!(keys[1].collections, None);
     assert_eq!(keys[1].owner, "platform");
     assert!(keys[1].admin && !keys[0].admin);
     assert_eq!(hex::encode(keys[1].digest), KEY_A_SHA);
@@ -494,6 +500,20 @@ fn auth_zero_rpm_is_rejected() {
         &[],
     );
     assert!(e.contains("auth.keys[0].tokens_per_minute"), "{e}");
+    let e = auth_err(
+        &format!(
+            "[[auth.keys]]\nname = \"a\"\nkey_sha256 = \"{KEY_A_SHA}\"\ncollections = [\"ok\", \" \"]\n"
+        ),
+        &[],
+    );
+    assert!(e.contains("auth.keys[0].collections[1]"), "{e}");
+    let e = auth_err(
+        &format!(
+            "[[auth.keys]]\nname = \"a\"\nkey_sha256 = \"{KEY_A_SHA}\"\nadmin = true\ncollections = [\"x\"]\n"
+        ),
+        &[],
+    );
+    assert!(e.contains("auth.keys[0].collections"), "{e}");
 }
 
 #[test]

@@ -145,6 +145,8 @@ pub struct Caller {
     admin: bool,
     /// The key's owner ([`Tenant::of`] reads it).
     tenant: Tenant,
+    /// The collections it may use (globs); `None`: every one.
+    collections: Option<Arc<[Box<str>]>>,
 }
 
 impl Caller {
@@ -152,7 +154,66 @@ impl Caller {
         name: None,
         admin: false,
         tenant: Tenant(None),
+        collections: None,
     };
+
+    /// Whether the request may use the collection `name`: always without
+    /// keys (no caller) or for a key without `collections`.
+    pub(crate) fn may_use_collection(caller: Option<&Caller>, name: &str) -> bool {
+        match caller.and_then(|c| c.collections.as_deref()) {
+            None => true,
+            Some(globs) => globs.iter().any(|g| glob_matches(g, name)),
+        }
+    }
+}
+
+/// A glob with `*` (any run of characters, none too) matched against all of
+/// `name`; every other character stands for itself.
+fn glob_matches(glob: &str, name: &str) -> bool {
+    let mut parts = glob.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = name.strip_prefix(first) else {
+        return false;
+    };
+    let mut pieces: Vec<&str> = parts.collect();
+    let Some(last) = pieces.pop() else {
+        return rest.is_empty(); // no `*`: the whole name was the prefix
+    };
+    for piece in pieces {
+        match rest.find(piece) {
+            Some(at) => rest = &rest[at + piece.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+/// The guard of the collection routes: a key with `collections` may use a
+/// collection its globs match; another is 403 `insufficient_permissions`
+/// before anything is read. Routes without a `{name}` pass (the list
+/// filters its answer itself).
+pub(crate) async fn require_collection(
+    params: Result<axum::extract::RawPathParams, axum::extract::rejection::RawPathParamsRejection>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let name = params.ok().and_then(|p| {
+        p.iter()
+            .find(|(k, _)| *k == "name")
+            .map(|(_, v)| v.to_owned())
+    });
+    let caller = req.extensions().get::<Caller>();
+    match name {
+        Some(name) if !Caller::may_use_collection(caller, &name) => {
+            REJECTIONS.with_label_values(&["forbidden"]).inc();
+            let key = caller.and_then(|c| c.name.as_deref()).unwrap_or("");
+            ApiError::forbidden(format!(
+                "the API key `{key}` may not use the collection `{name}` (see its `collections`)"
+            ))
+            .into_response()
+        }
+        _ => next.run(req).await,
+    }
 }
 
 impl Auth {
@@ -179,6 +240,10 @@ impl Auth {
                         name: Some(k.name.as_str().into()),
                         admin: k.admin,
                         tenant: Tenant::new(&k.owner),
+                        collections: k
+                            .collections
+                            .as_ref()
+                            .map(|l| l.iter().map(|g| g.trim().into()).collect()),
                     },
                     limit: k.requests_per_minute.map(Gcra::per_minute),
                     concurrent: k.max_concurrent.map(|max| {
@@ -726,6 +791,26 @@ mod tests {
         // A huge answer saturates, never wraps around.
         b.take_at(600_000_000_000, u64::MAX);
         assert!(b.admit_at(u64::MAX / 2).is_err());
+    }
+
+    #[test]
+    fn collection_globs_match_whole_names() {
+        for (glob, name, hit) in [
+            ("faq", "faq", true),
+            ("faq", "faqs", false),
+            ("docs-*", "docs-", true),
+            ("docs-*", "docs-en", true),
+            ("docs-*", "doc-en", false),
+            ("*-en", "docs-en", true),
+            ("*-en", "docs-de", false),
+            ("a*b*c", "abc", true),
+            ("a*b*c", "a-b-b-c", true),
+            ("a*b*c", "a-c-b", false),
+            ("*", "anything", true),
+            ("a*a", "a", false),
+        ] {
+            assert_eq!(glob_matches(glob, name), hit, "{glob} vs {name}");
+        }
     }
 
     #[test]

@@ -195,6 +195,7 @@ pub fn routes() -> Router<AppState> {
             "/v1/collections/{name}/snapshot",
             crate::auth::admin(post(snapshot)),
         )
+        .route_layer(axum::middleware::from_fn(crate::auth::require_collection))
 }
 
 /// The routes that take the bulk body limit (`server.bulk_body_limit`):
@@ -207,6 +208,7 @@ pub fn bulk_routes() -> Router<AppState> {
             "/v1/collections/{name}/points/search/batch",
             post(search_batch),
         )
+        .route_layer(axum::middleware::from_fn(crate::auth::require_collection))
 }
 
 /// `GET /v1/collections`.
@@ -241,9 +243,13 @@ struct Snapshotted {
 
 async fn list_collections(
     State(state): State<AppState>,
+    caller: Option<axum::Extension<crate::auth::Caller>>,
 ) -> Result<axum::Json<Collections>, ApiError> {
     let store = state.vector.store.clone();
-    let collections = blocking(move || Ok(store.list())).await?;
+    let mut collections = blocking(move || Ok(store.list())).await?;
+    // A key limited to some collections sees only those.
+    let caller = caller.map(|axum::Extension(c)| c);
+    collections.retain(|c| crate::auth::Caller::may_use_collection(caller.as_ref(), &c.name));
     Ok(axum::Json(Collections { collections }))
 }
 

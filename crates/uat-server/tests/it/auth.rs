@@ -437,6 +437,96 @@ async fn a_key_at_its_limit_in_flight_gets_429_until_a_place_frees() {
     );
 }
 
+/// `collections`: a key limited to some collections (globs) uses and lists
+/// only those; any other is a 403 on every collection route, before its
+/// body is read. Keys without the list see every collection.
+#[tokio::test]
+async fn a_key_with_collections_uses_and_lists_only_those() {
+    const LIMITED_KEY: &str = "sk-test-limited-0123456789";
+    let toml = format!(
+        "{}{}{}",
+        key_toml("user", USER_KEY, ""),
+        key_toml("ops", ADMIN_KEY, "admin = true"),
+        key_toml(
+            "limited",
+            LIMITED_KEY,
+            "collections = [\"docs-*\", \"faq\"]"
+        ),
+    );
+    let app = spawn_app(&toml).await;
+    let c = &app.client;
+    for name in ["docs-en", "docs-de", "faq", "secret"] {
+        let (status, _, body) = send(
+            c.put(app.at(&format!("/v1/collections/{name}")))
+                .bearer_auth(ADMIN_KEY)
+                .json(&json!({"dimension": 2, "metric": "cosine"})),
+        )
+        .await;
+        assert_eq!(status, 201, "{name}: {body}");
+    }
+    let names = |body: &Value| -> Vec<String> {
+        let mut v: Vec<String> = body["collections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let (status, _, body) = send(c.get(app.at("/v1/collections")).bearer_auth(LIMITED_KEY)).await;
+    assert_eq!(status, 200);
+    assert_eq!(names(&body), ["docs-de", "docs-en", "faq"]);
+    let (_, _, body) = send(c.get(app.at("/v1/collections")).bearer_auth(USER_KEY)).await;
+    assert_eq!(names(&body), ["docs-de", "docs-en", "faq", "secret"]);
+
+    let point = json!({"points": [{"id": 1, "vector": [1.0, 0.0]}]});
+    let search = json!({"vector": [1.0, 0.0], "top_k": 1});
+    let (status, _, body) = send(
+        c.put(app.at("/v1/collections/docs-en/points"))
+            .bearer_auth(LIMITED_KEY)
+            .json(&point),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _, body) = send(
+        c.post(app.at("/v1/collections/faq/points/search"))
+            .bearer_auth(LIMITED_KEY)
+            .json(&search),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let refused = [
+        c.get(app.at("/v1/collections/secret")),
+        c.put(app.at("/v1/collections/secret/points")).json(&point),
+        c.post(app.at("/v1/collections/secret/points/search"))
+            .json(&search),
+        c.post(app.at("/v1/collections/secret/points/search/batch"))
+            .json(&json!({"searches": [search]})),
+        c.get(app.at("/v1/collections/secret/points/1")),
+        c.post(app.at("/v1/collections/secret/points/delete"))
+            .json(&json!({"ids": [1]})),
+        // Not even a body that would be refused anyway is read.
+        c.put(app.at("/v1/collections/secret/points"))
+            .header("content-type", "application/json")
+            .body("not json"),
+        c.put(app.at("/v1/collections/docs/points")).json(&point),
+    ];
+    for (i, req) in refused.into_iter().enumerate() {
+        let (status, _, body) = send(req.bearer_auth(LIMITED_KEY)).await;
+        assert_eq!(status, 403, "request {i}: {body}");
+        assert_eq!(body["error"]["code"], "insufficient_permissions", "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("`limited`"), "{message}");
+    }
+    let (status, _, body) = send(
+        c.get(app.at("/v1/collections/secret"))
+            .bearer_auth(USER_KEY),
+    )
+    .await;
+    assert_eq!(status, 200, "a key without the list: {body}");
+}
+
 #[tokio::test]
 async fn each_owner_has_its_own_cache_namespace() {
     let (up, providers, model) = upstream().await;
