@@ -43,6 +43,12 @@ pub struct ApiKeyConfig {
     /// its answer's tokens are taken after it. Unset: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens_per_minute: Option<u32>,
+    /// The models this key may call (chat completions, embeddings), as the
+    /// client names them (an alias, a model, `provider/model`), names or
+    /// globs with `*` (`["gpt-4o*", "fast"]`); `GET /v1/models` lists only
+    /// those. Unset: every model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub models: Option<Vec<String>>,
     /// The vector collections this key may use (read, write, search), as
     /// names or globs with `*` (`["docs-*", "faq"]`); `GET /v1/collections`
     /// lists only those. Unset: every collection. Not for admin keys, which
@@ -70,6 +76,8 @@ pub struct ResolvedKey {
     pub max_concurrent: Option<u32>,
     /// Its limit of model tokens a minute, when it has one (never 0).
     pub tokens_per_minute: Option<u32>,
+    /// The models it may call (globs), when limited.
+    pub models: Option<Vec<String>>,
     /// The collections it may use (globs), when limited.
     pub collections: Option<Vec<String>>,
     /// Whether it may call admin routes.
@@ -84,6 +92,7 @@ impl std::fmt::Debug for ResolvedKey {
             .field("requests_per_minute", &self.requests_per_minute)
             .field("max_concurrent", &self.max_concurrent)
             .field("tokens_per_minute", &self.tokens_per_minute)
+            .field("models", &self.models)
             .field("collections", &self.collections)
             .field("admin", &self.admin)
             .finish_non_exhaustive()
@@ -176,6 +185,16 @@ impl AuthConfig {
                     ));
                 }
             }
+            if let Some(i) = k
+                .models
+                .as_ref()
+                .and_then(|l| l.iter().position(|p| p.trim().is_empty()))
+            {
+                return Err(ConfigError::invalid(
+                    at(&format!("models[{i}]")),
+                    "must not be empty",
+                ));
+            }
             if k.tokens_per_minute == Some(0) {
                 return Err(ConfigError::invalid(
                     at("tokens_per_minute"),
@@ -245,6 +264,7 @@ impl AuthConfig {
                 requests_per_minute: k.requests_per_minute,
                 max_concurrent: k.max_concurrent,
                 tokens_per_minute: k.tokens_per_minute,
+                models: k.models.clone(),
                 collections: k.collections.clone(),
                 admin: k.admin,
             });

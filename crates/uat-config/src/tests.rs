@@ -386,6 +386,7 @@ key_env = "UAT_KEY_TEAM_A"
 requests_per_minute = 600
 tokens_per_minute = 40000
 collections = ["docs-*", "faq"]
+models = ["gpt-4o*"]
 
 [[auth.keys]]
 name = "ops"
@@ -407,6 +408,10 @@ admin = true
         Some(&["docs-*".to_string(), "faq".to_string()][..])
     );
     assert_eq!(keys[1].collections, None);
+    assert_eq!(
+        keys[0].models.as_deref(),
+        Some(&["gpt-4o*".to_string()][..])
+    );
     assert_eq!(keys[1].owner, "platform");
     assert!(keys[1].admin && !keys[0].admin);
     assert_eq!(hex::encode(keys[1].digest), KEY_A_SHA);
@@ -507,6 +512,11 @@ fn auth_zero_rpm_is_rejected() {
         &[],
     );
     assert!(e.contains("auth.keys[0].collections[1]"), "{e}");
+    let e = auth_err(
+        &format!("[[auth.keys]]\nname = \"a\"\nkey_sha256 = \"{KEY_A_SHA}\"\nmodels = [\"\"]\n"),
+        &[],
+    );
+    assert!(e.contains("auth.keys[0].models[0]"), "{e}");
     let e = auth_err(
         &format!(
             "[[auth.keys]]\nname = \"a\"\nkey_sha256 = \"{KEY_A_SHA}\"\nadmin = true\ncollections = [\"x\"]\n"

@@ -145,8 +145,18 @@ pub struct Caller {
     admin: bool,
     /// The key's owner ([`Tenant::of`] reads it).
     tenant: Tenant,
+    /// The models it may call (globs); `None`: every one.
+    models: Option<Globs>,
     /// The collections it may use (globs); `None`: every one.
-    collections: Option<Arc<[Box<str>]>>,
+    collections: Option<Globs>,
+}
+
+/// A key's allow-list: names or globs with `*`.
+pub(crate) type Globs = Arc<[Box<str>]>;
+
+/// Whether `list` (absent: no limit) lets `name` through.
+fn allows(list: Option<&[Box<str>]>, name: &str) -> bool {
+    list.is_none_or(|globs| globs.iter().any(|g| glob_matches(g, name)))
 }
 
 impl Caller {
@@ -154,16 +164,34 @@ impl Caller {
         name: None,
         admin: false,
         tenant: Tenant(None),
+        models: None,
         collections: None,
     };
+
+    /// A key with `models` may call only the models its globs match, as
+    /// the client names them; another is a 403 `insufficient_permissions`.
+    /// Always `Ok` without keys (no caller) or for a key without the list.
+    pub(crate) fn check_model(caller: Option<&Caller>, model: &str) -> Result<(), ApiError> {
+        let Some(c) = caller else { return Ok(()) };
+        if allows(c.models.as_deref(), model) {
+            return Ok(());
+        }
+        REJECTIONS.with_label_values(&["forbidden"]).inc();
+        Err(ApiError::forbidden(format!(
+            "the API key `{}` may not call the model `{model}` (see its `models`)",
+            c.name.as_deref().unwrap_or("")
+        )))
+    }
+
+    /// Whether the key may see `model` in the model list.
+    pub(crate) fn lists_model(caller: Option<&Caller>, model: &str) -> bool {
+        allows(caller.and_then(|c| c.models.as_deref()), model)
+    }
 
     /// Whether the request may use the collection `name`: always without
     /// keys (no caller) or for a key without `collections`.
     pub(crate) fn may_use_collection(caller: Option<&Caller>, name: &str) -> bool {
-        match caller.and_then(|c| c.collections.as_deref()) {
-            None => true,
-            Some(globs) => globs.iter().any(|g| glob_matches(g, name)),
-        }
+        allows(caller.and_then(|c| c.collections.as_deref()), name)
     }
 }
 
@@ -240,6 +268,10 @@ impl Auth {
                         name: Some(k.name.as_str().into()),
                         admin: k.admin,
                         tenant: Tenant::new(&k.owner),
+                        models: k
+                            .models
+                            .as_ref()
+                            .map(|l| l.iter().map(|g| g.trim().into()).collect()),
                         collections: k
                             .collections
                             .as_ref()

@@ -225,6 +225,7 @@ async fn embeddings(
     State(state): State<AppState>,
     tenant: crate::auth::Tenant,
     meter: Option<crate::auth::TokenMeter>,
+    caller: Option<axum::Extension<crate::auth::Caller>>,
     headers: HeaderMap,
     body: Result<ApiJson<Value>, ApiError>,
 ) -> Response {
@@ -238,6 +239,12 @@ async fn embeddings(
         Some(Value::String(s)) => s.clone(),
         _ => String::new(),
     };
+    if !model.is_empty()
+        && let Err(e) =
+            crate::auth::Caller::check_model(caller.as_ref().map(|axum::Extension(c)| c), &model)
+    {
+        return refused(e);
+    }
     if state.embed.registry.contains(&model) {
         let parsed = match parse(&body) {
             Ok(p) => p,

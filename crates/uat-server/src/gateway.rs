@@ -7,7 +7,7 @@
 //! and `x-uat-attempts`.
 
 use crate::StartupError;
-use crate::auth::TokenMeter;
+use crate::auth::{Caller, TokenMeter};
 use crate::cache;
 use crate::error::ApiError;
 use crate::middleware::RouteLabels;
@@ -87,12 +87,17 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/chat/completions", post(chat))
 }
 
-async fn list_models(State(state): State<AppState>) -> Response {
+async fn list_models(
+    State(state): State<AppState>,
+    caller: Option<axum::Extension<Caller>>,
+) -> Response {
     let mut data = state.gateway.router.list_models();
     // Local embedding models are models too; duplicates are removed below.
     data.extend(state.embed.models());
     let mut seen = std::collections::HashSet::with_capacity(data.len());
-    data.retain(|m| seen.insert(m.id.clone()));
+    let caller = caller.as_ref().map(|axum::Extension(c)| c);
+    // A key limited to some models sees only those.
+    data.retain(|m| Caller::lists_model(caller, &m.id) && seen.insert(m.id.clone()));
     axum::Json(ModelList::new(data)).into_response()
 }
 
@@ -100,15 +105,17 @@ async fn list_models(State(state): State<AppState>) -> Response {
 /// or 404 `model_not_found`.
 async fn get_model(
     State(state): State<AppState>,
+    caller: Option<axum::Extension<Caller>>,
     crate::extract::ApiPath(id): crate::extract::ApiPath<String>,
 ) -> Response {
+    let caller = caller.as_ref().map(|axum::Extension(c)| c);
     let found = state
         .gateway
         .router
         .list_models()
         .into_iter()
         .chain(state.embed.models())
-        .find(|m| m.id == id);
+        .find(|m| m.id == id && Caller::lists_model(caller, &m.id));
     match found {
         Some(m) => axum::Json(m).into_response(),
         None => ApiError::model_not_found(&id).into_response(),
@@ -266,6 +273,7 @@ fn parse_chat(body: &Value) -> Result<ChatRequest, ApiError> {
 async fn chat(State(state): State<AppState>, request: Request) -> Response {
     let tenant = crate::auth::Tenant::of(request.extensions());
     let meter = TokenMeter::of(request.extensions());
+    let caller = request.extensions().get::<Caller>().cloned();
     let (headers, bytes) = match read_body(request).await {
         Ok(b) => b,
         Err(e) => return refused(e),
@@ -283,6 +291,9 @@ async fn chat(State(state): State<AppState>, request: Request) -> Response {
         Ok(r) => r,
         Err(e) => return refused(e),
     };
+    if let Err(e) = Caller::check_model(caller.as_ref(), &req.model) {
+        return refused(e);
+    }
     let router = &state.gateway.router;
     let resolved = match router.resolve(&req.model) {
         Ok(r) => r,

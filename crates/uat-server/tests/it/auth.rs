@@ -437,6 +437,91 @@ async fn a_key_at_its_limit_in_flight_gets_429_until_a_place_frees() {
     );
 }
 
+/// `models`: a key limited to some models (globs, as the client names
+/// them) calls and lists only those; another is a 403 before anything goes
+/// upstream or to the cache, on chat and embeddings alike.
+#[tokio::test]
+async fn a_key_with_models_calls_and_lists_only_those() {
+    let (up, providers, model) = upstream().await;
+    let prefix = model.trim_end_matches("-model").to_owned();
+    let toml = format!(
+        "{providers}{}{}",
+        key_toml("narrow", SLOW_KEY, &format!("models = [\"{prefix}-*\"]")),
+        key_toml("elsewhere", OTHER_KEY, "models = [\"gpt-4o\"]"),
+    );
+    let app = spawn_app(&toml).await;
+    let c = &app.client;
+    let chat = |key: &str| {
+        c.post(app.at("/v1/chat/completions"))
+            .bearer_auth(key)
+            .json(&chat_body(&model, false))
+    };
+    let embed = |key: &str| {
+        c.post(app.at("/v1/embeddings"))
+            .bearer_auth(key)
+            .json(&json!({"model": model, "input": "hi"}))
+    };
+    let (status, _, body) = send(chat(SLOW_KEY)).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _, body) = send(embed(SLOW_KEY)).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, _, body) = send(c.get(app.at("/v1/models")).bearer_auth(SLOW_KEY)).await;
+    let ids: Vec<&str> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        !ids.is_empty() && ids.iter().all(|id| id.starts_with(&prefix)),
+        "{ids:?}"
+    );
+    assert!(ids.contains(&model.as_str()), "{ids:?}");
+    // A `provider/model` name is another name: not matched by the glob.
+    let (status, _, body) = send(
+        c.post(app.at("/v1/chat/completions"))
+            .bearer_auth(SLOW_KEY)
+            .json(&chat_body(&format!("p/{model}"), false)),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+
+    let calls = up.calls();
+    for (what, req) in [("chat", chat(OTHER_KEY)), ("embeddings", embed(OTHER_KEY))] {
+        let (status, headers, body) = send(req).await;
+        assert_eq!(status, 403, "{what}: {body}");
+        assert_eq!(body["error"]["code"], "insufficient_permissions");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("`elsewhere`") && message.contains(&model),
+            "{message}"
+        );
+        assert_eq!(headers["x-uat-cache"], "bypass");
+    }
+    assert_eq!(up.calls(), calls, "refused before the upstream");
+    let (_, _, body) = send(c.get(app.at("/v1/models")).bearer_auth(OTHER_KEY)).await;
+    assert!(
+        !body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == model.as_str()),
+        "{body}"
+    );
+    let (status, _, _) = send(
+        c.get(app.at(&format!("/v1/models/{model}")))
+            .bearer_auth(OTHER_KEY),
+    )
+    .await;
+    assert_eq!(status, 404, "a model the key may not call is not listed");
+    let (status, _, _) = send(
+        c.get(app.at(&format!("/v1/models/{model}")))
+            .bearer_auth(SLOW_KEY),
+    )
+    .await;
+    assert_eq!(status, 200);
+}
+
 /// `collections`: a key limited to some collections (globs) uses and lists
 /// only those; any other is a 403 on every collection route, before its
 /// body is read. Keys without the list see every collection.
