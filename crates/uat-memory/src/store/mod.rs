@@ -63,7 +63,10 @@ pub trait Store: Send + Sync {
     /// (SQLite: `b / (1 + b)` of the BM25 score `b`; PostgreSQL: the same
     /// of `ts_rank`). So a memory holding more of the terms ranks higher on
     /// both stores, and `floor(score * (n + 1))` is how many it holds. Equal
-    /// scores: the newest (greatest id) first.
+    /// scores: the newest (greatest id) first. `terms` are those of
+    /// [`keyword::terms`](crate::keyword::terms): a run of Chinese or
+    /// Japanese characters gives its bigrams, so `n` counts them, and a
+    /// memory holding the whole phrase holds all `n`.
     fn keyword(
         &self,
         filter: &Filter,

@@ -10,7 +10,7 @@ use super::{
     resolve_duplicates,
 };
 use crate::error::{MemoryError, Result};
-use crate::keyword::{index_text, tsquery, user_key};
+use crate::keyword::{self, index_text, tsquery, user_key};
 use crate::types::{
     Change, ChangeOp, Cursor, Embedding, ExactHits, Filter, HistoryEntry, IndexEntry, ListQuery,
     Memory, NewEmbedding, NewRow, Page, Patch, TagMode, Unembedded, UnembeddedPage, WriteOutcome,
@@ -131,17 +131,38 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
             "DROP INDEX memories_hash_idx",
         ],
     ),
-    // Keyword terms lose their accents (`keyword::fold`): `refold_terms`
+    // Keyword terms lose their accents (`keyword::fold`): `fill_terms`
     // indexes again every memory whose content is not plain ASCII.
     (FOLD_MIGRATION, &[]),
+    // Runs of Chinese and Japanese characters make bigrams and unigrams
+    // instead of one term per run (`keyword`): `fill_terms` indexes again
+    // every memory whose content holds one (`keyword::CJK_RANGES`).
+    (CJK_MIGRATION, &[]),
 ];
 
 /// The migration after whose statements `fill_terms` indexes every memory
 /// and builds the GIN index.
 const TERMS_MIGRATION: i64 = 2;
-/// The migration after whose statements `refold_terms` indexes again the
+/// The migration after whose statements `fill_terms` indexes again the
 /// memories whose terms [`crate::keyword::fold`] changed.
 const FOLD_MIGRATION: i64 = 5;
+/// The migration after whose statements `fill_terms` indexes again the
+/// memories holding CJK characters, whose runs now make bigrams.
+const CJK_MIGRATION: i64 = 6;
+
+/// Which memories [`fill_terms`] indexes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stale {
+    /// Every memory.
+    All,
+    /// Those whose content is not plain ASCII: their terms were made before
+    /// `keyword::fold` took accents off (ASCII content makes the same terms).
+    NonAscii,
+    /// Those whose content holds a CJK character (found by a regular
+    /// expression of `keyword::CJK_RANGES`): their runs were one term each
+    /// before they made bigrams.
+    Cjk,
+}
 
 /// The PostgreSQL implementation of [`Store`].
 pub struct PgStore {
@@ -232,12 +253,13 @@ async fn migrate_through(pool: &PgPool, last: i64) -> Result<()> {
         }
         match *version {
             TERMS_MIGRATION => {
-                fill_terms(&mut tx, false).await?;
+                fill_terms(&mut tx, Stale::All).await?;
                 sqlx::query("CREATE INDEX memories_terms_gin ON memories USING GIN (terms)")
                     .execute(&mut *tx)
                     .await?;
             }
-            FOLD_MIGRATION => fill_terms(&mut tx, true).await?,
+            FOLD_MIGRATION => fill_terms(&mut tx, Stale::NonAscii).await?,
+            CJK_MIGRATION => fill_terms(&mut tx, Stale::Cjk).await?,
             _ => {}
         }
         sqlx::query("INSERT INTO memory_schema_migrations (version, at) VALUES ($1, now())")
@@ -250,25 +272,31 @@ async fn migrate_through(pool: &PgPool, last: i64) -> Result<()> {
     Ok(())
 }
 
-/// Fills `terms` for every memory (`keyword::index_text`); with
-/// `non_ascii_only`, for those whose content is not plain ASCII only (the
-/// ones whose terms `keyword::fold` changed).
-async fn fill_terms(tx: &mut sqlx::PgConnection, non_ascii_only: bool) -> Result<()> {
+/// Fills `terms` (`keyword::index_text`) for the memories `which` says,
+/// 500 at a time in id order. Indexing a memory again only replaces its
+/// terms with the same, so a memory picked needlessly costs time only.
+async fn fill_terms(tx: &mut sqlx::PgConnection, which: Stale) -> Result<()> {
+    let cjk = (which == Stale::Cjk).then(keyword::cjk_class);
+    let sql = if cjk.is_some() {
+        "SELECT id, user_id, content FROM memories WHERE id > $1 AND content ~ $2 \
+         ORDER BY id LIMIT 500"
+    } else {
+        "SELECT id, user_id, content FROM memories WHERE id > $1 ORDER BY id LIMIT 500"
+    };
     let mut after = Uuid::nil();
     loop {
-        let rows: Vec<(Uuid, String, String)> = sqlx::query_as(
-            "SELECT id, user_id, content FROM memories WHERE id > $1 ORDER BY id LIMIT 500",
-        )
-        .bind(after)
-        .fetch_all(&mut *tx)
-        .await?;
+        let mut q = sqlx::query_as(sql).bind(after);
+        if let Some(class) = &cjk {
+            q = q.bind(class.as_str());
+        }
+        let rows: Vec<(Uuid, String, String)> = q.fetch_all(&mut *tx).await?;
         let Some(last) = rows.last() else {
             break;
         };
         after = last.0;
         let (ids, texts): (Vec<Uuid>, Vec<String>) = rows
             .into_iter()
-            .filter(|(_, _, content)| !(non_ascii_only && content.is_ascii()))
+            .filter(|(_, _, content)| !(which == Stale::NonAscii && content.is_ascii()))
             .map(|(id, user, content)| (id, index_text(&user_key(&user), &content)))
             .unzip();
         if ids.is_empty() {
@@ -1370,7 +1398,8 @@ impl Store for PgStore {
 #[cfg(test)]
 mod tests {
     use super::super::test_rows::{
-        assert_refolded, content_patch, embedded, keyword_ids, row, unfolded_terms,
+        assert_cjk_split, assert_refolded, content_patch, embedded, keyword_ids, row,
+        unfolded_terms, unsplit_cjk_terms,
     };
     use super::*;
 
@@ -1595,6 +1624,64 @@ mod tests {
         let store = PgStore::connect(opts, 2).await.expect("migrated");
         assert_refolded(&store, &ids).await;
         close_and_drop_schema(&store, &admin, &schema).await;
+    }
+
+    /// A database whose keyword terms were made before runs of CJK
+    /// characters made bigrams is indexed again when it migrates, the
+    /// memories holding CJK characters only (a regular expression picks
+    /// them): they are found by a word inside a sentence and by one
+    /// character. Another start-up changes nothing, and running the
+    /// migration again neither.
+    #[tokio::test]
+    async fn terms_made_before_cjk_bigrams_are_indexed_again() {
+        let Some((base, admin, schema)) = scratch_schema("memcjk").await else {
+            return;
+        };
+        let opts = base.options([("search_path", schema.as_str())]);
+        let old = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts.clone())
+            .await
+            .expect("pool");
+        migrate_through(&old, CJK_MIGRATION - 1)
+            .await
+            .expect("the schema before CJK bigrams");
+        let mut ids = Vec::new();
+        for (content, terms) in &unsplit_cjk_terms() {
+            let id = Uuid::now_v7();
+            ids.push(id);
+            sqlx::query(
+                "INSERT INTO memories (id, user_id, content, content_hash, created_at, updated_at, terms) \
+                 VALUES ($1, 'alice', $2, $3, now(), now(), to_tsvector('simple'::regconfig, $4))",
+            )
+            .bind(id)
+            .bind(content)
+            .bind(id.to_string())
+            .bind(terms)
+            .execute(&old)
+            .await
+            .expect("a memory with one term per CJK run");
+        }
+        old.close().await;
+
+        // Migrates; another start-up finds nothing to do; the migration,
+        // forgotten, runs again over memories already indexed the new way.
+        for pass in ["migrates", "starts again", "migrates again"] {
+            let store = PgStore::connect(opts.clone(), 2).await.expect(pass);
+            assert_cjk_split(&store, &ids).await;
+            if pass == "starts again" {
+                sqlx::query("DELETE FROM memory_schema_migrations WHERE version = $1")
+                    .bind(CJK_MIGRATION)
+                    .execute(store.pool())
+                    .await
+                    .expect("forget the migration");
+            }
+            if pass == "migrates again" {
+                close_and_drop_schema(&store, &admin, &schema).await;
+            } else {
+                store.pool().close().await;
+            }
+        }
     }
 
     /// A database written by the first schema (a generated `tsvector` of the

@@ -8,7 +8,7 @@
 use super::sqlite_read::Readers;
 use super::{MAX_IN_LIST, Resolved, Slot, Store, apply_patch, history_json, resolve_duplicates};
 use crate::error::{MemoryError, Result};
-use crate::keyword::{index_text, user_key};
+use crate::keyword::{index_text, is_cjk, user_key};
 use crate::types::{
     Change, ChangeOp, Embedding, ExactHits, Filter, HistoryEntry, IndexEntry, ListQuery, Memory,
     NewEmbedding, NewRow, Page, Patch, UnembeddedPage, WriteOutcome, from_micros, now, to_micros,
@@ -174,6 +174,10 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
     // Keyword terms lose their accents (`keyword::fold`): `refold_terms`
     // indexes again every memory whose content is not plain ASCII.
     (FOLD_MIGRATION, &[]),
+    // Runs of Chinese and Japanese characters make bigrams and unigrams
+    // instead of one term per run (`keyword`): `refold_terms` indexes again
+    // every memory whose content holds one (`keyword::is_cjk`).
+    (CJK_MIGRATION, &[]),
 ];
 
 /// The migration after whose statements `fill_terms` indexes every memory.
@@ -181,6 +185,9 @@ const TERMS_MIGRATION: i64 = 2;
 /// The migration after whose statements `refold_terms` indexes again the
 /// memories whose terms [`crate::keyword::fold`] changed.
 const FOLD_MIGRATION: i64 = 5;
+/// The migration after whose statements `refold_terms` indexes again the
+/// memories holding CJK characters, whose runs now make bigrams.
+const CJK_MIGRATION: i64 = 6;
 
 /// A memory's content hash and embedding as [`Store::store_embeddings`] finds them.
 struct StoredEmbedding {
@@ -362,7 +369,8 @@ async fn migrate_through(pool: &SqlitePool, last: i64) -> Result<()> {
         }
         match *version {
             TERMS_MIGRATION => fill_terms(&mut tx).await?,
-            FOLD_MIGRATION => refold_terms(&mut tx).await?,
+            FOLD_MIGRATION => refold_terms(&mut tx, |content| !content.is_ascii()).await?,
+            CJK_MIGRATION => refold_terms(&mut tx, |content| content.chars().any(is_cjk)).await?,
             _ => {}
         }
         sqlx::query("INSERT INTO memory_schema_migrations (version, at) VALUES (?, ?)")
@@ -413,14 +421,18 @@ async fn fill_terms(tx: &mut sqlx::SqliteConnection) -> Result<()> {
     .await
 }
 
-/// Indexes again the words of every memory whose content is not plain ASCII:
-/// their terms were made before `keyword::fold` took accents off (ASCII
-/// content makes the same terms as before).
-async fn refold_terms(tx: &mut sqlx::SqliteConnection) -> Result<()> {
+/// Indexes again the words of the memories whose terms an older
+/// `keyword::index_text` made otherwise, those whose content is `stale`:
+/// content that is not plain ASCII, whose terms were made before
+/// `keyword::fold` took accents off (ASCII content makes the same terms as
+/// before); content holding CJK characters, whose runs were one term each
+/// before they made bigrams. Indexing a memory again only replaces its
+/// terms with the same, so a memory picked needlessly costs time only.
+async fn refold_terms(tx: &mut sqlx::SqliteConnection, stale: fn(&str) -> bool) -> Result<()> {
     each_page_of_memories(tx, async |tx, rows| {
         let changed: Vec<(i64, String)> = rows
             .into_iter()
-            .filter(|(_, _, content)| !content.is_ascii())
+            .filter(|(_, _, content)| stale(content))
             .map(|(rid, user_id, content)| (rid, index_text(&user_key(&user_id), &content)))
             .collect();
         if changed.is_empty() {
@@ -1197,7 +1209,8 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::super::test_rows::{
-        assert_refolded, content_patch, embedded, keyword_ids, row, unfolded_terms,
+        assert_cjk_split, assert_refolded, content_patch, embedded, keyword_ids, row,
+        unfolded_terms, unsplit_cjk_terms,
     };
     use super::*;
 
@@ -1383,6 +1396,64 @@ mod tests {
             .await
             .expect("count");
         assert_eq!(indexed, 3);
+    }
+
+    /// A database whose keyword terms were made before runs of CJK
+    /// characters made bigrams is indexed again when it migrates, the
+    /// memories holding CJK characters only: they are found by a word inside
+    /// a sentence and by one character, only once each. Another start-up
+    /// changes nothing, and running the migration again neither.
+    #[tokio::test]
+    async fn terms_made_before_cjk_bigrams_are_indexed_again() {
+        let (_dir, url, pool) = unmigrated_db().await;
+        migrate_through(&pool, CJK_MIGRATION - 1)
+            .await
+            .expect("the schema before CJK bigrams");
+        let mut ids = Vec::new();
+        for (rid, (content, terms)) in (1i64..).zip(&unsplit_cjk_terms()) {
+            let id = Uuid::now_v7();
+            ids.push(id);
+            sqlx::query(
+                "INSERT INTO memories (rid, id, user_id, content, content_hash, tags, metadata, \
+                 created_at, updated_at) VALUES (?, ?, 'alice', ?, ?, '[]', '{}', ?, ?)",
+            )
+            .bind(rid)
+            .bind(id.to_string())
+            .bind(content)
+            .bind(id.to_string())
+            .bind(rid)
+            .bind(rid)
+            .execute(&pool)
+            .await
+            .expect("a memory");
+            sqlx::query("INSERT INTO memory_terms (rowid, terms) VALUES (?, ?)")
+                .bind(rid)
+                .bind(terms)
+                .execute(&pool)
+                .await
+                .expect("its terms, one per CJK run");
+        }
+        pool.close().await;
+
+        // Migrates; another start-up finds nothing to do; the migration,
+        // forgotten, runs again over memories already indexed the new way.
+        for pass in ["migrates", "starts again", "migrates again"] {
+            let store = SqliteStore::open(&url, 2).await.expect(pass);
+            assert_cjk_split(&store, &ids).await;
+            let indexed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM memory_terms")
+                .fetch_one(&store.write)
+                .await
+                .expect("count");
+            assert_eq!(indexed, 5, "{pass}");
+            if pass == "starts again" {
+                sqlx::query("DELETE FROM memory_schema_migrations WHERE version = ?")
+                    .bind(CJK_MIGRATION)
+                    .execute(&store.write)
+                    .await
+                    .expect("forget the migration");
+            }
+            store.write.close().await;
+        }
     }
 
     #[test]

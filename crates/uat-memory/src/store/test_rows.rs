@@ -89,3 +89,55 @@ pub(super) async fn assert_refolded(store: &impl Store, ids: &[Uuid]) {
         "the old terms are gone"
     );
 }
+
+/// Memories of alice as `(content, terms)`, with the terms made before
+/// runs of CJK characters made bigrams (see [`assert_cjk_split`]): one term
+/// per run, and the kana's voiced sound marks folded off. The last two
+/// hold no CJK character and were given a term their content does not make,
+/// `sentinel`: the migration leaves them as they are.
+pub(super) fn unsplit_cjk_terms() -> [(&'static str, String); 5] {
+    let key = user_key("alice");
+    [
+        (
+            "私は東京に住んでいます",
+            format!("{key}私は東京に住んています"),
+        ),
+        ("我住在北京市中心", format!("{key}我住在北京市中心")),
+        ("ｶﾞｲﾄﾞブック", format!("{key}カイトフック")),
+        ("plain words", format!("{key}sentinel")),
+        ("한국어 café", format!("{key}sentinel")),
+    ]
+}
+
+/// Ids of alice's memories found by keyword search for `query` (through
+/// `keyword::terms`), best first.
+pub(super) async fn query_ids(store: &impl Store, query: &str) -> Vec<Uuid> {
+    let terms = crate::keyword::terms(query);
+    let terms: Vec<&str> = terms.iter().map(String::as_str).collect();
+    keyword_ids(store, "alice", &terms).await
+}
+
+/// That the memories `ids` written with [`unsplit_cjk_terms`], in that
+/// order, are found by words inside their CJK runs and by one character,
+/// no longer by their old terms, and that the others were left alone.
+pub(super) async fn assert_cjk_split(store: &impl Store, ids: &[Uuid]) {
+    assert_eq!(query_ids(store, "東京").await, vec![ids[0]]);
+    assert_eq!(query_ids(store, "住んでいます").await, vec![ids[0]]);
+    assert_eq!(query_ids(store, "北京").await, vec![ids[1]]);
+    assert_eq!(query_ids(store, "ガイド").await, vec![ids[2]]);
+    assert_eq!(query_ids(store, "ｶﾞｲﾄﾞ").await, vec![ids[2]]);
+    let mut one_char = query_ids(store, "京").await;
+    one_char.sort();
+    assert_eq!(one_char, vec![ids[0], ids[1]]);
+    assert!(
+        keyword_ids(store, "alice", &["私は東京に住んています"])
+            .await
+            .is_empty(),
+        "the old terms are gone"
+    );
+    assert!(query_ids(store, "カイト").await.is_empty());
+    let mut untouched = query_ids(store, "sentinel").await;
+    untouched.sort();
+    assert_eq!(untouched, vec![ids[3], ids[4]], "no CJK: not indexed again");
+    assert!(query_ids(store, "plain").await.is_empty());
+}

@@ -76,6 +76,8 @@ on_both_stores!(
     nul_characters_are_refused_naming_the_field,
     keyword_scores_rank_by_words_matched_alike_on_both_stores,
     accents_are_folded_alike_on_both_stores,
+    cjk_words_are_found_inside_sentences_alike_on_both_stores,
+    kana_voicing_and_width_alike_on_both_stores,
     write_answers_give_times_in_utc_as_reads_do,
     list_tags_are_trimmed_and_may_repeat,
     a_write_is_stored_without_its_embedding_while_the_embedder_fails,

@@ -2495,6 +2495,121 @@ pub async fn accents_are_folded_alike_on_both_stores(h: &Harness) {
     assert_eq!(kw("cafe").await, HashSet::from([accented.id]));
 }
 
+/// Chinese and Japanese, written without spaces, are searched by words
+/// inside a sentence, on both stores alike (runs of CJK characters make
+/// bigrams, see `keyword`): "東京" finds "私は東京に住んでいます", "北京"
+/// finds "我住在北京市中心", one character finds the memories holding it,
+/// a memory holding the whole query phrase ranks above one holding a part,
+/// and a memory of other words is not found.
+pub async fn cjk_words_are_found_inside_sentences_alike_on_both_stores(h: &Harness) {
+    let tokyo = put(h, "u1", "私は東京に住んでいます").await;
+    let beijing = put(h, "u1", "我住在北京市中心").await;
+    let cold = put(h, "u1", "北京很冷").await;
+    let cat = put(h, "u1", "我的猫很可爱").await;
+    let kyoto = put(h, "u1", "京都の寺が好きです").await;
+    let phone = put(h, "u1", "iPhone15を買った").await;
+    let rain = put(h, "u1", "今日は雨が降っています").await;
+    let korean = put(h, "u1", "한국어 공부를 했다").await;
+    put(h, "u2", "我住在北京市中心").await;
+    let kw = |q: &str| {
+        let q = q.to_string();
+        async move {
+            search(
+                h,
+                json!({"user_id": "u1", "query": q, "mode": "keyword", "top_k": 50}),
+            )
+            .await
+            .unwrap()
+            .results
+            .into_iter()
+            .map(|r| (r.memory.id, r.score))
+            .collect::<Vec<(Uuid, f64)>>()
+        }
+    };
+    let ids = |hits: Vec<(Uuid, f64)>| hits.into_iter().map(|(id, _)| id).collect::<HashSet<_>>();
+    // A word inside a sentence.
+    assert_eq!(ids(kw("東京").await), HashSet::from([tokyo.id]));
+    assert_eq!(ids(kw("北京").await), HashSet::from([beijing.id, cold.id]));
+    assert_eq!(ids(kw("可爱").await), HashSet::from([cat.id]));
+    assert_eq!(ids(kw("好き").await), HashSet::from([kyoto.id]));
+    // One character: the memories holding it, wherever it sits in its run.
+    assert_eq!(ids(kw("猫").await), HashSet::from([cat.id]));
+    assert_eq!(ids(kw("爱").await), HashSet::from([cat.id]));
+    assert_eq!(
+        ids(kw("京").await),
+        HashSet::from([tokyo.id, beijing.id, cold.id, kyoto.id])
+    );
+    // The whole phrase ranks above a part of it: "北京市中心" is four
+    // bigrams, all in one memory, one in the other.
+    let got = kw("北京市中心").await;
+    assert_eq!(
+        got.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        vec![beijing.id, cold.id],
+        "{got:?}"
+    );
+    assert_eq!((got[0].1 * 5.0).floor(), 4.0, "{got:?}");
+    assert_eq!((got[1].1 * 5.0).floor(), 1.0, "{got:?}");
+    let got = kw("東京に住んでいます").await;
+    assert_eq!(got[0].0, tokyo.id, "{got:?}");
+    assert!(got[1..].iter().all(|(_, s)| *s < got[0].1), "{got:?}");
+    // Letters and digits next to a CJK run are a word of their own.
+    assert_eq!(ids(kw("iphone15").await), HashSet::from([phone.id]));
+    assert_eq!(ids(kw("買った").await), HashSet::from([phone.id]));
+    // A memory of other words is not found; nor is another user's.
+    for q in ["東京", "北京", "猫", "京"] {
+        assert!(!ids(kw(q).await).contains(&rain.id), "{q}");
+    }
+    assert!(kw("上海").await.is_empty());
+    // Hangul stays whole words, as before.
+    assert_eq!(ids(kw("한국어").await), HashSet::from([korean.id]));
+    // Hybrid search has its keyword half back.
+    let hy = search(
+        h,
+        json!({"user_id": "u1", "query": "東京", "mode": "hybrid", "top_k": 10}),
+    )
+    .await
+    .unwrap();
+    let hit = hy
+        .results
+        .iter()
+        .find(|r| r.memory.id == tokyo.id)
+        .expect("hybrid finds the memory about Tokyo");
+    assert_eq!(hit.keyword_rank, Some(1));
+    // A patch indexes the new content the same way.
+    patch(h, "u1", cold.id, json!({"content": "上海很热"}))
+        .await
+        .unwrap();
+    assert_eq!(ids(kw("上海").await), HashSet::from([cold.id]));
+    assert_eq!(ids(kw("北京").await), HashSet::from([beijing.id]));
+}
+
+/// Kana keep their voiced sound marks in keyword search (`ビール`, beer, is
+/// not `ヒール`, heel), and half-width Katakana are the full-width ones, on
+/// both stores alike.
+pub async fn kana_voicing_and_width_alike_on_both_stores(h: &Harness) {
+    let beer = put(h, "u1", "ビールが好き").await;
+    let heel = put(h, "u1", "ヒールを履く").await;
+    let guide = put(h, "u1", "ｶﾞｲﾄﾞブックを読む").await;
+    let kw = |q: &str| {
+        let q = q.to_string();
+        async move {
+            search_ids(
+                h,
+                json!({"user_id": "u1", "query": q, "mode": "keyword", "top_k": 50}),
+            )
+            .await
+        }
+    };
+    // Both hold "ール": the one holding the whole word first.
+    assert_eq!(kw("ビール").await, vec![beer.id, heel.id]);
+    assert_eq!(kw("ヒール").await, vec![heel.id, beer.id]);
+    assert_eq!(kw("ビ").await, vec![beer.id]);
+    assert_eq!(kw("ヒ").await, vec![heel.id]);
+    assert_eq!(kw("ガイド").await, vec![guide.id]);
+    assert_eq!(kw("ｶﾞｲﾄﾞ").await, vec![guide.id]);
+    assert!(kw("カイト").await.is_empty());
+}
+
 /// Times a client sends with an offset are answered in UTC, as reads give
 /// them: the JSON of a write's (and a patch's) answer is the JSON of a read.
 pub async fn write_answers_give_times_in_utc_as_reads_do(h: &Harness) {
