@@ -77,6 +77,10 @@ def image_uid():
     hc = re.search(r"^HEALTHCHECK\b(?:[^\n]*\\\n)*[^\n]*", text, re.M)
     check(hc is not None and re.search(r'CMD \["/usr/local/bin/uat", "health"', hc.group(0)),
           "deploy/Dockerfile: HEALTHCHECK must run `uat health`")
+    listen = re.search(r'^CMD \[[^\n]*"--listen", "[^"]*:(\d+)"', text, re.M)
+    probe = re.search(r'"--url", "http://127\.0\.0\.1:(\d+)/health"', hc.group(0) if hc else "")
+    check(listen and probe and listen.group(1) == probe.group(1),
+          "deploy/Dockerfile: the HEALTHCHECK must probe the port the default CMD listens on")
     check("Health(" in (ROOT / "crates/uat/src/cli.rs").read_text(),
           "deploy/Dockerfile: the HEALTHCHECK's `uat health` is not a command of the binary")
     uid = int(users[0].split(":")[0]) if users and users[0][0].isdigit() else None

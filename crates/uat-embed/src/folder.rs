@@ -153,10 +153,12 @@ pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T
 }
 
 impl FolderSpec {
-    /// Checks, without loading the model, that `dir` is a folder a model can
-    /// be loaded from: its sentence-transformers files read
-    /// ([`FolderSpec::read`]), and the transformer's `config.json`,
-    /// `tokenizer.json` and `model.safetensors` are there (`uat config check`).
+    /// Checks, without loading the weights, that `dir` is a folder a model
+    /// can be loaded from (`uat config check`): its sentence-transformers
+    /// files read ([`FolderSpec::read`]), the transformer's `config.json`
+    /// read and supported ([`crate::BertConfig::read`]), `tokenizer.json`
+    /// present, and `model.safetensors`' header read. The tokenizer and
+    /// the tensors themselves are only read by a load.
     pub fn check(dir: &Path) -> Result<FolderSpec> {
         if !dir.is_dir() {
             return Err(EmbedError::load(dir, "no such folder"));
@@ -168,6 +170,8 @@ impl FolderSpec {
                 return Err(EmbedError::load(&path, "missing"));
             }
         }
+        crate::BertConfig::read(&spec.transformer_dir.join("config.json"))?;
+        crate::backend::f32_weight_bytes(&spec.transformer_dir.join("model.safetensors"))?;
         Ok(spec)
     }
 

@@ -183,6 +183,42 @@ impl Caller {
         )))
     }
 
+    /// [`Caller::check_model`] of the models a chat request names besides
+    /// `model` and that an upstream gateway would route to: OpenRouter's
+    /// `models` and LiteLLM's `fallbacks` (every name in them, keys of their
+    /// objects too), passed on as they are. Without a `models` list on the
+    /// key nothing is read.
+    pub(crate) fn check_other_models(
+        caller: Option<&Caller>,
+        body: &serde_json::Value,
+    ) -> Result<(), ApiError> {
+        fn names<'a>(v: &'a serde_json::Value, out: &mut Vec<&'a str>) {
+            match v {
+                serde_json::Value::String(s) => out.push(s),
+                serde_json::Value::Array(a) => a.iter().for_each(|v| names(v, out)),
+                serde_json::Value::Object(o) => {
+                    for (k, v) in o {
+                        out.push(k);
+                        names(v, out);
+                    }
+                }
+                _ => {}
+            }
+        }
+        if caller.is_none_or(|c| c.models.is_none()) {
+            return Ok(());
+        }
+        let mut found = Vec::new();
+        for field in ["models", "fallbacks"] {
+            if let Some(v) = body.get(field) {
+                names(v, &mut found);
+            }
+        }
+        found
+            .into_iter()
+            .try_for_each(|m| Caller::check_model(caller, m))
+    }
+
     /// Whether the key may see `model` in the model list.
     pub(crate) fn lists_model(caller: Option<&Caller>, model: &str) -> bool {
         allows(caller.and_then(|c| c.models.as_deref()), model)
@@ -218,30 +254,44 @@ fn glob_matches(glob: &str, name: &str) -> bool {
 
 /// The guard of the collection routes: a key with `collections` may use a
 /// collection its globs match; another is 403 `insufficient_permissions`
-/// before anything is read. Routes without a `{name}` pass (the list
-/// filters its answer itself).
-pub(crate) async fn require_collection(
-    params: Result<axum::extract::RawPathParams, axum::extract::rejection::RawPathParamsRejection>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let name = params.ok().and_then(|p| {
-        p.iter()
-            .find(|(k, _)| *k == "name")
-            .map(|(_, v)| v.to_owned())
-    });
-    let caller = req.extensions().get::<Caller>();
-    match name {
-        Some(name) if !Caller::may_use_collection(caller, &name) => {
-            REJECTIONS.with_label_values(&["forbidden"]).inc();
-            let key = caller.and_then(|c| c.name.as_deref()).unwrap_or("");
-            ApiError::forbidden(format!(
-                "the API key `{key}` may not use the collection `{name}` (see its `collections`)"
-            ))
-            .into_response()
-        }
-        _ => next.run(req).await,
+/// before anything is read. Other requests pass at once (nothing is
+/// extracted). For a limited key a route without a `{name}` is refused,
+/// but for the list, which filters its answer itself.
+pub(crate) async fn require_collection(req: Request, next: Next) -> Response {
+    let Some(caller) = req
+        .extensions()
+        .get::<Caller>()
+        .filter(|c| c.collections.is_some())
+        .cloned()
+    else {
+        return next.run(req).await;
+    };
+    let (mut parts, body) = req.into_parts();
+    let name = axum::extract::RawPathParams::from_request_parts(&mut parts, &())
+        .await
+        .ok()
+        .and_then(|p| {
+            p.iter()
+                .find(|(k, _)| *k == "name")
+                .map(|(_, v)| v.to_owned())
+        });
+    let allowed = match &name {
+        Some(n) => Caller::may_use_collection(Some(&caller), n),
+        None => parts
+            .extensions
+            .get::<MatchedPath>()
+            .is_some_and(|m| m.as_str() == "/v1/collections"),
+    };
+    if allowed {
+        return next.run(Request::from_parts(parts, body)).await;
     }
+    REJECTIONS.with_label_values(&["forbidden"]).inc();
+    ApiError::forbidden(format!(
+        "the API key `{}` may not use the collection `{}` (see its `collections`)",
+        caller.name.as_deref().unwrap_or(""),
+        name.as_deref().unwrap_or("")
+    ))
+    .into_response()
 }
 
 impl Auth {
@@ -517,12 +567,10 @@ impl TokenMeter {
         self.0.quota().remaining
     }
 
-    /// Takes what a usage says was spent.
-    pub(crate) fn spend_usage(&self, u: &uat_types::Usage) {
-        self.spend(
-            u.total_tokens
-                .max(u.prompt_tokens.saturating_add(u.completion_tokens)),
-        );
+    /// The tokens a usage says were spent.
+    pub(crate) fn total(u: &uat_types::Usage) -> u64 {
+        u.total_tokens
+            .max(u.prompt_tokens.saturating_add(u.completion_tokens))
     }
 }
 
@@ -596,10 +644,14 @@ impl TokenBucket {
             return;
         }
         let cost = tokens.saturating_mul(self.interval);
+        // The debt is capped at a minute's tokens: however large an answer,
+        // the key is admitted again within a minute of it (an estimate gone
+        // wrong, a huge prompt, must not lock a key out for hours).
+        let cap = now.saturating_add(self.tolerance.saturating_mul(2));
         let _ = self
             .tat
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| {
-                Some(tat.max(now).saturating_add(cost))
+                Some(tat.max(now).saturating_add(cost).min(cap.max(tat)))
             });
     }
 
@@ -739,14 +791,18 @@ fn go_duration(d: Duration) -> String {
     if ms < 1000 {
         return format!("{ms}ms");
     }
-    let (m, s) = (ms / 60_000, ms % 60_000);
+    let (h, m, s) = (ms / 3_600_000, ms / 60_000 % 60, ms % 60_000);
     let secs = if s % 1000 == 0 {
         format!("{}s", s / 1000)
     } else {
         let text = format!("{}.{:03}", s / 1000, s % 1000);
         format!("{}s", text.trim_end_matches('0'))
     };
-    if m == 0 { secs } else { format!("{m}m{secs}") }
+    match (h, m) {
+        (0, 0) => secs,
+        (0, m) => format!("{m}m{secs}"),
+        (h, m) => format!("{h}h{m}m{secs}"),
+    }
 }
 
 #[cfg(test)]
@@ -765,6 +821,8 @@ mod tests {
             (60_000, "1m0s"),
             (360_000, "6m0s"),
             (61_250, "1m1.25s"),
+            (4_500_000, "1h15m0s"),
+            (3_600_500, "1h0m0.5s"),
         ] {
             assert_eq!(go_duration(Duration::from_millis(ms)), text);
         }
@@ -820,9 +878,13 @@ mod tests {
         assert_eq!(b.quota_at(600_000_000_000).remaining, 60);
         b.take_at(600_000_000_000, 0);
         assert_eq!(b.quota_at(600_000_000_000).remaining, 60);
-        // A huge answer saturates, never wraps around.
+        // A huge answer's debt is capped at a minute's tokens: admitted
+        // again within a minute, never wrapping around.
         b.take_at(600_000_000_000, u64::MAX);
-        assert!(b.admit_at(u64::MAX / 2).is_err());
+        let (wait, q) = b.admit_at(600_000_000_000).unwrap_err();
+        assert_eq!(wait, Duration::from_secs(61));
+        assert_eq!(q.full_in, Duration::from_secs(120));
+        assert!(b.admit_at(661_000_000_000).is_ok());
     }
 
     #[test]

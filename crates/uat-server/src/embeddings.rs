@@ -320,8 +320,11 @@ async fn embeddings(
         |_| async move {
             match st.gateway.router().embeddings(&m, &b).await {
                 Ok(routed) => {
-                    if let (Some(meter), Some(u)) = (&meter, &routed.value.usage) {
-                        meter.spend_usage(u);
+                    if let Some(meter) = &meter {
+                        meter.spend(routed.value.usage.as_ref().map_or_else(
+                            || estimate_input_tokens(&b),
+                            crate::auth::TokenMeter::total,
+                        ));
                     }
                     let mut resp = (
                         StatusCode::OK,
@@ -341,6 +344,20 @@ async fn embeddings(
         },
     )
     .await
+}
+
+/// The tokens of an embeddings request whose answer reports no usage (for
+/// `tokens_per_minute`): a token per four bytes of text, one per token id.
+fn estimate_input_tokens(body: &Value) -> u64 {
+    fn walk(v: &Value) -> u64 {
+        match v {
+            Value::String(s) => (s.len() as u64).div_ceil(4),
+            Value::Array(items) => items.iter().map(walk).sum(),
+            Value::Number(_) => 1,
+            _ => 0,
+        }
+    }
+    body.get("input").map_or(0, walk)
 }
 
 /// A request refused before the cache is consulted: `x-uat-cache: bypass`,
@@ -494,12 +511,18 @@ fn render(out: &uat_embed::EmbedResponse, format: EncodingFormat) -> serde_json:
 /// The registry's models, without their folders: the listing is open to every
 /// key, and a server path is not the caller's business (the handler cannot tell
 /// an admin key; the admin `load` route still answers with it).
-async fn list_models(State(state): State<AppState>) -> Response {
+async fn list_models(
+    State(state): State<AppState>,
+    caller: Option<axum::Extension<crate::auth::Caller>>,
+) -> Response {
+    let caller = caller.as_ref().map(|axum::Extension(c)| c);
     let data: Vec<Value> = state
         .embed
         .registry
         .list()
         .into_iter()
+        // A key limited to some models sees only those.
+        .filter(|m| crate::auth::Caller::lists_model(caller, &m.name))
         .map(|m| {
             let mut v = json!(m);
             if let Some(o) = v.as_object_mut() {

@@ -291,7 +291,9 @@ async fn chat(State(state): State<AppState>, request: Request) -> Response {
         Ok(r) => r,
         Err(e) => return refused(e),
     };
-    if let Err(e) = Caller::check_model(caller.as_ref(), &req.model) {
+    if let Err(e) = Caller::check_model(caller.as_ref(), &req.model)
+        .and_then(|()| Caller::check_other_models(caller.as_ref(), &body))
+    {
         return refused(e);
     }
     let router = &state.gateway.router;
@@ -326,8 +328,13 @@ async fn chat(State(state): State<AppState>, request: Request) -> Response {
         } else {
             match router.chat(resolved, req).await {
                 Ok(r) => {
-                    if let (Some(m), Some(u)) = (&meter, &r.value.usage) {
-                        m.spend_usage(u);
+                    if let Some(m) = &meter {
+                        // No usage in the answer: a token per four bytes
+                        // of the request and of the answer.
+                        m.spend(r.value.usage.as_ref().map_or_else(
+                            || prompt_estimate + r.value.body.len() as u64 / 4,
+                            TokenMeter::total,
+                        ));
                     }
                     let mut resp = Response::new(Body::from(r.value.body));
                     resp.extensions_mut().insert(r.value.shape);
@@ -382,15 +389,19 @@ async fn stream_upstream(
     }
 }
 
-/// The token count of a stream for its key's `tokens_per_minute`: the
-/// usage the upstream reports (asked for), else, when the stream ends or
-/// is dropped without one (an upstream that ignores `stream_options`), an
-/// estimate: the prompt at a token per four bytes, a token per chunk.
+/// The token count of a stream for its key's `tokens_per_minute`, charged
+/// once, when the stream ends or is dropped: the usage the upstream
+/// reports (asked for; the largest seen, as an upstream sending running
+/// totals on every chunk, vLLM's `continuous_usage_stats`, ends with the
+/// whole), else an estimate (an upstream that ignores `stream_options`):
+/// the prompt at a token per four bytes, a token per chunk. A stream that
+/// never opened (the upstream refused it) costs nothing.
 struct StreamMeter {
     meter: TokenMeter,
     prompt_estimate: u64,
     chunks: u64,
-    counted: bool,
+    usage: Option<u64>,
+    opened: bool,
     /// Drop the usage chunk: the gateway asked for it, the client did not.
     strip_usage: bool,
 }
@@ -401,19 +412,19 @@ impl StreamMeter {
             meter,
             prompt_estimate,
             chunks: 0,
-            counted: false,
+            usage: None,
+            opened: false,
             strip_usage,
         }
     }
 
     /// Counts a chunk; false when it is not to be forwarded.
     fn chunk(&mut self, chunk: &uat_router::StreamChunk) -> bool {
+        self.opened = true;
         match &chunk.usage {
             Some(u) => {
-                if !self.counted {
-                    self.counted = true;
-                    self.meter.spend_usage(u);
-                }
+                let total = TokenMeter::total(u);
+                self.usage = Some(self.usage.map_or(total, |t| t.max(total)));
                 !(self.strip_usage && cache::is_usage_only_chunk(&chunk.json))
             }
             None => {
@@ -426,10 +437,13 @@ impl StreamMeter {
 
 impl Drop for StreamMeter {
     fn drop(&mut self) {
-        if !self.counted {
-            self.meter
-                .spend(self.prompt_estimate.saturating_add(self.chunks));
+        if !self.opened {
+            return;
         }
+        let spent = self
+            .usage
+            .unwrap_or_else(|| self.prompt_estimate.saturating_add(self.chunks));
+        self.meter.spend(spent);
     }
 }
 
@@ -521,5 +535,29 @@ mod tests {
         // Dropped before its end (the client went away, or no usage came).
         drop(m);
         assert_eq!(meter.remaining(), 100 - 45);
+    }
+
+    #[test]
+    fn a_stream_that_never_opened_costs_nothing() {
+        let meter = TokenMeter::for_test(100);
+        drop(StreamMeter::new(meter.clone(), 4_000_000, true));
+        assert_eq!(meter.remaining(), 100, "the upstream refused it");
+    }
+
+    #[test]
+    fn running_usage_totals_are_charged_once_at_their_largest() {
+        // vLLM's continuous_usage_stats: a usage on every chunk, growing.
+        let meter = TokenMeter::for_test(100);
+        let mut m = StreamMeter::new(meter.clone(), 40, true);
+        for done in 1..=5 {
+            let u = uat_types::Usage::new(10, done);
+            let json = r#"{"choices":[{"delta":{"content":"a"}}],"usage":{}}"#;
+            assert!(
+                m.chunk(&chunk(json, Some(u))),
+                "a chunk with choices is forwarded"
+            );
+        }
+        drop(m);
+        assert_eq!(meter.remaining(), 100 - 15);
     }
 }

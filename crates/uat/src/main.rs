@@ -102,8 +102,9 @@ fn config_check(path: Option<&std::path::Path>) -> anyhow::Result<()> {
 
 /// `uat health`: one GET of the server's `/health` (or `/ready`, or
 /// `--url`) on this host, for a container HEALTHCHECK (the image has no
-/// curl). The port is the configured `server.listen`'s (file and `UAT_*`
-/// environment, as `serve` reads them).
+/// curl). The address is the configured `server.listen` (file and `UAT_*`
+/// environment; a `serve --listen` flag is not seen), a wildcard one on
+/// loopback.
 fn health(path: Option<&std::path::Path>, args: &cli::HealthArgs) -> anyhow::Result<()> {
     let url = match &args.url {
         Some(u) => u.clone(),
@@ -114,7 +115,21 @@ fn health(path: Option<&std::path::Path>, args: &cli::HealthArgs) -> anyhow::Res
                 format!("server.listen `{}` is not an address", cfg.server.listen)
             })?;
             let route = if args.ready { "ready" } else { "health" };
-            format!("http://127.0.0.1:{}/{route}", addr.port())
+            // A wildcard address is reached on loopback; a given one as it is.
+            let ip = if addr.ip().is_unspecified() {
+                match addr {
+                    std::net::SocketAddr::V4(_) => std::net::IpAddr::from([127, 0, 0, 1]),
+                    std::net::SocketAddr::V6(_) => {
+                        std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST)
+                    }
+                }
+            } else {
+                addr.ip()
+            };
+            format!(
+                "http://{}/{route}",
+                std::net::SocketAddr::new(ip, addr.port())
+            )
         }
     };
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -122,7 +137,9 @@ fn health(path: Option<&std::path::Path>, args: &cli::HealthArgs) -> anyhow::Res
         .build()
         .context("cannot start the async runtime")?;
     let status = rt.block_on(async {
+        // Never through an HTTP_PROXY of the environment: this host's port.
         let client = reqwest::Client::builder()
+            .no_proxy()
             .timeout(args.timeout)
             .build()
             .context("cannot build the HTTP client")?;

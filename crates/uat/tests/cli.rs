@@ -1073,7 +1073,12 @@ fn config_check_reads_the_local_model_folders() {
             "1_Pooling/config.json",
             r#"{"word_embedding_dimension": 384, "pooling_mode_mean_tokens": true}"#,
         ),
-        ("config.json", "{}"),
+        (
+            "config.json",
+            r#"{"vocab_size": 30522, "hidden_size": 384, "num_hidden_layers": 6,
+                "num_attention_heads": 12, "intermediate_size": 1536,
+                "max_position_embeddings": 512, "model_type": "bert"}"#,
+        ),
         ("tokenizer.json", "{}"),
     ];
     for (name, body) in files {
@@ -1115,7 +1120,21 @@ fn config_check_reads_the_local_model_folders() {
         "{}",
         text(&out.stderr)
     );
+    // Weights that are no safetensors file.
     std::fs::write(model.join("model.safetensors"), b"").expect("write");
+    let out = check(&model, true);
+    assert!(!out.status.success(), "an empty weights file passed");
+    assert!(
+        text(&out.stderr).contains("safetensors header"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A safetensors header (one f32 tensor) and its data.
+    let header = br#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
+    let mut st = (header.len() as u64).to_le_bytes().to_vec();
+    st.extend_from_slice(header);
+    st.extend_from_slice(&[0; 4]);
+    std::fs::write(model.join("model.safetensors"), st).expect("write");
     let out = check(&model, true);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(

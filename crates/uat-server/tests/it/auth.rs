@@ -437,6 +437,54 @@ async fn a_key_at_its_limit_in_flight_gets_429_until_a_place_frees() {
     );
 }
 
+/// A recorded stream (cacheable, the client not asking for usage) under a
+/// token limit: the cache asks for the usage and keeps it from the client,
+/// the key is charged it once, and the stream's replay is free.
+#[tokio::test]
+async fn a_recorded_stream_is_charged_once_and_its_replay_is_free() {
+    let (up, providers, model) = upstream().await;
+    up.set_reply(&["word"; 23].join(" ")); // 7 + 23 = 30 tokens
+    let toml = format!(
+        "{providers}{}[cache]\nmode = \"deterministic\"\n[cache.l3]\nenabled = false\n",
+        key_toml("thrifty", SLOW_KEY, "tokens_per_minute = 100"),
+    );
+    let app = spawn_app(&toml).await;
+    let stream = || {
+        app.client
+            .post(app.at("/v1/chat/completions"))
+            .bearer_auth(SLOW_KEY)
+            .json(&json!({"model": model, "stream": true, "temperature": 0,
+                "messages": [{"role": "user", "content": "hi"}]}))
+    };
+    let left = |r: &reqwest::Response| -> u64 {
+        r.headers()["x-ratelimit-remaining-tokens"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let resp = stream().send().await.unwrap();
+    assert_eq!(resp.headers()["x-uat-cache"], "miss");
+    let before = left(&resp); // written before the stream spends
+    let text = resp.text().await.unwrap();
+    assert!(
+        text.contains("[DONE]") && !text.contains("total_tokens"),
+        "{text}"
+    );
+    let resp = stream().send().await.unwrap();
+    assert_eq!(resp.headers()["x-uat-cache"], "hit-l1");
+    let after = left(&resp);
+    let text = resp.text().await.unwrap();
+    assert!(!text.contains("total_tokens"), "{text}");
+    // Refilled at a token per 600 ms meanwhile: one or two more at most.
+    assert!(
+        (before - 30..=before - 28).contains(&after),
+        "charged once, 30 tokens: {before} -> {after}"
+    );
+    let resp = stream().send().await.unwrap();
+    assert!(left(&resp) >= after, "the replay was free");
+}
+
 /// `models`: a key limited to some models (globs, as the client names
 /// them) calls and lists only those; another is a 403 before anything goes
 /// upstream or to the cache, on chat and embeddings alike.
@@ -485,6 +533,33 @@ async fn a_key_with_models_calls_and_lists_only_those() {
     )
     .await;
     assert_eq!(status, 403, "{body}");
+    // Nor may it name another model for an upstream gateway to route to
+    // (OpenRouter's `models`, LiteLLM's `fallbacks`).
+    for extra in [
+        json!({"models": ["gpt-4o"]}),
+        json!({"fallbacks": [{"x": ["gpt-4o"]}]}),
+    ] {
+        let mut body = chat_body(&model, false);
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let (status, _, answer) = send(
+            c.post(app.at("/v1/chat/completions"))
+                .bearer_auth(SLOW_KEY)
+                .json(&body),
+        )
+        .await;
+        assert_eq!(status, 403, "{extra}: {answer}");
+    }
+    let mut body = chat_body(&model, false);
+    body["models"] = json!([model]);
+    let (status, _, answer) = send(
+        c.post(app.at("/v1/chat/completions"))
+            .bearer_auth(SLOW_KEY)
+            .json(&body),
+    )
+    .await;
+    assert_eq!(status, 200, "an allowed model in `models`: {answer}");
 
     let calls = up.calls();
     for (what, req) in [("chat", chat(OTHER_KEY)), ("embeddings", embed(OTHER_KEY))] {
