@@ -44,8 +44,9 @@
 //! beer, is not `ヒール`, heel), which are letters of their own rather than
 //! accents; half-width Katakana become full-width ones. Memories indexed
 //! before CJK runs were split are indexed again by migration 6 of each
-//! store, which picks the memories whose content holds a character of
-//! [`CJK_RANGES`].
+//! store, which picks the memories whose folded content holds a character
+//! of [`CJK_RANGES`] ([`holds_cjk`]; folding makes CJK characters of a few
+//! others, such as the Kangxi radical `⼈`, which becomes `人`).
 //!
 //! [`Store::keyword`]: crate::Store::keyword
 
@@ -129,17 +130,14 @@ pub fn is_cjk(c: char) -> bool {
     c >= CJK_RANGES[0].0 && CJK_RANGES.iter().any(|&(lo, hi)| lo <= c && c <= hi)
 }
 
-/// A regular expression (PostgreSQL's syntax, and most others') matching
-/// any one character of [`CJK_RANGES`].
-pub fn cjk_class() -> String {
-    let mut out = String::from("[");
-    for &(lo, hi) in CJK_RANGES {
-        out.push(lo);
-        out.push('-');
-        out.push(hi);
-    }
-    out.push(']');
-    out
+/// Whether `text`, once folded ([`fold`]) as indexing folds it, holds a
+/// CJK character ([`is_cjk`]): whether its terms hold CJK bigrams. Folding
+/// makes CJK characters of some that are not: the Kangxi radicals (`⼈`
+/// becomes `人`), two of the CJK radicals supplement (`⺟` becomes `母`),
+/// the enclosed and squared ideographs and katakana (`㊤` becomes `上`,
+/// `㍿` becomes `株式会社`). ASCII text holds none.
+pub fn holds_cjk(text: &str) -> bool {
+    !text.is_ascii() && fold(text).chars().any(is_cjk)
 }
 
 /// What a run of CJK characters makes (see the module docs).
@@ -285,7 +283,7 @@ fn any_of(
 #[cfg(test)]
 mod tests {
     use super::{
-        CJK_RANGES, MAX_TERMS, cjk_class, fold, index_text, is_cjk, match_expr, terms, tsquery,
+        CJK_RANGES, MAX_TERMS, fold, holds_cjk, index_text, is_cjk, match_expr, terms, tsquery,
         user_key,
     };
 
@@ -450,8 +448,39 @@ mod tests {
                 .all(|w| w[0].0 <= w[0].1 && w[0].1 < w[1].0),
             "sorted, apart"
         );
-        let class = cjk_class();
-        assert!(class.starts_with("[々-〇\u{3040}-ゟ゠-ヿ"), "{class}");
-        assert_eq!(class.chars().count(), 2 + 3 * CJK_RANGES.len());
+    }
+
+    /// What migration 6 indexes again: text whose folded form holds a CJK
+    /// character, as the terms are made of the folded text. Some characters
+    /// outside [`CJK_RANGES`] fold into CJK ones.
+    #[test]
+    fn text_holds_cjk_once_folded() {
+        for text in [
+            "東京",
+            "iPhone15を買った",
+            "ｶﾞｲﾄﾞ",
+            // Kangxi radicals (U+2F00-2FDF): ⼈ is 人, ⼝ is 口.
+            "⼈⼝",
+            // CJK radicals supplement (U+2E80-2EFF): ⺟ is 母.
+            "a ⺟",
+            // Enclosed and squared CJK (U+3200-33FF): ㊤ is 上, ㍿ 株式会社.
+            "㊤",
+            "㍿",
+            // Enclosed ideographic supplement: 🈂 is サ.
+            "🈂",
+        ] {
+            assert!(holds_cjk(text), "{text}");
+        }
+        for c in ['⼈', '⺟', '㊤', '㍿', '🈂'] {
+            assert!(!is_cjk(c), "{c} is not CJK before folding");
+        }
+        for text in ["", "plain words", "café", "한국어", "①", "ⓐ", "。、"] {
+            assert!(!holds_cjk(text), "{text}");
+        }
+        let k = user_key("u");
+        assert_eq!(
+            index_text(&k, "⼈⼝㊤"),
+            format!("{k}人 {k}人口 {k}口 {k}口上 {k}上")
+        );
     }
 }

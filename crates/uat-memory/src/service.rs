@@ -520,12 +520,23 @@ impl Memories {
     }
 
     /// Changes one memory of `user_id` (re-embedding when the content
-    /// changes). When the embedder fails or is overloaded
-    /// ([`MemoryError::Embedding`]) a new content is stored all the same,
-    /// without an embedding: the old content's is removed (semantic search no
-    /// longer finds the memory by it), and the backfill, woken by the update,
-    /// embeds the new one (the [`Memory`] returned does not say so). Other
+    /// changes). A `content` equal to the memory's content as it stands
+    /// changes nothing (the other fields of the patch are applied): it is not
+    /// embedded again, and the memory keeps its embedding, even while the
+    /// embedder fails.
+    ///
+    /// When the embedder fails or is overloaded ([`MemoryError::Embedding`])
+    /// a new content is stored all the same, without an embedding: the old
+    /// content's is removed (semantic search no longer finds the memory by
+    /// it), and the backfill, woken by the update, embeds the new one. Other
     /// errors of the embedder fail the update.
+    ///
+    /// The answer is the [`Memory`] alone: unlike a write's
+    /// [`WriteOutcome`], it does not carry
+    /// [`embedding_pending`](WriteOutcome::embedding_pending), so it does not
+    /// say whether the new content was stored without its embedding (the
+    /// backfill embeds it; until then semantic search does not find the
+    /// memory, keyword search does).
     pub async fn update(&self, user_id: &str, id: Uuid, patch: PatchInput) -> Result<Memory> {
         self.update_in(None, user_id, id, patch).await
     }
@@ -551,17 +562,24 @@ impl Memories {
                 let Some(old) = self.store.get(&user, id).await? else {
                     return Err(MemoryError::NotFound);
                 };
-                p.content_hash = Some(content_hash(
-                    old.agent_id.as_deref(),
-                    old.run_id.as_deref(),
-                    &c,
-                ));
-                let embedded = self.embed_or_defer(vec![c.clone()]).await?;
-                // `None` (deferred): the store removes the old content's
-                // embedding and stores none.
-                p.embedding = embedded.embeddings.and_then(|v| v.into_iter().next());
-                deferred = embedded.deferred;
-                p.content = Some(c);
+                // The content as it stands (so the same hash too: agent and
+                // run are the memory's own) stays out of the patch: a store
+                // given a content always drops the memory's embedding, so
+                // it would be embedded again for nothing, or, while the
+                // embedder fails, lose its embedding until the backfill.
+                if c != old.content {
+                    p.content_hash = Some(content_hash(
+                        old.agent_id.as_deref(),
+                        old.run_id.as_deref(),
+                        &c,
+                    ));
+                    let embedded = self.embed_or_defer(vec![c.clone()]).await?;
+                    // `None` (deferred): the store removes the old content's
+                    // embedding and stores none.
+                    p.embedding = embedded.embeddings.and_then(|v| v.into_iter().next());
+                    deferred = embedded.deferred;
+                    p.content = Some(c);
+                }
             }
             let m = self
                 .store

@@ -136,7 +136,7 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
     (FOLD_MIGRATION, &[]),
     // Runs of Chinese and Japanese characters make bigrams and unigrams
     // instead of one term per run (`keyword`): `fill_terms` indexes again
-    // every memory whose content holds one (`keyword::CJK_RANGES`).
+    // every memory whose folded content holds one (`keyword::holds_cjk`).
     (CJK_MIGRATION, &[]),
 ];
 
@@ -149,20 +149,6 @@ const FOLD_MIGRATION: i64 = 5;
 /// The migration after whose statements `fill_terms` indexes again the
 /// memories holding CJK characters, whose runs now make bigrams.
 const CJK_MIGRATION: i64 = 6;
-
-/// Which memories [`fill_terms`] indexes.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Stale {
-    /// Every memory.
-    All,
-    /// Those whose content is not plain ASCII: their terms were made before
-    /// `keyword::fold` took accents off (ASCII content makes the same terms).
-    NonAscii,
-    /// Those whose content holds a CJK character (found by a regular
-    /// expression of `keyword::CJK_RANGES`): their runs were one term each
-    /// before they made bigrams.
-    Cjk,
-}
 
 /// The PostgreSQL implementation of [`Store`].
 pub struct PgStore {
@@ -253,13 +239,13 @@ async fn migrate_through(pool: &PgPool, last: i64) -> Result<()> {
         }
         match *version {
             TERMS_MIGRATION => {
-                fill_terms(&mut tx, Stale::All).await?;
+                fill_terms(&mut tx, |_| true).await?;
                 sqlx::query("CREATE INDEX memories_terms_gin ON memories USING GIN (terms)")
                     .execute(&mut *tx)
                     .await?;
             }
-            FOLD_MIGRATION => fill_terms(&mut tx, Stale::NonAscii).await?,
-            CJK_MIGRATION => fill_terms(&mut tx, Stale::Cjk).await?,
+            FOLD_MIGRATION => fill_terms(&mut tx, |content| !content.is_ascii()).await?,
+            CJK_MIGRATION => fill_terms(&mut tx, keyword::holds_cjk).await?,
             _ => {}
         }
         sqlx::query("INSERT INTO memory_schema_migrations (version, at) VALUES ($1, now())")
@@ -272,31 +258,37 @@ async fn migrate_through(pool: &PgPool, last: i64) -> Result<()> {
     Ok(())
 }
 
-/// Fills `terms` (`keyword::index_text`) for the memories `which` says,
-/// 500 at a time in id order. Indexing a memory again only replaces its
-/// terms with the same, so a memory picked needlessly costs time only.
-async fn fill_terms(tx: &mut sqlx::PgConnection, which: Stale) -> Result<()> {
-    let cjk = (which == Stale::Cjk).then(keyword::cjk_class);
-    let sql = if cjk.is_some() {
-        "SELECT id, user_id, content FROM memories WHERE id > $1 AND content ~ $2 \
-         ORDER BY id LIMIT 500"
-    } else {
-        "SELECT id, user_id, content FROM memories WHERE id > $1 ORDER BY id LIMIT 500"
-    };
+/// Fills `terms` (`keyword::index_text`) for the memories whose content is
+/// `stale` (every memory for migration 2; for a later one, those whose
+/// terms an older `index_text` made otherwise: content that is not plain
+/// ASCII, whose terms were made before `keyword::fold` took accents off;
+/// content holding CJK characters once folded, `keyword::holds_cjk`, whose
+/// runs were one term each before they made bigrams).
+///
+/// Every memory is read, 500 at a time in id order (each page a range of
+/// the primary key), and picked in Rust, as on SQLite: picking them in SQL
+/// (a regular expression of CJK characters) made each page a scan and a
+/// sort of the whole table on a large one, could not see what folding
+/// makes (the Kangxi radical `⼈` is `人`), and bound characters that a
+/// database in another encoding than UTF-8 cannot hold, so its migration
+/// failed. Indexing a memory again only replaces its terms with the same,
+/// so a memory picked needlessly costs time only.
+async fn fill_terms(tx: &mut sqlx::PgConnection, stale: fn(&str) -> bool) -> Result<()> {
     let mut after = Uuid::nil();
     loop {
-        let mut q = sqlx::query_as(sql).bind(after);
-        if let Some(class) = &cjk {
-            q = q.bind(class.as_str());
-        }
-        let rows: Vec<(Uuid, String, String)> = q.fetch_all(&mut *tx).await?;
+        let rows: Vec<(Uuid, String, String)> = sqlx::query_as(
+            "SELECT id, user_id, content FROM memories WHERE id > $1 ORDER BY id LIMIT 500",
+        )
+        .bind(after)
+        .fetch_all(&mut *tx)
+        .await?;
         let Some(last) = rows.last() else {
             break;
         };
         after = last.0;
         let (ids, texts): (Vec<Uuid>, Vec<String>) = rows
             .into_iter()
-            .filter(|(_, _, content)| !(which == Stale::NonAscii && content.is_ascii()))
+            .filter(|(_, _, content)| stale(content))
             .map(|(id, user, content)| (id, index_text(&user_key(&user), &content)))
             .unzip();
         if ids.is_empty() {
@@ -1628,10 +1620,11 @@ mod tests {
 
     /// A database whose keyword terms were made before runs of CJK
     /// characters made bigrams is indexed again when it migrates, the
-    /// memories holding CJK characters only (a regular expression picks
-    /// them): they are found by a word inside a sentence and by one
-    /// character. Another start-up changes nothing, and running the
-    /// migration again neither.
+    /// memories whose folded content holds CJK characters only (picked in
+    /// Rust, a page of memories at a time in id order: 600 memories without
+    /// any come first, so the first page holds none of them): they are
+    /// found by a word inside a sentence and by one character. Another
+    /// start-up changes nothing, and running the migration again neither.
     #[tokio::test]
     async fn terms_made_before_cjk_bigrams_are_indexed_again() {
         let Some((base, admin, schema)) = scratch_schema("memcjk").await else {
@@ -1662,6 +1655,18 @@ mod tests {
             .await
             .expect("a memory with one term per CJK run");
         }
+        // Memories of another user, before alice's in id order, whose terms
+        // say `sentinel`: they hold no CJK character, so they keep it.
+        sqlx::query(
+            "INSERT INTO memories (id, user_id, content, content_hash, created_at, updated_at, terms) \
+             SELECT ('00000000-0000-0000-0000-' || lpad(i::text, 12, '0'))::uuid, 'bob', \
+             'note ' || i, 'h' || i, now(), now(), to_tsvector('simple'::regconfig, $1) \
+             FROM generate_series(1, 600) AS i",
+        )
+        .bind(format!("{}sentinel", user_key("bob")))
+        .execute(&old)
+        .await
+        .expect("memories without CJK characters");
         old.close().await;
 
         // Migrates; another start-up finds nothing to do; the migration,
@@ -1669,6 +1674,19 @@ mod tests {
         for pass in ["migrates", "starts again", "migrates again"] {
             let store = PgStore::connect(opts.clone(), 2).await.expect(pass);
             assert_cjk_split(&store, &ids).await;
+            assert_eq!(
+                keyword_ids(&store, "bob", &["sentinel"]).await.len(),
+                10,
+                "{pass}: the memories without CJK characters kept their terms"
+            );
+            let bob: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM memories WHERE user_id = 'bob' AND terms @@ to_tsquery('simple', $1)",
+            )
+            .bind(format!("{}sentinel", user_key("bob")))
+            .fetch_one(store.pool())
+            .await
+            .expect("count");
+            assert_eq!(bob, 600, "{pass}");
             if pass == "starts again" {
                 sqlx::query("DELETE FROM memory_schema_migrations WHERE version = $1")
                     .bind(CJK_MIGRATION)
@@ -1682,6 +1700,52 @@ mod tests {
                 store.pool().close().await;
             }
         }
+    }
+
+    /// A database whose encoding is not UTF-8 (LATIN1 here) migrates and
+    /// works: migration 6 binds no character the database cannot hold (it
+    /// matched contents against a regular expression of CJK characters,
+    /// which such a database refused, so the store could not start).
+    #[tokio::test]
+    async fn a_latin1_database_migrates() {
+        let Some((base, admin, schema)) = scratch_schema("memlatin").await else {
+            return;
+        };
+        let db = schema.clone();
+        sqlx::query(&format!(
+            "CREATE DATABASE {db} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
+        ))
+        .execute(&admin)
+        .await
+        .expect("a LATIN1 database");
+        // Checked after the database is dropped, so a failure leaves none.
+        let outcome = async {
+            let store = PgStore::connect(base.clone().database(&db), 2).await?;
+            let m = row("alice", "un café crème", "h1", None);
+            let id = m.memory.id;
+            store.insert(vec![m]).await?;
+            let filter = Filter {
+                user_id: "alice".into(),
+                ..Filter::default()
+            };
+            let found = store.keyword(&filter, &["cafe".to_string()], 10).await?;
+            store.pool().close().await;
+            Ok::<_, MemoryError>((id, found))
+        }
+        .await;
+        sqlx::query(&format!("DROP DATABASE {db} WITH (FORCE)"))
+            .execute(&admin)
+            .await
+            .expect("drop the database");
+        sqlx::query(&format!("DROP SCHEMA {schema}"))
+            .execute(&admin)
+            .await
+            .expect("drop schema");
+        let (id, found) = outcome.expect("migrated, and a memory written");
+        assert_eq!(
+            found.into_iter().map(|(m, _)| m.id).collect::<Vec<_>>(),
+            vec![id]
+        );
     }
 
     /// A database written by the first schema (a generated `tsvector` of the

@@ -8,7 +8,7 @@
 use super::sqlite_read::Readers;
 use super::{MAX_IN_LIST, Resolved, Slot, Store, apply_patch, history_json, resolve_duplicates};
 use crate::error::{MemoryError, Result};
-use crate::keyword::{index_text, is_cjk, user_key};
+use crate::keyword::{holds_cjk, index_text, user_key};
 use crate::types::{
     Change, ChangeOp, Embedding, ExactHits, Filter, HistoryEntry, IndexEntry, ListQuery, Memory,
     NewEmbedding, NewRow, Page, Patch, UnembeddedPage, WriteOutcome, from_micros, now, to_micros,
@@ -176,7 +176,7 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
     (FOLD_MIGRATION, &[]),
     // Runs of Chinese and Japanese characters make bigrams and unigrams
     // instead of one term per run (`keyword`): `refold_terms` indexes again
-    // every memory whose content holds one (`keyword::is_cjk`).
+    // every memory whose folded content holds one (`keyword::holds_cjk`).
     (CJK_MIGRATION, &[]),
 ];
 
@@ -370,7 +370,7 @@ async fn migrate_through(pool: &SqlitePool, last: i64) -> Result<()> {
         match *version {
             TERMS_MIGRATION => fill_terms(&mut tx).await?,
             FOLD_MIGRATION => refold_terms(&mut tx, |content| !content.is_ascii()).await?,
-            CJK_MIGRATION => refold_terms(&mut tx, |content| content.chars().any(is_cjk)).await?,
+            CJK_MIGRATION => refold_terms(&mut tx, holds_cjk).await?,
             _ => {}
         }
         sqlx::query("INSERT INTO memory_schema_migrations (version, at) VALUES (?, ?)")
@@ -425,9 +425,10 @@ async fn fill_terms(tx: &mut sqlx::SqliteConnection) -> Result<()> {
 /// `keyword::index_text` made otherwise, those whose content is `stale`:
 /// content that is not plain ASCII, whose terms were made before
 /// `keyword::fold` took accents off (ASCII content makes the same terms as
-/// before); content holding CJK characters, whose runs were one term each
-/// before they made bigrams. Indexing a memory again only replaces its
-/// terms with the same, so a memory picked needlessly costs time only.
+/// before); content holding CJK characters once folded as indexing folds it
+/// (`keyword::holds_cjk`), whose runs were one term each before they made
+/// bigrams. Indexing a memory again only replaces its terms with the same,
+/// so a memory picked needlessly costs time only.
 async fn refold_terms(tx: &mut sqlx::SqliteConnection, stale: fn(&str) -> bool) -> Result<()> {
     each_page_of_memories(tx, async |tx, rows| {
         let changed: Vec<(i64, String)> = rows
@@ -1400,9 +1401,10 @@ mod tests {
 
     /// A database whose keyword terms were made before runs of CJK
     /// characters made bigrams is indexed again when it migrates, the
-    /// memories holding CJK characters only: they are found by a word inside
-    /// a sentence and by one character, only once each. Another start-up
-    /// changes nothing, and running the migration again neither.
+    /// memories holding CJK characters once folded only (`⼈` is `人`): they
+    /// are found by a word inside a sentence and by one character, only once
+    /// each. Another start-up changes nothing, and running the migration
+    /// again neither.
     #[tokio::test]
     async fn terms_made_before_cjk_bigrams_are_indexed_again() {
         let (_dir, url, pool) = unmigrated_db().await;
@@ -1444,7 +1446,7 @@ mod tests {
                 .fetch_one(&store.write)
                 .await
                 .expect("count");
-            assert_eq!(indexed, 5, "{pass}");
+            assert_eq!(indexed, 6, "{pass}");
             if pass == "starts again" {
                 sqlx::query("DELETE FROM memory_schema_migrations WHERE version = ?")
                     .bind(CJK_MIGRATION)

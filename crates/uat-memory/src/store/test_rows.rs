@@ -94,8 +94,11 @@ pub(super) async fn assert_refolded(store: &impl Store, ids: &[Uuid]) {
 /// runs of CJK characters made bigrams (see [`assert_cjk_split`]): one term
 /// per run, and the kana's voiced sound marks folded off. The last two
 /// hold no CJK character and were given a term their content does not make,
-/// `sentinel`: the migration leaves them as they are.
-pub(super) fn unsplit_cjk_terms() -> [(&'static str, String); 5] {
+/// `sentinel`: the migration leaves them as they are. The sixth holds no
+/// character of `keyword::CJK_RANGES` itself, but folds into CJK ones (the
+/// Kangxi radicals `⼈⼝` into `人口`, population, the circled `㊤` into
+/// `上`), as its old term says: it is indexed again too.
+pub(super) fn unsplit_cjk_terms() -> [(&'static str, String); 6] {
     let key = user_key("alice");
     [
         (
@@ -106,6 +109,7 @@ pub(super) fn unsplit_cjk_terms() -> [(&'static str, String); 5] {
         ("ｶﾞｲﾄﾞブック", format!("{key}カイトフック")),
         ("plain words", format!("{key}sentinel")),
         ("한국어 café", format!("{key}sentinel")),
+        ("⼈⼝㊤", format!("{key}人口上")),
     ]
 }
 
@@ -136,6 +140,13 @@ pub(super) async fn assert_cjk_split(store: &impl Store, ids: &[Uuid]) {
         "the old terms are gone"
     );
     assert!(query_ids(store, "カイト").await.is_empty());
+    assert_eq!(query_ids(store, "人口").await, vec![ids[5]]);
+    assert_eq!(query_ids(store, "上").await, vec![ids[5]]);
+    assert_eq!(query_ids(store, "⼝").await, vec![ids[5]]);
+    assert!(
+        keyword_ids(store, "alice", &["人口上"]).await.is_empty(),
+        "the folded memory's old term is gone"
+    );
     let mut untouched = query_ids(store, "sentinel").await;
     untouched.sort();
     assert_eq!(untouched, vec![ids[3], ids[4]], "no CJK: not indexed again");

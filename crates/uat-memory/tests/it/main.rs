@@ -83,6 +83,7 @@ on_both_stores!(
     a_write_is_stored_without_its_embedding_while_the_embedder_fails,
     a_batch_written_while_the_embedder_fails_stores_every_item,
     an_update_while_the_embedder_fails_drops_the_old_embedding,
+    an_update_with_the_same_content_keeps_the_embedding_while_the_embedder_fails,
     an_embedder_error_of_another_kind_still_fails_the_write,
     waking_the_backfill_does_not_cut_its_failure_backoff,
 );

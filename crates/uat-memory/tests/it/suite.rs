@@ -2980,6 +2980,71 @@ pub async fn an_update_while_the_embedder_fails_drops_the_old_embedding(h: &Harn
     );
 }
 
+/// A PATCH whose content is the memory's content as it stands (with other
+/// changes) does not touch the content: the embedder is not called and the
+/// memory keeps its embedding, even while the embedder fails (the store
+/// used to drop the embedding of any content it was given, so semantic
+/// search lost the memory until the backfill embedded it again); the other
+/// changes are applied.
+pub async fn an_update_with_the_same_content_keeps_the_embedding_while_the_embedder_fails(
+    h: &Harness,
+) {
+    let m = put(h, "u1", "Frank walks his dog every morning").await;
+    found_semantically(&h.svc, "pets", m.id).await;
+    let before = h.svc.store().index_entries(&[m.id]).await.unwrap();
+    assert_eq!(before.len(), 1);
+
+    h.embedder.set_failing(true);
+    let calls = h.embedder.calls.load(Ordering::SeqCst);
+    let upd = patch(
+        h,
+        "u1",
+        m.id,
+        json!({"content": m.content.clone(), "tags": ["walks"]}),
+    )
+    .await
+    .expect("stored");
+    assert_eq!(upd.content, m.content);
+    assert_eq!(upd.tags, vec!["walks".to_string()]);
+    assert_eq!(h.svc.get("u1", m.id).await.unwrap(), upd);
+    assert_eq!(
+        h.embedder.calls.load(Ordering::SeqCst),
+        calls,
+        "the same content is not embedded again"
+    );
+    let after = h.svc.store().index_entries(&[m.id]).await.unwrap();
+    assert_eq!(after.len(), 1, "the memory keeps its embedding");
+    assert_eq!(after[0].embedding, before[0].embedding);
+    assert_eq!(after[0].tags, vec!["walks".to_string()], "{after:?}");
+    assert!(
+        in_index(h, "pets").await.contains(&m.id),
+        "the index still returns it for its content"
+    );
+    assert_eq!(
+        search_ids(
+            h,
+            json!({"user_id": "u1", "query": "dog", "mode": "keyword"})
+        )
+        .await,
+        vec![m.id]
+    );
+    // The same content alone changes nothing but the time of the update.
+    let again = patch(h, "u1", m.id, json!({"content": m.content.clone()}))
+        .await
+        .expect("stored");
+    assert_eq!(again.content, m.content);
+    assert_eq!(again.tags, upd.tags);
+    assert_eq!(h.svc.store().index_entries(&[m.id]).await.unwrap().len(), 1);
+    assert_eq!(h.embedder.calls.load(Ordering::SeqCst), calls);
+
+    h.embedder.set_failing(false);
+    found_semantically(&h.svc, "pets", m.id).await;
+    assert_eq!(
+        ops(&h.svc.history("u1", m.id).await.unwrap()),
+        vec!["create", "update", "update"]
+    );
+}
+
 /// Only an embedding failure (`MemoryError::Embedding`) lets a write or an
 /// update go on without the embedding: an embedder error of another kind
 /// still fails it, and nothing is written.
