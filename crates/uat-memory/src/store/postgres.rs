@@ -1577,6 +1577,28 @@ mod tests {
         close_and_drop_schema(&store, &admin, &schema).await;
     }
 
+    /// Stores alice's memories with the terms an older version indexed
+    /// them with (`rows`: content and terms), as a migration test's start.
+    async fn insert_old_terms(pool: &PgPool, rows: &[(&str, String)]) -> Vec<Uuid> {
+        let mut ids = Vec::new();
+        for (content, terms) in rows {
+            let id = Uuid::now_v7();
+            ids.push(id);
+            sqlx::query(
+                "INSERT INTO memories (id, user_id, content, content_hash, created_at, updated_at, terms) \
+                 VALUES ($1, 'alice', $2, $3, now(), now(), to_tsvector('simple'::regconfig, $4))",
+            )
+            .bind(id)
+            .bind(content)
+            .bind(id.to_string())
+            .bind(terms)
+            .execute(pool)
+            .await
+            .expect("a memory with its old terms");
+        }
+        ids
+    }
+
     /// A database whose keyword terms were made before accents were folded
     /// (`keyword::fold`) is indexed again when it migrates: its memories are
     /// found without their accents, and plain ASCII ones as before.
@@ -1594,23 +1616,7 @@ mod tests {
         migrate_through(&old, FOLD_MIGRATION - 1)
             .await
             .expect("the schema before folding");
-        let rows = unfolded_terms();
-        let mut ids = Vec::new();
-        for (content, terms) in &rows {
-            let id = Uuid::now_v7();
-            ids.push(id);
-            sqlx::query(
-                "INSERT INTO memories (id, user_id, content, content_hash, created_at, updated_at, terms) \
-                 VALUES ($1, 'alice', $2, $3, now(), now(), to_tsvector('simple'::regconfig, $4))",
-            )
-            .bind(id)
-            .bind(content)
-            .bind(id.to_string())
-            .bind(terms)
-            .execute(&old)
-            .await
-            .expect("a memory with unfolded terms");
-        }
+        let ids = insert_old_terms(&old, &unfolded_terms()).await;
         old.close().await;
 
         let store = PgStore::connect(opts, 2).await.expect("migrated");
@@ -1639,22 +1645,7 @@ mod tests {
         migrate_through(&old, CJK_MIGRATION - 1)
             .await
             .expect("the schema before CJK bigrams");
-        let mut ids = Vec::new();
-        for (content, terms) in &unsplit_cjk_terms() {
-            let id = Uuid::now_v7();
-            ids.push(id);
-            sqlx::query(
-                "INSERT INTO memories (id, user_id, content, content_hash, created_at, updated_at, terms) \
-                 VALUES ($1, 'alice', $2, $3, now(), now(), to_tsvector('simple'::regconfig, $4))",
-            )
-            .bind(id)
-            .bind(content)
-            .bind(id.to_string())
-            .bind(terms)
-            .execute(&old)
-            .await
-            .expect("a memory with one term per CJK run");
-        }
+        let ids = insert_old_terms(&old, &unsplit_cjk_terms()).await;
         // Memories of another user, before alice's in id order, whose terms
         // say `sentinel`: they hold no CJK character, so they keep it.
         sqlx::query(

@@ -1363,9 +1363,23 @@ mod tests {
         migrate_through(&pool, FOLD_MIGRATION - 1)
             .await
             .expect("the schema before folding");
-        let rows = unfolded_terms();
+        let ids = insert_old_terms(&pool, &unfolded_terms()).await;
+        pool.close().await;
+
+        let store = SqliteStore::open(&url, 2).await.expect("migrated");
+        assert_refolded(&store, &ids).await;
+        let indexed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM memory_terms")
+            .fetch_one(&store.write)
+            .await
+            .expect("count");
+        assert_eq!(indexed, 3);
+    }
+
+    /// Stores alice's memories with the terms an older version indexed
+    /// them with (`rows`: content and terms), as a migration test's start.
+    async fn insert_old_terms(pool: &SqlitePool, rows: &[(&str, String)]) -> Vec<Uuid> {
         let mut ids = Vec::new();
-        for (rid, (content, terms)) in (1i64..).zip(&rows) {
+        for (rid, (content, terms)) in (1i64..).zip(rows) {
             let id = Uuid::now_v7();
             ids.push(id);
             sqlx::query(
@@ -1378,25 +1392,17 @@ mod tests {
             .bind(id.to_string())
             .bind(rid)
             .bind(rid)
-            .execute(&pool)
+            .execute(pool)
             .await
             .expect("a memory");
             sqlx::query("INSERT INTO memory_terms (rowid, terms) VALUES (?, ?)")
                 .bind(rid)
                 .bind(terms)
-                .execute(&pool)
+                .execute(pool)
                 .await
-                .expect("its terms, unfolded");
+                .expect("its old terms");
         }
-        pool.close().await;
-
-        let store = SqliteStore::open(&url, 2).await.expect("migrated");
-        assert_refolded(&store, &ids).await;
-        let indexed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM memory_terms")
-            .fetch_one(&store.write)
-            .await
-            .expect("count");
-        assert_eq!(indexed, 3);
+        ids
     }
 
     /// A database whose keyword terms were made before runs of CJK
@@ -1411,30 +1417,7 @@ mod tests {
         migrate_through(&pool, CJK_MIGRATION - 1)
             .await
             .expect("the schema before CJK bigrams");
-        let mut ids = Vec::new();
-        for (rid, (content, terms)) in (1i64..).zip(&unsplit_cjk_terms()) {
-            let id = Uuid::now_v7();
-            ids.push(id);
-            sqlx::query(
-                "INSERT INTO memories (rid, id, user_id, content, content_hash, tags, metadata, \
-                 created_at, updated_at) VALUES (?, ?, 'alice', ?, ?, '[]', '{}', ?, ?)",
-            )
-            .bind(rid)
-            .bind(id.to_string())
-            .bind(content)
-            .bind(id.to_string())
-            .bind(rid)
-            .bind(rid)
-            .execute(&pool)
-            .await
-            .expect("a memory");
-            sqlx::query("INSERT INTO memory_terms (rowid, terms) VALUES (?, ?)")
-                .bind(rid)
-                .bind(terms)
-                .execute(&pool)
-                .await
-                .expect("its terms, one per CJK run");
-        }
+        let ids = insert_old_terms(&pool, &unsplit_cjk_terms()).await;
         pool.close().await;
 
         // Migrates; another start-up finds nothing to do; the migration,

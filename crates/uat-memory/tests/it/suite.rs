@@ -46,6 +46,29 @@ async fn search_ids(h: &Harness, body: Value) -> Vec<Uuid> {
         .collect()
 }
 
+/// A keyword search of `user`'s memories: ids and scores, best first.
+async fn keyword_hits(h: &Harness, user: &str, query: &str) -> Vec<(Uuid, f64)> {
+    search(
+        h,
+        json!({"user_id": user, "query": query, "mode": "keyword", "top_k": 50}),
+    )
+    .await
+    .unwrap()
+    .results
+    .into_iter()
+    .map(|r| (r.memory.id, r.score))
+    .collect()
+}
+
+/// [`keyword_hits`]' ids, best first.
+async fn keyword_ids(h: &Harness, user: &str, query: &str) -> Vec<Uuid> {
+    keyword_hits(h, user, query)
+        .await
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect()
+}
+
 fn field(e: MemoryError) -> String {
     match e {
         MemoryError::Invalid { field, .. } => field,
@@ -2466,18 +2489,8 @@ pub async fn accents_are_folded_alike_on_both_stores(h: &Harness) {
     let ligature = put(h, "u1", "the ﬁnal draft").await;
     let vietnamese = put(h, "u1", "Tiếng Việt").await;
     put(h, "u1", "a cafeteria").await;
-    let kw = |q: &str| {
-        let q = q.to_string();
-        async move {
-            search_ids(
-                h,
-                json!({"user_id": "u1", "query": q, "mode": "keyword", "top_k": 50}),
-            )
-            .await
-            .into_iter()
-            .collect::<HashSet<Uuid>>()
-        }
-    };
+    let kw =
+        async |q: &str| -> HashSet<Uuid> { keyword_ids(h, "u1", q).await.into_iter().collect() };
     for q in ["cafe", "café", "CAFÉ", "Cafe\u{301}", "ｃａｆｅ"] {
         assert_eq!(kw(q).await, HashSet::from([accented.id, plain.id]), "{q}");
     }
@@ -2511,21 +2524,7 @@ pub async fn cjk_words_are_found_inside_sentences_alike_on_both_stores(h: &Harne
     let rain = put(h, "u1", "今日は雨が降っています").await;
     let korean = put(h, "u1", "한국어 공부를 했다").await;
     put(h, "u2", "我住在北京市中心").await;
-    let kw = |q: &str| {
-        let q = q.to_string();
-        async move {
-            search(
-                h,
-                json!({"user_id": "u1", "query": q, "mode": "keyword", "top_k": 50}),
-            )
-            .await
-            .unwrap()
-            .results
-            .into_iter()
-            .map(|r| (r.memory.id, r.score))
-            .collect::<Vec<(Uuid, f64)>>()
-        }
-    };
+    let kw = async |q: &str| keyword_hits(h, "u1", q).await;
     let ids = |hits: Vec<(Uuid, f64)>| hits.into_iter().map(|(id, _)| id).collect::<HashSet<_>>();
     // A word inside a sentence.
     assert_eq!(ids(kw("東京").await), HashSet::from([tokyo.id]));
@@ -2590,16 +2589,7 @@ pub async fn kana_voicing_and_width_alike_on_both_stores(h: &Harness) {
     let beer = put(h, "u1", "ビールが好き").await;
     let heel = put(h, "u1", "ヒールを履く").await;
     let guide = put(h, "u1", "ｶﾞｲﾄﾞブックを読む").await;
-    let kw = |q: &str| {
-        let q = q.to_string();
-        async move {
-            search_ids(
-                h,
-                json!({"user_id": "u1", "query": q, "mode": "keyword", "top_k": 50}),
-            )
-            .await
-        }
-    };
+    let kw = async |q: &str| keyword_ids(h, "u1", q).await;
     // Both hold "ール": the one holding the whole word first.
     assert_eq!(kw("ビール").await, vec![beer.id, heel.id]);
     assert_eq!(kw("ヒール").await, vec![heel.id, beer.id]);
