@@ -1577,6 +1577,26 @@ mod tests {
         close_and_drop_schema(&store, &admin, &schema).await;
     }
 
+    /// A scratch schema migrated up to just before `migration`: its admin
+    /// connection and name (for `close_and_drop_schema`), its options, and
+    /// a pool on it to set up old rows with.
+    async fn schema_before(
+        name: &str,
+        migration: i64,
+    ) -> Option<(PgPool, String, PgConnectOptions, PgPool)> {
+        let (base, admin, schema) = scratch_schema(name).await?;
+        let opts = base.options([("search_path", schema.as_str())]);
+        let old = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts.clone())
+            .await
+            .expect("pool");
+        migrate_through(&old, migration - 1)
+            .await
+            .expect("the schema before the migration");
+        Some((admin, schema, opts, old))
+    }
+
     /// Stores alice's memories with the terms an older version indexed
     /// them with (`rows`: content and terms), as a migration test's start.
     async fn insert_old_terms(pool: &PgPool, rows: &[(&str, String)]) -> Vec<Uuid> {
@@ -1604,18 +1624,10 @@ mod tests {
     /// found without their accents, and plain ASCII ones as before.
     #[tokio::test]
     async fn terms_made_before_folding_are_indexed_again() {
-        let Some((base, admin, schema)) = scratch_schema("memfold").await else {
+        let Some((admin, schema, opts, old)) = schema_before("memfold", FOLD_MIGRATION).await
+        else {
             return;
         };
-        let opts = base.options([("search_path", schema.as_str())]);
-        let old = PgPoolOptions::new()
-            .max_connections(1)
-            .connect_with(opts.clone())
-            .await
-            .expect("pool");
-        migrate_through(&old, FOLD_MIGRATION - 1)
-            .await
-            .expect("the schema before folding");
         let ids = insert_old_terms(&old, &unfolded_terms()).await;
         old.close().await;
 
@@ -1633,18 +1645,9 @@ mod tests {
     /// start-up changes nothing, and running the migration again neither.
     #[tokio::test]
     async fn terms_made_before_cjk_bigrams_are_indexed_again() {
-        let Some((base, admin, schema)) = scratch_schema("memcjk").await else {
+        let Some((admin, schema, opts, old)) = schema_before("memcjk", CJK_MIGRATION).await else {
             return;
         };
-        let opts = base.options([("search_path", schema.as_str())]);
-        let old = PgPoolOptions::new()
-            .max_connections(1)
-            .connect_with(opts.clone())
-            .await
-            .expect("pool");
-        migrate_through(&old, CJK_MIGRATION - 1)
-            .await
-            .expect("the schema before CJK bigrams");
         let ids = insert_old_terms(&old, &unsplit_cjk_terms()).await;
         // Memories of another user, before alice's in id order, whose terms
         // say `sentinel`: they hold no CJK character, so they keep it.

@@ -46,6 +46,11 @@ async fn search_ids(h: &Harness, body: Value) -> Vec<Uuid> {
         .collect()
 }
 
+/// Whether the store holds an embedding (of any model) for memory `id`.
+async fn has_embedding(h: &Harness, id: Uuid) -> bool {
+    !h.svc.store().index_entries(&[id]).await.unwrap().is_empty()
+}
+
 /// A keyword search of `user`'s memories: ids and scores, best first.
 async fn keyword_hits(h: &Harness, user: &str, query: &str) -> Vec<(Uuid, f64)> {
     search(
@@ -1297,12 +1302,7 @@ pub async fn memories_written_without_a_model_are_embedded_once_it_is_back(h: &H
     let m = keyword_only.write(req).await.unwrap().remove(0).memory;
     drop(keyword_only);
     assert!(
-        h.svc
-            .store()
-            .index_entries(&[m.id])
-            .await
-            .unwrap()
-            .is_empty(),
+        !has_embedding(h, m.id).await,
         "written without an embedding"
     );
 
@@ -2802,15 +2802,7 @@ pub async fn a_write_is_stored_without_its_embedding_while_the_embedder_fails(h:
         vec![m.id],
         "keyword search finds it at once"
     );
-    assert!(
-        h.svc
-            .store()
-            .index_entries(&[m.id])
-            .await
-            .unwrap()
-            .is_empty(),
-        "stored without an embedding"
-    );
+    assert!(!has_embedding(h, m.id).await, "stored without an embedding");
     assert!(
         !in_index(h, "cycling").await.contains(&m.id),
         "semantic search cannot find it yet"
@@ -2912,12 +2904,7 @@ pub async fn an_update_while_the_embedder_fails_drops_the_old_embedding(h: &Harn
     assert_eq!(upd.content, new_content);
     assert_eq!(h.svc.get("u1", m.id).await.unwrap(), upd);
     assert!(
-        h.svc
-            .store()
-            .index_entries(&[m.id])
-            .await
-            .unwrap()
-            .is_empty(),
+        !has_embedding(h, m.id).await,
         "the old content's embedding is gone"
     );
     assert!(
