@@ -327,7 +327,7 @@ impl Auth {
                             .as_ref()
                             .map(|l| l.iter().map(|g| g.trim().into()).collect()),
                     },
-                    limit: k.requests_per_minute.map(Gcra::per_minute),
+                    limit: k.requests_per_minute.map(Gcra::requests),
                     concurrent: k.max_concurrent.map(|max| {
                         Arc::new(Concurrent {
                             now: std::sync::atomic::AtomicU32::new(0),
@@ -336,7 +336,7 @@ impl Auth {
                     }),
                     tokens: k
                         .tokens_per_minute
-                        .map(|n| TokenMeter(Arc::new(TokenBucket::per_minute(n)))),
+                        .map(|n| TokenMeter(Arc::new(Gcra::tokens(n)))),
                 };
                 (k.digest, key)
             })
@@ -541,7 +541,7 @@ fn spends_tokens(route: &str) -> bool {
 /// that spends tokens: the handler reports what the answer spent. Cheap to
 /// clone; absent for keys without the limit (their requests pay nothing).
 #[derive(Clone)]
-pub(crate) struct TokenMeter(Arc<TokenBucket>);
+pub(crate) struct TokenMeter(Arc<Gcra>);
 
 impl TokenMeter {
     /// The meter of a request, if its key has a token limit.
@@ -558,7 +558,7 @@ impl TokenMeter {
     /// A meter of its own (unit tests).
     #[cfg(test)]
     pub(crate) fn for_test(per_minute: u32) -> Self {
-        TokenMeter(Arc::new(TokenBucket::per_minute(per_minute)))
+        TokenMeter(Arc::new(Gcra::tokens(per_minute)))
     }
 
     /// Tokens left now (unit tests).
@@ -582,34 +582,88 @@ impl<S: Send + Sync> axum::extract::OptionalFromRequestParts<S> for TokenMeter {
     }
 }
 
-/// `tokens_per_minute` as a bucket that holds a minute's tokens and
-/// refills continuously (GCRA with a cost, in one atomic word like
-/// [`Gcra`]). A request is admitted while the bucket is not empty; the
-/// tokens its answer spent are taken afterwards, which may leave the
-/// bucket below empty (a debt repaid by refilling), the way OpenAI's token
-/// limits behave and LiteLLM's `tpm_limit` counts: the cost of an answer is
-/// only known once it is given.
-struct TokenBucket {
+/// A key's bucket as GCRA (the generic cell rate algorithm, as the
+/// `governor` crate keeps it): one word, the theoretical arrival time of the
+/// bucket's next free place, advanced by compare-and-swap. It serves two
+/// limits:
+///
+/// - `requests_per_minute` ([`Gcra::requests`]): a burst of a sixth of the
+///   minute's requests, then one per `interval`; each request takes a place
+///   at once ([`Gcra::check`]);
+/// - `tokens_per_minute` ([`Gcra::tokens`]): a bucket of a minute's tokens;
+///   a request is admitted while it is not empty ([`Gcra::admit`]), and the
+///   tokens its answer spent are taken afterwards ([`Gcra::take`]), which
+///   may leave it below empty (a debt repaid by refilling), the way OpenAI's
+///   token limits behave and LiteLLM's `tpm_limit` counts: the cost of an
+///   answer is only known once it is given.
+struct Gcra {
     epoch: Instant,
     /// Nanoseconds after `epoch` when the bucket is full again (`<= now`: full).
     tat: AtomicU64,
-    /// Nanoseconds a token takes to refill.
+    /// Nanoseconds a place takes to refill.
     interval: u64,
-    /// A full bucket: a minute's tokens, in nanoseconds.
+    /// `burst * interval`: a full bucket.
     tolerance: u64,
     per_minute: u32,
+    /// Its `x-ratelimit-*` headers: limit, remaining, reset.
+    names: &'static [HeaderName; 3],
 }
 
-impl TokenBucket {
-    fn per_minute(per_minute: u32) -> Self {
+impl Gcra {
+    fn new(per_minute: u32, burst: u32, names: &'static [HeaderName; 3]) -> Self {
         let per_minute = per_minute.max(1);
         let interval = (60_000_000_000 / u64::from(per_minute)).max(1);
-        TokenBucket {
+        Gcra {
             epoch: Instant::now(),
             tat: AtomicU64::new(0),
             interval,
-            tolerance: interval * u64::from(per_minute),
+            tolerance: u64::from(burst.max(1)) * interval,
             per_minute,
+            names,
+        }
+    }
+
+    /// `per_minute` requests a minute, a burst of a sixth of it (ten
+    /// seconds' worth), at least 1.
+    fn requests(per_minute: u32) -> Self {
+        Gcra::new(per_minute, per_minute / 6, &REQUEST_HEADERS)
+    }
+
+    /// `per_minute` tokens a minute, a bucket of all of them.
+    fn tokens(per_minute: u32) -> Self {
+        Gcra::new(per_minute, per_minute, &TOKEN_HEADERS)
+    }
+
+    /// Takes a token and says what is left, or says how long until one is
+    /// there (and what is left: nothing).
+    fn check(&self) -> Result<Quota, (Duration, Quota)> {
+        self.check_at(self.now())
+    }
+
+    fn check_at(&self, now: u64) -> Result<Quota, (Duration, Quota)> {
+        let mut tat = self.tat.load(Ordering::Acquire);
+        loop {
+            let next = tat.max(now).saturating_add(self.interval);
+            let ahead = next - now;
+            if ahead > self.tolerance {
+                let quota = Quota {
+                    remaining: 0,
+                    full_in: Duration::from_nanos(tat.saturating_sub(now)),
+                };
+                return Err((Duration::from_nanos(ahead - self.tolerance), quota));
+            }
+            match self
+                .tat
+                .compare_exchange_weak(tat, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    return Ok(Quota {
+                        remaining: (self.tolerance - ahead) / self.interval,
+                        full_in: Duration::from_nanos(ahead),
+                    });
+                }
+                Err(t) => tat = t,
+            }
         }
     }
 
@@ -669,101 +723,14 @@ impl TokenBucket {
         }
     }
 
-    /// OpenAI's `x-ratelimit-*-tokens` headers.
-    fn headers(&self, q: Quota, h: &mut HeaderMap) {
-        h.insert(
-            &X_RATELIMIT_LIMIT_TOKENS,
-            HeaderValue::from(self.per_minute),
-        );
-        h.insert(
-            &X_RATELIMIT_REMAINING_TOKENS,
-            HeaderValue::from(q.remaining),
-        );
-        if let Ok(v) = HeaderValue::from_str(&go_duration(q.full_in)) {
-            h.insert(&X_RATELIMIT_RESET_TOKENS, v);
-        }
-    }
-}
-
-/// `x-ratelimit-limit-tokens`: the key's tokens per minute.
-static X_RATELIMIT_LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
-/// `x-ratelimit-remaining-tokens`: the tokens it has left now.
-static X_RATELIMIT_REMAINING_TOKENS: HeaderName =
-    HeaderName::from_static("x-ratelimit-remaining-tokens");
-/// `x-ratelimit-reset-tokens`: until the bucket is full again.
-static X_RATELIMIT_RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
-
-/// A token bucket as GCRA (the generic cell rate algorithm, as the
-/// `governor` crate keeps it): one word, the theoretical arrival time of the
-/// next request, advanced by compare-and-swap. `burst` requests may come at
-/// once; after that one per `interval`.
-struct Gcra {
-    epoch: Instant,
-    /// Nanoseconds after `epoch`.
-    tat: AtomicU64,
-    interval: u64,
-    /// `burst * interval`.
-    tolerance: u64,
-    per_minute: u32,
-}
-
-impl Gcra {
-    /// `per_minute` requests a minute, a burst of a sixth of it (ten
-    /// seconds' worth), at least 1.
-    fn per_minute(per_minute: u32) -> Self {
-        let per_minute = per_minute.max(1);
-        let interval = 60_000_000_000 / u64::from(per_minute);
-        let burst = u64::from((per_minute / 6).max(1));
-        Gcra {
-            epoch: Instant::now(),
-            tat: AtomicU64::new(0),
-            interval,
-            tolerance: burst * interval,
-            per_minute,
-        }
-    }
-
-    /// Takes a token and says what is left, or says how long until one is
-    /// there (and what is left: nothing).
-    fn check(&self) -> Result<Quota, (Duration, Quota)> {
-        let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.check_at(now)
-    }
-
-    fn check_at(&self, now: u64) -> Result<Quota, (Duration, Quota)> {
-        let mut tat = self.tat.load(Ordering::Acquire);
-        loop {
-            let next = tat.max(now).saturating_add(self.interval);
-            let ahead = next - now;
-            if ahead > self.tolerance {
-                let quota = Quota {
-                    remaining: 0,
-                    full_in: Duration::from_nanos(tat.saturating_sub(now)),
-                };
-                return Err((Duration::from_nanos(ahead - self.tolerance), quota));
-            }
-            match self
-                .tat
-                .compare_exchange_weak(tat, next, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => {
-                    return Ok(Quota {
-                        remaining: (self.tolerance - ahead) / self.interval,
-                        full_in: Duration::from_nanos(ahead),
-                    });
-                }
-                Err(t) => tat = t,
-            }
-        }
-    }
-
     /// The `x-ratelimit-*` headers (OpenAI's names) of a response under
     /// this bucket.
     fn headers(&self, q: Quota, h: &mut HeaderMap) {
-        h.insert(&X_RATELIMIT_LIMIT, HeaderValue::from(self.per_minute));
-        h.insert(&X_RATELIMIT_REMAINING, HeaderValue::from(q.remaining));
+        let [limit, remaining, reset] = self.names;
+        h.insert(limit, HeaderValue::from(self.per_minute));
+        h.insert(remaining, HeaderValue::from(q.remaining));
         if let Ok(v) = HeaderValue::from_str(&go_duration(q.full_in)) {
-            h.insert(&X_RATELIMIT_RESET, v);
+            h.insert(reset, v);
         }
     }
 }
@@ -776,13 +743,23 @@ struct Quota {
     full_in: Duration,
 }
 
-/// `x-ratelimit-limit-requests`: the key's requests per minute.
-static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
-/// `x-ratelimit-remaining-requests`: the requests it may make at once now.
-static X_RATELIMIT_REMAINING: HeaderName =
-    HeaderName::from_static("x-ratelimit-remaining-requests");
-/// `x-ratelimit-reset-requests`: until the bucket is full again.
-static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
+/// OpenAI's headers of a request limit: `x-ratelimit-limit-requests` (the
+/// key's requests per minute), `x-ratelimit-remaining-requests` (the
+/// requests it may make at once now), `x-ratelimit-reset-requests` (until
+/// the bucket is full again).
+static REQUEST_HEADERS: [HeaderName; 3] = [
+    HeaderName::from_static("x-ratelimit-limit-requests"),
+    HeaderName::from_static("x-ratelimit-remaining-requests"),
+    HeaderName::from_static("x-ratelimit-reset-requests"),
+];
+
+/// The same of a token limit: the key's tokens per minute, the tokens it
+/// has left now, until the bucket is full again.
+static TOKEN_HEADERS: [HeaderName; 3] = [
+    HeaderName::from_static("x-ratelimit-limit-tokens"),
+    HeaderName::from_static("x-ratelimit-remaining-tokens"),
+    HeaderName::from_static("x-ratelimit-reset-tokens"),
+];
 
 /// A duration as OpenAI writes `x-ratelimit-reset-requests` (Go's format):
 /// `250ms`, `1.5s`, `6m0s`.
@@ -830,7 +807,7 @@ mod tests {
 
     #[test]
     fn gcra_allows_the_burst_then_one_per_interval() {
-        let g = Gcra::per_minute(60); // burst 10, one a second
+        let g = Gcra::requests(60); // burst 10, one a second
         for i in 0..10 {
             let q = g.check_at(0).expect("within the burst");
             assert_eq!(q.remaining, 9 - i, "request {i} of the burst");
@@ -858,7 +835,7 @@ mod tests {
 
     #[test]
     fn token_bucket_admits_while_not_empty_and_repays_a_debt() {
-        let b = TokenBucket::per_minute(60); // a token a second
+        let b = Gcra::tokens(60); // a token a second
         assert!(b.admit_at(0).is_ok());
         assert_eq!(b.quota_at(0).remaining, 60);
         b.take_at(0, 59);
@@ -915,7 +892,7 @@ mod tests {
 
     #[test]
     fn small_limits_have_a_burst_of_one() {
-        let g = Gcra::per_minute(1);
+        let g = Gcra::requests(1);
         assert!(g.check_at(0).is_ok());
         assert_eq!(g.check_at(0).unwrap_err().0, Duration::from_secs(60));
     }
