@@ -1359,12 +1359,7 @@ mod tests {
     /// before.
     #[tokio::test]
     async fn terms_made_before_folding_are_indexed_again() {
-        let (_dir, url, pool) = unmigrated_db().await;
-        migrate_through(&pool, FOLD_MIGRATION - 1)
-            .await
-            .expect("the schema before folding");
-        let ids = insert_old_terms(&pool, &unfolded_terms()).await;
-        pool.close().await;
+        let (_dir, url, ids) = db_before(FOLD_MIGRATION, &unfolded_terms()).await;
 
         let store = SqliteStore::open(&url, 2).await.expect("migrated");
         assert_refolded(&store, &ids).await;
@@ -1373,6 +1368,22 @@ mod tests {
             .await
             .expect("count");
         assert_eq!(indexed, 3);
+    }
+
+    /// A database migrated up to just before `migration`, holding alice's
+    /// memories with the terms an older version indexed them with (`rows`:
+    /// content and terms): its folder, its URL and the memories' ids.
+    async fn db_before(
+        migration: i64,
+        rows: &[(&str, String)],
+    ) -> (tempfile::TempDir, String, Vec<Uuid>) {
+        let (dir, url, pool) = unmigrated_db().await;
+        migrate_through(&pool, migration - 1)
+            .await
+            .expect("the schema before the migration");
+        let ids = insert_old_terms(&pool, rows).await;
+        pool.close().await;
+        (dir, url, ids)
     }
 
     /// Stores alice's memories with the terms an older version indexed
@@ -1413,12 +1424,7 @@ mod tests {
     /// again neither.
     #[tokio::test]
     async fn terms_made_before_cjk_bigrams_are_indexed_again() {
-        let (_dir, url, pool) = unmigrated_db().await;
-        migrate_through(&pool, CJK_MIGRATION - 1)
-            .await
-            .expect("the schema before CJK bigrams");
-        let ids = insert_old_terms(&pool, &unsplit_cjk_terms()).await;
-        pool.close().await;
+        let (_dir, url, ids) = db_before(CJK_MIGRATION, &unsplit_cjk_terms()).await;
 
         // Migrates; another start-up finds nothing to do; the migration,
         // forgotten, runs again over memories already indexed the new way.

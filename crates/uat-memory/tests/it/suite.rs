@@ -190,22 +190,8 @@ pub async fn patch_content_reembeds_and_keeps_history(h: &Harness) {
         hits.results[0].score
     );
     // Keyword index follows the content too.
-    assert!(
-        search_ids(
-            h,
-            json!({"user_id": "u1", "query": "rain", "mode": "keyword"})
-        )
-        .await
-        .is_empty()
-    );
-    assert_eq!(
-        search_ids(
-            h,
-            json!({"user_id": "u1", "query": "sedan", "mode": "keyword"})
-        )
-        .await,
-        vec![m.id]
-    );
+    assert!(keyword_ids(h, "u1", "rain").await.is_empty());
+    assert_eq!(keyword_ids(h, "u1", "sedan").await, vec![m.id]);
 
     let hist = h.svc.history("u1", m.id).await.unwrap();
     let ops: Vec<&str> = hist.iter().map(|e| e.operation.as_str()).collect();
@@ -564,14 +550,7 @@ pub async fn expired_memories_never_come_back(h: &Harness) {
     .memory;
     let keep = put(h, "u1", "permanent jazz note").await;
     assert!(h.svc.get("u1", m.id).await.is_ok());
-    assert_eq!(
-        search_ids(
-            h,
-            json!({"user_id": "u1", "query": "temporary", "mode": "keyword"})
-        )
-        .await,
-        vec![m.id]
-    );
+    assert_eq!(keyword_ids(h, "u1", "temporary").await, vec![m.id]);
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert!(matches!(
         h.svc.get("u1", m.id).await,
@@ -2794,11 +2773,7 @@ pub async fn a_write_is_stored_without_its_embedding_while_the_embedder_fails(h:
     let m = out[0].memory.clone();
     assert_eq!(h.svc.get("u1", m.id).await.unwrap(), m);
     assert_eq!(
-        search_ids(
-            h,
-            json!({"user_id": "u1", "query": "bicycle", "mode": "keyword"})
-        )
-        .await,
+        keyword_ids(h, "u1", "bicycle").await,
         vec![m.id],
         "keyword search finds it at once"
     );
@@ -2911,22 +2886,8 @@ pub async fn an_update_while_the_embedder_fails_drops_the_old_embedding(h: &Harn
         !in_index(h, "pets").await.contains(&m.id),
         "the index no longer returns it for its old content"
     );
-    assert_eq!(
-        search_ids(
-            h,
-            json!({"user_id": "u1", "query": "jazz", "mode": "keyword"})
-        )
-        .await,
-        vec![m.id]
-    );
-    assert!(
-        search_ids(
-            h,
-            json!({"user_id": "u1", "query": "dog", "mode": "keyword"})
-        )
-        .await
-        .is_empty()
-    );
+    assert_eq!(keyword_ids(h, "u1", "jazz").await, vec![m.id]);
+    assert!(keyword_ids(h, "u1", "dog").await.is_empty());
 
     h.embedder.set_failing(false);
     embedded_within(h, &[m.id], 10).await;
@@ -2997,14 +2958,7 @@ pub async fn an_update_with_the_same_content_keeps_the_embedding_while_the_embed
         in_index(h, "pets").await.contains(&m.id),
         "the index still returns it for its content"
     );
-    assert_eq!(
-        search_ids(
-            h,
-            json!({"user_id": "u1", "query": "dog", "mode": "keyword"})
-        )
-        .await,
-        vec![m.id]
-    );
+    assert_eq!(keyword_ids(h, "u1", "dog").await, vec![m.id]);
     // The same content alone changes nothing but the time of the update.
     let again = patch(h, "u1", m.id, json!({"content": m.content.clone()}))
         .await
