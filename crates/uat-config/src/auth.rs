@@ -9,6 +9,18 @@ use std::collections::HashSet;
 pub struct AuthConfig {
     /// The keys (`[[auth.keys]]`). Empty: no authentication.
     pub keys: Vec<ApiKeyConfig>,
+    /// The owner whose keys inherit what was stored while no keys were
+    /// configured: the memories of users stored without an owner, and the
+    /// `default` cache namespace. Its keys read and write them as their own
+    /// (its users' ids are stored as they are, not under the owner). Unset:
+    /// that data stays out of every key's reach.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keyless_owner: Option<String>,
+    /// `GET /metrics` needs an admin key (`Authorization: Bearer`, what
+    /// Prometheus sends from `authorization.credentials_file`) instead of
+    /// being open like the probes. Needs at least one admin key.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub protect_metrics: bool,
 }
 
 /// `[[auth.keys]]`: one API key. Exactly one of `key_env` or `key_sha256`
@@ -82,6 +94,9 @@ pub struct ResolvedKey {
     pub collections: Option<Vec<String>>,
     /// Whether it may call admin routes.
     pub admin: bool,
+    /// Whether its owner is [`AuthConfig::keyless_owner`]: its requests
+    /// reach what was stored without keys.
+    pub keyless: bool,
 }
 
 impl std::fmt::Debug for ResolvedKey {
@@ -95,6 +110,7 @@ impl std::fmt::Debug for ResolvedKey {
             .field("models", &self.models)
             .field("collections", &self.collections)
             .field("admin", &self.admin)
+            .field("keyless", &self.keyless)
             .finish_non_exhaustive()
     }
 }
@@ -156,7 +172,7 @@ impl AuthConfig {
                 let field = if k.owner.is_some() { "owner" } else { "name" };
                 return Err(ConfigError::invalid(
                     at(field),
-                    "the owner `default` is the namespace of requests made without keys; choose another (set `owner` to keep this name)",
+                    "the owner `default` is the namespace of requests made without keys; choose another (set `owner` to keep this name), and name it in `auth.keyless_owner` to give it what was stored without keys",
                 ));
             }
             if k.requests_per_minute == Some(0) {
@@ -201,6 +217,21 @@ impl AuthConfig {
                     "must be at least 1 (leave it unset for no limit)",
                 ));
             }
+        }
+        let owner = |k: &ApiKeyConfig| k.owner.clone().unwrap_or_else(|| k.name.clone());
+        if let Some(o) = &self.keyless_owner
+            && !self.keys.iter().any(|k| owner(k) == *o)
+        {
+            return Err(ConfigError::invalid(
+                "auth.keyless_owner",
+                format!("`{o}` is the owner of no key in [[auth.keys]]"),
+            ));
+        }
+        if self.protect_metrics && !self.keys.iter().any(|k| k.admin) {
+            return Err(ConfigError::invalid(
+                "auth.protect_metrics",
+                "needs a key with `admin = true` to scrape /metrics with (none is configured)",
+            ));
         }
         Ok(())
     }
@@ -267,6 +298,8 @@ impl AuthConfig {
                 models: k.models.clone(),
                 collections: k.collections.clone(),
                 admin: k.admin,
+                keyless: self.keyless_owner.as_deref()
+                    == Some(k.owner.as_deref().unwrap_or(&k.name)),
             });
         }
         Ok(out)

@@ -564,6 +564,46 @@ fn auth_owner_default_is_refused_and_secrets_are_trimmed() {
 }
 
 #[test]
+fn auth_keyless_owner_marks_its_keys_and_must_own_one() {
+    let keys = |extra: &str| {
+        format!(
+            "[auth]\n{extra}\n[[auth.keys]]\nname = \"a\"\nowner = \"app\"\nkey_sha256 = \"{KEY_A_SHA}\"\n\
+             [[auth.keys]]\nname = \"b\"\nkey_env = \"K\"\n"
+        )
+    };
+    let c = load_str(&keys("keyless_owner = \"app\""), &[("K", "k")]).unwrap();
+    let resolved = c.auth.resolve(|_| Some("k".into())).unwrap();
+    assert!(resolved[0].keyless, "the owner's key");
+    assert!(!resolved[1].keyless, "another owner's key");
+    // By the owner, which defaults to the name.
+    let c = load_str(&keys("keyless_owner = \"b\""), &[("K", "k")]).unwrap();
+    let resolved = c.auth.resolve(|_| Some("k".into())).unwrap();
+    assert!(!resolved[0].keyless && resolved[1].keyless);
+    // A name that owns no key is a typo, not a silent no-op.
+    let e = auth_err(&keys("keyless_owner = \"ap\""), &[("K", "k")]);
+    assert!(
+        e.contains("auth.keyless_owner") && e.contains("`ap`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn auth_protect_metrics_needs_an_admin_key() {
+    let text = |admin: bool| {
+        format!(
+            "[auth]\nprotect_metrics = true\n[[auth.keys]]\nname = \"a\"\nkey_sha256 = \"{KEY_A_SHA}\"\nadmin = {admin}\n"
+        )
+    };
+    let e = auth_err(&text(false), &[]);
+    assert!(
+        e.contains("auth.protect_metrics") && e.contains("admin"),
+        "{e}"
+    );
+    assert!(load_str(&text(true), &[]).unwrap().auth.protect_metrics);
+    assert!(!Config::default().auth.protect_metrics);
+}
+
+#[test]
 fn ollama_streams_get_longer_to_start_unless_set() {
     let c = load_str(
         "[[providers]]\nname = \"o\"\nkind = \"ollama\"\nbase_url = \"http://127.0.0.1:11434\"\n\

@@ -5,7 +5,7 @@
 //! With no keys configured the layer is not installed at all: every route is
 //! open and requests pay nothing. With keys, [`authenticate`] runs on every
 //! matched route under `/v1` (the probes `/health`, `/ready`, `/metrics` stay
-//! open), outside load shedding: a rejected request never takes an in-flight
+//! open; `/metrics` needs an admin key with `auth.protect_metrics`), outside load shedding: a rejected request never takes an in-flight
 //! slot.
 //!
 //! A presented secret is hashed (SHA-256) and the digest looked up in a map
@@ -93,6 +93,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Tenant {
 /// The keys, by the SHA-256 of their secret. Built once at start-up.
 pub struct Auth {
     keys: HashMap<[u8; 32], Key>,
+    /// `auth.protect_metrics`: `/metrics` needs an admin key.
+    protect_metrics: bool,
 }
 
 struct Key {
@@ -304,7 +306,9 @@ impl Auth {
         let keys = cfg
             .resolve(|var| std::env::var(var).ok())
             .map_err(|e| crate::StartupError::subsystem("auth", e))?;
-        Ok(Some(Arc::new(Auth::new(keys))))
+        let mut auth = Auth::new(keys);
+        auth.protect_metrics = cfg.protect_metrics;
+        Ok(Some(Arc::new(auth)))
     }
 
     /// From keys already resolved.
@@ -317,7 +321,14 @@ impl Auth {
                     caller: Caller {
                         name: Some(k.name.as_str().into()),
                         admin: k.admin,
-                        tenant: Tenant::new(&k.owner),
+                        // `auth.keyless_owner`'s keys share the requests
+                        // made without keys' tenant: their memories, their
+                        // cache namespace.
+                        tenant: if k.keyless {
+                            Tenant(None)
+                        } else {
+                            Tenant::new(&k.owner)
+                        },
                         models: k
                             .models
                             .as_ref()
@@ -341,7 +352,10 @@ impl Auth {
                 (k.digest, key)
             })
             .collect();
-        Auth { keys }
+        Auth {
+            keys,
+            protect_metrics: false,
+        }
     }
 }
 
@@ -365,6 +379,10 @@ fn presented(headers: &HeaderMap) -> Option<&[u8]> {
             .filter(|s| !s.is_empty())
     })
 }
+
+/// The Prometheus endpoint: open like the probes unless
+/// `auth.protect_metrics`, then for admin keys only.
+const METRICS: &str = "/metrics";
 
 /// The API: `/v1` and everything under it. The probes (`/health`, `/ready`,
 /// `/metrics`) and any page outside `/v1` stay open.
@@ -429,7 +447,8 @@ pub(crate) async fn authenticate(
     mut req: Request,
     next: Next,
 ) -> Response {
-    if !is_api(req.uri().path()) {
+    let metrics = auth.protect_metrics && req.uri().path() == METRICS;
+    if !metrics && !is_api(req.uri().path()) {
         req.extensions_mut().insert(Caller::ANONYMOUS);
         return next.run(req).await;
     }
@@ -454,6 +473,18 @@ pub(crate) async fn authenticate(
             start,
         );
     };
+    if metrics && !key.caller.admin {
+        tracing::debug!(key = %key.name, "/metrics refused to a non-admin key");
+        return reject(
+            "forbidden",
+            ApiError::forbidden(format!(
+                "the API key `{}` may not read /metrics (auth.protect_metrics: it needs `admin = true`)",
+                key.name
+            )),
+            route,
+            start,
+        );
+    }
     // Before the rate check, so a request refused here takes no rate token.
     let place = match &key.concurrent {
         None => None,
@@ -462,6 +493,7 @@ pub(crate) async fn authenticate(
             None => {
                 tracing::debug!(key = %key.name, "API key at its limit of requests in flight");
                 let e = ApiError::key_rate_limited(
+                    "rate_limit_error",
                     format!(
                         "the API key `{}` is at its limit of {} requests in flight",
                         key.name, c.max
@@ -480,6 +512,7 @@ pub(crate) async fn authenticate(
             if let Err((wait, quota)) = m.0.admit() {
                 tracing::debug!(key = %key.name, ?wait, "API key out of tokens for this minute");
                 let e = ApiError::key_rate_limited(
+                    "tokens",
                     format!(
                         "the API key `{}` is over its limit of {} tokens per minute",
                         key.name, m.0.per_minute
@@ -501,6 +534,7 @@ pub(crate) async fn authenticate(
             Err((wait, quota)) => {
                 tracing::debug!(key = %key.name, ?wait, "API key over its rate limit");
                 let e = ApiError::key_rate_limited(
+                    "requests",
                     format!(
                         "the API key `{}` is over its limit of {} requests per minute",
                         key.name, limit.per_minute

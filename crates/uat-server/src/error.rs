@@ -184,9 +184,22 @@ impl ApiError {
         )
     }
 
-    /// 429 with Retry-After: the API key is over its own limit.
-    pub fn key_rate_limited(message: impl Into<String>, retry_after: u64) -> Self {
-        let mut e = Self::rate_limited(message);
+    /// 429 with Retry-After: the API key is over its own limit. `kind` is
+    /// the error's `type`: OpenAI's `"requests"` or `"tokens"` for the
+    /// per-minute budget that ran out (what its own 429s say, and what
+    /// clients that tell the two apart read), `"rate_limit_error"` for the
+    /// limit of requests in flight, which OpenAI does not have.
+    pub fn key_rate_limited(
+        kind: &'static str,
+        message: impl Into<String>,
+        retry_after: u64,
+    ) -> Self {
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            kind,
+            Some("rate_limit_exceeded"),
+            message,
+        );
         e.retry_after = Some(retry_after);
         e
     }

@@ -225,6 +225,8 @@ async fn a_key_over_its_rate_gets_429_and_other_keys_do_not() {
     let (status, headers, body) = send(list(SLOW_KEY)).await;
     assert_eq!(status, 429, "{body}");
     assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+    // OpenAI's type for the budget that ran out.
+    assert_eq!(body["error"]["type"], "requests");
     let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry), "{retry}");
     assert_eq!(h(&headers, "x-ratelimit-remaining-requests"), "0");
@@ -360,6 +362,7 @@ async fn a_key_over_its_tokens_per_minute_gets_429_once_its_answers_spent_them()
     .await;
     assert_eq!(status, 429, "{body}");
     assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+    assert_eq!(body["error"]["type"], "tokens");
     let message = body["error"]["message"].as_str().unwrap();
     assert!(message.contains("100 tokens per minute"), "{message}");
     let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
@@ -424,6 +427,7 @@ async fn a_key_at_its_limit_in_flight_gets_429_until_a_place_frees() {
     assert_eq!(status, 429, "{body}");
     assert!(body.contains("limit of 2 requests in flight"), "{body}");
     assert!(body.contains("rate_limit_exceeded"), "{body}");
+    assert!(body.contains(r#""type":"rate_limit_error""#), "{body}");
     assert_eq!(chat(OTHER_KEY, false).await.0, 200, "another key");
     let (a, b) = (a.await.unwrap(), b.await.unwrap());
     assert_eq!(a.0, 200, "{}", a.1);
@@ -786,6 +790,147 @@ async fn each_owner_has_its_own_memories() {
     assert_eq!(s["results"][0]["user_id"], "alice");
     let (_, _, h) = send(c.get(app.at(&history)).bearer_auth(USER_KEY)).await;
     assert_eq!(h["history"][0]["new_value"]["user_id"], "alice", "{h}");
+}
+
+/// `auth.keyless_owner`: a deployment that ran without keys and then
+/// configures them gives one owner what was stored before: its keys see the
+/// memories and the cached answers of the keyless days (on the same data
+/// directory, after a restart), and keep writing where those live; every
+/// other owner sees none of it.
+#[tokio::test]
+async fn the_keyless_owner_inherits_what_was_stored_without_keys() {
+    let (up, providers, model) = upstream().await;
+    let data = tempfile::tempdir().unwrap();
+    let cache = "[cache]\nmode = \"deterministic\"\n";
+    let det = json!({"model": model, "messages": [{"role": "user", "content": "Say hello"}], "temperature": 0});
+    let before = spawn_config(
+        test_config(&format!("{providers}{cache}"), data.path()),
+        tempfile::tempdir().unwrap(),
+    )
+    .await;
+    let (status, _, m) =
+        send(before.client.post(before.at("/v1/memories")).json(
+            &json!({"user_id": "alice", "content": "The staging password rotates on Fridays"}),
+        ))
+        .await;
+    assert_eq!(status, 201, "{m}");
+    let old_id = m["id"].as_str().unwrap().to_string();
+    let resp = before.chat(det.clone()).await;
+    assert_eq!(header(&resp, "x-uat-cache"), "miss");
+    assert_eq!(up.calls(), 1);
+    // What `uat serve` does as it stops: the queued L3 write lands.
+    before
+        .state
+        .cache
+        .tiered()
+        .unwrap()
+        .flush(std::time::Duration::from_secs(5))
+        .await;
+    assert!(before.stop(std::time::Duration::from_secs(10)).await);
+
+    let toml = format!(
+        "{providers}{cache}[auth]\nkeyless_owner = \"app\"\n{}{}",
+        key_toml("app-key", USER_KEY, "owner = \"app\""),
+        key_toml("b", OTHER_KEY, "owner = \"tenant-b\""),
+    );
+    let app = spawn_config(
+        test_config(&toml, data.path()),
+        tempfile::tempdir().unwrap(),
+    )
+    .await;
+    let c = &app.client;
+    let list = |key: &'static str| c.get(app.at("/v1/memories?user_id=alice")).bearer_auth(key);
+    let search = |key: &'static str| {
+        c.post(app.at("/v1/memories/search"))
+            .bearer_auth(key)
+            .json(&json!({"user_id": "alice", "query": "staging password", "mode": "keyword"}))
+    };
+    let (_, _, l) = send(list(USER_KEY)).await;
+    assert_eq!(l["memories"][0]["id"], json!(old_id), "{l}");
+    assert_eq!(l["memories"][0]["user_id"], "alice");
+    let (_, _, s) = send(search(USER_KEY)).await;
+    assert_eq!(s["results"][0]["id"], json!(old_id), "{s}");
+    // What the owner writes now sits beside it.
+    let (status, _, m) = send(
+        c.post(app.at("/v1/memories"))
+            .bearer_auth(USER_KEY)
+            .json(&json!({"user_id": "alice", "content": "Alice moved to the platform team"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{m}");
+    let (_, _, l) = send(list(USER_KEY)).await;
+    assert_eq!(l["memories"].as_array().unwrap().len(), 2, "{l}");
+    // Another owner's alice sees none of it.
+    let (_, _, l) = send(list(OTHER_KEY)).await;
+    assert_eq!(l["memories"], json!([]), "{l}");
+    let (_, _, s) = send(search(OTHER_KEY)).await;
+    assert_eq!(s["results"], json!([]), "{s}");
+    let (status, _, _) = send(
+        c.get(app.at(&format!("/v1/memories/{old_id}?user_id=alice")))
+            .bearer_auth(OTHER_KEY),
+    )
+    .await;
+    assert_eq!(status, 404);
+    // The keyless days' cached answer (in L3, across the restart) is the
+    // owner's; another owner misses.
+    let chat = |key: &'static str| {
+        let req = c
+            .post(app.at("/v1/chat/completions"))
+            .bearer_auth(key)
+            .json(&det);
+        async move {
+            let resp = req.send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            header(&resp, "x-uat-cache")
+        }
+    };
+    assert_eq!(chat(USER_KEY).await, "hit-l3");
+    assert_eq!(up.calls(), 1);
+    assert_eq!(chat(OTHER_KEY).await, "miss");
+    assert_eq!(up.calls(), 2);
+}
+
+/// `auth.protect_metrics`: `/metrics` needs an admin key; the other probes
+/// stay open. Without it (every other test here) `/metrics` is open.
+#[tokio::test]
+async fn protected_metrics_need_an_admin_key() {
+    let toml = format!(
+        "[auth]\nprotect_metrics = true\n{}{}",
+        key_toml("user", USER_KEY, ""),
+        key_toml("ops", ADMIN_KEY, "admin = true"),
+    );
+    let app = spawn_app(&toml).await;
+    let get = |key: Option<&'static str>| {
+        let req = app.client.get(app.at("/metrics"));
+        match key {
+            Some(k) => req.bearer_auth(k),
+            None => req,
+        }
+    };
+    let (status, _, body) = send(get(None)).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_api_key");
+    let (status, _, body) = send(get(Some(USER_KEY))).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "insufficient_permissions");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("protect_metrics"),
+        "{body}"
+    );
+    let resp = get(Some(ADMIN_KEY)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    assert!(
+        text.contains("uat_auth_rejections_total{reason=\"forbidden\"}"),
+        "the refusal is counted: {text}"
+    );
+    for probe in ["/health", "/ready"] {
+        let resp = app.client.get(app.at(probe)).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{probe} stays open");
+    }
 }
 
 /// Every response of the cached routes says how the cache took it, the
