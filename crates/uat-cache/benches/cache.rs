@@ -11,7 +11,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::json;
 use std::hint::black_box;
 use std::time::Duration;
-use uat_cache::{CacheKey, CacheLevel, MemoryLevel, RedisLevel, RequestKind, SqlLevel};
+use uat_cache::{CacheKey, CacheLevel, MemoryLevel, Put, RedisLevel, RequestKind, SqlLevel};
 
 fn request(n_messages: usize) -> serde_json::Value {
     let messages: Vec<_> = (0..n_messages)
@@ -168,13 +168,13 @@ fn l3_sqlite(c: &mut Criterion) {
         .unwrap();
     let value = Bytes::from(vec![b'v'; 600]);
     let mut n = 0u64;
-    let batch = |n: &mut u64| -> Vec<(CacheKey, Bytes, Duration)> {
+    let batch = |n: &mut u64| -> Vec<Put> {
         (0..1024)
             .map(|_| {
                 *n += 1;
                 let k =
                     CacheKey::for_request("default", "m", RequestKind::Chat, &json!({ "n": *n }));
-                (k, value.clone(), Duration::from_secs(3600))
+                Put::new(k, value.clone(), Duration::from_secs(3600))
             })
             .collect()
     };

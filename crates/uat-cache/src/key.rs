@@ -12,8 +12,10 @@ use sha2::{Digest, Sha256};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-/// Request fields that do not change the output and are left out of the key.
-pub const IGNORED_FIELDS: &[&str] = &["user", "stream", "stream_options", "model"];
+/// Request fields that do not change the output and are left out of the key
+/// (`cache`: LiteLLM's per-request cache controls, which the gateway reads
+/// and never sends upstream).
+pub const IGNORED_FIELDS: &[&str] = &["user", "stream", "stream_options", "model", "cache"];
 
 /// What kind of response a key addresses (part of the hash, so a chat and an
 /// embeddings request can never share an entry).

@@ -22,10 +22,9 @@
 use crate::codec;
 use crate::error::CacheError;
 use crate::key::{CacheKey, KeyPattern};
-use crate::level::{CacheLevel, Counters, Hit, Level, LevelStats};
+use crate::level::{CacheLevel, Counters, Hit, Level, LevelStats, Put};
 use crate::metrics::{self, METRICS, OpTimer};
 use crate::presence::{KeySet, Presence};
-use bytes::Bytes;
 use futures::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::future::Future;
@@ -510,11 +509,15 @@ impl CacheLevel for RedisLevel {
             return Ok(None);
         };
         match codec::decode(&raw) {
-            Ok(value) => {
+            Ok((value, stored_at)) => {
                 self.inner.counters.hit();
                 metrics::L2.hit.inc();
                 let ttl = Duration::from_millis(u64::try_from(pttl).unwrap_or(0));
-                Ok(Some(Hit { value, ttl }))
+                Ok(Some(Hit {
+                    value,
+                    ttl,
+                    stored_at,
+                }))
             }
             Err(e) => {
                 tracing::warn!(level = "l2", key = %key, error = %e, "corrupt cache entry deleted");
@@ -526,23 +529,19 @@ impl CacheLevel for RedisLevel {
         }
     }
 
-    async fn put(&self, key: &CacheKey, value: Bytes, ttl: Duration) -> Result<(), CacheError> {
-        self.put_many(vec![(key.clone(), value, ttl)]).await
-    }
-
-    async fn put_many(&self, items: Vec<(CacheKey, Bytes, Duration)>) -> Result<(), CacheError> {
+    async fn put_many(&self, items: Vec<Put>) -> Result<(), CacheError> {
         if items.is_empty() {
             return Ok(());
         }
         let n = items.len() as u64;
-        let hashes: Vec<u64> = items.iter().map(|(k, _, _)| k.xxh3()).collect();
+        let hashes: Vec<u64> = items.iter().map(|p| p.key.xxh3()).collect();
         let mut pipe = redis::pipe();
-        for (k, v, ttl) in &items {
+        for p in &items {
             pipe.cmd("SET")
-                .arg(self.stored_key(k))
-                .arg(codec::encode(v))
+                .arg(self.stored_key(&p.key))
+                .arg(codec::encode(&p.value, p.stored_at))
                 .arg("EX")
-                .arg(ttl_secs(*ttl))
+                .arg(ttl_secs(p.ttl))
                 .ignore();
         }
         // Every replica's presence set learns the keys from this message.

@@ -23,11 +23,10 @@
 use crate::codec;
 use crate::error::CacheError;
 use crate::key::{CacheKey, KeyPattern};
-use crate::level::{CacheLevel, Counters, Hit, Level, LevelStats};
+use crate::level::{CacheLevel, Counters, Hit, Level, LevelStats, Put};
 use crate::metrics::{self, METRICS, OpTimer};
 use crate::priority;
 use crate::row_map::RowMap;
-use bytes::Bytes;
 use futures::TryStreamExt;
 use sqlx::postgres::PgArguments;
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -816,13 +815,14 @@ impl CacheLevel for SqlLevel {
             return Ok(None);
         };
         match codec::decode(&raw) {
-            Ok(value) => {
+            Ok((value, stored_at)) => {
                 self.inner.counters.hit();
                 metrics::L3.hit.inc();
                 let left = u64::try_from(expires_at.saturating_sub(now)).unwrap_or(0);
                 Ok(Some(Hit {
                     value,
                     ttl: Duration::from_millis(left),
+                    stored_at,
                 }))
             }
             Err(e) => {
@@ -835,11 +835,7 @@ impl CacheLevel for SqlLevel {
         }
     }
 
-    async fn put(&self, key: &CacheKey, value: Bytes, ttl: Duration) -> Result<(), CacheError> {
-        self.put_many(vec![(key.clone(), value, ttl)]).await
-    }
-
-    async fn put_many(&self, items: Vec<(CacheKey, Bytes, Duration)>) -> Result<(), CacheError> {
+    async fn put_many(&self, items: Vec<Put>) -> Result<(), CacheError> {
         if items.is_empty() {
             return Ok(());
         }
@@ -847,7 +843,10 @@ impl CacheLevel for SqlLevel {
         let now = now_ms();
         let rows = items
             .into_iter()
-            .map(|(k, v, ttl)| (k, codec::encode(&v), now.saturating_add(ms(ttl))))
+            .map(|p| {
+                let expires_at = now.saturating_add(ms(p.ttl));
+                (p.key, codec::encode(&p.value, p.stored_at), expires_at)
+            })
             .collect();
         let res = self.upsert(rows).await;
         let result = match &res {
@@ -944,6 +943,7 @@ impl CacheLevel for SqlLevel {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use bytes::Bytes;
 
     /// A SQLite level in a new folder (kept while the `TempDir` lives), and its URL.
     async fn sqlite_level(timeout: Duration) -> (tempfile::TempDir, String, SqlLevel) {
@@ -962,9 +962,13 @@ mod tests {
         let (_dir, _url, l3) = sqlite_level(Duration::from_secs(2)).await;
         let key = CacheKey::from_parts("default", "m", &"ab".repeat(32));
         let v = Bytes::from_static(b"{\"choices\":[]}");
-        l3.put_many(vec![(key.clone(), v.clone(), Duration::from_secs(60))])
-            .await
-            .unwrap();
+        l3.put_many(vec![Put::new(
+            key.clone(),
+            v.clone(),
+            Duration::from_secs(60),
+        )])
+        .await
+        .unwrap();
         assert_eq!(
             l3.get(&key).await.unwrap().map(|h| h.value),
             Some(v.clone())
@@ -995,9 +999,13 @@ mod tests {
             .await
             .unwrap();
         let key2 = CacheKey::from_parts("default", "m", &"cd".repeat(32));
-        l3.put_many(vec![(key2.clone(), v.clone(), Duration::from_secs(60))])
-            .await
-            .unwrap();
+        l3.put_many(vec![Put::new(
+            key2.clone(),
+            v.clone(),
+            Duration::from_secs(60),
+        )])
+        .await
+        .unwrap();
         assert!(l3.get(&key2).await.unwrap().is_some());
         let writers = priority::nice_of_threads_named(priority::WRITER_THREAD);
         assert!(!writers.is_empty(), "the new writer's thread exists");
@@ -1019,7 +1027,7 @@ mod tests {
         let v = Bytes::from_static(b"{\"choices\":[]}");
         let first = CacheKey::from_parts("default", "m", &"ab".repeat(32));
         let second = CacheKey::from_parts("default", "m", &"cd".repeat(32));
-        l3.put_many(vec![(first.clone(), v.clone(), ttl)])
+        l3.put_many(vec![Put::new(first.clone(), v.clone(), ttl)])
             .await
             .unwrap();
         let mut other = sqlx::SqliteConnection::connect(&url).await.unwrap();
@@ -1027,7 +1035,9 @@ mod tests {
             .execute(&mut other)
             .await
             .unwrap();
-        let res = l3.put_many(vec![(second.clone(), v.clone(), ttl)]).await;
+        let res = l3
+            .put_many(vec![Put::new(second.clone(), v.clone(), ttl)])
+            .await;
         assert!(
             matches!(res, Err(CacheError::Timeout { .. })),
             "the batch waits for the lock past the timeout: {res:?}"
@@ -1044,7 +1054,10 @@ mod tests {
         // while it is still on its way.
         let since = std::time::Instant::now();
         loop {
-            match l3.put_many(vec![(second.clone(), v.clone(), ttl)]).await {
+            match l3
+                .put_many(vec![Put::new(second.clone(), v.clone(), ttl)])
+                .await
+            {
                 Ok(()) => break,
                 Err(CacheError::Timeout { .. }) if since.elapsed() < Duration::from_secs(10) => {}
                 Err(e) => panic!("the batch after the lock: {e:?}"),
@@ -1076,7 +1089,7 @@ mod tests {
                     // Distinct in the first 16 digits (the row id).
                     let hash = format!("{:016x}{:048x}", attempt * ROWS + i + 1, 0);
                     let key = CacheKey::from_parts("default", "m", &hash);
-                    (key, value.clone(), Duration::from_secs(60))
+                    Put::new(key, value.clone(), Duration::from_secs(60))
                 })
                 .collect();
             match l3.put_many(batch).await {

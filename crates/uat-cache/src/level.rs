@@ -37,6 +37,50 @@ pub struct Hit {
     pub value: Bytes,
     /// Remaining time to live.
     pub ttl: Duration,
+    /// When the value was first stored, in any level (milliseconds since
+    /// the Unix epoch; kept through promotions): its age. `None` for an entry
+    /// written before entries recorded it.
+    pub stored_at: Option<u64>,
+}
+
+/// Milliseconds since the Unix epoch now (the clock of [`Hit::stored_at`]).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The age of a value stored at `stored_at` (ms since the Unix epoch), now;
+/// zero when the clock reads earlier than that (another replica's clock).
+pub fn age_of(stored_at: u64) -> Duration {
+    Duration::from_millis(now_ms().saturating_sub(stored_at))
+}
+
+/// One value for [`CacheLevel::put_many`].
+#[derive(Debug, Clone)]
+pub struct Put {
+    /// Its key.
+    pub key: CacheKey,
+    /// The raw value.
+    pub value: Bytes,
+    /// Time to live from now.
+    pub ttl: Duration,
+    /// When it was first stored (ms since the Unix epoch): now for a new
+    /// answer, the original time for a promotion ([`Hit::stored_at`], `None`
+    /// when that is unknown).
+    pub stored_at: Option<u64>,
+}
+
+impl Put {
+    /// A value stored now.
+    pub fn new(key: CacheKey, value: Bytes, ttl: Duration) -> Self {
+        Put {
+            key,
+            value,
+            ttl,
+            stored_at: Some(now_ms()),
+        }
+    }
 }
 
 /// Size and traffic of one level.
@@ -65,26 +109,19 @@ pub trait CacheLevel: Send + Sync + 'static {
     /// Looks a key up. A corrupt entry is deleted and reported as a miss.
     fn get(&self, key: &CacheKey) -> impl Future<Output = Result<Option<Hit>, CacheError>> + Send;
 
-    /// Stores a value for `ttl`.
+    /// Stores a value for `ttl`, stored now.
     fn put(
         &self,
         key: &CacheKey,
         value: Bytes,
         ttl: Duration,
-    ) -> impl Future<Output = Result<(), CacheError>> + Send;
-
-    /// Stores several values at once (a pipeline or a transaction where the level has one).
-    fn put_many(
-        &self,
-        items: Vec<(CacheKey, Bytes, Duration)>,
     ) -> impl Future<Output = Result<(), CacheError>> + Send {
-        async move {
-            for (k, v, t) in items {
-                self.put(&k, v, t).await?;
-            }
-            Ok(())
-        }
+        self.put_many(vec![Put::new(key.clone(), value, ttl)])
     }
+
+    /// Stores several values at once (a pipeline or a transaction where the
+    /// level has one), each with the time it was first stored.
+    fn put_many(&self, items: Vec<Put>) -> impl Future<Output = Result<(), CacheError>> + Send;
 
     /// Deletes one key; returns how many entries went (0 or 1).
     fn delete(&self, key: &CacheKey) -> impl Future<Output = Result<u64, CacheError>> + Send;

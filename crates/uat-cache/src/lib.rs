@@ -32,6 +32,6 @@ pub use error::CacheError;
 pub use key::{CacheKey, IGNORED_FIELDS, KeyPattern, RequestKind, canonical, glob_match};
 pub use l2::RedisLevel;
 pub use l3::SqlLevel;
-pub use level::{CacheLevel, Hit, Level, LevelStats};
+pub use level::{CacheLevel, Hit, Level, LevelStats, Put, now_ms};
 pub use memory::MemoryLevel;
 pub use tiered::{CacheStats, Flight, FlightGuard, Found, Invalidated, TieredBuilder, TieredCache};

@@ -13,7 +13,7 @@
 
 use crate::error::CacheError;
 use crate::key::{BuildKeyHasher, CacheKey, KeyPattern};
-use crate::level::{CacheLevel, Counters, Hit, Level, LevelStats};
+use crate::level::{CacheLevel, Counters, Hit, Level, LevelStats, Put};
 use crate::metrics::{L1, METRICS, OpTimer};
 use bytes::Bytes;
 use std::sync::Arc;
@@ -57,6 +57,8 @@ const GHOST_SHARE: u64 = 32;
 struct Entry {
     value: Bytes,
     expires_at: Instant,
+    /// [`Hit::stored_at`].
+    stored_at: Option<u64>,
 }
 
 #[derive(Clone, Copy)]
@@ -162,6 +164,7 @@ impl MemoryLevel {
                 Some(Hit {
                     value: e.value,
                     ttl: e.expires_at - now,
+                    stored_at: e.stored_at,
                 })
             }
             found => {
@@ -178,18 +181,36 @@ impl MemoryLevel {
         out
     }
 
-    /// Synchronous insert.
+    /// Synchronous insert of a value stored now.
     pub fn put_now(&self, key: &CacheKey, value: Bytes, ttl: Duration) {
+        self.put_stored_at(key, value, ttl, Some(crate::level::now_ms()));
+    }
+
+    /// Synchronous insert of a value first stored at `stored_at` (a
+    /// promotion: [`Hit::stored_at`] of the level below).
+    pub fn put_stored_at(
+        &self,
+        key: &CacheKey,
+        value: Bytes,
+        ttl: Duration,
+        stored_at: Option<u64>,
+    ) {
         // A copy of exactly its bytes: a body read from the network is often
         // a slice of a larger buffer (a socket read, a gzip decoder's output)
         // that the slice would keep alive, uncounted by the weigher (seen:
         // 4.7 KB resident per 500-byte entry).
-        self.put_exact(key, Bytes::copy_from_slice(&value), ttl);
+        self.put_exact(key, Bytes::copy_from_slice(&value), ttl, stored_at);
     }
 
-    /// [`MemoryLevel::put_now`] of a value that owns exactly its bytes
-    /// (the caller made the copy).
-    pub(crate) fn put_exact(&self, key: &CacheKey, value: Bytes, ttl: Duration) {
+    /// [`MemoryLevel::put_stored_at`] of a value that owns exactly its
+    /// bytes (the caller made the copy).
+    pub(crate) fn put_exact(
+        &self,
+        key: &CacheKey,
+        value: Bytes,
+        ttl: Duration,
+        stored_at: Option<u64>,
+    ) {
         if ttl.is_zero() {
             return;
         }
@@ -214,6 +235,7 @@ impl MemoryLevel {
             Entry {
                 value,
                 expires_at: now + ttl,
+                stored_at,
             },
             &mut evicted,
         );
@@ -300,8 +322,10 @@ impl CacheLevel for MemoryLevel {
         Ok(self.get_now(key))
     }
 
-    async fn put(&self, key: &CacheKey, value: Bytes, ttl: Duration) -> Result<(), CacheError> {
-        self.put_now(key, value, ttl);
+    async fn put_many(&self, items: Vec<Put>) -> Result<(), CacheError> {
+        for p in items {
+            self.put_stored_at(&p.key, p.value, p.ttl, p.stored_at);
+        }
         Ok(())
     }
 

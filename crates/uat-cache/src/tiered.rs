@@ -9,7 +9,7 @@ use crate::error::CacheError;
 use crate::key::{BuildKeyHasher, CacheKey, KeyPattern};
 use crate::l2::RedisLevel;
 use crate::l3::SqlLevel;
-use crate::level::{CacheLevel, Level, LevelStats};
+use crate::level::{CacheLevel, Level, LevelStats, Put};
 use crate::memory::{MemoryLevel, SWEEP_INTERVAL};
 use crate::metrics::{self, METRICS};
 use bytes::Bytes;
@@ -53,6 +53,16 @@ pub struct Found {
     pub level: Level,
     /// Time it has left to live.
     pub ttl: Duration,
+    /// When it was first stored ([`crate::Hit::stored_at`]).
+    pub stored_at: Option<u64>,
+}
+
+impl Found {
+    /// How long ago it was first stored, by this replica's clock; `None`
+    /// when unknown (an entry of an earlier release).
+    pub fn age(&self) -> Option<Duration> {
+        self.stored_at.map(crate::level::age_of)
+    }
 }
 
 /// What an invalidation ([`TieredCache::delete`], [`TieredCache::invalidate`])
@@ -124,11 +134,9 @@ pub struct CacheStats {
 }
 
 enum Job {
-    Put {
-        key: CacheKey,
-        value: Bytes,
-        ttl: Duration,
-    },
+    /// A write, and when it was queued: its time to live counts from then,
+    /// not from when its batch is sent (up to the write delay later).
+    Put(Put, std::time::Instant),
     Flush(oneshot::Sender<()>),
 }
 
@@ -376,33 +384,36 @@ impl TieredCache {
                 value: h.value,
                 level: Level::L1,
                 ttl: h.ttl,
+                stored_at: h.stored_at,
             });
         }
         if let Some(l2) = &self.inner.l2
             && let Ok(Some(h)) = l2.get(key).await
         {
             if let Some(l1) = &self.inner.l1 {
-                l1.put_now(key, h.value.clone(), h.ttl);
+                l1.put_stored_at(key, h.value.clone(), h.ttl, h.stored_at);
             }
             return Some(Found {
                 value: h.value,
                 level: Level::L2,
                 ttl: h.ttl,
+                stored_at: h.stored_at,
             });
         }
         if let Some(l3) = &self.inner.l3
             && let Ok(Some(h)) = l3.get(key).await
         {
             if let Some(l1) = &self.inner.l1 {
-                l1.put_now(key, h.value.clone(), h.ttl);
+                l1.put_stored_at(key, h.value.clone(), h.ttl, h.stored_at);
             }
             if self.inner.l2.is_some() {
-                self.enqueue(key, &h.value, h.ttl, Level::L2);
+                self.enqueue(key, &h.value, h.ttl, h.stored_at, Level::L2);
             }
             return Some(Found {
                 value: h.value,
                 level: Level::L3,
                 ttl: h.ttl,
+                stored_at: h.stored_at,
             });
         }
         None
@@ -412,6 +423,7 @@ impl TieredCache {
     /// also goes to the flight's waiters, which would not find it before the
     /// queued L2/L3 writes land.
     pub fn land(&self, guard: &FlightGuard, key: &CacheKey, value: Bytes, ttl: Duration) {
+        let stored_at = crate::level::now_ms();
         if self.inner.l1.is_none() && !ttl.is_zero() {
             let level = if self.inner.l2.is_some() {
                 Level::L2
@@ -422,14 +434,21 @@ impl TieredCache {
                 value: value.clone(),
                 level,
                 ttl: ttl.min(uat_config::MAX_TTL),
+                stored_at: Some(stored_at),
             });
         }
-        self.put(key, value, ttl);
+        self.put_at(key, value, ttl, stored_at);
     }
 
     /// Stores a value in every enabled level: L1 now, L2/L3 through the queue.
     /// A time to live over [`uat_config::MAX_TTL`] is cut to it.
     pub fn put(&self, key: &CacheKey, value: Bytes, ttl: Duration) {
+        self.put_at(key, value, ttl, crate::level::now_ms());
+    }
+
+    /// [`TieredCache::put`] of a value stored at `stored_at` (ms since the
+    /// Unix epoch).
+    fn put_at(&self, key: &CacheKey, value: Bytes, ttl: Duration, stored_at: u64) {
         if ttl.is_zero() {
             return;
         }
@@ -441,26 +460,44 @@ impl TieredCache {
         // churn cost page faults worth ~5 µs of CPU per miss).
         let value = Bytes::copy_from_slice(&value);
         if let Some(l1) = &self.inner.l1 {
-            l1.put_exact(key, value.clone(), ttl);
+            l1.put_exact(key, value.clone(), ttl, Some(stored_at));
         }
         for w in &self.inner.writers {
-            self.send(w, key, &value, ttl);
+            self.send(w, key, &value, ttl, Some(stored_at));
         }
     }
 
     /// Queues a write to one level below L1 (a promotion).
-    fn enqueue(&self, key: &CacheKey, value: &Bytes, ttl: Duration, level: Level) {
+    fn enqueue(
+        &self,
+        key: &CacheKey,
+        value: &Bytes,
+        ttl: Duration,
+        stored_at: Option<u64>,
+        level: Level,
+    ) {
         if let Some(w) = self.inner.writers.iter().find(|w| w.level == level) {
-            self.send(w, key, value, ttl);
+            self.send(w, key, value, ttl, stored_at);
         }
     }
 
-    fn send(&self, w: &Writer, key: &CacheKey, value: &Bytes, ttl: Duration) {
-        let job = Job::Put {
-            key: key.clone(),
-            value: value.clone(),
-            ttl,
-        };
+    fn send(
+        &self,
+        w: &Writer,
+        key: &CacheKey,
+        value: &Bytes,
+        ttl: Duration,
+        stored_at: Option<u64>,
+    ) {
+        let job = Job::Put(
+            Put {
+                key: key.clone(),
+                value: value.clone(),
+                ttl,
+                stored_at,
+            },
+            std::time::Instant::now(),
+        );
         if w.tx.try_send(job).is_err() {
             self.inner.dropped.fetch_add(1, Ordering::Relaxed);
             metrics::write(w.level.as_str(), "dropped");
@@ -675,7 +712,12 @@ async fn writer_loop<L: CacheLevel>(
         let mut flushes = Vec::new();
         for job in batch.drain(..) {
             match job {
-                Job::Put { key, value, ttl } => puts.push((key, value, ttl)),
+                Job::Put(mut p, queued) => {
+                    p.ttl = p.ttl.saturating_sub(queued.elapsed());
+                    if !p.ttl.is_zero() {
+                        puts.push(p);
+                    }
+                }
                 Job::Flush(done) => flushes.push(done),
             }
         }

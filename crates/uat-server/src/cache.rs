@@ -325,6 +325,10 @@ pub struct Policy {
     pub write: bool,
     /// Time to live of a stored answer.
     pub ttl: Duration,
+    /// `Cache-Control: max-age=N` (N > 0): a stored answer older than this
+    /// is not served (the request goes upstream, and its answer replaces
+    /// the entry). `None`: any live entry.
+    pub max_age: Option<Duration>,
 }
 
 /// Decides the policy from the mode, the request and its headers. An
@@ -352,6 +356,7 @@ pub fn policy(
         read: cacheable,
         write: cacheable,
         ttl: default_ttl,
+        max_age: None,
     };
     // Read as bytes: a byte outside visible ASCII elsewhere in the header
     // (`to_str` refuses the whole value) must not cost its `no-store`.
@@ -360,10 +365,18 @@ pub fn policy(
         cache_control = true;
         for d in v.as_bytes().split(|b| *b == b',') {
             let d = d.trim_ascii();
-            if d.eq_ignore_ascii_case(b"no-cache") || is_max_age_zero(d) {
+            if d.eq_ignore_ascii_case(b"no-cache") {
                 p.read = false;
             } else if d.eq_ignore_ascii_case(b"no-store") {
                 p.write = false;
+            } else if let Some(secs) = max_age(d) {
+                if secs == 0 {
+                    p.read = false;
+                } else {
+                    // Two of them: the stricter holds.
+                    let max = Duration::from_secs(secs);
+                    p.max_age = Some(p.max_age.map_or(max, |m| m.min(max)));
+                }
             }
         }
     }
@@ -377,6 +390,9 @@ pub fn policy(
         })
     {
         p.read = false;
+    }
+    if let Some(v) = body.get(BODY_CONTROLS) {
+        body_controls(&mut p, v)?;
     }
     if let Some(v) = headers.get(&X_UAT_CACHE_TTL) {
         let max = uat_config::MAX_TTL.as_secs();
@@ -403,26 +419,110 @@ pub fn policy(
     Ok(p)
 }
 
-/// `max-age=0` (also `max-age="0"`, `max-age = 00`): no stored answer is
-/// fresh enough, so the cache is not read (what a browser's reload sends).
-/// A larger `max-age` is not checked: entries do not record their age, and
-/// one within its TTL is served.
-fn is_max_age_zero(directive: &[u8]) -> bool {
-    let Some(name) = directive.get(..7) else {
-        return false;
+/// The body field of LiteLLM's per-request cache controls.
+pub const BODY_CONTROLS: &str = "cache";
+
+/// LiteLLM's per-request cache controls in the body (what its users send
+/// with the OpenAI SDKs' `extra_body`): `"cache": {"no-cache": true,
+/// "no-store": true, "ttl": 600, "s-maxage": 600}`, the same as the
+/// headers `Cache-Control: no-cache`, `no-store`, `x-uat-cache-ttl` and
+/// `Cache-Control: max-age`. Read here, left out of the key, and never sent
+/// upstream. Anything else in it is a 400 rather than silently ignored
+/// (LiteLLM's `namespace` too: here every API key's owner is a namespace).
+#[allow(
+    clippy::result_large_err,
+    reason = "ApiError is the server-wide error type; cold path"
+)]
+fn body_controls(p: &mut Policy, v: &serde_json::Value) -> Result<(), ApiError> {
+    let serde_json::Value::Object(controls) = v else {
+        return Err(ApiError::invalid_field(
+            BODY_CONTROLS,
+            "`cache` must be an object of cache controls: no-cache, no-store, ttl, s-maxage",
+        ));
     };
-    if !name.eq_ignore_ascii_case(b"max-age") {
-        return false;
+    let max = uat_config::MAX_TTL.as_secs();
+    for (name, v) in controls {
+        let field = || format!("{BODY_CONTROLS}.{name}");
+        let flag = || {
+            v.as_bool().ok_or_else(|| {
+                ApiError::invalid_field(field(), format!("`cache.{name}` must be true or false"))
+            })
+        };
+        // Whole seconds, as LiteLLM's examples write them (`600` or `600.0`).
+        let secs = || {
+            v.as_u64()
+                .or_else(|| {
+                    v.as_f64()
+                        .filter(|f| f.fract() == 0.0 && (0.0..=max as f64).contains(f))
+                        .map(|f| f as u64)
+                })
+                .filter(|s| *s <= max)
+                .ok_or_else(|| {
+                    ApiError::invalid_field(
+                        field(),
+                        format!("`cache.{name}` must be a whole number of seconds from 0 to {max} (10 years)"),
+                    )
+                })
+        };
+        match name.as_str() {
+            "no-cache" => p.read &= !flag()?,
+            "no-store" => p.write &= !flag()?,
+            "ttl" => match secs()? {
+                0 => p.write = false,
+                s => p.ttl = Duration::from_secs(s),
+            },
+            "s-maxage" => match secs()? {
+                0 => p.read = false,
+                s => {
+                    let max = Duration::from_secs(s);
+                    p.max_age = Some(p.max_age.map_or(max, |m| m.min(max)));
+                }
+            },
+            "namespace" => {
+                return Err(ApiError::invalid_field(
+                    field(),
+                    "`cache.namespace` is not supported: each API key's owner is its own cache namespace",
+                ));
+            }
+            _ => {
+                return Err(ApiError::invalid_field(
+                    field(),
+                    format!(
+                        "unknown cache control `{name}`: use no-cache, no-store, ttl or s-maxage"
+                    ),
+                ));
+            }
+        }
     }
-    let Some(value) = directive[7..].trim_ascii().strip_prefix(b"=") else {
-        return false;
-    };
-    let value = value.trim_ascii();
+    Ok(())
+}
+
+/// The seconds of a `max-age=N` directive (also `max-age="N"`,
+/// `max-age = N`): the oldest stored answer the client takes (RFC 9111,
+/// 5.2.1.1). `max-age=0` is what a browser's reload sends: no stored answer
+/// is fresh enough. A malformed one is ignored, as HTTP caches do; one past
+/// `u64` seconds is no limit at all.
+fn max_age(directive: &[u8]) -> Option<u64> {
+    let name = directive.get(..7)?;
+    if !name.eq_ignore_ascii_case(b"max-age") {
+        return None;
+    }
+    let value = directive[7..].trim_ascii().strip_prefix(b"=")?.trim_ascii();
     let value = value
         .strip_prefix(b"\"")
         .and_then(|v| v.strip_suffix(b"\""))
         .unwrap_or(value);
-    !value.is_empty() && value.iter().all(|b| *b == b'0')
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(
+        value
+            .iter()
+            .try_fold(0u64, |n, d| {
+                n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+            })
+            .unwrap_or(u64::MAX),
+    )
 }
 
 /// The tenant namespace of a request: its API key's owner (attached by the
@@ -512,8 +612,15 @@ where
                 }
             ),
     };
+    // An answer older than the client's `max-age` is not served: the
+    // request goes upstream like a miss (and its answer replaces it).
+    let fresh = |f: &Found| {
+        p.max_age
+            .is_none_or(|max| f.age().is_some_and(|age| age <= max))
+    };
     if p.read
         && let Some(found) = cache.get(&key).await
+        && fresh(&found)
         && let Some(resp) = serve_hit(&svc.answers, cache, &key, found, replay, model).await
     {
         return resp;
@@ -531,6 +638,7 @@ where
                     None => cache.get(&key).await,
                 };
                 if let Some(found) = found
+                    && fresh(&found)
                     && let Some(resp) =
                         serve_hit(&svc.answers, cache, &key, found, replay, model).await
                 {
@@ -665,6 +773,7 @@ async fn serve_hit(
     model: &str,
 ) -> Option<Response> {
     let hit = Outcome::Hit(found.level);
+    let age = found.age();
     let body = match replay {
         Replay::Json => {
             // L1 holds only values validated on the way in; values read from
@@ -701,6 +810,11 @@ async fn serve_hit(
     );
     if content_type == "text/event-stream" {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    }
+    // How long ago the answer was stored, as HTTP caches say it (RFC 9111,
+    // 5.1); absent for an entry of an earlier release, whose age is unknown.
+    if let Some(age) = age {
+        h.insert(header::AGE, HeaderValue::from(age.as_secs()));
     }
     resp.extensions_mut().insert(RouteLabels {
         model: model.to_string(),
@@ -954,7 +1068,8 @@ mod tests {
 
     /// `max-age=0` and, without `Cache-Control`, `Pragma: no-cache` skip the
     /// read as `no-cache` does (before, both were ignored and a reload was
-    /// answered from the cache). A larger `max-age` changes nothing.
+    /// answered from the cache). A larger `max-age` bounds the age of the
+    /// answer served.
     #[test]
     fn max_age_zero_and_pragma_skip_the_read() {
         for v in [
@@ -973,12 +1088,39 @@ mod tests {
             b"max-age",
             b"max-agex=0",
             b"s-maxage=0",
+            b"max-age=-1",
+            b"max-age=1.5",
         ] {
             assert!(
                 policy_of(&[("cache-control", v)]).unwrap().read,
                 "{:?}",
                 String::from_utf8_lossy(v)
             );
+        }
+        // A positive max-age bounds the age of what is served; malformed
+        // ones are ignored; of two, the stricter holds.
+        let max_age = |v: &[u8]| policy_of(&[("cache-control", v)]).unwrap().max_age;
+        assert_eq!(max_age(b"max-age=60"), Some(Duration::from_secs(60)));
+        assert_eq!(
+            max_age(b"no-store, Max-Age = \"3600\""),
+            Some(Duration::from_secs(3600))
+        );
+        assert_eq!(
+            max_age(b"max-age=60, max-age=30"),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            max_age(b"max-age=99999999999999999999999"),
+            Some(Duration::from_secs(u64::MAX))
+        );
+        for v in [
+            &b"max-age="[..],
+            b"max-age=-1",
+            b"max-age=1.5",
+            b"s-maxage=5",
+            b"no-cache",
+        ] {
+            assert_eq!(max_age(v), None, "{:?}", String::from_utf8_lossy(v));
         }
         let p = policy_of(&[("pragma", b"no-cache")]).unwrap();
         assert!(!p.read && p.write);

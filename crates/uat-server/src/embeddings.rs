@@ -306,7 +306,11 @@ async fn embeddings(
     let cached = resolved.cache_name();
     let st = state.clone();
     let m = model.clone();
-    let b = body.clone();
+    let mut b = body.clone();
+    // The cache's controls are the gateway's, not the upstream's.
+    if let Some(o) = b.as_object_mut() {
+        o.remove(crate::cache::BODY_CONTROLS);
+    }
     crate::cache::around(
         &state,
         &tenant,

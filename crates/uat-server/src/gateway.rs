@@ -287,10 +287,13 @@ async fn chat(State(state): State<AppState>, request: Request) -> Response {
         }
         Err(e) => return refused(ApiError::bad_request(format!("malformed JSON: {e}"))),
     };
-    let req = match parse_chat(&body) {
+    let mut req = match parse_chat(&body) {
         Ok(r) => r,
         Err(e) => return refused(e),
     };
+    // The cache's controls (LiteLLM's `cache` object) are the gateway's:
+    // `cache::around` reads them from `body`, the upstream never sees them.
+    req.extra.remove(cache::BODY_CONTROLS);
     if let Err(e) = Caller::check_model(caller.as_ref(), &req.model)
         .and_then(|()| Caller::check_other_models(caller.as_ref(), &body))
     {

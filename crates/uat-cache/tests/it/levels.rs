@@ -4,7 +4,7 @@
 use crate::*;
 use bytes::Bytes;
 use std::time::{Duration, Instant};
-use uat_cache::{CacheLevel, KeyPattern, MemoryLevel, RedisLevel};
+use uat_cache::{CacheLevel, KeyPattern, MemoryLevel, Put, RedisLevel};
 
 /// Runs one L3 test body as two tests: on a fresh SQLite file and on the
 /// test PostgreSQL (which is required in CI; see `may_skip`).
@@ -98,9 +98,9 @@ async fn l3_batch_upsert(l3: &uat_cache::SqlLevel) {
         .await
         .unwrap();
     let mut items: Vec<_> = (0..1023)
-        .map(|i| (key(&ns, "m", i), Bytes::from(format!("v{i}")), ttl))
+        .map(|i| Put::new(key(&ns, "m", i), Bytes::from(format!("v{i}")), ttl))
         .collect();
-    items.push((key(&ns, "m", 7), Bytes::from_static(b"last"), ttl));
+    items.push(Put::new(key(&ns, "m", 7), Bytes::from_static(b"last"), ttl));
     l3.put_many(items).await.unwrap();
     assert_eq!(l3.count_rows(&ns).await.unwrap(), 1023);
     assert_eq!(
@@ -415,8 +415,8 @@ async fn l3_sqlite_finds_rows_through_its_map_and_every_delete_updates_it() {
         "no index on h"
     );
     l3.put_many(vec![
-        (a.clone(), Bytes::from_static(b"a1"), ttl),
-        (b.clone(), Bytes::from_static(b"b1"), ttl),
+        Put::new(a.clone(), Bytes::from_static(b"a1"), ttl),
+        Put::new(b.clone(), Bytes::from_static(b"b1"), ttl),
     ])
     .await
     .unwrap();
@@ -440,7 +440,7 @@ async fn l3_sqlite_finds_rows_through_its_map_and_every_delete_updates_it() {
         "INSERT INTO uat_cache_entries (h, key, namespace, model, value, expires_at) \
          SELECT h, key, namespace, model, ?, expires_at FROM uat_cache_entries WHERE key = ?",
     )
-    .bind(uat_cache::encode_envelope(b"b2"))
+    .bind(uat_cache::encode_envelope(b"b2", Some(uat_cache::now_ms())))
     .bind(b.as_str())
     .execute(&raw)
     .await
@@ -462,14 +462,14 @@ async fn l3_sqlite_finds_rows_through_its_map_and_every_delete_updates_it() {
         key(&ns, "m", 6),
     );
     l3.put_many(vec![
-        (c.clone(), Bytes::from_static(b"c"), ttl),
-        (
+        Put::new(c.clone(), Bytes::from_static(b"c"), ttl),
+        Put::new(
             d.clone(),
             Bytes::from_static(b"d"),
             Duration::from_millis(50),
         ),
-        (e.clone(), Bytes::from_static(b"e"), ttl),
-        (kept.clone(), Bytes::from_static(b"k"), ttl),
+        Put::new(e.clone(), Bytes::from_static(b"e"), ttl),
+        Put::new(kept.clone(), Bytes::from_static(b"k"), ttl),
     ])
     .await
     .unwrap();
@@ -521,7 +521,10 @@ async fn l2_key_set_skips_redis_for_absent_keys_and_learns_every_replicas_writes
     let stored = format!("uat-test:{prefix}:{}", hidden.as_str());
     redis::cmd("SET")
         .arg(&stored)
-        .arg(uat_cache::encode_envelope(b"behind"))
+        .arg(uat_cache::encode_envelope(
+            b"behind",
+            Some(uat_cache::now_ms()),
+        ))
         .arg("EX")
         .arg(60)
         .query_async::<()>(&mut raw)
@@ -578,7 +581,8 @@ fn l3_v1_fixture(ns: &str, n: u64, blob: &str, unhex: &str) -> String {
     let expires_at = i64::try_from(now.as_millis()).unwrap() + 3_600_000;
     let mut sql = L3_V1_SCHEMA.replace("BLOB", blob);
     for i in 0..n {
-        let value = uat_cache::encode_envelope(format!("v1-{i}").as_bytes());
+        let value =
+            uat_cache::encode_envelope(format!("v1-{i}").as_bytes(), Some(uat_cache::now_ms()));
         let hex: String = value.iter().map(|b| format!("{b:02x}")).collect();
         sql.push_str(&format!(
             ";\nINSERT INTO uat_cache_entries VALUES ('{}', '{ns}', 'm', {unhex}, {expires_at})",
@@ -675,7 +679,7 @@ async fn l3_postgres_replicas_at_schema_1_keep_working_after_the_migration() {
             .bind(k.as_str())
             .bind(k.namespace())
             .bind(k.model())
-            .bind(uat_cache::encode_envelope(v))
+            .bind(uat_cache::encode_envelope(v, Some(uat_cache::now_ms())))
             .bind(far)
             .execute(&old)
             .await
@@ -692,7 +696,7 @@ async fn l3_postgres_replicas_at_schema_1_keep_working_after_the_migration() {
             .fetch_optional(&old)
             .await
             .unwrap();
-            row.map(|(v,)| uat_cache::decode_envelope(&v).unwrap())
+            row.map(|(v,)| uat_cache::decode_envelope(&v).unwrap().0)
         }
     };
     let (a, b) = (key(&ns, "m", 1), key(&ns, "m", 2));

@@ -315,6 +315,156 @@ async fn cache_control_and_ttl_headers() {
     assert_eq!(up.calls(), 7);
 }
 
+/// `Cache-Control: max-age=N`: an answer stored more than N seconds ago is
+/// not served (the request goes upstream and its answer replaces the entry),
+/// and every hit says its age in `Age`. The time an answer was stored
+/// travels with it through every level and promotion: L2 and L3 hits, and
+/// the L1 entries they fill, keep the original age.
+#[tokio::test]
+async fn max_age_bounds_the_age_served_from_every_level() {
+    let (up, toml, model) = setup("").await;
+    let app = spawn_app(&toml).await;
+    let cache = app.state.cache.tiered().unwrap().clone();
+    let ask = |cache_control: Option<&'static str>| {
+        let mut req = app
+            .client
+            .post(app.at("/v1/chat/completions"))
+            .json(&det(&model, false));
+        if let Some(v) = cache_control {
+            req = req.header("cache-control", v);
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            let age = r
+                .headers()
+                .get("age")
+                .map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
+            (
+                header(&r, "x-uat-cache"),
+                age,
+                header(&r, "x-uat-cache-key"),
+            )
+        }
+    };
+    let (how, age, key) = ask(None).await;
+    assert_eq!((how.as_str(), age), ("miss", None), "a miss has no Age");
+    let key = uat_cache::CacheKey::parse_public("default", &key).unwrap();
+    let (how, age, _) = ask(Some("max-age=1")).await;
+    assert_eq!((how.as_str(), age), ("hit-l1", Some(0)));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(ask(None).await.1, Some(1), "without max-age: served");
+    assert_eq!(ask(Some("max-age=1")).await.0, "miss", "older than 1 s");
+    assert_eq!(up.calls(), 2);
+    let (how, age, _) = ask(Some("max-age=1")).await;
+    assert_eq!((how.as_str(), age), ("hit-l1", Some(0)), "replaced");
+    cache.flush(Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let between = |age: Option<u64>| age.is_some_and(|a| (1..=5).contains(&a));
+    // L2, then the L1 entry it filled.
+    cache.l1().unwrap().clear();
+    let (how, age, _) = ask(Some("max-age=60")).await;
+    assert!(how == "hit-l2" && between(age), "{how} {age:?}");
+    let (how, age, _) = ask(Some("max-age=60")).await;
+    assert!(how == "hit-l1" && between(age), "{how} {age:?}");
+    // L3, then the L1 entry it filled.
+    cache.l1().unwrap().clear();
+    use uat_cache::CacheLevel;
+    assert_eq!(cache.l2().unwrap().delete(&key).await.unwrap(), 1);
+    let (how, age, _) = ask(Some("max-age=60")).await;
+    assert!(how == "hit-l3" && between(age), "{how} {age:?}");
+    let (how, age, _) = ask(Some("max-age=60")).await;
+    assert!(how == "hit-l1" && between(age), "{how} {age:?}");
+    assert_eq!(ask(Some("max-age=1")).await.0, "miss");
+    assert_eq!(up.calls(), 3);
+}
+
+/// LiteLLM's per-request cache controls in the body (`extra_body={"cache":
+/// {...}}` from the OpenAI SDKs) do what the headers do; they are not part
+/// of the key and never reach the upstream; a malformed or unsupported one
+/// is a 400 naming it, before any upstream call.
+#[tokio::test]
+async fn litellm_cache_controls_in_the_body() {
+    let (up, toml, model) = setup("").await;
+    let app = spawn_app(&toml).await;
+    let ask = |controls: Value| {
+        let mut body = det(&model, false);
+        body["cache"] = controls;
+        let req = app.client.post(app.at("/v1/chat/completions")).json(&body);
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            let how = header(&r, "x-uat-cache");
+            let body: Value = r.json().await.unwrap();
+            (status, how, body)
+        }
+    };
+    let how = |controls: Value| {
+        let a = ask(controls);
+        async move {
+            let (status, how, body) = a.await;
+            assert_eq!(status, 200, "{body}");
+            how
+        }
+    };
+    assert_eq!(how(json!({"no-store": true})).await, "miss");
+    assert!(
+        up.last_body().unwrap().get("cache").is_none(),
+        "the controls stay in the gateway"
+    );
+    assert_eq!(
+        how(json!({"no-store": false})).await,
+        "miss",
+        "nothing was stored"
+    );
+    assert_eq!(up.calls(), 2);
+    // Not in the key: the same request without them hits.
+    assert_eq!(
+        app.chat(det(&model, false)).await.headers()["x-uat-cache"],
+        "hit-l1"
+    );
+    assert_eq!(how(json!({"no-cache": true})).await, "miss");
+    assert_eq!(up.calls(), 3);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(how(json!({"s-maxage": 60})).await, "hit-l1");
+    assert_eq!(how(json!({"s-maxage": 1})).await, "miss", "older than 1 s");
+    assert_eq!(up.calls(), 4);
+    // `ttl`: a 1-second entry under another prompt.
+    let mut short = det(&model, false);
+    short["messages"][0]["content"] = json!("Say goodbye");
+    short["cache"] = json!({"ttl": 1.0});
+    assert_eq!(
+        header(&app.chat(short.clone()).await, "x-uat-cache"),
+        "miss"
+    );
+    assert_eq!(
+        header(&app.chat(short.clone()).await, "x-uat-cache"),
+        "hit-l1"
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        header(&app.chat(short).await, "x-uat-cache"),
+        "miss",
+        "expired"
+    );
+    assert_eq!(up.calls(), 6);
+    for (controls, param) in [
+        (json!("yes"), "cache"),
+        (json!({"no-cache": "yes"}), "cache.no-cache"),
+        (json!({"ttl": -1}), "cache.ttl"),
+        (json!({"ttl": 1.5}), "cache.ttl"),
+        (json!({"s-maxage": "60"}), "cache.s-maxage"),
+        (json!({"namespace": "team"}), "cache.namespace"),
+        (json!({"no_cache": true}), "cache.no_cache"),
+    ] {
+        let (status, _, body) = ask(controls.clone()).await;
+        assert_eq!(status, 400, "{controls}: {body}");
+        assert_eq!(body["error"]["param"], param, "{body}");
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+    }
+    assert_eq!(up.calls(), 6, "no refused request went upstream");
+}
+
 /// An `x-uat-cache-ttl` that is not a whole number of seconds up to 10 years
 /// is refused with a 400 in the OpenAI error shape, before any upstream call.
 /// (2^64 - 1 used to panic the request in L1's clock arithmetic: the client
