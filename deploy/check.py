@@ -7,7 +7,8 @@ No cluster and no Docker engine needed: it reads deploy/Dockerfile, .dockerignor
 deploy/k8s/*.yaml and checks what a YAML parser and a schema cannot see:
 
 - every pod's grace period covers the preStop sleep, the server's drain
-  (`server.shutdown_grace` in the ConfigMap) and the final cache flush (2 s);
+  (`server.shutdown_grace` in the ConfigMap) and what follows it (the final
+  cache flush, 2 s, beside the vector snapshots, 10 s; both read from main.rs);
 - a preStop `sleep`, a startupProbe on /health, and the securityContext that
   matches the image's numeric user (runAsNonRoot, runAsUser/fsGroup = the
   Dockerfile's uid, no privilege escalation, a read-only root with /data and
@@ -35,7 +36,13 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-FLUSH_S = 2  # uat's final cache flush after the drain (crates/uat/src/main.rs)
+MAIN_RS = (ROOT / "crates/uat/src/main.rs").read_text()
+# After the drain uat flushes the cache (at most 2 s) and, at the same time,
+# snapshots the vector collections with WAL records (none started past
+# VECTOR_SNAPSHOT_BUDGET): the longer of the two, read from the code.
+FLUSH_S = int(re.search(r"cache\.flush\(std::time::Duration::from_secs\((\d+)\)\)", MAIN_RS).group(1))
+SNAPSHOT_S = int(re.search(r"VECTOR_SNAPSHOT_BUDGET: Duration = Duration::from_secs\((\d+)\)", MAIN_RS).group(1))
+AFTER_DRAIN_S = max(FLUSH_S, SNAPSHOT_S)
 MARGIN_S = 5
 GIB = 1024**3
 
@@ -121,15 +128,16 @@ def main():
         cm_name = next(v["configMap"]["name"] for v in pod["volumes"] if "configMap" in v)
         cfg = configs[cm_name]
 
-        # Shutdown: preStop sleep + drain + flush + margin within the grace period.
+        # Shutdown: preStop sleep + drain + flush/snapshots + margin within the grace period.
         cmd = c.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
         check(len(cmd) == 2 and cmd[0] == "sleep", f"{name}: no preStop sleep")
         pre = int(cmd[1]) if len(cmd) == 2 else 0
         drain = seconds(cfg.get("server", {}).get("shutdown_grace", "30s"))
-        need = pre + drain + FLUSH_S + MARGIN_S
+        need = pre + drain + AFTER_DRAIN_S + MARGIN_S
         grace = pod.get("terminationGracePeriodSeconds", 30)
         check(grace >= need, f"{name}: terminationGracePeriodSeconds {grace} < {need} "
-              f"(preStop {pre} + shutdown_grace {drain:g} + flush {FLUSH_S} + margin {MARGIN_S})")
+              f"(preStop {pre} + shutdown_grace {drain:g} + cache flush {FLUSH_S} s / vector "
+              f"snapshots {SNAPSHOT_S} s + margin {MARGIN_S})")
 
         sp = c.get("startupProbe", {})
         check(sp.get("httpGet", {}).get("path") == "/health", f"{name}: no startupProbe on /health")

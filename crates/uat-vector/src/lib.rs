@@ -11,7 +11,10 @@
 //!   ([`FsyncPolicy`]), snapshots load with one bulk read, and recovery replays
 //!   the WAL tail, dropping a torn tail (a short, zero-filled or mis-checksummed
 //!   last record). The store snapshots a collection by itself once its WAL
-//!   passes [`StoreOptions::snapshot_wal_bytes`], so the WAL stays bounded. Creating and dropping a collection are durable (files and
+//!   passes [`StoreOptions::snapshot_wal_bytes`], so the WAL stays bounded, and
+//!   [`VectorStore::snapshot_dirty`] snapshots, at a graceful shutdown and
+//!   within a deadline, the collections whose WAL holds records, so the next
+//!   start replays nothing. Creating and dropping a collection are durable (files and
 //!   folders fsynced); a collection that fails to open is logged and skipped,
 //!   its files left for repair, and the rest of the store opens.
 //! - point ids: unsigned integers, or UUIDs kept in canonical form (lowercase,
@@ -47,8 +50,8 @@ pub use error::{Result, VectorError};
 pub use filter::Filter;
 pub use planner::{Plan, choose_plan};
 pub use store::{
-    DEFAULT_SNAPSHOT_CHECK_INTERVAL, DEFAULT_SNAPSHOT_WAL_BYTES, DEFAULT_SNAPSHOT_WAL_RATIO,
-    StoreOptions, VectorStore, check_name,
+    CollectionSnapshot, DEFAULT_SNAPSHOT_CHECK_INTERVAL, DEFAULT_SNAPSHOT_WAL_BYTES,
+    DEFAULT_SNAPSHOT_WAL_RATIO, SnapshotOutcome, StoreOptions, VectorStore, check_name,
 };
 pub use types::{
     CollectionConfig, CollectionInfo, DeleteRequest, HnswConfig, MAX_DIMENSION, MAX_SEARCH_HITS,

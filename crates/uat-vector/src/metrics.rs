@@ -56,6 +56,19 @@ static AUTO_SNAPSHOTS: LazyLock<Option<IntCounterVec>> = LazyLock::new(|| {
     .map(uat_telemetry::register)
 });
 
+static SHUTDOWN_SNAPSHOTS: LazyLock<Option<IntCounterVec>> = LazyLock::new(|| {
+    IntCounterVec::new(
+        Opts::new(
+            "uat_vector_shutdown_snapshots_total",
+            "Collections with WAL records at a graceful shutdown, by what became of them: \
+             ok (snapshotted), error (the WAL kept), not_reached (the shutdown budget ran out)",
+        ),
+        &["outcome"],
+    )
+    .ok()
+    .map(uat_telemetry::register)
+});
+
 pub(crate) fn set_points(collection: &str, n: usize) {
     if let Some(g) = POINTS.as_ref() {
         g.with_label_values(&[collection]).set(n as i64);
@@ -92,6 +105,14 @@ pub(crate) fn auto_snapshot(ok: bool) {
     if let Some(c) = AUTO_SNAPSHOTS.as_ref() {
         c.with_label_values(&[if ok { "ok" } else { "error" }])
             .inc();
+    }
+}
+
+/// Counts one collection of a shutdown snapshot: `"ok"`, `"error"` or
+/// `"not_reached"` (clean collections are not counted).
+pub(crate) fn shutdown_snapshot(outcome: &'static str) {
+    if let Some(c) = SHUTDOWN_SNAPSHOTS.as_ref() {
+        c.with_label_values(&[outcome]).inc();
     }
 }
 

@@ -15,6 +15,10 @@ use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+mod shutdown;
+
+pub use shutdown::{CollectionSnapshot, SnapshotOutcome};
+
 /// Prefix of the folders of dropped collections awaiting removal; never a
 /// collection name ([`check_name`] refuses the dot).
 const DROPPED_PREFIX: &str = ".dropped-";
@@ -88,13 +92,15 @@ pub struct VectorStore {
     failed: Vec<(String, String)>,
     /// The automatic snapshot thread and the channel whose closing stops it.
     snapshotter: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
-    /// Test builds: called where a create or a drop does its I/O.
+    /// Test builds: called where a create or a drop does its I/O, and
+    /// before each snapshot of [`VectorStore::snapshot_dirty`].
     #[cfg(test)]
     hook: TestHook,
 }
 
-/// A test's callback, given the step (`"create"`, `"drop"`) and the name,
-/// run while a create or a drop does its file I/O.
+/// A test's callback, given the step (`"create"`, `"drop"`, `"snapshot"`)
+/// and the name, run while a create or a drop does its file I/O, and before
+/// a shutdown snapshot (on the thread that takes it).
 #[cfg(test)]
 #[derive(Default)]
 struct TestHook(Mutex<Option<HookFn>>);
@@ -459,7 +465,10 @@ impl VectorStore {
         }
     }
 
-    /// Snapshots every collection (e.g. at shutdown).
+    /// Snapshots every collection, compacting those with many tombstones,
+    /// whether or not its WAL holds anything; stops at the first failure.
+    /// At shutdown, [`VectorStore::snapshot_dirty`] does only what is
+    /// needed, within a deadline.
     pub fn snapshot_all(&self) -> Result<()> {
         let all: Vec<Arc<Collection>> = self.collections.read().values().cloned().collect();
         for c in all {

@@ -233,12 +233,59 @@ async fn serve(path: Option<&std::path::Path>, overrides: &Overrides) -> anyhow:
     uat_server::serve(listener, app, stopped(signals), opts)
         .await
         .context("server error")?;
-    // Cache writes still gathered for L2/L3 go out before the process ends.
-    if let Some(cache) = state.cache.tiered() {
-        cache.flush(std::time::Duration::from_secs(2)).await;
-    }
+    // Before the process ends, at once (the one is network, the other
+    // disk): cache writes still gathered for L2/L3 go out, and the vector
+    // collections with WAL records are snapshotted.
+    let flush = async {
+        if let Some(cache) = state.cache.tiered() {
+            cache.flush(std::time::Duration::from_secs(2)).await;
+        }
+    };
+    tokio::join!(flush, snapshot_vectors(state.vector.store().clone()));
     tracing::info!("uat stopped");
     Ok(Served::Stopped)
+}
+
+/// How long after the drain `uat serve` goes on starting snapshots of the
+/// vector collections whose WAL holds records (one already running
+/// finishes). The drain may have used `server.shutdown_grace` (30 s) of the
+/// orchestrator's grace period (Kubernetes' default is 30 s, the manifests
+/// in deploy/k8s give 45 s), after which the process is killed. A kill
+/// during a snapshot loses only the work (it is written to a temporary file
+/// and renamed, the WAL emptied after), and a collection not reached is
+/// replayed from its WAL at the next start, as without these snapshots: the
+/// budget bounds the wait and the work thrown away, not safety.
+const VECTOR_SNAPSHOT_BUDGET: Duration = Duration::from_secs(10);
+
+/// Snapshots the vector collections whose WAL holds records, so the next
+/// start replays nothing, within [`VECTOR_SNAPSHOT_BUDGET`]. Runs on the
+/// blocking pool and is awaited: the runtime's shutdown would give it only
+/// [`BLOCKING_SHUTDOWN_LIMIT`]. The store logs each collection.
+async fn snapshot_vectors(store: std::sync::Arc<uat_vector::VectorStore>) {
+    use uat_vector::SnapshotOutcome as O;
+    let started = std::time::Instant::now();
+    let deadline = started + VECTOR_SNAPSHOT_BUDGET;
+    let report = match tokio::task::spawn_blocking(move || store.snapshot_dirty(deadline)).await {
+        Ok(report) => report,
+        Err(e) => {
+            tracing::error!(error = %e, "the vector store's shutdown snapshots panicked");
+            return;
+        }
+    };
+    let count = |f: fn(&O) -> bool| report.iter().filter(|r| f(&r.outcome)).count();
+    let snapshotted = count(|o| matches!(o, O::Snapshotted { .. }));
+    let failed = count(|o| matches!(o, O::Failed(_)));
+    let not_reached = count(|o| matches!(o, O::NotReached));
+    if snapshotted + failed + not_reached > 0 {
+        tracing::info!(
+            snapshotted,
+            failed,
+            not_reached,
+            clean = report.len() - snapshotted - failed - not_reached,
+            seconds = started.elapsed().as_secs_f64(),
+            "vector collections snapshotted for the next start"
+        );
+    }
 }
 
 /// Resolves once [`stop_signals`] has seen a signal (never, when it could

@@ -347,6 +347,12 @@ impl Collection {
     /// Writes a snapshot (compacting first if many points are tombstoned) and
     /// empties the WAL. Fails with [`VectorError::WalPoisoned`] once a WAL
     /// fsync has failed, as writes do.
+    ///
+    /// Atomic: the snapshot is written to `snapshot.tmp`, fsynced, renamed
+    /// over `snapshot.bin` and its folder fsynced; only then is the WAL
+    /// emptied. A failure (or a kill) at any step leaves the last snapshot
+    /// or the new one in place and the WAL whole, so the next open recovers
+    /// every acknowledged write (records the snapshot covers are skipped).
     pub fn snapshot(&self) -> Result<()> {
         let mut wal = self.wal.lock();
         self.compact_if_needed_and_snapshot(&mut wal)
@@ -380,6 +386,38 @@ impl Collection {
         }
         self.compact_if_needed_and_snapshot(&mut wal)?;
         Ok(Some(size))
+    }
+
+    /// Snapshots the collection if its WAL holds records (operations no
+    /// snapshot holds yet, which the next open would replay), checked and
+    /// done under one hold of the WAL lock; returns the WAL's size when it
+    /// snapshotted, `None` when the WAL was empty or the collection is being
+    /// dropped. Never compacts: a rebuild of the graph is CPU work that can
+    /// take minutes on a large collection, and a snapshot holding
+    /// tombstones loads as fast (the shutdown snapshots, which must end
+    /// within an orchestrator's grace period). A poisoned WAL fails with
+    /// [`VectorError::WalPoisoned`].
+    pub(crate) fn snapshot_if_dirty(&self) -> Result<Option<u64>> {
+        let mut wal = self.wal.lock();
+        let size = wal.bytes();
+        if size == 0 || self.retired.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        self.snapshot_locked(&mut wal)?;
+        Ok(Some(size))
+    }
+
+    /// Bytes of WAL records: the operations the next open replays on top
+    /// of the snapshot (0 right after a snapshot). Waits for a write or a
+    /// snapshot of this collection in progress.
+    pub fn wal_bytes(&self) -> u64 {
+        self.wal.lock().bytes()
+    }
+
+    /// [`Collection::wal_bytes`] without waiting: `None` while a write or a
+    /// snapshot holds the WAL.
+    pub(crate) fn try_wal_bytes(&self) -> Option<u64> {
+        self.wal.try_lock().map(|wal| wal.bytes())
     }
 
     /// Tombstones outnumber live points and number at least

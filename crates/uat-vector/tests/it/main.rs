@@ -7,6 +7,7 @@ mod crash;
 mod memory_report;
 mod persistence;
 mod search;
+mod shutdown_snapshot;
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use std::sync::Arc;
