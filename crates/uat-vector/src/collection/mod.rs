@@ -396,15 +396,29 @@ impl Collection {
     /// take minutes on a large collection, and a snapshot holding
     /// tombstones loads as fast (the shutdown snapshots, which must end
     /// within an orchestrator's grace period). A poisoned WAL fails with
-    /// [`VectorError::WalPoisoned`].
-    pub(crate) fn snapshot_if_dirty(&self) -> Result<Option<u64>> {
-        let mut wal = self.wal.lock();
+    /// [`VectorError::WalPoisoned`]. Waits for the WAL (held by a write, or
+    /// by an automatic snapshot that may be compacting for minutes) only
+    /// until `deadline`: `Err(Busy)`, nothing done, when it was still held.
+    pub(crate) fn snapshot_if_dirty(
+        &self,
+        deadline: std::time::Instant,
+    ) -> std::result::Result<Option<u64>, SnapshotBusy> {
+        let Some(mut wal) = self.wal.try_lock_until(deadline) else {
+            return Err(SnapshotBusy::Busy);
+        };
         let size = wal.bytes();
         if size == 0 || self.retired.load(Ordering::Relaxed) {
             return Ok(None);
         }
-        self.snapshot_locked(&mut wal)?;
+        self.snapshot_locked(&mut wal)
+            .map_err(SnapshotBusy::Failed)?;
         Ok(Some(size))
+    }
+
+    /// Holds the WAL as a long write would (tests of who waits for it).
+    #[cfg(test)]
+    pub(crate) fn hold_wal_for_test(&self) -> parking_lot::MutexGuard<'_, Wal> {
+        self.wal.lock()
     }
 
     /// Bytes of WAL records: the operations the next open replays on top
@@ -647,4 +661,13 @@ fn apply_delete(st: &State, ids: &[PointId]) -> usize {
         }
     }
     n
+}
+
+/// Why [`Collection::snapshot_if_dirty`] did not snapshot.
+#[derive(Debug)]
+pub(crate) enum SnapshotBusy {
+    /// The WAL was still held at the deadline.
+    Busy,
+    /// The snapshot failed.
+    Failed(VectorError),
 }

@@ -4,7 +4,7 @@
 //! leaves room for.
 
 use super::VectorStore;
-use crate::collection::Collection;
+use crate::collection::{Collection, SnapshotBusy};
 use crate::error::VectorError;
 use crate::metrics;
 use std::sync::Arc;
@@ -83,13 +83,16 @@ impl VectorStore {
                 #[cfg(test)]
                 self.pause("snapshot", c.name());
                 let started = Instant::now();
-                match c.snapshot_if_dirty() {
+                match c.snapshot_if_dirty(deadline) {
                     Ok(None) => SnapshotOutcome::Clean,
                     Ok(Some(wal_bytes)) => SnapshotOutcome::Snapshotted {
                         wal_bytes,
                         elapsed: started.elapsed(),
                     },
-                    Err(e) => SnapshotOutcome::Failed(e),
+                    // Held past the deadline by a write or an automatic
+                    // snapshot (which may be compacting for minutes).
+                    Err(SnapshotBusy::Busy) => SnapshotOutcome::NotReached,
+                    Err(SnapshotBusy::Failed(e)) => SnapshotOutcome::Failed(e),
                 }
             } else {
                 // Past the deadline, never wait: a WAL held now is held by
@@ -208,6 +211,53 @@ mod tests {
         assert_eq!(s.get("a").unwrap().wal_bytes(), 0);
         assert_eq!(s.get("b").unwrap().wal_bytes(), b_wal);
         assert!(!dir.path().join("b").join("snapshot.bin").exists());
+    }
+
+    /// A WAL held past the deadline (a long write, or an automatic snapshot
+    /// compacting) is not waited for: the collection is reported not
+    /// reached at the deadline, its WAL untouched, and the next one is
+    /// still tried.
+    #[test]
+    fn a_wal_held_past_the_deadline_is_not_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = filled(dir.path(), &["a", "b"], 20);
+        let a = s.get("a").unwrap();
+        let a_wal = a.wal_bytes();
+        let (held, release) = (
+            std::sync::mpsc::channel::<()>(),
+            std::sync::mpsc::channel::<()>(),
+        );
+        let (held_tx, held_rx) = held;
+        let (release_tx, release_rx) = release;
+        let holder = {
+            let a = a.clone();
+            std::thread::spawn(move || {
+                let _wal = a.hold_wal_for_test();
+                held_tx.send(()).unwrap();
+                let _ = release_rx.recv_timeout(Duration::from_secs(10));
+            })
+        };
+        held_rx.recv().unwrap();
+        let started = Instant::now();
+        let report = s.snapshot_dirty(started + Duration::from_millis(200));
+        let took = started.elapsed();
+        release_tx.send(()).unwrap();
+        holder.join().unwrap();
+        assert!(took < Duration::from_secs(5), "waited {took:?}");
+        assert!(
+            matches!(report[0].outcome, SnapshotOutcome::NotReached),
+            "{report:?}"
+        );
+        assert_eq!(a.wal_bytes(), a_wal);
+        // "b" was reached before the deadline, or reported not reached:
+        // never waited on either.
+        assert!(
+            matches!(
+                report[1].outcome,
+                SnapshotOutcome::Snapshotted { .. } | SnapshotOutcome::NotReached
+            ),
+            "{report:?}"
+        );
     }
 
     /// A snapshot failing after its rename (the folder fsync: the new
