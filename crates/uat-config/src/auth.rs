@@ -9,11 +9,13 @@ use std::collections::HashSet;
 pub struct AuthConfig {
     /// The keys (`[[auth.keys]]`). Empty: no authentication.
     pub keys: Vec<ApiKeyConfig>,
-    /// The owner whose keys inherit what was stored while no keys were
+    /// The owner whose keys use what was stored while no keys were
     /// configured: the memories of users stored without an owner, and the
-    /// `default` cache namespace. Its keys read and write them as their own
-    /// (its users' ids are stored as they are, not under the owner). Unset:
-    /// that data stays out of every key's reach.
+    /// `default` cache namespace, instead of the owner's own space (a
+    /// switch, not a merge: what its keys stored under the owner's name is
+    /// out of their reach while this is set). Its users' ids are stored as
+    /// they are, not under the owner. Unset: that data stays out of every
+    /// key's reach.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keyless_owner: Option<String>,
     /// `GET /metrics` needs an admin key (`Authorization: Bearer`, what
@@ -120,6 +122,13 @@ pub fn key_digest(secret: &[u8]) -> [u8; 32] {
     Sha256::digest(secret).into()
 }
 
+impl ApiKeyConfig {
+    /// Its owner: `owner`, or the name when unset.
+    pub fn owner_name(&self) -> &str {
+        self.owner.as_deref().unwrap_or(&self.name)
+    }
+}
+
 impl AuthConfig {
     /// True when keys are configured (every `/v1` route then needs one).
     pub fn enabled(&self) -> bool {
@@ -168,7 +177,7 @@ impl AuthConfig {
             }
             // `default` is the cache namespace of requests made without keys:
             // a key owning it would take over everything cached before keys.
-            if k.owner.as_deref().unwrap_or(&k.name) == "default" {
+            if k.owner_name() == "default" {
                 let field = if k.owner.is_some() { "owner" } else { "name" };
                 return Err(ConfigError::invalid(
                     at(field),
@@ -218,9 +227,8 @@ impl AuthConfig {
                 ));
             }
         }
-        let owner = |k: &ApiKeyConfig| k.owner.clone().unwrap_or_else(|| k.name.clone());
         if let Some(o) = &self.keyless_owner
-            && !self.keys.iter().any(|k| owner(k) == *o)
+            && !self.keys.iter().any(|k| k.owner_name() == o)
         {
             return Err(ConfigError::invalid(
                 "auth.keyless_owner",
@@ -290,7 +298,7 @@ impl AuthConfig {
             }
             out.push(ResolvedKey {
                 name: k.name.clone(),
-                owner: k.owner.clone().unwrap_or_else(|| k.name.clone()),
+                owner: k.owner_name().to_owned(),
                 digest,
                 requests_per_minute: k.requests_per_minute,
                 max_concurrent: k.max_concurrent,
@@ -298,8 +306,7 @@ impl AuthConfig {
                 models: k.models.clone(),
                 collections: k.collections.clone(),
                 admin: k.admin,
-                keyless: self.keyless_owner.as_deref()
-                    == Some(k.owner.as_deref().unwrap_or(&k.name)),
+                keyless: self.keyless_owner.as_deref() == Some(k.owner_name()),
             });
         }
         Ok(out)

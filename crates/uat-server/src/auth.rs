@@ -5,7 +5,8 @@
 //! With no keys configured the layer is not installed at all: every route is
 //! open and requests pay nothing. With keys, [`authenticate`] runs on every
 //! matched route under `/v1` (the probes `/health`, `/ready`, `/metrics` stay
-//! open; `/metrics` needs an admin key with `auth.protect_metrics`), outside load shedding: a rejected request never takes an in-flight
+//! open; with `auth.protect_metrics`, `/metrics` needs an admin key), outside
+//! load shedding: a rejected request never takes an in-flight
 //! slot.
 //!
 //! A presented secret is hashed (SHA-256) and the digest looked up in a map
@@ -306,6 +307,13 @@ impl Auth {
         let keys = cfg
             .resolve(|var| std::env::var(var).ok())
             .map_err(|e| crate::StartupError::subsystem("auth", e))?;
+        if let Some(owner) = &cfg.keyless_owner {
+            tracing::info!(
+                owner = %owner,
+                "auth.keyless_owner: this owner's keys use what was stored without keys \
+                 (memories under bare user ids, cache namespace `default`) instead of the owner's own"
+            );
+        }
         let mut auth = Auth::new(keys);
         auth.protect_metrics = cfg.protect_metrics;
         Ok(Some(Arc::new(auth)))
@@ -473,17 +481,23 @@ pub(crate) async fn authenticate(
             start,
         );
     };
-    if metrics && !key.caller.admin {
-        tracing::debug!(key = %key.name, "/metrics refused to a non-admin key");
-        return reject(
-            "forbidden",
-            ApiError::forbidden(format!(
-                "the API key `{}` may not read /metrics (auth.protect_metrics: it needs `admin = true`)",
-                key.name
-            )),
-            route,
-            start,
-        );
+    if metrics {
+        if !key.caller.admin {
+            tracing::debug!(key = %key.name, "/metrics refused to a non-admin key");
+            return reject(
+                "forbidden",
+                ApiError::forbidden(format!(
+                    "the API key `{}` may not read /metrics (auth.protect_metrics: it needs `admin = true`)",
+                    key.name
+                )),
+                route,
+                start,
+            );
+        }
+        // A scrape is no API call: it takes none of the key's limits (a
+        // 429 would mark the target down, and scrapes would eat the
+        // budget of the people sharing the key).
+        return next.run(req).await;
     }
     // Before the rate check, so a request refused here takes no rate token.
     let place = match &key.concurrent {

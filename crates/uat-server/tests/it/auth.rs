@@ -897,7 +897,7 @@ async fn protected_metrics_need_an_admin_key() {
     let toml = format!(
         "[auth]\nprotect_metrics = true\n{}{}",
         key_toml("user", USER_KEY, ""),
-        key_toml("ops", ADMIN_KEY, "admin = true"),
+        key_toml("ops", ADMIN_KEY, "admin = true\nrequests_per_minute = 1"),
     );
     let app = spawn_app(&toml).await;
     let get = |key: Option<&'static str>| {
@@ -907,6 +907,18 @@ async fn protected_metrics_need_an_admin_key() {
             None => req,
         }
     };
+    // Process-wide (other tests refuse keys too): compared before and after.
+    let forbidden = |text: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix("uat_auth_rejections_total{reason=\"forbidden\"} "))
+            .map_or(0.0, |v| v.trim().parse().unwrap())
+    };
+    let scrape = || async {
+        let resp = get(Some(ADMIN_KEY)).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "an admin key scrapes");
+        resp.text().await.unwrap()
+    };
+    let before = forbidden(&scrape().await);
     let (status, _, body) = send(get(None)).await;
     assert_eq!(status, 401, "{body}");
     assert_eq!(body["error"]["code"], "invalid_api_key");
@@ -920,13 +932,15 @@ async fn protected_metrics_need_an_admin_key() {
             .contains("protect_metrics"),
         "{body}"
     );
-    let resp = get(Some(ADMIN_KEY)).send().await.unwrap();
-    assert_eq!(resp.status(), 200);
-    let text = resp.text().await.unwrap();
+    // Scrapes take none of the admin key's `requests_per_minute` (1).
+    let after = forbidden(&scrape().await);
     assert!(
-        text.contains("uat_auth_rejections_total{reason=\"forbidden\"}"),
-        "the refusal is counted: {text}"
+        after > before,
+        "the refusal is counted: {before} -> {after}"
     );
+    scrape().await;
+    let (status, _, _) = send(app.client.get(app.at("/v1/models")).bearer_auth(ADMIN_KEY)).await;
+    assert_eq!(status, 200, "the key's one request a minute is still there");
     for probe in ["/health", "/ready"] {
         let resp = app.client.get(app.at(probe)).send().await.unwrap();
         assert_eq!(resp.status(), 200, "{probe} stays open");
