@@ -7,7 +7,8 @@
 # Repeatable to about 1k instructions (the background tasks' share varies with
 # valgrind's pace). Kernel work (syscalls, page faults) is not counted. SHA-256 runs in software
 # under valgrind (no SHA-NI there): about 14k of the key's instructions.
-#   scripts/instr-miss.sh [path/to/uat]   (N=1500 M=300, MODES="off deterministic")
+#   scripts/instr-miss.sh [path/to/uat]   (N=1500 M=300, MODES="off deterministic";
+#   L3=true counts the default L1 + L3 SQLite path, its writer thread included)
 # Keeps the callgrind files of the larger runs (`callgrind_annotate --inclusive=yes`
 # on them gives the parts) in $OUT (default: a temporary folder, printed).
 set -euo pipefail
@@ -27,7 +28,7 @@ echo '{"model":"mock-model","temperature":0,"messages":[{"role":"system","conten
 # count MODE REQUESTS: total instructions of one gateway life serving REQUESTS misses.
 count() {
   local file="$OUT/callgrind.$1.$2"
-  bench_conf "gw-$1-$2" 39801 "$1" 268435456 "$(bench_upstream 39804)"
+  bench_conf "gw-$1-$2" 39801 "$1" 268435456 "$(bench_upstream 39804)" no "${L3:-false}"
   valgrind --tool=callgrind --callgrind-out-file="$file" "$BIN" serve --config "$DIR/gw-$1-$2.toml" \
     > "$DIR/gw.log" 2>&1 &
   local vg=$!
@@ -49,6 +50,6 @@ for mode in $MODES; do
   echo "cache.mode = $mode: ${PER[$mode]} instructions per request ($N - $M requests)"
 done
 if [ -n "${PER[off]:-}" ] && [ -n "${PER[deterministic]:-}" ]; then
-  echo "a miss through L1 adds $(( PER[deterministic] - PER[off] )) instructions ($(python3 -c "print(f'{(${PER[deterministic]} / ${PER[off]} - 1) * 100:+.1f}%')"))"
+  echo "a miss through L1$([ "${L3:-false}" = true ] && echo " + L3") adds $(( PER[deterministic] - PER[off] )) instructions ($(python3 -c "print(f'{(${PER[deterministic]} / ${PER[off]} - 1) * 100:+.1f}%')"))"
 fi
 echo "callgrind files: $OUT"

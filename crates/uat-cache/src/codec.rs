@@ -1,5 +1,5 @@
 //! The stored envelope of a value in L2 and L3:
-//! `magic(1) | flags(1) | crc32 of the raw value (4, LE) | stored at (8, LE) | payload`,
+//! `magic(1) | flags(1) | crc32 of stored at + the raw value (4, LE) | stored at (8, LE) | payload`,
 //! where "stored at" is when the value was first stored (milliseconds since
 //! the Unix epoch: its age on a hit, kept through promotions) and the payload
 //! is the raw value or, for values of [`COMPRESS_THRESHOLD`] bytes or more,
@@ -26,7 +26,7 @@ const HEADER: usize = HEADER_UNTIMED + 8;
 /// epoch), for storage; `None` (a promotion of an entry of unknown age)
 /// writes the untimed envelope.
 pub fn encode(raw: &[u8], stored_at: Option<u64>) -> Vec<u8> {
-    let crc = crc32fast::hash(raw);
+    let crc = checksum(raw, stored_at);
     let compressed = (raw.len() >= COMPRESS_THRESHOLD)
         .then(|| lz4_flex::compress_prepend_size(raw))
         .filter(|c| c.len() < raw.len());
@@ -47,6 +47,18 @@ pub fn encode(raw: &[u8], stored_at: Option<u64>) -> Vec<u8> {
     }
     out.extend_from_slice(payload);
     out
+}
+
+/// CRC-32 of the raw value, after the stored time when there is one (so a
+/// damaged time is caught too: a time in the future would pass every
+/// `max-age`, one in the past never).
+fn checksum(raw: &[u8], stored_at: Option<u64>) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    if let Some(at) = stored_at {
+        h.update(&at.to_le_bytes());
+    }
+    h.update(raw);
+    h.finalize()
 }
 
 /// Unwraps a stored value, checking magic, flags and checksum: the raw
@@ -86,7 +98,7 @@ pub fn decode(stored: &[u8]) -> Result<(Bytes, Option<u64>), CacheError> {
         }
         f => return Err(CacheError::Corrupt(format!("unknown flags {f}"))),
     };
-    if crc32fast::hash(&raw) != crc {
+    if checksum(&raw, stored_at) != crc {
         return Err(CacheError::Corrupt("checksum mismatch".into()));
     }
     Ok((Bytes::from(raw), stored_at))
@@ -136,6 +148,10 @@ mod tests {
         assert_eq!(decode(&old).unwrap(), (Bytes::from(large), None));
         // What a promotion of such an entry writes.
         assert_eq!(encode(raw, None), old_small);
+        // A damaged stored time is caught.
+        let mut enc = encode(raw, Some(1_700_000_000_000));
+        enc[HEADER_UNTIMED + 5] ^= 0x40;
+        assert!(matches!(decode(&enc), Err(CacheError::Corrupt(_))));
         // A timed header cut short is corrupt, not read as untimed.
         let enc = encode(raw, Some(5));
         assert!(decode(&enc[..HEADER - 1]).is_err());

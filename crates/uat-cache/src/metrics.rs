@@ -30,7 +30,7 @@ pub(crate) static METRICS: LazyLock<CacheMetrics> = LazyLock::new(|| {
     let writes = IntCounterVec::new(
         Opts::new(
             "uat_cache_writes_total",
-            "Cache writes per level and result (ok, error, skipped, dropped)",
+            "Cache writes per level and result (ok, error, skipped, dropped, expired)",
         ),
         &["level", "result"],
     );

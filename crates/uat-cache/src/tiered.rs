@@ -462,8 +462,11 @@ impl TieredCache {
         if let Some(l1) = &self.inner.l1 {
             l1.put_exact(key, value.clone(), ttl, Some(stored_at));
         }
-        for w in &self.inner.writers {
-            self.send(w, key, &value, ttl, Some(stored_at));
+        if !self.inner.writers.is_empty() {
+            let queued = std::time::Instant::now();
+            for w in &self.inner.writers {
+                self.send(w, key, &value, ttl, Some(stored_at), queued);
+            }
         }
     }
 
@@ -477,7 +480,7 @@ impl TieredCache {
         level: Level,
     ) {
         if let Some(w) = self.inner.writers.iter().find(|w| w.level == level) {
-            self.send(w, key, value, ttl, stored_at);
+            self.send(w, key, value, ttl, stored_at, std::time::Instant::now());
         }
     }
 
@@ -488,6 +491,7 @@ impl TieredCache {
         value: &Bytes,
         ttl: Duration,
         stored_at: Option<u64>,
+        queued: std::time::Instant,
     ) {
         let job = Job::Put(
             Put {
@@ -496,7 +500,7 @@ impl TieredCache {
                 ttl,
                 stored_at,
             },
-            std::time::Instant::now(),
+            queued,
         );
         if w.tx.try_send(job).is_err() {
             self.inner.dropped.fetch_add(1, Ordering::Relaxed);
@@ -714,7 +718,11 @@ async fn writer_loop<L: CacheLevel>(
             match job {
                 Job::Put(mut p, queued) => {
                     p.ttl = p.ttl.saturating_sub(queued.elapsed());
-                    if !p.ttl.is_zero() {
+                    if p.ttl.is_zero() {
+                        // Expired while queued (a TTL shorter than the
+                        // write delay, or a writer behind): not written.
+                        metrics::write(level.level().as_str(), "expired");
+                    } else {
                         puts.push(p);
                     }
                 }

@@ -331,6 +331,19 @@ pub struct Policy {
     pub max_age: Option<Duration>,
 }
 
+impl Policy {
+    /// Takes a client's limit on the age of what it is served: `0` skips the
+    /// read; of two limits (a header and the body), the stricter holds.
+    fn cap_age(&mut self, secs: u64) {
+        if secs == 0 {
+            self.read = false;
+        } else {
+            let max = Duration::from_secs(secs);
+            self.max_age = Some(self.max_age.map_or(max, |m| m.min(max)));
+        }
+    }
+}
+
 /// Decides the policy from the mode, the request and its headers. An
 /// `x-uat-cache-ttl` that is not a whole number of seconds up to
 /// [`uat_config::MAX_TTL`] is refused (400), not ignored.
@@ -370,13 +383,7 @@ pub fn policy(
             } else if d.eq_ignore_ascii_case(b"no-store") {
                 p.write = false;
             } else if let Some(secs) = max_age(d) {
-                if secs == 0 {
-                    p.read = false;
-                } else {
-                    // Two of them: the stricter holds.
-                    let max = Duration::from_secs(secs);
-                    p.max_age = Some(p.max_age.map_or(max, |m| m.min(max)));
-                }
+                p.cap_age(secs);
             }
         }
     }
@@ -442,6 +449,11 @@ fn body_controls(p: &mut Policy, v: &serde_json::Value) -> Result<(), ApiError> 
     };
     let max = uat_config::MAX_TTL.as_secs();
     for (name, v) in controls {
+        // LiteLLM's fields are optional: a client serializing its model
+        // sends the unset ones as null.
+        if v.is_null() {
+            continue;
+        }
         let field = || format!("{BODY_CONTROLS}.{name}");
         let flag = || {
             v.as_bool().ok_or_else(|| {
@@ -471,13 +483,7 @@ fn body_controls(p: &mut Policy, v: &serde_json::Value) -> Result<(), ApiError> 
                 0 => p.write = false,
                 s => p.ttl = Duration::from_secs(s),
             },
-            "s-maxage" => match secs()? {
-                0 => p.read = false,
-                s => {
-                    let max = Duration::from_secs(s);
-                    p.max_age = Some(p.max_age.map_or(max, |m| m.min(max)));
-                }
-            },
+            "s-maxage" => p.cap_age(secs()?),
             "namespace" => {
                 return Err(ApiError::invalid_field(
                     field(),
@@ -814,13 +820,30 @@ async fn serve_hit(
     // How long ago the answer was stored, as HTTP caches say it (RFC 9111,
     // 5.1); absent for an entry of an earlier release, whose age is unknown.
     if let Some(age) = age {
-        h.insert(header::AGE, HeaderValue::from(age.as_secs()));
+        h.insert(header::AGE, age_value(age.as_secs()));
     }
     resp.extensions_mut().insert(RouteLabels {
         model: model.to_string(),
         provider: "cache".into(),
     });
     Some(tag(answers, resp, hit, Some(key)))
+}
+
+/// An `Age` header's value: the first hour's made once (a hit's age is
+/// nearly always in it), so a hit allocates nothing for it.
+fn age_value(secs: u64) -> HeaderValue {
+    // Static text (leaked once, 3,600 short strings): a clone is a copy
+    // of a pointer, with no reference count shared between threads.
+    static FIRST_HOUR: std::sync::LazyLock<Vec<HeaderValue>> = std::sync::LazyLock::new(|| {
+        (0..3600u64)
+            .map(|n| HeaderValue::from_static(Box::leak(n.to_string().into_boxed_str())))
+            .collect()
+    });
+    usize::try_from(secs)
+        .ok()
+        .and_then(|i| FIRST_HOUR.get(i))
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from(secs))
 }
 
 /// The routes every response of which carries `x-uat-cache` (by their
@@ -1064,6 +1087,13 @@ mod tests {
         let p = policy_of(&[("cache-control", b"\xff, NO-CACHE")]).unwrap();
         assert!(!p.read, "no-cache kept");
         assert!(p.write);
+    }
+
+    #[test]
+    fn age_values_are_their_seconds() {
+        for n in [0u64, 1, 59, 3599, 3600, 86_400, u64::MAX] {
+            assert_eq!(age_value(n).to_str().unwrap(), n.to_string());
+        }
     }
 
     /// `max-age=0` and, without `Cache-Control`, `Pragma: no-cache` skip the

@@ -309,7 +309,7 @@ async fn embeddings(
     let mut b = body.clone();
     // The cache's controls are the gateway's, not the upstream's.
     if let Some(o) = b.as_object_mut() {
-        o.remove(crate::cache::BODY_CONTROLS);
+        o.shift_remove(crate::cache::BODY_CONTROLS);
     }
     crate::cache::around(
         &state,

@@ -293,7 +293,7 @@ async fn chat(State(state): State<AppState>, request: Request) -> Response {
     };
     // The cache's controls (LiteLLM's `cache` object) are the gateway's:
     // `cache::around` reads them from `body`, the upstream never sees them.
-    req.extra.remove(cache::BODY_CONTROLS);
+    req.extra.shift_remove(cache::BODY_CONTROLS);
     if let Err(e) = Caller::check_model(caller.as_ref(), &req.model)
         .and_then(|()| Caller::check_other_models(caller.as_ref(), &body))
     {

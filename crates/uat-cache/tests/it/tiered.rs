@@ -452,6 +452,55 @@ async fn redis_down_never_fails_or_slows_requests() {
     assert!(!s.levels["l2"].healthy);
 }
 
+/// A queued write's time to live counts from when it was queued: after a
+/// wait in the queue, what L3 stores lives only what is left of it, and a
+/// write that expired in the queue is not written at all. The time it was
+/// stored goes along unchanged, and so does an L3 hit's promoted to L2.
+#[tokio::test]
+async fn queued_writes_keep_their_deadline_and_stored_time() {
+    let prefix = unique("queued");
+    let Some(l2) = redis(&prefix).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let l3 = sqlite(&dir).await;
+    let ns = unique("queued-ns");
+    let c = TieredCache::builder()
+        .l1(16 << 20)
+        .l3(l3.clone())
+        .l3_write_delay(Duration::from_secs(60))
+        .build();
+    let (long, short) = (key(&ns, "m", 1), key(&ns, "m", 2));
+    let before = uat_cache::now_ms();
+    c.put(&long, Bytes::from_static(b"v"), Duration::from_secs(3));
+    c.put(&short, Bytes::from_static(b"v"), Duration::from_millis(600));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    c.flush(Duration::from_secs(5)).await;
+    let hit = l3.get(&long).await.unwrap().expect("written");
+    assert!(
+        hit.ttl <= Duration::from_millis(2_050),
+        "3 s less the second it waited: {:?}",
+        hit.ttl
+    );
+    let stored = hit.stored_at.expect("timed");
+    assert!(
+        (before..=before + 500).contains(&stored),
+        "{stored} vs {before}"
+    );
+    assert!(
+        l3.get(&short).await.unwrap().is_none(),
+        "expired in the queue: not written"
+    );
+    // An L3 hit promoted to L2 keeps the time it was first stored.
+    let d = tiered(Some(l2.clone()), Some(l3.clone()));
+    assert_eq!(d.get(&long).await.unwrap().stored_at, Some(stored));
+    flush(&d).await;
+    assert_eq!(
+        l2.get(&long).await.unwrap().unwrap().stored_at,
+        Some(stored)
+    );
+}
+
 #[tokio::test]
 async fn writes_are_gathered_per_level_and_a_flush_sends_them_at_once() {
     let prefix = unique("gather");
