@@ -54,6 +54,35 @@ async fn send(req: RequestBuilder) -> (u16, reqwest::header::HeaderMap, Value) {
     (status, headers, body)
 }
 
+/// A chat request with `key` that must succeed: its `x-uat-cache`.
+async fn cache_outcome(app: &TestApp, key: &str, body: &Value) -> String {
+    let resp = app
+        .client
+        .post(app.at("/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(body)
+        .send()
+        .await
+        .expect("request failed");
+    assert_eq!(resp.status(), 200);
+    header(&resp, "x-uat-cache")
+}
+
+/// `alice`'s memories, as `key` lists them.
+fn list_alice(app: &TestApp, key: &str) -> RequestBuilder {
+    app.client
+        .get(app.at("/v1/memories?user_id=alice"))
+        .bearer_auth(key)
+}
+
+/// A keyword search of `alice`'s memories with `key`.
+fn search_alice(app: &TestApp, key: &str, query: &str) -> RequestBuilder {
+    app.client
+        .post(app.at("/v1/memories/search"))
+        .bearer_auth(key)
+        .json(&json!({"user_id": "alice", "query": query, "mode": "keyword"}))
+}
+
 /// One request per subsystem: chat, embeddings, memory, vector.
 fn api_requests(app: &TestApp, model: &str) -> Vec<(&'static str, RequestBuilder)> {
     let c = &app.client;
@@ -702,18 +731,7 @@ async fn each_owner_has_its_own_cache_namespace() {
     );
     let app = spawn_app(&toml).await;
     let det = json!({"model": model, "messages": [{"role": "user", "content": "Say hello"}], "temperature": 0});
-    let chat = |key: &'static str| {
-        let req = app
-            .client
-            .post(app.at("/v1/chat/completions"))
-            .bearer_auth(key)
-            .json(&det);
-        async move {
-            let resp = req.send().await.unwrap();
-            assert_eq!(resp.status(), 200);
-            header(&resp, "x-uat-cache")
-        }
-    };
+    let chat = |key: &'static str| cache_outcome(&app, key, &det);
     assert_eq!(chat(USER_KEY).await, "miss");
     assert_eq!(
         chat(OTHER_KEY).await,
@@ -752,12 +770,8 @@ async fn each_owner_has_its_own_memories() {
         "the client's user_id, not the stored one"
     );
     let id = m["id"].as_str().unwrap().to_string();
-    let list = |key: &'static str| c.get(app.at("/v1/memories?user_id=alice")).bearer_auth(key);
-    let search = |key: &'static str| {
-        c.post(app.at("/v1/memories/search"))
-            .bearer_auth(key)
-            .json(&json!({"user_id": "alice", "query": "locker code", "mode": "keyword"}))
-    };
+    let list = |key: &'static str| list_alice(&app, key);
+    let search = |key: &'static str| search_alice(&app, key, "locker code");
     // Another owner's alice sees nothing of it, on any route.
     let (_, _, l) = send(list(OTHER_KEY)).await;
     assert_eq!(l["memories"], json!([]), "{l}");
@@ -839,12 +853,8 @@ async fn the_keyless_owner_inherits_what_was_stored_without_keys() {
     )
     .await;
     let c = &app.client;
-    let list = |key: &'static str| c.get(app.at("/v1/memories?user_id=alice")).bearer_auth(key);
-    let search = |key: &'static str| {
-        c.post(app.at("/v1/memories/search"))
-            .bearer_auth(key)
-            .json(&json!({"user_id": "alice", "query": "staging password", "mode": "keyword"}))
-    };
+    let list = |key: &'static str| list_alice(&app, key);
+    let search = |key: &'static str| search_alice(&app, key, "staging password");
     let (_, _, l) = send(list(USER_KEY)).await;
     assert_eq!(l["memories"][0]["id"], json!(old_id), "{l}");
     assert_eq!(l["memories"][0]["user_id"], "alice");
@@ -873,17 +883,7 @@ async fn the_keyless_owner_inherits_what_was_stored_without_keys() {
     assert_eq!(status, 404);
     // The keyless days' cached answer (in L3, across the restart) is the
     // owner's; another owner misses.
-    let chat = |key: &'static str| {
-        let req = c
-            .post(app.at("/v1/chat/completions"))
-            .bearer_auth(key)
-            .json(&det);
-        async move {
-            let resp = req.send().await.unwrap();
-            assert_eq!(resp.status(), 200);
-            header(&resp, "x-uat-cache")
-        }
-    };
+    let chat = |key: &'static str| cache_outcome(&app, key, &det);
     assert_eq!(chat(USER_KEY).await, "hit-l3");
     assert_eq!(up.calls(), 1);
     assert_eq!(chat(OTHER_KEY).await, "miss");
