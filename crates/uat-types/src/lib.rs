@@ -158,7 +158,8 @@ impl ChatMessage {
         }
     }
 
-    /// The text of the message: the string, or the `text` parts joined.
+    /// The text of the message: the string, or the `text` parts joined by
+    /// newlines.
     pub fn text_content(&self) -> String {
         match &self.content {
             Value::String(s) => s.clone(),
@@ -171,6 +172,11 @@ impl ChatMessage {
                         .or_else(|| p.get("refusal"))
                         .and_then(Value::as_str)
                     {
+                        // Parts on lines of their own, as vLLM joins them:
+                        // "Context: A." and "Question?" must not run together.
+                        if !out.is_empty() && !t.is_empty() {
+                            out.push('\n');
+                        }
                         out.push_str(t);
                     }
                 }
@@ -487,7 +493,13 @@ mod tests {
             "content": [{"type": "text", "text": "a"}, {"type": "image_url"}, {"type": "text", "text": "b"}, {"type": "refusal", "refusal": "c"}]
         }))
         .unwrap();
-        assert_eq!(m.text_content(), "abc");
+        assert_eq!(m.text_content(), "a\nb\nc");
+        let m: ChatMessage = serde_json::from_value(serde_json::json!({
+            "role": "user",
+            "content": [{"type": "text", "text": ""}, {"type": "text", "text": "Context: A."}, {"type": "text", "text": ""}, {"type": "text", "text": "Question?"}]
+        }))
+        .unwrap();
+        assert_eq!(m.text_content(), "Context: A.\nQuestion?");
     }
 
     #[test]

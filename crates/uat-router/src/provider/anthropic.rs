@@ -190,6 +190,65 @@ fn refusal(req: &ChatRequest) -> Result<(), Failure> {
             "unsupported_parameter",
         ));
     }
+    // A structured answer is a forced call of its own tool (see
+    // [`json_tool`]), which would keep the model from calling the
+    // request's tools: refused, not dropped (the OpenAI Agents SDK sends
+    // both for a typed final output; another provider kind may take it).
+    let asks_json = req
+        .extra
+        .get("response_format")
+        .and_then(|rf| rf.get("type"))
+        .and_then(Value::as_str)
+        .is_some_and(|t| matches!(t, "json_schema" | "json_object"));
+    let has_tools = req
+        .extra
+        .get("tools")
+        .and_then(Value::as_array)
+        .is_some_and(|t| !t.is_empty());
+    // Forms of `tool_choice` (`allowed_tools`, `custom`) and tools (not
+    // `function`) that have no Anthropic equivalent: refused, where they
+    // used to become no choice and no tool.
+    let named = |c: &Value| {
+        c.get("type").and_then(Value::as_str) == Some("function")
+            && c.pointer("/function/name")
+                .and_then(Value::as_str)
+                .is_some()
+    };
+    match req.extra.get("tool_choice") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) if matches!(s.as_str(), "none" | "auto" | "required") => {}
+        Some(c) if named(c) => {}
+        Some(c) => {
+            return Err(Failure::unsupported(
+                format!(
+                    "tool_choice {c} is not supported by anthropic providers (none, auto, required or a named function)"
+                ),
+                "tool_choice",
+                "unsupported_value",
+            ));
+        }
+    }
+    if let Some(Value::Array(tools)) = req.extra.get("tools")
+        && let Some(i) = tools.iter().position(|t| t.get("function").is_none())
+    {
+        let kind = tools[i]
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("untyped");
+        return Err(Failure::unsupported(
+            format!("{kind} tools are not supported by anthropic providers (function tools only)"),
+            format!("tools[{i}]"),
+            "unsupported_value",
+        ));
+    }
+    if asks_json && has_tools {
+        return Err(Failure::unsupported(
+            "response_format (json_schema, json_object) together with tools is not supported by anthropic providers: \
+             a structured answer is a forced tool call, which would keep the model from calling the request's tools",
+            "response_format",
+            "unsupported_value",
+        ));
+    }
     for (at, m) in req.messages.iter().enumerate() {
         if is_user_turn(&m.role) {
             if let Value::Array(parts) = &m.content {
@@ -470,6 +529,11 @@ fn user_content(m: &ChatMessage, at: usize) -> Result<Value, Failure> {
     let mut out = Vec::with_capacity(parts.len());
     for (j, p) in parts.iter().enumerate() {
         out.push(match user_part(p, &m.role, at, j)? {
+            // Anthropic refuses an empty text block ("text content blocks
+            // must be non-empty"), which chat UIs send beside an image
+            // uploaded without words; OpenAI takes it. Left out (a turn
+            // left with nothing is left out whole, as an empty string is).
+            UserPart::Text(p) if p.get("text").and_then(Value::as_str) == Some("") => continue,
             UserPart::Text(p) => {
                 json!({"type": "text", "text": p.get("text").cloned().unwrap_or(Value::Null)})
             }
@@ -597,6 +661,10 @@ impl Provider for Anthropic {
             }
             let mut message = ChatMessage::text("assistant", text);
             if !calls.is_empty() {
+                // Only calls: `content` is null, as OpenAI sends it.
+                if message.content.as_str() == Some("") {
+                    message.content = Value::Null;
+                }
                 message
                     .extra
                     .insert("tool_calls".into(), Value::Array(calls));

@@ -449,6 +449,10 @@ impl Provider for Ollama {
                 msg.map(|m| m.content.clone()).unwrap_or_default(),
             );
             if let Some(c) = calls {
+                // Only calls: `content` is null, as OpenAI sends it.
+                if message.content.as_str() == Some("") {
+                    message.content = Value::Null;
+                }
                 message
                     .extra
                     .insert("tool_calls".into(), tool_calls(c, None));
@@ -536,15 +540,21 @@ impl Provider for Ollama {
             if let (Some(d), Some(o)) = (body.get("dimensions"), req.as_object_mut()) {
                 o.insert("dimensions".into(), d.clone());
             }
+            // Ollama answers floats only; OpenAI's base64 (what the
+            // openai-node SDK asks for by default) is made here.
+            let base64 = body.get("encoding_format").and_then(Value::as_str) == Some("base64");
             let resp = self.post(self.embed_url.clone(), &req, false).await?;
             let (_, e): (_, Embed) = read_json(resp).await?;
             let tokens = e.prompt_eval_count.unwrap_or(0);
-            let data: Vec<Value> = e
+            let data = e
                 .embeddings
                 .into_iter()
                 .enumerate()
-                .map(|(i, v)| json!({ "object": "embedding", "index": i, "embedding": v }))
-                .collect();
+                .map(|(i, v)| {
+                    let embedding = if base64 { base64_f32(&v)? } else { v };
+                    Ok(json!({ "object": "embedding", "index": i, "embedding": embedding }))
+                })
+                .collect::<Result<Vec<Value>, Failure>>()?;
             let out = json!({
                 "object": "list",
                 "data": data,
@@ -710,3 +720,24 @@ fn translate(
 
 #[cfg(test)]
 mod tests;
+
+/// An embedding (a JSON array of numbers) as OpenAI's `encoding_format:
+/// "base64"` gives it: base64 of its little-endian f32 bytes.
+fn base64_f32(v: &Value) -> Result<Value, Failure> {
+    use base64::Engine as _;
+    let malformed = || {
+        Failure::new(
+            FailureKind::Malformed,
+            "an embedding that is not a list of numbers",
+        )
+    };
+    let nums = v.as_array().ok_or_else(malformed)?;
+    let mut bytes = Vec::with_capacity(nums.len() * 4);
+    for n in nums {
+        let x = n.as_f64().ok_or_else(malformed)? as f32;
+        bytes.extend_from_slice(&x.to_le_bytes());
+    }
+    Ok(Value::String(
+        base64::engine::general_purpose::STANDARD.encode(bytes),
+    ))
+}

@@ -928,6 +928,19 @@ async fn embeddings_are_forwarded_to_remote_providers() {
     assert_eq!(v["data"][0]["object"], "embedding");
     assert_eq!(v["data"][0]["embedding"], json!([0.0, 0.5, 0.25]));
     assert_eq!(l.requests().last().unwrap().path, "/api/embed");
+    // OpenAI's base64 (the openai-node SDK's default), which Ollama does
+    // not speak: made by the gateway from Ollama's floats.
+    let r = router
+        .embeddings(
+            "nomic-embed-text",
+            &json!({"model": "nomic-embed-text", "input": "x", "encoding_format": "base64"}),
+        )
+        .await
+        .unwrap();
+    let v: Value = serde_json::from_slice(&r.value.body).unwrap();
+    let b64 = v["data"][0]["embedding"].as_str().expect("a base64 string");
+    let floats = uat_embed::decode_base64(b64).unwrap();
+    assert_eq!(floats, [0.0, 0.5, 0.25]);
     assert!(!router.has_model("nope"));
     assert!(matches!(
         router.embeddings("nope", &json!({})).await,

@@ -411,3 +411,53 @@ async fn a_schemas_property_order_reaches_every_upstream() {
         assert_eq!(names(props), ["zone", "at"], "{model}: {sent}");
     }
 }
+
+/// An answer of tool calls only says `content: null`, as OpenAI's does
+/// (clients test `content is not None` to show a message): Anthropic's
+/// `tool_use`-only message and Ollama's empty content beside its
+/// `tool_calls` were `""`.
+#[tokio::test]
+async fn an_answer_of_tool_calls_only_has_null_content() {
+    let a = FakeUpstream::start(Wire::Anthropic, "ta").await.unwrap();
+    a.set_models(&["claude-tools"]);
+    a.set_default(Behavior::Body(
+        json!({"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-tools",
+            "content": [{"type": "tool_use", "id": "toolu_1", "name": "f", "input": {"x": 1}}],
+            "stop_reason": "tool_use", "stop_sequence": null,
+            "usage": {"input_tokens": 5, "output_tokens": 3}})
+        .to_string(),
+    ));
+    let o = FakeUpstream::start(Wire::Ollama, "to").await.unwrap();
+    o.set_models(&["llama-tools"]);
+    o.set_default(Behavior::Body(
+        json!({"model": "llama-tools", "created_at": "2026-12-07T00:00:00Z",
+            "message": {"role": "assistant", "content": "",
+                "tool_calls": [{"function": {"name": "f", "arguments": {"x": 1}}}]},
+            "done": true, "done_reason": "stop", "prompt_eval_count": 5, "eval_count": 3})
+        .to_string(),
+    ));
+    let app = spawn_app(&format!(
+        "{}{}",
+        provider_toml("ta", "anthropic", &a.base_url(), ""),
+        provider_toml("to", "ollama", &o.base_url(), "")
+    ))
+    .await;
+    for model in ["claude-tools", "llama-tools"] {
+        let resp = app
+            .chat(json!({"model": model, "messages": [{"role": "user", "content": "call f"}],
+                "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]}))
+            .await;
+        assert_eq!(resp.status(), 200, "{model}");
+        let v: Value = resp.json().await.unwrap();
+        let message = &v["choices"][0]["message"];
+        assert!(message["content"].is_null(), "{model}: {v}");
+        assert_eq!(
+            message["tool_calls"][0]["function"]["name"], "f",
+            "{model}: {v}"
+        );
+        assert_eq!(
+            v["choices"][0]["finish_reason"], "tool_calls",
+            "{model}: {v}"
+        );
+    }
+}

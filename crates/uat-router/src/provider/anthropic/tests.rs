@@ -130,26 +130,66 @@ fn response_format_becomes_a_forced_answer_tool() {
     .unwrap();
     let b = messages_body("claude-x", &object, false, DEFAULT_MAX_TOKENS).unwrap();
     assert_eq!(b["tools"][0]["input_schema"], json!({"type": "object"}));
-    for other in [
-        json!({"type": "text"}),
-        json!({"type": "json_object", "x": 1}),
+    // `text` asks for no structure: nothing is forced.
+    let req: ChatRequest = serde_json::from_value(json!({"model": "x",
+        "messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "text"}}))
+    .unwrap();
+    let b = messages_body("claude-x", &req, false, DEFAULT_MAX_TOKENS).unwrap();
+    assert!(
+        b.get("tool_choice").is_none() && b.get("tools").is_none(),
+        "{b}"
+    );
+    // With the request's own tools, a structured answer cannot be forced:
+    // refused (Unsupported, naming the field), not dropped.
+    let p = anthropic(None);
+    for rf in [
+        json!({"type": "json_object"}),
+        json!({"type": "json_schema", "json_schema": {"name": "p", "schema": schema}}),
     ] {
-        let mut v = json!({"model": "x", "messages": [{"role": "user", "content": "hi"}],
-            "response_format": other,
-            "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]});
-        if other["type"] == "text" {
-            v.as_object_mut().unwrap().remove("tools");
-        }
-        let req: ChatRequest = serde_json::from_value(v).unwrap();
-        let b = messages_body("claude-x", &req, false, DEFAULT_MAX_TOKENS).unwrap();
-        assert!(b.get("tool_choice").is_none(), "{other}: {b}");
-        assert!(
-            b["tools"]
-                .as_array()
-                .is_none_or(|t| t.iter().all(|t| t["name"] != JSON_TOOL)),
-            "{b}"
+        let req = request(json!({"response_format": rf,
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]}));
+        let f = p.check(&req).unwrap_err();
+        assert_eq!(f.kind, FailureKind::Unsupported, "{rf}");
+        assert_eq!(
+            f.upstream.unwrap().param.as_deref(),
+            Some("response_format")
         );
+        // Without tools it goes, as the forced answer tool.
+        let req = request(json!({"response_format": rf}));
+        assert!(p.check(&req).is_ok(), "{rf}");
     }
+    let req = request(json!({"response_format": {"type": "text"},
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]}));
+    assert!(p.check(&req).is_ok(), "text with tools goes");
+}
+
+/// An empty text part beside an image (what chat UIs send for an image
+/// uploaded without words) is left out: Anthropic refuses empty text
+/// blocks, OpenAI takes them. A user turn of empty text only is left out.
+#[test]
+fn empty_text_parts_are_left_out() {
+    let image = json!({"type": "image_url", "image_url": {"url": "data:image/png;base64,AAA"}});
+    let req = request(json!({"messages": [
+        {"role": "user", "content": [{"type": "text", "text": ""}, image]},
+        {"role": "assistant", "content": "a cat"},
+        {"role": "user", "content": [{"type": "text", "text": ""}]},
+        {"role": "user", "content": "and this?"},
+    ]}));
+    let b = messages_body("claude-x", &req, false, DEFAULT_MAX_TOKENS).unwrap();
+    let first = b["messages"][0]["content"].as_array().unwrap();
+    assert_eq!(first.len(), 1, "{b}");
+    assert_eq!(first[0]["type"], "image");
+    let texts: Vec<String> = b["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["content"].to_string())
+        .collect();
+    assert!(
+        texts.iter().all(|t| !t.contains(r#""text":"""#)),
+        "{texts:?}"
+    );
+    assert_eq!(b["messages"].as_array().unwrap().len(), 3, "{b}");
 }
 
 /// A structured answer streamed as the forced call's input comes out as
@@ -718,4 +758,54 @@ async fn an_error_right_after_message_start_is_retried() {
         "stop"
     );
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+/// `tool_choice` forms and tools without an Anthropic equivalent are
+/// refused naming the field (they used to become no choice and no tool);
+/// the ones it has go.
+#[test]
+fn tool_choice_forms_and_tools_without_an_equivalent_are_refused() {
+    let p = anthropic(None);
+    let f =
+        json!({"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}});
+    for (extra, param) in [
+        (
+            json!({"tools": [f], "tool_choice": {"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": []}}}),
+            "tool_choice",
+        ),
+        (
+            json!({"tools": [f], "tool_choice": {"type": "custom", "custom": {"name": "g"}}}),
+            "tool_choice",
+        ),
+        (
+            json!({"tools": [f], "tool_choice": {"type": "function"}}),
+            "tool_choice",
+        ),
+        (
+            json!({"tools": [f], "tool_choice": "sometimes"}),
+            "tool_choice",
+        ),
+        (
+            json!({"tools": [f, {"type": "custom", "custom": {"name": "g"}}]}),
+            "tools[1]",
+        ),
+    ] {
+        let err = p.check(&request(extra.clone())).unwrap_err();
+        assert_eq!(err.kind, FailureKind::Unsupported, "{extra}");
+        assert_eq!(
+            err.upstream.unwrap().param.as_deref(),
+            Some(param),
+            "{extra}"
+        );
+    }
+    for choice in [
+        json!("none"),
+        json!("auto"),
+        json!("required"),
+        json!({"type": "function", "function": {"name": "f"}}),
+        Value::Null,
+    ] {
+        let extra = json!({"tools": [f], "tool_choice": choice});
+        assert!(p.check(&request(extra.clone())).is_ok(), "{extra}");
+    }
 }
