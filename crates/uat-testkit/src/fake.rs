@@ -306,9 +306,7 @@ async fn handle(stream: &mut TcpStream, s: &Shared, req: Request) -> std::io::Re
                 Wire::Ollama => {
                     json!({"models": models.iter().map(|m| json!({"name": m, "model": m, "size": 1})).collect::<Vec<_>>()})
                 }
-                Wire::Anthropic => {
-                    json!({"data": models.iter().map(|m| json!({"id": m, "type": "model", "display_name": m})).collect::<Vec<_>>(), "has_more": false})
-                }
+                Wire::Anthropic => anthropic_models_page(&models, &req.path),
             };
             http1::write_full(
                 stream,
@@ -699,4 +697,32 @@ async fn embed(
     )
     .await?;
     Ok(true)
+}
+
+/// One page of Anthropic's `GET /v1/models` as the real API pages it:
+/// `limit` models (20 by default, 1 to 1,000) after `after_id`, with
+/// `has_more`, `first_id` and `last_id`.
+fn anthropic_models_page(models: &[String], path: &str) -> Value {
+    let query = path.split_once('?').map_or("", |(_, q)| q);
+    let param = |name: &str| {
+        query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_owned())
+    };
+    let limit = param("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .unwrap_or(20)
+        .clamp(1, 1000);
+    let start = param("after_id")
+        .and_then(|a| models.iter().position(|m| *m == a).map(|i| i + 1))
+        .unwrap_or(0);
+    let page: Vec<&String> = models.iter().skip(start).take(limit).collect();
+    json!({
+        "data": page.iter().map(|m| json!({"id": m, "type": "model", "display_name": m})).collect::<Vec<_>>(),
+        "has_more": start + page.len() < models.len(),
+        "first_id": page.first(),
+        "last_id": page.last(),
+    })
 }

@@ -469,6 +469,10 @@ pub(crate) fn messages_body(
     Ok(Value::Object(body))
 }
 
+/// Pages of `GET /v1/models` read at most (of 1,000 models each): a bound
+/// on a list that says it has more forever.
+const MAX_MODEL_PAGES: usize = 20;
+
 /// The tool a structured answer comes through. Anthropic has no
 /// `response_format`; its way to JSON that follows a schema is a call,
 /// forced, to a tool whose input schema is that schema: the call's input
@@ -711,18 +715,39 @@ impl Provider for Anthropic {
             #[derive(Deserialize)]
             struct List {
                 data: Vec<Entry>,
+                #[serde(default)]
+                has_more: bool,
+                #[serde(default)]
+                last_id: Option<String>,
             }
             #[derive(Deserialize)]
             struct Entry {
                 id: String,
             }
-            let resp = send(
-                self.request(self.client.get(self.models_url.clone())),
-                self.first_byte,
-            )
-            .await?;
-            let (_, list): (_, List) = read_json(resp).await?;
-            Ok(list.data.into_iter().map(|e| e.id).collect())
+            // Anthropic pages its list (20 by default): every page, at
+            // its largest, so that no model past the first page is missing.
+            let mut ids = Vec::new();
+            let mut after: Option<String> = None;
+            for _ in 0..MAX_MODEL_PAGES {
+                let mut url = self.models_url.clone();
+                {
+                    let mut q = url.query_pairs_mut();
+                    q.append_pair("limit", "1000");
+                    if let Some(a) = &after {
+                        q.append_pair("after_id", a);
+                    }
+                }
+                let resp = send(self.request(self.client.get(url)), self.first_byte).await?;
+                let (_, list): (_, List) = read_json(resp).await?;
+                ids.extend(list.data.into_iter().map(|e| e.id));
+                match (list.has_more, list.last_id) {
+                    (true, Some(last)) if after.as_deref() != Some(last.as_str()) => {
+                        after = Some(last)
+                    }
+                    _ => return Ok(ids),
+                }
+            }
+            Ok(ids)
         })
     }
 

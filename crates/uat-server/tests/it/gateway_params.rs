@@ -461,3 +461,31 @@ async fn an_answer_of_tool_calls_only_has_null_content() {
         );
     }
 }
+
+/// Anthropic pages its model list (20 a page by default, 1,000 at most):
+/// discovery reads every page, so a model past the first is found (it was
+/// a 404 once more than 20 models were listed).
+#[tokio::test]
+async fn anthropic_discovery_reads_every_page_of_models() {
+    let up = FakeUpstream::start(Wire::Anthropic, "pages").await.unwrap();
+    let names: Vec<String> = (0..1030).map(|i| format!("claude-p{i:04}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    up.set_models(&refs);
+    let app = spawn_app(&provider_toml("pages", "anthropic", &up.base_url(), "")).await;
+    let router = app.state.gateway.router();
+    assert!(router.has_model("claude-p0000"));
+    assert!(
+        router.has_model("claude-p1029"),
+        "a model of the second page"
+    );
+    let pages: Vec<String> = up
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET")
+        .map(|r| r.path.clone())
+        .collect();
+    assert!(
+        pages.iter().any(|p| p.contains("after_id=claude-p0999")),
+        "{pages:?}"
+    );
+}
