@@ -190,21 +190,6 @@ fn refusal(req: &ChatRequest) -> Result<(), Failure> {
             "unsupported_parameter",
         ));
     }
-    // A structured answer is a forced call of its own tool (see
-    // [`json_tool`]), which would keep the model from calling the
-    // request's tools: refused, not dropped (the OpenAI Agents SDK sends
-    // both for a typed final output; another provider kind may take it).
-    let asks_json = req
-        .extra
-        .get("response_format")
-        .and_then(|rf| rf.get("type"))
-        .and_then(Value::as_str)
-        .is_some_and(|t| matches!(t, "json_schema" | "json_object"));
-    let has_tools = req
-        .extra
-        .get("tools")
-        .and_then(Value::as_array)
-        .is_some_and(|t| !t.is_empty());
     // Forms of `tool_choice` (`allowed_tools`, `custom`) and tools (not
     // `function`) that have no Anthropic equivalent: refused, where they
     // used to become no choice and no tool.
@@ -231,21 +216,18 @@ fn refusal(req: &ChatRequest) -> Result<(), Failure> {
     if let Some(Value::Array(tools)) = req.extra.get("tools")
         && let Some(i) = tools.iter().position(|t| t.get("function").is_none())
     {
-        let kind = tools[i]
-            .get("type")
-            .and_then(Value::as_str)
-            .unwrap_or("untyped");
+        let message = match tools[i].get("type").and_then(Value::as_str) {
+            Some("function") => {
+                "a function tool needs its `function` object (name, parameters)".to_owned()
+            }
+            kind => format!(
+                "{} tools are not supported by anthropic providers (function tools only)",
+                kind.unwrap_or("untyped")
+            ),
+        };
         return Err(Failure::unsupported(
-            format!("{kind} tools are not supported by anthropic providers (function tools only)"),
+            message,
             format!("tools[{i}]"),
-            "unsupported_value",
-        ));
-    }
-    if asks_json && has_tools {
-        return Err(Failure::unsupported(
-            "response_format (json_schema, json_object) together with tools is not supported by anthropic providers: \
-             a structured answer is a forced tool call, which would keep the model from calling the request's tools",
-            "response_format",
             "unsupported_value",
         ));
     }
@@ -332,7 +314,9 @@ pub(crate) fn messages_body(
             "assistant" => {
                 let mut blocks = Vec::new();
                 let text = m.text_content();
-                if !text.is_empty() {
+                // Blank text too: Anthropic refuses a whitespace-only block
+                // (Claude answers "\n\n" before a call at times).
+                if !text.trim().is_empty() {
                     blocks.push(json!({"type": "text", "text": text}));
                 }
                 if let Some(Value::Array(calls)) = m.extra.get("tool_calls") {
@@ -457,11 +441,44 @@ pub(crate) fn messages_body(
         body.insert("tool_choice".into(), c);
     }
     if let Some(tool) = json_tool(req) {
-        body.insert("tools".into(), json!([tool]));
-        body.insert(
-            "tool_choice".into(),
-            json!({"type": "tool", "name": JSON_TOOL}),
-        );
+        let forced = json!({"type": "tool", "name": JSON_TOOL});
+        let own = body
+            .get("tools")
+            .and_then(Value::as_array)
+            .filter(|t| !t.is_empty())
+            .cloned();
+        let choice = body
+            .get("tool_choice")
+            .and_then(|c| c.get("type"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        match (own, choice.as_deref()) {
+            // No tools of its own, or none to be called: the answer is a
+            // forced call of the answer tool.
+            (None, _) | (Some(_), Some("none")) => {
+                body.insert("tools".into(), json!([tool]));
+                body.insert("tool_choice".into(), forced);
+            }
+            // With its own tools, the model calls one of them or gives
+            // its answer through the answer tool: some call is required
+            // (the client's `disable_parallel_tool_use` kept). A named
+            // choice stays: that turn is a call of that tool.
+            (Some(mut tools), choice) => {
+                tools.push(tool);
+                body.insert("tools".into(), Value::Array(tools));
+                if choice != Some("tool") {
+                    let mut any = json!({"type": "any"});
+                    if let Some(flag) = body
+                        .get("tool_choice")
+                        .and_then(|c| c.get("disable_parallel_tool_use"))
+                        .cloned()
+                    {
+                        any["disable_parallel_tool_use"] = flag;
+                    }
+                    body.insert("tool_choice".into(), any);
+                }
+            }
+        }
     }
     if let Some(user) = req.extra.get("user") {
         body.insert("metadata".into(), json!({ "user_id": user }));
@@ -479,19 +496,11 @@ const MAX_MODEL_PAGES: usize = 20;
 /// is the answer, given back to the client as the message's content.
 const JSON_TOOL: &str = "json_response";
 
-/// The forced tool for a request's `response_format` (`json_schema` with
-/// its schema, `json_object` with any object), when it asks for JSON and
-/// has no tools of its own (a forced call would keep the model from
-/// calling them).
+/// The answer tool for a request's `response_format` (`json_schema` with
+/// its schema, `json_object` with any object), when it asks for JSON: the
+/// only tool, forced, or one beside the request's own (see
+/// [`messages_body`]).
 fn json_tool(req: &ChatRequest) -> Option<Value> {
-    if req
-        .extra
-        .get("tools")
-        .and_then(Value::as_array)
-        .is_some_and(|t| !t.is_empty())
-    {
-        return None;
-    }
     let rf = req.extra.get("response_format")?;
     let schema = match rf.get("type").and_then(Value::as_str)? {
         "json_schema" => rf
@@ -533,11 +542,17 @@ fn user_content(m: &ChatMessage, at: usize) -> Result<Value, Failure> {
     let mut out = Vec::with_capacity(parts.len());
     for (j, p) in parts.iter().enumerate() {
         out.push(match user_part(p, &m.role, at, j)? {
-            // Anthropic refuses an empty text block ("text content blocks
-            // must be non-empty"), which chat UIs send beside an image
+            // Anthropic refuses an empty or blank text block ("text
+            // content blocks must be non-empty"), which chat UIs send beside an image
             // uploaded without words; OpenAI takes it. Left out (a turn
             // left with nothing is left out whole, as an empty string is).
-            UserPart::Text(p) if p.get("text").and_then(Value::as_str) == Some("") => continue,
+            UserPart::Text(p)
+                if p.get("text")
+                    .and_then(Value::as_str)
+                    .is_some_and(|t| t.trim().is_empty()) =>
+            {
+                continue;
+            }
             UserPart::Text(p) => {
                 json!({"type": "text", "text": p.get("text").cloned().unwrap_or(Value::Null)})
             }
@@ -583,10 +598,11 @@ fn image_block(image: Image<'_>) -> Value {
     }
 }
 
-/// The stop reason of a structured answer's forced call is the answer's end.
-fn answer_stop(stop_reason: Option<&str>, structured: bool) -> Option<&str> {
+/// A turn that called the answer tool and none of the request's own tools
+/// is the answer's end, not a call.
+fn answer_stop(stop_reason: Option<&str>, answered: bool, called: bool) -> Option<&str> {
     match stop_reason {
-        Some("tool_use") if structured => Some("end_turn"),
+        Some("tool_use") if answered && !called => Some("end_turn"),
         r => r,
     }
 }
@@ -640,6 +656,7 @@ impl Provider for Anthropic {
             let resp = self.post_fitted(&mut body, req, false).await?;
             let (_, m): (_, AMessage) = read_json(resp).await?;
             let structured = json_tool(req).is_some();
+            let mut answered = false;
             let mut text = String::new();
             let mut calls = Vec::new();
             for b in &m.content {
@@ -650,6 +667,7 @@ impl Provider for Anthropic {
                         if structured
                             && b.get("name").and_then(Value::as_str) == Some(JSON_TOOL) =>
                     {
+                        answered = true;
                         text = b.get("input").map(Value::to_string).unwrap_or_default();
                     }
                     Some("tool_use") => calls.push(json!({
@@ -663,10 +681,15 @@ impl Provider for Anthropic {
                     _ => {}
                 }
             }
+            let called = !calls.is_empty();
             let mut message = ChatMessage::text("assistant", text);
-            if !calls.is_empty() {
+            if called {
                 // Only calls: `content` is null, as OpenAI sends it.
-                if message.content.as_str() == Some("") {
+                if message
+                    .content
+                    .as_str()
+                    .is_some_and(|t| t.trim().is_empty())
+                {
                     message.content = Value::Null;
                 }
                 message
@@ -683,7 +706,8 @@ impl Provider for Anthropic {
                     index: 0,
                     message,
                     finish_reason: Some(
-                        finish_reason(answer_stop(m.stop_reason.as_deref(), structured)).into(),
+                        finish_reason(answer_stop(m.stop_reason.as_deref(), answered, called))
+                            .into(),
                     ),
                     extra: Map::new(),
                 }],
@@ -727,6 +751,7 @@ impl Provider for Anthropic {
             // Anthropic pages its list (20 by default): every page, at
             // its largest, so that no model past the first page is missing.
             let mut ids = Vec::new();
+            let mut seen = std::collections::HashSet::new();
             let mut after: Option<String> = None;
             for _ in 0..MAX_MODEL_PAGES {
                 let mut url = self.models_url.clone();
@@ -739,14 +764,25 @@ impl Provider for Anthropic {
                 }
                 let resp = send(self.request(self.client.get(url)), self.first_byte).await?;
                 let (_, list): (_, List) = read_json(resp).await?;
-                ids.extend(list.data.into_iter().map(|e| e.id));
+                let before = ids.len();
+                // A compatible server that ignores `after_id` answers the
+                // same page again: nothing new ends the walk.
+                ids.extend(
+                    list.data
+                        .into_iter()
+                        .map(|e| e.id)
+                        .filter(|id| seen.insert(id.clone())),
+                );
                 match (list.has_more, list.last_id) {
-                    (true, Some(last)) if after.as_deref() != Some(last.as_str()) => {
-                        after = Some(last)
-                    }
+                    (true, Some(last)) if ids.len() > before => after = Some(last),
                     _ => return Ok(ids),
                 }
             }
+            tracing::warn!(
+                pages = MAX_MODEL_PAGES,
+                models = ids.len(),
+                "anthropic model list still says it has more after the pages read; the rest are not discovered"
+            );
             Ok(ids)
         })
     }
@@ -976,7 +1012,8 @@ impl StreamState {
                 }
                 let reason = finish_reason(answer_stop(
                     ev.pointer("/delta/stop_reason").and_then(Value::as_str),
-                    self.structured,
+                    self.answer_block.is_some(),
+                    !self.tools.is_empty(),
                 ));
                 self.push(Delta::default(), Some(reason.into()));
             }

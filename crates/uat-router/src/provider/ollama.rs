@@ -450,7 +450,11 @@ impl Provider for Ollama {
             );
             if let Some(c) = calls {
                 // Only calls: `content` is null, as OpenAI sends it.
-                if message.content.as_str() == Some("") {
+                if message
+                    .content
+                    .as_str()
+                    .is_some_and(|t| t.trim().is_empty())
+                {
                     message.content = Value::Null;
                 }
                 message

@@ -353,10 +353,12 @@ impl Assembler {
         for (idx, c) in std::mem::take(&mut self.choices) {
             let mut msg = Map::new();
             msg.insert("role".into(), c.role.unwrap_or_else(|| json!("assistant")));
-            msg.insert(
-                "content".into(),
-                c.content.map_or(Value::Null, Value::String),
-            );
+            // A turn of tool calls only: `content` null, as a non-streamed
+            // answer says it (a stream's role chunk often carries `""`).
+            let content = c
+                .content
+                .filter(|t| !t.is_empty() || c.tool_calls.is_empty());
+            msg.insert("content".into(), content.map_or(Value::Null, Value::String));
             if let Some(r) = c.refusal {
                 msg.insert("refusal".into(), Value::String(r));
             }
@@ -805,7 +807,10 @@ mod tests {
     #[test]
     fn tool_calls_are_merged_and_replayed() {
         let mut a = Assembler::default();
-        let c1 = json!({"id":"c","choices":[{"index":0,"delta":{"role":"assistant","tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"get_","arguments":"{\"a\""}}]},"finish_reason":null}]});
+        // The role chunk's `content: ""` (Anthropic's and Ollama's
+        // translations send one) is stored as null beside the calls, as a
+        // non-streamed answer of calls says it.
+        let c1 = json!({"id":"c","choices":[{"index":0,"delta":{"role":"assistant","content":"","tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"get_","arguments":"{\"a\""}}]},"finish_reason":null}]});
         let c2 = json!({"id":"c","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"name":"w","arguments":":1}"}}]},"finish_reason":"tool_calls"}]});
         a.feed(format!("data: {c1}\n\ndata: {c2}\n\ndata: [DONE]\n\n").as_bytes());
         let v: Value = serde_json::from_slice(&a.finish().unwrap()).unwrap();
@@ -813,6 +818,7 @@ mod tests {
         assert_eq!(tc["function"]["name"], "get_w");
         assert_eq!(tc["function"]["arguments"], "{\"a\":1}");
         assert_eq!(tc["id"], "call_1");
+        assert!(v["choices"][0]["message"]["content"].is_null(), "{v}");
         let r = String::from_utf8(replay(&serde_json::to_vec(&v).unwrap(), true).unwrap()).unwrap();
         assert!(r.contains("\"tool_calls\""));
     }

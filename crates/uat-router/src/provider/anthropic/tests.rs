@@ -108,8 +108,8 @@ fn request_translation() {
 }
 
 /// `response_format` asks for JSON: the request forces a call to the
-/// answer tool with the schema; not when the client has tools of its
-/// own, nor for `text`.
+/// answer tool with the schema, or offers it beside the client's own tools
+/// with a call required; `text` asks for nothing.
 #[test]
 fn response_format_becomes_a_forced_answer_tool() {
     let schema =
@@ -139,28 +139,109 @@ fn response_format_becomes_a_forced_answer_tool() {
         b.get("tool_choice").is_none() && b.get("tools").is_none(),
         "{b}"
     );
-    // With the request's own tools, a structured answer cannot be forced:
-    // refused (Unsupported, naming the field), not dropped.
+    // With the request's own tools (an agent's typed final output: the
+    // OpenAI Agents SDK, Vercel's AI SDK, LangChain send both), the answer
+    // tool goes beside them and some call is required: one of theirs, or
+    // the answer. `none` forces the answer; a named choice stays.
+    let f =
+        json!({"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}});
     let p = anthropic(None);
-    for rf in [
-        json!({"type": "json_object"}),
-        json!({"type": "json_schema", "json_schema": {"name": "p", "schema": schema}}),
+    for (choice, want) in [
+        (Value::Null, json!({"type": "any"})),
+        (json!("auto"), json!({"type": "any"})),
+        (json!("required"), json!({"type": "any"})),
+        (
+            json!({"type": "function", "function": {"name": "f"}}),
+            json!({"type": "tool", "name": "f"}),
+        ),
     ] {
-        let req = request(json!({"response_format": rf,
-            "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]}));
-        let f = p.check(&req).unwrap_err();
-        assert_eq!(f.kind, FailureKind::Unsupported, "{rf}");
-        assert_eq!(
-            f.upstream.unwrap().param.as_deref(),
-            Some("response_format")
+        let req = request(
+            json!({"response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": schema}},
+            "tools": [f], "tool_choice": choice}),
         );
-        // Without tools it goes, as the forced answer tool.
-        let req = request(json!({"response_format": rf}));
-        assert!(p.check(&req).is_ok(), "{rf}");
+        assert!(p.check(&req).is_ok(), "{choice}");
+        let b = messages_body("claude-x", &req, false, DEFAULT_MAX_TOKENS).unwrap();
+        let names: Vec<&str> = b["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["f", JSON_TOOL], "{choice}");
+        assert_eq!(b["tools"][1]["input_schema"], schema);
+        assert_eq!(b["tool_choice"], want, "{choice}");
     }
-    let req = request(json!({"response_format": {"type": "text"},
-        "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]}));
-    assert!(p.check(&req).is_ok(), "text with tools goes");
+    let req = request(
+        json!({"response_format": {"type": "json_object"}, "tools": [f], "tool_choice": "none"}),
+    );
+    let b = messages_body("claude-x", &req, false, DEFAULT_MAX_TOKENS).unwrap();
+    assert_eq!(b["tools"].as_array().unwrap().len(), 1, "{b}");
+    assert_eq!(b["tools"][0]["name"], JSON_TOOL);
+    assert_eq!(b["tool_choice"], json!({"type": "tool", "name": JSON_TOOL}));
+    // One call at a time stays so.
+    let req = request(
+        json!({"response_format": {"type": "json_object"}, "tools": [f], "parallel_tool_calls": false}),
+    );
+    let b = messages_body("claude-x", &req, false, DEFAULT_MAX_TOKENS).unwrap();
+    assert_eq!(
+        b["tool_choice"],
+        json!({"type": "any", "disable_parallel_tool_use": true})
+    );
+}
+
+/// With the request's own tools beside the answer tool, a turn's stop
+/// says which it was: a call of the answer tool alone is the answer
+/// (content, `stop`); a call of one of theirs is `tool_calls`.
+#[test]
+fn a_structured_answer_beside_tools_tells_calls_from_the_answer() {
+    let answer = [
+        r#"data: {"type":"message_start","message":{"id":"m","usage":{"input_tokens":3,"output_tokens":0}}}"#,
+        r#"data: {"type":"content_block_start","index":0,"content_block":{"type":"tool_use","id":"toolu_a","name":"json_response","input":{}}}"#,
+        r#"data: {"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":"{\"city\":\"Oslo\"}"}}"#,
+        r#"data: {"type":"content_block_stop","index":0}"#,
+        r#"data: {"type":"message_delta","delta":{"stop_reason":"tool_use"},"usage":{"output_tokens":5}}"#,
+        r#"data: {"type":"message_stop"}"#,
+    ];
+    let call = [
+        r#"data: {"type":"message_start","message":{"id":"m","usage":{"input_tokens":3,"output_tokens":0}}}"#,
+        r#"data: {"type":"content_block_start","index":0,"content_block":{"type":"tool_use","id":"toolu_f","name":"f","input":{}}}"#,
+        r#"data: {"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":"{}"}}"#,
+        r#"data: {"type":"content_block_stop","index":0}"#,
+        r#"data: {"type":"message_delta","delta":{"stop_reason":"tool_use"},"usage":{"output_tokens":5}}"#,
+        r#"data: {"type":"message_stop"}"#,
+    ];
+    for (lines, want) in [(&answer, "stop"), (&call, "tool_calls")] {
+        let mut st = StreamState::new("claude", false);
+        st.structured = true;
+        let chunks: Vec<Value> = collect_from(lines, st)
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        let finish: Vec<&Value> = chunks
+            .iter()
+            .filter_map(|c| c.pointer("/choices/0/finish_reason"))
+            .filter(|f| !f.is_null())
+            .collect();
+        assert_eq!(finish, [&json!(want)], "{chunks:?}");
+        let content: String = chunks
+            .iter()
+            .filter_map(|c| {
+                c.pointer("/choices/0/delta/content")
+                    .and_then(Value::as_str)
+            })
+            .collect();
+        if want == "stop" {
+            assert_eq!(content, r#"{"city":"Oslo"}"#);
+        } else {
+            assert!(content.is_empty(), "{content}");
+            assert!(
+                chunks
+                    .iter()
+                    .any(|c| c.pointer("/choices/0/delta/tool_calls/0/function/name")
+                        == Some(&json!("f")))
+            );
+        }
+    }
 }
 
 /// An empty text part beside an image (what chat UIs send for an image
@@ -170,7 +251,7 @@ fn response_format_becomes_a_forced_answer_tool() {
 fn empty_text_parts_are_left_out() {
     let image = json!({"type": "image_url", "image_url": {"url": "data:image/png;base64,AAA"}});
     let req = request(json!({"messages": [
-        {"role": "user", "content": [{"type": "text", "text": ""}, image]},
+        {"role": "user", "content": [{"type": "text", "text": ""}, {"type": "text", "text": " \n"}, image]},
         {"role": "assistant", "content": "a cat"},
         {"role": "user", "content": [{"type": "text", "text": ""}]},
         {"role": "user", "content": "and this?"},
