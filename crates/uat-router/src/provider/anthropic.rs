@@ -299,6 +299,10 @@ pub(crate) fn messages_body(
     default_max_tokens: u32,
 ) -> Result<Value, Failure> {
     let mut system = String::new();
+    // The system prompt as text blocks, kept when a part marks a cache
+    // breakpoint (Anthropic takes `cache_control` on blocks only).
+    let mut system_blocks: Vec<Value> = Vec::new();
+    let mut system_cached = false;
     let mut messages = Vec::with_capacity(req.messages.len());
     for (i, m) in req.messages.iter().enumerate() {
         if !is_user_turn(&m.role) {
@@ -310,6 +314,26 @@ pub(crate) fn messages_body(
                     system.push_str("\n\n");
                 }
                 system.push_str(&m.text_content());
+                match &m.content {
+                    Value::Array(parts) => {
+                        for p in parts {
+                            let Some(t) = p.get("text").and_then(Value::as_str) else {
+                                continue;
+                            };
+                            if t.trim().is_empty() {
+                                continue;
+                            }
+                            let mut block = json!({"type": "text", "text": t});
+                            system_cached |= p.get("cache_control").is_some();
+                            with_cache_control(&mut block, p);
+                            system_blocks.push(block);
+                        }
+                    }
+                    Value::String(t) if !t.trim().is_empty() => {
+                        system_blocks.push(json!({"type": "text", "text": t}));
+                    }
+                    _ => {}
+                }
             }
             "assistant" => {
                 let mut blocks = Vec::new();
@@ -374,7 +398,9 @@ pub(crate) fn messages_body(
         json!(req.max_output_tokens().unwrap_or(default_max_tokens)),
     );
     body.insert("messages".into(), Value::Array(messages));
-    if !system.is_empty() {
+    if system_cached {
+        body.insert("system".into(), Value::Array(system_blocks));
+    } else if !system.is_empty() {
         body.insert("system".into(), json!(system));
     }
     // OpenAI's temperature runs to 2, Anthropic's to 1; current Claude
@@ -402,8 +428,8 @@ pub(crate) fn messages_body(
     if let Some(Value::Array(tools)) = req.extra.get("tools") {
         let tools: Vec<Value> = tools
             .iter()
-            .filter_map(|t| t.get("function"))
-            .map(|f| {
+            .filter_map(|tool| tool.get("function").map(|f| (tool, f)))
+            .map(|(tool, f)| {
                 let mut t = json!({
                     "name": f.get("name").cloned().unwrap_or(Value::Null),
                     "input_schema": f.get("parameters").cloned().unwrap_or_else(|| json!({"type": "object"})),
@@ -411,6 +437,7 @@ pub(crate) fn messages_body(
                 if let (Some(d), Some(o)) = (f.get("description"), t.as_object_mut()) {
                     o.insert("description".into(), d.clone());
                 }
+                with_cache_control(&mut t, tool);
                 t
             })
             .collect();
@@ -541,7 +568,7 @@ fn user_content(m: &ChatMessage, at: usize) -> Result<Value, Failure> {
     };
     let mut out = Vec::with_capacity(parts.len());
     for (j, p) in parts.iter().enumerate() {
-        out.push(match user_part(p, &m.role, at, j)? {
+        let mut block = match user_part(p, &m.role, at, j)? {
             // Anthropic refuses an empty or blank text block ("text
             // content blocks must be non-empty"), which chat UIs send beside an image
             // uploaded without words; OpenAI takes it. Left out (a turn
@@ -557,9 +584,20 @@ fn user_content(m: &ChatMessage, at: usize) -> Result<Value, Failure> {
                 json!({"type": "text", "text": p.get("text").cloned().unwrap_or(Value::Null)})
             }
             UserPart::Image(image) => image_block(image),
-        });
+        };
+        with_cache_control(&mut block, p);
+        out.push(block);
     }
     Ok(Value::Array(out))
+}
+
+/// Anthropic's prompt caching: a part's (or a tool's) `cache_control`
+/// (`{"type": "ephemeral"}`, as LiteLLM's users put it on OpenAI-shaped
+/// content) goes on the block made of it.
+fn with_cache_control(block: &mut Value, from: &Value) {
+    if let (Some(cc), Some(o)) = (from.get("cache_control"), block.as_object_mut()) {
+        o.insert("cache_control".into(), cc.clone());
+    }
 }
 
 /// An image as Anthropic takes it.
@@ -623,6 +661,21 @@ struct AUsage {
     input_tokens: u64,
     #[serde(default)]
     output_tokens: u64,
+    /// Prompt tokens written to, and read from, Anthropic's prompt cache:
+    /// not in `input_tokens`, in OpenAI's `prompt_tokens`.
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
+}
+
+impl AUsage {
+    /// OpenAI's `prompt_tokens`: the whole prompt, cached parts included.
+    fn prompt_tokens(&self) -> u64 {
+        self.input_tokens
+            + self.cache_creation_input_tokens.unwrap_or(0)
+            + self.cache_read_input_tokens.unwrap_or(0)
+    }
 }
 
 #[derive(Deserialize)]
@@ -696,7 +749,7 @@ impl Provider for Anthropic {
                     .extra
                     .insert("tool_calls".into(), Value::Array(calls));
             }
-            let usage = Usage::new(m.usage.input_tokens, m.usage.output_tokens);
+            let usage = Usage::new(m.usage.prompt_tokens(), m.usage.output_tokens);
             let completion = ChatCompletion {
                 id: m.id,
                 object: "chat.completion".into(),
@@ -1010,6 +1063,20 @@ impl StreamState {
                 if let Some(n) = ev.pointer("/usage/input_tokens").and_then(Value::as_u64) {
                     self.usage.input_tokens = n;
                 }
+                for (field, slot) in [
+                    (
+                        "/usage/cache_creation_input_tokens",
+                        &mut self.usage.cache_creation_input_tokens,
+                    ),
+                    (
+                        "/usage/cache_read_input_tokens",
+                        &mut self.usage.cache_read_input_tokens,
+                    ),
+                ] {
+                    if let Some(n) = ev.pointer(field).and_then(Value::as_u64) {
+                        *slot = Some(n);
+                    }
+                }
                 let reason = finish_reason(answer_stop(
                     ev.pointer("/delta/stop_reason").and_then(Value::as_str),
                     self.answer_block.is_some(),
@@ -1020,7 +1087,7 @@ impl StreamState {
             Some("message_stop") => {
                 if self.include_usage {
                     self.role_first();
-                    let u = Usage::new(self.usage.input_tokens, self.usage.output_tokens);
+                    let u = Usage::new(self.usage.prompt_tokens(), self.usage.output_tokens);
                     let c = ChatChunk::usage(&self.id, self.created, &self.model, u);
                     self.pending.push_back(StreamChunk::from_chunk(&c));
                 }

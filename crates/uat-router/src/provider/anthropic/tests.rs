@@ -890,3 +890,63 @@ fn tool_choice_forms_and_tools_without_an_equivalent_are_refused() {
         assert!(p.check(&request(extra.clone())).is_ok(), "{extra}");
     }
 }
+
+/// Anthropic's prompt caching through OpenAI-shaped requests, as LiteLLM's
+/// users mark it: a content part's or a tool's `cache_control` goes on the
+/// block made of it, and a system prompt with a marked part goes as text
+/// blocks (Anthropic takes `cache_control` on blocks only). Unmarked, the
+/// system prompt stays one string.
+#[test]
+fn cache_control_marks_reach_anthropic() {
+    let eph = json!({"type": "ephemeral"});
+    let req = request(json!({
+        "messages": [
+            {"role": "system", "content": [
+                {"type": "text", "text": "A long manual.", "cache_control": eph},
+                {"type": "text", "text": "Be brief."},
+            ]},
+            {"role": "user", "content": [{"type": "text", "text": "Question one.", "cache_control": eph}]},
+        ],
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}, "cache_control": eph}],
+    }));
+    let b = messages_body("claude-x", &req, false, DEFAULT_MAX_TOKENS).unwrap();
+    assert_eq!(
+        b["system"],
+        json!([
+            {"type": "text", "text": "A long manual.", "cache_control": eph},
+            {"type": "text", "text": "Be brief."},
+        ])
+    );
+    assert_eq!(b["messages"][0]["content"][0]["cache_control"], eph);
+    assert_eq!(b["tools"][0]["cache_control"], eph);
+    let plain = request(json!({"messages": [
+        {"role": "system", "content": [{"type": "text", "text": "A."}, {"type": "text", "text": "B."}]},
+        {"role": "user", "content": "hi"},
+    ]}));
+    let b = messages_body("claude-x", &plain, false, DEFAULT_MAX_TOKENS).unwrap();
+    assert_eq!(b["system"], "A.\nB.");
+}
+
+/// Tokens read from or written to Anthropic's prompt cache are part of
+/// OpenAI's `prompt_tokens` (Anthropic's `input_tokens` leaves them out).
+#[test]
+fn cached_prompt_tokens_count_in_prompt_tokens() {
+    let out = collect(
+        &[
+            r#"data: {"type":"message_start","message":{"id":"m","usage":{"input_tokens":5,"cache_creation_input_tokens":20,"cache_read_input_tokens":100,"output_tokens":1}}}"#,
+            r#"data: {"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
+            r#"data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}"#,
+            r#"data: {"type":"content_block_stop","index":0}"#,
+            r#"data: {"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":4}}"#,
+            r#"data: {"type":"message_stop"}"#,
+        ],
+        true,
+    );
+    let usage = out
+        .into_iter()
+        .map(Result::unwrap)
+        .find_map(|c| c.get("usage").filter(|u| !u.is_null()).cloned())
+        .expect("a usage chunk");
+    assert_eq!(usage["prompt_tokens"], 125, "{usage}");
+    assert_eq!(usage["completion_tokens"], 4, "{usage}");
+}
