@@ -409,6 +409,8 @@ fn error_body(s: &Shared, code: u16) -> String {
     let (openai, anthropic) = match code {
         429 => ("rate_limit_error", "rate_limit_error"),
         400..=499 => ("invalid_request_error", "invalid_request_error"),
+        // Anthropic's "overloaded" status.
+        529 => ("server_error", "overloaded_error"),
         _ => ("server_error", "api_error"),
     };
     match s.wire {

@@ -546,7 +546,19 @@ impl Provider for Ollama {
             }
             // Ollama answers floats only; OpenAI's base64 (what the
             // openai-node SDK asks for by default) is made here.
-            let base64 = body.get("encoding_format").and_then(Value::as_str) == Some("base64");
+            let base64 = match body.get("encoding_format") {
+                None | Some(Value::Null) => false,
+                Some(Value::String(f)) if f == "float" => false,
+                Some(Value::String(f)) if f == "base64" => true,
+                Some(other) => {
+                    // What OpenAI and the local models refuse too.
+                    return Err(Failure::unsupported(
+                        format!("`encoding_format` must be \"float\" or \"base64\", got {other}"),
+                        "encoding_format",
+                        "invalid_value",
+                    ));
+                }
+            };
             let resp = self.post(self.embed_url.clone(), &req, false).await?;
             let (_, e): (_, Embed) = read_json(resp).await?;
             let tokens = e.prompt_eval_count.unwrap_or(0);

@@ -941,6 +941,19 @@ async fn embeddings_are_forwarded_to_remote_providers() {
     let b64 = v["data"][0]["embedding"].as_str().expect("a base64 string");
     let floats = uat_embed::decode_base64(b64).unwrap();
     assert_eq!(floats, [0.0, 0.5, 0.25]);
+    // Another format is refused as OpenAI and the local models refuse it,
+    // not answered in floats.
+    let calls = l.calls();
+    let resp = app
+        .post(
+            "/v1/embeddings",
+            &json!({"model": "nomic-embed-text", "input": "x", "encoding_format": "float16"}),
+        )
+        .await;
+    assert_eq!(resp.status(), 400);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["param"], "encoding_format", "{v}");
+    assert_eq!(l.calls(), calls, "nothing sent to Ollama");
     assert!(!router.has_model("nope"));
     assert!(matches!(
         router.embeddings("nope", &json!({})).await,
