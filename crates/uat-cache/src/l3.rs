@@ -962,13 +962,9 @@ mod tests {
         let (_dir, _url, l3) = sqlite_level(Duration::from_secs(2)).await;
         let key = CacheKey::from_parts("default", "m", &"ab".repeat(32));
         let v = Bytes::from_static(b"{\"choices\":[]}");
-        l3.put_many(vec![Put::new(
-            key.clone(),
-            v.clone(),
-            Duration::from_secs(60),
-        )])
-        .await
-        .unwrap();
+        l3.put(&key, v.clone(), Duration::from_secs(60))
+            .await
+            .unwrap();
         assert_eq!(
             l3.get(&key).await.unwrap().map(|h| h.value),
             Some(v.clone())
@@ -999,13 +995,9 @@ mod tests {
             .await
             .unwrap();
         let key2 = CacheKey::from_parts("default", "m", &"cd".repeat(32));
-        l3.put_many(vec![Put::new(
-            key2.clone(),
-            v.clone(),
-            Duration::from_secs(60),
-        )])
-        .await
-        .unwrap();
+        l3.put(&key2, v.clone(), Duration::from_secs(60))
+            .await
+            .unwrap();
         assert!(l3.get(&key2).await.unwrap().is_some());
         let writers = priority::nice_of_threads_named(priority::WRITER_THREAD);
         assert!(!writers.is_empty(), "the new writer's thread exists");
@@ -1027,17 +1019,13 @@ mod tests {
         let v = Bytes::from_static(b"{\"choices\":[]}");
         let first = CacheKey::from_parts("default", "m", &"ab".repeat(32));
         let second = CacheKey::from_parts("default", "m", &"cd".repeat(32));
-        l3.put_many(vec![Put::new(first.clone(), v.clone(), ttl)])
-            .await
-            .unwrap();
+        l3.put(&first, v.clone(), ttl).await.unwrap();
         let mut other = sqlx::SqliteConnection::connect(&url).await.unwrap();
         sqlx::query("BEGIN IMMEDIATE")
             .execute(&mut other)
             .await
             .unwrap();
-        let res = l3
-            .put_many(vec![Put::new(second.clone(), v.clone(), ttl)])
-            .await;
+        let res = l3.put(&second, v.clone(), ttl).await;
         assert!(
             matches!(res, Err(CacheError::Timeout { .. })),
             "the batch waits for the lock past the timeout: {res:?}"
@@ -1054,10 +1042,7 @@ mod tests {
         // while it is still on its way.
         let since = std::time::Instant::now();
         loop {
-            match l3
-                .put_many(vec![Put::new(second.clone(), v.clone(), ttl)])
-                .await
-            {
+            match l3.put(&second, v.clone(), ttl).await {
                 Ok(()) => break,
                 Err(CacheError::Timeout { .. }) if since.elapsed() < Duration::from_secs(10) => {}
                 Err(e) => panic!("the batch after the lock: {e:?}"),
