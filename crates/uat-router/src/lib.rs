@@ -3,7 +3,8 @@
 //! discovery and upstream metrics.
 //!
 //! ```text
-//! Router::new(&config) -> resolve(model) -> chat / chat_stream / embeddings
+//! Router::new(&config) -> resolve(model) -> chat / chat_stream / completion /
+//!                            |                  completion_stream / embeddings
 //!                            |                  |
 //!                         Catalog         Strategy orders candidates,
 //!                  (aliases, models)      Breaker gates each attempt,

@@ -7,7 +7,7 @@ use crate::breaker::{Breaker, BreakerState, Permit};
 use crate::catalog::{Catalog, Target};
 use crate::error::{Failure, FailureKind, ProviderFailure, RouterError};
 use crate::metrics::ProviderMetrics;
-use crate::provider::{self, Provider, Reply};
+use crate::provider::{self, BoxFuture, ChunkStream, Provider, Reply};
 use crate::stats::{InFlightGuard, ProviderStats};
 use crate::strategy::{self, Candidate, Strategy};
 use crate::stream::RoutedStream;
@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 use uat_config::{Config, ModelAlias, ProviderConfig, ProviderKind, RoutingConfig};
-use uat_types::{ChatRequest, Model};
+use uat_types::{ChatRequest, CompletionRequest, Model};
 
 /// One configured provider with its live state.
 pub(crate) struct Slot {
@@ -335,14 +335,53 @@ impl Router {
         resolved: &Resolved,
         req: &ChatRequest,
     ) -> Result<Routed<Reply>, RouterError> {
+        self.reply(resolved, Ask::Chat(req)).await
+    }
+
+    /// A streamed chat completion. Resolves once a provider produced its
+    /// first chunk; failures before that are retried and failed over.
+    pub async fn chat_stream(
+        &self,
+        resolved: &Resolved,
+        req: &ChatRequest,
+    ) -> Result<Routed<RoutedStream>, RouterError> {
+        self.stream(resolved, Ask::Chat(req)).await
+    }
+
+    /// A non-streamed text completion (`POST /v1/completions`) for `req`
+    /// from the best provider, as [`Router::chat`]: the answer is an OpenAI
+    /// `text_completion` object. A target whose kind cannot do what `req`
+    /// asks ([`Provider::check_completion`]) is passed over without an
+    /// attempt.
+    pub async fn completion(
+        &self,
+        resolved: &Resolved,
+        req: &CompletionRequest,
+    ) -> Result<Routed<Reply>, RouterError> {
+        self.reply(resolved, Ask::Completion(req)).await
+    }
+
+    /// A streamed text completion, each chunk a `text_completion` object, as
+    /// [`Router::chat_stream`]: resolves once a provider produced its first
+    /// chunk; failures before that are retried and failed over.
+    pub async fn completion_stream(
+        &self,
+        resolved: &Resolved,
+        req: &CompletionRequest,
+    ) -> Result<Routed<RoutedStream>, RouterError> {
+        self.stream(resolved, Ask::Completion(req)).await
+    }
+
+    /// A non-streamed answer to `ask`, with its duration and tokens metered.
+    async fn reply(&self, resolved: &Resolved, ask: Ask<'_>) -> Result<Routed<Reply>, RouterError> {
         let routed = self
             .execute(
-                &req.model,
+                ask.model(),
                 &resolved.targets,
-                Some(req),
+                Some(ask),
                 |slot, model, guard| async move {
                     let start = Instant::now();
-                    let r = slot.provider.chat(&model, req).await;
+                    let r = ask.reply(&*slot.provider, &model).await;
                     drop(guard);
                     if r.is_ok() {
                         slot.metrics.observe_duration(start.elapsed().as_secs_f64());
@@ -357,22 +396,22 @@ impl Router {
         Ok(routed)
     }
 
-    /// A streamed chat completion. Resolves once a provider produced its
-    /// first chunk; failures before that are retried and failed over.
-    pub async fn chat_stream(
+    /// A streamed answer to `ask`, returned once its first chunk came within
+    /// the provider's `first_byte_timeout` (time to it metered).
+    async fn stream(
         &self,
         resolved: &Resolved,
-        req: &ChatRequest,
+        ask: Ask<'_>,
     ) -> Result<Routed<RoutedStream>, RouterError> {
         self.execute(
-            &req.model,
+            ask.model(),
             &resolved.targets,
-            Some(req),
+            Some(ask),
             |slot, model, guard| async move {
                 let start = Instant::now();
                 let first_byte = slot.first_byte;
                 let opened = tokio::time::timeout(first_byte, async {
-                    let mut s = slot.provider.chat_stream(&model, req).await?;
+                    let mut s = ask.stream(&*slot.provider, &model).await?;
                     match s.next().await {
                         Some(Ok(first)) => Ok((first, s)),
                         Some(Err(f)) => Err(f),
@@ -487,14 +526,14 @@ impl Router {
     }
 
     /// Runs `op` on the targets in strategy order. A target whose provider
-    /// cannot do what `chat` asks ([`Provider::check`]) is passed over
-    /// before its breaker is asked: no attempt, no probe, no error metric;
-    /// its refusal is kept as its reason (all refusals: the client's 400).
+    /// cannot do what is asked ([`Ask::check`]) is passed over before its
+    /// breaker is asked: no attempt, no probe, no error metric; its refusal
+    /// is kept as its reason (all refusals: the client's 400).
     async fn execute<T, F, Fut>(
         &self,
         requested: &str,
         targets: &[Target],
-        chat: Option<&ChatRequest>,
+        ask: Option<Ask<'_>>,
         mut op: F,
     ) -> Result<Routed<T>, RouterError>
     where
@@ -519,7 +558,7 @@ impl Router {
             }
             let target = &targets[order[at]];
             let slot = &self.inner.slots[target.slot];
-            if let Some(Err(f)) = chat.map(|req| slot.provider.check(req)) {
+            if let Some(Err(f)) = ask.map(|a| a.check(&*slot.provider)) {
                 tracing::debug!(provider = %slot.name, reason = %f, "provider cannot serve this request");
                 if at < 128 {
                     dead |= 1 << at;
@@ -612,6 +651,60 @@ impl Router {
                 attempts,
                 reasons,
             })
+        }
+    }
+}
+
+/// What a request asks a provider to generate: the router's one path for
+/// chat and text completions, which differ only in the provider's methods.
+#[derive(Clone, Copy)]
+enum Ask<'r> {
+    /// `POST /v1/chat/completions`.
+    Chat(&'r ChatRequest),
+    /// `POST /v1/completions`.
+    Completion(&'r CompletionRequest),
+}
+
+impl<'r> Ask<'r> {
+    /// The model the client asked for.
+    fn model(self) -> &'r str {
+        match self {
+            Ask::Chat(r) => &r.model,
+            Ask::Completion(r) => &r.model,
+        }
+    }
+
+    /// Whether `p`'s kind can do what is asked at all.
+    fn check(self, p: &dyn Provider) -> Result<(), Failure> {
+        match self {
+            Ask::Chat(r) => p.check(r),
+            Ask::Completion(r) => p.check_completion(r),
+        }
+    }
+
+    /// The non-streamed answer of `p` serving `model`.
+    fn reply<'a>(self, p: &'a dyn Provider, model: &'a str) -> BoxFuture<'a, Result<Reply, Failure>>
+    where
+        'r: 'a,
+    {
+        match self {
+            Ask::Chat(r) => p.chat(model, r),
+            Ask::Completion(r) => p.completion(model, r),
+        }
+    }
+
+    /// The stream of `p` serving `model`.
+    fn stream<'a>(
+        self,
+        p: &'a dyn Provider,
+        model: &'a str,
+    ) -> BoxFuture<'a, Result<ChunkStream, Failure>>
+    where
+        'r: 'a,
+    {
+        match self {
+            Ask::Chat(r) => p.chat_stream(model, r),
+            Ask::Completion(r) => p.completion_stream(model, r),
         }
     }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use uat_config::{ModelAlias, ProviderConfig, ProviderKind, RoutingConfig, RoutingStrategy};
-use uat_types::ChatRequest;
+use uat_types::{ChatRequest, CompletionRequest};
 
 #[derive(Clone, Copy, Debug)]
 enum Step {
@@ -38,6 +38,59 @@ impl Scripted {
             crate::provider::one_choice(req, "scripted")
         } else {
             Ok(())
+        }
+    }
+
+    fn completion_refusal(&self, req: &CompletionRequest) -> Result<(), Failure> {
+        if self.refuses_n {
+            crate::provider::at_most_one(&req.extra, "n", "scripted")
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The answer of a non-streamed call for the next step.
+    async fn reply(&self) -> Result<Reply, Failure> {
+        match self.next() {
+            Step::Ok | Step::FirstChunkFails => Ok(Reply {
+                body: Bytes::from(self.name),
+                usage: None,
+                shape: Shape::default(),
+            }),
+            Step::Fail(k, s) => Err(fail(k, s)),
+            Step::Hang => {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Err(fail(FailureKind::Timeout, None))
+            }
+        }
+    }
+
+    /// The stream of a streamed call for the next step.
+    async fn stream(&self) -> Result<ChunkStream, Failure> {
+        let chunk = |s: &'static str| {
+            Ok(StreamChunk {
+                json: Bytes::from(s),
+                usage: None,
+            })
+        };
+        match self.next() {
+            Step::Ok => {
+                let s: ChunkStream =
+                    Box::pin(futures::stream::iter(vec![chunk(self.name), chunk("end")]));
+                Ok(s)
+            }
+            Step::FirstChunkFails => {
+                let s: ChunkStream = Box::pin(futures::stream::iter(vec![Err(fail(
+                    FailureKind::Interrupted,
+                    None,
+                ))]));
+                Ok(s)
+            }
+            Step::Fail(k, s) => Err(fail(k, s)),
+            Step::Hang => {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Err(fail(FailureKind::Timeout, None))
+            }
         }
     }
 
@@ -73,18 +126,7 @@ impl Provider for Scripted {
     ) -> BoxFuture<'a, Result<Reply, Failure>> {
         Box::pin(async move {
             self.refusal(req)?;
-            match self.next() {
-                Step::Ok | Step::FirstChunkFails => Ok(Reply {
-                    body: Bytes::from(self.name),
-                    usage: None,
-                    shape: Shape::default(),
-                }),
-                Step::Fail(k, s) => Err(fail(k, s)),
-                Step::Hang => {
-                    tokio::time::sleep(Duration::from_secs(3600)).await;
-                    Err(fail(FailureKind::Timeout, None))
-                }
-            }
+            self.reply().await
         })
     }
 
@@ -93,33 +135,30 @@ impl Provider for Scripted {
         _model: &'a str,
         _req: &'a ChatRequest,
     ) -> BoxFuture<'a, Result<ChunkStream, Failure>> {
+        Box::pin(self.stream())
+    }
+
+    fn check_completion(&self, req: &CompletionRequest) -> Result<(), Failure> {
+        self.completion_refusal(req)
+    }
+
+    fn completion<'a>(
+        &'a self,
+        _model: &'a str,
+        req: &'a CompletionRequest,
+    ) -> BoxFuture<'a, Result<Reply, Failure>> {
         Box::pin(async move {
-            let chunk = |s: &'static str| {
-                Ok(StreamChunk {
-                    json: Bytes::from(s),
-                    usage: None,
-                })
-            };
-            match self.next() {
-                Step::Ok => {
-                    let s: ChunkStream =
-                        Box::pin(futures::stream::iter(vec![chunk(self.name), chunk("end")]));
-                    Ok(s)
-                }
-                Step::FirstChunkFails => {
-                    let s: ChunkStream = Box::pin(futures::stream::iter(vec![Err(fail(
-                        FailureKind::Interrupted,
-                        None,
-                    ))]));
-                    Ok(s)
-                }
-                Step::Fail(k, s) => Err(fail(k, s)),
-                Step::Hang => {
-                    tokio::time::sleep(Duration::from_secs(3600)).await;
-                    Err(fail(FailureKind::Timeout, None))
-                }
-            }
+            self.completion_refusal(req)?;
+            self.reply().await
         })
+    }
+
+    fn completion_stream<'a>(
+        &'a self,
+        _model: &'a str,
+        _req: &'a CompletionRequest,
+    ) -> BoxFuture<'a, Result<ChunkStream, Failure>> {
+        Box::pin(self.stream())
     }
 
     fn list_models(&self) -> BoxFuture<'_, Result<Vec<String>, Failure>> {
@@ -521,6 +560,93 @@ async fn stream_failing_before_its_first_chunk_is_retried() {
     assert_eq!(r.providers()[0].in_flight, 0);
 }
 
+fn completion_req(extra: serde_json::Value) -> CompletionRequest {
+    let mut v = serde_json::json!({"model": "m", "prompt": "x"});
+    for (k, x) in extra.as_object().into_iter().flatten() {
+        v[k] = x.clone();
+    }
+    serde_json::from_value(v).unwrap()
+}
+
+/// Text completions take the chat path: retries, failover, a stream
+/// returned at its first chunk.
+#[tokio::test]
+async fn completions_are_retried_and_failed_over_like_chat() {
+    let (r, calls) = router(
+        vec![
+            spec("a", 0, vec![E500, E500, E500], Step::Ok),
+            spec("b", 1, vec![], Step::Ok),
+        ],
+        routing(3, 10, Duration::from_secs(1)),
+    )
+    .await;
+    let resolved = r.resolve("m").unwrap();
+    let ok = r
+        .completion(&resolved, &completion_req(serde_json::json!({})))
+        .await
+        .unwrap();
+    assert_eq!((&*ok.provider, ok.attempts), ("b", 2));
+    assert_eq!(&ok.value.body[..], b"b");
+    assert_eq!((n(&calls[0]), n(&calls[1])), (1, 1));
+
+    let (r, calls) = router(
+        vec![spec("a", 0, vec![Step::FirstChunkFails], Step::Ok)],
+        routing(3, 10, Duration::from_secs(1)),
+    )
+    .await;
+    let resolved = r.resolve("m").unwrap();
+    let mut routed = r
+        .completion_stream(
+            &resolved,
+            &completion_req(serde_json::json!({"stream": true})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(routed.attempts, 2);
+    assert_eq!(n(&calls[0]), 2);
+    let items: Vec<_> = (&mut routed.value).collect().await;
+    assert_eq!(&items[0].as_ref().unwrap().json[..], b"a");
+}
+
+/// [`Provider::check_completion`] is asked as `check` is for chat: a
+/// refusal is no attempt, an alias fails over to a target that can, and
+/// when none can the client gets the 400 naming the field.
+#[tokio::test]
+async fn a_completion_refusal_is_no_attempt() {
+    let alias = ModelAlias {
+        name: "two".into(),
+        targets: vec!["a/m".into(), "b/m".into()],
+    };
+    let (r, calls) = router_with(
+        vec![
+            no_n(spec("a", 0, vec![], Step::Ok)),
+            spec("b", 1, vec![], Step::Ok),
+        ],
+        std::slice::from_ref(&alias),
+        routing(1, 10, Duration::from_secs(1)),
+    )
+    .await;
+    let n2 = completion_req(serde_json::json!({"model": "two", "n": 2}));
+    let resolved = r.resolve("two").unwrap();
+    let ok = r.completion(&resolved, &n2).await.unwrap();
+    assert_eq!((&*ok.provider, ok.attempts), ("b", 1));
+    let ok = r.completion_stream(&resolved, &n2).await.unwrap();
+    assert_eq!((&*ok.provider, ok.attempts), ("b", 1));
+    assert_eq!((n(&calls[0]), n(&calls[1])), (0, 2));
+
+    let resolved = r.resolve("a/m").unwrap();
+    match r.completion(&resolved, &n2).await {
+        Err(RouterError::Rejected {
+            status: 400,
+            upstream: Some(u),
+            attempts: 0,
+            ..
+        }) => assert_eq!(u.param.as_deref(), Some("n")),
+        other => panic!("expected a 400, got {other:?}"),
+    }
+    assert_eq!(n(&calls[0]), 0);
+}
+
 #[tokio::test]
 async fn backoff_grows_and_is_capped_and_honours_retry_after() {
     let mut cfg = routing(3, 10, Duration::from_secs(1));
@@ -614,6 +740,20 @@ impl Provider for SlowLister {
         &'a self,
         _m: &'a str,
         _r: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<ChunkStream, Failure>> {
+        Box::pin(async move { Err(fail(FailureKind::Unsupported, None)) })
+    }
+    fn completion<'a>(
+        &'a self,
+        _m: &'a str,
+        _r: &'a CompletionRequest,
+    ) -> BoxFuture<'a, Result<Reply, Failure>> {
+        Box::pin(async move { Err(fail(FailureKind::Unsupported, None)) })
+    }
+    fn completion_stream<'a>(
+        &'a self,
+        _m: &'a str,
+        _r: &'a CompletionRequest,
     ) -> BoxFuture<'a, Result<ChunkStream, Failure>> {
         Box::pin(async move { Err(fail(FailureKind::Unsupported, None)) })
     }

@@ -15,15 +15,16 @@ use tokio::task::JoinHandle;
 /// The wire format a fake speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wire {
-    /// `/v1/models`, `/v1/chat/completions` (SSE), `/v1/embeddings`.
+    /// `/v1/models`, `/v1/chat/completions` and `/v1/completions` (SSE),
+    /// `/v1/embeddings`.
     OpenAi,
-    /// `/api/tags`, `/api/chat` (NDJSON), `/api/embed`.
+    /// `/api/tags`, `/api/chat` and `/api/generate` (NDJSON), `/api/embed`.
     Ollama,
     /// `/v1/models`, `/v1/messages` (SSE events).
     Anthropic,
 }
 
-/// How the fake answers a chat or embeddings call.
+/// How the fake answers a chat, text completion or embeddings call.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Behavior {
     /// A correct answer.
@@ -43,7 +44,8 @@ pub enum Behavior {
     Reset,
     /// 200 with a body that is not valid for the wire format.
     Malformed,
-    /// 200 with exactly this body (non-streamed chat and embeddings).
+    /// 200 with exactly this body (non-streamed chat, text completions and
+    /// embeddings).
     Body(String),
     /// Streams: half the events, then the connection drops. Non-streams: a truncated body.
     StopHalfway,
@@ -159,7 +161,7 @@ impl FakeUpstream {
         }
     }
 
-    /// Queues behaviors for the next chat/embeddings calls, in order.
+    /// Queues behaviors for the next chat/completion/embeddings calls, in order.
     pub fn push(&self, b: Behavior) {
         self.shared.script.lock().push_back(b);
     }
@@ -189,7 +191,7 @@ impl FakeUpstream {
         *self.shared.chunk_delay.lock() = d;
     }
 
-    /// Chat and embeddings calls received.
+    /// Chat, text completion and embeddings calls received.
     pub fn calls(&self) -> usize {
         self.shared.calls.load(Ordering::SeqCst)
     }
@@ -214,7 +216,7 @@ impl FakeUpstream {
         self.shared.requests.lock().clone()
     }
 
-    /// The body of the last chat/embeddings call.
+    /// The body of the last chat/completion/embeddings call.
     pub fn last_body(&self) -> Option<Value> {
         self.shared
             .requests
@@ -249,6 +251,9 @@ fn route(wire: Wire, method: &str, path: &str) -> Option<Route> {
         (Wire::OpenAi, "POST", "/v1/chat/completions")
         | (Wire::Ollama, "POST", "/api/chat")
         | (Wire::Anthropic, "POST", "/v1/messages") => Some(Route::Chat),
+        (Wire::OpenAi, "POST", "/v1/completions") | (Wire::Ollama, "POST", "/api/generate") => {
+            Some(Route::Complete)
+        }
         (Wire::OpenAi, "POST", "/v1/embeddings") | (Wire::Ollama, "POST", "/api/embed") => {
             Some(Route::Embed)
         }
@@ -256,9 +261,13 @@ fn route(wire: Wire, method: &str, path: &str) -> Option<Route> {
     }
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Route {
     Models,
     Chat,
+    /// A text completion: OpenAI's legacy `/v1/completions`, Ollama's
+    /// `/api/generate`.
+    Complete,
     Embed,
 }
 
@@ -318,7 +327,7 @@ async fn handle(stream: &mut TcpStream, s: &Shared, req: Request) -> std::io::Re
             .await?;
             Ok(true)
         }
-        Route::Chat | Route::Embed => {
+        Route::Chat | Route::Complete | Route::Embed => {
             s.calls.fetch_add(1, Ordering::SeqCst);
             let behavior = {
                 let next = s.script.lock().pop_front();
@@ -394,10 +403,15 @@ async fn handle(stream: &mut TcpStream, s: &Shared, req: Request) -> std::io::Re
             if matches!(r, Route::Embed) {
                 return embed(stream, s, &body, &model, &behavior).await;
             }
+            let call = Call {
+                route: r,
+                body: &body,
+                model: &model,
+            };
             if is_stream {
-                chat_stream(stream, s, &body, &model, &behavior).await
+                answer_stream(stream, s, call, &behavior).await
             } else {
-                chat_full(stream, s, &body, &model, &behavior).await
+                answer_full(stream, s, call, &behavior).await
             }
         }
     }
@@ -425,13 +439,21 @@ fn error_body(s: &Shared, code: u16) -> String {
 
 const PROMPT_TOKENS: u64 = 7;
 
-async fn chat_full(
+/// A chat or text completion call: what it asks and of which model.
+#[derive(Clone, Copy)]
+struct Call<'a> {
+    route: Route,
+    body: &'a Value,
+    model: &'a str,
+}
+
+async fn answer_full(
     stream: &mut TcpStream,
     s: &Shared,
-    body: &Value,
-    model: &str,
+    call: Call<'_>,
     b: &Behavior,
 ) -> std::io::Result<bool> {
+    let Call { body, model, .. } = call;
     if *b == Behavior::Malformed {
         http1::write_full(
             stream,
@@ -449,14 +471,25 @@ async fn chat_full(
     }
     let reply = s.reply.lock().clone();
     let words = reply.split_whitespace().count() as u64;
-    let v = match s.wire {
-        Wire::OpenAi => json!({
+    let v = match (s.wire, call.route) {
+        (Wire::OpenAi, Route::Complete) => json!({
+            "id": "cmpl-fake", "object": "text_completion", "created": 1, "model": model,
+            "choices": [{"text": reply, "index": 0, "logprobs": null, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": words, "total_tokens": PROMPT_TOKENS + words},
+            "system_fingerprint": "fp_fake",
+        }),
+        (Wire::Ollama, Route::Complete) => json!({
+            "model": model, "created_at": "2024-01-01T00:00:00Z", "response": reply,
+            "done": true, "done_reason": "stop", "context": [1, 2, 3],
+            "prompt_eval_count": PROMPT_TOKENS, "eval_count": words,
+        }),
+        (Wire::OpenAi, _) => json!({
             "id": "chatcmpl-fake", "object": "chat.completion", "created": 1, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": words, "total_tokens": PROMPT_TOKENS + words},
             "system_fingerprint": "fp_fake",
         }),
-        Wire::Ollama => {
+        (Wire::Ollama, _) => {
             let mut v = json!({
                 "model": model, "created_at": "2024-01-01T00:00:00Z",
                 "message": {"role": "assistant", "content": reply},
@@ -467,7 +500,7 @@ async fn chat_full(
             }
             v
         }
-        Wire::Anthropic => json!({
+        (Wire::Anthropic, _) => json!({
             "id": "msg_fake", "type": "message", "role": "assistant", "model": model,
             "content": [{"type": "text", "text": reply}],
             "stop_reason": "end_turn", "stop_sequence": null,
@@ -492,7 +525,8 @@ async fn chat_full(
 }
 
 /// The stream's events, already framed for the wire.
-fn stream_events(s: &Shared, body: &Value, model: &str) -> Vec<String> {
+fn stream_events(s: &Shared, call: Call<'_>) -> Vec<String> {
+    let Call { body, model, .. } = call;
     let reply = s.reply.lock().clone();
     let pieces: Vec<&str> = reply.split_inclusive(' ').collect();
     let words = reply.split_whitespace().count() as u64;
@@ -501,8 +535,39 @@ fn stream_events(s: &Shared, body: &Value, model: &str) -> Vec<String> {
         .and_then(Value::as_bool)
         .unwrap_or(false);
     let mut out = Vec::new();
-    match s.wire {
-        Wire::OpenAi => {
+    match (s.wire, call.route) {
+        (Wire::OpenAi, Route::Complete) => {
+            // As OpenAI does: asked for usage, every chunk carries a null one.
+            let chunk = |text: &str, finish: Value| {
+                let mut c = json!({"id": "cmpl-fake", "object": "text_completion", "created": 1, "model": model,
+                       "choices": [{"text": text, "index": 0, "logprobs": null, "finish_reason": finish}]});
+                if include_usage {
+                    c["usage"] = Value::Null;
+                }
+                c
+            };
+            for p in &pieces {
+                out.push(format!("data: {}\n\n", chunk(p, Value::Null)));
+            }
+            out.push(format!("data: {}\n\n", chunk("", json!("stop"))));
+            if include_usage {
+                let u = json!({"id": "cmpl-fake", "object": "text_completion", "created": 1, "model": model, "choices": [],
+                               "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": words, "total_tokens": PROMPT_TOKENS + words}});
+                out.push(format!("data: {u}\n\n"));
+            }
+            out.push("data: [DONE]\n\n".into());
+        }
+        (Wire::Ollama, Route::Complete) => {
+            for p in &pieces {
+                let v = json!({"model": model, "created_at": "2024-01-01T00:00:00Z", "response": p, "done": false});
+                out.push(format!("{v}\n"));
+            }
+            let v = json!({"model": model, "created_at": "2024-01-01T00:00:00Z", "response": "",
+                           "done": true, "done_reason": "stop", "context": [1, 2, 3],
+                           "prompt_eval_count": PROMPT_TOKENS, "eval_count": words});
+            out.push(format!("{v}\n"));
+        }
+        (Wire::OpenAi, _) => {
             // As OpenAI does: asked for usage, every chunk carries a null one.
             let chunk = |delta: Value, finish: Value| {
                 let mut c = json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model,
@@ -528,7 +593,7 @@ fn stream_events(s: &Shared, body: &Value, model: &str) -> Vec<String> {
             }
             out.push("data: [DONE]\n\n".into());
         }
-        Wire::Ollama => {
+        (Wire::Ollama, _) => {
             for (i, p) in pieces.iter().enumerate() {
                 let mut v = json!({"model": model, "created_at": "2024-01-01T00:00:00Z", "message": {"role": "assistant", "content": p}, "done": false});
                 if let Some(lp) = ollama_logprobs(body, std::iter::once((i, *p))) {
@@ -540,7 +605,7 @@ fn stream_events(s: &Shared, body: &Value, model: &str) -> Vec<String> {
                            "done": true, "done_reason": "stop", "prompt_eval_count": PROMPT_TOKENS, "eval_count": words});
             out.push(format!("{v}\n"));
         }
-        Wire::Anthropic => {
+        (Wire::Anthropic, _) => {
             let ev = |name: &str, v: Value| format!("event: {name}\ndata: {v}\n\n");
             out.push(ev(
                 "message_start",
@@ -609,11 +674,10 @@ fn ollama_logprobs<'a>(
     Some(Value::Array(list))
 }
 
-async fn chat_stream(
+async fn answer_stream(
     stream: &mut TcpStream,
     s: &Shared,
-    body: &Value,
-    model: &str,
+    call: Call<'_>,
     b: &Behavior,
 ) -> std::io::Result<bool> {
     let ct = match s.wire {
@@ -633,7 +697,7 @@ async fn chat_stream(
         http1::write_end(stream).await?;
         return Ok(true);
     }
-    let events = stream_events(s, body, model);
+    let events = stream_events(s, call);
     let cut = if *b == Behavior::StopHalfway {
         (events.len() / 2).max(1)
     } else {

@@ -66,13 +66,85 @@ impl ChatRequest {
 
     /// Stop sequences as a list (a single string becomes one entry).
     pub fn stop_sequences(&self) -> Vec<String> {
-        match &self.stop {
-            Some(Value::String(s)) => vec![s.clone()],
-            Some(Value::Array(a)) => a
-                .iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect(),
-            _ => Vec::new(),
+        stop_list(self.stop.as_ref())
+    }
+}
+
+/// A `stop` field as a list: a single string becomes one entry, anything
+/// but strings is left out.
+fn stop_list(stop: Option<&Value>) -> Vec<String> {
+    match stop {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `POST /v1/completions` request body: OpenAI's legacy text completion
+/// (what vLLM, llama.cpp and LM Studio serve, and code completion and
+/// evaluation tools send).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CompletionRequest {
+    /// Model or alias requested by the client.
+    pub model: String,
+    /// The prompt: a string, an array of strings, an array of token ids or
+    /// an array of such arrays (`Null` when absent; the server refuses it).
+    #[serde(default)]
+    pub prompt: Value,
+    /// Stream the answer as server-sent events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<bool>,
+    /// Streaming options (`include_usage`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_options: Option<StreamOptions>,
+    /// Largest number of tokens to generate (OpenAI's default is 16).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    /// Sampling temperature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    /// Nucleus sampling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    /// Stop sequences: a string or an array of strings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<Value>,
+    /// Every other field (`suffix`, `echo`, `logprobs`, `n`, `best_of`,
+    /// `seed`, penalties, `logit_bias`, `user`, ...), passed through
+    /// untouched to OpenAI-compatible upstreams.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl CompletionRequest {
+    /// True when the client asked for a stream.
+    pub fn is_stream(&self) -> bool {
+        self.stream.unwrap_or(false)
+    }
+
+    /// True when a streamed answer must end with a usage chunk.
+    pub fn include_usage(&self) -> bool {
+        self.stream_options
+            .as_ref()
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false)
+    }
+
+    /// Stop sequences as a list (a single string becomes one entry).
+    pub fn stop_sequences(&self) -> Vec<String> {
+        stop_list(self.stop.as_ref())
+    }
+
+    /// The prompt when it is one text: a string, or an array holding one
+    /// string.
+    pub fn single_prompt(&self) -> Option<&str> {
+        match &self.prompt {
+            Value::String(s) => Some(s),
+            Value::Array(a) if a.len() == 1 => a[0].as_str(),
+            _ => None,
         }
     }
 }
@@ -510,5 +582,29 @@ mod tests {
         .unwrap();
         assert!(req.is_stream());
         assert!(!req.include_usage());
+    }
+
+    #[test]
+    fn a_completion_request_keeps_its_other_fields_and_names_one_prompt() {
+        let req: CompletionRequest = serde_json::from_value(serde_json::json!({
+            "model": "m", "prompt": ["def f():"], "suffix": "\n", "echo": true,
+            "stream": true, "stream_options": {"include_usage": true}, "stop": "\n\n"
+        }))
+        .unwrap();
+        assert_eq!(req.single_prompt(), Some("def f():"));
+        assert!(req.is_stream() && req.include_usage());
+        assert_eq!(req.stop_sequences(), ["\n\n"]);
+        assert_eq!(req.extra["suffix"], "\n");
+        assert_eq!(req.extra["echo"], true);
+        let two: CompletionRequest =
+            serde_json::from_value(serde_json::json!({"model": "m", "prompt": ["a", "b"]}))
+                .unwrap();
+        assert_eq!(two.single_prompt(), None, "two prompts are not one");
+        let tokens: CompletionRequest =
+            serde_json::from_value(serde_json::json!({"model": "m", "prompt": [1, 2]})).unwrap();
+        assert_eq!(tokens.single_prompt(), None, "token ids are no text");
+        let none: CompletionRequest =
+            serde_json::from_value(serde_json::json!({"model": "m"})).unwrap();
+        assert!(none.prompt.is_null());
     }
 }

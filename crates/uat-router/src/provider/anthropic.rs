@@ -3,7 +3,9 @@
 //! becomes OpenAI chunks. What it cannot do (`n` > 1, logprobs) is refused
 //! as [`FailureKind::Unsupported`] by [`Provider::check`] before any
 //! attempt, never dropped. A `max_tokens` the gateway chose that does not
-//! fit the context window beside a long prompt is sent again smaller.
+//! fit the context window beside a long prompt is sent again smaller. Text
+//! completions (`/v1/completions`) are refused the same way: Anthropic has
+//! no such API for current models.
 
 mod max_tokens;
 
@@ -23,7 +25,9 @@ use serde_json::{Map, Value, json};
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 use uat_config::{ProviderConfig, ProviderKind};
-use uat_types::{ChatChunk, ChatCompletion, ChatMessage, ChatRequest, Choice, Delta, Usage};
+use uat_types::{
+    ChatChunk, ChatCompletion, ChatMessage, ChatRequest, Choice, CompletionRequest, Delta, Usage,
+};
 
 /// The API version sent in `anthropic-version`.
 pub const API_VERSION: &str = "2023-06-01";
@@ -699,6 +703,26 @@ impl Provider for Anthropic {
         refusal(req)
     }
 
+    fn check_completion(&self, _req: &CompletionRequest) -> Result<(), Failure> {
+        Err(no_text_completions())
+    }
+
+    fn completion<'a>(
+        &'a self,
+        _model: &'a str,
+        _req: &'a CompletionRequest,
+    ) -> BoxFuture<'a, Result<Reply, Failure>> {
+        Box::pin(async move { Err(no_text_completions()) })
+    }
+
+    fn completion_stream<'a>(
+        &'a self,
+        _model: &'a str,
+        _req: &'a CompletionRequest,
+    ) -> BoxFuture<'a, Result<ChunkStream, Failure>> {
+        Box::pin(async move { Err(no_text_completions()) })
+    }
+
     fn chat<'a>(
         &'a self,
         model: &'a str,
@@ -852,6 +876,18 @@ impl Provider for Anthropic {
             ))
         })
     }
+}
+
+/// Anthropic's legacy Text Completions API serves no current model: a text
+/// completion is refused (an alias fails over, a direct request gets a
+/// 400 naming `model`), pointing at the chat endpoint, which does serve it.
+fn no_text_completions() -> Failure {
+    Failure::unsupported(
+        "anthropic providers have no text completion API for current models; \
+         send the request to /v1/chat/completions instead",
+        "model",
+        "unsupported_endpoint",
+    )
 }
 
 /// One of the client's tool calls in the stream: its position among the

@@ -2,10 +2,13 @@
 //! input, with configurable latency, failure rate and chunking. For demos,
 //! tests and load tests; no network.
 
+use super::completion::TextCompletion;
 use super::{BoxFuture, ChunkStream, Provider, Reply, StreamChunk};
 use crate::error::{Failure, FailureKind};
 use uat_config::{MockSettings, ProviderConfig, ProviderKind};
-use uat_types::{ChatChunk, ChatCompletion, ChatMessage, ChatRequest, Choice, Delta, Usage};
+use uat_types::{
+    ChatChunk, ChatCompletion, ChatMessage, ChatRequest, Choice, CompletionRequest, Delta, Usage,
+};
 
 /// The mock provider.
 pub struct Mock {
@@ -56,6 +59,25 @@ pub fn reply_text(req: &ChatRequest) -> String {
         prompt.push_str("(empty)");
     }
     format!("Mock reply to: {prompt}")
+}
+
+/// The text the mock completes a text completion request with: a fixed
+/// text around the prompt (one text as it is, another prompt as its JSON).
+pub fn completion_text(req: &CompletionRequest) -> String {
+    let mut prompt: String = match req.single_prompt() {
+        Some(p) => p.chars().take(200).collect(),
+        None => req.prompt.to_string().chars().take(200).collect(),
+    };
+    if prompt.is_empty() {
+        prompt.push_str("(empty)");
+    }
+    format!("Mock completion of: {prompt}")
+}
+
+/// The prompt's words, as the mock counts tokens.
+fn prompt_words(req: &CompletionRequest) -> u64 {
+    req.single_prompt()
+        .map_or_else(|| words(&req.prompt.to_string()), words)
 }
 
 fn words(s: &str) -> u64 {
@@ -171,6 +193,41 @@ impl Provider for Mock {
         })
     }
 
+    fn completion<'a>(
+        &'a self,
+        model: &'a str,
+        req: &'a CompletionRequest,
+    ) -> BoxFuture<'a, Result<Reply, Failure>> {
+        Box::pin(async move {
+            self.before_reply().await?;
+            let text = completion_text(req);
+            let usage = Usage::new(prompt_words(req), words(&text));
+            mock_completion(model, &text).answer(&text, "stop", usage)
+        })
+    }
+
+    fn completion_stream<'a>(
+        &'a self,
+        model: &'a str,
+        req: &'a CompletionRequest,
+    ) -> BoxFuture<'a, Result<ChunkStream, Failure>> {
+        Box::pin(async move {
+            self.before_reply().await?;
+            let text = completion_text(req);
+            let usage = Usage::new(prompt_words(req), words(&text));
+            let c = mock_completion(model, &text);
+            let pieces = split(&text, self.settings.chunks);
+            let mut out = Vec::with_capacity(pieces.len() + 2);
+            out.extend(pieces.iter().map(|p| c.chunk(p, None)));
+            out.push(c.chunk("", Some("stop")));
+            if req.include_usage() {
+                out.push(c.usage_chunk(usage));
+            }
+            let s: ChunkStream = Box::pin(futures::stream::iter(out));
+            Ok(s)
+        })
+    }
+
     fn list_models(&self) -> BoxFuture<'_, Result<Vec<String>, Failure>> {
         Box::pin(async move { Ok(self.models.clone()) })
     }
@@ -215,6 +272,15 @@ impl Provider for Mock {
             let body = serde_json::to_vec(&v).map_err(encode_err)?;
             Ok(Reply::embeddings(body, Some(Usage::new(tokens, 0))))
         })
+    }
+}
+
+/// A text completion of `model` with an id stable for its `text`.
+fn mock_completion(model: &str, text: &str) -> TextCompletion {
+    TextCompletion {
+        id: format!("cmpl-mock-{:016x}", fnv(text)),
+        created: uat_types::unix_now(),
+        model: model.to_owned(),
     }
 }
 
@@ -287,6 +353,58 @@ mod tests {
         }
         assert_eq!(text, "Mock reply to: hello there");
         assert_eq!(chunks[5].as_ref().unwrap().usage, Some(Usage::new(2, 5)));
+    }
+
+    #[tokio::test]
+    async fn text_completions_both_ways() {
+        let m = Mock::new(&cfg(3));
+        let r = crate::provider::completion_request(serde_json::json!({
+            "prompt": "def add(a, b):", "stream_options": {"include_usage": true}
+        }));
+        let a = m.completion("mock-model", &r).await.unwrap();
+        let b = m.completion("mock-model", &r).await.unwrap();
+        let va: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+        let vb: serde_json::Value = serde_json::from_slice(&b.body).unwrap();
+        assert_eq!(va["object"], "text_completion");
+        assert_eq!(va["model"], "mock-model");
+        assert_eq!(
+            va["choices"],
+            serde_json::json!([{"text": "Mock completion of: def add(a, b):", "index": 0,
+                                "logprobs": null, "finish_reason": "stop"}])
+        );
+        assert_eq!((&va["id"], &va["choices"]), (&vb["id"], &vb["choices"]));
+        assert!(a.shape.choices);
+        assert_eq!(a.usage, Some(Usage::new(3, 6)));
+
+        let chunks: Vec<serde_json::Value> = m
+            .completion_stream("mock-model", &r)
+            .await
+            .unwrap()
+            .map(|c| serde_json::from_slice(&c.unwrap().json).unwrap())
+            .collect()
+            .await;
+        assert_eq!(chunks.len(), 3 + 1 + 1, "3 texts, 1 finish, 1 usage");
+        let text: String = chunks[..3]
+            .iter()
+            .map(|c| c["choices"][0]["text"].as_str().unwrap())
+            .collect();
+        assert_eq!(text, "Mock completion of: def add(a, b):");
+        assert!(chunks.iter().all(|c| c["object"] == "text_completion"));
+        assert_eq!(chunks[3]["choices"][0]["finish_reason"], "stop");
+        assert_eq!(chunks[4]["choices"], serde_json::json!([]));
+        assert_eq!(chunks[4]["usage"]["total_tokens"], 9);
+
+        let mut c = cfg(1);
+        c.mock.failure_rate = 1.0;
+        let failing = Mock::new(&c);
+        let e = failing.completion("mock-model", &r).await.unwrap_err();
+        assert_eq!(e.kind, FailureKind::ServerError);
+        let e = failing
+            .completion_stream("mock-model", &r)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.kind, FailureKind::ServerError);
     }
 
     #[tokio::test]

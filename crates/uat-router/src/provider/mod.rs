@@ -1,6 +1,7 @@
 //! The [`Provider`] trait and one implementation per wire format.
 
 pub mod anthropic;
+pub(crate) mod completion;
 pub(crate) mod content;
 pub(crate) mod http;
 pub mod mock;
@@ -13,7 +14,7 @@ use futures::Stream;
 use std::future::Future;
 use std::pin::Pin;
 use uat_config::ProviderKind;
-use uat_types::{ChatRequest, Usage};
+use uat_types::{ChatRequest, CompletionRequest, Usage};
 
 /// A boxed, sendable future.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -21,8 +22,8 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// A stream of OpenAI-shaped chunks; an `Err` ends it.
 pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<StreamChunk, Failure>> + Send>>;
 
-/// A complete JSON answer (chat completion or embeddings), already in the
-/// OpenAI shape, and the usage it reports.
+/// A complete JSON answer (chat completion, text completion or embeddings),
+/// already in the OpenAI shape, and the usage it reports.
 #[derive(Debug, Clone)]
 pub struct Reply {
     /// The JSON body.
@@ -34,7 +35,8 @@ pub struct Reply {
 }
 
 impl Reply {
-    /// A chat completion the provider built itself (it has `choices`).
+    /// A chat or text completion the provider built itself (it has
+    /// `choices`).
     pub fn chat(body: Vec<u8>, usage: Option<Usage>) -> Self {
         Reply {
             body: Bytes::from(body),
@@ -60,7 +62,7 @@ impl Reply {
 }
 
 /// Whether an answer's body holds the list a cache stores it for: `choices`
-/// (a chat completion) or `data` (embeddings), each a JSON array. Noted
+/// (a chat or text completion) or `data` (embeddings), each a JSON array. Noted
 /// while the provider reads the body anyway, so the cache need not parse it
 /// a second time.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -71,7 +73,8 @@ pub struct Shape {
     pub data: bool,
 }
 
-/// One streamed chunk: a serialized `chat.completion.chunk` object.
+/// One streamed chunk: a serialized `chat.completion.chunk` object, or a
+/// `text_completion` one for a streamed text completion.
 #[derive(Debug, Clone)]
 pub struct StreamChunk {
     /// The chunk's JSON (what follows `data: `).
@@ -100,10 +103,20 @@ impl StreamChunk {
 /// (`kind` as the config spells it), so that an alias fails over to a
 /// target that can, rather than answering with one choice.
 pub(crate) fn one_choice(req: &ChatRequest, kind: &str) -> Result<(), Failure> {
-    match req.extra.get("n").and_then(serde_json::Value::as_f64) {
+    at_most_one(&req.extra, "n", kind)
+}
+
+/// Refuses a count field (`n`, `best_of`) of `extra` above 1 for a provider
+/// of `kind` that gives one choice per answer.
+pub(crate) fn at_most_one(
+    extra: &serde_json::Map<String, serde_json::Value>,
+    key: &str,
+    kind: &str,
+) -> Result<(), Failure> {
+    match extra.get(key).and_then(serde_json::Value::as_f64) {
         Some(n) if n > 1.0 => Err(Failure::unsupported(
-            format!("n > 1 is not supported by {kind} providers"),
-            "n",
+            format!("{key} > 1 is not supported by {kind} providers"),
+            key,
             "unsupported_parameter",
         )),
         _ => Ok(()),
@@ -174,6 +187,31 @@ pub trait Provider: Send + Sync {
         req: &'a ChatRequest,
     ) -> BoxFuture<'a, Result<ChunkStream, Failure>>;
 
+    /// Whether this provider kind can do what a text completion `req` asks
+    /// at all (several prompts, `echo`, logprobs, the endpoint itself): as
+    /// [`Provider::check`], asked before an attempt, a refusal no attempt.
+    fn check_completion(&self, req: &CompletionRequest) -> Result<(), Failure> {
+        let _ = req;
+        Ok(())
+    }
+
+    /// A non-streamed text completion (`POST /v1/completions`, answered as
+    /// an OpenAI `text_completion` object) from `model` (the upstream's name).
+    fn completion<'a>(
+        &'a self,
+        model: &'a str,
+        req: &'a CompletionRequest,
+    ) -> BoxFuture<'a, Result<Reply, Failure>>;
+
+    /// A streamed text completion, each chunk a `text_completion` object;
+    /// resolves once the upstream accepted the request (response head
+    /// received).
+    fn completion_stream<'a>(
+        &'a self,
+        model: &'a str,
+        req: &'a CompletionRequest,
+    ) -> BoxFuture<'a, Result<ChunkStream, Failure>>;
+
     /// The models the upstream serves now.
     fn list_models(&self) -> BoxFuture<'_, Result<Vec<String>, Failure>>;
 
@@ -195,6 +233,18 @@ pub(crate) fn request(v: serde_json::Value) -> ChatRequest {
         v["messages"] = serde_json::json!([{"role": "user", "content": "hi"}]);
     }
     serde_json::from_value(v).expect("a chat request")
+}
+
+/// Test helper of the adapters: a text completion request of `v`'s fields,
+/// with model `x` and prompt `hi` unless `v` has one.
+#[cfg(test)]
+pub(crate) fn completion_request(v: serde_json::Value) -> CompletionRequest {
+    let mut v = v;
+    v["model"] = serde_json::json!("x");
+    if v.get("prompt").is_none() {
+        v["prompt"] = serde_json::json!("hi");
+    }
+    serde_json::from_value(v).expect("a completion request")
 }
 
 /// Test helper of the adapters: [`request`] offering tools `f` and `g`,

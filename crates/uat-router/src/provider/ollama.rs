@@ -1,9 +1,14 @@
 //! Ollama's native API: `/api/chat` (its NDJSON stream translated to OpenAI
-//! chunks, logprobs included), `/api/tags` for discovery and `/api/embed`
-//! for embeddings. What it cannot do (`n` > 1, images by http(s) URL,
-//! content parts other than text and images, a forced tool call) is
-//! refused as [`FailureKind::Unsupported`] before any call, never dropped.
+//! chunks, logprobs included), `/api/generate` for text completions
+//! ([`generate`]), `/api/tags` for discovery and `/api/embed` for
+//! embeddings. What it cannot do (`n` > 1, images by http(s) URL, content
+//! parts other than text and images, a forced tool call; several prompts,
+//! `echo` and logprobs of a text completion) is refused as
+//! [`FailureKind::Unsupported`] before any call, never dropped.
 
+mod generate;
+
+use super::completion::TextCompletion;
 use super::content::{ImageUrl, image_url, image_url_param, unsupported_part};
 use super::http::{self, lines, read_json, send};
 use super::{BoxFuture, ChunkStream, Provider, Reply, StreamChunk, one_call_at_most, one_choice};
@@ -15,12 +20,15 @@ use serde_json::{Map, Value, json};
 use std::collections::VecDeque;
 use std::time::Duration;
 use uat_config::{ProviderConfig, ProviderKind};
-use uat_types::{ChatChunk, ChatCompletion, ChatMessage, ChatRequest, Choice, Delta, Usage};
+use uat_types::{
+    ChatChunk, ChatCompletion, ChatMessage, ChatRequest, Choice, CompletionRequest, Delta, Usage,
+};
 
 /// An Ollama server. `base_url` is the server root (`http://127.0.0.1:11434`).
 pub struct Ollama {
     client: reqwest::Client,
     chat_url: reqwest::Url,
+    generate_url: reqwest::Url,
     tags_url: reqwest::Url,
     embed_url: reqwest::Url,
     auth: Option<String>,
@@ -110,6 +118,7 @@ impl Ollama {
         Ok(Ollama {
             client: http::client(cfg)?,
             chat_url: http::join(cfg, base, "/api/chat")?,
+            generate_url: http::join(cfg, base, "/api/generate")?,
             tags_url: http::join(cfg, base, "/api/tags")?,
             embed_url: http::join(cfg, base, "/api/embed")?,
             auth: http::api_key(cfg).map(|k| format!("Bearer {k}")),
@@ -183,25 +192,13 @@ pub(crate) fn chat_body(model: &str, req: &ChatRequest, stream: bool) -> Result<
         .enumerate()
         .map(|(i, m)| message(m, i, &req.messages))
         .collect::<Result<Vec<Value>, Failure>>()?;
-    let mut options = Map::new();
-    if let Some(t) = req.temperature {
-        options.insert("temperature".into(), json!(t));
-    }
-    if let Some(p) = req.top_p {
-        options.insert("top_p".into(), json!(p));
-    }
-    if let Some(n) = req.max_output_tokens() {
-        options.insert("num_predict".into(), json!(n));
-    }
-    let stop = req.stop_sequences();
-    if !stop.is_empty() {
-        options.insert("stop".into(), json!(stop));
-    }
-    for key in ["seed", "frequency_penalty", "presence_penalty"] {
-        if let Some(v) = req.extra.get(key) {
-            options.insert(key.into(), v.clone());
-        }
-    }
+    let options = options(Sampling {
+        temperature: req.temperature,
+        top_p: req.top_p,
+        max_tokens: req.max_output_tokens(),
+        stop: req.stop_sequences(),
+        extra: &req.extra,
+    });
     let mut body = json!({ "model": model, "messages": messages, "stream": stream });
     if let Some(o) = body.as_object_mut() {
         if !options.is_empty() {
@@ -229,6 +226,40 @@ pub(crate) fn chat_body(model: &str, req: &ChatRequest, stream: bool) -> Result<
         }
     }
     Ok(body)
+}
+
+/// The sampling fields chat and text completions share.
+struct Sampling<'a> {
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    max_tokens: Option<u32>,
+    stop: Vec<String>,
+    /// The request's other fields (`seed` and the penalties are read).
+    extra: &'a Map<String, Value>,
+}
+
+/// Ollama's `options` for `s`: only what was given (Ollama's defaults
+/// otherwise), `max_tokens` as `num_predict`, `stop` as a list.
+fn options(s: Sampling<'_>) -> Map<String, Value> {
+    let mut options = Map::new();
+    if let Some(t) = s.temperature {
+        options.insert("temperature".into(), json!(t));
+    }
+    if let Some(p) = s.top_p {
+        options.insert("top_p".into(), json!(p));
+    }
+    if let Some(n) = s.max_tokens {
+        options.insert("num_predict".into(), json!(n));
+    }
+    if !s.stop.is_empty() {
+        options.insert("stop".into(), json!(s.stop));
+    }
+    for key in ["seed", "frequency_penalty", "presence_penalty"] {
+        if let Some(v) = s.extra.get(key) {
+            options.insert(key.into(), v.clone());
+        }
+    }
+    options
 }
 
 /// How many of Ollama's tool calls are passed on: all of them, or the first
@@ -407,9 +438,15 @@ fn finish_reason(r: &OllamaChat, had_tools: bool) -> String {
     if had_tools {
         return "tool_calls".into();
     }
-    match r.done_reason.as_deref() {
-        Some("length") => "length".into(),
-        _ => "stop".into(),
+    stop_or_length(r.done_reason.as_deref()).into()
+}
+
+/// OpenAI's `finish_reason` for Ollama's `done_reason`: `length` when the
+/// token limit cut the answer, else `stop`.
+fn stop_or_length(done_reason: Option<&str>) -> &'static str {
+    match done_reason {
+        Some("length") => "length",
+        _ => "stop",
     }
 }
 
@@ -501,9 +538,39 @@ impl Provider for Ollama {
                 sent_role: false,
                 tools_sent: 0,
                 max_calls: max_calls(req),
-                pending: VecDeque::new(),
-                done: false,
+                queue: Queue::default(),
             };
+            Ok(translate(lines(resp), state))
+        })
+    }
+
+    fn check_completion(&self, req: &CompletionRequest) -> Result<(), Failure> {
+        generate::refusal(req)
+    }
+
+    fn completion<'a>(
+        &'a self,
+        model: &'a str,
+        req: &'a CompletionRequest,
+    ) -> BoxFuture<'a, Result<Reply, Failure>> {
+        Box::pin(async move {
+            let body = generate::body(model, req, false)?;
+            let resp = self.post(self.generate_url.clone(), &body, false).await?;
+            let (_, r) = read_json(resp).await?;
+            generate::answer(model, r)
+        })
+    }
+
+    fn completion_stream<'a>(
+        &'a self,
+        model: &'a str,
+        req: &'a CompletionRequest,
+    ) -> BoxFuture<'a, Result<ChunkStream, Failure>> {
+        Box::pin(async move {
+            let body = generate::body(model, req, true)?;
+            let resp = self.post(self.generate_url.clone(), &body, true).await?;
+            let state =
+                generate::GenerateStream::new(TextCompletion::new(model), req.include_usage());
             Ok(translate(lines(resp), state))
         })
     }
@@ -594,14 +661,13 @@ struct StreamState {
     tools_sent: usize,
     /// Most tool calls passed on ([`max_calls`]).
     max_calls: usize,
-    pending: VecDeque<Result<StreamChunk, Failure>>,
-    done: bool,
+    queue: Queue,
 }
 
 impl StreamState {
     fn push(&mut self, delta: Delta, finish: Option<String>) {
         let c = ChatChunk::delta(&self.id, self.created, &self.model, delta, finish);
-        self.pending.push_back(StreamChunk::from_chunk(&c));
+        self.queue.pending.push_back(StreamChunk::from_chunk(&c));
     }
 
     /// A delta whose choice carries the logprobs of its tokens, as OpenAI
@@ -620,26 +686,17 @@ impl StreamState {
                 usage: None,
             })
             .map_err(|e| Failure::new(FailureKind::Malformed, format!("cannot encode chunk: {e}")));
-        self.pending.push_back(chunk);
+        self.queue.pending.push_back(chunk);
     }
+}
 
-    /// Turns one NDJSON line into zero or more chunks.
+impl Ndjson for StreamState {
     fn line(&mut self, line: &[u8]) {
-        if line.iter().all(u8::is_ascii_whitespace) {
+        let Some(r) = self.queue.parse::<OllamaChat>(line) else {
             return;
-        }
-        let r: OllamaChat = match serde_json::from_slice(line) {
-            Ok(r) => r,
-            Err(e) => {
-                self.fail(
-                    FailureKind::Malformed,
-                    format!("invalid NDJSON line from upstream: {e}"),
-                );
-                return;
-            }
         };
         if let Some(e) = r.error.clone() {
-            self.fail(FailureKind::Interrupted, e);
+            self.queue.fail(Failure::new(FailureKind::Interrupted, e));
             return;
         }
         let msg = r.message.unwrap_or_default();
@@ -689,45 +746,85 @@ impl StreamState {
             self.push(Delta::default(), Some(reason));
             if self.include_usage {
                 let c = ChatChunk::usage(&self.id, self.created, &self.model, usage);
-                self.pending.push_back(StreamChunk::from_chunk(&c));
+                self.queue.pending.push_back(StreamChunk::from_chunk(&c));
             }
-            self.done = true;
+            self.queue.done = true;
         }
     }
 
-    fn fail(&mut self, kind: FailureKind, message: String) {
-        self.pending.push_back(Err(Failure::new(kind, message)));
-        self.done = true;
+    fn queue(&mut self) -> &mut Queue {
+        &mut self.queue
     }
 }
 
+/// What a translation of Ollama's NDJSON stream has made and not yet
+/// handed on, and whether it is over (the `done: true` line, or a failure).
+#[derive(Default)]
+struct Queue {
+    pending: VecDeque<Result<StreamChunk, Failure>>,
+    done: bool,
+}
+
+impl Queue {
+    /// Ends the stream with `f` (after what is queued).
+    fn fail(&mut self, f: Failure) {
+        self.pending.push_back(Err(f));
+        self.done = true;
+    }
+
+    /// One NDJSON line parsed: `None` for a blank line, or when it is no
+    /// JSON of `T` (the stream then fails).
+    fn parse<T: serde::de::DeserializeOwned>(&mut self, line: &[u8]) -> Option<T> {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return None;
+        }
+        match serde_json::from_slice(line) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                self.fail(Failure::new(
+                    FailureKind::Malformed,
+                    format!("invalid NDJSON line from upstream: {e}"),
+                ));
+                None
+            }
+        }
+    }
+}
+
+/// A translation of one of Ollama's NDJSON streams (`/api/chat`,
+/// `/api/generate`) into OpenAI chunks, a line at a time.
+trait Ndjson: Send + 'static {
+    /// Queues the chunks of one line.
+    fn line(&mut self, line: &[u8]);
+
+    /// What is made and not yet handed on.
+    fn queue(&mut self) -> &mut Queue;
+}
+
+/// Runs the NDJSON `lines` through `state`. A stream that ends before its
+/// `done: true` line (or breaks off) ends in a failure.
 fn translate(
     lines: impl futures::Stream<Item = Result<Bytes, Failure>> + Send + 'static,
-    state: StreamState,
+    state: impl Ndjson,
 ) -> ChunkStream {
     Box::pin(futures::stream::unfold(
-        (Box::pin(lines), state, false),
-        |(mut lines, mut st, mut ended)| async move {
+        (Box::pin(lines), state),
+        |(mut lines, mut st)| async move {
             loop {
-                if let Some(item) = st.pending.pop_front() {
-                    return Some((item, (lines, st, ended)));
+                let q = st.queue();
+                if let Some(item) = q.pending.pop_front() {
+                    return Some((item, (lines, st)));
                 }
-                if st.done || ended {
+                if q.done {
                     return None;
                 }
                 match lines.next().await {
                     Some(Ok(line)) => st.line(&line),
-                    Some(Err(f)) => {
-                        st.pending.push_back(Err(f));
-                        st.done = true;
-                    }
-                    None => {
-                        ended = true;
-                        st.pending.push_back(Err(Failure::new(
-                            FailureKind::Interrupted,
-                            "stream ended before `done: true`",
-                        )));
-                    }
+                    Some(Err(f)) => st.queue().fail(f),
+                    None => st.queue().fail(Failure::new(
+                        FailureKind::Interrupted,
+                        "stream ended before `done: true`",
+                    )),
                 }
             }
         },

@@ -1,6 +1,6 @@
 //! Any OpenAI-compatible server (OpenAI, vLLM, LM Studio, llama.cpp, ...).
-//! Requests pass through untouched except for the model name; answers pass
-//! through as the upstream's bytes.
+//! Chat and text completion requests pass through untouched except for the
+//! model name; answers pass through as the upstream's bytes.
 
 use super::http::{self, lines, read_json, send, sse_data};
 use super::{BoxFuture, ChunkStream, Provider, Reply, Shape, StreamChunk};
@@ -9,12 +9,13 @@ use futures::StreamExt;
 use serde::Deserialize;
 use std::time::Duration;
 use uat_config::{ProviderConfig, ProviderKind};
-use uat_types::{ChatRequest, Readdressed, Usage};
+use uat_types::{ChatRequest, CompletionRequest, Readdressed, Usage};
 
 /// An OpenAI-compatible provider. `base_url` includes `/v1`.
 pub struct OpenAi {
     client: reqwest::Client,
     chat_url: reqwest::Url,
+    completions_url: reqwest::Url,
     models_url: reqwest::Url,
     embeddings_url: reqwest::Url,
     auth: Option<String>,
@@ -174,6 +175,7 @@ impl OpenAi {
         Ok(OpenAi {
             client: http::client(cfg)?,
             chat_url: http::join(cfg, base, "/chat/completions")?,
+            completions_url: http::join(cfg, base, "/completions")?,
             models_url: http::join(cfg, base, "/models")?,
             embeddings_url: http::join(cfg, base, "/embeddings")?,
             auth: http::api_key(cfg).map(|k| format!("Bearer {k}")),
@@ -208,6 +210,59 @@ impl OpenAi {
                 data: peek.data.0,
             },
         })
+    }
+
+    /// Posts a streamed request and passes its SSE chunks through.
+    async fn post_stream(&self, url: reqwest::Url, body: Vec<u8>) -> Result<ChunkStream, Failure> {
+        let rb = self
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .body(body);
+        let resp = send(rb, self.first_byte).await?;
+        Ok(translate(lines(resp)))
+    }
+}
+
+/// A text completion request re-addressed to an upstream model name,
+/// serialized without cloning the request (what [`Readdressed`] is for
+/// chat). `stream` and `stream_options` follow `stream`; every other field
+/// passes through.
+struct ReaddressedCompletion<'a> {
+    req: &'a CompletionRequest,
+    model: &'a str,
+    stream: bool,
+}
+
+impl serde::Serialize for ReaddressedCompletion<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let r = self.req;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("model", self.model)?;
+        m.serialize_entry("prompt", &r.prompt)?;
+        if self.stream {
+            m.serialize_entry("stream", &true)?;
+            if let Some(o) = &r.stream_options {
+                m.serialize_entry("stream_options", o)?;
+            }
+        }
+        if let Some(v) = r.max_tokens {
+            m.serialize_entry("max_tokens", &v)?;
+        }
+        if let Some(v) = r.temperature {
+            m.serialize_entry("temperature", &v)?;
+        }
+        if let Some(v) = r.top_p {
+            m.serialize_entry("top_p", &v)?;
+        }
+        if let Some(v) = &r.stop {
+            m.serialize_entry("stop", v)?;
+        }
+        for (k, v) in &r.extra {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
     }
 }
 
@@ -258,13 +313,37 @@ impl Provider for OpenAi {
                 model,
                 stream: true,
             })?;
-            let rb = self
-                .post(self.chat_url.clone())
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .header(reqwest::header::ACCEPT, "text/event-stream")
-                .body(body);
-            let resp = send(rb, self.first_byte).await?;
-            Ok(translate(lines(resp)))
+            self.post_stream(self.chat_url.clone(), body).await
+        })
+    }
+
+    fn completion<'a>(
+        &'a self,
+        model: &'a str,
+        req: &'a CompletionRequest,
+    ) -> BoxFuture<'a, Result<Reply, Failure>> {
+        Box::pin(async move {
+            let body = encode(&ReaddressedCompletion {
+                req,
+                model,
+                stream: false,
+            })?;
+            self.post_json(self.completions_url.clone(), body).await
+        })
+    }
+
+    fn completion_stream<'a>(
+        &'a self,
+        model: &'a str,
+        req: &'a CompletionRequest,
+    ) -> BoxFuture<'a, Result<ChunkStream, Failure>> {
+        Box::pin(async move {
+            let body = encode(&ReaddressedCompletion {
+                req,
+                model,
+                stream: true,
+            })?;
+            self.post_stream(self.completions_url.clone(), body).await
         })
     }
 
@@ -304,8 +383,9 @@ impl Provider for OpenAi {
     }
 }
 
-/// Passes SSE `data:` payloads through, checking each is JSON, noting usage,
-/// and turning an in-stream error or a stream cut into a [`Failure`].
+/// Passes SSE `data:` payloads through (chat or text completion chunks),
+/// checking each is JSON, noting usage, and turning an in-stream error or a
+/// stream cut into a [`Failure`].
 ///
 /// A stream ends at `[DONE]`, or at its end once every choice it carried
 /// has had its `finish_reason`: some OpenAI-compatible servers never send
@@ -450,5 +530,48 @@ mod tests {
         assert_eq!(out[0].as_ref().unwrap_err().message, "boom");
         let out = run(&["data: {not json"]);
         assert_eq!(out[0].as_ref().unwrap_err().kind, FailureKind::Malformed);
+    }
+
+    #[test]
+    fn a_completion_request_is_readdressed_and_the_rest_kept() {
+        let req = crate::provider::completion_request(serde_json::json!({
+            "prompt": ["def f():"], "suffix": "\n", "echo": true, "logprobs": 2,
+            "stream": true, "stream_options": {"include_usage": true},
+            "max_tokens": 9, "stop": "\n\n", "temperature": 0.1
+        }));
+        let body = |stream| {
+            serde_json::to_value(ReaddressedCompletion {
+                req: &req,
+                model: "up",
+                stream,
+            })
+            .unwrap()
+        };
+        assert_eq!(
+            body(true),
+            serde_json::json!({
+                "model": "up", "prompt": ["def f():"], "suffix": "\n", "echo": true, "logprobs": 2,
+                "stream": true, "stream_options": {"include_usage": true},
+                "max_tokens": 9, "stop": "\n\n", "temperature": 0.1
+            })
+        );
+        let plain = body(false);
+        assert!(plain.get("stream").is_none() && plain.get("stream_options").is_none());
+        assert_eq!(plain["model"], "up");
+    }
+
+    /// Text completion chunks (`choices[].text`) end the same way as chat
+    /// ones: at `[DONE]`, or once every choice has its `finish_reason`.
+    #[test]
+    fn text_completion_chunks_pass_through() {
+        let out = run(&[
+            r#"data: {"object":"text_completion","choices":[{"index":0,"text":"a","logprobs":null,"finish_reason":null}],"usage":null}"#,
+            r#"data: {"object":"text_completion","choices":[{"index":0,"text":"","logprobs":null,"finish_reason":"length"}],"usage":null}"#,
+            r#"data: {"object":"text_completion","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#,
+        ]);
+        assert_eq!(out.len(), 3, "{out:?}");
+        assert!(out.iter().all(Result::is_ok), "{out:?}");
+        assert_eq!(out[0].as_ref().unwrap().usage, None);
+        assert_eq!(out[2].as_ref().unwrap().usage, Some(Usage::new(1, 2)));
     }
 }

@@ -373,6 +373,26 @@ fn n_and_logprobs_are_refused_not_dropped() {
     }
 }
 
+/// Anthropic has no text completion API for current models: a text
+/// completion is refused before any attempt (an alias fails over, a direct
+/// request gets a 400 naming `model`), pointing at the chat endpoint.
+#[tokio::test]
+async fn text_completions_are_refused() {
+    let p = anthropic(None);
+    let req = crate::provider::completion_request(json!({"max_tokens": 5}));
+    let f = p.check_completion(&req).unwrap_err();
+    assert_eq!(f.kind, FailureKind::Unsupported);
+    assert!(f.message.contains("/v1/chat/completions"), "{}", f.message);
+    let u = f.upstream.unwrap();
+    assert_eq!(u.param.as_deref(), Some("model"));
+    assert_eq!(u.code.as_deref(), Some("unsupported_endpoint"));
+    // Called anyway, it sends nothing (no upstream here to answer).
+    let f = p.completion("claude", &req).await.unwrap_err();
+    assert_eq!(f.kind, FailureKind::Unsupported);
+    let f = p.completion_stream("claude", &req).await.err().unwrap();
+    assert_eq!(f.kind, FailureKind::Unsupported);
+}
+
 /// An http(s) image URL goes as a URL source (Anthropic fetches it), the
 /// URL alone as some clients send it too; a data: URL that is not base64
 /// is refused rather than sent as a URL Anthropic cannot fetch.

@@ -12,8 +12,7 @@ fn state(include_usage: bool) -> StreamState {
         sent_role: false,
         tools_sent: 0,
         max_calls: usize::MAX,
-        pending: VecDeque::new(),
-        done: false,
+        queue: Queue::default(),
     }
 }
 
