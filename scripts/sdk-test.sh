@@ -156,6 +156,21 @@ def stream():
     assert n >= 2, f"only {n} chunks"
     assert usage is not None and usage.total_tokens > 0, f"usage {usage!r}"
 
+def completions():
+    r = client.completions.create(model=MODEL, prompt="def hello():", max_tokens=16)
+    assert r.object == "text_completion", r.object
+    assert r.choices and r.choices[0].text, "empty text"
+    parts, finish = [], None
+    for chunk in client.completions.create(model=MODEL, prompt="def hello():", max_tokens=16, stream=True):
+        assert chunk.object == "text_completion", chunk.object
+        for c in chunk.choices:
+            parts.append(c.text)
+            if c.finish_reason:
+                finish = c.finish_reason
+    got = "".join(parts)
+    assert got == r.choices[0].text, f"streamed {got!r} != non-streamed {r.choices[0].text!r}"
+    assert finish is not None, "no finish_reason"
+
 def unknown_model():
     try:
         client.chat.completions.create(model="no-such-model-xyz", messages=[{"role": "user", "content": "hi"}])
@@ -190,6 +205,7 @@ def embeddings():
 check("models.list", models_list)
 check("chat.completions.create", chat)
 check("chat.completions.create(stream=True)", stream)
+check("completions.create (and stream=True)", completions)
 check("unknown model -> NotFoundError", unknown_model)
 skipped = 0
 if os.environ.get("UAT_EMBED_MODEL"):

@@ -25,6 +25,8 @@ pub enum RequestKind {
     Chat,
     /// An embeddings response.
     Embeddings,
+    /// A legacy text completion (`/v1/completions`).
+    Completion,
 }
 
 impl RequestKind {
@@ -32,6 +34,7 @@ impl RequestKind {
         match self {
             RequestKind::Chat => "chat",
             RequestKind::Embeddings => "embeddings",
+            RequestKind::Completion => "completion",
         }
     }
 }
@@ -635,9 +638,12 @@ mod tests {
         let b = CacheKey::for_request("b", "m", RequestKind::Chat, &body);
         let c = CacheKey::for_request("a", "n", RequestKind::Chat, &body);
         let d = CacheKey::for_request("a", "m", RequestKind::Embeddings, &body);
+        let e = CacheKey::for_request("a", "m", RequestKind::Completion, &body);
         assert_ne!(a.hash(), b.hash());
         assert_ne!(a.hash(), c.hash());
         assert_ne!(a.hash(), d.hash());
+        assert_ne!(a.hash(), e.hash());
+        assert_ne!(d.hash(), e.hash());
     }
 
     #[test]

@@ -305,6 +305,19 @@ pub enum Kind {
     Chat,
     /// `POST /v1/embeddings`.
     Embeddings,
+    /// `POST /v1/completions` (streamed or not).
+    Completion,
+}
+
+impl Kind {
+    /// How its streams are recorded and replayed; `None`: it never streams.
+    fn form(self) -> Option<sse::Form> {
+        match self {
+            Kind::Chat => Some(sse::Form::Chat),
+            Kind::Completion => Some(sse::Form::Text),
+            Kind::Embeddings => None,
+        }
+    }
 }
 
 impl From<Kind> for RequestKind {
@@ -312,6 +325,7 @@ impl From<Kind> for RequestKind {
         match k {
             Kind::Chat => RequestKind::Chat,
             Kind::Embeddings => RequestKind::Embeddings,
+            Kind::Completion => RequestKind::Completion,
         }
     }
 }
@@ -359,7 +373,7 @@ pub fn policy(
         CacheMode::Always => true,
         CacheMode::Deterministic => match kind {
             Kind::Embeddings => true,
-            Kind::Chat => {
+            Kind::Chat | Kind::Completion => {
                 body.get("temperature").and_then(serde_json::Value::as_f64) == Some(0.0)
                     || body.get("seed").is_some_and(|s| !s.is_null())
             }
@@ -614,7 +628,8 @@ where
             && matches!(
                 replay,
                 Replay::Sse {
-                    include_usage: false
+                    include_usage: false,
+                    ..
                 }
             ),
     };
@@ -666,14 +681,14 @@ where
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     if is_sse {
-        if kind != Kind::Chat {
+        let Some(form) = kind.form() else {
             return tag(&svc.answers, resp, Outcome::Miss, Some(&key));
-        }
+        };
         let (parts, body) = resp.into_parts();
         let rec = Recording {
             inner: body.into_data_stream(),
             strip_usage: ask.usage,
-            asm: sse::Assembler::default(),
+            asm: sse::Assembler::new(form),
             sink: Some(Sink {
                 cache: cache.clone(),
                 key: key.clone(),
@@ -692,7 +707,7 @@ where
     // The router notes the answer's lists while it reads the body; other
     // answers (local models) are checked here.
     let seen = parts.extensions.get::<Shape>().map(|s| match kind {
-        Kind::Chat => s.choices,
+        Kind::Chat | Kind::Completion => s.choices,
         Kind::Embeddings => s.data,
     });
     // Read whole, not limited: the router and the local models hold the
@@ -728,21 +743,28 @@ where
 #[derive(Debug, Clone, Copy)]
 enum Replay {
     Json,
-    Sse { include_usage: bool },
+    Sse {
+        include_usage: bool,
+        form: sse::Form,
+    },
 }
 
 impl Replay {
     fn of(kind: Kind, body: &serde_json::Value) -> Self {
         let stream = body.get("stream").and_then(serde_json::Value::as_bool) == Some(true);
-        if kind == Kind::Chat && stream {
-            let include_usage = body
-                .get("stream_options")
-                .and_then(|o| o.get("include_usage"))
-                .and_then(serde_json::Value::as_bool)
-                == Some(true);
-            Replay::Sse { include_usage }
-        } else {
-            Replay::Json
+        match kind.form() {
+            Some(form) if stream => {
+                let include_usage = body
+                    .get("stream_options")
+                    .and_then(|o| o.get("include_usage"))
+                    .and_then(serde_json::Value::as_bool)
+                    == Some(true);
+                Replay::Sse {
+                    include_usage,
+                    form,
+                }
+            }
+            _ => Replay::Json,
         }
     }
 }
@@ -762,7 +784,7 @@ fn valid_answer(kind: Kind, bytes: &[u8]) -> bool {
         return false;
     };
     let list = match kind {
-        Kind::Chat => v.choices,
+        Kind::Chat | Kind::Completion => v.choices,
         Kind::Embeddings => v.data,
     };
     list.is_some() && v.error.is_none()
@@ -792,9 +814,11 @@ async fn serve_hit(
                 Some((found.value, "application/json"))
             }
         }
-        Replay::Sse { include_usage } => {
-            sse::replay(&found.value, include_usage).map(|b| (Bytes::from(b), "text/event-stream"))
-        }
+        Replay::Sse {
+            include_usage,
+            form,
+        } => sse::replay(&found.value, include_usage, form)
+            .map(|b| (Bytes::from(b), "text/event-stream")),
     };
     let Some((bytes, content_type)) = body else {
         tracing::warn!(key = %key, "undecodable cache entry deleted");
@@ -849,7 +873,10 @@ fn age_value(secs: u64) -> HeaderValue {
 /// The routes every response of which carries `x-uat-cache` (by their
 /// matched path).
 pub(crate) fn is_cached_route(route: &str) -> bool {
-    matches!(route, "/v1/chat/completions" | "/v1/embeddings")
+    matches!(
+        route,
+        "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings"
+    )
 }
 
 /// Marks a response given before the cache was consulted (a refused key,

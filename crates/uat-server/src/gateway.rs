@@ -1,10 +1,12 @@
-//! LLM routing: `POST /v1/chat/completions` (streamed or not) and
+//! LLM routing: `POST /v1/chat/completions` and the legacy text
+//! completions of `POST /v1/completions` (streamed or not), and
 //! `GET /v1/models` (issue: gateway core).
 //!
-//! The handler parses and validates the body, resolves the model (alias,
-//! model or `provider/model`), then asks the cache ([`crate::cache::around`])
-//! and, on a miss, the router. Every chat response carries `x-uat-provider`
-//! and `x-uat-attempts`.
+//! One handler serves both generation routes: it parses and validates the
+//! body ([`Call`]), resolves the model (alias, model or `provider/model`),
+//! then asks the cache ([`crate::cache::around`]) and, on a miss, the
+//! router. Every response of theirs carries `x-uat-provider` and
+//! `x-uat-attempts`.
 
 use crate::StartupError;
 use crate::auth::{Caller, TokenMeter};
@@ -23,8 +25,8 @@ use futures::{Stream, StreamExt};
 use serde_json::Value;
 use std::convert::Infallible;
 use uat_config::Config;
-use uat_router::{BreakerState, FailureKind, RoutedStream, RouterError};
-use uat_types::{ChatRequest, ModelList};
+use uat_router::{BreakerState, FailureKind, Reply, Routed, RoutedStream, RouterError};
+use uat_types::{ChatRequest, CompletionRequest, ModelList};
 
 /// Header naming the provider that served (or last failed) the request.
 pub static X_UAT_PROVIDER: HeaderName = HeaderName::from_static("x-uat-provider");
@@ -85,6 +87,7 @@ pub fn routes() -> Router<AppState> {
         // Ids may hold slashes (`org/model`): the rest of the path is the id.
         .route("/v1/models/{*id}", get(get_model))
         .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
 }
 
 async fn list_models(
@@ -231,7 +234,7 @@ fn refused(err: ApiError) -> Response {
 /// The response for a failed routing, logged once here (the edge).
 fn routing_failed(e: &RouterError, model: &str) -> Response {
     if e.status() >= 500 {
-        tracing::warn!(model, attempts = e.attempts(), error = %e, "chat completion failed upstream");
+        tracing::warn!(model, attempts = e.attempts(), error = %e, "completion failed upstream");
     }
     error_response(router_error(e), e.last_provider(), e.attempts(), model)
 }
@@ -244,33 +247,156 @@ async fn read_body(req: Request) -> Result<(HeaderMap, Bytes), ApiError> {
     Ok((parts.headers, bytes))
 }
 
-/// Deserializes and validates the chat request, naming the bad field.
+/// A generation request: a chat or a legacy text completion, parsed and
+/// validated.
+#[derive(Clone)]
+enum Call {
+    Chat(ChatRequest),
+    Completion(CompletionRequest),
+}
+
+impl Call {
+    /// Deserializes and validates the request of `kind`'s route, naming
+    /// the bad field.
+    #[allow(
+        clippy::result_large_err,
+        reason = "ApiError is the server-wide error type; cold path"
+    )]
+    fn parse(kind: cache::Kind, body: &Value) -> Result<Call, ApiError> {
+        if !body.is_object() {
+            return Err(ApiError::bad_request("request body must be a JSON object"));
+        }
+        let empty_model = || ApiError::invalid_field("model", "`model` must not be empty");
+        if kind == cache::Kind::Completion {
+            let req: CompletionRequest =
+                serde_path_to_error::deserialize(body).map_err(crate::extract::path_error)?;
+            if req.model.is_empty() {
+                return Err(empty_model());
+            }
+            check_prompt(&req.prompt)?;
+            return Ok(Call::Completion(req));
+        }
+        let req: ChatRequest =
+            serde_path_to_error::deserialize(body).map_err(crate::extract::path_error)?;
+        if req.model.is_empty() {
+            return Err(empty_model());
+        }
+        if req.messages.is_empty() {
+            return Err(ApiError::invalid_field(
+                "messages",
+                "`messages` must contain at least one message",
+            ));
+        }
+        Ok(Call::Chat(req))
+    }
+
+    fn model(&self) -> &str {
+        match self {
+            Call::Chat(r) => &r.model,
+            Call::Completion(r) => &r.model,
+        }
+    }
+
+    fn is_stream(&self) -> bool {
+        match self {
+            Call::Chat(r) => r.is_stream(),
+            Call::Completion(r) => r.is_stream(),
+        }
+    }
+
+    fn include_usage(&self) -> bool {
+        match self {
+            Call::Chat(r) => r.include_usage(),
+            Call::Completion(r) => r.include_usage(),
+        }
+    }
+
+    /// Leaves out a field the gateway reads itself.
+    fn remove(&mut self, field: &str) {
+        match self {
+            Call::Chat(r) => r.extra.shift_remove(field),
+            Call::Completion(r) => r.extra.shift_remove(field),
+        };
+    }
+
+    /// The same request with `stream_options.include_usage` set.
+    fn asking_usage(&self) -> Call {
+        let mut asking = self.clone();
+        let options = match &mut asking {
+            Call::Chat(r) => &mut r.stream_options,
+            Call::Completion(r) => &mut r.stream_options,
+        };
+        options.get_or_insert_with(Default::default).include_usage = Some(true);
+        asking
+    }
+
+    async fn reply(
+        &self,
+        router: &uat_router::Router,
+        resolved: &uat_router::Resolved,
+    ) -> Result<Routed<Reply>, RouterError> {
+        match self {
+            Call::Chat(r) => router.chat(resolved, r).await,
+            Call::Completion(r) => router.completion(resolved, r).await,
+        }
+    }
+
+    async fn stream(
+        &self,
+        router: &uat_router::Router,
+        resolved: &uat_router::Resolved,
+    ) -> Result<Routed<RoutedStream>, RouterError> {
+        match self {
+            Call::Chat(r) => router.chat_stream(resolved, r).await,
+            Call::Completion(r) => router.completion_stream(resolved, r).await,
+        }
+    }
+}
+
+/// A completion's `prompt`: a string, an array of strings, an array of
+/// token ids, or an array of such arrays (OpenAI's four forms), not empty.
 #[allow(
     clippy::result_large_err,
     reason = "ApiError is the server-wide error type; cold path"
 )]
-fn parse_chat(body: &Value) -> Result<ChatRequest, ApiError> {
-    if !body.is_object() {
-        return Err(ApiError::bad_request("request body must be a JSON object"));
+fn check_prompt(prompt: &Value) -> Result<(), ApiError> {
+    fn tokens(v: &Value) -> bool {
+        v.as_array()
+            .is_some_and(|a| !a.is_empty() && a.iter().all(|t| t.as_u64().is_some()))
     }
-    let req: ChatRequest =
-        serde_path_to_error::deserialize(body).map_err(crate::extract::path_error)?;
-    if req.model.is_empty() {
-        return Err(ApiError::invalid_field(
-            "model",
-            "`model` must not be empty",
-        ));
+    let ok = match prompt {
+        Value::Null => {
+            return Err(ApiError::invalid_field(
+                "prompt",
+                "`prompt` is required: a string, an array of strings, an array of token ids or an array of token id arrays",
+            ));
+        }
+        Value::String(_) => true,
+        Value::Array(a) if a.is_empty() => false,
+        Value::Array(a) => a.iter().all(Value::is_string) || tokens(prompt) || a.iter().all(tokens),
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid_field(
+            "prompt",
+            "`prompt` must be a string, a non-empty array of strings, of token ids (whole numbers from 0) or of non-empty token id arrays",
+        ))
     }
-    if req.messages.is_empty() {
-        return Err(ApiError::invalid_field(
-            "messages",
-            "`messages` must contain at least one message",
-        ));
-    }
-    Ok(req)
 }
 
 async fn chat(State(state): State<AppState>, request: Request) -> Response {
+    generate(state, request, cache::Kind::Chat).await
+}
+
+/// `POST /v1/completions`: OpenAI's legacy text completions, routed,
+/// retried, failed over, streamed and cached as chat is.
+async fn completions(State(state): State<AppState>, request: Request) -> Response {
+    generate(state, request, cache::Kind::Completion).await
+}
+
+async fn generate(state: AppState, request: Request, kind: cache::Kind) -> Response {
     let tenant = crate::auth::Tenant::of(request.extensions());
     let meter = TokenMeter::of(request.extensions());
     let caller = request.extensions().get::<Caller>().cloned();
@@ -287,26 +413,27 @@ async fn chat(State(state): State<AppState>, request: Request) -> Response {
         }
         Err(e) => return refused(ApiError::bad_request(format!("malformed JSON: {e}"))),
     };
-    let mut req = match parse_chat(&body) {
+    let mut req = match Call::parse(kind, &body) {
         Ok(r) => r,
         Err(e) => return refused(e),
     };
     // The cache's controls (LiteLLM's `cache` object) are the gateway's:
     // `cache::around` reads them from `body`, the upstream never sees them.
-    req.extra.shift_remove(cache::BODY_CONTROLS);
-    if let Err(e) = Caller::check_model(caller.as_ref(), &req.model)
+    req.remove(cache::BODY_CONTROLS);
+    let model = req.model();
+    if let Err(e) = Caller::check_model(caller.as_ref(), model)
         .and_then(|()| Caller::check_other_models(caller.as_ref(), &body))
     {
         return refused(e);
     }
     let router = &state.gateway.router;
-    let resolved = match router.resolve(&req.model) {
+    let resolved = match router.resolve(model) {
         Ok(r) => r,
         Err(e) => return refused(router_error(&e)),
     };
     let cached = resolved.cache_name();
     let names = cache::ModelNames {
-        public: &req.model,
+        public: model,
         cached: &cached,
     };
     // What a stream that reports no usage is taken to have spent of its
@@ -318,18 +445,13 @@ async fn chat(State(state): State<AppState>, request: Request) -> Response {
         // before the client sees it); a key with a token limit needs it to
         // count the stream's tokens (dropped here unless the cache does).
         if req.is_stream() && (ask.usage || meter.is_some()) && !req.include_usage() {
-            let mut asking = req.clone();
-            asking
-                .stream_options
-                .get_or_insert_with(Default::default)
-                .include_usage = Some(true);
             let metering = meter.map(|m| StreamMeter::new(m, prompt_estimate, !ask.usage));
-            stream_upstream(router, resolved, &asking, metering).await
+            stream_upstream(router, resolved, &req.asking_usage(), metering).await
         } else if req.is_stream() {
             let metering = meter.map(|m| StreamMeter::new(m, prompt_estimate, false));
             stream_upstream(router, resolved, req, metering).await
         } else {
-            match router.chat(resolved, req).await {
+            match req.reply(router, resolved).await {
                 Ok(r) => {
                     if let Some(m) = &meter {
                         // No usage in the answer: a token per four bytes
@@ -345,32 +467,23 @@ async fn chat(State(state): State<AppState>, request: Request) -> Response {
                         header::CONTENT_TYPE,
                         HeaderValue::from_static("application/json"),
                     );
-                    tag(&mut resp, &r.provider, r.attempts, &req.model);
+                    tag(&mut resp, &r.provider, r.attempts, req.model());
                     resp
                 }
-                Err(e) => routing_failed(&e, &req.model),
+                Err(e) => routing_failed(&e, req.model()),
             }
         }
     };
-    cache::around(
-        &state,
-        &tenant,
-        &headers,
-        cache::Kind::Chat,
-        names,
-        &body,
-        upstream,
-    )
-    .await
+    cache::around(&state, &tenant, &headers, kind, names, &body, upstream).await
 }
 
 async fn stream_upstream(
     router: &uat_router::Router,
     resolved: &uat_router::Resolved,
-    req: &ChatRequest,
+    req: &Call,
     metering: Option<StreamMeter>,
 ) -> Response {
-    match router.chat_stream(resolved, req).await {
+    match req.stream(router, resolved).await {
         Ok(r) => {
             let provider = r.provider.clone();
             let mut resp =
@@ -385,10 +498,10 @@ async fn stream_upstream(
                 HeaderName::from_static("x-accel-buffering"),
                 HeaderValue::from_static("no"),
             );
-            tag(&mut resp, &provider, r.attempts, &req.model);
+            tag(&mut resp, &provider, r.attempts, req.model());
             resp
         }
-        Err(e) => routing_failed(&e, &req.model),
+        Err(e) => routing_failed(&e, req.model()),
     }
 }
 

@@ -2,7 +2,9 @@
 //! `chat.completion.chunk` events is assembled into one `chat.completion`
 //! (what the cache stores), and a stored completion is replayed as a valid
 //! SSE stream ending in `data: [DONE]`. Content text survives both ways
-//! byte for byte.
+//! byte for byte. Legacy text completions (`/v1/completions`, whose stream
+//! and answer are both `text_completion` objects with `choices[].text`)
+//! go the same two ways ([`Form::Text`]).
 
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
@@ -45,6 +47,9 @@ struct ChoiceAcc {
     tool_calls: BTreeMap<u64, ToolCallAcc>,
     /// `logprobs.content` / `logprobs.refusal` items, in order.
     logprobs: Option<(Vec<Value>, Vec<Value>)>,
+    /// A text completion's legacy `logprobs`: each list (`tokens`,
+    /// `token_logprobs`, `top_logprobs`, `text_offset`) joined in order.
+    text_logprobs: Option<Map<String, Value>>,
     finish_reason: Option<Value>,
 }
 
@@ -88,6 +93,33 @@ impl ChoiceAcc {
                     }
                     _ => return Err(Unfoldable),
                 },
+            }
+        }
+        Ok(())
+    }
+
+    /// Folds one choice of a `text_completion` chunk: its `text` is
+    /// appended, its legacy `logprobs` lists joined. A text or a list of
+    /// another shape cannot be folded.
+    fn fold_text(&mut self, choice: &Value) -> Result<(), Unfoldable> {
+        if let Some(t) = choice.get("text").filter(|t| !t.is_null()) {
+            push_text(&mut self.content, t)?;
+        }
+        let Some(lp) = choice.get("logprobs").filter(|l| !l.is_null()) else {
+            return Ok(());
+        };
+        let Value::Object(fields) = lp else {
+            return Err(Unfoldable);
+        };
+        let into = self.text_logprobs.get_or_insert_with(Map::new);
+        for (name, v) in fields {
+            match (into.get_mut(name), v) {
+                (_, Value::Null) => {}
+                (None, Value::Array(items)) => {
+                    into.insert(name.clone(), Value::Array(items.clone()));
+                }
+                (Some(Value::Array(l)), Value::Array(items)) => l.extend(items.iter().cloned()),
+                _ => return Err(Unfoldable),
             }
         }
         Ok(())
@@ -170,9 +202,20 @@ fn fold_function(v: &Value, name: &mut String, arguments: &mut String) -> Result
     Ok(())
 }
 
+/// Which completion a stream carries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum Form {
+    /// `chat.completion.chunk` deltas into a `chat.completion`.
+    #[default]
+    Chat,
+    /// `text_completion` chunks (`choices[].text`) into a `text_completion`.
+    Text,
+}
+
 /// Folds SSE bytes, as they arrive, into a completion.
 #[derive(Default)]
 pub(crate) struct Assembler {
+    form: Form,
     buf: Vec<u8>,
     /// Bytes fed so far (the bound is on the whole stream, not on `buf`,
     /// which each event drains).
@@ -224,6 +267,14 @@ const DELTA_FIELDS: [&str; 4] = ["role", "content", "refusal", "tool_calls"];
 const MAX_RECORDED: usize = 16 * 1024 * 1024;
 
 impl Assembler {
+    /// An assembler of `form`'s streams.
+    pub(crate) fn new(form: Form) -> Self {
+        Assembler {
+            form,
+            ..Assembler::default()
+        }
+    }
+
     /// Feeds raw body bytes (events may be split anywhere).
     pub(crate) fn feed(&mut self, chunk: &[u8]) {
         if self.failed {
@@ -321,6 +372,13 @@ impl Assembler {
             {
                 acc.finish_reason = Some(fr.clone());
             }
+            if self.form == Form::Text {
+                if acc.fold_text(c).is_err() {
+                    self.fail();
+                    return;
+                }
+                continue;
+            }
             if let Some(lp) = c.get("logprobs").filter(|l| !l.is_null()) {
                 let (content, refusal) = acc.logprobs.get_or_insert_with(Default::default);
                 for (field, into) in [("content", content), ("refusal", refusal)] {
@@ -351,6 +409,15 @@ impl Assembler {
         }
         let mut choices = Vec::with_capacity(self.choices.len());
         for (idx, c) in std::mem::take(&mut self.choices) {
+            if self.form == Form::Text {
+                choices.push(json!({
+                    "text": c.content.unwrap_or_default(),
+                    "index": idx,
+                    "logprobs": c.text_logprobs.map_or(Value::Null, Value::Object),
+                    "finish_reason": c.finish_reason.unwrap_or(Value::Null),
+                }));
+                continue;
+            }
             let mut msg = Map::new();
             msg.insert("role".into(), c.role.unwrap_or_else(|| json!("assistant")));
             // A turn of tool calls only: `content` null, as a non-streamed
@@ -406,11 +473,12 @@ impl Assembler {
             }));
         }
         let mut out = Map::new();
-        out.insert(
-            "id".into(),
-            self.id.take().unwrap_or_else(|| json!("chatcmpl-cached")),
-        );
-        out.insert("object".into(), json!("chat.completion"));
+        let (id, object) = match self.form {
+            Form::Chat => ("chatcmpl-cached", "chat.completion"),
+            Form::Text => ("cmpl-cached", "text_completion"),
+        };
+        out.insert("id".into(), self.id.take().unwrap_or_else(|| json!(id)));
+        out.insert("object".into(), json!(object));
         out.insert("created".into(), self.created.take().unwrap_or(json!(0)));
         out.insert("model".into(), self.model.take().unwrap_or(Value::Null));
         out.insert("choices".into(), Value::Array(choices));
@@ -443,12 +511,16 @@ fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
 /// content and tool calls, then one with the finish reason; the usage chunk
 /// when asked for; then `data: [DONE]`. `None` when the value is not a
 /// completion.
-pub(crate) fn replay(stored: &[u8], include_usage: bool) -> Option<Vec<u8>> {
+pub(crate) fn replay(stored: &[u8], include_usage: bool, form: Form) -> Option<Vec<u8>> {
     let v: Value = serde_json::from_slice(stored).ok()?;
     let choices = v.get("choices")?.as_array()?;
     let mut base = Map::new();
     base.insert("id".into(), v.get("id").cloned().unwrap_or(Value::Null));
-    base.insert("object".into(), json!("chat.completion.chunk"));
+    let object = match form {
+        Form::Chat => "chat.completion.chunk",
+        Form::Text => "text_completion",
+    };
+    base.insert("object".into(), json!(object));
     base.insert(
         "created".into(),
         v.get("created").cloned().unwrap_or(json!(0)),
@@ -474,6 +546,21 @@ pub(crate) fn replay(stored: &[u8], include_usage: bool) -> Option<Vec<u8>> {
     };
     for (pos, choice) in choices.iter().enumerate() {
         let idx = choice.get("index").cloned().unwrap_or(json!(pos));
+        if form == Form::Text {
+            // The text and its logprobs, then the finish reason after an
+            // empty text, as OpenAI ends a completion stream.
+            let text = choice.get("text")?.as_str()?;
+            let logprobs = choice.get("logprobs").cloned().unwrap_or(Value::Null);
+            emit(
+                json!([{ "text": text, "index": idx, "logprobs": logprobs, "finish_reason": Value::Null }]),
+                None,
+            )?;
+            emit(
+                json!([{ "text": "", "index": idx, "logprobs": Value::Null, "finish_reason": choice.get("finish_reason").cloned().unwrap_or(Value::Null) }]),
+                None,
+            )?;
+            continue;
+        }
         let msg = choice.get("message")?;
         let mut delta = Map::new();
         delta.insert(
@@ -559,7 +646,7 @@ mod tests {
         assert_eq!(choice["message"]["content"], "Hi!");
         assert_eq!(choice["message"]["reasoning_content"], "Think hard.");
         assert_eq!(choice["logprobs"]["content"], json!([lp("Hi"), lp("!")]));
-        let replayed = String::from_utf8(replay(&stored, false).unwrap()).unwrap();
+        let replayed = String::from_utf8(replay(&stored, false, Form::Chat).unwrap()).unwrap();
         let first: Value = serde_json::from_str(
             replayed
                 .lines()
@@ -574,6 +661,81 @@ mod tests {
             "Think hard."
         );
         assert_eq!(first["choices"][0]["logprobs"]["content"][1]["token"], "!");
+    }
+
+    /// A text completion stream (vLLM's `/v1/completions`: text pieces,
+    /// the finish reason on the last, legacy logprobs lists, a usage chunk)
+    /// is stored as one `text_completion` and replayed as one, the text
+    /// byte for byte.
+    #[test]
+    fn a_text_completion_stream_is_stored_and_replayed_as_one() {
+        let piece = |text: &str, lp: Value, finish: Value| json!({"id":"cmpl-1","object":"text_completion","created":3,"model":"m","choices":[{"index":0,"text":text,"logprobs":lp,"finish_reason":finish}]});
+        let lp = |t: &str, at: u64| json!({"tokens":[t],"token_logprobs":[-0.1],"top_logprobs":[{t: -0.1}],"text_offset":[at]});
+        let events = [
+            piece("def f():\n", lp("def f():\n", 0), Value::Null),
+            piece("  return 1 ✓", lp("  return 1 ✓", 9), json!("length")),
+            json!({"id":"cmpl-1","object":"text_completion","created":3,"model":"m","choices":[],"usage":{"prompt_tokens":4,"completion_tokens":2,"total_tokens":6}}),
+        ];
+        let mut asm = Assembler::new(Form::Text);
+        for e in &events {
+            asm.feed(format!("data: {e}\n\n").as_bytes());
+        }
+        asm.feed(b"data: [DONE]\n\n");
+        let stored = asm.finish().expect("a complete stream");
+        let v: Value = serde_json::from_slice(&stored).unwrap();
+        assert_eq!(v["object"], "text_completion");
+        assert_eq!(v["id"], "cmpl-1");
+        assert_eq!(v["usage"]["total_tokens"], 6);
+        let choice = &v["choices"][0];
+        assert_eq!(choice["text"], "def f():\n  return 1 ✓");
+        assert_eq!(choice["finish_reason"], "length");
+        assert_eq!(choice["logprobs"]["text_offset"], json!([0, 9]));
+        assert_eq!(
+            choice["logprobs"]["tokens"],
+            json!(["def f():\n", "  return 1 ✓"])
+        );
+        assert!(choice.get("message").is_none(), "no chat message");
+
+        let replayed = String::from_utf8(replay(&stored, true, Form::Text).unwrap()).unwrap();
+        assert!(replayed.ends_with("data: [DONE]\n\n"));
+        let chunks: Vec<Value> = replayed
+            .split("\n\n")
+            .filter_map(|e| e.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect();
+        assert_eq!(chunks.len(), 3, "text, finish reason, usage: {replayed}");
+        assert!(chunks.iter().all(|c| c["object"] == "text_completion"));
+        assert_eq!(chunks[0]["choices"][0]["text"], "def f():\n  return 1 ✓");
+        assert_eq!(chunks[1]["choices"][0]["finish_reason"], "length");
+        assert_eq!(chunks[2]["usage"]["total_tokens"], 6);
+        // The replay records to the same completion.
+        let mut again = Assembler::new(Form::Text);
+        again.feed(replayed.as_bytes());
+        assert_eq!(again.finish().as_deref(), Some(&stored[..]));
+        // Without `usage` asked: no usage chunk.
+        let plain = String::from_utf8(replay(&stored, false, Form::Text).unwrap()).unwrap();
+        assert!(!plain.contains("\"usage\""));
+    }
+
+    /// A text completion's `logprobs` of another shape, or a text that is
+    /// not a string, cannot be folded: the stream is not stored.
+    #[test]
+    fn a_text_completion_piece_of_another_shape_is_not_stored() {
+        for choice in [
+            json!({"index":0,"text":"a","logprobs":[1],"finish_reason":"stop"}),
+            json!({"index":0,"text":"a","logprobs":{"tokens":"a"},"finish_reason":"stop"}),
+            json!({"index":0,"text":7,"logprobs":null,"finish_reason":"stop"}),
+        ] {
+            let mut asm = Assembler::new(Form::Text);
+            asm.feed(
+                format!("data: {}\n\ndata: [DONE]\n\n", json!({"choices":[choice]})).as_bytes(),
+            );
+            assert!(asm.finish().is_none(), "{choice}");
+        }
+        let mut asm = Assembler::new(Form::Text);
+        asm.feed(b"data: {\"choices\":[{\"index\":0,\"text\":\"a\",\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n");
+        assert!(asm.finish().is_some(), "the control case is stored");
     }
 
     fn chunk(content: &str) -> String {
@@ -638,7 +800,7 @@ mod tests {
         let v: Value = serde_json::from_slice(&done).unwrap();
         assert_eq!(v["choices"][0]["message"]["content"], text.concat());
         assert_eq!(v["choices"][0]["finish_reason"], "stop");
-        let replayed = replay(&done, false).unwrap();
+        let replayed = replay(&done, false, Form::Chat).unwrap();
         let mut b = Assembler::default();
         b.feed(&replayed);
         let again: Value = serde_json::from_slice(&b.finish().unwrap()).unwrap();
@@ -699,7 +861,7 @@ mod tests {
         assert_eq!(choice["message"]["content"], Value::Null);
         // And replayed: the replay records to the same completion.
         let mut again = Assembler::default();
-        again.feed(&replay(&serde_json::to_vec(&v).unwrap(), false).unwrap());
+        again.feed(&replay(&serde_json::to_vec(&v).unwrap(), false, Form::Chat).unwrap());
         let again: Value = serde_json::from_slice(&again.finish().unwrap()).unwrap();
         assert_eq!(again["choices"][0]["message"], choice["message"]);
     }
@@ -819,7 +981,9 @@ mod tests {
         assert_eq!(tc["function"]["arguments"], "{\"a\":1}");
         assert_eq!(tc["id"], "call_1");
         assert!(v["choices"][0]["message"]["content"].is_null(), "{v}");
-        let r = String::from_utf8(replay(&serde_json::to_vec(&v).unwrap(), true).unwrap()).unwrap();
+        let r =
+            String::from_utf8(replay(&serde_json::to_vec(&v).unwrap(), true, Form::Chat).unwrap())
+                .unwrap();
         assert!(r.contains("\"tool_calls\""));
     }
 }

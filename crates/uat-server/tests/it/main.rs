@@ -11,6 +11,7 @@
 mod auth;
 mod cache;
 mod common;
+mod completions;
 mod dashboard;
 mod embeddings;
 mod gateway;
