@@ -271,6 +271,19 @@ pub struct Usage {
     /// Sum of both.
     #[serde(default)]
     pub total_tokens: u64,
+    /// What of the prompt the provider read from its prompt cache, when a
+    /// translation knows it (Anthropic's `cache_read_input_tokens`). Written
+    /// only: an OpenAI-compatible upstream's own details pass through in its
+    /// bytes, and parsing them (any shape, `null`s) could only fail a usage.
+    #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens_details: Option<PromptTokensDetails>,
+}
+
+/// OpenAI's `usage.prompt_tokens_details`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct PromptTokensDetails {
+    /// Prompt tokens read from the provider's prompt cache.
+    pub cached_tokens: u64,
 }
 
 impl Usage {
@@ -281,6 +294,17 @@ impl Usage {
             completion_tokens,
             // Counts come from upstreams: never an overflow panic (debug builds).
             total_tokens: prompt_tokens.saturating_add(completion_tokens),
+            prompt_tokens_details: None,
+        }
+    }
+
+    /// The same usage saying how many prompt tokens came from the
+    /// provider's prompt cache (`None`: unknown, left out).
+    pub fn with_cached_tokens(self, cached: Option<u64>) -> Self {
+        Usage {
+            prompt_tokens_details: cached
+                .map(|cached_tokens| PromptTokensDetails { cached_tokens }),
+            ..self
         }
     }
 }

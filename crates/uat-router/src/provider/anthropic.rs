@@ -677,8 +677,16 @@ impl AUsage {
     /// OpenAI's `prompt_tokens`: the whole prompt, cached parts included.
     fn prompt_tokens(&self) -> u64 {
         self.input_tokens
-            + self.cache_creation_input_tokens.unwrap_or(0)
-            + self.cache_read_input_tokens.unwrap_or(0)
+            .saturating_add(self.cache_creation_input_tokens.unwrap_or(0))
+            .saturating_add(self.cache_read_input_tokens.unwrap_or(0))
+    }
+
+    /// OpenAI's usage: the whole prompt, and what of it was read from the
+    /// prompt cache as `prompt_tokens_details.cached_tokens` (when Anthropic
+    /// reported it).
+    fn openai(&self) -> Usage {
+        Usage::new(self.prompt_tokens(), self.output_tokens)
+            .with_cached_tokens(self.cache_read_input_tokens)
     }
 }
 
@@ -773,7 +781,7 @@ impl Provider for Anthropic {
                     .extra
                     .insert("tool_calls".into(), Value::Array(calls));
             }
-            let usage = Usage::new(m.usage.prompt_tokens(), m.usage.output_tokens);
+            let usage = m.usage.openai();
             let completion = ChatCompletion {
                 id: m.id,
                 object: "chat.completion".into(),
@@ -1123,7 +1131,7 @@ impl StreamState {
             Some("message_stop") => {
                 if self.include_usage {
                     self.role_first();
-                    let u = Usage::new(self.usage.prompt_tokens(), self.usage.output_tokens);
+                    let u = self.usage.openai();
                     let c = ChatChunk::usage(&self.id, self.created, &self.model, u);
                     self.pending.push_back(StreamChunk::from_chunk(&c));
                 }

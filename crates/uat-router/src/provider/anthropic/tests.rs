@@ -969,4 +969,38 @@ fn cached_prompt_tokens_count_in_prompt_tokens() {
         .expect("a usage chunk");
     assert_eq!(usage["prompt_tokens"], 125, "{usage}");
     assert_eq!(usage["completion_tokens"], 4, "{usage}");
+    assert_eq!(
+        usage["prompt_tokens_details"]["cached_tokens"], 100,
+        "what was read from the cache, as OpenAI reports it: {usage}"
+    );
+    // Without cache figures: no details (not a made-up 0).
+    let out = collect(
+        &[
+            r#"data: {"type":"message_start","message":{"id":"m","usage":{"input_tokens":5,"output_tokens":1}}}"#,
+            r#"data: {"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":4}}"#,
+            r#"data: {"type":"message_stop"}"#,
+        ],
+        true,
+    );
+    let usage = out
+        .into_iter()
+        .map(Result::unwrap)
+        .find_map(|c| c.get("usage").filter(|u| !u.is_null()).cloned())
+        .expect("a usage chunk");
+    assert_eq!(usage["prompt_tokens"], 5, "{usage}");
+    assert!(usage.get("prompt_tokens_details").is_none(), "{usage}");
+}
+
+/// A whole answer's usage carries the cached prompt tokens too.
+#[test]
+fn a_whole_answer_reports_its_cached_prompt_tokens() {
+    let u: AUsage = serde_json::from_value(
+        json!({"input_tokens": 5, "cache_read_input_tokens": 100, "output_tokens": 3}),
+    )
+    .unwrap();
+    assert_eq!(
+        serde_json::to_value(u.openai()).unwrap(),
+        json!({"prompt_tokens": 105, "completion_tokens": 3, "total_tokens": 108,
+               "prompt_tokens_details": {"cached_tokens": 100}})
+    );
 }
