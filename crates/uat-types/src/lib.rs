@@ -168,31 +168,94 @@ impl Serialize for Readdressed<'_> {
         let mut m = s.serialize_map(None)?;
         m.serialize_entry("model", self.model)?;
         m.serialize_entry("messages", &r.messages)?;
-        if self.stream {
+        Rest {
+            stream: self.stream.then_some(r.stream_options.as_ref()),
+            limits: &[
+                ("max_tokens", r.max_tokens),
+                ("max_completion_tokens", r.max_completion_tokens),
+            ],
+            temperature: r.temperature,
+            top_p: r.top_p,
+            stop: r.stop.as_ref(),
+            extra: &r.extra,
+        }
+        .serialize_into(&mut m)?;
+        m.end()
+    }
+}
+
+/// A text completion request re-addressed to an upstream model name, as
+/// [`Readdressed`] is for chat.
+#[derive(Debug, Clone, Copy)]
+pub struct ReaddressedCompletion<'a> {
+    /// The client's request.
+    pub req: &'a CompletionRequest,
+    /// The upstream's model name.
+    pub model: &'a str,
+    /// Whether the upstream should stream.
+    pub stream: bool,
+}
+
+impl Serialize for ReaddressedCompletion<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let r = self.req;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("model", self.model)?;
+        m.serialize_entry("prompt", &r.prompt)?;
+        Rest {
+            stream: self.stream.then_some(r.stream_options.as_ref()),
+            limits: &[("max_tokens", r.max_tokens)],
+            temperature: r.temperature,
+            top_p: r.top_p,
+            stop: r.stop.as_ref(),
+            extra: &r.extra,
+        }
+        .serialize_into(&mut m)?;
+        m.end()
+    }
+}
+
+/// What a re-addressed request sends after its input: `stream` (and its
+/// options) when streaming, the limits and sampling fields that are set,
+/// then every other field.
+struct Rest<'a> {
+    /// `Some` when streaming, with the client's `stream_options`.
+    stream: Option<Option<&'a StreamOptions>>,
+    /// Output limits by name.
+    limits: &'a [(&'static str, Option<u32>)],
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    stop: Option<&'a Value>,
+    extra: &'a Map<String, Value>,
+}
+
+impl Rest<'_> {
+    fn serialize_into<M: serde::ser::SerializeMap>(&self, m: &mut M) -> Result<(), M::Error> {
+        if let Some(options) = self.stream {
             m.serialize_entry("stream", &true)?;
-            if let Some(o) = &r.stream_options {
+            if let Some(o) = options {
                 m.serialize_entry("stream_options", o)?;
             }
         }
-        if let Some(v) = r.max_tokens {
-            m.serialize_entry("max_tokens", &v)?;
+        for (name, v) in self.limits {
+            if let Some(v) = v {
+                m.serialize_entry(name, v)?;
+            }
         }
-        if let Some(v) = r.max_completion_tokens {
-            m.serialize_entry("max_completion_tokens", &v)?;
-        }
-        if let Some(v) = r.temperature {
+        if let Some(v) = self.temperature {
             m.serialize_entry("temperature", &v)?;
         }
-        if let Some(v) = r.top_p {
+        if let Some(v) = self.top_p {
             m.serialize_entry("top_p", &v)?;
         }
-        if let Some(v) = &r.stop {
+        if let Some(v) = self.stop {
             m.serialize_entry("stop", v)?;
         }
-        for (k, v) in &r.extra {
+        for (k, v) in self.extra {
             m.serialize_entry(k, v)?;
         }
-        m.end()
+        Ok(())
     }
 }
 

@@ -9,7 +9,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 use std::time::Duration;
 use uat_config::{ProviderConfig, ProviderKind};
-use uat_types::{ChatRequest, CompletionRequest, Readdressed, Usage};
+use uat_types::{ChatRequest, CompletionRequest, Readdressed, ReaddressedCompletion, Usage};
 
 /// An OpenAI-compatible provider. `base_url` includes `/v1`.
 pub struct OpenAi {
@@ -221,48 +221,6 @@ impl OpenAi {
             .body(body);
         let resp = send(rb, self.first_byte).await?;
         Ok(translate(lines(resp)))
-    }
-}
-
-/// A text completion request re-addressed to an upstream model name,
-/// serialized without cloning the request (what [`Readdressed`] is for
-/// chat). `stream` and `stream_options` follow `stream`; every other field
-/// passes through.
-struct ReaddressedCompletion<'a> {
-    req: &'a CompletionRequest,
-    model: &'a str,
-    stream: bool,
-}
-
-impl serde::Serialize for ReaddressedCompletion<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let r = self.req;
-        let mut m = s.serialize_map(None)?;
-        m.serialize_entry("model", self.model)?;
-        m.serialize_entry("prompt", &r.prompt)?;
-        if self.stream {
-            m.serialize_entry("stream", &true)?;
-            if let Some(o) = &r.stream_options {
-                m.serialize_entry("stream_options", o)?;
-            }
-        }
-        if let Some(v) = r.max_tokens {
-            m.serialize_entry("max_tokens", &v)?;
-        }
-        if let Some(v) = r.temperature {
-            m.serialize_entry("temperature", &v)?;
-        }
-        if let Some(v) = r.top_p {
-            m.serialize_entry("top_p", &v)?;
-        }
-        if let Some(v) = &r.stop {
-            m.serialize_entry("stop", v)?;
-        }
-        for (k, v) in &r.extra {
-            m.serialize_entry(k, v)?;
-        }
-        m.end()
     }
 }
 
