@@ -684,11 +684,12 @@ where
         let Some(form) = kind.form() else {
             return tag(&svc.answers, resp, Outcome::Miss, Some(&key));
         };
+        let asm = sse::Assembler::new(form, choices(kind, body));
         let (parts, body) = resp.into_parts();
         let rec = Recording {
             inner: body.into_data_stream(),
             strip_usage: ask.usage,
-            asm: sse::Assembler::new(form),
+            asm,
             sink: Some(Sink {
                 cache: cache.clone(),
                 key: key.clone(),
@@ -767,6 +768,21 @@ impl Replay {
             _ => Replay::Json,
         }
     }
+}
+
+/// How many choices a complete answer to `body` has: `n` (1 when absent),
+/// times the prompts of a text completion (a string or a list of token ids
+/// is one; a list of strings or of token id lists one each).
+fn choices(kind: Kind, body: &serde_json::Value) -> u64 {
+    use serde_json::Value;
+    let n = body.get("n").and_then(Value::as_u64).unwrap_or(1);
+    let prompts = match body.get("prompt") {
+        Some(Value::Array(a)) if kind == Kind::Completion && a.iter().any(|p| !p.is_number()) => {
+            a.len() as u64
+        }
+        _ => 1,
+    };
+    n.saturating_mul(prompts)
 }
 
 /// A stored answer must be a JSON object of the right shape. Checked without
@@ -1193,6 +1209,30 @@ mod tests {
         assert_eq!(p.ttl, Duration::from_secs(5));
         let p = policy_of(&[("x-uat-cache-ttl", b"0")]).unwrap();
         assert!(!p.write);
+    }
+
+    #[test]
+    fn a_complete_answer_has_n_choices_per_prompt() {
+        use serde_json::json;
+        assert_eq!(choices(Kind::Chat, &json!({"messages": []})), 1);
+        assert_eq!(choices(Kind::Chat, &json!({"n": 3})), 3);
+        assert_eq!(
+            choices(Kind::Chat, &json!({"n": 2, "prompt": ["a", "b"]})),
+            2
+        );
+        assert_eq!(
+            choices(Kind::Completion, &json!({"prompt": "a", "n": 2})),
+            2
+        );
+        assert_eq!(
+            choices(Kind::Completion, &json!({"prompt": ["a", "b", "c"]})),
+            3
+        );
+        assert_eq!(choices(Kind::Completion, &json!({"prompt": [1, 2, 3]})), 1);
+        assert_eq!(
+            choices(Kind::Completion, &json!({"prompt": [[1], [2]], "n": 2})),
+            4
+        );
     }
 
     #[test]

@@ -32,7 +32,8 @@ struct Object<'a> {
 struct TextChoice<'a> {
     text: &'a str,
     index: u32,
-    /// Always null: these answers carry none (Ollama refuses to be asked).
+    /// Always null: these answers carry none (the gateway refuses to ask
+    /// Ollama for them).
     logprobs: Option<()>,
     finish_reason: Option<&'a str>,
 }

@@ -555,7 +555,10 @@ impl Provider for Ollama {
     ) -> BoxFuture<'a, Result<Reply, Failure>> {
         Box::pin(async move {
             let body = generate::body(model, req, false)?;
-            let resp = self.post(self.generate_url.clone(), &body, false).await?;
+            let resp = self
+                .post(self.generate_url.clone(), &body, false)
+                .await
+                .map_err(generate::no_insert)?;
             let (_, r) = read_json(resp).await?;
             generate::answer(model, r)
         })
@@ -568,7 +571,10 @@ impl Provider for Ollama {
     ) -> BoxFuture<'a, Result<ChunkStream, Failure>> {
         Box::pin(async move {
             let body = generate::body(model, req, true)?;
-            let resp = self.post(self.generate_url.clone(), &body, true).await?;
+            let resp = self
+                .post(self.generate_url.clone(), &body, true)
+                .await
+                .map_err(generate::no_insert)?;
             let state =
                 generate::GenerateStream::new(TextCompletion::new(model), req.include_usage());
             Ok(translate(lines(resp), state))

@@ -50,6 +50,9 @@ struct ChoiceAcc {
     /// A text completion's legacy `logprobs`: each list (`tokens`,
     /// `token_logprobs`, `top_logprobs`, `text_offset`) joined in order.
     text_logprobs: Option<Map<String, Value>>,
+    /// A text completion choice's other fields (vLLM's `stop_reason`,
+    /// `token_ids`): lists joined, other values as last sent.
+    text_extra: Map<String, Value>,
     finish_reason: Option<Value>,
 }
 
@@ -99,11 +102,32 @@ impl ChoiceAcc {
     }
 
     /// Folds one choice of a `text_completion` chunk: its `text` is
-    /// appended, its legacy `logprobs` lists joined. A text or a list of
-    /// another shape cannot be folded.
+    /// appended, its legacy `logprobs` lists joined, any other field's list
+    /// joined or value kept as last sent. A text, logprobs or field of
+    /// another shape (an object) cannot be folded.
     fn fold_text(&mut self, choice: &Value) -> Result<(), Unfoldable> {
-        if let Some(t) = choice.get("text").filter(|t| !t.is_null()) {
-            push_text(&mut self.content, t)?;
+        let Value::Object(fields) = choice else {
+            return Err(Unfoldable);
+        };
+        for (name, v) in fields {
+            match (name.as_str(), v) {
+                (_, Value::Null) | ("index" | "finish_reason" | "logprobs", _) => {}
+                ("text", t) => push_text(&mut self.content, t)?,
+                (_, Value::Object(_)) => return Err(Unfoldable),
+                (_, Value::Array(items)) => match self.text_extra.get_mut(name) {
+                    Some(Value::Array(l)) => l.extend(items.iter().cloned()),
+                    Some(_) => return Err(Unfoldable),
+                    None => {
+                        self.text_extra.insert(name.clone(), v.clone());
+                    }
+                },
+                (_, scalar) => match self.text_extra.get(name) {
+                    Some(Value::Array(_)) => return Err(Unfoldable),
+                    _ => {
+                        self.text_extra.insert(name.clone(), scalar.clone());
+                    }
+                },
+            }
         }
         let Some(lp) = choice.get("logprobs").filter(|l| !l.is_null()) else {
             return Ok(());
@@ -216,6 +240,9 @@ pub(crate) enum Form {
 #[derive(Default)]
 pub(crate) struct Assembler {
     form: Form,
+    /// How many choices a complete answer has (`n`, times the prompts of a
+    /// text completion); 0: not known.
+    expected: u64,
     buf: Vec<u8>,
     /// Bytes fed so far (the bound is on the whole stream, not on `buf`,
     /// which each event drains).
@@ -267,10 +294,14 @@ const DELTA_FIELDS: [&str; 4] = ["role", "content", "refusal", "tool_calls"];
 const MAX_RECORDED: usize = 16 * 1024 * 1024;
 
 impl Assembler {
-    /// An assembler of `form`'s streams.
-    pub(crate) fn new(form: Form) -> Self {
+    /// An assembler of `form`'s streams whose complete answer has
+    /// `expected` choices (indexes 0 to `expected` - 1; 0: not known). A
+    /// stream cut before some choice began looks finished to an upstream
+    /// that sends no `[DONE]`; it is not stored.
+    pub(crate) fn new(form: Form, expected: u64) -> Self {
         Assembler {
             form,
+            expected,
             ..Assembler::default()
         }
     }
@@ -407,15 +438,24 @@ impl Assembler {
         if self.choices.values().any(|c| c.finish_reason.is_none()) {
             return None;
         }
+        if self.expected > 0 && !self.choices.keys().copied().eq(0..self.expected) {
+            return None;
+        }
         let mut choices = Vec::with_capacity(self.choices.len());
         for (idx, c) in std::mem::take(&mut self.choices) {
             if self.form == Form::Text {
-                choices.push(json!({
-                    "text": c.content.unwrap_or_default(),
-                    "index": idx,
-                    "logprobs": c.text_logprobs.map_or(Value::Null, Value::Object),
-                    "finish_reason": c.finish_reason.unwrap_or(Value::Null),
-                }));
+                let mut choice = c.text_extra;
+                choice.insert("text".into(), Value::String(c.content.unwrap_or_default()));
+                choice.insert("index".into(), json!(idx));
+                choice.insert(
+                    "logprobs".into(),
+                    c.text_logprobs.map_or(Value::Null, Value::Object),
+                );
+                choice.insert(
+                    "finish_reason".into(),
+                    c.finish_reason.unwrap_or(Value::Null),
+                );
+                choices.push(Value::Object(choice));
                 continue;
             }
             let mut msg = Map::new();
@@ -547,18 +587,31 @@ pub(crate) fn replay(stored: &[u8], include_usage: bool, form: Form) -> Option<V
     for (pos, choice) in choices.iter().enumerate() {
         let idx = choice.get("index").cloned().unwrap_or(json!(pos));
         if form == Form::Text {
-            // The text and its logprobs, then the finish reason after an
-            // empty text, as OpenAI ends a completion stream.
+            // The text, its logprobs and other lists (vLLM's `token_ids`),
+            // then the finish reason and other values (`stop_reason`) after
+            // an empty text, as OpenAI ends a completion stream.
             let text = choice.get("text")?.as_str()?;
+            let mut first = Map::new();
+            first.insert("text".into(), json!(text));
+            first.insert("index".into(), idx.clone());
             let logprobs = choice.get("logprobs").cloned().unwrap_or(Value::Null);
-            emit(
-                json!([{ "text": text, "index": idx, "logprobs": logprobs, "finish_reason": Value::Null }]),
-                None,
-            )?;
-            emit(
-                json!([{ "text": "", "index": idx, "logprobs": Value::Null, "finish_reason": choice.get("finish_reason").cloned().unwrap_or(Value::Null) }]),
-                None,
-            )?;
+            first.insert("logprobs".into(), logprobs);
+            first.insert("finish_reason".into(), Value::Null);
+            let mut last = Map::new();
+            last.insert("text".into(), json!(""));
+            last.insert("index".into(), idx);
+            last.insert("logprobs".into(), Value::Null);
+            let finish = choice.get("finish_reason").cloned();
+            last.insert("finish_reason".into(), finish.unwrap_or(Value::Null));
+            for (name, v) in choice.as_object()? {
+                if ["text", "index", "logprobs", "finish_reason"].contains(&name.as_str()) {
+                    continue;
+                }
+                let into = if v.is_array() { &mut first } else { &mut last };
+                into.insert(name.clone(), v.clone());
+            }
+            emit(json!([first]), None)?;
+            emit(json!([last]), None)?;
             continue;
         }
         let msg = choice.get("message")?;
@@ -676,7 +729,7 @@ mod tests {
             piece("  return 1 ✓", lp("  return 1 ✓", 9), json!("length")),
             json!({"id":"cmpl-1","object":"text_completion","created":3,"model":"m","choices":[],"usage":{"prompt_tokens":4,"completion_tokens":2,"total_tokens":6}}),
         ];
-        let mut asm = Assembler::new(Form::Text);
+        let mut asm = Assembler::new(Form::Text, 1);
         for e in &events {
             asm.feed(format!("data: {e}\n\n").as_bytes());
         }
@@ -710,12 +763,72 @@ mod tests {
         assert_eq!(chunks[1]["choices"][0]["finish_reason"], "length");
         assert_eq!(chunks[2]["usage"]["total_tokens"], 6);
         // The replay records to the same completion.
-        let mut again = Assembler::new(Form::Text);
+        let mut again = Assembler::new(Form::Text, 1);
         again.feed(replayed.as_bytes());
         assert_eq!(again.finish().as_deref(), Some(&stored[..]));
         // Without `usage` asked: no usage chunk.
         let plain = String::from_utf8(replay(&stored, false, Form::Text).unwrap()).unwrap();
         assert!(!plain.contains("\"usage\""));
+    }
+
+    /// vLLM's choice fields beside the text (`token_ids` per piece, the
+    /// `stop_reason` at the end) are kept: lists joined, values as last
+    /// sent; two prompts' choices, interleaved, are stored apart and
+    /// replayed in order; a stream that never began a choice it should
+    /// have is not stored.
+    #[test]
+    fn text_choices_keep_their_fields_and_all_must_come() {
+        let piece = |index: u64, text: &str, ids: Value, stop: Value, finish: Value| {
+            format!(
+                "data: {}\n\n",
+                json!({"id":"cmpl-2","object":"text_completion","created":3,"model":"m",
+                       "choices":[{"index":index,"text":text,"logprobs":null,"token_ids":ids,
+                                   "stop_reason":stop,"finish_reason":finish}]})
+            )
+        };
+        let events = [
+            piece(0, "a", json!([1]), Value::Null, Value::Null),
+            piece(1, "x", json!([7]), Value::Null, Value::Null),
+            piece(0, "b", json!([2]), json!("\n\n"), json!("stop")),
+            piece(1, "y", json!([8]), json!(42), json!("stop")),
+        ];
+        let mut asm = Assembler::new(Form::Text, 2);
+        for e in &events {
+            asm.feed(e.as_bytes());
+        }
+        asm.feed(b"data: [DONE]\n\n");
+        let stored = asm.finish().expect("both choices finished");
+        let v: Value = serde_json::from_slice(&stored).unwrap();
+        assert_eq!(v["choices"][0]["text"], "ab");
+        assert_eq!(v["choices"][0]["token_ids"], json!([1, 2]));
+        assert_eq!(v["choices"][0]["stop_reason"], "\n\n");
+        assert_eq!(v["choices"][1]["text"], "xy");
+        assert_eq!(v["choices"][1]["index"], 1);
+        assert_eq!(v["choices"][1]["stop_reason"], 42);
+        let replayed = String::from_utf8(replay(&stored, false, Form::Text).unwrap()).unwrap();
+        let mut again = Assembler::new(Form::Text, 2);
+        again.feed(replayed.as_bytes());
+        assert_eq!(
+            again.finish().as_deref(),
+            Some(&stored[..]),
+            "the replay records to the same answer: {replayed}"
+        );
+
+        // Three choices expected (three prompts), two came: not stored.
+        let mut cut = Assembler::new(Form::Text, 3);
+        for e in &events {
+            cut.feed(e.as_bytes());
+        }
+        cut.feed(b"data: [DONE]\n\n");
+        assert!(
+            cut.finish().is_none(),
+            "the third prompt's choice never began"
+        );
+        // An object where a value is expected cannot be folded.
+        let mut odd = Assembler::new(Form::Text, 1);
+        odd.feed(piece(0, "a", json!({"ids": [1]}), Value::Null, json!("stop")).as_bytes());
+        odd.feed(b"data: [DONE]\n\n");
+        assert!(odd.finish().is_none());
     }
 
     /// A text completion's `logprobs` of another shape, or a text that is
@@ -727,13 +840,13 @@ mod tests {
             json!({"index":0,"text":"a","logprobs":{"tokens":"a"},"finish_reason":"stop"}),
             json!({"index":0,"text":7,"logprobs":null,"finish_reason":"stop"}),
         ] {
-            let mut asm = Assembler::new(Form::Text);
+            let mut asm = Assembler::new(Form::Text, 1);
             asm.feed(
                 format!("data: {}\n\ndata: [DONE]\n\n", json!({"choices":[choice]})).as_bytes(),
             );
             assert!(asm.finish().is_none(), "{choice}");
         }
-        let mut asm = Assembler::new(Form::Text);
+        let mut asm = Assembler::new(Form::Text, 1);
         asm.feed(b"data: {\"choices\":[{\"index\":0,\"text\":\"a\",\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n");
         assert!(asm.finish().is_some(), "the control case is stored");
     }

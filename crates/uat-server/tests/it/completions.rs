@@ -93,16 +93,28 @@ async fn completions_are_cached_streamed_or_not_and_apart_from_chat() {
     let want = "fn main() { println!(\"hi ✓\"); }";
     let req = |prompt: &str, stream: bool| json!({"model": model, "prompt": prompt, "temperature": 0, "stream": stream});
 
-    // Streamed miss, then a plain hit.
+    // Streamed miss, then a plain hit. The gateway asked for the usage to
+    // store it, and kept it from the client, who did not.
     let resp = app.post("/v1/completions", &req("a", true)).await;
     assert_eq!(header(&resp, "x-uat-cache"), "miss");
-    assert_eq!(streamed_text(&sse_events(resp).await), want);
+    let events = sse_events(resp).await;
+    assert_eq!(streamed_text(&events), want);
+    assert!(
+        !events.iter().any(|e| serde_json::from_str::<Value>(e)
+            .is_ok_and(|v| v.get("usage").is_some_and(|u| !u.is_null()))),
+        "{events:?}"
+    );
+    assert_eq!(
+        up.last_body().unwrap()["stream_options"]["include_usage"],
+        true
+    );
     let resp = app.post("/v1/completions", &req("a", false)).await;
     assert_eq!(header(&resp, "x-uat-cache"), "hit-l1");
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["object"], "text_completion", "{body}");
     assert_eq!(body["choices"][0]["text"], want);
     assert!(body["choices"][0]["finish_reason"].is_string(), "{body}");
+    assert!(body["usage"]["total_tokens"].as_u64().is_some(), "{body}");
     assert_eq!(up.calls(), 1);
 
     // Plain miss, then a streamed hit (with the usage asked for).
@@ -119,7 +131,8 @@ async fn completions_are_cached_streamed_or_not_and_apart_from_chat() {
     assert_eq!(usage["usage"], plain["usage"], "{events:?}");
     assert_eq!(up.calls(), 2);
 
-    // A changed field misses; a chat request is not served a completion.
+    // A changed field misses; a chat request of the very same body is not
+    // served the completion (nor the reverse).
     let resp = app
         .post(
             "/v1/completions",
@@ -127,13 +140,15 @@ async fn completions_are_cached_streamed_or_not_and_apart_from_chat() {
         )
         .await;
     assert_eq!(header(&resp, "x-uat-cache"), "miss");
-    let resp = app
-        .chat(json!({"model": model, "temperature": 0, "messages": [{"role": "user", "content": "b"}]}))
-        .await;
+    let both = json!({"model": model, "temperature": 0, "prompt": "b",
+                      "messages": [{"role": "user", "content": "b"}]});
+    let resp = app.post("/v1/completions", &both).await;
+    assert_eq!(header(&resp, "x-uat-cache"), "miss");
+    let resp = app.chat(both).await;
     assert_eq!(header(&resp, "x-uat-cache"), "miss");
     let chat: Value = resp.json().await.unwrap();
     assert_eq!(chat["object"], "chat.completion", "{chat}");
-    assert_eq!(up.calls(), 4);
+    assert_eq!(up.calls(), 5);
 
     // Sampled (no temperature 0, no seed): never cached.
     for _ in 0..2 {
@@ -142,7 +157,7 @@ async fn completions_are_cached_streamed_or_not_and_apart_from_chat() {
             .await;
         assert_eq!(header(&resp, "x-uat-cache"), "bypass");
     }
-    assert_eq!(up.calls(), 6);
+    assert_eq!(up.calls(), 7);
 }
 
 #[tokio::test]
@@ -298,6 +313,9 @@ async fn ollama_answers_completions_and_what_it_cannot_do_fails_over() {
     for refused in [
         json!({"model": "coder", "prompt": ["a", "b"]}),
         json!({"model": "coder", "prompt": "a", "echo": true}),
+        // Ollama only loads the model for an empty prompt (fill in the
+        // middle at the top of a file).
+        json!({"model": "coder", "prompt": "", "suffix": "x"}),
     ] {
         let resp = app.post("/v1/completions", &refused).await;
         assert_eq!(resp.status(), 200, "{refused}");

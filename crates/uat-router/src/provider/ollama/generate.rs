@@ -12,15 +12,43 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use uat_types::{CompletionRequest, Usage};
 
-/// The prompt, when it is one text: `/api/generate` takes one string.
+/// The prompt, when it is one text: `/api/generate` takes one string, and
+/// answers an empty one by loading the model, generating nothing (`done_reason`
+/// `load`, even with a `suffix`).
 fn prompt(req: &CompletionRequest) -> Result<&str, Failure> {
-    req.single_prompt().ok_or_else(|| {
+    let prompt = req.single_prompt().ok_or_else(|| {
         Failure::unsupported(
             "ollama providers take one text prompt per request, not several prompts or token ids",
             "prompt",
             "unsupported_parameter",
         )
-    })
+    })?;
+    if prompt.is_empty() {
+        return Err(Failure::unsupported(
+            "ollama providers generate nothing for an empty prompt (Ollama only loads the model)",
+            "prompt",
+            "unsupported_value",
+        ));
+    }
+    Ok(prompt)
+}
+
+/// Ollama's 400 for a `suffix` on a model that cannot fill in the middle
+/// (`"<model>" does not support insert`) is a refusal, so an alias fails
+/// over to a target that can; any other failure stays as it is.
+pub(super) fn no_insert(f: Failure) -> Failure {
+    if f.status == Some(400) && f.message.contains("does not support insert") {
+        Failure::unsupported(
+            format!(
+                "{} (`suffix` needs a model that can fill in the middle)",
+                f.message
+            ),
+            "suffix",
+            "unsupported_parameter",
+        )
+    } else {
+        f
+    }
 }
 
 /// What `/api/generate` cannot do: several prompts or token ids, `echo`,
@@ -37,9 +65,9 @@ pub(super) fn refusal(req: &CompletionRequest) -> Result<(), Failure> {
     if req.extra.get("echo").and_then(Value::as_bool) == Some(true) {
         return unsupported("echo");
     }
+    // Any number, 0 too: OpenAI then gives the chosen tokens' logprobs.
     match req.extra.get("logprobs") {
         None | Some(Value::Null | Value::Bool(false)) => {}
-        Some(Value::Number(n)) if n.as_f64() == Some(0.0) => {}
         Some(_) => return unsupported("logprobs"),
     }
     at_most_one(&req.extra, "n", "ollama")?;
@@ -99,20 +127,37 @@ impl Generated {
     }
 }
 
+/// The failure of an answer that only loaded the model (`done_reason`
+/// `load`): no completion, never one to store.
+fn only_loaded(r: &Generated) -> Option<Failure> {
+    (r.done_reason.as_deref() == Some("load")).then(|| {
+        Failure::new(
+            FailureKind::ServerError,
+            "ollama loaded the model and generated nothing",
+        )
+    })
+}
+
 /// The `text_completion` answer for a non-streamed `/api/generate` one.
 pub(super) fn answer(model: &str, r: Generated) -> Result<Reply, Failure> {
     if let Some(e) = r.error {
         return Err(Failure::new(FailureKind::ServerError, e));
     }
+    if let Some(f) = only_loaded(&r) {
+        return Err(f);
+    }
     TextCompletion::new(model).answer(&r.response, r.finish_reason(), r.usage())
 }
 
-/// A streamed `/api/generate` translated line by line: a chunk per line
-/// with text, a last one with the `finish_reason`, then the usage chunk
-/// when the client asked for it.
+/// A streamed `/api/generate` translated line by line: an empty text
+/// chunk for the first line (a thinking model's first lines carry no
+/// `response`, and the router's first-byte bound waits for a chunk), a chunk
+/// per line with text, a last one with the `finish_reason`, then the usage
+/// chunk when the client asked for it.
 pub(super) struct GenerateStream {
     completion: TextCompletion,
     include_usage: bool,
+    started: bool,
     queue: Queue,
 }
 
@@ -121,6 +166,7 @@ impl GenerateStream {
         GenerateStream {
             completion,
             include_usage,
+            started: false,
             queue: Queue::default(),
         }
     }
@@ -134,6 +180,14 @@ impl Ndjson for GenerateStream {
         if let Some(e) = r.error {
             self.queue.fail(Failure::new(FailureKind::Interrupted, e));
             return;
+        }
+        if let Some(f) = only_loaded(&r) {
+            self.queue.fail(f);
+            return;
+        }
+        if !std::mem::replace(&mut self.started, true) && r.response.is_empty() && !r.done {
+            let first = self.completion.chunk("", None);
+            self.queue.pending.push_back(first);
         }
         if !r.response.is_empty() {
             let chunk = self.completion.chunk(&r.response, None);
@@ -207,6 +261,9 @@ mod tests {
             (json!({"echo": true}), "echo"),
             (json!({"logprobs": 1}), "logprobs"),
             (json!({"logprobs": true}), "logprobs"),
+            (json!({"logprobs": 0}), "logprobs"),
+            (json!({"prompt": ""}), "prompt"),
+            (json!({"prompt": [""], "suffix": "}"}), "prompt"),
             (json!({"n": 2}), "n"),
             (json!({"best_of": 3}), "best_of"),
         ] {
@@ -215,11 +272,16 @@ mod tests {
             assert_eq!(f.kind, FailureKind::Unsupported, "{extra}");
             let u = f.upstream.unwrap();
             assert_eq!(u.param.as_deref(), Some(param), "{extra}");
-            assert_eq!(u.code.as_deref(), Some("unsupported_parameter"), "{extra}");
+            assert!(
+                u.code
+                    .as_deref()
+                    .is_some_and(|c| c.starts_with("unsupported_")),
+                "{extra}"
+            );
             assert!(body("llama", &req, false).is_err(), "{extra}");
         }
         for ok in [
-            json!({"logprobs": 0}),
+            json!({"logprobs": null}),
             json!({"logprobs": false}),
             json!({"echo": false}),
             json!({"n": 1, "best_of": 1}),
@@ -260,6 +322,11 @@ mod tests {
             let v: Value = serde_json::from_slice(&answer("llama", r).unwrap().body).unwrap();
             assert_eq!(v["choices"][0]["finish_reason"], "stop", "{reason}");
         }
+        // An empty prompt's answer (refused before, but never stored).
+        let r: Generated =
+            serde_json::from_value(json!({"response": "", "done": true, "done_reason": "load"}))
+                .unwrap();
+        assert!(answer("llama", r).is_err(), "only loaded: no completion");
         let r: Generated = serde_json::from_value(json!({"error": "model crashed"})).unwrap();
         let f = answer("llama", r).unwrap_err();
         assert_eq!(
@@ -319,5 +386,49 @@ mod tests {
         assert_eq!(out[0].as_ref().unwrap_err().message, "model crashed");
         let out = collect(&["not json"], true);
         assert_eq!(out[0].as_ref().unwrap_err().kind, FailureKind::Malformed);
+        let out = collect(
+            &[r#"{"response":"","done":true,"done_reason":"load"}"#],
+            true,
+        );
+        assert!(out[0].is_err(), "only loaded: {out:?}");
+    }
+
+    /// A thinking model's first lines carry no `response`: the stream opens
+    /// with an empty text at once (the router's first-byte bound counts to
+    /// the first chunk), and the text that follows is unchanged.
+    #[test]
+    fn a_stream_opens_on_its_first_line() {
+        let v: Vec<Value> = collect(
+            &[
+                r#"{"response":"","thinking":"Hmm","done":false}"#,
+                r#"{"response":"","thinking":" ok","done":false}"#,
+                r#"{"response":"x","done":false}"#,
+                r#"{"response":"","done":true,"done_reason":"stop"}"#,
+            ],
+            false,
+        )
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+        let texts: Vec<&str> = v
+            .iter()
+            .map(|c| c["choices"][0]["text"].as_str().unwrap())
+            .collect();
+        assert_eq!(texts, ["", "x", ""], "{v:?}");
+        assert!(v[0]["choices"][0]["finish_reason"].is_null());
+        assert_eq!(v[2]["choices"][0]["finish_reason"], "stop");
+    }
+
+    #[test]
+    fn a_model_without_insert_is_a_refusal_of_suffix() {
+        let f = no_insert(Failure::from_status(
+            400,
+            "\"llama3:latest\" does not support insert",
+            None,
+        ));
+        assert_eq!(f.kind, FailureKind::Unsupported);
+        assert_eq!(f.upstream.and_then(|u| u.param).as_deref(), Some("suffix"));
+        let other = no_insert(Failure::from_status(400, "invalid options", None));
+        assert_ne!(other.kind, FailureKind::Unsupported);
     }
 }
