@@ -5,8 +5,8 @@
 #   scripts/sdk-test.sh
 #
 # Checks models.list, a chat completion, a streamed chat completion (its chunks
-# must concatenate to the non-streamed content and it must end cleanly), an
-# unknown model (openai.NotFoundError), and -- when UAT_TEST_MODEL_DIR points at a
+# must concatenate to the non-streamed content and it must end cleanly), text
+# completions, the Responses API (plain and streamed), an unknown model (openai.NotFoundError), and -- when UAT_TEST_MODEL_DIR points at a
 # sentence-transformers folder -- embeddings.create against the local model.
 #
 # Environment:
@@ -171,6 +171,30 @@ def completions():
     assert got == r.choices[0].text, f"streamed {got!r} != non-streamed {r.choices[0].text!r}"
     assert finish is not None, "no finish_reason"
 
+def responses():
+    # The Responses API, bridged onto chat routing (the mock answers chat).
+    r = client.responses.create(model=MODEL, instructions="Be brief.", input="Say hello.")
+    assert r.object == "response", r.object
+    assert r.status == "completed", r.status
+    assert r.output_text, "empty output_text"
+    assert r.usage is not None and r.usage.total_tokens > 0, f"usage {r.usage!r}"
+    deltas, done, first = [], None, None
+    for event in client.responses.create(model=MODEL, instructions="Be brief.", input="Say hello.", stream=True):
+        first = first or event.type
+        if event.type == "response.output_text.delta":
+            deltas.append(event.delta)
+        elif event.type == "response.completed":
+            done = event.response
+    got = "".join(deltas)
+    assert first == "response.created", f"first event {first!r}"
+    assert got == r.output_text, f"streamed {got!r} != non-streamed {r.output_text!r}"
+    assert done is not None, "no response.completed"
+    assert done.output_text == got and done.usage.total_tokens > 0, done
+    # The SDK's own stream accumulator follows every event by its index.
+    with client.responses.stream(model=MODEL, input="Say hello.") as s:
+        final = s.get_final_response()
+    assert final.output_text == r.output_text, final.output_text
+
 def unknown_model():
     try:
         client.chat.completions.create(model="no-such-model-xyz", messages=[{"role": "user", "content": "hi"}])
@@ -206,6 +230,7 @@ check("models.list", models_list)
 check("chat.completions.create", chat)
 check("chat.completions.create(stream=True)", stream)
 check("completions.create (and stream=True)", completions)
+check("responses.create (and stream=True)", responses)
 check("unknown model -> NotFoundError", unknown_model)
 skipped = 0
 if os.environ.get("UAT_EMBED_MODEL"):

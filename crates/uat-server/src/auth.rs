@@ -580,9 +580,10 @@ pub(crate) async fn authenticate(
     resp
 }
 
-/// The routes whose answers spend model tokens (`tokens_per_minute`).
+/// The routes whose answers spend model tokens (`tokens_per_minute`): the
+/// cached ones and `/v1/responses`, which is not cached.
 fn spends_tokens(route: &str) -> bool {
-    crate::cache::is_cached_route(route)
+    crate::cache::is_cached_route(route) || route == "/v1/responses"
 }
 
 /// A key's `tokens_per_minute`, attached to each of its requests on a route

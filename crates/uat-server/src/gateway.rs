@@ -1,6 +1,7 @@
 //! LLM routing: `POST /v1/chat/completions` and the legacy text
 //! completions of `POST /v1/completions` (streamed or not), and
-//! `GET /v1/models` (issue: gateway core).
+//! `GET /v1/models` (issue: gateway core). `POST /v1/responses` is
+//! registered here too, its translation in [`crate::responses`].
 //!
 //! One handler serves both generation routes: it parses and validates the
 //! body ([`Call`]), resolves the model (alias, model or `provider/model`),
@@ -88,6 +89,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/models/{*id}", get(get_model))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
+        .route("/v1/responses", post(crate::responses::create))
 }
 
 async fn list_models(
@@ -202,7 +204,9 @@ fn details(attempts: u32, reasons: &[uat_router::ProviderFailure]) -> Value {
     serde_json::json!({ "attempts": attempts, "providers": providers })
 }
 
-fn tag(resp: &mut Response, provider: &str, attempts: u32, model: &str) {
+/// Tags a response with the provider that served it (or last failed), the
+/// attempts made and the route labels of the metrics.
+pub(crate) fn tag(resp: &mut Response, provider: &str, attempts: u32, model: &str) {
     let h = resp.headers_mut();
     h.insert(
         X_UAT_PROVIDER.clone(),
@@ -225,14 +229,14 @@ fn error_response(err: ApiError, provider: Option<&str>, attempts: u32, model: &
 /// or of an unknown encoding, malformed JSON, a bad field, an unknown model):
 /// no provider, no attempt, and `x-uat-cache: bypass`, like every response
 /// of this cached route.
-fn refused(err: ApiError) -> Response {
+pub(crate) fn refused(err: ApiError) -> Response {
     let mut resp = error_response(err, None, 0, "");
     cache::mark_bypass(&mut resp);
     resp
 }
 
 /// The response for a failed routing, logged once here (the edge).
-fn routing_failed(e: &RouterError, model: &str) -> Response {
+pub(crate) fn routing_failed(e: &RouterError, model: &str) -> Response {
     if e.status() >= 500 {
         tracing::warn!(model, attempts = e.attempts(), error = %e, "completion failed upstream");
     }
@@ -241,10 +245,25 @@ fn routing_failed(e: &RouterError, model: &str) -> Response {
 
 /// Reads the body within the route's limit (413 beyond it), decoded when
 /// it was sent compressed.
-async fn read_body(req: Request) -> Result<(HeaderMap, Bytes), ApiError> {
+pub(crate) async fn read_body(req: Request) -> Result<(HeaderMap, Bytes), ApiError> {
     let (parts, body) = req.into_parts();
     let bytes = crate::extract::read_body(&parts, body).await?;
     Ok((parts.headers, bytes))
+}
+
+/// The body as JSON: a 400 when it is empty or malformed.
+#[allow(
+    clippy::result_large_err,
+    reason = "ApiError is the server-wide error type; cold path"
+)]
+pub(crate) fn json_body(bytes: &[u8]) -> Result<Value, ApiError> {
+    match serde_json::from_slice(bytes) {
+        Ok(v) => Ok(v),
+        Err(_) if bytes.is_empty() => Err(ApiError::bad_request(
+            "request body is empty; expected a JSON object",
+        )),
+        Err(e) => Err(ApiError::bad_request(format!("malformed JSON: {e}"))),
+    }
 }
 
 /// A generation request: a chat or a legacy text completion, parsed and
@@ -404,14 +423,9 @@ async fn generate(state: AppState, request: Request, kind: cache::Kind) -> Respo
         Ok(b) => b,
         Err(e) => return refused(e),
     };
-    let body: Value = match serde_json::from_slice(&bytes) {
+    let body = match json_body(&bytes) {
         Ok(v) => v,
-        Err(_) if bytes.is_empty() => {
-            return refused(ApiError::bad_request(
-                "request body is empty; expected a JSON object",
-            ));
-        }
-        Err(e) => return refused(ApiError::bad_request(format!("malformed JSON: {e}"))),
+        Err(e) => return refused(e),
     };
     let mut req = match Call::parse(kind, &body) {
         Ok(r) => r,
@@ -487,22 +501,29 @@ async fn stream_upstream(
         Ok(r) => {
             let provider = r.provider.clone();
             let mut resp =
-                Response::new(Body::from_stream(sse(r.value, provider.clone(), metering)));
-            let h = resp.headers_mut();
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/event-stream"),
-            );
-            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            h.insert(
-                HeaderName::from_static("x-accel-buffering"),
-                HeaderValue::from_static("no"),
-            );
+                event_stream(Body::from_stream(sse(r.value, provider.clone(), metering)));
             tag(&mut resp, &provider, r.attempts, req.model());
             resp
         }
         Err(e) => routing_failed(&e, req.model()),
     }
+}
+
+/// A `text/event-stream` response of this body, neither cached nor
+/// buffered by proxies on the way (`x-accel-buffering: no`).
+pub(crate) fn event_stream(body: Body) -> Response {
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(
+        HeaderName::from_static("x-accel-buffering"),
+        HeaderValue::from_static("no"),
+    );
+    resp
 }
 
 /// The token count of a stream for its key's `tokens_per_minute`, charged
@@ -512,7 +533,7 @@ async fn stream_upstream(
 /// whole), else an estimate (an upstream that ignores `stream_options`):
 /// the prompt at a token per four bytes, a token per chunk. A stream that
 /// never opened (the upstream refused it) costs nothing.
-struct StreamMeter {
+pub(crate) struct StreamMeter {
     meter: TokenMeter,
     prompt_estimate: u64,
     chunks: u64,
@@ -523,7 +544,9 @@ struct StreamMeter {
 }
 
 impl StreamMeter {
-    fn new(meter: TokenMeter, prompt_estimate: u64, strip_usage: bool) -> Self {
+    /// A meter charging `meter`; `strip_usage` drops the usage-only chunk
+    /// (the gateway asked for it, the client did not).
+    pub(crate) fn new(meter: TokenMeter, prompt_estimate: u64, strip_usage: bool) -> Self {
         StreamMeter {
             meter,
             prompt_estimate,
@@ -535,7 +558,7 @@ impl StreamMeter {
     }
 
     /// Counts a chunk; false when it is not to be forwarded.
-    fn chunk(&mut self, chunk: &uat_router::StreamChunk) -> bool {
+    pub(crate) fn chunk(&mut self, chunk: &uat_router::StreamChunk) -> bool {
         self.opened = true;
         match &chunk.usage {
             Some(u) => {

@@ -17,6 +17,7 @@ mod health;
 pub mod memory;
 mod middleware;
 pub mod mock_upstream;
+mod responses;
 pub mod state;
 pub mod vector;
 

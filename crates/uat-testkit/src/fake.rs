@@ -63,6 +63,16 @@ pub enum Behavior {
         /// The model's context window.
         limit: u64,
     },
+    /// OpenAI wire, chat: the assistant calls this function (id
+    /// `call_fake`, `finish_reason: tool_calls`), streamed or not; the
+    /// arguments are streamed in two pieces. Other wires and routes answer
+    /// as [`Behavior::Ok`].
+    ToolCall {
+        /// The function's name.
+        name: String,
+        /// The call's arguments (JSON text).
+        arguments: String,
+    },
 }
 
 /// A request the fake received.
@@ -472,6 +482,19 @@ async fn answer_full(
     let reply = s.reply.lock().clone();
     let words = reply.split_whitespace().count() as u64;
     let v = match (s.wire, call.route) {
+        (Wire::OpenAi, Route::Chat) if matches!(b, Behavior::ToolCall { .. }) => {
+            let (name, arguments) = match b {
+                Behavior::ToolCall { name, arguments } => (name.as_str(), arguments.as_str()),
+                _ => ("", ""),
+            };
+            json!({
+                "id": "chatcmpl-fake", "object": "chat.completion", "created": 1, "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "call_fake", "type": "function", "function": {"name": name, "arguments": arguments}}
+                ]}, "finish_reason": "tool_calls"}],
+                "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": 5, "total_tokens": PROMPT_TOKENS + 5},
+            })
+        }
         (Wire::OpenAi, Route::Complete) => json!({
             "id": "cmpl-fake", "object": "text_completion", "created": 1, "model": model,
             "choices": [{"text": reply, "index": 0, "logprobs": null, "finish_reason": "stop"}],
@@ -525,7 +548,7 @@ async fn answer_full(
 }
 
 /// The stream's events, already framed for the wire.
-fn stream_events(s: &Shared, call: Call<'_>) -> Vec<String> {
+fn stream_events(s: &Shared, call: Call<'_>, b: &Behavior) -> Vec<String> {
     let Call { body, model, .. } = call;
     let reply = s.reply.lock().clone();
     let pieces: Vec<&str> = reply.split_inclusive(' ').collect();
@@ -536,6 +559,38 @@ fn stream_events(s: &Shared, call: Call<'_>) -> Vec<String> {
         .unwrap_or(false);
     let mut out = Vec::new();
     match (s.wire, call.route) {
+        (Wire::OpenAi, Route::Chat) if matches!(b, Behavior::ToolCall { .. }) => {
+            let (name, arguments) = match b {
+                Behavior::ToolCall { name, arguments } => (name.as_str(), arguments.as_str()),
+                _ => ("", ""),
+            };
+            let chunk = |delta: Value, finish: Value| {
+                json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model,
+                       "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+            };
+            let first = json!({"role": "assistant", "content": null, "tool_calls": [
+                {"index": 0, "id": "call_fake", "type": "function", "function": {"name": name, "arguments": ""}}]});
+            out.push(format!("data: {}\n\n", chunk(first, Value::Null)));
+            let cut = arguments
+                .char_indices()
+                .map(|(i, _)| i)
+                .nth(arguments.chars().count() / 2)
+                .unwrap_or(arguments.len());
+            for piece in [&arguments[..cut], &arguments[cut..]] {
+                let d = json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]});
+                out.push(format!("data: {}\n\n", chunk(d, Value::Null)));
+            }
+            out.push(format!(
+                "data: {}\n\n",
+                chunk(json!({}), json!("tool_calls"))
+            ));
+            if include_usage {
+                let u = json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model, "choices": [],
+                               "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": 5, "total_tokens": PROMPT_TOKENS + 5}});
+                out.push(format!("data: {u}\n\n"));
+            }
+            out.push("data: [DONE]\n\n".into());
+        }
         (Wire::OpenAi, Route::Complete) => {
             // As OpenAI does: asked for usage, every chunk carries a null one.
             let chunk = |text: &str, finish: Value| {
@@ -697,7 +752,7 @@ async fn answer_stream(
         http1::write_end(stream).await?;
         return Ok(true);
     }
-    let events = stream_events(s, call);
+    let events = stream_events(s, call, b);
     let cut = if *b == Behavior::StopHalfway {
         (events.len() / 2).max(1)
     } else {

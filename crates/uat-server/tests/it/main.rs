@@ -19,4 +19,5 @@ mod gateway_params;
 mod gateway_routing;
 mod gateway_streams;
 mod memory;
+mod responses;
 mod vector;

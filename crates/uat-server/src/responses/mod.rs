@@ -1,0 +1,149 @@
+//! `POST /v1/responses`: OpenAI's Responses API (what Codex CLI and the
+//! Agents SDK speak), bridged onto chat routing, stateless.
+//!
+//! The request is translated into a chat request ([`request`]), routed
+//! like chat (the caller's models, the key's `tokens_per_minute`, retries,
+//! failover, every provider kind), and the chat answer translated back: a
+//! Response object ([`answer`]) or, streamed, Responses events ([`stream`]).
+//! Nothing is kept: `previous_response_id`, `conversation` and background
+//! responses are refused, and so are OpenAI's built-in tools, which the
+//! gateway cannot run. The answers are not cached (`x-uat-cache: bypass`).
+
+mod answer;
+mod request;
+mod stream;
+
+use crate::auth::{Caller, TokenMeter};
+use crate::cache;
+use crate::error::ApiError;
+use crate::gateway::{self, StreamMeter};
+use crate::state::AppState;
+use answer::Envelope;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, header};
+use axum::response::Response;
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use std::convert::Infallible;
+use std::sync::Arc;
+use stream::Translator;
+use uat_router::RoutedStream;
+
+/// The handler.
+pub(crate) async fn create(State(state): State<AppState>, request: Request) -> Response {
+    let meter = TokenMeter::of(request.extensions());
+    let caller = request.extensions().get::<Caller>().cloned();
+    let (_, bytes) = match gateway::read_body(request).await {
+        Ok(b) => b,
+        Err(e) => return gateway::refused(e),
+    };
+    let translated = match gateway::json_body(&bytes).and_then(|body| request::translate(&body)) {
+        Ok(t) => t,
+        Err(e) => return gateway::refused(e),
+    };
+    let request::Translated { chat, echo } = translated;
+    if let Err(e) = Caller::check_model(caller.as_ref(), &chat.model) {
+        return gateway::refused(e);
+    }
+    let router = state.gateway.router();
+    let resolved = match router.resolve(&chat.model) {
+        Ok(r) => r,
+        Err(e) => return gateway::refused(gateway::router_error(&e)),
+    };
+    let mut env = Envelope::new(&chat.model, echo);
+    // An answer that reports no usage is taken to have spent a token per
+    // four bytes of the request (and of the answer), as chat's are.
+    let prompt_estimate = bytes.len() as u64 / 4;
+    let mut resp = if chat.is_stream() {
+        match router.chat_stream(&resolved, &chat).await {
+            Ok(r) => {
+                let metering = meter.map(|m| StreamMeter::new(m, prompt_estimate, false));
+                let body = events(r.value, Translator::new(env), r.provider.clone(), metering);
+                let mut resp = gateway::event_stream(Body::from_stream(body));
+                gateway::tag(&mut resp, &r.provider, r.attempts, &chat.model);
+                resp
+            }
+            Err(e) => gateway::routing_failed(&e, &chat.model),
+        }
+    } else {
+        match router.chat(&resolved, &chat).await {
+            Ok(r) => {
+                if let Some(m) = &meter {
+                    m.spend(r.value.usage.as_ref().map_or_else(
+                        || prompt_estimate + r.value.body.len() as u64 / 4,
+                        TokenMeter::total,
+                    ));
+                }
+                let mut resp = match answer::from_completion(&mut env, &r.value.body) {
+                    Ok(v) => {
+                        let mut resp = Response::new(Body::from(v.to_string()));
+                        resp.headers_mut().insert(
+                            header::CONTENT_TYPE,
+                            HeaderValue::from_static("application/json"),
+                        );
+                        resp
+                    }
+                    Err(why) => {
+                        tracing::warn!(provider = %r.provider, error = %why, "chat answer not translatable to a response");
+                        let e = ApiError::bad_gateway(format!(
+                            "upstream `{}` gave an answer that is not a chat completion: {why}",
+                            r.provider
+                        ));
+                        axum::response::IntoResponse::into_response(e)
+                    }
+                };
+                gateway::tag(&mut resp, &r.provider, r.attempts, &chat.model);
+                resp
+            }
+            Err(e) => gateway::routing_failed(&e, &chat.model),
+        }
+    };
+    cache::mark_bypass(&mut resp);
+    resp
+}
+
+/// The SSE body: the translator's events, flushed chunk by chunk, ending
+/// with `response.completed` (or `response.incomplete`), or with
+/// `response.failed` when the upstream fails mid-stream; no `[DONE]`.
+/// Dropping the body (client gone) drops the upstream request. With a
+/// [`StreamMeter`], the stream's tokens are counted for its key.
+fn events(
+    stream: RoutedStream,
+    mut tr: Translator,
+    provider: Arc<str>,
+    metering: Option<StreamMeter>,
+) -> impl Stream<Item = Result<Bytes, Infallible>> + Send {
+    let start = stream::frame(&tr.start());
+    let rest = futures::stream::unfold(Some((stream, tr, metering)), move |state| {
+        let provider = provider.clone();
+        async move {
+            let (mut s, mut tr, mut metering) = state?;
+            loop {
+                let (events, more) = match s.next().await {
+                    Some(Ok(chunk)) => {
+                        if let Some(m) = &mut metering {
+                            m.chunk(&chunk);
+                        }
+                        match tr.chunk(&chunk.json) {
+                            Ok(events) if events.is_empty() => continue,
+                            Ok(events) => (events, true),
+                            Err(why) => (tr.fail(format!("upstream `{provider}`: {why}")), false),
+                        }
+                    }
+                    Some(Err(f)) => (
+                        tr.fail(format!(
+                            "upstream `{provider}` failed mid-stream: {}",
+                            f.message
+                        )),
+                        false,
+                    ),
+                    None => (tr.finish(), false),
+                };
+                let next = more.then_some((s, tr, metering));
+                return Some((Ok(stream::frame(&events)), next));
+            }
+        }
+    });
+    futures::stream::once(async move { Ok(start) }).chain(rest)
+}
