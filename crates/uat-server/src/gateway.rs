@@ -235,10 +235,15 @@ pub(crate) fn refused(err: ApiError) -> Response {
     resp
 }
 
-/// The response for a failed routing, logged once here (the edge).
+/// The response for a failed chat routing, logged once here (the edge).
 pub(crate) fn routing_failed(e: &RouterError, model: &str) -> Response {
+    failed(e, model, "chat completion")
+}
+
+/// The response for a failed routing of `what`, logged once here.
+fn failed(e: &RouterError, model: &str, what: &str) -> Response {
     if e.status() >= 500 {
-        tracing::warn!(model, attempts = e.attempts(), error = %e, "completion failed upstream");
+        tracing::warn!(model, attempts = e.attempts(), error = %e, "{what} failed upstream");
     }
     error_response(router_error(e), e.last_provider(), e.attempts(), model)
 }
@@ -274,27 +279,48 @@ enum Call {
     Completion(CompletionRequest),
 }
 
+/// A 400 for a body that is not a JSON object.
+#[allow(
+    clippy::result_large_err,
+    reason = "ApiError is the server-wide error type; cold path"
+)]
+fn object(body: &Value) -> Result<(), ApiError> {
+    if body.is_object() {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request("request body must be a JSON object"))
+    }
+}
+
+fn empty_model() -> ApiError {
+    ApiError::invalid_field("model", "`model` must not be empty")
+}
+
 impl Call {
-    /// Deserializes and validates the request of `kind`'s route, naming
-    /// the bad field.
+    /// Deserializes and validates a text completion request, naming the
+    /// bad field.
     #[allow(
         clippy::result_large_err,
         reason = "ApiError is the server-wide error type; cold path"
     )]
-    fn parse(kind: cache::Kind, body: &Value) -> Result<Call, ApiError> {
-        if !body.is_object() {
-            return Err(ApiError::bad_request("request body must be a JSON object"));
+    fn completion(body: &Value) -> Result<Call, ApiError> {
+        object(body)?;
+        let req: CompletionRequest =
+            serde_path_to_error::deserialize(body).map_err(crate::extract::path_error)?;
+        if req.model.is_empty() {
+            return Err(empty_model());
         }
-        let empty_model = || ApiError::invalid_field("model", "`model` must not be empty");
-        if kind == cache::Kind::Completion {
-            let req: CompletionRequest =
-                serde_path_to_error::deserialize(body).map_err(crate::extract::path_error)?;
-            if req.model.is_empty() {
-                return Err(empty_model());
-            }
-            check_prompt(&req.prompt)?;
-            return Ok(Call::Completion(req));
-        }
+        check_prompt(&req.prompt)?;
+        Ok(Call::Completion(req))
+    }
+
+    /// Deserializes and validates a chat request, naming the bad field.
+    #[allow(
+        clippy::result_large_err,
+        reason = "ApiError is the server-wide error type; cold path"
+    )]
+    fn chat(body: &Value) -> Result<Call, ApiError> {
+        object(body)?;
         let req: ChatRequest =
             serde_path_to_error::deserialize(body).map_err(crate::extract::path_error)?;
         if req.model.is_empty() {
@@ -313,6 +339,22 @@ impl Call {
         match self {
             Call::Chat(r) => &r.model,
             Call::Completion(r) => &r.model,
+        }
+    }
+
+    /// What the cache keeps its answers as.
+    fn kind(&self) -> cache::Kind {
+        match self {
+            Call::Chat(_) => cache::Kind::Chat,
+            Call::Completion(_) => cache::Kind::Completion,
+        }
+    }
+
+    /// The response for its failed routing, logged once.
+    fn failed(&self, e: &RouterError) -> Response {
+        match self {
+            Call::Chat(r) => routing_failed(e, &r.model),
+            Call::Completion(r) => failed(e, &r.model, "text completion"),
         }
     }
 
@@ -406,16 +448,21 @@ fn check_prompt(prompt: &Value) -> Result<(), ApiError> {
 }
 
 async fn chat(State(state): State<AppState>, request: Request) -> Response {
-    generate(state, request, cache::Kind::Chat).await
+    generate(state, request, Call::chat).await
 }
 
 /// `POST /v1/completions`: OpenAI's legacy text completions, routed,
 /// retried, failed over, streamed and cached as chat is.
 async fn completions(State(state): State<AppState>, request: Request) -> Response {
-    generate(state, request, cache::Kind::Completion).await
+    generate(state, request, Call::completion).await
 }
 
-async fn generate(state: AppState, request: Request, kind: cache::Kind) -> Response {
+/// Serves a generation route whose body `parse` reads.
+async fn generate(
+    state: AppState,
+    request: Request,
+    parse: fn(&Value) -> Result<Call, ApiError>,
+) -> Response {
     let tenant = crate::auth::Tenant::of(request.extensions());
     let meter = TokenMeter::of(request.extensions());
     let caller = request.extensions().get::<Caller>().cloned();
@@ -427,7 +474,7 @@ async fn generate(state: AppState, request: Request, kind: cache::Kind) -> Respo
         Ok(v) => v,
         Err(e) => return refused(e),
     };
-    let mut req = match Call::parse(kind, &body) {
+    let mut req = match parse(&body) {
         Ok(r) => r,
         Err(e) => return refused(e),
     };
@@ -484,10 +531,11 @@ async fn generate(state: AppState, request: Request, kind: cache::Kind) -> Respo
                     tag(&mut resp, &r.provider, r.attempts, req.model());
                     resp
                 }
-                Err(e) => routing_failed(&e, req.model()),
+                Err(e) => req.failed(&e),
             }
         }
     };
+    let kind = req.kind();
     cache::around(&state, &tenant, &headers, kind, names, &body, upstream).await
 }
 
@@ -505,7 +553,7 @@ async fn stream_upstream(
             tag(&mut resp, &provider, r.attempts, req.model());
             resp
         }
-        Err(e) => routing_failed(&e, req.model()),
+        Err(e) => req.failed(&e),
     }
 }
 
