@@ -241,7 +241,7 @@ pub(crate) fn routing_failed(e: &RouterError, model: &str) -> Response {
 }
 
 /// The response for a failed routing of `what`, logged once here.
-fn failed(e: &RouterError, model: &str, what: &str) -> Response {
+pub(crate) fn failed(e: &RouterError, model: &str, what: &str) -> Response {
     if e.status() >= 500 {
         tracing::warn!(model, attempts = e.attempts(), error = %e, "{what} failed upstream");
     }

@@ -53,6 +53,9 @@ pub(crate) struct Envelope {
     pub(crate) model: String,
     /// The request's echoed fields.
     pub(crate) echo: Echo,
+    /// The names of the request's `custom` tools: their calls are
+    /// `custom_tool_call` items.
+    pub(crate) custom_tools: Vec<String>,
 }
 
 impl Envelope {
@@ -63,7 +66,13 @@ impl Envelope {
             created_at: uat_types::unix_now(),
             model: model.to_owned(),
             echo,
+            custom_tools: Vec::new(),
         }
+    }
+
+    /// Whether a call of this tool is a `custom_tool_call`.
+    pub(crate) fn is_custom(&self, name: &str) -> bool {
+        self.custom_tools.iter().any(|c| c == name)
     }
 
     /// The Response object in `status` with this output and usage.
@@ -161,6 +170,63 @@ pub(crate) fn call_item(
            "arguments": arguments, "status": status})
 }
 
+/// A custom tool call item.
+pub(crate) fn custom_call_item(
+    id: &str,
+    call_id: &str,
+    name: &str,
+    input: &str,
+    status: &str,
+) -> Value {
+    json!({"type": "custom_tool_call", "id": id, "call_id": call_id, "name": name,
+           "input": input, "status": status})
+}
+
+/// The input of a custom tool's call from the arguments of its chat
+/// function call, `{"input": "..."}`; the arguments themselves when they
+/// are not of that shape.
+pub(crate) fn custom_input(arguments: &str) -> String {
+    match serde_json::from_str::<Value>(arguments) {
+        Ok(Value::Object(mut o)) => match o.remove("input") {
+            Some(Value::String(s)) => s,
+            _ => arguments.to_owned(),
+        },
+        _ => arguments.to_owned(),
+    }
+}
+
+/// A call's id: the upstream's, or a new one when it gave none (Gemini's
+/// OpenAI endpoint gives `""`).
+pub(crate) fn call_id(upstream: &str) -> String {
+    if upstream.is_empty() {
+        new_id("call")
+    } else {
+        upstream.to_owned()
+    }
+}
+
+/// The item of a whole tool call: a `custom_tool_call` when it calls one
+/// of the request's custom tools, else a `function_call`.
+pub(crate) fn tool_call_item(
+    env: &Envelope,
+    call_id: &str,
+    name: &str,
+    arguments: &str,
+    status: &str,
+) -> Value {
+    if env.is_custom(name) {
+        custom_call_item(
+            &new_id("ctc"),
+            call_id,
+            name,
+            &custom_input(arguments),
+            status,
+        )
+    } else {
+        call_item(&new_id("fc"), call_id, name, arguments, status)
+    }
+}
+
 /// A non-streamed chat completion (its JSON) as a Response object; an
 /// error message when it is none.
 pub(crate) fn from_completion(env: &mut Envelope, body: &[u8]) -> Result<Value, String> {
@@ -180,11 +246,15 @@ pub(crate) fn from_completion(env: &mut Envelope, body: &[u8]) -> Result<Value, 
     let status = Status::of_finish(choice.get("finish_reason").and_then(Value::as_str));
     let item_status = status.item();
     let mut output = Vec::new();
-    if let Some(r) = message
-        .get("reasoning_content")
-        .and_then(Value::as_str)
-        .filter(|r| !r.is_empty())
-    {
+    // DeepSeek and vLLM say `reasoning_content`; OpenRouter and Ollama's
+    // OpenAI endpoint say `reasoning`.
+    let text = |key: &str| {
+        message
+            .get(key)
+            .and_then(Value::as_str)
+            .filter(|r| !r.is_empty())
+    };
+    if let Some(r) = text("reasoning_content").or_else(|| text("reasoning")) {
         output.push(reasoning_item(&new_id("rs"), r, item_status));
     }
     let mut content = Vec::new();
@@ -221,9 +291,9 @@ pub(crate) fn from_completion(env: &mut Envelope, body: &[u8]) -> Result<Value, 
         .flatten()
     {
         let s = |p: &str| call.pointer(p).and_then(Value::as_str).unwrap_or_default();
-        output.push(call_item(
-            &new_id("fc"),
-            s("/id"),
+        output.push(tool_call_item(
+            env,
+            &call_id(s("/id")),
             s("/function/name"),
             s("/function/arguments"),
             item_status,
@@ -324,6 +394,52 @@ mod tests {
             assert_eq!(r["incomplete_details"], json!({"reason": reason}));
             assert_eq!(r["output"][0]["status"], "incomplete");
         }
+    }
+
+    #[test]
+    fn reasoning_named_reasoning_is_read_too() {
+        // OpenRouter, Ollama's OpenAI endpoint.
+        let body = json!({"model": "m", "choices": [{"finish_reason": "stop", "message": {
+            "role": "assistant", "content": "4", "reasoning": "2 + 2"}}]});
+        let r = from_completion(&mut env(), body.to_string().as_bytes()).unwrap();
+        assert_eq!(r["output"][0]["type"], "reasoning", "{r}");
+        assert_eq!(
+            r["output"][0]["summary"],
+            json!([{"type": "summary_text", "text": "2 + 2"}])
+        );
+        assert_eq!(r["output"][1]["type"], "message");
+    }
+
+    #[test]
+    fn calls_of_custom_tools_are_custom_tool_calls_and_empty_ids_are_made() {
+        let mut env = env();
+        env.custom_tools = vec!["apply_patch".into()];
+        let body = json!({"model": "m", "choices": [{"finish_reason": "tool_calls", "message": {
+        "role": "assistant", "content": null, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "apply_patch",
+             "arguments": "{\"input\":\"*** Begin Patch\\n*** End Patch\"}"}},
+            {"id": "", "type": "function", "function": {"name": "apply_patch", "arguments": "raw text"}},
+            {"id": "", "type": "function", "function": {"name": "f", "arguments": "{}"}},
+        ]}}]});
+        let r = from_completion(&mut env, body.to_string().as_bytes()).unwrap();
+        let out = r["output"].as_array().unwrap();
+        assert_eq!(
+            out[0],
+            json!({"type": "custom_tool_call", "id": out[0]["id"], "call_id": "call_1",
+                   "name": "apply_patch", "input": "*** Begin Patch\n*** End Patch", "status": "completed"})
+        );
+        assert!(out[0]["id"].as_str().unwrap().starts_with("ctc_"), "{r}");
+        assert_eq!(out[1]["input"], "raw text", "not the JSON shape: as it is");
+        assert_eq!(out[2]["type"], "function_call");
+        // Gemini gives empty ids: made up, one per call.
+        let made: Vec<&str> = out[1..]
+            .iter()
+            .map(|i| i["call_id"].as_str().unwrap())
+            .collect();
+        for id in &made {
+            assert!(id.starts_with("call_") && id.len() > 10, "{id}");
+        }
+        assert_ne!(made[0], made[1]);
     }
 
     #[test]

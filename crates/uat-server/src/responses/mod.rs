@@ -6,8 +6,10 @@
 //! failover, every provider kind), and the chat answer translated back: a
 //! Response object ([`answer`]) or, streamed, Responses events ([`stream`]).
 //! Nothing is kept: `previous_response_id`, `conversation` and background
-//! responses are refused, and so are OpenAI's built-in tools, which the
-//! gateway cannot run. The answers are not cached (`x-uat-cache: bypass`).
+//! responses are refused. OpenAI's built-in tools, which the gateway cannot
+//! run, are left out with a warning, and named in `x-uat-dropped-tools`;
+//! `custom` tools (freeform input) are function tools taking one string.
+//! The answers are not cached (`x-uat-cache: bypass`).
 
 mod answer;
 mod request;
@@ -21,7 +23,7 @@ use crate::state::AppState;
 use answer::Envelope;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderName, HeaderValue, header};
 use axum::response::Response;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -29,6 +31,11 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use stream::Translator;
 use uat_router::RoutedStream;
+use uat_types::ChatRequest;
+
+/// Header naming the built-in tools left out of the request (their types,
+/// comma-separated): the gateway cannot run them.
+pub(crate) static X_UAT_DROPPED_TOOLS: HeaderName = HeaderName::from_static("x-uat-dropped-tools");
 
 /// The handler.
 pub(crate) async fn create(State(state): State<AppState>, request: Request) -> Response {
@@ -42,8 +49,43 @@ pub(crate) async fn create(State(state): State<AppState>, request: Request) -> R
         Ok(t) => t,
         Err(e) => return gateway::refused(e),
     };
-    let request::Translated { chat, echo } = translated;
-    if let Err(e) = Caller::check_model(caller.as_ref(), &chat.model) {
+    let request::Translated {
+        chat,
+        echo,
+        custom_tools,
+        dropped_tools,
+        dropped_items,
+    } = translated;
+    if !dropped_tools.is_empty() || !dropped_items.is_empty() {
+        tracing::warn!(
+            model = %chat.model,
+            tools = %dropped_tools.join(","),
+            items = %dropped_items.join(","),
+            "response: built-in tools the gateway cannot run left out"
+        );
+    }
+    let mut env = Envelope::new(&chat.model, echo);
+    env.custom_tools = custom_tools;
+    let mut resp = route(&state, caller.as_ref(), meter, bytes.len(), &chat, env).await;
+    if !dropped_tools.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&dropped_tools.join(","))
+    {
+        resp.headers_mut().insert(X_UAT_DROPPED_TOOLS.clone(), v);
+    }
+    cache::mark_bypass(&mut resp);
+    resp
+}
+
+/// Routes the translated request and translates its answer back.
+async fn route(
+    state: &AppState,
+    caller: Option<&Caller>,
+    meter: Option<TokenMeter>,
+    request_len: usize,
+    chat: &ChatRequest,
+    mut env: Envelope,
+) -> Response {
+    if let Err(e) = Caller::check_model(caller, &chat.model) {
         return gateway::refused(e);
     }
     let router = state.gateway.router();
@@ -51,12 +93,11 @@ pub(crate) async fn create(State(state): State<AppState>, request: Request) -> R
         Ok(r) => r,
         Err(e) => return gateway::refused(gateway::router_error(&e)),
     };
-    let mut env = Envelope::new(&chat.model, echo);
     // An answer that reports no usage is taken to have spent a token per
     // four bytes of the request (and of the answer), as chat's are.
-    let prompt_estimate = bytes.len() as u64 / 4;
-    let mut resp = if chat.is_stream() {
-        match router.chat_stream(&resolved, &chat).await {
+    let prompt_estimate = request_len as u64 / 4;
+    if chat.is_stream() {
+        return match router.chat_stream(&resolved, chat).await {
             Ok(r) => {
                 let metering = meter.map(|m| StreamMeter::new(m, prompt_estimate, false));
                 let body = events(r.value, Translator::new(env), r.provider.clone(), metering);
@@ -64,43 +105,40 @@ pub(crate) async fn create(State(state): State<AppState>, request: Request) -> R
                 gateway::tag(&mut resp, &r.provider, r.attempts, &chat.model);
                 resp
             }
-            Err(e) => gateway::routing_failed(&e, &chat.model),
-        }
-    } else {
-        match router.chat(&resolved, &chat).await {
-            Ok(r) => {
-                if let Some(m) = &meter {
-                    m.spend(r.value.usage.as_ref().map_or_else(
-                        || prompt_estimate + r.value.body.len() as u64 / 4,
-                        TokenMeter::total,
-                    ));
-                }
-                let mut resp = match answer::from_completion(&mut env, &r.value.body) {
-                    Ok(v) => {
-                        let mut resp = Response::new(Body::from(v.to_string()));
-                        resp.headers_mut().insert(
-                            header::CONTENT_TYPE,
-                            HeaderValue::from_static("application/json"),
-                        );
-                        resp
-                    }
-                    Err(why) => {
-                        tracing::warn!(provider = %r.provider, error = %why, "chat answer not translatable to a response");
-                        let e = ApiError::bad_gateway(format!(
-                            "upstream `{}` gave an answer that is not a chat completion: {why}",
-                            r.provider
-                        ));
-                        axum::response::IntoResponse::into_response(e)
-                    }
-                };
-                gateway::tag(&mut resp, &r.provider, r.attempts, &chat.model);
-                resp
+            Err(e) => gateway::failed(&e, &chat.model, "response"),
+        };
+    }
+    match router.chat(&resolved, chat).await {
+        Ok(r) => {
+            if let Some(m) = &meter {
+                m.spend(r.value.usage.as_ref().map_or_else(
+                    || prompt_estimate + r.value.body.len() as u64 / 4,
+                    TokenMeter::total,
+                ));
             }
-            Err(e) => gateway::routing_failed(&e, &chat.model),
+            let mut resp = match answer::from_completion(&mut env, &r.value.body) {
+                Ok(v) => {
+                    let mut resp = Response::new(Body::from(v.to_string()));
+                    resp.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    );
+                    resp
+                }
+                Err(why) => {
+                    tracing::warn!(provider = %r.provider, error = %why, "chat answer not translatable to a response");
+                    let e = ApiError::bad_gateway(format!(
+                        "upstream `{}` gave an answer that is not a chat completion: {why}",
+                        r.provider
+                    ));
+                    axum::response::IntoResponse::into_response(e)
+                }
+            };
+            gateway::tag(&mut resp, &r.provider, r.attempts, &chat.model);
+            resp
         }
-    };
-    cache::mark_bypass(&mut resp);
-    resp
+        Err(e) => gateway::failed(&e, &chat.model, "response"),
+    }
 }
 
 /// The SSE body: the translator's events, flushed chunk by chunk, ending

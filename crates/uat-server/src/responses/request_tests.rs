@@ -29,9 +29,25 @@ fn a_string_input_with_instructions_is_a_system_and_a_user_message() {
             "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
             "max_completion_tokens": 50, "temperature": 0.2, "top_p": 0.9,
             "user": "u1", "seed": 4, "reasoning_effort": "low",
+            "service_tier": "auto", "prompt_cache_key": "k", "safety_identifier": "s",
         }),
-        "accepted settings are not sent upstream"
+        "accepted settings are not sent upstream, chat's own are"
     );
+}
+
+#[test]
+fn verbosity_and_caching_fields_are_forwarded_to_chat() {
+    let c = chat(json!({
+        "model": "m", "input": "Hi", "text": {"verbosity": "low"},
+        "prompt_cache_key": "codex-123", "safety_identifier": "user-9", "service_tier": "flex",
+        "max_tool_calls": 3,
+    }));
+    assert_eq!(c["verbosity"], "low");
+    assert_eq!(c["prompt_cache_key"], "codex-123");
+    assert_eq!(c["safety_identifier"], "user-9");
+    assert_eq!(c["service_tier"], "flex");
+    assert!(c.get("max_tool_calls").is_none(), "not enforced, not sent");
+    assert!(c.get("response_format").is_none(), "{c}");
 }
 
 #[test]
@@ -63,12 +79,13 @@ fn message_items_of_every_role_and_part_kind() {
             {"type": "input_text", "text": "What is this?"},
             {"type": "input_image", "image_url": "data:image/png;base64,AAAA", "detail": "low"},
             {"type": "input_image", "image_url": "https://example.com/a.png"},
+            {"type": "input_image", "image_url": {"url": "https://example.com/b.png", "detail": "high"}},
         ]},
         {"type": "message", "id": "msg_1", "status": "completed", "role": "assistant", "content": [
             {"type": "output_text", "text": "A cat", "annotations": []},
             {"type": "output_text", "text": ".", "annotations": []},
         ]},
-        {"role": "assistant", "content": [{"type": "refusal", "refusal": "No."}, {"type": "input_image", "image_url": "https://x/y.png"}]},
+        {"role": "assistant", "content": [{"type": "refusal", "refusal": "No."}]},
     ]}));
     assert_eq!(
         c["messages"],
@@ -79,12 +96,10 @@ fn message_items_of_every_role_and_part_kind() {
                 {"type": "text", "text": "What is this?"},
                 {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA", "detail": "low"}},
                 {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
+                {"type": "image_url", "image_url": {"url": "https://example.com/b.png", "detail": "high"}},
             ]},
             {"role": "assistant", "content": "A cat."},
-            {"role": "assistant", "content": [
-                {"type": "text", "text": "No."},
-                {"type": "image_url", "image_url": {"url": "https://x/y.png"}},
-            ]},
+            {"role": "assistant", "content": "No."},
         ])
     );
 }
@@ -127,7 +142,7 @@ fn function_tools_choices_formats_and_logprobs_take_the_chat_shape() {
                    "parameters": {"type": "object", "properties": {}}, "strict": true}],
         "tool_choice": {"type": "function", "name": "f"}, "parallel_tool_calls": false,
         "text": {"format": {"type": "json_schema", "name": "out", "schema": {"type": "object"}, "strict": true}},
-        "top_logprobs": 2, "stream": true,
+        "top_logprobs": 2, "include": ["message.output_text.logprobs"], "stream": true,
     }));
     assert_eq!(
         c["tools"],
@@ -176,10 +191,180 @@ fn function_tools_choices_formats_and_logprobs_take_the_chat_shape() {
     let c = chat(json!({"model": "m", "input": "x", "include": ["message.output_text.logprobs"]}));
     assert_eq!(c["logprobs"], true);
     assert!(c.get("top_logprobs").is_none());
+    // Not asked back: not asked for.
+    let c = chat(json!({"model": "m", "input": "x", "top_logprobs": 3}));
+    assert!(
+        c.get("logprobs").is_none() && c.get("top_logprobs").is_none(),
+        "{c}"
+    );
 }
 
 #[test]
-fn state_built_in_tools_and_unknown_items_are_refused_by_name() {
+fn include_values_asking_for_data_never_produced_are_ignored() {
+    let t = translate(&json!({"model": "m", "input": "x", "include": [
+        "reasoning.encrypted_content", "file_search_call.results", "web_search_call.action.sources",
+        "message.input_image.image_url", "some.future.value",
+    ]}))
+    .unwrap_or_else(|e| panic!("{}", e.message));
+    let c = serde_json::to_value(&t.chat).unwrap();
+    assert!(c.get("logprobs").is_none(), "{c}");
+}
+
+/// Codex's `apply_patch` for gpt-5 models: a freeform tool with a Lark
+/// grammar, and its calls in the history.
+#[test]
+fn custom_tools_are_functions_taking_one_string_and_their_calls_go_back() {
+    let long_grammar = "start: begin_patch hunk+ end_patch\n".repeat(40);
+    let t = translate(&json!({"model": "m", "input": [
+        {"role": "user", "content": "Fix it"},
+        {"type": "custom_tool_call", "id": "ctc_1", "call_id": "call_p", "name": "apply_patch",
+         "input": "*** Begin Patch\n*** End Patch", "status": "completed"},
+        {"type": "custom_tool_call_output", "call_id": "call_p", "output": "Done!"},
+    ], "tools": [
+        {"type": "custom", "name": "apply_patch", "description": "Edit files.",
+         "format": {"type": "grammar", "syntax": "lark", "definition": long_grammar}},
+        {"type": "custom", "name": "shout", "description": "Says it loud.",
+         "format": {"type": "grammar", "syntax": "regex", "definition": "[A-Z ]+"}},
+        {"type": "custom", "name": "free"},
+        {"type": "function", "name": "f"},
+    ], "tool_choice": {"type": "custom", "name": "apply_patch"}}))
+    .unwrap_or_else(|e| panic!("{}", e.message));
+    assert_eq!(t.custom_tools, ["apply_patch", "shout", "free"]);
+    assert!(t.dropped_tools.is_empty());
+    let c = serde_json::to_value(&t.chat).unwrap();
+    let string_input = json!({"type": "object", "properties": {"input": {"type": "string"}},
+                              "required": ["input"], "additionalProperties": false});
+    assert_eq!(
+        c["tools"][0],
+        json!({"type": "function", "function": {"name": "apply_patch", "description": "Edit files.",
+               "parameters": string_input}}),
+        "a long grammar is left out"
+    );
+    assert_eq!(
+        c["tools"][1]["function"]["description"],
+        "Says it loud.\n\nThe input must match this regex definition:\n[A-Z ]+"
+    );
+    assert_eq!(
+        c["tools"][2],
+        json!({"type": "function", "function": {"name": "free", "parameters": string_input}})
+    );
+    assert_eq!(
+        c["tool_choice"],
+        json!({"type": "function", "function": {"name": "apply_patch"}})
+    );
+    let call = &c["messages"][1];
+    assert_eq!(call["role"], "assistant");
+    assert_eq!(call["tool_calls"][0]["id"], "call_p");
+    assert_eq!(call["tool_calls"][0]["function"]["name"], "apply_patch");
+    let args: Value = serde_json::from_str(
+        call["tool_calls"][0]["function"]["arguments"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(args, json!({"input": "*** Begin Patch\n*** End Patch"}));
+    assert_eq!(
+        c["messages"][2],
+        json!({"role": "tool", "content": "Done!", "tool_call_id": "call_p"})
+    );
+}
+
+#[test]
+fn built_in_tools_and_their_items_are_left_out_and_reported() {
+    let t = translate(&json!({"model": "m", "input": [
+        {"role": "user", "content": "Search and list"},
+        {"type": "web_search_call", "id": "ws_1", "status": "completed", "action": {"type": "search"}},
+        {"type": "local_shell_call", "id": "ls_1", "call_id": "c1", "action": {"type": "exec"}},
+        {"type": "local_shell_call_output", "call_id": "c1", "output": "a.txt"},
+        {"type": "mcp_list_tools", "id": "m", "server_label": "s", "tools": []},
+        {"type": "web_search_call", "id": "ws_2"},
+        {"role": "user", "content": "Go on"},
+    ], "tools": [
+        {"type": "web_search"}, {"type": "function", "name": "f"}, {"type": "local_shell"},
+        {"type": "web_search"}, {"type": "mcp", "server_label": "s"},
+    ], "tool_choice": "required"}))
+    .unwrap_or_else(|e| panic!("{}", e.message));
+    assert_eq!(t.dropped_tools, ["web_search", "local_shell", "mcp"]);
+    assert_eq!(
+        t.dropped_items,
+        [
+            "web_search_call",
+            "local_shell_call",
+            "local_shell_call_output",
+            "mcp_list_tools"
+        ]
+    );
+    let c = serde_json::to_value(&t.chat).unwrap();
+    assert_eq!(c["tools"].as_array().unwrap().len(), 1, "{c}");
+    assert_eq!(c["tools"][0]["function"]["name"], "f");
+    assert_eq!(c["tool_choice"], "required");
+    assert_eq!(
+        c["messages"],
+        json!([{"role": "user", "content": "Search and list"}, {"role": "user", "content": "Go on"}])
+    );
+    // Only built-in tools: no tools at all, nor a choice among them.
+    let c = chat(
+        json!({"model": "m", "input": "x", "tools": [{"type": "web_search_preview"}],
+                        "tool_choice": "auto"}),
+    );
+    assert!(
+        c.get("tools").is_none() && c.get("tool_choice").is_none(),
+        "{c}"
+    );
+    // Choosing one that is left out cannot be honoured.
+    let e = refused(
+        json!({"model": "m", "input": "x", "tools": [{"type": "web_search"}],
+                           "tool_choice": {"type": "web_search"}}),
+    );
+    assert_eq!(e.param.as_deref(), Some("tool_choice"));
+    assert!(e.message.contains("`web_search`"), "{}", e.message);
+}
+
+/// The Agents SDK's `ToolOutputImage`.
+#[test]
+fn tool_output_images_follow_the_tool_messages_as_a_user_message() {
+    let c = chat(json!({"model": "m", "input": [
+        {"role": "user", "content": "Screenshots?"},
+        {"type": "function_call", "call_id": "a", "name": "shot", "arguments": "{}"},
+        {"type": "function_call", "call_id": "b", "name": "shot", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "a", "output": [
+            {"type": "input_text", "text": "the page"},
+            {"type": "input_image", "image_url": "data:image/png;base64,AAAA", "detail": "low"},
+        ]},
+        {"type": "function_call_output", "call_id": "b", "output": [
+            {"type": "input_image", "image_url": {"url": "https://x/b.png"}},
+        ]},
+        {"role": "user", "content": "Compare them"},
+    ]}));
+    assert_eq!(
+        c["messages"],
+        json!([
+            {"role": "user", "content": "Screenshots?"},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "a", "type": "function", "function": {"name": "shot", "arguments": "{}"}},
+                {"id": "b", "type": "function", "function": {"name": "shot", "arguments": "{}"}},
+            ]},
+            {"role": "tool", "content": "the page", "tool_call_id": "a"},
+            {"role": "tool", "content": "(the output is the image(s) in the next message)", "tool_call_id": "b"},
+            {"role": "user", "content": [
+                {"type": "text", "text": "The image output of tool call `a`:"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA", "detail": "low"}},
+                {"type": "text", "text": "The image output of tool call `b`:"},
+                {"type": "image_url", "image_url": {"url": "https://x/b.png"}},
+            ]},
+            {"role": "user", "content": "Compare them"},
+        ])
+    );
+    // At the end of the input too.
+    let c = chat(json!({"model": "m", "input": [
+        {"type": "function_call_output", "call_id": "a", "output": [
+            {"type": "input_image", "image_url": "https://x/a.png"}]},
+    ]}));
+    assert_eq!(c["messages"][1]["role"], "user", "{c}");
+}
+
+#[test]
+fn state_and_unknown_items_are_refused_by_name() {
     let cases = [
         (
             json!({"model": "m", "input": "x", "previous_response_id": "resp_1"}),
@@ -198,12 +383,12 @@ fn state_built_in_tools_and_unknown_items_are_refused_by_name() {
             "prompt",
         ),
         (
-            json!({"model": "m", "input": "x", "tools": [{"type": "function", "name": "f"}, {"type": "web_search"}]}),
+            json!({"model": "m", "input": "x", "tools": [{"type": "function", "name": "f"}, {"name": "g"}]}),
             "tools[1].type",
         ),
         (
-            json!({"model": "m", "input": "x", "tools": [{"type": "mcp", "server_label": "s"}]}),
-            "tools[0].type",
+            json!({"model": "m", "input": "x", "tools": [{"type": "custom"}]}),
+            "tools[0].name",
         ),
         (
             json!({"model": "m", "input": "x", "tools": [{"type": "function"}]}),
@@ -214,8 +399,17 @@ fn state_built_in_tools_and_unknown_items_are_refused_by_name() {
             "tool_choice",
         ),
         (
-            json!({"model": "m", "input": [{"role": "user", "content": "a"}, {"type": "web_search_call", "id": "ws"}]}),
+            json!({"model": "m", "input": [{"role": "user", "content": "a"}, {"type": "compaction_summary", "id": "ws"}]}),
             "input[1].type",
+        ),
+        (
+            json!({"model": "m", "input": [{"type": "custom_tool_call", "call_id": "c", "name": "f"}]}),
+            "input[0].input",
+        ),
+        (
+            json!({"model": "m", "input": [{"role": "assistant", "content": [
+                {"type": "output_text", "text": "a"}, {"type": "input_image", "image_url": "https://x/y.png"}]}]}),
+            "input[0].content[1].type",
         ),
         (
             json!({"model": "m", "input": [{"type": "item_reference", "id": "msg_1"}]}),
@@ -227,6 +421,10 @@ fn state_built_in_tools_and_unknown_items_are_refused_by_name() {
         ),
         (
             json!({"model": "m", "input": [{"role": "user", "content": [{"type": "input_image", "file_id": "f"}]}]}),
+            "input[0].content[0].file_id",
+        ),
+        (
+            json!({"model": "m", "input": [{"role": "user", "content": [{"type": "input_image", "image_url": {"u": 1}}]}]}),
             "input[0].content[0].image_url",
         ),
         (
@@ -242,7 +440,7 @@ fn state_built_in_tools_and_unknown_items_are_refused_by_name() {
             "input[0].call_id",
         ),
         (
-            json!({"model": "m", "input": [{"type": "function_call_output", "call_id": "c", "output": [{"type": "input_image", "image_url": "u"}]}]}),
+            json!({"model": "m", "input": [{"type": "function_call_output", "call_id": "c", "output": [{"type": "input_file", "file_id": "f"}]}]}),
             "input[0].output[0].type",
         ),
         (
@@ -250,7 +448,7 @@ fn state_built_in_tools_and_unknown_items_are_refused_by_name() {
             "text.format",
         ),
         (
-            json!({"model": "m", "input": "x", "include": ["file_search_call.results"]}),
+            json!({"model": "m", "input": "x", "include": [1]}),
             "include[0]",
         ),
         (
@@ -263,6 +461,15 @@ fn state_built_in_tools_and_unknown_items_are_refused_by_name() {
         (json!({"model": "m"}), "input"),
         (json!({"model": "m", "input": 3}), "input"),
         (json!({"model": "m", "input": []}), "input"),
+        (
+            json!({"model": "m", "instructions": "Be brief.", "input": []}),
+            "input",
+        ),
+        (
+            json!({"model": "m", "instructions": "Be brief.", "input": [
+                {"type": "reasoning", "id": "rs", "summary": []}, {"type": "web_search_call", "id": "ws"}]}),
+            "input",
+        ),
         (
             json!({"model": "m", "input": "x", "temperature": "hot"}),
             "temperature",

@@ -2,13 +2,26 @@
 //! state machine ([`Translator`]), fed chunk JSON, giving events out.
 //!
 //! Every event carries its `type` and a `sequence_number` (0, 1, 2, ...).
-//! An item is added when its first delta comes (reasoning, text, a
-//! refusal, each tool call by its chat `index`) and every item stays open
-//! until the upstream's stream ends; then they are closed in output order
-//! and `response.completed` (or `response.incomplete`) carries the whole
-//! response with its usage. Items opened side by side are allowed: chat
-//! streams interleave them at times (parallel tool calls), and clients
-//! follow each by its `output_index`.
+//! Items are strictly sequential, as the Responses API streams them (Codex
+//! follows one active item: `output_item.added` sets it, the next
+//! `output_item.done` takes it): an item is added, gets its deltas, and is
+//! closed (all its `done` events) before the next is added, and
+//! `output_index` is the item's place in the final `output`.
+//!
+//! Reasoning and text (with refusals, parts of the same message) stream
+//! live: a reasoning item opens with the first reasoning delta, a message
+//! item with the first text; a delta of the other kind closes the open item
+//! and opens a new one, so reasoning, text, reasoning again, text again are
+//! four items. Tool calls are gathered (by chat `index`, or by `id` when an
+//! upstream gives no index) and added only when the upstream's stream ends,
+//! after the open item is closed, in index order, each whole: `added`, its
+//! arguments (a custom tool's decoded input) as one delta, `done`. Chat
+//! streams may interleave the pieces of parallel calls, and text may come
+//! after a call began: an item closed cannot take more, and the order of a
+//! chat message's text and its calls means nothing, so the calls come
+//! last, as in the non-streamed answer. Clients act on a call when it is
+//! done, which its end of stream is close to. Then `response.completed`
+//! (or `response.incomplete`) carries the whole response with its usage.
 
 use super::answer::{self, Envelope, Status, new_id};
 use bytes::{BufMut, Bytes, BytesMut};
@@ -43,7 +56,7 @@ pub(crate) fn frame(events: &[Event]) -> Bytes {
     out.freeze()
 }
 
-/// A content part of the message item.
+/// A content part of a message item.
 struct Part {
     refusal: bool,
     text: String,
@@ -60,7 +73,7 @@ impl Part {
     }
 }
 
-/// An output item being streamed.
+/// An output item.
 enum Item {
     Reasoning {
         id: String,
@@ -70,18 +83,27 @@ enum Item {
         id: String,
         parts: Vec<Part>,
     },
-    Call {
+    Function {
         id: String,
         call_id: String,
         name: String,
         arguments: String,
+    },
+    Custom {
+        id: String,
+        call_id: String,
+        name: String,
+        input: String,
     },
 }
 
 impl Item {
     fn id(&self) -> &str {
         match self {
-            Item::Reasoning { id, .. } | Item::Message { id, .. } | Item::Call { id, .. } => id,
+            Item::Reasoning { id, .. }
+            | Item::Message { id, .. }
+            | Item::Function { id, .. }
+            | Item::Custom { id, .. } => id,
         }
     }
 
@@ -91,26 +113,45 @@ impl Item {
             Item::Message { id, parts } => {
                 answer::message_item(id, parts.iter().map(Part::json).collect(), status)
             }
-            Item::Call {
+            Item::Function {
                 id,
                 call_id,
                 name,
                 arguments,
             } => answer::call_item(id, call_id, name, arguments, status),
+            Item::Custom {
+                id,
+                call_id,
+                name,
+                input,
+            } => answer::custom_call_item(id, call_id, name, input, status),
         }
     }
+}
+
+/// An output item added, and its status once it is done.
+struct Slot {
+    item: Item,
+    done: Option<&'static str>,
+}
+
+/// A tool call being gathered from its deltas.
+struct Call {
+    /// Its chat `index`, when the upstream gives one.
+    index: Option<u64>,
+    call_id: String,
+    name: String,
+    arguments: String,
 }
 
 /// The translation of one stream.
 pub(crate) struct Translator {
     env: Envelope,
     seq: u64,
-    /// Output items, in output order.
-    items: Vec<Item>,
-    reasoning: Option<usize>,
-    message: Option<usize>,
-    /// Chat tool call index -> item position.
-    calls: Vec<(u64, usize)>,
+    /// Output items added, in output order; only the last may be open.
+    items: Vec<Slot>,
+    /// Tool calls, in the order they began, added as items at the end.
+    calls: Vec<Call>,
     finish: Option<String>,
     usage: Value,
     ended: bool,
@@ -123,8 +164,6 @@ impl Translator {
             env,
             seq: 0,
             items: Vec::new(),
-            reasoning: None,
-            message: None,
             calls: Vec::new(),
             finish: None,
             usage: Value::Null,
@@ -140,8 +179,12 @@ impl Translator {
     }
 
     fn snapshot(&self, status: &Status) -> Value {
-        let item = status.item();
-        let output = self.items.iter().map(|i| i.json(item)).collect();
+        let open = status.item();
+        let output = self
+            .items
+            .iter()
+            .map(|s| s.item.json(s.done.unwrap_or(open)))
+            .collect();
         self.env.response(status, output, self.usage.clone())
     }
 
@@ -164,7 +207,8 @@ impl Translator {
     }
 
     /// The events of one chat chunk (often none: a role-only delta, the
-    /// usage chunk); an error message when it is not a chunk.
+    /// usage chunk, a tool call's piece); an error message when it is not
+    /// a chunk.
     pub(crate) fn chunk(&mut self, json: &[u8]) -> Result<Vec<Event>, String> {
         let v: Value = serde_json::from_slice(json)
             .map_err(|e| format!("the upstream sent a chunk that is not JSON: {e}"))?;
@@ -215,7 +259,7 @@ impl Translator {
             .into_iter()
             .flatten()
         {
-            self.call_delta(call, &mut out);
+            self.call_delta(call);
         }
         if let Some(f) = choice.get("finish_reason").and_then(Value::as_str) {
             self.finish = Some(f.to_owned());
@@ -223,10 +267,18 @@ impl Translator {
         Ok(out)
     }
 
+    /// The position of the open item, if there is one.
+    fn open(&self) -> Option<usize> {
+        let at = self.items.len().checked_sub(1)?;
+        self.items[at].done.is_none().then_some(at)
+    }
+
+    /// Closes the open item, if any, then adds this one, open.
     fn add_item(&mut self, item: Item, out: &mut Vec<Event>) -> usize {
+        self.close_open("completed", out);
         let at = self.items.len();
         let json = item.json("in_progress");
-        self.items.push(item);
+        self.items.push(Slot { item, done: None });
         self.emit(
             out,
             "response.output_item.added",
@@ -236,7 +288,10 @@ impl Translator {
     }
 
     fn reasoning_delta(&mut self, delta: &str, out: &mut Vec<Event>) {
-        let at = match self.reasoning {
+        let open = self
+            .open()
+            .filter(|&at| matches!(self.items[at].item, Item::Reasoning { .. }));
+        let at = match open {
             Some(at) => at,
             None => {
                 let id = new_id("rs");
@@ -247,7 +302,6 @@ impl Translator {
                     },
                     out,
                 );
-                self.reasoning = Some(at);
                 self.emit(
                     out,
                     "response.reasoning_summary_part.added",
@@ -259,7 +313,11 @@ impl Translator {
                 at
             }
         };
-        if let Some(Item::Reasoning { id, text }) = self.items.get_mut(at) {
+        if let Some(Slot {
+            item: Item::Reasoning { id, text },
+            ..
+        }) = self.items.get_mut(at)
+        {
             text.push_str(delta);
             let id = id.clone();
             self.emit(
@@ -279,24 +337,36 @@ impl Translator {
         logprobs: Option<Vec<Value>>,
         out: &mut Vec<Event>,
     ) {
-        let at = match self.message {
+        let open = self
+            .open()
+            .filter(|&at| matches!(self.items[at].item, Item::Message { .. }));
+        let at = match open {
             Some(at) => at,
             None => {
                 let item = Item::Message {
                     id: new_id("msg"),
                     parts: Vec::new(),
                 };
-                let at = self.add_item(item, out);
-                self.message = Some(at);
-                at
+                self.add_item(item, out)
             }
         };
-        let Some(Item::Message { id, parts }) = self.items.get_mut(at) else {
+        // Text and a refusal are parts of their own: the open part is
+        // closed when the kind changes.
+        let kind_changed = match &self.items[at].item {
+            Item::Message { parts, .. } => parts.last().is_some_and(|p| p.refusal != refusal),
+            _ => return,
+        };
+        if kind_changed {
+            self.close_part(at, out);
+        }
+        let Some(Slot {
+            item: Item::Message { id, parts },
+            ..
+        }) = self.items.get_mut(at)
+        else {
             return;
         };
         let id = id.clone();
-        // Text and a refusal are parts of their own; a new part when the
-        // kind changes.
         let opened = parts.last().is_none_or(|p| p.refusal != refusal);
         if opened {
             parts.push(Part {
@@ -313,13 +383,13 @@ impl Translator {
                 .get_or_insert_with(Vec::new)
                 .extend(l.iter().cloned());
         }
-        let empty = Part {
-            refusal,
-            text: String::new(),
-            logprobs: None,
-        }
-        .json();
         if opened {
+            let empty = Part {
+                refusal,
+                text: String::new(),
+                logprobs: None,
+            }
+            .json();
             self.emit(
                 out,
                 "response.content_part.added",
@@ -348,55 +418,101 @@ impl Translator {
         }
     }
 
-    fn call_delta(&mut self, call: &Value, out: &mut Vec<Event>) {
-        let index = call.get("index").and_then(Value::as_u64).unwrap_or(0);
+    /// Gathers a tool call's piece. The call is told by its chat `index`
+    /// (a new `id` at a known index is a new call: some upstreams give
+    /// every call index 0); without an index (Gemini's OpenAI endpoint,
+    /// some proxies), a new `id` begins a new call and a piece without
+    /// one continues the last call.
+    fn call_delta(&mut self, call: &Value) {
+        let index = call.get("index").and_then(Value::as_u64);
         let s = |p: &str| call.pointer(p).and_then(Value::as_str).unwrap_or_default();
-        let at = match self.calls.iter().find(|(i, _)| *i == index) {
-            Some(&(_, at)) => at,
-            None => {
-                let item = Item::Call {
-                    id: new_id("fc"),
-                    call_id: s("/id").to_owned(),
-                    name: s("/function/name").to_owned(),
-                    arguments: String::new(),
-                };
-                let at = self.add_item(item, out);
-                self.calls.push((index, at));
-                at
-            }
+        let id = s("/id");
+        let known = match index {
+            Some(i) => self
+                .calls
+                .iter()
+                .rposition(|c| c.index == Some(i))
+                .filter(|&at| {
+                    let own = &self.calls[at].call_id;
+                    id.is_empty() || own.is_empty() || own == id
+                }),
+            None if id.is_empty() => self.calls.len().checked_sub(1),
+            None => self.calls.iter().rposition(|c| c.call_id == id),
         };
-        let Some(Item::Call {
-            id,
-            call_id,
-            name,
-            arguments,
-        }) = self.items.get_mut(at)
-        else {
-            return;
-        };
+        let at = known.unwrap_or_else(|| {
+            self.calls.push(Call {
+                index,
+                call_id: String::new(),
+                name: String::new(),
+                arguments: String::new(),
+            });
+            self.calls.len() - 1
+        });
+        let c = &mut self.calls[at];
         // An upstream may name the call after its first piece.
-        if call_id.is_empty() {
-            s("/id").clone_into(call_id);
+        if c.call_id.is_empty() {
+            id.clone_into(&mut c.call_id);
         }
-        if name.is_empty() {
-            s("/function/name").clone_into(name);
+        if c.name.is_empty() {
+            s("/function/name").clone_into(&mut c.name);
         }
-        let delta = s("/function/arguments");
-        if delta.is_empty() {
-            return;
-        }
-        arguments.push_str(delta);
-        let id = id.clone();
-        self.emit(
-            out,
-            "response.function_call_arguments.delta",
-            json!({
-                "item_id": id, "output_index": at, "delta": delta,
-            }),
-        );
+        c.arguments.push_str(s("/function/arguments"));
     }
 
-    /// The upstream's stream ended cleanly: every item closed, then
+    /// Adds a whole tool call as an item, closed: `output_item.added`, its
+    /// arguments (or a custom tool's input) as one delta, their `done`,
+    /// `output_item.done`.
+    fn add_call(&mut self, call: Call, status: &'static str, out: &mut Vec<Event>) {
+        let call_id = answer::call_id(&call.call_id);
+        let custom = self.env.is_custom(&call.name);
+        let (item, delta) = if custom {
+            let input = answer::custom_input(&call.arguments);
+            let item = Item::Custom {
+                id: new_id("ctc"),
+                call_id,
+                name: call.name,
+                input: String::new(),
+            };
+            (item, input)
+        } else {
+            let item = Item::Function {
+                id: new_id("fc"),
+                call_id,
+                name: call.name,
+                arguments: String::new(),
+            };
+            (item, call.arguments)
+        };
+        let id = item.id().to_owned();
+        let at = self.add_item(item, out);
+        if !delta.is_empty() {
+            let kind = if custom {
+                "response.custom_tool_call_input.delta"
+            } else {
+                "response.function_call_arguments.delta"
+            };
+            self.emit(
+                out,
+                kind,
+                json!({"item_id": id, "output_index": at, "delta": delta}),
+            );
+        }
+        if let Some(Slot {
+            item:
+                Item::Function { arguments, .. }
+                | Item::Custom {
+                    input: arguments, ..
+                },
+            ..
+        }) = self.items.get_mut(at)
+        {
+            *arguments = delta;
+        }
+        self.close(at, status, out);
+    }
+
+    /// The upstream's stream ended cleanly: the open item closed, the tool
+    /// calls added (in their chat index order) and closed, then
     /// `response.completed` (or `response.incomplete`).
     pub(crate) fn finish(&mut self) -> Vec<Event> {
         let mut out = Vec::new();
@@ -404,8 +520,12 @@ impl Translator {
             return out;
         }
         let status = Status::of_finish(self.finish.as_deref());
-        for at in 0..self.items.len() {
-            self.close(at, &status, &mut out);
+        self.close_open(status.item(), &mut out);
+        let mut calls = std::mem::take(&mut self.calls);
+        // Stable: calls without an index keep the order they began in.
+        calls.sort_by_key(|c| c.index.unwrap_or(u64::MAX));
+        for call in calls {
+            self.add_call(call, status.item(), &mut out);
         }
         let kind = match status {
             Status::Incomplete(_) => "response.incomplete",
@@ -416,75 +536,109 @@ impl Translator {
         out
     }
 
-    fn close(&mut self, at: usize, status: &Status, out: &mut Vec<Event>) {
-        let Some(item) = self.items.get(at) else {
+    fn close_open(&mut self, status: &'static str, out: &mut Vec<Event>) {
+        if let Some(at) = self.open() {
+            self.close(at, status, out);
+        }
+    }
+
+    /// The `done` events of a message's last part.
+    fn close_part(&mut self, at: usize, out: &mut Vec<Event>) {
+        let Some(Slot {
+            item: Item::Message { id, parts },
+            ..
+        }) = self.items.get(at)
+        else {
             return;
         };
-        let id = item.id().to_owned();
-        let mut done: Vec<(&'static str, Value)> = Vec::new();
-        match item {
-            Item::Reasoning { text, .. } => {
-                done.push((
+        let Some(p) = parts.last() else {
+            return;
+        };
+        let index = parts.len() - 1;
+        let id = id.clone();
+        let (kind, mut data) = if p.refusal {
+            ("response.refusal.done", json!({"refusal": p.text}))
+        } else {
+            (
+                "response.output_text.done",
+                json!({"text": p.text, "logprobs": p.logprobs.clone().unwrap_or_default()}),
+            )
+        };
+        data["item_id"] = Value::String(id.clone());
+        data["output_index"] = at.into();
+        data["content_index"] = index.into();
+        let part = p.json();
+        self.emit(out, kind, data);
+        self.emit(
+            out,
+            "response.content_part.done",
+            json!({"item_id": id, "output_index": at, "content_index": index, "part": part}),
+        );
+    }
+
+    /// Closes item `at`: its `done` events, then `output_item.done`.
+    fn close(&mut self, at: usize, status: &'static str, out: &mut Vec<Event>) {
+        if matches!(
+            self.items.get(at),
+            Some(Slot {
+                item: Item::Message { .. },
+                ..
+            })
+        ) {
+            self.close_part(at, out);
+        }
+        let Some(slot) = self.items.get(at) else {
+            return;
+        };
+        let id = slot.item.id().to_owned();
+        let done = match &slot.item {
+            Item::Reasoning { text, .. } => vec![
+                (
                     "response.reasoning_summary_text.done",
                     json!({
                         "item_id": id, "output_index": at, "summary_index": 0, "text": text,
                     }),
-                ));
-                done.push((
+                ),
+                (
                     "response.reasoning_summary_part.done",
                     json!({
                         "item_id": id, "output_index": at, "summary_index": 0,
                         "part": {"type": "summary_text", "text": text},
                     }),
-                ));
-            }
-            Item::Message { parts, .. } => {
-                for (index, p) in parts.iter().enumerate() {
-                    let (kind, whole) = if p.refusal {
-                        ("response.refusal.done", json!({"refusal": p.text}))
-                    } else {
-                        (
-                            "response.output_text.done",
-                            json!({
-                                "text": p.text, "logprobs": p.logprobs.clone().unwrap_or_default(),
-                            }),
-                        )
-                    };
-                    let mut data =
-                        json!({"item_id": id, "output_index": at, "content_index": index});
-                    if let (Some(d), Some(w)) = (data.as_object_mut(), whole.as_object()) {
-                        d.extend(w.clone());
-                    }
-                    done.push((kind, data));
-                    done.push(("response.content_part.done", json!({
-                        "item_id": id, "output_index": at, "content_index": index, "part": p.json(),
-                    })));
-                }
-            }
-            Item::Call {
+                ),
+            ],
+            Item::Message { .. } => Vec::new(),
+            Item::Function {
                 name, arguments, ..
-            } => {
-                done.push((
-                    "response.function_call_arguments.done",
-                    json!({
-                        "item_id": id, "output_index": at, "name": name, "arguments": arguments,
-                    }),
-                ));
-            }
-        }
-        done.push((
-            "response.output_item.done",
-            json!({
-                "output_index": at, "item": item.json(status.item()),
-            }),
-        ));
+            } => vec![(
+                "response.function_call_arguments.done",
+                json!({
+                    "item_id": id, "output_index": at, "name": name, "arguments": arguments,
+                }),
+            )],
+            Item::Custom { input, .. } => vec![(
+                "response.custom_tool_call_input.done",
+                json!({"item_id": id, "output_index": at, "input": input}),
+            )],
+        };
         for (kind, data) in done {
             self.emit(out, kind, data);
         }
+        let Some(slot) = self.items.get_mut(at) else {
+            return;
+        };
+        slot.done = Some(status);
+        let item = slot.item.json(status);
+        self.emit(
+            out,
+            "response.output_item.done",
+            json!({"output_index": at, "item": item}),
+        );
     }
 
-    /// The upstream failed mid-stream: `response.failed` with what came so
-    /// far, and the end of the stream.
+    /// The upstream failed mid-stream: `response.failed` with the items
+    /// added so far (the open one `incomplete`; tool calls being gathered
+    /// were never announced and are left out), and the end of the stream.
     pub(crate) fn fail(&mut self, message: String) -> Vec<Event> {
         let mut out = Vec::new();
         if std::mem::replace(&mut self.ended, true) {

@@ -12,15 +12,88 @@ fn delta(delta: Value, finish: Option<&str>) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Runs a whole stream: the start, every chunk, the end.
+/// Runs a whole stream: the start, every chunk, the end; checks the
+/// events are sequenced and the items sequential.
 fn run(chunks: &[Vec<u8>]) -> Vec<Event> {
-    let mut t = translator();
+    run_with(translator(), chunks)
+}
+
+fn run_with(mut t: Translator, chunks: &[Vec<u8>]) -> Vec<Event> {
     let mut events = t.start();
     for c in chunks {
         events.extend(t.chunk(c).unwrap());
     }
     events.extend(t.finish());
+    assert_sequenced(&events);
+    assert_items_sequential(&events);
     events
+}
+
+/// A chunk of one tool call's piece.
+fn call(index: Option<u64>, id: Option<&str>, name: Option<&str>, args: &str) -> Vec<u8> {
+    let mut c = json!({"function": {"arguments": args}});
+    if let Some(i) = index {
+        c["index"] = json!(i);
+    }
+    if let Some(id) = id {
+        c["id"] = json!(id);
+        c["type"] = json!("function");
+    }
+    if let Some(n) = name {
+        c["function"]["name"] = json!(n);
+    }
+    delta(json!({"tool_calls": [c]}), None)
+}
+
+/// Items one at a time, as the Responses API streams them (Codex follows
+/// one active item): each added, its events, done, before the next is
+/// added; `output_index` counts the items added and the final output is
+/// those items, in that order.
+fn assert_items_sequential(events: &[Event]) {
+    let mut open: Option<u64> = None;
+    let mut ids: Vec<Value> = Vec::new();
+    for e in events {
+        let at = e.data.get("output_index").and_then(Value::as_u64);
+        match e.kind {
+            "response.output_item.added" => {
+                assert_eq!(open, None, "added while open: {:?}", kinds(events));
+                assert_eq!(at, Some(ids.len() as u64), "{:?}", e.data);
+                ids.push(e.data["item"]["id"].clone());
+                open = at;
+            }
+            "response.output_item.done" => {
+                assert_eq!(at, open, "done of an item not open: {:?}", e.data);
+                assert_eq!(e.data["item"]["id"], ids[at.unwrap() as usize]);
+                open = None;
+            }
+            _ => {
+                if let Some(at) = at {
+                    assert_eq!(Some(at), open, "{} outside its item: {:?}", e.kind, e.data);
+                    assert_eq!(e.data["item_id"], ids[at as usize], "{:?}", e.data);
+                }
+            }
+        }
+    }
+    let last = events.last().unwrap();
+    if matches!(last.kind, "response.completed" | "response.incomplete") {
+        assert_eq!(open, None, "an item left open");
+        let out: Vec<Value> = last.data["response"]["output"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].clone())
+            .collect();
+        assert_eq!(out, ids, "the output is the items added, in order");
+    }
+}
+
+/// The events of the item at `at`, by kind.
+fn item_kinds(events: &[Event], at: u64) -> Vec<&'static str> {
+    events
+        .iter()
+        .filter(|e| e.data.get("output_index").and_then(Value::as_u64) == Some(at))
+        .map(|e| e.kind)
+        .collect()
 }
 
 fn kinds(events: &[Event]) -> Vec<&'static str> {
@@ -83,32 +156,21 @@ fn a_text_stream_is_one_message_item_and_ends_completed_with_usage() {
 }
 
 #[test]
-fn interleaved_text_and_tool_calls_are_items_of_their_own() {
-    let call = |index: u64, id: Option<&str>, name: Option<&str>, args: &str| {
-        let mut c = json!({"index": index, "function": {"arguments": args}});
-        if let Some(id) = id {
-            c["id"] = json!(id);
-            c["type"] = json!("function");
-        }
-        if let Some(n) = name {
-            c["function"]["name"] = json!(n);
-        }
-        delta(json!({"tool_calls": [c]}), None)
-    };
+fn items_are_sequential_and_tool_calls_come_whole_at_the_end_in_index_order() {
     let events = run(&[
         delta(
             json!({"role": "assistant", "reasoning_content": "hm"}),
             None,
         ),
         delta(json!({"content": "Checking"}), None),
-        call(0, Some("call_a"), Some("weather"), ""),
-        call(0, None, None, "{\"city\":"),
-        call(1, Some("call_b"), Some("clock"), "{}"),
+        call(Some(0), Some("call_a"), Some("weather"), ""),
+        call(Some(0), None, None, "{\"city\":"),
+        // Parallel calls interleaved, and text after a call began.
+        call(Some(1), Some("call_b"), Some("clock"), "{}"),
         delta(json!({"content": "..."}), None),
-        call(0, None, None, "\"Paris\"}"),
+        call(Some(0), None, None, "\"Paris\"}"),
         delta(json!({}), Some("tool_calls")),
     ]);
-    assert_sequenced(&events);
     let added: Vec<(u64, &str)> = events
         .iter()
         .filter(|e| e.kind == "response.output_item.added")
@@ -128,6 +190,15 @@ fn interleaved_text_and_tool_calls_are_items_of_their_own() {
             (3, "function_call")
         ]
     );
+    assert_eq!(
+        item_kinds(&events, 2),
+        [
+            "response.output_item.added",
+            "response.function_call_arguments.delta",
+            "response.function_call_arguments.done",
+            "response.output_item.done",
+        ]
+    );
     let args: String = events
         .iter()
         .filter(|e| {
@@ -142,13 +213,6 @@ fn interleaved_text_and_tool_calls_are_items_of_their_own() {
         .map(|e| e.data["delta"].as_str().unwrap())
         .collect();
     assert_eq!(text, "Checking...");
-    // Closed in output order, each item's done before the next's.
-    let done: Vec<u64> = events
-        .iter()
-        .filter(|e| e.kind == "response.output_item.done")
-        .map(|e| e.data["output_index"].as_u64().unwrap())
-        .collect();
-    assert_eq!(done, [0, 1, 2, 3]);
     let fa = events
         .iter()
         .find(|e| e.kind == "response.function_call_arguments.done" && e.data["output_index"] == 2)
@@ -161,12 +225,166 @@ fn interleaved_text_and_tool_calls_are_items_of_their_own() {
     assert_eq!(out[1]["content"][0]["text"], "Checking...");
     assert_eq!(out[2]["call_id"], "call_a");
     assert_eq!(out[2]["name"], "weather");
+    assert_eq!(out[2]["status"], "completed");
     assert_eq!(out[3]["call_id"], "call_b");
     assert_eq!(out[3]["arguments"], "{}");
     assert!(last.data["response"]["usage"].is_null(), "none came");
-    // The reasoning summary's own events.
-    assert!(kinds(&events).contains(&"response.reasoning_summary_text.delta"));
+    // The reasoning item was closed when the text began.
+    let reasoning_done = events
+        .iter()
+        .position(|e| e.kind == "response.output_item.done")
+        .unwrap();
+    let text_begins = events
+        .iter()
+        .position(|e| e.kind == "response.output_text.delta")
+        .unwrap();
+    assert!(reasoning_done < text_begins, "{:?}", kinds(&events));
+    assert_eq!(events[reasoning_done].data["item"]["type"], "reasoning");
+    assert!(kinds(&events).contains(&"response.reasoning_summary_text.done"));
     assert!(kinds(&events).contains(&"response.reasoning_summary_part.done"));
+}
+
+#[test]
+fn going_back_to_reasoning_or_text_opens_a_new_item() {
+    let events = run(&[
+        delta(json!({"reasoning": "a"}), None),
+        delta(json!({"content": "b"}), None),
+        delta(json!({"reasoning": "c"}), None),
+        delta(json!({"content": "d"}), None),
+        delta(json!({}), Some("stop")),
+    ]);
+    let out = &events.last().unwrap().data["response"]["output"];
+    let kinds: Vec<&str> = out
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["reasoning", "message", "reasoning", "message"]);
+    assert_eq!(out[2]["summary"][0]["text"], "c");
+    assert_eq!(out[3]["content"][0]["text"], "d");
+}
+
+/// Gemini's OpenAI endpoint and some proxies give tool call pieces no
+/// `index`; some upstreams give every call index 0.
+#[test]
+fn tool_calls_without_an_index_are_told_apart_by_id() {
+    let events = run(&[
+        call(None, Some("call_a"), Some("f"), "{\"x\":"),
+        call(None, None, None, "1}"),
+        call(None, Some("call_b"), Some("g"), "{"),
+        call(None, Some("call_b"), None, "}"),
+        delta(json!({}), Some("tool_calls")),
+    ]);
+    let out = &events.last().unwrap().data["response"]["output"];
+    assert_eq!(out.as_array().unwrap().len(), 2, "{out}");
+    assert_eq!(out[0]["call_id"], "call_a");
+    assert_eq!(out[0]["name"], "f");
+    assert_eq!(out[0]["arguments"], "{\"x\":1}");
+    assert_eq!(out[1]["call_id"], "call_b");
+    assert_eq!(out[1]["name"], "g");
+    assert_eq!(out[1]["arguments"], "{}");
+
+    let events = run(&[
+        call(Some(0), Some("call_a"), Some("f"), "{}"),
+        call(Some(0), Some("call_b"), Some("g"), "{\"y\""),
+        call(Some(0), None, None, ":2}"),
+        delta(json!({}), Some("tool_calls")),
+    ]);
+    let out = &events.last().unwrap().data["response"]["output"];
+    assert_eq!(out.as_array().unwrap().len(), 2, "{out}");
+    assert_eq!(out[0]["arguments"], "{}");
+    assert_eq!(out[1]["call_id"], "call_b");
+    assert_eq!(out[1]["arguments"], "{\"y\":2}");
+}
+
+#[test]
+fn empty_call_ids_are_made_once_per_call() {
+    let events = run(&[
+        call(Some(0), Some(""), Some("f"), "{}"),
+        call(Some(1), Some(""), Some("g"), "{}"),
+        delta(json!({}), Some("tool_calls")),
+    ]);
+    let ids = |kind: &str| -> Vec<String> {
+        events
+            .iter()
+            .filter(|e| e.kind == kind)
+            .map(|e| e.data["item"]["call_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let added = ids("response.output_item.added");
+    assert_eq!(added, ids("response.output_item.done"));
+    assert_eq!(added.len(), 2);
+    assert_ne!(added[0], added[1]);
+    for id in &added {
+        assert!(id.starts_with("call_") && id.len() > 10, "{id}");
+    }
+    let out = &events.last().unwrap().data["response"]["output"];
+    assert_eq!(out[0]["call_id"], added[0].as_str());
+}
+
+#[test]
+fn custom_tool_calls_stream_their_decoded_input() {
+    let mut env = Envelope::new("asked", Echo::default());
+    env.custom_tools = vec!["apply_patch".into()];
+    let events = run_with(
+        Translator::new(env),
+        &[
+            delta(json!({"content": "Patching."}), None),
+            call(
+                Some(0),
+                Some("call_p"),
+                Some("apply_patch"),
+                "{\"input\":\"*** Begin",
+            ),
+            call(Some(0), None, None, " Patch\\n\"}"),
+            call(Some(1), Some("call_q"), Some("apply_patch"), "not json"),
+            call(Some(2), Some("call_f"), Some("f"), "{}"),
+            delta(json!({}), Some("tool_calls")),
+        ],
+    );
+    assert_eq!(
+        item_kinds(&events, 1),
+        [
+            "response.output_item.added",
+            "response.custom_tool_call_input.delta",
+            "response.custom_tool_call_input.done",
+            "response.output_item.done",
+        ]
+    );
+    let of = |kind: &str| {
+        events
+            .iter()
+            .find(|e| e.kind == kind && e.data["output_index"] == 1)
+            .unwrap()
+            .data
+            .clone()
+    };
+    let added = of("response.output_item.added");
+    assert_eq!(added["item"]["type"], "custom_tool_call");
+    assert_eq!(added["item"]["input"], "");
+    assert_eq!(added["item"]["status"], "in_progress");
+    assert!(
+        added["item"]["id"].as_str().unwrap().starts_with("ctc_"),
+        "{added}"
+    );
+    assert_eq!(
+        of("response.custom_tool_call_input.delta")["delta"],
+        "*** Begin Patch\n"
+    );
+    assert_eq!(
+        of("response.custom_tool_call_input.done")["input"],
+        "*** Begin Patch\n"
+    );
+    let done = of("response.output_item.done");
+    assert_eq!(
+        done["item"],
+        json!({"type": "custom_tool_call", "id": added["item"]["id"], "call_id": "call_p",
+               "name": "apply_patch", "input": "*** Begin Patch\n", "status": "completed"})
+    );
+    let out = &events.last().unwrap().data["response"]["output"];
+    assert_eq!(out[2]["input"], "not json", "not the JSON shape: as it is");
+    assert_eq!(out[3]["type"], "function_call");
 }
 
 #[test]
@@ -176,7 +394,22 @@ fn a_refusal_is_a_content_part_of_its_own() {
         delta(json!({"refusal": "can't"}), None),
         delta(json!({}), Some("stop")),
     ]);
-    assert_sequenced(&events);
+    // Part by part: the text's done before the refusal's added.
+    assert_eq!(
+        item_kinds(&events, 0),
+        [
+            "response.output_item.added",
+            "response.content_part.added",
+            "response.output_text.delta",
+            "response.output_text.done",
+            "response.content_part.done",
+            "response.content_part.added",
+            "response.refusal.delta",
+            "response.refusal.done",
+            "response.content_part.done",
+            "response.output_item.done",
+        ]
+    );
     let parts: Vec<u64> = events
         .iter()
         .filter(|e| e.kind == "response.content_part.added")
