@@ -73,10 +73,30 @@ pub struct ApiKeyConfig {
     /// model load/unload, vector collection create/drop/snapshot).
     #[serde(default)]
     pub admin: bool,
+    /// USD this key may spend on model answers (priced by `[pricing]`) in
+    /// a budget period; at or past it the model routes answer 429
+    /// `insufficient_quota`. More than 0. Unset: no budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_budget: Option<f64>,
+    /// How long a budget period lasts (`"30d"`, at least `"1m"`), counted
+    /// from the unix epoch in whole periods, so every replica agrees when
+    /// one starts; the spend starts from 0 in each. Unset: the spend never
+    /// resets.
+    #[serde(
+        default,
+        with = "crate::duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub budget_period: Option<std::time::Duration>,
 }
 
+/// The shortest `budget_period`: a period is counted in whole seconds, and
+/// spend is flushed every second, so an answer near a period's end may be
+/// counted in either period; a minute keeps that small.
+pub const MIN_BUDGET_PERIOD: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// A key ready to check requests against: its secret reduced to a digest.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq)]
 pub struct ResolvedKey {
     /// The key's name.
     pub name: String,
@@ -99,6 +119,10 @@ pub struct ResolvedKey {
     /// Whether its owner is [`AuthConfig::keyless_owner`]: its requests
     /// reach what was stored without keys.
     pub keyless: bool,
+    /// Its budget in USD, when it has one (more than 0).
+    pub max_budget: Option<f64>,
+    /// Its budget period, when the spend resets (at least a minute).
+    pub budget_period: Option<std::time::Duration>,
 }
 
 impl std::fmt::Debug for ResolvedKey {
@@ -113,6 +137,8 @@ impl std::fmt::Debug for ResolvedKey {
             .field("collections", &self.collections)
             .field("admin", &self.admin)
             .field("keyless", &self.keyless)
+            .field("max_budget", &self.max_budget)
+            .field("budget_period", &self.budget_period)
             .finish_non_exhaustive()
     }
 }
@@ -133,6 +159,11 @@ impl AuthConfig {
     /// True when keys are configured (every `/v1` route then needs one).
     pub fn enabled(&self) -> bool {
         !self.keys.is_empty()
+    }
+
+    /// True when some key has a `max_budget`.
+    pub fn has_budgets(&self) -> bool {
+        self.keys.iter().any(|k| k.max_budget.is_some())
     }
 
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
@@ -226,6 +257,24 @@ impl AuthConfig {
                     "must be at least 1 (leave it unset for no limit)",
                 ));
             }
+            if let Some(b) = k.max_budget
+                && !(b.is_finite() && b > 0.0)
+            {
+                return Err(ConfigError::invalid(
+                    at("max_budget"),
+                    format!(
+                        "must be a finite number of USD above 0 (got {b}; leave it unset for no budget)"
+                    ),
+                ));
+            }
+            if let Some(p) = k.budget_period
+                && p < MIN_BUDGET_PERIOD
+            {
+                return Err(ConfigError::invalid(
+                    at("budget_period"),
+                    "must be at least 1m (leave it unset for a budget that never resets)",
+                ));
+            }
         }
         if let Some(o) = &self.keyless_owner
             && !self.keys.iter().any(|k| k.owner_name() == o)
@@ -307,6 +356,8 @@ impl AuthConfig {
                 collections: k.collections.clone(),
                 admin: k.admin,
                 keyless: self.keyless_owner.as_deref() == Some(k.owner_name()),
+                max_budget: k.max_budget,
+                budget_period: k.budget_period,
             });
         }
         Ok(out)

@@ -14,15 +14,17 @@ mod cache;
 pub mod duration;
 mod embed;
 mod memory;
+mod pricing;
 mod router;
 mod server;
 mod storage;
 mod vector;
 
-pub use auth::{ApiKeyConfig, AuthConfig, ResolvedKey, key_digest};
+pub use auth::{ApiKeyConfig, AuthConfig, MIN_BUDGET_PERIOD, ResolvedKey, key_digest};
 pub use cache::{CacheConfig, CacheL1Config, CacheL2Config, CacheL3Config, CacheMode, MAX_TTL};
 pub use embed::{EmbeddingModelConfig, EmbeddingsConfig, TokenIds};
 pub use memory::MemoryConfig;
+pub use pricing::{ModelPrice, PricingConfig};
 pub use router::{
     MockSettings, ModelAlias, OLLAMA_FIRST_BYTE_TIMEOUT, ProviderConfig, ProviderKind,
     RoutingConfig, RoutingStrategy,
@@ -32,6 +34,7 @@ pub use storage::StorageConfig;
 pub use vector::VectorConfig;
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// The file looked for in the working directory when no `--config` is given.
@@ -63,6 +66,10 @@ pub struct Config {
     pub memory: MemoryConfig,
     /// Gateway API keys (none: every route is open).
     pub auth: AuthConfig,
+    /// What each model's tokens cost (`[pricing."gpt-4o"]`), for cost
+    /// tracking and the keys' `max_budget`. Empty: answers are not priced.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub pricing: PricingConfig,
 }
 
 /// Where the configuration came from, for `uat config check` and logs.
@@ -232,6 +239,7 @@ impl Config {
         self.vector.validate()?;
         self.memory.validate(&self.embeddings)?;
         self.auth.validate()?;
+        pricing::validate(&self.pricing)?;
         Ok(())
     }
 
@@ -318,7 +326,7 @@ fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<bool, 
 }
 
 /// Tables whose keys are names the user chooses (models), not field names.
-const NAME_KEYED: &[&str] = &["cache.model_ttl"];
+const NAME_KEYED: &[&str] = &["cache.model_ttl", "pricing"];
 
 fn is_index(segment: &str) -> bool {
     !segment.is_empty() && segment.bytes().all(|b| b.is_ascii_digit())

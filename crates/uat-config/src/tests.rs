@@ -664,3 +664,96 @@ fn urls_that_do_not_parse_are_refused_naming_the_field() {
     assert!(!msg.contains("s3cret"), "the password is not echoed: {msg}");
     assert!(Config::from_toml("[cache.l2]\nurl = \"redis://127.0.0.1:6379/\"\n").is_ok());
 }
+
+#[test]
+fn pricing_is_read_by_model_name_and_validated() {
+    let c = load_str(
+        r#"
+[pricing."gpt-4o"]
+input_per_million = 2.50
+output_per_million = 10.00
+cached_input_per_million = 1.25
+
+[pricing."openai/gpt-4o-mini"]
+input_per_million = 0.15
+output_per_million = 0.6
+
+[pricing.embed-small]
+input_per_million = 0.02
+"#,
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.pricing.len(), 3);
+    let p = c.pricing["gpt-4o"];
+    assert_eq!(
+        (
+            p.input_per_million,
+            p.output_per_million,
+            p.cached_input_per_million
+        ),
+        (2.5, 10.0, Some(1.25))
+    );
+    assert_eq!(c.pricing["embed-small"].output_per_million, 0.0);
+    assert!(c.pricing.contains_key("openai/gpt-4o-mini"));
+    // Shown by `config check`, and read back the same.
+    let again = Config::from_toml(&c.to_masked_toml()).unwrap();
+    assert_eq!(again.pricing, c.pricing);
+    for (bad, field) in [
+        ("input_per_million = -1.0", "input_per_million"),
+        (
+            "input_per_million = 1.0\noutput_per_million = nan",
+            "output_per_million",
+        ),
+        (
+            "input_per_million = 1.0\ncached_input_per_million = inf",
+            "cached_input_per_million",
+        ),
+    ] {
+        let e = load_str(&format!("[pricing.\"gpt-4o\"]\n{bad}\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&format!("pricing.\"gpt-4o\".{field}")), "{e}");
+    }
+    let e = load_str("[pricing.m]\ninput_per_million = 1\nouput = 2\n", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("ouput"), "{e}");
+}
+
+#[test]
+fn key_budgets_are_validated() {
+    let key = |extra: &str| {
+        format!("[[auth.keys]]\nname = \"a\"\nkey_sha256 = \"{KEY_A_SHA}\"\n{extra}\n")
+    };
+    let c = load_str(&key("max_budget = 25.0\nbudget_period = \"30d\""), &[]).unwrap();
+    let k = &c.auth.keys[0];
+    assert_eq!(k.max_budget, Some(25.0));
+    assert_eq!(
+        k.budget_period,
+        Some(std::time::Duration::from_secs(30 * 86_400))
+    );
+    assert!(c.auth.has_budgets());
+    let r = c.auth.resolve(|_| None).unwrap();
+    assert_eq!(r[0].max_budget, Some(25.0));
+    assert_eq!(
+        r[0].budget_period,
+        Some(std::time::Duration::from_secs(30 * 86_400))
+    );
+    let again = Config::from_toml(&c.to_masked_toml().replace("****", KEY_A_SHA)).unwrap();
+    assert_eq!(again.auth.keys[0].budget_period, k.budget_period);
+    for (extra, field) in [
+        ("max_budget = 0.0", "auth.keys[0].max_budget"),
+        ("max_budget = -3.0", "auth.keys[0].max_budget"),
+        ("max_budget = nan", "auth.keys[0].max_budget"),
+        (
+            "max_budget = 1.0\nbudget_period = \"30s\"",
+            "auth.keys[0].budget_period",
+        ),
+        ("budget_period = \"soon\"", "budget_period"),
+    ] {
+        let e = auth_err(&key(extra), &[]);
+        assert!(e.contains(field), "{extra}: {e}");
+    }
+    assert!(!Config::default().auth.has_budgets());
+}

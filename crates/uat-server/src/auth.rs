@@ -37,7 +37,7 @@ static REJECTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     let c = IntCounterVec::new(
         Opts::new(
             "uat_auth_rejections_total",
-            "Requests refused by API-key checks, by reason (missing, invalid, forbidden, rate_limited, concurrency, tokens)",
+            "Requests refused by API-key checks, by reason (missing, invalid, forbidden, rate_limited, concurrency, tokens, budget)",
         ),
         &["reason"],
     )
@@ -152,6 +152,8 @@ pub struct Caller {
     models: Option<Globs>,
     /// The collections it may use (globs); `None`: every one.
     collections: Option<Globs>,
+    /// What its answers are charged to; `None` when spend tracking is off.
+    charge: Option<crate::spend::Charge>,
 }
 
 /// A key's allow-list: names or globs with `*`.
@@ -169,7 +171,23 @@ impl Caller {
         tenant: Tenant(None),
         models: None,
         collections: None,
+        charge: None,
     };
+
+    /// The key's name; `None` outside `/v1`.
+    pub(crate) fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// Whether it may call the admin routes.
+    pub(crate) fn is_admin(&self) -> bool {
+        self.admin
+    }
+
+    /// What its answers are charged to (spend tracking on).
+    pub(crate) fn charge(&self) -> Option<&crate::spend::Charge> {
+        self.charge.as_ref()
+    }
 
     /// A key with `models` may call only the models its globs match, as
     /// the client names them; another is a 403 `insufficient_permissions`.
@@ -300,7 +318,10 @@ pub(crate) async fn require_collection(req: Request, next: Next) -> Response {
 impl Auth {
     /// Reads the configured keys (secrets named by `key_env` from the process
     /// environment). `None` when no keys are configured: authentication off.
-    pub fn from_config(cfg: &AuthConfig) -> Result<Option<Arc<Auth>>, crate::StartupError> {
+    pub fn from_config(
+        cfg: &AuthConfig,
+        spend: Option<&Arc<crate::spend::SpendService>>,
+    ) -> Result<Option<Arc<Auth>>, crate::StartupError> {
         if !cfg.enabled() {
             return Ok(None);
         }
@@ -316,6 +337,11 @@ impl Auth {
         }
         let mut auth = Auth::new(keys);
         auth.protect_metrics = cfg.protect_metrics;
+        if let Some(spend) = spend {
+            for key in auth.keys.values_mut() {
+                key.caller.charge = Some(spend.charge_for(&key.name));
+            }
+        }
         Ok(Some(Arc::new(auth)))
     }
 
@@ -345,6 +371,7 @@ impl Auth {
                             .collections
                             .as_ref()
                             .map(|l| l.iter().map(|g| g.trim().into()).collect()),
+                        charge: None,
                     },
                     limit: k.requests_per_minute.map(Gcra::requests),
                     concurrent: k.max_concurrent.map(|max| {
@@ -498,6 +525,14 @@ pub(crate) async fn authenticate(
         // 429 would mark the target down, and scrapes would eat the
         // budget of the people sharing the key).
         return next.run(req).await;
+    }
+    // A key that has spent its budget (`max_budget`) is refused the model
+    // routes first: the refusal takes no place, no token and no rate.
+    if spends_tokens(route)
+        && let Some(e) = key.caller.charge.as_ref().and_then(|c| c.refusal())
+    {
+        tracing::debug!(key = %key.name, "API key has spent its budget");
+        return reject("budget", e, route, start);
     }
     // Before the rate check, so a request refused here takes no rate token.
     let place = match &key.concurrent {

@@ -304,6 +304,8 @@ async fn embeddings(
         return refused(ApiError::model_not_found(&model));
     };
     let cached = resolved.cache_name();
+    let charge =
+        crate::spend::Charge::for_caller(caller.as_ref().map(|axum::Extension(c)| c), &state);
     let st = state.clone();
     let m = model.clone();
     let mut b = body.clone();
@@ -330,6 +332,14 @@ async fn embeddings(
                             crate::auth::TokenMeter::total,
                         ));
                     }
+                    let cost = charge.as_ref().and_then(|c| {
+                        c.answer(
+                            &m,
+                            &routed.provider,
+                            &routed.model,
+                            routed.value.usage.as_ref(),
+                        )
+                    });
                     let mut resp = (
                         StatusCode::OK,
                         [(
@@ -340,6 +350,9 @@ async fn embeddings(
                     )
                         .into_response();
                     resp.extensions_mut().insert(routed.value.shape);
+                    if let Some(nanos) = cost {
+                        crate::spend::set_cost(&mut resp, nanos);
+                    }
                     resp = tagged(resp, &routed.provider, routed.attempts, &m);
                     resp
                 }

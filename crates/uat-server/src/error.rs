@@ -204,6 +204,20 @@ impl ApiError {
         e
     }
 
+    /// 429 `insufficient_quota` (its `type` and `code`, what OpenAI answers
+    /// for an exhausted quota): the API key has spent its `max_budget`;
+    /// `Retry-After` when its budget period resets.
+    pub fn insufficient_quota(message: impl Into<String>, retry_after: Option<u64>) -> Self {
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "insufficient_quota",
+            Some("insufficient_quota"),
+            message,
+        );
+        e.retry_after = retry_after;
+        e
+    }
+
     /// 503 with Retry-After: the server is shedding load.
     pub fn overloaded(message: impl Into<String>, retry_after: u64) -> Self {
         let mut e = Self::new(

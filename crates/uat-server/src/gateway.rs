@@ -466,6 +466,7 @@ async fn generate(
     let tenant = crate::auth::Tenant::of(request.extensions());
     let meter = TokenMeter::of(request.extensions());
     let caller = request.extensions().get::<Caller>().cloned();
+    let charge = crate::spend::Charge::for_caller(caller.as_ref(), &state);
     let (headers, bytes) = match read_body(request).await {
         Ok(b) => b,
         Err(e) => return refused(e),
@@ -505,11 +506,14 @@ async fn generate(
         // The cache asks for the usage of a stream it records (and drops it
         // before the client sees it); a key with a token limit needs it to
         // count the stream's tokens (dropped here unless the cache does).
-        if req.is_stream() && (ask.usage || meter.is_some()) && !req.include_usage() {
-            let metering = meter.map(|m| StreamMeter::new(m, prompt_estimate, !ask.usage));
+        // Pricing a stream needs its usage too.
+        let metered = meter.is_some() || charge.is_some();
+        if req.is_stream() && (ask.usage || metered) && !req.include_usage() {
+            let metering =
+                StreamMeter::plan(meter, charge, req.model(), prompt_estimate, !ask.usage);
             stream_upstream(router, resolved, &req.asking_usage(), metering).await
         } else if req.is_stream() {
-            let metering = meter.map(|m| StreamMeter::new(m, prompt_estimate, false));
+            let metering = StreamMeter::plan(meter, charge, req.model(), prompt_estimate, false);
             stream_upstream(router, resolved, req, metering).await
         } else {
             match req.reply(router, resolved).await {
@@ -522,7 +526,13 @@ async fn generate(
                             TokenMeter::total,
                         ));
                     }
+                    let cost = charge.as_ref().and_then(|c| {
+                        c.answer(req.model(), &r.provider, &r.model, r.value.usage.as_ref())
+                    });
                     let mut resp = Response::new(Body::from(r.value.body));
+                    if let Some(nanos) = cost {
+                        crate::spend::set_cost(&mut resp, nanos);
+                    }
                     resp.extensions_mut().insert(r.value.shape);
                     resp.headers_mut().insert(
                         header::CONTENT_TYPE,
@@ -543,10 +553,13 @@ async fn stream_upstream(
     router: &uat_router::Router,
     resolved: &uat_router::Resolved,
     req: &Call,
-    metering: Option<StreamMeter>,
+    mut metering: Option<StreamMeter>,
 ) -> Response {
     match req.stream(router, resolved).await {
         Ok(r) => {
+            if let Some(m) = &mut metering {
+                m.served(&r.provider, &r.model);
+            }
             let provider = r.provider.clone();
             let mut resp =
                 event_stream(Body::from_stream(sse(r.value, provider.clone(), metering)));
@@ -581,27 +594,80 @@ pub(crate) fn event_stream(body: Body) -> Response {
 /// whole), else an estimate (an upstream that ignores `stream_options`):
 /// the prompt at a token per four bytes, a token per chunk. A stream that
 /// never opened (the upstream refused it) costs nothing.
+///
+/// With a [`crate::spend::Charge`] it also prices the stream's usage (the
+/// one with the largest total) when it ends, for the key's spend; a stream
+/// that reported no usage is counted unpriced.
 pub(crate) struct StreamMeter {
-    meter: TokenMeter,
+    meter: Option<TokenMeter>,
     prompt_estimate: u64,
     chunks: u64,
     usage: Option<u64>,
     opened: bool,
     /// Drop the usage chunk: the gateway asked for it, the client did not.
     strip_usage: bool,
+    /// The charge, when spend is tracked.
+    bill: Option<Bill>,
+}
+
+/// A stream's charge: to whom, for which model, and the usage to price.
+struct Bill {
+    charge: crate::spend::Charge,
+    /// The model the client asked for.
+    requested: Box<str>,
+    /// The provider and its model that served it.
+    served: Option<(std::sync::Arc<str>, std::sync::Arc<str>)>,
+    usage: Option<uat_types::Usage>,
 }
 
 impl StreamMeter {
-    /// A meter charging `meter`; `strip_usage` drops the usage-only chunk
-    /// (the gateway asked for it, the client did not).
-    pub(crate) fn new(meter: TokenMeter, prompt_estimate: u64, strip_usage: bool) -> Self {
+    /// A meter charging `meter` only (the tests'); `strip_usage` drops the
+    /// usage-only chunk (the gateway asked for it, the client did not).
+    #[cfg(test)]
+    fn new(meter: TokenMeter, prompt_estimate: u64, strip_usage: bool) -> Self {
         StreamMeter {
+            meter: Some(meter),
+            prompt_estimate,
+            chunks: 0,
+            usage: None,
+            opened: false,
+            strip_usage,
+            bill: None,
+        }
+    }
+
+    /// A meter for a stream of `requested` when there is something to
+    /// count: a token limit, a charge, or both.
+    pub(crate) fn plan(
+        meter: Option<TokenMeter>,
+        charge: Option<crate::spend::Charge>,
+        requested: &str,
+        prompt_estimate: u64,
+        strip_usage: bool,
+    ) -> Option<Self> {
+        if meter.is_none() && charge.is_none() {
+            return None;
+        }
+        Some(StreamMeter {
             meter,
             prompt_estimate,
             chunks: 0,
             usage: None,
             opened: false,
             strip_usage,
+            bill: charge.map(|charge| Bill {
+                charge,
+                requested: requested.into(),
+                served: None,
+                usage: None,
+            }),
+        })
+    }
+
+    /// Notes the provider and model that serve the stream (its price).
+    pub(crate) fn served(&mut self, provider: &std::sync::Arc<str>, model: &std::sync::Arc<str>) {
+        if let Some(b) = &mut self.bill {
+            b.served = Some((provider.clone(), model.clone()));
         }
     }
 
@@ -611,6 +677,11 @@ impl StreamMeter {
         match &chunk.usage {
             Some(u) => {
                 let total = TokenMeter::total(u);
+                if let Some(b) = &mut self.bill
+                    && self.usage.is_none_or(|t| total >= t)
+                {
+                    b.usage = Some(*u);
+                }
                 self.usage = Some(self.usage.map_or(total, |t| t.max(total)));
                 !(self.strip_usage && cache::is_usage_only_chunk(&chunk.json))
             }
@@ -630,7 +701,15 @@ impl Drop for StreamMeter {
         let spent = self
             .usage
             .unwrap_or_else(|| self.prompt_estimate.saturating_add(self.chunks));
-        self.meter.spend(spent);
+        if let Some(m) = &self.meter {
+            m.spend(spent);
+        }
+        if let Some(b) = &self.bill
+            && let Some((provider, model)) = &b.served
+        {
+            b.charge
+                .answer(&b.requested, provider, model, b.usage.as_ref());
+        }
     }
 }
 

@@ -18,6 +18,7 @@ pub mod memory;
 mod middleware;
 pub mod mock_upstream;
 mod responses;
+pub mod spend;
 pub mod state;
 pub mod vector;
 
@@ -67,14 +68,15 @@ impl StartupError {
 /// Builds every service from the configuration.
 pub async fn build(config: Config) -> Result<AppState, StartupError> {
     let config = Arc::new(config);
-    let auth = auth::Auth::from_config(&config.auth)?;
+    let spend = spend::SpendService::init(&config).await?;
+    let auth = auth::Auth::from_config(&config.auth, spend.as_ref())?;
     let gateway = gateway::Gateway::init(&config).await?;
     let cache = cache::CacheService::init(&config).await?;
     let vector = vector::VectorService::init(&config).await?;
     let embed = embeddings::EmbedService::init(&config).await?;
     let memory = memory::MemoryService::init(&config, &embed).await?;
     Ok(AppState::new(
-        config, gateway, cache, vector, embed, memory, auth,
+        config, gateway, cache, vector, embed, memory, auth, spend,
     ))
 }
 
@@ -89,6 +91,7 @@ pub fn app(state: AppState) -> Router {
         .merge(memory::routes())
         .merge(vector::routes())
         .merge(dashboard::routes())
+        .merge(spend::routes())
         .layer(DefaultBodyLimit::max(cfg.server.body_limit))
         .layer(axum::Extension(extract::BodyLimit(cfg.server.body_limit)))
         .layer(axum::Extension(pace))

@@ -1,6 +1,6 @@
 //! The shared application state: the configuration and one handle per service.
 
-use crate::{auth, cache, embeddings, gateway, memory, vector};
+use crate::{auth, cache, embeddings, gateway, memory, spend, vector};
 use serde::Serialize;
 use std::ops::Deref;
 use std::sync::Arc;
@@ -27,6 +27,9 @@ pub struct Inner {
     pub memory: memory::MemoryService,
     /// API keys; `None` when none are configured (every route open).
     pub auth: Option<Arc<auth::Auth>>,
+    /// Cost tracking and key budgets; `None` when off (no `[pricing]`, no
+    /// `max_budget`).
+    pub spend: Option<Arc<spend::SpendService>>,
     /// When the state was built.
     pub started: Instant,
     /// Coalesces concurrent readiness probes.
@@ -37,6 +40,7 @@ pub struct Inner {
 
 impl AppState {
     /// Assembles the state.
+    #[expect(clippy::too_many_arguments, reason = "one handle per subsystem")]
     pub fn new(
         config: Arc<Config>,
         gateway: gateway::Gateway,
@@ -45,6 +49,7 @@ impl AppState {
         embed: embeddings::EmbedService,
         memory: memory::MemoryService,
         auth: Option<Arc<auth::Auth>>,
+        spend: Option<Arc<spend::SpendService>>,
     ) -> Self {
         AppState(Arc::new(Inner {
             config,
@@ -54,6 +59,7 @@ impl AppState {
             embed,
             memory,
             auth,
+            spend,
             started: Instant::now(),
             ready: ReadyProbe::default(),
             dashboard: crate::dashboard::Shared::default(),
@@ -82,6 +88,7 @@ impl AppState {
                 out.extend(vector);
                 out.extend(embed);
                 out.extend(memory);
+                out.extend(self.spend.as_ref().map(|s| s.ready()));
                 out
             })
             .await

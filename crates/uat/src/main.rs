@@ -233,15 +233,21 @@ async fn serve(path: Option<&std::path::Path>, overrides: &Overrides) -> anyhow:
     uat_server::serve(listener, app, stopped(signals), opts)
         .await
         .context("server error")?;
-    // Before the process ends, at once (the one is network, the other
-    // disk): cache writes still gathered for L2/L3 go out, and the vector
-    // collections with WAL records are snapshotted.
+    // Before the process ends, at once (network and disk): cache writes
+    // still gathered for L2/L3 go out, the keys' spend is written, and the
+    // vector collections with WAL records are snapshotted.
     let flush = async {
         if let Some(cache) = state.cache.tiered() {
             cache.flush(std::time::Duration::from_secs(2)).await;
         }
     };
-    tokio::join!(flush, snapshot_vectors(state.vector.store().clone()));
+    // The keys' spend not written yet (written every second otherwise).
+    let spend = async {
+        if let Some(spend) = &state.spend {
+            spend.flush(std::time::Duration::from_secs(2)).await;
+        }
+    };
+    tokio::join!(flush, spend, snapshot_vectors(state.vector.store().clone()));
     tracing::info!("uat stopped");
     Ok(Served::Stopped)
 }

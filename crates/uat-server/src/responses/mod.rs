@@ -96,10 +96,16 @@ async fn route(
     // An answer that reports no usage is taken to have spent a token per
     // four bytes of the request (and of the answer), as chat's are.
     let prompt_estimate = request_len as u64 / 4;
+    // The answer's cost, for the key's budget and the spend metrics.
+    let charge = crate::spend::Charge::for_caller(caller, state);
     if chat.is_stream() {
         return match router.chat_stream(&resolved, chat).await {
             Ok(r) => {
-                let metering = meter.map(|m| StreamMeter::new(m, prompt_estimate, false));
+                let mut metering =
+                    StreamMeter::plan(meter, charge, &chat.model, prompt_estimate, false);
+                if let Some(m) = &mut metering {
+                    m.served(&r.provider, &r.model);
+                }
                 let body = events(r.value, Translator::new(env), r.provider.clone(), metering);
                 let mut resp = gateway::event_stream(Body::from_stream(body));
                 gateway::tag(&mut resp, &r.provider, r.attempts, &chat.model);
@@ -116,6 +122,9 @@ async fn route(
                     TokenMeter::total,
                 ));
             }
+            let cost = charge
+                .as_ref()
+                .and_then(|c| c.answer(&chat.model, &r.provider, &r.model, r.value.usage.as_ref()));
             let mut resp = match answer::from_completion(&mut env, &r.value.body) {
                 Ok(v) => {
                     let mut resp = Response::new(Body::from(v.to_string()));
@@ -134,6 +143,9 @@ async fn route(
                     axum::response::IntoResponse::into_response(e)
                 }
             };
+            if let Some(nanos) = cost {
+                crate::spend::set_cost(&mut resp, nanos);
+            }
             gateway::tag(&mut resp, &r.provider, r.attempts, &chat.model);
             resp
         }

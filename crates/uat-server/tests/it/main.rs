@@ -20,4 +20,5 @@ mod gateway_routing;
 mod gateway_streams;
 mod memory;
 mod responses;
+mod spend;
 mod vector;
