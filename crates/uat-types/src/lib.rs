@@ -334,12 +334,95 @@ pub struct Usage {
     /// Sum of both.
     #[serde(default)]
     pub total_tokens: u64,
-    /// What of the prompt the provider read from its prompt cache, when a
-    /// translation knows it (Anthropic's `cache_read_input_tokens`). Written
-    /// only: an OpenAI-compatible upstream's own details pass through in its
-    /// bytes, and parsing them (any shape, `null`s) could only fail a usage.
-    #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
+    /// What of the prompt the provider read from its prompt cache: an
+    /// upstream's own `cached_tokens` (priced apart by the spend tracking),
+    /// or what a translation knows (Anthropic's `cache_read_input_tokens`).
+    /// Read leniently: details of any other shape, or `null`s, are `None`,
+    /// never a failed usage.
+    #[serde(
+        default,
+        deserialize_with = "lenient_details",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub prompt_tokens_details: Option<PromptTokensDetails>,
+}
+
+/// `prompt_tokens_details` as upstreams send it: an object whose
+/// `cached_tokens` is a whole number gives it; anything else (`null`, no
+/// such field, another type) is `None`. Other fields are skipped unread,
+/// and nothing is allocated.
+fn lenient_details<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<PromptTokensDetails>, D::Error> {
+    use serde::de::{IgnoredAny, MapAccess, Visitor};
+    /// Whether a key is `cached_tokens`, compared where it lies.
+    struct IsCached(bool);
+    impl<'de> Deserialize<'de> for IsCached {
+        fn deserialize<D2: serde::Deserializer<'de>>(d: D2) -> Result<Self, D2::Error> {
+            struct Key;
+            impl Visitor<'_> for Key {
+                type Value = IsCached;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a field name")
+                }
+                fn visit_str<E>(self, s: &str) -> Result<IsCached, E> {
+                    Ok(IsCached(s == "cached_tokens"))
+                }
+            }
+            d.deserialize_str(Key)
+        }
+    }
+    struct Details;
+    impl<'de> Visitor<'de> for Details {
+        type Value = Option<PromptTokensDetails>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("usage details")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut cached = None;
+            while let Some(IsCached(is)) = map.next_key()? {
+                if is {
+                    // A number stays a number in a `Value`: no allocation.
+                    cached = map.next_value::<Value>()?.as_u64();
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(cached.map(|cached_tokens| PromptTokensDetails { cached_tokens }))
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D2: serde::Deserializer<'de>>(self, d: D2) -> Result<Self::Value, D2::Error> {
+            d.deserialize_any(Details)
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+    }
+    d.deserialize_any(Details)
 }
 
 /// OpenAI's `usage.prompt_tokens_details`.
@@ -669,6 +752,44 @@ mod tests {
         .unwrap();
         assert!(req.is_stream());
         assert!(!req.include_usage());
+    }
+
+    /// An upstream's `cached_tokens` is read; details of another shape
+    /// never fail the usage.
+    #[test]
+    fn usage_details_are_read_leniently() {
+        let read = |details: &str| -> Usage {
+            serde_json::from_str(&format!(
+                r#"{{"prompt_tokens":10,"completion_tokens":2,"total_tokens":12,"prompt_tokens_details":{details}}}"#
+            ))
+            .unwrap_or_else(|e| panic!("{details}: {e}"))
+        };
+        let u = read(r#"{"audio_tokens":0,"cached_tokens":8,"extra":{"a":[1]}}"#);
+        assert_eq!(
+            u.prompt_tokens_details,
+            Some(PromptTokensDetails { cached_tokens: 8 })
+        );
+        assert_eq!((u.prompt_tokens, u.total_tokens), (10, 12));
+        for odd in [
+            "null",
+            "{}",
+            r#"{"cached_tokens":null}"#,
+            r#"{"cached_tokens":1.5}"#,
+            r#"{"cached_tokens":"8"}"#,
+            "7",
+            r#""x""#,
+            "[1,{}]",
+            "true",
+        ] {
+            let u = read(odd);
+            assert_eq!(u.prompt_tokens_details, None, "{odd}");
+            assert_eq!(u.total_tokens, 12, "{odd}");
+        }
+        let none: Usage = serde_json::from_str(r#"{"prompt_tokens":1}"#).unwrap();
+        assert_eq!(none.prompt_tokens_details, None);
+        // Written back as OpenAI writes it.
+        let v = serde_json::to_value(Usage::new(10, 2).with_cached_tokens(Some(8))).unwrap();
+        assert_eq!(v["prompt_tokens_details"]["cached_tokens"], 8);
     }
 
     #[test]
