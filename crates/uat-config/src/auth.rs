@@ -90,10 +90,11 @@ pub struct ApiKeyConfig {
     pub budget_period: Option<std::time::Duration>,
 }
 
-/// The shortest `budget_period`: a period is counted in whole seconds, and
-/// spend is flushed every second, so an answer near a period's end may be
-/// counted in either period; a minute keeps that small.
-pub const MIN_BUDGET_PERIOD: std::time::Duration = std::time::Duration::from_secs(60);
+/// The shortest `budget_period`: spend is rolled into a new period by the
+/// ledger's task (every second), so what is spent in the second around a
+/// period's end may be counted in either period; an hour keeps that below
+/// a 3,600th.
+pub const MIN_BUDGET_PERIOD: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// A key ready to check requests against: its secret reduced to a digest.
 #[derive(Clone, PartialEq)]
@@ -272,7 +273,7 @@ impl AuthConfig {
             {
                 return Err(ConfigError::invalid(
                     at("budget_period"),
-                    "must be at least 1m (leave it unset for a budget that never resets)",
+                    "must be at least 1h (leave it unset for a budget that never resets)",
                 ));
             }
         }

@@ -287,6 +287,17 @@ impl Router {
         refresh(&self.inner).await;
     }
 
+    /// The `(provider, upstream model)` pairs that may serve `resolved`.
+    pub fn targets<'a>(
+        &'a self,
+        resolved: &'a Resolved,
+    ) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+        resolved
+            .targets
+            .iter()
+            .map(|t| (&*self.inner.names[t.slot], &*t.model))
+    }
+
     /// Resolves a public model name (alias, model, or `provider/model`).
     pub fn resolve(&self, model: &str) -> Result<Resolved, RouterError> {
         self.catalog()

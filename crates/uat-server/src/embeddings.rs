@@ -306,6 +306,11 @@ async fn embeddings(
     let cached = resolved.cache_name();
     let charge =
         crate::spend::Charge::for_caller(caller.as_ref().map(|axum::Extension(c)| c), &state);
+    if let Some(c) = &charge
+        && let Err(e) = c.check_priced(state.gateway.router(), &resolved, &model)
+    {
+        return refused(e);
+    }
     let st = state.clone();
     let m = model.clone();
     let mut b = body.clone();
@@ -338,6 +343,7 @@ async fn embeddings(
                             &routed.provider,
                             &routed.model,
                             routed.value.usage.as_ref(),
+                            || uat_types::Usage::new(estimate_input_tokens(&b), 0),
                         )
                     });
                     let mut resp = (

@@ -1,7 +1,7 @@
 //! `ApiError`: every error the HTTP API returns, rendered in the OpenAI shape
 //! `{"error":{"message","type","param","code"}}` with the right status.
 
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
@@ -205,17 +205,17 @@ impl ApiError {
     }
 
     /// 429 `insufficient_quota` (its `type` and `code`, what OpenAI answers
-    /// for an exhausted quota): the API key has spent its `max_budget`;
-    /// `Retry-After` when its budget period resets.
-    pub fn insufficient_quota(message: impl Into<String>, retry_after: Option<u64>) -> Self {
-        let mut e = Self::new(
+    /// for an exhausted quota): the API key has spent its `max_budget`. As
+    /// OpenAI's, it carries no `Retry-After` (the message says when the
+    /// period resets), and `x-should-retry: false`, which the OpenAI SDKs
+    /// read before retrying a 429.
+    pub fn insufficient_quota(message: impl Into<String>) -> Self {
+        Self::new(
             StatusCode::TOO_MANY_REQUESTS,
             "insufficient_quota",
             Some("insufficient_quota"),
             message,
-        );
-        e.retry_after = retry_after;
-        e
+        )
     }
 
     /// 503 with Retry-After: the server is shedding load.
@@ -353,6 +353,12 @@ impl IntoResponse for ApiError {
         if let Some(s) = self.retry_after {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        if self.code == Some("insufficient_quota") {
+            resp.headers_mut().insert(
+                HeaderName::from_static("x-should-retry"),
+                HeaderValue::from_static("false"),
+            );
         }
         if self.code == Some(UNSUPPORTED_ENCODING) {
             resp.headers_mut().insert(

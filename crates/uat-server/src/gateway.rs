@@ -383,12 +383,17 @@ impl Call {
     /// The same request with `stream_options.include_usage` set.
     fn asking_usage(&self) -> Call {
         let mut asking = self.clone();
-        let options = match &mut asking {
+        asking.ask_usage();
+        asking
+    }
+
+    /// Sets `stream_options.include_usage`.
+    fn ask_usage(&mut self) {
+        let options = match self {
             Call::Chat(r) => &mut r.stream_options,
             Call::Completion(r) => &mut r.stream_options,
         };
         options.get_or_insert_with(Default::default).include_usage = Some(true);
-        asking
     }
 
     async fn reply(
@@ -482,6 +487,14 @@ async fn generate(
     // The cache's controls (LiteLLM's `cache` object) are the gateway's:
     // `cache::around` reads them from `body`, the upstream never sees them.
     req.remove(cache::BODY_CONTROLS);
+    // A key with a token limit needs a stream's usage to count its tokens,
+    // and pricing needs it too: asked for on the request itself (the
+    // client did not ask: the usage chunk is dropped before it).
+    let metered = meter.is_some() || charge.is_some();
+    let client_usage = req.include_usage();
+    if metered && req.is_stream() && !client_usage {
+        req.ask_usage();
+    }
     let model = req.model();
     if let Err(e) = Caller::check_model(caller.as_ref(), model)
         .and_then(|()| Caller::check_other_models(caller.as_ref(), &body))
@@ -493,6 +506,11 @@ async fn generate(
         Ok(r) => r,
         Err(e) => return refused(router_error(&e)),
     };
+    if let Some(c) = &charge
+        && let Err(e) = c.check_priced(router, &resolved, model)
+    {
+        return refused(e);
+    }
     let cached = resolved.cache_name();
     let names = cache::ModelNames {
         public: model,
@@ -504,14 +522,15 @@ async fn generate(
     let (req, resolved) = (&req, &resolved);
     let upstream = |ask: cache::Ask| async move {
         // The cache asks for the usage of a stream it records (and drops it
-        // before the client sees it); a key with a token limit needs it to
-        // count the stream's tokens (dropped here unless the cache does).
-        // Pricing a stream needs its usage too.
-        let metered = meter.is_some() || charge.is_some();
-        if req.is_stream() && (ask.usage || metered) && !req.include_usage() {
+        // before the client sees it; else the meter drops it).
+        if req.is_stream() && (ask.usage || metered) && !client_usage {
             let metering =
                 StreamMeter::plan(meter, charge, req.model(), prompt_estimate, !ask.usage);
-            stream_upstream(router, resolved, &req.asking_usage(), metering).await
+            if metered {
+                stream_upstream(router, resolved, req, metering).await
+            } else {
+                stream_upstream(router, resolved, &req.asking_usage(), metering).await
+            }
         } else if req.is_stream() {
             let metering = StreamMeter::plan(meter, charge, req.model(), prompt_estimate, false);
             stream_upstream(router, resolved, req, metering).await
@@ -527,7 +546,18 @@ async fn generate(
                         ));
                     }
                     let cost = charge.as_ref().and_then(|c| {
-                        c.answer(req.model(), &r.provider, &r.model, r.value.usage.as_ref())
+                        c.answer(
+                            req.model(),
+                            &r.provider,
+                            &r.model,
+                            r.value.usage.as_ref(),
+                            || {
+                                uat_types::Usage::new(
+                                    prompt_estimate,
+                                    r.value.body.len() as u64 / 4,
+                                )
+                            },
+                        )
                     });
                     let mut resp = Response::new(Body::from(r.value.body));
                     if let Some(nanos) = cost {
@@ -708,7 +738,9 @@ impl Drop for StreamMeter {
             && let Some((provider, model)) = &b.served
         {
             b.charge
-                .answer(&b.requested, provider, model, b.usage.as_ref());
+                .answer(&b.requested, provider, model, b.usage.as_ref(), || {
+                    uat_types::Usage::new(self.prompt_estimate, self.chunks)
+                });
         }
     }
 }

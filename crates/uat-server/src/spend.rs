@@ -167,14 +167,32 @@ impl Charge {
     /// name the client asked for). Returns its cost in nano-USD; `None`
     /// (counted in `uat_spend_unpriced_total`) when the model has no price
     /// or the answer reported no usage.
+    ///
+    /// An answer that reported no usage (a stream cut short or left by its
+    /// client, an upstream that ignores `stream_options`) is priced by
+    /// `estimate` (what the token limit takes too) and counted in
+    /// `uat_spend_estimated_total`: the upstream bills it all the same.
     pub(crate) fn answer(
         &self,
         requested: &str,
         provider: &str,
         model: &str,
         usage: Option<&Usage>,
+        estimate: impl FnOnce() -> Usage,
     ) -> Option<u64> {
-        let cost = usage.and_then(|u| self.spend.pricing.cost_nanos(provider, model, requested, u));
+        let estimated;
+        let usage = match usage {
+            Some(u) => u,
+            None => {
+                uat_spend::record_estimated(requested);
+                estimated = estimate();
+                &estimated
+            }
+        };
+        let cost = self
+            .spend
+            .pricing
+            .cost_nanos(provider, model, requested, usage);
         let Some(nanos) = cost else {
             uat_spend::record_unpriced(requested);
             return None;
@@ -216,8 +234,36 @@ impl Charge {
             uat_spend::format_usd(spent),
             uat_spend::format_usd(budget),
         );
-        let retry = end.map(|end| end.saturating_sub(now).max(1).unsigned_abs());
-        Some(ApiError::insufficient_quota(message, retry))
+        Some(ApiError::insufficient_quota(message))
+    }
+
+    /// For a key with a budget, every target that may serve `requested`
+    /// must have a price: an unpriced answer would cost its budget nothing.
+    /// A 403 naming the model otherwise (before any upstream call).
+    pub(crate) fn check_priced(
+        &self,
+        router: &uat_router::Router,
+        resolved: &uat_router::Resolved,
+        requested: &str,
+    ) -> Result<(), ApiError> {
+        let Some(a) = self.account.as_ref().filter(|a| a.budget_nanos().is_some()) else {
+            return Ok(());
+        };
+        let pricing = &self.spend.pricing;
+        match router
+            .targets(resolved)
+            .find(|(provider, model)| pricing.lookup(provider, model, requested).is_none())
+        {
+            None => Ok(()),
+            Some((provider, model)) => {
+                let mut e = ApiError::forbidden(format!(
+                    "the API key `{}` has a budget, and `{requested}` (served by `{provider}/{model}`) has no price in [pricing]: an answer of it would cost the budget nothing",
+                    a.name()
+                ));
+                e.code = Some("model_not_priced");
+                Err(e)
+            }
+        }
     }
 }
 

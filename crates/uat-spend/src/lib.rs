@@ -23,7 +23,7 @@ mod period;
 mod pricing;
 
 pub use ledger::{Account, KeyBudget, Ledger, LedgerOptions};
-pub use metrics::{record, record_unpriced};
+pub use metrics::{record, record_estimated, record_unpriced};
 pub use period::{Period, unix_now};
 pub use pricing::{Price, Pricing};
 

@@ -6,6 +6,7 @@ use std::sync::LazyLock;
 struct SpendMetrics {
     usd: CounterVec,
     unpriced: IntCounterVec,
+    estimated: IntCounterVec,
 }
 
 static METRICS: LazyLock<SpendMetrics> = LazyLock::new(|| {
@@ -19,14 +20,22 @@ static METRICS: LazyLock<SpendMetrics> = LazyLock::new(|| {
     let unpriced = IntCounterVec::new(
         Opts::new(
             "uat_spend_unpriced_total",
-            "Upstream model answers that could not be priced (the model has no [pricing] entry, or the answer reported no usage), by the model the client asked for",
+            "Upstream model answers that could not be priced (the model has no [pricing] entry), by the model the client asked for",
         ),
         &["model"],
     );
-    match (usd, unpriced) {
-        (Ok(usd), Ok(unpriced)) => SpendMetrics {
+    let estimated = IntCounterVec::new(
+        Opts::new(
+            "uat_spend_estimated_total",
+            "Upstream model answers priced by an estimate of their tokens (they reported no usage: a stream cut short or left by its client, an upstream ignoring stream_options), by the model the client asked for",
+        ),
+        &["model"],
+    );
+    match (usd, unpriced, estimated) {
+        (Ok(usd), Ok(unpriced), Ok(estimated)) => SpendMetrics {
             usd: uat_telemetry::register(usd),
             unpriced: uat_telemetry::register(unpriced),
+            estimated: uat_telemetry::register(estimated),
         },
         _ => unreachable_metrics(),
     }
@@ -53,4 +62,10 @@ pub fn record(key: &str, model: &str, nanos: u64) {
 /// `uat_spend_unpriced_total{model}`.
 pub fn record_unpriced(model: &str) {
     METRICS.unpriced.with_label_values(&[model]).inc();
+}
+
+/// Counts an answer priced by an estimate (it reported no usage) in
+/// `uat_spend_estimated_total{model}`.
+pub fn record_estimated(model: &str) {
+    METRICS.estimated.with_label_values(&[model]).inc();
 }

@@ -98,6 +98,11 @@ async fn route(
     let prompt_estimate = request_len as u64 / 4;
     // The answer's cost, for the key's budget and the spend metrics.
     let charge = crate::spend::Charge::for_caller(caller, state);
+    if let Some(c) = &charge
+        && let Err(e) = c.check_priced(router, &resolved, &chat.model)
+    {
+        return gateway::refused(e);
+    }
     if chat.is_stream() {
         return match router.chat_stream(&resolved, chat).await {
             Ok(r) => {
@@ -122,9 +127,15 @@ async fn route(
                     TokenMeter::total,
                 ));
             }
-            let cost = charge
-                .as_ref()
-                .and_then(|c| c.answer(&chat.model, &r.provider, &r.model, r.value.usage.as_ref()));
+            let cost = charge.as_ref().and_then(|c| {
+                c.answer(
+                    &chat.model,
+                    &r.provider,
+                    &r.model,
+                    r.value.usage.as_ref(),
+                    || uat_types::Usage::new(prompt_estimate, r.value.body.len() as u64 / 4),
+                )
+            });
             let mut resp = match answer::from_completion(&mut env, &r.value.body) {
                 Ok(v) => {
                     let mut resp = Response::new(Body::from(v.to_string()));

@@ -114,14 +114,18 @@ async fn a_key_is_refused_once_its_answers_cost_its_budget() {
     assert_eq!(spent(&app, "tight"), 2 * ANSWER_NANOS);
     let resp = chat_as(&app, TIGHT_KEY, &body).await;
     assert_eq!(resp.status(), 429);
-    let retry: u64 = header(&resp, "retry-after").parse().expect("Retry-After");
-    assert!((1..=86_400).contains(&retry), "until the day ends: {retry}");
+    // As OpenAI's: no Retry-After, and the SDKs told not to retry it.
+    assert_eq!(header(&resp, "retry-after"), "");
+    assert_eq!(header(&resp, "x-should-retry"), "false");
     let err: Value = resp.json().await.unwrap();
     assert_eq!(err["error"]["type"], "insufficient_quota", "{err}");
     assert_eq!(err["error"]["code"], "insufficient_quota", "{err}");
     let msg = err["error"]["message"].as_str().unwrap();
     assert!(
-        msg.contains("`tight`") && msg.contains("$0.026") && msg.contains("$0.02"),
+        msg.contains("`tight`")
+            && msg.contains("spent $0.026 ")
+            && msg.contains("budget of $0.02 ")
+            && msg.contains("resets in"),
         "{msg}"
     );
     assert_eq!(up.calls(), 2, "the refusal never reached the upstream");
@@ -391,4 +395,57 @@ async fn responses_are_charged_plain_and_streamed() {
         "spent {}",
         spent(&app, "roomy")
     );
+}
+
+/// A stream cut short reports no usage; the upstream bills it all the
+/// same, so it is priced by the token limit's estimate and counted in
+/// `uat_spend_estimated_total`.
+#[tokio::test]
+async fn a_stream_without_usage_is_charged_an_estimate() {
+    let (up, toml, model) = priced_upstream().await;
+    up.set_reply(&["word"; 40].join(" "));
+    up.push(uat_testkit::Behavior::StopHalfway);
+    let app = spawn_app(&format!("{toml}{}", keys())).await;
+    let resp = chat_as(&app, ROOMY_KEY, &chat_body(&model, true)).await;
+    assert_eq!(resp.status(), 200);
+    let events = sse_events(resp).await;
+    assert!(
+        events
+            .last()
+            .is_some_and(|e| e.contains("upstream_interrupted")),
+        "{events:?}"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || spent(&app, "roomy") > 0).await,
+        "an interrupted stream was charged nothing"
+    );
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains(&format!("uat_spend_estimated_total{{model=\"{model}\"}} 1")),
+        "{metrics}"
+    );
+}
+
+/// A key with a budget may not call a model without a price (its answers
+/// would cost the budget nothing): 403 `model_not_priced` before any
+/// upstream call; a key without a budget may.
+#[tokio::test]
+async fn a_key_with_a_budget_may_not_call_an_unpriced_model() {
+    let (up, toml, _model) = priced_upstream().await;
+    let app = spawn_app(&format!("{toml}{}", keys())).await;
+    let unpriced = chat_body("p/some-unpriced-snapshot", false);
+    let resp = chat_as(&app, TIGHT_KEY, &unpriced).await;
+    assert_eq!(resp.status(), 403);
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "model_not_priced", "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("p/some-unpriced-snapshot")),
+        "{err}"
+    );
+    assert_eq!(up.calls(), 0);
+    let resp = chat_as(&app, ROOMY_KEY, &unpriced).await;
+    assert_ne!(resp.status(), 403, "no budget, no price needed");
+    assert_eq!(up.calls(), 1);
 }
