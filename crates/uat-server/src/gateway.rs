@@ -537,28 +537,13 @@ async fn generate(
         } else {
             match req.reply(router, resolved).await {
                 Ok(r) => {
-                    if let Some(m) = &meter {
-                        // No usage in the answer: a token per four bytes
-                        // of the request and of the answer.
-                        m.spend(r.value.usage.as_ref().map_or_else(
-                            || prompt_estimate + r.value.body.len() as u64 / 4,
-                            TokenMeter::total,
-                        ));
-                    }
-                    let cost = charge.as_ref().and_then(|c| {
-                        c.answer(
-                            req.model(),
-                            &r.provider,
-                            &r.model,
-                            r.value.usage.as_ref(),
-                            || {
-                                uat_types::Usage::new(
-                                    prompt_estimate,
-                                    r.value.body.len() as u64 / 4,
-                                )
-                            },
-                        )
-                    });
+                    let cost = settle(
+                        &r,
+                        meter.as_ref(),
+                        charge.as_ref(),
+                        req.model(),
+                        prompt_estimate,
+                    );
                     let mut resp = Response::new(Body::from(r.value.body));
                     if let Some(nanos) = cost {
                         crate::spend::set_cost(&mut resp, nanos);
@@ -598,6 +583,26 @@ async fn stream_upstream(
         }
         Err(e) => req.failed(&e),
     }
+}
+
+/// Settles a whole answer from upstream: its tokens taken from the key's
+/// limit and its cost charged (`requested`: the model the client asked
+/// for). An answer without usage is taken to have spent a token per four
+/// bytes of the request (`prompt_estimate`) and of the answer. Returns the
+/// cost in nano-USD, for `x-uat-cost`, when it was priced.
+pub(crate) fn settle(
+    r: &Routed<Reply>,
+    meter: Option<&TokenMeter>,
+    charge: Option<&crate::spend::Charge>,
+    requested: &str,
+    prompt_estimate: u64,
+) -> Option<u64> {
+    let usage = r.value.usage.as_ref();
+    let estimate = || uat_types::Usage::new(prompt_estimate, r.value.body.len() as u64 / 4);
+    if let Some(m) = meter {
+        m.spend(usage.map_or_else(|| estimate().total_tokens, TokenMeter::total));
+    }
+    charge.and_then(|c| c.answer(requested, &r.provider, &r.model, usage, estimate))
 }
 
 /// A `text/event-stream` response of this body, neither cached nor

@@ -121,21 +121,13 @@ async fn route(
     }
     match router.chat(&resolved, chat).await {
         Ok(r) => {
-            if let Some(m) = &meter {
-                m.spend(r.value.usage.as_ref().map_or_else(
-                    || prompt_estimate + r.value.body.len() as u64 / 4,
-                    TokenMeter::total,
-                ));
-            }
-            let cost = charge.as_ref().and_then(|c| {
-                c.answer(
-                    &chat.model,
-                    &r.provider,
-                    &r.model,
-                    r.value.usage.as_ref(),
-                    || uat_types::Usage::new(prompt_estimate, r.value.body.len() as u64 / 4),
-                )
-            });
+            let cost = gateway::settle(
+                &r,
+                meter.as_ref(),
+                charge.as_ref(),
+                &chat.model,
+                prompt_estimate,
+            );
             let mut resp = match answer::from_completion(&mut env, &r.value.body) {
                 Ok(v) => {
                     let mut resp = Response::new(Body::from(v.to_string()));

@@ -13,20 +13,6 @@ const ADMIN_KEY: &str = "sk-test-admin-0123456789";
 const SLOW_KEY: &str = "sk-test-slow-0123456789";
 const OTHER_KEY: &str = "sk-test-other-0123456789";
 
-fn sha(secret: &str) -> String {
-    uat_config::key_digest(secret.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-fn key_toml(name: &str, secret: &str, extra: &str) -> String {
-    format!(
-        "[[auth.keys]]\nname = \"{name}\"\nkey_sha256 = \"{}\"\n{extra}\n",
-        sha(secret)
-    )
-}
-
 /// A fake OpenAI upstream serving `<name>-model`, and its provider entry.
 async fn upstream() -> (FakeUpstream, String, String) {
     let name = format!("auth{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);

@@ -188,6 +188,16 @@ pub fn provider_toml(name: &str, kind: &str, base_url: &str, extra: &str) -> Str
     )
 }
 
+/// An `[[auth.keys]]` entry named `name` for the secret `secret` (given
+/// by its SHA-256), with `extra` lines.
+pub fn key_toml(name: &str, secret: &str, extra: &str) -> String {
+    let sha: String = uat_config::key_digest(secret.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("[[auth.keys]]\nname = \"{name}\"\nkey_sha256 = \"{sha}\"\n{extra}\n")
+}
+
 /// A simple chat body.
 pub fn chat_body(model: &str, stream: bool) -> serde_json::Value {
     serde_json::json!({

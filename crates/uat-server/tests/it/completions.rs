@@ -366,23 +366,16 @@ async fn keys_scope_meter_and_separate_completions() {
     // 9 words: every answer spends its prompt's tokens + 9.
     up.set_reply(&["word"; 9].join(" "));
     let model = format!("{name}-model");
-    let key = |owner: &str, secret: &str, extra: &str| {
-        let sha: String = uat_config::key_digest(secret.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        format!("[[auth.keys]]\nname = \"{owner}\"\nkey_sha256 = \"{sha}\"\n{extra}\n")
-    };
     let toml = format!(
         "{}{}{}{}[cache]\nmode = \"deterministic\"\n",
         provider_toml("p", "openai", &up.base_url(), ""),
-        key(
+        key_toml(
             "metered",
             "sk-cmpl-metered-0123",
             "tokens_per_minute = 1000"
         ),
-        key("narrow", "sk-cmpl-narrow-01234", "models = [\"gpt-4o\"]"),
-        key("other", "sk-cmpl-other-012345", ""),
+        key_toml("narrow", "sk-cmpl-narrow-01234", "models = [\"gpt-4o\"]"),
+        key_toml("other", "sk-cmpl-other-012345", ""),
     );
     let app = spawn_app(&toml).await;
     let send = |secret: Option<&str>, body: Value| {

@@ -361,22 +361,15 @@ async fn keys_scope_and_meter_responses() {
     // 9 words: each answer spends 7 + 9 tokens.
     up.set_reply(&["word"; 9].join(" "));
     let model = format!("{name}-model");
-    let key = |owner: &str, secret: &str, extra: &str| {
-        let sha: String = uat_config::key_digest(secret.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        format!("[[auth.keys]]\nname = \"{owner}\"\nkey_sha256 = \"{sha}\"\n{extra}\n")
-    };
     let toml = format!(
         "{}{}{}",
         provider_toml("p", "openai", &up.base_url(), ""),
-        key(
+        key_toml(
             "metered",
             "sk-resp-metered-0123",
             "tokens_per_minute = 1000"
         ),
-        key("narrow", "sk-resp-narrow-01234", "models = [\"gpt-4o\"]"),
+        key_toml("narrow", "sk-resp-narrow-01234", "models = [\"gpt-4o\"]"),
     );
     let app = spawn_app(&toml).await;
     let send = |secret: &str, body: Value| {

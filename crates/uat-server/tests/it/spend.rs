@@ -22,20 +22,6 @@ const PRICES: &str = "input_per_million = 1000.0\noutput_per_million = 2000.0\n"
 const REPLY: &str = "one two three";
 const ANSWER_NANOS: u64 = 13_000_000;
 
-fn sha(secret: &str) -> String {
-    uat_config::key_digest(secret.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-fn key_toml(name: &str, secret: &str, extra: &str) -> String {
-    format!(
-        "[[auth.keys]]\nname = \"{name}\"\nkey_sha256 = \"{}\"\n{extra}\n",
-        sha(secret)
-    )
-}
-
 /// A fake OpenAI upstream (provider `p`) serving a model of its own, the
 /// TOML of the provider and the model's price, and the model's name.
 async fn priced_upstream() -> (FakeUpstream, String, String) {
