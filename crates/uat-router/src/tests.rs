@@ -743,20 +743,6 @@ impl Provider for SlowLister {
     ) -> BoxFuture<'a, Result<ChunkStream, Failure>> {
         Box::pin(async move { Err(fail(FailureKind::Unsupported, None)) })
     }
-    fn completion<'a>(
-        &'a self,
-        _m: &'a str,
-        _r: &'a CompletionRequest,
-    ) -> BoxFuture<'a, Result<Reply, Failure>> {
-        Box::pin(async move { Err(fail(FailureKind::Unsupported, None)) })
-    }
-    fn completion_stream<'a>(
-        &'a self,
-        _m: &'a str,
-        _r: &'a CompletionRequest,
-    ) -> BoxFuture<'a, Result<ChunkStream, Failure>> {
-        Box::pin(async move { Err(fail(FailureKind::Unsupported, None)) })
-    }
     fn list_models(&self) -> BoxFuture<'_, Result<Vec<String>, Failure>> {
         Box::pin(async move {
             tokio::time::sleep(Duration::from_secs(10)).await;

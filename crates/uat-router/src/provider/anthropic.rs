@@ -715,22 +715,6 @@ impl Provider for Anthropic {
         Err(no_text_completions())
     }
 
-    fn completion<'a>(
-        &'a self,
-        _model: &'a str,
-        _req: &'a CompletionRequest,
-    ) -> BoxFuture<'a, Result<Reply, Failure>> {
-        Box::pin(async move { Err(no_text_completions()) })
-    }
-
-    fn completion_stream<'a>(
-        &'a self,
-        _model: &'a str,
-        _req: &'a CompletionRequest,
-    ) -> BoxFuture<'a, Result<ChunkStream, Failure>> {
-        Box::pin(async move { Err(no_text_completions()) })
-    }
-
     fn chat<'a>(
         &'a self,
         model: &'a str,

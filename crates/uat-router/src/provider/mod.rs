@@ -106,6 +106,18 @@ pub(crate) fn one_choice(req: &ChatRequest, kind: &str) -> Result<(), Failure> {
     at_most_one(&req.extra, "n", kind)
 }
 
+/// The refusal of a text completion by a provider kind that has none.
+pub(crate) fn no_text_completions(kind: ProviderKind) -> Failure {
+    Failure::unsupported(
+        format!(
+            "{} providers have no text completions; send the request to /v1/chat/completions instead",
+            format!("{kind:?}").to_lowercase()
+        ),
+        "model",
+        "unsupported_endpoint",
+    )
+}
+
 /// Refuses a count field (`n`, `best_of`) of `extra` above 1 for a provider
 /// of `kind` that gives one choice per answer.
 pub(crate) fn at_most_one(
@@ -197,20 +209,30 @@ pub trait Provider: Send + Sync {
 
     /// A non-streamed text completion (`POST /v1/completions`, answered as
     /// an OpenAI `text_completion` object) from `model` (the upstream's name).
+    /// By default a kind has none: the refusal of
+    /// [`Provider::check_completion`], else [`no_text_completions`].
     fn completion<'a>(
         &'a self,
         model: &'a str,
         req: &'a CompletionRequest,
-    ) -> BoxFuture<'a, Result<Reply, Failure>>;
+    ) -> BoxFuture<'a, Result<Reply, Failure>> {
+        let _ = model;
+        let refused = self.check_completion(req).err();
+        Box::pin(async move { Err(refused.unwrap_or_else(|| no_text_completions(self.kind()))) })
+    }
 
     /// A streamed text completion, each chunk a `text_completion` object;
     /// resolves once the upstream accepted the request (response head
-    /// received).
+    /// received). By default refused as [`Provider::completion`] is.
     fn completion_stream<'a>(
         &'a self,
         model: &'a str,
         req: &'a CompletionRequest,
-    ) -> BoxFuture<'a, Result<ChunkStream, Failure>>;
+    ) -> BoxFuture<'a, Result<ChunkStream, Failure>> {
+        let _ = model;
+        let refused = self.check_completion(req).err();
+        Box::pin(async move { Err(refused.unwrap_or_else(|| no_text_completions(self.kind()))) })
+    }
 
     /// The models the upstream serves now.
     fn list_models(&self) -> BoxFuture<'_, Result<Vec<String>, Failure>>;
