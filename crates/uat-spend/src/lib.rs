@@ -6,14 +6,16 @@
 //!   client asked for).
 //! - [`Ledger`] keeps each API key's spend of its current budget
 //!   [`Period`] as an integer count of nano-USD in an atomic word (no lock
-//!   on the request path), persisted to `uat_key_spend` in the storage
-//!   database (SQLite or PostgreSQL) by a background task: deltas are added
-//!   with an upsert every second and at shutdown, and on PostgreSQL the
-//!   totals are read back every few seconds, so replicas sharing the
-//!   database see each other's spend. Enforcement across replicas is
-//!   therefore eventually consistent, by a few seconds. The database is
-//!   never waited for by a request: while it is unreachable the spend is
-//!   kept in memory (logged once per outage) and written when it is back.
+//!   on the request path), persisted to `uat_key_spend_replica` in the
+//!   storage database (SQLite or PostgreSQL) by a background task: each
+//!   replica upserts its own rows, absolute totals per key and period (a
+//!   write repeated or landing late counts once), every second and at
+//!   shutdown, and on PostgreSQL the sum of every replica's rows is read
+//!   back every few seconds, so replicas sharing the database see each
+//!   other's spend. Enforcement across replicas is therefore eventually
+//!   consistent, by a few seconds. The database is never waited for by a
+//!   request: while it is unreachable the spend is kept in memory (logged
+//!   once per outage) and written when it is back.
 //! - [`record`] and [`record_unpriced`] feed `uat_spend_usd_total{key,model}`
 //!   and `uat_spend_unpriced_total{model}`.
 

@@ -2,7 +2,7 @@
 //! and PostgreSQL (`UAT_TEST_POSTGRES_URL`, default
 //! `postgres://postgres@127.0.0.1:5432/test`; unreachable is a failure when
 //! `CI` is set, a loud skip otherwise). Key names are unique per run, so
-//! tests sharing the PostgreSQL table never see each other's rows.
+//! tests sharing the PostgreSQL tables never see each other's rows.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -106,7 +106,7 @@ async fn sqlite_keeps_the_spend_across_a_restart() {
     let again = Ledger::open(&url, &keys, manual()).await.unwrap();
     assert_eq!(again.account("a").unwrap().spent(), 500);
     assert_eq!(again.account("b").unwrap().spent(), 7);
-    // Deltas are added, not written over.
+    // A new replica: its row adds to the old one's.
     again.account("a").unwrap().add(1);
     again.flush().await.unwrap();
     again.reload().await.unwrap();
@@ -150,7 +150,7 @@ async fn a_failed_write_keeps_the_deltas_until_the_database_takes_them() {
         .connect(&url)
         .await
         .unwrap();
-    sqlx::raw_sql("ALTER TABLE uat_key_spend RENAME TO uat_key_spend_away")
+    sqlx::raw_sql("ALTER TABLE uat_key_spend_replica RENAME TO uat_key_spend_away")
         .execute(&other)
         .await
         .unwrap();
@@ -161,17 +161,18 @@ async fn a_failed_write_keeps_the_deltas_until_the_database_takes_them() {
     assert!(ledger.flush().await.is_err(), "still failing");
     assert_eq!(a.spent(), 1_023, "admission still counts it");
     // Back: everything kept is written once.
-    sqlx::raw_sql("ALTER TABLE uat_key_spend_away RENAME TO uat_key_spend")
+    sqlx::raw_sql("ALTER TABLE uat_key_spend_away RENAME TO uat_key_spend_replica")
         .execute(&other)
         .await
         .unwrap();
     ledger.flush().await.unwrap();
     assert!(ledger.healthy());
-    let total: i64 =
-        sqlx::query_scalar("SELECT spend_nanos FROM uat_key_spend WHERE key_name = 'a'")
-            .fetch_one(&other)
-            .await
-            .unwrap();
+    let total: i64 = sqlx::query_scalar(
+        "SELECT SUM(spend_nanos) FROM uat_key_spend_replica WHERE key_name = 'a'",
+    )
+    .fetch_one(&other)
+    .await
+    .unwrap();
     assert_eq!(total, 1_023);
 }
 
@@ -238,4 +239,495 @@ async fn postgres_reads_back_on_its_own() {
         }
     }
     assert_eq!(seen, 77, "the other replica's spend, read back by the task");
+}
+
+/// A task on `url`'s database as [`Ledger::open`] makes it (tables
+/// created, the older table moved), without its loop: the test drives it,
+/// with clocks of its choosing.
+async fn bare_task(url: &str, keys: &[KeyBudget], now: i64) -> Result<Task, SpendError> {
+    let db = connect(url).await?;
+    create_table(&db).await?;
+    let accounts: Arc<[Arc<Account>]> = keys
+        .iter()
+        .map(|k| Arc::new(Account::new(k, now)))
+        .collect();
+    Ok(Task::new(
+        db,
+        replica_id(),
+        accounts,
+        Arc::new(AtomicBool::new(true)),
+    ))
+}
+
+/// A bare task on PostgreSQL; `None` (loudly) when it is unreachable
+/// outside CI.
+async fn postgres_task(keys: &[KeyBudget], now: i64) -> Option<Task> {
+    let url = postgres_url()?;
+    match bare_task(&url, keys, now).await {
+        Ok(t) => Some(t),
+        Err(e) if std::env::var("CI").is_err() => {
+            eprintln!(
+                "SKIPPED: PostgreSQL at {url} is unreachable ({e}); set CI=true to make this a failure"
+            );
+            None
+        }
+        Err(e) => panic!("PostgreSQL at {url} is unreachable in CI: {e}"),
+    }
+}
+
+/// A plain connection to the test's PostgreSQL (reachable: a ledger or a
+/// task was opened on it first).
+async fn postgres_pool() -> PgPool {
+    let url = postgres_url().unwrap();
+    PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&url)
+        .await
+        .unwrap()
+}
+
+/// A plain connection to a test's SQLite file, created when missing.
+async fn sqlite_pool(url: &str) -> SqlitePool {
+    let opts = SqliteConnectOptions::from_str(url)
+        .unwrap()
+        .create_if_missing(true);
+    SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(opts)
+        .await
+        .unwrap()
+}
+
+/// The sum and the count of a key's rows in the table, every replica's.
+async fn stored(db: &Db, name: &str) -> (i64, i64) {
+    match db {
+        Db::Sqlite(p) => sqlx::query_as(
+            "SELECT COALESCE(SUM(spend_nanos), 0), COUNT(*) FROM uat_key_spend_replica WHERE key_name = ?",
+        )
+        .bind(name)
+        .fetch_one(p)
+        .await
+        .unwrap(),
+        Db::Postgres(p) => sqlx::query_as(
+            "SELECT COALESCE(SUM(spend_nanos), 0)::bigint, COUNT(*) FROM uat_key_spend_replica WHERE key_name = $1",
+        )
+        .bind(name)
+        .fetch_one(p)
+        .await
+        .unwrap(),
+    }
+}
+
+/// A write whose commit landed but whose answer was lost (the timeout
+/// fired) leaves the totals dirty: they are written again, and so is the
+/// same row twice, or an older total late. The row holds the total once.
+async fn a_total_written_twice_counts_once(mut task: Task) {
+    let a = task.accounts[0].clone();
+    let name = a.name().to_owned();
+    let now = crate::unix_now();
+    a.add(700);
+    task.flush_at(now).await.unwrap();
+    assert_eq!(stored(&task.db, &name).await, (700, 1));
+    // The write of 700 "timed out" after its commit.
+    for t in task.totals.values_mut() {
+        t.written = 0;
+    }
+    a.add(5);
+    assert_eq!(task.dirty().len(), 1);
+    task.flush_at(now).await.unwrap();
+    assert_eq!(
+        stored(&task.db, &name).await,
+        (705, 1),
+        "not 1,405: the total, not a delta"
+    );
+    assert!(task.dirty().is_empty(), "nothing changed since");
+    let start = a.start.load(Ordering::Acquire);
+    let row = |total| Row {
+        name: &name,
+        start,
+        total,
+    };
+    write(&task.db, &task.replica, &[row(705)]).await.unwrap();
+    write(&task.db, &task.replica, &[row(705)]).await.unwrap();
+    write(&task.db, &task.replica, &[row(700)]).await.unwrap();
+    assert_eq!(stored(&task.db, &name).await, (705, 1), "late and repeated");
+    // This replica's row is its total in memory, not added to it again.
+    task.read_back().await.unwrap();
+    assert_eq!(a.spent_at(now), 705);
+}
+
+#[tokio::test]
+async fn sqlite_counts_a_total_written_twice_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = [budget("a", None, None)];
+    let task = bare_task(&sqlite_url(&dir), &keys, crate::unix_now())
+        .await
+        .unwrap();
+    a_total_written_twice_counts_once(task).await;
+    let again = Ledger::open(&sqlite_url(&dir), &keys, manual())
+        .await
+        .unwrap();
+    assert_eq!(again.account("a").unwrap().spent(), 705);
+}
+
+#[tokio::test]
+async fn postgres_counts_a_total_written_twice_once() {
+    let k = unique("spend-pg-twice");
+    let keys = [budget(&k, None, Some(Duration::from_secs(86_400)))];
+    let Some(task) = postgres_task(&keys, crate::unix_now()).await else {
+        return;
+    };
+    a_total_written_twice_counts_once(task).await;
+    let Some(again) = postgres(&keys, manual()).await else {
+        return;
+    };
+    assert_eq!(again.account(&k).unwrap().spent(), 705);
+}
+
+#[tokio::test]
+async fn postgres_replicas_write_their_own_rows_and_read_the_sum() {
+    let k = unique("spend-pg-rows");
+    let keys = [budget(&k, Some(1.0), Some(Duration::from_secs(86_400)))];
+    let Some(one) = postgres(&keys, manual()).await else {
+        return;
+    };
+    let Some(two) = postgres(&keys, manual()).await else {
+        return;
+    };
+    let (a1, a2) = (one.account(&k).unwrap(), two.account(&k).unwrap());
+    a1.add(100);
+    a2.add(20);
+    one.flush().await.unwrap();
+    one.flush().await.unwrap();
+    two.flush().await.unwrap();
+    a1.add(3);
+    one.flush().await.unwrap();
+    one.reload().await.unwrap();
+    two.reload().await.unwrap();
+    assert_eq!(a1.spent(), 123);
+    assert_eq!(a2.spent(), 123);
+    let pool = postgres_pool().await;
+    let replicas: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT replica, spend_nanos FROM uat_key_spend_replica WHERE key_name = $1 ORDER BY spend_nanos",
+    )
+    .bind(&k)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(replicas.len(), 2, "a row per replica: {replicas:?}");
+    assert_eq!((replicas[0].1, replicas[1].1), (20, 103));
+    assert_ne!(replicas[0].0, replicas[1].0);
+    // A third replica (a restart) starts from the sum and adds its own row.
+    let Some(three) = postgres(&keys, manual()).await else {
+        return;
+    };
+    let a3 = three.account(&k).unwrap();
+    assert_eq!(a3.spent(), 123);
+    a3.add(1);
+    three.flush().await.unwrap();
+    one.reload().await.unwrap();
+    assert_eq!(a1.spent(), 124);
+    // Reading back twice changes nothing.
+    two.reload().await.unwrap();
+    two.reload().await.unwrap();
+    assert_eq!(a2.spent(), 124);
+}
+
+#[tokio::test]
+async fn a_period_over_is_written_then_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let minute = Duration::from_secs(60);
+    let s0 = 1_710_083_040; // a whole minute
+    let now = s0 + 10;
+    let keys = [budget("r", None, Some(minute))];
+    let mut task = bare_task(&sqlite_url(&dir), &keys, now).await.unwrap();
+    let a = task.accounts[0].clone();
+    a.add(100);
+    task.flush_at(now).await.unwrap();
+    // Charged before the tick that starts the next minute: the old one's.
+    a.add(50);
+    task.flush_at(now + 60).await.unwrap();
+    assert_eq!(a.spent_at(now + 60), 0);
+    assert!(
+        task.totals.is_empty(),
+        "written and over: {:?}",
+        task.totals
+    );
+    a.add(7);
+    task.flush_at(now + 60).await.unwrap();
+    assert_eq!(task.totals.len(), 1);
+    let Db::Sqlite(p) = &task.db else {
+        unreachable!()
+    };
+    let rows: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT period_start, spend_nanos FROM uat_key_spend_replica ORDER BY period_start",
+    )
+    .fetch_all(p)
+    .await
+    .unwrap();
+    assert_eq!(rows, [(s0, 150), (s0 + 60, 7)]);
+    task.read_back().await.unwrap();
+    assert_eq!(a.spent_at(now + 60), 7, "the current period's only");
+}
+
+/// The older table, as versions before per-replica rows made it.
+const CREATE_OLD: &str = "CREATE TABLE IF NOT EXISTS uat_key_spend (
+    key_name TEXT NOT NULL,
+    period_start BIGINT NOT NULL,
+    spend_nanos BIGINT NOT NULL,
+    PRIMARY KEY (key_name, period_start)
+)";
+
+/// A period of ten years: its start is not 0, and stays the same for years.
+const DECADE: Duration = Duration::from_secs(10 * 365 * 86_400);
+
+#[tokio::test]
+async fn sqlite_moves_the_old_table_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(&dir);
+    let start = Period::new(Some(DECADE)).start_at(crate::unix_now());
+    let old = sqlite_pool(&url).await;
+    sqlx::raw_sql(CREATE_OLD).execute(&old).await.unwrap();
+    for (name, period_start, n) in [
+        ("a", 0, 500),
+        ("b", start, 70),
+        ("b", start - 1, 999), // an earlier period
+        ("gone", 0, 5),        // a key no longer configured
+    ] {
+        sqlx::query("INSERT INTO uat_key_spend VALUES (?, ?, ?)")
+            .bind(name)
+            .bind(period_start)
+            .bind(n)
+            .execute(&old)
+            .await
+            .unwrap();
+    }
+    old.close().await;
+    let keys = [budget("a", None, None), budget("b", None, Some(DECADE))];
+    for _ in 0..2 {
+        let l = Ledger::open(&url, &keys, manual()).await.unwrap();
+        assert_eq!(l.account("a").unwrap().spent(), 500);
+        assert_eq!(l.account("b").unwrap().spent(), 70, "moved once");
+    }
+    let pool = sqlite_pool(&url).await;
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM uat_key_spend")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "emptied");
+    let legacy: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT key_name, period_start, spend_nanos FROM uat_key_spend_replica
+         WHERE replica = 'legacy' ORDER BY key_name, period_start",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        legacy,
+        [
+            ("a".to_owned(), 0, 500),
+            ("b".to_owned(), start - 1, 999),
+            ("b".to_owned(), start, 70),
+            ("gone".to_owned(), 0, 5),
+        ]
+    );
+    // A replica of the older version still running adds a delta there:
+    // the next open moves it too.
+    sqlx::query("INSERT INTO uat_key_spend VALUES ('a', 0, 25)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let l = Ledger::open(&url, &keys, manual()).await.unwrap();
+    assert_eq!(l.account("a").unwrap().spent(), 525);
+}
+
+#[tokio::test]
+async fn postgres_moves_the_old_table_once() {
+    let (a, b) = (unique("spend-pg-old-a"), unique("spend-pg-old-b"));
+    let keys = [budget(&a, None, None), budget(&b, None, Some(DECADE))];
+    // Reachable (or skipped), and the new table is there.
+    let Some(_first) = postgres(&keys, manual()).await else {
+        return;
+    };
+    let start = Period::new(Some(DECADE)).start_at(crate::unix_now());
+    let pool = postgres_pool().await;
+    sqlx::raw_sql(CREATE_OLD).execute(&pool).await.unwrap();
+    for (name, period_start, n) in [(&a, 0, 500), (&b, start, 70), (&b, start - 1, 999)] {
+        sqlx::query("INSERT INTO uat_key_spend VALUES ($1, $2, $3)")
+            .bind(name)
+            .bind(period_start)
+            .bind(n)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    // (Another test's open may move them first: the same for this one.)
+    for _ in 0..2 {
+        let l = postgres(&keys, manual()).await.unwrap();
+        assert_eq!(l.account(&a).unwrap().spent(), 500);
+        assert_eq!(l.account(&b).unwrap().spent(), 70, "moved once");
+    }
+    let left: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM uat_key_spend WHERE key_name IN ($1, $2)")
+            .bind(&a)
+            .bind(&b)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(left, 0, "emptied");
+    let legacy: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT key_name, period_start, spend_nanos FROM uat_key_spend_replica
+         WHERE replica = 'legacy' AND key_name IN ($1, $2) ORDER BY key_name, period_start",
+    )
+    .bind(&a)
+    .bind(&b)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        legacy,
+        [
+            (a.clone(), 0, 500),
+            (b.clone(), start - 1, 999),
+            (b.clone(), start, 70),
+        ]
+    );
+    // A delta from a replica of the older version: moved by the next open.
+    sqlx::query("INSERT INTO uat_key_spend VALUES ($1, 0, 25)")
+        .bind(&a)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let l = postgres(&keys, manual()).await.unwrap();
+    assert_eq!(l.account(&a).unwrap().spent(), 525);
+}
+
+/// Rows summing past the largest BIGINT read as the largest BIGINT.
+async fn sums_saturate(db: &Db, url: &str, keys: &[KeyBudget]) {
+    let name = keys[0].name.as_str();
+    for (replica, n) in [("x1", i64::MAX), ("x2", i64::MAX), ("x3", 5)] {
+        match db {
+            Db::Sqlite(p) => sqlx::query("INSERT INTO uat_key_spend_replica VALUES (?, 0, ?, ?)")
+                .bind(name)
+                .bind(replica)
+                .bind(n)
+                .execute(p)
+                .await
+                .unwrap()
+                .rows_affected(),
+            Db::Postgres(p) => {
+                sqlx::query("INSERT INTO uat_key_spend_replica VALUES ($1, 0, $2, $3)")
+                    .bind(name)
+                    .bind(replica)
+                    .bind(n)
+                    .execute(p)
+                    .await
+                    .unwrap()
+                    .rows_affected()
+            }
+        };
+    }
+    let l = Ledger::open(url, keys, manual()).await.unwrap();
+    let a = l.account(name).unwrap();
+    assert_eq!(a.spent(), i64::MAX as u64);
+    a.add(10);
+    l.reload().await.unwrap();
+    assert_eq!(a.spent(), i64::MAX as u64 + 10);
+}
+
+#[tokio::test]
+async fn sqlite_sums_saturate() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(&dir);
+    let keys = [budget("a", None, None)];
+    let task = bare_task(&url, &keys, 0).await.unwrap();
+    sums_saturate(&task.db, &url, &keys).await;
+}
+
+#[tokio::test]
+async fn postgres_sums_saturate() {
+    let keys = [budget(&unique("spend-pg-max"), None, None)];
+    let Some(task) = postgres_task(&keys, 0).await else {
+        return;
+    };
+    sums_saturate(&task.db, &postgres_url().unwrap(), &keys).await;
+}
+
+/// 500 keys, half with a period: one flush writes them all, and a second
+/// replica (or a restart) reads them all back.
+fn many_keys(tag: &str) -> Vec<KeyBudget> {
+    (0..500)
+        .map(|i| {
+            let period = (i % 2 == 0).then_some(DECADE);
+            budget(&format!("{tag}-{i}"), None, period)
+        })
+        .collect()
+}
+
+async fn many_keys_in_one_tick(one: &Ledger, two: impl AsyncFn() -> Ledger) {
+    for (i, a) in one.accounts().iter().enumerate() {
+        a.add(i as u64 + 1);
+    }
+    let t = std::time::Instant::now();
+    one.flush().await.unwrap();
+    one.reload().await.unwrap();
+    assert!(t.elapsed() < DB_TIMEOUT, "{:?}", t.elapsed());
+    let two = two().await;
+    for (i, a) in two.accounts().iter().enumerate() {
+        assert_eq!(a.spent(), i as u64 + 1, "{}", a.name());
+    }
+    // Again: the totals that changed only, read back by the other.
+    for a in one.accounts().iter().step_by(3) {
+        a.add(1_000);
+    }
+    one.flush().await.unwrap();
+    two.reload().await.unwrap();
+    for (i, a) in two.accounts().iter().enumerate() {
+        let more = if i % 3 == 0 { 1_000 } else { 0 };
+        assert_eq!(a.spent(), i as u64 + 1 + more, "{}", a.name());
+    }
+}
+
+#[tokio::test]
+async fn sqlite_writes_and_reads_many_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(&dir);
+    let keys = many_keys("many");
+    let one = Ledger::open(&url, &keys, manual()).await.unwrap();
+    many_keys_in_one_tick(&one, async || {
+        Ledger::open(&url, &keys, manual()).await.unwrap()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn postgres_writes_and_reads_many_keys() {
+    let keys = many_keys(&unique("spend-pg-many"));
+    let Some(one) = postgres(&keys, manual()).await else {
+        return;
+    };
+    many_keys_in_one_tick(&one, async || postgres(&keys, manual()).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn postgres_a_name_given_twice_is_one_account() {
+    let k = unique("spend-pg-twice-named");
+    let keys = [budget(&k, Some(1.0), None), budget(&k, None, None)];
+    let Some(one) = postgres(&keys, manual()).await else {
+        return;
+    };
+    let accounts = one.accounts();
+    assert_eq!(accounts.len(), 2);
+    assert!(Arc::ptr_eq(&accounts[0], &accounts[1]));
+    assert_eq!(accounts[0].budget_nanos(), Some(NANOS_PER_USD), "the first");
+    accounts[0].add(2);
+    accounts[1].add(3);
+    one.flush().await.unwrap();
+    one.reload().await.unwrap();
+    assert_eq!(one.account(&k).unwrap().spent(), 5);
+    let Some(two) = postgres(&keys, manual()).await else {
+        return;
+    };
+    assert_eq!(two.account(&k).unwrap().spent(), 5);
 }
