@@ -22,6 +22,17 @@ pub struct ModelPrice {
     /// `input_per_million` like the others.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cached_input_per_million: Option<f64>,
+    /// USD per million prompt tokens written to the provider's prompt
+    /// cache (`usage.cache_creation_input_tokens`, as Anthropic reports
+    /// them) for its 5-minute cache. Absent: 1.25 × `input_per_million`,
+    /// Anthropic's price of a 5-minute cache write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_per_million: Option<f64>,
+    /// USD per million prompt tokens written to Anthropic's 1-hour prompt
+    /// cache (`usage.cache_creation.ephemeral_1h_input_tokens`). Absent:
+    /// 2 × `input_per_million`, Anthropic's price of a 1-hour cache write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_1h_per_million: Option<f64>,
 }
 
 /// The `[pricing]` table, by model name.
@@ -42,6 +53,8 @@ pub(crate) fn validate(pricing: &PricingConfig) -> Result<(), ConfigError> {
             ("input_per_million", Some(p.input_per_million)),
             ("output_per_million", Some(p.output_per_million)),
             ("cached_input_per_million", p.cached_input_per_million),
+            ("cache_write_per_million", p.cache_write_per_million),
+            ("cache_write_1h_per_million", p.cache_write_1h_per_million),
         ] {
             if let Some(v) = v
                 && !(v.is_finite() && v >= 0.0)

@@ -674,6 +674,13 @@ input_per_million = 2.50
 output_per_million = 10.00
 cached_input_per_million = 1.25
 
+[pricing."anthropic/claude-sonnet-4-5"]
+input_per_million = 3.0
+output_per_million = 15.0
+cached_input_per_million = 0.3
+cache_write_per_million = 3.75
+cache_write_1h_per_million = 6.0
+
 [pricing."openai/gpt-4o-mini"]
 input_per_million = 0.15
 output_per_million = 0.6
@@ -684,7 +691,7 @@ input_per_million = 0.02
         &[],
     )
     .unwrap();
-    assert_eq!(c.pricing.len(), 3);
+    assert_eq!(c.pricing.len(), 4);
     let p = c.pricing["gpt-4o"];
     assert_eq!(
         (
@@ -695,6 +702,19 @@ input_per_million = 0.02
         (2.5, 10.0, Some(1.25))
     );
     assert_eq!(c.pricing["embed-small"].output_per_million, 0.0);
+    let claude = c.pricing["anthropic/claude-sonnet-4-5"];
+    assert_eq!(
+        (
+            claude.cache_write_per_million,
+            claude.cache_write_1h_per_million
+        ),
+        (Some(3.75), Some(6.0))
+    );
+    assert_eq!(
+        (p.cache_write_per_million, p.cache_write_1h_per_million),
+        (None, None),
+        "unset: the pricing's defaults"
+    );
     assert!(c.pricing.contains_key("openai/gpt-4o-mini"));
     // Shown by `config check`, and read back the same.
     let again = Config::from_toml(&c.to_masked_toml()).unwrap();
@@ -708,6 +728,14 @@ input_per_million = 0.02
         (
             "input_per_million = 1.0\ncached_input_per_million = inf",
             "cached_input_per_million",
+        ),
+        (
+            "input_per_million = 1.0\ncache_write_per_million = -3.75",
+            "cache_write_per_million",
+        ),
+        (
+            "input_per_million = 1.0\ncache_write_1h_per_million = nan",
+            "cache_write_1h_per_million",
         ),
     ] {
         let e = load_str(&format!("[pricing.\"gpt-4o\"]\n{bad}\n"), &[])

@@ -10,7 +10,17 @@ pub struct Price {
     input: f64,
     output: f64,
     cached_input: f64,
+    cache_write: f64,
+    cache_write_1h: f64,
 }
+
+/// A 5-minute cache write's price over the input price, when
+/// `cache_write_per_million` is not set (Anthropic's).
+const CACHE_WRITE_FACTOR: f64 = 1.25;
+
+/// A 1-hour cache write's price over the input price, when
+/// `cache_write_1h_per_million` is not set (Anthropic's).
+const CACHE_WRITE_1H_FACTOR: f64 = 2.0;
 
 /// Nano-USD per token of a price per million tokens in USD.
 fn per_token(usd_per_million: f64) -> f64 {
@@ -24,21 +34,41 @@ impl Price {
             input: per_token(p.input_per_million),
             output: per_token(p.output_per_million),
             cached_input: per_token(p.cached_input_per_million.unwrap_or(p.input_per_million)),
+            cache_write: per_token(
+                p.cache_write_per_million
+                    .unwrap_or(p.input_per_million * CACHE_WRITE_FACTOR),
+            ),
+            cache_write_1h: per_token(
+                p.cache_write_1h_per_million
+                    .unwrap_or(p.input_per_million * CACHE_WRITE_1H_FACTOR),
+            ),
         }
     }
 
     /// What `usage` cost, in nano-USD (rounded): the prompt tokens read
     /// from the provider's cache (`prompt_tokens_details.cached_tokens`, at
-    /// most the prompt) at the cached price, the other prompt tokens at the
-    /// input price, the completion tokens at the output price.
+    /// most the prompt) at the cached price, those written to it
+    /// (`cache_creation_input_tokens`, at most the rest of the prompt) at
+    /// the cache-write price (the 1-hour cache's for those of them written
+    /// there), the other prompt tokens at the input price, the completion
+    /// tokens at the output price. Counts that exceed the prompt (a
+    /// confused upstream) are cut to it: never an underflow.
     pub fn cost_nanos(&self, usage: &Usage) -> u64 {
         let cached = usage
             .prompt_tokens_details
             .map_or(0, |d| d.cached_tokens)
             .min(usage.prompt_tokens);
-        let fresh = usage.prompt_tokens - cached;
+        let rest = usage.prompt_tokens - cached;
+        let written = usage.cache_creation_input_tokens.unwrap_or(0).min(rest);
+        let written_1h = usage
+            .cache_creation_1h_input_tokens
+            .unwrap_or(0)
+            .min(written);
+        let fresh = rest - written;
         let n = fresh as f64 * self.input
             + cached as f64 * self.cached_input
+            + (written - written_1h) as f64 * self.cache_write
+            + written_1h as f64 * self.cache_write_1h
             + usage.completion_tokens as f64 * self.output;
         // `as` saturates: an absurd usage is u64::MAX, never a wrap.
         n.round() as u64
@@ -116,6 +146,8 @@ mod tests {
             input_per_million: input,
             output_per_million: output,
             cached_input_per_million: cached,
+            cache_write_per_million: None,
+            cache_write_1h_per_million: None,
         }
     }
 
@@ -185,5 +217,72 @@ mod tests {
         assert_eq!(tiny.cost_nanos(&Usage::new(7, 0)), 1, "0.7 nano-USD");
         let huge = Usage::new(u64::MAX, u64::MAX);
         assert_eq!(p.cost_nanos("x", "gpt-4o", "gpt-4o", &huge), Some(u64::MAX));
+    }
+
+    /// Anthropic's prompt-cache writes: 1.25 × the input price unset (its
+    /// 5-minute cache), 2 × for those written to its 1-hour cache, or the
+    /// prices set; reads at the cached price, the rest at the input price.
+    #[test]
+    fn cache_writes_cost_their_own_price() {
+        // $3/M in, $15/M out, $0.30/M read: 3,000 / 15,000 / 300 nano-USD
+        // a token; unset writes 3,750 (5 minutes) and 6,000 (1 hour).
+        let sonnet = Price::new(&price(3.0, 15.0, Some(0.3)));
+        // 5 fresh + 20 written + 100 read, 4 out.
+        let u = Usage::new(125, 4)
+            .with_cached_tokens(Some(100))
+            .with_cache_writes(Some(20), None);
+        let expect = 5 * 3_000 + 20 * 3_750 + 100 * 300 + 4 * 15_000;
+        assert_eq!(sonnet.cost_nanos(&u), expect);
+        assert_eq!(expect, 180_000, "0.00018 USD");
+        // The same usage without the writes known costs less: they were
+        // the input price (what the gateway charged before).
+        let unknown = Usage::new(125, 4).with_cached_tokens(Some(100));
+        assert_eq!(sonnet.cost_nanos(&unknown), expect - 20 * 750);
+        // 8 of the 20 written to the 1-hour cache.
+        let hour = u.with_cache_writes(Some(20), Some(8));
+        assert_eq!(sonnet.cost_nanos(&hour), expect - 8 * 3_750 + 8 * 6_000);
+        // Prices set win over the defaults.
+        let set = Price::new(&ModelPrice {
+            cache_write_per_million: Some(10.0),
+            cache_write_1h_per_million: Some(20.0),
+            ..price(3.0, 15.0, Some(0.3))
+        });
+        assert_eq!(
+            set.cost_nanos(&hour),
+            5 * 3_000 + 12 * 10_000 + 8 * 20_000 + 100 * 300 + 4 * 15_000
+        );
+        // Free writes are free (a price of 0 is a price, not unset).
+        let free = Price::new(&ModelPrice {
+            cache_write_per_million: Some(0.0),
+            cache_write_1h_per_million: Some(0.0),
+            ..price(3.0, 15.0, Some(0.3))
+        });
+        assert_eq!(free.cost_nanos(&hour), 5 * 3_000 + 100 * 300 + 4 * 15_000);
+    }
+
+    /// Parts that add up past the prompt (a confused upstream) are cut to
+    /// it, reads first: never an underflow, never more than the prompt.
+    #[test]
+    fn cache_counts_past_the_prompt_are_cut_to_it() {
+        let p = Price::new(&price(1.0, 0.0, Some(0.5)));
+        // 10 prompt tokens: 6 read, "9" written: 4 written, 0 fresh.
+        let odd = Usage::new(10, 0)
+            .with_cached_tokens(Some(6))
+            .with_cache_writes(Some(9), None);
+        assert_eq!(p.cost_nanos(&odd), 6 * 500 + 4 * 1_250);
+        // Everything read: the writes count for nothing.
+        let all_read = Usage::new(10, 0)
+            .with_cached_tokens(Some(u64::MAX))
+            .with_cache_writes(Some(u64::MAX), Some(u64::MAX));
+        assert_eq!(p.cost_nanos(&all_read), 10 * 500);
+        // More 1-hour writes than writes: at most the writes.
+        let hour = Usage::new(10, 0).with_cache_writes(Some(3), Some(7));
+        assert_eq!(p.cost_nanos(&hour), 7 * 1_000 + 3 * 2_000);
+        // Writes without a prompt at all.
+        let none = Usage::new(0, 0).with_cache_writes(Some(5), Some(5));
+        assert_eq!(p.cost_nanos(&none), 0);
+        // Huge counts saturate.
+        let huge = Usage::new(u64::MAX, u64::MAX).with_cache_writes(Some(u64::MAX / 2), None);
+        assert_eq!(p.cost_nanos(&huge), u64::MAX);
     }
 }

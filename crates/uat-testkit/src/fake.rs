@@ -3,7 +3,7 @@
 
 use crate::http1::{self, Request};
 use parking_lot::Mutex;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -107,6 +107,7 @@ struct Shared {
     models_status: Mutex<Option<u16>>,
     reply: Mutex<String>,
     chunk_delay: Mutex<Duration>,
+    anthropic_usage: Mutex<Map<String, Value>>,
     calls: AtomicUsize,
     model_calls: AtomicUsize,
     disconnects: AtomicUsize,
@@ -142,6 +143,7 @@ impl FakeUpstream {
             models_status: Mutex::new(None),
             reply: Mutex::new(format!("Hello from {name}")),
             chunk_delay: Mutex::new(Duration::ZERO),
+            anthropic_usage: Mutex::new(Map::new()),
             calls: AtomicUsize::new(0),
             model_calls: AtomicUsize::new(0),
             disconnects: AtomicUsize::new(0),
@@ -199,6 +201,17 @@ impl FakeUpstream {
     /// Delay between streamed events.
     pub fn set_chunk_delay(&self, d: Duration) {
         *self.shared.chunk_delay.lock() = d;
+    }
+
+    /// Anthropic wire: fields added to every answer's `usage` (a whole
+    /// answer's, a stream's `message_start`), such as the prompt cache's
+    /// `cache_creation_input_tokens` and `cache_read_input_tokens`; the
+    /// fake's own `input_tokens` and `output_tokens` stay unless given.
+    pub fn set_anthropic_usage(&self, extra: Value) {
+        *self.shared.anthropic_usage.lock() = match extra {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        };
     }
 
     /// Chat, text completion and embeddings calls received.
@@ -527,7 +540,7 @@ async fn answer_full(
             "id": "msg_fake", "type": "message", "role": "assistant", "model": model,
             "content": [{"type": "text", "text": reply}],
             "stop_reason": "end_turn", "stop_sequence": null,
-            "usage": {"input_tokens": PROMPT_TOKENS, "output_tokens": words},
+            "usage": anthropic_usage(s, words),
         }),
     };
     let body = v.to_string();
@@ -545,6 +558,16 @@ async fn answer_full(
     }
     http1::write_full(stream, 200, "application/json", &[], body.as_bytes()).await?;
     Ok(true)
+}
+
+/// An Anthropic `usage`: the fake's prompt and `output` tokens, with what
+/// [`FakeUpstream::set_anthropic_usage`] added.
+fn anthropic_usage(s: &Shared, output: u64) -> Value {
+    let mut u = Map::new();
+    u.insert("input_tokens".into(), PROMPT_TOKENS.into());
+    u.insert("output_tokens".into(), output.into());
+    u.extend(s.anthropic_usage.lock().clone());
+    Value::Object(u)
 }
 
 /// The stream's events, already framed for the wire.
@@ -665,7 +688,7 @@ fn stream_events(s: &Shared, call: Call<'_>, b: &Behavior) -> Vec<String> {
             out.push(ev(
                 "message_start",
                 json!({"type": "message_start", "message": {"id": "msg_fake", "type": "message", "role": "assistant", "model": model,
-                        "content": [], "stop_reason": null, "usage": {"input_tokens": PROMPT_TOKENS, "output_tokens": 1}}}),
+                        "content": [], "stop_reason": null, "usage": anthropic_usage(s, 1)}}),
             ));
             out.push(ev(
                 "content_block_start",

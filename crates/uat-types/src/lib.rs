@@ -345,6 +345,31 @@ pub struct Usage {
         skip_serializing_if = "Option::is_none"
     )]
     pub prompt_tokens_details: Option<PromptTokensDetails>,
+    /// What of the prompt the provider wrote to its prompt cache, which
+    /// Anthropic bills above the input price: Anthropic's own
+    /// `cache_creation_input_tokens`, reported where LiteLLM reports it (at
+    /// the top of the usage; left out when unknown, so an OpenAI-shaped
+    /// usage is unchanged). Read leniently: anything but a whole number
+    /// (`null`, `1.5`, `"8"`) is `None`, never a failed usage.
+    #[serde(
+        default,
+        deserialize_with = "lenient_count",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cache_creation_input_tokens: Option<u64>,
+    /// Of `cache_creation_input_tokens`, those written to a 1-hour cache
+    /// (Anthropic's `cache_creation.ephemeral_1h_input_tokens`, billed
+    /// higher than 5-minute writes). Known only to the translation that read
+    /// it, for the pricing: never serialized nor read from JSON.
+    #[serde(skip)]
+    pub cache_creation_1h_input_tokens: Option<u64>,
+}
+
+/// A token count as upstreams send it: a whole number gives it; anything
+/// else (`null`, a fraction, a string, an object) is `None`.
+fn lenient_count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    // A number stays a number in a `Value`: no allocation for the usual case.
+    Ok(Value::deserialize(d)?.as_u64())
 }
 
 /// `prompt_tokens_details` as upstreams send it: an object whose
@@ -441,6 +466,8 @@ impl Usage {
             // Counts come from upstreams: never an overflow panic (debug builds).
             total_tokens: prompt_tokens.saturating_add(completion_tokens),
             prompt_tokens_details: None,
+            cache_creation_input_tokens: None,
+            cache_creation_1h_input_tokens: None,
         }
     }
 
@@ -450,6 +477,17 @@ impl Usage {
         Usage {
             prompt_tokens_details: cached
                 .map(|cached_tokens| PromptTokensDetails { cached_tokens }),
+            ..self
+        }
+    }
+
+    /// The same usage saying how many prompt tokens the provider wrote to
+    /// its prompt cache (`written`), and how many of those went to a 1-hour
+    /// cache (`one_hour`); `None`: unknown, left out.
+    pub fn with_cache_writes(self, written: Option<u64>, one_hour: Option<u64>) -> Self {
+        Usage {
+            cache_creation_input_tokens: written,
+            cache_creation_1h_input_tokens: one_hour,
             ..self
         }
     }
@@ -790,6 +828,41 @@ mod tests {
         // Written back as OpenAI writes it.
         let v = serde_json::to_value(Usage::new(10, 2).with_cached_tokens(Some(8))).unwrap();
         assert_eq!(v["prompt_tokens_details"]["cached_tokens"], 8);
+    }
+
+    /// Cache writes are read where LiteLLM reports them, leniently, and
+    /// written back only when known; the 1-hour split never leaves.
+    #[test]
+    fn cache_writes_are_read_leniently_and_written_only_when_known() {
+        let read = |v: &str| -> Usage {
+            serde_json::from_str(&format!(
+                r#"{{"prompt_tokens":10,"completion_tokens":2,"total_tokens":12,"cache_creation_input_tokens":{v}}}"#
+            ))
+            .unwrap_or_else(|e| panic!("{v}: {e}"))
+        };
+        assert_eq!(read("8").cache_creation_input_tokens, Some(8));
+        for odd in ["null", "1.5", "-1", r#""8""#, "{}", "[1]", "true"] {
+            let u = read(odd);
+            assert_eq!(u.cache_creation_input_tokens, None, "{odd}");
+            assert_eq!(u.total_tokens, 12, "{odd}");
+        }
+        let none: Usage = serde_json::from_str(r#"{"prompt_tokens":1}"#).unwrap();
+        assert_eq!(none.cache_creation_input_tokens, None);
+        // OpenAI's shape is unchanged when nothing was written.
+        let plain = serde_json::to_value(Usage::new(10, 2)).unwrap();
+        assert_eq!(
+            plain,
+            serde_json::json!({"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12})
+        );
+        let u = Usage::new(10, 2).with_cache_writes(Some(6), Some(4));
+        let v = serde_json::to_value(u).unwrap();
+        assert_eq!(v["cache_creation_input_tokens"], 6);
+        assert!(
+            v.get("cache_creation_1h_input_tokens").is_none(),
+            "internal: {v}"
+        );
+        let back: Usage = serde_json::from_value(v).unwrap();
+        assert_eq!(back, Usage::new(10, 2).with_cache_writes(Some(6), None));
     }
 
     #[test]

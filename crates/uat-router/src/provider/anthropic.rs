@@ -671,6 +671,23 @@ struct AUsage {
     cache_creation_input_tokens: Option<u64>,
     #[serde(default)]
     cache_read_input_tokens: Option<u64>,
+    /// Of the tokens written, those written to the 1-hour cache
+    /// (`cache_creation.ephemeral_1h_input_tokens`, billed higher than the
+    /// 5-minute cache's), read leniently: another shape is unknown.
+    #[serde(
+        default,
+        rename = "cache_creation",
+        deserialize_with = "one_hour_writes"
+    )]
+    cache_creation_1h: Option<u64>,
+}
+
+/// `usage.cache_creation.ephemeral_1h_input_tokens` when it is a whole
+/// number; `None` for anything else, never a failed usage.
+fn one_hour_writes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    Ok(Value::deserialize(d)?
+        .get("ephemeral_1h_input_tokens")
+        .and_then(Value::as_u64))
 }
 
 impl AUsage {
@@ -681,12 +698,14 @@ impl AUsage {
             .saturating_add(self.cache_read_input_tokens.unwrap_or(0))
     }
 
-    /// OpenAI's usage: the whole prompt, and what of it was read from the
-    /// prompt cache as `prompt_tokens_details.cached_tokens` (when Anthropic
-    /// reported it).
+    /// OpenAI's usage: the whole prompt, what of it was read from the
+    /// prompt cache as `prompt_tokens_details.cached_tokens` and what was
+    /// written to it as `cache_creation_input_tokens`, as LiteLLM reports
+    /// them (each when Anthropic reported it).
     fn openai(&self) -> Usage {
         Usage::new(self.prompt_tokens(), self.output_tokens)
             .with_cached_tokens(self.cache_read_input_tokens)
+            .with_cache_writes(self.cache_creation_input_tokens, self.cache_creation_1h)
     }
 }
 
@@ -1099,6 +1118,10 @@ impl StreamState {
                     (
                         "/usage/cache_read_input_tokens",
                         &mut self.usage.cache_read_input_tokens,
+                    ),
+                    (
+                        "/usage/cache_creation/ephemeral_1h_input_tokens",
+                        &mut self.usage.cache_creation_1h,
                     ),
                 ] {
                     if let Some(n) = ev.pointer(field).and_then(Value::as_u64) {

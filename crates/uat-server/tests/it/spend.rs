@@ -435,3 +435,109 @@ async fn a_key_with_a_budget_may_not_call_an_unpriced_model() {
     assert_ne!(resp.status(), 403, "no budget, no price needed");
     assert_eq!(up.calls(), 1);
 }
+
+/// What the fake Anthropic upstream reports besides its 7 fresh prompt
+/// tokens: 20 written to the prompt cache (8 of them to the 1-hour cache),
+/// 100 read from it.
+fn anthropic_cache_usage() -> Value {
+    json!({
+        "cache_creation_input_tokens": 20,
+        "cache_read_input_tokens": 100,
+        "cache_creation": {"ephemeral_5m_input_tokens": 12, "ephemeral_1h_input_tokens": 8},
+    })
+}
+
+/// An answer with [`anthropic_cache_usage`] and the 3-word reply at
+/// [`PRICES`] with reads at $100/M and no cache-write price: 7 fresh ×
+/// 0.001 + 12 five-minute writes × 0.00125 (1.25 × input) + 8 one-hour
+/// writes × 0.002 (2 × input) + 100 reads × 0.0001 + 3 out × 0.002 USD.
+const CACHED_ANSWER_NANOS: u64 = 7_000_000 + 15_000_000 + 16_000_000 + 10_000_000 + 6_000_000;
+
+/// A fake Anthropic upstream reporting [`anthropic_cache_usage`], the
+/// TOML of its provider and its model's price, and the model's name.
+async fn anthropic_cache_upstream() -> (FakeUpstream, String, String) {
+    let name = unique("claude");
+    let up = FakeUpstream::start(Wire::Anthropic, &name).await.unwrap();
+    up.set_reply(REPLY);
+    up.set_anthropic_usage(anthropic_cache_usage());
+    let model = format!("{name}-model");
+    let toml = format!(
+        "{}[pricing.\"{model}\"]\n{PRICES}cached_input_per_million = 100.0\n",
+        provider_toml("c", "anthropic", &up.base_url(), "")
+    );
+    (up, toml, model)
+}
+
+/// Anthropic's prompt-cache writes cost 1.25 × the input price (2 × for
+/// the 1-hour cache) when no `cache_write_per_million` is set; the answer
+/// reports them as LiteLLM does, and a cache hit replays them untouched.
+#[tokio::test]
+async fn anthropic_cache_writes_are_priced_above_the_input() {
+    let (_up, toml, model) = anthropic_cache_upstream().await;
+    let app = spawn_app(&format!(
+        "{toml}[cache]\nmode = \"deterministic\"\n{}",
+        keys()
+    ))
+    .await;
+    let body =
+        json!({"model": model, "messages": [{"role": "user", "content": "hi"}], "temperature": 0});
+    let resp = chat_as(&app, ROOMY_KEY, &body).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(&resp, "x-uat-cache"), "miss");
+    assert_eq!(CACHED_ANSWER_NANOS, 54_000_000);
+    assert_eq!(header(&resp, "x-uat-cost"), "0.054");
+    let v: Value = resp.json().await.unwrap();
+    let usage = &v["usage"];
+    assert_eq!(usage["prompt_tokens"], 127, "{usage}");
+    assert_eq!(
+        usage["prompt_tokens_details"]["cached_tokens"], 100,
+        "{usage}"
+    );
+    assert_eq!(usage["cache_creation_input_tokens"], 20, "{usage}");
+    assert_eq!(spent(&app, "roomy"), CACHED_ANSWER_NANOS);
+    // Replayed from the cache as a stream: the same usage, no charge.
+    let mut asking = body.clone();
+    asking["stream"] = json!(true);
+    asking["stream_options"] = json!({"include_usage": true});
+    let hit = chat_as(&app, ROOMY_KEY, &asking).await;
+    assert!(
+        header(&hit, "x-uat-cache").starts_with("hit"),
+        "{:?}",
+        hit.headers()
+    );
+    let events = sse_events(hit).await;
+    let replayed: Value = events
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+        .find_map(|c| c.get("usage").filter(|u| !u.is_null()).cloned())
+        .expect("a usage chunk");
+    assert_eq!(&replayed, usage, "{events:?}");
+    assert_eq!(spent(&app, "roomy"), CACHED_ANSWER_NANOS, "a hit is free");
+}
+
+/// A stream's cache writes, the 1-hour ones apart, are charged when it
+/// ends, and reported in the usage chunk the client asked for.
+#[tokio::test]
+async fn an_anthropic_stream_is_charged_its_cache_writes() {
+    let (_up, toml, model) = anthropic_cache_upstream().await;
+    let app = spawn_app(&format!("{toml}{}", keys())).await;
+    let mut body = chat_body(&model, true);
+    body["stream_options"] = json!({"include_usage": true});
+    let resp = chat_as(&app, ROOMY_KEY, &body).await;
+    assert_eq!(resp.status(), 200);
+    let events = sse_events(resp).await;
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let usage: Value = events
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+        .find_map(|c| c.get("usage").filter(|u| !u.is_null()).cloned())
+        .expect("a usage chunk");
+    assert_eq!(usage["cache_creation_input_tokens"], 20, "{usage}");
+    assert!(
+        eventually(Duration::from_secs(5), || spent(&app, "roomy")
+            == CACHED_ANSWER_NANOS)
+        .await,
+        "spent {}",
+        spent(&app, "roomy")
+    );
+}

@@ -973,6 +973,10 @@ fn cached_prompt_tokens_count_in_prompt_tokens() {
         usage["prompt_tokens_details"]["cached_tokens"], 100,
         "what was read from the cache, as OpenAI reports it: {usage}"
     );
+    assert_eq!(
+        usage["cache_creation_input_tokens"], 20,
+        "what was written to it, as LiteLLM reports it: {usage}"
+    );
     // Without cache figures: no details (not a made-up 0).
     let out = collect(
         &[
@@ -989,6 +993,56 @@ fn cached_prompt_tokens_count_in_prompt_tokens() {
         .expect("a usage chunk");
     assert_eq!(usage["prompt_tokens"], 5, "{usage}");
     assert!(usage.get("prompt_tokens_details").is_none(), "{usage}");
+    assert!(
+        usage.get("cache_creation_input_tokens").is_none(),
+        "{usage}"
+    );
+}
+
+/// The cache writes and their 1-hour part, from `message_start` and as
+/// `message_delta` updates them, reach the stream's usage (the 1-hour part
+/// for the pricing only: it is not written out).
+#[test]
+fn a_stream_reports_its_cache_writes() {
+    let cache_usage = |events: &[&str]| -> Usage {
+        let mut state = StreamState::new("claude-x", true);
+        for e in events {
+            let data = e.strip_prefix("data: ").unwrap_or(e);
+            state.event(data.as_bytes());
+        }
+        std::iter::from_fn(|| state.pending.pop_front())
+            .find_map(|c| c.expect("no failure").usage)
+            .expect("a usage chunk")
+    };
+    let start = r#"data: {"type":"message_start","message":{"id":"m","usage":{"input_tokens":5,"cache_creation_input_tokens":20,"cache_read_input_tokens":100,"cache_creation":{"ephemeral_5m_input_tokens":12,"ephemeral_1h_input_tokens":8},"output_tokens":1}}}"#;
+    let stop = r#"data: {"type":"message_stop"}"#;
+    let u = cache_usage(&[
+        start,
+        r#"data: {"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":4}}"#,
+        stop,
+    ]);
+    assert_eq!(
+        (
+            u.prompt_tokens,
+            u.cache_creation_input_tokens,
+            u.cache_creation_1h_input_tokens
+        ),
+        (125, Some(20), Some(8))
+    );
+    // A final message_delta's figures replace message_start's.
+    let u = cache_usage(&[
+        start,
+        r#"data: {"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"input_tokens":5,"cache_creation_input_tokens":30,"cache_read_input_tokens":100,"cache_creation":{"ephemeral_5m_input_tokens":0,"ephemeral_1h_input_tokens":30},"output_tokens":4}}"#,
+        stop,
+    ]);
+    assert_eq!(
+        (
+            u.prompt_tokens,
+            u.cache_creation_input_tokens,
+            u.cache_creation_1h_input_tokens
+        ),
+        (135, Some(30), Some(30))
+    );
 }
 
 /// A whole answer's usage carries the cached prompt tokens too.
@@ -1003,4 +1057,39 @@ fn a_whole_answer_reports_its_cached_prompt_tokens() {
         json!({"prompt_tokens": 105, "completion_tokens": 3, "total_tokens": 108,
                "prompt_tokens_details": {"cached_tokens": 100}})
     );
+    // Cache writes: in the prompt, reported apart, their 1-hour part kept
+    // for the pricing.
+    let u: AUsage = serde_json::from_value(json!({
+        "input_tokens": 5, "cache_creation_input_tokens": 20, "cache_read_input_tokens": 100,
+        "cache_creation": {"ephemeral_5m_input_tokens": 12, "ephemeral_1h_input_tokens": 8},
+        "output_tokens": 3,
+    }))
+    .unwrap();
+    let usage = u.openai();
+    assert_eq!(
+        (
+            usage.cache_creation_input_tokens,
+            usage.cache_creation_1h_input_tokens
+        ),
+        (Some(20), Some(8))
+    );
+    assert_eq!(
+        serde_json::to_value(usage).unwrap(),
+        json!({"prompt_tokens": 125, "completion_tokens": 3, "total_tokens": 128,
+               "prompt_tokens_details": {"cached_tokens": 100},
+               "cache_creation_input_tokens": 20})
+    );
+    // A `cache_creation` of another shape is no failed answer.
+    for odd in [
+        json!(null),
+        json!(7),
+        json!({"ephemeral_1h_input_tokens": "8"}),
+    ] {
+        let u: AUsage = serde_json::from_value(json!({
+            "input_tokens": 5, "cache_creation_input_tokens": 20, "cache_creation": odd,
+        }))
+        .unwrap_or_else(|e| panic!("{odd}: {e}"));
+        assert_eq!(u.openai().cache_creation_input_tokens, Some(20), "{odd}");
+        assert_eq!(u.openai().cache_creation_1h_input_tokens, None, "{odd}");
+    }
 }
