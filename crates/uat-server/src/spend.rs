@@ -95,9 +95,12 @@ impl SpendService {
         }
     }
 
-    /// Writes the spend not written yet, within `limit` (at shutdown).
-    pub async fn flush(&self, limit: std::time::Duration) {
-        match tokio::time::timeout(limit, self.ledger.flush()).await {
+    /// At shutdown, within `limit`: writes the spend not written yet and
+    /// closes the ledger ([`Ledger::close`]: on PostgreSQL this replica's
+    /// rows are folded into the keys' `base` rows, so restarts do not pile
+    /// rows up). Spend added later (a stream still running) is not written.
+    pub async fn close(&self, limit: std::time::Duration) {
+        match tokio::time::timeout(limit, self.ledger.close()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "spend ledger: the last write failed"),
             Err(_) => tracing::warn!(

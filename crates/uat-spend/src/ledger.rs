@@ -1,36 +1,51 @@
 //! The spend of each API key in its current budget period: atomics in
 //! memory, a table in the storage database, a background task between them.
 //!
-//! An [`Account`] holds three words: the start of the period it counts, the
-//! spend of that period as this replica knows it (`spent`, what admission
-//! reads), and what this replica added that the task has not taken yet
-//! (`unflushed`). A request adds to both with two atomic additions.
+//! An [`Account`] holds four words: the start of the period it counts, this
+//! replica's own spend in that period (`spent`), the other replicas' spend
+//! in it as last read back (`others`; admission reads the sum), and what
+//! this replica added that the task has not taken yet (`unflushed`). A
+//! request adds to `spent` and `unflushed` with two atomic additions.
 //!
 //! Each replica (each [`Ledger::open`], with a random id) owns its rows of
 //! `uat_key_spend_replica (key_name, period_start, replica, spend_nanos)`
 //! and writes there *absolute* totals: what this replica spent on the key
 //! in that period since it started. Every second the task moves
 //! `unflushed` into its totals, by period, and upserts the totals that
-//! changed since the last write in one statement (SQLite: one transaction
-//! of a few multi-row statements), keeping the larger of the stored and
-//! the written value. Writing a total again is harmless, so a write whose
-//! commit lands after the timeout has fired (and is therefore retried) is
-//! not counted twice; a failed write keeps the totals dirty for the next
-//! tick, so nothing is lost while the database is down (the outage is
-//! logged once). A key's spend is the sum of every replica's rows for its
-//! period, past replicas (restarts) included: this replica reads the
-//! others' rows back (on PostgreSQL, shared by replicas, every few
-//! seconds; on SQLite at start-up) in one statement and adds its own total
-//! from memory, so budgets hold across replicas within a few seconds, not
-//! exactly.
+//! changed since the last write (PostgreSQL: one statement; SQLite: one
+//! transaction of statements of 200 rows), keeping the larger of the
+//! stored and the written value. Writing a total again is harmless, so a
+//! write whose commit lands after the timeout has fired (and is therefore
+//! retried) is not counted twice; a failed write keeps the totals dirty for
+//! the next tick, so nothing is lost while the database is down (the outage
+//! is logged once). A key's spend is the sum of every replica's rows for
+//! its period, past replicas (restarts) included: this replica reads the
+//! others' rows back (on PostgreSQL, shared by replicas, every few seconds,
+//! in one statement; on SQLite at start-up, per 400 keys) into `others`,
+//! so budgets hold across replicas within a few seconds, not exactly.
+//!
+//! Rows do not pile up per restart. SQLite folds every row into one per
+//! key and period, of replica `base`, at open: the file is one process's
+//! (a ledger still writing to it from elsewhere would write its total
+//! again after the fold, counted twice). On PostgreSQL a replica folds its
+//! own rows into the `base` rows as it is closed ([`Ledger::close`], or
+//! its last handle dropped while the runtime still runs), when its last
+//! write succeeded and none failed before (see `Task::finish`). Rows of
+//! periods long over are kept (one per key and period once folded): they
+//! are never read, and the table does not know which period length wrote
+//! them.
 //!
 //! The table before it, `uat_key_spend (key_name, period_start,
-//! spend_nanos)`, held deltas added by every replica. At open its rows are
-//! moved (added) into the rows of replica `legacy`, and it is emptied, in
-//! one transaction (on PostgreSQL under the lock replicas take to create
-//! the tables), so no spend is lost or counted twice; what a replica of an
-//! older version still writes there during a rolling upgrade is moved by
-//! the next open.
+//! spend_nanos)`, held deltas added by every replica. It is left as it is:
+//! when it exists at open, its rows are one more summand of every
+//! read-back, so replicas of the older version still running during a
+//! rolling upgrade keep adding to it and are counted (at the next read-back
+//! on PostgreSQL), and a rollback finds everything written before the
+//! upgrade. (Spend written by replicas of this version is not seen by the
+//! older version after a rollback.) Whether it exists is checked once, at
+//! open: once no replica of the older version is left it may be dropped,
+//! but its spend is then forgotten, and replicas still running fail their
+//! read-backs (degraded, writes go on) until restarted.
 //!
 //! A period starts when the clock passes its boundary ([`Period`]): from
 //! then on admission reads 0, and the task's next tick starts the new
@@ -56,10 +71,14 @@ pub struct Account {
     name: Box<str>,
     budget: Option<u64>,
     period: Period,
-    /// Unix seconds: the start of the period `spent` counts.
+    /// Unix seconds: the start of the period `spent` and `others` count.
     start: AtomicI64,
-    /// Nano-USD spent in that period, as this replica knows it.
+    /// Nano-USD this replica spent in that period.
     spent: AtomicU64,
+    /// Nano-USD the other replicas (past ones included) spent in it, as
+    /// last read back. Only the task writes it, so a read-back never
+    /// overwrites an addition.
+    others: AtomicU64,
     /// Nano-USD added here the task has not taken yet.
     unflushed: AtomicU64,
 }
@@ -79,6 +98,7 @@ impl Account {
             period,
             start: AtomicI64::new(period.start_at(now)),
             spent: AtomicU64::new(0),
+            others: AtomicU64::new(0),
             unflushed: AtomicU64::new(0),
         }
     }
@@ -113,7 +133,8 @@ impl Account {
         if self.period.start_at(now) != self.start.load(Ordering::Acquire) {
             return 0;
         }
-        self.spent.load(Ordering::Acquire)
+        let own = self.spent.load(Ordering::Acquire);
+        own.saturating_add(self.others.load(Ordering::Acquire))
     }
 
     /// The spend of the current period.
@@ -136,13 +157,13 @@ impl Account {
         if start == old {
             return None;
         }
-        // `spent` first: a reader in between sees the old start, so 0.
+        // The counts first: a reader in between sees the old start, so 0.
         self.spent.store(0, Ordering::Release);
+        self.others.store(0, Ordering::Release);
         self.start.store(start, Ordering::Release);
         Some((old, self.unflushed.swap(0, Ordering::AcqRel)))
     }
 }
-
 /// A key's budget, as the ledger is opened with it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KeyBudget {
@@ -173,7 +194,6 @@ impl Default for LedgerOptions {
     }
 }
 
-#[derive(Clone)]
 enum Db {
     Sqlite(SqlitePool),
     Postgres(PgPool),
@@ -182,6 +202,7 @@ enum Db {
 enum Cmd {
     Flush(oneshot::Sender<Result<(), SpendError>>),
     Reload(oneshot::Sender<Result<(), SpendError>>),
+    Close(oneshot::Sender<Result<(), SpendError>>),
 }
 
 /// The spend of every API key, shared and persisted. Cheap to clone.
@@ -210,9 +231,10 @@ impl std::fmt::Debug for Ledger {
 impl Ledger {
     /// Connects to `url` (`sqlite://PATH`, the file created when missing,
     /// or `postgres://...`), creates `uat_key_spend_replica` when it is not
-    /// there (moving the rows of the older `uat_key_spend` into it), loads
-    /// each key's spend of its current period and starts the task. A
-    /// database that cannot be reached is an error (the caller's to
+    /// there (SQLite: folds its rows into one per key and period), notes
+    /// whether the older `uat_key_spend` is there (its rows are then read
+    /// too), loads each key's spend of its current period and starts the
+    /// task. A database that cannot be reached is an error (the caller's to
     /// report); later outages are not. A name given twice is one account
     /// (the first one's budget and period).
     pub async fn open(
@@ -221,7 +243,7 @@ impl Ledger {
         options: LedgerOptions,
     ) -> Result<Ledger, SpendError> {
         let db = connect(url).await?;
-        within(create_table(&db)).await?;
+        let old_table = within(prepare(&db)).await?;
         let now = crate::unix_now();
         // One account per name: a name's rows are one count, and one
         // PostgreSQL upsert may not write a row twice.
@@ -245,7 +267,7 @@ impl Ledger {
             Db::Postgres(_) => "postgres",
         };
         let healthy = Arc::new(AtomicBool::new(true));
-        let task = Task::new(db, replica_id(), unique.into(), healthy.clone());
+        let task = Task::new(db, replica_id(), old_table, unique.into(), healthy.clone());
         within(task.read_back()).await?;
         let (cmds, rx) = mpsc::channel(16);
         tokio::spawn(task.run(rx, options));
@@ -278,22 +300,33 @@ impl Ledger {
         self.inner.backend
     }
 
-    /// False while the last write to the database failed (the spend is
-    /// kept in memory and retried).
+    /// False while the last write to the database or the last read-back
+    /// failed (the spend is kept in memory and the write retried).
     pub fn healthy(&self) -> bool {
         self.inner.healthy.load(Ordering::Acquire)
     }
 
-    /// Writes what was added so far now (at shutdown; tests), through the
-    /// task, and waits for it.
+    /// Writes what was added so far now, through the task, and waits for
+    /// it (at shutdown [`Ledger::close`] does that, and folds the rows).
     pub async fn flush(&self) -> Result<(), SpendError> {
         self.ask(Cmd::Flush).await
     }
 
-    /// Writes, then reads every key's total back (what the task does every
-    /// few seconds on PostgreSQL).
+    /// Writes, then reads every key's total back, even when the write
+    /// failed (what the task does every few seconds on PostgreSQL); the
+    /// first error is returned.
     pub async fn reload(&self) -> Result<(), SpendError> {
         self.ask(Cmd::Reload).await
+    }
+
+    /// The last write, at shutdown: writes what was added so far, then
+    /// (on PostgreSQL, when that write succeeded and none of this replica's
+    /// failed before) folds this replica's rows into the `base` rows, and
+    /// stops the task, as dropping every handle of the ledger does, but
+    /// awaited. Spend added after it is not written; later calls answer
+    /// [`SpendError::Stopped`].
+    pub async fn close(&self) -> Result<(), SpendError> {
+        self.ask(Cmd::Close).await
     }
 
     async fn ask(
@@ -346,11 +379,13 @@ async fn within<T>(f: impl Future<Output = Result<T, SpendError>>) -> Result<T, 
         .map_err(|_| SpendError::Timeout(DB_TIMEOUT))?
 }
 
-/// The replica id the rows of the older table are moved to.
-const LEGACY: &str = "legacy";
+/// The replica id of the rows the others are folded into: no replica
+/// writes it as its own (theirs are 32 hex digits).
+const BASE: &str = "base";
 
 /// One row per key, period and replica: the replica's absolute spend on
-/// the key in that period (only ever raised).
+/// the key in that period (only ever raised; `base`: the folded spend of
+/// replicas gone).
 const CREATE_SQLITE: &str = "CREATE TABLE IF NOT EXISTS uat_key_spend_replica (
     key_name TEXT NOT NULL,
     period_start BIGINT NOT NULL,
@@ -372,22 +407,29 @@ const OLD_EXISTS_SQLITE: &str =
     "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'uat_key_spend'";
 const OLD_EXISTS_PG: &str = "SELECT to_regclass('uat_key_spend') IS NOT NULL";
 
-/// Adds the older table's rows (deltas) to replica `legacy`'s, saturating
-/// at the largest BIGINT (`+` overflowing gives a REAL, which `MIN` caps).
-/// `WHERE true`: SQLite's parser needs it before `ON CONFLICT` after a
-/// `SELECT`.
-const MOVE_OLD_SQLITE: &str = "INSERT INTO uat_key_spend_replica (key_name, period_start, replica, spend_nanos)
-    SELECT key_name, period_start, ?, spend_nanos FROM uat_key_spend WHERE true
+/// SQLite, at open: adds every other replica's row to the `base` row
+/// (`?1`) of its key and period, one source row at a time, saturating at the
+/// largest BIGINT (`+` overflowing gives a REAL, which `MIN` caps). SQLite
+/// reads the source rows before writing, as they come from the table
+/// written. `WHERE`: SQLite's parser needs one before `ON CONFLICT` after
+/// a `SELECT`.
+const FOLD_SQLITE: &str = "INSERT INTO uat_key_spend_replica (key_name, period_start, replica, spend_nanos)
+    SELECT key_name, period_start, ?1, spend_nanos FROM uat_key_spend_replica WHERE replica <> ?1
     ON CONFLICT (key_name, period_start, replica) DO UPDATE
     SET spend_nanos = MIN(uat_key_spend_replica.spend_nanos + excluded.spend_nanos, 9223372036854775807)";
-const EMPTY_OLD_SQLITE: &str = "DELETE FROM uat_key_spend";
+/// ... then deletes the rows added.
+const FOLDED_SQLITE: &str = "DELETE FROM uat_key_spend_replica WHERE replica <> ?1";
 
-/// The same in one statement: the rows deleted are the rows moved.
-const MOVE_OLD_PG: &str = "WITH moved AS (
-        DELETE FROM uat_key_spend RETURNING key_name, period_start, spend_nanos
+/// PostgreSQL, as a replica shuts down: its own rows (`$1`) are deleted
+/// and added to the `base` rows (`$2`) in one statement, saturating. A
+/// reader sees either the replica's rows or the `base` rows grown by them,
+/// never both or neither.
+const FOLD_PG: &str = "WITH d AS (
+        DELETE FROM uat_key_spend_replica WHERE replica = $1
+        RETURNING key_name, period_start, spend_nanos
     )
     INSERT INTO uat_key_spend_replica AS t (key_name, period_start, replica, spend_nanos)
-    SELECT key_name, period_start, $1, spend_nanos FROM moved
+    SELECT key_name, period_start, $2, spend_nanos FROM d
     ON CONFLICT (key_name, period_start, replica) DO UPDATE
     SET spend_nanos = LEAST(t.spend_nanos::numeric + excluded.spend_nanos, 9223372036854775807)::bigint";
 
@@ -403,15 +445,36 @@ const UPSERT_PG: &str =
     SET spend_nanos = GREATEST(t.spend_nanos, excluded.spend_nanos)";
 
 /// The other replicas' spend on the keys in their periods (`$1`, `$2`),
-/// summed by key and capped at the largest BIGINT (`SUM` of BIGINTs is a
-/// NUMERIC).
-const SELECT_PG: &str = "SELECT s.key_name, s.period_start,
-        LEAST(SUM(s.spend_nanos), 9223372036854775807)::bigint
-    FROM UNNEST($1::text[], $2::bigint[]) AS k (key_name, period_start)
-    JOIN uat_key_spend_replica AS s
-        ON s.key_name = k.key_name AND s.period_start = k.period_start
-    WHERE s.replica <> $3
-    GROUP BY s.key_name, s.period_start";
+/// with the older table's deltas when `old_table`, summed by key and
+/// capped at the largest BIGINT (`SUM` of BIGINTs is a NUMERIC). `$3`: this
+/// replica.
+fn select_pg(old_table: bool) -> String {
+    let mut sql = String::from(
+        "WITH k AS (
+        SELECT * FROM UNNEST($1::text[], $2::bigint[]) AS k (key_name, period_start)
+    ), s AS (
+        SELECT r.key_name, r.period_start, r.spend_nanos
+        FROM k JOIN uat_key_spend_replica AS r
+            ON r.key_name = k.key_name AND r.period_start = k.period_start
+        WHERE r.replica <> $3",
+    );
+    if old_table {
+        sql.push_str(
+            "
+        UNION ALL
+        SELECT o.key_name, o.period_start, o.spend_nanos
+        FROM k JOIN uat_key_spend AS o
+            ON o.key_name = k.key_name AND o.period_start = k.period_start",
+        );
+    }
+    sql.push_str(
+        "
+    )
+    SELECT key_name, period_start, LEAST(SUM(spend_nanos), 9223372036854775807)::bigint
+    FROM s GROUP BY key_name, period_start",
+    );
+    sql
+}
 
 /// Rows per SQLite upsert: 4 variables each, under the 999 variables an
 /// old SQLite allows a statement.
@@ -440,9 +503,10 @@ fn upsert_sqlite(n: usize) -> String {
 }
 
 /// The SQLite read-back of `n` (key, period start) pairs, then the replica
-/// to leave out. Rows, not sums: SQLite's `SUM` fails on overflow, so the
-/// sums are taken (saturating) in Rust.
-fn select_sqlite(n: usize) -> String {
+/// to leave out; with the older table's rows when `old_table`. Rows, not
+/// sums: SQLite's `SUM` fails on overflow, so the sums are taken
+/// (saturating) in Rust.
+fn select_sqlite(n: usize, old_table: bool) -> String {
     let mut sql = String::from("WITH k (key_name, period_start) AS (VALUES ");
     for i in 0..n {
         sql.push_str(if i == 0 { "(?, ?)" } else { ", (?, ?)" });
@@ -454,36 +518,56 @@ fn select_sqlite(n: usize) -> String {
         ON s.key_name = k.key_name AND s.period_start = k.period_start
     WHERE s.replica <> ?",
     );
+    if old_table {
+        sql.push_str(
+            "
+    UNION ALL
+    SELECT o.key_name, o.period_start, o.spend_nanos
+    FROM k JOIN uat_key_spend AS o
+        ON o.key_name = k.key_name AND o.period_start = k.period_start",
+        );
+    }
     sql
 }
 
-/// Creates the table and moves the older table's rows into it, in one
-/// transaction.
-async fn create_table(db: &Db) -> Result<(), SpendError> {
+/// Creates the table when it is missing (SQLite: and folds its rows into
+/// one per key and period, in the same transaction), and tells whether the
+/// older table is there. The older table is neither created nor changed.
+async fn prepare(db: &Db) -> Result<bool, SpendError> {
     match db {
         Db::Sqlite(p) => {
-            // IMMEDIATE: the write lock from the start, so the check and
-            // the move see the same table.
+            // IMMEDIATE: the write lock from the start, so no write comes
+            // between the fold's insert and its delete. The process owns
+            // the file: no replica of it is writing its own rows now (one
+            // still running on the same file would write its total again
+            // after the fold, counted twice).
             let mut tx = p.begin_with("BEGIN IMMEDIATE").await?;
             sqlx::raw_sql(CREATE_SQLITE).execute(&mut *tx).await?;
             let old: i64 = sqlx::query_scalar(OLD_EXISTS_SQLITE)
                 .fetch_one(&mut *tx)
                 .await?;
-            if old > 0 {
-                let moved = sqlx::query(MOVE_OLD_SQLITE)
-                    .bind(LEGACY)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                sqlx::query(EMPTY_OLD_SQLITE).execute(&mut *tx).await?;
-                log_moved(moved);
-            }
+            let folded = sqlx::query(FOLD_SQLITE)
+                .bind(BASE)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            sqlx::query(FOLDED_SQLITE)
+                .bind(BASE)
+                .execute(&mut *tx)
+                .await?;
             tx.commit().await?;
+            if folded > 0 {
+                tracing::debug!(
+                    rows = folded,
+                    "spend ledger: folded the rows of earlier starts"
+                );
+            }
+            Ok(old > 0)
         }
         Db::Postgres(p) => {
             // Replicas starting at once: CREATE TABLE IF NOT EXISTS races
-            // on PostgreSQL's catalog, and two moves would race too, so one
-            // at a time (the lock older versions take as well).
+            // on PostgreSQL's catalog, so one at a time (the lock older
+            // versions take as well).
             let mut tx = p.begin().await?;
             sqlx::query("SELECT pg_advisory_xact_lock(7455320023)")
                 .execute(&mut *tx)
@@ -492,26 +576,9 @@ async fn create_table(db: &Db) -> Result<(), SpendError> {
             let old: bool = sqlx::query_scalar(OLD_EXISTS_PG)
                 .fetch_one(&mut *tx)
                 .await?;
-            if old {
-                let moved = sqlx::query(MOVE_OLD_PG)
-                    .bind(LEGACY)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                log_moved(moved);
-            }
             tx.commit().await?;
+            Ok(old)
         }
-    }
-    Ok(())
-}
-
-fn log_moved(rows: u64) {
-    if rows > 0 {
-        tracing::info!(
-            rows,
-            "spend ledger: moved the spend of uat_key_spend to uat_key_spend_replica (replica `legacy`)"
-        );
     }
 }
 
@@ -519,16 +586,17 @@ fn to_db(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// A row to write: this replica's total of a key in a period.
-#[derive(Debug, Clone, PartialEq)]
+/// A row to write: this replica's total of an account in a period.
 struct Row<'a> {
+    /// The account's index.
+    account: usize,
     name: &'a str,
     start: i64,
     total: u64,
 }
 
 /// Upserts this replica's totals (absolute; the larger value is kept) in
-/// one statement (SQLite: one transaction of chunks).
+/// one statement (SQLite: one transaction of statements of 200 rows).
 async fn write(db: &Db, replica: &str, rows: &[Row<'_>]) -> Result<(), SpendError> {
     if rows.is_empty() {
         return Ok(());
@@ -567,10 +635,12 @@ async fn write(db: &Db, replica: &str, rows: &[Row<'_>]) -> Result<(), SpendErro
 }
 
 /// The other replicas' rows of the (key, period start) pairs `wanted`
-/// (distinct), summed by pair (saturating at the largest BIGINT).
+/// (distinct), and the older table's when `old_table`, summed by pair
+/// (saturating at the largest BIGINT).
 async fn read_others(
     db: &Db,
     replica: &str,
+    old_table: bool,
     wanted: &[(&str, i64)],
 ) -> Result<Vec<(String, i64, u64)>, SpendError> {
     if wanted.is_empty() {
@@ -580,7 +650,7 @@ async fn read_others(
         Db::Sqlite(p) => {
             let mut rows = Vec::new();
             for chunk in wanted.chunks(SQLITE_READ_CHUNK) {
-                let sql = select_sqlite(chunk.len());
+                let sql = select_sqlite(chunk.len(), old_table);
                 let mut q = sqlx::query_as(&sql);
                 for &(name, start) in chunk {
                     q = q.bind(name).bind(start);
@@ -592,7 +662,7 @@ async fn read_others(
         Db::Postgres(p) => {
             let names: Vec<&str> = wanted.iter().map(|w| w.0).collect();
             let starts: Vec<i64> = wanted.iter().map(|w| w.1).collect();
-            sqlx::query_as(SELECT_PG)
+            sqlx::query_as(&select_pg(old_table))
                 .bind(names)
                 .bind(starts)
                 .bind(replica)
@@ -612,7 +682,7 @@ async fn read_others(
 }
 
 /// This replica's spend on an account in a period.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Default)]
 struct Total {
     /// Everything taken from the account for the period.
     total: u64,
@@ -621,32 +691,67 @@ struct Total {
     written: u64,
 }
 
+/// The rows of the totals that changed since they were last written (the
+/// names borrowed from `accounts`).
+fn dirty_rows<'a>(
+    totals: &HashMap<(usize, i64), Total>,
+    accounts: &'a [Arc<Account>],
+) -> Vec<Row<'a>> {
+    totals
+        .iter()
+        .filter(|(_, t)| t.total != t.written)
+        .filter_map(|(&(account, start), t)| {
+            Some(Row {
+                account,
+                name: accounts.get(account)?.name(),
+                start,
+                total: t.total,
+            })
+        })
+        .collect()
+}
+
 /// The background task: the only writer of this replica's rows.
 struct Task {
     db: Db,
     /// This replica's id, the `replica` of its rows.
     replica: Box<str>,
+    /// The older table was there at open: its rows are read too.
+    old_table: bool,
     /// One account per name.
     accounts: Arc<[Arc<Account>]>,
     /// This replica's totals by account (index) and period start: the
     /// current periods', and older ones' not written yet.
     totals: HashMap<(usize, i64), Total>,
+    /// The last write succeeded (a flush with nothing to write leaves it).
+    write_ok: bool,
+    /// The last read-back succeeded.
+    read_ok: bool,
+    /// `write_ok && read_ok`, published for [`Ledger::healthy`].
     healthy: Arc<AtomicBool>,
+    /// A write of this replica failed once: its outcome on the server is
+    /// unknown (see [`Task::finish`]).
+    write_failed: bool,
 }
 
 impl Task {
     fn new(
         db: Db,
         replica: Box<str>,
+        old_table: bool,
         accounts: Arc<[Arc<Account>]>,
         healthy: Arc<AtomicBool>,
     ) -> Self {
         Task {
             db,
             replica,
+            old_table,
             accounts,
             totals: HashMap::new(),
+            write_ok: true,
+            read_ok: true,
             healthy,
+            write_failed: false,
         }
     }
 
@@ -674,14 +779,52 @@ impl Task {
                     Some(Cmd::Reload(tx)) => {
                         let _ = tx.send(self.reload().await);
                     }
+                    Some(Cmd::Close(tx)) => {
+                        let _ = tx.send(self.finish().await);
+                        return;
+                    }
                     None => {
                         // The ledger is gone: a last write of what is left.
-                        let _ = self.flush().await;
+                        let _ = self.finish().await;
                         return;
                     }
                 },
             }
         }
+    }
+
+    /// The last write, as the ledger is closed or dropped; then, on
+    /// PostgreSQL, when it succeeded, this replica's rows are folded into
+    /// the `base` rows, so each start does not leave a row per key behind.
+    /// The replica writes nothing after (the task ends).
+    ///
+    /// A write of this replica whose timeout fired may still be running on
+    /// the server (on the pool's other connection, in a lock wait, say): if
+    /// it committed after the fold, it would insert this replica's row
+    /// again, with a total no larger than the one folded, and that would be
+    /// counted twice for good. So a replica one of whose writes ever failed
+    /// (timed out or not: a connection lost mid-statement is as unsure)
+    /// leaves its rows as they are; they cost one row per key and period.
+    /// Writes that succeeded are committed, and the last write was
+    /// answered before the fold starts, so they cannot land after it.
+    async fn finish(&mut self) -> Result<(), SpendError> {
+        self.flush().await?;
+        let Db::Postgres(p) = &self.db else {
+            // SQLite folds every row at the next open.
+            return Ok(());
+        };
+        if self.write_failed {
+            return Ok(());
+        }
+        let fold = async {
+            sqlx::query(FOLD_PG)
+                .bind(&*self.replica)
+                .bind(BASE)
+                .execute(p)
+                .await?;
+            Ok::<(), SpendError>(())
+        };
+        within(fold).await
     }
 
     /// Moves what the accounts added into the totals (starting new periods
@@ -706,12 +849,9 @@ impl Task {
     }
 
     /// The totals changed since they were last written.
-    fn dirty(&self) -> Vec<(usize, i64, u64)> {
-        self.totals
-            .iter()
-            .filter(|(_, t)| t.total != t.written)
-            .map(|(&(i, start), t)| (i, start, t.total))
-            .collect()
+    #[cfg(test)]
+    fn dirty(&self) -> Vec<Row<'_>> {
+        dirty_rows(&self.totals, &self.accounts)
     }
 
     /// Notes `rows` as stored, and forgets the totals of periods that are
@@ -719,10 +859,10 @@ impl Task {
     /// back across a period boundary would start that period's total here
     /// from 0 again; the row keeps the larger value, so this replica's
     /// spend in it is under-counted by what it had written.)
-    fn mark_written(&mut self, rows: &[(usize, i64, u64)]) {
-        for &(i, start, total) in rows {
-            if let Some(t) = self.totals.get_mut(&(i, start)) {
-                t.written = t.written.max(total);
+    fn mark_written(&mut self, rows: &[Row<'_>]) {
+        for r in rows {
+            if let Some(t) = self.totals.get_mut(&(r.account, r.start)) {
+                t.written = t.written.max(r.total);
             }
         }
         let accounts = &self.accounts;
@@ -742,39 +882,34 @@ impl Task {
 
     async fn flush_at(&mut self, now: i64) -> Result<(), SpendError> {
         self.take(now);
-        let dirty = self.dirty();
-        if dirty.is_empty() {
+        // The rows borrow their names from this handle, not from `self`.
+        let accounts = Arc::clone(&self.accounts);
+        let rows = dirty_rows(&self.totals, &accounts);
+        if rows.is_empty() {
             return Ok(());
         }
-        let rows: Vec<Row<'_>> = dirty
-            .iter()
-            .filter_map(|&(i, start, total)| {
-                Some(Row {
-                    name: self.accounts.get(i)?.name(),
-                    start,
-                    total,
-                })
-            })
-            .collect();
         let r = within(write(&self.db, &self.replica, &rows)).await;
-        drop(rows);
-        if r.is_ok() {
-            self.mark_written(&dirty);
+        match r {
+            Ok(()) => self.mark_written(&rows),
+            Err(_) => self.write_failed = true,
         }
+        self.write_ok = r.is_ok();
         self.outcome(r)
     }
 
-    /// Writes, then reads the totals back.
+    /// Writes, then reads the totals back, even when the write failed
+    /// (this replica's own totals are in memory): the first error.
     async fn reload(&mut self) -> Result<(), SpendError> {
-        self.flush().await?;
+        let w = self.flush().await;
         let r = within(self.read_back()).await;
-        self.outcome(r)
+        self.read_ok = r.is_ok();
+        let r = self.outcome(r);
+        w.and(r)
     }
 
-    /// Sets each account's `spent` to the other replicas' rows of its
-    /// current period, plus this replica's total and what it added since
-    /// (this replica's rows are not read: its totals in memory are at
-    /// least as new).
+    /// Sets each account's `others` to the other replicas' rows of its
+    /// current period (and the older table's). This replica's rows are not
+    /// read: its own spend is in `spent`.
     async fn read_back(&self) -> Result<(), SpendError> {
         let starts: Vec<i64> = self
             .accounts
@@ -790,40 +925,36 @@ impl Task {
             .collect();
         let wanted: Vec<(&str, i64)> = index.keys().copied().collect();
         let mut others = vec![0u64; self.accounts.len()];
-        for (name, start, n) in read_others(&self.db, &self.replica, &wanted).await? {
+        let read = read_others(&self.db, &self.replica, self.old_table, &wanted).await?;
+        for (name, start, n) in read {
             if let Some(&i) = index.get(&(name.as_str(), start)) {
                 others[i] = others[i].saturating_add(n);
             }
         }
         for (i, a) in self.accounts.iter().enumerate() {
-            let start = starts[i];
-            let own = self.totals.get(&(i, start)).map_or(0, |t| t.total);
-            let known = others[i]
-                .saturating_add(own)
-                .saturating_add(a.unflushed.load(Ordering::Acquire));
-            // The period rolled meanwhile: the next reading is the new one's.
-            if a.start.load(Ordering::Acquire) == start {
-                a.spent.store(known, Ordering::Release);
-            }
+            // Only this task rolls periods, so the start read above is
+            // still the account's.
+            a.others.store(others[i], Ordering::Release);
         }
         Ok(())
     }
 
-    /// Logs an outage once, and its end.
+    /// Publishes `write_ok && read_ok`, and logs when that changes (an
+    /// outage once, and its end): writes that succeed while reads fail (or
+    /// the other way round) do not flip it every tick.
     fn outcome(&self, r: Result<(), SpendError>) -> Result<(), SpendError> {
-        match &r {
-            Ok(()) => {
-                if !self.healthy.swap(true, Ordering::AcqRel) {
-                    tracing::info!(
-                        "spend ledger: the database answers again; the spend kept in memory is written"
-                    );
-                }
-            }
-            Err(e) => {
-                if self.healthy.swap(false, Ordering::AcqRel) {
-                    tracing::warn!(error = %e, "spend ledger: cannot reach the database; keeping the spend in memory and retrying every second");
-                }
-            }
+        let healthy = self.write_ok && self.read_ok;
+        let was = self.healthy.swap(healthy, Ordering::AcqRel);
+        if healthy && !was {
+            tracing::info!(
+                "spend ledger: the database answers again; the spend kept in memory is written"
+            );
+        } else if !healthy && was {
+            let error = match &r {
+                Err(e) => e.to_string(),
+                Ok(()) => "an earlier statement failed".into(),
+            };
+            tracing::warn!(%error, "spend ledger: the database fails; keeping the spend in memory and retrying every second");
         }
         r
     }

@@ -10,10 +10,13 @@
 //!   storage database (SQLite or PostgreSQL) by a background task: each
 //!   replica upserts its own rows, absolute totals per key and period (a
 //!   write repeated or landing late counts once), every second and at
-//!   shutdown, and on PostgreSQL the sum of every replica's rows is read
+//!   shutdown, and on PostgreSQL the sum of every replica's rows (and of
+//!   the older `uat_key_spend`'s, left as it is, while it exists) is read
 //!   back every few seconds, so replicas sharing the database see each
-//!   other's spend. Enforcement across replicas is therefore eventually
-//!   consistent, by a few seconds. The database is never waited for by a
+//!   other's spend. The rows of replicas gone are folded into one per key
+//!   and period (SQLite at open, PostgreSQL as a replica shuts down).
+//!   Enforcement across replicas is therefore eventually consistent, by a
+//!   few seconds. The database is never waited for by a
 //!   request: while it is unreachable the spend is kept in memory (logged
 //!   once per outage) and written when it is back.
 //! - [`record`] and [`record_unpriced`] feed `uat_spend_usd_total{key,model}`

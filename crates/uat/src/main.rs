@@ -241,10 +241,11 @@ async fn serve(path: Option<&std::path::Path>, overrides: &Overrides) -> anyhow:
             cache.flush(std::time::Duration::from_secs(2)).await;
         }
     };
-    // The keys' spend not written yet (written every second otherwise).
+    // The keys' spend not written yet (written every second otherwise),
+    // and the ledger closed.
     let spend = async {
         if let Some(spend) = &state.spend {
-            spend.flush(std::time::Duration::from_secs(2)).await;
+            spend.close(std::time::Duration::from_secs(2)).await;
         }
     };
     tokio::join!(flush, spend, snapshot_vectors(state.vector.store().clone()));

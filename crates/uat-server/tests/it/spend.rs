@@ -267,7 +267,7 @@ async fn the_spend_survives_a_restart() {
         .spend
         .as_ref()
         .unwrap()
-        .flush(Duration::from_secs(5))
+        .close(Duration::from_secs(5))
         .await;
     assert!(before.stop(Duration::from_secs(10)).await);
     let after = spawn_config(

@@ -100,7 +100,7 @@ async fn sqlite_keeps_the_spend_across_a_restart() {
     a.add(300);
     b.add(7);
     ledger.flush().await.unwrap();
-    a.add(200); // written by the last flush as the ledger is dropped
+    a.add(200);
     ledger.flush().await.unwrap();
     drop(ledger);
     let again = Ledger::open(&url, &keys, manual()).await.unwrap();
@@ -136,7 +136,7 @@ async fn a_dropped_ledger_writes_what_is_left() {
 }
 
 #[tokio::test]
-async fn a_failed_write_keeps_the_deltas_until_the_database_takes_them() {
+async fn a_failed_write_keeps_the_totals_until_the_database_takes_them() {
     let dir = tempfile::tempdir().unwrap();
     let url = sqlite_url(&dir);
     let keys = [budget("a", Some(10.0), None)];
@@ -241,12 +241,12 @@ async fn postgres_reads_back_on_its_own() {
     assert_eq!(seen, 77, "the other replica's spend, read back by the task");
 }
 
-/// A task on `url`'s database as [`Ledger::open`] makes it (tables
-/// created, the older table moved), without its loop: the test drives it,
-/// with clocks of its choosing.
+/// A task on `url`'s database as [`Ledger::open`] makes it (the table
+/// created; on SQLite its rows folded), without its loop: the test drives
+/// it, with clocks of its choosing.
 async fn bare_task(url: &str, keys: &[KeyBudget], now: i64) -> Result<Task, SpendError> {
     let db = connect(url).await?;
-    create_table(&db).await?;
+    let old_table = prepare(&db).await?;
     let accounts: Arc<[Arc<Account>]> = keys
         .iter()
         .map(|k| Arc::new(Account::new(k, now)))
@@ -254,6 +254,7 @@ async fn bare_task(url: &str, keys: &[KeyBudget], now: i64) -> Result<Task, Spen
     Ok(Task::new(
         db,
         replica_id(),
+        old_table,
         accounts,
         Arc::new(AtomicBool::new(true)),
     ))
@@ -343,6 +344,7 @@ async fn a_total_written_twice_counts_once(mut task: Task) {
     assert!(task.dirty().is_empty(), "nothing changed since");
     let start = a.start.load(Ordering::Acquire);
     let row = |total| Row {
+        account: 0,
         name: &name,
         start,
         total,
@@ -481,8 +483,19 @@ const CREATE_OLD: &str = "CREATE TABLE IF NOT EXISTS uat_key_spend (
 /// A period of ten years: its start is not 0, and stays the same for years.
 const DECADE: Duration = Duration::from_secs(10 * 365 * 86_400);
 
+/// Every row of the older table (SQLite), in order.
+async fn old_rows_sqlite(p: &SqlitePool) -> Vec<(String, i64, i64)> {
+    sqlx::query_as(
+        "SELECT key_name, period_start, spend_nanos FROM uat_key_spend
+         ORDER BY key_name, period_start",
+    )
+    .fetch_all(p)
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
-async fn sqlite_moves_the_old_table_once() {
+async fn sqlite_counts_the_old_table_and_leaves_it_as_it_is() {
     let dir = tempfile::tempdir().unwrap();
     let url = sqlite_url(&dir);
     let start = Period::new(Some(DECADE)).start_at(crate::unix_now());
@@ -502,57 +515,79 @@ async fn sqlite_moves_the_old_table_once() {
             .await
             .unwrap();
     }
+    let before = old_rows_sqlite(&old).await;
     old.close().await;
     let keys = [budget("a", None, None), budget("b", None, Some(DECADE))];
     for _ in 0..2 {
         let l = Ledger::open(&url, &keys, manual()).await.unwrap();
         assert_eq!(l.account("a").unwrap().spent(), 500);
-        assert_eq!(l.account("b").unwrap().spent(), 70, "moved once");
+        assert_eq!(l.account("b").unwrap().spent(), 70, "counted once");
     }
     let pool = sqlite_pool(&url).await;
-    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM uat_key_spend")
+    assert_eq!(old_rows_sqlite(&pool).await, before, "left as it is");
+    let copied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM uat_key_spend_replica")
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(left, 0, "emptied");
-    let legacy: Vec<(String, i64, i64)> = sqlx::query_as(
-        "SELECT key_name, period_start, spend_nanos FROM uat_key_spend_replica
-         WHERE replica = 'legacy' ORDER BY key_name, period_start",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap();
-    assert_eq!(
-        legacy,
-        [
-            ("a".to_owned(), 0, 500),
-            ("b".to_owned(), start - 1, 999),
-            ("b".to_owned(), start, 70),
-            ("gone".to_owned(), 0, 5),
-        ]
-    );
-    // A replica of the older version still running adds a delta there:
-    // the next open moves it too.
-    sqlx::query("INSERT INTO uat_key_spend VALUES ('a', 0, 25)")
+    assert_eq!(copied, 0, "nothing copied into the new table");
+    // A replica of the older version adds a delta there: counted by the
+    // next open, with what this version writes.
+    sqlx::query("UPDATE uat_key_spend SET spend_nanos = spend_nanos + 25 WHERE key_name = 'a'")
         .execute(&pool)
         .await
         .unwrap();
-    pool.close().await;
     let l = Ledger::open(&url, &keys, manual()).await.unwrap();
-    assert_eq!(l.account("a").unwrap().spent(), 525);
+    let a = l.account("a").unwrap();
+    assert_eq!(a.spent(), 525);
+    a.add(1);
+    l.flush().await.unwrap();
+    drop(l);
+    let l = Ledger::open(&url, &keys, manual()).await.unwrap();
+    assert_eq!(l.account("a").unwrap().spent(), 526);
+    let mut after = before.clone();
+    after[0].2 = 525;
+    assert_eq!(
+        old_rows_sqlite(&pool).await,
+        after,
+        "only the older version wrote it"
+    );
 }
 
 #[tokio::test]
-async fn postgres_moves_the_old_table_once() {
+async fn sqlite_does_not_create_the_old_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(&dir);
+    let keys = [budget("a", None, None)];
+    let l = Ledger::open(&url, &keys, manual()).await.unwrap();
+    l.account("a").unwrap().add(3);
+    l.reload().await.unwrap();
+    let pool = sqlite_pool(&url).await;
+    let tables: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(tables, ["uat_key_spend_replica"]);
+}
+
+#[tokio::test]
+async fn postgres_counts_the_old_table_and_leaves_it_as_it_is() {
     let (a, b) = (unique("spend-pg-old-a"), unique("spend-pg-old-b"));
     let keys = [budget(&a, None, None), budget(&b, None, Some(DECADE))];
-    // Reachable (or skipped), and the new table is there.
+    // Reachable (or skipped).
     let Some(_first) = postgres(&keys, manual()).await else {
         return;
     };
     let start = Period::new(Some(DECADE)).start_at(crate::unix_now());
     let pool = postgres_pool().await;
-    sqlx::raw_sql(CREATE_OLD).execute(&pool).await.unwrap();
+    // Under the lock of the opens: the older version's CREATE too.
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(7455320023)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::raw_sql(CREATE_OLD).execute(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
     for (name, period_start, n) in [(&a, 0, 500), (&b, start, 70), (&b, start - 1, 999)] {
         sqlx::query("INSERT INTO uat_key_spend VALUES ($1, $2, $3)")
             .bind(name)
@@ -562,45 +597,262 @@ async fn postgres_moves_the_old_table_once() {
             .await
             .unwrap();
     }
-    // (Another test's open may move them first: the same for this one.)
-    for _ in 0..2 {
-        let l = postgres(&keys, manual()).await.unwrap();
+    let old_rows = async || -> Vec<(String, i64, i64)> {
+        sqlx::query_as(
+            "SELECT key_name, period_start, spend_nanos FROM uat_key_spend
+             WHERE key_name IN ($1, $2) ORDER BY key_name, period_start",
+        )
+        .bind(&a)
+        .bind(&b)
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    };
+    let before = old_rows().await;
+    let l = postgres(&keys, manual()).await.unwrap();
+    let again = postgres(&keys, manual()).await.unwrap();
+    for l in [&l, &again] {
         assert_eq!(l.account(&a).unwrap().spent(), 500);
-        assert_eq!(l.account(&b).unwrap().spent(), 70, "moved once");
+        assert_eq!(l.account(&b).unwrap().spent(), 70, "counted once");
     }
-    let left: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM uat_key_spend WHERE key_name IN ($1, $2)")
+    assert_eq!(old_rows().await, before, "left as it is");
+    let copied: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM uat_key_spend_replica WHERE key_name IN ($1, $2)")
             .bind(&a)
             .bind(&b)
             .fetch_one(&pool)
             .await
             .unwrap();
-    assert_eq!(left, 0, "emptied");
-    let legacy: Vec<(String, i64, i64)> = sqlx::query_as(
-        "SELECT key_name, period_start, spend_nanos FROM uat_key_spend_replica
-         WHERE replica = 'legacy' AND key_name IN ($1, $2) ORDER BY key_name, period_start",
-    )
-    .bind(&a)
-    .bind(&b)
-    .fetch_all(&pool)
-    .await
-    .unwrap();
-    assert_eq!(
-        legacy,
-        [
-            (a.clone(), 0, 500),
-            (b.clone(), start - 1, 999),
-            (b.clone(), start, 70),
-        ]
-    );
-    // A delta from a replica of the older version: moved by the next open.
-    sqlx::query("INSERT INTO uat_key_spend VALUES ($1, 0, 25)")
+    assert_eq!(copied, 0, "nothing copied into the new table");
+    // A replica of the older version adds a delta: the next read-back
+    // counts it, with this version's spend.
+    sqlx::query("UPDATE uat_key_spend SET spend_nanos = spend_nanos + 25 WHERE key_name = $1")
         .bind(&a)
         .execute(&pool)
         .await
         .unwrap();
-    let l = postgres(&keys, manual()).await.unwrap();
-    assert_eq!(l.account(&a).unwrap().spent(), 525);
+    let a1 = l.account(&a).unwrap();
+    a1.add(1);
+    l.reload().await.unwrap();
+    assert_eq!(a1.spent(), 526);
+    again.reload().await.unwrap();
+    assert_eq!(again.account(&a).unwrap().spent(), 526);
+    let mut after = before.clone();
+    after[0].2 = 525;
+    assert_eq!(old_rows().await, after, "only the older version wrote it");
+}
+
+/// Every row of the new table (SQLite), in order.
+async fn rows_sqlite(p: &SqlitePool) -> Vec<(String, i64, String, i64)> {
+    sqlx::query_as(
+        "SELECT key_name, period_start, replica, spend_nanos FROM uat_key_spend_replica
+         ORDER BY key_name, period_start, replica",
+    )
+    .fetch_all(p)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn sqlite_folds_the_rows_into_one_per_key_and_period_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(&dir);
+    let start = Period::new(Some(DECADE)).start_at(crate::unix_now());
+    let keys = [budget("a", None, None), budget("b", None, Some(DECADE))];
+    drop(Ledger::open(&url, &keys, manual()).await.unwrap());
+    let pool = sqlite_pool(&url).await;
+    for (name, period_start, replica, n) in [
+        ("a", 0, "r1", 100),
+        ("a", 0, "r2", 20),
+        ("a", 0, "base", 3),
+        ("b", start, "r1", 5),
+        ("b", start - 1, "r2", 7), // an earlier period
+        ("c", 0, "r1", i64::MAX),  // a key no longer configured
+        ("c", 0, "r2", i64::MAX),
+    ] {
+        sqlx::query("INSERT INTO uat_key_spend_replica VALUES (?, ?, ?, ?)")
+            .bind(name)
+            .bind(period_start)
+            .bind(replica)
+            .bind(n)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    let l = Ledger::open(&url, &keys, manual()).await.unwrap();
+    let row = |name: &str, start, n| (name.to_owned(), start, "base".to_owned(), n);
+    let folded = [
+        row("a", 0, 123),
+        row("b", start - 1, 7),
+        row("b", start, 5),
+        row("c", 0, i64::MAX),
+    ];
+    assert_eq!(rows_sqlite(&pool).await, folded);
+    let a = l.account("a").unwrap();
+    assert_eq!(a.spent(), 123);
+    assert_eq!(l.account("b").unwrap().spent(), 5);
+    // This start's row, folded by the next.
+    a.add(1);
+    l.flush().await.unwrap();
+    assert_eq!(rows_sqlite(&pool).await.len(), 5);
+    drop(l);
+    let l = Ledger::open(&url, &keys, manual()).await.unwrap();
+    assert_eq!(l.account("a").unwrap().spent(), 124);
+    let mut folded = folded;
+    folded[0].3 = 124;
+    assert_eq!(rows_sqlite(&pool).await, folded);
+}
+
+/// The rows of a key (PostgreSQL), by replica (sorted here, whatever the
+/// database's collation).
+async fn rows_pg(pool: &PgPool, name: &str) -> Vec<(String, i64)> {
+    let mut rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT replica, spend_nanos FROM uat_key_spend_replica WHERE key_name = $1",
+    )
+    .bind(name)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    rows.sort();
+    rows
+}
+
+/// Waits for the rows of `name` to be `want` (a dropped ledger's task
+/// folds on its own).
+async fn await_rows_pg(pool: &PgPool, name: &str, want: impl Fn(&[(String, i64)]) -> bool) {
+    let mut rows = Vec::new();
+    for _ in 0..250 {
+        rows = rows_pg(pool, name).await;
+        if want(&rows) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("rows of {name}: {rows:?}");
+}
+
+#[tokio::test]
+async fn postgres_a_replica_shutting_down_folds_its_rows_into_base() {
+    let k = unique("spend-pg-fold");
+    let keys = [budget(&k, None, None)];
+    let Some(one) = postgres(&keys, manual()).await else {
+        return;
+    };
+    let two = postgres(&keys, manual()).await.unwrap();
+    let pool = postgres_pool().await;
+    let (a1, a2) = (one.account(&k).unwrap().clone(), two.account(&k).unwrap());
+    a1.add(100);
+    one.flush().await.unwrap();
+    a2.add(20);
+    two.flush().await.unwrap();
+    a1.add(5); // written by the last write, before the fold
+    one.close().await.unwrap();
+    assert!(
+        matches!(one.flush().await, Err(SpendError::Stopped)),
+        "closed"
+    );
+    let mut rows = rows_pg(&pool, &k).await;
+    rows.sort_by_key(|r| r.0 != "base");
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0], ("base".to_owned(), 105));
+    assert_eq!(rows[1].1, 20, "the live replica's own");
+    two.reload().await.unwrap();
+    assert_eq!(a2.spent(), 125);
+    // Dropping the last handle does the same, on the task's own time.
+    drop(two);
+    await_rows_pg(&pool, &k, |r| r.len() == 1).await;
+    assert_eq!(rows_pg(&pool, &k).await, [("base".to_owned(), 125)]);
+    let three = postgres(&keys, manual()).await.unwrap();
+    assert_eq!(three.account(&k).unwrap().spent(), 125);
+}
+
+#[tokio::test]
+async fn postgres_a_replica_whose_write_failed_does_not_fold() {
+    let k = unique("spend-pg-nofold");
+    let keys = [budget(&k, None, None)];
+    let Some(mut task) = postgres_task(&keys, crate::unix_now()).await else {
+        return;
+    };
+    let pool = postgres_pool().await;
+    task.accounts[0].add(9);
+    task.flush().await.unwrap();
+    // A write whose outcome is unknown (it timed out, say).
+    task.write_failed = true;
+    task.finish().await.unwrap();
+    assert_eq!(rows_pg(&pool, &k).await, [(task.replica.to_string(), 9)]);
+    // The same without it: folded.
+    let mut other = postgres_task(&keys, crate::unix_now()).await.unwrap();
+    other.accounts[0].add(4);
+    other.finish().await.unwrap();
+    let mut want = vec![("base".to_owned(), 4), (task.replica.to_string(), 9)];
+    want.sort();
+    assert_eq!(rows_pg(&pool, &k).await, want);
+}
+
+#[tokio::test]
+async fn a_read_back_happens_while_writes_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(&dir);
+    let keys = [budget("a", Some(1.0), None)];
+    let ledger = Ledger::open(&url, &keys, manual()).await.unwrap();
+    let a = ledger.account("a").unwrap();
+    // Another replica's row appears, and writes are refused from now on.
+    let other = sqlite_pool(&url).await;
+    sqlx::raw_sql(
+        "INSERT INTO uat_key_spend_replica VALUES ('a', 0, 'other', 50);
+         CREATE TRIGGER no_insert BEFORE INSERT ON uat_key_spend_replica
+         BEGIN SELECT RAISE(ABORT, 'refused'); END;
+         CREATE TRIGGER no_update BEFORE UPDATE ON uat_key_spend_replica
+         BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+    )
+    .execute(&other)
+    .await
+    .unwrap();
+    a.add(5);
+    assert!(ledger.reload().await.is_err(), "the write's error");
+    assert_eq!(a.spent(), 55, "read back all the same");
+    assert!(!ledger.healthy());
+    sqlx::raw_sql("DROP TRIGGER no_insert; DROP TRIGGER no_update;")
+        .execute(&other)
+        .await
+        .unwrap();
+    ledger.reload().await.unwrap();
+    assert!(ledger.healthy());
+    assert_eq!(a.spent(), 55);
+    assert_eq!(stored(&Db::Sqlite(other), "a").await, (55, 2));
+}
+
+#[tokio::test]
+async fn health_does_not_flap_while_reads_fail_and_writes_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(&dir);
+    let other = sqlite_pool(&url).await;
+    sqlx::raw_sql(CREATE_OLD).execute(&other).await.unwrap();
+    let keys = [budget("a", None, None)];
+    let ledger = Ledger::open(&url, &keys, manual()).await.unwrap();
+    let a = ledger.account("a").unwrap();
+    // The older table goes away: read-backs fail, writes do not.
+    sqlx::raw_sql("ALTER TABLE uat_key_spend RENAME TO uat_key_spend_away")
+        .execute(&other)
+        .await
+        .unwrap();
+    a.add(1);
+    assert!(ledger.reload().await.is_err());
+    assert!(!ledger.healthy());
+    a.add(1);
+    ledger.flush().await.unwrap();
+    assert!(!ledger.healthy(), "a write that succeeds does not end it");
+    a.add(1);
+    assert!(ledger.reload().await.is_err());
+    assert!(!ledger.healthy());
+    sqlx::raw_sql("ALTER TABLE uat_key_spend_away RENAME TO uat_key_spend")
+        .execute(&other)
+        .await
+        .unwrap();
+    ledger.reload().await.unwrap();
+    assert!(ledger.healthy());
+    assert_eq!(a.spent(), 3);
+    assert_eq!(stored(&Db::Sqlite(other), "a").await, (3, 1));
 }
 
 /// Rows summing past the largest BIGINT read as the largest BIGINT.
@@ -643,6 +895,16 @@ async fn sqlite_sums_saturate() {
     let keys = [budget("a", None, None)];
     let task = bare_task(&url, &keys, 0).await.unwrap();
     sums_saturate(&task.db, &url, &keys).await;
+    // The open folded the three rows into one, saturating too.
+    let Db::Sqlite(p) = &task.db else {
+        unreachable!()
+    };
+    let base: Vec<i64> =
+        sqlx::query_scalar("SELECT spend_nanos FROM uat_key_spend_replica WHERE replica = 'base'")
+            .fetch_all(p)
+            .await
+            .unwrap();
+    assert_eq!(base, [i64::MAX]);
 }
 
 #[tokio::test]
@@ -665,26 +927,26 @@ fn many_keys(tag: &str) -> Vec<KeyBudget> {
         .collect()
 }
 
-async fn many_keys_in_one_tick(one: &Ledger, two: impl AsyncFn() -> Ledger) {
-    for (i, a) in one.accounts().iter().enumerate() {
-        a.add(i as u64 + 1);
+/// Adds `i + 1` to the i-th key (round 0), or 1,000 to every third
+/// (round 1), and writes it all in one flush (and reads back) in time.
+async fn add_many(l: &Ledger, round: usize) {
+    for (i, a) in l.accounts().iter().enumerate() {
+        match round {
+            0 => a.add(i as u64 + 1),
+            _ if i % 3 == 0 => a.add(1_000),
+            _ => {}
+        }
     }
     let t = std::time::Instant::now();
-    one.flush().await.unwrap();
-    one.reload().await.unwrap();
+    l.flush().await.unwrap();
+    l.reload().await.unwrap();
     assert!(t.elapsed() < DB_TIMEOUT, "{:?}", t.elapsed());
-    let two = two().await;
-    for (i, a) in two.accounts().iter().enumerate() {
-        assert_eq!(a.spent(), i as u64 + 1, "{}", a.name());
-    }
-    // Again: the totals that changed only, read back by the other.
-    for a in one.accounts().iter().step_by(3) {
-        a.add(1_000);
-    }
-    one.flush().await.unwrap();
-    two.reload().await.unwrap();
-    for (i, a) in two.accounts().iter().enumerate() {
-        let more = if i % 3 == 0 { 1_000 } else { 0 };
+}
+
+/// Every key's spend is what [`add_many`] added up to `round`.
+fn check_many(l: &Ledger, round: usize) {
+    for (i, a) in l.accounts().iter().enumerate() {
+        let more = if round > 0 && i % 3 == 0 { 1_000 } else { 0 };
         assert_eq!(a.spent(), i as u64 + 1 + more, "{}", a.name());
     }
 }
@@ -694,11 +956,18 @@ async fn sqlite_writes_and_reads_many_keys() {
     let dir = tempfile::tempdir().unwrap();
     let url = sqlite_url(&dir);
     let keys = many_keys("many");
+    // Restarts: SQLite is one process's, each start folding the rows of
+    // the ones before (a second ledger on the file while the first still
+    // writes would count the first's spend twice).
     let one = Ledger::open(&url, &keys, manual()).await.unwrap();
-    many_keys_in_one_tick(&one, async || {
-        Ledger::open(&url, &keys, manual()).await.unwrap()
-    })
-    .await;
+    add_many(&one, 0).await;
+    one.close().await.unwrap();
+    let two = Ledger::open(&url, &keys, manual()).await.unwrap();
+    check_many(&two, 0);
+    add_many(&two, 1).await;
+    two.close().await.unwrap();
+    let three = Ledger::open(&url, &keys, manual()).await.unwrap();
+    check_many(&three, 1);
 }
 
 #[tokio::test]
@@ -707,7 +976,13 @@ async fn postgres_writes_and_reads_many_keys() {
     let Some(one) = postgres(&keys, manual()).await else {
         return;
     };
-    many_keys_in_one_tick(&one, async || postgres(&keys, manual()).await.unwrap()).await;
+    add_many(&one, 0).await;
+    let two = postgres(&keys, manual()).await.unwrap();
+    check_many(&two, 0);
+    // Again: the totals that changed only, read back by the other.
+    add_many(&one, 1).await;
+    two.reload().await.unwrap();
+    check_many(&two, 1);
 }
 
 #[tokio::test]
