@@ -514,11 +514,17 @@ async fn answer_full(
             "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": words, "total_tokens": PROMPT_TOKENS + words},
             "system_fingerprint": "fp_fake",
         }),
-        (Wire::Ollama, Route::Complete) => json!({
-            "model": model, "created_at": "2024-01-01T00:00:00Z", "response": reply,
-            "done": true, "done_reason": "stop", "context": [1, 2, 3],
-            "prompt_eval_count": PROMPT_TOKENS, "eval_count": words,
-        }),
+        (Wire::Ollama, Route::Complete) => {
+            let mut v = json!({
+                "model": model, "created_at": "2024-01-01T00:00:00Z", "response": reply,
+                "done": true, "done_reason": "stop", "context": [1, 2, 3],
+                "prompt_eval_count": PROMPT_TOKENS, "eval_count": words,
+            });
+            if let Some(lp) = ollama_logprobs(body, reply.split_inclusive(' ').enumerate()) {
+                v["logprobs"] = lp;
+            }
+            v
+        }
         (Wire::OpenAi, _) => json!({
             "id": "chatcmpl-fake", "object": "chat.completion", "created": 1, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}],
@@ -636,8 +642,11 @@ fn stream_events(s: &Shared, call: Call<'_>, b: &Behavior) -> Vec<String> {
             out.push("data: [DONE]\n\n".into());
         }
         (Wire::Ollama, Route::Complete) => {
-            for p in &pieces {
-                let v = json!({"model": model, "created_at": "2024-01-01T00:00:00Z", "response": p, "done": false});
+            for (i, p) in pieces.iter().enumerate() {
+                let mut v = json!({"model": model, "created_at": "2024-01-01T00:00:00Z", "response": p, "done": false});
+                if let Some(lp) = ollama_logprobs(body, std::iter::once((i, *p))) {
+                    v["logprobs"] = lp;
+                }
                 out.push(format!("{v}\n"));
             }
             let v = json!({"model": model, "created_at": "2024-01-01T00:00:00Z", "response": "",

@@ -32,8 +32,8 @@ struct Object<'a> {
 struct TextChoice<'a> {
     text: &'a str,
     index: u32,
-    /// Always null: these answers carry none (the gateway refuses to ask
-    /// Ollama for them).
+    /// Null as encoded here: an Ollama answer asked for `logprobs` gets
+    /// its legacy lists put in afterwards (`ollama::generate`).
     logprobs: Option<()>,
     finish_reason: Option<&'a str>,
 }

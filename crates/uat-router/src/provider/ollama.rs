@@ -3,8 +3,9 @@
 //! ([`generate`]), `/api/tags` for discovery and `/api/embed` for
 //! embeddings. What it cannot do (`n` > 1, images by http(s) URL, content
 //! parts other than text and images, a forced tool call; several prompts,
-//! `echo` and logprobs of a text completion) is refused as
-//! [`FailureKind::Unsupported`] before any call, never dropped.
+//! `echo` and a `logprobs` above 20 of a text completion) is refused as
+//! [`FailureKind::Unsupported`] before any call, never dropped. A text
+//! completion's `logprobs` come back in OpenAI's legacy shape.
 
 mod generate;
 
@@ -560,7 +561,7 @@ impl Provider for Ollama {
                 .await
                 .map_err(generate::no_insert)?;
             let (_, r) = read_json(resp).await?;
-            generate::answer(model, r)
+            generate::answer(model, req, r)
         })
     }
 
@@ -575,8 +576,7 @@ impl Provider for Ollama {
                 .post(self.generate_url.clone(), &body, true)
                 .await
                 .map_err(generate::no_insert)?;
-            let state =
-                generate::GenerateStream::new(TextCompletion::new(model), req.include_usage());
+            let state = generate::GenerateStream::new(TextCompletion::new(model), req);
             Ok(translate(lines(resp), state))
         })
     }

@@ -235,7 +235,7 @@ async fn ollama_completion_is_translated_both_ways() {
     assert_eq!(up.last_body().unwrap()["stream"], true);
 }
 
-/// What Ollama cannot do (two prompts, echo, logprobs, `n` > 1) is refused
+/// What Ollama cannot do (two prompts, echo, logprobs beyond 20, `n` > 1) is refused
 /// before any call: an alias fails over to its OpenAI-compatible target,
 /// which gets the request whole, and a request for the Ollama model alone
 /// is the client's 400 naming the field, after no attempt.
@@ -258,7 +258,7 @@ async fn what_ollama_cannot_do_fails_over_without_an_attempt() {
     for (extra, param) in [
         (json!({"prompt": ["a", "b"]}), "prompt"),
         (json!({"echo": true}), "echo"),
-        (json!({"logprobs": 1}), "logprobs"),
+        (json!({"logprobs": 21}), "logprobs"),
         (json!({"n": 2}), "n"),
     ] {
         let mut v = json!({"model": "code", "prompt": "x"});

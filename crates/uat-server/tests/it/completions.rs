@@ -356,6 +356,102 @@ async fn ollama_answers_completions_and_what_it_cannot_do_fails_over() {
     assert_eq!(claude.calls(), 0);
 }
 
+/// Ollama text completions give OpenAI's legacy `logprobs` (`logprobs: N`
+/// is sent as Ollama's `logprobs: true, top_logprobs: N`), answered and
+/// streamed, offsets in characters from the start of the generated text; a
+/// streamed miss replayed as a plain hit has them whole (the cache joins each
+/// chunk's lists). `echo` stays refused, and a `logprobs` above 20.
+#[tokio::test]
+async fn ollama_completions_give_legacy_logprobs() {
+    let name = unique("lp");
+    let ollama = FakeUpstream::start(Wire::Ollama, &name).await.unwrap();
+    // The fake's tokens are its words: "Café ", "👍 ", "ok".
+    ollama.set_reply("Café 👍 ok");
+    let toml = format!(
+        "{}[cache]\nmode = \"deterministic\"\n",
+        provider_toml("o", "ollama", &ollama.base_url(), "")
+    );
+    let app = spawn_app(&toml).await;
+    let model = format!("{name}-model");
+    let req = |prompt: &str, logprobs: u64, stream: bool| json!({"model": model, "prompt": prompt, "temperature": 0, "logprobs": logprobs, "stream": stream});
+    // The fake's word i has logprob -(i + 1) / 10, its alternative `alt1` 1 less.
+    let lp = |i: u32| -f64::from(i + 1) / 10.0;
+    let want = json!({
+        "tokens": ["Café ", "👍 ", "ok"],
+        "token_logprobs": [lp(0), lp(1), lp(2)],
+        "top_logprobs": [
+            {"Café ": lp(0), "alt1": lp(0) - 1.0},
+            {"👍 ": lp(1), "alt1": lp(1) - 1.0},
+            {"ok": lp(2), "alt1": lp(2) - 1.0}
+        ],
+        "text_offset": [0, 5, 7]
+    });
+
+    let resp = app.post("/v1/completions", &req("a", 2, false)).await;
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["choices"][0]["text"], "Café 👍 ok", "{body}");
+    assert_eq!(body["choices"][0]["logprobs"], want, "{body}");
+    let sent = ollama.last_body().unwrap();
+    assert_eq!(
+        (&sent["logprobs"], &sent["top_logprobs"]),
+        (&json!(true), &json!(2)),
+        "{sent}"
+    );
+
+    // Streamed: each chunk its tokens', the offsets going on.
+    let resp = app.post("/v1/completions", &req("b", 2, true)).await;
+    assert_eq!(header(&resp, "x-uat-cache"), "miss");
+    let events = sse_events(resp).await;
+    assert_eq!(streamed_text(&events), "Café 👍 ok");
+    let offsets: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str::<Value>(e).unwrap())
+        .filter_map(|c| c.pointer("/choices/0/logprobs/text_offset").cloned())
+        .collect();
+    assert_eq!(offsets, [json!([0]), json!([5]), json!([7])], "{events:?}");
+    let resp = app.post("/v1/completions", &req("b", 2, false)).await;
+    assert_eq!(header(&resp, "x-uat-cache"), "hit-l1");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["choices"][0]["logprobs"], want, "{body}");
+
+    // `logprobs: 0`: the generated tokens' own, no alternatives.
+    let resp = app.post("/v1/completions", &req("c", 0, false)).await;
+    let body: Value = resp.json().await.unwrap();
+    let got = &body["choices"][0]["logprobs"];
+    assert_eq!(got["top_logprobs"], Value::Null, "{body}");
+    assert_eq!(got["tokens"], want["tokens"], "{body}");
+    assert_eq!(got["text_offset"], want["text_offset"], "{body}");
+    assert_eq!(ollama.last_body().unwrap()["top_logprobs"], 0);
+    let resp = app.post("/v1/completions", &req("d", 0, true)).await;
+    assert_eq!(streamed_text(&sse_events(resp).await), "Café 👍 ok");
+    let resp = app.post("/v1/completions", &req("d", 0, false)).await;
+    assert_eq!(header(&resp, "x-uat-cache"), "hit-l1");
+    let body: Value = resp.json().await.unwrap();
+    let got = &body["choices"][0]["logprobs"];
+    // The cache leaves the chunks' null `top_logprobs` out: none either way.
+    assert!(got["top_logprobs"].is_null(), "{body}");
+    assert_eq!(got["text_offset"], want["text_offset"], "{body}");
+
+    let calls = ollama.calls();
+    for (refused, param) in [
+        (
+            json!({"model": model, "prompt": "a", "logprobs": 1, "echo": true}),
+            "echo",
+        ),
+        (
+            json!({"model": model, "prompt": "a", "logprobs": 21}),
+            "logprobs",
+        ),
+    ] {
+        let resp = app.post("/v1/completions", &refused).await;
+        assert_eq!(resp.status(), 400, "{refused}");
+        let err: Value = resp.json().await.unwrap();
+        assert_eq!(err["error"]["param"], param, "{err}");
+    }
+    assert_eq!(ollama.calls(), calls, "a refusal is no call");
+}
+
 /// With API keys: a completion needs a key, a key's `models` holds for it,
 /// its answer spends the key's `tokens_per_minute` (a stream's usage too),
 /// and each owner has its own cache namespace.

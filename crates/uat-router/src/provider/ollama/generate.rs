@@ -2,12 +2,15 @@
 //! OpenAI-compatible `/v1/completions` makes them: the prompt as given (the
 //! model's template applied, no `raw`), `suffix`, the sampling fields as
 //! `options`; the answer and its NDJSON stream become `text_completion`
-//! objects.
+//! objects. OpenAI's legacy `logprobs: N` is Ollama's `logprobs: true,
+//! top_logprobs: N` (Ollama 0.12.11 and later), its per-token list given
+//! back in the legacy shape ([`legacy_logprobs`]).
 
-use super::{Ndjson, Queue, Sampling, options, stop_or_length};
+use super::{Ndjson, OllamaLogprob, Queue, Sampling, options, stop_or_length};
 use crate::error::{Failure, FailureKind};
 use crate::provider::completion::TextCompletion;
-use crate::provider::{Reply, at_most_one};
+use crate::provider::{Reply, StreamChunk, at_most_one};
+use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use uat_types::{CompletionRequest, Usage};
@@ -51,25 +54,41 @@ pub(super) fn no_insert(f: Failure) -> Failure {
     }
 }
 
-/// What `/api/generate` cannot do: several prompts or token ids, `echo`,
-/// logprobs, `n` or `best_of` above 1.
+/// Ollama's most `top_logprobs` (OpenAI's legacy `logprobs` goes to 5).
+const MAX_LOGPROBS: u64 = 20;
+
+/// The legacy `logprobs` asked for: `None` when off (absent, `null`,
+/// `false`), else how many likeliest tokens to give at each place (0: only
+/// the generated token's logprob). Another value is refused naming it.
+fn logprobs(req: &CompletionRequest) -> Result<Option<u64>, Failure> {
+    match req.extra.get("logprobs") {
+        None | Some(Value::Null | Value::Bool(false)) => Ok(None),
+        Some(v) => match v.as_u64().filter(|n| *n <= MAX_LOGPROBS) {
+            Some(n) => Ok(Some(n)),
+            None => Err(Failure::unsupported(
+                format!(
+                    "logprobs must be null or an integer from 0 to {MAX_LOGPROBS} for ollama providers, not {v}"
+                ),
+                "logprobs",
+                "unsupported_value",
+            )),
+        },
+    }
+}
+
+/// What `/api/generate` cannot do: several prompts or token ids, `echo`
+/// (Ollama cannot give the prompt back, nor score it), `logprobs` other than
+/// null or 0 to 20, `n` or `best_of` above 1.
 pub(super) fn refusal(req: &CompletionRequest) -> Result<(), Failure> {
     prompt(req)?;
-    let unsupported = |field: &str| {
-        Err(Failure::unsupported(
-            format!("{field} is not supported by ollama providers"),
-            field,
-            "unsupported_parameter",
-        ))
-    };
     if req.extra.get("echo").and_then(Value::as_bool) == Some(true) {
-        return unsupported("echo");
+        return Err(Failure::unsupported(
+            "echo is not supported by ollama providers",
+            "echo",
+            "unsupported_parameter",
+        ));
     }
-    // Any number, 0 too: OpenAI then gives the chosen tokens' logprobs.
-    match req.extra.get("logprobs") {
-        None | Some(Value::Null | Value::Bool(false)) => {}
-        Some(_) => return unsupported("logprobs"),
-    }
+    logprobs(req)?;
     at_most_one(&req.extra, "n", "ollama")?;
     at_most_one(&req.extra, "best_of", "ollama")
 }
@@ -83,6 +102,10 @@ pub(super) fn body(model: &str, req: &CompletionRequest, stream: bool) -> Result
     body.insert("stream".into(), json!(stream));
     if let Some(suffix) = req.extra.get("suffix").filter(|v| !v.is_null()) {
         body.insert("suffix".into(), suffix.clone());
+    }
+    if let Some(n) = logprobs(req)? {
+        body.insert("logprobs".into(), json!(true));
+        body.insert("top_logprobs".into(), json!(n));
     }
     let options = options(Sampling {
         temperature: req.temperature,
@@ -112,6 +135,9 @@ pub(super) struct Generated {
     eval_count: Option<u64>,
     #[serde(default)]
     error: Option<String>,
+    /// The logprobs of this piece's tokens, when asked for.
+    #[serde(default)]
+    logprobs: Option<Vec<OllamaLogprob>>,
 }
 
 impl Generated {
@@ -138,36 +164,123 @@ fn only_loaded(r: &Generated) -> Option<Failure> {
     })
 }
 
-/// The `text_completion` answer for a non-streamed `/api/generate` one.
-pub(super) fn answer(model: &str, r: Generated) -> Result<Reply, Failure> {
+/// OpenAI's legacy `logprobs` of a text completion from Ollama's list for
+/// the generated tokens: `tokens`, `token_logprobs`, `top_logprobs` (per
+/// place a `{token: logprob}` object of the likeliest tokens, the highest
+/// logprob kept for a token listed twice; `null` when none were asked,
+/// `logprobs: 0`, as OpenAI gives it) and `text_offset`.
+///
+/// `offset` is where the first token starts and is moved past the last, so
+/// a stream's chunks go on counting. Offsets are in Unicode code points (the
+/// characters of the decoded text, Python's `len`, as vLLM counts) and count
+/// from the start of the generated text, each token's string length added
+/// to the one before: vLLM's convention without `echo`. OpenAI counts from
+/// the start of the prompt instead (its first offset is the prompt's length).
+fn legacy_logprobs(list: &[OllamaLogprob], top: bool, offset: &mut usize) -> Value {
+    let mut tokens = Vec::with_capacity(list.len());
+    let mut token_logprobs = Vec::with_capacity(list.len());
+    let mut text_offset = Vec::with_capacity(list.len());
+    let mut tops = Vec::with_capacity(if top { list.len() } else { 0 });
+    for l in list {
+        tokens.push(json!(l.token));
+        token_logprobs.push(json!(l.logprob));
+        text_offset.push(json!(*offset));
+        *offset += l.token.chars().count();
+        if top {
+            let mut alts = Map::new();
+            for t in &l.top_logprobs {
+                let seen = alts.get(&t.token).and_then(Value::as_f64);
+                if seen.is_none_or(|s| s < t.logprob) {
+                    alts.insert(t.token.clone(), json!(t.logprob));
+                }
+            }
+            tops.push(Value::Object(alts));
+        }
+    }
+    json!({
+        "tokens": tokens,
+        "token_logprobs": token_logprobs,
+        "top_logprobs": if top { Value::Array(tops) } else { Value::Null },
+        "text_offset": text_offset,
+    })
+}
+
+/// An encoded `text_completion` (answer or chunk) with `logprobs` as the
+/// `choices[0].logprobs`.
+fn with_logprobs(json: &[u8], logprobs: Value) -> Result<Bytes, Failure> {
+    let encode =
+        |e: serde_json::Error| Failure::new(FailureKind::Malformed, format!("cannot encode: {e}"));
+    let mut v: Value = serde_json::from_slice(json).map_err(encode)?;
+    if let Some(choice) = v.pointer_mut("/choices/0").and_then(Value::as_object_mut) {
+        choice.insert("logprobs".into(), logprobs);
+    }
+    serde_json::to_vec(&v).map(Bytes::from).map_err(encode)
+}
+
+/// The `text_completion` answer for a non-streamed `/api/generate` one (its
+/// `logprobs` when the request asked and Ollama gave them).
+pub(super) fn answer(model: &str, req: &CompletionRequest, r: Generated) -> Result<Reply, Failure> {
     if let Some(e) = r.error {
         return Err(Failure::new(FailureKind::ServerError, e));
     }
     if let Some(f) = only_loaded(&r) {
         return Err(f);
     }
-    TextCompletion::new(model).answer(&r.response, r.finish_reason(), r.usage())
+    let mut reply = TextCompletion::new(model).answer(&r.response, r.finish_reason(), r.usage())?;
+    if let (Some(n), Some(list)) = (logprobs(req)?, &r.logprobs) {
+        let lp = legacy_logprobs(list, n > 0, &mut 0);
+        reply.body = with_logprobs(&reply.body, lp)?;
+    }
+    Ok(reply)
 }
 
 /// A streamed `/api/generate` translated line by line: an empty text
 /// chunk for the first line (a thinking model's first lines carry no
 /// `response`, and the router's first-byte bound waits for a chunk), a chunk
 /// per line with text, a last one with the `finish_reason`, then the usage
-/// chunk when the client asked for it.
+/// chunk when the client asked for it. A chunk of text carries the logprobs
+/// of its tokens when asked (a line without text, a thinking model's, has
+/// none to give), their `text_offset` going on from the chunk before.
 pub(super) struct GenerateStream {
     completion: TextCompletion,
     include_usage: bool,
+    /// The legacy `logprobs` asked for ([`logprobs`]).
+    logprobs: Option<u64>,
+    /// Where the next chunk's first token starts ([`legacy_logprobs`]).
+    offset: usize,
     started: bool,
     queue: Queue,
 }
 
 impl GenerateStream {
-    pub(super) fn new(completion: TextCompletion, include_usage: bool) -> Self {
+    /// The stream of `req` (checked by [`body`] already).
+    pub(super) fn new(completion: TextCompletion, req: &CompletionRequest) -> Self {
         GenerateStream {
             completion,
-            include_usage,
+            include_usage: req.include_usage(),
+            logprobs: logprobs(req).ok().flatten(),
+            offset: 0,
             started: false,
             queue: Queue::default(),
+        }
+    }
+
+    /// The chunk of `text`, with the logprobs of its tokens when asked.
+    fn text_chunk(
+        &mut self,
+        text: &str,
+        list: Option<&[OllamaLogprob]>,
+    ) -> Result<StreamChunk, Failure> {
+        let chunk = self.completion.chunk(text, None)?;
+        match (self.logprobs, list.filter(|l| !l.is_empty())) {
+            (Some(n), Some(list)) => {
+                let lp = legacy_logprobs(list, n > 0, &mut self.offset);
+                Ok(StreamChunk {
+                    json: with_logprobs(&chunk.json, lp)?,
+                    usage: chunk.usage,
+                })
+            }
+            _ => Ok(chunk),
         }
     }
 }
@@ -190,7 +303,7 @@ impl Ndjson for GenerateStream {
             self.queue.pending.push_back(first);
         }
         if !r.response.is_empty() {
-            let chunk = self.completion.chunk(&r.response, None);
+            let chunk = self.text_chunk(&r.response, r.logprobs.as_deref());
             self.queue.pending.push_back(chunk);
         }
         if r.done {
@@ -215,12 +328,17 @@ mod tests {
     use crate::provider::completion_request;
 
     fn collect(lines: &[&'static str], include_usage: bool) -> Vec<Result<Value, Failure>> {
+        let req = completion_request(json!({"stream_options": {"include_usage": include_usage}}));
+        collect_for(lines, &req)
+    }
+
+    fn collect_for(lines: &[&'static str], req: &CompletionRequest) -> Vec<Result<Value, Failure>> {
         let completion = TextCompletion {
             id: "cmpl-x".into(),
             created: 1,
             model: "llama".into(),
         };
-        let st = GenerateStream::new(completion, include_usage);
+        let st = GenerateStream::new(completion, req);
         crate::provider::translated(lines, |s| super::super::translate(s, st))
     }
 
@@ -252,16 +370,21 @@ mod tests {
     }
 
     /// What `/api/generate` cannot do is refused naming the field, never
-    /// dropped (one prompt of two answered, no echo, no logprobs).
+    /// dropped (one prompt of two answered, no echo, no logprobs beyond 20).
     #[test]
     fn what_generate_cannot_do_is_refused() {
         for (extra, param) in [
             (json!({"prompt": ["a", "b"]}), "prompt"),
             (json!({"prompt": [1, 2, 3]}), "prompt"),
             (json!({"echo": true}), "echo"),
-            (json!({"logprobs": 1}), "logprobs"),
+            // Ollama cannot score the prompt: no echo, logprobs or not.
+            (json!({"echo": true, "logprobs": 1}), "echo"),
+            (json!({"echo": true, "logprobs": 0}), "echo"),
             (json!({"logprobs": true}), "logprobs"),
-            (json!({"logprobs": 0}), "logprobs"),
+            (json!({"logprobs": 21}), "logprobs"),
+            (json!({"logprobs": -1}), "logprobs"),
+            (json!({"logprobs": 1.5}), "logprobs"),
+            (json!({"logprobs": "2"}), "logprobs"),
             (json!({"prompt": ""}), "prompt"),
             (json!({"prompt": [""], "suffix": "}"}), "prompt"),
             (json!({"n": 2}), "n"),
@@ -283,6 +406,9 @@ mod tests {
         for ok in [
             json!({"logprobs": null}),
             json!({"logprobs": false}),
+            json!({"logprobs": 0}),
+            json!({"logprobs": 5}),
+            json!({"logprobs": 20}),
             json!({"echo": false}),
             json!({"n": 1, "best_of": 1}),
         ] {
@@ -298,7 +424,7 @@ mod tests {
             "prompt_eval_count": 5, "eval_count": 4
         }))
         .unwrap();
-        let reply = answer("llama", r).unwrap();
+        let reply = answer("llama", &completion_request(json!({})), r).unwrap();
         assert!(reply.shape.choices);
         assert_eq!(reply.usage, Some(Usage::new(5, 4)));
         let v: Value = serde_json::from_slice(&reply.body).unwrap();
@@ -319,16 +445,24 @@ mod tests {
                 json!({"response": "x", "done": true, "done_reason": reason}),
             )
             .unwrap();
-            let v: Value = serde_json::from_slice(&answer("llama", r).unwrap().body).unwrap();
+            let v: Value = serde_json::from_slice(
+                &answer("llama", &completion_request(json!({})), r)
+                    .unwrap()
+                    .body,
+            )
+            .unwrap();
             assert_eq!(v["choices"][0]["finish_reason"], "stop", "{reason}");
         }
         // An empty prompt's answer (refused before, but never stored).
         let r: Generated =
             serde_json::from_value(json!({"response": "", "done": true, "done_reason": "load"}))
                 .unwrap();
-        assert!(answer("llama", r).is_err(), "only loaded: no completion");
+        assert!(
+            answer("llama", &completion_request(json!({})), r).is_err(),
+            "only loaded: no completion"
+        );
         let r: Generated = serde_json::from_value(json!({"error": "model crashed"})).unwrap();
-        let f = answer("llama", r).unwrap_err();
+        let f = answer("llama", &completion_request(json!({})), r).unwrap_err();
         assert_eq!(
             (f.kind, f.message.as_str()),
             (FailureKind::ServerError, "model crashed")
@@ -417,6 +551,158 @@ mod tests {
         assert_eq!(texts, ["", "x", ""], "{v:?}");
         assert!(v[0]["choices"][0]["finish_reason"].is_null());
         assert_eq!(v[2]["choices"][0]["finish_reason"], "stop");
+    }
+
+    /// `logprobs: N` is Ollama's `logprobs: true, top_logprobs: N`; off, neither
+    /// is sent.
+    #[test]
+    fn logprobs_are_asked_of_ollama() {
+        for (n, top) in [(json!(3), 3), (json!(0), 0), (json!(20), 20)] {
+            let b = body("llama", &completion_request(json!({"logprobs": n})), true).unwrap();
+            assert_eq!(
+                (&b["logprobs"], &b["top_logprobs"]),
+                (&json!(true), &json!(top)),
+                "{b}"
+            );
+        }
+        for off in [
+            json!({}),
+            json!({"logprobs": null}),
+            json!({"logprobs": false}),
+        ] {
+            let b = body("llama", &completion_request(off.clone()), false).unwrap();
+            assert!(
+                b.get("logprobs").is_none() && b.get("top_logprobs").is_none(),
+                "{off}: {b}"
+            );
+        }
+        let f = refusal(&completion_request(json!({"logprobs": 21}))).unwrap_err();
+        assert!(f.message.contains("logprobs"), "{}", f.message);
+    }
+
+    /// Ollama's logprobs of "Café 👍!" in four tokens: "Caf" (its
+    /// alternatives listing "Caf" twice), "é", " 👍", "!".
+    const CAFE: &str = r#"[
+        {"token": "Caf", "logprob": -0.1, "bytes": [67, 97, 102], "top_logprobs": [
+            {"token": "Caf", "logprob": -3.0}, {"token": "Caf", "logprob": -0.1},
+            {"token": "Ca", "logprob": -2.5}]},
+        {"token": "é", "logprob": -0.25, "top_logprobs": [
+            {"token": "é", "logprob": -0.25}, {"token": "e", "logprob": -1.5}, {"token": "e", "logprob": -4.0}]},
+        {"token": " 👍", "logprob": -0.5, "top_logprobs": [{"token": " 👍", "logprob": -0.5}]},
+        {"token": "!", "logprob": -1.0, "top_logprobs": [{"token": "!", "logprob": -1.0}]}
+    ]"#;
+
+    fn cafe_answer(asked: Value) -> Value {
+        let lp: Value = serde_json::from_str(CAFE).unwrap();
+        let r: Generated = serde_json::from_value(json!({
+            "response": "Café 👍!", "done": true, "done_reason": "stop", "logprobs": lp,
+            "prompt_eval_count": 3, "eval_count": 4
+        }))
+        .unwrap();
+        let reply = answer("llama", &completion_request(asked), r).unwrap();
+        let v: Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(v["choices"][0]["text"], "Café 👍!", "{v}");
+        v["choices"][0]["logprobs"].clone()
+    }
+
+    /// The legacy shape: offsets in code points from the start of the text
+    /// ("é" one, "👍" one: not bytes, not UTF-16), a token listed twice among
+    /// the alternatives keeps its highest logprob.
+    #[test]
+    fn an_answer_gives_legacy_logprobs() {
+        let lp = cafe_answer(json!({"logprobs": 2}));
+        assert_eq!(
+            lp,
+            json!({
+                "tokens": ["Caf", "é", " 👍", "!"],
+                "token_logprobs": [-0.1, -0.25, -0.5, -1.0],
+                "top_logprobs": [
+                    {"Caf": -0.1, "Ca": -2.5},
+                    {"é": -0.25, "e": -1.5},
+                    {" 👍": -0.5},
+                    {"!": -1.0}
+                ],
+                "text_offset": [0, 3, 4, 6]
+            })
+        );
+        // `logprobs: 0`: the generated tokens' own, no alternatives (null).
+        let zero = cafe_answer(json!({"logprobs": 0}));
+        assert_eq!(zero["top_logprobs"], Value::Null, "{zero}");
+        assert_eq!(zero["tokens"], lp["tokens"]);
+        assert_eq!(zero["text_offset"], json!([0, 3, 4, 6]));
+        // Not asked: none, whatever Ollama sends.
+        assert_eq!(cafe_answer(json!({})), Value::Null);
+        // Asked of an Ollama too old to give them: none.
+        let r: Generated = serde_json::from_value(json!({"response": "x", "done": true})).unwrap();
+        let reply = answer("llama", &completion_request(json!({"logprobs": 1})), r).unwrap();
+        let v: Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(v["choices"][0]["logprobs"], Value::Null, "{v}");
+    }
+
+    /// Each text chunk carries its tokens' logprobs, offsets going on from
+    /// the chunk before; joined list by list (as the cache joins them) they
+    /// are the answer's.
+    #[test]
+    fn a_stream_gives_legacy_logprobs_per_chunk() {
+        let lines = [
+            r#"{"response":"","thinking":"Hmm","done":false,"logprobs":[{"token":"Hmm","logprob":-0.9}]}"#,
+            r#"{"response":"Café","done":false,"logprobs":[
+                {"token":"Caf","logprob":-0.1,"top_logprobs":[{"token":"Caf","logprob":-3.0},{"token":"Caf","logprob":-0.1},{"token":"Ca","logprob":-2.5}]},
+                {"token":"é","logprob":-0.25,"top_logprobs":[{"token":"é","logprob":-0.25},{"token":"e","logprob":-1.5},{"token":"e","logprob":-4.0}]}]}"#,
+            r#"{"response":" 👍","done":false,"logprobs":[{"token":" 👍","logprob":-0.5,"top_logprobs":[{"token":" 👍","logprob":-0.5}]}]}"#,
+            r#"{"response":"!","done":false,"logprobs":[{"token":"!","logprob":-1.0,"top_logprobs":[{"token":"!","logprob":-1.0}]}]}"#,
+            r#"{"response":"","done":true,"done_reason":"stop","logprobs":[]}"#,
+        ];
+        let chunks = |asked: Value| -> Vec<Value> {
+            collect_for(&lines, &completion_request(asked))
+                .into_iter()
+                .map(Result::unwrap)
+                .collect()
+        };
+        let v = chunks(json!({"logprobs": 2, "stream": true}));
+        let texts: Vec<&str> = v
+            .iter()
+            .map(|c| c["choices"][0]["text"].as_str().unwrap())
+            .collect();
+        assert_eq!(texts, ["", "Café", " 👍", "!", ""], "{v:?}");
+        // No text, no logprobs (the thinking line's are not the text's).
+        assert_eq!(v[0]["choices"][0]["logprobs"], Value::Null);
+        assert_eq!(
+            v[1]["choices"][0]["logprobs"],
+            json!({"tokens": ["Caf", "é"], "token_logprobs": [-0.1, -0.25],
+                   "top_logprobs": [{"Caf": -0.1, "Ca": -2.5}, {"é": -0.25, "e": -1.5}],
+                   "text_offset": [0, 3]})
+        );
+        assert_eq!(
+            v[2]["choices"][0]["logprobs"],
+            json!({"tokens": [" 👍"], "token_logprobs": [-0.5],
+                   "top_logprobs": [{" 👍": -0.5}], "text_offset": [4]})
+        );
+        assert_eq!(v[3]["choices"][0]["logprobs"]["text_offset"], json!([6]));
+        assert_eq!(v[4]["choices"][0]["logprobs"], Value::Null);
+        assert_eq!(v[4]["choices"][0]["finish_reason"], "stop");
+        let mut joined = serde_json::Map::new();
+        for c in &v {
+            if let Value::Object(lp) = &c["choices"][0]["logprobs"] {
+                for (k, items) in lp {
+                    let into = joined.entry(k.clone()).or_insert_with(|| json!([]));
+                    into.as_array_mut()
+                        .unwrap()
+                        .extend(items.as_array().unwrap().iter().cloned());
+                }
+            }
+        }
+        assert_eq!(Value::Object(joined), cafe_answer(json!({"logprobs": 2})));
+        // `logprobs: 0`: no alternatives (null) in each chunk.
+        let v = chunks(json!({"logprobs": 0}));
+        assert_eq!(v[1]["choices"][0]["logprobs"]["top_logprobs"], Value::Null);
+        assert_eq!(v[2]["choices"][0]["logprobs"]["text_offset"], json!([4]));
+        // Not asked: none.
+        let v = chunks(json!({}));
+        assert!(
+            v.iter().all(|c| c["choices"][0]["logprobs"].is_null()),
+            "{v:?}"
+        );
     }
 
     #[test]
