@@ -96,24 +96,28 @@ impl SpendService {
     }
 
     /// At shutdown, within `limit`: writes the spend not written yet and
-    /// closes the ledger ([`Ledger::close`]: on PostgreSQL this replica's
-    /// rows are folded into the keys' `base` rows, so restarts do not pile
-    /// rows up). Spend added later (a stream still running) is not written.
+    /// closes the ledger ([`Ledger::close`]: when none of its writes failed,
+    /// this replica's rows are folded into the keys' `base` rows, so
+    /// restarts do not pile rows up; a fold that fails is logged by the
+    /// ledger, not here). Spend added later (a stream still running) is not
+    /// written.
     pub async fn close(&self, limit: std::time::Duration) {
         match tokio::time::timeout(limit, self.ledger.close()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "spend ledger: the last write failed"),
             Err(_) => tracing::warn!(
                 ?limit,
-                "spend ledger: the last write did not finish in time"
+                "spend ledger: the last write (or the fold after it) did not finish in time"
             ),
         }
     }
 
     /// The readiness line `spend`: degraded (never critical) while writes
-    /// fail; requests are served and the spend kept in memory meanwhile.
+    /// or read-backs fail (the detail says which); requests are served and
+    /// the spend kept in memory meanwhile.
     pub fn ready(&self) -> ReadyCheck {
-        let ok = self.ledger.healthy();
+        let failing = self.ledger.failing();
+        let ok = failing.is_none();
         ReadyCheck {
             name: "spend".into(),
             status: if ok {
@@ -122,14 +126,15 @@ impl SpendService {
                 ReadyStatus::Degraded
             },
             critical: false,
-            detail: Some(if ok {
-                format!(
+            detail: Some(match failing {
+                None => format!(
                     "{} keys, {}",
                     self.ledger.accounts().len(),
                     self.ledger.backend()
-                )
-            } else {
-                "the database refuses writes: spend kept in memory, retried every second".into()
+                ),
+                Some(what) => format!(
+                    "the database fails the ledger's {what}: spend kept in memory, writes retried every second, read-backs at their next turn"
+                ),
             }),
         }
     }

@@ -24,28 +24,31 @@
 //! in one statement; on SQLite at start-up, per 400 keys) into `others`,
 //! so budgets hold across replicas within a few seconds, not exactly.
 //!
-//! Rows do not pile up per restart. SQLite folds every row into one per
-//! key and period, of replica `base`, at open: the file is one process's
-//! (a ledger still writing to it from elsewhere would write its total
-//! again after the fold, counted twice). On PostgreSQL a replica folds its
-//! own rows into the `base` rows as it is closed ([`Ledger::close`], or
-//! its last handle dropped while the runtime still runs), when its last
-//! write succeeded and none failed before (see `Task::finish`). Rows of
-//! periods long over are kept (one per key and period once folded): they
-//! are never read, and the table does not know which period length wrote
-//! them.
+//! Rows need not pile up per restart: a replica that stops cleanly
+//! ([`Ledger::close`], or its last handle dropped while the runtime still
+//! runs) and none of whose writes failed folds its own rows into the
+//! `base` rows, one per key and period, in one transaction (see
+//! `Task::finish`), on SQLite and PostgreSQL alike. Only its own: another
+//! process still writing its rows is left alone. A replica killed, or one
+//! a write of which failed, or whose fold failed, leaves its rows: they are
+//! still summed, just not compacted (one row per key and period each).
+//! Rows of periods long over are kept (one per key and period once
+//! folded): they are never read, and the table does not know which period
+//! length wrote them.
 //!
 //! The table before it, `uat_key_spend (key_name, period_start,
 //! spend_nanos)`, held deltas added by every replica. It is left as it is:
-//! when it exists at open, its rows are one more summand of every
+//! while it exists, its rows are one more summand of every
 //! read-back, so replicas of the older version still running during a
 //! rolling upgrade keep adding to it and are counted (at the next read-back
 //! on PostgreSQL), and a rollback finds everything written before the
 //! upgrade. (Spend written by replicas of this version is not seen by the
-//! older version after a rollback.) Whether it exists is checked once, at
-//! open: once no replica of the older version is left it may be dropped,
-//! but its spend is then forgotten, and replicas still running fail their
-//! read-backs (degraded, writes go on) until restarted.
+//! older version after a rollback.) Whether it exists is checked at open,
+//! again at a read-back when it was absent and the last check is a minute
+//! old (so a replica of the older version creating it later is counted
+//! within a minute), and when a read-back fails because it went away (the
+//! read-back is then retried without it). Once no replica of the older
+//! version is left it may be dropped, but its spend is then forgotten.
 //!
 //! A period starts when the clock passes its boundary ([`Period`]): from
 //! then on admission reads 0, and the task's next tick starts the new
@@ -58,7 +61,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -183,6 +186,9 @@ pub struct LedgerOptions {
     /// How often PostgreSQL's totals are read back (5 s); SQLite, owned by
     /// this process, is read at start-up only.
     pub reload_interval: Duration,
+    /// While the older `uat_key_spend` is absent, how long a read-back
+    /// trusts the last check before looking again (1 min).
+    pub old_table_recheck: Duration,
 }
 
 impl Default for LedgerOptions {
@@ -190,7 +196,23 @@ impl Default for LedgerOptions {
         LedgerOptions {
             flush_interval: Duration::from_secs(1),
             reload_interval: Duration::from_secs(5),
+            old_table_recheck: Duration::from_secs(60),
         }
+    }
+}
+
+/// What the database fails, when it fails the ledger.
+const WRITES_FAIL: u8 = 1;
+const READS_FAIL: u8 = 2;
+
+/// Names the statements the state `failing` (bits of [`WRITES_FAIL`] and
+/// [`READS_FAIL`]) says fail; `None` when none do.
+fn failing_name(failing: u8) -> Option<&'static str> {
+    match failing {
+        0 => None,
+        WRITES_FAIL => Some("writes"),
+        READS_FAIL => Some("read-backs"),
+        _ => Some("writes and read-backs"),
     }
 }
 
@@ -215,7 +237,8 @@ struct Inner {
     accounts: Arc<[Arc<Account>]>,
     by_name: HashMap<Box<str>, usize>,
     cmds: mpsc::Sender<Cmd>,
-    healthy: Arc<AtomicBool>,
+    /// What fails ([`WRITES_FAIL`], [`READS_FAIL`]), published by the task.
+    failing: Arc<AtomicU8>,
     backend: &'static str,
 }
 
@@ -231,7 +254,7 @@ impl std::fmt::Debug for Ledger {
 impl Ledger {
     /// Connects to `url` (`sqlite://PATH`, the file created when missing,
     /// or `postgres://...`), creates `uat_key_spend_replica` when it is not
-    /// there (SQLite: folds its rows into one per key and period), notes
+    /// there, notes
     /// whether the older `uat_key_spend` is there (its rows are then read
     /// too), loads each key's spend of its current period and starts the
     /// task. A database that cannot be reached is an error (the caller's to
@@ -266,8 +289,9 @@ impl Ledger {
             Db::Sqlite(_) => "sqlite",
             Db::Postgres(_) => "postgres",
         };
-        let healthy = Arc::new(AtomicBool::new(true));
-        let task = Task::new(db, replica_id(), old_table, unique.into(), healthy.clone());
+        let failing = Arc::new(AtomicU8::new(0));
+        let mut task = Task::new(db, replica_id(), old_table, unique.into(), failing.clone());
+        task.old_recheck = options.old_table_recheck;
         within(task.read_back()).await?;
         let (cmds, rx) = mpsc::channel(16);
         tokio::spawn(task.run(rx, options));
@@ -276,7 +300,7 @@ impl Ledger {
                 accounts: accounts.into(),
                 by_name,
                 cmds,
-                healthy,
+                failing,
                 backend,
             }),
         })
@@ -303,7 +327,13 @@ impl Ledger {
     /// False while the last write to the database or the last read-back
     /// failed (the spend is kept in memory and the write retried).
     pub fn healthy(&self) -> bool {
-        self.inner.healthy.load(Ordering::Acquire)
+        self.failing().is_none()
+    }
+
+    /// What the database fails while it does: `writes`, `read-backs`, or
+    /// `writes and read-backs` (the last attempt of each).
+    pub fn failing(&self) -> Option<&'static str> {
+        failing_name(self.inner.failing.load(Ordering::Acquire))
     }
 
     /// Writes what was added so far now, through the task, and waits for
@@ -320,11 +350,12 @@ impl Ledger {
     }
 
     /// The last write, at shutdown: writes what was added so far, then
-    /// (on PostgreSQL, when that write succeeded and none of this replica's
-    /// failed before) folds this replica's rows into the `base` rows, and
-    /// stops the task, as dropping every handle of the ledger does, but
-    /// awaited. Spend added after it is not written; later calls answer
-    /// [`SpendError::Stopped`].
+    /// (when that write succeeded and none of this replica's failed
+    /// before) folds this replica's rows into the `base` rows, and stops
+    /// the task, as dropping every handle of the ledger does, but awaited.
+    /// The error is the last write's: a fold that fails is logged here, and
+    /// leaves the rows as they are (still summed). Spend added after it is
+    /// not written; later calls answer [`SpendError::Stopped`].
     pub async fn close(&self) -> Result<(), SpendError> {
         self.ask(Cmd::Close).await
     }
@@ -386,13 +417,16 @@ const BASE: &str = "base";
 /// One row per key, period and replica: the replica's absolute spend on
 /// the key in that period (only ever raised; `base`: the folded spend of
 /// replicas gone).
+/// The index on `replica`: a fold finds its replica's rows without
+/// scanning the table.
 const CREATE_SQLITE: &str = "CREATE TABLE IF NOT EXISTS uat_key_spend_replica (
     key_name TEXT NOT NULL,
     period_start BIGINT NOT NULL,
     replica TEXT NOT NULL,
     spend_nanos BIGINT NOT NULL,
     PRIMARY KEY (key_name, period_start, replica)
-) WITHOUT ROWID";
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS uat_key_spend_replica_replica ON uat_key_spend_replica (replica)";
 
 const CREATE_PG: &str = "CREATE TABLE IF NOT EXISTS uat_key_spend_replica (
     key_name TEXT NOT NULL,
@@ -400,36 +434,40 @@ const CREATE_PG: &str = "CREATE TABLE IF NOT EXISTS uat_key_spend_replica (
     replica TEXT NOT NULL,
     spend_nanos BIGINT NOT NULL,
     PRIMARY KEY (key_name, period_start, replica)
-)";
+);
+CREATE INDEX IF NOT EXISTS uat_key_spend_replica_replica ON uat_key_spend_replica (replica)";
 
 /// Is the older table (deltas, one row per key and period) there?
 const OLD_EXISTS_SQLITE: &str =
     "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'uat_key_spend'";
 const OLD_EXISTS_PG: &str = "SELECT to_regclass('uat_key_spend') IS NOT NULL";
 
-/// SQLite, at open: adds every other replica's row to the `base` row
-/// (`?1`) of its key and period, one source row at a time, saturating at the
-/// largest BIGINT (`+` overflowing gives a REAL, which `MIN` caps). SQLite
-/// reads the source rows before writing, as they come from the table
-/// written. `WHERE`: SQLite's parser needs one before `ON CONFLICT` after
-/// a `SELECT`.
+/// SQLite, as a replica shuts down: adds its own rows (`?1`) to the `base`
+/// rows (`?2`) of their keys and periods, saturating at the largest BIGINT
+/// (`+` overflowing gives a REAL, which `MIN` caps). SQLite reads the
+/// source rows before writing, as they come from the table written.
+/// `WHERE`: SQLite's parser needs one before `ON CONFLICT` after a
+/// `SELECT`.
 const FOLD_SQLITE: &str = "INSERT INTO uat_key_spend_replica (key_name, period_start, replica, spend_nanos)
-    SELECT key_name, period_start, ?1, spend_nanos FROM uat_key_spend_replica WHERE replica <> ?1
+    SELECT key_name, period_start, ?2, spend_nanos FROM uat_key_spend_replica WHERE replica = ?1
     ON CONFLICT (key_name, period_start, replica) DO UPDATE
     SET spend_nanos = MIN(uat_key_spend_replica.spend_nanos + excluded.spend_nanos, 9223372036854775807)";
-/// ... then deletes the rows added.
-const FOLDED_SQLITE: &str = "DELETE FROM uat_key_spend_replica WHERE replica <> ?1";
+/// ... then deletes them, in the same transaction: a reader sees either
+/// the replica's rows or the `base` rows grown by them.
+const FOLDED_SQLITE: &str = "DELETE FROM uat_key_spend_replica WHERE replica = ?1";
 
 /// PostgreSQL, as a replica shuts down: its own rows (`$1`) are deleted
 /// and added to the `base` rows (`$2`) in one statement, saturating. A
 /// reader sees either the replica's rows or the `base` rows grown by them,
-/// never both or neither.
+/// never both or neither. The rows are inserted in key order, so replicas
+/// folding at once lock the `base` rows they share in the same order (no
+/// deadlock).
 const FOLD_PG: &str = "WITH d AS (
         DELETE FROM uat_key_spend_replica WHERE replica = $1
         RETURNING key_name, period_start, spend_nanos
     )
     INSERT INTO uat_key_spend_replica AS t (key_name, period_start, replica, spend_nanos)
-    SELECT key_name, period_start, $2, spend_nanos FROM d
+    SELECT key_name, period_start, $2, spend_nanos FROM d ORDER BY key_name, period_start
     ON CONFLICT (key_name, period_start, replica) DO UPDATE
     SET spend_nanos = LEAST(t.spend_nanos::numeric + excluded.spend_nanos, 9223372036854775807)::bigint";
 
@@ -530,39 +568,13 @@ fn select_sqlite(n: usize, old_table: bool) -> String {
     sql
 }
 
-/// Creates the table when it is missing (SQLite: and folds its rows into
-/// one per key and period, in the same transaction), and tells whether the
-/// older table is there. The older table is neither created nor changed.
+/// Creates the table when it is missing, and tells whether the older
+/// table is there. The older table is neither created nor changed.
 async fn prepare(db: &Db) -> Result<bool, SpendError> {
     match db {
         Db::Sqlite(p) => {
-            // IMMEDIATE: the write lock from the start, so no write comes
-            // between the fold's insert and its delete. The process owns
-            // the file: no replica of it is writing its own rows now (one
-            // still running on the same file would write its total again
-            // after the fold, counted twice).
-            let mut tx = p.begin_with("BEGIN IMMEDIATE").await?;
-            sqlx::raw_sql(CREATE_SQLITE).execute(&mut *tx).await?;
-            let old: i64 = sqlx::query_scalar(OLD_EXISTS_SQLITE)
-                .fetch_one(&mut *tx)
-                .await?;
-            let folded = sqlx::query(FOLD_SQLITE)
-                .bind(BASE)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            sqlx::query(FOLDED_SQLITE)
-                .bind(BASE)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            if folded > 0 {
-                tracing::debug!(
-                    rows = folded,
-                    "spend ledger: folded the rows of earlier starts"
-                );
-            }
-            Ok(old > 0)
+            sqlx::raw_sql(CREATE_SQLITE).execute(p).await?;
+            old_exists(db).await
         }
         Db::Postgres(p) => {
             // Replicas starting at once: CREATE TABLE IF NOT EXISTS races
@@ -580,6 +592,55 @@ async fn prepare(db: &Db) -> Result<bool, SpendError> {
             Ok(old)
         }
     }
+}
+
+/// Is the older table there?
+async fn old_exists(db: &Db) -> Result<bool, SpendError> {
+    Ok(match db {
+        Db::Sqlite(p) => {
+            let n: i64 = sqlx::query_scalar(OLD_EXISTS_SQLITE).fetch_one(p).await?;
+            n > 0
+        }
+        Db::Postgres(p) => sqlx::query_scalar(OLD_EXISTS_PG).fetch_one(p).await?,
+    })
+}
+
+/// Did a statement fail because a table it names is missing (the older
+/// table, say, dropped since it was last looked for)?
+fn missing_table(e: &SpendError) -> bool {
+    let SpendError::Database(sqlx::Error::Database(e)) = e else {
+        return false;
+    };
+    // PostgreSQL's undefined_table; SQLite has no code of its own for it.
+    e.code().as_deref() == Some("42P01") || e.message().contains("no such table: uat_key_spend")
+}
+
+/// Folds this replica's rows into the `base` rows (see [`FOLD_PG`] and
+/// [`FOLD_SQLITE`]).
+async fn fold(db: &Db, replica: &str) -> Result<(), SpendError> {
+    match db {
+        Db::Sqlite(p) => {
+            let mut tx = p.begin().await?;
+            sqlx::query(FOLD_SQLITE)
+                .bind(replica)
+                .bind(BASE)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(FOLDED_SQLITE)
+                .bind(replica)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        }
+        Db::Postgres(p) => {
+            sqlx::query(FOLD_PG)
+                .bind(replica)
+                .bind(BASE)
+                .execute(p)
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 fn to_db(n: u64) -> i64 {
@@ -636,11 +697,13 @@ async fn write(db: &Db, replica: &str, rows: &[Row<'_>]) -> Result<(), SpendErro
 
 /// The other replicas' rows of the (key, period start) pairs `wanted`
 /// (distinct), and the older table's when `old_table`, summed by pair
-/// (saturating at the largest BIGINT).
+/// (saturating at the largest BIGINT). `select_pg`: PostgreSQL's statement,
+/// [`select_pg`] of `old_table`.
 async fn read_others(
     db: &Db,
     replica: &str,
     old_table: bool,
+    select_pg: &str,
     wanted: &[(&str, i64)],
 ) -> Result<Vec<(String, i64, u64)>, SpendError> {
     if wanted.is_empty() {
@@ -662,7 +725,7 @@ async fn read_others(
         Db::Postgres(p) => {
             let names: Vec<&str> = wanted.iter().map(|w| w.0).collect();
             let starts: Vec<i64> = wanted.iter().map(|w| w.1).collect();
-            sqlx::query_as(&select_pg(old_table))
+            sqlx::query_as(select_pg)
                 .bind(names)
                 .bind(starts)
                 .bind(replica)
@@ -716,8 +779,15 @@ struct Task {
     db: Db,
     /// This replica's id, the `replica` of its rows.
     replica: Box<str>,
-    /// The older table was there at open: its rows are read too.
+    /// The older table was there when last looked for: its rows are read
+    /// too.
     old_table: bool,
+    /// When the older table was last looked for.
+    old_checked: std::time::Instant,
+    /// While it is absent, how long a read-back trusts that.
+    old_recheck: Duration,
+    /// PostgreSQL's read-back, of `old_table` ([`select_pg`]).
+    select_pg: String,
     /// One account per name.
     accounts: Arc<[Arc<Account>]>,
     /// This replica's totals by account (index) and period start: the
@@ -727,8 +797,9 @@ struct Task {
     write_ok: bool,
     /// The last read-back succeeded.
     read_ok: bool,
-    /// `write_ok && read_ok`, published for [`Ledger::healthy`].
-    healthy: Arc<AtomicBool>,
+    /// What of the two fails ([`WRITES_FAIL`], [`READS_FAIL`]), published
+    /// for [`Ledger::failing`].
+    failing: Arc<AtomicU8>,
     /// A write of this replica failed once: its outcome on the server is
     /// unknown (see [`Task::finish`]).
     write_failed: bool,
@@ -740,18 +811,39 @@ impl Task {
         replica: Box<str>,
         old_table: bool,
         accounts: Arc<[Arc<Account>]>,
-        healthy: Arc<AtomicBool>,
+        failing: Arc<AtomicU8>,
     ) -> Self {
         Task {
             db,
             replica,
             old_table,
+            old_checked: std::time::Instant::now(),
+            old_recheck: LedgerOptions::default().old_table_recheck,
+            select_pg: select_pg(old_table),
             accounts,
             totals: HashMap::new(),
             write_ok: true,
             read_ok: true,
-            healthy,
+            failing,
             write_failed: false,
+        }
+    }
+
+    /// Notes whether the older table is there, as just looked up.
+    fn set_old_table(&mut self, there: bool) {
+        self.old_checked = std::time::Instant::now();
+        if there != self.old_table {
+            self.old_table = there;
+            self.select_pg = select_pg(there);
+            tracing::info!(
+                there,
+                "spend ledger: the older uat_key_spend table is {}",
+                if there {
+                    "there: its rows are counted"
+                } else {
+                    "gone"
+                }
+            );
         }
     }
 
@@ -793,10 +885,11 @@ impl Task {
         }
     }
 
-    /// The last write, as the ledger is closed or dropped; then, on
-    /// PostgreSQL, when it succeeded, this replica's rows are folded into
-    /// the `base` rows, so each start does not leave a row per key behind.
-    /// The replica writes nothing after (the task ends).
+    /// The last write, as the ledger is closed or dropped; then, when it
+    /// succeeded, this replica's rows are folded into the `base` rows, so
+    /// each start does not leave a row per key behind. The replica writes
+    /// nothing after (the task ends). The error is the last write's: a fold
+    /// that fails is logged and leaves the rows (still summed).
     ///
     /// A write of this replica whose timeout fired may still be running on
     /// the server (on the pool's other connection, in a lock wait, say): if
@@ -806,25 +899,20 @@ impl Task {
     /// (timed out or not: a connection lost mid-statement is as unsure)
     /// leaves its rows as they are; they cost one row per key and period.
     /// Writes that succeeded are committed, and the last write was
-    /// answered before the fold starts, so they cannot land after it.
+    /// answered before the fold starts (SQLite's pool has one connection:
+    /// its statements run in order), so they cannot land after it.
     async fn finish(&mut self) -> Result<(), SpendError> {
         self.flush().await?;
-        let Db::Postgres(p) = &self.db else {
-            // SQLite folds every row at the next open.
-            return Ok(());
-        };
         if self.write_failed {
             return Ok(());
         }
-        let fold = async {
-            sqlx::query(FOLD_PG)
-                .bind(&*self.replica)
-                .bind(BASE)
-                .execute(p)
-                .await?;
-            Ok::<(), SpendError>(())
-        };
-        within(fold).await
+        if let Err(error) = within(fold(&self.db, &self.replica)).await {
+            tracing::warn!(
+                %error,
+                "spend ledger: folding this replica's rows failed; they stay, summed as before"
+            );
+        }
+        Ok(())
     }
 
     /// Moves what the accounts added into the totals (starting new periods
@@ -909,8 +997,29 @@ impl Task {
 
     /// Sets each account's `others` to the other replicas' rows of its
     /// current period (and the older table's). This replica's rows are not
-    /// read: its own spend is in `spent`.
-    async fn read_back(&self) -> Result<(), SpendError> {
+    /// read: its own spend is in `spent`. The older table is looked for
+    /// first when it was absent at the last look, `old_recheck` ago or
+    /// more; a read-back failing as it is gone looks again, and is retried
+    /// once when it is.
+    async fn read_back(&mut self) -> Result<(), SpendError> {
+        if !self.old_table && self.old_checked.elapsed() >= self.old_recheck {
+            let there = old_exists(&self.db).await?;
+            self.set_old_table(there);
+        }
+        match self.read_back_once().await {
+            Err(e) if self.old_table && missing_table(&e) => {
+                let there = old_exists(&self.db).await?;
+                self.set_old_table(there);
+                if there {
+                    return Err(e);
+                }
+                self.read_back_once().await
+            }
+            r => r,
+        }
+    }
+
+    async fn read_back_once(&self) -> Result<(), SpendError> {
         let starts: Vec<i64> = self
             .accounts
             .iter()
@@ -925,7 +1034,14 @@ impl Task {
             .collect();
         let wanted: Vec<(&str, i64)> = index.keys().copied().collect();
         let mut others = vec![0u64; self.accounts.len()];
-        let read = read_others(&self.db, &self.replica, self.old_table, &wanted).await?;
+        let read = read_others(
+            &self.db,
+            &self.replica,
+            self.old_table,
+            &self.select_pg,
+            &wanted,
+        )
+        .await?;
         for (name, start, n) in read {
             if let Some(&i) = index.get(&(name.as_str(), start)) {
                 others[i] = others[i].saturating_add(n);
@@ -939,22 +1055,33 @@ impl Task {
         Ok(())
     }
 
-    /// Publishes `write_ok && read_ok`, and logs when that changes (an
-    /// outage once, and its end): writes that succeed while reads fail (or
-    /// the other way round) do not flip it every tick.
+    /// Publishes what fails (of writes and read-backs), and logs when that
+    /// changes (an outage once, what fails when that changes, and its end):
+    /// each of the two changes only with its own outcome, so writes that
+    /// succeed while read-backs fail (or the other way round) do not flip
+    /// it every tick.
     fn outcome(&self, r: Result<(), SpendError>) -> Result<(), SpendError> {
-        let healthy = self.write_ok && self.read_ok;
-        let was = self.healthy.swap(healthy, Ordering::AcqRel);
-        if healthy && !was {
-            tracing::info!(
+        let failing =
+            if self.write_ok { 0 } else { WRITES_FAIL } | if self.read_ok { 0 } else { READS_FAIL };
+        let was = self.failing.swap(failing, Ordering::AcqRel);
+        if failing == was {
+            return r;
+        }
+        match failing_name(failing) {
+            None => tracing::info!(
                 "spend ledger: the database answers again; the spend kept in memory is written"
-            );
-        } else if !healthy && was {
-            let error = match &r {
-                Err(e) => e.to_string(),
-                Ok(()) => "an earlier statement failed".into(),
-            };
-            tracing::warn!(%error, "spend ledger: the database fails; keeping the spend in memory and retrying every second");
+            ),
+            Some(what) => {
+                let error = match &r {
+                    Err(e) => e.to_string(),
+                    Ok(()) => "an earlier statement failed".into(),
+                };
+                tracing::warn!(
+                    %error,
+                    failing = what,
+                    "spend ledger: the database fails {what}; the spend is kept in memory, writes retried every second, read-backs at their next turn"
+                );
+            }
         }
         r
     }

@@ -13,8 +13,10 @@
 //!   shutdown, and on PostgreSQL the sum of every replica's rows (and of
 //!   the older `uat_key_spend`'s, left as it is, while it exists) is read
 //!   back every few seconds, so replicas sharing the database see each
-//!   other's spend. The rows of replicas gone are folded into one per key
-//!   and period (SQLite at open, PostgreSQL as a replica shuts down).
+//!   other's spend. A replica that stops cleanly, none of its writes having
+//!   failed, folds its rows into one per key and period; a replica killed,
+//!   or one a write of which failed, leaves its rows (still summed, just
+//!   not compacted).
 //!   Enforcement across replicas is therefore eventually consistent, by a
 //!   few seconds. The database is never waited for by a
 //!   request: while it is unreachable the spend is kept in memory (logged
