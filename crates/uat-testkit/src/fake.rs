@@ -106,6 +106,8 @@ struct Shared {
     models: Mutex<Vec<String>>,
     models_status: Mutex<Option<u16>>,
     reply: Mutex<String>,
+    /// Ollama `/api/generate`: the reasoning sent before the reply.
+    thinking: Mutex<String>,
     chunk_delay: Mutex<Duration>,
     anthropic_usage: Mutex<Map<String, Value>>,
     calls: AtomicUsize,
@@ -142,6 +144,7 @@ impl FakeUpstream {
             models: Mutex::new(vec![format!("{name}-model")]),
             models_status: Mutex::new(None),
             reply: Mutex::new(format!("Hello from {name}")),
+            thinking: Mutex::new(String::new()),
             chunk_delay: Mutex::new(Duration::ZERO),
             anthropic_usage: Mutex::new(Map::new()),
             calls: AtomicUsize::new(0),
@@ -196,6 +199,14 @@ impl FakeUpstream {
     /// Replaces the reply text (streamed word by word).
     pub fn set_reply(&self, text: &str) {
         *self.shared.reply.lock() = text.to_owned();
+    }
+
+    /// Ollama wire, `/api/generate`: a thinking model's reasoning (empty:
+    /// none), sent as `thinking` before the reply (streamed word by word,
+    /// lines without `response`); asked for logprobs, its tokens come first
+    /// in the list, each of logprob -5, as Ollama lists them.
+    pub fn set_ollama_thinking(&self, text: &str) {
+        *self.shared.thinking.lock() = text.to_owned();
     }
 
     /// Delay between streamed events.
@@ -520,8 +531,16 @@ async fn answer_full(
                 "done": true, "done_reason": "stop", "context": [1, 2, 3],
                 "prompt_eval_count": PROMPT_TOKENS, "eval_count": words,
             });
-            if let Some(lp) = ollama_logprobs(body, reply.split_inclusive(' ').enumerate()) {
-                v["logprobs"] = lp;
+            let thinking = s.thinking.lock().clone();
+            if let Some(Value::Array(lp)) =
+                ollama_logprobs(body, reply.split_inclusive(' ').enumerate())
+            {
+                let mut list = thinking_logprobs(&thinking);
+                list.extend(lp);
+                v["logprobs"] = Value::Array(list);
+            }
+            if !thinking.is_empty() {
+                v["thinking"] = json!(thinking);
             }
             v
         }
@@ -642,6 +661,15 @@ fn stream_events(s: &Shared, call: Call<'_>, b: &Behavior) -> Vec<String> {
             out.push("data: [DONE]\n\n".into());
         }
         (Wire::Ollama, Route::Complete) => {
+            let asked = body.get("logprobs").and_then(Value::as_bool) == Some(true);
+            let thinking = s.thinking.lock().clone();
+            for t in thinking.split_inclusive(' ') {
+                let mut v = json!({"model": model, "created_at": "2024-01-01T00:00:00Z", "response": "", "thinking": t, "done": false});
+                if asked {
+                    v["logprobs"] = Value::Array(thinking_logprobs(t));
+                }
+                out.push(format!("{v}\n"));
+            }
             for (i, p) in pieces.iter().enumerate() {
                 let mut v = json!({"model": model, "created_at": "2024-01-01T00:00:00Z", "response": p, "done": false});
                 if let Some(lp) = ollama_logprobs(body, std::iter::once((i, *p))) {
@@ -729,6 +757,14 @@ fn stream_events(s: &Shared, call: Call<'_>, b: &Behavior) -> Vec<String> {
 /// 0.12.11 and later send them: `{token, logprob, bytes, top_logprobs}`,
 /// with `top_logprobs` alternatives only when asked. The word at position `i`
 /// has logprob `-(i + 1) / 10`; its alternatives are `alt1`, `alt2`, ...
+/// The logprobs of a thinking model's reasoning: -5 a word.
+fn thinking_logprobs(thinking: &str) -> Vec<Value> {
+    thinking
+        .split_inclusive(' ')
+        .map(|t| json!({"token": t, "logprob": -5.0, "bytes": t.as_bytes()}))
+        .collect()
+}
+
 fn ollama_logprobs<'a>(
     body: &Value,
     tokens: impl Iterator<Item = (usize, &'a str)>,

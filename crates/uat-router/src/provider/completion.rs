@@ -6,6 +6,7 @@ use super::{Reply, StreamChunk};
 use crate::error::{Failure, FailureKind};
 use bytes::Bytes;
 use serde::Serialize;
+use serde_json::Value;
 use uat_types::Usage;
 
 /// What every object of one completion repeats: its id, its creation time
@@ -32,9 +33,9 @@ struct Object<'a> {
 struct TextChoice<'a> {
     text: &'a str,
     index: u32,
-    /// Null as encoded here: an Ollama answer asked for `logprobs` gets
-    /// its legacy lists put in afterwards (`ollama::generate`).
-    logprobs: Option<()>,
+    /// OpenAI's legacy `logprobs` object when asked for (an Ollama
+    /// answer's, `ollama::generate`), else null.
+    logprobs: Option<&'a Value>,
     finish_reason: Option<&'a str>,
 }
 
@@ -68,10 +69,21 @@ impl TextCompletion {
 
     /// The whole answer: one choice of `text`, ended for `finish_reason`.
     pub fn answer(&self, text: &str, finish_reason: &str, usage: Usage) -> Result<Reply, Failure> {
+        self.answer_with(text, finish_reason, usage, None)
+    }
+
+    /// [`Self::answer`] with the choice's legacy `logprobs` (null for `None`).
+    pub fn answer_with(
+        &self,
+        text: &str,
+        finish_reason: &str,
+        usage: Usage,
+        logprobs: Option<&Value>,
+    ) -> Result<Reply, Failure> {
         let choice = TextChoice {
             text,
             index: 0,
-            logprobs: None,
+            logprobs,
             finish_reason: Some(finish_reason),
         };
         Ok(Reply::chat(
@@ -82,10 +94,20 @@ impl TextCompletion {
 
     /// A streamed chunk of `text`; the last one carries its `finish_reason`.
     pub fn chunk(&self, text: &str, finish_reason: Option<&str>) -> Result<StreamChunk, Failure> {
+        self.chunk_with(text, finish_reason, None)
+    }
+
+    /// [`Self::chunk`] with the choice's legacy `logprobs` (null for `None`).
+    pub fn chunk_with(
+        &self,
+        text: &str,
+        finish_reason: Option<&str>,
+        logprobs: Option<&Value>,
+    ) -> Result<StreamChunk, Failure> {
         let choice = TextChoice {
             text,
             index: 0,
-            logprobs: None,
+            logprobs,
             finish_reason,
         };
         Ok(StreamChunk {
@@ -107,7 +129,7 @@ impl TextCompletion {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::{Value, json};
+    use serde_json::json;
 
     fn parse(b: &[u8]) -> Value {
         serde_json::from_slice(b).unwrap()

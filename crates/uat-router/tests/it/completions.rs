@@ -282,6 +282,21 @@ async fn what_ollama_cannot_do_fails_over_without_an_attempt() {
         }
     }
     assert_eq!(ol.calls(), 1, "no refused request reached Ollama");
+
+    // What it can do stays on Ollama: logprobs up to 20, no failover.
+    let ok = complete(
+        &r,
+        &request(json!({"model": "code", "prompt": "x", "logprobs": 1})),
+    )
+    .await
+    .unwrap();
+    assert_eq!((&*ok.provider, ok.attempts), ("ol", 1));
+    assert_eq!(ol.calls(), 2);
+    let sent = ol.last_body().unwrap();
+    assert_eq!(
+        (&sent["logprobs"], &sent["top_logprobs"]),
+        (&json!(true), &json!(1))
+    );
 }
 
 /// Anthropic has no text completion API: an alias fails over past it, and

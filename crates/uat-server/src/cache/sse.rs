@@ -138,8 +138,12 @@ impl ChoiceAcc {
         let into = self.text_logprobs.get_or_insert_with(Map::new);
         for (name, v) in fields {
             match (into.get_mut(name), v) {
+                // A list every chunk left null stays null (not dropped).
+                (None, Value::Null) => {
+                    into.insert(name.clone(), Value::Null);
+                }
                 (_, Value::Null) => {}
-                (None, Value::Array(items)) => {
+                (None | Some(Value::Null), Value::Array(items)) => {
                     into.insert(name.clone(), Value::Array(items.clone()));
                 }
                 (Some(Value::Array(l)), Value::Array(items)) => l.extend(items.iter().cloned()),
@@ -769,6 +773,45 @@ mod tests {
         // Without `usage` asked: no usage chunk.
         let plain = String::from_utf8(replay(&stored, false, Form::Text).unwrap()).unwrap();
         assert!(!plain.contains("\"usage\""));
+    }
+
+    /// Legacy logprobs lists left null in every chunk (OpenAI's
+    /// `top_logprobs` for `logprobs: 0`) are stored null, not dropped (a
+    /// hit then has the key the miss had); a null beside a list, and empty
+    /// lists (a chunk without tokens), join as the lists.
+    #[test]
+    fn text_logprobs_null_and_empty_lists_are_kept() {
+        let piece = |text: &str, lp: Value| json!({"id":"cmpl-1","object":"text_completion","created":3,"model":"m","choices":[{"index":0,"text":text,"logprobs":lp,"finish_reason":if text.is_empty() { json!("stop") } else { Value::Null }}]});
+        let empty = json!({"tokens":[],"token_logprobs":[],"top_logprobs":[],"text_offset":[]});
+        let events = [
+            piece(
+                "a",
+                json!({"tokens":["a"],"token_logprobs":[-0.1],"top_logprobs":null,"text_offset":[0],"x":null}),
+            ),
+            piece(
+                "b",
+                json!({"tokens":["b"],"token_logprobs":[-0.2],"top_logprobs":null,"text_offset":[1],"x":[1]}),
+            ),
+            piece("", empty),
+        ];
+        let mut asm = Assembler::new(Form::Text, 1);
+        for e in &events {
+            asm.feed(format!("data: {e}\n\n").as_bytes());
+        }
+        asm.feed(b"data: [DONE]\n\n");
+        let stored = asm.finish().expect("a complete stream");
+        let v: Value = serde_json::from_slice(&stored).unwrap();
+        assert_eq!(
+            v["choices"][0]["logprobs"],
+            json!({"tokens":["a","b"],"token_logprobs":[-0.1,-0.2],"top_logprobs":[],"text_offset":[0,1],"x":[1]})
+        );
+        let mut asm = Assembler::new(Form::Text, 1);
+        asm.feed(format!("data: {}\n\n", events[0]).as_bytes());
+        asm.feed(format!("data: {}\n\n", piece("", Value::Null)).as_bytes());
+        asm.feed(b"data: [DONE]\n\n");
+        let v: Value = serde_json::from_slice(&asm.finish().unwrap()).unwrap();
+        let lp = v["choices"][0]["logprobs"].as_object().unwrap().clone();
+        assert_eq!(lp.get("top_logprobs"), Some(&Value::Null), "{v}");
     }
 
     /// vLLM's choice fields beside the text (`token_ids` per piece, the

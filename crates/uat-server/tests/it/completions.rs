@@ -358,7 +358,8 @@ async fn ollama_answers_completions_and_what_it_cannot_do_fails_over() {
 
 /// Ollama text completions give OpenAI's legacy `logprobs` (`logprobs: N`
 /// is sent as Ollama's `logprobs: true, top_logprobs: N`), answered and
-/// streamed, offsets in characters from the start of the generated text; a
+/// streamed, offsets in characters from the start of the generated text (a
+/// thinking model's reasoning tokens left out); a
 /// streamed miss replayed as a plain hit has them whole (the cache joins each
 /// chunk's lists). `echo` stays refused, and a `logprobs` above 20.
 #[tokio::test]
@@ -404,22 +405,33 @@ async fn ollama_completions_give_legacy_logprobs() {
     assert_eq!(header(&resp, "x-uat-cache"), "miss");
     let events = sse_events(resp).await;
     assert_eq!(streamed_text(&events), "Café 👍 ok");
-    let offsets: Vec<Value> = events[..events.len() - 1]
+    let offsets: Vec<Option<Value>> = events[..events.len() - 1]
         .iter()
         .map(|e| serde_json::from_str::<Value>(e).unwrap())
-        .filter_map(|c| c.pointer("/choices/0/logprobs/text_offset").cloned())
+        .map(|c| c.pointer("/choices/0/logprobs/text_offset").cloned())
         .collect();
-    assert_eq!(offsets, [json!([0]), json!([5]), json!([7])], "{events:?}");
+    // Every chunk has them, empty lists on the finish chunk (vLLM's shape).
+    assert_eq!(
+        offsets,
+        [
+            Some(json!([0])),
+            Some(json!([5])),
+            Some(json!([7])),
+            Some(json!([]))
+        ],
+        "{events:?}"
+    );
     let resp = app.post("/v1/completions", &req("b", 2, false)).await;
     assert_eq!(header(&resp, "x-uat-cache"), "hit-l1");
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["choices"][0]["logprobs"], want, "{body}");
 
-    // `logprobs: 0`: the generated tokens' own, no alternatives.
+    // `logprobs: 0`: the generated tokens' own, alone in each place.
+    let own = json!([{"Café ": lp(0)}, {"👍 ": lp(1)}, {"ok": lp(2)}]);
     let resp = app.post("/v1/completions", &req("c", 0, false)).await;
     let body: Value = resp.json().await.unwrap();
     let got = &body["choices"][0]["logprobs"];
-    assert_eq!(got["top_logprobs"], Value::Null, "{body}");
+    assert_eq!(got["top_logprobs"], own, "{body}");
     assert_eq!(got["tokens"], want["tokens"], "{body}");
     assert_eq!(got["text_offset"], want["text_offset"], "{body}");
     assert_eq!(ollama.last_body().unwrap()["top_logprobs"], 0);
@@ -429,9 +441,25 @@ async fn ollama_completions_give_legacy_logprobs() {
     assert_eq!(header(&resp, "x-uat-cache"), "hit-l1");
     let body: Value = resp.json().await.unwrap();
     let got = &body["choices"][0]["logprobs"];
-    // The cache leaves the chunks' null `top_logprobs` out: none either way.
-    assert!(got["top_logprobs"].is_null(), "{body}");
+    assert_eq!(got["top_logprobs"], own, "{body}");
     assert_eq!(got["text_offset"], want["text_offset"], "{body}");
+
+    // A thinking model: Ollama's list has the reasoning's tokens first; the
+    // answer has the text's alone, whole, streamed and replayed.
+    ollama.set_ollama_thinking("Let me think.");
+    let resp = app.post("/v1/completions", &req("e", 2, false)).await;
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["choices"][0]["text"], "Café 👍 ok", "{body}");
+    assert_eq!(body["choices"][0]["logprobs"], want, "{body}");
+    let resp = app.post("/v1/completions", &req("f", 2, true)).await;
+    assert_eq!(header(&resp, "x-uat-cache"), "miss");
+    let events = sse_events(resp).await;
+    assert_eq!(streamed_text(&events), "Café 👍 ok");
+    let resp = app.post("/v1/completions", &req("f", 2, false)).await;
+    assert_eq!(header(&resp, "x-uat-cache"), "hit-l1");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["choices"][0]["logprobs"], want, "{body}");
+    ollama.set_ollama_thinking("");
 
     let calls = ollama.calls();
     for (refused, param) in [
