@@ -51,13 +51,28 @@ pub enum LogFormat {
     Json,
 }
 
+/// `filter` with PostgreSQL's notices (sqlx logs them at `info`: "relation
+/// ... already exists, skipping" from every `CREATE ... IF NOT EXISTS` at
+/// start-up) shown from `warn` up, unless the filter names sqlx itself.
+fn quiet_notices(filter: &str) -> String {
+    if filter.contains("sqlx") {
+        filter.to_owned()
+    } else {
+        format!("{filter},sqlx::postgres::notice=warn")
+    }
+}
+
 /// Installs the global tracing subscriber. `RUST_LOG` wins over `default_filter`.
 /// Safe to call more than once (later calls do nothing).
 pub fn init_tracing(default_filter: &str, format: LogFormat) {
     use tracing_subscriber::{EnvFilter, fmt};
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(default_filter))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let from_env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|s| !s.trim().is_empty());
+    let filter = from_env
+        .and_then(|s| EnvFilter::try_new(quiet_notices(&s)).ok())
+        .or_else(|| EnvFilter::try_new(quiet_notices(default_filter)).ok())
+        .unwrap_or_else(|| EnvFilter::new(quiet_notices("info")));
     // Colours only on a terminal: logs piped to a file, journald or a
     // container runtime (`kubectl logs`) would otherwise carry escape codes.
     // `NO_COLOR` (no-color.org) turns them off on a terminal too.
@@ -71,4 +86,37 @@ pub fn init_tracing(default_filter: &str, format: LogFormat) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quiet_notices;
+    use tracing::Level;
+    use tracing_subscriber::{EnvFilter, layer::SubscriberExt};
+
+    /// Whether `level` events of the notice target and of another pass `filter`.
+    fn passes(filter: &str, level: Level) -> (bool, bool) {
+        let f = EnvFilter::try_new(quiet_notices(filter)).expect("a valid filter");
+        let subscriber = tracing_subscriber::registry().with(f);
+        tracing::subscriber::with_default(subscriber, || match level {
+            Level::INFO => (
+                tracing::enabled!(target: "sqlx::postgres::notice", Level::INFO),
+                tracing::enabled!(target: "uat_server::memory", Level::INFO),
+            ),
+            _ => (
+                tracing::enabled!(target: "sqlx::postgres::notice", Level::WARN),
+                tracing::enabled!(target: "uat_server::memory", Level::WARN),
+            ),
+        })
+    }
+
+    #[test]
+    fn postgres_notices_show_from_warn_unless_sqlx_is_named() {
+        assert_eq!(passes("info", Level::INFO), (false, true));
+        assert_eq!(passes("info", Level::WARN), (true, true));
+        assert_eq!(passes("debug,hyper=warn", Level::INFO), (false, true));
+        // A filter that names sqlx is the operator's own choice.
+        assert_eq!(passes("info,sqlx=info", Level::INFO), (true, true));
+        assert_eq!(quiet_notices("warn,sqlx=debug"), "warn,sqlx=debug");
+    }
 }
