@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -108,6 +108,8 @@ struct Shared {
     reply: Mutex<String>,
     /// Ollama `/api/generate`: the reasoning sent before the reply.
     thinking: Mutex<String>,
+    /// Ollama `/api/generate`: `logprobs` ignored, as before Ollama 0.12.11.
+    ignore_logprobs: AtomicBool,
     chunk_delay: Mutex<Duration>,
     anthropic_usage: Mutex<Map<String, Value>>,
     calls: AtomicUsize,
@@ -145,6 +147,7 @@ impl FakeUpstream {
             models_status: Mutex::new(None),
             reply: Mutex::new(format!("Hello from {name}")),
             thinking: Mutex::new(String::new()),
+            ignore_logprobs: AtomicBool::new(false),
             chunk_delay: Mutex::new(Duration::ZERO),
             anthropic_usage: Mutex::new(Map::new()),
             calls: AtomicUsize::new(0),
@@ -203,10 +206,19 @@ impl FakeUpstream {
 
     /// Ollama wire, `/api/generate`: a thinking model's reasoning (empty:
     /// none), sent as `thinking` before the reply (streamed word by word,
-    /// lines without `response`); asked for logprobs, its tokens come first
-    /// in the list, each of logprob -5, as Ollama lists them.
+    /// lines without `response`, then a line each for `\n`, `</think>` and
+    /// `\n\n` with neither thinking nor text); asked for logprobs, its
+    /// tokens come first in the list, each of logprob -5, then those three,
+    /// as Ollama lists them.
     pub fn set_ollama_thinking(&self, text: &str) {
         *self.shared.thinking.lock() = text.to_owned();
+    }
+
+    /// Ollama wire, `/api/generate`: whether `logprobs` is ignored (no
+    /// `logprobs` field on any answer or line), as an Ollama before 0.12.11
+    /// does.
+    pub fn set_ollama_ignore_logprobs(&self, ignore: bool) {
+        self.shared.ignore_logprobs.store(ignore, Ordering::SeqCst);
     }
 
     /// Delay between streamed events.
@@ -526,6 +538,12 @@ async fn answer_full(
             "system_fingerprint": "fp_fake",
         }),
         (Wire::Ollama, Route::Complete) => {
+            let ignored = json!({});
+            let body = if s.ignore_logprobs.load(Ordering::SeqCst) {
+                &ignored
+            } else {
+                body
+            };
             let mut v = json!({
                 "model": model, "created_at": "2024-01-01T00:00:00Z", "response": reply,
                 "done": true, "done_reason": "stop", "context": [1, 2, 3],
@@ -536,6 +554,9 @@ async fn answer_full(
                 ollama_logprobs(body, reply.split_inclusive(' ').enumerate())
             {
                 let mut list = thinking_logprobs(&thinking);
+                if !thinking.is_empty() {
+                    list.extend(THINKING_END.map(thinking_end_logprob));
+                }
                 list.extend(lp);
                 v["logprobs"] = Value::Array(list);
             }
@@ -661,6 +682,12 @@ fn stream_events(s: &Shared, call: Call<'_>, b: &Behavior) -> Vec<String> {
             out.push("data: [DONE]\n\n".into());
         }
         (Wire::Ollama, Route::Complete) => {
+            let ignored = json!({});
+            let body = if s.ignore_logprobs.load(Ordering::SeqCst) {
+                &ignored
+            } else {
+                body
+            };
             let asked = body.get("logprobs").and_then(Value::as_bool) == Some(true);
             let thinking = s.thinking.lock().clone();
             for t in thinking.split_inclusive(' ') {
@@ -669,6 +696,15 @@ fn stream_events(s: &Shared, call: Call<'_>, b: &Behavior) -> Vec<String> {
                     v["logprobs"] = Value::Array(thinking_logprobs(t));
                 }
                 out.push(format!("{v}\n"));
+            }
+            if !thinking.is_empty() {
+                for t in THINKING_END {
+                    let mut v = json!({"model": model, "created_at": "2024-01-01T00:00:00Z", "response": "", "done": false});
+                    if asked {
+                        v["logprobs"] = json!([thinking_end_logprob(t)]);
+                    }
+                    out.push(format!("{v}\n"));
+                }
             }
             for (i, p) in pieces.iter().enumerate() {
                 let mut v = json!({"model": model, "created_at": "2024-01-01T00:00:00Z", "response": p, "done": false});
@@ -752,11 +788,6 @@ fn stream_events(s: &Shared, call: Call<'_>, b: &Behavior) -> Vec<String> {
     out
 }
 
-/// Ollama's `logprobs` for these `(position, token)` pairs (one token per
-/// word of the reply) when the request set `logprobs: true`, as Ollama
-/// 0.12.11 and later send them: `{token, logprob, bytes, top_logprobs}`,
-/// with `top_logprobs` alternatives only when asked. The word at position `i`
-/// has logprob `-(i + 1) / 10`; its alternatives are `alt1`, `alt2`, ...
 /// The logprobs of a thinking model's reasoning: -5 a word.
 fn thinking_logprobs(thinking: &str) -> Vec<Value> {
     thinking
@@ -765,6 +796,21 @@ fn thinking_logprobs(thinking: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The tokens that end a thinking model's reasoning, as Ollama lists them:
+/// neither thinking nor text (its parser keeps them from both), streamed on
+/// lines of their own.
+const THINKING_END: [&str; 3] = ["\n", "</think>", "\n\n"];
+
+/// The logprob of one of [`THINKING_END`].
+fn thinking_end_logprob(t: &str) -> Value {
+    json!({"token": t, "logprob": -0.01, "bytes": t.as_bytes()})
+}
+
+/// Ollama's `logprobs` for these `(position, token)` pairs (one token per
+/// word of the reply) when the request set `logprobs: true`, as Ollama
+/// 0.12.11 and later send them: `{token, logprob, bytes, top_logprobs}`,
+/// with `top_logprobs` alternatives only when asked. The word at position `i`
+/// has logprob `-(i + 1) / 10`; its alternatives are `alt1`, `alt2`, ...
 fn ollama_logprobs<'a>(
     body: &Value,
     tokens: impl Iterator<Item = (usize, &'a str)>,

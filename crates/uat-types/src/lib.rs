@@ -324,6 +324,7 @@ impl ChatMessage {
 
 /// Token counts.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(from = "UsageIn")]
 pub struct Usage {
     /// Tokens in the prompt.
     #[serde(default)]
@@ -339,11 +340,7 @@ pub struct Usage {
     /// or what a translation knows (Anthropic's `cache_read_input_tokens`).
     /// Read leniently: details of any other shape, or `null`s, are `None`,
     /// never a failed usage.
-    #[serde(
-        default,
-        deserialize_with = "lenient_details",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub prompt_tokens_details: Option<PromptTokensDetails>,
     /// What of the prompt the provider wrote to its prompt cache, which
     /// Anthropic bills above the input price: Anthropic's own
@@ -351,18 +348,56 @@ pub struct Usage {
     /// the top of the usage; left out when unknown, so an OpenAI-shaped
     /// usage is unchanged). Read leniently: anything but a whole number
     /// (`null`, `1.5`, `"8"`) is `None`, never a failed usage.
-    #[serde(
-        default,
-        deserialize_with = "lenient_count",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_creation_input_tokens: Option<u64>,
     /// Of `cache_creation_input_tokens`, those written to a 1-hour cache
     /// (Anthropic's `cache_creation.ephemeral_1h_input_tokens`, billed
-    /// higher than 5-minute writes). Known only to the translation that read
-    /// it, for the pricing: never serialized nor read from JSON.
-    #[serde(skip)]
+    /// higher than 5-minute writes), for the pricing: read by the Anthropic
+    /// translation, and from JSON where LiteLLM reports it
+    /// (`prompt_tokens_details.cache_creation_token_details.ephemeral_1h_input_tokens`,
+    /// leniently: anything but a whole number is `None`); never serialized.
+    #[serde(skip_serializing)]
     pub cache_creation_1h_input_tokens: Option<u64>,
+}
+
+/// [`Usage`] as read from JSON: the same fields, the details read
+/// leniently ([`lenient_details`], [`lenient_count`]).
+#[derive(Deserialize)]
+struct UsageIn {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+    #[serde(default)]
+    total_tokens: u64,
+    #[serde(default, deserialize_with = "lenient_details")]
+    prompt_tokens_details: DetailsIn,
+    #[serde(default, deserialize_with = "lenient_count")]
+    cache_creation_input_tokens: Option<u64>,
+}
+
+/// What `prompt_tokens_details` gives: `cached_tokens`, and LiteLLM's
+/// `cache_creation_token_details.ephemeral_1h_input_tokens`.
+#[derive(Default)]
+struct DetailsIn {
+    cached: Option<u64>,
+    written_1h: Option<u64>,
+}
+
+impl From<UsageIn> for Usage {
+    fn from(u: UsageIn) -> Usage {
+        Usage {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            total_tokens: u.total_tokens,
+            prompt_tokens_details: u
+                .prompt_tokens_details
+                .cached
+                .map(|cached_tokens| PromptTokensDetails { cached_tokens }),
+            cache_creation_input_tokens: u.cache_creation_input_tokens,
+            cache_creation_1h_input_tokens: u.prompt_tokens_details.written_1h,
+        }
+    }
 }
 
 /// A token count as upstreams send it: a whole number gives it; anything
@@ -372,80 +407,126 @@ fn lenient_count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, 
     Ok(Value::deserialize(d)?.as_u64())
 }
 
-/// `prompt_tokens_details` as upstreams send it: an object whose
-/// `cached_tokens` is a whole number gives it; anything else (`null`, no
-/// such field, another type) is `None`. Other fields are skipped unread,
-/// and nothing is allocated.
-fn lenient_details<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<Option<PromptTokensDetails>, D::Error> {
-    use serde::de::{IgnoredAny, MapAccess, Visitor};
-    /// Whether a key is `cached_tokens`, compared where it lies.
-    struct IsCached(bool);
-    impl<'de> Deserialize<'de> for IsCached {
-        fn deserialize<D2: serde::Deserializer<'de>>(d: D2) -> Result<Self, D2::Error> {
-            struct Key;
-            impl Visitor<'_> for Key {
-                type Value = IsCached;
-                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                    f.write_str("a field name")
-                }
-                fn visit_str<E>(self, s: &str) -> Result<IsCached, E> {
-                    Ok(IsCached(s == "cached_tokens"))
-                }
-            }
-            d.deserialize_str(Key)
-        }
+/// Which of `keys` a field name is, compared where it lies (`None`: none).
+struct KeyOf(&'static [&'static str]);
+
+impl<'de> serde::de::DeserializeSeed<'de> for KeyOf {
+    type Value = Option<usize>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Option<usize>, D::Error> {
+        d.deserialize_str(self)
     }
-    struct Details;
-    impl<'de> Visitor<'de> for Details {
-        type Value = Option<PromptTokensDetails>;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("usage details")
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut cached = None;
-            while let Some(IsCached(is)) = map.next_key()? {
-                if is {
-                    // A number stays a number in a `Value`: no allocation.
-                    cached = map.next_value::<Value>()?.as_u64();
-                } else {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-            Ok(cached.map(|cached_tokens| PromptTokensDetails { cached_tokens }))
-        }
+}
+
+impl serde::de::Visitor<'_> for KeyOf {
+    type Value = Option<usize>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a field name")
+    }
+    fn visit_str<E>(self, s: &str) -> Result<Option<usize>, E> {
+        Ok(self.0.iter().position(|k| *k == s))
+    }
+}
+
+/// A visitor's answer to anything but an object: its default value (the
+/// value skipped unread), never an error.
+macro_rules! not_an_object_is_default {
+    () => {
         fn visit_unit<E>(self) -> Result<Self::Value, E> {
-            Ok(None)
+            Ok(Default::default())
         }
         fn visit_none<E>(self) -> Result<Self::Value, E> {
-            Ok(None)
+            Ok(Default::default())
         }
         fn visit_some<D2: serde::Deserializer<'de>>(self, d: D2) -> Result<Self::Value, D2::Error> {
-            d.deserialize_any(Details)
+            d.deserialize_any(self)
         }
         fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-            Ok(None)
+            Ok(Default::default())
         }
         fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-            Ok(None)
+            Ok(Default::default())
         }
         fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-            Ok(None)
+            Ok(Default::default())
         }
         fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-            Ok(None)
+            Ok(Default::default())
         }
         fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-            Ok(None)
+            Ok(Default::default())
         }
         fn visit_seq<A: serde::de::SeqAccess<'de>>(
             self,
             mut seq: A,
         ) -> Result<Self::Value, A::Error> {
-            while seq.next_element::<IgnoredAny>()?.is_some() {}
-            Ok(None)
+            while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+            Ok(Default::default())
         }
+    };
+}
+
+/// LiteLLM's `cache_creation_token_details`, read leniently: its
+/// `ephemeral_1h_input_tokens` when a whole number, else `None`.
+struct OneHourWrites(Option<u64>);
+
+impl<'de> Deserialize<'de> for OneHourWrites {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, Visitor};
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Option<u64>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("cache creation details")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut n = None;
+                while let Some(key) = map.next_key_seed(KeyOf(&["ephemeral_1h_input_tokens"]))? {
+                    match key {
+                        // A number stays a number in a `Value`: no allocation.
+                        Some(_) => n = map.next_value::<Value>()?.as_u64(),
+                        None => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(n)
+            }
+            not_an_object_is_default!();
+        }
+        d.deserialize_any(V).map(OneHourWrites)
+    }
+}
+
+/// `prompt_tokens_details` as upstreams send it: an object whose
+/// `cached_tokens` is a whole number gives it, and whose
+/// `cache_creation_token_details.ephemeral_1h_input_tokens` (LiteLLM's
+/// 1-hour cache writes) is one gives that; anything else (`null`, no such
+/// field, another type) is `None`. Other fields are skipped unread, and
+/// nothing is allocated.
+fn lenient_details<'de, D: serde::Deserializer<'de>>(d: D) -> Result<DetailsIn, D::Error> {
+    use serde::de::{IgnoredAny, MapAccess, Visitor};
+    struct Details;
+    impl<'de> Visitor<'de> for Details {
+        type Value = DetailsIn;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("usage details")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = DetailsIn::default();
+            const KEYS: &[&str] = &["cached_tokens", "cache_creation_token_details"];
+            while let Some(key) = map.next_key_seed(KeyOf(KEYS))? {
+                match key {
+                    // A number stays a number in a `Value`: no allocation.
+                    Some(0) => out.cached = map.next_value::<Value>()?.as_u64(),
+                    Some(_) => out.written_1h = map.next_value::<OneHourWrites>()?.0,
+                    None => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok(out)
+        }
+        not_an_object_is_default!();
     }
     d.deserialize_any(Details)
 }
@@ -863,6 +944,56 @@ mod tests {
         );
         let back: Usage = serde_json::from_value(v).unwrap();
         assert_eq!(back, Usage::new(10, 2).with_cache_writes(Some(6), None));
+    }
+
+    /// LiteLLM's 1-hour cache writes, in `prompt_tokens_details`, are read
+    /// leniently (the cached tokens beside them kept either way), and never
+    /// written back.
+    #[test]
+    fn litellm_one_hour_cache_writes_are_read() {
+        let read = |details: &str| -> Usage {
+            serde_json::from_str(&format!(
+                r#"{{"prompt_tokens":10,"completion_tokens":2,"total_tokens":12,"cache_creation_input_tokens":6,"prompt_tokens_details":{details}}}"#
+            ))
+            .unwrap_or_else(|e| panic!("{details}: {e}"))
+        };
+        let u = read(
+            r#"{"cached_tokens":2,"text_tokens":null,"cache_creation_token_details":{"ephemeral_5m_input_tokens":2,"ephemeral_1h_input_tokens":4}}"#,
+        );
+        assert_eq!(u.cache_creation_1h_input_tokens, Some(4));
+        assert_eq!(u.cache_creation_input_tokens, Some(6));
+        assert_eq!(
+            u.prompt_tokens_details,
+            Some(PromptTokensDetails { cached_tokens: 2 })
+        );
+        for odd in [
+            r#"{"cached_tokens":2,"cache_creation_token_details":null}"#,
+            r#"{"cached_tokens":2,"cache_creation_token_details":{}}"#,
+            r#"{"cached_tokens":2,"cache_creation_token_details":{"ephemeral_1h_input_tokens":null}}"#,
+            r#"{"cached_tokens":2,"cache_creation_token_details":{"ephemeral_1h_input_tokens":"4"}}"#,
+            r#"{"cached_tokens":2,"cache_creation_token_details":{"ephemeral_1h_input_tokens":1.5}}"#,
+            r#"{"cached_tokens":2,"cache_creation_token_details":[4]}"#,
+            r#"{"cached_tokens":2,"cache_creation_token_details":4}"#,
+            r#"{"cached_tokens":2,"cache_creation_token_details":"x"}"#,
+            r#"{"cached_tokens":2,"ephemeral_1h_input_tokens":4}"#,
+        ] {
+            let u = read(odd);
+            assert_eq!(u.cache_creation_1h_input_tokens, None, "{odd}");
+            assert_eq!(
+                u.prompt_tokens_details,
+                Some(PromptTokensDetails { cached_tokens: 2 }),
+                "{odd}"
+            );
+            assert_eq!(u.total_tokens, 12, "{odd}");
+        }
+        // Without `cached_tokens`: the 1-hour writes still read.
+        let u = read(r#"{"cache_creation_token_details":{"ephemeral_1h_input_tokens":4}}"#);
+        assert_eq!(
+            (u.prompt_tokens_details, u.cache_creation_1h_input_tokens),
+            (None, Some(4))
+        );
+        let v = serde_json::to_value(u).unwrap();
+        assert!(!v.to_string().contains("1h"), "never written back: {v}");
     }
 
     #[test]

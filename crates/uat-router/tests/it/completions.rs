@@ -299,6 +299,53 @@ async fn what_ollama_cannot_do_fails_over_without_an_attempt() {
     );
 }
 
+/// Logprobs asked of an Ollama that ignores them (before 0.12.11) are
+/// refused before the stream is the client's, so an alias fails over: a
+/// thinking model's too, whose stream opens on a line of reasoning. A
+/// current Ollama's thinking stream gives the answer's tokens alone (not
+/// the `</think>` ones before it).
+#[tokio::test]
+async fn an_ollama_without_logprobs_fails_over_before_its_stream_opens() {
+    let ol = FakeUpstream::start(Wire::Ollama, "ol").await.unwrap();
+    let oa = FakeUpstream::start(Wire::OpenAi, "oa").await.unwrap();
+    let r = router(
+        &[
+            provider("ol", ProviderKind::Ollama, &ol, 0),
+            provider("oa", ProviderKind::Openai, &oa, 1),
+        ],
+        &[alias("code", &["ol/ol-model", "oa/oa-model"])],
+    )
+    .await;
+    ol.set_ollama_thinking("Let me think.");
+    let req = request(json!({"model": "code", "prompt": "x", "logprobs": 0, "stream": true}));
+    let resolved = r.resolve(&req.model).unwrap();
+    let routed = r.completion_stream(&resolved, &req).await.unwrap();
+    assert_eq!(&*routed.provider, "ol");
+    drop(routed);
+    let (chunks, _) = stream(&r, &req).await;
+    assert_eq!(text_of(&chunks), "Hello from ol", "{chunks:?}");
+    let tokens: Vec<Value> = chunks
+        .iter()
+        .filter_map(|c| c.pointer("/choices/0/logprobs/tokens"))
+        .flat_map(|t| t.as_array().unwrap().clone())
+        .collect();
+    assert_eq!(
+        tokens,
+        [json!("Hello "), json!("from "), json!("ol")],
+        "{chunks:?}"
+    );
+
+    ol.set_ollama_ignore_logprobs(true);
+    let routed = r.completion_stream(&resolved, &req).await.unwrap();
+    assert_eq!(&*routed.provider, "oa");
+    let (chunks, _) = stream(&r, &req).await;
+    assert_eq!(text_of(&chunks), "Hello from oa", "{chunks:?}");
+    assert!(
+        chunks.iter().all(|c| c.get("failure").is_none()),
+        "{chunks:?}"
+    );
+}
+
 /// Anthropic has no text completion API: an alias fails over past it, and
 /// a request for its model alone is a 400 naming `model`; it is never
 /// called.

@@ -138,15 +138,24 @@ impl ChoiceAcc {
         let into = self.text_logprobs.get_or_insert_with(Map::new);
         for (name, v) in fields {
             match (into.get_mut(name), v) {
-                // A list every chunk left null stays null (not dropped).
+                // A list every chunk left null stays null (not dropped); an
+                // empty list (a chunk without tokens) beside nulls too.
                 (None, Value::Null) => {
                     into.insert(name.clone(), Value::Null);
                 }
-                (_, Value::Null) => {}
-                (None | Some(Value::Null), Value::Array(items)) => {
+                (Some(Value::Null), Value::Null) => {}
+                (Some(Value::Null), Value::Array(items)) if items.is_empty() => {}
+                (Some(l @ Value::Array(_)), Value::Null)
+                    if l.as_array().is_some_and(Vec::is_empty) =>
+                {
+                    *l = Value::Null;
+                }
+                (None, Value::Array(items)) => {
                     into.insert(name.clone(), Value::Array(items.clone()));
                 }
                 (Some(Value::Array(l)), Value::Array(items)) => l.extend(items.iter().cloned()),
+                // Null for some tokens and a list for others: joined, the
+                // list would not line up with the tokens.
                 _ => return Err(Unfoldable),
             }
         }
@@ -777,8 +786,10 @@ mod tests {
 
     /// Legacy logprobs lists left null in every chunk (OpenAI's
     /// `top_logprobs` for `logprobs: 0`) are stored null, not dropped (a
-    /// hit then has the key the miss had); a null beside a list, and empty
-    /// lists (a chunk without tokens), join as the lists.
+    /// hit then has the key the miss had), an empty list (a chunk without
+    /// tokens) beside them too; empty lists join with lists. A list null in
+    /// some chunks and not empty in others would not line up with the
+    /// tokens: not stored.
     #[test]
     fn text_logprobs_null_and_empty_lists_are_kept() {
         let piece = |text: &str, lp: Value| json!({"id":"cmpl-1","object":"text_completion","created":3,"model":"m","choices":[{"index":0,"text":text,"logprobs":lp,"finish_reason":if text.is_empty() { json!("stop") } else { Value::Null }}]});
@@ -786,11 +797,11 @@ mod tests {
         let events = [
             piece(
                 "a",
-                json!({"tokens":["a"],"token_logprobs":[-0.1],"top_logprobs":null,"text_offset":[0],"x":null}),
+                json!({"tokens":["a"],"token_logprobs":[-0.1],"top_logprobs":null,"text_offset":[0],"x":[]}),
             ),
             piece(
                 "b",
-                json!({"tokens":["b"],"token_logprobs":[-0.2],"top_logprobs":null,"text_offset":[1],"x":[1]}),
+                json!({"tokens":["b"],"token_logprobs":[-0.2],"top_logprobs":null,"text_offset":[1],"x":null}),
             ),
             piece("", empty),
         ];
@@ -803,8 +814,26 @@ mod tests {
         let v: Value = serde_json::from_slice(&stored).unwrap();
         assert_eq!(
             v["choices"][0]["logprobs"],
-            json!({"tokens":["a","b"],"token_logprobs":[-0.1,-0.2],"top_logprobs":[],"text_offset":[0,1],"x":[1]})
+            json!({"tokens":["a","b"],"token_logprobs":[-0.1,-0.2],"top_logprobs":null,"text_offset":[0,1],"x":null})
         );
+        // Null for the first tokens, a list for the next: not stored, the
+        // other way round neither.
+        for (first, then) in [
+            (Value::Null, json!([{"b": -0.2}])),
+            (json!([{"a": -0.1}]), Value::Null),
+        ] {
+            let mut asm = Assembler::new(Form::Text, 1);
+            for (t, top) in [("a", first), ("b", then)] {
+                let e = piece(
+                    t,
+                    json!({"tokens":[t],"token_logprobs":[-0.1],"top_logprobs":top,"text_offset":[0]}),
+                );
+                asm.feed(format!("data: {e}\n\n").as_bytes());
+            }
+            asm.feed(format!("data: {}\n\n", events[2]).as_bytes());
+            asm.feed(b"data: [DONE]\n\n");
+            assert!(asm.finish().is_none(), "misaligned lists stored");
+        }
         let mut asm = Assembler::new(Form::Text, 1);
         asm.feed(format!("data: {}\n\n", events[0]).as_bytes());
         asm.feed(format!("data: {}\n\n", piece("", Value::Null)).as_bytes());

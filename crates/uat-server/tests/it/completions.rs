@@ -444,8 +444,9 @@ async fn ollama_completions_give_legacy_logprobs() {
     assert_eq!(got["top_logprobs"], own, "{body}");
     assert_eq!(got["text_offset"], want["text_offset"], "{body}");
 
-    // A thinking model: Ollama's list has the reasoning's tokens first; the
-    // answer has the text's alone, whole, streamed and replayed.
+    // A thinking model: Ollama's list has the reasoning's tokens first, then
+    // `\n`, `</think>`, `\n\n` (streamed on lines with neither thinking nor
+    // text); the answer has the text's alone, whole, streamed and replayed.
     ollama.set_ollama_thinking("Let me think.");
     let resp = app.post("/v1/completions", &req("e", 2, false)).await;
     let body: Value = resp.json().await.unwrap();

@@ -133,10 +133,12 @@ pub(super) fn body(model: &str, req: &CompletionRequest, stream: bool) -> Result
 pub(super) struct Generated {
     #[serde(default)]
     response: String,
-    /// A thinking model's reasoning (thinking is on by default on
-    /// `/api/generate`): not the answer, but its tokens are in `logprobs`.
-    #[serde(default)]
-    thinking: String,
+    /// Whether the piece has a thinking model's reasoning (thinking is on by
+    /// default on `/api/generate`): not the answer, but its tokens are in
+    /// `logprobs`. Only whether it is empty is read: the reasoning is never
+    /// kept ([`non_empty`]).
+    #[serde(default, deserialize_with = "non_empty")]
+    thinking: bool,
     #[serde(default)]
     done: bool,
     #[serde(default)]
@@ -150,6 +152,28 @@ pub(super) struct Generated {
     /// The logprobs of this piece's tokens, when asked for.
     #[serde(default)]
     logprobs: Option<Vec<OllamaLogprob>>,
+}
+
+/// Whether a string is non-empty (`null` is empty), read where it lies:
+/// nothing is allocated for the string.
+fn non_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    struct NonEmpty;
+    impl serde::de::Visitor<'_> for NonEmpty {
+        type Value = bool;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E>(self, s: &str) -> Result<bool, E> {
+            Ok(!s.is_empty())
+        }
+        fn visit_unit<E>(self) -> Result<bool, E> {
+            Ok(false)
+        }
+        fn visit_none<E>(self) -> Result<bool, E> {
+            Ok(false)
+        }
+    }
+    d.deserialize_any(NonEmpty)
 }
 
 impl Generated {
@@ -250,18 +274,27 @@ fn no_logprobs() -> Value {
 /// prompt instead). The first token starts at `base` (in a stream, the
 /// length of the text already sent); each token's offset is `base` plus the
 /// characters its chunk's tokens before it decode to, from their raw bytes
-/// ([`Utf8Count`], carried across chunks by the caller).
-fn legacy_logprobs(list: &[OllamaLogprob], top: u64, base: usize, count: &mut Utf8Count) -> Value {
+/// ([`Utf8Count`], carried across chunks by the caller), the first token's
+/// `lead` bytes (whitespace the text lacks, [`Answer`]) left out.
+fn legacy_logprobs(
+    list: &[OllamaLogprob],
+    lead: usize,
+    top: u64,
+    base: usize,
+    count: &mut Utf8Count,
+) -> Value {
     let mut tokens = Vec::with_capacity(list.len());
     let mut token_logprobs = Vec::with_capacity(list.len());
     let mut text_offset = Vec::with_capacity(list.len());
     let mut tops = Vec::with_capacity(list.len());
     let mut at = base;
-    for l in list {
+    for (i, l) in list.iter().enumerate() {
         tokens.push(json!(l.token));
         token_logprobs.push(json!(l.logprob));
         text_offset.push(json!(at));
-        at += count.feed(&token_bytes(l));
+        let bytes = token_bytes(l);
+        let skip = if i == 0 { lead.min(bytes.len()) } else { 0 };
+        at += count.feed(&bytes[skip..]);
         let mut alts = Map::new();
         alts.insert(l.token.clone(), json!(l.logprob));
         let most = usize::try_from(top).unwrap_or(usize::MAX).saturating_add(1);
@@ -281,18 +314,73 @@ fn legacy_logprobs(list: &[OllamaLogprob], top: u64, base: usize, count: &mut Ut
     })
 }
 
-/// The trailing tokens of `list` whose bytes spell `text` exactly: a
-/// thinking model's `logprobs` list its reasoning's tokens too, before the
-/// answer's. `None` when they do not line up (a token across the end of
-/// the reasoning and the start of the answer, an answer Ollama changed).
-fn answer_tokens<'a>(list: &'a [OllamaLogprob], text: &str) -> Option<&'a [OllamaLogprob]> {
-    let mut rest = text.as_bytes();
-    let mut start = list.len();
-    while !rest.is_empty() {
-        start = start.checked_sub(1)?;
-        rest = rest.strip_suffix(token_bytes(&list[start]).as_slice())?;
+/// The tokens of an answer in a `logprobs` list ([`answer_tokens`]).
+struct Answer<'a> {
+    tokens: &'a [OllamaLogprob],
+    /// The bytes the first token has before the text (whitespace), not
+    /// counted in the offsets.
+    lead: usize,
+}
+
+/// Whether `b` is the start of a UTF-8 character cut short.
+fn cut_character(b: &[u8]) -> bool {
+    std::str::from_utf8(b).is_err_and(|e| e.valid_up_to() == 0 && e.error_len().is_none())
+}
+
+/// The trailing tokens of `list` whose bytes spell `text`: a thinking
+/// model's `logprobs` list its reasoning's tokens too (and its tags, even
+/// an empty think block's, reported as no thinking), before the answer's.
+/// As Ollama gives them, the tokens may go past the end of the text: a stop
+/// sequence cut off inside the last token (the whole token kept, Ollama's
+/// "partial token stop"), or a character cut short at the end (1 to 3
+/// bytes, maybe over several tokens); and the first may carry whitespace
+/// the text lacks (Ollama trims it after `</think>`). `None` when they do
+/// not line up (a token across the end of the reasoning and the start of
+/// the answer, an answer Ollama changed otherwise).
+fn answer_tokens<'a>(list: &'a [OllamaLogprob], text: &str) -> Option<Answer<'a>> {
+    let text = text.as_bytes();
+    if text.is_empty() {
+        return Some(Answer {
+            tokens: &list[list.len()..],
+            lead: 0,
+        });
     }
-    Some(&list[start..])
+    let mut starts = Vec::with_capacity(list.len());
+    let mut all = Vec::new();
+    for l in list {
+        starts.push(all.len());
+        all.extend_from_slice(&token_bytes(l));
+    }
+    let last = *starts.last()?;
+    // Where the text may end, likeliest first: at the end of the tokens,
+    // inside the last token (a stop cut off), before a character cut short.
+    let cut = (1..=3).filter_map(|n| {
+        let end = all.len().checked_sub(n)?;
+        (end <= last && cut_character(&all[end..])).then_some(end)
+    });
+    let ends = std::iter::once(all.len())
+        .chain((last + 1..all.len()).rev())
+        .chain(cut);
+    for end in ends {
+        let Some(at) = end.checked_sub(text.len()) else {
+            continue;
+        };
+        if all[at..end] != *text {
+            continue;
+        }
+        let first = starts.partition_point(|&s| s <= at) - 1;
+        let lead = at - starts[first];
+        if lead == 0
+            || std::str::from_utf8(&all[starts[first]..at])
+                .is_ok_and(|w| w.chars().all(char::is_whitespace))
+        {
+            return Some(Answer {
+                tokens: &list[first..],
+                lead,
+            });
+        }
+    }
+    None
 }
 
 /// The refusal of logprobs that cannot be told apart from a thinking
@@ -332,12 +420,14 @@ pub(super) fn answer(model: &str, req: &CompletionRequest, r: Generated) -> Resu
         (Some(_), None) if !r.response.is_empty() => return Err(no_logprobs_given()),
         (Some(_), None) => Some(no_logprobs()),
         (Some(n), Some(list)) => {
-            let list = if r.thinking.is_empty() {
-                list.as_slice()
-            } else {
-                answer_tokens(list, &r.response).ok_or_else(unaligned)?
+            let (list, lead) = match answer_tokens(list, &r.response) {
+                Some(a) => (a.tokens, a.lead),
+                // No thinking reported: the tokens are the answer's, even
+                // where they do not spell it exactly.
+                None if !r.thinking => (list.as_slice(), 0),
+                None => return Err(unaligned()),
             };
-            Some(legacy_logprobs(list, n, 0, &mut Utf8Count::default()))
+            Some(legacy_logprobs(list, lead, n, 0, &mut Utf8Count::default()))
         }
     };
     TextCompletion::new(model).answer_with(&r.response, r.finish_reason(), r.usage(), lp.as_ref())
@@ -351,12 +441,23 @@ pub(super) fn answer(model: &str, req: &CompletionRequest, r: Generated) -> Resu
 ///
 /// When logprobs were asked every chunk of a choice carries them (empty
 /// lists on one without tokens, as vLLM sends them): a text chunk its
-/// tokens', offsets starting at the length of the text sent before it. A
-/// line with thinking gives only the tokens that spell its `response`
-/// ([`answer_tokens`]); the tokens of a line with neither text nor thinking
-/// (text Ollama holds back) go with the next line's text. An Ollama that
-/// ignores the request (before 0.12.11: a first text line and no line yet
-/// with a `logprobs` field) is refused before any text goes out.
+/// tokens', offsets starting at the length of the text sent before it.
+/// Ollama sends a token a line; the tokens of a line with neither text nor
+/// thinking go with the next line's text (a character cut over two tokens,
+/// text Ollama holds back), those of a thinking line are dropped. On the
+/// first text line, and on a line with both thinking and text, the tokens
+/// held and the line's are lined up with the line's text
+/// ([`answer_tokens`]): the lines with neither are also the end of a
+/// thinking model's reasoning (`\n`, `</think>`, `\n\n`, its thinking and
+/// text empty; an empty think block's tags, with no thinking reported at
+/// all), not the answer's.
+///
+/// A stream is the client's from its first chunk (the empty one of the
+/// first line), so nothing is refused once it is out: an Ollama that
+/// ignores the request (before 0.12.11: a first line with thinking or text
+/// and no line yet with a `logprobs` field) is refused on that line, before
+/// the first chunk (an alias fails over); tokens that do not line up are
+/// not a refusal (see [`GenerateStream::text_chunk`]).
 pub(super) struct GenerateStream {
     completion: TextCompletion,
     include_usage: bool,
@@ -364,7 +465,10 @@ pub(super) struct GenerateStream {
     logprobs: Option<u64>,
     /// Whether any line so far had a `logprobs` field.
     seen_logprobs: bool,
-    /// The characters of the text sent so far.
+    /// Whether any line so far had thinking.
+    thought: bool,
+    /// The characters of the text sent so far (counted only when logprobs
+    /// were asked).
     sent: usize,
     /// The bytes of a character not yet complete ([`Utf8Count`]).
     count: Utf8Count,
@@ -382,6 +486,7 @@ impl GenerateStream {
             include_usage: req.include_usage(),
             logprobs: logprobs(req).ok().flatten(),
             seen_logprobs: false,
+            thought: false,
             sent: 0,
             count: Utf8Count::default(),
             held: Vec::new(),
@@ -400,27 +505,33 @@ impl GenerateStream {
     /// The chunk of line `r`'s text, with the logprobs of its tokens when
     /// asked.
     fn text_chunk(&mut self, r: &mut Generated) -> Result<StreamChunk, Failure> {
-        let lp = match (self.logprobs, r.logprobs.take()) {
-            (None, _) => None,
-            (Some(_), None) if !self.seen_logprobs && self.sent == 0 => {
-                return Err(no_logprobs_given());
-            }
-            (Some(n), list) => {
-                let mut list = list.unwrap_or_default();
-                if !r.thinking.is_empty() {
-                    let keep = answer_tokens(&list, &r.response)
-                        .ok_or_else(unaligned)?
-                        .len();
-                    list.drain(..list.len() - keep);
-                } else if !self.held.is_empty() {
-                    list.splice(0..0, std::mem::take(&mut self.held));
-                }
-                Some(legacy_logprobs(&list, n, self.sent, &mut self.count))
-            }
+        let Some(n) = self.logprobs else {
+            return self.completion.chunk_with(&r.response, None, None);
         };
-        self.held.clear();
+        let own = r.logprobs.take().unwrap_or_default();
+        let held = self.held.len();
+        let mut list = std::mem::take(&mut self.held);
+        list.extend(own);
+        let lp = if r.thinking || self.sent == 0 {
+            match answer_tokens(&list, &r.response) {
+                Some(a) => legacy_logprobs(a.tokens, a.lead, n, self.sent, &mut self.count),
+                // Not lined up, the stream already the client's: no
+                // refusal, and never tokens that are plainly not the
+                // text's. None when the line has thinking; the line's own
+                // when thinking came before (those held are the likelier
+                // reasoning's end); all of them when no thinking was
+                // reported (as a whole answer's).
+                None if r.thinking => no_logprobs(),
+                None if self.thought => {
+                    legacy_logprobs(&list[held..], 0, n, self.sent, &mut self.count)
+                }
+                None => legacy_logprobs(&list, 0, n, self.sent, &mut self.count),
+            }
+        } else {
+            legacy_logprobs(&list, 0, n, self.sent, &mut self.count)
+        };
         self.sent += r.response.chars().count();
-        self.completion.chunk_with(&r.response, None, lp.as_ref())
+        self.completion.chunk_with(&r.response, None, Some(&lp))
     }
 }
 
@@ -437,7 +548,21 @@ impl Ndjson for GenerateStream {
             self.queue.fail(f);
             return;
         }
-        self.seen_logprobs |= r.logprobs.is_some();
+        if self.logprobs.is_some() {
+            self.seen_logprobs |= r.logprobs.is_some();
+            let carries = r.thinking || !r.response.is_empty();
+            if !self.seen_logprobs && carries {
+                self.queue.fail(no_logprobs_given());
+                return;
+            }
+            if !self.seen_logprobs && !self.started && !r.done {
+                // Nothing to give and not yet known to be an Ollama that
+                // gives logprobs: the first chunk waits for a line that
+                // tells.
+                return;
+            }
+            self.thought |= r.thinking;
+        }
         if !std::mem::replace(&mut self.started, true) && r.response.is_empty() && !r.done {
             let first = self.plain_chunk("", None);
             self.queue.pending.push_back(first);
@@ -450,11 +575,13 @@ impl Ndjson for GenerateStream {
                     return;
                 }
             }
-        } else if let Some(list) = r.logprobs.take() {
-            if r.thinking.is_empty() {
-                self.held.extend(list);
-            } else {
+        } else if self.logprobs.is_some()
+            && let Some(list) = r.logprobs.take()
+        {
+            if r.thinking {
                 self.held.clear();
+            } else {
+                self.held.extend(list);
             }
         }
         if r.done {
@@ -915,7 +1042,7 @@ mod tests {
         );
         let bad: Generated = serde_json::from_value(json!({
             "response": "Hi!", "thinking": "x", "done": true,
-            "logprobs": [{"token": "x", "logprob": -0.3}, {"token": "Hi!?", "logprob": -0.5}]
+            "logprobs": [{"token": "x", "logprob": -0.3}, {"token": "Ho!", "logprob": -0.5}]
         }))
         .unwrap();
         let f = answer("llama", &completion_request(json!({"logprobs": 0})), bad).unwrap_err();
@@ -979,9 +1106,10 @@ mod tests {
         assert_eq!(v[4], no_logprobs());
     }
 
-    /// An Ollama that ignores logprobs (no field on the first text line,
-    /// none on any line before) is refused before any text; a text line
-    /// without the field after lines with it is not.
+    /// An Ollama that ignores logprobs (no field on the first line with
+    /// thinking or text, none on any line before) is refused before the
+    /// first chunk; a text line without the field after lines with it is
+    /// not.
     #[test]
     fn an_ollama_without_logprobs_is_refused_in_a_stream() {
         let out = stream_of(
@@ -994,6 +1122,38 @@ mod tests {
         assert_eq!(out.len(), 1, "{out:?}");
         let f = out[0].as_ref().unwrap_err();
         assert_eq!(f.kind, FailureKind::Unsupported);
+        // A thinking stream: refused on its first thinking line, before
+        // the chunk that opens the stream (the client has nothing yet, an
+        // alias fails over); a first line with neither thinking nor text
+        // does not open it either.
+        for first in [
+            r#"{"response":"","thinking":"Hmm","done":false}"#,
+            r#"{"response":"","done":false}"#,
+        ] {
+            let out = stream_of(
+                &[
+                    first,
+                    r#"{"response":"","thinking":"Hmm","done":false}"#,
+                    r#"{"response":"a","done":false}"#,
+                    r#"{"response":"","done":true,"done_reason":"stop"}"#,
+                ],
+                json!({"logprobs": 1}),
+            );
+            assert_eq!(out.len(), 1, "{out:?}");
+            let f = out[0].as_ref().unwrap_err();
+            assert_eq!(f.kind, FailureKind::Unsupported);
+        }
+        // Refused on the thinking line itself, not held back until text
+        // comes (a model may think for long): even when none comes.
+        let out = stream_of(
+            &[
+                r#"{"response":"","thinking":"Hmm","done":false}"#,
+                r#"{"response":"","done":true,"done_reason":"length"}"#,
+            ],
+            json!({"logprobs": 1}),
+        );
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(out[0].is_err(), "{out:?}");
         // Not asked: the text as it is.
         let out = stream_of(&[r#"{"response":"a","done":true}"#], json!({}));
         assert!(out.iter().all(Result::is_ok), "{out:?}");
@@ -1009,6 +1169,192 @@ mod tests {
         );
         let v: Vec<Value> = out.iter().map(lp_of).collect();
         assert_eq!(v[1]["tokens"], json!(["a"]), "{v:?}");
+    }
+
+    /// The answer's tokens as kept from a non-streamed answer.
+    fn kept(answer_json: Value) -> Result<Value, Failure> {
+        let r: Generated = serde_json::from_value(answer_json).unwrap();
+        let reply = answer("llama", &completion_request(json!({"logprobs": 0})), r)?;
+        let v: Value = serde_json::from_slice(&reply.body).unwrap();
+        let lp = &v["choices"][0]["logprobs"];
+        Ok(json!([lp["tokens"], lp["text_offset"]]))
+    }
+
+    fn tokens(list: &[&str]) -> Value {
+        list.iter()
+            .map(|t| json!({"token": t, "logprob": -0.1}))
+            .collect()
+    }
+
+    /// Ollama's answer as its runner makes it: a stop cut off inside the
+    /// last token keeps the whole token, a character cut short at the end
+    /// keeps its tokens, the whitespace after `</think>` is trimmed off the
+    /// text, not the token; an empty think block is reported as no thinking
+    /// but its tags are tokens. Tokens that line up otherwise are refused
+    /// only when thinking was reported.
+    #[test]
+    fn answer_tokens_line_up_as_ollama_cuts_the_text() {
+        let think = tokens(&["Say", "</think>", "\n\n"]);
+        let with = |response: &str, thinking: &str, answer: Value| {
+            let mut list = think.as_array().unwrap().clone();
+            list.extend(answer.as_array().unwrap().iter().cloned());
+            kept(
+                json!({"response": response, "thinking": thinking, "done": true,
+                        "logprobs": list}),
+            )
+        };
+        // A partial token stop: "Hello w", stop "or" cut inside " wor".
+        assert_eq!(
+            with("Hello w", "Say", tokens(&["Hello", " wor"])).unwrap(),
+            json!([["Hello", " wor"], [0, 5]])
+        );
+        // A character cut short at the end, over one token and over two.
+        let cut = json!([{"token": "ok", "logprob": -0.1},
+                         {"token": "\u{fffd}", "logprob": -0.1, "bytes": [240, 159]}]);
+        assert_eq!(
+            with("ok", "Say", cut).unwrap(),
+            json!([["ok", "\u{fffd}"], [0, 2]])
+        );
+        let cut2 = json!([{"token": "ok", "logprob": -0.1},
+                          {"token": "\u{fffd}", "logprob": -0.1, "bytes": [240, 159]},
+                          {"token": "\u{fffd}", "logprob": -0.1, "bytes": [145]}]);
+        assert_eq!(
+            with("ok", "Say", cut2).unwrap(),
+            json!([["ok", "\u{fffd}", "\u{fffd}"], [0, 2, 2]])
+        );
+        // Whitespace trimmed after `</think>`: " Hi" for "Hi", the next
+        // token at 2, not 3.
+        assert_eq!(
+            with("Hi!", "Say", tokens(&[" Hi", "!"])).unwrap(),
+            json!([[" Hi", "!"], [0, 2]])
+        );
+        // Only whitespace may lead: "xHi" for "Hi" does not line up.
+        let f = with("Hi", "Say", tokens(&["xHi"])).unwrap_err();
+        assert_eq!(f.kind, FailureKind::Unsupported);
+        // Qwen3's empty think block: `thinking` empty (or absent), its tags
+        // still tokens, left out.
+        let empty_block = tokens(&["<think>", "\n\n", "</think>", "\n\n", "Hi"]);
+        for thinking in [json!(""), Value::Null] {
+            assert_eq!(
+                kept(json!({"response": "Hi", "thinking": thinking, "done": true,
+                            "logprobs": empty_block}))
+                .unwrap(),
+                json!([["Hi"], [0]])
+            );
+        }
+        // No thinking and not lined up: the tokens as Ollama gave them.
+        assert_eq!(
+            kept(json!({"response": "Hi", "done": true, "logprobs": tokens(&["H", "o"])})).unwrap(),
+            json!([["H", "o"], [0, 1]])
+        );
+        // Thinking and not lined up: refused.
+        let f = with("Hi", "Say", tokens(&["Ho"])).unwrap_err();
+        assert_eq!(f.kind, FailureKind::Unsupported);
+    }
+
+    /// A thinking model's stream as Ollama sends it, a token a line: the
+    /// lines of `\n`, `</think>` and `\n\n` have neither thinking nor text;
+    /// their tokens are not the first text's. Tokens that do not line up
+    /// are not a refusal in a stream (it is the client's already).
+    #[test]
+    fn a_thinking_streams_reasoning_end_is_not_the_answers() {
+        let lines = |first: &'static str| {
+            [
+                r#"{"response":"","thinking":"Hmm","done":false,"logprobs":[{"token":"Hmm","logprob":-0.9}]}"#,
+                r#"{"response":"","done":false,"logprobs":[{"token":"\n","logprob":-0.1}]}"#,
+                r#"{"response":"","done":false,"logprobs":[{"token":"</think>","logprob":-0.1}]}"#,
+                r#"{"response":"","done":false,"logprobs":[{"token":"\n\n","logprob":-0.1}]}"#,
+                first,
+                r#"{"response":"!","done":false,"logprobs":[{"token":"!","logprob":-0.6}]}"#,
+                r#"{"response":"","done":true,"done_reason":"stop"}"#,
+            ]
+        };
+        let texts_and_lps = |first: &'static str| -> (Vec<String>, Vec<Value>) {
+            let out = stream_of(&lines(first), json!({"logprobs": 0}));
+            let texts = out
+                .iter()
+                .map(|c| {
+                    c.as_ref().unwrap()["choices"][0]["text"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned()
+                })
+                .collect();
+            (texts, out.iter().map(lp_of).collect())
+        };
+        let (texts, v) = texts_and_lps(
+            r#"{"response":"Hi","done":false,"logprobs":[{"token":"Hi","logprob":-0.5}]}"#,
+        );
+        assert_eq!(texts, ["", "Hi", "!", ""], "{v:?}");
+        assert_eq!(v[0], no_logprobs());
+        assert_eq!(v[1]["tokens"], json!(["Hi"]), "{v:?}");
+        assert_eq!(v[1]["text_offset"], json!([0]));
+        assert_eq!(v[2]["tokens"], json!(["!"]));
+        assert_eq!(v[2]["text_offset"], json!([2]));
+        // The whitespace after `</think>` trimmed off the text.
+        let (_, v) = texts_and_lps(
+            r#"{"response":"Hi","done":false,"logprobs":[{"token":" Hi","logprob":-0.5}]}"#,
+        );
+        assert_eq!(v[1]["tokens"], json!([" Hi"]), "{v:?}");
+        assert_eq!(v[2]["text_offset"], json!([2]));
+        // Not lined up: the line's own tokens, none of those held, and no
+        // refusal.
+        let (texts, v) = texts_and_lps(
+            r#"{"response":"Hi","done":false,"logprobs":[{"token":"Ho","logprob":-0.5}]}"#,
+        );
+        assert_eq!(texts, ["", "Hi", "!", ""], "{v:?}");
+        assert_eq!(v[1]["tokens"], json!(["Ho"]), "{v:?}");
+        assert_eq!(v[2]["text_offset"], json!([2]));
+        // An empty think block (no thinking reported): its tags left out
+        // too; tokens that do not line up then are all given, as a whole
+        // answer's are.
+        let empty_block = |first: &'static str| {
+            let lines = [
+                r#"{"response":"","done":false,"logprobs":[{"token":"<think>","logprob":-0.1}]}"#,
+                r#"{"response":"","done":false,"logprobs":[{"token":"\n\n","logprob":-0.1}]}"#,
+                r#"{"response":"","done":false,"logprobs":[{"token":"</think>","logprob":-0.1}]}"#,
+                r#"{"response":"","done":false,"logprobs":[{"token":"\n\n","logprob":-0.1}]}"#,
+                first,
+                r#"{"response":"","done":true,"done_reason":"stop"}"#,
+            ];
+            let out = stream_of(&lines, json!({"logprobs": 0}));
+            out.iter().map(lp_of).collect::<Vec<_>>()
+        };
+        let v = empty_block(
+            r#"{"response":"Hi","done":false,"logprobs":[{"token":"Hi","logprob":-0.5}]}"#,
+        );
+        assert_eq!(v[1]["tokens"], json!(["Hi"]), "{v:?}");
+        let v = empty_block(
+            r#"{"response":"Hi","done":false,"logprobs":[{"token":"Ho","logprob":-0.5}]}"#,
+        );
+        assert_eq!(
+            v[1]["tokens"],
+            json!(["<think>", "\n\n", "</think>", "\n\n", "Ho"]),
+            "{v:?}"
+        );
+        // A line with thinking and text that do not line up: no tokens, no
+        // refusal.
+        let (texts, v) = texts_and_lps(
+            r#"{"response":"Hi","thinking":"m","done":false,"logprobs":[{"token":"Ho","logprob":-0.5}]}"#,
+        );
+        assert_eq!(texts, ["", "Hi", "!", ""], "{v:?}");
+        assert_eq!(v[1], no_logprobs(), "{v:?}");
+        assert_eq!(v[2]["text_offset"], json!([2]));
+    }
+
+    /// `thinking` is read for whether it is empty only, however written.
+    #[test]
+    fn thinking_is_read_as_present_or_not() {
+        for (line, thinking) in [
+            (r#"{"response":""}"#, false),
+            (r#"{"thinking":null}"#, false),
+            (r#"{"thinking":""}"#, false),
+            (r#"{"thinking":"x"}"#, true),
+            (r#"{"thinking":"\n\u00e9"}"#, true),
+        ] {
+            let r: Generated = serde_json::from_str(line).unwrap();
+            assert_eq!(r.thinking, thinking, "{line}");
+        }
     }
 
     #[test]
