@@ -363,6 +363,7 @@ pub struct Usage {
 /// [`Usage`] as read from JSON: the same fields, the details read
 /// leniently ([`lenient_details`], [`lenient_count`]).
 #[derive(Deserialize)]
+#[serde(rename = "Usage")]
 struct UsageIn {
     #[serde(default)]
     prompt_tokens: u64,

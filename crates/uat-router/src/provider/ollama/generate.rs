@@ -417,7 +417,11 @@ pub(super) fn answer(model: &str, req: &CompletionRequest, r: Generated) -> Resu
     }
     let lp = match (logprobs(req)?, &r.logprobs) {
         (None, _) => None,
-        (Some(_), None) if !r.response.is_empty() => return Err(no_logprobs_given()),
+        // Text or reasoning without the field: an Ollama before 0.12.11 (as
+        // the stream refuses it).
+        (Some(_), None) if !r.response.is_empty() || r.thinking => {
+            return Err(no_logprobs_given());
+        }
         (Some(_), None) => Some(no_logprobs()),
         (Some(n), Some(list)) => {
             let (list, lead) = match answer_tokens(list, &r.response) {
@@ -934,6 +938,14 @@ mod tests {
         let f = answer("llama", &completion_request(json!({"logprobs": 1})), r).unwrap_err();
         assert_eq!(f.kind, FailureKind::Unsupported);
         assert_eq!(f.upstream.unwrap().param.as_deref(), Some("logprobs"));
+        // Reasoning only (the limit hit while thinking) and no field: the
+        // same refusal, as the stream gives it.
+        let r: Generated = serde_json::from_value(
+            json!({"response": "", "thinking": "Hmm", "done": true, "done_reason": "length"}),
+        )
+        .unwrap();
+        let f = answer("llama", &completion_request(json!({"logprobs": 1})), r).unwrap_err();
+        assert_eq!(f.kind, FailureKind::Unsupported);
         // An empty answer without tokens: empty lists.
         let r: Generated = serde_json::from_value(json!({"response": "", "done": true})).unwrap();
         let reply = answer("llama", &completion_request(json!({"logprobs": 1})), r).unwrap();
