@@ -235,12 +235,9 @@ async fn ollama_completion_is_translated_both_ways() {
     assert_eq!(up.last_body().unwrap()["stream"], true);
 }
 
-/// What Ollama cannot do (two prompts, echo, logprobs beyond 20, `n` > 1) is refused
-/// before any call: an alias fails over to its OpenAI-compatible target,
-/// which gets the request whole, and a request for the Ollama model alone
-/// is the client's 400 naming the field, after no attempt.
-#[tokio::test]
-async fn what_ollama_cannot_do_fails_over_without_an_attempt() {
+/// An Ollama fake and an OpenAI-compatible one, and a router whose alias
+/// `code` tries the Ollama model first.
+async fn ollama_then_openai() -> (FakeUpstream, FakeUpstream, Router) {
     let ol = FakeUpstream::start(Wire::Ollama, "ol").await.unwrap();
     let oa = FakeUpstream::start(Wire::OpenAi, "oa").await.unwrap();
     let r = router(
@@ -251,6 +248,16 @@ async fn what_ollama_cannot_do_fails_over_without_an_attempt() {
         &[alias("code", &["ol/ol-model", "oa/oa-model"])],
     )
     .await;
+    (ol, oa, r)
+}
+
+/// What Ollama cannot do (two prompts, echo, logprobs beyond 20, `n` > 1) is refused
+/// before any call: an alias fails over to its OpenAI-compatible target,
+/// which gets the request whole, and a request for the Ollama model alone
+/// is the client's 400 naming the field, after no attempt.
+#[tokio::test]
+async fn what_ollama_cannot_do_fails_over_without_an_attempt() {
+    let (ol, oa, r) = ollama_then_openai().await;
     let plain = request(json!({"model": "code", "prompt": "x"}));
     assert_eq!(&*complete(&r, &plain).await.unwrap().provider, "ol");
     assert_eq!(ol.calls(), 1);
@@ -306,16 +313,7 @@ async fn what_ollama_cannot_do_fails_over_without_an_attempt() {
 /// the `</think>` ones before it).
 #[tokio::test]
 async fn an_ollama_without_logprobs_fails_over_before_its_stream_opens() {
-    let ol = FakeUpstream::start(Wire::Ollama, "ol").await.unwrap();
-    let oa = FakeUpstream::start(Wire::OpenAi, "oa").await.unwrap();
-    let r = router(
-        &[
-            provider("ol", ProviderKind::Ollama, &ol, 0),
-            provider("oa", ProviderKind::Openai, &oa, 1),
-        ],
-        &[alias("code", &["ol/ol-model", "oa/oa-model"])],
-    )
-    .await;
+    let (ol, _oa, r) = ollama_then_openai().await;
     ol.set_ollama_thinking("Let me think.");
     let req = request(json!({"model": "code", "prompt": "x", "logprobs": 0, "stream": true}));
     let resolved = r.resolve(&req.model).unwrap();

@@ -689,6 +689,15 @@ pub(crate) fn replay(stored: &[u8], include_usage: bool, form: Form) -> Option<V
 mod tests {
     use super::*;
 
+    /// What `asm` stores of `events`, each sent as one SSE event, then `[DONE]`.
+    fn recorded(mut asm: Assembler, events: &[Value]) -> Option<Vec<u8>> {
+        for e in events {
+            asm.feed(format!("data: {e}\n\n").as_bytes());
+        }
+        asm.feed(b"data: [DONE]\n\n");
+        asm.finish()
+    }
+
     /// What a reasoning model streams beside the content, and the tokens'
     /// logprobs, are kept: in the stored completion and in its replay.
     /// Before, both were dropped (logprobs stored as null).
@@ -701,12 +710,7 @@ mod tests {
             json!({"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"Hi"},"logprobs":{"content":[lp("Hi")],"refusal":null},"finish_reason":null}]}),
             json!({"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"!"},"logprobs":{"content":[lp("!")],"refusal":null},"finish_reason":"stop"}]}),
         ];
-        let mut asm = Assembler::default();
-        for e in &events {
-            asm.feed(format!("data: {e}\n\n").as_bytes());
-        }
-        asm.feed(b"data: [DONE]\n\n");
-        let stored = asm.finish().expect("a complete stream");
+        let stored = recorded(Assembler::default(), &events).expect("a complete stream");
         let v: Value = serde_json::from_slice(&stored).unwrap();
         let choice = &v["choices"][0];
         assert_eq!(choice["message"]["content"], "Hi!");
@@ -742,12 +746,7 @@ mod tests {
             piece("  return 1 ✓", lp("  return 1 ✓", 9), json!("length")),
             json!({"id":"cmpl-1","object":"text_completion","created":3,"model":"m","choices":[],"usage":{"prompt_tokens":4,"completion_tokens":2,"total_tokens":6}}),
         ];
-        let mut asm = Assembler::new(Form::Text, 1);
-        for e in &events {
-            asm.feed(format!("data: {e}\n\n").as_bytes());
-        }
-        asm.feed(b"data: [DONE]\n\n");
-        let stored = asm.finish().expect("a complete stream");
+        let stored = recorded(Assembler::new(Form::Text, 1), &events).expect("a complete stream");
         let v: Value = serde_json::from_slice(&stored).unwrap();
         assert_eq!(v["object"], "text_completion");
         assert_eq!(v["id"], "cmpl-1");
@@ -805,12 +804,7 @@ mod tests {
             ),
             piece("", empty),
         ];
-        let mut asm = Assembler::new(Form::Text, 1);
-        for e in &events {
-            asm.feed(format!("data: {e}\n\n").as_bytes());
-        }
-        asm.feed(b"data: [DONE]\n\n");
-        let stored = asm.finish().expect("a complete stream");
+        let stored = recorded(Assembler::new(Form::Text, 1), &events).expect("a complete stream");
         let v: Value = serde_json::from_slice(&stored).unwrap();
         assert_eq!(
             v["choices"][0]["logprobs"],
@@ -822,23 +816,24 @@ mod tests {
             (Value::Null, json!([{"b": -0.2}])),
             (json!([{"a": -0.1}]), Value::Null),
         ] {
-            let mut asm = Assembler::new(Form::Text, 1);
-            for (t, top) in [("a", first), ("b", then)] {
-                let e = piece(
-                    t,
-                    json!({"tokens":[t],"token_logprobs":[-0.1],"top_logprobs":top,"text_offset":[0]}),
-                );
-                asm.feed(format!("data: {e}\n\n").as_bytes());
-            }
-            asm.feed(format!("data: {}\n\n", events[2]).as_bytes());
-            asm.feed(b"data: [DONE]\n\n");
-            assert!(asm.finish().is_none(), "misaligned lists stored");
+            let mut sent: Vec<Value> = [("a", first), ("b", then)]
+                .into_iter()
+                .map(|(t, top)| {
+                    piece(
+                        t,
+                        json!({"tokens":[t],"token_logprobs":[-0.1],"top_logprobs":top,"text_offset":[0]}),
+                    )
+                })
+                .collect();
+            sent.push(events[2].clone());
+            assert!(
+                recorded(Assembler::new(Form::Text, 1), &sent).is_none(),
+                "misaligned lists stored"
+            );
         }
-        let mut asm = Assembler::new(Form::Text, 1);
-        asm.feed(format!("data: {}\n\n", events[0]).as_bytes());
-        asm.feed(format!("data: {}\n\n", piece("", Value::Null)).as_bytes());
-        asm.feed(b"data: [DONE]\n\n");
-        let v: Value = serde_json::from_slice(&asm.finish().unwrap()).unwrap();
+        let sent = [events[0].clone(), piece("", Value::Null)];
+        let stored = recorded(Assembler::new(Form::Text, 1), &sent).unwrap();
+        let v: Value = serde_json::from_slice(&stored).unwrap();
         let lp = v["choices"][0]["logprobs"].as_object().unwrap().clone();
         assert_eq!(lp.get("top_logprobs"), Some(&Value::Null), "{v}");
     }
@@ -1009,12 +1004,7 @@ mod tests {
     }
 
     fn record(events: &[Value]) -> Option<Value> {
-        let mut a = Assembler::default();
-        for e in events {
-            a.feed(format!("data: {e}\n\n").as_bytes());
-        }
-        a.feed(b"data: [DONE]\n\n");
-        a.finish().map(|b| serde_json::from_slice(&b).unwrap())
+        recorded(Assembler::default(), events).map(|b| serde_json::from_slice(&b).unwrap())
     }
 
     fn delta(delta: Value, finish: Option<&str>) -> Value {

@@ -193,9 +193,9 @@ async fn x_uat_cost_is_the_price_times_the_usage() {
     );
 }
 
-#[tokio::test]
-async fn a_cache_hit_costs_nothing() {
-    let (up, toml, model) = priced_upstream().await;
+/// The app in front of `toml`'s upstream with the keys and the cache on,
+/// and a chat of `model` the cache keeps (temperature 0).
+async fn cached(toml: &str, model: &str) -> (TestApp, Value) {
     let app = spawn_app(&format!(
         "{toml}[cache]\nmode = \"deterministic\"\n{}",
         keys()
@@ -203,6 +203,13 @@ async fn a_cache_hit_costs_nothing() {
     .await;
     let body =
         json!({"model": model, "messages": [{"role": "user", "content": "hi"}], "temperature": 0});
+    (app, body)
+}
+
+#[tokio::test]
+async fn a_cache_hit_costs_nothing() {
+    let (up, toml, model) = priced_upstream().await;
+    let (app, body) = cached(&toml, &model).await;
     let first = chat_as(&app, ROOMY_KEY, &body).await;
     assert_eq!(header(&first, "x-uat-cache"), "miss");
     assert_eq!(header(&first, "x-uat-cost"), "0.013");
@@ -474,13 +481,7 @@ async fn anthropic_cache_upstream() -> (FakeUpstream, String, String) {
 #[tokio::test]
 async fn anthropic_cache_writes_are_priced_above_the_input() {
     let (_up, toml, model) = anthropic_cache_upstream().await;
-    let app = spawn_app(&format!(
-        "{toml}[cache]\nmode = \"deterministic\"\n{}",
-        keys()
-    ))
-    .await;
-    let body =
-        json!({"model": model, "messages": [{"role": "user", "content": "hi"}], "temperature": 0});
+    let (app, body) = cached(&toml, &model).await;
     let resp = chat_as(&app, ROOMY_KEY, &body).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(header(&resp, "x-uat-cache"), "miss");

@@ -301,24 +301,96 @@ async fn sqlite_pool(url: &str) -> SqlitePool {
         .unwrap()
 }
 
+/// A value bound to a test statement.
+#[derive(Clone, Copy)]
+enum Arg<'a> {
+    Text(&'a str),
+    Int(i64),
+}
+
+/// `sql` written with `?` placeholders, as PostgreSQL numbers them.
+fn numbered(sql: &str) -> String {
+    let mut n = 0;
+    let mut out = String::with_capacity(sql.len() + 8);
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            out.push_str(&format!("${n}"));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `q` with `args` bound in order.
+fn bound<'q, D: sqlx::Database>(
+    mut q: sqlx::query::Query<'q, D, D::Arguments<'q>>,
+    args: &[Arg<'q>],
+) -> sqlx::query::Query<'q, D, D::Arguments<'q>>
+where
+    &'q str: sqlx::Encode<'q, D> + sqlx::Type<D>,
+    i64: sqlx::Encode<'q, D> + sqlx::Type<D>,
+{
+    for a in args {
+        q = match *a {
+            Arg::Text(t) => q.bind(t),
+            Arg::Int(i) => q.bind(i),
+        };
+    }
+    q
+}
+
+/// Runs a test statement (`?` placeholders) on either database; the rows
+/// it changed.
+async fn exec(db: &Db, sql: &str, args: &[Arg<'_>]) -> u64 {
+    match db {
+        Db::Sqlite(p) => bound(sqlx::query(sql), args)
+            .execute(p)
+            .await
+            .unwrap()
+            .rows_affected(),
+        Db::Postgres(p) => bound(sqlx::query(&numbered(sql)), args)
+            .execute(p)
+            .await
+            .unwrap()
+            .rows_affected(),
+    }
+}
+
+/// The one BIGINT a test query (`?` placeholders) gives, on either database.
+async fn scalar(db: &Db, sql: &str, args: &[Arg<'_>]) -> i64 {
+    use sqlx::Row;
+    match db {
+        Db::Sqlite(p) => bound(sqlx::query(sql), args)
+            .fetch_one(p)
+            .await
+            .unwrap()
+            .get(0),
+        Db::Postgres(p) => bound(sqlx::query(&numbered(sql)), args)
+            .fetch_one(p)
+            .await
+            .unwrap()
+            .get(0),
+    }
+}
+
 /// The sum and the count of a key's rows in the table, every replica's.
 async fn stored(db: &Db, name: &str) -> (i64, i64) {
-    match db {
-        Db::Sqlite(p) => sqlx::query_as(
-            "SELECT COALESCE(SUM(spend_nanos), 0), COUNT(*) FROM uat_key_spend_replica WHERE key_name = ?",
-        )
-        .bind(name)
-        .fetch_one(p)
-        .await
-        .unwrap(),
-        Db::Postgres(p) => sqlx::query_as(
-            "SELECT COALESCE(SUM(spend_nanos), 0)::bigint, COUNT(*) FROM uat_key_spend_replica WHERE key_name = $1",
-        )
-        .bind(name)
-        .fetch_one(p)
-        .await
-        .unwrap(),
-    }
+    let key = [Arg::Text(name)];
+    let sum = scalar(
+        db,
+        "SELECT CAST(COALESCE(SUM(spend_nanos), 0) AS BIGINT) FROM uat_key_spend_replica WHERE key_name = ?",
+        &key,
+    )
+    .await;
+    let count = scalar(
+        db,
+        "SELECT COUNT(*) FROM uat_key_spend_replica WHERE key_name = ?",
+        &key,
+    )
+    .await;
+    (sum, count)
 }
 
 /// A write whose commit landed but whose answer was lost (the timeout
@@ -1120,26 +1192,8 @@ async fn health_does_not_flap_while_reads_fail_and_writes_succeed() {
 async fn sums_saturate(db: &Db, url: &str, keys: &[KeyBudget]) {
     let name = keys[0].name.as_str();
     for (replica, n) in [("x1", i64::MAX), ("x2", i64::MAX), ("x3", 5)] {
-        match db {
-            Db::Sqlite(p) => sqlx::query("INSERT INTO uat_key_spend_replica VALUES (?, 0, ?, ?)")
-                .bind(name)
-                .bind(replica)
-                .bind(n)
-                .execute(p)
-                .await
-                .unwrap()
-                .rows_affected(),
-            Db::Postgres(p) => {
-                sqlx::query("INSERT INTO uat_key_spend_replica VALUES ($1, 0, $2, $3)")
-                    .bind(name)
-                    .bind(replica)
-                    .bind(n)
-                    .execute(p)
-                    .await
-                    .unwrap()
-                    .rows_affected()
-            }
-        };
+        let sql = "INSERT INTO uat_key_spend_replica VALUES (?, 0, ?, ?)";
+        exec(db, sql, &[Arg::Text(name), Arg::Text(replica), Arg::Int(n)]).await;
     }
     let l = Ledger::open(url, keys, manual()).await.unwrap();
     let a = l.account(name).unwrap();
@@ -1148,59 +1202,24 @@ async fn sums_saturate(db: &Db, url: &str, keys: &[KeyBudget]) {
     l.reload().await.unwrap();
     assert_eq!(a.spent(), i64::MAX as u64 + 10);
     // The fold saturates too: 10 onto a full base row.
-    let base = match db {
-        Db::Sqlite(p) => sqlx::query("INSERT INTO uat_key_spend_replica VALUES (?, 0, 'base', ?)")
-            .bind(name)
-            .bind(i64::MAX - 3)
-            .execute(p)
-            .await
-            .unwrap()
-            .rows_affected(),
-        Db::Postgres(p) => {
-            sqlx::query("INSERT INTO uat_key_spend_replica VALUES ($1, 0, 'base', $2)")
-                .bind(name)
-                .bind(i64::MAX - 3)
-                .execute(p)
-                .await
-                .unwrap()
-                .rows_affected()
-        }
-    };
+    let sql = "INSERT INTO uat_key_spend_replica VALUES (?, 0, 'base', ?)";
+    let base = exec(db, sql, &[Arg::Text(name), Arg::Int(i64::MAX - 3)]).await;
     assert_eq!(base, 1);
     l.close().await.unwrap();
-    let rows: i64 = match db {
-        Db::Sqlite(p) => {
-            sqlx::query_scalar("SELECT COUNT(*) FROM uat_key_spend_replica WHERE key_name = ?")
-                .bind(name)
-                .fetch_one(p)
-                .await
-                .unwrap()
-        }
-        Db::Postgres(p) => {
-            sqlx::query_scalar("SELECT COUNT(*) FROM uat_key_spend_replica WHERE key_name = $1")
-                .bind(name)
-                .fetch_one(p)
-                .await
-                .unwrap()
-        }
-    };
+    let key = [Arg::Text(name)];
+    let rows = scalar(
+        db,
+        "SELECT COUNT(*) FROM uat_key_spend_replica WHERE key_name = ?",
+        &key,
+    )
+    .await;
     assert_eq!(rows, 4, "x1, x2, x3 and base");
-    let base: i64 = match db {
-        Db::Sqlite(p) => sqlx::query_scalar(
-            "SELECT spend_nanos FROM uat_key_spend_replica WHERE key_name = ? AND replica = 'base'",
-        )
-        .bind(name)
-        .fetch_one(p)
-        .await
-        .unwrap(),
-        Db::Postgres(p) => sqlx::query_scalar(
-            "SELECT spend_nanos FROM uat_key_spend_replica WHERE key_name = $1 AND replica = 'base'",
-        )
-        .bind(name)
-        .fetch_one(p)
-        .await
-        .unwrap(),
-    };
+    let base = scalar(
+        db,
+        "SELECT spend_nanos FROM uat_key_spend_replica WHERE key_name = ? AND replica = 'base'",
+        &key,
+    )
+    .await;
     assert_eq!(base, i64::MAX);
 }
 

@@ -614,6 +614,14 @@ mod tests {
         collect_for(lines, &req)
     }
 
+    /// [`collect`]'s chunks, every one of them a success.
+    fn chunks(lines: &[&'static str], include_usage: bool) -> Vec<Value> {
+        collect(lines, include_usage)
+            .into_iter()
+            .map(Result::unwrap)
+            .collect()
+    }
+
     fn collect_for(lines: &[&'static str], req: &CompletionRequest) -> Vec<Result<Value, Failure>> {
         let completion = TextCompletion {
             id: "cmpl-x".into(),
@@ -760,10 +768,7 @@ mod tests {
             r#"{"model":"llama","response":" a + b","done":false}"#,
             r#"{"model":"llama","response":"","done":true,"done_reason":"length","prompt_eval_count":5,"eval_count":3}"#,
         ];
-        let v: Vec<Value> = collect(&lines, true)
-            .into_iter()
-            .map(Result::unwrap)
-            .collect();
+        let v = chunks(&lines, true);
         assert_eq!(v.len(), 4, "two texts, the finish, the usage: {v:?}");
         assert_eq!(
             v[0],
@@ -779,16 +784,13 @@ mod tests {
             json!({"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8})
         );
         // Without include_usage, no usage chunk; a plain end is `stop`.
-        let v: Vec<Value> = collect(
+        let v = chunks(
             &[
                 r#"{"response":"x","done":false}"#,
                 r#"{"response":"","done":true,"done_reason":"stop"}"#,
             ],
             false,
-        )
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
+        );
         assert_eq!(v.len(), 2);
         assert_eq!(v[1]["choices"][0]["finish_reason"], "stop");
         assert!(v.iter().all(|c| c.get("usage").is_none()));
@@ -815,7 +817,7 @@ mod tests {
     /// the first chunk), and the text that follows is unchanged.
     #[test]
     fn a_stream_opens_on_its_first_line() {
-        let v: Vec<Value> = collect(
+        let v = chunks(
             &[
                 r#"{"response":"","thinking":"Hmm","done":false}"#,
                 r#"{"response":"","thinking":" ok","done":false}"#,
@@ -823,10 +825,7 @@ mod tests {
                 r#"{"response":"","done":true,"done_reason":"stop"}"#,
             ],
             false,
-        )
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
+        );
         let texts: Vec<&str> = v
             .iter()
             .map(|c| c["choices"][0]["text"].as_str().unwrap())
